@@ -1,0 +1,34 @@
+"""The balance engine: a pure, deterministic, single-writer ledger in memory.
+
+Owns accounts, double-entry transfers (single, linked, two-phase, balancing,
+closing), their result codes, and snapshot / restore / state hash.
+Must not import anything but the standard library and msgspec: no I/O, no
+clock, no randomness, no threads. Time and ids arrive inside each batch.
+"""
+
+from engine.codes import AccountCode, TransferCode
+from engine.machine import Engine
+from engine.types import (
+    Account,
+    AccountFlag,
+    Batch,
+    BatchResult,
+    CreateAccounts,
+    CreateTransfers,
+    Transfer,
+    TransferFlag,
+)
+
+__all__ = [
+    "Account",
+    "AccountCode",
+    "AccountFlag",
+    "Batch",
+    "BatchResult",
+    "CreateAccounts",
+    "CreateTransfers",
+    "Engine",
+    "Transfer",
+    "TransferCode",
+    "TransferFlag",
+]

@@ -1,0 +1,594 @@
+"""The ledger: accounts and double-entry transfers held in memory.
+
+Single writer, no I/O, no clock: each call carries the batch's timestamp. Checks
+run in the order of the tables in `engine.codes`. A failed linked chain is
+rolled back from an undo log, so a chain moves money as one or not at all.
+"""
+
+import heapq
+from bisect import bisect_left, bisect_right
+
+from engine.codes import TRANSIENT_TRANSFER_NUMBERS, AccountCode, TransferCode
+from engine.types import (
+    AMOUNT_MAX,
+    CODE_MAX,
+    ID_MAX_LENGTH,
+    NANOSECONDS_PER_SECOND,
+    TIMESTAMP_MAX,
+    Account,
+    AccountFlag,
+    Balance,
+    Event,
+    PendingState,
+    Transfer,
+    TransferFlag,
+)
+
+T = TransferCode
+A = AccountCode
+F = TransferFlag
+
+LINKED = F.LINKED
+# Any bit but LINKED (negative flags included) leaves the plain path.
+NOT_PLAIN = ~F.LINKED
+PENDING = F.PENDING
+DEBITS_LIMIT = AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS
+CREDITS_LIMIT = AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS
+CLOSED = AccountFlag.CLOSED
+HISTORY = AccountFlag.HISTORY
+WATCHED = DEBITS_LIMIT | CREDITS_LIMIT | CLOSED | HISTORY
+
+
+class Ledger:
+    def __init__(self) -> None:
+        self.accounts: dict[str, Account] = {}
+        self.transfers: dict[str, Transfer] = {}
+        # Ids whose first attempt failed on the ledger's state: spent forever.
+        self.failed_ids: set[str] = set()
+        # State of every pending transfer, by its id.
+        self.pending_states: dict[str, int] = {}
+        # Min-heap of (expires_at, pending transfer id).
+        self.expiries: list[tuple[int, str]] = []
+
+    # Accounts
+
+    def create_accounts(self, accounts: list[Account], timestamp: int) -> list[int]:
+        return _apply_chains(accounts, AccountFlag.LINKED, A, self._create_account, self._undo_account, timestamp)
+
+    def _create_account(self, account: Account, timestamp: int, undo: list | None) -> int:
+        code = _validate_account(account)
+        if code:
+            return code
+        existing = self.accounts.get(account.id)
+        if existing is not None:
+            return _account_exists_code(account, existing)
+        account.timestamp = timestamp
+        account.transfers = None
+        account.history = [] if account.flags & HISTORY else None
+        self.accounts[account.id] = account
+        if undo is not None:
+            undo.append(account)
+        return 0
+
+    def _undo_account(self, account: Account) -> None:
+        del self.accounts[account.id]
+
+    # Transfers
+
+    def create_transfers(self, transfers: list[Transfer], timestamp: int) -> list[int]:
+        return _apply_chains(transfers, LINKED, T, self._create_transfer, self._undo_transfer, timestamp)
+
+    def _create_transfer(self, t: Transfer, timestamp: int, undo: list | None) -> int:
+        code = _validate_transfer(t)
+        if code:
+            return code
+        existing = self.transfers.get(t.id)
+        if existing is not None:
+            return _transfer_exists_code(t, existing)
+        if t.id in self.failed_ids:
+            return T.id_already_failed
+        if t.flags & F.RESOLVE:
+            code = self._resolve_pending(t, timestamp, undo)
+        else:
+            code = self._move(t, timestamp, undo)
+        if code and code in TRANSIENT_TRANSFER_NUMBERS:
+            self.failed_ids.add(t.id)
+        return code
+
+    def _move(self, t: Transfer, timestamp: int, undo: list | None) -> int:
+        """A single-phase or pending transfer between two accounts."""
+        accounts = self.accounts
+        debit = accounts.get(t.debit_account_id)
+        if debit is None:
+            return T.debit_account_not_found
+        credit = accounts.get(t.credit_account_id)
+        if credit is None:
+            return T.credit_account_not_found
+        currency = debit.currency
+        if credit.currency != currency:
+            return T.accounts_must_have_the_same_currency
+        if t.currency != currency:
+            return T.transfer_must_have_the_same_currency_as_accounts
+        flags = t.flags
+        if (debit.flags | credit.flags) & CLOSED:
+            return T.debit_account_already_closed if debit.flags & CLOSED else T.credit_account_already_closed
+        amount = t.amount
+        if flags & F.BALANCING:
+            amount = _balanced_amount(flags, amount, debit, credit)
+        if flags & PENDING:
+            code = _pending_overflow_code(debit, credit, amount, t.timeout_s, timestamp)
+        else:
+            code = _posted_overflow_code(debit, credit, amount)
+        if code:
+            return code
+        if (debit.flags | credit.flags) & (DEBITS_LIMIT | CREDITS_LIMIT):
+            code = _limit_code(debit, credit, amount)
+            if code:
+                return code
+        if undo is not None:
+            undo.append(_undo_record(t, debit, credit, None))
+        if flags & PENDING:
+            debit.debits_pending += amount
+            credit.credits_pending += amount
+            self._open_pending(t, debit, credit, timestamp)
+        else:
+            debit.debits_posted += amount
+            credit.credits_posted += amount
+        t.amount = amount
+        t.currency = currency
+        self._store(t, debit, credit, timestamp)
+        return 0
+
+    def _resolve_pending(self, t: Transfer, timestamp: int, undo: list | None) -> int:
+        """Post (in full or in part) or void a pending transfer."""
+        pending = self.transfers.get(t.pending_id)
+        if pending is None:
+            return T.pending_transfer_not_found
+        code = _pending_mismatch_code(t, pending)
+        if code:
+            return code
+        state = self.pending_states[pending.id]
+        if state != PendingState.PENDING:
+            return _RESOLVED_CODES[state]
+        debit = self.accounts[pending.debit_account_id]
+        credit = self.accounts[pending.credit_account_id]
+        posting = t.flags & F.POST_PENDING
+        amount = (t.amount or pending.amount) if posting else pending.amount
+        if posting and not pending.flags & F.CLOSING:
+            if debit.flags & CLOSED:
+                return T.debit_account_already_closed
+            if credit.flags & CLOSED:
+                return T.credit_account_already_closed
+        if posting:
+            code = _posted_overflow_code(debit, credit, amount)
+            if code:
+                return code
+        if undo is not None:
+            undo.append(_undo_record(t, debit, credit, pending))
+        debit.debits_pending -= pending.amount
+        credit.credits_pending -= pending.amount
+        if posting:
+            debit.debits_posted += amount
+            credit.credits_posted += amount
+            self.pending_states[pending.id] = PendingState.POSTED
+        else:
+            self.pending_states[pending.id] = PendingState.VOIDED
+            _reopen(pending, debit, credit)
+        t.debit_account_id = pending.debit_account_id
+        t.credit_account_id = pending.credit_account_id
+        t.currency = pending.currency
+        t.amount = amount
+        self._store(t, debit, credit, timestamp)
+        return 0
+
+    def _open_pending(self, t: Transfer, debit: Account, credit: Account, timestamp: int) -> None:
+        self.pending_states[t.id] = PendingState.PENDING
+        if t.timeout_s:
+            heapq.heappush(self.expiries, (timestamp + t.timeout_s * NANOSECONDS_PER_SECOND, t.id))
+        if t.flags & F.CLOSING_DEBIT:
+            debit.flags |= CLOSED
+        if t.flags & F.CLOSING_CREDIT:
+            credit.flags |= CLOSED
+
+    def _store(self, t: Transfer, debit: Account, credit: Account, timestamp: int) -> None:
+        # Share the accounts' id strings: a stored transfer costs no copy of them.
+        t.debit_account_id = debit.id
+        t.credit_account_id = credit.id
+        t.timestamp = timestamp
+        self.transfers[t.id] = t
+        for account in (debit, credit):
+            if account.transfers is None:
+                account.transfers = [t]
+            else:
+                account.transfers.append(t)
+            if account.flags & HISTORY:
+                account.history.append(_balance_of(account, timestamp))
+        if (debit.flags | credit.flags) & (DEBITS_LIMIT | CREDITS_LIMIT):
+            _assert_limits(debit)
+            _assert_limits(credit)
+
+    def _undo_transfer(self, record: tuple) -> None:
+        t, debit, credit, debit_balances, credit_balances, pending = record
+        del self.transfers[t.id]
+        for account, balances in ((credit, credit_balances), (debit, debit_balances)):
+            (account.flags, account.debits_pending, account.debits_posted,
+             account.credits_pending, account.credits_posted) = balances
+            account.transfers.pop()
+            if account.flags & HISTORY:
+                account.history.pop()
+        if pending is not None:
+            self.pending_states[pending.id] = PendingState.PENDING
+        elif t.flags & PENDING:
+            del self.pending_states[t.id]
+            if t.timeout_s:
+                self.expiries.remove((t.timestamp + t.timeout_s * NANOSECONDS_PER_SECOND, t.id))
+                heapq.heapify(self.expiries)
+
+    # Time
+
+    def expire(self, timestamp: int) -> list[Event]:
+        """Release every pending transfer whose timeout has passed by `timestamp`."""
+        events = []
+        expiries = self.expiries
+        while expiries and expiries[0][0] <= timestamp:
+            _, transfer_id = heapq.heappop(expiries)
+            if self.pending_states[transfer_id] != PendingState.PENDING:
+                continue
+            pending = self.transfers[transfer_id]
+            debit = self.accounts[pending.debit_account_id]
+            credit = self.accounts[pending.credit_account_id]
+            debit.debits_pending -= pending.amount
+            credit.credits_pending -= pending.amount
+            self.pending_states[transfer_id] = PendingState.EXPIRED
+            _reopen(pending, debit, credit)
+            for account in (debit, credit):
+                if account.flags & HISTORY:
+                    account.history.append(_balance_of(account, timestamp))
+            events.append(Event("transfer.expired", transfer_id, timestamp))
+        return events
+
+    # Queries (read-only)
+
+    def account_transfers(
+        self,
+        account_id: str,
+        timestamp_min: int = 0,
+        timestamp_max: int = TIMESTAMP_MAX,
+        limit: int = 20,
+        after_id: str = "",
+        newest_first: bool = False,
+    ) -> list[Transfer]:
+        """An account's transfers in time order within [min, max], `limit` of them after `after_id`."""
+        assert limit > 0
+        account = self.accounts.get(account_id)
+        if account is None or not account.transfers:
+            return []
+        log = account.transfers
+        start = bisect_left(log, timestamp_min, key=_timestamp_of)
+        end = bisect_right(log, timestamp_max, key=_timestamp_of)
+        if newest_first:
+            indexes = range(end - 1, start - 1, -1)
+        else:
+            indexes = range(start, end)
+        if after_id:
+            indexes = _after(log, indexes, self.transfers.get(after_id))
+        return [log[index] for index in indexes[:limit]]
+
+    def balance_at(self, account_id: str, timestamp: int) -> Balance | None:
+        """The balances of a HISTORY account as they stood at `timestamp`."""
+        account = self.accounts.get(account_id)
+        if account is None or account.history is None:
+            return None
+        index = bisect_right(account.history, timestamp, key=_timestamp_of)
+        if index == 0:
+            return Balance(timestamp, 0, 0, 0, 0)
+        return account.history[index - 1]
+
+
+_RESOLVED_CODES = {
+    PendingState.POSTED: T.pending_transfer_already_posted,
+    PendingState.VOIDED: T.pending_transfer_already_voided,
+    PendingState.EXPIRED: T.pending_transfer_expired,
+}
+
+
+def _apply_chains(items: list, linked_flag: int, codes, create, undo_one, timestamp: int) -> list[int]:
+    """Apply items in order; a run of linked items succeeds or fails as one."""
+    results = []
+    append = results.append
+    chain_start = -1
+    chain_undo = None
+    chain_failed = False
+    for item in items:
+        linked = item.flags & linked_flag
+        if chain_start < 0:
+            if not linked:
+                append(create(item, timestamp, None))
+                continue
+            chain_start = len(results)
+            chain_undo = []
+            chain_failed = False
+        if chain_failed:
+            append(codes.linked_event_failed)
+        else:
+            code = create(item, timestamp, chain_undo)
+            append(code)
+            if code:
+                chain_failed = True
+                _roll_back(chain_undo, undo_one)
+        if not linked:
+            _close_chain(results, chain_start, chain_failed, codes)
+            chain_start = -1
+    if chain_start >= 0:
+        if not chain_failed:
+            _roll_back(chain_undo, undo_one)
+        _close_chain(results, chain_start, True, codes)
+        results[-1] = codes.linked_event_chain_open
+    return results
+
+
+def _roll_back(undo: list, undo_one) -> None:
+    while undo:
+        undo_one(undo.pop())
+
+
+def _close_chain(results: list[int], start: int, failed: bool, codes) -> None:
+    if not failed:
+        return
+    for index in range(start, len(results)):
+        if results[index] == 0:
+            results[index] = codes.linked_event_failed
+
+
+def _validate_account(a: Account) -> int:
+    if not a.id:
+        return A.id_must_not_be_empty
+    if len(a.id) > ID_MAX_LENGTH:
+        return A.id_too_long
+    if a.flags & ~AccountFlag.ALL or a.flags < 0:
+        return A.reserved_flag
+    if a.flags & AccountFlag.LIMITS == AccountFlag.LIMITS:
+        return A.flags_are_mutually_exclusive
+    if not a.currency:
+        return A.currency_must_not_be_empty
+    if not 0 <= a.code <= CODE_MAX:
+        return A.code_out_of_range
+    if a.debits_pending or a.debits_posted or a.credits_pending or a.credits_posted:
+        return A.balances_must_be_zero
+    if a.timestamp:
+        return A.timestamp_must_be_zero
+    return 0
+
+
+def _account_exists_code(a: Account, e: Account) -> int:
+    # CLOSED is state a transfer may have set since: compare the creation flags.
+    if (a.flags ^ e.flags) & ~(AccountFlag.CLOSED | AccountFlag.LINKED):
+        return A.exists_with_different_flags
+    if a.currency != e.currency:
+        return A.exists_with_different_currency
+    if a.code != e.code:
+        return A.exists_with_different_code
+    return A.exists
+
+
+def _validate_transfer(t: Transfer) -> int:
+    tid = t.id
+    if not tid:
+        return T.id_must_not_be_empty
+    if len(tid) > ID_MAX_LENGTH:
+        return T.id_too_long
+    flags = t.flags
+    if flags & NOT_PLAIN:
+        return _validate_special_transfer(t)
+    if not t.debit_account_id:
+        return T.debit_account_id_must_not_be_empty
+    if not t.credit_account_id:
+        return T.credit_account_id_must_not_be_empty
+    if t.debit_account_id == t.credit_account_id:
+        return T.accounts_must_be_different
+    if t.pending_id:
+        return T.pending_id_must_be_empty
+    if t.timeout_s:
+        return T.timeout_reserved_for_pending_transfer
+    amount = t.amount
+    if amount <= 0:
+        return T.amount_must_not_be_negative if amount < 0 else T.amount_must_not_be_zero
+    if amount > AMOUNT_MAX:
+        return T.amount_exceeds_maximum
+    if not t.currency:
+        return T.currency_must_not_be_empty
+    if not 0 <= t.code <= CODE_MAX:
+        return T.code_out_of_range
+    if t.timestamp:
+        return T.timestamp_must_be_zero
+    return 0
+
+
+def _validate_special_transfer(t: Transfer) -> int:
+    """The same checks as the plain path, in the same order, for flagged transfers."""
+    flags = t.flags
+    if flags & ~F.ALL or flags < 0:
+        return T.reserved_flag
+    if _flags_conflict(flags):
+        return T.flags_are_mutually_exclusive
+    resolving = flags & F.RESOLVE
+    if not resolving:
+        if not t.debit_account_id:
+            return T.debit_account_id_must_not_be_empty
+        if not t.credit_account_id:
+            return T.credit_account_id_must_not_be_empty
+    if t.debit_account_id and t.debit_account_id == t.credit_account_id:
+        return T.accounts_must_be_different
+    if not resolving and t.pending_id:
+        return T.pending_id_must_be_empty
+    if resolving and not t.pending_id:
+        return T.pending_id_must_not_be_empty
+    if t.pending_id == t.id:
+        return T.pending_id_must_be_different
+    if t.timeout_s and not flags & PENDING:
+        return T.timeout_reserved_for_pending_transfer
+    if t.timeout_s < 0:
+        return T.timeout_must_not_be_negative
+    if flags & F.CLOSING and not flags & PENDING:
+        return T.closing_transfer_must_be_pending
+    if t.amount < 0:
+        return T.amount_must_not_be_negative
+    # Zero means "all of it" when posting, voiding or balancing.
+    if t.amount == 0 and not flags & (F.RESOLVE | F.BALANCING):
+        return T.amount_must_not_be_zero
+    if t.amount > AMOUNT_MAX:
+        return T.amount_exceeds_maximum
+    if not resolving and not t.currency:
+        return T.currency_must_not_be_empty
+    if not 0 <= t.code <= CODE_MAX:
+        return T.code_out_of_range
+    if t.timestamp:
+        return T.timestamp_must_be_zero
+    return 0
+
+
+def _flags_conflict(flags: int) -> bool:
+    phases = flags & (PENDING | F.RESOLVE)
+    if phases & (phases - 1):
+        return True
+    return bool(flags & F.RESOLVE and flags & (F.BALANCING | F.CLOSING))
+
+
+def _transfer_exists_code(t: Transfer, e: Transfer) -> int:
+    if t is e:
+        return T.exists
+    if t.flags != e.flags:
+        return T.exists_with_different_flags
+    if t.pending_id != e.pending_id:
+        return T.exists_with_different_pending_id
+    if t.timeout_s != e.timeout_s:
+        return T.exists_with_different_timeout
+    # A post or void may leave accounts, currency and amount to the pending transfer.
+    inherits = t.flags & F.RESOLVE
+    if t.debit_account_id != e.debit_account_id and not (inherits and not t.debit_account_id):
+        return T.exists_with_different_debit_account_id
+    if t.credit_account_id != e.credit_account_id and not (inherits and not t.credit_account_id):
+        return T.exists_with_different_credit_account_id
+    if not _same_amount(t, e):
+        return T.exists_with_different_amount
+    if t.currency != e.currency and not (inherits and not t.currency):
+        return T.exists_with_different_currency
+    if t.code != e.code:
+        return T.exists_with_different_code
+    return T.exists
+
+
+def _same_amount(t: Transfer, e: Transfer) -> bool:
+    if t.amount == e.amount:
+        return True
+    if t.flags & F.BALANCING:
+        # The stored amount is what the limit allowed, at most the one asked for.
+        return t.amount == 0 or t.amount >= e.amount
+    return t.amount == 0 and bool(t.flags & F.RESOLVE)
+
+
+def _pending_mismatch_code(t: Transfer, pending: Transfer) -> int:
+    if not pending.flags & PENDING:
+        return T.pending_transfer_not_pending
+    if t.debit_account_id and t.debit_account_id != pending.debit_account_id:
+        return T.pending_transfer_has_different_debit_account_id
+    if t.credit_account_id and t.credit_account_id != pending.credit_account_id:
+        return T.pending_transfer_has_different_credit_account_id
+    if t.currency and t.currency != pending.currency:
+        return T.pending_transfer_has_different_currency
+    if t.flags & F.POST_PENDING and t.amount > pending.amount:
+        return T.exceeds_pending_transfer_amount
+    if t.flags & F.VOID_PENDING and t.amount not in (0, pending.amount):
+        return T.pending_transfer_has_different_amount
+    return 0
+
+
+def _balanced_amount(flags: int, amount: int, debit: Account, credit: Account) -> int:
+    amount = amount or AMOUNT_MAX
+    if flags & F.BALANCING_DEBIT:
+        room = debit.credits_posted - debit.debits_pending - debit.debits_posted
+        amount = min(amount, max(room, 0))
+    if flags & F.BALANCING_CREDIT:
+        room = credit.debits_posted - credit.credits_pending - credit.credits_posted
+        amount = min(amount, max(room, 0))
+    return amount
+
+
+def _pending_overflow_code(debit: Account, credit: Account, amount: int, timeout_s: int, timestamp: int) -> int:
+    if debit.debits_pending + amount > AMOUNT_MAX:
+        return T.overflows_debits_pending
+    if credit.credits_pending + amount > AMOUNT_MAX:
+        return T.overflows_credits_pending
+    if debit.debits_pending + debit.debits_posted + amount > AMOUNT_MAX:
+        return T.overflows_debits
+    if credit.credits_pending + credit.credits_posted + amount > AMOUNT_MAX:
+        return T.overflows_credits
+    if timestamp + timeout_s * NANOSECONDS_PER_SECOND > TIMESTAMP_MAX:
+        return T.overflows_timeout
+    return 0
+
+
+def _posted_overflow_code(debit: Account, credit: Account, amount: int) -> int:
+    if debit.debits_posted + amount > AMOUNT_MAX:
+        return T.overflows_debits_posted
+    if credit.credits_posted + amount > AMOUNT_MAX:
+        return T.overflows_credits_posted
+    if debit.debits_pending + debit.debits_posted + amount > AMOUNT_MAX:
+        return T.overflows_debits
+    if credit.credits_pending + credit.credits_posted + amount > AMOUNT_MAX:
+        return T.overflows_credits
+    return 0
+
+
+def _limit_code(debit: Account, credit: Account, amount: int) -> int:
+    if debit.flags & DEBITS_LIMIT and debit.debits_pending + debit.debits_posted + amount > debit.credits_posted:
+        return T.exceeds_credits
+    if credit.flags & CREDITS_LIMIT and credit.credits_pending + credit.credits_posted + amount > credit.debits_posted:
+        return T.exceeds_debits
+    return 0
+
+
+def _assert_limits(account: Account) -> None:
+    if account.flags & DEBITS_LIMIT:
+        assert account.debits_pending + account.debits_posted <= account.credits_posted, account.id
+    if account.flags & CREDITS_LIMIT:
+        assert account.credits_pending + account.credits_posted <= account.debits_posted, account.id
+
+
+def _reopen(pending: Transfer, debit: Account, credit: Account) -> None:
+    """A closing transfer that is voided or expires opens its account again."""
+    if pending.flags & F.CLOSING_DEBIT:
+        debit.flags &= ~CLOSED
+    if pending.flags & F.CLOSING_CREDIT:
+        credit.flags &= ~CLOSED
+
+
+def _undo_record(t: Transfer, debit: Account, credit: Account, pending: Transfer | None) -> tuple:
+    return (t, debit, credit, _saved(debit), _saved(credit), pending)
+
+
+def _saved(a: Account) -> tuple[int, int, int, int, int]:
+    return (a.flags, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted)
+
+
+def _balance_of(a: Account, timestamp: int) -> Balance:
+    return Balance(timestamp, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted)
+
+
+def _timestamp_of(item) -> int:
+    return item.timestamp
+
+
+def _after(log: list[Transfer], indexes: range, cursor: Transfer | None) -> range:
+    """The part of `indexes` that comes after the cursor transfer, in the range's direction."""
+    if cursor is None:
+        return indexes[:0]
+    # Transfers of one batch share a timestamp: search only among those.
+    low = bisect_left(log, cursor.timestamp, key=_timestamp_of)
+    high = bisect_right(log, cursor.timestamp, key=_timestamp_of)
+    for index in range(low, high):
+        if log[index] is cursor:
+            if indexes.step > 0:
+                return range(max(index + 1, indexes.start), indexes.stop)
+            return range(min(index - 1, indexes.start), indexes.stop, -1)
+    return indexes[:0]
