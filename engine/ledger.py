@@ -53,7 +53,10 @@ class Ledger:
     # Accounts
 
     def create_accounts(self, accounts: list[Account], timestamp: int) -> list[int]:
-        return _apply_chains(accounts, AccountFlag.LINKED, A, self._create_account, self._undo_account, timestamp)
+        chains = _Chains(len(accounts), AccountFlag.LINKED, A, self._create_account, self._undo_account, timestamp)
+        for index, account in enumerate(accounts):
+            chains.add(index, account)
+        return chains.finish()
 
     def _create_account(self, account: Account, timestamp: int, undo: list | None) -> int:
         code = _validate_account(account)
@@ -76,7 +79,66 @@ class Ledger:
     # Transfers
 
     def create_transfers(self, transfers: list[Transfer], timestamp: int) -> list[int]:
-        return _apply_chains(transfers, LINKED, T, self._create_transfer, self._undo_transfer, timestamp)
+        """Apply transfers in order, one code each.
+
+        The loop inlines the common case, a plain transfer between two
+        unrestricted accounts that passes every check; anything else (flags,
+        chains, limits, history, any failure) takes `_create_transfer`, which
+        runs the checks in the table's order.
+        """
+        chains = _Chains(len(transfers), LINKED, T, self._create_transfer, self._undo_transfer, timestamp)
+        accounts_get = self.accounts.get
+        claim = self.transfers.setdefault
+        failed_ids = self.failed_ids
+        index = -1
+        for t in transfers:
+            index += 1
+            if t.flags or chains.chain_start >= 0:
+                chains.add(index, t)
+                continue
+            debit = accounts_get(t.debit_account_id)
+            credit = accounts_get(t.credit_account_id)
+            amount = t.amount
+            tid = t.id
+            if (
+                debit is None
+                or credit is None
+                or debit is credit
+                or (debit.flags | credit.flags) & WATCHED
+                or not 0 < amount <= AMOUNT_MAX
+                or t.currency != debit.currency
+                or credit.currency != debit.currency
+                or t.pending_id
+                or t.timeout_s
+                or t.timestamp
+                or not 0 <= t.code <= CODE_MAX
+                or not tid
+                or len(tid) > ID_MAX_LENGTH
+                or debit.debits_pending + debit.debits_posted + amount > AMOUNT_MAX
+                or credit.credits_pending + credit.credits_posted + amount > AMOUNT_MAX
+                or tid in failed_ids
+                # Last: stores the transfer when its id is new, in one lookup.
+                or claim(tid, t) is not t
+            ):
+                chains.add(index, t)
+                continue
+            debit.debits_posted += amount
+            credit.credits_posted += amount
+            t.debit_account_id = debit.id
+            t.credit_account_id = credit.id
+            t.currency = debit.currency
+            t.timestamp = timestamp
+            log = debit.transfers
+            if log is None:
+                debit.transfers = [t]
+            else:
+                log.append(t)
+            log = credit.transfers
+            if log is None:
+                credit.transfers = [t]
+            else:
+                log.append(t)
+        return chains.finish()
 
     def _create_transfer(self, t: Transfer, timestamp: int, undo: list | None) -> int:
         code = _validate_transfer(t)
@@ -292,39 +354,51 @@ _RESOLVED_CODES = {
 }
 
 
-def _apply_chains(items: list, linked_flag: int, codes, create, undo_one, timestamp: int) -> list[int]:
-    """Apply items in order; a run of linked items succeeds or fails as one."""
-    results = []
-    append = results.append
-    chain_start = -1
-    chain_undo = None
-    chain_failed = False
-    for item in items:
-        linked = item.flags & linked_flag
-        if chain_start < 0:
+class _Chains:
+    """Applies items in order; a run of linked items succeeds or fails as one."""
+
+    def __init__(self, count: int, linked_flag: int, codes, create, undo_one, timestamp: int) -> None:
+        self.linked_flag = linked_flag
+        self.codes = codes
+        self.create = create
+        self.undo_one = undo_one
+        self.timestamp = timestamp
+        self.results = [0] * count
+        self.chain_start = -1
+        self.chain_undo: list = []
+        self.chain_failed = False
+
+    def add(self, index: int, item) -> None:
+        results = self.results
+        linked = item.flags & self.linked_flag
+        if self.chain_start < 0:
             if not linked:
-                append(create(item, timestamp, None))
-                continue
-            chain_start = len(results)
-            chain_undo = []
-            chain_failed = False
-        if chain_failed:
-            append(codes.linked_event_failed)
+                results[index] = self.create(item, self.timestamp, None)
+                return
+            self.chain_start = index
+            self.chain_undo = []
+            self.chain_failed = False
+        if self.chain_failed:
+            results[index] = self.codes.linked_event_failed
         else:
-            code = create(item, timestamp, chain_undo)
-            append(code)
+            code = self.create(item, self.timestamp, self.chain_undo)
+            results[index] = code
             if code:
-                chain_failed = True
-                _roll_back(chain_undo, undo_one)
+                self.chain_failed = True
+                _roll_back(self.chain_undo, self.undo_one)
         if not linked:
-            _close_chain(results, chain_start, chain_failed, codes)
-            chain_start = -1
-    if chain_start >= 0:
-        if not chain_failed:
-            _roll_back(chain_undo, undo_one)
-        _close_chain(results, chain_start, True, codes)
-        results[-1] = codes.linked_event_chain_open
-    return results
+            _close_chain(results, self.chain_start, index + 1, self.chain_failed, self.codes)
+            self.chain_start = -1
+
+    def finish(self) -> list[int]:
+        """The results; a chain still open at the end of the batch fails whole."""
+        results = self.results
+        if self.chain_start >= 0:
+            if not self.chain_failed:
+                _roll_back(self.chain_undo, self.undo_one)
+            _close_chain(results, self.chain_start, len(results), True, self.codes)
+            results[-1] = self.codes.linked_event_chain_open
+        return results
 
 
 def _roll_back(undo: list, undo_one) -> None:
@@ -332,10 +406,10 @@ def _roll_back(undo: list, undo_one) -> None:
         undo_one(undo.pop())
 
 
-def _close_chain(results: list[int], start: int, failed: bool, codes) -> None:
+def _close_chain(results: list[int], start: int, end: int, failed: bool, codes) -> None:
     if not failed:
         return
-    for index in range(start, len(results)):
+    for index in range(start, end):
         if results[index] == 0:
             results[index] = codes.linked_event_failed
 
