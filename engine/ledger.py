@@ -56,7 +56,7 @@ class Ledger:
         chains = _Chains(len(accounts), AccountFlag.LINKED, A, self._create_account, self._undo_account, timestamp)
         for index, account in enumerate(accounts):
             chains.add(index, account)
-        return chains.finish()
+        return chains.results
 
     def _create_account(self, account: Account, timestamp: int, undo: list | None) -> int:
         code = _validate_account(account)
@@ -138,7 +138,7 @@ class Ledger:
                 credit.transfers = [t]
             else:
                 log.append(t)
-        return chains.finish()
+        return chains.results
 
     def _create_transfer(self, t: Transfer, timestamp: int, undo: list | None) -> int:
         code = _validate_transfer(t)
@@ -216,13 +216,13 @@ class Ledger:
         credit = self.accounts[pending.credit_account_id]
         posting = t.flags & F.POST_PENDING
         amount = (t.amount or pending.amount) if posting else pending.amount
-        if posting and not pending.flags & F.CLOSING:
-            if debit.flags & CLOSED:
-                return T.debit_account_already_closed
-            if credit.flags & CLOSED:
-                return T.credit_account_already_closed
         if posting:
-            code = _posted_overflow_code(debit, credit, amount)
+            # Only the account this very transfer closed may still take its post.
+            if debit.flags & CLOSED and not pending.flags & F.CLOSING_DEBIT:
+                return T.debit_account_already_closed
+            if credit.flags & CLOSED and not pending.flags & F.CLOSING_CREDIT:
+                return T.credit_account_already_closed
+            code = _posted_overflow_code(debit, credit, amount, pending.amount)
             if code:
                 return code
         if undo is not None:
@@ -371,6 +371,9 @@ class _Chains:
     def add(self, index: int, item) -> None:
         results = self.results
         linked = item.flags & self.linked_flag
+        if linked and index == len(results) - 1:
+            self._fail_open_chain(index)
+            return
         if self.chain_start < 0:
             if not linked:
                 results[index] = self.create(item, self.timestamp, None)
@@ -390,15 +393,14 @@ class _Chains:
             _close_chain(results, self.chain_start, index + 1, self.chain_failed, self.codes)
             self.chain_start = -1
 
-    def finish(self) -> list[int]:
-        """The results; a chain still open at the end of the batch fails whole."""
-        results = self.results
-        if self.chain_start >= 0:
-            if not self.chain_failed:
-                _roll_back(self.chain_undo, self.undo_one)
-            _close_chain(results, self.chain_start, len(results), True, self.codes)
-            results[-1] = self.codes.linked_event_chain_open
-        return results
+    def _fail_open_chain(self, index: int) -> None:
+        """The batch ends inside a chain: its last item is not run, and the whole chain fails."""
+        start = index if self.chain_start < 0 else self.chain_start
+        if self.chain_start >= 0 and not self.chain_failed:
+            _roll_back(self.chain_undo, self.undo_one)
+        _close_chain(self.results, start, index, True, self.codes)
+        self.results[index] = self.codes.linked_event_chain_open
+        self.chain_start = -1
 
 
 def _roll_back(undo: list, undo_one) -> None:
@@ -529,8 +531,6 @@ def _flags_conflict(flags: int) -> bool:
 
 
 def _transfer_exists_code(t: Transfer, e: Transfer) -> int:
-    if t is e:
-        return T.exists
     if t.flags != e.flags:
         return T.exists_with_different_flags
     if t.pending_id != e.pending_id:
@@ -602,14 +602,15 @@ def _pending_overflow_code(debit: Account, credit: Account, amount: int, timeout
     return 0
 
 
-def _posted_overflow_code(debit: Account, credit: Account, amount: int) -> int:
+def _posted_overflow_code(debit: Account, credit: Account, amount: int, released: int = 0) -> int:
+    """`released`: the pending amount that a post gives up as it posts `amount` of it."""
     if debit.debits_posted + amount > AMOUNT_MAX:
         return T.overflows_debits_posted
     if credit.credits_posted + amount > AMOUNT_MAX:
         return T.overflows_credits_posted
-    if debit.debits_pending + debit.debits_posted + amount > AMOUNT_MAX:
+    if debit.debits_pending - released + debit.debits_posted + amount > AMOUNT_MAX:
         return T.overflows_debits
-    if credit.credits_pending + credit.credits_posted + amount > AMOUNT_MAX:
+    if credit.credits_pending - released + credit.credits_posted + amount > AMOUNT_MAX:
         return T.overflows_credits
     return 0
 

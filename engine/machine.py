@@ -53,7 +53,8 @@ class Engine:
     def apply(self, batch: Batch) -> BatchResult:
         """Apply one batch; sequence numbers follow one another and time never runs back."""
         assert batch.sequence == self.sequence + 1, (batch.sequence, self.sequence)
-        assert batch.timestamp >= self.timestamp, (batch.timestamp, self.timestamp)
+        # Time zero means "not yet stamped" on a transfer, so a batch's time is never zero.
+        assert batch.timestamp > 0 and batch.timestamp >= self.timestamp, (batch.timestamp, self.timestamp)
         self.sequence = batch.sequence
         self.timestamp = batch.timestamp
         events: list[Event] = self.ledger.expire(batch.timestamp)

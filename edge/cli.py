@@ -1,0 +1,161 @@
+"""The `paygate` command line: serve, replay, verify, promote, and the shard process itself."""
+
+import argparse
+import os
+import pathlib
+import signal
+import sys
+import threading
+
+import pynng
+from tqdm import tqdm
+
+from journal import logs
+from journal.processes import ShardProcess, load_or_create_layout, running_address, shard_configs
+from journal.recovery import RecoveryReport, load_snapshot, replay, replay_from_scratch
+from journal.shard import main as shard_main
+from journal.store import CorruptionError, Journal, Snapshots
+from journal.wire import Promote, ReplyStatus, reply_decoder, request_encoder
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="paygate", description="paygate: a payment gateway on an in-memory ledger.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="start the shards (and, later, the HTTP edge) on one machine")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--data", default="./data")
+    serve.add_argument("--shards", type=int, default=1)
+    serve.add_argument("--replica", action="store_true", help="run a hot replica beside each shard")
+    serve.add_argument("--async-replication", action="store_true", help="release results before the replica has them")
+    serve.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    serve.add_argument("--base-port", type=int, default=7100, help="first of the shards' nng ports")
+    serve.set_defaults(run=run_serve)
+
+    for name, run, text in (("replay", run_replay, "replay a data folder from scratch and print its state hash"),
+                            ("verify", run_verify, "check the hash chain, double entry, and snapshots against replay"),
+                            ("promote", run_promote, "make the replica running on this folder the primary")):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--data", required=True, help="a shard's folder, or a data folder of shards")
+        command.set_defaults(run=run)
+
+    shard = commands.add_parser("shard", help="run one shard process (used by serve)")
+    shard.add_argument("config")
+    shard.set_defaults(run=lambda args: shard_main([args.config]))
+
+    args = parser.parse_args(argv)
+    logs.configure(os.environ.get("PAYGATE_LOG_LEVEL", "INFO"))
+    sys.exit(args.run(args) or 0)
+
+
+def run_serve(args) -> int:
+    data = pathlib.Path(args.data)
+    layout = load_or_create_layout(data, args.shards, args.replica)
+    configs = shard_configs(data, layout, args.host, args.base_port, sync=not args.async_replication)
+    processes = []
+    stop = threading.Event()
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda *_: stop.set())
+    try:
+        for primary, replica in configs:
+            for config in (replica, primary):
+                if config is not None:
+                    processes.append(ShardProcess(config).start())
+        for process in processes:
+            process.wait_ready()
+        for primary, replica in configs:
+            print(f"shard {primary.data}: {primary.client_address}" + (f" (replica {replica.client_address})" if replica else ""))
+        print("paygate shards are ready; the HTTP edge is not built yet. Ctrl-C stops everything.", flush=True)
+        while not stop.wait(0.5):
+            if any(process.process.poll() is not None for process in processes):
+                print("a shard process stopped; stopping the rest", file=sys.stderr)
+                return 1
+        return 0
+    finally:
+        for process in reversed(processes):
+            process.stop()
+
+
+def shard_folders(data: pathlib.Path) -> list[pathlib.Path]:
+    """The folder itself if it is a shard's, else the shard folders inside it."""
+    if (data / "journal").exists():
+        return [data]
+    folders = sorted(path for path in data.glob("shard-*") if (path / "journal").exists())
+    if not folders:
+        raise SystemExit(f"no shard journal under {data}")
+    return folders
+
+
+def run_replay(args) -> int:
+    for folder in shard_folders(pathlib.Path(args.data)):
+        journal = Journal(folder)
+        try:
+            engine, report = _replay_with_progress(journal, folder.name)
+        finally:
+            journal.close()
+        print(f"{folder}: batches={engine.sequence} accounts={len(engine.ledger.accounts)} "
+              f"transfers={len(engine.ledger.transfers)} replayed_transfers={report.replayed_transfers} "
+              f"state_hash={engine.state_hash()}")
+    return 0
+
+
+def _replay_with_progress(journal: Journal, label: str):
+    with tqdm(total=journal.head_sequence, desc=label, unit="batch", disable=None) as progress:
+        return replay_from_scratch(journal, on_batch=lambda entry: progress.update(1))
+
+
+def run_verify(args) -> int:
+    failures = 0
+    for folder in shard_folders(pathlib.Path(args.data)):
+        journal = Journal(folder)
+        try:
+            failures += _verify_folder(folder, journal)
+        finally:
+            journal.close()
+    return 1 if failures else 0
+
+
+def _verify_folder(folder: pathlib.Path, journal: Journal) -> int:
+    problems = []
+    snapshots = Snapshots(folder)
+    try:
+        engine, _ = _replay_with_progress(journal, folder.name)
+        engine.verify()
+        final_hash = engine.state_hash()
+        for path in snapshots.paths():
+            problems += _check_snapshot(journal, snapshots, path, final_hash)
+    except (CorruptionError, AssertionError) as error:
+        problems.append(str(error))
+    for problem in problems:
+        print(f"{folder}: FAILED {problem}")
+    if not problems:
+        print(f"{folder}: ok batches={journal.head_sequence} state_hash={final_hash}")
+    return len(problems)
+
+
+def _check_snapshot(journal: Journal, snapshots: Snapshots, path: pathlib.Path, final_hash: str) -> list[str]:
+    """A snapshot plus the journal after it must reach the same state as the replay from scratch."""
+    report = RecoveryReport()
+    engine, start, previous_hash = load_snapshot(journal, snapshots, report, paths=[path])
+    if report.skipped_snapshots:
+        return report.skipped_snapshots
+    replay(engine, journal, start, previous_hash, report)
+    if engine.state_hash() != final_hash:
+        return [f"snapshot {path.name}: its state plus the journal tail differs from the replay"]
+    return []
+
+
+def run_promote(args) -> int:
+    for folder in shard_folders(pathlib.Path(args.data)):
+        address = running_address(folder)
+        with pynng.Req0(recv_timeout=5000, send_timeout=5000, resend_time=-1) as socket:
+            socket.dial(address, block=True)
+            socket.send(request_encoder.encode(Promote()))
+            reply = reply_decoder.decode(socket.recv())
+        print(f"{folder}: {ReplyStatus.NAMES[reply.status]} epoch={reply.epoch}")
+    return 0
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""Starting and stopping shard processes on one machine: their folders, ports and readiness."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import msgspec
+import pynng
+
+from journal.shard import ShardConfig
+from journal.wire import Reply, ReplyStatus, Status, reply_decoder, request_encoder
+
+LAYOUT_FILE = "shards.json"
+PORTS_PER_SHARD = 4
+
+
+class Layout(msgspec.Struct):
+    """What a data folder holds: fixed when it is first created, since the shard map depends on it."""
+
+    shard_count: int
+    replica: bool
+
+
+def shard_folder(data: pathlib.Path, shard: int, replica: bool = False) -> pathlib.Path:
+    return data / (f"shard-{shard}-replica" if replica else f"shard-{shard}")
+
+
+def load_or_create_layout(data: pathlib.Path, shard_count: int, replica: bool) -> Layout:
+    data.mkdir(parents=True, exist_ok=True)
+    path = data / LAYOUT_FILE
+    if path.exists():
+        layout = msgspec.json.decode(path.read_bytes(), type=Layout)
+        if layout.shard_count != shard_count:
+            raise SystemExit(f"{data} holds {layout.shard_count} shards; it cannot be served with {shard_count}")
+        return Layout(layout.shard_count, replica)
+    layout = Layout(shard_count, replica)
+    path.write_bytes(msgspec.json.encode(layout))
+    return layout
+
+
+def shard_configs(data: pathlib.Path, layout: Layout, host: str, base_port: int, sync: bool,
+                  **options) -> list[tuple[ShardConfig, ShardConfig | None]]:
+    """Primary and replica configurations, each shard on its own block of ports."""
+    configs = []
+    for shard in range(layout.shard_count):
+        port = base_port + PORTS_PER_SHARD * shard
+        replication_address = f"tcp://{host}:{port + 3}" if layout.replica else ""
+        primary = ShardConfig(
+            data=str(shard_folder(data, shard)),
+            client_address=f"tcp://{host}:{port}",
+            announce_address=f"tcp://{host}:{port + 1}",
+            replica_address=replication_address,
+            sync_replication=sync,
+            **options,
+        )
+        replica = None
+        if layout.replica:
+            replica = ShardConfig(
+                data=str(shard_folder(data, shard, replica=True)),
+                client_address=f"tcp://{host}:{port + 2}",
+                replication_address=replication_address,
+                role="replica",
+                **options,
+            )
+        configs.append((primary, replica))
+    return configs
+
+
+class ShardProcess:
+    """One shard process, started from its configuration."""
+
+    def __init__(self, config: ShardConfig, log_path: pathlib.Path | None = None) -> None:
+        self.config = config
+        self.log_path = log_path
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> "ShardProcess":
+        pathlib.Path(self.config.data).mkdir(parents=True, exist_ok=True)
+        output = open(self.log_path, "ab") if self.log_path else None
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "journal.shard", msgspec.json.encode(self.config).decode()],
+            stdout=output,
+            stderr=subprocess.STDOUT if output else None,
+        )
+        if output:
+            output.close()
+        return self
+
+    def wait_ready(self, timeout_s: float = 60) -> Reply:
+        """Until the process answers a status request (it has recovered and listens)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"shard at {self.config.data} exited with {self.process.returncode}")
+            reply = request_status(self.config.client_address, timeout_ms=500)
+            if reply is not None and reply.status == ReplyStatus.OK:
+                return reply
+            time.sleep(0.05)
+        raise TimeoutError(f"shard at {self.config.data} not ready after {timeout_s} s")
+
+    def stop(self, timeout_s: float = 15) -> int:
+        """SIGTERM, then SIGKILL if it does not leave in time; returns the exit code."""
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL at once: the crash tests' power cut."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+def request_status(address: str, timeout_ms: int = 2000) -> Reply | None:
+    """One synchronous status request; None when nothing answers in time."""
+    with pynng.Req0(recv_timeout=timeout_ms, send_timeout=timeout_ms, resend_time=-1) as socket:
+        try:
+            socket.dial(address, block=True)
+            socket.send(request_encoder.encode(Status()))
+            return reply_decoder.decode(socket.recv())
+        except pynng.NNGException:
+            return None
+
+
+def running_address(folder: pathlib.Path) -> str:
+    """The client address a running shard process wrote into its folder."""
+    status = json.loads((folder / "shard.json").read_text())
+    return status["client_address"]

@@ -1,0 +1,550 @@
+"""The shard process: one engine, its sequencer, its journal and its replication.
+
+One event loop thread owns the engine (the single writer). Requests arrive on
+nng contexts and wait in one bounded queue. The loop takes what is queued,
+stamps it as one batch (sequence and time), chains it into the journal, applies
+it, and hands the entry to the journal thread (one LMDB transaction and one
+fsync for every batch queued meanwhile: group commit) and to the replica. A
+batch's replies, and those of reads that saw it, leave only once it is durable
+here and, in sync mode, on the replica.
+"""
+
+import asyncio
+import collections
+import concurrent.futures
+import gc
+import json
+import logging
+import os
+import pathlib
+import signal
+import time
+
+import msgspec
+import pynng
+
+from engine import Batch, BatchResult, CreateAccounts, CreateTransfers, Engine
+from journal import logs
+from journal.recovery import batch_decoder, batch_encoder, recover
+from journal.store import KEY, Journal, Snapshots
+from journal.wire import (
+    AccountBalance,
+    AccountTransfers,
+    CommittedEntry,
+    LookupAccounts,
+    LookupTransfers,
+    Promote,
+    ReadEntries,
+    Replicate,
+    Reply,
+    ReplyStatus,
+    ShardStatus,
+    Status,
+    Submit,
+    reply_decoder,
+    reply_encoder,
+    request_decoder,
+    request_encoder,
+)
+
+log = logging.getLogger("paygate.shard")
+result_encoder = msgspec.msgpack.Encoder()
+result_decoder = msgspec.msgpack.Decoder(BatchResult)
+
+
+class ShardConfig(msgspec.Struct, kw_only=True):
+    data: str
+    client_address: str
+    # Replica: where it listens for its primary. Primary: its replica's address, if any.
+    replication_address: str = ""
+    replica_address: str = ""
+    announce_address: str = ""
+    role: str = "primary"
+    sync_replication: bool = True
+    snapshot_every_batches: int = 20_000
+    snapshot_every_s: float = 600.0
+    keep_snapshots: int = 2
+    prune_journal: bool = False
+    max_queue_items: int = 262_144
+    max_batch_items: int = 65_520
+    max_unreleased_batches: int = 256
+    max_replicate_bytes: int = 32 << 20
+    max_read_entries: int = 1024
+    contexts: int = 256
+    heartbeat_ms: int = 250
+    replica_timeout_ms: int = 2_000
+    auto_promote_ms: int = 0
+
+
+class _Round(msgspec.Struct):
+    """Replies that may leave once `sequence` is durable (and replicated, in sync mode)."""
+
+    sequence: int
+    replies: list[tuple[asyncio.Future, bytes]]
+
+
+class Shard:
+    def __init__(self, config: ShardConfig) -> None:
+        self.config = config
+        self.folder = pathlib.Path(config.data)
+        self.journal = Journal(self.folder)
+        self.snapshots = Snapshots(self.folder)
+        self.engine, report = recover(self.journal, self.snapshots)
+        log.info("recovered %s", msgspec.json.encode(report).decode())
+        self.epoch = self.journal.epoch
+        self.role = config.role
+        self.durable_sequence = self.journal.head_sequence
+        self.replica_sequence = self.journal.head_sequence if not config.replica_address else 0
+        self.queue: collections.deque = collections.deque()
+        self.queue_items = 0
+        self.rounds: collections.deque[_Round] = collections.deque()
+        self.unwritten: list[tuple] = []
+        # Entries not yet acknowledged by the replica, kept to send without a disk read.
+        self.recent: collections.deque = collections.deque(maxlen=config.max_unreleased_batches * 2)
+        self.last_snapshot_sequence = self.engine.sequence
+        self.last_snapshot_time = time.monotonic()
+        self.snapshot_child = 0
+        self.last_heard_from_primary = time.monotonic()
+        self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self.stopping = False
+        gc.freeze()
+
+    # Lifecycle
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.work = asyncio.Event()
+        self.written = asyncio.Event()
+        self.to_write = asyncio.Event()
+        self.to_replicate = asyncio.Event()
+        self.released = asyncio.Event()
+        self.stopped = asyncio.Event()
+        for signal_number in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signal_number, self.stop)
+        self.client_socket = pynng.Rep0(listen=self.config.client_address)
+        self.announce_socket = pynng.Pub0(listen=self.config.announce_address, send_timeout=0) if self.config.announce_address else None
+        self.contexts = [self.client_socket.new_context() for _ in range(self.config.contexts)]
+        tasks = [asyncio.create_task(self._serve_client(context)) for context in self.contexts]
+        tasks += [_critical(self._sequence()), _critical(self._write())]
+        if self.role == "replica":
+            self.replication_socket = pynng.Rep0(listen=self.config.replication_address)
+            self.contexts.append(self.replication_socket.new_context())
+            tasks.append(asyncio.create_task(self._serve_replication(self.contexts[-1])))
+            if self.config.auto_promote_ms:
+                tasks.append(asyncio.create_task(self._watch_primary()))
+        if self.config.replica_address:
+            tasks.append(asyncio.create_task(self._replicate()))
+        self._write_status_file()
+        log.info("shard %s serving as %s at epoch %d, sequence %d", self.folder, self.role, self.epoch, self.engine.sequence)
+        await self.stopped.wait()
+        await self._drain()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._close()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.stopped.set()
+
+    async def _drain(self) -> None:
+        """Let committed work finish (bounded), so a clean stop leaves nothing half-said."""
+        deadline = time.monotonic() + 5
+        while (self.unwritten or self.rounds) and time.monotonic() < deadline:
+            self.to_write.set()
+            await asyncio.sleep(0.01)
+
+    def _close(self) -> None:
+        # Contexts before their sockets: nng refuses to close a context of a closed socket.
+        for context in self.contexts:
+            context.close()
+        for socket in (self.client_socket, self.announce_socket, getattr(self, "replication_socket", None)):
+            if socket is not None:
+                socket.close()
+        self.executor.shutdown(wait=True)
+        self._reap_snapshot(block=True)
+        self.journal.close()
+
+    def _write_status_file(self) -> None:
+        status = {"pid": os.getpid(), "client_address": self.config.client_address, "role": self.role,
+                  "replication_address": self.config.replication_address}
+        temporary = self.folder / "shard.json.tmp"
+        temporary.write_text(json.dumps(status))
+        os.replace(temporary, self.folder / "shard.json")
+
+    # Requests
+
+    async def _serve_client(self, context) -> None:
+        while True:
+            message = await context.arecv()
+            await context.asend(await self._answer(message))
+
+    async def _answer(self, message: bytes) -> bytes:
+        try:
+            request = request_decoder.decode(message)
+        except msgspec.DecodeError as error:
+            return self._reply(ReplyStatus.INVALID, message=str(error))
+        kind = type(request)
+        if kind is Status:
+            return reply_encoder.encode(Reply(ReplyStatus.OK, self.epoch, self.engine.sequence, shard_status=self._status(request)))
+        if kind is Promote:
+            self._promote("requested")
+            return self._reply(ReplyStatus.OK)
+        if kind is ReadEntries:
+            return self._read_entries(request)
+        if self.role != "primary":
+            return self._reply(ReplyStatus.NOT_PRIMARY)
+        if kind is Replicate:
+            return self._reply(ReplyStatus.INVALID, message="replication goes to the replication address")
+        items = _item_count(request) if kind is Submit else 1
+        if items > self.config.max_batch_items:
+            return self._reply(ReplyStatus.INVALID, message=f"more than {self.config.max_batch_items} items")
+        if self.queue_items + items > self.config.max_queue_items:
+            return self._reply(ReplyStatus.BUSY)
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((request, items, future))
+        self.queue_items += items
+        self.work.set()
+        return await future
+
+    def _reply(self, status: int, message: str = "") -> bytes:
+        return reply_encoder.encode(Reply(status, self.epoch, self.engine.sequence, message=message))
+
+    def _status(self, request: Status) -> ShardStatus:
+        return ShardStatus(
+            role=self.role,
+            epoch=self.epoch,
+            sequence=self.engine.sequence,
+            durable_sequence=self.durable_sequence,
+            replica_sequence=self.replica_sequence,
+            state_hash=self.engine.state_hash() if request.with_state_hash else "",
+        )
+
+    def _read_entries(self, request: ReadEntries) -> bytes:
+        limit = max(1, min(request.limit, self.config.max_read_entries))
+        pairs = self.journal.read_results(request.start_sequence, limit)
+        entries = [CommittedEntry(entry.sequence, entry.payload, result_decoder.decode(result)) for entry, result in pairs]
+        return reply_encoder.encode(Reply(ReplyStatus.OK, self.epoch, self.durable_sequence, entries=entries))
+
+    # The single writer
+
+    async def _sequence(self) -> None:
+        while True:
+            await self.work.wait()
+            self.work.clear()
+            while self.queue:
+                while len(self.rounds) >= self.config.max_unreleased_batches:
+                    self.released.clear()
+                    await self.released.wait()
+                self._sequence_round()
+                self._maybe_snapshot()
+                # Let replies, the journal and the replicator run between rounds.
+                await asyncio.sleep(0)
+
+    def _sequence_round(self) -> None:
+        """Take what is queued (bounded), apply it as one batch, answer reads, queue the replies."""
+        submits, reads = self._take()
+        replies: list[tuple[asyncio.Future, bytes]] = []
+        if submits:
+            commands = [command for request, _ in submits for command in request.commands]
+            batch = Batch(self.engine.sequence + 1, max(time.time_ns(), self.engine.timestamp + 1), commands)
+            payload = batch_encoder.encode(batch)
+            entry = self.journal.prepare(batch.sequence, payload)
+            result = self.engine.apply(batch)
+            self.unwritten.append((entry, result_encoder.encode(result)))
+            self.recent.append(entry)
+            self.to_write.set()
+            self.to_replicate.set()
+            start = 0
+            for request, future in submits:
+                count = len(request.commands)
+                reply = Reply(ReplyStatus.OK, self.epoch, batch.sequence, results=result.results[start : start + count])
+                replies.append((future, reply_encoder.encode(reply)))
+                start += count
+        for request, future in reads:
+            replies.append((future, reply_encoder.encode(self._lookup(request))))
+        self.rounds.append(_Round(self.engine.sequence, replies))
+        self._release()
+
+    def _take(self) -> tuple[list, list]:
+        submits, reads = [], []
+        taken = 0
+        queue = self.queue
+        while queue and (taken == 0 or taken + queue[0][1] <= self.config.max_batch_items):
+            request, items, future = queue.popleft()
+            taken += items
+            self.queue_items -= items
+            if type(request) is Submit:
+                submits.append((request, future))
+            else:
+                reads.append((request, future))
+        return submits, reads
+
+    def _lookup(self, request) -> Reply:
+        ledger = self.engine.ledger
+        reply = Reply(ReplyStatus.OK, self.epoch, self.engine.sequence)
+        kind = type(request)
+        if kind is LookupAccounts:
+            reply.accounts = [_public_account(ledger.accounts.get(account_id)) for account_id in request.ids]
+        elif kind is LookupTransfers:
+            reply.transfers = [ledger.transfers.get(transfer_id) for transfer_id in request.ids]
+        elif kind is AccountTransfers:
+            limit = max(1, min(request.limit, 8190))
+            reply.transfers = ledger.account_transfers(
+                request.account_id, request.timestamp_min, request.timestamp_max, limit, request.after_id, request.newest_first
+            )
+        elif kind is AccountBalance:
+            reply.balance = ledger.balance_at(request.account_id, request.timestamp)
+        return reply
+
+    def _release(self) -> None:
+        """Answer every round whose batch is durable here and, in sync mode, on the replica."""
+        watermark = self.durable_sequence
+        if self.config.replica_address and self.config.sync_replication:
+            watermark = min(watermark, self.replica_sequence)
+        rounds = self.rounds
+        while rounds and rounds[0].sequence <= watermark:
+            for future, reply in rounds.popleft().replies:
+                if not future.done():
+                    future.set_result(reply)
+        self.released.set()
+
+    # Durability
+
+    async def _write(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.to_write.wait()
+            self.to_write.clear()
+            if not self.unwritten:
+                continue
+            pending, self.unwritten = self.unwritten, []
+            entries = [entry for entry, _ in pending]
+            results = [result for _, result in pending]
+            await loop.run_in_executor(self.executor, self.journal.write, entries, results)
+            self.durable_sequence = entries[-1].sequence
+            self._announce()
+            self._release()
+
+    def _announce(self) -> None:
+        if self.announce_socket is None:
+            return
+        try:
+            self.announce_socket.send(KEY.pack(self.durable_sequence), block=False)
+        except pynng.NNGException:
+            pass  # Announcements only wake readers; a reader that misses one polls.
+
+    # Snapshots
+
+    def _maybe_snapshot(self) -> None:
+        self._reap_snapshot(block=False)
+        due = (self.engine.sequence - self.last_snapshot_sequence >= self.config.snapshot_every_batches
+               or time.monotonic() - self.last_snapshot_time >= self.config.snapshot_every_s)
+        if not due or self.snapshot_child or self.engine.sequence == self.last_snapshot_sequence:
+            return
+        self.last_snapshot_sequence = self.engine.sequence
+        self.last_snapshot_time = time.monotonic()
+        # Objects the collector never visits are never copied by the child's writes.
+        gc.freeze()
+        self.snapshot_child = take_snapshot_in_child(self.engine, self.journal.prepared_hash, self.snapshots)
+
+    def _reap_snapshot(self, block: bool) -> None:
+        if not self.snapshot_child:
+            return
+        pid, status = os.waitpid(self.snapshot_child, 0 if block else os.WNOHANG)
+        if pid == 0:
+            return
+        self.snapshot_child = 0
+        if os.waitstatus_to_exitcode(status) != 0:
+            log.error("snapshot child failed with status %d", status)
+            return
+        self.snapshots.remove_older_than(self.config.keep_snapshots)
+        kept = self.snapshots.paths()
+        if self.config.prune_journal and len(kept) >= self.config.keep_snapshots:
+            oldest = self.snapshots.load(kept[-1])[0].sequence
+            if oldest <= self.durable_sequence:
+                self.journal.prune_before(oldest)
+
+    # Replication: the primary's side
+
+    async def _replicate(self) -> None:
+        socket = pynng.Req0(recv_timeout=self.config.replica_timeout_ms, send_timeout=self.config.replica_timeout_ms,
+                            resend_time=-1)
+        socket.dial(self.config.replica_address, block=False)
+        context = socket.new_context()
+        next_sequence = 0  # unknown until the replica answers
+        try:
+            while self.role == "primary":
+                records, first = self._records_for_replica(next_sequence)
+                if not records and next_sequence:
+                    self.to_replicate.clear()
+                    try:
+                        await asyncio.wait_for(self.to_replicate.wait(), self.config.heartbeat_ms / 1000)
+                    except asyncio.TimeoutError:
+                        pass
+                    records, first = self._records_for_replica(next_sequence)
+                try:
+                    await context.asend(request_encoder.encode(Replicate(self.epoch, first, records)))
+                    reply = reply_decoder.decode(await context.arecv())
+                except pynng.NNGException:
+                    context.close()
+                    context = socket.new_context()
+                    await asyncio.sleep(self.config.heartbeat_ms / 1000)
+                    continue
+                if reply.epoch > self.epoch:
+                    self._fence(reply.epoch)
+                    return
+                self.replica_sequence = max(self.replica_sequence, min(reply.sequence, self.journal.prepared_sequence))
+                next_sequence = reply.sequence + 1
+                self._release()
+        finally:
+            context.close()
+            socket.close()
+
+    def _records_for_replica(self, next_sequence: int) -> tuple[list[bytes], int]:
+        """Records from `next_sequence` on: from memory when recent, else from the journal."""
+        if not next_sequence or next_sequence > self.journal.prepared_sequence:
+            return [], next_sequence or self.journal.prepared_sequence + 1
+        recent = self.recent
+        if recent and recent[0].sequence <= next_sequence:
+            start = next_sequence - recent[0].sequence
+            records = []
+            size = 0
+            for index in range(start, len(recent)):
+                record = recent[index].record()
+                if records and size + len(record) > self.config.max_replicate_bytes:
+                    break
+                records.append(record)
+                size += len(record)
+            return records, next_sequence
+        return self.journal.read_records(next_sequence, 1024, self.config.max_replicate_bytes), next_sequence
+
+    def _fence(self, epoch: int) -> None:
+        """A higher epoch exists: this process must never write again."""
+        log.error("fenced: epoch %d is above ours (%d); refusing writes", epoch, self.epoch)
+        self.role = "fenced"
+        self.epoch = epoch
+        for round_ in self.rounds:
+            for future, _ in round_.replies:
+                if not future.done():
+                    future.set_result(self._reply(ReplyStatus.NOT_PRIMARY))
+        self.rounds.clear()
+        while self.queue:
+            _, _, future = self.queue.popleft()
+            future.set_result(self._reply(ReplyStatus.NOT_PRIMARY))
+        self.queue_items = 0
+        self._write_status_file()
+
+    # Replication: the replica's side
+
+    async def _serve_replication(self, context) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            message = await context.arecv()
+            request = request_decoder.decode(message)
+            assert type(request) is Replicate
+            await context.asend(await self._accept_replicate(request, loop))
+
+    async def _accept_replicate(self, request: Replicate, loop) -> bytes:
+        if request.epoch < self.epoch or (self.role != "replica" and request.epoch == self.epoch):
+            return self._reply(ReplyStatus.NOT_PRIMARY)
+        self.last_heard_from_primary = time.monotonic()
+        if request.epoch > self.epoch:
+            self.epoch = request.epoch
+            self.journal.epoch = request.epoch
+        head = self.journal.head_sequence
+        skip = head + 1 - request.first_sequence
+        if request.first_sequence > head + 1 or not request.records or skip >= len(request.records):
+            # Behind or idle: say where we stand; the primary sends from there.
+            return reply_encoder.encode(Reply(ReplyStatus.OK, self.epoch, head))
+        records = request.records[max(skip, 0) :]
+        entries = self.journal.append_records(head + 1, records)
+        results = [result_encoder.encode(self.engine.apply(batch_decoder.decode(entry.payload))) for entry in entries]
+        await loop.run_in_executor(self.executor, self.journal.write, entries, results)
+        self.durable_sequence = self.journal.head_sequence
+        self._announce()
+        return reply_encoder.encode(Reply(ReplyStatus.OK, self.epoch, self.journal.head_sequence))
+
+    async def _watch_primary(self) -> None:
+        timeout_s = self.config.auto_promote_ms / 1000
+        while self.role == "replica":
+            await asyncio.sleep(timeout_s / 4)
+            if time.monotonic() - self.last_heard_from_primary > timeout_s:
+                self._promote(f"no word from the primary for {self.config.auto_promote_ms} ms")
+
+    def _promote(self, reason: str) -> None:
+        if self.role != "replica":
+            return
+        self.epoch += 1
+        self.journal.epoch = self.epoch
+        self.role = "primary"
+        self.replica_sequence = self.journal.head_sequence
+        self.durable_sequence = self.journal.head_sequence
+        self._write_status_file()
+        log.warning("promoted to primary at epoch %d (%s)", self.epoch, reason)
+
+
+def _critical(coroutine) -> asyncio.Task:
+    """A task the shard cannot live without: if it fails (an engine invariant, a disk error), the process stops."""
+
+    def check(task: asyncio.Task) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log.critical("stopping: %r", task.exception(), exc_info=task.exception())
+            logging.shutdown()
+            os._exit(70)
+
+    task = asyncio.create_task(coroutine)
+    task.add_done_callback(check)
+    return task
+
+
+def take_snapshot_in_child(engine: Engine, entry_hash: bytes, snapshots: Snapshots) -> int:
+    """Fork: the child writes the engine as of now (copy-on-write) while the parent goes on."""
+    sequence = engine.sequence
+    pid = os.fork()
+    if pid:
+        return pid
+    try:
+        snapshots.write(sequence, entry_hash, engine.snapshot())
+        os._exit(0)
+    except BaseException:
+        os._exit(1)
+
+
+def _item_count(request: Submit) -> int:
+    count = 0
+    for command in request.commands:
+        kind = type(command)
+        if kind is CreateTransfers:
+            count += len(command.transfers)
+        elif kind is CreateAccounts:
+            count += len(command.accounts)
+        else:
+            count += 1
+    return max(count, 1)
+
+
+def _public_account(account):
+    """An account as a reply carries it: balances, without the engine's indexes."""
+    if account is None:
+        return None
+    return msgspec.structs.replace(account, transfers=None, history=None)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    import uvloop
+
+    parser = argparse.ArgumentParser(description="Run one shard process (primary or replica).")
+    parser.add_argument("config", help="the shard's configuration as JSON (a ShardConfig)")
+    parser.add_argument("--log-level", default="INFO")
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level)
+    config = msgspec.json.decode(args.config, type=ShardConfig)
+    shard = Shard(config)
+    uvloop.run(shard.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,347 @@
+"""The LMDB write-ahead journal and the snapshot files beside it.
+
+Journal entries are keyed by sequence number (big-endian, so LMDB keeps them in
+order and appends cheaply). Each value is `hash | previous hash | payload`,
+where hash = BLAKE2b-256(previous hash | key | payload): one digest is both the
+entry's checksum and a link in the hash chain. One `append` is one write
+transaction and one fsync, whatever the number of entries in it.
+"""
+
+import hashlib
+import os
+import pathlib
+import struct
+
+import lmdb
+import msgspec
+
+HASH_BYTES = 32
+GENESIS_HASH = bytes(HASH_BYTES)
+HEADER_BYTES = 2 * HASH_BYTES
+KEY = struct.Struct(">Q")
+# A sparse file: the map only costs disk as it fills. Grown by doubling when full.
+DEFAULT_MAP_SIZE_BYTES = 1 << 34
+MAX_DATABASES = 4
+SNAPSHOT_MAGIC = b"PGSNAP1\n"
+SNAPSHOT_HEADER = struct.Struct(">8sQ32s32s")  # magic, sequence, journal entry hash, payload hash
+
+
+class CorruptionError(RuntimeError):
+    """Stored data fails its checksum or its chain; the message names where."""
+
+    def __init__(self, message: str, sequence: int = 0, damaged_record: bool = False) -> None:
+        super().__init__(message)
+        self.sequence = sequence
+        # The record itself is cut short or fails its checksum (as a torn write would).
+        self.damaged_record = damaged_record
+
+
+class Entry(msgspec.Struct, frozen=True):
+    sequence: int
+    hash: bytes
+    previous_hash: bytes
+    payload: bytes
+
+    def record(self) -> bytes:
+        """The stored value; replicas receive exactly these bytes."""
+        return self.hash + self.previous_hash + self.payload
+
+
+def entry_hash(previous_hash: bytes, sequence: int, payload: bytes) -> bytes:
+    digest = hashlib.blake2b(previous_hash, digest_size=HASH_BYTES)
+    digest.update(KEY.pack(sequence))
+    digest.update(payload)
+    return digest.digest()
+
+
+def decode_record(sequence: int, record: bytes) -> Entry:
+    """Split a stored value and check its checksum."""
+    if len(record) < HEADER_BYTES:
+        raise CorruptionError(f"journal entry {sequence}: truncated record of {len(record)} bytes", sequence, True)
+    entry = Entry(sequence, bytes(record[:HASH_BYTES]), bytes(record[HASH_BYTES:HEADER_BYTES]), bytes(record[HEADER_BYTES:]))
+    if entry_hash(entry.previous_hash, sequence, entry.payload) != entry.hash:
+        raise CorruptionError(f"journal entry {sequence}: checksum mismatch", sequence, True)
+    return entry
+
+
+class Journal:
+    """Append-only, hash-chained entries in LMDB; opened once per process."""
+
+    def __init__(self, folder: pathlib.Path, map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        self.environment = lmdb.open(
+            str(folder / "journal"),
+            map_size=map_size_bytes,
+            max_dbs=MAX_DATABASES,
+            sync=True,
+            metasync=True,
+            writemap=False,
+            readahead=False,
+        )
+        self.entries = self.environment.open_db(b"entries")
+        self.meta = self.environment.open_db(b"meta")
+        self.results = self.environment.open_db(b"results")
+        self._reset_heads()
+
+    def _reset_heads(self) -> None:
+        # head: durable on disk; prepared: chained in memory, possibly not yet written.
+        self.head_sequence, self.head_hash = self._read_head()
+        self.prepared_sequence, self.prepared_hash = self.head_sequence, self.head_hash
+
+    def close(self) -> None:
+        self.environment.close()
+
+    def _read_head(self) -> tuple[int, bytes]:
+        with self.environment.begin(db=self.entries) as transaction:
+            cursor = transaction.cursor()
+            if not cursor.last():
+                return self.first_sequence() - 1, self._pruned_hash(transaction)
+            sequence = KEY.unpack(cursor.key())[0]
+            return sequence, bytes(cursor.value()[:HASH_BYTES])
+
+    def _pruned_hash(self, transaction) -> bytes:
+        value = transaction.get(b"pruned_hash", db=self.meta)
+        return bytes(value) if value else GENESIS_HASH
+
+    def first_sequence(self) -> int:
+        """The lowest sequence the journal can still serve (1 unless pruned)."""
+        value = self.get_meta(b"first_sequence")
+        return KEY.unpack(value)[0] if value else 1
+
+    # Writing
+
+    def prepare(self, sequence: int, payload: bytes) -> Entry:
+        """Chain the next entry in memory; `write` makes it durable later, in order."""
+        assert sequence == self.prepared_sequence + 1, (sequence, self.prepared_sequence)
+        entry = Entry(sequence, entry_hash(self.prepared_hash, sequence, payload), self.prepared_hash, payload)
+        self.prepared_sequence = sequence
+        self.prepared_hash = entry.hash
+        return entry
+
+    def append(self, payloads: list[tuple[int, bytes]], results: list[bytes] | None = None) -> list[Entry]:
+        """Prepare and write consecutive (sequence, payload) pairs in one transaction."""
+        entries = [self.prepare(sequence, payload) for sequence, payload in payloads]
+        self.write(entries, results)
+        return entries
+
+    def append_records(self, first_sequence: int, records: list[bytes]) -> list[Entry]:
+        """Check and prepare entries exactly as another journal holds them (replication)."""
+        entries = []
+        for offset, record in enumerate(records):
+            entry = decode_record(first_sequence + offset, record)
+            if entry.sequence != self.prepared_sequence + 1 or entry.previous_hash != self.prepared_hash:
+                raise CorruptionError(f"journal entry {entry.sequence}: does not follow this journal's head", entry.sequence)
+            self.prepared_sequence = entry.sequence
+            self.prepared_hash = entry.hash
+            entries.append(entry)
+        return entries
+
+    def write(self, entries: list[Entry], results: list[bytes] | None = None) -> None:
+        """Store prepared entries, and each batch's encoded result, in one transaction and one fsync."""
+        if not entries:
+            return
+        assert entries[0].sequence == self.head_sequence + 1, (entries[0].sequence, self.head_sequence)
+        assert results is None or len(results) == len(entries)
+        while True:
+            try:
+                with self.environment.begin(write=True, db=self.entries) as transaction:
+                    for index, entry in enumerate(entries):
+                        key = KEY.pack(entry.sequence)
+                        assert transaction.put(key, entry.record(), append=True)
+                        if results is not None:
+                            transaction.put(key, results[index], db=self.results)
+                break
+            except lmdb.MapFullError:
+                self._grow()
+        self.head_sequence = entries[-1].sequence
+        self.head_hash = entries[-1].hash
+
+    def _grow(self) -> None:
+        self.environment.set_mapsize(self.environment.info()["map_size"] * 2)
+
+    def truncate_after(self, sequence: int) -> int:
+        """Drop every entry above `sequence` (a torn tail); returns how many went."""
+        dropped = 0
+        with self.environment.begin(write=True) as transaction:
+            for database in (self.entries, self.results):
+                cursor = transaction.cursor(db=database)
+                if cursor.set_range(KEY.pack(sequence + 1)):
+                    while cursor.delete():
+                        dropped += database is self.entries
+        self._reset_heads()
+        return dropped
+
+    def prune_before(self, sequence: int) -> None:
+        """Delete entries below `sequence`; the chain restarts from the last deleted hash."""
+        with self.environment.begin(write=True) as transaction:
+            cursor = transaction.cursor(db=self.entries)
+            last_hash = None
+            while cursor.first() and KEY.unpack(cursor.key())[0] < sequence:
+                last_hash = bytes(cursor.value()[:HASH_BYTES])
+                transaction.delete(cursor.key(), db=self.results)
+                cursor.delete()
+            if last_hash is not None:
+                transaction.put(b"pruned_hash", last_hash, db=self.meta)
+                transaction.put(b"first_sequence", KEY.pack(sequence), db=self.meta)
+
+    # Reading
+
+    def read(self, start_sequence: int, limit: int) -> list[Entry]:
+        """Up to `limit` checked entries from `start_sequence` on."""
+        assert limit > 0
+        entries = []
+        with self.environment.begin(db=self.entries, buffers=True) as transaction:
+            cursor = transaction.cursor()
+            if not cursor.set_range(KEY.pack(start_sequence)):
+                return entries
+            for key, value in cursor:
+                entries.append(decode_record(KEY.unpack(key)[0], bytes(value)))
+                if len(entries) == limit:
+                    break
+        return entries
+
+    def read_records(self, start_sequence: int, limit: int, max_bytes: int) -> list[bytes]:
+        """Stored values as they are, for replication, bounded in count and size."""
+        records = []
+        size = 0
+        with self.environment.begin(db=self.entries) as transaction:
+            cursor = transaction.cursor()
+            if not cursor.set_range(KEY.pack(start_sequence)):
+                return records
+            for _, value in cursor:
+                if records and size + len(value) > max_bytes:
+                    break
+                records.append(value)
+                size += len(value)
+                if len(records) == limit:
+                    break
+        return records
+
+    def scan(self, start_sequence: int, previous_hash: bytes, chunk: int = 256):
+        """Yield checked entries from `start_sequence`, following the hash chain.
+
+        Raises CorruptionError naming the first entry whose checksum or link is
+        wrong, or a gap in the sequence numbers.
+        """
+        expected = start_sequence
+        while True:
+            entries = self.read(expected, chunk)
+            if not entries:
+                return
+            for entry in entries:
+                if entry.sequence != expected:
+                    raise CorruptionError(f"journal entry {expected}: missing (next is {entry.sequence})", expected)
+                if entry.previous_hash != previous_hash:
+                    raise CorruptionError(f"journal entry {entry.sequence}: hash chain broken", entry.sequence)
+                yield entry
+                previous_hash = entry.hash
+                expected += 1
+
+    def read_results(self, start_sequence: int, limit: int) -> list[tuple[Entry, bytes]]:
+        """Up to `limit` checked entries from `start_sequence` on, each with its encoded result."""
+        pairs = []
+        with self.environment.begin() as transaction:
+            cursor = transaction.cursor(db=self.entries)
+            if not cursor.set_range(KEY.pack(start_sequence)):
+                return pairs
+            for key, value in cursor:
+                entry = decode_record(KEY.unpack(key)[0], value)
+                pairs.append((entry, bytes(transaction.get(key, db=self.results) or b"")))
+                if len(pairs) == limit:
+                    break
+        return pairs
+
+    def entry_hash_at(self, sequence: int) -> bytes | None:
+        with self.environment.begin(db=self.entries) as transaction:
+            value = transaction.get(KEY.pack(sequence))
+            return bytes(value[:HASH_BYTES]) if value is not None else None
+
+    # Metadata (epoch, pruning point)
+
+    def get_meta(self, key: bytes) -> bytes | None:
+        with self.environment.begin(db=self.meta) as transaction:
+            value = transaction.get(key)
+            return bytes(value) if value is not None else None
+
+    def set_meta(self, key: bytes, value: bytes) -> None:
+        with self.environment.begin(write=True, db=self.meta) as transaction:
+            transaction.put(key, value)
+
+    @property
+    def epoch(self) -> int:
+        value = self.get_meta(b"epoch")
+        return KEY.unpack(value)[0] if value else 0
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self.set_meta(b"epoch", KEY.pack(epoch))
+
+
+class SnapshotInfo(msgspec.Struct, frozen=True):
+    path: pathlib.Path
+    sequence: int
+    entry_hash: bytes
+
+
+class Snapshots:
+    """Engine snapshots as files `snapshot-<sequence>.bin`, written atomically."""
+
+    def __init__(self, folder: pathlib.Path) -> None:
+        self.folder = folder / "snapshots"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path_for(self, sequence: int) -> pathlib.Path:
+        return self.folder / f"snapshot-{sequence:020d}.bin"
+
+    def write(self, sequence: int, entry_hash: bytes, payload: bytes) -> pathlib.Path:
+        """Write, fsync, then rename into place: a reader never sees half a snapshot."""
+        path = self.path_for(sequence)
+        temporary = path.with_suffix(".tmp")
+        header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, sequence, entry_hash, _payload_hash(payload))
+        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(header + payload)
+            while view:
+                view = view[os.write(descriptor, view) :]
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, path)
+        _fsync_folder(self.folder)
+        return path
+
+    def paths(self) -> list[pathlib.Path]:
+        """Snapshot files, newest first."""
+        return sorted(self.folder.glob("snapshot-*.bin"), reverse=True)
+
+    def load(self, path: pathlib.Path) -> tuple[SnapshotInfo, bytes]:
+        """Read and check one snapshot; CorruptionError names the file if it is damaged."""
+        data = path.read_bytes()
+        if len(data) < SNAPSHOT_HEADER.size:
+            raise CorruptionError(f"snapshot {path.name}: truncated")
+        magic, sequence, journal_hash, payload_hash = SNAPSHOT_HEADER.unpack_from(data)
+        payload = data[SNAPSHOT_HEADER.size :]
+        if magic != SNAPSHOT_MAGIC or _payload_hash(payload) != payload_hash:
+            raise CorruptionError(f"snapshot {path.name}: checksum mismatch")
+        return SnapshotInfo(path, sequence, journal_hash), payload
+
+    def remove_older_than(self, keep: int) -> list[pathlib.Path]:
+        """Keep the newest `keep` snapshots; returns the paths removed."""
+        removed = self.paths()[keep:]
+        for path in removed:
+            path.unlink()
+        for temporary in self.folder.glob("*.tmp"):
+            temporary.unlink()
+        return removed
+
+
+def _payload_hash(payload: bytes) -> bytes:
+    return hashlib.blake2b(payload, digest_size=HASH_BYTES).digest()
+
+
+def _fsync_folder(folder: pathlib.Path) -> None:
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

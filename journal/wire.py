@@ -1,0 +1,108 @@
+"""Messages between clients, shard primaries and replicas, over nng, as msgpack arrays.
+
+One request message carries many commands; one reply carries one result each.
+"""
+
+import msgspec
+
+from engine.types import Account, Balance, BatchResult, Command, Transfer
+
+
+class Submit(msgspec.Struct, tag="submit", array_like=True):
+    """Commands to journal and apply, in order, in one batch."""
+
+    commands: list[Command]
+
+
+class LookupAccounts(msgspec.Struct, tag="lookup_accounts", array_like=True):
+    ids: list[str]
+
+
+class LookupTransfers(msgspec.Struct, tag="lookup_transfers", array_like=True):
+    ids: list[str]
+
+
+class AccountTransfers(msgspec.Struct, tag="account_transfers", array_like=True):
+    account_id: str
+    timestamp_min: int = 0
+    timestamp_max: int = 2**63 - 1
+    limit: int = 20
+    after_id: str = ""
+    newest_first: bool = False
+
+
+class AccountBalance(msgspec.Struct, tag="account_balance", array_like=True):
+    account_id: str
+    timestamp: int
+
+
+class ReadEntries(msgspec.Struct, tag="read_entries", array_like=True):
+    """Committed batches from `start_sequence` on, for readers that keep their own cursor."""
+
+    start_sequence: int
+    limit: int = 64
+
+
+class Status(msgspec.Struct, tag="status", array_like=True):
+    with_state_hash: bool = False
+
+
+class Promote(msgspec.Struct, tag="promote", array_like=True):
+    """Make a replica the primary under a new epoch."""
+
+
+class Replicate(msgspec.Struct, tag="replicate", array_like=True):
+    """Journal records from the primary, exactly as stored; empty as a heartbeat."""
+
+    epoch: int
+    first_sequence: int
+    records: list[bytes]
+
+
+Request = Submit | LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | ReadEntries | Status | Promote | Replicate
+
+
+class ReplyStatus:
+    OK = 0
+    # The shard's queue is full: retry later, nothing was done.
+    BUSY = 1
+    # This process is not the primary (a replica, or fenced by a higher epoch).
+    NOT_PRIMARY = 2
+    # The request could not be decoded or breaks a limit.
+    INVALID = 3
+    NAMES = ("ok", "busy", "not_primary", "invalid")
+
+
+class CommittedEntry(msgspec.Struct, array_like=True):
+    sequence: int
+    payload: bytes  # an encoded engine Batch
+    result: BatchResult
+
+
+class ShardStatus(msgspec.Struct, array_like=True):
+    role: str  # "primary" | "replica" | "fenced"
+    epoch: int
+    sequence: int  # applied
+    durable_sequence: int
+    replica_sequence: int  # acknowledged by the replica (primary only)
+    state_hash: str = ""
+
+
+class Reply(msgspec.Struct, array_like=True):
+    status: int
+    epoch: int
+    sequence: int = 0
+    # Submit: one entry per command; lookups: the objects or None.
+    results: list[list[int]] | None = None
+    accounts: list[Account | None] | None = None
+    transfers: list[Transfer | None] | None = None
+    balance: Balance | None = None
+    entries: list[CommittedEntry] | None = None
+    shard_status: ShardStatus | None = None
+    message: str = ""
+
+
+request_encoder = msgspec.msgpack.Encoder()
+request_decoder = msgspec.msgpack.Decoder(Request)
+reply_encoder = msgspec.msgpack.Encoder()
+reply_decoder = msgspec.msgpack.Decoder(Reply)
