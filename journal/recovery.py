@@ -14,6 +14,7 @@ from engine import Batch, CreateTransfers, Engine
 from journal.store import GENESIS_HASH, CorruptionError, Journal, Snapshots
 
 log = logging.getLogger("paygate.recovery")
+AHEAD_OF_JOURNAL = "ahead of the journal (its batch never committed)"
 batch_decoder = msgspec.msgpack.Decoder(Batch)
 batch_encoder = msgspec.msgpack.Encoder()
 
@@ -36,8 +37,11 @@ def load_snapshot(journal: Journal, snapshots: Snapshots, report: RecoveryReport
             log.error("skipping damaged %s", error)
             report.skipped_snapshots.append(str(error))
             continue
+        if info.sequence > journal.head_sequence:
+            # Taken just after its batch was applied, and the batch never became durable.
+            report.skipped_snapshots.append(f"snapshot {path.name}: {AHEAD_OF_JOURNAL}")
+            continue
         if journal.entry_hash_at(info.sequence) != info.entry_hash:
-            # Written ahead of the durable journal (the batch never committed), or from another history.
             report.skipped_snapshots.append(f"snapshot {path.name}: not in this journal")
             continue
         engine = Engine.restore(payload)

@@ -129,7 +129,7 @@ class Shard:
         if self.role == "replica":
             self.replication_socket = pynng.Rep0(listen=self.config.replication_address)
             self.contexts.append(self.replication_socket.new_context())
-            tasks.append(asyncio.create_task(self._serve_replication(self.contexts[-1])))
+            tasks.append(_critical(self._serve_replication(self.contexts[-1])))
             if self.config.auto_promote_ms:
                 tasks.append(asyncio.create_task(self._watch_primary()))
         if self.config.replica_address:

@@ -23,7 +23,7 @@ KEY = struct.Struct(">Q")
 DEFAULT_MAP_SIZE_BYTES = 1 << 34
 MAX_DATABASES = 4
 SNAPSHOT_MAGIC = b"PGSNAP1\n"
-SNAPSHOT_HEADER = struct.Struct(">8sQ32s32s")  # magic, sequence, journal entry hash, payload hash
+SNAPSHOT_HEADER = struct.Struct(">8sQ32s32s")  # magic, sequence, journal entry hash, checksum
 
 
 class CorruptionError(RuntimeError):
@@ -127,13 +127,15 @@ class Journal:
     def append_records(self, first_sequence: int, records: list[bytes]) -> list[Entry]:
         """Check and prepare entries exactly as another journal holds them (replication)."""
         entries = []
+        sequence, previous_hash = self.prepared_sequence, self.prepared_hash
         for offset, record in enumerate(records):
             entry = decode_record(first_sequence + offset, record)
-            if entry.sequence != self.prepared_sequence + 1 or entry.previous_hash != self.prepared_hash:
+            if entry.sequence != sequence + 1 or entry.previous_hash != previous_hash:
                 raise CorruptionError(f"journal entry {entry.sequence}: does not follow this journal's head", entry.sequence)
-            self.prepared_sequence = entry.sequence
-            self.prepared_hash = entry.hash
+            sequence, previous_hash = entry.sequence, entry.hash
             entries.append(entry)
+        # All or nothing: the head moves only once every record checked out.
+        self.prepared_sequence, self.prepared_hash = sequence, previous_hash
         return entries
 
     def write(self, entries: list[Entry], results: list[bytes] | None = None) -> None:
@@ -188,30 +190,24 @@ class Journal:
 
     def read(self, start_sequence: int, limit: int) -> list[Entry]:
         """Up to `limit` checked entries from `start_sequence` on."""
-        assert limit > 0
-        entries = []
-        with self.environment.begin(db=self.entries, buffers=True) as transaction:
-            cursor = transaction.cursor()
-            if not cursor.set_range(KEY.pack(start_sequence)):
-                return entries
-            for key, value in cursor:
-                entries.append(decode_record(KEY.unpack(key)[0], bytes(value)))
-                if len(entries) == limit:
-                    break
-        return entries
+        return [decode_record(sequence, record) for sequence, record in self._raw(start_sequence, limit)]
 
     def read_records(self, start_sequence: int, limit: int, max_bytes: int) -> list[bytes]:
         """Stored values as they are, for replication, bounded in count and size."""
+        return [record for _, record in self._raw(start_sequence, limit, max_bytes)]
+
+    def _raw(self, start_sequence: int, limit: int, max_bytes: int | None = None) -> list[tuple[int, bytes]]:
+        assert limit > 0
         records = []
         size = 0
         with self.environment.begin(db=self.entries) as transaction:
             cursor = transaction.cursor()
             if not cursor.set_range(KEY.pack(start_sequence)):
                 return records
-            for _, value in cursor:
-                if records and size + len(value) > max_bytes:
+            for key, value in cursor:
+                if max_bytes is not None and records and size + len(value) > max_bytes:
                     break
-                records.append(value)
+                records.append((KEY.unpack(key)[0], value))
                 size += len(value)
                 if len(records) == limit:
                     break
@@ -225,10 +221,12 @@ class Journal:
         """
         expected = start_sequence
         while True:
-            entries = self.read(expected, chunk)
-            if not entries:
+            records = self._raw(expected, chunk)
+            if not records:
                 return
-            for entry in entries:
+            # Checked one at a time, so every good entry before a damaged one is yielded first.
+            for sequence, record in records:
+                entry = decode_record(sequence, record)
                 if entry.sequence != expected:
                     raise CorruptionError(f"journal entry {expected}: missing (next is {entry.sequence})", expected)
                 if entry.previous_hash != previous_hash:
@@ -297,7 +295,7 @@ class Snapshots:
         """Write, fsync, then rename into place: a reader never sees half a snapshot."""
         path = self.path_for(sequence)
         temporary = path.with_suffix(".tmp")
-        header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, sequence, entry_hash, _payload_hash(payload))
+        header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, sequence, entry_hash, _snapshot_hash(sequence, entry_hash, payload))
         descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
             view = memoryview(header + payload)
@@ -321,7 +319,7 @@ class Snapshots:
             raise CorruptionError(f"snapshot {path.name}: truncated")
         magic, sequence, journal_hash, payload_hash = SNAPSHOT_HEADER.unpack_from(data)
         payload = data[SNAPSHOT_HEADER.size :]
-        if magic != SNAPSHOT_MAGIC or _payload_hash(payload) != payload_hash:
+        if magic != SNAPSHOT_MAGIC or _snapshot_hash(sequence, journal_hash, payload) != payload_hash:
             raise CorruptionError(f"snapshot {path.name}: checksum mismatch")
         return SnapshotInfo(path, sequence, journal_hash), payload
 
@@ -335,8 +333,12 @@ class Snapshots:
         return removed
 
 
-def _payload_hash(payload: bytes) -> bytes:
-    return hashlib.blake2b(payload, digest_size=HASH_BYTES).digest()
+def _snapshot_hash(sequence: int, entry_hash: bytes, payload: bytes) -> bytes:
+    """Covers the header's fields too, so a damaged sequence or entry hash is caught."""
+    digest = hashlib.blake2b(KEY.pack(sequence), digest_size=HASH_BYTES)
+    digest.update(entry_hash)
+    digest.update(payload)
+    return digest.digest()
 
 
 def _fsync_folder(folder: pathlib.Path) -> None:

@@ -1,0 +1,342 @@
+"""The LMDB journal and its snapshot files: round trips, damage found and named, torn tails, pruning, growth.
+
+Every test builds a small journal in `tmp_path`: batch 1 creates the accounts,
+each later batch holds a few transfers whose ids (`needle-s005-t2`) are
+distinctive bytes, so a test can find an entry's payload inside `data.mdb` and
+damage it there. Expected states come from engines fed the same encoded batches
+directly, decoded afresh per engine (the engine takes ownership of its structs).
+"""
+
+import contextlib
+import pathlib
+import subprocess
+import sys
+
+import lmdb
+import pytest
+
+from engine import Account, Batch, CreateAccounts, CreateTransfers, Engine, Transfer
+from journal.recovery import AHEAD_OF_JOURNAL, batch_decoder, batch_encoder, recover, replay_from_scratch
+from journal.store import (GENESIS_HASH, HASH_BYTES, SNAPSHOT_HEADER, CorruptionError, Entry, Journal, Snapshots,
+                           entry_hash)
+
+T0 = 1_700_000_000 * 10**9
+ACCOUNTS = ("cash", "alice", "bob", "carol")
+BATCHES = 8
+TRANSFERS_PER_BATCH = 5
+ENTRIES_PER_APPEND = 3
+
+
+def needle(sequence: int, index: int = 0) -> bytes:
+    return f"needle-s{sequence:03d}-t{index}".encode()
+
+
+def batch_payloads(count: int = BATCHES) -> list[bytes]:
+    """`count` encoded batches: the accounts, then transfers from cash whose ids name their batch."""
+    payloads = [batch_encoder.encode(Batch(1, T0, [CreateAccounts([Account(name, "USD") for name in ACCOUNTS])]))]
+    for sequence in range(2, count + 1):
+        transfers = [Transfer(needle(sequence, index).decode(), "cash", ACCOUNTS[1 + index % 3], 100 * sequence + index,
+                              "USD") for index in range(TRANSFERS_PER_BATCH)]
+        payloads.append(batch_encoder.encode(Batch(sequence, T0 + sequence, [CreateTransfers(transfers)])))
+    return payloads
+
+
+def engine_through(payloads: list[bytes], sequence: int) -> Engine:
+    engine = Engine()
+    for payload in payloads[:sequence]:
+        engine.apply(batch_decoder.decode(payload))
+    return engine
+
+
+@contextlib.contextmanager
+def opened(folder: pathlib.Path, **options):
+    """A Journal on `folder`, always closed: LMDB must not be opened twice in one process."""
+    journal = Journal(folder, **options)
+    try:
+        yield journal
+    finally:
+        journal.close()
+
+
+def build_journal(folder: pathlib.Path, count: int = BATCHES, snapshot_at: tuple[int, ...] = ()) -> list[bytes]:
+    """Append `count` batches, a few per transaction, and snapshot the engine at each of `snapshot_at`."""
+    payloads = batch_payloads(count)
+    with opened(folder) as journal:
+        for start in range(1, count + 1, ENTRIES_PER_APPEND):
+            sequences = range(start, min(start + ENTRIES_PER_APPEND, count + 1))
+            journal.append([(sequence, payloads[sequence - 1]) for sequence in sequences])
+        for sequence in snapshot_at:
+            engine = engine_through(payloads, sequence)
+            Snapshots(folder).write(sequence, journal.entry_hash_at(sequence), engine.snapshot())
+    return payloads
+
+
+def recover_folder(folder: pathlib.Path):
+    with opened(folder) as journal:
+        return recover(journal, Snapshots(folder))
+
+
+def flip_byte(data: bytes, offset: int) -> bytes:
+    damaged = bytearray(data)
+    damaged[offset] ^= 0xFF
+    return bytes(damaged)
+
+
+def flip_every(path: pathlib.Path, marker: bytes) -> None:
+    """Flip the first byte of every occurrence of `marker` in the file (LMDB leaves stale copies of rewritten pages)."""
+    data = path.read_bytes()
+    assert marker in data, marker
+    path.write_bytes(data.replace(marker, flip_byte(marker, 0)))
+
+
+def journal_file(folder: pathlib.Path) -> pathlib.Path:
+    return folder / "journal" / "data.mdb"
+
+
+def run_verify(folder: pathlib.Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge.cli", "verify", "--data", str(folder)],
+                          capture_output=True, text=True, timeout=60, cwd=pathlib.Path(__file__).parent.parent)
+
+
+# Round trip
+
+
+def test_round_trip_keeps_payloads_head_and_chain_across_reopen(tmp_path):
+    payloads = build_journal(tmp_path)
+    hashes = [GENESIS_HASH]
+    for sequence, payload in enumerate(payloads, 1):
+        hashes.append(entry_hash(hashes[-1], sequence, payload))
+    with opened(tmp_path) as journal:
+        assert (journal.head_sequence, journal.head_hash) == (BATCHES, hashes[-1])
+        entries = journal.read(1, 100)
+        assert entries == list(journal.scan(1, GENESIS_HASH))
+        assert [entry.payload for entry in entries] == payloads
+        assert [entry.sequence for entry in entries] == list(range(1, BATCHES + 1))
+        assert [(entry.previous_hash, entry.hash) for entry in entries] == list(zip(hashes, hashes[1:]))
+        assert journal.read(3, 2) == entries[2:4]
+        assert journal.read_records(1, 100, 1 << 20) == [entry.record() for entry in entries]
+    engine, report = recover_folder(tmp_path)
+    assert engine.state_hash() == engine_through(payloads, BATCHES).state_hash()
+    assert (engine.sequence, report.replayed_batches) == (BATCHES, BATCHES)
+    assert report.replayed_transfers == (BATCHES - 1) * TRANSFERS_PER_BATCH
+
+
+# Damage inside the journal
+
+
+@pytest.mark.parametrize("damaged", [2, BATCHES // 2, BATCHES - 1])
+def test_damaged_entry_before_the_tail_stops_recovery_and_verify_naming_it(tmp_path, damaged):
+    build_journal(tmp_path)
+    flip_every(journal_file(tmp_path), needle(damaged))
+    with pytest.raises(CorruptionError, match=rf"journal entry {damaged}\b") as raised:
+        recover_folder(tmp_path)
+    assert raised.value.sequence == damaged
+    verify = run_verify(tmp_path)
+    assert verify.returncode != 0
+    assert "FAILED" in verify.stdout and f"journal entry {damaged}:" in verify.stdout
+    # Nothing repaired: the damage and every entry after it are still there.
+    assert flip_byte(needle(damaged), 0) in journal_file(tmp_path).read_bytes()
+    with opened(tmp_path) as journal:
+        assert journal.head_sequence == BATCHES
+
+
+def cut_in_header(folder: pathlib.Path) -> None:
+    _rewrite_last_record(folder, lambda record: record[: HASH_BYTES + 5])
+
+
+def cut_in_payload(folder: pathlib.Path) -> None:
+    _rewrite_last_record(folder, lambda record: record[:-7])
+
+
+def _rewrite_last_record(folder: pathlib.Path, change) -> None:
+    environment = lmdb.open(str(folder / "journal"), max_dbs=4)
+    try:
+        entries = environment.open_db(b"entries")
+        with environment.begin(write=True, db=entries) as transaction:
+            cursor = transaction.cursor()
+            assert cursor.last()
+            assert cursor.put(cursor.key(), change(cursor.value()))
+    finally:
+        environment.close()
+
+
+def flip_payload_byte(folder: pathlib.Path) -> None:
+    flip_every(journal_file(folder), needle(BATCHES))
+
+
+
+@pytest.mark.parametrize("snapshot_at", [pytest.param((), id="from-scratch"),
+                                         pytest.param((BATCHES - 1,), id="snapshot-before-tail")])
+@pytest.mark.parametrize("tear", [cut_in_header, cut_in_payload, flip_payload_byte])
+def test_torn_last_entry_is_dropped_and_its_sequence_reused(tmp_path, tear, snapshot_at):
+    payloads = build_journal(tmp_path, snapshot_at=snapshot_at)
+    tear(tmp_path)
+    with opened(tmp_path) as journal:
+        engine, report = recover(journal, Snapshots(tmp_path))
+        assert report.dropped_tail_entries == 1
+        assert engine.sequence == journal.head_sequence == BATCHES - 1
+        assert engine.state_hash() == engine_through(payloads, BATCHES - 1).state_hash()
+        assert journal.head_hash == journal.entry_hash_at(BATCHES - 1)
+        journal.append([(BATCHES, payloads[-1])])
+    engine, report = recover_folder(tmp_path)
+    assert (engine.sequence, report.dropped_tail_entries) == (BATCHES, 0)
+
+
+# Snapshots
+
+SNAPSHOT_NAME_AT = "snapshot-{:020d}.bin".format
+
+@pytest.mark.parametrize("offset", [
+    pytest.param(0, id="magic"),
+    pytest.param(15, id="sequence"),
+    pytest.param(20, id="entry-hash"),
+    pytest.param(50, id="payload-hash"),
+    pytest.param(SNAPSHOT_HEADER.size + 10, id="payload"),
+])
+def test_snapshot_with_a_flipped_byte_fails_to_load_naming_the_file(tmp_path, offset):
+    build_journal(tmp_path, snapshot_at=(4,))
+    path = Snapshots(tmp_path).path_for(4)
+    path.write_bytes(flip_byte(path.read_bytes(), offset))
+    with pytest.raises(CorruptionError, match=SNAPSHOT_NAME_AT(4)):
+        Snapshots(tmp_path).load(path)
+
+
+@pytest.mark.parametrize("snapshot_at, used", [((3, 6), 3), ((6,), 0)], ids=["older-snapshot", "full-journal"])
+def test_recovery_skips_a_damaged_snapshot_and_falls_back(tmp_path, snapshot_at, used):
+    payloads = build_journal(tmp_path, snapshot_at=snapshot_at)
+    path = Snapshots(tmp_path).path_for(6)
+    path.write_bytes(flip_byte(path.read_bytes(), -1))
+    engine, report = recover_folder(tmp_path)
+    assert report.skipped_snapshots == [f"snapshot {path.name}: checksum mismatch"]
+    assert (report.snapshot_sequence, report.replayed_batches) == (used, BATCHES - used)
+    assert engine.state_hash() == engine_through(payloads, BATCHES).state_hash()
+
+
+def test_snapshot_ahead_of_the_journal_is_skipped(tmp_path):
+    """A snapshot of a batch whose journal entry never committed is skipped, and verify takes it for a crash leftover."""
+    build_journal(tmp_path)
+    payloads = batch_payloads(BATCHES + 1)
+    with opened(tmp_path) as journal:
+        uncommitted = journal.prepare(BATCHES + 1, payloads[-1])
+    Snapshots(tmp_path).write(BATCHES + 1, uncommitted.hash, engine_through(payloads, BATCHES + 1).snapshot())
+    engine, report = recover_folder(tmp_path)
+    assert report.skipped_snapshots == [f"snapshot {SNAPSHOT_NAME_AT(BATCHES + 1)}: {AHEAD_OF_JOURNAL}"]
+    assert (report.snapshot_sequence, engine.sequence) == (0, BATCHES)
+    assert engine.state_hash() == engine_through(payloads, BATCHES).state_hash()
+    assert run_verify(tmp_path).returncode == 0
+
+
+def test_verify_passes_a_folder_whose_snapshot_matches_the_replay(tmp_path):
+    payloads = build_journal(tmp_path, snapshot_at=(5,))
+    verify = run_verify(tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert f"ok batches={BATCHES} state_hash={engine_through(payloads, BATCHES).state_hash()}" in verify.stdout
+
+
+def test_verify_fails_naming_a_damaged_snapshot(tmp_path):
+    build_journal(tmp_path, snapshot_at=(5,))
+    path = Snapshots(tmp_path).path_for(5)
+    flip_every(path, needle(3))
+    verify = run_verify(tmp_path)
+    assert verify.returncode != 0
+    assert f"FAILED snapshot {path.name}: checksum mismatch" in verify.stdout
+
+
+# Pruning
+
+
+def test_pruned_journal_recovers_from_the_snapshot_at_the_pruning_point(tmp_path):
+    payloads = build_journal(tmp_path, snapshot_at=(5,))
+    with opened(tmp_path) as journal:
+        journal.prune_before(5)
+    engine, report = recover_folder(tmp_path)
+    assert (report.snapshot_sequence, report.replayed_batches) == (5, BATCHES - 5)
+    assert engine.state_hash() == engine_through(payloads, BATCHES).state_hash()
+    with opened(tmp_path) as journal:
+        assert (journal.first_sequence(), journal.head_sequence) == (5, BATCHES)
+        assert [entry.sequence for entry in journal.read(1, 100)] == list(range(5, BATCHES + 1))
+        with pytest.raises(CorruptionError, match="pruned"):
+            replay_from_scratch(journal)
+
+
+@pytest.mark.parametrize("snapshot_at", [(), (3,)], ids=["no-snapshot", "snapshot-of-pruned-entry"])
+def test_pruned_journal_without_a_covering_snapshot_refuses_to_recover(tmp_path, snapshot_at):
+    build_journal(tmp_path, snapshot_at=snapshot_at)
+    with opened(tmp_path) as journal:
+        journal.prune_before(5)
+    with pytest.raises(CorruptionError, match="no valid snapshot") as raised:
+        recover_folder(tmp_path)
+    assert raised.value.sequence == 5
+
+
+# Results, map growth, replication, epoch
+
+
+def test_truncate_after_removes_the_results_beside_the_entries(tmp_path):
+    payloads = batch_payloads()
+    with opened(tmp_path) as journal:
+        journal.append(list(enumerate(payloads, 1)), [b"result-%d" % sequence for sequence in range(1, BATCHES + 1)])
+        assert journal.truncate_after(5) == BATCHES - 5
+    with opened(tmp_path) as journal:
+        assert journal.head_sequence == 5
+        assert [(entry.sequence, result) for entry, result in journal.read_results(1, 100)] == [
+            (sequence, b"result-%d" % sequence) for sequence in range(1, 6)]
+        assert journal.read_results(6, 100) == []
+        journal.append([(6, payloads[5])])
+        assert journal.read_results(6, 100)[0][1] == b""
+
+
+def test_full_map_grows_instead_of_failing(tmp_path):
+    payloads = [bytes([sequence]) * 4096 for sequence in range(1, 65)]  # 256 KiB against a 64 KiB map
+    with opened(tmp_path, map_size_bytes=64 * 1024) as journal:
+        journal.append(list(enumerate(payloads[:32], 1)))
+        for sequence in range(33, 65):
+            journal.append([(sequence, payloads[sequence - 1])])
+    with opened(tmp_path) as journal:
+        assert [entry.payload for entry in journal.scan(1, GENESIS_HASH)] == payloads
+
+
+def test_append_records_copies_another_journal_exactly(tmp_path):
+    build_journal(tmp_path / "primary")
+    with opened(tmp_path / "primary") as primary, opened(tmp_path / "replica") as replica:
+        while replica.head_sequence < primary.head_sequence:
+            start = replica.head_sequence + 1
+            replica.write(replica.append_records(start, primary.read_records(start, ENTRIES_PER_APPEND, 1 << 20)))
+        assert replica.read(1, 100) == primary.read(1, 100)
+        assert (replica.head_sequence, replica.head_hash) == (primary.head_sequence, primary.head_hash)
+
+
+def forked_record() -> bytes:
+    """A well-formed entry 2 whose previous hash is not entry 1's."""
+    previous = b"\x01" * HASH_BYTES
+    return Entry(2, entry_hash(previous, 2, b"fork"), previous, b"fork").record()
+
+
+
+@pytest.mark.parametrize("first_sequence, bad_records, damaged", [
+    pytest.param(3, lambda records: [records[2]], False, id="gap"),
+    pytest.param(2, lambda records: [forked_record()], False, id="fork"),
+    pytest.param(2, lambda records: [flip_byte(records[1], -1)], True, id="flipped"),
+    pytest.param(2, lambda records: [records[1][:HASH_BYTES]], True, id="truncated"),
+    pytest.param(2, lambda records: [records[1], flip_byte(records[2], -1)], True, id="flipped-after-good"),
+])
+def test_append_records_rejects_what_does_not_extend_the_head(tmp_path, first_sequence, bad_records, damaged):
+    build_journal(tmp_path / "primary", count=3)
+    with opened(tmp_path / "primary") as primary, opened(tmp_path / "replica") as replica:
+        records = primary.read_records(1, 100, 1 << 20)
+        replica.write(replica.append_records(1, records[:1]))
+        with pytest.raises(CorruptionError) as raised:
+            replica.append_records(first_sequence, bad_records(records))
+        assert raised.value.damaged_record == damaged
+        assert replica.head_sequence == 1
+        replica.write(replica.append_records(2, records[1:]))
+        assert replica.head_hash == primary.head_hash
+
+
+def test_epoch_persists_across_reopen(tmp_path):
+    with opened(tmp_path) as journal:
+        assert journal.epoch == 0
+        journal.epoch = 7
+        assert journal.epoch == 7
+    with opened(tmp_path) as journal:
+        assert journal.epoch == 7
