@@ -84,9 +84,10 @@ class ShardClient:
         message = request_encoder.encode(request)
         busy = 0
         for _ in range(self.failover_rounds * len(self.sockets) + self.busy_retries):
-            reply = await self._send(self.current, message)
+            index = self.current
+            reply = await self._send(index, message)
             if reply is None or reply.status == ReplyStatus.NOT_PRIMARY:
-                self._next_process(reply)
+                self._next_process(index, reply)
                 await asyncio.sleep(0.05)
                 continue
             if reply.status == ReplyStatus.BUSY and busy < self.busy_retries:
@@ -108,10 +109,12 @@ class ShardClient:
             finally:
                 context.close()
 
-    def _next_process(self, reply: Reply | None) -> None:
+    def _next_process(self, failed_index: int, reply: Reply | None) -> None:
         if reply is not None:
             self.epoch = max(self.epoch, reply.epoch)
-        self.current = (self.current + 1) % len(self.sockets)
+        # Many requests fail at once when a primary dies: move on once, not once per request.
+        if self.current == failed_index:
+            self.current = (failed_index + 1) % len(self.sockets)
 
     # Convenience over `request`
 
