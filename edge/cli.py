@@ -31,6 +31,10 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--async-replication", action="store_true", help="release results before the replica has them")
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     serve.add_argument("--base-port", type=int, default=7100, help="first of the shards' nng ports")
+    serve.add_argument("--snapshot-every-batches", type=int, default=20_000)
+    serve.add_argument("--snapshot-every-s", type=float, default=600.0)
+    serve.add_argument("--prune-journal", action="store_true", help="delete journal entries older than the oldest kept snapshot")
+    serve.add_argument("--auto-promote-ms", type=int, default=0, help="a replica takes over after this much primary silence (0: only by `paygate promote`)")
     serve.set_defaults(run=run_serve)
 
     for name, run, text in (("replay", run_replay, "replay a data folder from scratch and print its state hash"),
@@ -52,7 +56,9 @@ def main(argv: list[str] | None = None) -> None:
 def run_serve(args) -> int:
     data = pathlib.Path(args.data)
     layout = load_or_create_layout(data, args.shards, args.replica)
-    configs = shard_configs(data, layout, args.host, args.base_port, sync=not args.async_replication)
+    configs = shard_configs(data, layout, args.host, args.base_port, sync=not args.async_replication,
+                            snapshot_every_batches=args.snapshot_every_batches, snapshot_every_s=args.snapshot_every_s,
+                            prune_journal=args.prune_journal, auto_promote_ms=args.auto_promote_ms)
     processes = []
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):

@@ -1,0 +1,133 @@
+"""The shard process as a service: reads by cursor, announcements, limits, routing, clean stops."""
+
+import asyncio
+
+import pynng
+import pytest
+
+from engine import Account, CreateAccounts, CreateTransfers, Transfer
+from journal.client import ACCOUNTS_ON_DIFFERENT_SHARDS, Cluster, ShardClient, ShardMap
+from journal.store import KEY
+from journal.wire import ReplyStatus, Submit, request_encoder
+from shard_harness import Load, primary_config, start
+
+
+@pytest.fixture
+def shard(tmp_path):
+    config = primary_config(tmp_path / "shard", max_queue_items=200, max_batch_items=100)
+    process = start(config)
+    client = ShardClient([config.client_address], timeout_ms=5000, busy_retries=0)
+    yield config, process, client
+    client.close()
+    process.kill()
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+def test_committed_batches_are_read_by_sequence_with_their_results(shard):
+    config, _, client = shard
+
+    async def scenario():
+        await Load(client).create_accounts()
+        await client.submit([CreateTransfers([Transfer("test:t1", "test:acct_1", "test:acct_2", 5, "usd"),
+                                              Transfer("test:t2", "test:acct_1", "test:missing", 5, "usd")])])
+        entries = await client.read_entries(1, limit=10)
+        assert [entry.sequence for entry in entries] == [1, 2]
+        assert entries[1].result.results == [[0, 33]]  # ok, credit_account_not_found
+        assert await client.read_entries(3) == []
+
+    run(scenario())
+
+
+def test_new_sequence_numbers_are_announced(shard):
+    config, _, client = shard
+
+    async def scenario():
+        with pynng.Sub0(dial=config.announce_address, recv_timeout=5000, topics=b"") as subscriber:
+            await asyncio.sleep(0.2)  # let the subscription reach the publisher
+            await Load(client).create_accounts()
+            assert KEY.unpack(await subscriber.arecv())[0] == 1
+
+    run(scenario())
+
+
+def test_a_full_queue_answers_busy_and_changes_nothing(shard):
+    config, _, client = shard
+
+    async def scenario():
+        await Load(client).create_accounts()
+        before = (await client.status(with_state_hash=True)).state_hash
+        transfers = [[Transfer(f"test:t{n}_{k}", "test:acct_1", "test:acct_2", 1, "usd") for k in range(90)] for n in range(40)]
+        replies = await asyncio.gather(*(client.submit([CreateTransfers(batch)]) for batch in transfers))
+        statuses = [reply.status for reply in replies]
+        assert ReplyStatus.BUSY in statuses and ReplyStatus.OK in statuses
+        accepted = sum(len(batch) for batch, reply in zip(transfers, replies) if reply.status == ReplyStatus.OK)
+        account = (await client.lookup_accounts(["test:acct_1"]))[0]
+        assert account.debits_posted == accepted  # busy submissions moved nothing
+        assert before != (await client.status(with_state_hash=True)).state_hash
+
+    run(scenario())
+
+
+@pytest.mark.parametrize("message", [b"\x00garbage", request_encoder.encode(Submit([CreateAccounts(
+    [Account(f"test:a{n}", "usd") for n in range(101)])]))], ids=["undecodable", "too many items"])
+def test_a_bad_request_is_refused_and_changes_nothing(shard, message):
+    config, _, client = shard
+
+    async def scenario():
+        reply = await client._send(0, message)
+        assert reply.status == ReplyStatus.INVALID and reply.message
+        assert (await client.status()).sequence == 0
+
+    run(scenario())
+
+
+def test_sigterm_stops_cleanly_and_a_restart_recovers_the_same_state(shard):
+    config, process, client = shard
+
+    async def state_hash():
+        return (await client.status(with_state_hash=True)).state_hash
+
+    async def load():
+        await Load(client).create_accounts()
+        return await state_hash()
+
+    before = run(load())
+    assert process.stop() == 0
+    start(config)
+    assert run(state_hash()) == before
+
+
+def owners_on_two_shards(shard_map: ShardMap) -> tuple[str, str]:
+    owners = {}
+    for number in range(100):
+        owners.setdefault(shard_map.shard_for(f"mer_{number}"), f"mer_{number}")
+    return owners[0], owners[1]
+
+
+def test_cluster_routes_by_owner_and_refuses_transfers_across_shards(tmp_path):
+    configs = [primary_config(tmp_path / f"shard-{n}") for n in range(2)]
+    processes = [start(config) for config in configs]
+    cluster = Cluster([[config.client_address] for config in configs], timeout_ms=5000)
+    first, second = owners_on_two_shards(cluster.map)
+
+    async def scenario():
+        for owner in (first, second):
+            accounts = [Account(f"{owner}:a", "usd"), Account(f"{owner}:b", "usd")]
+            assert (await cluster.shard(owner).submit([CreateAccounts(accounts)])).results == [[0, 0]]
+        results = await cluster.create_transfers([
+            Transfer(f"{first}:t1", f"{first}:a", f"{first}:b", 5, "usd"),
+            Transfer(f"{second}:t1", f"{second}:a", f"{second}:b", 7, "usd"),
+            Transfer(f"{first}:t2", f"{first}:a", f"{second}:b", 9, "usd"),
+        ])
+        assert results == [0, 0, ACCOUNTS_ON_DIFFERENT_SHARDS]
+        assert (await cluster.shard(second).lookup_accounts([f"{second}:b"]))[0].credits_posted == 7
+
+    try:
+        run(scenario())
+    finally:
+        cluster.close()
+        for process in processes:
+            process.kill()
