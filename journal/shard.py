@@ -344,9 +344,12 @@ class Shard:
             return
         self.last_snapshot_sequence = self.engine.sequence
         self.last_snapshot_time = time.monotonic()
+        paused_at = time.perf_counter()
         # Objects the collector never visits are never copied by the child's writes.
         gc.freeze()
         self.snapshot_child = take_snapshot_in_child(self.engine, self.journal.prepared_hash, self.snapshots)
+        log.info("snapshot of batch %d forked; the writer paused %.1f ms", self.engine.sequence,
+                 (time.perf_counter() - paused_at) * 1000)
 
     def _reap_snapshot(self, block: bool) -> None:
         if not self.snapshot_child:

@@ -96,8 +96,11 @@ def test_sigterm_stops_cleanly_and_a_restart_recovers_the_same_state(shard):
 
     before = run(load())
     assert process.stop() == 0
-    start(config)
-    assert run(state_hash()) == before
+    restarted = start(config)
+    try:
+        assert run(state_hash()) == before
+    finally:
+        restarted.kill()
 
 
 def owners_on_two_shards(shard_map: ShardMap) -> tuple[str, str]:
