@@ -108,7 +108,7 @@ def run_replay(args) -> int:
 
 def _replay_with_progress(journal: Journal, label: str):
     with tqdm(total=journal.head_sequence, desc=label, unit="batch", disable=None) as progress:
-        return replay_from_scratch(journal, on_batch=lambda entry: progress.update(1))
+        return replay_from_scratch(journal, on_batch=lambda entry, result: progress.update(1))
 
 
 def run_verify(args) -> int:

@@ -62,10 +62,10 @@ def replay(engine: Engine, journal: Journal, start: int, previous_hash: bytes, r
             return
         batch = batch_decoder.decode(entry.payload)
         report.replayed_transfers += sum(len(c.transfers) for c in batch.commands if type(c) is CreateTransfers)
-        engine.apply(batch)
+        result = engine.apply(batch)
         report.replayed_batches += 1
         if on_batch is not None:
-            on_batch(entry)
+            on_batch(entry, result)
 
 
 def replay_from_scratch(journal: Journal, on_batch=None) -> tuple[Engine, RecoveryReport]:
@@ -83,12 +83,20 @@ def recover(journal: Journal, snapshots: Snapshots) -> tuple[Engine, RecoveryRep
     """Rebuild the engine from the newest usable snapshot and the journal tail."""
     report = RecoveryReport()
     engine, start, previous_hash = load_snapshot(journal, snapshots, report)
+    missing_results = []
+
+    def keep_missing_result(entry, result) -> None:
+        # A replica writes results after acknowledging; a crash in between leaves them to replay.
+        if not journal.has_result(entry.sequence):
+            missing_results.append((entry.sequence, batch_encoder.encode(result)))
+
     try:
-        replay(engine, journal, start, previous_hash, report)
+        replay(engine, journal, start, previous_hash, report, on_batch=keep_missing_result)
     except CorruptionError as error:
         if not error.damaged_record or error.sequence != journal.head_sequence:
             raise
         log.warning("dropping torn last entry: %s", error)
         report.dropped_tail_entries = journal.truncate_after(error.sequence - 1)
     assert engine.sequence == journal.head_sequence, (engine.sequence, journal.head_sequence)
+    journal.write_results(missing_results)
     return engine, report

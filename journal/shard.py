@@ -101,6 +101,8 @@ class Shard:
         self.unwritten: list[tuple] = []
         # Entries not yet acknowledged by the replica, kept to send without a disk read.
         self.recent: collections.deque = collections.deque(maxlen=config.max_unreleased_batches * 2)
+        # Replica: entries durable and acknowledged, not yet applied.
+        self.replicated: collections.deque = collections.deque()
         self.last_snapshot_sequence = self.engine.sequence
         self.last_snapshot_time = time.monotonic()
         self.snapshot_child = 0
@@ -117,6 +119,7 @@ class Shard:
         self.written = asyncio.Event()
         self.to_write = asyncio.Event()
         self.to_replicate = asyncio.Event()
+        self.to_apply = asyncio.Event()
         self.released = asyncio.Event()
         self.stopped = asyncio.Event()
         for signal_number in (signal.SIGTERM, signal.SIGINT):
@@ -130,6 +133,7 @@ class Shard:
             self.replication_socket = pynng.Rep0(listen=self.config.replication_address)
             self.contexts.append(self.replication_socket.new_context())
             tasks.append(_critical(self._serve_replication(self.contexts[-1])))
+            tasks.append(_critical(self._apply_replicated()))
             if self.config.auto_promote_ms:
                 tasks.append(asyncio.create_task(self._watch_primary()))
         if self.config.replica_address:
@@ -237,7 +241,7 @@ class Shard:
                     self.released.clear()
                     await self.released.wait()
                 self._sequence_round()
-                self._maybe_snapshot()
+                self._maybe_snapshot(self.journal.prepared_hash)
                 # Let replies, the journal and the replicator run between rounds.
                 await asyncio.sleep(0)
 
@@ -336,7 +340,8 @@ class Shard:
 
     # Snapshots
 
-    def _maybe_snapshot(self) -> None:
+    def _maybe_snapshot(self, entry_hash: bytes) -> None:
+        """Fork a snapshot when due; `entry_hash` is the hash of the journal entry last applied."""
         self._reap_snapshot(block=False)
         due = (self.engine.sequence - self.last_snapshot_sequence >= self.config.snapshot_every_batches
                or time.monotonic() - self.last_snapshot_time >= self.config.snapshot_every_s)
@@ -347,7 +352,7 @@ class Shard:
         paused_at = time.perf_counter()
         # Objects the collector never visits are never copied by the child's writes.
         gc.freeze()
-        self.snapshot_child = take_snapshot_in_child(self.engine, self.journal.prepared_hash, self.snapshots)
+        self.snapshot_child = take_snapshot_in_child(self.engine, entry_hash, self.snapshots)
         log.info("snapshot of batch %d forked; the writer paused %.1f ms", self.engine.sequence,
                  (time.perf_counter() - paused_at) * 1000)
 
@@ -460,13 +465,31 @@ class Shard:
         if request.first_sequence > head + 1 or not request.records or skip >= len(request.records):
             # Behind or idle: say where we stand; the primary sends from there.
             return reply_encoder.encode(Reply(ReplyStatus.OK, self.epoch, head))
-        records = request.records[max(skip, 0) :]
-        entries = self.journal.append_records(head + 1, records)
-        results = [result_encoder.encode(self.engine.apply(batch_decoder.decode(entry.payload))) for entry in entries]
-        await loop.run_in_executor(self.executor, self.journal.write, entries, results)
+        entries = self.journal.append_records(head + 1, request.records[max(skip, 0) :])
+        await loop.run_in_executor(self.executor, self.journal.write, entries, None)
         self.durable_sequence = self.journal.head_sequence
+        # Acknowledge once durable; applying follows, off the primary's critical path.
+        self.replicated.extend(entries)
+        self.to_apply.set()
         self._announce()
         return reply_encoder.encode(Reply(ReplyStatus.OK, self.epoch, self.journal.head_sequence))
+
+    async def _apply_replicated(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self.to_apply.wait()
+            self.to_apply.clear()
+            results = self._apply_pending_replicated()
+            await loop.run_in_executor(self.executor, self.journal.write_results, results)
+
+    def _apply_pending_replicated(self) -> list[tuple[int, bytes]]:
+        results = []
+        while self.replicated:
+            entry = self.replicated.popleft()
+            result = self.engine.apply(batch_decoder.decode(entry.payload))
+            results.append((entry.sequence, result_encoder.encode(result)))
+            self._maybe_snapshot(entry.hash)
+        return results
 
     async def _watch_primary(self) -> None:
         timeout_s = self.config.auto_promote_ms / 1000
@@ -478,6 +501,8 @@ class Shard:
     def _promote(self, reason: str) -> None:
         if self.role != "replica":
             return
+        # The engine must hold every acknowledged entry before it takes writes.
+        self.journal.write_results(self._apply_pending_replicated())
         self.epoch += 1
         self.journal.epoch = self.epoch
         self.role = "primary"

@@ -158,6 +158,23 @@ class Journal:
         self.head_sequence = entries[-1].sequence
         self.head_hash = entries[-1].hash
 
+    def write_results(self, results: list[tuple[int, bytes]]) -> None:
+        """Store the encoded results of entries already written (a replica applies after it acknowledges)."""
+        if not results:
+            return
+        while True:
+            try:
+                with self.environment.begin(write=True, db=self.results) as transaction:
+                    for sequence, result in results:
+                        transaction.put(KEY.pack(sequence), result)
+                return
+            except lmdb.MapFullError:
+                self._grow()
+
+    def has_result(self, sequence: int) -> bool:
+        with self.environment.begin(db=self.results) as transaction:
+            return transaction.get(KEY.pack(sequence)) is not None
+
     def _grow(self) -> None:
         self.environment.set_mapsize(self.environment.info()["map_size"] * 2)
 
@@ -243,8 +260,10 @@ class Journal:
             if not cursor.set_range(KEY.pack(start_sequence)):
                 return pairs
             for key, value in cursor:
-                entry = decode_record(KEY.unpack(key)[0], value)
-                pairs.append((entry, bytes(transaction.get(key, db=self.results) or b"")))
+                result = transaction.get(key, db=self.results)
+                if result is None:
+                    break  # a replica has not applied it yet
+                pairs.append((decode_record(KEY.unpack(key)[0], value), bytes(result)))
                 if len(pairs) == limit:
                     break
         return pairs
