@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow run bench-engine clean
+.PHONY: venv test test-slow run bench-engine bench-durable clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,9 @@ run: venv
 
 bench-engine: venv
 	$(BIN)/python -m bench.engine
+
+bench-durable: venv
+	$(BIN)/python -m bench.durable
 
 clean:
 	rm -rf $(VENV) data bench/out

@@ -142,9 +142,12 @@ class Shard:
         log.info("shard %s serving as %s at epoch %d, sequence %d", self.folder, self.role, self.epoch, self.engine.sequence)
         await self.stopped.wait()
         await self._drain()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # pynng can swallow a cancel that lands as a send or receive completes: cancel until all are gone.
+        pending = set(tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=0.1)
         self._close()
 
     def stop(self) -> None:
