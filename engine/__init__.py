@@ -1,23 +1,17 @@
 """The balance engine: a pure, deterministic, single-writer ledger in memory.
 
 Owns accounts, double-entry transfers (single, linked, two-phase, balancing,
-closing), their result codes, and snapshot / restore / state hash.
+closing) and their result codes; merchants, orders, customers, wallets and
+idempotency keys as state machines whose money moves are transfers; reads;
+and snapshot / restore / state hash.
 Must not import anything but the standard library and msgspec: no I/O, no
 clock, no randomness, no threads. Time and ids arrive inside each batch.
 """
 
+from engine.batch import Batch, BatchResult, Command
 from engine.codes import AccountCode, TransferCode
 from engine.machine import Engine
-from engine.types import (
-    Account,
-    AccountFlag,
-    Batch,
-    BatchResult,
-    CreateAccounts,
-    CreateTransfers,
-    Transfer,
-    TransferFlag,
-)
+from engine.types import Account, AccountFlag, CreateAccounts, CreateTransfers, Transfer, TransferFlag
 
 __all__ = [
     "Account",
@@ -25,6 +19,7 @@ __all__ = [
     "AccountFlag",
     "Batch",
     "BatchResult",
+    "Command",
     "CreateAccounts",
     "CreateTransfers",
     "Engine",

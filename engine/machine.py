@@ -1,25 +1,21 @@
-"""The engine: applies sequenced batches of commands to the ledger, deterministically.
+"""The engine: applies sequenced batches of commands, deterministically, and answers reads.
 
-Each command type has one handler; later state machines (orders, payments,
-refunds, payouts) join as new command types whose money moves are transfers.
+Each command type has one handler. Ledger commands answer a code per item;
+commerce commands (merchants, orders, customers, wallets, idempotency keys)
+answer an Outcome, and their money moves are ledger transfers.
 """
 
+import collections
 import hashlib
 
 import msgspec
 
+from engine.batch import Batch, BatchResult
+from engine.commerce import Commerce, IdempotencyRecord
 from engine.ledger import Ledger
-from engine.types import (
-    Account,
-    AccountFlag,
-    Balance,
-    Batch,
-    BatchResult,
-    CreateAccounts,
-    CreateTransfers,
-    Event,
-    Transfer,
-)
+from engine.queries import Answer, Query, answer
+from engine.records import Customer, Merchant, Order
+from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Event, Transfer
 from engine.verify import verify_ledger
 
 
@@ -34,6 +30,12 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     pending_states: list[tuple[str, int]]
     expiries: list[tuple[int, str]]
     histories: list[tuple[str, list[Balance]]]
+    merchants: list[Merchant]
+    orders: list[Order]
+    order_expiries: list[tuple[int, str]]
+    customers: list[Customer]
+    idempotency: list[tuple[str, str, IdempotencyRecord]]
+    order_times_by_ip: list[tuple[str, list[int]]]
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -43,12 +45,9 @@ _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 class Engine:
     def __init__(self) -> None:
         self.ledger = Ledger()
+        self.commerce = Commerce(self.ledger)
         self.sequence = 0
         self.timestamp = 0
-        self._handlers = {
-            CreateAccounts: lambda command, timestamp: self.ledger.create_accounts(command.accounts, timestamp),
-            CreateTransfers: lambda command, timestamp: self.ledger.create_transfers(command.transfers, timestamp),
-        }
 
     def apply(self, batch: Batch) -> BatchResult:
         """Apply one batch; sequence numbers follow one another and time never runs back."""
@@ -56,11 +55,23 @@ class Engine:
         # Time zero means "not yet stamped" on a transfer, so a batch's time is never zero.
         assert batch.timestamp > 0 and batch.timestamp >= self.timestamp, (batch.timestamp, self.timestamp)
         self.sequence = batch.sequence
-        self.timestamp = batch.timestamp
-        events: list[Event] = self.ledger.expire(batch.timestamp)
-        handlers = self._handlers
-        results = [handlers[type(command)](command, batch.timestamp) for command in batch.commands]
+        self.timestamp = timestamp = batch.timestamp
+        events: list[Event] = self.ledger.expire(timestamp) + self.commerce.advance(timestamp)
+        results = [self._apply_command(command, timestamp) for command in batch.commands]
+        events += self.commerce.events
+        self.commerce.events = []
         return BatchResult(batch.sequence, results, events)
+
+    def _apply_command(self, command, timestamp: int):
+        kind = type(command)
+        if kind is CreateTransfers:
+            return self.ledger.create_transfers(command.transfers, timestamp)
+        if kind is CreateAccounts:
+            return self.ledger.create_accounts(command.accounts, timestamp)
+        return self.commerce.apply(command, timestamp)
+
+    def query(self, query: Query) -> Answer:
+        return answer(query, self.ledger, self.commerce)
 
     # State
 
@@ -69,6 +80,7 @@ class Engine:
 
     def _snapshot(self) -> Snapshot:
         ledger = self.ledger
+        commerce = self.commerce
         accounts = list(ledger.accounts.values())
         return Snapshot(
             sequence=self.sequence,
@@ -79,6 +91,12 @@ class Engine:
             pending_states=list(ledger.pending_states.items()),
             expiries=sorted(ledger.expiries),
             histories=[(account.id, account.history) for account in accounts if account.history],
+            merchants=list(commerce.merchants.values()),
+            orders=list(commerce.orders.values()),
+            order_expiries=sorted(commerce.order_expiries),
+            customers=list(commerce.customers.values()),
+            idempotency=[(merchant_id, key, record) for (merchant_id, key), record in commerce.idempotency.items()],
+            order_times_by_ip=[(ip, list(times)) for ip, times in commerce.order_times_by_ip.items()],
         )
 
     @classmethod
@@ -94,10 +112,11 @@ class Engine:
         ledger.expiries = list(snapshot.expiries)
         _restore_histories(ledger, snapshot.histories)
         _restore_transfers(ledger, snapshot.transfers)
+        _restore_commerce(engine.commerce, snapshot)
         return engine
 
     def state_hash(self) -> str:
-        """A digest of the ledger, the same for any two engines fed the same commands.
+        """A digest of the state, the same for any two engines fed the same commands.
 
         Leaves out the batch counter and clock, so re-sending old commands to a
         later batch is seen to change nothing.
@@ -140,3 +159,19 @@ def _restore_transfers(ledger: Ledger, transfers: list[Transfer]) -> None:
                 account.transfers = [t]
             else:
                 account.transfers.append(t)
+
+
+def _restore_commerce(commerce: Commerce, snapshot: Snapshot) -> None:
+    for merchant in snapshot.merchants:
+        commerce.merchants[merchant.id] = merchant
+        if merchant.api_key_hash:
+            commerce.merchant_by_api_key_hash[merchant.api_key_hash] = merchant.id
+        if merchant.client_id:
+            commerce.merchant_by_client_id[merchant.client_id] = merchant.id
+    for order in snapshot.orders:
+        commerce.orders[order.id] = order
+        commerce.orders_by_merchant.setdefault(order.merchant_id, []).append(order.id)
+    commerce.order_expiries = list(snapshot.order_expiries)
+    commerce.customers = {customer.id: customer for customer in snapshot.customers}
+    commerce.idempotency = {(merchant_id, key): record for merchant_id, key, record in snapshot.idempotency}
+    commerce.order_times_by_ip = {ip: collections.deque(times) for ip, times in snapshot.order_times_by_ip}

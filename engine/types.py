@@ -108,27 +108,9 @@ class CreateTransfers(msgspec.Struct, tag="create_transfers", array_like=True):
     transfers: list[Transfer]
 
 
-Command = CreateAccounts | CreateTransfers
-
-
-class Batch(msgspec.Struct, array_like=True):
-    """The unit of input: commands that the sequencer stamped with one number and one time."""
-
-    sequence: int
-    timestamp: int
-    commands: list[Command]
-
-
 class Event(msgspec.Struct, array_like=True):
     """Something the engine did on its own or that readers off the hot path must hear of."""
 
     kind: str
     object_id: str
     timestamp: int
-
-
-class BatchResult(msgspec.Struct, array_like=True):
-    sequence: int
-    # One entry per command: for account and transfer commands, one code per item.
-    results: list[list[int]]
-    events: list[Event]

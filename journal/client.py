@@ -13,11 +13,9 @@ import hashlib
 import pynng
 
 from engine import CreateTransfers, Transfer
+from engine.queries import AccountBalance, AccountTransfers, Answer, LookupAccounts, LookupTransfers, Query
 from journal.wire import (
-    AccountBalance,
-    AccountTransfers,
-    LookupAccounts,
-    LookupTransfers,
+    Read,
     ReadEntries,
     Reply,
     ReplyStatus,
@@ -121,17 +119,20 @@ class ShardClient:
     async def submit(self, commands: list) -> Reply:
         return await self.request(Submit(commands))
 
+    async def read(self, query: Query) -> Answer:
+        return (await self.request(Read(query))).answer
+
     async def lookup_accounts(self, ids: list[str]) -> list:
-        return (await self.request(LookupAccounts(ids))).accounts
+        return (await self.read(LookupAccounts(ids))).accounts
 
     async def lookup_transfers(self, ids: list[str]) -> list:
-        return (await self.request(LookupTransfers(ids))).transfers
+        return (await self.read(LookupTransfers(ids))).transfers
 
     async def account_transfers(self, account_id: str, **filters) -> list:
-        return (await self.request(AccountTransfers(account_id, **filters))).transfers
+        return (await self.read(AccountTransfers(account_id, **filters))).transfers
 
     async def account_balance(self, account_id: str, timestamp: int):
-        return (await self.request(AccountBalance(account_id, timestamp))).balance
+        return (await self.read(AccountBalance(account_id, timestamp))).balance
 
     async def read_entries(self, start_sequence: int, limit: int = 64) -> list:
         return (await self.request(ReadEntries(start_sequence, limit))).entries

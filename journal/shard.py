@@ -28,11 +28,7 @@ from journal import logs
 from journal.recovery import batch_decoder, batch_encoder, recover
 from journal.store import KEY, Journal, Snapshots
 from journal.wire import (
-    AccountBalance,
-    AccountTransfers,
     CommittedEntry,
-    LookupAccounts,
-    LookupTransfers,
     Promote,
     ReadEntries,
     Replicate,
@@ -269,7 +265,8 @@ class Shard:
                 replies.append((future, reply_encoder.encode(reply)))
                 start += count
         for request, future in reads:
-            replies.append((future, reply_encoder.encode(self._lookup(request))))
+            reply = Reply(ReplyStatus.OK, self.epoch, self.engine.sequence, answer=self.engine.query(request.query))
+            replies.append((future, reply_encoder.encode(reply)))
         self.rounds.append(_Round(self.engine.sequence, replies))
         self._release()
 
@@ -286,23 +283,6 @@ class Shard:
             else:
                 reads.append((request, future))
         return submits, reads
-
-    def _lookup(self, request) -> Reply:
-        ledger = self.engine.ledger
-        reply = Reply(ReplyStatus.OK, self.epoch, self.engine.sequence)
-        kind = type(request)
-        if kind is LookupAccounts:
-            reply.accounts = [_public_account(ledger.accounts.get(account_id)) for account_id in request.ids]
-        elif kind is LookupTransfers:
-            reply.transfers = [ledger.transfers.get(transfer_id) for transfer_id in request.ids]
-        elif kind is AccountTransfers:
-            limit = max(1, min(request.limit, 8190))
-            reply.transfers = ledger.account_transfers(
-                request.account_id, request.timestamp_min, request.timestamp_max, limit, request.after_id, request.newest_first
-            )
-        elif kind is AccountBalance:
-            reply.balance = ledger.balance_at(request.account_id, request.timestamp)
-        return reply
 
     def _release(self) -> None:
         """Answer every round whose batch is durable here and, in sync mode, on the replica."""
@@ -553,13 +533,6 @@ def _item_count(request: Submit) -> int:
         else:
             count += 1
     return max(count, 1)
-
-
-def _public_account(account):
-    """An account as a reply carries it: balances, without the engine's indexes."""
-    if account is None:
-        return None
-    return msgspec.structs.replace(account, transfers=None, history=None)
 
 
 def main(argv: list[str] | None = None) -> None:

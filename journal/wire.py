@@ -5,7 +5,9 @@ One request message carries many commands; one reply carries one result each.
 
 import msgspec
 
-from engine.types import Account, Balance, BatchResult, Command, Transfer
+from engine.batch import BatchResult, Command
+from engine.queries import Answer, Query
+from engine.records import Outcome
 
 
 class Submit(msgspec.Struct, tag="submit", array_like=True):
@@ -14,26 +16,10 @@ class Submit(msgspec.Struct, tag="submit", array_like=True):
     commands: list[Command]
 
 
-class LookupAccounts(msgspec.Struct, tag="lookup_accounts", array_like=True):
-    ids: list[str]
+class Read(msgspec.Struct, tag="read", array_like=True):
+    """A read of engine state, answered from memory once every batch before it is durable."""
 
-
-class LookupTransfers(msgspec.Struct, tag="lookup_transfers", array_like=True):
-    ids: list[str]
-
-
-class AccountTransfers(msgspec.Struct, tag="account_transfers", array_like=True):
-    account_id: str
-    timestamp_min: int = 0
-    timestamp_max: int = 2**63 - 1
-    limit: int = 20
-    after_id: str = ""
-    newest_first: bool = False
-
-
-class AccountBalance(msgspec.Struct, tag="account_balance", array_like=True):
-    account_id: str
-    timestamp: int
+    query: Query
 
 
 class ReadEntries(msgspec.Struct, tag="read_entries", array_like=True):
@@ -59,7 +45,7 @@ class Replicate(msgspec.Struct, tag="replicate", array_like=True):
     records: list[bytes]
 
 
-Request = Submit | LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | ReadEntries | Status | Promote | Replicate
+Request = Submit | Read | ReadEntries | Status | Promote | Replicate
 
 
 class ReplyStatus:
@@ -92,11 +78,9 @@ class Reply(msgspec.Struct, array_like=True):
     status: int
     epoch: int
     sequence: int = 0
-    # Submit: one entry per command; lookups: the objects or None.
-    results: list[list[int]] | None = None
-    accounts: list[Account | None] | None = None
-    transfers: list[Transfer | None] | None = None
-    balance: Balance | None = None
+    # Submit: one entry per command.
+    results: list[list[int] | Outcome] | None = None
+    answer: Answer | None = None
     entries: list[CommittedEntry] | None = None
     shard_status: ShardStatus | None = None
     message: str = ""

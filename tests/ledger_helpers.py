@@ -2,8 +2,7 @@
 
 from collections.abc import Iterable
 
-from engine import Account, AccountCode, Batch, BatchResult, CreateAccounts, CreateTransfers, Engine, Transfer, TransferCode
-from engine.types import Command
+from engine import Account, AccountCode, Batch, BatchResult, Command, CreateAccounts, CreateTransfers, Engine, Transfer, TransferCode
 
 
 def apply_batch(engine: Engine, timestamp: int, commands: Iterable[Command]) -> BatchResult:

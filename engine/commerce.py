@@ -1,0 +1,332 @@
+"""The commerce state machines: merchants, orders, customers and wallets, and idempotency keys.
+
+Money moves only as ledger transfers. Every command answers an `Outcome`;
+a refused command changes nothing. Tenant isolation is enforced here too: a
+merchant's command never sees another merchant's order or customer.
+"""
+
+import collections
+import heapq
+
+import msgspec
+
+from engine.codes import TransferCode
+from engine.ledger import Ledger
+from engine.records import (
+    AddDashboardUser,
+    CancelOrder,
+    CreateCustomer,
+    CreateMerchant,
+    CreateOrder,
+    CreateSubAccount,
+    Customer,
+    Idempotent,
+    Merchant,
+    MoveWallet,
+    Order,
+    Outcome,
+    PayOrderFromWallet,
+    UpdateMerchant,
+    UpdateOrder,
+    system_account_id,
+    wallet_account_id,
+)
+from engine.types import NANOSECONDS_PER_SECOND, Account, AccountFlag, CreateAccounts, CreateTransfers, Event, Transfer
+
+IDEMPOTENCY_RETENTION_NS = 24 * 3600 * NANOSECONDS_PER_SECOND
+ORDER_STATUSES = ("pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception")
+_outcome_encoder = msgspec.msgpack.Encoder()
+_outcome_decoder = msgspec.msgpack.Decoder(Outcome)
+
+
+class IdempotencyRecord(msgspec.Struct, array_like=True):
+    request_hash: str
+    outcome: bytes  # the first outcome, encoded as it was then
+    created_at: int
+
+
+class Commerce:
+    def __init__(self, ledger: Ledger) -> None:
+        self.ledger = ledger
+        self.merchants: dict[str, Merchant] = {}
+        self.merchant_by_api_key_hash: dict[str, str] = {}
+        self.merchant_by_client_id: dict[str, str] = {}
+        self.orders: dict[str, Order] = {}
+        self.orders_by_merchant: dict[str, list[str]] = {}
+        self.order_expiries: list[tuple[int, str]] = []
+        self.customers: dict[str, Customer] = {}
+        # (merchant id, key) -> record, oldest first: pruned from the front as time passes.
+        self.idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
+        # client IP -> times of its recent order creations
+        self.order_times_by_ip: dict[str, collections.deque] = {}
+        self.events: list[Event] = []
+
+    # Time
+
+    def advance(self, timestamp: int) -> list[Event]:
+        """Expire pending orders whose time is up; forget idempotency keys past retention."""
+        events = []
+        expiries = self.order_expiries
+        while expiries and expiries[0][0] <= timestamp:
+            expires_at, order_id = heapq.heappop(expiries)
+            order = self.orders[order_id]
+            if order.status == "pending" and order.expires_at == expires_at:
+                order.status = "expired"
+                order.updated_at = timestamp
+                events.append(Event("order.expired", order_id, timestamp))
+        records = self.idempotency
+        while records:
+            key = next(iter(records))
+            if records[key].created_at + IDEMPOTENCY_RETENTION_NS > timestamp:
+                break
+            del records[key]
+        return events
+
+    # Commands
+
+    def apply(self, command, timestamp: int) -> Outcome:
+        if type(command) is Idempotent:
+            return self._idempotent(command, timestamp)
+        return _HANDLERS[type(command)](self, command, timestamp)
+
+    def _idempotent(self, command: Idempotent, timestamp: int) -> Outcome:
+        key = (command.merchant_id, command.key)
+        record = self.idempotency.get(key)
+        if record is not None:
+            if record.request_hash != command.request_hash:
+                return Outcome("idempotency_key_reused")
+            outcome = _outcome_decoder.decode(record.outcome)
+            outcome.replayed = True
+            return outcome
+        inner = command.command
+        if type(inner) in (CreateAccounts, CreateTransfers):
+            outcome = Outcome(codes=self._ledger_command(inner, timestamp))
+        else:
+            outcome = _HANDLERS[type(inner)](self, inner, timestamp)
+        self.idempotency[key] = IdempotencyRecord(command.request_hash, _outcome_encoder.encode(outcome), timestamp)
+        return outcome
+
+    def _ledger_command(self, command, timestamp: int) -> list[int]:
+        if type(command) is CreateAccounts:
+            return self.ledger.create_accounts(command.accounts, timestamp)
+        return self.ledger.create_transfers(command.transfers, timestamp)
+
+    def _create_merchant(self, command: CreateMerchant, timestamp: int) -> Outcome:
+        merchant = command.merchant
+        if merchant.id in self.merchants:
+            return Outcome("exists")
+        merchant.created_at = merchant.updated_at = timestamp
+        self.merchants[merchant.id] = merchant
+        if merchant.api_key_hash:
+            self.merchant_by_api_key_hash[merchant.api_key_hash] = merchant.id
+        if merchant.client_id:
+            self.merchant_by_client_id[merchant.client_id] = merchant.id
+        return Outcome(record=merchant)
+
+    def _update_merchant(self, command: UpdateMerchant, timestamp: int) -> Outcome:
+        merchant = self.merchants.get(command.merchant_id)
+        if merchant is None:
+            return Outcome("merchant_not_found")
+        for field in ("webhook_url", "tier", "ip_allowlist", "status", "require_signature"):
+            value = getattr(command, field)
+            if value is not None:
+                setattr(merchant, field, value)
+        merchant.updated_at = timestamp
+        return Outcome(record=merchant)
+
+    def _create_sub_account(self, command: CreateSubAccount, timestamp: int) -> Outcome:
+        merchant = self.merchants.get(command.merchant_id)
+        if merchant is None:
+            return Outcome("merchant_not_found")
+        if any(sub.id == command.sub_account.id for sub in merchant.sub_accounts):
+            return Outcome("exists")
+        command.sub_account.created_at = timestamp
+        merchant.sub_accounts = [*merchant.sub_accounts, command.sub_account]
+        merchant.updated_at = timestamp
+        return Outcome(record=merchant)
+
+    def _add_dashboard_user(self, command: AddDashboardUser, timestamp: int) -> Outcome:
+        merchant = self.merchants.get(command.merchant_id)
+        if merchant is None:
+            return Outcome("merchant_not_found")
+        others = [user for user in merchant.users if user.email != command.user.email]
+        merchant.users = [*others, command.user]
+        return Outcome(record=merchant)
+
+    def _create_order(self, command: CreateOrder, timestamp: int) -> Outcome:
+        order = command.order
+        if order.merchant_id not in self.merchants:
+            return Outcome("merchant_not_found")
+        if order.id in self.orders:
+            return Outcome("exists")
+        if command.ip_limit and not self._admit_ip(command, timestamp):
+            return Outcome("rate_limited")
+        order.status = "pending"
+        order.created_at = order.updated_at = timestamp
+        self.orders[order.id] = order
+        self.orders_by_merchant.setdefault(order.merchant_id, []).append(order.id)
+        heapq.heappush(self.order_expiries, (order.expires_at, order.id))
+        return Outcome(record=order)
+
+    def _admit_ip(self, command: CreateOrder, timestamp: int) -> bool:
+        """A sliding window per client IP; the window's times are the engine's."""
+        times = self.order_times_by_ip.setdefault(command.client_ip, collections.deque())
+        window_start = timestamp - command.ip_window_s * NANOSECONDS_PER_SECOND
+        while times and times[0] <= window_start:
+            times.popleft()
+        if len(times) >= command.ip_limit:
+            return False
+        times.append(timestamp)
+        return True
+
+    def _update_order(self, command: UpdateOrder, timestamp: int) -> Outcome:
+        order = self.order_of(command.merchant_id, command.order_id)
+        if order is None:
+            return Outcome("order_not_found")
+        if order.status != "pending":
+            return Outcome("order_not_pending", record=order)
+        for field in ("name", "note", "amount"):
+            value = getattr(command, field)
+            if value is not None:
+                setattr(order, field, value)
+        if command.expires_at is not None:
+            order.expires_at = command.expires_at
+            heapq.heappush(self.order_expiries, (order.expires_at, order.id))
+        order.updated_at = timestamp
+        return Outcome(record=order)
+
+    def _cancel_order(self, command: CancelOrder, timestamp: int) -> Outcome:
+        order = self.order_of(command.merchant_id, command.order_id)
+        if order is None:
+            return Outcome("order_not_found")
+        if order.status != "pending":
+            return Outcome("order_not_pending", record=order)
+        order.status = "cancelled"
+        order.updated_at = timestamp
+        return Outcome(record=order)
+
+    def _create_customer(self, command: CreateCustomer, timestamp: int) -> Outcome:
+        customer = command.customer
+        if customer.merchant_id not in self.merchants:
+            return Outcome("merchant_not_found")
+        if customer.id in self.customers:
+            return Outcome("exists")
+        customer.created_at = timestamp
+        self.customers[customer.id] = customer
+        return Outcome(record=customer)
+
+    def _move_wallet(self, command: MoveWallet, timestamp: int) -> Outcome:
+        customer = self.customer_of(command.merchant_id, command.customer_id)
+        if customer is None:
+            return Outcome("customer_not_found")
+        wallet = self._ensure_wallet(command.merchant_id, command.customer_id, command.currency, timestamp)
+        if command.withdrawal:
+            outside = self._ensure_system_account(command.merchant_id, "withdrawals", command.currency, timestamp)
+            debit, credit = wallet, outside
+        else:
+            outside = self._ensure_system_account(command.merchant_id, "deposits", command.currency, timestamp)
+            debit, credit = outside, wallet
+        code = self._transfer(command.transfer_id, debit, credit, command.amount, command.currency, timestamp)
+        return Outcome(code, record=customer)
+
+    def _pay_order_from_wallet(self, command: PayOrderFromWallet, timestamp: int) -> Outcome:
+        order = self.order_of(command.merchant_id, command.order_id)
+        if order is None:
+            return Outcome("order_not_found")
+        if order.status != "pending":
+            return Outcome("order_not_pending", record=order)
+        if "wallet" not in order.payment_methods:
+            return Outcome("payment_method_not_allowed", record=order)
+        if self.customer_of(command.merchant_id, command.customer_id) is None:
+            return Outcome("customer_not_found")
+        wallet = self._ensure_wallet(command.merchant_id, command.customer_id, order.currency, timestamp)
+        balance = self._ensure_system_account(command.merchant_id, "balance", order.currency, timestamp)
+        code = self._transfer(command.transfer_id, wallet, balance, order.amount, order.currency, timestamp)
+        if code != "ok":
+            return Outcome(code, record=order)
+        order.status = "paid"
+        order.customer_id = command.customer_id
+        order.payment_id = command.transfer_id
+        order.updated_at = timestamp
+        self.events.append(Event("order.paid", order.id, timestamp))
+        return Outcome(record=order)
+
+    # Ledger plumbing
+
+    def _transfer(self, transfer_id: str, debit: str, credit: str, amount: int, currency: str, timestamp: int) -> str:
+        code = self.ledger.create_transfers([Transfer(transfer_id, debit, credit, amount, currency)], timestamp)[0]
+        return _WALLET_CODES.get(code, TransferCode.name(code))
+
+    def _ensure_wallet(self, merchant_id: str, customer_id: str, currency: str, timestamp: int) -> str:
+        account_id = wallet_account_id(merchant_id, customer_id, currency)
+        # A wallet may never be overdrawn: the ledger refuses any debit past its credits.
+        self._ensure_account(account_id, currency, AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlag.HISTORY, timestamp)
+        return account_id
+
+    def _ensure_system_account(self, merchant_id: str, name: str, currency: str, timestamp: int) -> str:
+        account_id = system_account_id(merchant_id, name, currency)
+        self._ensure_account(account_id, currency, 0, timestamp)
+        return account_id
+
+    def _ensure_account(self, account_id: str, currency: str, flags: int, timestamp: int) -> None:
+        if account_id not in self.ledger.accounts:
+            assert self.ledger.create_accounts([Account(account_id, currency, flags=flags)], timestamp) == [0]
+
+    # Reads
+
+    def order_of(self, merchant_id: str, order_id: str) -> Order | None:
+        order = self.orders.get(order_id)
+        return order if order is not None and order.merchant_id == merchant_id else None
+
+    def customer_of(self, merchant_id: str, customer_id: str) -> Customer | None:
+        customer = self.customers.get(customer_id)
+        return customer if customer is not None and customer.merchant_id == merchant_id else None
+
+    def list_orders(
+        self,
+        merchant_id: str,
+        name_contains: str = "",
+        status: str = "",
+        created_gte: int = 0,
+        created_lt: int = 2**63 - 1,
+        limit: int = 20,
+        starting_after: str = "",
+    ) -> tuple[list[Order], bool]:
+        """A merchant's orders, newest first, filtered; and whether more follow."""
+        ids = self.orders_by_merchant.get(merchant_id, [])
+        position = len(ids)
+        if starting_after:
+            after = self.order_of(merchant_id, starting_after)
+            if after is None:
+                return [], False
+            position = ids.index(after.id, 0)
+        needle = name_contains.casefold()
+        found: list[Order] = []
+        for index in range(position - 1, -1, -1):
+            order = self.orders[ids[index]]
+            if order.created_at < created_gte:
+                break  # newest first: everything further is older still
+            if order.created_at >= created_lt or (status and order.status != status):
+                continue
+            if needle and needle not in order.name.casefold():
+                continue
+            if len(found) == limit:
+                return found, True
+            found.append(order)
+        return found, False
+
+
+_WALLET_CODES = {0: "ok", TransferCode.exceeds_credits: "insufficient_funds"}
+
+_HANDLERS = {
+    CreateMerchant: Commerce._create_merchant,
+    UpdateMerchant: Commerce._update_merchant,
+    CreateSubAccount: Commerce._create_sub_account,
+    AddDashboardUser: Commerce._add_dashboard_user,
+    CreateOrder: Commerce._create_order,
+    UpdateOrder: Commerce._update_order,
+    CancelOrder: Commerce._cancel_order,
+    CreateCustomer: Commerce._create_customer,
+    MoveWallet: Commerce._move_wallet,
+    PayOrderFromWallet: Commerce._pay_order_from_wallet,
+}

@@ -1,0 +1,116 @@
+"""Reads of engine state: served from memory, never journaled."""
+
+import msgspec
+
+from engine.commerce import Commerce
+from engine.ledger import Ledger
+from engine.records import Merchant, Record
+from engine.types import TIMESTAMP_MAX, Account, Balance, Transfer
+
+MAX_PAGE = 8190
+
+
+class LookupAccounts(msgspec.Struct, tag="lookup_accounts", array_like=True):
+    ids: list[str]
+
+
+class LookupTransfers(msgspec.Struct, tag="lookup_transfers", array_like=True):
+    ids: list[str]
+
+
+class AccountTransfers(msgspec.Struct, tag="account_transfers", array_like=True):
+    account_id: str
+    timestamp_min: int = 0
+    timestamp_max: int = TIMESTAMP_MAX
+    limit: int = 20
+    after_id: str = ""
+    newest_first: bool = False
+
+
+class AccountBalance(msgspec.Struct, tag="account_balance", array_like=True):
+    account_id: str
+    timestamp: int
+
+
+class GetMerchant(msgspec.Struct, tag="get_merchant", array_like=True, kw_only=True):
+    merchant_id: str = ""
+    api_key_hash: str = ""
+    client_id: str = ""
+
+
+class GetOrder(msgspec.Struct, tag="get_order", array_like=True):
+    merchant_id: str
+    order_id: str
+
+
+class ListOrders(msgspec.Struct, tag="list_orders", array_like=True, kw_only=True):
+    merchant_id: str
+    name_contains: str = ""
+    status: str = ""
+    created_gte: int = 0
+    created_lt: int = TIMESTAMP_MAX
+    limit: int = 20
+    starting_after: str = ""
+
+
+class GetCustomer(msgspec.Struct, tag="get_customer", array_like=True):
+    merchant_id: str
+    customer_id: str
+
+
+Query = (
+    LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | GetOrder | ListOrders | GetCustomer
+)
+
+
+class Answer(msgspec.Struct, omit_defaults=True):
+    accounts: list[Account | None] | None = None
+    transfers: list[Transfer | None] | None = None
+    balance: Balance | None = None
+    record: Record | None = None
+    records: list[Record] | None = None
+    has_more: bool = False
+
+
+def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
+    kind = type(query)
+    if kind is LookupAccounts:
+        return Answer(accounts=[_bare(ledger.accounts.get(account_id)) for account_id in query.ids])
+    if kind is LookupTransfers:
+        return Answer(transfers=[ledger.transfers.get(transfer_id) for transfer_id in query.ids])
+    if kind is AccountTransfers:
+        limit = max(1, min(query.limit, MAX_PAGE))
+        return Answer(transfers=ledger.account_transfers(
+            query.account_id, query.timestamp_min, query.timestamp_max, limit, query.after_id, query.newest_first))
+    if kind is AccountBalance:
+        return Answer(balance=ledger.balance_at(query.account_id, query.timestamp))
+    if kind is GetMerchant:
+        return Answer(record=_merchant(query, commerce))
+    if kind is GetOrder:
+        return Answer(record=commerce.order_of(query.merchant_id, query.order_id))
+    if kind is ListOrders:
+        orders, has_more = commerce.list_orders(
+            query.merchant_id, query.name_contains, query.status, query.created_gte, query.created_lt,
+            max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+        return Answer(records=orders, has_more=has_more)
+    assert kind is GetCustomer
+    return Answer(record=commerce.customer_of(query.merchant_id, query.customer_id))
+
+
+def _merchant(query: GetMerchant, commerce: Commerce) -> Merchant | None:
+    merchant_id = query.merchant_id
+    if query.api_key_hash:
+        merchant_id = commerce.merchant_by_api_key_hash.get(query.api_key_hash, "")
+    elif query.client_id:
+        merchant_id = commerce.merchant_by_client_id.get(query.client_id, "")
+    return commerce.merchants.get(merchant_id)
+
+
+def _bare(account: Account | None) -> Account | None:
+    """An account as a reader sees it: balances, without the engine's indexes."""
+    if account is None:
+        return None
+    return msgspec.structs.replace(account, transfers=None, history=None)
+
+
+
