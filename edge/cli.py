@@ -11,6 +11,10 @@ import pynng
 from tqdm import tqdm
 
 from journal import logs
+from edge.app import Settings
+from edge.auth import AdminToken
+from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
+from journal.client import ShardMap
 from journal.processes import ShardProcess, load_or_create_layout, running_address, shard_configs
 from journal.recovery import AHEAD_OF_JOURNAL, RecoveryReport, load_snapshot, replay, replay_from_scratch
 from journal.shard import main as shard_main
@@ -22,7 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="paygate", description="paygate: a payment gateway on an in-memory ledger.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    serve = commands.add_parser("serve", help="start the shards (and, later, the HTTP edge) on one machine")
+    serve = commands.add_parser("serve", help="start the shards and the HTTP edge on one machine")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--data", default="./data")
@@ -34,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--snapshot-every-batches", type=int, default=20_000)
     serve.add_argument("--snapshot-every-s", type=float, default=600.0)
     serve.add_argument("--prune-journal", action="store_true", help="delete journal entries older than the oldest kept snapshot")
+    serve.add_argument("--order-ip-limit", type=int, default=10, help="order creations per client IP per 10 minutes")
     serve.add_argument("--auto-promote-ms", type=int, default=0, help="a replica takes over after this much primary silence (0: only by `paygate promote`)")
     serve.set_defaults(run=run_serve)
 
@@ -59,28 +64,49 @@ def run_serve(args) -> int:
     configs = shard_configs(data, layout, args.host, args.base_port, sync=not args.async_replication,
                             snapshot_every_batches=args.snapshot_every_batches, snapshot_every_s=args.snapshot_every_s,
                             prune_journal=args.prune_journal, auto_promote_ms=args.auto_promote_ms)
-    processes = []
+    _, admin_token = AdminToken.load_or_create(data / "admin_token.sha256", os.environ.get("PAYGATE_ADMIN_TOKEN"))
+    public_url = f"http://{args.host}:{args.port}"
+    settings = Settings(
+        data=str(data), public_url=public_url, order_ip_limit=args.order_ip_limit,
+        shard_addresses=[[config.client_address for config in (primary, replica) if config] for primary, replica in configs],
+        admin_token=os.environ.get("PAYGATE_ADMIN_TOKEN", ""),
+    )
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())
+    shards: list[ShardProcess] = []
+    edge = EdgeWorkers(settings, args.host, args.port, args.workers)
     try:
         for primary, replica in configs:
-            for config in (replica, primary):
-                if config is not None:
-                    processes.append(ShardProcess(config).start())
-        for process in processes:
-            process.wait_ready()
-        for primary, replica in configs:
-            print(f"shard {primary.data}: {primary.client_address}" + (f" (replica {replica.client_address})" if replica else ""))
-        print("paygate shards are ready; the HTTP edge is not built yet. Ctrl-C stops everything.", flush=True)
+            shards += [ShardProcess(config).start() for config in (replica, primary) if config is not None]
+        for shard in shards:
+            shard.wait_ready()
+        api_key = ensure_demo_merchant(settings, settings.shard_addresses[ShardMap(len(configs)).shard_for(DEMO_MERCHANT_ID)])
+        edge.start().wait_ready()
+        _print_welcome(public_url, layout, args.workers, admin_token, api_key)
         while not stop.wait(0.5):
-            if any(process.process.poll() is not None for process in processes):
-                print("a shard process stopped; stopping the rest", file=sys.stderr)
+            if not edge.alive() or any(shard.process.poll() is not None for shard in shards):
+                print("a paygate process stopped; stopping the rest", file=sys.stderr)
                 return 1
         return 0
     finally:
-        for process in reversed(processes):
-            process.stop()
+        edge.stop()
+        for shard in reversed(shards):
+            shard.stop()
+
+
+def _print_welcome(public_url: str, layout, workers: int, admin_token: str | None, api_key: str) -> None:
+    lines = [
+        f"paygate is serving at {public_url} ({layout.shard_count} shard(s){' with replicas' if layout.replica else ''}, "
+        f"{workers} edge worker(s)). Ctrl-C stops everything.",
+        f"admin token: {admin_token} (shown once; only its hash is kept)" if admin_token else
+        "admin token: printed at first start (or set PAYGATE_ADMIN_TOKEN)",
+        f"demo merchant {DEMO_MERCHANT_ID}, API key: {api_key}",
+        "try:",
+        f"  curl -s {public_url}/v1/orders -H 'Authorization: Bearer {api_key}' "
+        "-d '{\"name\": \"Coffee\", \"amount\": 1999, \"currency\": \"usd\"}'",
+    ]
+    print("\n".join(lines), flush=True)
 
 
 def shard_folders(data: pathlib.Path) -> list[pathlib.Path]:

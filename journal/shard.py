@@ -221,6 +221,7 @@ class Shard:
             durable_sequence=self.durable_sequence,
             replica_sequence=self.replica_sequence,
             state_hash=self.engine.state_hash() if request.with_state_hash else "",
+            queue_items=self.queue_items,
         )
 
     def _read_entries(self, request: ReadEntries) -> bytes:

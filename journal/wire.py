@@ -72,6 +72,7 @@ class ShardStatus(msgspec.Struct, array_like=True):
     durable_sequence: int
     replica_sequence: int  # acknowledged by the replica (primary only)
     state_hash: str = ""
+    queue_items: int = 0
 
 
 class Reply(msgspec.Struct, array_like=True):

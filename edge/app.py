@@ -1,0 +1,706 @@
+"""The HTTP API: aiohttp handlers over the shards, to the contract of API.md.
+
+A request is authenticated, limited and validated here, becomes one engine
+command (under its Idempotency-Key when it has one) or one read, and goes to
+the shard that owns its merchant. Errors always take the API's error shape.
+"""
+
+import hashlib
+import logging
+import pathlib
+import secrets as random_tokens
+import time
+
+import msgspec
+import orjson
+from aiohttp import web
+
+from edge import render, schemas
+from edge.auth import AdminToken, Secrets, TokenIssuer, hash_password, hash_secret, merchant_id_from_api_key, \
+    signature_valid, verify_password
+from edge.errors import ApiError, from_validation, not_found
+from edge.gateway import Gateway, ShardBusy
+from edge.limits import TokenBuckets, client_ip, ip_allowed
+from edge.metrics import Metrics
+from edge.openapi import document
+from engine.codes import AccountCode, TransferCode
+from engine.queries import AccountBalance, AccountTransfers, GetCustomer, GetMerchant, GetOrder, ListOrders, \
+    LookupAccounts, LookupTransfers
+from engine.records import (
+    AddDashboardUser,
+    CancelOrder,
+    CreateCustomer,
+    CreateMerchant,
+    CreateOrder,
+    CreateSubAccount,
+    Customer,
+    DashboardUser,
+    Idempotent,
+    Merchant,
+    MoveWallet,
+    Order,
+    Outcome,
+    PayOrderFromWallet,
+    Split,
+    SubAccount,
+    UpdateMerchant,
+    UpdateOrder,
+    wallet_account_id,
+)
+from engine.types import NANOSECONDS_PER_SECOND, Account, AccountFlag, CreateAccounts, CreateTransfers, Transfer, \
+    TransferFlag
+
+log = logging.getLogger("paygate.edge")
+MAX_BODY_BYTES = 4 << 20
+MAX_TRANSFERS_PER_REQUEST = 8190
+MERCHANT_CACHE_SECONDS = 2.0
+MERCHANT_CACHE_SIZE = 10_000
+TOKEN_TTL_S = 3600
+ADMIN = "admin"
+# Engine outcome codes as HTTP errors: status and the API's code.
+OUTCOME_ERRORS = {
+    "exists": (409, "resource_exists"),
+    "merchant_not_found": (404, "resource_missing"),
+    "order_not_found": (404, "resource_missing"),
+    "customer_not_found": (404, "resource_missing"),
+    "order_not_pending": (409, "order_not_pending"),
+    "rate_limited": (429, "rate_limited"),
+    "insufficient_funds": (402, "insufficient_funds"),
+    "payment_method_not_allowed": (400, "payment_method_not_allowed"),
+    "idempotency_key_reused": (409, "idempotency_key_reused"),
+}
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    data: str
+    shard_addresses: list[list[str]]
+    public_url: str = "http://127.0.0.1:8080"
+    order_ip_limit: int = 10
+    order_ip_window_s: int = 600
+    trusted_proxies: list[str] = []
+    admin_token: str = ""  # PAYGATE_ADMIN_TOKEN, when set
+
+
+class Principal(msgspec.Struct):
+    kind: str  # "admin" | "merchant"
+    merchant: Merchant | None = None
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[_errors_and_metrics])
+    data = pathlib.Path(settings.data)
+    app["settings"] = settings
+    app["secrets"] = Secrets.load_or_create(data / "gateway.key")
+    app["admin"] = AdminToken.load_or_create(data / "admin_token.sha256", settings.admin_token or None)[0]
+    app["issuer"] = TokenIssuer.load_or_create(data / "jwt_signing_key.pem")
+    app["buckets"] = TokenBuckets()
+    app["merchant_cache"] = {}
+    app["metrics"] = Metrics()
+    app.on_startup.append(_open_gateway)
+    app.on_cleanup.append(_close_gateway)
+    routes = [
+        web.get("/healthz", healthz),
+        web.get("/readyz", readyz),
+        web.get("/metrics", metrics),
+        web.get("/openapi.json", openapi),
+        web.get("/.well-known/jwks.json", jwks),
+        web.post("/oauth/token", oauth_token),
+        web.post("/v1/auth/login", login),
+        web.post("/v1/merchants", create_merchant),
+        web.get("/v1/merchants/me", get_me),
+        web.get("/v1/merchants/{id}", get_merchant),
+        web.patch("/v1/merchants/{id}", update_merchant),
+        web.post("/v1/merchants/{id}/sub_accounts", create_sub_account),
+        web.post("/v1/merchants/{id}/dashboard_users", create_dashboard_user),
+        web.post("/v1/orders", create_order),
+        web.get("/v1/orders", list_orders),
+        web.get("/v1/orders/{id}", get_order),
+        web.patch("/v1/orders/{id}", update_order),
+        web.delete("/v1/orders/{id}", cancel_order),
+        web.post("/v1/accounts", create_account),
+        web.get("/v1/accounts/{id}", get_account),
+        web.get("/v1/accounts/{id}/transfers", account_statement),
+        web.get("/v1/accounts/{id}/balances", account_balances),
+        web.post("/v1/transfers", create_transfers),
+        web.get("/v1/transfers/{id}", get_transfer),
+        web.post("/v1/customers", create_customer),
+        web.get("/v1/customers/{id}", get_customer),
+        web.post("/v1/customers/{id}/deposits", deposit),
+        web.post("/v1/customers/{id}/withdrawals", withdraw),
+        web.get("/v1/customers/{id}/wallet", get_wallet),
+        web.post("/v1/payments", create_payment),
+    ]
+    app.add_routes(routes)
+    app["routes"] = routes
+    return app
+
+
+async def _open_gateway(app: web.Application) -> None:
+    app["gateway"] = Gateway(app["settings"].shard_addresses)
+
+
+async def _close_gateway(app: web.Application) -> None:
+    app["gateway"].close()
+
+
+# Middleware: request ids, the error shape, metrics
+
+
+@web.middleware
+async def _errors_and_metrics(request: web.Request, handler):
+    request_id = request.headers.get("Request-Id", "")[:64] or "req_" + random_tokens.token_hex(12)
+    request["request_id"] = request_id
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as error:
+        response = error.response()
+    except web.HTTPRequestEntityTooLarge:
+        response = ApiError(413, "request_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes").response()
+    except web.HTTPException as error:
+        response = ApiError(error.status, _http_code(error.status), error.reason or "request failed").response()
+    except msgspec.ValidationError as error:
+        response = from_validation(error).response()
+    except msgspec.DecodeError as error:
+        response = ApiError(400, "invalid_json", f"the body is not valid JSON: {error}").response()
+    except ShardBusy as error:
+        response = ApiError(503, "shard_unavailable", "the ledger is busy; retry shortly",
+                            headers={"Retry-After": "1"}).response()
+        log.warning("shard unavailable: %s", error, extra={"request_id": request_id})
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id})
+        response = ApiError(500, "internal_error", "an internal error occurred; it has been logged").response()
+    response.headers["Request-Id"] = request_id
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    request.app["metrics"].observe(request.method, route, response.status, time.perf_counter() - started)
+    return response
+
+
+def _http_code(status: int) -> str:
+    return {404: "resource_missing", 405: "method_not_allowed"}.get(status, "invalid_request")
+
+
+# Authentication and limits
+
+
+async def authenticate(request: web.Request, admin_allowed: bool = False, merchant_allowed: bool = True) -> Principal:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        raise ApiError(401, "missing_credentials", "send `Authorization: Bearer <key or token>`")
+    token = header[len("Bearer "):].strip()
+    app = request.app
+    if admin_allowed and app["admin"].check(token):
+        return Principal(ADMIN)
+    merchant = await _merchant_for_token(app, token)
+    if merchant is None or not merchant_allowed:
+        raise ApiError(401, "invalid_credentials", "the key or token is not valid here")
+    await _check_merchant_request(request, merchant)
+    return Principal("merchant", merchant)
+
+
+async def _merchant_for_token(app: web.Application, token: str) -> Merchant | None:
+    if token.startswith("sk_"):
+        merchant_id = merchant_id_from_api_key(token)
+        if merchant_id is None:
+            return None
+        merchant = await cached_merchant(app, merchant_id)
+        if merchant is None or merchant.api_key_hash != hash_secret(token):
+            return None
+        return merchant
+    claims = app["issuer"].verify(token, "api", int(time.time()))
+    return await cached_merchant(app, claims["sub"]) if claims else None
+
+
+async def cached_merchant(app: web.Application, merchant_id: str) -> Merchant | None:
+    """Merchant records change rarely: each worker keeps them a moment (suspensions apply within it)."""
+    cache = app["merchant_cache"]
+    now = time.monotonic()
+    hit = cache.get(merchant_id)
+    if hit is not None and now - hit[1] < MERCHANT_CACHE_SECONDS:
+        return hit[0]
+    merchant = (await app["gateway"].read(merchant_id, GetMerchant(merchant_id=merchant_id))).record
+    if len(cache) >= MERCHANT_CACHE_SIZE:
+        cache.clear()
+    cache[merchant_id] = (merchant, now)
+    return merchant
+
+
+async def _check_merchant_request(request: web.Request, merchant: Merchant) -> None:
+    settings = request.app["settings"]
+    if merchant.status != "active":
+        raise ApiError(403, "account_suspended", "this merchant is suspended")
+    peer = client_ip(request.remote, request.headers.get("X-Forwarded-For"), settings.trusted_proxies)
+    request["client_ip"] = peer
+    if not ip_allowed(peer, merchant.ip_allowlist):
+        raise ApiError(403, "ip_not_allowed", f"requests from {peer} are not allowed for this merchant")
+    await _check_signature(request, merchant)
+    wait_s = request.app["buckets"].take(merchant.id, merchant.tier, time.monotonic())
+    if wait_s:
+        raise ApiError(429, "rate_limited", f"too many requests for tier {merchant.tier}",
+                       headers={"Retry-After": str(max(1, round(wait_s + 0.5)))})
+
+
+async def _check_signature(request: web.Request, merchant: Merchant) -> None:
+    signature = request.headers.get("Paygate-Signature")
+    if signature is None and not merchant.require_signature:
+        return
+    timestamp = request.headers.get("Paygate-Timestamp", "")
+    body = await request.read()
+    if not signature or not signature_valid(merchant.signing_secret, timestamp, signature, request.method,
+                                            request.path, body, int(time.time())):
+        raise ApiError(401, "signature_invalid", "Paygate-Signature is missing, wrong or outside the 300 s window")
+
+
+async def merchant_principal(request: web.Request) -> Merchant:
+    return (await authenticate(request)).merchant
+
+
+# Running commands
+
+
+async def run(request: web.Request, merchant_id: str, command, body: bytes = b""):
+    """Submit one command to the merchant's shard, under the request's Idempotency-Key if any."""
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        if not 1 <= len(key) <= 255:
+            raise ApiError(400, "idempotency_key_invalid", "Idempotency-Key must be 1 to 255 characters",
+                           "Idempotency-Key")
+        request_hash = hashlib.sha256(request.method.encode() + b" " + request.path.encode() + b"\n" + body).hexdigest()
+        command = Idempotent(merchant_id=merchant_id, key=key, request_hash=request_hash, command=command)
+    result = await request.app["gateway"].submit(merchant_id, command)
+    if isinstance(result, Outcome) and result.replayed:
+        request["replayed"] = True
+    return result
+
+
+def raise_for(outcome: Outcome) -> None:
+    if outcome.code == "ok":
+        return
+    status, code = OUTCOME_ERRORS.get(outcome.code, (400, outcome.code))
+    error_type = "balance_error" if status == 402 else None
+    raise ApiError(status, code, outcome.code.replace("_", " "), error_type=error_type)
+
+
+def respond(request: web.Request, body, status: int = 200) -> web.Response:
+    headers = {"Idempotent-Replayed": "true"} if request.get("replayed") else None
+    return web.Response(status=status, body=msgspec.json.encode(body), content_type="application/json",
+                        headers=headers)
+
+
+def new_id(prefix: str, request: web.Request, scope: str) -> str:
+    """A fresh id; under an Idempotency-Key the same key always names the same object, so a replay finds it."""
+    key = request.headers.get("Idempotency-Key")
+    if key:
+        return prefix + hashlib.sha256(f"{scope}\n{key}".encode()).hexdigest()[:24]
+    return prefix + random_tokens.token_hex(12)
+
+
+async def body_of(request: web.Request, kind: type):
+    body = await request.read()
+    return schemas.decode(body, kind), body
+
+
+def engine_now_ns() -> int:
+    return time.time_ns()
+
+
+# Operations
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    statuses = await request.app["gateway"].statuses()
+    shards = [{"shard": index, "ready": not isinstance(status, BaseException) and status.role == "primary",
+               "sequence": getattr(status, "sequence", None), "durable_sequence": getattr(status, "durable_sequence", None)}
+              for index, status in enumerate(statuses)]
+    ready = all(shard["ready"] and shard["sequence"] == shard["durable_sequence"] for shard in shards)
+    return web.Response(status=200 if ready else 503, body=orjson.dumps({"ready": ready, "shards": shards}),
+                        content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return await request.app["metrics"].response(request.app["gateway"])
+
+
+async def openapi(request: web.Request) -> web.Response:
+    return web.Response(body=orjson.dumps(document(request.app["routes"])), content_type="application/json")
+
+
+async def jwks(request: web.Request) -> web.Response:
+    return web.json_response(request.app["issuer"].jwks())
+
+
+async def oauth_token(request: web.Request) -> web.Response:
+    form = await request.post()
+    if form.get("grant_type") != "client_credentials":
+        raise ApiError(400, "unsupported_grant_type", "grant_type must be client_credentials", "grant_type")
+    client_id = str(form.get("client_id", ""))[:128]
+    merchant_id = client_id.removeprefix("cli_") if client_id.startswith("cli_mer_") else ""
+    merchant = await cached_merchant(request.app, merchant_id) if merchant_id else None
+    secret = str(form.get("client_secret", ""))[:256]
+    if merchant is None or merchant.client_id != client_id or merchant.client_secret_hash != hash_secret(secret):
+        raise ApiError(401, "invalid_client", "unknown client or wrong secret")
+    token = request.app["issuer"].issue(merchant.id, "api", TOKEN_TTL_S, int(time.time()))
+    return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
+
+
+async def login(request: web.Request) -> web.Response:
+    credentials, _ = await body_of(request, schemas.Login)
+    merchant_id = request.query.get("merchant_id", "")
+    merchant = await cached_merchant(request.app, merchant_id) if merchant_id.startswith("mer_") else None
+    user = next((user for user in (merchant.users if merchant else []) if user.email == credentials.email), None)
+    if user is None or not verify_password(credentials.password, user.password_hash):
+        raise ApiError(401, "invalid_login", "wrong email or password")
+    token = request.app["issuer"].issue(merchant.id, "dashboard", TOKEN_TTL_S, int(time.time()))
+    return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
+
+
+# Merchants
+
+
+async def create_merchant(request: web.Request) -> web.Response:
+    await authenticate(request, admin_allowed=True, merchant_allowed=False)
+    fields, body = await body_of(request, schemas.MerchantCreate)
+    merchant_id = new_id("mer_", request, ADMIN)
+    derived: Secrets = request.app["secrets"]
+    api_key = derived.api_key(merchant_id)
+    client_secret = derived.client_secret(merchant_id)
+    merchant = Merchant(
+        id=merchant_id, name=fields.name, email=fields.email, tier=fields.tier, webhook_url=fields.webhook_url,
+        require_signature=fields.require_signature, ip_allowlist=fields.ip_allowlist, acquirer=fields.acquirer,
+        api_key_hash=hash_secret(api_key), client_id=derived.client_id(merchant_id),
+        client_secret_hash=hash_secret(client_secret), signing_secret=derived.signing_secret(merchant_id),
+        webhook_secret=derived.webhook_secret(merchant_id),
+    )
+    outcome = await run(request, merchant_id, CreateMerchant(merchant), body)
+    raise_for(outcome)
+    shown = render.merchant(outcome.record)
+    shown.api_key = api_key
+    shown.signing_secret = merchant.signing_secret
+    shown.webhook_secret = merchant.webhook_secret
+    shown.client_secret = client_secret
+    return respond(request, shown)
+
+
+async def _merchant_visible(request: web.Request) -> Merchant:
+    """Admin sees any merchant; a merchant sees only itself (another id is 404)."""
+    principal = await authenticate(request, admin_allowed=True)
+    merchant_id = request.match_info["id"]
+    if principal.kind == "merchant" and principal.merchant.id != merchant_id:
+        raise not_found("merchant", merchant_id)
+    merchant = await cached_merchant(request.app, merchant_id) if merchant_id.startswith("mer_") else None
+    if merchant is None:
+        raise not_found("merchant", merchant_id)
+    return merchant
+
+
+async def get_merchant(request: web.Request) -> web.Response:
+    return respond(request, render.merchant(await _merchant_visible(request)))
+
+
+async def get_me(request: web.Request) -> web.Response:
+    return respond(request, render.merchant(await merchant_principal(request)))
+
+
+async def update_merchant(request: web.Request) -> web.Response:
+    await authenticate(request, admin_allowed=True, merchant_allowed=False)
+    merchant_id = request.match_info["id"]
+    fields, body = await body_of(request, schemas.MerchantUpdate)
+    command = UpdateMerchant(merchant_id=merchant_id, **msgspec.structs.asdict(fields))
+    outcome = await run(request, merchant_id, command, body)
+    raise_for(outcome)
+    request.app["merchant_cache"].pop(merchant_id, None)
+    return respond(request, render.merchant(outcome.record))
+
+
+async def create_sub_account(request: web.Request) -> web.Response:
+    merchant = await _merchant_visible(request)
+    fields, body = await body_of(request, schemas.SubAccountCreate)
+    sub_account = SubAccount(new_id("sub_", request, merchant.id), fields.name)
+    outcome = await run(request, merchant.id, CreateSubAccount(merchant.id, sub_account), body)
+    raise_for(outcome)
+    return respond(request, render.merchant(outcome.record))
+
+
+async def create_dashboard_user(request: web.Request) -> web.Response:
+    await authenticate(request, admin_allowed=True, merchant_allowed=False)
+    merchant_id = request.match_info["id"]
+    fields, body = await body_of(request, schemas.DashboardUserCreate)
+    user = DashboardUser(fields.email, hash_password(fields.password))
+    outcome = await run(request, merchant_id, AddDashboardUser(merchant_id, user))
+    raise_for(outcome)
+    request.app["merchant_cache"].pop(merchant_id, None)
+    return respond(request, {"merchant_id": merchant_id, "email": fields.email})
+
+
+# Orders
+
+
+async def create_order(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    fields, body = await body_of(request, schemas.OrderCreate)
+    check_currency(fields.currency)
+    settings: Settings = request.app["settings"]
+    order = Order(
+        id=new_id("ord_", request, merchant.id), merchant_id=merchant.id, name=fields.name, amount=fields.amount,
+        currency=fields.currency, note=fields.note, payment_methods=list(fields.payment_methods),
+        payment_sub_type=fields.payment_sub_type, customer_email=fields.customer_email,
+        customer_id=fields.customer_id, callback_url=fields.callback_url, ipn_url=fields.ipn_url,
+        splits=[Split(split.merchant_id or split.sub_account_id, split.amount) for split in fields.splits],
+        metadata=fields.metadata, expires_at=engine_now_ns() + fields.expires_in * NANOSECONDS_PER_SECOND,
+    )
+    command = CreateOrder(order=order, client_ip=request.get("client_ip", ""), ip_limit=settings.order_ip_limit,
+                          ip_window_s=settings.order_ip_window_s)
+    outcome = await run(request, merchant.id, command, body)
+    if outcome.code == "rate_limited":
+        raise ApiError(429, "rate_limited", f"at most {settings.order_ip_limit} orders per "
+                       f"{settings.order_ip_window_s} s from one address", headers={"Retry-After": "60"})
+    raise_for(outcome)
+    return respond(request, render.order(outcome.record, settings.public_url))
+
+
+async def _order(request: web.Request, merchant: Merchant) -> Order:
+    order_id = request.match_info["id"]
+    order = (await request.app["gateway"].read(merchant.id, GetOrder(merchant.id, order_id))).record
+    if order is None:
+        raise not_found("order", order_id)
+    return order
+
+
+async def get_order(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    return respond(request, render.order(await _order(request, merchant), request.app["settings"].public_url))
+
+
+async def update_order(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    fields, body = await body_of(request, schemas.OrderUpdate)
+    expires_at = None if fields.expires_in is None else engine_now_ns() + fields.expires_in * NANOSECONDS_PER_SECOND
+    command = UpdateOrder(merchant_id=merchant.id, order_id=request.match_info["id"], name=fields.name,
+                          note=fields.note, amount=fields.amount, expires_at=expires_at)
+    outcome = await run(request, merchant.id, command, body)
+    raise_for(outcome)
+    return respond(request, render.order(outcome.record, request.app["settings"].public_url))
+
+
+async def cancel_order(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    outcome = await run(request, merchant.id, CancelOrder(merchant.id, request.match_info["id"]))
+    raise_for(outcome)
+    return respond(request, render.order(outcome.record, request.app["settings"].public_url))
+
+
+async def list_orders(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    query = request.query
+    status = query.get("status", "")
+    if status and status not in render.ORDER_STATUSES:
+        raise ApiError(400, "parameter_invalid", f"unknown status {status!r}", "status")
+    read = ListOrders(
+        merchant_id=merchant.id, name_contains=query.get("name", "")[:200], status=status,
+        created_gte=parse_time(query, "created_gte", 0), created_lt=parse_time(query, "created_lt", 2**63 - 1),
+        limit=parse_limit(query), starting_after=query.get("starting_after", "")[:64],
+    )
+    answer = await request.app["gateway"].read(merchant.id, read)
+    public_url = request.app["settings"].public_url
+    return respond(request, {"object": "list", "data": [render.order(order, public_url) for order in answer.records],
+                             "has_more": answer.has_more})
+
+
+# Ledger
+
+
+def ledger_id(merchant: Merchant, client_id: str) -> str:
+    return f"{merchant.id}:{client_id}" if client_id else ""
+
+
+async def create_account(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    fields, body = await body_of(request, schemas.AccountCreate)
+    check_currency(fields.currency)
+    if fields.flags.debits_must_not_exceed_credits and fields.flags.credits_must_not_exceed_debits:
+        raise ApiError(400, "flags_are_mutually_exclusive", "an account takes at most one limit flag", "flags")
+    client_id = fields.id or new_id("acct_", request, merchant.id)
+    flags = ((AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS if fields.flags.debits_must_not_exceed_credits else 0)
+             | (AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS if fields.flags.credits_must_not_exceed_debits else 0)
+             | (AccountFlag.HISTORY if fields.flags.history else 0))
+    account = Account(ledger_id(merchant, client_id), fields.currency, code=fields.code, flags=flags)
+    result = await run(request, merchant.id, CreateAccounts([account]), body)
+    code = result.codes[0] if isinstance(result, Outcome) else result[0]
+    if code not in (AccountCode.ok, AccountCode.exists) or (code == AccountCode.exists and not request.get("replayed")):
+        raise ApiError(409 if code != 0 else 400, AccountCode.name(code), AccountCode.name(code).replace("_", " "), "id")
+    stored = (await request.app["gateway"].read(merchant.id, LookupAccounts([account.id]))).accounts[0]
+    return respond(request, render.account(stored))
+
+
+async def get_account(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    account_id = request.match_info["id"]
+    account = (await request.app["gateway"].read(merchant.id, LookupAccounts([ledger_id(merchant, account_id)]))).accounts[0]
+    if account is None:
+        raise not_found("account", account_id)
+    return respond(request, render.account(account))
+
+
+async def account_statement(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    account_id = request.match_info["id"]
+    limit = parse_limit(request.query)
+    read = AccountTransfers(ledger_id(merchant, account_id), parse_time(request.query, "created_gte", 0),
+                            parse_time(request.query, "created_lt", 2**63 - 1) - 1, limit + 1,
+                            ledger_id(merchant, request.query.get("starting_after", "")[:48]), newest_first=True)
+    transfers = (await request.app["gateway"].read(merchant.id, read)).transfers
+    return respond(request, {"object": "list", "data": [render.transfer(t) for t in transfers[:limit]],
+                             "has_more": len(transfers) > limit})
+
+
+async def account_balances(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    account_id = request.match_info["id"]
+    at = parse_time(request.query, "at", engine_now_ns())
+    balance = (await request.app["gateway"].read(merchant.id, AccountBalance(ledger_id(merchant, account_id), at))).balance
+    if balance is None:
+        raise ApiError(404, "resource_missing", f"no balance history for account {account_id!r} (created without "
+                       "the history flag?)", "id")
+    return respond(request, render.balance(account_id, at, balance))
+
+
+async def create_transfers(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    body = await request.read()
+    payload = orjson.loads(body) if body.strip()[:1] == b"[" else None
+    if payload is not None and len(payload) > MAX_TRANSFERS_PER_REQUEST:
+        raise ApiError(413, "too_many_transfers", f"at most {MAX_TRANSFERS_PER_REQUEST} transfers per request")
+    items = schemas.decode(body, list[schemas.TransferCreate] if payload is not None else schemas.TransferCreate)
+    items = items if payload is not None else [items]
+    if not items:
+        raise ApiError(400, "parameter_missing", "send at least one transfer")
+    transfers = [_transfer_in(merchant, item) for item in items]
+    result = await run(request, merchant.id, CreateTransfers(transfers), body)
+    codes = result.codes if isinstance(result, Outcome) else result
+    results = [schemas.TransferResult(item.id, "created" if code == 0 else TransferCode.name(code))
+               for item, code in zip(items, codes)]
+    return respond(request, results if payload is not None else results[0])
+
+
+def _transfer_in(merchant: Merchant, item: schemas.TransferCreate) -> Transfer:
+    if item.currency:
+        check_currency(item.currency)
+    flags = 0
+    for name in item.flags:
+        flags |= TransferFlag.NAMES[name]
+    return Transfer(ledger_id(merchant, item.id), ledger_id(merchant, item.debit_account_id),
+                    ledger_id(merchant, item.credit_account_id), item.amount, item.currency,
+                    ledger_id(merchant, item.pending_id), item.timeout_s, item.code, flags)
+
+
+async def get_transfer(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    transfer_id = request.match_info["id"]
+    transfer = (await request.app["gateway"].read(merchant.id, LookupTransfers([ledger_id(merchant, transfer_id)]))).transfers[0]
+    if transfer is None:
+        raise not_found("transfer", transfer_id)
+    return respond(request, render.transfer(transfer))
+
+
+# Customers and wallets
+
+
+async def create_customer(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    fields, body = await body_of(request, schemas.CustomerCreate)
+    customer = Customer(id=new_id("cus_", request, merchant.id), merchant_id=merchant.id, email=fields.email,
+                        name=fields.name)
+    outcome = await run(request, merchant.id, CreateCustomer(customer), body)
+    raise_for(outcome)
+    return respond(request, render.customer(outcome.record))
+
+
+async def _customer(request: web.Request, merchant: Merchant) -> Customer:
+    customer_id = request.match_info["id"]
+    customer = (await request.app["gateway"].read(merchant.id, GetCustomer(merchant.id, customer_id))).record
+    if customer is None:
+        raise not_found("customer", customer_id)
+    return customer
+
+
+async def get_customer(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    return respond(request, render.customer(await _customer(request, merchant)))
+
+
+async def _move(request: web.Request, withdrawal: bool) -> web.Response:
+    merchant = await merchant_principal(request)
+    fields, body = await body_of(request, schemas.WalletMove)
+    check_currency(fields.currency)
+    command = MoveWallet(merchant_id=merchant.id, customer_id=request.match_info["id"],
+                         transfer_id=ledger_id(merchant, new_id("tr_", request, merchant.id + request.path)),
+                         amount=fields.amount, currency=fields.currency, withdrawal=withdrawal)
+    outcome = await run(request, merchant.id, command, body)
+    raise_for(outcome)
+    return await _wallet_response(request, merchant, outcome.record)
+
+
+async def deposit(request: web.Request) -> web.Response:
+    return await _move(request, withdrawal=False)
+
+
+async def withdraw(request: web.Request) -> web.Response:
+    return await _move(request, withdrawal=True)
+
+
+async def get_wallet(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    return await _wallet_response(request, merchant, await _customer(request, merchant))
+
+
+async def _wallet_response(request: web.Request, merchant: Merchant, customer: Customer) -> web.Response:
+    gateway = request.app["gateway"]
+    ids = [wallet_account_id(merchant.id, customer.id, currency) for currency in schemas.CURRENCY_EXPONENTS]
+    accounts = [account for account in (await gateway.read(merchant.id, LookupAccounts(ids))).accounts if account]
+    history = []
+    for account in accounts:
+        history += (await gateway.read(merchant.id, AccountTransfers(account.id, limit=20, newest_first=True))).transfers
+    history.sort(key=lambda transfer: transfer.timestamp, reverse=True)
+    return respond(request, render.wallet(customer, accounts, history[:20]))
+
+
+async def create_payment(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    fields, body = await body_of(request, schemas.PaymentCreate)
+    payment_id = new_id("pay_", request, merchant.id)
+    command = PayOrderFromWallet(merchant_id=merchant.id, order_id=fields.order_id,
+                                 customer_id=fields.payment_method.customer_id,
+                                 transfer_id=ledger_id(merchant, payment_id))
+    outcome = await run(request, merchant.id, command, body)
+    raise_for(outcome)
+    return respond(request, render.wallet_payment(payment_id, outcome.record))
+
+
+# Query parameters
+
+
+def parse_limit(query) -> int:
+    raw = query.get("limit", "20")
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise ApiError(400, "parameter_invalid", "limit must be an integer from 1 to 100", "limit")
+    return int(raw)
+
+
+def parse_time(query, name: str, default: int) -> int:
+    """A unix timestamp in seconds, or an RFC 3339 time; nanoseconds for the engine."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    nanoseconds = render.parse_time_ns(raw)
+    if nanoseconds is None:
+        raise ApiError(400, "parameter_invalid", f"{name} must be unix seconds or an RFC 3339 time", name)
+    return nanoseconds
+
+
+def check_currency(currency: str) -> None:
+    if currency not in schemas.CURRENCY_EXPONENTS:
+        raise ApiError(400, "currency_unknown", f"unknown or unsupported currency {currency!r}", "currency")

@@ -1,0 +1,55 @@
+"""The API's one error shape, and the exception that carries it to the response."""
+
+import msgspec
+import orjson
+from aiohttp import web
+
+TYPES_BY_STATUS = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "card_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    500: "api_error",
+    503: "api_error",
+}
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, param: str | None = None,
+                 error_type: str | None = None, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.param = param
+        self.error_type = error_type or TYPES_BY_STATUS.get(status, "invalid_request_error")
+        self.headers = headers or {}
+
+    def response(self) -> web.Response:
+        body = {"error": {"type": self.error_type, "code": self.code, "message": self.message, "param": self.param}}
+        return web.Response(status=self.status, body=orjson.dumps(body), content_type="application/json",
+                            headers=self.headers)
+
+
+def from_validation(error: msgspec.ValidationError) -> ApiError:
+    """msgspec names the failing field as `... - at `$.field``: that path becomes `param`."""
+    message = str(error)
+    param = None
+    if "- at `$." in message:
+        param = message.rsplit("- at `$.", 1)[1].rstrip("`")
+    elif "`$." in message:
+        param = message.split("`$.", 1)[1].split("`", 1)[0]
+    if message.startswith("Object missing required field"):
+        param = message.split("`")[1]
+    return ApiError(400, "parameter_invalid", message, param)
+
+
+def not_found(kind: str, object_id: str) -> ApiError:
+    return ApiError(404, "resource_missing", f"No such {kind}: {object_id!r}", "id")

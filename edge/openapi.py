@@ -1,0 +1,101 @@
+"""/openapi.json: OpenAPI 3.1 generated from the same msgspec types that validate requests."""
+
+import functools
+from typing import Any
+
+import msgspec
+
+from edge import schemas
+
+# handler name -> (summary, request body type, response type, authentication)
+OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
+    "healthz": ("process is up", None, dict[str, str], "none"),
+    "readyz": ("shards reachable and caught up", None, dict[str, Any], "none"),
+    "metrics": ("Prometheus metrics (text)", None, str, "none"),
+    "openapi": ("this document", None, dict[str, Any], "none"),
+    "jwks": ("public keys of the JWTs this gateway signs", None, dict[str, Any], "none"),
+    "oauth_token": ("OAuth2 client credentials → access token", None, schemas.TokenOut, "none"),
+    "login": ("dashboard login → session token", schemas.Login, schemas.TokenOut, "none"),
+    "create_merchant": ("create a merchant (secrets shown once)", schemas.MerchantCreate, schemas.MerchantOut, "admin"),
+    "get_me": ("the calling merchant", None, schemas.MerchantOut, "merchant"),
+    "get_merchant": ("a merchant", None, schemas.MerchantOut, "admin or merchant"),
+    "update_merchant": ("change a merchant", schemas.MerchantUpdate, schemas.MerchantOut, "admin"),
+    "create_sub_account": ("add a sub-account (one balance per store)", schemas.SubAccountCreate,
+                           schemas.MerchantOut, "admin or merchant"),
+    "create_dashboard_user": ("add a dashboard user", schemas.DashboardUserCreate, dict[str, str], "admin"),
+    "create_order": ("create an order", schemas.OrderCreate, schemas.OrderOut, "merchant"),
+    "list_orders": ("search orders, newest first", None, dict[str, Any], "merchant"),
+    "get_order": ("an order", None, schemas.OrderOut, "merchant"),
+    "update_order": ("change a pending order", schemas.OrderUpdate, schemas.OrderOut, "merchant"),
+    "cancel_order": ("cancel a pending order", None, schemas.OrderOut, "merchant"),
+    "create_account": ("create a ledger account", schemas.AccountCreate, schemas.AccountOut, "merchant"),
+    "get_account": ("a ledger account and its balances", None, schemas.AccountOut, "merchant"),
+    "account_statement": ("an account's transfers, newest first", None, dict[str, Any], "merchant"),
+    "account_balances": ("an account's balances as of a time (history accounts)", None, schemas.BalanceOut,
+                         "merchant"),
+    "create_transfers": ("one transfer, or an array of up to 8190", schemas.TransferCreate | list[schemas.TransferCreate],
+                         schemas.TransferResult | list[schemas.TransferResult], "merchant"),
+    "get_transfer": ("a transfer", None, schemas.TransferOut, "merchant"),
+    "create_customer": ("create a customer", schemas.CustomerCreate, schemas.CustomerOut, "merchant"),
+    "get_customer": ("a customer", None, schemas.CustomerOut, "merchant"),
+    "deposit": ("put money into a customer's wallet", schemas.WalletMove, schemas.WalletOut, "merchant"),
+    "withdraw": ("take money out of a customer's wallet", schemas.WalletMove, schemas.WalletOut, "merchant"),
+    "get_wallet": ("a customer's wallet: balances and history", None, schemas.WalletOut, "merchant"),
+    "create_payment": ("pay an order (wallet)", schemas.PaymentCreate, schemas.PaymentOut, "merchant"),
+}
+ERROR_STATUSES = ("400", "401", "402", "403", "404", "409", "413", "429", "503")
+QUERY_PARAMETERS = {
+    "list_orders": ("name", "status", "created_gte", "created_lt", "limit", "starting_after"),
+    "account_statement": ("created_gte", "created_lt", "limit", "starting_after"),
+    "account_balances": ("at",),
+}
+
+
+def document(routes) -> dict:
+    return _document(tuple((route.method, route.path, route.handler.__name__) for route in routes))
+
+
+@functools.cache
+def _document(routes: tuple[tuple[str, str, str], ...]) -> dict:
+    types = [kind for name in OPERATIONS for kind in OPERATIONS[name][1:3] if kind is not None]
+    schemas_list, components = msgspec.json.schema_components(
+        [*types, schemas.ErrorResponse], ref_template="#/components/schemas/{name}")
+    schema_of = dict(zip([*types, schemas.ErrorResponse], schemas_list))
+    paths: dict[str, dict] = {}
+    for method, path, handler in routes:
+        summary, request_type, response_type, auth = OPERATIONS[handler]
+        operation = {
+            "operationId": handler,
+            "summary": summary,
+            "description": f"Authentication: {auth}.",
+            "parameters": _parameters(path, handler, method),
+            "responses": {
+                "200": {"description": "success", "content": {"application/json": {"schema": schema_of[response_type]}}},
+                **{status: {"description": "error", "content": {"application/json": {
+                    "schema": schema_of[schemas.ErrorResponse]}}} for status in ERROR_STATUSES},
+            },
+        }
+        if auth != "none":
+            operation["security"] = [{"bearer": []}]
+        if request_type is not None:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {
+                "schema": schema_of[request_type]}}}
+        paths.setdefault(path, {})[method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "paygate", "version": "1"},
+        "paths": paths,
+        "components": {"schemas": components, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
+
+
+def _parameters(path: str, handler: str, method: str) -> list[dict]:
+    parameters = [{"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+                  for part in path.split("/") if part.startswith("{")]
+    for name in QUERY_PARAMETERS.get(handler, ()):
+        schema = {"type": "integer", "minimum": 1, "maximum": 100} if name == "limit" else {"type": "string"}
+        parameters.append({"name": name, "in": "query", "required": False, "schema": schema})
+    if method == "POST":
+        parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
+                           "schema": {"type": "string", "minLength": 1, "maxLength": 255}})
+    return parameters

@@ -1,0 +1,104 @@
+"""Engine records as the API shows them: public ids, RFC 3339 times, no secrets."""
+
+import datetime
+
+from edge import schemas
+from engine.records import Customer, Merchant, Order
+from engine.types import Account, AccountFlag, Balance, Transfer, TransferFlag
+
+ORDER_STATUSES = ("pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception")
+_FLAG_NAMES = tuple(TransferFlag.NAMES.items())
+
+
+def time_of(nanoseconds: int) -> str:
+    moment = datetime.datetime.fromtimestamp(nanoseconds / 1e9, datetime.timezone.utc)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time_ns(raw: str) -> int | None:
+    raw = raw.strip()[:64]
+    if raw.isdigit():
+        return int(raw) * 1_000_000_000 if int(raw) < 2**33 else None
+    try:
+        moment = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return int(moment.timestamp() * 1e9)
+
+
+def public_id(ledger_id: str) -> str:
+    """Ledger ids carry their merchant as a prefix; the merchant never sees it."""
+    return ledger_id.partition(":")[2]
+
+
+def merchant(record: Merchant) -> schemas.MerchantOut:
+    return schemas.MerchantOut(
+        id=record.id, object="merchant", name=record.name, email=record.email, status=record.status,
+        tier=record.tier, webhook_url=record.webhook_url, require_signature=record.require_signature,
+        ip_allowlist=record.ip_allowlist, acquirer=record.acquirer, client_id=record.client_id,
+        sub_accounts=[schemas.SubAccountOut(sub.id, sub.name, time_of(sub.created_at)) for sub in record.sub_accounts],
+        created_at=time_of(record.created_at), updated_at=time_of(record.updated_at),
+    )
+
+
+def order(record: Order, public_url: str) -> schemas.OrderOut:
+    return schemas.OrderOut(
+        id=record.id, object="order", status=record.status, amount=record.amount, currency=record.currency,
+        amount_refunded=record.amount_refunded, name=record.name, note=record.note,
+        payment_methods=record.payment_methods, payment_sub_type=record.payment_sub_type,
+        customer_email=record.customer_email, customer_id=record.customer_id, callback_url=record.callback_url,
+        ipn_url=record.ipn_url, metadata=record.metadata, payment_id=public_id(record.payment_id) or None,
+        payment_url=f"{public_url}/pay/{record.id}", created_at=time_of(record.created_at),
+        updated_at=time_of(record.updated_at), expires_at=time_of(record.expires_at),
+        error_code=record.error_code or None, error_message=record.error_message or None,
+    )
+
+
+def account(record: Account) -> schemas.AccountOut:
+    balance = record.credits_posted - record.debits_posted
+    return schemas.AccountOut(
+        id=public_id(record.id), object="account", currency=record.currency, code=record.code,
+        flags={"debits_must_not_exceed_credits": bool(record.flags & AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS),
+               "credits_must_not_exceed_debits": bool(record.flags & AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS),
+               "history": bool(record.flags & AccountFlag.HISTORY), "closed": bool(record.flags & AccountFlag.CLOSED)},
+        debits_pending=record.debits_pending, debits_posted=record.debits_posted,
+        credits_pending=record.credits_pending, credits_posted=record.credits_posted, balance=balance,
+        available=balance - record.debits_pending, created_at=time_of(record.timestamp),
+    )
+
+
+def transfer(record: Transfer) -> schemas.TransferOut:
+    return schemas.TransferOut(
+        id=public_id(record.id), object="transfer", debit_account_id=public_id(record.debit_account_id),
+        credit_account_id=public_id(record.credit_account_id), amount=record.amount, currency=record.currency,
+        code=record.code, flags=[name for name, bit in _FLAG_NAMES if record.flags & bit],
+        pending_id=public_id(record.pending_id) or None, timeout_s=record.timeout_s,
+        created_at=time_of(record.timestamp),
+    )
+
+
+def balance(account_id: str, at: int, record: Balance) -> schemas.BalanceOut:
+    return schemas.BalanceOut(account_id, time_of(at), record.debits_pending, record.debits_posted,
+                              record.credits_pending, record.credits_posted,
+                              record.credits_posted - record.debits_posted)
+
+
+def customer(record: Customer) -> schemas.CustomerOut:
+    return schemas.CustomerOut(record.id, "customer", record.email, record.name, time_of(record.created_at))
+
+
+def wallet(record: Customer, accounts: list[Account], history: list[Transfer]) -> schemas.WalletOut:
+    balances = [schemas.WalletBalance(a.currency, a.credits_posted - a.debits_posted,
+                                      a.credits_posted - a.debits_posted - a.debits_pending) for a in accounts]
+    return schemas.WalletOut(record.id, "wallet", balances, [transfer(t) for t in history])
+
+
+def wallet_payment(payment_id: str, record: Order) -> schemas.PaymentOut:
+    return schemas.PaymentOut(
+        id=payment_id, object="payment", order_id=record.id, status="succeeded", amount=record.amount,
+        amount_capturable=0, amount_captured=record.amount, amount_refunded=record.amount_refunded,
+        currency=record.currency, payment_method={"type": "wallet", "customer_id": record.customer_id},
+        failure_code=None, failure_message=None, created_at=time_of(record.updated_at),
+    )

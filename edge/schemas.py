@@ -1,0 +1,306 @@
+"""The public request and response types: they validate requests and generate /openapi.json."""
+
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta, Struct
+
+# ISO 4217 codes the gateway accepts, with their minor-unit exponent (VND and JPY have none).
+CURRENCY_EXPONENTS = {
+    "usd": 2, "eur": 2, "gbp": 2, "vnd": 0, "jpy": 0, "krw": 0, "sgd": 2, "thb": 2, "idr": 2, "myr": 2,
+    "php": 2, "aud": 2, "cad": 2, "chf": 2, "cny": 2, "hkd": 2, "inr": 2, "nzd": 2, "sek": 2, "nok": 2,
+    "dkk": 2, "pln": 2, "czk": 2, "huf": 2, "brl": 2, "mxn": 2, "zar": 2, "aed": 2, "twd": 2, "try": 2,
+}
+# ISO 4217 numeric codes, for QR payloads (tag 53).
+CURRENCY_NUMBERS = {"usd": "840", "eur": "978", "gbp": "826", "vnd": "704", "jpy": "392", "sgd": "702", "thb": "764"}
+
+AMOUNT_MAX = 2**63 - 1
+Currency = Annotated[str, Meta(pattern="^[a-z]{3}$", description="ISO 4217 code in lower case")]
+Amount = Annotated[int, Meta(gt=0, le=AMOUNT_MAX, description="integer in minor units")]
+LedgerAmount = Annotated[int, Meta(ge=0, le=AMOUNT_MAX)]
+ClientId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]{1,48}$")]
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+Text = Annotated[str, Meta(max_length=2000)]
+Email = Annotated[str, Meta(pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}$")]
+Url = Annotated[str, Meta(max_length=2000, pattern=r"^(https?://\S+)?$")]
+Metadata = Annotated[dict[str, Annotated[str, Meta(max_length=500)]], Meta(max_length=50)]
+Tier = Literal["basic", "standard", "premium"]
+PaymentMethodType = Literal["card", "qr", "wallet", "bank_transfer"]
+ExpiresIn = Annotated[int, Meta(ge=60, le=30 * 86400)]
+Code = Annotated[int, Meta(ge=0, le=65535)]
+TransferFlagName = Literal["linked", "pending", "post_pending", "void_pending", "balancing_debit", "balancing_credit",
+                           "closing_debit", "closing_credit"]
+IpEntry = Annotated[str, Meta(max_length=64)]
+
+
+class Request(Struct, forbid_unknown_fields=True):
+    """A request body: unknown fields are refused, never ignored."""
+
+
+class MerchantCreate(Request):
+    name: Name
+    email: Email
+    webhook_url: Url = ""
+    require_signature: bool = False
+    ip_allowlist: Annotated[list[IpEntry], Meta(max_length=100)] = []
+    tier: Tier = "standard"
+    acquirer: Literal["piggybank"] = "piggybank"
+
+
+class MerchantUpdate(Request):
+    webhook_url: Url | None = None
+    tier: Tier | None = None
+    ip_allowlist: Annotated[list[IpEntry], Meta(max_length=100)] | None = None
+    status: Literal["active", "suspended"] | None = None
+    require_signature: bool | None = None
+
+
+class SubAccountCreate(Request):
+    name: Name
+
+
+class DashboardUserCreate(Request):
+    email: Email
+    password: Annotated[str, Meta(min_length=10, max_length=200)]
+
+
+class Login(Request):
+    email: Email
+    password: Annotated[str, Meta(max_length=200)]
+
+
+class SplitIn(Request):
+    amount: Amount
+    merchant_id: str = ""
+    sub_account_id: str = ""
+
+
+class OrderCreate(Request):
+    name: Name
+    amount: Amount
+    currency: Currency
+    note: Text = ""
+    payment_methods: Annotated[list[PaymentMethodType], Meta(min_length=1, max_length=4)] = msgspec.field(
+        default_factory=lambda: ["card", "qr", "wallet", "bank_transfer"])
+    payment_sub_type: Literal["one_time", "recurring"] = "one_time"
+    customer_email: Annotated[str, Meta(max_length=255)] = ""
+    customer_id: Annotated[str, Meta(max_length=64)] = ""
+    callback_url: Url = ""
+    ipn_url: Url = ""
+    expires_in: ExpiresIn = 900
+    splits: Annotated[list[SplitIn], Meta(max_length=20)] = []
+    metadata: Metadata = {}
+
+
+class OrderUpdate(Request):
+    name: Name | None = None
+    note: Text | None = None
+    amount: Amount | None = None
+    expires_in: ExpiresIn | None = None
+
+
+class AccountFlags(Request, frozen=True):
+    debits_must_not_exceed_credits: bool = False
+    credits_must_not_exceed_debits: bool = False
+    history: bool = False
+
+
+class AccountCreate(Request):
+    currency: Currency
+    id: ClientId | None = None
+    code: Code = 0
+    flags: AccountFlags = AccountFlags()
+    metadata: Metadata = {}
+
+
+class TransferCreate(Request):
+    id: ClientId
+    debit_account_id: ClientId | Literal[""] = ""
+    credit_account_id: ClientId | Literal[""] = ""
+    amount: LedgerAmount = 0
+    currency: Currency | Literal[""] = ""
+    code: Code = 0
+    flags: Annotated[list[TransferFlagName], Meta(max_length=8)] = []
+    pending_id: ClientId | Literal[""] = ""
+    timeout_s: Annotated[int, Meta(ge=0, le=2**31)] = 0
+
+
+class CustomerCreate(Request):
+    email: Email
+    name: Annotated[str, Meta(max_length=200)] = ""
+
+
+class WalletMove(Request):
+    amount: Amount
+    currency: Currency
+
+
+class WalletMethod(Request):
+    type: Literal["wallet"]
+    customer_id: Annotated[str, Meta(max_length=64)]
+
+
+class PaymentCreate(Request):
+    order_id: Annotated[str, Meta(max_length=64)]
+    payment_method: WalletMethod
+    description: Text = ""
+    metadata: Metadata = {}
+
+
+# Responses (documented in /openapi.json)
+
+
+class ErrorBody(Struct):
+    type: str
+    code: str
+    message: str
+    param: str | None
+
+
+class ErrorResponse(Struct):
+    error: ErrorBody
+
+
+class SubAccountOut(Struct):
+    id: str
+    name: str
+    created_at: str
+
+
+class MerchantOut(Struct, omit_defaults=True):
+    id: str
+    object: str
+    name: str
+    email: str
+    status: str
+    tier: str
+    webhook_url: str
+    require_signature: bool
+    ip_allowlist: list[str]
+    acquirer: str
+    client_id: str
+    sub_accounts: list[SubAccountOut]
+    created_at: str
+    updated_at: str
+    # Only in the reply that creates the merchant.
+    api_key: str | None = None
+    signing_secret: str | None = None
+    webhook_secret: str | None = None
+    client_secret: str | None = None
+
+
+class OrderOut(Struct):
+    id: str
+    object: str
+    status: str
+    amount: int
+    currency: str
+    amount_refunded: int
+    name: str
+    note: str
+    payment_methods: list[str]
+    payment_sub_type: str
+    customer_email: str
+    customer_id: str
+    callback_url: str
+    ipn_url: str
+    metadata: dict[str, str]
+    payment_id: str | None
+    payment_url: str
+    created_at: str
+    updated_at: str
+    expires_at: str
+    error_code: str | None
+    error_message: str | None
+
+
+class AccountOut(Struct):
+    id: str
+    object: str
+    currency: str
+    code: int
+    flags: dict[str, bool]
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+    balance: int
+    available: int
+    created_at: str
+
+
+class TransferOut(Struct):
+    id: str
+    object: str
+    debit_account_id: str
+    credit_account_id: str
+    amount: int
+    currency: str
+    code: int
+    flags: list[str]
+    pending_id: str | None
+    timeout_s: int
+    created_at: str
+
+
+class TransferResult(Struct):
+    id: str
+    result: str
+
+
+class BalanceOut(Struct):
+    account_id: str
+    at: str
+    debits_pending: int
+    debits_posted: int
+    credits_pending: int
+    credits_posted: int
+    balance: int
+
+
+class CustomerOut(Struct):
+    id: str
+    object: str
+    email: str
+    name: str
+    created_at: str
+
+
+class WalletBalance(Struct):
+    currency: str
+    balance: int
+    available: int
+
+
+class WalletOut(Struct):
+    customer_id: str
+    object: str
+    balances: list[WalletBalance]
+    history: list[TransferOut]
+
+
+class PaymentOut(Struct):
+    id: str
+    object: str
+    order_id: str
+    status: str
+    amount: int
+    amount_capturable: int
+    amount_captured: int
+    amount_refunded: int
+    currency: str
+    payment_method: dict[str, str]
+    failure_code: str | None
+    failure_message: str | None
+    created_at: str
+
+
+class TokenOut(Struct):
+    access_token: str
+    token_type: str
+    expires_in: int
+
+
+def decode(body: bytes, kind: type):
+    """Validate a JSON body against a request type (raises msgspec errors for the middleware)."""
+    return msgspec.json.decode(body, type=kind)

@@ -1,0 +1,112 @@
+"""Edge worker processes: several aiohttp servers sharing one port (SO_REUSEPORT), one per core."""
+
+import argparse
+import asyncio
+import os
+import pathlib
+import subprocess
+import sys
+import time
+import urllib.request
+
+import msgspec
+import uvloop
+from aiohttp import web
+
+from edge.app import Settings, create_app
+from edge.auth import Secrets, hash_secret
+from journal import logs
+from journal.client import ShardClient
+from engine.queries import GetMerchant
+from engine.records import CreateMerchant, Merchant
+
+DEMO_MERCHANT_ID = "mer_demo"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run one edge worker process.")
+    parser.add_argument("settings", help="Settings as JSON")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    args = parser.parse_args(argv)
+    logs.configure(os.environ.get("PAYGATE_LOG_LEVEL", "INFO"))
+    settings = msgspec.json.decode(args.settings, type=Settings)
+    web.run_app(create_app(settings), host=args.host, port=args.port, reuse_port=True, access_log=None,
+                print=None, loop=uvloop.new_event_loop(), handle_signals=True)
+
+
+class EdgeWorkers:
+    """The worker processes of one `paygate serve`."""
+
+    def __init__(self, settings: Settings, host: str, port: int, count: int) -> None:
+        self.settings = settings
+        self.host = host
+        self.port = port
+        self.count = count
+        self.processes: list[subprocess.Popen] = []
+
+    def start(self) -> "EdgeWorkers":
+        metrics_folder = pathlib.Path(self.settings.data) / "metrics"
+        metrics_folder.mkdir(parents=True, exist_ok=True)
+        for stale in metrics_folder.glob("*.db"):
+            stale.unlink()
+        environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_folder)}
+        command = [sys.executable, "-m", "edge.server", msgspec.json.encode(self.settings).decode(),
+                   "--host", self.host, "--port", str(self.port)]
+        self.processes = [subprocess.Popen(command, env=environment) for _ in range(self.count)]
+        return self
+
+    def wait_ready(self, timeout_s: float = 60) -> None:
+        deadline = time.monotonic() + timeout_s
+        url = f"http://{self.host}:{self.port}/healthz"
+        while time.monotonic() < deadline:
+            if any(process.poll() is not None for process in self.processes):
+                raise RuntimeError("an edge worker exited during start-up")
+            try:
+                with urllib.request.urlopen(url, timeout=1) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"edge not answering at {url}")
+
+    def alive(self) -> bool:
+        return all(process.poll() is None for process in self.processes)
+
+    def stop(self, timeout_s: float = 10) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes:
+            try:
+                process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def ensure_demo_merchant(settings: Settings, shard_addresses: list[str]) -> str:
+    """Create the demo merchant once; its key is derived, so it can be shown on every start."""
+    secrets = Secrets.load_or_create(pathlib.Path(settings.data) / "gateway.key")
+    api_key = secrets.api_key(DEMO_MERCHANT_ID)
+
+    async def create() -> None:
+        client = ShardClient(shard_addresses)
+        try:
+            if (await client.read(GetMerchant(merchant_id=DEMO_MERCHANT_ID))).record is None:
+                merchant = Merchant(
+                    id=DEMO_MERCHANT_ID, name="Demo merchant", email="demo@example.com", tier="premium",
+                    api_key_hash=hash_secret(api_key), client_id=secrets.client_id(DEMO_MERCHANT_ID),
+                    client_secret_hash=hash_secret(secrets.client_secret(DEMO_MERCHANT_ID)),
+                    signing_secret=secrets.signing_secret(DEMO_MERCHANT_ID),
+                    webhook_secret=secrets.webhook_secret(DEMO_MERCHANT_ID),
+                )
+                await client.submit([CreateMerchant(merchant)])
+        finally:
+            client.close()
+
+    asyncio.run(create())
+    return api_key
+
+
+if __name__ == "__main__":
+    main()
