@@ -115,6 +115,8 @@ class Commerce:
         merchant = command.merchant
         if merchant.id in self.merchants:
             return Outcome("exists")
+        if merchant.api_key_hash in self.merchant_by_api_key_hash or merchant.client_id in self.merchant_by_client_id:
+            return Outcome("credentials_in_use")
         merchant.created_at = merchant.updated_at = timestamp
         self.merchants[merchant.id] = merchant
         if merchant.api_key_hash:
@@ -165,8 +167,13 @@ class Commerce:
         order.created_at = order.updated_at = timestamp
         self.orders[order.id] = order
         self.orders_by_merchant.setdefault(order.merchant_id, []).append(order.id)
-        heapq.heappush(self.order_expiries, (order.expires_at, order.id))
+        self._schedule_expiry(order)
         return Outcome(record=order)
+
+    def _schedule_expiry(self, order: Order) -> None:
+        # Zero means the order never expires, as a zero timeout does in the ledger.
+        if order.expires_at:
+            heapq.heappush(self.order_expiries, (order.expires_at, order.id))
 
     def _admit_ip(self, command: CreateOrder, timestamp: int) -> bool:
         """A sliding window per client IP; the window's times are the engine's."""
@@ -191,7 +198,7 @@ class Commerce:
                 setattr(order, field, value)
         if command.expires_at is not None:
             order.expires_at = command.expires_at
-            heapq.heappush(self.order_expiries, (order.expires_at, order.id))
+            self._schedule_expiry(order)
         order.updated_at = timestamp
         return Outcome(record=order)
 
@@ -219,6 +226,9 @@ class Commerce:
         customer = self.customer_of(command.merchant_id, command.customer_id)
         if customer is None:
             return Outcome("customer_not_found")
+        if command.withdrawal and self._available(wallet_account_id(
+                command.merchant_id, command.customer_id, command.currency)) < command.amount:
+            return Outcome("insufficient_funds", record=customer)
         wallet = self._ensure_wallet(command.merchant_id, command.customer_id, command.currency, timestamp)
         if command.withdrawal:
             outside = self._ensure_system_account(command.merchant_id, "withdrawals", command.currency, timestamp)
@@ -239,6 +249,9 @@ class Commerce:
             return Outcome("payment_method_not_allowed", record=order)
         if self.customer_of(command.merchant_id, command.customer_id) is None:
             return Outcome("customer_not_found")
+        # Checked first so that a refused payment leaves no trace (no accounts, no spent transfer id).
+        if self._available(wallet_account_id(command.merchant_id, command.customer_id, order.currency)) < order.amount:
+            return Outcome("insufficient_funds", record=order)
         wallet = self._ensure_wallet(command.merchant_id, command.customer_id, order.currency, timestamp)
         balance = self._ensure_system_account(command.merchant_id, "balance", order.currency, timestamp)
         code = self._transfer(command.transfer_id, wallet, balance, order.amount, order.currency, timestamp)
@@ -271,6 +284,12 @@ class Commerce:
     def _ensure_account(self, account_id: str, currency: str, flags: int, timestamp: int) -> None:
         if account_id not in self.ledger.accounts:
             assert self.ledger.create_accounts([Account(account_id, currency, flags=flags)], timestamp) == [0]
+
+    def _available(self, account_id: str) -> int:
+        account = self.ledger.accounts.get(account_id)
+        if account is None:
+            return 0
+        return account.credits_posted - account.debits_posted - account.debits_pending
 
     # Reads
 
