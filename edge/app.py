@@ -102,6 +102,7 @@ def create_app(settings: Settings) -> web.Application:
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
         web.get("/metrics", metrics),
+        web.get("/v1/admin/ledger_check", ledger_check),
         web.get("/openapi.json", openapi),
         web.get("/.well-known/jwks.json", jwks),
         web.post("/oauth/token", oauth_token),
@@ -192,8 +193,10 @@ async def authenticate(request: web.Request, admin_allowed: bool = False, mercha
     if admin_allowed and app["admin"].check(token):
         return Principal(ADMIN)
     merchant = await _merchant_for_token(app, token)
-    if merchant is None or not merchant_allowed:
-        raise ApiError(401, "invalid_credentials", "the key or token is not valid here")
+    if merchant is None:
+        raise ApiError(401, "invalid_credentials", "the key or token is not valid")
+    if not merchant_allowed:
+        raise ApiError(403, "admin_only", "this operation needs the admin token")
     await _check_merchant_request(request, merchant)
     return Principal("merchant", merchant)
 
@@ -319,6 +322,15 @@ async def readyz(request: web.Request) -> web.Response:
     ready = all(shard["ready"] and shard["sequence"] == shard["durable_sequence"] for shard in shards)
     return web.Response(status=200 if ready else 503, body=orjson.dumps({"ready": ready, "shards": shards}),
                         content_type="application/json")
+
+
+async def ledger_check(request: web.Request) -> web.Response:
+    """The full double-entry check on every shard (admin; it walks the whole ledger)."""
+    await authenticate(request, admin_allowed=True, merchant_allowed=False)
+    statuses = await request.app["gateway"].statuses(with_check=True)
+    shards = [{"shard": index, "check": status.check if not isinstance(status, BaseException) else "unreachable"}
+              for index, status in enumerate(statuses)]
+    return respond(request, {"ok": all(shard["check"] == "ok" for shard in shards), "shards": shards})
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -85,5 +85,6 @@ class Gateway:
         except Exception as error:
             raise ShardBusy(str(error)) from error
 
-    async def statuses(self) -> list:
-        return await asyncio.gather(*(shard.status() for shard in self.cluster.shards), return_exceptions=True)
+    async def statuses(self, with_check: bool = False) -> list:
+        return await asyncio.gather(*(shard.status(with_check=with_check) for shard in self.cluster.shards),
+                                    return_exceptions=True)

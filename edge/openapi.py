@@ -12,6 +12,7 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "healthz": ("process is up", None, dict[str, str], "none"),
     "readyz": ("shards reachable and caught up", None, dict[str, Any], "none"),
     "metrics": ("Prometheus metrics (text)", None, str, "none"),
+    "ledger_check": ("run the full double-entry check on every shard", None, dict[str, Any], "admin"),
     "openapi": ("this document", None, dict[str, Any], "none"),
     "jwks": ("public keys of the JWTs this gateway signs", None, dict[str, Any], "none"),
     "oauth_token": ("OAuth2 client credentials → access token", None, schemas.TokenOut, "none"),

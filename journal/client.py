@@ -137,8 +137,8 @@ class ShardClient:
     async def read_entries(self, start_sequence: int, limit: int = 64) -> list:
         return (await self.request(ReadEntries(start_sequence, limit))).entries
 
-    async def status(self, with_state_hash: bool = False):
-        return (await self.request(Status(with_state_hash))).shard_status
+    async def status(self, with_state_hash: bool = False, with_check: bool = False):
+        return (await self.request(Status(with_state_hash, with_check))).shard_status
 
 
 class Cluster:

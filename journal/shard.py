@@ -222,7 +222,15 @@ class Shard:
             replica_sequence=self.replica_sequence,
             state_hash=self.engine.state_hash() if request.with_state_hash else "",
             queue_items=self.queue_items,
+            check=self._check() if request.with_check else "",
         )
+
+    def _check(self) -> str:
+        try:
+            self.engine.verify()
+        except AssertionError as error:
+            return f"failed: {error}"
+        return "ok"
 
     def _read_entries(self, request: ReadEntries) -> bytes:
         limit = max(1, min(request.limit, self.config.max_read_entries))

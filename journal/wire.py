@@ -31,6 +31,8 @@ class ReadEntries(msgspec.Struct, tag="read_entries", array_like=True):
 
 class Status(msgspec.Struct, tag="status", array_like=True):
     with_state_hash: bool = False
+    # Run the engine's full consistency check (double entry, limits, pending amounts).
+    with_check: bool = False
 
 
 class Promote(msgspec.Struct, tag="promote", array_like=True):
@@ -73,6 +75,7 @@ class ShardStatus(msgspec.Struct, array_like=True):
     replica_sequence: int  # acknowledged by the replica (primary only)
     state_hash: str = ""
     queue_items: int = 0
+    check: str = ""  # "ok", or what the full check found
 
 
 class Reply(msgspec.Struct, array_like=True):

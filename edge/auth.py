@@ -1,0 +1,253 @@
+"""Credentials at the edge: merchant secrets derived from the gateway key, the admin token, signed JWTs and their
+JWKS, request and webhook HMAC signatures, and password hashes.
+
+Every check here returns False or None on malformed input rather than raising, so a handler can pass header
+values straight in and answer 401 on a falsy result.
+"""
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import pathlib
+import re
+import secrets
+import tempfile
+
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from jwt.algorithms import OKPAlgorithm
+
+SERVER_KEY_BYTES = 32
+SECRET_CHARS = 43  # 62**43 > 2**256, so the whole HMAC fits in base62
+BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+MAX_API_KEY_CHARS = 256
+API_KEY = re.compile(r"sk_(mer_[a-z0-9]{1,64})_[0-9A-Za-z]{32,64}")
+MERCHANT_ID = re.compile(r"mer_[a-z0-9]{1,64}")
+TIMESTAMP = re.compile(r"[0-9]{1,15}")
+ISSUER = "paygate"
+MAX_TOKEN_CHARS = 8192
+CLOCK_SKEW_S = 60  # edges on other machines may run a little ahead of the one that issued a token
+SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_BYTES = 2**14, 8, 1, 32
+SALT_BYTES = 16
+
+
+def _utf8(text: str) -> bytes:
+    # surrogatepass: aiohttp decodes undecodable header bytes to lone surrogates, which plain encode() rejects
+    return text.encode("utf-8", "surrogatepass")
+
+
+def _hmac_hex(secret: str, message: bytes) -> str:
+    return hmac.new(_utf8(secret), message, hashlib.sha256).hexdigest()
+
+
+def _create_once(path: pathlib.Path, data: bytes) -> bool:
+    """Writes `data` to a new 0600 file at `path`; False when the file already exists (another worker won)."""
+    if path.exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp makes it 0600
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(temporary, path)  # atomic and never overwrites, so racing workers all end up reading one file
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(temporary)
+
+
+def hash_secret(secret: str) -> str:
+    """Hex SHA-256: enough for high-entropy random keys and tokens (passwords go through scrypt)."""
+    return hashlib.sha256(_utf8(secret)).hexdigest()
+
+
+def _base62(data: bytes) -> str:
+    number = int.from_bytes(data, "big")
+    digits = []
+    for _ in range(SECRET_CHARS):  # fixed width, so every secret has the same length
+        number, digit = divmod(number, 62)
+        digits.append(BASE62[digit])
+    return "".join(digits)
+
+
+class Secrets:
+    """A merchant's credentials, derived from the gateway key so a replayed "create merchant" can show them again."""
+
+    def __init__(self, server_key: bytes) -> None:
+        if len(server_key) < SERVER_KEY_BYTES:
+            raise ValueError(f"the server key must be at least {SERVER_KEY_BYTES} bytes")
+        self._key = server_key
+
+    @classmethod
+    def load_or_create(cls, path: pathlib.Path) -> "Secrets":
+        _create_once(path, os.urandom(SERVER_KEY_BYTES))
+        return cls(path.read_bytes())
+
+    def _derive(self, purpose: str, merchant_id: str) -> str:
+        # the purpose in the message keeps each credential independent of the others for the same merchant
+        return _base62(hmac.new(self._key, _utf8(f"{purpose}:{merchant_id}"), hashlib.sha256).digest())
+
+    def api_key(self, merchant_id: str) -> str:
+        # only ids that merchant_id_from_api_key can read back are given keys
+        if not MERCHANT_ID.fullmatch(merchant_id):
+            raise ValueError(f"not a merchant id: {merchant_id!r}")
+        return f"sk_{merchant_id}_{self._derive('api_key', merchant_id)}"
+
+    def signing_secret(self, merchant_id: str) -> str:
+        return f"sig_{self._derive('signing_secret', merchant_id)}"
+
+    def webhook_secret(self, merchant_id: str) -> str:
+        return f"whsec_{self._derive('webhook_secret', merchant_id)}"
+
+    def client_id(self, merchant_id: str) -> str:
+        # public, and naming the merchant lets a token request find its merchant without a lookup table
+        return f"cli_{merchant_id}"
+
+    def client_secret(self, merchant_id: str) -> str:
+        return f"cs_{self._derive('client_secret', merchant_id)}"
+
+
+def merchant_id_from_api_key(key: str) -> str | None:
+    """The `mer_...` part of a well-formed `sk_mer_..._secret` key, else None."""
+    if not isinstance(key, str) or len(key) > MAX_API_KEY_CHARS:
+        return None
+    match = API_KEY.fullmatch(key)
+    return match.group(1) if match else None
+
+
+class AdminToken:
+    """The operator's bearer token; only its hash is ever kept."""
+
+    def __init__(self, token_hash: str) -> None:
+        self._hash = token_hash
+
+    @classmethod
+    def load_or_create(cls, path: pathlib.Path, override: str | None) -> tuple["AdminToken", str | None]:
+        """The token and, only when this call created it, its plaintext to show the operator once."""
+        if override:
+            return cls(hash_secret(override)), None
+        token = f"adm_{secrets.token_urlsafe(32)}"
+        token_hash = hash_secret(token)
+        if _create_once(path, token_hash.encode()):
+            return cls(token_hash), token
+        stored = path.read_text().strip()
+        if not re.fullmatch(r"[0-9a-f]{64}", stored):
+            raise ValueError(f"{path} does not hold a hex SHA-256 admin token hash")
+        return cls(stored), None
+
+    def check(self, token: str) -> bool:
+        return isinstance(token, str) and hmac.compare_digest(hash_secret(token), self._hash)
+
+
+def _thumbprint(public_jwk: dict) -> str:
+    """RFC 7638 JWK thumbprint: a kid that follows from the key itself."""
+    canonical = json.dumps({name: public_jwk[name] for name in ("crv", "kty", "x")}, separators=(",", ":"))
+    return base64.urlsafe_b64encode(hashlib.sha256(canonical.encode()).digest()).rstrip(b"=").decode()
+
+
+class TokenIssuer:
+    """Ed25519-signed JWTs (EdDSA), and the JWKS that lets anyone verify them."""
+
+    def __init__(self, private_key: Ed25519PrivateKey) -> None:
+        self._private_key = private_key
+        self._public_key = private_key.public_key()
+        self._public_jwk = OKPAlgorithm.to_jwk(self._public_key, as_dict=True)
+        self.kid = _thumbprint(self._public_jwk)
+
+    @classmethod
+    def load_or_create(cls, path: pathlib.Path) -> "TokenIssuer":
+        pem = Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption())
+        _create_once(path, pem)
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} does not hold an Ed25519 private key")
+        return cls(key)
+
+    def issue(self, subject: str, audience: str, ttl_s: int, now_s: int) -> str:
+        claims = {"sub": subject, "aud": audience, "iat": now_s, "exp": now_s + ttl_s, "iss": ISSUER,
+                  "jti": secrets.token_hex(16)}
+        return jwt.encode(claims, self._private_key, algorithm="EdDSA", headers={"kid": self.kid})
+
+    def verify(self, token: str, audience: str, now_s: int) -> dict | None:
+        """The claims of a token this issuer signed for `audience` that has not expired at `now_s`, else None."""
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_CHARS:
+            return None
+        try:
+            # PyJWT reads the wall clock for exp and iat, so those are checked here against now_s instead
+            claims = jwt.decode(token, self._public_key, algorithms=["EdDSA"], audience=audience, issuer=ISSUER,
+                                options={"require": ["sub", "aud", "iat", "exp", "iss", "jti"], "verify_exp": False,
+                                         "verify_iat": False, "verify_nbf": False})
+        except (jwt.PyJWTError, ValueError, TypeError):
+            return None
+        return claims if _current(claims, now_s) else None
+
+    def jwks(self) -> dict:
+        return {"keys": [{**self._public_jwk, "kid": self.kid, "alg": "EdDSA", "use": "sig"}]}
+
+
+def _current(claims: dict, now_s: int) -> bool:
+    issued, expires = claims["iat"], claims["exp"]
+    if type(issued) is not int or type(expires) is not int:  # bool is an int subclass, and floats are not ours
+        return False
+    return issued - CLOCK_SKEW_S <= now_s < expires
+
+
+def signature_valid(secret: str, timestamp: str, signature: str, method: str, path: str, body: bytes, now_s: int,
+                    window_s: int = 300) -> bool:
+    """Whether `Paygate-Signature: v1=<hex>[,v1=<hex>...]` signs this request at a time within `window_s` of now."""
+    if not isinstance(signature, str) or not isinstance(timestamp, str) or not TIMESTAMP.fullmatch(timestamp):
+        return False
+    if abs(int(timestamp) - now_s) > window_s:
+        return False
+    expected = _hmac_hex(secret, _utf8(f"{timestamp}.{method.upper()}.{path}.") + body).encode()
+    # several v1 values let a merchant sign with both secrets while rotating
+    parts = (part.strip() for part in signature.split(","))
+    candidates = [part[3:].lower() for part in parts if part.startswith("v1=")]
+    return any(hmac.compare_digest(_utf8(candidate), expected) for candidate in candidates)
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def hash_password(password: str) -> str:
+    salt = os.urandom(SALT_BYTES)
+    digest = hashlib.scrypt(_utf8(password), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=SCRYPT_BYTES)
+    return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
+
+
+def _parse_scrypt(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
+    """The n, r, p, salt and hash of a well-formed stored value no costlier than ours, else None."""
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        n, r, p = int(n), int(r), int(p)
+        salt, digest = base64.b64decode(salt, validate=True), base64.b64decode(digest, validate=True)
+    except (AttributeError, ValueError):
+        return None
+    # refusing costlier parameters keeps a tampered row from making each login burn CPU or memory
+    affordable = 1 < n <= SCRYPT_N and 0 < r <= SCRYPT_R and 0 < p <= SCRYPT_P and 0 < len(digest) <= 64
+    return (n, r, p, salt, digest) if scheme == "scrypt" and affordable else None
+
+
+def verify_password(password: str, stored: str) -> bool:
+    parsed = _parse_scrypt(stored)
+    if parsed is None:
+        return False
+    n, r, p, salt, digest = parsed
+    try:
+        computed = hashlib.scrypt(_utf8(password), salt=salt, n=n, r=r, p=p, dklen=len(digest))
+    except ValueError:  # n is not a power of two
+        return False
+    return hmac.compare_digest(computed, digest)
+
+
+def webhook_signature(secret: str, body: bytes, timestamp: int) -> str:
+    """The `Paygate-Signature` value for an outgoing webhook: `t=<timestamp>,v1=<hex>`."""
+    return f"t={timestamp},v1={_hmac_hex(secret, f'{timestamp}.'.encode() + body)}"

@@ -1,0 +1,136 @@
+"""Who may call the edge and how often: per-key token buckets by merchant tier, sliding windows for rare actions
+(such as logins), the client's address behind trusted proxies, and IP allowlists.
+
+The limiters hold state in this process only and keep at most `max_keys` keys, dropping the least recently used.
+"""
+
+import collections
+import functools
+import ipaddress
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+TIERS: dict[str, tuple[float, float]] = {"basic": (60, 100), "standard": (300, 500), "premium": (1000, 2000)}
+# times near 1.7e9 s are only exact to ~0.24 µs, so a client who waited exactly the advised time may be a hair short
+TOLERANCE_S = 1e-6
+
+
+class TokenBuckets:
+    """One bucket per key, refilled at its tier's rate per minute up to its tier's burst."""
+
+    def __init__(self, tiers: dict[str, tuple[float, float]] = TIERS, max_keys: int = 100_000) -> None:
+        if "basic" not in tiers:
+            raise ValueError("the tiers need a 'basic' tier for keys of unknown tier")
+        self._tiers = tiers
+        self._max_keys = max_keys
+        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+
+    def take(self, key: str, tier: str, now_s: float, cost: float = 1.0) -> float:
+        """0.0 when `cost` tokens were taken, else the seconds until they will be there (for Retry-After)."""
+        per_minute, burst = self._tiers.get(tier, self._tiers["basic"])
+        if cost > burst:
+            raise ValueError(f"a cost of {cost} can never fit a bucket of {burst}")
+        rate = per_minute / 60
+        tokens, updated = self._buckets.pop(key, (burst, now_s))
+        tokens = min(burst, tokens + max(0.0, now_s - updated) * rate)
+        wait = (cost - tokens) / rate
+        admitted = wait <= TOLERANCE_S
+        if admitted:
+            tokens -= cost
+        self._buckets[key] = (tokens, max(now_s, updated))  # a clock stepping back must not refill twice
+        _evict(self._buckets, self._max_keys)
+        return 0.0 if admitted else wait
+
+
+class SlidingWindow:
+    """At most `limit` admitted hits per key in any `window_s` seconds."""
+
+    def __init__(self, limit: int, window_s: float, max_keys: int = 100_000) -> None:
+        if limit < 1 or window_s <= 0:
+            raise ValueError("a sliding window needs a limit of at least 1 and a positive length")
+        self._limit = limit
+        self._window_s = window_s
+        self._max_keys = max_keys
+        self._hits: collections.OrderedDict[str, collections.deque[float]] = collections.OrderedDict()
+
+    def hit(self, key: str, now_s: float) -> float:
+        """0.0 when the hit is admitted (and counted), else the seconds until the oldest hit leaves the window."""
+        hits = self._hits.pop(key, None) or collections.deque()
+        while hits and hits[0] + self._window_s <= now_s:
+            hits.popleft()
+        admitted = len(hits) < self._limit
+        if admitted:
+            hits.append(now_s)
+        self._hits[key] = hits
+        _evict(self._hits, self._max_keys)
+        return 0.0 if admitted else hits[0] + self._window_s - now_s
+
+
+def _evict(entries: collections.OrderedDict, max_keys: int) -> None:
+    while len(entries) > max_keys:
+        entries.popitem(last=False)
+
+
+def _ip(text: str | None) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(text)
+    except (ValueError, TypeError):
+        return None
+    # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d, which IPv4 networks would otherwise not contain
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped
+    return address
+
+
+def _forwarded_ip(entry: str) -> IPAddress | None:
+    """An X-Forwarded-For entry's address, allowing the `a.b.c.d:port` and `[v6]:port` forms some proxies write."""
+    entry = entry.strip()
+    if entry.startswith("[") and "]" in entry:
+        return _ip(entry[1:entry.index("]")])
+    if entry.count(":") == 1:
+        return _ip(entry.split(":")[0])
+    return _ip(entry)
+
+
+@functools.lru_cache(maxsize=64)
+def _networks(entries: tuple[str, ...]) -> tuple[IPNetwork, ...]:
+    """The parsed networks of a configured list, malformed entries left out."""
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except (ValueError, TypeError, AttributeError):
+            continue
+    return tuple(networks)
+
+
+def _inside(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
+    return any(address in network for network in networks)
+
+
+def client_ip(peer: str | None, forwarded_for: str | None, trusted_proxies: list[str]) -> str:
+    """The TCP peer, or, when the peer is a trusted proxy, the nearest untrusted address in X-Forwarded-For."""
+    address = _ip(peer)
+    if address is None:
+        return peer if isinstance(peer, str) else ""
+    trusted = _networks(tuple(trusted_proxies or ()))
+    if not _inside(address, trusted) or not isinstance(forwarded_for, str):
+        return str(address)
+    # walk from the right: each trusted proxy appended the address it saw; anything further left is the client's word
+    for entry in reversed(forwarded_for.split(",")):
+        forwarded = _forwarded_ip(entry)
+        if forwarded is None:
+            continue
+        address = forwarded
+        if not _inside(address, trusted):
+            break
+    return str(address)
+
+
+def ip_allowed(ip: str, allowlist: list[str]) -> bool:
+    """True when the allowlist is empty or holds `ip` (as an address or within a network)."""
+    if not allowlist:
+        return True
+    address = _ip(ip)
+    return address is not None and _inside(address, _networks(tuple(allowlist)))
