@@ -6,6 +6,7 @@ the shard that owns its merchant. Errors always take the API's error shape.
 """
 
 import hashlib
+import hmac
 import logging
 import pathlib
 import secrets as random_tokens
@@ -207,7 +208,7 @@ async def _merchant_for_token(app: web.Application, token: str) -> Merchant | No
         if merchant_id is None:
             return None
         merchant = await cached_merchant(app, merchant_id)
-        if merchant is None or merchant.api_key_hash != hash_secret(token):
+        if merchant is None or not hmac.compare_digest(merchant.api_key_hash, hash_secret(token)):
             return None
         return merchant
     claims = app["issuer"].verify(token, "api", int(time.time()))
@@ -353,7 +354,8 @@ async def oauth_token(request: web.Request) -> web.Response:
     merchant_id = client_id.removeprefix("cli_") if client_id.startswith("cli_mer_") else ""
     merchant = await cached_merchant(request.app, merchant_id) if merchant_id else None
     secret = str(form.get("client_secret", ""))[:256]
-    if merchant is None or merchant.client_id != client_id or merchant.client_secret_hash != hash_secret(secret):
+    if merchant is None or merchant.client_id != client_id or not hmac.compare_digest(
+            merchant.client_secret_hash, hash_secret(secret)):
         raise ApiError(401, "invalid_client", "unknown client or wrong secret")
     token = request.app["issuer"].issue(merchant.id, "api", TOKEN_TTL_S, int(time.time()))
     return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))

@@ -1,0 +1,189 @@
+"""edge.limits: token buckets per tier, the sliding window, the client's address behind proxies, IP allowlists."""
+
+import pytest
+
+from edge.limits import TIERS, SlidingWindow, TokenBuckets, client_ip, ip_allowed
+
+T0 = 1_700_000_000.0
+
+
+# --- token buckets -------------------------------------------------------------------------------------------------
+
+def take_until_refused(buckets: TokenBuckets, key: str, tier: str, now: float) -> tuple[int, float]:
+    """How many requests at `now` were admitted, and the wait given to the first refused one."""
+    admitted = 0
+    while (wait := buckets.take(key, tier, now)) == 0.0:
+        admitted += 1
+    return admitted, wait
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_burst_then_refill_at_the_tier_rate(tier):
+    per_minute, burst = TIERS[tier]
+    buckets = TokenBuckets()
+    admitted, wait = take_until_refused(buckets, "mer_a", tier, T0)
+    assert admitted == burst
+    assert wait == pytest.approx(60 / per_minute)
+
+    assert buckets.take("mer_a", tier, T0 + wait) == 0.0
+    assert buckets.take("mer_a", tier, T0 + wait) > 0
+    assert take_until_refused(buckets, "mer_a", tier, T0 + wait + 30)[0] == pytest.approx(per_minute / 2, abs=1)
+
+
+def test_bucket_refills_only_up_to_the_burst():
+    buckets = TokenBuckets()
+    take_until_refused(buckets, "mer_a", "basic", T0)
+    assert take_until_refused(buckets, "mer_a", "basic", T0 + 86_400)[0] == 100
+
+
+def test_retry_after_counts_the_missing_tokens():
+    buckets = TokenBuckets()
+    take_until_refused(buckets, "mer_a", "basic", T0)
+    assert buckets.take("mer_a", "basic", T0 + 0.25) == pytest.approx(0.75)
+    assert buckets.take("mer_a", "basic", T0 + 0.25, cost=5) == pytest.approx(4.75)
+    assert buckets.take("mer_a", "basic", T0 + 5) == 0.0
+
+
+def test_unknown_tier_is_basic():
+    buckets = TokenBuckets()
+    assert take_until_refused(buckets, "mer_a", "platinum", T0) == take_until_refused(buckets, "mer_b", "basic", T0)
+
+
+def test_keys_have_separate_buckets():
+    buckets = TokenBuckets()
+    take_until_refused(buckets, "mer_a", "basic", T0)
+    assert buckets.take("mer_b", "basic", T0) == 0.0
+
+
+def test_cost_larger_than_the_burst_is_a_programming_error():
+    with pytest.raises(ValueError):
+        TokenBuckets().take("mer_a", "basic", T0, cost=101)
+
+
+def test_clock_stepping_back_does_not_refill():
+    buckets = TokenBuckets()
+    take_until_refused(buckets, "mer_a", "basic", T0)
+    assert buckets.take("mer_a", "basic", T0 - 10) > 0
+    assert buckets.take("mer_a", "basic", T0) > 0
+
+
+def test_least_recently_used_bucket_is_dropped_beyond_max_keys():
+    buckets = TokenBuckets(max_keys=2)
+    for key in ("a", "b"):
+        take_until_refused(buckets, key, "basic", T0)
+    buckets.take("a", "basic", T0)  # "a" is now more recently used than "b"
+    buckets.take("c", "basic", T0)
+    assert len(buckets._buckets) == 2
+    assert buckets.take("a", "basic", T0) > 0  # kept, still empty
+    assert buckets.take("b", "basic", T0) == 0.0  # dropped, so it starts full again
+
+
+def test_custom_tiers_need_a_basic_tier():
+    with pytest.raises(ValueError):
+        TokenBuckets(tiers={"gold": (10, 10)})
+
+
+# --- sliding window ------------------------------------------------------------------------------------------------
+
+def test_eleventh_hit_in_ten_minutes_waits_for_the_first_to_expire():
+    window = SlidingWindow(limit=10, window_s=600)
+    for second in range(10):
+        assert window.hit("login:alice", T0 + 30 * second) == 0.0
+    assert window.hit("login:alice", T0 + 300) == pytest.approx(300)
+    assert window.hit("login:alice", T0 + 599) == pytest.approx(1)
+    assert window.hit("login:alice", T0 + 600) == 0.0
+    assert window.hit("login:alice", T0 + 601) == pytest.approx(29)
+
+
+def test_refused_hits_are_not_counted():
+    window = SlidingWindow(limit=2, window_s=60)
+    window.hit("k", T0)
+    window.hit("k", T0 + 1)
+    for second in range(2, 60):
+        assert window.hit("k", T0 + second) > 0
+    assert window.hit("k", T0 + 60) == 0.0
+
+
+def test_waiting_exactly_the_advised_time_is_enough():
+    window = SlidingWindow(limit=1, window_s=0.3)
+    window.hit("k", T0 + 0.1)
+    wait = window.hit("k", T0 + 0.2)
+    assert window.hit("k", T0 + 0.2 + wait) == 0.0
+
+
+def test_window_keys_are_separate_and_bounded():
+    window = SlidingWindow(limit=1, window_s=60, max_keys=2)
+    for key in ("a", "b", "c"):
+        assert window.hit(key, T0) == 0.0
+    assert len(window._hits) == 2
+    assert window.hit("a", T0) == 0.0  # dropped as least recently used
+    assert window.hit("c", T0) > 0
+
+
+@pytest.mark.parametrize("limit, window_s", [(0, 60), (1, 0), (1, -1)])
+def test_window_needs_a_limit_and_a_length(limit, window_s):
+    with pytest.raises(ValueError):
+        SlidingWindow(limit, window_s)
+
+
+# --- client_ip -----------------------------------------------------------------------------------------------------
+
+PROXIES = ["10.0.0.0/8", "192.168.1.7", "fd00::/8"]
+
+
+@pytest.mark.parametrize("peer, forwarded_for, trusted, expected", [
+    ("203.0.113.9", None, [], "203.0.113.9"),
+    ("203.0.113.9", "198.51.100.1", [], "203.0.113.9"),
+    ("203.0.113.9", "198.51.100.1", PROXIES, "203.0.113.9"),  # untrusted peer: its X-Forwarded-For is its own claim
+    ("10.1.2.3", "198.51.100.1", PROXIES, "198.51.100.1"),
+    ("10.1.2.3", "1.1.1.1, 198.51.100.1", PROXIES, "198.51.100.1"),  # the left entry was supplied by the client
+    ("10.1.2.3", "1.1.1.1, 198.51.100.1, 192.168.1.7", PROXIES, "198.51.100.1"),  # two proxies deep
+    ("10.1.2.3", "198.51.100.1, 10.9.9.9, 192.168.1.7", PROXIES, "198.51.100.1"),
+    ("10.1.2.3", "198.51.100.1, garbage, , 10.9.9.9", PROXIES, "198.51.100.1"),
+    ("10.1.2.3", "198.51.100.1:4711", PROXIES, "198.51.100.1"),
+    ("10.1.2.3", "[2001:db8::1]:4711", PROXIES, "2001:db8::1"),
+    ("10.1.2.3", "10.2.2.2, 10.3.3.3", PROXIES, "10.2.2.2"),  # all trusted: the furthest one
+    ("10.1.2.3", None, PROXIES, "10.1.2.3"),
+    ("10.1.2.3", "", PROXIES, "10.1.2.3"),
+    ("10.1.2.3", "unknown, ,;", PROXIES, "10.1.2.3"),
+    ("fd00::5", "2001:db8::1", PROXIES, "2001:db8::1"),
+    ("fd00::5", "2001:DB8:0:0:0:0:0:1", PROXIES, "2001:db8::1"),
+    ("2001:db8::9", "198.51.100.1", PROXIES, "2001:db8::9"),
+    ("::ffff:10.1.2.3", "198.51.100.1", PROXIES, "198.51.100.1"),  # an IPv4 proxy seen by a dual-stack socket
+    ("::ffff:203.0.113.9", None, [], "203.0.113.9"),
+    ("10.1.2.3", "198.51.100.1", ["not a network", "10.0.0.0/8"], "198.51.100.1"),
+    ("10.1.2.3", "198.51.100.1", ["not a network"], "10.1.2.3"),
+    ("10.1.2.3", "x" * 100_000 + ", 198.51.100.1", PROXIES, "198.51.100.1"),
+    ("10.1.2.3", "١٩٨.٥١.١٠٠.١, 🙂", PROXIES, "10.1.2.3"),
+    (None, "198.51.100.1", PROXIES, ""),
+    ("", "198.51.100.1", PROXIES, ""),
+])
+def test_client_ip(peer, forwarded_for, trusted, expected):
+    assert client_ip(peer, forwarded_for, trusted) == expected
+
+
+# --- ip_allowed ----------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ip, allowlist, expected", [
+    ("203.0.113.9", [], True),
+    ("garbage", [], True),
+    ("203.0.113.9", ["203.0.113.9"], True),
+    ("203.0.113.10", ["203.0.113.9"], False),
+    ("203.0.113.200", ["203.0.113.0/24"], True),
+    ("203.0.114.1", ["203.0.113.0/24"], False),
+    ("203.0.113.200", ["203.0.113.7/24"], True),  # host bits set: read as the network
+    ("203.0.113.9", ["198.51.100.0/24", "203.0.113.9"], True),
+    ("::ffff:203.0.113.9", ["203.0.113.0/24"], True),
+    ("2001:db8::42", ["2001:db8::/32"], True),
+    ("2001:db9::42", ["2001:db8::/32"], False),
+    ("2001:db8::42", ["203.0.113.0/24"], False),
+    ("203.0.113.9", ["not an ip", "203.0.113.9/40"], False),
+    ("", ["203.0.113.0/24"], False),
+    ("203.0.113.9 ", ["203.0.113.0/24"], False),
+    ("203.0.113.9/32", ["203.0.113.0/24"], False),
+    ("x" * 10_000, ["203.0.113.0/24"], False),
+    ("١.٢.٣.٤", ["0.0.0.0/0"], False),
+    (None, ["0.0.0.0/0"], False),
+])
+def test_ip_allowed(ip, allowlist, expected):
+    assert ip_allowed(ip, allowlist) is expected
