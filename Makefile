@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow run bench-engine bench-durable clean
+.PHONY: venv test test-slow run bench-engine bench-durable bench-http clean
 
 venv: $(STAMP)
 
@@ -28,6 +28,9 @@ bench-engine: venv
 
 bench-durable: venv
 	$(BIN)/python -m bench.durable
+
+bench-http: venv
+	$(BIN)/python -m bench.http
 
 clean:
 	rm -rf $(VENV) data bench/out
