@@ -1,0 +1,6 @@
+"""Ray actors beside the core: risk, PSP connectors, notifications, reconciliation.
+
+They read committed entries by sequence number with a durable cursor and change
+money state only by submitting commands. May import engine types, the journal
+client and ray; never the edge.
+"""
