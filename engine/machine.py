@@ -70,6 +70,11 @@ class Engine:
             return self.ledger.create_accounts(command.accounts, timestamp)
         return self.commerce.apply(command, timestamp)
 
+    def next_deadline(self) -> int | None:
+        """The earliest time at which something expires (a pending transfer, an order), if any."""
+        heads = [heap[0][0] for heap in (self.ledger.expiries, self.commerce.order_expiries) if heap]
+        return min(heads) if heads else None
+
     def query(self, query: Query) -> Answer:
         return answer(query, self.ledger, self.commerce)
 

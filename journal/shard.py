@@ -44,6 +44,7 @@ from journal.wire import (
 )
 
 log = logging.getLogger("paygate.shard")
+TICK_S = 0.25
 result_encoder = msgspec.msgpack.Encoder()
 result_decoder = msgspec.msgpack.Decoder(BatchResult)
 
@@ -124,7 +125,7 @@ class Shard:
         self.announce_socket = pynng.Pub0(listen=self.config.announce_address, send_timeout=0) if self.config.announce_address else None
         self.contexts = [self.client_socket.new_context() for _ in range(self.config.contexts)]
         tasks = [asyncio.create_task(self._serve_client(context)) for context in self.contexts]
-        tasks += [_critical(self._sequence()), _critical(self._write())]
+        tasks += [_critical(self._sequence()), _critical(self._write()), asyncio.create_task(self._tick())]
         if self.role == "replica":
             self.replication_socket = pynng.Rep0(listen=self.config.replication_address)
             self.contexts.append(self.replication_socket.new_context())
@@ -252,6 +253,15 @@ class Shard:
                 self._maybe_snapshot(self.journal.prepared_hash)
                 # Let replies, the journal and the replicator run between rounds.
                 await asyncio.sleep(0)
+
+    async def _tick(self) -> None:
+        """Time moves only with batches: when something is due and nothing arrives, send an empty one."""
+        while True:
+            await asyncio.sleep(TICK_S)
+            deadline = self.engine.next_deadline()
+            if self.role == "primary" and not self.queue and deadline is not None and deadline <= time.time_ns():
+                self.queue.append((Submit([]), 0, asyncio.get_running_loop().create_future()))
+                self.work.set()
 
     def _sequence_round(self) -> None:
         """Take what is queued (bounded), apply it as one batch, answer reads, queue the replies."""

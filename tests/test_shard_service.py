@@ -5,7 +5,7 @@ import asyncio
 import pynng
 import pytest
 
-from engine import Account, CreateAccounts, CreateTransfers, Transfer
+from engine import Account, CreateAccounts, CreateTransfers, Transfer, TransferFlag
 from journal.client import ACCOUNTS_ON_DIFFERENT_SHARDS, Cluster, ShardClient, ShardMap
 from journal.store import KEY
 from journal.wire import ReplyStatus, Submit, request_encoder
@@ -134,3 +134,18 @@ def test_cluster_routes_by_owner_and_refuses_transfers_across_shards(tmp_path):
         cluster.close()
         for process in processes:
             process.kill()
+
+
+def test_expiries_happen_on_time_without_traffic(shard):
+    """Time enters the engine only with batches; an idle shard sends itself one when a timeout falls due."""
+    config, _, client = shard
+
+    async def scenario():
+        await Load(client).create_accounts()
+        hold = Transfer("test:hold", "test:acct_1", "test:acct_2", 5, "usd", timeout_s=1, flags=TransferFlag.PENDING)
+        assert (await client.submit([CreateTransfers([hold])])).results == [[0]]
+        assert (await client.lookup_accounts(["test:acct_1"]))[0].debits_pending == 5
+        await asyncio.sleep(1.6)
+        assert (await client.lookup_accounts(["test:acct_1"]))[0].debits_pending == 0
+
+    run(scenario())
