@@ -105,6 +105,7 @@ TRANSIENT_TRANSFER_CODES = frozenset(
         "overflows_credits_posted",
         "overflows_debits",
         "overflows_credits",
+        "overflows_timeout",
     }
 )
 
