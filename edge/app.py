@@ -25,8 +25,8 @@ from edge.limits import TokenBuckets, client_ip, ip_allowed
 from edge.metrics import Metrics
 from edge.openapi import document
 from engine.codes import AccountCode, TransferCode
-from engine.queries import AccountBalance, AccountTransfers, GetCustomer, GetMerchant, GetOrder, ListOrders, \
-    LookupAccounts, LookupTransfers
+from engine.queries import AccountBalance, AccountTransfers, FindDashboardUser, GetCustomer, GetMerchant, GetOrder, \
+    ListOrders, LookupAccounts, LookupTransfers
 from engine.records import (
     AddDashboardUser,
     CancelOrder,
@@ -363,8 +363,8 @@ async def oauth_token(request: web.Request) -> web.Response:
 
 async def login(request: web.Request) -> web.Response:
     credentials, _ = await body_of(request, schemas.Login)
-    merchant_id = request.query.get("merchant_id", "")
-    merchant = await cached_merchant(request.app, merchant_id) if merchant_id.startswith("mer_") else None
+    answers = await request.app["gateway"].read_everywhere(FindDashboardUser(credentials.email))
+    merchant = next((answer.record for answer in answers if answer.record is not None), None)
     user = next((user for user in (merchant.users if merchant else []) if user.email == credentials.email), None)
     if user is None or not verify_password(credentials.password, user.password_hash):
         raise ApiError(401, "invalid_login", "wrong email or password")
@@ -544,8 +544,10 @@ async def create_account(request: web.Request) -> web.Response:
     account = Account(ledger_id(merchant, client_id), fields.currency, code=fields.code, flags=flags)
     result = await run(request, merchant.id, CreateAccounts([account]), body)
     code = result.codes[0] if isinstance(result, Outcome) else result[0]
-    if code not in (AccountCode.ok, AccountCode.exists) or (code == AccountCode.exists and not request.get("replayed")):
-        raise ApiError(409 if code != 0 else 400, AccountCode.name(code), AccountCode.name(code).replace("_", " "), "id")
+    if code == AccountCode.exists:
+        raise ApiError(409, "resource_exists", f"account {client_id!r} exists", "id")
+    if code:
+        raise ApiError(400, AccountCode.name(code), AccountCode.name(code).replace("_", " "))
     stored = (await request.app["gateway"].read(merchant.id, LookupAccounts([account.id]))).accounts[0]
     return respond(request, render.account(stored))
 

@@ -85,6 +85,13 @@ class Gateway:
         except Exception as error:
             raise ShardBusy(str(error)) from error
 
+    async def read_everywhere(self, query) -> list:
+        """The same read on every shard (rare lookups whose key is not a merchant id)."""
+        try:
+            return await asyncio.gather(*(shard.read(query) for shard in self.cluster.shards))
+        except Exception as error:
+            raise ShardBusy(str(error)) from error
+
     async def statuses(self, with_check: bool = False) -> list:
         return await asyncio.gather(*(shard.status(with_check=with_check) for shard in self.cluster.shards),
                                     return_exceptions=True)

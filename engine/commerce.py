@@ -301,6 +301,12 @@ class Commerce:
         customer = self.customers.get(customer_id)
         return customer if customer is not None and customer.merchant_id == merchant_id else None
 
+    def merchant_of_user(self, email: str) -> Merchant | None:
+        for merchant in self.merchants.values():
+            if any(user.email == email for user in merchant.users):
+                return merchant
+        return None
+
     def list_orders(
         self,
         merchant_id: str,

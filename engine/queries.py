@@ -38,6 +38,12 @@ class GetMerchant(msgspec.Struct, tag="get_merchant", array_like=True, kw_only=T
     client_id: str = ""
 
 
+class FindDashboardUser(msgspec.Struct, tag="find_dashboard_user", array_like=True):
+    """The merchant that has a dashboard user with this email, if this shard holds it."""
+
+    email: str
+
+
 class GetOrder(msgspec.Struct, tag="get_order", array_like=True):
     merchant_id: str
     order_id: str
@@ -59,7 +65,8 @@ class GetCustomer(msgspec.Struct, tag="get_customer", array_like=True):
 
 
 Query = (
-    LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | GetOrder | ListOrders | GetCustomer
+    LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
+    | ListOrders | GetCustomer
 )
 
 
@@ -86,6 +93,8 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
         return Answer(balance=ledger.balance_at(query.account_id, query.timestamp))
     if kind is GetMerchant:
         return Answer(record=_merchant(query, commerce))
+    if kind is FindDashboardUser:
+        return Answer(record=commerce.merchant_of_user(query.email))
     if kind is GetOrder:
         return Answer(record=commerce.order_of(query.merchant_id, query.order_id))
     if kind is ListOrders:
