@@ -544,7 +544,7 @@ async def create_account(request: web.Request) -> web.Response:
     account = Account(ledger_id(merchant, client_id), fields.currency, code=fields.code, flags=flags)
     result = await run(request, merchant.id, CreateAccounts([account]), body)
     code = result.codes[0] if isinstance(result, Outcome) else result[0]
-    if code == AccountCode.exists:
+    if AccountCode.name(code).startswith("exists"):
         raise ApiError(409, "resource_exists", f"account {client_id!r} exists", "id")
     if code:
         raise ApiError(400, AccountCode.name(code), AccountCode.name(code).replace("_", " "))
