@@ -272,8 +272,10 @@ async def run(request: web.Request, merchant_id: str, command, body: bytes = b""
         request_hash = hashlib.sha256(request.method.encode() + b" " + request.path.encode() + b"\n" + body).hexdigest()
         command = Idempotent(merchant_id=merchant_id, key=key, request_hash=request_hash, command=command)
     result = await request.app["gateway"].submit(merchant_id, command)
-    if isinstance(result, Outcome) and result.replayed:
-        request["replayed"] = True
+    if isinstance(result, Outcome):
+        if result.code == "idempotency_key_reused":
+            raise_for(result)
+        request["replayed"] = result.replayed
     return result
 
 
@@ -282,7 +284,8 @@ def raise_for(outcome: Outcome) -> None:
         return
     status, code = OUTCOME_ERRORS.get(outcome.code, (400, outcome.code))
     error_type = "balance_error" if status == 402 else None
-    raise ApiError(status, code, outcome.code.replace("_", " "), error_type=error_type)
+    param = "id" if status == 404 else ("Idempotency-Key" if code == "idempotency_key_reused" else None)
+    raise ApiError(status, code, outcome.code.replace("_", " "), param, error_type=error_type)
 
 
 def respond(request: web.Request, body, status: int = 200) -> web.Response:
@@ -545,7 +548,7 @@ async def create_account(request: web.Request) -> web.Response:
     result = await run(request, merchant.id, CreateAccounts([account]), body)
     code = result.codes[0] if isinstance(result, Outcome) else result[0]
     if AccountCode.name(code).startswith("exists"):
-        raise ApiError(409, "resource_exists", f"account {client_id!r} exists", "id")
+        raise ApiError(409, AccountCode.name(code), f"account {client_id!r} exists", "id")
     if code:
         raise ApiError(400, AccountCode.name(code), AccountCode.name(code).replace("_", " "))
     stored = (await request.app["gateway"].read(merchant.id, LookupAccounts([account.id]))).accounts[0]
@@ -587,11 +590,11 @@ async def account_balances(request: web.Request) -> web.Response:
 async def create_transfers(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     body = await request.read()
-    payload = orjson.loads(body) if body.strip()[:1] == b"[" else None
-    if payload is not None and len(payload) > MAX_TRANSFERS_PER_REQUEST:
+    decoded = schemas.decode(body, schemas.TransferCreate | list[schemas.TransferCreate])
+    is_batch = isinstance(decoded, list)
+    items = decoded if is_batch else [decoded]
+    if len(items) > MAX_TRANSFERS_PER_REQUEST:
         raise ApiError(413, "too_many_transfers", f"at most {MAX_TRANSFERS_PER_REQUEST} transfers per request")
-    items = schemas.decode(body, list[schemas.TransferCreate] if payload is not None else schemas.TransferCreate)
-    items = items if payload is not None else [items]
     if not items:
         raise ApiError(400, "parameter_missing", "send at least one transfer")
     transfers = [_transfer_in(merchant, item) for item in items]
@@ -599,7 +602,7 @@ async def create_transfers(request: web.Request) -> web.Response:
     codes = result.codes if isinstance(result, Outcome) else result
     results = [schemas.TransferResult(item.id, "created" if code == 0 else TransferCode.name(code))
                for item, code in zip(items, codes)]
-    return respond(request, results if payload is not None else results[0])
+    return respond(request, results if is_batch else results[0])
 
 
 def _transfer_in(merchant: Merchant, item: schemas.TransferCreate) -> Transfer:
@@ -701,7 +704,7 @@ async def create_payment(request: web.Request) -> web.Response:
 
 def parse_limit(query) -> int:
     raw = query.get("limit", "20")
-    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 100:
         raise ApiError(400, "parameter_invalid", "limit must be an integer from 1 to 100", "limit")
     return int(raw)
 

@@ -39,15 +39,15 @@ class ApiError(Exception):
 
 
 def from_validation(error: msgspec.ValidationError) -> ApiError:
-    """msgspec names the failing field as `... - at `$.field``: that path becomes `param`."""
+    """msgspec says where a body breaks its schema (`... - at `$.a[0].b``): that path becomes `param`."""
     message = str(error)
-    param = None
-    if "- at `$." in message:
-        param = message.rsplit("- at `$.", 1)[1].rstrip("`")
-    elif "`$." in message:
-        param = message.split("`$.", 1)[1].split("`", 1)[0]
-    if message.startswith("Object missing required field"):
-        param = message.split("`")[1]
+    path = ""
+    if " - at `$" in message:
+        path = message.rsplit(" - at `$", 1)[1].rstrip("`").lstrip(".")
+    field = ""
+    if message.startswith(("Object contains unknown field", "Object missing required field")):
+        field = message.split("`")[1]
+    param = ".".join(part for part in (path, field) if part) or None
     return ApiError(400, "parameter_invalid", message, param)
 
 

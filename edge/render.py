@@ -17,7 +17,7 @@ def time_of(nanoseconds: int) -> str:
 
 def parse_time_ns(raw: str) -> int | None:
     raw = raw.strip()[:64]
-    if raw.isdigit():
+    if raw.isascii() and raw.isdigit():
         return int(raw) * 1_000_000_000 if int(raw) < 2**33 else None
     try:
         moment = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
@@ -25,7 +25,8 @@ def parse_time_ns(raw: str) -> int | None:
         return None
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return int(moment.timestamp() * 1e9)
+    nanoseconds = int(moment.timestamp() * 1e9)
+    return nanoseconds if 0 <= nanoseconds < 2**63 else None
 
 
 def public_id(ledger_id: str) -> str:

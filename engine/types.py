@@ -7,7 +7,8 @@ is the very object that was submitted, completed with its timestamp.
 
 import msgspec
 
-ID_MAX_LENGTH = 64
+# Room for ids namespaced by their owner: "<merchant id>:<client id>", wallets "...:<customer>.wallet.<currency>".
+ID_MAX_LENGTH = 128
 # Amounts and every balance are unsigned 64-bit integers in minor units.
 AMOUNT_MAX = 2**64 - 1
 CODE_MAX = 2**16 - 1

@@ -1,0 +1,534 @@
+"""The public HTTP API of API.md, black-box: a real `paygate serve` (shards + two edge workers), over HTTP only.
+
+Every request must answer below 500 with a Request-Id; every error has the API's one shape; after every test the
+full double-entry check passes.
+"""
+
+import asyncio
+import collections
+import datetime
+import re
+import time
+import urllib.parse
+import uuid
+
+import aiohttp
+import pytest
+
+from edge_harness import Server
+
+ANY = object()
+ERROR_TYPES = {400: "invalid_request_error", 402: "balance_error", 404: "invalid_request_error",
+               405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error"}
+RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
+ORDER = {"name": "Coffee", "amount": 1999, "currency": "usd"}
+CUSTOMER = {"email": "ann@example.com", "name": "Ann"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("edge"), workers=2, extra=("--order-ip-limit", "100000")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def double_entry_holds(server):
+    yield
+    assert ok(server, "GET", "/v1/admin/ledger_check", key=server.admin_token)["ok"] is True
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+
+def call(server, method, path, body=None, key=None, status=None, **options):
+    reply = server.request(method, path, body if not isinstance(body, bytes) else None, key=key,
+                           raw=body if isinstance(body, bytes) else None, **options)
+    assert reply.status < 500, (method, path, reply.status, reply.body[:300])
+    assert reply.headers.get("Request-Id"), (method, path)
+    if status is not None:
+        assert reply.status == status, (method, path, reply.status, reply.body[:300])
+    return reply
+
+
+def ok(server, method, path, body=None, key=None, **options):
+    return call(server, method, path, body, key, status=200, **options).json()
+
+
+def error(server, method, path, body=None, key=None, status=400, code=ANY, param=ANY, **options) -> dict:
+    problem = call(server, method, path, body, key, status=status, **options).json()["error"]
+    assert set(problem) == {"type", "code", "message", "param"} and problem["message"]
+    assert problem["type"] == ERROR_TYPES[status]
+    assert code is ANY or problem["code"] == code, problem
+    assert param is ANY or problem["param"] == param, problem
+    return problem
+
+
+def merchant(server) -> str:
+    name = f"shop-{uuid.uuid4().hex[:8]}"
+    return ok(server, "POST", "/v1/merchants", {"name": name, "email": f"{name}@example.com", "tier": "premium"},
+              key=server.admin_token)["api_key"]
+
+
+def order(server, key, **fields) -> dict:
+    return ok(server, "POST", "/v1/orders", {**ORDER, **fields}, key=key)
+
+
+def customer(server, key) -> str:
+    return ok(server, "POST", "/v1/customers", CUSTOMER, key=key)["id"]
+
+
+def accounts(server, key, *ids, **flags) -> None:
+    for account_id in ids:
+        ok(server, "POST", "/v1/accounts", {"id": account_id, "currency": "usd", "flags": flags}, key=key)
+
+
+def transfer(transfer_id, debit="a", credit="b", amount=10, **fields) -> dict:
+    return {"id": transfer_id, "debit_account_id": debit, "credit_account_id": credit, "amount": amount,
+            "currency": "usd", **fields}
+
+
+def account(server, key, account_id) -> dict:
+    return ok(server, "GET", f"/v1/accounts/{account_id}", key=key)
+
+
+def walk(server, key, path, limit, **query) -> list[str]:
+    """Every id of a list, page by page; has_more must be true exactly when another page follows."""
+    ids, after = [], None
+    while True:
+        cursor = {"starting_after": after} if after else {}
+        page = ok(server, "GET", f"{path}?{urllib.parse.urlencode({**query, 'limit': limit, **cursor})}", key=key)
+        assert page["data"] or after is None, "has_more promised a page that is empty"
+        ids += [item["id"] for item in page["data"]]
+        if not page["has_more"]:
+            assert len(page["data"]) <= limit
+            return ids
+        assert len(page["data"]) == limit
+        after = ids[-1]
+
+
+def moment(text: str) -> datetime.datetime:
+    assert RFC3339.match(text), text
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def seconds_between(start: str, end: str) -> float:
+    return (moment(end) - moment(start)).total_seconds()
+
+
+def time_mark() -> str:
+    """An RFC 3339 instant (µs) strictly between what happened before the call and what happens after it."""
+    time.sleep(0.01)
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat().replace("+00:00", "Z")
+    time.sleep(0.01)
+    return now
+
+
+async def _post_all(server, key, requests: list[tuple[str, dict]]) -> list[tuple[int, dict]]:
+    async with aiohttp.ClientSession(server.url, headers={"Authorization": f"Bearer {key}"},
+                                     connector=aiohttp.TCPConnector(limit=64)) as session:
+        async def post(path, body):
+            async with session.post(path, json=body) as reply:
+                return reply.status, await reply.json()
+        return await asyncio.gather(*(post(path, body) for path, body in requests))
+
+
+def post_concurrently(server, key, requests):
+    replies = asyncio.run(_post_all(server, key, requests))
+    assert all(status < 500 for status, _ in replies), collections.Counter(status for status, _ in replies)
+    return replies
+
+
+# --- 1. orders -----------------------------------------------------------------------------------------------------
+
+def test_order_lifecycle_create_get_patch_cancel(server):
+    key = merchant(server)
+    created = order(server, key, name="Iced latte", amount=450, note="no sugar", expires_in=600)
+    assert created["id"].startswith("ord_") and created["status"] == "pending"
+    assert [created[name] for name in ("amount", "currency", "name", "note")] == [450, "usd", "Iced latte", "no sugar"]
+    assert created["payment_url"].endswith(f"/pay/{created['id']}")
+    assert seconds_between(created["created_at"], created["expires_at"]) == pytest.approx(600, abs=2)
+    assert ok(server, "GET", f"/v1/orders/{created['id']}", key=key) == created
+
+    changes = {"name": "Hot latte", "note": "oat milk", "amount": 500, "expires_in": 3600}
+    patched = ok(server, "PATCH", f"/v1/orders/{created['id']}", changes, key=key)
+    assert [patched[name] for name in ("name", "note", "amount", "status")] == ["Hot latte", "oat milk", 500, "pending"]
+    assert seconds_between(created["expires_at"], patched["expires_at"]) == pytest.approx(3000, abs=2)
+    assert seconds_between(patched["updated_at"], patched["expires_at"]) == pytest.approx(3600, abs=2)
+    assert ok(server, "GET", f"/v1/orders/{created['id']}", key=key) == patched
+
+    cancelled = ok(server, "DELETE", f"/v1/orders/{created['id']}", key=key)
+    assert cancelled["status"] == "cancelled" and cancelled["amount"] == 500
+    for method, body in (("DELETE", None), ("PATCH", {"name": "Too late"})):
+        error(server, method, f"/v1/orders/{created['id']}", body, key=key, status=409, code="order_not_pending")
+    assert ok(server, "GET", f"/v1/orders/{created['id']}", key=key) == cancelled
+
+
+def test_order_search_filters_combine_and_pages_walk_every_order_once(server):
+    key = merchant(server)
+    created, marks = [], []
+    for group in range(3):
+        if group:
+            marks.append(time_mark())
+        created += [order(server, key, name=f"{name} {group}") for name in ("Blue Coffee", "green tea", "COFFEE beans",
+                                                                             "Water")]
+    for cancelled in created[1::3]:
+        cancelled["status"] = ok(server, "DELETE", f"/v1/orders/{cancelled['id']}", key=key)["status"]
+    pending = lambda o: o["status"] == "pending"
+    searches = [  # query, which orders (by creation index) it finds
+        ({}, lambda i, o: True),
+        ({"name": "coffee"}, lambda i, o: "coffee" in o["name"].lower()),
+        ({"status": "cancelled"}, lambda i, o: o["status"] == "cancelled"),
+        ({"name": "CoFfEe", "status": "pending"}, lambda i, o: "coffee" in o["name"].lower() and pending(o)),
+        ({"created_gte": marks[0], "created_lt": marks[1]}, lambda i, o: 4 <= i < 8),
+        ({"created_gte": marks[0], "name": "TEA", "status": "pending"},
+         lambda i, o: i >= 4 and "tea" in o["name"] and pending(o)),
+        ({"created_lt": marks[0], "status": "paid"}, lambda i, o: False),
+    ]
+    for query, finds in searches:
+        expected = [o["id"] for i, o in reversed(list(enumerate(created))) if finds(i, o)]  # newest first
+        for limit in (1, 3, 100):
+            assert walk(server, key, "/v1/orders", limit, **query) == expected, (query, limit)
+
+
+# --- 2. the ledger -------------------------------------------------------------------------------------------------
+
+def test_accounts_client_and_generated_ids_duplicates_and_flags(server):
+    key = merchant(server)
+    cash = ok(server, "POST", "/v1/accounts", {"id": "cash", "currency": "usd", "code": 7}, key=key)
+    assert cash["id"] == "cash" and cash["code"] == 7 and not any(cash["flags"].values())
+    assert all(cash[field] == 0 for field in ("debits_pending", "debits_posted", "credits_pending", "credits_posted",
+                                              "balance", "available"))
+    assert ok(server, "POST", "/v1/accounts", {"currency": "eur"}, key=key)["id"].startswith("acct_")
+    for duplicate, code in (({"currency": "usd", "code": 7}, "exists"),
+                            ({"currency": "eur", "code": 7}, "exists_with_different_currency")):
+        error(server, "POST", "/v1/accounts", {"id": "cash", **duplicate}, key=key, status=409, code=code, param="id")
+    flags = {"debits_must_not_exceed_credits": True, "history": True}
+    capped = ok(server, "POST", "/v1/accounts", {"id": "capped", "currency": "usd", "flags": flags}, key=key)
+    assert {name for name, on in capped["flags"].items() if on} == set(flags)
+    error(server, "POST", "/v1/accounts", {"id": "both", "currency": "usd", "flags": {
+        "debits_must_not_exceed_credits": True, "credits_must_not_exceed_debits": True}}, key=key, param="flags")
+    assert account(server, key, "capped") == capped
+    error(server, "GET", "/v1/accounts/both", key=key, status=404)
+
+
+def test_single_transfer_resubmission_and_lookup(server):
+    key = merchant(server)
+    accounts(server, key, "a", "b")
+    for body, result in ((transfer("t1"), "created"), (transfer("t1"), "exists"),
+                         (transfer("t1", amount=11), "exists_with_different_amount")):
+        assert ok(server, "POST", "/v1/transfers", body, key=key) == {"id": "t1", "result": result}
+    stored = ok(server, "GET", "/v1/transfers/t1", key=key)
+    assert {k: stored[k] for k in ("id", "debit_account_id", "credit_account_id", "amount", "currency", "flags")} == \
+        {"id": "t1", "debit_account_id": "a", "credit_account_id": "b", "amount": 10, "currency": "usd", "flags": []}
+    moment(stored["created_at"])
+    assert (account(server, key, "a")["balance"], account(server, key, "b")["balance"]) == (-10, 10)
+    error(server, "GET", "/v1/transfers/t2", key=key, status=404)
+
+
+def test_transfer_batch_answers_each_item_in_order(server):
+    key = merchant(server)
+    accounts(server, key, "src")
+    accounts(server, key, "capped", debits_must_not_exceed_credits=True)
+    batch = [  # transfer, expected result
+        (transfer("fund", "src", "capped", 100), "created"),
+        (transfer("to-nowhere", "src", "missing"), "credit_account_not_found"),
+        (transfer("overdraw", "capped", "src", 101), "exceeds_credits"),
+        (transfer("chain-1", "src", "capped", 5, flags=["linked"]), "linked_event_failed"),
+        (transfer("chain-2", "capped", "src", 10_000, flags=["linked"]), "exceeds_credits"),
+        (transfer("chain-3", "src", "capped", 7), "linked_event_failed"),
+        (transfer("drain", "capped", "src", 100), "created"),
+    ]
+    results = ok(server, "POST", "/v1/transfers", [item for item, _ in batch], key=key)
+    assert results == [{"id": item["id"], "result": result} for item, result in batch]
+    capped = account(server, key, "capped")
+    assert (capped["credits_posted"], capped["debits_posted"], capped["balance"]) == (100, 100, 0)
+    for failed in ("chain-1", "chain-3", "overdraw"):
+        error(server, "GET", f"/v1/transfers/{failed}", key=key, status=404)
+
+
+def test_two_phase_post_partially_and_void(server):
+    key = merchant(server)
+    accounts(server, key, "a", "b")
+    steps = [  # transfer, expected result, a's (debits_pending, debits_posted, available) afterwards
+        (transfer("hold", amount=50, flags=["pending"], timeout_s=3600), "created", (50, 0, -50)),
+        ({"id": "capture", "pending_id": "hold", "amount": 20, "flags": ["post_pending"]}, "created", (0, 20, -20)),
+        ({"id": "capture-again", "pending_id": "hold", "flags": ["post_pending"]}, "pending_transfer_already_posted",
+         (0, 20, -20)),
+        (transfer("hold-2", amount=30, flags=["pending"], timeout_s=3600), "created", (30, 20, -50)),
+        ({"id": "release", "pending_id": "hold-2", "flags": ["void_pending"]}, "created", (0, 20, -20)),
+    ]
+    for body, result, balances_after in steps:
+        assert ok(server, "POST", "/v1/transfers", body, key=key) == {"id": body["id"], "result": result}
+        a = account(server, key, "a")
+        assert (a["debits_pending"], a["debits_posted"], a["available"]) == balances_after, body
+    capture = ok(server, "GET", "/v1/transfers/capture", key=key)
+    assert (capture["amount"], capture["pending_id"], capture["flags"]) == (20, "hold", ["post_pending"])
+    assert ok(server, "GET", "/v1/transfers/hold", key=key)["timeout_s"] == 3600
+
+
+def test_transfer_array_of_8190_is_accepted_and_8191_is_413(server):
+    key = merchant(server)
+    accounts(server, key, "a", "b")
+    batch = [transfer(f"x{index}", amount=1) for index in range(8191)]
+    results = ok(server, "POST", "/v1/transfers", batch[:8190], key=key)
+    assert len(results) == 8190 and {result["result"] for result in results} == {"created"}
+    error(server, "POST", "/v1/transfers", [{**item, "id": f"y{item['id']}"} for item in batch], key=key,
+          status=413, code="too_many_transfers")
+    assert account(server, key, "a")["debits_posted"] == 8190
+    error(server, "GET", "/v1/transfers/yx0", key=key, status=404)
+
+
+def test_statement_is_newest_first_and_pages_through_every_transfer(server):
+    key = merchant(server)
+    accounts(server, key, "a", "b", "c")
+    ids = [f"s{index}" for index in range(8)]
+    for half in (ids[:4], ids[4:]):
+        ok(server, "POST", "/v1/transfers", [transfer(transfer_id, amount=1) for transfer_id in half], key=key)
+    ok(server, "POST", "/v1/transfers", transfer("elsewhere", "b", "c"), key=key)
+    for limit in (1, 3, 8, 100):
+        assert walk(server, key, "/v1/accounts/a/transfers", limit) == ids[::-1]
+    assert walk(server, key, "/v1/accounts/b/transfers", 3) == ["elsewhere", *ids[::-1]]
+
+
+def test_balance_as_of_a_time_for_history_accounts_only(server):
+    key = merchant(server)
+    accounts(server, key, "h", history=True)
+    accounts(server, key, "b")
+    ok(server, "POST", "/v1/transfers", transfer("first", "h", "b", 10), key=key)
+    between = int(time.time()) + 1  # the next whole second: after `first`, before `second`
+    time.sleep(between + 0.05 - time.time())
+    ok(server, "POST", "/v1/transfers", transfer("second", "h", "b", 25), key=key)
+    for at, debits_posted in ((between, 10), (between + 3600, 35), (1, 0)):
+        balance = ok(server, "GET", f"/v1/accounts/h/balances?at={at}", key=key)
+        assert [balance[field] for field in ("account_id", "debits_posted", "balance")] == ["h", debits_posted,
+                                                                                             -debits_posted]
+    error(server, "GET", f"/v1/accounts/b/balances?at={between}", key=key, status=404)
+
+
+def test_ledger_ids_up_to_the_documented_48_characters(server):
+    key = merchant(server)
+    long_a, long_b = "a" * 48, "b" * 48
+    accounts(server, key, long_a, long_b)
+    assert ok(server, "POST", "/v1/transfers", transfer("t" * 48, long_a, long_b), key=key)["result"] == "created"
+
+
+# --- 3. customers and wallets --------------------------------------------------------------------------------------
+
+def wallet(server, key, customer_id) -> dict:
+    return ok(server, "GET", f"/v1/customers/{customer_id}/wallet", key=key)
+
+
+def balances(reply: dict) -> dict:
+    return {entry["currency"]: (entry["balance"], entry["available"]) for entry in reply["balances"]}
+
+
+def test_wallet_deposits_withdrawals_and_insufficient_funds(server):
+    key = merchant(server)
+    created = ok(server, "POST", "/v1/customers", CUSTOMER, key=key)
+    assert created["id"].startswith("cus_") and created["email"] == CUSTOMER["email"]
+    assert ok(server, "GET", f"/v1/customers/{created['id']}", key=key) == created
+    customer_id = created["id"]
+    assert wallet(server, key, customer_id)["balances"] == []
+    steps = [("deposits", 1000, "usd", {"usd": (1000, 1000)}), ("withdrawals", 300, "usd", {"usd": (700, 700)}),
+             ("deposits", 50, "eur", {"usd": (700, 700), "eur": (50, 50)})]
+    for kind, amount, currency, expected in steps:
+        move = {"amount": amount, "currency": currency}
+        reply = ok(server, "POST", f"/v1/customers/{customer_id}/{kind}", move, key=key)
+        assert reply["customer_id"] == customer_id and balances(reply) == expected
+    before = wallet(server, key, customer_id)
+    assert [entry["amount"] for entry in before["history"]] == [50, 300, 1000]  # newest first
+    error(server, "POST", f"/v1/customers/{customer_id}/withdrawals", {"amount": 701, "currency": "usd"}, key=key,
+          status=402, code="insufficient_funds")
+    error(server, "POST", f"/v1/customers/{customer_id}/withdrawals", {"amount": 1, "currency": "gbp"}, key=key,
+          status=402, code="insufficient_funds")
+    assert wallet(server, key, customer_id) == before
+    error(server, "POST", "/v1/customers/cus_missing/deposits", {"amount": 1, "currency": "usd"}, key=key, status=404)
+
+
+def test_wallet_of_a_newly_created_merchant(tmp_path):
+    own = Server(tmp_path, workers=1).start()
+    try:
+        key = merchant(own)
+        customer_id = customer(own, key)
+        reply = ok(own, "POST", f"/v1/customers/{customer_id}/deposits", {"amount": 100, "currency": "usd"}, key=key)
+        assert balances(reply) == {"usd": (100, 100)}
+    finally:
+        own.stop()
+
+
+# --- 4. the race ---------------------------------------------------------------------------------------------------
+
+def test_concurrent_wallet_payments_never_overdraw(server):
+    key, price, covered, attempts = server.demo_key, 250, 100, 500
+    payer = customer(server, key)
+    ok(server, "POST", f"/v1/customers/{payer}/deposits", {"amount": covered * price, "currency": "usd"}, key=key)
+    tag = f"race-{uuid.uuid4().hex[:8]}"
+    orders = post_concurrently(server, key, [("/v1/orders", {**ORDER, "name": f"{tag} #{index}", "amount": price,
+                                                              "payment_methods": ["wallet"]})
+                                             for index in range(attempts)])
+    assert {status for status, _ in orders} == {200}
+    payments = post_concurrently(server, key, [("/v1/payments", {"order_id": body["id"], "payment_method": {
+        "type": "wallet", "customer_id": payer}}) for _, body in orders])
+
+    assert collections.Counter(status for status, _ in payments) == {200: covered, 402: attempts - covered}
+    refused = [body["error"] for status, body in payments if status == 402]
+    assert {(problem["type"], problem["code"]) for problem in refused} == {("balance_error", "insufficient_funds")}
+    paid = sorted(body["order_id"] for status, body in payments if status == 200)
+    assert all(body["status"] == "succeeded" and body["amount"] == price for status, body in payments if status == 200)
+    assert balances(wallet(server, key, payer)) == {"usd": (0, 0)}
+    assert sorted(walk(server, key, "/v1/orders", 100, status="paid", name=tag)) == paid
+    assert len(walk(server, key, "/v1/orders", 100, status="pending", name=tag)) == attempts - covered
+
+
+# --- 5. bad input --------------------------------------------------------------------------------------------------
+
+def bad(name, method, path, body, status=400, code=ANY, param=ANY):
+    return pytest.param(method, path, body, status, code, param, id=name)
+
+
+BAD_INPUT = [
+    bad("malformed-json", "POST", "/v1/orders", b'{"name": "tea", ', code="invalid_json"),
+    bad("amount-as-string", "POST", "/v1/orders", {**ORDER, "amount": "10"}, param="amount"),
+    bad("currency-as-number", "POST", "/v1/orders", {**ORDER, "currency": 5}, param="currency"),
+    bad("missing-amount", "POST", "/v1/orders", {"name": "tea", "currency": "usd"}, param="amount"),
+    bad("zero-amount", "POST", "/v1/orders", {**ORDER, "amount": 0}, param="amount"),
+    bad("negative-amount", "POST", "/v1/orders", {**ORDER, "amount": -5}, param="amount"),
+    bad("unknown-currency", "POST", "/v1/orders", {**ORDER, "currency": "xyz"}, code="currency_unknown",
+        param="currency"),
+    bad("expiry-below-minimum", "POST", "/v1/orders", {**ORDER, "expires_in": 59}, param="expires_in"),
+    bad("unknown-field", "POST", "/v1/orders", {**ORDER, "colour": "red"}, code="parameter_invalid"),
+    bad("body-over-4-MiB", "POST", "/v1/orders", b'{"name": "' + b"x" * (4 << 20) + b'"}', 413, "request_too_large"),
+    bad("patch-amount-as-string", "PATCH", "/v1/orders/{order}", {"amount": "7"}, param="amount"),
+    bad("patch-unknown-field", "PATCH", "/v1/orders/{order}", {"status": "paid"}),
+    bad("account-missing-currency", "POST", "/v1/accounts", {"id": "bad-input"}, param="currency"),
+    bad("transfer-negative-amount", "POST", "/v1/transfers", transfer("bad-input", amount=-1), param="amount"),
+    bad("transfer-empty-array", "POST", "/v1/transfers", []),
+    bad("customer-bad-email", "POST", "/v1/customers", {"email": "nobody"}, param="email"),
+    bad("deposit-zero", "POST", "/v1/customers/{customer}/deposits", {"amount": 0, "currency": "usd"}, param="amount"),
+    bad("withdrawal-unknown-currency", "POST", "/v1/customers/{customer}/withdrawals", {"amount": 1, "currency": "xyz"},
+        code="currency_unknown", param="currency"),
+    bad("payment-missing-method", "POST", "/v1/payments", {"order_id": "{order}"}, param="payment_method"),
+    bad("payment-wallet-not-allowed", "POST", "/v1/payments", {"order_id": "{card_order}", "payment_method": {
+        "type": "wallet", "customer_id": "{customer}"}}, code="payment_method_not_allowed"),
+    bad("unknown-field-param", "POST", "/v1/orders", {**ORDER, "colour": "red"}, param="colour"),
+    bad("transfer-array-malformed-json", "POST", "/v1/transfers", b'[{"id": ', code="invalid_json"),
+    bad("transfer-array-infinite-number", "POST", "/v1/transfers", b'[{"id": "bad-input", "amount": 1e400}]'),
+    bad("transfer-array-nested-too-deep", "POST", "/v1/transfers", b"[" * 2000 + b"]" * 2000),
+]
+
+
+def state(server, key, context) -> tuple:
+    """What a refused request must leave as it was."""
+    return (ok(server, "GET", "/v1/orders?limit=100", key=key)["data"], wallet(server, key, context["customer"]),
+            call(server, "GET", "/v1/accounts/bad-input", key=key).status,
+            call(server, "GET", "/v1/transfers/bad-input", key=key).status)
+
+
+def fill(template, context):
+    if isinstance(template, str):
+        return template.format(**context)
+    if isinstance(template, dict):
+        return {name: fill(value, context) for name, value in template.items()}
+    return [fill(value, context) for value in template] if isinstance(template, list) else template
+
+
+@pytest.mark.parametrize("method, path, body, status, code, param", BAD_INPUT)
+def test_bad_input_is_a_clear_4xx_and_changes_nothing(server, method, path, body, status, code, param):
+    key = server.demo_key  # has wallets; the state comparison needs no fresh merchant
+    context = {"order": order(server, key, payment_methods=["wallet"])["id"], "customer": customer(server, key),
+               "card_order": order(server, key, payment_methods=["card"])["id"]}
+    before = state(server, key, context)
+    error(server, method, fill(path, context), fill(body, context), key=key, status=status, code=code, param=param)
+    assert state(server, key, context) == before
+
+
+BAD_QUERIES = [
+    ("/v1/orders?limit=0", "limit"), ("/v1/orders?limit=101", "limit"),
+    ("/v1/orders?limit=ten", "limit"), ("/v1/orders?status=shipped", "status"),
+    ("/v1/orders?created_gte=yesterday", "created_gte"), ("/v1/accounts/a/transfers?limit=0", "limit"),
+    ("/v1/orders?limit=" + "9" * 5000, "limit"),
+    ("/v1/orders?created_gte=9999-12-31T23:59:59Z", "created_gte"),
+    ("/v1/accounts/a/balances?at=0001-01-01T00:00:00Z", "at"),
+]
+
+
+@pytest.mark.parametrize("path, param", [pytest.param(path, param, id=path[:60]) for path, param in BAD_QUERIES])
+def test_query_values_out_of_range_are_400_never_clamped(server, path, param):
+    key = merchant(server)
+    accounts(server, key, "a", history=True)
+    order(server, key)
+    error(server, "GET", path, key=key, param=param)
+
+
+def test_objects_of_another_merchant_are_404_and_untouched(server):
+    owner, other = merchant(server), server.demo_key
+    accounts(server, owner, "a", "b")
+    ok(server, "POST", "/v1/transfers", transfer("t1"), key=owner)
+    owned, customer_id = order(server, owner), customer(server, owner)
+    attempts = [("GET", f"/v1/orders/{owned['id']}", None), ("PATCH", f"/v1/orders/{owned['id']}", {"amount": 1}),
+                ("DELETE", f"/v1/orders/{owned['id']}", None), ("GET", "/v1/accounts/a", None),
+                ("GET", "/v1/transfers/t1", None), ("GET", f"/v1/customers/{customer_id}", None),
+                ("GET", f"/v1/customers/{customer_id}/wallet", None),
+                ("POST", f"/v1/customers/{customer_id}/deposits", {"amount": 5, "currency": "usd"}),
+                ("POST", "/v1/payments", {"order_id": owned["id"], "payment_method": {
+                    "type": "wallet", "customer_id": customer_id}})]
+    for method, path, body in attempts:
+        error(server, method, path, body, key=other, status=404)
+    assert ok(server, "GET", f"/v1/orders/{owned['id']}", key=owner) == owned
+    assert account(server, owner, "a")["balance"] == -10
+
+
+@pytest.mark.parametrize("method, path, status", [("GET", "/v1/nowhere", 404), ("POST", "/v2/orders", 404),
+                                                  ("PUT", "/v1/orders", 405), ("DELETE", "/v1/accounts", 405)])
+def test_unknown_routes_and_methods_answer_in_the_error_shape(server, method, path, status):
+    error(server, method, path, key=server.demo_key, status=status)
+
+
+# --- 6. idempotency ------------------------------------------------------------------------------------------------
+
+def test_transfer_replayed_under_its_idempotency_key(server):
+    key = merchant(server)
+    accounts(server, key, "a", "b")
+    headers = {"Idempotency-Key": f"pay-rent-{uuid.uuid4().hex}"}
+    first = call(server, "POST", "/v1/transfers", transfer("rent", amount=700), key=key, status=200, headers=headers)
+    again = call(server, "POST", "/v1/transfers", transfer("rent", amount=700), key=key, status=200, headers=headers)
+    assert first.json() == again.json() == {"id": "rent", "result": "created"}  # not "exists": the first reply again
+    assert first.headers.get("Idempotent-Replayed") is None and again.headers.get("Idempotent-Replayed") == "true"
+    assert account(server, key, "a")["debits_posted"] == 700
+
+
+@pytest.mark.parametrize("path, first, second", [
+    pytest.param("/v1/orders", ORDER, {**ORDER, "amount": 1}, id="orders"),
+    pytest.param("/v1/transfers", transfer("k1"), transfer("k1", amount=11), id="transfers"),
+    pytest.param("/v1/accounts", {"id": "k1", "currency": "usd"}, {"id": "k1", "currency": "eur"}, id="accounts"),
+])
+def test_idempotency_key_reused_with_another_body_is_409(server, path, first, second):
+    key = merchant(server)
+    accounts(server, key, "a", "b")
+    headers = {"Idempotency-Key": "reused"}
+    ok(server, "POST", path, first, key=key, headers=headers)
+    error(server, "POST", path, second, key=key, status=409, code="idempotency_key_reused", headers=headers)
+
+
+# --- 7. operations -------------------------------------------------------------------------------------------------
+
+TESTED_ROUTES = {
+    "/v1/merchants": {"post"}, "/v1/orders": {"get", "post"}, "/v1/orders/{id}": {"get", "patch", "delete"},
+    "/v1/accounts": {"post"}, "/v1/accounts/{id}": {"get"}, "/v1/accounts/{id}/transfers": {"get"},
+    "/v1/accounts/{id}/balances": {"get"}, "/v1/transfers": {"post"}, "/v1/transfers/{id}": {"get"},
+    "/v1/customers": {"post"}, "/v1/customers/{id}": {"get"}, "/v1/customers/{id}/deposits": {"post"},
+    "/v1/customers/{id}/withdrawals": {"post"}, "/v1/customers/{id}/wallet": {"get"}, "/v1/payments": {"post"},
+    "/v1/admin/ledger_check": {"get"}, "/healthz": {"get"}, "/readyz": {"get"}, "/metrics": {"get"},
+    "/openapi.json": {"get"},
+}
+
+
+def test_openapi_health_readiness_and_metrics(server):
+    document = ok(server, "GET", "/openapi.json")
+    assert document["openapi"] == "3.1.0"
+    documented = {path: methods & set(document["paths"].get(path, {})) for path, methods in TESTED_ROUTES.items()}
+    assert documented == TESTED_ROUTES
+    assert ok(server, "GET", "/healthz") == {"status": "ok"}
+    assert ok(server, "GET", "/readyz")["ready"] is True
+    metrics = call(server, "GET", "/metrics", status=200).body.decode()
+    assert "paygate_http_requests_total" in metrics and "paygate_shard_batch_commands" in metrics
