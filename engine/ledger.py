@@ -66,7 +66,7 @@ class Ledger:
         if existing is not None:
             return _account_exists_code(account, existing)
         account.timestamp = timestamp
-        account.transfers = None
+        account.transfers = []
         account.history = [] if account.flags & HISTORY else None
         self.accounts[account.id] = account
         if undo is not None:
@@ -87,23 +87,25 @@ class Ledger:
         runs the checks in the table's order.
         """
         chains = _Chains(len(transfers), LINKED, T, self._create_transfer, self._undo_transfer, timestamp)
-        accounts_get = self.accounts.get
-        claim = self.transfers.setdefault
+        accounts = self.accounts
+        stored = self.transfers
         failed_ids = self.failed_ids
-        index = -1
-        for t in transfers:
-            index += 1
-            if t.flags or chains.chain_start >= 0:
+        in_chain = False
+        for index, t in enumerate(transfers):
+            if t.flags or in_chain:
                 chains.add(index, t)
+                in_chain = chains.chain_start >= 0
                 continue
-            debit = accounts_get(t.debit_account_id)
-            credit = accounts_get(t.credit_account_id)
             amount = t.amount
             tid = t.id
+            try:
+                debit = accounts[t.debit_account_id]
+                credit = accounts[t.credit_account_id]
+            except KeyError:
+                chains.add(index, t)
+                continue
             if (
-                debit is None
-                or credit is None
-                or debit is credit
+                debit is credit
                 or (debit.flags | credit.flags) & WATCHED
                 or not 0 < amount <= AMOUNT_MAX
                 or t.currency != debit.currency
@@ -116,28 +118,20 @@ class Ledger:
                 or len(tid) > ID_MAX_LENGTH
                 or debit.debits_pending + debit.debits_posted + amount > AMOUNT_MAX
                 or credit.credits_pending + credit.credits_posted + amount > AMOUNT_MAX
+                or tid in stored
                 or tid in failed_ids
-                # Last: stores the transfer when its id is new, in one lookup.
-                or claim(tid, t) is not t
             ):
                 chains.add(index, t)
                 continue
+            stored[tid] = t
             debit.debits_posted += amount
             credit.credits_posted += amount
             t.debit_account_id = debit.id
             t.credit_account_id = credit.id
             t.currency = debit.currency
             t.timestamp = timestamp
-            log = debit.transfers
-            if log is None:
-                debit.transfers = [t]
-            else:
-                log.append(t)
-            log = credit.transfers
-            if log is None:
-                credit.transfers = [t]
-            else:
-                log.append(t)
+            debit.transfers.append(t)
+            credit.transfers.append(t)
         return chains.results
 
     def _create_transfer(self, t: Transfer, timestamp: int, undo: list | None) -> int:
@@ -259,10 +253,7 @@ class Ledger:
         t.timestamp = timestamp
         self.transfers[t.id] = t
         for account in (debit, credit):
-            if account.transfers is None:
-                account.transfers = [t]
-            else:
-                account.transfers.append(t)
+            account.transfers.append(t)
             if account.flags & HISTORY:
                 account.history.append(_balance_of(account, timestamp))
         if (debit.flags | credit.flags) & (DEBITS_LIMIT | CREDITS_LIMIT):

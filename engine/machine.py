@@ -152,6 +152,8 @@ def _restore_histories(ledger: Ledger, histories: list[tuple[str, list[Balance]]
 def _restore_transfers(ledger: Ledger, transfers: list[Transfer]) -> None:
     accounts = ledger.accounts
     stored = ledger.transfers
+    for account in accounts.values():
+        account.transfers = []
     for t in transfers:
         debit = accounts[t.debit_account_id]
         credit = accounts[t.credit_account_id]
@@ -159,11 +161,8 @@ def _restore_transfers(ledger: Ledger, transfers: list[Transfer]) -> None:
         t.credit_account_id = credit.id
         t.currency = debit.currency
         stored[t.id] = t
-        for account in (debit, credit):
-            if account.transfers is None:
-                account.transfers = [t]
-            else:
-                account.transfers.append(t)
+        debit.transfers.append(t)
+        credit.transfers.append(t)
 
 
 def _restore_commerce(commerce: Commerce, snapshot: Snapshot) -> None:
