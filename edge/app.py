@@ -20,8 +20,8 @@ from edge import render, schemas
 from edge.auth import AdminToken, Secrets, TokenIssuer, hash_password, hash_secret, merchant_id_from_api_key, \
     signature_valid, verify_password
 from edge.errors import ApiError, from_validation, not_found
-from edge.gateway import Gateway, ShardBusy
-from edge.limits import TokenBuckets, client_ip, ip_allowed
+from edge.gateway import Gateway, InvalidCommand, ShardBusy
+from edge.limits import SlidingWindow, TokenBuckets, client_ip, ip_allowed
 from edge.metrics import Metrics
 from edge.openapi import document
 from engine.codes import AccountCode, TransferCode
@@ -57,6 +57,8 @@ MAX_TRANSFERS_PER_REQUEST = 8190
 MERCHANT_CACHE_SECONDS = 2.0
 MERCHANT_CACHE_SIZE = 10_000
 TOKEN_TTL_S = 3600
+LOGIN_ATTEMPTS = 20  # per client IP and worker, per LOGIN_WINDOW_S
+LOGIN_WINDOW_S = 60
 ADMIN = "admin"
 # Engine outcome codes as HTTP errors: status and the API's code.
 OUTCOME_ERRORS = {
@@ -95,6 +97,7 @@ def create_app(settings: Settings) -> web.Application:
     app["admin"] = AdminToken.load_or_create(data / "admin_token.sha256", settings.admin_token or None)[0]
     app["issuer"] = TokenIssuer.load_or_create(data / "jwt_signing_key.pem")
     app["buckets"] = TokenBuckets()
+    app["login_attempts"] = SlidingWindow(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
     app["merchant_cache"] = {}
     app["metrics"] = Metrics()
     app.on_startup.append(_open_gateway)
@@ -165,6 +168,9 @@ async def _errors_and_metrics(request: web.Request, handler):
         response = from_validation(error).response()
     except msgspec.DecodeError as error:
         response = ApiError(400, "invalid_json", f"the body is not valid JSON: {error}").response()
+    except InvalidCommand as error:
+        response = ApiError(400, "invalid_characters", f"the request holds text that is not valid Unicode: {error}"
+                            ).response()
     except ShardBusy as error:
         response = ApiError(503, "shard_unavailable", "the ledger is busy; retry shortly",
                             headers={"Retry-After": "1"}).response()
@@ -264,11 +270,8 @@ async def merchant_principal(request: web.Request) -> Merchant:
 
 async def run(request: web.Request, merchant_id: str, command, body: bytes = b""):
     """Submit one command to the merchant's shard, under the request's Idempotency-Key if any."""
-    key = request.headers.get("Idempotency-Key")
+    key = idempotency_key(request)
     if key is not None:
-        if not 1 <= len(key) <= 255:
-            raise ApiError(400, "idempotency_key_invalid", "Idempotency-Key must be 1 to 255 characters",
-                           "Idempotency-Key")
         request_hash = hashlib.sha256(request.method.encode() + b" " + request.path.encode() + b"\n" + body).hexdigest()
         command = Idempotent(merchant_id=merchant_id, key=key, request_hash=request_hash, command=command)
     result = await request.app["gateway"].submit(merchant_id, command)
@@ -277,6 +280,22 @@ async def run(request: web.Request, merchant_id: str, command, body: bytes = b""
             raise_for(result)
         request["replayed"] = result.replayed
     return result
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 255 and key.isprintable() and _encodes(key)):
+        raise ApiError(400, "idempotency_key_invalid", "Idempotency-Key must be 1 to 255 printable characters",
+                       "Idempotency-Key")
+    return key
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def raise_for(outcome: Outcome) -> None:
@@ -296,7 +315,7 @@ def respond(request: web.Request, body, status: int = 200) -> web.Response:
 
 def new_id(prefix: str, request: web.Request, scope: str) -> str:
     """A fresh id; under an Idempotency-Key the same key always names the same object, so a replay finds it."""
-    key = request.headers.get("Idempotency-Key")
+    key = idempotency_key(request)
     if key:
         return prefix + hashlib.sha256(f"{scope}\n{key}".encode()).hexdigest()[:24]
     return prefix + random_tokens.token_hex(12)
@@ -360,19 +379,31 @@ async def oauth_token(request: web.Request) -> web.Response:
     if merchant is None or merchant.client_id != client_id or not hmac.compare_digest(
             merchant.client_secret_hash, hash_secret(secret)):
         raise ApiError(401, "invalid_client", "unknown client or wrong secret")
+    if merchant.status != "active":
+        raise ApiError(403, "account_suspended", "this merchant is suspended")
     token = request.app["issuer"].issue(merchant.id, "api", TOKEN_TTL_S, int(time.time()))
     return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
 
 
 async def login(request: web.Request) -> web.Response:
+    peer = client_ip(request.remote, request.headers.get("X-Forwarded-For"), request.app["settings"].trusted_proxies)
+    wait_s = request.app["login_attempts"].hit(peer, time.monotonic())
+    if wait_s:
+        raise ApiError(429, "rate_limited", "too many login attempts", headers={"Retry-After": str(round(wait_s + 0.5))})
     credentials, _ = await body_of(request, schemas.Login)
     answers = await request.app["gateway"].read_everywhere(FindDashboardUser(credentials.email))
-    merchant = next((answer.record for answer in answers if answer.record is not None), None)
-    user = next((user for user in (merchant.users if merchant else []) if user.email == credentials.email), None)
-    if user is None or not verify_password(credentials.password, user.password_hash):
+    # The same email may sign in to several merchants: the password tells which.
+    merchant = next((candidate for answer in answers for candidate in answer.records
+                     if _password_matches(candidate, credentials)), None)
+    if merchant is None:
         raise ApiError(401, "invalid_login", "wrong email or password")
     token = request.app["issuer"].issue(merchant.id, "dashboard", TOKEN_TTL_S, int(time.time()))
     return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
+
+
+def _password_matches(merchant: Merchant, credentials: schemas.Login) -> bool:
+    return any(user.email == credentials.email and verify_password(credentials.password, user.password_hash)
+               for user in merchant.users)
 
 
 # Merchants
@@ -439,6 +470,7 @@ async def create_sub_account(request: web.Request) -> web.Response:
     sub_account = SubAccount(new_id("sub_", request, merchant.id), fields.name)
     outcome = await run(request, merchant.id, CreateSubAccount(merchant.id, sub_account), body)
     raise_for(outcome)
+    request.app["merchant_cache"].pop(merchant.id, None)
     return respond(request, render.merchant(outcome.record))
 
 
@@ -447,7 +479,7 @@ async def create_dashboard_user(request: web.Request) -> web.Response:
     merchant_id = request.match_info["id"]
     fields, body = await body_of(request, schemas.DashboardUserCreate)
     user = DashboardUser(fields.email, hash_password(fields.password))
-    outcome = await run(request, merchant_id, AddDashboardUser(merchant_id, user))
+    outcome = await run(request, merchant_id, AddDashboardUser(merchant_id, user), body)
     raise_for(outcome)
     request.app["merchant_cache"].pop(merchant_id, None)
     return respond(request, {"merchant_id": merchant_id, "email": fields.email})
@@ -474,7 +506,8 @@ async def create_order(request: web.Request) -> web.Response:
     outcome = await run(request, merchant.id, command, body)
     if outcome.code == "rate_limited":
         raise ApiError(429, "rate_limited", f"at most {settings.order_ip_limit} orders per "
-                       f"{settings.order_ip_window_s} s from one address", headers={"Retry-After": "60"})
+                       f"{settings.order_ip_window_s} s from one address",
+                       headers={"Retry-After": str(outcome.retry_after_s)})
     raise_for(outcome)
     return respond(request, render.order(outcome.record, settings.public_url))
 

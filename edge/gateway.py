@@ -8,6 +8,8 @@ request waits no extra time.
 
 import asyncio
 
+import msgspec
+
 from journal.client import Cluster, ShardClient
 from journal.wire import ReplyStatus
 
@@ -16,6 +18,13 @@ MAX_COMMANDS_PER_SUBMIT = 1024
 
 class ShardBusy(Exception):
     """The shard refused the batch for now (queue full or failing over)."""
+
+
+class InvalidCommand(ValueError):
+    """A command that cannot be encoded (text that is not valid Unicode): refused alone, never its batch."""
+
+
+_command_encoder = msgspec.msgpack.Encoder()
 
 
 class Coalescer:
@@ -27,9 +36,14 @@ class Coalescer:
         self.batch_sizes: list[int] = []  # since the last metrics read
 
     async def submit(self, command):
+        # Encoded here, once: a command that cannot be encoded fails alone, and the batch just joins bytes.
+        try:
+            encoded = msgspec.Raw(_command_encoder.encode(command))
+        except (UnicodeEncodeError, OverflowError) as error:
+            raise InvalidCommand(str(error)) from error
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.pending.append((command, future))
+        self.pending.append((encoded, future))
         if len(self.pending) >= self.max_commands:
             self._flush()
         elif not self.flush_scheduled:

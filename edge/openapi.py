@@ -5,7 +5,7 @@ from typing import Any
 
 import msgspec
 
-from edge import schemas
+from edge import render, schemas
 
 # handler name -> (summary, request body type, response type, authentication)
 OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
@@ -25,13 +25,13 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
                            schemas.MerchantOut, "admin or merchant"),
     "create_dashboard_user": ("add a dashboard user", schemas.DashboardUserCreate, dict[str, str], "admin"),
     "create_order": ("create an order", schemas.OrderCreate, schemas.OrderOut, "merchant"),
-    "list_orders": ("search orders, newest first", None, dict[str, Any], "merchant"),
+    "list_orders": ("search orders, newest first", None, schemas.OrderList, "merchant"),
     "get_order": ("an order", None, schemas.OrderOut, "merchant"),
     "update_order": ("change a pending order", schemas.OrderUpdate, schemas.OrderOut, "merchant"),
     "cancel_order": ("cancel a pending order", None, schemas.OrderOut, "merchant"),
     "create_account": ("create a ledger account", schemas.AccountCreate, schemas.AccountOut, "merchant"),
     "get_account": ("a ledger account and its balances", None, schemas.AccountOut, "merchant"),
-    "account_statement": ("an account's transfers, newest first", None, dict[str, Any], "merchant"),
+    "account_statement": ("an account's transfers, newest first", None, schemas.TransferList, "merchant"),
     "account_balances": ("an account's balances as of a time (history accounts)", None, schemas.BalanceOut,
                          "merchant"),
     "create_transfers": ("one transfer, or an array of up to 8190", schemas.TransferCreate | list[schemas.TransferCreate],
@@ -45,10 +45,28 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "create_payment": ("pay an order (wallet)", schemas.PaymentCreate, schemas.PaymentOut, "merchant"),
 }
 ERROR_STATUSES = ("400", "401", "402", "403", "404", "409", "413", "429", "503")
+# Bodies that are not JSON: handler name -> (media type, the type that describes the fields).
+FORM_REQUESTS: dict[str, tuple[str, type]] = {
+    "oauth_token": ("application/x-www-form-urlencoded", schemas.TokenRequest),
+}
+# Success bodies that are not JSON: handler name -> (media type, schema).
+TEXT_RESPONSES = {"metrics": ("text/plain", {"type": "string"})}
+# Statuses whose body is the operation's success type rather than the error shape (readyz: 503 when not ready).
+SUCCESS_SHAPED_STATUSES = {"readyz": ("503",)}
 QUERY_PARAMETERS = {
     "list_orders": ("name", "status", "created_gte", "created_lt", "limit", "starting_after"),
     "account_statement": ("created_gte", "created_lt", "limit", "starting_after"),
     "account_balances": ("at",),
+}
+# What parse_time (edge/app.py) accepts: unix seconds below 2**33, or an RFC 3339 time from 1970 to 2262.
+TIME_SCHEMA = {"anyOf": [{"type": "string", "pattern": "^[0-9]{1,10}$"}, {"type": "string", "format": "date-time"}],
+               "description": "unix seconds (below 2**33) or an RFC 3339 time (1970 to 2262)"}
+QUERY_SCHEMAS = {
+    "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+    "status": {"type": "string", "enum": list(render.ORDER_STATUSES)},
+    "created_gte": TIME_SCHEMA,
+    "created_lt": TIME_SCHEMA,
+    "at": TIME_SCHEMA,
 }
 
 
@@ -59,21 +77,26 @@ def document(routes) -> dict:
 @functools.cache
 def _document(routes: tuple[tuple[str, str, str], ...]) -> dict:
     types = [kind for name in OPERATIONS for kind in OPERATIONS[name][1:3] if kind is not None]
+    types += [kind for _, kind in FORM_REQUESTS.values()]
     schemas_list, components = msgspec.json.schema_components(
         [*types, schemas.ErrorResponse], ref_template="#/components/schemas/{name}")
     schema_of = dict(zip([*types, schemas.ErrorResponse], schemas_list))
     paths: dict[str, dict] = {}
     for method, path, handler in routes:
         summary, request_type, response_type, auth = OPERATIONS[handler]
+        media_type, success_schema = TEXT_RESPONSES.get(handler, ("application/json", schema_of[response_type]))
+        success = {"content": {media_type: {"schema": success_schema}}}
         operation = {
             "operationId": handler,
             "summary": summary,
             "description": f"Authentication: {auth}.",
             "parameters": _parameters(path, handler, method),
             "responses": {
-                "200": {"description": "success", "content": {"application/json": {"schema": schema_of[response_type]}}},
+                "200": {"description": "success", **success},
                 **{status: {"description": "error", "content": {"application/json": {
                     "schema": schema_of[schemas.ErrorResponse]}}} for status in ERROR_STATUSES},
+                **{status: {"description": "not ready", **success}
+                   for status in SUCCESS_SHAPED_STATUSES.get(handler, ())},
             },
         }
         if auth != "none":
@@ -81,6 +104,10 @@ def _document(routes: tuple[tuple[str, str, str], ...]) -> dict:
         if request_type is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {
                 "schema": schema_of[request_type]}}}
+        if handler in FORM_REQUESTS:
+            form_media_type, form_type = FORM_REQUESTS[handler]
+            operation["requestBody"] = {"required": True, "content": {form_media_type: {
+                "schema": schema_of[form_type]}}}
         paths.setdefault(path, {})[method.lower()] = operation
     return {
         "openapi": "3.1.0",
@@ -94,8 +121,8 @@ def _parameters(path: str, handler: str, method: str) -> list[dict]:
     parameters = [{"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
                   for part in path.split("/") if part.startswith("{")]
     for name in QUERY_PARAMETERS.get(handler, ()):
-        schema = {"type": "integer", "minimum": 1, "maximum": 100} if name == "limit" else {"type": "string"}
-        parameters.append({"name": name, "in": "query", "required": False, "schema": schema})
+        parameters.append({"name": name, "in": "query", "required": False,
+                           "schema": QUERY_SCHEMAS.get(name, {"type": "string"})})
     if method == "POST":
         parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}})

@@ -15,7 +15,9 @@ CURRENCY_EXPONENTS = {
 CURRENCY_NUMBERS = {"usd": "840", "eur": "978", "gbp": "826", "vnd": "704", "jpy": "392", "sgd": "702", "thb": "764"}
 
 AMOUNT_MAX = 2**63 - 1
-Currency = Annotated[str, Meta(pattern="^[a-z]{3}$", description="ISO 4217 code in lower case")]
+# The enum only documents (msgspec validates the pattern; check_currency in edge/app.py refuses other codes).
+Currency = Annotated[str, Meta(pattern="^[a-z]{3}$", description="ISO 4217 code in lower case",
+                               extra_json_schema={"enum": sorted(CURRENCY_EXPONENTS)})]
 Amount = Annotated[int, Meta(gt=0, le=AMOUNT_MAX, description="integer in minor units")]
 LedgerAmount = Annotated[int, Meta(ge=0, le=AMOUNT_MAX)]
 ClientId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]{1,48}$")]
@@ -293,6 +295,25 @@ class PaymentOut(Struct):
     failure_code: str | None
     failure_message: str | None
     created_at: str
+
+
+class OrderList(Struct):
+    object: str
+    data: list[OrderOut]
+    has_more: bool
+
+
+class TransferList(Struct):
+    object: str
+    data: list[TransferOut]
+    has_more: bool
+
+
+class TokenRequest(Struct):
+    """The form fields of POST /oauth/token (documentation only: the handler reads the form itself)."""
+    grant_type: Literal["client_credentials"]
+    client_id: str
+    client_secret: str
 
 
 class TokenOut(Struct):

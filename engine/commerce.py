@@ -103,7 +103,8 @@ class Commerce:
             outcome = Outcome(codes=self._ledger_command(inner, timestamp))
         else:
             outcome = _HANDLERS[type(inner)](self, inner, timestamp)
-        self.idempotency[key] = IdempotencyRecord(command.request_hash, _outcome_encoder.encode(outcome), timestamp)
+        if outcome.code != "rate_limited":  # a refusal for now is not the request's answer for 24 hours
+            self.idempotency[key] = IdempotencyRecord(command.request_hash, _outcome_encoder.encode(outcome), timestamp)
         return outcome
 
     def _ledger_command(self, command, timestamp: int) -> list[int]:
@@ -161,8 +162,10 @@ class Commerce:
             return Outcome("merchant_not_found")
         if order.id in self.orders:
             return Outcome("exists")
-        if command.ip_limit and not self._admit_ip(command, timestamp):
-            return Outcome("rate_limited")
+        if command.ip_limit:
+            retry_after_s = self._admit_ip(command, timestamp)
+            if retry_after_s:
+                return Outcome("rate_limited", retry_after_s=retry_after_s)
         order.status = "pending"
         order.created_at = order.updated_at = timestamp
         self.orders[order.id] = order
@@ -175,16 +178,16 @@ class Commerce:
         if order.expires_at:
             heapq.heappush(self.order_expiries, (order.expires_at, order.id))
 
-    def _admit_ip(self, command: CreateOrder, timestamp: int) -> bool:
-        """A sliding window per client IP; the window's times are the engine's."""
+    def _admit_ip(self, command: CreateOrder, timestamp: int) -> int:
+        """A sliding window per client IP, in engine time: 0 if admitted, else seconds until a slot frees."""
         times = self.order_times_by_ip.setdefault(command.client_ip, collections.deque())
-        window_start = timestamp - command.ip_window_s * NANOSECONDS_PER_SECOND
-        while times and times[0] <= window_start:
+        window_ns = command.ip_window_s * NANOSECONDS_PER_SECOND
+        while times and times[0] <= timestamp - window_ns:
             times.popleft()
         if len(times) >= command.ip_limit:
-            return False
+            return max(1, -(-(times[0] + window_ns - timestamp) // NANOSECONDS_PER_SECOND))
         times.append(timestamp)
-        return True
+        return 0
 
     def _update_order(self, command: UpdateOrder, timestamp: int) -> Outcome:
         order = self.order_of(command.merchant_id, command.order_id)
@@ -301,11 +304,8 @@ class Commerce:
         customer = self.customers.get(customer_id)
         return customer if customer is not None and customer.merchant_id == merchant_id else None
 
-    def merchant_of_user(self, email: str) -> Merchant | None:
-        for merchant in self.merchants.values():
-            if any(user.email == email for user in merchant.users):
-                return merchant
-        return None
+    def merchants_of_user(self, email: str) -> list[Merchant]:
+        return [merchant for merchant in self.merchants.values() if any(user.email == email for user in merchant.users)]
 
     def list_orders(
         self,

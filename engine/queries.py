@@ -39,7 +39,7 @@ class GetMerchant(msgspec.Struct, tag="get_merchant", array_like=True, kw_only=T
 
 
 class FindDashboardUser(msgspec.Struct, tag="find_dashboard_user", array_like=True):
-    """The merchant that has a dashboard user with this email, if this shard holds it."""
+    """The merchants on this shard that have a dashboard user with this email."""
 
     email: str
 
@@ -94,7 +94,7 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
     if kind is GetMerchant:
         return Answer(record=_merchant(query, commerce))
     if kind is FindDashboardUser:
-        return Answer(record=commerce.merchant_of_user(query.email))
+        return Answer(records=commerce.merchants_of_user(query.email))
     if kind is GetOrder:
         return Answer(record=commerce.order_of(query.merchant_id, query.order_id))
     if kind is ListOrders:

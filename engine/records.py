@@ -93,6 +93,8 @@ class Outcome(msgspec.Struct, tag="outcome", omit_defaults=True):
     # For ledger commands run under an idempotency key: one code per item.
     codes: list[int] | None = None
     replayed: bool = False
+    # For a rate-limited command: when to try again.
+    retry_after_s: int = 0
 
 
 # Commands
