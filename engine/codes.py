@@ -127,3 +127,8 @@ class _Codes:
 AccountCode = _Codes(ACCOUNT_CODES)
 TransferCode = _Codes(TRANSFER_CODES)
 TRANSIENT_TRANSFER_NUMBERS = frozenset(TRANSFER_CODES.index(name) for name in TRANSIENT_TRANSFER_CODES)
+
+
+def transfer_outcome(code: int) -> str:
+    """A ledger code as a commerce outcome: a refused debit limit is a lack of funds."""
+    return {0: "ok", TransferCode.exceeds_credits: "insufficient_funds"}.get(code) or TransferCode.name(code)

@@ -10,11 +10,19 @@ import heapq
 
 import msgspec
 
-from engine.codes import TransferCode
+from engine.codes import transfer_outcome
 from engine.ledger import Ledger
+from engine.payments import Payments
 from engine.records import (
     AddDashboardUser,
     CancelOrder,
+    CancelPayment,
+    CapturePayment,
+    CreatePayment,
+    CreatePayout,
+    CreateRefund,
+    RecordPayoutResult,
+    RecordPspResult,
     CreateCustomer,
     CreateMerchant,
     CreateOrder,
@@ -31,7 +39,7 @@ from engine.records import (
     system_account_id,
     wallet_account_id,
 )
-from engine.types import NANOSECONDS_PER_SECOND, Account, AccountFlag, CreateAccounts, CreateTransfers, Event, Transfer
+from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, CreateAccounts, CreateTransfers, Event, Transfer
 
 IDEMPOTENCY_RETENTION_NS = 24 * 3600 * NANOSECONDS_PER_SECOND
 ORDER_STATUSES = ("pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception")
@@ -60,11 +68,13 @@ class Commerce:
         # client IP -> times of its recent order creations
         self.order_times_by_ip: dict[str, collections.deque] = {}
         self.events: list[Event] = []
+        self.payments = Payments(ledger, self.orders, self.events)
 
     # Time
 
-    def advance(self, timestamp: int) -> list[Event]:
-        """Expire pending orders whose time is up; forget idempotency keys past retention."""
+    def advance(self, timestamp: int, expired_transfers: list[str]) -> list[Event]:
+        """Expire pending orders whose time is up; forget idempotency keys past retention; time out payments."""
+        self.payments.advance(timestamp, expired_transfers)
         events = []
         expiries = self.order_expiries
         while expiries and expiries[0][0] <= timestamp:
@@ -229,7 +239,7 @@ class Commerce:
         customer = self.customer_of(command.merchant_id, command.customer_id)
         if customer is None:
             return Outcome("customer_not_found")
-        if command.withdrawal and self._available(wallet_account_id(
+        if command.withdrawal and self.ledger.available(wallet_account_id(
                 command.merchant_id, command.customer_id, command.currency)) < command.amount:
             return Outcome("insufficient_funds", record=customer)
         wallet = self._ensure_wallet(command.merchant_id, command.customer_id, command.currency, timestamp)
@@ -253,7 +263,7 @@ class Commerce:
         if self.customer_of(command.merchant_id, command.customer_id) is None:
             return Outcome("customer_not_found")
         # Checked first so that a refused payment leaves no trace (no accounts, no spent transfer id).
-        if self._available(wallet_account_id(command.merchant_id, command.customer_id, order.currency)) < order.amount:
+        if self.ledger.available(wallet_account_id(command.merchant_id, command.customer_id, order.currency)) < order.amount:
             return Outcome("insufficient_funds", record=order)
         wallet = self._ensure_wallet(command.merchant_id, command.customer_id, order.currency, timestamp)
         balance = self._ensure_system_account(command.merchant_id, "balance", order.currency, timestamp)
@@ -270,29 +280,16 @@ class Commerce:
     # Ledger plumbing
 
     def _transfer(self, transfer_id: str, debit: str, credit: str, amount: int, currency: str, timestamp: int) -> str:
-        code = self.ledger.create_transfers([Transfer(transfer_id, debit, credit, amount, currency)], timestamp)[0]
-        return _WALLET_CODES.get(code, TransferCode.name(code))
+        return transfer_outcome(self.ledger.move(Transfer(transfer_id, debit, credit, amount, currency), timestamp))
 
     def _ensure_wallet(self, merchant_id: str, customer_id: str, currency: str, timestamp: int) -> str:
-        account_id = wallet_account_id(merchant_id, customer_id, currency)
         # A wallet may never be overdrawn: the ledger refuses any debit past its credits.
-        self._ensure_account(account_id, currency, AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlag.HISTORY, timestamp)
-        return account_id
+        return self.ledger.ensure_account(wallet_account_id(merchant_id, customer_id, currency), currency,
+                                          AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlag.HISTORY, timestamp)
 
     def _ensure_system_account(self, merchant_id: str, name: str, currency: str, timestamp: int) -> str:
-        account_id = system_account_id(merchant_id, name, currency)
-        self._ensure_account(account_id, currency, 0, timestamp)
-        return account_id
-
-    def _ensure_account(self, account_id: str, currency: str, flags: int, timestamp: int) -> None:
-        if account_id not in self.ledger.accounts:
-            assert self.ledger.create_accounts([Account(account_id, currency, flags=flags)], timestamp) == [0]
-
-    def _available(self, account_id: str) -> int:
-        account = self.ledger.accounts.get(account_id)
-        if account is None:
-            return 0
-        return account.credits_posted - account.debits_posted - account.debits_pending
+        return self.ledger.ensure_account(system_account_id(merchant_id, name, currency), currency,
+                                          AccountFlag.HISTORY, timestamp)
 
     # Reads
 
@@ -341,7 +338,6 @@ class Commerce:
         return found, False
 
 
-_WALLET_CODES = {0: "ok", TransferCode.exceeds_credits: "insufficient_funds"}
 
 _HANDLERS = {
     CreateMerchant: Commerce._create_merchant,
@@ -354,4 +350,11 @@ _HANDLERS = {
     CreateCustomer: Commerce._create_customer,
     MoveWallet: Commerce._move_wallet,
     PayOrderFromWallet: Commerce._pay_order_from_wallet,
+    CreatePayment: lambda commerce, command, timestamp: commerce.payments.create_payment(command, timestamp),
+    RecordPspResult: lambda commerce, command, timestamp: commerce.payments.record_psp_result(command, timestamp),
+    CapturePayment: lambda commerce, command, timestamp: commerce.payments.capture(command, timestamp),
+    CancelPayment: lambda commerce, command, timestamp: commerce.payments.cancel(command, timestamp),
+    CreateRefund: lambda commerce, command, timestamp: commerce.payments.refund(command, timestamp),
+    CreatePayout: lambda commerce, command, timestamp: commerce.payments.create_payout(command, timestamp),
+    RecordPayoutResult: lambda commerce, command, timestamp: commerce.payments.record_payout_result(command, timestamp),
 }

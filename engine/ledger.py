@@ -277,6 +277,24 @@ class Ledger:
                 self.expiries.remove((t.timestamp + t.timeout_s * NANOSECONDS_PER_SECOND, t.id))
                 heapq.heapify(self.expiries)
 
+    # Helpers for the state machines built on the ledger
+
+    def move(self, transfer: Transfer, timestamp: int) -> int:
+        """One transfer on its own; its result code."""
+        return self.create_transfers([transfer], timestamp)[0]
+
+    def ensure_account(self, account_id: str, currency: str, flags: int, timestamp: int) -> str:
+        if account_id not in self.accounts:
+            assert self.create_accounts([Account(account_id, currency, flags=flags)], timestamp) == [0], account_id
+        return account_id
+
+    def available(self, account_id: str) -> int:
+        """What a debit-limited account can still give: credits less debits, posted or held."""
+        account = self.accounts.get(account_id)
+        if account is None:
+            return 0
+        return account.credits_posted - account.debits_posted - account.debits_pending
+
     # Time
 
     def expire(self, timestamp: int) -> list[Event]:

@@ -7,6 +7,7 @@ answer an Outcome, and their money moves are ledger transfers.
 
 import collections
 import hashlib
+import heapq
 
 import msgspec
 
@@ -14,7 +15,8 @@ from engine.batch import Batch, BatchResult
 from engine.commerce import Commerce, IdempotencyRecord
 from engine.ledger import Ledger
 from engine.queries import Answer, Query, answer
-from engine.records import Customer, Merchant, Order
+from engine.payments import OPEN_STATUSES, Payments
+from engine.records import Customer, Merchant, Order, Payment, Payout, Refund
 from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Event, Transfer
 from engine.verify import verify_ledger
 
@@ -36,6 +38,9 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     customers: list[Customer]
     idempotency: list[tuple[str, str, IdempotencyRecord]]
     order_times_by_ip: list[tuple[str, list[int]]]
+    payments: list[Payment]
+    refunds: list[Refund]
+    payouts: list[Payout]
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -56,10 +61,11 @@ class Engine:
         assert batch.timestamp > 0 and batch.timestamp >= self.timestamp, (batch.timestamp, self.timestamp)
         self.sequence = batch.sequence
         self.timestamp = timestamp = batch.timestamp
-        events: list[Event] = self.ledger.expire(timestamp) + self.commerce.advance(timestamp)
+        events: list[Event] = self.ledger.expire(timestamp)
+        events += self.commerce.advance(timestamp, [event.object_id for event in events])
         results = [self._apply_command(command, timestamp) for command in batch.commands]
         events += self.commerce.events
-        self.commerce.events = []
+        self.commerce.events.clear()
         return BatchResult(batch.sequence, results, events)
 
     def _apply_command(self, command, timestamp: int):
@@ -102,6 +108,9 @@ class Engine:
             customers=list(commerce.customers.values()),
             idempotency=[(merchant_id, key, record) for (merchant_id, key), record in commerce.idempotency.items()],
             order_times_by_ip=[(ip, list(times)) for ip, times in commerce.order_times_by_ip.items()],
+            payments=list(commerce.payments.payments.values()),
+            refunds=list(commerce.payments.refunds.values()),
+            payouts=list(commerce.payments.payouts.values()),
         )
 
     @classmethod
@@ -179,3 +188,17 @@ def _restore_commerce(commerce: Commerce, snapshot: Snapshot) -> None:
     commerce.customers = {customer.id: customer for customer in snapshot.customers}
     commerce.idempotency = {(merchant_id, key): record for merchant_id, key, record in snapshot.idempotency}
     commerce.order_times_by_ip = {ip: collections.deque(times) for ip, times in snapshot.order_times_by_ip}
+    _restore_payments(commerce.payments, snapshot)
+
+
+def _restore_payments(payments: Payments, snapshot: Snapshot) -> None:
+    """Deadlines and authorization holds follow from the payments themselves."""
+    payments.payments = {payment.id: payment for payment in snapshot.payments}
+    payments.refunds = {refund.id: refund for refund in snapshot.refunds}
+    payments.payouts = {payout.id: payout for payout in snapshot.payouts}
+    for payment in snapshot.payments:
+        if payment.status in OPEN_STATUSES:
+            payments.deadlines.append((payment.deadline_at, payment.id))
+        if payment.status == "requires_capture":
+            payments.payment_by_hold[payment.authorization_id] = payment.id
+    heapq.heapify(payments.deadlines)

@@ -64,9 +64,23 @@ class GetCustomer(msgspec.Struct, tag="get_customer", array_like=True):
     customer_id: str
 
 
+class GetPaymentRecord(msgspec.Struct, tag="get_payment_record", array_like=True):
+    """A payment, refund or payout of a merchant, by id (kind: "payment" | "refund" | "payout")."""
+
+    merchant_id: str
+    kind: str
+    record_id: str
+
+
+class ListPayments(msgspec.Struct, tag="list_payments", array_like=True, kw_only=True):
+    merchant_id: str
+    limit: int = 20
+    starting_after: str = ""
+
+
 Query = (
     LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
-    | ListOrders | GetCustomer
+    | ListOrders | GetCustomer | GetPaymentRecord | ListPayments
 )
 
 
@@ -102,8 +116,14 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
             query.merchant_id, query.name_contains, query.status, query.created_gte, query.created_lt,
             max(1, min(query.limit, MAX_PAGE)), query.starting_after)
         return Answer(records=orders, has_more=has_more)
-    assert kind is GetCustomer
-    return Answer(record=commerce.customer_of(query.merchant_id, query.customer_id))
+    if kind is GetCustomer:
+        return Answer(record=commerce.customer_of(query.merchant_id, query.customer_id))
+    if kind is GetPaymentRecord:
+        return Answer(record=commerce.payments.record_of(query.merchant_id, query.kind, query.record_id))
+    assert kind is ListPayments
+    payments, has_more = commerce.payments.list_payments(query.merchant_id, max(1, min(query.limit, MAX_PAGE)),
+                                                         query.starting_after)
+    return Answer(records=payments, has_more=has_more)
 
 
 def _merchant(query: GetMerchant, commerce: Commerce) -> Merchant | None:

@@ -82,7 +82,69 @@ class Customer(msgspec.Struct, tag=True, kw_only=True):
     created_at: int = 0
 
 
-Record = Merchant | Order | Customer
+class CardDetails(msgspec.Struct, array_like=True):
+    """What may be shown of a card: never its number or CVC."""
+
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+class Payment(msgspec.Struct, tag=True, kw_only=True):
+    id: str
+    merchant_id: str
+    amount: int
+    currency: str
+    order_id: str = ""
+    method: str = "card"  # card | wallet | qr | bank_transfer
+    card: CardDetails | None = None
+    token_id: str = ""
+    capture_method: str = "automatic"  # automatic | manual
+    acquirer: str = "piggybank"
+    status: str = "processing"
+    amount_capturable: int = 0
+    amount_captured: int = 0
+    amount_refunded: int = 0
+    psp_reference: str = ""
+    next_action_url: str = ""
+    failure_code: str = ""
+    failure_message: str = ""
+    description: str = ""
+    metadata: dict[str, str] = {}
+    # The ledger's pending transfer that holds an authorization, when captured manually.
+    authorization_id: str = ""
+    callback_ids: list[str] = []
+    deadline_at: int = 0
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class Refund(msgspec.Struct, tag=True, kw_only=True):
+    id: str
+    merchant_id: str
+    payment_id: str
+    amount: int
+    currency: str = ""
+    reason: str = ""
+    status: str = "succeeded"
+    created_at: int = 0
+
+
+class Payout(msgspec.Struct, tag=True, kw_only=True):
+    id: str
+    merchant_id: str
+    amount: int
+    currency: str
+    sub_account_id: str = ""
+    status: str = "pending"  # pending | paid | failed
+    failure_code: str = ""
+    hold_id: str = ""
+    created_at: int = 0
+    updated_at: int = 0
+
+
+Record = Merchant | Order | Customer | Payment | Refund | Payout
 
 
 class Outcome(msgspec.Struct, tag="outcome", omit_defaults=True):
@@ -171,6 +233,59 @@ class PayOrderFromWallet(msgspec.Struct, tag="pay_order_from_wallet", array_like
     transfer_id: str
 
 
+class CreatePayment(msgspec.Struct, tag="create_payment", array_like=True, kw_only=True):
+    payment: Payment
+    # How long the acquirer may take before the payment fails by timeout.
+    processing_timeout_s: int = 30
+
+
+class RecordPspResult(msgspec.Struct, tag="record_psp_result", array_like=True, kw_only=True):
+    """A provider's word on a payment, from its signed callback: applied once per callback id."""
+
+    merchant_id: str
+    payment_id: str
+    callback_id: str
+    result: str  # authorized | requires_action | declined | error
+    psp_reference: str = ""
+    action_url: str = ""
+    failure_code: str = ""
+    failure_message: str = ""
+    transfer_id: str = ""
+    # How long an authorization held for manual capture lasts before it is released.
+    hold_timeout_s: int = 7 * 86400
+
+
+class CapturePayment(msgspec.Struct, tag="capture_payment", array_like=True, kw_only=True):
+    merchant_id: str
+    payment_id: str
+    transfer_id: str
+    amount: int = 0  # 0: all that is capturable
+
+
+class CancelPayment(msgspec.Struct, tag="cancel_payment", array_like=True, kw_only=True):
+    merchant_id: str
+    payment_id: str
+    transfer_id: str
+
+
+class CreateRefund(msgspec.Struct, tag="create_refund", array_like=True, kw_only=True):
+    refund: Refund
+    transfer_id: str
+
+
+class CreatePayout(msgspec.Struct, tag="create_payout", array_like=True, kw_only=True):
+    payout: Payout
+
+
+class RecordPayoutResult(msgspec.Struct, tag="record_payout_result", array_like=True, kw_only=True):
+    merchant_id: str
+    payout_id: str
+    callback_id: str
+    paid: bool
+    transfer_id: str
+    failure_code: str = ""
+
+
 CommerceCommand = (
     CreateMerchant
     | UpdateMerchant
@@ -182,6 +297,13 @@ CommerceCommand = (
     | CreateCustomer
     | MoveWallet
     | PayOrderFromWallet
+    | CreatePayment
+    | RecordPspResult
+    | CapturePayment
+    | CancelPayment
+    | CreateRefund
+    | CreatePayout
+    | RecordPayoutResult
 )
 
 

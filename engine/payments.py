@@ -1,0 +1,287 @@
+"""Payments, refunds and payouts: state machines whose money moves are the ledger's own transfers.
+
+A card authorization held for manual capture is a pending transfer from the
+acquirer's clearing account to the merchant's balance, so capture, partial
+capture, void and release on timeout are the ledger's two-phase operations.
+A refund moves money back and never past what was captured; a payout holds
+the merchant's balance until the bank answers, and a failure returns it.
+"""
+
+import heapq
+
+from engine.codes import transfer_outcome
+from engine.ledger import Ledger
+from engine.records import (
+    CancelPayment,
+    CapturePayment,
+    CreatePayment,
+    CreatePayout,
+    CreateRefund,
+    Order,
+    Outcome,
+    Payment,
+    Payout,
+    RecordPayoutResult,
+    RecordPspResult,
+    Refund,
+    system_account_id,
+)
+from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, TransferFlag
+
+OPEN_STATUSES = ("processing", "requires_action")
+
+
+class Payments:
+    def __init__(self, ledger: Ledger, orders: dict[str, Order], events: list[Event]) -> None:
+        self.ledger = ledger
+        self.orders = orders
+        self.events = events
+        self.payments: dict[str, Payment] = {}
+        self.refunds: dict[str, Refund] = {}
+        self.payouts: dict[str, Payout] = {}
+        self.deadlines: list[tuple[int, str]] = []
+        # pending transfer id -> payment id, to hear of an authorization that timed out
+        self.payment_by_hold: dict[str, str] = {}
+
+    # Time
+
+    def advance(self, timestamp: int, expired_transfers: list[str]) -> None:
+        """Fail payments the provider left unanswered; cancel authorizations the ledger released."""
+        while self.deadlines and self.deadlines[0][0] <= timestamp:
+            _, payment_id = heapq.heappop(self.deadlines)
+            payment = self.payments[payment_id]
+            if payment.status in OPEN_STATUSES:
+                self._fail(payment, "processing_timeout", "the acquirer did not answer in time", timestamp)
+        for transfer_id in expired_transfers:
+            payment_id = self.payment_by_hold.pop(transfer_id, None)
+            if payment_id is not None and self.payments[payment_id].status == "requires_capture":
+                payment = self.payments[payment_id]
+                payment.status = "cancelled"
+                payment.amount_capturable = 0
+                payment.updated_at = timestamp
+                self.events.append(Event("payment.canceled", payment.id, timestamp))
+
+    # Commands
+
+    def create_payment(self, command: CreatePayment, timestamp: int) -> Outcome:
+        payment = command.payment
+        if payment.id in self.payments:
+            return Outcome("exists")
+        if payment.order_id:
+            order = self.orders.get(payment.order_id)
+            if order is None or order.merchant_id != payment.merchant_id:
+                return Outcome("order_not_found")
+            if order.status != "pending":
+                return Outcome("order_not_pending", record=order)
+            if payment.method not in order.payment_methods:
+                return Outcome("payment_method_not_allowed", record=order)
+            payment.amount, payment.currency = order.amount, order.currency
+        payment.status = "processing"
+        payment.created_at = payment.updated_at = timestamp
+        payment.deadline_at = timestamp + command.processing_timeout_s * NANOSECONDS_PER_SECOND
+        self.payments[payment.id] = payment
+        heapq.heappush(self.deadlines, (payment.deadline_at, payment.id))
+        self.events.append(Event("payment.created", payment.id, timestamp))
+        return Outcome(record=payment)
+
+    def record_psp_result(self, command: RecordPspResult, timestamp: int) -> Outcome:
+        payment = self._payment_of(command.merchant_id, command.payment_id)
+        if payment is None:
+            return Outcome("payment_not_found")
+        if command.callback_id in payment.callback_ids:
+            return Outcome("duplicate", record=payment)
+        if payment.status not in OPEN_STATUSES:
+            return Outcome("payment_not_open", record=payment)
+        payment.callback_ids = [*payment.callback_ids, command.callback_id]
+        payment.psp_reference = command.psp_reference or payment.psp_reference
+        payment.updated_at = timestamp
+        result = command.result
+        if result == "requires_action":
+            payment.status = "requires_action"
+            payment.next_action_url = command.action_url
+            self.events.append(Event("payment.requires_action", payment.id, timestamp))
+            return Outcome(record=payment)
+        if result != "authorized":
+            self._fail(payment, command.failure_code or "card_declined", command.failure_message, timestamp)
+            return Outcome(record=payment)
+        return self._authorized(payment, command, timestamp)
+
+    def _authorized(self, payment: Payment, command: RecordPspResult, timestamp: int) -> Outcome:
+        clearing = self._system_account(payment.merchant_id, f"clearing_{payment.acquirer}", payment.currency, timestamp)
+        balance = self._system_account(payment.merchant_id, "balance", payment.currency, timestamp)
+        manual = payment.capture_method == "manual"
+        transfer = Transfer(command.transfer_id, clearing, balance, payment.amount, payment.currency,
+                            timeout_s=command.hold_timeout_s if manual else 0,
+                            flags=TransferFlag.PENDING if manual else 0)
+        code = self._move(transfer, timestamp)
+        if code != "ok":
+            self._fail(payment, code, "the ledger refused the authorization", timestamp)
+            return Outcome(record=payment)
+        if manual:
+            payment.status = "requires_capture"
+            payment.amount_capturable = payment.amount
+            payment.authorization_id = command.transfer_id
+            self.payment_by_hold[command.transfer_id] = payment.id
+            return Outcome(record=payment)
+        self._succeed(payment, payment.amount, timestamp)
+        return Outcome(record=payment)
+
+    def capture(self, command: CapturePayment, timestamp: int) -> Outcome:
+        payment = self._payment_of(command.merchant_id, command.payment_id)
+        if payment is None:
+            return Outcome("payment_not_found")
+        if payment.status != "requires_capture":
+            return Outcome("payment_not_capturable", record=payment)
+        amount = command.amount or payment.amount_capturable
+        if amount > payment.amount_capturable:
+            return Outcome("amount_too_large", record=payment)
+        post = Transfer(command.transfer_id, amount=amount, pending_id=payment.authorization_id,
+                        flags=TransferFlag.POST_PENDING)
+        code = self._move(post, timestamp)
+        if code != "ok":
+            return Outcome(code, record=payment)
+        self.payment_by_hold.pop(payment.authorization_id, None)
+        payment.amount_capturable = 0
+        self._succeed(payment, amount, timestamp)
+        return Outcome(record=payment)
+
+    def cancel(self, command: CancelPayment, timestamp: int) -> Outcome:
+        payment = self._payment_of(command.merchant_id, command.payment_id)
+        if payment is None:
+            return Outcome("payment_not_found")
+        if payment.status == "requires_capture":
+            void = Transfer(command.transfer_id, pending_id=payment.authorization_id, flags=TransferFlag.VOID_PENDING)
+            code = self._move(void, timestamp)
+            if code != "ok":
+                return Outcome(code, record=payment)
+            self.payment_by_hold.pop(payment.authorization_id, None)
+        elif payment.status not in OPEN_STATUSES:
+            return Outcome("payment_not_cancelable", record=payment)
+        payment.status = "cancelled"
+        payment.amount_capturable = 0
+        payment.updated_at = timestamp
+        self.events.append(Event("payment.canceled", payment.id, timestamp))
+        return Outcome(record=payment)
+
+    def refund(self, command: CreateRefund, timestamp: int) -> Outcome:
+        refund = command.refund
+        if refund.id in self.refunds:
+            return Outcome("exists")
+        payment = self._payment_of(refund.merchant_id, refund.payment_id)
+        if payment is None:
+            return Outcome("payment_not_found")
+        if payment.status != "succeeded":
+            return Outcome("payment_not_refundable", record=payment)
+        amount = refund.amount or payment.amount_captured - payment.amount_refunded
+        if amount <= 0 or payment.amount_refunded + amount > payment.amount_captured:
+            return Outcome("amount_too_large", record=payment)
+        balance = system_account_id(payment.merchant_id, "balance", payment.currency)
+        clearing = system_account_id(payment.merchant_id, f"clearing_{payment.acquirer}", payment.currency)
+        code = self._move(Transfer(command.transfer_id, balance, clearing, amount, payment.currency), timestamp)
+        if code != "ok":
+            return Outcome(code, record=payment)
+        refund.amount, refund.currency, refund.status, refund.created_at = amount, payment.currency, "succeeded", timestamp
+        self.refunds[refund.id] = refund
+        payment.amount_refunded += amount
+        payment.updated_at = timestamp
+        self._mark_order_refunded(payment, amount, timestamp)
+        self.events.append(Event("refund.succeeded", refund.id, timestamp))
+        return Outcome(record=refund)
+
+    def create_payout(self, command: CreatePayout, timestamp: int) -> Outcome:
+        payout = command.payout
+        if payout.id in self.payouts:
+            return Outcome("exists")
+        balance = system_account_id(payout.merchant_id, payout.sub_account_id or "balance", payout.currency)
+        if self.ledger.available(balance) < payout.amount:
+            return Outcome("insufficient_funds")
+        payouts = self._system_account(payout.merchant_id, "payouts", payout.currency, timestamp)
+        hold = Transfer(payout.hold_id, balance, payouts, payout.amount, payout.currency, flags=TransferFlag.PENDING)
+        code = self._move(hold, timestamp)
+        if code != "ok":
+            return Outcome(code)
+        payout.status = "pending"
+        payout.created_at = payout.updated_at = timestamp
+        self.payouts[payout.id] = payout
+        self.events.append(Event("payout.created", payout.id, timestamp))
+        return Outcome(record=payout)
+
+    def record_payout_result(self, command: RecordPayoutResult, timestamp: int) -> Outcome:
+        payout = self.payouts.get(command.payout_id)
+        if payout is None or payout.merchant_id != command.merchant_id:
+            return Outcome("payout_not_found")
+        if payout.status != "pending":
+            return Outcome("duplicate", record=payout)
+        flags = TransferFlag.POST_PENDING if command.paid else TransferFlag.VOID_PENDING
+        code = self._move(Transfer(command.transfer_id, pending_id=payout.hold_id, flags=flags), timestamp)
+        if code != "ok":
+            return Outcome(code, record=payout)
+        payout.status = "paid" if command.paid else "failed"
+        payout.failure_code = command.failure_code
+        payout.updated_at = timestamp
+        self.events.append(Event(f"payout.{payout.status}", payout.id, timestamp))
+        return Outcome(record=payout)
+
+    # Effects
+
+    def _succeed(self, payment: Payment, amount: int, timestamp: int) -> None:
+        payment.status = "succeeded"
+        payment.amount_captured = amount
+        payment.updated_at = timestamp
+        self.events.append(Event("payment.succeeded", payment.id, timestamp))
+        order = self.orders.get(payment.order_id)
+        if order is None:
+            return
+        # Money that arrives after the order expired or was cancelled is kept and flagged, never lost.
+        order.status = "paid" if order.status == "pending" else "exception"
+        order.payment_id = payment.id
+        order.updated_at = timestamp
+        self.events.append(Event(f"order.{order.status}", order.id, timestamp))
+
+    def _fail(self, payment: Payment, code: str, message: str, timestamp: int) -> None:
+        payment.status = "failed"
+        payment.failure_code = code
+        payment.failure_message = message
+        payment.updated_at = timestamp
+        self.events.append(Event("payment.failed", payment.id, timestamp))
+        order = self.orders.get(payment.order_id)
+        if order is not None and order.status == "pending":
+            order.error_code, order.error_message, order.updated_at = code, message, timestamp
+
+    def _mark_order_refunded(self, payment: Payment, amount: int, timestamp: int) -> None:
+        order = self.orders.get(payment.order_id)
+        if order is None:
+            return
+        order.amount_refunded += amount
+        order.status = "refunded" if order.amount_refunded >= payment.amount_captured else "partially_refunded"
+        order.updated_at = timestamp
+
+    # Ledger plumbing
+
+    def _move(self, transfer: Transfer, timestamp: int) -> str:
+        return transfer_outcome(self.ledger.move(transfer, timestamp))
+
+    def _system_account(self, merchant_id: str, name: str, currency: str, timestamp: int) -> str:
+        return self.ledger.ensure_account(system_account_id(merchant_id, name, currency), currency,
+                                          AccountFlag.HISTORY, timestamp)
+
+    # Reads
+
+    def record_of(self, merchant_id: str, kind: str, record_id: str) -> Payment | Refund | Payout | None:
+        records = {"payment": self.payments, "refund": self.refunds, "payout": self.payouts}.get(kind, {})
+        record = records.get(record_id)
+        return record if record is not None and record.merchant_id == merchant_id else None
+
+    def list_payments(self, merchant_id: str, limit: int, starting_after: str) -> tuple[list[Payment], bool]:
+        """A merchant's payments, newest first (a scan: for history pages, not the hot path)."""
+        mine = [payment for payment in reversed(self.payments.values()) if payment.merchant_id == merchant_id]
+        if starting_after:
+            positions = [index for index, payment in enumerate(mine) if payment.id == starting_after]
+            if not positions:
+                return [], False
+            mine = mine[positions[0] + 1 :]
+        return mine[:limit], len(mine) > limit
+
+    def _payment_of(self, merchant_id: str, payment_id: str) -> Payment | None:
+        payment = self.payments.get(payment_id)
+        return payment if payment is not None and payment.merchant_id == merchant_id else None
