@@ -15,6 +15,8 @@ import time
 import msgspec
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
 
 from edge import render, schemas
 from edge.auth import AdminToken, Secrets, TokenIssuer, hash_password, hash_secret, merchant_id_from_api_key, \
@@ -163,7 +165,11 @@ async def _errors_and_metrics(request: web.Request, handler):
     except web.HTTPRequestEntityTooLarge:
         response = ApiError(413, "request_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes").response()
     except web.HTTPException as error:
-        response = ApiError(error.status, _http_code(error.status), error.reason or "request failed").response()
+        # Keep what the exception says about the request (Allow on a 405).
+        response = ApiError(error.status, _http_code(error.status), error.reason or "request failed",
+                            headers={name: value for name, value in error.headers.items() if name == "Allow"}).response()
+    except (HttpProcessingError, web.RequestPayloadError) as error:
+        response = ApiError(400, "unreadable_body", f"the body could not be read: {error}").response()
     except msgspec.ValidationError as error:
         response = from_validation(error).response()
     except msgspec.DecodeError as error:
@@ -369,7 +375,10 @@ async def jwks(request: web.Request) -> web.Response:
 
 
 async def oauth_token(request: web.Request) -> web.Response:
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, LookupError) as error:  # bad boundary, bad charset, bytes that are not text
+        raise ApiError(400, "invalid_form", f"the form could not be read: {error}") from error
     if form.get("grant_type") != "client_credentials":
         raise ApiError(400, "unsupported_grant_type", "grant_type must be client_credentials", "grant_type")
     client_id = str(form.get("client_id", ""))[:128]

@@ -1,9 +1,10 @@
 """/openapi.json: OpenAPI 3.1 generated from the same msgspec types that validate requests."""
 
 import functools
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import Meta
 
 from edge import render, schemas
 
@@ -34,7 +35,8 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "account_statement": ("an account's transfers, newest first", None, schemas.TransferList, "merchant"),
     "account_balances": ("an account's balances as of a time (history accounts)", None, schemas.BalanceOut,
                          "merchant"),
-    "create_transfers": ("one transfer, or an array of up to 8190", schemas.TransferCreate | list[schemas.TransferCreate],
+    "create_transfers": ("one transfer, or an array of up to 8190",
+                         schemas.TransferCreate | Annotated[list[schemas.TransferCreate], Meta(min_length=1)],
                          schemas.TransferResult | list[schemas.TransferResult], "merchant"),
     "get_transfer": ("a transfer", None, schemas.TransferOut, "merchant"),
     "create_customer": ("create a customer", schemas.CustomerCreate, schemas.CustomerOut, "merchant"),

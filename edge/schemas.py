@@ -21,6 +21,7 @@ Currency = Annotated[str, Meta(pattern="^[a-z]{3}$", description="ISO 4217 code 
 Amount = Annotated[int, Meta(gt=0, le=AMOUNT_MAX, description="integer in minor units")]
 LedgerAmount = Annotated[int, Meta(ge=0, le=AMOUNT_MAX)]
 ClientId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]{1,48}$")]
+OptionalClientId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]{0,48}$", description="empty: not given")]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Text = Annotated[str, Meta(max_length=2000)]
 Email = Annotated[str, Meta(pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}$")]
@@ -117,13 +118,14 @@ class AccountCreate(Request):
 
 class TransferCreate(Request):
     id: ClientId
-    debit_account_id: ClientId | Literal[""] = ""
-    credit_account_id: ClientId | Literal[""] = ""
+    debit_account_id: OptionalClientId = ""
+    credit_account_id: OptionalClientId = ""
     amount: LedgerAmount = 0
-    currency: Currency | Literal[""] = ""
+    currency: Annotated[str, Meta(pattern="^([a-z]{3})?$", description="empty: the pending transfer's currency",
+                                  extra_json_schema={"enum": ["", *sorted(CURRENCY_EXPONENTS)]})] = ""
     code: Code = 0
     flags: Annotated[list[TransferFlagName], Meta(max_length=8)] = []
-    pending_id: ClientId | Literal[""] = ""
+    pending_id: OptionalClientId = ""
     timeout_s: Annotated[int, Meta(ge=0, le=2**31)] = 0
 
 
