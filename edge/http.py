@@ -1,0 +1,262 @@
+"""What every handler shares: settings, the error middleware, authentication and limits, running commands.
+
+A request is authenticated and limited here, becomes one engine command (under
+its Idempotency-Key when it has one) or one read, and goes to the shard that
+owns its merchant. Errors always take the API's error shape.
+"""
+
+import hashlib
+import hmac
+import logging
+import secrets as random_tokens
+import time
+
+import msgspec
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+
+from edge import render, schemas
+from edge.auth import hash_secret, merchant_id_from_api_key, signature_valid
+from edge.errors import ApiError, from_validation
+from edge.gateway import InvalidCommand, ShardBusy
+from edge.limits import client_ip, ip_allowed
+from engine.queries import GetMerchant
+from engine.records import Idempotent, Merchant, Outcome
+
+log = logging.getLogger("paygate.edge")
+
+MAX_BODY_BYTES = 4 << 20
+MERCHANT_CACHE_SECONDS = 2.0
+MERCHANT_CACHE_SIZE = 10_000
+ADMIN = "admin"
+# Engine outcome codes as HTTP errors: status and the API's code.
+OUTCOME_ERRORS = {
+    "exists": (409, "resource_exists"),
+    "merchant_not_found": (404, "resource_missing"),
+    "order_not_found": (404, "resource_missing"),
+    "customer_not_found": (404, "resource_missing"),
+    "order_not_pending": (409, "order_not_pending"),
+    "rate_limited": (429, "rate_limited"),
+    "insufficient_funds": (402, "insufficient_funds"),
+    "payment_method_not_allowed": (400, "payment_method_not_allowed"),
+    "idempotency_key_reused": (409, "idempotency_key_reused"),
+}
+
+
+class Settings(msgspec.Struct, kw_only=True):
+    data: str
+    shard_addresses: list[list[str]]
+    public_url: str = "http://127.0.0.1:8080"
+    order_ip_limit: int = 10
+    order_ip_window_s: int = 600
+    trusted_proxies: list[str] = []
+    admin_token: str = ""  # PAYGATE_ADMIN_TOKEN, when set
+
+
+class Principal(msgspec.Struct):
+    kind: str  # "admin" | "merchant"
+    merchant: Merchant | None = None
+
+
+@web.middleware
+async def errors_and_metrics(request: web.Request, handler):
+    request_id = request.headers.get("Request-Id", "")[:64] or "req_" + random_tokens.token_hex(12)
+    request["request_id"] = request_id
+    started = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as error:
+        response = error.response()
+    except web.HTTPRequestEntityTooLarge:
+        response = ApiError(413, "request_too_large", f"the body exceeds {MAX_BODY_BYTES} bytes").response()
+    except web.HTTPException as error:
+        # Keep what the exception says about the request (Allow on a 405).
+        response = ApiError(error.status, _http_code(error.status), error.reason or "request failed",
+                            headers={name: value for name, value in error.headers.items() if name == "Allow"}).response()
+    except (HttpProcessingError, web.RequestPayloadError) as error:
+        response = ApiError(400, "unreadable_body", f"the body could not be read: {error}").response()
+    except msgspec.ValidationError as error:
+        response = from_validation(error).response()
+    except msgspec.DecodeError as error:
+        response = ApiError(400, "invalid_json", f"the body is not valid JSON: {error}").response()
+    except InvalidCommand as error:
+        response = ApiError(400, "invalid_characters", f"the request holds text that is not valid Unicode: {error}"
+                            ).response()
+    except ShardBusy as error:
+        response = ApiError(503, "shard_unavailable", "the ledger is busy; retry shortly",
+                            headers={"Retry-After": "1"}).response()
+        log.warning("shard unavailable: %s", error, extra={"request_id": request_id})
+    except Exception:
+        log.exception("unhandled error", extra={"request_id": request_id})
+        response = ApiError(500, "internal_error", "an internal error occurred; it has been logged").response()
+    response.headers["Request-Id"] = request_id
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    request.app["metrics"].observe(request.method, route, response.status, time.perf_counter() - started)
+    return response
+
+
+def _http_code(status: int) -> str:
+    return {404: "resource_missing", 405: "method_not_allowed"}.get(status, "invalid_request")
+
+
+async def authenticate(request: web.Request, admin_allowed: bool = False, merchant_allowed: bool = True) -> Principal:
+    header = request.headers.get("Authorization", "")
+    if not header.startswith("Bearer "):
+        raise ApiError(401, "missing_credentials", "send `Authorization: Bearer <key or token>`")
+    token = header[len("Bearer "):].strip()
+    app = request.app
+    if admin_allowed and app["admin"].check(token):
+        return Principal(ADMIN)
+    merchant = await _merchant_for_token(app, token)
+    if merchant is None:
+        raise ApiError(401, "invalid_credentials", "the key or token is not valid")
+    if not merchant_allowed:
+        raise ApiError(403, "admin_only", "this operation needs the admin token")
+    await _check_merchant_request(request, merchant)
+    return Principal("merchant", merchant)
+
+
+async def _merchant_for_token(app: web.Application, token: str) -> Merchant | None:
+    if token.startswith("sk_"):
+        merchant_id = merchant_id_from_api_key(token)
+        if merchant_id is None:
+            return None
+        merchant = await cached_merchant(app, merchant_id)
+        if merchant is None or not hmac.compare_digest(merchant.api_key_hash, hash_secret(token)):
+            return None
+        return merchant
+    claims = app["issuer"].verify(token, "api", int(time.time()))
+    return await cached_merchant(app, claims["sub"]) if claims else None
+
+
+async def cached_merchant(app: web.Application, merchant_id: str) -> Merchant | None:
+    """Merchant records change rarely: each worker keeps them a moment (suspensions apply within it)."""
+    cache = app["merchant_cache"]
+    now = time.monotonic()
+    hit = cache.get(merchant_id)
+    if hit is not None and now - hit[1] < MERCHANT_CACHE_SECONDS:
+        return hit[0]
+    merchant = (await app["gateway"].read(merchant_id, GetMerchant(merchant_id=merchant_id))).record
+    if len(cache) >= MERCHANT_CACHE_SIZE:
+        cache.clear()
+    cache[merchant_id] = (merchant, now)
+    return merchant
+
+
+async def _check_merchant_request(request: web.Request, merchant: Merchant) -> None:
+    settings = request.app["settings"]
+    if merchant.status != "active":
+        raise ApiError(403, "account_suspended", "this merchant is suspended")
+    peer = client_ip(request.remote, request.headers.get("X-Forwarded-For"), settings.trusted_proxies)
+    request["client_ip"] = peer
+    if not ip_allowed(peer, merchant.ip_allowlist):
+        raise ApiError(403, "ip_not_allowed", f"requests from {peer} are not allowed for this merchant")
+    await _check_signature(request, merchant)
+    wait_s = request.app["buckets"].take(merchant.id, merchant.tier, time.monotonic())
+    if wait_s:
+        raise ApiError(429, "rate_limited", f"too many requests for tier {merchant.tier}",
+                       headers={"Retry-After": str(max(1, round(wait_s + 0.5)))})
+
+
+async def _check_signature(request: web.Request, merchant: Merchant) -> None:
+    signature = request.headers.get("Paygate-Signature")
+    if signature is None and not merchant.require_signature:
+        return
+    timestamp = request.headers.get("Paygate-Timestamp", "")
+    body = await request.read()
+    if not signature or not signature_valid(merchant.signing_secret, timestamp, signature, request.method,
+                                            request.path, body, int(time.time())):
+        raise ApiError(401, "signature_invalid", "Paygate-Signature is missing, wrong or outside the 300 s window")
+
+
+async def merchant_principal(request: web.Request) -> Merchant:
+    return (await authenticate(request)).merchant
+
+
+async def run(request: web.Request, merchant_id: str, command, body: bytes = b""):
+    """Submit one command to the merchant's shard, under the request's Idempotency-Key if any."""
+    key = idempotency_key(request)
+    if key is not None:
+        request_hash = hashlib.sha256(request.method.encode() + b" " + request.path.encode() + b"\n" + body).hexdigest()
+        command = Idempotent(merchant_id=merchant_id, key=key, request_hash=request_hash, command=command)
+    result = await request.app["gateway"].submit(merchant_id, command)
+    if isinstance(result, Outcome):
+        if result.code == "idempotency_key_reused":
+            raise_for(result)
+        request["replayed"] = result.replayed
+    return result
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not (1 <= len(key) <= 255 and key.isprintable() and _encodes(key)):
+        raise ApiError(400, "idempotency_key_invalid", "Idempotency-Key must be 1 to 255 printable characters",
+                       "Idempotency-Key")
+    return key
+
+
+def _encodes(text: str) -> bool:
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def raise_for(outcome: Outcome) -> None:
+    if outcome.code == "ok":
+        return
+    status, code = OUTCOME_ERRORS.get(outcome.code, (400, outcome.code))
+    error_type = "balance_error" if status == 402 else None
+    param = "id" if status == 404 else ("Idempotency-Key" if code == "idempotency_key_reused" else None)
+    raise ApiError(status, code, outcome.code.replace("_", " "), param, error_type=error_type)
+
+
+def respond(request: web.Request, body, status: int = 200) -> web.Response:
+    headers = {"Idempotent-Replayed": "true"} if request.get("replayed") else None
+    return web.Response(status=status, body=msgspec.json.encode(body), content_type="application/json",
+                        headers=headers)
+
+
+def new_id(prefix: str, request: web.Request, scope: str) -> str:
+    """A fresh id; under an Idempotency-Key the same key always names the same object, so a replay finds it."""
+    key = idempotency_key(request)
+    if key:
+        return prefix + hashlib.sha256(f"{scope}\n{key}".encode()).hexdigest()[:24]
+    return prefix + random_tokens.token_hex(12)
+
+
+async def body_of(request: web.Request, kind: type):
+    body = await request.read()
+    return schemas.decode(body, kind), body
+
+
+def engine_now_ns() -> int:
+    return time.time_ns()
+
+
+def ledger_id(merchant: Merchant, client_id: str) -> str:
+    return f"{merchant.id}:{client_id}" if client_id else ""
+
+
+def parse_limit(query) -> int:
+    raw = query.get("limit", "20")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 100:
+        raise ApiError(400, "parameter_invalid", "limit must be an integer from 1 to 100", "limit")
+    return int(raw)
+
+
+def parse_time(query, name: str, default: int) -> int:
+    """A unix timestamp in seconds, or an RFC 3339 time; nanoseconds for the engine."""
+    raw = query.get(name)
+    if raw is None:
+        return default
+    nanoseconds = render.parse_time_ns(raw)
+    if nanoseconds is None:
+        raise ApiError(400, "parameter_invalid", f"{name} must be unix seconds or an RFC 3339 time", name)
+    return nanoseconds
+
+
+def check_currency(currency: str) -> None:
+    if currency not in schemas.CURRENCY_EXPONENTS:
+        raise ApiError(400, "currency_unknown", f"unknown or unsupported currency {currency!r}", "currency")
