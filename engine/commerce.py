@@ -68,7 +68,7 @@ class Commerce:
         # client IP -> times of its recent order creations
         self.order_times_by_ip: dict[str, collections.deque] = {}
         self.events: list[Event] = []
-        self.payments = Payments(ledger, self.orders, self.events)
+        self.payments = Payments(ledger, self.merchants, self.orders, self.events)
 
     # Time
 

@@ -78,7 +78,8 @@ class Engine:
 
     def next_deadline(self) -> int | None:
         """The earliest time at which something expires (a pending transfer, an order), if any."""
-        heads = [heap[0][0] for heap in (self.ledger.expiries, self.commerce.order_expiries) if heap]
+        heaps = (self.ledger.expiries, self.commerce.order_expiries, self.commerce.payments.deadlines)
+        heads = [heap[0][0] for heap in heaps if heap]
         return min(heads) if heads else None
 
     def query(self, query: Query) -> Answer:

@@ -17,6 +17,7 @@ from engine.records import (
     CreatePayment,
     CreatePayout,
     CreateRefund,
+    Merchant,
     Order,
     Outcome,
     Payment,
@@ -32,8 +33,10 @@ OPEN_STATUSES = ("processing", "requires_action")
 
 
 class Payments:
-    def __init__(self, ledger: Ledger, orders: dict[str, Order], events: list[Event]) -> None:
+    def __init__(self, ledger: Ledger, merchants: dict[str, Merchant], orders: dict[str, Order],
+                 events: list[Event]) -> None:
         self.ledger = ledger
+        self.merchants = merchants
         self.orders = orders
         self.events = events
         self.payments: dict[str, Payment] = {}
@@ -65,6 +68,8 @@ class Payments:
 
     def create_payment(self, command: CreatePayment, timestamp: int) -> Outcome:
         payment = command.payment
+        if payment.merchant_id not in self.merchants:
+            return Outcome("merchant_not_found")
         if payment.id in self.payments:
             return Outcome("exists")
         if payment.order_id:
@@ -76,11 +81,16 @@ class Payments:
             if payment.method not in order.payment_methods:
                 return Outcome("payment_method_not_allowed", record=order)
             payment.amount, payment.currency = order.amount, order.currency
-        payment.status = "processing"
-        payment.created_at = payment.updated_at = timestamp
-        payment.deadline_at = timestamp + command.processing_timeout_s * NANOSECONDS_PER_SECOND
-        self.payments[payment.id] = payment
-        heapq.heappush(self.deadlines, (payment.deadline_at, payment.id))
+        # Everything but what the client chose starts from nothing, whatever was sent.
+        fresh = Payment(id=payment.id, merchant_id=payment.merchant_id, amount=payment.amount, currency=payment.currency,
+                        order_id=payment.order_id, method=payment.method, card=payment.card, token_id=payment.token_id,
+                        capture_method=payment.capture_method, acquirer=payment.acquirer,
+                        description=payment.description, metadata=payment.metadata, created_at=timestamp,
+                        updated_at=timestamp)
+        if command.processing_timeout_s:
+            fresh.deadline_at = timestamp + command.processing_timeout_s * NANOSECONDS_PER_SECOND
+            heapq.heappush(self.deadlines, (fresh.deadline_at, fresh.id))
+        payment = self.payments[fresh.id] = fresh
         self.events.append(Event("payment.created", payment.id, timestamp))
         return Outcome(record=payment)
 
@@ -102,7 +112,8 @@ class Payments:
             self.events.append(Event("payment.requires_action", payment.id, timestamp))
             return Outcome(record=payment)
         if result != "authorized":
-            self._fail(payment, command.failure_code or "card_declined", command.failure_message, timestamp)
+            default_code = "card_declined" if result == "declined" else "processing_error"
+            self._fail(payment, command.failure_code or default_code, command.failure_message, timestamp)
             return Outcome(record=payment)
         return self._authorized(payment, command, timestamp)
 
@@ -122,6 +133,7 @@ class Payments:
             payment.amount_capturable = payment.amount
             payment.authorization_id = command.transfer_id
             self.payment_by_hold[command.transfer_id] = payment.id
+            self.events.append(Event("payment.requires_capture", payment.id, timestamp))
             return Outcome(record=payment)
         self._succeed(payment, payment.amount, timestamp)
         return Outcome(record=payment)
@@ -176,6 +188,8 @@ class Payments:
         if amount <= 0 or payment.amount_refunded + amount > payment.amount_captured:
             return Outcome("amount_too_large", record=payment)
         balance = system_account_id(payment.merchant_id, "balance", payment.currency)
+        if self.ledger.available(balance) < amount:  # money already paid out or held for a payout
+            return Outcome("insufficient_funds", record=payment)
         clearing = system_account_id(payment.merchant_id, f"clearing_{payment.acquirer}", payment.currency)
         code = self._move(Transfer(command.transfer_id, balance, clearing, amount, payment.currency), timestamp)
         if code != "ok":
@@ -193,6 +207,8 @@ class Payments:
         if payout.id in self.payouts:
             return Outcome("exists")
         balance = system_account_id(payout.merchant_id, payout.sub_account_id or "balance", payout.currency)
+        if payout.amount <= 0:
+            return Outcome("amount_must_not_be_zero")
         if self.ledger.available(balance) < payout.amount:
             return Outcome("insufficient_funds")
         payouts = self._system_account(payout.merchant_id, "payouts", payout.currency, timestamp)
