@@ -1,5 +1,6 @@
 """The HTTP API: the application and its handlers, to the contract of API.md (plumbing in edge.http)."""
 
+import collections
 import hmac
 import logging
 import pathlib
@@ -9,7 +10,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from edge import render, schemas
+from edge import cards, payments_api, render, schemas
 from edge.auth import AdminToken, Secrets, TokenIssuer, hash_password, hash_secret, verify_password
 from edge.errors import ApiError, not_found
 from edge.gateway import Gateway
@@ -51,7 +52,6 @@ from engine.records import (
     MoveWallet,
     Order,
     Outcome,
-    PayOrderFromWallet,
     Split,
     SubAccount,
     UpdateMerchant,
@@ -78,6 +78,8 @@ def create_app(settings: Settings) -> web.Application:
     app["buckets"] = TokenBuckets()
     app["login_attempts"] = SlidingWindow(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
     app["merchant_cache"] = {}
+    app["kek"] = cards.KeyEncryptionKey.load_or_create(data / "card_kek.key")
+    app["seen_callbacks"] = collections.OrderedDict()
     app["metrics"] = Metrics()
     app.on_startup.append(_open_gateway)
     app.on_cleanup.append(_close_gateway)
@@ -112,7 +114,14 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/v1/customers/{id}/deposits", deposit),
         web.post("/v1/customers/{id}/withdrawals", withdraw),
         web.get("/v1/customers/{id}/wallet", get_wallet),
-        web.post("/v1/payments", create_payment),
+        web.post("/v1/payments", payments_api.create_payment),
+        web.get("/v1/payments", payments_api.list_payments),
+        web.get("/v1/payments/{id}", payments_api.get_payment),
+        web.post("/v1/payments/{id}/capture", payments_api.capture_payment),
+        web.post("/v1/payments/{id}/cancel", payments_api.cancel_payment),
+        web.post("/v1/refunds", payments_api.create_refund),
+        web.get("/v1/refunds/{id}", payments_api.get_refund),
+        web.post("/v1/psp/{provider}/webhook", payments_api.provider_callback),
     ]
     app.add_routes(routes)
     app["routes"] = routes
@@ -121,9 +130,11 @@ def create_app(settings: Settings) -> web.Application:
 
 async def _open_gateway(app: web.Application) -> None:
     app["gateway"] = Gateway(app["settings"].shard_addresses)
+    app["authorizations"] = payments_api.Authorizations(app["settings"].providers, app["gateway"])
 
 
 async def _close_gateway(app: web.Application) -> None:
+    app["authorizations"].close()
     app["gateway"].close()
 
 
@@ -373,7 +384,7 @@ async def create_account(request: web.Request) -> web.Response:
     flags = ((AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS if fields.flags.debits_must_not_exceed_credits else 0)
              | (AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS if fields.flags.credits_must_not_exceed_debits else 0)
              | (AccountFlag.HISTORY if fields.flags.history else 0))
-    account = Account(ledger_id(merchant, client_id), fields.currency, code=fields.code, flags=flags)
+    account = Account(ledger_id(merchant.id, client_id), fields.currency, code=fields.code, flags=flags)
     result = await run(request, merchant.id, CreateAccounts([account]), body)
     code = result.codes[0] if isinstance(result, Outcome) else result[0]
     if AccountCode.name(code).startswith("exists"):
@@ -387,7 +398,7 @@ async def create_account(request: web.Request) -> web.Response:
 async def get_account(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     account_id = request.match_info["id"]
-    account = (await request.app["gateway"].read(merchant.id, LookupAccounts([ledger_id(merchant, account_id)]))).accounts[0]
+    account = (await request.app["gateway"].read(merchant.id, LookupAccounts([ledger_id(merchant.id, account_id)]))).accounts[0]
     if account is None:
         raise not_found("account", account_id)
     return respond(request, render.account(account))
@@ -397,9 +408,9 @@ async def account_statement(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     account_id = request.match_info["id"]
     limit = parse_limit(request.query)
-    read = AccountTransfers(ledger_id(merchant, account_id), parse_time(request.query, "created_gte", 0),
+    read = AccountTransfers(ledger_id(merchant.id, account_id), parse_time(request.query, "created_gte", 0),
                             parse_time(request.query, "created_lt", 2**63 - 1) - 1, limit + 1,
-                            ledger_id(merchant, request.query.get("starting_after", "")[:48]), newest_first=True)
+                            ledger_id(merchant.id, request.query.get("starting_after", "")[:48]), newest_first=True)
     transfers = (await request.app["gateway"].read(merchant.id, read)).transfers
     return respond(request, {"object": "list", "data": [render.transfer(t) for t in transfers[:limit]],
                              "has_more": len(transfers) > limit})
@@ -409,7 +420,7 @@ async def account_balances(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     account_id = request.match_info["id"]
     at = parse_time(request.query, "at", engine_now_ns())
-    balance = (await request.app["gateway"].read(merchant.id, AccountBalance(ledger_id(merchant, account_id), at))).balance
+    balance = (await request.app["gateway"].read(merchant.id, AccountBalance(ledger_id(merchant.id, account_id), at))).balance
     if balance is None:
         raise ApiError(404, "resource_missing", f"no balance history for account {account_id!r} (created without "
                        "the history flag?)", "id")
@@ -440,15 +451,15 @@ def _transfer_in(merchant: Merchant, item: schemas.TransferCreate) -> Transfer:
     flags = 0
     for name in item.flags:
         flags |= TransferFlag.NAMES[name]
-    return Transfer(ledger_id(merchant, item.id), ledger_id(merchant, item.debit_account_id),
-                    ledger_id(merchant, item.credit_account_id), item.amount, item.currency,
-                    ledger_id(merchant, item.pending_id), item.timeout_s, item.code, flags)
+    return Transfer(ledger_id(merchant.id, item.id), ledger_id(merchant.id, item.debit_account_id),
+                    ledger_id(merchant.id, item.credit_account_id), item.amount, item.currency,
+                    ledger_id(merchant.id, item.pending_id), item.timeout_s, item.code, flags)
 
 
 async def get_transfer(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     transfer_id = request.match_info["id"]
-    transfer = (await request.app["gateway"].read(merchant.id, LookupTransfers([ledger_id(merchant, transfer_id)]))).transfers[0]
+    transfer = (await request.app["gateway"].read(merchant.id, LookupTransfers([ledger_id(merchant.id, transfer_id)]))).transfers[0]
     if transfer is None:
         raise not_found("transfer", transfer_id)
     return respond(request, render.transfer(transfer))
@@ -485,7 +496,7 @@ async def _move(request: web.Request, withdrawal: bool) -> web.Response:
     fields, body = await body_of(request, schemas.WalletMove)
     check_currency(fields.currency)
     command = MoveWallet(merchant_id=merchant.id, customer_id=request.match_info["id"],
-                         transfer_id=ledger_id(merchant, new_id("tr_", request, merchant.id + request.path)),
+                         transfer_id=ledger_id(merchant.id, new_id("tr_", request, merchant.id + request.path)),
                          amount=fields.amount, currency=fields.currency, withdrawal=withdrawal)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
@@ -514,15 +525,3 @@ async def _wallet_response(request: web.Request, merchant: Merchant, customer: C
         history += (await gateway.read(merchant.id, AccountTransfers(account.id, limit=20, newest_first=True))).transfers
     history.sort(key=lambda transfer: transfer.timestamp, reverse=True)
     return respond(request, render.wallet(customer, accounts, history[:20]))
-
-
-async def create_payment(request: web.Request) -> web.Response:
-    merchant = await merchant_principal(request)
-    fields, body = await body_of(request, schemas.PaymentCreate)
-    payment_id = new_id("pay_", request, merchant.id)
-    command = PayOrderFromWallet(merchant_id=merchant.id, order_id=fields.order_id,
-                                 customer_id=fields.payment_method.customer_id,
-                                 transfer_id=ledger_id(merchant, payment_id))
-    outcome = await run(request, merchant.id, command, body)
-    raise_for(outcome)
-    return respond(request, render.wallet_payment(payment_id, outcome.record))

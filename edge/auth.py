@@ -105,6 +105,10 @@ class Secrets:
     def webhook_secret(self, merchant_id: str) -> str:
         return f"whsec_{self._derive('webhook_secret', merchant_id)}"
 
+    def provider_secret(self, provider: str) -> str:
+        """The secret a payment provider signs its callbacks with (written to its secret file at start)."""
+        return f"psp_{self._derive('provider_secret', provider)}"
+
     def client_id(self, merchant_id: str) -> str:
         # public, and naming the merchant lets a token request find its merchant without a lookup table
         return f"cli_{merchant_id}"
@@ -211,6 +215,16 @@ def signature_valid(secret: str, timestamp: str, signature: str, method: str, pa
     parts = (part.strip() for part in signature.split(","))
     candidates = [part[3:].lower() for part in parts if part.startswith("v1=")]
     return any(hmac.compare_digest(_utf8(candidate), expected) for candidate in candidates)
+
+
+def callback_signature_valid(secret: str, header: str, body: bytes, now_s: int, window_s: int = 300) -> bool:
+    """Whether `t=<unix>,v1=<hex>` (as `webhook_signature` makes it) signs this body at a time near now."""
+    fields = dict(part.strip().partition("=")[::2] for part in header.split(",")[:8] if "=" in part)
+    timestamp = fields.get("t", "")
+    if not TIMESTAMP.fullmatch(timestamp) or abs(int(timestamp) - now_s) > window_s:
+        return False
+    expected = _hmac_hex(secret, _utf8(f"{timestamp}.") + body)
+    return hmac.compare_digest(_utf8(fields.get("v1", "").lower()), _utf8(expected))
 
 
 def _b64(data: bytes) -> str:

@@ -51,6 +51,9 @@ class Settings(msgspec.Struct, kw_only=True):
     order_ip_window_s: int = 600
     trusted_proxies: list[str] = []
     admin_token: str = ""  # PAYGATE_ADMIN_TOKEN, when set
+    # provider name -> the nng address of its connector actor
+    providers: dict[str, str] = {}
+    processing_timeout_s: int = 30
 
 
 class Principal(msgspec.Struct):
@@ -235,8 +238,8 @@ def engine_now_ns() -> int:
     return time.time_ns()
 
 
-def ledger_id(merchant: Merchant, client_id: str) -> str:
-    return f"{merchant.id}:{client_id}" if client_id else ""
+def ledger_id(merchant_id: str, client_id: str) -> str:
+    return f"{merchant_id}:{client_id}" if client_id else ""
 
 
 def parse_limit(query) -> int:

@@ -44,7 +44,17 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "deposit": ("put money into a customer's wallet", schemas.WalletMove, schemas.WalletOut, "merchant"),
     "withdraw": ("take money out of a customer's wallet", schemas.WalletMove, schemas.WalletOut, "merchant"),
     "get_wallet": ("a customer's wallet: balances and history", None, schemas.WalletOut, "merchant"),
-    "create_payment": ("pay an order (wallet)", schemas.PaymentCreate, schemas.PaymentOut, "merchant"),
+    "create_payment": ("pay an order or an amount: card, saved card token or wallet", schemas.PaymentCreate,
+                       schemas.PaymentOut, "merchant"),
+    "list_payments": ("payments, newest first", None, schemas.PaymentList, "merchant"),
+    "get_payment": ("a payment", None, schemas.PaymentOut, "merchant"),
+    "capture_payment": ("capture an authorization, in full or in part (once)", schemas.CaptureIn, schemas.PaymentOut,
+                        "merchant"),
+    "cancel_payment": ("void an uncaptured authorization", None, schemas.PaymentOut, "merchant"),
+    "create_refund": ("refund a payment, in full or in part", schemas.RefundCreate, schemas.RefundOut, "merchant"),
+    "get_refund": ("a refund", None, schemas.RefundOut, "merchant"),
+    "provider_callback": ("a provider's signed result (Paygate-Signature: t=..,v1=..)", schemas.ProviderCallback,
+                          dict[str, Any], "provider signature"),
 }
 ERROR_STATUSES = ("400", "401", "402", "403", "404", "409", "413", "429", "503")
 # Bodies that are not JSON: handler name -> (media type, the type that describes the fields).
@@ -58,6 +68,7 @@ SUCCESS_SHAPED_STATUSES = {"readyz": ("503",)}
 QUERY_PARAMETERS = {
     "list_orders": ("name", "status", "created_gte", "created_lt", "limit", "starting_after"),
     "account_statement": ("created_gte", "created_lt", "limit", "starting_after"),
+    "list_payments": ("limit", "starting_after"),
     "account_balances": ("at",),
 }
 # What parse_time (edge/app.py) accepts: unix seconds below 2**33, or an RFC 3339 time from 1970 to 2262.

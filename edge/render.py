@@ -3,7 +3,7 @@
 import datetime
 
 from edge import schemas
-from engine.records import Customer, Merchant, Order
+from engine.records import Customer, Merchant, Order, Payment, Refund
 from engine.types import Account, AccountFlag, Balance, Transfer, TransferFlag
 
 ORDER_STATUSES = ("pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception")
@@ -96,10 +96,23 @@ def wallet(record: Customer, accounts: list[Account], history: list[Transfer]) -
     return schemas.WalletOut(record.id, "wallet", balances, [transfer(t) for t in history])
 
 
-def wallet_payment(payment_id: str, record: Order) -> schemas.PaymentOut:
+def payment(record: Payment, token: str = "") -> schemas.PaymentOut:
+    card = record.card
+    method = schemas.PaymentMethodOut(
+        type=record.method,
+        card=schemas.CardOut(card.brand, card.last4, card.exp_month, card.exp_year) if card else None,
+        customer_id=record.customer_id or None, token=token or None)
+    next_action = schemas.NextAction("redirect_3ds", record.next_action_url) if record.status == "requires_action" else None
     return schemas.PaymentOut(
-        id=payment_id, object="payment", order_id=record.id, status="succeeded", amount=record.amount,
-        amount_capturable=0, amount_captured=record.amount, amount_refunded=record.amount_refunded,
-        currency=record.currency, payment_method={"type": "wallet", "customer_id": record.customer_id},
-        failure_code=None, failure_message=None, created_at=time_of(record.updated_at),
+        id=record.id, object="payment", order_id=record.order_id or None, status=record.status, amount=record.amount,
+        amount_capturable=record.amount_capturable, amount_captured=record.amount_captured,
+        amount_refunded=record.amount_refunded, currency=record.currency, capture_method=record.capture_method,
+        payment_method=method, next_action=next_action, failure_code=record.failure_code or None,
+        failure_message=record.failure_message or None, acquirer=record.acquirer, description=record.description,
+        metadata=record.metadata, created_at=time_of(record.created_at), updated_at=time_of(record.updated_at),
     )
+
+
+def refund(record: Refund) -> schemas.RefundOut:
+    return schemas.RefundOut(record.id, "refund", record.payment_id, record.amount, record.currency, record.reason,
+                             record.status, time_of(record.created_at))

@@ -139,16 +139,59 @@ class WalletMove(Request):
     currency: Currency
 
 
-class WalletMethod(Request):
-    type: Literal["wallet"]
+class CardIn(Request):
+    number: Annotated[str, Meta(min_length=12, max_length=23)]
+    exp_month: Annotated[int, Meta(ge=1, le=12)]
+    exp_year: Annotated[int, Meta(ge=2000, le=2100)]
+    cvc: Annotated[str, Meta(pattern=r"^[0-9]{3,4}$")]
+    holder_name: Annotated[str, Meta(max_length=200)] = ""
+
+
+class CardMethod(Request, tag="card", tag_field="type"):
+    """A new card (`card`) or a saved one (`token`)."""
+
+    card: CardIn | None = None
+    token: Annotated[str, Meta(pattern=r"^tok_[a-f0-9]{24}$")] | None = None
+
+
+class WalletMethod(Request, tag="wallet", tag_field="type"):
     customer_id: Annotated[str, Meta(max_length=64)]
 
 
+PaymentMethodIn = CardMethod | WalletMethod
+
+
 class PaymentCreate(Request):
-    order_id: Annotated[str, Meta(max_length=64)]
-    payment_method: WalletMethod
+    payment_method: PaymentMethodIn
+    order_id: Annotated[str, Meta(max_length=64)] = ""
+    amount: Amount | None = None
+    currency: Currency | None = None
+    capture_method: Literal["automatic", "manual"] = "automatic"
     description: Text = ""
     metadata: Metadata = {}
+
+
+class CaptureIn(Request):
+    amount: Amount | None = None
+
+
+class RefundCreate(Request):
+    payment_id: Annotated[str, Meta(max_length=64)]
+    amount: Amount | None = None
+    reason: Annotated[str, Meta(max_length=200)] = ""
+
+
+class ProviderCallback(Struct):
+    """What a provider posts to /v1/psp/{provider}/webhook (signed)."""
+
+    callback_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    payment_id: Annotated[str, Meta(max_length=64)] = ""
+    merchant_id: Annotated[str, Meta(max_length=64)] = ""
+    psp_reference: Annotated[str, Meta(max_length=64)] = ""
+    result: Literal["authorized", "requires_action", "declined", "error", ""] = ""
+    failure_code: Annotated[str, Meta(max_length=64)] = ""
+    failure_message: Annotated[str, Meta(max_length=500)] = ""
+    action_url: Annotated[str, Meta(max_length=2000)] = ""
 
 
 # Responses (documented in /openapi.json)
@@ -283,19 +326,61 @@ class WalletOut(Struct):
     history: list[TransferOut]
 
 
+class CardOut(Struct):
+    brand: str
+    last4: str
+    exp_month: int
+    exp_year: int
+
+
+class PaymentMethodOut(Struct, omit_defaults=True):
+    type: str
+    card: CardOut | None = None
+    customer_id: str | None = None
+    token: str | None = None
+
+
+class NextAction(Struct):
+    type: str
+    url: str
+
+
 class PaymentOut(Struct):
     id: str
     object: str
-    order_id: str
+    order_id: str | None
     status: str
     amount: int
     amount_capturable: int
     amount_captured: int
     amount_refunded: int
     currency: str
-    payment_method: dict[str, str]
+    capture_method: str
+    payment_method: PaymentMethodOut
+    next_action: NextAction | None
     failure_code: str | None
     failure_message: str | None
+    acquirer: str
+    description: str
+    metadata: dict[str, str]
+    created_at: str
+    updated_at: str
+
+
+class PaymentList(Struct):
+    object: str
+    data: list[PaymentOut]
+    has_more: bool
+
+
+class RefundOut(Struct):
+    id: str
+    object: str
+    payment_id: str
+    amount: int
+    currency: str
+    reason: str
+    status: str
     created_at: str
 
 
@@ -313,6 +398,7 @@ class TransferList(Struct):
 
 class TokenRequest(Struct):
     """The form fields of POST /oauth/token (documentation only: the handler reads the form itself)."""
+
     grant_type: Literal["client_credentials"]
     client_id: str
     client_secret: str

@@ -270,12 +270,9 @@ class Commerce:
         code = self._transfer(command.transfer_id, wallet, balance, order.amount, order.currency, timestamp)
         if code != "ok":
             return Outcome(code, record=order)
-        order.status = "paid"
         order.customer_id = command.customer_id
-        order.payment_id = command.transfer_id
-        order.updated_at = timestamp
-        self.events.append(Event("order.paid", order.id, timestamp))
-        return Outcome(record=order)
+        payment = self.payments.record_wallet_payment(command, order, timestamp)
+        return Outcome(record=payment)
 
     # Ledger plumbing
 

@@ -16,7 +16,7 @@ from engine.commerce import Commerce, IdempotencyRecord
 from engine.ledger import Ledger
 from engine.queries import Answer, Query, answer
 from engine.payments import OPEN_STATUSES, Payments
-from engine.records import Customer, Merchant, Order, Payment, Payout, Refund
+from engine.records import Customer, Merchant, Order, Payment, Payout, Refund, VaultedCard
 from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Event, Transfer
 from engine.verify import verify_ledger
 
@@ -41,6 +41,7 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     payments: list[Payment]
     refunds: list[Refund]
     payouts: list[Payout]
+    cards: list[tuple[str, VaultedCard]]
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -112,6 +113,7 @@ class Engine:
             payments=list(commerce.payments.payments.values()),
             refunds=list(commerce.payments.refunds.values()),
             payouts=list(commerce.payments.payouts.values()),
+            cards=list(commerce.payments.cards.items()),
         )
 
     @classmethod
@@ -197,6 +199,7 @@ def _restore_payments(payments: Payments, snapshot: Snapshot) -> None:
     payments.payments = {payment.id: payment for payment in snapshot.payments}
     payments.refunds = {refund.id: refund for refund in snapshot.refunds}
     payments.payouts = {payout.id: payout for payout in snapshot.payouts}
+    payments.cards = dict(snapshot.cards)
     for payment in snapshot.payments:
         if payment.status in OPEN_STATUSES:
             payments.deadlines.append((payment.deadline_at, payment.id))

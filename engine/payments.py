@@ -25,7 +25,9 @@ from engine.records import (
     RecordPayoutResult,
     RecordPspResult,
     Refund,
+    VaultedCard,
     system_account_id,
+    wallet_account_id,
 )
 from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, TransferFlag
 
@@ -40,6 +42,8 @@ class Payments:
         self.orders = orders
         self.events = events
         self.payments: dict[str, Payment] = {}
+        # token id -> a card sealed by the edge; the engine never sees a card number in clear
+        self.cards: dict[str, VaultedCard] = {}
         self.refunds: dict[str, Refund] = {}
         self.payouts: dict[str, Payout] = {}
         self.deadlines: list[tuple[int, str]] = []
@@ -72,6 +76,13 @@ class Payments:
             return Outcome("merchant_not_found")
         if payment.id in self.payments:
             return Outcome("exists")
+        if command.sealed_card and (payment.card is None or not payment.token_id or payment.token_id in self.cards):
+            return Outcome("card_invalid")
+        if payment.token_id and not command.sealed_card:
+            vaulted = self.cards.get(payment.token_id)
+            if vaulted is None or vaulted.merchant_id != payment.merchant_id:
+                return Outcome("token_not_found")
+            payment.card = vaulted.card
         if payment.order_id:
             order = self.orders.get(payment.order_id)
             if order is None or order.merchant_id != payment.merchant_id:
@@ -91,6 +102,8 @@ class Payments:
             fresh.deadline_at = timestamp + command.processing_timeout_s * NANOSECONDS_PER_SECOND
             heapq.heappush(self.deadlines, (fresh.deadline_at, fresh.id))
         payment = self.payments[fresh.id] = fresh
+        if command.sealed_card:
+            self.cards[payment.token_id] = VaultedCard(payment.merchant_id, payment.card, command.sealed_card)
         self.events.append(Event("payment.created", payment.id, timestamp))
         return Outcome(record=payment)
 
@@ -190,8 +203,11 @@ class Payments:
         balance = system_account_id(payment.merchant_id, "balance", payment.currency)
         if self.ledger.available(balance) < amount:  # money already paid out or held for a payout
             return Outcome("insufficient_funds", record=payment)
-        clearing = system_account_id(payment.merchant_id, f"clearing_{payment.acquirer}", payment.currency)
-        code = self._move(Transfer(command.transfer_id, balance, clearing, amount, payment.currency), timestamp)
+        # The money goes back the way it came: to the wallet, or to the acquirer for the card.
+        source = (wallet_account_id(payment.merchant_id, payment.customer_id, payment.currency)
+                  if payment.method == "wallet"
+                  else system_account_id(payment.merchant_id, f"clearing_{payment.acquirer}", payment.currency))
+        code = self._move(Transfer(command.transfer_id, balance, source, amount, payment.currency), timestamp)
         if code != "ok":
             return Outcome(code, record=payment)
         refund.amount, refund.currency, refund.status, refund.created_at = amount, payment.currency, "succeeded", timestamp
@@ -238,6 +254,15 @@ class Payments:
         self.events.append(Event(f"payout.{payout.status}", payout.id, timestamp))
         return Outcome(record=payout)
 
+    def record_wallet_payment(self, command, order: Order, timestamp: int) -> Payment:
+        """A wallet checkout the ledger has just moved: the payment succeeds at once and pays the order."""
+        payment = Payment(id=command.payment_id, merchant_id=order.merchant_id, amount=order.amount,
+                          currency=order.currency, order_id=order.id, method="wallet", customer_id=command.customer_id,
+                          acquirer="wallet", created_at=timestamp, updated_at=timestamp)
+        self.payments[payment.id] = payment
+        self._succeed(payment, order.amount, timestamp)
+        return payment
+
     # Effects
 
     def _succeed(self, payment: Payment, amount: int, timestamp: int) -> None:
@@ -282,6 +307,10 @@ class Payments:
                                           AccountFlag.HISTORY, timestamp)
 
     # Reads
+
+    def card_of(self, merchant_id: str, token_id: str) -> VaultedCard | None:
+        vaulted = self.cards.get(token_id)
+        return vaulted if vaulted is not None and vaulted.merchant_id == merchant_id else None
 
     def record_of(self, merchant_id: str, kind: str, record_id: str) -> Payment | Refund | Payout | None:
         records = {"payment": self.payments, "refund": self.refunds, "payout": self.payouts}.get(kind, {})

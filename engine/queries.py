@@ -4,7 +4,7 @@ import msgspec
 
 from engine.commerce import Commerce
 from engine.ledger import Ledger
-from engine.records import Merchant, Record
+from engine.records import Merchant, Record, VaultedCard
 from engine.types import TIMESTAMP_MAX, Account, Balance, Transfer
 
 MAX_PAGE = 8190
@@ -72,6 +72,11 @@ class GetPaymentRecord(msgspec.Struct, tag="get_payment_record", array_like=True
     record_id: str
 
 
+class GetCard(msgspec.Struct, tag="get_card", array_like=True):
+    merchant_id: str
+    token_id: str
+
+
 class ListPayments(msgspec.Struct, tag="list_payments", array_like=True, kw_only=True):
     merchant_id: str
     limit: int = 20
@@ -80,7 +85,7 @@ class ListPayments(msgspec.Struct, tag="list_payments", array_like=True, kw_only
 
 Query = (
     LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
-    | ListOrders | GetCustomer | GetPaymentRecord | ListPayments
+    | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard
 )
 
 
@@ -89,6 +94,7 @@ class Answer(msgspec.Struct, omit_defaults=True):
     transfers: list[Transfer | None] | None = None
     balance: Balance | None = None
     record: Record | None = None
+    card: VaultedCard | None = None
     records: list[Record] | None = None
     has_more: bool = False
 
@@ -120,6 +126,8 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
         return Answer(record=commerce.customer_of(query.merchant_id, query.customer_id))
     if kind is GetPaymentRecord:
         return Answer(record=commerce.payments.record_of(query.merchant_id, query.kind, query.record_id))
+    if kind is GetCard:
+        return Answer(card=commerce.payments.card_of(query.merchant_id, query.token_id))
     assert kind is ListPayments
     payments, has_more = commerce.payments.list_payments(query.merchant_id, max(1, min(query.limit, MAX_PAGE)),
                                                          query.starting_after)

@@ -100,6 +100,7 @@ class Payment(msgspec.Struct, tag=True, kw_only=True):
     method: str = "card"  # card | wallet | qr | bank_transfer
     card: CardDetails | None = None
     token_id: str = ""
+    customer_id: str = ""  # the wallet a wallet payment came from
     capture_method: str = "automatic"  # automatic | manual
     acquirer: str = "piggybank"
     status: str = "processing"
@@ -230,13 +231,22 @@ class PayOrderFromWallet(msgspec.Struct, tag="pay_order_from_wallet", array_like
     merchant_id: str
     order_id: str
     customer_id: str
+    payment_id: str
     transfer_id: str
 
 
 class CreatePayment(msgspec.Struct, tag="create_payment", array_like=True, kw_only=True):
     payment: Payment
-    # How long the acquirer may take before the payment fails by timeout.
+    # How long the acquirer may take before the payment fails by timeout (0: no limit).
     processing_timeout_s: int = 30
+    # A new card, encrypted by the edge (envelope encryption; opaque here), kept as payment.token_id.
+    sealed_card: bytes = b""
+
+
+class VaultedCard(msgspec.Struct, array_like=True):
+    merchant_id: str
+    card: CardDetails
+    sealed: bytes
 
 
 class RecordPspResult(msgspec.Struct, tag="record_psp_result", array_like=True, kw_only=True):

@@ -77,7 +77,7 @@ def withdraw(cid: str, tid: str, amount: int, mid: str = "m1") -> MoveWallet:
 
 
 def pay(oid: str, cid: str, tid: str, mid: str = "m1") -> PayOrderFromWallet:
-    return PayOrderFromWallet(merchant_id=mid, order_id=oid, customer_id=cid, transfer_id=tid)
+    return PayOrderFromWallet(merchant_id=mid, order_id=oid, customer_id=cid, payment_id=f"pay_{tid}", transfer_id=tid)
 
 
 def idem(key: str, command, mid: str = "m1", request_hash: str = "h1") -> Idempotent:
@@ -461,11 +461,12 @@ def test_wallet_of_unknown_or_foreign_customer_is_customer_not_found(wallets: Sh
 
 def test_pay_order_from_wallet(wallets: Shop):
     result = wallets.ok(pay("o1", "c1", "pay-o1"))
-    record = result.results[0].record
-    assert (record.status, record.payment_id, record.customer_id) == ("paid", "pay-o1", "c1")
-    assert result.events == [Event("order.paid", "o1", wallets.now)]
+    payment = result.results[0].record
+    assert (payment.id, payment.status, payment.method, payment.customer_id) == ("pay_pay-o1", "succeeded", "wallet", "c1")
+    assert result.events == [Event("payment.succeeded", "pay_pay-o1", wallets.now), Event("order.paid", "o1", wallets.now)]
     assert (wallets.wallet("c1"), wallets.takings()) == (90, 10)
-    assert wallets.order("o1").status == "paid"
+    order = wallets.order("o1")
+    assert (order.status, order.payment_id, order.customer_id) == ("paid", "pay_pay-o1", "c1")
 
 
 @pytest.mark.parametrize("make_order, command, code", [
@@ -607,7 +608,8 @@ def test_restore_keeps_state_answers_and_rules(shop: Shop):
          ["rate_limited", "ok", "idempotency_key_reused", "order_not_pending"],
          [Event("order.expired", "o3", times["expiry"])]),
         (times["ip_start"] + WINDOW, lambda: [create("ip3", ip="9.9.9.9", ip_limit=3), pay("o5", "c1", "t5")],
-         ["ok", "ok"], [Event("order.paid", "o5", times["ip_start"] + WINDOW)]),
+         ["ok", "ok"], [Event("payment.succeeded", "pay_t5", times["ip_start"] + WINDOW),
+                         Event("order.paid", "o5", times["ip_start"] + WINDOW)]),
     ]
     for at, commands, codes, events in continuation:
         results = [s.run(*commands(), at=at) for s in (shop, copy)]

@@ -45,7 +45,9 @@ OPERATIONS = [
     ("GET", "/v1/accounts/{id}"), ("GET", "/v1/accounts/{id}/transfers"), ("GET", "/v1/accounts/{id}/balances"),
     ("POST", "/v1/transfers"), ("GET", "/v1/transfers/{id}"), ("POST", "/v1/customers"), ("GET", "/v1/customers/{id}"),
     ("POST", "/v1/customers/{id}/deposits"), ("POST", "/v1/customers/{id}/withdrawals"),
-    ("GET", "/v1/customers/{id}/wallet"), ("POST", "/v1/payments"),
+    ("GET", "/v1/customers/{id}/wallet"), ("POST", "/v1/payments"), ("GET", "/v1/payments"),
+    ("GET", "/v1/payments/{id}"), ("POST", "/v1/payments/{id}/capture"), ("POST", "/v1/payments/{id}/cancel"),
+    ("POST", "/v1/refunds"), ("GET", "/v1/refunds/{id}"), ("POST", "/v1/psp/{provider}/webhook"),
 ]
 
 # Requests that once got a 500 (each: what went wrong, and requests as schemathesis Case arguments): kept as

@@ -1,0 +1,234 @@
+"""Payments, captures, cancellations and refunds over HTTP, and the providers' signed callbacks.
+
+A card payment is sealed (envelope encryption) before anything reaches a shard;
+its number and CVC then go, in memory only, to the acquirer's connector in one
+message per batch. The acquirer answers later through a signed callback, which
+becomes one engine command, applied once per callback id.
+"""
+
+import asyncio
+import collections
+import time
+
+import msgspec
+from aiohttp import web
+
+from actors.connectors import Authorization, AuthorizationBatch, CardData, ConnectorClient
+from edge import cards, render, schemas
+from edge.auth import callback_signature_valid
+from edge.errors import ApiError, not_found
+from edge.http import body_of, check_currency, ledger_id, merchant_principal, new_id, parse_limit, raise_for, respond, \
+    run
+from engine.queries import GetCard, GetPaymentRecord, ListPayments
+from engine.records import (
+    CancelPayment,
+    CapturePayment,
+    CardDetails,
+    CreatePayment,
+    CreateRefund,
+    Merchant,
+    Payment,
+    PayOrderFromWallet,
+    RecordPspResult,
+    Refund,
+)
+
+SEEN_CALLBACKS = 10_000  # signatures remembered per worker, to refuse a replayed callback outright
+_sealed_encoder = msgspec.msgpack.Encoder()
+_sealed_decoder = msgspec.msgpack.Decoder(cards.SealedCard)
+
+
+class Authorizations:
+    """Sends card authorizations to each provider's connector, one message per event-loop turn."""
+
+    def __init__(self, addresses: dict[str, str], gateway) -> None:
+        self.gateway = gateway
+        self.clients = {provider: ConnectorClient(address) for provider, address in addresses.items()}
+        self.pending: dict[str, list[Authorization]] = collections.defaultdict(list)
+        self.flush_scheduled = False
+
+    def send(self, provider: str, authorization: Authorization) -> None:
+        if provider not in self.clients:
+            asyncio.get_running_loop().create_task(self._fail_unsent([authorization]))
+            return
+        self.pending[provider].append(authorization)
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+        return True
+
+    def _flush(self) -> None:
+        self.flush_scheduled = False
+        pending, self.pending = self.pending, collections.defaultdict(list)
+        for provider, items in pending.items():
+            if not self.clients[provider].send(AuthorizationBatch(items)):
+                asyncio.get_running_loop().create_task(self._fail_unsent(items))
+
+    async def _fail_unsent(self, items: list[Authorization]) -> None:
+        """The connector could not take them: the payments fail now rather than at their deadline."""
+        for item in items:
+            await self.gateway.submit(item.merchant_id, RecordPspResult(
+                merchant_id=item.merchant_id, payment_id=item.payment_id, callback_id=f"unsent_{item.payment_id}",
+                result="error", failure_code="processing_error", failure_message="the acquirer is unreachable"))
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
+
+
+# Payments
+
+
+async def create_payment(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    fields, body = await body_of(request, schemas.PaymentCreate)
+    payment_id = new_id("pay_", request, merchant.id)
+    method = fields.payment_method
+    if isinstance(method, schemas.WalletMethod):
+        return await _pay_from_wallet(request, merchant, fields, method, payment_id, body)
+    if not fields.order_id and (fields.amount is None or fields.currency is None):
+        raise ApiError(400, "parameter_missing", "give order_id, or amount and currency", "amount")
+    if fields.currency:
+        check_currency(fields.currency)
+    if (method.card is None) == (method.token is None):
+        raise ApiError(400, "parameter_invalid", "give either card or token", "payment_method")
+    number, sealed, card = _card_of(request, method)
+    token_id = method.token or cards.new_token_id()
+    if method.token:
+        vaulted = (await request.app["gateway"].read(merchant.id, GetCard(merchant.id, token_id))).card
+        if vaulted is None:
+            raise ApiError(404, "resource_missing", f"No such token: {token_id!r}", "payment_method.token")
+        card = vaulted.card
+        number = cards.unseal(request.app["kek"], _sealed_decoder.decode(vaulted.sealed))
+    payment = Payment(
+        id=payment_id, merchant_id=merchant.id, amount=fields.amount or 0, currency=fields.currency or "",
+        order_id=fields.order_id, method="card", card=card, token_id=token_id,
+        capture_method=fields.capture_method, acquirer=merchant.acquirer, description=fields.description,
+        metadata=fields.metadata)
+    command = CreatePayment(payment=payment, processing_timeout_s=request.app["settings"].processing_timeout_s,
+                            sealed_card=sealed)
+    outcome = await run(request, merchant.id, command, body)
+    raise_for(outcome)
+    created = outcome.record
+    if not request.get("replayed"):
+        cvc = method.card.cvc if method.card else ""
+        request.app["authorizations"].send(created.acquirer, Authorization(
+            created.id, merchant.id, created.amount, created.currency, created.capture_method == "automatic",
+            CardData(number, card.exp_month, card.exp_year, cvc)))
+    return respond(request, render.payment(created, token_id))
+
+
+def _card_of(request: web.Request, method: schemas.CardMethod) -> tuple[str, bytes, CardDetails | None]:
+    """A new card checked and sealed; the number stays in this request's memory only."""
+    if method.card is None:
+        return "", b"", None
+    number = cards.normalize_number(method.card.number)
+    if number is None or not cards.luhn_valid(number):
+        raise ApiError(402, "incorrect_number", "the card number is incorrect", "payment_method.card.number",
+                       error_type="card_error")
+    sealed = cards.seal(request.app["kek"], number, method.card.exp_month, method.card.exp_year)
+    details = CardDetails(sealed.brand, sealed.last4, sealed.exp_month, sealed.exp_year)
+    return number, _sealed_encoder.encode(sealed), details
+
+
+async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_id: str, body: bytes) -> web.Response:
+    if not fields.order_id:
+        raise ApiError(400, "parameter_missing", "a wallet pays an order: give order_id", "order_id")
+    command = PayOrderFromWallet(merchant_id=merchant.id, order_id=fields.order_id, customer_id=method.customer_id,
+                                 payment_id=payment_id, transfer_id=ledger_id(merchant.id, payment_id))
+    outcome = await run(request, merchant.id, command, body)
+    raise_for(outcome)
+    return respond(request, render.payment(outcome.record))
+
+
+async def _record(request: web.Request, merchant: Merchant, kind: str, record_id: str):
+    record = (await request.app["gateway"].read(merchant.id, GetPaymentRecord(merchant.id, kind, record_id))).record
+    if record is None:
+        raise not_found(kind, record_id)
+    return record
+
+
+async def get_payment(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    return respond(request, render.payment(await _record(request, merchant, "payment", request.match_info["id"])))
+
+
+async def list_payments(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    query = ListPayments(merchant_id=merchant.id, limit=parse_limit(request.query),
+                         starting_after=request.query.get("starting_after", "")[:64])
+    answer = await request.app["gateway"].read(merchant.id, query)
+    return respond(request, schemas.PaymentList("list", [render.payment(p) for p in answer.records], answer.has_more))
+
+
+async def capture_payment(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    fields, body = await body_of(request, schemas.CaptureIn)
+    payment_id = request.match_info["id"]
+    command = CapturePayment(merchant_id=merchant.id, payment_id=payment_id, amount=fields.amount or 0,
+                             transfer_id=ledger_id(merchant.id, f"{payment_id}.capture"))
+    outcome = await run(request, merchant.id, command, body)
+    raise_for(outcome)
+    return respond(request, render.payment(outcome.record))
+
+
+async def cancel_payment(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    payment_id = request.match_info["id"]
+    body = await request.read()
+    command = CancelPayment(merchant_id=merchant.id, payment_id=payment_id,
+                            transfer_id=ledger_id(merchant.id, f"{payment_id}.void"))
+    outcome = await run(request, merchant.id, command, body)
+    raise_for(outcome)
+    return respond(request, render.payment(outcome.record))
+
+
+# Refunds
+
+
+async def create_refund(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    fields, body = await body_of(request, schemas.RefundCreate)
+    refund_id = new_id("re_", request, merchant.id)
+    refund = Refund(id=refund_id, merchant_id=merchant.id, payment_id=fields.payment_id, amount=fields.amount or 0,
+                    reason=fields.reason)
+    outcome = await run(request, merchant.id, CreateRefund(refund=refund, transfer_id=ledger_id(merchant.id, refund_id)),
+                        body)
+    raise_for(outcome)
+    return respond(request, render.refund(outcome.record))
+
+
+async def get_refund(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    return respond(request, render.refund(await _record(request, merchant, "refund", request.match_info["id"])))
+
+
+# Provider callbacks
+
+
+async def provider_callback(request: web.Request) -> web.Response:
+    """A provider's signed word on a payment. Unsigned, stale or replayed: 401 and nothing changes."""
+    provider = request.match_info["provider"]
+    secrets = request.app["secrets"]
+    body = await request.read()
+    signature = request.headers.get("Paygate-Signature", "")[:512]
+    if provider not in request.app["settings"].providers or not callback_signature_valid(
+            secrets.provider_secret(provider), signature, body, int(time.time())):
+        raise ApiError(401, "signature_invalid", "the callback is unsigned, wrongly signed or too old")
+    seen: collections.OrderedDict = request.app["seen_callbacks"]
+    if signature in seen:
+        raise ApiError(401, "replayed", "this signed callback was already received")
+    seen[signature] = None
+    if len(seen) > SEEN_CALLBACKS:
+        seen.popitem(last=False)
+    callback = schemas.decode(body, schemas.ProviderCallback)
+    if not callback.merchant_id.startswith("mer_") or not callback.result:
+        raise ApiError(400, "parameter_invalid", "the callback names no merchant or result", "merchant_id")
+    command = RecordPspResult(
+        merchant_id=callback.merchant_id, payment_id=callback.payment_id, callback_id=callback.callback_id,
+        result=callback.result, psp_reference=callback.psp_reference, action_url=callback.action_url,
+        failure_code=callback.failure_code, failure_message=callback.failure_message,
+        transfer_id=ledger_id(callback.merchant_id, f"{callback.payment_id}.authorization"))
+    outcome = await request.app["gateway"].submit(callback.merchant_id, command)
+    # A duplicate is acknowledged (the provider may stop resending); it changed nothing.
+    return respond(request, {"received": True, "outcome": outcome.code})
