@@ -10,7 +10,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from edge import cards, payments_api, render, schemas
+from edge import cards, payments_api, qr_api, render, schemas
 from edge.auth import AdminToken, Secrets, TokenIssuer, hash_password, hash_secret, verify_password
 from edge.errors import ApiError, not_found
 from edge.gateway import Gateway
@@ -122,6 +122,10 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/v1/refunds", payments_api.create_refund),
         web.get("/v1/refunds/{id}", payments_api.get_refund),
         web.post("/v1/psp/{provider}/webhook", payments_api.provider_callback),
+        web.post("/v1/qr/dynamic", qr_api.create_dynamic),
+        web.post("/v1/qr/static", qr_api.create_static),
+        web.get("/v1/qr/orders/{id}.png", qr_api.order_png),
+        web.get("/v1/qr/merchants/{id}.png", qr_api.merchant_png),
     ]
     app.add_routes(routes)
     app["routes"] = routes

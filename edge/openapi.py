@@ -53,6 +53,11 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "cancel_payment": ("void an uncaptured authorization", None, schemas.PaymentOut, "merchant"),
     "create_refund": ("refund a payment, in full or in part", schemas.RefundCreate, schemas.RefundOut, "merchant"),
     "get_refund": ("a refund", None, schemas.RefundOut, "merchant"),
+    "create_dynamic": ("an EMVCo QR code for one order (tag 54 amount, 62 reference)", schemas.DynamicQrCreate,
+                       schemas.QrOut, "merchant"),
+    "create_static": ("the merchant's static EMVCo QR code", schemas.StaticQrCreate, schemas.QrOut, "merchant"),
+    "order_png": ("an order's QR code as PNG", None, str, "none"),
+    "merchant_png": ("a merchant's static QR code as PNG", None, str, "none"),
     "provider_callback": ("a provider's signed result (Paygate-Signature: t=..,v1=..)", schemas.ProviderCallback,
                           dict[str, Any], "provider signature"),
 }
@@ -62,7 +67,11 @@ FORM_REQUESTS: dict[str, tuple[str, type]] = {
     "oauth_token": ("application/x-www-form-urlencoded", schemas.TokenRequest),
 }
 # Success bodies that are not JSON: handler name -> (media type, schema).
-TEXT_RESPONSES = {"metrics": ("text/plain", {"type": "string"})}
+TEXT_RESPONSES = {
+    "metrics": ("text/plain", {"type": "string"}),
+    "order_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
+    "merchant_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
+}
 # Statuses whose body is the operation's success type rather than the error shape (readyz: 503 when not ready).
 SUCCESS_SHAPED_STATUSES = {"readyz": ("503",)}
 QUERY_PARAMETERS = {

@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from actors.connectors import Authorization, AuthorizationBatch, CardData, ConnectorClient
-from edge import cards, render, schemas
+from edge import cards, qr_api, render, schemas
 from edge.auth import callback_signature_valid
 from edge.errors import ApiError, not_found
 from edge.http import body_of, check_currency, ledger_id, merchant_principal, new_id, parse_limit, raise_for, respond, \
@@ -29,6 +29,7 @@ from engine.records import (
     Merchant,
     Payment,
     PayOrderFromWallet,
+    ReceiveBankTransfer,
     RecordPspResult,
     Refund,
 )
@@ -222,6 +223,8 @@ async def provider_callback(request: web.Request) -> web.Response:
     if len(seen) > SEEN_CALLBACKS:
         seen.popitem(last=False)
     callback = schemas.decode(body, schemas.ProviderCallback)
+    if callback.kind == "transfer_received":
+        return await _transfer_received(request, callback)
     if not callback.merchant_id.startswith("mer_") or not callback.result:
         raise ApiError(400, "parameter_invalid", "the callback names no merchant or result", "merchant_id")
     command = RecordPspResult(
@@ -231,4 +234,20 @@ async def provider_callback(request: web.Request) -> web.Response:
         transfer_id=ledger_id(callback.merchant_id, f"{callback.payment_id}.authorization"))
     outcome = await request.app["gateway"].submit(callback.merchant_id, command)
     # A duplicate is acknowledged (the provider may stop resending); it changed nothing.
+    return respond(request, {"received": True, "outcome": outcome.code})
+
+
+async def _transfer_received(request: web.Request, callback: schemas.ProviderCallback) -> web.Response:
+    """Money arrived at the bank quoting a QR code's reference: it pays that order."""
+    quoted = qr_api.object_of(callback.reference)
+    order = await qr_api.find_order(request, quoted[1]) if quoted and quoted[0] == "order" else None
+    if order is None:
+        # Nothing here matches the reference: acknowledged, so the bank stops; it stays the bank's to return.
+        return respond(request, {"received": True, "outcome": "reference_unknown"})
+    payment_id = "pay_" + callback.callback_id.removeprefix("cb_")[:24]
+    command = ReceiveBankTransfer(
+        merchant_id=order.merchant_id, order_id=order.id, callback_id=callback.callback_id, amount=callback.amount,
+        currency=callback.currency, method="qr", payment_id=payment_id, bank_reference=callback.bank_reference,
+        transfer_id=ledger_id(order.merchant_id, payment_id))
+    outcome = await request.app["gateway"].submit(order.merchant_id, command)
     return respond(request, {"received": True, "outcome": outcome.code})

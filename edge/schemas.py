@@ -181,10 +181,23 @@ class RefundCreate(Request):
     reason: Annotated[str, Meta(max_length=200)] = ""
 
 
+class DynamicQrCreate(Request):
+    order_id: Annotated[str, Meta(max_length=64)]
+
+
+class StaticQrCreate(Request):
+    sub_account_id: Annotated[str, Meta(max_length=64)] = ""
+
+
 class ProviderCallback(Struct):
     """What a provider posts to /v1/psp/{provider}/webhook (signed)."""
 
     callback_id: Annotated[str, Meta(min_length=1, max_length=64)]
+    kind: Literal["authorization", "transfer_received", "payout"] = "authorization"
+    reference: Annotated[str, Meta(max_length=64)] = ""
+    amount: Annotated[int, Meta(ge=0, le=AMOUNT_MAX)] = 0
+    currency: Annotated[str, Meta(max_length=3)] = ""
+    bank_reference: Annotated[str, Meta(max_length=64)] = ""
     payment_id: Annotated[str, Meta(max_length=64)] = ""
     merchant_id: Annotated[str, Meta(max_length=64)] = ""
     psp_reference: Annotated[str, Meta(max_length=64)] = ""
@@ -402,6 +415,11 @@ class TokenRequest(Struct):
     grant_type: Literal["client_credentials"]
     client_id: str
     client_secret: str
+
+
+class QrOut(Struct):
+    payload: str
+    png_url: str
 
 
 class TokenOut(Struct):

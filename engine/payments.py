@@ -23,6 +23,7 @@ from engine.records import (
     Payment,
     Payout,
     RecordPayoutResult,
+    ReceiveBankTransfer,
     RecordPspResult,
     Refund,
     VaultedCard,
@@ -149,6 +150,30 @@ class Payments:
             self.events.append(Event("payment.requires_capture", payment.id, timestamp))
             return Outcome(record=payment)
         self._succeed(payment, payment.amount, timestamp)
+        return Outcome(record=payment)
+
+    def receive_bank_transfer(self, command: ReceiveBankTransfer, timestamp: int) -> Outcome:
+        """Money in from the bank for an order: a payment that succeeds at once (the order decides paid or exception)."""
+        order = self.orders.get(command.order_id)
+        if order is None or order.merchant_id != command.merchant_id:
+            return Outcome("order_not_found")
+        if command.payment_id in self.payments:
+            return Outcome("duplicate", record=self.payments[command.payment_id])
+        if command.currency != order.currency:
+            return Outcome("currency_mismatch", record=order)
+        payment = Payment(id=command.payment_id, merchant_id=order.merchant_id, amount=command.amount,
+                          currency=order.currency, order_id=order.id, method=command.method, acquirer="bank",
+                          psp_reference=command.bank_reference, callback_ids=[command.callback_id],
+                          created_at=timestamp, updated_at=timestamp)
+        clearing = self._system_account(order.merchant_id, "clearing_bank", order.currency, timestamp)
+        balance = self._system_account(order.merchant_id, "balance", order.currency, timestamp)
+        code = self._move(Transfer(command.transfer_id, clearing, balance, command.amount, order.currency), timestamp)
+        if code != "ok":
+            return Outcome(code, record=order)
+        self.payments[payment.id] = payment
+        if command.amount != order.amount and order.status == "pending":
+            order.status = "exception"  # paid, but not the amount asked: kept and flagged for a person to settle
+        self._succeed(payment, command.amount, timestamp)
         return Outcome(record=payment)
 
     def capture(self, command: CapturePayment, timestamp: int) -> Outcome:

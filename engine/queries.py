@@ -44,6 +44,12 @@ class FindDashboardUser(msgspec.Struct, tag="find_dashboard_user", array_like=Tr
     email: str
 
 
+class FindOrder(msgspec.Struct, tag="find_order", array_like=True):
+    """An order by id alone, if this shard holds it (for a bank that quotes only the order)."""
+
+    order_id: str
+
+
 class GetOrder(msgspec.Struct, tag="get_order", array_like=True):
     merchant_id: str
     order_id: str
@@ -85,7 +91,7 @@ class ListPayments(msgspec.Struct, tag="list_payments", array_like=True, kw_only
 
 Query = (
     LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
-    | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard
+    | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard | FindOrder
 )
 
 
@@ -126,6 +132,8 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
         return Answer(record=commerce.customer_of(query.merchant_id, query.customer_id))
     if kind is GetPaymentRecord:
         return Answer(record=commerce.payments.record_of(query.merchant_id, query.kind, query.record_id))
+    if kind is FindOrder:
+        return Answer(record=commerce.orders.get(query.order_id))
     if kind is GetCard:
         return Answer(card=commerce.payments.card_of(query.merchant_id, query.token_id))
     assert kind is ListPayments

@@ -265,6 +265,20 @@ class RecordPspResult(msgspec.Struct, tag="record_psp_result", array_like=True, 
     hold_timeout_s: int = 7 * 86400
 
 
+class ReceiveBankTransfer(msgspec.Struct, tag="receive_bank_transfer", array_like=True, kw_only=True):
+    """The bank says money arrived quoting an order (a QR code or a transfer): it pays that order."""
+
+    merchant_id: str
+    order_id: str
+    callback_id: str
+    amount: int
+    currency: str
+    method: str  # qr | bank_transfer
+    payment_id: str
+    transfer_id: str
+    bank_reference: str = ""
+
+
 class CapturePayment(msgspec.Struct, tag="capture_payment", array_like=True, kw_only=True):
     merchant_id: str
     payment_id: str
@@ -309,6 +323,7 @@ CommerceCommand = (
     | PayOrderFromWallet
     | CreatePayment
     | RecordPspResult
+    | ReceiveBankTransfer
     | CapturePayment
     | CancelPayment
     | CreateRefund

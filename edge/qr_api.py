@@ -1,0 +1,114 @@
+"""QR codes: EMVCo merchant-presented payloads (static and dynamic) and their PNG images.
+
+A dynamic code quotes its order (62/01 and 62/08: "O" + the order id's hex);
+a static one quotes its merchant ("M" + the merchant id's hex). The simulated
+bank pays what a transfer quotes, through its signed callback.
+"""
+
+import hashlib
+import io
+import re
+
+import segno
+from aiohttp import web
+
+from edge import schemas
+from edge.errors import ApiError, not_found
+from edge.http import body_of, cached_merchant, merchant_principal, respond
+from engine.emvco import MerchantAccount, MerchantQr, build_payload, format_amount
+from engine.queries import FindOrder
+from engine.records import Merchant, Order
+
+BANK_BIN = "970400"  # the simulated bank's routing number
+COUNTRY = "VN"
+CITY = "HANOI"
+ORDER_MARK, MERCHANT_MARK = "O", "M"
+PNG_SCALE = 6
+
+
+def account_number(merchant_id: str) -> str:
+    """The merchant's (simulated) account at the bank, stable for its id."""
+    return str(int.from_bytes(hashlib.blake2b(merchant_id.encode(), digest_size=8).digest(), "big"))[:12].zfill(12)
+
+
+def reference_of(object_id: str, mark: str) -> str:
+    return mark + object_id.partition("_")[2]
+
+
+def object_of(reference: str) -> tuple[str, str] | None:
+    """("order" | "merchant", id) for a reference this gateway put in a QR code."""
+    kinds = {ORDER_MARK: ("order", "ord_"), MERCHANT_MARK: ("merchant", "mer_")}
+    if len(reference) < 2 or reference[0] not in kinds or not re.fullmatch(r"[a-z0-9]{1,24}", reference[1:]):
+        return None
+    kind, prefix = kinds[reference[0]]
+    return kind, prefix + reference[1:]
+
+
+def payload_for(merchant: Merchant, order: Order | None) -> str:
+    reference = reference_of(order.id, ORDER_MARK) if order else reference_of(merchant.id, MERCHANT_MARK)
+    currency = order.currency if order else "vnd"
+    qr = MerchantQr(
+        dynamic=order is not None,
+        merchant_account=MerchantAccount(BANK_BIN, account_number(merchant.id)),
+        currency_numeric=schemas.CURRENCY_NUMBERS.get(currency, "704"),
+        country=COUNTRY,
+        merchant_name=_ascii(merchant.name, 25) or "MERCHANT",
+        merchant_city=CITY,
+        amount=format_amount(order.amount, schemas.CURRENCY_EXPONENTS[order.currency]) if order else None,
+        bill_reference=reference,
+        purpose=reference,
+    )
+    return build_payload(qr)
+
+
+def _ascii(text: str, limit: int) -> str:
+    return "".join(character for character in text if " " <= character <= "~")[:limit].strip()
+
+
+async def create_dynamic(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    fields, _ = await body_of(request, schemas.DynamicQrCreate)
+    order = await find_order(request, fields.order_id)
+    if order is None or order.merchant_id != merchant.id:
+        raise not_found("order", fields.order_id)
+    if order.currency not in schemas.CURRENCY_NUMBERS:
+        raise ApiError(400, "currency_not_supported", f"QR payments take {sorted(schemas.CURRENCY_NUMBERS)}", "order_id")
+    url = f"{request.app['settings'].public_url}/v1/qr/orders/{order.id}.png"
+    return respond(request, schemas.QrOut(payload_for(merchant, order), url))
+
+
+async def create_static(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    await body_of(request, schemas.StaticQrCreate)
+    url = f"{request.app['settings'].public_url}/v1/qr/merchants/{merchant.id}.png"
+    return respond(request, schemas.QrOut(payload_for(merchant, None), url))
+
+
+async def order_png(request: web.Request) -> web.Response:
+    """Public, as the hosted payment page shows it: it holds nothing the order's payer may not see."""
+    order = await find_order(request, request.match_info["id"])
+    if order is None or order.currency not in schemas.CURRENCY_NUMBERS:
+        raise not_found("order", request.match_info["id"])
+    merchant = await cached_merchant(request.app, order.merchant_id)
+    return _png(payload_for(merchant, order))
+
+
+async def merchant_png(request: web.Request) -> web.Response:
+    merchant_id = request.match_info["id"]
+    merchant = await cached_merchant(request.app, merchant_id) if merchant_id.startswith("mer_") else None
+    if merchant is None:
+        raise not_found("merchant", merchant_id)
+    return _png(payload_for(merchant, None))
+
+
+def _png(payload: str) -> web.Response:
+    image = io.BytesIO()
+    segno.make(payload, error="m", micro=False).save(image, kind="png", scale=PNG_SCALE)
+    return web.Response(body=image.getvalue(), content_type="image/png")
+
+
+async def find_order(request: web.Request, order_id: str) -> Order | None:
+    if not re.fullmatch(r"ord_[a-z0-9]{1,24}", order_id):
+        return None
+    answers = await request.app["gateway"].read_everywhere(FindOrder(order_id))
+    return next((answer.record for answer in answers if answer.record is not None), None)
