@@ -10,16 +10,20 @@ import threading
 import pynng
 from tqdm import tqdm
 
-from journal import logs
+from actors.services import PROVIDERS, ProviderProcesses, ProviderService, write_secret
 from edge.app import Settings
-from edge.auth import AdminToken
+from edge.auth import AdminToken, Secrets
 from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
+from journal import logs
 from journal.client import ShardMap
 from journal.processes import ShardProcess, load_or_create_layout, running_address, shard_configs
 from journal.recovery import AHEAD_OF_JOURNAL, RecoveryReport, load_snapshot, replay, replay_from_scratch
 from journal.shard import main as shard_main
 from journal.store import CorruptionError, Journal, Snapshots
 from journal.wire import Promote, ReplyStatus, reply_decoder, request_encoder
+
+# The first ports of --base-port's block: the simulated providers and the connector; the shards follow.
+PROVIDER_PORTS = 4
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +38,13 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--replica", action="store_true", help="run a hot replica beside each shard")
     serve.add_argument("--async-replication", action="store_true", help="release results before the replica has them")
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1)
-    serve.add_argument("--base-port", type=int, default=7100, help="first of the shards' nng ports")
+    serve.add_argument("--base-port", type=int, default=7100,
+                       help="first of a block of ports: the simulated providers, the connector, then the shards")
+    serve.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local runtime")
+    serve.add_argument("--without-actors", dest="actors", action="store_false",
+                       help="no Ray, connectors or simulated providers (card payments then fail at once)")
+    serve.add_argument("--processing-timeout-s", type=int, default=30,
+                       help="a card payment the acquirer leaves unanswered fails after this long")
     serve.add_argument("--snapshot-every-batches", type=int, default=20_000)
     serve.add_argument("--snapshot-every-s", type=float, default=600.0)
     serve.add_argument("--prune-journal", action="store_true", help="delete journal entries older than the oldest kept snapshot")
@@ -61,7 +71,7 @@ def main(argv: list[str] | None = None) -> None:
 def run_serve(args) -> int:
     data = pathlib.Path(args.data)
     layout = load_or_create_layout(data, args.shards, args.replica)
-    configs = shard_configs(data, layout, args.host, args.base_port, sync=not args.async_replication,
+    configs = shard_configs(data, layout, args.host, args.base_port + PROVIDER_PORTS, sync=not args.async_replication,
                             snapshot_every_batches=args.snapshot_every_batches, snapshot_every_s=args.snapshot_every_s,
                             prune_journal=args.prune_journal, auto_promote_ms=args.auto_promote_ms)
     _, admin_token = AdminToken.load_or_create(data / "admin_token.sha256", os.environ.get("PAYGATE_ADMIN_TOKEN"))
@@ -69,36 +79,69 @@ def run_serve(args) -> int:
     settings = Settings(
         data=str(data), public_url=public_url, order_ip_limit=args.order_ip_limit,
         shard_addresses=[[config.client_address for config in (primary, replica) if config] for primary, replica in configs],
-        admin_token=os.environ.get("PAYGATE_ADMIN_TOKEN", ""),
+        admin_token=os.environ.get("PAYGATE_ADMIN_TOKEN", ""), processing_timeout_s=args.processing_timeout_s,
     )
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())
     shards: list[ShardProcess] = []
+    providers = ProviderProcesses(_provider_services(data, args, public_url) if args.actors else [])
     edge = EdgeWorkers(settings, args.host, args.port, args.workers)
+    ray_description = "not started (--without-actors)"
+    ray_runtime = connector = None
     try:
         for primary, replica in configs:
             shards += [ShardProcess(config).start() for config in (replica, primary) if config is not None]
         for shard in shards:
             shard.wait_ready()
         api_key = ensure_demo_merchant(settings, settings.shard_addresses[ShardMap(len(configs)).shard_for(DEMO_MERCHANT_ID)])
+        if args.actors:
+            # Imported here: Ray takes seconds to import, and only serve with actors needs it.
+            from actors import connectors
+            from actors import runtime as ray_runtime
+
+            providers.start().wait_ready()
+            ray_description = ray_runtime.start(args.ray_address, data)
+            connector_address = f"tcp://{args.host}:{args.base_port + 2}"
+            # Held for as long as serve runs: Ray ends an actor once no handle to it is left.
+            connector = connectors.spawn("piggybank", providers.services[0].url, connector_address,
+                                         settings.shard_addresses)
+            settings.providers = {"piggybank": connector_address}
         edge.start().wait_ready()
-        _print_welcome(public_url, layout, args.workers, admin_token, api_key)
+        _print_welcome(public_url, layout, args.workers, admin_token, api_key, ray_description)
         while not stop.wait(0.5):
-            if not edge.alive() or any(shard.process.poll() is not None for shard in shards):
+            if not edge.alive() or not providers.alive() or any(shard.process.poll() is not None for shard in shards):
                 print("a paygate process stopped; stopping the rest", file=sys.stderr)
                 return 1
         return 0
     finally:
         edge.stop()
+        if ray_runtime is not None:
+            del connector
+            ray_runtime.stop()
+        providers.stop()
         for shard in reversed(shards):
             shard.stop()
 
 
-def _print_welcome(public_url: str, layout, workers: int, admin_token: str | None, api_key: str) -> None:
+def _provider_services(data: pathlib.Path, args, public_url: str) -> list[ProviderService]:
+    """piggybank and the bank on the first ports of the block; each signs with its own secret."""
+    secrets = Secrets.load_or_create(data / "gateway.key")
+    services = []
+    for offset, name in enumerate(PROVIDERS):
+        secret_file = data / "providers" / f"{name}.secret"
+        write_secret(secret_file, secrets.provider_secret(name))
+        services.append(ProviderService(name, args.host, args.base_port + offset,
+                                        f"{public_url}/v1/psp/{name}/webhook", str(secret_file)))
+    return services
+
+
+def _print_welcome(public_url: str, layout, workers: int, admin_token: str | None, api_key: str,
+                   ray_description: str) -> None:
     lines = [
         f"paygate is serving at {public_url} ({layout.shard_count} shard(s){' with replicas' if layout.replica else ''}, "
         f"{workers} edge worker(s)). Ctrl-C stops everything.",
+        f"Ray: {ray_description}",
         f"admin token: {admin_token} (shown once; only its hash is kept)" if admin_token else
         "admin token: printed at first start (or set PAYGATE_ADMIN_TOKEN)",
         f"demo merchant {DEMO_MERCHANT_ID}, API key: {api_key}",

@@ -13,7 +13,8 @@ import time
 import msgspec
 from aiohttp import web
 
-from actors.connectors import Authorization, AuthorizationBatch, CardData, ConnectorClient
+from actors.connector_wire import Authorization, AuthorizationBatch, CardData, ConnectorClient
+from actors.services import PROVIDERS
 from edge import cards, qr_api, render, schemas
 from edge.auth import callback_signature_valid
 from edge.errors import ApiError, not_found
@@ -213,7 +214,7 @@ async def provider_callback(request: web.Request) -> web.Response:
     secrets = request.app["secrets"]
     body = await request.read()
     signature = request.headers.get("Paygate-Signature", "")[:512]
-    if provider not in request.app["settings"].providers or not callback_signature_valid(
+    if provider not in PROVIDERS or not callback_signature_valid(
             secrets.provider_secret(provider), signature, body, int(time.time())):
         raise ApiError(401, "signature_invalid", "the callback is unsigned, wrongly signed or too old")
     seen: collections.OrderedDict = request.app["seen_callbacks"]

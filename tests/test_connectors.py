@@ -17,15 +17,15 @@ import pynng  # noqa: E402
 from aiohttp import web  # noqa: E402
 
 from actors import runtime  # noqa: E402
-from actors.connectors import (  # noqa: E402
+from actors.connector_wire import (  # noqa: E402
     Authorization,
     AuthorizationBatch,
     CardData,
     ConnectorClient,
     batch_decoder,
     batch_encoder,
-    spawn,
 )
+from actors.connectors import spawn  # noqa: E402
 from engine.queries import GetPaymentRecord  # noqa: E402
 from engine.records import CardDetails, CreateMerchant, CreatePayment, Merchant, Payment, RecordPspResult  # noqa: E402
 from journal.client import ShardClient  # noqa: E402
