@@ -45,6 +45,8 @@ def main(argv: list[str] | None = None) -> None:
                        help="no Ray, connectors or simulated providers (card payments then fail at once)")
     serve.add_argument("--processing-timeout-s", type=int, default=30,
                        help="a card payment the acquirer leaves unanswered fails after this long")
+    serve.add_argument("--authorization-hold-s", type=int, default=7 * 86400,
+                       help="an uncaptured authorization is released after this long")
     serve.add_argument("--snapshot-every-batches", type=int, default=20_000)
     serve.add_argument("--snapshot-every-s", type=float, default=600.0)
     serve.add_argument("--prune-journal", action="store_true", help="delete journal entries older than the oldest kept snapshot")
@@ -80,6 +82,7 @@ def run_serve(args) -> int:
         data=str(data), public_url=public_url, order_ip_limit=args.order_ip_limit,
         shard_addresses=[[config.client_address for config in (primary, replica) if config] for primary, replica in configs],
         admin_token=os.environ.get("PAYGATE_ADMIN_TOKEN", ""), processing_timeout_s=args.processing_timeout_s,
+        authorization_hold_s=args.authorization_hold_s,
     )
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):

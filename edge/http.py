@@ -54,6 +54,8 @@ class Settings(msgspec.Struct, kw_only=True):
     # provider name -> the nng address of its connector actor
     providers: dict[str, str] = {}
     processing_timeout_s: int = 30
+    # How long an authorization held for manual capture lasts before the ledger releases it.
+    authorization_hold_s: int = 7 * 86400
 
 
 class Principal(msgspec.Struct):

@@ -232,7 +232,8 @@ async def provider_callback(request: web.Request) -> web.Response:
         merchant_id=callback.merchant_id, payment_id=callback.payment_id, callback_id=callback.callback_id,
         result=callback.result, psp_reference=callback.psp_reference, action_url=callback.action_url,
         failure_code=callback.failure_code, failure_message=callback.failure_message,
-        transfer_id=ledger_id(callback.merchant_id, f"{callback.payment_id}.authorization"))
+        transfer_id=ledger_id(callback.merchant_id, f"{callback.payment_id}.authorization"),
+        hold_timeout_s=request.app["settings"].authorization_hold_s)
     outcome = await request.app["gateway"].submit(callback.merchant_id, command)
     # A duplicate is acknowledged (the provider may stop resending); it changed nothing.
     return respond(request, {"received": True, "outcome": outcome.code})

@@ -33,10 +33,11 @@ class Server:
     """`paygate serve` in a subprocess; `request` speaks HTTP to it."""
 
     def __init__(self, data: pathlib.Path, workers: int = 1, extra: tuple[str, ...] = (),
-                 environment: dict[str, str] | None = None) -> None:
+                 environment: dict[str, str] | None = None, actors: bool = False) -> None:
         self.data = data
         self.workers = workers
-        self.extra = extra
+        # Ray, the connector and the simulated providers take seconds and most of a GiB: only when a test pays.
+        self.extra = extra if actors else (*extra, "--without-actors")
         self.environment = environment or {}
         self.port = free_ports(1)[0]
         self.base_port = _free_block()
