@@ -9,6 +9,8 @@ import urllib.request
 
 import msgspec
 
+from journal.processes import stop_processes
+
 PROVIDERS = ("piggybank", "bank")
 
 
@@ -57,14 +59,7 @@ class ProviderProcesses:
         return all(process.poll() is None for process in self.processes)
 
     def stop(self, timeout_s: float = 10) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes, timeout_s)
 
 
 def _healthy(url: str) -> bool:

@@ -91,7 +91,9 @@ def run_serve(args) -> int:
     providers = ProviderProcesses(_provider_services(data, args, public_url) if args.actors else [])
     edge = EdgeWorkers(settings, args.host, args.port, args.workers)
     ray_description = "not started (--without-actors)"
-    ray_runtime = connector = None
+    ray_runtime = None
+    # Held for as long as serve runs: Ray ends an actor once no handle to it is left.
+    actor_handles: list = []
     try:
         for primary, replica in configs:
             shards += [ShardProcess(config).start() for config in (replica, primary) if config is not None]
@@ -106,9 +108,8 @@ def run_serve(args) -> int:
             providers.start().wait_ready()
             ray_description = ray_runtime.start(args.ray_address, data)
             connector_address = f"tcp://{args.host}:{args.base_port + 2}"
-            # Held for as long as serve runs: Ray ends an actor once no handle to it is left.
-            connector = connectors.spawn("piggybank", providers.services[0].url, connector_address,
-                                         settings.shard_addresses)
+            actor_handles.append(connectors.spawn("piggybank", providers.services[0].url, connector_address,
+                                                  settings.shard_addresses))
             settings.providers = {"piggybank": connector_address}
         edge.start().wait_ready()
         _print_welcome(public_url, layout, args.workers, admin_token, api_key, ray_description)
@@ -119,8 +120,8 @@ def run_serve(args) -> int:
         return 0
     finally:
         edge.stop()
+        actor_handles.clear()
         if ray_runtime is not None:
-            del connector
             ray_runtime.stop()
         providers.stop()
         for shard in reversed(shards):

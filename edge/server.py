@@ -16,6 +16,7 @@ from aiohttp import web
 from edge.app import Settings, create_app
 from edge.auth import Secrets, hash_secret
 from journal import logs
+from journal.processes import stop_processes
 from journal.client import ShardClient
 from engine.queries import GetMerchant
 from engine.records import CreateMerchant, Merchant
@@ -74,14 +75,7 @@ class EdgeWorkers:
         return all(process.poll() is None for process in self.processes)
 
     def stop(self, timeout_s: float = 10) -> None:
-        for process in self.processes:
-            if process.poll() is None:
-                process.terminate()
-        for process in self.processes:
-            try:
-                process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(self.processes, timeout_s)
 
 
 def ensure_demo_merchant(settings: Settings, shard_addresses: list[str]) -> str:

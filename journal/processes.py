@@ -120,6 +120,19 @@ class ShardProcess:
             self.process.wait()
 
 
+def stop_processes(processes: list[subprocess.Popen], timeout_s: float = 10) -> None:
+    """SIGTERM to all, then wait; any still there after `timeout_s` gets SIGKILL."""
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def request_status(address: str, timeout_ms: int = 2000) -> Reply | None:
     """One synchronous status request; None when nothing answers in time."""
     with pynng.Req0(recv_timeout=timeout_ms, send_timeout=timeout_ms, resend_time=-1) as socket:
