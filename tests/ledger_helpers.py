@@ -2,7 +2,11 @@
 
 from collections.abc import Iterable
 
+import pytest
+
 from engine import Account, AccountCode, Batch, BatchResult, Command, CreateAccounts, CreateTransfers, Engine, Transfer, TransferCode
+from engine.records import Outcome
+from engine.types import NANOSECONDS_PER_SECOND
 
 
 def apply_batch(engine: Engine, timestamp: int, commands: Iterable[Command]) -> BatchResult:
@@ -28,3 +32,54 @@ def build_engine(timestamp: int, accounts: Iterable[Account]) -> Engine:
     names = create_accounts(engine, timestamp, accounts)
     assert set(names) <= {"ok"}, names
     return engine
+
+
+# Commerce tests drive an engine with a clock, and verify every engine they made.
+
+ENGINES: list[Engine] = []
+
+
+@pytest.fixture(autouse=True)
+def verify_every_engine():
+    """Import into a test module: the full ledger check runs on every engine its tests built."""
+    ENGINES.clear()
+    yield
+    for engine in ENGINES:
+        engine.verify()
+
+
+class Driver:
+    """An engine whose clock moves one second per batch unless told otherwise."""
+
+    def __init__(self, engine: Engine | None = None, now: int = 0) -> None:
+        self.engine = engine or Engine()
+        self.now = now
+        ENGINES.append(self.engine)
+
+    def run(self, *commands, at: int | None = None) -> BatchResult:
+        """One batch at `at`, else one second after the last."""
+        self.now = self.now + NANOSECONDS_PER_SECOND if at is None else at
+        return apply_batch(self.engine, self.now, commands)
+
+    def do(self, command, at: int | None = None) -> Outcome:
+        return self.run(command, at=at).results[0]
+
+    def ok(self, *commands, at: int | None = None) -> BatchResult:
+        result = self.run(*commands, at=at)
+        assert [outcome.code for outcome in result.results] == ["ok"] * len(commands), result.results
+        return result
+
+    def refused(self, command, code: str) -> Outcome:
+        """`command` answers `code`, says nothing happened and leaves the state exactly as it was."""
+        before = self.engine.state_hash()
+        result = self.run(command)
+        assert result.results[0].code == code, result.results[0]
+        assert result.events == []
+        assert self.engine.state_hash() == before
+        return result.results[0]
+
+    def query(self, query):
+        return self.engine.query(query)
+
+    def restored(self):
+        return type(self)(Engine.restore(self.engine.snapshot()), self.now)

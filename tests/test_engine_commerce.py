@@ -13,8 +13,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-from engine import Account, CreateAccounts, CreateTransfers, Engine, Transfer, TransferCode
-from engine.batch import BatchResult
+from engine import Account, CreateAccounts, CreateTransfers, Transfer, TransferCode
 from engine.commerce import IDEMPOTENCY_RETENTION_NS as RETENTION
 from engine.queries import GetCustomer, GetMerchant, GetOrder, ListOrders, LookupAccounts
 from engine.records import (
@@ -40,7 +39,7 @@ from engine.records import (
 )
 from engine.types import NANOSECONDS_PER_SECOND as S
 from engine.types import Event
-from ledger_helpers import apply_batch
+from ledger_helpers import Driver, verify_every_engine  # noqa: F401  (an autouse fixture)
 
 T0 = 1_700_000_000 * S
 FAR = T0 + 10**6 * S  # default order expiry: later than any test's clock
@@ -91,47 +90,7 @@ def plain(value) -> dict:
 
 # The shop
 
-_ENGINES: list[Engine] = []
-
-
-@pytest.fixture(autouse=True)
-def _verify_every_engine():
-    _ENGINES.clear()
-    yield
-    for engine in _ENGINES:
-        engine.verify()
-
-
-class Shop:
-    def __init__(self, engine: Engine | None = None, now: int = 0) -> None:
-        self.engine = engine or Engine()
-        self.now = now
-        _ENGINES.append(self.engine)
-
-    def run(self, *commands, at: int | None = None) -> BatchResult:
-        """One batch at `at`, else one second after the last."""
-        self.now = self.now + S if at is None else at
-        return apply_batch(self.engine, self.now, commands)
-
-    def do(self, command, at: int | None = None) -> Outcome:
-        return self.run(command, at=at).results[0]
-
-    def ok(self, *commands, at: int | None = None) -> BatchResult:
-        result = self.run(*commands, at=at)
-        assert [outcome.code for outcome in result.results] == ["ok"] * len(commands), result.results
-        return result
-
-    def refused(self, command, code: str) -> Outcome:
-        """`command` answers `code` and leaves the state exactly as it was."""
-        before = self.engine.state_hash()
-        outcome = self.do(command)
-        assert outcome.code == code, outcome
-        assert self.engine.state_hash() == before
-        return outcome
-
-    def query(self, query):
-        return self.engine.query(query)
-
+class Shop(Driver):
     def order(self, oid: str, mid: str = "m1") -> Order | None:
         return self.query(GetOrder(mid, oid)).record
 
@@ -146,8 +105,6 @@ class Shop:
     def takings(self, mid: str = "m1") -> int:
         return self.balance(system_account_id(mid, "balance", "USD"))
 
-    def restored(self) -> "Shop":
-        return Shop(Engine.restore(self.engine.snapshot()), self.now)
 
 
 @pytest.fixture

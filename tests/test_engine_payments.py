@@ -15,8 +15,6 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-from engine import Engine
-from engine.batch import BatchResult
 from engine.queries import GetOrder, GetPaymentRecord, ListPayments, LookupAccounts
 from engine.records import (
     CancelOrder,
@@ -29,7 +27,6 @@ from engine.records import (
     CreateRefund,
     Merchant,
     Order,
-    Outcome,
     Payment,
     Payout,
     RecordPayoutResult,
@@ -39,7 +36,7 @@ from engine.records import (
 )
 from engine.types import NANOSECONDS_PER_SECOND as S
 from engine.types import Event
-from ledger_helpers import apply_batch
+from ledger_helpers import Driver, verify_every_engine  # noqa: F401  (an autouse fixture)
 
 T0 = 1_700_000_000 * S
 FAR = T0 + 10**6 * S  # default order expiry: later than any test's clock
@@ -103,48 +100,7 @@ def clearing_id(mid: str = "m1") -> str:
 
 # The gateway
 
-_ENGINES: list[Engine] = []
-
-
-@pytest.fixture(autouse=True)
-def _verify_every_engine():
-    _ENGINES.clear()
-    yield
-    for engine in _ENGINES:
-        engine.verify()
-
-
-class Gateway:
-    def __init__(self, engine: Engine | None = None, now: int = 0) -> None:
-        self.engine = engine or Engine()
-        self.now = now
-        _ENGINES.append(self.engine)
-
-    def run(self, *commands, at: int | None = None) -> BatchResult:
-        """One batch at `at`, else one second after the last."""
-        self.now = self.now + S if at is None else at
-        return apply_batch(self.engine, self.now, commands)
-
-    def do(self, command, at: int | None = None) -> Outcome:
-        return self.run(command, at=at).results[0]
-
-    def ok(self, *commands, at: int | None = None) -> BatchResult:
-        result = self.run(*commands, at=at)
-        assert [outcome.code for outcome in result.results] == ["ok"] * len(commands), result.results
-        return result
-
-    def refused(self, command, code: str) -> Outcome:
-        """`command` answers `code` and leaves the state exactly as it was."""
-        before = self.engine.state_hash()
-        result = self.run(command)
-        assert result.results[0].code == code, result.results[0]
-        assert result.events == []
-        assert self.engine.state_hash() == before
-        return result.results[0]
-
-    def query(self, query):
-        return self.engine.query(query)
-
+class Gateway(Driver):
     def record(self, kind: str, record_id: str, mid: str = "m1"):
         return self.query(GetPaymentRecord(mid, kind, record_id)).record
 
@@ -171,8 +127,6 @@ class Gateway:
     def available(self, mid: str = "m1") -> int:
         return self.engine.ledger.available(balance_id(mid))
 
-    def restored(self) -> "Gateway":
-        return Gateway(Engine.restore(self.engine.snapshot()), self.now)
 
 
 def money(balance=0, balance_held=0, balance_incoming=0, clearing=None, clearing_held=0) -> dict[str, int]:
