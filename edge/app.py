@@ -450,6 +450,11 @@ async def create_transfers(request: web.Request) -> web.Response:
 
 
 def _transfer_in(merchant: Merchant, item: schemas.TransferCreate) -> Transfer:
+    # One check over all four ids; only a refusal looks for which one it was.
+    if not schemas.client_id_valid(item.id + item.debit_account_id + item.credit_account_id + item.pending_id):
+        field = next(name for name in ("id", "debit_account_id", "credit_account_id", "pending_id")
+                     if not schemas.client_id_valid(getattr(item, name)))
+        raise ApiError(400, "parameter_invalid", "ids take letters, digits, '_' and '-' only", field)
     if item.currency:
         check_currency(item.currency)
     flags = 0
