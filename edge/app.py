@@ -33,7 +33,7 @@ from edge.http import (
     respond,
     run,
 )
-from edge.limits import SlidingWindow, TokenBuckets, client_ip
+from edge.limits import SharedTokenBuckets, SlidingWindow, client_ip
 from edge.metrics import Metrics
 from edge.openapi import document
 from engine.codes import AccountCode, TransferCode
@@ -75,7 +75,7 @@ def create_app(settings: Settings) -> web.Application:
     app["secrets"] = Secrets.load_or_create(data / "gateway.key")
     app["admin"] = AdminToken.load_or_create(data / "admin_token.sha256", settings.admin_token or None)[0]
     app["issuer"] = TokenIssuer.load_or_create(data / "jwt_signing_key.pem")
-    app["buckets"] = TokenBuckets()
+    app["buckets"] = SharedTokenBuckets(data / "rate_limits.bin")
     app["login_attempts"] = SlidingWindow(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
     app["merchant_cache"] = {}
     app["kek"] = cards.KeyEncryptionKey.load_or_create(data / "card_kek.key")

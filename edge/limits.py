@@ -1,12 +1,19 @@
 """Who may call the edge and how often: per-key token buckets by merchant tier, sliding windows for rare actions
 (such as logins), the client's address behind trusted proxies, and IP allowlists.
 
-The limiters hold state in this process only and keep at most `max_keys` keys, dropping the least recently used.
+SlidingWindow holds state in this process only and keeps at most `max_keys` keys, dropping the least recently
+used; SharedTokenBuckets share theirs with the other worker processes of the machine.
 """
 
 import collections
+import fcntl
 import functools
+import hashlib
 import ipaddress
+import mmap
+import os
+import pathlib
+import struct
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -16,31 +23,58 @@ TIERS: dict[str, tuple[float, float]] = {"basic": (60, 100), "standard": (300, 5
 TOLERANCE_S = 1e-6
 
 
-class TokenBuckets:
-    """One bucket per key, refilled at its tier's rate per minute up to its tier's burst."""
+def _take(tokens: float, updated: float, now_s: float, rate: float, burst: float, cost: float) -> tuple[float, float, float]:
+    """A bucket refilled to now, less `cost` if it holds it: (tokens, updated, seconds to wait or 0.0)."""
+    tokens = min(burst, tokens + max(0.0, now_s - updated) * rate)
+    wait = (cost - tokens) / rate
+    admitted = wait <= TOLERANCE_S
+    if admitted:
+        tokens -= cost
+    return tokens, max(now_s, updated), 0.0 if admitted else wait  # a clock stepping back must not refill twice
 
-    def __init__(self, tiers: dict[str, tuple[float, float]] = TIERS, max_keys: int = 100_000) -> None:
+
+class SharedTokenBuckets:
+    """One token bucket per key, refilled at its tier's rate per minute up to its burst, shared by every edge
+    worker of a machine through one small file.
+
+    A merchant's limit is the tier's, however many worker processes its requests land on. Each bucket is a
+    fixed slot (key hash, tokens, time), locked with a byte-range lock while it changes; a key whose slot another
+    key holds starts that slot afresh, so a rare collision can only be generous, never wrong by more.
+    """
+
+    SLOT = struct.Struct("<Qdd")
+
+    def __init__(self, path: pathlib.Path, tiers: dict[str, tuple[float, float]] = TIERS, slots: int = 1 << 16) -> None:
         if "basic" not in tiers:
             raise ValueError("the tiers need a 'basic' tier for keys of unknown tier")
         self._tiers = tiers
-        self._max_keys = max_keys
-        self._buckets: collections.OrderedDict[str, tuple[float, float]] = collections.OrderedDict()
+        self._slots = slots
+        size = slots * self.SLOT.size
+        self._descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        if os.fstat(self._descriptor).st_size < size:
+            os.ftruncate(self._descriptor, size)
+        self._map = mmap.mmap(self._descriptor, size)
 
     def take(self, key: str, tier: str, now_s: float, cost: float = 1.0) -> float:
-        """0.0 when `cost` tokens were taken, else the seconds until they will be there (for Retry-After)."""
         per_minute, burst = self._tiers.get(tier, self._tiers["basic"])
         if cost > burst:
             raise ValueError(f"a cost of {cost} can never fit a bucket of {burst}")
-        rate = per_minute / 60
-        tokens, updated = self._buckets.pop(key, (burst, now_s))
-        tokens = min(burst, tokens + max(0.0, now_s - updated) * rate)
-        wait = (cost - tokens) / rate
-        admitted = wait <= TOLERANCE_S
-        if admitted:
-            tokens -= cost
-        self._buckets[key] = (tokens, max(now_s, updated))  # a clock stepping back must not refill twice
-        _evict(self._buckets, self._max_keys)
-        return 0.0 if admitted else wait
+        key_hash = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") or 1
+        offset = (key_hash % self._slots) * self.SLOT.size
+        fcntl.lockf(self._descriptor, fcntl.LOCK_EX, self.SLOT.size, offset)
+        try:
+            stored_hash, tokens, updated = self.SLOT.unpack_from(self._map, offset)
+            if stored_hash != key_hash:
+                tokens, updated = burst, now_s
+            tokens, updated, wait = _take(tokens, updated, now_s, per_minute / 60, burst, cost)
+            self.SLOT.pack_into(self._map, offset, key_hash, tokens, updated)
+        finally:
+            fcntl.lockf(self._descriptor, fcntl.LOCK_UN, self.SLOT.size, offset)
+        return wait
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._descriptor)
 
 
 class SlidingWindow:

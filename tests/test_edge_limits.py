@@ -2,14 +2,21 @@
 
 import pytest
 
-from edge.limits import TIERS, SlidingWindow, TokenBuckets, client_ip, ip_allowed
+from edge.limits import TIERS, SharedTokenBuckets, SlidingWindow, client_ip, ip_allowed
 
 T0 = 1_700_000_000.0
 
 
 # --- token buckets -------------------------------------------------------------------------------------------------
 
-def take_until_refused(buckets: TokenBuckets, key: str, tier: str, now: float) -> tuple[int, float]:
+@pytest.fixture
+def buckets(tmp_path):
+    shared = SharedTokenBuckets(tmp_path / "buckets")
+    yield shared
+    shared.close()
+
+
+def take_until_refused(buckets: SharedTokenBuckets, key: str, tier: str, now: float) -> tuple[int, float]:
     """How many requests at `now` were admitted, and the wait given to the first refused one."""
     admitted = 0
     while (wait := buckets.take(key, tier, now)) == 0.0:
@@ -18,9 +25,8 @@ def take_until_refused(buckets: TokenBuckets, key: str, tier: str, now: float) -
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_burst_then_refill_at_the_tier_rate(tier):
+def test_burst_then_refill_at_the_tier_rate(buckets, tier):
     per_minute, burst = TIERS[tier]
-    buckets = TokenBuckets()
     admitted, wait = take_until_refused(buckets, "mer_a", tier, T0)
     assert admitted == burst
     assert wait == pytest.approx(60 / per_minute)
@@ -30,57 +36,41 @@ def test_burst_then_refill_at_the_tier_rate(tier):
     assert take_until_refused(buckets, "mer_a", tier, T0 + wait + 30)[0] == pytest.approx(per_minute / 2, abs=1)
 
 
-def test_bucket_refills_only_up_to_the_burst():
-    buckets = TokenBuckets()
+def test_bucket_refills_only_up_to_the_burst(buckets):
     take_until_refused(buckets, "mer_a", "basic", T0)
     assert take_until_refused(buckets, "mer_a", "basic", T0 + 86_400)[0] == 100
 
 
-def test_retry_after_counts_the_missing_tokens():
-    buckets = TokenBuckets()
+def test_retry_after_counts_the_missing_tokens(buckets):
     take_until_refused(buckets, "mer_a", "basic", T0)
     assert buckets.take("mer_a", "basic", T0 + 0.25) == pytest.approx(0.75)
     assert buckets.take("mer_a", "basic", T0 + 0.25, cost=5) == pytest.approx(4.75)
     assert buckets.take("mer_a", "basic", T0 + 5) == 0.0
 
 
-def test_unknown_tier_is_basic():
-    buckets = TokenBuckets()
+def test_unknown_tier_is_basic(buckets):
     assert take_until_refused(buckets, "mer_a", "platinum", T0) == take_until_refused(buckets, "mer_b", "basic", T0)
 
 
-def test_keys_have_separate_buckets():
-    buckets = TokenBuckets()
+def test_keys_have_separate_buckets(buckets):
     take_until_refused(buckets, "mer_a", "basic", T0)
     assert buckets.take("mer_b", "basic", T0) == 0.0
 
 
-def test_cost_larger_than_the_burst_is_a_programming_error():
+def test_cost_larger_than_the_burst_is_a_programming_error(buckets):
     with pytest.raises(ValueError):
-        TokenBuckets().take("mer_a", "basic", T0, cost=101)
+        buckets.take("mer_a", "basic", T0, cost=101)
 
 
-def test_clock_stepping_back_does_not_refill():
-    buckets = TokenBuckets()
+def test_clock_stepping_back_does_not_refill(buckets):
     take_until_refused(buckets, "mer_a", "basic", T0)
     assert buckets.take("mer_a", "basic", T0 - 10) > 0
     assert buckets.take("mer_a", "basic", T0) > 0
 
 
-def test_least_recently_used_bucket_is_dropped_beyond_max_keys():
-    buckets = TokenBuckets(max_keys=2)
-    for key in ("a", "b"):
-        take_until_refused(buckets, key, "basic", T0)
-    buckets.take("a", "basic", T0)  # "a" is now more recently used than "b"
-    buckets.take("c", "basic", T0)
-    assert len(buckets._buckets) == 2
-    assert buckets.take("a", "basic", T0) > 0  # kept, still empty
-    assert buckets.take("b", "basic", T0) == 0.0  # dropped, so it starts full again
-
-
-def test_custom_tiers_need_a_basic_tier():
+def test_custom_tiers_need_a_basic_tier(tmp_path):
     with pytest.raises(ValueError):
-        TokenBuckets(tiers={"gold": (10, 10)})
+        SharedTokenBuckets(tmp_path / "buckets", tiers={"gold": (10, 10)})
 
 
 # --- sliding window ------------------------------------------------------------------------------------------------
@@ -187,3 +177,27 @@ def test_client_ip(peer, forwarded_for, trusted, expected):
 ])
 def test_ip_allowed(ip, allowlist, expected):
     assert ip_allowed(ip, allowlist) is expected
+
+
+def test_shared_buckets_give_one_limit_across_worker_processes(tmp_path):
+    """Two workers (two instances on one file) share each merchant's bucket: basic allows a burst of 100 in all."""
+    first, second = SharedTokenBuckets(tmp_path / "buckets"), SharedTokenBuckets(tmp_path / "buckets")
+    try:
+        admitted = sum(buckets.take("mer_a", "basic", 1000.0) == 0.0 for _ in range(60) for buckets in (first, second))
+        assert admitted == 100
+        assert first.take("mer_b", "basic", 1000.0) == 0.0  # another merchant has its own bucket
+        assert second.take("mer_a", "basic", 1001.0) == 0.0  # one token a second comes back
+        assert first.take("mer_a", "basic", 1001.0) > 0.0
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_shared_slot_taken_by_another_key_starts_afresh(tmp_path):
+    buckets = SharedTokenBuckets(tmp_path / "buckets", slots=1)
+    try:
+        assert all(buckets.take("mer_a", "basic", 0.0) == 0.0 for _ in range(100))
+        assert buckets.take("mer_a", "basic", 0.0) > 0.0
+        assert buckets.take("mer_b", "basic", 0.0) == 0.0  # a collision is generous, never stricter
+    finally:
+        buckets.close()
