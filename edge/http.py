@@ -39,6 +39,8 @@ OUTCOME_ERRORS = {
     "rate_limited": (429, "rate_limited"),
     "insufficient_funds": (402, "insufficient_funds"),
     "payment_method_not_allowed": (400, "payment_method_not_allowed"),
+    "split_destination_not_found": (400, "split_destination_not_found"),
+    "splits_exceed_amount": (400, "splits_exceed_amount"),
     "idempotency_key_reused": (409, "idempotency_key_reused"),
 }
 

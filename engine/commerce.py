@@ -173,6 +173,9 @@ class Commerce:
             return Outcome("merchant_not_found")
         if order.id in self.orders:
             return Outcome("exists")
+        split_code = self._check_splits(order)
+        if split_code:
+            return Outcome(split_code)
         if command.ip_limit:
             retry_after_s = self._admit_ip(command, timestamp)
             if retry_after_s:
@@ -188,6 +191,16 @@ class Commerce:
         # Zero means the order never expires, as a zero timeout does in the ledger.
         if order.expires_at:
             heapq.heappush(self.order_expiries, (order.expires_at, order.id))
+
+    def _check_splits(self, order: Order) -> str:
+        """Each share goes to a sub-account of the merchant or to a merchant on this shard; together at most the amount."""
+        if sum(split.amount for split in order.splits) > order.amount:
+            return "splits_exceed_amount"
+        sub_accounts = {sub.id for sub in self.merchants[order.merchant_id].sub_accounts}
+        for split in order.splits:
+            if split.amount <= 0 or (split.account_id not in sub_accounts and split.account_id not in self.merchants):
+                return "split_destination_not_found"
+        return ""
 
     def _admit_ip(self, command: CreateOrder, timestamp: int) -> int:
         """A sliding window per client IP, in engine time: 0 if admitted, else seconds until a slot frees."""

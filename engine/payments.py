@@ -303,6 +303,22 @@ class Payments:
         order.payment_id = payment.id
         order.updated_at = timestamp
         self.events.append(Event(f"order.{order.status}", order.id, timestamp))
+        if order.splits:
+            self._pay_splits(payment, order, timestamp)
+
+    def _pay_splits(self, payment: Payment, order: Order, timestamp: int) -> None:
+        """The order's shares move from the merchant's balance to their owners, all of them or none (linked)."""
+        balance = system_account_id(order.merchant_id, "balance", order.currency)
+        transfers = []
+        for index, split in enumerate(order.splits):
+            owner, name = ((split.account_id, "balance") if split.account_id in self.merchants
+                           else (order.merchant_id, split.account_id))
+            destination = self._system_account(owner, name, order.currency, timestamp)
+            transfers.append(Transfer(f"{order.merchant_id}:{payment.id}.split{index}", balance, destination,
+                                      split.amount, order.currency, flags=TransferFlag.LINKED))
+        transfers[-1].flags = 0
+        codes = self.ledger.create_transfers(transfers, timestamp)
+        assert not any(codes), codes  # the balance was just credited with at least their sum
 
     def _fail(self, payment: Payment, code: str, message: str, timestamp: int) -> None:
         payment.status = "failed"

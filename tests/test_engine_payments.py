@@ -18,6 +18,9 @@ import pytest
 from engine.queries import GetOrder, GetPaymentRecord, ListPayments, LookupAccounts
 from engine.records import (
     CancelOrder,
+    CreateSubAccount,
+    Split,
+    SubAccount,
     CancelPayment,
     CapturePayment,
     CreateMerchant,
@@ -45,9 +48,10 @@ AMOUNT = 100  # o1's amount
 # Builders: a fresh object on every call
 
 
-def order(oid: str, mid: str = "m1", amount: int = AMOUNT, *, methods=("card", "wallet"), expires_at: int = FAR) -> CreateOrder:
+def order(oid: str, mid: str = "m1", amount: int = AMOUNT, *, methods=("card", "wallet"), expires_at: int = FAR,
+          splits: tuple[Split, ...] = ()) -> CreateOrder:
     return CreateOrder(order=Order(id=oid, merchant_id=mid, name=f"Order {oid}", amount=amount, currency="USD",
-                                   payment_methods=list(methods), expires_at=expires_at))
+                                   payment_methods=list(methods), expires_at=expires_at, splits=list(splits)))
 
 
 def create(pid: str, mid: str = "m1", *, order_id: str = "o1", amount: int = 1, currency: str = "EUR",
@@ -643,3 +647,16 @@ def test_refunds_never_exceed_the_capture_whatever_the_submitted_payment_says(gw
     gw.ok(psp("p1"))
     result = gw.run(*(refund(f"r{i}", amount=AMOUNT) for i in range(2)))
     assert [outcome.code for outcome in result.results] == ["ok", "amount_too_large"]
+
+
+def test_a_split_order_pays_every_share_or_is_refused(gw: Gateway):
+    """Seed 004: one checkout pays several sellers. Shares go out with the payment, linked: all or nothing."""
+    gw.ok(CreateSubAccount("m1", SubAccount("sub_store", "Store")))
+    gw.ok(order("o9", splits=(Split("sub_store", 30), Split("m2", 20))))
+    gw.refused(order("o10", splits=(Split("sub_store", AMOUNT), Split("m2", 1))), "splits_exceed_amount")
+    gw.refused(order("o11", splits=(Split("sub_missing", 1),)), "split_destination_not_found")
+    gw.ok(create("p9", order_id="o9"))
+    gw.ok(psp("p9"))
+    shares = gw.query(LookupAccounts([system_account_id("m1", "sub_store", "USD"),
+                                      system_account_id("m2", "balance", "USD"), balance_id("m1")])).accounts
+    assert [account.credits_posted - account.debits_posted for account in shares] == [30, 20, AMOUNT - 50]
