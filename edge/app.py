@@ -121,6 +121,8 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/v1/payments/{id}/cancel", payments_api.cancel_payment),
         web.post("/v1/refunds", payments_api.create_refund),
         web.get("/v1/refunds/{id}", payments_api.get_refund),
+        web.post("/v1/payouts", payments_api.create_payout),
+        web.get("/v1/payouts/{id}", payments_api.get_payout),
         web.post("/v1/psp/{provider}/webhook", payments_api.provider_callback),
         web.post("/v1/qr/dynamic", qr_api.create_dynamic),
         web.post("/v1/qr/static", qr_api.create_static),

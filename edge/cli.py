@@ -102,7 +102,7 @@ def run_serve(args) -> int:
         api_key = ensure_demo_merchant(settings, settings.shard_addresses[ShardMap(len(configs)).shard_for(DEMO_MERCHANT_ID)])
         if args.actors:
             # Imported here: Ray takes seconds to import, and only serve with actors needs it.
-            from actors import connectors
+            from actors import connectors, followers
             from actors import runtime as ray_runtime
 
             providers.start().wait_ready()
@@ -110,6 +110,8 @@ def run_serve(args) -> int:
             connector_address = f"tcp://{args.host}:{args.base_port + 2}"
             actor_handles.append(connectors.spawn("piggybank", providers.services[0].url, connector_address,
                                                   settings.shard_addresses))
+            actor_handles.append(followers.spawn_payouts(providers.services[1].url, settings.shard_addresses,
+                                                         data / "cursors"))
             settings.providers = {"piggybank": connector_address}
         edge.start().wait_ready()
         _print_welcome(public_url, layout, args.workers, admin_token, api_key, ray_description)

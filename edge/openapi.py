@@ -58,6 +58,9 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "create_static": ("the merchant's static EMVCo QR code", schemas.StaticQrCreate, schemas.QrOut, "merchant"),
     "order_png": ("an order's QR code as PNG", None, str, "none"),
     "merchant_png": ("a merchant's static QR code as PNG", None, str, "none"),
+    "create_payout": ("move balance out through the bank (held until the bank answers)", schemas.PayoutCreate,
+                      schemas.PayoutOut, "merchant"),
+    "get_payout": ("a payout", None, schemas.PayoutOut, "merchant"),
     "provider_callback": ("a provider's signed result (Paygate-Signature: t=..,v1=..)", schemas.ProviderCallback,
                           dict[str, Any], "provider signature"),
 }

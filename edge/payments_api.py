@@ -26,11 +26,14 @@ from engine.records import (
     CapturePayment,
     CardDetails,
     CreatePayment,
+    CreatePayout,
     CreateRefund,
     Merchant,
     Payment,
+    Payout,
     PayOrderFromWallet,
     ReceiveBankTransfer,
+    RecordPayoutResult,
     RecordPspResult,
     Refund,
 )
@@ -205,6 +208,29 @@ async def get_refund(request: web.Request) -> web.Response:
     return respond(request, render.refund(await _record(request, merchant, "refund", request.match_info["id"])))
 
 
+# Payouts
+
+
+async def create_payout(request: web.Request) -> web.Response:
+    """Holds the balance now; the bank's dispatcher sends it, and the bank's answer posts or returns it."""
+    merchant = await merchant_principal(request)
+    fields, body = await body_of(request, schemas.PayoutCreate)
+    check_currency(fields.currency)
+    if fields.sub_account_id and fields.sub_account_id not in {sub.id for sub in merchant.sub_accounts}:
+        raise not_found("sub-account", fields.sub_account_id)
+    payout_id = new_id("po_", request, merchant.id)
+    payout = Payout(id=payout_id, merchant_id=merchant.id, amount=fields.amount, currency=fields.currency,
+                    sub_account_id=fields.sub_account_id, hold_id=ledger_id(merchant.id, f"{payout_id}.hold"))
+    outcome = await run(request, merchant.id, CreatePayout(payout=payout), body)
+    raise_for(outcome)
+    return respond(request, render.payout(outcome.record))
+
+
+async def get_payout(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    return respond(request, render.payout(await _record(request, merchant, "payout", request.match_info["id"])))
+
+
 # Provider callbacks
 
 
@@ -226,6 +252,8 @@ async def provider_callback(request: web.Request) -> web.Response:
     callback = schemas.decode(body, schemas.ProviderCallback)
     if callback.kind == "transfer_received":
         return await _transfer_received(request, callback)
+    if callback.kind == "payout":
+        return await _payout_result(request, callback)
     if not callback.merchant_id.startswith("mer_") or not callback.result:
         raise ApiError(400, "parameter_invalid", "the callback names no merchant or result", "merchant_id")
     command = RecordPspResult(
@@ -252,4 +280,15 @@ async def _transfer_received(request: web.Request, callback: schemas.ProviderCal
         currency=callback.currency, method="qr", payment_id=payment_id, bank_reference=callback.bank_reference,
         transfer_id=ledger_id(order.merchant_id, payment_id))
     outcome = await request.app["gateway"].submit(order.merchant_id, command)
+    return respond(request, {"received": True, "outcome": outcome.code})
+
+
+async def _payout_result(request: web.Request, callback: schemas.ProviderCallback) -> web.Response:
+    if not callback.merchant_id.startswith("mer_"):
+        raise ApiError(400, "parameter_invalid", "the callback names no merchant", "merchant_id")
+    command = RecordPayoutResult(
+        merchant_id=callback.merchant_id, payout_id=callback.payout_id, callback_id=callback.callback_id,
+        paid=callback.paid, failure_code=callback.failure_code,
+        transfer_id=ledger_id(callback.merchant_id, f"{callback.payout_id}.{'paid' if callback.paid else 'returned'}"))
+    outcome = await request.app["gateway"].submit(callback.merchant_id, command)
     return respond(request, {"received": True, "outcome": outcome.code})

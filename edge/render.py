@@ -3,7 +3,7 @@
 import datetime
 
 from edge import schemas
-from engine.records import Customer, Merchant, Order, Payment, Refund
+from engine.records import Customer, Merchant, Order, Payment, Payout, Refund
 from engine.types import Account, AccountFlag, Balance, Transfer, TransferFlag
 
 ORDER_STATUSES = ("pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception")
@@ -116,3 +116,9 @@ def payment(record: Payment, token: str = "") -> schemas.PaymentOut:
 def refund(record: Refund) -> schemas.RefundOut:
     return schemas.RefundOut(record.id, "refund", record.payment_id, record.amount, record.currency, record.reason,
                              record.status, time_of(record.created_at))
+
+
+def payout(record: Payout) -> schemas.PayoutOut:
+    return schemas.PayoutOut(record.id, "payout", record.amount, record.currency, record.sub_account_id or None,
+                             record.status, record.failure_code or None, time_of(record.created_at),
+                             time_of(record.updated_at))

@@ -185,6 +185,12 @@ class RefundCreate(Request):
     reason: Annotated[str, Meta(max_length=200)] = ""
 
 
+class PayoutCreate(Request):
+    amount: Amount
+    currency: Currency
+    sub_account_id: Annotated[str, Meta(max_length=64)] = ""
+
+
 class DynamicQrCreate(Request):
     order_id: Annotated[str, Meta(max_length=64)]
 
@@ -202,6 +208,8 @@ class ProviderCallback(Struct):
     amount: Annotated[int, Meta(ge=0, le=AMOUNT_MAX)] = 0
     currency: Annotated[str, Meta(max_length=3)] = ""
     bank_reference: Annotated[str, Meta(max_length=64)] = ""
+    payout_id: Annotated[str, Meta(max_length=64)] = ""
+    paid: bool = False
     payment_id: Annotated[str, Meta(max_length=64)] = ""
     merchant_id: Annotated[str, Meta(max_length=64)] = ""
     psp_reference: Annotated[str, Meta(max_length=64)] = ""
@@ -419,6 +427,18 @@ class TokenRequest(Struct):
     grant_type: Literal["client_credentials"]
     client_id: str
     client_secret: str
+
+
+class PayoutOut(Struct):
+    id: str
+    object: str
+    amount: int
+    currency: str
+    sub_account_id: str | None
+    status: str
+    failure_code: str | None
+    created_at: str
+    updated_at: str
 
 
 class QrOut(Struct):
