@@ -16,6 +16,7 @@ import aiohttp
 import ray
 
 from actors.connectors import NAMESPACE
+from actors.runtime import exit_with_parent
 from engine.records import CreatePayout, Idempotent, Outcome
 from journal.client import ShardClient
 from journal.recovery import batch_decoder
@@ -74,6 +75,7 @@ class PayoutDispatcherActor:
         if self.task is None:
             self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
             self.task = asyncio.get_running_loop().create_task(self._run())
+            self.watchdog = asyncio.get_running_loop().create_task(exit_with_parent())
         return "payout dispatcher following " + ", ".join(str(cursor.sequence) for cursor in self.cursors)
 
     def stats(self) -> dict:

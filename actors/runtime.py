@@ -13,8 +13,10 @@ one worker per core.
 paygate commands can find the runtime and its logs.
 """
 
+import asyncio
 import importlib
 import logging
+import os
 import pathlib
 
 import msgspec
@@ -82,6 +84,16 @@ def start(address: str | None, data: pathlib.Path, object_store_bytes: int = 256
     _runtime_file.write_bytes(msgspec.json.encode(info))
     _info = info
     return describe(info)
+
+
+async def exit_with_parent(interval_s: float = 1.0) -> None:
+    """Run inside an actor: when its raylet dies first (a whole process group stopped at once), end the process
+    instead of lingering as an orphan that holds its ports."""
+    parent = os.getppid()
+    while True:
+        await asyncio.sleep(interval_s)
+        if os.getppid() != parent:
+            os._exit(0)
 
 
 def describe(info: RuntimeInfo) -> str:

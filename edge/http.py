@@ -38,6 +38,7 @@ OUTCOME_ERRORS = {
     "order_not_pending": (409, "order_not_pending"),
     "rate_limited": (429, "rate_limited"),
     "insufficient_funds": (402, "insufficient_funds"),
+    "amount_too_large": (402, "amount_too_large"),
     "payment_method_not_allowed": (400, "payment_method_not_allowed"),
     "split_destination_not_found": (400, "split_destination_not_found"),
     "splits_exceed_amount": (400, "splits_exceed_amount"),

@@ -1,0 +1,439 @@
+"""Card, QR and callback payments end to end: a real `paygate serve` with Ray, the connector actor and the simulated
+providers (piggybank on --base-port+0, the bank on +1), over HTTP only.
+
+One server for the module (Ray takes a while to start); every test makes its own merchant. After every test the
+full double-entry check passes; the last test searches everything the run left on disk and in the logs for the
+card numbers it used.
+"""
+
+import concurrent.futures
+import hashlib
+import hmac
+import json
+import mmap
+import pathlib
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+import pytest
+
+from edge_harness import Server
+from engine.emvco import parse_payload
+
+PROCESSING_TIMEOUT_S = 3
+AUTHORIZATION_HOLD_S = 2
+EXPIRY = {"exp_month": 12, "exp_year": 2031}
+# test card -> (final status, failure_code)
+CARDS = {
+    "4242424242424242": ("succeeded", None),
+    "4000000000000002": ("failed", "card_declined"),
+    "4000000000009995": ("failed", "insufficient_funds"),
+    "4000000000000119": ("failed", "processing_error"),  # the connector retries the acquirer's 500s, then gives up
+    "4000000000000036": ("failed", "processing_timeout"),  # the acquirer never answers
+}
+SUCCEEDS, RETRIED, SILENT = "4242424242424242", "4000000000000119", "4000000000000036"
+THREE_D_SECURE = "4000000000003220"
+LUHN_INVALID = "4242424242424241"
+ALL_NUMBERS = (*CARDS, THREE_D_SECURE, LUHN_INVALID)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("pay"), workers=2, actors=True,
+                    extra=("--order-ip-limit", "100000", "--processing-timeout-s", str(PROCESSING_TIMEOUT_S),
+                           "--authorization-hold-s", str(AUTHORIZATION_HOLD_S),
+                           # so that there are snapshots for the last test to search
+                           "--snapshot-every-batches", "50")).start()
+    # Keep reading what serve prints (the harness stops at "try:"): a full pipe would stall it, and the last test
+    # searches all of it.
+    threading.Thread(target=lambda: server.output.extend(server.process.stdout), daemon=True).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def double_entry_holds(server):
+    yield
+    assert call(server, "GET", "/v1/admin/ledger_check", key=server.admin_token)["ok"] is True
+
+
+@pytest.fixture
+def shop(server):
+    return merchant(server)
+
+
+# --- helpers -------------------------------------------------------------------------------------------------------
+
+def call(server, method, path, body=None, key=None, status=200, **options):
+    """The JSON reply, asserting its status (None: any below 500) and that no card number is in it."""
+    reply = server.request(method, path, body, key=key, **options)
+    assert reply.status < 500, (method, path, reply.status, reply.body[:300])
+    assert status is None or reply.status == status, (method, path, reply.status, reply.body[:300])
+    assert not any(number.encode() in reply.body for number in ALL_NUMBERS), reply.body[:300]
+    return reply.json() if status is not None else reply
+
+
+def error(server, method, path, body=None, key=None, status=400, code=None, **options) -> dict:
+    problem = call(server, method, path, body, key, status=status, **options)["error"]
+    assert code is None or problem["code"] == code, problem
+    return problem
+
+
+def merchant(server) -> tuple[str, str]:
+    """A fresh merchant: (id, API key)."""
+    name = f"shop-{uuid.uuid4().hex[:8]}"
+    created = call(server, "POST", "/v1/merchants", {"name": name, "email": f"{name}@example.com", "tier": "premium"},
+                   key=server.admin_token)
+    return created["id"], created["api_key"]
+
+
+def card(number: str) -> dict:
+    return {"type": "card", "card": {"number": number, **EXPIRY, "cvc": "123", "holder_name": "Ann Example"}}
+
+
+def pay(server, key, method: dict | str, **fields) -> dict:
+    """A payment with a card number (or a whole payment_method); amount+currency unless given an order_id."""
+    body = {"payment_method": card(method) if isinstance(method, str) else method, **fields}
+    if "order_id" not in fields:
+        body = {"amount": 1000, "currency": "usd", **body}
+    return call(server, "POST", "/v1/payments", body, key=key)
+
+
+def order(server, key, amount=1500, currency="usd") -> dict:
+    return call(server, "POST", "/v1/orders", {"name": "Coffee", "amount": amount, "currency": currency}, key=key)
+
+
+def wait_until(read, done, timeout_s: float = 10, what: str = ""):
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = read()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}: {value}"
+        time.sleep(0.1)
+
+
+def wait_for(server, key, payment_id, statuses, timeout_s=10) -> dict:
+    statuses = {statuses} if isinstance(statuses, str) else set(statuses)
+    return wait_until(lambda: call(server, "GET", f"/v1/payments/{payment_id}", key=key),
+                      lambda payment: payment["status"] in statuses, timeout_s, f"{payment_id} to be {statuses}")
+
+
+def check_card(payment: dict, number: str) -> None:
+    assert payment["payment_method"]["card"] == {"brand": "visa", "last4": number[-4:], **EXPIRY}
+
+
+def fetch(url: str, form: dict | None = None, body: dict | None = None) -> tuple[int, str, bytes]:
+    """A plain HTTP call (to a simulated provider, or a public URL): status, content type, body."""
+    data = urllib.parse.urlencode(form).encode() if form else (json.dumps(body).encode() if body else None)
+    request = urllib.request.Request(url, data=data, method="POST" if data else "GET")
+    if body:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.headers.get_content_type(), response.read()
+    except urllib.error.HTTPError as failure:
+        return failure.code, failure.headers.get_content_type(), failure.read()
+
+
+# --- 1. every test card, with amount+currency and with an order ------------------------------------------------------
+
+@pytest.mark.parametrize("via", ["amount", "order"])
+@pytest.mark.parametrize("number", CARDS)
+def test_test_card_paths(server, shop, number, via):
+    _, key = shop
+    final_status, failure_code = CARDS[number]
+    the_order = order(server, key) if via == "order" else None
+    started = time.monotonic()
+    created = pay(server, key, number, **({"order_id": the_order["id"]} if the_order else {}))
+    assert created["status"] == "processing" and created["amount"] == (1500 if the_order else 1000)
+    assert created["order_id"] == (the_order["id"] if the_order else None)
+    check_card(created, number)
+    if number == SILENT:
+        time.sleep(PROCESSING_TIMEOUT_S / 2)
+        assert call(server, "GET", f"/v1/payments/{created['id']}", key=key)["status"] == "processing"
+    payment = wait_for(server, key, created["id"], final_status)
+    elapsed = time.monotonic() - started
+    assert payment["failure_code"] == failure_code, payment
+    assert payment["amount_captured"] == (payment["amount"] if final_status == "succeeded" else 0)
+    check_card(payment, number)
+    if number == SILENT:
+        assert PROCESSING_TIMEOUT_S - 0.1 <= elapsed <= PROCESSING_TIMEOUT_S + 5, elapsed
+    if number == RETRIED:  # three retries back off at least 0.75 * (0.2 + 0.4 + 0.8) s; without them it is ~50 ms
+        assert elapsed >= 1.0, elapsed
+    if the_order:
+        after = call(server, "GET", f"/v1/orders/{the_order['id']}", key=key)
+        if final_status == "succeeded":
+            assert (after["status"], after["payment_id"]) == ("paid", payment["id"])
+        else:
+            assert (after["status"], after["error_code"]) == ("pending", failure_code)
+
+
+def test_luhn_invalid_number_is_refused_at_once(server, shop):
+    _, key = shop
+    the_order = order(server, key)
+    for fields in ({"amount": 1000, "currency": "usd"}, {"order_id": the_order["id"]}):
+        problem = error(server, "POST", "/v1/payments", {"payment_method": card(LUHN_INVALID), **fields}, key=key,
+                        status=402)
+        assert (problem["type"], problem["code"], problem["param"]) == (
+            "card_error", "incorrect_number", "payment_method.card.number")
+    assert call(server, "GET", "/v1/payments", key=key)["data"] == []
+    assert call(server, "GET", f"/v1/orders/{the_order['id']}", key=key)["status"] == "pending"
+
+
+# --- 2. 3-D Secure -------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("outcome, final_status, failure_code", [("complete", "succeeded", None),
+                                                                  ("fail", "failed", "authentication_failed")])
+def test_three_d_secure(server, shop, outcome, final_status, failure_code):
+    _, key = shop
+    payment = wait_for(server, key, pay(server, key, THREE_D_SECURE)["id"], "requires_action")
+    action = payment["next_action"]
+    assert action["type"] == "redirect_3ds"
+    assert action["url"].startswith(f"http://127.0.0.1:{server.base_port}/3ds/pb_"), action
+    status, content_type, page = fetch(action["url"])
+    assert (status, content_type) == (200, "text/html")
+    assert b'name="outcome" value="complete"' in page and b"ending in 3220" in page
+    assert THREE_D_SECURE.encode() not in page
+    assert fetch(action["url"], form={"outcome": outcome})[0] == 200
+    payment = wait_for(server, key, payment["id"], final_status)
+    assert payment["failure_code"] == failure_code and payment["next_action"] is None
+    assert fetch(action["url"])[0] == 409  # the challenge is over
+
+
+# --- 3. manual capture ---------------------------------------------------------------------------------------------
+
+def authorized(server, key, amount=1000) -> dict:
+    payment = wait_for(server, key, pay(server, key, SUCCEEDS, amount=amount, capture_method="manual")["id"],
+                       "requires_capture")
+    assert (payment["amount_capturable"], payment["amount_captured"]) == (amount, 0)
+    return payment
+
+
+def test_partial_capture_once(server, shop):
+    _, key = shop
+    payment = authorized(server, key)
+    captured = call(server, "POST", f"/v1/payments/{payment['id']}/capture", {"amount": 600}, key=key)
+    assert (captured["status"], captured["amount_captured"], captured["amount_capturable"]) == ("succeeded", 600, 0)
+    again = call(server, "POST", f"/v1/payments/{payment['id']}/capture", {"amount": 100}, key=key, status=None)
+    assert 400 <= again.status < 500, again.status
+    # what was not captured is not there to refund
+    too_much = call(server, "POST", "/v1/refunds", {"payment_id": payment["id"], "amount": 601}, key=key, status=None)
+    assert too_much.json()["error"]["code"] == "amount_too_large"
+    assert call(server, "GET", f"/v1/payments/{payment['id']}", key=key)["amount_captured"] == 600
+
+
+def test_cancel_an_authorization(server, shop):
+    _, key = shop
+    payment = authorized(server, key)
+    cancelled = call(server, "POST", f"/v1/payments/{payment['id']}/cancel", key=key)
+    assert (cancelled["status"], cancelled["amount_capturable"], cancelled["amount_captured"]) == ("cancelled", 0, 0)
+    assert 400 <= call(server, "POST", f"/v1/payments/{payment['id']}/capture", {}, key=key, status=None).status < 500
+
+
+def test_uncaptured_authorization_is_released_after_the_hold(server, shop):
+    _, key = shop
+    started = time.monotonic()
+    payment = authorized(server, key)
+    released = wait_for(server, key, payment["id"], "cancelled", timeout_s=AUTHORIZATION_HOLD_S + 8)
+    assert time.monotonic() - started >= AUTHORIZATION_HOLD_S - 0.1  # not before the hold is up
+    assert (released["amount_capturable"], released["amount_captured"]) == (0, 0)
+    # no money reached the merchant: nothing to capture, nothing to refund (and the ledger check after the test)
+    for path, body in ((f"/v1/payments/{payment['id']}/capture", {}), ("/v1/refunds", {"payment_id": payment["id"]})):
+        assert 400 <= call(server, "POST", path, body, key=key, status=None).status < 500, path
+
+
+# --- 4. refunds ----------------------------------------------------------------------------------------------------
+
+def test_partial_refunds_up_to_the_captured_amount(server, shop):
+    _, key = shop
+    the_order = order(server, key, amount=1000)
+    payment = wait_for(server, key, pay(server, key, SUCCEEDS, order_id=the_order["id"])["id"], "succeeded")
+    for amount, refunded, order_status in ((300, 300, "partially_refunded"), (300, 600, "partially_refunded"),
+                                           (400, 1000, "refunded")):
+        refund = call(server, "POST", "/v1/refunds", {"payment_id": payment["id"], "amount": amount}, key=key)
+        assert (refund["payment_id"], refund["amount"], refund["currency"], refund["status"]) == (
+            payment["id"], amount, "usd", "succeeded")
+        assert call(server, "GET", f"/v1/refunds/{refund['id']}", key=key) == refund
+        assert call(server, "GET", f"/v1/payments/{payment['id']}", key=key)["amount_refunded"] == refunded
+        after = call(server, "GET", f"/v1/orders/{the_order['id']}", key=key)
+        assert (after["status"], after["amount_refunded"]) == (order_status, refunded)
+    refused(server, key, {"payment_id": payment["id"], "amount": 1})
+    assert call(server, "GET", f"/v1/payments/{payment['id']}", key=key)["amount_refunded"] == 1000
+    error(server, "GET", f"/v1/refunds/re_{'0' * 24}", key=key, status=404)
+
+
+def refused(server, key, request: dict):
+    """A refund beyond what is left: refused with amount_too_large (the status is test_over_refund_is_402's)."""
+    reply = call(server, "POST", "/v1/refunds", request, key=key, status=None)
+    assert reply.status == 402 and reply.json()["error"]["code"] == "amount_too_large", reply.body
+
+
+def test_over_refund_is_402(server, shop):
+    _, key = shop
+    payment = wait_for(server, key, pay(server, key, SUCCEEDS, amount=500)["id"], "succeeded")
+    problem = error(server, "POST", "/v1/refunds", {"payment_id": payment["id"], "amount": 501}, key=key, status=402)
+    assert (problem["type"], problem["code"]) == ("balance_error", "amount_too_large")
+
+
+def test_racing_refunds_never_exceed_the_captured_amount(server, shop):
+    _, key = shop
+    share = 100
+    payment = wait_for(server, key, pay(server, key, SUCCEEDS, amount=10 * share)["id"], "succeeded")
+    request = {"payment_id": payment["id"], "amount": share}
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        replies = list(pool.map(lambda _: server.request("POST", "/v1/refunds", request, key=key), range(20)))
+    statuses = [reply.status for reply in replies]
+    assert statuses.count(200) == 10, statuses
+    for reply in replies:
+        if reply.status != 200:
+            assert reply.status == 402 and reply.json()["error"]["code"] == "amount_too_large", reply.body
+    assert call(server, "GET", f"/v1/payments/{payment['id']}", key=key)["amount_refunded"] == 10 * share
+
+
+# --- 5. saved cards ------------------------------------------------------------------------------------------------
+
+def test_saved_card_pays_again_for_its_merchant_only(server, shop):
+    _, key = shop
+    first = pay(server, key, SUCCEEDS)
+    token = first["payment_method"]["token"]
+    assert token.startswith("tok_")
+    wait_for(server, key, first["id"], "succeeded")
+    again = pay(server, key, {"type": "card", "token": token}, amount=2500)
+    assert again["id"] != first["id"] and again["payment_method"]["token"] == token
+    check_card(again, SUCCEEDS)
+    paid = wait_for(server, key, again["id"], "succeeded")
+    assert (paid["amount_captured"], paid["failure_code"]) == (2500, None)
+    _, other_key = merchant(server)
+    problem = error(server, "POST", "/v1/payments", {"payment_method": {"type": "card", "token": token},
+                                                     "amount": 100, "currency": "usd"}, key=other_key, status=404)
+    assert problem["code"] == "resource_missing"
+    assert call(server, "GET", "/v1/payments", key=other_key)["data"] == []
+
+
+# --- 6. QR codes paid by bank transfer -----------------------------------------------------------------------------
+
+def test_dynamic_qr_paid_by_bank_transfer(server, shop):
+    _, key = shop
+    the_order = order(server, key, amount=120000, currency="vnd")
+    qr = call(server, "POST", "/v1/qr/dynamic", {"order_id": the_order["id"]}, key=key)
+    tags = parse_payload(qr["payload"])  # also checks the CRC
+    assert (tags["01"], tags["53"], tags["54"], tags["58"]) == ("12", "704", "120000", "VN")
+    reference = tags["62"]["01"]
+    assert reference == "O" + the_order["id"].removeprefix("ord_")
+    status, content_type, image = fetch(qr["png_url"])
+    assert (status, content_type) == (200, "image/png") and image.startswith(b"\x89PNG\r\n\x1a\n")
+    status, _, answer = fetch(f"http://127.0.0.1:{server.base_port + 1}/v1/transfers",
+                              body={"reference": reference, "amount": 120000, "currency": "vnd"})
+    assert status == 202, answer
+    paid = wait_until(lambda: call(server, "GET", f"/v1/orders/{the_order['id']}", key=key),
+                      lambda current: current["status"] != "pending", what="the order to be paid")
+    assert paid["status"] == "paid" and paid["payment_id"], paid
+    payment = call(server, "GET", f"/v1/payments/{paid['payment_id']}", key=key)
+    assert (payment["status"], payment["amount"], payment["currency"], payment["order_id"]) == (
+        "succeeded", 120000, "vnd", the_order["id"])
+
+
+# --- 7. provider callbacks -----------------------------------------------------------------------------------------
+
+def signed(secret: str, body: bytes, timestamp: int) -> dict:
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return {"Paygate-Signature": f"t={timestamp},v1={digest}"}
+
+
+def callback(merchant_id: str, payment_id: str, callback_id: str) -> bytes:
+    return json.dumps({"callback_id": callback_id, "kind": "authorization", "payment_id": payment_id,
+                       "merchant_id": merchant_id, "psp_reference": "pb_late", "result": "authorized"}).encode()
+
+
+def piggybank_secret(server) -> str:
+    return (server.data / "providers" / "piggybank.secret").read_text().strip()
+
+
+def post_callback(server, body: bytes, headers: dict):
+    return server.request("POST", "/v1/psp/piggybank/webhook", raw=body, headers=headers)
+
+
+def test_unsigned_forged_and_stale_callbacks_change_nothing(server, shop):
+    merchant_id, key = shop
+    payment = call(server, "GET", f"/v1/payments/{pay(server, key, SILENT)['id']}", key=key)
+    body = callback(merchant_id, payment["id"], "cb_" + uuid.uuid4().hex)
+    now = int(time.time())
+    for headers in ({}, signed("not-the-secret", body, now), signed(piggybank_secret(server), body, now - 400),
+                    {"Paygate-Signature": signed(piggybank_secret(server), body, now)["Paygate-Signature"] + "0"}):
+        reply = post_callback(server, body, headers)
+        assert reply.status == 401 and reply.json()["error"]["code"] == "signature_invalid", (headers, reply.body)
+    assert call(server, "GET", f"/v1/payments/{payment['id']}", key=key) == payment  # unchanged, still processing
+
+
+def test_late_authorization_lands_once(server, shop):
+    merchant_id, key = shop
+    payment = pay(server, key, SILENT)
+    secret = piggybank_secret(server)
+    body = callback(merchant_id, payment["id"], "cb_" + uuid.uuid4().hex)
+    headers = signed(secret, body, int(time.time()))
+    reply = post_callback(server, body, headers)
+    assert reply.status == 200 and reply.json() == {"received": True, "outcome": "ok"}, reply.body
+    succeeded = call(server, "GET", f"/v1/payments/{payment['id']}", key=key)
+    assert (succeeded["status"], succeeded["amount_captured"]) == ("succeeded", payment["amount"])
+    # the very same signed request again: refused as a replay, or (on the other edge worker) a duplicate
+    replay = post_callback(server, body, headers)
+    assert (replay.status, replay.json().get("error", {}).get("code") or replay.json()["outcome"]) in (
+        (401, "replayed"), (200, "duplicate")), replay.body
+    # the provider resending the same callback (same callback_id), freshly signed
+    resent = post_callback(server, body, signed(secret, body, int(time.time()) - 5))
+    assert resent.status == 200 and resent.json()["outcome"] == "duplicate", resent.body
+    time.sleep(PROCESSING_TIMEOUT_S + 0.5)  # past the processing deadline too
+    assert call(server, "GET", f"/v1/payments/{payment['id']}", key=key) == succeeded
+
+
+# --- 8. card numbers rest nowhere ----------------------------------------------------------------------------------
+
+def files_under(folder: pathlib.Path):
+    return [path for path in folder.rglob("*") if path.is_file() and not path.is_symlink()]
+
+
+def holds(path: pathlib.Path, needles: list[bytes]) -> list[bytes]:
+    with path.open("rb") as file:
+        if path.stat().st_size == 0:
+            return []
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as content:
+            return [needle for needle in needles if content.find(needle) != -1]
+
+
+def test_card_numbers_are_stored_and_logged_nowhere(server):
+    needles = [number.encode() for number in ALL_NUMBERS]
+    data_files = files_under(server.data)
+    assert [path for path in data_files if path.name == "data.mdb"], "no journal found"
+    assert [path for path in data_files if path.name.startswith("snapshot-")], "no snapshot found"
+    session_dir = json.loads((server.data / "ray.json").read_bytes())["session_dir"]
+    log_files = files_under(pathlib.Path(session_dir) / "logs")
+    assert log_files, "no Ray logs found"
+    found = {str(path): hits for path in data_files + log_files if (hits := holds(path, needles))}
+    output = "".join(server.output)
+    found.update({"serve output": [needle for needle in needles if needle.decode() in output]})
+    assert not any(found.values()), found
+
+
+def test_payouts_reach_the_bank_and_failures_return_the_money(server, shop):
+    """Seed 003/004: a payout holds the balance; the bank's answer posts it, or voids it and the money returns."""
+    _, key = shop
+    wait_for(server, key, pay(server, key, "4242424242424242", amount=20_000)["id"], "succeeded")
+    payouts = "/v1/payouts"
+    sent = call(server, "POST", payouts, {"amount": 5000, "currency": "usd"}, key=key)
+    failing = call(server, "POST", payouts, {"amount": 1013, "currency": "usd"}, key=key)  # the bank refuses *13
+    assert sent["status"] == failing["status"] == "pending"
+
+    def settled(payout: dict) -> dict:
+        return wait_until(lambda: call(server, "GET", f"{payouts}/{payout['id']}", key=key),
+                          lambda current: current["status"] != "pending", what=f"payout {payout['id']}")
+
+    assert settled(sent)["status"] == "paid"
+    assert (settled(failing)["status"], settled(failing)["failure_code"]) == ("failed", "account_closed")
+    # 20000 - 5000 remain once the failed payout returned its 1013: 15001 is more than there is.
+    error(server, "POST", payouts, {"amount": 15_001, "currency": "usd"}, key=key, status=402, code="insufficient_funds")
+    assert call(server, "POST", payouts, {"amount": 15_000, "currency": "usd"}, key=key)["status"] == "pending"
