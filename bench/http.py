@@ -43,12 +43,12 @@ import time
 import orjson
 import psutil
 
+from bench.names import BATCH, CAPTURE, SETUP
+
 from bench.report import OUT, Report
 from bench.server import ROOT, PaygateServer
 
 LOCUSTFILE = pathlib.Path(__file__).resolve().parent / "locustfile.py"
-SETUP = "[setup]"
-BATCH = "[batch]"
 CPU_SAMPLE_S = 1.0
 
 
@@ -160,9 +160,9 @@ def percentile(histogram: list[tuple[int, int]], count: int, fraction: float) ->
     return 0
 
 
-def read_stats(report: Report) -> tuple[float, float]:
-    """Per-name rows from locust's CSV; successful single requests/s and successful batches/s."""
-    single_per_s = batches_per_s = 0.0
+def read_stats(report: Report) -> tuple[float, float, float]:
+    """Per-name rows from locust's CSV; successful single requests/s, batches/s and card captures/s."""
+    single_per_s = batches_per_s = captures_per_s = 0.0
     with open(OUT / "http_stats.csv", newline="") as file:
         for row in csv.DictReader(file):
             if row["Name"] == "Aggregated":
@@ -174,6 +174,8 @@ def read_stats(report: Report) -> tuple[float, float]:
                        requests_per_s=round(per_s, 1), p50_ms=row["50%"], p99_ms=row["99%"],
                        max_ms=round(float(row["Max Response Time"])),
                        average_ms=round(float(row["Average Response Time"]), 1))
+            if row["Name"] == CAPTURE:
+                captures_per_s += successful_per_s
             if row["Name"].endswith(BATCH):
                 batches_per_s += successful_per_s
             elif not row["Name"].endswith(SETUP):
@@ -184,7 +186,7 @@ def read_stats(report: Report) -> tuple[float, float]:
             for row in csv.DictReader(file):
                 report.row(failed_request=row["Name"], occurrences=row["Occurrences"],
                            error=" ".join(row["Error"].split())[:240])
-    return single_per_s, batches_per_s
+    return single_per_s, batches_per_s, captures_per_s
 
 
 def main() -> None:
@@ -237,7 +239,7 @@ def main() -> None:
             if exit_code:
                 print(f"warning: paygate serve exited with {exit_code}; its last output:\n"
                       + "".join(server.output[-20:]), file=sys.stderr, flush=True)
-    single_per_s, batches_per_s = read_stats(report)
+    single_per_s, batches_per_s, card_payments_per_s = read_stats(report)
     report.row(**cpu)
     # CPU per unit of work, by process role: meaningful when only one kind of user ran
     roles = [key for key in cpu if key.startswith("cpu_") and key not in ("cpu_idle_pct", "cpu_others_pct",
@@ -259,6 +261,7 @@ def main() -> None:
         p50_ms=percentile(histogram, count, 0.50),
         p99_ms=percentile(histogram, count, 0.99),
         batch_transfers_per_s=round(batches_per_s * args.batch_size),
+        card_payments_per_s=round(card_payments_per_s, 1),
     )
 
 

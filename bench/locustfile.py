@@ -32,13 +32,14 @@ expected JSON, or a result that is not what the API promises is a failure.
 import itertools
 import os
 import random
+import time
 import uuid
 
 import orjson
 from locust import FastHttpUser, constant_throughput, events, task
 
-SETUP = "[setup]"
-BATCH = "[batch]"
+from bench.names import BATCH, CAPTURE, SETUP
+
 CURRENCY = "usd"
 DEPOSIT = 10**15  # minor units: far more than a run's checkouts spend
 
@@ -175,6 +176,42 @@ class OrderWalletUser(PaygateUser):
             expect(body["payment_id"] == payment["id"], f"order payment_id {body['payment_id']!r}")
 
         self.call("GET", f"/v1/orders/{order_id}", "GET /v1/orders/{id}", check=order_paid)
+
+
+CARD_POLLS = 50  # reads of a payment while the acquirer's callback is on its way
+
+
+@single_request_user
+class CardPaymentUser(PaygateUser):
+    """A shop taking a card: create an order, pay it by test card (manual capture), wait for the authorization, capture."""
+
+    weight = int(_number("PAYGATE_BENCH_CARD_WEIGHT", 1))
+    wait_time = constant_throughput(_number("PAYGATE_BENCH_CHECKOUTS_PER_S", 5))
+
+    @task
+    def pay_by_card(self) -> None:
+        amount = random.randint(100, 100_000)
+        order = self.call("POST", "/v1/orders", "POST /v1/orders", {"name": "Bench card order", "amount": amount,
+                          "currency": CURRENCY, "payment_methods": ["card"]}, idempotent=True)
+        if order is None:
+            return
+        card = {"number": "4242424242424242", "exp_month": 12, "exp_year": 2040, "cvc": "123"}
+        payment = self.call("POST", "/v1/payments", "POST /v1/payments [card]",
+                            {"order_id": order["id"], "capture_method": "manual",
+                             "payment_method": {"type": "card", "card": card}}, idempotent=True,
+                            check=lambda body: expect(body["payment_method"]["card"]["last4"] == "4242", "last4"))
+        if payment is None:
+            return
+        for _ in range(CARD_POLLS):
+            current = self.call("GET", f"/v1/payments/{payment['id']}", "GET /v1/payments/{id}")
+            if current is None or current["status"] != "processing":
+                break
+            time.sleep(0.01)
+        if current is None or current["status"] != "requires_capture":
+            return
+        self.call("POST", f"/v1/payments/{payment['id']}/capture", CAPTURE, {}, idempotent=True,
+                  check=lambda body: expect(body["status"] == "succeeded" and body["amount_captured"] == amount,
+                                            f"captured {body.get('amount_captured')} of {amount}"))
 
 
 class BatchTransferUser(PaygateUser):
