@@ -106,6 +106,10 @@ TRANSIENT_TRANSFER_CODES = frozenset(
         "overflows_debits",
         "overflows_credits",
         "overflows_timeout",
+        # The pending transfer's amount is state too: in a chain, a balancing hold made just before may be
+        # larger on a retry, so a post or void that did not fit must not get a second chance under its id.
+        "exceeds_pending_transfer_amount",
+        "pending_transfer_has_different_amount",
     }
 )
 
