@@ -29,7 +29,7 @@ import ray
 
 from engine.records import RecordPspResult
 from journal.client import Cluster
-from actors.runtime import exit_with_parent
+from actors.runtime import die_with_parent
 from actors.connector_wire import Authorization, AuthorizationBatch, batch_decoder
 from journal.logs import JsonFormatter
 
@@ -71,6 +71,7 @@ class PaymentConnectorActor:
 
     def __init__(self, provider: str, provider_url: str, listen_address: str, shard_addresses: list[list[str]],
                  max_in_flight: int = 64, retries: int = 3, backoff_s: float = 0.2) -> None:
+        die_with_parent()
         _configure_logging()
         self.provider = provider
         self.provider_url = provider_url.rstrip("/")
@@ -91,7 +92,6 @@ class PaymentConnectorActor:
         """Listen and start the receive loop; again is harmless."""
         if self._receiver is not None and not self._receiver.done():
             return self.ping()
-        self._watchdog = asyncio.get_running_loop().create_task(exit_with_parent())
         socket = pynng.Pull0(recv_timeout=RECV_TIMEOUT_MS, recv_buffer_size=RECV_BUFFER_MESSAGES)
         try:
             socket.listen(self.listen_address)

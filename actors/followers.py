@@ -16,7 +16,7 @@ import aiohttp
 import ray
 
 from actors.connectors import NAMESPACE
-from actors.runtime import exit_with_parent
+from actors.runtime import die_with_parent
 from engine.records import CreatePayout, Idempotent, Outcome
 from journal.client import ShardClient
 from journal.recovery import batch_decoder
@@ -63,6 +63,7 @@ class PayoutDispatcherActor:
     """Sends every payout the shards committed to the bank, once it is durable there (the bank dedups by id)."""
 
     def __init__(self, bank_url: str, shard_addresses: list[list[str]], cursor_folder: str) -> None:
+        die_with_parent()
         self.bank_url = bank_url
         self.shards = [ShardClient(addresses, timeout_ms=5000) for addresses in shard_addresses]
         folder = pathlib.Path(cursor_folder)
@@ -75,7 +76,6 @@ class PayoutDispatcherActor:
         if self.task is None:
             self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
             self.task = asyncio.get_running_loop().create_task(self._run())
-            self.watchdog = asyncio.get_running_loop().create_task(exit_with_parent())
         return "payout dispatcher following " + ", ".join(str(cursor.sequence) for cursor in self.cursors)
 
     def stats(self) -> dict:

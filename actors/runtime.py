@@ -13,11 +13,12 @@ one worker per core.
 paygate commands can find the runtime and its logs.
 """
 
-import asyncio
+import ctypes
 import importlib
 import logging
 import os
 import pathlib
+import signal
 
 import msgspec
 import ray
@@ -25,6 +26,7 @@ import ray
 NAMESPACE = "paygate"
 LOCAL_CPUS = 2
 RUNTIME_FILE = "ray.json"
+PR_SET_PDEATHSIG = 1
 
 log = logging.getLogger("paygate.actors.runtime")
 
@@ -86,14 +88,13 @@ def start(address: str | None, data: pathlib.Path, object_store_bytes: int = 256
     return describe(info)
 
 
-async def exit_with_parent(interval_s: float = 1.0) -> None:
-    """Run inside an actor: when its raylet dies first (a whole process group stopped at once), end the process
-    instead of lingering as an orphan that holds its ports."""
+def die_with_parent() -> None:
+    """Call in an actor: when its raylet dies first (a whole process group stopped at once), the kernel ends this
+    process too, rather than leave an orphan that holds its ports (Linux's parent-death signal)."""
     parent = os.getppid()
-    while True:
-        await asyncio.sleep(interval_s)
-        if os.getppid() != parent:
-            os._exit(0)
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent went before the signal was armed
+        os._exit(0)
 
 
 def describe(info: RuntimeInfo) -> str:
