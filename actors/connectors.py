@@ -20,6 +20,7 @@ May import engine types, the journal client and ray; never the edge.
 
 import asyncio
 import logging
+import os
 import random
 
 import aiohttp
@@ -110,6 +111,9 @@ class PaymentConnectorActor:
         self._receiver = asyncio.create_task(self._receive())
         log.info("connector %s listening on %s for %s", self.provider, self.listen_address, self.provider_url)
         return self.ping()
+
+    def pid(self) -> int:
+        return os.getpid()
 
     def ping(self) -> str:
         listening = self._receiver is not None and not self._receiver.done()

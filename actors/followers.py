@@ -78,6 +78,9 @@ class PayoutDispatcherActor:
             self.task = asyncio.get_running_loop().create_task(self._run())
         return "payout dispatcher following " + ", ".join(str(cursor.sequence) for cursor in self.cursors)
 
+    def pid(self) -> int:
+        return os.getpid()
+
     def stats(self) -> dict:
         return {"sent": self.sent, "cursors": [cursor.sequence for cursor in self.cursors]}
 

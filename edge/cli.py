@@ -1,6 +1,7 @@
 """The `paygate` command line: serve, replay, verify, promote, and the shard process itself."""
 
 import argparse
+import contextlib
 import os
 import pathlib
 import signal
@@ -94,6 +95,7 @@ def run_serve(args) -> int:
     ray_runtime = None
     # Held for as long as serve runs: Ray ends an actor once no handle to it is left.
     actor_handles: list = []
+    actor_pids: list[int] = []
     try:
         for primary, replica in configs:
             shards += [ShardProcess(config).start() for config in (replica, primary) if config is not None]
@@ -102,6 +104,8 @@ def run_serve(args) -> int:
         api_key = ensure_demo_merchant(settings, settings.shard_addresses[ShardMap(len(configs)).shard_for(DEMO_MERCHANT_ID)])
         if args.actors:
             # Imported here: Ray takes seconds to import, and only serve with actors needs it.
+            import ray
+
             from actors import connectors, followers
             from actors import runtime as ray_runtime
 
@@ -112,6 +116,7 @@ def run_serve(args) -> int:
                                                   settings.shard_addresses))
             actor_handles.append(followers.spawn_payouts(providers.services[1].url, settings.shard_addresses,
                                                          data / "cursors"))
+            actor_pids += ray.get([handle.pid.remote() for handle in actor_handles])
             settings.providers = {"piggybank": connector_address}
         edge.start().wait_ready()
         _print_welcome(public_url, layout, args.workers, admin_token, api_key, ray_description)
@@ -122,6 +127,10 @@ def run_serve(args) -> int:
         return 0
     finally:
         edge.stop()
+        # Ray's own processes may take the same Ctrl-C and die first: end the actors by pid, not through Ray.
+        for pid in actor_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         actor_handles.clear()
         if ray_runtime is not None:
             ray_runtime.stop()
