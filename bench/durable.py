@@ -15,10 +15,8 @@ engine. Prints rows and a RESULT line.
 
 import argparse
 import asyncio
-import contextlib
 import pathlib
 import random
-import socket
 import statistics
 import sys
 import tempfile
@@ -28,6 +26,7 @@ import lmdb
 import msgspec
 
 from bench.report import Report
+from bench.server import free_port_block
 from engine import Account, CreateAccounts, CreateTransfers, Transfer
 from journal.client import ShardClient
 from journal.processes import PORTS_PER_SHARD, Layout, ShardProcess, shard_configs, shard_folder
@@ -65,22 +64,6 @@ def make_batches(count: int, seed: int = 7) -> list[list[Transfer]]:
             transfers.append(Transfer(f"bench:tr_{n}", debit, credit, generator.randint(1, 100_000), CURRENCY))
         batches.append(transfers)
     return batches
-
-
-def free_base_port(count: int) -> int:
-    """A port on HOST such that it and the `count - 1` after it can be bound now."""
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind((HOST, 0))
-            base = probe.getsockname()[1]
-        try:
-            with contextlib.ExitStack() as stack:
-                for port in range(base, base + count):
-                    stack.enter_context(socket.socket()).bind((HOST, port))
-            return base
-        except OSError:
-            continue
-    raise RuntimeError(f"no {count} consecutive free ports on {HOST}")
 
 
 def check(reply: Reply, what: str) -> None:
@@ -142,7 +125,7 @@ def run_shard(name: str, folder: pathlib.Path, replica: bool, batches: list[list
               report: Report) -> RunFigures:
     """Start a primary (and, with `replica`, its sync replica first), drive it, stop every process."""
     layout = Layout(shard_count=1, replica=replica)
-    primary_config, replica_config = shard_configs(folder, layout, HOST, free_base_port(PORTS_PER_SHARD), sync=True)[0]
+    primary_config, replica_config = shard_configs(folder, layout, HOST, free_port_block(PORTS_PER_SHARD), sync=True)[0]
     configs = [config for config in (replica_config, primary_config) if config is not None]
     processes: list[ShardProcess] = []
     try:

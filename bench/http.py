@@ -228,6 +228,8 @@ def main() -> None:
         server = PaygateServer(folder / "data", workers=args.workers, extra=extra)
         try:
             server.start()
+            if not server.admin_token:
+                raise RuntimeError("paygate serve printed no admin token (a data folder from an earlier run?)")
             keys = server.create_merchants(merchant_count, tier="premium")
             keys_file = folder / "merchants.json"  # the keys die with the run's data folder
             keys_file.write_bytes(orjson.dumps({"keys": keys}))

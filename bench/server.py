@@ -55,8 +55,10 @@ def free_port_block(count: int) -> int:
 class PaygateServer:
     """`paygate serve` in a subprocess (its own session, so one signal reaches every process it starts)."""
 
-    def __init__(self, data: pathlib.Path, workers: int = 2, shards: int = 1, extra: tuple[str, ...] = ()) -> None:
+    def __init__(self, data: pathlib.Path, workers: int = 2, shards: int = 1, extra: tuple[str, ...] = (),
+                 environment: dict[str, str] | None = None) -> None:
         self.data = data
+        self.environment = environment or {}
         self.workers = workers
         self.shards = shards
         self.extra = extra
@@ -74,8 +76,8 @@ class PaygateServer:
                    "--port", str(self.port), "--base-port", str(self.base_port), "--workers", str(self.workers),
                    "--shards", str(self.shards), *self.extra]
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                        env={**os.environ, "PAYGATE_LOG_LEVEL": "WARNING"}, text=True,
-                                        start_new_session=True)
+                                        env={**os.environ, "PAYGATE_LOG_LEVEL": "WARNING", **self.environment},
+                                        text=True, start_new_session=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             line = self.process.stdout.readline()
@@ -87,8 +89,6 @@ class PaygateServer:
             if match := re.search(r"API key: (sk_\S+)", line):
                 self.demo_key = match.group(1)
             if line.startswith("try:"):
-                if not self.admin_token:
-                    raise RuntimeError("paygate serve printed no admin token:\n" + "".join(self.output))
                 # keep reading, or a full pipe would block the server's logging under load
                 self._drain = threading.Thread(target=self._read_output, daemon=True)
                 self._drain.start()
