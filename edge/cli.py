@@ -127,13 +127,13 @@ def run_serve(args) -> int:
         return 0
     finally:
         edge.stop()
-        # Ray's own processes may take the same Ctrl-C and die first: end the actors by pid, not through Ray.
-        for pid in actor_pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
         actor_handles.clear()
         if ray_runtime is not None:
             ray_runtime.stop()
+        # Ray's own processes may take the same Ctrl-C and die first, leaving actors behind: end those by pid.
+        for pid in actor_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         providers.stop()
         for shard in reversed(shards):
             shard.stop()
