@@ -10,9 +10,8 @@ import heapq
 
 import msgspec
 
-from engine.codes import transfer_outcome
 from engine.ledger import Ledger
-from engine.payments import Payments
+from engine.payments import Payments, move, system_account
 from engine.records import (
     AddDashboardUser,
     CancelOrder,
@@ -37,7 +36,6 @@ from engine.records import (
     PayOrderFromWallet,
     UpdateMerchant,
     UpdateOrder,
-    system_account_id,
     wallet_account_id,
 )
 from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, CreateAccounts, CreateTransfers, Event, Transfer
@@ -258,12 +256,12 @@ class Commerce:
             return Outcome("insufficient_funds", record=customer)
         wallet = self._ensure_wallet(command.merchant_id, command.customer_id, command.currency, timestamp)
         if command.withdrawal:
-            outside = self._ensure_system_account(command.merchant_id, "withdrawals", command.currency, timestamp)
+            outside = system_account(self.ledger, command.merchant_id, "withdrawals", command.currency, timestamp)
             debit, credit = wallet, outside
         else:
-            outside = self._ensure_system_account(command.merchant_id, "deposits", command.currency, timestamp)
+            outside = system_account(self.ledger, command.merchant_id, "deposits", command.currency, timestamp)
             debit, credit = outside, wallet
-        code = self._transfer(command.transfer_id, debit, credit, command.amount, command.currency, timestamp)
+        code = move(self.ledger, Transfer(command.transfer_id, debit, credit, command.amount, command.currency), timestamp)
         return Outcome(code, record=customer)
 
     def _pay_order_from_wallet(self, command: PayOrderFromWallet, timestamp: int) -> Outcome:
@@ -280,8 +278,8 @@ class Commerce:
         if self.ledger.available(wallet_account_id(command.merchant_id, command.customer_id, order.currency)) < order.amount:
             return Outcome("insufficient_funds", record=order)
         wallet = self._ensure_wallet(command.merchant_id, command.customer_id, order.currency, timestamp)
-        balance = self._ensure_system_account(command.merchant_id, "balance", order.currency, timestamp)
-        code = self._transfer(command.transfer_id, wallet, balance, order.amount, order.currency, timestamp)
+        balance = system_account(self.ledger, command.merchant_id, "balance", order.currency, timestamp)
+        code = move(self.ledger, Transfer(command.transfer_id, wallet, balance, order.amount, order.currency), timestamp)
         if code != "ok":
             return Outcome(code, record=order)
         order.customer_id = command.customer_id
@@ -290,17 +288,10 @@ class Commerce:
 
     # Ledger plumbing
 
-    def _transfer(self, transfer_id: str, debit: str, credit: str, amount: int, currency: str, timestamp: int) -> str:
-        return transfer_outcome(self.ledger.move(Transfer(transfer_id, debit, credit, amount, currency), timestamp))
-
     def _ensure_wallet(self, merchant_id: str, customer_id: str, currency: str, timestamp: int) -> str:
         # A wallet may never be overdrawn: the ledger refuses any debit past its credits.
         return self.ledger.ensure_account(wallet_account_id(merchant_id, customer_id, currency), currency,
                                           AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlag.HISTORY, timestamp)
-
-    def _ensure_system_account(self, merchant_id: str, name: str, currency: str, timestamp: int) -> str:
-        return self.ledger.ensure_account(system_account_id(merchant_id, name, currency), currency,
-                                          AccountFlag.HISTORY, timestamp)
 
     # Reads
 

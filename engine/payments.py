@@ -132,13 +132,13 @@ class Payments:
         return self._authorized(payment, command, timestamp)
 
     def _authorized(self, payment: Payment, command: RecordPspResult, timestamp: int) -> Outcome:
-        clearing = self._system_account(payment.merchant_id, f"clearing_{payment.acquirer}", payment.currency, timestamp)
-        balance = self._system_account(payment.merchant_id, "balance", payment.currency, timestamp)
+        clearing = system_account(self.ledger, payment.merchant_id, f"clearing_{payment.acquirer}", payment.currency, timestamp)
+        balance = system_account(self.ledger, payment.merchant_id, "balance", payment.currency, timestamp)
         manual = payment.capture_method == "manual"
         transfer = Transfer(command.transfer_id, clearing, balance, payment.amount, payment.currency,
                             timeout_s=command.hold_timeout_s if manual else 0,
                             flags=TransferFlag.PENDING if manual else 0)
-        code = self._move(transfer, timestamp)
+        code = move(self.ledger, transfer, timestamp)
         if code != "ok":
             self._fail(payment, code, "the ledger refused the authorization", timestamp)
             return Outcome(record=payment)
@@ -165,9 +165,9 @@ class Payments:
                           currency=order.currency, order_id=order.id, method=command.method, acquirer="bank",
                           psp_reference=command.bank_reference, callback_ids=[command.callback_id],
                           created_at=timestamp, updated_at=timestamp)
-        clearing = self._system_account(order.merchant_id, "clearing_bank", order.currency, timestamp)
-        balance = self._system_account(order.merchant_id, "balance", order.currency, timestamp)
-        code = self._move(Transfer(command.transfer_id, clearing, balance, command.amount, order.currency), timestamp)
+        clearing = system_account(self.ledger, order.merchant_id, "clearing_bank", order.currency, timestamp)
+        balance = system_account(self.ledger, order.merchant_id, "balance", order.currency, timestamp)
+        code = move(self.ledger, Transfer(command.transfer_id, clearing, balance, command.amount, order.currency), timestamp)
         if code != "ok":
             return Outcome(code, record=order)
         self.payments[payment.id] = payment
@@ -187,7 +187,7 @@ class Payments:
             return Outcome("amount_too_large", record=payment)
         post = Transfer(command.transfer_id, amount=amount, pending_id=payment.authorization_id,
                         flags=TransferFlag.POST_PENDING)
-        code = self._move(post, timestamp)
+        code = move(self.ledger, post, timestamp)
         if code != "ok":
             return Outcome(code, record=payment)
         self.payment_by_hold.pop(payment.authorization_id, None)
@@ -201,7 +201,7 @@ class Payments:
             return Outcome("payment_not_found")
         if payment.status == "requires_capture":
             void = Transfer(command.transfer_id, pending_id=payment.authorization_id, flags=TransferFlag.VOID_PENDING)
-            code = self._move(void, timestamp)
+            code = move(self.ledger, void, timestamp)
             if code != "ok":
                 return Outcome(code, record=payment)
             self.payment_by_hold.pop(payment.authorization_id, None)
@@ -232,7 +232,7 @@ class Payments:
         source = (wallet_account_id(payment.merchant_id, payment.customer_id, payment.currency)
                   if payment.method == "wallet"
                   else system_account_id(payment.merchant_id, f"clearing_{payment.acquirer}", payment.currency))
-        code = self._move(Transfer(command.transfer_id, balance, source, amount, payment.currency), timestamp)
+        code = move(self.ledger, Transfer(command.transfer_id, balance, source, amount, payment.currency), timestamp)
         if code != "ok":
             return Outcome(code, record=payment)
         refund.amount, refund.currency, refund.status, refund.created_at = amount, payment.currency, "succeeded", timestamp
@@ -252,9 +252,9 @@ class Payments:
             return Outcome("amount_must_not_be_zero")
         if self.ledger.available(balance) < payout.amount:
             return Outcome("insufficient_funds")
-        payouts = self._system_account(payout.merchant_id, "payouts", payout.currency, timestamp)
+        payouts = system_account(self.ledger, payout.merchant_id, "payouts", payout.currency, timestamp)
         hold = Transfer(payout.hold_id, balance, payouts, payout.amount, payout.currency, flags=TransferFlag.PENDING)
-        code = self._move(hold, timestamp)
+        code = move(self.ledger, hold, timestamp)
         if code != "ok":
             return Outcome(code)
         payout.status = "pending"
@@ -270,7 +270,7 @@ class Payments:
         if payout.status != "pending":
             return Outcome("duplicate", record=payout)
         flags = TransferFlag.POST_PENDING if command.paid else TransferFlag.VOID_PENDING
-        code = self._move(Transfer(command.transfer_id, pending_id=payout.hold_id, flags=flags), timestamp)
+        code = move(self.ledger, Transfer(command.transfer_id, pending_id=payout.hold_id, flags=flags), timestamp)
         if code != "ok":
             return Outcome(code, record=payout)
         payout.status = "paid" if command.paid else "failed"
@@ -313,7 +313,7 @@ class Payments:
         for index, split in enumerate(order.splits):
             owner, name = ((split.account_id, "balance") if split.account_id in self.merchants
                            else (order.merchant_id, split.account_id))
-            destination = self._system_account(owner, name, order.currency, timestamp)
+            destination = system_account(self.ledger, owner, name, order.currency, timestamp)
             transfers.append(Transfer(f"{order.merchant_id}:{payment.id}.split{index}", balance, destination,
                                       split.amount, order.currency, flags=TransferFlag.LINKED))
         transfers[-1].flags = 0
@@ -337,15 +337,6 @@ class Payments:
         order.amount_refunded += amount
         order.status = "refunded" if order.amount_refunded >= payment.amount_captured else "partially_refunded"
         order.updated_at = timestamp
-
-    # Ledger plumbing
-
-    def _move(self, transfer: Transfer, timestamp: int) -> str:
-        return transfer_outcome(self.ledger.move(transfer, timestamp))
-
-    def _system_account(self, merchant_id: str, name: str, currency: str, timestamp: int) -> str:
-        return self.ledger.ensure_account(system_account_id(merchant_id, name, currency), currency,
-                                          AccountFlag.HISTORY, timestamp)
 
     # Reads
 
@@ -371,3 +362,13 @@ class Payments:
     def _payment_of(self, merchant_id: str, payment_id: str) -> Payment | None:
         payment = self.payments.get(payment_id)
         return payment if payment is not None and payment.merchant_id == merchant_id else None
+
+
+def move(ledger: Ledger, transfer: Transfer, timestamp: int) -> str:
+    """One transfer, its result as a commerce outcome code."""
+    return transfer_outcome(ledger.move(transfer, timestamp))
+
+
+def system_account(ledger: Ledger, merchant_id: str, name: str, currency: str, timestamp: int) -> str:
+    """A merchant's own account for `name` in `currency` (balance, clearing, payouts...), made on first use."""
+    return ledger.ensure_account(system_account_id(merchant_id, name, currency), currency, AccountFlag.HISTORY, timestamp)
