@@ -196,7 +196,8 @@ def _restore_commerce(commerce: Commerce, snapshot: Snapshot) -> None:
 
 def _restore_payments(payments: Payments, snapshot: Snapshot) -> None:
     """Deadlines and authorization holds follow from the payments themselves."""
-    payments.payments = {payment.id: payment for payment in snapshot.payments}
+    for payment in snapshot.payments:
+        payments.add(payment)
     payments.refunds = {refund.id: refund for refund in snapshot.refunds}
     payments.payouts = {payout.id: payout for payout in snapshot.payouts}
     payments.cards = dict(snapshot.cards)

@@ -43,6 +43,8 @@ class Payments:
         self.orders = orders
         self.events = events
         self.payments: dict[str, Payment] = {}
+        # merchant id -> its payment ids, oldest first (derived: restore rebuilds it)
+        self.by_merchant: dict[str, list[str]] = {}
         # token id -> a card sealed by the edge; the engine never sees a card number in clear
         self.cards: dict[str, VaultedCard] = {}
         self.refunds: dict[str, Refund] = {}
@@ -102,7 +104,7 @@ class Payments:
         if command.processing_timeout_s:
             fresh.deadline_at = timestamp + command.processing_timeout_s * NANOSECONDS_PER_SECOND
             heapq.heappush(self.deadlines, (fresh.deadline_at, fresh.id))
-        payment = self.payments[fresh.id] = fresh
+        payment = self.add(fresh)
         if command.sealed_card:
             self.cards[payment.token_id] = VaultedCard(payment.merchant_id, payment.card, command.sealed_card)
         self.events.append(Event("payment.created", payment.id, timestamp))
@@ -170,7 +172,7 @@ class Payments:
         code = move(self.ledger, Transfer(command.transfer_id, clearing, balance, command.amount, order.currency), timestamp)
         if code != "ok":
             return Outcome(code, record=order)
-        self.payments[payment.id] = payment
+        self.add(payment)
         if command.amount != order.amount and order.status == "pending":
             order.status = "exception"  # paid, but not the amount asked: kept and flagged for a person to settle
         self._succeed(payment, command.amount, timestamp)
@@ -284,7 +286,7 @@ class Payments:
         payment = Payment(id=command.payment_id, merchant_id=order.merchant_id, amount=order.amount,
                           currency=order.currency, order_id=order.id, method="wallet", customer_id=command.customer_id,
                           acquirer="wallet", created_at=timestamp, updated_at=timestamp)
-        self.payments[payment.id] = payment
+        self.add(payment)
         self._succeed(payment, order.amount, timestamp)
         return payment
 
@@ -350,14 +352,21 @@ class Payments:
         return record if record is not None and record.merchant_id == merchant_id else None
 
     def list_payments(self, merchant_id: str, limit: int, starting_after: str) -> tuple[list[Payment], bool]:
-        """A merchant's payments, newest first (a scan: for history pages, not the hot path)."""
-        mine = [payment for payment in reversed(self.payments.values()) if payment.merchant_id == merchant_id]
+        """A merchant's payments, newest first."""
+        ids = self.by_merchant.get(merchant_id, [])
+        end = len(ids)
         if starting_after:
-            positions = [index for index, payment in enumerate(mine) if payment.id == starting_after]
-            if not positions:
+            after = self._payment_of(merchant_id, starting_after)
+            if after is None:
                 return [], False
-            mine = mine[positions[0] + 1 :]
-        return mine[:limit], len(mine) > limit
+            end = ids.index(after.id)
+        page = [self.payments[ids[index]] for index in range(end - 1, max(end - 1 - limit, -1), -1)]
+        return page, end > limit
+
+    def add(self, payment: Payment) -> Payment:
+        self.payments[payment.id] = payment
+        self.by_merchant.setdefault(payment.merchant_id, []).append(payment.id)
+        return payment
 
     def _payment_of(self, merchant_id: str, payment_id: str) -> Payment | None:
         payment = self.payments.get(payment_id)
