@@ -268,18 +268,25 @@ async def provider_callback(request: web.Request) -> web.Response:
 
 
 async def _transfer_received(request: web.Request, callback: schemas.ProviderCallback) -> web.Response:
-    """Money arrived at the bank quoting a QR code's reference: it pays that order."""
-    quoted = qr_api.object_of(callback.reference)
-    order = await qr_api.find_order(request, quoted[1]) if quoted and quoted[0] == "order" else None
-    if order is None:
+    """Money arrived at the bank quoting a QR code's reference: it pays that order, or credits the merchant (or
+    sub-account) a static code names."""
+    kind, object_id = qr_api.object_of(callback.reference) or ("", "")
+    merchant_id, order_id, sub_account_id = "", "", ""
+    if kind == "order":
+        order = await qr_api.find_order(request, object_id)
+        merchant_id, order_id = (order.merchant_id, order.id) if order else ("", "")
+    elif kind:
+        owner = await qr_api.owner_of(request, kind, object_id)
+        merchant_id, sub_account_id = (owner.id, object_id if kind == "sub_account" else "") if owner else ("", "")
+    if not merchant_id:
         # Nothing here matches the reference: acknowledged, so the bank stops; it stays the bank's to return.
         return respond(request, {"received": True, "outcome": "reference_unknown"})
     payment_id = "pay_" + callback.callback_id.removeprefix("cb_")[:24]
     command = ReceiveBankTransfer(
-        merchant_id=order.merchant_id, order_id=order.id, callback_id=callback.callback_id, amount=callback.amount,
+        merchant_id=merchant_id, order_id=order_id, callback_id=callback.callback_id, amount=callback.amount,
         currency=callback.currency, method="qr", payment_id=payment_id, bank_reference=callback.bank_reference,
-        transfer_id=ledger_id(order.merchant_id, payment_id))
-    outcome = await request.app["gateway"].submit(order.merchant_id, command)
+        transfer_id=ledger_id(merchant_id, payment_id), sub_account_id=sub_account_id)
+    outcome = await request.app["gateway"].submit(merchant_id, command)
     return respond(request, {"received": True, "outcome": outcome.code})
 
 

@@ -16,13 +16,13 @@ from edge import schemas
 from edge.errors import ApiError, not_found
 from edge.http import body_of, cached_merchant, merchant_principal, respond
 from engine.emvco import MerchantAccount, MerchantQr, build_payload, format_amount
-from engine.queries import FindOrder
+from engine.queries import FindOrder, GetMerchant
 from engine.records import Merchant, Order
 
 BANK_BIN = "970400"  # the simulated bank's routing number
 COUNTRY = "VN"
 CITY = "HANOI"
-ORDER_MARK, MERCHANT_MARK = "O", "M"
+ORDER_MARK, MERCHANT_MARK, SUB_ACCOUNT_MARK = "O", "M", "S"
 PNG_SCALE = 6
 
 
@@ -36,16 +36,22 @@ def reference_of(object_id: str, mark: str) -> str:
 
 
 def object_of(reference: str) -> tuple[str, str] | None:
-    """("order" | "merchant", id) for a reference this gateway put in a QR code."""
-    kinds = {ORDER_MARK: ("order", "ord_"), MERCHANT_MARK: ("merchant", "mer_")}
+    """("order" | "merchant" | "sub_account", id) for a reference this gateway put in a QR code."""
+    kinds = {ORDER_MARK: ("order", "ord_"), MERCHANT_MARK: ("merchant", "mer_"), SUB_ACCOUNT_MARK: ("sub_account", "sub_")}
     if len(reference) < 2 or reference[0] not in kinds or not re.fullmatch(r"[a-z0-9]{1,24}", reference[1:]):
         return None
     kind, prefix = kinds[reference[0]]
     return kind, prefix + reference[1:]
 
 
-def payload_for(merchant: Merchant, order: Order | None) -> str:
-    reference = reference_of(order.id, ORDER_MARK) if order else reference_of(merchant.id, MERCHANT_MARK)
+def payload_for(merchant: Merchant, order: Order | None, sub_account_id: str = "") -> str:
+    """A dynamic code for `order`, else a static one for the sub-account, else for the merchant."""
+    if order:
+        reference = reference_of(order.id, ORDER_MARK)
+    elif sub_account_id:
+        reference = reference_of(sub_account_id, SUB_ACCOUNT_MARK)
+    else:
+        reference = reference_of(merchant.id, MERCHANT_MARK)
     currency = order.currency if order else "vnd"
     qr = MerchantQr(
         dynamic=order is not None,
@@ -79,9 +85,13 @@ async def create_dynamic(request: web.Request) -> web.Response:
 
 async def create_static(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    await body_of(request, schemas.StaticQrCreate)
+    fields, _ = await body_of(request, schemas.StaticQrCreate)
+    sub_account_id = fields.sub_account_id
+    await check_sub_account(request, merchant, sub_account_id)
     url = f"{request.app['settings'].public_url}/v1/qr/merchants/{merchant.id}.png"
-    return respond(request, schemas.QrOut(payload_for(merchant, None), url))
+    if sub_account_id:
+        url += f"?sub_account_id={sub_account_id}"
+    return respond(request, schemas.QrOut(payload_for(merchant, None, sub_account_id), url))
 
 
 async def order_png(request: web.Request) -> web.Response:
@@ -98,13 +108,32 @@ async def merchant_png(request: web.Request) -> web.Response:
     merchant = await cached_merchant(request.app, merchant_id) if merchant_id.startswith("mer_") else None
     if merchant is None:
         raise not_found("merchant", merchant_id)
-    return _png(payload_for(merchant, None))
+    sub_account_id = request.query.get("sub_account_id", "")
+    await check_sub_account(request, merchant, sub_account_id)
+    return _png(payload_for(merchant, None, sub_account_id))
 
 
 def _png(payload: str) -> web.Response:
     image = io.BytesIO()
     segno.make(payload, error="m", micro=False).save(image, kind="png", scale=PNG_SCALE)
     return web.Response(body=image.getvalue(), content_type="image/png")
+
+
+async def check_sub_account(request: web.Request, merchant: Merchant, sub_account_id: str) -> None:
+    """404 unless the sub-account is the merchant's; a cached merchant may not know one made a moment ago."""
+    if not sub_account_id or any(sub.id == sub_account_id for sub in merchant.sub_accounts):
+        return
+    answer = await request.app["gateway"].read(merchant.id, GetMerchant(sub_account_id=sub_account_id))
+    if answer.record is None or answer.record.id != merchant.id:
+        raise not_found("sub-account", sub_account_id)
+
+
+async def owner_of(request: web.Request, kind: str, object_id: str) -> Merchant | None:
+    """The merchant a static code's reference names, itself or through one of its sub-accounts."""
+    if kind == "merchant":
+        return await cached_merchant(request.app, object_id)
+    answers = await request.app["gateway"].read_everywhere(GetMerchant(sub_account_id=object_id))
+    return next((answer.record for answer in answers if answer.record is not None), None)
 
 
 async def find_order(request: web.Request, order_id: str) -> Order | None:

@@ -58,6 +58,7 @@ class Commerce:
         self.merchants: dict[str, Merchant] = {}
         self.merchant_by_api_key_hash: dict[str, str] = {}
         self.merchant_by_client_id: dict[str, str] = {}
+        self.merchant_by_sub_account: dict[str, str] = {}
         self.orders: dict[str, Order] = {}
         self.orders_by_merchant: dict[str, list[str]] = {}
         self.order_expiries: list[tuple[int, str]] = []
@@ -154,6 +155,7 @@ class Commerce:
             return Outcome("exists")
         command.sub_account.created_at = timestamp
         merchant.sub_accounts = [*merchant.sub_accounts, command.sub_account]
+        self.merchant_by_sub_account[command.sub_account.id] = merchant.id
         merchant.updated_at = timestamp
         return Outcome(record=merchant)
 

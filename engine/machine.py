@@ -184,6 +184,8 @@ def _restore_commerce(commerce: Commerce, snapshot: Snapshot) -> None:
             commerce.merchant_by_api_key_hash[merchant.api_key_hash] = merchant.id
         if merchant.client_id:
             commerce.merchant_by_client_id[merchant.client_id] = merchant.id
+        for sub_account in merchant.sub_accounts:
+            commerce.merchant_by_sub_account[sub_account.id] = merchant.id
     for order in snapshot.orders:
         commerce.orders[order.id] = order
         commerce.orders_by_merchant.setdefault(order.merchant_id, []).append(order.id)

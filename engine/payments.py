@@ -156,6 +156,8 @@ class Payments:
 
     def receive_bank_transfer(self, command: ReceiveBankTransfer, timestamp: int) -> Outcome:
         """Money in from the bank for an order: a payment that succeeds at once (the order decides paid or exception)."""
+        if not command.order_id:
+            return self._receive_on_static_code(command, timestamp)
         order = self.orders.get(command.order_id)
         if order is None or order.merchant_id != command.merchant_id:
             return Outcome("order_not_found")
@@ -175,6 +177,31 @@ class Payments:
         self.add(payment)
         if command.amount != order.amount and order.status == "pending":
             order.status = "exception"  # paid, but not the amount asked: kept and flagged for a person to settle
+        self._succeed(payment, command.amount, timestamp)
+        return Outcome(record=payment)
+
+    def _receive_on_static_code(self, command: ReceiveBankTransfer, timestamp: int) -> Outcome:
+        """Money in on a static code: no order, whatever amount the payer chose, to the merchant or a sub-account."""
+        merchant = self.merchants.get(command.merchant_id)
+        if merchant is None:
+            return Outcome("merchant_not_found")
+        if command.sub_account_id and all(sub.id != command.sub_account_id for sub in merchant.sub_accounts):
+            return Outcome("sub_account_not_found")
+        if command.payment_id in self.payments:
+            return Outcome("duplicate", record=self.payments[command.payment_id])
+        clearing = system_account(self.ledger, merchant.id, "clearing_bank", command.currency, timestamp)
+        balance = system_account(self.ledger, merchant.id, command.sub_account_id or "balance", command.currency,
+                                 timestamp)
+        code = move(self.ledger, Transfer(command.transfer_id, clearing, balance, command.amount, command.currency),
+                    timestamp)
+        if code != "ok":
+            return Outcome(code)
+        payment = Payment(id=command.payment_id, merchant_id=merchant.id, amount=command.amount,
+                          currency=command.currency, method=command.method, acquirer="bank",
+                          psp_reference=command.bank_reference, callback_ids=[command.callback_id],
+                          metadata={"sub_account_id": command.sub_account_id} if command.sub_account_id else {},
+                          created_at=timestamp, updated_at=timestamp)
+        self.add(payment)
         self._succeed(payment, command.amount, timestamp)
         return Outcome(record=payment)
 

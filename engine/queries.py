@@ -36,6 +36,7 @@ class GetMerchant(msgspec.Struct, tag="get_merchant", array_like=True, kw_only=T
     merchant_id: str = ""
     api_key_hash: str = ""
     client_id: str = ""
+    sub_account_id: str = ""
 
 
 class FindDashboardUser(msgspec.Struct, tag="find_dashboard_user", array_like=True):
@@ -148,6 +149,8 @@ def _merchant(query: GetMerchant, commerce: Commerce) -> Merchant | None:
         merchant_id = commerce.merchant_by_api_key_hash.get(query.api_key_hash, "")
     elif query.client_id:
         merchant_id = commerce.merchant_by_client_id.get(query.client_id, "")
+    elif query.sub_account_id:
+        merchant_id = commerce.merchant_by_sub_account.get(query.sub_account_id, "")
     return commerce.merchants.get(merchant_id)
 
 

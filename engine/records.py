@@ -266,10 +266,11 @@ class RecordPspResult(msgspec.Struct, tag="record_psp_result", array_like=True, 
 
 
 class ReceiveBankTransfer(msgspec.Struct, tag="receive_bank_transfer", array_like=True, kw_only=True):
-    """The bank says money arrived quoting an order (a QR code or a transfer): it pays that order."""
+    """The bank says money arrived quoting an order (a dynamic QR code or a transfer), which it pays, or quoting a
+    merchant or one of its sub-accounts (a static QR code, no order), whose balance it credits."""
 
     merchant_id: str
-    order_id: str
+    order_id: str  # "" for a static code
     callback_id: str
     amount: int
     currency: str
@@ -277,6 +278,7 @@ class ReceiveBankTransfer(msgspec.Struct, tag="receive_bank_transfer", array_lik
     payment_id: str
     transfer_id: str
     bank_reference: str = ""
+    sub_account_id: str = ""  # a static code's sub-account, "" for the merchant's own balance
 
 
 class CapturePayment(msgspec.Struct, tag="capture_payment", array_like=True, kw_only=True):

@@ -15,7 +15,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-from engine.queries import GetOrder, GetPaymentRecord, ListPayments, LookupAccounts
+from engine.queries import GetMerchant, GetOrder, GetPaymentRecord, ListPayments, LookupAccounts
 from engine.records import (
     CancelOrder,
     CreateSubAccount,
@@ -32,6 +32,7 @@ from engine.records import (
     Order,
     Payment,
     Payout,
+    ReceiveBankTransfer,
     RecordPayoutResult,
     RecordPspResult,
     Refund,
@@ -660,3 +661,32 @@ def test_a_split_order_pays_every_share_or_is_refused(gw: Gateway):
     shares = gw.query(LookupAccounts([system_account_id("m1", "sub_store", "USD"),
                                       system_account_id("m2", "balance", "USD"), balance_id("m1")])).accounts
     assert [account.credits_posted - account.debits_posted for account in shares] == [30, 20, AMOUNT - 50]
+
+
+def static_code_transfer(cb: str, amount: int, sub_account_id: str = "", mid: str = "m1") -> ReceiveBankTransfer:
+    return ReceiveBankTransfer(merchant_id=mid, order_id="", callback_id=cb, amount=amount, currency="VND",
+                               method="qr", payment_id=f"pay_{cb}", transfer_id=f"{mid}:bt-{cb}",
+                               sub_account_id=sub_account_id)
+
+
+def test_a_static_code_credits_the_merchant_or_its_sub_account_with_any_amount_once(gw: Gateway):
+    """Seed 002: a static code has no order and no amount: each transfer quoting it is a payment of its own."""
+    gw.ok(CreateSubAccount("m1", SubAccount("sub_store", "Store")))
+    gw.ok(static_code_transfer("cb1", 50_000), static_code_transfer("cb2", 70_000, "sub_store"))
+    assert gw.do(static_code_transfer("cb1", 50_000)).code == "duplicate"
+    gw.refused(static_code_transfer("cb3", 1, "sub_missing"), "sub_account_not_found")
+    gw.refused(static_code_transfer("cb4", 1, mid="m9"), "merchant_not_found")
+    gw.refused(static_code_transfer("cb5", 0), "amount_must_not_be_zero")
+    received = gw.query(LookupAccounts([system_account_id("m1", "balance", "VND"),
+                                        system_account_id("m1", "sub_store", "VND")])).accounts
+    assert [account.credits_posted for account in received] == [50_000, 70_000]
+    payment = gw.payment("pay_cb2")
+    assert (payment.status, payment.amount, payment.order_id, payment.metadata) == (
+        "succeeded", 70_000, "", {"sub_account_id": "sub_store"})
+
+
+def test_a_sub_account_finds_its_merchant_after_a_restore(gw: Gateway):
+    gw.ok(CreateSubAccount("m2", SubAccount("sub_store", "Store")))
+    for gateway in (gw, gw.restored()):
+        assert gateway.query(GetMerchant(sub_account_id="sub_store")).record.id == "m2"
+        assert gateway.query(GetMerchant(sub_account_id="sub_other")).record is None

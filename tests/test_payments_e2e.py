@@ -437,3 +437,97 @@ def test_payouts_reach_the_bank_and_failures_return_the_money(server, shop):
     # 20000 - 5000 remain once the failed payout returned its 1013: 15001 is more than there is.
     error(server, "POST", payouts, {"amount": 15_001, "currency": "usd"}, key=key, status=402, code="insufficient_funds")
     assert call(server, "POST", payouts, {"amount": 15_000, "currency": "usd"}, key=key)["status"] == "pending"
+
+
+# --- 8. static QR codes and split checkout, over HTTP ----------------------------------------------------------------
+
+def balance(server, key, name: str, currency: str = "usd") -> int:
+    """A merchant's own balance (name "balance") or a sub-account's, read through the ledger endpoint."""
+    return call(server, "GET", f"/v1/accounts/.{name}.{currency}", key=key)["balance"]
+
+
+def bank_transfer(server, reference: str, amount: int, currency: str) -> None:
+    status, _, answer = fetch(f"http://127.0.0.1:{server.base_port + 1}/v1/transfers",
+                              body={"reference": reference, "amount": amount, "currency": currency})
+    assert status == 202, answer
+
+
+def payments_of(server, key) -> list[dict]:
+    return call(server, "GET", "/v1/payments", key=key)["data"]
+
+
+@pytest.mark.parametrize("to_sub_account", [False, True])
+def test_static_qr_paid_by_bank_transfer_credits_the_merchant_or_its_sub_account(server, shop, to_sub_account):
+    merchant_id, key = shop
+    sub_account_id = ""
+    if to_sub_account:
+        created = call(server, "POST", f"/v1/merchants/{merchant_id}/sub_accounts", {"name": "Store 2"}, key=key)
+        sub_account_id = created["sub_accounts"][-1]["id"]
+    qr = call(server, "POST", "/v1/qr/static", {"sub_account_id": sub_account_id} if sub_account_id else {}, key=key)
+    tags = parse_payload(qr["payload"])  # also checks the CRC
+    assert (tags["01"], tags["53"], tags["58"]) == ("11", "704", "VN") and "54" not in tags  # the payer chooses
+    reference = tags["62"]["01"]
+    assert reference == ("S" + sub_account_id.removeprefix("sub_") if sub_account_id
+                         else "M" + merchant_id.removeprefix("mer_"))
+    status, content_type, image = fetch(qr["png_url"])
+    assert (status, content_type) == (200, "image/png") and image.startswith(b"\x89PNG\r\n\x1a\n")
+    for amount in (50_000, 70_000):  # a static code is paid again and again, whatever the amount
+        bank_transfer(server, reference, amount, "vnd")
+    paid = wait_until(lambda: payments_of(server, key), lambda payments: len(payments) == 2, what="two payments")
+    assert sorted((p["status"], p["amount"], p["currency"], p["order_id"]) for p in paid) == [
+        ("succeeded", 50_000, "vnd", None), ("succeeded", 70_000, "vnd", None)]
+    assert balance(server, key, sub_account_id or "balance", "vnd") == 120_000
+
+
+def test_static_qr_of_an_unknown_or_foreign_sub_account_is_404(server, shop):
+    merchant_id, key = shop
+    other_id, other_key = merchant(server)
+    foreign = call(server, "POST", f"/v1/merchants/{other_id}/sub_accounts", {"name": "Theirs"}, key=other_key)
+    for sub_account_id in ("sub_missing", foreign["sub_accounts"][-1]["id"]):
+        error(server, "POST", "/v1/qr/static", {"sub_account_id": sub_account_id}, key=key, status=404,
+              code="resource_missing")
+
+
+def test_a_transfer_quoting_an_unknown_reference_changes_nothing(server, shop):
+    _, key = shop
+    bank_transfer(server, "M" + "0" * 24, 10_000, "vnd")
+    bank_transfer(server, "S" + "0" * 24, 10_000, "vnd")
+    time.sleep(0.5)  # the bank's callbacks are answered "reference_unknown"; nothing to wait for
+    assert payments_of(server, key) == []
+
+
+def split_order(server, key, splits: list[dict], amount: int = 1500) -> dict:
+    return call(server, "POST", "/v1/orders", {"name": "Basket", "amount": amount, "currency": "usd",
+                                               "splits": splits}, key=key)
+
+
+def test_split_checkout_pays_every_seller_from_one_card_payment(server, shop):
+    """Seed 004: one checkout, several sellers: the shares move together (linked transfers), after the capture."""
+    merchant_id, key = shop
+    seller_id, seller_key = merchant(server)  # one shard here: every merchant can share an order
+    store = call(server, "POST", f"/v1/merchants/{merchant_id}/sub_accounts", {"name": "Store"}, key=key)
+    store_id = store["sub_accounts"][-1]["id"]
+    basket = split_order(server, key, [{"sub_account_id": store_id, "amount": 300},
+                                       {"merchant_id": seller_id, "amount": 200}])
+    payment = pay(server, key, SUCCEEDS, order_id=basket["id"])
+    wait_for(server, key, payment["id"], "succeeded")
+    assert call(server, "GET", f"/v1/orders/{basket['id']}", key=key)["status"] == "paid"
+    assert (balance(server, key, "balance"), balance(server, key, store_id), balance(server, seller_key, "balance")) \
+        == (1000, 300, 200)
+
+
+def test_split_checkout_is_all_or_nothing(server, shop):
+    merchant_id, key = shop
+    seller_id, seller_key = merchant(server)
+    error(server, "POST", "/v1/orders", {"name": "Basket", "amount": 1500, "currency": "usd", "splits": [
+        {"merchant_id": seller_id, "amount": 200}, {"sub_account_id": "sub_missing", "amount": 100}]},
+        key=key, code="split_destination_not_found")
+    error(server, "POST", "/v1/orders", {"name": "Basket", "amount": 1500, "currency": "usd", "splits": [
+        {"merchant_id": seller_id, "amount": 1000}, {"merchant_id": seller_id, "amount": 501}]},
+        key=key, code="splits_exceed_amount")
+    declined = split_order(server, key, [{"merchant_id": seller_id, "amount": 200}])
+    wait_for(server, key, pay(server, key, "4000000000000002", order_id=declined["id"])["id"], "failed")
+    assert call(server, "GET", f"/v1/orders/{declined['id']}", key=key)["status"] == "pending"
+    # Nothing moved: neither the merchant nor the seller has a balance account yet.
+    for owner_key in (key, seller_key):
+        error(server, "GET", "/v1/accounts/.balance.usd", key=owner_key, status=404, code="resource_missing")
