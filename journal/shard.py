@@ -23,12 +23,11 @@ import time
 import msgspec
 import pynng
 
-from engine import Batch, BatchResult, CreateAccounts, CreateTransfers, Engine
+from engine import Batch, CreateAccounts, CreateTransfers, Engine
 from journal import logs
 from journal.recovery import batch_decoder, batch_encoder, recover
 from journal.store import KEY, Journal, Snapshots
 from journal.wire import (
-    CommittedEntry,
     Promote,
     ReadEntries,
     Replicate,
@@ -36,6 +35,7 @@ from journal.wire import (
     ReplyStatus,
     ShardStatus,
     Status,
+    StoredEntry,
     Submit,
     reply_decoder,
     reply_encoder,
@@ -46,7 +46,6 @@ from journal.wire import (
 log = logging.getLogger("paygate.shard")
 TICK_S = 0.25
 result_encoder = msgspec.msgpack.Encoder()
-result_decoder = msgspec.msgpack.Decoder(BatchResult)
 
 
 class ShardConfig(msgspec.Struct, kw_only=True):
@@ -236,7 +235,7 @@ class Shard:
     def _read_entries(self, request: ReadEntries) -> bytes:
         limit = max(1, min(request.limit, self.config.max_read_entries))
         pairs = self.journal.read_results(request.start_sequence, limit)
-        entries = [CommittedEntry(entry.sequence, entry.payload, result_decoder.decode(result)) for entry, result in pairs]
+        entries = [StoredEntry(entry.sequence, entry.payload, msgspec.Raw(result)) for entry, result in pairs]
         return reply_encoder.encode(Reply(ReplyStatus.OK, self.epoch, self.durable_sequence, entries=entries))
 
     # The single writer

@@ -67,6 +67,14 @@ class CommittedEntry(msgspec.Struct, array_like=True):
     result: BatchResult
 
 
+class StoredEntry(msgspec.Struct, array_like=True):
+    """A CommittedEntry as the shard sends it: the result as stored, encoded the same, never decoded on the way."""
+
+    sequence: int
+    payload: bytes
+    result: msgspec.Raw
+
+
 class ShardStatus(msgspec.Struct, array_like=True):
     role: str  # "primary" | "replica" | "fenced"
     epoch: int
