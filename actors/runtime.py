@@ -11,22 +11,38 @@ one worker per core.
 
 `start` also writes `<data>/ray.json` (the GCS address, the session folder, the dashboard URL) so that other
 paygate commands can find the runtime and its logs.
+
+The dashboard (on request) listens on 127.0.0.1 only, and a local start keeps Ray's token authentication on: Ray
+reads its token from `RAY_AUTH_TOKEN`, else the file `RAY_AUTH_TOKEN_PATH` names, else `~/.ray/auth_token` (which
+Ray writes readable by everyone). Unless one of the first two is set, `start` keeps the token in
+`<data>/ray_auth_token`, readable by its owner only, and says how to log in with it. `RAY_AUTH_MODE=disabled` turns
+authentication off, deliberately; the description then says so.
 """
 
 import ctypes
-import importlib
 import logging
 import os
 import pathlib
+import secrets
 import signal
 
 import msgspec
 import ray
+# Whether Ray itself ended up with token authentication (its default for a local start, the environment's otherwise).
+from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
 NAMESPACE = "paygate"
 LOCAL_CPUS = 2
 RUNTIME_FILE = "ray.json"
+TOKEN_FILE = "ray_auth_token"
+# The dashboard and its API run code on request: reachable from this machine only.
+DASHBOARD_HOST = "127.0.0.1"
 PR_SET_PDEATHSIG = 1
+
+# Ray's own environment variables for token authentication.
+MODE_VARIABLE = "RAY_AUTH_MODE"
+TOKEN_VARIABLE = "RAY_AUTH_TOKEN"
+TOKEN_PATH_VARIABLE = "RAY_AUTH_TOKEN_PATH"
 
 log = logging.getLogger("paygate.actors.runtime")
 
@@ -36,35 +52,36 @@ class RuntimeInfo(msgspec.Struct):
     session_dir: str
     dashboard_url: str = ""
     started_here: bool = False
+    token_authentication: bool = False
+    token_file: str = ""  # where the token is, when a file is named (paygate names one for a local start)
+    metrics_url: str = ""  # this node's metrics (Prometheus text), custom ones included
 
 
 _runtime_file: pathlib.Path | None = None
 _info: RuntimeInfo | None = None
-
-
-def dashboard_available() -> bool:
-    """Whether `ray[default]` (what the dashboard needs) is importable: Ray's own list of its dependencies."""
-    try:
-        importlib.import_module("ray.dashboard.optional_deps")
-    except ImportError:
-        return False
-    return True
+# The token file a local start here pointed Ray at: a process keeps the first token it read, so later starts reuse it.
+_token_file: pathlib.Path | None = None
 
 
 def start(address: str | None, data: pathlib.Path, object_store_bytes: int = 256 << 20,
-          log_to_driver: bool = False) -> str:
+          log_to_driver: bool = False, dashboard: bool = False, dashboard_port: int | None = None) -> str:
     """Start a local Ray runtime (address None or "") or connect to the cluster at `address`; describe where it is.
 
     The object store is capped (Ray's default takes 30% of RAM) and CPUs are few, for a local start only: a
-    cluster's own `ray start` decides those. Ray logs only warnings to this process; the actors' output stays in
-    the session's log folder (named in the answer) unless `log_to_driver`. Starting twice is harmless.
+    cluster's own `ray start` decides those, and its dashboard. `dashboard` starts one with a local runtime, on
+    `dashboard_port` (None: 8265 or the next free port; 0: any free port). Ray logs only warnings to this process;
+    the actors' output stays in the session's log folder (named in the answer) unless `log_to_driver`. Starting
+    twice is harmless.
     """
     global _runtime_file, _info
+    data = pathlib.Path(data)
+    data.mkdir(parents=True, exist_ok=True)
     local = not address
     options: dict = {}
     if local:
+        _keep_token_in(data)
         options = {"num_cpus": LOCAL_CPUS, "object_store_memory": object_store_bytes,
-                   "include_dashboard": dashboard_available()}
+                   "include_dashboard": dashboard, "dashboard_host": DASHBOARD_HOST, "dashboard_port": dashboard_port}
     context = ray.init(
         address=address or None,
         namespace=NAMESPACE,
@@ -74,18 +91,40 @@ def start(address: str | None, data: pathlib.Path, object_store_bytes: int = 256
         ignore_reinit_error=True,
         **options,
     )
+    metrics_port = context.address_info.get("metrics_export_port")
     info = RuntimeInfo(
         gcs_address=context.address_info.get("gcs_address") or context.address_info.get("address") or "",
         session_dir=context.address_info.get("session_dir") or "",
         dashboard_url=_url(context.dashboard_url),
         started_here=local,
+        token_authentication=is_token_auth_enabled(),
+        token_file="" if os.environ.get(TOKEN_VARIABLE) else os.environ.get(TOKEN_PATH_VARIABLE, ""),
+        metrics_url=f"http://127.0.0.1:{metrics_port}/metrics" if local and metrics_port else "",
     )
-    data = pathlib.Path(data)
-    data.mkdir(parents=True, exist_ok=True)
     _runtime_file = data / RUNTIME_FILE
     _runtime_file.write_bytes(msgspec.json.encode(info))
     _info = info
     return describe(info)
+
+
+def _keep_token_in(data: pathlib.Path) -> None:
+    """Point Ray at `<data>/ray_auth_token` (created owner-only), unless authentication is off or a token is named."""
+    global _token_file
+    if os.environ.get(MODE_VARIABLE, "").lower() == "disabled":
+        return
+    if os.environ.get(TOKEN_VARIABLE) or os.environ.get(TOKEN_PATH_VARIABLE):
+        return
+    if _token_file is None:
+        _token_file = (data / TOKEN_FILE).resolve()
+        try:
+            descriptor = os.open(_token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(descriptor, "w") as file:
+                file.write(secrets.token_hex(32))
+    # Read by ray.init here and inherited by every Ray process it starts; `stop` takes it back.
+    os.environ[TOKEN_PATH_VARIABLE] = str(_token_file)
 
 
 def die_with_parent() -> None:
@@ -98,11 +137,24 @@ def die_with_parent() -> None:
 
 
 def describe(info: RuntimeInfo) -> str:
+    """Where the runtime is and, with a dashboard, how to reach it and log in: lines for a person to read."""
     where = "local Ray runtime" if info.started_here else "Ray cluster"
-    text = f"{where} at {info.gcs_address} (namespace {NAMESPACE}), logs in {info.session_dir}/logs"
+    lines = [f"{where} at {info.gcs_address} (namespace {NAMESPACE}), logs in {info.session_dir}/logs"]
     if info.dashboard_url:
-        text += f", dashboard {info.dashboard_url} (token authentication: log in with the token Ray generated)"
-    return text
+        lines.append(f"Ray dashboard: {info.dashboard_url} - {_login(info)}")
+    if info.metrics_url:
+        lines.append(f"Ray metrics: {info.metrics_url}")
+    return "\n".join(lines)
+
+
+def _login(info: RuntimeInfo) -> str:
+    if not info.token_authentication:
+        return "no login: Ray's token authentication is off, so whoever reaches it may run code"
+    if info.token_file:
+        return f"log in with the token in {info.token_file} (cat {info.token_file})"
+    if os.environ.get(TOKEN_VARIABLE):
+        return f"log in with the token in the environment variable {TOKEN_VARIABLE}"
+    return "log in with the token `ray get-auth-token` prints"
 
 
 def stop() -> None:
@@ -111,6 +163,9 @@ def stop() -> None:
     _info = None
     if ray.is_initialized():
         ray.shutdown()
+    # Processes started from here from now on (a later serve, say) choose their own token.
+    if _token_file is not None and os.environ.get(TOKEN_PATH_VARIABLE) == str(_token_file):
+        del os.environ[TOKEN_PATH_VARIABLE]
     if _runtime_file is not None:
         _runtime_file.unlink(missing_ok=True)
         _runtime_file = None

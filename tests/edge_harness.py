@@ -24,10 +24,15 @@ class Server(PaygateServer):
     """`paygate serve` in a subprocess; `request` speaks HTTP to it."""
 
     def __init__(self, data: pathlib.Path, workers: int = 1, extra: tuple[str, ...] = (),
-                 environment: dict[str, str] | None = None, actors: bool = False) -> None:
-        # Ray, the connector and the simulated providers take seconds and most of a GiB: only when a test pays.
-        super().__init__(data, workers=workers, extra=extra if actors else (*extra, "--without-actors"),
-                         environment=environment)
+                 environment: dict[str, str] | None = None, actors: bool = False, dashboard: bool = False,
+                 shards: int = 1) -> None:
+        # Ray, the connector and the simulated providers take seconds and most of a GiB: only when a test pays;
+        # the same for the Ray dashboard (a second or two more, and several processes).
+        if not actors:
+            extra = (*extra, "--without-actors")
+        elif not dashboard:
+            extra = (*extra, "--no-dashboard")
+        super().__init__(data, workers=workers, shards=shards, extra=extra, environment=environment)
 
     def request(self, method: str, path: str, body=None, key: str | None = None, headers: dict | None = None,
                 raw: bytes | None = None) -> Response:
