@@ -1,11 +1,16 @@
-"""PSP connectors: the edge pushes card authorizations over nng to a Ray actor that sends them to the provider.
+"""PSP connectors as Ray actors: one per provider, each running that provider's module of the connector interface
+(actors/psp.py), so nothing here knows a provider's HTTP.
 
     edge ──nng push (one msgpack AuthorizationBatch per batch)──▶ PaymentConnector (Ray actor, nng pull)
-                                                                     │ aiohttp, bounded concurrency
+                                                                     │ the provider's Connector, bounded concurrency
                                                                      ▼
-                                                  provider: 202 → it calls the gateway back, signed
-                                                            402 → RecordPspResult(declined) to the shard
-                                                            5xx / no answer → retried, then RecordPspResult(error)
+                                                  provider: accepted → it calls the gateway back, signed
+                                                            declined → RecordPspResult(declined) to the shard
+                                                            failed (after the retries) → RecordPspResult(error)
+
+    provider follower (actors/followers.py) ──one Ray call per batch──▶ follow_up: captures, voids, refunds, payouts
+                                            ──one Ray call per batch──▶ settle_stuck: card payments near their
+                                                                        processing deadline, asked about and settled
 
 The card number and CVC exist here only in memory, between the nng message and the provider's request: they are
 never logged, never journaled (only the RecordPspResult outcome is), and `CardData` refuses to be pickled, so it
@@ -13,7 +18,7 @@ cannot travel through Ray's object store or its spill files either. Nothing on t
 `ConnectorClient.send` is one non-blocking nng send that fails at once when no connector is connected.
 
 A batch lost with a dying connector is not retried from here (the card number is nowhere durable to retry it
-from): its payments fail by the engine's own processing timeout.
+from): its payments are settled by the status query before their deadline, or fail by the engine's own timeout.
 
 May import engine types, the journal client and ray; never the edge.
 """
@@ -21,17 +26,17 @@ May import engine types, the journal client and ray; never the edge.
 import asyncio
 import logging
 import os
-import random
 
-import aiohttp
 import msgspec
 import pynng
 import ray
 
-from engine.records import RecordPspResult
-from journal.client import Cluster
-from actors.runtime import die_with_parent
+from actors import psp
 from actors.connector_wire import Authorization, AuthorizationBatch, batch_decoder
+from actors.psp import Accepted, Declined, Failed, FollowUp, PaymentStatusQuery, StatusAnswer
+from actors.runtime import die_with_parent
+from engine.records import Outcome, RecordPspResult, authorization_transfer_id
+from journal.client import Cluster
 from journal.logs import JsonFormatter
 
 NAMESPACE = "paygate"
@@ -39,13 +44,14 @@ REQUEST_TIMEOUT_S = 10.0
 RECV_TIMEOUT_MS = 250  # how often the receive loop looks up to see whether it should stop
 MAX_BATCHES_IN_FLIGHT = 16  # then the pull socket's buffer fills and the edge's sends fail (its 503)
 RECV_BUFFER_MESSAGES = 64
-MAX_BACKOFF_S = 5.0
-MAX_ERROR_BODY_BYTES = 4096
-DECLINED = "declined"
+AUTHORIZATION_HOLD_S = 7 * 86400
+# The engine's own failure code for a payment the acquirer left undecided past its deadline.
+PROCESSING_TIMEOUT = "processing_timeout"
 ERROR = "error"
+# What a status query may settle a stuck payment as, as the engine names results.
+SETTLING_STATUSES = (psp.AUTHORIZED, psp.DECLINED, psp.REQUIRES_ACTION)
 
 log = logging.getLogger("paygate.actors.connectors")
-_json_encoder = msgspec.json.Encoder()
 
 
 # The actor
@@ -54,74 +60,83 @@ _json_encoder = msgspec.json.Encoder()
 class _Stats(msgspec.Struct):
     batches: int = 0
     sent: int = 0  # authorizations sent to the provider (once each, whatever the retries)
-    accepted: int = 0  # 202: the provider will call back
-    declined: int = 0  # 402
+    accepted: int = 0  # the provider will call back
+    declined: int = 0
     failed: int = 0  # no usable answer after the retries
-    retried: int = 0  # extra attempts
     submitted: int = 0  # RecordPspResult commands acknowledged by a shard
     submit_failed: int = 0  # RecordPspResult commands no shard took (the payment times out instead)
     invalid_messages: int = 0
+    follow_ups: int = 0  # captures, voids, refunds and payouts sent
+    refused: int = 0  # ...that the provider declined: logged for an operator, never retried
+    follow_ups_failed: int = 0  # ...with no usable answer after the retries: logged for an operator
+    status_queries: int = 0  # stuck payments asked about
+    stuck_settled: int = 0  # stuck payments whose result (the provider's, or a timeout) the engine took
 
 
 class PaymentConnectorActor:
-    """Receives AuthorizationBatch messages on an nng pull socket and sends each authorization to one provider.
+    """One provider's connector: authorizations from an nng pull socket (when it listens), follow-ups and status
+    queries from the provider follower.
 
     Used as the Ray actor `PaymentConnector`. The class is importable under its own name, undecorated, so Ray
     pickles it (and its methods) by reference rather than by value.
     """
 
-    def __init__(self, provider: str, provider_url: str, listen_address: str, shard_addresses: list[list[str]],
+    def __init__(self, provider: str, provider_url: str, listen_address: str | None,
+                 shard_addresses: list[list[str]], name: str = "", authorization_hold_s: int = AUTHORIZATION_HOLD_S,
                  max_in_flight: int = 64, retries: int = 3, backoff_s: float = 0.2) -> None:
         die_with_parent()
-        _configure_logging()
-        self.provider = provider
-        self.provider_url = provider_url.rstrip("/")
+        configure_logging()
+        self.name = name or provider
+        self.provider_url = provider_url
         self.listen_address = listen_address
         self.shard_addresses = shard_addresses
-        self.max_in_flight = max_in_flight
-        self.retries = retries
-        self.backoff_s = backoff_s
+        self.authorization_hold_s = authorization_hold_s
+        self.connector = psp.make(provider, psp.ConnectorSettings(
+            url=provider_url, request_timeout_s=REQUEST_TIMEOUT_S, retries=retries, backoff_s=backoff_s,
+            max_in_flight=max_in_flight))
         self.stats_ = _Stats()
         self._socket: pynng.Pull0 | None = None
-        self._session: aiohttp.ClientSession | None = None
         self._cluster: Cluster | None = None
         self._receiver: asyncio.Task | None = None
         self._batches: set[asyncio.Task] = set()
         self._stopping = False
 
     async def start(self) -> str:
-        """Listen and start the receive loop; again is harmless."""
-        if self._receiver is not None and not self._receiver.done():
+        """Connect to the shards and the provider, and listen if it has an address; again is harmless."""
+        if self._cluster is not None:
             return self.ping()
-        socket = pynng.Pull0(recv_timeout=RECV_TIMEOUT_MS, recv_buffer_size=RECV_BUFFER_MESSAGES)
-        try:
-            socket.listen(self.listen_address)
-        except pynng.NNGException:
-            socket.close()
-            raise
-        self._socket = socket
+        if self.listen_address:
+            socket = pynng.Pull0(recv_timeout=RECV_TIMEOUT_MS, recv_buffer_size=RECV_BUFFER_MESSAGES)
+            try:
+                socket.listen(self.listen_address)
+            except pynng.NNGException:
+                socket.close()
+                raise
+            self._socket = socket
         self._stopping = False
-        self._items = asyncio.Semaphore(self.max_in_flight)
         self._batch_slots = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
         self._cluster = Cluster(self.shard_addresses)
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self.max_in_flight),
-            timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S),
-        )
-        self._receiver = asyncio.create_task(self._receive())
-        log.info("connector %s listening on %s for %s", self.provider, self.listen_address, self.provider_url)
+        await self.connector.start()
+        if self._socket is not None:
+            self._receiver = asyncio.create_task(self._receive())
+        log.info("connector %s %s for %s", self.name,
+                 f"listening on {self.listen_address}" if self.listen_address else "ready", self.provider_url)
         return self.ping()
 
     def pid(self) -> int:
         return os.getpid()
 
     def ping(self) -> str:
-        listening = self._receiver is not None and not self._receiver.done()
-        state = f"listening on {self.listen_address}" if listening else "stopped"
-        return f"connector-{self.provider} {state}"
+        if self._receiver is not None and not self._receiver.done():
+            state = f"listening on {self.listen_address}"
+        else:
+            state = "ready" if self._cluster is not None and not self._stopping else "stopped"
+        return f"connector-{self.name} {state}"
 
     def stats(self) -> dict:
-        return {**msgspec.structs.asdict(self.stats_), "batches_in_flight": len(self._batches)}
+        """The counts below, `retried` (extra attempts, for every kind of request) and `batches_in_flight`."""
+        return {**msgspec.structs.asdict(self.stats_), "retried": self.connector.retried,
+                "batches_in_flight": len(self._batches)}
 
     async def stop(self, drain_s: float = REQUEST_TIMEOUT_S) -> dict:
         """Stop receiving, let the batches in hand finish (for at most `drain_s`), then close everything."""
@@ -144,11 +159,71 @@ class PaymentConnectorActor:
             self._socket = None
         if self._cluster is not None:
             self._cluster.close()
-            self._cluster = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        await self.connector.close()
         return self.stats()
+
+    # Follow-ups and stuck payments (called by the provider follower, one call per batch)
+
+    async def follow_up(self, requests: list[FollowUp]) -> list[psp.Verdict]:
+        """Send each request to the provider: in order for one payment (or payout), side by side for different ones.
+
+        A refusal or a failure after the retries is logged for an operator and answered; it is never retried here.
+        """
+        verdicts: list = [None] * len(requests)
+        lanes: dict[str, list[int]] = {}
+        for index, request in enumerate(requests):
+            lanes.setdefault(psp.subject(request), []).append(index)
+
+        async def run_lane(indexes: list[int]) -> None:
+            for index in indexes:
+                verdicts[index] = await self._follow_up(requests[index])
+
+        await asyncio.gather(*(run_lane(indexes) for indexes in lanes.values()))
+        return verdicts
+
+    async def _follow_up(self, request: FollowUp) -> psp.Verdict:
+        self.stats_.follow_ups += 1
+        verdict = await _safely(self.connector.follow_up(request))
+        operation = request.__struct_config__.tag
+        if type(verdict) is Declined:
+            self.stats_.refused += 1
+            log.error("connector %s: the provider refused the %s of %s (merchant %s): %s %s", self.name, operation,
+                      psp.subject(request), request.merchant_id, verdict.code, verdict.message)
+        elif type(verdict) is Failed:
+            self.stats_.follow_ups_failed += 1
+            log.error("connector %s: the %s of %s (merchant %s) did not reach the provider: %s", self.name,
+                      operation, psp.subject(request), request.merchant_id, verdict.reason)
+        return verdict
+
+    async def settle_stuck(self, queries: list[PaymentStatusQuery]) -> None:
+        """Card payments still processing near their deadline: what the acquirer says of each becomes its result
+        (authorized, declined, requires_action); undecided, unknown or unanswered, it fails by timeout and the
+        acquirer is told to drop it. Each result has one callback id, so settling twice changes nothing."""
+        answers = await asyncio.gather(*(_safely(self.connector.status(query)) for query in queries))
+        self.stats_.status_queries += len(queries)
+        commands = [self._settlement(query, answer) for query, answer in zip(queries, answers)]
+        outcomes = await self._record(commands)
+        settled = [outcome is not None and outcome.code == "ok" for outcome in outcomes]
+        self.stats_.stuck_settled += sum(settled)
+        # Only once the gateway has failed it: the acquirer's late "authorized" then has nothing to hold.
+        await self.follow_up([
+            psp.VoidRequest(merchant_id=query.merchant_id, payment_id=query.payment_id)
+            for query, answer, command, done in zip(queries, answers, commands, settled)
+            if done and command.result == ERROR and not (type(answer) is StatusAnswer and answer.status == psp.UNKNOWN)])
+
+    def _settlement(self, query: PaymentStatusQuery, answer: StatusAnswer | Failed) -> RecordPspResult:
+        merchant_id, payment_id = query.merchant_id, query.payment_id
+        if type(answer) is StatusAnswer and answer.status in SETTLING_STATUSES:
+            return RecordPspResult(
+                merchant_id=merchant_id, payment_id=payment_id, callback_id=f"status_{payment_id}_{answer.status}",
+                result=answer.status, psp_reference=answer.psp_reference, action_url=answer.action_url,
+                failure_code=answer.failure_code, failure_message=answer.failure_message,
+                transfer_id=authorization_transfer_id(merchant_id, payment_id),
+                hold_timeout_s=self.authorization_hold_s)
+        status = answer.status if type(answer) is StatusAnswer else f"no answer ({answer.reason})"
+        return RecordPspResult(
+            merchant_id=merchant_id, payment_id=payment_id, callback_id=f"status_{payment_id}_{ERROR}", result=ERROR,
+            failure_code=PROCESSING_TIMEOUT, failure_message=f"no result before the deadline (the acquirer: {status})")
 
     # The receive loop
 
@@ -165,7 +240,7 @@ class PaymentConnectorActor:
                 return
             except pynng.NNGException as error:
                 self._batch_slots.release()
-                log.warning("connector %s: receive failed: %s", self.provider, type(error).__name__)
+                log.warning("connector %s: receive failed: %s", self.name, type(error).__name__)
                 await asyncio.sleep(0.1)
                 continue
             try:
@@ -174,7 +249,7 @@ class PaymentConnectorActor:
                 # Never log the message itself: it may hold card numbers.
                 self.stats_.invalid_messages += 1
                 self._batch_slots.release()
-                log.warning("connector %s: dropped an undecodable message of %d bytes", self.provider, len(message))
+                log.warning("connector %s: dropped an undecodable message of %d bytes", self.name, len(message))
                 continue
             del message
             task = asyncio.create_task(self._process(batch))
@@ -185,128 +260,98 @@ class PaymentConnectorActor:
         self._batches.discard(task)
         self._batch_slots.release()
         if not task.cancelled() and task.exception() is not None:
-            log.error("connector %s: a batch failed: %s", self.provider, type(task.exception()).__name__)
+            log.error("connector %s: a batch failed: %s", self.name, type(task.exception()).__name__)
 
     async def _process(self, batch: AuthorizationBatch) -> None:
         self.stats_.batches += 1
         results = await asyncio.gather(*(self._authorize(item) for item in batch.items))
         del batch  # the cards are no longer needed
-        by_shard: dict[int, list[RecordPspResult]] = {}
-        for command in results:
-            if command is not None:
-                by_shard.setdefault(self._cluster.map.shard_for(command.merchant_id), []).append(command)
-        await asyncio.gather(*(self._submit(shard, commands) for shard, commands in by_shard.items()))
-
-    async def _submit(self, shard: int, commands: list[RecordPspResult]) -> None:
-        try:
-            reply = await self._cluster.shards[shard].submit(commands)
-        except Exception as error:  # ShardUnavailable, nng errors: the payments fail by timeout in the engine
-            self.stats_.submit_failed += len(commands)
-            log.warning("connector %s: %d results not recorded on shard %d: %s", self.provider, len(commands),
-                        shard, type(error).__name__)
-            return
-        if reply.status != 0:
-            self.stats_.submit_failed += len(commands)
-            log.warning("connector %s: shard %d refused %d results (status %d)", self.provider, shard,
-                        len(commands), reply.status)
-            return
-        self.stats_.submitted += len(commands)
-
-    # One authorization
+        await self._record([command for command in results if command is not None])
 
     async def _authorize(self, item: Authorization) -> RecordPspResult | None:
-        """Send one authorization, retrying what may be transient; the command to record, or None (202)."""
+        """Send one authorization; the command to record, or None when the provider will call back."""
         self.stats_.sent += 1
-        try:
-            return await self._attempts(item)
-        except asyncio.CancelledError:
-            raise
-        except Exception as error:  # a bug or a closed session: the payment fails rather than hangs
-            failure = type(error).__name__
+        verdict = await _safely(self.connector.authorize(item))
+        if type(verdict) is Accepted:
+            self.stats_.accepted += 1
+            return None
+        if type(verdict) is Declined:
+            self.stats_.declined += 1
+            return RecordPspResult(
+                merchant_id=item.merchant_id, payment_id=item.payment_id,
+                callback_id=f"cn_{item.payment_id}_{psp.DECLINED}", result=psp.DECLINED,
+                failure_code=verdict.code or "card_declined", failure_message=verdict.message)
         self.stats_.failed += 1
-        log.warning("connector %s: payment %s failed: %s", self.provider, item.payment_id, failure)
-        return _error(item)
+        log.warning("connector %s: payment %s failed at the provider: %s", self.name, item.payment_id, verdict.reason)
+        return RecordPspResult(
+            merchant_id=item.merchant_id, payment_id=item.payment_id, callback_id=f"cn_{item.payment_id}_{ERROR}",
+            result=ERROR, failure_code="processing_error", failure_message="the acquirer failed")
 
-    async def _attempts(self, item: Authorization) -> RecordPspResult | None:
-        body = _json_encoder.encode({
-            "payment_id": item.payment_id,
-            "merchant_id": item.merchant_id,
-            "amount": item.amount,
-            "currency": item.currency,
-            "card": {"number": item.card.number, "exp_month": item.card.exp_month,
-                     "exp_year": item.card.exp_year, "cvc": item.card.cvc},
-            "capture": item.capture,
-        })
-        headers = {"Content-Type": "application/json", "Idempotency-Key": item.payment_id}
-        url = f"{self.provider_url}/v1/authorizations"
-        failure = "no answer"
-        async with self._items:
-            for attempt in range(self.retries + 1):
-                if attempt:
-                    self.stats_.retried += 1
-                    delay = min(self.backoff_s * 2 ** (attempt - 1), MAX_BACKOFF_S)
-                    await asyncio.sleep(delay * random.uniform(0.75, 1.25))
-                try:
-                    async with self._session.post(url, data=body, headers=headers) as response:
-                        status = response.status
-                        answer = await response.content.read(MAX_ERROR_BODY_BYTES) if status >= 400 else b""
-                except (aiohttp.ClientError, asyncio.TimeoutError) as error:
-                    failure = type(error).__name__
-                    continue
-                if status == 202:
-                    # A retry of a request whose answer was lost is a 202 again, under the same reference
-                    # (the provider keys authorizations by payment id), and no second callback follows.
-                    self.stats_.accepted += 1
-                    return None
-                if status == 402:
-                    self.stats_.declined += 1
-                    return RecordPspResult(
-                        merchant_id=item.merchant_id, payment_id=item.payment_id,
-                        callback_id=f"cn_{item.payment_id}_{DECLINED}", result=DECLINED,
-                        failure_code=_error_code(answer) or "card_declined")
-                if status >= 500 or status == 429:
-                    failure = f"HTTP {status}"
-                    continue
-                failure = f"HTTP {status}"  # another 4xx (409 payment_id_reused, 400): asking again will not help
-                break
-        self.stats_.failed += 1
-        log.warning("connector %s: payment %s failed at the provider: %s", self.provider, item.payment_id, failure)
-        return _error(item)
+    async def _record(self, commands: list[RecordPspResult]) -> list[Outcome | None]:
+        """Submit the results, one batch per shard; each one's outcome, or None where no shard took it (the payment
+        then fails by the engine's own timeout)."""
+        outcomes: list[Outcome | None] = [None] * len(commands)
+        by_shard: dict[int, list[int]] = {}
+        for index, command in enumerate(commands):
+            by_shard.setdefault(self._cluster.map.shard_for(command.merchant_id), []).append(index)
+
+        async def submit(shard: int, indexes: list[int]) -> None:
+            try:
+                reply = await self._cluster.shards[shard].submit([commands[index] for index in indexes])
+            except Exception as error:  # ShardUnavailable, nng errors
+                reply, problem = None, type(error).__name__
+            else:
+                problem = f"status {reply.status}"
+            if reply is None or reply.status != 0:
+                self.stats_.submit_failed += len(indexes)
+                log.warning("connector %s: %d results not recorded on shard %d: %s", self.name, len(indexes), shard,
+                            problem)
+                return
+            self.stats_.submitted += len(indexes)
+            for index, outcome in zip(indexes, reply.results):
+                outcomes[index] = outcome
+
+        await asyncio.gather(*(submit(shard, indexes) for shard, indexes in by_shard.items()))
+        return outcomes
 
 
-# An async actor: its loop runs the receive task; calls (ping, stats, stop) are few. It needs no CPU slot.
+async def _safely(call):
+    """The call's answer; Failed if it raised (a bug or a closed session): a payment fails rather than hangs."""
+    try:
+        return await call
+    except asyncio.CancelledError:
+        raise
+    except Exception as error:
+        return Failed(type(error).__name__)
+
+
+# An async actor: its loop runs the receive task; calls (follow-ups, status queries, ping, stats, stop) are few,
+# one per batch. It needs no CPU slot.
 PaymentConnector = ray.remote(num_cpus=0, max_concurrency=8)(PaymentConnectorActor)
 
 
-def spawn(provider: str, provider_url: str, listen_address: str, shard_addresses: list[list[str]],
-          start_timeout_s: float = 60, **options) -> "ray.actor.ActorHandle":
-    """The connector for `provider` (made now, or the one already running under its name), started.
+def actor_name(name: str) -> str:
+    return f"connector-{name}"
 
-    The actor is tied to the driver that made it (not detached): it stops with `paygate serve`. Blocks until it
-    listens: call it at start-up, not from a request. Options: max_in_flight, retries, backoff_s.
+
+def spawn(provider: str, provider_url: str, listen_address: str | None, shard_addresses: list[list[str]],
+          start_timeout_s: float = 60, **options) -> "ray.actor.ActorHandle":
+    """The connector for `provider` (a name in actors.psp.CONNECTORS), made now or the one already running under its
+    name, started.
+
+    `listen_address` None: no authorizations (a provider for payouts). The actor is tied to the driver that made it
+    (not detached): it stops with `paygate serve`. Blocks until it is ready: call it at start-up, not from a
+    request. Options: name (the actor's, default the provider's), authorization_hold_s, max_in_flight, retries,
+    backoff_s.
     """
-    handle = PaymentConnector.options(name=f"connector-{provider}", namespace=NAMESPACE,
-                                      get_if_exists=True).remote(provider, provider_url, listen_address,
-                                                                 shard_addresses, **options)
+    name = options.get("name") or provider
+    handle = PaymentConnector.options(name=actor_name(name), namespace=NAMESPACE, get_if_exists=True).remote(
+        provider, provider_url, listen_address, shard_addresses, **options)
     ray.get(handle.start.remote(), timeout=start_timeout_s)
     return handle
 
 
-def _error(item: Authorization) -> RecordPspResult:
-    return RecordPspResult(
-        merchant_id=item.merchant_id, payment_id=item.payment_id, callback_id=f"cn_{item.payment_id}_{ERROR}",
-        result=ERROR, failure_code="processing_error", failure_message="the acquirer failed")
-
-
-def _error_code(answer: bytes) -> str:
-    try:
-        error = msgspec.json.decode(answer).get("error")
-    except (msgspec.DecodeError, AttributeError):
-        return ""
-    return error if isinstance(error, str) and error.isidentifier() and len(error) <= 64 else ""
-
-
-def _configure_logging() -> None:
+def configure_logging() -> None:
     """JSON lines on stderr (the worker's .err file in the Ray session's logs) for the paygate loggers."""
     paygate = logging.getLogger("paygate")
     if not paygate.handlers:

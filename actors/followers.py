@@ -1,32 +1,72 @@
 """Actors that follow the shards' committed batches, each with a durable cursor per shard.
 
-A follower reads entries by sequence number (nng pub/sub may drop; the journal
-does not), acts on each, and only then moves its cursor, which it keeps in a
-small file written atomically: after a crash it reads again from where it had
-finished, so it acts at least once. The bank's payout dispatcher is one.
+A follower reads entries by sequence number (nng pub/sub may drop; the journal does not), acts on each, and only
+then moves its cursor, which it keeps in a small file written atomically: after a crash it reads again from where
+it had finished, so it acts at least once, and the providers drop the repeats (a payout id, a refund id, the same
+capture again, a second void).
+
+The provider follower is one. What the shards committed that a provider must hear of goes to that provider's
+connector actor (actors/connectors.py), one Ray call per batch of entries and provider; only first-time successes
+count (an `ok` outcome, not a replay):
+
+    CapturePayment                               → capture at the payment's acquirer, of what the engine captured
+    CancelPayment of a held authorization        → void at the acquirer
+    a held authorization the ledger released     → void at the acquirer (its transfer.expired event)
+    CreateRefund                                 → refund at the payment's acquirer, under the refund's id
+    CreatePayout                                 → payout at the bank
+
+It also watches card payments left `processing`: a committed CreatePayment says when the engine will fail it
+(deadline_at), and a margin before that the acquirer's connector asks the acquirer and settles the payment. The
+engine's deadline stays the backstop when this actor is away. Everything it keeps is bounded (max_watched).
 """
 
 import asyncio
+import heapq
 import logging
 import os
 import pathlib
 import struct
+import time
 
-import aiohttp
+import msgspec
 import ray
 
-from actors.connectors import NAMESPACE
+from actors.connectors import NAMESPACE, actor_name, configure_logging
+from actors.psp import (
+    CaptureRequest,
+    FollowUp,
+    PaymentStatusQuery,
+    PayoutRequest,
+    RefundRequest,
+    VoidRequest,
+    subject,
+)
 from actors.runtime import die_with_parent
-from engine.records import CreatePayout, Idempotent, Outcome
+from engine.queries import GetPaymentRecord
+from engine.records import (
+    AUTHORIZATION_SUFFIX,
+    CancelPayment,
+    CapturePayment,
+    CreatePayout,
+    CreateRefund,
+    Idempotent,
+    Outcome,
+    Payment,
+)
 from journal.client import ShardClient
 from journal.recovery import batch_decoder
 
 log = logging.getLogger("paygate.actors.followers")
 CURSOR = struct.Struct(">Q")
 POLL_S = 0.2
+WATCH_INTERVAL_S = 0.1
 ENTRIES_PER_READ = 64
-REQUEST_TIMEOUT_S = 10.0
-ATTEMPTS = 5
+MAX_REQUESTS_PER_CALL = 256
+# A connector bounds each request itself (retries × request timeout); this bounds a whole call.
+CALL_TIMEOUT_S = 120.0
+CALL_ATTEMPTS = 5  # for follow-ups; a stuck payment is asked about once (the engine's deadline follows)
+CALL_BACKOFF_S = 0.5
+PROCESSING = "processing"
 
 
 class Cursor:
@@ -48,82 +88,243 @@ class Cursor:
         self.sequence = sequence
 
 
-def created_payouts(entry) -> list:
-    """The payouts a committed batch created (directly or under an idempotency key, first time only)."""
-    payouts = []
-    batch = batch_decoder.decode(entry.payload)
-    for command, result in zip(batch.commands, entry.result.results):
-        inner = command.command if type(command) is Idempotent else command
-        if type(inner) is CreatePayout and isinstance(result, Outcome) and result.code == "ok" and not result.replayed:
-            payouts.append(inner.payout)
-    return payouts
+class Watched(msgspec.Struct):
+    """A card payment still processing, and when to ask its acquirer about it (engine nanoseconds)."""
+
+    acquirer: str
+    merchant_id: str
+    payment_id: str
+    ask_at: int
+    deadline_at: int
 
 
-class PayoutDispatcherActor:
-    """Sends every payout the shards committed to the bank, once it is durable there (the bank dedups by id)."""
+class _Stats(msgspec.Struct):
+    follow_ups: int = 0  # requests handed to connectors
+    undelivered: int = 0  # requests no connector took after CALL_ATTEMPTS: logged for an operator
+    not_watched: int = 0  # processing payments past max_watched, left to the engine's deadline
+    stuck_asked: int = 0  # stuck payments handed to their acquirer's connector to settle
+    stuck_unasked: int = 0  # ...whose connector could not be reached (the engine's deadline settles them)
 
-    def __init__(self, bank_url: str, shard_addresses: list[list[str]], cursor_folder: str) -> None:
+
+class ProviderFollowerActor:
+    """Sends what the shards committed to the providers' connectors, and has stuck card payments settled."""
+
+    def __init__(self, shard_addresses: list[list[str]], cursor_folder: str, providers: list[str],
+                 payout_provider: str = "bank", status_query_margin_s: float = 5.0,
+                 max_watched: int = 100_000) -> None:
         die_with_parent()
-        self.bank_url = bank_url
+        configure_logging()
+        self.providers = set(providers)
+        self.payout_provider = payout_provider
+        self.margin_ns = int(status_query_margin_s * 1e9)
+        self.max_watched = max_watched
         self.shards = [ShardClient(addresses, timeout_ms=5000) for addresses in shard_addresses]
         folder = pathlib.Path(cursor_folder)
         folder.mkdir(parents=True, exist_ok=True)
-        self.cursors = [Cursor(folder / f"payouts-shard-{index}.cursor") for index in range(len(self.shards))]
-        self.task: asyncio.Task | None = None
-        self.sent = 0
+        self.cursors = [Cursor(folder / f"providers-shard-{index}.cursor") for index in range(len(self.shards))]
+        self.watched: dict[str, Watched] = {}
+        self.asking_order: list[tuple[int, str]] = []  # (ask_at, payment id), a heap; stale entries are skipped
+        self.handles: dict[str, ray.actor.ActorHandle] = {}
+        self.stats_ = _Stats()
+        self.tasks: list[asyncio.Task] = []
 
     async def start(self) -> str:
-        if self.task is None:
-            self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S))
-            self.task = asyncio.get_running_loop().create_task(self._run())
-        return "payout dispatcher following " + ", ".join(str(cursor.sequence) for cursor in self.cursors)
+        if not self.tasks:
+            self.tasks = [asyncio.create_task(self._follow_all()), asyncio.create_task(self._watch())]
+        return "provider follower at " + ", ".join(str(cursor.sequence) for cursor in self.cursors)
 
     def pid(self) -> int:
         return os.getpid()
 
     def stats(self) -> dict:
-        return {"sent": self.sent, "cursors": [cursor.sequence for cursor in self.cursors]}
+        return {**msgspec.structs.asdict(self.stats_), "watching": len(self.watched),
+                "cursors": [cursor.sequence for cursor in self.cursors]}
 
-    async def _run(self) -> None:
+    # Following the journal
+
+    async def _follow_all(self) -> None:
         while True:
             busy = False
-            for shard, cursor in zip(self.shards, self.cursors):
-                busy |= await self._follow(shard, cursor)
+            try:
+                for shard, cursor in zip(self.shards, self.cursors):
+                    busy |= await self._follow(shard, cursor)
+            except Exception:  # a cursor that cannot be written, a bug: this round again, later
+                log.exception("following the journal failed")
             if not busy:
                 await asyncio.sleep(POLL_S)
 
     async def _follow(self, shard: ShardClient, cursor: Cursor) -> bool:
         try:
             entries = await shard.read_entries(cursor.sequence + 1, ENTRIES_PER_READ)
-        except Exception as error:  # a shard failing over: try again on the next round
-            log.warning("reading committed entries failed: %s", error)
+            requests = [request for entry in entries for request in await self._requests_of(shard, entry)]
+        except Exception as error:  # a shard failing over: read again on the next round
+            log.warning("reading committed entries failed: %s", type(error).__name__)
             return False
-        for entry in entries:
-            for payout in created_payouts(entry):
-                await self._send(payout)
-            cursor.advance(entry.sequence)
-        return bool(entries)
+        if not entries:
+            return False
+        await self._dispatch(requests)
+        cursor.advance(entries[-1].sequence)
+        return True
 
-    async def _send(self, payout) -> None:
-        body = {"payout_id": payout.id, "merchant_id": payout.merchant_id, "amount": payout.amount,
-                "currency": payout.currency}
-        for attempt in range(ATTEMPTS):
+    async def _requests_of(self, shard: ShardClient, entry) -> list[tuple[str, FollowUp]]:
+        """What one committed batch asks of the providers, as (provider, request), in the batch's order."""
+        found = []
+        batch = batch_decoder.decode(entry.payload)
+        for command, result in zip(batch.commands, entry.result.results):
+            if type(result) is Outcome and result.code == "ok" and not result.replayed:
+                inner = command.command if type(command) is Idempotent else command
+                found.append(await self._request_of(shard, inner, result.record))
+        for event in entry.result.events:
+            if event.kind == "transfer.expired" and event.object_id.endswith(AUTHORIZATION_SUFFIX):
+                found.append(await self._released(shard, event.object_id))
+        return [item for item in found if item is not None and item[0] in self.providers]
+
+    async def _request_of(self, shard: ShardClient, command, record) -> tuple[str, FollowUp] | None:
+        """What a command that succeeded asks of a provider, if anything; a payment's record also updates the watch."""
+        if type(record) is Payment:
+            self._watch_payment(record)
+        kind = type(command)
+        if kind is CapturePayment:
+            return record.acquirer, CaptureRequest(merchant_id=record.merchant_id, payment_id=record.id,
+                                                   amount=record.amount_captured, currency=record.currency)
+        if kind is CancelPayment and record.authorization_id:  # else no authorization was held
+            return record.acquirer, _void(record)
+        if kind is CreateRefund:
+            payment = await _payment(shard, record.merchant_id, record.payment_id)
+            if payment is None:  # no longer in the shard's memory: nobody left to tell
+                log.error("refund %s of %s not sent: the payment is gone", record.id, record.payment_id)
+                return None
+            return payment.acquirer, RefundRequest(merchant_id=record.merchant_id, payment_id=record.payment_id,
+                                                   refund_id=record.id, amount=record.amount,
+                                                   currency=record.currency)
+        if kind is CreatePayout:
+            return self.payout_provider, PayoutRequest(merchant_id=record.merchant_id, payout_id=record.id,
+                                                       amount=record.amount, currency=record.currency)
+        return None
+
+    async def _released(self, shard: ShardClient, transfer_id: str) -> tuple[str, FollowUp] | None:
+        """The void an expired authorization hold asks for: only a payment's own (a ledger client names its
+        transfers as it likes)."""
+        merchant_id, _, rest = transfer_id.partition(":")
+        payment = await _payment(shard, merchant_id, rest.removesuffix(AUTHORIZATION_SUFFIX))
+        if payment is None or payment.authorization_id != transfer_id or payment.status != "cancelled":
+            return None
+        return payment.acquirer, _void(payment)
+
+    async def _dispatch(self, requests: list[tuple[str, FollowUp]]) -> None:
+        by_provider: dict[str, list[FollowUp]] = {}
+        for provider, request in requests:
+            by_provider.setdefault(provider, []).append(request)
+        await asyncio.gather(*(self._send(provider, items) for provider, items in by_provider.items()))
+
+    async def _send(self, provider: str, requests: list[FollowUp]) -> None:
+        # One call after the other: a payment's capture reaches the acquirer before its refund.
+        for start in range(0, len(requests), MAX_REQUESTS_PER_CALL):
+            part = requests[start:start + MAX_REQUESTS_PER_CALL]
+            self.stats_.follow_ups += len(part)
+            if not await self._call(provider, "follow_up", part, CALL_ATTEMPTS):
+                self.stats_.undelivered += len(part)
+                for request in part:
+                    log.error("%s for %s (merchant %s) not delivered to %s: a person must look",
+                              request.__struct_config__.tag, subject(request), request.merchant_id, provider)
+
+    async def _call(self, provider: str, method: str, items: list, attempts: int) -> bool:
+        """One call to the provider's connector actor, tried `attempts` times; whether it answered."""
+        problem = ""
+        for attempt in range(attempts):
+            if attempt:
+                await asyncio.sleep(CALL_BACKOFF_S * 2 ** (attempt - 1))
             try:
-                async with self.session.post(f"{self.bank_url}/v1/payouts", json=body) as response:
-                    if response.status < 500:
-                        self.sent += 1
-                        return
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                pass
-            await asyncio.sleep(0.2 * 2**attempt)
-        log.error("the bank did not take payout %s; it stays pending until a person looks", payout.id)
+                handle = self.handles.get(provider) or ray.get_actor(actor_name(provider), namespace=NAMESPACE)
+                self.handles[provider] = handle
+                reference = getattr(handle, method).remote(items)
+                await asyncio.wait_for(asyncio.wrap_future(reference.future()), CALL_TIMEOUT_S)
+                return True
+            except Exception as error:  # no such actor, the actor died, the call timed out
+                self.handles.pop(provider, None)
+                problem = type(error).__name__
+        log.warning("connector %s did not take %d items (%s): %s", provider, len(items), method, problem)
+        return False
+
+    # Stuck payments
+
+    def _watch_payment(self, payment: Payment) -> None:
+        """Watch a card payment that starts processing; stop once a committed command moved it on."""
+        if payment.status != PROCESSING:
+            self.watched.pop(payment.id, None)
+            return
+        if (payment.method != "card" or not payment.deadline_at or payment.acquirer not in self.providers
+                or payment.id in self.watched or payment.deadline_at <= time.time_ns()):
+            return
+        if len(self.watched) >= self.max_watched:
+            self.stats_.not_watched += 1
+            return
+        # At most a quarter of its time is cut off the acquirer's, however short the processing timeout.
+        margin = min(self.margin_ns, (payment.deadline_at - payment.created_at) // 4)
+        watched = Watched(payment.acquirer, payment.merchant_id, payment.id, payment.deadline_at - margin,
+                          payment.deadline_at)
+        self.watched[payment.id] = watched
+        if len(self.asking_order) >= 2 * self.max_watched:  # mostly payments settled since: drop those
+            self.asking_order = [(item.ask_at, item.payment_id) for item in self.watched.values()]
+            heapq.heapify(self.asking_order)
+        else:
+            heapq.heappush(self.asking_order, (watched.ask_at, payment.id))
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            try:
+                while due := self._due(time.time_ns()):
+                    await self._settle(due)
+            except Exception:  # one bad round must not end the watch
+                log.exception("settling stuck payments failed")
+
+    def _due(self, now: int) -> list[Watched]:
+        """Watched payments whose time to ask has come (at most one call's worth), no longer watched."""
+        due = []
+        while self.asking_order and self.asking_order[0][0] <= now and len(due) < MAX_REQUESTS_PER_CALL:
+            ask_at, payment_id = heapq.heappop(self.asking_order)
+            watched = self.watched.get(payment_id)
+            if watched is None or watched.ask_at != ask_at:
+                continue
+            del self.watched[payment_id]
+            if watched.deadline_at > now:  # past it, the engine has failed it already
+                due.append(watched)
+        return due
+
+    async def _settle(self, due: list[Watched]) -> None:
+        by_acquirer: dict[str, list[PaymentStatusQuery]] = {}
+        for watched in due:
+            by_acquirer.setdefault(watched.acquirer, []).append(
+                PaymentStatusQuery(merchant_id=watched.merchant_id, payment_id=watched.payment_id))
+        answered = await asyncio.gather(*(self._call(acquirer, "settle_stuck", queries, 1)
+                                          for acquirer, queries in by_acquirer.items()))
+        for queries, ok in zip(by_acquirer.values(), answered):
+            if ok:
+                self.stats_.stuck_asked += len(queries)
+            else:
+                self.stats_.stuck_unasked += len(queries)
 
 
-PayoutDispatcher = ray.remote(num_cpus=0, max_concurrency=4)(PayoutDispatcherActor)
+async def _payment(shard: ShardClient, merchant_id: str, payment_id: str) -> Payment | None:
+    return (await shard.read(GetPaymentRecord(merchant_id, "payment", payment_id))).record
 
 
-def spawn_payouts(bank_url: str, shard_addresses: list[list[str]], cursor_folder: pathlib.Path):
-    handle = PayoutDispatcher.options(name="payout-dispatcher", namespace=NAMESPACE, get_if_exists=True).remote(
-        bank_url, shard_addresses, str(cursor_folder))
-    ray.get(handle.start.remote(), timeout=60)
+def _void(payment: Payment) -> VoidRequest:
+    return VoidRequest(merchant_id=payment.merchant_id, payment_id=payment.id)
+
+
+# An async actor: its loop runs the following and the watching; calls (stats) are few. It needs no CPU slot.
+ProviderFollower = ray.remote(num_cpus=0, max_concurrency=4)(ProviderFollowerActor)
+
+
+def spawn(shard_addresses: list[list[str]], cursor_folder: pathlib.Path, providers: list[str],
+          start_timeout_s: float = 60, **options) -> "ray.actor.ActorHandle":
+    """The provider follower for the connectors named `providers` (made now, or the one already running), started.
+
+    Options: payout_provider, status_query_margin_s, max_watched.
+    """
+    handle = ProviderFollower.options(name="provider-follower", namespace=NAMESPACE, get_if_exists=True).remote(
+        shard_addresses, str(cursor_folder), providers, **options)
+    ray.get(handle.start.remote(), timeout=start_timeout_s)
     return handle

@@ -2,8 +2,9 @@
 
 It authorizes cards by the API's test card numbers, answers each authorization at once with `202
 {"psp_reference"}` and gives its verdict later in a signed callback to --callback-url; it serves a 3-D Secure
-challenge page, keeps in-memory books of captures, voids and refunds, answers status queries for stuck payments,
-and serves the daily settlement CSV the gateway reconciles against.
+challenge page, keeps in-memory books of captures, voids and refunds (a void also drops an authorization still
+pending or awaiting 3-D Secure, which then never calls back), answers status queries for stuck payments, and
+serves the daily settlement CSV the gateway reconciles against.
 
 Test cards (any other Luhn-valid number is authorized; a Luhn-invalid one is 402 incorrect_number):
     4242424242424242  authorized
@@ -47,6 +48,7 @@ DECLINES = {
 THREE_D_SECURE = "4000000000003220"
 PROCESSING_ERROR = "4000000000000119"
 SILENT = "4000000000000036"
+VOIDABLE = ("authorized", "pending", "requires_action")
 AUTHENTICATION_FAILED = ("authentication_failed", "The cardholder failed 3-D Secure authentication.")
 CARD_DIGITS = re.compile(r"[0-9]{12,19}")
 CVC = re.compile(r"[0-9]{3,4}")
@@ -89,7 +91,7 @@ class Authorization:
     brand: str
     last4: str
     capture: bool
-    status: str  # pending | authorized | declined | requires_action
+    status: str  # pending | authorized | declined | requires_action | cancelled (voided before its verdict)
     failure_code: str = ""
     failure_message: str = ""
     action_url: str = ""
@@ -275,15 +277,17 @@ class Piggybank:
         return self.ok(record)
 
     async def void(self, request: web.Request) -> web.Response:
-        """Releases an uncaptured authorization; voiding twice is ok."""
+        """Releases an uncaptured authorization, or drops one still undecided; voiding twice is ok."""
         _, record = await self.target(request)
         if record is None:
             return error(404, "unknown_reference", "no such psp_reference")
         if not record.voided:
             if record.amount_captured:
                 return error(409, "already_captured", "a captured payment is refunded, not voided")
-            if record.status != "authorized":
+            if record.status not in VOIDABLE:
                 return error(409, "not_voidable", f"the authorization is {record.status}")
+            if record.status != "authorized":  # dropped before its verdict: no callback follows, ever
+                record.status, record.action_url = "cancelled", ""
             record.voided = True
             log.info("voided %s", record.psp_reference)
         return self.ok(record)

@@ -1,14 +1,20 @@
-"""The PSP connector actor on a real Ray runtime, a real shard process and a fake provider.
+"""The PSP connector actors and the provider follower on a real Ray runtime and a real shard process.
 
-Ray starts once for the module (it takes seconds); the provider is a small aiohttp server on a thread of this
-process that answers by card number and records what it was sent.
+Ray starts once for the module (it takes seconds). Authorizations go first to a fake provider, a small aiohttp
+server on a thread of this process that answers by card number and records what it was sent; follow-ups and stuck
+payments then go to the real simulated piggybank and bank processes.
 """
 
 import asyncio
+import json
 import pathlib
 import pickle
+import re
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 import pytest
 
@@ -16,7 +22,7 @@ ray = pytest.importorskip("ray")
 import pynng  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from actors import runtime  # noqa: E402
+from actors import followers, psp, runtime  # noqa: E402
 from actors.connector_wire import (  # noqa: E402
     Authorization,
     AuthorizationBatch,
@@ -26,8 +32,23 @@ from actors.connector_wire import (  # noqa: E402
     batch_encoder,
 )
 from actors.connectors import spawn  # noqa: E402
+from actors.services import PROVIDERS, ProviderProcesses, ProviderService, write_secret  # noqa: E402
 from engine.queries import GetPaymentRecord  # noqa: E402
-from engine.records import CardDetails, CreateMerchant, CreatePayment, Merchant, Payment, RecordPspResult  # noqa: E402
+from engine.records import (  # noqa: E402
+    CancelPayment,
+    CapturePayment,
+    CardDetails,
+    CreateMerchant,
+    CreatePayment,
+    CreatePayout,
+    CreateRefund,
+    Idempotent,
+    Merchant,
+    Payment,
+    Payout,
+    RecordPspResult,
+    Refund,
+)
 from journal.client import ShardClient  # noqa: E402
 from journal.recovery import batch_decoder as journal_batch_decoder  # noqa: E402
 from journal.wire import ReplyStatus  # noqa: E402
@@ -39,6 +60,9 @@ BAD_CARD = "4242424242424241"  # Luhn-invalid: 402 incorrect_number
 FAILING_CARD = "4000000000000119"  # 500 every time
 CARDS = (GOOD_CARD, BAD_CARD, FAILING_CARD)
 CVC = "7391"
+# Four digits alone turn up by chance in megabytes of logs (ports, pids, ids): a leak would name the field, or be
+# the msgpack string of the CVC.
+CVC_LEAK = re.compile(rb"(?i)cvc\W{0,8}" + CVC.encode() + rb"\b|\xa4" + CVC.encode())
 RETRIES = 2
 WAIT_S = 15
 
@@ -182,8 +206,8 @@ def provider():
 @pytest.fixture(scope="module")
 def connector(ray_runtime, shard, provider):
     listen_address = address(free_ports(1)[0])
-    handle = spawn("testbank", provider.url, listen_address, [[shard.client_address]], retries=RETRIES,
-                   backoff_s=0.05)
+    handle = spawn("piggybank", provider.url, listen_address, [[shard.client_address]], name="testbank",
+                   retries=RETRIES, backoff_s=0.05)
     client = ConnectorClient(listen_address)
     assert client.wait_connected(5)
     yield handle, client, listen_address
@@ -244,7 +268,8 @@ def test_each_item_of_a_pushed_batch_reaches_the_provider_once(first_batch, prov
                     "card": {"number": GOOD_CARD, "exp_month": 12, "exp_year": 2030, "cvc": CVC}, "capture": True}
     delta = {key: after[key] - before[key] for key in before}
     assert delta == {"batches": 1, "sent": 3, "accepted": 1, "declined": 1, "failed": 1, "retried": RETRIES,
-                     "submitted": 2, "submit_failed": 0, "invalid_messages": 0, "batches_in_flight": 0}
+                     "submitted": 2, "submit_failed": 0, "invalid_messages": 0, "batches_in_flight": 0,
+                     "follow_ups": 0, "refused": 0, "follow_ups_failed": 0, "status_queries": 0, "stuck_settled": 0}
 
 
 def test_a_decline_fails_the_payment_with_incorrect_number(first_batch, shard):
@@ -271,21 +296,19 @@ def test_an_accepted_authorization_submits_nothing_and_the_results_of_a_batch_go
 
 def test_card_numbers_and_cvcs_are_neither_in_the_ray_logs_nor_in_the_journal(first_batch, shard):
     ids, _, _ = first_batch
-    secrets = [number.encode() for number in CARDS] + [CVC.encode()]
+    numbers = [number.encode() for number in CARDS]
     logs = runtime.logs_folder()
     assert logs is not None and logs.is_dir()
     log_text = b"".join(path.read_bytes() for path in logs.rglob("*") if path.is_file())
     # What is there: the connector's own log lines, naming the failed payment but not its card.
     assert b"connector testbank listening" in log_text and ids[FAILING_CARD].encode() in log_text
-    for secret in secrets:
-        assert secret not in log_text
+    assert not any(number in log_text for number in numbers) and not CVC_LEAK.search(log_text)
     shard_folder = pathlib.Path(shard.data)
     files = [*shard_folder.rglob("*"), pathlib.Path(shard.data).with_suffix(".log")]
     journal_bytes = b"".join(path.read_bytes() for path in files if path.is_file())
     assert ids[BAD_CARD].encode() in journal_bytes  # the journal holds the payments and their results
     assert b"incorrect_number" in journal_bytes
-    for secret in secrets:
-        assert secret not in journal_bytes
+    assert not any(number in journal_bytes for number in numbers) and not CVC_LEAK.search(journal_bytes)
 
 
 def test_an_undecodable_message_is_dropped_and_the_connector_goes_on(connector, shard, provider):
@@ -302,7 +325,7 @@ def test_an_undecodable_message_is_dropped_and_the_connector_goes_on(connector, 
 
 def test_spawn_again_finds_the_running_connector(connector, shard, provider):
     handle, _, listen_address = connector
-    again = spawn("testbank", provider.url, listen_address, [[shard.client_address]])
+    again = spawn("piggybank", provider.url, listen_address, [[shard.client_address]], name="testbank")
     assert again._actor_id == handle._actor_id
     assert ray.get(again.ping.remote()) == f"connector-testbank listening on {listen_address}"
 
@@ -312,8 +335,8 @@ def unreachable_connector(ray_runtime, shard):
     """A connector whose provider is not there: every attempt is a connection error."""
     listen_address = address(free_ports(1)[0])
     provider_url = f"http://127.0.0.1:{free_ports(1)[0]}"
-    handle = spawn("unreachable", provider_url, listen_address, [[shard.client_address]], retries=RETRIES,
-                   backoff_s=0.05)
+    handle = spawn("piggybank", provider_url, listen_address, [[shard.client_address]], name="unreachable",
+                   retries=RETRIES, backoff_s=0.05)
     client = ConnectorClient(listen_address)
     assert client.wait_connected(5)
     yield handle, client
@@ -339,3 +362,245 @@ def test_a_stopped_connector_is_seen_at_once_by_its_clients(unreachable_connecto
     began = time.monotonic()
     assert client.send(AuthorizationBatch([authorization("pay_conn_late", GOOD_CARD)])) is False
     assert time.monotonic() - began < 0.05
+
+
+# The connector interface, in process
+
+
+def test_a_provider_answers_failed_to_what_it_does_not_offer_and_unknown_providers_are_refused():
+    async def ask() -> list:
+        settings = psp.ConnectorSettings(url="http://127.0.0.1:9")
+        bank, piggybank = psp.make("bank", settings), psp.make("piggybank", settings)
+        return [await bank.capture(psp.CaptureRequest(merchant_id=MERCHANT, payment_id="pay_x", amount=1,
+                                                      currency="usd")),
+                await bank.status(psp.PaymentStatusQuery(merchant_id=MERCHANT, payment_id="pay_x")),
+                await piggybank.payout(psp.PayoutRequest(merchant_id=MERCHANT, payout_id="po_x", amount=1,
+                                                         currency="usd"))]
+
+    assert run(ask()) == [psp.Failed("bank does not take captures"), psp.Failed("bank does not take payment status "
+                                                                                "queries"),
+                          psp.Failed("piggybank does not take payouts")]
+    with pytest.raises(ValueError, match="no connector for 'nobank'"):
+        psp.make("nobank", psp.ConnectorSettings(url="http://127.0.0.1:9"))
+
+
+class EchoConnector(psp.Connector):
+    """A provider that authorizes everything and knows every payment: what a new provider's module looks like."""
+
+    name = "echo"
+
+    async def authorize(self, request: Authorization) -> psp.Verdict:
+        return psp.Accepted(f"echo_{request.payment_id}")
+
+    async def status(self, query: psp.StatusQuery) -> psp.StatusAnswer | psp.Failed:
+        return psp.StatusAnswer(status=psp.AUTHORIZED, psp_reference=f"echo_{query.payment_id}")
+
+
+def test_a_new_provider_is_one_class_named_in_the_registry(monkeypatch):
+    monkeypatch.setitem(psp.CONNECTORS, "echo", f"{__name__}.EchoConnector")
+    echo = psp.make("echo", psp.ConnectorSettings(url="http://echo.invalid"))
+
+    async def ask() -> list:
+        return [await echo.authorize(authorization("pay_echo", GOOD_CARD)),
+                await echo.status(psp.PaymentStatusQuery(merchant_id=MERCHANT, payment_id="pay_echo")),
+                await echo.follow_up(psp.VoidRequest(merchant_id=MERCHANT, payment_id="pay_echo"))]
+
+    assert run(ask()) == [psp.Accepted("echo_pay_echo"),
+                          psp.StatusAnswer(status="authorized", psp_reference="echo_pay_echo"),
+                          psp.Failed("echo does not take voids")]
+
+
+
+# Follow-ups and stuck payments: the real simulated acquirer and bank, their connectors and the provider follower
+
+ACQUIRER_MERCHANT = "mer_acquirer"
+SILENT_CARD = "4000000000000036"  # piggybank accepts it and never calls back
+DECLINED_CARD = "4000000000000002"
+THREE_D_SECURE_CARD = "4000000000003220"
+STUCK_TIMEOUT_S = 4  # the follower asks a quarter of that before the deadline
+LONG_TIMEOUT_S = 3600
+
+
+@pytest.fixture(scope="module")
+def simulators(tmp_path_factory):
+    """piggybank and the bank as processes; their callbacks go nowhere (there is no edge here): results come by
+    status query, or the test records them as the edge would."""
+    folder = tmp_path_factory.mktemp("providers")
+    write_secret(folder / "secret", "whsec_connector_tests")
+    nowhere = f"http://127.0.0.1:{free_ports(1)[0]}/callbacks"
+    processes = ProviderProcesses([ProviderService(name, "127.0.0.1", port, nowhere, str(folder / "secret"))
+                                   for name, port in zip(PROVIDERS, free_ports(len(PROVIDERS)))]).start()
+    try:
+        processes.wait_ready()
+        yield {service.name: service.url for service in processes.services}
+    finally:
+        processes.stop()
+
+
+class Acquirer:
+    """The piggybank connector (with its nng client), the shard, and piggybank's own view of each payment."""
+
+    def __init__(self, handle, client: ConnectorClient, shard_address: str, urls: dict[str, str]) -> None:
+        self.handle = handle
+        self.client = client
+        self.shard_address = shard_address
+        self.urls = urls
+
+    def submit(self, commands: list) -> list:
+        async def work(client: ShardClient) -> list:
+            reply = await client.submit(commands)
+            assert reply.status == ReplyStatus.OK
+            return reply.results
+
+        return run(with_shard(self.shard_address, work))
+
+    def payment(self, payment_id: str) -> Payment:
+        async def work(client: ShardClient) -> Payment:
+            return (await client.read(GetPaymentRecord(ACQUIRER_MERCHANT, "payment", payment_id))).record
+
+        return run(with_shard(self.shard_address, work))
+
+    def at_piggybank(self, payment_id: str) -> dict:
+        query = urllib.parse.urlencode({"merchant_id": ACQUIRER_MERCHANT, "payment_id": payment_id})
+        try:
+            with urllib.request.urlopen(f"{self.urls['piggybank']}/v1/authorizations?{query}", timeout=5) as reply:
+                return json.loads(reply.read())
+        except urllib.error.HTTPError as failure:
+            return json.loads(failure.read())
+
+    def start_payments(self, cards: dict[str, str], timeout_s: int, capture: bool) -> None:
+        """Card payments (payment id -> card number) made on the shard and sent to piggybank by the connector."""
+        outcomes = self.submit([CreatePayment(payment=Payment(
+            id=payment_id, merchant_id=ACQUIRER_MERCHANT, amount=1000, currency="usd",
+            capture_method="automatic" if capture else "manual", card=CardDetails("visa", number[-4:], 12, 2030)),
+            processing_timeout_s=timeout_s) for payment_id, number in cards.items()])
+        assert [outcome.code for outcome in outcomes] == ["ok"] * len(cards)
+        assert self.client.send(AuthorizationBatch([
+            Authorization(payment_id, ACQUIRER_MERCHANT, 1000, "usd", capture, CardData(number, 12, 2030, CVC))
+            for payment_id, number in cards.items()]))
+
+    def authorize(self, payment_ids: list[str], hold_timeout_s: int = LONG_TIMEOUT_S) -> None:
+        """Manual-capture payments authorized at piggybank, recorded as the edge records a callback."""
+        self.start_payments(dict.fromkeys(payment_ids, GOOD_CARD), LONG_TIMEOUT_S, capture=False)
+        views = [wait_for(lambda payment_id=payment_id: (view := self.at_piggybank(payment_id))["status"] ==
+                          "authorized" and view, what=f"{payment_id} authorized") for payment_id in payment_ids]
+        outcomes = self.submit([RecordPspResult(
+            merchant_id=ACQUIRER_MERCHANT, payment_id=view["payment_id"], callback_id=f"cb_{view['payment_id']}",
+            result="authorized", psp_reference=view["psp_reference"], hold_timeout_s=hold_timeout_s,
+            transfer_id=f"{ACQUIRER_MERCHANT}:{view['payment_id']}.authorization") for view in views])
+        assert [outcome.record.status for outcome in outcomes] == ["requires_capture"] * len(payment_ids)
+
+    def stats(self) -> dict:
+        return stats(self.handle)
+
+
+@pytest.fixture(scope="module")
+def acquirer(ray_runtime, shard, simulators, tmp_path_factory):
+    """The piggybank and bank connectors and the provider follower of the shard."""
+    listen_address = address(free_ports(1)[0])
+    shards = [[shard.client_address]]
+    handle = spawn("piggybank", simulators["piggybank"], listen_address, shards, authorization_hold_s=LONG_TIMEOUT_S)
+    bank = spawn("bank", simulators["bank"], None, shards)
+    follower = followers.spawn(shards, tmp_path_factory.mktemp("cursors"), list(PROVIDERS), status_query_margin_s=5)
+    client = ConnectorClient(listen_address)
+    assert client.wait_connected(5)
+    acquirer = Acquirer(handle, client, shard.client_address, simulators)
+    acquirer.submit([CreateMerchant(Merchant(id=ACQUIRER_MERCHANT, name="Acquirer test", email="a@example.com"))])
+    yield acquirer
+    client.close()
+    for each in (follower, bank, handle):
+        ray.kill(each)
+
+
+def test_stuck_payments_are_asked_about_and_settled_before_their_deadline(acquirer):
+    before = acquirer.stats()
+    cards = {"pay_stuck_silent": SILENT_CARD, "pay_stuck_lost_authorized": GOOD_CARD,
+             "pay_stuck_lost_declined": DECLINED_CARD, "pay_stuck_lost_3ds": THREE_D_SECURE_CARD}
+    started = time.monotonic()
+    acquirer.start_payments(cards, STUCK_TIMEOUT_S, capture=True)
+    wait_for(lambda: all(acquirer.payment(payment_id).callback_ids for payment_id in cards), what="settlements")
+    elapsed = time.monotonic() - started
+    assert STUCK_TIMEOUT_S * 3 / 4 - 0.2 <= elapsed < STUCK_TIMEOUT_S, elapsed  # asked a quarter early
+    silent = acquirer.payment("pay_stuck_silent")
+    assert (silent.status, silent.failure_code, silent.callback_ids) == (
+        "failed", "processing_timeout", ["status_pay_stuck_silent_error"])
+    assert silent.failure_message == "no result before the deadline (the acquirer: pending)"
+    # ...and piggybank was told to drop it: it will never call back
+    view = wait_for(lambda: (now := acquirer.at_piggybank("pay_stuck_silent"))["voided"] and now, what="the void")
+    assert view["status"] == "cancelled"
+    # The others' callbacks were lost (they go nowhere here): the status query brought their results.
+    authorized = acquirer.payment("pay_stuck_lost_authorized")
+    assert (authorized.status, authorized.amount_captured, authorized.psp_reference) == (
+        "succeeded", 1000, acquirer.at_piggybank("pay_stuck_lost_authorized")["psp_reference"])
+    declined = acquirer.payment("pay_stuck_lost_declined")
+    assert (declined.status, declined.failure_code) == ("failed", "card_declined")
+    three_d_secure = acquirer.payment("pay_stuck_lost_3ds")
+    assert three_d_secure.callback_ids == ["status_pay_stuck_lost_3ds_requires_action"]
+    assert three_d_secure.next_action_url.startswith(acquirer.urls["piggybank"] + "/3ds/pb_")
+    after = acquirer.stats()
+    assert (after["status_queries"] - before["status_queries"], after["stuck_settled"] - before["stuck_settled"],
+            after["follow_ups"] - before["follow_ups"]) == (len(cards), len(cards), 1)  # one void
+    assert acquirer.at_piggybank("pay_stuck_lost_authorized")["voided"] is False
+
+
+def test_captures_refunds_voids_and_payouts_reach_the_providers_once(acquirer):
+    captured, voided = "pay_follow_captured", "pay_follow_voided"
+    acquirer.authorize([captured, voided])
+    before = acquirer.stats()
+    first = CreateRefund(refund=Refund(id="re_follow_1", merchant_id=ACQUIRER_MERCHANT, payment_id=captured,
+                                       amount=200), transfer_id=f"{ACQUIRER_MERCHANT}:re_follow_1")
+    first_by_key = Idempotent(merchant_id=ACQUIRER_MERCHANT, key="refund-1", request_hash="h", command=first)
+    outcomes = acquirer.submit([
+        CapturePayment(merchant_id=ACQUIRER_MERCHANT, payment_id=captured, amount=600,
+                       transfer_id=f"{ACQUIRER_MERCHANT}:{captured}.capture"),
+        CancelPayment(merchant_id=ACQUIRER_MERCHANT, payment_id=voided, transfer_id=f"{ACQUIRER_MERCHANT}:{voided}.void"),
+        first_by_key])
+    assert [outcome.code for outcome in outcomes] == ["ok"] * 3
+    assert acquirer.submit([first_by_key])[0].replayed is True  # answered again, not applied, not sent again
+    payout = Payout(id="po_follow", merchant_id=ACQUIRER_MERCHANT, amount=100, currency="usd",
+                    hold_id=f"{ACQUIRER_MERCHANT}:po_follow.hold")
+    rest = CreateRefund(refund=Refund(id="re_follow_2", merchant_id=ACQUIRER_MERCHANT, payment_id=captured, amount=300),
+                        transfer_id=f"{ACQUIRER_MERCHANT}:re_follow_2")
+    assert [outcome.code for outcome in acquirer.submit([CreatePayout(payout=payout), rest])] == ["ok", "ok"]
+    view = wait_for(lambda: (now := acquirer.at_piggybank(captured))["amount_refunded"] == 500 and now,
+                    what="the refunds at piggybank")
+    assert (view["amount_captured"], view["voided"]) == (600, False)
+    assert wait_for(lambda: acquirer.at_piggybank(voided)["voided"], what="the void at piggybank")
+    with urllib.request.urlopen(f"{acquirer.urls['bank']}/v1/payouts/po_follow", timeout=5) as reply:
+        assert json.loads(reply.read())["amount"] == 100
+    time.sleep(0.3)  # anything sent twice would show by now
+    after = acquirer.stats()
+    # The capture, the void and two refunds; the payout went to the bank's connector.
+    assert {key: after[key] - before[key] for key in ("follow_ups", "refused", "follow_ups_failed")} == {
+        "follow_ups": 4, "refused": 0, "follow_ups_failed": 0}
+    assert acquirer.at_piggybank(captured)["amount_refunded"] == 500
+
+
+def test_a_released_authorization_is_voided_at_the_acquirer(acquirer):
+    acquirer.authorize(["pay_follow_released"], hold_timeout_s=1)
+    wait_for(lambda: acquirer.payment("pay_follow_released").status == "cancelled", what="the release")
+    assert wait_for(lambda: acquirer.at_piggybank("pay_follow_released")["voided"], what="the void at piggybank")
+
+
+def test_a_refusal_is_logged_for_an_operator_and_not_retried(acquirer):
+    before = acquirer.stats()
+    unknown = "pay_follow_unknown"
+    # Authorized by a result piggybank never gave: it knows nothing of the payment to capture.
+    acquirer.submit([
+        CreatePayment(payment=Payment(id=unknown, merchant_id=ACQUIRER_MERCHANT, amount=1000, currency="usd",
+                                      capture_method="manual", card=CardDetails("visa", "4242", 12, 2030)),
+                      processing_timeout_s=LONG_TIMEOUT_S),
+        RecordPspResult(merchant_id=ACQUIRER_MERCHANT, payment_id=unknown, callback_id="cb_unknown",
+                        result="authorized", transfer_id=f"{ACQUIRER_MERCHANT}:{unknown}.authorization"),
+        CapturePayment(merchant_id=ACQUIRER_MERCHANT, payment_id=unknown,
+                       transfer_id=f"{ACQUIRER_MERCHANT}:{unknown}.capture")])
+    wait_for(lambda: acquirer.stats()["refused"] > before["refused"], what="the refusal")
+    time.sleep(0.5)
+    assert acquirer.stats()["refused"] == before["refused"] + 1  # once, never again
+    # ...and what follows still goes through
+    acquirer.authorize(["pay_follow_after_refusal"])
+    acquirer.submit([CancelPayment(merchant_id=ACQUIRER_MERCHANT, payment_id="pay_follow_after_refusal",
+                                   transfer_id=f"{ACQUIRER_MERCHANT}:pay_follow_after_refusal.void")])
+    assert wait_for(lambda: acquirer.at_piggybank("pay_follow_after_refusal")["voided"], what="the next void")
+    logs = b"".join(path.read_bytes() for path in runtime.logs_folder().rglob("*") if path.is_file())
+    assert b"the provider refused the capture of pay_follow_unknown" in logs and b"unknown_payment" in logs

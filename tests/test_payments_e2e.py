@@ -1,5 +1,6 @@
-"""Card, QR and callback payments end to end: a real `paygate serve` with Ray, the connector actor and the simulated
-providers (piggybank on --base-port+0, the bank on +1), over HTTP only.
+"""Card, QR and callback payments end to end: a real `paygate serve` with Ray, the connector actors, the provider
+follower and the simulated providers (piggybank on --base-port+0, the bank on +1), over HTTP only. What reached
+piggybank is read from piggybank's own status view.
 
 One server for the module (Ray takes a while to start); every test makes its own merchant. After every test the
 full double-entry check passes; the last test searches everything the run left on disk and in the logs for the
@@ -33,7 +34,7 @@ CARDS = {
     "4000000000000002": ("failed", "card_declined"),
     "4000000000009995": ("failed", "insufficient_funds"),
     "4000000000000119": ("failed", "processing_error"),  # the connector retries the acquirer's 500s, then gives up
-    "4000000000000036": ("failed", "processing_timeout"),  # the acquirer never answers
+    "4000000000000036": ("failed", "processing_timeout"),  # the acquirer never answers: asked, then failed
 }
 SUCCEEDS, RETRIED, SILENT = "4242424242424242", "4000000000000119", "4000000000000036"
 THREE_D_SECURE = "4000000000003220"
@@ -123,6 +124,16 @@ def wait_for(server, key, payment_id, statuses, timeout_s=10) -> dict:
                       lambda payment: payment["status"] in statuses, timeout_s, f"{payment_id} to be {statuses}")
 
 
+def at_piggybank(server, merchant_id: str, payment_id: str) -> dict:
+    """piggybank's view of a payment's authorization (amount_captured, amount_refunded, voided, status)."""
+    query = urllib.parse.urlencode({"merchant_id": merchant_id, "payment_id": payment_id})
+    return json.loads(fetch(f"http://127.0.0.1:{server.base_port}/v1/authorizations?{query}")[2])
+
+
+def piggybank_shows(server, merchant_id: str, payment_id: str, done, what: str) -> dict:
+    return wait_until(lambda: at_piggybank(server, merchant_id, payment_id), done, what=f"piggybank: {what}")
+
+
 def check_card(payment: dict, number: str) -> None:
     assert payment["payment_method"]["card"] == {"brand": "visa", "last4": number[-4:], **EXPIRY}
 
@@ -145,7 +156,7 @@ def fetch(url: str, form: dict | None = None, body: dict | None = None) -> tuple
 @pytest.mark.parametrize("via", ["amount", "order"])
 @pytest.mark.parametrize("number", CARDS)
 def test_test_card_paths(server, shop, number, via):
-    _, key = shop
+    merchant_id, key = shop
     final_status, failure_code = CARDS[number]
     the_order = order(server, key) if via == "order" else None
     started = time.monotonic()
@@ -162,7 +173,11 @@ def test_test_card_paths(server, shop, number, via):
     assert payment["amount_captured"] == (payment["amount"] if final_status == "succeeded" else 0)
     check_card(payment, number)
     if number == SILENT:
-        assert PROCESSING_TIMEOUT_S - 0.1 <= elapsed <= PROCESSING_TIMEOUT_S + 5, elapsed
+        # asked about at piggybank a quarter of the timeout early, failed, and dropped there
+        assert PROCESSING_TIMEOUT_S * 3 / 4 - 0.1 <= elapsed <= PROCESSING_TIMEOUT_S + 5, elapsed
+        assert payment["failure_message"] == "no result before the deadline (the acquirer: pending)"
+        view = piggybank_shows(server, merchant_id, payment["id"], lambda view: view["voided"], "the void")
+        assert view["status"] == "cancelled"
     if number == RETRIED:  # three retries back off at least 0.75 * (0.2 + 0.4 + 0.8) s; without them it is ~50 ms
         assert elapsed >= 1.0, elapsed
     if the_order:
@@ -215,28 +230,33 @@ def authorized(server, key, amount=1000) -> dict:
 
 
 def test_partial_capture_once(server, shop):
-    _, key = shop
+    merchant_id, key = shop
     payment = authorized(server, key)
+    assert at_piggybank(server, merchant_id, payment["id"])["amount_captured"] == 0
     captured = call(server, "POST", f"/v1/payments/{payment['id']}/capture", {"amount": 600}, key=key)
     assert (captured["status"], captured["amount_captured"], captured["amount_capturable"]) == ("succeeded", 600, 0)
+    piggybank_shows(server, merchant_id, payment["id"], lambda view: view["amount_captured"] == 600, "the capture")
     again = call(server, "POST", f"/v1/payments/{payment['id']}/capture", {"amount": 100}, key=key, status=None)
     assert 400 <= again.status < 500, again.status
     # what was not captured is not there to refund
     too_much = call(server, "POST", "/v1/refunds", {"payment_id": payment["id"], "amount": 601}, key=key, status=None)
     assert too_much.json()["error"]["code"] == "amount_too_large"
     assert call(server, "GET", f"/v1/payments/{payment['id']}", key=key)["amount_captured"] == 600
+    assert at_piggybank(server, merchant_id, payment["id"])["amount_captured"] == 600
 
 
 def test_cancel_an_authorization(server, shop):
-    _, key = shop
+    merchant_id, key = shop
     payment = authorized(server, key)
     cancelled = call(server, "POST", f"/v1/payments/{payment['id']}/cancel", key=key)
     assert (cancelled["status"], cancelled["amount_capturable"], cancelled["amount_captured"]) == ("cancelled", 0, 0)
     assert 400 <= call(server, "POST", f"/v1/payments/{payment['id']}/capture", {}, key=key, status=None).status < 500
+    view = piggybank_shows(server, merchant_id, payment["id"], lambda view: view["voided"], "the void")
+    assert (view["status"], view["amount_captured"]) == ("authorized", 0)
 
 
 def test_uncaptured_authorization_is_released_after_the_hold(server, shop):
-    _, key = shop
+    merchant_id, key = shop
     started = time.monotonic()
     payment = authorized(server, key)
     released = wait_for(server, key, payment["id"], "cancelled", timeout_s=AUTHORIZATION_HOLD_S + 8)
@@ -245,12 +265,14 @@ def test_uncaptured_authorization_is_released_after_the_hold(server, shop):
     # no money reached the merchant: nothing to capture, nothing to refund (and the ledger check after the test)
     for path, body in ((f"/v1/payments/{payment['id']}/capture", {}), ("/v1/refunds", {"payment_id": payment["id"]})):
         assert 400 <= call(server, "POST", path, body, key=key, status=None).status < 500, path
+    # ...and piggybank released it too
+    piggybank_shows(server, merchant_id, payment["id"], lambda view: view["voided"], "the void")
 
 
 # --- 4. refunds ----------------------------------------------------------------------------------------------------
 
 def test_partial_refunds_up_to_the_captured_amount(server, shop):
-    _, key = shop
+    merchant_id, key = shop
     the_order = order(server, key, amount=1000)
     payment = wait_for(server, key, pay(server, key, SUCCEEDS, order_id=the_order["id"])["id"], "succeeded")
     for amount, refunded, order_status in ((300, 300, "partially_refunded"), (300, 600, "partially_refunded"),
@@ -265,6 +287,9 @@ def test_partial_refunds_up_to_the_captured_amount(server, shop):
     refused(server, key, {"payment_id": payment["id"], "amount": 1})
     assert call(server, "GET", f"/v1/payments/{payment['id']}", key=key)["amount_refunded"] == 1000
     error(server, "GET", f"/v1/refunds/re_{'0' * 24}", key=key, status=404)
+    view = piggybank_shows(server, merchant_id, payment["id"], lambda view: view["amount_refunded"] == 1000,
+                           "the refunds")
+    assert view["amount_captured"] == 1000
 
 
 def refused(server, key, request: dict):
@@ -281,7 +306,7 @@ def test_over_refund_is_402(server, shop):
 
 
 def test_racing_refunds_never_exceed_the_captured_amount(server, shop):
-    _, key = shop
+    merchant_id, key = shop
     share = 100
     payment = wait_for(server, key, pay(server, key, SUCCEEDS, amount=10 * share)["id"], "succeeded")
     request = {"payment_id": payment["id"], "amount": share}
@@ -293,6 +318,10 @@ def test_racing_refunds_never_exceed_the_captured_amount(server, shop):
         if reply.status != 200:
             assert reply.status == 402 and reply.json()["error"]["code"] == "amount_too_large", reply.body
     assert call(server, "GET", f"/v1/payments/{payment['id']}", key=key)["amount_refunded"] == 10 * share
+    # each refund reached piggybank once, under its own id
+    piggybank_shows(server, merchant_id, payment["id"], lambda view: view["amount_refunded"] == 10 * share, "refunds")
+    time.sleep(0.3)
+    assert at_piggybank(server, merchant_id, payment["id"])["amount_refunded"] == 10 * share
 
 
 # --- 5. saved cards ------------------------------------------------------------------------------------------------

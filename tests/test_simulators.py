@@ -483,6 +483,30 @@ def test_void_releases_an_uncaptured_authorization(piggybank, receiver):
     assert post("/v1/refunds", amount=1)[1]["error"] == "not_captured"
 
 
+def test_void_drops_an_undecided_authorization_which_then_never_calls_back(piggybank, receiver):
+    silent = authorization("4000000000000036")
+    reference = authorize(piggybank, silent)
+    body = authorization("4000000000003220")
+    challenged = authorize(piggybank, body)
+    action_url = receiver.wait_for(payment_id=body["payment_id"], result="requires_action")[0]["action_url"]
+    for each in (reference, challenged):
+        status, reply = call_json("POST", piggybank.url + "/v1/voids", {"psp_reference": each})
+        assert (status, reply["voided"]) == (200, True)
+        view = call_json("GET", f"{piggybank.url}/v1/authorizations/{each}")[1]
+        assert (view["status"], view["voided"]) == ("cancelled", True)
+        assert "action_url" not in view
+        assert call_json("POST", piggybank.url + "/v1/captures", {"psp_reference": each})[1]["error"] == "not_capturable"
+    assert call("POST", action_url, form={"outcome": "complete"})[0] == 409  # the challenge is over
+    declined = authorization("4000000000000002")
+    declined_reference = authorize(piggybank, declined)
+    receiver.wait_for(payment_id=declined["payment_id"])
+    status, reply = call_json("POST", piggybank.url + "/v1/voids", {"psp_reference": declined_reference})
+    assert (status, reply["error"]) == (409, "not_voidable")
+    time.sleep(0.3)
+    assert receiver.matching(payment_id=silent["payment_id"]) == []
+    assert len(receiver.matching(payment_id=body["payment_id"])) == 1  # requires_action only
+
+
 def test_capture_more_than_authorized_and_declined_payments_are_refused(piggybank, receiver):
     reference = authorized(piggybank, receiver, capture=False, amount=500)["psp_reference"]
     status, reply = call_json("POST", piggybank.url + "/v1/captures", {"psp_reference": reference, "amount": 501})
