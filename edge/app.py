@@ -10,7 +10,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from edge import cards, payments_api, qr_api, render, schemas
+from edge import cards, payments_api, qr_api, render, risk, schemas
 from edge.auth import AdminToken, Secrets, TokenIssuer, hash_password, hash_secret, verify_password
 from edge.errors import ApiError, not_found
 from edge.gateway import Gateway
@@ -81,8 +81,10 @@ def create_app(settings: Settings) -> web.Application:
     app["kek"] = cards.KeyEncryptionKey.load_or_create(data / "card_kek.key")
     app["seen_callbacks"] = collections.OrderedDict()
     app["metrics"] = Metrics()
+    app["risk"] = risk.LocalTable(settings.risk_table_path)
     app.on_startup.append(_open_gateway)
     app.on_cleanup.append(_close_gateway)
+    app.cleanup_ctx.append(risk.watch_table)
     routes = [
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
@@ -128,6 +130,9 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/v1/qr/static", qr_api.create_static),
         web.get("/v1/qr/orders/{id}.png", qr_api.order_png),
         web.get("/v1/qr/merchants/{id}.png", qr_api.merchant_png),
+        web.post("/v1/risk/blocklist", risk.create_blocklist_entry),
+        web.get("/v1/risk/blocklist", risk.list_blocklist),
+        web.delete("/v1/risk/blocklist/{id}", risk.delete_blocklist_entry),
     ]
     app.add_routes(routes)
     app["routes"] = routes

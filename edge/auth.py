@@ -22,6 +22,7 @@ from jwt.algorithms import OKPAlgorithm
 
 SERVER_KEY_BYTES = 32
 SECRET_CHARS = 43  # 62**43 > 2**256, so the whole HMAC fits in base62
+CARD_FINGERPRINT_CHARS = 24  # 62**24 > 2**142: no two cards alike in practice
 BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 MAX_API_KEY_CHARS = 256
 API_KEY = re.compile(r"sk_(mer_[a-z0-9]{1,64})_[0-9A-Za-z]{32,64}")
@@ -115,6 +116,10 @@ class Secrets:
 
     def client_secret(self, merchant_id: str) -> str:
         return f"cs_{self._derive('client_secret', merchant_id)}"
+
+    def card_fingerprint(self, number: str) -> str:
+        """The same for the same card number anywhere on this gateway; without the key, no way back to the number."""
+        return self._derive("card_fingerprint", number)[:CARD_FINGERPRINT_CHARS]
 
 
 def merchant_id_from_api_key(key: str) -> str | None:

@@ -42,17 +42,26 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--base-port", type=int, default=7100,
                        help="first of a block of ports: the simulated providers, the connector, then the shards")
     serve.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local runtime")
+    serve.add_argument("--dashboard-port", type=int, default=None,
+                       help="the local Ray dashboard's port on 127.0.0.1 (default 8265 or the next free one; 0: any)")
+    serve.add_argument("--no-dashboard", dest="dashboard", action="store_false",
+                       help="start the local Ray runtime without its dashboard")
     serve.add_argument("--without-actors", dest="actors", action="store_false",
                        help="no Ray, connectors or simulated providers (card payments then fail at once)")
     serve.add_argument("--processing-timeout-s", type=int, default=30,
                        help="a card payment the acquirer leaves unanswered fails after this long")
     serve.add_argument("--authorization-hold-s", type=int, default=7 * 86400,
                        help="an uncaptured authorization is released after this long")
+    serve.add_argument("--status-query-margin-s", type=float, default=5.0,
+                       help="a card payment still processing is asked about at its acquirer this long before its "
+                            "processing timeout (at most a quarter of that timeout)")
     serve.add_argument("--snapshot-every-batches", type=int, default=20_000)
     serve.add_argument("--snapshot-every-s", type=float, default=600.0)
     serve.add_argument("--prune-journal", action="store_true", help="delete journal entries older than the oldest kept snapshot")
     serve.add_argument("--order-ip-limit", type=int, default=10, help="order creations per client IP per 10 minutes")
     serve.add_argument("--auto-promote-ms", type=int, default=0, help="a replica takes over after this much primary silence (0: only by `paygate promote`)")
+    serve.add_argument("--risk-rules", default=None,
+                       help="a JSON file of risk velocity limits and amount limits per tier (actors/risk.py RiskRules)")
     serve.set_defaults(run=run_serve)
 
     for name, run, text in (("replay", run_replay, "replay a data folder from scratch and print its state hash"),
@@ -106,16 +115,23 @@ def run_serve(args) -> int:
             # Imported here: Ray takes seconds to import, and only serve with actors needs it.
             import ray
 
-            from actors import connectors, followers
+            from actors import connectors, followers, health, risk
             from actors import runtime as ray_runtime
 
             providers.start().wait_ready()
-            ray_description = ray_runtime.start(args.ray_address, data)
+            ray_description = ray_runtime.start(args.ray_address, data, dashboard=args.dashboard,
+                                                dashboard_port=args.dashboard_port)
             connector_address = f"tcp://{args.host}:{args.base_port + 2}"
             actor_handles.append(connectors.spawn("piggybank", providers.services[0].url, connector_address,
-                                                  settings.shard_addresses))
-            actor_handles.append(followers.spawn_payouts(providers.services[1].url, settings.shard_addresses,
-                                                         data / "cursors"))
+                                                  settings.shard_addresses,
+                                                  authorization_hold_s=args.authorization_hold_s))
+            actor_handles.append(connectors.spawn("bank", providers.services[1].url, None, settings.shard_addresses))
+            actor_handles.append(followers.spawn(settings.shard_addresses, data / "cursors", list(PROVIDERS),
+                                                 status_query_margin_s=args.status_query_margin_s))
+            actor_handles.append(health.spawn(settings.shard_addresses))
+            ray_description += f"\nShards' health: {health.WHERE}"
+            actor_handles.append(risk.spawn(settings.shard_addresses, data / "risk", risk.load_rules(args.risk_rules)))
+            settings.risk_table_path = str(data / "risk" / risk.TABLE_FILE)
             actor_pids += ray.get([handle.pid.remote() for handle in actor_handles])
             settings.providers = {"piggybank": connector_address}
         edge.start().wait_ready()

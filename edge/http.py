@@ -59,6 +59,8 @@ class Settings(msgspec.Struct, kw_only=True):
     processing_timeout_s: int = 30
     # How long an authorization held for manual capture lasts before the ledger releases it.
     authorization_hold_s: int = 7 * 86400
+    # The risk actor's published table (empty: no actors, and no risk rules at the edge).
+    risk_table_path: str = ""
 
 
 class Principal(msgspec.Struct):

@@ -63,6 +63,10 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "get_payout": ("a payout", None, schemas.PayoutOut, "merchant"),
     "provider_callback": ("a provider's signed result (Paygate-Signature: t=..,v1=..)", schemas.ProviderCallback,
                           dict[str, Any], "provider signature"),
+    "create_blocklist_entry": ("block a card fingerprint, an IP address, an email or a customer: their payments fail "
+                               "with risk_rejected", schemas.BlocklistEntryCreate, schemas.BlocklistEntryOut, "admin"),
+    "list_blocklist": ("the risk block list, newest first", None, schemas.BlocklistEntryList, "admin"),
+    "delete_blocklist_entry": ("take an entry off the risk block list", None, schemas.BlocklistEntryOut, "admin"),
 }
 ERROR_STATUSES = ("400", "401", "402", "403", "404", "409", "413", "429", "503")
 # Bodies that are not JSON: handler name -> (media type, the type that describes the fields).
@@ -81,6 +85,7 @@ QUERY_PARAMETERS = {
     "list_orders": ("name", "status", "created_gte", "created_lt", "limit", "starting_after"),
     "account_statement": ("created_gte", "created_lt", "limit", "starting_after"),
     "list_payments": ("limit", "starting_after"),
+    "list_blocklist": ("limit", "starting_after"),
     "account_balances": ("at",),
 }
 # What parse_time (edge/app.py) accepts: unix seconds below 2**33, or an RFC 3339 time from 1970 to 2262.

@@ -15,7 +15,7 @@ from aiohttp import web
 
 from actors.connector_wire import Authorization, AuthorizationBatch, CardData, ConnectorClient
 from actors.services import PROVIDERS
-from edge import cards, qr_api, render, schemas
+from edge import cards, qr_api, render, risk, schemas
 from edge.auth import callback_signature_valid
 from edge.errors import ApiError, not_found
 from edge.http import body_of, check_currency, ledger_id, merchant_principal, new_id, parse_limit, raise_for, respond, \
@@ -36,6 +36,7 @@ from engine.records import (
     RecordPayoutResult,
     RecordPspResult,
     Refund,
+    authorization_transfer_id,
 )
 
 SEEN_CALLBACKS = 10_000  # signatures remembered per worker, to refuse a replayed callback outright
@@ -105,17 +106,20 @@ async def create_payment(request: web.Request) -> web.Response:
             raise ApiError(404, "resource_missing", f"No such token: {token_id!r}", "payment_method.token")
         card = vaulted.card
         number = cards.unseal(request.app["kek"], _sealed_decoder.decode(vaulted.sealed))
+    card = msgspec.structs.replace(card, fingerprint=request.app["secrets"].card_fingerprint(number))
     payment = Payment(
         id=payment_id, merchant_id=merchant.id, amount=fields.amount or 0, currency=fields.currency or "",
         order_id=fields.order_id, method="card", card=card, token_id=token_id,
         capture_method=fields.capture_method, acquirer=merchant.acquirer, description=fields.description,
-        metadata=fields.metadata)
+        metadata=fields.metadata, customer_ip=risk.customer_ip(fields.customer_ip))
+    risk_reason, amount_limits = await risk.assess(request, merchant, payment)
     command = CreatePayment(payment=payment, processing_timeout_s=request.app["settings"].processing_timeout_s,
-                            sealed_card=sealed)
+                            sealed_card=sealed, risk_reason=risk_reason, amount_limits=amount_limits)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
     created = outcome.record
-    if not request.get("replayed"):
+    # A payment the risk rules refused is failed already: no acquirer hears of it.
+    if not request.get("replayed") and created.status == "processing":
         cvc = method.card.cvc if method.card else ""
         request.app["authorizations"].send(created.acquirer, Authorization(
             created.id, merchant.id, created.amount, created.currency, created.capture_method == "automatic",
@@ -139,8 +143,13 @@ def _card_of(request: web.Request, method: schemas.CardMethod) -> tuple[str, byt
 async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_id: str, body: bytes) -> web.Response:
     if not fields.order_id:
         raise ApiError(400, "parameter_missing", "a wallet pays an order: give order_id", "order_id")
+    payment = Payment(id=payment_id, merchant_id=merchant.id, amount=0, currency="", order_id=fields.order_id,
+                      method="wallet", customer_id=method.customer_id, customer_ip=risk.customer_ip(fields.customer_ip))
+    risk_reason, amount_limits = await risk.assess(request, merchant, payment)
     command = PayOrderFromWallet(merchant_id=merchant.id, order_id=fields.order_id, customer_id=method.customer_id,
-                                 payment_id=payment_id, transfer_id=ledger_id(merchant.id, payment_id))
+                                 payment_id=payment_id, transfer_id=ledger_id(merchant.id, payment_id),
+                                 customer_ip=payment.customer_ip, risk_reason=risk_reason,
+                                 amount_limits=amount_limits)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
     return respond(request, render.payment(outcome.record))
@@ -260,7 +269,7 @@ async def provider_callback(request: web.Request) -> web.Response:
         merchant_id=callback.merchant_id, payment_id=callback.payment_id, callback_id=callback.callback_id,
         result=callback.result, psp_reference=callback.psp_reference, action_url=callback.action_url,
         failure_code=callback.failure_code, failure_message=callback.failure_message,
-        transfer_id=ledger_id(callback.merchant_id, f"{callback.payment_id}.authorization"),
+        transfer_id=authorization_transfer_id(callback.merchant_id, callback.payment_id),
         hold_timeout_s=request.app["settings"].authorization_hold_s)
     outcome = await request.app["gateway"].submit(callback.merchant_id, command)
     # A duplicate is acknowledged (the provider may stop resending); it changed nothing.

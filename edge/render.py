@@ -3,7 +3,7 @@
 import datetime
 
 from edge import schemas
-from engine.records import Customer, Merchant, Order, Payment, Payout, Refund
+from engine.records import BlocklistEntry, Customer, Merchant, Order, Payment, Payout, Refund
 from engine.types import Account, AccountFlag, Balance, Transfer, TransferFlag
 
 ORDER_STATUSES = ("pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception")
@@ -101,7 +101,8 @@ def payment(record: Payment, token: str = "") -> schemas.PaymentOut:
     method = schemas.PaymentMethodOut(
         type=record.method,
         card=schemas.CardOut(card.brand, card.last4, card.exp_month, card.exp_year) if card else None,
-        customer_id=record.customer_id or None, token=token or None)
+        customer_id=record.customer_id if record.method == "wallet" else None, token=token or None,
+        fingerprint=card.fingerprint or None if card else None)
     next_action = schemas.NextAction("redirect_3ds", record.next_action_url) if record.status == "requires_action" else None
     return schemas.PaymentOut(
         id=record.id, object="payment", order_id=record.order_id or None, status=record.status, amount=record.amount,
@@ -111,6 +112,11 @@ def payment(record: Payment, token: str = "") -> schemas.PaymentOut:
         failure_message=record.failure_message or None, acquirer=record.acquirer, description=record.description,
         metadata=record.metadata, created_at=time_of(record.created_at), updated_at=time_of(record.updated_at),
     )
+
+
+def blocklist_entry(record: BlocklistEntry, deleted: bool = False) -> schemas.BlocklistEntryOut:
+    return schemas.BlocklistEntryOut(record.id, "blocklist_entry", record.kind, record.value,
+                                     record.merchant_id or None, record.reason, time_of(record.created_at), deleted)
 
 
 def refund(record: Refund) -> schemas.RefundOut:

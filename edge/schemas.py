@@ -33,6 +33,7 @@ Code = Annotated[int, Meta(ge=0, le=65535)]
 TransferFlagName = Literal["linked", "pending", "post_pending", "void_pending", "balancing_debit", "balancing_credit",
                            "closing_debit", "closing_credit"]
 IpEntry = Annotated[str, Meta(max_length=64)]
+IpAddress = Annotated[str, Meta(max_length=45, description="an IPv4 or IPv6 address")]
 
 
 class Request(Struct, forbid_unknown_fields=True):
@@ -173,6 +174,9 @@ class PaymentCreate(Request):
     capture_method: Literal["automatic", "manual"] = "automatic"
     description: Text = ""
     metadata: Metadata = {}
+    # The API is called by the merchant's server: the payer's own address comes from the merchant.
+    customer_ip: Annotated[IpAddress, Meta(description="the payer's IP address as the merchant saw it, for the risk "
+                                                       "rules (block list, attempts per address)")] = ""
 
 
 class CaptureIn(Request):
@@ -197,6 +201,35 @@ class DynamicQrCreate(Request):
 
 class StaticQrCreate(Request):
     sub_account_id: Annotated[str, Meta(max_length=64)] = ""
+
+
+class BlockIn(Request, kw_only=True):
+    """An entry of the risk block list; payments it names fail with `risk_rejected`."""
+
+    merchant_id: Annotated[str, Meta(max_length=64, description="only at this merchant; empty: at every merchant")] = ""
+    reason: Annotated[str, Meta(max_length=500)] = ""
+
+
+class BlockCardIn(BlockIn, tag="card_fingerprint", tag_field="kind"):
+    value: Annotated[str, Meta(pattern="^[0-9A-Za-z]{24}$", description="a card payment's payment_method.fingerprint")]
+
+
+class BlockIpIn(BlockIn, tag="ip", tag_field="kind"):
+    value: IpAddress
+
+
+class BlockEmailIn(BlockIn, tag="email", tag_field="kind"):
+    value: Email
+
+
+class BlockCustomerIn(BlockIn, tag="customer", tag_field="kind"):
+    """Customer ids are each merchant's own: the entry names its merchant."""
+
+    value: Annotated[str, Meta(min_length=1, max_length=64)]
+    merchant_id: Annotated[str, Meta(min_length=1, max_length=64)]
+
+
+BlocklistEntryCreate = BlockCardIn | BlockIpIn | BlockEmailIn | BlockCustomerIn
 
 
 class ProviderCallback(Struct):
@@ -363,6 +396,8 @@ class PaymentMethodOut(Struct, omit_defaults=True):
     card: CardOut | None = None
     customer_id: str | None = None
     token: str | None = None
+    fingerprint: Annotated[str | None, Meta(description="the card's: the same for the same number at every merchant")] \
+        = None
 
 
 class NextAction(Struct):
@@ -395,6 +430,23 @@ class PaymentOut(Struct):
 class PaymentList(Struct):
     object: str
     data: list[PaymentOut]
+    has_more: bool
+
+
+class BlocklistEntryOut(Struct):
+    id: str
+    object: str
+    kind: str
+    value: str
+    merchant_id: str | None
+    reason: str
+    created_at: str
+    deleted: bool
+
+
+class BlocklistEntryList(Struct):
+    object: str
+    data: list[BlocklistEntryOut]
     has_more: bool
 
 

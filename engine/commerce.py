@@ -1,4 +1,4 @@
-"""The commerce state machines: merchants, orders, customers and wallets, and idempotency keys.
+"""The commerce state machines: merchants, orders, customers and wallets, idempotency keys, and the risk block list.
 
 Money moves only as ledger transfers. Every command answers an `Outcome`;
 a refused command changes nothing. Tenant isolation is enforced here too: a
@@ -14,6 +14,8 @@ from engine.ledger import Ledger
 from engine.payments import Payments, move, system_account
 from engine.records import (
     AddDashboardUser,
+    AddToBlocklist,
+    BlocklistEntry,
     CancelOrder,
     CancelPayment,
     CapturePayment,
@@ -34,6 +36,7 @@ from engine.records import (
     Order,
     Outcome,
     PayOrderFromWallet,
+    RemoveFromBlocklist,
     UpdateMerchant,
     UpdateOrder,
     wallet_account_id,
@@ -41,6 +44,7 @@ from engine.records import (
 from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, CreateAccounts, CreateTransfers, Event, Transfer
 
 IDEMPOTENCY_RETENTION_NS = 24 * 3600 * NANOSECONDS_PER_SECOND
+MAX_BLOCKLIST_ENTRIES = 100_000
 ORDER_STATUSES = ("pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception")
 _outcome_encoder = msgspec.msgpack.Encoder()
 _outcome_decoder = msgspec.msgpack.Decoder(Outcome)
@@ -69,6 +73,8 @@ class Commerce:
         self.order_times_by_ip: dict[str, collections.deque] = {}
         self.events: list[Event] = []
         self.payments = Payments(ledger, self.merchants, self.orders, self.events)
+        # entry id -> entry, oldest first; kept by the shard that owns the block list's routing key
+        self.blocklist: dict[str, BlocklistEntry] = {}
 
     # Time
 
@@ -276,6 +282,10 @@ class Commerce:
             return Outcome("payment_method_not_allowed", record=order)
         if self.customer_of(command.merchant_id, command.customer_id) is None:
             return Outcome("customer_not_found")
+        refusal = self.payments.risk_refusal(command.merchant_id, order.amount, order.currency, command.risk_reason,
+                                             command.amount_limits)
+        if refusal:
+            return Outcome(record=self.payments.record_wallet_payment(command, order, timestamp, refusal))
         # Checked first so that a refused payment leaves no trace (no accounts, no spent transfer id).
         if self.ledger.available(wallet_account_id(command.merchant_id, command.customer_id, order.currency)) < order.amount:
             return Outcome("insufficient_funds", record=order)
@@ -287,6 +297,20 @@ class Commerce:
         order.customer_id = command.customer_id
         payment = self.payments.record_wallet_payment(command, order, timestamp)
         return Outcome(record=payment)
+
+    def _add_to_blocklist(self, command: AddToBlocklist, timestamp: int) -> Outcome:
+        entry = command.entry
+        if entry.id in self.blocklist:
+            return Outcome("exists", record=self.blocklist[entry.id])
+        if len(self.blocklist) >= MAX_BLOCKLIST_ENTRIES:
+            return Outcome("blocklist_full")
+        entry.created_at = timestamp
+        self.blocklist[entry.id] = entry
+        return Outcome(record=entry)
+
+    def _remove_from_blocklist(self, command: RemoveFromBlocklist, timestamp: int) -> Outcome:
+        entry = self.blocklist.pop(command.entry_id, None)
+        return Outcome(record=entry) if entry is not None else Outcome("blocklist_entry_not_found")
 
     # Ledger plumbing
 
@@ -341,6 +365,18 @@ class Commerce:
             found.append(order)
         return found, False
 
+    def list_blocklist(self, limit: int, starting_after: str = "") -> tuple[list[BlocklistEntry], bool]:
+        """Block list entries, newest first, and whether more follow."""
+        newest_first = reversed(self.blocklist)
+        if starting_after:
+            if starting_after not in self.blocklist:
+                return [], False
+            for entry_id in newest_first:
+                if entry_id == starting_after:
+                    break
+        page = [self.blocklist[entry_id] for entry_id, _ in zip(newest_first, range(limit + 1))]
+        return page[:limit], len(page) > limit
+
 
 
 _HANDLERS = {
@@ -362,4 +398,6 @@ _HANDLERS = {
     CreateRefund: lambda commerce, command, timestamp: commerce.payments.refund(command, timestamp),
     CreatePayout: lambda commerce, command, timestamp: commerce.payments.create_payout(command, timestamp),
     RecordPayoutResult: lambda commerce, command, timestamp: commerce.payments.record_payout_result(command, timestamp),
+    AddToBlocklist: Commerce._add_to_blocklist,
+    RemoveFromBlocklist: Commerce._remove_from_blocklist,
 }

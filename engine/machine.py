@@ -16,7 +16,7 @@ from engine.commerce import Commerce, IdempotencyRecord
 from engine.ledger import Ledger
 from engine.queries import Answer, Query, answer
 from engine.payments import OPEN_STATUSES, Payments
-from engine.records import Customer, Merchant, Order, Payment, Payout, Refund, VaultedCard
+from engine.records import BlocklistEntry, Customer, Merchant, Order, Payment, Payout, Refund, VaultedCard
 from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Event, Transfer
 from engine.verify import verify_ledger
 
@@ -42,6 +42,7 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     refunds: list[Refund]
     payouts: list[Payout]
     cards: list[tuple[str, VaultedCard]]
+    blocklist: list[BlocklistEntry] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -114,6 +115,7 @@ class Engine:
             refunds=list(commerce.payments.refunds.values()),
             payouts=list(commerce.payments.payouts.values()),
             cards=list(commerce.payments.cards.items()),
+            blocklist=list(commerce.blocklist.values()),
         )
 
     @classmethod
@@ -193,6 +195,7 @@ def _restore_commerce(commerce: Commerce, snapshot: Snapshot) -> None:
     commerce.customers = {customer.id: customer for customer in snapshot.customers}
     commerce.idempotency = {(merchant_id, key): record for merchant_id, key, record in snapshot.idempotency}
     commerce.order_times_by_ip = {ip: collections.deque(times) for ip, times in snapshot.order_times_by_ip}
+    commerce.blocklist = {entry.id: entry for entry in snapshot.blocklist}
     _restore_payments(commerce.payments, snapshot)
 
 

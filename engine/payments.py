@@ -33,6 +33,7 @@ from engine.records import (
 from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, TransferFlag
 
 OPEN_STATUSES = ("processing", "requires_action")
+RISK_REJECTED = "risk_rejected"
 
 
 class Payments:
@@ -86,6 +87,7 @@ class Payments:
             if vaulted is None or vaulted.merchant_id != payment.merchant_id:
                 return Outcome("token_not_found")
             payment.card = vaulted.card
+        customer_id = customer_email = ""
         if payment.order_id:
             order = self.orders.get(payment.order_id)
             if order is None or order.merchant_id != payment.merchant_id:
@@ -95,20 +97,37 @@ class Payments:
             if payment.method not in order.payment_methods:
                 return Outcome("payment_method_not_allowed", record=order)
             payment.amount, payment.currency = order.amount, order.currency
+            customer_id, customer_email = order.customer_id, order.customer_email
         # Everything but what the client chose starts from nothing, whatever was sent.
         fresh = Payment(id=payment.id, merchant_id=payment.merchant_id, amount=payment.amount, currency=payment.currency,
                         order_id=payment.order_id, method=payment.method, card=payment.card, token_id=payment.token_id,
+                        customer_id=customer_id, customer_email=customer_email, customer_ip=payment.customer_ip,
                         capture_method=payment.capture_method, acquirer=payment.acquirer,
                         description=payment.description, metadata=payment.metadata, created_at=timestamp,
                         updated_at=timestamp)
-        if command.processing_timeout_s:
-            fresh.deadline_at = timestamp + command.processing_timeout_s * NANOSECONDS_PER_SECOND
-            heapq.heappush(self.deadlines, (fresh.deadline_at, fresh.id))
         payment = self.add(fresh)
         if command.sealed_card:
             self.cards[payment.token_id] = VaultedCard(payment.merchant_id, payment.card, command.sealed_card)
         self.events.append(Event("payment.created", payment.id, timestamp))
+        refusal = self.risk_refusal(payment.merchant_id, payment.amount, payment.currency, command.risk_reason,
+                                    command.amount_limits)
+        if refusal:
+            self._fail(payment, RISK_REJECTED, refusal, timestamp)
+        elif command.processing_timeout_s:
+            payment.deadline_at = timestamp + command.processing_timeout_s * NANOSECONDS_PER_SECOND
+            heapq.heappush(self.deadlines, (payment.deadline_at, payment.id))
         return Outcome(record=payment)
+
+    def risk_refusal(self, merchant_id: str, amount: int, currency: str, risk_reason: str,
+                     amount_limits: dict[str, int]) -> str:
+        """Why the risk rules refuse a payment ('' if they do not): the edge's reason, or an amount over the limit."""
+        if risk_reason:
+            return risk_reason
+        amount_limit = amount_limits.get(currency, 0)
+        if amount_limit and amount > amount_limit:
+            tier = self.merchants[merchant_id].tier
+            return f"the amount {amount} {currency} is above the {tier} tier's limit of {amount_limit}"
+        return ""
 
     def record_psp_result(self, command: RecordPspResult, timestamp: int) -> Outcome:
         payment = self._payment_of(command.merchant_id, command.payment_id)
@@ -308,13 +327,18 @@ class Payments:
         self.events.append(Event(f"payout.{payout.status}", payout.id, timestamp))
         return Outcome(record=payout)
 
-    def record_wallet_payment(self, command, order: Order, timestamp: int) -> Payment:
-        """A wallet checkout the ledger has just moved: the payment succeeds at once and pays the order."""
+    def record_wallet_payment(self, command, order: Order, timestamp: int, refusal: str = "") -> Payment:
+        """A wallet checkout the ledger has just moved succeeds at once and pays the order; one the risk rules
+        refuse (`refusal`) fails, and nothing moved."""
         payment = Payment(id=command.payment_id, merchant_id=order.merchant_id, amount=order.amount,
                           currency=order.currency, order_id=order.id, method="wallet", customer_id=command.customer_id,
-                          acquirer="wallet", created_at=timestamp, updated_at=timestamp)
+                          customer_email=order.customer_email, customer_ip=command.customer_ip, acquirer="wallet",
+                          created_at=timestamp, updated_at=timestamp)
         self.add(payment)
-        self._succeed(payment, order.amount, timestamp)
+        if refusal:
+            self._fail(payment, RISK_REJECTED, refusal, timestamp)
+        else:
+            self._succeed(payment, order.amount, timestamp)
         return payment
 
     # Effects

@@ -90,9 +90,16 @@ class ListPayments(msgspec.Struct, tag="list_payments", array_like=True, kw_only
     starting_after: str = ""
 
 
+class ListBlocklist(msgspec.Struct, tag="list_blocklist", array_like=True, kw_only=True):
+    """The risk block list, newest first (on the shard that keeps it)."""
+
+    limit: int = 20
+    starting_after: str = ""
+
+
 Query = (
     LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
-    | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard | FindOrder
+    | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard | FindOrder | ListBlocklist
 )
 
 
@@ -137,6 +144,9 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
         return Answer(record=commerce.orders.get(query.order_id))
     if kind is GetCard:
         return Answer(card=commerce.payments.card_of(query.merchant_id, query.token_id))
+    if kind is ListBlocklist:
+        entries, has_more = commerce.list_blocklist(max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+        return Answer(records=entries, has_more=has_more)
     assert kind is ListPayments
     payments, has_more = commerce.payments.list_payments(query.merchant_id, max(1, min(query.limit, MAX_PAGE)),
                                                          query.starting_after)

@@ -89,6 +89,8 @@ class CardDetails(msgspec.Struct, array_like=True):
     last4: str
     exp_month: int
     exp_year: int
+    # A keyed hash of the number, the same for the same card anywhere on the gateway: what risk rules know it by.
+    fingerprint: str = ""
 
 
 class Payment(msgspec.Struct, tag=True, kw_only=True):
@@ -100,7 +102,7 @@ class Payment(msgspec.Struct, tag=True, kw_only=True):
     method: str = "card"  # card | wallet | qr | bank_transfer
     card: CardDetails | None = None
     token_id: str = ""
-    customer_id: str = ""  # the wallet a wallet payment came from
+    customer_id: str = ""  # the paying customer: the wallet's owner for a wallet payment, else the order's customer
     capture_method: str = "automatic"  # automatic | manual
     acquirer: str = "piggybank"
     status: str = "processing"
@@ -119,6 +121,20 @@ class Payment(msgspec.Struct, tag=True, kw_only=True):
     deadline_at: int = 0
     created_at: int = 0
     updated_at: int = 0
+    # What the risk rules know the payer by, besides the card and the customer: the order's email, the payer's IP.
+    customer_email: str = ""
+    customer_ip: str = ""
+
+
+class BlocklistEntry(msgspec.Struct, tag=True, kw_only=True):
+    """What the risk rules refuse: a card fingerprint, an IP address, an email or a customer (of one merchant)."""
+
+    id: str
+    kind: str  # card_fingerprint | ip | email | customer
+    value: str
+    merchant_id: str = ""  # empty: at every merchant
+    reason: str = ""
+    created_at: int = 0
 
 
 class Refund(msgspec.Struct, tag=True, kw_only=True):
@@ -145,7 +161,7 @@ class Payout(msgspec.Struct, tag=True, kw_only=True):
     updated_at: int = 0
 
 
-Record = Merchant | Order | Customer | Payment | Refund | Payout
+Record = Merchant | Order | Customer | Payment | Refund | Payout | BlocklistEntry
 
 
 class Outcome(msgspec.Struct, tag="outcome", omit_defaults=True):
@@ -233,6 +249,10 @@ class PayOrderFromWallet(msgspec.Struct, tag="pay_order_from_wallet", array_like
     customer_id: str
     payment_id: str
     transfer_id: str
+    customer_ip: str = ""
+    # The edge's risk verdict, as in CreatePayment.
+    risk_reason: str = ""
+    amount_limits: dict[str, int] = {}
 
 
 class CreatePayment(msgspec.Struct, tag="create_payment", array_like=True, kw_only=True):
@@ -241,6 +261,11 @@ class CreatePayment(msgspec.Struct, tag="create_payment", array_like=True, kw_on
     processing_timeout_s: int = 30
     # A new card, encrypted by the edge (envelope encryption; opaque here), kept as payment.token_id.
     sealed_card: bytes = b""
+    # The edge's risk verdict: a reason to refuse the payment, and the most its merchant's tier may take by currency
+    # (a currency not named has no limit; the engine picks the one of the amount it settles on, an order's).
+    # A refused payment is recorded failed (risk_rejected), so the refusal and its reason are journaled.
+    risk_reason: str = ""
+    amount_limits: dict[str, int] = {}
 
 
 class VaultedCard(msgspec.Struct, array_like=True):
@@ -303,6 +328,14 @@ class CreatePayout(msgspec.Struct, tag="create_payout", array_like=True, kw_only
     payout: Payout
 
 
+class AddToBlocklist(msgspec.Struct, tag="add_to_blocklist", array_like=True):
+    entry: BlocklistEntry
+
+
+class RemoveFromBlocklist(msgspec.Struct, tag="remove_from_blocklist", array_like=True):
+    entry_id: str
+
+
 class RecordPayoutResult(msgspec.Struct, tag="record_payout_result", array_like=True, kw_only=True):
     merchant_id: str
     payout_id: str
@@ -331,6 +364,8 @@ CommerceCommand = (
     | CreateRefund
     | CreatePayout
     | RecordPayoutResult
+    | AddToBlocklist
+    | RemoveFromBlocklist
 )
 
 
@@ -341,6 +376,14 @@ class Idempotent(msgspec.Struct, tag="idempotent", array_like=True, kw_only=True
     key: str
     request_hash: str
     command: CommerceCommand | CreateAccounts | CreateTransfers
+
+
+AUTHORIZATION_SUFFIX = ".authorization"
+
+
+def authorization_transfer_id(merchant_id: str, payment_id: str) -> str:
+    """The ledger id of a card authorization's transfer, whoever records the provider's word on it."""
+    return f"{merchant_id}:{payment_id}{AUTHORIZATION_SUFFIX}"
 
 
 def system_account_id(merchant_id: str, name: str, currency: str) -> str:

@@ -29,7 +29,8 @@ MAX_EXAMPLES = 15  # per operation and generation mode (schema-valid, schema-bre
 SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=False,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                            HealthCheck.data_too_large])
-ADMIN_ONLY = {"create_merchant", "update_merchant", "create_dashboard_user", "ledger_check"}
+ADMIN_ONLY = {"create_merchant", "update_merchant", "create_dashboard_user", "ledger_check", "create_blocklist_entry",
+              "list_blocklist", "delete_blocklist_entry"}
 # API.md: the error type for each 4xx status.
 ERROR_TYPES = {400: {"invalid_request_error"}, 401: {"authentication_error"}, 402: {"card_error", "balance_error"},
                403: {"permission_error"}, 404: {"invalid_request_error"}, 405: {"invalid_request_error"},
@@ -50,6 +51,7 @@ OPERATIONS = [
     ("POST", "/v1/refunds"), ("GET", "/v1/refunds/{id}"), ("POST", "/v1/psp/{provider}/webhook"),
     ("POST", "/v1/qr/dynamic"), ("POST", "/v1/qr/static"), ("GET", "/v1/qr/orders/{id}.png"),
     ("GET", "/v1/qr/merchants/{id}.png"), ("POST", "/v1/payouts"), ("GET", "/v1/payouts/{id}"),
+    ("POST", "/v1/risk/blocklist"), ("GET", "/v1/risk/blocklist"), ("DELETE", "/v1/risk/blocklist/{id}"),
 ]
 
 # Requests that once got a 500 (each: what went wrong, and requests as schemathesis Case arguments): kept as
