@@ -55,6 +55,7 @@ from engine.records import (
 )
 from journal.client import ShardClient
 from journal.recovery import batch_decoder
+from journal.store import write_atomically
 
 log = logging.getLogger("paygate.actors.followers")
 CURSOR = struct.Struct(">Q")
@@ -77,14 +78,7 @@ class Cursor:
         self.sequence = CURSOR.unpack(path.read_bytes())[0] if path.exists() else 0
 
     def advance(self, sequence: int) -> None:
-        temporary = self.path.with_suffix(".tmp")
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(descriptor, CURSOR.pack(sequence))
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, self.path)
+        write_atomically(self.path, CURSOR.pack(sequence))
         self.sequence = sequence
 
 

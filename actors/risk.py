@@ -38,6 +38,7 @@ from engine.records import AddToBlocklist, BlocklistEntry, CreatePayment, Idempo
 from engine.types import NANOSECONDS_PER_SECOND
 from journal.client import ShardClient, ShardMap
 from journal.recovery import batch_decoder
+from journal.store import write_atomically
 
 log = logging.getLogger("paygate.actors.risk")
 BUCKETS = 10  # per window: a count slides by a tenth of its window
@@ -257,20 +258,6 @@ class RiskState:
                 velocity.restore(window.counts, now)
         self.blocklist = {entry.id: entry for entry in saved.blocklist}
         self.changed = True
-
-
-def write_atomically(path: pathlib.Path, data: bytes) -> None:
-    """Readers see the old file or the new one, whole: a temporary file, fsynced, renamed over it."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(descriptor, view):]
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-    os.replace(temporary, path)
 
 
 # The actor

@@ -3,7 +3,7 @@
 `python -m bench.http [--users N] [--batch-users N] [--duration S] ...` starts
 `paygate serve` (temporary data folder, free loopback ports, `--workers 2`,
 `--order-ip-limit 100000000` so that the per-IP order limit does not throttle
-the load; with its Ray runtime and card connector unless `--without-actors`),
+the load; with its Ray runtime (no dashboard) and actors unless `--without-actors`),
 creates one premium merchant per locust user through the admin API
 (POST /v1/merchants), then runs locust headless in its own process on
 bench/locustfile.py:
@@ -224,7 +224,8 @@ def main() -> None:
     latency_file = OUT / "http_single_latency.json"
     with tempfile.TemporaryDirectory(prefix="bench-http-") as temporary:
         folder = pathlib.Path(temporary)
-        extra = ("--order-ip-limit", "100000000", *(("--without-actors",) if args.without_actors else ()))
+        # The Ray dashboard's agents would take CPU from what is measured: the bench runs without it.
+        extra = ("--order-ip-limit", "100000000", *(("--without-actors",) if args.without_actors else ("--no-dashboard",)))
         server = PaygateServer(folder / "data", workers=args.workers, extra=extra)
         try:
             server.start()

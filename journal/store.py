@@ -313,18 +313,8 @@ class Snapshots:
     def write(self, sequence: int, entry_hash: bytes, payload: bytes) -> pathlib.Path:
         """Write, fsync, then rename into place: a reader never sees half a snapshot."""
         path = self.path_for(sequence)
-        temporary = path.with_suffix(".tmp")
         header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, sequence, entry_hash, _snapshot_hash(sequence, entry_hash, payload))
-        descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(header + payload)
-            while view:
-                view = view[os.write(descriptor, view) :]
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, path)
-        _fsync_folder(self.folder)
+        write_atomically(path, header + payload)
         return path
 
     def paths(self) -> list[pathlib.Path]:
@@ -358,6 +348,22 @@ def _snapshot_hash(sequence: int, entry_hash: bytes, payload: bytes) -> bytes:
     digest.update(entry_hash)
     digest.update(payload)
     return digest.digest()
+
+
+def write_atomically(path: pathlib.Path, data: bytes) -> None:
+    """Readers see the old file or the new one, whole, even after a crash: a temporary file, fsynced, renamed over
+    the old one, and the rename made durable too."""
+    temporary = path.with_name(path.name + ".tmp")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(descriptor, view) :]
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+    os.replace(temporary, path)
+    _fsync_folder(path.parent)
 
 
 def _fsync_folder(folder: pathlib.Path) -> None:

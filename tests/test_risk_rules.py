@@ -13,7 +13,6 @@ from actors.risk import (
     state_decoder,
     state_encoder,
     worth_decoding,
-    write_atomically,
 )
 from actors.risk_table import TABLE_FILE, Flag, RiskTable, blocklist_id, risk_key, table_decoder, table_encoder
 from edge.risk import LocalTable
@@ -30,6 +29,7 @@ from engine.records import (
     RemoveFromBlocklist,
 )
 from engine.types import NANOSECONDS_PER_SECOND as S
+from journal.store import write_atomically
 
 T0 = 1_700_000_000 * S
 WINDOW_S = 600
