@@ -3,7 +3,8 @@
 `python -m bench.http [--users N] [--batch-users N] [--duration S] ...` starts
 `paygate serve` (temporary data folder, free loopback ports, `--workers 2`,
 `--order-ip-limit 100000000` so that the per-IP order limit does not throttle
-the load; with its Ray runtime (no dashboard) and actors unless `--without-actors`),
+the load; with its Ray runtime (no dashboard) and actors unless `--without-actors`, and
+risk velocity limits no user reaches, since each pays again with one card),
 creates one premium merchant per locust user through the admin API
 (POST /v1/merchants), then runs locust headless in its own process on
 bench/locustfile.py:
@@ -224,8 +225,13 @@ def main() -> None:
     latency_file = OUT / "http_single_latency.json"
     with tempfile.TemporaryDirectory(prefix="bench-http-") as temporary:
         folder = pathlib.Path(temporary)
-        # The Ray dashboard's agents would take CPU from what is measured: the bench runs without it.
-        extra = ("--order-ip-limit", "100000000", *(("--without-actors",) if args.without_actors else ("--no-dashboard",)))
+        # The Ray dashboard's agents would take CPU from what is measured: the bench runs without it. Risk counts
+        # every attempt as usual, under limits no bench user reaches (each pays again and again with one card).
+        rules = folder / "risk_rules.json"
+        rules.write_bytes(orjson.dumps({"velocity": {kind: {"attempts": 10**9, "window_s": 600}
+                                                     for kind in ("card_fingerprint", "ip", "customer", "email")}}))
+        with_actors = ("--no-dashboard", "--risk-rules", str(rules))
+        extra = ("--order-ip-limit", "100000000", *(("--without-actors",) if args.without_actors else with_actors))
         server = PaygateServer(folder / "data", workers=args.workers, extra=extra)
         try:
             server.start()
