@@ -1,9 +1,9 @@
-"""The edge's way to the shards: commands that arrive together leave together.
+"""The edge's way to the shards: commands that arrive together leave together, and so do reads.
 
 Each worker keeps one nng connection per shard process. Commands for a shard
 queued during one turn of the event loop are sent as one Submit (bounded in
-count), so a burst of requests costs one shard batch, not one each; a lone
-request waits no extra time.
+count), so a burst of requests costs one shard batch, not one each; reads
+queued in that turn go as one Read. A lone request waits no extra time.
 """
 
 import asyncio
@@ -13,7 +13,7 @@ import msgspec
 from journal.client import Cluster, ShardClient
 from journal.wire import ReplyStatus
 
-MAX_COMMANDS_PER_SUBMIT = 1024
+MAX_ITEMS_PER_REQUEST = 1024
 
 
 class ShardBusy(Exception):
@@ -21,30 +21,32 @@ class ShardBusy(Exception):
 
 
 class InvalidCommand(ValueError):
-    """A command that cannot be encoded (text that is not valid Unicode): refused alone, never its batch."""
+    """A command or query that cannot be encoded (text that is not valid Unicode): refused alone, never its batch."""
 
 
-_command_encoder = msgspec.msgpack.Encoder()
+_item_encoder = msgspec.msgpack.Encoder()
 
 
 class Coalescer:
-    def __init__(self, client: ShardClient, max_commands: int = MAX_COMMANDS_PER_SUBMIT) -> None:
-        self.client = client
-        self.max_commands = max_commands
+    """Items for one shard queued during one loop turn leave as one request; `send` answers one result per item."""
+
+    def __init__(self, send, max_items: int = MAX_ITEMS_PER_REQUEST) -> None:
+        self.send = send
+        self.max_items = max_items
         self.pending: list[tuple[object, asyncio.Future]] = []
         self.flush_scheduled = False
         self.batch_sizes: list[int] = []  # since the last metrics read
 
-    async def submit(self, command):
-        # Encoded here, once: a command that cannot be encoded fails alone, and the batch just joins bytes.
+    async def submit(self, item):
+        # Encoded here, once: an item that cannot be encoded fails alone, and the request just joins bytes.
         try:
-            encoded = msgspec.Raw(_command_encoder.encode(command))
+            encoded = msgspec.Raw(_item_encoder.encode(item))
         except (UnicodeEncodeError, OverflowError) as error:
             raise InvalidCommand(str(error)) from error
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.pending.append((encoded, future))
-        if len(self.pending) >= self.max_commands:
+        if len(self.pending) >= self.max_items:
             self._flush()
         elif not self.flush_scheduled:
             self.flush_scheduled = True
@@ -55,7 +57,7 @@ class Coalescer:
         self.flush_scheduled = False
         if not self.pending:
             return
-        batch, self.pending = self.pending[: self.max_commands], self.pending[self.max_commands :]
+        batch, self.pending = self.pending[: self.max_items], self.pending[self.max_items :]
         if self.pending:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -64,17 +66,24 @@ class Coalescer:
 
     async def _send(self, batch: list[tuple[object, asyncio.Future]]) -> None:
         try:
-            reply = await self.client.submit([command for command, _ in batch])
-            if reply.status != ReplyStatus.OK:
-                raise ShardBusy(ReplyStatus.NAMES[reply.status])
+            results = await self.send([item for item, _ in batch])
         except Exception as error:  # every waiter must hear of the failure
             for _, future in batch:
                 if not future.done():
                     future.set_exception(ShardBusy(str(error)))
             return
-        for (_, future), result in zip(batch, reply.results):
+        for (_, future), result in zip(batch, results):
             if not future.done():
                 future.set_result(result)
+
+
+def submit_to(client: ShardClient):
+    async def send(commands: list) -> list:
+        reply = await client.submit(commands)
+        if reply.status != ReplyStatus.OK:
+            raise ShardBusy(ReplyStatus.NAMES[reply.status])
+        return reply.results
+    return send
 
 
 class Gateway:
@@ -82,7 +91,8 @@ class Gateway:
 
     def __init__(self, shard_addresses: list[list[str]], timeout_ms: int = 10_000) -> None:
         self.cluster = Cluster(shard_addresses, timeout_ms=timeout_ms, busy_retries=5)
-        self.coalescers = [Coalescer(shard) for shard in self.cluster.shards]
+        self.coalescers = [Coalescer(submit_to(shard)) for shard in self.cluster.shards]
+        self.readers = [Coalescer(shard.read_many) for shard in self.cluster.shards]
 
     def close(self) -> None:
         self.cluster.close()
@@ -94,17 +104,11 @@ class Gateway:
         return await self.coalescers[self.shard_index(merchant_id)].submit(command)
 
     async def read(self, merchant_id: str, query):
-        try:
-            return await self.cluster.shards[self.shard_index(merchant_id)].read(query)
-        except Exception as error:
-            raise ShardBusy(str(error)) from error
+        return await self.readers[self.shard_index(merchant_id)].submit(query)
 
     async def read_everywhere(self, query) -> list:
         """The same read on every shard (rare lookups whose key is not a merchant id)."""
-        try:
-            return await asyncio.gather(*(shard.read(query) for shard in self.cluster.shards))
-        except Exception as error:
-            raise ShardBusy(str(error)) from error
+        return await asyncio.gather(*(reader.submit(query) for reader in self.readers))
 
     async def statuses(self, with_check: bool = False) -> list:
         return await asyncio.gather(*(shard.status(with_check=with_check) for shard in self.cluster.shards),

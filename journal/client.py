@@ -120,7 +120,14 @@ class ShardClient:
         return await self.request(Submit(commands))
 
     async def read(self, query: Query) -> Answer:
-        return (await self.request(Read(query))).answer
+        return (await self.read_many([query]))[0]
+
+    async def read_many(self, queries: list) -> list[Answer]:
+        """One answer per query, in order, from one request; ShardUnavailable when the shard cannot answer now."""
+        reply = await self.request(Read(queries))
+        if reply.status != ReplyStatus.OK:
+            raise ShardUnavailable(f"the shard answered {ReplyStatus.NAMES[reply.status]}: {reply.message}")
+        return reply.answers
 
     async def lookup_accounts(self, ids: list[str]) -> list:
         return (await self.read(LookupAccounts(ids))).accounts

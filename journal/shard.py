@@ -29,6 +29,7 @@ from journal.recovery import batch_decoder, batch_encoder, recover
 from journal.store import KEY, Journal, Snapshots
 from journal.wire import (
     Promote,
+    Read,
     ReadEntries,
     Replicate,
     Reply,
@@ -199,7 +200,7 @@ class Shard:
             return self._reply(ReplyStatus.NOT_PRIMARY)
         if kind is Replicate:
             return self._reply(ReplyStatus.INVALID, message="replication goes to the replication address")
-        items = _item_count(request) if kind is Submit else 1
+        items = _item_count(request) if kind is Submit else len(request.queries) if kind is Read else 1
         if items > self.config.max_batch_items:
             return self._reply(ReplyStatus.INVALID, message=f"more than {self.config.max_batch_items} items")
         if self.queue_items + items > self.config.max_queue_items:
@@ -283,7 +284,8 @@ class Shard:
                 replies.append((future, reply_encoder.encode(reply)))
                 start += count
         for request, future in reads:
-            reply = Reply(ReplyStatus.OK, self.epoch, self.engine.sequence, answer=self.engine.query(request.query))
+            answers = [self.engine.query(query) for query in request.queries]
+            reply = Reply(ReplyStatus.OK, self.epoch, self.engine.sequence, answers=answers)
             replies.append((future, reply_encoder.encode(reply)))
         self.rounds.append(_Round(self.engine.sequence, replies))
         self._release()

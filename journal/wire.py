@@ -17,9 +17,9 @@ class Submit(msgspec.Struct, tag="submit", array_like=True):
 
 
 class Read(msgspec.Struct, tag="read", array_like=True):
-    """A read of engine state, answered from memory once every batch before it is durable."""
+    """Reads of engine state, one answer each, from memory, once every batch before them is durable."""
 
-    query: Query
+    queries: list[Query]
 
 
 class ReadEntries(msgspec.Struct, tag="read_entries", array_like=True):
@@ -92,7 +92,8 @@ class Reply(msgspec.Struct, array_like=True):
     sequence: int = 0
     # Submit: one entry per command.
     results: list[list[int] | Outcome] | None = None
-    answer: Answer | None = None
+    # Read: one answer per query.
+    answers: list[Answer] | None = None
     entries: list[CommittedEntry] | None = None
     shard_status: ShardStatus | None = None
     message: str = ""
