@@ -106,6 +106,7 @@ def _evict(entries: collections.OrderedDict, max_keys: int) -> None:
         entries.popitem(last=False)
 
 
+@functools.lru_cache(maxsize=4096)  # every request parses its peer's address: the same few, mostly
 def _ip(text: str | None) -> IPAddress | None:
     try:
         address = ipaddress.ip_address(text)

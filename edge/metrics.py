@@ -12,6 +12,7 @@ from prometheus_client import multiprocess
 
 LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+MAX_LABEL_SETS = 4096
 
 
 class Metrics:
@@ -26,10 +27,20 @@ class Metrics:
                                         buckets=BATCH_BUCKETS, registry=self.registry)
         self.queue_depth = Gauge("paygate_shard_queue_items", "items waiting in a shard's queue", ["shard"],
                                  registry=self.registry, multiprocess_mode="mostrecent")
+        # Labelled children by (method, route, status): looked up once each, not at every request.
+        self.children: dict[tuple[str, str, int], tuple] = {}
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
-        self.requests.labels(method, route, str(status)).inc()
-        self.latency.labels(route).observe(seconds)
+        key = (method, route, status)
+        children = self.children.get(key)
+        if children is None:
+            if len(self.children) >= MAX_LABEL_SETS:  # odd methods could otherwise grow it without end
+                self.children.clear()
+            children = self.children[key] = (self.requests.labels(method, route, str(status)),
+                                             self.latency.labels(route))
+        count, latency = children
+        count.inc()
+        latency.observe(seconds)
 
     async def response(self, gateway) -> web.Response:
         for coalescer in gateway.coalescers:
