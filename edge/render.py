@@ -1,6 +1,7 @@
 """Engine records as the API shows them: public ids, RFC 3339 times, no secrets."""
 
 import datetime
+import functools
 
 from edge import schemas
 from engine.records import BlocklistEntry, Customer, Merchant, Order, Payment, Payout, Refund
@@ -11,8 +12,14 @@ _FLAG_NAMES = tuple(TransferFlag.NAMES.items())
 
 
 def time_of(nanoseconds: int) -> str:
-    moment = datetime.datetime.fromtimestamp(nanoseconds / 1e9, datetime.timezone.utc)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """RFC 3339 in UTC to the millisecond (truncated), as "2026-01-02T03:04:05.678Z"."""
+    seconds, rest = divmod(nanoseconds, 1_000_000_000)
+    return f"{_second_of(seconds)}.{rest // 1_000_000:03d}Z"
+
+
+@functools.lru_cache(maxsize=1024)  # a response's times, and the next response's, mostly share their second
+def _second_of(seconds: int) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def parse_time_ns(raw: str) -> int | None:
