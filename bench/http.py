@@ -123,6 +123,7 @@ def run_locust(args, server: PaygateServer, keys_file: pathlib.Path, latency_fil
         "PAYGATE_BENCH_BATCH_SIZE": str(args.batch_size),
         "PAYGATE_BENCH_BATCH_USERS": str(args.batch_users),
         "PAYGATE_BENCH_SINGLE_USERS": "1" if args.users else "0",
+        "PAYGATE_BENCH_CARD_USERS": "0" if args.without_actors else "1",
     }
     log_path = OUT / "http_locust.log"
     with open(log_path, "w") as log:

@@ -12,6 +12,8 @@ Configuration comes from the environment (bench/http.py sets it):
 - PAYGATE_BENCH_BATCHES_PER_S: batches per second per batch-transfer user.
 - PAYGATE_BENCH_BATCH_SIZE: transfers per POST /v1/transfers batch.
 - PAYGATE_BENCH_BATCH_USERS: how many batch-transfer users (fixed_count; 0: none).
+- PAYGATE_BENCH_CARD_USERS: "0" leaves out the card-payment users (a run
+  without the actors has no acquirer).
 - PAYGATE_BENCH_SINGLE_USERS: "0" leaves out every single-request user class
   (a batch-only run); the -u left after the batch users goes to them by weight.
 - PAYGATE_BENCH_LATENCY_FILE: where to write, at exit, the merged response-time
@@ -61,6 +63,7 @@ def _merchant_keys() -> list[str]:
 
 MERCHANT_KEYS = _merchant_keys()
 SINGLE_USERS = os.environ.get("PAYGATE_BENCH_SINGLE_USERS", "1") != "0"
+CARD_USERS = os.environ.get("PAYGATE_BENCH_CARD_USERS", "1") != "0"
 BATCH_USERS = int(_number("PAYGATE_BENCH_BATCH_USERS", 1))
 _next_merchant = itertools.count()
 
@@ -185,6 +188,7 @@ CARD_POLLS = 50  # reads of a payment while the acquirer's callback is on its wa
 class CardPaymentUser(PaygateUser):
     """A shop taking a card: create an order, pay it by test card (manual capture), wait for the authorization, capture."""
 
+    abstract = not CARD_USERS  # no acquirer without the actors
     weight = int(_number("PAYGATE_BENCH_CARD_WEIGHT", 1))
     wait_time = constant_throughput(_number("PAYGATE_BENCH_CHECKOUTS_PER_S", 5))
 
