@@ -25,6 +25,7 @@ from edge.http import (
     engine_now_ns,
     errors_and_metrics,
     ledger_id,
+    ledger_prefix,
     merchant_principal,
     new_id,
     parse_limit,
@@ -448,7 +449,10 @@ async def create_transfers(request: web.Request) -> web.Response:
         raise ApiError(413, "too_many_transfers", f"at most {MAX_TRANSFERS_PER_REQUEST} transfers per request")
     if not items:
         raise ApiError(400, "parameter_missing", "send at least one transfer")
-    transfers = [_transfer_in(merchant, item) for item in items]
+    for currency in {item.currency for item in items} - {""}:
+        check_currency(currency)
+    prefix = ledger_prefix(merchant.id)
+    transfers = [_transfer_in(prefix, item) for item in items]
     result = await run(request, merchant.id, CreateTransfers(transfers), body)
     codes = result.codes if isinstance(result, Outcome) else result
     results = [schemas.TransferResult(item.id, "created" if code == 0 else TransferCode.name(code))
@@ -456,20 +460,20 @@ async def create_transfers(request: web.Request) -> web.Response:
     return respond(request, results if is_batch else results[0])
 
 
-def _transfer_in(merchant: Merchant, item: schemas.TransferCreate) -> Transfer:
+def _transfer_in(prefix: str, item: schemas.TransferCreate) -> Transfer:
+    """The engine's transfer for a checked item, its ids in the merchant's namespace (`prefix`)."""
     # One check over all four ids; only a refusal looks for which one it was.
     if not schemas.client_id_valid(item.id + item.debit_account_id + item.credit_account_id + item.pending_id):
         field = next(name for name in ("id", "debit_account_id", "credit_account_id", "pending_id")
                      if not schemas.client_id_valid(getattr(item, name)))
         raise ApiError(400, "parameter_invalid", "ids take letters, digits, '_' and '-' only", field)
-    if item.currency:
-        check_currency(item.currency)
     flags = 0
     for name in item.flags:
         flags |= TransferFlag.NAMES[name]
-    return Transfer(ledger_id(merchant.id, item.id), ledger_id(merchant.id, item.debit_account_id),
-                    ledger_id(merchant.id, item.credit_account_id), item.amount, item.currency,
-                    ledger_id(merchant.id, item.pending_id), item.timeout_s, item.code, flags)
+    # As ledger_id: an empty id stays empty, so the engine names what is missing.
+    debit, credit, pending = item.debit_account_id, item.credit_account_id, item.pending_id
+    return Transfer(prefix + item.id, prefix + debit if debit else "", prefix + credit if credit else "", item.amount,
+                    item.currency, prefix + pending if pending else "", item.timeout_s, item.code, flags)
 
 
 async def get_transfer(request: web.Request) -> web.Response:

@@ -245,8 +245,13 @@ def engine_now_ns() -> int:
     return time.time_ns()
 
 
+def ledger_prefix(merchant_id: str) -> str:
+    """What every ledger id of the merchant starts with."""
+    return merchant_id + ":"
+
+
 def ledger_id(merchant_id: str, client_id: str) -> str:
-    return f"{merchant_id}:{client_id}" if client_id else ""
+    return ledger_prefix(merchant_id) + client_id if client_id else ""
 
 
 def parse_limit(query) -> int:
