@@ -28,6 +28,7 @@ from journal import logs
 from journal.recovery import batch_decoder, batch_encoder, recover
 from journal.store import KEY, Journal, Snapshots
 from journal.wire import (
+    JournaledBatch,
     Promote,
     Read,
     ReadEntries,
@@ -38,6 +39,7 @@ from journal.wire import (
     Status,
     StoredEntry,
     Submit,
+    received_submit_decoder,
     reply_decoder,
     reply_encoder,
     request_decoder,
@@ -205,8 +207,10 @@ class Shard:
             return self._reply(ReplyStatus.INVALID, message=f"more than {self.config.max_batch_items} items")
         if self.queue_items + items > self.config.max_queue_items:
             return self._reply(ReplyStatus.BUSY)
+        # A Submit decoded once more, as raw commands (a skim): those bytes are what the journal keeps.
+        received = received_submit_decoder.decode(message).commands if kind is Submit else None
         future = asyncio.get_running_loop().create_future()
-        self.queue.append((request, items, future))
+        self.queue.append((request, items, future, received))
         self.queue_items += items
         self.work.set()
         return await future
@@ -260,7 +264,7 @@ class Shard:
             await asyncio.sleep(TICK_S)
             deadline = self.engine.next_deadline()
             if self.role == "primary" and not self.queue and deadline is not None and deadline <= time.time_ns():
-                self.queue.append((Submit([]), 0, asyncio.get_running_loop().create_future()))
+                self.queue.append((Submit([]), 0, asyncio.get_running_loop().create_future(), []))
                 self.work.set()
 
     def _sequence_round(self) -> None:
@@ -268,9 +272,10 @@ class Shard:
         submits, reads = self._take()
         replies: list[tuple[asyncio.Future, bytes]] = []
         if submits:
-            commands = [command for request, _ in submits for command in request.commands]
+            commands = [command for request, _, _ in submits for command in request.commands]
             batch = Batch(self.engine.sequence + 1, max(time.time_ns(), self.engine.timestamp + 1), commands)
-            payload = batch_encoder.encode(batch)
+            received = [command for _, _, raw_commands in submits for command in raw_commands]
+            payload = batch_encoder.encode(JournaledBatch(batch.sequence, batch.timestamp, received))
             entry = self.journal.prepare(batch.sequence, payload)
             result = self.engine.apply(batch)
             self.unwritten.append((entry, result_encoder.encode(result)))
@@ -278,7 +283,7 @@ class Shard:
             self.to_write.set()
             self.to_replicate.set()
             start = 0
-            for request, future in submits:
+            for request, future, _ in submits:
                 count = len(request.commands)
                 reply = Reply(ReplyStatus.OK, self.epoch, batch.sequence, results=result.results[start : start + count])
                 replies.append((future, reply_encoder.encode(reply)))
@@ -295,11 +300,11 @@ class Shard:
         taken = 0
         queue = self.queue
         while queue and (taken == 0 or taken + queue[0][1] <= self.config.max_batch_items):
-            request, items, future = queue.popleft()
+            request, items, future, received = queue.popleft()
             taken += items
             self.queue_items -= items
             if type(request) is Submit:
-                submits.append((request, future))
+                submits.append((request, future, received))
             else:
                 reads.append((request, future))
         return submits, reads
@@ -441,7 +446,7 @@ class Shard:
                     future.set_result(self._reply(ReplyStatus.NOT_PRIMARY))
         self.rounds.clear()
         while self.queue:
-            _, _, future = self.queue.popleft()
+            _, _, future, _ = self.queue.popleft()
             future.set_result(self._reply(ReplyStatus.NOT_PRIMARY))
         self.queue_items = 0
         self._write_status_file()

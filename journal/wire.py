@@ -16,6 +16,20 @@ class Submit(msgspec.Struct, tag="submit", array_like=True):
     commands: list[Command]
 
 
+class ReceivedSubmit(msgspec.Struct, tag="submit", array_like=True):
+    """A Submit's commands as they arrived, undecoded: the shard journals these bytes rather than encode again."""
+
+    commands: list[msgspec.Raw]
+
+
+class JournaledBatch(msgspec.Struct, array_like=True):
+    """An engine Batch with its commands as received: it encodes to the same bytes a Batch of them would."""
+
+    sequence: int
+    timestamp: int
+    commands: list[msgspec.Raw]
+
+
 class Read(msgspec.Struct, tag="read", array_like=True):
     """Reads of engine state, one answer each, from memory, once every batch before them is durable."""
 
@@ -101,5 +115,6 @@ class Reply(msgspec.Struct, array_like=True):
 
 request_encoder = msgspec.msgpack.Encoder()
 request_decoder = msgspec.msgpack.Decoder(Request)
+received_submit_decoder = msgspec.msgpack.Decoder(ReceivedSubmit)
 reply_encoder = msgspec.msgpack.Encoder()
 reply_decoder = msgspec.msgpack.Decoder(Reply)

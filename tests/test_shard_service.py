@@ -5,8 +5,9 @@ import asyncio
 import pynng
 import pytest
 
-from engine import Account, CreateAccounts, CreateTransfers, Transfer, TransferFlag
+from engine import Account, Batch, CreateAccounts, CreateTransfers, Transfer, TransferFlag
 from journal.client import ACCOUNTS_ON_DIFFERENT_SHARDS, Cluster, ShardClient, ShardMap
+from journal.recovery import batch_decoder, batch_encoder
 from journal.store import KEY
 from journal.wire import ReplyStatus, Submit, request_encoder
 from shard_harness import Load, primary_config, start
@@ -37,6 +38,23 @@ def test_committed_batches_are_read_by_sequence_with_their_results(shard):
         assert [entry.sequence for entry in entries] == [1, 2]
         assert entries[1].result.results == [[0, 33]]  # ok, credit_account_not_found
         assert await client.read_entries(3) == []
+
+    run(scenario())
+
+
+def test_the_journal_keeps_the_commands_as_they_were_sent(shard):
+    """The shard journals a Submit's own bytes, not a new encoding: they decode to what was sent and encode as the
+    sequenced Batch would."""
+    _, _, client = shard
+    sent = [CreateAccounts([Account("test:a", "usd"), Account("test:b", "usd")]),
+            CreateTransfers([Transfer("test:t1", "test:a", "test:b", 5, "usd")])]
+
+    async def scenario():
+        assert (await client.submit(sent)).status == ReplyStatus.OK
+        (entry,) = await client.read_entries(1)
+        batch = batch_decoder.decode(entry.payload)
+        assert batch.commands == sent
+        assert entry.payload == batch_encoder.encode(Batch(batch.sequence, batch.timestamp, sent))
 
     run(scenario())
 
