@@ -65,6 +65,7 @@ class ShardClient:
         self.busy_retries = busy_retries
         self.failover_rounds = failover_rounds
         self.sockets = [self._open(address) for address in addresses]
+        self.idle_contexts: list[list] = [[] for _ in addresses]  # at most max_in_flight each
         self.current = 0
         self.epoch = 0
         self.slots = asyncio.Semaphore(max_in_flight)
@@ -75,6 +76,11 @@ class ShardClient:
         return socket
 
     def close(self) -> None:
+        # Contexts before their sockets: nng refuses to close a context of a closed socket.
+        for idle in self.idle_contexts:
+            for context in idle:
+                context.close()
+            idle.clear()
         for socket in self.sockets:
             socket.close()
 
@@ -98,14 +104,22 @@ class ShardClient:
 
     async def _send(self, index: int, message: bytes) -> Reply | None:
         async with self.slots:
-            context = self.sockets[index].new_context()
+            # A context that saw its reply is ready for the next request; one that failed is closed.
+            idle = self.idle_contexts[index]
+            context = idle.pop() if idle else self.sockets[index].new_context()
+            reusable = False
             try:
                 await context.asend(message)
-                return reply_decoder.decode(await context.arecv())
+                reply = reply_decoder.decode(await context.arecv())
+                reusable = True
+                return reply
             except pynng.NNGException:
                 return None
             finally:
-                context.close()
+                if reusable:
+                    idle.append(context)
+                else:
+                    context.close()
 
     def _next_process(self, failed_index: int, reply: Reply | None) -> None:
         if reply is not None:
