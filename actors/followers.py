@@ -163,8 +163,10 @@ class ProviderFollowerActor:
     async def _requests_of(self, shard: ShardClient, entry) -> list[tuple[str, FollowUp]]:
         """What one committed batch asks of the providers, as (provider, request), in the batch's order."""
         found = []
-        batch = batch_decoder.decode(entry.payload)
-        for command, result in zip(batch.commands, entry.result.results):
+        # Only commerce commands answer Outcomes: a batch of ledger commands alone is not decoded at all.
+        commerce = any(type(result) is Outcome for result in entry.result.results)
+        commands = batch_decoder.decode(entry.payload).commands if commerce else []
+        for command, result in zip(commands, entry.result.results):
             if type(result) is Outcome and result.code == "ok" and not result.replayed:
                 inner = command.command if type(command) is Idempotent else command
                 found.append(await self._request_of(shard, inner, result.record))
