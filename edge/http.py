@@ -17,7 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from edge import render, schemas
 from edge.auth import hash_secret, merchant_id_from_api_key, signature_valid
-from edge.errors import ApiError, from_validation
+from edge.errors import ApiError, from_validation, not_found
 from edge.gateway import InvalidCommand, ShardBusy
 from edge.limits import client_ip, ip_allowed
 from engine.queries import GetMerchant
@@ -151,6 +151,15 @@ async def cached_merchant(app: web.Application, merchant_id: str) -> Merchant | 
         cache.clear()
     cache[merchant_id] = (merchant, now)
     return merchant
+
+
+async def check_sub_account(request: web.Request, merchant: Merchant, sub_account_id: str) -> None:
+    """404 unless the sub-account is the merchant's; a cached merchant may not know one made a moment ago."""
+    if not sub_account_id or any(sub.id == sub_account_id for sub in merchant.sub_accounts):
+        return
+    answer = await request.app["gateway"].read(merchant.id, GetMerchant(sub_account_id=sub_account_id))
+    if answer.record is None or answer.record.id != merchant.id:
+        raise not_found("sub-account", sub_account_id)
 
 
 async def _check_merchant_request(request: web.Request, merchant: Merchant) -> None:

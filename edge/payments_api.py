@@ -18,7 +18,7 @@ from actors.services import PROVIDERS
 from edge import cards, qr_api, render, risk, schemas
 from edge.auth import callback_signature_valid
 from edge.errors import ApiError, not_found
-from edge.http import body_of, check_currency, ledger_id, merchant_principal, new_id, parse_limit, raise_for, respond, \
+from edge.http import body_of, check_currency, check_sub_account, ledger_id, merchant_principal, new_id, parse_limit, raise_for, respond, \
     run
 from engine.queries import GetCard, GetPaymentRecord, ListPayments
 from engine.records import (
@@ -225,8 +225,7 @@ async def create_payout(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.PayoutCreate)
     check_currency(fields.currency)
-    if fields.sub_account_id and fields.sub_account_id not in {sub.id for sub in merchant.sub_accounts}:
-        raise not_found("sub-account", fields.sub_account_id)
+    await check_sub_account(request, merchant, fields.sub_account_id)
     payout_id = new_id("po_", request, merchant.id)
     payout = Payout(id=payout_id, merchant_id=merchant.id, amount=fields.amount, currency=fields.currency,
                     sub_account_id=fields.sub_account_id, hold_id=ledger_id(merchant.id, f"{payout_id}.hold"))

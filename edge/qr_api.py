@@ -14,7 +14,7 @@ from aiohttp import web
 
 from edge import schemas
 from edge.errors import ApiError, not_found
-from edge.http import body_of, cached_merchant, merchant_principal, respond
+from edge.http import body_of, cached_merchant, check_sub_account, merchant_principal, respond
 from engine.emvco import MerchantAccount, MerchantQr, build_payload, format_amount
 from engine.queries import FindOrder, GetMerchant
 from engine.records import Merchant, Order
@@ -117,15 +117,6 @@ def _png(payload: str) -> web.Response:
     image = io.BytesIO()
     segno.make(payload, error="m", micro=False).save(image, kind="png", scale=PNG_SCALE)
     return web.Response(body=image.getvalue(), content_type="image/png")
-
-
-async def check_sub_account(request: web.Request, merchant: Merchant, sub_account_id: str) -> None:
-    """404 unless the sub-account is the merchant's; a cached merchant may not know one made a moment ago."""
-    if not sub_account_id or any(sub.id == sub_account_id for sub in merchant.sub_accounts):
-        return
-    answer = await request.app["gateway"].read(merchant.id, GetMerchant(sub_account_id=sub_account_id))
-    if answer.record is None or answer.record.id != merchant.id:
-        raise not_found("sub-account", sub_account_id)
 
 
 async def owner_of(request: web.Request, kind: str, object_id: str) -> Merchant | None:
