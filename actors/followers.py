@@ -15,9 +15,12 @@ count (an `ok` outcome, not a replay):
     CreateRefund                                 → refund at the payment's acquirer, under the refund's id
     CreatePayout                                 → payout at the bank
 
-It also watches card payments left `processing`: a committed CreatePayment says when the engine will fail it
-(deadline_at), and a margin before that the acquirer's connector asks the acquirer and settles the payment. The
-engine's deadline stays the backstop when this actor is away. Everything it keeps is bounded (max_watched).
+It also watches card payments left open (`processing`, or `requires_action` while the cardholder is at the
+3-D Secure page): a committed CreatePayment says when the engine will fail it (deadline_at), and a margin before
+that the acquirer's connector asks the acquirer and settles the payment (an authorization whose callback was
+lost is recorded). The engine's deadline stays the backstop, for a payment still undecided or when this actor was
+away: a payment it fails so (a `payment.failed` event no command of the batch caused) is voided at the acquirer,
+so a late authorization holds nothing on the card. Everything it keeps is bounded (max_watched).
 """
 
 import asyncio
@@ -42,7 +45,8 @@ from actors.psp import (
     subject,
 )
 from actors.runtime import die_with_parent
-from engine.queries import GetPaymentRecord
+from engine.payments import OPEN_STATUSES
+from engine.queries import FindPayment, GetPaymentRecord
 from engine.records import (
     AUTHORIZATION_SUFFIX,
     CancelPayment,
@@ -67,7 +71,7 @@ MAX_REQUESTS_PER_CALL = 256
 CALL_TIMEOUT_S = 120.0
 CALL_ATTEMPTS = 5  # for follow-ups; a stuck payment is asked about once (the engine's deadline follows)
 CALL_BACKOFF_S = 0.5
-PROCESSING = "processing"
+PROCESSING_TIMEOUT = "processing_timeout"
 
 
 class Cursor:
@@ -83,21 +87,24 @@ class Cursor:
 
 
 class Watched(msgspec.Struct):
-    """A card payment still processing, and when to ask its acquirer about it (engine nanoseconds)."""
+    """A card payment still open, and when to ask its acquirer about it (engine nanoseconds)."""
 
     acquirer: str
     merchant_id: str
     payment_id: str
     ask_at: int
     deadline_at: int
+    # Asked once already: kept until the payment is settled, never asked again.
+    asked: bool = False
 
 
 class _Stats(msgspec.Struct):
     follow_ups: int = 0  # requests handed to connectors
     undelivered: int = 0  # requests no connector took after CALL_ATTEMPTS: logged for an operator
-    not_watched: int = 0  # processing payments past max_watched, left to the engine's deadline
+    not_watched: int = 0  # open payments past max_watched, left to the engine's deadline
     stuck_asked: int = 0  # stuck payments handed to their acquirer's connector to settle
     stuck_unasked: int = 0  # ...whose connector could not be reached (the engine's deadline settles them)
+    timed_out: int = 0  # card payments the engine failed at their deadline: voided at the acquirer
 
 
 class ProviderFollowerActor:
@@ -166,13 +173,17 @@ class ProviderFollowerActor:
         # Only commerce commands answer Outcomes: a batch of ledger commands alone is not decoded at all.
         commerce = any(type(result) is Outcome for result in entry.result.results)
         commands = batch_decoder.decode(entry.payload).commands if commerce else []
+        commanded = set()
         for command, result in zip(commands, entry.result.results):
             if type(result) is Outcome and result.code == "ok" and not result.replayed:
                 inner = command.command if type(command) is Idempotent else command
+                commanded.add(getattr(result.record, "id", ""))
                 found.append(await self._request_of(shard, inner, result.record))
         for event in entry.result.events:
             if event.kind == "transfer.expired" and event.object_id.endswith(AUTHORIZATION_SUFFIX):
                 found.append(await self._released(shard, event.object_id))
+            elif event.kind == "payment.failed" and event.object_id not in commanded:
+                found.append(await self._timed_out(shard, event.object_id))
         return [item for item in found if item is not None and item[0] in self.providers]
 
     async def _request_of(self, shard: ShardClient, command, record) -> tuple[str, FollowUp] | None:
@@ -205,6 +216,16 @@ class ProviderFollowerActor:
         payment = await _payment(shard, merchant_id, rest.removesuffix(AUTHORIZATION_SUFFIX))
         if payment is None or payment.authorization_id != transfer_id or payment.status != "cancelled":
             return None
+        return payment.acquirer, _void(payment)
+
+    async def _timed_out(self, shard: ShardClient, payment_id: str) -> tuple[str, FollowUp] | None:
+        """The void a card payment the engine failed at its deadline asks for: its acquirer may still authorize it."""
+        self.watched.pop(payment_id, None)
+        payment = (await shard.read(FindPayment(payment_id))).record
+        if (payment is None or payment.method != "card" or payment.failure_code != PROCESSING_TIMEOUT
+                or payment.acquirer not in self.providers):
+            return None
+        self.stats_.timed_out += 1
         return payment.acquirer, _void(payment)
 
     async def _dispatch(self, requests: list[tuple[str, FollowUp]]) -> None:
@@ -245,8 +266,8 @@ class ProviderFollowerActor:
     # Stuck payments
 
     def _watch_payment(self, payment: Payment) -> None:
-        """Watch a card payment that starts processing; stop once a committed command moved it on."""
-        if payment.status != PROCESSING:
+        """Watch a card payment while it is open; stop once a committed command settled it."""
+        if payment.status not in OPEN_STATUSES:
             self.watched.pop(payment.id, None)
             return
         if (payment.method != "card" or not payment.deadline_at or payment.acquirer not in self.providers
@@ -261,7 +282,7 @@ class ProviderFollowerActor:
                           payment.deadline_at)
         self.watched[payment.id] = watched
         if len(self.asking_order) >= 2 * self.max_watched:  # mostly payments settled since: drop those
-            self.asking_order = [(item.ask_at, item.payment_id) for item in self.watched.values()]
+            self.asking_order = [(item.ask_at, item.payment_id) for item in self.watched.values() if not item.asked]
             heapq.heapify(self.asking_order)
         else:
             heapq.heappush(self.asking_order, (watched.ask_at, payment.id))
@@ -281,9 +302,9 @@ class ProviderFollowerActor:
         while self.asking_order and self.asking_order[0][0] <= now and len(due) < MAX_REQUESTS_PER_CALL:
             ask_at, payment_id = heapq.heappop(self.asking_order)
             watched = self.watched.get(payment_id)
-            if watched is None or watched.ask_at != ask_at:
+            if watched is None or watched.ask_at != ask_at or watched.asked:
                 continue
-            del self.watched[payment_id]
+            watched.asked = True
             if watched.deadline_at > now:  # past it, the engine has failed it already
                 due.append(watched)
         return due

@@ -79,6 +79,12 @@ class GetPaymentRecord(msgspec.Struct, tag="get_payment_record", array_like=True
     record_id: str
 
 
+class FindPayment(msgspec.Struct, tag="find_payment", array_like=True):
+    """A payment by id alone (for the provider follower, which hears of an engine deadline by payment id)."""
+
+    payment_id: str
+
+
 class GetCard(msgspec.Struct, tag="get_card", array_like=True):
     merchant_id: str
     token_id: str
@@ -99,7 +105,8 @@ class ListBlocklist(msgspec.Struct, tag="list_blocklist", array_like=True, kw_on
 
 Query = (
     LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
-    | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard | FindOrder | ListBlocklist
+    | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard | FindOrder | FindPayment
+    | ListBlocklist
 )
 
 
@@ -142,6 +149,8 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
         return Answer(record=commerce.payments.record_of(query.merchant_id, query.kind, query.record_id))
     if kind is FindOrder:
         return Answer(record=commerce.orders.get(query.order_id))
+    if kind is FindPayment:
+        return Answer(record=commerce.payments.payments.get(query.payment_id))
     if kind is GetCard:
         return Answer(card=commerce.payments.card_of(query.merchant_id, query.token_id))
     if kind is ListBlocklist:

@@ -541,6 +541,40 @@ def test_stuck_payments_are_asked_about_and_settled_before_their_deadline(acquir
     assert (after["status_queries"] - before["status_queries"], after["stuck_settled"] - before["stuck_settled"],
             after["follow_ups"] - before["follow_ups"]) == (len(cards), len(cards), 1)  # one void
     assert acquirer.at_piggybank("pay_stuck_lost_authorized")["voided"] is False
+    # The cardholder never finishes 3-D Secure: the engine fails the payment at its deadline, and the acquirer is
+    # told to drop the challenge, so a late answer authorizes nothing.
+    three_d_secure = wait_for(lambda: (now := acquirer.payment("pay_stuck_lost_3ds")).status == "failed" and now,
+                              what="the engine's deadline")
+    assert three_d_secure.failure_code == "processing_timeout"
+    view = wait_for(lambda: (now := acquirer.at_piggybank("pay_stuck_lost_3ds"))["voided"] and now,
+                    what="the void of the timed-out payment")
+    assert view["status"] == "cancelled"
+    assert acquirer.stats()["follow_ups"] - before["follow_ups"] == 2
+
+
+def test_a_payment_at_3ds_whose_callback_is_lost_is_asked_about_and_recorded(acquirer):
+    """The cardholder completes 3-D Secure, piggybank's callback never arrives: the status query finds the
+    authorization before the deadline, and the payment succeeds rather than fail and leave a hold on the card."""
+    payment_id = "pay_3ds_completed_lost"
+    acquirer.start_payments({payment_id: THREE_D_SECURE_CARD}, STUCK_TIMEOUT_S, capture=True)
+    view = wait_for(lambda: (now := acquirer.at_piggybank(payment_id))["status"] == "requires_action" and now,
+                    what="the challenge")
+    # The edge records the requires_action callback as it arrives...
+    outcome, = acquirer.submit([RecordPspResult(
+        merchant_id=ACQUIRER_MERCHANT, payment_id=payment_id, callback_id=f"cb_{payment_id}",
+        result="requires_action", psp_reference=view["psp_reference"], action_url=view["action_url"])])
+    assert outcome.record.status == "requires_action"
+    # ...the cardholder completes the challenge; its callback goes nowhere.
+    form = urllib.parse.urlencode({"outcome": "complete"}).encode()
+    with urllib.request.urlopen(f"{acquirer.urls['piggybank']}/3ds/{view['psp_reference']}", form, timeout=5):
+        pass
+    paid = wait_for(lambda: (now := acquirer.payment(payment_id)).status != "requires_action" and now,
+                    what="the status query")
+    assert (paid.status, paid.amount_captured) == ("succeeded", 1000)
+    assert paid.callback_ids == [f"cb_{payment_id}", f"status_{payment_id}_authorized"]
+    time.sleep(STUCK_TIMEOUT_S / 4 + 0.5)  # past the deadline: nothing fails or voids a settled payment
+    assert acquirer.payment(payment_id).status == "succeeded"
+    assert acquirer.at_piggybank(payment_id)["voided"] is False
 
 
 def test_captures_refunds_voids_and_payouts_reach_the_providers_once(acquirer):
