@@ -1,10 +1,10 @@
 """The client side of the shards: routing by a stable shard map, following primaries.
 
 `ShardClient` talks to one shard (its primary and, if any, its replica): it
-keeps a bounded pool of nng contexts, follows the process that answers as
-primary with the highest epoch, and retries a busy shard a bounded number of
-times. `Cluster` routes command batches to the shard that owns their key and
-gathers the replies.
+keeps a bounded pool of channels, follows the process that answers as primary
+with the highest epoch, and retries a busy shard a bounded number of times.
+`Cluster` routes command batches to the shard that owns their key and gathers
+the replies.
 """
 
 import asyncio
@@ -50,6 +50,75 @@ class ShardMap:
         return self.shard_for(ledger_id.partition(OWNER_SEPARATOR)[0])
 
 
+class _Channel:
+    """One nng Req0 socket to one process, one request at a time, on the event loop that made it.
+
+    The loop watches nng's receive and send descriptors and the calls never block: no nng aio, so no
+    hand-off between nng's threads and the loop for each message (that hand-off cost as much as the rest of
+    a round trip). A channel whose request failed or timed out is closed, never reused.
+    """
+
+    def __init__(self, address: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.socket = pynng.Req0(resend_time=-1)
+        self.socket.dial(address, block=False)
+        self.receive_fd = self.socket.recv_fd
+        self.send_fd = self.socket.send_fd
+        self.waiter: asyncio.Future | None = None
+        loop.add_reader(self.receive_fd, self._on_receivable)
+
+    def _on_receivable(self) -> None:
+        try:
+            message = self.socket.recv(block=False)
+        except pynng.TryAgain:
+            return
+        except pynng.NNGException as error:
+            message = error
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(message)
+
+    async def request(self, message: bytes, timeout_s: float) -> bytes | None:
+        """The reply, or None if the process did not take the request or answer within `timeout_s`."""
+        waiter = self.waiter = self.loop.create_future()
+        timer = self.loop.call_later(timeout_s, _expire, waiter)
+        try:
+            while True:
+                try:
+                    self.socket.send(message, block=False)
+                    break
+                except pynng.TryAgain:  # not connected yet, or the pipe is still busy: wait until it can take it
+                    await self._sendable(waiter)
+                    if waiter.done():
+                        return None
+            reply = await waiter
+        except pynng.NNGException:
+            return None
+        finally:
+            timer.cancel()
+        return reply if type(reply) is bytes else None
+
+    async def _sendable(self, waiter: asyncio.Future) -> None:
+        ready = self.loop.create_future()
+        self.loop.add_reader(self.send_fd, _expire, ready)
+        waiter.add_done_callback(lambda _: _expire(ready))
+        try:
+            await ready
+        finally:
+            self.loop.remove_reader(self.send_fd)
+
+    def close(self) -> None:
+        if not self.loop.is_closed():
+            self.loop.remove_reader(self.receive_fd)
+            self.loop.remove_reader(self.send_fd)
+        self.socket.close()
+
+
+def _expire(future: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class ShardClient:
     def __init__(
         self,
@@ -64,30 +133,21 @@ class ShardClient:
         self.timeout_ms = timeout_ms
         self.busy_retries = busy_retries
         self.failover_rounds = failover_rounds
-        self.sockets = [self._open(address) for address in addresses]
-        self.idle_contexts: list[list] = [[] for _ in addresses]  # at most max_in_flight each
+        self.idle_channels: list[list[_Channel]] = [[] for _ in addresses]  # at most max_in_flight each
         self.current = 0
         self.epoch = 0
         self.slots = asyncio.Semaphore(max_in_flight)
 
-    def _open(self, address: str) -> pynng.Req0:
-        socket = pynng.Req0(recv_timeout=self.timeout_ms, send_timeout=self.timeout_ms, resend_time=-1)
-        socket.dial(address, block=False)
-        return socket
-
     def close(self) -> None:
-        # Contexts before their sockets: nng refuses to close a context of a closed socket.
-        for idle in self.idle_contexts:
-            for context in idle:
-                context.close()
+        for idle in self.idle_channels:
+            for channel in idle:
+                channel.close()
             idle.clear()
-        for socket in self.sockets:
-            socket.close()
 
     async def request(self, request: Request) -> Reply:
         message = request_encoder.encode(request)
         busy = 0
-        for _ in range(self.failover_rounds * len(self.sockets) + self.busy_retries):
+        for _ in range(self.failover_rounds * len(self.addresses) + self.busy_retries):
             index = self.current
             reply = await self._send(index, message)
             if reply is None or reply.status == ReplyStatus.NOT_PRIMARY:
@@ -104,29 +164,31 @@ class ShardClient:
 
     async def _send(self, index: int, message: bytes) -> Reply | None:
         async with self.slots:
-            # A context that saw its reply is ready for the next request; one that failed is closed.
-            idle = self.idle_contexts[index]
-            context = idle.pop() if idle else self.sockets[index].new_context()
-            reusable = False
-            try:
-                await context.asend(message)
-                reply = reply_decoder.decode(await context.arecv())
-                reusable = True
-                return reply
-            except pynng.NNGException:
+            channel = self._channel(index)
+            reply = await channel.request(message, self.timeout_ms / 1000)
+            if reply is None:
+                channel.close()
                 return None
-            finally:
-                if reusable:
-                    idle.append(context)
-                else:
-                    context.close()
+            self.idle_channels[index].append(channel)
+            return reply_decoder.decode(reply)
+
+    def _channel(self, index: int) -> _Channel:
+        """An idle channel to process `index` on this loop (one made on an earlier loop is closed), or a new one."""
+        loop = asyncio.get_running_loop()
+        idle = self.idle_channels[index]
+        while idle:
+            channel = idle.pop()
+            if channel.loop is loop:
+                return channel
+            channel.close()
+        return _Channel(self.addresses[index], loop)
 
     def _next_process(self, failed_index: int, reply: Reply | None) -> None:
         if reply is not None:
             self.epoch = max(self.epoch, reply.epoch)
         # Many requests fail at once when a primary dies: move on once, not once per request.
         if self.current == failed_index:
-            self.current = (failed_index + 1) % len(self.sockets)
+            self.current = (failed_index + 1) % len(self.addresses)
 
     # Convenience over `request`
 
