@@ -1,9 +1,12 @@
 """The edge's way to the shards: commands that arrive together leave together, and so do reads.
 
-Each worker keeps one nng connection per shard process. Commands for a shard
-queued during one turn of the event loop are sent as one Submit (bounded in
-count), so a burst of requests costs one shard batch, not one each; reads
-queued in that turn go as one Read. A lone request waits no extra time.
+Each worker keeps its own nng connections per shard process. Commands for a
+shard leave as one Submit (bounded in count), so a burst of requests costs one
+shard batch, not one each; reads go the same way as one Read. Batching is the
+LMAX kind: a lone request leaves on the next turn of the event loop, and while
+`max_in_flight` requests to a shard are out, what arrives waits for the first
+reply and then leaves together, so batches grow with the load instead of the
+messages (each nng message costs far more than the items in it).
 """
 
 import asyncio
@@ -14,6 +17,9 @@ from journal.client import Cluster, ShardClient
 from journal.wire import ReplyStatus
 
 MAX_ITEMS_PER_REQUEST = 1024
+MAX_IN_FLIGHT = 2
+# Items waiting while the requests in flight are out: beyond these the shard is too slow, and the edge says so.
+MAX_PENDING_ITEMS = 16 * MAX_ITEMS_PER_REQUEST
 
 
 class ShardBusy(Exception):
@@ -28,16 +34,23 @@ _item_encoder = msgspec.msgpack.Encoder()
 
 
 class Coalescer:
-    """Items for one shard queued during one loop turn leave as one request; `send` answers one result per item."""
+    """Items for one shard leave in as few requests as the requests in flight allow; `send` answers one result
+    per item."""
 
-    def __init__(self, send, max_items: int = MAX_ITEMS_PER_REQUEST) -> None:
+    def __init__(self, send, max_items: int = MAX_ITEMS_PER_REQUEST, max_in_flight: int = MAX_IN_FLIGHT,
+                 max_pending: int = MAX_PENDING_ITEMS) -> None:
         self.send = send
         self.max_items = max_items
+        self.max_in_flight = max_in_flight
+        self.max_pending = max_pending
         self.pending: list[tuple[object, asyncio.Future]] = []
+        self.in_flight = 0
         self.flush_scheduled = False
         self.batch_sizes: list[int] = []  # since the last metrics read
 
     async def submit(self, item):
+        if len(self.pending) >= self.max_pending:
+            raise ShardBusy(f"{len(self.pending)} items already wait for the shard")
         # Encoded here, once: an item that cannot be encoded fails alone, and the request just joins bytes.
         try:
             encoded = msgspec.Raw(_item_encoder.encode(item))
@@ -46,23 +59,22 @@ class Coalescer:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self.pending.append((encoded, future))
-        if len(self.pending) >= self.max_items:
-            self._flush()
-        elif not self.flush_scheduled:
+        self._schedule(loop)
+        return await future
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if not self.flush_scheduled and self.in_flight < self.max_in_flight:
             self.flush_scheduled = True
             loop.call_soon(self._flush)
-        return await future
 
     def _flush(self) -> None:
         self.flush_scheduled = False
-        if not self.pending:
-            return
-        batch, self.pending = self.pending[: self.max_items], self.pending[self.max_items :]
-        if self.pending:
-            self.flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
-        self.batch_sizes.append(len(batch))
-        asyncio.get_running_loop().create_task(self._send(batch))
+        loop = asyncio.get_running_loop()
+        while self.pending and self.in_flight < self.max_in_flight:
+            batch, self.pending = self.pending[: self.max_items], self.pending[self.max_items :]
+            self.in_flight += 1
+            self.batch_sizes.append(len(batch))
+            loop.create_task(self._send(batch))
 
     async def _send(self, batch: list[tuple[object, asyncio.Future]]) -> None:
         try:
@@ -72,6 +84,10 @@ class Coalescer:
                 if not future.done():
                     future.set_exception(ShardBusy(str(error)))
             return
+        finally:
+            self.in_flight -= 1
+            if self.pending:
+                self._schedule(asyncio.get_running_loop())
         for (_, future), result in zip(batch, results):
             if not future.done():
                 future.set_result(result)

@@ -1,0 +1,84 @@
+"""The edge's coalescer: how items for one shard are grouped into requests, and what it bounds."""
+
+import asyncio
+
+import msgspec
+import pytest
+
+from edge.gateway import Coalescer, ShardBusy
+
+
+class Shard:
+    """A `send` whose replies the test releases: it records each request's items."""
+
+    def __init__(self) -> None:
+        self.requests: list[list] = []
+        self.replies: list[asyncio.Future] = []
+        self.fail = False
+
+    async def send(self, items: list) -> list:
+        self.requests.append([msgspec.msgpack.decode(item) for item in items])
+        reply = asyncio.get_running_loop().create_future()
+        self.replies.append(reply)
+        await reply
+        if self.fail:
+            raise RuntimeError("the shard went away")
+        return [f"done {msgspec.msgpack.decode(item)}" for item in items]
+
+    def answer(self, index: int) -> None:
+        self.replies[index].set_result(None)
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+def test_items_wait_while_the_requests_in_flight_are_out_and_then_leave_together():
+    async def scenario():
+        shard = Shard()
+        coalescer = Coalescer(shard.send, max_items=3, max_in_flight=2)
+        first = asyncio.ensure_future(coalescer.submit(1))
+        await settle()
+        assert shard.requests == [[1]]  # a lone item leaves on the next loop turn
+        second = asyncio.ensure_future(coalescer.submit(2))
+        await settle()
+        later = [asyncio.ensure_future(coalescer.submit(n)) for n in range(3, 8)]
+        await settle()
+        assert shard.requests == [[1], [2]]  # two out: the other five wait
+        shard.answer(0)
+        await settle()
+        assert shard.requests == [[1], [2], [3, 4, 5]]  # one reply frees one slot; max_items bounds the request
+        assert await first == "done 1"
+        shard.answer(1)
+        shard.answer(2)
+        await settle()
+        assert shard.requests[3:] == [[6, 7]]
+        shard.answer(3)
+        assert [await second, *[await each for each in later]] == [f"done {n}" for n in range(2, 8)]
+        assert coalescer.batch_sizes == [1, 1, 3, 2]
+
+    asyncio.run(scenario())
+
+
+def test_too_many_waiting_items_are_refused_and_a_failed_request_fails_only_its_own_items():
+    async def scenario():
+        shard = Shard()
+        coalescer = Coalescer(shard.send, max_items=2, max_in_flight=1, max_pending=2)
+        out = asyncio.ensure_future(coalescer.submit(1))
+        await settle()
+        waiting = [asyncio.ensure_future(coalescer.submit(n)) for n in (2, 3)]
+        await settle()
+        with pytest.raises(ShardBusy, match="2 items already wait"):
+            await coalescer.submit(4)
+        shard.fail = True
+        shard.answer(0)
+        with pytest.raises(ShardBusy, match="the shard went away"):
+            await out
+        await settle()
+        assert shard.requests == [[1], [2, 3]]  # the waiting items still went
+        shard.fail = False
+        shard.answer(1)
+        assert [await each for each in waiting] == ["done 2", "done 3"]
+
+    asyncio.run(scenario())
