@@ -10,16 +10,18 @@ messages (each nng message costs far more than the items in it).
 """
 
 import asyncio
+import collections
 
 import msgspec
 
 from journal.client import Cluster, ShardClient
-from journal.wire import ReplyStatus
+from journal.wire import MAX_BATCH_ITEMS, ReplyStatus, command_items
 
 MAX_ITEMS_PER_REQUEST = 1024
 MAX_IN_FLIGHT = 2
-# Items waiting while the requests in flight are out: beyond these the shard is too slow, and the edge says so.
-MAX_PENDING_ITEMS = 16 * MAX_ITEMS_PER_REQUEST
+# Weight (transfers, accounts, other commands, queries) waiting while the requests in flight are out: beyond it
+# the shard is too slow, and the edge says so.
+MAX_PENDING_WEIGHT = 4 * MAX_BATCH_ITEMS
 
 
 class ShardBusy(Exception):
@@ -35,22 +37,27 @@ _item_encoder = msgspec.msgpack.Encoder()
 
 class Coalescer:
     """Items for one shard leave in as few requests as the requests in flight allow; `send` answers one result
-    per item."""
+    per item. A request holds at most `max_items` items and `max_weight` weight (what the shard counts: a batch of
+    transfers weighs as many as it holds), so the shard never refuses one for its size."""
 
-    def __init__(self, send, max_items: int = MAX_ITEMS_PER_REQUEST, max_in_flight: int = MAX_IN_FLIGHT,
-                 max_pending: int = MAX_PENDING_ITEMS) -> None:
+    def __init__(self, send, max_items: int = MAX_ITEMS_PER_REQUEST, max_weight: int = MAX_BATCH_ITEMS,
+                 max_in_flight: int = MAX_IN_FLIGHT, max_pending_weight: int = MAX_PENDING_WEIGHT) -> None:
         self.send = send
         self.max_items = max_items
+        self.max_weight = max_weight
         self.max_in_flight = max_in_flight
-        self.max_pending = max_pending
-        self.pending: list[tuple[object, asyncio.Future]] = []
+        self.max_pending_weight = max_pending_weight
+        self.pending: collections.deque[tuple[object, asyncio.Future, int]] = collections.deque()
+        self.pending_weight = 0
         self.in_flight = 0
         self.flush_scheduled = False
         self.batch_sizes: list[int] = []  # since the last metrics read
 
-    async def submit(self, item):
-        if len(self.pending) >= self.max_pending:
-            raise ShardBusy(f"{len(self.pending)} items already wait for the shard")
+    async def submit(self, item, weight: int = 1):
+        if weight > self.max_weight:
+            raise InvalidCommand(f"more than {self.max_weight} items in one command")
+        if self.pending_weight + weight > self.max_pending_weight:
+            raise ShardBusy(f"{self.pending_weight} items already wait for the shard")
         # Encoded here, once: an item that cannot be encoded fails alone, and the request just joins bytes.
         try:
             encoded = msgspec.Raw(_item_encoder.encode(item))
@@ -58,7 +65,8 @@ class Coalescer:
             raise InvalidCommand(str(error)) from error
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self.pending.append((encoded, future))
+        self.pending.append((encoded, future, weight))
+        self.pending_weight += weight
         self._schedule(loop)
         return await future
 
@@ -71,16 +79,27 @@ class Coalescer:
         self.flush_scheduled = False
         loop = asyncio.get_running_loop()
         while self.pending and self.in_flight < self.max_in_flight:
-            batch, self.pending = self.pending[: self.max_items], self.pending[self.max_items :]
+            batch = self._take()
             self.in_flight += 1
             self.batch_sizes.append(len(batch))
             loop.create_task(self._send(batch))
 
-    async def _send(self, batch: list[tuple[object, asyncio.Future]]) -> None:
+    def _take(self) -> list[tuple[object, asyncio.Future, int]]:
+        """The next request's items, in order: at least one, within both bounds."""
+        pending = self.pending
+        batch = [pending.popleft()]
+        weight = batch[0][2]
+        while pending and len(batch) < self.max_items and weight + pending[0][2] <= self.max_weight:
+            batch.append(pending.popleft())
+            weight += batch[-1][2]
+        self.pending_weight -= weight
+        return batch
+
+    async def _send(self, batch: list[tuple[object, asyncio.Future, int]]) -> None:
         try:
-            results = await self.send([item for item, _ in batch])
+            results = await self.send([item for item, _, _ in batch])
         except Exception as error:  # every waiter must hear of the failure
-            for _, future in batch:
+            for _, future, _ in batch:
                 if not future.done():
                     future.set_exception(ShardBusy(str(error)))
             return
@@ -88,7 +107,7 @@ class Coalescer:
             self.in_flight -= 1
             if self.pending:
                 self._schedule(asyncio.get_running_loop())
-        for (_, future), result in zip(batch, results):
+        for (_, future, _), result in zip(batch, results):
             if not future.done():
                 future.set_result(result)
 
@@ -117,7 +136,7 @@ class Gateway:
         return self.cluster.map.shard_for(merchant_id)
 
     async def submit(self, merchant_id: str, command):
-        return await self.coalescers[self.shard_index(merchant_id)].submit(command)
+        return await self.coalescers[self.shard_index(merchant_id)].submit(command, command_items(command))
 
     async def read(self, merchant_id: str, query):
         return await self.readers[self.shard_index(merchant_id)].submit(query)

@@ -23,11 +23,12 @@ import time
 import msgspec
 import pynng
 
-from engine import Batch, CreateAccounts, CreateTransfers, Engine
+from engine import Batch, Engine
 from journal import logs
 from journal.recovery import batch_decoder, batch_encoder, recover
 from journal.store import KEY, Journal, Snapshots
 from journal.wire import (
+    MAX_BATCH_ITEMS,
     JournaledBatch,
     Promote,
     Read,
@@ -39,6 +40,7 @@ from journal.wire import (
     Status,
     StoredEntry,
     Submit,
+    command_items,
     received_submit_decoder,
     reply_decoder,
     reply_encoder,
@@ -65,7 +67,7 @@ class ShardConfig(msgspec.Struct, kw_only=True):
     keep_snapshots: int = 2
     prune_journal: bool = False
     max_queue_items: int = 262_144
-    max_batch_items: int = 65_520
+    max_batch_items: int = MAX_BATCH_ITEMS
     max_unreleased_batches: int = 256
     max_replicate_bytes: int = 32 << 20
     max_read_entries: int = 1024
@@ -548,16 +550,7 @@ def take_snapshot_in_child(engine: Engine, entry_hash: bytes, snapshots: Snapsho
 
 
 def _item_count(request: Submit) -> int:
-    count = 0
-    for command in request.commands:
-        kind = type(command)
-        if kind is CreateTransfers:
-            count += len(command.transfers)
-        elif kind is CreateAccounts:
-            count += len(command.accounts)
-        else:
-            count += 1
-    return max(count, 1)
+    return max(sum(map(command_items, request.commands)), 1)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,8 +6,23 @@ One request message carries many commands; one reply carries one result each.
 import msgspec
 
 from engine.batch import BatchResult, Command
+from engine.types import CreateAccounts, CreateTransfers
 from engine.queries import Answer, Query
 from engine.records import Outcome
+
+
+# Items (transfers, accounts, other commands, queries) in one shard batch, at most: 8 full batch-transfer requests.
+MAX_BATCH_ITEMS = 65_520
+
+
+def command_items(command) -> int:
+    """How many items a command counts for against a shard's batch and queue limits."""
+    kind = type(command)
+    if kind is CreateTransfers:
+        return max(len(command.transfers), 1)
+    if kind is CreateAccounts:
+        return max(len(command.accounts), 1)
+    return 1
 
 
 class Submit(msgspec.Struct, tag="submit", array_like=True):

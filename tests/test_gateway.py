@@ -5,7 +5,7 @@ import asyncio
 import msgspec
 import pytest
 
-from edge.gateway import Coalescer, ShardBusy
+from edge.gateway import Coalescer, InvalidCommand, ShardBusy
 
 
 class Shard:
@@ -64,7 +64,7 @@ def test_items_wait_while_the_requests_in_flight_are_out_and_then_leave_together
 def test_too_many_waiting_items_are_refused_and_a_failed_request_fails_only_its_own_items():
     async def scenario():
         shard = Shard()
-        coalescer = Coalescer(shard.send, max_items=2, max_in_flight=1, max_pending=2)
+        coalescer = Coalescer(shard.send, max_items=2, max_in_flight=1, max_pending_weight=2)
         out = asyncio.ensure_future(coalescer.submit(1))
         await settle()
         waiting = [asyncio.ensure_future(coalescer.submit(n)) for n in (2, 3)]
@@ -80,5 +80,25 @@ def test_too_many_waiting_items_are_refused_and_a_failed_request_fails_only_its_
         shard.fail = False
         shard.answer(1)
         assert [await each for each in waiting] == ["done 2", "done 3"]
+
+    asyncio.run(scenario())
+
+
+def test_a_request_never_weighs_more_than_the_shard_takes_in_one_batch():
+    async def scenario():
+        shard = Shard()
+        coalescer = Coalescer(shard.send, max_items=10, max_weight=10, max_in_flight=1)
+        out = asyncio.ensure_future(coalescer.submit(0))
+        await settle()
+        heavy = [asyncio.ensure_future(coalescer.submit(n, weight=4)) for n in (1, 2, 3, 4)]
+        light = asyncio.ensure_future(coalescer.submit(5))
+        await settle()
+        with pytest.raises(InvalidCommand, match="more than 10 items"):
+            await coalescer.submit(6, weight=11)
+        for index in range(3):
+            shard.answer(index)
+            await settle()
+        assert shard.requests == [[0], [1, 2], [3, 4, 5]]  # 4 + 4, then 4 + 4 + 1: never above 10
+        assert [await each for each in (out, *heavy, light)] == [f"done {n}" for n in range(6)]
 
     asyncio.run(scenario())

@@ -278,6 +278,19 @@ def test_transfer_array_of_8190_is_accepted_and_8191_is_413(server):
     error(server, "GET", "/v1/transfers/yx0", key=key, status=404)
 
 
+def test_full_batches_sent_at_once_are_all_applied(server):
+    """More full batches than one shard batch holds, at once: the edge splits them across shard requests by
+    the transfers they hold, so none is refused for its size."""
+    key = merchant(server)
+    accounts(server, key, "a", "b")
+    requests = [("/v1/transfers", [transfer(f"full{batch}_{index}", amount=1) for index in range(8190)])
+                for batch in range(24)]
+    replies = post_concurrently(server, key, requests)
+    assert [status for status, _ in replies] == [200] * 24
+    assert all({result["result"] for result in results} == {"created"} for _, results in replies)
+    assert account(server, key, "a")["debits_posted"] == 24 * 8190
+
+
 def test_statement_is_newest_first_and_pages_through_every_transfer(server):
     key = merchant(server)
     accounts(server, key, "a", "b", "c")
