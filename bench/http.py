@@ -16,6 +16,11 @@ bench/locustfile.py:
   `--batch-size` (1000) transfers between two accounts to POST /v1/transfers,
   at most `--batches-per-s` (10) per user.
 
+The batch endpoint's own figure comes from a batch-only run with enough users
+to keep the shard busy while the edge parses the next batches:
+`python -m bench.http --without-actors --users 0 --batch-users 8
+--batch-size 8190 --batches-per-s 50`.
+
 Why one merchant per user, paced: the per-merchant token bucket (premium:
 1000/min, burst 2000) is the product's limit and stays on. One user at 15
 requests/s stays under a premium merchant's 16.7/s, so a run of any length
