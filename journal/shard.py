@@ -1,7 +1,8 @@
 """The shard process: one engine, its sequencer, its journal and its replication.
 
 One event loop thread owns the engine (the single writer). Requests arrive on
-nng contexts and wait in one bounded queue. The loop takes what is queued,
+a raw nng socket read from the loop (journal/replier.py) and wait in one
+bounded queue. The loop takes what is queued,
 stamps it as one batch (sequence and time), chains it into the journal, applies
 it, and hands the entry to the journal thread (one LMDB transaction and one
 fsync for every batch queued meanwhile: group commit) and to the replica. A
@@ -26,6 +27,7 @@ import pynng
 from engine import Batch, Engine
 from journal import logs
 from journal.recovery import batch_decoder, batch_encoder, recover
+from journal.replier import Replier
 from journal.store import KEY, Journal, Snapshots
 from journal.wire import (
     MAX_BATCH_ITEMS,
@@ -71,7 +73,9 @@ class ShardConfig(msgspec.Struct, kw_only=True):
     max_unreleased_batches: int = 256
     max_replicate_bytes: int = 32 << 20
     max_read_entries: int = 1024
-    contexts: int = 256
+    # Requests held at once (queued, or waiting to be durable); past it a request is answered "busy" at once.
+    max_requests: int = 4096
+    reply_timeout_ms: int = 1000
     heartbeat_ms: int = 250
     replica_timeout_ms: int = 2_000
     auto_promote_ms: int = 0
@@ -125,15 +129,16 @@ class Shard:
         self.stopped = asyncio.Event()
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signal_number, self.stop)
-        self.client_socket = pynng.Rep0(listen=self.config.client_address)
+        self.replier = Replier(self.config.client_address, self.config.reply_timeout_ms)
+        self.held_requests: set[asyncio.Task] = set()
+        loop.add_reader(self.replier.receive_fd, self._on_requests)
         self.announce_socket = pynng.Pub0(listen=self.config.announce_address, send_timeout=0) if self.config.announce_address else None
-        self.contexts = [self.client_socket.new_context() for _ in range(self.config.contexts)]
-        tasks = [asyncio.create_task(self._serve_client(context)) for context in self.contexts]
-        tasks += [_critical(self._sequence()), _critical(self._write()), asyncio.create_task(self._tick())]
+        self.replication_socket = self.replication_context = None
+        tasks = [_critical(self._sequence()), _critical(self._write()), asyncio.create_task(self._tick())]
         if self.role == "replica":
             self.replication_socket = pynng.Rep0(listen=self.config.replication_address)
-            self.contexts.append(self.replication_socket.new_context())
-            tasks.append(_critical(self._serve_replication(self.contexts[-1])))
+            self.replication_context = self.replication_socket.new_context()
+            tasks.append(_critical(self._serve_replication(self.replication_context)))
             tasks.append(_critical(self._apply_replicated()))
             if self.config.auto_promote_ms:
                 tasks.append(asyncio.create_task(self._watch_primary()))
@@ -163,12 +168,14 @@ class Shard:
             await asyncio.sleep(0.01)
 
     def _close(self) -> None:
-        # Contexts before their sockets: nng refuses to close a context of a closed socket.
-        for context in self.contexts:
-            context.close()
-        for socket in (self.client_socket, self.announce_socket, getattr(self, "replication_socket", None)):
-            if socket is not None:
-                socket.close()
+        asyncio.get_running_loop().remove_reader(self.replier.receive_fd)
+        for task in self.held_requests:
+            task.cancel()
+        self.replier.close()
+        # A context before its socket: nng refuses to close a context of a closed socket.
+        for each in (self.replication_context, self.replication_socket, self.announce_socket):
+            if each is not None:
+                each.close()
         self.executor.shutdown(wait=True)
         self._reap_snapshot(block=True)
         self.journal.close()
@@ -182,10 +189,24 @@ class Shard:
 
     # Requests
 
-    async def _serve_client(self, context) -> None:
-        while True:
-            message = await context.arecv()
-            await context.asend(await self._answer(message))
+    def _on_requests(self) -> None:
+        """Take every request waiting on the client socket; each is answered by a task of its own."""
+        loop = asyncio.get_running_loop()
+        while (received := self.replier.receive()) is not None:
+            header, message = received
+            if len(self.held_requests) >= self.config.max_requests:
+                self._send_reply(header, self._reply(ReplyStatus.BUSY))
+                continue
+            task = loop.create_task(self._serve(header, message))
+            self.held_requests.add(task)
+            task.add_done_callback(self.held_requests.discard)
+
+    async def _serve(self, header: bytes, message: bytes) -> None:
+        self._send_reply(header, await self._answer(message))
+
+    def _send_reply(self, header: bytes, reply: bytes) -> None:
+        if not self.replier.reply(header, reply):  # the client went away or stopped reading: it will ask again
+            log.warning("a reply of %d bytes was not taken within %d ms", len(reply), self.config.reply_timeout_ms)
 
     async def _answer(self, message: bytes) -> bytes:
         try:

@@ -89,6 +89,29 @@ def test_a_full_queue_answers_busy_and_changes_nothing(shard):
     run(scenario())
 
 
+def test_requests_past_the_held_bound_are_answered_busy_at_once(tmp_path):
+    config = primary_config(tmp_path / "shard", max_requests=2)
+    process = start(config)
+    client = ShardClient([config.client_address], timeout_ms=5000, busy_retries=0)
+
+    async def scenario():
+        # Eight full submits at once: the shard holds two, and answers the rest at once rather than queue them.
+        batches = [[Transfer(f"test:t{n}_{k}", "test:acct_1", "test:acct_2", 1, "usd") for k in range(8190)]
+                   for n in range(8)]
+        await Load(client).create_accounts()
+        replies = await asyncio.gather(*(client.submit([CreateTransfers(batch)]) for batch in batches))
+        statuses = [reply.status for reply in replies]
+        assert ReplyStatus.BUSY in statuses and ReplyStatus.OK in statuses
+        accepted = sum(len(batch) for batch, reply in zip(batches, replies) if reply.status == ReplyStatus.OK)
+        assert (await client.lookup_accounts(["test:acct_1"]))[0].debits_posted == accepted
+
+    try:
+        run(scenario())
+    finally:
+        client.close()
+        process.kill()
+
+
 @pytest.mark.parametrize("message", [b"\x00garbage", request_encoder.encode(Submit([CreateAccounts(
     [Account(f"test:a{n}", "usd") for n in range(101)])]))], ids=["undecodable", "too many items"])
 def test_a_bad_request_is_refused_and_changes_nothing(shard, message):
