@@ -47,3 +47,10 @@ class Server(PaygateServer):
                 return Response(response.status, response.headers, response.read())
         except urllib.error.HTTPError as error:
             return Response(error.code, error.headers, error.read())
+
+
+def assert_ledger_ok(server: Server) -> None:
+    """The engine's double-entry check, over HTTP, passes on every shard."""
+    response = server.request("GET", "/v1/admin/ledger_check", key=server.admin_token)
+    assert response.status == 200, response.body[:300]
+    assert response.json()["ok"] is True, response.json()

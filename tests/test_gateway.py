@@ -34,17 +34,21 @@ async def settle() -> None:
         await asyncio.sleep(0)
 
 
+async def submitted(coalescer: Coalescer, items, weight: int = 1) -> list[asyncio.Future]:
+    """The items handed to the coalescer, once it has done what it does at once."""
+    futures = [asyncio.ensure_future(coalescer.submit(item, weight)) for item in items]
+    await settle()
+    return futures
+
+
 def test_items_wait_while_the_requests_in_flight_are_out_and_then_leave_together():
     async def scenario():
         shard = Shard()
         coalescer = Coalescer(shard.send, max_items=3, max_in_flight=2)
-        first = asyncio.ensure_future(coalescer.submit(1))
-        await settle()
+        first, = await submitted(coalescer, [1])
         assert shard.requests == [[1]]  # a lone item leaves on the next loop turn
-        second = asyncio.ensure_future(coalescer.submit(2))
-        await settle()
-        later = [asyncio.ensure_future(coalescer.submit(n)) for n in range(3, 8)]
-        await settle()
+        second, = await submitted(coalescer, [2])
+        later = await submitted(coalescer, range(3, 8))
         assert shard.requests == [[1], [2]]  # two out: the other five wait
         shard.answer(0)
         await settle()
@@ -65,10 +69,8 @@ def test_too_many_waiting_items_are_refused_and_a_failed_request_fails_only_its_
     async def scenario():
         shard = Shard()
         coalescer = Coalescer(shard.send, max_items=2, max_in_flight=1, max_pending_weight=2)
-        out = asyncio.ensure_future(coalescer.submit(1))
-        await settle()
-        waiting = [asyncio.ensure_future(coalescer.submit(n)) for n in (2, 3)]
-        await settle()
+        out, = await submitted(coalescer, [1])
+        waiting = await submitted(coalescer, [2, 3])
         with pytest.raises(ShardBusy, match="2 items already wait"):
             await coalescer.submit(4)
         shard.fail = True
@@ -88,11 +90,9 @@ def test_a_request_never_weighs_more_than_the_shard_takes_in_one_batch():
     async def scenario():
         shard = Shard()
         coalescer = Coalescer(shard.send, max_items=10, max_weight=10, max_in_flight=1)
-        out = asyncio.ensure_future(coalescer.submit(0))
-        await settle()
-        heavy = [asyncio.ensure_future(coalescer.submit(n, weight=4)) for n in (1, 2, 3, 4)]
-        light = asyncio.ensure_future(coalescer.submit(5))
-        await settle()
+        out, = await submitted(coalescer, [0])
+        heavy = await submitted(coalescer, [1, 2, 3, 4], weight=4)
+        light, = await submitted(coalescer, [5])
         with pytest.raises(InvalidCommand, match="more than 10 items"):
             await coalescer.submit(6, weight=11)
         for index in range(3):

@@ -25,17 +25,14 @@ ORDER = {"name": "Coffee", "amount": 1999, "currency": "usd"}
 CUSTOMER = {"email": "ann@example.com", "name": "Ann"}
 
 
+pytestmark = pytest.mark.usefixtures("double_entry_holds")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     server = Server(tmp_path_factory.mktemp("edge"), workers=2, extra=("--order-ip-limit", "100000")).start()
     yield server
     server.stop()
-
-
-@pytest.fixture(autouse=True)
-def double_entry_holds(server):
-    yield
-    assert ok(server, "GET", "/v1/admin/ledger_check", key=server.admin_token)["ok"] is True
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import uuid
 import jwt
 import pytest
 
-from edge_harness import Server
+from edge_harness import Server, assert_ledger_ok
 
 ORDER = {"name": "Coffee", "amount": 1999, "currency": "usd"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -51,12 +51,6 @@ def limited(tmp_path_factory):
     started = start_server(tmp_path_factory.mktemp("limited"), workers=1, extra=("--order-ip-limit", "3"))
     yield started
     stop_server(started)
-
-
-def assert_ledger_ok(server: Server) -> None:
-    response = server.request("GET", "/v1/admin/ledger_check", key=server.admin_token)
-    assert response.status == 200, response.body
-    assert response.json()["ok"] is True, response.json()
 
 
 @pytest.fixture(autouse=True)

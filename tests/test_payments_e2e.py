@@ -42,6 +42,9 @@ LUHN_INVALID = "4242424242424241"
 ALL_NUMBERS = (*CARDS, THREE_D_SECURE, LUHN_INVALID)
 
 
+pytestmark = pytest.mark.usefixtures("double_entry_holds")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     server = Server(tmp_path_factory.mktemp("pay"), workers=2, actors=True,
@@ -54,12 +57,6 @@ def server(tmp_path_factory):
     threading.Thread(target=lambda: server.output.extend(server.process.stdout), daemon=True).start()
     yield server
     server.stop()
-
-
-@pytest.fixture(autouse=True)
-def double_entry_holds(server):
-    yield
-    assert call(server, "GET", "/v1/admin/ledger_check", key=server.admin_token)["ok"] is True
 
 
 @pytest.fixture

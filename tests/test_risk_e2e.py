@@ -28,6 +28,9 @@ EXPIRY = {"exp_month": 12, "exp_year": 2031}
 NUMBERS: list[str] = []  # every card number this module used
 
 
+pytestmark = pytest.mark.usefixtures("double_entry_holds")
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     folder = tmp_path_factory.mktemp("risk")
@@ -37,12 +40,6 @@ def server(tmp_path_factory):
                     extra=("--risk-rules", str(rules), "--order-ip-limit", "100000")).start()
     yield server
     server.stop()
-
-
-@pytest.fixture(autouse=True)
-def double_entry_holds(server):
-    yield
-    assert call(server, "GET", "/v1/admin/ledger_check", key=server.admin_token)["ok"] is True
 
 
 # --- helpers -------------------------------------------------------------------------------------------------------
