@@ -14,6 +14,7 @@ import pynng
 
 from engine import CreateTransfers, Transfer
 from engine.queries import AccountBalance, AccountTransfers, Answer, LookupAccounts, LookupTransfers, Query
+from journal.sending import Sender
 from journal.wire import (
     Read,
     ReadEntries,
@@ -53,17 +54,17 @@ class ShardMap:
 class _Channel:
     """One nng Req0 socket to one process, one request at a time, on the event loop that made it.
 
-    The loop watches nng's receive and send descriptors and the calls never block: no nng aio, so no
-    hand-off between nng's threads and the loop for each message (that hand-off cost as much as the rest of
-    a round trip). A channel whose request failed or timed out is closed, never reused.
+    The loop watches nng's receive descriptor and sends without waiting (journal/sending.py): no nng thread calls
+    back into Python and no call blocks the loop. A channel whose request failed or timed out is closed, never
+    reused.
     """
 
-    def __init__(self, address: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, address: str, loop: asyncio.AbstractEventLoop, timeout_ms: int) -> None:
         self.loop = loop
         self.socket = pynng.Req0(resend_time=-1)
         self.socket.dial(address, block=False)
+        self.sender = Sender(self.socket, timeout_ms, max_in_flight=2)
         self.receive_fd = self.socket.recv_fd
-        self.send_fd = self.socket.send_fd
         self.waiter: asyncio.Future | None = None
         loop.add_reader(self.receive_fd, self._on_receivable)
 
@@ -79,18 +80,12 @@ class _Channel:
             waiter.set_result(message)
 
     async def request(self, message: bytes, timeout_s: float) -> bytes | None:
-        """The reply, or None if the process did not take the request or answer within `timeout_s`."""
+        """The reply, or None if the process did not answer within `timeout_s` (or nng refused the request)."""
         waiter = self.waiter = self.loop.create_future()
         timer = self.loop.call_later(timeout_s, _expire, waiter)
         try:
-            while True:
-                try:
-                    self.socket.send(message, block=False)
-                    break
-                except pynng.TryAgain:  # not connected yet, or the pipe is still busy: wait until it can take it
-                    await self._sendable(waiter)
-                    if waiter.done():
-                        return None
+            if not self.sender.send(message):
+                return None
             reply = await waiter
         except pynng.NNGException:
             return None
@@ -98,19 +93,10 @@ class _Channel:
             timer.cancel()
         return reply if type(reply) is bytes else None
 
-    async def _sendable(self, waiter: asyncio.Future) -> None:
-        ready = self.loop.create_future()
-        self.loop.add_reader(self.send_fd, _expire, ready)
-        waiter.add_done_callback(lambda _: _expire(ready))
-        try:
-            await ready
-        finally:
-            self.loop.remove_reader(self.send_fd)
-
     def close(self) -> None:
         if not self.loop.is_closed():
             self.loop.remove_reader(self.receive_fd)
-            self.loop.remove_reader(self.send_fd)
+        self.sender.close()
         self.socket.close()
 
 
@@ -181,7 +167,7 @@ class ShardClient:
             if channel.loop is loop:
                 return channel
             channel.close()
-        return _Channel(self.addresses[index], loop)
+        return _Channel(self.addresses[index], loop, self.timeout_ms)
 
     def _next_process(self, failed_index: int, reply: Reply | None) -> None:
         if reply is not None:

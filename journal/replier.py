@@ -1,22 +1,24 @@
 """The shard's client socket: an nng Rep0 socket in raw mode, read from the event loop through nng's descriptor.
 
 In raw mode each request arrives with its routing header and the reply carries that header back, so one loop
-can hold any number of requests at once without an nng context (and an nng aio, and a thread hand-off) per
-request. Receiving never blocks; a reply is handed to nng at once, bounded by the socket's send timeout.
+can hold any number of requests at once without an nng context (and a thread calling back into Python) per
+request. Receiving never blocks, and neither does replying (journal/sending.py).
 """
 
 import pynng
 from pynng._nng import ffi, lib
 from pynng.exceptions import check_err
 
+from journal.sending import Sender
+
 
 class Replier:
-    def __init__(self, address: str, send_timeout_ms: int) -> None:
-        self.socket = pynng.Rep0(opener=lib.nng_rep0_open_raw, send_timeout=send_timeout_ms)
+    def __init__(self, address: str, reply_timeout_ms: int, max_replies_in_flight: int) -> None:
+        self.socket = pynng.Rep0(opener=lib.nng_rep0_open_raw)
         self.socket.listen(address)
         self.receive_fd = self.socket.recv_fd
+        self.sender = Sender(self.socket, reply_timeout_ms, max_replies_in_flight)
         self._received = ffi.new("nng_msg **")
-        self._reply = ffi.new("nng_msg **")
 
     def receive(self) -> tuple[bytes, bytes] | None:
         """The next request as (header, body), or None when none waits."""
@@ -33,16 +35,9 @@ class Replier:
         return header, body
 
     def reply(self, header: bytes, body: bytes) -> bool:
-        """Send `body` to the request that came with `header`; False if nng did not take it in time."""
-        check_err(lib.nng_msg_alloc(self._reply, 0))
-        message = self._reply[0]
-        error = lib.nng_msg_append(message, body, len(body)) or lib.nng_msg_header_append(message, header, len(header))
-        if not error:
-            error = lib.nng_sendmsg(self.socket.socket, message, 0)
-        if error:  # not taken: the message is still ours to free
-            lib.nng_msg_free(message)
-            return False
-        return True
+        """Start sending `body` to the request that came with `header`; False if too many replies are under way."""
+        return self.sender.send(body, header)
 
     def close(self) -> None:
+        self.sender.close()
         self.socket.close()

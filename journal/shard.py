@@ -129,7 +129,7 @@ class Shard:
         self.stopped = asyncio.Event()
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signal_number, self.stop)
-        self.replier = Replier(self.config.client_address, self.config.reply_timeout_ms)
+        self.replier = Replier(self.config.client_address, self.config.reply_timeout_ms, self.config.max_requests)
         self.held_requests: set[asyncio.Task] = set()
         loop.add_reader(self.replier.receive_fd, self._on_requests)
         self.announce_socket = pynng.Pub0(listen=self.config.announce_address, send_timeout=0) if self.config.announce_address else None
@@ -205,8 +205,8 @@ class Shard:
         self._send_reply(header, await self._answer(message))
 
     def _send_reply(self, header: bytes, reply: bytes) -> None:
-        if not self.replier.reply(header, reply):  # the client went away or stopped reading: it will ask again
-            log.warning("a reply of %d bytes was not taken within %d ms", len(reply), self.config.reply_timeout_ms)
+        if not self.replier.reply(header, reply):  # clients that stopped reading: they will ask again
+            log.warning("a reply of %d bytes dropped: %d replies still under way", len(reply), self.config.max_requests)
 
     async def _answer(self, message: bytes) -> bytes:
         try:
