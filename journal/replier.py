@@ -39,5 +39,5 @@ class Replier:
         return self.sender.send(body, header)
 
     def close(self) -> None:
-        self.sender.close()
+        self.sender.close(finish=True)  # the last replies still leave
         self.socket.close()

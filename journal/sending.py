@@ -69,10 +69,10 @@ class Sender:
                 lib.nng_msg_free(message)
             lib.nng_aio_set_msg(aio, ffi.NULL)
 
-    def close(self) -> None:
-        """Stop what is under way (waiting for nng to let go of it) and free everything."""
+    def close(self, finish: bool = False) -> None:
+        """Free everything; what is under way is stopped, or with `finish` let run to its end (its timeout)."""
         for aio in self.busy:
-            lib.nng_aio_stop(aio)
+            (lib.nng_aio_wait if finish else lib.nng_aio_stop)(aio)
             self._settle(aio)
         for aio in self.busy + self.idle:
             lib.nng_aio_free(aio)

@@ -2,12 +2,12 @@
 
 One event loop thread owns the engine (the single writer). Requests arrive on
 a raw nng socket read from the loop (journal/replier.py) and wait in one
-bounded queue. The loop takes what is queued,
-stamps it as one batch (sequence and time), chains it into the journal, applies
-it, and hands the entry to the journal thread (one LMDB transaction and one
-fsync for every batch queued meanwhile: group commit) and to the replica. A
-batch's replies, and those of reads that saw it, leave only once it is durable
-here and, in sync mode, on the replica.
+bounded queue. The loop takes what is queued, stamps it as one batch (sequence
+and time), chains it into the journal, applies it, and hands the entry to the
+journal thread (one LMDB transaction and one fsync for every batch queued
+meanwhile: group commit) and to the replica. A batch's replies, and those of
+reads that saw it, leave only once it is durable here and, in sync mode, on the
+replica.
 """
 
 import asyncio

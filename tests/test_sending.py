@@ -29,3 +29,15 @@ def test_sent_messages_arrive_in_order():
         assert [receiver.recv() for _ in range(10)] == [b"message %d" % number for number in range(10)]
         sender.close()
         assert sender.failed == 0
+
+
+def test_closing_with_finish_lets_the_sends_under_way_leave():
+    listen = address(free_ports(1)[0])
+    with pynng.Pull0(listen=listen, recv_timeout=2000) as receiver, pynng.Push0(dial=listen) as socket:
+        sender = Sender(socket, timeout_ms=2000, max_in_flight=64)
+        while not socket.pipes:  # connected, so every send below goes at once
+            time.sleep(0.01)
+        for number in range(20):
+            assert sender.send(b"last %d" % number)
+        sender.close(finish=True)
+        assert [receiver.recv() for _ in range(20)] == [b"last %d" % number for number in range(20)]
