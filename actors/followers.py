@@ -179,11 +179,7 @@ class ProviderFollowerActor:
                 inner = command.command if type(command) is Idempotent else command
                 commanded.add(getattr(result.record, "id", ""))
                 found.append(await self._request_of(shard, inner, result.record))
-        for event in entry.result.events:
-            if event.kind == "transfer.expired" and event.object_id.endswith(AUTHORIZATION_SUFFIX):
-                found.append(await self._released(shard, event.object_id))
-            elif event.kind == "payment.failed" and event.object_id not in commanded:
-                found.append(await self._timed_out(shard, event.object_id))
+        found += await self._voids_of(shard, entry.result.events, commanded)
         return [item for item in found if item is not None and item[0] in self.providers]
 
     async def _request_of(self, shard: ShardClient, command, record) -> tuple[str, FollowUp] | None:
@@ -209,24 +205,34 @@ class ProviderFollowerActor:
                                                        amount=record.amount, currency=record.currency)
         return None
 
-    async def _released(self, shard: ShardClient, transfer_id: str) -> tuple[str, FollowUp] | None:
-        """The void an expired authorization hold asks for: only a payment's own (a ledger client names its
-        transfers as it likes)."""
-        merchant_id, _, rest = transfer_id.partition(":")
-        payment = await _payment(shard, merchant_id, rest.removesuffix(AUTHORIZATION_SUFFIX))
-        if payment is None or payment.authorization_id != transfer_id or payment.status != "cancelled":
-            return None
-        return payment.acquirer, _void(payment)
+    async def _voids_of(self, shard: ShardClient, events: list, commanded: set[str]) -> list[tuple[str, FollowUp]]:
+        """The voids a batch's events ask for, with every payment they name read in one request:
 
-    async def _timed_out(self, shard: ShardClient, payment_id: str) -> tuple[str, FollowUp] | None:
-        """The void a card payment the engine failed at its deadline asks for: its acquirer may still authorize it."""
-        self.watched.pop(payment_id, None)
-        payment = (await shard.read(FindPayment(payment_id))).record
-        if (payment is None or payment.method != "card" or payment.failure_code != PROCESSING_TIMEOUT
-                or payment.acquirer not in self.providers):
-            return None
-        self.stats_.timed_out += 1
-        return payment.acquirer, _void(payment)
+        - an authorization hold the ledger released (only a payment's own: a ledger client names its transfers
+          as it likes);
+        - a card payment the engine failed at its deadline (a failure no command of the batch caused): its
+          acquirer may still authorize it.
+        """
+        checks = []  # (payment id, what the payment must show for a void)
+        for event in events:
+            if event.kind == "transfer.expired" and event.object_id.endswith(AUTHORIZATION_SUFFIX):
+                payment_id = event.object_id.partition(":")[2].removesuffix(AUTHORIZATION_SUFFIX)
+                checks.append((payment_id, _released_by(event.object_id)))
+            elif event.kind == "payment.failed" and event.object_id not in commanded:
+                self.watched.pop(event.object_id, None)
+                checks.append((event.object_id, _timed_out))
+        if not checks:
+            return []
+        answers = await shard.read_many([FindPayment(payment_id) for payment_id, _ in checks])
+        voids = []
+        for (_, check), answer in zip(checks, answers):
+            payment = answer.record
+            if payment is None or payment.acquirer not in self.providers or not check(payment):
+                continue
+            if check is _timed_out:
+                self.stats_.timed_out += 1
+            voids.append((payment.acquirer, _void(payment)))
+        return voids
 
     async def _dispatch(self, requests: list[tuple[str, FollowUp]]) -> None:
         by_provider: dict[str, list[FollowUp]] = {}
@@ -325,6 +331,14 @@ class ProviderFollowerActor:
 
 async def _payment(shard: ShardClient, merchant_id: str, payment_id: str) -> Payment | None:
     return (await shard.read(GetPaymentRecord(merchant_id, "payment", payment_id))).record
+
+
+def _released_by(transfer_id: str):
+    return lambda payment: payment.authorization_id == transfer_id and payment.status == "cancelled"
+
+
+def _timed_out(payment: Payment) -> bool:
+    return payment.method == "card" and payment.failure_code == PROCESSING_TIMEOUT
 
 
 def _void(payment: Payment) -> VoidRequest:
