@@ -151,12 +151,15 @@ class ShardClient:
     async def _send(self, index: int, message: bytes) -> Reply | None:
         async with self.slots:
             channel = self._channel(index)
-            reply = await channel.request(message, self.timeout_ms / 1000)
-            if reply is None:
-                channel.close()
-                return None
-            self.idle_channels[index].append(channel)
-            return reply_decoder.decode(reply)
+            reply = None
+            try:
+                reply = await channel.request(message, self.timeout_ms / 1000)
+            finally:  # a channel whose request failed, timed out or was cancelled is never reused
+                if reply is None:
+                    channel.close()
+                else:
+                    self.idle_channels[index].append(channel)
+            return None if reply is None else reply_decoder.decode(reply)
 
     def _channel(self, index: int) -> _Channel:
         """An idle channel to process `index` on this loop (one made on an earlier loop is closed), or a new one."""
