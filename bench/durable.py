@@ -5,9 +5,10 @@ client of real shard processes (journal.processes) journaling to LMDB with
 fsync: run 1 is one primary, run 2 a primary with a sync replica. Each run
 creates 100,000 accounts, then submits `--batches` (40) batches of 8190 plain
 transfers between random accounts, `--in-flight` (2) at a time: one applied
-while the one before is journaled (more in flight only queue, adding latency). Rates are medians over
-windows of 4 consecutive batches; latency is each batch's send to reply. Both
-runs check every result code and that all processes end with one state hash.
+while the one before is journaled (more in flight only queue, adding latency).
+Rates are medians over windows of 4 consecutive batches; latency is each
+batch's send to reply. Both runs check every result code and that all
+processes end with one state hash.
 The same run measures LMDB's raw rate (the same transfers, msgpack-encoded, one
 put each and one fsync per batch) and replay of run 1's journal into a fresh
 engine. Prints rows and a RESULT line.

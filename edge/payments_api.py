@@ -18,8 +18,18 @@ from actors.services import PROVIDERS
 from edge import cards, qr_api, render, risk, schemas
 from edge.auth import callback_signature_valid
 from edge.errors import ApiError, not_found
-from edge.http import body_of, check_currency, check_sub_account, ledger_id, merchant_principal, new_id, parse_limit, raise_for, respond, \
-    run
+from edge.http import (
+    body_of,
+    check_currency,
+    check_sub_account,
+    ledger_id,
+    merchant_principal,
+    new_id,
+    parse_limit,
+    raise_for,
+    respond,
+    run,
+)
 from engine.queries import GetCard, GetPaymentRecord, ListPayments
 from engine.records import (
     CancelPayment,

@@ -6,9 +6,9 @@ One request message carries many commands; one reply carries one result each.
 import msgspec
 
 from engine.batch import BatchResult, Command
-from engine.types import CreateAccounts, CreateTransfers
 from engine.queries import Answer, Query
 from engine.records import Outcome
+from engine.types import CreateAccounts, CreateTransfers
 
 
 # Items (transfers, accounts, other commands, queries) in one shard batch, at most: 8 full batch-transfer requests.
