@@ -24,7 +24,6 @@ from edge.http import (
     check_currency,
     engine_now_ns,
     errors_and_metrics,
-    in_namespace,
     ledger_id,
     ledger_prefix,
     merchant_principal,
@@ -471,9 +470,10 @@ def _transfer_in(prefix: str, item: schemas.TransferCreate) -> Transfer:
     flags = 0
     for name in item.flags:
         flags |= TransferFlag.NAMES[name]
-    return Transfer(prefix + item.id, in_namespace(prefix, item.debit_account_id),
-                    in_namespace(prefix, item.credit_account_id), item.amount, item.currency,
-                    in_namespace(prefix, item.pending_id), item.timeout_s, item.code, flags)
+    # As ledger_id: an empty id stays empty, so the engine names what is missing.
+    debit, credit, pending = item.debit_account_id, item.credit_account_id, item.pending_id
+    return Transfer(prefix + item.id, prefix + debit if debit else "", prefix + credit if credit else "", item.amount,
+                    item.currency, prefix + pending if pending else "", item.timeout_s, item.code, flags)
 
 
 async def get_transfer(request: web.Request) -> web.Response:

@@ -260,12 +260,7 @@ def ledger_prefix(merchant_id: str) -> str:
 
 
 def ledger_id(merchant_id: str, client_id: str) -> str:
-    return in_namespace(ledger_prefix(merchant_id), client_id)
-
-
-def in_namespace(prefix: str, client_id: str) -> str:
-    """A client's id in its merchant's namespace; an empty id stays empty, so the engine names what is missing."""
-    return prefix + client_id if client_id else ""
+    return ledger_prefix(merchant_id) + client_id if client_id else ""
 
 
 def parse_limit(query) -> int:
