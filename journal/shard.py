@@ -3,11 +3,12 @@
 One event loop thread owns the engine (the single writer). Requests arrive on
 a raw nng socket read from the loop (journal/replier.py) and wait in one
 bounded queue. The loop takes what is queued, stamps it as one batch (sequence
-and time), chains it into the journal, applies it, and hands the entry to the
-journal thread (one LMDB transaction and one fsync for every batch queued
-meanwhile: group commit) and to the replica. A batch's replies, and those of
-reads that saw it, leave only once it is durable here and, in sync mode, on the
-replica.
+and time), chains it into the journal and hands the entry to the journal thread
+(one LMDB transaction and one fsync for every batch queued meanwhile: group
+commit) and to the replica, then applies it while they work. A batch's results
+follow its entry into the journal later (recovery recomputes any a crash lost).
+A batch's replies, and those of reads that saw it, leave only once it is durable
+here and, in sync mode, on the replica.
 """
 
 import asyncio
@@ -28,7 +29,7 @@ from engine import Batch, Engine
 from journal import logs
 from journal.recovery import batch_decoder, batch_encoder, recover
 from journal.replier import Replier
-from journal.store import KEY, Journal, Snapshots
+from journal.store import KEY, Entry, Journal, Snapshots
 from journal.wire import (
     MAX_BATCH_ITEMS,
     JournaledBatch,
@@ -103,7 +104,10 @@ class Shard:
         self.queue: collections.deque = collections.deque()
         self.queue_items = 0
         self.rounds: collections.deque[_Round] = collections.deque()
-        self.unwritten: list[tuple] = []
+        self.unwritten: list[Entry] = []
+        self.unwritten_results: list[tuple[int, bytes]] = []
+        # Results of applied batches not yet on disk, by sequence: readers get them from here meanwhile.
+        self.results_in_flight: dict[int, bytes] = {}
         # Entries not yet acknowledged by the replica, kept to send without a disk read.
         self.recent: collections.deque = collections.deque(maxlen=config.max_unreleased_batches * 2)
         # Replica: entries durable and acknowledged, not yet applied.
@@ -163,7 +167,7 @@ class Shard:
     async def _drain(self) -> None:
         """Let committed work finish (bounded), so a clean stop leaves nothing half-said."""
         deadline = time.monotonic() + 5
-        while (self.unwritten or self.rounds) and time.monotonic() < deadline:
+        while (self.unwritten or self.unwritten_results or self.rounds) and time.monotonic() < deadline:
             self.to_write.set()
             await asyncio.sleep(0.01)
 
@@ -264,7 +268,21 @@ class Shard:
         limit = max(1, min(request.limit, self.config.max_read_entries))
         pairs = self.journal.read_results(request.start_sequence, limit)
         entries = [StoredEntry(entry.sequence, entry.payload, msgspec.Raw(result)) for entry, result in pairs]
+        entries += self._entries_in_flight(pairs[-1][0].sequence + 1 if pairs else request.start_sequence,
+                                           limit - len(entries))
         return reply_encoder.encode(Reply(ReplyStatus.OK, self.epoch, self.durable_sequence, entries=entries))
+
+    def _entries_in_flight(self, sequence: int, limit: int) -> list[StoredEntry]:
+        """Durable entries whose results are still on their way to the disk, from memory: a crash now would only
+        make recovery compute the same results again."""
+        found = []
+        recent = self.recent
+        while (len(found) < limit and sequence <= self.durable_sequence and sequence in self.results_in_flight
+               and recent and recent[0].sequence <= sequence):
+            entry = recent[sequence - recent[0].sequence]
+            found.append(StoredEntry(sequence, entry.payload, msgspec.Raw(self.results_in_flight[sequence])))
+            sequence += 1
+        return found
 
     # The single writer
 
@@ -276,7 +294,13 @@ class Shard:
                 while len(self.rounds) >= self.config.max_unreleased_batches:
                     self.released.clear()
                     await self.released.wait()
-                self._sequence_round()
+                submits, reads = self._take()
+                batch = self._journal_batch(submits) if submits else None
+                if batch is not None:
+                    # One turn of the loop: the journal thread and the replicator take the entry before the engine
+                    # holds the loop to apply it.
+                    await asyncio.sleep(0)
+                self._apply_round(batch, submits, reads)
                 self._maybe_snapshot(self.journal.prepared_hash)
                 # Let replies, the journal and the replicator run between rounds.
                 await asyncio.sleep(0)
@@ -290,21 +314,27 @@ class Shard:
                 self.queue.append((Submit([]), 0, asyncio.get_running_loop().create_future(), []))
                 self.work.set()
 
-    def _sequence_round(self) -> None:
-        """Take what is queued (bounded), apply it as one batch, answer reads, queue the replies."""
-        submits, reads = self._take()
+    def _journal_batch(self, submits: list) -> Batch:
+        """Stamp the submits as the next batch, chain it into the journal and queue it for the disk and the replica."""
+        commands = [command for request, _, _ in submits for command in request.commands]
+        batch = Batch(self.engine.sequence + 1, max(time.time_ns(), self.engine.timestamp + 1), commands)
+        received = [command for _, _, raw_commands in submits for command in raw_commands]
+        entry = self.journal.prepare(batch.sequence, batch_encoder.encode(JournaledBatch(batch.sequence, batch.timestamp, received)))
+        self.unwritten.append(entry)
+        self.recent.append(entry)
+        self.to_write.set()
+        self.to_replicate.set()
+        return batch
+
+    def _apply_round(self, batch: Batch | None, submits: list, reads: list) -> None:
+        """Apply the batch, answer the reads after it, and queue the replies until the batch is durable."""
         replies: list[tuple[asyncio.Future, bytes]] = []
-        if submits:
-            commands = [command for request, _, _ in submits for command in request.commands]
-            batch = Batch(self.engine.sequence + 1, max(time.time_ns(), self.engine.timestamp + 1), commands)
-            received = [command for _, _, raw_commands in submits for command in raw_commands]
-            payload = batch_encoder.encode(JournaledBatch(batch.sequence, batch.timestamp, received))
-            entry = self.journal.prepare(batch.sequence, payload)
+        if batch is not None:
             result = self.engine.apply(batch)
-            self.unwritten.append((entry, result_encoder.encode(result)))
-            self.recent.append(entry)
+            encoded = result_encoder.encode(result)
+            self.unwritten_results.append((batch.sequence, encoded))
+            self.results_in_flight[batch.sequence] = encoded
             self.to_write.set()
-            self.to_replicate.set()
             start = 0
             for request, future, _ in submits:
                 count = len(request.commands)
@@ -316,6 +346,8 @@ class Shard:
             reply = Reply(ReplyStatus.OK, self.epoch, self.engine.sequence, answers=answers)
             replies.append((future, reply_encoder.encode(reply)))
         self.rounds.append(_Round(self.engine.sequence, replies))
+        if self.role != "primary":  # fenced while the batch was on its way: its replies can never be released
+            self._refuse_rounds()
         self._release()
 
     def _take(self) -> tuple[list, list]:
@@ -351,15 +383,17 @@ class Shard:
         while True:
             await self.to_write.wait()
             self.to_write.clear()
-            if not self.unwritten:
+            if not self.unwritten and not self.unwritten_results:
                 continue
-            pending, self.unwritten = self.unwritten, []
-            entries = [entry for entry, _ in pending]
-            results = [result for _, result in pending]
+            entries, self.unwritten = self.unwritten, []
+            results, self.unwritten_results = self.unwritten_results, []
             await loop.run_in_executor(self.executor, self.journal.write, entries, results)
-            self.durable_sequence = entries[-1].sequence
+            if entries:
+                self.durable_sequence = entries[-1].sequence
+                self._release()
+            for sequence, _ in results:
+                del self.results_in_flight[sequence]
             self._announce()
-            self._release()
 
     def _announce(self) -> None:
         if self.announce_socket is None:
@@ -418,8 +452,10 @@ class Shard:
                 if not records and next_sequence:
                     self.to_replicate.clear()
                     try:
-                        await asyncio.wait_for(self.to_replicate.wait(), self.config.heartbeat_ms / 1000)
-                    except asyncio.TimeoutError:
+                        # Not wait_for: its extra task would cost loop turns before a new entry leaves.
+                        async with asyncio.timeout(self.config.heartbeat_ms / 1000):
+                            await self.to_replicate.wait()
+                    except TimeoutError:
                         pass
                     records, first = self._records_for_replica(next_sequence)
                 try:
@@ -463,16 +499,19 @@ class Shard:
         log.error("fenced: epoch %d is above ours (%d); refusing writes", epoch, self.epoch)
         self.role = "fenced"
         self.epoch = epoch
-        for round_ in self.rounds:
-            for future, _ in round_.replies:
-                if not future.done():
-                    future.set_result(self._reply(ReplyStatus.NOT_PRIMARY))
-        self.rounds.clear()
+        self._refuse_rounds()
         while self.queue:
             _, _, future, _ = self.queue.popleft()
             future.set_result(self._reply(ReplyStatus.NOT_PRIMARY))
         self.queue_items = 0
         self._write_status_file()
+
+    def _refuse_rounds(self) -> None:
+        for round_ in self.rounds:
+            for future, _ in round_.replies:
+                if not future.done():
+                    future.set_result(self._reply(ReplyStatus.NOT_PRIMARY))
+        self.rounds.clear()
 
     # Replication: the replica's side
 
@@ -497,7 +536,7 @@ class Shard:
             # Behind or idle: say where we stand; the primary sends from there.
             return reply_encoder.encode(Reply(ReplyStatus.OK, self.epoch, head))
         entries = self.journal.append_records(head + 1, request.records[max(skip, 0) :])
-        await loop.run_in_executor(self.executor, self.journal.write, entries, None)
+        await loop.run_in_executor(self.executor, self.journal.write, entries)
         self.durable_sequence = self.journal.head_sequence
         # Acknowledge once durable; applying follows, off the primary's critical path.
         self.replicated.extend(entries)

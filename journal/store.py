@@ -119,9 +119,9 @@ class Journal:
         return entry
 
     def append(self, payloads: list[tuple[int, bytes]], results: list[bytes] | None = None) -> list[Entry]:
-        """Prepare and write consecutive (sequence, payload) pairs in one transaction."""
+        """Prepare and write consecutive (sequence, payload) pairs, and each one's result if given, in one transaction."""
         entries = [self.prepare(sequence, payload) for sequence, payload in payloads]
-        self.write(entries, results)
+        self.write(entries, [] if results is None else list(zip((entry.sequence for entry in entries), results, strict=True)))
         return entries
 
     def append_records(self, first_sequence: int, records: list[bytes]) -> list[Entry]:
@@ -138,38 +138,30 @@ class Journal:
         self.prepared_sequence, self.prepared_hash = sequence, previous_hash
         return entries
 
-    def write(self, entries: list[Entry], results: list[bytes] | None = None) -> None:
-        """Store prepared entries, and each batch's encoded result, in one transaction and one fsync."""
-        if not entries:
+    def write(self, entries: list[Entry], results: list[tuple[int, bytes]] = ()) -> None:
+        """Store prepared entries and encoded results (of these entries or earlier ones) in one transaction and one fsync."""
+        if not entries and not results:
             return
-        assert entries[0].sequence == self.head_sequence + 1, (entries[0].sequence, self.head_sequence)
-        assert results is None or len(results) == len(entries)
+        assert not entries or entries[0].sequence == self.head_sequence + 1, (entries[0].sequence, self.head_sequence)
+        last = entries[-1].sequence if entries else self.head_sequence
+        assert all(sequence <= last for sequence, _ in results), (results[-1][0], last)
         while True:
             try:
                 with self.environment.begin(write=True, db=self.entries) as transaction:
-                    for index, entry in enumerate(entries):
-                        key = KEY.pack(entry.sequence)
-                        assert transaction.put(key, entry.record(), append=True)
-                        if results is not None:
-                            transaction.put(key, results[index], db=self.results)
+                    for entry in entries:
+                        assert transaction.put(KEY.pack(entry.sequence), entry.record(), append=True)
+                    for sequence, result in results:
+                        transaction.put(KEY.pack(sequence), result, db=self.results)
                 break
             except lmdb.MapFullError:
                 self._grow()
-        self.head_sequence = entries[-1].sequence
-        self.head_hash = entries[-1].hash
+        if entries:
+            self.head_sequence = entries[-1].sequence
+            self.head_hash = entries[-1].hash
 
     def write_results(self, results: list[tuple[int, bytes]]) -> None:
         """Store the encoded results of entries already written (a replica applies after it acknowledges)."""
-        if not results:
-            return
-        while True:
-            try:
-                with self.environment.begin(write=True, db=self.results) as transaction:
-                    for sequence, result in results:
-                        transaction.put(KEY.pack(sequence), result)
-                return
-            except lmdb.MapFullError:
-                self._grow()
+        self.write([], results)
 
     def has_result(self, sequence: int) -> bool:
         with self.environment.begin(db=self.results) as transaction:
