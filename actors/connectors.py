@@ -45,8 +45,6 @@ RECV_TIMEOUT_MS = 250  # how often the receive loop looks up to see whether it s
 MAX_BATCHES_IN_FLIGHT = 16  # then the pull socket's buffer fills and the edge's sends fail (its 503)
 RECV_BUFFER_MESSAGES = 64
 AUTHORIZATION_HOLD_S = 7 * 86400
-# The engine's own failure code for a payment the acquirer left undecided past its deadline.
-PROCESSING_TIMEOUT = "processing_timeout"
 ERROR = "error"
 # What a status query may settle a stuck payment as, as the engine names results.
 SETTLING_STATUSES = (psp.AUTHORIZED, psp.DECLINED, psp.REQUIRES_ACTION)
@@ -70,7 +68,7 @@ class _Stats(msgspec.Struct):
     refused: int = 0  # ...that the provider declined: logged for an operator, never retried
     follow_ups_failed: int = 0  # ...with no usable answer after the retries: logged for an operator
     status_queries: int = 0  # stuck payments asked about
-    stuck_settled: int = 0  # stuck payments whose result (the provider's, or a timeout) the engine took
+    stuck_settled: int = 0  # stuck payments whose result a status query found and the engine took
 
 
 class PaymentConnectorActor:
@@ -196,34 +194,16 @@ class PaymentConnectorActor:
         return verdict
 
     async def settle_stuck(self, queries: list[PaymentStatusQuery]) -> None:
-        """Card payments still processing near their deadline: what the acquirer says of each becomes its result
-        (authorized, declined, requires_action); undecided, unknown or unanswered, it fails by timeout and the
-        acquirer is told to drop it. Each result has one callback id, so settling twice changes nothing."""
+        """Card payments still open near their deadline: a decisive answer of the acquirer (authorized, declined,
+        requires_action) becomes the payment's result, so a lost callback costs nothing. An undecided, unknown or
+        missing answer changes nothing: the engine fails the payment at its deadline, and the provider follower
+        then has it voided. Each result has one callback id, so settling twice changes nothing."""
         answers = await asyncio.gather(*(_safely(self.connector.status(query)) for query in queries))
         self.stats_.status_queries += len(queries)
-        commands = [self._settlement(query, answer) for query, answer in zip(queries, answers)]
+        commands = [_settlement(query, answer, self.authorization_hold_s) for query, answer in zip(queries, answers)
+                    if type(answer) is StatusAnswer and answer.status in SETTLING_STATUSES]
         outcomes = await self._record(commands)
-        settled = [outcome is not None and outcome.code == "ok" for outcome in outcomes]
-        self.stats_.stuck_settled += sum(settled)
-        # Only once the gateway has failed it: the acquirer's late "authorized" then has nothing to hold.
-        await self.follow_up([
-            psp.VoidRequest(merchant_id=query.merchant_id, payment_id=query.payment_id)
-            for query, answer, command, done in zip(queries, answers, commands, settled)
-            if done and command.result == ERROR and not (type(answer) is StatusAnswer and answer.status == psp.UNKNOWN)])
-
-    def _settlement(self, query: PaymentStatusQuery, answer: StatusAnswer | Failed) -> RecordPspResult:
-        merchant_id, payment_id = query.merchant_id, query.payment_id
-        if type(answer) is StatusAnswer and answer.status in SETTLING_STATUSES:
-            return RecordPspResult(
-                merchant_id=merchant_id, payment_id=payment_id, callback_id=f"status_{payment_id}_{answer.status}",
-                result=answer.status, psp_reference=answer.psp_reference, action_url=answer.action_url,
-                failure_code=answer.failure_code, failure_message=answer.failure_message,
-                transfer_id=authorization_transfer_id(merchant_id, payment_id),
-                hold_timeout_s=self.authorization_hold_s)
-        status = answer.status if type(answer) is StatusAnswer else f"no answer ({answer.reason})"
-        return RecordPspResult(
-            merchant_id=merchant_id, payment_id=payment_id, callback_id=f"status_{payment_id}_{ERROR}", result=ERROR,
-            failure_code=PROCESSING_TIMEOUT, failure_message=f"no result before the deadline (the acquirer: {status})")
+        self.stats_.stuck_settled += sum(outcome is not None and outcome.code == "ok" for outcome in outcomes)
 
     # The receive loop
 
@@ -315,8 +295,17 @@ class PaymentConnectorActor:
         return outcomes
 
 
+def _settlement(query: PaymentStatusQuery, answer: StatusAnswer, authorization_hold_s: int) -> RecordPspResult:
+    return RecordPspResult(
+        merchant_id=query.merchant_id, payment_id=query.payment_id,
+        callback_id=f"status_{query.payment_id}_{answer.status}", result=answer.status,
+        psp_reference=answer.psp_reference, action_url=answer.action_url, failure_code=answer.failure_code,
+        failure_message=answer.failure_message, transfer_id=authorization_transfer_id(query.merchant_id, query.payment_id),
+        hold_timeout_s=authorization_hold_s)
+
+
 async def _safely(call):
-    """The call's answer; Failed if it raised (a bug or a closed session): a payment fails rather than hangs."""
+    """The call's answer; Failed if it raised (a bug or a closed session)."""
     try:
         return await call
     except asyncio.CancelledError:

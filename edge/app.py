@@ -332,7 +332,11 @@ async def create_order(request: web.Request) -> web.Response:
                        f"{settings.order_ip_window_s} s from one address",
                        headers={"Retry-After": str(outcome.retry_after_s)})
     raise_for(outcome)
-    return respond(request, render.order(outcome.record, settings.public_url))
+    return respond(request, _order_out(request, merchant, outcome.record))
+
+
+def _order_out(request: web.Request, merchant: Merchant, order: Order) -> schemas.OrderOut:
+    return render.order(order, request.app["settings"].public_url, qr_api.order_qr(merchant, order))
 
 
 async def _order(request: web.Request, merchant: Merchant) -> Order:
@@ -345,7 +349,7 @@ async def _order(request: web.Request, merchant: Merchant) -> Order:
 
 async def get_order(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, render.order(await _order(request, merchant), request.app["settings"].public_url))
+    return respond(request, _order_out(request, merchant, await _order(request, merchant)))
 
 
 async def update_order(request: web.Request) -> web.Response:
@@ -356,14 +360,14 @@ async def update_order(request: web.Request) -> web.Response:
                           note=fields.note, amount=fields.amount, expires_at=expires_at)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return respond(request, render.order(outcome.record, request.app["settings"].public_url))
+    return respond(request, _order_out(request, merchant, outcome.record))
 
 
 async def cancel_order(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     outcome = await run(request, merchant.id, CancelOrder(merchant.id, request.match_info["id"]))
     raise_for(outcome)
-    return respond(request, render.order(outcome.record, request.app["settings"].public_url))
+    return respond(request, _order_out(request, merchant, outcome.record))
 
 
 async def list_orders(request: web.Request) -> web.Response:
@@ -378,8 +382,7 @@ async def list_orders(request: web.Request) -> web.Response:
         limit=parse_limit(query), starting_after=query.get("starting_after", "")[:64],
     )
     answer = await request.app["gateway"].read(merchant.id, read)
-    public_url = request.app["settings"].public_url
-    return respond(request, {"object": "list", "data": [render.order(order, public_url) for order in answer.records],
+    return respond(request, {"object": "list", "data": [_order_out(request, merchant, order) for order in answer.records],
                              "has_more": answer.has_more})
 
 

@@ -35,6 +35,12 @@ OUTCOME_ERRORS = {
     "merchant_not_found": (404, "resource_missing"),
     "order_not_found": (404, "resource_missing"),
     "customer_not_found": (404, "resource_missing"),
+    "payment_not_found": (404, "resource_missing"),
+    "payout_not_found": (404, "resource_missing"),
+    "sub_account_not_found": (404, "resource_missing"),
+    "token_not_found": (404, "resource_missing"),
+    "blocklist_entry_not_found": (404, "resource_missing"),
+    "payment_in_progress": (409, "payment_in_progress"),
     "order_not_pending": (409, "order_not_pending"),
     "rate_limited": (429, "rate_limited"),
     "insufficient_funds": (402, "insufficient_funds"),
@@ -245,8 +251,11 @@ def new_id(prefix: str, request: web.Request, scope: str) -> str:
     return prefix + random_tokens.token_hex(12)
 
 
-async def body_of(request: web.Request, kind: type):
+async def body_of(request: web.Request, kind: type, optional: bool = False):
+    """The body validated as `kind`; with `optional` (every field has a default) an empty body is `kind()`."""
     body = await request.read()
+    if optional and not body.strip():
+        return kind(), body
     return schemas.decode(body, kind), body
 
 

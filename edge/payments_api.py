@@ -100,6 +100,9 @@ async def create_payment(request: web.Request) -> web.Response:
     fields, body = await body_of(request, schemas.PaymentCreate)
     payment_id = new_id("pay_", request, merchant.id)
     method = fields.payment_method
+    if fields.order_id and (fields.amount is not None or fields.currency is not None):
+        raise ApiError(400, "parameter_invalid", "give order_id, or amount and currency, not both: the order sets "
+                       "the amount", "amount" if fields.amount is not None else "currency")
     if isinstance(method, schemas.WalletMethod):
         return await _pay_from_wallet(request, merchant, fields, method, payment_id, body)
     if not fields.order_id and (fields.amount is None or fields.currency is None):
@@ -153,6 +156,9 @@ def _card_of(request: web.Request, method: schemas.CardMethod) -> tuple[str, byt
 async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_id: str, body: bytes) -> web.Response:
     if not fields.order_id:
         raise ApiError(400, "parameter_missing", "a wallet pays an order: give order_id", "order_id")
+    if fields.capture_method != "automatic":
+        raise ApiError(400, "parameter_invalid", "a wallet payment moves the money at once: capture_method must be "
+                       "automatic", "capture_method")
     payment = Payment(id=payment_id, merchant_id=merchant.id, amount=0, currency="", order_id=fields.order_id,
                       method="wallet", customer_id=method.customer_id, customer_ip=risk.customer_ip(fields.customer_ip))
     risk_reason, amount_limits = await risk.assess(request, merchant, payment)
@@ -187,7 +193,7 @@ async def list_payments(request: web.Request) -> web.Response:
 
 async def capture_payment(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    fields, body = await body_of(request, schemas.CaptureIn)
+    fields, body = await body_of(request, schemas.CaptureIn, optional=True)
     payment_id = request.match_info["id"]
     command = CapturePayment(merchant_id=merchant.id, payment_id=payment_id, amount=fields.amount or 0,
                              transfer_id=ledger_id(merchant.id, f"{payment_id}.capture"))

@@ -15,7 +15,7 @@ from aiohttp import web
 from edge import schemas
 from edge.errors import ApiError, not_found
 from edge.http import body_of, cached_merchant, check_sub_account, merchant_principal, respond
-from engine.emvco import MerchantAccount, MerchantQr, build_payload, format_amount
+from engine.emvco import MAX_AMOUNT_LENGTH, MerchantAccount, MerchantQr, build_payload, format_amount
 from engine.queries import FindOrder, GetMerchant
 from engine.records import Merchant, Order
 
@@ -67,6 +67,25 @@ def payload_for(merchant: Merchant, order: Order | None, sub_account_id: str = "
     return build_payload(qr)
 
 
+def order_qr_problem(order: Order) -> ApiError | None:
+    """Why the order cannot be paid by a dynamic code now (None: it can)."""
+    if order.status != "pending":
+        return ApiError(409, "order_not_pending", f"the order is {order.status}", "order_id")
+    if "qr" not in order.payment_methods:
+        return ApiError(400, "payment_method_not_allowed", "the order does not take QR payments", "order_id")
+    if order.currency not in schemas.CURRENCY_NUMBERS:
+        return ApiError(400, "currency_not_supported", f"QR payments take {sorted(schemas.CURRENCY_NUMBERS)}", "order_id")
+    if len(format_amount(order.amount, schemas.CURRENCY_EXPONENTS[order.currency])) > MAX_AMOUNT_LENGTH:
+        return ApiError(400, "qr_amount_too_large", f"a QR code's amount has at most {MAX_AMOUNT_LENGTH} characters",
+                        "order_id")
+    return None
+
+
+def order_qr(merchant: Merchant, order: Order) -> str | None:
+    """The order's dynamic payload while a QR code can pay it."""
+    return None if order_qr_problem(order) else payload_for(merchant, order)
+
+
 def _ascii(text: str, limit: int) -> str:
     return "".join(character for character in text if " " <= character <= "~")[:limit].strip()
 
@@ -77,15 +96,16 @@ async def create_dynamic(request: web.Request) -> web.Response:
     order = await find_order(request, fields.order_id)
     if order is None or order.merchant_id != merchant.id:
         raise not_found("order", fields.order_id)
-    if order.currency not in schemas.CURRENCY_NUMBERS:
-        raise ApiError(400, "currency_not_supported", f"QR payments take {sorted(schemas.CURRENCY_NUMBERS)}", "order_id")
+    problem = order_qr_problem(order)
+    if problem is not None:
+        raise problem
     url = f"{request.app['settings'].public_url}/v1/qr/orders/{order.id}.png"
     return respond(request, schemas.QrOut(payload_for(merchant, order), url))
 
 
 async def create_static(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    fields, _ = await body_of(request, schemas.StaticQrCreate)
+    fields, _ = await body_of(request, schemas.StaticQrCreate, optional=True)
     sub_account_id = fields.sub_account_id
     await check_sub_account(request, merchant, sub_account_id)
     url = f"{request.app['settings'].public_url}/v1/qr/merchants/{merchant.id}.png"
@@ -97,10 +117,10 @@ async def create_static(request: web.Request) -> web.Response:
 async def order_png(request: web.Request) -> web.Response:
     """Public, as the hosted payment page shows it: it holds nothing the order's payer may not see."""
     order = await find_order(request, request.match_info["id"])
-    if order is None or order.currency not in schemas.CURRENCY_NUMBERS:
+    payload = None if order is None else order_qr(await cached_merchant(request.app, order.merchant_id), order)
+    if payload is None:  # no such order, or none a QR code can pay now
         raise not_found("order", request.match_info["id"])
-    merchant = await cached_merchant(request.app, order.merchant_id)
-    return _png(payload_for(merchant, order))
+    return _png(payload)
 
 
 async def merchant_png(request: web.Request) -> web.Response:

@@ -51,14 +51,14 @@ def merchant(record: Merchant) -> schemas.MerchantOut:
     )
 
 
-def order(record: Order, public_url: str) -> schemas.OrderOut:
+def order(record: Order, public_url: str, qr: str | None) -> schemas.OrderOut:
     return schemas.OrderOut(
         id=record.id, object="order", status=record.status, amount=record.amount, currency=record.currency,
         amount_refunded=record.amount_refunded, name=record.name, note=record.note,
         payment_methods=record.payment_methods, payment_sub_type=record.payment_sub_type,
         customer_email=record.customer_email, customer_id=record.customer_id, callback_url=record.callback_url,
         ipn_url=record.ipn_url, metadata=record.metadata, payment_id=record.payment_id or None,
-        payment_url=f"{public_url}/pay/{record.id}", created_at=time_of(record.created_at),
+        payment_url=f"{public_url}/pay/{record.id}", qr=qr, created_at=time_of(record.created_at),
         updated_at=time_of(record.updated_at), expires_at=time_of(record.expires_at),
         error_code=record.error_code or None, error_message=record.error_message or None,
     )

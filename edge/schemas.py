@@ -312,6 +312,8 @@ class OrderOut(Struct):
     metadata: dict[str, str]
     payment_id: str | None
     payment_url: str
+    # The EMVCo payload a banking app scans, while the order is pending and takes QR payments.
+    qr: str | None
     created_at: str
     updated_at: str
     expires_at: str

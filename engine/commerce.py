@@ -225,6 +225,8 @@ class Commerce:
             return Outcome("order_not_found")
         if order.status != "pending":
             return Outcome("order_not_pending", record=order)
+        if command.amount is not None and self.payments.payment_in_progress(order):
+            return Outcome("payment_in_progress", record=order)  # its payment is for the amount asked then
         for field in ("name", "note", "amount"):
             value = getattr(command, field)
             if value is not None:
@@ -280,6 +282,8 @@ class Commerce:
             return Outcome("order_not_pending", record=order)
         if "wallet" not in order.payment_methods:
             return Outcome("payment_method_not_allowed", record=order)
+        if self.payments.payment_in_progress(order):
+            return Outcome("payment_in_progress", record=order)
         if self.customer_of(command.merchant_id, command.customer_id) is None:
             return Outcome("customer_not_found")
         refusal = self.payments.risk_refusal(command.merchant_id, order.amount, order.currency, command.risk_reason,

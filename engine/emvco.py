@@ -20,6 +20,7 @@ import re
 from dataclasses import dataclass
 
 __all__ = [
+    "MAX_AMOUNT_LENGTH",
     "MAX_PAYLOAD_LENGTH",
     "MerchantAccount",
     "MerchantQr",
@@ -32,6 +33,7 @@ __all__ = [
 ]
 
 MAX_PAYLOAD_LENGTH = 512
+MAX_AMOUNT_LENGTH = 13  # tag 54
 NAPAS_GUID = "A000000727"
 SERVICE_ACCOUNT_TRANSFER = "QRIBFTTA"
 
@@ -184,8 +186,9 @@ def build_payload(qr: MerchantQr) -> str:
     _check_ans("merchant_name", qr.merchant_name, 25)
     _check_ans("merchant_city", qr.merchant_city, 15)
     if qr.dynamic:
-        if not isinstance(qr.amount, str) or not _AMOUNT.fullmatch(qr.amount) or len(qr.amount) > 13:
-            raise ValueError("a dynamic QR needs an amount of up to 13 characters: digits, optional '.' decimals")
+        if not isinstance(qr.amount, str) or not _AMOUNT.fullmatch(qr.amount) or len(qr.amount) > MAX_AMOUNT_LENGTH:
+            raise ValueError(f"a dynamic QR needs an amount of up to {MAX_AMOUNT_LENGTH} characters: digits, "
+                             "optional '.' decimals")
     elif qr.amount is not None:
         raise ValueError("a static QR carries no amount")
     additional = ""

@@ -33,6 +33,8 @@ from engine.records import (
 from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, TransferFlag
 
 OPEN_STATUSES = ("processing", "requires_action")
+# An order's payment in one of these may still take its money: a second payment must not charge it too.
+IN_PROGRESS_STATUSES = (*OPEN_STATUSES, "requires_capture")
 RISK_REJECTED = "risk_rejected"
 
 
@@ -96,6 +98,8 @@ class Payments:
                 return Outcome("order_not_pending", record=order)
             if payment.method not in order.payment_methods:
                 return Outcome("payment_method_not_allowed", record=order)
+            if self.payment_in_progress(order):
+                return Outcome("payment_in_progress", record=order)
             payment.amount, payment.currency = order.amount, order.currency
             customer_id, customer_email = order.customer_id, order.customer_email
         # Everything but what the client chose starts from nothing, whatever was sent.
@@ -106,6 +110,8 @@ class Payments:
                         description=payment.description, metadata=payment.metadata, created_at=timestamp,
                         updated_at=timestamp)
         payment = self.add(fresh)
+        if payment.order_id:
+            self.orders[payment.order_id].payment_id = payment.id  # the order's latest attempt
         if command.sealed_card:
             self.cards[payment.token_id] = VaultedCard(payment.merchant_id, payment.card, command.sealed_card)
         self.events.append(Event("payment.created", payment.id, timestamp))
@@ -117,6 +123,10 @@ class Payments:
             payment.deadline_at = timestamp + command.processing_timeout_s * NANOSECONDS_PER_SECOND
             heapq.heappush(self.deadlines, (payment.deadline_at, payment.id))
         return Outcome(record=payment)
+
+    def payment_in_progress(self, order: Order) -> bool:
+        current = self.payments.get(order.payment_id) if order.payment_id else None
+        return current is not None and current.status in IN_PROGRESS_STATUSES
 
     def risk_refusal(self, merchant_id: str, amount: int, currency: str, risk_reason: str,
                      amount_limits: dict[str, int]) -> str:
@@ -351,9 +361,11 @@ class Payments:
         order = self.orders.get(payment.order_id)
         if order is None:
             return
-        # Money that arrives after the order expired or was cancelled is kept and flagged, never lost.
+        # Money that arrives after the order expired, was cancelled or was paid is kept and flagged, never lost;
+        # the order goes on naming the payment that paid it.
+        if order.status == "pending" or not order.payment_id:
+            order.payment_id = payment.id
         order.status = "paid" if order.status == "pending" else "exception"
-        order.payment_id = payment.id
         order.updated_at = timestamp
         self.events.append(Event(f"order.{order.status}", order.id, timestamp))
         if order.splits:

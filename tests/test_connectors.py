@@ -514,21 +514,15 @@ def acquirer(ray_runtime, shard, simulators, tmp_path_factory):
 
 def test_stuck_payments_are_asked_about_and_settled_before_their_deadline(acquirer):
     before = acquirer.stats()
-    cards = {"pay_stuck_silent": SILENT_CARD, "pay_stuck_lost_authorized": GOOD_CARD,
-             "pay_stuck_lost_declined": DECLINED_CARD, "pay_stuck_lost_3ds": THREE_D_SECURE_CARD}
+    lost = {"pay_stuck_lost_authorized": GOOD_CARD, "pay_stuck_lost_declined": DECLINED_CARD,
+            "pay_stuck_lost_3ds": THREE_D_SECURE_CARD}
+    cards = {"pay_stuck_silent": SILENT_CARD, **lost}
     started = time.monotonic()
     acquirer.start_payments(cards, STUCK_TIMEOUT_S, capture=True)
-    wait_for(lambda: all(acquirer.payment(payment_id).callback_ids for payment_id in cards), what="settlements")
+    wait_for(lambda: all(acquirer.payment(payment_id).callback_ids for payment_id in lost), what="settlements")
     elapsed = time.monotonic() - started
     assert STUCK_TIMEOUT_S * 3 / 4 - 0.2 <= elapsed < STUCK_TIMEOUT_S, elapsed  # asked a quarter early
-    silent = acquirer.payment("pay_stuck_silent")
-    assert (silent.status, silent.failure_code, silent.callback_ids) == (
-        "failed", "processing_timeout", ["status_pay_stuck_silent_error"])
-    assert silent.failure_message == "no result before the deadline (the acquirer: pending)"
-    # ...and piggybank was told to drop it: it will never call back
-    view = wait_for(lambda: (now := acquirer.at_piggybank("pay_stuck_silent"))["voided"] and now, what="the void")
-    assert view["status"] == "cancelled"
-    # The others' callbacks were lost (they go nowhere here): the status query brought their results.
+    # Their callbacks were lost (they go nowhere here): the status query brought their results.
     authorized = acquirer.payment("pay_stuck_lost_authorized")
     assert (authorized.status, authorized.amount_captured, authorized.psp_reference) == (
         "succeeded", 1000, acquirer.at_piggybank("pay_stuck_lost_authorized")["psp_reference"])
@@ -537,18 +531,22 @@ def test_stuck_payments_are_asked_about_and_settled_before_their_deadline(acquir
     three_d_secure = acquirer.payment("pay_stuck_lost_3ds")
     assert three_d_secure.callback_ids == ["status_pay_stuck_lost_3ds_requires_action"]
     assert three_d_secure.next_action_url.startswith(acquirer.urls["piggybank"] + "/3ds/pb_")
+    # Still pending at piggybank: asked, and left processing until its deadline...
+    assert acquirer.payment("pay_stuck_silent").status == "processing"
     after = acquirer.stats()
     assert (after["status_queries"] - before["status_queries"], after["stuck_settled"] - before["stuck_settled"],
-            after["follow_ups"] - before["follow_ups"]) == (len(cards), len(cards), 1)  # one void
+            after["follow_ups"] - before["follow_ups"]) == (len(cards), len(lost), 0)
     assert acquirer.at_piggybank("pay_stuck_lost_authorized")["voided"] is False
-    # The cardholder never finishes 3-D Secure: the engine fails the payment at its deadline, and the acquirer is
-    # told to drop the challenge, so a late answer authorizes nothing.
-    three_d_secure = wait_for(lambda: (now := acquirer.payment("pay_stuck_lost_3ds")).status == "failed" and now,
-                              what="the engine's deadline")
-    assert three_d_secure.failure_code == "processing_timeout"
-    view = wait_for(lambda: (now := acquirer.at_piggybank("pay_stuck_lost_3ds"))["voided"] and now,
-                    what="the void of the timed-out payment")
-    assert view["status"] == "cancelled"
+    # ...where the engine fails it, and piggybank is told to drop it: it will never call back. So too the payment
+    # whose cardholder never finishes 3-D Secure: a late answer authorizes nothing.
+    for payment_id in ("pay_stuck_silent", "pay_stuck_lost_3ds"):
+        failed = wait_for(lambda: (now := acquirer.payment(payment_id)).status == "failed" and now,
+                          what="the engine's deadline")
+        assert (failed.failure_code, failed.failure_message) == ("processing_timeout", "the acquirer did not answer in time")
+        view = wait_for(lambda: (now := acquirer.at_piggybank(payment_id))["voided"] and now,
+                        what="the void of the timed-out payment")
+        assert view["status"] == "cancelled"
+    assert time.monotonic() - started >= STUCK_TIMEOUT_S
     assert acquirer.stats()["follow_ups"] - before["follow_ups"] == 2
 
 

@@ -18,6 +18,10 @@ import pytest
 from engine.queries import GetMerchant, GetOrder, GetPaymentRecord, ListPayments, LookupAccounts
 from engine.records import (
     CancelOrder,
+    CreateCustomer,
+    Customer,
+    PayOrderFromWallet,
+    UpdateOrder,
     CreateSubAccount,
     Split,
     SubAccount,
@@ -207,6 +211,44 @@ def test_create_payment_refusals(gw: Gateway, setup: str, command: Callable, cod
     assert gw.payment("p9") is None
     if setup == "paid":
         assert (gw.payment("p0").amount, gw.payment("p0").status) == (AMOUNT, "succeeded")
+
+
+def test_an_order_takes_one_payment_at_a_time(gw: Gateway):
+    """While a payment may still take the order's money (undecided or authorized), no second one starts; once it
+    failed or was voided, the order takes a new one. Neither a wallet nor a new amount can slip in meanwhile."""
+    wallet_pay = PayOrderFromWallet(merchant_id="m1", order_id="o1", customer_id="c1", payment_id="pw",
+                                    transfer_id="m1:pw")
+    gw.ok(CreateCustomer(Customer(id="c1", merchant_id="m1", email="c1@example.com")))
+    gw.ok(create("p1", manual=True))
+    assert gw.order().payment_id == "p1"
+    for status in ("processing", "requires_action", "requires_capture"):
+        if status == "requires_action":
+            gw.ok(psp("p1", "cb_3ds", result="requires_action", action_url="https://acquirer.test/3ds"))
+        if status == "requires_capture":
+            gw.ok(psp("p1", "cb_auth"))
+        assert gw.payment("p1").status == status
+        for command in (create("p2"), wallet_pay, UpdateOrder(merchant_id="m1", order_id="o1", amount=5)):
+            gw.refused(command, "payment_in_progress")
+    gw.ok(cancel("p1"))
+    gw.ok(create("p2"))
+    gw.ok(psp("p2", result="declined"))
+    gw.ok(create("p3"))
+    gw.ok(psp("p3"))
+    assert (gw.order().status, gw.order().payment_id) == ("paid", "p3")
+    assert gw.payment("p2") is not None and gw.payment("pw") is None
+    assert gw.money() == money(balance=AMOUNT)
+
+
+def test_money_for_an_order_already_paid_is_kept_and_the_order_still_names_its_payment(gw: Gateway):
+    gw.ok(order("o2", methods=("qr",)))
+    first = ReceiveBankTransfer(merchant_id="m1", order_id="o2", callback_id="cb1", amount=AMOUNT, currency="USD",
+                                method="qr", payment_id="pq1", transfer_id="m1:pq1")
+    second = msgspec.structs.replace(first, callback_id="cb2", payment_id="pq2", transfer_id="m1:pq2")
+    gw.ok(first)
+    gw.ok(second)
+    assert (gw.order("o2").status, gw.order("o2").payment_id) == ("exception", "pq1")
+    assert gw.payment("pq2").status == "succeeded"
+    assert gw.available() == 2 * AMOUNT  # both transfers are the merchant's, for a person to settle
 
 
 # 2. RecordPspResult
