@@ -30,7 +30,7 @@ from edge.http import (
     respond,
     run,
 )
-from engine.queries import GetCard, GetPaymentRecord, ListPayments
+from engine.queries import GetCard, GetOrder, GetPaymentRecord, ListPayments
 from engine.records import (
     CancelPayment,
     CapturePayment,
@@ -105,6 +105,8 @@ async def create_payment(request: web.Request) -> web.Response:
                        "the amount", "amount" if fields.amount is not None else "currency")
     if isinstance(method, schemas.WalletMethod):
         return await _pay_from_wallet(request, merchant, fields, method, payment_id, body)
+    if isinstance(method, (schemas.QrMethod, schemas.BankTransferMethod)):
+        return await _pay_by_bank_transfer(request, merchant, fields, payment_id, body)
     if not fields.order_id and (fields.amount is None or fields.currency is None):
         raise ApiError(400, "parameter_missing", "give order_id, or amount and currency", "amount")
     if fields.currency:
@@ -166,6 +168,31 @@ async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_
                                  payment_id=payment_id, transfer_id=ledger_id(merchant.id, payment_id),
                                  customer_ip=payment.customer_ip, risk_reason=risk_reason,
                                  amount_limits=amount_limits)
+    outcome = await run(request, merchant.id, command, body)
+    raise_for(outcome)
+    return respond(request, render.payment(outcome.record))
+
+
+async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id: str, body: bytes) -> web.Response:
+    """A payment that waits (requires_action) for the payer's transfer quoting the order; next_action shows the code."""
+    if not fields.order_id:
+        raise ApiError(400, "parameter_missing", "a transfer pays an order, quoting it: give order_id", "order_id")
+    if fields.capture_method != "automatic":
+        raise ApiError(400, "parameter_invalid", "a bank transfer arrives whole: capture_method must be automatic",
+                       "capture_method")
+    order = (await request.app["gateway"].read(merchant.id, GetOrder(merchant.id, fields.order_id))).record
+    if order is None:
+        raise not_found("order", fields.order_id)
+    method = type(fields.payment_method).__struct_config__.tag
+    problem = qr_api.order_qr_problem(order, method)
+    if problem is not None:
+        raise problem
+    payment = Payment(id=payment_id, merchant_id=merchant.id, amount=0, currency="", order_id=order.id, method=method,
+                      description=fields.description, metadata=fields.metadata,
+                      customer_ip=risk.customer_ip(fields.customer_ip),
+                      next_action_url=qr_api.order_png_url(request, order.id))
+    risk_reason, amount_limits = await risk.assess(request, merchant, payment)
+    command = CreatePayment(payment=payment, risk_reason=risk_reason, amount_limits=amount_limits)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
     return respond(request, render.payment(outcome.record))

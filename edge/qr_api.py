@@ -67,12 +67,12 @@ def payload_for(merchant: Merchant, order: Order | None, sub_account_id: str = "
     return build_payload(qr)
 
 
-def order_qr_problem(order: Order) -> ApiError | None:
-    """Why the order cannot be paid by a dynamic code now (None: it can)."""
+def order_qr_problem(order: Order, method: str = "qr") -> ApiError | None:
+    """Why the order cannot be paid now by a transfer its dynamic code sets up (None: it can), by `method`."""
     if order.status != "pending":
         return ApiError(409, "order_not_pending", f"the order is {order.status}", "order_id")
-    if "qr" not in order.payment_methods:
-        return ApiError(400, "payment_method_not_allowed", "the order does not take QR payments", "order_id")
+    if method not in order.payment_methods:
+        return ApiError(400, "payment_method_not_allowed", f"the order does not take {method} payments", "order_id")
     if order.currency not in schemas.CURRENCY_NUMBERS:
         return ApiError(400, "currency_not_supported", f"QR payments take {sorted(schemas.CURRENCY_NUMBERS)}", "order_id")
     if len(format_amount(order.amount, schemas.CURRENCY_EXPONENTS[order.currency])) > MAX_AMOUNT_LENGTH:
@@ -99,8 +99,11 @@ async def create_dynamic(request: web.Request) -> web.Response:
     problem = order_qr_problem(order)
     if problem is not None:
         raise problem
-    url = f"{request.app['settings'].public_url}/v1/qr/orders/{order.id}.png"
-    return respond(request, schemas.QrOut(payload_for(merchant, order), url))
+    return respond(request, schemas.QrOut(payload_for(merchant, order), order_png_url(request, order.id)))
+
+
+def order_png_url(request: web.Request, order_id: str) -> str:
+    return f"{request.app['settings'].public_url}/v1/qr/orders/{order_id}.png"
 
 
 async def create_static(request: web.Request) -> web.Response:

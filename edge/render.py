@@ -103,6 +103,11 @@ def wallet(record: Customer, accounts: list[Account], history: list[Transfer]) -
     return schemas.WalletOut(record.id, "wallet", balances, [transfer(t) for t in history])
 
 
+# What a payment in requires_action waits for, by payment method: the cardholder at the acquirer's 3-D Secure page,
+# or the payer's transfer, which the order's QR code (its image at next_action.url) sets up.
+NEXT_ACTIONS = {"card": "redirect_3ds", "qr": "display_qr", "bank_transfer": "display_bank_transfer_qr"}
+
+
 def payment(record: Payment, token: str = "") -> schemas.PaymentOut:
     card = record.card
     method = schemas.PaymentMethodOut(
@@ -110,7 +115,9 @@ def payment(record: Payment, token: str = "") -> schemas.PaymentOut:
         card=schemas.CardOut(card.brand, card.last4, card.exp_month, card.exp_year) if card else None,
         customer_id=record.customer_id if record.method == "wallet" else None, token=token or None,
         fingerprint=card.fingerprint or None if card else None)
-    next_action = schemas.NextAction("redirect_3ds", record.next_action_url) if record.status == "requires_action" else None
+    next_action = None
+    if record.status == "requires_action":
+        next_action = schemas.NextAction(NEXT_ACTIONS.get(record.method, "redirect_3ds"), record.next_action_url)
     return schemas.PaymentOut(
         id=record.id, object="payment", order_id=record.order_id or None, status=record.status, amount=record.amount,
         amount_capturable=record.amount_capturable, amount_captured=record.amount_captured,

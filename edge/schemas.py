@@ -163,7 +163,15 @@ class WalletMethod(Request, tag="wallet", tag_field="type"):
     customer_id: Annotated[str, Meta(max_length=64)]
 
 
-PaymentMethodIn = CardMethod | WalletMethod
+class QrMethod(Request, tag="qr", tag_field="type"):
+    """The payer scans the order's dynamic QR code in a banking app."""
+
+
+class BankTransferMethod(Request, tag="bank_transfer", tag_field="type"):
+    """The payer sends a bank transfer quoting the order's reference (the one its QR code carries)."""
+
+
+PaymentMethodIn = CardMethod | WalletMethod | QrMethod | BankTransferMethod
 
 
 class PaymentCreate(Request):

@@ -90,6 +90,7 @@ class Commerce:
                 order.status = "expired"
                 order.updated_at = timestamp
                 events.append(Event("order.expired", order_id, timestamp))
+                self.payments.order_closed(order, timestamp)
         records = self.idempotency
         while records:
             key = next(iter(records))
@@ -245,6 +246,7 @@ class Commerce:
             return Outcome("order_not_pending", record=order)
         order.status = "cancelled"
         order.updated_at = timestamp
+        self.payments.order_closed(order, timestamp)
         return Outcome(record=order)
 
     def _create_customer(self, command: CreateCustomer, timestamp: int) -> Outcome:

@@ -35,6 +35,8 @@ from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, T
 OPEN_STATUSES = ("processing", "requires_action")
 # An order's payment in one of these may still take its money: a second payment must not charge it too.
 IN_PROGRESS_STATUSES = (*OPEN_STATUSES, "requires_capture")
+# Paid by the payer's own bank transfer quoting the order: such a payment waits (requires_action) for the money.
+BANK_METHODS = ("qr", "bank_transfer")
 RISK_REJECTED = "risk_rejected"
 
 
@@ -90,6 +92,8 @@ class Payments:
                 return Outcome("token_not_found")
             payment.card = vaulted.card
         customer_id = customer_email = ""
+        if payment.method in BANK_METHODS and not payment.order_id:
+            return Outcome("order_not_found")  # a transfer quotes an order: there is nothing else to quote
         if payment.order_id:
             order = self.orders.get(payment.order_id)
             if order is None or order.merchant_id != payment.merchant_id:
@@ -109,9 +113,15 @@ class Payments:
                         capture_method=payment.capture_method, acquirer=payment.acquirer,
                         description=payment.description, metadata=payment.metadata, created_at=timestamp,
                         updated_at=timestamp)
+        if fresh.method in BANK_METHODS:
+            fresh.status, fresh.acquirer, fresh.next_action_url = "requires_action", "bank", payment.next_action_url
         payment = self.add(fresh)
         if payment.order_id:
-            self.orders[payment.order_id].payment_id = payment.id  # the order's latest attempt
+            order = self.orders[payment.order_id]
+            order.payment_id = payment.id  # the order's latest attempt
+            if payment.method in BANK_METHODS:
+                self.order_closed(order, timestamp)  # a payment started again: the one before it is superseded
+                order.transfer_payment_id = payment.id
         if command.sealed_card:
             self.cards[payment.token_id] = VaultedCard(payment.merchant_id, payment.card, command.sealed_card)
         self.events.append(Event("payment.created", payment.id, timestamp))
@@ -119,14 +129,30 @@ class Payments:
                                     command.amount_limits)
         if refusal:
             self._fail(payment, RISK_REJECTED, refusal, timestamp)
+        elif payment.method in BANK_METHODS:
+            self.events.append(Event("payment.requires_action", payment.id, timestamp))
         elif command.processing_timeout_s:
             payment.deadline_at = timestamp + command.processing_timeout_s * NANOSECONDS_PER_SECOND
             heapq.heappush(self.deadlines, (payment.deadline_at, payment.id))
         return Outcome(record=payment)
 
     def payment_in_progress(self, order: Order) -> bool:
+        """A payment of the order may still take its money. Not one waiting for a bank transfer: the payer may turn
+        to a card instead, and a transfer that comes all the same is kept (the order then says `exception`)."""
         current = self.payments.get(order.payment_id) if order.payment_id else None
-        return current is not None and current.status in IN_PROGRESS_STATUSES
+        return current is not None and current.status in IN_PROGRESS_STATUSES and current.method not in BANK_METHODS
+
+    def awaiting_transfer(self, order: Order) -> Payment | None:
+        payment = self.payments.get(order.transfer_payment_id) if order.transfer_payment_id else None
+        return payment if payment is not None and payment.status == "requires_action" else None
+
+    def order_closed(self, order: Order, timestamp: int) -> None:
+        """The order expired or was cancelled: a payment waiting for its transfer waits no more."""
+        payment = self.awaiting_transfer(order)
+        order.transfer_payment_id = ""
+        if payment is not None:
+            payment.status, payment.next_action_url, payment.updated_at = "cancelled", "", timestamp
+            self.events.append(Event("payment.canceled", payment.id, timestamp))
 
     def risk_refusal(self, merchant_id: str, amount: int, currency: str, risk_reason: str,
                      amount_limits: dict[str, int]) -> str:
@@ -194,16 +220,22 @@ class Payments:
             return Outcome("duplicate", record=self.payments[command.payment_id])
         if command.currency != order.currency:
             return Outcome("currency_mismatch", record=order)
-        payment = Payment(id=command.payment_id, merchant_id=order.merchant_id, amount=command.amount,
-                          currency=order.currency, order_id=order.id, method=command.method, acquirer="bank",
-                          psp_reference=command.bank_reference, callback_ids=[command.callback_id],
-                          created_at=timestamp, updated_at=timestamp)
+        # The payment the payer started for this transfer, else a new one. A repeated callback finds neither new:
+        # its transfer id (from the callback) is spent, and the ledger refuses it below.
+        awaiting = self.awaiting_transfer(order)
+        payment = awaiting or Payment(id=command.payment_id, merchant_id=order.merchant_id, amount=command.amount,
+                                      currency=order.currency, order_id=order.id, method=command.method,
+                                      acquirer="bank", created_at=timestamp)
         clearing = system_account(self.ledger, order.merchant_id, "clearing_bank", order.currency, timestamp)
         balance = system_account(self.ledger, order.merchant_id, "balance", order.currency, timestamp)
         code = move(self.ledger, Transfer(command.transfer_id, clearing, balance, command.amount, order.currency), timestamp)
         if code != "ok":
             return Outcome(code, record=order)
-        self.add(payment)
+        if awaiting is None:
+            self.add(payment)
+        order.transfer_payment_id = ""
+        payment.amount, payment.psp_reference, payment.next_action_url = command.amount, command.bank_reference, ""
+        payment.callback_ids = [*payment.callback_ids, command.callback_id]
         if command.amount != order.amount and order.status == "pending":
             order.status = "exception"  # paid, but not the amount asked: kept and flagged for a person to settle
         self._succeed(payment, command.amount, timestamp)

@@ -67,6 +67,8 @@ class Order(msgspec.Struct, tag=True, kw_only=True):
     status: str = "pending"
     amount_refunded: int = 0
     payment_id: str = ""
+    # A payment waiting for the payer's bank transfer quoting this order (a QR or bank transfer payment).
+    transfer_payment_id: str = ""
     error_code: str = ""
     error_message: str = ""
     expires_at: int = 0

@@ -251,6 +251,33 @@ def test_money_for_an_order_already_paid_is_kept_and_the_order_still_names_its_p
     assert gw.available() == 2 * AMOUNT  # both transfers are the merchant's, for a person to settle
 
 
+def test_a_qr_payment_waits_for_the_transfer_quoting_its_order(gw: Gateway):
+    gw.ok(order("o2", methods=("qr", "card")), order("o3", methods=("qr",)))
+    qr = create("pq", order_id="o2", method="qr")
+    qr.payment.next_action_url = "https://gateway.test/v1/qr/orders/o2.png"
+    result = gw.ok(qr)
+    assert result.events == [Event("payment.created", "pq", gw.now), Event("payment.requires_action", "pq", gw.now)]
+    waiting = gw.payment("pq")
+    assert (waiting.status, waiting.amount, waiting.acquirer, waiting.deadline_at) == ("requires_action", AMOUNT, "bank", 0)
+    assert waiting.next_action_url == "https://gateway.test/v1/qr/orders/o2.png"
+    # It does not hold the order: the payer may pay by card instead, and a transfer that comes all the same is kept.
+    gw.ok(create("pc", order_id="o2"))
+    gw.ok(cancel("pc"))
+    transfer = ReceiveBankTransfer(merchant_id="m1", order_id="o2", callback_id="cb1", amount=AMOUNT, currency="USD",
+                                   method="qr", payment_id="pay_cb1", transfer_id="m1:pay_cb1", bank_reference="bk1")
+    paid = gw.ok(transfer).results[0].record
+    assert (paid.id, paid.status, paid.amount_captured, paid.psp_reference, paid.next_action_url) == (
+        "pq", "succeeded", AMOUNT, "bk1", "")
+    assert (gw.order("o2").status, gw.order("o2").payment_id, gw.payment("pay_cb1")) == ("paid", "pq", None)
+    gw.refused(transfer, "exists")  # the same callback again moves nothing
+    assert gw.available() == AMOUNT
+    # An order cancelled (or expired) while its QR payment waits: the payment is cancelled with it.
+    gw.ok(create("pq3", order_id="o3", method="qr"))
+    assert gw.ok(CancelOrder("m1", "o3")).events == [Event("payment.canceled", "pq3", gw.now)]
+    assert gw.payment("pq3").status == "cancelled"
+    gw.refused(create("pq4", order_id="", method="bank_transfer", amount=5, currency="USD"), "order_not_found")
+
+
 # 2. RecordPspResult
 
 

@@ -421,6 +421,28 @@ def test_payment_requests_the_contract_refuses_or_accepts(server, shop):
     assert (captured["status"], captured["amount_captured"]) == ("succeeded", held["amount"])
 
 
+@pytest.mark.parametrize("method", ["qr", "bank_transfer"])
+def test_a_qr_or_bank_transfer_payment_waits_for_the_payers_transfer(server, shop, method):
+    _, key = shop
+    the_order = order(server, key, amount=120000, currency="vnd")
+    payment = call(server, "POST", "/v1/payments", {"order_id": the_order["id"], "payment_method": {"type": method}},
+                   key=key)
+    assert (payment["status"], payment["amount"], payment["currency"], payment["acquirer"]) == (
+        "requires_action", 120000, "vnd", "bank")
+    expected_action = "display_qr" if method == "qr" else "display_bank_transfer_qr"
+    assert payment["next_action"] == {"type": expected_action,
+                                      "url": f"{server.url}/v1/qr/orders/{the_order['id']}.png"}
+    tags = parse_payload(the_order["qr"])
+    status, _, answer = fetch(f"http://127.0.0.1:{server.base_port + 1}/v1/transfers",
+                              body={"reference": tags["62"]["01"], "amount": 120000, "currency": "vnd"})
+    assert status == 202, answer
+    paid = wait_for(server, key, payment["id"], "succeeded")
+    assert (paid["amount_captured"], paid["next_action"]) == (120000, None)
+    assert call(server, "GET", f"/v1/orders/{the_order['id']}", key=key)["payment_id"] == payment["id"]
+    error(server, "POST", "/v1/payments", {"payment_method": {"type": method}, "amount": 5, "currency": "vnd"},
+          key=key, code="parameter_missing")
+
+
 # --- 7. provider callbacks -----------------------------------------------------------------------------------------
 
 def signed(secret: str, body: bytes, timestamp: int) -> dict:
