@@ -48,6 +48,9 @@ DECLINES = {
 THREE_D_SECURE = "4000000000003220"
 PROCESSING_ERROR = "4000000000000119"
 SILENT = "4000000000000036"
+# The published test numbers: their outcomes are the API's contract, so the risk rules' attempt counts spare them
+# (as a PSP's test mode does); the block list still applies.
+TEST_CARDS = frozenset({"4242424242424242", *DECLINES, THREE_D_SECURE, PROCESSING_ERROR, SILENT})
 VOIDABLE = ("authorized", "pending", "requires_action")
 AUTHENTICATION_FAILED = ("authentication_failed", "The cardholder failed 3-D Secure authentication.")
 CARD_DIGITS = re.compile(r"[0-9]{12,19}")

@@ -51,14 +51,17 @@ class RiskTable(msgspec.Struct, array_like=True, kw_only=True):
     # merchant tier -> currency -> the largest amount a payment may have (a currency not listed has no limit)
     amount_limits: dict[str, dict[str, int]]
 
-    def refusal(self, merchant_id: str, attributes: list[tuple[str, str]], now: int) -> str:
-        """Why a payment with these attributes is refused at this merchant now ('' if it is not)."""
+    def refusal(self, merchant_id: str, attributes: list[tuple[str, str]], now: int,
+                uncounted: tuple[str, ...] = ()) -> str:
+        """Why a payment with these attributes is refused at this merchant now ('' if it is not). Attempt counts
+        (flags that expire) on the `uncounted` kinds are ignored; the block list's flags never are."""
         flags = self.flags
         for kind, value in attributes:
             for scope in ("", merchant_id):
                 flag = flags.get(risk_key(kind, value, scope))
-                if flag is not None and (not flag.expires_at or flag.expires_at > now):
-                    return flag.reason
+                if flag is None or (flag.expires_at and (flag.expires_at <= now or kind in uncounted)):
+                    continue
+                return flag.reason
         return ""
 
     def tier_limits(self, tier: str) -> dict[str, int]:

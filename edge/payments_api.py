@@ -127,7 +127,7 @@ async def create_payment(request: web.Request) -> web.Response:
         order_id=fields.order_id, method="card", card=card, token_id=token_id,
         capture_method=fields.capture_method, acquirer=merchant.acquirer, description=fields.description,
         metadata=fields.metadata, customer_ip=risk.customer_ip(fields.customer_ip))
-    risk_reason, amount_limits = await risk.assess(request, merchant, payment)
+    risk_reason, amount_limits = await risk.assess(request, merchant, payment, number)
     command = CreatePayment(payment=payment, processing_timeout_s=request.app["settings"].processing_timeout_s,
                             sealed_card=sealed, risk_reason=risk_reason, amount_limits=amount_limits)
     outcome = await run(request, merchant.id, command, body)

@@ -20,6 +20,7 @@ import time
 import msgspec
 from aiohttp import web
 
+from actors.piggybank import TEST_CARDS
 from actors.risk_table import BLOCKLIST_OWNER, RiskTable, blocklist_id, risk_attributes, table_decoder
 from edge import render, schemas
 from edge.errors import ApiError, not_found
@@ -94,12 +95,14 @@ def _ip_address(raw: str, param: str) -> str:
         raise ApiError(400, "parameter_invalid", f"{param} must be an IPv4 or IPv6 address", param) from None
 
 
-async def assess(request: web.Request, merchant: Merchant, payment: Payment) -> tuple[str, dict[str, int]]:
+async def assess(request: web.Request, merchant: Merchant, payment: Payment,
+                 card_number: str = "") -> tuple[str, dict[str, int]]:
     """What the table says of a payment: why to refuse it ('' if nothing), and its tier's amount limits by currency.
 
     The shard checks the amount it settles on (an order's) against the limits itself, so an order changed meanwhile
     cannot slip past them. An order's customer and email count too, but the order is read only when the table
-    flags some customer or email where this merchant's payments are checked: most payments cost no extra read."""
+    flags some customer or email where this merchant's payments are checked: most payments cost no extra read.
+    The acquirer's published test cards (`card_number`) are not held to attempt counts."""
     local: LocalTable = request.app["risk"]
     table = local.table
     if table is None:
@@ -110,7 +113,9 @@ async def assess(request: web.Request, merchant: Merchant, payment: Payment) -> 
             return "", {}  # the shard answers order_not_found
         payment = msgspec.structs.replace(payment, customer_email=order.customer_email,
                                           customer_id=payment.customer_id or order.customer_id)
-    return table.refusal(merchant.id, risk_attributes(payment), time.time_ns()), table.tier_limits(merchant.tier)
+    uncounted = ("card_fingerprint",) if card_number in TEST_CARDS else ()
+    return (table.refusal(merchant.id, risk_attributes(payment), time.time_ns(), uncounted),
+            table.tier_limits(merchant.tier))
 
 
 # The block list (admin)

@@ -216,6 +216,21 @@ def test_too_many_attempts_with_one_card_are_refused_at_that_merchant_only(serve
     assert pay(server, other_key, card(number))["status"] == "processing"  # another merchant
 
 
+def test_the_acquirers_test_cards_keep_their_outcomes_however_often_used_but_can_be_blocked(server):
+    """As in a PSP's test mode: the published test numbers are not held to attempt counts (the contract says
+    4242424242424242 succeeds), yet the block list applies to them like to any card."""
+    key = merchant(server)
+    test_card = "4242424242424242"
+    payments = [pay(server, key, card(test_card)) for _ in range(CARD_ATTEMPTS + 3)]
+    time.sleep(1)  # the table has caught up with the attempts by now: still none refused
+    payments.append(pay(server, key, card(test_card)))
+    assert [settled(server, key, payment)["status"] for payment in payments] == ["succeeded"] * len(payments)
+    entry = block(server, kind="card_fingerprint", value=payments[0]["payment_method"]["fingerprint"],
+                  merchant_id=call(server, "GET", "/v1/merchants/me", key=key)["id"], reason="test block")
+    until_refused(lambda: pay(server, key, card(test_card)), "card on the block list: test block")
+    call(server, "DELETE", f"/v1/risk/blocklist/{entry['id']}", key=server.admin_token)
+
+
 def test_a_bad_customer_ip_is_400(server):
     key = merchant(server)
     body = {"amount": 100, "currency": "usd", "payment_method": card(new_card()), "customer_ip": "not-an-address"}
