@@ -67,6 +67,7 @@ MAX_TRANSFERS_PER_REQUEST = 8190
 TOKEN_TTL_S = 3600
 LOGIN_ATTEMPTS = 20  # per client IP and worker, per LOGIN_WINDOW_S
 LOGIN_WINDOW_S = 60
+READY_TIMEOUT_S = 2.0  # a readiness probe answers within this: a shard silent that long is not ready
 
 
 def create_app(settings: Settings) -> web.Application:
@@ -158,7 +159,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    statuses = await request.app["gateway"].statuses()
+    statuses = await request.app["gateway"].statuses(timeout_s=READY_TIMEOUT_S)
     shards = [{"shard": index, "ready": not isinstance(status, BaseException) and status.role == "primary",
                "sequence": getattr(status, "sequence", None), "durable_sequence": getattr(status, "durable_sequence", None)}
               for index, status in enumerate(statuses)]

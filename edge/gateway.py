@@ -145,6 +145,7 @@ class Gateway:
         """The same read on every shard (rare lookups whose key is not a merchant id)."""
         return await asyncio.gather(*(reader.submit(query) for reader in self.readers))
 
-    async def statuses(self, with_check: bool = False) -> list:
-        return await asyncio.gather(*(shard.status(with_check=with_check) for shard in self.cluster.shards),
-                                    return_exceptions=True)
+    async def statuses(self, with_check: bool = False, timeout_s: float | None = None) -> list:
+        """Each shard's status, or the exception that stands for it (a timeout after `timeout_s`)."""
+        return await asyncio.gather(*(asyncio.wait_for(shard.status(with_check=with_check), timeout_s)
+                                      for shard in self.cluster.shards), return_exceptions=True)

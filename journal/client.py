@@ -131,11 +131,18 @@ class ShardClient:
             idle.clear()
 
     async def request(self, request: Request) -> Reply:
+        """The reply of the primary. Retries and failover all fit in one `timeout_ms`, so a stalled shard costs a
+        caller that long at most; each process gets its share of it before the next is tried."""
         message = request_encoder.encode(request)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.timeout_ms / 1000
         busy = 0
         for _ in range(self.failover_rounds * len(self.addresses) + self.busy_retries):
+            remaining_s = deadline - loop.time()
+            if remaining_s <= 0:
+                break
             index = self.current
-            reply = await self._send(index, message)
+            reply = await self._send(index, message, min(remaining_s, self.timeout_ms / 1000 / len(self.addresses)))
             if reply is None or reply.status == ReplyStatus.NOT_PRIMARY:
                 self._next_process(index, reply)
                 await asyncio.sleep(0.05)
@@ -148,12 +155,12 @@ class ShardClient:
             return reply
         raise ShardUnavailable(f"no primary answered at {self.addresses}")
 
-    async def _send(self, index: int, message: bytes) -> Reply | None:
+    async def _send(self, index: int, message: bytes, timeout_s: float) -> Reply | None:
         async with self.slots:
             channel = self._channel(index)
             reply = None
             try:
-                reply = await channel.request(message, self.timeout_ms / 1000)
+                reply = await channel.request(message, timeout_s)
             finally:  # a channel whose request failed, timed out or was cancelled is never reused
                 if reply is None:
                     channel.close()

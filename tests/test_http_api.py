@@ -7,7 +7,10 @@ full double-entry check passes.
 import asyncio
 import collections
 import datetime
+import json
+import os
 import re
+import signal
 import time
 import urllib.parse
 import uuid
@@ -531,6 +534,21 @@ TESTED_ROUTES = {
     "/v1/admin/ledger_check": {"get"}, "/healthz": {"get"}, "/readyz": {"get"}, "/metrics": {"get"},
     "/openapi.json": {"get"},
 }
+
+
+def test_readiness_says_no_within_its_timeout_when_a_shard_stalls(server):
+    """A shard that holds its connections but answers nothing (stopped by SIGSTOP): /readyz answers 503 within its
+    timeout rather than wait out every retry, and ready again once the shard resumes."""
+    pid = json.loads((server.data / "shard-0" / "shard.json").read_text())["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        reply = server.request("GET", "/readyz")  # not `call`: a 503 is the answer here
+        assert reply.status == 503 and time.monotonic() - started < 5
+        assert reply.json()["shards"][0]["ready"] is False
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert ok(server, "GET", "/readyz")["ready"] is True
 
 
 def test_openapi_health_readiness_and_metrics(server):

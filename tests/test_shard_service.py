@@ -1,12 +1,15 @@
 """The shard process as a service: reads by cursor, announcements, limits, routing, clean stops."""
 
 import asyncio
+import os
+import signal
+import time
 
 import pynng
 import pytest
 
 from engine import Account, Batch, CreateAccounts, CreateTransfers, Transfer, TransferFlag
-from journal.client import ACCOUNTS_ON_DIFFERENT_SHARDS, Cluster, ShardClient, ShardMap
+from journal.client import ACCOUNTS_ON_DIFFERENT_SHARDS, Cluster, ShardClient, ShardMap, ShardUnavailable
 from journal.recovery import batch_decoder, batch_encoder
 from journal.store import KEY
 from journal.wire import ReplyStatus, Submit, request_encoder
@@ -190,3 +193,27 @@ def test_expiries_happen_on_time_without_traffic(shard):
         assert (await client.lookup_accounts(["test:acct_1"]))[0].debits_pending == 0
 
     run(scenario())
+
+
+def test_a_stalled_shard_costs_a_caller_one_timeout_not_one_per_retry(shard):
+    """A shard that holds the connection but never answers (here: stopped by SIGSTOP) fails each request once its
+    timeout is spent, however many retries and failover rounds it would have left; once it resumes, it answers."""
+    config, process, _ = shard
+    client = ShardClient([config.client_address], timeout_ms=1000, busy_retries=20, failover_rounds=10)
+
+    async def scenario():
+        await client.status()
+        os.kill(process.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(ShardUnavailable):
+                await client.status()
+            assert time.monotonic() - started < 2.5
+        finally:
+            os.kill(process.process.pid, signal.SIGCONT)
+        assert (await client.status()).role == "primary"
+
+    try:
+        run(scenario())
+    finally:
+        client.close()
