@@ -121,7 +121,7 @@ def test_a_bad_request_is_refused_and_changes_nothing(shard, message):
     config, _, client = shard
 
     async def scenario():
-        reply = await client._send(0, message)
+        reply = await client._send(0, message, 5.0)
         assert reply.status == ReplyStatus.INVALID and reply.message
         assert (await client.status()).sequence == 0
 
