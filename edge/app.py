@@ -22,6 +22,7 @@ from edge.http import (
     body_of,
     cached_merchant,
     check_currency,
+    check_cursor,
     engine_now_ns,
     errors_and_metrics,
     ledger_id,
@@ -34,7 +35,7 @@ from edge.http import (
     respond,
     run,
 )
-from edge.limits import SharedTokenBuckets, SlidingWindow, client_ip
+from edge.limits import SharedTokenBuckets, SlidingWindow, client_ip, malformed_networks
 from edge.metrics import Metrics
 from edge.openapi import document
 from engine.codes import AccountCode, TransferCode
@@ -236,6 +237,7 @@ def _password_matches(merchant: Merchant, credentials: schemas.Login) -> bool:
 async def create_merchant(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
     fields, body = await body_of(request, schemas.MerchantCreate)
+    _check_allowlist(fields.ip_allowlist)
     merchant_id = new_id("mer_", request, ADMIN)
     derived: Secrets = request.app["secrets"]
     api_key = derived.api_key(merchant_id)
@@ -277,10 +279,18 @@ async def get_me(request: web.Request) -> web.Response:
     return respond(request, render.merchant(await merchant_principal(request)))
 
 
+def _check_allowlist(entries: list[str]) -> None:
+    """A malformed entry would lock the merchant out from everywhere: refused instead."""
+    malformed = malformed_networks(entries)
+    if malformed:
+        raise ApiError(400, "parameter_invalid", f"not an IP address or network: {malformed[0]!r}", "ip_allowlist")
+
+
 async def update_merchant(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
     merchant_id = request.match_info["id"]
     fields, body = await body_of(request, schemas.MerchantUpdate)
+    _check_allowlist(fields.ip_allowlist or [])
     command = UpdateMerchant(merchant_id=merchant_id, **msgspec.structs.asdict(fields))
     outcome = await run(request, merchant_id, command, body)
     raise_for(outcome)
@@ -383,6 +393,9 @@ async def list_orders(request: web.Request) -> web.Response:
         limit=parse_limit(query), starting_after=query.get("starting_after", "")[:64],
     )
     answer = await request.app["gateway"].read(merchant.id, read)
+    if not answer.records and read.starting_after:
+        after = (await request.app["gateway"].read(merchant.id, GetOrder(merchant.id, read.starting_after))).record
+        check_cursor(after is not None, read.starting_after)
     return respond(request, {"object": "list", "data": [_order_out(request, merchant, order) for order in answer.records],
                              "has_more": answer.has_more})
 
@@ -427,7 +440,14 @@ async def account_statement(request: web.Request) -> web.Response:
     read = AccountTransfers(ledger_id(merchant.id, account_id), parse_time(request.query, "created_gte", 0),
                             parse_time(request.query, "created_lt", 2**63 - 1) - 1, limit + 1,
                             ledger_id(merchant.id, request.query.get("starting_after", "")[:48]), newest_first=True)
-    transfers = (await request.app["gateway"].read(merchant.id, read)).transfers
+    gateway = request.app["gateway"]
+    transfers = (await gateway.read(merchant.id, read)).transfers
+    if not transfers:  # an account that is not there (or not this merchant's), or a cursor that names nothing?
+        if (await gateway.read(merchant.id, LookupAccounts([read.account_id]))).accounts[0] is None:
+            raise not_found("account", account_id)
+        if read.after_id:
+            after = (await gateway.read(merchant.id, LookupTransfers([read.after_id]))).transfers[0]
+            check_cursor(after is not None, request.query["starting_after"])
     return respond(request, {"object": "list", "data": [render.transfer(t) for t in transfers[:limit]],
                              "has_more": len(transfers) > limit})
 

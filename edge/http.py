@@ -12,6 +12,7 @@ import secrets as random_tokens
 import time
 
 import msgspec
+import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
@@ -91,6 +92,8 @@ async def errors_and_metrics(request: web.Request, handler):
                             headers={name: value for name, value in error.headers.items() if name == "Allow"}).response()
     except (HttpProcessingError, web.RequestPayloadError) as error:
         response = ApiError(400, "unreadable_body", f"the body could not be read: {error}").response()
+    except ConnectionResetError:  # the client left mid-request: nobody reads the answer, and it is no server fault
+        response = ApiError(400, "connection_lost", "the client closed the connection").response()
     except msgspec.ValidationError as error:
         response = from_validation(error).response()
     except msgspec.DecodeError as error:
@@ -106,6 +109,8 @@ async def errors_and_metrics(request: web.Request, handler):
         log.exception("unhandled error", extra={"request_id": request_id})
         response = ApiError(500, "internal_error", "an internal error occurred; it has been logged").response()
     response.headers["Request-Id"] = request_id
+    if request.get("replayed"):  # an error the first request got is replayed too, and says so
+        response.headers["Idempotent-Replayed"] = "true"
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     request.app["metrics"].observe(request.method, route, response.status, time.perf_counter() - started)
     return response
@@ -125,6 +130,8 @@ async def authenticate(request: web.Request, admin_allowed: bool = False, mercha
         return Principal(ADMIN)
     merchant = await _merchant_for_token(app, token)
     if merchant is None:
+        if not admin_allowed and app["admin"].check(token):
+            raise ApiError(403, "merchant_only", "this operation acts as a merchant: use its API key or OAuth token")
         raise ApiError(401, "invalid_credentials", "the key or token is not valid")
     if not merchant_allowed:
         raise ApiError(403, "admin_only", "this operation needs the admin token")
@@ -189,8 +196,9 @@ async def _check_signature(request: web.Request, merchant: Merchant) -> None:
         return
     timestamp = request.headers.get("Paygate-Timestamp", "")
     body = await request.read()
+    # The path as sent (percent-escapes kept), without the query string.
     if not signature or not signature_valid(merchant.signing_secret, timestamp, signature, request.method,
-                                            request.path, body, int(time.time())):
+                                            request.raw_path.partition("?")[0], body, int(time.time())):
         raise ApiError(401, "signature_invalid", "Paygate-Signature is missing, wrong or outside the 300 s window")
 
 
@@ -202,7 +210,8 @@ async def run(request: web.Request, merchant_id: str, command, body: bytes = b""
     """Submit one command to the merchant's shard, under the request's Idempotency-Key if any."""
     key = idempotency_key(request)
     if key is not None:
-        request_hash = hashlib.sha256(request.method.encode() + b" " + request.path.encode() + b"\n" + body).hexdigest()
+        request_hash = hashlib.sha256(request.method.encode() + b" " + request.path.encode() + b"\n" +
+                                      _canonical(body)).hexdigest()
         command = Idempotent(merchant_id=merchant_id, key=key, request_hash=request_hash, command=command)
     result = await request.app["gateway"].submit(merchant_id, command)
     if isinstance(result, Outcome):
@@ -210,6 +219,14 @@ async def run(request: web.Request, merchant_id: str, command, body: bytes = b""
             raise_for(result)
         request["replayed"] = result.replayed
     return result
+
+
+def _canonical(body: bytes) -> bytes:
+    """The same JSON however it was spaced or its keys ordered: a client that serializes again sends the same body."""
+    try:
+        return orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS) if body else b""
+    except orjson.JSONDecodeError:
+        return body
 
 
 def idempotency_key(request: web.Request) -> str | None:
@@ -270,6 +287,12 @@ def ledger_prefix(merchant_id: str) -> str:
 
 def ledger_id(merchant_id: str, client_id: str) -> str:
     return ledger_prefix(merchant_id) + client_id if client_id else ""
+
+
+def check_cursor(found: bool, starting_after: str) -> None:
+    """A `starting_after` that names nothing of the merchant's is an error, never an empty page."""
+    if not found:
+        raise ApiError(400, "parameter_invalid", f"no object {starting_after!r} to start after", "starting_after")
 
 
 def parse_limit(query) -> int:

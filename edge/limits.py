@@ -140,6 +140,11 @@ def _networks(entries: tuple[str, ...]) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
+def malformed_networks(entries: list[str]) -> list[str]:
+    """The entries that are neither an address nor a network."""
+    return [entry for entry in entries if not _networks((entry,))]
+
+
 def _inside(address: IPAddress, networks: tuple[IPNetwork, ...]) -> bool:
     return any(address in network for network in networks)
 

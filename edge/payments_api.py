@@ -21,6 +21,7 @@ from edge.errors import ApiError, not_found
 from edge.http import (
     body_of,
     check_currency,
+    check_cursor,
     check_sub_account,
     ledger_id,
     merchant_principal,
@@ -198,8 +199,12 @@ async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id:
     return respond(request, render.payment(outcome.record))
 
 
+async def _record_or_none(request: web.Request, merchant: Merchant, kind: str, record_id: str):
+    return (await request.app["gateway"].read(merchant.id, GetPaymentRecord(merchant.id, kind, record_id))).record
+
+
 async def _record(request: web.Request, merchant: Merchant, kind: str, record_id: str):
-    record = (await request.app["gateway"].read(merchant.id, GetPaymentRecord(merchant.id, kind, record_id))).record
+    record = await _record_or_none(request, merchant, kind, record_id)
     if record is None:
         raise not_found(kind, record_id)
     return record
@@ -215,6 +220,9 @@ async def list_payments(request: web.Request) -> web.Response:
     query = ListPayments(merchant_id=merchant.id, limit=parse_limit(request.query),
                          starting_after=request.query.get("starting_after", "")[:64])
     answer = await request.app["gateway"].read(merchant.id, query)
+    if not answer.records and query.starting_after:
+        check_cursor(await _record_or_none(request, merchant, "payment", query.starting_after) is not None,
+                     query.starting_after)
     return respond(request, schemas.PaymentList("list", [render.payment(p) for p in answer.records], answer.has_more))
 
 

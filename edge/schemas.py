@@ -12,7 +12,13 @@ CURRENCY_EXPONENTS = {
     "dkk": 2, "pln": 2, "czk": 2, "huf": 2, "brl": 2, "mxn": 2, "zar": 2, "aed": 2, "twd": 2, "try": 2,
 }
 # ISO 4217 numeric codes, for QR payloads (tag 53).
-CURRENCY_NUMBERS = {"usd": "840", "eur": "978", "gbp": "826", "vnd": "704", "jpy": "392", "sgd": "702", "thb": "764"}
+CURRENCY_NUMBERS = {
+    "usd": "840", "eur": "978", "gbp": "826", "vnd": "704", "jpy": "392", "krw": "410", "sgd": "702", "thb": "764",
+    "idr": "360", "myr": "458", "php": "608", "aud": "036", "cad": "124", "chf": "756", "cny": "156", "hkd": "344",
+    "inr": "356", "nzd": "554", "sek": "752", "nok": "578", "dkk": "208", "pln": "985", "czk": "203", "huf": "348",
+    "brl": "986", "mxn": "484", "zar": "710", "aed": "784", "twd": "901", "try": "949",
+}
+assert CURRENCY_NUMBERS.keys() == CURRENCY_EXPONENTS.keys()
 
 AMOUNT_MAX = 2**63 - 1
 # The enum only documents (msgspec validates the pattern; check_currency in edge/app.py refuses other codes).
@@ -24,6 +30,7 @@ ClientId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]{1,48}$")]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Text = Annotated[str, Meta(max_length=2000)]
 Email = Annotated[str, Meta(pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}$")]
+OptionalEmail = Annotated[str, Meta(pattern=r"^([^@\s]{1,64}@[^@\s]{1,190})?$")]
 Url = Annotated[str, Meta(max_length=2000, pattern=r"^(https?://\S+)?$")]
 Metadata = Annotated[dict[str, Annotated[str, Meta(max_length=500)]], Meta(max_length=50)]
 Tier = Literal["basic", "standard", "premium"]
@@ -86,7 +93,7 @@ class OrderCreate(Request):
     payment_methods: Annotated[list[PaymentMethodType], Meta(min_length=1, max_length=4)] = msgspec.field(
         default_factory=lambda: ["card", "qr", "wallet", "bank_transfer"])
     payment_sub_type: Literal["one_time", "recurring"] = "one_time"
-    customer_email: Annotated[str, Meta(max_length=255)] = ""
+    customer_email: OptionalEmail = ""
     customer_id: Annotated[str, Meta(max_length=64)] = ""
     callback_url: Url = ""
     ipn_url: Url = ""

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import time
 import urllib.parse
 import uuid
@@ -18,7 +19,9 @@ import uuid
 import aiohttp
 import pytest
 
+from edge.schemas import CURRENCY_NUMBERS
 from edge_harness import Server
+from engine.emvco import parse_payload
 
 ANY = object()
 ERROR_TYPES = {400: "invalid_request_error", 402: "balance_error", 404: "invalid_request_error",
@@ -417,6 +420,8 @@ BAD_INPUT = [
     bad("transfer-negative-amount", "POST", "/v1/transfers", transfer("bad-input", amount=-1), param="amount"),
     bad("transfer-empty-array", "POST", "/v1/transfers", []),
     bad("customer-bad-email", "POST", "/v1/customers", {"email": "nobody"}, param="email"),
+    bad("order-bad-customer-email", "POST", "/v1/orders", {**ORDER, "customer_email": "not an email"},
+        param="customer_email"),
     bad("deposit-zero", "POST", "/v1/customers/{customer}/deposits", {"amount": 0, "currency": "usd"}, param="amount"),
     bad("withdrawal-unknown-currency", "POST", "/v1/customers/{customer}/withdrawals", {"amount": 1, "currency": "xyz"},
         code="currency_unknown", param="currency"),
@@ -462,6 +467,9 @@ BAD_QUERIES = [
     ("/v1/orders?limit=" + "9" * 5000, "limit"),
     ("/v1/orders?created_gte=9999-12-31T23:59:59Z", "created_gte"),
     ("/v1/accounts/a/balances?at=0001-01-01T00:00:00Z", "at"),
+    ("/v1/orders?starting_after=ord_doesnotexist", "starting_after"),
+    ("/v1/payments?starting_after=pay_doesnotexist", "starting_after"),
+    ("/v1/accounts/a/transfers?starting_after=nothing", "starting_after"),
 ]
 
 
@@ -485,7 +493,8 @@ def test_objects_of_another_merchant_are_404_and_untouched(server):
                 ("POST", f"/v1/customers/{customer_id}/deposits", {"amount": 5, "currency": "usd"}),
                 ("POST", "/v1/payments", {"order_id": owned["id"], "payment_method": {
                     "type": "wallet", "customer_id": customer_id}})]
-    for method, path, body in attempts:
+    for method, path, body in attempts + [("GET", "/v1/accounts/a/transfers", None),
+                                          ("GET", "/v1/accounts/nothing/transfers", None)]:
         error(server, method, path, body, key=other, status=404)
     assert ok(server, "GET", f"/v1/orders/{owned['id']}", key=owner) == owned
     assert account(server, owner, "a")["balance"] == -10
@@ -549,6 +558,23 @@ def test_readiness_says_no_within_its_timeout_when_a_shard_stalls(server):
     finally:
         os.kill(pid, signal.SIGCONT)
     assert ok(server, "GET", "/readyz")["ready"] is True
+
+
+def test_orders_carry_their_qr_payload_in_every_accepted_currency(server):
+    key = merchant(server)
+    for currency in ("krw", "idr", "aud", "try"):
+        payload = order(server, key, currency=currency, payment_methods=["qr"])["qr"]
+        assert payload and parse_payload(payload)["53"] == CURRENCY_NUMBERS[currency]
+
+
+def test_a_client_that_leaves_mid_body_is_no_server_error(server):
+    with socket.create_connection(("127.0.0.1", server.port)) as connection:
+        connection.sendall(b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                           b"Authorization: Bearer " + server.demo_key.encode() + b"\r\nContent-Length: 100\r\n\r\n"
+                           b'{"name"')
+    time.sleep(0.5)
+    metrics = call(server, "GET", "/metrics", status=200).body.decode()
+    assert not re.search(r'paygate_http_requests_total\{[^}]*status="500"', metrics), "a 500 was counted"
 
 
 def test_openapi_health_readiness_and_metrics(server):

@@ -412,6 +412,17 @@ def send_signed_order(server: Server, merchant: dict, offset: int = 0, signed_bo
     return server.request("POST", "/v1/orders", raw=body, key=merchant["api_key"], headers=headers)
 
 
+def test_the_signature_covers_the_path_as_sent(server, signing_merchant):
+    """Percent-escapes stay as the client sent them (here %41, an escaped "A")."""
+    path = "/v1/orders/ord_%41"
+    as_sent = signed_headers(signing_merchant["signing_secret"], "GET", path, b"", int(time.time()))
+    decoded = signed_headers(signing_merchant["signing_secret"], "GET", "/v1/orders/ord_A", b"", int(time.time()))
+    assert_error(server.request("GET", path, key=signing_merchant["api_key"], headers=as_sent), 404,
+                 "invalid_request_error", "resource_missing")
+    assert_error(server.request("GET", path, key=signing_merchant["api_key"], headers=decoded), 401,
+                 "authentication_error", "signature_invalid")
+
+
 def test_an_unsigned_request_is_401_when_signing_is_required(server, signing_merchant):
     for method, path, body in (("GET", "/v1/merchants/me", None), ("POST", "/v1/orders", ORDER)):
         response = server.request(method, path, body, key=signing_merchant["api_key"])
@@ -681,6 +692,22 @@ def test_the_ip_allow_list(server, allowlist, status):
             assert_error(response, 403, "permission_error", "ip_not_allowed")
 
 
+@pytest.mark.parametrize("entry", ["not-an-ip", "10.0.0.300", "garbage/8", ""])
+def test_a_malformed_allow_list_entry_is_400_and_locks_nobody_out(server, entry):
+    response = server.request("POST", "/v1/merchants", {"name": "Shop", "email": "shop@example.com",
+                                                       "ip_allowlist": ["127.0.0.1", entry]}, key=server.admin_token)
+    assert assert_error(response, 400, "invalid_request_error", "parameter_invalid")["param"] == "ip_allowlist"
+    merchant = create_merchant(server)
+    patched = server.request("PATCH", f"/v1/merchants/{merchant['id']}", {"ip_allowlist": [entry]},
+                             key=server.admin_token)
+    assert assert_error(patched, 400, "invalid_request_error", "parameter_invalid")["param"] == "ip_allowlist"
+    assert me(server, merchant["api_key"]).status == 200
+
+
+def test_the_admin_token_on_a_merchant_route_is_403_not_a_bad_credential(server):
+    assert_error(me(server, server.admin_token), 403, "permission_error", "merchant_only")
+
+
 def test_a_suspended_merchant_is_403_until_reactivated(server):
     merchant = create_merchant(server)
     token = oauth_token(server, merchant)
@@ -695,6 +722,26 @@ def test_a_suspended_merchant_is_403_until_reactivated(server):
 
 
 # --- 8. idempotency keys ---------------------------------------------------------------------------------------------
+
+def test_the_same_json_spaced_or_ordered_otherwise_is_the_same_body(server):
+    headers = {"Idempotency-Key": unique(), "Content-Type": "application/json"}
+    first = server.request("POST", "/v1/orders", raw=b'{"name":"Tea","amount":700,"currency":"usd"}',
+                           key=server.demo_key, headers=headers)
+    again = server.request("POST", "/v1/orders", raw=b'{ "currency" : "usd",\n  "amount": 700, "name": "Tea" }',
+                           key=server.demo_key, headers=headers)
+    assert (first.status, again.status, again.headers.get("Idempotent-Replayed")) == (200, 200, "true")
+    assert again.json() == first.json()
+
+
+def test_a_replayed_error_says_it_is_a_replay(server):
+    customer = server.request("POST", "/v1/customers", {"email": "ann@example.com"}, key=server.demo_key).json()
+    headers = {"Idempotency-Key": unique()}
+    path = f"/v1/customers/{customer['id']}/withdrawals"
+    first, again = (server.request("POST", path, {"amount": 10**9, "currency": "usd"}, key=server.demo_key,
+                                   headers=headers) for _ in range(2))
+    assert (first.status, again.status) == (402, 402) and again.json() == first.json()
+    assert (first.headers.get("Idempotent-Replayed"), again.headers.get("Idempotent-Replayed")) == (None, "true")
+
 
 def test_a_repeated_request_replays_the_first_response(server):
     headers = {"Idempotency-Key": unique()}
