@@ -54,6 +54,7 @@ from engine.records import (
     MoveWallet,
     Order,
     Outcome,
+    SettlementAccount,
     Split,
     SubAccount,
     UpdateMerchant,
@@ -247,7 +248,7 @@ async def create_merchant(request: web.Request) -> web.Response:
         require_signature=fields.require_signature, ip_allowlist=fields.ip_allowlist, acquirer=fields.acquirer,
         api_key_hash=hash_secret(api_key), client_id=derived.client_id(merchant_id),
         client_secret_hash=hash_secret(client_secret), signing_secret=derived.signing_secret(merchant_id),
-        webhook_secret=derived.webhook_secret(merchant_id),
+        webhook_secret=derived.webhook_secret(merchant_id), settlement_account=_settlement_account(fields),
     )
     outcome = await run(request, merchant_id, CreateMerchant(merchant), body)
     raise_for(outcome)
@@ -279,6 +280,11 @@ async def get_me(request: web.Request) -> web.Response:
     return respond(request, render.merchant(await merchant_principal(request)))
 
 
+def _settlement_account(fields) -> SettlementAccount | None:
+    given = fields.settlement_account
+    return None if given is None else SettlementAccount(**msgspec.structs.asdict(given))
+
+
 def _check_allowlist(entries: list[str]) -> None:
     """A malformed entry would lock the merchant out from everywhere: refused instead."""
     malformed = malformed_networks(entries)
@@ -291,7 +297,8 @@ async def update_merchant(request: web.Request) -> web.Response:
     merchant_id = request.match_info["id"]
     fields, body = await body_of(request, schemas.MerchantUpdate)
     _check_allowlist(fields.ip_allowlist or [])
-    command = UpdateMerchant(merchant_id=merchant_id, **msgspec.structs.asdict(fields))
+    command = UpdateMerchant(merchant_id=merchant_id, **{**msgspec.structs.asdict(fields),
+                                                         "settlement_account": _settlement_account(fields)})
     outcome = await run(request, merchant_id, command, body)
     raise_for(outcome)
     request.app["merchant_cache"].pop(merchant_id, None)

@@ -3,6 +3,8 @@
 import datetime
 import functools
 
+import msgspec
+
 from edge import schemas
 from engine.records import BlocklistEntry, Customer, Merchant, Order, Payment, Payout, Refund
 from engine.types import Account, AccountFlag, Balance, Transfer, TransferFlag
@@ -48,6 +50,8 @@ def merchant(record: Merchant) -> schemas.MerchantOut:
         ip_allowlist=record.ip_allowlist, acquirer=record.acquirer, client_id=record.client_id,
         sub_accounts=[schemas.SubAccountOut(sub.id, sub.name, time_of(sub.created_at)) for sub in record.sub_accounts],
         created_at=time_of(record.created_at), updated_at=time_of(record.updated_at),
+        settlement_account=None if record.settlement_account is None else schemas.SettlementAccount(
+            **msgspec.structs.asdict(record.settlement_account)),
     )
 
 

@@ -47,6 +47,14 @@ class Request(Struct, forbid_unknown_fields=True):
     """A request body: unknown fields are refused, never ignored."""
 
 
+class SettlementAccount(Request):
+    """The merchant's own bank account, where its pay-outs go."""
+
+    bank: Annotated[str, Meta(min_length=1, max_length=64)]
+    account_number: Annotated[str, Meta(pattern=r"^[0-9A-Za-z]{4,34}$")]
+    account_name: Annotated[str, Meta(max_length=200)] = ""
+
+
 class MerchantCreate(Request):
     name: Name
     email: Email
@@ -55,6 +63,7 @@ class MerchantCreate(Request):
     ip_allowlist: Annotated[list[IpEntry], Meta(max_length=100)] = []
     tier: Tier = "standard"
     acquirer: Literal["piggybank"] = "piggybank"
+    settlement_account: SettlementAccount | None = None
 
 
 class MerchantUpdate(Request):
@@ -63,6 +72,7 @@ class MerchantUpdate(Request):
     ip_allowlist: Annotated[list[IpEntry], Meta(max_length=100)] | None = None
     status: Literal["active", "suspended"] | None = None
     require_signature: bool | None = None
+    settlement_account: SettlementAccount | None = None
 
 
 class SubAccountCreate(Request):
@@ -302,6 +312,7 @@ class MerchantOut(Struct, omit_defaults=True):
     sub_accounts: list[SubAccountOut]
     created_at: str
     updated_at: str
+    settlement_account: SettlementAccount | None = None
     # Only in the reply that creates the merchant.
     api_key: str | None = None
     signing_secret: str | None = None

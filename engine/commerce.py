@@ -147,7 +147,7 @@ class Commerce:
         merchant = self.merchants.get(command.merchant_id)
         if merchant is None:
             return Outcome("merchant_not_found")
-        for field in ("webhook_url", "tier", "ip_allowlist", "status", "require_signature"):
+        for field in ("webhook_url", "tier", "ip_allowlist", "status", "require_signature", "settlement_account"):
             value = getattr(command, field)
             if value is not None:
                 setattr(merchant, field, value)

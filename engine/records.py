@@ -23,6 +23,14 @@ class DashboardUser(msgspec.Struct, array_like=True):
     password_hash: str
 
 
+class SettlementAccount(msgspec.Struct, kw_only=True):
+    """The merchant's own bank account, where its pay-outs go."""
+
+    bank: str
+    account_number: str
+    account_name: str = ""
+
+
 class Merchant(msgspec.Struct, tag=True, kw_only=True):
     id: str
     name: str
@@ -42,6 +50,7 @@ class Merchant(msgspec.Struct, tag=True, kw_only=True):
     users: list[DashboardUser] = []
     created_at: int = 0
     updated_at: int = 0
+    settlement_account: SettlementAccount | None = None
 
 
 class Split(msgspec.Struct, array_like=True):
@@ -194,6 +203,7 @@ class UpdateMerchant(msgspec.Struct, tag="update_merchant", array_like=True, kw_
     ip_allowlist: list[str] | None = None
     status: str | None = None
     require_signature: bool | None = None
+    settlement_account: SettlementAccount | None = None
 
 
 class CreateSubAccount(msgspec.Struct, tag="create_sub_account", array_like=True):

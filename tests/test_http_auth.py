@@ -154,6 +154,21 @@ def test_admin_creates_a_merchant_and_its_secrets_appear_only_in_that_reply(serv
         assert not any(merchant[name].encode() in shown.body for name in SECRETS)
 
 
+def test_a_merchant_keeps_its_settlement_account(server):
+    account = {"bank": "BIDV", "account_number": "1234567890", "account_name": "Long Chau Pharmacy Chain"}
+    merchant = create_merchant(server, settlement_account=account)
+    assert merchant["settlement_account"] == account
+    moved = {**account, "account_number": "9876543210"}
+    patched = server.request("PATCH", f"/v1/merchants/{merchant['id']}", {"settlement_account": moved},
+                             key=server.admin_token)
+    assert patched.status == 200 and patched.json()["settlement_account"] == moved
+    assert me(server, merchant["api_key"]).json()["settlement_account"] == moved
+    for bad in ({"bank": "BIDV"}, {**account, "account_number": "12"}, {**account, "iban": "x"}):
+        response = server.request("POST", "/v1/merchants", {"name": "Shop", "email": "shop@example.com",
+                                                           "settlement_account": bad}, key=server.admin_token)
+        assert_error(response, 400, "invalid_request_error")
+
+
 ADMIN_AUTHORIZATIONS = {
     "merchant key": (lambda server: f"Bearer {server.demo_key}", 403, "permission_error"),
     "none": (lambda server: None, 401, "authentication_error"),
