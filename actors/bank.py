@@ -2,7 +2,9 @@
 reaches over loopback.
 
 `POST /v1/transfers` plays a customer who pays by bank transfer quoting a reference (the order id printed in the
-QR code): the bank answers 202 and then tells the gateway in a signed `transfer_received` callback.
+QR code): the bank answers 202 and then tells the gateway in a signed `transfer_received` callback; a transfer the
+gateway does not take (it quotes nothing of the gateway's, or in the wrong currency) is returned to the payer, as
+`GET /v1/transfers/{bank_reference}` then shows.
 `POST /v1/payouts` is the gateway sending a merchant's money out: 202, then a signed `payout` callback, paid —
 except an amount whose last two digits are 13 (13, 1013, 25013, ...), which fails with `account_closed`.
 
@@ -13,6 +15,7 @@ bounded: request bodies, records (oldest evicted), queued callbacks and their re
 """
 
 import dataclasses
+import json
 import logging
 import secrets
 import sys
@@ -28,6 +31,9 @@ log = logging.getLogger("paygate.actors.bank")
 
 FAILING_CENTS = 13
 ACCOUNT_CLOSED = ("account_closed", "The destination account is closed.")
+# What the gateway answers for a transfer it took; any other answer (no order quoted, the wrong currency) leaves
+# the money with the bank, which returns it to the payer.
+TAKEN = ("ok", "duplicate", "exists")
 
 
 def bank_reference() -> str:
@@ -41,10 +47,24 @@ class Transfer:
     amount: int
     currency: str
     received_at: float = dataclasses.field(default_factory=time.time)
+    status: str = "received"  # then credited (the gateway took it) or returned (to the payer)
+    return_reason: str = ""
 
     def view(self) -> dict:
         return {"kind": "transfer_received", "reference": self.reference, "amount": self.amount,
                 "currency": self.currency, "bank_reference": self.bank_reference}
+
+    def settle(self, answer: bytes) -> None:
+        """The gateway's answer to the callback decides where the money goes."""
+        try:
+            outcome = json.loads(answer).get("outcome", "")
+        except (ValueError, AttributeError):
+            outcome = "unreadable answer"
+        if outcome in TAKEN:
+            self.status = "credited"
+        else:
+            self.status, self.return_reason = "returned", outcome
+            log.info("transfer %s returned to the payer: %s", self.bank_reference, outcome)
 
 
 @dataclasses.dataclass(slots=True)
@@ -90,7 +110,7 @@ class Bank:
         body = await simhttp.json_body(request)
         record = Transfer(bank_reference=bank_reference(), reference=simhttp.text_id(body, "reference"),
                           amount=simhttp.amount(body), currency=simhttp.currency(body))
-        self.outbox.send(record.view())  # OutboxFull (503) before anything is stored
+        self.outbox.send(record.view(), on_answer=record.settle)  # OutboxFull (503) before anything is stored
         self.transfers.put(record.bank_reference, record)
         log.info("transfer %s received: %d %s quoting %s", record.bank_reference, record.amount, record.currency,
                  record.reference)
@@ -100,7 +120,7 @@ class Bank:
         record = self.transfers.get(request.match_info["bank_reference"])
         if record is None:
             return error(404, "unknown_reference", "no such bank_reference")
-        return web.json_response(record.view())
+        return web.json_response({**record.view(), "status": record.status, "return_reason": record.return_reason})
 
     async def payout(self, request: web.Request) -> web.Response:
         """Pays `amount` out to the merchant; the same payout_id again answers the same and sends nothing new."""

@@ -56,8 +56,9 @@ def encode(payload: dict) -> bytes:
 
 async def deliver(session: aiohttp.ClientSession, url: str, secret: str, payload: dict, attempts: int = 5, *,
                   first_delay_s: float = FIRST_DELAY_S, max_delay_s: float = MAX_DELAY_S,
-                  timeout_s: float = ATTEMPT_TIMEOUT_S) -> bool:
-    """POSTs `payload` (given a `callback_id` if it has none) signed with `secret`; True once a 2xx answers.
+                  timeout_s: float = ATTEMPT_TIMEOUT_S, on_answer=None) -> bool:
+    """POSTs `payload` (given a `callback_id` if it has none) signed with `secret`; True once a 2xx answers, whose
+    body goes to `on_answer` if given.
 
     At most `attempts` tries (clamped to 1..MAX_ATTEMPTS), each signed afresh with the current time, with
     back-off first_delay_s, doubling, capped at max_delay_s. Never raises for network trouble; False after the
@@ -76,6 +77,8 @@ async def deliver(session: aiohttp.ClientSession, url: str, secret: str, payload
             async with session.post(url, data=body, headers=headers, timeout=timeout,
                                     allow_redirects=False) as response:
                 if 200 <= response.status < 300:
+                    if on_answer is not None:
+                        on_answer(await response.read())
                     return True
                 problem = f"HTTP {response.status}"
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as error:
@@ -118,10 +121,11 @@ class Outbox:
         self.session = aiohttp.ClientSession(connector=connector)
         self.tasks = [asyncio.create_task(self._work()) for _ in range(self.workers)]
 
-    def send(self, payload: dict) -> str:
+    def send(self, payload: dict, on_answer=None) -> str:
+        """Queue the callback; `on_answer` gets the body of the 2xx that takes it."""
         payload = {"callback_id": new_callback_id(), **payload}
         try:
-            self.queue.put_nowait((time.monotonic() + self.delay_s, payload))
+            self.queue.put_nowait((time.monotonic() + self.delay_s, payload, on_answer))
         except asyncio.QueueFull:
             raise OutboxFull from None
         return payload["callback_id"]
@@ -131,12 +135,12 @@ class Outbox:
 
     async def _work(self) -> None:
         while True:
-            due, payload = await self.queue.get()
+            due, payload, on_answer = await self.queue.get()
             try:
                 wait = due - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
-                if await deliver(self.session, self.url, self.secret, payload, self.attempts):
+                if await deliver(self.session, self.url, self.secret, payload, self.attempts, on_answer=on_answer):
                     self.delivered += 1
                 else:
                     self.failed += 1

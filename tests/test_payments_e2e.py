@@ -551,10 +551,12 @@ def balance(server, key, name: str, currency: str = "usd") -> int:
     return call(server, "GET", f"/v1/accounts/.{name}.{currency}", key=key)["balance"]
 
 
-def bank_transfer(server, reference: str, amount: int, currency: str) -> None:
+def bank_transfer(server, reference: str, amount: int, currency: str) -> str:
+    """The transfer's bank_reference."""
     status, _, answer = fetch(f"http://127.0.0.1:{server.base_port + 1}/v1/transfers",
                               body={"reference": reference, "amount": amount, "currency": currency})
     assert status == 202, answer
+    return json.loads(answer)["bank_reference"]
 
 
 def payments_of(server, key) -> list[dict]:
@@ -593,12 +595,22 @@ def test_static_qr_of_an_unknown_or_foreign_sub_account_is_404(server, shop):
               code="resource_missing")
 
 
-def test_a_transfer_quoting_an_unknown_reference_changes_nothing(server, shop):
+def test_a_transfer_the_gateway_does_not_take_changes_nothing_and_goes_back_to_the_payer(server, shop):
+    """One quoting nothing of the gateway's, one in the wrong currency for its order: no payment, the order stays
+    pending, and the bank returns the money (it was never the merchant's)."""
     _, key = shop
-    bank_transfer(server, "M" + "0" * 24, 10_000, "vnd")
-    bank_transfer(server, "S" + "0" * 24, 10_000, "vnd")
-    time.sleep(0.5)  # the bank's callbacks are answered "reference_unknown"; nothing to wait for
+    the_order = order(server, key, amount=120000, currency="vnd")
+    references = [bank_transfer(server, "M" + "0" * 24, 10_000, "vnd"),
+                  bank_transfer(server, "S" + "0" * 24, 10_000, "vnd"),
+                  bank_transfer(server, "O" + the_order["id"].removeprefix("ord_"), 120000, "usd")]
+    bank = f"http://127.0.0.1:{server.base_port + 1}/v1/transfers/"
+    returned = [wait_until(lambda reference=reference: json.loads(fetch(bank + reference)[2]),
+                           lambda view: view["status"] != "received", what="the bank's settlement")
+                for reference in references]
+    assert [(view["status"], view["return_reason"]) for view in returned] == [
+        ("returned", "reference_unknown"), ("returned", "reference_unknown"), ("returned", "currency_mismatch")]
     assert payments_of(server, key) == []
+    assert call(server, "GET", f"/v1/orders/{the_order['id']}", key=key)["status"] == "pending"
 
 
 def split_order(server, key, splits: list[dict], amount: int = 1500) -> dict:
