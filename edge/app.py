@@ -420,7 +420,8 @@ async def create_account(request: web.Request) -> web.Response:
     flags = ((AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS if fields.flags.debits_must_not_exceed_credits else 0)
              | (AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS if fields.flags.credits_must_not_exceed_debits else 0)
              | (AccountFlag.HISTORY if fields.flags.history else 0))
-    account = Account(ledger_id(merchant.id, client_id), fields.currency, code=fields.code, flags=flags)
+    account = Account(ledger_id(merchant.id, client_id), fields.currency, code=fields.code, flags=flags,
+                      metadata=fields.metadata or None)
     result = await run(request, merchant.id, CreateAccounts([account]), body)
     code = result.codes[0] if isinstance(result, Outcome) else result[0]
     if AccountCode.name(code).startswith("exists"):

@@ -78,6 +78,7 @@ def account(record: Account) -> schemas.AccountOut:
         debits_pending=record.debits_pending, debits_posted=record.debits_posted,
         credits_pending=record.credits_pending, credits_posted=record.credits_posted, balance=balance,
         available=balance - record.debits_pending, created_at=time_of(record.timestamp),
+        metadata=record.metadata or {},
     )
 
 

@@ -360,6 +360,7 @@ class AccountOut(Struct):
     balance: int
     available: int
     created_at: str
+    metadata: dict[str, str]
 
 
 class TransferOut(Struct):

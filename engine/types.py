@@ -75,6 +75,8 @@ class Account(msgspec.Struct, array_like=True, gc=False):
     # HISTORY accounts its balances after each change. Never sent by clients.
     transfers: list | None = None
     history: list | None = None
+    # The client's own labels (bounded by the edge); the ledger never reads them.
+    metadata: dict[str, str] | None = None
 
 
 class Transfer(msgspec.Struct, array_like=True, gc=False):

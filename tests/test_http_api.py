@@ -212,6 +212,10 @@ def test_accounts_client_and_generated_ids_duplicates_and_flags(server):
         "debits_must_not_exceed_credits": True, "credits_must_not_exceed_debits": True}}, key=key, param="flags")
     assert account(server, key, "capped") == capped
     error(server, "GET", "/v1/accounts/both", key=key, status=404)
+    labelled = ok(server, "POST", "/v1/accounts", {"id": "till", "currency": "usd", "metadata": {"store": "d1"}},
+                  key=key)
+    assert labelled["metadata"] == account(server, key, "till")["metadata"] == {"store": "d1"}
+    assert cash["metadata"] == {}
 
 
 def test_single_transfer_resubmission_and_lookup(server):
