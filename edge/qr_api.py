@@ -5,6 +5,7 @@ a static one quotes its merchant ("M" + the merchant id's hex). The simulated
 bank pays what a transfer quotes, through its signed callback.
 """
 
+import functools
 import hashlib
 import io
 import re
@@ -24,6 +25,7 @@ COUNTRY = "VN"
 CITY = "HANOI"
 ORDER_MARK, MERCHANT_MARK, SUB_ACCOUNT_MARK = "O", "M", "S"
 PNG_SCALE = 6
+ORDER_PAYLOADS_CACHED = 4096
 
 
 def account_number(merchant_id: str) -> str:
@@ -83,7 +85,16 @@ def order_qr_problem(order: Order, method: str = "qr") -> ApiError | None:
 
 def order_qr(merchant: Merchant, order: Order) -> str | None:
     """The order's dynamic payload while a QR code can pay it."""
-    return None if order_qr_problem(order) else payload_for(merchant, order)
+    if order_qr_problem(order):
+        return None
+    return _order_payload(merchant.id, merchant.name, order.id, order.amount, order.currency)
+
+
+@functools.lru_cache(maxsize=ORDER_PAYLOADS_CACHED)
+def _order_payload(merchant_id: str, merchant_name: str, order_id: str, amount: int, currency: str) -> str:
+    # Every order shown carries its payload (~50 us to build): an order read again costs a lookup.
+    merchant = Merchant(id=merchant_id, name=merchant_name, email="")
+    return payload_for(merchant, Order(id=order_id, merchant_id=merchant_id, name="", amount=amount, currency=currency))
 
 
 def _ascii(text: str, limit: int) -> str:

@@ -37,7 +37,6 @@ MAX_AMOUNT_LENGTH = 13  # tag 54
 NAPAS_GUID = "A000000727"
 SERVICE_ACCOUNT_TRANSFER = "QRIBFTTA"
 
-_DIGITS = frozenset("0123456789")
 _HEX = frozenset("0123456789ABCDEFabcdef")
 # "ans" in the spec: printable ASCII. Non-ASCII text belongs in tag 64, which we do not build.
 _ANS = re.compile(r"[\x20-\x7e]+")
@@ -52,7 +51,8 @@ def _is_template(tag: str) -> bool:
 
 
 def _digits(s: str, n: int) -> bool:
-    return isinstance(s, str) and len(s) == n and all(c in _DIGITS for c in s)
+    # isascii first: str.isdigit alone would take other scripts' digits
+    return isinstance(s, str) and len(s) == n and s.isascii() and s.isdigit()
 
 
 def crc16_ccitt_false(data: bytes) -> int:
