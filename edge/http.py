@@ -52,6 +52,10 @@ OUTCOME_ERRORS = {
     "idempotency_key_reused": (409, "idempotency_key_reused"),
 }
 
+# The field an outcome code is about, whatever the request.
+OUTCOME_PARAMS = {"idempotency_key_reused": "Idempotency-Key", "split_destination_not_found": "splits",
+                  "splits_exceed_amount": "splits"}
+
 
 class Settings(msgspec.Struct, kw_only=True):
     data: str
@@ -245,12 +249,14 @@ def _encodes(text: str) -> bool:
     return True
 
 
-def raise_for(outcome: Outcome) -> None:
+def raise_for(outcome: Outcome, params: dict[str, str] | None = None) -> None:
+    """An outcome other than ok as its API error; `params` names the field behind an outcome code where the
+    request's body, not its path, holds the id."""
     if outcome.code == "ok":
         return
     status, code = OUTCOME_ERRORS.get(outcome.code, (400, outcome.code))
     error_type = "balance_error" if status == 402 else None
-    param = "id" if status == 404 else ("Idempotency-Key" if code == "idempotency_key_reused" else None)
+    param = (params or {}).get(outcome.code) or OUTCOME_PARAMS.get(code) or ("id" if status == 404 else None)
     raise ApiError(status, code, outcome.code.replace("_", " "), param, error_type=error_type)
 
 

@@ -132,7 +132,7 @@ async def create_payment(request: web.Request) -> web.Response:
     command = CreatePayment(payment=payment, processing_timeout_s=request.app["settings"].processing_timeout_s,
                             sealed_card=sealed, risk_reason=risk_reason, amount_limits=amount_limits)
     outcome = await run(request, merchant.id, command, body)
-    raise_for(outcome)
+    raise_for(outcome, {"order_not_found": "order_id", "token_not_found": "payment_method.token"})
     created = outcome.record
     # A payment the risk rules refused is failed already: no acquirer hears of it.
     if not request.get("replayed") and created.status == "processing":
@@ -170,7 +170,7 @@ async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_
                                  customer_ip=payment.customer_ip, risk_reason=risk_reason,
                                  amount_limits=amount_limits)
     outcome = await run(request, merchant.id, command, body)
-    raise_for(outcome)
+    raise_for(outcome, {"order_not_found": "order_id", "customer_not_found": "payment_method.customer_id"})
     return respond(request, render.payment(outcome.record))
 
 
@@ -259,7 +259,7 @@ async def create_refund(request: web.Request) -> web.Response:
                     reason=fields.reason)
     outcome = await run(request, merchant.id, CreateRefund(refund=refund, transfer_id=ledger_id(merchant.id, refund_id)),
                         body)
-    raise_for(outcome)
+    raise_for(outcome, {"payment_not_found": "payment_id"})
     return respond(request, render.refund(outcome.record))
 
 

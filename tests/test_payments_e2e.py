@@ -412,10 +412,18 @@ def test_payment_requests_the_contract_refuses_or_accepts(server, shop):
                                            "payment_method": {"type": "wallet", "customer_id": "cus_0"}}, key=key,
           code="parameter_invalid")
     held = authorized(server, key)
-    for method, path, body in (("POST", f"/v1/payments/{held['id']}/capture", {}),
-                               ("POST", f"/v1/payments/{held['id']}/cancel", None),
-                               ("POST", "/v1/refunds", {"payment_id": held["id"]})):
-        error(server, method, path, body, key=other_key, status=404, code="resource_missing")
+    for method, path, body, param in (("POST", f"/v1/payments/{held['id']}/capture", {}, "id"),
+                                      ("POST", f"/v1/payments/{held['id']}/cancel", None, "id"),
+                                      ("POST", "/v1/refunds", {"payment_id": held["id"]}, "payment_id")):
+        assert error(server, method, path, body, key=other_key, status=404, code="resource_missing")["param"] == param
+    wallet_order = order(server, key)
+    missing = error(server, "POST", "/v1/payments", {"order_id": wallet_order["id"], "payment_method": {
+        "type": "wallet", "customer_id": "cus_nobody"}}, key=key, status=404)
+    assert missing["param"] == "payment_method.customer_id"
+    split = call(server, "POST", "/v1/orders", {"name": "Basket", "amount": 100, "currency": "usd",
+                                                "splits": [{"sub_account_id": "sub_nope", "amount": 1}]}, key=key,
+                 status=400)
+    assert (split["error"]["code"], split["error"]["param"]) == ("split_destination_not_found", "splits")
     # Every field of a capture is optional: no body at all captures the whole authorization.
     captured = call(server, "POST", f"/v1/payments/{held['id']}/capture", raw=b"", key=key)
     assert (captured["status"], captured["amount_captured"]) == ("succeeded", held["amount"])
