@@ -468,6 +468,16 @@ class Acquirer:
         except urllib.error.HTTPError as failure:
             return json.loads(failure.read())
 
+    def at_bank(self, payout_id: str) -> dict | None:
+        """The bank's view of a payout, None until it has one."""
+        try:
+            with urllib.request.urlopen(f"{self.urls['bank']}/v1/payouts/{payout_id}", timeout=5) as reply:
+                return json.loads(reply.read())
+        except urllib.error.HTTPError as failure:
+            if failure.code == 404:
+                return None
+            raise
+
     def start_payments(self, cards: dict[str, str], timeout_s: int, capture: bool) -> None:
         """Card payments (payment id -> card number) made on the shard and sent to piggybank by the connector."""
         outcomes = self.submit([CreatePayment(payment=Payment(
@@ -598,8 +608,7 @@ def test_captures_refunds_voids_and_payouts_reach_the_providers_once(acquirer):
                     what="the refunds at piggybank")
     assert (view["amount_captured"], view["voided"]) == (600, False)
     assert wait_for(lambda: acquirer.at_piggybank(voided)["voided"], what="the void at piggybank")
-    with urllib.request.urlopen(f"{acquirer.urls['bank']}/v1/payouts/po_follow", timeout=5) as reply:
-        assert json.loads(reply.read())["amount"] == 100
+    assert wait_for(lambda: acquirer.at_bank("po_follow"), what="the payout at the bank")["amount"] == 100
     time.sleep(0.3)  # anything sent twice would show by now
     after = acquirer.stats()
     # The capture, the void and two refunds; the payout went to the bank's connector.
