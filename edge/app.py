@@ -144,7 +144,7 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _open_gateway(app: web.Application) -> None:
-    app["gateway"] = Gateway(app["settings"].shard_addresses)
+    app["gateway"] = Gateway(app["settings"].shard_addresses, on_batch=app["metrics"].batch_commands.observe)
     app["authorizations"] = payments_api.Authorizations(app["settings"].providers, app["gateway"])
 
 

@@ -35,14 +35,20 @@ class InvalidCommand(ValueError):
 _item_encoder = msgspec.msgpack.Encoder()
 
 
+def _ignore(size: int) -> None:
+    pass
+
+
 class Coalescer:
     """Items for one shard leave in as few requests as the requests in flight allow; `send` answers one result
     per item. A request holds at most `max_items` items and `max_weight` weight (what the shard counts: a batch of
     transfers weighs as many as it holds), so the shard never refuses one for its size."""
 
     def __init__(self, send, max_items: int = MAX_ITEMS_PER_REQUEST, max_weight: int = MAX_BATCH_ITEMS,
-                 max_in_flight: int = MAX_IN_FLIGHT, max_pending_weight: int = MAX_PENDING_WEIGHT) -> None:
+                 max_in_flight: int = MAX_IN_FLIGHT, max_pending_weight: int = MAX_PENDING_WEIGHT,
+                 on_batch=_ignore) -> None:
         self.send = send
+        self.on_batch = on_batch  # told each request's item count (the metrics' batch sizes)
         self.max_items = max_items
         self.max_weight = max_weight
         self.max_in_flight = max_in_flight
@@ -51,7 +57,6 @@ class Coalescer:
         self.pending_weight = 0
         self.in_flight = 0
         self.flush_scheduled = False
-        self.batch_sizes: list[int] = []  # since the last metrics read
 
     async def submit(self, item, weight: int = 1):
         if weight > self.max_weight:
@@ -81,7 +86,7 @@ class Coalescer:
         while self.pending and self.in_flight < self.max_in_flight:
             batch = self._take()
             self.in_flight += 1
-            self.batch_sizes.append(len(batch))
+            self.on_batch(len(batch))
             loop.create_task(self._send(batch))
 
     def _take(self) -> list[tuple[object, asyncio.Future, int]]:
@@ -124,9 +129,9 @@ def submit_to(client: ShardClient):
 class Gateway:
     """All shards, by merchant: submit commands (coalesced) and read state."""
 
-    def __init__(self, shard_addresses: list[list[str]], timeout_ms: int = 10_000) -> None:
+    def __init__(self, shard_addresses: list[list[str]], timeout_ms: int = 10_000, on_batch=_ignore) -> None:
         self.cluster = Cluster(shard_addresses, timeout_ms=timeout_ms, busy_retries=5)
-        self.coalescers = [Coalescer(submit_to(shard)) for shard in self.cluster.shards]
+        self.coalescers = [Coalescer(submit_to(shard), on_batch=on_batch) for shard in self.cluster.shards]
         self.readers = [Coalescer(shard.read_many) for shard in self.cluster.shards]
 
     def close(self) -> None:

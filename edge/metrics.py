@@ -43,10 +43,6 @@ class Metrics:
         latency.observe(seconds)
 
     async def response(self, gateway) -> web.Response:
-        for coalescer in gateway.coalescers:
-            sizes, coalescer.batch_sizes = coalescer.batch_sizes, []
-            for size in sizes:
-                self.batch_commands.observe(size)
         for index, status in enumerate(await gateway.statuses()):
             if not isinstance(status, BaseException):
                 self.queue_depth.labels(str(index)).set(status.queue_items)

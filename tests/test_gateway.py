@@ -44,7 +44,8 @@ async def submitted(coalescer: Coalescer, items, weight: int = 1) -> list[asynci
 def test_items_wait_while_the_requests_in_flight_are_out_and_then_leave_together():
     async def scenario():
         shard = Shard()
-        coalescer = Coalescer(shard.send, max_items=3, max_in_flight=2)
+        sizes = []
+        coalescer = Coalescer(shard.send, max_items=3, max_in_flight=2, on_batch=sizes.append)
         first, = await submitted(coalescer, [1])
         assert shard.requests == [[1]]  # a lone item leaves on the next loop turn
         second, = await submitted(coalescer, [2])
@@ -60,7 +61,7 @@ def test_items_wait_while_the_requests_in_flight_are_out_and_then_leave_together
         assert shard.requests[3:] == [[6, 7]]
         shard.answer(3)
         assert [await second, *[await each for each in later]] == [f"done {n}" for n in range(2, 8)]
-        assert coalescer.batch_sizes == [1, 1, 3, 2]
+        assert sizes == [1, 1, 3, 2]
 
     asyncio.run(scenario())
 
