@@ -15,12 +15,12 @@ bounded: request bodies, records (oldest evicted), queued callbacks and their re
 """
 
 import dataclasses
-import json
 import logging
 import secrets
 import sys
 import time
 
+import orjson
 from aiohttp import web
 
 from actors import simhttp
@@ -57,7 +57,7 @@ class Transfer:
     def settle(self, answer: bytes) -> None:
         """The gateway's answer to the callback decides where the money goes."""
         try:
-            outcome = json.loads(answer).get("outcome", "")
+            outcome = orjson.loads(answer).get("outcome", "")
         except (ValueError, AttributeError):
             outcome = "unreadable answer"
         if outcome in TAKEN:
@@ -102,7 +102,7 @@ class Bank:
         ]
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "service": "bank", "transfers": len(self.transfers),
+        return simhttp.json_response({"status": "ok", "service": "bank", "transfers": len(self.transfers),
                                   "payouts": len(self.payouts), "callbacks": self.outbox.stats()})
 
     async def transfer(self, request: web.Request) -> web.Response:
@@ -114,13 +114,13 @@ class Bank:
         self.transfers.put(record.bank_reference, record)
         log.info("transfer %s received: %d %s quoting %s", record.bank_reference, record.amount, record.currency,
                  record.reference)
-        return web.json_response({"bank_reference": record.bank_reference, "status": "received"}, status=202)
+        return simhttp.json_response({"bank_reference": record.bank_reference, "status": "received"}, status=202)
 
     async def transfer_status(self, request: web.Request) -> web.Response:
         record = self.transfers.get(request.match_info["bank_reference"])
         if record is None:
             return error(404, "unknown_reference", "no such bank_reference")
-        return web.json_response({**record.view(), "status": record.status, "return_reason": record.return_reason})
+        return simhttp.json_response({**record.view(), "status": record.status, "return_reason": record.return_reason})
 
     async def payout(self, request: web.Request) -> web.Response:
         """Pays `amount` out to the merchant; the same payout_id again answers the same and sends nothing new."""
@@ -132,7 +132,7 @@ class Bank:
         if existing is not None:
             if (existing.merchant_id, existing.amount, existing.currency) != (merchant_id, amount, currency):
                 return error(409, "payout_id_reused", "payout_id was already used with other details")
-            return web.json_response({"bank_reference": existing.bank_reference, "status": "pending"}, status=202)
+            return simhttp.json_response({"bank_reference": existing.bank_reference, "status": "pending"}, status=202)
         record = Payout(payout_id=payout_id, merchant_id=merchant_id, amount=amount, currency=currency,
                         bank_reference=bank_reference(), paid=amount % 100 != FAILING_CENTS)
         if not record.paid:
@@ -141,13 +141,13 @@ class Bank:
         self.payouts.put(payout_id, record)
         log.info("payout %s for %s: %d %s -> %s", payout_id, merchant_id, amount, currency,
                  "paid" if record.paid else record.failure_code)
-        return web.json_response({"bank_reference": record.bank_reference, "status": "pending"}, status=202)
+        return simhttp.json_response({"bank_reference": record.bank_reference, "status": "pending"}, status=202)
 
     async def payout_status(self, request: web.Request) -> web.Response:
         record = self.payouts.get(request.match_info["payout_id"])
         if record is None:
             return error(404, "unknown_payout", "no such payout_id")
-        return web.json_response(record.view())
+        return simhttp.json_response(record.view())
 
 
 def build(options) -> web.Application:

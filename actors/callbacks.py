@@ -13,13 +13,13 @@ Standard library and aiohttp only: the actors folder must not import the edge.
 import asyncio
 import hashlib
 import hmac
-import json
 import logging
 import pathlib
 import secrets
 import time
 
 import aiohttp
+import orjson
 
 SIGNATURE_HEADER = "Paygate-Signature"
 MAX_ATTEMPTS = 10
@@ -51,7 +51,7 @@ def read_secret(path: str | pathlib.Path) -> str:
 
 
 def encode(payload: dict) -> bytes:
-    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+    return orjson.dumps(payload)
 
 
 async def deliver(session: aiohttp.ClientSession, url: str, secret: str, payload: dict, attempts: int = 5, *,

@@ -162,7 +162,7 @@ class Piggybank:
         ]
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "service": "piggybank", "records": len(self.authorizations),
+        return simhttp.json_response({"status": "ok", "service": "piggybank", "records": len(self.authorizations),
                                   "callbacks": self.outbox.stats()})
 
     # --- authorizations ---------------------------------------------------------------------------------------
@@ -203,7 +203,7 @@ class Piggybank:
         if existing is not None:  # a retried request: the same reference, and no second callback
             if not existing.same_request(merchant_id, amount, currency, digits[-4:], capture):
                 return error(409, "payment_id_reused", "payment_id was already authorized with other details")
-            return web.json_response({"psp_reference": existing.psp_reference, "status": existing.status},
+            return simhttp.json_response({"psp_reference": existing.psp_reference, "status": existing.status},
                                      status=202)
 
         record = Authorization(psp_reference="pb_" + secrets.token_hex(12), payment_id=payment_id,
@@ -221,7 +221,7 @@ class Piggybank:
         self.remember(record)
         log.info("authorization %s for %s: %s %s ...%s -> %s", record.psp_reference, payment_id, record.brand,
                  currency, record.last4, record.status if digits != SILENT else "no callback")
-        return web.json_response({"psp_reference": record.psp_reference, "status": "pending"}, status=202)
+        return simhttp.json_response({"psp_reference": record.psp_reference, "status": "pending"}, status=202)
 
     def remember(self, record: Authorization) -> None:
         self.by_payment[(record.merchant_id, record.payment_id)] = record.psp_reference
@@ -235,8 +235,8 @@ class Piggybank:
         psp_reference = request.match_info["psp_reference"]
         record = self.lookup(psp_reference)
         if record is None:
-            return web.json_response({"psp_reference": psp_reference, "status": "unknown"}, status=404)
-        return web.json_response(record.view())
+            return simhttp.json_response({"psp_reference": psp_reference, "status": "unknown"}, status=404)
+        return simhttp.json_response(record.view())
 
     async def find(self, request: web.Request) -> web.Response:
         """`GET /v1/authorizations?merchant_id=&payment_id=`: the status when the 202 (and its reference) was lost."""
@@ -245,8 +245,8 @@ class Piggybank:
         merchant_id = simhttp.text_id(query, "merchant_id")
         record = self.lookup(self.by_payment.get((merchant_id, payment_id)))
         if record is None:
-            return web.json_response({"payment_id": payment_id, "status": "unknown"}, status=404)
-        return web.json_response(record.view())
+            return simhttp.json_response({"payment_id": payment_id, "status": "unknown"}, status=404)
+        return simhttp.json_response(record.view())
 
     # --- captures, voids, refunds ------------------------------------------------------------------------------
 
@@ -256,7 +256,7 @@ class Piggybank:
 
     @staticmethod
     def ok(record: Authorization) -> web.Response:
-        return web.json_response({"status": "ok", "psp_reference": record.psp_reference,
+        return simhttp.json_response({"status": "ok", "psp_reference": record.psp_reference,
                                   "amount_captured": record.amount_captured,
                                   "amount_refunded": record.amount_refunded, "voided": record.voided,
                                   "captured_at": rfc3339(record.captured_at) if record.captured_at else None})

@@ -6,10 +6,11 @@ Errors are `{"error": "<code>", "message": "..."}` (plus `"param"` for a bad fie
 
 import argparse
 import collections
-import json
 import logging
 import re
 
+import orjson
+import uvloop
 from aiohttp import web
 
 from actors.callbacks import Outbox, OutboxFull, read_secret
@@ -65,7 +66,11 @@ def error(status: int, code: str, message: str = "", param: str | None = None, h
     body = {"error": code, "message": message or code.replace("_", " ")}
     if param is not None:
         body["param"] = param
-    return web.json_response(body, status=status, headers=headers)
+    return json_response(body, status=status, headers=headers)
+
+
+def json_response(body, status: int = 200, headers=None) -> web.Response:
+    return web.Response(body=orjson.dumps(body), status=status, headers=headers, content_type="application/json")
 
 
 ERROR_CODES = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed", 413: "request_too_large"}
@@ -93,8 +98,8 @@ async def json_body(request: web.Request) -> dict:
     """The request body as a JSON object; Invalid otherwise (413 comes from aiohttp's client_max_size)."""
     raw = await request.read()
     try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
         raise Invalid("body", "the body is not valid JSON") from None
     if not isinstance(body, dict):
         raise Invalid("body", "the body must be a JSON object")
@@ -173,4 +178,4 @@ def run(app: web.Application, options: argparse.Namespace, name: str) -> None:
     logging.basicConfig(level=options.log_level.upper(), format=f"%(asctime)s {name} %(levelname)s %(message)s")
     log.info("%s listening on http://%s:%d, callbacks to %s", name, options.host, options.port, options.callback_url)
     web.run_app(app, host=options.host, port=options.port, print=None, handle_signals=True, shutdown_timeout=5,
-                access_log_format='%a "%r" %s %b %Tfs')
+                loop=uvloop.new_event_loop(), access_log_format='%a "%r" %s %b %Tfs')
