@@ -103,7 +103,7 @@ class Outbox:
     that long after it was queued (so it tends to arrive after the reply that announced it).
     """
 
-    def __init__(self, url: str, secret: str, *, attempts: int = 5, capacity: int = 10_000, workers: int = 8,
+    def __init__(self, url: str, secret: str, *, attempts: int = 5, capacity: int = 10_000, workers: int = 32,
                  delay_s: float = 0.0) -> None:
         self.url = url
         self.secret = secret

@@ -189,7 +189,8 @@ class ProviderFollowerActor:
         kind = type(command)
         if kind is CapturePayment:
             return record.acquirer, CaptureRequest(merchant_id=record.merchant_id, payment_id=record.id,
-                                                   amount=record.amount_captured, currency=record.currency)
+                                                   amount=record.amount_captured, currency=record.currency,
+                                                   psp_reference=record.psp_reference)
         if kind is CancelPayment and record.authorization_id:  # else no authorization was held
             return record.acquirer, _void(record)
         if kind is CreateRefund:
@@ -199,7 +200,7 @@ class ProviderFollowerActor:
                 return None
             return payment.acquirer, RefundRequest(merchant_id=record.merchant_id, payment_id=record.payment_id,
                                                    refund_id=record.id, amount=record.amount,
-                                                   currency=record.currency)
+                                                   currency=record.currency, psp_reference=payment.psp_reference)
         if kind is CreatePayout:
             return self.payout_provider, PayoutRequest(merchant_id=record.merchant_id, payout_id=record.id,
                                                        amount=record.amount, currency=record.currency)
@@ -342,7 +343,7 @@ def _timed_out(payment: Payment) -> bool:
 
 
 def _void(payment: Payment) -> VoidRequest:
-    return VoidRequest(merchant_id=payment.merchant_id, payment_id=payment.id)
+    return VoidRequest(merchant_id=payment.merchant_id, payment_id=payment.id, psp_reference=payment.psp_reference)
 
 
 # An async actor: its loop runs the following and the watching; calls (stats) are few. It needs no CPU slot.

@@ -47,16 +47,22 @@ UNKNOWN = "unknown"
 # Requests
 
 
+# `psp_reference` in a follow-up: the provider's reference for the payment when the gateway has it, so the
+# connector need not look it up first.
+
+
 class CaptureRequest(msgspec.Struct, tag="capture", kw_only=True):
     merchant_id: str
     payment_id: str
     amount: int
     currency: str
+    psp_reference: str = ""
 
 
 class VoidRequest(msgspec.Struct, tag="void", kw_only=True):
     merchant_id: str
     payment_id: str
+    psp_reference: str = ""
 
 
 class RefundRequest(msgspec.Struct, tag="refund", kw_only=True):
@@ -67,6 +73,7 @@ class RefundRequest(msgspec.Struct, tag="refund", kw_only=True):
     refund_id: str
     amount: int
     currency: str
+    psp_reference: str = ""
 
 
 class PayoutRequest(msgspec.Struct, tag="payout", kw_only=True):

@@ -80,9 +80,13 @@ class PiggybankConnector(HttpConnector):
         return await self._change(request, "/v1/refunds", {"amount": request.amount, "refund_id": request.refund_id})
 
     async def _change(self, request: CaptureRequest | VoidRequest | RefundRequest, path: str, fields: dict) -> Verdict:
-        found = await self.status(PaymentStatusQuery(merchant_id=request.merchant_id, payment_id=request.payment_id))
-        if isinstance(found, Failed):
-            return found
-        if found.status == UNKNOWN:
-            return Declined("unknown_payment", "piggybank has no authorization for this payment")
-        return self.verdict(await self.call("POST", path, {"psp_reference": found.psp_reference, **fields}))
+        reference = request.psp_reference
+        if not reference:  # the authorization's answer has not reached the gateway: piggybank knows it
+            found = await self.status(PaymentStatusQuery(merchant_id=request.merchant_id,
+                                                         payment_id=request.payment_id))
+            if isinstance(found, Failed):
+                return found
+            if found.status == UNKNOWN:
+                return Declined("unknown_payment", "piggybank has no authorization for this payment")
+            reference = found.psp_reference
+        return self.verdict(await self.call("POST", path, {"psp_reference": reference, **fields}))
