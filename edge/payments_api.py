@@ -72,7 +72,6 @@ class Authorizations:
         if not self.flush_scheduled:
             self.flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
-        return True
 
     def _flush(self) -> None:
         self.flush_scheduled = False
