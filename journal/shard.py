@@ -76,6 +76,8 @@ class ShardConfig(msgspec.Struct, kw_only=True):
     max_read_entries: int = 1024
     # Requests held at once (queued, or waiting to be durable); past it a request is answered "busy" at once.
     max_requests: int = 4096
+    # Replies nng is still sending: those of held requests and every "busy" beside them, so well past max_requests.
+    max_replies_in_flight: int = 16_384
     reply_timeout_ms: int = 1000
     heartbeat_ms: int = 250
     replica_timeout_ms: int = 2_000
@@ -133,7 +135,8 @@ class Shard:
         self.stopped = asyncio.Event()
         for signal_number in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signal_number, self.stop)
-        self.replier = Replier(self.config.client_address, self.config.reply_timeout_ms, self.config.max_requests)
+        self.replier = Replier(self.config.client_address, self.config.reply_timeout_ms,
+                               self.config.max_replies_in_flight)
         self.held_requests: set[asyncio.Task] = set()
         loop.add_reader(self.replier.receive_fd, self._on_requests)
         self.announce_socket = pynng.Pub0(listen=self.config.announce_address, send_timeout=0) if self.config.announce_address else None
@@ -210,7 +213,8 @@ class Shard:
 
     def _send_reply(self, header: bytes, reply: bytes) -> None:
         if not self.replier.reply(header, reply):  # clients that stopped reading: they will ask again
-            log.warning("a reply of %d bytes dropped: %d replies still under way", len(reply), self.config.max_requests)
+            log.warning("a reply of %d bytes dropped: %d replies still under way", len(reply),
+                        self.config.max_replies_in_flight)
 
     async def _answer(self, message: bytes) -> bytes:
         try:

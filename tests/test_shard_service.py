@@ -95,12 +95,14 @@ def test_a_full_queue_answers_busy_and_changes_nothing(shard):
 def test_requests_past_the_held_bound_are_answered_busy_at_once(tmp_path):
     config = primary_config(tmp_path / "shard", max_requests=2)
     process = start(config)
-    client = ShardClient([config.client_address], timeout_ms=5000, busy_retries=0)
+    # Ample time for the two held batches on a crowded machine; a request left unanswered fails the test.
+    client = ShardClient([config.client_address], timeout_ms=20_000, busy_retries=0)
 
     async def scenario():
-        # Eight full submits at once: the shard holds two, and answers the rest at once rather than queue them.
+        # Sixteen full submits at once: the shard holds two, and answers the rest at once rather than queue them,
+        # every "busy" sent even while many replies are still on their way.
         batches = [[Transfer(f"test:t{n}_{k}", "test:acct_1", "test:acct_2", 1, "usd") for k in range(8190)]
-                   for n in range(8)]
+                   for n in range(16)]
         await Load(client).create_accounts()
         replies = await asyncio.gather(*(client.submit([CreateTransfers(batch)]) for batch in batches))
         statuses = [reply.status for reply in replies]
