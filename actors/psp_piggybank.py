@@ -7,9 +7,10 @@
     void        POST /v1/voids {"psp_reference"}
     refund      POST /v1/refunds {"psp_reference", "amount", "refund_id"}
 
-piggybank keys authorizations by (merchant id, payment id), so a capture, void or refund first finds the
-reference that way: it works even when the engine never heard the reference (a lost callback, a refund record).
-Repeats are harmless there: the same capture again is ok, voiding twice is ok, a refund_id counts once.
+A capture, void or refund names the authorization by the reference the gateway recorded from piggybank's
+callback; without one (a void before the callback came, a lost callback) the connector first finds it by
+(merchant id, payment id), which is how piggybank keys authorizations. Repeats are harmless there: the same
+capture again is ok, voiding twice is ok, a refund_id counts once.
 """
 
 from typing import Annotated

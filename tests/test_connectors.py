@@ -74,6 +74,7 @@ class FakeProvider:
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.requests: list[dict] = []
+        self.calls: list[tuple[str, str, str]] = []  # follow-ups and lookups: (method, path, reference or payment)
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="fake-provider", daemon=True)
 
@@ -85,6 +86,9 @@ class FakeProvider:
     async def _start(self) -> None:
         app = web.Application()
         app.router.add_post("/v1/authorizations", self._authorize)
+        app.router.add_get("/v1/authorizations", self._look_up)
+        app.router.add_post("/v1/captures", self._follow_up)
+        app.router.add_post("/v1/voids", self._follow_up)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
@@ -98,6 +102,16 @@ class FakeProvider:
         if number == BAD_CARD:
             return web.json_response({"error": "incorrect_number"}, status=402)
         return web.json_response({"psp_reference": f"psp_{body['payment_id']}"}, status=202)
+
+    async def _look_up(self, request: web.Request) -> web.Response:
+        payment_id = request.query["payment_id"]
+        self.calls.append(("GET", request.path, payment_id))
+        return web.json_response({"psp_reference": f"psp_{payment_id}", "status": "authorized"})
+
+    async def _follow_up(self, request: web.Request) -> web.Response:
+        reference = (await request.json())["psp_reference"]
+        self.calls.append(("POST", request.path, reference))
+        return web.json_response({"psp_reference": reference})
 
     def count(self, payment_id: str) -> int:
         return sum(1 for body in list(self.requests) if body["payment_id"] == payment_id)
@@ -382,6 +396,29 @@ def test_a_provider_answers_failed_to_what_it_does_not_offer_and_unknown_provide
                           psp.Failed("piggybank does not take payouts")]
     with pytest.raises(ValueError, match="no connector for 'nobank'"):
         psp.make("nobank", psp.ConnectorSettings(url="http://127.0.0.1:9"))
+
+
+def test_a_follow_up_uses_the_reference_the_gateway_has_and_looks_it_up_only_without_one():
+    provider = FakeProvider().start()
+    try:
+        connector = psp.make("piggybank", psp.ConnectorSettings(url=provider.url, retries=0))
+
+        async def follow_ups() -> list:
+            await connector.start()
+            try:
+                return [await connector.follow_up(psp.CaptureRequest(
+                            merchant_id=MERCHANT, payment_id="pay_known", amount=500, currency="usd",
+                            psp_reference="psp_pay_known")),
+                        await connector.follow_up(psp.VoidRequest(merchant_id=MERCHANT, payment_id="pay_unknown"))]
+            finally:
+                await connector.close()
+
+        assert run(follow_ups()) == [psp.Accepted("psp_pay_known"), psp.Accepted("psp_pay_unknown")]
+        assert provider.calls == [("POST", "/v1/captures", "psp_pay_known"),
+                                  ("GET", "/v1/authorizations", "pay_unknown"),
+                                  ("POST", "/v1/voids", "psp_pay_unknown")]
+    finally:
+        provider.stop()
 
 
 class EchoConnector(psp.Connector):
