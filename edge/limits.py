@@ -107,6 +107,7 @@ def _evict(entries: collections.OrderedDict, max_keys: int) -> None:
 
 
 @functools.lru_cache(maxsize=4096)  # every request parses its peer's address: the same few, mostly
+@functools.lru_cache(maxsize=4096)  # the same few peers and proxies ask again and again
 def _ip(text: str | None) -> IPAddress | None:
     try:
         address = ipaddress.ip_address(text)
@@ -156,7 +157,7 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted_proxies: list
         return peer if isinstance(peer, str) else ""
     trusted = _networks(tuple(trusted_proxies or ()))
     if not _inside(address, trusted) or not isinstance(forwarded_for, str):
-        return str(address)
+        return _text(address)
     # walk from the right: each trusted proxy appended the address it saw; anything further left is the client's word
     for entry in reversed(forwarded_for.split(",")):
         forwarded = _forwarded_ip(entry)
@@ -165,6 +166,11 @@ def client_ip(peer: str | None, forwarded_for: str | None, trusted_proxies: list
         address = forwarded
         if not _inside(address, trusted):
             break
+    return _text(address)
+
+
+@functools.lru_cache(maxsize=4096)
+def _text(address: IPAddress) -> str:
     return str(address)
 
 
