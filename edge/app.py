@@ -23,6 +23,7 @@ from edge.http import (
     cached_merchant,
     check_currency,
     check_cursor,
+    check_merchant_access,
     engine_now_ns,
     errors_and_metrics,
     ledger_id,
@@ -205,8 +206,7 @@ async def oauth_token(request: web.Request) -> web.Response:
     if merchant is None or merchant.client_id != client_id or not hmac.compare_digest(
             merchant.client_secret_hash, hash_secret(secret)):
         raise ApiError(401, "invalid_client", "unknown client or wrong secret")
-    if merchant.status != "active":
-        raise ApiError(403, "account_suspended", "this merchant is suspended")
+    check_merchant_access(request, merchant)  # a token is API access: the allow list applies to getting one
     token = request.app["issuer"].issue(merchant.id, "api", TOKEN_TTL_S, int(time.time()))
     return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
 

@@ -180,18 +180,22 @@ async def check_sub_account(request: web.Request, merchant: Merchant, sub_accoun
 
 
 async def _check_merchant_request(request: web.Request, merchant: Merchant) -> None:
-    settings = request.app["settings"]
-    if merchant.status != "active":
-        raise ApiError(403, "account_suspended", "this merchant is suspended")
-    peer = client_ip(request.remote, request.headers.get("X-Forwarded-For"), settings.trusted_proxies)
-    request["client_ip"] = peer
-    if not ip_allowed(peer, merchant.ip_allowlist):
-        raise ApiError(403, "ip_not_allowed", f"requests from {peer} are not allowed for this merchant")
+    check_merchant_access(request, merchant)
     await _check_signature(request, merchant)
     wait_s = request.app["buckets"].take(merchant.id, merchant.tier, time.monotonic())
     if wait_s:
         raise ApiError(429, "rate_limited", f"too many requests for tier {merchant.tier}",
                        headers={"Retry-After": str(max(1, round(wait_s + 0.5)))})
+
+
+def check_merchant_access(request: web.Request, merchant: Merchant) -> None:
+    """403 for a suspended merchant, or a client address outside the merchant's allow list."""
+    if merchant.status != "active":
+        raise ApiError(403, "account_suspended", "this merchant is suspended")
+    peer = client_ip(request.remote, request.headers.get("X-Forwarded-For"), request.app["settings"].trusted_proxies)
+    request["client_ip"] = peer
+    if not ip_allowed(peer, merchant.ip_allowlist):
+        raise ApiError(403, "ip_not_allowed", f"requests from {peer} are not allowed for this merchant")
 
 
 async def _check_signature(request: web.Request, merchant: Merchant) -> None:

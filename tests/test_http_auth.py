@@ -699,7 +699,12 @@ def test_the_ip_allow_list(server, allowlist, status):
     patched = server.request("PATCH", f"/v1/merchants/{merchant['id']}", {"ip_allowlist": allowlist},
                              key=server.admin_token)
     assert patched.status == 200 and patched.json()["ip_allowlist"] == allowlist
-    for send in (lambda: me(server, merchant["api_key"]), lambda: create_order(server, merchant["api_key"])):
+
+    def token():  # a token is API access too
+        return oauth(server, grant_type="client_credentials", client_id=merchant["client_id"],
+                     client_secret=merchant["client_secret"])
+
+    for send in (lambda: me(server, merchant["api_key"]), lambda: create_order(server, merchant["api_key"]), token):
         response = eventually(send, status)
         if status == 200:
             assert response.status == 200, response.body
