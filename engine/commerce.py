@@ -158,7 +158,7 @@ class Commerce:
         merchant = self.merchants.get(command.merchant_id)
         if merchant is None:
             return Outcome("merchant_not_found")
-        if any(sub.id == command.sub_account.id for sub in merchant.sub_accounts):
+        if command.sub_account.id in self.merchant_by_sub_account:  # sub-account ids are one namespace per shard
             return Outcome("exists")
         command.sub_account.created_at = timestamp
         merchant.sub_accounts = [*merchant.sub_accounts, command.sub_account]
@@ -201,11 +201,13 @@ class Commerce:
 
     def _check_splits(self, order: Order) -> str:
         """Each share goes to a sub-account of the merchant or to a merchant on this shard; together at most the amount."""
+        if not order.splits:
+            return ""
         if sum(split.amount for split in order.splits) > order.amount:
             return "splits_exceed_amount"
-        sub_accounts = {sub.id for sub in self.merchants[order.merchant_id].sub_accounts}
         for split in order.splits:
-            if split.amount <= 0 or (split.account_id not in sub_accounts and split.account_id not in self.merchants):
+            own_sub_account = self.merchant_by_sub_account.get(split.account_id) == order.merchant_id
+            if split.amount <= 0 or not (own_sub_account or split.account_id in self.merchants):
                 return "split_destination_not_found"
         return ""
 

@@ -725,6 +725,10 @@ def test_a_split_order_pays_every_share_or_is_refused(gw: Gateway):
     gw.ok(order("o9", splits=(Split("sub_store", 30), Split("m2", 20))))
     gw.refused(order("o10", splits=(Split("sub_store", AMOUNT), Split("m2", 1))), "splits_exceed_amount")
     gw.refused(order("o11", splits=(Split("sub_missing", 1),)), "split_destination_not_found")
+    # Another merchant's sub-account is no destination, and its id is taken on the shard.
+    gw.ok(CreateSubAccount("m2", SubAccount("sub_other", "Other")))
+    gw.refused(order("o12", splits=(Split("sub_other", 1),)), "split_destination_not_found")
+    gw.refused(CreateSubAccount("m1", SubAccount("sub_other", "Mine")), "exists")
     gw.ok(create("p9", order_id="o9"))
     gw.ok(psp("p9"))
     shares = gw.query(LookupAccounts([system_account_id("m1", "sub_store", "USD"),
