@@ -45,6 +45,8 @@ from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, CreateAccounts, Cr
 
 IDEMPOTENCY_RETENTION_NS = 24 * 3600 * NANOSECONDS_PER_SECOND
 MAX_BLOCKLIST_ENTRIES = 100_000
+# Stores per merchant: each merchant record (read at every authentication refresh) carries them all.
+MAX_SUB_ACCOUNTS = 1_000
 ORDER_STATUSES = ("pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception")
 _outcome_encoder = msgspec.msgpack.Encoder()
 _outcome_decoder = msgspec.msgpack.Decoder(Outcome)
@@ -160,6 +162,8 @@ class Commerce:
             return Outcome("merchant_not_found")
         if command.sub_account.id in self.merchant_by_sub_account:  # sub-account ids are one namespace per shard
             return Outcome("exists")
+        if len(merchant.sub_accounts) >= MAX_SUB_ACCOUNTS:
+            return Outcome("sub_account_limit_reached")
         command.sub_account.created_at = timestamp
         merchant.sub_accounts = [*merchant.sub_accounts, command.sub_account]
         self.merchant_by_sub_account[command.sub_account.id] = merchant.id

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
+from engine import commerce
 from engine.queries import GetMerchant, GetOrder, GetPaymentRecord, ListPayments, LookupAccounts
 from engine.records import (
     CancelOrder,
@@ -734,6 +735,13 @@ def test_a_split_order_pays_every_share_or_is_refused(gw: Gateway):
     shares = gw.query(LookupAccounts([system_account_id("m1", "sub_store", "USD"),
                                       system_account_id("m2", "balance", "USD"), balance_id("m1")])).accounts
     assert [account.credits_posted - account.debits_posted for account in shares] == [30, 20, AMOUNT - 50]
+
+
+def test_sub_accounts_per_merchant_are_bounded(gw: Gateway, monkeypatch):
+    monkeypatch.setattr(commerce, "MAX_SUB_ACCOUNTS", 2)
+    gw.ok(CreateSubAccount("m1", SubAccount("sub_a", "A")), CreateSubAccount("m1", SubAccount("sub_b", "B")))
+    gw.refused(CreateSubAccount("m1", SubAccount("sub_c", "C")), "sub_account_limit_reached")
+    gw.ok(CreateSubAccount("m2", SubAccount("sub_c", "C")))  # the bound is each merchant's
 
 
 def static_code_transfer(cb: str, amount: int, sub_account_id: str = "", mid: str = "m1") -> ReceiveBankTransfer:
