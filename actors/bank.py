@@ -103,7 +103,7 @@ class Bank:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return simhttp.json_response({"status": "ok", "service": "bank", "transfers": len(self.transfers),
-                                  "payouts": len(self.payouts), "callbacks": self.outbox.stats()})
+                                      "payouts": len(self.payouts), "callbacks": self.outbox.stats()})
 
     async def transfer(self, request: web.Request) -> web.Response:
         """A customer's incoming transfer quoting `reference`; every call is a new transfer."""

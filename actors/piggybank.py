@@ -163,7 +163,7 @@ class Piggybank:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return simhttp.json_response({"status": "ok", "service": "piggybank", "records": len(self.authorizations),
-                                  "callbacks": self.outbox.stats()})
+                                      "callbacks": self.outbox.stats()})
 
     # --- authorizations ---------------------------------------------------------------------------------------
 
@@ -204,7 +204,7 @@ class Piggybank:
             if not existing.same_request(merchant_id, amount, currency, digits[-4:], capture):
                 return error(409, "payment_id_reused", "payment_id was already authorized with other details")
             return simhttp.json_response({"psp_reference": existing.psp_reference, "status": existing.status},
-                                     status=202)
+                                         status=202)
 
         record = Authorization(psp_reference="pb_" + secrets.token_hex(12), payment_id=payment_id,
                                merchant_id=merchant_id, amount=amount, currency=currency, brand=brand(digits),
@@ -257,9 +257,9 @@ class Piggybank:
     @staticmethod
     def ok(record: Authorization) -> web.Response:
         return simhttp.json_response({"status": "ok", "psp_reference": record.psp_reference,
-                                  "amount_captured": record.amount_captured,
-                                  "amount_refunded": record.amount_refunded, "voided": record.voided,
-                                  "captured_at": rfc3339(record.captured_at) if record.captured_at else None})
+                                      "amount_captured": record.amount_captured,
+                                      "amount_refunded": record.amount_refunded, "voided": record.voided,
+                                      "captured_at": rfc3339(record.captured_at) if record.captured_at else None})
 
     async def capture(self, request: web.Request) -> web.Response:
         """Captures once, all or part of the authorization (amount absent: all); a repeat of the same capture is ok."""

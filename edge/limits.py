@@ -107,7 +107,6 @@ def _evict(entries: collections.OrderedDict, max_keys: int) -> None:
 
 
 @functools.lru_cache(maxsize=4096)  # every request parses its peer's address: the same few, mostly
-@functools.lru_cache(maxsize=4096)  # the same few peers and proxies ask again and again
 def _ip(text: str | None) -> IPAddress | None:
     try:
         address = ipaddress.ip_address(text)
