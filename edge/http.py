@@ -27,6 +27,8 @@ from engine.records import Idempotent, Merchant, Outcome
 log = logging.getLogger("paygate.edge")
 
 MAX_BODY_BYTES = 4 << 20
+# Said instead of aiohttp's default, which names the Python and aiohttp versions to anyone who asks.
+SERVER_NAME = "paygate"
 MERCHANT_CACHE_SECONDS = 2.0
 MERCHANT_CACHE_SIZE = 10_000
 ADMIN = "admin"
@@ -81,7 +83,7 @@ class Principal(msgspec.Struct):
 
 @web.middleware
 async def errors_and_metrics(request: web.Request, handler):
-    request_id = request.headers.get("Request-Id", "")[:64] or "req_" + random_tokens.token_hex(12)
+    request_id = request_id_of(request)
     request["request_id"] = request_id
     started = time.perf_counter()
     try:
@@ -113,11 +115,17 @@ async def errors_and_metrics(request: web.Request, handler):
         log.exception("unhandled error", extra={"request_id": request_id})
         response = ApiError(500, "internal_error", "an internal error occurred; it has been logged").response()
     response.headers["Request-Id"] = request_id
+    response.headers["Server"] = SERVER_NAME
     if request.get("replayed"):  # an error the first request got is replayed too, and says so
         response.headers["Idempotent-Replayed"] = "true"
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     request.app["metrics"].observe(request.method, route, response.status, time.perf_counter() - started)
     return response
+
+
+def request_id_of(request: web.BaseRequest) -> str:
+    """The caller's Request-Id (at most 64 characters), or a new one."""
+    return request.headers.get("Request-Id", "")[:64] or "req_" + random_tokens.token_hex(12)
 
 
 def _http_code(status: int) -> str:

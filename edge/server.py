@@ -11,10 +11,12 @@ import urllib.request
 
 import msgspec
 import uvloop
-from aiohttp import web
+from aiohttp import web, web_protocol, web_server
 
 from edge.app import Settings, create_app
 from edge.auth import Secrets, hash_secret
+from edge.errors import ApiError
+from edge.http import SERVER_NAME, log, request_id_of
 from journal import logs
 from journal.processes import stop_processes
 from journal.client import ShardClient
@@ -32,8 +34,34 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logs.configure(os.environ.get("PAYGATE_LOG_LEVEL", "INFO"))
     settings = msgspec.json.decode(args.settings, type=Settings)
+    # aiohttp makes one handler per connection from this name; ours answers what the app never sees.
+    web_server.RequestHandler = EdgeRequestHandler
     web.run_app(create_app(settings), host=args.host, port=args.port, reuse_port=True, access_log=None,
                 print=None, loop=uvloop.new_event_loop(), handle_signals=True)
+
+
+class EdgeRequestHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, but a request it cannot parse is answered in the API's error shape, with a
+    Request-Id, and logged in one line rather than with a traceback."""
+
+    def handle_error(self, request, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # a response had begun: only closing the connection is left
+            raise ConnectionError("a response was already under way")
+        request_id = request_id_of(request)
+        if status >= 500:
+            log.error("error handling a request", exc_info=exc, extra={"request_id": request_id})
+            error = ApiError(status, "internal_error", "an internal error occurred; it has been logged")
+        else:
+            # aiohttp's reason, without the bytes it quotes after the colon: they may hold a client's secrets.
+            said = (message or str(exc or "") or "unreadable").split(":", 1)[0].splitlines()[0][:200]
+            log.info("malformed request from %s: %s", request.remote, said, extra={"request_id": request_id})
+            error = ApiError(status, "malformed_request", f"the request is not valid HTTP: {said}")
+        response = error.response()
+        response.headers["Request-Id"] = request_id
+        response.headers["Server"] = SERVER_NAME
+        response.force_close()
+        return response
 
 
 class EdgeWorkers:

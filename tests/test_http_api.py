@@ -581,6 +581,45 @@ def test_a_client_that_leaves_mid_body_is_no_server_error(server):
     assert not re.search(r'paygate_http_requests_total\{[^}]*status="500"', metrics), "a 500 was counted"
 
 
+def exchange_raw(server, request: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send bytes as they are, read until the server closes: (status line, headers, body)."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as connection:
+        connection.sendall(request)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+    head, _, body = received.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    return status_line, {name.lower(): value for name, _, value in (line.partition(": ") for line in lines)}, body
+
+
+SECRET = b"sk_do_not_echo_me"
+
+
+@pytest.mark.parametrize("request_bytes", [
+    pytest.param(b"GET /v1/orders HTTP/1.1\r\nHost: x\r\nContent-Length: " + SECRET + b"\r\n\r\n", id="content_length"),
+    pytest.param(b"BR@KEN /v1/orders HTTP/1.1\r\nHost: x\r\n\r\n", id="method"),
+    pytest.param(b"GET /v1/orders HTTP/1.1\r\nHost: x\r\n" + SECRET + b" line\r\n\r\n", id="header_line"),
+    pytest.param(b"POST /v1/orders HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + SECRET + b"\r\n",
+                 id="chunk_size"),
+    pytest.param(b"GET /v1/orders HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + SECRET * 600 + b"\r\n\r\n",
+                 id="header_too_long"),
+    pytest.param(b"GET / HTTP/9.1\r\nHost: x\r\n\r\n", id="version"),
+])
+def test_requests_that_are_not_http_get_the_error_shape_and_no_echo(server, request_bytes):
+    """What aiohttp's parser refuses never reaches the app's middleware; it is answered in the API's shape all the
+    same, with a Request-Id, without quoting the request back or logging a traceback."""
+    status_line, headers, body = exchange_raw(server, request_bytes)
+    assert status_line.split(" ")[1] == "400"
+    assert headers["content-type"] == "application/json" and headers["request-id"].startswith("req_")
+    assert headers["server"] == "paygate"
+    error = json.loads(body)["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] == "malformed_request"
+    assert SECRET not in body and b"Traceback" not in body
+    time.sleep(0.2)  # aiohttp's own handler would log the request's bytes with a traceback, at error level
+    assert not any(SECRET.decode() in line or "Traceback" in line for line in list(server.output))
+
+
 def test_openapi_health_readiness_and_metrics(server):
     document = ok(server, "GET", "/openapi.json")
     assert document["openapi"] == "3.1.0"
