@@ -181,7 +181,11 @@ class OrderWalletUser(PaygateUser):
         self.call("GET", f"/v1/orders/{order_id}", "GET /v1/orders/{id}", check=order_paid)
 
 
-CARD_POLLS = 50  # reads of a payment while the acquirer's callback is on its way
+# A merchant's reads of a payment while the acquirer's callback is on its way: first after about one acquirer round
+# trip, then backing off, at most 12 reads (about 3 s).
+CARD_POLL_FIRST_S = 0.02
+CARD_POLL_MAX_S = 0.4
+CARD_POLLS = 12
 
 
 @single_request_user
@@ -206,12 +210,17 @@ class CardPaymentUser(PaygateUser):
                             check=lambda body: expect(body["payment_method"]["card"]["last4"] == "4242", "last4"))
         if payment is None:
             return
+        current = payment
+        delay_s = CARD_POLL_FIRST_S
         for _ in range(CARD_POLLS):
-            current = self.call("GET", f"/v1/payments/{payment['id']}", "GET /v1/payments/{id}")
-            if current is None or current["status"] != "processing":
+            if current["status"] != "processing":
                 break
-            time.sleep(0.01)
-        if current is None or current["status"] != "requires_capture":
+            time.sleep(delay_s)
+            delay_s = min(delay_s * 2, CARD_POLL_MAX_S)
+            current = self.call("GET", f"/v1/payments/{payment['id']}", "GET /v1/payments/{id}")
+            if current is None:
+                return
+        if current["status"] != "requires_capture":
             return
         self.call("POST", f"/v1/payments/{payment['id']}/capture", CAPTURE, {}, idempotent=True,
                   check=lambda body: expect(body["status"] == "succeeded" and body["amount_captured"] == amount,
