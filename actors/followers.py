@@ -10,7 +10,10 @@ connector actor (actors/connectors.py), one Ray call per batch of entries and pr
 count (an `ok` outcome, not a replay):
 
     CapturePayment                               → capture at the payment's acquirer, of what the engine captured
-    CancelPayment of a held authorization        → void at the acquirer
+    CancelPayment of a card payment              → void at the acquirer (of a held authorization, or of one
+                                                   still on its way: a captured one is refunded whole)
+    an authorization that came after the payment
+    was cancelled or failed                      → void at the acquirer, the same way
     a held authorization the ledger released     → void at the acquirer (its transfer.expired event)
     CreateRefund                                 → refund at the payment's acquirer, under the refund's id
     CreatePayout                                 → payout at the bank
@@ -56,6 +59,7 @@ from engine.records import (
     Idempotent,
     Outcome,
     Payment,
+    RecordPspResult,
 )
 from journal.client import ShardClient
 from journal.recovery import batch_decoder
@@ -175,10 +179,14 @@ class ProviderFollowerActor:
         commands = batch_decoder.decode(entry.payload).commands if commerce else []
         commanded = set()
         for command, result in zip(commands, entry.result.results):
-            if type(result) is Outcome and result.code == "ok" and not result.replayed:
-                inner = command.command if type(command) is Idempotent else command
+            if type(result) is not Outcome or result.replayed:
+                continue
+            inner = command.command if type(command) is Idempotent else command
+            if result.code == "ok":
                 commanded.add(getattr(result.record, "id", ""))
                 found.append(await self._request_of(shard, inner, result.record))
+            elif _late_authorization(inner, result):
+                found.append((result.record.acquirer, _void(result.record)))
         found += await self._voids_of(shard, entry.result.events, commanded)
         return [item for item in found if item is not None and item[0] in self.providers]
 
@@ -191,7 +199,7 @@ class ProviderFollowerActor:
             return record.acquirer, CaptureRequest(merchant_id=record.merchant_id, payment_id=record.id,
                                                    amount=record.amount_captured, currency=record.currency,
                                                    psp_reference=record.psp_reference)
-        if kind is CancelPayment and record.authorization_id:  # else no authorization was held
+        if kind is CancelPayment and record.method == "card":  # held, or still on its way: either is dropped
             return record.acquirer, _void(record)
         if kind is CreateRefund:
             payment = await _payment(shard, record.merchant_id, record.payment_id)
@@ -340,6 +348,13 @@ def _released_by(transfer_id: str):
 
 def _timed_out(payment: Payment) -> bool:
     return payment.method == "card" and payment.failure_code == PROCESSING_TIMEOUT
+
+
+def _late_authorization(command, outcome: Outcome) -> bool:
+    """An acquirer's authorization of a card payment the gateway had already cancelled or failed: money held (or
+    taken) for nothing, to be given back."""
+    return (type(command) is RecordPspResult and command.result == "authorized" and outcome.code == "payment_not_open"
+            and outcome.record.method == "card" and outcome.record.status in ("cancelled", "failed"))
 
 
 def _void(payment: Payment) -> VoidRequest:

@@ -4,7 +4,7 @@
                 follows in a signed callback; 402 is a decline
     status      GET /v1/authorizations?merchant_id=&payment_id= → the authorization, 404 when unknown
     capture     POST /v1/captures {"psp_reference", "amount"}
-    void        POST /v1/voids {"psp_reference"}
+    void        POST /v1/voids {"psp_reference"}; refused as already captured, a refund of it all instead
     refund      POST /v1/refunds {"psp_reference", "amount", "refund_id"}
 
 A capture, void or refund names the authorization by the reference the gateway recorded from piggybank's
@@ -32,6 +32,9 @@ from actors.psp import (
     Verdict,
     VoidRequest,
 )
+
+
+ALREADY_CAPTURED = "already_captured"  # piggybank's refusal to void what it has captured
 
 
 class AuthorizationView(msgspec.Struct):
@@ -75,7 +78,11 @@ class PiggybankConnector(HttpConnector):
         return await self._change(request, "/v1/captures", {"amount": request.amount})
 
     async def void(self, request: VoidRequest) -> Verdict:
-        return await self._change(request, "/v1/voids", {})
+        verdict = await self._change(request, "/v1/voids", {})
+        if type(verdict) is Declined and verdict.code == ALREADY_CAPTURED:
+            # Captured with its authorization (automatic capture) when the gateway had given up on it: all goes back.
+            return await self._change(request, "/v1/refunds", {"refund_id": f"{request.payment_id}.reversal"})
+        return verdict
 
     async def refund(self, request: RefundRequest) -> Verdict:
         return await self._change(request, "/v1/refunds", {"amount": request.amount, "refund_id": request.refund_id})

@@ -660,6 +660,63 @@ def test_a_released_authorization_is_voided_at_the_acquirer(acquirer):
     assert wait_for(lambda: acquirer.at_piggybank("pay_follow_released")["voided"], what="the void at piggybank")
 
 
+def cancel(acquirer, payment_id: str) -> None:
+    outcome, = acquirer.submit([CancelPayment(merchant_id=ACQUIRER_MERCHANT, payment_id=payment_id,
+                                              transfer_id=f"{ACQUIRER_MERCHANT}:{payment_id}.void")])
+    assert (outcome.code, outcome.record.status) == ("ok", "cancelled")
+
+
+def test_a_payment_cancelled_before_the_acquirer_answered_holds_and_takes_nothing_there(acquirer):
+    """Cancelled while its authorization is on its way: piggybank is told to drop it. Undecided there, it never
+    calls back; authorized and captured with it (automatic capture), it is refunded whole."""
+    undecided, captured = "pay_cancel_undecided", "pay_cancel_captured"
+    acquirer.start_payments({undecided: SILENT_CARD}, LONG_TIMEOUT_S, capture=False)
+    acquirer.start_payments({captured: GOOD_CARD}, LONG_TIMEOUT_S, capture=True)
+    wait_for(lambda: acquirer.at_piggybank(undecided).get("status") == "pending", what="the undecided authorization")
+    wait_for(lambda: acquirer.at_piggybank(captured).get("amount_captured") == 1000, what="the automatic capture")
+    for payment_id in (undecided, captured):  # their callbacks go nowhere: still processing here
+        cancel(acquirer, payment_id)
+    view = wait_for(lambda: (now := acquirer.at_piggybank(undecided))["voided"] and now, what="the dropped one")
+    assert view["status"] == "cancelled"
+    view = wait_for(lambda: (now := acquirer.at_piggybank(captured))["amount_refunded"] and now, what="the refund")
+    assert (view["amount_captured"], view["amount_refunded"]) == (1000, 1000)
+
+
+def test_a_payment_cancelled_at_3ds_cannot_be_authorized_by_finishing_the_challenge(acquirer):
+    payment_id = "pay_cancel_3ds"
+    acquirer.start_payments({payment_id: THREE_D_SECURE_CARD}, LONG_TIMEOUT_S, capture=True)
+    view = wait_for(lambda: (now := acquirer.at_piggybank(payment_id))["status"] == "requires_action" and now,
+                    what="the challenge")
+    acquirer.submit([RecordPspResult(merchant_id=ACQUIRER_MERCHANT, payment_id=payment_id, callback_id=f"cb_{payment_id}",
+                                     result="requires_action", psp_reference=view["psp_reference"],
+                                     action_url=view["action_url"])])
+    cancel(acquirer, payment_id)
+    assert wait_for(lambda: acquirer.at_piggybank(payment_id)["voided"], what="the void")
+    form = urllib.parse.urlencode({"outcome": "complete"}).encode()
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(f"{acquirer.urls['piggybank']}/3ds/{view['psp_reference']}", form, timeout=5)
+    assert refused.value.code == 409
+    assert (acquirer.at_piggybank(payment_id)["status"], acquirer.at_piggybank(payment_id)["amount_captured"]) == (
+        "cancelled", 0)
+
+
+def test_an_authorization_that_comes_after_the_payment_failed_is_voided(acquirer):
+    """The gateway failed the payment on one word of the acquirer's; a later authorization of it is given back."""
+    payment_id = "pay_late_authorization"
+    acquirer.start_payments({payment_id: GOOD_CARD}, LONG_TIMEOUT_S, capture=False)
+    view = wait_for(lambda: (now := acquirer.at_piggybank(payment_id))["status"] == "authorized" and now,
+                    what="the authorization")
+    failed, late = acquirer.submit([
+        RecordPspResult(merchant_id=ACQUIRER_MERCHANT, payment_id=payment_id, callback_id="cb_late_1",
+                        result="declined", failure_code="card_declined"),
+        RecordPspResult(merchant_id=ACQUIRER_MERCHANT, payment_id=payment_id, callback_id="cb_late_2",
+                        result="authorized", psp_reference=view["psp_reference"],
+                        transfer_id=f"{ACQUIRER_MERCHANT}:{payment_id}.authorization")])
+    assert (failed.record.status, late.code) == ("failed", "payment_not_open")
+    assert wait_for(lambda: acquirer.at_piggybank(payment_id)["voided"], what="the void of the late authorization")
+    assert acquirer.payment(payment_id).status == "failed"
+
+
 def test_a_refusal_is_logged_for_an_operator_and_not_retried(acquirer):
     before = acquirer.stats()
     unknown = "pay_follow_unknown"
