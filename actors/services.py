@@ -12,6 +12,8 @@ import msgspec
 from journal.processes import stop_processes
 
 PROVIDERS = ("piggybank", "bank")
+# What each provider's signed callbacks may say: one provider's secret never speaks for another's business.
+CALLBACK_KINDS = {"piggybank": ("authorization",), "bank": ("transfer_received", "payout")}
 
 
 class ProviderService(msgspec.Struct):

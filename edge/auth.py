@@ -222,14 +222,18 @@ def signature_valid(secret: str, timestamp: str, signature: str, method: str, pa
     return any(hmac.compare_digest(_utf8(candidate), expected) for candidate in candidates)
 
 
-def callback_signature_valid(secret: str, header: str, body: bytes, now_s: int, window_s: int = 300) -> bool:
-    """Whether `t=<unix>,v1=<hex>` (as `webhook_signature` makes it) signs this body at a time near now."""
+def callback_signature(secret: str, header: str, body: bytes, now_s: int, window_s: int = 300) -> str:
+    """The signature in one spelling (`t=<unix>,v1=<lower-case hex>`) if the header (as `webhook_signature` makes
+    it, give or take case, order and spaces) signs this body at a time near now; else "". One spelling, so a
+    replay is known however it is written."""
     fields = dict(part.strip().partition("=")[::2] for part in header.split(",")[:8] if "=" in part)
     timestamp = fields.get("t", "")
     if not TIMESTAMP.fullmatch(timestamp) or abs(int(timestamp) - now_s) > window_s:
-        return False
+        return ""
     expected = _hmac_hex(secret, _utf8(f"{timestamp}.") + body)
-    return hmac.compare_digest(_utf8(fields.get("v1", "").lower()), _utf8(expected))
+    if not hmac.compare_digest(_utf8(fields.get("v1", "").lower()), _utf8(expected)):
+        return ""
+    return f"t={timestamp},v1={expected}"
 
 
 def _b64(data: bytes) -> str:

@@ -14,9 +14,9 @@ import msgspec
 from aiohttp import web
 
 from actors.connector_wire import Authorization, AuthorizationBatch, CardData, ConnectorClient
-from actors.services import PROVIDERS
+from actors.services import CALLBACK_KINDS, PROVIDERS
 from edge import cards, qr_api, render, risk, schemas
-from edge.auth import callback_signature_valid
+from edge.auth import callback_signature
 from edge.errors import ApiError, not_found
 from edge.http import (
     body_of,
@@ -297,9 +297,10 @@ async def provider_callback(request: web.Request) -> web.Response:
     provider = request.match_info["provider"]
     secrets = request.app["secrets"]
     body = await request.read()
-    signature = request.headers.get("Paygate-Signature", "")[:512]
-    if provider not in PROVIDERS or not callback_signature_valid(
-            secrets.provider_secret(provider), signature, body, int(time.time())):
+    header = request.headers.get("Paygate-Signature", "")[:512]
+    signature = provider in PROVIDERS and callback_signature(
+        secrets.provider_secret(provider), header, body, int(time.time()))
+    if not signature:
         raise ApiError(401, "signature_invalid", "the callback is unsigned, wrongly signed or too old")
     seen: collections.OrderedDict = request.app["seen_callbacks"]
     if signature in seen:
@@ -308,6 +309,8 @@ async def provider_callback(request: web.Request) -> web.Response:
     if len(seen) > SEEN_CALLBACKS:
         seen.popitem(last=False)
     callback = schemas.decode(body, schemas.ProviderCallback)
+    if callback.kind not in CALLBACK_KINDS[provider]:
+        raise ApiError(400, "callback_kind_invalid", f"{provider} sends no {callback.kind} callbacks", "kind")
     if callback.kind == "transfer_received":
         return await _transfer_received(request, callback)
     if callback.kind == "payout":
@@ -319,7 +322,7 @@ async def provider_callback(request: web.Request) -> web.Response:
         result=callback.result, psp_reference=callback.psp_reference, action_url=callback.action_url,
         failure_code=callback.failure_code, failure_message=callback.failure_message,
         transfer_id=authorization_transfer_id(callback.merchant_id, callback.payment_id),
-        hold_timeout_s=request.app["settings"].authorization_hold_s)
+        hold_timeout_s=request.app["settings"].authorization_hold_s, acquirer=provider)
     outcome = await request.app["gateway"].submit(callback.merchant_id, command)
     # A duplicate is acknowledged (the provider may stop resending); it changed nothing.
     return respond(request, {"received": True, "outcome": outcome.code})

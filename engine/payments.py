@@ -167,7 +167,7 @@ class Payments:
 
     def record_psp_result(self, command: RecordPspResult, timestamp: int) -> Outcome:
         payment = self._payment_of(command.merchant_id, command.payment_id)
-        if payment is None:
+        if payment is None or command.acquirer not in ("", payment.acquirer):  # not a payment this provider has
             return Outcome("payment_not_found")
         if command.callback_id in payment.callback_ids:
             return Outcome("duplicate", record=payment)

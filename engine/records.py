@@ -300,6 +300,9 @@ class RecordPspResult(msgspec.Struct, tag="record_psp_result", array_like=True, 
     transfer_id: str = ""
     # How long an authorization held for manual capture lasts before it is released.
     hold_timeout_s: int = 7 * 86400
+    # The provider whose signed callback this is; it must be the payment's acquirer. Empty: the acquirer's own
+    # connector speaking of a payment it was sent.
+    acquirer: str = ""
 
 
 class ReceiveBankTransfer(msgspec.Struct, tag="receive_bank_transfer", array_like=True, kw_only=True):

@@ -8,8 +8,8 @@ import stat
 import jwt
 import pytest
 
-from edge.auth import (AdminToken, Secrets, TokenIssuer, hash_password, hash_secret, merchant_id_from_api_key,
-                       signature_valid, verify_password, webhook_signature)
+from edge.auth import (AdminToken, Secrets, TokenIssuer, callback_signature, hash_password, hash_secret,
+                       merchant_id_from_api_key, signature_valid, verify_password, webhook_signature)
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(1, 33))
@@ -317,6 +317,19 @@ def test_webhook_signature():
     expected = hmac.new(b"whsec_x", f"{NOW}.".encode() + BODY, hashlib.sha256).hexdigest()
     assert webhook_signature("whsec_x", BODY, NOW) == f"t={NOW},v1={expected}"
     assert webhook_signature("whsec_y", BODY, NOW) != webhook_signature("whsec_x", BODY, NOW)
+
+
+def test_a_callback_signature_has_one_spelling_however_it_is_written():
+    """Case, order and spaces do not make a replayed callback look new; a wrong, stale or missing one is ""."""
+    header = webhook_signature("whsec_x", BODY, NOW)
+    timestamp, digest = (part.split("=", 1)[1] for part in header.split(","))
+    spellings = [header, f"t={timestamp},v1={digest.upper()}", f"v1={digest},t={timestamp}",
+                 f"t={timestamp}, v1={digest}", f" v1={digest.upper()} , t={timestamp} "]
+    assert {callback_signature("whsec_x", spelling, BODY, NOW) for spelling in spellings} == {header}
+    assert callback_signature("whsec_y", header, BODY, NOW) == ""
+    assert callback_signature("whsec_x", header, BODY + b" ", NOW) == ""
+    assert callback_signature("whsec_x", header, BODY, NOW + 301) == ""
+    assert callback_signature("whsec_x", "", BODY, NOW) == ""
 
 
 # --- passwords -----------------------------------------------------------------------------------------------------

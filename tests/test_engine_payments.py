@@ -342,6 +342,15 @@ def test_a_result_from_another_merchant_or_for_no_payment_is_payment_not_found(g
     assert gw.payment("p1").status == "processing"
 
 
+def test_a_result_signed_by_another_provider_than_the_acquirer_is_payment_not_found(gw: Gateway):
+    gw.ok(create("p1"))
+    acquirer = gw.payment("p1").acquirer
+    gw.refused(psp("p1", acquirer="bank"), "payment_not_found")
+    assert gw.payment("p1").status == "processing"
+    gw.ok(psp("p1", acquirer=acquirer))
+    assert gw.payment("p1").status == "succeeded"
+
+
 # 3. Automatic capture
 
 

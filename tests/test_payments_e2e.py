@@ -483,6 +483,21 @@ def test_unsigned_forged_and_stale_callbacks_change_nothing(server, shop):
     assert call(server, "GET", f"/v1/payments/{payment['id']}", key=key) == payment  # unchanged, still processing
 
 
+def test_a_provider_signs_only_its_own_kind_of_callback(server, shop):
+    """The bank's secret does not authorize a card payment, nor piggybank's credit a bank transfer."""
+    merchant_id, key = shop
+    payment = call(server, "GET", f"/v1/payments/{pay(server, key, SILENT)['id']}", key=key)
+    bank_secret = (server.data / "providers" / "bank.secret").read_text().strip()
+    body = callback(merchant_id, payment["id"], "cb_" + uuid.uuid4().hex)
+    reply = server.request("POST", "/v1/psp/bank/webhook", raw=body, headers=signed(bank_secret, body, int(time.time())))
+    assert reply.status == 400 and reply.json()["error"]["code"] == "callback_kind_invalid", reply.body
+    credit = json.dumps({"callback_id": "cb_" + uuid.uuid4().hex, "kind": "transfer_received", "reference": "Mdemo",
+                         "amount": 5000, "currency": "usd"}).encode()
+    reply = post_callback(server, credit, signed(piggybank_secret(server), credit, int(time.time())))
+    assert reply.status == 400 and reply.json()["error"]["code"] == "callback_kind_invalid", reply.body
+    assert call(server, "GET", f"/v1/payments/{payment['id']}", key=key) == payment  # unchanged, still processing
+
+
 def test_late_authorization_lands_once(server, shop):
     merchant_id, key = shop
     payment = pay(server, key, SILENT)
