@@ -429,7 +429,10 @@ async def create_account(request: web.Request) -> web.Response:
     if code:
         raise ApiError(400, AccountCode.name(code), AccountCode.name(code).replace("_", " "))
     stored = (await request.app["gateway"].read(merchant.id, LookupAccounts([account.id]))).accounts[0]
-    return respond(request, render.account(stored))
+    # The account as it was created, so a replay under the Idempotency-Key answers what the first request did.
+    created = msgspec.structs.replace(stored, flags=flags, debits_pending=0, debits_posted=0, credits_pending=0,
+                                      credits_posted=0)
+    return respond(request, render.account(created))
 
 
 async def get_account(request: web.Request) -> web.Response:

@@ -523,6 +523,20 @@ def test_transfer_replayed_under_its_idempotency_key(server):
     assert account(server, key, "a")["debits_posted"] == 700
 
 
+def test_account_create_replayed_after_money_moved_answers_the_first_response(server):
+    key = merchant(server)
+    accounts(server, key, "payer")
+    headers = {"Idempotency-Key": f"open-{uuid.uuid4().hex}"}
+    first = call(server, "POST", "/v1/accounts", {"id": "payee", "currency": "usd"}, key=key, status=200,
+                 headers=headers)
+    ok(server, "POST", "/v1/transfers", transfer("moved", debit="payer", credit="payee", amount=77), key=key)
+    again = call(server, "POST", "/v1/accounts", {"id": "payee", "currency": "usd"}, key=key, status=200,
+                 headers=headers)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json() == first.json() and first.json()["balance"] == 0
+    assert account(server, key, "payee")["balance"] == 77
+
+
 @pytest.mark.parametrize("path, first, second", [
     pytest.param("/v1/orders", ORDER, {**ORDER, "amount": 1}, id="orders"),
     pytest.param("/v1/transfers", transfer("k1"), transfer("k1", amount=11), id="transfers"),
