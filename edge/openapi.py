@@ -1,6 +1,7 @@
 """/openapi.json: OpenAPI 3.1 generated from the same msgspec types that validate requests."""
 
 import functools
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -98,6 +99,8 @@ QUERY_SCHEMAS = {
     "created_lt": TIME_SCHEMA,
     "at": TIME_SCHEMA,
 }
+# A route's `{name}`, a whole segment or part of one (`{id}.png`).
+PATH_PARAMETER = re.compile(r"\{(\w+)\}")
 
 
 def document(routes) -> dict:
@@ -148,8 +151,8 @@ def _document(routes: tuple[tuple[str, str, str], ...]) -> dict:
 
 
 def _parameters(path: str, handler: str, method: str) -> list[dict]:
-    parameters = [{"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
-                  for part in path.split("/") if part.startswith("{")]
+    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+                  for name in PATH_PARAMETER.findall(path)]
     for name in QUERY_PARAMETERS.get(handler, ()):
         parameters.append({"name": name, "in": "query", "required": False,
                            "schema": QUERY_SCHEMAS.get(name, {"type": "string"})})
