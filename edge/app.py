@@ -66,7 +66,6 @@ from engine.types import NANOSECONDS_PER_SECOND, Account, AccountFlag, CreateAcc
     TransferFlag
 
 log = logging.getLogger("paygate.edge")
-MAX_TRANSFERS_PER_REQUEST = 8190
 TOKEN_TTL_S = 3600
 LOGIN_ATTEMPTS = 20  # per client IP and worker, per LOGIN_WINDOW_S
 LOGIN_WINDOW_S = 60
@@ -477,8 +476,8 @@ async def create_transfers(request: web.Request) -> web.Response:
     decoded = schemas.decode(body, schemas.TransferCreate | list[schemas.TransferCreate])
     is_batch = isinstance(decoded, list)
     items = decoded if is_batch else [decoded]
-    if len(items) > MAX_TRANSFERS_PER_REQUEST:
-        raise ApiError(413, "too_many_transfers", f"at most {MAX_TRANSFERS_PER_REQUEST} transfers per request")
+    if len(items) > schemas.MAX_TRANSFERS_PER_REQUEST:
+        raise ApiError(413, "too_many_transfers", f"at most {schemas.MAX_TRANSFERS_PER_REQUEST} transfers per request")
     if not items:
         raise ApiError(400, "parameter_missing", "send at least one transfer")
     for currency in {item.currency for item in items} - {""}:

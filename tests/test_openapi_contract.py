@@ -155,6 +155,12 @@ def test_every_path_parameter_is_a_name_in_braces_of_its_path(api_schema):
             assert named == set(re.findall(r"\{[^}]*\}", path)), (method, path, named)
 
 
+def test_the_transfer_array_documents_its_limits(api_schema):
+    body = api_schema.raw_schema["paths"]["/v1/transfers"]["post"]["requestBody"]["content"]["application/json"]
+    arrays = [schema for schema in body["schema"]["anyOf"] if schema.get("type") == "array"]
+    assert [(array["minItems"], array["maxItems"]) for array in arrays] == [(1, 8190)]
+
+
 @pytest.mark.parametrize("method, path", [pytest.param(method, path, id=f"{method} {path}") for method, path in OPERATIONS])
 def test_generated_requests_get_documented_responses(api_schema, server, method, path):
     operation = api_schema[path][method]
