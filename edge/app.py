@@ -332,6 +332,7 @@ async def create_order(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.OrderCreate)
     check_currency(fields.currency)
+    _check_splits(fields.splits)
     settings: Settings = request.app["settings"]
     order = Order(
         id=new_id("ord_", request, merchant.id), merchant_id=merchant.id, name=fields.name, amount=fields.amount,
@@ -350,6 +351,14 @@ async def create_order(request: web.Request) -> web.Response:
                        headers={"Retry-After": str(outcome.retry_after_s)})
     raise_for(outcome)
     return respond(request, _order_out(request, merchant, outcome.record))
+
+
+def _check_splits(splits: list[schemas.SplitIn]) -> None:
+    """A split names its destination once: both ids, or neither, is refused rather than half read."""
+    for index, split in enumerate(splits):
+        if bool(split.merchant_id) == bool(split.sub_account_id):
+            raise ApiError(400, "parameter_invalid", "a split names exactly one of merchant_id and sub_account_id",
+                           f"splits[{index}]")
 
 
 def _order_out(request: web.Request, merchant: Merchant, order: Order) -> schemas.OrderOut:

@@ -90,6 +90,8 @@ class Login(Request):
 
 
 class SplitIn(Request):
+    """A share of the order for one destination: exactly one of merchant_id and sub_account_id."""
+
     amount: Amount
     merchant_id: str = ""
     sub_account_id: str = ""
