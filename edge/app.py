@@ -66,7 +66,6 @@ from engine.types import NANOSECONDS_PER_SECOND, Account, AccountFlag, CreateAcc
     TransferFlag
 
 log = logging.getLogger("paygate.edge")
-MAX_TRANSFERS_PER_REQUEST = 8190
 TOKEN_TTL_S = 3600
 LOGIN_ATTEMPTS = 20  # per client IP and worker, per LOGIN_WINDOW_S
 LOGIN_WINDOW_S = 60
@@ -333,6 +332,7 @@ async def create_order(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.OrderCreate)
     check_currency(fields.currency)
+    _check_splits(fields.splits)
     settings: Settings = request.app["settings"]
     order = Order(
         id=new_id("ord_", request, merchant.id), merchant_id=merchant.id, name=fields.name, amount=fields.amount,
@@ -351,6 +351,14 @@ async def create_order(request: web.Request) -> web.Response:
                        headers={"Retry-After": str(outcome.retry_after_s)})
     raise_for(outcome)
     return respond(request, _order_out(request, merchant, outcome.record))
+
+
+def _check_splits(splits: list[schemas.SplitIn]) -> None:
+    """A split names its destination once: both ids, or neither, is refused rather than half read."""
+    for index, split in enumerate(splits):
+        if bool(split.merchant_id) == bool(split.sub_account_id):
+            raise ApiError(400, "parameter_invalid", "a split names exactly one of merchant_id and sub_account_id",
+                           f"splits[{index}]")
 
 
 def _order_out(request: web.Request, merchant: Merchant, order: Order) -> schemas.OrderOut:
@@ -480,8 +488,8 @@ async def create_transfers(request: web.Request) -> web.Response:
     decoded = schemas.decode(body, schemas.TransferCreate | list[schemas.TransferCreate])
     is_batch = isinstance(decoded, list)
     items = decoded if is_batch else [decoded]
-    if len(items) > MAX_TRANSFERS_PER_REQUEST:
-        raise ApiError(413, "too_many_transfers", f"at most {MAX_TRANSFERS_PER_REQUEST} transfers per request")
+    if len(items) > schemas.MAX_TRANSFERS_PER_REQUEST:
+        raise ApiError(413, "too_many_transfers", f"at most {schemas.MAX_TRANSFERS_PER_REQUEST} transfers per request")
     if not items:
         raise ApiError(400, "parameter_missing", "send at least one transfer")
     for currency in {item.currency for item in items} - {""}:

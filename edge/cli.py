@@ -14,6 +14,7 @@ from tqdm import tqdm
 from actors.services import PROVIDERS, ProviderProcesses, ProviderService, write_secret
 from edge.app import Settings
 from edge.auth import AdminToken, Secrets
+from edge.limits import malformed_networks
 from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
 from journal import logs
 from journal.client import ShardMap
@@ -25,6 +26,7 @@ from journal.wire import Promote, ReplyStatus, reply_decoder, request_encoder
 
 # The first ports of --base-port's block: the simulated providers and the connector; the shards follow.
 PROVIDER_PORTS = 4
+MAX_TRUSTED_PROXIES = 100  # each is checked against every request's peer
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -59,6 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--snapshot-every-s", type=float, default=600.0)
     serve.add_argument("--prune-journal", action="store_true", help="delete journal entries older than the oldest kept snapshot")
     serve.add_argument("--order-ip-limit", type=int, default=10, help="order creations per client IP per 10 minutes")
+    serve.add_argument("--trusted-proxy", dest="trusted_proxies", action="append", default=[], type=_trusted_proxy,
+                       metavar="CIDR", help="a proxy's address or network whose X-Forwarded-For names the client "
+                                            "(repeatable); from any other peer the header is ignored")
     serve.add_argument("--auto-promote-ms", type=int, default=0, help="a replica takes over after this much primary silence (0: only by `paygate promote`)")
     serve.add_argument("--risk-rules", default=None,
                        help="a JSON file of risk velocity limits and amount limits per tier (actors/risk.py RiskRules)")
@@ -76,8 +81,17 @@ def main(argv: list[str] | None = None) -> None:
     shard.set_defaults(run=lambda args: shard_main([args.config]))
 
     args = parser.parse_args(argv)
+    if args.command == "serve" and len(args.trusted_proxies) > MAX_TRUSTED_PROXIES:
+        serve.error(f"at most {MAX_TRUSTED_PROXIES} --trusted-proxy values")
     logs.configure(os.environ.get("PAYGATE_LOG_LEVEL", "INFO"))
     sys.exit(args.run(args) or 0)
+
+
+def _trusted_proxy(text: str) -> str:
+    """A --trusted-proxy value, checked as the edge will read it (edge/limits.py), so none is dropped unseen."""
+    if malformed_networks([text]):
+        raise argparse.ArgumentTypeError(f"not an IP address or network: {text!r}")
+    return text
 
 
 def run_serve(args) -> int:
@@ -92,7 +106,7 @@ def run_serve(args) -> int:
         data=str(data), public_url=public_url, order_ip_limit=args.order_ip_limit,
         shard_addresses=[[config.client_address for config in (primary, replica) if config] for primary, replica in configs],
         admin_token=os.environ.get("PAYGATE_ADMIN_TOKEN", ""), processing_timeout_s=args.processing_timeout_s,
-        authorization_hold_s=args.authorization_hold_s,
+        authorization_hold_s=args.authorization_hold_s, trusted_proxies=args.trusted_proxies,
     )
     stop = threading.Event()
     for signal_number in (signal.SIGINT, signal.SIGTERM):

@@ -1,6 +1,7 @@
 """/openapi.json: OpenAPI 3.1 generated from the same msgspec types that validate requests."""
 
 import functools
+import re
 from typing import Annotated, Any
 
 import msgspec
@@ -8,6 +9,8 @@ from msgspec import Meta
 
 from edge import render, schemas
 
+# Documented only: the handler counts the items itself, to answer too many with 413 rather than a decoding 400.
+TRANSFER_ARRAY = Annotated[list[schemas.TransferCreate], Meta(min_length=1, max_length=schemas.MAX_TRANSFERS_PER_REQUEST)]
 # handler name -> (summary, request body type, response type, authentication)
 OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "healthz": ("process is up", None, dict[str, str], "none"),
@@ -35,8 +38,7 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "account_statement": ("an account's transfers, newest first", None, schemas.TransferList, "merchant"),
     "account_balances": ("an account's balances as of a time (history accounts)", None, schemas.BalanceOut,
                          "merchant"),
-    "create_transfers": ("one transfer, or an array of up to 8190",
-                         schemas.TransferCreate | Annotated[list[schemas.TransferCreate], Meta(min_length=1)],
+    "create_transfers": ("one transfer, or an array of up to 8190", schemas.TransferCreate | TRANSFER_ARRAY,
                          schemas.TransferResult | list[schemas.TransferResult], "merchant"),
     "get_transfer": ("a transfer", None, schemas.TransferOut, "merchant"),
     "create_customer": ("create a customer", schemas.CustomerCreate, schemas.CustomerOut, "merchant"),
@@ -98,6 +100,8 @@ QUERY_SCHEMAS = {
     "created_lt": TIME_SCHEMA,
     "at": TIME_SCHEMA,
 }
+# A route's `{name}`, a whole segment or part of one (`{id}.png`).
+PATH_PARAMETER = re.compile(r"\{(\w+)\}")
 
 
 def document(routes) -> dict:
@@ -148,8 +152,8 @@ def _document(routes: tuple[tuple[str, str, str], ...]) -> dict:
 
 
 def _parameters(path: str, handler: str, method: str) -> list[dict]:
-    parameters = [{"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
-                  for part in path.split("/") if part.startswith("{")]
+    parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
+                  for name in PATH_PARAMETER.findall(path)]
     for name in QUERY_PARAMETERS.get(handler, ()):
         parameters.append({"name": name, "in": "query", "required": False,
                            "schema": QUERY_SCHEMAS.get(name, {"type": "string"})})

@@ -2,6 +2,7 @@
 
 import datetime
 import functools
+import re
 
 import msgspec
 
@@ -11,6 +12,11 @@ from engine.types import Account, AccountFlag, Balance, Transfer, TransferFlag
 
 ORDER_STATUSES = ("pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception")
 _FLAG_NAMES = tuple(TransferFlag.NAMES.items())
+# RFC 3339 with the space and lower case it allows (date, time, fraction, offset); no offset is taken as UTC.
+_RFC3339 = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?"
+                      r"([Zz]|[+-][0-9]{2}:[0-9]{2})?")
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_SECOND = datetime.timedelta(seconds=1)
 
 
 def time_of(nanoseconds: int) -> str:
@@ -25,16 +31,20 @@ def _second_of(seconds: int) -> str:
 
 
 def parse_time_ns(raw: str) -> int | None:
+    """Unix seconds below 2**33, or an RFC 3339 time from 1970 to 2262, as exact nanoseconds; else None."""
     raw = raw.strip()[:64]
     if raw.isascii() and raw.isdigit():
         return int(raw) * 1_000_000_000 if int(raw) < 2**33 else None
-    try:
-        moment = datetime.datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
+    match = _RFC3339.fullmatch(raw)
+    if match is None:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    nanoseconds = int(moment.timestamp() * 1e9)
+    date, clock, fraction, offset = match.groups()
+    try:
+        moment = datetime.datetime.fromisoformat(f"{date}T{clock}{(offset or 'Z').upper()}")
+    except ValueError:  # a month, day, hour or offset out of range
+        return None
+    # whole seconds by timedelta and the fraction by its digits: a float would round .201 down to .200999...
+    nanoseconds = (moment - _EPOCH) // _SECOND * 1_000_000_000 + int((fraction or "")[:9].ljust(9, "0"))
     return nanoseconds if 0 <= nanoseconds < 2**63 else None
 
 

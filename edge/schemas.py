@@ -90,6 +90,8 @@ class Login(Request):
 
 
 class SplitIn(Request):
+    """A share of the order for one destination: exactly one of merchant_id and sub_account_id."""
+
     amount: Amount
     merchant_id: str = ""
     sub_account_id: str = ""
@@ -133,6 +135,7 @@ class AccountCreate(Request):
     metadata: Metadata = {}
 
 
+MAX_TRANSFERS_PER_REQUEST = 8190
 # Transfers come 8190 to a request: their ids and currency are checked by `client_id_valid` and the
 # currency table rather than by a regex per field, which costs more than the rest of decoding.
 BatchClientId = Annotated[str, Meta(max_length=48, extra_json_schema={"pattern": r"^[A-Za-z0-9_\-]{0,48}$"})]

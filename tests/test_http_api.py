@@ -433,6 +433,10 @@ BAD_INPUT = [
     bad("payment-wallet-not-allowed", "POST", "/v1/payments", {"order_id": "{card_order}", "payment_method": {
         "type": "wallet", "customer_id": "{customer}"}}, code="payment_method_not_allowed"),
     bad("unknown-field-param", "POST", "/v1/orders", {**ORDER, "colour": "red"}, param="colour"),
+    bad("split-naming-both", "POST", "/v1/orders", {**ORDER, "splits": [
+        {"merchant_id": "mer_x", "sub_account_id": "sub_x", "amount": 1}]}, code="parameter_invalid", param="splits[0]"),
+    bad("split-naming-neither", "POST", "/v1/orders", {**ORDER, "splits": [{"merchant_id": "mer_x", "amount": 1},
+                                                                         {"amount": 1}]}, param="splits[1]"),
     bad("transfer-array-malformed-json", "POST", "/v1/transfers", b'[{"id": ', code="invalid_json"),
     bad("transfer-array-infinite-number", "POST", "/v1/transfers", b'[{"id": "bad-input", "amount": 1e400}]'),
     bad("transfer-array-nested-too-deep", "POST", "/v1/transfers", b"[" * 2000 + b"]" * 2000),

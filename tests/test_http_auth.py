@@ -14,6 +14,7 @@ import uuid
 import jwt
 import pytest
 
+from edge import cli
 from edge_harness import Server, assert_ledger_ok
 
 ORDER = {"name": "Coffee", "amount": 1999, "currency": "usd"}
@@ -49,6 +50,14 @@ def server(tmp_path_factory):
 def limited(tmp_path_factory):
     """One edge worker (token buckets are per worker process) and the per-IP order limit at 3."""
     started = start_server(tmp_path_factory.mktemp("limited"), workers=1, extra=("--order-ip-limit", "3"))
+    yield started
+    stop_server(started)
+
+
+@pytest.fixture(scope="module")
+def proxied(tmp_path_factory):
+    """Behind a proxy on loopback (`--trusted-proxy`): X-Forwarded-For names the client."""
+    started = start_server(tmp_path_factory.mktemp("proxied"), workers=1, extra=("--trusted-proxy", "127.0.0.0/8"))
     yield started
     stop_server(started)
 
@@ -722,6 +731,36 @@ def test_a_malformed_allow_list_entry_is_400_and_locks_nobody_out(server, entry)
                              key=server.admin_token)
     assert assert_error(patched, 400, "invalid_request_error", "parameter_invalid")["param"] == "ip_allowlist"
     assert me(server, merchant["api_key"]).status == 200
+
+
+@pytest.mark.parametrize("where, allowlist, status", [
+    ("proxied", ["203.0.113.7"], 200),  # the client the trusted proxy names
+    ("proxied", ["127.0.0.0/8"], 403),  # the proxy itself is not the client
+    ("server", ["203.0.113.7"], 403),  # no trusted proxy: the header is the caller's own claim
+    ("server", ["127.0.0.0/8"], 200),
+])
+def test_x_forwarded_for_counts_only_from_a_trusted_proxy(request, where, allowlist, status):
+    server = request.getfixturevalue(where)
+    merchant = create_merchant(server, ip_allowlist=allowlist)
+    response = me(server, merchant["api_key"], headers={"X-Forwarded-For": "203.0.113.7"})
+    if status == 200:
+        assert response.status == 200, response.body
+    else:
+        assert_error(response, 403, "permission_error", "ip_not_allowed")
+
+
+@pytest.mark.parametrize("value", ["10.0.0.300", "garbage/8", ""])
+def test_a_malformed_trusted_proxy_is_a_usage_error(capsys, value):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["serve", "--trusted-proxy", "127.0.0.1", "--trusted-proxy", value])
+    assert stopped.value.code == 2
+    assert f"--trusted-proxy: not an IP address or network: {value!r}" in capsys.readouterr().err
+
+
+def test_more_than_100_trusted_proxies_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(["serve", *["--trusted-proxy", "10.0.0.1"] * 101])
+    assert stopped.value.code == 2 and "at most 100 --trusted-proxy values" in capsys.readouterr().err
 
 
 def test_the_admin_token_on_a_merchant_route_is_403_not_a_bad_credential(server):

@@ -14,6 +14,7 @@ cannot carry a per-operation xfail.
 """
 
 import collections
+import re
 
 import pytest
 import schemathesis
@@ -145,6 +146,19 @@ def test_the_document_lists_exactly_the_operations_tested_here(api_schema):
     documented = {(method.upper(), path) for path, methods in api_schema.raw_schema["paths"].items()
                   for method in methods}
     assert documented == set(OPERATIONS)
+
+
+def test_every_path_parameter_is_a_name_in_braces_of_its_path(api_schema):
+    for path, methods in api_schema.raw_schema["paths"].items():
+        for method, operation in methods.items():
+            named = {f"{{{parameter['name']}}}" for parameter in operation["parameters"] if parameter["in"] == "path"}
+            assert named == set(re.findall(r"\{[^}]*\}", path)), (method, path, named)
+
+
+def test_the_transfer_array_documents_its_limits(api_schema):
+    body = api_schema.raw_schema["paths"]["/v1/transfers"]["post"]["requestBody"]["content"]["application/json"]
+    arrays = [schema for schema in body["schema"]["anyOf"] if schema.get("type") == "array"]
+    assert [(array["minItems"], array["maxItems"]) for array in arrays] == [(1, 8190)]
 
 
 @pytest.mark.parametrize("method, path", [pytest.param(method, path, id=f"{method} {path}") for method, path in OPERATIONS])
