@@ -320,6 +320,14 @@ def parse_limit(query) -> int:
     return int(raw)
 
 
+def parse_status(query, statuses: tuple[str, ...]) -> str:
+    """A list's `status` filter ('' for none): a status its objects never take is an error, never an empty page."""
+    status = query.get("status", "")
+    if status and status not in statuses:
+        raise ApiError(400, "parameter_invalid", f"unknown status {status[:64]!r}", "status")
+    return status
+
+
 def parse_time(query, name: str, default: int) -> int:
     """A unix timestamp in seconds, or an RFC 3339 time; nanoseconds for the engine."""
     raw = query.get(name)

@@ -6,7 +6,9 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from edge import render, schemas
+from edge import schemas
+from engine.commerce import ORDER_STATUSES
+from engine.payments import PAYMENT_STATUSES
 
 # handler name -> (summary, request body type, response type, authentication)
 OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
@@ -84,16 +86,17 @@ SUCCESS_SHAPED_STATUSES = {"readyz": ("503",)}
 QUERY_PARAMETERS = {
     "list_orders": ("name", "status", "created_gte", "created_lt", "limit", "starting_after"),
     "account_statement": ("created_gte", "created_lt", "limit", "starting_after"),
-    "list_payments": ("limit", "starting_after"),
+    "list_payments": ("status", "limit", "starting_after"),
     "list_blocklist": ("limit", "starting_after"),
     "account_balances": ("at",),
 }
 # What parse_time (edge/app.py) accepts: unix seconds below 2**33, or an RFC 3339 time from 1970 to 2262.
 TIME_SCHEMA = {"anyOf": [{"type": "string", "pattern": "^[0-9]{1,10}$"}, {"type": "string", "format": "date-time"}],
                "description": "unix seconds (below 2**33) or an RFC 3339 time (1970 to 2262)"}
+# The statuses each list's `status` filter takes (parse_status refuses any other).
+STATUS_FILTERS = {"list_orders": ORDER_STATUSES, "list_payments": PAYMENT_STATUSES}
 QUERY_SCHEMAS = {
     "limit": {"type": "integer", "minimum": 1, "maximum": 100},
-    "status": {"type": "string", "enum": list(render.ORDER_STATUSES)},
     "created_gte": TIME_SCHEMA,
     "created_lt": TIME_SCHEMA,
     "at": TIME_SCHEMA,
@@ -151,8 +154,9 @@ def _parameters(path: str, handler: str, method: str) -> list[dict]:
     parameters = [{"name": part[1:-1], "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
                   for part in path.split("/") if part.startswith("{")]
     for name in QUERY_PARAMETERS.get(handler, ()):
-        parameters.append({"name": name, "in": "query", "required": False,
-                           "schema": QUERY_SCHEMAS.get(name, {"type": "string"})})
+        schema = ({"type": "string", "enum": list(STATUS_FILTERS[handler])} if name == "status"
+                  else QUERY_SCHEMAS.get(name, {"type": "string"}))
+        parameters.append({"name": name, "in": "query", "required": False, "schema": schema})
     if method == "POST":
         parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}})

@@ -27,10 +27,12 @@ from edge.http import (
     merchant_principal,
     new_id,
     parse_limit,
+    parse_status,
     raise_for,
     respond,
     run,
 )
+from engine.payments import PAYMENT_STATUSES
 from engine.queries import GetCard, GetOrder, GetPaymentRecord, ListPayments
 from engine.records import (
     CancelPayment,
@@ -217,7 +219,8 @@ async def get_payment(request: web.Request) -> web.Response:
 async def list_payments(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     query = ListPayments(merchant_id=merchant.id, limit=parse_limit(request.query),
-                         starting_after=request.query.get("starting_after", "")[:64])
+                         starting_after=request.query.get("starting_after", "")[:64],
+                         status=parse_status(request.query, PAYMENT_STATUSES))
     answer = await request.app["gateway"].read(merchant.id, query)
     if not answer.records and query.starting_after:
         check_cursor(await _record_or_none(request, merchant, "payment", query.starting_after) is not None,

@@ -9,7 +9,6 @@ from edge import schemas
 from engine.records import BlocklistEntry, Customer, Merchant, Order, Payment, Payout, Refund
 from engine.types import Account, AccountFlag, Balance, Transfer, TransferFlag
 
-ORDER_STATUSES = ("pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception")
 _FLAG_NAMES = tuple(TransferFlag.NAMES.items())
 
 

@@ -400,6 +400,30 @@ def test_concurrent_wallet_payments_never_overdraw(server):
     assert len(walk(server, key, "/v1/orders", 100, status="pending", name=tag)) == attempts - covered
 
 
+def test_payments_filtered_by_status_page_through_the_matches_only(server):
+    """Without Ray: a wallet payment succeeds at once; a QR payment waits for its transfer (requires_action), and
+    is cancelled with its order."""
+    key = merchant(server)
+    payer = customer(server, key)
+    ok(server, "POST", f"/v1/customers/{payer}/deposits", {"amount": 3 * ORDER["amount"], "currency": "usd"}, key=key)
+
+    def pay(kind: str) -> tuple[str, str]:
+        order_id = order(server, key, payment_methods=[kind])["id"]
+        method = {"type": "wallet", "customer_id": payer} if kind == "wallet" else {"type": kind}
+        return order_id, ok(server, "POST", "/v1/payments", {"order_id": order_id, "payment_method": method},
+                            key=key)["id"]
+
+    made = [pay(kind) for kind in ("wallet", "qr") * 3]
+    ok(server, "DELETE", f"/v1/orders/{made[3][0]}", key=key)
+    newest_first = [payment_id for _, payment_id in reversed(made)]
+    expected = {"succeeded": newest_first[1::2], "requires_action": [newest_first[0], newest_first[4]],
+                "cancelled": [newest_first[2]], "failed": []}
+    for status, ids in expected.items():
+        for limit in (1, 2, 100):
+            assert walk(server, key, "/v1/payments", limit, status=status) == ids, (status, limit)
+    assert walk(server, key, "/v1/payments", 4) == newest_first
+
+
 # --- 5. bad input --------------------------------------------------------------------------------------------------
 
 def bad(name, method, path, body, status=400, code=ANY, param=ANY):
@@ -473,6 +497,7 @@ BAD_QUERIES = [
     ("/v1/accounts/a/balances?at=0001-01-01T00:00:00Z", "at"),
     ("/v1/orders?starting_after=ord_doesnotexist", "starting_after"),
     ("/v1/payments?starting_after=pay_doesnotexist", "starting_after"),
+    ("/v1/payments?status=paid", "status"), ("/v1/payments?status=partially_refunded", "status"),
     ("/v1/accounts/a/transfers?starting_after=nothing", "starting_after"),
 ]
 
@@ -543,7 +568,7 @@ TESTED_ROUTES = {
     "/v1/accounts": {"post"}, "/v1/accounts/{id}": {"get"}, "/v1/accounts/{id}/transfers": {"get"},
     "/v1/accounts/{id}/balances": {"get"}, "/v1/transfers": {"post"}, "/v1/transfers/{id}": {"get"},
     "/v1/customers": {"post"}, "/v1/customers/{id}": {"get"}, "/v1/customers/{id}/deposits": {"post"},
-    "/v1/customers/{id}/withdrawals": {"post"}, "/v1/customers/{id}/wallet": {"get"}, "/v1/payments": {"post"},
+    "/v1/customers/{id}/withdrawals": {"post"}, "/v1/customers/{id}/wallet": {"get"}, "/v1/payments": {"get", "post"},
     "/v1/admin/ledger_check": {"get"}, "/healthz": {"get"}, "/readyz": {"get"}, "/metrics": {"get"},
     "/openapi.json": {"get"},
 }
