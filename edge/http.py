@@ -184,7 +184,7 @@ async def check_sub_account(request: web.Request, merchant: Merchant, sub_accoun
         return
     answer = await request.app["gateway"].read(merchant.id, GetMerchant(sub_account_id=sub_account_id))
     if answer.record is None or answer.record.id != merchant.id:
-        raise not_found("sub-account", sub_account_id)
+        raise not_found("sub-account", sub_account_id, "sub_account_id")
 
 
 async def _check_merchant_request(request: web.Request, merchant: Merchant) -> None:

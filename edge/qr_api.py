@@ -106,7 +106,7 @@ async def create_dynamic(request: web.Request) -> web.Response:
     fields, _ = await body_of(request, schemas.DynamicQrCreate)
     order = await find_order(request, fields.order_id)
     if order is None or order.merchant_id != merchant.id:
-        raise not_found("order", fields.order_id)
+        raise not_found("order", fields.order_id, "order_id")
     problem = order_qr_problem(order)
     if problem is not None:
         raise problem

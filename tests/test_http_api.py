@@ -460,6 +460,18 @@ BAD_INPUT = [
     bad("transfer-array-malformed-json", "POST", "/v1/transfers", b'[{"id": ', code="invalid_json"),
     bad("transfer-array-infinite-number", "POST", "/v1/transfers", b'[{"id": "bad-input", "amount": 1e400}]'),
     bad("transfer-array-nested-too-deep", "POST", "/v1/transfers", b"[" * 2000 + b"]" * 2000),
+    # An id in the body that names nothing: the 404 names that field, not the path's `id`.
+    bad("qr-dynamic-unknown-order", "POST", "/v1/qr/dynamic", {"order_id": "ord_nope"}, 404, "resource_missing",
+        "order_id"),
+    bad("qr-payment-unknown-order", "POST", "/v1/payments", {"order_id": "ord_nope", "payment_method": {
+        "type": "qr"}}, 404, "resource_missing", "order_id"),
+    bad("qr-static-unknown-sub-account", "POST", "/v1/qr/static", {"sub_account_id": "sub_nope"}, 404,
+        "resource_missing", "sub_account_id"),
+    bad("payout-unknown-sub-account", "POST", "/v1/payouts", {"amount": 1, "currency": "usd",
+                                                              "sub_account_id": "sub_nope"}, 404, "resource_missing",
+        "sub_account_id"),
+    bad("payment-unknown-token", "POST", "/v1/payments", {"amount": 1, "currency": "usd", "payment_method": {
+        "type": "card", "token": "tok_" + "0" * 24}}, 404, "resource_missing", "payment_method.token"),
 ]
 
 
@@ -594,6 +606,12 @@ def test_orders_carry_their_qr_payload_in_every_accepted_currency(server):
     for currency in ("krw", "idr", "aud", "try"):
         payload = order(server, key, currency=currency, payment_methods=["qr"])["qr"]
         assert payload and parse_payload(payload)["53"] == CURRENCY_NUMBERS[currency]
+
+
+def test_a_static_code_image_for_an_unknown_sub_account_names_the_query_field(server):
+    merchant_id = ok(server, "GET", "/v1/merchants/me", key=server.demo_key)["id"]
+    error(server, "GET", f"/v1/qr/merchants/{merchant_id}.png?sub_account_id=sub_nope", status=404,
+          code="resource_missing", param="sub_account_id")
 
 
 def test_a_client_that_leaves_mid_body_is_no_server_error(server):
