@@ -1,10 +1,10 @@
 """bank: a simulated bank for QR / bank-transfer payments and merchant pay-outs, a real HTTP program the gateway
 reaches over loopback.
 
-`POST /v1/transfers` plays a customer who pays by bank transfer quoting a reference (the order id printed in the
-QR code): the bank answers 202 and then tells the gateway in a signed `transfer_received` callback; a transfer the
-gateway does not take (it quotes nothing of the gateway's, or in the wrong currency) is returned to the payer, as
-`GET /v1/transfers/{bank_reference}` then shows.
+`POST /v1/transfers` plays a customer who pays by bank transfer quoting a reference (the order id, in full or in
+the compact form its QR code prints): the bank answers 202 and then tells the gateway in a signed `transfer_received`
+callback; a transfer the gateway does not take (it quotes nothing of the gateway's, or in the wrong currency) is
+returned to the payer, as `GET /v1/transfers/{bank_reference}` then shows.
 `POST /v1/payouts` is the gateway sending a merchant's money out: 202, then a signed `payout` callback, paid —
 except an amount whose last two digits are 13 (13, 1013, 25013, ...), which fails with `account_closed`.
 

@@ -31,6 +31,7 @@ from edge.http import (
     merchant_principal,
     new_id,
     parse_limit,
+    parse_status,
     parse_time,
     raise_for,
     respond,
@@ -40,6 +41,7 @@ from edge.limits import SharedTokenBuckets, SlidingWindow, client_ip, malformed_
 from edge.metrics import Metrics
 from edge.openapi import document
 from engine.codes import AccountCode, TransferCode
+from engine.commerce import ORDER_STATUSES
 from engine.queries import AccountBalance, AccountTransfers, FindDashboardUser, GetCustomer, GetOrder, ListOrders, \
     LookupAccounts, LookupTransfers
 from engine.records import (
@@ -399,11 +401,8 @@ async def cancel_order(request: web.Request) -> web.Response:
 async def list_orders(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     query = request.query
-    status = query.get("status", "")
-    if status and status not in render.ORDER_STATUSES:
-        raise ApiError(400, "parameter_invalid", f"unknown status {status!r}", "status")
     read = ListOrders(
-        merchant_id=merchant.id, name_contains=query.get("name", "")[:200], status=status,
+        merchant_id=merchant.id, name_contains=query.get("name", "")[:200], status=parse_status(query, ORDER_STATUSES),
         created_gte=parse_time(query, "created_gte", 0), created_lt=parse_time(query, "created_lt", 2**63 - 1),
         limit=parse_limit(query), starting_after=query.get("starting_after", "")[:64],
     )

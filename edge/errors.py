@@ -51,5 +51,6 @@ def from_validation(error: msgspec.ValidationError) -> ApiError:
     return ApiError(400, "parameter_invalid", message, param)
 
 
-def not_found(kind: str, object_id: str) -> ApiError:
-    return ApiError(404, "resource_missing", f"No such {kind}: {object_id!r}", "id")
+def not_found(kind: str, object_id: str, param: str = "id") -> ApiError:
+    """`param`: the field that named the object, when the body or the query did rather than the path."""
+    return ApiError(404, "resource_missing", f"No such {kind}: {object_id!r}", param)

@@ -184,7 +184,7 @@ async def check_sub_account(request: web.Request, merchant: Merchant, sub_accoun
         return
     answer = await request.app["gateway"].read(merchant.id, GetMerchant(sub_account_id=sub_account_id))
     if answer.record is None or answer.record.id != merchant.id:
-        raise not_found("sub-account", sub_account_id)
+        raise not_found("sub-account", sub_account_id, "sub_account_id")
 
 
 async def _check_merchant_request(request: web.Request, merchant: Merchant) -> None:
@@ -318,6 +318,14 @@ def parse_limit(query) -> int:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 100:
         raise ApiError(400, "parameter_invalid", "limit must be an integer from 1 to 100", "limit")
     return int(raw)
+
+
+def parse_status(query, statuses: tuple[str, ...]) -> str:
+    """A list's `status` filter ('' for none): a status its objects never take is an error, never an empty page."""
+    status = query.get("status", "")
+    if status and status not in statuses:
+        raise ApiError(400, "parameter_invalid", f"unknown status {status[:64]!r}", "status")
+    return status
 
 
 def parse_time(query, name: str, default: int) -> int:

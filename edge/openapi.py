@@ -7,7 +7,9 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from edge import render, schemas
+from edge import schemas
+from engine.commerce import ORDER_STATUSES
+from engine.payments import PAYMENT_STATUSES
 
 # Documented only: the handler counts the items itself, to answer too many with 413 rather than a decoding 400.
 TRANSFER_ARRAY = Annotated[list[schemas.TransferCreate], Meta(min_length=1, max_length=schemas.MAX_TRANSFERS_PER_REQUEST)]
@@ -86,16 +88,17 @@ SUCCESS_SHAPED_STATUSES = {"readyz": ("503",)}
 QUERY_PARAMETERS = {
     "list_orders": ("name", "status", "created_gte", "created_lt", "limit", "starting_after"),
     "account_statement": ("created_gte", "created_lt", "limit", "starting_after"),
-    "list_payments": ("limit", "starting_after"),
+    "list_payments": ("status", "limit", "starting_after"),
     "list_blocklist": ("limit", "starting_after"),
     "account_balances": ("at",),
 }
 # What parse_time (edge/app.py) accepts: unix seconds below 2**33, or an RFC 3339 time from 1970 to 2262.
 TIME_SCHEMA = {"anyOf": [{"type": "string", "pattern": "^[0-9]{1,10}$"}, {"type": "string", "format": "date-time"}],
                "description": "unix seconds (below 2**33) or an RFC 3339 time (1970 to 2262)"}
+# The statuses each list's `status` filter takes (parse_status refuses any other).
+STATUS_FILTERS = {"list_orders": ORDER_STATUSES, "list_payments": PAYMENT_STATUSES}
 QUERY_SCHEMAS = {
     "limit": {"type": "integer", "minimum": 1, "maximum": 100},
-    "status": {"type": "string", "enum": list(render.ORDER_STATUSES)},
     "created_gte": TIME_SCHEMA,
     "created_lt": TIME_SCHEMA,
     "at": TIME_SCHEMA,
@@ -155,8 +158,9 @@ def _parameters(path: str, handler: str, method: str) -> list[dict]:
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
                   for name in PATH_PARAMETER.findall(path)]
     for name in QUERY_PARAMETERS.get(handler, ()):
-        parameters.append({"name": name, "in": "query", "required": False,
-                           "schema": QUERY_SCHEMAS.get(name, {"type": "string"})})
+        schema = ({"type": "string", "enum": list(STATUS_FILTERS[handler])} if name == "status"
+                  else QUERY_SCHEMAS.get(name, {"type": "string"}))
+        parameters.append({"name": name, "in": "query", "required": False, "schema": schema})
     if method == "POST":
         parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,
                            "schema": {"type": "string", "minLength": 1, "maxLength": 255}})

@@ -27,10 +27,12 @@ from edge.http import (
     merchant_principal,
     new_id,
     parse_limit,
+    parse_status,
     raise_for,
     respond,
     run,
 )
+from engine.payments import PAYMENT_STATUSES
 from engine.queries import GetCard, GetOrder, GetPaymentRecord, ListPayments
 from engine.records import (
     CancelPayment,
@@ -118,7 +120,7 @@ async def create_payment(request: web.Request) -> web.Response:
     if method.token:
         vaulted = (await request.app["gateway"].read(merchant.id, GetCard(merchant.id, token_id))).card
         if vaulted is None:
-            raise ApiError(404, "resource_missing", f"No such token: {token_id!r}", "payment_method.token")
+            raise not_found("token", token_id, "payment_method.token")
         card = vaulted.card
         number = cards.unseal(request.app["kek"], _sealed_decoder.decode(vaulted.sealed))
     card = msgspec.structs.replace(card, fingerprint=request.app["secrets"].card_fingerprint(number))
@@ -182,7 +184,7 @@ async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id:
                        "capture_method")
     order = (await request.app["gateway"].read(merchant.id, GetOrder(merchant.id, fields.order_id))).record
     if order is None:
-        raise not_found("order", fields.order_id)
+        raise not_found("order", fields.order_id, "order_id")
     method = type(fields.payment_method).__struct_config__.tag
     problem = qr_api.order_qr_problem(order, method)
     if problem is not None:
@@ -217,7 +219,8 @@ async def get_payment(request: web.Request) -> web.Response:
 async def list_payments(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     query = ListPayments(merchant_id=merchant.id, limit=parse_limit(request.query),
-                         starting_after=request.query.get("starting_after", "")[:64])
+                         starting_after=request.query.get("starting_after", "")[:64],
+                         status=parse_status(request.query, PAYMENT_STATUSES))
     answer = await request.app["gateway"].read(merchant.id, query)
     if not answer.records and query.starting_after:
         check_cursor(await _record_or_none(request, merchant, "payment", query.starting_after) is not None,

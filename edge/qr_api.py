@@ -1,8 +1,10 @@
 """QR codes: EMVCo merchant-presented payloads (static and dynamic) and their PNG images.
 
 A dynamic code quotes its order (62/01 and 62/08: "O" + the order id's hex);
-a static one quotes its merchant ("M" + the merchant id's hex). The simulated
-bank pays what a transfer quotes, through its signed callback.
+a static one quotes its merchant ("M" + the merchant id's hex) or sub-account
+("S" + its hex). A transfer may quote that or the id itself ("ord_..."): both
+pay the same. The simulated bank pays what a transfer quotes, through its
+signed callback.
 """
 
 import functools
@@ -24,6 +26,9 @@ BANK_BIN = "970400"  # the simulated bank's routing number
 COUNTRY = "VN"
 CITY = "HANOI"
 ORDER_MARK, MERCHANT_MARK, SUB_ACCOUNT_MARK = "O", "M", "S"
+# A compact reference's first letter -> what it names, and the prefix of that kind of id.
+REFERENCE_KINDS = {ORDER_MARK: ("order", "ord_"), MERCHANT_MARK: ("merchant", "mer_"),
+                   SUB_ACCOUNT_MARK: ("sub_account", "sub_")}
 PNG_SCALE = 6
 ORDER_PAYLOADS_CACHED = 4096
 
@@ -38,16 +43,19 @@ def reference_of(object_id: str, mark: str) -> str:
 
 
 def object_of(reference: str) -> tuple[str, str] | None:
-    """("order" | "merchant" | "sub_account", id) for a reference this gateway put in a QR code."""
-    kinds = {ORDER_MARK: ("order", "ord_"), MERCHANT_MARK: ("merchant", "mer_"), SUB_ACCOUNT_MARK: ("sub_account", "sub_")}
-    if len(reference) < 2 or reference[0] not in kinds or not re.fullmatch(r"[a-z0-9]{1,24}", reference[1:]):
+    """("order" | "merchant" | "sub_account", id) for a reference a transfer quotes: the compact form this gateway's
+    QR codes carry ("O" + the order id's hex), or the id itself ("ord_..."), which a payer may quote instead."""
+    mark = next((mark for mark, (_, prefix) in REFERENCE_KINDS.items() if reference.startswith(prefix)), "")
+    compact = reference_of(reference, mark) if mark else reference
+    if len(compact) < 2 or compact[0] not in REFERENCE_KINDS or not re.fullmatch(r"[a-z0-9]{1,24}", compact[1:]):
         return None
-    kind, prefix = kinds[reference[0]]
-    return kind, prefix + reference[1:]
+    kind, prefix = REFERENCE_KINDS[compact[0]]
+    return kind, prefix + compact[1:]
 
 
 def payload_for(merchant: Merchant, order: Order | None, sub_account_id: str = "") -> str:
     """A dynamic code for `order`, else a static one for the sub-account, else for the merchant."""
+    # Tag 62's fields hold at most 25 characters and "ord_" + 24 hex is 28: the code quotes "O" + the hex (object_of).
     if order:
         reference = reference_of(order.id, ORDER_MARK)
     elif sub_account_id:
@@ -106,7 +114,7 @@ async def create_dynamic(request: web.Request) -> web.Response:
     fields, _ = await body_of(request, schemas.DynamicQrCreate)
     order = await find_order(request, fields.order_id)
     if order is None or order.merchant_id != merchant.id:
-        raise not_found("order", fields.order_id)
+        raise not_found("order", fields.order_id, "order_id")
     problem = order_qr_problem(order)
     if problem is not None:
         raise problem

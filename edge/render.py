@@ -10,7 +10,6 @@ from edge import schemas
 from engine.records import BlocklistEntry, Customer, Merchant, Order, Payment, Payout, Refund
 from engine.types import Account, AccountFlag, Balance, Transfer, TransferFlag
 
-ORDER_STATUSES = ("pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception")
 _FLAG_NAMES = tuple(TransferFlag.NAMES.items())
 # RFC 3339 with the space and lower case it allows (date, time, fraction, offset); no offset is taken as UTC.
 _RFC3339 = re.compile(r"([0-9]{4}-[0-9]{2}-[0-9]{2})[Tt ]([0-9]{2}:[0-9]{2}:[0-9]{2})(?:\.([0-9]+))?"

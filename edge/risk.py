@@ -127,7 +127,7 @@ async def create_blocklist_entry(request: web.Request) -> web.Response:
     kind = type(fields).__struct_config__.tag
     if fields.merchant_id and (not fields.merchant_id.startswith("mer_")
                                or await cached_merchant(request.app, fields.merchant_id) is None):
-        raise ApiError(404, "resource_missing", f"No such merchant: {fields.merchant_id!r}", "merchant_id")
+        raise not_found("merchant", fields.merchant_id, "merchant_id")
     value = _ip_address(fields.value, "value") if kind == "ip" else fields.value
     value = value.lower() if kind == "email" else value
     entry = BlocklistEntry(id=blocklist_id(kind, value, fields.merchant_id), kind=kind, value=value,

@@ -32,6 +32,8 @@ from engine.records import (
 )
 from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, TransferFlag
 
+# Every status a payment takes; a refund leaves it succeeded (amount_refunded says how much went back).
+PAYMENT_STATUSES = ("processing", "requires_action", "requires_capture", "succeeded", "failed", "cancelled")
 OPEN_STATUSES = ("processing", "requires_action")
 # An order's payment in one of these may still take its money: a second payment must not charge it too.
 IN_PROGRESS_STATUSES = (*OPEN_STATUSES, "requires_capture")
@@ -446,8 +448,9 @@ class Payments:
         record = records.get(record_id)
         return record if record is not None and record.merchant_id == merchant_id else None
 
-    def list_payments(self, merchant_id: str, limit: int, starting_after: str) -> tuple[list[Payment], bool]:
-        """A merchant's payments, newest first."""
+    def list_payments(self, merchant_id: str, limit: int, starting_after: str,
+                      status: str = "") -> tuple[list[Payment], bool]:
+        """A merchant's payments, newest first, only those in `status` if given; and whether more follow."""
         ids = self.by_merchant.get(merchant_id, [])
         end = len(ids)
         if starting_after:
@@ -455,8 +458,15 @@ class Payments:
             if after is None:
                 return [], False
             end = ids.index(after.id)
-        page = [self.payments[ids[index]] for index in range(end - 1, max(end - 1 - limit, -1), -1)]
-        return page, end > limit
+        found: list[Payment] = []
+        for index in range(end - 1, -1, -1):
+            payment = self.payments[ids[index]]
+            if status and payment.status != status:
+                continue
+            if len(found) == limit:
+                return found, True
+            found.append(payment)
+        return found, False
 
     def add(self, payment: Payment) -> Payment:
         self.payments[payment.id] = payment

@@ -94,6 +94,7 @@ class ListPayments(msgspec.Struct, tag="list_payments", array_like=True, kw_only
     merchant_id: str
     limit: int = 20
     starting_after: str = ""
+    status: str = ""  # only payments in this status ("": all)
 
 
 class ListBlocklist(msgspec.Struct, tag="list_blocklist", array_like=True, kw_only=True):
@@ -158,7 +159,7 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
         return Answer(records=entries, has_more=has_more)
     assert kind is ListPayments
     payments, has_more = commerce.payments.list_payments(query.merchant_id, max(1, min(query.limit, MAX_PAGE)),
-                                                         query.starting_after)
+                                                         query.starting_after, query.status)
     return Answer(records=payments, has_more=has_more)
 
 

@@ -1,8 +1,9 @@
-"""Fixtures shared by the test modules that start the whole gateway (each defines its own `server`)."""
+"""Fixtures shared by the test modules: the ledger checks after each test, over HTTP or on every engine built."""
 
 import pytest
 
 from edge_harness import assert_ledger_ok
+from ledger_helpers import ENGINES
 
 
 @pytest.fixture
@@ -10,3 +11,12 @@ def double_entry_holds(server):
     """After each test that asks for it, the ledger still balances."""
     yield
     assert_ledger_ok(server)
+
+
+@pytest.fixture
+def verify_every_engine():
+    """For the engine test modules (pytestmark): the full ledger check runs on every engine their tests built."""
+    ENGINES.clear()
+    yield
+    for engine in ENGINES:
+        engine.verify()

@@ -2,8 +2,6 @@
 
 from collections.abc import Iterable
 
-import pytest
-
 from engine import Account, AccountCode, Batch, BatchResult, Command, CreateAccounts, CreateTransfers, Engine, Transfer, TransferCode
 from engine.records import Outcome
 from engine.types import NANOSECONDS_PER_SECOND
@@ -34,18 +32,9 @@ def build_engine(timestamp: int, accounts: Iterable[Account]) -> Engine:
     return engine
 
 
-# Commerce tests drive an engine with a clock, and verify every engine they made.
+# Commerce tests drive an engine with a clock, and verify every engine they made (conftest's verify_every_engine).
 
 ENGINES: list[Engine] = []
-
-
-@pytest.fixture(autouse=True)
-def verify_every_engine():
-    """Import into a test module: the full ledger check runs on every engine its tests built."""
-    ENGINES.clear()
-    yield
-    for engine in ENGINES:
-        engine.verify()
 
 
 class Driver:

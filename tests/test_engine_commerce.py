@@ -39,7 +39,9 @@ from engine.records import (
 )
 from engine.types import NANOSECONDS_PER_SECOND as S
 from engine.types import Event
-from ledger_helpers import Driver, verify_every_engine  # noqa: F401  (an autouse fixture)
+from ledger_helpers import Driver
+
+pytestmark = pytest.mark.usefixtures("verify_every_engine")
 
 T0 = 1_700_000_000 * S
 FAR = T0 + 10**6 * S  # default order expiry: later than any test's clock

@@ -16,6 +16,7 @@ import msgspec
 import pytest
 
 from engine import commerce
+from engine.payments import PAYMENT_STATUSES
 from engine.queries import GetMerchant, GetOrder, GetPaymentRecord, ListPayments, LookupAccounts
 from engine.records import (
     CancelOrder,
@@ -45,7 +46,9 @@ from engine.records import (
 )
 from engine.types import NANOSECONDS_PER_SECOND as S
 from engine.types import Event
-from ledger_helpers import Driver, verify_every_engine  # noqa: F401  (an autouse fixture)
+from ledger_helpers import Driver
+
+pytestmark = pytest.mark.usefixtures("verify_every_engine")
 
 T0 = 1_700_000_000 * S
 FAR = T0 + 10**6 * S  # default order expiry: later than any test's clock
@@ -667,13 +670,37 @@ def test_list_payments_newest_first(listed: Gateway, page: dict, expected):
     assert list_ids(listed, **page) == expected
 
 
+def walk(gw: Gateway, limit: int, **filters) -> list[str]:
+    """Every id of m1's list, page by page; has_more must be true exactly when another page follows."""
+    walked, after = [], ""
+    while True:
+        page, has_more = list_ids(gw, limit=limit, starting_after=after, **filters)
+        assert page or not after, "has_more promised a page that is empty"
+        walked += page
+        if not has_more:
+            return walked
+        assert len(page) == limit
+        after = page[-1]
+
+
 def test_list_payments_pages_walk_everything_once(listed: Gateway):
-    walked, after, has_more = [], "", True
-    while has_more:
-        page, has_more = list_ids(listed, limit=3, starting_after=after)
-        walked, after = walked + page, page[-1]
-    assert walked == NEWEST_FIRST
+    assert walk(listed, 3) == NEWEST_FIRST
     assert list_ids(listed, "m2")[0] == [f"m2-{pid}" for pid in NEWEST_FIRST]
+
+
+def test_list_payments_by_status_pages_through_the_matches_only(listed: Gateway):
+    listed.ok(create("q7", order_id="", currency="USD", manual=True))
+    listed.ok(psp("q0"), psp("q1", result="declined"), cancel("q2"), psp("q3", result="requires_action"), psp("q5"),
+              psp("q7"))
+    expected = {"succeeded": ["q5", "q0"], "failed": ["q1"], "cancelled": ["q2"], "requires_action": ["q3"],
+                "processing": ["q6", "q4"], "requires_capture": ["q7"]}
+    assert set(expected) == set(PAYMENT_STATUSES)
+    for status, ids in expected.items():
+        for limit in (1, 2, 100):
+            assert walk(listed, limit, status=status) == ids, (status, limit)
+    # The cursor is a position in the whole list: a payment in another status starts a page as well.
+    assert list_ids(listed, status="succeeded", starting_after="q3") == (["q0"], False)
+    assert list_ids(listed, "m2", status="succeeded") == ([], False)
 
 
 # 11. Snapshot and restore mid-flow

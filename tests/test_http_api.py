@@ -400,6 +400,30 @@ def test_concurrent_wallet_payments_never_overdraw(server):
     assert len(walk(server, key, "/v1/orders", 100, status="pending", name=tag)) == attempts - covered
 
 
+def test_payments_filtered_by_status_page_through_the_matches_only(server):
+    """Without Ray: a wallet payment succeeds at once; a QR payment waits for its transfer (requires_action), and
+    is cancelled with its order."""
+    key = merchant(server)
+    payer = customer(server, key)
+    ok(server, "POST", f"/v1/customers/{payer}/deposits", {"amount": 3 * ORDER["amount"], "currency": "usd"}, key=key)
+
+    def pay(kind: str) -> tuple[str, str]:
+        order_id = order(server, key, payment_methods=[kind])["id"]
+        method = {"type": "wallet", "customer_id": payer} if kind == "wallet" else {"type": kind}
+        return order_id, ok(server, "POST", "/v1/payments", {"order_id": order_id, "payment_method": method},
+                            key=key)["id"]
+
+    made = [pay(kind) for kind in ("wallet", "qr") * 3]
+    ok(server, "DELETE", f"/v1/orders/{made[3][0]}", key=key)
+    newest_first = [payment_id for _, payment_id in reversed(made)]
+    expected = {"succeeded": newest_first[1::2], "requires_action": [newest_first[0], newest_first[4]],
+                "cancelled": [newest_first[2]], "failed": []}
+    for status, ids in expected.items():
+        for limit in (1, 2, 100):
+            assert walk(server, key, "/v1/payments", limit, status=status) == ids, (status, limit)
+    assert walk(server, key, "/v1/payments", 4) == newest_first
+
+
 # --- 5. bad input --------------------------------------------------------------------------------------------------
 
 def bad(name, method, path, body, status=400, code=ANY, param=ANY):
@@ -440,6 +464,18 @@ BAD_INPUT = [
     bad("transfer-array-malformed-json", "POST", "/v1/transfers", b'[{"id": ', code="invalid_json"),
     bad("transfer-array-infinite-number", "POST", "/v1/transfers", b'[{"id": "bad-input", "amount": 1e400}]'),
     bad("transfer-array-nested-too-deep", "POST", "/v1/transfers", b"[" * 2000 + b"]" * 2000),
+    # An id in the body that names nothing: the 404 names that field, not the path's `id`.
+    bad("qr-dynamic-unknown-order", "POST", "/v1/qr/dynamic", {"order_id": "ord_nope"}, 404, "resource_missing",
+        "order_id"),
+    bad("qr-payment-unknown-order", "POST", "/v1/payments", {"order_id": "ord_nope", "payment_method": {
+        "type": "qr"}}, 404, "resource_missing", "order_id"),
+    bad("qr-static-unknown-sub-account", "POST", "/v1/qr/static", {"sub_account_id": "sub_nope"}, 404,
+        "resource_missing", "sub_account_id"),
+    bad("payout-unknown-sub-account", "POST", "/v1/payouts", {"amount": 1, "currency": "usd",
+                                                              "sub_account_id": "sub_nope"}, 404, "resource_missing",
+        "sub_account_id"),
+    bad("payment-unknown-token", "POST", "/v1/payments", {"amount": 1, "currency": "usd", "payment_method": {
+        "type": "card", "token": "tok_" + "0" * 24}}, 404, "resource_missing", "payment_method.token"),
 ]
 
 
@@ -477,6 +513,7 @@ BAD_QUERIES = [
     ("/v1/accounts/a/balances?at=0001-01-01T00:00:00Z", "at"),
     ("/v1/orders?starting_after=ord_doesnotexist", "starting_after"),
     ("/v1/payments?starting_after=pay_doesnotexist", "starting_after"),
+    ("/v1/payments?status=paid", "status"), ("/v1/payments?status=partially_refunded", "status"),
     ("/v1/accounts/a/transfers?starting_after=nothing", "starting_after"),
 ]
 
@@ -561,7 +598,7 @@ TESTED_ROUTES = {
     "/v1/accounts": {"post"}, "/v1/accounts/{id}": {"get"}, "/v1/accounts/{id}/transfers": {"get"},
     "/v1/accounts/{id}/balances": {"get"}, "/v1/transfers": {"post"}, "/v1/transfers/{id}": {"get"},
     "/v1/customers": {"post"}, "/v1/customers/{id}": {"get"}, "/v1/customers/{id}/deposits": {"post"},
-    "/v1/customers/{id}/withdrawals": {"post"}, "/v1/customers/{id}/wallet": {"get"}, "/v1/payments": {"post"},
+    "/v1/customers/{id}/withdrawals": {"post"}, "/v1/customers/{id}/wallet": {"get"}, "/v1/payments": {"get", "post"},
     "/v1/admin/ledger_check": {"get"}, "/healthz": {"get"}, "/readyz": {"get"}, "/metrics": {"get"},
     "/openapi.json": {"get"},
 }
@@ -587,6 +624,12 @@ def test_orders_carry_their_qr_payload_in_every_accepted_currency(server):
     for currency in ("krw", "idr", "aud", "try"):
         payload = order(server, key, currency=currency, payment_methods=["qr"])["qr"]
         assert payload and parse_payload(payload)["53"] == CURRENCY_NUMBERS[currency]
+
+
+def test_a_static_code_image_for_an_unknown_sub_account_names_the_query_field(server):
+    merchant_id = ok(server, "GET", "/v1/merchants/me", key=server.demo_key)["id"]
+    error(server, "GET", f"/v1/qr/merchants/{merchant_id}.png?sub_account_id=sub_nope", status=404,
+          code="resource_missing", param="sub_account_id")
 
 
 def test_a_client_that_leaves_mid_body_is_no_server_error(server):

@@ -343,7 +343,9 @@ def test_saved_card_pays_again_for_its_merchant_only(server, shop):
 
 # --- 6. QR codes paid by bank transfer -----------------------------------------------------------------------------
 
-def test_dynamic_qr_paid_by_bank_transfer(server, shop):
+@pytest.mark.parametrize("quoting", ["code", "order_id"])
+def test_dynamic_qr_paid_by_bank_transfer(server, shop, quoting):
+    """The transfer quotes what the code carries, or the order id itself (API.md: tag 62 is the order id)."""
     _, key = shop
     the_order = order(server, key, amount=120000, currency="vnd")
     qr = call(server, "POST", "/v1/qr/dynamic", {"order_id": the_order["id"]}, key=key)
@@ -353,9 +355,7 @@ def test_dynamic_qr_paid_by_bank_transfer(server, shop):
     assert reference == "O" + the_order["id"].removeprefix("ord_")
     status, content_type, image = fetch(qr["png_url"])
     assert (status, content_type) == (200, "image/png") and image.startswith(b"\x89PNG\r\n\x1a\n")
-    status, _, answer = fetch(f"http://127.0.0.1:{server.base_port + 1}/v1/transfers",
-                              body={"reference": reference, "amount": 120000, "currency": "vnd"})
-    assert status == 202, answer
+    bank_transfer(server, reference if quoting == "code" else the_order["id"], 120000, "vnd")
     paid = wait_until(lambda: call(server, "GET", f"/v1/orders/{the_order['id']}", key=key),
                       lambda current: current["status"] != "pending", what="the order to be paid")
     assert paid["status"] == "paid" and paid["payment_id"], paid
@@ -601,8 +601,9 @@ def test_static_qr_paid_by_bank_transfer_credits_the_merchant_or_its_sub_account
                          else "M" + merchant_id.removeprefix("mer_"))
     status, content_type, image = fetch(qr["png_url"])
     assert (status, content_type) == (200, "image/png") and image.startswith(b"\x89PNG\r\n\x1a\n")
-    for amount in (50_000, 70_000):  # a static code is paid again and again, whatever the amount
-        bank_transfer(server, reference, amount, "vnd")
+    # A static code is paid again and again, whatever the amount; quoting the id itself pays the same.
+    for quoted, amount in ((reference, 50_000), (sub_account_id or merchant_id, 70_000)):
+        bank_transfer(server, quoted, amount, "vnd")
     paid = wait_until(lambda: payments_of(server, key), lambda payments: len(payments) == 2, what="two payments")
     assert sorted((p["status"], p["amount"], p["currency"], p["order_id"]) for p in paid) == [
         ("succeeded", 50_000, "vnd", None), ("succeeded", 70_000, "vnd", None)]
@@ -625,13 +626,14 @@ def test_a_transfer_the_gateway_does_not_take_changes_nothing_and_goes_back_to_t
     the_order = order(server, key, amount=120000, currency="vnd")
     references = [bank_transfer(server, "M" + "0" * 24, 10_000, "vnd"),
                   bank_transfer(server, "S" + "0" * 24, 10_000, "vnd"),
+                  bank_transfer(server, "ord_" + "0" * 24, 10_000, "vnd"),
                   bank_transfer(server, "O" + the_order["id"].removeprefix("ord_"), 120000, "usd")]
     bank = f"http://127.0.0.1:{server.base_port + 1}/v1/transfers/"
     returned = [wait_until(lambda reference=reference: json.loads(fetch(bank + reference)[2]),
                            lambda view: view["status"] != "received", what="the bank's settlement")
                 for reference in references]
     assert [(view["status"], view["return_reason"]) for view in returned] == [
-        ("returned", "reference_unknown"), ("returned", "reference_unknown"), ("returned", "currency_mismatch")]
+        *[("returned", "reference_unknown")] * 3, ("returned", "currency_mismatch")]
     assert payments_of(server, key) == []
     assert call(server, "GET", f"/v1/orders/{the_order['id']}", key=key)["status"] == "pending"
 
