@@ -27,6 +27,7 @@ from journal.wire import Promote, ReplyStatus, reply_decoder, request_encoder
 # The first ports of --base-port's block: the simulated providers and the connector; the shards follow.
 PROVIDER_PORTS = 4
 MAX_TRUSTED_PROXIES = 100  # each is checked against every request's peer
+STOP_GRACE_S = 2.0  # after a child ended, how long serve waits for a stop signal that may have ended it
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -152,6 +153,9 @@ def run_serve(args) -> int:
         _print_welcome(public_url, layout, args.workers, admin_token, api_key, ray_description)
         while not stop.wait(0.5):
             if not edge.alive() or not providers.alive() or any(shard.process.poll() is not None for shard in shards):
+                # A Ctrl-C reaches the whole group at once: a child may end before our own handler has run.
+                if stop.wait(STOP_GRACE_S):
+                    return 0
                 print("a paygate process stopped; stopping the rest", file=sys.stderr)
                 return 1
         return 0
