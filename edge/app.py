@@ -64,8 +64,8 @@ from engine.records import (
     UpdateOrder,
     wallet_account_id,
 )
-from engine.types import NANOSECONDS_PER_SECOND, Account, AccountFlag, CreateAccounts, CreateTransfers, Transfer, \
-    TransferFlag
+from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, Account, AccountFlag, CreateAccounts, CreateTransfers, \
+    Transfer, TransferFlag
 
 log = logging.getLogger("paygate.edge")
 TOKEN_TTL_S = 3600
@@ -562,7 +562,9 @@ async def _move(request: web.Request, withdrawal: bool) -> web.Response:
                          amount=fields.amount, currency=fields.currency, withdrawal=withdrawal)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return await _wallet_response(request, merchant, outcome.record)
+    moved = (await request.app["gateway"].read(merchant.id, LookupTransfers([command.transfer_id]))).transfers[0]
+    # The wallet as the move left it, so a replay under the Idempotency-Key answers what the first request did.
+    return await _wallet_response(request, merchant, outcome.record, as_of=moved.timestamp)
 
 
 async def deposit(request: web.Request) -> web.Response:
@@ -573,17 +575,29 @@ async def withdraw(request: web.Request) -> web.Response:
     return await _move(request, withdrawal=True)
 
 
+async def _account_as_of(gateway, merchant_id: str, account: Account, as_of: int) -> Account:
+    balance = (await gateway.read(merchant_id, AccountBalance(account.id, as_of))).balance
+    return msgspec.structs.replace(account, debits_pending=balance.debits_pending, debits_posted=balance.debits_posted,
+                                   credits_pending=balance.credits_pending, credits_posted=balance.credits_posted)
+
+
 async def get_wallet(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     return await _wallet_response(request, merchant, await _customer(request, merchant))
 
 
-async def _wallet_response(request: web.Request, merchant: Merchant, customer: Customer) -> web.Response:
+async def _wallet_response(request: web.Request, merchant: Merchant, customer: Customer,
+                           as_of: int = TIMESTAMP_MAX) -> web.Response:
+    """The wallet as it stood at `as_of` (engine time): its accounts are history accounts, which keep every balance."""
     gateway = request.app["gateway"]
     ids = [wallet_account_id(merchant.id, customer.id, currency) for currency in schemas.CURRENCY_EXPONENTS]
-    accounts = [account for account in (await gateway.read(merchant.id, LookupAccounts(ids))).accounts if account]
+    accounts = [account for account in (await gateway.read(merchant.id, LookupAccounts(ids))).accounts
+                if account and account.timestamp <= as_of]
+    if as_of < TIMESTAMP_MAX:
+        accounts = [await _account_as_of(gateway, merchant.id, account, as_of) for account in accounts]
     history = []
     for account in accounts:
-        history += (await gateway.read(merchant.id, AccountTransfers(account.id, limit=20, newest_first=True))).transfers
+        history += (await gateway.read(merchant.id, AccountTransfers(account.id, timestamp_max=as_of, limit=20,
+                                                                     newest_first=True))).transfers
     history.sort(key=lambda transfer: transfer.timestamp, reverse=True)
     return respond(request, render.wallet(customer, accounts, history[:20]))

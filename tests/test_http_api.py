@@ -365,6 +365,20 @@ def test_wallet_deposits_withdrawals_and_insufficient_funds(server):
     error(server, "POST", "/v1/customers/cus_missing/deposits", {"amount": 1, "currency": "usd"}, key=key, status=404)
 
 
+def test_wallet_move_replayed_after_later_moves_answers_the_first_response(server):
+    key = merchant(server)
+    customer_id = ok(server, "POST", "/v1/customers", CUSTOMER, key=key)["id"]
+    path = f"/v1/customers/{customer_id}/deposits"
+    headers = {"Idempotency-Key": f"deposit-{uuid.uuid4().hex}"}
+    first = call(server, "POST", path, {"amount": 40, "currency": "usd"}, key=key, status=200, headers=headers)
+    ok(server, "POST", path, {"amount": 5, "currency": "usd"}, key=key)
+    ok(server, "POST", path, {"amount": 7, "currency": "eur"}, key=key)
+    again = call(server, "POST", path, {"amount": 40, "currency": "usd"}, key=key, status=200, headers=headers)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.json() == first.json() and balances(first.json()) == {"usd": (40, 40)}
+    assert balances(wallet(server, key, customer_id)) == {"usd": (45, 45), "eur": (7, 7)}
+
+
 def test_wallet_of_a_newly_created_merchant(tmp_path):
     own = Server(tmp_path, workers=1).start()
     try:
