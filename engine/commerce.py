@@ -15,6 +15,7 @@ from engine.payments import Payments, move, system_account
 from engine.records import (
     AddDashboardUser,
     AddToBlocklist,
+    AdmitOrderIp,
     BlocklistEntry,
     CancelOrder,
     CancelPayment,
@@ -187,10 +188,9 @@ class Commerce:
         split_code = self._check_splits(order)
         if split_code:
             return Outcome(split_code)
-        if command.ip_limit:
-            retry_after_s = self._admit_ip(command, timestamp)
-            if retry_after_s:
-                return Outcome("rate_limited", retry_after_s=retry_after_s)
+        retry_after_s = self._admit_ip(command, timestamp)
+        if retry_after_s:
+            return Outcome("rate_limited", retry_after_s=retry_after_s)
         order.status = "pending"
         order.created_at = order.updated_at = timestamp
         self.orders[order.id] = order
@@ -215,8 +215,15 @@ class Commerce:
                 return "split_destination_not_found"
         return ""
 
-    def _admit_ip(self, command: CreateOrder, timestamp: int) -> int:
-        """A sliding window per client IP, in engine time: 0 if admitted, else seconds until a slot frees."""
+    def _admit_order_ip(self, command: AdmitOrderIp, timestamp: int) -> Outcome:
+        retry_after_s = self._admit_ip(command, timestamp)
+        return Outcome("rate_limited", retry_after_s=retry_after_s) if retry_after_s else Outcome()
+
+    def _admit_ip(self, command: CreateOrder | AdmitOrderIp, timestamp: int) -> int:
+        """A sliding window per client IP, in engine time: 0 if admitted (always, without a limit), else seconds
+        until a slot frees."""
+        if command.ip_limit <= 0:
+            return 0
         times = self.order_times_by_ip.setdefault(command.client_ip, collections.deque())
         window_ns = command.ip_window_s * NANOSECONDS_PER_SECOND
         while times and times[0] <= timestamp - window_ns:
@@ -397,6 +404,7 @@ _HANDLERS = {
     CreateSubAccount: Commerce._create_sub_account,
     AddDashboardUser: Commerce._add_dashboard_user,
     CreateOrder: Commerce._create_order,
+    AdmitOrderIp: Commerce._admit_order_ip,
     UpdateOrder: Commerce._update_order,
     CancelOrder: Commerce._cancel_order,
     CreateCustomer: Commerce._create_customer,
