@@ -72,7 +72,7 @@ class Commerce:
         self.customers: dict[str, Customer] = {}
         # (merchant id, key) -> record, oldest first: pruned from the front as time passes.
         self.idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
-        # client IP -> times of its recent order creations
+        # client IP -> times of its recent admitted orders; the address admitted longest ago first
         self.order_times_by_ip: dict[str, collections.deque] = {}
         self.events: list[Event] = []
         self.payments = Payments(ledger, self.merchants, self.orders, self.events)
@@ -224,14 +224,29 @@ class Commerce:
         until a slot frees."""
         if command.ip_limit <= 0:
             return 0
-        times = self.order_times_by_ip.setdefault(command.client_ip, collections.deque())
+        windows = self.order_times_by_ip
+        times = windows.get(command.client_ip) or collections.deque()
         window_ns = command.ip_window_s * NANOSECONDS_PER_SECOND
-        while times and times[0] <= timestamp - window_ns:
+        horizon = timestamp - window_ns
+        while times and times[0] <= horizon:
             times.popleft()
         if len(times) >= command.ip_limit:
             return max(1, -(-(times[0] + window_ns - timestamp) // NANOSECONDS_PER_SECOND))
         times.append(timestamp)
+        windows.pop(command.client_ip, None)
+        windows[command.client_ip] = times  # last: addresses stay in the order of their newest admission
+        self._forget_idle_ips(horizon)
         return 0
+
+    def _forget_idle_ips(self, horizon: int) -> None:
+        """Forget up to two addresses whose newest admission left the window: each admission adds at most one, so
+        the windows kept are about as many as the addresses that ordered within the window."""
+        windows = self.order_times_by_ip
+        for _ in range(2):
+            oldest = next(iter(windows), None)
+            if oldest is None or (windows[oldest] and windows[oldest][-1] > horizon):
+                return
+            del windows[oldest]
 
     def _update_order(self, command: UpdateOrder, timestamp: int) -> Outcome:
         order = self.order_of(command.merchant_id, command.order_id)

@@ -326,6 +326,19 @@ def test_admit_order_ip_counts_attempts_in_the_ips_one_window(shop: Shop):
     assert shop.do(admit(), at=start + WINDOW + 99 * S).retry_after_s == 1
 
 
+def test_an_address_idle_for_a_window_is_forgotten(shop: Shop):
+    start = shop.now + S
+    shop.ok(*(admit(f"10.0.0.{i}") for i in range(4)), at=start)
+    shop.ok(admit("10.0.0.3"), at=start + 100 * S)
+    shop.ok(admit("10.0.1.0"), at=start + WINDOW)  # each admission forgets up to two idle addresses, oldest first
+    shop.ok(admit("10.0.1.1"))
+    assert list(shop.engine.commerce.order_times_by_ip) == ["10.0.0.3", "10.0.1.0", "10.0.1.1"]
+    assert shop.do(admit("10.0.0.3", ip_limit=1)).code == "rate_limited"  # its order at +100 s is still counted
+    copy = shop.restored()
+    assert list(copy.engine.commerce.order_times_by_ip) == list(shop.engine.commerce.order_times_by_ip)
+    assert copy.engine.state_hash() == shop.engine.state_hash()
+
+
 def test_an_admission_replayed_under_its_key_takes_no_slot(shop: Shop):
     shop.ok(idem("k1", admit(ip_limit=1)))
     replay = shop.do(idem("k1", admit(ip_limit=1)))
