@@ -46,6 +46,7 @@ from engine.queries import AccountBalance, AccountTransfers, FindDashboardUser, 
     LookupAccounts, LookupTransfers
 from engine.records import (
     AddDashboardUser,
+    AdmitOrderIp,
     CancelOrder,
     CreateCustomer,
     CreateMerchant,
@@ -346,13 +347,26 @@ async def create_order(request: web.Request) -> web.Response:
     )
     command = CreateOrder(order=order, client_ip=request.get("client_ip", ""), ip_limit=settings.order_ip_limit,
                           ip_window_s=settings.order_ip_window_s)
+    gateway = request.app["gateway"]
+    ip_shard = gateway.ip_shard_index(command.client_ip)
+    if command.ip_limit > 0 and ip_shard != gateway.shard_index(merchant.id):
+        # The IP's one window is on another shard: admitted there, the attempt counts even if the order then fails.
+        admission = AdmitOrderIp(client_ip=command.client_ip, ip_limit=command.ip_limit,
+                                 ip_window_s=command.ip_window_s)
+        _raise_if_rate_limited(settings, await run(request, merchant.id, admission, body, shard=ip_shard))
+        request["replayed"] = False  # a replay is the order's word: an admission replayed says nothing of it
+        command.ip_limit = 0
     outcome = await run(request, merchant.id, command, body)
+    _raise_if_rate_limited(settings, outcome)
+    raise_for(outcome)
+    return respond(request, _order_out(request, merchant, outcome.record))
+
+
+def _raise_if_rate_limited(settings: Settings, outcome: Outcome) -> None:
     if outcome.code == "rate_limited":
         raise ApiError(429, "rate_limited", f"at most {settings.order_ip_limit} orders per "
                        f"{settings.order_ip_window_s} s from one address",
                        headers={"Retry-After": str(outcome.retry_after_s)})
-    raise_for(outcome)
-    return respond(request, _order_out(request, merchant, outcome.record))
 
 
 def _check_splits(splits: list[schemas.SplitIn]) -> None:

@@ -140,8 +140,14 @@ class Gateway:
     def shard_index(self, merchant_id: str) -> int:
         return self.cluster.map.shard_for(merchant_id)
 
+    def ip_shard_index(self, client_ip: str) -> int:
+        return self.cluster.map.shard_for_ip(client_ip)
+
     async def submit(self, merchant_id: str, command):
-        return await self.coalescers[self.shard_index(merchant_id)].submit(command, command_items(command))
+        return await self.submit_to(self.shard_index(merchant_id), command)
+
+    async def submit_to(self, shard_index: int, command):
+        return await self.coalescers[shard_index].submit(command, command_items(command))
 
     async def read(self, merchant_id: str, query):
         return await self.readers[self.shard_index(merchant_id)].submit(query)

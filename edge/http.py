@@ -222,14 +222,15 @@ async def merchant_principal(request: web.Request) -> Merchant:
     return (await authenticate(request)).merchant
 
 
-async def run(request: web.Request, merchant_id: str, command, body: bytes = b""):
-    """Submit one command to the merchant's shard, under the request's Idempotency-Key if any."""
+async def run(request: web.Request, merchant_id: str, command, body: bytes = b"", shard: int | None = None):
+    """Submit one command to the merchant's shard (or to `shard`), under the request's Idempotency-Key if any."""
     key = idempotency_key(request)
     if key is not None:
         request_hash = hashlib.sha256(request.method.encode() + b" " + request.path.encode() + b"\n" +
                                       _canonical(body)).hexdigest()
         command = Idempotent(merchant_id=merchant_id, key=key, request_hash=request_hash, command=command)
-    result = await request.app["gateway"].submit(merchant_id, command)
+    gateway = request.app["gateway"]
+    result = await gateway.submit_to(gateway.shard_index(merchant_id) if shard is None else shard, command)
     if isinstance(result, Outcome):
         if result.code == "idempotency_key_reused":
             raise_for(result)

@@ -15,6 +15,7 @@ from engine.payments import Payments, move, system_account
 from engine.records import (
     AddDashboardUser,
     AddToBlocklist,
+    AdmitOrderIp,
     BlocklistEntry,
     CancelOrder,
     CancelPayment,
@@ -71,7 +72,7 @@ class Commerce:
         self.customers: dict[str, Customer] = {}
         # (merchant id, key) -> record, oldest first: pruned from the front as time passes.
         self.idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
-        # client IP -> times of its recent order creations
+        # client IP -> times of its recent admitted orders; the address admitted longest ago first
         self.order_times_by_ip: dict[str, collections.deque] = {}
         self.events: list[Event] = []
         self.payments = Payments(ledger, self.merchants, self.orders, self.events)
@@ -187,10 +188,9 @@ class Commerce:
         split_code = self._check_splits(order)
         if split_code:
             return Outcome(split_code)
-        if command.ip_limit:
-            retry_after_s = self._admit_ip(command, timestamp)
-            if retry_after_s:
-                return Outcome("rate_limited", retry_after_s=retry_after_s)
+        retry_after_s = self._admit_ip(command, timestamp)
+        if retry_after_s:
+            return Outcome("rate_limited", retry_after_s=retry_after_s)
         order.status = "pending"
         order.created_at = order.updated_at = timestamp
         self.orders[order.id] = order
@@ -215,16 +215,38 @@ class Commerce:
                 return "split_destination_not_found"
         return ""
 
-    def _admit_ip(self, command: CreateOrder, timestamp: int) -> int:
-        """A sliding window per client IP, in engine time: 0 if admitted, else seconds until a slot frees."""
-        times = self.order_times_by_ip.setdefault(command.client_ip, collections.deque())
+    def _admit_order_ip(self, command: AdmitOrderIp, timestamp: int) -> Outcome:
+        retry_after_s = self._admit_ip(command, timestamp)
+        return Outcome("rate_limited", retry_after_s=retry_after_s) if retry_after_s else Outcome()
+
+    def _admit_ip(self, command: CreateOrder | AdmitOrderIp, timestamp: int) -> int:
+        """A sliding window per client IP, in engine time: 0 if admitted (always, without a limit), else seconds
+        until a slot frees."""
+        if command.ip_limit <= 0:
+            return 0
+        windows = self.order_times_by_ip
+        times = windows.get(command.client_ip) or collections.deque()
         window_ns = command.ip_window_s * NANOSECONDS_PER_SECOND
-        while times and times[0] <= timestamp - window_ns:
+        horizon = timestamp - window_ns
+        while times and times[0] <= horizon:
             times.popleft()
         if len(times) >= command.ip_limit:
             return max(1, -(-(times[0] + window_ns - timestamp) // NANOSECONDS_PER_SECOND))
         times.append(timestamp)
+        windows.pop(command.client_ip, None)
+        windows[command.client_ip] = times  # last: addresses stay in the order of their newest admission
+        self._forget_idle_ips(horizon)
         return 0
+
+    def _forget_idle_ips(self, horizon: int) -> None:
+        """Forget up to two addresses whose newest admission left the window: each admission adds at most one, so
+        the windows kept are about as many as the addresses that ordered within the window."""
+        windows = self.order_times_by_ip
+        for _ in range(2):
+            oldest = next(iter(windows), None)
+            if oldest is None or (windows[oldest] and windows[oldest][-1] > horizon):
+                return
+            del windows[oldest]
 
     def _update_order(self, command: UpdateOrder, timestamp: int) -> Outcome:
         order = self.order_of(command.merchant_id, command.order_id)
@@ -397,6 +419,7 @@ _HANDLERS = {
     CreateSubAccount: Commerce._create_sub_account,
     AddDashboardUser: Commerce._add_dashboard_user,
     CreateOrder: Commerce._create_order,
+    AdmitOrderIp: Commerce._admit_order_ip,
     UpdateOrder: Commerce._update_order,
     CancelOrder: Commerce._cancel_order,
     CreateCustomer: Commerce._create_customer,

@@ -224,6 +224,18 @@ class CreateOrder(msgspec.Struct, tag="create_order", array_like=True, kw_only=T
     ip_window_s: int = 600
 
 
+class AdmitOrderIp(msgspec.Struct, tag="admit_order_ip", array_like=True, kw_only=True):
+    """One order attempt from a client IP, counted on the shard that keeps the IP's window when the order's merchant
+    lives on another: at most `ip_limit` in any `ip_window_s` (0: no limit), as CreateOrder counts them.
+
+    An admitted attempt counts even if its order then fails on the merchant's shard: the limit counts attempts.
+    """
+
+    client_ip: str
+    ip_limit: int
+    ip_window_s: int = 600
+
+
 class UpdateOrder(msgspec.Struct, tag="update_order", array_like=True, kw_only=True):
     """Fields left None stay as they are."""
 
@@ -366,6 +378,7 @@ CommerceCommand = (
     | CreateSubAccount
     | AddDashboardUser
     | CreateOrder
+    | AdmitOrderIp
     | UpdateOrder
     | CancelOrder
     | CreateCustomer

@@ -50,6 +50,10 @@ class ShardMap:
     def shard_for_id(self, ledger_id: str) -> int:
         return self.shard_for(ledger_id.partition(OWNER_SEPARATOR)[0])
 
+    def shard_for_ip(self, client_ip: str) -> int:
+        """The shard that keeps a client IP's order window: one for the IP, whatever merchants it orders from."""
+        return self.shard_for(client_ip)
+
 
 class _Channel:
     """One nng Req0 socket to one process, one request at a time, on the event loop that made it.

@@ -18,6 +18,7 @@ from engine.commerce import IDEMPOTENCY_RETENTION_NS as RETENTION
 from engine.queries import GetCustomer, GetMerchant, GetOrder, ListOrders, LookupAccounts
 from engine.records import (
     AddDashboardUser,
+    AdmitOrderIp,
     CancelOrder,
     CreateCustomer,
     CreateMerchant,
@@ -306,6 +307,46 @@ def test_ip_rate_limit_admits_ten_per_window(shop: Shop):
     # The nine from `start` leave the window; the one at +300 s is still in it.
     shop.ok(*(create(f"a{i}", ip="1.1.1.1", ip_limit=10) for i in range(10, 19)), at=start + WINDOW)
     assert shop.do(create("a19", ip="1.1.1.1", ip_limit=10)).code == "rate_limited"
+
+
+def admit(ip: str = "1.1.1.1", ip_limit: int = 3) -> AdmitOrderIp:
+    return AdmitOrderIp(client_ip=ip, ip_limit=ip_limit, ip_window_s=600)
+
+
+def test_admit_order_ip_counts_attempts_in_the_ips_one_window(shop: Shop):
+    start = shop.now + S
+    shop.ok(admit(), create("o1", ip="1.1.1.1", ip_limit=3), at=start)  # orders made here share the window
+    shop.ok(admit(), at=start + 100 * S)
+    refusal = shop.refused(admit(), "rate_limited")
+    assert refusal.retry_after_s == 600 - 101  # until the first two leave the window
+    assert shop.do(create("o2", ip="1.1.1.1", ip_limit=3)).code == "rate_limited"
+    shop.ok(admit("2.2.2.2"), admit(ip_limit=0))  # another IP, and no limit, are unaffected
+    assert shop.do(admit(), at=start + WINDOW - 1).retry_after_s == 1
+    shop.ok(admit(), admit(), at=start + WINDOW)  # the two from `start` left the window
+    assert shop.do(admit(), at=start + WINDOW + 99 * S).retry_after_s == 1
+
+
+def test_an_address_idle_for_a_window_is_forgotten(shop: Shop):
+    start = shop.now + S
+    shop.ok(*(admit(f"10.0.0.{i}") for i in range(4)), at=start)
+    shop.ok(admit("10.0.0.3"), at=start + 100 * S)
+    shop.ok(admit("10.0.1.0"), at=start + WINDOW)  # each admission forgets up to two idle addresses, oldest first
+    shop.ok(admit("10.0.1.1"))
+    assert list(shop.engine.commerce.order_times_by_ip) == ["10.0.0.3", "10.0.1.0", "10.0.1.1"]
+    assert shop.do(admit("10.0.0.3", ip_limit=1)).code == "rate_limited"  # its order at +100 s is still counted
+    copy = shop.restored()
+    assert list(copy.engine.commerce.order_times_by_ip) == list(shop.engine.commerce.order_times_by_ip)
+    assert copy.engine.state_hash() == shop.engine.state_hash()
+
+
+def test_an_admission_replayed_under_its_key_takes_no_slot(shop: Shop):
+    shop.ok(idem("k1", admit(ip_limit=1)))
+    replay = shop.do(idem("k1", admit(ip_limit=1)))
+    assert (replay.code, replay.replayed) == ("ok", True)
+    assert shop.do(idem("k2", admit(ip_limit=1))).code == "rate_limited"
+    copy = shop.restored()  # the window survives a snapshot
+    assert copy.engine.state_hash() == shop.engine.state_hash()
+    assert copy.do(admit(ip_limit=1)).code == "rate_limited"
 
 
 # 4. ListOrders

@@ -6,6 +6,7 @@ import base64
 import concurrent.futures
 import hashlib
 import hmac
+import http.client
 import json
 import time
 import urllib.parse
@@ -15,7 +16,8 @@ import jwt
 import pytest
 
 from edge import cli
-from edge_harness import Server, assert_ledger_ok
+from edge_harness import Response, Server, assert_ledger_ok
+from journal.client import ShardMap
 
 ORDER = {"name": "Coffee", "amount": 1999, "currency": "usd"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
@@ -50,6 +52,14 @@ def server(tmp_path_factory):
 def limited(tmp_path_factory):
     """One edge worker (token buckets are per worker process) and the per-IP order limit at 3."""
     started = start_server(tmp_path_factory.mktemp("limited"), workers=1, extra=("--order-ip-limit", "3"))
+    yield started
+    stop_server(started)
+
+
+@pytest.fixture(scope="module")
+def two_shards(tmp_path_factory):
+    """Two shards, the per-IP order limit at its default (10 per 10 minutes)."""
+    started = start_server(tmp_path_factory.mktemp("sharded"), workers=1, shards=2)
     yield started
     stop_server(started)
 
@@ -678,6 +688,41 @@ def test_the_per_ip_order_limit(limited):
     replay = create_order(limited, limited.demo_key, {"Idempotency-Key": keys[0]})  # a replay is no new order
     assert replay.status == 200 and replay.json()["id"] == admitted[0].json()["id"]
     assert len(limited.request("GET", "/v1/orders?limit=100", key=limited.demo_key).json()["data"]) == 3
+
+
+def order_from(server: Server, source_ip: str, key: str, headers: dict | None = None) -> Response:
+    """POST /v1/orders from `source_ip`, a loopback address bound as the TCP source: the client IP the server sees."""
+    connection = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30,
+                                            source_address=(source_ip, 0))
+    try:
+        connection.request("POST", "/v1/orders", json.dumps(ORDER), {"Content-Type": "application/json",
+                                                                     "Authorization": f"Bearer {key}", **(headers or {})})
+        reply = connection.getresponse()
+        return Response(reply.status, reply.headers, reply.read())
+    finally:
+        connection.close()
+
+
+def test_one_ip_has_one_order_window_across_shards(two_shards):
+    shard_map = ShardMap(2)
+    by_shard: dict[int, dict] = {}
+    while len(by_shard) < 2:
+        merchant = create_merchant(two_shards, tier="premium")
+        by_shard.setdefault(shard_map.shard_for(merchant["id"]), merchant)
+    keys = [merchant["api_key"] for merchant in by_shard.values()]
+    idempotency_keys = [unique() for _ in range(10)]
+    admitted = [order_from(two_shards, "127.0.9.1", keys[index % 2], {"Idempotency-Key": idempotency_key})
+                for index, idempotency_key in enumerate(idempotency_keys)]
+    assert [reply.status for reply in admitted] == [200] * 10, [reply.body for reply in admitted]
+
+    for key in keys:  # the 11th, whichever shard its merchant is on, waits for the first to leave the window
+        assert 500 < assert_retry_after(order_from(two_shards, "127.0.9.1", key)) <= 600
+    for index in range(2):  # a replay answers the first order, and takes no slot: the window is full
+        replay = order_from(two_shards, "127.0.9.1", keys[index], {"Idempotency-Key": idempotency_keys[index]})
+        assert replay.status == 200 and replay.json()["id"] == admitted[index].json()["id"], replay.body
+        assert replay.headers.get("Idempotent-Replayed") == "true"
+    assert order_from(two_shards, "127.0.9.2", keys[1]).status == 200  # another address has its own window
+    assert [len(two_shards.request("GET", "/v1/orders?limit=100", key=key).json()["data"]) for key in keys] == [5, 6]
 
 
 def test_the_per_merchant_tier_bucket(limited):
