@@ -282,6 +282,30 @@ def test_sub_accounts_by_admin_and_by_the_merchant_itself(server):
     assert names(shown) == ["Store 1", "Store 2"]
 
 
+def test_a_sub_account_create_answers_the_new_sub_account_and_its_replay_the_same(server):
+    merchant = create_merchant(server)
+    path, key = f"/v1/merchants/{merchant['id']}/sub_accounts", merchant["api_key"]
+    headers = {"Idempotency-Key": unique()}
+    first = server.request("POST", path, {"name": "Store 1"}, key=key, headers=headers)
+    assert first.status == 200, first.body
+    created = first.json()
+    assert created == {"id": created["id"], "object": "sub_account", "merchant_id": merchant["id"], "name": "Store 1",
+                       "created_at": created["created_at"]}
+    assert created["id"].startswith("sub_") and created["created_at"].endswith("Z")
+    other = server.request("POST", path, {"name": "Store 2"}, key=key).json()
+    assert (other["object"], other["merchant_id"], other["name"]) == ("sub_account", merchant["id"], "Store 2")
+    assert other["id"] != created["id"]
+
+    # After a newer sub-account exists, the replay still answers the first one.
+    again = server.request("POST", path, {"name": "Store 1"}, key=key, headers=headers)
+    assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true" and again.body == first.body
+
+    shown = eventually(lambda: server.request("GET", "/v1/merchants/me", key=key),
+                       lambda response: len(response.json()["sub_accounts"]) == 2)
+    assert shown.json()["sub_accounts"] == [{"id": sub["id"], "name": sub["name"], "created_at": sub["created_at"]}
+                                            for sub in (created, other)]
+
+
 # --- 2. API keys -----------------------------------------------------------------------------------------------------
 
 def _tampered(key: str) -> str:
