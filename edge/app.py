@@ -314,7 +314,9 @@ async def create_sub_account(request: web.Request) -> web.Response:
     outcome = await run(request, merchant.id, CreateSubAccount(merchant.id, sub_account), body)
     raise_for(outcome)
     request.app["merchant_cache"].pop(merchant.id, None)
-    return respond(request, render.merchant(outcome.record))
+    # By id, not position: under an Idempotency-Key the id is the key's, so a replay's stored merchant names it too.
+    created = next(sub for sub in outcome.record.sub_accounts if sub.id == sub_account.id)
+    return respond(request, render.sub_account(outcome.record.id, created))
 
 
 async def create_dashboard_user(request: web.Request) -> web.Response:

@@ -28,7 +28,7 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "get_merchant": ("a merchant", None, schemas.MerchantOut, "admin or merchant"),
     "update_merchant": ("change a merchant", schemas.MerchantUpdate, schemas.MerchantOut, "admin"),
     "create_sub_account": ("add a sub-account (one balance per store)", schemas.SubAccountCreate,
-                           schemas.MerchantOut, "admin or merchant"),
+                           schemas.SubAccountObjectOut, "admin or merchant"),
     "create_dashboard_user": ("add a dashboard user", schemas.DashboardUserCreate, dict[str, str], "admin"),
     "create_order": ("create an order", schemas.OrderCreate, schemas.OrderOut, "merchant"),
     "list_orders": ("search orders, newest first", None, schemas.OrderList, "merchant"),

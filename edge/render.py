@@ -7,7 +7,7 @@ import re
 import msgspec
 
 from edge import schemas
-from engine.records import BlocklistEntry, Customer, Merchant, Order, Payment, Payout, Refund
+from engine.records import BlocklistEntry, Customer, Merchant, Order, Payment, Payout, Refund, SubAccount
 from engine.types import Account, AccountFlag, Balance, Transfer, TransferFlag
 
 _FLAG_NAMES = tuple(TransferFlag.NAMES.items())
@@ -62,6 +62,10 @@ def merchant(record: Merchant) -> schemas.MerchantOut:
         settlement_account=None if record.settlement_account is None else schemas.SettlementAccount(
             **msgspec.structs.asdict(record.settlement_account)),
     )
+
+
+def sub_account(merchant_id: str, record: SubAccount) -> schemas.SubAccountObjectOut:
+    return schemas.SubAccountObjectOut(record.id, "sub_account", merchant_id, record.name, time_of(record.created_at))
 
 
 def order(record: Order, public_url: str, qr: str | None) -> schemas.OrderOut:

@@ -300,6 +300,16 @@ class SubAccountOut(Struct):
     created_at: str
 
 
+class SubAccountObjectOut(Struct):
+    """A sub-account on its own, as its create answers: the merchant's entry for it, its type and its merchant."""
+
+    id: str
+    object: str
+    merchant_id: str
+    name: str
+    created_at: str
+
+
 class MerchantOut(Struct, omit_defaults=True):
     id: str
     object: str

@@ -276,10 +276,9 @@ def test_sub_accounts_by_admin_and_by_the_merchant_itself(server):
     path = f"/v1/merchants/{merchant['id']}/sub_accounts"
     first = server.request("POST", path, {"name": "Store 1"}, key=server.admin_token)
     assert first.status == 200, first.body
-    assert [sub["name"] for sub in first.json()["sub_accounts"]] == ["Store 1"]
-    assert first.json()["sub_accounts"][0]["id"].startswith("sub_")
+    assert first.json()["name"] == "Store 1" and first.json()["id"].startswith("sub_")
     second = server.request("POST", path, {"name": "Store 2"}, key=merchant["api_key"])
-    assert second.status == 200 and [sub["name"] for sub in second.json()["sub_accounts"]] == ["Store 1", "Store 2"]
+    assert second.status == 200 and second.json()["name"] == "Store 2"
 
     assert_error(server.request("POST", path, {"name": "Intruder"}, key=server.demo_key), 404, "invalid_request_error")
     assert_error(server.request("POST", path, {"name": "Anonymous"}), 401, "authentication_error")
@@ -291,6 +290,30 @@ def test_sub_accounts_by_admin_and_by_the_merchant_itself(server):
     shown = eventually(lambda: server.request("GET", f"/v1/merchants/{merchant['id']}", key=server.admin_token),
                        lambda response: names(response) == ["Store 1", "Store 2"])
     assert names(shown) == ["Store 1", "Store 2"]
+
+
+def test_a_sub_account_create_answers_the_new_sub_account_and_its_replay_the_same(server):
+    merchant = create_merchant(server)
+    path, key = f"/v1/merchants/{merchant['id']}/sub_accounts", merchant["api_key"]
+    headers = {"Idempotency-Key": unique()}
+    first = server.request("POST", path, {"name": "Store 1"}, key=key, headers=headers)
+    assert first.status == 200, first.body
+    created = first.json()
+    assert created == {"id": created["id"], "object": "sub_account", "merchant_id": merchant["id"], "name": "Store 1",
+                       "created_at": created["created_at"]}
+    assert created["id"].startswith("sub_") and created["created_at"].endswith("Z")
+    other = server.request("POST", path, {"name": "Store 2"}, key=key).json()
+    assert (other["object"], other["merchant_id"], other["name"]) == ("sub_account", merchant["id"], "Store 2")
+    assert other["id"] != created["id"]
+
+    # After a newer sub-account exists, the replay still answers the first one.
+    again = server.request("POST", path, {"name": "Store 1"}, key=key, headers=headers)
+    assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true" and again.body == first.body
+
+    shown = eventually(lambda: server.request("GET", "/v1/merchants/me", key=key),
+                       lambda response: len(response.json()["sub_accounts"]) == 2)
+    assert shown.json()["sub_accounts"] == [{"id": sub["id"], "name": sub["name"], "created_at": sub["created_at"]}
+                                            for sub in (created, other)]
 
 
 # --- 2. API keys -----------------------------------------------------------------------------------------------------
