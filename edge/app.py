@@ -481,7 +481,9 @@ async def account_statement(request: web.Request) -> web.Response:
             raise not_found("account", account_id)
         if read.after_id:
             after = (await gateway.read(merchant.id, LookupTransfers([read.after_id]))).transfers[0]
-            check_cursor(after is not None, request.query["starting_after"])
+            # A transfer of another account is no place in this statement.
+            on_account = after is not None and read.account_id in (after.debit_account_id, after.credit_account_id)
+            check_cursor(on_account, request.query["starting_after"])
     return respond(request, {"object": "list", "data": [render.transfer(t) for t in transfers[:limit]],
                              "has_more": len(transfers) > limit})
 

@@ -308,6 +308,8 @@ def test_statement_is_newest_first_and_pages_through_every_transfer(server):
     for limit in (1, 3, 8, 100):
         assert walk(server, key, "/v1/accounts/a/transfers", limit) == ids[::-1]
     assert walk(server, key, "/v1/accounts/b/transfers", 3) == ["elsewhere", *ids[::-1]]
+    # a transfer that is not on the account is no cursor in its statement
+    error(server, "GET", "/v1/accounts/a/transfers?starting_after=elsewhere", key=key, param="starting_after")
 
 
 def test_balance_as_of_a_time_for_history_accounts_only(server):
