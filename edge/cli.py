@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--snapshot-every-batches", type=int, default=20_000)
     serve.add_argument("--snapshot-every-s", type=float, default=600.0)
     serve.add_argument("--prune-journal", action="store_true", help="delete journal entries older than the oldest kept snapshot")
-    serve.add_argument("--order-ip-limit", type=int, default=10, help="order creations per client IP per 10 minutes")
+    serve.add_argument("--order-ip-limit", type=_at_least(0), default=10,
+                       help="order creations per client IP per window (0: no limit)")
+    serve.add_argument("--order-ip-window-s", type=_at_least(1), default=600, help="the per-IP window, in seconds")
     serve.add_argument("--trusted-proxy", dest="trusted_proxies", action="append", default=[], type=_trusted_proxy,
                        metavar="CIDR", help="a proxy's address or network whose X-Forwarded-For names the client "
                                             "(repeatable); from any other peer the header is ignored")
@@ -88,6 +90,20 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(args.run(args) or 0)
 
 
+def _at_least(minimum: int):
+    """An argparse type: an integer no smaller than `minimum`."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}: {text!r}")
+        return value
+
+    return parse
+
+
 def _trusted_proxy(text: str) -> str:
     """A --trusted-proxy value, checked as the edge will read it (edge/limits.py), so none is dropped unseen."""
     if malformed_networks([text]):
@@ -105,6 +121,7 @@ def run_serve(args) -> int:
     public_url = f"http://{args.host}:{args.port}"
     settings = Settings(
         data=str(data), public_url=public_url, order_ip_limit=args.order_ip_limit,
+        order_ip_window_s=args.order_ip_window_s,
         shard_addresses=[[config.client_address for config in (primary, replica) if config] for primary, replica in configs],
         admin_token=os.environ.get("PAYGATE_ADMIN_TOKEN", ""), processing_timeout_s=args.processing_timeout_s,
         authorization_hold_s=args.authorization_hold_s, trusted_proxies=args.trusted_proxies,

@@ -713,6 +713,17 @@ def test_the_per_ip_order_limit(limited):
     assert len(limited.request("GET", "/v1/orders?limit=100", key=limited.demo_key).json()["data"]) == 3
 
 
+def test_the_per_ip_window_is_configurable(tmp_path):
+    server = start_server(tmp_path, workers=1, extra=("--order-ip-limit", "1", "--order-ip-window-s", "2"))
+    try:
+        assert create_order(server, server.demo_key).status == 200
+        assert assert_retry_after(create_order(server, server.demo_key)) <= 2
+        time.sleep(2.1)  # the window has slid past the first order
+        assert create_order(server, server.demo_key).status == 200
+    finally:
+        stop_server(server)
+
+
 def order_from(server: Server, source_ip: str, key: str, headers: dict | None = None) -> Response:
     """POST /v1/orders from `source_ip`, a loopback address bound as the TCP source: the client IP the server sees."""
     connection = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30,
