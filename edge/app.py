@@ -1,6 +1,5 @@
 """The HTTP API: the application and its handlers, to the contract of API.md (plumbing in edge.http)."""
 
-import collections
 import hmac
 import logging
 import pathlib
@@ -86,7 +85,6 @@ def create_app(settings: Settings) -> web.Application:
     app["login_attempts"] = SlidingWindow(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
     app["merchant_cache"] = {}
     app["kek"] = cards.KeyEncryptionKey.load_or_create(data / "card_kek.key")
-    app["seen_callbacks"] = collections.OrderedDict()
     app["metrics"] = Metrics()
     app["risk"] = risk.LocalTable(settings.risk_table_path)
     app.on_startup.append(_open_gateway)

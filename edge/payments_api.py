@@ -32,7 +32,7 @@ from edge.http import (
     respond,
     run,
 )
-from engine.payments import PAYMENT_STATUSES
+from engine.payments import CALLBACK_REPLAYED, PAYMENT_STATUSES
 from engine.queries import GetCard, GetOrder, GetPaymentRecord, ListPayments
 from engine.records import (
     CancelPayment,
@@ -52,7 +52,6 @@ from engine.records import (
     authorization_transfer_id,
 )
 
-SEEN_CALLBACKS = 10_000  # signatures remembered per worker, to refuse a replayed callback outright
 _sealed_encoder = msgspec.msgpack.Encoder()
 _sealed_decoder = msgspec.msgpack.Decoder(cards.SealedCard)
 
@@ -305,19 +304,13 @@ async def provider_callback(request: web.Request) -> web.Response:
         secrets.provider_secret(provider), header, body, int(time.time()))
     if not signature:
         raise ApiError(401, "signature_invalid", "the callback is unsigned, wrongly signed or too old")
-    seen: collections.OrderedDict = request.app["seen_callbacks"]
-    if signature in seen:
-        raise ApiError(401, "replayed", "this signed callback was already received")
-    seen[signature] = None
-    if len(seen) > SEEN_CALLBACKS:
-        seen.popitem(last=False)
     callback = schemas.decode(body, schemas.ProviderCallback)
     if callback.kind not in CALLBACK_KINDS[provider]:
         raise ApiError(400, "callback_kind_invalid", f"{provider} sends no {callback.kind} callbacks", "kind")
     if callback.kind == "transfer_received":
-        return await _transfer_received(request, callback)
+        return await _transfer_received(request, callback, signature)
     if callback.kind == "payout":
-        return await _payout_result(request, callback)
+        return await _payout_result(request, callback, signature)
     if not callback.merchant_id.startswith("mer_") or not callback.result:
         raise ApiError(400, "parameter_invalid", "the callback names no merchant or result", "merchant_id")
     command = RecordPspResult(
@@ -325,13 +318,20 @@ async def provider_callback(request: web.Request) -> web.Response:
         result=callback.result, psp_reference=callback.psp_reference, action_url=callback.action_url,
         failure_code=callback.failure_code, failure_message=callback.failure_message,
         transfer_id=authorization_transfer_id(callback.merchant_id, callback.payment_id),
-        hold_timeout_s=request.app["settings"].authorization_hold_s, acquirer=provider)
-    outcome = await request.app["gateway"].submit(callback.merchant_id, command)
-    # A duplicate is acknowledged (the provider may stop resending); it changed nothing.
+        hold_timeout_s=request.app["settings"].authorization_hold_s, acquirer=provider, signature=signature)
+    return await _record_callback(request, callback.merchant_id, command)
+
+
+async def _record_callback(request: web.Request, merchant_id: str, command) -> web.Response:
+    """Submit a callback's command. A duplicate is acknowledged (the provider may stop resending); it changed
+    nothing. A replay (the very signature again, whichever edge worker saw it first, before a restart too) is 401."""
+    outcome = await request.app["gateway"].submit(merchant_id, command)
+    if outcome.code == CALLBACK_REPLAYED:
+        raise ApiError(401, "replayed", "this signed callback was already received")
     return respond(request, {"received": True, "outcome": outcome.code})
 
 
-async def _transfer_received(request: web.Request, callback: schemas.ProviderCallback) -> web.Response:
+async def _transfer_received(request: web.Request, callback: schemas.ProviderCallback, signature: str) -> web.Response:
     """Money arrived at the bank quoting a QR code's reference: it pays that order, or credits the merchant (or
     sub-account) a static code names."""
     kind, object_id = qr_api.object_of(callback.reference) or ("", "")
@@ -349,17 +349,16 @@ async def _transfer_received(request: web.Request, callback: schemas.ProviderCal
     command = ReceiveBankTransfer(
         merchant_id=merchant_id, order_id=order_id, callback_id=callback.callback_id, amount=callback.amount,
         currency=callback.currency, method="qr", payment_id=payment_id, bank_reference=callback.bank_reference,
-        transfer_id=ledger_id(merchant_id, payment_id), sub_account_id=sub_account_id)
-    outcome = await request.app["gateway"].submit(merchant_id, command)
-    return respond(request, {"received": True, "outcome": outcome.code})
+        transfer_id=ledger_id(merchant_id, payment_id), sub_account_id=sub_account_id, signature=signature)
+    return await _record_callback(request, merchant_id, command)
 
 
-async def _payout_result(request: web.Request, callback: schemas.ProviderCallback) -> web.Response:
+async def _payout_result(request: web.Request, callback: schemas.ProviderCallback, signature: str) -> web.Response:
     if not callback.merchant_id.startswith("mer_"):
         raise ApiError(400, "parameter_invalid", "the callback names no merchant", "merchant_id")
     command = RecordPayoutResult(
         merchant_id=callback.merchant_id, payout_id=callback.payout_id, callback_id=callback.callback_id,
         paid=callback.paid, failure_code=callback.failure_code,
-        transfer_id=ledger_id(callback.merchant_id, f"{callback.payout_id}.{'paid' if callback.paid else 'returned'}"))
-    outcome = await request.app["gateway"].submit(callback.merchant_id, command)
-    return respond(request, {"received": True, "outcome": outcome.code})
+        transfer_id=ledger_id(callback.merchant_id, f"{callback.payout_id}.{'paid' if callback.paid else 'returned'}"),
+        signature=signature)
+    return await _record_callback(request, callback.merchant_id, command)

@@ -43,6 +43,7 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     payouts: list[Payout]
     cards: list[tuple[str, VaultedCard]]
     blocklist: list[BlocklistEntry] = []
+    callback_signatures: list[tuple[str, int]] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -116,6 +117,7 @@ class Engine:
             payouts=list(commerce.payments.payouts.values()),
             cards=list(commerce.payments.cards.items()),
             blocklist=list(commerce.blocklist.values()),
+            callback_signatures=list(commerce.payments.callback_signatures.items()),
         )
 
     @classmethod
@@ -206,6 +208,7 @@ def _restore_payments(payments: Payments, snapshot: Snapshot) -> None:
     payments.refunds = {refund.id: refund for refund in snapshot.refunds}
     payments.payouts = {payout.id: payout for payout in snapshot.payouts}
     payments.cards = dict(snapshot.cards)
+    payments.callback_signatures = dict(snapshot.callback_signatures)
     for payment in snapshot.payments:
         if payment.status in OPEN_STATUSES:
             payments.deadlines.append((payment.deadline_at, payment.id))

@@ -40,6 +40,10 @@ IN_PROGRESS_STATUSES = (*OPEN_STATUSES, "requires_capture")
 # Paid by the payer's own bank transfer quoting the order: such a payment waits (requires_action) for the money.
 BANK_METHODS = ("qr", "bank_transfer")
 RISK_REJECTED = "risk_rejected"
+CALLBACK_REPLAYED = "callback_replayed"
+# A provider's signature is good for 300 s either side of the clock: one seen is remembered for twice that.
+CALLBACK_REPLAY_WINDOW_NS = 600 * NANOSECONDS_PER_SECOND
+MAX_CALLBACK_SIGNATURES = 100_000  # beyond it the oldest is forgotten: a bound, well above any provider's rate
 
 
 class Payments:
@@ -56,6 +60,8 @@ class Payments:
         self.cards: dict[str, VaultedCard] = {}
         self.refunds: dict[str, Refund] = {}
         self.payouts: dict[str, Payout] = {}
+        # signature -> when its callback came (engine time), oldest first
+        self.callback_signatures: dict[str, int] = {}
         self.deadlines: list[tuple[int, str]] = []
         # pending transfer id -> payment id, to hear of an authorization that timed out
         self.payment_by_hold: dict[str, str] = {}
@@ -167,7 +173,24 @@ class Payments:
             return f"the amount {amount} {currency} is above the {tier} tier's limit of {amount_limit}"
         return ""
 
+    def replayed(self, signature: str, timestamp: int) -> bool:
+        """Whether a callback's signature was seen within the replay window; a new one is remembered."""
+        seen = self.callback_signatures
+        while seen:
+            oldest = next(iter(seen))
+            if len(seen) < MAX_CALLBACK_SIGNATURES and seen[oldest] > timestamp - CALLBACK_REPLAY_WINDOW_NS:
+                break
+            del seen[oldest]
+        if not signature:
+            return False
+        if signature in seen:
+            return True
+        seen[signature] = timestamp
+        return False
+
     def record_psp_result(self, command: RecordPspResult, timestamp: int) -> Outcome:
+        if self.replayed(command.signature, timestamp):
+            return Outcome(CALLBACK_REPLAYED)
         payment = self._payment_of(command.merchant_id, command.payment_id)
         if payment is None or command.acquirer not in ("", payment.acquirer):  # not a payment this provider has
             return Outcome("payment_not_found")
@@ -213,6 +236,8 @@ class Payments:
 
     def receive_bank_transfer(self, command: ReceiveBankTransfer, timestamp: int) -> Outcome:
         """Money in from the bank for an order: a payment that succeeds at once (the order decides paid or exception)."""
+        if self.replayed(command.signature, timestamp):
+            return Outcome(CALLBACK_REPLAYED)
         if not command.order_id:
             return self._receive_on_static_code(command, timestamp)
         order = self.orders.get(command.order_id)
@@ -356,6 +381,8 @@ class Payments:
         return Outcome(record=payout)
 
     def record_payout_result(self, command: RecordPayoutResult, timestamp: int) -> Outcome:
+        if self.replayed(command.signature, timestamp):
+            return Outcome(CALLBACK_REPLAYED)
         payout = self.payouts.get(command.payout_id)
         if payout is None or payout.merchant_id != command.merchant_id:
             return Outcome("payout_not_found")

@@ -315,6 +315,8 @@ class RecordPspResult(msgspec.Struct, tag="record_psp_result", array_like=True, 
     # The provider whose signed callback this is; it must be the payment's acquirer. Empty: the acquirer's own
     # connector speaking of a payment it was sent.
     acquirer: str = ""
+    # The provider's signature of the callback, in one spelling: seen again within the replay window, it is refused.
+    signature: str = ""
 
 
 class ReceiveBankTransfer(msgspec.Struct, tag="receive_bank_transfer", array_like=True, kw_only=True):
@@ -331,6 +333,8 @@ class ReceiveBankTransfer(msgspec.Struct, tag="receive_bank_transfer", array_lik
     transfer_id: str
     bank_reference: str = ""
     sub_account_id: str = ""  # a static code's sub-account, "" for the merchant's own balance
+    # The provider's signature of the callback, in one spelling: seen again within the replay window, it is refused.
+    signature: str = ""
 
 
 class CapturePayment(msgspec.Struct, tag="capture_payment", array_like=True, kw_only=True):
@@ -370,6 +374,8 @@ class RecordPayoutResult(msgspec.Struct, tag="record_payout_result", array_like=
     paid: bool
     transfer_id: str
     failure_code: str = ""
+    # The provider's signature of the callback, in one spelling: seen again within the replay window, it is refused.
+    signature: str = ""
 
 
 CommerceCommand = (

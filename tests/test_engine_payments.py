@@ -16,7 +16,7 @@ import msgspec
 import pytest
 
 from engine import commerce
-from engine.payments import PAYMENT_STATUSES
+from engine.payments import CALLBACK_REPLAY_WINDOW_NS, PAYMENT_STATUSES
 from engine.queries import GetMerchant, GetOrder, GetPaymentRecord, ListPayments, LookupAccounts
 from engine.records import (
     CancelOrder,
@@ -343,6 +343,18 @@ def test_a_result_from_another_merchant_or_for_no_payment_is_payment_not_found(g
     gw.refused(psp("p1", mid="m2"), "payment_not_found")
     gw.refused(psp("ghost"), "payment_not_found")
     assert gw.payment("p1").status == "processing"
+
+
+def test_a_callback_signature_seen_within_the_window_is_replayed_even_after_a_restore(gw: Gateway):
+    gw.ok(create("p1", timeout_s=3600))
+    assert gw.do(psp("p1", "cb1", "requires_action", signature="t=1,v1=aa")).code == "ok"
+    gw.refused(psp("p1", "cb1", "requires_action", signature="t=1,v1=aa"), "callback_replayed")
+    assert gw.do(psp("p1", "cb1", "requires_action", signature="t=2,v1=bb")).code == "duplicate"  # freshly signed
+    restored = gw.restored()
+    restored.refused(psp("p1", "cb1", "requires_action", signature="t=2,v1=bb"), "callback_replayed")
+    restored.now += CALLBACK_REPLAY_WINDOW_NS  # past the window a signature is forgotten (and stale by then anyway)
+    assert restored.do(psp("p1", "cb2", "declined", signature="t=1,v1=aa")).code == "ok"
+    assert restored.payment("p1").status == "failed"
 
 
 def test_a_result_signed_by_another_provider_than_the_acquirer_is_payment_not_found(gw: Gateway):
