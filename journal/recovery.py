@@ -1,8 +1,9 @@
 """Start-up: newest valid snapshot, then the journal tail, with every link checked.
 
-A damaged last entry is a write that never completed, so never acknowledged:
-it is dropped. Damage anywhere else stops the shard with a message naming the
-sequence number or the snapshot file; nothing is repaired silently.
+A damaged last entry with no result beside it is a write that never completed,
+so never acknowledged: it is dropped. Damage anywhere else (a damaged last entry
+that has its result included) stops the shard with a message naming the sequence
+number or the snapshot file; nothing is repaired silently.
 """
 
 import logging
@@ -93,7 +94,9 @@ def recover(journal: Journal, snapshots: Snapshots) -> tuple[Engine, RecoveryRep
     try:
         replay(engine, journal, start, previous_hash, report, on_batch=keep_missing_result)
     except CorruptionError as error:
-        if not error.damaged_record or error.sequence != journal.head_sequence:
+        # Only a last entry that was never applied can be a torn write nobody heard of: a stored result says the
+        # batch was applied, and its answers may have left.
+        if not error.damaged_record or error.sequence != journal.head_sequence or journal.has_result(error.sequence):
             raise
         log.warning("dropping torn last entry: %s", error)
         report.dropped_tail_entries = journal.truncate_after(error.sequence - 1)

@@ -182,6 +182,18 @@ def test_torn_last_entry_is_dropped_and_its_sequence_reused(tmp_path, tear, snap
     assert (engine.sequence, report.dropped_tail_entries) == (BATCHES, 0)
 
 
+def test_a_damaged_last_entry_whose_result_is_stored_stops_recovery(tmp_path):
+    """Its result says the batch was applied (and maybe answered): no torn write, so not dropped but named."""
+    build_journal(tmp_path)
+    with opened(tmp_path) as journal:
+        journal.write_results([(BATCHES, b"its result")])
+    flip_payload_byte(tmp_path)
+    with pytest.raises(CorruptionError, match=f"journal entry {BATCHES}"):
+        recover_folder(tmp_path)
+    with opened(tmp_path) as journal:
+        assert journal.head_sequence == BATCHES  # nothing dropped
+
+
 # Snapshots
 
 SNAPSHOT_NAME_AT = "snapshot-{:020d}.bin".format
