@@ -38,6 +38,10 @@ def load_snapshot(journal: Journal, snapshots: Snapshots, report: RecoveryReport
             log.error("skipping damaged %s", error)
             report.skipped_snapshots.append(str(error))
             continue
+        if info.durable_sequence > journal.head_sequence:
+            raise CorruptionError(f"snapshot {path.name} was taken when the journal held entries through "
+                                  f"{info.durable_sequence}, but it ends at {journal.head_sequence}: entries were lost",
+                                  journal.head_sequence + 1)
         if info.sequence > journal.head_sequence:
             # Taken just after its batch was applied, and the batch never became durable.
             report.skipped_snapshots.append(f"snapshot {path.name}: {AHEAD_OF_JOURNAL}")

@@ -421,7 +421,7 @@ class Shard:
         paused_at = time.perf_counter()
         # Objects the collector never visits are never copied by the child's writes.
         gc.freeze()
-        self.snapshot_child = take_snapshot_in_child(self.engine, entry_hash, self.snapshots)
+        self.snapshot_child = take_snapshot_in_child(self.engine, entry_hash, self.snapshots, self.durable_sequence)
         log.info("snapshot of batch %d forked; the writer paused %.1f ms", self.engine.sequence,
                  (time.perf_counter() - paused_at) * 1000)
 
@@ -600,14 +600,14 @@ def _critical(coroutine) -> asyncio.Task:
     return task
 
 
-def take_snapshot_in_child(engine: Engine, entry_hash: bytes, snapshots: Snapshots) -> int:
+def take_snapshot_in_child(engine: Engine, entry_hash: bytes, snapshots: Snapshots, durable_sequence: int) -> int:
     """Fork: the child writes the engine as of now (copy-on-write) while the parent goes on."""
     sequence = engine.sequence
     pid = os.fork()
     if pid:
         return pid
     try:
-        snapshots.write(sequence, entry_hash, engine.snapshot())
+        snapshots.write(sequence, entry_hash, engine.snapshot(), min(durable_sequence, sequence))
         os._exit(0)
     except BaseException:
         os._exit(1)

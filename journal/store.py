@@ -22,8 +22,9 @@ KEY = struct.Struct(">Q")
 # A sparse file: the map only costs disk as it fills. Grown by doubling when full.
 DEFAULT_MAP_SIZE_BYTES = 1 << 34
 MAX_DATABASES = 4
-SNAPSHOT_MAGIC = b"PGSNAP1\n"
-SNAPSHOT_HEADER = struct.Struct(">8sQ32s32s")  # magic, sequence, journal entry hash, checksum
+SNAPSHOT_MAGIC = b"PGSNAP2\n"
+# magic, sequence, the journal's durable head when it was taken, journal entry hash, checksum
+SNAPSHOT_HEADER = struct.Struct(">8sQQ32s32s")
 
 
 class CorruptionError(RuntimeError):
@@ -290,6 +291,9 @@ class SnapshotInfo(msgspec.Struct, frozen=True):
     path: pathlib.Path
     sequence: int
     entry_hash: bytes
+    # A snapshot may run a few batches ahead of the disk, never behind it: a journal that ends before this lost
+    # entries it had made durable.
+    durable_sequence: int
 
 
 class Snapshots:
@@ -302,10 +306,14 @@ class Snapshots:
     def path_for(self, sequence: int) -> pathlib.Path:
         return self.folder / f"snapshot-{sequence:020d}.bin"
 
-    def write(self, sequence: int, entry_hash: bytes, payload: bytes) -> pathlib.Path:
-        """Write, fsync, then rename into place: a reader never sees half a snapshot."""
+    def write(self, sequence: int, entry_hash: bytes, payload: bytes, durable_sequence: int | None = None) -> pathlib.Path:
+        """Write, fsync, then rename into place: a reader never sees half a snapshot. `durable_sequence` (default:
+        `sequence`) is the journal's durable head when the engine was copied."""
+        durable_sequence = sequence if durable_sequence is None else durable_sequence
+        assert durable_sequence <= sequence, (durable_sequence, sequence)
         path = self.path_for(sequence)
-        header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, sequence, entry_hash, _snapshot_hash(sequence, entry_hash, payload))
+        header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, sequence, durable_sequence, entry_hash,
+                                      _snapshot_hash(sequence, durable_sequence, entry_hash, payload))
         write_atomically(path, header + payload)
         return path
 
@@ -318,11 +326,11 @@ class Snapshots:
         data = path.read_bytes()
         if len(data) < SNAPSHOT_HEADER.size:
             raise CorruptionError(f"snapshot {path.name}: truncated")
-        magic, sequence, journal_hash, payload_hash = SNAPSHOT_HEADER.unpack_from(data)
+        magic, sequence, durable_sequence, journal_hash, payload_hash = SNAPSHOT_HEADER.unpack_from(data)
         payload = data[SNAPSHOT_HEADER.size :]
-        if magic != SNAPSHOT_MAGIC or _snapshot_hash(sequence, journal_hash, payload) != payload_hash:
+        if magic != SNAPSHOT_MAGIC or _snapshot_hash(sequence, durable_sequence, journal_hash, payload) != payload_hash:
             raise CorruptionError(f"snapshot {path.name}: checksum mismatch")
-        return SnapshotInfo(path, sequence, journal_hash), payload
+        return SnapshotInfo(path, sequence, journal_hash, durable_sequence), payload
 
     def remove_older_than(self, keep: int) -> list[pathlib.Path]:
         """Keep the newest `keep` snapshots; returns the paths removed."""
@@ -334,9 +342,9 @@ class Snapshots:
         return removed
 
 
-def _snapshot_hash(sequence: int, entry_hash: bytes, payload: bytes) -> bytes:
-    """Covers the header's fields too, so a damaged sequence or entry hash is caught."""
-    digest = hashlib.blake2b(KEY.pack(sequence), digest_size=HASH_BYTES)
+def _snapshot_hash(sequence: int, durable_sequence: int, entry_hash: bytes, payload: bytes) -> bytes:
+    """Covers the header's fields too, so a damaged sequence, durable head or entry hash is caught."""
+    digest = hashlib.blake2b(KEY.pack(sequence) + KEY.pack(durable_sequence), digest_size=HASH_BYTES)
     digest.update(entry_hash)
     digest.update(payload)
     return digest.digest()

@@ -9,6 +9,7 @@ directly, decoded afresh per engine (the engine takes ownership of its structs).
 
 import contextlib
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -201,8 +202,9 @@ SNAPSHOT_NAME_AT = "snapshot-{:020d}.bin".format
 @pytest.mark.parametrize("offset", [
     pytest.param(0, id="magic"),
     pytest.param(15, id="sequence"),
-    pytest.param(20, id="entry-hash"),
-    pytest.param(50, id="payload-hash"),
+    pytest.param(20, id="durable-sequence"),
+    pytest.param(30, id="entry-hash"),
+    pytest.param(60, id="payload-hash"),
     pytest.param(SNAPSHOT_HEADER.size + 10, id="payload"),
 ])
 def test_snapshot_with_a_flipped_byte_fails_to_load_naming_the_file(tmp_path, offset):
@@ -230,12 +232,28 @@ def test_snapshot_ahead_of_the_journal_is_skipped(tmp_path):
     payloads = batch_payloads(BATCHES + 1)
     with opened(tmp_path) as journal:
         uncommitted = journal.prepare(BATCHES + 1, payloads[-1])
-    Snapshots(tmp_path).write(BATCHES + 1, uncommitted.hash, engine_through(payloads, BATCHES + 1).snapshot())
+    Snapshots(tmp_path).write(BATCHES + 1, uncommitted.hash, engine_through(payloads, BATCHES + 1).snapshot(),
+                              durable_sequence=BATCHES)
     engine, report = recover_folder(tmp_path)
     assert report.skipped_snapshots == [f"snapshot {SNAPSHOT_NAME_AT(BATCHES + 1)}: {AHEAD_OF_JOURNAL}"]
     assert (report.snapshot_sequence, engine.sequence) == (0, BATCHES)
     assert engine.state_hash() == engine_through(payloads, BATCHES).state_hash()
     assert run_verify(tmp_path).returncode == 0
+
+
+@pytest.mark.parametrize("kept", [0, 3], ids=["journal-emptied", "journal-cut-short"])
+def test_a_journal_that_ends_before_a_snapshot_was_durable_stops_recovery_and_verify(tmp_path, kept):
+    """A snapshot remembers how far the journal was durable when it was taken: a journal that ends before that
+    lost acknowledged entries, and nothing starts from it."""
+    build_journal(tmp_path, snapshot_at=(6,))
+    snapshot = Snapshots(tmp_path).path_for(6).read_bytes()
+    shutil.rmtree(tmp_path / "journal")
+    build_journal(tmp_path, count=kept)
+    Snapshots(tmp_path).path_for(6).write_bytes(snapshot)
+    with pytest.raises(CorruptionError, match="entries were lost"):
+        recover_folder(tmp_path)
+    verified = run_verify(tmp_path)
+    assert verified.returncode == 1 and "entries were lost" in verified.stdout, verified.stdout
 
 
 def test_verify_passes_a_folder_whose_snapshot_matches_the_replay(tmp_path):
