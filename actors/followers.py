@@ -163,7 +163,7 @@ class ProviderFollowerActor:
             entries = await shard.read_entries(cursor.sequence + 1, ENTRIES_PER_READ)
             requests = [request for entry in entries for request in await self._requests_of(shard, entry)]
         except Exception as error:  # a shard failing over: read again on the next round
-            log.warning("reading committed entries failed: %s", type(error).__name__)
+            log.warning("reading committed entries failed: %s: %s", type(error).__name__, error)
             return False
         if not entries:
             return False

@@ -32,6 +32,10 @@ OWNER_SEPARATOR = ":"
 ACCOUNTS_ON_DIFFERENT_SHARDS = "accounts_on_different_shards"
 
 
+class EntriesPruned(RuntimeError):
+    """A reader's cursor is behind the first entry the shard still keeps: what it missed is gone from the journal."""
+
+
 class ShardUnavailable(RuntimeError):
     """No process of the shard answered as primary within the retries."""
 
@@ -218,7 +222,11 @@ class ShardClient:
         return (await self.read(AccountBalance(account_id, timestamp))).balance
 
     async def read_entries(self, start_sequence: int, limit: int = 64) -> list:
-        return (await self.request(ReadEntries(start_sequence, limit))).entries
+        """Committed entries from `start_sequence` on; EntriesPruned if the journal no longer holds it."""
+        reply = await self.request(ReadEntries(start_sequence, limit))
+        if reply.status != ReplyStatus.OK:
+            raise EntriesPruned(reply.message)
+        return reply.entries
 
     async def status(self, with_state_hash: bool = False, with_check: bool = False):
         return (await self.request(Status(with_state_hash, with_check))).shard_status

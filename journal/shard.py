@@ -269,6 +269,10 @@ class Shard:
         return "ok"
 
     def _read_entries(self, request: ReadEntries) -> bytes:
+        first = self.journal.first_sequence()
+        if request.start_sequence < first:  # never skip silently past what a reader has not seen
+            return self._reply(ReplyStatus.INVALID, f"entries before {first} were pruned; the reader asked for "
+                                                    f"{request.start_sequence}")
         limit = max(1, min(request.limit, self.config.max_read_entries))
         pairs = self.journal.read_results(request.start_sequence, limit)
         entries = [StoredEntry(entry.sequence, entry.payload, msgspec.Raw(result)) for entry, result in pairs]

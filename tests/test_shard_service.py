@@ -9,7 +9,8 @@ import pynng
 import pytest
 
 from engine import Account, Batch, CreateAccounts, CreateTransfers, Transfer, TransferFlag
-from journal.client import ACCOUNTS_ON_DIFFERENT_SHARDS, Cluster, ShardClient, ShardMap, ShardUnavailable
+from journal.client import (ACCOUNTS_ON_DIFFERENT_SHARDS, Cluster, EntriesPruned, ShardClient, ShardMap,
+                            ShardUnavailable)
 from journal.recovery import batch_decoder, batch_encoder
 from journal.store import KEY
 from journal.wire import ReplyStatus, Submit, request_encoder
@@ -43,6 +44,31 @@ def test_committed_batches_are_read_by_sequence_with_their_results(shard):
         assert await client.read_entries(3) == []
 
     run(scenario())
+
+
+def test_a_reader_behind_a_pruned_journal_is_told_not_skipped_ahead(tmp_path):
+    config = primary_config(tmp_path / "shard", snapshot_every_batches=2, keep_snapshots=1, prune_journal=True)
+    process = start(config)
+    client = ShardClient([config.client_address], timeout_ms=5000, busy_retries=0)
+
+    async def scenario():
+        await Load(client).create_accounts()
+        for n in range(8):
+            await client.submit([CreateTransfers([Transfer(f"test:t{n}", "test:acct_1", "test:acct_2", 5, "usd")])])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # snapshots are forked and pruned behind the writer
+            try:
+                await client.read_entries(1)
+            except EntriesPruned as error:
+                return str(error)
+            await asyncio.sleep(0.1)
+        raise AssertionError("the journal was never pruned")
+
+    try:
+        assert "were pruned" in run(scenario())
+    finally:
+        client.close()
+        process.kill()
 
 
 def test_the_journal_keeps_the_commands_as_they_were_sent(shard):
