@@ -88,6 +88,7 @@ def recover(journal: Journal, snapshots: Snapshots) -> tuple[Engine, RecoveryRep
     """Rebuild the engine from the newest usable snapshot and the journal tail."""
     report = RecoveryReport()
     engine, start, previous_hash = load_snapshot(journal, snapshots, report)
+    journal.check_through(start - 1)  # not replayed, but damage there must stop start-up all the same
     missing_results = []
 
     def keep_missing_result(entry, result) -> None:

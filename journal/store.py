@@ -245,6 +245,19 @@ class Journal:
                 previous_hash = entry.hash
                 expected += 1
 
+    def check_through(self, sequence: int) -> None:
+        """Check every entry from the first kept through `sequence` (checksums and links), applying nothing:
+        CorruptionError names the first damaged one."""
+        first = self.first_sequence()
+        records = self._raw(first, 1)
+        if sequence < first or not records:
+            return
+        # The first entry kept vouches for its own link back: before it there is nothing (or nothing kept).
+        start = decode_record(*records[0])
+        for entry in self.scan(first, GENESIS_HASH if first == 1 else start.previous_hash):
+            if entry.sequence >= sequence:
+                return
+
     def read_results(self, start_sequence: int, limit: int) -> list[tuple[Entry, bytes]]:
         """Up to `limit` checked entries from `start_sequence` on, each with its encoded result."""
         pairs = []

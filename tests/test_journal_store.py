@@ -141,6 +141,14 @@ def test_damaged_entry_before_the_tail_stops_recovery_and_verify_naming_it(tmp_p
         assert journal.head_sequence == BATCHES
 
 
+def test_damage_in_entries_a_snapshot_covers_still_stops_recovery(tmp_path):
+    """Start-up replays only after the newest snapshot, but checks every entry before it too."""
+    build_journal(tmp_path, snapshot_at=(6,))
+    flip_every(journal_file(tmp_path), needle(3))
+    with pytest.raises(CorruptionError, match=r"journal entry 3\b"):
+        recover_folder(tmp_path)
+
+
 def cut_in_header(folder: pathlib.Path) -> None:
     _rewrite_last_record(folder, lambda record: record[: HASH_BYTES + 5])
 
