@@ -1,6 +1,7 @@
 """Starting and stopping shard processes on one machine: their folders, ports and readiness."""
 
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -15,8 +16,10 @@ from journal.shard import ShardConfig
 from journal.store import Journal
 from journal.wire import Reply, ReplyStatus, Status, reply_decoder, request_encoder
 
+log = logging.getLogger("paygate.serve")
 LAYOUT_FILE = "shards.json"
 PORTS_PER_SHARD = 4
+MAX_REPLICA_RESTARTS = 3  # a replica that keeps dying is a fault to look at, not to hide
 
 
 class Layout(msgspec.Struct):
@@ -160,6 +163,12 @@ class ShardProcess:
             time.sleep(0.05)
         raise TimeoutError(f"shard at {self.config.data} not ready after {timeout_s} s")
 
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def role(self) -> str:
+        return running_role(pathlib.Path(self.config.data))
+
     def stop(self, timeout_s: float = 15) -> int:
         """SIGTERM, then SIGKILL if it does not leave in time; returns the exit code."""
         if self.process is None or self.process.poll() is not None:
@@ -176,6 +185,48 @@ class ShardProcess:
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+class ShardPair:
+    """A shard's processes as serve watches them: a pair that lost one process serves on while the other leads."""
+
+    def __init__(self, processes: list[ShardProcess]) -> None:
+        self.processes = processes
+        self.restarts = 0
+        self.alone = False
+
+    def serving(self) -> bool:
+        """Whether the shard still has (or is about to have) a primary; a dead replica is started again."""
+        dead = [process for process in self.processes if not process.alive()]
+        if not dead:
+            return True
+        survivors = [process for process in self.processes if process.alive()]
+        if not survivors or not _can_lead(survivors[0]):
+            return False
+        gone, survivor = dead[0], survivors[0]
+        if gone.role() == "replica":
+            return self._restart(gone)
+        if not self.alone:
+            # A former primary may hold entries the new one lacks: it follows again only through serve's start.
+            log.warning("the shard process on %s stopped; %s serves the shard without a replica until serve is "
+                        "restarted", gone.config.data, survivor.config.data)
+            self.alone = True
+        return True
+
+    def _restart(self, replica: ShardProcess) -> bool:
+        """A replica only ever holds its primary's entries: started again, it catches up."""
+        if self.restarts == MAX_REPLICA_RESTARTS:
+            return False
+        self.restarts += 1
+        log.warning("the replica on %s stopped; starting it again (%d of %d)", replica.config.data, self.restarts,
+                    MAX_REPLICA_RESTARTS)
+        replica.start()
+        return True
+
+
+def _can_lead(process: ShardProcess) -> bool:
+    role = process.role()
+    return role == "primary" or (role == "replica" and process.config.auto_promote_ms > 0)
 
 
 def stop_processes(processes: list[subprocess.Popen], timeout_s: float = 10) -> None:

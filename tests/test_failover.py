@@ -1,11 +1,15 @@
-"""Failover across serve restarts: roles follow the data, not the folder names.
+"""Failover across serve restarts and process deaths: roles follow the data, and a shard that lost one process of
+its pair serves on.
 
 The unit tests build small journals by hand (the payloads are opaque bytes to the journal); the others run a real
 `paygate serve` (without Ray) and speak HTTP to it.
 """
 
 import asyncio
+import json
+import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
@@ -73,6 +77,14 @@ def _create_order(server: Server) -> str:
     return response.json()["id"]
 
 
+def _try_order(server: Server, ids: list[str]) -> bool:
+    """One order create; its id joins `ids` if it was acknowledged."""
+    response = server.request("POST", "/v1/orders", ORDER, key=server.demo_key)
+    if response.status == 200:
+        ids.append(response.json()["id"])
+    return response.status == 200
+
+
 def _assert_orders(server: Server, ids: list[str]) -> None:
     for order_id in ids:
         response = server.request("GET", f"/v1/orders/{order_id}", key=server.demo_key)
@@ -83,6 +95,10 @@ def _promote(folder: pathlib.Path) -> None:
     promoted = subprocess.run([sys.executable, "-m", "edge.cli", "promote", "--data", str(folder)],
                               capture_output=True, text=True, timeout=WAIT_S)
     assert "epoch=1" in promoted.stdout, promoted.stdout + promoted.stderr
+
+
+def _kill(folder: pathlib.Path) -> None:
+    os.kill(json.loads((folder / "shard.json").read_text())["pid"], signal.SIGKILL)
 
 
 def _wait_for(condition, what: str) -> None:
@@ -130,3 +146,35 @@ def test_serve_after_a_promotion_starts_the_newer_history_as_primary(tmp_path):
         _wait_for(lambda: len(_state_hashes(data)) == 1, "the replica did not reach the primary's state")
     finally:
         paired.stop()
+
+
+def test_serve_keeps_serving_when_the_primary_shard_process_dies(tmp_path):
+    data = tmp_path / "data"
+    server = _serve(data, "--replica", "--auto-promote-ms", "1000")
+    try:
+        ids = [_create_order(server) for _ in range(3)]
+        _kill(shard_folder(data, 0))
+        killed_at = time.monotonic()
+        _wait_for(lambda: _try_order(server, ids), "writes did not resume after the primary died")
+        _assert_orders(server, ids)
+        # Past the supervision's look and its grace period: serve would have stopped by now.
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - killed_at)))
+        assert server.process.poll() is None, "".join(server.output)
+        assert any("without a replica" in line for line in server.output), "".join(server.output)
+    finally:
+        server.stop()
+
+
+def test_serve_starts_a_dead_replica_again_and_it_catches_up(tmp_path):
+    data = tmp_path / "data"
+    server = _serve(data, "--replica")
+    try:
+        ids = [_create_order(server)]
+        _kill(shard_folder(data, 0, replica=True))
+        # Sync replication: a write is acknowledged only once the restarted replica holds it.
+        _wait_for(lambda: _try_order(server, ids), "writes did not resume after the replica died")
+        _assert_orders(server, ids)
+        _wait_for(lambda: len(_state_hashes(data)) == 1, "the restarted replica did not catch up")
+        assert any("starting it again" in line for line in server.output), "".join(server.output)
+    finally:
+        server.stop()
