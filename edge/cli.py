@@ -18,7 +18,7 @@ from edge.limits import malformed_networks
 from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
 from journal import logs
 from journal.client import ShardMap
-from journal.processes import ShardProcess, load_or_create_layout, running_address, shard_configs
+from journal.processes import ShardPair, ShardProcess, load_or_create_layout, running_address, shard_configs
 from journal.recovery import AHEAD_OF_JOURNAL, RecoveryReport, load_snapshot, replay, replay_from_scratch
 from journal.shard import main as shard_main
 from journal.store import CorruptionError, Journal, Snapshots
@@ -130,6 +130,7 @@ def run_serve(args) -> int:
     for signal_number in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signal_number, lambda *_: stop.set())
     shards: list[ShardProcess] = []
+    pairs: list[ShardPair] = []
     providers = ProviderProcesses(_provider_services(data, args, public_url) if args.actors else [])
     edge = EdgeWorkers(settings, args.host, args.port, args.workers)
     ray_description = "not started (--without-actors)"
@@ -139,7 +140,9 @@ def run_serve(args) -> int:
     actor_pids: list[int] = []
     try:
         for primary, replica in configs:
-            shards += [ShardProcess(config).start() for config in (replica, primary) if config is not None]
+            started = [ShardProcess(config).start() for config in (replica, primary) if config is not None]
+            pairs.append(ShardPair(started))
+            shards += started
         for shard in shards:
             shard.wait_ready()
         api_key = ensure_demo_merchant(settings, settings.shard_addresses[ShardMap(len(configs)).shard_for(DEMO_MERCHANT_ID)])
@@ -169,7 +172,7 @@ def run_serve(args) -> int:
         edge.start().wait_ready()
         _print_welcome(public_url, layout, args.workers, admin_token, api_key, ray_description)
         while not stop.wait(0.5):
-            if not edge.alive() or not providers.alive() or any(shard.process.poll() is not None for shard in shards):
+            if not edge.alive() or not providers.alive() or not all(pair.serving() for pair in pairs):
                 # A Ctrl-C reaches the whole group at once: a child may end before our own handler has run.
                 if stop.wait(STOP_GRACE_S):
                     return 0

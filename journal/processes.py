@@ -1,6 +1,7 @@
 """Starting and stopping shard processes on one machine: their folders, ports and readiness."""
 
 import json
+import logging
 import os
 import pathlib
 import signal
@@ -12,10 +13,13 @@ import msgspec
 import pynng
 
 from journal.shard import ShardConfig
+from journal.store import Journal
 from journal.wire import Reply, ReplyStatus, Status, reply_decoder, request_encoder
 
+log = logging.getLogger("paygate.serve")
 LAYOUT_FILE = "shards.json"
 PORTS_PER_SHARD = 4
+MAX_REPLICA_RESTARTS = 3  # a replica that keeps dying is a fault to look at, not to hide
 
 
 class Layout(msgspec.Struct):
@@ -42,15 +46,72 @@ def load_or_create_layout(data: pathlib.Path, shard_count: int, replica: bool) -
     return layout
 
 
+class JournalHead(msgspec.Struct, frozen=True):
+    """Where a shard folder's journal stands: what decides which folder of a pair leads."""
+
+    folder: pathlib.Path
+    epoch: int
+    sequence: int
+
+
+def read_head(folder: pathlib.Path) -> JournalHead:
+    if not (folder / "journal").exists():
+        return JournalHead(folder, 0, 0)
+    journal = Journal(folder)
+    try:
+        return JournalHead(folder, journal.epoch, journal.head_sequence)
+    finally:
+        journal.close()
+
+
+def shard_roles(data: pathlib.Path, shard: int, replica: bool) -> tuple[pathlib.Path, pathlib.Path | None]:
+    """The folder that starts as the shard's primary, and the one that follows it (with a replica).
+
+    The higher epoch leads (a promotion happened there), then the longer journal, then the usual primary folder:
+    roles follow the data, not the folder names. A follower whose journal is not a prefix of the leader's refuses.
+    """
+    heads = [read_head(shard_folder(data, shard)), read_head(shard_folder(data, shard, replica=True))]
+    # A stable sort: on a full tie the usual primary folder stays first.
+    leader, follower = sorted(heads, key=lambda head: (head.epoch, head.sequence), reverse=True)
+    if not replica:
+        return leader.folder, None
+    if _diverged(leader, follower):
+        raise SystemExit(
+            f"{follower.folder} (epoch {follower.epoch}, {follower.sequence} entries) holds entries that "
+            f"{leader.folder} (epoch {leader.epoch}, {leader.sequence} entries) does not: it went on writing after "
+            f"the other took over, so it cannot follow it. Move it aside (mv {follower.folder} "
+            f"{follower.folder}.diverged, kept to inspect those entries) and serve again: the replica is then "
+            f"copied afresh from {leader.folder}.")
+    return leader.folder, follower.folder
+
+
+def _diverged(leader: JournalHead, follower: JournalHead) -> bool:
+    """The follower has an entry the leader lacks: its head is past the leader's or differs from the leader's entry
+    at that sequence (the hash chain makes equal heads mean equal histories)."""
+    if follower.sequence == 0:
+        return False
+    if follower.sequence > leader.sequence:
+        return True
+    journals = [Journal(leader.folder), Journal(follower.folder)]
+    try:
+        expected = journals[0].entry_hash_at(follower.sequence)
+        # None: pruned at the leader, nothing left to compare with.
+        return expected is not None and expected != journals[1].head_hash
+    finally:
+        for journal in journals:
+            journal.close()
+
+
 def shard_configs(data: pathlib.Path, layout: Layout, host: str, base_port: int, sync: bool,
                   **options) -> list[tuple[ShardConfig, ShardConfig | None]]:
-    """Primary and replica configurations, each shard on its own block of ports."""
+    """Primary and replica configurations, each shard on its own block of ports; roles by shard_roles."""
     configs = []
     for shard in range(layout.shard_count):
         port = base_port + PORTS_PER_SHARD * shard
         replication_address = f"tcp://{host}:{port + 3}" if layout.replica else ""
+        leader, follower = shard_roles(data, shard, layout.replica)
         primary = ShardConfig(
-            data=str(shard_folder(data, shard)),
+            data=str(leader),
             client_address=f"tcp://{host}:{port}",
             announce_address=f"tcp://{host}:{port + 1}",
             replica_address=replication_address,
@@ -58,9 +119,9 @@ def shard_configs(data: pathlib.Path, layout: Layout, host: str, base_port: int,
             **options,
         )
         replica = None
-        if layout.replica:
+        if follower is not None:
             replica = ShardConfig(
-                data=str(shard_folder(data, shard, replica=True)),
+                data=str(follower),
                 client_address=f"tcp://{host}:{port + 2}",
                 replication_address=replication_address,
                 role="replica",
@@ -102,6 +163,12 @@ class ShardProcess:
             time.sleep(0.05)
         raise TimeoutError(f"shard at {self.config.data} not ready after {timeout_s} s")
 
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def role(self) -> str:
+        return running_role(pathlib.Path(self.config.data))
+
     def stop(self, timeout_s: float = 15) -> int:
         """SIGTERM, then SIGKILL if it does not leave in time; returns the exit code."""
         if self.process is None or self.process.poll() is not None:
@@ -118,6 +185,48 @@ class ShardProcess:
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
+
+
+class ShardPair:
+    """A shard's processes as serve watches them: a pair that lost one process serves on while the other leads."""
+
+    def __init__(self, processes: list[ShardProcess]) -> None:
+        self.processes = processes
+        self.restarts = 0
+        self.alone = False
+
+    def serving(self) -> bool:
+        """Whether the shard still has (or is about to have) a primary; a dead replica is started again."""
+        dead = [process for process in self.processes if not process.alive()]
+        if not dead:
+            return True
+        survivors = [process for process in self.processes if process.alive()]
+        if not survivors or not _can_lead(survivors[0]):
+            return False
+        gone, survivor = dead[0], survivors[0]
+        if gone.role() == "replica":
+            return self._restart(gone)
+        if not self.alone:
+            # A former primary may hold entries the new one lacks: it follows again only through serve's start.
+            log.warning("the shard process on %s stopped; %s serves the shard without a replica until serve is "
+                        "restarted", gone.config.data, survivor.config.data)
+            self.alone = True
+        return True
+
+    def _restart(self, replica: ShardProcess) -> bool:
+        """A replica only ever holds its primary's entries: started again, it catches up."""
+        if self.restarts == MAX_REPLICA_RESTARTS:
+            return False
+        self.restarts += 1
+        log.warning("the replica on %s stopped; starting it again (%d of %d)", replica.config.data, self.restarts,
+                    MAX_REPLICA_RESTARTS)
+        replica.start()
+        return True
+
+
+def _can_lead(process: ShardProcess) -> bool:
+    role = process.role()
+    return role == "primary" or (role == "replica" and process.config.auto_promote_ms > 0)
 
 
 def stop_processes(processes: list[subprocess.Popen], timeout_s: float = 10) -> None:
@@ -148,3 +257,11 @@ def running_address(folder: pathlib.Path) -> str:
     """The client address a running shard process wrote into its folder."""
     status = json.loads((folder / "shard.json").read_text())
     return status["client_address"]
+
+
+def running_role(folder: pathlib.Path) -> str:
+    """The role a shard process last wrote into its folder ("" before any did)."""
+    try:
+        return json.loads((folder / "shard.json").read_text())["role"]
+    except FileNotFoundError:
+        return ""

@@ -1,0 +1,180 @@
+"""Failover across serve restarts and process deaths: roles follow the data, and a shard that lost one process of
+its pair serves on.
+
+The unit tests build small journals by hand (the payloads are opaque bytes to the journal); the others run a real
+`paygate serve` (without Ray) and speak HTTP to it.
+"""
+
+import asyncio
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from edge_harness import Server
+from journal.client import ShardClient
+from journal.processes import running_address, running_role, shard_folder, shard_roles
+from journal.store import Journal
+
+ORDER = {"name": "Coffee", "amount": 1999, "currency": "usd"}
+WAIT_S = 10  # the longest any step may take before the test fails
+
+
+def _journal(folder: pathlib.Path, payloads: list[bytes], epoch: int = 0) -> None:
+    journal = Journal(folder)
+    try:
+        journal.append(list(enumerate(payloads, start=1)))
+        journal.epoch = epoch
+    finally:
+        journal.close()
+
+
+def test_fresh_data_keeps_the_usual_roles(tmp_path):
+    assert shard_roles(tmp_path, 0, replica=True) == (shard_folder(tmp_path, 0), shard_folder(tmp_path, 0, True))
+    assert shard_roles(tmp_path, 0, replica=False) == (shard_folder(tmp_path, 0), None)
+
+
+def test_the_higher_epoch_leads_then_the_longer_journal(tmp_path):
+    usual, other = shard_folder(tmp_path, 0), shard_folder(tmp_path, 0, replica=True)
+    _journal(usual, [b"a", b"b", b"c"])
+    _journal(other, [b"a", b"b"], epoch=1)
+    assert shard_roles(tmp_path, 0, replica=False) == (other, None)
+    _journal(tmp_path / "second", [b"a", b"b"])
+    _journal(shard_folder(tmp_path / "second", 0, replica=True), [b"a", b"b", b"c"])
+    assert shard_roles(tmp_path / "second", 0, replica=True)[0].name == "shard-0-replica"
+
+
+def test_a_stale_primary_whose_entries_are_all_in_the_new_history_follows_it(tmp_path):
+    usual, other = shard_folder(tmp_path, 0), shard_folder(tmp_path, 0, replica=True)
+    _journal(usual, [b"a", b"b"])
+    _journal(other, [b"a", b"b", b"c"], epoch=1)
+    assert shard_roles(tmp_path, 0, replica=True) == (other, usual)
+
+
+@pytest.mark.parametrize("stale", [[b"a", b"b", b"x"], [b"a", b"b", b"c", b"d"]])
+def test_a_stale_primary_that_wrote_after_the_failover_is_refused(tmp_path, stale):
+    usual, other = shard_folder(tmp_path, 0), shard_folder(tmp_path, 0, replica=True)
+    _journal(usual, stale)
+    _journal(other, [b"a", b"b", b"c"], epoch=1)
+    with pytest.raises(SystemExit, match="Move it aside"):
+        shard_roles(tmp_path, 0, replica=True)
+    # Alone, the newer history serves; the stale folder waits untouched.
+    assert shard_roles(tmp_path, 0, replica=False) == (other, None)
+
+
+def _serve(data: pathlib.Path, *options: str) -> Server:
+    return Server(data, extra=("--order-ip-limit", "0", *options)).start()
+
+
+def _create_order(server: Server) -> str:
+    response = server.request("POST", "/v1/orders", ORDER, key=server.demo_key)
+    assert response.status == 200, response.body[:300]
+    return response.json()["id"]
+
+
+def _try_order(server: Server, ids: list[str]) -> bool:
+    """One order create; its id joins `ids` if it was acknowledged."""
+    response = server.request("POST", "/v1/orders", ORDER, key=server.demo_key)
+    if response.status == 200:
+        ids.append(response.json()["id"])
+    return response.status == 200
+
+
+def _assert_orders(server: Server, ids: list[str]) -> None:
+    for order_id in ids:
+        response = server.request("GET", f"/v1/orders/{order_id}", key=server.demo_key)
+        assert response.status == 200, (order_id, response.body[:300])
+
+
+def _promote(folder: pathlib.Path) -> None:
+    promoted = subprocess.run([sys.executable, "-m", "edge.cli", "promote", "--data", str(folder)],
+                              capture_output=True, text=True, timeout=WAIT_S)
+    assert "epoch=1" in promoted.stdout, promoted.stdout + promoted.stderr
+
+
+def _kill(folder: pathlib.Path) -> None:
+    os.kill(json.loads((folder / "shard.json").read_text())["pid"], signal.SIGKILL)
+
+
+def _wait_for(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT_S
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.1)
+
+
+def _state_hashes(data: pathlib.Path) -> set[str]:
+    async def hashes() -> set[str]:
+        found = set()
+        for folder in (shard_folder(data, 0), shard_folder(data, 0, replica=True)):
+            client = ShardClient([running_address(folder)], timeout_ms=2000)
+            try:
+                found.add((await client.status(with_state_hash=True)).state_hash)
+            finally:
+                client.close()
+        return found
+
+    return asyncio.run(hashes())
+
+
+def test_serve_after_a_promotion_starts_the_newer_history_as_primary(tmp_path):
+    data = tmp_path / "data"
+    server = _serve(data, "--replica")
+    try:
+        ids = [_create_order(server)]
+        _promote(shard_folder(data, 0, replica=True))
+        # Fenced before the next write, so the old primary holds nothing the new one lacks.
+        _wait_for(lambda: running_role(shard_folder(data, 0)) == "fenced", "the old primary was not fenced")
+        ids.append(_create_order(server))
+    finally:
+        server.stop()
+    alone = _serve(data)
+    try:
+        _assert_orders(alone, ids)
+        ids.append(_create_order(alone))
+    finally:
+        alone.stop()
+    paired = _serve(data, "--replica")
+    try:
+        _assert_orders(paired, ids)
+        _create_order(paired)
+        _wait_for(lambda: len(_state_hashes(data)) == 1, "the replica did not reach the primary's state")
+    finally:
+        paired.stop()
+
+
+def test_serve_keeps_serving_when_the_primary_shard_process_dies(tmp_path):
+    data = tmp_path / "data"
+    server = _serve(data, "--replica", "--auto-promote-ms", "1000")
+    try:
+        ids = [_create_order(server) for _ in range(3)]
+        _kill(shard_folder(data, 0))
+        killed_at = time.monotonic()
+        _wait_for(lambda: _try_order(server, ids), "writes did not resume after the primary died")
+        _assert_orders(server, ids)
+        # Past the supervision's look and its grace period: serve would have stopped by now.
+        time.sleep(max(0.0, 3.0 - (time.monotonic() - killed_at)))
+        assert server.process.poll() is None, "".join(server.output)
+        assert any("without a replica" in line for line in server.output), "".join(server.output)
+    finally:
+        server.stop()
+
+
+def test_serve_starts_a_dead_replica_again_and_it_catches_up(tmp_path):
+    data = tmp_path / "data"
+    server = _serve(data, "--replica")
+    try:
+        ids = [_create_order(server)]
+        _kill(shard_folder(data, 0, replica=True))
+        # Sync replication: a write is acknowledged only once the restarted replica holds it.
+        _wait_for(lambda: _try_order(server, ids), "writes did not resume after the replica died")
+        _assert_orders(server, ids)
+        _wait_for(lambda: len(_state_hashes(data)) == 1, "the restarted replica did not catch up")
+        assert any("starting it again" in line for line in server.output), "".join(server.output)
+    finally:
+        server.stop()
