@@ -24,6 +24,12 @@ DEFAULT_MAP_SIZE_BYTES = 1 << 34
 MAX_DATABASES = 4
 SNAPSHOT_MAGIC = b"PGSNAP1\n"
 SNAPSHOT_HEADER = struct.Struct(">8sQ32s32s")  # magic, sequence, journal entry hash, checksum
+DATA_FILE = "data.mdb"
+# LMDB 0.9's meta page (lmdb/mdb.c, 64-bit): a 16-byte page header, then MDB_meta's magic and version (offset 16),
+# the page size (mm_dbs[FREE_DBI].md_pad, 40), the last page in use (mm_last_pg, 136) and the txn id (144).
+LMDB_META = struct.Struct("<16xII16xI92xQQ")
+LMDB_MAGIC = 0xBEEFC0DE
+LMDB_META_PAGES = 2
 
 
 class CorruptionError(RuntimeError):
@@ -67,8 +73,12 @@ def decode_record(sequence: int, record: bytes) -> Entry:
 class Journal:
     """Append-only, hash-chained entries in LMDB; opened once per process."""
 
-    def __init__(self, folder: pathlib.Path, map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, folder: pathlib.Path, map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES, readonly: bool = False) -> None:
+        """`readonly` (verify, replay) never creates or changes a file but LMDB's reader table (lock.mdb)."""
+        if readonly:
+            check_data_file(folder / "journal" / DATA_FILE)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
         self.environment = lmdb.open(
             str(folder / "journal"),
             map_size=map_size_bytes,
@@ -77,10 +87,15 @@ class Journal:
             metasync=True,
             writemap=False,
             readahead=False,
+            readonly=readonly,
+            create=not readonly,
         )
-        self.entries = self.environment.open_db(b"entries")
-        self.meta = self.environment.open_db(b"meta")
-        self.results = self.environment.open_db(b"results")
+        try:
+            self.entries, self.meta, self.results = (self.environment.open_db(name, create=not readonly)
+                                                     for name in (b"entries", b"meta", b"results"))
+        except lmdb.NotFoundError:
+            self.environment.close()
+            raise CorruptionError("the journal's tables are missing: damaged or not a journal") from None
         self._reset_heads()
 
     def _reset_heads(self) -> None:
@@ -286,6 +301,36 @@ class Journal:
         self.set_meta(b"epoch", KEY.pack(epoch))
 
 
+def check_data_file(path: pathlib.Path) -> None:
+    """Refuse a data.mdb shorter than its meta pages say: LMDB maps it whole and would die of SIGBUS past its end."""
+    name = f"{path.parent.name}/{path.name}"
+    try:
+        size = path.stat().st_size
+        metas = _lmdb_metas(path)
+    except FileNotFoundError:
+        raise CorruptionError(f"{name} is missing: the journal is gone") from None
+    if len(metas) < LMDB_META_PAGES or any(magic != LMDB_MAGIC for magic, *_ in metas):
+        raise CorruptionError(f"{name} ({size} bytes) is truncated or not an LMDB file")
+    _, _, page_size, last_page, _ = max(metas, key=lambda meta: meta[4])  # LMDB reads the newer meta
+    if page_size < LMDB_META.size or page_size & (page_size - 1):
+        raise CorruptionError(f"{name}: its meta page is damaged (page size {page_size})")
+    if size < (last_page + 1) * page_size:
+        raise CorruptionError(f"{name} is truncated: {size} bytes, its pages need {(last_page + 1) * page_size}")
+
+
+def _lmdb_metas(path: pathlib.Path) -> list[tuple]:
+    """LMDB's meta pages, as many as the file holds whole: the second starts one page (the first's page size) in."""
+    metas = []
+    with open(path, "rb") as file:
+        for _ in range(LMDB_META_PAGES):
+            data = file.read(LMDB_META.size)
+            if len(data) < LMDB_META.size:
+                break
+            metas.append(LMDB_META.unpack(data))
+            file.seek(metas[0][2])
+    return metas
+
+
 class SnapshotInfo(msgspec.Struct, frozen=True):
     path: pathlib.Path
     sequence: int
@@ -297,7 +342,6 @@ class Snapshots:
 
     def __init__(self, folder: pathlib.Path) -> None:
         self.folder = folder / "snapshots"
-        self.folder.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, sequence: int) -> pathlib.Path:
         return self.folder / f"snapshot-{sequence:020d}.bin"
@@ -305,6 +349,7 @@ class Snapshots:
     def write(self, sequence: int, entry_hash: bytes, payload: bytes) -> pathlib.Path:
         """Write, fsync, then rename into place: a reader never sees half a snapshot."""
         path = self.path_for(sequence)
+        self.folder.mkdir(parents=True, exist_ok=True)  # here, not on opening: verify only reads
         header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, sequence, entry_hash, _snapshot_hash(sequence, entry_hash, payload))
         write_atomically(path, header + payload)
         return path
