@@ -60,6 +60,13 @@ def entry_hash(previous_hash: bytes, sequence: int, payload: bytes) -> bytes:
     return digest.digest()
 
 
+def unpack_sequence(stored: bytes) -> int:
+    """A stored sequence number (a key, the pruning point, the epoch); a damaged LMDB page can give any length."""
+    if len(stored) != KEY.size:
+        raise CorruptionError(f"the journal holds a sequence number of {len(stored)} bytes: its LMDB file is damaged")
+    return KEY.unpack(stored)[0]
+
+
 def decode_record(sequence: int, record: bytes) -> Entry:
     """Split a stored value and check its checksum."""
     if len(record) < HEADER_BYTES:
@@ -111,7 +118,7 @@ class Journal:
             cursor = transaction.cursor()
             if not cursor.last():
                 return self.first_sequence() - 1, self._pruned_hash(transaction)
-            sequence = KEY.unpack(cursor.key())[0]
+            sequence = unpack_sequence(cursor.key())
             return sequence, bytes(cursor.value()[:HASH_BYTES])
 
     def _pruned_hash(self, transaction) -> bytes:
@@ -121,7 +128,7 @@ class Journal:
     def first_sequence(self) -> int:
         """The lowest sequence the journal can still serve (1 unless pruned)."""
         value = self.get_meta(b"first_sequence")
-        return KEY.unpack(value)[0] if value else 1
+        return unpack_sequence(value) if value else 1
 
     # Writing
 
@@ -202,7 +209,7 @@ class Journal:
         with self.environment.begin(write=True) as transaction:
             cursor = transaction.cursor(db=self.entries)
             last_hash = None
-            while cursor.first() and KEY.unpack(cursor.key())[0] < sequence:
+            while cursor.first() and unpack_sequence(cursor.key()) < sequence:
                 last_hash = bytes(cursor.value()[:HASH_BYTES])
                 transaction.delete(cursor.key(), db=self.results)
                 cursor.delete()
@@ -231,7 +238,7 @@ class Journal:
             for key, value in cursor:
                 if max_bytes is not None and records and size + len(value) > max_bytes:
                     break
-                records.append((KEY.unpack(key)[0], value))
+                records.append((unpack_sequence(key), value))
                 size += len(value)
                 if len(records) == limit:
                     break
@@ -270,7 +277,7 @@ class Journal:
                 result = transaction.get(key, db=self.results)
                 if result is None:
                     break  # a replica has not applied it yet
-                pairs.append((decode_record(KEY.unpack(key)[0], value), bytes(result)))
+                pairs.append((decode_record(unpack_sequence(key), value), bytes(result)))
                 if len(pairs) == limit:
                     break
         return pairs
@@ -294,7 +301,7 @@ class Journal:
     @property
     def epoch(self) -> int:
         value = self.get_meta(b"epoch")
-        return KEY.unpack(value)[0] if value else 0
+        return unpack_sequence(value) if value else 0
 
     @epoch.setter
     def epoch(self, epoch: int) -> None:
