@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 
+import lmdb
 import pynng
 from tqdm import tqdm
 
@@ -28,6 +29,7 @@ from journal.wire import Promote, ReplyStatus, reply_decoder, request_encoder
 PROVIDER_PORTS = 4
 MAX_TRUSTED_PROXIES = 100  # each is checked against every request's peer
 STOP_GRACE_S = 2.0  # after a child ended, how long serve waits for a stop signal that may have ended it
+PROMOTE_TIMEOUT_MS = 5000
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -72,12 +74,16 @@ def main(argv: list[str] | None = None) -> None:
                        help="a JSON file of risk velocity limits and amount limits per tier (actors/risk.py RiskRules)")
     serve.set_defaults(run=run_serve)
 
-    for name, run, text in (("replay", run_replay, "replay a data folder from scratch and print its state hash"),
-                            ("verify", run_verify, "check the hash chain, double entry, and snapshots against replay"),
-                            ("promote", run_promote, "make the replica running on this folder the primary")):
-        command = commands.add_parser(name, help=text)
+    for name, run, pattern, text in (
+            ("replay", replay_folder, "shard-*", "replay a data folder from scratch (read-only) and print its state hash"),
+            ("verify", verify_folder, "shard-*",
+             "check the hash chain, double entry, and snapshots against replay (read-only)"),
+            ("promote", promote_folder, "shard-*-replica",
+             "make the replica running on this folder (or every replica of a data folder) the primary; "
+             "exits 1 when it is not a running replica, also when it is already the primary")):
+        command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--data", required=True, help="a shard's folder, or a data folder of shards")
-        command.set_defaults(run=run)
+        command.set_defaults(run=lambda args, run=run, pattern=pattern: each_folder(args, run, pattern))
 
     shard = commands.add_parser("shard", help="run one shard process (used by serve)")
     shard.add_argument("config")
@@ -221,26 +227,50 @@ def _print_welcome(public_url: str, layout, workers: int, admin_token: str | Non
     print("\n".join(lines), flush=True)
 
 
-def shard_folders(data: pathlib.Path) -> list[pathlib.Path]:
-    """The folder itself if it is a shard's, else the shard folders inside it."""
+def shard_folders(data: pathlib.Path, pattern: str = "shard-*") -> list[pathlib.Path]:
+    """The folder itself if it is a shard's, else the shard folders inside it whose names match `pattern`."""
     if (data / "journal").exists():
         return [data]
-    folders = sorted(path for path in data.glob("shard-*") if (path / "journal").exists())
+    folders = sorted(path for path in data.glob(pattern) if (path / "journal").exists())
     if not folders:
-        raise SystemExit(f"no shard journal under {data}")
+        raise SystemExit(f"paygate: no shard journal ({pattern}) under {data}")
     return folders
 
 
-def run_replay(args) -> int:
-    for folder in shard_folders(pathlib.Path(args.data)):
-        journal = Journal(folder)
+class CommandError(Exception):
+    """An operator command cannot go on with a folder; the message says why."""
+
+
+# What ends an operator command on one folder: each is reported in one line, never as a traceback.
+FOLDER_ERRORS = (CommandError, CorruptionError, lmdb.Error, pynng.NNGException, OSError)
+
+
+def each_folder(args, run, pattern: str) -> int:
+    """`run` on every shard folder of --data; a folder that fails is one line on stderr, and the exit code 1."""
+    failures = 0
+    for folder in shard_folders(pathlib.Path(args.data), pattern):
         try:
-            engine, report = _replay_with_progress(journal, folder.name)
-        finally:
-            journal.close()
-        print(f"{folder}: batches={engine.sequence} accounts={len(engine.ledger.accounts)} "
-              f"transfers={len(engine.ledger.transfers)} replayed_transfers={report.replayed_transfers} "
-              f"state_hash={engine.state_hash()}")
+            failures += run(folder)
+        except FOLDER_ERRORS as error:
+            print(f"paygate {args.command}: {folder}: {_describe(error)}", file=sys.stderr, flush=True)
+            failures += 1
+    return 1 if failures else 0
+
+
+def _describe(error: Exception) -> str:
+    if isinstance(error, lmdb.Error):
+        return f"the journal's LMDB file is damaged or unreadable ({type(error).__name__}: {error})"
+    if isinstance(error, pynng.NNGException):
+        return f"no shard process answers ({error}): is it running?"
+    return str(error)
+
+
+def replay_folder(folder: pathlib.Path) -> int:
+    with contextlib.closing(Journal(folder, readonly=True)) as journal:
+        engine, report = _replay_with_progress(journal, folder.name)
+    print(f"{folder}: batches={engine.sequence} accounts={len(engine.ledger.accounts)} "
+          f"transfers={len(engine.ledger.transfers)} replayed_transfers={report.replayed_transfers} "
+          f"state_hash={engine.state_hash()}")
     return 0
 
 
@@ -249,15 +279,9 @@ def _replay_with_progress(journal: Journal, label: str):
         return replay_from_scratch(journal, on_batch=lambda entry, result: progress.update(1))
 
 
-def run_verify(args) -> int:
-    failures = 0
-    for folder in shard_folders(pathlib.Path(args.data)):
-        journal = Journal(folder)
-        try:
-            failures += _verify_folder(folder, journal)
-        finally:
-            journal.close()
-    return 1 if failures else 0
+def verify_folder(folder: pathlib.Path) -> int:
+    with contextlib.closing(Journal(folder, readonly=True)) as journal:
+        return _verify_folder(folder, journal)
 
 
 def _verify_folder(folder: pathlib.Path, journal: Journal) -> int:
@@ -283,7 +307,8 @@ def _check_snapshot(journal: Journal, snapshots: Snapshots, path: pathlib.Path, 
     report = RecoveryReport()
     engine, start, previous_hash = load_snapshot(journal, snapshots, report, paths=[path])
     if report.skipped_snapshots:
-        # A snapshot of a batch that never committed is a harmless leftover of a crash.
+        # A snapshot of a batch that never committed is a harmless leftover of a crash; one of a batch that had
+        # committed stopped load_snapshot already.
         return [note for note in report.skipped_snapshots if AHEAD_OF_JOURNAL not in note]
     replay(engine, journal, start, previous_hash, report)
     if engine.state_hash() != final_hash:
@@ -291,15 +316,25 @@ def _check_snapshot(journal: Journal, snapshots: Snapshots, path: pathlib.Path, 
     return []
 
 
-def run_promote(args) -> int:
-    for folder in shard_folders(pathlib.Path(args.data)):
-        address = running_address(folder)
-        with pynng.Req0(recv_timeout=5000, send_timeout=5000, resend_time=-1) as socket:
-            socket.dial(address, block=True)
-            socket.send(request_encoder.encode(Promote()))
-            reply = reply_decoder.decode(socket.recv())
-        print(f"{folder}: {ReplyStatus.NAMES[reply.status]} epoch={reply.epoch}")
+def promote_folder(folder: pathlib.Path) -> int:
+    address = _running_address(folder)
+    with pynng.Req0(recv_timeout=PROMOTE_TIMEOUT_MS, send_timeout=PROMOTE_TIMEOUT_MS, resend_time=-1) as socket:
+        socket.dial(address, block=True)
+        socket.send(request_encoder.encode(Promote()))
+        reply = reply_decoder.decode(socket.recv())
+    if reply.status != ReplyStatus.OK:
+        raise CommandError(reply.message or ReplyStatus.NAMES[reply.status])
+    print(f"{folder}: {ReplyStatus.NAMES[reply.status]} epoch={reply.epoch}")
     return 0
+
+
+def _running_address(folder: pathlib.Path) -> str:
+    try:
+        return running_address(folder)
+    except FileNotFoundError:
+        raise CommandError("no shard.json: no shard process has run on this folder") from None
+    except (ValueError, KeyError):
+        raise CommandError("shard.json is damaged: start the shard again to rewrite it") from None
 
 
 if __name__ == "__main__":

@@ -53,6 +53,8 @@ from journal.wire import (
 
 log = logging.getLogger("paygate.shard")
 TICK_S = 0.25
+# Batches applied (and perhaps snapshotted) before they are durable: how far a snapshot may lead the journal.
+MAX_UNRELEASED_BATCHES = 256
 result_encoder = msgspec.msgpack.Encoder()
 
 
@@ -71,7 +73,7 @@ class ShardConfig(msgspec.Struct, kw_only=True):
     prune_journal: bool = False
     max_queue_items: int = 262_144
     max_batch_items: int = MAX_BATCH_ITEMS
-    max_unreleased_batches: int = 256
+    max_unreleased_batches: int = MAX_UNRELEASED_BATCHES
     max_replicate_bytes: int = 32 << 20
     max_read_entries: int = 1024
     # Requests held at once (queued, or waiting to be durable); past it a request is answered "busy" at once.
@@ -225,6 +227,10 @@ class Shard:
         if kind is Status:
             return reply_encoder.encode(Reply(ReplyStatus.OK, self.epoch, self.engine.sequence, shard_status=self._status(request)))
         if kind is Promote:
+            if self.role != "replica":
+                # Nothing to do, and the operator must know: they may have named the wrong folder.
+                state = "already the primary" if self.role == "primary" else "fenced (a newer primary exists)"
+                return self._reply(ReplyStatus.INVALID, message=f"not promoted: this shard is {state}, epoch {self.epoch}")
             self._promote("requested")
             return self._reply(ReplyStatus.OK)
         if kind is ReadEntries:

@@ -25,6 +25,12 @@ MAX_DATABASES = 4
 SNAPSHOT_MAGIC = b"PGSNAP2\n"
 # magic, sequence, the journal's durable head when it was taken, journal entry hash, checksum
 SNAPSHOT_HEADER = struct.Struct(">8sQQ32s32s")
+DATA_FILE = "data.mdb"
+# LMDB 0.9's meta page (lmdb/mdb.c, 64-bit): a 16-byte page header, then MDB_meta's magic and version (offset 16),
+# the page size (mm_dbs[FREE_DBI].md_pad, 40), the last page in use (mm_last_pg, 136) and the txn id (144).
+LMDB_META = struct.Struct("<16xII16xI92xQQ")
+LMDB_MAGIC = 0xBEEFC0DE
+LMDB_META_PAGES = 2
 
 
 class CorruptionError(RuntimeError):
@@ -55,6 +61,13 @@ def entry_hash(previous_hash: bytes, sequence: int, payload: bytes) -> bytes:
     return digest.digest()
 
 
+def unpack_sequence(stored: bytes) -> int:
+    """A stored sequence number (a key, the pruning point, the epoch); a damaged LMDB page can give any length."""
+    if len(stored) != KEY.size:
+        raise CorruptionError(f"the journal holds a sequence number of {len(stored)} bytes: its LMDB file is damaged")
+    return KEY.unpack(stored)[0]
+
+
 def decode_record(sequence: int, record: bytes) -> Entry:
     """Split a stored value and check its checksum."""
     if len(record) < HEADER_BYTES:
@@ -68,8 +81,12 @@ def decode_record(sequence: int, record: bytes) -> Entry:
 class Journal:
     """Append-only, hash-chained entries in LMDB; opened once per process."""
 
-    def __init__(self, folder: pathlib.Path, map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
+    def __init__(self, folder: pathlib.Path, map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES, readonly: bool = False) -> None:
+        """`readonly` (verify, replay) never creates or changes a file but LMDB's reader table (lock.mdb)."""
+        if readonly:
+            check_data_file(folder / "journal" / DATA_FILE)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
         self.environment = lmdb.open(
             str(folder / "journal"),
             map_size=map_size_bytes,
@@ -78,10 +95,15 @@ class Journal:
             metasync=True,
             writemap=False,
             readahead=False,
+            readonly=readonly,
+            create=not readonly,
         )
-        self.entries = self.environment.open_db(b"entries")
-        self.meta = self.environment.open_db(b"meta")
-        self.results = self.environment.open_db(b"results")
+        try:
+            self.entries, self.meta, self.results = (self.environment.open_db(name, create=not readonly)
+                                                     for name in (b"entries", b"meta", b"results"))
+        except lmdb.NotFoundError:
+            self.environment.close()
+            raise CorruptionError("the journal's tables are missing: damaged or not a journal") from None
         self._reset_heads()
 
     def _reset_heads(self) -> None:
@@ -97,7 +119,7 @@ class Journal:
             cursor = transaction.cursor()
             if not cursor.last():
                 return self.first_sequence() - 1, self._pruned_hash(transaction)
-            sequence = KEY.unpack(cursor.key())[0]
+            sequence = unpack_sequence(cursor.key())
             return sequence, bytes(cursor.value()[:HASH_BYTES])
 
     def _pruned_hash(self, transaction) -> bytes:
@@ -107,7 +129,7 @@ class Journal:
     def first_sequence(self) -> int:
         """The lowest sequence the journal can still serve (1 unless pruned)."""
         value = self.get_meta(b"first_sequence")
-        return KEY.unpack(value)[0] if value else 1
+        return unpack_sequence(value) if value else 1
 
     # Writing
 
@@ -188,7 +210,7 @@ class Journal:
         with self.environment.begin(write=True) as transaction:
             cursor = transaction.cursor(db=self.entries)
             last_hash = None
-            while cursor.first() and KEY.unpack(cursor.key())[0] < sequence:
+            while cursor.first() and unpack_sequence(cursor.key()) < sequence:
                 last_hash = bytes(cursor.value()[:HASH_BYTES])
                 transaction.delete(cursor.key(), db=self.results)
                 cursor.delete()
@@ -217,7 +239,7 @@ class Journal:
             for key, value in cursor:
                 if max_bytes is not None and records and size + len(value) > max_bytes:
                     break
-                records.append((KEY.unpack(key)[0], value))
+                records.append((unpack_sequence(key), value))
                 size += len(value)
                 if len(records) == limit:
                     break
@@ -269,7 +291,7 @@ class Journal:
                 result = transaction.get(key, db=self.results)
                 if result is None:
                     break  # a replica has not applied it yet
-                pairs.append((decode_record(KEY.unpack(key)[0], value), bytes(result)))
+                pairs.append((decode_record(unpack_sequence(key), value), bytes(result)))
                 if len(pairs) == limit:
                     break
         return pairs
@@ -293,11 +315,41 @@ class Journal:
     @property
     def epoch(self) -> int:
         value = self.get_meta(b"epoch")
-        return KEY.unpack(value)[0] if value else 0
+        return unpack_sequence(value) if value else 0
 
     @epoch.setter
     def epoch(self, epoch: int) -> None:
         self.set_meta(b"epoch", KEY.pack(epoch))
+
+
+def check_data_file(path: pathlib.Path) -> None:
+    """Refuse a data.mdb shorter than its meta pages say: LMDB maps it whole and would die of SIGBUS past its end."""
+    name = f"{path.parent.name}/{path.name}"
+    try:
+        size = path.stat().st_size
+        metas = _lmdb_metas(path)
+    except FileNotFoundError:
+        raise CorruptionError(f"{name} is missing: the journal is gone") from None
+    if len(metas) < LMDB_META_PAGES or any(magic != LMDB_MAGIC for magic, *_ in metas):
+        raise CorruptionError(f"{name} ({size} bytes) is truncated or not an LMDB file")
+    _, _, page_size, last_page, _ = max(metas, key=lambda meta: meta[4])  # LMDB reads the newer meta
+    if page_size < LMDB_META.size or page_size & (page_size - 1):
+        raise CorruptionError(f"{name}: its meta page is damaged (page size {page_size})")
+    if size < (last_page + 1) * page_size:
+        raise CorruptionError(f"{name} is truncated: {size} bytes, its pages need {(last_page + 1) * page_size}")
+
+
+def _lmdb_metas(path: pathlib.Path) -> list[tuple]:
+    """LMDB's meta pages, as many as the file holds whole: the second starts one page (the first's page size) in."""
+    metas = []
+    with open(path, "rb") as file:
+        for _ in range(LMDB_META_PAGES):
+            data = file.read(LMDB_META.size)
+            if len(data) < LMDB_META.size:
+                break
+            metas.append(LMDB_META.unpack(data))
+            file.seek(metas[0][2])
+    return metas
 
 
 class SnapshotInfo(msgspec.Struct, frozen=True):
@@ -314,7 +366,6 @@ class Snapshots:
 
     def __init__(self, folder: pathlib.Path) -> None:
         self.folder = folder / "snapshots"
-        self.folder.mkdir(parents=True, exist_ok=True)
 
     def path_for(self, sequence: int) -> pathlib.Path:
         return self.folder / f"snapshot-{sequence:020d}.bin"
@@ -325,6 +376,7 @@ class Snapshots:
         durable_sequence = sequence if durable_sequence is None else durable_sequence
         assert durable_sequence <= sequence, (durable_sequence, sequence)
         path = self.path_for(sequence)
+        self.folder.mkdir(parents=True, exist_ok=True)  # here, not on opening: verify only reads
         header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, sequence, durable_sequence, entry_hash,
                                       _snapshot_hash(sequence, durable_sequence, entry_hash, payload))
         write_atomically(path, header + payload)

@@ -8,6 +8,7 @@ directly, decoded afresh per engine (the engine takes ownership of its structs).
 """
 
 import contextlib
+import os
 import pathlib
 import shutil
 import subprocess
@@ -94,9 +95,13 @@ def journal_file(folder: pathlib.Path) -> pathlib.Path:
     return folder / "journal" / "data.mdb"
 
 
-def run_verify(folder: pathlib.Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge.cli", "verify", "--data", str(folder)],
+def run_cli(command: str, folder: pathlib.Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge.cli", command, "--data", str(folder)],
                           capture_output=True, text=True, timeout=60, cwd=pathlib.Path(__file__).parent.parent)
+
+
+def run_verify(folder: pathlib.Path) -> subprocess.CompletedProcess:
+    return run_cli("verify", folder)
 
 
 # Round trip
@@ -380,3 +385,82 @@ def test_epoch_persists_across_reopen(tmp_path):
         assert journal.epoch == 7
     with opened(tmp_path) as journal:
         assert journal.epoch == 7
+
+
+# The operator commands on a damaged folder: one line naming the folder and the damage, exit 1, nothing written
+
+LMDB_PAGE_BYTES = 4096  # the OS page size LMDB used on the machines these tests run on
+
+
+def flip_in_lmdb_pages(folder: pathlib.Path) -> None:
+    """Flip the first node pointer of every page holding the last entry: LMDB's own B-tree, not our record, is hurt."""
+    path = journal_file(folder)
+    data = bytearray(path.read_bytes())
+    pages = {offset // LMDB_PAGE_BYTES for offset in range(len(data)) if data.startswith(needle(BATCHES), offset)}
+    assert pages
+    for page in pages:
+        data[page * LMDB_PAGE_BYTES + 16] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def empty_journal_folder(folder: pathlib.Path) -> None:
+    for path in (folder / "journal").iterdir():
+        path.unlink()
+
+
+def foreign_lmdb(folder: pathlib.Path) -> None:
+    """A valid LMDB file without the journal's tables."""
+    empty_journal_folder(folder)
+    lmdb.open(str(folder / "journal"), max_dbs=4).close()
+
+
+DAMAGE = [
+    pytest.param(lambda folder: flip_every(journal_file(folder), needle(4)), "journal entry 4: checksum mismatch",
+                 id="entry"),
+    pytest.param(flip_in_lmdb_pages, "LMDB file is damaged", id="lmdb-page"),
+    pytest.param(lambda folder: os.truncate(journal_file(folder), 0), "data.mdb (0 bytes) is truncated", id="empty"),
+    pytest.param(lambda folder: os.truncate(journal_file(folder), 8192), "data.mdb is truncated: 8192 bytes",
+                 id="truncated"),
+    pytest.param(empty_journal_folder, "data.mdb is missing", id="no-data-file"),
+    pytest.param(foreign_lmdb, "the journal's tables are missing", id="no-tables"),
+]
+
+
+def journal_bytes(folder: pathlib.Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in (folder / "journal").iterdir() if path.name != "lock.mdb"}
+
+
+@pytest.mark.parametrize("command", ["verify", "replay"])
+@pytest.mark.parametrize("damage, message", DAMAGE)
+def test_verify_and_replay_name_the_damage_exit_1_and_write_nothing(tmp_path, command, damage, message):
+    build_journal(tmp_path, snapshot_at=(5,))
+    damage(tmp_path)
+    before = journal_bytes(tmp_path)
+    result = run_cli(command, tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert message in result.stdout + result.stderr and str(tmp_path) in result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert journal_bytes(tmp_path) == before
+
+
+def test_replay_of_a_pruned_journal_says_so(tmp_path):
+    build_journal(tmp_path, snapshot_at=(5,))
+    with opened(tmp_path) as journal:
+        journal.prune_before(5)
+    result = run_cli("replay", tmp_path)
+    assert result.returncode == 1
+    assert f"paygate replay: {tmp_path}: journal starts at entry 5: pruned" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("durable, failed", [(BATCHES, False), (BATCHES + 1, True)])
+def test_verify_judges_a_snapshot_ahead_of_the_journal_by_how_far_the_journal_was_durable(tmp_path, durable, failed):
+    """Ahead of the journal, but taken while it was durable no further than its end: a crash leftover. Taken when
+    the journal was durable further than its end: the journal lost entries."""
+    payloads = build_journal(tmp_path)
+    sequence = BATCHES + 3
+    Snapshots(tmp_path).write(sequence, bytes(HASH_BYTES), engine_through(payloads, BATCHES).snapshot(),
+                              durable_sequence=durable)
+    verify = run_verify(tmp_path)
+    assert verify.returncode == (1 if failed else 0), verify.stdout + verify.stderr
+    assert ("entries were lost" in verify.stdout) == failed, verify.stdout

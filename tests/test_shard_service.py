@@ -2,7 +2,10 @@
 
 import asyncio
 import os
+import pathlib
 import signal
+import subprocess
+import sys
 import time
 
 import pynng
@@ -245,3 +248,27 @@ def test_a_stalled_shard_costs_a_caller_one_timeout_not_one_per_retry(shard):
         run(scenario())
     finally:
         client.close()
+
+
+def promote(folder: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edge.cli", "promote", "--data", folder], capture_output=True,
+                          text=True, timeout=30, cwd=pathlib.Path(__file__).parent.parent)
+
+
+def test_promote_of_a_primary_says_so_and_exits_1(shard):
+    config, _, _ = shard
+    promoted = promote(config.data)
+    assert promoted.returncode == 1
+    assert promoted.stderr == f"paygate promote: {config.data}: not promoted: this shard is already the primary, epoch 0\n"
+
+
+def test_promote_without_a_running_shard_says_so_and_exits_1(shard, tmp_path):
+    config, process, _ = shard
+    process.kill()
+    stopped = promote(config.data)
+    (tmp_path / "never-ran" / "journal").mkdir(parents=True)
+    never_ran = promote(str(tmp_path / "never-ran"))
+    assert (stopped.returncode, never_ran.returncode) == (1, 1)
+    assert stopped.stderr.startswith(f"paygate promote: {config.data}: no shard process answers")
+    assert never_ran.stderr == (f"paygate promote: {tmp_path / 'never-ran'}: "
+                                "no shard.json: no shard process has run on this folder\n")
