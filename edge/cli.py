@@ -18,8 +18,9 @@ from edge.auth import AdminToken, Secrets
 from edge.limits import malformed_networks
 from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
 from journal import logs
-from journal.client import ShardMap
-from journal.processes import ShardPair, ShardProcess, load_or_create_layout, running_address, shard_configs
+from journal.client import ShardMap, ShardUnavailable
+from journal.processes import (ShardPair, ShardProcess, ShardStartFailed, load_or_create_layout, running_address,
+                               shard_configs)
 from journal.recovery import AHEAD_OF_JOURNAL, RecoveryReport, load_snapshot, replay, replay_from_scratch
 from journal.shard import main as shard_main
 from journal.store import CorruptionError, Journal, Snapshots
@@ -28,6 +29,8 @@ from journal.wire import Promote, ReplyStatus, reply_decoder, request_encoder
 # The first ports of --base-port's block: the simulated providers and the connector; the shards follow.
 PROVIDER_PORTS = 4
 MAX_TRUSTED_PROXIES = 100  # each is checked against every request's peer
+# What ends serve at start-up with one line, not a traceback: damaged data, a shard that would not start or answer.
+SERVE_START_ERRORS = (CorruptionError, ShardStartFailed, ShardUnavailable, TimeoutError)
 STOP_GRACE_S = 2.0  # after a child ended, how long serve waits for a stop signal that may have ended it
 PROMOTE_TIMEOUT_MS = 5000
 
@@ -118,6 +121,14 @@ def _trusted_proxy(text: str) -> str:
 
 
 def run_serve(args) -> int:
+    try:
+        return _serve(args)
+    except SERVE_START_ERRORS as error:  # everything started is stopped by now
+        print(f"paygate serve: {error}", file=sys.stderr, flush=True)
+        return 1
+
+
+def _serve(args) -> int:
     data = pathlib.Path(args.data)
     layout = load_or_create_layout(data, args.shards, args.replica)
     configs = shard_configs(data, layout, args.host, args.base_port + PROVIDER_PORTS, sync=not args.async_replication,

@@ -102,6 +102,10 @@ def _diverged(leader: JournalHead, follower: JournalHead) -> bool:
             journal.close()
 
 
+class ShardStartFailed(RuntimeError):
+    """A shard process ended before it served: its recovery refused the data, or it could not listen."""
+
+
 def shard_configs(data: pathlib.Path, layout: Layout, host: str, base_port: int, sync: bool,
                   **options) -> list[tuple[ShardConfig, ShardConfig | None]]:
     """Primary and replica configurations, each shard on its own block of ports; roles by shard_roles."""
@@ -156,7 +160,8 @@ class ShardProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"shard at {self.config.data} exited with {self.process.returncode}")
+                raise ShardStartFailed(f"the shard at {self.config.data} stopped while starting (exit code "
+                                       f"{self.process.returncode}); its log says why")
             reply = request_status(self.config.client_address, timeout_ms=500)
             if reply is not None and reply.status == ReplyStatus.OK:
                 return reply

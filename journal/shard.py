@@ -20,6 +20,7 @@ import logging
 import os
 import pathlib
 import signal
+import sys
 import time
 
 import msgspec
@@ -29,7 +30,7 @@ from engine import Batch, Engine
 from journal import logs
 from journal.recovery import batch_decoder, batch_encoder, recover
 from journal.replier import Replier
-from journal.store import KEY, Entry, Journal, Snapshots
+from journal.store import KEY, CorruptionError, Entry, Journal, Snapshots
 from journal.wire import (
     MAX_BATCH_ITEMS,
     JournaledBatch,
@@ -52,6 +53,7 @@ from journal.wire import (
 )
 
 log = logging.getLogger("paygate.shard")
+EXIT_DAMAGED = 65  # EX_DATAERR: the journal or a snapshot is damaged
 TICK_S = 0.25
 # Batches applied (and perhaps snapshotted) before they are durable: how far a snapshot may lead the journal.
 MAX_UNRELEASED_BATCHES = 256
@@ -638,7 +640,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logs.configure(args.log_level)
     config = msgspec.json.decode(args.config, type=ShardConfig)
-    shard = Shard(config)
+    try:
+        shard = Shard(config)
+    except CorruptionError as error:  # damaged data is named, never repaired: an operator must look
+        log.critical("cannot start on %s: %s", config.data, error)
+        logging.shutdown()
+        sys.exit(EXIT_DAMAGED)
     uvloop.run(shard.run())
 
 

@@ -83,9 +83,10 @@ class Journal:
 
     def __init__(self, folder: pathlib.Path, map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES, readonly: bool = False) -> None:
         """`readonly` (verify, replay) never creates or changes a file but LMDB's reader table (lock.mdb)."""
-        if readonly:
-            check_data_file(folder / "journal" / DATA_FILE)
-        else:
+        data_file = folder / "journal" / DATA_FILE
+        if readonly or data_file.exists():  # a shard too must not start on a file cut short (or map past its end)
+            check_data_file(data_file)
+        if not readonly:
             folder.mkdir(parents=True, exist_ok=True)
         self.environment = lmdb.open(
             str(folder / "journal"),

@@ -178,3 +178,25 @@ def test_serve_starts_a_dead_replica_again_and_it_catches_up(tmp_path):
         assert any("starting it again" in line for line in server.output), "".join(server.output)
     finally:
         server.stop()
+
+
+def test_serve_on_a_damaged_journal_says_so_in_one_line_and_starts_nothing(tmp_path):
+    """A flipped byte in an entry that was answered: the shard names it and stops; serve says which shard, and exits
+    1 without a traceback."""
+    data = tmp_path / "data"
+    server = _serve(data)
+    try:
+        ids = [_create_order(server) for _ in range(3)]
+    finally:
+        server.stop()
+    path = shard_folder(data, 0) / "journal" / "data.mdb"
+    content = path.read_bytes()
+    marker = ids[-1].encode()
+    assert marker in content
+    path.write_bytes(content.replace(marker, b"X" + marker[1:]))
+    with pytest.raises(RuntimeError) as failed:
+        Server(data).start()
+    output = str(failed.value)
+    assert "paygate serve: the shard at" in output and "stopped while starting" in output, output
+    assert "cannot start on" in output and "journal entry" in output, output
+    assert "Traceback" not in output, output

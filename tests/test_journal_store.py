@@ -453,6 +453,16 @@ def test_replay_of_a_pruned_journal_says_so(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("size", [0, 8192])
+def test_a_shard_does_not_open_a_journal_file_cut_short(tmp_path, size):
+    build_journal(tmp_path)
+    with open(journal_file(tmp_path), "r+b") as file:
+        file.truncate(size)
+    with pytest.raises(CorruptionError, match="truncated"):
+        Journal(tmp_path)
+    assert journal_file(tmp_path).stat().st_size == size  # left as found, for an operator to look at
+
+
 @pytest.mark.parametrize("durable, failed", [(BATCHES, False), (BATCHES + 1, True)])
 def test_verify_judges_a_snapshot_ahead_of_the_journal_by_how_far_the_journal_was_durable(tmp_path, durable, failed):
     """Ahead of the journal, but taken while it was durable no further than its end: a crash leftover. Taken when
