@@ -78,23 +78,33 @@ class PiggybankConnector(HttpConnector):
         return await self._change(request, "/v1/captures", {"amount": request.amount})
 
     async def void(self, request: VoidRequest) -> Verdict:
-        verdict = await self._change(request, "/v1/voids", {})
+        reference = await self._reference(request)
+        if not isinstance(reference, str):
+            return reference
+        verdict = await self._post("/v1/voids", reference, {})
         if type(verdict) is Declined and verdict.code == ALREADY_CAPTURED:
             # Captured with its authorization (automatic capture) when the gateway had given up on it: all goes back.
-            return await self._change(request, "/v1/refunds", {"refund_id": f"{request.payment_id}.reversal"})
+            return await self._post("/v1/refunds", reference, {"refund_id": f"{request.payment_id}.reversal"})
         return verdict
 
     async def refund(self, request: RefundRequest) -> Verdict:
         return await self._change(request, "/v1/refunds", {"amount": request.amount, "refund_id": request.refund_id})
 
-    async def _change(self, request: CaptureRequest | VoidRequest | RefundRequest, path: str, fields: dict) -> Verdict:
-        reference = request.psp_reference
-        if not reference:  # the authorization's answer has not reached the gateway: piggybank knows it
-            found = await self.status(PaymentStatusQuery(merchant_id=request.merchant_id,
-                                                         payment_id=request.payment_id))
-            if isinstance(found, Failed):
-                return found
-            if found.status == UNKNOWN:
-                return Declined("unknown_payment", "piggybank has no authorization for this payment")
-            reference = found.psp_reference
+    async def _change(self, request: CaptureRequest | RefundRequest, path: str, fields: dict) -> Verdict:
+        reference = await self._reference(request)
+        return await self._post(path, reference, fields) if isinstance(reference, str) else reference
+
+    async def _reference(self, request: CaptureRequest | VoidRequest | RefundRequest) -> str | Verdict:
+        """The authorization's reference: the one the gateway has, else piggybank's answer for the payment."""
+        if request.psp_reference:
+            return request.psp_reference
+        # the authorization's answer has not reached the gateway: piggybank knows it
+        found = await self.status(PaymentStatusQuery(merchant_id=request.merchant_id, payment_id=request.payment_id))
+        if isinstance(found, Failed):
+            return found
+        if found.status == UNKNOWN:
+            return Declined("unknown_payment", "piggybank has no authorization for this payment")
+        return found.psp_reference
+
+    async def _post(self, path: str, reference: str, fields: dict) -> Verdict:
         return self.verdict(await self.call("POST", path, {"psp_reference": reference, **fields}))
