@@ -272,12 +272,11 @@ class Journal:
         """Check every entry from the first kept through `sequence` (checksums and links), applying nothing:
         CorruptionError names the first damaged one."""
         first = self.first_sequence()
-        records = self._raw(first, 1)
-        if sequence < first or not records:
+        if sequence < first:
             return
-        # The first entry kept vouches for its own link back: before it there is nothing (or nothing kept).
-        start = decode_record(*records[0])
-        for entry in self.scan(first, GENESIS_HASH if first == 1 else start.previous_hash):
+        with self.environment.begin() as transaction:
+            previous_hash = self._pruned_hash(transaction)
+        for entry in self.scan(first, previous_hash):
             if entry.sequence >= sequence:
                 return
 
