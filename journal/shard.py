@@ -55,8 +55,6 @@ from journal.wire import (
 log = logging.getLogger("paygate.shard")
 EXIT_DAMAGED = 65  # EX_DATAERR: the journal or a snapshot is damaged
 TICK_S = 0.25
-# Batches applied (and perhaps snapshotted) before they are durable: how far a snapshot may lead the journal.
-MAX_UNRELEASED_BATCHES = 256
 result_encoder = msgspec.msgpack.Encoder()
 
 
@@ -75,7 +73,7 @@ class ShardConfig(msgspec.Struct, kw_only=True):
     prune_journal: bool = False
     max_queue_items: int = 262_144
     max_batch_items: int = MAX_BATCH_ITEMS
-    max_unreleased_batches: int = MAX_UNRELEASED_BATCHES
+    max_unreleased_batches: int = 256
     max_replicate_bytes: int = 32 << 20
     max_read_entries: int = 1024
     # Requests held at once (queued, or waiting to be durable); past it a request is answered "busy" at once.
