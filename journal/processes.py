@@ -52,6 +52,7 @@ class JournalHead(msgspec.Struct, frozen=True):
     folder: pathlib.Path
     epoch: int
     sequence: int
+    hash: bytes = b""
 
 
 def read_head(folder: pathlib.Path) -> JournalHead:
@@ -59,7 +60,7 @@ def read_head(folder: pathlib.Path) -> JournalHead:
         return JournalHead(folder, 0, 0)
     journal = Journal(folder)
     try:
-        return JournalHead(folder, journal.epoch, journal.head_sequence)
+        return JournalHead(folder, journal.epoch, journal.head_sequence, journal.head_hash)
     finally:
         journal.close()
 
@@ -92,14 +93,13 @@ def _diverged(leader: JournalHead, follower: JournalHead) -> bool:
         return False
     if follower.sequence > leader.sequence:
         return True
-    journals = [Journal(leader.folder), Journal(follower.folder)]
+    journal = Journal(leader.folder)
     try:
-        expected = journals[0].entry_hash_at(follower.sequence)
-        # None: pruned at the leader, nothing left to compare with.
-        return expected is not None and expected != journals[1].head_hash
+        expected = journal.entry_hash_at(follower.sequence)
     finally:
-        for journal in journals:
-            journal.close()
+        journal.close()
+    # None: pruned at the leader, nothing left to compare with.
+    return expected is not None and expected != follower.hash
 
 
 class ShardStartFailed(RuntimeError):
