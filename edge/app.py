@@ -1,5 +1,6 @@
 """The HTTP API: the application and its handlers, to the contract of API.md (plumbing in edge.http)."""
 
+import asyncio
 import hmac
 import logging
 import pathlib
@@ -451,9 +452,7 @@ async def create_account(request: web.Request) -> web.Response:
         raise ApiError(400, AccountCode.name(code), AccountCode.name(code).replace("_", " "))
     stored = (await request.app["gateway"].read(merchant.id, LookupAccounts([account.id]))).accounts[0]
     # The account as it was created, so a replay under the Idempotency-Key answers what the first request did.
-    created = msgspec.structs.replace(stored, flags=flags, debits_pending=0, debits_posted=0, credits_pending=0,
-                                      credits_posted=0)
-    return respond(request, render.account(created))
+    return respond(request, render.account(msgspec.structs.replace(account, timestamp=stored.timestamp)))
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -609,11 +608,11 @@ async def _wallet_response(request: web.Request, merchant: Merchant, customer: C
     ids = [wallet_account_id(merchant.id, customer.id, currency) for currency in schemas.CURRENCY_EXPONENTS]
     accounts = [account for account in (await gateway.read(merchant.id, LookupAccounts(ids))).accounts
                 if account and account.timestamp <= as_of]
+    # Read side by side: the gateway sends reads made together to the shard as one request.
     if as_of < TIMESTAMP_MAX:
-        accounts = [await _account_as_of(gateway, merchant.id, account, as_of) for account in accounts]
-    history = []
-    for account in accounts:
-        history += (await gateway.read(merchant.id, AccountTransfers(account.id, timestamp_max=as_of, limit=20,
-                                                                     newest_first=True))).transfers
+        accounts = await asyncio.gather(*(_account_as_of(gateway, merchant.id, account, as_of) for account in accounts))
+    statements = await asyncio.gather(*(gateway.read(merchant.id, AccountTransfers(
+        account.id, timestamp_max=as_of, limit=20, newest_first=True)) for account in accounts))
+    history = [transfer for statement in statements for transfer in statement.transfers]
     history.sort(key=lambda transfer: transfer.timestamp, reverse=True)
     return respond(request, render.wallet(customer, accounts, history[:20]))
