@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow run bench-engine bench-durable bench-http clean
+.PHONY: venv test test-slow run bench-engine bench-durable bench-http bench-ceiling clean
 
 venv: $(STAMP)
 
@@ -31,6 +31,9 @@ bench-durable: venv
 
 bench-http: venv
 	$(BIN)/python -m bench.http
+
+bench-ceiling: venv
+	$(BIN)/python -m bench.ceiling
 
 clean:
 	rm -rf $(VENV) data bench/out

@@ -13,8 +13,10 @@ Rates are medians over windows of 4 consecutive batches; latency is each
 batch's send to reply (the RESULT's `batch_p99_ms` is run 2's). Every run
 checks every result code and that all processes end with one state hash.
 The same run measures LMDB's raw rate (the same transfers, msgpack-encoded, one
-put each and one fsync per batch) and replay of run 1's journal into a fresh
-engine. Prints rows and a RESULT line.
+put each and one fsync per batch), replay of run 1's journal into a fresh
+engine, and the floor of any Python replay of that journal (`replay_reference_per_s`:
+read, check and decode each entry, then only move an integer between two dict
+entries per transfer). Prints rows and a RESULT line.
 """
 
 import argparse
@@ -34,8 +36,8 @@ from bench.server import free_port_block
 from engine import Account, CreateAccounts, CreateTransfers, Transfer
 from journal.client import ShardClient
 from journal.processes import PORTS_PER_SHARD, Layout, ShardProcess, shard_configs, shard_folder
-from journal.recovery import replay_from_scratch
-from journal.store import DEFAULT_MAP_SIZE_BYTES, KEY, Journal
+from journal.recovery import batch_decoder, replay_from_scratch
+from journal.store import DEFAULT_MAP_SIZE_BYTES, GENESIS_HASH, KEY, Journal
 from journal.wire import Reply, ReplyStatus
 
 BATCH_SIZE = 8190
@@ -180,6 +182,30 @@ def measure_replay(folder: pathlib.Path, expected_hash: str, report: Report) -> 
     return rate
 
 
+def measure_replay_reference(folder: pathlib.Path, report: Report) -> float:
+    """The floor of any replay of that journal in Python: read and check each entry, decode it, and only move
+    an integer between two dict entries per transfer (bench/engine.py's reference loop)."""
+    balances = dict.fromkeys(account_ids(), 0)
+    transfers = 0
+    journal = Journal(folder)
+    try:
+        start = time.perf_counter()
+        for entry in journal.scan(1, GENESIS_HASH):
+            for command in batch_decoder.decode(entry.payload).commands:
+                if type(command) is CreateTransfers:
+                    transfers += len(command.transfers)
+                    for t in command.transfers:
+                        balances[t.debit_account_id] -= t.amount
+                        balances[t.credit_account_id] += t.amount
+        elapsed = time.perf_counter() - start
+    finally:
+        journal.close()
+    rate = transfers / elapsed
+    report.row(run="replay_reference", replayed_transfers=transfers, seconds=round(elapsed, 2),
+               replay_reference_per_s=round(rate))
+    return rate
+
+
 def measure_lmdb_raw(folder: pathlib.Path, batches: list[list[Transfer]], report: Report) -> float:
     """LMDB alone: each transfer's msgpack bytes as one appended put, one commit (one fsync) per batch."""
     encoder = msgspec.msgpack.Encoder()
@@ -218,6 +244,7 @@ def main() -> None:
         root = pathlib.Path(temporary)
         single = run_shard("primary", root / "primary", False, batches, args.in_flight, report)
         replay_rate = measure_replay(shard_folder(root / "primary", 0), single.state_hash, report)
+        replay_reference_rate = measure_replay_reference(shard_folder(root / "primary", 0), report)
         replicated = run_shard("sync_replica", root / "replicated", True, batches, args.replica_in_flight, report)
         lmdb_rate = measure_lmdb_raw(root / "lmdb-raw", batches, report)
     report.result(
@@ -226,6 +253,7 @@ def main() -> None:
         batch_p99_ms=round(p99(replicated.latencies_s) * 1000, 1),
         lmdb_raw_per_s=round(lmdb_rate),
         replay_entries_per_s=round(replay_rate),
+        replay_reference_per_s=round(replay_reference_rate),
     )
 
 

@@ -3,7 +3,9 @@
 `python -m bench.engine [--batches N] [--memory-transfers N]`. Workloads: batches
 of 8190 transfers among 100,000 accounts, uniform; 80% on 10 hot accounts; and
 a pending / post mix. The reference loop only moves integers between two dict
-entries per transfer. Memory is RSS growth at 1,000,000 accounts and at
+entries per transfer; the minimal ledger loop does what any ledger keeping
+transfers by id and by account must (find both accounts, store the transfer,
+list it on both, move the amount) with no check at all. Memory is RSS growth at 1,000,000 accounts and at
 `--memory-transfers` (5,000,000) stored transfers. Prints medians and a RESULT line.
 """
 
@@ -114,7 +116,32 @@ def time_reference(moves: list[tuple[tuple[str, str], int]], balances: dict[str,
     return len(moves) / elapsed
 
 
-def measure_speed(batches: int, report: Report) -> tuple[float, float]:
+def time_minimal_ledger(transfers: list[Transfer], accounts: dict[str, Account], stored: dict[str, Transfer]) -> float:
+    """The floor of any ledger that keeps transfers by id and by account, with no check at all: find both
+    accounts, store the transfer, list it on both, move the amount."""
+    start = time.perf_counter()
+    for t in transfers:
+        debit = accounts[t.debit_account_id]
+        credit = accounts[t.credit_account_id]
+        stored[t.id] = t
+        debit.transfers.append(t)
+        credit.transfers.append(t)
+        debit.debits_posted += t.amount
+        credit.credits_posted += t.amount
+    elapsed = time.perf_counter() - start
+    return len(transfers) / elapsed
+
+
+def measure_minimal_ledger(bench: "Bench", accounts: list[str], batches: int, report: Report) -> float:
+    minimal_accounts = {account_id: Account(account_id, CURRENCY, transfers=[]) for account_id in accounts}
+    stored: dict[str, Transfer] = {}
+    rates = [time_minimal_ledger(bench.plain_batch(accounts, 0.0)[0], minimal_accounts, stored) for _ in range(batches)]
+    rate = statistics.median(rates)
+    report.row(workload="minimal_ledger_uniform", transfers_per_s=round(rate))
+    return rate
+
+
+def measure_speed(batches: int, report: Report) -> tuple[float, float, float]:
     bench = Bench()
     accounts = bench.create_accounts(ACCOUNT_COUNT)
     reference_balances = dict.fromkeys(accounts, 0)
@@ -135,7 +162,8 @@ def measure_speed(batches: int, report: Report) -> tuple[float, float]:
         report.row(workload=name, transfers_per_s=round(statistics.median(rates)))
         engine_rates.extend(rates)
     bench.engine.verify()
-    return statistics.median(engine_rates), statistics.median(reference_rates)
+    minimal_rate = measure_minimal_ledger(bench, accounts, batches, report)
+    return statistics.median(engine_rates), statistics.median(reference_rates), minimal_rate
 
 
 def measure_memory(account_count: int, transfer_count: int, report: Report) -> tuple[float, float]:
@@ -165,12 +193,13 @@ def main() -> None:
     parser.add_argument("--memory-transfers", type=int, default=5_000_000)
     args = parser.parse_args()
     report = Report("engine")
-    engine_rate, reference_rate = measure_speed(args.batches, report)
+    engine_rate, reference_rate, minimal_rate = measure_speed(args.batches, report)
     per_account, per_transfer = measure_memory(args.memory_accounts, args.memory_transfers, report)
     report.result(
         transfers_per_s=round(engine_rate),
         reference_per_s=round(reference_rate),
         ratio=round(engine_rate / reference_rate, 3),
+        minimal_ledger_per_s=round(minimal_rate),
         bytes_per_account=round(per_account),
         bytes_per_transfer=round(per_transfer),
     )

@@ -64,7 +64,8 @@ def role_of(process: psutil.Process) -> str:
     except psutil.Error:
         return "other"
     for marker, role in (("locust", "locust"), ("edge.server", "edge"), ("journal.shard", "shard"),
-                         ("edge.cli", "supervisor"), ("ray", "ray"), ("actors.", "providers")):
+                         ("edge.cli", "supervisor"), ("ray", "ray"), ("actors.", "providers"),
+                         ("ceiling_app", "app")):
         if marker in command:
             return role
     return "other"
