@@ -14,8 +14,10 @@ cores can give it) with bench/locust_ceiling.py:
 
 Whatever paygate does (auth, the shard, the ledger, risk, Ray, callbacks) comes
 on top of these figures, so they bound what bench/http.py can ever show here.
-Rates are locust's over the run after all users spawned; p99s are locust's.
-Prints a row per run and `RESULT ceiling ...`.
+Rates are locust's over the run after all users spawned; p99s are locust's;
+`spare_cpu_us_per_unit` is the idle CPU per request (or payment): the most
+that paygate's own work could take at that rate. Prints a row per run and
+`RESULT ceiling ...`.
 """
 
 import argparse
@@ -125,8 +127,11 @@ def measure(scenario: Scenario, port: int, apps: list[subprocess.Popen], args, r
     else:
         rate, p99_ms = successful_per_s(rows[CAPTURE]), int(rows[CARD_PAY]["99%"])
     failures = sum(int(row["Failure Count"]) for name, row in rows.items() if name != "Aggregated")
+    # The CPU left idle, per request (or payment): all that paygate's own work could use at this rate.
+    spare_us = round(cpu.get("cpu_idle_pct", 0) * 10_000 / rate) if rate else 0
     report.row(run=scenario.name, users=scenario.users, offered_per_s=round(scenario.users * scenario.rate_per_user),
-               achieved_per_s=round(rate), p50_ms=rows["Aggregated"]["50%"], p99_ms=p99_ms, failures=failures, **cpu)
+               achieved_per_s=round(rate), p50_ms=rows["Aggregated"]["50%"], p99_ms=p99_ms, failures=failures,
+               spare_cpu_us_per_unit=spare_us, **cpu)
     return rate, p99_ms
 
 

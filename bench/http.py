@@ -75,14 +75,23 @@ class CpuSampler:
     """CPU seconds used so far by each process of the run, sampled while locust runs."""
 
     def __init__(self, roots: list[int]) -> None:
+        self.roots = [psutil.Process(pid) for pid in roots]
         self.processes: dict[int, tuple[psutil.Process, str]] = {}
-        for pid in roots:
-            root = psutil.Process(pid)
-            for process in [root, *root.children(recursive=True)]:
-                self.processes[process.pid] = (process, role_of(process))
         self.samples: list[tuple[float, dict[str, float], float]] = []  # time, role -> cpu s, machine idle s
 
+    def _discover(self) -> None:
+        """Processes started since the last sample (locust forks its workers as it starts)."""
+        for root in self.roots:
+            try:
+                found = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for process in found:
+                if process.pid not in self.processes:
+                    self.processes[process.pid] = (process, role_of(process))
+
     def sample(self) -> None:
+        self._discover()
         used: dict[str, float] = {}
         for process, role in self.processes.values():
             try:
