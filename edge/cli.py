@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 
-import lmdb
 import pynng
 from tqdm import tqdm
 
@@ -253,7 +252,7 @@ class CommandError(Exception):
 
 
 # What ends an operator command on one folder: each is reported in one line, never as a traceback.
-FOLDER_ERRORS = (CommandError, CorruptionError, lmdb.Error, pynng.NNGException, OSError)
+FOLDER_ERRORS = (CommandError, CorruptionError, pynng.NNGException, OSError)
 
 
 def each_folder(args, run, pattern: str) -> int:
@@ -269,8 +268,6 @@ def each_folder(args, run, pattern: str) -> int:
 
 
 def _describe(error: Exception) -> str:
-    if isinstance(error, lmdb.Error):
-        return f"the journal's LMDB file is damaged or unreadable ({type(error).__name__}: {error})"
     if isinstance(error, pynng.NNGException):
         return f"no shard process answers ({error}): is it running?"
     return str(error)

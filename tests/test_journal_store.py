@@ -453,6 +453,20 @@ def test_replay_of_a_pruned_journal_says_so(tmp_path):
     assert "Traceback" not in result.stderr
 
 
+def test_lmdb_errors_on_a_damaged_page_are_corruption_naming_the_file_and_the_entries_read(tmp_path):
+    build_journal(tmp_path)
+    flip_in_lmdb_pages(tmp_path)
+    with opened(tmp_path, readonly=True) as journal:
+        with pytest.raises(CorruptionError, match=r"^journal/data.mdb, reading entries from 1 on: the LMDB file is "
+                                                  r"damaged or unreadable \(CorruptedError: ") as raised:
+            list(journal.scan(1, GENESIS_HASH))
+    assert (raised.value.sequence, raised.value.damaged_record) == (1, False)
+    with pytest.raises(CorruptionError, match="the LMDB file is damaged"):
+        recover_folder(tmp_path)  # refused, not repaired: not a torn last entry
+    with opened(tmp_path, readonly=True) as journal:
+        assert journal.head_sequence == BATCHES
+
+
 @pytest.mark.parametrize("size", [0, 8192])
 def test_a_shard_does_not_open_a_journal_file_cut_short(tmp_path, size):
     build_journal(tmp_path)
