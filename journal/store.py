@@ -9,8 +9,10 @@ transaction and one fsync, whatever the number of entries in it.
 
 import contextlib
 import hashlib
+import multiprocessing
 import os
 import pathlib
+import signal
 import struct
 
 import lmdb
@@ -32,6 +34,10 @@ DATA_FILE = "data.mdb"
 LMDB_META = struct.Struct("<16xII16xI92xQQ")
 LMDB_MAGIC = 0xBEEFC0DE
 LMDB_META_PAGES = 2
+# A child that answered, or died, is gone within this; one still there is killed.
+CHILD_EXIT_TIMEOUT_S = 5.0
+# Fork, not spawn: the child needs no imports and no pickled arguments, and starts in milliseconds.
+FORK = multiprocessing.get_context("fork")
 
 
 class CorruptionError(RuntimeError):
@@ -346,6 +352,56 @@ class Journal:
     @epoch.setter
     def epoch(self, epoch: int) -> None:
         self.set_meta(b"epoch", KEY.pack(epoch))
+
+
+def read_in_child(folder: pathlib.Path, timeout_s: float, read, *args, readonly: bool = False):
+    """`read(journal, *args)` on the folder's journal in a forked child; returns what it returns, raises what it raises.
+
+    LMDB's C code reading a damaged page can die of SIGSEGV or SIGBUS: then only the child dies, and that is a
+    CorruptionError naming the file. A child still reading after `timeout_s` is killed (TimeoutError).
+    """
+    name = name_data_file(folder / "journal" / DATA_FILE)
+    receiver, sender = FORK.Pipe(duplex=False)
+    child = FORK.Process(target=_answer, args=(sender, folder, readonly, read, args), daemon=True)
+    child.start()
+    sender.close()  # the child's end alone stays open: its death reads as the end of the pipe here
+    try:
+        if not receiver.poll(timeout_s):
+            child.kill()
+            raise TimeoutError(f"{name}: still reading it after {timeout_s:g} s; stopped")
+        returned, value = receiver.recv()
+    except EOFError:
+        child.join(CHILD_EXIT_TIMEOUT_S)
+        if child.exitcode is not None and child.exitcode < 0:
+            raise CorruptionError(f"{name}: reading it crashed LMDB ({signal_name(-child.exitcode)}): its pages are "
+                                  "damaged; restore the folder from a replica or a backup") from None
+        raise ChildProcessError(f"{name}: the process reading it ended without an answer "
+                                f"(exit code {child.exitcode})") from None
+    finally:
+        receiver.close()
+        child.join(CHILD_EXIT_TIMEOUT_S)
+        child.kill()  # a no-op once it has exited
+        child.join()
+    if returned:
+        return value
+    raise value
+
+
+def _answer(sender, folder: pathlib.Path, readonly: bool, read, args: tuple) -> None:
+    try:
+        with contextlib.closing(Journal(folder, readonly=readonly)) as journal:
+            answer = (True, read(journal, *args))
+    except BaseException as error:  # raised again in the parent, as if no child had run
+        answer = (False, error)
+    sender.send(answer)
+
+
+def signal_name(number: int) -> str:
+    """A signal's name (SIGBUS); a real-time signal, which has none, by its number."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def check_data_file(path: pathlib.Path) -> None:
