@@ -19,6 +19,7 @@ import sys
 import lmdb
 import pytest
 
+from edge_harness import Server
 from engine import Account, Batch, CreateAccounts, CreateTransfers, Engine, Transfer
 from journal.recovery import AHEAD_OF_JOURNAL, batch_decoder, batch_encoder, recover, replay_from_scratch
 from journal.store import (GENESIS_HASH, HASH_BYTES, SNAPSHOT_HEADER, CorruptionError, Entry, Journal, Snapshots,
@@ -478,6 +479,26 @@ def test_lmdb_errors_on_a_damaged_page_are_corruption_naming_the_file_and_the_en
         recover_folder(tmp_path)  # refused, not repaired: not a torn last entry
     with opened(tmp_path, readonly=True) as journal:
         assert journal.head_sequence == BATCHES
+
+
+@pytest.mark.parametrize("damage, message", [
+    pytest.param(crash_lmdb, "the shard at {folder} died of SIG", id="in-the-shard"),
+    pytest.param(lambda folder: flip_in_lmdb_pages(folder, FIRST_NODE_POINTER + 1, b"entries"),
+                 "{folder}: journal/data.mdb: reading it crashed LMDB (SIG", id="in-serve"),
+])
+def test_serve_on_lmdb_pages_that_crash_lmdb_says_so_in_one_line(tmp_path, damage, message):
+    """The shard's recovery (or serve's own look at the journal's head, whose table names are damaged here) dies of a
+    signal: serve names the shard's folder and the signal in one line, exit 1, no traceback."""
+    folder = tmp_path / "data" / "shard-0"
+    build_journal(folder)
+    damage(folder)
+    server = Server(tmp_path / "data")
+    with pytest.raises(RuntimeError) as failed:
+        server.start()
+    assert server.process.wait(30) == 1
+    lines = [line for line in str(failed.value).splitlines() if line.startswith("paygate serve:")]
+    assert len(lines) == 1 and message.format(folder=folder) in lines[0], str(failed.value)
+    assert "Traceback" not in str(failed.value)
 
 
 # A byte flipped anywhere in LMDB's pages: verify and replay name the damage or find none, never die of a signal
