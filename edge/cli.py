@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 
-import lmdb
 import pynng
 from tqdm import tqdm
 
@@ -23,7 +22,7 @@ from journal.processes import (ShardPair, ShardProcess, ShardStartFailed, load_o
                                shard_configs)
 from journal.recovery import AHEAD_OF_JOURNAL, RecoveryReport, load_snapshot, replay, replay_from_scratch
 from journal.shard import main as shard_main
-from journal.store import CorruptionError, Journal, Snapshots
+from journal.store import CorruptionError, Journal, Snapshots, read_in_child
 from journal.wire import Promote, ReplyStatus, reply_decoder, request_encoder
 
 # The first ports of --base-port's block: the simulated providers and the connector; the shards follow.
@@ -33,6 +32,8 @@ MAX_TRUSTED_PROXIES = 100  # each is checked against every request's peer
 SERVE_START_ERRORS = (CorruptionError, ShardStartFailed, ShardUnavailable, TimeoutError)
 STOP_GRACE_S = 2.0  # after a child ended, how long serve waits for a stop signal that may have ended it
 PROMOTE_TIMEOUT_MS = 5000
+# Replay or verify of one folder, in a child process; past this it is killed and the folder fails.
+READ_TIMEOUT_S = 3600.0
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -253,7 +254,7 @@ class CommandError(Exception):
 
 
 # What ends an operator command on one folder: each is reported in one line, never as a traceback.
-FOLDER_ERRORS = (CommandError, CorruptionError, lmdb.Error, pynng.NNGException, OSError)
+FOLDER_ERRORS = (CommandError, CorruptionError, pynng.NNGException, OSError)
 
 
 def each_folder(args, run, pattern: str) -> int:
@@ -269,16 +270,17 @@ def each_folder(args, run, pattern: str) -> int:
 
 
 def _describe(error: Exception) -> str:
-    if isinstance(error, lmdb.Error):
-        return f"the journal's LMDB file is damaged or unreadable ({type(error).__name__}: {error})"
     if isinstance(error, pynng.NNGException):
         return f"no shard process answers ({error}): is it running?"
     return str(error)
 
 
 def replay_folder(folder: pathlib.Path) -> int:
-    with contextlib.closing(Journal(folder, readonly=True)) as journal:
-        engine, report = _replay_with_progress(journal, folder.name)
+    return read_in_child(folder, READ_TIMEOUT_S, _replay_folder, folder, readonly=True)
+
+
+def _replay_folder(journal: Journal, folder: pathlib.Path) -> int:
+    engine, report = _replay_with_progress(journal, folder.name)
     print(f"{folder}: batches={engine.sequence} accounts={len(engine.ledger.accounts)} "
           f"transfers={len(engine.ledger.transfers)} replayed_transfers={report.replayed_transfers} "
           f"state_hash={engine.state_hash()}")
@@ -291,11 +293,10 @@ def _replay_with_progress(journal: Journal, label: str):
 
 
 def verify_folder(folder: pathlib.Path) -> int:
-    with contextlib.closing(Journal(folder, readonly=True)) as journal:
-        return _verify_folder(folder, journal)
+    return read_in_child(folder, READ_TIMEOUT_S, _verify_folder, folder, readonly=True)
 
 
-def _verify_folder(folder: pathlib.Path, journal: Journal) -> int:
+def _verify_folder(journal: Journal, folder: pathlib.Path) -> int:
     problems = []
     snapshots = Snapshots(folder)
     try:

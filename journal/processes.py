@@ -13,13 +13,14 @@ import msgspec
 import pynng
 
 from journal.shard import ShardConfig
-from journal.store import Journal
+from journal.store import CorruptionError, Journal, read_in_child, signal_name
 from journal.wire import Reply, ReplyStatus, Status, reply_decoder, request_encoder
 
 log = logging.getLogger("paygate.serve")
 LAYOUT_FILE = "shards.json"
 PORTS_PER_SHARD = 4
 MAX_REPLICA_RESTARTS = 3  # a replica that keeps dying is a fault to look at, not to hide
+HEAD_READ_TIMEOUT_S = 60.0  # reading a journal's head takes a few page reads: a reader still at it is stuck
 
 
 class Layout(msgspec.Struct):
@@ -58,11 +59,17 @@ class JournalHead(msgspec.Struct, frozen=True):
 def read_head(folder: pathlib.Path) -> JournalHead:
     if not (folder / "journal").exists():
         return JournalHead(folder, 0, 0)
-    journal = Journal(folder)
+    return _read_journal(folder, lambda journal: JournalHead(folder, journal.epoch, journal.head_sequence,
+                                                             journal.head_hash))
+
+
+def _read_journal(folder: pathlib.Path, read, *args):
+    """`read(journal, *args)` in a child process, so a damaged LMDB page kills the child, not serve; damage names
+    the folder, since serve reads every shard's."""
     try:
-        return JournalHead(folder, journal.epoch, journal.head_sequence, journal.head_hash)
-    finally:
-        journal.close()
+        return read_in_child(folder, HEAD_READ_TIMEOUT_S, read, *args)
+    except CorruptionError as error:
+        raise CorruptionError(f"{folder}: {error}", error.sequence, error.damaged_record) from None
 
 
 def shard_roles(data: pathlib.Path, shard: int, replica: bool) -> tuple[pathlib.Path, pathlib.Path | None]:
@@ -93,11 +100,7 @@ def _diverged(leader: JournalHead, follower: JournalHead) -> bool:
         return False
     if follower.sequence > leader.sequence:
         return True
-    journal = Journal(leader.folder)
-    try:
-        expected = journal.entry_hash_at(follower.sequence)
-    finally:
-        journal.close()
+    expected = _read_journal(leader.folder, Journal.entry_hash_at, follower.sequence)
     # None: pruned at the leader, nothing left to compare with.
     return expected is not None and expected != follower.hash
 
@@ -160,13 +163,19 @@ class ShardProcess:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise ShardStartFailed(f"the shard at {self.config.data} stopped while starting (exit code "
-                                       f"{self.process.returncode}); its log says why")
+                raise ShardStartFailed(self._start_failure())
             reply = request_status(self.config.client_address, timeout_ms=500)
             if reply is not None and reply.status == ReplyStatus.OK:
                 return reply
             time.sleep(0.05)
         raise TimeoutError(f"shard at {self.config.data} not ready after {timeout_s} s")
+
+    def _start_failure(self) -> str:
+        code = self.process.returncode
+        if code < 0:  # a signal leaves no log line; LMDB's C code reading a damaged page dies of SIGSEGV or SIGBUS
+            return (f"the shard at {self.config.data} died of {signal_name(-code)} while starting: its journal may "
+                    f"be damaged; `paygate verify --data {self.config.data}` names the damage")
+        return f"the shard at {self.config.data} stopped while starting (exit code {code}); its log says why"
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None

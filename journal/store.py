@@ -7,9 +7,12 @@ entry's checksum and a link in the hash chain. One `append` is one write
 transaction and one fsync, whatever the number of entries in it.
 """
 
+import contextlib
 import hashlib
+import multiprocessing
 import os
 import pathlib
+import signal
 import struct
 
 import lmdb
@@ -31,6 +34,10 @@ DATA_FILE = "data.mdb"
 LMDB_META = struct.Struct("<16xII16xI92xQQ")
 LMDB_MAGIC = 0xBEEFC0DE
 LMDB_META_PAGES = 2
+# A child that answered, or died, is gone within this; one still there is killed.
+CHILD_EXIT_TIMEOUT_S = 5.0
+# Fork, not spawn: the child needs no imports and no pickled arguments, and starts in milliseconds.
+FORK = multiprocessing.get_context("fork")
 
 
 class CorruptionError(RuntimeError):
@@ -83,29 +90,54 @@ class Journal:
 
     def __init__(self, folder: pathlib.Path, map_size_bytes: int = DEFAULT_MAP_SIZE_BYTES, readonly: bool = False) -> None:
         """`readonly` (verify, replay) never creates or changes a file but LMDB's reader table (lock.mdb)."""
-        data_file = folder / "journal" / DATA_FILE
-        if readonly or data_file.exists():  # a shard too must not start on a file cut short (or map past its end)
-            check_data_file(data_file)
+        self.data_file = folder / "journal" / DATA_FILE
+        if readonly or self.data_file.exists():  # a shard too must not start on a file cut short (or map past its end)
+            check_data_file(self.data_file)
         if not readonly:
             folder.mkdir(parents=True, exist_ok=True)
-        self.environment = lmdb.open(
-            str(folder / "journal"),
-            map_size=map_size_bytes,
-            max_dbs=MAX_DATABASES,
-            sync=True,
-            metasync=True,
-            writemap=False,
-            readahead=False,
-            readonly=readonly,
-            create=not readonly,
-        )
+        with self._lmdb_damage_named():
+            self.environment = lmdb.open(
+                str(folder / "journal"),
+                map_size=map_size_bytes,
+                max_dbs=MAX_DATABASES,
+                sync=True,
+                metasync=True,
+                writemap=False,
+                readahead=False,
+                readonly=readonly,
+                create=not readonly,
+            )
         try:
-            self.entries, self.meta, self.results = (self.environment.open_db(name, create=not readonly)
-                                                     for name in (b"entries", b"meta", b"results"))
-        except lmdb.NotFoundError:
-            self.environment.close()
-            raise CorruptionError("the journal's tables are missing: damaged or not a journal") from None
-        self._reset_heads()
+            self.entries, self.meta, self.results = self._open_tables(readonly)
+            self._reset_heads()
+        except CorruptionError:
+            self.environment.close()  # LMDB must not be opened twice in one process: leave nothing open
+            raise
+
+    def _open_tables(self, readonly: bool) -> tuple:
+        with self._lmdb_damage_named():
+            try:
+                return tuple(self.environment.open_db(name, create=not readonly)
+                             for name in (b"entries", b"meta", b"results"))
+            except lmdb.NotFoundError:
+                raise CorruptionError("the journal's tables are missing: damaged or not a journal") from None
+
+    @contextlib.contextmanager
+    def _lmdb_damage_named(self, sequence: int = 0):
+        """LMDB's own errors (a damaged page, a page not found) become one CorruptionError naming the file, and the
+        entries read when `sequence` is known."""
+        try:
+            yield
+        except lmdb.Error as error:
+            reading = f", reading entries from {sequence} on" if sequence else ""
+            raise CorruptionError(f"{name_data_file(self.data_file)}{reading}: the LMDB file is damaged or unreadable "
+                                  f"({type(error).__name__}: {error})", sequence) from None
+
+    @contextlib.contextmanager
+    def _reading(self, database=None, sequence: int = 0):
+        """A read transaction whose LMDB errors are named as damage (see _lmdb_damage_named)."""
+        with self._lmdb_damage_named(sequence), self.environment.begin(db=database) as transaction:
+            yield transaction
 
     def _reset_heads(self) -> None:
         # head: durable on disk; prepared: chained in memory, possibly not yet written.
@@ -116,7 +148,7 @@ class Journal:
         self.environment.close()
 
     def _read_head(self) -> tuple[int, bytes]:
-        with self.environment.begin(db=self.entries) as transaction:
+        with self._reading(self.entries) as transaction:
             cursor = transaction.cursor()
             if not cursor.last():
                 return self.first_sequence() - 1, self._pruned_hash(transaction)
@@ -188,7 +220,7 @@ class Journal:
         self.write([], results)
 
     def has_result(self, sequence: int) -> bool:
-        with self.environment.begin(db=self.results) as transaction:
+        with self._reading(self.results, sequence) as transaction:
             return transaction.get(KEY.pack(sequence)) is not None
 
     def _grow(self) -> None:
@@ -233,7 +265,7 @@ class Journal:
         assert limit > 0
         records = []
         size = 0
-        with self.environment.begin(db=self.entries) as transaction:
+        with self._reading(self.entries, start_sequence) as transaction:
             cursor = transaction.cursor()
             if not cursor.set_range(KEY.pack(start_sequence)):
                 return records
@@ -274,7 +306,7 @@ class Journal:
         first = self.first_sequence()
         if sequence < first:
             return
-        with self.environment.begin() as transaction:
+        with self._reading() as transaction:
             previous_hash = self._pruned_hash(transaction)
         for entry in self.scan(first, previous_hash):
             if entry.sequence >= sequence:
@@ -283,7 +315,7 @@ class Journal:
     def read_results(self, start_sequence: int, limit: int) -> list[tuple[Entry, bytes]]:
         """Up to `limit` checked entries from `start_sequence` on, each with its encoded result."""
         pairs = []
-        with self.environment.begin() as transaction:
+        with self._reading(sequence=start_sequence) as transaction:
             cursor = transaction.cursor(db=self.entries)
             if not cursor.set_range(KEY.pack(start_sequence)):
                 return pairs
@@ -297,14 +329,14 @@ class Journal:
         return pairs
 
     def entry_hash_at(self, sequence: int) -> bytes | None:
-        with self.environment.begin(db=self.entries) as transaction:
+        with self._reading(self.entries, sequence) as transaction:
             value = transaction.get(KEY.pack(sequence))
             return bytes(value[:HASH_BYTES]) if value is not None else None
 
     # Metadata (epoch, pruning point)
 
     def get_meta(self, key: bytes) -> bytes | None:
-        with self.environment.begin(db=self.meta) as transaction:
+        with self._reading(self.meta) as transaction:
             value = transaction.get(key)
             return bytes(value) if value is not None else None
 
@@ -322,9 +354,59 @@ class Journal:
         self.set_meta(b"epoch", KEY.pack(epoch))
 
 
+def read_in_child(folder: pathlib.Path, timeout_s: float, read, *args, readonly: bool = False):
+    """`read(journal, *args)` on the folder's journal in a forked child; returns what it returns, raises what it raises.
+
+    LMDB's C code reading a damaged page can die of SIGSEGV or SIGBUS: then only the child dies, and that is a
+    CorruptionError naming the file. A child still reading after `timeout_s` is killed (TimeoutError).
+    """
+    name = name_data_file(folder / "journal" / DATA_FILE)
+    receiver, sender = FORK.Pipe(duplex=False)
+    child = FORK.Process(target=_answer, args=(sender, folder, readonly, read, args), daemon=True)
+    child.start()
+    sender.close()  # the child's end alone stays open: its death reads as the end of the pipe here
+    try:
+        if not receiver.poll(timeout_s):
+            child.kill()
+            raise TimeoutError(f"{name}: still reading it after {timeout_s:g} s; stopped")
+        returned, value = receiver.recv()
+    except EOFError:
+        child.join(CHILD_EXIT_TIMEOUT_S)
+        if child.exitcode is not None and child.exitcode < 0:
+            raise CorruptionError(f"{name}: reading it crashed LMDB ({signal_name(-child.exitcode)}): its pages are "
+                                  "damaged; restore the folder from a replica or a backup") from None
+        raise ChildProcessError(f"{name}: the process reading it ended without an answer "
+                                f"(exit code {child.exitcode})") from None
+    finally:
+        receiver.close()
+        child.join(CHILD_EXIT_TIMEOUT_S)
+        child.kill()  # a no-op once it has exited
+        child.join()
+    if returned:
+        return value
+    raise value
+
+
+def _answer(sender, folder: pathlib.Path, readonly: bool, read, args: tuple) -> None:
+    try:
+        with contextlib.closing(Journal(folder, readonly=readonly)) as journal:
+            answer = (True, read(journal, *args))
+    except BaseException as error:  # raised again in the parent, as if no child had run
+        answer = (False, error)
+    sender.send(answer)
+
+
+def signal_name(number: int) -> str:
+    """A signal's name (SIGBUS); a real-time signal, which has none, by its number."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 def check_data_file(path: pathlib.Path) -> None:
     """Refuse a data.mdb shorter than its meta pages say: LMDB maps it whole and would die of SIGBUS past its end."""
-    name = f"{path.parent.name}/{path.name}"
+    name = name_data_file(path)
     try:
         size = path.stat().st_size
         metas = _lmdb_metas(path)
@@ -337,6 +419,11 @@ def check_data_file(path: pathlib.Path) -> None:
         raise CorruptionError(f"{name}: its meta page is damaged (page size {page_size})")
     if size < (last_page + 1) * page_size:
         raise CorruptionError(f"{name} is truncated: {size} bytes, its pages need {(last_page + 1) * page_size}")
+
+
+def name_data_file(path: pathlib.Path) -> str:
+    """How messages name a data.mdb: journal/data.mdb, beside the shard folder each message names first."""
+    return f"{path.parent.name}/{path.name}"
 
 
 def _lmdb_metas(path: pathlib.Path) -> list[tuple]:

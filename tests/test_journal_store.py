@@ -7,9 +7,11 @@ damage it there. Expected states come from engines fed the same encoded batches
 directly, decoded afresh per engine (the engine takes ownership of its structs).
 """
 
+import concurrent.futures
 import contextlib
 import os
 import pathlib
+import random
 import shutil
 import subprocess
 import sys
@@ -17,6 +19,7 @@ import sys
 import lmdb
 import pytest
 
+from edge_harness import Server
 from engine import Account, Batch, CreateAccounts, CreateTransfers, Engine, Transfer
 from journal.recovery import AHEAD_OF_JOURNAL, batch_decoder, batch_encoder, recover, replay_from_scratch
 from journal.store import (GENESIS_HASH, HASH_BYTES, SNAPSHOT_HEADER, CorruptionError, Entry, Journal, Snapshots,
@@ -390,17 +393,27 @@ def test_epoch_persists_across_reopen(tmp_path):
 # The operator commands on a damaged folder: one line naming the folder and the damage, exit 1, nothing written
 
 LMDB_PAGE_BYTES = 4096  # the OS page size LMDB used on the machines these tests run on
+# A page's 16-byte header ends here; its nodes' offsets in the page (2 bytes each, little-endian) follow.
+FIRST_NODE_POINTER = 16
 
 
-def flip_in_lmdb_pages(folder: pathlib.Path) -> None:
-    """Flip the first node pointer of every page holding the last entry: LMDB's own B-tree, not our record, is hurt."""
+def flip_in_lmdb_pages(folder: pathlib.Path, byte: int = FIRST_NODE_POINTER, marker: bytes = needle(BATCHES)) -> None:
+    """Flip `byte` of every page holding `marker` (by default, the last entry): LMDB's own B-tree, not our record, is
+    hurt.
+
+    The first node pointer's low byte moves the node within its page (LMDB reads a bad node and says so); its high
+    byte moves it tens of KiB on, past the file's end, where LMDB's C code dies of SIGBUS."""
     path = journal_file(folder)
     data = bytearray(path.read_bytes())
-    pages = {offset // LMDB_PAGE_BYTES for offset in range(len(data)) if data.startswith(needle(BATCHES), offset)}
+    pages = {offset // LMDB_PAGE_BYTES for offset in range(len(data)) if data.startswith(marker, offset)}
     assert pages
     for page in pages:
-        data[page * LMDB_PAGE_BYTES + 16] ^= 0xFF
+        data[page * LMDB_PAGE_BYTES + byte] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def crash_lmdb(folder: pathlib.Path) -> None:
+    flip_in_lmdb_pages(folder, FIRST_NODE_POINTER + 1)
 
 
 def empty_journal_folder(folder: pathlib.Path) -> None:
@@ -418,6 +431,7 @@ DAMAGE = [
     pytest.param(lambda folder: flip_every(journal_file(folder), needle(4)), "journal entry 4: checksum mismatch",
                  id="entry"),
     pytest.param(flip_in_lmdb_pages, "LMDB file is damaged", id="lmdb-page"),
+    pytest.param(crash_lmdb, "journal/data.mdb: reading it crashed LMDB (SIG", id="lmdb-crash"),
     pytest.param(lambda folder: os.truncate(journal_file(folder), 0), "data.mdb (0 bytes) is truncated", id="empty"),
     pytest.param(lambda folder: os.truncate(journal_file(folder), 8192), "data.mdb is truncated: 8192 bytes",
                  id="truncated"),
@@ -451,6 +465,91 @@ def test_replay_of_a_pruned_journal_says_so(tmp_path):
     assert result.returncode == 1
     assert f"paygate replay: {tmp_path}: journal starts at entry 5: pruned" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_lmdb_errors_on_a_damaged_page_are_corruption_naming_the_file_and_the_entries_read(tmp_path):
+    build_journal(tmp_path)
+    flip_in_lmdb_pages(tmp_path)
+    with opened(tmp_path, readonly=True) as journal:
+        with pytest.raises(CorruptionError, match=r"^journal/data.mdb, reading entries from 1 on: the LMDB file is "
+                                                  r"damaged or unreadable \(CorruptedError: ") as raised:
+            list(journal.scan(1, GENESIS_HASH))
+    assert (raised.value.sequence, raised.value.damaged_record) == (1, False)
+    with pytest.raises(CorruptionError, match="the LMDB file is damaged"):
+        recover_folder(tmp_path)  # refused, not repaired: not a torn last entry
+    with opened(tmp_path, readonly=True) as journal:
+        assert journal.head_sequence == BATCHES
+
+
+@pytest.mark.parametrize("damage, message", [
+    pytest.param(crash_lmdb, "the shard at {folder} died of SIG", id="in-the-shard"),
+    pytest.param(lambda folder: flip_in_lmdb_pages(folder, FIRST_NODE_POINTER + 1, b"entries"),
+                 "{folder}: journal/data.mdb: reading it crashed LMDB (SIG", id="in-serve"),
+])
+def test_serve_on_lmdb_pages_that_crash_lmdb_says_so_in_one_line(tmp_path, damage, message):
+    """The shard's recovery (or serve's own look at the journal's head, whose table names are damaged here) dies of a
+    signal: serve names the shard's folder and the signal in one line, exit 1, no traceback."""
+    folder = tmp_path / "data" / "shard-0"
+    build_journal(folder)
+    damage(folder)
+    server = Server(tmp_path / "data")
+    with pytest.raises(RuntimeError) as failed:
+        server.start()
+    assert server.process.wait(30) == 1
+    lines = [line for line in str(failed.value).splitlines() if line.startswith("paygate serve:")]
+    assert len(lines) == 1 and message.format(folder=folder) in lines[0], str(failed.value)
+    assert "Traceback" not in str(failed.value)
+
+
+# A byte flipped anywhere in LMDB's pages: verify and replay name the damage or find none, never die of a signal
+
+FUZZ_BATCHES = 40  # enough entries for branch pages above their leaves
+FUZZ_SEED = 20261203
+# A page's header and first node pointers: what LMDB's C code follows without checking.
+PAGE_HEAD_BYTES = 32
+FUZZ_WORKERS = 2  # commands at a time: each keeps a CPU busy
+
+
+def fuzz_offsets(path: pathlib.Path, count: int) -> list[int]:
+    """About `count` offsets from page 2 on (0 and 1 are LMDB's meta pages, which check_data_file reads first): half in
+    the head of a page, half anywhere."""
+    chance = random.Random(FUZZ_SEED)
+    pages = path.stat().st_size // LMDB_PAGE_BYTES
+    heads = [chance.randrange(2, pages) * LMDB_PAGE_BYTES + chance.randrange(PAGE_HEAD_BYTES)
+             for _ in range(count // 2)]
+    anywhere = [chance.randrange(2 * LMDB_PAGE_BYTES, pages * LMDB_PAGE_BYTES) for _ in range(count - count // 2)]
+    return sorted(set(heads + anywhere))
+
+
+def run_on_flipped_copies(source: pathlib.Path, command: str, offsets: list[int]) -> list:
+    """(offset, folder, result) of `paygate command` on a copy of `source` per offset, that byte of data.mdb flipped."""
+    def run(offset: int):
+        folder = source.with_name(f"flipped-{offset}")
+        shutil.copytree(source, folder)
+        path = journal_file(folder)
+        path.write_bytes(flip_byte(path.read_bytes(), offset))
+        return offset, folder, run_cli(command, folder)
+
+    with concurrent.futures.ThreadPoolExecutor(FUZZ_WORKERS) as pool:
+        return list(pool.map(run, offsets))
+
+
+@pytest.mark.parametrize("command, count", [
+    ("verify", 20),
+    ("replay", 6),
+    pytest.param("verify", 400, marks=pytest.mark.slow),
+    pytest.param("replay", 150, marks=pytest.mark.slow),
+])
+def test_a_flipped_byte_in_lmdb_pages_is_named_in_one_line_or_harmless_never_a_signal(tmp_path, command, count):
+    source = tmp_path / "source"
+    build_journal(source, FUZZ_BATCHES, snapshot_at=(FUZZ_BATCHES // 2,))
+    for offset, folder, result in run_on_flipped_copies(source, command, fuzz_offsets(journal_file(source), count)):
+        output = result.stdout + result.stderr
+        # A negative code: a signal ended the command.
+        assert result.returncode in (0, 1), (offset, result.returncode, output)
+        assert "Traceback" not in output, (offset, output)
+        if result.returncode:
+            assert len(output.splitlines()) == 1 and str(folder) in output, (offset, output)
 
 
 @pytest.mark.parametrize("size", [0, 8192])
