@@ -6,6 +6,7 @@ rolled back from an undo log, so a chain moves money as one or not at all.
 """
 
 import heapq
+import sys
 from bisect import bisect_left, bisect_right
 
 from engine.codes import TRANSIENT_TRANSFER_NUMBERS, AccountCode, TransferCode
@@ -65,6 +66,7 @@ class Ledger:
         existing = self.accounts.get(account.id)
         if existing is not None:
             return _account_exists_code(account, existing)
+        account.currency = sys.intern(account.currency)  # one string per currency: compared by identity, stored once
         account.timestamp = timestamp
         account.transfers = []
         account.history = [] if account.flags & HISTORY else None

@@ -8,6 +8,7 @@ answer an Outcome, and their money moves are ledger transfers.
 import collections
 import hashlib
 import heapq
+import sys
 
 import msgspec
 
@@ -128,6 +129,8 @@ class Engine:
         engine.timestamp = snapshot.timestamp
         ledger = engine.ledger
         ledger.accounts = {account.id: account for account in snapshot.accounts}
+        for account in snapshot.accounts:
+            account.currency = sys.intern(account.currency)  # as create_accounts leaves it
         ledger.failed_ids = set(snapshot.failed_ids)
         ledger.pending_states = dict(snapshot.pending_states)
         ledger.expiries = list(snapshot.expiries)
