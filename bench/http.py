@@ -29,7 +29,9 @@ measures the server, not the bucket; more load means more merchants.
 Statistics are reset once all users are spawned (`--reset-stats`), so set-up
 requests and the ramp are left out. Rows: each request name (from locust's
 CSV), failures by error, the CPU each process used during the steady part of
-the run (2 cores = 200%), the ledger's double-entry check after the run. The
+the run (2 cores = 200%), the ledger's double-entry check after the run, and each
+route's latency as the edge itself measured it (its Prometheus histogram, so
+bucket bounds: "at most"; the scrape is kept in bench/out/http_metrics.txt). The
 RESULT line: `requests_per_s` is successful single requests per second over
 all single-request names; `p50_ms` / `p99_ms` are over their merged histogram
 (locust's 1 ms buckets); `batch_transfers_per_s` is successful batch requests
@@ -45,9 +47,11 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 import orjson
 import psutil
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.names import BATCH, CAPTURE, SETUP
 
@@ -206,6 +210,32 @@ def read_stats(report: Report) -> tuple[float, float, float]:
     return single_per_s, batches_per_s, captures_per_s
 
 
+def report_server_latency(server: PaygateServer, report: Report) -> None:
+    """Each route's latency as the edge measured it (handler start to response, from its Prometheus histogram):
+    set beside locust's figures, it shows how much of a response time was spent waiting outside paygate."""
+    with urllib.request.urlopen(server.url + "/metrics", timeout=30) as response:
+        text = response.read().decode()
+    (OUT / "http_metrics.txt").write_text(text)
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "paygate_http_request_seconds":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                buckets.setdefault(sample.labels["route"], []).append((float(sample.labels["le"]), sample.value))
+    for route, counts in sorted(buckets.items()):
+        counts.sort()
+        total = counts[-1][1]
+        if total:
+            report.row(server_route=route, requests=round(total), server_p50_ms_at_most=_bucket_ms(counts, 0.50 * total),
+                       server_p99_ms_at_most=_bucket_ms(counts, 0.99 * total))
+
+
+def _bucket_ms(counts: list[tuple[float, float]], wanted: float) -> float:
+    """The upper bound (ms) of the first cumulative bucket holding `wanted` requests."""
+    return next(bound for bound, count in counts if count >= wanted) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=80, help="order-and-wallet users (3 requests per checkout)")
@@ -259,6 +289,7 @@ def main() -> None:
             cpu = run_locust(args, server, keys_file, latency_file, report)
             status, check = server.request("GET", "/v1/admin/ledger_check", key=server.admin_token)
             report.row(ledger_check="ok" if status == 200 and check.get("ok") else f"FAILED HTTP {status} {check}")
+            report_server_latency(server, report)
         finally:
             exit_code = server.stop()
             if exit_code:
