@@ -31,7 +31,7 @@ import time
 
 import msgspec
 
-from bench.http import CpuSampler
+from bench.http import run_headless_locust
 from bench.names import CAPTURE
 from bench.report import OUT, Report
 from bench.server import HOST, ROOT, free_port
@@ -82,29 +82,12 @@ def start_apps(workers: int) -> tuple[int, list[subprocess.Popen]]:
 
 def run_locust(scenario: Scenario, port: int, apps: list[subprocess.Popen], args) -> dict[str, float]:
     """One headless locust run; the CPU each process role used after the ramp."""
-    prefix = OUT / f"ceiling_{scenario.name}"
-    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), scenario.user_class, "--headless",
-               "--processes", str(args.locust_processes), "-u", str(scenario.users), "-r", str(SPAWN_RATE),
-               "-t", f"{args.duration}s", "--host", f"http://{HOST}:{port}", "--csv", str(prefix),
-               "--reset-stats", "--only-summary", "--stop-timeout", "0"]
-    environment = {**os.environ, "PAYGATE_CEILING_RATE": str(scenario.rate_per_user)}
-    with open(f"{prefix}_locust.log", "w") as log:
-        locust = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
-        started = time.monotonic()
-        try:
-            time.sleep(1.0)  # let locust fork its processes before listing them
-            sampler = CpuSampler([locust.pid, *(app.pid for app in apps)])
-            while locust.poll() is None:
-                sampler.sample()
-                if time.monotonic() > started + args.duration + 60:
-                    raise TimeoutError(f"locust ran past its {args.duration} s limit; see {prefix}_locust.log")
-                time.sleep(1.0)
-        finally:
-            if locust.poll() is None:
-                locust.kill()
-                locust.wait()
-    ramp_s = scenario.users / SPAWN_RATE + 2
-    return sampler.percent(started + ramp_s, started + args.duration - 1)
+    options = [scenario.user_class, "--processes", str(args.locust_processes), "-u", str(scenario.users),
+               "-r", str(SPAWN_RATE), "--host", f"http://{HOST}:{port}"]
+    _, cpu = run_headless_locust(LOCUSTFILE, f"ceiling_{scenario.name}", options,
+                                 {"PAYGATE_CEILING_RATE": str(scenario.rate_per_user)}, [app.pid for app in apps],
+                                 args.duration, scenario.users / SPAWN_RATE + 2)
+    return cpu
 
 
 def read_rows(scenario: Scenario) -> dict[str, dict[str, str]]:

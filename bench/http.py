@@ -125,16 +125,44 @@ class CpuSampler:
         return figures
 
 
+def run_headless_locust(locustfile: pathlib.Path, name: str, options: list[str], environment: dict[str, str],
+                        watched_pids: list[int], duration_s: int, ramp_s: float) -> tuple[int, dict[str, float]]:
+    """Run locust headless on `locustfile` for `duration_s` with `options` (users, host, ...), its CSVs and log
+    under bench/out/ as `name`_*; its exit code, and the CPU of each process role (locust's and those of
+    `watched_pids`) over the steady part, after `ramp_s`."""
+    command = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "-t", f"{duration_s}s",
+               "--csv", str(OUT / name), "--reset-stats", "--only-summary", "--stop-timeout", "0", *options]
+    log_path = OUT / f"{name}_locust.log"
+    with open(log_path, "w") as log:
+        locust = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                                  env={**os.environ, **environment})
+        started = time.monotonic()
+        try:
+            time.sleep(0.5)  # let locust start before listing processes
+            sampler = CpuSampler([*watched_pids, locust.pid])
+            deadline = started + duration_s + 120
+            while locust.poll() is None:
+                sampler.sample()
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"locust ran past its {duration_s} s limit; see {log_path}")
+                time.sleep(CPU_SAMPLE_S)
+        finally:
+            if locust.poll() is None:
+                locust.kill()
+                locust.wait()
+    # locust exits 1 when any request failed; the failures are reported from its CSV, the figures stand
+    if locust.returncode not in (0, 1) or not (OUT / f"{name}_stats.csv").exists():
+        raise RuntimeError(f"locust exited with {locust.returncode}; see {log_path}:\n"
+                           + "".join(log_path.read_text().splitlines(keepends=True)[-30:]))
+    return locust.returncode, sampler.percent(started + ramp_s, started + duration_s - 1)
+
+
 def run_locust(args, server: PaygateServer, keys_file: pathlib.Path, latency_file: pathlib.Path,
                report: Report) -> dict[str, float]:
     """Run locust headless to its time limit; the CPU figures of its steady part."""
     users = args.users + args.batch_users
-    command = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "-u", str(users),
-               "-r", str(args.spawn_rate), "-t", f"{args.duration}s", "--host", server.url,
-               "--csv", str(OUT / "http"), "--html", str(OUT / "http.html"), "--reset-stats", "--only-summary",
-               "--stop-timeout", "0"]
+    options = ["-u", str(users), "-r", str(args.spawn_rate), "--host", server.url, "--html", str(OUT / "http.html")]
     environment = {
-        **os.environ,
         "PAYGATE_BENCH_MERCHANTS": str(keys_file),
         "PAYGATE_BENCH_LATENCY_FILE": str(latency_file),
         "PAYGATE_BENCH_CHECKOUTS_PER_S": str(args.checkouts_per_s),
@@ -144,30 +172,10 @@ def run_locust(args, server: PaygateServer, keys_file: pathlib.Path, latency_fil
         "PAYGATE_BENCH_SINGLE_USERS": "1" if args.users else "0",
         "PAYGATE_BENCH_CARD_USERS": "0" if args.without_actors else "1",
     }
-    log_path = OUT / "http_locust.log"
-    with open(log_path, "w") as log:
-        locust = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=environment)
-        started = time.monotonic()
-        try:
-            time.sleep(0.5)  # let locust start before listing processes
-            sampler = CpuSampler([server.process.pid, locust.pid])
-            deadline = started + args.duration + 120
-            while locust.poll() is None:
-                sampler.sample()
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"locust ran past its {args.duration} s limit; see {log_path}")
-                time.sleep(CPU_SAMPLE_S)
-        finally:
-            if locust.poll() is None:
-                locust.kill()
-                locust.wait()
-    ramp_s = users / args.spawn_rate + 2
-    # locust exits 1 when any request failed; the failures are reported below, the figures stand
-    if locust.returncode not in (0, 1) or not (OUT / "http_stats.csv").exists():
-        raise RuntimeError(f"locust exited with {locust.returncode}; see {log_path}:\n"
-                           + "".join(log_path.read_text().splitlines(keepends=True)[-30:]))
-    report.row(locust_exit_code=locust.returncode, locust_log=str(log_path.relative_to(ROOT)))
-    return sampler.percent(started + ramp_s, started + args.duration - 1)
+    exit_code, cpu = run_headless_locust(LOCUSTFILE, "http", options, environment, [server.process.pid],
+                                         args.duration, users / args.spawn_rate + 2)
+    report.row(locust_exit_code=exit_code, locust_log=str((OUT / "http_locust.log").relative_to(ROOT)))
+    return cpu
 
 
 def percentile(histogram: list[tuple[int, int]], count: int, fraction: float) -> int:
