@@ -36,7 +36,7 @@ OWNER_SEPARATOR = ":"
 ACCOUNTS_ON_DIFFERENT_SHARDS = "accounts_on_different_shards"
 
 
-class _SubmitIds:
+class SubmitIds:
     """This process's Submit ids: 8 random bytes drawn anew in every process (forked ones too), then a counter."""
 
     def __init__(self) -> None:
@@ -50,8 +50,8 @@ class _SubmitIds:
         return self.prefix + next(self.counter).to_bytes(8, "big")
 
 
-_submit_ids = _SubmitIds()
-os.register_at_fork(after_in_child=_submit_ids.renew)
+submit_ids = SubmitIds()
+os.register_at_fork(after_in_child=submit_ids.renew)
 
 
 class EntriesPruned(RuntimeError):
@@ -220,7 +220,7 @@ class ShardClient:
 
     async def submit(self, commands: list) -> Reply:
         """Commands applied once, however often `request` re-sends them: the Submit's id goes with every copy."""
-        return await self.request(Submit(commands, _submit_ids.next()))
+        return await self.request(Submit(commands, submit_ids.next()))
 
     async def read(self, query: Query) -> Answer:
         return (await self.read_many([query]))[0]

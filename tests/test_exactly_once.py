@@ -12,12 +12,12 @@ import pynng
 import pytest
 
 from engine import CreateTransfers, Transfer
-from journal.client import ShardClient
+from journal.client import ShardClient, submit_ids
 from journal.processes import request_status
 from journal.recovery import batch_decoder
 from journal.shard import ShardConfig
 from journal.store import Snapshots
-from journal.wire import ReplyStatus, Submit, reply_decoder, request_encoder
+from journal.wire import SUBMIT_ID_MAX_BYTES, ReplyStatus, Submit, reply_decoder, request_encoder
 from shard_harness import CURRENCY, Load, account_id, address, free_ports, primary_config, replica_pair, start
 
 AMOUNT = 7
@@ -94,6 +94,31 @@ def test_copies_that_arrive_together_are_applied_once_and_answered_alike(shard):
     config, _, client = shard
     replies = send_all(config.client_address, [submit_bytes()] * 4)
     assert_applied_once(client, replies, copies=4)
+
+
+def test_a_submit_id_past_its_limit_is_refused(shard):
+    config, _, _ = shard
+    transfer = Transfer("test:long", account_id(1), account_id(2), AMOUNT, CURRENCY)
+    message = request_encoder.encode(Submit([CreateTransfers([transfer])], b"x" * (SUBMIT_ID_MAX_BYTES + 1)))
+    (reply,) = send_all(config.client_address, [message])
+    assert reply.status == ReplyStatus.INVALID and "submit id" in reply.message
+
+
+def test_each_process_draws_its_own_submit_ids():
+    """Edge workers and actors are forked or started apart: none may take another's ids for its own."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(write_end, submit_ids.next())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read_end, 64)
+    os.close(read_end)
+    os.close(write_end)
+    mine = submit_ids.next()
+    assert len(child) == len(mine) == 16
+    assert child[:8] != mine[:8]
+    assert int.from_bytes(submit_ids.next()[8:], "big") == int.from_bytes(mine[8:], "big") + 1
 
 
 @pytest.mark.parametrize("shard", [{}, {"snapshot_every_batches": 1}], indirect=True, ids=["journal", "snapshot"])
