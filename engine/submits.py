@@ -47,7 +47,10 @@ def spans_cover(spans: list[SubmitSpan], command_count: int) -> bool:
 
 
 def _result_bytes(results: list[list[int] | bytes]) -> int:
-    return sum(len(result) * CODE_BYTES if type(result) is list else len(result) for result in results)
+    size = 0
+    for result in results:
+        size += len(result) * CODE_BYTES if type(result) is list else len(result)
+    return size
 
 
 class SubmitWindow:
