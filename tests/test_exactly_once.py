@@ -17,7 +17,7 @@ from journal.processes import request_status
 from journal.recovery import batch_decoder
 from journal.shard import ShardConfig
 from journal.store import Snapshots
-from journal.wire import SUBMIT_ID_MAX_BYTES, ReplyStatus, Submit, reply_decoder, request_encoder
+from journal.wire import SUBMIT_ID_MAX_BYTES, Promote, ReplyStatus, Submit, reply_decoder, request_encoder
 from shard_harness import CURRENCY, Load, account_id, address, free_ports, primary_config, replica_pair, start
 
 AMOUNT = 7
@@ -138,6 +138,26 @@ def test_a_copy_after_a_restart_is_still_applied_once(shard):
         assert_applied_once(client, replies, copies=2)
     finally:
         restarted.kill()
+
+
+def test_a_copy_sent_to_the_promoted_replica_is_applied_once(tmp_path):
+    """The replica applied the first copy from the primary's journal: once promoted, it answers the copy alike."""
+    primary_config_, replica_config = replica_pair(tmp_path)
+    replica = start(replica_config)
+    primary = start(primary_config_)
+    client = ShardClient([primary_config_.client_address, replica_config.client_address], timeout_ms=5000)
+    try:
+        asyncio.run(Load(client).create_accounts())
+        replies = send_all(primary_config_.client_address, [submit_bytes()])
+        primary.kill()
+        (promoted,) = send_all(replica_config.client_address, [request_encoder.encode(Promote())])
+        assert promoted.status == ReplyStatus.OK
+        replies += send_all(replica_config.client_address, [submit_bytes()])
+        assert_applied_once(client, replies, copies=2)
+    finally:
+        client.close()
+        primary.kill()
+        replica.kill()
 
 
 def test_a_retry_after_a_reply_timeout_is_applied_once(tmp_path):
