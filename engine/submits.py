@@ -34,6 +34,8 @@ class SubmitSpan(msgspec.Struct, array_like=True, gc=False):
 
 
 class SubmitRecord(msgspec.Struct, array_like=True, gc=False):
+    """A Submit the engine applied at `created_at`, with what it answered."""
+
     submit_id: bytes
     created_at: int
     # One per command: a ledger command's codes as they were answered; an Outcome encoded when it was answered
@@ -54,6 +56,8 @@ def _result_bytes(results: list[list[int] | bytes]) -> int:
 
 
 class SubmitWindow:
+    """Records of the Submits applied lately, by id and oldest first, within both bounds."""
+
     def __init__(self) -> None:
         self.records: collections.deque[SubmitRecord] = collections.deque()  # oldest first
         self.by_id: dict[bytes, SubmitRecord] = {}

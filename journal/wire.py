@@ -40,10 +40,11 @@ class Submit(msgspec.Struct, tag="submit", array_like=True):
 
 
 class ReceivedSubmit(msgspec.Struct, tag="submit", array_like=True):
-    """A Submit's commands as they arrived, undecoded: the shard journals these bytes rather than encode again."""
+    """A Submit's commands as they arrived, undecoded: the shard journals these bytes rather than encode again.
+
+    Its id is left out (decoding ignores trailing fields): the shard takes it from the decoded Submit."""
 
     commands: list[msgspec.Raw]
-    submit_id: bytes = b""
 
 
 class JournaledBatch(msgspec.Struct, array_like=True):
