@@ -48,6 +48,7 @@ from actors.psp import (
     subject,
 )
 from actors.runtime import die_with_parent
+from engine.batch import applied_commands
 from engine.payments import OPEN_STATUSES
 from engine.queries import FindPayment, GetPaymentRecord
 from engine.records import (
@@ -178,7 +179,7 @@ class ProviderFollowerActor:
         commerce = any(type(result) is Outcome for result in entry.result.results)
         commands = batch_decoder.decode(entry.payload).commands if commerce else []
         commanded = set()
-        for command, result in zip(commands, entry.result.results):
+        for command, result in applied_commands(commands, entry.result):
             if type(result) is not Outcome or result.replayed:
                 continue
             inner = command.command if type(command) is Idempotent else command

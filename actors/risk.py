@@ -31,7 +31,7 @@ from msgspec import Meta
 from actors.risk_table import BLOCKLIST_OWNER, TABLE_FILE, Flag, RiskKind, RiskTable, risk_attributes, risk_key, \
     table_encoder
 from actors.runtime import NAMESPACE, die_with_parent
-from engine.batch import Batch, BatchResult
+from engine.batch import Batch, BatchResult, applied_commands
 from engine.queries import ListBlocklist
 from engine.records import AddToBlocklist, BlocklistEntry, CreatePayment, Idempotent, Outcome, Payment, \
     PayOrderFromWallet, RemoveFromBlocklist
@@ -212,7 +212,7 @@ class RiskState:
         self.changed = True
 
     def apply(self, batch: Batch, result: BatchResult) -> None:
-        for command, outcome in zip(batch.commands, result.results):
+        for command, outcome in applied_commands(batch.commands, result):
             if type(outcome) is not Outcome or outcome.code != "ok" or outcome.replayed:
                 continue  # refused, or an idempotent replay of what was counted the first time
             kind = type(command.command if type(command) is Idempotent else command)

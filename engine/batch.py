@@ -3,6 +3,7 @@
 import msgspec
 
 from engine.records import CommerceCommand, Idempotent, Outcome
+from engine.submits import SubmitSpan
 from engine.types import CreateAccounts, CreateTransfers, Event
 
 Command = CreateAccounts | CreateTransfers | CommerceCommand | Idempotent
@@ -14,6 +15,8 @@ class Batch(msgspec.Struct, array_like=True):
     sequence: int
     timestamp: int
     commands: list[Command]
+    # The Submits the commands came in, in order, covering them all; empty in batches journaled before Submits had ids.
+    submits: list[SubmitSpan] = []
 
 
 class BatchResult(msgspec.Struct, array_like=True):
@@ -21,3 +24,14 @@ class BatchResult(msgspec.Struct, array_like=True):
     # One entry per command: a code per item for account and transfer commands, else an Outcome.
     results: list[list[int] | Outcome]
     events: list[Event]
+    # Indexes of the commands that a re-sent Submit brought: answered with the first results, nothing applied.
+    duplicates: list[int] = []
+
+
+def applied_commands(commands: list[Command], result: BatchResult):
+    """(command, result) of each command the batch applied: a re-sent Submit's copies are left out."""
+    if not result.duplicates:
+        return zip(commands, result.results)
+    duplicates = set(result.duplicates)
+    pairs = zip(commands, result.results)
+    return (pair for index, pair in enumerate(pairs) if index not in duplicates)

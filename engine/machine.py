@@ -13,11 +13,13 @@ import sys
 import msgspec
 
 from engine.batch import Batch, BatchResult
+from engine.check import check
 from engine.commerce import Commerce, IdempotencyRecord
 from engine.ledger import Ledger
 from engine.queries import Answer, Query, answer
 from engine.payments import OPEN_STATUSES, Payments
 from engine.records import BlocklistEntry, Customer, Merchant, Order, Payment, Payout, Refund, VaultedCard
+from engine.submits import SubmitRecord, SubmitWindow, spans_cover
 from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Event, Transfer
 from engine.verify import verify_ledger
 
@@ -45,6 +47,7 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     cards: list[tuple[str, VaultedCard]]
     blocklist: list[BlocklistEntry] = []
     callback_signatures: list[tuple[str, int]] = []
+    submits: list[SubmitRecord] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -55,6 +58,7 @@ class Engine:
     def __init__(self) -> None:
         self.ledger = Ledger()
         self.commerce = Commerce(self.ledger)
+        self.submits = SubmitWindow()
         self.sequence = 0
         self.timestamp = 0
 
@@ -63,14 +67,37 @@ class Engine:
         assert batch.sequence == self.sequence + 1, (batch.sequence, self.sequence)
         # Time zero means "not yet stamped" on a transfer, so a batch's time is never zero.
         assert batch.timestamp > 0 and batch.timestamp >= self.timestamp, (batch.timestamp, self.timestamp)
+        check(not batch.submits or spans_cover(batch.submits, len(batch.commands)), "submits must cover the commands")
         self.sequence = batch.sequence
         self.timestamp = timestamp = batch.timestamp
         events: list[Event] = self.ledger.expire(timestamp)
         events += self.commerce.advance(timestamp, [event.object_id for event in events])
-        results = [self._apply_command(command, timestamp) for command in batch.commands]
+        if batch.submits:
+            results, duplicates = self._apply_submits(batch, timestamp)
+        else:
+            results, duplicates = [self._apply_command(command, timestamp) for command in batch.commands], []
         events += self.commerce.events
         self.commerce.events.clear()
-        return BatchResult(batch.sequence, results, events)
+        return BatchResult(batch.sequence, results, events, duplicates)
+
+    def _apply_submits(self, batch: Batch, timestamp: int) -> tuple[list, list[int]]:
+        """Each Submit's commands at most once: a Submit id still in the window answers its first results again."""
+        commands = batch.commands
+        window = self.submits
+        window.forget_before(timestamp)
+        results: list = []
+        duplicates: list[int] = []
+        for span in batch.submits:
+            start = len(results)
+            first = window.first_results(span)
+            if first is None:
+                end = start + span.command_count
+                first = [self._apply_command(command, timestamp) for command in commands[start:end]]
+                window.remember(span.submit_id, first, timestamp)
+            else:
+                duplicates += range(start, start + span.command_count)
+            results += first
+        return results, duplicates
 
     def _apply_command(self, command, timestamp: int):
         kind = type(command)
@@ -119,6 +146,7 @@ class Engine:
             cards=list(commerce.payments.cards.items()),
             blocklist=list(commerce.blocklist.values()),
             callback_signatures=list(commerce.payments.callback_signatures.items()),
+            submits=self.submits.snapshot(),
         )
 
     @classmethod
@@ -137,6 +165,7 @@ class Engine:
         _restore_histories(ledger, snapshot.histories)
         _restore_transfers(ledger, snapshot.transfers)
         _restore_commerce(engine.commerce, snapshot)
+        engine.submits.restore(snapshot.submits)
         return engine
 
     def state_hash(self) -> str:

@@ -3,12 +3,16 @@
 `ShardClient` talks to one shard (its primary and, if any, its replica): it
 keeps a bounded pool of channels, follows the process that answers as primary
 with the highest epoch, and retries a busy shard a bounded number of times.
+Each Submit carries an id of this process's, the same in every copy a retry
+sends, so the shard applies it once and answers a copy with the first results.
 `Cluster` routes command batches to the shard that owns their key and gathers
 the replies.
 """
 
 import asyncio
 import hashlib
+import itertools
+import os
 
 import pynng
 
@@ -30,6 +34,24 @@ from journal.wire import (
 # Ledger ids are namespaced by their owner, the shard key: "<owner>:<rest>".
 OWNER_SEPARATOR = ":"
 ACCOUNTS_ON_DIFFERENT_SHARDS = "accounts_on_different_shards"
+
+
+class SubmitIds:
+    """This process's Submit ids: 8 random bytes drawn anew in every process (forked ones too), then a counter."""
+
+    def __init__(self) -> None:
+        self.renew()
+
+    def renew(self) -> None:
+        self.prefix = os.urandom(8)
+        self.counter = itertools.count(1)
+
+    def next(self) -> bytes:
+        return self.prefix + next(self.counter).to_bytes(8, "big")
+
+
+submit_ids = SubmitIds()
+os.register_at_fork(after_in_child=submit_ids.renew)
 
 
 class EntriesPruned(RuntimeError):
@@ -197,7 +219,8 @@ class ShardClient:
     # Convenience over `request`
 
     async def submit(self, commands: list) -> Reply:
-        return await self.request(Submit(commands))
+        """Commands applied once, however often `request` re-sends them: the Submit's id goes with every copy."""
+        return await self.request(Submit(commands, submit_ids.next()))
 
     async def read(self, query: Query) -> Answer:
         return (await self.read_many([query]))[0]

@@ -27,12 +27,14 @@ import msgspec
 import pynng
 
 from engine import Batch, Engine
+from engine.submits import SubmitSpan
 from journal import logs
 from journal.recovery import batch_decoder, batch_encoder, recover
 from journal.replier import Replier
 from journal.store import KEY, CorruptionError, Entry, Journal, Snapshots
 from journal.wire import (
     MAX_BATCH_ITEMS,
+    SUBMIT_ID_MAX_BYTES,
     JournaledBatch,
     Promote,
     Read,
@@ -242,6 +244,8 @@ class Shard:
         items = _item_count(request) if kind is Submit else len(request.queries) if kind is Read else 1
         if items > self.config.max_batch_items:
             return self._reply(ReplyStatus.INVALID, message=f"more than {self.config.max_batch_items} items")
+        if kind is Submit and len(request.submit_id) > SUBMIT_ID_MAX_BYTES:
+            return self._reply(ReplyStatus.INVALID, message=f"a submit id longer than {SUBMIT_ID_MAX_BYTES} bytes")
         if self.queue_items + items > self.config.max_queue_items:
             return self._reply(ReplyStatus.BUSY)
         # A Submit decoded once more, as raw commands (a skim): those bytes are what the journal keeps.
@@ -331,9 +335,12 @@ class Shard:
     def _journal_batch(self, submits: list) -> Batch:
         """Stamp the submits as the next batch, chain it into the journal and queue it for the disk and the replica."""
         commands = [command for request, _, _ in submits for command in request.commands]
-        batch = Batch(self.engine.sequence + 1, max(time.time_ns(), self.engine.timestamp + 1), commands)
+        # Each Submit's commands stay together under its id, so the engine can tell a re-sent one.
+        spans = [SubmitSpan(request.submit_id, len(request.commands)) for request, _, _ in submits if request.commands]
+        batch = Batch(self.engine.sequence + 1, max(time.time_ns(), self.engine.timestamp + 1), commands, spans)
         received = [command for _, _, raw_commands in submits for command in raw_commands]
-        entry = self.journal.prepare(batch.sequence, batch_encoder.encode(JournaledBatch(batch.sequence, batch.timestamp, received)))
+        journaled = JournaledBatch(batch.sequence, batch.timestamp, received, spans)
+        entry = self.journal.prepare(batch.sequence, batch_encoder.encode(journaled))
         self.unwritten.append(entry)
         self.recent.append(entry)
         self.to_write.set()

@@ -8,11 +8,14 @@ import msgspec
 from engine.batch import BatchResult, Command
 from engine.queries import Answer, Query
 from engine.records import Outcome
+from engine.submits import SubmitSpan
 from engine.types import CreateAccounts, CreateTransfers
 
 
 # Items (transfers, accounts, other commands, queries) in one shard batch, at most: 8 full batch-transfer requests.
 MAX_BATCH_ITEMS = 65_520
+# A Submit's id: 8 random bytes naming the sending process and 8 counting its Submits (journal/client.py).
+SUBMIT_ID_MAX_BYTES = 32
 
 
 def command_items(command) -> int:
@@ -26,13 +29,20 @@ def command_items(command) -> int:
 
 
 class Submit(msgspec.Struct, tag="submit", array_like=True):
-    """Commands to journal and apply, in order, in one batch."""
+    """Commands to journal and apply, in order, in one batch.
+
+    `submit_id` is the sender's, unique among its Submits and the same in a retry: the engine applies a Submit
+    whose id it saw within its window (engine/submits.py) no second time, and answers its first results again.
+    """
 
     commands: list[Command]
+    submit_id: bytes = b""
 
 
 class ReceivedSubmit(msgspec.Struct, tag="submit", array_like=True):
-    """A Submit's commands as they arrived, undecoded: the shard journals these bytes rather than encode again."""
+    """A Submit's commands as they arrived, undecoded: the shard journals these bytes rather than encode again.
+
+    Its id is left out (decoding ignores trailing fields): the shard takes it from the decoded Submit."""
 
     commands: list[msgspec.Raw]
 
@@ -43,6 +53,7 @@ class JournaledBatch(msgspec.Struct, array_like=True):
     sequence: int
     timestamp: int
     commands: list[msgspec.Raw]
+    submits: list[SubmitSpan] = []
 
 
 class Read(msgspec.Struct, tag="read", array_like=True):

@@ -86,7 +86,8 @@ def test_the_journal_keeps_the_commands_as_they_were_sent(shard):
         (entry,) = await client.read_entries(1)
         batch = batch_decoder.decode(entry.payload)
         assert batch.commands == sent
-        assert entry.payload == batch_encoder.encode(Batch(batch.sequence, batch.timestamp, sent))
+        assert [span.command_count for span in batch.submits] == [2]
+        assert entry.payload == batch_encoder.encode(Batch(batch.sequence, batch.timestamp, sent, batch.submits))
 
     run(scenario())
 
