@@ -498,8 +498,7 @@ async def account_balances(request: web.Request) -> web.Response:
 
 async def create_transfers(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    body = await request.read()
-    decoded = schemas.decode(body, schemas.TransferCreate | list[schemas.TransferCreate])
+    decoded, body = await body_of(request, schemas.TransferCreate | list[schemas.TransferCreate])
     is_batch = isinstance(decoded, list)
     items = decoded if is_batch else [decoded]
     if len(items) > schemas.MAX_TRANSFERS_PER_REQUEST:

@@ -127,7 +127,7 @@ def order_png_url(request: web.Request, order_id: str) -> str:
 
 async def create_static(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    fields, _ = await body_of(request, schemas.StaticQrCreate, optional=True)
+    fields, _ = await body_of(request, schemas.StaticQrCreate)
     sub_account_id = fields.sub_account_id
     await check_sub_account(request, merchant, sub_account_id)
     url = f"{request.app['settings'].public_url}/v1/qr/merchants/{merchant.id}.png"
