@@ -140,7 +140,8 @@ async def create_payment(request: web.Request) -> web.Response:
         request.app["authorizations"].send(created.acquirer, Authorization(
             created.id, merchant.id, created.amount, created.currency, created.capture_method == "automatic",
             CardData(number, card.exp_month, card.exp_year, cvc)))
-    return respond(request, render.payment(created, token_id))
+    # The token the shard stored: a replay under the Idempotency-Key shows the first request's, not this one's.
+    return respond(request, render.payment(created, created.token_id))
 
 
 def _card_of(request: web.Request, method: schemas.CardMethod) -> tuple[str, bytes, CardDetails | None]:

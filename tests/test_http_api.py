@@ -758,3 +758,16 @@ def test_every_route_with_a_json_body_refuses_an_empty_one(server):
     assert {"/v1/qr/static", "/v1/payments/{id}/capture", "/v1/orders", "/v1/transfers"} <= checked
     assert ok(server, "POST", "/v1/qr/static", {}, key=key)["payload"]  # an object with no field is a body
 
+
+# --- 9. what the contract promises of payments and orders ----------------------------------------------------------
+
+def test_a_replayed_card_payment_answers_the_first_reply_byte_for_byte(server):
+    key = merchant(server)
+    body = {"amount": 1000, "currency": "usd", "payment_method": {"type": "card", "card": {
+        "number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123", "holder_name": "Ann"}}}
+    headers = {"Idempotency-Key": f"card-{uuid.uuid4().hex}"}
+    first = call(server, "POST", "/v1/payments", body, key=key, status=200, headers=headers)
+    again = call(server, "POST", "/v1/payments", body, key=key, status=200, headers=headers)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.body == first.body
+    assert first.json()["payment_method"]["token"].startswith("tok_")
