@@ -59,7 +59,7 @@ OUTCOME_ERRORS = {
 
 # The field an outcome code is about, whatever the request.
 OUTCOME_PARAMS = {"idempotency_key_reused": "Idempotency-Key", "split_destination_not_found": "splits",
-                  "splits_exceed_amount": "splits"}
+                  "splits_exceed_amount": "splits", "expires_in_invalid": "expires_in"}
 
 
 class Settings(msgspec.Struct, kw_only=True):

@@ -42,7 +42,7 @@ from engine.records import (
     UpdateOrder,
     wallet_account_id,
 )
-from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, CreateAccounts, CreateTransfers, Event, Transfer
+from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, AccountFlag, CreateAccounts, CreateTransfers, Event, Transfer
 
 IDEMPOTENCY_RETENTION_NS = 24 * 3600 * NANOSECONDS_PER_SECOND
 MAX_BLOCKLIST_ENTRIES = 100_000
@@ -188,11 +188,15 @@ class Commerce:
         split_code = self._check_splits(order)
         if split_code:
             return Outcome(split_code)
+        if not duration_fits(command.expires_in_s, timestamp):
+            return Outcome("expires_in_invalid")
         retry_after_s = self._admit_ip(command, timestamp)
         if retry_after_s:
             return Outcome("rate_limited", retry_after_s=retry_after_s)
         order.status = "pending"
         order.created_at = order.updated_at = timestamp
+        if command.expires_in_s is not None:
+            order.expires_at = timestamp + command.expires_in_s * NANOSECONDS_PER_SECOND
         self.orders[order.id] = order
         self.orders_by_merchant.setdefault(order.merchant_id, []).append(order.id)
         self._schedule_expiry(order)
@@ -256,12 +260,17 @@ class Commerce:
             return Outcome("order_not_pending", record=order)
         if command.amount is not None and self.payments.payment_in_progress(order):
             return Outcome("payment_in_progress", record=order)  # its payment is for the amount asked then
+        if not duration_fits(command.expires_in_s, timestamp):
+            return Outcome("expires_in_invalid", record=order)
         for field in ("name", "note", "amount"):
             value = getattr(command, field)
             if value is not None:
                 setattr(order, field, value)
-        if command.expires_at is not None:
-            order.expires_at = command.expires_at
+        expires_at = command.expires_at
+        if command.expires_in_s is not None:
+            expires_at = timestamp + command.expires_in_s * NANOSECONDS_PER_SECOND
+        if expires_at is not None:
+            order.expires_at = expires_at
             self._schedule_expiry(order)
         order.updated_at = timestamp
         return Outcome(record=order)
@@ -411,6 +420,11 @@ class Commerce:
         page = [self.blocklist[entry_id] for entry_id, _ in zip(newest_first, range(limit + 1))]
         return page[:limit], len(page) > limit
 
+
+
+def duration_fits(duration_s: int | None, timestamp: int) -> bool:
+    """A duration from the batch's time (None: none given) is not negative and ends within the engine's clock."""
+    return duration_s is None or 0 <= duration_s <= (TIMESTAMP_MAX - timestamp) // NANOSECONDS_PER_SECOND
 
 
 _HANDLERS = {

@@ -222,6 +222,9 @@ class CreateOrder(msgspec.Struct, tag="create_order", array_like=True, kw_only=T
     client_ip: str = ""
     ip_limit: int = 0
     ip_window_s: int = 600
+    # The order expires this long after the batch that creates it. None: order.expires_at is the instant (journals
+    # written before durations).
+    expires_in_s: int | None = None
 
 
 class AdmitOrderIp(msgspec.Struct, tag="admit_order_ip", array_like=True, kw_only=True):
@@ -244,7 +247,8 @@ class UpdateOrder(msgspec.Struct, tag="update_order", array_like=True, kw_only=T
     name: str | None = None
     note: str | None = None
     amount: int | None = None
-    expires_at: int | None = None
+    expires_at: int | None = None  # journals written before expires_in_s; the edge sends a duration
+    expires_in_s: int | None = None  # counted from the batch's time
 
 
 class CancelOrder(msgspec.Struct, tag="cancel_order", array_like=True):

@@ -771,3 +771,12 @@ def test_a_replayed_card_payment_answers_the_first_reply_byte_for_byte(server):
     assert again.headers.get("Idempotent-Replayed") == "true"
     assert again.body == first.body
     assert first.json()["payment_method"]["token"].startswith("tok_")
+
+
+def test_an_orders_expiry_counts_from_the_engines_time(server):
+    """The instant is the shard's batch time plus the duration, exactly: the edge's clock has no say in it."""
+    key = merchant(server)
+    created = order(server, key, expires_in=600)
+    assert seconds_between(created["created_at"], created["expires_at"]) == 600
+    patched = ok(server, "PATCH", f"/v1/orders/{created['id']}", {"expires_in": 3600}, key=key)
+    assert seconds_between(patched["updated_at"], patched["expires_at"]) == 3600
