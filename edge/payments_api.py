@@ -101,17 +101,11 @@ async def create_payment(request: web.Request) -> web.Response:
     fields, body = await body_of(request, schemas.PaymentCreate)
     payment_id = new_id("pay_", request, merchant.id)
     method = fields.payment_method
-    if fields.order_id and (fields.amount is not None or fields.currency is not None):
-        raise ApiError(400, "parameter_invalid", "give order_id, or amount and currency, not both: the order sets "
-                       "the amount", "amount" if fields.amount is not None else "currency")
+    _check_amount_or_order(fields)
     if isinstance(method, schemas.WalletMethod):
         return await _pay_from_wallet(request, merchant, fields, method, payment_id, body)
     if isinstance(method, (schemas.QrMethod, schemas.BankTransferMethod)):
         return await _pay_by_bank_transfer(request, merchant, fields, payment_id, body)
-    if not fields.order_id and (fields.amount is None or fields.currency is None):
-        raise ApiError(400, "parameter_missing", "give order_id, or amount and currency", "amount")
-    if fields.currency:
-        check_currency(fields.currency)
     if (method.card is None) == (method.token is None):
         raise ApiError(400, "parameter_invalid", "give either card or token", "payment_method")
     number, sealed, card = _card_of(request, method)
@@ -144,6 +138,18 @@ async def create_payment(request: web.Request) -> web.Response:
     return respond(request, render.payment(created, created.token_id))
 
 
+def _check_amount_or_order(fields: schemas.PaymentCreate) -> None:
+    """Every method pays either an order or an amount in a currency: one of the two, whole."""
+    if fields.order_id and (fields.amount is not None or fields.currency is not None):
+        raise ApiError(400, "parameter_invalid", "give order_id, or amount and currency, not both: the order sets "
+                       "the amount", "amount" if fields.amount is not None else "currency")
+    if not fields.order_id and (fields.amount is None or fields.currency is None):
+        raise ApiError(400, "parameter_missing", "give order_id, or amount and currency",
+                       "amount" if fields.amount is None else "currency")
+    if fields.currency:
+        check_currency(fields.currency)
+
+
 def _card_of(request: web.Request, method: schemas.CardMethod) -> tuple[str, bytes, CardDetails | None]:
     """A new card checked and sealed; the number stays in this request's memory only."""
     if method.card is None:
@@ -158,18 +164,17 @@ def _card_of(request: web.Request, method: schemas.CardMethod) -> tuple[str, byt
 
 
 async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_id: str, body: bytes) -> web.Response:
-    if not fields.order_id:
-        raise ApiError(400, "parameter_missing", "a wallet pays an order: give order_id", "order_id")
     if fields.capture_method != "automatic":
         raise ApiError(400, "parameter_invalid", "a wallet payment moves the money at once: capture_method must be "
                        "automatic", "capture_method")
-    payment = Payment(id=payment_id, merchant_id=merchant.id, amount=0, currency="", order_id=fields.order_id,
-                      method="wallet", customer_id=method.customer_id, customer_ip=risk.customer_ip(fields.customer_ip))
+    payment = Payment(id=payment_id, merchant_id=merchant.id, amount=fields.amount or 0, currency=fields.currency or "",
+                      order_id=fields.order_id, method="wallet", customer_id=method.customer_id,
+                      customer_ip=risk.customer_ip(fields.customer_ip))
     risk_reason, amount_limits = await risk.assess(request, merchant, payment)
     command = PayOrderFromWallet(merchant_id=merchant.id, order_id=fields.order_id, customer_id=method.customer_id,
                                  payment_id=payment_id, transfer_id=ledger_id(merchant.id, payment_id),
                                  customer_ip=payment.customer_ip, risk_reason=risk_reason,
-                                 amount_limits=amount_limits)
+                                 amount_limits=amount_limits, amount=payment.amount, currency=payment.currency)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome, {"order_not_found": "order_id", "customer_not_found": "payment_method.customer_id"})
     return respond(request, render.payment(outcome.record))

@@ -314,32 +314,48 @@ class Commerce:
         return Outcome(code, record=customer)
 
     def _pay_order_from_wallet(self, command: PayOrderFromWallet, timestamp: int) -> Outcome:
-        order = self.order_of(command.merchant_id, command.order_id)
-        if order is None:
-            return Outcome("order_not_found")
-        if order.status != "pending":
-            return Outcome("order_not_pending", record=order)
-        if "wallet" not in order.payment_methods:
-            return Outcome("payment_method_not_allowed", record=order)
-        if self.payments.payment_in_progress(order):
-            return Outcome("payment_in_progress", record=order)
-        if self.customer_of(command.merchant_id, command.customer_id) is None:
-            return Outcome("customer_not_found")
-        refusal = self.payments.risk_refusal(command.merchant_id, order.amount, order.currency, command.risk_reason,
-                                             command.amount_limits)
+        order = self.order_of(command.merchant_id, command.order_id) if command.order_id else None
+        refused = self._wallet_payment_refusal(command, order)
+        if refused is not None:
+            return refused
+        if order is not None:
+            command.amount, command.currency = order.amount, order.currency
+        refusal = self.payments.risk_refusal(command.merchant_id, command.amount, command.currency,
+                                             command.risk_reason, command.amount_limits)
         if refusal:
             return Outcome(record=self.payments.record_wallet_payment(command, order, timestamp, refusal))
         # Checked first so that a refused payment leaves no trace (no accounts, no spent transfer id).
-        if self.ledger.available(wallet_account_id(command.merchant_id, command.customer_id, order.currency)) < order.amount:
+        wallet_id = wallet_account_id(command.merchant_id, command.customer_id, command.currency)
+        if self.ledger.available(wallet_id) < command.amount:
             return Outcome("insufficient_funds", record=order)
-        wallet = self._ensure_wallet(command.merchant_id, command.customer_id, order.currency, timestamp)
-        balance = system_account(self.ledger, command.merchant_id, "balance", order.currency, timestamp)
-        code = move(self.ledger, Transfer(command.transfer_id, wallet, balance, order.amount, order.currency), timestamp)
+        wallet = self._ensure_wallet(command.merchant_id, command.customer_id, command.currency, timestamp)
+        balance = system_account(self.ledger, command.merchant_id, "balance", command.currency, timestamp)
+        code = move(self.ledger, Transfer(command.transfer_id, wallet, balance, command.amount, command.currency),
+                    timestamp)
         if code != "ok":
             return Outcome(code, record=order)
-        order.customer_id = command.customer_id
-        payment = self.payments.record_wallet_payment(command, order, timestamp)
-        return Outcome(record=payment)
+        if order is not None:
+            order.customer_id = command.customer_id
+        return Outcome(record=self.payments.record_wallet_payment(command, order, timestamp))
+
+    def _wallet_payment_refusal(self, command: PayOrderFromWallet, order: Order | None) -> Outcome | None:
+        """Why a wallet payment cannot start (None: it can): the order's state, or without one, the amount."""
+        if command.order_id:
+            if order is None:
+                return Outcome("order_not_found")
+            if order.status != "pending":
+                return Outcome("order_not_pending", record=order)
+            if "wallet" not in order.payment_methods:
+                return Outcome("payment_method_not_allowed", record=order)
+            if self.payments.payment_in_progress(order):
+                return Outcome("payment_in_progress", record=order)
+        elif command.amount <= 0:
+            return Outcome("amount_must_not_be_zero")
+        if self.customer_of(command.merchant_id, command.customer_id) is None:
+            return Outcome("customer_not_found")
+        if command.payment_id in self.payments.payments:
+            return Outcome("exists")
+        return None
 
     def _add_to_blocklist(self, command: AddToBlocklist, timestamp: int) -> Outcome:
         entry = command.entry

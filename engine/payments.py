@@ -398,18 +398,19 @@ class Payments:
         self.events.append(Event(f"payout.{payout.status}", payout.id, timestamp))
         return Outcome(record=payout)
 
-    def record_wallet_payment(self, command, order: Order, timestamp: int, refusal: str = "") -> Payment:
-        """A wallet checkout the ledger has just moved succeeds at once and pays the order; one the risk rules
-        refuse (`refusal`) fails, and nothing moved."""
-        payment = Payment(id=command.payment_id, merchant_id=order.merchant_id, amount=order.amount,
-                          currency=order.currency, order_id=order.id, method="wallet", customer_id=command.customer_id,
-                          customer_email=order.customer_email, customer_ip=command.customer_ip, acquirer="wallet",
-                          created_at=timestamp, updated_at=timestamp)
+    def record_wallet_payment(self, command, order: Order | None, timestamp: int, refusal: str = "") -> Payment:
+        """A wallet checkout the ledger has just moved succeeds at once and pays the order, if any; one the risk
+        rules refuse (`refusal`) fails, and nothing moved."""
+        payment = Payment(id=command.payment_id, merchant_id=command.merchant_id, amount=command.amount,
+                          currency=command.currency, order_id=command.order_id, method="wallet",
+                          customer_id=command.customer_id, customer_email=order.customer_email if order else "",
+                          customer_ip=command.customer_ip, acquirer="wallet", created_at=timestamp,
+                          updated_at=timestamp)
         self.add(payment)
         if refusal:
             self._fail(payment, RISK_REJECTED, refusal, timestamp)
         else:
-            self._succeed(payment, order.amount, timestamp)
+            self._succeed(payment, command.amount, timestamp)
         return payment
 
     # Effects

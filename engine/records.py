@@ -272,6 +272,8 @@ class MoveWallet(msgspec.Struct, tag="move_wallet", array_like=True, kw_only=Tru
 
 
 class PayOrderFromWallet(msgspec.Struct, tag="pay_order_from_wallet", array_like=True, kw_only=True):
+    """A wallet pays an order, or (order_id "") the merchant `amount` in `currency`."""
+
     merchant_id: str
     order_id: str
     customer_id: str
@@ -281,6 +283,8 @@ class PayOrderFromWallet(msgspec.Struct, tag="pay_order_from_wallet", array_like
     # The edge's risk verdict, as in CreatePayment.
     risk_reason: str = ""
     amount_limits: dict[str, int] = {}
+    amount: int = 0  # an order's own amount and currency replace these
+    currency: str = ""
 
 
 class CreatePayment(msgspec.Struct, tag="create_payment", array_like=True, kw_only=True):

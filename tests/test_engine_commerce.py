@@ -520,6 +520,22 @@ def test_pay_refusals_move_nothing(wallets: Shop, make_order: Callable, command:
     assert (wallets.wallet("c1"), wallets.wallet("c2", "m2"), wallets.takings(), wallets.takings("m2")) == (100, 100, 0, 0)
 
 
+def test_a_wallet_pays_an_amount_without_an_order_and_never_below_zero(wallets: Shop):
+    command = PayOrderFromWallet(merchant_id="m1", order_id="", customer_id="c1", payment_id="pay_w",
+                                 transfer_id="m1:pay_w", amount=60, currency="USD")
+    result = wallets.ok(msgspec.structs.replace(command))
+    payment = result.results[0].record
+    assert (payment.status, payment.amount, payment.currency, payment.order_id) == ("succeeded", 60, "USD", "")
+    assert result.events == [Event("payment.succeeded", "pay_w", wallets.now)]
+    assert (wallets.wallet("c1"), wallets.takings()) == (40, 60)
+    for changes, code in (({"amount": 41}, "insufficient_funds"), ({"currency": "EUR"}, "insufficient_funds"),
+                          ({"amount": 0}, "amount_must_not_be_zero"), ({"customer_id": "c2"}, "customer_not_found"),
+                          ({"payment_id": "pay_w", "transfer_id": "m1:other"}, "exists")):
+        again = msgspec.structs.replace(command, payment_id="pay_x", transfer_id="m1:pay_x")
+        wallets.refused(msgspec.structs.replace(again, **changes), code)
+    assert (wallets.wallet("c1"), wallets.takings()) == (40, 60)
+
+
 @pytest.mark.parametrize("batches", [1, 4, 300])
 def test_wallet_pays_exactly_what_it_holds(shop: Shop, batches: int):
     shop.ok(customer("c1"), deposit("c1", "d1", 100), *(create(f"p{i}", amount=1, methods=["wallet"]) for i in range(300)))

@@ -761,6 +761,25 @@ def test_every_route_with_a_json_body_refuses_an_empty_one(server):
 
 # --- 9. what the contract promises of payments and orders ----------------------------------------------------------
 
+def test_a_wallet_pays_an_amount_without_an_order_and_never_goes_below_zero(server):
+    key = merchant(server)
+    payer = customer(server, key)
+    ok(server, "POST", f"/v1/customers/{payer}/deposits", {"amount": 1000, "currency": "usd"}, key=key)
+    method = {"type": "wallet", "customer_id": payer}
+    paid = ok(server, "POST", "/v1/payments", {"amount": 600, "currency": "usd", "payment_method": method}, key=key)
+    assert (paid["status"], paid["amount"], paid["amount_captured"], paid["order_id"]) == ("succeeded", 600, 600, None)
+    assert ok(server, "GET", f"/v1/payments/{paid['id']}", key=key) == paid
+    assert balances(wallet(server, key, payer)) == {"usd": (400, 400)}
+    assert account(server, key, ".balance.usd")["balance"] == 600  # the merchant's balance has the money
+    for amount, currency in ((401, "usd"), (1, "eur")):
+        error(server, "POST", "/v1/payments", {"amount": amount, "currency": currency, "payment_method": method},
+              key=key, status=402, code="insufficient_funds")
+    error(server, "POST", "/v1/payments", {"amount": 1, "payment_method": method}, key=key, code="parameter_missing")
+    assert balances(wallet(server, key, payer)) == {"usd": (400, 400)}
+    refund = ok(server, "POST", "/v1/refunds", {"payment_id": paid["id"], "amount": 100}, key=key)
+    assert refund["status"] == "succeeded" and balances(wallet(server, key, payer)) == {"usd": (500, 500)}
+
+
 def test_a_replayed_card_payment_answers_the_first_reply_byte_for_byte(server):
     key = merchant(server)
     body = {"amount": 1000, "currency": "usd", "payment_method": {"type": "card", "card": {
