@@ -135,6 +135,7 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/v1/qr/dynamic", qr_api.create_dynamic),
         web.post("/v1/qr/static", qr_api.create_static),
         web.get("/v1/qr/orders/{id}.png", qr_api.order_png),
+        web.get("/v1/qr/payments/{id}.png", qr_api.payment_png),
         web.get("/v1/qr/merchants/{id}.png", qr_api.merchant_png),
         web.post("/v1/risk/blocklist", risk.create_blocklist_entry),
         web.get("/v1/risk/blocklist", risk.list_blocklist),

@@ -52,6 +52,8 @@ from engine.records import (
     authorization_transfer_id,
 )
 
+# How long a QR or bank transfer payment without an order waits for the payer's transfer: an order's default expiry.
+TRANSFER_WAIT_S = 900
 _sealed_encoder = msgspec.msgpack.Encoder()
 _sealed_decoder = msgspec.msgpack.Decoder(cards.SealedCard)
 
@@ -181,25 +183,28 @@ async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_
 
 
 async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id: str, body: bytes) -> web.Response:
-    """A payment that waits (requires_action) for the payer's transfer quoting the order; next_action shows the code."""
-    if not fields.order_id:
-        raise ApiError(400, "parameter_missing", "a transfer pays an order, quoting it: give order_id", "order_id")
+    """A payment that waits (requires_action) for the payer's transfer quoting its order, or without an order quoting
+    the payment itself; next_action shows the code."""
     if fields.capture_method != "automatic":
         raise ApiError(400, "parameter_invalid", "a bank transfer arrives whole: capture_method must be automatic",
                        "capture_method")
-    order = (await request.app["gateway"].read(merchant.id, GetOrder(merchant.id, fields.order_id))).record
-    if order is None:
-        raise not_found("order", fields.order_id, "order_id")
     method = type(fields.payment_method).__struct_config__.tag
-    problem = qr_api.order_qr_problem(order, method)
+    if fields.order_id:
+        order = (await request.app["gateway"].read(merchant.id, GetOrder(merchant.id, fields.order_id))).record
+        if order is None:
+            raise not_found("order", fields.order_id, "order_id")
+        problem, url = qr_api.order_qr_problem(order, method), qr_api.order_png_url(request, order.id)
+    else:
+        problem = qr_api.amount_qr_problem(fields.amount, fields.currency, "amount")
+        url = qr_api.payment_png_url(request, payment_id)
     if problem is not None:
         raise problem
-    payment = Payment(id=payment_id, merchant_id=merchant.id, amount=0, currency="", order_id=order.id, method=method,
-                      description=fields.description, metadata=fields.metadata,
-                      customer_ip=risk.customer_ip(fields.customer_ip),
-                      next_action_url=qr_api.order_png_url(request, order.id))
+    payment = Payment(id=payment_id, merchant_id=merchant.id, amount=fields.amount or 0, currency=fields.currency or "",
+                      order_id=fields.order_id, method=method, description=fields.description,
+                      metadata=fields.metadata, customer_ip=risk.customer_ip(fields.customer_ip), next_action_url=url)
     risk_reason, amount_limits = await risk.assess(request, merchant, payment)
-    command = CreatePayment(payment=payment, risk_reason=risk_reason, amount_limits=amount_limits)
+    command = CreatePayment(payment=payment, processing_timeout_s=TRANSFER_WAIT_S, risk_reason=risk_reason,
+                            amount_limits=amount_limits)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
     return respond(request, render.payment(outcome.record))
@@ -338,13 +343,16 @@ async def _record_callback(request: web.Request, merchant_id: str, command) -> w
 
 
 async def _transfer_received(request: web.Request, callback: schemas.ProviderCallback, signature: str) -> web.Response:
-    """Money arrived at the bank quoting a QR code's reference: it pays that order, or credits the merchant (or
-    sub-account) a static code names."""
+    """Money arrived at the bank quoting a QR code's reference: it pays that order, or the payment without an order
+    that waits for it, or credits the merchant (or sub-account) a static code names."""
     kind, object_id = qr_api.object_of(callback.reference) or ("", "")
-    merchant_id, order_id, sub_account_id = "", "", ""
+    merchant_id, order_id, sub_account_id, quoted_payment_id = "", "", "", ""
     if kind == "order":
         order = await qr_api.find_order(request, object_id)
         merchant_id, order_id = (order.merchant_id, order.id) if order else ("", "")
+    elif kind == "payment":
+        quoted = await qr_api.find_payment(request, object_id)
+        merchant_id, quoted_payment_id = (quoted.merchant_id, quoted.id) if quoted else ("", "")
     elif kind:
         owner = await qr_api.owner_of(request, kind, object_id)
         merchant_id, sub_account_id = (owner.id, object_id if kind == "sub_account" else "") if owner else ("", "")
@@ -355,7 +363,8 @@ async def _transfer_received(request: web.Request, callback: schemas.ProviderCal
     command = ReceiveBankTransfer(
         merchant_id=merchant_id, order_id=order_id, callback_id=callback.callback_id, amount=callback.amount,
         currency=callback.currency, method="qr", payment_id=payment_id, bank_reference=callback.bank_reference,
-        transfer_id=ledger_id(merchant_id, payment_id), sub_account_id=sub_account_id, signature=signature)
+        transfer_id=ledger_id(merchant_id, payment_id), sub_account_id=sub_account_id, signature=signature,
+        quoted_payment_id=quoted_payment_id)
     return await _record_callback(request, merchant_id, command)
 
 

@@ -289,7 +289,8 @@ class PayOrderFromWallet(msgspec.Struct, tag="pay_order_from_wallet", array_like
 
 class CreatePayment(msgspec.Struct, tag="create_payment", array_like=True, kw_only=True):
     payment: Payment
-    # How long the acquirer may take before the payment fails by timeout (0: no limit).
+    # How long the acquirer may take before the payment fails by timeout, or the payer's transfer before a QR or bank
+    # transfer payment without an order is cancelled (0: no limit). One for an order waits as long as the order.
     processing_timeout_s: int = 30
     # A new card, encrypted by the edge (envelope encryption; opaque here), kept as payment.token_id.
     sealed_card: bytes = b""
@@ -328,8 +329,9 @@ class RecordPspResult(msgspec.Struct, tag="record_psp_result", array_like=True, 
 
 
 class ReceiveBankTransfer(msgspec.Struct, tag="receive_bank_transfer", array_like=True, kw_only=True):
-    """The bank says money arrived quoting an order (a dynamic QR code or a transfer), which it pays, or quoting a
-    merchant or one of its sub-accounts (a static QR code, no order), whose balance it credits."""
+    """The bank says money arrived quoting an order (a dynamic QR code or a transfer), which it pays, or a payment
+    without an order waiting for it, which it completes, or a merchant or one of its sub-accounts (a static QR
+    code), whose balance it credits."""
 
     merchant_id: str
     order_id: str  # "" for a static code
@@ -343,6 +345,8 @@ class ReceiveBankTransfer(msgspec.Struct, tag="receive_bank_transfer", array_lik
     sub_account_id: str = ""  # a static code's sub-account, "" for the merchant's own balance
     # The provider's signature of the callback, in one spelling: seen again within the replay window, it is refused.
     signature: str = ""
+    # A payment without an order that waits for this transfer (the transfer quotes it); order_id is then "".
+    quoted_payment_id: str = ""
 
 
 class CapturePayment(msgspec.Struct, tag="capture_payment", array_like=True, kw_only=True):
