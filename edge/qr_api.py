@@ -44,8 +44,9 @@ def reference_of(object_id: str, mark: str) -> str:
 
 
 def object_of(reference: str) -> tuple[str, str] | None:
-    """("order" | "payment" | "merchant" | "sub_account", id) for a reference a transfer quotes: the compact form this gateway's
-    QR codes carry ("O" + the order id's hex), or the id itself ("ord_..."), which a payer may quote instead."""
+    """("order" | "payment" | "merchant" | "sub_account", id) for a reference a transfer quotes: the compact form
+    this gateway's QR codes carry ("O" + the order id's hex), or the id itself ("ord_..."), which a payer may quote
+    instead."""
     mark = next((mark for mark, (_, prefix) in REFERENCE_KINDS.items() if reference.startswith(prefix)), "")
     compact = reference_of(reference, mark) if mark else reference
     if len(compact) < 2 or compact[0] not in REFERENCE_KINDS or not re.fullmatch(r"[a-z0-9]{1,24}", compact[1:]):

@@ -42,7 +42,8 @@ from engine.records import (
     UpdateOrder,
     wallet_account_id,
 )
-from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, AccountFlag, CreateAccounts, CreateTransfers, Event, Transfer
+from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, AccountFlag, CreateAccounts, CreateTransfers, Event, \
+    Transfer
 
 IDEMPOTENCY_RETENTION_NS = 24 * 3600 * NANOSECONDS_PER_SECOND
 MAX_BLOCKLIST_ENTRIES = 100_000

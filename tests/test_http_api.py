@@ -733,8 +733,8 @@ def test_every_post_route_refuses_an_idempotency_key_outside_1_to_255_characters
     for path, operation in routes:
         filled = re.sub(r"\{\w+\}", merchant_id, path)
         for bad_key in ("k" * 256, "k" * 300):
-            error(server, "POST", filled, {}, key=credentials_for(server, operation, key), code="idempotency_key_invalid",
-                  param="Idempotency-Key", headers={"Idempotency-Key": bad_key})
+            error(server, "POST", filled, {}, key=credentials_for(server, operation, key),
+                  code="idempotency_key_invalid", param="Idempotency-Key", headers={"Idempotency-Key": bad_key})
     the_order = order(server, key, payment_methods=["qr"])
     longest = {"Idempotency-Key": "k" * 255}
     assert ok(server, "POST", "/v1/qr/dynamic", {"order_id": the_order["id"]}, key=key, headers=longest)["payload"]
