@@ -65,7 +65,7 @@ from engine.records import (
     UpdateOrder,
     wallet_account_id,
 )
-from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, Account, AccountFlag, CreateAccounts, CreateTransfers, \
+from engine.types import TIMESTAMP_MAX, Account, AccountFlag, CreateAccounts, CreateTransfers, \
     Transfer, TransferFlag
 
 log = logging.getLogger("paygate.edge")
@@ -135,6 +135,7 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/v1/qr/dynamic", qr_api.create_dynamic),
         web.post("/v1/qr/static", qr_api.create_static),
         web.get("/v1/qr/orders/{id}.png", qr_api.order_png),
+        web.get("/v1/qr/payments/{id}.png", qr_api.payment_png),
         web.get("/v1/qr/merchants/{id}.png", qr_api.merchant_png),
         web.post("/v1/risk/blocklist", risk.create_blocklist_entry),
         web.get("/v1/risk/blocklist", risk.list_blocklist),
@@ -344,10 +345,10 @@ async def create_order(request: web.Request) -> web.Response:
         payment_sub_type=fields.payment_sub_type, customer_email=fields.customer_email,
         customer_id=fields.customer_id, callback_url=fields.callback_url, ipn_url=fields.ipn_url,
         splits=[Split(split.merchant_id or split.sub_account_id, split.amount) for split in fields.splits],
-        metadata=fields.metadata, expires_at=engine_now_ns() + fields.expires_in * NANOSECONDS_PER_SECOND,
+        metadata=fields.metadata,
     )
     command = CreateOrder(order=order, client_ip=request.get("client_ip", ""), ip_limit=settings.order_ip_limit,
-                          ip_window_s=settings.order_ip_window_s)
+                          ip_window_s=settings.order_ip_window_s, expires_in_s=fields.expires_in)
     gateway = request.app["gateway"]
     ip_shard = gateway.ip_shard_index(command.client_ip)
     if command.ip_limit > 0 and ip_shard != gateway.shard_index(merchant.id):
@@ -398,9 +399,8 @@ async def get_order(request: web.Request) -> web.Response:
 async def update_order(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.OrderUpdate)
-    expires_at = None if fields.expires_in is None else engine_now_ns() + fields.expires_in * NANOSECONDS_PER_SECOND
     command = UpdateOrder(merchant_id=merchant.id, order_id=request.match_info["id"], name=fields.name,
-                          note=fields.note, amount=fields.amount, expires_at=expires_at)
+                          note=fields.note, amount=fields.amount, expires_in_s=fields.expires_in)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
     return respond(request, _order_out(request, merchant, outcome.record))
@@ -498,8 +498,7 @@ async def account_balances(request: web.Request) -> web.Response:
 
 async def create_transfers(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    body = await request.read()
-    decoded = schemas.decode(body, schemas.TransferCreate | list[schemas.TransferCreate])
+    decoded, body = await body_of(request, schemas.TransferCreate | list[schemas.TransferCreate])
     is_batch = isinstance(decoded, list)
     items = decoded if is_batch else [decoded]
     if len(items) > schemas.MAX_TRANSFERS_PER_REQUEST:

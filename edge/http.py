@@ -27,6 +27,9 @@ from engine.records import Idempotent, Merchant, Outcome
 log = logging.getLogger("paygate.edge")
 
 MAX_BODY_BYTES = 4 << 20
+IDEMPOTENCY_KEY_MAX_LENGTH = 255
+# Methods that change nothing, so take no Idempotency-Key.
+READ_METHODS = ("GET", "HEAD", "OPTIONS")
 # Said instead of aiohttp's default, which names the Python and aiohttp versions to anyone who asks.
 SERVER_NAME = "paygate"
 MERCHANT_CACHE_SECONDS = 2.0
@@ -56,7 +59,7 @@ OUTCOME_ERRORS = {
 
 # The field an outcome code is about, whatever the request.
 OUTCOME_PARAMS = {"idempotency_key_reused": "Idempotency-Key", "split_destination_not_found": "splits",
-                  "splits_exceed_amount": "splits"}
+                  "splits_exceed_amount": "splits", "expires_in_invalid": "expires_in"}
 
 
 class Settings(msgspec.Struct, kw_only=True):
@@ -87,6 +90,8 @@ async def errors_and_metrics(request: web.Request, handler):
     request["request_id"] = request_id
     started = time.perf_counter()
     try:
+        if request.method not in READ_METHODS:  # every route that changes something checks the key here, once
+            request["idempotency_key"] = _checked_idempotency_key(request.headers.get("Idempotency-Key"))
         response = await handler(request)
     except ApiError as error:
         response = error.response()
@@ -247,9 +252,14 @@ def _canonical(body: bytes) -> bytes:
 
 
 def idempotency_key(request: web.Request) -> str | None:
-    key = request.headers.get("Idempotency-Key")
-    if key is not None and not (1 <= len(key) <= 255 and key.isprintable() and _encodes(key)):
-        raise ApiError(400, "idempotency_key_invalid", "Idempotency-Key must be 1 to 255 printable characters",
+    """The request's Idempotency-Key, as the middleware checked it."""
+    return request.get("idempotency_key")
+
+
+def _checked_idempotency_key(key: str | None) -> str | None:
+    if key is not None and not (1 <= len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH and key.isprintable() and _encodes(key)):
+        raise ApiError(400, "idempotency_key_invalid",
+                       f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable characters",
                        "Idempotency-Key")
     return key
 
@@ -287,11 +297,11 @@ def new_id(prefix: str, request: web.Request, scope: str) -> str:
     return prefix + random_tokens.token_hex(12)
 
 
-async def body_of(request: web.Request, kind: type, optional: bool = False):
-    """The body validated as `kind`; with `optional` (every field has a default) an empty body is `kind()`."""
+async def body_of(request: web.Request, kind):
+    """The body validated as `kind`, and its bytes. No body is no JSON, even where every field is optional (`{}`)."""
     body = await request.read()
-    if optional and not body.strip():
-        return kind(), body
+    if not body.strip():
+        raise ApiError(400, "invalid_json", "the body is empty: send a JSON object")
     return schemas.decode(body, kind), body
 
 

@@ -48,8 +48,8 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "deposit": ("put money into a customer's wallet", schemas.WalletMove, schemas.WalletOut, "merchant"),
     "withdraw": ("take money out of a customer's wallet", schemas.WalletMove, schemas.WalletOut, "merchant"),
     "get_wallet": ("a customer's wallet: balances and history", None, schemas.WalletOut, "merchant"),
-    "create_payment": ("pay an order or an amount: card, saved card token or wallet", schemas.PaymentCreate,
-                       schemas.PaymentOut, "merchant"),
+    "create_payment": ("pay an order or an amount: card, saved card token, wallet, QR or bank transfer",
+                       schemas.PaymentCreate, schemas.PaymentOut, "merchant"),
     "list_payments": ("payments, newest first", None, schemas.PaymentList, "merchant"),
     "get_payment": ("a payment", None, schemas.PaymentOut, "merchant"),
     "capture_payment": ("capture an authorization, in full or in part (once)", schemas.CaptureIn, schemas.PaymentOut,
@@ -61,6 +61,8 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
                        schemas.QrOut, "merchant"),
     "create_static": ("the merchant's static EMVCo QR code", schemas.StaticQrCreate, schemas.QrOut, "merchant"),
     "order_png": ("an order's QR code as PNG", None, str, "none"),
+    "payment_png": ("the QR code of a QR or bank transfer payment without an order, as PNG, while it waits", None,
+                    str, "none"),
     "merchant_png": ("a merchant's static QR code as PNG", None, str, "none"),
     "create_payout": ("move balance out through the bank (held until the bank answers)", schemas.PayoutCreate,
                       schemas.PayoutOut, "merchant"),
@@ -81,6 +83,7 @@ FORM_REQUESTS: dict[str, tuple[str, type]] = {
 TEXT_RESPONSES = {
     "metrics": ("text/plain", {"type": "string"}),
     "order_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
+    "payment_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
     "merchant_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
 }
 # Statuses whose body is the operation's success type rather than the error shape (readyz: 503 when not ready).

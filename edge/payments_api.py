@@ -52,6 +52,8 @@ from engine.records import (
     authorization_transfer_id,
 )
 
+# How long a QR or bank transfer payment without an order waits for the payer's transfer: an order's default expiry.
+TRANSFER_WAIT_S = 900
 _sealed_encoder = msgspec.msgpack.Encoder()
 _sealed_decoder = msgspec.msgpack.Decoder(cards.SealedCard)
 
@@ -101,17 +103,11 @@ async def create_payment(request: web.Request) -> web.Response:
     fields, body = await body_of(request, schemas.PaymentCreate)
     payment_id = new_id("pay_", request, merchant.id)
     method = fields.payment_method
-    if fields.order_id and (fields.amount is not None or fields.currency is not None):
-        raise ApiError(400, "parameter_invalid", "give order_id, or amount and currency, not both: the order sets "
-                       "the amount", "amount" if fields.amount is not None else "currency")
+    _check_amount_or_order(fields)
     if isinstance(method, schemas.WalletMethod):
         return await _pay_from_wallet(request, merchant, fields, method, payment_id, body)
     if isinstance(method, (schemas.QrMethod, schemas.BankTransferMethod)):
         return await _pay_by_bank_transfer(request, merchant, fields, payment_id, body)
-    if not fields.order_id and (fields.amount is None or fields.currency is None):
-        raise ApiError(400, "parameter_missing", "give order_id, or amount and currency", "amount")
-    if fields.currency:
-        check_currency(fields.currency)
     if (method.card is None) == (method.token is None):
         raise ApiError(400, "parameter_invalid", "give either card or token", "payment_method")
     number, sealed, card = _card_of(request, method)
@@ -140,7 +136,20 @@ async def create_payment(request: web.Request) -> web.Response:
         request.app["authorizations"].send(created.acquirer, Authorization(
             created.id, merchant.id, created.amount, created.currency, created.capture_method == "automatic",
             CardData(number, card.exp_month, card.exp_year, cvc)))
-    return respond(request, render.payment(created, token_id))
+    # The token the shard stored: a replay under the Idempotency-Key shows the first request's, not this one's.
+    return respond(request, render.payment(created, created.token_id))
+
+
+def _check_amount_or_order(fields: schemas.PaymentCreate) -> None:
+    """Every method pays either an order or an amount in a currency: one of the two, whole."""
+    if fields.order_id and (fields.amount is not None or fields.currency is not None):
+        raise ApiError(400, "parameter_invalid", "give order_id, or amount and currency, not both: the order sets "
+                       "the amount", "amount" if fields.amount is not None else "currency")
+    if not fields.order_id and (fields.amount is None or fields.currency is None):
+        raise ApiError(400, "parameter_missing", "give order_id, or amount and currency",
+                       "amount" if fields.amount is None else "currency")
+    if fields.currency:
+        check_currency(fields.currency)
 
 
 def _card_of(request: web.Request, method: schemas.CardMethod) -> tuple[str, bytes, CardDetails | None]:
@@ -157,43 +166,45 @@ def _card_of(request: web.Request, method: schemas.CardMethod) -> tuple[str, byt
 
 
 async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_id: str, body: bytes) -> web.Response:
-    if not fields.order_id:
-        raise ApiError(400, "parameter_missing", "a wallet pays an order: give order_id", "order_id")
     if fields.capture_method != "automatic":
         raise ApiError(400, "parameter_invalid", "a wallet payment moves the money at once: capture_method must be "
                        "automatic", "capture_method")
-    payment = Payment(id=payment_id, merchant_id=merchant.id, amount=0, currency="", order_id=fields.order_id,
-                      method="wallet", customer_id=method.customer_id, customer_ip=risk.customer_ip(fields.customer_ip))
+    payment = Payment(id=payment_id, merchant_id=merchant.id, amount=fields.amount or 0, currency=fields.currency or "",
+                      order_id=fields.order_id, method="wallet", customer_id=method.customer_id,
+                      customer_ip=risk.customer_ip(fields.customer_ip))
     risk_reason, amount_limits = await risk.assess(request, merchant, payment)
     command = PayOrderFromWallet(merchant_id=merchant.id, order_id=fields.order_id, customer_id=method.customer_id,
                                  payment_id=payment_id, transfer_id=ledger_id(merchant.id, payment_id),
                                  customer_ip=payment.customer_ip, risk_reason=risk_reason,
-                                 amount_limits=amount_limits)
+                                 amount_limits=amount_limits, amount=payment.amount, currency=payment.currency)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome, {"order_not_found": "order_id", "customer_not_found": "payment_method.customer_id"})
     return respond(request, render.payment(outcome.record))
 
 
 async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id: str, body: bytes) -> web.Response:
-    """A payment that waits (requires_action) for the payer's transfer quoting the order; next_action shows the code."""
-    if not fields.order_id:
-        raise ApiError(400, "parameter_missing", "a transfer pays an order, quoting it: give order_id", "order_id")
+    """A payment that waits (requires_action) for the payer's transfer quoting its order, or without an order quoting
+    the payment itself; next_action shows the code."""
     if fields.capture_method != "automatic":
         raise ApiError(400, "parameter_invalid", "a bank transfer arrives whole: capture_method must be automatic",
                        "capture_method")
-    order = (await request.app["gateway"].read(merchant.id, GetOrder(merchant.id, fields.order_id))).record
-    if order is None:
-        raise not_found("order", fields.order_id, "order_id")
     method = type(fields.payment_method).__struct_config__.tag
-    problem = qr_api.order_qr_problem(order, method)
+    if fields.order_id:
+        order = (await request.app["gateway"].read(merchant.id, GetOrder(merchant.id, fields.order_id))).record
+        if order is None:
+            raise not_found("order", fields.order_id, "order_id")
+        problem, url = qr_api.order_qr_problem(order, method), qr_api.order_png_url(request, order.id)
+    else:
+        problem = qr_api.amount_qr_problem(fields.amount, fields.currency, "amount")
+        url = qr_api.payment_png_url(request, payment_id)
     if problem is not None:
         raise problem
-    payment = Payment(id=payment_id, merchant_id=merchant.id, amount=0, currency="", order_id=order.id, method=method,
-                      description=fields.description, metadata=fields.metadata,
-                      customer_ip=risk.customer_ip(fields.customer_ip),
-                      next_action_url=qr_api.order_png_url(request, order.id))
+    payment = Payment(id=payment_id, merchant_id=merchant.id, amount=fields.amount or 0, currency=fields.currency or "",
+                      order_id=fields.order_id, method=method, description=fields.description,
+                      metadata=fields.metadata, customer_ip=risk.customer_ip(fields.customer_ip), next_action_url=url)
     risk_reason, amount_limits = await risk.assess(request, merchant, payment)
-    command = CreatePayment(payment=payment, risk_reason=risk_reason, amount_limits=amount_limits)
+    command = CreatePayment(payment=payment, processing_timeout_s=TRANSFER_WAIT_S, risk_reason=risk_reason,
+                            amount_limits=amount_limits)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
     return respond(request, render.payment(outcome.record))
@@ -229,7 +240,7 @@ async def list_payments(request: web.Request) -> web.Response:
 
 async def capture_payment(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    fields, body = await body_of(request, schemas.CaptureIn, optional=True)
+    fields, body = await body_of(request, schemas.CaptureIn)
     payment_id = request.match_info["id"]
     command = CapturePayment(merchant_id=merchant.id, payment_id=payment_id, amount=fields.amount or 0,
                              transfer_id=ledger_id(merchant.id, f"{payment_id}.capture"))
@@ -332,13 +343,16 @@ async def _record_callback(request: web.Request, merchant_id: str, command) -> w
 
 
 async def _transfer_received(request: web.Request, callback: schemas.ProviderCallback, signature: str) -> web.Response:
-    """Money arrived at the bank quoting a QR code's reference: it pays that order, or credits the merchant (or
-    sub-account) a static code names."""
+    """Money arrived at the bank quoting a QR code's reference: it pays that order, or the payment without an order
+    that waits for it, or credits the merchant (or sub-account) a static code names."""
     kind, object_id = qr_api.object_of(callback.reference) or ("", "")
-    merchant_id, order_id, sub_account_id = "", "", ""
+    merchant_id, order_id, sub_account_id, quoted_payment_id = "", "", "", ""
     if kind == "order":
         order = await qr_api.find_order(request, object_id)
         merchant_id, order_id = (order.merchant_id, order.id) if order else ("", "")
+    elif kind == "payment":
+        quoted = await qr_api.find_payment(request, object_id)
+        merchant_id, quoted_payment_id = (quoted.merchant_id, quoted.id) if quoted else ("", "")
     elif kind:
         owner = await qr_api.owner_of(request, kind, object_id)
         merchant_id, sub_account_id = (owner.id, object_id if kind == "sub_account" else "") if owner else ("", "")
@@ -349,7 +363,8 @@ async def _transfer_received(request: web.Request, callback: schemas.ProviderCal
     command = ReceiveBankTransfer(
         merchant_id=merchant_id, order_id=order_id, callback_id=callback.callback_id, amount=callback.amount,
         currency=callback.currency, method="qr", payment_id=payment_id, bank_reference=callback.bank_reference,
-        transfer_id=ledger_id(merchant_id, payment_id), sub_account_id=sub_account_id, signature=signature)
+        transfer_id=ledger_id(merchant_id, payment_id), sub_account_id=sub_account_id, signature=signature,
+        quoted_payment_id=quoted_payment_id)
     return await _record_callback(request, merchant_id, command)
 
 

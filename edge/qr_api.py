@@ -1,10 +1,10 @@
 """QR codes: EMVCo merchant-presented payloads (static and dynamic) and their PNG images.
 
-A dynamic code quotes its order (62/01 and 62/08: "O" + the order id's hex);
-a static one quotes its merchant ("M" + the merchant id's hex) or sub-account
-("S" + its hex). A transfer may quote that or the id itself ("ord_..."): both
-pay the same. The simulated bank pays what a transfer quotes, through its
-signed callback.
+A dynamic code quotes its order (62/01 and 62/08: "O" + the order id's hex),
+or a payment without an order ("P" + its hex); a static one quotes its merchant
+("M" + the merchant id's hex) or sub-account ("S" + its hex). A transfer may
+quote that or the id itself ("ord_..."): both pay the same. The simulated bank
+pays what a transfer quotes, through its signed callback.
 """
 
 import functools
@@ -19,16 +19,17 @@ from edge import schemas
 from edge.errors import ApiError, not_found
 from edge.http import body_of, cached_merchant, check_sub_account, merchant_principal, respond
 from engine.emvco import MAX_AMOUNT_LENGTH, MerchantAccount, MerchantQr, build_payload, format_amount
-from engine.queries import FindOrder, GetMerchant
-from engine.records import Merchant, Order
+from engine.payments import BANK_METHODS
+from engine.queries import FindOrder, FindPayment, GetMerchant
+from engine.records import Merchant, Order, Payment
 
 BANK_BIN = "970400"  # the simulated bank's routing number
 COUNTRY = "VN"
 CITY = "HANOI"
-ORDER_MARK, MERCHANT_MARK, SUB_ACCOUNT_MARK = "O", "M", "S"
+ORDER_MARK, PAYMENT_MARK, MERCHANT_MARK, SUB_ACCOUNT_MARK = "O", "P", "M", "S"
 # A compact reference's first letter -> what it names, and the prefix of that kind of id.
-REFERENCE_KINDS = {ORDER_MARK: ("order", "ord_"), MERCHANT_MARK: ("merchant", "mer_"),
-                   SUB_ACCOUNT_MARK: ("sub_account", "sub_")}
+REFERENCE_KINDS = {ORDER_MARK: ("order", "ord_"), PAYMENT_MARK: ("payment", "pay_"),
+                   MERCHANT_MARK: ("merchant", "mer_"), SUB_ACCOUNT_MARK: ("sub_account", "sub_")}
 PNG_SCALE = 6
 ORDER_PAYLOADS_CACHED = 4096
 
@@ -43,8 +44,9 @@ def reference_of(object_id: str, mark: str) -> str:
 
 
 def object_of(reference: str) -> tuple[str, str] | None:
-    """("order" | "merchant" | "sub_account", id) for a reference a transfer quotes: the compact form this gateway's
-    QR codes carry ("O" + the order id's hex), or the id itself ("ord_..."), which a payer may quote instead."""
+    """("order" | "payment" | "merchant" | "sub_account", id) for a reference a transfer quotes: the compact form
+    this gateway's QR codes carry ("O" + the order id's hex), or the id itself ("ord_..."), which a payer may quote
+    instead."""
     mark = next((mark for mark, (_, prefix) in REFERENCE_KINDS.items() if reference.startswith(prefix)), "")
     compact = reference_of(reference, mark) if mark else reference
     if len(compact) < 2 or compact[0] not in REFERENCE_KINDS or not re.fullmatch(r"[a-z0-9]{1,24}", compact[1:]):
@@ -53,24 +55,25 @@ def object_of(reference: str) -> tuple[str, str] | None:
     return kind, prefix + compact[1:]
 
 
-def payload_for(merchant: Merchant, order: Order | None, sub_account_id: str = "") -> str:
-    """A dynamic code for `order`, else a static one for the sub-account, else for the merchant."""
+def payload_for(merchant: Merchant, quoted: Order | Payment | None, sub_account_id: str = "") -> str:
+    """A dynamic code for the order (or the payment without one) it quotes, else a static one for the sub-account,
+    else for the merchant."""
     # Tag 62's fields hold at most 25 characters and "ord_" + 24 hex is 28: the code quotes "O" + the hex (object_of).
-    if order:
-        reference = reference_of(order.id, ORDER_MARK)
+    if quoted:
+        reference = reference_of(quoted.id, ORDER_MARK if isinstance(quoted, Order) else PAYMENT_MARK)
     elif sub_account_id:
         reference = reference_of(sub_account_id, SUB_ACCOUNT_MARK)
     else:
         reference = reference_of(merchant.id, MERCHANT_MARK)
-    currency = order.currency if order else "vnd"
+    currency = quoted.currency if quoted else "vnd"
     qr = MerchantQr(
-        dynamic=order is not None,
+        dynamic=quoted is not None,
         merchant_account=MerchantAccount(BANK_BIN, account_number(merchant.id)),
         currency_numeric=schemas.CURRENCY_NUMBERS.get(currency, "704"),
         country=COUNTRY,
         merchant_name=_ascii(merchant.name, 25) or "MERCHANT",
         merchant_city=CITY,
-        amount=format_amount(order.amount, schemas.CURRENCY_EXPONENTS[order.currency]) if order else None,
+        amount=format_amount(quoted.amount, schemas.CURRENCY_EXPONENTS[quoted.currency]) if quoted else None,
         bill_reference=reference,
         purpose=reference,
     )
@@ -83,11 +86,16 @@ def order_qr_problem(order: Order, method: str = "qr") -> ApiError | None:
         return ApiError(409, "order_not_pending", f"the order is {order.status}", "order_id")
     if method not in order.payment_methods:
         return ApiError(400, "payment_method_not_allowed", f"the order does not take {method} payments", "order_id")
-    if order.currency not in schemas.CURRENCY_NUMBERS:
-        return ApiError(400, "currency_not_supported", f"QR payments take {sorted(schemas.CURRENCY_NUMBERS)}", "order_id")
-    if len(format_amount(order.amount, schemas.CURRENCY_EXPONENTS[order.currency])) > MAX_AMOUNT_LENGTH:
+    return amount_qr_problem(order.amount, order.currency, "order_id")
+
+
+def amount_qr_problem(amount: int, currency: str, param: str) -> ApiError | None:
+    """Why a dynamic code cannot ask for `amount` in `currency` (None: it can); `param` names the field behind it."""
+    if currency not in schemas.CURRENCY_NUMBERS:
+        return ApiError(400, "currency_not_supported", f"QR payments take {sorted(schemas.CURRENCY_NUMBERS)}", param)
+    if len(format_amount(amount, schemas.CURRENCY_EXPONENTS[currency])) > MAX_AMOUNT_LENGTH:
         return ApiError(400, "qr_amount_too_large", f"a QR code's amount has at most {MAX_AMOUNT_LENGTH} characters",
-                        "order_id")
+                        param)
     return None
 
 
@@ -125,9 +133,13 @@ def order_png_url(request: web.Request, order_id: str) -> str:
     return f"{request.app['settings'].public_url}/v1/qr/orders/{order_id}.png"
 
 
+def payment_png_url(request: web.Request, payment_id: str) -> str:
+    return f"{request.app['settings'].public_url}/v1/qr/payments/{payment_id}.png"
+
+
 async def create_static(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    fields, _ = await body_of(request, schemas.StaticQrCreate, optional=True)
+    fields, _ = await body_of(request, schemas.StaticQrCreate)
     sub_account_id = fields.sub_account_id
     await check_sub_account(request, merchant, sub_account_id)
     url = f"{request.app['settings'].public_url}/v1/qr/merchants/{merchant.id}.png"
@@ -143,6 +155,14 @@ async def order_png(request: web.Request) -> web.Response:
     if payload is None:  # no such order, or none a QR code can pay now
         raise not_found("order", request.match_info["id"])
     return _png(payload)
+
+
+async def payment_png(request: web.Request) -> web.Response:
+    """Public, as an order's: the code of a payment without an order while it waits for the payer's transfer."""
+    payment = await find_payment(request, request.match_info["id"])
+    if payment is None or payment.order_id or payment.status != "requires_action" or payment.method not in BANK_METHODS:
+        raise not_found("payment", request.match_info["id"])
+    return _png(payload_for(await cached_merchant(request.app, payment.merchant_id), payment))
 
 
 async def merchant_png(request: web.Request) -> web.Response:
@@ -170,7 +190,16 @@ async def owner_of(request: web.Request, kind: str, object_id: str) -> Merchant 
 
 
 async def find_order(request: web.Request, order_id: str) -> Order | None:
-    if not re.fullmatch(r"ord_[a-z0-9]{1,24}", order_id):
+    return await _find_anywhere(request, "ord_", order_id, FindOrder)
+
+
+async def find_payment(request: web.Request, payment_id: str) -> Payment | None:
+    return await _find_anywhere(request, "pay_", payment_id, FindPayment)
+
+
+async def _find_anywhere(request: web.Request, prefix: str, object_id: str, query: type):
+    """The object of that id on whichever shard holds it; an id of another shape names nothing."""
+    if not re.fullmatch(prefix + r"[a-z0-9]{1,24}", object_id):
         return None
-    answers = await request.app["gateway"].read_everywhere(FindOrder(order_id))
+    answers = await request.app["gateway"].read_everywhere(query(object_id))
     return next((answer.record for answer in answers if answer.record is not None), None)

@@ -42,7 +42,8 @@ from engine.records import (
     UpdateOrder,
     wallet_account_id,
 )
-from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, CreateAccounts, CreateTransfers, Event, Transfer
+from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, AccountFlag, CreateAccounts, CreateTransfers, Event, \
+    Transfer
 
 IDEMPOTENCY_RETENTION_NS = 24 * 3600 * NANOSECONDS_PER_SECOND
 MAX_BLOCKLIST_ENTRIES = 100_000
@@ -188,11 +189,15 @@ class Commerce:
         split_code = self._check_splits(order)
         if split_code:
             return Outcome(split_code)
+        if not duration_fits(command.expires_in_s, timestamp):
+            return Outcome("expires_in_invalid")
         retry_after_s = self._admit_ip(command, timestamp)
         if retry_after_s:
             return Outcome("rate_limited", retry_after_s=retry_after_s)
         order.status = "pending"
         order.created_at = order.updated_at = timestamp
+        if command.expires_in_s is not None:
+            order.expires_at = timestamp + command.expires_in_s * NANOSECONDS_PER_SECOND
         self.orders[order.id] = order
         self.orders_by_merchant.setdefault(order.merchant_id, []).append(order.id)
         self._schedule_expiry(order)
@@ -256,12 +261,17 @@ class Commerce:
             return Outcome("order_not_pending", record=order)
         if command.amount is not None and self.payments.payment_in_progress(order):
             return Outcome("payment_in_progress", record=order)  # its payment is for the amount asked then
+        if not duration_fits(command.expires_in_s, timestamp):
+            return Outcome("expires_in_invalid", record=order)
         for field in ("name", "note", "amount"):
             value = getattr(command, field)
             if value is not None:
                 setattr(order, field, value)
-        if command.expires_at is not None:
-            order.expires_at = command.expires_at
+        expires_at = command.expires_at
+        if command.expires_in_s is not None:
+            expires_at = timestamp + command.expires_in_s * NANOSECONDS_PER_SECOND
+        if expires_at is not None:
+            order.expires_at = expires_at
             self._schedule_expiry(order)
         order.updated_at = timestamp
         return Outcome(record=order)
@@ -305,32 +315,48 @@ class Commerce:
         return Outcome(code, record=customer)
 
     def _pay_order_from_wallet(self, command: PayOrderFromWallet, timestamp: int) -> Outcome:
-        order = self.order_of(command.merchant_id, command.order_id)
-        if order is None:
-            return Outcome("order_not_found")
-        if order.status != "pending":
-            return Outcome("order_not_pending", record=order)
-        if "wallet" not in order.payment_methods:
-            return Outcome("payment_method_not_allowed", record=order)
-        if self.payments.payment_in_progress(order):
-            return Outcome("payment_in_progress", record=order)
-        if self.customer_of(command.merchant_id, command.customer_id) is None:
-            return Outcome("customer_not_found")
-        refusal = self.payments.risk_refusal(command.merchant_id, order.amount, order.currency, command.risk_reason,
-                                             command.amount_limits)
+        order = self.order_of(command.merchant_id, command.order_id) if command.order_id else None
+        refused = self._wallet_payment_refusal(command, order)
+        if refused is not None:
+            return refused
+        if order is not None:
+            command.amount, command.currency = order.amount, order.currency
+        refusal = self.payments.risk_refusal(command.merchant_id, command.amount, command.currency,
+                                             command.risk_reason, command.amount_limits)
         if refusal:
             return Outcome(record=self.payments.record_wallet_payment(command, order, timestamp, refusal))
         # Checked first so that a refused payment leaves no trace (no accounts, no spent transfer id).
-        if self.ledger.available(wallet_account_id(command.merchant_id, command.customer_id, order.currency)) < order.amount:
+        wallet_id = wallet_account_id(command.merchant_id, command.customer_id, command.currency)
+        if self.ledger.available(wallet_id) < command.amount:
             return Outcome("insufficient_funds", record=order)
-        wallet = self._ensure_wallet(command.merchant_id, command.customer_id, order.currency, timestamp)
-        balance = system_account(self.ledger, command.merchant_id, "balance", order.currency, timestamp)
-        code = move(self.ledger, Transfer(command.transfer_id, wallet, balance, order.amount, order.currency), timestamp)
+        wallet = self._ensure_wallet(command.merchant_id, command.customer_id, command.currency, timestamp)
+        balance = system_account(self.ledger, command.merchant_id, "balance", command.currency, timestamp)
+        code = move(self.ledger, Transfer(command.transfer_id, wallet, balance, command.amount, command.currency),
+                    timestamp)
         if code != "ok":
             return Outcome(code, record=order)
-        order.customer_id = command.customer_id
-        payment = self.payments.record_wallet_payment(command, order, timestamp)
-        return Outcome(record=payment)
+        if order is not None:
+            order.customer_id = command.customer_id
+        return Outcome(record=self.payments.record_wallet_payment(command, order, timestamp))
+
+    def _wallet_payment_refusal(self, command: PayOrderFromWallet, order: Order | None) -> Outcome | None:
+        """Why a wallet payment cannot start (None: it can): the order's state, or without one, the amount."""
+        if command.order_id:
+            if order is None:
+                return Outcome("order_not_found")
+            if order.status != "pending":
+                return Outcome("order_not_pending", record=order)
+            if "wallet" not in order.payment_methods:
+                return Outcome("payment_method_not_allowed", record=order)
+            if self.payments.payment_in_progress(order):
+                return Outcome("payment_in_progress", record=order)
+        elif command.amount <= 0:
+            return Outcome("amount_must_not_be_zero")
+        if self.customer_of(command.merchant_id, command.customer_id) is None:
+            return Outcome("customer_not_found")
+        if command.payment_id in self.payments.payments:
+            return Outcome("exists")
+        return None
 
     def _add_to_blocklist(self, command: AddToBlocklist, timestamp: int) -> Outcome:
         entry = command.entry
@@ -411,6 +437,11 @@ class Commerce:
         page = [self.blocklist[entry_id] for entry_id, _ in zip(newest_first, range(limit + 1))]
         return page[:limit], len(page) > limit
 
+
+
+def duration_fits(duration_s: int | None, timestamp: int) -> bool:
+    """A duration from the batch's time (None: none given) is not negative and ends within the engine's clock."""
+    return duration_s is None or 0 <= duration_s <= (TIMESTAMP_MAX - timestamp) // NANOSECONDS_PER_SECOND
 
 
 _HANDLERS = {

@@ -242,7 +242,7 @@ def _restore_payments(payments: Payments, snapshot: Snapshot) -> None:
     payments.cards = dict(snapshot.cards)
     payments.callback_signatures = dict(snapshot.callback_signatures)
     for payment in snapshot.payments:
-        if payment.status in OPEN_STATUSES:
+        if payment.status in OPEN_STATUSES and payment.deadline_at:  # one for an order waits with no deadline
             payments.deadlines.append((payment.deadline_at, payment.id))
         if payment.status == "requires_capture":
             payments.payment_by_hold[payment.authorization_id] = payment.id

@@ -73,7 +73,9 @@ class Payments:
         while self.deadlines and self.deadlines[0][0] <= timestamp:
             _, payment_id = heapq.heappop(self.deadlines)
             payment = self.payments[payment_id]
-            if payment.status in OPEN_STATUSES:
+            if payment.status in OPEN_STATUSES and payment.method in BANK_METHODS:
+                self._stop_waiting(payment, timestamp)  # the payer sent no transfer in time
+            elif payment.status in OPEN_STATUSES:
                 self._fail(payment, "processing_timeout", "the acquirer did not answer in time", timestamp)
         for transfer_id in expired_transfers:
             payment_id = self.payment_by_hold.pop(transfer_id, None)
@@ -100,8 +102,8 @@ class Payments:
                 return Outcome("token_not_found")
             payment.card = vaulted.card
         customer_id = customer_email = ""
-        if payment.method in BANK_METHODS and not payment.order_id:
-            return Outcome("order_not_found")  # a transfer quotes an order: there is nothing else to quote
+        if not payment.order_id and payment.amount <= 0:
+            return Outcome("amount_must_not_be_zero")
         if payment.order_id:
             order = self.orders.get(payment.order_id)
             if order is None or order.merchant_id != payment.merchant_id:
@@ -137,9 +139,11 @@ class Payments:
                                     command.amount_limits)
         if refusal:
             self._fail(payment, RISK_REJECTED, refusal, timestamp)
-        elif payment.method in BANK_METHODS:
+            return Outcome(record=payment)
+        if payment.method in BANK_METHODS:
             self.events.append(Event("payment.requires_action", payment.id, timestamp))
-        elif command.processing_timeout_s:
+        # A transfer for an order waits as long as the order does; every other payment has a deadline of its own.
+        if command.processing_timeout_s and not (payment.method in BANK_METHODS and payment.order_id):
             payment.deadline_at = timestamp + command.processing_timeout_s * NANOSECONDS_PER_SECOND
             heapq.heappush(self.deadlines, (payment.deadline_at, payment.id))
         return Outcome(record=payment)
@@ -159,8 +163,12 @@ class Payments:
         payment = self.awaiting_transfer(order)
         order.transfer_payment_id = ""
         if payment is not None:
-            payment.status, payment.next_action_url, payment.updated_at = "cancelled", "", timestamp
-            self.events.append(Event("payment.canceled", payment.id, timestamp))
+            self._stop_waiting(payment, timestamp)
+
+    def _stop_waiting(self, payment: Payment, timestamp: int) -> None:
+        """A payment waiting for the payer's transfer waits no more: it is cancelled."""
+        payment.status, payment.next_action_url, payment.updated_at = "cancelled", "", timestamp
+        self.events.append(Event("payment.canceled", payment.id, timestamp))
 
     def risk_refusal(self, merchant_id: str, amount: int, currency: str, risk_reason: str,
                      amount_limits: dict[str, int]) -> str:
@@ -238,6 +246,8 @@ class Payments:
         """Money in from the bank for an order: a payment that succeeds at once (the order decides paid or exception)."""
         if self.replayed(command.signature, timestamp):
             return Outcome(CALLBACK_REPLAYED)
+        if command.quoted_payment_id:
+            return self._receive_on_payment(command, timestamp)
         if not command.order_id:
             return self._receive_on_static_code(command, timestamp)
         order = self.orders.get(command.order_id)
@@ -266,6 +276,31 @@ class Payments:
         if command.amount != order.amount and order.status == "pending":
             order.status = "exception"  # paid, but not the amount asked: kept and flagged for a person to settle
         self._succeed(payment, command.amount, timestamp)
+        return Outcome(record=payment)
+
+    def _receive_on_payment(self, command: ReceiveBankTransfer, timestamp: int) -> Outcome:
+        """Money in quoting a payment without an order that waits for it: its amount, in its currency, completes it;
+        anything else the bank returns to the payer."""
+        payment = self._payment_of(command.merchant_id, command.quoted_payment_id)
+        if payment is None or payment.order_id or payment.method not in BANK_METHODS:
+            return Outcome("payment_not_found")
+        if command.callback_id in payment.callback_ids:
+            return Outcome("duplicate", record=payment)
+        if payment.status != "requires_action":
+            return Outcome("payment_not_open", record=payment)
+        if command.currency != payment.currency:
+            return Outcome("currency_mismatch", record=payment)
+        if command.amount != payment.amount:
+            return Outcome("amount_mismatch", record=payment)
+        clearing = system_account(self.ledger, payment.merchant_id, "clearing_bank", payment.currency, timestamp)
+        balance = system_account(self.ledger, payment.merchant_id, "balance", payment.currency, timestamp)
+        code = move(self.ledger, Transfer(command.transfer_id, clearing, balance, payment.amount, payment.currency),
+                    timestamp)
+        if code != "ok":
+            return Outcome(code, record=payment)
+        payment.psp_reference, payment.next_action_url = command.bank_reference, ""
+        payment.callback_ids = [*payment.callback_ids, command.callback_id]
+        self._succeed(payment, payment.amount, timestamp)
         return Outcome(record=payment)
 
     def _receive_on_static_code(self, command: ReceiveBankTransfer, timestamp: int) -> Outcome:
@@ -398,18 +433,19 @@ class Payments:
         self.events.append(Event(f"payout.{payout.status}", payout.id, timestamp))
         return Outcome(record=payout)
 
-    def record_wallet_payment(self, command, order: Order, timestamp: int, refusal: str = "") -> Payment:
-        """A wallet checkout the ledger has just moved succeeds at once and pays the order; one the risk rules
-        refuse (`refusal`) fails, and nothing moved."""
-        payment = Payment(id=command.payment_id, merchant_id=order.merchant_id, amount=order.amount,
-                          currency=order.currency, order_id=order.id, method="wallet", customer_id=command.customer_id,
-                          customer_email=order.customer_email, customer_ip=command.customer_ip, acquirer="wallet",
-                          created_at=timestamp, updated_at=timestamp)
+    def record_wallet_payment(self, command, order: Order | None, timestamp: int, refusal: str = "") -> Payment:
+        """A wallet checkout the ledger has just moved succeeds at once and pays the order, if any; one the risk
+        rules refuse (`refusal`) fails, and nothing moved."""
+        payment = Payment(id=command.payment_id, merchant_id=command.merchant_id, amount=command.amount,
+                          currency=command.currency, order_id=command.order_id, method="wallet",
+                          customer_id=command.customer_id, customer_email=order.customer_email if order else "",
+                          customer_ip=command.customer_ip, acquirer="wallet", created_at=timestamp,
+                          updated_at=timestamp)
         self.add(payment)
         if refusal:
             self._fail(payment, RISK_REJECTED, refusal, timestamp)
         else:
-            self._succeed(payment, order.amount, timestamp)
+            self._succeed(payment, command.amount, timestamp)
         return payment
 
     # Effects

@@ -222,6 +222,9 @@ class CreateOrder(msgspec.Struct, tag="create_order", array_like=True, kw_only=T
     client_ip: str = ""
     ip_limit: int = 0
     ip_window_s: int = 600
+    # The order expires this long after the batch that creates it. None: order.expires_at is the instant (journals
+    # written before durations).
+    expires_in_s: int | None = None
 
 
 class AdmitOrderIp(msgspec.Struct, tag="admit_order_ip", array_like=True, kw_only=True):
@@ -244,7 +247,8 @@ class UpdateOrder(msgspec.Struct, tag="update_order", array_like=True, kw_only=T
     name: str | None = None
     note: str | None = None
     amount: int | None = None
-    expires_at: int | None = None
+    expires_at: int | None = None  # journals written before expires_in_s; the edge sends a duration
+    expires_in_s: int | None = None  # counted from the batch's time
 
 
 class CancelOrder(msgspec.Struct, tag="cancel_order", array_like=True):
@@ -268,6 +272,8 @@ class MoveWallet(msgspec.Struct, tag="move_wallet", array_like=True, kw_only=Tru
 
 
 class PayOrderFromWallet(msgspec.Struct, tag="pay_order_from_wallet", array_like=True, kw_only=True):
+    """A wallet pays an order, or (order_id "") the merchant `amount` in `currency`."""
+
     merchant_id: str
     order_id: str
     customer_id: str
@@ -277,11 +283,14 @@ class PayOrderFromWallet(msgspec.Struct, tag="pay_order_from_wallet", array_like
     # The edge's risk verdict, as in CreatePayment.
     risk_reason: str = ""
     amount_limits: dict[str, int] = {}
+    amount: int = 0  # an order's own amount and currency replace these
+    currency: str = ""
 
 
 class CreatePayment(msgspec.Struct, tag="create_payment", array_like=True, kw_only=True):
     payment: Payment
-    # How long the acquirer may take before the payment fails by timeout (0: no limit).
+    # How long the acquirer may take before the payment fails by timeout, or the payer's transfer before a QR or bank
+    # transfer payment without an order is cancelled (0: no limit). One for an order waits as long as the order.
     processing_timeout_s: int = 30
     # A new card, encrypted by the edge (envelope encryption; opaque here), kept as payment.token_id.
     sealed_card: bytes = b""
@@ -320,8 +329,9 @@ class RecordPspResult(msgspec.Struct, tag="record_psp_result", array_like=True, 
 
 
 class ReceiveBankTransfer(msgspec.Struct, tag="receive_bank_transfer", array_like=True, kw_only=True):
-    """The bank says money arrived quoting an order (a dynamic QR code or a transfer), which it pays, or quoting a
-    merchant or one of its sub-accounts (a static QR code, no order), whose balance it credits."""
+    """The bank says money arrived quoting an order (a dynamic QR code or a transfer), which it pays, or a payment
+    without an order waiting for it, which it completes, or a merchant or one of its sub-accounts (a static QR
+    code), whose balance it credits."""
 
     merchant_id: str
     order_id: str  # "" for a static code
@@ -335,6 +345,8 @@ class ReceiveBankTransfer(msgspec.Struct, tag="receive_bank_transfer", array_lik
     sub_account_id: str = ""  # a static code's sub-account, "" for the merchant's own balance
     # The provider's signature of the callback, in one spelling: seen again within the replay window, it is refused.
     signature: str = ""
+    # A payment without an order that waits for this transfer (the transfer quotes it); order_id is then "".
+    quoted_payment_id: str = ""
 
 
 class CapturePayment(msgspec.Struct, tag="capture_payment", array_like=True, kw_only=True):

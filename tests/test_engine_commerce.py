@@ -13,7 +13,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-from engine import Account, CreateAccounts, CreateTransfers, Transfer, TransferCode
+from engine import Account, Command, CreateAccounts, CreateTransfers, Transfer, TransferCode
 from engine.commerce import IDEMPOTENCY_RETENTION_NS as RETENTION
 from engine.queries import GetCustomer, GetMerchant, GetOrder, ListOrders, LookupAccounts
 from engine.records import (
@@ -240,6 +240,39 @@ def test_order_without_expiry_stays_pending(shop: Shop):
     shop.ok(create("o1", expires_at=0))
     assert shop.run().events == []
     assert shop.order("o1").status == "pending"
+
+
+def test_an_expiry_given_as_a_duration_counts_from_the_batch_time(shop: Shop):
+    shop.ok(CreateOrder(order=order("o1", expires_at=0), expires_in_s=60))
+    created = shop.order("o1")
+    assert created.expires_at == created.created_at + 60 * S == shop.now + 60 * S
+    shop.ok(UpdateOrder(merchant_id="m1", order_id="o1", expires_in_s=120))
+    deadline = shop.now + 120 * S
+    assert shop.order("o1").expires_at == deadline
+    assert shop.run(at=deadline - 1).events == []
+    assert shop.run(at=deadline).events == [Event("order.expired", "o1", deadline)]
+
+
+def test_an_expiry_duration_out_of_range_is_refused(shop: Shop):
+    shop.ok(create("o1"))
+    for command in (CreateOrder(order=order("o2", expires_at=0), expires_in_s=-1),
+                    CreateOrder(order=order("o2", expires_at=0), expires_in_s=2**63 // S),
+                    UpdateOrder(merchant_id="m1", order_id="o1", name="Renamed", expires_in_s=-1)):
+        shop.refused(command, "expires_in_invalid")
+    assert (shop.order("o1").name, shop.order("o1").expires_at, shop.order("o2")) == ("Order o1", FAR, None)
+
+
+def test_a_journaled_order_command_with_an_absolute_expiry_applies_as_before(shop: Shop):
+    """Commands journaled before durations carry the instant: decoded from their old encoding, they keep it."""
+    decoder = msgspec.msgpack.Decoder(Command)
+    created = decoder.decode(msgspec.msgpack.encode(["create_order", order("o1", expires_at=FAR), "", 0, 600]))
+    updated = decoder.decode(msgspec.msgpack.encode(["update_order", "m1", "o1", None, None, None, FAR + S]))
+    assert (type(created), created.expires_in_s, type(updated), updated.expires_in_s) == (
+        CreateOrder, None, UpdateOrder, None)
+    shop.ok(created)
+    assert shop.order("o1").expires_at == FAR
+    shop.ok(updated)
+    assert shop.order("o1").expires_at == FAR + S
 
 
 @pytest.mark.parametrize("field, value", [("name", "Renamed"), ("note", "gift wrap"), ("amount", 99)])
@@ -485,6 +518,22 @@ def test_pay_refusals_move_nothing(wallets: Shop, make_order: Callable, command:
         wallets.refused(command(), code)
     assert wallets.order("o9").status == "pending"
     assert (wallets.wallet("c1"), wallets.wallet("c2", "m2"), wallets.takings(), wallets.takings("m2")) == (100, 100, 0, 0)
+
+
+def test_a_wallet_pays_an_amount_without_an_order_and_never_below_zero(wallets: Shop):
+    command = PayOrderFromWallet(merchant_id="m1", order_id="", customer_id="c1", payment_id="pay_w",
+                                 transfer_id="m1:pay_w", amount=60, currency="USD")
+    result = wallets.ok(msgspec.structs.replace(command))
+    payment = result.results[0].record
+    assert (payment.status, payment.amount, payment.currency, payment.order_id) == ("succeeded", 60, "USD", "")
+    assert result.events == [Event("payment.succeeded", "pay_w", wallets.now)]
+    assert (wallets.wallet("c1"), wallets.takings()) == (40, 60)
+    for changes, code in (({"amount": 41}, "insufficient_funds"), ({"currency": "EUR"}, "insufficient_funds"),
+                          ({"amount": 0}, "amount_must_not_be_zero"), ({"customer_id": "c2"}, "customer_not_found"),
+                          ({"payment_id": "pay_w", "transfer_id": "m1:other"}, "exists")):
+        again = msgspec.structs.replace(command, payment_id="pay_x", transfer_id="m1:pay_x")
+        wallets.refused(msgspec.structs.replace(again, **changes), code)
+    assert (wallets.wallet("c1"), wallets.takings()) == (40, 60)
 
 
 @pytest.mark.parametrize("batches", [1, 4, 300])

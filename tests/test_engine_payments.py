@@ -279,7 +279,60 @@ def test_a_qr_payment_waits_for_the_transfer_quoting_its_order(gw: Gateway):
     gw.ok(create("pq3", order_id="o3", method="qr"))
     assert gw.ok(CancelOrder("m1", "o3")).events == [Event("payment.canceled", "pq3", gw.now)]
     assert gw.payment("pq3").status == "cancelled"
-    gw.refused(create("pq4", order_id="", method="bank_transfer", amount=5, currency="USD"), "order_not_found")
+
+
+def quoting(pid: str, cb: str, amount: int, currency: str = "USD", mid: str = "m1") -> ReceiveBankTransfer:
+    """The bank's word that a transfer quoting payment `pid` arrived."""
+    return ReceiveBankTransfer(merchant_id=mid, order_id="", callback_id=cb, amount=amount, currency=currency,
+                               method="qr", payment_id=f"pay_{cb}", transfer_id=f"{mid}:bt-{cb}", bank_reference=cb,
+                               quoted_payment_id=pid)
+
+
+@pytest.mark.parametrize("method", ["qr", "bank_transfer"])
+def test_a_transfer_payment_without_an_order_is_completed_by_the_transfer_quoting_it(gw: Gateway, method: str):
+    result = gw.ok(create("pq", order_id="", method=method, amount=5000, currency="USD", timeout_s=900))
+    assert result.events == [Event("payment.created", "pq", gw.now), Event("payment.requires_action", "pq", gw.now)]
+    waiting = gw.payment("pq")
+    assert (waiting.status, waiting.amount, waiting.acquirer, waiting.deadline_at) == (
+        "requires_action", 5000, "bank", gw.now + 900 * S)
+    # What is not exactly what it asked for stays the bank's, to go back to the payer.
+    for transfer, code in ((quoting("pq", "cb1", 4999), "amount_mismatch"),
+                           (quoting("pq", "cb1", 5000, "EUR"), "currency_mismatch"),
+                           (quoting("pq", "cb1", 5000, mid="m2"), "payment_not_found"),
+                           (quoting("p-none", "cb1", 5000), "payment_not_found")):
+        gw.refused(transfer, code)
+    paid = gw.ok(quoting("pq", "cb1", 5000)).results[0].record
+    assert (paid.status, paid.amount_captured, paid.psp_reference) == ("succeeded", 5000, "cb1")
+    assert gw.available() == 5000
+    assert gw.do(quoting("pq", "cb1", 5000)).code == "duplicate"
+    gw.refused(quoting("pq", "cb2", 5000), "payment_not_open")
+    gw.run(at=gw.now + 900 * S)
+    assert gw.payment("pq").status == "succeeded"
+    gw.ok(refund("r1", "pq", 1000))
+    assert gw.available() == 4000
+
+
+def test_a_transfer_payment_without_an_order_is_cancelled_when_no_transfer_comes_in_time(gw: Gateway):
+    gw.ok(create("pq", order_id="", method="qr", amount=5000, currency="USD", timeout_s=60))
+    deadline = gw.payment("pq").deadline_at
+    copy = gw.restored()
+    for gateway in (gw, copy):
+        assert gateway.run(at=deadline - 1).events == []
+        assert gateway.run(at=deadline).events == [Event("payment.canceled", "pq", deadline)]
+        assert (gateway.payment("pq").status, gateway.payment("pq").next_action_url) == ("cancelled", "")
+        gateway.refused(quoting("pq", "cb1", 5000), "payment_not_open")
+    assert copy.engine.state_hash() == gw.engine.state_hash()
+    gw.refused(create("pz", order_id="", method="qr", amount=0, currency="USD"), "amount_must_not_be_zero")
+
+
+def test_a_restored_engine_leaves_an_orders_qr_payment_waiting_as_the_original_does(gw: Gateway):
+    gw.ok(order("o2", methods=("qr",)))
+    gw.ok(create("pq", order_id="o2", method="qr"))
+    copy = gw.restored()
+    for gateway in (gw, copy):
+        assert gateway.run().events == []
+        assert gateway.payment("pq").status == "requires_action"
+    assert copy.engine.state_hash() == gw.engine.state_hash()
 
 
 # 2. RecordPspResult

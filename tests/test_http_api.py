@@ -706,3 +706,96 @@ def test_openapi_health_readiness_and_metrics(server):
     assert ok(server, "GET", "/readyz")["ready"] is True
     metrics = call(server, "GET", "/metrics", status=200).body.decode()
     assert "paygate_http_requests_total" in metrics and "paygate_shard_batch_commands" in metrics
+
+
+# --- 8. one rule for every route -----------------------------------------------------------------------------------
+
+def post_routes(server) -> list[tuple[str, dict]]:
+    """Every POST route the gateway serves, as /openapi.json lists it: (path, operation)."""
+    return [(path, methods["post"]) for path, methods in ok(server, "GET", "/openapi.json")["paths"].items()
+            if "post" in methods]
+
+
+def auth_of(operation: dict) -> str:
+    return operation["description"].removeprefix("Authentication: ").removesuffix(".")
+
+
+def credentials_for(server, operation: dict, key: str) -> str | None:
+    """The token an operation takes: the admin's, the merchant's (`key`), or none."""
+    return {"admin": server.admin_token, "none": None}.get(auth_of(operation), key)
+
+
+def test_every_post_route_refuses_an_idempotency_key_outside_1_to_255_characters(server):
+    key = merchant(server)
+    merchant_id = ok(server, "GET", "/v1/merchants/me", key=key)["id"]
+    routes = post_routes(server)
+    assert {"/v1/orders", "/v1/qr/dynamic", "/v1/qr/static", "/v1/payments"} <= {path for path, _ in routes}
+    for path, operation in routes:
+        filled = re.sub(r"\{\w+\}", merchant_id, path)
+        for bad_key in ("k" * 256, "k" * 300):
+            error(server, "POST", filled, {}, key=credentials_for(server, operation, key),
+                  code="idempotency_key_invalid", param="Idempotency-Key", headers={"Idempotency-Key": bad_key})
+    the_order = order(server, key, payment_methods=["qr"])
+    longest = {"Idempotency-Key": "k" * 255}
+    assert ok(server, "POST", "/v1/qr/dynamic", {"order_id": the_order["id"]}, key=key, headers=longest)["payload"]
+    assert ok(server, "GET", "/v1/orders?limit=100", key=key)["data"] == [the_order]  # nothing else was created
+
+
+def test_every_route_with_a_json_body_refuses_an_empty_one(server):
+    """Malformed JSON is 400, and no body at all is not JSON: even where every field of the body is optional."""
+    key = merchant(server)
+    merchant_id = ok(server, "GET", "/v1/merchants/me", key=key)["id"]
+    checked = set()
+    for path, operation in post_routes(server):
+        takes_json = "application/json" in operation.get("requestBody", {}).get("content", {})
+        if not takes_json or auth_of(operation) == "provider signature":  # unsigned: 401 before the body is read
+            continue
+        filled = re.sub(r"\{\w+\}", merchant_id, path)
+        for empty in (b"", b"  \n"):
+            error(server, "POST", filled, empty, key=credentials_for(server, operation, key), code="invalid_json",
+                  param=None)
+        checked.add(path)
+    assert {"/v1/qr/static", "/v1/payments/{id}/capture", "/v1/orders", "/v1/transfers"} <= checked
+    assert ok(server, "POST", "/v1/qr/static", {}, key=key)["payload"]  # an object with no field is a body
+
+
+# --- 9. what the contract promises of payments and orders ----------------------------------------------------------
+
+def test_a_wallet_pays_an_amount_without_an_order_and_never_goes_below_zero(server):
+    key = merchant(server)
+    payer = customer(server, key)
+    ok(server, "POST", f"/v1/customers/{payer}/deposits", {"amount": 1000, "currency": "usd"}, key=key)
+    method = {"type": "wallet", "customer_id": payer}
+    paid = ok(server, "POST", "/v1/payments", {"amount": 600, "currency": "usd", "payment_method": method}, key=key)
+    assert (paid["status"], paid["amount"], paid["amount_captured"], paid["order_id"]) == ("succeeded", 600, 600, None)
+    assert ok(server, "GET", f"/v1/payments/{paid['id']}", key=key) == paid
+    assert balances(wallet(server, key, payer)) == {"usd": (400, 400)}
+    assert account(server, key, ".balance.usd")["balance"] == 600  # the merchant's balance has the money
+    for amount, currency in ((401, "usd"), (1, "eur")):
+        error(server, "POST", "/v1/payments", {"amount": amount, "currency": currency, "payment_method": method},
+              key=key, status=402, code="insufficient_funds")
+    error(server, "POST", "/v1/payments", {"amount": 1, "payment_method": method}, key=key, code="parameter_missing")
+    assert balances(wallet(server, key, payer)) == {"usd": (400, 400)}
+    refund = ok(server, "POST", "/v1/refunds", {"payment_id": paid["id"], "amount": 100}, key=key)
+    assert refund["status"] == "succeeded" and balances(wallet(server, key, payer)) == {"usd": (500, 500)}
+
+
+def test_a_replayed_card_payment_answers_the_first_reply_byte_for_byte(server):
+    key = merchant(server)
+    body = {"amount": 1000, "currency": "usd", "payment_method": {"type": "card", "card": {
+        "number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123", "holder_name": "Ann"}}}
+    headers = {"Idempotency-Key": f"card-{uuid.uuid4().hex}"}
+    first = call(server, "POST", "/v1/payments", body, key=key, status=200, headers=headers)
+    again = call(server, "POST", "/v1/payments", body, key=key, status=200, headers=headers)
+    assert again.headers.get("Idempotent-Replayed") == "true"
+    assert again.body == first.body
+    assert first.json()["payment_method"]["token"].startswith("tok_")
+
+
+def test_an_orders_expiry_counts_from_the_engines_time(server):
+    """The instant is the shard's batch time plus the duration, exactly: the edge's clock has no say in it."""
+    key = merchant(server)
+    created = order(server, key, expires_in=600)
+    assert seconds_between(created["created_at"], created["expires_at"]) == 600
+    patched = ok(server, "PATCH", f"/v1/orders/{created['id']}", {"expires_in": 3600}, key=key)
+    assert seconds_between(patched["updated_at"], patched["expires_at"]) == 3600

@@ -51,6 +51,7 @@ OPERATIONS = [
     ("GET", "/v1/payments/{id}"), ("POST", "/v1/payments/{id}/capture"), ("POST", "/v1/payments/{id}/cancel"),
     ("POST", "/v1/refunds"), ("GET", "/v1/refunds/{id}"), ("POST", "/v1/psp/{provider}/webhook"),
     ("POST", "/v1/qr/dynamic"), ("POST", "/v1/qr/static"), ("GET", "/v1/qr/orders/{id}.png"),
+    ("GET", "/v1/qr/payments/{id}.png"),
     ("GET", "/v1/qr/merchants/{id}.png"), ("POST", "/v1/payouts"), ("GET", "/v1/payouts/{id}"),
     ("POST", "/v1/risk/blocklist"), ("GET", "/v1/risk/blocklist"), ("DELETE", "/v1/risk/blocklist/{id}"),
 ]
