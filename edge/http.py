@@ -297,10 +297,13 @@ def new_id(prefix: str, request: web.Request, scope: str) -> str:
     return prefix + random_tokens.token_hex(12)
 
 
-async def body_of(request: web.Request, kind):
-    """The body validated as `kind`, and its bytes. No body is no JSON, even where every field is optional (`{}`)."""
+async def body_of(request: web.Request, kind, optional: bool = False):
+    """The body validated as `kind`, and its bytes. No body is no JSON, even where every field is optional (`{}`),
+    except on an `optional` body: an action on an existing object (a full capture), where no body is `kind()`."""
     body = await request.read()
     if not body.strip():
+        if optional:
+            return kind(), body
         raise ApiError(400, "invalid_json", "the body is empty: send a JSON object")
     return schemas.decode(body, kind), body
 

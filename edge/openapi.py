@@ -86,6 +86,8 @@ TEXT_RESPONSES = {
     "payment_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
     "merchant_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
 }
+# Actions on an existing object whose every field is optional: no body at all means all defaults.
+OPTIONAL_BODIES = frozenset({"capture_payment"})
 # Statuses whose body is the operation's success type rather than the error shape (readyz: 503 when not ready).
 SUCCESS_SHAPED_STATUSES = {"readyz": ("503",)}
 QUERY_PARAMETERS = {
@@ -142,7 +144,7 @@ def _document(routes: tuple[tuple[str, str, str], ...]) -> dict:
         if auth != "none":
             operation["security"] = [{"bearer": []}]
         if request_type is not None:
-            operation["requestBody"] = {"required": True, "content": {"application/json": {
+            operation["requestBody"] = {"required": handler not in OPTIONAL_BODIES, "content": {"application/json": {
                 "schema": schema_of[request_type]}}}
         if handler in FORM_REQUESTS:
             form_media_type, form_type = FORM_REQUESTS[handler]

@@ -240,7 +240,7 @@ async def list_payments(request: web.Request) -> web.Response:
 
 async def capture_payment(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    fields, body = await body_of(request, schemas.CaptureIn)
+    fields, body = await body_of(request, schemas.CaptureIn, optional=True)
     payment_id = request.match_info["id"]
     command = CapturePayment(merchant_id=merchant.id, payment_id=payment_id, amount=fields.amount or 0,
                              transfer_id=ledger_id(merchant.id, f"{payment_id}.capture"))

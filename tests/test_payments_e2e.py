@@ -424,9 +424,8 @@ def test_payment_requests_the_contract_refuses_or_accepts(server, shop):
                                                 "splits": [{"sub_account_id": "sub_nope", "amount": 1}]}, key=key,
                  status=400)
     assert (split["error"]["code"], split["error"]["param"]) == ("split_destination_not_found", "splits")
-    # Every field of a capture is optional, but the body is JSON: none at all is 400, and `{}` captures it whole.
-    error(server, "POST", f"/v1/payments/{held['id']}/capture", raw=b"", key=key, code="invalid_json")
-    captured = call(server, "POST", f"/v1/payments/{held['id']}/capture", {}, key=key)
+    # Every field of a capture is optional: no body at all captures the whole authorization.
+    captured = call(server, "POST", f"/v1/payments/{held['id']}/capture", raw=b"", key=key)
     assert (captured["status"], captured["amount_captured"]) == ("succeeded", held["amount"])
 
 
