@@ -17,7 +17,8 @@ from engine.commerce import Commerce, IdempotencyRecord
 from engine.ledger import Ledger
 from engine.queries import Answer, Query, answer
 from engine.payments import OPEN_STATUSES, Payments
-from engine.records import BlocklistEntry, Customer, Merchant, Order, Payment, Payout, Refund, VaultedCard
+from engine.records import Adjustment, BlocklistEntry, Customer, Deposit, Merchant, Order, Payment, Payout, Refund, \
+    VaultedCard, Withdrawal
 from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Event, Transfer
 from engine.verify import verify_ledger
 
@@ -45,6 +46,9 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     cards: list[tuple[str, VaultedCard]]
     blocklist: list[BlocklistEntry] = []
     callback_signatures: list[tuple[str, int]] = []
+    deposits: list[Deposit] = []
+    withdrawals: list[Withdrawal] = []
+    adjustments: list[Adjustment] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -119,6 +123,9 @@ class Engine:
             cards=list(commerce.payments.cards.items()),
             blocklist=list(commerce.blocklist.values()),
             callback_signatures=list(commerce.payments.callback_signatures.items()),
+            deposits=list(commerce.deposits.deposits.values()),
+            withdrawals=list(commerce.deposits.withdrawals.values()),
+            adjustments=list(commerce.deposits.adjustments.values()),
         )
 
     @classmethod
@@ -202,6 +209,7 @@ def _restore_commerce(commerce: Commerce, snapshot: Snapshot) -> None:
     commerce.order_times_by_ip = {ip: collections.deque(times) for ip, times in snapshot.order_times_by_ip}
     commerce.blocklist = {entry.id: entry for entry in snapshot.blocklist}
     _restore_payments(commerce.payments, snapshot)
+    commerce.deposits.restore(snapshot.deposits, snapshot.withdrawals, snapshot.adjustments)
 
 
 def _restore_payments(payments: Payments, snapshot: Snapshot) -> None:
