@@ -17,6 +17,7 @@ count (an `ok` outcome, not a replay):
     a held authorization the ledger released     → void at the acquirer (its transfer.expired event)
     CreateRefund                                 → refund at the payment's acquirer, under the refund's id
     CreatePayout                                 → payout at the bank
+    CreateWithdrawal                             → payout at the bank, to the customer, under the withdrawal's id
 
 It also watches card payments left open (`processing`, or `requires_action` while the cardholder is at the
 3-D Secure page): a committed CreatePayment says when the engine will fail it (deadline_at), and a margin before
@@ -56,6 +57,7 @@ from engine.records import (
     CapturePayment,
     CreatePayout,
     CreateRefund,
+    CreateWithdrawal,
     Idempotent,
     Outcome,
     Payment,
@@ -209,7 +211,7 @@ class ProviderFollowerActor:
             return payment.acquirer, RefundRequest(merchant_id=record.merchant_id, payment_id=record.payment_id,
                                                    refund_id=record.id, amount=record.amount,
                                                    currency=record.currency, psp_reference=payment.psp_reference)
-        if kind is CreatePayout:
+        if kind is CreatePayout or kind is CreateWithdrawal:
             return self.payout_provider, PayoutRequest(merchant_id=record.merchant_id, payout_id=record.id,
                                                        amount=record.amount, currency=record.currency)
         return None
