@@ -172,7 +172,8 @@ def deposit(record: Deposit) -> schemas.DepositOut:
         customer_id=record.customer_id, payment_id=record.payment_id,
         payment_method=schemas.PaymentMethodOut(type=record.method), next_action=next_action,
         failure_code=record.failure_code or None, failure_message=record.failure_message or None,
-        created_at=time_of(record.created_at), updated_at=time_of(record.updated_at))
+        expires_at=time_of(record.expires_at) if record.expires_at else None, created_at=time_of(record.created_at),
+        updated_at=time_of(record.updated_at))
 
 
 def withdrawal(record: Withdrawal) -> schemas.WithdrawalOut:

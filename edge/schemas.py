@@ -570,6 +570,8 @@ class DepositOut(Struct):
     next_action: NextAction | None
     failure_code: str | None
     failure_message: str | None
+    expires_at: Annotated[str | None, Meta(description="a QR or bank transfer deposit fails if no transfer quoting "
+                                                       "it came by then")]
     created_at: str
     updated_at: str
 

@@ -88,6 +88,7 @@ class Commerce:
         """Expire pending orders whose time is up; forget idempotency keys past retention; time out payments."""
         first_event = len(self.events)
         self.payments.advance(timestamp, expired_transfers)
+        self.deposits.advance(timestamp)
         self.deposits.follow_payments(first_event, timestamp)
         events = []
         expiries = self.order_expiries

@@ -9,6 +9,7 @@ adjustment is an operator's named credit from the merchant's `adjustments` accou
 an inflow. Every command checks all it can before it changes anything.
 """
 
+import heapq
 from typing import Callable
 
 from engine.deposit_states import (
@@ -35,10 +36,12 @@ from engine.records import (
     system_account_id,
     wallet_account_id,
 )
-from engine.types import AMOUNT_MAX, AccountFlag, Event, Transfer, TransferFlag
+from engine.types import AMOUNT_MAX, NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, TransferFlag
 
 DEPOSIT_METHODS = ("card", *BANK_METHODS)
 MAX_REASON_CHARS = 500
+DEPOSIT_EXPIRED = "deposit_expired"
+MAX_TRANSFER_WINDOW_S = 30 * 86400
 
 
 class Deposits:
@@ -53,12 +56,25 @@ class Deposits:
         self.adjustments: dict[str, Adjustment] = {}
         # payment id -> the deposit it funds, while that deposit is open (derived: restore rebuilds it)
         self.open_by_payment: dict[str, str] = {}
+        # (expires_at, deposit id) of deposits waiting for a transfer, a heap (derived: restore rebuilds it)
+        self.expiries: list[tuple[int, str]] = []
+
+    # Time
+
+    def advance(self, timestamp: int) -> None:
+        """Fail the QR and bank transfer deposits whose transfer did not come in time: nothing stays open for ever."""
+        while self.expiries and self.expiries[0][0] <= timestamp:
+            _, deposit_id = heapq.heappop(self.expiries)
+            deposit = self.deposits[deposit_id]
+            if deposit.status == "requires_action":
+                self.payments.fail(self.payments.payments[deposit.payment_id], DEPOSIT_EXPIRED,
+                                   "no transfer quoting the deposit came in time", timestamp)
 
     # Deposits
 
     def create_deposit(self, command: CreateDeposit, timestamp: int) -> Outcome:
         deposit, payment = command.deposit, command.payment.payment
-        refusal = self._deposit_refusal(deposit, payment)
+        refusal = self._deposit_refusal(deposit, payment, command.transfer_window_s)
         if refusal:
             return Outcome(refusal)
         # The payment is the deposit's, whatever was sent: its amount, its wallet, captured at once.
@@ -66,12 +82,15 @@ class Deposits:
         payment.method, payment.order_id, payment.deposit_id = deposit.method, "", deposit.id
         payment.capture_method = "automatic"
         first_event = len(self.events)
+        deposit.expires_at = 0
         if deposit.method == "card":
             outcome = self.payments.create_payment(command.payment, timestamp)
             if outcome.code != "ok":
                 return outcome
         else:
             self._await_transfer(payment, timestamp)
+            deposit.expires_at = timestamp + command.transfer_window_s * NANOSECONDS_PER_SECOND
+            heapq.heappush(self.expiries, (deposit.expires_at, deposit.id))
         deposit.payment_id = payment.id
         deposit.status = "requires_action" if deposit.method in BANK_METHODS else "processing"
         deposit.next_action_url = payment.next_action_url if deposit.method in BANK_METHODS else ""
@@ -83,13 +102,15 @@ class Deposits:
         self.follow_payments(first_event, timestamp)  # a payment the risk rules refused fails its deposit at once
         return Outcome(record=deposit)
 
-    def _deposit_refusal(self, deposit: Deposit, payment: Payment) -> str:
+    def _deposit_refusal(self, deposit: Deposit, payment: Payment, transfer_window_s: int) -> str:
         if self.customer_of(deposit.merchant_id, deposit.customer_id) is None:
             return "customer_not_found"
         if deposit.id in self.deposits or payment.id in self.payments.payments:
             return "exists"
         if deposit.method not in DEPOSIT_METHODS or payment.merchant_id != deposit.merchant_id:
             return "payment_method_not_allowed"
+        if not 0 < transfer_window_s <= MAX_TRANSFER_WINDOW_S:
+            return "transfer_window_out_of_range"
         return _amount_refusal(deposit.amount)
 
     def _await_transfer(self, payment: Payment, timestamp: int) -> None:
@@ -242,6 +263,9 @@ class Deposits:
         self.adjustments = {adjustment.id: adjustment for adjustment in adjustments}
         self.open_by_payment = {deposit.payment_id: deposit.id for deposit in deposits
                                 if not is_final(DEPOSIT_TRANSITIONS, deposit.status)}
+        self.expiries = [(deposit.expires_at, deposit.id) for deposit in deposits
+                         if deposit.status == "requires_action" and deposit.expires_at]
+        heapq.heapify(self.expiries)
 
 
 def _amount_refusal(amount: int) -> str:

@@ -86,7 +86,8 @@ class Engine:
 
     def next_deadline(self) -> int | None:
         """The earliest time at which something expires (a pending transfer, an order), if any."""
-        heaps = (self.ledger.expiries, self.commerce.order_expiries, self.commerce.payments.deadlines)
+        heaps = (self.ledger.expiries, self.commerce.order_expiries, self.commerce.payments.deadlines,
+                 self.commerce.deposits.expiries)
         heads = [heap[0][0] for heap in heaps if heap]
         return min(heads) if heads else None
 

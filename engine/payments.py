@@ -424,6 +424,10 @@ class Payments:
         """Money the ledger has just moved for `payment` arrived (a deposit's transfer): it succeeds."""
         self._succeed(payment, amount, timestamp)
 
+    def fail(self, payment: Payment, code: str, message: str, timestamp: int) -> None:
+        """`payment` will take no money any more (a deposit's transfer that did not come in time)."""
+        self._fail(payment, code, message, timestamp)
+
     # Effects
 
     def _succeed(self, payment: Payment, amount: int, timestamp: int) -> None:

@@ -189,6 +189,8 @@ class Deposit(msgspec.Struct, tag=True, kw_only=True):
     next_action_url: str = ""
     failure_code: str = ""
     failure_message: str = ""
+    # A QR or bank transfer deposit waits for its transfer until then (engine time), and fails after.
+    expires_at: int = 0
     created_at: int = 0
     updated_at: int = 0
 
@@ -416,6 +418,8 @@ class CreateDeposit(msgspec.Struct, tag="create_deposit", array_like=True, kw_on
 
     deposit: Deposit
     payment: CreatePayment
+    # How long a QR or bank transfer deposit waits for the payer's transfer.
+    transfer_window_s: int = 24 * 3600
 
 
 class ReceiveDepositTransfer(msgspec.Struct, tag="receive_deposit_transfer", array_like=True, kw_only=True):

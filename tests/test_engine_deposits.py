@@ -235,9 +235,10 @@ def test_adjustment_credits_from_the_adjustments_account_with_its_reason(gw):
 def test_state_survives_a_snapshot_and_replays_the_same(gw):
     funded(gw)
     gw.ok(deposit("dep_2"))  # still open: its payment's authorization must still find it after the restore
-    gw.ok(withdrawal("wd_1", 100), adjustment("adj_1", 5))
+    gw.ok(withdrawal("wd_1", 100), adjustment("adj_1", 5), deposit("dep_3", "bank_transfer"))
     restored = gw.restored()
     assert restored.engine.state_hash() == gw.engine.state_hash()
+    assert [deposit_id for _, deposit_id in restored.engine.commerce.deposits.expiries] == ["dep_3"]  # open ones
     restored.ok(acquirer("dep_2"))
     assert (restored.record("deposit", "dep_2").status, restored.wallet()) == ("succeeded", 1505)
 
@@ -258,3 +259,20 @@ def test_transition_tables_refuse_what_they_do_not_list():
     with pytest.raises(InvariantBroken):
         advance_status(WITHDRAWAL_TRANSITIONS, record, "failed", T0)
     assert all(target in DEPOSIT_TRANSITIONS for targets in DEPOSIT_TRANSITIONS.values() for target in targets)
+
+
+def test_a_qr_deposit_whose_transfer_never_comes_fails_at_its_expiry_and_a_late_one_is_not_taken(gw):
+    command = deposit("dep_1", "qr")
+    command.transfer_window_s = 60
+    created = gw.do(command)
+    assert created.record.expires_at == gw.now + 60 * S
+    assert gw.engine.next_deadline() == created.record.expires_at
+    result = gw.run(at=gw.now + 61 * S)
+    assert "deposit.failed" in kinds(result)
+    expired = gw.record("deposit", "dep_1")
+    assert (expired.status, expired.failure_code) == ("failed", "deposit_expired")
+    assert gw.do(transfer_in("dep_1")).code == "deposit_not_open"
+    assert gw.wallet() == 0
+    too_long = deposit("dep_2", "qr")
+    too_long.transfer_window_s = 10**9
+    gw.refused(too_long, "transfer_window_out_of_range")
