@@ -2,9 +2,9 @@
 
 A dynamic code quotes its order (62/01 and 62/08: "O" + the order id's hex);
 a static one quotes its merchant ("M" + the merchant id's hex) or sub-account
-("S" + its hex). A deposit's code quotes the deposit ("D" + its hex) and its
-amount. A transfer may quote that or the id itself ("ord_..."): both pay the same. The simulated bank pays what a transfer quotes, through its
-signed callback.
+("S" + its hex); a deposit's, the deposit ("D" + its hex) and its amount.
+A transfer may quote that or the id itself ("ord_..."): both pay the same.
+The simulated bank pays what a transfer quotes, through its signed callback.
 """
 
 import functools
@@ -43,8 +43,9 @@ def reference_of(object_id: str, mark: str) -> str:
 
 
 def object_of(reference: str) -> tuple[str, str] | None:
-    """("order" | "merchant" | "sub_account" | "deposit", id) for a reference a transfer quotes: the compact form this gateway's
-    QR codes carry ("O" + the order id's hex), or the id itself ("ord_..."), which a payer may quote instead."""
+    """("order" | "merchant" | "sub_account" | "deposit", id) for a reference a transfer quotes: the compact form
+    this gateway's QR codes carry ("O" + the order id's hex), or the id itself ("ord_..."), which a payer may quote
+    instead."""
     mark = next((mark for mark, (_, prefix) in REFERENCE_KINDS.items() if reference.startswith(prefix)), "")
     compact = reference_of(reference, mark) if mark else reference
     if len(compact) < 2 or compact[0] not in REFERENCE_KINDS or not re.fullmatch(r"[a-z0-9]{1,24}", compact[1:]):

@@ -24,8 +24,9 @@ from edge_harness import Server
 from engine.emvco import parse_payload
 
 ANY = object()
-ERROR_TYPES = {400: "invalid_request_error", 402: "balance_error", 403: "permission_error", 404: "invalid_request_error",
-               405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error"}
+ERROR_TYPES = {400: "invalid_request_error", 402: "balance_error", 403: "permission_error",
+               404: "invalid_request_error", 405: "invalid_request_error", 409: "invalid_request_error",
+               413: "invalid_request_error"}
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 ORDER = {"name": "Coffee", "amount": 1999, "currency": "usd"}
 CUSTOMER = {"email": "ann@example.com", "name": "Ann"}
@@ -358,7 +359,8 @@ def test_wallet_adjustments_withdrawals_and_insufficient_funds(server):
     customer_id = created["id"]
     assert wallet(server, key, customer_id)["balances"] == []
     adjusted = fund(server, customer_id, 1000)
-    assert (adjusted["object"], adjusted["customer_id"], adjusted["reason"]) == ("adjustment", customer_id, "test funds")
+    assert (adjusted["object"], adjusted["customer_id"]) == ("adjustment", customer_id)
+    assert adjusted["reason"] == "test funds"
     # Without actors the bank never hears of it: the withdrawal stays pending, its money held.
     withdrawn = ok(server, "POST", f"/v1/customers/{customer_id}/withdrawals", {"amount": 300, "currency": "usd"},
                    key=key)
@@ -651,7 +653,8 @@ TESTED_ROUTES = {
     "/v1/accounts/{id}/balances": {"get"}, "/v1/transfers": {"post"}, "/v1/transfers/{id}": {"get"},
     "/v1/customers": {"post"}, "/v1/customers/{id}": {"get"}, "/v1/customers/{id}/deposits": {"post"},
     "/v1/customers/{id}/withdrawals": {"post"}, "/v1/customers/{id}/wallet": {"get"},
-    "/v1/customers/{id}/adjustments": {"post"}, "/v1/deposits/{id}": {"get"}, "/v1/withdrawals/{id}": {"get"}, "/v1/payments": {"get", "post"},
+    "/v1/customers/{id}/adjustments": {"post"}, "/v1/deposits/{id}": {"get"}, "/v1/withdrawals/{id}": {"get"},
+    "/v1/payments": {"get", "post"},
     "/v1/admin/ledger_check": {"get"}, "/healthz": {"get"}, "/readyz": {"get"}, "/metrics": {"get"},
     "/openapi.json": {"get"},
 }
