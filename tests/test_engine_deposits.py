@@ -276,3 +276,12 @@ def test_a_qr_deposit_whose_transfer_never_comes_fails_at_its_expiry_and_a_late_
     too_long = deposit("dep_2", "qr")
     too_long.transfer_window_s = 10**9
     gw.refused(too_long, "transfer_window_out_of_range")
+
+
+def test_a_card_deposit_the_risk_rules_refuse_fails_at_once(gw):
+    command = deposit("dep_1")
+    command.payment.risk_reason = "this card is on the block list"
+    created = gw.do(command)
+    assert (created.code, created.record.status, created.record.failure_code) == ("ok", "failed", "risk_rejected")
+    assert gw.do(acquirer("dep_1")).code == "payment_not_open"
+    assert gw.wallet() == 0
