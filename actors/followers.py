@@ -17,13 +17,15 @@ count (an `ok` outcome, not a replay):
     a held authorization the ledger released     → void at the acquirer (its transfer.expired event)
     CreateRefund                                 → refund at the payment's acquirer, under the refund's id
     CreatePayout                                 → payout at the bank
+    CreateWithdrawal                             → payout at the bank, to the customer, under the withdrawal's id
 
 It also watches card payments left open (`processing`, or `requires_action` while the cardholder is at the
-3-D Secure page): a committed CreatePayment says when the engine will fail it (deadline_at), and a margin before
-that the acquirer's connector asks the acquirer and settles the payment (an authorization whose callback was
-lost is recorded). The engine's deadline stays the backstop, for a payment still undecided or when this actor was
-away: a payment it fails so (a `payment.failed` event no command of the batch caused) is voided at the acquirer,
-so a late authorization holds nothing on the card. Everything it keeps is bounded (max_watched).
+3-D Secure page), a card deposit's payment too: a committed CreatePayment (or CreateDeposit) says when the engine
+will fail it (deadline_at), and a margin before that the acquirer's connector asks the acquirer and settles the
+payment (an authorization whose callback was lost is recorded). The engine's deadline stays the backstop, for a
+payment still undecided or when this actor was away: a payment it fails so (a `payment.failed` event no command of
+the batch caused) is voided at the acquirer, so a late authorization holds nothing on the card. Everything it keeps
+is bounded (max_watched).
 """
 
 import asyncio
@@ -55,8 +57,10 @@ from engine.records import (
     AUTHORIZATION_SUFFIX,
     CancelPayment,
     CapturePayment,
+    CreateDeposit,
     CreatePayout,
     CreateRefund,
+    CreateWithdrawal,
     Idempotent,
     Outcome,
     Payment,
@@ -196,6 +200,11 @@ class ProviderFollowerActor:
         if type(record) is Payment:
             self._watch_payment(record)
         kind = type(command)
+        if kind is CreateDeposit and record.method == "card":  # its own payment is watched as any card payment
+            payment = (await shard.read(FindPayment(record.payment_id))).record
+            if payment is not None:
+                self._watch_payment(payment)
+            return None
         if kind is CapturePayment:
             return record.acquirer, CaptureRequest(merchant_id=record.merchant_id, payment_id=record.id,
                                                    amount=record.amount_captured, currency=record.currency,
@@ -210,7 +219,7 @@ class ProviderFollowerActor:
             return payment.acquirer, RefundRequest(merchant_id=record.merchant_id, payment_id=record.payment_id,
                                                    refund_id=record.id, amount=record.amount,
                                                    currency=record.currency, psp_reference=payment.psp_reference)
-        if kind is CreatePayout:
+        if kind is CreatePayout or kind is CreateWithdrawal:
             return self.payout_provider, PayoutRequest(merchant_id=record.merchant_id, payout_id=record.id,
                                                        amount=record.amount, currency=record.currency)
         return None

@@ -33,8 +33,8 @@ from actors.risk_table import BLOCKLIST_OWNER, TABLE_FILE, Flag, RiskKind, RiskT
 from actors.runtime import NAMESPACE, die_with_parent
 from engine.batch import Batch, BatchResult, applied_commands
 from engine.queries import ListBlocklist
-from engine.records import AddToBlocklist, BlocklistEntry, CreatePayment, Idempotent, Outcome, Payment, \
-    PayOrderFromWallet, RemoveFromBlocklist
+from engine.records import AddToBlocklist, BlocklistEntry, CreateDeposit, CreatePayment, Deposit, Idempotent, \
+    Outcome, Payment, PayOrderFromWallet, RemoveFromBlocklist
 from engine.types import NANOSECONDS_PER_SECOND
 from journal.client import ShardClient, ShardMap
 from journal.recovery import batch_decoder
@@ -197,8 +197,9 @@ def block_reason(entry: BlocklistEntry) -> str:
 
 
 def worth_decoding(result: BatchResult) -> bool:
-    """Whether a batch may have created a payment or changed the block list (most batches of transfers cannot)."""
-    return any(type(outcome) is Outcome and type(outcome.record) in (Payment, BlocklistEntry)
+    """Whether a batch may have created a payment (a deposit's too) or changed the block list (most batches of
+    transfers cannot)."""
+    return any(type(outcome) is Outcome and type(outcome.record) in (Payment, Deposit, BlocklistEntry)
                for outcome in result.results)
 
 
@@ -215,9 +216,12 @@ class RiskState:
         for command, outcome in applied_commands(batch.commands, result):
             if type(outcome) is not Outcome or outcome.code != "ok" or outcome.replayed:
                 continue  # refused, or an idempotent replay of what was counted the first time
-            kind = type(command.command if type(command) is Idempotent else command)
+            inner = command.command if type(command) is Idempotent else command
+            kind = type(inner)
             if kind is CreatePayment or kind is PayOrderFromWallet:
                 self.count(outcome.record, batch.timestamp)
+            elif kind is CreateDeposit and inner.deposit.method == "card":  # a card attempt like any other
+                self.count(inner.payment.payment, batch.timestamp)
             elif kind is AddToBlocklist:
                 self.blocklist[outcome.record.id] = outcome.record
                 self.changed = True

@@ -292,8 +292,8 @@ def main() -> None:
             if not server.admin_token:
                 raise RuntimeError("paygate serve printed no admin token (a data folder from an earlier run?)")
             keys = server.create_merchants(merchant_count, tier="premium")
-            keys_file = folder / "merchants.json"  # the keys die with the run's data folder
-            keys_file.write_bytes(orjson.dumps({"keys": keys}))
+            keys_file = folder / "merchants.json"  # the keys (and the admin token) die with the run's data folder
+            keys_file.write_bytes(orjson.dumps({"keys": keys, "admin_token": server.admin_token}))
             cpu = run_locust(args, server, keys_file, latency_file, report)
             status, check = server.request("GET", "/v1/admin/ledger_check", key=server.admin_token)
             report.row(ledger_check="ok" if status == 200 and check.get("ok") else f"FAILED HTTP {status} {check}")

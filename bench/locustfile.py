@@ -5,8 +5,9 @@ gevent when imported, so nothing in the service or the tests imports this file.
 
 Configuration comes from the environment (bench/http.py sets it):
 
-- PAYGATE_BENCH_MERCHANTS: a JSON file with {"keys": [merchant API keys]};
-  each user takes the next key, round-robin, and keeps it.
+- PAYGATE_BENCH_MERCHANTS: a JSON file with {"keys": [merchant API keys], "admin_token"};
+  each user takes the next key, round-robin, and keeps it; the admin token
+  funds each wallet user's customer (an adjustment: no payment to wait for).
 - PAYGATE_BENCH_CHECKOUTS_PER_S: checkouts per second per order-and-wallet user
   (each checkout is 3 requests), paced with constant_throughput.
 - PAYGATE_BENCH_BATCHES_PER_S: batches per second per batch-transfer user.
@@ -50,18 +51,18 @@ def _number(name: str, default: float) -> float:
     return float(os.environ.get(name, default))
 
 
-def _merchant_keys() -> list[str]:
+def _credentials() -> tuple[list[str], str]:
     path = os.environ.get("PAYGATE_BENCH_MERCHANTS")
     if not path:
         raise RuntimeError("set PAYGATE_BENCH_MERCHANTS to a JSON file of merchant keys (bench/http.py does)")
     with open(path, "rb") as file:
-        keys = orjson.loads(file.read())["keys"]
-    if not keys:
-        raise RuntimeError(f"{path} holds no merchant keys")
-    return keys
+        credentials = orjson.loads(file.read())
+    if not credentials["keys"] or not credentials.get("admin_token"):
+        raise RuntimeError(f"{path} holds no merchant keys or no admin token")
+    return credentials["keys"], credentials["admin_token"]
 
 
-MERCHANT_KEYS = _merchant_keys()
+MERCHANT_KEYS, ADMIN_TOKEN = _credentials()
 SINGLE_USERS = os.environ.get("PAYGATE_BENCH_SINGLE_USERS", "1") != "0"
 CARD_USERS = os.environ.get("PAYGATE_BENCH_CARD_USERS", "1") != "0"
 BATCH_USERS = int(_number("PAYGATE_BENCH_BATCH_USERS", 1))
@@ -85,9 +86,10 @@ class PaygateUser(FastHttpUser):
         self.sequence = itertools.count(1)
         self.ready = False
 
-    def call(self, method: str, path: str, name: str, body=None, check=None, idempotent: bool = False):
+    def call(self, method: str, path: str, name: str, body=None, check=None, idempotent: bool = False,
+             as_admin: bool = False):
         """The decoded JSON of a 200 that passes `check` (which raises CheckFailed), or None after a failure."""
-        headers = self.headers
+        headers = {**self.headers, "Authorization": f"Bearer {ADMIN_TOKEN}"} if as_admin else self.headers
         if idempotent:
             headers = {**headers, "Idempotency-Key": f"{self.tag}-{next(self.sequence)}"}
         data = body if body is None or isinstance(body, bytes) else orjson.dumps(body)
@@ -138,10 +140,11 @@ class OrderWalletUser(PaygateUser):
                              check=lambda body: expect(body["id"].startswith("cus_"), f"customer id {body['id']!r}"))
         if customer is None:
             return
-        deposit = self.call("POST", f"/v1/customers/{customer['id']}/deposits",
-                            f"POST /v1/customers/{{id}}/deposits {SETUP}", {"amount": DEPOSIT, "currency": CURRENCY},
-                            check=lambda body: expect(body["customer_id"] == customer["id"], "deposit to whom?"))
-        if deposit is None:
+        funded = self.call("POST", f"/v1/customers/{customer['id']}/adjustments",
+                           f"POST /v1/customers/{{id}}/adjustments {SETUP}",
+                           {"amount": DEPOSIT, "currency": CURRENCY, "reason": "benchmark funds"}, as_admin=True,
+                           check=lambda body: expect(body["customer_id"] == customer["id"], "credited whom?"))
+        if funded is None:
             return
         self.customer_id = customer["id"]
         self.ready = True

@@ -10,7 +10,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from edge import cards, payments_api, qr_api, render, risk, schemas
+from edge import cards, payments_api, qr_api, render, risk, schemas, wallets_api
 from edge.auth import AdminToken, Secrets, TokenIssuer, hash_password, hash_secret, verify_password
 from edge.errors import ApiError, not_found
 from edge.gateway import Gateway
@@ -55,7 +55,6 @@ from engine.records import (
     Customer,
     DashboardUser,
     Merchant,
-    MoveWallet,
     Order,
     Outcome,
     SettlementAccount,
@@ -65,7 +64,7 @@ from engine.records import (
     UpdateOrder,
     wallet_account_id,
 )
-from engine.types import TIMESTAMP_MAX, Account, AccountFlag, CreateAccounts, CreateTransfers, \
+from engine.types import Account, AccountFlag, CreateAccounts, CreateTransfers, \
     Transfer, TransferFlag
 
 log = logging.getLogger("paygate.edge")
@@ -119,8 +118,11 @@ def create_app(settings: Settings) -> web.Application:
         web.get("/v1/transfers/{id}", get_transfer),
         web.post("/v1/customers", create_customer),
         web.get("/v1/customers/{id}", get_customer),
-        web.post("/v1/customers/{id}/deposits", deposit),
-        web.post("/v1/customers/{id}/withdrawals", withdraw),
+        web.post("/v1/customers/{id}/deposits", wallets_api.create_deposit),
+        web.get("/v1/deposits/{id}", wallets_api.get_deposit),
+        web.post("/v1/customers/{id}/withdrawals", wallets_api.create_withdrawal),
+        web.get("/v1/withdrawals/{id}", wallets_api.get_withdrawal),
+        web.post("/v1/customers/{id}/adjustments", wallets_api.create_adjustment),
         web.get("/v1/customers/{id}/wallet", get_wallet),
         web.post("/v1/payments", payments_api.create_payment),
         web.get("/v1/payments", payments_api.list_payments),
@@ -137,6 +139,7 @@ def create_app(settings: Settings) -> web.Application:
         web.get("/v1/qr/orders/{id}.png", qr_api.order_png),
         web.get("/v1/qr/payments/{id}.png", qr_api.payment_png),
         web.get("/v1/qr/merchants/{id}.png", qr_api.merchant_png),
+        web.get("/v1/qr/deposits/{id}.png", qr_api.deposit_png),
         web.post("/v1/risk/blocklist", risk.create_blocklist_entry),
         web.get("/v1/risk/blocklist", risk.list_blocklist),
         web.delete("/v1/risk/blocklist/{id}", risk.delete_blocklist_entry),
@@ -567,51 +570,16 @@ async def get_customer(request: web.Request) -> web.Response:
     return respond(request, render.customer(await _customer(request, merchant)))
 
 
-async def _move(request: web.Request, withdrawal: bool) -> web.Response:
-    merchant = await merchant_principal(request)
-    fields, body = await body_of(request, schemas.WalletMove)
-    check_currency(fields.currency)
-    command = MoveWallet(merchant_id=merchant.id, customer_id=request.match_info["id"],
-                         transfer_id=ledger_id(merchant.id, new_id("tr_", request, merchant.id + request.path)),
-                         amount=fields.amount, currency=fields.currency, withdrawal=withdrawal)
-    outcome = await run(request, merchant.id, command, body)
-    raise_for(outcome)
-    moved = (await request.app["gateway"].read(merchant.id, LookupTransfers([command.transfer_id]))).transfers[0]
-    # The wallet as the move left it, so a replay under the Idempotency-Key answers what the first request did.
-    return await _wallet_response(request, merchant, outcome.record, as_of=moved.timestamp)
-
-
-async def deposit(request: web.Request) -> web.Response:
-    return await _move(request, withdrawal=False)
-
-
-async def withdraw(request: web.Request) -> web.Response:
-    return await _move(request, withdrawal=True)
-
-
-async def _account_as_of(gateway, merchant_id: str, account: Account, as_of: int) -> Account:
-    balance = (await gateway.read(merchant_id, AccountBalance(account.id, as_of))).balance
-    return msgspec.structs.replace(account, debits_pending=balance.debits_pending, debits_posted=balance.debits_posted,
-                                   credits_pending=balance.credits_pending, credits_posted=balance.credits_posted)
-
-
 async def get_wallet(request: web.Request) -> web.Response:
+    """The wallet's balances and its latest moves (deposits, adjustments, checkouts, withdrawals)."""
     merchant = await merchant_principal(request)
-    return await _wallet_response(request, merchant, await _customer(request, merchant))
-
-
-async def _wallet_response(request: web.Request, merchant: Merchant, customer: Customer,
-                           as_of: int = TIMESTAMP_MAX) -> web.Response:
-    """The wallet as it stood at `as_of` (engine time): its accounts are history accounts, which keep every balance."""
+    customer = await _customer(request, merchant)
     gateway = request.app["gateway"]
     ids = [wallet_account_id(merchant.id, customer.id, currency) for currency in schemas.CURRENCY_EXPONENTS]
-    accounts = [account for account in (await gateway.read(merchant.id, LookupAccounts(ids))).accounts
-                if account and account.timestamp <= as_of]
+    accounts = [account for account in (await gateway.read(merchant.id, LookupAccounts(ids))).accounts if account]
     # Read side by side: the gateway sends reads made together to the shard as one request.
-    if as_of < TIMESTAMP_MAX:
-        accounts = await asyncio.gather(*(_account_as_of(gateway, merchant.id, account, as_of) for account in accounts))
     statements = await asyncio.gather(*(gateway.read(merchant.id, AccountTransfers(
-        account.id, timestamp_max=as_of, limit=20, newest_first=True)) for account in accounts))
+        account.id, limit=20, newest_first=True)) for account in accounts))
     history = [transfer for statement in statements for transfer in statement.transfers]
     history.sort(key=lambda transfer: transfer.timestamp, reverse=True)
     return respond(request, render.wallet(customer, accounts, history[:20]))

@@ -43,6 +43,8 @@ OUTCOME_ERRORS = {
     "customer_not_found": (404, "resource_missing"),
     "payment_not_found": (404, "resource_missing"),
     "payout_not_found": (404, "resource_missing"),
+    "deposit_not_found": (404, "resource_missing"),
+    "withdrawal_not_found": (404, "resource_missing"),
     "sub_account_not_found": (404, "resource_missing"),
     "token_not_found": (404, "resource_missing"),
     "blocklist_entry_not_found": (404, "resource_missing"),

@@ -45,8 +45,14 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "get_transfer": ("a transfer", None, schemas.TransferOut, "merchant"),
     "create_customer": ("create a customer", schemas.CustomerCreate, schemas.CustomerOut, "merchant"),
     "get_customer": ("a customer", None, schemas.CustomerOut, "merchant"),
-    "deposit": ("put money into a customer's wallet", schemas.WalletMove, schemas.WalletOut, "merchant"),
-    "withdraw": ("take money out of a customer's wallet", schemas.WalletMove, schemas.WalletOut, "merchant"),
+    "create_deposit": ("top up a customer's wallet by a real payment (card, QR or bank transfer): credited when the "
+                       "money arrives", schemas.DepositCreate, schemas.DepositOut, "merchant"),
+    "get_deposit": ("a deposit", None, schemas.DepositOut, "merchant"),
+    "create_withdrawal": ("send wallet money to the customer's bank (held until the bank answers)",
+                          schemas.WithdrawalCreate, schemas.WithdrawalOut, "merchant"),
+    "get_withdrawal": ("a withdrawal", None, schemas.WithdrawalOut, "merchant"),
+    "create_adjustment": ("credit a wallet by hand, with a reason, from the merchant's adjustments account",
+                          schemas.AdjustmentCreate, schemas.AdjustmentOut, "admin"),
     "get_wallet": ("a customer's wallet: balances and history", None, schemas.WalletOut, "merchant"),
     "create_payment": ("pay an order or an amount: card, saved card token, wallet, QR or bank transfer",
                        schemas.PaymentCreate, schemas.PaymentOut, "merchant"),
@@ -64,6 +70,8 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "payment_png": ("the QR code of a QR or bank transfer payment without an order, as PNG, while it waits", None,
                     str, "none"),
     "merchant_png": ("a merchant's static QR code as PNG", None, str, "none"),
+    "deposit_png": ("a QR or bank transfer deposit's QR code as PNG, while it waits for the transfer", None, str,
+                    "none"),
     "create_payout": ("move balance out through the bank (held until the bank answers)", schemas.PayoutCreate,
                       schemas.PayoutOut, "merchant"),
     "get_payout": ("a payout", None, schemas.PayoutOut, "merchant"),
@@ -85,6 +93,7 @@ TEXT_RESPONSES = {
     "order_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
     "payment_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
     "merchant_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
+    "deposit_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
 }
 # Actions on an existing object whose every field is optional: no body at all means all defaults.
 OPTIONAL_BODIES = frozenset({"capture_payment"})

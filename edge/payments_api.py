@@ -46,14 +46,18 @@ from engine.records import (
     Payout,
     PayOrderFromWallet,
     ReceiveBankTransfer,
+    ReceiveDepositTransfer,
     RecordPayoutResult,
     RecordPspResult,
+    RecordWithdrawalResult,
     Refund,
     authorization_transfer_id,
 )
 
 # How long a QR or bank transfer payment without an order waits for the payer's transfer: an order's default expiry.
 TRANSFER_WAIT_S = 900
+# A withdrawal's id: the bank sends withdrawals and payouts alike, and its callback names either by this id.
+WITHDRAWAL_PREFIX = "wd_"
 _sealed_encoder = msgspec.msgpack.Encoder()
 _sealed_decoder = msgspec.msgpack.Decoder(cards.SealedCard)
 
@@ -108,17 +112,7 @@ async def create_payment(request: web.Request) -> web.Response:
         return await _pay_from_wallet(request, merchant, fields, method, payment_id, body)
     if isinstance(method, (schemas.QrMethod, schemas.BankTransferMethod)):
         return await _pay_by_bank_transfer(request, merchant, fields, payment_id, body)
-    if (method.card is None) == (method.token is None):
-        raise ApiError(400, "parameter_invalid", "give either card or token", "payment_method")
-    number, sealed, card = _card_of(request, method)
-    token_id = method.token or cards.new_token_id()
-    if method.token:
-        vaulted = (await request.app["gateway"].read(merchant.id, GetCard(merchant.id, token_id))).card
-        if vaulted is None:
-            raise not_found("token", token_id, "payment_method.token")
-        card = vaulted.card
-        number = cards.unseal(request.app["kek"], _sealed_decoder.decode(vaulted.sealed))
-    card = msgspec.structs.replace(card, fingerprint=request.app["secrets"].card_fingerprint(number))
+    number, sealed, card, token_id = await card_in_hand(request, merchant, method)
     payment = Payment(
         id=payment_id, merchant_id=merchant.id, amount=fields.amount or 0, currency=fields.currency or "",
         order_id=fields.order_id, method="card", card=card, token_id=token_id,
@@ -132,10 +126,7 @@ async def create_payment(request: web.Request) -> web.Response:
     created = outcome.record
     # A payment the risk rules refused is failed already: no acquirer hears of it.
     if not request.get("replayed") and created.status == "processing":
-        cvc = method.card.cvc if method.card else ""
-        request.app["authorizations"].send(created.acquirer, Authorization(
-            created.id, merchant.id, created.amount, created.currency, created.capture_method == "automatic",
-            CardData(number, card.exp_month, card.exp_year, cvc)))
+        authorize(request, created, method, number)
     # The token the shard stored: a replay under the Idempotency-Key shows the first request's, not this one's.
     return respond(request, render.payment(created, created.token_id))
 
@@ -150,6 +141,32 @@ def _check_amount_or_order(fields: schemas.PaymentCreate) -> None:
                        "amount" if fields.amount is None else "currency")
     if fields.currency:
         check_currency(fields.currency)
+
+
+async def card_in_hand(request: web.Request, merchant: Merchant,
+                       method: schemas.CardMethod) -> tuple[str, bytes, CardDetails, str]:
+    """The card a payment names: its number (in this request's memory only), sealed if new, its details with their
+    fingerprint, and its token (new, or the saved card's)."""
+    if (method.card is None) == (method.token is None):
+        raise ApiError(400, "parameter_invalid", "give either card or token", "payment_method")
+    number, sealed, card = _card_of(request, method)
+    token_id = method.token or cards.new_token_id()
+    if method.token:
+        vaulted = (await request.app["gateway"].read(merchant.id, GetCard(merchant.id, token_id))).card
+        if vaulted is None:
+            raise not_found("token", token_id, "payment_method.token")
+        card = vaulted.card
+        number = cards.unseal(request.app["kek"], _sealed_decoder.decode(vaulted.sealed))
+    card = msgspec.structs.replace(card, fingerprint=request.app["secrets"].card_fingerprint(number))
+    return number, sealed, card, token_id
+
+
+def authorize(request: web.Request, payment: Payment, method: schemas.CardMethod, number: str) -> None:
+    """Send a card payment just created (and still processing) to its acquirer's connector, in memory only."""
+    cvc = method.card.cvc if method.card else ""
+    request.app["authorizations"].send(payment.acquirer, Authorization(
+        payment.id, payment.merchant_id, payment.amount, payment.currency, payment.capture_method == "automatic",
+        CardData(number, payment.card.exp_month, payment.card.exp_year, cvc)))
 
 
 def _card_of(request: web.Request, method: schemas.CardMethod) -> tuple[str, bytes, CardDetails | None]:
@@ -195,7 +212,7 @@ async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id:
             raise not_found("order", fields.order_id, "order_id")
         problem, url = qr_api.order_qr_problem(order, method), qr_api.order_png_url(request, order.id)
     else:
-        problem = qr_api.amount_qr_problem(fields.amount, fields.currency, "amount")
+        problem = qr_api.qr_amount_problem(fields.amount, fields.currency, "amount")
         url = qr_api.payment_png_url(request, payment_id)
     if problem is not None:
         raise problem
@@ -346,6 +363,8 @@ async def _transfer_received(request: web.Request, callback: schemas.ProviderCal
     """Money arrived at the bank quoting a QR code's reference: it pays that order, or the payment without an order
     that waits for it, or credits the merchant (or sub-account) a static code names."""
     kind, object_id = qr_api.object_of(callback.reference) or ("", "")
+    if kind == "deposit":
+        return await _deposit_transfer_received(request, callback, object_id, signature)
     merchant_id, order_id, sub_account_id, quoted_payment_id = "", "", "", ""
     if kind == "order":
         order = await qr_api.find_order(request, object_id)
@@ -368,12 +387,29 @@ async def _transfer_received(request: web.Request, callback: schemas.ProviderCal
     return await _record_callback(request, merchant_id, command)
 
 
+async def _deposit_transfer_received(request: web.Request, callback: schemas.ProviderCallback, deposit_id: str,
+                                     signature: str) -> web.Response:
+    """Money arrived at the bank quoting a deposit: the deposit's wallet is credited, once."""
+    deposit = await qr_api.find_deposit(request, deposit_id)
+    if deposit is None:  # acknowledged, so the bank stops; it stays the bank's to return
+        return respond(request, {"received": True, "outcome": "reference_unknown"})
+    command = ReceiveDepositTransfer(
+        merchant_id=deposit.merchant_id, deposit_id=deposit.id, callback_id=callback.callback_id,
+        amount=callback.amount, currency=callback.currency, bank_reference=callback.bank_reference,
+        transfer_id=ledger_id(deposit.merchant_id, f"{deposit.id}.{callback.callback_id}"), signature=signature)
+    return await _record_callback(request, deposit.merchant_id, command)
+
+
 async def _payout_result(request: web.Request, callback: schemas.ProviderCallback, signature: str) -> web.Response:
+    """The bank's word on money sent out: a merchant's payout, or a customer's withdrawal (`wd_`)."""
     if not callback.merchant_id.startswith("mer_"):
         raise ApiError(400, "parameter_invalid", "the callback names no merchant", "merchant_id")
+    settled_id = ledger_id(callback.merchant_id, f"{callback.payout_id}.{'paid' if callback.paid else 'returned'}")
+    if callback.payout_id.startswith(WITHDRAWAL_PREFIX):
+        return await _record_callback(request, callback.merchant_id, RecordWithdrawalResult(
+            merchant_id=callback.merchant_id, withdrawal_id=callback.payout_id, callback_id=callback.callback_id,
+            paid=callback.paid, failure_code=callback.failure_code, transfer_id=settled_id, signature=signature))
     command = RecordPayoutResult(
         merchant_id=callback.merchant_id, payout_id=callback.payout_id, callback_id=callback.callback_id,
-        paid=callback.paid, failure_code=callback.failure_code,
-        transfer_id=ledger_id(callback.merchant_id, f"{callback.payout_id}.{'paid' if callback.paid else 'returned'}"),
-        signature=signature)
+        paid=callback.paid, failure_code=callback.failure_code, transfer_id=settled_id, signature=signature)
     return await _record_callback(request, callback.merchant_id, command)

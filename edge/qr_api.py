@@ -1,10 +1,11 @@
 """QR codes: EMVCo merchant-presented payloads (static and dynamic) and their PNG images.
 
 A dynamic code quotes its order (62/01 and 62/08: "O" + the order id's hex),
-or a payment without an order ("P" + its hex); a static one quotes its merchant
-("M" + the merchant id's hex) or sub-account ("S" + its hex). A transfer may
-quote that or the id itself ("ord_..."): both pay the same. The simulated bank
-pays what a transfer quotes, through its signed callback.
+a payment without an order ("P" + its hex) or a deposit ("D" + its hex), with
+its amount; a static one quotes its merchant ("M" + the merchant id's hex) or
+sub-account ("S" + its hex). A transfer may quote that or the id itself
+("ord_..."): both pay the same. The simulated bank pays what a transfer quotes,
+through its signed callback.
 """
 
 import functools
@@ -20,16 +21,17 @@ from edge.errors import ApiError, not_found
 from edge.http import body_of, cached_merchant, check_sub_account, merchant_principal, respond
 from engine.emvco import MAX_AMOUNT_LENGTH, MerchantAccount, MerchantQr, build_payload, format_amount
 from engine.payments import BANK_METHODS
-from engine.queries import FindOrder, FindPayment, GetMerchant
-from engine.records import Merchant, Order, Payment
+from engine.queries import FindDeposit, FindOrder, FindPayment, GetMerchant
+from engine.records import Deposit, Merchant, Order, Payment
 
 BANK_BIN = "970400"  # the simulated bank's routing number
 COUNTRY = "VN"
 CITY = "HANOI"
-ORDER_MARK, PAYMENT_MARK, MERCHANT_MARK, SUB_ACCOUNT_MARK = "O", "P", "M", "S"
+ORDER_MARK, PAYMENT_MARK, MERCHANT_MARK, SUB_ACCOUNT_MARK, DEPOSIT_MARK = "O", "P", "M", "S", "D"
 # A compact reference's first letter -> what it names, and the prefix of that kind of id.
 REFERENCE_KINDS = {ORDER_MARK: ("order", "ord_"), PAYMENT_MARK: ("payment", "pay_"),
-                   MERCHANT_MARK: ("merchant", "mer_"), SUB_ACCOUNT_MARK: ("sub_account", "sub_")}
+                   MERCHANT_MARK: ("merchant", "mer_"), SUB_ACCOUNT_MARK: ("sub_account", "sub_"),
+                   DEPOSIT_MARK: ("deposit", "dep_")}
 PNG_SCALE = 6
 ORDER_PAYLOADS_CACHED = 4096
 
@@ -44,7 +46,8 @@ def reference_of(object_id: str, mark: str) -> str:
 
 
 def object_of(reference: str) -> tuple[str, str] | None:
-    """("order" | "payment" | "merchant" | "sub_account", id) for a reference a transfer quotes: the compact form
+    """("order" | "payment" | "merchant" | "sub_account" | "deposit", id) for a reference a transfer quotes:
+    the compact form
     this gateway's QR codes carry ("O" + the order id's hex), or the id itself ("ord_..."), which a payer may quote
     instead."""
     mark = next((mark for mark, (_, prefix) in REFERENCE_KINDS.items() if reference.startswith(prefix)), "")
@@ -60,24 +63,42 @@ def payload_for(merchant: Merchant, quoted: Order | Payment | None, sub_account_
     else for the merchant."""
     # Tag 62's fields hold at most 25 characters and "ord_" + 24 hex is 28: the code quotes "O" + the hex (object_of).
     if quoted:
-        reference = reference_of(quoted.id, ORDER_MARK if isinstance(quoted, Order) else PAYMENT_MARK)
-    elif sub_account_id:
-        reference = reference_of(sub_account_id, SUB_ACCOUNT_MARK)
-    else:
-        reference = reference_of(merchant.id, MERCHANT_MARK)
-    currency = quoted.currency if quoted else "vnd"
+        mark = ORDER_MARK if isinstance(quoted, Order) else PAYMENT_MARK
+        return _payload(merchant, reference_of(quoted.id, mark), quoted.amount, quoted.currency)
+    if sub_account_id:
+        return _payload(merchant, reference_of(sub_account_id, SUB_ACCOUNT_MARK), None, "vnd")
+    return _payload(merchant, reference_of(merchant.id, MERCHANT_MARK), None, "vnd")
+
+
+def deposit_payload(merchant: Merchant, deposit: Deposit) -> str:
+    """A dynamic code for a deposit: the payer's transfer quoting it tops up the customer's wallet."""
+    return _payload(merchant, reference_of(deposit.id, DEPOSIT_MARK), deposit.amount, deposit.currency)
+
+
+def _payload(merchant: Merchant, reference: str, amount: int | None, currency: str) -> str:
+    """A dynamic code (with its amount) or a static one (`amount` None, the payer chooses) quoting `reference`."""
     qr = MerchantQr(
-        dynamic=quoted is not None,
+        dynamic=amount is not None,
         merchant_account=MerchantAccount(BANK_BIN, account_number(merchant.id)),
         currency_numeric=schemas.CURRENCY_NUMBERS.get(currency, "704"),
         country=COUNTRY,
         merchant_name=_ascii(merchant.name, 25) or "MERCHANT",
         merchant_city=CITY,
-        amount=format_amount(quoted.amount, schemas.CURRENCY_EXPONENTS[quoted.currency]) if quoted else None,
+        amount=None if amount is None else format_amount(amount, schemas.CURRENCY_EXPONENTS[currency]),
         bill_reference=reference,
         purpose=reference,
     )
     return build_payload(qr)
+
+
+def qr_amount_problem(amount: int, currency: str, param: str) -> ApiError | None:
+    """Why a QR code cannot carry this amount (None: it can)."""
+    if currency not in schemas.CURRENCY_NUMBERS:
+        return ApiError(400, "currency_not_supported", f"QR payments take {sorted(schemas.CURRENCY_NUMBERS)}", param)
+    if len(format_amount(amount, schemas.CURRENCY_EXPONENTS[currency])) > MAX_AMOUNT_LENGTH:
+        return ApiError(400, "qr_amount_too_large", f"a QR code's amount has at most {MAX_AMOUNT_LENGTH} characters",
+                        param)
+    return None
 
 
 def order_qr_problem(order: Order, method: str = "qr") -> ApiError | None:
@@ -86,17 +107,7 @@ def order_qr_problem(order: Order, method: str = "qr") -> ApiError | None:
         return ApiError(409, "order_not_pending", f"the order is {order.status}", "order_id")
     if method not in order.payment_methods:
         return ApiError(400, "payment_method_not_allowed", f"the order does not take {method} payments", "order_id")
-    return amount_qr_problem(order.amount, order.currency, "order_id")
-
-
-def amount_qr_problem(amount: int, currency: str, param: str) -> ApiError | None:
-    """Why a dynamic code cannot ask for `amount` in `currency` (None: it can); `param` names the field behind it."""
-    if currency not in schemas.CURRENCY_NUMBERS:
-        return ApiError(400, "currency_not_supported", f"QR payments take {sorted(schemas.CURRENCY_NUMBERS)}", param)
-    if len(format_amount(amount, schemas.CURRENCY_EXPONENTS[currency])) > MAX_AMOUNT_LENGTH:
-        return ApiError(400, "qr_amount_too_large", f"a QR code's amount has at most {MAX_AMOUNT_LENGTH} characters",
-                        param)
-    return None
+    return qr_amount_problem(order.amount, order.currency, "order_id")
 
 
 def order_qr(merchant: Merchant, order: Order) -> str | None:
@@ -165,6 +176,18 @@ async def payment_png(request: web.Request) -> web.Response:
     return _png(payload_for(await cached_merchant(request.app, payment.merchant_id), payment))
 
 
+def deposit_png_url(request: web.Request, deposit_id: str) -> str:
+    return f"{request.app['settings'].public_url}/v1/qr/deposits/{deposit_id}.png"
+
+
+async def deposit_png(request: web.Request) -> web.Response:
+    """Public, as the payer is shown it; only while the deposit waits for its transfer."""
+    deposit = await find_deposit(request, request.match_info["id"])
+    if deposit is None or deposit.status != "requires_action" or deposit.method == "card":
+        raise not_found("deposit", request.match_info["id"])
+    return _png(deposit_payload(await cached_merchant(request.app, deposit.merchant_id), deposit))
+
+
 async def merchant_png(request: web.Request) -> web.Response:
     merchant_id = request.match_info["id"]
     merchant = await cached_merchant(request.app, merchant_id) if merchant_id.startswith("mer_") else None
@@ -187,6 +210,10 @@ async def owner_of(request: web.Request, kind: str, object_id: str) -> Merchant 
         return await cached_merchant(request.app, object_id)
     answers = await request.app["gateway"].read_everywhere(GetMerchant(sub_account_id=object_id))
     return next((answer.record for answer in answers if answer.record is not None), None)
+
+
+async def find_deposit(request: web.Request, deposit_id: str) -> Deposit | None:
+    return await _find_anywhere(request, "dep_", deposit_id, FindDeposit)
 
 
 async def find_order(request: web.Request, order_id: str) -> Order | None:

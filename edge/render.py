@@ -7,7 +7,8 @@ import re
 import msgspec
 
 from edge import schemas
-from engine.records import BlocklistEntry, Customer, Merchant, Order, Payment, Payout, Refund, SubAccount
+from engine.records import Adjustment, BlocklistEntry, Customer, Deposit, Merchant, Order, Payment, Payout, Refund, \
+    SubAccount, Withdrawal
 from engine.types import Account, AccountFlag, Balance, Transfer, TransferFlag
 
 _FLAG_NAMES = tuple(TransferFlag.NAMES.items())
@@ -160,3 +161,27 @@ def payout(record: Payout) -> schemas.PayoutOut:
     return schemas.PayoutOut(record.id, "payout", record.amount, record.currency, record.sub_account_id or None,
                              record.status, record.failure_code or None, time_of(record.created_at),
                              time_of(record.updated_at))
+
+
+def deposit(record: Deposit) -> schemas.DepositOut:
+    next_action = None
+    if record.status == "requires_action":
+        next_action = schemas.NextAction(NEXT_ACTIONS[record.method], record.next_action_url)
+    return schemas.DepositOut(
+        id=record.id, object="deposit", status=record.status, amount=record.amount, currency=record.currency,
+        customer_id=record.customer_id, payment_id=record.payment_id,
+        payment_method=schemas.PaymentMethodOut(type=record.method), next_action=next_action,
+        failure_code=record.failure_code or None, failure_message=record.failure_message or None,
+        expires_at=time_of(record.expires_at) if record.expires_at else None, created_at=time_of(record.created_at),
+        updated_at=time_of(record.updated_at))
+
+
+def withdrawal(record: Withdrawal) -> schemas.WithdrawalOut:
+    return schemas.WithdrawalOut(record.id, "withdrawal", record.status, record.amount, record.currency,
+                                 record.customer_id, record.failure_code or None, time_of(record.created_at),
+                                 time_of(record.updated_at))
+
+
+def adjustment(record: Adjustment) -> schemas.AdjustmentOut:
+    return schemas.AdjustmentOut(record.id, "adjustment", record.merchant_id, record.customer_id, record.amount,
+                                 record.currency, record.reason, time_of(record.created_at))

@@ -5,6 +5,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from engine.deposit_states import DepositStatus, WithdrawalStatus
+
 # ISO 4217 codes the gateway accepts, with their minor-unit exponent (VND and JPY have none).
 CURRENCY_EXPONENTS = {
     "usd": 2, "eur": 2, "gbp": 2, "vnd": 0, "jpy": 0, "krw": 0, "sgd": 2, "thb": 2, "idr": 2, "myr": 2,
@@ -159,9 +161,18 @@ class CustomerCreate(Request):
     name: Annotated[str, Meta(max_length=200)] = ""
 
 
-class WalletMove(Request):
+class WithdrawalCreate(Request):
     amount: Amount
     currency: Currency
+
+
+class AdjustmentCreate(Request):
+    """An operator's manual credit of a wallet (admin only), funded from the merchant's `adjustments` account."""
+
+    amount: Amount
+    currency: Currency
+    reason: Annotated[str, Meta(min_length=1, max_length=500, pattern=r"\S",
+                                description="why the wallet is credited: kept with the adjustment")]
 
 
 class CardIn(Request):
@@ -192,6 +203,18 @@ class BankTransferMethod(Request, tag="bank_transfer", tag_field="type"):
 
 
 PaymentMethodIn = CardMethod | WalletMethod | QrMethod | BankTransferMethod
+
+
+# A deposit is paid by a real payment: a card (new or saved), or the payer's transfer quoting the deposit.
+DepositMethodIn = CardMethod | QrMethod | BankTransferMethod
+
+
+class DepositCreate(Request):
+    amount: Amount
+    currency: Currency
+    payment_method: DepositMethodIn
+    customer_ip: Annotated[IpAddress, Meta(description="the payer's IP address as the merchant saw it, for the risk "
+                                                       "rules")] = ""
 
 
 class PaymentCreate(Request):
@@ -533,6 +556,47 @@ class PayoutOut(Struct):
     failure_code: str | None
     created_at: str
     updated_at: str
+
+
+class DepositOut(Struct):
+    id: str
+    object: str
+    status: DepositStatus
+    amount: int
+    currency: str
+    customer_id: str
+    payment_id: Annotated[str, Meta(description="the payment that funds the deposit")]
+    payment_method: PaymentMethodOut
+    next_action: NextAction | None
+    failure_code: str | None
+    failure_message: str | None
+    expires_at: Annotated[str | None, Meta(description="a QR or bank transfer deposit fails if no transfer quoting "
+                                                       "it came by then")]
+    created_at: str
+    updated_at: str
+
+
+class WithdrawalOut(Struct):
+    id: str
+    object: str
+    status: WithdrawalStatus
+    amount: int
+    currency: str
+    customer_id: str
+    failure_code: str | None
+    created_at: str
+    updated_at: str
+
+
+class AdjustmentOut(Struct):
+    id: str
+    object: str
+    merchant_id: str
+    customer_id: str
+    amount: int
+    currency: str
+    reason: str
+    created_at: str
 
 
 class QrOut(Struct):

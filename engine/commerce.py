@@ -11,7 +11,8 @@ import heapq
 import msgspec
 
 from engine.ledger import Ledger
-from engine.payments import Payments, move, system_account
+from engine.deposits import Deposits
+from engine.payments import Payments, ensure_wallet, move, system_account
 from engine.records import (
     AddDashboardUser,
     AddToBlocklist,
@@ -42,8 +43,8 @@ from engine.records import (
     UpdateOrder,
     wallet_account_id,
 )
-from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, AccountFlag, CreateAccounts, CreateTransfers, Event, \
-    Transfer
+from engine.records import AdjustWallet, CreateDeposit, CreateWithdrawal, ReceiveDepositTransfer, RecordWithdrawalResult
+from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, CreateAccounts, CreateTransfers, Event, Transfer
 
 IDEMPOTENCY_RETENTION_NS = 24 * 3600 * NANOSECONDS_PER_SECOND
 MAX_BLOCKLIST_ENTRIES = 100_000
@@ -77,6 +78,7 @@ class Commerce:
         self.order_times_by_ip: dict[str, collections.deque] = {}
         self.events: list[Event] = []
         self.payments = Payments(ledger, self.merchants, self.orders, self.events)
+        self.deposits = Deposits(ledger, self.payments, self.customer_of, self.events)
         # entry id -> entry, oldest first; kept by the shard that owns the block list's routing key
         self.blocklist: dict[str, BlocklistEntry] = {}
 
@@ -84,7 +86,10 @@ class Commerce:
 
     def advance(self, timestamp: int, expired_transfers: list[str]) -> list[Event]:
         """Expire pending orders whose time is up; forget idempotency keys past retention; time out payments."""
+        first_event = len(self.events)
         self.payments.advance(timestamp, expired_transfers)
+        self.deposits.advance(timestamp)
+        self.deposits.follow_payments(first_event, timestamp)
         events = []
         expiries = self.order_expiries
         while expiries and expiries[0][0] <= timestamp:
@@ -106,9 +111,13 @@ class Commerce:
     # Commands
 
     def apply(self, command, timestamp: int) -> Outcome:
+        first_event = len(self.events)
         if type(command) is Idempotent:
-            return self._idempotent(command, timestamp)
-        return _HANDLERS[type(command)](self, command, timestamp)
+            outcome = self._idempotent(command, timestamp)
+        else:
+            outcome = _HANDLERS[type(command)](self, command, timestamp)
+        self.deposits.follow_payments(first_event, timestamp)  # a deposit's payment moved on: so does the deposit
+        return outcome
 
     def _idempotent(self, command: Idempotent, timestamp: int) -> Outcome:
         key = (command.merchant_id, command.key)
@@ -298,13 +307,16 @@ class Commerce:
         return Outcome(record=customer)
 
     def _move_wallet(self, command: MoveWallet, timestamp: int) -> Outcome:
+        """Legacy, for replay only: journals written before deposits were funded by real payments hold MoveWallet
+        commands, applied exactly as then (a deposit from the unlimited `deposits` account) so that they replay to
+        the same state. Nothing sends it any more: deposits are CreateDeposit, withdrawals CreateWithdrawal."""
         customer = self.customer_of(command.merchant_id, command.customer_id)
         if customer is None:
             return Outcome("customer_not_found")
         if command.withdrawal and self.ledger.available(wallet_account_id(
                 command.merchant_id, command.customer_id, command.currency)) < command.amount:
             return Outcome("insufficient_funds", record=customer)
-        wallet = self._ensure_wallet(command.merchant_id, command.customer_id, command.currency, timestamp)
+        wallet = ensure_wallet(self.ledger, command.merchant_id, command.customer_id, command.currency, timestamp)
         if command.withdrawal:
             outside = system_account(self.ledger, command.merchant_id, "withdrawals", command.currency, timestamp)
             debit, credit = wallet, outside
@@ -329,7 +341,7 @@ class Commerce:
         wallet_id = wallet_account_id(command.merchant_id, command.customer_id, command.currency)
         if self.ledger.available(wallet_id) < command.amount:
             return Outcome("insufficient_funds", record=order)
-        wallet = self._ensure_wallet(command.merchant_id, command.customer_id, command.currency, timestamp)
+        wallet = ensure_wallet(self.ledger, command.merchant_id, command.customer_id, command.currency, timestamp)
         balance = system_account(self.ledger, command.merchant_id, "balance", command.currency, timestamp)
         code = move(self.ledger, Transfer(command.transfer_id, wallet, balance, command.amount, command.currency),
                     timestamp)
@@ -371,13 +383,6 @@ class Commerce:
     def _remove_from_blocklist(self, command: RemoveFromBlocklist, timestamp: int) -> Outcome:
         entry = self.blocklist.pop(command.entry_id, None)
         return Outcome(record=entry) if entry is not None else Outcome("blocklist_entry_not_found")
-
-    # Ledger plumbing
-
-    def _ensure_wallet(self, merchant_id: str, customer_id: str, currency: str, timestamp: int) -> str:
-        # A wallet may never be overdrawn: the ledger refuses any debit past its credits.
-        return self.ledger.ensure_account(wallet_account_id(merchant_id, customer_id, currency), currency,
-                                          AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlag.HISTORY, timestamp)
 
     # Reads
 
@@ -465,5 +470,11 @@ _HANDLERS = {
     CreatePayout: lambda commerce, command, timestamp: commerce.payments.create_payout(command, timestamp),
     RecordPayoutResult: lambda commerce, command, timestamp: commerce.payments.record_payout_result(command, timestamp),
     AddToBlocklist: Commerce._add_to_blocklist,
+    CreateDeposit: lambda commerce, command, timestamp: commerce.deposits.create_deposit(command, timestamp),
+    ReceiveDepositTransfer: lambda commerce, command, timestamp: commerce.deposits.receive_transfer(command, timestamp),
+    CreateWithdrawal: lambda commerce, command, timestamp: commerce.deposits.create_withdrawal(command, timestamp),
+    RecordWithdrawalResult: lambda commerce, command, timestamp: commerce.deposits.record_withdrawal_result(
+        command, timestamp),
+    AdjustWallet: lambda commerce, command, timestamp: commerce.deposits.adjust(command, timestamp),
     RemoveFromBlocklist: Commerce._remove_from_blocklist,
 }

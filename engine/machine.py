@@ -18,7 +18,8 @@ from engine.commerce import Commerce, IdempotencyRecord
 from engine.ledger import Ledger
 from engine.queries import Answer, Query, answer
 from engine.payments import OPEN_STATUSES, Payments
-from engine.records import BlocklistEntry, Customer, Merchant, Order, Payment, Payout, Refund, VaultedCard
+from engine.records import Adjustment, BlocklistEntry, Customer, Deposit, Merchant, Order, Payment, Payout, Refund, \
+    VaultedCard, Withdrawal
 from engine.submits import SubmitRecord, SubmitWindow, spans_cover
 from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Event, Transfer
 from engine.verify import verify_ledger
@@ -48,6 +49,9 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     blocklist: list[BlocklistEntry] = []
     callback_signatures: list[tuple[str, int]] = []
     submits: list[SubmitRecord] = []
+    deposits: list[Deposit] = []
+    withdrawals: list[Withdrawal] = []
+    adjustments: list[Adjustment] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -109,7 +113,8 @@ class Engine:
 
     def next_deadline(self) -> int | None:
         """The earliest time at which something expires (a pending transfer, an order), if any."""
-        heaps = (self.ledger.expiries, self.commerce.order_expiries, self.commerce.payments.deadlines)
+        heaps = (self.ledger.expiries, self.commerce.order_expiries, self.commerce.payments.deadlines,
+                 self.commerce.deposits.expiries)
         heads = [heap[0][0] for heap in heaps if heap]
         return min(heads) if heads else None
 
@@ -147,6 +152,9 @@ class Engine:
             blocklist=list(commerce.blocklist.values()),
             callback_signatures=list(commerce.payments.callback_signatures.items()),
             submits=self.submits.snapshot(),
+            deposits=list(commerce.deposits.deposits.values()),
+            withdrawals=list(commerce.deposits.withdrawals.values()),
+            adjustments=list(commerce.deposits.adjustments.values()),
         )
 
     @classmethod
@@ -231,6 +239,7 @@ def _restore_commerce(commerce: Commerce, snapshot: Snapshot) -> None:
     commerce.order_times_by_ip = {ip: collections.deque(times) for ip, times in snapshot.order_times_by_ip}
     commerce.blocklist = {entry.id: entry for entry in snapshot.blocklist}
     _restore_payments(commerce.payments, snapshot)
+    commerce.deposits.restore(snapshot.deposits, snapshot.withdrawals, snapshot.adjustments)
 
 
 def _restore_payments(payments: Payments, snapshot: Snapshot) -> None:

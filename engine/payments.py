@@ -102,6 +102,8 @@ class Payments:
                 return Outcome("token_not_found")
             payment.card = vaulted.card
         customer_id = customer_email = ""
+        if payment.deposit_id:
+            customer_id = payment.customer_id  # the wallet its money goes to
         if not payment.order_id and payment.amount <= 0:
             return Outcome("amount_must_not_be_zero")
         if payment.order_id:
@@ -122,7 +124,7 @@ class Payments:
                         customer_id=customer_id, customer_email=customer_email, customer_ip=payment.customer_ip,
                         capture_method=payment.capture_method, acquirer=payment.acquirer,
                         description=payment.description, metadata=payment.metadata, created_at=timestamp,
-                        updated_at=timestamp)
+                        updated_at=timestamp, deposit_id=payment.deposit_id)
         if fresh.method in BANK_METHODS:
             fresh.status, fresh.acquirer, fresh.next_action_url = "requires_action", "bank", payment.next_action_url
         payment = self.add(fresh)
@@ -223,7 +225,7 @@ class Payments:
 
     def _authorized(self, payment: Payment, command: RecordPspResult, timestamp: int) -> Outcome:
         clearing = system_account(self.ledger, payment.merchant_id, f"clearing_{payment.acquirer}", payment.currency, timestamp)
-        balance = system_account(self.ledger, payment.merchant_id, "balance", payment.currency, timestamp)
+        balance = self.credit_account(payment, timestamp)
         manual = payment.capture_method == "manual"
         transfer = Transfer(command.transfer_id, clearing, balance, payment.amount, payment.currency,
                             timeout_s=command.hold_timeout_s if manual else 0,
@@ -372,7 +374,7 @@ class Payments:
         payment = self._payment_of(refund.merchant_id, refund.payment_id)
         if payment is None:
             return Outcome("payment_not_found")
-        if payment.status != "succeeded":
+        if payment.status != "succeeded" or payment.deposit_id:  # a deposit's money is the customer's, in the wallet
             return Outcome("payment_not_refundable", record=payment)
         amount = refund.amount or payment.amount_captured - payment.amount_refunded
         if amount <= 0 or payment.amount_refunded + amount > payment.amount_captured:
@@ -447,6 +449,20 @@ class Payments:
         else:
             self._succeed(payment, command.amount, timestamp)
         return payment
+
+    def credit_account(self, payment: Payment, timestamp: int) -> str:
+        """Where a payment's money lands: the customer's wallet for a deposit's payment, else the merchant's balance."""
+        if payment.deposit_id:
+            return ensure_wallet(self.ledger, payment.merchant_id, payment.customer_id, payment.currency, timestamp)
+        return system_account(self.ledger, payment.merchant_id, "balance", payment.currency, timestamp)
+
+    def succeed(self, payment: Payment, amount: int, timestamp: int) -> None:
+        """Money the ledger has just moved for `payment` arrived (a deposit's transfer): it succeeds."""
+        self._succeed(payment, amount, timestamp)
+
+    def fail(self, payment: Payment, code: str, message: str, timestamp: int) -> None:
+        """`payment` will take no money any more (a deposit's transfer that did not come in time)."""
+        self._fail(payment, code, message, timestamp)
 
     # Effects
 
@@ -544,6 +560,13 @@ class Payments:
 def move(ledger: Ledger, transfer: Transfer, timestamp: int) -> str:
     """One transfer, its result as a commerce outcome code."""
     return transfer_outcome(ledger.move(transfer, timestamp))
+
+
+def ensure_wallet(ledger: Ledger, merchant_id: str, customer_id: str, currency: str, timestamp: int) -> str:
+    """A customer's wallet in `currency`, made on first use. It may never be overdrawn: the ledger refuses any debit
+    past its credits."""
+    return ledger.ensure_account(wallet_account_id(merchant_id, customer_id, currency), currency,
+                                 AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlag.HISTORY, timestamp)
 
 
 def system_account(ledger: Ledger, merchant_id: str, name: str, currency: str, timestamp: int) -> str:

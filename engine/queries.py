@@ -79,6 +79,26 @@ class GetPaymentRecord(msgspec.Struct, tag="get_payment_record", array_like=True
     record_id: str
 
 
+class GetWalletRecord(msgspec.Struct, tag="get_wallet_record", array_like=True):
+    """A deposit, withdrawal or adjustment of a merchant, by id (kind: "deposit" | "withdrawal" | "adjustment")."""
+
+    merchant_id: str
+    kind: str
+    record_id: str
+
+
+class FindDeposit(msgspec.Struct, tag="find_deposit", array_like=True):
+    """A deposit by id alone, if this shard holds it (for a bank transfer that quotes only the deposit)."""
+
+    deposit_id: str
+
+
+class FindCustomer(msgspec.Struct, tag="find_customer", array_like=True):
+    """A customer by id alone, if this shard holds it (for an operator, who names no merchant)."""
+
+    customer_id: str
+
+
 class FindPayment(msgspec.Struct, tag="find_payment", array_like=True):
     """A payment by id alone (for the provider follower, which hears of an engine deadline by payment id)."""
 
@@ -107,7 +127,7 @@ class ListBlocklist(msgspec.Struct, tag="list_blocklist", array_like=True, kw_on
 Query = (
     LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
     | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard | FindOrder | FindPayment
-    | ListBlocklist
+    | ListBlocklist | GetWalletRecord | FindDeposit | FindCustomer
 )
 
 
@@ -152,6 +172,12 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
         return Answer(record=commerce.orders.get(query.order_id))
     if kind is FindPayment:
         return Answer(record=commerce.payments.payments.get(query.payment_id))
+    if kind is GetWalletRecord:
+        return Answer(record=commerce.deposits.record_of(query.merchant_id, query.kind, query.record_id))
+    if kind is FindDeposit:
+        return Answer(record=commerce.deposits.deposits.get(query.deposit_id))
+    if kind is FindCustomer:
+        return Answer(record=commerce.customers.get(query.customer_id))
     if kind is GetCard:
         return Answer(card=commerce.payments.card_of(query.merchant_id, query.token_id))
     if kind is ListBlocklist:

@@ -7,6 +7,7 @@ merchant start with "<merchant id>:", which is also what routes them to a shard.
 
 import msgspec
 
+from engine.deposit_states import DepositStatus, WithdrawalStatus
 from engine.types import CreateAccounts, CreateTransfers
 
 SYSTEM_MARK = "."  # system account ids contain it; merchant-chosen ids may not
@@ -135,6 +136,8 @@ class Payment(msgspec.Struct, tag=True, kw_only=True):
     # What the risk rules know the payer by, besides the card and the customer: the order's email, the payer's IP.
     customer_email: str = ""
     customer_ip: str = ""
+    # The deposit this payment funds: its money lands in the customer's wallet, not in the merchant's balance.
+    deposit_id: str = ""
 
 
 class BlocklistEntry(msgspec.Struct, tag=True, kw_only=True):
@@ -172,7 +175,54 @@ class Payout(msgspec.Struct, tag=True, kw_only=True):
     updated_at: int = 0
 
 
-Record = Merchant | Order | Customer | Payment | Refund | Payout | BlocklistEntry
+class Deposit(msgspec.Struct, tag=True, kw_only=True):
+    """A top-up of a customer's wallet, funded by its own payment (`payment_id`): credited when that succeeds."""
+
+    id: str
+    merchant_id: str
+    customer_id: str
+    amount: int
+    currency: str
+    method: str  # card | qr | bank_transfer
+    payment_id: str
+    status: DepositStatus = "processing"
+    next_action_url: str = ""
+    failure_code: str = ""
+    failure_message: str = ""
+    # A QR or bank transfer deposit waits for its transfer until then (engine time), and fails after.
+    expires_at: int = 0
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class Withdrawal(msgspec.Struct, tag=True, kw_only=True):
+    """Wallet money sent to the customer's bank: held (`hold_id`) until the bank says paid, returned if it fails."""
+
+    id: str
+    merchant_id: str
+    customer_id: str
+    amount: int
+    currency: str
+    hold_id: str
+    status: WithdrawalStatus = "pending"
+    failure_code: str = ""
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class Adjustment(msgspec.Struct, tag=True, kw_only=True):
+    """An operator's manual credit of a wallet, funded from the merchant's `adjustments` account, with its reason."""
+
+    id: str
+    merchant_id: str
+    customer_id: str
+    amount: int
+    currency: str
+    reason: str
+    created_at: int = 0
+
+
+Record = Merchant | Order | Customer | Payment | Refund | Payout | BlocklistEntry | Deposit | Withdrawal | Adjustment
 
 
 class Outcome(msgspec.Struct, tag="outcome", omit_defaults=True):
@@ -261,7 +311,10 @@ class CreateCustomer(msgspec.Struct, tag="create_customer", array_like=True):
 
 
 class MoveWallet(msgspec.Struct, tag="move_wallet", array_like=True, kw_only=True):
-    """A deposit into, or a withdrawal from, a customer's wallet."""
+    """Legacy: a deposit into (from nothing), or a withdrawal from, a customer's wallet on the merchant's word.
+
+    Nothing sends it any more; journals that hold it still replay to the same state (see Commerce._move_wallet).
+    """
 
     merchant_id: str
     customer_id: str
@@ -371,6 +424,52 @@ class CreatePayout(msgspec.Struct, tag="create_payout", array_like=True, kw_only
     payout: Payout
 
 
+class CreateDeposit(msgspec.Struct, tag="create_deposit", array_like=True, kw_only=True):
+    """A deposit and the payment that funds it: a card payment goes to the acquirer as any card payment does; a QR
+    or bank transfer one waits for the payer's transfer quoting the deposit."""
+
+    deposit: Deposit
+    payment: CreatePayment
+    # How long a QR or bank transfer deposit waits for the payer's transfer.
+    transfer_window_s: int = 24 * 3600
+
+
+class ReceiveDepositTransfer(msgspec.Struct, tag="receive_deposit_transfer", array_like=True, kw_only=True):
+    """The bank says money arrived quoting a deposit (its signed callback): the deposit's wallet is credited once."""
+
+    merchant_id: str
+    deposit_id: str
+    callback_id: str
+    amount: int
+    currency: str
+    transfer_id: str
+    bank_reference: str = ""
+    signature: str = ""
+
+
+class CreateWithdrawal(msgspec.Struct, tag="create_withdrawal", array_like=True, kw_only=True):
+    withdrawal: Withdrawal
+
+
+class RecordWithdrawalResult(msgspec.Struct, tag="record_withdrawal_result", array_like=True, kw_only=True):
+    """The bank's signed word on a withdrawal: paid posts its hold, failed voids it (the money goes back)."""
+
+    merchant_id: str
+    withdrawal_id: str
+    callback_id: str
+    paid: bool
+    transfer_id: str
+    failure_code: str = ""
+    signature: str = ""
+
+
+class AdjustWallet(msgspec.Struct, tag="adjust_wallet", array_like=True, kw_only=True):
+    """An operator's manual credit (admin only at the edge), from the merchant's `adjustments` account."""
+
+    adjustment: Adjustment
+    transfer_id: str
+
+
 class AddToBlocklist(msgspec.Struct, tag="add_to_blocklist", array_like=True):
     entry: BlocklistEntry
 
@@ -412,6 +511,11 @@ CommerceCommand = (
     | RecordPayoutResult
     | AddToBlocklist
     | RemoveFromBlocklist
+    | CreateDeposit
+    | ReceiveDepositTransfer
+    | CreateWithdrawal
+    | RecordWithdrawalResult
+    | AdjustWallet
 )
 
 

@@ -24,8 +24,9 @@ from edge_harness import Server
 from engine.emvco import parse_payload
 
 ANY = object()
-ERROR_TYPES = {400: "invalid_request_error", 402: "balance_error", 404: "invalid_request_error",
-               405: "invalid_request_error", 409: "invalid_request_error", 413: "invalid_request_error"}
+ERROR_TYPES = {400: "invalid_request_error", 402: "balance_error", 403: "permission_error",
+               404: "invalid_request_error", 405: "invalid_request_error", 409: "invalid_request_error",
+               413: "invalid_request_error"}
 RFC3339 = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 ORDER = {"name": "Coffee", "amount": 1999, "currency": "usd"}
 CUSTOMER = {"email": "ann@example.com", "name": "Ann"}
@@ -344,41 +345,72 @@ def balances(reply: dict) -> dict:
     return {entry["currency"]: (entry["balance"], entry["available"]) for entry in reply["balances"]}
 
 
-def test_wallet_deposits_withdrawals_and_insufficient_funds(server):
+def fund(server, customer_id: str, amount: int, currency: str = "usd") -> dict:
+    """An operator's adjustment: the one way to credit a wallet without a payment (admin only, with a reason)."""
+    return ok(server, "POST", f"/v1/customers/{customer_id}/adjustments",
+              {"amount": amount, "currency": currency, "reason": "test funds"}, key=server.admin_token)
+
+
+def test_wallet_adjustments_withdrawals_and_insufficient_funds(server):
     key = merchant(server)
     created = ok(server, "POST", "/v1/customers", CUSTOMER, key=key)
     assert created["id"].startswith("cus_") and created["email"] == CUSTOMER["email"]
     assert ok(server, "GET", f"/v1/customers/{created['id']}", key=key) == created
     customer_id = created["id"]
     assert wallet(server, key, customer_id)["balances"] == []
-    steps = [("deposits", 1000, "usd", {"usd": (1000, 1000)}), ("withdrawals", 300, "usd", {"usd": (700, 700)}),
-             ("deposits", 50, "eur", {"usd": (700, 700), "eur": (50, 50)})]
-    for kind, amount, currency, expected in steps:
-        move = {"amount": amount, "currency": currency}
-        reply = ok(server, "POST", f"/v1/customers/{customer_id}/{kind}", move, key=key)
-        assert reply["customer_id"] == customer_id and balances(reply) == expected
+    adjusted = fund(server, customer_id, 1000)
+    assert (adjusted["object"], adjusted["customer_id"]) == ("adjustment", customer_id)
+    assert adjusted["reason"] == "test funds"
+    # Without actors the bank never hears of it: the withdrawal stays pending, its money held.
+    withdrawn = ok(server, "POST", f"/v1/customers/{customer_id}/withdrawals", {"amount": 300, "currency": "usd"},
+                   key=key)
+    assert (withdrawn["object"], withdrawn["status"], withdrawn["amount"]) == ("withdrawal", "pending", 300)
+    assert ok(server, "GET", f"/v1/withdrawals/{withdrawn['id']}", key=key) == withdrawn
+    fund(server, customer_id, 50, "eur")
     before = wallet(server, key, customer_id)
+    assert balances(before) == {"usd": (1000, 700), "eur": (50, 50)}
     assert [entry["amount"] for entry in before["history"]] == [50, 300, 1000]  # newest first
     error(server, "POST", f"/v1/customers/{customer_id}/withdrawals", {"amount": 701, "currency": "usd"}, key=key,
           status=402, code="insufficient_funds")
     error(server, "POST", f"/v1/customers/{customer_id}/withdrawals", {"amount": 1, "currency": "gbp"}, key=key,
           status=402, code="insufficient_funds")
     assert wallet(server, key, customer_id) == before
-    error(server, "POST", "/v1/customers/cus_missing/deposits", {"amount": 1, "currency": "usd"}, key=key, status=404)
+    error(server, "POST", "/v1/customers/cus_missing/deposits",
+          {"amount": 1, "currency": "usd", "payment_method": {"type": "qr"}}, key=key, status=404)
 
 
-def test_wallet_move_replayed_after_later_moves_answers_the_first_response(server):
+def test_adjustments_are_admin_only_and_name_their_reason(server):
+    key = merchant(server)
+    customer_id = customer(server, key)
+    path = f"/v1/customers/{customer_id}/adjustments"
+    error(server, "POST", path, {"amount": 5, "currency": "usd", "reason": "mine"}, key=key, status=403,
+          code="admin_only")
+    error(server, "POST", path, {"amount": 5, "currency": "usd"}, key=server.admin_token, param="reason")
+    error(server, "POST", path, {"amount": 5, "currency": "usd", "reason": " "}, key=server.admin_token,
+          param="reason")
+    error(server, "POST", "/v1/customers/cus_0000/adjustments", {"amount": 5, "currency": "usd", "reason": "x"},
+          key=server.admin_token, status=404)
+    assert wallet(server, key, customer_id)["balances"] == []
+
+
+def test_deposit_replayed_after_later_deposits_answers_the_first_response(server):
+    """Without actors: a QR deposit waits for the payer's transfer, and its wallet is not credited meanwhile."""
     key = merchant(server)
     customer_id = ok(server, "POST", "/v1/customers", CUSTOMER, key=key)["id"]
     path = f"/v1/customers/{customer_id}/deposits"
     headers = {"Idempotency-Key": f"deposit-{uuid.uuid4().hex}"}
-    first = call(server, "POST", path, {"amount": 40, "currency": "usd"}, key=key, status=200, headers=headers)
-    ok(server, "POST", path, {"amount": 5, "currency": "usd"}, key=key)
-    ok(server, "POST", path, {"amount": 7, "currency": "eur"}, key=key)
-    again = call(server, "POST", path, {"amount": 40, "currency": "usd"}, key=key, status=200, headers=headers)
-    assert again.headers.get("Idempotent-Replayed") == "true"
-    assert again.json() == first.json() and balances(first.json()) == {"usd": (40, 40)}
-    assert balances(wallet(server, key, customer_id)) == {"usd": (45, 45), "eur": (7, 7)}
+    body = {"amount": 40, "currency": "usd", "payment_method": {"type": "qr"}}
+    first = call(server, "POST", path, body, key=key, status=200, headers=headers)
+    ok(server, "POST", path, {**body, "amount": 5}, key=key)
+    again = call(server, "POST", path, body, key=key, status=200, headers=headers)
+    assert again.headers.get("Idempotent-Replayed") == "true" and again.json() == first.json()
+    deposit = first.json()
+    assert (deposit["object"], deposit["status"], deposit["next_action"]["type"]) == ("deposit", "requires_action",
+                                                                                      "display_qr")
+    assert ok(server, "GET", f"/v1/deposits/{deposit['id']}", key=key) == deposit
+    error(server, "POST", path, {**body, "amount": 41}, key=key, status=409, code="idempotency_key_reused",
+          headers=headers)
+    assert wallet(server, key, customer_id)["balances"] == []
 
 
 def test_wallet_of_a_newly_created_merchant(tmp_path):
@@ -386,8 +418,8 @@ def test_wallet_of_a_newly_created_merchant(tmp_path):
     try:
         key = merchant(own)
         customer_id = customer(own, key)
-        reply = ok(own, "POST", f"/v1/customers/{customer_id}/deposits", {"amount": 100, "currency": "usd"}, key=key)
-        assert balances(reply) == {"usd": (100, 100)}
+        fund(own, customer_id, 100)
+        assert balances(wallet(own, key, customer_id)) == {"usd": (100, 100)}
     finally:
         own.stop()
 
@@ -397,7 +429,7 @@ def test_wallet_of_a_newly_created_merchant(tmp_path):
 def test_concurrent_wallet_payments_never_overdraw(server):
     key, price, covered, attempts = server.demo_key, 250, 100, 500
     payer = customer(server, key)
-    ok(server, "POST", f"/v1/customers/{payer}/deposits", {"amount": covered * price, "currency": "usd"}, key=key)
+    fund(server, payer, covered * price)
     tag = f"race-{uuid.uuid4().hex[:8]}"
     orders = post_concurrently(server, key, [("/v1/orders", {**ORDER, "name": f"{tag} #{index}", "amount": price,
                                                               "payment_methods": ["wallet"]})
@@ -421,7 +453,7 @@ def test_payments_filtered_by_status_page_through_the_matches_only(server):
     is cancelled with its order."""
     key = merchant(server)
     payer = customer(server, key)
-    ok(server, "POST", f"/v1/customers/{payer}/deposits", {"amount": 3 * ORDER["amount"], "currency": "usd"}, key=key)
+    fund(server, payer, 3 * ORDER["amount"])
 
     def pay(kind: str) -> tuple[str, str]:
         order_id = order(server, key, payment_methods=[kind])["id"]
@@ -466,7 +498,11 @@ BAD_INPUT = [
     bad("customer-bad-email", "POST", "/v1/customers", {"email": "nobody"}, param="email"),
     bad("order-bad-customer-email", "POST", "/v1/orders", {**ORDER, "customer_email": "not an email"},
         param="customer_email"),
-    bad("deposit-zero", "POST", "/v1/customers/{customer}/deposits", {"amount": 0, "currency": "usd"}, param="amount"),
+    bad("deposit-zero", "POST", "/v1/customers/{customer}/deposits",
+        {"amount": 0, "currency": "usd", "payment_method": {"type": "qr"}}, param="amount"),
+    bad("deposit-by-wallet", "POST", "/v1/customers/{customer}/deposits",
+        {"amount": 1, "currency": "usd", "payment_method": {"type": "wallet", "customer_id": "{customer}"}},
+        param="payment_method.type"),
     bad("withdrawal-unknown-currency", "POST", "/v1/customers/{customer}/withdrawals", {"amount": 1, "currency": "xyz"},
         code="currency_unknown", param="currency"),
     bad("payment-missing-method", "POST", "/v1/payments", {"order_id": "{order}"}, param="payment_method"),
@@ -551,7 +587,9 @@ def test_objects_of_another_merchant_are_404_and_untouched(server):
                 ("DELETE", f"/v1/orders/{owned['id']}", None), ("GET", "/v1/accounts/a", None),
                 ("GET", "/v1/transfers/t1", None), ("GET", f"/v1/customers/{customer_id}", None),
                 ("GET", f"/v1/customers/{customer_id}/wallet", None),
-                ("POST", f"/v1/customers/{customer_id}/deposits", {"amount": 5, "currency": "usd"}),
+                ("POST", f"/v1/customers/{customer_id}/deposits",
+                 {"amount": 5, "currency": "usd", "payment_method": {"type": "qr"}}),
+                ("POST", f"/v1/customers/{customer_id}/withdrawals", {"amount": 5, "currency": "usd"}),
                 ("POST", "/v1/payments", {"order_id": owned["id"], "payment_method": {
                     "type": "wallet", "customer_id": customer_id}})]
     for method, path, body in attempts + [("GET", "/v1/accounts/a/transfers", None),
@@ -614,7 +652,9 @@ TESTED_ROUTES = {
     "/v1/accounts": {"post"}, "/v1/accounts/{id}": {"get"}, "/v1/accounts/{id}/transfers": {"get"},
     "/v1/accounts/{id}/balances": {"get"}, "/v1/transfers": {"post"}, "/v1/transfers/{id}": {"get"},
     "/v1/customers": {"post"}, "/v1/customers/{id}": {"get"}, "/v1/customers/{id}/deposits": {"post"},
-    "/v1/customers/{id}/withdrawals": {"post"}, "/v1/customers/{id}/wallet": {"get"}, "/v1/payments": {"get", "post"},
+    "/v1/customers/{id}/withdrawals": {"post"}, "/v1/customers/{id}/wallet": {"get"},
+    "/v1/customers/{id}/adjustments": {"post"}, "/v1/deposits/{id}": {"get"}, "/v1/withdrawals/{id}": {"get"},
+    "/v1/payments": {"get", "post"},
     "/v1/admin/ledger_check": {"get"}, "/healthz": {"get"}, "/readyz": {"get"}, "/metrics": {"get"},
     "/openapi.json": {"get"},
 }

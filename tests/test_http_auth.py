@@ -604,8 +604,8 @@ def tenants(server):
     a, b = create_merchant(server, name="Tenant A"), create_merchant(server, name="Tenant B")
     order = create_order(server, a["api_key"])
     customer = server.request("POST", "/v1/customers", {"email": "c@example.com", "name": "C"}, key=a["api_key"])
-    deposit = server.request("POST", f"/v1/customers/{customer.json()['id']}/deposits",
-                             {"amount": 5000, "currency": "usd"}, key=a["api_key"])
+    deposit = server.request("POST", f"/v1/customers/{customer.json()['id']}/adjustments",
+                             {"amount": 5000, "currency": "usd", "reason": "test funds"}, key=server.admin_token)
     account = server.request("POST", "/v1/accounts", {"id": unique("acct"), "currency": "usd"}, key=a["api_key"])
     replies = (order, customer, deposit, account)
     assert all(reply.status == 200 for reply in replies), [reply.body for reply in replies]
@@ -628,7 +628,7 @@ FOREIGN_REQUESTS = [
     ("GET", "/v1/customers/{customer}", None),
     ("GET", "/v1/customers/{customer}/wallet", None),
     ("POST", "/v1/customers/{customer}/withdrawals", {"amount": 100, "currency": "usd"}),
-    ("POST", "/v1/customers/{customer}/deposits", {"amount": 100, "currency": "usd"}),
+    ("POST", "/v1/customers/{customer}/deposits", {"amount": 100, "currency": "usd", "payment_method": {"type": "qr"}}),
     ("POST", "/v1/payments", {"order_id": "{order}", "payment_method": {"type": "wallet", "customer_id": "{customer}"}}),
     ("GET", "/v1/accounts/{account}", None),
 ]

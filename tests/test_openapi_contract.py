@@ -31,7 +31,7 @@ SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, 
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                            HealthCheck.data_too_large])
 ADMIN_ONLY = {"create_merchant", "update_merchant", "create_dashboard_user", "ledger_check", "create_blocklist_entry",
-              "list_blocklist", "delete_blocklist_entry"}
+              "list_blocklist", "delete_blocklist_entry", "create_adjustment"}
 # API.md: the error type for each 4xx status.
 ERROR_TYPES = {400: {"invalid_request_error"}, 401: {"authentication_error"}, 402: {"card_error", "balance_error"},
                403: {"permission_error"}, 404: {"invalid_request_error"}, 405: {"invalid_request_error"},
@@ -47,6 +47,8 @@ OPERATIONS = [
     ("GET", "/v1/accounts/{id}"), ("GET", "/v1/accounts/{id}/transfers"), ("GET", "/v1/accounts/{id}/balances"),
     ("POST", "/v1/transfers"), ("GET", "/v1/transfers/{id}"), ("POST", "/v1/customers"), ("GET", "/v1/customers/{id}"),
     ("POST", "/v1/customers/{id}/deposits"), ("POST", "/v1/customers/{id}/withdrawals"),
+    ("POST", "/v1/customers/{id}/adjustments"), ("GET", "/v1/deposits/{id}"), ("GET", "/v1/withdrawals/{id}"),
+    ("GET", "/v1/qr/deposits/{id}.png"),
     ("GET", "/v1/customers/{id}/wallet"), ("POST", "/v1/payments"), ("GET", "/v1/payments"),
     ("GET", "/v1/payments/{id}"), ("POST", "/v1/payments/{id}/capture"), ("POST", "/v1/payments/{id}/cancel"),
     ("POST", "/v1/refunds"), ("GET", "/v1/refunds/{id}"), ("POST", "/v1/psp/{provider}/webhook"),

@@ -517,6 +517,114 @@ def test_late_authorization_lands_once(server, shop):
     assert call(server, "GET", f"/v1/payments/{payment['id']}", key=key) == succeeded
 
 
+# --- 7b. wallet deposits and withdrawals (their card numbers are searched for in 8 too) ---------------------------
+
+def customer_of(server, key) -> str:
+    return call(server, "POST", "/v1/customers", {"email": "payer@example.com", "name": "Payer"}, key=key)["id"]
+
+
+def deposit(server, key, customer_id: str, method: dict, amount: int = 2500, currency: str = "usd") -> dict:
+    return call(server, "POST", f"/v1/customers/{customer_id}/deposits",
+                {"amount": amount, "currency": currency, "payment_method": method}, key=key)
+
+
+def deposit_settled(server, key, deposit_id: str, statuses=("succeeded", "failed"), timeout_s: float = 10) -> dict:
+    return wait_until(lambda: call(server, "GET", f"/v1/deposits/{deposit_id}", key=key),
+                      lambda current: current["status"] in statuses, timeout_s, f"deposit {deposit_id} in {statuses}")
+
+
+def wallet_balances(server, key, customer_id: str) -> dict:
+    wallet = call(server, "GET", f"/v1/customers/{customer_id}/wallet", key=key)
+    return {entry["currency"]: (entry["balance"], entry["available"]) for entry in wallet["balances"]}
+
+
+def test_card_deposit_credits_the_wallet_from_the_acquirers_money_and_a_declined_one_nothing(server, shop):
+    _, key = shop
+    customer_id = customer_of(server, key)
+    created = deposit(server, key, customer_id, card(SUCCEEDS))
+    assert (created["object"], created["status"], created["customer_id"]) == ("deposit", "processing", customer_id)
+    assert deposit_settled(server, key, created["id"])["status"] == "succeeded"
+    declined = deposit_settled(server, key, deposit(server, key, customer_id, card("4000000000000002"))["id"])
+    assert (declined["status"], declined["failure_code"]) == ("failed", "card_declined")
+    assert wallet_balances(server, key, customer_id) == {"usd": (2500, 2500)}
+    assert balance(server, key, "clearing_piggybank") == -2500
+    error(server, "GET", "/v1/accounts/.balance.usd", key=key, status=404)  # none of it is the merchant's
+    payment = call(server, "GET", f"/v1/payments/{created['payment_id']}", key=key)
+    assert (payment["status"], payment["amount_captured"]) == ("succeeded", 2500)
+    error(server, "POST", "/v1/refunds", {"payment_id": payment["id"]}, key=key, code="payment_not_refundable")
+    error(server, "GET", f"/v1/deposits/{created['id']}", key=merchant(server)[1], status=404,
+          code="resource_missing")
+
+
+def test_a_card_deposit_the_acquirer_never_answers_fails_at_its_deadline(server, shop):
+    _, key = shop
+    customer_id = customer_of(server, key)
+    created = deposit(server, key, customer_id, card(SILENT))
+    failed = deposit_settled(server, key, created["id"], timeout_s=PROCESSING_TIMEOUT_S + 10)
+    assert (failed["status"], failed["failure_code"]) == ("failed", "processing_timeout")
+    assert wallet_balances(server, key, customer_id) == {}
+
+
+def test_three_d_secure_deposit(server, shop):
+    _, key = shop
+    customer_id = customer_of(server, key)
+    created = deposit(server, key, customer_id, card(THREE_D_SECURE))
+    waiting = deposit_settled(server, key, created["id"], ("requires_action",))
+    action = waiting["next_action"]
+    assert action["type"] == "redirect_3ds" and action["url"].startswith(f"http://127.0.0.1:{server.base_port}/3ds/")
+    assert wallet_balances(server, key, customer_id) == {}
+    assert fetch(action["url"], form={"outcome": "complete"})[0] == 200
+    done = deposit_settled(server, key, created["id"])
+    assert (done["status"], done["next_action"]) == ("succeeded", None)
+    assert wallet_balances(server, key, customer_id) == {"usd": (2500, 2500)}
+
+
+@pytest.mark.parametrize("method", ["qr", "bank_transfer"])
+def test_qr_deposit_is_credited_when_the_banks_transfer_arrives_once(server, shop, method):
+    _, key = shop
+    customer_id = customer_of(server, key)
+    created = deposit(server, key, customer_id, {"type": method}, amount=120000, currency="vnd")
+    expected_action = "display_qr" if method == "qr" else "display_bank_transfer_qr"
+    assert created["status"] == "requires_action"
+    assert created["next_action"] == {"type": expected_action,
+                                      "url": f"{server.url}/v1/qr/deposits/{created['id']}.png"}
+    status, content_type, image = fetch(created["next_action"]["url"])
+    assert (status, content_type) == (200, "image/png") and image.startswith(b"\x89PNG\r\n\x1a\n")
+    assert wallet_balances(server, key, customer_id) == {}
+    # The amount asked, quoting the deposit as its code does: credited. Another transfer quoting it goes back.
+    bank_transfer(server, "D" + created["id"].removeprefix("dep_"), 120000, "vnd")
+    assert deposit_settled(server, key, created["id"])["status"] == "succeeded"
+    again = bank_transfer(server, created["id"], 120000, "vnd")
+    bank = f"http://127.0.0.1:{server.base_port + 1}/v1/transfers/{again}"
+    returned = wait_until(lambda: json.loads(fetch(bank)[2]), lambda view: view["status"] != "received",
+                          what="the bank's settlement")
+    assert (returned["status"], returned["return_reason"]) == ("returned", "deposit_not_open")
+    assert wallet_balances(server, key, customer_id) == {"vnd": (120000, 120000)}
+    assert balance(server, key, "clearing_bank", "vnd") == -120000
+    assert fetch(created["next_action"]["url"])[0] == 404  # nothing more to pay
+
+
+def test_withdrawals_reach_the_bank_and_failures_give_the_money_back(server, shop):
+    _, key = shop
+    customer_id = customer_of(server, key)
+    assert deposit_settled(server, key, deposit(server, key, customer_id, card(SUCCEEDS), amount=5000)["id"])[
+        "status"] == "succeeded"
+    path = f"/v1/customers/{customer_id}/withdrawals"
+    sent = call(server, "POST", path, {"amount": 2000, "currency": "usd"}, key=key)
+    failing = call(server, "POST", path, {"amount": 1013, "currency": "usd"}, key=key)  # the bank refuses *13
+    assert (sent["object"], sent["status"], failing["status"]) == ("withdrawal", "pending", "pending")
+
+    def settled(withdrawal: dict) -> dict:
+        return wait_until(lambda: call(server, "GET", f"/v1/withdrawals/{withdrawal['id']}", key=key),
+                          lambda current: current["status"] != "pending", what=f"withdrawal {withdrawal['id']}")
+
+    assert settled(sent)["status"] == "paid"
+    assert (settled(failing)["status"], settled(failing)["failure_code"]) == ("failed", "account_closed")
+    assert wallet_balances(server, key, customer_id) == {"usd": (3000, 3000)}
+    error(server, "POST", path, {"amount": 3001, "currency": "usd"}, key=key, status=402, code="insufficient_funds")
+    assert balance(server, key, "withdrawals") == 2000
+
+
 # --- 8. card numbers rest nowhere ----------------------------------------------------------------------------------
 
 def files_under(folder: pathlib.Path):
@@ -701,3 +809,4 @@ def test_split_checkout_is_all_or_nothing(server, shop):
     # Nothing moved: neither the merchant nor the seller has a balance account yet.
     for owner_key in (key, seller_key):
         error(server, "GET", "/v1/accounts/.balance.usd", key=owner_key, status=404, code="resource_missing")
+

@@ -252,7 +252,8 @@ def test_an_amount_over_the_tier_limit_is_refused(server):
     the_order = call(server, "POST", "/v1/orders", {"name": "Bike", "amount": over, "currency": "usd"}, key=basic)
     assert refused(pay(server, basic, card(new_card()), order_id=the_order["id"]), reason)
     customer = call(server, "POST", "/v1/customers", {"email": "ann@example.com"}, key=basic)
-    call(server, "POST", f"/v1/customers/{customer['id']}/deposits", {"amount": 2 * over, "currency": "usd"}, key=basic)
+    call(server, "POST", f"/v1/customers/{customer['id']}/adjustments",
+         {"amount": 2 * over, "currency": "usd", "reason": "test funds"}, key=server.admin_token)
     from_wallet = pay(server, basic, {"type": "wallet", "customer_id": customer["id"]}, order_id=the_order["id"])
     assert refused(from_wallet, reason) and from_wallet["payment_method"]["type"] == "wallet"
     wallet = call(server, "GET", f"/v1/customers/{customer['id']}/wallet", key=basic)

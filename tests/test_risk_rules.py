@@ -21,8 +21,12 @@ from engine.records import (
     AddToBlocklist,
     BlocklistEntry,
     CardDetails,
+    CreateCustomer,
+    CreateDeposit,
     CreateMerchant,
     CreatePayment,
+    Customer,
+    Deposit,
     Idempotent,
     Merchant,
     Payment,
@@ -143,6 +147,20 @@ def test_replays_and_refused_commands_are_not_attempts():
     assert shard.pay("m404").code == "merchant_not_found"
     assert shard.state.velocities["card_fingerprint"].counts == {
         risk_key("card_fingerprint", "fp-a", "m1"): [[shard.now // BUCKET, 1]]}
+
+
+def test_card_deposits_are_attempts_too():
+    """A wallet top-up by card tries the card as a payment does: it counts towards the same limits."""
+    shard = Shard()
+    shard.run(CreateCustomer(Customer(id="cus_1", merchant_id="m1", email="c@example.com")))
+    for index in range(3):
+        payment = Payment(id=f"pay_d{index}", merchant_id="m1", amount=0, currency="", method="card",
+                          card=CardDetails("visa", "4242", 12, 2031, "fp-a"))
+        deposit = Deposit(id=f"dep_{index}", merchant_id="m1", customer_id="cus_1", amount=100, currency="usd",
+                          method="card", payment_id=payment.id)
+        assert shard.run(CreateDeposit(deposit=deposit, payment=CreatePayment(payment=payment)))[0].code == "ok"
+    reason = shard.table().refusal("m1", [("card_fingerprint", "fp-a")], shard.now)
+    assert reason == "at most 3 payment attempts in 600 s for this card"
 
 
 def test_block_list_changes_reach_the_table_and_outlast_counts():
