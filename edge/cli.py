@@ -174,6 +174,7 @@ def _serve(args) -> int:
             providers.start().wait_ready()
             ray_description = ray_runtime.start(args.ray_address, data, dashboard=args.dashboard,
                                                 dashboard_port=args.dashboard_port)
+            _stop_on_signals(stop)  # ray.init put its own SIGTERM handler (a traceback and exit 1) in ours' place
             connector_address = f"tcp://{args.host}:{args.base_port + 2}"
             actor_handles.append(connectors.spawn("piggybank", providers.services[0].url, connector_address,
                                                   settings.shard_addresses,
