@@ -245,8 +245,10 @@ class ShardClient:
 
     def _process_up(self, besides: int | None = None) -> int | None:
         """The process to ask: the current one if it is up, else the next that is (which becomes current)."""
+        if self.current != besides and self.watches[self.current].up():
+            return self.current
         count = len(self.addresses)
-        for step in range(count):
+        for step in range(1, count):
             index = (self.current + step) % count
             if index != besides and self.watches[index].up():
                 self.current = index
