@@ -4,8 +4,8 @@
 keeps a bounded pool of channels, follows the process that answers as primary
 with the highest epoch, and retries a busy shard a bounded number of times. A
 process with no open connection is down: a request never waits on it, and one
-for a shard with no process that can answer fails after a short look for one
-coming back (UP_WAIT_S), not after its timeout.
+for a shard with no process that can answer waits for one `down_wait_ms` at
+most (the edge's is short: its callers get a fast 503 instead of a 10 s wait).
 `Cluster` routes command batches to the shard that owns their key and gathers
 the replies.
 """
@@ -36,8 +36,8 @@ ACCOUNTS_ON_DIFFERENT_SHARDS = "accounts_on_different_shards"
 # How soon after a process is back its watch connects again (nng redials by itself, backing off up to the maximum).
 RECONNECT_MIN_MS = 50
 RECONNECT_MAX_MS = 100
-# With no process up, how long a request waits for one to be seen before it fails: one that just came back is.
-UP_WAIT_S = 2 * RECONNECT_MAX_MS / 1000
+# The shortest sensible `down_wait_ms`: a process that has just come back is seen within it.
+SEEN_BACK_WITHIN_MS = 2 * RECONNECT_MAX_MS
 UP_POLL_S = 0.05
 FAILOVER_PAUSE_S = 0.05  # between tries while a shard changes primaries
 
@@ -167,13 +167,17 @@ class ShardClient:
         max_in_flight: int = 64,
         busy_retries: int = 20,
         failover_rounds: int = 10,
+        down_wait_ms: int | None = None,
     ) -> None:
+        """`down_wait_ms`: how long a request waits for a shard with no process up, or none up but processes that are
+        not the primary, before ShardUnavailable; None: as long as its timeout."""
         if not addresses:
             raise ValueError("a shard needs at least one process address")
         self.addresses = addresses
         self.timeout_ms = timeout_ms
         self.busy_retries = busy_retries
         self.failover_rounds = failover_rounds
+        self.down_wait_s = (timeout_ms if down_wait_ms is None else down_wait_ms) / 1000
         self.idle_channels: list[list[_Channel]] = [[] for _ in addresses]  # at most max_in_flight each
         self.watches = [_Watch(address) for address in addresses]
         self.current = 0
@@ -191,22 +195,23 @@ class ShardClient:
     async def request(self, request: Request) -> Reply:
         """The reply of the primary. Retries and failover all fit in one `timeout_ms`, so a stalled shard costs a
         caller that long at most; each process gets its share of it before the next is tried. With no process up,
-        or none up but one that says it is not the primary, ShardUnavailable comes within UP_WAIT_S."""
+        or none up but ones that say they are not the primary, ShardUnavailable comes after `down_wait_ms`."""
         message = request_encoder.encode(request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_ms / 1000
+        give_up_at = min(loop.time() + self.down_wait_s, deadline)
         busy = 0
         for _ in range(self.failover_rounds * len(self.addresses) + self.busy_retries):
             remaining_s = deadline - loop.time()
             if remaining_s <= 0:
                 break
             index = self._process_up()
-            if index is None and (index := await self._coming_up(None)) is None:
+            if index is None and (index := await self._coming_up(give_up_at)) is None:
                 raise ShardUnavailable(f"no process of the shard is up at {self.addresses}")
             reply = await self._send(index, message, min(remaining_s, self.timeout_ms / 1000 / len(self.addresses)))
             if reply is None or reply.status == ReplyStatus.NOT_PRIMARY:
                 self._next_process(index, reply)
-                if reply is not None and await self._coming_up(index) is None:
+                if reply is not None and loop.time() >= give_up_at and self._process_up(besides=index) is None:
                     raise ShardUnavailable(f"the shard has no primary now (only {self.addresses[index]} is up)")
                 await asyncio.sleep(FAILOVER_PAUSE_S)
                 continue
@@ -255,13 +260,14 @@ class ShardClient:
                 return index
         return None
 
-    async def _coming_up(self, besides: int | None) -> int | None:
-        """A process other than `besides` that is up, or comes up within UP_WAIT_S; None if none does."""
-        for _ in range(round(UP_WAIT_S / UP_POLL_S)):
-            if (index := self._process_up(besides)) is not None:
+    async def _coming_up(self, until: float) -> int | None:
+        """A process that comes up before the loop's time `until`; None if none does."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < until:
+            await asyncio.sleep(min(UP_POLL_S, until - loop.time()))
+            if (index := self._process_up()) is not None:
                 return index
-            await asyncio.sleep(UP_POLL_S)
-        return self._process_up(besides)
+        return None
 
     def _next_process(self, failed_index: int, reply: Reply | None) -> None:
         if reply is not None:
