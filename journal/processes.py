@@ -128,23 +128,18 @@ class ShardPlan:
         self.sync = sync
         self.options = options
 
-    def addresses(self, shard: int, replica: bool) -> list[str]:
-        """The client addresses of the shard's processes: the leader's, then its follower's."""
-        port = self.base_port + PORTS_PER_SHARD * shard
-        return [f"tcp://{self.host}:{port}", f"tcp://{self.host}:{port + 2}"][:2 if replica else 1]
-
     def configs(self, shard: int, replica: bool) -> tuple[ShardConfig, ShardConfig | None]:
         """The shard's primary and (`replica`) replica configuration on its block of ports; roles by shard_roles,
-        so the leader always takes the first address, whichever folder leads."""
+        and the leader always on the block's first port, whichever folder leads, so clients' addresses hold."""
         port = self.base_port + PORTS_PER_SHARD * shard
         replication_address = f"tcp://{self.host}:{port + 3}" if replica else ""
         leader, follower = shard_roles(self.data, shard, replica)
-        primary = ShardConfig(data=str(leader), client_address=self.addresses(shard, False)[0],
+        primary = ShardConfig(data=str(leader), client_address=f"tcp://{self.host}:{port}",
                               announce_address=f"tcp://{self.host}:{port + 1}", replica_address=replication_address,
                               sync_replication=self.sync, **self.options)
         if follower is None:
             return primary, None
-        return primary, ShardConfig(data=str(follower), client_address=self.addresses(shard, True)[1],
+        return primary, ShardConfig(data=str(follower), client_address=f"tcp://{self.host}:{port + 2}",
                                     replication_address=replication_address, role="replica", **self.options)
 
 
