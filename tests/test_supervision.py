@@ -19,11 +19,20 @@ import pytest
 from edge_harness import Server
 from journal.client import ShardClient, ShardMap
 from journal.processes import running_address, running_role, shard_folder
+from journal.supervision import FIRST_PAUSE_S, MAX_PAUSE_S, MAX_RESTARTS, RESTART_WINDOW_S, RestartBudget
 
 ORDER = {"name": "Coffee", "amount": 1999, "currency": "usd"}
 BACK_WITHIN_S = 15  # a killed shard answers again within this (a start pause and a recovery, on a busy machine)
 FAST_S = 1.0  # an answer for a shard that is down comes well before the edge's 10 s reply timeout
 LOAD_S = 3.0  # load after the dead shard is back
+
+
+def test_the_restart_budget_doubles_its_pause_and_runs_out_within_its_window():
+    budget = RestartBudget()
+    pauses = [budget.pause_s(100.0) for _ in range(MAX_RESTARTS)]
+    assert pauses == [min(FIRST_PAUSE_S * 2 ** number, MAX_PAUSE_S) for number in range(MAX_RESTARTS)]
+    assert budget.pause_s(100.0) is None
+    assert budget.pause_s(100.0 + MAX_PAUSE_S + RESTART_WINDOW_S) == FIRST_PAUSE_S
 
 
 def _serve(data: pathlib.Path, *options: str, shards: int = 2, actors: bool = False) -> Server:
