@@ -18,11 +18,11 @@ from edge.limits import malformed_networks
 from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
 from journal import logs
 from journal.client import ShardMap, ShardUnavailable
-from journal.processes import (ShardPair, ShardProcess, ShardStartFailed, load_or_create_layout, running_address,
-                               shard_configs)
+from journal.processes import ShardPlan, ShardProcess, ShardStartFailed, load_or_create_layout, running_address
 from journal.recovery import AHEAD_OF_JOURNAL, RecoveryReport, load_snapshot, replay, replay_from_scratch
 from journal.shard import main as shard_main
 from journal.store import CorruptionError, Journal, Snapshots, read_in_child
+from journal.supervision import ShardSupervisor
 from journal.wire import Promote, ReplyStatus, reply_decoder, request_encoder
 
 # The first ports of --base-port's block: the simulated providers and the connector; the shards follow.
@@ -31,6 +31,7 @@ MAX_TRUSTED_PROXIES = 100  # each is checked against every request's peer
 # What ends serve at start-up with one line, not a traceback: damaged data, a shard that would not start or answer.
 SERVE_START_ERRORS = (CorruptionError, ShardStartFailed, ShardUnavailable, TimeoutError)
 STOP_GRACE_S = 2.0  # after a child ended, how long serve waits for a stop signal that may have ended it
+SUPERVISION_TICK_S = 0.5  # how often serve looks at its processes
 PROMOTE_TIMEOUT_MS = 5000
 # Replay or verify of one folder, in a child process; past this it is killed and the folder fails.
 READ_TIMEOUT_S = 3600.0
@@ -132,9 +133,10 @@ def run_serve(args) -> int:
 def _serve(args) -> int:
     data = pathlib.Path(args.data)
     layout = load_or_create_layout(data, args.shards, args.replica)
-    configs = shard_configs(data, layout, args.host, args.base_port + PROVIDER_PORTS, sync=not args.async_replication,
-                            snapshot_every_batches=args.snapshot_every_batches, snapshot_every_s=args.snapshot_every_s,
-                            prune_journal=args.prune_journal, auto_promote_ms=args.auto_promote_ms)
+    plan = ShardPlan(data, args.host, args.base_port + PROVIDER_PORTS, sync=not args.async_replication,
+                     snapshot_every_batches=args.snapshot_every_batches, snapshot_every_s=args.snapshot_every_s,
+                     prune_journal=args.prune_journal, auto_promote_ms=args.auto_promote_ms)
+    configs = [plan.configs(shard, layout.replica) for shard in range(layout.shard_count)]
     _, admin_token = AdminToken.load_or_create(data / "admin_token.sha256", os.environ.get("PAYGATE_ADMIN_TOKEN"))
     public_url = f"http://{args.host}:{args.port}"
     settings = Settings(
@@ -145,10 +147,8 @@ def _serve(args) -> int:
         authorization_hold_s=args.authorization_hold_s, trusted_proxies=args.trusted_proxies,
     )
     stop = threading.Event()
-    for signal_number in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signal_number, lambda *_: stop.set())
-    shards: list[ShardProcess] = []
-    pairs: list[ShardPair] = []
+    _stop_on_signals(stop)
+    supervisors: list[ShardSupervisor] = []
     providers = ProviderProcesses(_provider_services(data, args, public_url) if args.actors else [])
     edge = EdgeWorkers(settings, args.host, args.port, args.workers)
     ray_description = "not started (--without-actors)"
@@ -157,12 +157,12 @@ def _serve(args) -> int:
     actor_handles: list = []
     actor_pids: list[int] = []
     try:
-        for primary, replica in configs:
+        for shard, (primary, replica) in enumerate(configs):
             started = [ShardProcess(config).start() for config in (replica, primary) if config is not None]
-            pairs.append(ShardPair(started))
-            shards += started
-        for shard in shards:
-            shard.wait_ready()
+            supervisors.append(ShardSupervisor(shard, plan, layout.replica, [started[-1], *started[:-1]]))
+        for supervisor in supervisors:
+            for process in supervisor.processes:
+                process.wait_ready()
         api_key = ensure_demo_merchant(settings, settings.shard_addresses[ShardMap(len(configs)).shard_for(DEMO_MERCHANT_ID)])
         if args.actors:
             # Imported here: Ray takes seconds to import, and only serve with actors needs it.
@@ -174,6 +174,7 @@ def _serve(args) -> int:
             providers.start().wait_ready()
             ray_description = ray_runtime.start(args.ray_address, data, dashboard=args.dashboard,
                                                 dashboard_port=args.dashboard_port)
+            _stop_on_signals(stop)  # ray.init put its own SIGTERM handler (a traceback and exit 1) in ours' place
             connector_address = f"tcp://{args.host}:{args.base_port + 2}"
             actor_handles.append(connectors.spawn("piggybank", providers.services[0].url, connector_address,
                                                   settings.shard_addresses,
@@ -189,12 +190,14 @@ def _serve(args) -> int:
             settings.providers = {"piggybank": connector_address}
         edge.start().wait_ready()
         _print_welcome(public_url, layout, args.workers, admin_token, api_key, ray_description)
-        while not stop.wait(0.5):
-            if not edge.alive() or not providers.alive() or not all(pair.serving() for pair in pairs):
+        while not stop.wait(SUPERVISION_TICK_S):
+            for supervisor in supervisors:
+                supervisor.tick()
+            if not edge.alive() or not providers.alive():
                 # A Ctrl-C reaches the whole group at once: a child may end before our own handler has run.
                 if stop.wait(STOP_GRACE_S):
                     return 0
-                print("a paygate process stopped; stopping the rest", file=sys.stderr)
+                print("an edge worker or a simulated provider stopped; stopping the rest", file=sys.stderr)
                 return 1
         return 0
     finally:
@@ -207,8 +210,14 @@ def _serve(args) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         providers.stop()
-        for shard in reversed(shards):
-            shard.stop()
+        for supervisor in supervisors:
+            supervisor.stop()
+
+
+def _stop_on_signals(stop: threading.Event) -> None:
+    """SIGINT and SIGTERM both end serve's loop, which then stops everything in order and exits 0."""
+    for signal_number in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signal_number, lambda *_: stop.set())
 
 
 def _provider_services(data: pathlib.Path, args, public_url: str) -> list[ProviderService]:

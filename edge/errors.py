@@ -21,6 +21,9 @@ TYPES_BY_STATUS = {
 }
 
 
+SHARD_RETRY_AFTER_S = 1  # a busy shard drains, and a stopped one is started again, within seconds
+
+
 class ApiError(Exception):
     def __init__(self, status: int, code: str, message: str, param: str | None = None,
                  error_type: str | None = None, headers: dict[str, str] | None = None) -> None:
@@ -54,3 +57,9 @@ def from_validation(error: msgspec.ValidationError) -> ApiError:
 def not_found(kind: str, object_id: str, param: str = "id") -> ApiError:
     """`param`: the field that named the object, when the body or the query did rather than the path."""
     return ApiError(404, "resource_missing", f"No such {kind}: {object_id!r}", param)
+
+
+def shard_unavailable() -> ApiError:
+    """A shard that is busy, changing primaries or being started again: answered at once, to be retried."""
+    return ApiError(503, "shard_unavailable", "the ledger is unavailable for a moment; retry shortly",
+                    headers={"Retry-After": str(SHARD_RETRY_AFTER_S)})

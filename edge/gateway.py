@@ -14,7 +14,7 @@ import collections
 
 import msgspec
 
-from journal.client import Cluster, ShardClient
+from journal.client import SEEN_BACK_WITHIN_MS, Cluster, ShardClient
 from journal.wire import MAX_BATCH_ITEMS, ReplyStatus, command_items
 
 MAX_ITEMS_PER_REQUEST = 1024
@@ -22,6 +22,8 @@ MAX_IN_FLIGHT = 2
 # Weight (transfers, accounts, other commands, queries) waiting while the requests in flight are out: beyond it
 # the shard is too slow, and the edge says so.
 MAX_PENDING_WEIGHT = 4 * MAX_BATCH_ITEMS
+# A shard with no process up (being started again, given up, changing primaries) is answered 503 this soon.
+DOWN_WAIT_MS = SEEN_BACK_WITHIN_MS
 
 
 class ShardBusy(Exception):
@@ -130,7 +132,7 @@ class Gateway:
     """All shards, by merchant: submit commands (coalesced) and read state."""
 
     def __init__(self, shard_addresses: list[list[str]], timeout_ms: int = 10_000, on_batch=_ignore) -> None:
-        self.cluster = Cluster(shard_addresses, timeout_ms=timeout_ms, busy_retries=5)
+        self.cluster = Cluster(shard_addresses, timeout_ms=timeout_ms, busy_retries=5, down_wait_ms=DOWN_WAIT_MS)
         self.coalescers = [Coalescer(submit_to(shard), on_batch=on_batch) for shard in self.cluster.shards]
         self.readers = [Coalescer(shard.read_many) for shard in self.cluster.shards]
 

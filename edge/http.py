@@ -18,7 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from edge import render, schemas
 from edge.auth import hash_secret, merchant_id_from_api_key, signature_valid
-from edge.errors import ApiError, from_validation, not_found
+from edge.errors import ApiError, from_validation, not_found, shard_unavailable
 from edge.gateway import InvalidCommand, ShardBusy
 from edge.limits import client_ip, ip_allowed
 from engine.queries import GetMerchant
@@ -115,8 +115,7 @@ async def errors_and_metrics(request: web.Request, handler):
         response = ApiError(400, "invalid_characters", f"the request holds text that is not valid Unicode: {error}"
                             ).response()
     except ShardBusy as error:
-        response = ApiError(503, "shard_unavailable", "the ledger is busy; retry shortly",
-                            headers={"Retry-After": "1"}).response()
+        response = shard_unavailable().response()
         log.warning("shard unavailable: %s", error, extra={"request_id": request_id})
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id})

@@ -2,7 +2,10 @@
 
 `ShardClient` talks to one shard (its primary and, if any, its replica): it
 keeps a bounded pool of channels, follows the process that answers as primary
-with the highest epoch, and retries a busy shard a bounded number of times.
+with the highest epoch, and retries a busy shard a bounded number of times. A
+process with no open connection is down: a request never waits on it, and one
+for a shard with no process that can answer waits for one `down_wait_ms` at
+most (the edge's is short: its callers get a fast 503 instead of a 10 s wait).
 Each Submit carries an id of this process's, the same in every copy a retry
 sends, so the shard applies it once and answers a copy with the first results.
 `Cluster` routes command batches to the shard that owns their key and gathers
@@ -34,6 +37,13 @@ from journal.wire import (
 # Ledger ids are namespaced by their owner, the shard key: "<owner>:<rest>".
 OWNER_SEPARATOR = ":"
 ACCOUNTS_ON_DIFFERENT_SHARDS = "accounts_on_different_shards"
+# How soon after a process is back its watch connects again (nng redials by itself, backing off up to the maximum).
+RECONNECT_MIN_MS = 50
+RECONNECT_MAX_MS = 100
+# The shortest sensible `down_wait_ms`: a process that has just come back is seen within it.
+SEEN_BACK_WITHIN_MS = 2 * RECONNECT_MAX_MS
+UP_POLL_S = 0.05
+FAILOVER_PAUSE_S = 0.05  # between tries while a shard changes primaries
 
 
 class SubmitIds:
@@ -59,7 +69,7 @@ class EntriesPruned(RuntimeError):
 
 
 class ShardUnavailable(RuntimeError):
-    """No process of the shard answered as primary within the retries."""
+    """No process of the shard answered as primary within the retries, or none is up to answer."""
 
 
 class ShardMap:
@@ -85,18 +95,35 @@ class _Channel:
     """One nng Req0 socket to one process, one request at a time, on the event loop that made it.
 
     The loop watches nng's receive descriptor and sends without waiting (journal/sending.py): no nng thread calls
-    back into Python and no call blocks the loop. A channel whose request failed or timed out is closed, never
-    reused.
+    back into Python and no call blocks the loop; only a lost connection does (pynng's pipe callback), so that the
+    request under way ends at once rather than at its timeout. A channel whose request failed or timed out is
+    closed, never reused.
     """
 
     def __init__(self, address: str, loop: asyncio.AbstractEventLoop, timeout_ms: int) -> None:
         self.loop = loop
         self.socket = pynng.Req0(resend_time=-1)
+        self.socket.add_post_pipe_remove_cb(self._on_connection_lost)
         self.socket.dial(address, block=False)
         self.sender = Sender(self.socket, timeout_ms, max_in_flight=2)
         self.receive_fd = self.socket.recv_fd
         self.waiter: asyncio.Future | None = None
         loop.add_reader(self.receive_fd, self._on_receivable)
+
+    def _on_connection_lost(self, pipe) -> None:
+        """On an nng thread: the process went away; its answer will never come."""
+        try:
+            self.loop.call_soon_threadsafe(self._give_up)
+        except RuntimeError:  # the loop is closed: nobody waits
+            pass
+
+    def _give_up(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def connected(self) -> bool:
+        return bool(self.socket.pipes)
 
     def _on_receivable(self) -> None:
         try:
@@ -124,9 +151,28 @@ class _Channel:
         return reply if type(reply) is bytes else None
 
     def close(self) -> None:
+        self.socket.remove_post_pipe_remove_cb(self._on_connection_lost)
         if not self.loop.is_closed():
             self.loop.remove_reader(self.receive_fd)
         self.sender.close()
+        self.socket.close()
+
+
+class _Watch:
+    """Whether one process is up: a socket that only stays connected to it (nng redials it by itself; pynng tracks
+    its open connections), so asking costs no system call."""
+
+    def __init__(self, address: str) -> None:
+        self.socket = pynng.Req0(reconnect_time_min=RECONNECT_MIN_MS, reconnect_time_max=RECONNECT_MAX_MS)
+        try:
+            self.socket.dial(address, block=True)  # up from the first request on, when the process is
+        except pynng.NNGException:
+            self.socket.dial(address, block=False)
+
+    def up(self) -> bool:
+        return bool(self.socket.pipes)
+
+    def close(self) -> None:
         self.socket.close()
 
 
@@ -143,13 +189,19 @@ class ShardClient:
         max_in_flight: int = 64,
         busy_retries: int = 20,
         failover_rounds: int = 10,
+        down_wait_ms: int | None = None,
     ) -> None:
-        assert addresses
+        """`down_wait_ms`: how long a request waits for a shard with no process up, or none up but processes that are
+        not the primary, before ShardUnavailable; None: as long as its timeout."""
+        if not addresses:
+            raise ValueError("a shard needs at least one process address")
         self.addresses = addresses
         self.timeout_ms = timeout_ms
         self.busy_retries = busy_retries
         self.failover_rounds = failover_rounds
+        self.down_wait_s = (timeout_ms if down_wait_ms is None else down_wait_ms) / 1000
         self.idle_channels: list[list[_Channel]] = [[] for _ in addresses]  # at most max_in_flight each
+        self.watches = [_Watch(address) for address in addresses]
         self.current = 0
         self.epoch = 0
         self.slots = asyncio.Semaphore(max_in_flight)
@@ -159,23 +211,31 @@ class ShardClient:
             for channel in idle:
                 channel.close()
             idle.clear()
+        for watch in self.watches:
+            watch.close()
 
     async def request(self, request: Request) -> Reply:
         """The reply of the primary. Retries and failover all fit in one `timeout_ms`, so a stalled shard costs a
-        caller that long at most; each process gets its share of it before the next is tried."""
+        caller that long at most; each process gets its share of it before the next is tried. With no process up,
+        or none up but ones that say they are not the primary, ShardUnavailable comes after `down_wait_ms`."""
         message = request_encoder.encode(request)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_ms / 1000
+        give_up_at = min(loop.time() + self.down_wait_s, deadline)
         busy = 0
         for _ in range(self.failover_rounds * len(self.addresses) + self.busy_retries):
             remaining_s = deadline - loop.time()
             if remaining_s <= 0:
                 break
-            index = self.current
+            index = self._process_up()
+            if index is None and (index := await self._coming_up(give_up_at)) is None:
+                raise ShardUnavailable(f"no process of the shard is up at {self.addresses}")
             reply = await self._send(index, message, min(remaining_s, self.timeout_ms / 1000 / len(self.addresses)))
             if reply is None or reply.status == ReplyStatus.NOT_PRIMARY:
                 self._next_process(index, reply)
-                await asyncio.sleep(0.05)
+                if reply is not None and loop.time() >= give_up_at and self._process_up(besides=index) is None:
+                    raise ShardUnavailable(f"the shard has no primary now (only {self.addresses[index]} is up)")
+                await asyncio.sleep(FAILOVER_PAUSE_S)
                 continue
             if reply.status == ReplyStatus.BUSY and busy < self.busy_retries:
                 busy += 1
@@ -199,15 +259,37 @@ class ShardClient:
             return None if reply is None else reply_decoder.decode(reply)
 
     def _channel(self, index: int) -> _Channel:
-        """An idle channel to process `index` on this loop (one made on an earlier loop is closed), or a new one."""
+        """An idle channel to process `index` on this loop, or a new one; one made on an earlier loop, or whose
+        connection went with a process that stopped, is closed."""
         loop = asyncio.get_running_loop()
         idle = self.idle_channels[index]
         while idle:
             channel = idle.pop()
-            if channel.loop is loop:
+            if channel.loop is loop and channel.connected():
                 return channel
             channel.close()
         return _Channel(self.addresses[index], loop, self.timeout_ms)
+
+    def _process_up(self, besides: int | None = None) -> int | None:
+        """The process to ask: the current one if it is up, else the next that is (which becomes current)."""
+        if self.current != besides and self.watches[self.current].up():
+            return self.current
+        count = len(self.addresses)
+        for step in range(1, count):
+            index = (self.current + step) % count
+            if index != besides and self.watches[index].up():
+                self.current = index
+                return index
+        return None
+
+    async def _coming_up(self, until: float) -> int | None:
+        """A process that comes up before the loop's time `until`; None if none does."""
+        loop = asyncio.get_running_loop()
+        while loop.time() < until:
+            await asyncio.sleep(min(UP_POLL_S, until - loop.time()))
+            if (index := self._process_up()) is not None:
+                return index
+        return None
 
     def _next_process(self, failed_index: int, reply: Reply | None) -> None:
         if reply is not None:

@@ -19,7 +19,6 @@ from journal.wire import Reply, ReplyStatus, Status, reply_decoder, request_enco
 log = logging.getLogger("paygate.serve")
 LAYOUT_FILE = "shards.json"
 PORTS_PER_SHARD = 4
-MAX_REPLICA_RESTARTS = 3  # a replica that keeps dying is a fault to look at, not to hide
 HEAD_READ_TIMEOUT_S = 60.0  # reading a journal's head takes a few page reads: a reader still at it is stuck
 
 
@@ -56,20 +55,25 @@ class JournalHead(msgspec.Struct, frozen=True):
     hash: bytes = b""
 
 
-def read_head(folder: pathlib.Path) -> JournalHead:
+def read_head(folder: pathlib.Path, readonly: bool = False) -> JournalHead:
+    """`readonly` for a folder a running shard process may be writing."""
     if not (folder / "journal").exists():
         return JournalHead(folder, 0, 0)
-    return _read_journal(folder, lambda journal: JournalHead(folder, journal.epoch, journal.head_sequence,
-                                                             journal.head_hash))
+    return _read_journal(folder, readonly, lambda journal: JournalHead(folder, journal.epoch, journal.head_sequence,
+                                                                       journal.head_hash))
 
 
-def _read_journal(folder: pathlib.Path, read, *args):
+def _read_journal(folder: pathlib.Path, readonly: bool, read, *args):
     """`read(journal, *args)` in a child process, so a damaged LMDB page kills the child, not serve; damage names
     the folder, since serve reads every shard's."""
     try:
-        return read_in_child(folder, HEAD_READ_TIMEOUT_S, read, *args)
+        return read_in_child(folder, HEAD_READ_TIMEOUT_S, read, *args, readonly=readonly)
     except CorruptionError as error:
         raise CorruptionError(f"{folder}: {error}", error.sequence, error.damaged_record) from None
+
+
+class DivergedFollower(SystemExit):
+    """A shard's other folder holds entries its leader lacks: it cannot follow; the message says what to do."""
 
 
 def shard_roles(data: pathlib.Path, shard: int, replica: bool) -> tuple[pathlib.Path, pathlib.Path | None]:
@@ -83,24 +87,29 @@ def shard_roles(data: pathlib.Path, shard: int, replica: bool) -> tuple[pathlib.
     leader, follower = sorted(heads, key=lambda head: (head.epoch, head.sequence), reverse=True)
     if not replica:
         return leader.folder, None
-    if _diverged(leader, follower):
-        raise SystemExit(
+    refuse_diverged(leader, follower)
+    return leader.folder, follower.folder
+
+
+def refuse_diverged(leader: JournalHead, follower: JournalHead, readonly: bool = False) -> None:
+    """DivergedFollower, saying what to do, when `follower` holds entries `leader` lacks."""
+    if _diverged(leader, follower, readonly):
+        raise DivergedFollower(
             f"{follower.folder} (epoch {follower.epoch}, {follower.sequence} entries) holds entries that "
             f"{leader.folder} (epoch {leader.epoch}, {leader.sequence} entries) does not: it went on writing after "
             f"the other took over, so it cannot follow it. Move it aside (mv {follower.folder} "
             f"{follower.folder}.diverged, kept to inspect those entries) and serve again: the replica is then "
             f"copied afresh from {leader.folder}.")
-    return leader.folder, follower.folder
 
 
-def _diverged(leader: JournalHead, follower: JournalHead) -> bool:
+def _diverged(leader: JournalHead, follower: JournalHead, readonly: bool) -> bool:
     """The follower has an entry the leader lacks: its head is past the leader's or differs from the leader's entry
     at that sequence (the hash chain makes equal heads mean equal histories)."""
     if follower.sequence == 0:
         return False
     if follower.sequence > leader.sequence:
         return True
-    expected = _read_journal(leader.folder, Journal.entry_hash_at, follower.sequence)
+    expected = _read_journal(leader.folder, readonly, Journal.entry_hash_at, follower.sequence)
     # None: pruned at the leader, nothing left to compare with.
     return expected is not None and expected != follower.hash
 
@@ -109,33 +118,36 @@ class ShardStartFailed(RuntimeError):
     """A shard process ended before it served: its recovery refused the data, or it could not listen."""
 
 
+class ShardPlan:
+    """How a data folder's shards are started: the same at serve's start and whenever a shard is started again."""
+
+    def __init__(self, data: pathlib.Path, host: str, base_port: int, sync: bool, **options) -> None:
+        self.data = data
+        self.host = host
+        self.base_port = base_port
+        self.sync = sync
+        self.options = options
+
+    def configs(self, shard: int, replica: bool) -> tuple[ShardConfig, ShardConfig | None]:
+        """The shard's primary and (`replica`) replica configuration on its block of ports; roles by shard_roles,
+        and the leader always on the block's first port, whichever folder leads, so clients' addresses hold."""
+        port = self.base_port + PORTS_PER_SHARD * shard
+        replication_address = f"tcp://{self.host}:{port + 3}" if replica else ""
+        leader, follower = shard_roles(self.data, shard, replica)
+        primary = ShardConfig(data=str(leader), client_address=f"tcp://{self.host}:{port}",
+                              announce_address=f"tcp://{self.host}:{port + 1}", replica_address=replication_address,
+                              sync_replication=self.sync, **self.options)
+        if follower is None:
+            return primary, None
+        return primary, ShardConfig(data=str(follower), client_address=f"tcp://{self.host}:{port + 2}",
+                                    replication_address=replication_address, role="replica", **self.options)
+
+
 def shard_configs(data: pathlib.Path, layout: Layout, host: str, base_port: int, sync: bool,
                   **options) -> list[tuple[ShardConfig, ShardConfig | None]]:
     """Primary and replica configurations, each shard on its own block of ports; roles by shard_roles."""
-    configs = []
-    for shard in range(layout.shard_count):
-        port = base_port + PORTS_PER_SHARD * shard
-        replication_address = f"tcp://{host}:{port + 3}" if layout.replica else ""
-        leader, follower = shard_roles(data, shard, layout.replica)
-        primary = ShardConfig(
-            data=str(leader),
-            client_address=f"tcp://{host}:{port}",
-            announce_address=f"tcp://{host}:{port + 1}",
-            replica_address=replication_address,
-            sync_replication=sync,
-            **options,
-        )
-        replica = None
-        if follower is not None:
-            replica = ShardConfig(
-                data=str(follower),
-                client_address=f"tcp://{host}:{port + 2}",
-                replication_address=replication_address,
-                role="replica",
-                **options,
-            )
-        configs.append((primary, replica))
-    return configs
+    plan = ShardPlan(data, host, base_port, sync, **options)
+    return [plan.configs(shard, layout.replica) for shard in range(layout.shard_count)]
 
 
 class ShardProcess:
@@ -158,19 +170,23 @@ class ShardProcess:
             output.close()
         return self
 
-    def wait_ready(self, timeout_s: float = 60) -> Reply:
+    def wait_ready(self, timeout_s: float = 60) -> None:
         """Until the process answers a status request (it has recovered and listens)."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise ShardStartFailed(self._start_failure())
-            reply = request_status(self.config.client_address, timeout_ms=500)
-            if reply is not None and reply.status == ReplyStatus.OK:
-                return reply
+                raise ShardStartFailed(self.start_failure())
+            if self.ready(timeout_ms=500):
+                return
             time.sleep(0.05)
         raise TimeoutError(f"shard at {self.config.data} not ready after {timeout_s} s")
 
-    def _start_failure(self) -> str:
+    def ready(self, timeout_ms: int) -> bool:
+        """Whether it answers a status request (it has recovered and listens)."""
+        reply = request_status(self.config.client_address, timeout_ms=timeout_ms)
+        return reply is not None and reply.status == ReplyStatus.OK
+
+    def start_failure(self) -> str:
         code = self.process.returncode
         if code < 0:  # a signal leaves no log line; LMDB's C code reading a damaged page dies of SIGSEGV or SIGBUS
             return (f"the shard at {self.config.data} died of {signal_name(-code)} while starting: its journal may "
@@ -179,6 +195,12 @@ class ShardProcess:
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
+
+    def how_it_ended(self) -> str:
+        code = self.process.returncode if self.process is not None else None
+        if code is None:
+            return "still running"
+        return f"killed by {signal_name(-code)}" if code < 0 else f"exit code {code}"
 
     def role(self) -> str:
         return running_role(pathlib.Path(self.config.data))
@@ -199,48 +221,6 @@ class ShardProcess:
         if self.process is not None and self.process.poll() is None:
             os.kill(self.process.pid, signal.SIGKILL)
             self.process.wait()
-
-
-class ShardPair:
-    """A shard's processes as serve watches them: a pair that lost one process serves on while the other leads."""
-
-    def __init__(self, processes: list[ShardProcess]) -> None:
-        self.processes = processes
-        self.restarts = 0
-        self.alone = False
-
-    def serving(self) -> bool:
-        """Whether the shard still has (or is about to have) a primary; a dead replica is started again."""
-        dead = [process for process in self.processes if not process.alive()]
-        if not dead:
-            return True
-        survivors = [process for process in self.processes if process.alive()]
-        if not survivors or not _can_lead(survivors[0]):
-            return False
-        gone, survivor = dead[0], survivors[0]
-        if gone.role() == "replica":
-            return self._restart(gone)
-        if not self.alone:
-            # A former primary may hold entries the new one lacks: it follows again only through serve's start.
-            log.warning("the shard process on %s stopped; %s serves the shard without a replica until serve is "
-                        "restarted", gone.config.data, survivor.config.data)
-            self.alone = True
-        return True
-
-    def _restart(self, replica: ShardProcess) -> bool:
-        """A replica only ever holds its primary's entries: started again, it catches up."""
-        if self.restarts == MAX_REPLICA_RESTARTS:
-            return False
-        self.restarts += 1
-        log.warning("the replica on %s stopped; starting it again (%d of %d)", replica.config.data, self.restarts,
-                    MAX_REPLICA_RESTARTS)
-        replica.start()
-        return True
-
-
-def _can_lead(process: ShardProcess) -> bool:
-    role = process.role()
-    return role == "primary" or (role == "replica" and process.config.auto_promote_ms > 0)
 
 
 def stop_processes(processes: list[subprocess.Popen], timeout_s: float = 10) -> None:
