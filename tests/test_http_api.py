@@ -805,7 +805,7 @@ def test_every_route_with_a_json_body_refuses_an_empty_one(server):
 def test_a_wallet_pays_an_amount_without_an_order_and_never_goes_below_zero(server):
     key = merchant(server)
     payer = customer(server, key)
-    ok(server, "POST", f"/v1/customers/{payer}/deposits", {"amount": 1000, "currency": "usd"}, key=key)
+    fund(server, payer, 1000)
     method = {"type": "wallet", "customer_id": payer}
     paid = ok(server, "POST", "/v1/payments", {"amount": 600, "currency": "usd", "payment_method": method}, key=key)
     assert (paid["status"], paid["amount"], paid["amount_captured"], paid["order_id"]) == ("succeeded", 600, 600, None)
