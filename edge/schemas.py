@@ -5,6 +5,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from engine.types import AMOUNT_MAX
+
 # ISO 4217 codes the gateway accepts, with their minor-unit exponent (VND and JPY have none).
 CURRENCY_EXPONENTS = {
     "usd": 2, "eur": 2, "gbp": 2, "vnd": 0, "jpy": 0, "krw": 0, "sgd": 2, "thb": 2, "idr": 2, "myr": 2,
@@ -20,7 +22,6 @@ CURRENCY_NUMBERS = {
 }
 assert CURRENCY_NUMBERS.keys() == CURRENCY_EXPONENTS.keys()
 
-AMOUNT_MAX = 2**63 - 1
 # The enum only documents (msgspec validates the pattern; check_currency in edge/app.py refuses other codes).
 Currency = Annotated[str, Meta(pattern="^[a-z]{3}$", description="ISO 4217 code in lower case",
                                extra_json_schema={"enum": sorted(CURRENCY_EXPONENTS)})]

@@ -45,7 +45,7 @@ from engine.records import (
     system_account_id,
 )
 from engine.types import NANOSECONDS_PER_SECOND as S
-from engine.types import Event
+from engine.types import AMOUNT_MAX, Event
 from ledger_helpers import Driver
 
 pytestmark = pytest.mark.usefixtures("verify_every_engine")
@@ -819,3 +819,14 @@ def test_a_sub_account_finds_its_merchant_after_a_restore(gw: Gateway):
     for gateway in (gw, gw.restored()):
         assert gateway.query(GetMerchant(sub_account_id="sub_store")).record.id == "m2"
         assert gateway.query(GetMerchant(sub_account_id="sub_other")).record is None
+
+
+def test_no_balance_goes_past_the_api_amount_range(gw: Gateway):
+    """Amounts and balances fit the API's int64 end to end: money that would take a balance field past it is
+    refused with the ledger's overflow code, never stored past the range."""
+    assert AMOUNT_MAX == 2**63 - 1
+    gw.ok(static_code_transfer("cb1", AMOUNT_MAX))
+    assert gw.do(static_code_transfer("cb2", AMOUNT_MAX)).code == "overflows_debits_posted"
+    assert gw.payment("pay_cb2") is None
+    balance = gw.query(LookupAccounts([system_account_id("m1", "balance", "VND")])).accounts[0]
+    assert balance.credits_posted == AMOUNT_MAX
