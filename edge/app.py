@@ -41,7 +41,6 @@ from edge.limits import SharedTokenBuckets, SlidingWindow, client_ip, malformed_
 from edge.metrics import Metrics
 from edge.openapi import document
 from engine.codes import AccountCode, TransferCode
-from engine.commerce import ORDER_STATUSES
 from engine.queries import AccountBalance, AccountTransfers, FindDashboardUser, GetCustomer, GetOrder, ListOrders, \
     LookupAccounts, LookupTransfers
 from engine.records import (
@@ -65,6 +64,7 @@ from engine.records import (
     UpdateOrder,
     wallet_account_id,
 )
+from engine.states import ORDER_STATUSES
 from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, Account, AccountFlag, CreateAccounts, CreateTransfers, \
     Transfer, TransferFlag
 

@@ -32,7 +32,7 @@ from edge.http import (
     respond,
     run,
 )
-from engine.payments import CALLBACK_REPLAYED, PAYMENT_STATUSES
+from engine.payments import CALLBACK_REPLAYED
 from engine.queries import GetCard, GetOrder, GetPaymentRecord, ListPayments
 from engine.records import (
     CancelPayment,
@@ -51,6 +51,7 @@ from engine.records import (
     Refund,
     authorization_transfer_id,
 )
+from engine.states import PAYMENT_STATUSES
 
 _sealed_encoder = msgspec.msgpack.Encoder()
 _sealed_decoder = msgspec.msgpack.Decoder(cards.SealedCard)

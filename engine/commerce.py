@@ -42,13 +42,13 @@ from engine.records import (
     UpdateOrder,
     wallet_account_id,
 )
+from engine.states import transition
 from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, CreateAccounts, CreateTransfers, Event, Transfer
 
 IDEMPOTENCY_RETENTION_NS = 24 * 3600 * NANOSECONDS_PER_SECOND
 MAX_BLOCKLIST_ENTRIES = 100_000
 # Stores per merchant: each merchant record (read at every authentication refresh) carries them all.
 MAX_SUB_ACCOUNTS = 1_000
-ORDER_STATUSES = ("pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception")
 _outcome_encoder = msgspec.msgpack.Encoder()
 _outcome_decoder = msgspec.msgpack.Decoder(Outcome)
 
@@ -90,7 +90,7 @@ class Commerce:
             expires_at, order_id = heapq.heappop(expiries)
             order = self.orders[order_id]
             if order.status == "pending" and order.expires_at == expires_at:
-                order.status = "expired"
+                transition(order, "expired")
                 order.updated_at = timestamp
                 events.append(Event("order.expired", order_id, timestamp))
                 self.payments.order_closed(order, timestamp)
@@ -272,7 +272,7 @@ class Commerce:
             return Outcome("order_not_found")
         if order.status != "pending":
             return Outcome("order_not_pending", record=order)
-        order.status = "cancelled"
+        transition(order, "cancelled")
         order.updated_at = timestamp
         self.payments.order_closed(order, timestamp)
         return Outcome(record=order)

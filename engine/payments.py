@@ -30,15 +30,16 @@ from engine.records import (
     system_account_id,
     wallet_account_id,
 )
+from engine.states import transition
 from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, TransferFlag
 
-# Every status a payment takes; a refund leaves it succeeded (amount_refunded says how much went back).
-PAYMENT_STATUSES = ("processing", "requires_action", "requires_capture", "succeeded", "failed", "cancelled")
 OPEN_STATUSES = ("processing", "requires_action")
 # An order's payment in one of these may still take its money: a second payment must not charge it too.
 IN_PROGRESS_STATUSES = (*OPEN_STATUSES, "requires_capture")
 # Paid by the payer's own bank transfer quoting the order: such a payment waits (requires_action) for the money.
 BANK_METHODS = ("qr", "bank_transfer")
+# An order whose paying payment is refunded says how much of it went back.
+REFUND_MARKED_STATUSES = ("paid", "partially_refunded")
 RISK_REJECTED = "risk_rejected"
 CALLBACK_REPLAYED = "callback_replayed"
 # A provider's signature is good for 300 s either side of the clock: one seen is remembered for twice that.
@@ -79,10 +80,10 @@ class Payments:
             payment_id = self.payment_by_hold.pop(transfer_id, None)
             if payment_id is not None and self.payments[payment_id].status == "requires_capture":
                 payment = self.payments[payment_id]
-                payment.status = "cancelled"
+                transition(payment, "cancelled")
                 payment.amount_capturable = 0
                 payment.updated_at = timestamp
-                self.events.append(Event("payment.canceled", payment.id, timestamp))
+                self.events.append(Event("payment.cancelled", payment.id, timestamp))
 
     # Commands
 
@@ -122,7 +123,8 @@ class Payments:
                         description=payment.description, metadata=payment.metadata, created_at=timestamp,
                         updated_at=timestamp)
         if fresh.method in BANK_METHODS:
-            fresh.status, fresh.acquirer, fresh.next_action_url = "requires_action", "bank", payment.next_action_url
+            transition(fresh, "requires_action")
+            fresh.acquirer, fresh.next_action_url = "bank", payment.next_action_url
         payment = self.add(fresh)
         if payment.order_id:
             order = self.orders[payment.order_id]
@@ -159,8 +161,9 @@ class Payments:
         payment = self.awaiting_transfer(order)
         order.transfer_payment_id = ""
         if payment is not None:
-            payment.status, payment.next_action_url, payment.updated_at = "cancelled", "", timestamp
-            self.events.append(Event("payment.canceled", payment.id, timestamp))
+            transition(payment, "cancelled")
+            payment.next_action_url, payment.updated_at = "", timestamp
+            self.events.append(Event("payment.cancelled", payment.id, timestamp))
 
     def risk_refusal(self, merchant_id: str, amount: int, currency: str, risk_reason: str,
                      amount_limits: dict[str, int]) -> str:
@@ -203,7 +206,7 @@ class Payments:
         payment.updated_at = timestamp
         result = command.result
         if result == "requires_action":
-            payment.status = "requires_action"
+            transition(payment, "requires_action")
             payment.next_action_url = command.action_url
             self.events.append(Event("payment.requires_action", payment.id, timestamp))
             return Outcome(record=payment)
@@ -225,7 +228,7 @@ class Payments:
             self._fail(payment, code, "the ledger refused the authorization", timestamp)
             return Outcome(record=payment)
         if manual:
-            payment.status = "requires_capture"
+            transition(payment, "requires_capture")
             payment.amount_capturable = payment.amount
             payment.authorization_id = command.transfer_id
             self.payment_by_hold[command.transfer_id] = payment.id
@@ -264,7 +267,7 @@ class Payments:
         payment.amount, payment.psp_reference, payment.next_action_url = command.amount, command.bank_reference, ""
         payment.callback_ids = [*payment.callback_ids, command.callback_id]
         if command.amount != order.amount and order.status == "pending":
-            order.status = "exception"  # paid, but not the amount asked: kept and flagged for a person to settle
+            transition(order, "exception")  # paid, but not the amount asked: kept and flagged for a person to settle
         self._succeed(payment, command.amount, timestamp)
         return Outcome(record=payment)
 
@@ -323,11 +326,11 @@ class Payments:
                 return Outcome(code, record=payment)
             self.payment_by_hold.pop(payment.authorization_id, None)
         elif payment.status not in OPEN_STATUSES:
-            return Outcome("payment_not_cancelable", record=payment)
-        payment.status = "cancelled"
+            return Outcome("payment_not_cancellable", record=payment)
+        transition(payment, "cancelled")
         payment.amount_capturable = 0
         payment.updated_at = timestamp
-        self.events.append(Event("payment.canceled", payment.id, timestamp))
+        self.events.append(Event("payment.cancelled", payment.id, timestamp))
         return Outcome(record=payment)
 
     def refund(self, command: CreateRefund, timestamp: int) -> Outcome:
@@ -352,7 +355,7 @@ class Payments:
         code = move(self.ledger, Transfer(command.transfer_id, balance, source, amount, payment.currency), timestamp)
         if code != "ok":
             return Outcome(code, record=payment)
-        refund.amount, refund.currency, refund.status, refund.created_at = amount, payment.currency, "succeeded", timestamp
+        refund.amount, refund.currency, refund.created_at = amount, payment.currency, timestamp
         self.refunds[refund.id] = refund
         payment.amount_refunded += amount
         payment.updated_at = timestamp
@@ -392,7 +395,7 @@ class Payments:
         code = move(self.ledger, Transfer(command.transfer_id, pending_id=payout.hold_id, flags=flags), timestamp)
         if code != "ok":
             return Outcome(code, record=payout)
-        payout.status = "paid" if command.paid else "failed"
+        transition(payout, "paid" if command.paid else "failed")
         payout.failure_code = command.failure_code
         payout.updated_at = timestamp
         self.events.append(Event(f"payout.{payout.status}", payout.id, timestamp))
@@ -415,7 +418,7 @@ class Payments:
     # Effects
 
     def _succeed(self, payment: Payment, amount: int, timestamp: int) -> None:
-        payment.status = "succeeded"
+        transition(payment, "succeeded")
         payment.amount_captured = amount
         payment.updated_at = timestamp
         self.events.append(Event("payment.succeeded", payment.id, timestamp))
@@ -426,7 +429,7 @@ class Payments:
         # the order goes on naming the payment that paid it.
         if order.status == "pending" or not order.payment_id:
             order.payment_id = payment.id
-        order.status = "paid" if order.status == "pending" else "exception"
+        transition(order, "paid" if order.status == "pending" else "exception")
         order.updated_at = timestamp
         self.events.append(Event(f"order.{order.status}", order.id, timestamp))
         if order.splits:
@@ -447,7 +450,7 @@ class Payments:
         assert not any(codes), codes  # the balance was just credited with at least their sum
 
     def _fail(self, payment: Payment, code: str, message: str, timestamp: int) -> None:
-        payment.status = "failed"
+        transition(payment, "failed")
         payment.failure_code = code
         payment.failure_message = message
         payment.updated_at = timestamp
@@ -461,8 +464,11 @@ class Payments:
         if order is None:
             return
         order.amount_refunded += amount
-        order.status = "refunded" if order.amount_refunded >= payment.amount_captured else "partially_refunded"
         order.updated_at = timestamp
+        # An exception waits for a person whatever is refunded; a paid order follows the payment that paid it.
+        if order.status in REFUND_MARKED_STATUSES and order.payment_id == payment.id:
+            fully = payment.amount_refunded >= payment.amount_captured
+            transition(order, "refunded" if fully else "partially_refunded")
 
     # Reads
 

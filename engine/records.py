@@ -7,6 +7,7 @@ merchant start with "<merchant id>:", which is also what routes them to a shard.
 
 import msgspec
 
+from engine.states import OrderStatus, PaymentStatus, PayoutStatus, RefundStatus
 from engine.types import CreateAccounts, CreateTransfers
 
 SYSTEM_MARK = "."  # system account ids contain it; merchant-chosen ids may not
@@ -73,7 +74,7 @@ class Order(msgspec.Struct, tag=True, kw_only=True):
     ipn_url: str = ""
     splits: list[Split] = []
     metadata: dict[str, str] = {}
-    status: str = "pending"
+    status: OrderStatus = "pending"
     amount_refunded: int = 0
     payment_id: str = ""
     # A payment waiting for the payer's bank transfer quoting this order (a QR or bank transfer payment).
@@ -116,7 +117,7 @@ class Payment(msgspec.Struct, tag=True, kw_only=True):
     customer_id: str = ""  # the paying customer: the wallet's owner for a wallet payment, else the order's customer
     capture_method: str = "automatic"  # automatic | manual
     acquirer: str = "piggybank"
-    status: str = "processing"
+    status: PaymentStatus = "processing"
     amount_capturable: int = 0
     amount_captured: int = 0
     amount_refunded: int = 0
@@ -155,7 +156,7 @@ class Refund(msgspec.Struct, tag=True, kw_only=True):
     amount: int
     currency: str = ""
     reason: str = ""
-    status: str = "succeeded"
+    status: RefundStatus = "succeeded"
     created_at: int = 0
 
 
@@ -165,7 +166,7 @@ class Payout(msgspec.Struct, tag=True, kw_only=True):
     amount: int
     currency: str
     sub_account_id: str = ""
-    status: str = "pending"  # pending | paid | failed
+    status: PayoutStatus = "pending"
     failure_code: str = ""
     hold_id: str = ""
     created_at: int = 0

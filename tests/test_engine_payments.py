@@ -16,7 +16,8 @@ import msgspec
 import pytest
 
 from engine import commerce
-from engine.payments import CALLBACK_REPLAY_WINDOW_NS, PAYMENT_STATUSES
+from engine.payments import CALLBACK_REPLAY_WINDOW_NS
+from engine.states import PAYMENT_STATUSES
 from engine.queries import GetMerchant, GetOrder, GetPaymentRecord, ListPayments, LookupAccounts
 from engine.records import (
     CancelOrder,
@@ -277,7 +278,7 @@ def test_a_qr_payment_waits_for_the_transfer_quoting_its_order(gw: Gateway):
     assert gw.available() == AMOUNT
     # An order cancelled (or expired) while its QR payment waits: the payment is cancelled with it.
     gw.ok(create("pq3", order_id="o3", method="qr"))
-    assert gw.ok(CancelOrder("m1", "o3")).events == [Event("payment.canceled", "pq3", gw.now)]
+    assert gw.ok(CancelOrder("m1", "o3")).events == [Event("payment.cancelled", "pq3", gw.now)]
     assert gw.payment("pq3").status == "cancelled"
     gw.refused(create("pq4", order_id="", method="bank_transfer", amount=5, currency="USD"), "order_not_found")
 
@@ -399,7 +400,7 @@ def test_capture_posts_what_is_taken_and_releases_the_rest(held: Gateway, amount
     assert held.money() == money(balance=captured)
     assert held.order().status == "paid"
     held.refused(capture("p1", tid="m1:cap-again"), "payment_not_capturable")
-    held.refused(cancel("p1"), "payment_not_cancelable")
+    held.refused(cancel("p1"), "payment_not_cancellable")
 
 
 def test_capture_more_than_capturable_is_amount_too_large(held: Gateway):
@@ -420,11 +421,11 @@ def test_capture_before_authorization_is_payment_not_capturable(gw: Gateway, set
 def test_cancel_voids_the_hold(held: Gateway):
     result = held.ok(cancel("p1"))
     assert (result.results[0].record.status, result.results[0].record.amount_capturable) == ("cancelled", 0)
-    assert result.events == [Event("payment.canceled", "p1", held.now)]
+    assert result.events == [Event("payment.cancelled", "p1", held.now)]
     assert held.money() == money()
     assert held.order().status == "pending"
     held.refused(capture("p1"), "payment_not_capturable")
-    held.refused(cancel("p1"), "payment_not_cancelable")
+    held.refused(cancel("p1"), "payment_not_cancellable")
 
 
 @pytest.mark.parametrize("setup", [lambda gw: None, lambda gw: gw.ok(psp("p1", result="requires_action"))],
@@ -434,7 +435,7 @@ def test_cancel_an_open_payment(gw: Gateway, setup: Callable):
     setup(gw)
     gw.refused(cancel("p1", mid="m2"), "payment_not_found")
     result = gw.ok(cancel("p1"))
-    assert result.events == [Event("payment.canceled", "p1", gw.now)]
+    assert result.events == [Event("payment.cancelled", "p1", gw.now)]
     assert gw.payment("p1").status == "cancelled"
     gw.refused(psp("p1", "cb9"), "payment_not_open")
     assert gw.money() == money()
@@ -442,10 +443,10 @@ def test_cancel_an_open_payment(gw: Gateway, setup: Callable):
 
 @pytest.mark.parametrize("close", [lambda gw: gw.ok(psp("p1")), lambda gw: gw.ok(psp("p1", result="declined"))],
                          ids=["succeeded", "failed"])
-def test_cancel_after_the_end_is_payment_not_cancelable(gw: Gateway, close: Callable):
+def test_cancel_after_the_end_is_payment_not_cancellable(gw: Gateway, close: Callable):
     gw.ok(create("p1"))
     close(gw)
-    gw.refused(cancel("p1"), "payment_not_cancelable")
+    gw.refused(cancel("p1"), "payment_not_cancellable")
 
 
 # 5. Authorization timeout
@@ -458,12 +459,12 @@ def test_an_authorization_not_captured_in_time_is_released(gw: Gateway):
     assert gw.run(at=authorized_at + S // 2).events == []
     assert gw.payment("p1").status == "requires_capture"
     result = gw.run(at=authorized_at + 2 * S)
-    assert result.events == [Event("transfer.expired", "m1:auth-p1-cb1", gw.now), Event("payment.canceled", "p1", gw.now)]
+    assert result.events == [Event("transfer.expired", "m1:auth-p1-cb1", gw.now), Event("payment.cancelled", "p1", gw.now)]
     record = gw.payment("p1")
     assert (record.status, record.amount_capturable, record.updated_at) == ("cancelled", 0, gw.now)
     assert gw.money() == money()
     gw.refused(capture("p1"), "payment_not_capturable")
-    gw.refused(cancel("p1"), "payment_not_cancelable")
+    gw.refused(cancel("p1"), "payment_not_cancellable")
 
 
 def test_an_authorization_captured_in_time_does_not_expire(gw: Gateway):
@@ -734,9 +735,9 @@ def test_restore_mid_flow_behaves_the_same(gw: Gateway):
         (start + 2 * S, lambda: [capture("p4", 30), payout_result("po1", paid=True), capture("p1", AMOUNT + 1)],
          ["ok", "ok", "amount_too_large"], ["payment.succeeded", "order.paid", "payout.paid"]),
         (start + 11 * S, lambda: [capture("p1")],  # p1 and p2 were authorized at start + 1 s, for 10 s
-         ["payment_not_capturable"], ["transfer.expired", "transfer.expired", "payment.canceled", "payment.canceled"]),
+         ["payment_not_capturable"], ["transfer.expired", "transfer.expired", "payment.cancelled", "payment.cancelled"]),
         (start + 20 * S, lambda: [psp("p3"), refund("r1", "p4"), cancel("p2")],
-         ["payment_not_open", "ok", "payment_not_cancelable"], ["payment.failed", "refund.succeeded"]),
+         ["payment_not_open", "ok", "payment_not_cancellable"], ["payment.failed", "refund.succeeded"]),
     ]
     for at, commands, codes, kinds in later:
         results = [g.run(*commands(), at=at) for g in (gw, copy)]
