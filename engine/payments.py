@@ -9,7 +9,8 @@ the merchant's balance until the bank answers, and a failure returns it.
 
 import heapq
 
-from engine.codes import transfer_outcome
+from engine.check import check
+from engine.codes import TransferCode, transfer_outcome
 from engine.ledger import Ledger
 from engine.records import (
     CancelPayment,
@@ -20,6 +21,7 @@ from engine.records import (
     Merchant,
     Order,
     Outcome,
+    PayOrderFromWallet,
     Payment,
     Payout,
     RecordPayoutResult,
@@ -45,6 +47,23 @@ CALLBACK_REPLAYED = "callback_replayed"
 # A provider's signature is good for 300 s either side of the clock: one seen is remembered for twice that.
 CALLBACK_REPLAY_WINDOW_NS = 600 * NANOSECONDS_PER_SECOND
 MAX_CALLBACK_SIGNATURES = 100_000  # beyond it the oldest is forgotten: a bound, well above any provider's rate
+
+# The chart of accounts (engine/ACCOUNTS.md): the flags an account is made with, by its name. Money of merchants and
+# customers never goes below zero; only the mirrors of a real inflow may run a debit balance, and money goes back
+# out through them only up to what came in.
+HOLDS_MONEY = AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlag.HISTORY
+MIRRORS_INFLOW = AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS | AccountFlag.HISTORY
+ACCOUNT_FLAGS = {
+    "balance": HOLDS_MONEY,
+    "wallet": HOLDS_MONEY,
+    "payouts": HOLDS_MONEY,
+    "withdrawals": HOLDS_MONEY,
+    "clearing_piggybank": MIRRORS_INFLOW,
+    "clearing_bank": MIRRORS_INFLOW,
+    "adjustments": AccountFlag.HISTORY,  # the admin's named manual credits: debit-normal, counted as an inflow
+    "deposits": AccountFlag.HISTORY,  # the unfunded source of MoveWallet deposits, until deposits are payments
+}
+SUB_ACCOUNT_FLAGS = HOLDS_MONEY
 
 
 class Payments:
@@ -223,7 +242,7 @@ class Payments:
         transfer = Transfer(command.transfer_id, clearing, balance, payment.amount, payment.currency,
                             timeout_s=command.hold_timeout_s if manual else 0,
                             flags=TransferFlag.PENDING if manual else 0)
-        code = move(self.ledger, transfer, timestamp)
+        code = move(self.ledger, transfer, timestamp) if manual else self._collect(payment, transfer, timestamp)
         if code != "ok":
             self._fail(payment, code, "the ledger refused the authorization", timestamp)
             return Outcome(record=payment)
@@ -233,8 +252,6 @@ class Payments:
             payment.authorization_id = command.transfer_id
             self.payment_by_hold[command.transfer_id] = payment.id
             self.events.append(Event("payment.requires_capture", payment.id, timestamp))
-            return Outcome(record=payment)
-        self._succeed(payment, payment.amount, timestamp)
         return Outcome(record=payment)
 
     def receive_bank_transfer(self, command: ReceiveBankTransfer, timestamp: int) -> Outcome:
@@ -258,7 +275,8 @@ class Payments:
                                       acquirer="bank", created_at=timestamp)
         clearing = system_account(self.ledger, order.merchant_id, "clearing_bank", order.currency, timestamp)
         balance = system_account(self.ledger, order.merchant_id, "balance", order.currency, timestamp)
-        code = move(self.ledger, Transfer(command.transfer_id, clearing, balance, command.amount, order.currency), timestamp)
+        code = self._collect(payment, Transfer(command.transfer_id, clearing, balance, command.amount, order.currency),
+                             timestamp)
         if code != "ok":
             return Outcome(code, record=order)
         if awaiting is None:
@@ -266,9 +284,6 @@ class Payments:
         order.transfer_payment_id = ""
         payment.amount, payment.psp_reference, payment.next_action_url = command.amount, command.bank_reference, ""
         payment.callback_ids = [*payment.callback_ids, command.callback_id]
-        if command.amount != order.amount and order.status == "pending":
-            transition(order, "exception")  # paid, but not the amount asked: kept and flagged for a person to settle
-        self._succeed(payment, command.amount, timestamp)
         return Outcome(record=payment)
 
     def _receive_on_static_code(self, command: ReceiveBankTransfer, timestamp: int) -> Outcome:
@@ -283,17 +298,16 @@ class Payments:
         clearing = system_account(self.ledger, merchant.id, "clearing_bank", command.currency, timestamp)
         balance = system_account(self.ledger, merchant.id, command.sub_account_id or "balance", command.currency,
                                  timestamp)
-        code = move(self.ledger, Transfer(command.transfer_id, clearing, balance, command.amount, command.currency),
-                    timestamp)
-        if code != "ok":
-            return Outcome(code)
         payment = Payment(id=command.payment_id, merchant_id=merchant.id, amount=command.amount,
                           currency=command.currency, method=command.method, acquirer="bank",
                           psp_reference=command.bank_reference, callback_ids=[command.callback_id],
                           metadata={"sub_account_id": command.sub_account_id} if command.sub_account_id else {},
                           created_at=timestamp, updated_at=timestamp)
+        code = self._collect(payment, Transfer(command.transfer_id, clearing, balance, command.amount,
+                                               command.currency), timestamp)
+        if code != "ok":
+            return Outcome(code)
         self.add(payment)
-        self._succeed(payment, command.amount, timestamp)
         return Outcome(record=payment)
 
     def capture(self, command: CapturePayment, timestamp: int) -> Outcome:
@@ -307,12 +321,11 @@ class Payments:
             return Outcome("amount_too_large", record=payment)
         post = Transfer(command.transfer_id, amount=amount, pending_id=payment.authorization_id,
                         flags=TransferFlag.POST_PENDING)
-        code = move(self.ledger, post, timestamp)
+        code = self._collect(payment, post, timestamp)
         if code != "ok":
             return Outcome(code, record=payment)
         self.payment_by_hold.pop(payment.authorization_id, None)
         payment.amount_capturable = 0
-        self._succeed(payment, amount, timestamp)
         return Outcome(record=payment)
 
     def cancel(self, command: CancelPayment, timestamp: int) -> Outcome:
@@ -401,42 +414,71 @@ class Payments:
         self.events.append(Event(f"payout.{payout.status}", payout.id, timestamp))
         return Outcome(record=payout)
 
-    def record_wallet_payment(self, command, order: Order, timestamp: int, refusal: str = "") -> Payment:
-        """A wallet checkout the ledger has just moved succeeds at once and pays the order; one the risk rules
-        refuse (`refusal`) fails, and nothing moved."""
+    def pay_from_wallet(self, command: PayOrderFromWallet, order: Order, wallet: str, timestamp: int,
+                        refusal: str = "") -> Outcome:
+        """A wallet checkout succeeds at once and pays the order; one the risk rules refuse (`refusal`) is recorded
+        failed, and nothing moves."""
         payment = Payment(id=command.payment_id, merchant_id=order.merchant_id, amount=order.amount,
                           currency=order.currency, order_id=order.id, method="wallet", customer_id=command.customer_id,
                           customer_email=order.customer_email, customer_ip=command.customer_ip, acquirer="wallet",
                           created_at=timestamp, updated_at=timestamp)
-        self.add(payment)
         if refusal:
+            self.add(payment)
             self._fail(payment, RISK_REJECTED, refusal, timestamp)
-        else:
-            self._succeed(payment, order.amount, timestamp)
-        return payment
+            return Outcome(record=payment)
+        balance = system_account(self.ledger, order.merchant_id, "balance", order.currency, timestamp)
+        code = self._collect(payment, Transfer(command.transfer_id, wallet, balance, order.amount, order.currency),
+                             timestamp)
+        if code != "ok":
+            return Outcome(code, record=order)
+        self.add(payment)
+        order.customer_id = command.customer_id
+        return Outcome(record=payment)
 
     # Effects
+
+    def _collect(self, payment: Payment, incoming: Transfer, timestamp: int) -> str:
+        """Book money that came for `payment` by `incoming`; the ledger's code for it (anything but ok moved nothing).
+
+        Money that pays a pending order exactly pays it, and its splits go out of it in the same command. Money
+        that comes for an order no longer pending, or for another amount than asked (a partial capture too), is
+        an exception: it stays in the merchant's balance, refundable, and is never split.
+        """
+        code = move(self.ledger, incoming, timestamp)
+        if code != "ok":
+            return code
+        amount = incoming.amount  # the ledger filled in what a post of "all of it" took
+        order = self.orders.get(payment.order_id)
+        if order is None:
+            self._succeed(payment, amount, timestamp)
+            return "ok"
+        split_code = ""
+        pays = order.status == "pending" and amount == order.amount
+        if pays and order.splits:
+            split_code = self._pay_splits(payment, order, timestamp)
+        self._succeed(payment, amount, timestamp)
+        self._book_to_order(payment, order, "paid" if pays and not split_code else "exception", split_code, timestamp)
+        return "ok"
 
     def _succeed(self, payment: Payment, amount: int, timestamp: int) -> None:
         transition(payment, "succeeded")
         payment.amount_captured = amount
         payment.updated_at = timestamp
         self.events.append(Event("payment.succeeded", payment.id, timestamp))
-        order = self.orders.get(payment.order_id)
-        if order is None:
-            return
-        # Money that arrives after the order expired, was cancelled or was paid is kept and flagged, never lost;
-        # the order goes on naming the payment that paid it.
+
+    def _book_to_order(self, payment: Payment, order: Order, status: str, error_code: str, timestamp: int) -> None:
+        # The order goes on naming the payment that paid it; money after that is flagged, never lost.
         if order.status == "pending" or not order.payment_id:
             order.payment_id = payment.id
-        transition(order, "paid" if order.status == "pending" else "exception")
+        transition(order, status)
+        if error_code:
+            order.error_code, order.error_message = error_code, "the splits could not be paid"
         order.updated_at = timestamp
-        self.events.append(Event(f"order.{order.status}", order.id, timestamp))
-        if order.splits:
-            self._pay_splits(payment, order, timestamp)
+        self.events.append(Event(f"order.{status}", order.id, timestamp))
 
-    def _pay_splits(self, payment: Payment, order: Order, timestamp: int) -> None:
-        """The order's shares move from the merchant's balance to their owners, all of them or none (linked)."""
+    def _pay_splits(self, payment: Payment, order: Order, timestamp: int) -> str:
+        """The order's shares move from the merchant's balance, just credited with the order's amount (at least
+        their sum), to their owners: all of them or none (linked). '' if paid, else the ledger's refusal."""
         balance = system_account_id(order.merchant_id, "balance", order.currency)
         transfers = []
         for index, split in enumerate(order.splits):
@@ -447,7 +489,10 @@ class Payments:
                                       split.amount, order.currency, flags=TransferFlag.LINKED))
         transfers[-1].flags = 0
         codes = self.ledger.create_transfers(transfers, timestamp)
-        assert not any(codes), codes  # the balance was just credited with at least their sum
+        refusals = [TransferCode.name(code) for code in codes if code and code != TransferCode.linked_event_failed]
+        # Validated at create and at every amount change, shares can only fail on a destination's full balance.
+        check(all(code.startswith("overflows_") for code in refusals), f"split transfers refused: {refusals}")
+        return refusals[0] if refusals else ""
 
     def _fail(self, payment: Payment, code: str, message: str, timestamp: int) -> None:
         transition(payment, "failed")
@@ -517,5 +562,7 @@ def move(ledger: Ledger, transfer: Transfer, timestamp: int) -> str:
 
 
 def system_account(ledger: Ledger, merchant_id: str, name: str, currency: str, timestamp: int) -> str:
-    """A merchant's own account for `name` in `currency` (balance, clearing, payouts...), made on first use."""
-    return ledger.ensure_account(system_account_id(merchant_id, name, currency), currency, AccountFlag.HISTORY, timestamp)
+    """A merchant's own account for `name` in `currency` (balance, clearing, payouts...), made on first use with
+    the chart's flags for its name; any name the chart does not list is a sub-account's."""
+    flags = ACCOUNT_FLAGS.get(name, SUB_ACCOUNT_FLAGS)
+    return ledger.ensure_account(system_account_id(merchant_id, name, currency), currency, flags, timestamp)

@@ -16,13 +16,14 @@ import msgspec
 import pytest
 
 from engine import commerce
-from engine.payments import CALLBACK_REPLAY_WINDOW_NS
+from engine.payments import CALLBACK_REPLAY_WINDOW_NS, HOLDS_MONEY, MIRRORS_INFLOW
 from engine.states import PAYMENT_STATUSES
 from engine.queries import GetMerchant, GetOrder, GetPaymentRecord, ListPayments, LookupAccounts
 from engine.records import (
     CancelOrder,
     CreateCustomer,
     Customer,
+    MoveWallet,
     PayOrderFromWallet,
     UpdateOrder,
     CreateSubAccount,
@@ -44,9 +45,10 @@ from engine.records import (
     RecordPspResult,
     Refund,
     system_account_id,
+    wallet_account_id,
 )
 from engine.types import NANOSECONDS_PER_SECOND as S
-from engine.types import AMOUNT_MAX, Event
+from engine.types import AMOUNT_MAX, AccountFlag, Event
 from ledger_helpers import Driver
 
 pytestmark = pytest.mark.usefixtures("verify_every_engine")
@@ -391,14 +393,17 @@ def test_manual_authorization_holds_the_amount(held: Gateway):
     assert held.order().status == "pending"
 
 
-@pytest.mark.parametrize("amount, captured", [(0, AMOUNT), (AMOUNT, AMOUNT), (60, 60), (1, 1)])
-def test_capture_posts_what_is_taken_and_releases_the_rest(held: Gateway, amount: int, captured: int):
+@pytest.mark.parametrize("amount, captured, order_status", [
+    (0, AMOUNT, "paid"), (AMOUNT, AMOUNT, "paid"), (60, 60, "exception"), (1, 1, "exception")])
+def test_capture_posts_what_is_taken_and_releases_the_rest(held: Gateway, amount: int, captured: int,
+                                                           order_status: str):
+    """A partial capture pays the order less than asked: the order is an exception (kept, refundable, not split)."""
     result = held.ok(capture("p1", amount))
     record = result.results[0].record
     assert (record.status, record.amount_captured, record.amount_capturable) == ("succeeded", captured, 0)
-    assert result.events == [Event("payment.succeeded", "p1", held.now), Event("order.paid", "o1", held.now)]
+    assert result.events == [Event("payment.succeeded", "p1", held.now), Event(f"order.{order_status}", "o1", held.now)]
     assert held.money() == money(balance=captured)
-    assert held.order().status == "paid"
+    assert held.order().status == order_status
     held.refused(capture("p1", tid="m1:cap-again"), "payment_not_capturable")
     held.refused(cancel("p1"), "payment_not_cancellable")
 
@@ -552,7 +557,7 @@ def test_refund_of_a_partial_capture_is_capped_at_what_was_captured(held: Gatewa
     held.ok(capture("p1", 60))
     held.refused(refund("r1", amount=61), "amount_too_large")
     assert held.ok(refund("r1")).results[0].record.amount == 60
-    assert (held.order().status, held.money()) == ("refunded", money())
+    assert (held.order().status, held.money()) == ("exception", money())
 
 
 @pytest.mark.parametrize("amounts", [
@@ -733,7 +738,7 @@ def test_restore_mid_flow_behaves_the_same(gw: Gateway):
 
     later = [  # (time, commands, expected codes, expected event kinds)
         (start + 2 * S, lambda: [capture("p4", 30), payout_result("po1", paid=True), capture("p1", AMOUNT + 1)],
-         ["ok", "ok", "amount_too_large"], ["payment.succeeded", "order.paid", "payout.paid"]),
+         ["ok", "ok", "amount_too_large"], ["payment.succeeded", "order.exception", "payout.paid"]),
         (start + 11 * S, lambda: [capture("p1")],  # p1 and p2 were authorized at start + 1 s, for 10 s
          ["payment_not_capturable"], ["transfer.expired", "transfer.expired", "payment.cancelled", "payment.cancelled"]),
         (start + 20 * S, lambda: [psp("p3"), refund("r1", "p4"), cancel("p2")],
@@ -831,3 +836,131 @@ def test_no_balance_goes_past_the_api_amount_range(gw: Gateway):
     assert gw.payment("pay_cb2") is None
     balance = gw.query(LookupAccounts([system_account_id("m1", "balance", "VND")])).accounts[0]
     assert balance.credits_posted == AMOUNT_MAX
+
+
+# Splits and exceptions (seed 003, 004)
+
+
+def bank_transfer(cb: str, amount: int, order_id: str = "", mid: str = "m1") -> ReceiveBankTransfer:
+    """Money from the bank in USD, for an order or (no order) on the merchant's static code."""
+    return ReceiveBankTransfer(merchant_id=mid, order_id=order_id, callback_id=cb, amount=amount, currency="USD",
+                               method="bank_transfer", payment_id=f"pay_{cb}", transfer_id=f"{mid}:bt-{cb}")
+
+
+def balances(gw: Gateway, *names: str) -> list[int]:
+    """Posted balance (credits less debits) of m1's and m2's accounts, named "m1.balance", "m1.sub_store"..."""
+    ids = [system_account_id(*name.split("."), "USD") for name in names]
+    accounts = gw.query(LookupAccounts(ids)).accounts
+    return [0 if account is None else account.credits_posted - account.debits_posted for account in accounts]
+
+
+def test_a_split_to_the_orders_own_merchant_is_refused_and_the_shard_keeps_serving(gw: Gateway):
+    """It once built a transfer from the merchant's balance to itself at payment, and the shard stopped."""
+    gw.refused(order("o9", splits=(Split("m1", 10),)), "split_to_own_merchant")
+    gw.ok(order("o9", splits=(Split("m2", 10),)))
+    gw.ok(create("p9", order_id="o9"))
+    gw.ok(psp("p9"))
+    assert (gw.order("o9").status, balances(gw, "m1.balance", "m2.balance")) == ("paid", [AMOUNT - 10, 10])
+
+
+def test_an_amount_below_the_splits_is_refused_and_later_money_is_never_split_again(gw: Gateway):
+    """A PATCH once lowered the amount under the shares, and each later payment paid them out again, from a
+    balance that had no debit limit."""
+    gw.ok(order("o9", methods=("card", "bank_transfer"), splits=(Split("m2", 60),)))
+    outcome = gw.refused(UpdateOrder(merchant_id="m1", order_id="o9", amount=59), "splits_exceed_amount")
+    assert outcome.record.amount == AMOUNT
+    gw.ok(create("p9", order_id="o9"))
+    gw.ok(psp("p9"))
+    assert (gw.order("o9").status, balances(gw, "m1.balance", "m2.balance")) == ("paid", [40, 60])
+    result = gw.ok(bank_transfer("cb1", 1, "o9"))
+    assert result.events == [Event("payment.succeeded", "pay_cb1", gw.now), Event("order.exception", "o9", gw.now)]
+    assert (gw.order("o9").status, gw.order("o9").payment_id) == ("exception", "p9")
+    assert balances(gw, "m1.balance", "m2.balance") == [41, 60]
+    gw.ok(refund("r1", "pay_cb1"))  # the exception's money is the merchant's to give back
+    assert balances(gw, "m1.balance", "m2.balance") == [40, 60]
+
+
+@pytest.mark.parametrize("splits, code", [
+    ([Split("m2", 1)] * 11, "splits_too_many"),
+    ([Split("m2", 0)], "split_amount_must_be_positive"),
+    ([Split("m2", -5), Split("sub_store", 10)], "split_amount_must_be_positive"),
+    ([Split("m2", 60), Split("sub_store", 41)], "splits_exceed_amount"),
+    ([Split("m1", 1)], "split_to_own_merchant"),
+    ([Split("m9", 1)], "split_destination_not_found"),
+    ([Split("sub_other", 1)], "split_destination_not_found"),  # another merchant's sub-account
+    ([Split("m2", 1), Split("m2", 1)], "split_destination_duplicated"),
+])
+def test_splits_are_checked_at_create(gw: Gateway, splits: list[Split], code: str):
+    gw.ok(CreateSubAccount("m1", SubAccount("sub_store", "Store")), CreateSubAccount("m2", SubAccount("sub_other", "O")))
+    gw.refused(order("o9", splits=tuple(splits)), code)
+    gw.ok(order("o9", splits=(Split("m2", 60), Split("sub_store", 40))))
+
+
+@pytest.mark.parametrize("amount, code", [(99, "splits_exceed_amount"), (0, "amount_out_of_range"),
+                                          (AMOUNT_MAX + 1, "amount_out_of_range")])
+def test_every_amount_change_is_checked_against_the_splits(gw: Gateway, amount: int, code: str):
+    gw.ok(order("o9", splits=(Split("m2", 100),)))
+    gw.refused(UpdateOrder(merchant_id="m1", order_id="o9", amount=amount), code)
+    gw.ok(UpdateOrder(merchant_id="m1", order_id="o9", amount=100))
+
+
+EXCEPTIONS = {
+    "expired": lambda gw: gw.run(at=gw.order("o9").expires_at),
+    "cancelled": lambda gw: gw.ok(CancelOrder("m1", "o9")),
+}
+
+
+@pytest.mark.parametrize("close", EXCEPTIONS)
+def test_money_after_the_order_closed_is_an_exception_never_split(gw: Gateway, close: str):
+    gw.ok(order("o9", expires_at=gw.now + 60 * S, splits=(Split("m2", 30),)))
+    gw.ok(create("p9", order_id="o9", timeout_s=3600))
+    EXCEPTIONS[close](gw)
+    result = gw.ok(psp("p9"))
+    assert result.events == [Event("payment.succeeded", "p9", gw.now), Event("order.exception", "o9", gw.now)]
+    assert balances(gw, "m1.balance", "m2.balance") == [AMOUNT, 0]
+    gw.ok(refund("r1", "p9"))
+    assert (gw.order("o9").status, balances(gw, "m1.balance")) == ("exception", [0])
+
+
+@pytest.mark.parametrize("amount", [AMOUNT - 1, AMOUNT + 1])
+def test_a_transfer_for_another_amount_is_an_exception_never_split(gw: Gateway, amount: int):
+    gw.ok(order("o9", methods=("qr",), splits=(Split("m2", 30),)))
+    gw.ok(bank_transfer("cb1", amount, "o9"))
+    assert (gw.order("o9").status, balances(gw, "m1.balance", "m2.balance")) == ("exception", [amount, 0])
+
+
+def test_a_partial_capture_is_an_exception_never_split(gw: Gateway):
+    gw.ok(order("o9", splits=(Split("m2", 30),)))
+    gw.ok(create("p9", order_id="o9", manual=True))
+    gw.ok(psp("p9"))
+    gw.ok(capture("p9", 40))
+    assert (gw.order("o9").status, balances(gw, "m1.balance", "m2.balance")) == ("exception", [40, 0])
+
+
+def test_shares_that_would_overflow_a_destination_leave_the_money_as_an_exception(gw: Gateway):
+    gw.ok(bank_transfer("cb0", AMOUNT_MAX - 10, mid="m2"))
+    gw.ok(order("o9", methods=("qr",), splits=(Split("m2", 11),)))
+    gw.ok(bank_transfer("cb1", AMOUNT, "o9"))
+    record = gw.order("o9")
+    assert (record.status, record.error_code) == ("exception", "overflows_credits_posted")
+    assert balances(gw, "m1.balance", "m2.balance") == [AMOUNT, AMOUNT_MAX - 10]
+
+
+def test_every_account_takes_the_charts_flags(paid: Gateway):
+    paid.ok(CreateCustomer(Customer(id="c1", merchant_id="m1", email="c1@example.com")))
+    paid.ok(CreateSubAccount("m1", SubAccount("sub_store", "Store")), order("o9", methods=("qr",)),
+            payout("po1", 10))
+    paid.ok(bank_transfer("cb1", AMOUNT, "o9"))
+    paid.ok(MoveWallet(merchant_id="m1", customer_id="c1", transfer_id="m1:w1", amount=5, currency="USD"))
+    paid.ok(static_code_transfer("cb2", 5, "sub_store"))
+    accounts = paid.engine.ledger.accounts
+    expected = {"balance": HOLDS_MONEY, "payouts": HOLDS_MONEY, "clearing_piggybank": MIRRORS_INFLOW,
+                "clearing_bank": MIRRORS_INFLOW}
+    for name, flags in expected.items():
+        assert accounts[system_account_id("m1", name, "USD")].flags == flags, name
+    assert accounts[system_account_id("m1", "sub_store", "VND")].flags == HOLDS_MONEY
+    assert accounts[wallet_account_id("m1", "c1", "USD")].flags == HOLDS_MONEY
+    assert HOLDS_MONEY & AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS
+    assert MIRRORS_INFLOW & AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS
+    for name in ("balance", "payouts", "wallet"):
+        paid.refused(CreateSubAccount("m1", SubAccount(name, "Clash")), "sub_account_id_invalid")
