@@ -402,7 +402,7 @@ async def update_order(request: web.Request) -> web.Response:
     command = UpdateOrder(merchant_id=merchant.id, order_id=request.match_info["id"], name=fields.name,
                           note=fields.note, amount=fields.amount, expires_at=expires_at)
     outcome = await run(request, merchant.id, command, body)
-    raise_for(outcome)
+    raise_for(outcome, {"splits_exceed_amount": "amount"})  # the new amount is what falls short of the shares
     return respond(request, _order_out(request, merchant, outcome.record))
 
 

@@ -5,6 +5,7 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
+from engine.commerce import MAX_SPLITS
 from engine.types import AMOUNT_MAX
 
 # ISO 4217 codes the gateway accepts, with their minor-unit exponent (VND and JPY have none).
@@ -111,7 +112,7 @@ class OrderCreate(Request):
     callback_url: Url = ""
     ipn_url: Url = ""
     expires_in: ExpiresIn = 900
-    splits: Annotated[list[SplitIn], Meta(max_length=20)] = []
+    splits: Annotated[list[SplitIn], Meta(max_length=MAX_SPLITS)] = []
     metadata: Metadata = {}
 
 
