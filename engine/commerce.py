@@ -343,7 +343,7 @@ class Commerce:
         refusal = self.payments.risk_refusal(command.merchant_id, order.amount, order.currency, command.risk_reason,
                                              command.amount_limits)
         if refusal:
-            return self.payments.pay_from_wallet(command, order, "", timestamp, refusal)
+            return self.payments.refuse_wallet_payment(command, order, refusal, timestamp)
         # Checked first so that a refused payment leaves no trace (no accounts, no spent transfer id).
         if self.ledger.available(wallet_account_id(command.merchant_id, command.customer_id, order.currency)) < order.amount:
             return Outcome("insufficient_funds", record=order)

@@ -414,18 +414,9 @@ class Payments:
         self.events.append(Event(f"payout.{payout.status}", payout.id, timestamp))
         return Outcome(record=payout)
 
-    def pay_from_wallet(self, command: PayOrderFromWallet, order: Order, wallet: str, timestamp: int,
-                        refusal: str = "") -> Outcome:
-        """A wallet checkout succeeds at once and pays the order; one the risk rules refuse (`refusal`) is recorded
-        failed, and nothing moves."""
-        payment = Payment(id=command.payment_id, merchant_id=order.merchant_id, amount=order.amount,
-                          currency=order.currency, order_id=order.id, method="wallet", customer_id=command.customer_id,
-                          customer_email=order.customer_email, customer_ip=command.customer_ip, acquirer="wallet",
-                          created_at=timestamp, updated_at=timestamp)
-        if refusal:
-            self.add(payment)
-            self._fail(payment, RISK_REJECTED, refusal, timestamp)
-            return Outcome(record=payment)
+    def pay_from_wallet(self, command: PayOrderFromWallet, order: Order, wallet: str, timestamp: int) -> Outcome:
+        """A wallet checkout: the order's amount moves from the wallet, and the payment succeeds at once."""
+        payment = _wallet_payment(command, order, timestamp)
         balance = system_account(self.ledger, order.merchant_id, "balance", order.currency, timestamp)
         code = self._collect(payment, Transfer(command.transfer_id, wallet, balance, order.amount, order.currency),
                              timestamp)
@@ -433,6 +424,13 @@ class Payments:
             return Outcome(code, record=order)
         self.add(payment)
         order.customer_id = command.customer_id
+        return Outcome(record=payment)
+
+    def refuse_wallet_payment(self, command: PayOrderFromWallet, order: Order, refusal: str,
+                              timestamp: int) -> Outcome:
+        """A wallet checkout the risk rules refuse: recorded failed, with the reason; nothing moves."""
+        payment = self.add(_wallet_payment(command, order, timestamp))
+        self._fail(payment, RISK_REJECTED, refusal, timestamp)
         return Outcome(record=payment)
 
     # Effects
@@ -452,12 +450,15 @@ class Payments:
         if order is None:
             self._succeed(payment, amount, timestamp)
             return "ok"
-        split_code = ""
-        pays = order.status == "pending" and amount == order.amount
-        if pays and order.splits:
-            split_code = self._pay_splits(payment, order, timestamp)
+        if order.status != "pending":
+            exception = ("order_not_pending", f"money came for an order already {order.status}")
+        elif amount != order.amount:
+            exception = ("amount_mismatch", f"{amount} came for an order of {order.amount}")
+        else:
+            split_code = self._pay_splits(payment, order, timestamp) if order.splits else ""
+            exception = (split_code, "the splits could not be paid") if split_code else None
         self._succeed(payment, amount, timestamp)
-        self._book_to_order(payment, order, "paid" if pays and not split_code else "exception", split_code, timestamp)
+        self._book_to_order(payment, order, exception, timestamp)
         return "ok"
 
     def _succeed(self, payment: Payment, amount: int, timestamp: int) -> None:
@@ -466,15 +467,19 @@ class Payments:
         payment.updated_at = timestamp
         self.events.append(Event("payment.succeeded", payment.id, timestamp))
 
-    def _book_to_order(self, payment: Payment, order: Order, status: str, error_code: str, timestamp: int) -> None:
+    def _book_to_order(self, payment: Payment, order: Order, exception: tuple[str, str] | None,
+                       timestamp: int) -> None:
+        """The order is paid, or (`exception`: its code and message) holds money for a person to settle."""
         # The order goes on naming the payment that paid it; money after that is flagged, never lost.
         if order.status == "pending" or not order.payment_id:
             order.payment_id = payment.id
-        transition(order, status)
-        if error_code:
-            order.error_code, order.error_message = error_code, "the splits could not be paid"
+        if exception is None:
+            transition(order, "paid")
+        else:
+            transition(order, "exception")
+            order.error_code, order.error_message = exception
         order.updated_at = timestamp
-        self.events.append(Event(f"order.{status}", order.id, timestamp))
+        self.events.append(Event(f"order.{order.status}", order.id, timestamp))
 
     def _pay_splits(self, payment: Payment, order: Order, timestamp: int) -> str:
         """The order's shares move from the merchant's balance, just credited with the order's amount (at least
@@ -554,6 +559,13 @@ class Payments:
     def _payment_of(self, merchant_id: str, payment_id: str) -> Payment | None:
         payment = self.payments.get(payment_id)
         return payment if payment is not None and payment.merchant_id == merchant_id else None
+
+
+def _wallet_payment(command: PayOrderFromWallet, order: Order, timestamp: int) -> Payment:
+    return Payment(id=command.payment_id, merchant_id=order.merchant_id, amount=order.amount, currency=order.currency,
+                   order_id=order.id, method="wallet", customer_id=command.customer_id,
+                   customer_email=order.customer_email, customer_ip=command.customer_ip, acquirer="wallet",
+                   created_at=timestamp, updated_at=timestamp)
 
 
 def move(ledger: Ledger, transfer: Transfer, timestamp: int) -> str:

@@ -918,6 +918,8 @@ def test_money_after_the_order_closed_is_an_exception_never_split(gw: Gateway, c
     result = gw.ok(psp("p9"))
     assert result.events == [Event("payment.succeeded", "p9", gw.now), Event("order.exception", "o9", gw.now)]
     assert balances(gw, "m1.balance", "m2.balance") == [AMOUNT, 0]
+    assert (gw.order("o9").error_code, gw.order("o9").error_message) == (
+        "order_not_pending", f"money came for an order already {close}")
     gw.ok(refund("r1", "p9"))
     assert (gw.order("o9").status, balances(gw, "m1.balance")) == ("exception", [0])
 
@@ -927,6 +929,8 @@ def test_a_transfer_for_another_amount_is_an_exception_never_split(gw: Gateway, 
     gw.ok(order("o9", methods=("qr",), splits=(Split("m2", 30),)))
     gw.ok(bank_transfer("cb1", amount, "o9"))
     assert (gw.order("o9").status, balances(gw, "m1.balance", "m2.balance")) == ("exception", [amount, 0])
+    assert (gw.order("o9").error_code, gw.order("o9").error_message) == (
+        "amount_mismatch", f"{amount} came for an order of {AMOUNT}")
 
 
 def test_a_partial_capture_is_an_exception_never_split(gw: Gateway):
