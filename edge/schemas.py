@@ -6,6 +6,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from engine.commerce import MAX_SPLITS
+from engine.states import OrderStatus, PaymentStatus, PayoutStatus, RefundStatus
 from engine.types import AMOUNT_MAX
 
 # ISO 4217 codes the gateway accepts, with their minor-unit exponent (VND and JPY have none).
@@ -338,7 +339,7 @@ class MerchantOut(Struct, omit_defaults=True):
 class OrderOut(Struct):
     id: str
     object: str
-    status: str
+    status: OrderStatus
     amount: int
     currency: str
     amount_refunded: int
@@ -453,7 +454,7 @@ class PaymentOut(Struct):
     id: str
     object: str
     order_id: str | None
-    status: str
+    status: PaymentStatus
     amount: int
     amount_capturable: int
     amount_captured: int
@@ -501,7 +502,7 @@ class RefundOut(Struct):
     amount: int
     currency: str
     reason: str
-    status: str
+    status: RefundStatus
     created_at: str
 
 
@@ -531,7 +532,7 @@ class PayoutOut(Struct):
     amount: int
     currency: str
     sub_account_id: str | None
-    status: str
+    status: PayoutStatus
     failure_code: str | None
     created_at: str
     updated_at: str
