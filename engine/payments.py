@@ -380,6 +380,12 @@ class Payments:
         payout = command.payout
         if payout.id in self.payouts:
             return Outcome("exists")
+        merchant = self.merchants.get(payout.merchant_id)
+        if merchant is None:
+            return Outcome("merchant_not_found")
+        # Only the merchant's balance or one of its sub-accounts pays out: never a system account named as one.
+        if payout.sub_account_id and all(sub.id != payout.sub_account_id for sub in merchant.sub_accounts):
+            return Outcome("sub_account_not_found")
         balance = system_account_id(payout.merchant_id, payout.sub_account_id or "balance", payout.currency)
         if payout.amount <= 0:
             return Outcome("amount_must_not_be_zero")

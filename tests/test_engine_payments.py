@@ -96,6 +96,12 @@ def payout(poid: str, amount: int, mid: str = "m1") -> CreatePayout:
     return CreatePayout(payout=Payout(id=poid, merchant_id=mid, amount=amount, currency="USD", hold_id=f"{mid}:hold-{poid}"))
 
 
+def sub_account_payout(poid: str, sub_account_id: str, amount: int = 1) -> CreatePayout:
+    command = payout(poid, amount)
+    command.payout.sub_account_id = sub_account_id
+    return command
+
+
 def payout_result(poid: str, paid: bool, cb: str = "bank1", mid: str = "m1") -> RecordPayoutResult:
     return RecordPayoutResult(merchant_id=mid, payout_id=poid, callback_id=cb, paid=paid,
                               transfer_id=f"{mid}:po-{poid}-{cb}", failure_code="" if paid else "account_closed")
@@ -636,6 +642,10 @@ def test_a_failed_payout_returns_the_money(paid: Gateway):
     (lambda: payout("po1", 1), "exists"),
     (lambda: payout_result("po1", True, mid="m2"), "payout_not_found"),
     (lambda: payout_result("ghost", True), "payout_not_found"),
+    (lambda: payout("po9", 1, "m9"), "merchant_not_found"),
+    (lambda: sub_account_payout("po9", "sub_missing"), "sub_account_not_found"),
+    (lambda: sub_account_payout("po9", "withdrawals"), "sub_account_not_found"),  # a system account is no store
+    (lambda: sub_account_payout("po9", "clearing_piggybank"), "sub_account_not_found"),
 ])
 def test_payout_refusals(paid: Gateway, command: Callable, code: str):
     paid.ok(payout("po1", 10))
