@@ -500,10 +500,12 @@ class Payments:
                                       split.amount, order.currency, flags=TransferFlag.LINKED))
         transfers[-1].flags = 0
         codes = self.ledger.create_transfers(transfers, timestamp)
+        if not any(codes):
+            return ""
         refusals = [TransferCode.name(code) for code in codes if code and code != TransferCode.linked_event_failed]
         # Validated at create and at every amount change, shares can only fail on a destination's full balance.
         check(all(code.startswith("overflows_") for code in refusals), f"split transfers refused: {refusals}")
-        return refusals[0] if refusals else ""
+        return refusals[0]
 
     def _fail(self, payment: Payment, code: str, message: str, timestamp: int) -> None:
         transition(payment, "failed")
