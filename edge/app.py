@@ -41,7 +41,6 @@ from edge.limits import SharedTokenBuckets, SlidingWindow, client_ip, malformed_
 from edge.metrics import Metrics
 from edge.openapi import document
 from engine.codes import AccountCode, TransferCode
-from engine.commerce import ORDER_STATUSES
 from engine.queries import AccountBalance, AccountTransfers, FindDashboardUser, GetCustomer, GetOrder, ListOrders, \
     LookupAccounts, LookupTransfers
 from engine.records import (
@@ -64,6 +63,7 @@ from engine.records import (
     UpdateOrder,
     wallet_account_id,
 )
+from engine.states import ORDER_STATUSES
 from engine.types import Account, AccountFlag, CreateAccounts, CreateTransfers, \
     Transfer, TransferFlag
 
@@ -405,7 +405,7 @@ async def update_order(request: web.Request) -> web.Response:
     command = UpdateOrder(merchant_id=merchant.id, order_id=request.match_info["id"], name=fields.name,
                           note=fields.note, amount=fields.amount, expires_in_s=fields.expires_in)
     outcome = await run(request, merchant.id, command, body)
-    raise_for(outcome)
+    raise_for(outcome, {"splits_exceed_amount": "amount"})  # the new amount is what falls short of the shares
     return respond(request, _order_out(request, merchant, outcome.record))
 
 

@@ -55,13 +55,27 @@ OUTCOME_ERRORS = {
     "amount_too_large": (402, "amount_too_large"),
     "payment_method_not_allowed": (400, "payment_method_not_allowed"),
     "split_destination_not_found": (400, "split_destination_not_found"),
+    "split_destination_duplicated": (400, "split_destination_duplicated"),
+    "split_to_own_merchant": (400, "split_to_own_merchant"),
+    "split_amount_must_be_positive": (400, "split_amount_must_be_positive"),
+    "splits_too_many": (400, "splits_too_many"),
     "splits_exceed_amount": (400, "splits_exceed_amount"),
+    "amount_out_of_range": (400, "amount_out_of_range"),
     "idempotency_key_reused": (409, "idempotency_key_reused"),
 }
+# A move that would take a balance field past the API's int64: the amount does not fit what the account holds.
+OVERFLOW_CODES = ("overflows_debits_pending", "overflows_credits_pending", "overflows_debits_posted",
+                  "overflows_credits_posted", "overflows_debits", "overflows_credits")
 
 # The field an outcome code is about, whatever the request.
-OUTCOME_PARAMS = {"idempotency_key_reused": "Idempotency-Key", "split_destination_not_found": "splits",
-                  "splits_exceed_amount": "splits", "expires_in_invalid": "expires_in"}
+OUTCOME_PARAMS = {
+    "idempotency_key_reused": "Idempotency-Key",
+    "expires_in_invalid": "expires_in",
+    **{code: "splits" for code in ("split_destination_not_found", "split_destination_duplicated",
+                                   "split_to_own_merchant", "split_amount_must_be_positive", "splits_too_many",
+                                   "splits_exceed_amount")},
+    **{code: "amount" for code in ("amount_out_of_range", *OVERFLOW_CODES)},
+}
 
 
 class Settings(msgspec.Struct, kw_only=True):

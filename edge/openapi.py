@@ -8,8 +8,7 @@ import msgspec
 from msgspec import Meta
 
 from edge import schemas
-from engine.commerce import ORDER_STATUSES
-from engine.payments import PAYMENT_STATUSES
+from engine.states import ORDER_STATUSES, PAYMENT_STATUSES
 
 # Documented only: the handler counts the items itself, to answer too many with 413 rather than a decoding 400.
 TRANSFER_ARRAY = Annotated[list[schemas.TransferCreate], Meta(min_length=1, max_length=schemas.MAX_TRANSFERS_PER_REQUEST)]

@@ -32,7 +32,7 @@ from edge.http import (
     respond,
     run,
 )
-from engine.payments import CALLBACK_REPLAYED, PAYMENT_STATUSES
+from engine.payments import CALLBACK_REPLAYED
 from engine.queries import GetCard, GetOrder, GetPaymentRecord, ListPayments
 from engine.records import (
     CancelPayment,
@@ -53,6 +53,7 @@ from engine.records import (
     Refund,
     authorization_transfer_id,
 )
+from engine.states import PAYMENT_STATUSES
 
 # How long a QR or bank transfer payment without an order waits for the payer's transfer: an order's default expiry.
 TRANSFER_WAIT_S = 900

@@ -6,6 +6,9 @@ import msgspec
 from msgspec import Meta, Struct
 
 from engine.deposit_states import DepositStatus, WithdrawalStatus
+from engine.commerce import MAX_SPLITS
+from engine.states import OrderStatus, PaymentStatus, PayoutStatus, RefundStatus
+from engine.types import AMOUNT_MAX
 
 # ISO 4217 codes the gateway accepts, with their minor-unit exponent (VND and JPY have none).
 CURRENCY_EXPONENTS = {
@@ -22,7 +25,6 @@ CURRENCY_NUMBERS = {
 }
 assert CURRENCY_NUMBERS.keys() == CURRENCY_EXPONENTS.keys()
 
-AMOUNT_MAX = 2**63 - 1
 # The enum only documents (msgspec validates the pattern; check_currency in edge/app.py refuses other codes).
 Currency = Annotated[str, Meta(pattern="^[a-z]{3}$", description="ISO 4217 code in lower case",
                                extra_json_schema={"enum": sorted(CURRENCY_EXPONENTS)})]
@@ -112,7 +114,7 @@ class OrderCreate(Request):
     callback_url: Url = ""
     ipn_url: Url = ""
     expires_in: ExpiresIn = 900
-    splits: Annotated[list[SplitIn], Meta(max_length=20)] = []
+    splits: Annotated[list[SplitIn], Meta(max_length=MAX_SPLITS)] = []
     metadata: Metadata = {}
 
 
@@ -359,7 +361,7 @@ class MerchantOut(Struct, omit_defaults=True):
 class OrderOut(Struct):
     id: str
     object: str
-    status: str
+    status: OrderStatus
     amount: int
     currency: str
     amount_refunded: int
@@ -474,7 +476,7 @@ class PaymentOut(Struct):
     id: str
     object: str
     order_id: str | None
-    status: str
+    status: PaymentStatus
     amount: int
     amount_capturable: int
     amount_captured: int
@@ -522,7 +524,7 @@ class RefundOut(Struct):
     amount: int
     currency: str
     reason: str
-    status: str
+    status: RefundStatus
     created_at: str
 
 
@@ -552,7 +554,7 @@ class PayoutOut(Struct):
     amount: int
     currency: str
     sub_account_id: str | None
-    status: str
+    status: PayoutStatus
     failure_code: str | None
     created_at: str
     updated_at: str

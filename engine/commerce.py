@@ -12,7 +12,7 @@ import msgspec
 
 from engine.ledger import Ledger
 from engine.deposits import Deposits
-from engine.payments import Payments, ensure_wallet, move, system_account
+from engine.payments import ACCOUNT_FLAGS, Payments, ensure_wallet, move, system_account
 from engine.records import (
     AddDashboardUser,
     AddToBlocklist,
@@ -39,18 +39,22 @@ from engine.records import (
     Outcome,
     PayOrderFromWallet,
     RemoveFromBlocklist,
+    SYSTEM_MARK,
+    Split,
     UpdateMerchant,
     UpdateOrder,
     wallet_account_id,
 )
 from engine.records import AdjustWallet, CreateDeposit, CreateWithdrawal, ReceiveDepositTransfer, RecordWithdrawalResult
-from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, CreateAccounts, CreateTransfers, Event, Transfer
+from engine.states import transition
+from engine.types import AMOUNT_MAX, NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, CreateAccounts, CreateTransfers, Event, \
+    Transfer
 
 IDEMPOTENCY_RETENTION_NS = 24 * 3600 * NANOSECONDS_PER_SECOND
 MAX_BLOCKLIST_ENTRIES = 100_000
 # Stores per merchant: each merchant record (read at every authentication refresh) carries them all.
 MAX_SUB_ACCOUNTS = 1_000
-ORDER_STATUSES = ("pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception")
+MAX_SPLITS = 10
 _outcome_encoder = msgspec.msgpack.Encoder()
 _outcome_decoder = msgspec.msgpack.Decoder(Outcome)
 
@@ -96,7 +100,7 @@ class Commerce:
             expires_at, order_id = heapq.heappop(expiries)
             order = self.orders[order_id]
             if order.status == "pending" and order.expires_at == expires_at:
-                order.status = "expired"
+                transition(order, "expired")
                 order.updated_at = timestamp
                 events.append(Event("order.expired", order_id, timestamp))
                 self.payments.order_closed(order, timestamp)
@@ -173,6 +177,8 @@ class Commerce:
             return Outcome("merchant_not_found")
         if command.sub_account.id in self.merchant_by_sub_account:  # sub-account ids are one namespace per shard
             return Outcome("exists")
+        if command.sub_account.id in ACCOUNT_FLAGS or SYSTEM_MARK in command.sub_account.id:
+            return Outcome("sub_account_id_invalid")  # its balance would be, or look like, a system account
         if len(merchant.sub_accounts) >= MAX_SUB_ACCOUNTS:
             return Outcome("sub_account_limit_reached")
         command.sub_account.created_at = timestamp
@@ -195,9 +201,9 @@ class Commerce:
             return Outcome("merchant_not_found")
         if order.id in self.orders:
             return Outcome("exists")
-        split_code = self._check_splits(order)
-        if split_code:
-            return Outcome(split_code)
+        refusal = self._check_amount(order.merchant_id, order.amount, order.splits)
+        if refusal:
+            return Outcome(refusal)
         if not duration_fits(command.expires_in_s, timestamp):
             return Outcome("expires_in_invalid")
         retry_after_s = self._admit_ip(command, timestamp)
@@ -217,16 +223,31 @@ class Commerce:
         if order.expires_at:
             heapq.heappush(self.order_expiries, (order.expires_at, order.id))
 
-    def _check_splits(self, order: Order) -> str:
-        """Each share goes to a sub-account of the merchant or to a merchant on this shard; together at most the amount."""
-        if not order.splits:
-            return ""
-        if sum(split.amount for split in order.splits) > order.amount:
+    def _check_amount(self, merchant_id: str, amount: int, splits: list[Split]) -> str:
+        """An order's amount and its shares: '' if they hold, else the refusal's code.
+
+        Each share is positive and goes once to a merchant of this shard other than the order's own, or to one of
+        the order merchant's sub-accounts; at most MAX_SPLITS, together at most the amount. A share has no
+        currency of its own: it is paid in the order's.
+        """
+        if not 0 < amount <= AMOUNT_MAX:
+            return "amount_out_of_range"
+        if len(splits) > MAX_SPLITS:
+            return "splits_too_many"
+        if any(split.amount <= 0 for split in splits):
+            return "split_amount_must_be_positive"
+        if sum(split.amount for split in splits) > amount:
             return "splits_exceed_amount"
-        for split in order.splits:
-            own_sub_account = self.merchant_by_sub_account.get(split.account_id) == order.merchant_id
-            if split.amount <= 0 or not (own_sub_account or split.account_id in self.merchants):
+        destinations = set()
+        for split in splits:
+            if split.account_id == merchant_id:
+                return "split_to_own_merchant"
+            own_sub_account = self.merchant_by_sub_account.get(split.account_id) == merchant_id
+            if not (own_sub_account or split.account_id in self.merchants):
                 return "split_destination_not_found"
+            if split.account_id in destinations:
+                return "split_destination_duplicated"
+            destinations.add(split.account_id)
         return ""
 
     def _admit_order_ip(self, command: AdmitOrderIp, timestamp: int) -> Outcome:
@@ -272,6 +293,10 @@ class Commerce:
             return Outcome("payment_in_progress", record=order)  # its payment is for the amount asked then
         if not duration_fits(command.expires_in_s, timestamp):
             return Outcome("expires_in_invalid", record=order)
+        if command.amount is not None:
+            refusal = self._check_amount(order.merchant_id, command.amount, order.splits)
+            if refusal:
+                return Outcome(refusal, record=order)
         for field in ("name", "note", "amount"):
             value = getattr(command, field)
             if value is not None:
@@ -291,7 +316,7 @@ class Commerce:
             return Outcome("order_not_found")
         if order.status != "pending":
             return Outcome("order_not_pending", record=order)
-        order.status = "cancelled"
+        transition(order, "cancelled")
         order.updated_at = timestamp
         self.payments.order_closed(order, timestamp)
         return Outcome(record=order)
@@ -336,20 +361,13 @@ class Commerce:
         refusal = self.payments.risk_refusal(command.merchant_id, command.amount, command.currency,
                                              command.risk_reason, command.amount_limits)
         if refusal:
-            return Outcome(record=self.payments.record_wallet_payment(command, order, timestamp, refusal))
+            return self.payments.refuse_wallet_payment(command, order, refusal, timestamp)
         # Checked first so that a refused payment leaves no trace (no accounts, no spent transfer id).
         wallet_id = wallet_account_id(command.merchant_id, command.customer_id, command.currency)
         if self.ledger.available(wallet_id) < command.amount:
             return Outcome("insufficient_funds", record=order)
         wallet = ensure_wallet(self.ledger, command.merchant_id, command.customer_id, command.currency, timestamp)
-        balance = system_account(self.ledger, command.merchant_id, "balance", command.currency, timestamp)
-        code = move(self.ledger, Transfer(command.transfer_id, wallet, balance, command.amount, command.currency),
-                    timestamp)
-        if code != "ok":
-            return Outcome(code, record=order)
-        if order is not None:
-            order.customer_id = command.customer_id
-        return Outcome(record=self.payments.record_wallet_payment(command, order, timestamp))
+        return self.payments.pay_from_wallet(command, order, wallet, timestamp)
 
     def _wallet_payment_refusal(self, command: PayOrderFromWallet, order: Order | None) -> Outcome | None:
         """Why a wallet payment cannot start (None: it can): the order's state, or without one, the amount."""

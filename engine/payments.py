@@ -9,7 +9,8 @@ the merchant's balance until the bank answers, and a failure returns it.
 
 import heapq
 
-from engine.codes import transfer_outcome
+from engine.check import check
+from engine.codes import TransferCode, transfer_outcome
 from engine.ledger import Ledger
 from engine.records import (
     CancelPayment,
@@ -20,6 +21,7 @@ from engine.records import (
     Merchant,
     Order,
     Outcome,
+    PayOrderFromWallet,
     Payment,
     Payout,
     RecordPayoutResult,
@@ -30,20 +32,38 @@ from engine.records import (
     system_account_id,
     wallet_account_id,
 )
+from engine.states import transition
 from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, TransferFlag
 
-# Every status a payment takes; a refund leaves it succeeded (amount_refunded says how much went back).
-PAYMENT_STATUSES = ("processing", "requires_action", "requires_capture", "succeeded", "failed", "cancelled")
 OPEN_STATUSES = ("processing", "requires_action")
 # An order's payment in one of these may still take its money: a second payment must not charge it too.
 IN_PROGRESS_STATUSES = (*OPEN_STATUSES, "requires_capture")
 # Paid by the payer's own bank transfer quoting the order: such a payment waits (requires_action) for the money.
 BANK_METHODS = ("qr", "bank_transfer")
+# An order whose paying payment is refunded says how much of it went back.
+REFUND_MARKED_STATUSES = ("paid", "partially_refunded")
 RISK_REJECTED = "risk_rejected"
 CALLBACK_REPLAYED = "callback_replayed"
 # A provider's signature is good for 300 s either side of the clock: one seen is remembered for twice that.
 CALLBACK_REPLAY_WINDOW_NS = 600 * NANOSECONDS_PER_SECOND
 MAX_CALLBACK_SIGNATURES = 100_000  # beyond it the oldest is forgotten: a bound, well above any provider's rate
+
+# The chart of accounts (engine/ACCOUNTS.md): the flags an account is made with, by its name. Money of merchants and
+# customers never goes below zero; only the mirrors of a real inflow may run a debit balance, and money goes back
+# out through them only up to what came in.
+HOLDS_MONEY = AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlag.HISTORY
+MIRRORS_INFLOW = AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS | AccountFlag.HISTORY
+ACCOUNT_FLAGS = {
+    "balance": HOLDS_MONEY,
+    "wallet": HOLDS_MONEY,
+    "payouts": HOLDS_MONEY,
+    "withdrawals": HOLDS_MONEY,
+    "clearing_piggybank": MIRRORS_INFLOW,
+    "clearing_bank": MIRRORS_INFLOW,
+    "adjustments": MIRRORS_INFLOW,  # the admin's named manual credits: debit-normal, counted as an inflow
+    "deposits": AccountFlag.HISTORY,  # legacy: the unfunded source of journaled MoveWallet deposits, replayed as then
+}
+SUB_ACCOUNT_FLAGS = HOLDS_MONEY
 
 
 class Payments:
@@ -81,10 +101,10 @@ class Payments:
             payment_id = self.payment_by_hold.pop(transfer_id, None)
             if payment_id is not None and self.payments[payment_id].status == "requires_capture":
                 payment = self.payments[payment_id]
-                payment.status = "cancelled"
+                transition(payment, "cancelled")
                 payment.amount_capturable = 0
                 payment.updated_at = timestamp
-                self.events.append(Event("payment.canceled", payment.id, timestamp))
+                self.events.append(Event("payment.cancelled", payment.id, timestamp))
 
     # Commands
 
@@ -126,7 +146,8 @@ class Payments:
                         description=payment.description, metadata=payment.metadata, created_at=timestamp,
                         updated_at=timestamp, deposit_id=payment.deposit_id)
         if fresh.method in BANK_METHODS:
-            fresh.status, fresh.acquirer, fresh.next_action_url = "requires_action", "bank", payment.next_action_url
+            transition(fresh, "requires_action")
+            fresh.acquirer, fresh.next_action_url = "bank", payment.next_action_url
         payment = self.add(fresh)
         if payment.order_id:
             order = self.orders[payment.order_id]
@@ -169,8 +190,9 @@ class Payments:
 
     def _stop_waiting(self, payment: Payment, timestamp: int) -> None:
         """A payment waiting for the payer's transfer waits no more: it is cancelled."""
-        payment.status, payment.next_action_url, payment.updated_at = "cancelled", "", timestamp
-        self.events.append(Event("payment.canceled", payment.id, timestamp))
+        transition(payment, "cancelled")
+        payment.next_action_url, payment.updated_at = "", timestamp
+        self.events.append(Event("payment.cancelled", payment.id, timestamp))
 
     def risk_refusal(self, merchant_id: str, amount: int, currency: str, risk_reason: str,
                      amount_limits: dict[str, int]) -> str:
@@ -213,7 +235,7 @@ class Payments:
         payment.updated_at = timestamp
         result = command.result
         if result == "requires_action":
-            payment.status = "requires_action"
+            transition(payment, "requires_action")
             payment.next_action_url = command.action_url
             self.events.append(Event("payment.requires_action", payment.id, timestamp))
             return Outcome(record=payment)
@@ -230,18 +252,16 @@ class Payments:
         transfer = Transfer(command.transfer_id, clearing, balance, payment.amount, payment.currency,
                             timeout_s=command.hold_timeout_s if manual else 0,
                             flags=TransferFlag.PENDING if manual else 0)
-        code = move(self.ledger, transfer, timestamp)
+        code = move(self.ledger, transfer, timestamp) if manual else self._collect(payment, transfer, timestamp)
         if code != "ok":
             self._fail(payment, code, "the ledger refused the authorization", timestamp)
             return Outcome(record=payment)
         if manual:
-            payment.status = "requires_capture"
+            transition(payment, "requires_capture")
             payment.amount_capturable = payment.amount
             payment.authorization_id = command.transfer_id
             self.payment_by_hold[command.transfer_id] = payment.id
             self.events.append(Event("payment.requires_capture", payment.id, timestamp))
-            return Outcome(record=payment)
-        self._succeed(payment, payment.amount, timestamp)
         return Outcome(record=payment)
 
     def receive_bank_transfer(self, command: ReceiveBankTransfer, timestamp: int) -> Outcome:
@@ -267,7 +287,8 @@ class Payments:
                                       acquirer="bank", created_at=timestamp)
         clearing = system_account(self.ledger, order.merchant_id, "clearing_bank", order.currency, timestamp)
         balance = system_account(self.ledger, order.merchant_id, "balance", order.currency, timestamp)
-        code = move(self.ledger, Transfer(command.transfer_id, clearing, balance, command.amount, order.currency), timestamp)
+        code = self._collect(payment, Transfer(command.transfer_id, clearing, balance, command.amount, order.currency),
+                             timestamp)
         if code != "ok":
             return Outcome(code, record=order)
         if awaiting is None:
@@ -275,9 +296,6 @@ class Payments:
         order.transfer_payment_id = ""
         payment.amount, payment.psp_reference, payment.next_action_url = command.amount, command.bank_reference, ""
         payment.callback_ids = [*payment.callback_ids, command.callback_id]
-        if command.amount != order.amount and order.status == "pending":
-            order.status = "exception"  # paid, but not the amount asked: kept and flagged for a person to settle
-        self._succeed(payment, command.amount, timestamp)
         return Outcome(record=payment)
 
     def _receive_on_payment(self, command: ReceiveBankTransfer, timestamp: int) -> Outcome:
@@ -296,13 +314,12 @@ class Payments:
             return Outcome("amount_mismatch", record=payment)
         clearing = system_account(self.ledger, payment.merchant_id, "clearing_bank", payment.currency, timestamp)
         balance = system_account(self.ledger, payment.merchant_id, "balance", payment.currency, timestamp)
-        code = move(self.ledger, Transfer(command.transfer_id, clearing, balance, payment.amount, payment.currency),
-                    timestamp)
+        code = self._collect(payment, Transfer(command.transfer_id, clearing, balance, payment.amount,
+                                               payment.currency), timestamp)
         if code != "ok":
             return Outcome(code, record=payment)
         payment.psp_reference, payment.next_action_url = command.bank_reference, ""
         payment.callback_ids = [*payment.callback_ids, command.callback_id]
-        self._succeed(payment, payment.amount, timestamp)
         return Outcome(record=payment)
 
     def _receive_on_static_code(self, command: ReceiveBankTransfer, timestamp: int) -> Outcome:
@@ -317,17 +334,16 @@ class Payments:
         clearing = system_account(self.ledger, merchant.id, "clearing_bank", command.currency, timestamp)
         balance = system_account(self.ledger, merchant.id, command.sub_account_id or "balance", command.currency,
                                  timestamp)
-        code = move(self.ledger, Transfer(command.transfer_id, clearing, balance, command.amount, command.currency),
-                    timestamp)
-        if code != "ok":
-            return Outcome(code)
         payment = Payment(id=command.payment_id, merchant_id=merchant.id, amount=command.amount,
                           currency=command.currency, method=command.method, acquirer="bank",
                           psp_reference=command.bank_reference, callback_ids=[command.callback_id],
                           metadata={"sub_account_id": command.sub_account_id} if command.sub_account_id else {},
                           created_at=timestamp, updated_at=timestamp)
+        code = self._collect(payment, Transfer(command.transfer_id, clearing, balance, command.amount,
+                                               command.currency), timestamp)
+        if code != "ok":
+            return Outcome(code)
         self.add(payment)
-        self._succeed(payment, command.amount, timestamp)
         return Outcome(record=payment)
 
     def capture(self, command: CapturePayment, timestamp: int) -> Outcome:
@@ -341,12 +357,11 @@ class Payments:
             return Outcome("amount_too_large", record=payment)
         post = Transfer(command.transfer_id, amount=amount, pending_id=payment.authorization_id,
                         flags=TransferFlag.POST_PENDING)
-        code = move(self.ledger, post, timestamp)
+        code = self._collect(payment, post, timestamp)
         if code != "ok":
             return Outcome(code, record=payment)
         self.payment_by_hold.pop(payment.authorization_id, None)
         payment.amount_capturable = 0
-        self._succeed(payment, amount, timestamp)
         return Outcome(record=payment)
 
     def cancel(self, command: CancelPayment, timestamp: int) -> Outcome:
@@ -360,11 +375,11 @@ class Payments:
                 return Outcome(code, record=payment)
             self.payment_by_hold.pop(payment.authorization_id, None)
         elif payment.status not in OPEN_STATUSES:
-            return Outcome("payment_not_cancelable", record=payment)
-        payment.status = "cancelled"
+            return Outcome("payment_not_cancellable", record=payment)
+        transition(payment, "cancelled")
         payment.amount_capturable = 0
         payment.updated_at = timestamp
-        self.events.append(Event("payment.canceled", payment.id, timestamp))
+        self.events.append(Event("payment.cancelled", payment.id, timestamp))
         return Outcome(record=payment)
 
     def refund(self, command: CreateRefund, timestamp: int) -> Outcome:
@@ -389,7 +404,7 @@ class Payments:
         code = move(self.ledger, Transfer(command.transfer_id, balance, source, amount, payment.currency), timestamp)
         if code != "ok":
             return Outcome(code, record=payment)
-        refund.amount, refund.currency, refund.status, refund.created_at = amount, payment.currency, "succeeded", timestamp
+        refund.amount, refund.currency, refund.created_at = amount, payment.currency, timestamp
         self.refunds[refund.id] = refund
         payment.amount_refunded += amount
         payment.updated_at = timestamp
@@ -401,6 +416,12 @@ class Payments:
         payout = command.payout
         if payout.id in self.payouts:
             return Outcome("exists")
+        merchant = self.merchants.get(payout.merchant_id)
+        if merchant is None:
+            return Outcome("merchant_not_found")
+        # Only the merchant's balance or one of its sub-accounts pays out: never a system account named as one.
+        if payout.sub_account_id and all(sub.id != payout.sub_account_id for sub in merchant.sub_accounts):
+            return Outcome("sub_account_not_found")
         balance = system_account_id(payout.merchant_id, payout.sub_account_id or "balance", payout.currency)
         if payout.amount <= 0:
             return Outcome("amount_must_not_be_zero")
@@ -429,26 +450,33 @@ class Payments:
         code = move(self.ledger, Transfer(command.transfer_id, pending_id=payout.hold_id, flags=flags), timestamp)
         if code != "ok":
             return Outcome(code, record=payout)
-        payout.status = "paid" if command.paid else "failed"
+        transition(payout, "paid" if command.paid else "failed")
         payout.failure_code = command.failure_code
         payout.updated_at = timestamp
         self.events.append(Event(f"payout.{payout.status}", payout.id, timestamp))
         return Outcome(record=payout)
 
-    def record_wallet_payment(self, command, order: Order | None, timestamp: int, refusal: str = "") -> Payment:
-        """A wallet checkout the ledger has just moved succeeds at once and pays the order, if any; one the risk
-        rules refuse (`refusal`) fails, and nothing moved."""
-        payment = Payment(id=command.payment_id, merchant_id=command.merchant_id, amount=command.amount,
-                          currency=command.currency, order_id=command.order_id, method="wallet",
-                          customer_id=command.customer_id, customer_email=order.customer_email if order else "",
-                          customer_ip=command.customer_ip, acquirer="wallet", created_at=timestamp,
-                          updated_at=timestamp)
+    def pay_from_wallet(self, command: PayOrderFromWallet, order: Order | None, wallet: str,
+                        timestamp: int) -> Outcome:
+        """A wallet checkout: the amount moves from the wallet to the merchant's balance, and the payment succeeds at
+        once (paying the order, if any)."""
+        payment = _wallet_payment(command, order, timestamp)
+        balance = system_account(self.ledger, command.merchant_id, "balance", command.currency, timestamp)
+        code = self._collect(payment, Transfer(command.transfer_id, wallet, balance, command.amount, command.currency),
+                             timestamp)
+        if code != "ok":
+            return Outcome(code, record=order)
         self.add(payment)
-        if refusal:
-            self._fail(payment, RISK_REJECTED, refusal, timestamp)
-        else:
-            self._succeed(payment, command.amount, timestamp)
-        return payment
+        if order is not None:
+            order.customer_id = command.customer_id
+        return Outcome(record=payment)
+
+    def refuse_wallet_payment(self, command: PayOrderFromWallet, order: Order | None, refusal: str,
+                              timestamp: int) -> Outcome:
+        """A wallet checkout the risk rules refuse: recorded failed, with the reason; nothing moves."""
+        payment = self.add(_wallet_payment(command, order, timestamp))
+        self._fail(payment, RISK_REJECTED, refusal, timestamp)
+        return Outcome(record=payment)
 
     def credit_account(self, payment: Payment, timestamp: int) -> str:
         """Where a payment's money lands: the customer's wallet for a deposit's payment, else the merchant's balance."""
@@ -466,26 +494,55 @@ class Payments:
 
     # Effects
 
+    def _collect(self, payment: Payment, incoming: Transfer, timestamp: int) -> str:
+        """Book money that came for `payment` by `incoming`; the ledger's code for it (anything but ok moved nothing).
+
+        Money that pays a pending order exactly pays it, and its splits go out of it in the same command. Money
+        that comes for an order no longer pending, or for another amount than asked (a partial capture too), is
+        an exception: it stays in the merchant's balance, refundable, and is never split.
+        """
+        code = move(self.ledger, incoming, timestamp)
+        if code != "ok":
+            return code
+        amount = incoming.amount  # the ledger filled in what a post of "all of it" took
+        order = self.orders.get(payment.order_id)
+        if order is None:
+            self._succeed(payment, amount, timestamp)
+            return "ok"
+        if order.status != "pending":
+            exception = ("order_not_pending", f"money came for an order already {order.status}")
+        elif amount != order.amount:
+            exception = ("amount_mismatch", f"{amount} came for an order of {order.amount}")
+        else:
+            split_code = self._pay_splits(payment, order, timestamp) if order.splits else ""
+            exception = (split_code, "the splits could not be paid") if split_code else None
+        self._succeed(payment, amount, timestamp)
+        self._book_to_order(payment, order, exception, timestamp)
+        return "ok"
+
     def _succeed(self, payment: Payment, amount: int, timestamp: int) -> None:
-        payment.status = "succeeded"
+        transition(payment, "succeeded")
         payment.amount_captured = amount
         payment.updated_at = timestamp
         self.events.append(Event("payment.succeeded", payment.id, timestamp))
-        order = self.orders.get(payment.order_id)
-        if order is None:
-            return
-        # Money that arrives after the order expired, was cancelled or was paid is kept and flagged, never lost;
-        # the order goes on naming the payment that paid it.
+
+    def _book_to_order(self, payment: Payment, order: Order, exception: tuple[str, str] | None,
+                       timestamp: int) -> None:
+        """The order is paid, or (`exception`: its code and message) holds money for a person to settle."""
+        # The order goes on naming the payment that paid it; money after that is flagged, never lost.
         if order.status == "pending" or not order.payment_id:
             order.payment_id = payment.id
-        order.status = "paid" if order.status == "pending" else "exception"
+        if exception is None:
+            transition(order, "paid")
+        else:
+            transition(order, "exception")
+            order.error_code, order.error_message = exception
         order.updated_at = timestamp
         self.events.append(Event(f"order.{order.status}", order.id, timestamp))
-        if order.splits:
-            self._pay_splits(payment, order, timestamp)
 
-    def _pay_splits(self, payment: Payment, order: Order, timestamp: int) -> None:
-        """The order's shares move from the merchant's balance to their owners, all of them or none (linked)."""
+    def _pay_splits(self, payment: Payment, order: Order, timestamp: int) -> str:
+        """The order's shares move from the merchant's balance, just credited with the order's amount (at least
+        their sum), to their owners: all of them or none (linked). '' if paid, else the ledger's refusal."""
         balance = system_account_id(order.merchant_id, "balance", order.currency)
         transfers = []
         for index, split in enumerate(order.splits):
@@ -496,10 +553,15 @@ class Payments:
                                       split.amount, order.currency, flags=TransferFlag.LINKED))
         transfers[-1].flags = 0
         codes = self.ledger.create_transfers(transfers, timestamp)
-        assert not any(codes), codes  # the balance was just credited with at least their sum
+        if not any(codes):
+            return ""
+        refusals = [TransferCode.name(code) for code in codes if code and code != TransferCode.linked_event_failed]
+        # Validated at create and at every amount change, shares can only fail on a destination's full balance.
+        check(all(code.startswith("overflows_") for code in refusals), f"split transfers refused: {refusals}")
+        return refusals[0]
 
     def _fail(self, payment: Payment, code: str, message: str, timestamp: int) -> None:
-        payment.status = "failed"
+        transition(payment, "failed")
         payment.failure_code = code
         payment.failure_message = message
         payment.updated_at = timestamp
@@ -513,8 +575,11 @@ class Payments:
         if order is None:
             return
         order.amount_refunded += amount
-        order.status = "refunded" if order.amount_refunded >= payment.amount_captured else "partially_refunded"
         order.updated_at = timestamp
+        # An exception waits for a person whatever is refunded; a paid order follows the payment that paid it.
+        if order.status in REFUND_MARKED_STATUSES and order.payment_id == payment.id:
+            fully = payment.amount_refunded >= payment.amount_captured
+            transition(order, "refunded" if fully else "partially_refunded")
 
     # Reads
 
@@ -557,6 +622,14 @@ class Payments:
         return payment if payment is not None and payment.merchant_id == merchant_id else None
 
 
+def _wallet_payment(command: PayOrderFromWallet, order: Order | None, timestamp: int) -> Payment:
+    """The payment of a wallet checkout: the order's amount (set on the command), or the command's own."""
+    return Payment(id=command.payment_id, merchant_id=command.merchant_id, amount=command.amount,
+                   currency=command.currency, order_id=command.order_id, method="wallet",
+                   customer_id=command.customer_id, customer_email=order.customer_email if order else "",
+                   customer_ip=command.customer_ip, acquirer="wallet", created_at=timestamp, updated_at=timestamp)
+
+
 def move(ledger: Ledger, transfer: Transfer, timestamp: int) -> str:
     """One transfer, its result as a commerce outcome code."""
     return transfer_outcome(ledger.move(transfer, timestamp))
@@ -566,9 +639,11 @@ def ensure_wallet(ledger: Ledger, merchant_id: str, customer_id: str, currency: 
     """A customer's wallet in `currency`, made on first use. It may never be overdrawn: the ledger refuses any debit
     past its credits."""
     return ledger.ensure_account(wallet_account_id(merchant_id, customer_id, currency), currency,
-                                 AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlag.HISTORY, timestamp)
+                                 ACCOUNT_FLAGS["wallet"], timestamp)
 
 
 def system_account(ledger: Ledger, merchant_id: str, name: str, currency: str, timestamp: int) -> str:
-    """A merchant's own account for `name` in `currency` (balance, clearing, payouts...), made on first use."""
-    return ledger.ensure_account(system_account_id(merchant_id, name, currency), currency, AccountFlag.HISTORY, timestamp)
+    """A merchant's own account for `name` in `currency` (balance, clearing, payouts...), made on first use with
+    the chart's flags for its name; any name the chart does not list is a sub-account's."""
+    flags = ACCOUNT_FLAGS.get(name, SUB_ACCOUNT_FLAGS)
+    return ledger.ensure_account(system_account_id(merchant_id, name, currency), currency, flags, timestamp)

@@ -8,6 +8,7 @@ merchant start with "<merchant id>:", which is also what routes them to a shard.
 import msgspec
 
 from engine.deposit_states import DepositStatus, WithdrawalStatus
+from engine.states import OrderStatus, PaymentStatus, PayoutStatus, RefundStatus
 from engine.types import CreateAccounts, CreateTransfers
 
 SYSTEM_MARK = "."  # system account ids contain it; merchant-chosen ids may not
@@ -74,7 +75,7 @@ class Order(msgspec.Struct, tag=True, kw_only=True):
     ipn_url: str = ""
     splits: list[Split] = []
     metadata: dict[str, str] = {}
-    status: str = "pending"
+    status: OrderStatus = "pending"
     amount_refunded: int = 0
     payment_id: str = ""
     # A payment waiting for the payer's bank transfer quoting this order (a QR or bank transfer payment).
@@ -117,7 +118,7 @@ class Payment(msgspec.Struct, tag=True, kw_only=True):
     customer_id: str = ""  # the paying customer: the wallet's owner for a wallet payment, else the order's customer
     capture_method: str = "automatic"  # automatic | manual
     acquirer: str = "piggybank"
-    status: str = "processing"
+    status: PaymentStatus = "processing"
     amount_capturable: int = 0
     amount_captured: int = 0
     amount_refunded: int = 0
@@ -158,7 +159,7 @@ class Refund(msgspec.Struct, tag=True, kw_only=True):
     amount: int
     currency: str = ""
     reason: str = ""
-    status: str = "succeeded"
+    status: RefundStatus = "succeeded"
     created_at: int = 0
 
 
@@ -168,7 +169,7 @@ class Payout(msgspec.Struct, tag=True, kw_only=True):
     amount: int
     currency: str
     sub_account_id: str = ""
-    status: str = "pending"  # pending | paid | failed
+    status: PayoutStatus = "pending"
     failure_code: str = ""
     hold_id: str = ""
     created_at: int = 0

@@ -9,8 +9,8 @@ import msgspec
 
 # Room for ids namespaced by their owner: "<merchant id>:<client id>", wallets "...:<customer>.wallet.<currency>".
 ID_MAX_LENGTH = 128
-# Amounts and every balance are unsigned 64-bit integers in minor units.
-AMOUNT_MAX = 2**64 - 1
+# Amounts and every balance field are in minor units, at most the API's int64: one range end to end.
+AMOUNT_MAX = 2**63 - 1
 CODE_MAX = 2**16 - 1
 TIMESTAMP_MAX = 2**63 - 1
 NANOSECONDS_PER_SECOND = 1_000_000_000

@@ -23,8 +23,8 @@ BALANCING_DEBIT = TransferFlag.BALANCING_DEBIT
 BALANCING_CREDIT = TransferFlag.BALANCING_CREDIT
 CLOSING_DEBIT = TransferFlag.CLOSING_DEBIT
 CLOSING_CREDIT = TransferFlag.CLOSING_CREDIT
-# Amounts are u64: two transfers of HALF overflow any balance they both add to.
-HALF = 2**63
+# Two transfers of HALF overflow any balance they both add to (AMOUNT_MAX is 2**63 - 1).
+HALF = (AMOUNT_MAX + 1) // 2
 T0 = 1_700_000_000 * NS
 
 

@@ -16,12 +16,14 @@ import msgspec
 import pytest
 
 from engine import commerce
-from engine.payments import CALLBACK_REPLAY_WINDOW_NS, PAYMENT_STATUSES
+from engine.payments import CALLBACK_REPLAY_WINDOW_NS, HOLDS_MONEY, MIRRORS_INFLOW
+from engine.states import PAYMENT_STATUSES
 from engine.queries import GetMerchant, GetOrder, GetPaymentRecord, ListPayments, LookupAccounts
 from engine.records import (
     CancelOrder,
     CreateCustomer,
     Customer,
+    MoveWallet,
     PayOrderFromWallet,
     UpdateOrder,
     CreateSubAccount,
@@ -43,9 +45,10 @@ from engine.records import (
     RecordPspResult,
     Refund,
     system_account_id,
+    wallet_account_id,
 )
 from engine.types import NANOSECONDS_PER_SECOND as S
-from engine.types import Event
+from engine.types import AMOUNT_MAX, AccountFlag, Event
 from ledger_helpers import Driver
 
 pytestmark = pytest.mark.usefixtures("verify_every_engine")
@@ -91,6 +94,12 @@ def refund(rid: str, pid: str = "p1", amount: int = 0, mid: str = "m1") -> Creat
 
 def payout(poid: str, amount: int, mid: str = "m1") -> CreatePayout:
     return CreatePayout(payout=Payout(id=poid, merchant_id=mid, amount=amount, currency="USD", hold_id=f"{mid}:hold-{poid}"))
+
+
+def sub_account_payout(poid: str, sub_account_id: str, amount: int = 1) -> CreatePayout:
+    command = payout(poid, amount)
+    command.payout.sub_account_id = sub_account_id
+    return command
 
 
 def payout_result(poid: str, paid: bool, cb: str = "bank1", mid: str = "m1") -> RecordPayoutResult:
@@ -277,7 +286,7 @@ def test_a_qr_payment_waits_for_the_transfer_quoting_its_order(gw: Gateway):
     assert gw.available() == AMOUNT
     # An order cancelled (or expired) while its QR payment waits: the payment is cancelled with it.
     gw.ok(create("pq3", order_id="o3", method="qr"))
-    assert gw.ok(CancelOrder("m1", "o3")).events == [Event("payment.canceled", "pq3", gw.now)]
+    assert gw.ok(CancelOrder("m1", "o3")).events == [Event("payment.cancelled", "pq3", gw.now)]
     assert gw.payment("pq3").status == "cancelled"
 
 
@@ -318,7 +327,7 @@ def test_a_transfer_payment_without_an_order_is_cancelled_when_no_transfer_comes
     copy = gw.restored()
     for gateway in (gw, copy):
         assert gateway.run(at=deadline - 1).events == []
-        assert gateway.run(at=deadline).events == [Event("payment.canceled", "pq", deadline)]
+        assert gateway.run(at=deadline).events == [Event("payment.cancelled", "pq", deadline)]
         assert (gateway.payment("pq").status, gateway.payment("pq").next_action_url) == ("cancelled", "")
         gateway.refused(quoting("pq", "cb1", 5000), "payment_not_open")
     assert copy.engine.state_hash() == gw.engine.state_hash()
@@ -443,16 +452,19 @@ def test_manual_authorization_holds_the_amount(held: Gateway):
     assert held.order().status == "pending"
 
 
-@pytest.mark.parametrize("amount, captured", [(0, AMOUNT), (AMOUNT, AMOUNT), (60, 60), (1, 1)])
-def test_capture_posts_what_is_taken_and_releases_the_rest(held: Gateway, amount: int, captured: int):
+@pytest.mark.parametrize("amount, captured, order_status", [
+    (0, AMOUNT, "paid"), (AMOUNT, AMOUNT, "paid"), (60, 60, "exception"), (1, 1, "exception")])
+def test_capture_posts_what_is_taken_and_releases_the_rest(held: Gateway, amount: int, captured: int,
+                                                           order_status: str):
+    """A partial capture pays the order less than asked: the order is an exception (kept, refundable, not split)."""
     result = held.ok(capture("p1", amount))
     record = result.results[0].record
     assert (record.status, record.amount_captured, record.amount_capturable) == ("succeeded", captured, 0)
-    assert result.events == [Event("payment.succeeded", "p1", held.now), Event("order.paid", "o1", held.now)]
+    assert result.events == [Event("payment.succeeded", "p1", held.now), Event(f"order.{order_status}", "o1", held.now)]
     assert held.money() == money(balance=captured)
-    assert held.order().status == "paid"
+    assert held.order().status == order_status
     held.refused(capture("p1", tid="m1:cap-again"), "payment_not_capturable")
-    held.refused(cancel("p1"), "payment_not_cancelable")
+    held.refused(cancel("p1"), "payment_not_cancellable")
 
 
 def test_capture_more_than_capturable_is_amount_too_large(held: Gateway):
@@ -473,11 +485,11 @@ def test_capture_before_authorization_is_payment_not_capturable(gw: Gateway, set
 def test_cancel_voids_the_hold(held: Gateway):
     result = held.ok(cancel("p1"))
     assert (result.results[0].record.status, result.results[0].record.amount_capturable) == ("cancelled", 0)
-    assert result.events == [Event("payment.canceled", "p1", held.now)]
+    assert result.events == [Event("payment.cancelled", "p1", held.now)]
     assert held.money() == money()
     assert held.order().status == "pending"
     held.refused(capture("p1"), "payment_not_capturable")
-    held.refused(cancel("p1"), "payment_not_cancelable")
+    held.refused(cancel("p1"), "payment_not_cancellable")
 
 
 @pytest.mark.parametrize("setup", [lambda gw: None, lambda gw: gw.ok(psp("p1", result="requires_action"))],
@@ -487,7 +499,7 @@ def test_cancel_an_open_payment(gw: Gateway, setup: Callable):
     setup(gw)
     gw.refused(cancel("p1", mid="m2"), "payment_not_found")
     result = gw.ok(cancel("p1"))
-    assert result.events == [Event("payment.canceled", "p1", gw.now)]
+    assert result.events == [Event("payment.cancelled", "p1", gw.now)]
     assert gw.payment("p1").status == "cancelled"
     gw.refused(psp("p1", "cb9"), "payment_not_open")
     assert gw.money() == money()
@@ -495,10 +507,10 @@ def test_cancel_an_open_payment(gw: Gateway, setup: Callable):
 
 @pytest.mark.parametrize("close", [lambda gw: gw.ok(psp("p1")), lambda gw: gw.ok(psp("p1", result="declined"))],
                          ids=["succeeded", "failed"])
-def test_cancel_after_the_end_is_payment_not_cancelable(gw: Gateway, close: Callable):
+def test_cancel_after_the_end_is_payment_not_cancellable(gw: Gateway, close: Callable):
     gw.ok(create("p1"))
     close(gw)
-    gw.refused(cancel("p1"), "payment_not_cancelable")
+    gw.refused(cancel("p1"), "payment_not_cancellable")
 
 
 # 5. Authorization timeout
@@ -511,12 +523,12 @@ def test_an_authorization_not_captured_in_time_is_released(gw: Gateway):
     assert gw.run(at=authorized_at + S // 2).events == []
     assert gw.payment("p1").status == "requires_capture"
     result = gw.run(at=authorized_at + 2 * S)
-    assert result.events == [Event("transfer.expired", "m1:auth-p1-cb1", gw.now), Event("payment.canceled", "p1", gw.now)]
+    assert result.events == [Event("transfer.expired", "m1:auth-p1-cb1", gw.now), Event("payment.cancelled", "p1", gw.now)]
     record = gw.payment("p1")
     assert (record.status, record.amount_capturable, record.updated_at) == ("cancelled", 0, gw.now)
     assert gw.money() == money()
     gw.refused(capture("p1"), "payment_not_capturable")
-    gw.refused(cancel("p1"), "payment_not_cancelable")
+    gw.refused(cancel("p1"), "payment_not_cancellable")
 
 
 def test_an_authorization_captured_in_time_does_not_expire(gw: Gateway):
@@ -604,7 +616,7 @@ def test_refund_of_a_partial_capture_is_capped_at_what_was_captured(held: Gatewa
     held.ok(capture("p1", 60))
     held.refused(refund("r1", amount=61), "amount_too_large")
     assert held.ok(refund("r1")).results[0].record.amount == 60
-    assert (held.order().status, held.money()) == ("refunded", money())
+    assert (held.order().status, held.money()) == ("exception", money())
 
 
 @pytest.mark.parametrize("amounts", [
@@ -683,6 +695,10 @@ def test_a_failed_payout_returns_the_money(paid: Gateway):
     (lambda: payout("po1", 1), "exists"),
     (lambda: payout_result("po1", True, mid="m2"), "payout_not_found"),
     (lambda: payout_result("ghost", True), "payout_not_found"),
+    (lambda: payout("po9", 1, "m9"), "merchant_not_found"),
+    (lambda: sub_account_payout("po9", "sub_missing"), "sub_account_not_found"),
+    (lambda: sub_account_payout("po9", "withdrawals"), "sub_account_not_found"),  # a system account is no store
+    (lambda: sub_account_payout("po9", "clearing_piggybank"), "sub_account_not_found"),
 ])
 def test_payout_refusals(paid: Gateway, command: Callable, code: str):
     paid.ok(payout("po1", 10))
@@ -785,11 +801,11 @@ def test_restore_mid_flow_behaves_the_same(gw: Gateway):
 
     later = [  # (time, commands, expected codes, expected event kinds)
         (start + 2 * S, lambda: [capture("p4", 30), payout_result("po1", paid=True), capture("p1", AMOUNT + 1)],
-         ["ok", "ok", "amount_too_large"], ["payment.succeeded", "order.paid", "payout.paid"]),
+         ["ok", "ok", "amount_too_large"], ["payment.succeeded", "order.exception", "payout.paid"]),
         (start + 11 * S, lambda: [capture("p1")],  # p1 and p2 were authorized at start + 1 s, for 10 s
-         ["payment_not_capturable"], ["transfer.expired", "transfer.expired", "payment.canceled", "payment.canceled"]),
+         ["payment_not_capturable"], ["transfer.expired", "transfer.expired", "payment.cancelled", "payment.cancelled"]),
         (start + 20 * S, lambda: [psp("p3"), refund("r1", "p4"), cancel("p2")],
-         ["payment_not_open", "ok", "payment_not_cancelable"], ["payment.failed", "refund.succeeded"]),
+         ["payment_not_open", "ok", "payment_not_cancellable"], ["payment.failed", "refund.succeeded"]),
     ]
     for at, commands, codes, kinds in later:
         results = [g.run(*commands(), at=at) for g in (gw, copy)]
@@ -872,3 +888,146 @@ def test_a_sub_account_finds_its_merchant_after_a_restore(gw: Gateway):
     for gateway in (gw, gw.restored()):
         assert gateway.query(GetMerchant(sub_account_id="sub_store")).record.id == "m2"
         assert gateway.query(GetMerchant(sub_account_id="sub_other")).record is None
+
+
+def test_no_balance_goes_past_the_api_amount_range(gw: Gateway):
+    """Amounts and balances fit the API's int64 end to end: money that would take a balance field past it is
+    refused with the ledger's overflow code, never stored past the range."""
+    assert AMOUNT_MAX == 2**63 - 1
+    gw.ok(static_code_transfer("cb1", AMOUNT_MAX))
+    assert gw.do(static_code_transfer("cb2", AMOUNT_MAX)).code == "overflows_debits_posted"
+    assert gw.payment("pay_cb2") is None
+    balance = gw.query(LookupAccounts([system_account_id("m1", "balance", "VND")])).accounts[0]
+    assert balance.credits_posted == AMOUNT_MAX
+
+
+# Splits and exceptions (seed 003, 004)
+
+
+def bank_transfer(cb: str, amount: int, order_id: str = "", mid: str = "m1") -> ReceiveBankTransfer:
+    """Money from the bank in USD, for an order or (no order) on the merchant's static code."""
+    return ReceiveBankTransfer(merchant_id=mid, order_id=order_id, callback_id=cb, amount=amount, currency="USD",
+                               method="bank_transfer", payment_id=f"pay_{cb}", transfer_id=f"{mid}:bt-{cb}")
+
+
+def balances(gw: Gateway, *names: str) -> list[int]:
+    """Posted balance (credits less debits) of m1's and m2's accounts, named "m1.balance", "m1.sub_store"..."""
+    ids = [system_account_id(*name.split("."), "USD") for name in names]
+    accounts = gw.query(LookupAccounts(ids)).accounts
+    return [0 if account is None else account.credits_posted - account.debits_posted for account in accounts]
+
+
+def test_a_split_to_the_orders_own_merchant_is_refused_and_the_shard_keeps_serving(gw: Gateway):
+    """It once built a transfer from the merchant's balance to itself at payment, and the shard stopped."""
+    gw.refused(order("o9", splits=(Split("m1", 10),)), "split_to_own_merchant")
+    gw.ok(order("o9", splits=(Split("m2", 10),)))
+    gw.ok(create("p9", order_id="o9"))
+    gw.ok(psp("p9"))
+    assert (gw.order("o9").status, balances(gw, "m1.balance", "m2.balance")) == ("paid", [AMOUNT - 10, 10])
+
+
+def test_an_amount_below_the_splits_is_refused_and_later_money_is_never_split_again(gw: Gateway):
+    """A PATCH once lowered the amount under the shares, and each later payment paid them out again, from a
+    balance that had no debit limit."""
+    gw.ok(order("o9", methods=("card", "bank_transfer"), splits=(Split("m2", 60),)))
+    outcome = gw.refused(UpdateOrder(merchant_id="m1", order_id="o9", amount=59), "splits_exceed_amount")
+    assert outcome.record.amount == AMOUNT
+    gw.ok(create("p9", order_id="o9"))
+    gw.ok(psp("p9"))
+    assert (gw.order("o9").status, balances(gw, "m1.balance", "m2.balance")) == ("paid", [40, 60])
+    result = gw.ok(bank_transfer("cb1", 1, "o9"))
+    assert result.events == [Event("payment.succeeded", "pay_cb1", gw.now), Event("order.exception", "o9", gw.now)]
+    assert (gw.order("o9").status, gw.order("o9").payment_id) == ("exception", "p9")
+    assert balances(gw, "m1.balance", "m2.balance") == [41, 60]
+    gw.ok(refund("r1", "pay_cb1"))  # the exception's money is the merchant's to give back
+    assert balances(gw, "m1.balance", "m2.balance") == [40, 60]
+
+
+@pytest.mark.parametrize("splits, code", [
+    ([Split("m2", 1)] * 11, "splits_too_many"),
+    ([Split("m2", 0)], "split_amount_must_be_positive"),
+    ([Split("m2", -5), Split("sub_store", 10)], "split_amount_must_be_positive"),
+    ([Split("m2", 60), Split("sub_store", 41)], "splits_exceed_amount"),
+    ([Split("m1", 1)], "split_to_own_merchant"),
+    ([Split("m9", 1)], "split_destination_not_found"),
+    ([Split("sub_other", 1)], "split_destination_not_found"),  # another merchant's sub-account
+    ([Split("m2", 1), Split("m2", 1)], "split_destination_duplicated"),
+])
+def test_splits_are_checked_at_create(gw: Gateway, splits: list[Split], code: str):
+    gw.ok(CreateSubAccount("m1", SubAccount("sub_store", "Store")), CreateSubAccount("m2", SubAccount("sub_other", "O")))
+    gw.refused(order("o9", splits=tuple(splits)), code)
+    gw.ok(order("o9", splits=(Split("m2", 60), Split("sub_store", 40))))
+
+
+@pytest.mark.parametrize("amount, code", [(99, "splits_exceed_amount"), (0, "amount_out_of_range"),
+                                          (AMOUNT_MAX + 1, "amount_out_of_range")])
+def test_every_amount_change_is_checked_against_the_splits(gw: Gateway, amount: int, code: str):
+    gw.ok(order("o9", splits=(Split("m2", 100),)))
+    gw.refused(UpdateOrder(merchant_id="m1", order_id="o9", amount=amount), code)
+    gw.ok(UpdateOrder(merchant_id="m1", order_id="o9", amount=100))
+
+
+EXCEPTIONS = {
+    "expired": lambda gw: gw.run(at=gw.order("o9").expires_at),
+    "cancelled": lambda gw: gw.ok(CancelOrder("m1", "o9")),
+}
+
+
+@pytest.mark.parametrize("close", EXCEPTIONS)
+def test_money_after_the_order_closed_is_an_exception_never_split(gw: Gateway, close: str):
+    gw.ok(order("o9", expires_at=gw.now + 60 * S, splits=(Split("m2", 30),)))
+    gw.ok(create("p9", order_id="o9", timeout_s=3600))
+    EXCEPTIONS[close](gw)
+    result = gw.ok(psp("p9"))
+    assert result.events == [Event("payment.succeeded", "p9", gw.now), Event("order.exception", "o9", gw.now)]
+    assert balances(gw, "m1.balance", "m2.balance") == [AMOUNT, 0]
+    assert (gw.order("o9").error_code, gw.order("o9").error_message) == (
+        "order_not_pending", f"money came for an order already {close}")
+    gw.ok(refund("r1", "p9"))
+    assert (gw.order("o9").status, balances(gw, "m1.balance")) == ("exception", [0])
+
+
+@pytest.mark.parametrize("amount", [AMOUNT - 1, AMOUNT + 1])
+def test_a_transfer_for_another_amount_is_an_exception_never_split(gw: Gateway, amount: int):
+    gw.ok(order("o9", methods=("qr",), splits=(Split("m2", 30),)))
+    gw.ok(bank_transfer("cb1", amount, "o9"))
+    assert (gw.order("o9").status, balances(gw, "m1.balance", "m2.balance")) == ("exception", [amount, 0])
+    assert (gw.order("o9").error_code, gw.order("o9").error_message) == (
+        "amount_mismatch", f"{amount} came for an order of {AMOUNT}")
+
+
+def test_a_partial_capture_is_an_exception_never_split(gw: Gateway):
+    gw.ok(order("o9", splits=(Split("m2", 30),)))
+    gw.ok(create("p9", order_id="o9", manual=True))
+    gw.ok(psp("p9"))
+    gw.ok(capture("p9", 40))
+    assert (gw.order("o9").status, balances(gw, "m1.balance", "m2.balance")) == ("exception", [40, 0])
+
+
+def test_shares_that_would_overflow_a_destination_leave_the_money_as_an_exception(gw: Gateway):
+    gw.ok(bank_transfer("cb0", AMOUNT_MAX - 10, mid="m2"))
+    gw.ok(order("o9", methods=("qr",), splits=(Split("m2", 11),)))
+    gw.ok(bank_transfer("cb1", AMOUNT, "o9"))
+    record = gw.order("o9")
+    assert (record.status, record.error_code) == ("exception", "overflows_credits_posted")
+    assert balances(gw, "m1.balance", "m2.balance") == [AMOUNT, AMOUNT_MAX - 10]
+
+
+def test_every_account_takes_the_charts_flags(paid: Gateway):
+    paid.ok(CreateCustomer(Customer(id="c1", merchant_id="m1", email="c1@example.com")))
+    paid.ok(CreateSubAccount("m1", SubAccount("sub_store", "Store")), order("o9", methods=("qr",)),
+            payout("po1", 10))
+    paid.ok(bank_transfer("cb1", AMOUNT, "o9"))
+    paid.ok(MoveWallet(merchant_id="m1", customer_id="c1", transfer_id="m1:w1", amount=5, currency="USD"))
+    paid.ok(static_code_transfer("cb2", 5, "sub_store"))
+    accounts = paid.engine.ledger.accounts
+    expected = {"balance": HOLDS_MONEY, "payouts": HOLDS_MONEY, "clearing_piggybank": MIRRORS_INFLOW,
+                "clearing_bank": MIRRORS_INFLOW}
+    for name, flags in expected.items():
+        assert accounts[system_account_id("m1", name, "USD")].flags == flags, name
+    assert accounts[system_account_id("m1", "sub_store", "VND")].flags == HOLDS_MONEY
+    assert accounts[wallet_account_id("m1", "c1", "USD")].flags == HOLDS_MONEY
+    assert HOLDS_MONEY & AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS
+    assert MIRRORS_INFLOW & AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS
+    for name in ("balance", "payouts", "wallet"):
+        paid.refused(CreateSubAccount("m1", SubAccount(name, "Clash")), "sub_account_id_invalid")

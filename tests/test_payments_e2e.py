@@ -803,7 +803,15 @@ def test_split_checkout_is_all_or_nothing(server, shop):
     error(server, "POST", "/v1/orders", {"name": "Basket", "amount": 1500, "currency": "usd", "splits": [
         {"merchant_id": seller_id, "amount": 1000}, {"merchant_id": seller_id, "amount": 501}]},
         key=key, code="splits_exceed_amount")
+    for splits, code in (([{"merchant_id": merchant_id, "amount": 1}], "split_to_own_merchant"),
+                         ([{"merchant_id": seller_id, "amount": 1}] * 2, "split_destination_duplicated")):
+        problem = error(server, "POST", "/v1/orders", {"name": "Basket", "amount": 1500, "currency": "usd",
+                                                        "splits": splits}, key=key, code=code)
+        assert problem["param"] == "splits"
     declined = split_order(server, key, [{"merchant_id": seller_id, "amount": 200}])
+    problem = error(server, "PATCH", f"/v1/orders/{declined['id']}", {"amount": 199}, key=key,
+                    code="splits_exceed_amount")
+    assert problem["param"] == "amount"
     wait_for(server, key, pay(server, key, "4000000000000002", order_id=declined["id"])["id"], "failed")
     assert call(server, "GET", f"/v1/orders/{declined['id']}", key=key)["status"] == "pending"
     # Nothing moved: neither the merchant nor the seller has a balance account yet.
