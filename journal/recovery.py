@@ -16,6 +16,7 @@ from journal.store import GENESIS_HASH, CorruptionError, Journal, Snapshots
 
 log = logging.getLogger("paygate.recovery")
 AHEAD_OF_JOURNAL = "ahead of the journal (its batch never committed)"
+RESULTS_MISSING = "taken before its batches' results were written"
 batch_decoder = msgspec.msgpack.Decoder(Batch)
 batch_encoder = msgspec.msgpack.Encoder()
 
@@ -31,6 +32,7 @@ class RecoveryReport(msgspec.Struct):
 def load_snapshot(journal: Journal, snapshots: Snapshots, report: RecoveryReport,
                   paths: list[pathlib.Path] | None = None) -> tuple[Engine, int, bytes]:
     """The engine from the newest snapshot (of `paths`, default all) that the journal vouches for, or an empty one."""
+    results_through = journal.last_result_sequence()
     for path in snapshots.paths() if paths is None else paths:
         try:
             info, payload = snapshots.load(path)
@@ -45,6 +47,10 @@ def load_snapshot(journal: Journal, snapshots: Snapshots, report: RecoveryReport
         if info.sequence > journal.head_sequence:
             # Taken just after its batch was applied, and the batch never became durable.
             report.skipped_snapshots.append(f"snapshot {path.name}: {AHEAD_OF_JOURNAL}")
+            continue
+        if 0 < results_through < info.sequence:
+            # Replay recomputes only the results of batches after the snapshot: these would be missing for good.
+            report.skipped_snapshots.append(f"snapshot {path.name}: {RESULTS_MISSING}")
             continue
         if journal.entry_hash_at(info.sequence) != info.entry_hash:
             report.skipped_snapshots.append(f"snapshot {path.name}: not in this journal")

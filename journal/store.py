@@ -219,6 +219,12 @@ class Journal:
         """Store the encoded results of entries already written (a replica applies after it acknowledges)."""
         self.write([], results)
 
+    def last_result_sequence(self) -> int:
+        """The highest entry with a stored result, 0 if none: results are written in order, so all below it have one."""
+        with self._reading(self.results) as transaction:
+            cursor = transaction.cursor()
+            return unpack_sequence(cursor.key()) if cursor.last() else 0
+
     def has_result(self, sequence: int) -> bool:
         with self._reading(self.results, sequence) as transaction:
             return transaction.get(KEY.pack(sequence)) is not None

@@ -242,6 +242,20 @@ def test_recovery_skips_a_damaged_snapshot_and_falls_back(tmp_path, snapshot_at,
     assert engine.state_hash() == engine_through(payloads, BATCHES).state_hash()
 
 
+def test_a_snapshot_of_batches_whose_results_were_never_written_is_skipped(tmp_path):
+    """A kill -9 after a snapshot but before its batches' results reached the disk: recovery starts from an older
+    state and writes those results, so readers of results (the followers) never stall at a gap."""
+    payloads = build_journal(tmp_path, snapshot_at=(3, 6))
+    with opened(tmp_path) as journal:
+        journal.write_results([(sequence, b"result") for sequence in range(1, 5)])  # 5 and later never written
+    engine, report = recover_folder(tmp_path)
+    assert (report.snapshot_sequence, report.replayed_batches) == (3, BATCHES - 3)
+    assert any("results" in reason for reason in report.skipped_snapshots), report.skipped_snapshots
+    assert engine.state_hash() == engine_through(payloads, BATCHES).state_hash()
+    with opened(tmp_path) as journal:
+        assert [entry.sequence for entry, _ in journal.read_results(1, 100)] == list(range(1, BATCHES + 1))
+
+
 def test_snapshot_ahead_of_the_journal_is_skipped(tmp_path):
     """A snapshot of a batch whose journal entry never committed is skipped, and verify takes it for a crash leftover."""
     build_journal(tmp_path)
