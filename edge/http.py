@@ -130,7 +130,10 @@ async def errors_and_metrics(request: web.Request, handler):
                             ).response()
     except ShardBusy as error:
         response = shard_unavailable().response()
-        log.warning("shard unavailable: %s", error, extra={"request_id": request_id})
+        passed = _unavailable_log.passed()
+        if passed is not None:
+            log.warning("shard unavailable: %s (%d more since the last line)", error, passed,
+                        extra={"request_id": request_id})
     except Exception:
         log.exception("unhandled error", extra={"request_id": request_id})
         response = ApiError(500, "internal_error", "an internal error occurred; it has been logged").response()
@@ -141,6 +144,28 @@ async def errors_and_metrics(request: web.Request, handler):
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     request.app["metrics"].observe(request.method, route, response.status, time.perf_counter() - started)
     return response
+
+
+class LogThrottle:
+    """One line per `interval_s` for a storm of the same event (a shard down under load), counting the rest."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self.next_at = 0.0
+        self.suppressed = 0
+
+    def passed(self) -> int | None:
+        """How many were held back since the last line, if this one may be logged; else None."""
+        now = time.monotonic()
+        if now < self.next_at:
+            self.suppressed += 1
+            return None
+        self.next_at = now + self.interval_s
+        suppressed, self.suppressed = self.suppressed, 0
+        return suppressed
+
+
+_unavailable_log = LogThrottle(interval_s=1.0)
 
 
 def request_id_of(request: web.BaseRequest) -> str:

@@ -6,6 +6,7 @@ import msgspec
 import pytest
 
 from edge.gateway import Coalescer, InvalidCommand, ShardBusy
+from edge.http import LogThrottle
 
 
 class Shard:
@@ -103,3 +104,11 @@ def test_a_request_never_weighs_more_than_the_shard_takes_in_one_batch():
         assert [await each for each in (out, *heavy, light)] == [f"done {n}" for n in range(6)]
 
     asyncio.run(scenario())
+
+
+def test_a_storm_of_the_same_warning_is_one_line_a_second():
+    throttle = LogThrottle(interval_s=60.0)
+    assert throttle.passed() == 0
+    assert [throttle.passed() for _ in range(5)] == [None] * 5
+    throttle.next_at = 0.0  # the interval has passed
+    assert throttle.passed() == 5
