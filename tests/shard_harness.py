@@ -7,7 +7,7 @@ import socket
 
 from engine import Account, AccountCode, CreateAccounts, CreateTransfers, Transfer, TransferCode, TransferFlag
 from journal.client import ShardClient, ShardUnavailable
-from journal.processes import ShardProcess
+from journal.processes import ShardProcess, running_address, shard_folder
 from journal.shard import ShardConfig
 from journal.wire import ReplyStatus
 
@@ -113,3 +113,19 @@ class Load:
                 await self._submit_one(chains_per_submit)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+
+
+def state_hashes(data: pathlib.Path, shard: int = 0) -> set[str]:
+    """The state hashes of a running shard's primary and replica (one, when they agree)."""
+    async def hashes() -> set[str]:
+        found = set()
+        for folder in (shard_folder(data, shard), shard_folder(data, shard, replica=True)):
+            client = ShardClient([running_address(folder)], timeout_ms=2000)
+            try:
+                found.add((await client.status(with_state_hash=True)).state_hash)
+            finally:
+                client.close()
+        return found
+
+    return asyncio.run(hashes())
+

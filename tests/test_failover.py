@@ -5,7 +5,6 @@ The unit tests build small journals by hand (the payloads are opaque bytes to th
 `paygate serve` (without Ray) and speak HTTP to it.
 """
 
-import asyncio
 import json
 import os
 import pathlib
@@ -17,8 +16,8 @@ import time
 import pytest
 
 from edge_harness import Server
-from journal.client import ShardClient
-from journal.processes import running_address, running_role, shard_folder, shard_roles
+from shard_harness import state_hashes
+from journal.processes import running_role, shard_folder, shard_roles
 from journal.store import Journal
 
 ORDER = {"name": "Coffee", "amount": 1999, "currency": "usd"}
@@ -108,18 +107,6 @@ def _wait_for(condition, what: str) -> None:
         time.sleep(0.1)
 
 
-def _state_hashes(data: pathlib.Path) -> set[str]:
-    async def hashes() -> set[str]:
-        found = set()
-        for folder in (shard_folder(data, 0), shard_folder(data, 0, replica=True)):
-            client = ShardClient([running_address(folder)], timeout_ms=2000)
-            try:
-                found.add((await client.status(with_state_hash=True)).state_hash)
-            finally:
-                client.close()
-        return found
-
-    return asyncio.run(hashes())
 
 
 def test_serve_after_a_promotion_starts_the_newer_history_as_primary(tmp_path):
@@ -144,7 +131,7 @@ def test_serve_after_a_promotion_starts_the_newer_history_as_primary(tmp_path):
     try:
         _assert_orders(paired, ids)
         _create_order(paired)
-        _wait_for(lambda: len(_state_hashes(data)) == 1, "the replica did not reach the primary's state")
+        _wait_for(lambda: len(state_hashes(data)) == 1, "the replica did not reach the primary's state")
     finally:
         paired.stop()
 
@@ -159,7 +146,7 @@ def test_serve_keeps_serving_when_the_primary_shard_process_dies(tmp_path):
         _assert_orders(server, ids)
         # The old primary's folder follows the promoted one: the shard has a replica again.
         _wait_for(lambda: running_role(shard_folder(data, 0)) == "replica", "the old primary did not follow")
-        _wait_for(lambda: len(_state_hashes(data)) == 1, "the old primary did not catch up")
+        _wait_for(lambda: len(state_hashes(data)) == 1, "the old primary did not catch up")
         assert server.process.poll() is None, "".join(server.output)
     finally:
         server.stop()
@@ -174,7 +161,7 @@ def test_serve_starts_a_dead_replica_again_and_it_catches_up(tmp_path):
         # Sync replication: a write is acknowledged only once the restarted replica holds it.
         _wait_for(lambda: _try_order(server, ids), "writes did not resume after the replica died")
         _assert_orders(server, ids)
-        _wait_for(lambda: len(_state_hashes(data)) == 1, "the restarted replica did not catch up")
+        _wait_for(lambda: len(state_hashes(data)) == 1, "the restarted replica did not catch up")
         assert any("-replica again in" in line for line in server.output), "".join(server.output)
     finally:
         server.stop()

@@ -5,7 +5,6 @@ Everything here is real: `paygate serve` in a subprocess, its shard processes ki
 loopback.
 """
 
-import asyncio
 import contextlib
 import json
 import os
@@ -17,8 +16,9 @@ import time
 import pytest
 
 from edge_harness import Server
-from journal.client import ShardClient, ShardMap
-from journal.processes import running_address, running_role, shard_folder
+from shard_harness import state_hashes
+from journal.client import ShardMap
+from journal.processes import running_role, shard_folder
 from journal.supervision import FIRST_PAUSE_S, MAX_PAUSE_S, MAX_RESTARTS, RESTART_WINDOW_S, RestartBudget
 
 ORDER = {"name": "Coffee", "amount": 1999, "currency": "usd"}
@@ -207,18 +207,8 @@ def _paired_and_equal(data: pathlib.Path) -> bool:
     if _roles(data) != {"primary", "replica"}:
         return False
 
-    async def hashes() -> set[str]:
-        found = set()
-        for folder in (shard_folder(data, 0), shard_folder(data, 0, replica=True)):
-            client = ShardClient([running_address(folder)], timeout_ms=2000)
-            try:
-                found.add((await client.status(with_state_hash=True)).state_hash)
-            finally:
-                client.close()
-        return found
-
     try:
-        return len(asyncio.run(hashes())) == 1
+        return len(state_hashes(data)) == 1
     except Exception:  # a process still starting: not yet
         return False
 
