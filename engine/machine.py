@@ -3,21 +3,28 @@
 Each command type has one handler. Ledger commands answer a code per item;
 commerce commands (merchants, orders, customers, wallets, idempotency keys)
 answer an Outcome, and their money moves are ledger transfers.
+
+A command applies whole or not at all. One that raises (a bug: input is checked
+before anything changes) is undone, answered `internal_error`, listed in
+`failures` for the caller to log, and the batch goes on; being deterministic,
+the rule gives replay and replicas the same answers and the same state.
 """
 
 import collections
 import hashlib
-import heapq
 import sys
 
 import msgspec
 
 from engine.batch import Batch, BatchResult
+from engine.changes import Changes, untracked_containers
+from engine.check import check
+from engine.codes import AccountCode, TransferCode
 from engine.commerce import Commerce, IdempotencyRecord
 from engine.ledger import Ledger
 from engine.queries import Answer, Query, answer
 from engine.payments import OPEN_STATUSES, Payments
-from engine.records import BlocklistEntry, Customer, Merchant, Order, Payment, Payout, Refund, VaultedCard
+from engine.records import BlocklistEntry, Customer, Merchant, Order, Outcome, Payment, Payout, Refund, VaultedCard
 from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Event, Transfer
 from engine.verify import verify_ledger
 
@@ -49,28 +56,66 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
+# Not the command's doing, and not the same on every machine: the process stops rather than diverge from its replica.
+_PROCESS_FAULTS = (MemoryError, RecursionError)
+ADVANCE = "advance"  # the step of a batch that moves time on, before its commands (index -1)
+
+
+class CommandFailure(msgspec.Struct, frozen=True):
+    """A command (or a batch's advance of time) that raised and was undone: for the shard's log, never journaled."""
+
+    sequence: int
+    index: int
+    command: str
+    error: str
 
 
 class Engine:
     def __init__(self) -> None:
+        self.changes = Changes()
         self.ledger = Ledger()
-        self.commerce = Commerce(self.ledger)
+        self.commerce = Commerce(self.ledger, self.changes)
         self.sequence = 0
         self.timestamp = 0
+        # What the last batch undid, for the caller to log.
+        self.failures: list[CommandFailure] = []
+        _check_tracked(self.commerce)
 
     def apply(self, batch: Batch) -> BatchResult:
         """Apply one batch; sequence numbers follow one another and time never runs back."""
-        assert batch.sequence == self.sequence + 1, (batch.sequence, self.sequence)
+        check(batch.sequence == self.sequence + 1, f"batch {batch.sequence} after {self.sequence}")
         # Time zero means "not yet stamped" on a transfer, so a batch's time is never zero.
-        assert batch.timestamp > 0 and batch.timestamp >= self.timestamp, (batch.timestamp, self.timestamp)
+        check(0 < batch.timestamp and self.timestamp <= batch.timestamp,
+              f"batch time {batch.timestamp} after {self.timestamp}")
         self.sequence = batch.sequence
         self.timestamp = timestamp = batch.timestamp
-        events: list[Event] = self.ledger.expire(timestamp)
-        events += self.commerce.advance(timestamp, [event.object_id for event in events])
-        results = [self._apply_command(command, timestamp) for command in batch.commands]
-        events += self.commerce.events
-        self.commerce.events.clear()
-        return BatchResult(batch.sequence, results, events)
+        self.failures = []
+        events = self.commerce.events
+        events.clear()
+        self._step(-1, ADVANCE, timestamp)
+        results = [self._step(index, command, timestamp) for index, command in enumerate(batch.commands)]
+        result = BatchResult(batch.sequence, results, list(events))
+        events.clear()
+        return result
+
+    def _step(self, index: int, command, timestamp: int):
+        """Apply one command (or advance time) whole, or undo all it did and answer internal_error."""
+        ledger = self.ledger
+        changes = self.changes
+        ledger.begin_command()
+        changes.begin()
+        try:
+            result = self._apply_command(command, timestamp)
+        except _PROCESS_FAULTS:
+            raise
+        except Exception as error:
+            ledger.undo_command()
+            changes.undo()
+            name = command if command is ADVANCE else type(command).__name__
+            self.failures.append(CommandFailure(self.sequence, index, name, repr(error)))
+            return _internal_error(command)
+        changes.commit()
+        return result
 
     def _apply_command(self, command, timestamp: int):
         kind = type(command)
@@ -78,6 +123,11 @@ class Engine:
             return self.ledger.create_transfers(command.transfers, timestamp)
         if kind is CreateAccounts:
             return self.ledger.create_accounts(command.accounts, timestamp)
+        if command is ADVANCE:
+            events = self.ledger.expire(timestamp)
+            events += self.commerce.advance(timestamp, [event.object_id for event in events])
+            self.commerce.events[:0] = events  # ahead of those the advance logged itself, as batches list them
+            return None
         return self.commerce.apply(command, timestamp)
 
     def next_deadline(self) -> int | None:
@@ -137,6 +187,7 @@ class Engine:
         _restore_histories(ledger, snapshot.histories)
         _restore_transfers(ledger, snapshot.transfers)
         _restore_commerce(engine.commerce, snapshot)
+        _check_tracked(engine.commerce)
         return engine
 
     def state_hash(self) -> str:
@@ -153,6 +204,22 @@ class Engine:
     def verify(self) -> None:
         """The full check: double entry per currency, limits, and pending amounts match pending balances."""
         verify_ledger(self.ledger)
+
+
+def _internal_error(command) -> list[int] | Outcome:
+    """The answer to a command that was undone, in its command type's shape."""
+    kind = type(command)
+    if kind is CreateTransfers:
+        return [TransferCode.internal_error] * len(command.transfers)
+    if kind is CreateAccounts:
+        return [AccountCode.internal_error] * len(command.accounts)
+    return Outcome("internal_error")
+
+
+def _check_tracked(commerce: Commerce) -> None:
+    """Commerce state held anywhere but in tracked containers would survive an undo: refuse to run with it."""
+    untracked = untracked_containers(commerce)
+    check(not untracked, f"untracked commerce state: {', '.join(untracked)}")
 
 
 def _bare(account: Account) -> Account:
@@ -196,11 +263,11 @@ def _restore_commerce(commerce: Commerce, snapshot: Snapshot) -> None:
     for order in snapshot.orders:
         commerce.orders[order.id] = order
         commerce.orders_by_merchant.setdefault(order.merchant_id, []).append(order.id)
-    commerce.order_expiries = list(snapshot.order_expiries)
-    commerce.customers = {customer.id: customer for customer in snapshot.customers}
-    commerce.idempotency = {(merchant_id, key): record for merchant_id, key, record in snapshot.idempotency}
-    commerce.order_times_by_ip = {ip: collections.deque(times) for ip, times in snapshot.order_times_by_ip}
-    commerce.blocklist = {entry.id: entry for entry in snapshot.blocklist}
+    commerce.order_expiries.load(snapshot.order_expiries)
+    commerce.customers.load((customer.id, customer) for customer in snapshot.customers)
+    commerce.idempotency.load(((merchant_id, key), record) for merchant_id, key, record in snapshot.idempotency)
+    commerce.order_times_by_ip.load((ip, collections.deque(times)) for ip, times in snapshot.order_times_by_ip)
+    commerce.blocklist.load((entry.id, entry) for entry in snapshot.blocklist)
     _restore_payments(commerce.payments, snapshot)
 
 
@@ -208,13 +275,12 @@ def _restore_payments(payments: Payments, snapshot: Snapshot) -> None:
     """Deadlines and authorization holds follow from the payments themselves."""
     for payment in snapshot.payments:
         payments.add(payment)
-    payments.refunds = {refund.id: refund for refund in snapshot.refunds}
-    payments.payouts = {payout.id: payout for payout in snapshot.payouts}
-    payments.cards = dict(snapshot.cards)
-    payments.callback_signatures = dict(snapshot.callback_signatures)
+    payments.refunds.load((refund.id, refund) for refund in snapshot.refunds)
+    payments.payouts.load((payout.id, payout) for payout in snapshot.payouts)
+    payments.cards.load(snapshot.cards)
+    payments.callback_signatures.load(snapshot.callback_signatures)
+    payments.deadlines.load((payment.deadline_at, payment.id) for payment in snapshot.payments
+                            if payment.status in OPEN_STATUSES)
     for payment in snapshot.payments:
-        if payment.status in OPEN_STATUSES:
-            payments.deadlines.append((payment.deadline_at, payment.id))
         if payment.status == "requires_capture":
             payments.payment_by_hold[payment.authorization_id] = payment.id
-    heapq.heapify(payments.deadlines)

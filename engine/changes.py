@@ -1,0 +1,237 @@
+"""All or nothing per command: what a command changed in commerce state, kept until it ends so that one which raises
+is undone whole (the ledger undoes its own part: ledger.py `begin_command` / `undo_command`).
+
+State is tracked where it is kept, not in the handlers that change it:
+- a `TrackedDict` remembers, for each key written in the command, the value it had before (or that it had none), and
+  saves the first state of every value it hands out (`[]`, `get`, `setdefault`): a record's fields, a list's length,
+  a deque's items;
+- a `TrackedHeap` logs its pushes and pops;
+- an `EventLog` is cut back to its length when the command began.
+So records are changed only once taken from a tracked dict in the command, their list fields are replaced rather than
+changed in place (a record's fields are saved shallowly), and lists held in tracked dicts are only appended to.
+Outside a command (restore, reads) tracking costs one flag test.
+"""
+
+import collections
+import heapq
+
+import msgspec
+
+from engine.check import check
+
+MISSING = object()  # a key that had no value before the command
+
+
+class Changes:
+    """The undo log of the command being applied; empty between commands."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.dicts: list["TrackedDict"] = []  # the dicts written in this command
+        self.values: dict[int, tuple[object, object]] = {}  # id(value) -> (value, its state when first handed out)
+        self.heap_log: list[tuple["TrackedHeap", bool, tuple]] = []  # (heap, pushed?, item), in order
+        self.event_logs: list["EventLog"] = []
+        self.event_lengths: list[int] = []
+
+    def dict(self) -> "TrackedDict":
+        return TrackedDict(self)
+
+    def heap(self) -> "TrackedHeap":
+        return TrackedHeap(self)
+
+    def event_log(self) -> "EventLog":
+        log = EventLog()
+        self.event_logs.append(log)
+        return log
+
+    def begin(self) -> None:
+        check(not self.active, "a command began inside another")
+        self.active = True
+        self.event_lengths = [len(log) for log in self.event_logs]
+
+    def commit(self) -> None:
+        """The command applied whole: forget its undo log."""
+        for tracked in self.dicts:
+            tracked.first_values = None
+        self.dicts.clear()
+        self.values.clear()
+        self.heap_log.clear()
+        self.active = False
+
+    def undo(self) -> None:
+        """Put back every tracked thing as it was when the command began."""
+        touched_heaps = {}
+        for heap, pushed, item in reversed(self.heap_log):
+            if pushed:
+                heap.items.remove(item)
+            else:
+                heap.items.append(item)
+            touched_heaps[id(heap)] = heap
+        for heap in touched_heaps.values():
+            heapq.heapify(heap.items)
+        for tracked in self.dicts:
+            for key, value in tracked.first_values.items():
+                if value is MISSING:
+                    dict.pop(tracked, key, None)
+                else:
+                    dict.__setitem__(tracked, key, value)
+        for value, state in self.values.values():
+            _restore(value, state)
+        for log, length in zip(self.event_logs, self.event_lengths):
+            del log[length:]
+        self.commit()
+
+    def save(self, value) -> None:
+        """Keep `value`'s state as it is now, if not kept already in this command."""
+        if id(value) not in self.values:
+            self.values[id(value)] = (value, _state(value))
+
+
+def _state(value):
+    if isinstance(value, msgspec.Struct):
+        return msgspec.structs.astuple(value)
+    if type(value) is list:
+        return len(value)
+    if type(value) is collections.deque:
+        return tuple(value)  # a per-IP window: bounded by its limit
+    return None  # immutable (str, int, bytes, tuple)
+
+
+def _restore(value, state) -> None:
+    if isinstance(value, msgspec.Struct):
+        for name, field in zip(value.__struct_fields__, state):
+            setattr(value, name, field)
+    elif type(value) is list:
+        del value[state:]
+    elif type(value) is collections.deque:
+        value.clear()
+        value.extend(state)
+
+
+class TrackedDict(dict):
+    """A dict whose writes and handed-out values a command can undo."""
+
+    __slots__ = ("changes", "first_values")
+
+    def __init__(self, changes: Changes) -> None:
+        super().__init__()
+        self.changes = changes
+        self.first_values: dict | None = None  # key -> its value before the command (MISSING: none)
+
+    def _touch(self, key) -> None:
+        first = self.first_values
+        if first is None:
+            if not self.changes.active:
+                return
+            first = self.first_values = {}
+            self.changes.dicts.append(self)
+        if key not in first:
+            first[key] = dict.get(self, key, MISSING)
+
+    def _hand_out(self, value):
+        if self.changes.active:
+            self.changes.save(value)
+        return value
+
+    def __getitem__(self, key):
+        return self._hand_out(dict.__getitem__(self, key))
+
+    def get(self, key, default=None):
+        value = dict.get(self, key, MISSING)
+        return default if value is MISSING else self._hand_out(value)
+
+    def setdefault(self, key, default=None):
+        self._touch(key)
+        return self._hand_out(dict.setdefault(self, key, default))
+
+    def __setitem__(self, key, value) -> None:
+        self._touch(key)
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key) -> None:
+        self._touch(key)
+        dict.__delitem__(self, key)
+
+    def pop(self, key, *default):
+        self._touch(key)
+        return dict.pop(self, key, *default)
+
+    def load(self, items) -> None:
+        """Fill from (key, value) pairs at restore, outside any command."""
+        check(not self.changes.active, "a tracked dict loaded inside a command")
+        dict.update(self, items)
+
+    def _untracked(self, *args, **kwargs):
+        raise TypeError("a tracked dict changes only through [], get, setdefault, del and pop")
+
+    update = popitem = clear = __ior__ = _untracked
+
+
+class TrackedHeap:
+    """A min-heap (heapq) whose pushes and pops a command can undo; not a list, so heapq cannot bypass it."""
+
+    __slots__ = ("changes", "items")
+
+    def __init__(self, changes: Changes) -> None:
+        self.changes = changes
+        self.items: list = []
+
+    def push(self, item) -> None:
+        heapq.heappush(self.items, item)
+        if self.changes.active:
+            self.changes.heap_log.append((self, True, item))
+
+    def pop(self):
+        item = heapq.heappop(self.items)
+        if self.changes.active:
+            self.changes.heap_log.append((self, False, item))
+        return item
+
+    def load(self, items) -> None:
+        """Fill at restore, outside any command."""
+        check(not self.changes.active, "a tracked heap loaded inside a command")
+        self.items = list(items)
+        heapq.heapify(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+class EventLog(list):
+    """Events of the batch being applied: a command only appends, so undoing it cuts the log back."""
+
+    __slots__ = ()
+
+
+def untracked_containers(root) -> list[str]:
+    """Where `root` (commerce state) keeps a dict, list, set or deque that a command could change without trace."""
+    found = []
+    seen = set()
+    stack = [("commerce", root)]
+    while stack:
+        path, obj = stack.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        for name, value in _attributes(obj):
+            where = f"{path}.{name}"
+            if isinstance(value, (TrackedDict, TrackedHeap, EventLog, Changes)):
+                continue
+            if isinstance(value, (dict, list, set, collections.deque)):
+                found.append(where)
+            elif type(value).__module__.startswith("engine.") and type(value).__name__ != "Ledger":
+                stack.append((where, value))
+    return found
+
+
+def _attributes(obj) -> list[tuple[str, object]]:
+    names = list(getattr(obj, "__dict__", {}))
+    for cls in type(obj).__mro__:
+        names += [name for name in getattr(cls, "__slots__", ()) if hasattr(obj, name)]
+    return [(name, getattr(obj, name)) for name in names]
