@@ -59,6 +59,7 @@ _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 # Not the command's doing, and not the same on every machine: the process stops rather than diverge from its replica.
 _PROCESS_FAULTS = (MemoryError, RecursionError)
 ADVANCE = "advance"  # the step of a batch that moves time on, before its commands (index -1)
+ERROR_MAX_CHARS = 1000  # of a failure's description: enough to find the bug, bounded whatever the error holds
 
 
 class CommandFailure(msgspec.Struct, frozen=True):
@@ -112,7 +113,7 @@ class Engine:
             ledger.undo_command()
             changes.undo()
             name = command if command is ADVANCE else type(command).__name__
-            self.failures.append(CommandFailure(self.sequence, index, name, repr(error)))
+            self.failures.append(CommandFailure(self.sequence, index, name, repr(error)[:ERROR_MAX_CHARS]))
             return _internal_error(command)
         changes.commit()
         return result

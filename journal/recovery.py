@@ -68,6 +68,9 @@ def replay(engine: Engine, journal: Journal, start: int, previous_hash: bytes, r
         batch = batch_decoder.decode(entry.payload)
         report.replayed_transfers += sum(len(c.transfers) for c in batch.commands if type(c) is CreateTransfers)
         result = engine.apply(batch)
+        for failure in engine.failures:  # logged when first applied; said again so a replay's reader knows
+            log.warning("batch %d, command %d (%s) raised %s on replay: undone, as when it was first applied",
+                        failure.sequence, failure.index, failure.command, failure.error)
         report.replayed_batches += 1
         if on_batch is not None:
             on_batch(entry, result)

@@ -345,6 +345,7 @@ class Shard:
         replies: list[tuple[asyncio.Future, bytes]] = []
         if batch is not None:
             result = self.engine.apply(batch)
+            _log_failures(self.engine)
             encoded = result_encoder.encode(result)
             self.unwritten_results.append((batch.sequence, encoded))
             self.results_in_flight[batch.sequence] = encoded
@@ -571,6 +572,7 @@ class Shard:
         while self.replicated:
             entry = self.replicated.popleft()
             result = self.engine.apply(batch_decoder.decode(entry.payload))
+            _log_failures(self.engine)
             results.append((entry.sequence, result_encoder.encode(result)))
             self._maybe_snapshot(entry.hash)
         return results
@@ -594,6 +596,13 @@ class Shard:
         self.durable_sequence = self.journal.head_sequence
         self._write_status_file()
         log.warning("promoted to primary at epoch %d (%s)", self.epoch, reason)
+
+
+def _log_failures(engine: Engine) -> None:
+    """One line for each command the batch undid: a bug to fix, never a reason to stop serving."""
+    for failure in engine.failures:
+        log.critical("batch %d, command %d (%s) raised %s: undone and answered internal_error; serving on",
+                     failure.sequence, failure.index, failure.command, failure.error)
 
 
 def _critical(coroutine) -> asyncio.Task:
