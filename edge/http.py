@@ -52,6 +52,8 @@ OUTCOME_ERRORS = {
     "split_destination_not_found": (400, "split_destination_not_found"),
     "splits_exceed_amount": (400, "splits_exceed_amount"),
     "idempotency_key_reused": (409, "idempotency_key_reused"),
+    # The command raised (a bug), was undone whole and logged by its shard.
+    "internal_error": (500, "internal_error"),
 }
 
 # The field an outcome code is about, whatever the request.

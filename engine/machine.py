@@ -24,7 +24,18 @@ from engine.commerce import Commerce, IdempotencyRecord
 from engine.ledger import Ledger
 from engine.queries import Answer, Query, answer
 from engine.payments import OPEN_STATUSES, Payments
-from engine.records import BlocklistEntry, Customer, Merchant, Order, Outcome, Payment, Payout, Refund, VaultedCard
+from engine.records import (
+    BlocklistEntry,
+    Customer,
+    Idempotent,
+    Merchant,
+    Order,
+    Outcome,
+    Payment,
+    Payout,
+    Refund,
+    VaultedCard,
+)
 from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Event, Transfer
 from engine.verify import verify_ledger
 
@@ -214,6 +225,8 @@ def _internal_error(command) -> list[int] | Outcome:
         return [TransferCode.internal_error] * len(command.transfers)
     if kind is CreateAccounts:
         return [AccountCode.internal_error] * len(command.accounts)
+    if kind is Idempotent and type(command.command) in (CreateTransfers, CreateAccounts):
+        return Outcome("internal_error", codes=_internal_error(command.command))
     return Outcome("internal_error")
 
 

@@ -44,7 +44,8 @@ class ShardMap:
     """A stable map from a key (a merchant id) to one of `count` shards."""
 
     def __init__(self, count: int) -> None:
-        assert count >= 1
+        if count < 1:
+            raise ValueError(f"a shard map needs at least one shard, not {count}")
         self.count = count
 
     def shard_for(self, key: str) -> int:
@@ -122,7 +123,8 @@ class ShardClient:
         busy_retries: int = 20,
         failover_rounds: int = 10,
     ) -> None:
-        assert addresses
+        if not addresses:
+            raise ValueError("a shard client needs at least one address")
         self.addresses = addresses
         self.timeout_ms = timeout_ms
         self.busy_retries = busy_retries

@@ -534,8 +534,14 @@ class Shard:
         loop = asyncio.get_running_loop()
         while True:
             message = await context.arecv()
-            request = request_decoder.decode(message)
-            assert type(request) is Replicate
+            try:
+                request = request_decoder.decode(message)
+            except msgspec.DecodeError as error:
+                await context.asend(self._reply(ReplyStatus.INVALID, message=str(error)))
+                continue
+            if type(request) is not Replicate:  # refused, never a reason to stop replicating
+                await context.asend(self._reply(ReplyStatus.INVALID, message="only replication comes here"))
+                continue
             await context.asend(await self._accept_replicate(request, loop))
 
     async def _accept_replicate(self, request: Replicate, loop) -> bytes:

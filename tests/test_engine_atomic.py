@@ -140,6 +140,10 @@ def test_a_command_under_an_idempotency_key_that_raises_keeps_no_answer_for_its_
     assert twin.run([command()]).results == [Outcome("internal_error")]
     assert twin.run([command()]).results == [Outcome("internal_error")]  # run again, not a stored answer replayed
     assert twin.engine.state_hash() == before
+    ledger_command = Idempotent(merchant_id="m1", key="k2", request_hash="h", command=CreateTransfers(
+        [transfer("i1", "a", "b", 1), transfer("i2", "a", "b", 1, code=engine_faults.RAISE_AT_CODE)]))
+    assert twin.run([ledger_command]).results == [Outcome("internal_error", codes=[INTERNAL_ERROR] * 2)]
+    assert twin.engine.state_hash() == before
 
 
 def faulty_transfers() -> list[Transfer]:

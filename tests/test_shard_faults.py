@@ -11,13 +11,17 @@ import pathlib
 import subprocess
 import sys
 
+import pynng
 import pytest
 
 import engine_faults
 from engine import Account, CreateAccounts, CreateTransfers, Transfer, TransferCode
 from engine.queries import FindOrder
-from engine.records import CreateMerchant, CreateOrder, Merchant, Order
+from edge.errors import ApiError
+from edge.http import raise_for
+from engine.records import CreateMerchant, CreateOrder, Merchant, Order, Outcome
 from journal.client import ShardClient
+from journal.wire import ReplyStatus, Status, reply_decoder, request_encoder
 from shard_harness import replica_pair, start
 
 INTERNAL_ERROR = TransferCode.internal_error
@@ -115,3 +119,33 @@ def test_a_command_that_raises_is_undone_and_the_shard_replica_and_replay_agree(
     # Recovery replays the same journal to the same state, and the shard starts and serves.
     processes["primary"] = start(primary)
     assert asyncio.run(_state_hash(primary)) == state_hash
+
+
+def test_a_command_its_shard_undid_answers_500_api_error_over_http():
+    with pytest.raises(ApiError) as raised:
+        raise_for(Outcome("internal_error"))
+    assert (raised.value.status, raised.value.error_type, raised.value.code) == (500, "api_error", "internal_error")
+
+
+def test_a_replica_refuses_anything_but_replication_on_its_replication_socket_and_replicates_on(tmp_path):
+    primary, replica = replica_pair(tmp_path)
+    processes = [start(replica), start(primary)]
+    try:
+        with pynng.Req0(recv_timeout=5000, send_timeout=5000, resend_time=-1) as socket:
+            socket.dial(replica.replication_address, block=True)
+            for message in (b"not msgpack at all", request_encoder.encode(Status())):
+                socket.send(message)
+                assert reply_decoder.decode(socket.recv()).status == ReplyStatus.INVALID
+
+        async def submit() -> list:
+            client = ShardClient([primary.client_address], timeout_ms=5000)
+            try:
+                return (await client.submit([CreateAccounts([Account("test:a", "usd")])])).results
+            finally:
+                client.close()
+
+        assert asyncio.run(submit()) == [[0]]  # acknowledged: in sync mode, the replica has it durable
+        assert all(process.alive() for process in processes)
+    finally:
+        for process in processes:
+            process.kill()
