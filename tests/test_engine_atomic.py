@@ -5,6 +5,8 @@ engine against a twin fed the same batches without the faulty command: the same 
 every other command, the same events, and the same indexes a restore would rebuild (which the hash leaves out).
 """
 
+import sys
+
 import pytest
 
 import engine_faults
@@ -27,6 +29,7 @@ from engine.records import (
 )
 from engine.types import NANOSECONDS_PER_SECOND as S
 from engine.types import PendingState
+from ledger_helpers import build_engine
 
 T0 = 1_700_000_000 * S
 INTERNAL_ERROR = TransferCode.internal_error
@@ -210,3 +213,17 @@ def test_every_piece_of_commerce_state_is_tracked():
     commerce = Engine().commerce
     commerce.payments.extra = {}
     assert untracked_containers(commerce) == ["commerce.payments.extra"]
+
+
+# `make test` runs the engine and journal tests again under python -O (PYTHONOPTIMIZE): the engine's own asserts are
+# gone there, so any check that an assert did vanishes with them. These say the tests' checks are still alive.
+
+
+def test_a_test_modules_assert_runs_whatever_the_optimization():
+    with pytest.raises(AssertionError):
+        assert sys.flags.optimize < 0  # rewritten by pytest into a plain raise, which -O keeps
+
+
+def test_a_test_helpers_assert_runs_whatever_the_optimization():
+    with pytest.raises(AssertionError):
+        build_engine(T0, [Account("", "usd")])  # its own assert: every account created
