@@ -3,8 +3,8 @@ is undone whole (the ledger undoes its own part: ledger.py `begin_command` / `un
 
 State is tracked where it is kept, not in the handlers that change it:
 - a `TrackedDict` remembers, for each key written in the command, the value it had before (or that it had none), and
-  saves the first state of every value it hands out (`[]`, `get`, `setdefault`): a record's fields, a list's length,
-  a deque's items;
+  where each key it removed stood; it saves the first state of every value it hands out (`[]`, `get`, `setdefault`):
+  a record's fields, a list's length, a deque's items;
 - a `TrackedHeap` logs its pushes and pops;
 - an `EventLog` is cut back to its length when the command began.
 So records are changed only once taken from a tracked dict in the command, their list fields are replaced rather than
@@ -33,8 +33,8 @@ class Changes:
         self.event_logs: list["EventLog"] = []
         self.event_lengths: list[int] = []
 
-    def dict(self) -> "TrackedDict":
-        return TrackedDict(self)
+    def dict(self, ordered: bool = True, ranked: bool = False) -> "TrackedDict":
+        return TrackedDict(self, ordered, ranked)
 
     def heap(self) -> "TrackedHeap":
         return TrackedHeap(self)
@@ -52,7 +52,7 @@ class Changes:
     def commit(self) -> None:
         """The command applied whole: forget its undo log."""
         for tracked in self.dicts:
-            tracked.first_values = None
+            tracked.forget()
         self.dicts.clear()
         self.values.clear()
         self.heap_log.clear()
@@ -70,11 +70,7 @@ class Changes:
         for heap in touched_heaps.values():
             heapq.heapify(heap.items)
         for tracked in self.dicts:
-            for key, value in tracked.first_values.items():
-                if value is MISSING:
-                    dict.pop(tracked, key, None)
-                else:
-                    dict.__setitem__(tracked, key, value)
+            tracked.undo()
         for value, state in self.values.values():
             _restore(value, state)
         for log, length in zip(self.event_logs, self.event_lengths):
@@ -109,14 +105,25 @@ def _restore(value, state) -> None:
 
 
 class TrackedDict(dict):
-    """A dict whose writes and handed-out values a command can undo."""
+    """A dict whose writes, handed-out values and order of keys a command can undo.
 
-    __slots__ = ("changes", "first_values")
+    Its order is state (snapshots list it, pruning reads it), so keys removed in a command go back where they were:
+    found at once when first (the oldest, as pruning removes them) or by rank (`ranked`, for a dict whose keys move to
+    its end in every command); else by a scan, fine for removals as rare as an operator's. `ordered=False`: the
+    order is not state (an index that restore rebuilds), and removed keys go back at the end.
+    """
 
-    def __init__(self, changes: Changes) -> None:
+    __slots__ = ("changes", "first_values", "removals", "ordered", "ranks", "next_rank")
+
+    def __init__(self, changes: Changes, ordered: bool = True, ranked: bool = False) -> None:
         super().__init__()
         self.changes = changes
         self.first_values: dict | None = None  # key -> its value before the command (MISSING: none)
+        # Keys added (key, MISSING, -1) and removed (key, value, index or rank) in this command, in order.
+        self.removals: list[tuple] = []
+        self.ordered = ordered
+        self.ranks: dict | None = {} if ranked else None  # key -> a number that grows with each key added
+        self.next_rank = 0
 
     def _touch(self, key) -> None:
         first = self.first_values
@@ -127,6 +134,27 @@ class TrackedDict(dict):
             self.changes.dicts.append(self)
         if key not in first:
             first[key] = dict.get(self, key, MISSING)
+
+    def _adding(self, key) -> None:
+        """`key` is about to be added (it is absent)."""
+        if self.ranks is not None:
+            self.ranks[key] = self.next_rank
+            self.next_rank += 1
+        if self.first_values is not None:
+            self.removals.append((key, MISSING, -1))
+
+    def _removing(self, key) -> None:
+        """`key` (present) is about to be removed."""
+        if self.ranks is not None:
+            place = self.ranks.pop(key)
+        elif not self.ordered:
+            place = -1
+        elif key == next(iter(self)):
+            place = 0
+        else:
+            place = list(dict.keys(self)).index(key)
+        if self.first_values is not None:
+            self.removals.append((key, dict.__getitem__(self, key), place))
 
     def _hand_out(self, value):
         if self.changes.active:
@@ -142,24 +170,70 @@ class TrackedDict(dict):
 
     def setdefault(self, key, default=None):
         self._touch(key)
+        if not dict.__contains__(self, key):
+            self._adding(key)
         return self._hand_out(dict.setdefault(self, key, default))
 
     def __setitem__(self, key, value) -> None:
         self._touch(key)
+        if not dict.__contains__(self, key):
+            self._adding(key)
         dict.__setitem__(self, key, value)
 
     def __delitem__(self, key) -> None:
         self._touch(key)
+        self._removing(key)
         dict.__delitem__(self, key)
 
     def pop(self, key, *default):
         self._touch(key)
+        if dict.__contains__(self, key):
+            self._removing(key)
         return dict.pop(self, key, *default)
+
+    def undo(self) -> None:
+        """Back to the state and order of keys the command found."""
+        removed = [change for change in self.removals if change[1] is not MISSING]
+        if removed and self.ordered and self.ranks is None:
+            self._reorder()
+        if self.ranks is not None:
+            for key, value, place in reversed(self.removals):
+                if value is MISSING:
+                    del self.ranks[key]
+                else:
+                    self.ranks[key] = place
+        for key, value in self.first_values.items():
+            if value is MISSING:
+                dict.pop(self, key, None)
+            else:
+                dict.__setitem__(self, key, value)
+        if removed and self.ranks is not None:
+            items = sorted(dict.items(self), key=lambda item: self.ranks[item[0]])
+            dict.clear(self)
+            dict.update(self, items)
+        self.forget()
+
+    def _reorder(self) -> None:
+        """Replay the command's additions and removals backwards on a list of the items: the keys' old order."""
+        items = list(dict.items(self))
+        for key, value, place in reversed(self.removals):
+            if value is MISSING:
+                index = next(i for i in range(len(items) - 1, -1, -1) if items[i][0] == key)
+                del items[index]
+            else:
+                items.insert(place, (key, value))
+        dict.clear(self)
+        dict.update(self, items)
+
+    def forget(self) -> None:
+        self.first_values = None
+        self.removals = []
 
     def load(self, items) -> None:
         """Fill from (key, value) pairs at restore, outside any command."""
         check(not self.changes.active, "a tracked dict loaded inside a command")
-        dict.update(self, items)
+        for key, value in items:
+            self[key] = value
 
     def _untracked(self, *args, **kwargs):
         raise TypeError("a tracked dict changes only through [], get, setdefault, del and pop")

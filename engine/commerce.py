@@ -74,7 +74,7 @@ class Commerce:
         # (merchant id, key) -> record, oldest first: pruned from the front as time passes.
         self.idempotency: dict[tuple[str, str], IdempotencyRecord] = changes.dict()
         # client IP -> times of its recent admitted orders; the address admitted longest ago first
-        self.order_times_by_ip: dict[str, collections.deque] = changes.dict()
+        self.order_times_by_ip: dict[str, collections.deque] = changes.dict(ranked=True)  # an address moves to the end
         self.events: list[Event] = changes.event_log()
         self.payments = Payments(ledger, changes, self.merchants, self.orders, self.events)
         # entry id -> entry, oldest first; kept by the shard that owns the block list's routing key

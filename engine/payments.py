@@ -63,7 +63,7 @@ class Payments:
         self.callback_signatures: dict[str, int] = changes.dict()
         self.deadlines = changes.heap()  # (deadline_at, payment id)
         # pending transfer id -> payment id, to hear of an authorization that timed out
-        self.payment_by_hold: dict[str, str] = changes.dict()
+        self.payment_by_hold: dict[str, str] = changes.dict(ordered=False)
 
     # Time
 

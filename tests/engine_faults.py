@@ -61,6 +61,8 @@ def _create_order_then_raise(create_order):
         commerce.payments.add(Payment(id=f"{order.id}.payment", merchant_id=merchant.id, amount=order.amount,
                                       currency=order.currency, order_id=order.id, created_at=timestamp))
         commerce.events.append(Event("order.fault", order.id, timestamp))
+        commerce.blocklist.pop("b1", None)
+        commerce.blocklist.pop("b0", None)
         raise HalfWay(f"order {order.id} created and {order.amount} moved ({code}), then raised")
 
     handler.is_fault = True

@@ -8,13 +8,17 @@ every other command, the same events, and the same indexes a restore would rebui
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import engine_faults
 from engine import Account, AccountFlag, Batch, CreateAccounts, CreateTransfers, Engine, Transfer, TransferCode
 from engine import TransferFlag as F
-from engine.changes import untracked_containers
+from engine.changes import Changes, untracked_containers
 from engine.machine import ADVANCE, CommandFailure
 from engine.records import (
+    AddToBlocklist,
+    BlocklistEntry,
     CreateCustomer,
     CreateMerchant,
     CreateOrder,
@@ -40,10 +44,10 @@ def faults(monkeypatch):
     engine_faults.install(monkeypatch.setattr, monkeypatch.setitem)
 
 
-def order(oid: str, *, expires_at: int = T0 + 3600 * S, metadata: dict | None = None) -> CreateOrder:
+def order(oid: str, *, expires_at: int = T0 + 3600 * S, metadata: dict | None = None, ip: str = "10.0.0.1") -> CreateOrder:
     return CreateOrder(order=Order(id=oid, merchant_id="m1", name=oid, amount=700, currency="USD",
                                    payment_methods=["card"], expires_at=expires_at, metadata=metadata or {}),
-                       client_ip="10.0.0.1", ip_limit=5, ip_window_s=600)
+                       client_ip=ip, ip_limit=5, ip_window_s=600)
 
 
 def transfer(tid: str, debit: str, credit: str, amount: int, **fields) -> Transfer:
@@ -57,7 +61,8 @@ def setup_commands() -> list[list]:
          CreateAccounts([Account("a", "usd"), Account("b", "usd", flags=AccountFlag.HISTORY),
                          Account("limited", "usd", flags=AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS),
                          Account("c", "usd")])],
-        [CreateSubAccount("m1", SubAccount("sub1", "Branch")), order("o1"),
+        [CreateSubAccount("m1", SubAccount("sub1", "Branch")), order("o1"), order("o0", ip="10.0.0.2"),
+         *(AddToBlocklist(BlocklistEntry(id=f"b{number}", kind="ip", value=f"10.9.9.{number}")) for number in range(3)),
          CreateCustomer(Customer(id="c1", merchant_id="m1", email="c1@example.com")),
          MoveWallet(merchant_id="m1", customer_id="c1", transfer_id="dep1", amount=500, currency="USD"),
          CreateTransfers([transfer("t0", "a", "b", 100), transfer("limited-in", "c", "limited", 50),
@@ -104,7 +109,8 @@ def _indexes(engine: Engine) -> dict:
                             dict(commerce.merchant_by_sub_account)),
         "payment by hold": dict(payments.payment_by_hold),
         "deadlines": sorted(entry for entry in payments.deadlines if payments.payments[entry[1]].status == "processing"),
-        "ip windows": {ip: list(times) for ip, times in commerce.order_times_by_ip.items()},
+        "ip windows": [(ip, list(times)) for ip, times in commerce.order_times_by_ip.items()],
+        "block list": list(commerce.blocklist),
         "sub accounts": {merchant.id: [sub.id for sub in merchant.sub_accounts] for merchant in commerce.merchants.values()},
     }
 
@@ -112,8 +118,10 @@ def _indexes(engine: Engine) -> dict:
 def test_a_commerce_command_that_raises_half_way_changes_nothing_and_the_batch_goes_on():
     faulty, clean = Twin(), Twin()
     before = faulty.engine.state_hash()
-    faulty_result = faulty.run([order("o2"), order("o3", metadata=engine_faults.RAISE_HALF_WAY), order("o4")])
-    clean_result = clean.run([order("o2"), order("o4")])
+    # The fault moves 10.0.0.1's window to the end of the windows and removes a block list entry: both go back.
+    faulty_result = faulty.run([order("o2", ip="10.0.0.3"), order("o3", metadata=engine_faults.RAISE_HALF_WAY),
+                                order("o4", ip="10.0.0.3")])
+    clean_result = clean.run([order("o2", ip="10.0.0.3"), order("o4", ip="10.0.0.3")])
     assert faulty_result.results == [clean_result.results[0], Outcome("internal_error"), clean_result.results[1]]
     assert faulty_result.events == clean_result.events
     assert_same(faulty.engine, clean.engine)
@@ -227,3 +235,68 @@ def test_a_test_modules_assert_runs_whatever_the_optimization():
 def test_a_test_helpers_assert_runs_whatever_the_optimization():
     with pytest.raises(AssertionError):
         build_engine(T0, [Account("", "usd")])  # its own assert: every account created
+
+
+# The containers themselves: any sequence of writes within a command, undone, leaves them as they were.
+
+KEYS = st.sampled_from("abcdefgh")
+DICT_OPERATIONS = st.lists(st.one_of(
+    st.tuples(st.just("set"), KEYS, st.integers(0, 9)),
+    st.tuples(st.just("pop"), KEYS, st.none()),
+    st.tuples(st.just("delete_oldest"), st.none(), st.none()),
+    st.tuples(st.just("move_to_end"), KEYS, st.integers(0, 9)),
+    st.tuples(st.just("append"), KEYS, st.integers(0, 9)),
+), max_size=30)
+
+
+@settings(max_examples=300, deadline=None)
+@given(start=st.dictionaries(KEYS, st.integers(0, 9)), operations=DICT_OPERATIONS,
+       mode=st.sampled_from(["ordered", "ranked", "unordered"]))
+def test_a_tracked_dict_undone_is_as_the_command_found_it(start, operations, mode):
+    changes = Changes()
+    tracked = changes.dict(ordered=mode != "unordered", ranked=mode == "ranked")
+    lists = changes.dict()
+    tracked.load(start.items())
+    lists.load((key, [value]) for key, value in start.items())
+    changes.begin()
+    for operation, key, value in operations:
+        if operation == "set":
+            tracked[key] = value
+        elif operation == "pop":
+            tracked.pop(key, None)
+        elif operation == "delete_oldest" and tracked:
+            del tracked[next(iter(tracked))]
+        elif operation == "move_to_end":
+            tracked.pop(key, None)
+            tracked[key] = value
+        else:
+            lists.setdefault(key, []).append(value)
+    changes.undo()
+    items = list(tracked.items())
+    assert (items if mode != "unordered" else sorted(items)) == list(start.items() if mode != "unordered"
+                                                                     else sorted(start.items()))
+    assert list(lists.items()) == [(key, [value]) for key, value in start.items()]
+    # And the next command finds it tracked afresh.
+    changes.begin()
+    tracked["z"] = 1
+    changes.undo()
+    assert "z" not in tracked
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.lists(st.tuples(st.integers(0, 20), st.text("xy", max_size=2)), max_size=10),
+       operations=st.lists(st.one_of(st.tuples(st.just("push"), st.integers(0, 20)), st.just(("pop", 0))),
+                           max_size=20))
+def test_a_tracked_heap_undone_holds_what_it_held(start, operations):
+    changes = Changes()
+    heap = changes.heap()
+    heap.load(start)
+    changes.begin()
+    for operation, value in operations:
+        if operation == "push":
+            heap.push((value, "p"))
+        elif heap:
+            heap.pop()
+    changes.undo()
+    assert sorted(heap) == sorted(start)
+    assert [heap.pop() for _ in range(len(heap))] == sorted(start)
