@@ -68,7 +68,7 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
 # Not the command's doing, and not the same on every machine: the process stops rather than diverge from its replica.
-_PROCESS_FAULTS = (MemoryError, RecursionError)
+PROCESS_FAULTS = (MemoryError, RecursionError)
 ADVANCE = "advance"  # the step of a batch that moves time on, before its commands (index -1)
 ERROR_MAX_CHARS = 1000  # of a failure's description: enough to find the bug, bounded whatever the error holds
 
@@ -118,7 +118,7 @@ class Engine:
         changes.begin()
         try:
             result = self._apply_command(command, timestamp)
-        except _PROCESS_FAULTS:
+        except PROCESS_FAULTS:
             raise
         except Exception as error:
             ledger.undo_command()

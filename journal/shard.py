@@ -27,6 +27,7 @@ import msgspec
 import pynng
 
 from engine import Batch, Engine
+from engine.machine import ERROR_MAX_CHARS, PROCESS_FAULTS
 from journal import logs
 from journal.recovery import batch_decoder, batch_encoder, recover
 from journal.replier import Replier
@@ -357,13 +358,23 @@ class Shard:
                 replies.append((future, reply_encoder.encode(reply)))
                 start += count
         for request, future in reads:
-            answers = [self.engine.query(query) for query in request.queries]
-            reply = Reply(ReplyStatus.OK, self.epoch, self.engine.sequence, answers=answers)
-            replies.append((future, reply_encoder.encode(reply)))
+            replies.append((future, self._answer_read(request)))
         self.rounds.append(_Round(self.engine.sequence, replies))
         if self.role != "primary":  # fenced while the batch was on its way: its replies can never be released
             self._refuse_rounds()
         self._release()
+
+    def _answer_read(self, request: Read) -> bytes:
+        """The answers to a read; one that raises (a bug: reads change nothing) is refused, logged, and forgotten."""
+        try:
+            answers = [self.engine.query(query) for query in request.queries]
+        except PROCESS_FAULTS:
+            raise
+        except Exception as error:
+            log.critical("a read (%d queries) raised %s: refused; serving on", len(request.queries),
+                         repr(error)[:ERROR_MAX_CHARS])
+            return self._reply(ReplyStatus.INVALID, message="the read failed; the shard logged why")
+        return reply_encoder.encode(Reply(ReplyStatus.OK, self.epoch, self.engine.sequence, answers=answers))
 
     def _take(self) -> tuple[list, list]:
         submits, reads = [], []

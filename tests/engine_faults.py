@@ -9,9 +9,11 @@ import os
 import pathlib
 
 from engine import commerce as commerce_module
+from engine import machine
 from engine.commerce import Commerce
 from engine.ledger import Ledger
 from engine.payments import move, system_account
+from engine.queries import LookupAccounts
 from engine.records import CreateOrder, Payment
 from engine.types import Event, Transfer
 
@@ -21,6 +23,8 @@ RAISE_HALF_WAY = {"fault": "raise_half_way"}
 RAISE_AT_EXPIRY = {"fault": "raise_at_expiry"}
 # A transfer with this code makes CreateTransfers raise once the transfers before it are applied.
 RAISE_AT_CODE = 65_535
+# A read of the account with this id raises.
+RAISE_ON_READ = "test:raise-on-read"
 SITE_FOLDER = pathlib.Path(__file__).parent / "fault_site"
 
 
@@ -43,6 +47,7 @@ def install(setattr_=setattr, setitem=None) -> None:
     setitem(commerce_module._HANDLERS, CreateOrder, _create_order_then_raise(create_order))
     setattr_(Ledger, "create_transfers", _create_transfers_then_raise(Ledger.create_transfers))
     setattr_(Commerce, "advance", _advance_then_raise(Commerce.advance))
+    setattr_(machine, "answer", _answer_or_raise(machine.answer))
 
 
 def _create_order_then_raise(create_order):
@@ -89,3 +94,12 @@ def _advance_then_raise(advance):
         return events
 
     return method
+
+
+def _answer_or_raise(answer):
+    def function(query, ledger, commerce):
+        if type(query) is LookupAccounts and RAISE_ON_READ in query.ids:
+            raise HalfWay("a read raised")
+        return answer(query, ledger, commerce)
+
+    return function

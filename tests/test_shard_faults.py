@@ -1,4 +1,5 @@
-"""No command's content stops a shard: one that raises half-way is undone, answered internal_error, logged once.
+"""No command's content stops a shard: one that raises half-way is undone, answered internal_error, logged once;
+a read that raises is refused and logged.
 
 The shard processes here, the replica and the `paygate replay` / `verify` commands all run with tests/engine_faults
 installed (through PYTHONPATH: fault_site/sitecustomize.py), as a bug in the engine would be everywhere: each must
@@ -20,7 +21,7 @@ from engine.queries import FindOrder
 from edge.errors import ApiError
 from edge.http import raise_for
 from engine.records import CreateMerchant, CreateOrder, Merchant, Order, Outcome
-from journal.client import ShardClient
+from journal.client import ShardClient, ShardUnavailable
 from journal.wire import ReplyStatus, Status, reply_decoder, request_encoder
 from shard_harness import replica_pair, start
 
@@ -69,6 +70,8 @@ async def _faulty_batch_then_more(primary) -> str:
         assert reply.results[2] == [0]
         assert await client.lookup_transfers(["test:t1", "test:t2", "test:t3"]) == [None, None, None]
         assert (await client.read(FindOrder("o1"))).record is None
+        with pytest.raises(ShardUnavailable, match="invalid: the read failed"):
+            await client.lookup_accounts(["test:a", engine_faults.RAISE_ON_READ])
         # The shard serves on.
         reply = await client.submit([order("o2"), CreateTransfers([transfer("t5")])])
         assert reply.results[0].code == "ok" and reply.results[1] == [0]
@@ -105,11 +108,13 @@ def test_a_command_that_raises_is_undone_and_the_shard_replica_and_replay_agree(
     state_hash = asyncio.run(_faulty_batch_then_more(primary))
     asyncio.run(_wait_for_hash(replica, state_hash))
     assert all(process.alive() for process in processes.values())
-    for config in (primary, replica):
+    for config, reads in ((primary, ["a read (1 queries) raised HalfWay('a read raised'): refused; serving on"]),
+                          (replica, [])):
         failures = [line["message"] for line in _critical_lines(config)]
-        assert len(failures) == 2, failures
+        assert len(failures) == 2 + len(reads), failures
         assert failures[0].startswith("batch 2, command 0 (CreateTransfers) raised HalfWay(")
         assert failures[1].startswith("batch 2, command 1 (CreateOrder) raised HalfWay(")
+        assert failures[2:] == reads
         assert all("exception" not in line for line in _critical_lines(config))
     for process in processes.values():
         assert process.stop() == 0
