@@ -80,7 +80,9 @@ class Changes:
     def save(self, value) -> None:
         """Keep `value`'s state as it is now, if not kept already in this command."""
         if id(value) not in self.values:
-            self.values[id(value)] = (value, _state(value))
+            state = _state(value)
+            if state is not None:  # kept with its value, so no other object takes its id meanwhile
+                self.values[id(value)] = (value, state)
 
 
 def _state(value):
@@ -283,8 +285,9 @@ class EventLog(list):
     __slots__ = ()
 
 
-def untracked_containers(root) -> list[str]:
-    """Where `root` (commerce state) keeps a dict, list, set or deque that a command could change without trace."""
+def untracked_containers(root, skip: tuple[type, ...] = ()) -> list[str]:
+    """Where `root` (commerce state) keeps a dict, list, set or deque that a command could change without trace,
+    looking into every engine object it holds but those of a `skip` type (state undone its own way)."""
     found = []
     seen = set()
     stack = [("commerce", root)]
@@ -299,7 +302,7 @@ def untracked_containers(root) -> list[str]:
                 continue
             if isinstance(value, (dict, list, set, collections.deque)):
                 found.append(where)
-            elif type(value).__module__.startswith("engine.") and type(value).__name__ != "Ledger":
+            elif type(value).__module__.startswith("engine.") and not isinstance(value, skip):
                 stack.append((where, value))
     return found
 
