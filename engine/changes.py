@@ -17,7 +17,7 @@ import heapq
 
 import msgspec
 
-from engine.check import check
+from engine.check import InvariantBroken, check
 
 MISSING = object()  # a key that had no value before the command
 
@@ -45,17 +45,21 @@ class Changes:
         return log
 
     def begin(self) -> None:
-        check(not self.active, "a command began inside another")
+        if self.active:
+            raise InvariantBroken("a command began inside another")
         self.active = True
         self.event_lengths = [len(log) for log in self.event_logs]
 
     def commit(self) -> None:
         """The command applied whole: forget its undo log."""
-        for tracked in self.dicts:
-            tracked.forget()
-        self.dicts.clear()
-        self.values.clear()
-        self.heap_log.clear()
+        if self.dicts:
+            for tracked in self.dicts:
+                tracked.forget()
+            self.dicts.clear()
+        if self.values:
+            self.values.clear()
+        if self.heap_log:
+            self.heap_log.clear()
         self.active = False
 
     def undo(self) -> None:

@@ -113,26 +113,35 @@ class Engine:
     def _step(self, index: int, command, timestamp: int):
         """Apply one command (or advance time) whole, or undo all it did and answer internal_error."""
         ledger = self.ledger
-        changes = self.changes
         ledger.begin_command()
+        if type(command) is CreateTransfers:  # the hot path changes ledger state only: no commerce tracking
+            try:
+                return ledger.create_transfers(command.transfers, timestamp)
+            except PROCESS_FAULTS:
+                raise
+            except Exception as error:
+                return self._undo(index, command, error)
+        changes = self.changes
         changes.begin()
         try:
             result = self._apply_command(command, timestamp)
         except PROCESS_FAULTS:
             raise
         except Exception as error:
-            ledger.undo_command()
-            changes.undo()
-            name = command if command is ADVANCE else type(command).__name__
-            self.failures.append(CommandFailure(self.sequence, index, name, repr(error)[:ERROR_MAX_CHARS]))
-            return _internal_error(command)
+            return self._undo(index, command, error)
         changes.commit()
         return result
 
+    def _undo(self, index: int, command, error: Exception) -> list[int] | Outcome:
+        self.ledger.undo_command()
+        if self.changes.active:
+            self.changes.undo()
+        name = command if command is ADVANCE else type(command).__name__
+        self.failures.append(CommandFailure(self.sequence, index, name, repr(error)[:ERROR_MAX_CHARS]))
+        return _internal_error(command)
+
     def _apply_command(self, command, timestamp: int):
         kind = type(command)
-        if kind is CreateTransfers:
-            return self.ledger.create_transfers(command.transfers, timestamp)
         if kind is CreateAccounts:
             return self.ledger.create_accounts(command.accounts, timestamp)
         if command is ADVANCE:
