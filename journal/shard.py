@@ -27,7 +27,7 @@ import msgspec
 import pynng
 
 from engine import Batch, Engine
-from engine.machine import ERROR_MAX_CHARS, PROCESS_FAULTS
+from engine.machine import ADVANCE, ERROR_MAX_CHARS, PROCESS_FAULTS
 from journal import logs
 from journal.recovery import batch_decoder, batch_encoder, recover
 from journal.replier import Replier
@@ -56,6 +56,7 @@ from journal.wire import (
 log = logging.getLogger("paygate.shard")
 EXIT_DAMAGED = 65  # EX_DATAERR: the journal or a snapshot is damaged
 TICK_S = 0.25
+ADVANCE_FAILURE_LOG_INTERVAL_S = 60.0
 result_encoder = msgspec.msgpack.Encoder()
 
 
@@ -122,6 +123,7 @@ class Shard:
         self.snapshot_child = 0
         self.last_heard_from_primary = time.monotonic()
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self.failure_log = _FailureLog()
         self.stopping = False
         gc.freeze()
 
@@ -325,7 +327,9 @@ class Shard:
         while True:
             await asyncio.sleep(TICK_S)
             deadline = self.engine.next_deadline()
-            if self.role == "primary" and not self.queue and deadline is not None and deadline <= time.time_ns():
+            due = deadline is not None and deadline <= time.time_ns()
+            # An advance that raised stays due: batches that carry commands try it again, empty ones would only repeat.
+            if self.role == "primary" and not self.queue and due and not self.failure_log.advance_failing:
                 self.queue.append((Submit([]), 0, asyncio.get_running_loop().create_future(), []))
                 self.work.set()
 
@@ -346,7 +350,7 @@ class Shard:
         replies: list[tuple[asyncio.Future, bytes]] = []
         if batch is not None:
             result = self.engine.apply(batch)
-            _log_failures(self.engine)
+            self.failure_log.log(self.engine)
             encoded = result_encoder.encode(result)
             self.unwritten_results.append((batch.sequence, encoded))
             self.results_in_flight[batch.sequence] = encoded
@@ -589,7 +593,7 @@ class Shard:
         while self.replicated:
             entry = self.replicated.popleft()
             result = self.engine.apply(batch_decoder.decode(entry.payload))
-            _log_failures(self.engine)
+            self.failure_log.log(self.engine)
             results.append((entry.sequence, result_encoder.encode(result)))
             self._maybe_snapshot(entry.hash)
         return results
@@ -615,11 +619,30 @@ class Shard:
         log.warning("promoted to primary at epoch %d (%s)", self.epoch, reason)
 
 
-def _log_failures(engine: Engine) -> None:
-    """One line for each command the batch undid: a bug to fix, never a reason to stop serving."""
-    for failure in engine.failures:
-        log.critical("batch %d, command %d (%s) raised %s: undone and answered internal_error; serving on",
-                     failure.sequence, failure.index, failure.command, failure.error)
+class _FailureLog:
+    """Says what the engine undid, a bug to fix and never a reason to stop serving: each command in one line; a
+    failed advance of time, which every later batch meets again until the bug is fixed, once a minute at most."""
+
+    def __init__(self) -> None:
+        self.advance_failing = False  # the last batch's advance of time was undone
+        self.advance_logged_at = -ADVANCE_FAILURE_LOG_INTERVAL_S
+        self.advance_repeats = 0
+
+    def log(self, engine: Engine) -> None:
+        self.advance_failing = False
+        for failure in engine.failures:
+            if failure.command == ADVANCE:
+                self.advance_failing = True
+                if time.monotonic() - self.advance_logged_at < ADVANCE_FAILURE_LOG_INTERVAL_S:
+                    self.advance_repeats += 1
+                    continue
+                self.advance_logged_at = time.monotonic()
+                log.critical("batch %d: advancing time raised %s: undone (%d times since the last line); each "
+                             "batch tries again, commands apply", failure.sequence, failure.error, self.advance_repeats)
+                self.advance_repeats = 0
+                continue
+            log.critical("batch %d, command %d (%s) raised %s: undone and answered internal_error; serving on",
+                         failure.sequence, failure.index, failure.command, failure.error)
 
 
 def _critical(coroutine) -> asyncio.Task:

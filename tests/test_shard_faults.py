@@ -11,6 +11,7 @@ import json
 import pathlib
 import subprocess
 import sys
+import time
 
 import pynng
 import pytest
@@ -23,7 +24,7 @@ from edge.http import raise_for
 from engine.records import CreateMerchant, CreateOrder, Merchant, Order, Outcome
 from journal.client import ShardClient, ShardUnavailable
 from journal.wire import ReplyStatus, Status, reply_decoder, request_encoder
-from shard_harness import replica_pair, start
+from shard_harness import primary_config, replica_pair, start
 
 INTERNAL_ERROR = TransferCode.internal_error
 
@@ -154,3 +155,33 @@ def test_a_replica_refuses_anything_but_replication_on_its_replication_socket_an
     finally:
         for process in processes:
             process.kill()
+
+
+def test_an_advance_of_time_that_raises_is_retried_by_each_batch_of_commands_and_said_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", engine_faults.faults_environment()["PYTHONPATH"])
+    config = primary_config(tmp_path / "shard")
+    process = start(config)
+
+    async def scenario() -> None:
+        client = ShardClient([config.client_address], timeout_ms=5000)
+        try:
+            late = order("late", engine_faults.RAISE_AT_EXPIRY)
+            late.order.expires_at = time.time_ns() + 300_000_000
+            reply = await client.submit([CreateMerchant(Merchant(id="m1", name="Shop", email="m1@example.com")), late])
+            assert [outcome.code for outcome in reply.results] == ["ok", "ok"]
+            await asyncio.sleep(1.5)  # the order is due: one empty batch meets the fault, and no more follow
+            assert (await client.status()).sequence == 2
+            reply = await client.submit([order("o2")])  # a batch of commands tries again, and its commands apply
+            assert reply.results[0].code == "ok"
+            assert (await client.read(FindOrder("late"))).record.status == "pending"
+            assert (await client.status(with_check=True)).check == "ok"
+        finally:
+            client.close()
+
+    try:
+        asyncio.run(scenario())
+        assert process.alive()
+        [line] = _critical_lines(config)
+        assert line["message"].startswith("batch 2: advancing time raised HalfWay(")
+    finally:
+        process.kill()
