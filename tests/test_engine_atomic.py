@@ -45,7 +45,8 @@ def faults(monkeypatch):
     engine_faults.install(monkeypatch.setattr, monkeypatch.setitem)
 
 
-def order(oid: str, *, expires_at: int = T0 + 3600 * S, metadata: dict | None = None, ip: str = "10.0.0.1") -> CreateOrder:
+def order(oid: str, *, expires_at: int = T0 + 3600 * S, metadata: dict | None = None,
+          ip: str = "10.0.0.1") -> CreateOrder:
     return CreateOrder(order=Order(id=oid, merchant_id="m1", name=oid, amount=700, currency="USD",
                                    payment_methods=["card"], expires_at=expires_at, metadata=metadata or {}),
                        client_ip=ip, ip_limit=5, ip_window_s=600)
@@ -103,16 +104,19 @@ def _indexes(engine: Engine) -> dict:
     commerce = engine.commerce
     payments = commerce.payments
     return {
-        "account transfers": {account.id: [t.id for t in account.transfers] for account in engine.ledger.accounts.values()},
+        "account transfers": {account.id: [t.id for t in account.transfers]
+                              for account in engine.ledger.accounts.values()},
         "orders by merchant": dict(commerce.orders_by_merchant),
         "payments by merchant": dict(payments.by_merchant),
         "merchant by key": (dict(commerce.merchant_by_api_key_hash), dict(commerce.merchant_by_client_id),
                             dict(commerce.merchant_by_sub_account)),
         "payment by hold": dict(payments.payment_by_hold),
-        "deadlines": sorted(entry for entry in payments.deadlines if payments.payments[entry[1]].status == "processing"),
+        "deadlines": sorted(entry for entry in payments.deadlines
+                            if payments.payments[entry[1]].status == "processing"),
         "ip windows": [(ip, list(times)) for ip, times in commerce.order_times_by_ip.items()],
         "block list": list(commerce.blocklist),
-        "sub accounts": {merchant.id: [sub.id for sub in merchant.sub_accounts] for merchant in commerce.merchants.values()},
+        "sub accounts": {merchant.id: [sub.id for sub in merchant.sub_accounts]
+                         for merchant in commerce.merchants.values()},
     }
 
 
