@@ -62,6 +62,8 @@ OUTCOME_ERRORS = {
     "splits_exceed_amount": (400, "splits_exceed_amount"),
     "amount_out_of_range": (400, "amount_out_of_range"),
     "idempotency_key_reused": (409, "idempotency_key_reused"),
+    # The command raised (a bug), was undone whole and logged by its shard.
+    "internal_error": (500, "internal_error"),
 }
 # A move that would take a balance field past the API's int64: the amount does not fit what the account holds.
 OVERFLOW_CODES = ("overflows_debits_pending", "overflows_credits_pending", "overflows_debits_posted",

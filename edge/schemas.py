@@ -23,7 +23,8 @@ CURRENCY_NUMBERS = {
     "inr": "356", "nzd": "554", "sek": "752", "nok": "578", "dkk": "208", "pln": "985", "czk": "203", "huf": "348",
     "brl": "986", "mxn": "484", "zar": "710", "aed": "784", "twd": "901", "try": "949",
 }
-assert CURRENCY_NUMBERS.keys() == CURRENCY_EXPONENTS.keys()
+if CURRENCY_NUMBERS.keys() != CURRENCY_EXPONENTS.keys():
+    raise ImportError("every currency needs both its exponent and its ISO 4217 number")
 
 # The enum only documents (msgspec validates the pattern; check_currency in edge/app.py refuses other codes).
 Currency = Annotated[str, Meta(pattern="^[a-z]{3}$", description="ISO 4217 code in lower case",

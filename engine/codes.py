@@ -6,6 +6,8 @@ A code's number is its position in the table; `ok` is always 0. Names are the
 public, stable strings the API returns.
 """
 
+from engine.check import check
+
 ACCOUNT_CODES = (
     "ok",
     "linked_event_failed",
@@ -22,6 +24,8 @@ ACCOUNT_CODES = (
     "exists_with_different_currency",
     "exists_with_different_code",
     "exists",
+    # The command raised (a bug) and was undone whole: nothing of it applied.
+    "internal_error",
 )
 
 TRANSFER_CODES = (
@@ -85,6 +89,8 @@ TRANSFER_CODES = (
     "overflows_timeout",
     "exceeds_credits",
     "exceeds_debits",
+    # The command raised (a bug) and was undone whole: nothing of it applied.
+    "internal_error",
 )
 
 # Failures that depend on the ledger's state rather than on the transfer's own
@@ -118,8 +124,8 @@ class _Codes:
     """Attribute access to a code table: `TransferCode.exceeds_credits == 56`."""
 
     def __init__(self, names: tuple[str, ...]) -> None:
-        assert len(set(names)) == len(names), "duplicate result code"
-        assert names[0] == "ok"
+        check(len(set(names)) == len(names), "duplicate result code")
+        check(names[0] == "ok", "code 0 is ok")
         self.names = names
         for number, name in enumerate(names):
             setattr(self, name, number)

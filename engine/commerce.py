@@ -6,10 +6,10 @@ merchant's command never sees another merchant's order or customer.
 """
 
 import collections
-import heapq
 
 import msgspec
 
+from engine.changes import Changes
 from engine.ledger import Ledger
 from engine.deposits import Deposits
 from engine.payments import ACCOUNT_FLAGS, Payments, ensure_wallet, move, system_account
@@ -66,25 +66,26 @@ class IdempotencyRecord(msgspec.Struct, array_like=True):
 
 
 class Commerce:
-    def __init__(self, ledger: Ledger) -> None:
+    def __init__(self, ledger: Ledger, changes: Changes) -> None:
+        # State lives in tracked containers (engine/changes.py): a command that raises is undone whole.
         self.ledger = ledger
-        self.merchants: dict[str, Merchant] = {}
-        self.merchant_by_api_key_hash: dict[str, str] = {}
-        self.merchant_by_client_id: dict[str, str] = {}
-        self.merchant_by_sub_account: dict[str, str] = {}
-        self.orders: dict[str, Order] = {}
-        self.orders_by_merchant: dict[str, list[str]] = {}
-        self.order_expiries: list[tuple[int, str]] = []
-        self.customers: dict[str, Customer] = {}
+        self.merchants: dict[str, Merchant] = changes.dict()
+        self.merchant_by_api_key_hash: dict[str, str] = changes.dict()
+        self.merchant_by_client_id: dict[str, str] = changes.dict()
+        self.merchant_by_sub_account: dict[str, str] = changes.dict()
+        self.orders: dict[str, Order] = changes.dict()
+        self.orders_by_merchant: dict[str, list[str]] = changes.dict()
+        self.order_expiries = changes.heap()  # (expires_at, order id)
+        self.customers: dict[str, Customer] = changes.dict()
         # (merchant id, key) -> record, oldest first: pruned from the front as time passes.
-        self.idempotency: dict[tuple[str, str], IdempotencyRecord] = {}
+        self.idempotency: dict[tuple[str, str], IdempotencyRecord] = changes.dict()
         # client IP -> times of its recent admitted orders; the address admitted longest ago first
-        self.order_times_by_ip: dict[str, collections.deque] = {}
-        self.events: list[Event] = []
-        self.payments = Payments(ledger, self.merchants, self.orders, self.events)
-        self.deposits = Deposits(ledger, self.payments, self.customer_of, self.events)
+        self.order_times_by_ip: dict[str, collections.deque] = changes.dict(ranked=True)  # an address moves to the end
+        self.events: list[Event] = changes.event_log()
+        self.payments = Payments(ledger, changes, self.merchants, self.orders, self.events)
+        self.deposits = Deposits(ledger, changes, self.payments, self.customer_of, self.events)
         # entry id -> entry, oldest first; kept by the shard that owns the block list's routing key
-        self.blocklist: dict[str, BlocklistEntry] = {}
+        self.blocklist: dict[str, BlocklistEntry] = changes.dict()
 
     # Time
 
@@ -97,7 +98,7 @@ class Commerce:
         events = []
         expiries = self.order_expiries
         while expiries and expiries[0][0] <= timestamp:
-            expires_at, order_id = heapq.heappop(expiries)
+            expires_at, order_id = expiries.pop()
             order = self.orders[order_id]
             if order.status == "pending" and order.expires_at == expires_at:
                 transition(order, "expired")
@@ -221,7 +222,7 @@ class Commerce:
     def _schedule_expiry(self, order: Order) -> None:
         # Zero means the order never expires, as a zero timeout does in the ledger.
         if order.expires_at:
-            heapq.heappush(self.order_expiries, (order.expires_at, order.id))
+            self.order_expiries.push((order.expires_at, order.id))
 
     def _check_amount(self, merchant_id: str, amount: int, splits: list[Split]) -> str:
         """An order's amount and its shares: '' if they hold, else the refusal's code.

@@ -9,9 +9,9 @@ adjustment is an operator's named credit from the merchant's `adjustments` accou
 an inflow. Every command checks all it can before it changes anything.
 """
 
-import heapq
 from typing import Callable
 
+from engine.changes import Changes
 from engine.deposit_states import (
     DEPOSIT_STATUS_OF_PAYMENT,
     DEPOSIT_TRANSITIONS,
@@ -45,26 +45,27 @@ MAX_TRANSFER_WINDOW_S = 30 * 86400
 
 
 class Deposits:
-    def __init__(self, ledger: Ledger, payments: Payments, customer_of: Callable[[str, str], Customer | None],
-                 events: list[Event]) -> None:
+    def __init__(self, ledger: Ledger, changes: Changes, payments: Payments,
+                 customer_of: Callable[[str, str], Customer | None], events: list[Event]) -> None:
+        # State lives in tracked containers (engine/changes.py): a command that raises is undone whole.
         self.ledger = ledger
         self.payments = payments
         self.customer_of = customer_of
         self.events = events
-        self.deposits: dict[str, Deposit] = {}
-        self.withdrawals: dict[str, Withdrawal] = {}
-        self.adjustments: dict[str, Adjustment] = {}
+        self.deposits: dict[str, Deposit] = changes.dict()
+        self.withdrawals: dict[str, Withdrawal] = changes.dict()
+        self.adjustments: dict[str, Adjustment] = changes.dict()
         # payment id -> the deposit it funds, while that deposit is open (derived: restore rebuilds it)
-        self.open_by_payment: dict[str, str] = {}
-        # (expires_at, deposit id) of deposits waiting for a transfer, a heap (derived: restore rebuilds it)
-        self.expiries: list[tuple[int, str]] = []
+        self.open_by_payment: dict[str, str] = changes.dict(ordered=False)
+        # (expires_at, deposit id) of deposits waiting for a transfer (derived: restore rebuilds it)
+        self.expiries = changes.heap()
 
     # Time
 
     def advance(self, timestamp: int) -> None:
         """Fail the QR and bank transfer deposits whose transfer did not come in time: nothing stays open for ever."""
         while self.expiries and self.expiries[0][0] <= timestamp:
-            _, deposit_id = heapq.heappop(self.expiries)
+            _, deposit_id = self.expiries.pop()
             deposit = self.deposits[deposit_id]
             if deposit.status == "requires_action":
                 self.payments.fail(self.payments.payments[deposit.payment_id], DEPOSIT_EXPIRED,
@@ -90,7 +91,7 @@ class Deposits:
         else:
             self._await_transfer(payment, timestamp)
             deposit.expires_at = timestamp + command.transfer_window_s * NANOSECONDS_PER_SECOND
-            heapq.heappush(self.expiries, (deposit.expires_at, deposit.id))
+            self.expiries.push((deposit.expires_at, deposit.id))
         deposit.payment_id = payment.id
         deposit.status = "requires_action" if deposit.method in BANK_METHODS else "processing"
         deposit.next_action_url = payment.next_action_url if deposit.method in BANK_METHODS else ""
@@ -258,14 +259,13 @@ class Deposits:
     # State
 
     def restore(self, deposits: list[Deposit], withdrawals: list[Withdrawal], adjustments: list[Adjustment]) -> None:
-        self.deposits = {deposit.id: deposit for deposit in deposits}
-        self.withdrawals = {withdrawal.id: withdrawal for withdrawal in withdrawals}
-        self.adjustments = {adjustment.id: adjustment for adjustment in adjustments}
-        self.open_by_payment = {deposit.payment_id: deposit.id for deposit in deposits
-                                if not is_final(DEPOSIT_TRANSITIONS, deposit.status)}
-        self.expiries = [(deposit.expires_at, deposit.id) for deposit in deposits
-                         if deposit.status == "requires_action" and deposit.expires_at]
-        heapq.heapify(self.expiries)
+        self.deposits.load((deposit.id, deposit) for deposit in deposits)
+        self.withdrawals.load((withdrawal.id, withdrawal) for withdrawal in withdrawals)
+        self.adjustments.load((adjustment.id, adjustment) for adjustment in adjustments)
+        self.open_by_payment.load((deposit.payment_id, deposit.id) for deposit in deposits
+                                  if not is_final(DEPOSIT_TRANSITIONS, deposit.status))
+        self.expiries.load((deposit.expires_at, deposit.id) for deposit in deposits
+                           if deposit.status == "requires_action" and deposit.expires_at)
 
 
 def _amount_refusal(amount: int) -> str:

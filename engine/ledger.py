@@ -2,13 +2,18 @@
 
 Single writer, no I/O, no clock: each call carries the batch's timestamp. Checks
 run in the order of the tables in `engine.codes`. A failed linked chain is
-rolled back from an undo log, so a chain moves money as one or not at all.
+rolled back, so a chain moves money as one or not at all; so is a whole command
+that raises (`undo_command`). Both undo from the ledger's own insertion order:
+the transfers and accounts stored since a mark are the last ones in their dicts,
+and each transfer says how to reverse it, so the hot loop records nothing more.
 """
 
 import heapq
 import sys
 from bisect import bisect_left, bisect_right
+from itertools import islice
 
+from engine.check import check
 from engine.codes import TRANSIENT_TRANSFER_NUMBERS, AccountCode, TransferCode
 from engine.types import (
     AMOUNT_MAX,
@@ -50,16 +55,38 @@ class Ledger:
         self.pending_states: dict[str, int] = {}
         # Min-heap of (expires_at, pending transfer id).
         self.expiries: list[tuple[int, str]] = []
+        # The command being applied: sizes of the dicts when it began, ids it spent, expiries it ran.
+        self.transfers_mark = 0
+        self.accounts_mark = 0
+        self.failed_in_command: list[str] = []
+        self.expired_in_command: list[tuple[int, str, bool]] = []
+
+    # All or nothing per command
+
+    def begin_command(self) -> None:
+        self.transfers_mark = len(self.transfers)
+        self.accounts_mark = len(self.accounts)
+        self.failed_in_command.clear()
+        self.expired_in_command.clear()
+
+    def undo_command(self) -> None:
+        """Undo everything since `begin_command`, newest first."""
+        self._unstore_since(self.transfers_mark)
+        self._remove_accounts_since(self.accounts_mark)
+        self.failed_ids.difference_update(self.failed_in_command)
+        self._unexpire()
+        self.begin_command()
 
     # Accounts
 
     def create_accounts(self, accounts: list[Account], timestamp: int) -> list[int]:
-        chains = _Chains(len(accounts), AccountFlag.LINKED, A, self._create_account, self._undo_account, timestamp)
+        chains = _Chains(len(accounts), AccountFlag.LINKED, A, self._create_account, self.accounts,
+                         self._remove_accounts_since, timestamp)
         for index, account in enumerate(accounts):
             chains.add(index, account)
         return chains.results
 
-    def _create_account(self, account: Account, timestamp: int, undo: list | None) -> int:
+    def _create_account(self, account: Account, timestamp: int) -> int:
         code = _validate_account(account)
         if code:
             return code
@@ -71,12 +98,12 @@ class Ledger:
         account.transfers = []
         account.history = [] if account.flags & HISTORY else None
         self.accounts[account.id] = account
-        if undo is not None:
-            undo.append(account)
         return 0
 
-    def _undo_account(self, account: Account) -> None:
-        del self.accounts[account.id]
+    def _remove_accounts_since(self, mark: int) -> None:
+        """Remove the accounts created since the dict held `mark` of them (their transfers are gone already)."""
+        for account_id in list(islice(reversed(self.accounts), len(self.accounts) - mark)):
+            del self.accounts[account_id]
 
     # Transfers
 
@@ -88,7 +115,8 @@ class Ledger:
         chains, limits, history, any failure) takes `_create_transfer`, which
         runs the checks in the table's order.
         """
-        chains = _Chains(len(transfers), LINKED, T, self._create_transfer, self._undo_transfer, timestamp)
+        chains = _Chains(len(transfers), LINKED, T, self._create_transfer, self.transfers, self._unstore_since,
+                         timestamp)
         accounts = self.accounts
         stored = self.transfers
         failed_ids = self.failed_ids
@@ -136,7 +164,7 @@ class Ledger:
             credit.transfers.append(t)
         return chains.results
 
-    def _create_transfer(self, t: Transfer, timestamp: int, undo: list | None) -> int:
+    def _create_transfer(self, t: Transfer, timestamp: int) -> int:
         code = _validate_transfer(t)
         if code:
             return code
@@ -146,14 +174,15 @@ class Ledger:
         if t.id in self.failed_ids:
             return T.id_already_failed
         if t.flags & F.RESOLVE:
-            code = self._resolve_pending(t, timestamp, undo)
+            code = self._resolve_pending(t, timestamp)
         else:
-            code = self._move(t, timestamp, undo)
+            code = self._move(t, timestamp)
         if code and code in TRANSIENT_TRANSFER_NUMBERS:
             self.failed_ids.add(t.id)
+            self.failed_in_command.append(t.id)
         return code
 
-    def _move(self, t: Transfer, timestamp: int, undo: list | None) -> int:
+    def _move(self, t: Transfer, timestamp: int) -> int:
         """A single-phase or pending transfer between two accounts."""
         accounts = self.accounts
         debit = accounts.get(t.debit_account_id)
@@ -183,8 +212,6 @@ class Ledger:
             code = _limit_code(debit, credit, amount)
             if code:
                 return code
-        if undo is not None:
-            undo.append(_undo_record(t, debit, credit, None))
         if flags & PENDING:
             debit.debits_pending += amount
             credit.credits_pending += amount
@@ -197,7 +224,7 @@ class Ledger:
         self._store(t, debit, credit, timestamp)
         return 0
 
-    def _resolve_pending(self, t: Transfer, timestamp: int, undo: list | None) -> int:
+    def _resolve_pending(self, t: Transfer, timestamp: int) -> int:
         """Post (in full or in part) or void a pending transfer."""
         pending = self.transfers.get(t.pending_id)
         if pending is None:
@@ -221,8 +248,6 @@ class Ledger:
             code = _posted_overflow_code(debit, credit, amount, pending.amount)
             if code:
                 return code
-        if undo is not None:
-            undo.append(_undo_record(t, debit, credit, pending))
         debit.debits_pending -= pending.amount
         credit.credits_pending -= pending.amount
         if posting:
@@ -259,25 +284,49 @@ class Ledger:
             if account.flags & HISTORY:
                 account.history.append(_balance_of(account, timestamp))
         if (debit.flags | credit.flags) & (DEBITS_LIMIT | CREDITS_LIMIT):
-            _assert_limits(debit)
-            _assert_limits(credit)
+            _check_limits(debit)
+            _check_limits(credit)
 
-    def _undo_transfer(self, record: tuple) -> None:
-        t, debit, credit, debit_balances, credit_balances, pending = record
-        del self.transfers[t.id]
-        for account, balances in ((credit, credit_balances), (debit, debit_balances)):
-            (account.flags, account.debits_pending, account.debits_posted,
-             account.credits_pending, account.credits_posted) = balances
+    def _unstore_since(self, mark: int) -> None:
+        """Reverse the transfers stored since the dict held `mark` of them, newest first."""
+        stored = list(islice(reversed(self.transfers.values()), len(self.transfers) - mark))
+        expiries = {(t.timestamp + t.timeout_s * NANOSECONDS_PER_SECOND, t.id) for t in stored
+                    if t.flags & PENDING and t.timeout_s}
+        for t in stored:
+            self._unstore(t)
+        if expiries:
+            self.expiries[:] = [entry for entry in self.expiries if entry not in expiries]
+            heapq.heapify(self.expiries)
+
+    def _unstore(self, t: Transfer) -> None:
+        """Undo one stored transfer, the last on both its accounts; its expiry entry is the caller's."""
+        debit = self.accounts[t.debit_account_id]
+        credit = self.accounts[t.credit_account_id]
+        amount = t.amount
+        if t.flags & PENDING:
+            debit.debits_pending -= amount
+            credit.credits_pending -= amount
+            del self.pending_states[t.id]
+            _reopen(t, debit, credit)  # a closing transfer found its account open
+        elif t.flags & F.RESOLVE:
+            pending = self.transfers[t.pending_id]
+            debit.debits_pending += pending.amount
+            credit.credits_pending += pending.amount
+            if t.flags & F.POST_PENDING:
+                debit.debits_posted -= amount
+                credit.credits_posted -= amount
+            else:
+                _reclose(pending, debit, credit)
+            self.pending_states[pending.id] = PendingState.PENDING
+        else:
+            debit.debits_posted -= amount
+            credit.credits_posted -= amount
+        for account in (credit, debit):
+            check(account.transfers[-1] is t, "undo: a transfer is not the last on its account")
             account.transfers.pop()
             if account.flags & HISTORY:
                 account.history.pop()
-        if pending is not None:
-            self.pending_states[pending.id] = PendingState.PENDING
-        elif t.flags & PENDING:
-            del self.pending_states[t.id]
-            if t.timeout_s:
-                self.expiries.remove((t.timestamp + t.timeout_s * NANOSECONDS_PER_SECOND, t.id))
-                heapq.heapify(self.expiries)
+        del self.transfers[t.id]
 
     # Helpers for the state machines built on the ledger
 
@@ -287,7 +336,8 @@ class Ledger:
 
     def ensure_account(self, account_id: str, currency: str, flags: int, timestamp: int) -> str:
         if account_id not in self.accounts:
-            assert self.create_accounts([Account(account_id, currency, flags=flags)], timestamp) == [0], account_id
+            codes = self.create_accounts([Account(account_id, currency, flags=flags)], timestamp)
+            check(codes == [0], f"account {account_id} not created: {codes}")
         return account_id
 
     def available(self, account_id: str) -> int:
@@ -304,8 +354,10 @@ class Ledger:
         events = []
         expiries = self.expiries
         while expiries and expiries[0][0] <= timestamp:
-            _, transfer_id = heapq.heappop(expiries)
-            if self.pending_states[transfer_id] != PendingState.PENDING:
+            expires_at, transfer_id = heapq.heappop(expiries)
+            released = self.pending_states[transfer_id] == PendingState.PENDING
+            self.expired_in_command.append((expires_at, transfer_id, released))
+            if not released:
                 continue
             pending = self.transfers[transfer_id]
             debit = self.accounts[pending.debit_account_id]
@@ -320,6 +372,22 @@ class Ledger:
             events.append(Event("transfer.expired", transfer_id, timestamp))
         return events
 
+    def _unexpire(self) -> None:
+        """Hold again what `expire` released in this step, and put back every entry it took from the heap."""
+        for expires_at, transfer_id, released in reversed(self.expired_in_command):
+            if released:
+                pending = self.transfers[transfer_id]
+                debit = self.accounts[pending.debit_account_id]
+                credit = self.accounts[pending.credit_account_id]
+                for account in (credit, debit):
+                    if account.flags & HISTORY:
+                        account.history.pop()
+                debit.debits_pending += pending.amount
+                credit.credits_pending += pending.amount
+                self.pending_states[transfer_id] = PendingState.PENDING
+                _reclose(pending, debit, credit)
+            heapq.heappush(self.expiries, (expires_at, transfer_id))
+
     # Queries (read-only)
 
     def account_transfers(
@@ -332,7 +400,7 @@ class Ledger:
         newest_first: bool = False,
     ) -> list[Transfer]:
         """An account's transfers in time order within [min, max], `limit` of them after `after_id`."""
-        assert limit > 0
+        check(limit > 0, "a page of transfers needs a limit above zero")
         account = self.accounts.get(account_id)
         if account is None or not account.transfers:
             return []
@@ -368,15 +436,17 @@ _RESOLVED_CODES = {
 class _Chains:
     """Applies items in order; a run of linked items succeeds or fails as one."""
 
-    def __init__(self, count: int, linked_flag: int, codes, create, undo_one, timestamp: int) -> None:
+    def __init__(self, count: int, linked_flag: int, codes, create, stored: dict, roll_back_to, timestamp: int) -> None:
         self.linked_flag = linked_flag
         self.codes = codes
         self.create = create
-        self.undo_one = undo_one
+        # Items a chain stored are the last in `stored`: `roll_back_to(size)` removes those past `size`.
+        self.stored = stored
+        self.roll_back_to = roll_back_to
         self.timestamp = timestamp
         self.results = [0] * count
         self.chain_start = -1
-        self.chain_undo: list = []
+        self.chain_mark = 0
         self.chain_failed = False
 
     def add(self, index: int, item) -> None:
@@ -387,19 +457,19 @@ class _Chains:
             return
         if self.chain_start < 0:
             if not linked:
-                results[index] = self.create(item, self.timestamp, None)
+                results[index] = self.create(item, self.timestamp)
                 return
             self.chain_start = index
-            self.chain_undo = []
+            self.chain_mark = len(self.stored)
             self.chain_failed = False
         if self.chain_failed:
             results[index] = self.codes.linked_event_failed
         else:
-            code = self.create(item, self.timestamp, self.chain_undo)
+            code = self.create(item, self.timestamp)
             results[index] = code
             if code:
                 self.chain_failed = True
-                _roll_back(self.chain_undo, self.undo_one)
+                self.roll_back_to(self.chain_mark)
         if not linked:
             _close_chain(results, self.chain_start, index + 1, self.chain_failed, self.codes)
             self.chain_start = -1
@@ -408,15 +478,10 @@ class _Chains:
         """The batch ends inside a chain: its last item is not run, and the whole chain fails."""
         start = index if self.chain_start < 0 else self.chain_start
         if self.chain_start >= 0 and not self.chain_failed:
-            _roll_back(self.chain_undo, self.undo_one)
+            self.roll_back_to(self.chain_mark)
         _close_chain(self.results, start, index, True, self.codes)
         self.results[index] = self.codes.linked_event_chain_open
         self.chain_start = -1
-
-
-def _roll_back(undo: list, undo_one) -> None:
-    while undo:
-        undo_one(undo.pop())
 
 
 def _close_chain(results: list[int], start: int, end: int, failed: bool, codes) -> None:
@@ -634,11 +699,11 @@ def _limit_code(debit: Account, credit: Account, amount: int) -> int:
     return 0
 
 
-def _assert_limits(account: Account) -> None:
+def _check_limits(account: Account) -> None:
     if account.flags & DEBITS_LIMIT:
-        assert account.debits_pending + account.debits_posted <= account.credits_posted, account.id
+        check(account.debits_pending + account.debits_posted <= account.credits_posted, "debits past credits")
     if account.flags & CREDITS_LIMIT:
-        assert account.credits_pending + account.credits_posted <= account.debits_posted, account.id
+        check(account.credits_pending + account.credits_posted <= account.debits_posted, "credits past debits")
 
 
 def _reopen(pending: Transfer, debit: Account, credit: Account) -> None:
@@ -649,12 +714,12 @@ def _reopen(pending: Transfer, debit: Account, credit: Account) -> None:
         credit.flags &= ~CLOSED
 
 
-def _undo_record(t: Transfer, debit: Account, credit: Account, pending: Transfer | None) -> tuple:
-    return (t, debit, credit, _saved(debit), _saved(credit), pending)
-
-
-def _saved(a: Account) -> tuple[int, int, int, int, int]:
-    return (a.flags, a.debits_pending, a.debits_posted, a.credits_pending, a.credits_posted)
+def _reclose(pending: Transfer, debit: Account, credit: Account) -> None:
+    """Undoing that void or expiry closes it again."""
+    if pending.flags & F.CLOSING_DEBIT:
+        debit.flags |= CLOSED
+    if pending.flags & F.CLOSING_CREDIT:
+        credit.flags |= CLOSED
 
 
 def _balance_of(a: Account, timestamp: int) -> Balance:

@@ -3,25 +3,44 @@
 Each command type has one handler. Ledger commands answer a code per item;
 commerce commands (merchants, orders, customers, wallets, idempotency keys)
 answer an Outcome, and their money moves are ledger transfers.
+
+A command applies whole or not at all. One that raises (a bug: input is checked
+before anything changes) is undone, answered `internal_error`, listed in
+`failures` for the caller to log, and the batch goes on; being deterministic,
+the rule gives replay and replicas the same answers and the same state.
 """
 
 import collections
 import hashlib
-import heapq
 import sys
 
 import msgspec
 
 from engine.batch import Batch, BatchResult
+from engine.changes import Changes, untracked_containers
 from engine.check import check
+from engine.codes import AccountCode, TransferCode
 from engine.commerce import Commerce, IdempotencyRecord
 from engine.ledger import Ledger
 from engine.queries import Answer, Query, answer
 from engine.payments import OPEN_STATUSES, Payments
-from engine.records import Adjustment, BlocklistEntry, Customer, Deposit, Merchant, Order, Payment, Payout, Refund, \
-    VaultedCard, Withdrawal
+from engine.records import (
+    Adjustment,
+    BlocklistEntry,
+    Customer,
+    Deposit,
+    Idempotent,
+    Merchant,
+    Order,
+    Outcome,
+    Payment,
+    Payout,
+    Refund,
+    VaultedCard,
+    Withdrawal,
+)
 from engine.submits import SubmitRecord, SubmitWindow, spans_cover
-from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Event, Transfer
+from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Transfer
 from engine.verify import verify_ledger
 
 
@@ -56,33 +75,54 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
 _snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
+# Not the command's doing, and not the same on every machine: the process stops rather than diverge from its replica.
+PROCESS_FAULTS = (MemoryError, RecursionError)
+ADVANCE = "advance"  # the step of a batch that moves time on, before its commands (index -1)
+ERROR_MAX_CHARS = 1000  # of a failure's description: enough to find the bug, bounded whatever the error holds
+
+
+class CommandFailure(msgspec.Struct, frozen=True):
+    """A command (or a batch's advance of time) that raised and was undone: for the shard's log, never journaled."""
+
+    sequence: int
+    index: int
+    command: str
+    error: str
 
 
 class Engine:
     def __init__(self) -> None:
+        self.changes = Changes()
         self.ledger = Ledger()
-        self.commerce = Commerce(self.ledger)
+        self.commerce = Commerce(self.ledger, self.changes)
         self.submits = SubmitWindow()
         self.sequence = 0
         self.timestamp = 0
+        # What the last batch undid, for the caller to log.
+        self.failures: list[CommandFailure] = []
+        _check_tracked(self.commerce)
 
     def apply(self, batch: Batch) -> BatchResult:
         """Apply one batch; sequence numbers follow one another and time never runs back."""
-        assert batch.sequence == self.sequence + 1, (batch.sequence, self.sequence)
+        check(batch.sequence == self.sequence + 1, f"batch {batch.sequence} after {self.sequence}")
         # Time zero means "not yet stamped" on a transfer, so a batch's time is never zero.
-        assert batch.timestamp > 0 and batch.timestamp >= self.timestamp, (batch.timestamp, self.timestamp)
+        check(0 < batch.timestamp and self.timestamp <= batch.timestamp,
+              f"batch time {batch.timestamp} after {self.timestamp}")
         check(not batch.submits or spans_cover(batch.submits, len(batch.commands)), "submits must cover the commands")
         self.sequence = batch.sequence
         self.timestamp = timestamp = batch.timestamp
-        events: list[Event] = self.ledger.expire(timestamp)
-        events += self.commerce.advance(timestamp, [event.object_id for event in events])
+        self.failures = []
+        events = self.commerce.events
+        events.clear()
+        self._step(-1, ADVANCE, timestamp)
         if batch.submits:
             results, duplicates = self._apply_submits(batch, timestamp)
         else:
-            results, duplicates = [self._apply_command(command, timestamp) for command in batch.commands], []
-        events += self.commerce.events
-        self.commerce.events.clear()
-        return BatchResult(batch.sequence, results, events, duplicates)
+            results, duplicates = [self._step(index, command, timestamp)
+                                   for index, command in enumerate(batch.commands)], []
+        result = BatchResult(batch.sequence, results, list(events), duplicates)
+        events.clear()
+        return result
 
     def _apply_submits(self, batch: Batch, timestamp: int) -> tuple[list, list[int]]:
         """Each Submit's commands at most once: a Submit id still in the window answers its first results again."""
@@ -93,22 +133,55 @@ class Engine:
         duplicates: list[int] = []
         for span in batch.submits:
             start = len(results)
+            end = start + span.command_count
             first = window.first_results(span)
             if first is None:
-                end = start + span.command_count
-                first = [self._apply_command(command, timestamp) for command in commands[start:end]]
+                first = [self._step(index, commands[index], timestamp) for index in range(start, end)]
                 window.remember(span.submit_id, first, timestamp)
             else:
-                duplicates += range(start, start + span.command_count)
+                duplicates += range(start, end)
             results += first
         return results, duplicates
 
+    def _step(self, index: int, command, timestamp: int):
+        """Apply one command (or advance time) whole, or undo all it did and answer internal_error."""
+        ledger = self.ledger
+        ledger.begin_command()
+        if type(command) is CreateTransfers:  # the hot path changes ledger state only: no commerce tracking
+            try:
+                return ledger.create_transfers(command.transfers, timestamp)
+            except PROCESS_FAULTS:
+                raise
+            except Exception as error:
+                return self._undo(index, command, error)
+        changes = self.changes
+        changes.begin()
+        try:
+            result = self._apply_command(command, timestamp)
+        except PROCESS_FAULTS:
+            raise
+        except Exception as error:
+            return self._undo(index, command, error)
+        changes.commit()
+        return result
+
+    def _undo(self, index: int, command, error: Exception) -> list[int] | Outcome:
+        self.ledger.undo_command()
+        if self.changes.active:
+            self.changes.undo()
+        name = command if command is ADVANCE else type(command).__name__
+        self.failures.append(CommandFailure(self.sequence, index, name, repr(error)[:ERROR_MAX_CHARS]))
+        return _internal_error(command)
+
     def _apply_command(self, command, timestamp: int):
         kind = type(command)
-        if kind is CreateTransfers:
-            return self.ledger.create_transfers(command.transfers, timestamp)
         if kind is CreateAccounts:
             return self.ledger.create_accounts(command.accounts, timestamp)
+        if command is ADVANCE:
+            events = self.ledger.expire(timestamp)
+            events += self.commerce.advance(timestamp, [event.object_id for event in events])
+            self.commerce.events[:0] = events  # ahead of those the advance logged itself, as batches list them
+            return None
         return self.commerce.apply(command, timestamp)
 
     def next_deadline(self) -> int | None:
@@ -174,6 +247,7 @@ class Engine:
         _restore_transfers(ledger, snapshot.transfers)
         _restore_commerce(engine.commerce, snapshot)
         engine.submits.restore(snapshot.submits)
+        _check_tracked(engine.commerce)
         return engine
 
     def state_hash(self) -> str:
@@ -190,6 +264,24 @@ class Engine:
     def verify(self) -> None:
         """The full check: double entry per currency, limits, and pending amounts match pending balances."""
         verify_ledger(self.ledger)
+
+
+def _internal_error(command) -> list[int] | Outcome:
+    """The answer to a command that was undone, in its command type's shape."""
+    kind = type(command)
+    if kind is CreateTransfers:
+        return [TransferCode.internal_error] * len(command.transfers)
+    if kind is CreateAccounts:
+        return [AccountCode.internal_error] * len(command.accounts)
+    if kind is Idempotent and type(command.command) in (CreateTransfers, CreateAccounts):
+        return Outcome("internal_error", codes=_internal_error(command.command))
+    return Outcome("internal_error")
+
+
+def _check_tracked(commerce: Commerce) -> None:
+    """Commerce state held anywhere but in tracked containers would survive an undo: refuse to run with it."""
+    untracked = untracked_containers(commerce, skip=(Ledger,))
+    check(not untracked, f"untracked commerce state: {', '.join(untracked)}")
 
 
 def _bare(account: Account) -> Account:
@@ -233,11 +325,11 @@ def _restore_commerce(commerce: Commerce, snapshot: Snapshot) -> None:
     for order in snapshot.orders:
         commerce.orders[order.id] = order
         commerce.orders_by_merchant.setdefault(order.merchant_id, []).append(order.id)
-    commerce.order_expiries = list(snapshot.order_expiries)
-    commerce.customers = {customer.id: customer for customer in snapshot.customers}
-    commerce.idempotency = {(merchant_id, key): record for merchant_id, key, record in snapshot.idempotency}
-    commerce.order_times_by_ip = {ip: collections.deque(times) for ip, times in snapshot.order_times_by_ip}
-    commerce.blocklist = {entry.id: entry for entry in snapshot.blocklist}
+    commerce.order_expiries.load(snapshot.order_expiries)
+    commerce.customers.load((customer.id, customer) for customer in snapshot.customers)
+    commerce.idempotency.load(((merchant_id, key), record) for merchant_id, key, record in snapshot.idempotency)
+    commerce.order_times_by_ip.load((ip, collections.deque(times)) for ip, times in snapshot.order_times_by_ip)
+    commerce.blocklist.load((entry.id, entry) for entry in snapshot.blocklist)
     _restore_payments(commerce.payments, snapshot)
     commerce.deposits.restore(snapshot.deposits, snapshot.withdrawals, snapshot.adjustments)
 
@@ -246,13 +338,13 @@ def _restore_payments(payments: Payments, snapshot: Snapshot) -> None:
     """Deadlines and authorization holds follow from the payments themselves."""
     for payment in snapshot.payments:
         payments.add(payment)
-    payments.refunds = {refund.id: refund for refund in snapshot.refunds}
-    payments.payouts = {payout.id: payout for payout in snapshot.payouts}
-    payments.cards = dict(snapshot.cards)
-    payments.callback_signatures = dict(snapshot.callback_signatures)
+    payments.refunds.load((refund.id, refund) for refund in snapshot.refunds)
+    payments.payouts.load((payout.id, payout) for payout in snapshot.payouts)
+    payments.cards.load(snapshot.cards)
+    payments.callback_signatures.load(snapshot.callback_signatures)
+    # A payment for an order waits for its transfer with no deadline of its own.
+    payments.deadlines.load((payment.deadline_at, payment.id) for payment in snapshot.payments
+                            if payment.status in OPEN_STATUSES and payment.deadline_at)
     for payment in snapshot.payments:
-        if payment.status in OPEN_STATUSES and payment.deadline_at:  # one for an order waits with no deadline
-            payments.deadlines.append((payment.deadline_at, payment.id))
         if payment.status == "requires_capture":
             payments.payment_by_hold[payment.authorization_id] = payment.id
-    heapq.heapify(payments.deadlines)

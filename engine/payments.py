@@ -7,8 +7,7 @@ A refund moves money back and never past what was captured; a payout holds
 the merchant's balance until the bank answers, and a failure returns it.
 """
 
-import heapq
-
+from engine.changes import Changes
 from engine.check import check
 from engine.codes import TransferCode, transfer_outcome
 from engine.ledger import Ledger
@@ -67,31 +66,31 @@ SUB_ACCOUNT_FLAGS = HOLDS_MONEY
 
 
 class Payments:
-    def __init__(self, ledger: Ledger, merchants: dict[str, Merchant], orders: dict[str, Order],
+    def __init__(self, ledger: Ledger, changes: Changes, merchants: dict[str, Merchant], orders: dict[str, Order],
                  events: list[Event]) -> None:
         self.ledger = ledger
         self.merchants = merchants
         self.orders = orders
         self.events = events
-        self.payments: dict[str, Payment] = {}
+        self.payments: dict[str, Payment] = changes.dict()
         # merchant id -> its payment ids, oldest first (derived: restore rebuilds it)
-        self.by_merchant: dict[str, list[str]] = {}
+        self.by_merchant: dict[str, list[str]] = changes.dict()
         # token id -> a card sealed by the edge; the engine never sees a card number in clear
-        self.cards: dict[str, VaultedCard] = {}
-        self.refunds: dict[str, Refund] = {}
-        self.payouts: dict[str, Payout] = {}
+        self.cards: dict[str, VaultedCard] = changes.dict()
+        self.refunds: dict[str, Refund] = changes.dict()
+        self.payouts: dict[str, Payout] = changes.dict()
         # signature -> when its callback came (engine time), oldest first
-        self.callback_signatures: dict[str, int] = {}
-        self.deadlines: list[tuple[int, str]] = []
+        self.callback_signatures: dict[str, int] = changes.dict()
+        self.deadlines = changes.heap()  # (deadline_at, payment id)
         # pending transfer id -> payment id, to hear of an authorization that timed out
-        self.payment_by_hold: dict[str, str] = {}
+        self.payment_by_hold: dict[str, str] = changes.dict(ordered=False)
 
     # Time
 
     def advance(self, timestamp: int, expired_transfers: list[str]) -> None:
         """Fail payments the provider left unanswered; cancel authorizations the ledger released."""
         while self.deadlines and self.deadlines[0][0] <= timestamp:
-            _, payment_id = heapq.heappop(self.deadlines)
+            _, payment_id = self.deadlines.pop()
             payment = self.payments[payment_id]
             if payment.status in OPEN_STATUSES and payment.method in BANK_METHODS:
                 self._stop_waiting(payment, timestamp)  # the payer sent no transfer in time
@@ -168,7 +167,7 @@ class Payments:
         # A transfer for an order waits as long as the order does; every other payment has a deadline of its own.
         if command.processing_timeout_s and not (payment.method in BANK_METHODS and payment.order_id):
             payment.deadline_at = timestamp + command.processing_timeout_s * NANOSECONDS_PER_SECOND
-            heapq.heappush(self.deadlines, (payment.deadline_at, payment.id))
+            self.deadlines.push((payment.deadline_at, payment.id))
         return Outcome(record=payment)
 
     def payment_in_progress(self, order: Order) -> bool:

@@ -2,6 +2,7 @@
 
 import msgspec
 
+from engine.check import check
 from engine.commerce import Commerce
 from engine.ledger import Ledger
 from engine.records import Merchant, Record, VaultedCard
@@ -183,7 +184,7 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
     if kind is ListBlocklist:
         entries, has_more = commerce.list_blocklist(max(1, min(query.limit, MAX_PAGE)), query.starting_after)
         return Answer(records=entries, has_more=has_more)
-    assert kind is ListPayments
+    check(kind is ListPayments, f"no answer for a {kind.__name__} query")
     payments, has_more = commerce.payments.list_payments(query.merchant_id, max(1, min(query.limit, MAX_PAGE)),
                                                          query.starting_after, query.status)
     return Answer(records=payments, has_more=has_more)

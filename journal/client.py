@@ -76,7 +76,8 @@ class ShardMap:
     """A stable map from a key (a merchant id) to one of `count` shards."""
 
     def __init__(self, count: int) -> None:
-        assert count >= 1
+        if count < 1:
+            raise ValueError(f"a shard map needs at least one shard, not {count}")
         self.count = count
 
     def shard_for(self, key: str) -> int:

@@ -12,6 +12,7 @@ import pathlib
 import msgspec
 
 from engine import Batch, CreateTransfers, Engine
+from engine.check import check
 from journal.store import GENESIS_HASH, CorruptionError, Journal, Snapshots
 
 log = logging.getLogger("paygate.recovery")
@@ -56,7 +57,9 @@ def load_snapshot(journal: Journal, snapshots: Snapshots, report: RecoveryReport
             report.skipped_snapshots.append(f"snapshot {path.name}: not in this journal")
             continue
         engine = Engine.restore(payload)
-        assert engine.sequence == info.sequence, (engine.sequence, info.sequence)
+        if engine.sequence != info.sequence:
+            raise CorruptionError(f"snapshot {path.name} holds batch {engine.sequence}, its header says {info.sequence}",
+                                  info.sequence)
         report.snapshot_sequence = info.sequence
         return engine, info.sequence + 1, info.entry_hash
     first = journal.first_sequence()
@@ -74,6 +77,9 @@ def replay(engine: Engine, journal: Journal, start: int, previous_hash: bytes, r
         batch = batch_decoder.decode(entry.payload)
         report.replayed_transfers += sum(len(c.transfers) for c in batch.commands if type(c) is CreateTransfers)
         result = engine.apply(batch)
+        for failure in engine.failures:  # logged when first applied; said again so a replay's reader knows
+            log.warning("batch %d, command %d (%s) raised %s on replay: undone, as when it was first applied",
+                        failure.sequence, failure.index, failure.command, failure.error)
         report.replayed_batches += 1
         if on_batch is not None:
             on_batch(entry, result)
@@ -111,6 +117,7 @@ def recover(journal: Journal, snapshots: Snapshots) -> tuple[Engine, RecoveryRep
             raise
         log.warning("dropping torn last entry: %s", error)
         report.dropped_tail_entries = journal.truncate_after(error.sequence - 1)
-    assert engine.sequence == journal.head_sequence, (engine.sequence, journal.head_sequence)
+    check(engine.sequence == journal.head_sequence, f"replayed to {engine.sequence}, the journal ends at "
+                                                     f"{journal.head_sequence}")
     journal.write_results(missing_results)
     return engine, report

@@ -27,6 +27,7 @@ import msgspec
 import pynng
 
 from engine import Batch, Engine
+from engine.machine import ADVANCE, ERROR_MAX_CHARS, PROCESS_FAULTS
 from engine.submits import SubmitSpan
 from journal import logs
 from journal.recovery import batch_decoder, batch_encoder, recover
@@ -57,6 +58,7 @@ from journal.wire import (
 log = logging.getLogger("paygate.shard")
 EXIT_DAMAGED = 65  # EX_DATAERR: the journal or a snapshot is damaged
 TICK_S = 0.25
+ADVANCE_FAILURE_LOG_INTERVAL_S = 60.0
 result_encoder = msgspec.msgpack.Encoder()
 
 
@@ -123,6 +125,7 @@ class Shard:
         self.snapshot_child = 0
         self.last_heard_from_primary = time.monotonic()
         self.executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="journal")
+        self.failure_log = _FailureLog()
         self.stopping = False
         gc.freeze()
 
@@ -328,7 +331,9 @@ class Shard:
         while True:
             await asyncio.sleep(TICK_S)
             deadline = self.engine.next_deadline()
-            if self.role == "primary" and not self.queue and deadline is not None and deadline <= time.time_ns():
+            due = deadline is not None and deadline <= time.time_ns()
+            # An advance that raised stays due: batches that carry commands try it again, empty ones would only repeat.
+            if self.role == "primary" and not self.queue and due and not self.failure_log.advance_failing:
                 self.queue.append((Submit([]), 0, asyncio.get_running_loop().create_future(), []))
                 self.work.set()
 
@@ -352,6 +357,7 @@ class Shard:
         replies: list[tuple[asyncio.Future, bytes]] = []
         if batch is not None:
             result = self.engine.apply(batch)
+            self.failure_log.log(self.engine)
             encoded = result_encoder.encode(result)
             self.unwritten_results.append((batch.sequence, encoded))
             self.results_in_flight[batch.sequence] = encoded
@@ -363,13 +369,23 @@ class Shard:
                 replies.append((future, reply_encoder.encode(reply)))
                 start += count
         for request, future in reads:
-            answers = [self.engine.query(query) for query in request.queries]
-            reply = Reply(ReplyStatus.OK, self.epoch, self.engine.sequence, answers=answers)
-            replies.append((future, reply_encoder.encode(reply)))
+            replies.append((future, self._answer_read(request)))
         self.rounds.append(_Round(self.engine.sequence, replies))
         if self.role != "primary":  # fenced while the batch was on its way: its replies can never be released
             self._refuse_rounds()
         self._release()
+
+    def _answer_read(self, request: Read) -> bytes:
+        """The answers to a read; one that raises (a bug: reads change nothing) is refused, logged, and forgotten."""
+        try:
+            answers = [self.engine.query(query) for query in request.queries]
+        except PROCESS_FAULTS:
+            raise
+        except Exception as error:
+            log.critical("a read (%d queries) raised %s: refused; serving on", len(request.queries),
+                         repr(error)[:ERROR_MAX_CHARS])
+            return self._reply(ReplyStatus.INVALID, message="the read failed; the shard logged why")
+        return reply_encoder.encode(Reply(ReplyStatus.OK, self.epoch, self.engine.sequence, answers=answers))
 
     def _take(self) -> tuple[list, list]:
         submits, reads = [], []
@@ -540,8 +556,14 @@ class Shard:
         loop = asyncio.get_running_loop()
         while True:
             message = await context.arecv()
-            request = request_decoder.decode(message)
-            assert type(request) is Replicate
+            try:
+                request = request_decoder.decode(message)
+            except msgspec.DecodeError as error:
+                await context.asend(self._reply(ReplyStatus.INVALID, message=str(error)))
+                continue
+            if type(request) is not Replicate:  # refused, never a reason to stop replicating
+                await context.asend(self._reply(ReplyStatus.INVALID, message="only replication comes here"))
+                continue
             await context.asend(await self._accept_replicate(request, loop))
 
     async def _accept_replicate(self, request: Replicate, loop) -> bytes:
@@ -578,6 +600,7 @@ class Shard:
         while self.replicated:
             entry = self.replicated.popleft()
             result = self.engine.apply(batch_decoder.decode(entry.payload))
+            self.failure_log.log(self.engine)
             results.append((entry.sequence, result_encoder.encode(result)))
             self._maybe_snapshot(entry.hash)
         return results
@@ -601,6 +624,32 @@ class Shard:
         self.durable_sequence = self.journal.head_sequence
         self._write_status_file()
         log.warning("promoted to primary at epoch %d (%s)", self.epoch, reason)
+
+
+class _FailureLog:
+    """Says what the engine undid, a bug to fix and never a reason to stop serving: each command in one line; a
+    failed advance of time, which every later batch meets again until the bug is fixed, once a minute at most."""
+
+    def __init__(self) -> None:
+        self.advance_failing = False  # the last batch's advance of time was undone
+        self.advance_logged_at = -ADVANCE_FAILURE_LOG_INTERVAL_S
+        self.advance_repeats = 0
+
+    def log(self, engine: Engine) -> None:
+        self.advance_failing = False
+        for failure in engine.failures:
+            if failure.command == ADVANCE:
+                self.advance_failing = True
+                if time.monotonic() - self.advance_logged_at < ADVANCE_FAILURE_LOG_INTERVAL_S:
+                    self.advance_repeats += 1
+                    continue
+                self.advance_logged_at = time.monotonic()
+                log.critical("batch %d: advancing time raised %s: undone (%d times since the last line); each "
+                             "batch tries again, commands apply", failure.sequence, failure.error, self.advance_repeats)
+                self.advance_repeats = 0
+                continue
+            log.critical("batch %d, command %d (%s) raised %s: undone and answered internal_error; serving on",
+                         failure.sequence, failure.index, failure.command, failure.error)
 
 
 def _critical(coroutine) -> asyncio.Task:

@@ -18,6 +18,8 @@ import struct
 import lmdb
 import msgspec
 
+from engine.check import check
+
 HASH_BYTES = 32
 GENESIS_HASH = bytes(HASH_BYTES)
 HEADER_BYTES = 2 * HASH_BYTES
@@ -168,7 +170,7 @@ class Journal:
 
     def prepare(self, sequence: int, payload: bytes) -> Entry:
         """Chain the next entry in memory; `write` makes it durable later, in order."""
-        assert sequence == self.prepared_sequence + 1, (sequence, self.prepared_sequence)
+        check(sequence == self.prepared_sequence + 1, f"entry {sequence} prepared after {self.prepared_sequence}")
         entry = Entry(sequence, entry_hash(self.prepared_hash, sequence, payload), self.prepared_hash, payload)
         self.prepared_sequence = sequence
         self.prepared_hash = entry.hash
@@ -198,14 +200,16 @@ class Journal:
         """Store prepared entries and encoded results (of these entries or earlier ones) in one transaction and one fsync."""
         if not entries and not results:
             return
-        assert not entries or entries[0].sequence == self.head_sequence + 1, (entries[0].sequence, self.head_sequence)
+        check(not entries or entries[0].sequence == self.head_sequence + 1,
+              f"entries written from {entries[0].sequence if entries else 0} after {self.head_sequence}")
         last = entries[-1].sequence if entries else self.head_sequence
-        assert all(sequence <= last for sequence, _ in results), (results[-1][0], last)
+        check(all(sequence <= last for sequence, _ in results), f"a result past entry {last}")
         while True:
             try:
                 with self.environment.begin(write=True, db=self.entries) as transaction:
                     for entry in entries:
-                        assert transaction.put(KEY.pack(entry.sequence), entry.record(), append=True)
+                        appended = transaction.put(KEY.pack(entry.sequence), entry.record(), append=True)
+                        check(appended, f"journal entry {entry.sequence} is there already")
                     for sequence, result in results:
                         transaction.put(KEY.pack(sequence), result, db=self.results)
                 break
@@ -268,7 +272,7 @@ class Journal:
         return [record for _, record in self._raw(start_sequence, limit, max_bytes)]
 
     def _raw(self, start_sequence: int, limit: int, max_bytes: int | None = None) -> list[tuple[int, bytes]]:
-        assert limit > 0
+        check(limit > 0, "a read of journal entries needs a limit above zero")
         records = []
         size = 0
         with self._reading(self.entries, start_sequence) as transaction:
@@ -467,7 +471,7 @@ class Snapshots:
         """Write, fsync, then rename into place: a reader never sees half a snapshot. `durable_sequence` (default:
         `sequence`) is the journal's durable head when the engine was copied."""
         durable_sequence = sequence if durable_sequence is None else durable_sequence
-        assert durable_sequence <= sequence, (durable_sequence, sequence)
+        check(durable_sequence <= sequence, f"snapshot {sequence} durable through {durable_sequence}, later")
         path = self.path_for(sequence)
         self.folder.mkdir(parents=True, exist_ok=True)  # here, not on opening: verify only reads
         header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, sequence, durable_sequence, entry_hash,

@@ -1,0 +1,318 @@
+"""All or nothing per command: what a command changed in commerce state, kept until it ends so that one which raises
+is undone whole (the ledger undoes its own part: ledger.py `begin_command` / `undo_command`).
+
+State is tracked where it is kept, not in the handlers that change it:
+- a `TrackedDict` remembers, for each key written in the command, the value it had before (or that it had none), and
+  where each key it removed stood; it saves the first state of every value it hands out (`[]`, `get`, `setdefault`):
+  a record's fields, a list's length, a deque's items;
+- a `TrackedHeap` logs its pushes and pops;
+- an `EventLog` is cut back to its length when the command began.
+So records are changed only once taken from a tracked dict in the command, their list fields are replaced rather than
+changed in place (a record's fields are saved shallowly), and lists held in tracked dicts are only appended to.
+Outside a command (restore, reads) tracking costs one flag test.
+"""
+
+import collections
+import heapq
+
+import msgspec
+
+from engine.check import InvariantBroken, check
+
+MISSING = object()  # a key that had no value before the command
+
+
+class Changes:
+    """The undo log of the command being applied; empty between commands."""
+
+    def __init__(self) -> None:
+        self.active = False
+        self.dicts: list["TrackedDict"] = []  # the dicts written in this command
+        self.values: dict[int, tuple[object, object]] = {}  # id(value) -> (value, its state when first handed out)
+        self.heap_log: list[tuple["TrackedHeap", bool, tuple]] = []  # (heap, pushed?, item), in order
+        self.event_logs: list["EventLog"] = []
+        self.event_lengths: list[int] = []
+
+    def dict(self, ordered: bool = True, ranked: bool = False) -> "TrackedDict":
+        return TrackedDict(self, ordered, ranked)
+
+    def heap(self) -> "TrackedHeap":
+        return TrackedHeap(self)
+
+    def event_log(self) -> "EventLog":
+        log = EventLog()
+        self.event_logs.append(log)
+        return log
+
+    def begin(self) -> None:
+        if self.active:
+            raise InvariantBroken("a command began inside another")
+        self.active = True
+        self.event_lengths = [len(log) for log in self.event_logs]
+
+    def commit(self) -> None:
+        """The command applied whole: forget its undo log."""
+        if self.dicts:
+            for tracked in self.dicts:
+                tracked.forget()
+            self.dicts.clear()
+        if self.values:
+            self.values.clear()
+        if self.heap_log:
+            self.heap_log.clear()
+        self.active = False
+
+    def undo(self) -> None:
+        """Put back every tracked thing as it was when the command began."""
+        touched_heaps = {}
+        for heap, pushed, item in reversed(self.heap_log):
+            if pushed:
+                heap.items.remove(item)
+            else:
+                heap.items.append(item)
+            touched_heaps[id(heap)] = heap
+        for heap in touched_heaps.values():
+            heapq.heapify(heap.items)
+        for tracked in self.dicts:
+            tracked.undo()
+        for value, state in self.values.values():
+            _restore(value, state)
+        for log, length in zip(self.event_logs, self.event_lengths):
+            del log[length:]
+        self.commit()
+
+    def save(self, value) -> None:
+        """Keep `value`'s state as it is now, if not kept already in this command."""
+        if id(value) not in self.values:
+            state = _state(value)
+            if state is not None:  # kept with its value, so no other object takes its id meanwhile
+                self.values[id(value)] = (value, state)
+
+
+def _state(value):
+    if isinstance(value, msgspec.Struct):
+        return msgspec.structs.astuple(value)
+    if type(value) is list:
+        return len(value)
+    if type(value) is collections.deque:
+        return tuple(value)  # a per-IP window: bounded by its limit
+    return None  # immutable (str, int, bytes, tuple)
+
+
+def _restore(value, state) -> None:
+    if isinstance(value, msgspec.Struct):
+        for name, field in zip(value.__struct_fields__, state):
+            setattr(value, name, field)
+    elif type(value) is list:
+        del value[state:]
+    elif type(value) is collections.deque:
+        value.clear()
+        value.extend(state)
+
+
+class TrackedDict(dict):
+    """A dict whose writes, handed-out values and order of keys a command can undo.
+
+    Its order is state (snapshots list it, pruning reads it), so keys removed in a command go back where they were:
+    found at once when first (the oldest, as pruning removes them) or by rank (`ranked`, for a dict whose keys move to
+    its end in every command); else by a scan, fine for removals as rare as an operator's. `ordered=False`: the
+    order is not state (an index that restore rebuilds), and removed keys go back at the end.
+    """
+
+    __slots__ = ("changes", "first_values", "removals", "ordered", "ranks", "next_rank")
+
+    def __init__(self, changes: Changes, ordered: bool = True, ranked: bool = False) -> None:
+        super().__init__()
+        self.changes = changes
+        self.first_values: dict | None = None  # key -> its value before the command (MISSING: none)
+        # Keys added (key, MISSING, -1) and removed (key, value, index or rank) in this command, in order.
+        self.removals: list[tuple] = []
+        self.ordered = ordered
+        self.ranks: dict | None = {} if ranked else None  # key -> a number that grows with each key added
+        self.next_rank = 0
+
+    def _touch(self, key) -> None:
+        first = self.first_values
+        if first is None:
+            if not self.changes.active:
+                return
+            first = self.first_values = {}
+            self.changes.dicts.append(self)
+        if key not in first:
+            first[key] = dict.get(self, key, MISSING)
+
+    def _adding(self, key) -> None:
+        """`key` is about to be added (it is absent)."""
+        if self.ranks is not None:
+            self.ranks[key] = self.next_rank
+            self.next_rank += 1
+        if self.first_values is not None:
+            self.removals.append((key, MISSING, -1))
+
+    def _removing(self, key) -> None:
+        """`key` (present) is about to be removed."""
+        if self.ranks is not None:
+            place = self.ranks.pop(key)
+        elif not self.ordered:
+            place = -1
+        elif key == next(iter(self)):
+            place = 0
+        else:
+            place = list(dict.keys(self)).index(key)
+        if self.first_values is not None:
+            self.removals.append((key, dict.__getitem__(self, key), place))
+
+    def _hand_out(self, value):
+        if self.changes.active:
+            self.changes.save(value)
+        return value
+
+    def __getitem__(self, key):
+        return self._hand_out(dict.__getitem__(self, key))
+
+    def get(self, key, default=None):
+        value = dict.get(self, key, MISSING)
+        return default if value is MISSING else self._hand_out(value)
+
+    def setdefault(self, key, default=None):
+        self._touch(key)
+        if not dict.__contains__(self, key):
+            self._adding(key)
+        return self._hand_out(dict.setdefault(self, key, default))
+
+    def __setitem__(self, key, value) -> None:
+        self._touch(key)
+        if not dict.__contains__(self, key):
+            self._adding(key)
+        dict.__setitem__(self, key, value)
+
+    def __delitem__(self, key) -> None:
+        self._touch(key)
+        self._removing(key)
+        dict.__delitem__(self, key)
+
+    def pop(self, key, *default):
+        self._touch(key)
+        if dict.__contains__(self, key):
+            self._removing(key)
+        return dict.pop(self, key, *default)
+
+    def undo(self) -> None:
+        """Back to the state and order of keys the command found."""
+        removed = [change for change in self.removals if change[1] is not MISSING]
+        if removed and self.ordered and self.ranks is None:
+            self._reorder()
+        if self.ranks is not None:
+            for key, value, place in reversed(self.removals):
+                if value is MISSING:
+                    del self.ranks[key]
+                else:
+                    self.ranks[key] = place
+        for key, value in self.first_values.items():
+            if value is MISSING:
+                dict.pop(self, key, None)
+            else:
+                dict.__setitem__(self, key, value)
+        if removed and self.ranks is not None:
+            items = sorted(dict.items(self), key=lambda item: self.ranks[item[0]])
+            dict.clear(self)
+            dict.update(self, items)
+        self.forget()
+
+    def _reorder(self) -> None:
+        """Replay the command's additions and removals backwards on a list of the items: the keys' old order."""
+        items = list(dict.items(self))
+        for key, value, place in reversed(self.removals):
+            if value is MISSING:
+                index = next(i for i in range(len(items) - 1, -1, -1) if items[i][0] == key)
+                del items[index]
+            else:
+                items.insert(place, (key, value))
+        dict.clear(self)
+        dict.update(self, items)
+
+    def forget(self) -> None:
+        self.first_values = None
+        self.removals = []
+
+    def load(self, items) -> None:
+        """Fill from (key, value) pairs at restore, outside any command."""
+        check(not self.changes.active, "a tracked dict loaded inside a command")
+        for key, value in items:
+            self[key] = value
+
+    def _untracked(self, *args, **kwargs):
+        raise TypeError("a tracked dict changes only through [], get, setdefault, del and pop")
+
+    update = popitem = clear = __ior__ = _untracked
+
+
+class TrackedHeap:
+    """A min-heap (heapq) whose pushes and pops a command can undo; not a list, so heapq cannot bypass it."""
+
+    __slots__ = ("changes", "items")
+
+    def __init__(self, changes: Changes) -> None:
+        self.changes = changes
+        self.items: list = []
+
+    def push(self, item) -> None:
+        heapq.heappush(self.items, item)
+        if self.changes.active:
+            self.changes.heap_log.append((self, True, item))
+
+    def pop(self):
+        item = heapq.heappop(self.items)
+        if self.changes.active:
+            self.changes.heap_log.append((self, False, item))
+        return item
+
+    def load(self, items) -> None:
+        """Fill at restore, outside any command."""
+        check(not self.changes.active, "a tracked heap loaded inside a command")
+        self.items = list(items)
+        heapq.heapify(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+class EventLog(list):
+    """Events of the batch being applied: a command only appends, so undoing it cuts the log back."""
+
+    __slots__ = ()
+
+
+def untracked_containers(root, skip: tuple[type, ...] = ()) -> list[str]:
+    """Where `root` (commerce state) keeps a dict, list, set or deque that a command could change without trace,
+    looking into every engine object it holds but those of a `skip` type (state undone its own way)."""
+    found = []
+    seen = set()
+    stack = collections.deque([("commerce", root)])
+    while stack:
+        path, obj = stack.popleft()  # breadth first: each place is named by its shortest path
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        for name, value in _attributes(obj):
+            where = f"{path}.{name}"
+            if isinstance(value, (TrackedDict, TrackedHeap, EventLog, Changes)):
+                continue
+            if isinstance(value, (dict, list, set, collections.deque)):
+                found.append(where)
+            elif type(value).__module__.startswith("engine.") and not isinstance(value, skip):
+                stack.append((where, value))
+    return found
+
+
+def _attributes(obj) -> list[tuple[str, object]]:
+    names = list(getattr(obj, "__dict__", {}))
+    for cls in type(obj).__mro__:
+        names += [name for name in getattr(cls, "__slots__", ()) if hasattr(obj, name)]
+    return [(name, getattr(obj, name)) for name in names]
