@@ -79,7 +79,8 @@ def create_app(settings: Settings) -> web.Application:
     data = pathlib.Path(settings.data)
     app["settings"] = settings
     app["secrets"] = Secrets.load_or_create(data / "gateway.key")
-    app["admin"] = AdminToken.load_or_create(data / "admin_token.sha256", settings.admin_token or None)[0]
+    app["admin"] = (AdminToken(settings.admin_token_hash) if settings.admin_token_hash else
+                    AdminToken.load_or_create(data / "admin_token.sha256", None)[0])
     app["issuer"] = TokenIssuer.load_or_create(data / "jwt_signing_key.pem")
     app["buckets"] = SharedTokenBuckets(data / "rate_limits.bin")
     app["login_attempts"] = SlidingWindow(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)

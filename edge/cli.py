@@ -14,6 +14,7 @@ from tqdm import tqdm
 from actors.services import PROVIDERS, ProviderProcesses, ProviderService, write_secret
 from edge.app import Settings
 from edge.auth import AdminToken, Secrets
+from edge.folders import DataFolderError, restrict_data_folder, restrict_new_files
 from edge.limits import malformed_networks
 from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
 from journal import logs
@@ -29,12 +30,13 @@ from journal.wire import Promote, ReplyStatus, reply_decoder, request_encoder
 PROVIDER_PORTS = 4
 MAX_TRUSTED_PROXIES = 100  # each is checked against every request's peer
 # What ends serve at start-up with one line, not a traceback: damaged data, a shard that would not start or answer.
-SERVE_START_ERRORS = (CorruptionError, ShardStartFailed, ShardUnavailable, TimeoutError)
+SERVE_START_ERRORS = (CorruptionError, ShardStartFailed, ShardUnavailable, TimeoutError, DataFolderError)
 STOP_GRACE_S = 2.0  # after a child ended, how long serve waits for a stop signal that may have ended it
 SUPERVISION_TICK_S = 0.5  # how often serve looks at its processes
 PROMOTE_TIMEOUT_MS = 5000
 # Replay or verify of one folder, in a child process; past this it is killed and the folder fails.
 READ_TIMEOUT_S = 3600.0
+ADMIN_TOKEN_VARIABLE = "PAYGATE_ADMIN_TOKEN"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,6 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "serve" and len(args.trusted_proxies) > MAX_TRUSTED_PROXIES:
         serve.error(f"at most {MAX_TRUSTED_PROXIES} --trusted-proxy values")
+    restrict_new_files()  # before any file or child process: both inherit owner-only modes
     logs.configure(os.environ.get("PAYGATE_LOG_LEVEL", "INFO"))
     sys.exit(args.run(args) or 0)
 
@@ -132,18 +135,21 @@ def run_serve(args) -> int:
 
 def _serve(args) -> int:
     data = pathlib.Path(args.data)
+    restrict_data_folder(data)  # also what an older version left readable by others
     layout = load_or_create_layout(data, args.shards, args.replica)
     plan = ShardPlan(data, args.host, args.base_port + PROVIDER_PORTS, sync=not args.async_replication,
                      snapshot_every_batches=args.snapshot_every_batches, snapshot_every_s=args.snapshot_every_s,
                      prune_journal=args.prune_journal, auto_promote_ms=args.auto_promote_ms)
     configs = [plan.configs(shard, layout.replica) for shard in range(layout.shard_count)]
-    _, admin_token = AdminToken.load_or_create(data / "admin_token.sha256", os.environ.get("PAYGATE_ADMIN_TOKEN"))
+    # Taken out of the environment: no child process (edge worker, shard, Ray) needs it, only its hash.
+    admin_override = os.environ.pop(ADMIN_TOKEN_VARIABLE, "")
+    admin, admin_token = AdminToken.load_or_create(data / "admin_token.sha256", admin_override or None)
     public_url = f"http://{args.host}:{args.port}"
     settings = Settings(
         data=str(data), public_url=public_url, order_ip_limit=args.order_ip_limit,
         order_ip_window_s=args.order_ip_window_s,
         shard_addresses=[[config.client_address for config in (primary, replica) if config] for primary, replica in configs],
-        admin_token=os.environ.get("PAYGATE_ADMIN_TOKEN", ""), processing_timeout_s=args.processing_timeout_s,
+        admin_token_hash=admin.token_hash if admin_override else "", processing_timeout_s=args.processing_timeout_s,
         authorization_hold_s=args.authorization_hold_s, trusted_proxies=args.trusted_proxies,
     )
     stop = threading.Event()

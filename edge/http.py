@@ -85,7 +85,7 @@ class Settings(msgspec.Struct, kw_only=True):
     order_ip_limit: int = 10
     order_ip_window_s: int = 600
     trusted_proxies: list[str] = []
-    admin_token: str = ""  # PAYGATE_ADMIN_TOKEN, when set
+    admin_token_hash: str = ""  # of PAYGATE_ADMIN_TOKEN, when set: the token itself never leaves serve
     # provider name -> the nng address of its connector actor
     providers: dict[str, str] = {}
     processing_timeout_s: int = 30
