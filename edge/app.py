@@ -17,6 +17,7 @@ from edge.gateway import Gateway
 from edge.http import (
     ADMIN,
     MAX_BODY_BYTES,
+    RequestFingerprints,
     Settings,
     authenticate,
     body_of,
@@ -86,6 +87,8 @@ def create_app(settings: Settings) -> web.Application:
     app["login_attempts"] = SlidingWindow(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
     app["merchant_cache"] = {}
     app["kek"] = cards.KeyEncryptionKey.load_or_create(data / "card_kek.key")
+    app["fingerprints"] = RequestFingerprints.load_or_create(data / "request_fingerprint.key",
+                                                             app["secrets"].card_fingerprint)
     app["metrics"] = Metrics()
     app["risk"] = risk.LocalTable(settings.risk_table_path)
     app.on_startup.append(_open_gateway)

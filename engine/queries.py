@@ -2,7 +2,7 @@
 
 import msgspec
 
-from engine.commerce import Commerce
+from engine.commerce import Commerce, IdempotencyRecord
 from engine.ledger import Ledger
 from engine.records import Merchant, Record, VaultedCard
 from engine.types import TIMESTAMP_MAX, Account, Balance, Transfer
@@ -110,6 +110,13 @@ class GetCard(msgspec.Struct, tag="get_card", array_like=True):
     token_id: str
 
 
+class GetIdempotencyRecord(msgspec.Struct, tag="get_idempotency_record", array_like=True):
+    """What a merchant's Idempotency-Key holds: the edge compares a record made before keyed fingerprints itself."""
+
+    merchant_id: str
+    key: str
+
+
 class ListPayments(msgspec.Struct, tag="list_payments", array_like=True, kw_only=True):
     merchant_id: str
     limit: int = 20
@@ -127,7 +134,7 @@ class ListBlocklist(msgspec.Struct, tag="list_blocklist", array_like=True, kw_on
 Query = (
     LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
     | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard | FindOrder | FindPayment
-    | ListBlocklist | GetWalletRecord | FindDeposit | FindCustomer
+    | ListBlocklist | GetWalletRecord | FindDeposit | FindCustomer | GetIdempotencyRecord
 )
 
 
@@ -139,6 +146,7 @@ class Answer(msgspec.Struct, omit_defaults=True):
     card: VaultedCard | None = None
     records: list[Record] | None = None
     has_more: bool = False
+    idempotency: IdempotencyRecord | None = None
 
 
 def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
@@ -180,6 +188,8 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
         return Answer(record=commerce.customers.get(query.customer_id))
     if kind is GetCard:
         return Answer(card=commerce.payments.card_of(query.merchant_id, query.token_id))
+    if kind is GetIdempotencyRecord:
+        return Answer(idempotency=commerce.idempotency.get((query.merchant_id, query.key)))
     if kind is ListBlocklist:
         entries, has_more = commerce.list_blocklist(max(1, min(query.limit, MAX_PAGE)), query.starting_after)
         return Answer(records=entries, has_more=has_more)
