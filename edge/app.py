@@ -86,7 +86,7 @@ def create_app(settings: Settings) -> web.Application:
     app["buckets"] = SharedTokenBuckets(data / "rate_limits.bin")
     app["login_attempts"] = SlidingWindow(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
     app["merchant_cache"] = {}
-    app["kek"] = cards.KeyEncryptionKey.load_or_create(data / "card_kek.key")
+    app["card_keys"] = cards.KeyRing.load(data)
     app["fingerprints"] = RequestFingerprints.load_or_create(data / "request_fingerprint.key",
                                                              app["secrets"].card_fingerprint)
     app["metrics"] = Metrics()
@@ -94,6 +94,7 @@ def create_app(settings: Settings) -> web.Application:
     app.on_startup.append(_open_gateway)
     app.on_cleanup.append(_close_gateway)
     app.cleanup_ctx.append(risk.watch_table)
+    app.cleanup_ctx.append(cards.watch_key_ring)
     routes = [
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),

@@ -1,6 +1,7 @@
 """The `paygate` command line: serve, replay, verify, promote, and the shard process itself."""
 
 import argparse
+import asyncio
 import contextlib
 import os
 import pathlib
@@ -16,6 +17,7 @@ from edge.app import Settings
 from edge.auth import AdminToken, Secrets
 from edge.folders import DataFolderError, restrict_data_folder, restrict_new_files
 from edge.limits import malformed_networks
+from edge.rotation import RotationError, rotate_kek
 from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
 from journal import logs
 from journal.client import ShardMap, ShardUnavailable
@@ -91,6 +93,11 @@ def main(argv: list[str] | None = None) -> None:
         command = commands.add_parser(name, help=text, description=text)
         command.add_argument("--data", required=True, help="a shard's folder, or a data folder of shards")
         command.set_defaults(run=lambda args, run=run, pattern=pattern: each_folder(args, run, pattern))
+
+    rotate = commands.add_parser("rotate-kek", help="seal every saved card under a new key-encryption key and "
+                                                    "retire the old keys (beside a running serve)")
+    rotate.add_argument("--data", required=True, help="the data folder serve runs on")
+    rotate.set_defaults(run=rotate_kek_folder)
 
     shard = commands.add_parser("shard", help="run one shard process (used by serve)")
     shard.add_argument("config")
@@ -252,6 +259,20 @@ def _print_welcome(public_url: str, layout, workers: int, admin_token: str | Non
         "-d '{\"name\": \"Coffee\", \"amount\": 1999, \"currency\": \"usd\"}'",
     ]
     print("\n".join(lines), flush=True)
+
+
+def rotate_kek_folder(args) -> int:
+    try:
+        report = asyncio.run(rotate_kek(pathlib.Path(args.data)))
+    except (RotationError, ShardUnavailable, TimeoutError, OSError) as error:
+        print(f"paygate rotate-kek: {args.data}: {_describe(error)}", file=sys.stderr, flush=True)
+        return 1
+    print(f"{args.data}: card key {report.new_key_id} seals every card; resealed={report.resealed} "
+          f"retired={','.join(report.retired_key_ids) or 'none'}", flush=True)
+    if report.unavailable:
+        print(f"{args.data}: {report.unavailable} card(s) were sealed under keys paygate no longer held: they stay "
+              "unusable (card_key_unavailable)", flush=True)
+    return 0
 
 
 def shard_folders(data: pathlib.Path, pattern: str = "shard-*") -> list[pathlib.Path]:
