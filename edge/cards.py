@@ -135,6 +135,9 @@ class KeyRing:
     __slots__ = ("_by_id", "current", "names")
 
     def __init__(self, keys: list[tuple[int, KeyEncryptionKey]], names: tuple[str, ...] = ()) -> None:
+        self._take(keys, names)
+
+    def _take(self, keys: list[tuple[int, KeyEncryptionKey]], names: tuple[str, ...]) -> None:
         if not keys:
             raise ValueError("a key ring holds at least one key")
         self._by_id = {kek.key_id: kek for _, kek in keys}
@@ -144,18 +147,26 @@ class KeyRing:
     @classmethod
     def load(cls, data: pathlib.Path) -> "KeyRing":
         """The data folder's keys, the first one created (0600, once, whichever worker comes first) if none is."""
-        files = key_files(data)
-        if not files:
-            KeyEncryptionKey.load_or_create(data / FIRST_KEY_FILE)
-            files = key_files(data)
-        return cls([(generation, KeyEncryptionKey.load(path)) for generation, path in files],
-                   tuple(path.name for _, path in files))
+        return cls(*_read_ring(data))
+
+    def refresh(self, data: pathlib.Path) -> None:
+        """Takes up the data folder's keys, if their files changed since this ring read them."""
+        if tuple(path.name for _, path in key_files(data)) != self.names:
+            self._take(*_read_ring(data))
 
     def get(self, key_id: str) -> KeyEncryptionKey | None:
         return self._by_id.get(key_id)
 
     def key_ids(self) -> list[str]:
         return list(self._by_id)
+
+
+def _read_ring(data: pathlib.Path) -> tuple[list[tuple[int, KeyEncryptionKey]], tuple[str, ...]]:
+    files = key_files(data)
+    if not files:
+        KeyEncryptionKey.load_or_create(data / FIRST_KEY_FILE)
+        files = key_files(data)
+    return [(generation, KeyEncryptionKey.load(path)) for generation, path in files], tuple(p.name for _, p in files)
 
 
 def key_files(data: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
@@ -212,8 +223,7 @@ async def _follow_key_ring(app, data: pathlib.Path) -> None:
     while True:
         await asyncio.sleep(KEY_RING_RELOAD_S)
         try:
-            if tuple(path.name for _, path in key_files(data)) != app["card_keys"].names:
-                app["card_keys"] = KeyRing.load(data)
+            app["card_keys"].refresh(data)
         except (OSError, ValueError) as error:  # a half-made ring: the keys held so far keep serving
             logging.getLogger("paygate.edge").warning("card keys not reloaded: %s", error)
 

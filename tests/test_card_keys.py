@@ -9,6 +9,10 @@ import pytest
 
 from edge import cards
 from edge_harness import Server
+from engine.payments import MAX_RESEALED_CARDS
+from engine.queries import ListCards
+from engine.records import CardDetails, CreateMerchant, CreatePayment, Merchant, Payment, ResealCards, ResealedCard
+from ledger_helpers import Driver
 
 VISA = "4242424242424242"
 CARD = {"number": VISA, "exp_month": 12, "exp_year": 2030, "cvc": "123", "holder_name": "Ada"}
@@ -50,6 +54,24 @@ def test_a_ring_of_too_many_keys_or_a_short_key_is_refused(tmp_path):
         cards.KeyRing.load(tmp_path)
 
 
+def test_reseal_cards_replaces_only_the_sealing_it_read_and_survives_a_snapshot():
+    driver = Driver()
+    driver.ok(CreateMerchant(Merchant(id="m1", name="Shop", email="m1@example.com")))
+    for token in ("tok_a", "tok_b"):
+        payment = Payment(id=f"pay_{token}", merchant_id="m1", amount=100, currency="usd", method="card",
+                          token_id=token, card=CardDetails("visa", "4242", 12, 2030))
+        driver.ok(CreatePayment(payment=payment, sealed_card=f"old {token}".encode()))
+    driver.ok(ResealCards([ResealedCard("tok_a", b"old tok_a", b"new tok_a"),
+                           ResealedCard("tok_b", b"something else", b"new tok_b"),
+                           ResealedCard("tok_missing", b"", b"new")]))
+    for engine in (driver, driver.restored()):
+        listed = {token: vaulted.sealed for token, vaulted in engine.query(ListCards(0, 10)).cards}
+        assert listed == {"tok_a": b"new tok_a", "tok_b": b"old tok_b"}
+    assert [token for token, _ in driver.query(ListCards(1, 10)).cards] == ["tok_b"]
+    too_many = [ResealedCard("tok_a", b"new tok_a", b"x")] * (MAX_RESEALED_CARDS + 1)
+    assert driver.do(ResealCards(too_many)).code == "too_many_cards"
+
+
 def paygate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, timeout=300)
 
@@ -74,8 +96,9 @@ def test_rotate_kek_reseals_every_card_through_the_journal_and_retires_the_old_k
         assert not (data / "card_kek.key").exists() and len(list((data / "card_keys").iterdir())) == 1
         for token in tokens:  # a saved card opens under the new key: it gets as far as the (absent) acquirer
             assert pay(server, {"payment_method": {"type": "card", "token": token}}, server.demo_key)["status"]
+        # the edge workers took up the new key: a card saved now opens, its old key being gone
         fresh = pay(server, {"payment_method": {"type": "card", "card": CARD}}, server.demo_key)
-        assert fresh["payment_method"]["token"]
+        pay(server, {"payment_method": {"type": "card", "token": fresh["payment_method"]["token"]}}, server.demo_key)
     finally:
         server.stop()
     verified = paygate("verify", "--data", str(data))
