@@ -356,7 +356,7 @@ def _without_card_secrets(document, card_fingerprint) -> None:
     card.pop("cvc", None)
     if "number" in card:
         number = card.pop("number")
-        card["number_fingerprint"] = card_fingerprint(cards.normalize_number(number) or str(number))
+        card["fingerprint"] = card_fingerprint(cards.normalize_number(number) or str(number))
 
 def idempotency_key(request: web.Request) -> str | None:
     """The request's Idempotency-Key, as the middleware checked it."""

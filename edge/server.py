@@ -34,6 +34,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
+    if SETTINGS_VARIABLE not in os.environ:
+        parser.error(f"${SETTINGS_VARIABLE} is not set: edge workers are started by `paygate serve`")
     restrict_new_files()
     logs.configure(os.environ.get("PAYGATE_LOG_LEVEL", "INFO"))
     settings = msgspec.json.decode(os.environ.pop(SETTINGS_VARIABLE), type=Settings)
