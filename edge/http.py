@@ -297,7 +297,7 @@ async def run(request: web.Request, merchant_id: str, command, body: bytes = b""
 async def _unkeyed_replay(request: web.Request, shard: int, merchant_id: str, key: str, body: bytes) -> Outcome | None:
     """The first outcome of a key whose record predates keyed fingerprints (a plain SHA-256, kept at most 24 h), if
     this request is the one it recorded: compared here, since the engine never sees that form's input again."""
-    answer = await request.app["gateway"].readers[shard].submit(GetIdempotencyRecord(merchant_id, key))
+    answer = await request.app["gateway"].read_on(shard, GetIdempotencyRecord(merchant_id, key))
     record = answer.idempotency
     if record is None or not UNKEYED_REQUEST_HASH.fullmatch(record.request_hash):
         return None
@@ -311,8 +311,8 @@ async def _unkeyed_replay(request: web.Request, shard: int, merchant_id: str, ke
 
 class RequestFingerprints:
     """What an Idempotency-Key keeps of its request: an HMAC, under a key of the data folder, of the canonical JSON
-    with a card's number and CVC replaced by the number's fingerprint (no CVC is stored in any form, and the same
-    card is the same request whatever CVC came with it)."""
+    with a card's number and CVC replaced by the number's fingerprint and a password left out (neither is stored in
+    any form, and the same card is the same request whatever CVC came with it)."""
 
     def __init__(self, key: bytes, card_fingerprint) -> None:
         if len(key) < FINGERPRINT_KEY_BYTES:
@@ -336,20 +336,23 @@ def _request_text(method: str, path: str, canonical_body: bytes) -> bytes:
 
 def _canonical(body: bytes, card_fingerprint=None) -> bytes:
     """The same JSON however it was spaced or its keys ordered: a client that serializes again sends the same body.
-    With `card_fingerprint`, a card's number and CVC are replaced by the number's fingerprint."""
+    With `card_fingerprint`, a card's number and CVC are replaced by the number's fingerprint, and a password left
+    out."""
     if not body:
         return b""
     try:
         document = orjson.loads(body)
     except orjson.JSONDecodeError:
         return body
-    if card_fingerprint is not None:
-        _without_card_secrets(document, card_fingerprint)
+    if card_fingerprint is not None and isinstance(document, dict):
+        _without_secrets(document, card_fingerprint)
     return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
 
 
-def _without_card_secrets(document, card_fingerprint) -> None:
-    method = document.get("payment_method") if isinstance(document, dict) else None
+def _without_secrets(document: dict, card_fingerprint) -> None:
+    # a fast keyed hash of a password beside its scrypt hash would let a reader of the disk skip scrypt
+    document.pop("password", None)
+    method = document.get("payment_method")
     card = method.get("card") if isinstance(method, dict) else None
     if not isinstance(card, dict):
         return
@@ -357,6 +360,7 @@ def _without_card_secrets(document, card_fingerprint) -> None:
     if "number" in card:
         number = card.pop("number")
         card["fingerprint"] = card_fingerprint(cards.normalize_number(number) or str(number))
+
 
 def idempotency_key(request: web.Request) -> str | None:
     """The request's Idempotency-Key, as the middleware checked it."""

@@ -50,6 +50,20 @@ def test_a_fingerprint_is_not_the_unkeyed_hash_of_any_spelling_of_the_request(fi
     assert hashlib.sha256(b"POST /v1/payments\n" + payment()).hexdigest() not in fingerprint
 
 
+def test_a_password_is_left_out_of_the_fingerprint(fingerprints):
+    user = {"email": "a@example.com", "password": "correct horse battery"}
+    first = fingerprints.of("POST", "/v1/merchants/mer_a/dashboard_users", orjson.dumps(user))
+    assert first == fingerprints.of("POST", "/v1/merchants/mer_a/dashboard_users",
+                                    orjson.dumps({**user, "password": "another long password"}))
+    assert first != fingerprints.of("POST", "/v1/merchants/mer_a/dashboard_users",
+                                    orjson.dumps({**user, "email": "b@example.com"}))
+
+
+def test_a_body_that_is_not_a_json_object_is_fingerprinted_as_it_is(fingerprints):
+    assert fingerprints.of("POST", "/v1/transfers", b"[1, 2]") != fingerprints.of("POST", "/v1/transfers", b"[2, 1]")
+    assert fingerprints.of("POST", "/v1/x", b"not json") != fingerprints.of("POST", "/v1/x", b"")
+
+
 def test_a_short_key_is_refused():
     with pytest.raises(ValueError):
         RequestFingerprints(b"short", str)
