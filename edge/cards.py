@@ -3,8 +3,9 @@ and redaction of card numbers from log text.
 
 The full number exists in clear only between the request and `seal`, and again after `unseal` on its way to the
 acquirer. A sealed card keeps brand, last4 and expiry in clear for responses; the number is AES-256-GCM encrypted
-under a fresh data key per card, and that data key is AES-256-GCM encrypted ("wrapped") under the KEK. The CVC is
-never sealed: it goes to the acquirer once and is dropped.
+under a fresh data key per card, and that data key is AES-256-GCM encrypted ("wrapped") under a KEK of the data
+folder's key ring, whose id the sealed card records. The CVC is never sealed: it goes to the acquirer once and is
+dropped.
 
 Nothing here puts a card number into an exception message or a repr.
 """

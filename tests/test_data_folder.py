@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 from edge.folders import restrict_data_folder
+from edge_harness import Server
 
 
 def mode(path) -> int:
@@ -47,3 +48,17 @@ def test_children_of_a_restricted_process_create_owner_only_files(tmp_path):
     subprocess.run([sys.executable, "-c", script], cwd=tmp_path, check=True,
                    env={**os.environ, "PYTHONPATH": os.getcwd()})
     assert mode(tmp_path / "made") == 0o600 and mode(tmp_path / "folder") == 0o700
+
+
+def test_serve_makes_what_an_older_version_left_readable_owner_only(tmp_path):
+    data = tmp_path / "data"
+    Server(data).start().stop()
+    journal = data / "shard-0" / "journal"
+    for path in (data, data / "shard-0", journal):
+        path.chmod(0o755)
+    for path in (journal / "data.mdb", journal / "lock.mdb", data / "shards.json", data / "gateway.key"):
+        path.chmod(0o644)
+    Server(data).start().stop()
+    assert [mode(path) for path in (data, data / "shard-0", journal)] == [0o700] * 3
+    for path in data.rglob("*"):
+        assert mode(path) & 0o077 == 0, (path, oct(mode(path)))
