@@ -17,6 +17,7 @@ from edge.gateway import Gateway
 from edge.http import (
     ADMIN,
     MAX_BODY_BYTES,
+    RequestFingerprints,
     Settings,
     authenticate,
     body_of,
@@ -79,17 +80,21 @@ def create_app(settings: Settings) -> web.Application:
     data = pathlib.Path(settings.data)
     app["settings"] = settings
     app["secrets"] = Secrets.load_or_create(data / "gateway.key")
-    app["admin"] = AdminToken.load_or_create(data / "admin_token.sha256", settings.admin_token or None)[0]
+    app["admin"] = (AdminToken(settings.admin_token_hash) if settings.admin_token_hash else
+                    AdminToken.load_or_create(data / "admin_token.sha256", None)[0])
     app["issuer"] = TokenIssuer.load_or_create(data / "jwt_signing_key.pem")
     app["buckets"] = SharedTokenBuckets(data / "rate_limits.bin")
     app["login_attempts"] = SlidingWindow(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
     app["merchant_cache"] = {}
-    app["kek"] = cards.KeyEncryptionKey.load_or_create(data / "card_kek.key")
+    app["card_keys"] = cards.KeyRing.load(data)
+    app["fingerprints"] = RequestFingerprints.load_or_create(data / "request_fingerprint.key",
+                                                             app["secrets"].card_fingerprint)
     app["metrics"] = Metrics()
     app["risk"] = risk.LocalTable(settings.risk_table_path)
     app.on_startup.append(_open_gateway)
     app.on_cleanup.append(_close_gateway)
     app.cleanup_ctx.append(risk.watch_table)
+    app.cleanup_ctx.append(cards.watch_key_ring)
     routes = [
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),

@@ -150,6 +150,10 @@ class AdminToken:
             raise ValueError(f"{path} does not hold a hex SHA-256 admin token hash")
         return cls(stored), None
 
+    @property
+    def token_hash(self) -> str:
+        return self._hash
+
     def check(self, token: str) -> bool:
         return isinstance(token, str) and hmac.compare_digest(hash_secret(token), self._hash)
 

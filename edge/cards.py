@@ -3,12 +3,15 @@ and redaction of card numbers from log text.
 
 The full number exists in clear only between the request and `seal`, and again after `unseal` on its way to the
 acquirer. A sealed card keeps brand, last4 and expiry in clear for responses; the number is AES-256-GCM encrypted
-under a fresh data key per card, and that data key is AES-256-GCM encrypted ("wrapped") under the KEK. The CVC is
-never sealed: it goes to the acquirer once and is dropped.
+under a fresh data key per card, and that data key is AES-256-GCM encrypted ("wrapped") under a KEK of the data
+folder's key ring, whose id the sealed card records. The CVC is never sealed: it goes to the acquirer once and is
+dropped.
 
 Nothing here puts a card number into an exception message or a repr.
 """
 
+import asyncio
+import contextlib
 import hashlib
 import logging
 import os
@@ -28,6 +31,11 @@ MIN_DIGITS, MAX_DIGITS = 12, 19
 CARD_NUMBER = re.compile(rf"[0-9]{{{MIN_DIGITS},{MAX_DIGITS}}}")
 WRAP_CONTEXT = b"paygate/card-data-key/v1"
 CARD_CONTEXT = b"paygate/card-number/v1"
+FIRST_KEY_FILE = "card_kek.key"
+KEY_RING_FOLDER = "card_keys"
+KEY_FILE_NAME = re.compile(r"([0-9]{8})\.key")
+MAX_KEYS = 64  # a rotation retires the keys it replaced: more than a few means rotations left half done
+KEY_RING_RELOAD_S = 1.0
 
 # (brand, prefix length, lowest prefix, highest prefix), checked in order
 BRAND_RANGES = (
@@ -93,6 +101,10 @@ class KeyEncryptionKey:
     def load_or_create(cls, path: pathlib.Path) -> "KeyEncryptionKey":
         """The key in `path`, first written there (0600, atomically, never over an existing file) if missing."""
         _create_once(path, os.urandom(KEY_BYTES))
+        return cls.load(path)
+
+    @classmethod
+    def load(cls, path: pathlib.Path) -> "KeyEncryptionKey":
         key = path.read_bytes()
         if len(key) != KEY_BYTES:
             raise ValueError(f"{path} does not hold a {KEY_BYTES}-byte key")
@@ -111,6 +123,110 @@ class KeyEncryptionKey:
 
     def __repr__(self) -> str:
         return f"KeyEncryptionKey(key_id={self.key_id!r})"
+
+
+class KeyRing:
+    """Every key-encryption key the data folder holds, by id; new cards are sealed under the newest.
+
+    The first key is `card_kek.key` (generation 0, as older versions kept it); `paygate rotate-kek` adds
+    `card_keys/<generation>.key`, seals every card again under it, then deletes the keys no card uses any more.
+    Key files are written once and never changed, so their names say all that changed.
+    """
+
+    __slots__ = ("_by_id", "current", "names")
+
+    def __init__(self, keys: list[tuple[int, KeyEncryptionKey]], names: tuple[str, ...] = ()) -> None:
+        self._take(keys, names)
+
+    def _take(self, keys: list[tuple[int, KeyEncryptionKey]], names: tuple[str, ...]) -> None:
+        if not keys:
+            raise ValueError("a key ring holds at least one key")
+        self._by_id = {kek.key_id: kek for _, kek in keys}
+        self.current = max(keys, key=lambda generation_and_key: generation_and_key[0])[1]
+        self.names = names
+
+    @classmethod
+    def load(cls, data: pathlib.Path) -> "KeyRing":
+        """The data folder's keys, the first one created (0600, once, whichever worker comes first) if none is."""
+        return cls(*_read_ring(data))
+
+    def refresh(self, data: pathlib.Path) -> None:
+        """Takes up the data folder's keys, if their files changed since this ring read them."""
+        if tuple(path.name for _, path in key_files(data)) != self.names:
+            self._take(*_read_ring(data))
+
+    def get(self, key_id: str) -> KeyEncryptionKey | None:
+        return self._by_id.get(key_id)
+
+    def key_ids(self) -> list[str]:
+        return list(self._by_id)
+
+
+def _read_ring(data: pathlib.Path) -> tuple[list[tuple[int, KeyEncryptionKey]], tuple[str, ...]]:
+    files = key_files(data)
+    if not files:
+        KeyEncryptionKey.load_or_create(data / FIRST_KEY_FILE)
+        files = key_files(data)
+    return [(generation, KeyEncryptionKey.load(path)) for generation, path in files], tuple(p.name for _, p in files)
+
+
+def key_files(data: pathlib.Path) -> list[tuple[int, pathlib.Path]]:
+    """(generation, path) of every key file of the data folder's ring, oldest first."""
+    files = [(0, data / FIRST_KEY_FILE)] if (data / FIRST_KEY_FILE).exists() else []
+    folder = data / KEY_RING_FOLDER
+    if folder.is_dir():
+        for path in folder.iterdir():
+            match = KEY_FILE_NAME.fullmatch(path.name)
+            if match:
+                files.append((int(match.group(1)), path))
+    if len(files) > MAX_KEYS:
+        raise ValueError(f"{data}: more than {MAX_KEYS} card keys: run `paygate rotate-kek` to retire old ones")
+    return sorted(files)
+
+
+def add_key(data: pathlib.Path) -> KeyEncryptionKey:
+    """A new newest key in the ring (0600), with an id no key of the ring has."""
+    files = key_files(data)
+    generation = files[-1][0] + 1 if files else 0
+    taken = {KeyEncryptionKey.load(path).key_id for _, path in files}
+    key = os.urandom(KEY_BYTES)
+    while KeyEncryptionKey(key).key_id in taken:  # ids are 32 bits: a clash is rare, and one key would hide another
+        key = os.urandom(KEY_BYTES)
+    path = data / FIRST_KEY_FILE if generation == 0 else data / KEY_RING_FOLDER / f"{generation:08d}.key"
+    if not _create_once(path, key):
+        raise FileExistsError(f"{path} appeared meanwhile: is another rotation running?")
+    return KeyEncryptionKey(key)
+
+
+def retire_keys(data: pathlib.Path, keep: KeyEncryptionKey) -> list[str]:
+    """Deletes every key file of the ring but `keep`'s; the ids of the keys deleted."""
+    retired = []
+    for _, path in key_files(data):
+        kek = KeyEncryptionKey.load(path)
+        if kek.key_id != keep.key_id:
+            path.unlink()
+            retired.append(kek.key_id)
+    return retired
+
+
+async def watch_key_ring(app):
+    """aiohttp cleanup context: the worker's ring follows the data folder's, looked at once a second off the
+    request path, so new cards are sealed under a key `rotate-kek` added and retired keys are let go."""
+    data = pathlib.Path(app["settings"].data)
+    task = asyncio.get_running_loop().create_task(_follow_key_ring(app, data))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _follow_key_ring(app, data: pathlib.Path) -> None:
+    while True:
+        await asyncio.sleep(KEY_RING_RELOAD_S)
+        try:
+            app["card_keys"].refresh(data)
+        except (OSError, ValueError) as error:  # a half-made ring: the keys held so far keep serving
+            logging.getLogger("paygate.edge").warning("card keys not reloaded: %s", error)
 
 
 class SealedCard(msgspec.Struct, array_like=True, frozen=True):
@@ -160,6 +276,19 @@ def unseal(kek: KeyEncryptionKey, sealed: SealedCard) -> str:
     except (InvalidTag, ValueError, TypeError, OverflowError):  # ValueError: a nonce or key of the wrong size
         raise CardUnavailable("sealed card failed authentication") from None
     return number
+
+
+def open_card(ring: KeyRing, sealed: SealedCard) -> str:
+    """The card number; CardUnavailable if the ring no longer holds its key, or it was altered."""
+    kek = ring.get(sealed.key_id)
+    if kek is None:
+        raise CardUnavailable(f"card sealed under key {sealed.key_id!r}, which paygate no longer holds")
+    return unseal(kek, sealed)
+
+
+def reseal(ring: KeyRing, sealed: SealedCard) -> SealedCard:
+    """The same card sealed under the ring's newest key, with a fresh data key; CardUnavailable as `open_card`."""
+    return seal(ring.current, open_card(ring, sealed), sealed.exp_month, sealed.exp_year)
 
 
 def new_token_id() -> str:

@@ -1,6 +1,7 @@
 """The `paygate` command line: serve, replay, verify, promote, and the shard process itself."""
 
 import argparse
+import asyncio
 import contextlib
 import os
 import pathlib
@@ -14,7 +15,9 @@ from tqdm import tqdm
 from actors.services import PROVIDERS, ProviderProcesses, ProviderService, write_secret
 from edge.app import Settings
 from edge.auth import AdminToken, Secrets
+from edge.folders import DataFolderError, restrict_data_folder, restrict_new_files
 from edge.limits import malformed_networks
+from edge.rotation import RotationError, rotate_kek
 from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
 from journal import logs
 from journal.client import ShardMap, ShardUnavailable
@@ -29,12 +32,13 @@ from journal.wire import Promote, ReplyStatus, reply_decoder, request_encoder
 PROVIDER_PORTS = 4
 MAX_TRUSTED_PROXIES = 100  # each is checked against every request's peer
 # What ends serve at start-up with one line, not a traceback: damaged data, a shard that would not start or answer.
-SERVE_START_ERRORS = (CorruptionError, ShardStartFailed, ShardUnavailable, TimeoutError)
+SERVE_START_ERRORS = (CorruptionError, ShardStartFailed, ShardUnavailable, TimeoutError, DataFolderError)
 STOP_GRACE_S = 2.0  # after a child ended, how long serve waits for a stop signal that may have ended it
 SUPERVISION_TICK_S = 0.5  # how often serve looks at its processes
 PROMOTE_TIMEOUT_MS = 5000
 # Replay or verify of one folder, in a child process; past this it is killed and the folder fails.
 READ_TIMEOUT_S = 3600.0
+ADMIN_TOKEN_VARIABLE = "PAYGATE_ADMIN_TOKEN"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -90,6 +94,11 @@ def main(argv: list[str] | None = None) -> None:
         command.add_argument("--data", required=True, help="a shard's folder, or a data folder of shards")
         command.set_defaults(run=lambda args, run=run, pattern=pattern: each_folder(args, run, pattern))
 
+    rotate = commands.add_parser("rotate-kek", help="seal every saved card under a new key-encryption key and "
+                                                    "retire the old keys (beside a running serve)")
+    rotate.add_argument("--data", required=True, help="the data folder serve runs on")
+    rotate.set_defaults(run=rotate_kek_folder)
+
     shard = commands.add_parser("shard", help="run one shard process (used by serve)")
     shard.add_argument("config")
     shard.set_defaults(run=lambda args: shard_main([args.config]))
@@ -97,6 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "serve" and len(args.trusted_proxies) > MAX_TRUSTED_PROXIES:
         serve.error(f"at most {MAX_TRUSTED_PROXIES} --trusted-proxy values")
+    restrict_new_files()  # before any file or child process: both inherit owner-only modes
     logs.configure(os.environ.get("PAYGATE_LOG_LEVEL", "INFO"))
     sys.exit(args.run(args) or 0)
 
@@ -132,18 +142,21 @@ def run_serve(args) -> int:
 
 def _serve(args) -> int:
     data = pathlib.Path(args.data)
+    restrict_data_folder(data)  # also what an older version left readable by others
     layout = load_or_create_layout(data, args.shards, args.replica)
     plan = ShardPlan(data, args.host, args.base_port + PROVIDER_PORTS, sync=not args.async_replication,
                      snapshot_every_batches=args.snapshot_every_batches, snapshot_every_s=args.snapshot_every_s,
                      prune_journal=args.prune_journal, auto_promote_ms=args.auto_promote_ms)
     configs = [plan.configs(shard, layout.replica) for shard in range(layout.shard_count)]
-    _, admin_token = AdminToken.load_or_create(data / "admin_token.sha256", os.environ.get("PAYGATE_ADMIN_TOKEN"))
+    # Taken out of the environment: no child process (edge worker, shard, Ray) needs it, only its hash.
+    admin_override = os.environ.pop(ADMIN_TOKEN_VARIABLE, "")
+    admin, admin_token = AdminToken.load_or_create(data / "admin_token.sha256", admin_override or None)
     public_url = f"http://{args.host}:{args.port}"
     settings = Settings(
         data=str(data), public_url=public_url, order_ip_limit=args.order_ip_limit,
         order_ip_window_s=args.order_ip_window_s,
         shard_addresses=[[config.client_address for config in (primary, replica) if config] for primary, replica in configs],
-        admin_token=os.environ.get("PAYGATE_ADMIN_TOKEN", ""), processing_timeout_s=args.processing_timeout_s,
+        admin_token_hash=admin.token_hash if admin_override else "", processing_timeout_s=args.processing_timeout_s,
         authorization_hold_s=args.authorization_hold_s, trusted_proxies=args.trusted_proxies,
     )
     stop = threading.Event()
@@ -246,6 +259,20 @@ def _print_welcome(public_url: str, layout, workers: int, admin_token: str | Non
         "-d '{\"name\": \"Coffee\", \"amount\": 1999, \"currency\": \"usd\"}'",
     ]
     print("\n".join(lines), flush=True)
+
+
+def rotate_kek_folder(args) -> int:
+    try:
+        report = asyncio.run(rotate_kek(pathlib.Path(args.data)))
+    except (RotationError, ShardUnavailable, TimeoutError, OSError) as error:
+        print(f"paygate rotate-kek: {args.data}: {_describe(error)}", file=sys.stderr, flush=True)
+        return 1
+    print(f"{args.data}: card key {report.new_key_id} seals every card; resealed={report.resealed} "
+          f"retired={','.join(report.retired_key_ids) or 'none'}", flush=True)
+    if report.unavailable:
+        print(f"{args.data}: {report.unavailable} card(s) were sealed under keys paygate no longer held: they stay "
+              "unusable (card_key_unavailable)", flush=True)
+    return 0
 
 
 def shard_folders(data: pathlib.Path, pattern: str = "shard-*") -> list[pathlib.Path]:

@@ -152,7 +152,10 @@ class Gateway:
         return await self.coalescers[shard_index].submit(command, command_items(command))
 
     async def read(self, merchant_id: str, query):
-        return await self.readers[self.shard_index(merchant_id)].submit(query)
+        return await self.read_on(self.shard_index(merchant_id), query)
+
+    async def read_on(self, shard_index: int, query):
+        return await self.readers[shard_index].submit(query)
 
     async def read_everywhere(self, query) -> list:
         """The same read on every shard (rare lookups whose key is not a merchant id)."""

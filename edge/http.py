@@ -8,6 +8,9 @@ owns its merchant. Errors always take the API's error shape.
 import hashlib
 import hmac
 import logging
+import os
+import pathlib
+import re
 import secrets as random_tokens
 import time
 
@@ -16,17 +19,22 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from edge import render, schemas
-from edge.auth import hash_secret, merchant_id_from_api_key, signature_valid
+from edge import cards, render, schemas
+from edge.auth import _create_once, hash_secret, merchant_id_from_api_key, signature_valid
 from edge.errors import ApiError, from_validation, not_found, shard_unavailable
 from edge.gateway import InvalidCommand, ShardBusy
 from edge.limits import client_ip, ip_allowed
-from engine.queries import GetMerchant
+from engine.queries import GetIdempotencyRecord, GetMerchant
 from engine.records import Idempotent, Merchant, Outcome
 
 log = logging.getLogger("paygate.edge")
 
 MAX_BODY_BYTES = 4 << 20
+FINGERPRINT_KEY_BYTES = 32
+KEYED_REQUEST_HASH_PREFIX = "hmac-sha256:"
+# A request hash written before keyed fingerprints: SHA-256 of the whole request, card number and CVC included.
+UNKEYED_REQUEST_HASH = re.compile(r"[0-9a-f]{64}")
+_outcome_decoder = msgspec.msgpack.Decoder(Outcome)
 IDEMPOTENCY_KEY_MAX_LENGTH = 255
 # Methods that change nothing, so take no Idempotency-Key.
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
@@ -87,7 +95,7 @@ class Settings(msgspec.Struct, kw_only=True):
     order_ip_limit: int = 10
     order_ip_window_s: int = 600
     trusted_proxies: list[str] = []
-    admin_token: str = ""  # PAYGATE_ADMIN_TOKEN, when set
+    admin_token_hash: str = ""  # of PAYGATE_ADMIN_TOKEN, when set: the token itself never leaves serve
     # provider name -> the nng address of its connector actor
     providers: dict[str, str] = {}
     processing_timeout_s: int = 30
@@ -273,24 +281,87 @@ async def run(request: web.Request, merchant_id: str, command, body: bytes = b""
     """Submit one command to the merchant's shard (or to `shard`), under the request's Idempotency-Key if any."""
     key = idempotency_key(request)
     if key is not None:
-        request_hash = hashlib.sha256(request.method.encode() + b" " + request.path.encode() + b"\n" +
-                                      _canonical(body)).hexdigest()
+        request_hash = request.app["fingerprints"].of(request.method, request.path, body)
         command = Idempotent(merchant_id=merchant_id, key=key, request_hash=request_hash, command=command)
     gateway = request.app["gateway"]
-    result = await gateway.submit_to(gateway.shard_index(merchant_id) if shard is None else shard, command)
+    shard = gateway.shard_index(merchant_id) if shard is None else shard
+    result = await gateway.submit_to(shard, command)
     if isinstance(result, Outcome):
         if result.code == "idempotency_key_reused":
-            raise_for(result)
+            first = await _unkeyed_replay(request, shard, merchant_id, key, body)
+            if first is None:
+                raise_for(result)
+            result = first
         request["replayed"] = result.replayed
     return result
 
 
-def _canonical(body: bytes) -> bytes:
-    """The same JSON however it was spaced or its keys ordered: a client that serializes again sends the same body."""
+async def _unkeyed_replay(request: web.Request, shard: int, merchant_id: str, key: str, body: bytes) -> Outcome | None:
+    """The first outcome of a key whose record predates keyed fingerprints (a plain SHA-256, kept at most 24 h), if
+    this request is the one it recorded: compared here, since the engine never sees that form's input again."""
+    answer = await request.app["gateway"].read_on(shard, GetIdempotencyRecord(merchant_id, key))
+    record = answer.idempotency
+    if record is None or not UNKEYED_REQUEST_HASH.fullmatch(record.request_hash):
+        return None
+    unkeyed = hashlib.sha256(_request_text(request.method, request.path, _canonical(body))).hexdigest()
+    if not hmac.compare_digest(unkeyed, record.request_hash):
+        return None
+    outcome = _outcome_decoder.decode(record.outcome)
+    outcome.replayed = True
+    return outcome
+
+
+class RequestFingerprints:
+    """What an Idempotency-Key keeps of its request: an HMAC, under a key of the data folder, of the canonical JSON
+    with a card's number and CVC replaced by the number's fingerprint and a password left out (neither is stored in
+    any form, and the same card is the same request whatever CVC came with it)."""
+
+    def __init__(self, key: bytes, card_fingerprint) -> None:
+        if len(key) < FINGERPRINT_KEY_BYTES:
+            raise ValueError(f"the request fingerprint key must be at least {FINGERPRINT_KEY_BYTES} bytes")
+        self._key = key
+        self._card_fingerprint = card_fingerprint
+
+    @classmethod
+    def load_or_create(cls, path: pathlib.Path, card_fingerprint) -> "RequestFingerprints":
+        _create_once(path, os.urandom(FINGERPRINT_KEY_BYTES))
+        return cls(path.read_bytes(), card_fingerprint)
+
+    def of(self, method: str, path: str, body: bytes) -> str:
+        text = _request_text(method, path, _canonical(body, self._card_fingerprint))
+        return KEYED_REQUEST_HASH_PREFIX + hmac.new(self._key, text, hashlib.sha256).hexdigest()
+
+
+def _request_text(method: str, path: str, canonical_body: bytes) -> bytes:
+    return method.encode() + b" " + path.encode() + b"\n" + canonical_body
+
+
+def _canonical(body: bytes, card_fingerprint=None) -> bytes:
+    """The same JSON however it was spaced or its keys ordered: a client that serializes again sends the same body.
+    With `card_fingerprint`, a card's number and CVC are replaced by the number's fingerprint, and a password left
+    out."""
+    if not body:
+        return b""
     try:
-        return orjson.dumps(orjson.loads(body), option=orjson.OPT_SORT_KEYS) if body else b""
+        document = orjson.loads(body)
     except orjson.JSONDecodeError:
         return body
+    if card_fingerprint is not None and isinstance(document, dict):
+        _without_secrets(document, card_fingerprint)
+    return orjson.dumps(document, option=orjson.OPT_SORT_KEYS)
+
+
+def _without_secrets(document: dict, card_fingerprint) -> None:
+    # a fast keyed hash of a password beside its scrypt hash would let a reader of the disk skip scrypt
+    document.pop("password", None)
+    method = document.get("payment_method")
+    card = method.get("card") if isinstance(method, dict) else None
+    if not isinstance(card, dict):
+        return
+    card.pop("cvc", None)
+    if "number" in card:
+        number = card.pop("number")
+        card["fingerprint"] = card_fingerprint(cards.normalize_number(number) or str(number))
 
 
 def idempotency_key(request: web.Request) -> str | None:

@@ -157,7 +157,11 @@ async def card_in_hand(request: web.Request, merchant: Merchant,
         if vaulted is None:
             raise not_found("token", token_id, "payment_method.token")
         card = vaulted.card
-        number = cards.unseal(request.app["kek"], _sealed_decoder.decode(vaulted.sealed))
+        try:
+            number = cards.open_card(request.app["card_keys"], _sealed_decoder.decode(vaulted.sealed))
+        except cards.CardUnavailable:
+            raise ApiError(422, "card_key_unavailable", "this saved card was sealed under a key paygate no longer "
+                           "holds: ask for the card again", "payment_method.token") from None
     card = msgspec.structs.replace(card, fingerprint=request.app["secrets"].card_fingerprint(number))
     return number, sealed, card, token_id
 
@@ -178,7 +182,7 @@ def _card_of(request: web.Request, method: schemas.CardMethod) -> tuple[str, byt
     if number is None or not cards.luhn_valid(number):
         raise ApiError(402, "incorrect_number", "the card number is incorrect", "payment_method.card.number",
                        error_type="card_error")
-    sealed = cards.seal(request.app["kek"], number, method.card.exp_month, method.card.exp_year)
+    sealed = cards.seal(request.app["card_keys"].current, number, method.card.exp_month, method.card.exp_year)
     details = CardDetails(sealed.brand, sealed.last4, sealed.exp_month, sealed.exp_year)
     return number, _sealed_encoder.encode(sealed), details
 

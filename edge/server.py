@@ -16,6 +16,7 @@ from aiohttp import web, web_protocol, web_server
 from edge.app import Settings, create_app
 from edge.auth import Secrets, hash_secret
 from edge.errors import ApiError
+from edge.folders import restrict_new_files
 from edge.http import SERVER_NAME, log, request_id_of
 from journal import logs
 from journal.processes import stop_processes
@@ -24,16 +25,20 @@ from engine.queries import GetMerchant
 from engine.records import CreateMerchant, Merchant
 
 DEMO_MERCHANT_ID = "mer_demo"
+# The worker's settings travel in its environment (owner-only in /proc), never in argv, which every user can read.
+SETTINGS_VARIABLE = "PAYGATE_EDGE_SETTINGS"
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run one edge worker process.")
-    parser.add_argument("settings", help="Settings as JSON")
+    parser = argparse.ArgumentParser(description=f"Run one edge worker process (Settings as JSON in ${SETTINGS_VARIABLE}).")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
+    if SETTINGS_VARIABLE not in os.environ:
+        parser.error(f"${SETTINGS_VARIABLE} is not set: edge workers are started by `paygate serve`")
+    restrict_new_files()
     logs.configure(os.environ.get("PAYGATE_LOG_LEVEL", "INFO"))
-    settings = msgspec.json.decode(args.settings, type=Settings)
+    settings = msgspec.json.decode(os.environ.pop(SETTINGS_VARIABLE), type=Settings)
     # aiohttp makes one handler per connection from this name; ours answers what the app never sees.
     web_server.RequestHandler = EdgeRequestHandler
     web.run_app(create_app(settings), host=args.host, port=args.port, reuse_port=True, access_log=None,
@@ -79,9 +84,9 @@ class EdgeWorkers:
         metrics_folder.mkdir(parents=True, exist_ok=True)
         for stale in metrics_folder.glob("*.db"):
             stale.unlink()
-        environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_folder)}
-        command = [sys.executable, "-m", "edge.server", msgspec.json.encode(self.settings).decode(),
-                   "--host", self.host, "--port", str(self.port)]
+        environment = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_folder),
+                       SETTINGS_VARIABLE: msgspec.json.encode(self.settings).decode()}
+        command = [sys.executable, "-m", "edge.server", "--host", self.host, "--port", str(self.port)]
         self.processes = [subprocess.Popen(command, env=environment) for _ in range(self.count)]
         return self
 

@@ -7,6 +7,8 @@ A refund moves money back and never past what was captured; a payout holds
 the merchant's balance until the bank answers, and a failure returns it.
 """
 
+import itertools
+
 from engine.changes import Changes
 from engine.check import check
 from engine.codes import TransferCode, transfer_outcome
@@ -27,6 +29,7 @@ from engine.records import (
     ReceiveBankTransfer,
     RecordPspResult,
     Refund,
+    ResealCards,
     VaultedCard,
     system_account_id,
     wallet_account_id,
@@ -45,6 +48,7 @@ RISK_REJECTED = "risk_rejected"
 CALLBACK_REPLAYED = "callback_replayed"
 # A provider's signature is good for 300 s either side of the clock: one seen is remembered for twice that.
 CALLBACK_REPLAY_WINDOW_NS = 600 * NANOSECONDS_PER_SECOND
+MAX_RESEALED_CARDS = 10_000  # per command: a batch the shard journals and replicates at once
 MAX_CALLBACK_SIGNATURES = 100_000  # beyond it the oldest is forgotten: a bound, well above any provider's rate
 
 # The chart of accounts (engine/ACCOUNTS.md): the flags an account is made with, by its name. Money of merchants and
@@ -580,7 +584,22 @@ class Payments:
             fully = payment.amount_refunded >= payment.amount_captured
             transition(order, "refunded" if fully else "partially_refunded")
 
+    def reseal_cards(self, command: ResealCards) -> Outcome:
+        """Each card replaced by its new sealing if it still holds the one the sealer read; the others stay."""
+        if len(command.cards) > MAX_RESEALED_CARDS:
+            return Outcome("too_many_cards")
+        for item in command.cards:
+            vaulted = self.cards.get(item.token_id)
+            if vaulted is not None and vaulted.sealed == item.previous and item.sealed:
+                vaulted.sealed = item.sealed
+        return Outcome()
+
     # Reads
+
+    def vaulted_cards(self, start: int, limit: int) -> list[tuple[str, VaultedCard]]:
+        """Up to `limit` cards from the `start`-th in the order they were vaulted (cards are never removed, so a
+        walk by position sees each once)."""
+        return list(itertools.islice(self.cards.items(), start, start + limit))
 
     def card_of(self, merchant_id: str, token_id: str) -> VaultedCard | None:
         vaulted = self.cards.get(token_id)

@@ -3,7 +3,7 @@
 import msgspec
 
 from engine.check import check
-from engine.commerce import Commerce
+from engine.commerce import Commerce, IdempotencyRecord
 from engine.ledger import Ledger
 from engine.records import Merchant, Record, VaultedCard
 from engine.types import TIMESTAMP_MAX, Account, Balance, Transfer
@@ -111,6 +111,20 @@ class GetCard(msgspec.Struct, tag="get_card", array_like=True):
     token_id: str
 
 
+class GetIdempotencyRecord(msgspec.Struct, tag="get_idempotency_record", array_like=True):
+    """What a merchant's Idempotency-Key holds: the edge compares a record made before keyed fingerprints itself."""
+
+    merchant_id: str
+    key: str
+
+
+class ListCards(msgspec.Struct, tag="list_cards", array_like=True):
+    """Vaulted cards by position, for `paygate rotate-kek`."""
+
+    start: int = 0
+    limit: int = 1000
+
+
 class ListPayments(msgspec.Struct, tag="list_payments", array_like=True, kw_only=True):
     merchant_id: str
     limit: int = 20
@@ -128,7 +142,7 @@ class ListBlocklist(msgspec.Struct, tag="list_blocklist", array_like=True, kw_on
 Query = (
     LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
     | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard | FindOrder | FindPayment
-    | ListBlocklist | GetWalletRecord | FindDeposit | FindCustomer
+    | ListBlocklist | GetWalletRecord | FindDeposit | FindCustomer | GetIdempotencyRecord | ListCards
 )
 
 
@@ -140,6 +154,8 @@ class Answer(msgspec.Struct, omit_defaults=True):
     card: VaultedCard | None = None
     records: list[Record] | None = None
     has_more: bool = False
+    idempotency: IdempotencyRecord | None = None
+    cards: list[tuple[str, VaultedCard]] | None = None
 
 
 def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
@@ -181,6 +197,10 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
         return Answer(record=commerce.customers.get(query.customer_id))
     if kind is GetCard:
         return Answer(card=commerce.payments.card_of(query.merchant_id, query.token_id))
+    if kind is GetIdempotencyRecord:
+        return Answer(idempotency=commerce.idempotency.get((query.merchant_id, query.key)))
+    if kind is ListCards:
+        return Answer(cards=commerce.payments.vaulted_cards(max(0, query.start), max(1, min(query.limit, MAX_PAGE))))
     if kind is ListBlocklist:
         entries, has_more = commerce.list_blocklist(max(1, min(query.limit, MAX_PAGE)), query.starting_after)
         return Answer(records=entries, has_more=has_more)

@@ -361,6 +361,19 @@ class VaultedCard(msgspec.Struct, array_like=True):
     sealed: bytes
 
 
+class ResealedCard(msgspec.Struct, array_like=True):
+    token_id: str
+    previous: bytes  # the sealed card this replaces: a card that holds anything else is left as it is
+    sealed: bytes
+
+
+class ResealCards(msgspec.Struct, tag="reseal_cards", array_like=True):
+    """Vaulted cards sealed again under a new key-encryption key (`paygate rotate-kek`): the new ciphertext comes in
+    the command, so replay needs no key."""
+
+    cards: list[ResealedCard]
+
+
 class RecordPspResult(msgspec.Struct, tag="record_psp_result", array_like=True, kw_only=True):
     """A provider's word on a payment, from its signed callback: applied once per callback id."""
 
@@ -517,6 +530,7 @@ CommerceCommand = (
     | CreateWithdrawal
     | RecordWithdrawalResult
     | AdjustWallet
+    | ResealCards
 )
 
 

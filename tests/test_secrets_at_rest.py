@@ -1,0 +1,172 @@
+"""Nothing secret rests in clear: after card payments and card deposits through a real `paygate serve` with its
+actors, no file under the data folder, no Ray log and no line serve printed holds a card number, a CVC, a secret a
+merchant was given at creation or the admin token; no process serve started shows one in its command line or
+environment; the data folder is the owner's alone."""
+
+import hashlib
+import json
+import mmap
+import pathlib
+import stat
+import time
+import uuid
+
+import pytest
+
+from edge_harness import Server
+
+PAN = "4371853029648156"  # Luhn-valid, not a published test card: the acquirer authorizes it
+CVC = "7293"
+ADMIN_TOKEN = "adm_" + uuid.uuid4().hex + uuid.uuid4().hex
+MAX_OUTPUT_LINES = 200_000
+# Sealed by the merchant-credentials work that lands beside this: strict, so the mark goes when they are sealed.
+CLEAR_UNTIL_SEALED = ("signing_secret", "webhook_secret")
+
+
+class RecordingServer(Server):
+    """Keeps every line serve prints (the harness keeps the last few hundred)."""
+
+    def _read_output(self) -> None:
+        for line in self.process.stdout:
+            if len(self.output) < MAX_OUTPUT_LINES:
+                self.output.append(line)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The server after its payments, still running, and the secrets it handed out."""
+    server = RecordingServer(tmp_path_factory.mktemp("secrets") / "data", workers=2, actors=True,
+                             environment={"PAYGATE_ADMIN_TOKEN": ADMIN_TOKEN, "PAYGATE_LOG_LEVEL": "INFO"},
+                             extra=("--snapshot-every-batches", "5")).start()
+    try:
+        merchant = call(server, "POST", "/v1/merchants", {"name": "Shop", "email": "shop@example.com"}, ADMIN_TOKEN)
+        secrets = {name: merchant[name] for name in ("api_key", "client_secret", *CLEAR_UNTIL_SEALED)}
+        pay_and_deposit(server, merchant["api_key"])
+        yield server, secrets
+    finally:
+        server.stop()
+
+
+def call(server, method: str, path: str, body, key: str, headers: dict | None = None) -> dict:
+    response = server.request(method, path, body, key=key, headers=headers)
+    assert response.status == 200, (path, response.status, response.body[:300])
+    assert PAN.encode() not in response.body and CVC.encode() not in response.body
+    return response.json()
+
+
+def pay_and_deposit(server, key: str) -> None:
+    card = {"number": PAN, "exp_month": 12, "exp_year": 2031, "cvc": CVC, "holder_name": "Ada"}
+    payments = []
+    for number in range(4):
+        body = {"amount": 1000 + number, "currency": "usd", "payment_method": {"type": "card", "card": card}}
+        payments.append(call(server, "POST", "/v1/payments", body, key, {"Idempotency-Key": f"pay-{number}"}))
+    # The same key and card with another CVC: the stored fingerprint never saw a CVC, so this is the same request.
+    other_cvc = {**card, "cvc": "0000"}
+    again = server.request("POST", "/v1/payments", {"amount": 1000, "currency": "usd", "payment_method": {
+        "type": "card", "card": other_cvc}}, key=key, headers={"Idempotency-Key": "pay-0"})
+    assert again.status == 200 and again.headers["Idempotent-Replayed"] == "true"
+    assert again.json()["id"] == payments[0]["id"]
+    customer = call(server, "POST", "/v1/customers", {"email": "c@example.com", "name": "C"}, key,
+                    {"Idempotency-Key": "customer"})
+    deposit = call(server, "POST", f"/v1/customers/{customer['id']}/deposits", {
+        "amount": 500, "currency": "usd", "payment_method": {"type": "card", "card": card}}, key,
+        {"Idempotency-Key": "deposit"})
+    token = payments[0]["payment_method"]["token"]
+    payments.append(call(server, "POST", "/v1/payments", {"amount": 700, "currency": "usd", "payment_method": {
+        "type": "card", "token": token}}, key, {"Idempotency-Key": "saved-card"}))
+    deadline = time.monotonic() + 60
+    for path in [f"/v1/payments/{payment['id']}" for payment in payments] + [f"/v1/deposits/{deposit['id']}"]:
+        while call(server, "GET", path, None, key)["status"] != "succeeded":
+            assert time.monotonic() < deadline, f"{path} never succeeded"
+            time.sleep(0.2)
+
+
+def files_under(folder: pathlib.Path) -> list[pathlib.Path]:
+    return [path for path in folder.rglob("*") if path.is_file() and not path.is_symlink()]
+
+
+def holds(path: pathlib.Path, needles: dict[str, bytes]) -> list[str]:
+    if path.stat().st_size == 0:
+        return []
+    with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as content:
+        return [name for name, needle in needles.items() if content.find(needle) != -1]
+
+
+def needles_of(named: dict[str, str]) -> dict[str, bytes]:
+    needles = {name: value.encode() for name, value in named.items()}
+    needles["pan grouped"] = " ".join(PAN[i:i + 4] for i in range(0, 16, 4)).encode()
+    needles["cvc as a JSON string"] = f'"{CVC}"'.encode()
+    needles["cvc as a msgpack string"] = b"\xa4" + CVC.encode()
+    needles["cvc field"] = b'"cvc"'
+    return needles
+
+
+def found_anywhere(server, named: dict[str, str]) -> dict[str, list[str]]:
+    needles = needles_of(named)
+    data_files = files_under(server.data)
+    assert [path for path in data_files if path.name == "data.mdb"], "no journal found"
+    assert [path for path in data_files if path.name.startswith("snapshot-")], "no snapshot found"
+    session = pathlib.Path(json.loads((server.data / "ray.json").read_bytes())["session_dir"])
+    log_files = files_under(session / "logs")
+    assert log_files, "no Ray logs found"
+    found = {str(path): hits for path in data_files + log_files if (hits := holds(path, needles))}
+    output = "".join(server.output).encode()
+    found["serve output"] = [name for name, needle in needles.items() if needle in output]
+    return {where: hits for where, hits in found.items() if hits}
+
+
+def test_no_card_number_cvc_admin_token_or_hashed_credential_rests_or_is_logged(run):
+    server, secrets = run
+    named = {"pan": PAN, "admin token": ADMIN_TOKEN, "api_key": secrets["api_key"],
+             "client_secret": secrets["client_secret"]}
+    assert found_anywhere(server, named) == {}
+
+
+@pytest.mark.xfail(strict=True, reason="merchant signing and webhook secrets are journaled in clear until they "
+                                       "are sealed (issue 15, item 2)")
+def test_no_signing_or_webhook_secret_rests_or_is_logged(run):
+    server, secrets = run
+    assert found_anywhere(server, {name: secrets[name] for name in CLEAR_UNTIL_SEALED}) == {}
+
+
+def test_the_data_folder_and_all_in_it_is_the_owners_alone(run):
+    server, _ = run
+    assert stat.S_IMODE(server.data.stat().st_mode) == 0o700
+    for path in server.data.rglob("*"):
+        if not path.is_symlink():
+            assert stat.S_IMODE(path.lstat().st_mode) & 0o077 == 0, (path, oct(path.lstat().st_mode))
+
+
+def descendants(root: int) -> list[int]:
+    parents = {}
+    for entry in pathlib.Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue  # it ended meanwhile
+    found, frontier = [], [root]
+    while frontier:
+        children = [pid for pid, parent in parents.items() if parent in frontier]
+        found += children
+        frontier = children
+    return found
+
+
+def test_no_process_serve_started_has_a_secret_in_its_command_line_or_environment(run):
+    server, secrets = run
+    children = descendants(server.process.pid)
+    assert len(children) >= 5, children  # edge workers, the shard, the simulated providers, Ray's processes
+    secret = {name: value.encode() for name, value in {"admin token": ADMIN_TOKEN, "pan": PAN, **secrets}.items()}
+    # The token's hash goes to the edge workers in their environment (owner-only), never where `ps` shows it.
+    in_argv = {**secret, "admin token hash": hashlib.sha256(ADMIN_TOKEN.encode()).hexdigest().encode()}
+    leaks = {}
+    for pid in children:
+        for part, needles in (("cmdline", in_argv), ("environ", secret)):
+            try:
+                content = pathlib.Path(f"/proc/{pid}/{part}").read_bytes()
+            except OSError:
+                continue  # it ended meanwhile
+            if hits := [name for name, needle in needles.items() if needle in content]:
+                leaks[f"{pid} {part}"] = hits
+    assert leaks == {}
