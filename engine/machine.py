@@ -52,6 +52,7 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     deposits: list[Deposit] = []
     withdrawals: list[Withdrawal] = []
     adjustments: list[Adjustment] = []
+    signatures: list[tuple[str, str, int]] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -155,6 +156,7 @@ class Engine:
             deposits=list(commerce.deposits.deposits.values()),
             withdrawals=list(commerce.deposits.withdrawals.values()),
             adjustments=list(commerce.deposits.adjustments.values()),
+            signatures=commerce.credentials.snapshot(),
         )
 
     @classmethod
@@ -240,6 +242,7 @@ def _restore_commerce(commerce: Commerce, snapshot: Snapshot) -> None:
     commerce.blocklist = {entry.id: entry for entry in snapshot.blocklist}
     _restore_payments(commerce.payments, snapshot)
     commerce.deposits.restore(snapshot.deposits, snapshot.withdrawals, snapshot.adjustments)
+    commerce.credentials.restore(snapshot.signatures)
 
 
 def _restore_payments(payments: Payments, snapshot: Snapshot) -> None:
