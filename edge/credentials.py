@@ -40,10 +40,9 @@ class MerchantSecrets:
     def _secrets(self, merchant: Merchant, now_ns: int, kind: str) -> list[str]:
         found = []
         for credential in live_sets(merchant, now_ns):
-            sealed = credential.sealed_signing_secret if kind == "signing" else credential.sealed_webhook_secret
-            if not sealed:
-                found.append(self.derived.signing_secret(merchant.id) if kind == "signing"
-                             else self.derived.webhook_secret(merchant.id))
+            sealed = getattr(credential, f"sealed_{kind}_secret")
+            if not sealed:  # the first set: derived, never stored
+                found.append(getattr(self.derived, f"{kind}_secret")(merchant.id))
                 continue
             secret = self.sealer.unseal(sealed, seal_context(merchant.id, credential.id, kind))
             if secret is not None:  # sealed under a key this gateway no longer has: that set cannot sign
