@@ -11,11 +11,12 @@ from aiohttp import web
 from edge.auth import Secrets, hash_secret, webhook_signature
 from edge.gateway import ShardBusy
 from edge.sealing import SecretSealer
-from engine.credentials import INITIAL_CREDENTIAL_ID, live_sets
+from engine.credentials import INITIAL_CREDENTIAL_ID, credential_sets, live, live_sets
 from engine.records import Credential, Merchant, TouchCredentials
 
 log = logging.getLogger("paygate.edge")
 MAX_PENDING_USES = 10_000
+MAX_OPENED_SECRETS = 10_000
 
 
 class MerchantSecrets:
@@ -25,6 +26,8 @@ class MerchantSecrets:
     def __init__(self, derived: Secrets, sealer: SecretSealer) -> None:
         self.derived = derived
         self.sealer = sealer
+        # (merchant, set, kind, sealed bytes) -> the secret: derived or unsealed once, not at every signed request
+        self._opened: dict[tuple[str, str, str, bytes], str] = {}
 
     def signing_secrets(self, merchant: Merchant, now_ns: int) -> list[str]:
         return self._secrets(merchant, now_ns, "signing")
@@ -41,13 +44,21 @@ class MerchantSecrets:
         found = []
         for credential in live_sets(merchant, now_ns):
             sealed = getattr(credential, f"sealed_{kind}_secret")
-            if not sealed:  # the first set: derived, never stored
-                found.append(getattr(self.derived, f"{kind}_secret")(merchant.id))
-                continue
-            secret = self.sealer.unseal(sealed, seal_context(merchant.id, credential.id, kind))
-            if secret is not None:  # sealed under a key this gateway no longer has: that set cannot sign
+            key = (merchant.id, credential.id, kind, sealed)
+            secret = self._opened.get(key)
+            if secret is None:
+                secret = self._open(merchant.id, credential.id, kind, sealed)
+                if len(self._opened) >= MAX_OPENED_SECRETS:
+                    self._opened.clear()
+                self._opened[key] = secret
+            if secret:  # "": sealed under a key this gateway no longer has, so that set cannot sign
                 found.append(secret)
         return found
+
+    def _open(self, merchant_id: str, credential_id: str, kind: str, sealed: bytes) -> str:
+        if not sealed:  # the first set: derived, never stored
+            return getattr(self.derived, f"{kind}_secret")(merchant_id)
+        return self.sealer.unseal(sealed, seal_context(merchant_id, credential_id, kind)) or ""
 
 
 def seal_context(merchant_id: str, credential_id: str, kind: str) -> str:
@@ -57,24 +68,24 @@ def seal_context(merchant_id: str, credential_id: str, kind: str) -> str:
 def api_key_set(merchant: Merchant, api_key: str, now_ns: int) -> Credential | None:
     """The live set this API key belongs to, if any."""
     key_hash = hash_secret(api_key)
-    return next((credential for credential in live_sets(merchant, now_ns)
-                 if _same(credential.api_key_hash, key_hash)), None)
+    for credential in credential_sets(merchant):
+        if hmac.compare_digest(credential.api_key_hash, key_hash) and live(credential, now_ns):
+            return credential
+    return None
 
 
 def client_secret_set(merchant: Merchant, client_secret: str, now_ns: int) -> Credential | None:
     secret_hash = hash_secret(client_secret)
-    return next((credential for credential in live_sets(merchant, now_ns)
-                 if _same(credential.client_secret_hash, secret_hash)), None)
+    for credential in credential_sets(merchant):
+        if hmac.compare_digest(credential.client_secret_hash, secret_hash) and live(credential, now_ns):
+            return credential
+    return None
 
 
 def set_live(merchant: Merchant, credential_id: str, now_ns: int) -> bool:
     """Whether the set a token was issued under still authenticates (a token from before sets: the first one)."""
     wanted = credential_id or INITIAL_CREDENTIAL_ID
-    return any(credential.id == wanted for credential in live_sets(merchant, now_ns))
-
-
-def _same(stored_hash: str, given_hash: str) -> bool:
-    return bool(stored_hash) and hmac.compare_digest(stored_hash, given_hash)
+    return any(credential.id == wanted and live(credential, now_ns) for credential in credential_sets(merchant))
 
 
 class CredentialUses:
