@@ -11,7 +11,7 @@ from aiohttp import web
 from edge.auth import Secrets, hash_secret, webhook_signature
 from edge.gateway import ShardBusy
 from edge.sealing import SecretSealer
-from engine.credentials import INITIAL_CREDENTIAL_ID, credential_sets, live, live_sets
+from engine.credentials import credential_sets, live, live_sets
 from engine.records import Credential, Merchant, TouchCredentials
 
 log = logging.getLogger("paygate.edge")
@@ -83,9 +83,8 @@ def client_secret_set(merchant: Merchant, client_secret: str, now_ns: int) -> Cr
 
 
 def set_live(merchant: Merchant, credential_id: str, now_ns: int) -> bool:
-    """Whether the set a token was issued under still authenticates (a token from before sets: the first one)."""
-    wanted = credential_id or INITIAL_CREDENTIAL_ID
-    return any(credential.id == wanted and live(credential, now_ns) for credential in credential_sets(merchant))
+    """Whether the set a token was issued under still authenticates."""
+    return any(credential.id == credential_id and live(credential, now_ns) for credential in credential_sets(merchant))
 
 
 class CredentialUses:

@@ -29,11 +29,15 @@ async def create_api_key(request: web.Request) -> web.Response:
         sealed_signing_secret=sealer.seal(shown["signing_secret"], seal_context(merchant.id, credential_id, "signing")),
         sealed_webhook_secret=sealer.seal(shown["webhook_secret"], seal_context(merchant.id, credential_id, "webhook")),
     )
-    command = RotateCredentials(merchant_id=merchant.id, credential=credential, expires_in_s=fields.expires_in)
+    command = RotateCredentials(merchant_id=merchant.id, credential=credential, expires_in_s=fields.expires_in,
+                                requested_by=request.get("credential_id", ""))
     outcome = await run(request, merchant.id, command, body)
     if outcome.code == "credential_limit_reached":
         raise ApiError(409, "credential_limit_reached", "a merchant has at most 10 live credential sets: rotate with "
                        "a shorter expires_in, or wait for older sets to expire")
+    if outcome.code == "credential_in_grace":
+        raise ApiError(403, "credential_in_grace", "only the newest credential set (or the admin) may rotate: this "
+                       "one is in its grace period")
     raise_for(outcome)
     request.app["merchant_cache"].pop(merchant.id, None)
     created = next(stored for stored in outcome.record.credentials if stored.id == credential_id)

@@ -22,7 +22,7 @@ from edge.errors import ApiError, from_validation, not_found, shard_unavailable
 from edge.gateway import InvalidCommand, ShardBusy
 from edge.limits import client_ip, ip_allowed
 from engine.queries import GetMerchant
-from engine.credentials import SIGNATURE_REPLAYED
+from engine.credentials import INITIAL_CREDENTIAL_ID, SIGNATURE_REPLAYED
 from engine.records import Idempotent, Merchant, Outcome, Signed
 
 log = logging.getLogger("paygate.edge")
@@ -191,7 +191,7 @@ async def authenticate(request: web.Request, admin_allowed: bool = False, mercha
     app = request.app
     if admin_allowed and app["admin"].check(token):
         return Principal(ADMIN)
-    merchant = await _merchant_for_token(app, token)
+    merchant, credential_id = await _merchant_for_token(app, token)
     if merchant is None:
         if not admin_allowed and app["admin"].check(token):
             raise ApiError(403, "merchant_only", "this operation acts as a merchant: use its API key or OAuth token")
@@ -199,27 +199,28 @@ async def authenticate(request: web.Request, admin_allowed: bool = False, mercha
     if not merchant_allowed:
         raise ApiError(403, "admin_only", "this operation needs the admin token")
     await _check_merchant_request(request, merchant)
+    request["credential_id"] = credential_id
     return Principal("merchant", merchant)
 
 
-async def _merchant_for_token(app: web.Application, token: str) -> Merchant | None:
-    """The merchant whose live credential set the API key or OAuth token is of (its use noted), else None."""
+async def _merchant_for_token(app: web.Application, token: str) -> tuple[Merchant | None, str]:
+    """The merchant and its live credential set the API key or OAuth token is of (its use noted), else (None, "")."""
     now_ns = time.time_ns()
     if token.startswith("sk_"):
         merchant_id = merchant_id_from_api_key(token)
         merchant = await cached_merchant(app, merchant_id) if merchant_id else None
         credential = api_key_set(merchant, token, now_ns) if merchant else None
         if credential is None:
-            return None
+            return None, ""
         app["credential_uses"].note(merchant.id, credential.id)
-        return merchant
+        return merchant, credential.id
     claims = app["issuer"].verify(token, "api", now_ns // 1_000_000_000)
     merchant = await cached_merchant(app, claims["sub"]) if claims else None
-    credential_id = claims.get("cred", "") if claims else ""
+    credential_id = claims.get("cred", INITIAL_CREDENTIAL_ID) if claims else ""
     # A token lives with its client secret's set: revoked, or past its grace, the set takes its tokens with it.
     if merchant is None or not isinstance(credential_id, str) or not set_live(merchant, credential_id, now_ns):
-        return None
-    return merchant
+        return None, ""
+    return merchant, credential_id
 
 
 async def cached_merchant(app: web.Application, merchant_id: str) -> Merchant | None:

@@ -59,6 +59,9 @@ class Credentials:
             return Outcome("merchant_not_found")
         if not 0 <= command.expires_in_s <= MAX_GRACE_S:
             return Outcome("expires_in_invalid")
+        newest = next(iter(live_sets(merchant, timestamp)), None)
+        if command.requested_by and (newest is None or newest.id != command.requested_by):
+            return Outcome("credential_in_grace", record=merchant)
         new = command.credential
         if not new.id.startswith("key_") or any(old.id == new.id for old in credential_sets(merchant)):
             return Outcome("exists", record=merchant)

@@ -280,6 +280,9 @@ class RotateCredentials(msgspec.Struct, tag="rotate_credentials", array_like=Tru
     merchant_id: str
     credential: Credential
     expires_in_s: int
+    # The set whose key or token asked ("": the admin): only the newest live set may rotate, so that a key leaked
+    # and rotated away cannot revoke the set that replaced it.
+    requested_by: str = ""
 
 
 class TouchCredentials(msgspec.Struct, tag="touch_credentials", array_like=True):

@@ -73,5 +73,5 @@ def test_keys_secrets_and_tokens_are_known_by_their_live_set():
     assert api_key_set(merchant, "sk_mer_a_new", NOW + S).id == "key_2"
     assert client_secret_set(merchant, "cs_new", NOW).id == "key_2"
     assert client_secret_set(merchant, "cs_wrong", NOW) is None
-    assert set_live(merchant, "", NOW) and not set_live(merchant, "", NOW + S)  # a token from before sets
+    assert set_live(merchant, INITIAL_CREDENTIAL_ID, NOW) and not set_live(merchant, INITIAL_CREDENTIAL_ID, NOW + S)
     assert set_live(merchant, "key_2", NOW + S) and not set_live(merchant, "key_9", NOW)

@@ -96,6 +96,17 @@ def test_rotations_refused_change_nothing(shop, command, code):
     shop.refused(command, code)
 
 
+def test_only_the_newest_set_or_the_admin_may_rotate(shop):
+    shop.ok(rotation("key_2"))
+    asked_by_old = rotation("key_3")
+    asked_by_old.requested_by = INITIAL_CREDENTIAL_ID
+    shop.refused(asked_by_old, "credential_in_grace")
+    asked_by_new = rotation("key_3", expires_in_s=0)
+    asked_by_new.requested_by = "key_2"
+    shop.ok(asked_by_new)
+    shop.ok(rotation("key_4"))  # the admin asks for nobody's set
+
+
 def test_at_most_ten_live_sets(shop):
     for number in range(2, MAX_CREDENTIALS + 1):
         shop.ok(rotation(f"key_{number}"))

@@ -19,6 +19,7 @@ ORDER = {"name": "Coffee", "amount": 1999, "currency": "usd"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 SECRET_FIELDS = ("api_key", "client_secret", "signing_secret", "webhook_secret")
 CACHE_WAIT_S = 6  # the edge keeps merchant records up to 2 s per worker
+MERCHANT_CACHE_S = 2.5
 ATTEMPTS_PER_WORKER = 8  # connections land on either worker: enough that both answer
 
 
@@ -67,6 +68,11 @@ def eventually(send, status: int, timeout_s: float = CACHE_WAIT_S):
         time.sleep(0.1)
 
 
+def settled() -> None:
+    """Every worker has read the merchant's record again since it changed (each caches it up to 2 s)."""
+    time.sleep(MERCHANT_CACHE_S)
+
+
 def on_every_worker(send, status: int) -> None:
     statuses = [send().status for _ in range(ATTEMPTS_PER_WORKER)]
     assert statuses == [status] * ATTEMPTS_PER_WORKER, statuses
@@ -96,6 +102,7 @@ def test_a_rotation_answers_new_secrets_once_and_both_sets_work_until_the_old_ex
     assert all(new[field] and new[field] != merchant[field] for field in SECRET_FIELDS)
     assert new["api_key"].startswith(f"sk_{merchant['id']}_")
     assert eventually(lambda: me(server, new["api_key"]), 200).status == 200
+    settled()
     on_every_worker(lambda: me(server, new["api_key"]), 200)
     on_every_worker(lambda: me(server, merchant["api_key"]), 200)
     time.sleep(3)
@@ -103,10 +110,31 @@ def test_a_rotation_answers_new_secrets_once_and_both_sets_work_until_the_old_ex
     on_every_worker(lambda: me(server, new["api_key"]), 200)
 
 
+def test_a_set_in_its_grace_cannot_rotate_again_and_a_replay_shows_no_secret(server):
+    merchant = create_merchant(server)
+    key = unique()
+    first = server.request("POST", f"/v1/merchants/{merchant['id']}/api_keys", {}, key=merchant["api_key"],
+                           headers={"Idempotency-Key": key})
+    assert first.status == 200, first.body
+    new = first.json()
+    replay = server.request("POST", f"/v1/merchants/{merchant['id']}/api_keys", {}, key=merchant["api_key"],
+                            headers={"Idempotency-Key": key})
+    assert replay.status == 200 and replay.headers.get("Idempotent-Replayed") == "true"
+    assert replay.json()["id"] == new["id"] and not any(field in replay.json() for field in SECRET_FIELDS)
+    assert eventually(lambda: me(server, new["api_key"]), 200).status == 200
+    settled()
+    # the old key, leaked say, cannot revoke the set that replaced it
+    refused = eventually(lambda: rotate(server, merchant["id"], merchant["api_key"], expires_in=0), 403)
+    assert refused.status == 403 and refused.json()["error"]["code"] == "credential_in_grace", refused.body
+    on_every_worker(lambda: me(server, new["api_key"]), 200)
+    assert rotate(server, merchant["id"], new["api_key"], expires_in=0).status == 200
+
+
 def test_zero_expires_in_revokes_the_old_sets_at_once(server):
     merchant = create_merchant(server)
     new = rotated(server, merchant, expires_in=0)
     assert eventually(lambda: me(server, merchant["api_key"]), 401).status == 401
+    settled()
     on_every_worker(lambda: me(server, merchant["api_key"]), 401)
     on_every_worker(lambda: me(server, new["api_key"]), 200)
 
@@ -115,6 +143,7 @@ def test_the_list_shows_live_sets_newest_first_with_last_use_and_never_a_secret(
     merchant = create_merchant(server)
     new = rotated(server, merchant, expires_in=600)
     assert eventually(lambda: me(server, new["api_key"]), 200).status == 200
+    settled()
 
     def listed():
         response = server.request("GET", f"/v1/merchants/{merchant['id']}/api_keys", key=new["api_key"])
@@ -180,6 +209,7 @@ def test_oauth_tokens_die_with_their_client_secret_at_their_next_use(server):
     assert me(server, old_token).status == 200
     new = rotated(server, merchant, expires_in=0)
     assert eventually(lambda: me(server, old_token), 401).status == 401
+    settled()
     on_every_worker(lambda: me(server, old_token), 401)
     assert oauth(server, merchant, merchant["client_secret"]).status == 401
     new_token = oauth(server, merchant, new["client_secret"])
