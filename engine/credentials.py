@@ -63,7 +63,9 @@ class Credentials:
         if command.requested_by and (newest is None or newest.id != command.requested_by):
             return Outcome("credential_in_grace", record=merchant)
         new = command.credential
-        if not new.id.startswith("key_") or any(old.id == new.id for old in credential_sets(merchant)):
+        if not new.id.startswith("key_"):
+            return Outcome("credential_id_invalid")
+        if any(old.id == new.id for old in credential_sets(merchant)):
             return Outcome("exists", record=merchant)
         grace_ends = timestamp + command.expires_in_s * NANOSECONDS_PER_SECOND
         # a set whose grace ends now or has ended is dropped: the list holds live sets only, at most MAX_CREDENTIALS

@@ -58,9 +58,11 @@ class Merchant(msgspec.Struct, tag=True, kw_only=True):
     require_signature: bool = False
     ip_allowlist: list[str] = []
     acquirer: str = "piggybank"
+    # The first credential set (see credentials): its hashes, and the merchant's client id, which never changes.
     api_key_hash: str = ""
     client_id: str = ""
     client_secret_hash: str = ""
+    # Legacy: journals from before credential sets hold these in clear; the first rotation or reported use empties them.
     signing_secret: str = ""
     webhook_secret: str = ""
     sub_accounts: list[SubAccount] = []

@@ -90,7 +90,7 @@ def test_a_shorter_grace_never_lengthens_an_earlier_one(shop):
     (rotation("key_2", expires_in_s=-1), "expires_in_invalid"),
     (rotation("key_2", expires_in_s=31 * DAY_S), "expires_in_invalid"),
     (rotation(INITIAL_CREDENTIAL_ID), "exists"),
-    (rotation("not_a_key"), "exists"),
+    (rotation("not_a_key"), "credential_id_invalid"),
 ])
 def test_rotations_refused_change_nothing(shop, command, code):
     shop.refused(command, code)
