@@ -13,6 +13,7 @@ from engine.types import NANOSECONDS_PER_SECOND
 INITIAL_CREDENTIAL_ID = "key_initial"
 MAX_CREDENTIALS = 10  # live sets per merchant: each is checked at every authentication
 MAX_GRACE_S = 30 * 86400
+MAX_FIELD_CHARS = 256  # an id, a hash, a sealed secret or a digest: each is far shorter
 MAX_TOUCHES = 10_000  # per command: the edge sends at most one per shard a minute
 SIGNATURE_REPLAYED = "signature_replayed"
 MAX_SIGNATURES_PER_MERCHANT = 50_000  # far above 10 minutes of the fastest tier (2,000 burst + 1,000 a minute)
@@ -63,8 +64,11 @@ class Credentials:
         if command.requested_by and (newest is None or newest.id != command.requested_by):
             return Outcome("credential_in_grace", record=merchant)
         new = command.credential
-        if not new.id.startswith("key_"):
+        if not new.id.startswith("key_") or len(new.id) > MAX_FIELD_CHARS:
             return Outcome("credential_id_invalid")
+        if max(len(new.api_key_hash), len(new.client_secret_hash), len(new.sealed_signing_secret),
+               len(new.sealed_webhook_secret)) > MAX_FIELD_CHARS:
+            return Outcome("credential_invalid")
         if any(old.id == new.id for old in credential_sets(merchant)):
             return Outcome("exists", record=merchant)
         grace_ends = timestamp + command.expires_in_s * NANOSECONDS_PER_SECOND
@@ -95,6 +99,8 @@ class Credentials:
 
     def admit_signature(self, command: Signed, timestamp: int) -> str:
         """'' for a signed message not seen before (now remembered), else why it is refused."""
+        if len(command.message_digest) > MAX_FIELD_CHARS:
+            return "signature_invalid"
         self._forget_signatures(timestamp)
         key = (command.merchant_id, command.message_digest)
         if key in self.signatures:

@@ -91,6 +91,7 @@ def test_a_shorter_grace_never_lengthens_an_earlier_one(shop):
     (rotation("key_2", expires_in_s=31 * DAY_S), "expires_in_invalid"),
     (rotation(INITIAL_CREDENTIAL_ID), "exists"),
     (rotation("not_a_key"), "credential_id_invalid"),
+    (rotation("key_" + "x" * 300), "credential_id_invalid"),
 ])
 def test_rotations_refused_change_nothing(shop, command, code):
     shop.refused(command, code)
@@ -144,6 +145,13 @@ def test_an_idempotent_retry_of_a_signed_request_answers_its_first_outcome(shop)
     assert (first.code, again.code, again.replayed) == ("ok", "ok", True)
     other_key = shop.do(Idempotent(merchant_id="m1", key="k2", request_hash="h", command=signed(order("o2"))))
     assert other_key.code == "signature_replayed"
+
+
+def test_an_oversized_rotation_or_digest_is_refused(shop):
+    oversized = rotation("key_2")
+    oversized.credential.sealed_signing_secret = b"x" * 300
+    shop.refused(oversized, "credential_invalid")
+    assert shop.do(signed(order("o1"), digest="d" * 300)).code == "signature_invalid"
 
 
 def test_signed_ledger_commands_answer_their_codes(shop):
