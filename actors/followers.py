@@ -61,7 +61,7 @@ from engine.records import (
     CreatePayout,
     CreateRefund,
     CreateWithdrawal,
-    Idempotent,
+    inner_command,
     Outcome,
     Payment,
     RecordPspResult,
@@ -186,7 +186,7 @@ class ProviderFollowerActor:
         for command, result in applied_commands(commands, entry.result):
             if type(result) is not Outcome or result.replayed:
                 continue
-            inner = command.command if type(command) is Idempotent else command
+            inner = inner_command(command)
             if result.code == "ok":
                 commanded.add(getattr(result.record, "id", ""))
                 found.append(await self._request_of(shard, inner, result.record))

@@ -33,7 +33,7 @@ from actors.risk_table import BLOCKLIST_OWNER, TABLE_FILE, Flag, RiskKind, RiskT
 from actors.runtime import NAMESPACE, die_with_parent
 from engine.batch import Batch, BatchResult, applied_commands
 from engine.queries import ListBlocklist
-from engine.records import AddToBlocklist, BlocklistEntry, CreateDeposit, CreatePayment, Deposit, Idempotent, \
+from engine.records import AddToBlocklist, BlocklistEntry, CreateDeposit, CreatePayment, Deposit, inner_command, \
     Outcome, Payment, PayOrderFromWallet, RemoveFromBlocklist
 from engine.types import NANOSECONDS_PER_SECOND
 from journal.client import ShardClient, ShardMap
@@ -216,7 +216,7 @@ class RiskState:
         for command, outcome in applied_commands(batch.commands, result):
             if type(outcome) is not Outcome or outcome.code != "ok" or outcome.replayed:
                 continue  # refused, or an idempotent replay of what was counted the first time
-            inner = command.command if type(command) is Idempotent else command
+            inner = inner_command(command)
             kind = type(inner)
             if kind is CreatePayment or kind is PayOrderFromWallet:
                 self.count(outcome.record, batch.timestamp)

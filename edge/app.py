@@ -1,7 +1,6 @@
 """The HTTP API: the application and its handlers, to the contract of API.md (plumbing in edge.http)."""
 
 import asyncio
-import hmac
 import logging
 import pathlib
 import time
@@ -10,8 +9,10 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from edge import cards, payments_api, qr_api, render, risk, schemas, wallets_api
+from edge import cards, credentials_api, payments_api, qr_api, render, risk, schemas, wallets_api
 from edge.auth import AdminToken, Secrets, TokenIssuer, hash_password, hash_secret, verify_password
+from edge.credentials import CredentialUses, MerchantSecrets, client_secret_set, report_uses
+from edge.sealing import SecretSealer
 from edge.errors import ApiError, not_found
 from edge.gateway import Gateway
 from edge.http import (
@@ -30,6 +31,7 @@ from edge.http import (
     ledger_id,
     ledger_prefix,
     merchant_principal,
+    merchant_visible,
     new_id,
     parse_limit,
     parse_status,
@@ -89,12 +91,15 @@ def create_app(settings: Settings) -> web.Application:
     app["card_keys"] = cards.KeyRing.load(data)
     app["fingerprints"] = RequestFingerprints.load_or_create(data / "request_fingerprint.key",
                                                              app["secrets"].card_fingerprint)
+    app["merchant_secrets"] = MerchantSecrets(app["secrets"], SecretSealer.load_or_create(data / "credentials.key"))
+    app["credential_uses"] = CredentialUses()
     app["metrics"] = Metrics()
     app["risk"] = risk.LocalTable(settings.risk_table_path)
     app.on_startup.append(_open_gateway)
     app.on_cleanup.append(_close_gateway)
     app.cleanup_ctx.append(risk.watch_table)
     app.cleanup_ctx.append(cards.watch_key_ring)
+    app.cleanup_ctx.append(report_uses)
     routes = [
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
@@ -110,6 +115,8 @@ def create_app(settings: Settings) -> web.Application:
         web.patch("/v1/merchants/{id}", update_merchant),
         web.post("/v1/merchants/{id}/sub_accounts", create_sub_account),
         web.post("/v1/merchants/{id}/dashboard_users", create_dashboard_user),
+        web.post("/v1/merchants/{id}/api_keys", credentials_api.create_api_key),
+        web.get("/v1/merchants/{id}/api_keys", credentials_api.list_api_keys),
         web.post("/v1/orders", create_order),
         web.get("/v1/orders", list_orders),
         web.get("/v1/orders/{id}", get_order),
@@ -213,11 +220,13 @@ async def oauth_token(request: web.Request) -> web.Response:
     merchant_id = client_id.removeprefix("cli_") if client_id.startswith("cli_mer_") else ""
     merchant = await cached_merchant(request.app, merchant_id) if merchant_id else None
     secret = str(form.get("client_secret", ""))[:256]
-    if merchant is None or merchant.client_id != client_id or not hmac.compare_digest(
-            merchant.client_secret_hash, hash_secret(secret)):
+    now_ns = time.time_ns()
+    credential = client_secret_set(merchant, secret, now_ns) if merchant and merchant.client_id == client_id else None
+    if credential is None:
         raise ApiError(401, "invalid_client", "unknown client or wrong secret")
     check_merchant_access(request, merchant)  # a token is API access: the allow list applies to getting one
-    token = request.app["issuer"].issue(merchant.id, "api", TOKEN_TTL_S, int(time.time()))
+    request.app["credential_uses"].note(merchant.id, credential.id)
+    token = request.app["issuer"].issue(merchant.id, "api", TOKEN_TTL_S, now_ns // 1_000_000_000, credential.id)
     return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
 
 
@@ -257,33 +266,21 @@ async def create_merchant(request: web.Request) -> web.Response:
         id=merchant_id, name=fields.name, email=fields.email, tier=fields.tier, webhook_url=fields.webhook_url,
         require_signature=fields.require_signature, ip_allowlist=fields.ip_allowlist, acquirer=fields.acquirer,
         api_key_hash=hash_secret(api_key), client_id=derived.client_id(merchant_id),
-        client_secret_hash=hash_secret(client_secret), signing_secret=derived.signing_secret(merchant_id),
-        webhook_secret=derived.webhook_secret(merchant_id), settlement_account=_settlement_account(fields),
+        client_secret_hash=hash_secret(client_secret), settlement_account=_settlement_account(fields),
     )
     outcome = await run(request, merchant_id, CreateMerchant(merchant), body)
     raise_for(outcome)
     shown = render.merchant(outcome.record)
     shown.api_key = api_key
-    shown.signing_secret = merchant.signing_secret
-    shown.webhook_secret = merchant.webhook_secret
+    # The first set's signing and webhook secrets are derived, never stored: shown again by a replay as the key is.
+    shown.signing_secret = derived.signing_secret(merchant_id)
+    shown.webhook_secret = derived.webhook_secret(merchant_id)
     shown.client_secret = client_secret
     return respond(request, shown)
 
 
-async def _merchant_visible(request: web.Request) -> Merchant:
-    """Admin sees any merchant; a merchant sees only itself (another id is 404)."""
-    principal = await authenticate(request, admin_allowed=True)
-    merchant_id = request.match_info["id"]
-    if principal.kind == "merchant" and principal.merchant.id != merchant_id:
-        raise not_found("merchant", merchant_id)
-    merchant = await cached_merchant(request.app, merchant_id) if merchant_id.startswith("mer_") else None
-    if merchant is None:
-        raise not_found("merchant", merchant_id)
-    return merchant
-
-
 async def get_merchant(request: web.Request) -> web.Response:
-    return respond(request, render.merchant(await _merchant_visible(request)))
+    return respond(request, render.merchant(await merchant_visible(request)))
 
 
 async def get_me(request: web.Request) -> web.Response:
@@ -316,7 +313,7 @@ async def update_merchant(request: web.Request) -> web.Response:
 
 
 async def create_sub_account(request: web.Request) -> web.Response:
-    merchant = await _merchant_visible(request)
+    merchant = await merchant_visible(request)
     fields, body = await body_of(request, schemas.SubAccountCreate)
     sub_account = SubAccount(new_id("sub_", request, merchant.id), fields.name)
     outcome = await run(request, merchant.id, CreateSubAccount(merchant.id, sub_account), body)

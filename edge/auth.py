@@ -14,6 +14,7 @@ import pathlib
 import re
 import secrets
 import tempfile
+from collections.abc import Sequence
 
 import jwt
 from cryptography.hazmat.primitives import serialization
@@ -30,6 +31,7 @@ MERCHANT_ID = re.compile(r"mer_[a-z0-9]{1,64}")
 TIMESTAMP = re.compile(r"[0-9]{1,15}")
 ISSUER = "paygate"
 MAX_TOKEN_CHARS = 8192
+MAX_SIGNATURE_VALUES = 16  # v1 values read from one header: a client signs with its live secrets, at most 10
 CLOCK_SKEW_S = 60  # edges on other machines may run a little ahead of the one that issued a token
 SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_BYTES = 2**14, 8, 1, 32
 SALT_BYTES = 16
@@ -75,6 +77,11 @@ def _base62(data: bytes) -> str:
         number, digit = divmod(number, 62)
         digits.append(BASE62[digit])
     return "".join(digits)
+
+
+def random_secret() -> str:
+    """Fresh randomness (256 bits) in the shape of a derived secret, for a rotated credential."""
+    return _base62(secrets.token_bytes(SERVER_KEY_BYTES))
 
 
 class Secrets:
@@ -183,9 +190,12 @@ class TokenIssuer:
             raise ValueError(f"{path} does not hold an Ed25519 private key")
         return cls(key)
 
-    def issue(self, subject: str, audience: str, ttl_s: int, now_s: int) -> str:
+    def issue(self, subject: str, audience: str, ttl_s: int, now_s: int, credential_id: str = "") -> str:
+        """A token; `credential_id` names the merchant's credential set it was issued under, which it lives with."""
         claims = {"sub": subject, "aud": audience, "iat": now_s, "exp": now_s + ttl_s, "iss": ISSUER,
                   "jti": secrets.token_hex(16)}
+        if credential_id:
+            claims["cred"] = credential_id
         return jwt.encode(claims, self._private_key, algorithm="EdDSA", headers={"kid": self.kid})
 
     def verify(self, token: str, audience: str, now_s: int) -> dict | None:
@@ -212,18 +222,25 @@ def _current(claims: dict, now_s: int) -> bool:
     return issued - CLOCK_SKEW_S <= now_s < expires
 
 
-def signature_valid(secret: str, timestamp: str, signature: str, method: str, path: str, body: bytes, now_s: int,
-                    window_s: int = 300) -> bool:
-    """Whether `Paygate-Signature: v1=<hex>[,v1=<hex>...]` signs this request at a time within `window_s` of now."""
+def signed_message(timestamp: str, method: str, path: str, body: bytes) -> bytes:
+    """What a request's `Paygate-Signature` signs: `<timestamp>.<METHOD>.<path>.<raw body>`."""
+    return _utf8(f"{timestamp}.{method.upper()}.{path}.") + body
+
+
+def signature_valid(signing_secrets: Sequence[str], timestamp: str, signature: str, method: str, path: str,
+                    body: bytes, now_s: int, window_s: int = 300) -> bool:
+    """Whether `Paygate-Signature: v1=<hex>[,v1=<hex>...]` signs this request, under one of the secrets, at a time
+    within `window_s` of now."""
     if not isinstance(signature, str) or not isinstance(timestamp, str) or not TIMESTAMP.fullmatch(timestamp):
         return False
     if abs(int(timestamp) - now_s) > window_s:
         return False
-    expected = _hmac_hex(secret, _utf8(f"{timestamp}.{method.upper()}.{path}.") + body).encode()
+    message = signed_message(timestamp, method, path, body)
     # several v1 values let a merchant sign with both secrets while rotating
-    parts = (part.strip() for part in signature.split(","))
-    candidates = [part[3:].lower() for part in parts if part.startswith("v1=")]
-    return any(hmac.compare_digest(_utf8(candidate), expected) for candidate in candidates)
+    parts = (part.strip() for part in signature.split(",")[:MAX_SIGNATURE_VALUES])
+    candidates = [_utf8(part[3:].lower()) for part in parts if part.startswith("v1=")]
+    expected = [_hmac_hex(secret, message).encode() for secret in signing_secrets]
+    return any(hmac.compare_digest(candidate, value) for candidate in candidates for value in expected)
 
 
 def callback_signature(secret: str, header: str, body: bytes, now_s: int, window_s: int = 300) -> str:
@@ -275,6 +292,8 @@ def verify_password(password: str, stored: str) -> bool:
     return hmac.compare_digest(computed, digest)
 
 
-def webhook_signature(secret: str, body: bytes, timestamp: int) -> str:
-    """The `Paygate-Signature` value for an outgoing webhook: `t=<timestamp>,v1=<hex>`."""
-    return f"t={timestamp},v1={_hmac_hex(secret, f'{timestamp}.'.encode() + body)}"
+def webhook_signature(webhook_secrets: Sequence[str], body: bytes, timestamp: int) -> str:
+    """The `Paygate-Signature` value for an outgoing webhook: `t=<timestamp>,v1=<hex>`, a v1 per secret (while a
+    rotated secret's grace lasts, the new one's first), so a receiver that knows either accepts it."""
+    message = f"{timestamp}.".encode() + body
+    return ",".join([f"t={timestamp}", *(f"v1={_hmac_hex(secret, message)}" for secret in webhook_secrets)])

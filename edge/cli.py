@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--trusted-proxy", dest="trusted_proxies", action="append", default=[], type=_trusted_proxy,
                        metavar="CIDR", help="a proxy's address or network whose X-Forwarded-For names the client "
                                             "(repeatable); from any other peer the header is ignored")
+    serve.add_argument("--last-used-every-s", type=_at_least(1), default=60,
+                       help="how often each edge worker reports which credential sets were used (their last_used_at)")
     serve.add_argument("--auto-promote-ms", type=int, default=0, help="a replica takes over after this much primary silence (0: only by `paygate promote`)")
     serve.add_argument("--risk-rules", default=None,
                        help="a JSON file of risk velocity limits and amount limits per tier (actors/risk.py RiskRules)")
@@ -158,6 +160,7 @@ def _serve(args) -> int:
         shard_addresses=[[config.client_address for config in (primary, replica) if config] for primary, replica in configs],
         admin_token_hash=admin.token_hash if admin_override else "", processing_timeout_s=args.processing_timeout_s,
         authorization_hold_s=args.authorization_hold_s, trusted_proxies=args.trusted_proxies,
+        last_used_every_s=args.last_used_every_s,
     )
     stop = threading.Event()
     _stop_on_signals(stop)

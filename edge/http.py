@@ -20,12 +20,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from edge import cards, render, schemas
-from edge.auth import _create_once, hash_secret, merchant_id_from_api_key, signature_valid
+from edge.auth import _create_once, merchant_id_from_api_key, signature_valid, signed_message
+from edge.credentials import api_key_set, set_live
 from edge.errors import ApiError, from_validation, not_found, shard_unavailable
 from edge.gateway import InvalidCommand, ShardBusy
 from edge.limits import client_ip, ip_allowed
+from engine.credentials import INITIAL_CREDENTIAL_ID, SIGNATURE_REPLAYED
 from engine.queries import GetIdempotencyRecord, GetMerchant
-from engine.records import Idempotent, Merchant, Outcome
+from engine.records import Idempotent, Merchant, Outcome, Signed
 
 log = logging.getLogger("paygate.edge")
 
@@ -43,6 +45,8 @@ SERVER_NAME = "paygate"
 MERCHANT_CACHE_SECONDS = 2.0
 MERCHANT_CACHE_SIZE = 10_000
 ADMIN = "admin"
+SIGNATURE_WINDOW_S = 300
+SIGNATURE_CLOCK_SKEW_S = 60
 # Engine outcome codes as HTTP errors: status and the API's code.
 OUTCOME_ERRORS = {
     "exists": (409, "resource_exists"),
@@ -59,6 +63,7 @@ OUTCOME_ERRORS = {
     "payment_in_progress": (409, "payment_in_progress"),
     "order_not_pending": (409, "order_not_pending"),
     "rate_limited": (429, "rate_limited"),
+    "signature_window_full": (429, "rate_limited"),
     "insufficient_funds": (402, "insufficient_funds"),
     "amount_too_large": (402, "amount_too_large"),
     "payment_method_not_allowed": (400, "payment_method_not_allowed"),
@@ -103,6 +108,8 @@ class Settings(msgspec.Struct, kw_only=True):
     authorization_hold_s: int = 7 * 86400
     # The risk actor's published table (empty: no actors, and no risk rules at the edge).
     risk_table_path: str = ""
+    # How often a worker reports the credential sets it saw used (last-used times are this coarse).
+    last_used_every_s: int = 60
 
 
 class Principal(msgspec.Struct):
@@ -195,7 +202,7 @@ async def authenticate(request: web.Request, admin_allowed: bool = False, mercha
     app = request.app
     if admin_allowed and app["admin"].check(token):
         return Principal(ADMIN)
-    merchant = await _merchant_for_token(app, token)
+    merchant, credential_id = await _merchant_for_token(app, token)
     if merchant is None:
         if not admin_allowed and app["admin"].check(token):
             raise ApiError(403, "merchant_only", "this operation acts as a merchant: use its API key or OAuth token")
@@ -203,20 +210,28 @@ async def authenticate(request: web.Request, admin_allowed: bool = False, mercha
     if not merchant_allowed:
         raise ApiError(403, "admin_only", "this operation needs the admin token")
     await _check_merchant_request(request, merchant)
+    request["credential_id"] = credential_id
     return Principal("merchant", merchant)
 
 
-async def _merchant_for_token(app: web.Application, token: str) -> Merchant | None:
+async def _merchant_for_token(app: web.Application, token: str) -> tuple[Merchant | None, str]:
+    """The merchant and its live credential set the API key or OAuth token is of (its use noted), else (None, "")."""
+    now_ns = time.time_ns()
     if token.startswith("sk_"):
         merchant_id = merchant_id_from_api_key(token)
-        if merchant_id is None:
-            return None
-        merchant = await cached_merchant(app, merchant_id)
-        if merchant is None or not hmac.compare_digest(merchant.api_key_hash, hash_secret(token)):
-            return None
-        return merchant
-    claims = app["issuer"].verify(token, "api", int(time.time()))
-    return await cached_merchant(app, claims["sub"]) if claims else None
+        merchant = await cached_merchant(app, merchant_id) if merchant_id else None
+        credential = api_key_set(merchant, token, now_ns) if merchant else None
+        if credential is None:
+            return None, ""
+        app["credential_uses"].note(merchant.id, credential.id)
+        return merchant, credential.id
+    claims = app["issuer"].verify(token, "api", now_ns // 1_000_000_000)
+    merchant = await cached_merchant(app, claims["sub"]) if claims else None
+    credential_id = claims.get("cred", INITIAL_CREDENTIAL_ID) if claims else ""
+    # A token lives with its client secret's set: revoked, or past its grace, the set takes its tokens with it.
+    if merchant is None or not isinstance(credential_id, str) or not set_live(merchant, credential_id, now_ns):
+        return None, ""
+    return merchant, credential_id
 
 
 async def cached_merchant(app: web.Application, merchant_id: str) -> Merchant | None:
@@ -267,10 +282,30 @@ async def _check_signature(request: web.Request, merchant: Merchant) -> None:
         return
     timestamp = request.headers.get("Paygate-Timestamp", "")
     body = await request.read()
+    now_ns = time.time_ns()
     # The path as sent (percent-escapes kept), without the query string.
-    if not signature or not signature_valid(merchant.signing_secret, timestamp, signature, request.method,
-                                            request.raw_path.partition("?")[0], body, int(time.time())):
+    path = request.raw_path.partition("?")[0]
+    secrets = request.app["merchant_secrets"].signing_secrets(merchant, now_ns)
+    if not signature or not signature_valid(secrets, timestamp, signature, request.method, path, body,
+                                            now_ns // 1_000_000_000, SIGNATURE_WINDOW_S):
         raise ApiError(401, "signature_invalid", "Paygate-Signature is missing, wrong or outside the 300 s window")
+    # The request's first command carries it: a copy of this signed message is refused on every worker, for as long
+    # as its timestamp is accepted (and a minute more for clocks apart).
+    digest = hashlib.sha256(signed_message(timestamp, request.method, path, body)).hexdigest()[:32]
+    expires_at_ns = (int(timestamp) + SIGNATURE_WINDOW_S + SIGNATURE_CLOCK_SKEW_S) * 1_000_000_000
+    request["signed"] = (merchant.id, digest, expires_at_ns)
+
+
+async def merchant_visible(request: web.Request) -> Merchant:
+    """The merchant the path names: the admin sees any merchant; a merchant sees only itself (another id is 404)."""
+    principal = await authenticate(request, admin_allowed=True)
+    merchant_id = request.match_info["id"]
+    if principal.kind == "merchant" and principal.merchant.id != merchant_id:
+        raise not_found("merchant", merchant_id)
+    merchant = await cached_merchant(request.app, merchant_id) if merchant_id.startswith("mer_") else None
+    if merchant is None:
+        raise not_found("merchant", merchant_id)
+    return merchant
 
 
 async def merchant_principal(request: web.Request) -> Merchant:
@@ -279,6 +314,10 @@ async def merchant_principal(request: web.Request) -> Merchant:
 
 async def run(request: web.Request, merchant_id: str, command, body: bytes = b"", shard: int | None = None):
     """Submit one command to the merchant's shard (or to `shard`), under the request's Idempotency-Key if any."""
+    signed = request.pop("signed", None)
+    if signed is not None:
+        signer, digest, expires_at_ns = signed
+        command = Signed(merchant_id=signer, message_digest=digest, expires_at=expires_at_ns, command=command)
     key = idempotency_key(request)
     if key is not None:
         request_hash = request.app["fingerprints"].of(request.method, request.path, body)
@@ -287,6 +326,9 @@ async def run(request: web.Request, merchant_id: str, command, body: bytes = b""
     shard = gateway.shard_index(merchant_id) if shard is None else shard
     result = await gateway.submit_to(shard, command)
     if isinstance(result, Outcome):
+        if result.code == SIGNATURE_REPLAYED:
+            raise ApiError(401, "signature_replayed", "this signed request was already received: sign each request "
+                           "anew (a new timestamp)")
         if result.code == "idempotency_key_reused":
             first = await _unkeyed_replay(request, shard, merchant_id, key, body)
             if first is None:

@@ -28,6 +28,11 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "update_merchant": ("change a merchant", schemas.MerchantUpdate, schemas.MerchantOut, "admin"),
     "create_sub_account": ("add a sub-account (one balance per store)", schemas.SubAccountCreate,
                            schemas.SubAccountObjectOut, "admin or merchant"),
+    "create_api_key": ("rotate credentials: a new API key, client secret, signing and webhook secret (shown once); "
+                       "the sets before it keep working expires_in seconds (0: revoked now)", schemas.ApiKeyCreate,
+                       schemas.ApiKeyOut, "admin or merchant"),
+    "list_api_keys": ("the merchant's live credential sets, newest first, with last use (never a secret)", None,
+                      schemas.ApiKeyList, "admin or merchant"),
     "create_dashboard_user": ("add a dashboard user", schemas.DashboardUserCreate, dict[str, str], "admin"),
     "create_order": ("create an order", schemas.OrderCreate, schemas.OrderOut, "merchant"),
     "list_orders": ("search orders, newest first", None, schemas.OrderList, "merchant"),

@@ -80,6 +80,11 @@ class MerchantUpdate(Request):
     settlement_account: SettlementAccount | None = None
 
 
+class ApiKeyCreate(Request):
+    # How long the sets live before this one keep working, in seconds: 0 revokes them at once.
+    expires_in: Annotated[int, Meta(ge=0, le=30 * 86400)] = 86400
+
+
 class SubAccountCreate(Request):
     name: Name
 
@@ -605,6 +610,27 @@ class AdjustmentOut(Struct):
 class QrOut(Struct):
     payload: str
     png_url: str
+
+
+class ApiKeyOut(Struct, omit_defaults=True):
+    """A credential set; its secrets only in the reply that creates it."""
+
+    id: str
+    object: str
+    client_id: str
+    created_at: str
+    expires_at: str | None
+    last_used_at: str | None
+    api_key: str | None = None
+    client_secret: str | None = None
+    signing_secret: str | None = None
+    webhook_secret: str | None = None
+
+
+class ApiKeyList(Struct):
+    object: str
+    data: list[ApiKeyOut]
+    has_more: bool
 
 
 class TokenOut(Struct):

@@ -124,8 +124,6 @@ def ensure_demo_merchant(settings: Settings, shard_addresses: list[str]) -> str:
                     id=DEMO_MERCHANT_ID, name="Demo merchant", email="demo@example.com", tier="premium",
                     api_key_hash=hash_secret(api_key), client_id=secrets.client_id(DEMO_MERCHANT_ID),
                     client_secret_hash=hash_secret(secrets.client_secret(DEMO_MERCHANT_ID)),
-                    signing_secret=secrets.signing_secret(DEMO_MERCHANT_ID),
-                    webhook_secret=secrets.webhook_secret(DEMO_MERCHANT_ID),
                 )
                 await client.submit([CreateMerchant(merchant)])
         finally:

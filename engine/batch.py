@@ -2,11 +2,11 @@
 
 import msgspec
 
-from engine.records import CommerceCommand, Idempotent, Outcome
+from engine.records import CommerceCommand, Idempotent, Outcome, Signed
 from engine.submits import SubmitSpan
 from engine.types import CreateAccounts, CreateTransfers, Event
 
-Command = CreateAccounts | CreateTransfers | CommerceCommand | Idempotent
+Command = CreateAccounts | CreateTransfers | CommerceCommand | Idempotent | Signed
 
 
 class Batch(msgspec.Struct, array_like=True):

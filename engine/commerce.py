@@ -10,6 +10,7 @@ import collections
 import msgspec
 
 from engine.changes import Changes
+from engine.credentials import Credentials
 from engine.ledger import Ledger
 from engine.deposits import Deposits
 from engine.payments import ACCOUNT_FLAGS, Payments, ensure_wallet, move, system_account
@@ -46,6 +47,7 @@ from engine.records import (
     UpdateOrder,
     wallet_account_id,
 )
+from engine.records import RotateCredentials, Signed, TouchCredentials
 from engine.records import AdjustWallet, CreateDeposit, CreateWithdrawal, ReceiveDepositTransfer, RecordWithdrawalResult
 from engine.states import transition
 from engine.types import AMOUNT_MAX, NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, CreateAccounts, CreateTransfers, Event, \
@@ -87,6 +89,7 @@ class Commerce:
         self.deposits = Deposits(ledger, changes, self.payments, self.customer_of, self.events)
         # entry id -> entry, oldest first; kept by the shard that owns the block list's routing key
         self.blocklist: dict[str, BlocklistEntry] = changes.dict()
+        self.credentials = Credentials(self.merchants, changes)
 
     # Time
 
@@ -134,14 +137,19 @@ class Commerce:
             outcome = _outcome_decoder.decode(record.outcome)
             outcome.replayed = True
             return outcome
-        inner = command.command
-        if type(inner) in (CreateAccounts, CreateTransfers):
-            outcome = Outcome(codes=self._ledger_command(inner, timestamp))
-        else:
-            outcome = _HANDLERS[type(inner)](self, inner, timestamp)
+        outcome = self._run(command.command, timestamp)
         if outcome.code != "rate_limited":  # a refusal for now is not the request's answer for 24 hours
             self.idempotency[key] = IdempotencyRecord(command.request_hash, _outcome_encoder.encode(outcome), timestamp)
         return outcome
+
+    def _run(self, command, timestamp: int) -> Outcome:
+        if type(command) in (CreateAccounts, CreateTransfers):
+            return Outcome(codes=self._ledger_command(command, timestamp))
+        return _HANDLERS[type(command)](self, command, timestamp)
+
+    def _signed(self, command: Signed, timestamp: int) -> Outcome:
+        refusal = self.credentials.admit_signature(command, timestamp)
+        return Outcome(refusal) if refusal else self._run(command.command, timestamp)
 
     def _ledger_command(self, command, timestamp: int) -> list[int]:
         if type(command) is CreateAccounts:
@@ -498,4 +506,7 @@ _HANDLERS = {
         command, timestamp),
     AdjustWallet: lambda commerce, command, timestamp: commerce.deposits.adjust(command, timestamp),
     RemoveFromBlocklist: Commerce._remove_from_blocklist,
+    RotateCredentials: lambda commerce, command, timestamp: commerce.credentials.rotate(command, timestamp),
+    TouchCredentials: lambda commerce, command, timestamp: commerce.credentials.touch(command, timestamp),
+    Signed: Commerce._signed,
 }

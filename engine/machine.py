@@ -71,6 +71,7 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     deposits: list[Deposit] = []
     withdrawals: list[Withdrawal] = []
     adjustments: list[Adjustment] = []
+    signatures: list[tuple[str, str, int]] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -228,6 +229,7 @@ class Engine:
             deposits=list(commerce.deposits.deposits.values()),
             withdrawals=list(commerce.deposits.withdrawals.values()),
             adjustments=list(commerce.deposits.adjustments.values()),
+            signatures=commerce.credentials.snapshot(),
         )
 
     @classmethod
@@ -332,6 +334,7 @@ def _restore_commerce(commerce: Commerce, snapshot: Snapshot) -> None:
     commerce.blocklist.load((entry.id, entry) for entry in snapshot.blocklist)
     _restore_payments(commerce.payments, snapshot)
     commerce.deposits.restore(snapshot.deposits, snapshot.withdrawals, snapshot.adjustments)
+    commerce.credentials.restore(snapshot.signatures)
 
 
 def _restore_payments(payments: Payments, snapshot: Snapshot) -> None:

@@ -33,6 +33,21 @@ class SettlementAccount(msgspec.Struct, kw_only=True):
     account_name: str = ""
 
 
+class Credential(msgspec.Struct, array_like=True, kw_only=True):
+    """One set of a merchant's credentials: secrets come hashed (API key, client secret) or sealed by the edge
+    (signing and webhook secrets, which must be recovered to check and make HMACs); empty sealed secrets are the
+    ones the edge derives from its gateway key (a merchant's first set)."""
+
+    id: str  # key_...
+    api_key_hash: str
+    client_secret_hash: str
+    sealed_signing_secret: bytes = b""
+    sealed_webhook_secret: bytes = b""
+    created_at: int = 0
+    expires_at: int = 0  # 0: until a rotation sets it
+    last_used_at: int = 0
+
+
 class Merchant(msgspec.Struct, tag=True, kw_only=True):
     id: str
     name: str
@@ -43,9 +58,11 @@ class Merchant(msgspec.Struct, tag=True, kw_only=True):
     require_signature: bool = False
     ip_allowlist: list[str] = []
     acquirer: str = "piggybank"
+    # The first credential set (see credentials): its hashes, and the merchant's client id, which never changes.
     api_key_hash: str = ""
     client_id: str = ""
     client_secret_hash: str = ""
+    # Legacy: journals from before credential sets hold these in clear; the first rotation or reported use empties them.
     signing_secret: str = ""
     webhook_secret: str = ""
     sub_accounts: list[SubAccount] = []
@@ -53,6 +70,8 @@ class Merchant(msgspec.Struct, tag=True, kw_only=True):
     created_at: int = 0
     updated_at: int = 0
     settlement_account: SettlementAccount | None = None
+    # Empty for a merchant never rotated: its one set is the derived one its legacy fields above describe.
+    credentials: list[Credential] = []
 
 
 class Split(msgspec.Struct, array_like=True):
@@ -255,6 +274,23 @@ class UpdateMerchant(msgspec.Struct, tag="update_merchant", array_like=True, kw_
     status: str | None = None
     require_signature: bool | None = None
     settlement_account: SettlementAccount | None = None
+
+
+class RotateCredentials(msgspec.Struct, tag="rotate_credentials", array_like=True, kw_only=True):
+    """A new credential set; the sets live before it keep working `expires_in_s` more seconds (0: revoked now)."""
+
+    merchant_id: str
+    credential: Credential
+    expires_in_s: int
+    # The set whose key or token asked ("": the admin): only the newest live set may rotate, so that a key leaked
+    # and rotated away cannot revoke the set that replaced it.
+    requested_by: str = ""
+
+
+class TouchCredentials(msgspec.Struct, tag="touch_credentials", array_like=True):
+    """Credential sets used lately, as (merchant id, credential id): their last use becomes the batch's time."""
+
+    uses: list[tuple[str, str]]
 
 
 class CreateSubAccount(msgspec.Struct, tag="create_sub_account", array_like=True):
@@ -531,7 +567,19 @@ CommerceCommand = (
     | RecordWithdrawalResult
     | AdjustWallet
     | ResealCards
+    | RotateCredentials
+    | TouchCredentials
 )
+
+
+class Signed(msgspec.Struct, tag="signed", array_like=True, kw_only=True):
+    """A command from a signed request: refused (`signature_replayed`) if the merchant's request with the same signed
+    message was seen before `expires_at` (engine time), which the signature's window ends by."""
+
+    merchant_id: str
+    message_digest: str
+    expires_at: int
+    command: CommerceCommand | CreateAccounts | CreateTransfers
 
 
 class Idempotent(msgspec.Struct, tag="idempotent", array_like=True, kw_only=True):
@@ -540,7 +588,14 @@ class Idempotent(msgspec.Struct, tag="idempotent", array_like=True, kw_only=True
     merchant_id: str
     key: str
     request_hash: str
-    command: CommerceCommand | CreateAccounts | CreateTransfers
+    command: CommerceCommand | CreateAccounts | CreateTransfers | Signed
+
+
+def inner_command(command):
+    """The command itself, out of its idempotency key and signature wrappers."""
+    if type(command) is Idempotent:
+        command = command.command
+    return command.command if type(command) is Signed else command
 
 
 AUTHORIZATION_SUFFIX = ".authorization"

@@ -274,7 +274,7 @@ GOOD = sign(SIGNING_SECRET, str(NOW), "POST", "/v1/payments", BODY)
     (SIGNING_SECRET, str(NOW), None, "POST", "/v1/payments", BODY, False),
 ])
 def test_request_signature(secret, timestamp, signature, method, path, body, expected):
-    assert signature_valid(secret, timestamp, signature, method, path, body, now_s=NOW) is expected
+    assert signature_valid([secret], timestamp, signature, method, path, body, now_s=NOW) is expected
 
 
 @pytest.mark.parametrize("offset, expected", [(-301, False), (-300, True), (-299, True), (0, True), (299, True),
@@ -282,7 +282,7 @@ def test_request_signature(secret, timestamp, signature, method, path, body, exp
 def test_request_signature_time_window(offset, expected):
     timestamp = str(NOW + offset)
     signature = sign(SIGNING_SECRET, timestamp, "POST", "/v1/payments", BODY)
-    assert signature_valid(SIGNING_SECRET, timestamp, signature, "POST", "/v1/payments", BODY, now_s=NOW) is expected
+    assert signature_valid([SIGNING_SECRET], timestamp, signature, "POST", "/v1/payments", BODY, now_s=NOW) is expected
 
 
 @pytest.mark.parametrize("timestamp", ["", "abc", "1.7e9", f"{NOW}.0", f" {NOW}", f"+{NOW}", f"{NOW:_}", "-1",
@@ -290,7 +290,7 @@ def test_request_signature_time_window(offset, expected):
 def test_request_signature_needs_an_integer_timestamp(timestamp):
     # the signature is made over the timestamp as sent, so only the timestamp's form can make these fail
     signature = sign(SIGNING_SECRET, str(timestamp), "POST", "/", BODY)
-    assert not signature_valid(SIGNING_SECRET, timestamp, signature, "POST", "/", BODY, now_s=NOW)
+    assert not signature_valid([SIGNING_SECRET], timestamp, signature, "POST", "/", BODY, now_s=NOW)
 
 
 @pytest.mark.parametrize("header, expected", [
@@ -301,27 +301,40 @@ def test_request_signature_needs_an_integer_timestamp(timestamp):
     (",,,", False),
 ])
 def test_request_signature_with_several_values_during_rotation(header, expected):
-    assert signature_valid(SIGNING_SECRET, str(NOW), header, "POST", "/v1/payments", BODY, now_s=NOW) is expected
+    assert signature_valid([SIGNING_SECRET], str(NOW), header, "POST", "/v1/payments", BODY, now_s=NOW) is expected
 
 
 def test_request_signature_custom_window():
     timestamp = str(NOW - 61)
     signature = sign(SIGNING_SECRET, timestamp, "GET", "/", b"")
-    assert not signature_valid(SIGNING_SECRET, timestamp, signature, "GET", "/", b"", now_s=NOW, window_s=60)
-    assert signature_valid(SIGNING_SECRET, timestamp, signature, "GET", "/", b"", now_s=NOW, window_s=61)
+    assert not signature_valid([SIGNING_SECRET], timestamp, signature, "GET", "/", b"", now_s=NOW, window_s=60)
+    assert signature_valid([SIGNING_SECRET], timestamp, signature, "GET", "/", b"", now_s=NOW, window_s=61)
 
 
 # --- webhook signatures --------------------------------------------------------------------------------------------
 
 def test_webhook_signature():
     expected = hmac.new(b"whsec_x", f"{NOW}.".encode() + BODY, hashlib.sha256).hexdigest()
-    assert webhook_signature("whsec_x", BODY, NOW) == f"t={NOW},v1={expected}"
-    assert webhook_signature("whsec_y", BODY, NOW) != webhook_signature("whsec_x", BODY, NOW)
+    assert webhook_signature(["whsec_x"], BODY, NOW) == f"t={NOW},v1={expected}"
+    assert webhook_signature(["whsec_y"], BODY, NOW) != webhook_signature(["whsec_x"], BODY, NOW)
+
+
+def test_a_webhook_carries_a_signature_per_live_secret_the_newest_first():
+    new, old = (hmac.new(secret, f"{NOW}.".encode() + BODY, hashlib.sha256).hexdigest() for secret in (b"n", b"o"))
+    assert webhook_signature(["n", "o"], BODY, NOW) == f"t={NOW},v1={new},v1={old}"
+
+
+def test_a_request_signature_is_checked_against_every_live_secret():
+    timestamp = str(NOW)
+    signature = sign("sig_old", timestamp, "POST", "/v1/payments", BODY)
+    assert signature_valid(["sig_new", "sig_old"], timestamp, signature, "POST", "/v1/payments", BODY, now_s=NOW)
+    assert not signature_valid(["sig_new"], timestamp, signature, "POST", "/v1/payments", BODY, now_s=NOW)
+    assert not signature_valid([], timestamp, signature, "POST", "/v1/payments", BODY, now_s=NOW)
 
 
 def test_a_callback_signature_has_one_spelling_however_it_is_written():
     """Case, order and spaces do not make a replayed callback look new; a wrong, stale or missing one is ""."""
-    header = webhook_signature("whsec_x", BODY, NOW)
+    header = webhook_signature(["whsec_x"], BODY, NOW)
     timestamp, digest = (part.split("=", 1)[1] for part in header.split(","))
     spellings = [header, f"t={timestamp},v1={digest.upper()}", f"v1={digest},t={timestamp}",
                  f"t={timestamp}, v1={digest}", f" v1={digest.upper()} , t={timestamp} "]

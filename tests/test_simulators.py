@@ -247,7 +247,7 @@ def test_sign_matches_the_gateway_webhook_format():
     from edge.auth import webhook_signature
 
     body = b'{"callback_id":"cb_00","result":"authorized"}'
-    assert sign("s3cret", body, 1700000000) == webhook_signature("s3cret", body, 1700000000)
+    assert sign("s3cret", body, 1700000000) == webhook_signature(["s3cret"], body, 1700000000)
     expected = hmac.new(b"s3cret", b"1700000000." + body, hashlib.sha256).hexdigest()
     assert sign("s3cret", body, 1700000000) == f"t=1700000000,v1={expected}"
 
