@@ -303,7 +303,8 @@ class Payments:
         """Money in quoting a payment without an order that waits for it: its amount, in its currency, completes it;
         anything else the bank returns to the payer."""
         payment = self._payment_of(command.merchant_id, command.quoted_payment_id)
-        if payment is None or payment.order_id or payment.method not in BANK_METHODS:
+        # A deposit's payment is paid by a transfer quoting the deposit, into its wallet: never into the balance.
+        if payment is None or payment.order_id or payment.deposit_id or payment.method not in BANK_METHODS:
             return Outcome("payment_not_found")
         if command.callback_id in payment.callback_ids:
             return Outcome("duplicate", record=payment)

@@ -25,6 +25,7 @@ from engine.records import (
     Merchant,
     MoveWallet,
     Payment,
+    ReceiveBankTransfer,
     ReceiveDepositTransfer,
     RecordPspResult,
     RecordWithdrawalResult,
@@ -301,3 +302,10 @@ def test_a_credit_the_ledger_refuses_makes_no_account(gw):
     assert system_account_id("m1", "clearing_bank", "USD") not in gw.engine.ledger.accounts
     assert gw.record("deposit", "dep_1").status == "requires_action"
 
+
+def test_a_transfer_quoting_a_deposits_payment_is_not_taken_into_the_merchants_balance(gw):
+    gw.ok(deposit("dep_1", "qr"))
+    gw.refused(ReceiveBankTransfer(merchant_id="m1", order_id="", callback_id="bank1", amount=500, currency="USD",
+                                   method="qr", payment_id="pay_bank1", transfer_id="m1:bank1",
+                                   quoted_payment_id="pay_dep_1"), "payment_not_found")
+    assert (gw.record("deposit", "dep_1").status, gw.wallet(), gw.system("balance")) == ("requires_action", 0, 0)
