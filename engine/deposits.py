@@ -20,7 +20,15 @@ from engine.deposit_states import (
     is_final,
 )
 from engine.ledger import Ledger
-from engine.payments import BANK_METHODS, CALLBACK_REPLAYED, Payments, ensure_wallet, move, system_account
+from engine.payments import (
+    BANK_METHODS,
+    CALLBACK_REPLAYED,
+    Payments,
+    ensure_wallet,
+    move,
+    move_refusal,
+    system_account,
+)
 from engine.records import (
     AdjustWallet,
     Adjustment,
@@ -141,11 +149,17 @@ class Deposits:
             return Outcome("currency_mismatch", record=deposit)
         if command.amount != deposit.amount:
             return Outcome("amount_mismatch", record=deposit)
+        incoming = Transfer(command.transfer_id,
+                            system_account_id(deposit.merchant_id, "clearing_bank", deposit.currency),
+                            wallet_account_id(deposit.merchant_id, deposit.customer_id, deposit.currency),
+                            deposit.amount, deposit.currency)
+        refusal = move_refusal(self.ledger, incoming)  # before its accounts are made: a refusal leaves none
+        if refusal:
+            return Outcome(refusal, record=deposit)
         first_event = len(self.events)
-        clearing = system_account(self.ledger, deposit.merchant_id, "clearing_bank", deposit.currency, timestamp)
-        wallet = ensure_wallet(self.ledger, deposit.merchant_id, deposit.customer_id, deposit.currency, timestamp)
-        code = move(self.ledger, Transfer(command.transfer_id, clearing, wallet, deposit.amount, deposit.currency),
-                    timestamp)
+        system_account(self.ledger, deposit.merchant_id, "clearing_bank", deposit.currency, timestamp)
+        ensure_wallet(self.ledger, deposit.merchant_id, deposit.customer_id, deposit.currency, timestamp)
+        code = move(self.ledger, incoming, timestamp)
         if code != "ok":
             return Outcome(code, record=deposit)
         payment.callback_ids = [*payment.callback_ids, command.callback_id]
@@ -234,14 +248,17 @@ class Deposits:
         refusal = _amount_refusal(adjustment.amount)
         if refusal:
             return Outcome(refusal)
-        # Debit-normal: it runs a debit balance, and only up to that may money go back out through it.
-        source = self.ledger.ensure_account(
-            system_account_id(adjustment.merchant_id, "adjustments", adjustment.currency), adjustment.currency,
-            AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS | AccountFlag.HISTORY, timestamp)
-        wallet = ensure_wallet(self.ledger, adjustment.merchant_id, adjustment.customer_id, adjustment.currency,
-                               timestamp)
-        code = move(self.ledger, Transfer(command.transfer_id, source, wallet, adjustment.amount, adjustment.currency),
-                    timestamp)
+        credit = Transfer(command.transfer_id,
+                          system_account_id(adjustment.merchant_id, "adjustments", adjustment.currency),
+                          wallet_account_id(adjustment.merchant_id, adjustment.customer_id, adjustment.currency),
+                          adjustment.amount, adjustment.currency)
+        refusal = move_refusal(self.ledger, credit)  # before its accounts are made: a refusal leaves none
+        if refusal:
+            return Outcome(refusal)
+        # Debit-normal (the chart's flags): it runs a debit balance, and only up to that may money go back out.
+        system_account(self.ledger, adjustment.merchant_id, "adjustments", adjustment.currency, timestamp)
+        ensure_wallet(self.ledger, adjustment.merchant_id, adjustment.customer_id, adjustment.currency, timestamp)
+        code = move(self.ledger, credit, timestamp)
         if code != "ok":
             return Outcome(code)
         adjustment.created_at = timestamp

@@ -347,6 +347,23 @@ class Ledger:
             return 0
         return account.credits_posted - account.debits_posted - account.debits_pending
 
+    def move_refusal(self, transfer: Transfer) -> int:
+        """The code `move` would answer the plain posted `transfer` now (0: none), changing nothing. An account not
+        made yet counts as empty, with no limit (as a new holder credited or a new inflow mirror debited is): asked
+        before making them, so that a refused move leaves none behind."""
+        code = _validate_transfer(transfer)
+        if code:
+            return code
+        existing = self.transfers.get(transfer.id)
+        if existing is not None:
+            return _transfer_exists_code(transfer, existing)
+        if transfer.id in self.failed_ids:
+            return T.id_already_failed
+        empty = Account("", transfer.currency)
+        debit = self.accounts.get(transfer.debit_account_id, empty)
+        credit = self.accounts.get(transfer.credit_account_id, empty)
+        return _posted_overflow_code(debit, credit, transfer.amount) or _limit_code(debit, credit, transfer.amount)
+
     # Time
 
     def expire(self, timestamp: int) -> list[Event]:

@@ -288,10 +288,11 @@ class Payments:
         payment = awaiting or Payment(id=command.payment_id, merchant_id=order.merchant_id, amount=command.amount,
                                       currency=order.currency, order_id=order.id, method=command.method,
                                       acquirer="bank", created_at=timestamp)
-        clearing = system_account(self.ledger, order.merchant_id, "clearing_bank", order.currency, timestamp)
-        balance = system_account(self.ledger, order.merchant_id, "balance", order.currency, timestamp)
-        code = self._collect(payment, Transfer(command.transfer_id, clearing, balance, command.amount, order.currency),
-                             timestamp)
+        incoming, refusal = self._bank_inflow(command.transfer_id, order.merchant_id, "balance", command.amount,
+                                              order.currency, timestamp)
+        if refusal:
+            return Outcome(refusal, record=order)
+        code = self._collect(payment, incoming, timestamp)
         if code != "ok":
             return Outcome(code, record=order)
         if awaiting is None:
@@ -305,7 +306,8 @@ class Payments:
         """Money in quoting a payment without an order that waits for it: its amount, in its currency, completes it;
         anything else the bank returns to the payer."""
         payment = self._payment_of(command.merchant_id, command.quoted_payment_id)
-        if payment is None or payment.order_id or payment.method not in BANK_METHODS:
+        # A deposit's payment is paid by a transfer quoting the deposit, into its wallet: never into the balance.
+        if payment is None or payment.order_id or payment.deposit_id or payment.method not in BANK_METHODS:
             return Outcome("payment_not_found")
         if command.callback_id in payment.callback_ids:
             return Outcome("duplicate", record=payment)
@@ -315,10 +317,11 @@ class Payments:
             return Outcome("currency_mismatch", record=payment)
         if command.amount != payment.amount:
             return Outcome("amount_mismatch", record=payment)
-        clearing = system_account(self.ledger, payment.merchant_id, "clearing_bank", payment.currency, timestamp)
-        balance = system_account(self.ledger, payment.merchant_id, "balance", payment.currency, timestamp)
-        code = self._collect(payment, Transfer(command.transfer_id, clearing, balance, payment.amount,
-                                               payment.currency), timestamp)
+        incoming, refusal = self._bank_inflow(command.transfer_id, payment.merchant_id, "balance", payment.amount,
+                                              payment.currency, timestamp)
+        if refusal:
+            return Outcome(refusal, record=payment)
+        code = self._collect(payment, incoming, timestamp)
         if code != "ok":
             return Outcome(code, record=payment)
         payment.psp_reference, payment.next_action_url = command.bank_reference, ""
@@ -334,20 +337,32 @@ class Payments:
             return Outcome("sub_account_not_found")
         if command.payment_id in self.payments:
             return Outcome("duplicate", record=self.payments[command.payment_id])
-        clearing = system_account(self.ledger, merchant.id, "clearing_bank", command.currency, timestamp)
-        balance = system_account(self.ledger, merchant.id, command.sub_account_id or "balance", command.currency,
-                                 timestamp)
+        incoming, refusal = self._bank_inflow(command.transfer_id, merchant.id, command.sub_account_id or "balance",
+                                              command.amount, command.currency, timestamp)
+        if refusal:
+            return Outcome(refusal)
         payment = Payment(id=command.payment_id, merchant_id=merchant.id, amount=command.amount,
                           currency=command.currency, method=command.method, acquirer="bank",
                           psp_reference=command.bank_reference, callback_ids=[command.callback_id],
                           metadata={"sub_account_id": command.sub_account_id} if command.sub_account_id else {},
                           created_at=timestamp, updated_at=timestamp)
-        code = self._collect(payment, Transfer(command.transfer_id, clearing, balance, command.amount,
-                                               command.currency), timestamp)
+        code = self._collect(payment, incoming, timestamp)
         if code != "ok":
             return Outcome(code)
         self.add(payment)
         return Outcome(record=payment)
+
+    def _bank_inflow(self, transfer_id: str, merchant_id: str, name: str, amount: int, currency: str,
+                     timestamp: int) -> tuple[Transfer, str]:
+        """Money the bank received, from `clearing_bank` to the merchant's `name` account, and '' if the ledger would
+        take it (its accounts then made); else the refusal, and no account made."""
+        incoming = Transfer(transfer_id, system_account_id(merchant_id, "clearing_bank", currency),
+                            system_account_id(merchant_id, name, currency), amount, currency)
+        refusal = move_refusal(self.ledger, incoming)
+        if not refusal:
+            system_account(self.ledger, merchant_id, "clearing_bank", currency, timestamp)
+            system_account(self.ledger, merchant_id, name, currency, timestamp)
+        return incoming, refusal
 
     def capture(self, command: CapturePayment, timestamp: int) -> Outcome:
         payment = self._payment_of(command.merchant_id, command.payment_id)
@@ -651,6 +666,12 @@ def _wallet_payment(command: PayOrderFromWallet, order: Order | None, timestamp:
 def move(ledger: Ledger, transfer: Transfer, timestamp: int) -> str:
     """One transfer, its result as a commerce outcome code."""
     return transfer_outcome(ledger.move(transfer, timestamp))
+
+
+def move_refusal(ledger: Ledger, transfer: Transfer) -> str:
+    """'' if the ledger would take `transfer` once its missing accounts are made, else its refusal (an outcome code)."""
+    code = ledger.move_refusal(transfer)
+    return transfer_outcome(code) if code else ""
 
 
 def ensure_wallet(ledger: Ledger, merchant_id: str, customer_id: str, currency: str, timestamp: int) -> str:

@@ -2,7 +2,10 @@
 
 from collections.abc import Iterable
 
+import msgspec
+
 from engine import Account, AccountCode, Batch, BatchResult, Command, CreateAccounts, CreateTransfers, Engine, Transfer, TransferCode
+from engine.machine import Snapshot
 from engine.records import Outcome
 from engine.types import NANOSECONDS_PER_SECOND
 
@@ -22,6 +25,14 @@ def create_transfers(engine: Engine, timestamp: int, transfers: Iterable[Transfe
     """Create `transfers` in one batch; the result code of each, by name."""
     result = apply_batch(engine, timestamp, [CreateTransfers(list(transfers))])
     return [TransferCode.name(code) for code in result.results[0]]
+
+
+def state_without_failed_ids(engine: Engine) -> bytes:
+    """The state as the state hash sees it, less the transfer ids the ledger has spent on failures."""
+    snapshot = msgspec.msgpack.decode(engine.snapshot(), type=Snapshot)
+    snapshot.sequence = snapshot.timestamp = 0
+    snapshot.failed_ids = []
+    return msgspec.msgpack.encode(snapshot)
 
 
 def build_engine(timestamp: int, accounts: Iterable[Account]) -> Engine:

@@ -25,6 +25,7 @@ from engine.records import (
     Merchant,
     MoveWallet,
     Payment,
+    ReceiveBankTransfer,
     ReceiveDepositTransfer,
     RecordPspResult,
     RecordWithdrawalResult,
@@ -33,6 +34,7 @@ from engine.records import (
     system_account_id,
     wallet_account_id,
 )
+from engine.types import AMOUNT_MAX
 from engine.types import NANOSECONDS_PER_SECOND as S
 from ledger_helpers import Driver
 
@@ -285,3 +287,25 @@ def test_a_card_deposit_the_risk_rules_refuse_fails_at_once(gw):
     assert (created.code, created.record.status, created.record.failure_code) == ("ok", "failed", "risk_rejected")
     assert gw.do(acquirer("dep_1")).code == "payment_not_open"
     assert gw.wallet() == 0
+
+
+def test_a_credit_the_ledger_refuses_makes_no_account(gw):
+    gw.ok(adjustment("adj_1", AMOUNT_MAX),
+          CreateCustomer(Customer(id="cus_3", merchant_id="m1", email="e@example.com")))
+    # Checked before any account is made: nothing is left behind, not even a spent transfer id.
+    # The adjustments account has given all it can: a new wallet is not made for a credit it cannot fund.
+    gw.refused(adjustment("adj_2", 1, cid="cus_3"), "overflows_debits_posted")
+    assert wallet_account_id("m1", "cus_3", "USD") not in gw.engine.ledger.accounts
+    # The wallet is full: the bank's clearing account is not made for a transfer the wallet cannot take.
+    gw.ok(deposit("dep_1", "qr", amount=1))
+    gw.refused(transfer_in("dep_1", amount=1), "overflows_credits_posted")
+    assert system_account_id("m1", "clearing_bank", "USD") not in gw.engine.ledger.accounts
+    assert gw.record("deposit", "dep_1").status == "requires_action"
+
+
+def test_a_transfer_quoting_a_deposits_payment_is_not_taken_into_the_merchants_balance(gw):
+    gw.ok(deposit("dep_1", "qr"))
+    gw.refused(ReceiveBankTransfer(merchant_id="m1", order_id="", callback_id="bank1", amount=500, currency="USD",
+                                   method="qr", payment_id="pay_bank1", transfer_id="m1:bank1",
+                                   quoted_payment_id="pay_dep_1"), "payment_not_found")
+    assert (gw.record("deposit", "dep_1").status, gw.wallet(), gw.system("balance")) == ("requires_action", 0, 0)

@@ -901,6 +901,15 @@ def test_no_balance_goes_past_the_api_amount_range(gw: Gateway):
     assert balance.credits_posted == AMOUNT_MAX
 
 
+def test_a_transfer_the_ledger_refuses_makes_no_account(gw: Gateway):
+    """Checked before its accounts are made: the bank's clearing account is full, so the sub-account that would
+    have taken the money is not made, and nothing else changes."""
+    gw.ok(CreateSubAccount("m1", SubAccount("sub_store", "Store")))
+    gw.ok(static_code_transfer("cb1", AMOUNT_MAX))
+    gw.refused(static_code_transfer("cb2", 1, "sub_store"), "overflows_debits_posted")
+    assert system_account_id("m1", "sub_store", "VND") not in gw.engine.ledger.accounts
+
+
 # Splits and exceptions (seed 003, 004)
 
 

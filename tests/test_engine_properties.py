@@ -12,14 +12,13 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import msgspec
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
 
 from engine import Account, AccountFlag, Batch, CreateAccounts, CreateTransfers, Engine, Transfer, TransferFlag
 from engine.codes import ACCOUNT_CODES, TRANSFER_CODES, TRANSIENT_TRANSFER_CODES
-from engine.machine import Snapshot
 from engine.types import AMOUNT_MAX, NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, Event, PendingState
+from ledger_helpers import state_without_failed_ids
 
 settings.register_profile("fast", max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile("slow", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -428,13 +427,6 @@ def check_results_match_state(engine: Engine, plan: BatchPlan, results: list[lis
 def account_indexes(engine: Engine) -> dict[str, tuple[list[str], list]]:
     """Each account's transfer log, which the state hash leaves out, and its history, copied."""
     return {a.id: ([t.id for t in a.transfers or ()], list(a.history or ())) for a in engine.ledger.accounts.values()}
-
-
-def state_without_failed_ids(engine: Engine) -> bytes:
-    snapshot = msgspec.msgpack.decode(engine.snapshot(), type=Snapshot)
-    snapshot.sequence = snapshot.timestamp = 0
-    snapshot.failed_ids = []
-    return msgspec.msgpack.encode(snapshot)
 
 
 def split_chains(items: tuple[dict, ...]) -> list[tuple[int, int, str]]:
