@@ -235,7 +235,7 @@ async def check_sub_account(request: web.Request, merchant: Merchant, sub_accoun
 async def _check_merchant_request(request: web.Request, merchant: Merchant) -> None:
     check_merchant_access(request, merchant)
     await _check_signature(request, merchant)
-    wait_s = request.app["buckets"].take(merchant.id, merchant.tier, time.monotonic())
+    wait_s = request.app["buckets"].take(merchant.id, merchant.tier, time.time())
     if wait_s:
         raise ApiError(429, "rate_limited", f"too many requests for tier {merchant.tier}",
                        headers={"Retry-After": str(max(1, round(wait_s + 0.5)))})

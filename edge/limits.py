@@ -24,18 +24,24 @@ TOLERANCE_S = 1e-6
 
 
 def _take(tokens: float, updated: float, now_s: float, rate: float, burst: float, cost: float) -> tuple[float, float, float]:
-    """A bucket refilled to now, less `cost` if it holds it: (tokens, updated, seconds to wait or 0.0)."""
-    tokens = min(burst, tokens + max(0.0, now_s - updated) * rate)
+    """A bucket refilled to now, less `cost` if it holds it: (tokens, updated, seconds to wait or 0.0).
+
+    Times are wall-clock seconds. When the clock runs backwards (set back, or a file kept from another clock), the
+    bucket keeps its tokens and counts from now: a time in the future would otherwise refuse the key until the
+    clock caught up, for days perhaps. Re-living the interval can only refill up to the burst once.
+    """
+    updated = min(updated, now_s)
+    tokens = min(burst, tokens + (now_s - updated) * rate)
     wait = (cost - tokens) / rate
     admitted = wait <= TOLERANCE_S
     if admitted:
         tokens -= cost
-    return tokens, max(now_s, updated), 0.0 if admitted else wait  # a clock stepping back must not refill twice
+    return tokens, now_s, 0.0 if admitted else wait
 
 
 class SharedTokenBuckets:
     """One token bucket per key, refilled at its tier's rate per minute up to its burst, shared by every edge
-    worker of a machine through one small file.
+    worker of a machine through one small file that outlives reboots (so its times are wall-clock: `time.time()`).
 
     A merchant's limit is the tier's, however many worker processes its requests land on. Each bucket is a
     fixed slot (key hash, tokens, time), locked with a byte-range lock while it changes; a key whose slot another

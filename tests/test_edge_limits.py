@@ -62,10 +62,39 @@ def test_cost_larger_than_the_burst_is_a_programming_error(buckets):
         buckets.take("mer_a", "basic", T0, cost=101)
 
 
-def test_clock_stepping_back_does_not_refill(buckets):
+def test_clock_stepping_back_neither_refills_nor_blocks(buckets):
     take_until_refused(buckets, "mer_a", "basic", T0)
-    assert buckets.take("mer_a", "basic", T0 - 10) > 0
-    assert buckets.take("mer_a", "basic", T0) > 0
+    assert buckets.take("mer_a", "basic", T0 - 10) == pytest.approx(1.0)  # the tokens kept, no refill for the step
+    assert buckets.take("mer_a", "basic", T0 - 9) == 0.0  # counting from the new time, not waiting for T0
+
+
+DAY_S = 86_400.0
+
+
+def test_a_bucket_file_from_before_a_reboot_never_throttles_for_days(tmp_path):
+    """State written at a later time than the clock now says (a clock set back by days, or a file kept from a
+    monotonic clock that restarted at zero) costs at most the normal wait for the tokens missing."""
+    before = SharedTokenBuckets(tmp_path / "buckets")
+    take_until_refused(before, "mer_a", "basic", T0 + 3 * DAY_S)
+    before.close()
+    after = SharedTokenBuckets(tmp_path / "buckets")
+    try:
+        wait = after.take("mer_a", "basic", T0)
+        assert wait == pytest.approx(1.0)
+        assert after.take("mer_a", "basic", T0 + wait) == 0.0
+    finally:
+        after.close()
+
+
+def test_a_clock_jumping_forward_refills_only_up_to_the_burst(tmp_path):
+    before = SharedTokenBuckets(tmp_path / "buckets")
+    take_until_refused(before, "mer_a", "basic", 5_000.0)  # a monotonic time, as files once held
+    before.close()
+    after = SharedTokenBuckets(tmp_path / "buckets")
+    try:
+        assert take_until_refused(after, "mer_a", "basic", T0)[0] == 100
+    finally:
+        after.close()
 
 
 def test_custom_tiers_need_a_basic_tier(tmp_path):
