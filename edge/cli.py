@@ -184,8 +184,10 @@ def _serve(args) -> int:
                                                  status_query_margin_s=args.status_query_margin_s))
             actor_handles.append(health.spawn(settings.shard_addresses))
             ray_description += f"\nShards' health: {health.WHERE}"
-            actor_handles.append(risk.spawn(settings.shard_addresses, data / "risk", risk.load_rules(args.risk_rules)))
+            rules = risk.load_rules(args.risk_rules)
+            actor_handles.append(risk.spawn(settings.shard_addresses, data / "risk", rules))
             settings.risk_table_path = str(data / "risk" / risk.TABLE_FILE)
+            settings.risk_test_cards = rules.test_cards
             actor_pids += ray.get([handle.pid.remote() for handle in actor_handles])
             settings.providers = {"piggybank": connector_address}
         edge.start().wait_ready()

@@ -93,6 +93,8 @@ class Settings(msgspec.Struct, kw_only=True):
     authorization_hold_s: int = 7 * 86400
     # The risk actor's published table (empty: no actors, and no risk rules at the edge).
     risk_table_path: str = ""
+    # Card numbers not held to the risk rules' attempt counts (RiskRules.test_cards; none in production).
+    risk_test_cards: list[str] = []
 
 
 class Principal(msgspec.Struct):
