@@ -10,13 +10,14 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from edge import cards, payments_api, qr_api, render, risk, schemas, wallets_api
-from edge.auth import AdminToken, Secrets, TokenIssuer, hash_password, hash_secret, verify_password
+from edge import cards, login, payments_api, qr_api, render, risk, schemas, wallets_api
+from edge.auth import AdminToken, Secrets, TokenIssuer, hash_secret
 from edge.errors import ApiError, not_found
 from edge.gateway import Gateway
 from edge.http import (
     ADMIN,
     MAX_BODY_BYTES,
+    TOKEN_TTL_S,
     Settings,
     authenticate,
     body_of,
@@ -37,11 +38,11 @@ from edge.http import (
     respond,
     run,
 )
-from edge.limits import SharedTokenBuckets, SlidingWindow, client_ip, malformed_networks
+from edge.limits import SharedTokenBuckets, malformed_networks
 from edge.metrics import Metrics
 from edge.openapi import document
 from engine.codes import AccountCode, TransferCode
-from engine.queries import AccountBalance, AccountTransfers, FindDashboardUser, GetCustomer, GetOrder, ListOrders, \
+from engine.queries import AccountBalance, AccountTransfers, GetCustomer, GetOrder, ListOrders, \
     LookupAccounts, LookupTransfers
 from engine.records import (
     AddDashboardUser,
@@ -68,9 +69,6 @@ from engine.types import Account, AccountFlag, CreateAccounts, CreateTransfers, 
     Transfer, TransferFlag
 
 log = logging.getLogger("paygate.edge")
-TOKEN_TTL_S = 3600
-LOGIN_ATTEMPTS = 20  # per client IP and worker, per LOGIN_WINDOW_S
-LOGIN_WINDOW_S = 60
 READY_TIMEOUT_S = 2.0  # a readiness probe answers within this: a shard silent that long is not ready
 
 
@@ -82,7 +80,7 @@ def create_app(settings: Settings) -> web.Application:
     app["admin"] = AdminToken.load_or_create(data / "admin_token.sha256", settings.admin_token or None)[0]
     app["issuer"] = TokenIssuer.load_or_create(data / "jwt_signing_key.pem")
     app["buckets"] = SharedTokenBuckets(data / "rate_limits.bin")
-    app["login_attempts"] = SlidingWindow(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
+    login.install(app, data / "login_lockouts.bin")
     app["merchant_cache"] = {}
     app["kek"] = cards.KeyEncryptionKey.load_or_create(data / "card_kek.key")
     app["metrics"] = Metrics()
@@ -98,7 +96,7 @@ def create_app(settings: Settings) -> web.Application:
         web.get("/openapi.json", openapi),
         web.get("/.well-known/jwks.json", jwks),
         web.post("/oauth/token", oauth_token),
-        web.post("/v1/auth/login", login),
+        web.post("/v1/auth/login", login.login),
         web.post("/v1/merchants", create_merchant),
         web.get("/v1/merchants/me", get_me),
         web.get("/v1/merchants/{id}", get_merchant),
@@ -216,27 +214,6 @@ async def oauth_token(request: web.Request) -> web.Response:
     return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
 
 
-async def login(request: web.Request) -> web.Response:
-    peer = client_ip(request.remote, request.headers.get("X-Forwarded-For"), request.app["settings"].trusted_proxies)
-    wait_s = request.app["login_attempts"].hit(peer, time.monotonic())
-    if wait_s:
-        raise ApiError(429, "rate_limited", "too many login attempts", headers={"Retry-After": str(round(wait_s + 0.5))})
-    credentials, _ = await body_of(request, schemas.Login)
-    answers = await request.app["gateway"].read_everywhere(FindDashboardUser(credentials.email))
-    # The same email may sign in to several merchants: the password tells which.
-    merchant = next((candidate for answer in answers for candidate in answer.records
-                     if _password_matches(candidate, credentials)), None)
-    if merchant is None:
-        raise ApiError(401, "invalid_login", "wrong email or password")
-    token = request.app["issuer"].issue(merchant.id, "dashboard", TOKEN_TTL_S, int(time.time()))
-    return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
-
-
-def _password_matches(merchant: Merchant, credentials: schemas.Login) -> bool:
-    return any(user.email == credentials.email and verify_password(credentials.password, user.password_hash)
-               for user in merchant.users)
-
-
 # Merchants
 
 
@@ -326,7 +303,7 @@ async def create_dashboard_user(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
     merchant_id = request.match_info["id"]
     fields, body = await body_of(request, schemas.DashboardUserCreate)
-    user = DashboardUser(fields.email, hash_password(fields.password))
+    user = DashboardUser(fields.email, await request.app["passwords"].hash(fields.password))
     outcome = await run(request, merchant_id, AddDashboardUser(merchant_id, user), body)
     raise_for(outcome)
     request.app["merchant_cache"].pop(merchant_id, None)

@@ -32,6 +32,7 @@ IDEMPOTENCY_KEY_MAX_LENGTH = 255
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 # Said instead of aiohttp's default, which names the Python and aiohttp versions to anyone who asks.
 SERVER_NAME = "paygate"
+TOKEN_TTL_S = 3600  # the access tokens of OAuth and dashboard logins
 MERCHANT_CACHE_SECONDS = 2.0
 MERCHANT_CACHE_SIZE = 10_000
 ADMIN = "admin"
