@@ -29,6 +29,7 @@ from edge.http import (
     errors_and_metrics,
     ledger_id,
     ledger_prefix,
+    merchant_caches,
     merchant_principal,
     new_id,
     parse_limit,
@@ -81,7 +82,8 @@ def create_app(settings: Settings) -> web.Application:
     app["issuer"] = TokenIssuer.load_or_create(data / "jwt_signing_key.pem")
     app["buckets"] = SharedTokenBuckets(data / "rate_limits.bin")
     login.install(app, data / "login_lockouts.bin")
-    app["merchant_cache"] = {}
+    app["merchant_cache"], app["merchant_misses"] = merchant_caches()
+    app["png_cache"] = qr_api.png_cache()
     app["kek"] = cards.KeyEncryptionKey.load_or_create(data / "card_kek.key")
     app["metrics"] = Metrics()
     app["risk"] = risk.LocalTable(settings.risk_table_path, settings.risk_test_cards)
@@ -283,7 +285,7 @@ async def update_merchant(request: web.Request) -> web.Response:
                                                          "settlement_account": _settlement_account(fields)})
     outcome = await run(request, merchant_id, command, body)
     raise_for(outcome)
-    request.app["merchant_cache"].pop(merchant_id, None)
+    request.app["merchant_cache"].pop(merchant_id)
     return respond(request, render.merchant(outcome.record))
 
 
@@ -293,7 +295,7 @@ async def create_sub_account(request: web.Request) -> web.Response:
     sub_account = SubAccount(new_id("sub_", request, merchant.id), fields.name)
     outcome = await run(request, merchant.id, CreateSubAccount(merchant.id, sub_account), body)
     raise_for(outcome)
-    request.app["merchant_cache"].pop(merchant.id, None)
+    request.app["merchant_cache"].pop(merchant.id)
     # By id, not position: under an Idempotency-Key the id is the key's, so a replay's stored merchant names it too.
     created = next(sub for sub in outcome.record.sub_accounts if sub.id == sub_account.id)
     return respond(request, render.sub_account(outcome.record.id, created))
@@ -306,7 +308,7 @@ async def create_dashboard_user(request: web.Request) -> web.Response:
     user = DashboardUser(fields.email, await request.app["passwords"].hash(fields.password))
     outcome = await run(request, merchant_id, AddDashboardUser(merchant_id, user), body)
     raise_for(outcome)
-    request.app["merchant_cache"].pop(merchant_id, None)
+    request.app["merchant_cache"].pop(merchant_id)
     return respond(request, {"merchant_id": merchant_id, "email": fields.email})
 
 

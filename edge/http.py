@@ -18,6 +18,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from edge import render, schemas
 from edge.auth import hash_secret, merchant_id_from_api_key, signature_valid
+from edge.cache import MISSING, LruCache
 from edge.errors import ApiError, from_validation, not_found, shard_unavailable
 from edge.gateway import InvalidCommand, ShardBusy
 from edge.limits import client_ip, ip_allowed
@@ -35,6 +36,7 @@ SERVER_NAME = "paygate"
 TOKEN_TTL_S = 3600  # the access tokens of OAuth and dashboard logins
 MERCHANT_CACHE_SECONDS = 2.0
 MERCHANT_CACHE_SIZE = 10_000
+MERCHANT_MISS_CACHE_SIZE = 1_000
 ADMIN = "admin"
 # Engine outcome codes as HTTP errors: status and the API's code.
 OUTCOME_ERRORS = {
@@ -212,17 +214,26 @@ async def _merchant_for_token(app: web.Application, token: str) -> Merchant | No
     return await cached_merchant(app, claims["sub"]) if claims else None
 
 
+def merchant_caches() -> tuple[LruCache, LruCache]:
+    """This worker's merchant records, and apart, the ids found to name none: a flood of made-up ids cycles through
+    the small second cache and never pushes real merchants out of the first."""
+    return LruCache(MERCHANT_CACHE_SIZE, MERCHANT_CACHE_SECONDS), LruCache(MERCHANT_MISS_CACHE_SIZE, MERCHANT_CACHE_SECONDS)
+
+
 async def cached_merchant(app: web.Application, merchant_id: str) -> Merchant | None:
     """Merchant records change rarely: each worker keeps them a moment (suspensions apply within it)."""
-    cache = app["merchant_cache"]
+    cache, misses = app["merchant_cache"], app["merchant_misses"]
     now = time.monotonic()
-    hit = cache.get(merchant_id)
-    if hit is not None and now - hit[1] < MERCHANT_CACHE_SECONDS:
-        return hit[0]
+    merchant = cache.get(merchant_id, now)
+    if merchant is not MISSING:
+        return merchant
+    if misses.get(merchant_id, now) is not MISSING:
+        return None
     merchant = (await app["gateway"].read(merchant_id, GetMerchant(merchant_id=merchant_id))).record
-    if len(cache) >= MERCHANT_CACHE_SIZE:
-        cache.clear()
-    cache[merchant_id] = (merchant, now)
+    if merchant is None:
+        misses.put(merchant_id, None, now)
+    else:
+        cache.put(merchant_id, merchant, now)
     return merchant
 
 
