@@ -41,6 +41,7 @@ from edge.http import (
 )
 from edge.limits import SharedTokenBuckets, malformed_networks
 from edge.metrics import Metrics
+from edge.outbound import check_outbound_urls
 from edge.openapi import document
 from engine.codes import AccountCode, TransferCode
 from engine.queries import AccountBalance, AccountTransfers, GetCustomer, GetOrder, ListOrders, \
@@ -223,6 +224,7 @@ async def create_merchant(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
     fields, body = await body_of(request, schemas.MerchantCreate)
     _check_allowlist(fields.ip_allowlist)
+    check_outbound_urls(request, webhook_url=fields.webhook_url)
     merchant_id = new_id("mer_", request, ADMIN)
     derived: Secrets = request.app["secrets"]
     api_key = derived.api_key(merchant_id)
@@ -281,6 +283,7 @@ async def update_merchant(request: web.Request) -> web.Response:
     merchant_id = request.match_info["id"]
     fields, body = await body_of(request, schemas.MerchantUpdate)
     _check_allowlist(fields.ip_allowlist or [])
+    check_outbound_urls(request, webhook_url=fields.webhook_url)
     command = UpdateMerchant(merchant_id=merchant_id, **{**msgspec.structs.asdict(fields),
                                                          "settlement_account": _settlement_account(fields)})
     outcome = await run(request, merchant_id, command, body)
@@ -319,6 +322,7 @@ async def create_order(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.OrderCreate)
     check_currency(fields.currency)
+    check_outbound_urls(request, callback_url=fields.callback_url, ipn_url=fields.ipn_url)
     _check_splits(fields.splits)
     settings: Settings = request.app["settings"]
     order = Order(

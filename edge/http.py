@@ -98,6 +98,8 @@ class Settings(msgspec.Struct, kw_only=True):
     risk_table_path: str = ""
     # Card numbers not held to the risk rules' attempt counts (RiskRules.test_cards; none in production).
     risk_test_cards: list[str] = []
+    # `serve --production`: merchant-supplied URLs must name public hosts (edge/outbound.py).
+    production: bool = False
 
 
 class Principal(msgspec.Struct):
