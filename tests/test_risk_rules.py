@@ -302,7 +302,7 @@ def test_a_rules_file_naming_one_currency_keeps_the_others_limited(tmp_path):
 
 
 def test_test_cards_are_configuration_matching_the_simulated_acquirers_list(tmp_path):
-    from actors.piggybank import TEST_CARDS
+    from actors.simulators.piggybank import TEST_CARDS
 
     assert set(RiskRules().test_cards) == TEST_CARDS
     path = tmp_path / "rules.json"
