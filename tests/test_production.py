@@ -1,10 +1,12 @@
 """`paygate serve --production`: merchant URLs on public hosts only, no demo merchant, risk closed without its table,
 and no start over a data folder other users can open. Without the flag, the same requests pass as before."""
 
+import json
 import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -118,5 +120,25 @@ def test_without_production_internal_urls_stay_allowed(tmp_path):
         assert server.demo_key
         created = merchant(server, webhook_url="http://127.0.0.1:9000/hooks")
         assert created.status == 200, created.body
+    finally:
+        server.stop()
+
+
+def test_production_holds_the_test_cards_to_the_attempt_counts(tmp_path):
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"velocity": {"card_fingerprint": {"attempts": 2, "window_s": 600}}}))
+    server = Server(tmp_path / "data", actors=True, extra=("--production", "--risk-rules", str(rules))).start()
+    try:
+        shop = merchant(server).json()
+        deadline = time.monotonic() + 30
+        while True:  # the risk actor publishes its counts a moment after the payments
+            payment = server.request("POST", "/v1/payments", {"amount": 1000, "currency": "usd",
+                                                              "payment_method": CARD}, key=shop["api_key"]).json()
+            if payment["status"] == "failed":
+                break
+            assert time.monotonic() < deadline, payment
+            time.sleep(0.2)
+        assert (payment["failure_code"], payment["failure_message"]) == (
+            "risk_rejected", "at most 2 payment attempts in 600 s for this card")
     finally:
         server.stop()
