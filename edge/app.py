@@ -87,7 +87,7 @@ def create_app(settings: Settings) -> web.Application:
     app["png_cache"] = qr_api.png_cache()
     app["kek"] = cards.KeyEncryptionKey.load_or_create(data / "card_kek.key")
     app["metrics"] = Metrics()
-    app["risk"] = risk.LocalTable(settings.risk_table_path, settings.risk_test_cards)
+    app["risk"] = risk.LocalTable(settings.risk_table_path, frozenset(settings.risk_test_cards))
     app.on_startup.append(_open_gateway)
     app.on_cleanup.append(_close_gateway)
     app.cleanup_ctx.append(risk.watch_table)

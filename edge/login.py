@@ -10,6 +10,7 @@ import asyncio
 import base64
 import concurrent.futures
 import math
+import pathlib
 import time
 
 from aiohttp import web
@@ -56,7 +57,7 @@ class PasswordHasher:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def install(app: web.Application, lockouts_path) -> None:
+def install(app: web.Application, lockouts_path: pathlib.Path) -> None:
     """The login's state on an app: a per-IP window (this worker), per-account lockouts (all workers), a hasher."""
     app["login_attempts"] = SlidingWindow(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
     app["login_lockouts"] = LoginLockouts(lockouts_path)

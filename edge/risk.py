@@ -39,9 +39,9 @@ BLOCKLIST_ID_LENGTH = 28  # "blk_" and 24 hex digits
 class LocalTable:
     """This worker's copy of the risk table: None until one is published."""
 
-    def __init__(self, path: str, test_cards: list[str] = ()) -> None:
+    def __init__(self, path: str, test_cards: frozenset[str] = frozenset()) -> None:
         self.path = pathlib.Path(path) if path else None
-        self.test_cards = frozenset(test_cards)
+        self.test_cards = test_cards
         self.table: RiskTable | None = None
         self.loaded = asyncio.Event()
         self.payer_scopes: frozenset[str] = frozenset()
