@@ -1,15 +1,24 @@
 """Dashboard login against a real `paygate serve` with two edge workers: growing delays per account whatever worker
-an attempt lands on, and password hashing that leaves the event loop free."""
+an attempt lands on, password hashing that leaves the event loop free, and old hashes made anew at login."""
 
+import asyncio
+import base64
 import concurrent.futures
+import hashlib
 import time
 import urllib.parse
 import uuid
 
 import pytest
 
+from edge.auth import verify_password
 from edge.limits import LOGIN_FREE_FAILURES
+from edge.login import CURRENT_PARAMETERS
 from edge_harness import Server
+from engine.queries import GetMerchant
+from engine.records import AddDashboardUser, DashboardUser
+from journal.client import ShardClient
+from journal.processes import running_address
 
 PASSWORD = "correct horse battery staple"
 
@@ -78,3 +87,31 @@ def test_logins_in_progress_leave_the_api_answering(server):
             time.sleep(0.05)
         assert [future.result().status for future in logins] == [401] * 4
     assert slowest_s < 0.5
+
+
+def stored_hash(server: Server, merchant_id: str, email: str, replacing: str | None = None) -> str:
+    """The user's stored password hash, read from the shard itself; first set to `replacing` when given."""
+    async def work() -> str:
+        client = ShardClient([running_address(server.data / "shard-0")], timeout_ms=5000)
+        try:
+            if replacing is not None:
+                await client.submit([AddDashboardUser(merchant_id, DashboardUser(email, replacing))])
+            merchant = (await client.read(GetMerchant(merchant_id=merchant_id))).record
+            return next(user.password_hash for user in merchant.users if user.email == email)
+        finally:
+            client.close()
+
+    return asyncio.run(work())
+
+
+def test_a_password_hashed_with_older_parameters_is_hashed_anew_at_login(server):
+    merchant_id, email = dashboard_user(server)
+    salt = bytes(range(16))
+    digest = hashlib.scrypt(PASSWORD.encode(), salt=salt, n=2**14, r=8, p=1, dklen=32)
+    old = f"scrypt$16384$8$1${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+    assert stored_hash(server, merchant_id, email, replacing=old) == old
+    assert login(server, merchant_id, email, PASSWORD).status == 200
+    new = stored_hash(server, merchant_id, email)
+    assert new.startswith(CURRENT_PARAMETERS) and verify_password(PASSWORD, new)
+    assert login(server, merchant_id, email, PASSWORD).status == 200
+    assert stored_hash(server, merchant_id, email) == new  # once only
