@@ -7,7 +7,6 @@ used; SharedTokenBuckets and LoginLockouts share theirs with the other worker pr
 """
 
 import collections
-import contextlib
 import fcntl
 import functools
 import hashlib
@@ -56,16 +55,16 @@ class SharedSlots:
             os.ftruncate(self._descriptor, size)
         self._map = mmap.mmap(self._descriptor, size)
 
-    @contextlib.contextmanager
-    def _slot(self, key: str):
-        """(key hash, the slot's offset in the map), held locked against the other workers meanwhile."""
+    def _slot(self, key: str) -> tuple[int, int]:
+        """The key's hash and its slot's offset in the map, the slot locked against the other workers: the caller
+        unlocks it (`_unlock`) in a `finally` (a context manager here would cost the hot path a generator)."""
         key_hash = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") or 1
         offset = (key_hash % self._slots) * self.SLOT.size
         fcntl.lockf(self._descriptor, fcntl.LOCK_EX, self.SLOT.size, offset)
-        try:
-            yield key_hash, offset
-        finally:
-            fcntl.lockf(self._descriptor, fcntl.LOCK_UN, self.SLOT.size, offset)
+        return key_hash, offset
+
+    def _unlock(self, offset: int) -> None:
+        fcntl.lockf(self._descriptor, fcntl.LOCK_UN, self.SLOT.size, offset)
 
     def close(self) -> None:
         self._map.close()
@@ -91,12 +90,15 @@ class SharedTokenBuckets(SharedSlots):
         per_minute, burst = self._tiers.get(tier, self._tiers["basic"])
         if cost > burst:
             raise ValueError(f"a cost of {cost} can never fit a bucket of {burst}")
-        with self._slot(key) as (key_hash, offset):
+        key_hash, offset = self._slot(key)
+        try:
             stored_hash, tokens, updated = self.SLOT.unpack_from(self._map, offset)
             if stored_hash != key_hash:
                 tokens, updated = burst, now_s
             tokens, updated, wait = _take(tokens, updated, now_s, per_minute / 60, burst, cost)
             self.SLOT.pack_into(self._map, offset, key_hash, tokens, updated)
+        finally:
+            self._unlock(offset)
         return wait
 
 
@@ -125,24 +127,33 @@ class LoginLockouts(SharedSlots):
 
     def wait_s(self, account: str, now_s: float) -> float:
         """Seconds until the account may try again (0.0: now)."""
-        with self._slot(account) as (key_hash, offset):
+        key_hash, offset = self._slot(account)
+        try:
             stored_hash, failures, last_failure = self.SLOT.unpack_from(self._map, offset)
+        finally:
+            self._unlock(offset)
         if stored_hash != key_hash or now_s - last_failure >= LOGIN_FORGET_S:
             return 0.0
         delay = lockout_delay_s(failures)
         return max(0.0, min(delay, last_failure + delay - now_s))
 
     def failed(self, account: str, now_s: float) -> None:
-        with self._slot(account) as (key_hash, offset):
+        key_hash, offset = self._slot(account)
+        try:
             stored_hash, failures, last_failure = self.SLOT.unpack_from(self._map, offset)
             if stored_hash != key_hash or now_s - last_failure >= LOGIN_FORGET_S:
                 failures = 0
             self.SLOT.pack_into(self._map, offset, key_hash, failures + 1, now_s)
+        finally:
+            self._unlock(offset)
 
     def succeeded(self, account: str) -> None:
-        with self._slot(account) as (key_hash, offset):
+        key_hash, offset = self._slot(account)
+        try:
             if self.SLOT.unpack_from(self._map, offset)[0] == key_hash:
                 self.SLOT.pack_into(self._map, offset, 0, 0, 0.0)
+        finally:
+            self._unlock(offset)
 
 
 class SlidingWindow:
