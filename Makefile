@@ -3,16 +3,36 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test test-slow run bench-engine bench-durable bench-http bench-ceiling clean
+LOCK := requirements.lock
+# `make lock` alone needs uv, kept apart from the project's environment at a fixed version
+UV_VERSION := 0.13.9
+UV := .lock-tools/bin/uv
+PYPI := https://pypi.org/simple
+
+.PHONY: venv lock lock-check test test-slow run bench-engine bench-durable bench-http bench-ceiling clean
 
 venv: $(STAMP)
 
-# Reinstall only when the project's dependencies change.
-$(STAMP): pyproject.toml
+# Every package (the test and bench extras and the build backend too) comes pinned and hashed from the lock;
+# the project itself is installed on top, editable, adding nothing.
+$(STAMP): pyproject.toml $(LOCK)
+	$(PYTHON) tools/lockcheck.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+lock-check:
+	$(PYTHON) tools/lockcheck.py
+
+# Re-resolve after pyproject.toml changes, keeping the current pins where they still fit
+# (`make lock LOCK_FLAGS=--upgrade` moves everything to the newest releases).
+lock:
+	test -x $(UV) || $(PYTHON) -m pip install --quiet --target .lock-tools uv==$(UV_VERSION)
+	$(PYTHON) tools/lockcheck.py --build-requires | $(UV) pip compile --quiet pyproject.toml - \
+		--extra test --extra bench --universal --python-version 3.11 --generate-hashes \
+		--index-url $(PYPI) --custom-compile-command 'make lock' $(LOCK_FLAGS) -o $(LOCK)
+	$(PYTHON) tools/lockcheck.py --stamp
 
 # Run again with asserts stripped (PYTHONOPTIMIZE, as python -O; the shard processes the tests start inherit it):
 # a check or piece of work that hid in an assert vanishes here. The tests' own asserts still run, since pytest
@@ -21,7 +41,7 @@ $(STAMP): pyproject.toml
 OPTIMIZED_TESTS := tests/test_engine_*.py tests/test_journal_store.py tests/test_shard_faults.py \
 	tests/test_replication.py tests/test_shard_crash.py tests/test_shard_service.py tests/test_sending.py
 
-test: venv
+test: lock-check venv
 	$(BIN)/python -m pytest
 	PYTHONOPTIMIZE=1 $(BIN)/python -m pytest $(OPTIMIZED_TESTS)
 
@@ -44,4 +64,4 @@ bench-ceiling: venv
 	$(BIN)/python -m bench.ceiling
 
 clean:
-	rm -rf $(VENV) data bench/out
+	rm -rf $(VENV) .lock-tools data bench/out

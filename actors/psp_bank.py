@@ -1,4 +1,4 @@
-"""The simulated bank (actors/bank.py) behind the connector interface: payouts and their status; no card operations.
+"""The simulated bank (actors/simulators/bank.py) behind the connector interface: payouts and their status; no card operations.
 
     payout   POST /v1/payouts {"payout_id", "merchant_id", "amount", "currency"} → 202 {"bank_reference"}; the
              result follows in a signed callback; the same payout_id again is answered again, paid once

@@ -1,4 +1,4 @@
-"""The piggybank card acquirer (actors/piggybank.py) behind the connector interface.
+"""The piggybank card acquirer (actors/simulators/piggybank.py) behind the connector interface.
 
     authorize   POST /v1/authorizations (Idempotency-Key: the payment id) → 202 {"psp_reference"}; the verdict
                 follows in a signed callback; 402 is a decline

@@ -32,6 +32,7 @@ from actors.risk_table import BLOCKLIST_OWNER, TABLE_FILE, Flag, RiskKind, RiskT
     table_encoder
 from actors.runtime import NAMESPACE, die_with_parent
 from engine.batch import Batch, BatchResult, applied_commands
+from engine.currencies import CURRENCY_EXPONENTS
 from engine.queries import ListBlocklist
 from engine.records import AddToBlocklist, BlocklistEntry, CreateDeposit, CreatePayment, Deposit, inner_command, \
     Outcome, Payment, PayOrderFromWallet, RemoveFromBlocklist
@@ -60,9 +61,21 @@ class VelocityLimit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     window_s: Annotated[int, Meta(ge=BUCKETS, le=7 * 86400)]
 
 
-# The basic tier's limits (1,000 US dollars or about as much); the other tiers' are multiples.
-BASIC_AMOUNT_LIMITS = {"usd": 100_000, "eur": 100_000, "gbp": 80_000, "jpy": 150_000, "vnd": 25_000_000}
+# The basic tier's limit in US dollars; the other tiers' are multiples, and other currencies about as much.
+BASIC_AMOUNT_LIMIT_USD = 1000
 TIER_MULTIPLES = {"basic": 1, "standard": 5, "premium": 25}
+# About how many units of each accepted currency a US dollar buys, rounded: limits need the size, not the rate.
+UNITS_PER_USD = {
+    "usd": 1, "eur": 1, "gbp": 0.8, "vnd": 25_000, "jpy": 150, "krw": 1_400, "sgd": 1.35, "thb": 35, "idr": 16_000,
+    "myr": 4.5, "php": 56, "aud": 1.5, "cad": 1.4, "chf": 0.9, "cny": 7.2, "hkd": 7.8, "inr": 83, "nzd": 1.65,
+    "sek": 10.5, "nok": 10.5, "dkk": 6.9, "pln": 4, "czk": 23, "huf": 360, "brl": 5.5, "mxn": 18, "zar": 18.5,
+    "aed": 3.67, "twd": 32, "try": 34,
+}
+if UNITS_PER_USD.keys() != CURRENCY_EXPONENTS.keys():
+    raise ImportError("the risk rules need a rate for every accepted currency (engine/currencies.py)")
+# The simulated acquirer's published test numbers (its documented outcomes hold however often they are used).
+SIMULATED_ACQUIRER_TEST_CARDS = ("4242424242424242", "4000000000000002", "4000000000009995", "4000000000003220",
+                                 "4000000000000119", "4000000000000036")
 
 
 def _default_velocity() -> dict:
@@ -70,8 +83,10 @@ def _default_velocity() -> dict:
             "customer": VelocityLimit(10, 3600), "email": VelocityLimit(10, 3600)}
 
 
-def _default_amount_limits() -> dict:
-    return {tier: {currency: amount * multiple for currency, amount in BASIC_AMOUNT_LIMITS.items()}
+def default_amount_limits() -> dict[str, dict[str, int]]:
+    """tier -> currency -> the largest amount in minor units, for every accepted currency."""
+    return {tier: {currency: round(BASIC_AMOUNT_LIMIT_USD * multiple * rate * 10 ** CURRENCY_EXPONENTS[currency])
+                   for currency, rate in UNITS_PER_USD.items()}
             for tier, multiple in TIER_MULTIPLES.items()}
 
 
@@ -80,11 +95,20 @@ class RiskRules(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 
     # Per kind of attribute, counted at each merchant; a kind left out is not counted.
     velocity: dict[RiskKind, VelocityLimit] = msgspec.field(default_factory=_default_velocity)
-    # merchant tier -> currency -> the largest amount a payment may have; a currency left out has no limit.
+    # merchant tier -> currency -> the largest amount a payment may have; a tier or currency left out keeps its
+    # default, so every accepted currency has a limit.
     amount_limits: dict[str, dict[Annotated[str, Meta(pattern="^[a-z]{3}$")], Annotated[int, Meta(ge=1)]]] = \
-        msgspec.field(default_factory=_default_amount_limits)
+        msgspec.field(default_factory=default_amount_limits)
     # Keys counted per kind; past it the least recently seen is forgotten.
     max_keys: Annotated[int, Meta(ge=1, le=10_000_000)] = 50_000
+    # Card numbers whose attempts are not counted (a test acquirer's published numbers; the block list still holds).
+    # `paygate serve --production` exempts none.
+    test_cards: Annotated[list[Annotated[str, Meta(pattern="^[0-9]{12,19}$")]], Meta(max_length=1000)] = \
+        msgspec.field(default_factory=lambda: list(SIMULATED_ACQUIRER_TEST_CARDS))
+
+    def __post_init__(self) -> None:
+        for tier, limits in default_amount_limits().items():
+            self.amount_limits[tier] = limits | self.amount_limits.get(tier, {})
 
 
 def load_rules(path: str | None) -> RiskRules:

@@ -44,7 +44,7 @@ class ProviderProcesses:
     def start(self) -> "ProviderProcesses":
         for service in self.services:
             self.processes.append(subprocess.Popen([
-                sys.executable, "-m", f"actors.{service.name}", "--host", service.host, "--port", str(service.port),
+                sys.executable, "-m", f"actors.simulators.{service.name}", "--host", service.host, "--port", str(service.port),
                 "--callback-url", service.callback_url, "--secret-file", service.secret_file,
                 "--log-level", "WARNING"]))
         return self

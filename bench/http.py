@@ -68,7 +68,7 @@ def role_of(process: psutil.Process) -> str:
     except psutil.Error:
         return "other"
     for marker, role in (("locust", "locust"), ("edge.server", "edge"), ("journal.shard", "shard"),
-                         ("edge.cli", "supervisor"), ("ray", "ray"), ("actors.", "providers"),
+                         ("edge.cli", "supervisor"), ("ray", "ray"), ("actors.simulators.", "providers"),
                          ("ceiling_app", "app")):
         if marker in command:
             return role

@@ -9,8 +9,8 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from edge import cards, credentials_api, payments_api, qr_api, render, risk, schemas, wallets_api
-from edge.auth import AdminToken, Secrets, TokenIssuer, hash_password, hash_secret, verify_password
+from edge import cards, credentials_api, login, payments_api, qr_api, render, risk, schemas, wallets_api
+from edge.auth import AdminToken, Secrets, TokenIssuer, hash_secret
 from edge.credentials import CredentialUses, MerchantSecrets, client_secret_set, report_uses
 from edge.sealing import SecretSealer
 from edge.errors import ApiError, not_found
@@ -19,6 +19,7 @@ from edge.http import (
     ADMIN,
     MAX_BODY_BYTES,
     RequestFingerprints,
+    TOKEN_TTL_S,
     Settings,
     authenticate,
     body_of,
@@ -30,6 +31,7 @@ from edge.http import (
     errors_and_metrics,
     ledger_id,
     ledger_prefix,
+    merchant_caches,
     merchant_principal,
     merchant_visible,
     new_id,
@@ -40,11 +42,12 @@ from edge.http import (
     respond,
     run,
 )
-from edge.limits import SharedTokenBuckets, SlidingWindow, client_ip, malformed_networks
+from edge.limits import SharedTokenBuckets, malformed_networks
 from edge.metrics import Metrics
+from edge.outbound import check_outbound_urls
 from edge.openapi import document
 from engine.codes import AccountCode, TransferCode
-from engine.queries import AccountBalance, AccountTransfers, FindDashboardUser, GetCustomer, GetOrder, ListOrders, \
+from engine.queries import AccountBalance, AccountTransfers, GetCustomer, GetOrder, ListOrders, \
     LookupAccounts, LookupTransfers
 from engine.records import (
     AddDashboardUser,
@@ -71,9 +74,6 @@ from engine.types import Account, AccountFlag, CreateAccounts, CreateTransfers, 
     Transfer, TransferFlag
 
 log = logging.getLogger("paygate.edge")
-TOKEN_TTL_S = 3600
-LOGIN_ATTEMPTS = 20  # per client IP and worker, per LOGIN_WINDOW_S
-LOGIN_WINDOW_S = 60
 READY_TIMEOUT_S = 2.0  # a readiness probe answers within this: a shard silent that long is not ready
 
 
@@ -86,15 +86,16 @@ def create_app(settings: Settings) -> web.Application:
                     AdminToken.load_or_create(data / "admin_token.sha256", None)[0])
     app["issuer"] = TokenIssuer.load_or_create(data / "jwt_signing_key.pem")
     app["buckets"] = SharedTokenBuckets(data / "rate_limits.bin")
-    app["login_attempts"] = SlidingWindow(LOGIN_ATTEMPTS, LOGIN_WINDOW_S)
-    app["merchant_cache"] = {}
+    login.install(app, data / "login_lockouts.bin")
+    app["merchant_cache"], app["merchant_misses"] = merchant_caches()
+    app["png_cache"] = qr_api.png_cache()
     app["card_keys"] = cards.KeyRing.load(data)
     app["fingerprints"] = RequestFingerprints.load_or_create(data / "request_fingerprint.key",
                                                              app["secrets"].card_fingerprint)
     app["merchant_secrets"] = MerchantSecrets(app["secrets"], SecretSealer.load_or_create(data / "credentials.key"))
     app["credential_uses"] = CredentialUses()
     app["metrics"] = Metrics()
-    app["risk"] = risk.LocalTable(settings.risk_table_path)
+    app["risk"] = risk.LocalTable(settings.risk_table_path, frozenset(settings.risk_test_cards))
     app.on_startup.append(_open_gateway)
     app.on_cleanup.append(_close_gateway)
     app.cleanup_ctx.append(risk.watch_table)
@@ -108,7 +109,7 @@ def create_app(settings: Settings) -> web.Application:
         web.get("/openapi.json", openapi),
         web.get("/.well-known/jwks.json", jwks),
         web.post("/oauth/token", oauth_token),
-        web.post("/v1/auth/login", login),
+        web.post("/v1/auth/login", login.login),
         web.post("/v1/merchants", create_merchant),
         web.get("/v1/merchants/me", get_me),
         web.get("/v1/merchants/{id}", get_merchant),
@@ -230,27 +231,6 @@ async def oauth_token(request: web.Request) -> web.Response:
     return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
 
 
-async def login(request: web.Request) -> web.Response:
-    peer = client_ip(request.remote, request.headers.get("X-Forwarded-For"), request.app["settings"].trusted_proxies)
-    wait_s = request.app["login_attempts"].hit(peer, time.monotonic())
-    if wait_s:
-        raise ApiError(429, "rate_limited", "too many login attempts", headers={"Retry-After": str(round(wait_s + 0.5))})
-    credentials, _ = await body_of(request, schemas.Login)
-    answers = await request.app["gateway"].read_everywhere(FindDashboardUser(credentials.email))
-    # The same email may sign in to several merchants: the password tells which.
-    merchant = next((candidate for answer in answers for candidate in answer.records
-                     if _password_matches(candidate, credentials)), None)
-    if merchant is None:
-        raise ApiError(401, "invalid_login", "wrong email or password")
-    token = request.app["issuer"].issue(merchant.id, "dashboard", TOKEN_TTL_S, int(time.time()))
-    return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
-
-
-def _password_matches(merchant: Merchant, credentials: schemas.Login) -> bool:
-    return any(user.email == credentials.email and verify_password(credentials.password, user.password_hash)
-               for user in merchant.users)
-
-
 # Merchants
 
 
@@ -258,6 +238,7 @@ async def create_merchant(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
     fields, body = await body_of(request, schemas.MerchantCreate)
     _check_allowlist(fields.ip_allowlist)
+    check_outbound_urls(request, webhook_url=fields.webhook_url)
     merchant_id = new_id("mer_", request, ADMIN)
     derived: Secrets = request.app["secrets"]
     api_key = derived.api_key(merchant_id)
@@ -304,11 +285,12 @@ async def update_merchant(request: web.Request) -> web.Response:
     merchant_id = request.match_info["id"]
     fields, body = await body_of(request, schemas.MerchantUpdate)
     _check_allowlist(fields.ip_allowlist or [])
+    check_outbound_urls(request, webhook_url=fields.webhook_url)
     command = UpdateMerchant(merchant_id=merchant_id, **{**msgspec.structs.asdict(fields),
                                                          "settlement_account": _settlement_account(fields)})
     outcome = await run(request, merchant_id, command, body)
     raise_for(outcome)
-    request.app["merchant_cache"].pop(merchant_id, None)
+    request.app["merchant_cache"].pop(merchant_id)
     return respond(request, render.merchant(outcome.record))
 
 
@@ -318,7 +300,7 @@ async def create_sub_account(request: web.Request) -> web.Response:
     sub_account = SubAccount(new_id("sub_", request, merchant.id), fields.name)
     outcome = await run(request, merchant.id, CreateSubAccount(merchant.id, sub_account), body)
     raise_for(outcome)
-    request.app["merchant_cache"].pop(merchant.id, None)
+    request.app["merchant_cache"].pop(merchant.id)
     # By id, not position: under an Idempotency-Key the id is the key's, so a replay's stored merchant names it too.
     created = next(sub for sub in outcome.record.sub_accounts if sub.id == sub_account.id)
     return respond(request, render.sub_account(outcome.record.id, created))
@@ -328,10 +310,10 @@ async def create_dashboard_user(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
     merchant_id = request.match_info["id"]
     fields, body = await body_of(request, schemas.DashboardUserCreate)
-    user = DashboardUser(fields.email, hash_password(fields.password))
+    user = DashboardUser(fields.email, await request.app["passwords"].hash(fields.password))
     outcome = await run(request, merchant_id, AddDashboardUser(merchant_id, user), body)
     raise_for(outcome)
-    request.app["merchant_cache"].pop(merchant_id, None)
+    request.app["merchant_cache"].pop(merchant_id)
     return respond(request, {"merchant_id": merchant_id, "email": fields.email})
 
 
@@ -342,6 +324,7 @@ async def create_order(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.OrderCreate)
     check_currency(fields.currency)
+    check_outbound_urls(request, callback_url=fields.callback_url, ipn_url=fields.ipn_url)
     _check_splits(fields.splits)
     settings: Settings = request.app["settings"]
     order = Order(

@@ -33,7 +33,9 @@ ISSUER = "paygate"
 MAX_TOKEN_CHARS = 8192
 MAX_SIGNATURE_VALUES = 16  # v1 values read from one header: a client signs with its live secrets, at most 10
 CLOCK_SKEW_S = 60  # edges on other machines may run a little ahead of the one that issued a token
-SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_BYTES = 2**14, 8, 1, 32
+# OWASP's minimum for scrypt; a stored hash names its own parameters, so older ones still verify
+SCRYPT_N, SCRYPT_R, SCRYPT_P, SCRYPT_BYTES = 2**17, 8, 1, 32
+SCRYPT_MAX_MEMORY_BYTES = 256 << 20  # twice what 128 * r * N needs; OpenSSL's default allows 32 MiB
 SALT_BYTES = 16
 
 
@@ -263,7 +265,8 @@ def _b64(data: bytes) -> str:
 
 def hash_password(password: str) -> str:
     salt = os.urandom(SALT_BYTES)
-    digest = hashlib.scrypt(_utf8(password), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=SCRYPT_BYTES)
+    digest = hashlib.scrypt(_utf8(password), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=SCRYPT_BYTES,
+                            maxmem=SCRYPT_MAX_MEMORY_BYTES)
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
 
 
@@ -286,7 +289,8 @@ def verify_password(password: str, stored: str) -> bool:
         return False
     n, r, p, salt, digest = parsed
     try:
-        computed = hashlib.scrypt(_utf8(password), salt=salt, n=n, r=r, p=p, dklen=len(digest))
+        computed = hashlib.scrypt(_utf8(password), salt=salt, n=n, r=r, p=p, dklen=len(digest),
+                                  maxmem=SCRYPT_MAX_MEMORY_BYTES)
     except ValueError:  # n is not a power of two
         return False
     return hmac.compare_digest(computed, digest)

@@ -6,12 +6,14 @@ import contextlib
 import os
 import pathlib
 import signal
+import stat
 import sys
 import threading
 
 import pynng
 from tqdm import tqdm
 
+from actors.risk_table import TABLE_FILE
 from actors.services import PROVIDERS, ProviderProcesses, ProviderService, write_secret
 from edge.app import Settings
 from edge.auth import AdminToken, Secrets
@@ -83,6 +85,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--auto-promote-ms", type=int, default=0, help="a replica takes over after this much primary silence (0: only by `paygate promote`)")
     serve.add_argument("--risk-rules", default=None,
                        help="a JSON file of risk velocity limits and amount limits per tier (actors/risk.py RiskRules)")
+    serve.add_argument("--production", action="store_true",
+                       help="no demo merchant, no test-card exemption, merchant URLs on public hosts only, risk fails "
+                            "closed even without the actors; refuses a data folder others can read")
     serve.set_defaults(run=run_serve)
 
     for name, run, pattern, text in (
@@ -142,8 +147,27 @@ def run_serve(args) -> int:
         return 1
 
 
+def exposed_path(data: pathlib.Path) -> str:
+    """The first file or folder of the data folder (itself included) that anyone but its owner may use, as
+    `path (mode 0644)`; '' when there is none. Other kinds (sockets) sit in folders checked here."""
+    if not data.exists():
+        return ""
+    for folder, _, files in os.walk(data):
+        for path in (pathlib.Path(folder), *(pathlib.Path(folder, name) for name in files)):
+            status = path.lstat()
+            if stat.S_ISLNK(status.st_mode) or not (stat.S_ISREG(status.st_mode) or stat.S_ISDIR(status.st_mode)):
+                continue
+            if status.st_mode & 0o077:
+                return f"{path} (mode {stat.S_IMODE(status.st_mode):04o})"
+    return ""
+
+
 def _serve(args) -> int:
     data = pathlib.Path(args.data)
+    if args.production and (exposed := exposed_path(data)):
+        print(f"paygate serve --production: {exposed} is open to other users than its owner; "
+              f"chmod -R go-rwx {data}", file=sys.stderr, flush=True)
+        return 1
     restrict_data_folder(data)  # also what an older version left readable by others
     layout = load_or_create_layout(data, args.shards, args.replica)
     plan = ShardPlan(data, args.host, args.base_port + PROVIDER_PORTS, sync=not args.async_replication,
@@ -161,7 +185,10 @@ def _serve(args) -> int:
         admin_token_hash=admin.token_hash if admin_override else "", processing_timeout_s=args.processing_timeout_s,
         authorization_hold_s=args.authorization_hold_s, trusted_proxies=args.trusted_proxies,
         last_used_every_s=args.last_used_every_s,
+        production=args.production,
     )
+    if args.production:  # without the risk actor's table, card and wallet payments are refused
+        settings.risk_table_path = str(data / "risk" / TABLE_FILE)
     stop = threading.Event()
     _stop_on_signals(stop)
     supervisors: list[ShardSupervisor] = []
@@ -179,7 +206,8 @@ def _serve(args) -> int:
         for supervisor in supervisors:
             for process in supervisor.processes:
                 process.wait_ready()
-        api_key = ensure_demo_merchant(settings, settings.shard_addresses[ShardMap(len(configs)).shard_for(DEMO_MERCHANT_ID)])
+        api_key = "" if args.production else ensure_demo_merchant(
+            settings, settings.shard_addresses[ShardMap(len(configs)).shard_for(DEMO_MERCHANT_ID)])
         if args.actors:
             # Imported here: Ray takes seconds to import, and only serve with actors needs it.
             import ray
@@ -200,8 +228,10 @@ def _serve(args) -> int:
                                                  status_query_margin_s=args.status_query_margin_s))
             actor_handles.append(health.spawn(settings.shard_addresses))
             ray_description += f"\nShards' health: {health.WHERE}"
-            actor_handles.append(risk.spawn(settings.shard_addresses, data / "risk", risk.load_rules(args.risk_rules)))
+            rules = risk.load_rules(args.risk_rules)
+            actor_handles.append(risk.spawn(settings.shard_addresses, data / "risk", rules))
             settings.risk_table_path = str(data / "risk" / risk.TABLE_FILE)
+            settings.risk_test_cards = [] if args.production else rules.test_cards
             actor_pids += ray.get([handle.pid.remote() for handle in actor_handles])
             settings.providers = {"piggybank": connector_address}
         edge.start().wait_ready()
@@ -256,11 +286,15 @@ def _print_welcome(public_url: str, layout, workers: int, admin_token: str | Non
         f"Ray: {ray_description}",
         f"admin token: {admin_token} (shown once; only its hash is kept)" if admin_token else
         "admin token: printed at first start (or set PAYGATE_ADMIN_TOKEN)",
-        f"demo merchant {DEMO_MERCHANT_ID}, API key: {api_key}",
-        "try:",
-        f"  curl -s {public_url}/v1/orders -H 'Authorization: Bearer {api_key}' "
-        "-d '{\"name\": \"Coffee\", \"amount\": 1999, \"currency\": \"usd\"}'",
     ]
+    if api_key:
+        lines += [f"demo merchant {DEMO_MERCHANT_ID}, API key: {api_key}", "try:",
+                  f"  curl -s {public_url}/v1/orders -H 'Authorization: Bearer {api_key}' "
+                  "-d '{\"name\": \"Coffee\", \"amount\": 1999, \"currency\": \"usd\"}'"]
+    else:
+        lines += ["no demo merchant (--production); create a merchant with the admin token:", "try:",
+                  f"  curl -s {public_url}/v1/merchants -H 'Authorization: Bearer <admin token>' "
+                  "-d '{\"name\": \"Shop\", \"email\": \"owner@example.com\"}'"]
     print("\n".join(lines), flush=True)
 
 

@@ -21,6 +21,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from edge import cards, render, schemas
 from edge.auth import _create_once, merchant_id_from_api_key, signature_valid, signed_message
+from edge.cache import MISSING, LruCache
 from edge.credentials import api_key_set, set_live
 from edge.errors import ApiError, from_validation, not_found, shard_unavailable
 from edge.gateway import InvalidCommand, ShardBusy
@@ -42,8 +43,10 @@ IDEMPOTENCY_KEY_MAX_LENGTH = 255
 READ_METHODS = ("GET", "HEAD", "OPTIONS")
 # Said instead of aiohttp's default, which names the Python and aiohttp versions to anyone who asks.
 SERVER_NAME = "paygate"
+TOKEN_TTL_S = 3600  # the access tokens of OAuth and dashboard logins
 MERCHANT_CACHE_SECONDS = 2.0
 MERCHANT_CACHE_SIZE = 10_000
+MERCHANT_MISS_CACHE_SIZE = 1_000
 ADMIN = "admin"
 SIGNATURE_WINDOW_S = 300
 SIGNATURE_CLOCK_SKEW_S = 60
@@ -110,6 +113,10 @@ class Settings(msgspec.Struct, kw_only=True):
     risk_table_path: str = ""
     # How often a worker reports the credential sets it saw used (last-used times are this coarse).
     last_used_every_s: int = 60
+    # Card numbers not held to the risk rules' attempt counts (RiskRules.test_cards; none in production).
+    risk_test_cards: list[str] = []
+    # `serve --production`: merchant-supplied URLs must name public hosts (edge/outbound.py).
+    production: bool = False
 
 
 class Principal(msgspec.Struct):
@@ -234,17 +241,26 @@ async def _merchant_for_token(app: web.Application, token: str) -> tuple[Merchan
     return merchant, credential_id
 
 
+def merchant_caches() -> tuple[LruCache, LruCache]:
+    """This worker's merchant records, and apart, the ids found to name none: a flood of made-up ids cycles through
+    the small second cache and never pushes real merchants out of the first."""
+    return LruCache(MERCHANT_CACHE_SIZE, MERCHANT_CACHE_SECONDS), LruCache(MERCHANT_MISS_CACHE_SIZE, MERCHANT_CACHE_SECONDS)
+
+
 async def cached_merchant(app: web.Application, merchant_id: str) -> Merchant | None:
     """Merchant records change rarely: each worker keeps them a moment (suspensions apply within it)."""
-    cache = app["merchant_cache"]
+    cache, misses = app["merchant_cache"], app["merchant_misses"]
     now = time.monotonic()
-    hit = cache.get(merchant_id)
-    if hit is not None and now - hit[1] < MERCHANT_CACHE_SECONDS:
-        return hit[0]
+    merchant = cache.get(merchant_id, now)
+    if merchant is not MISSING:
+        return merchant
+    if misses.get(merchant_id, now) is not MISSING:
+        return None
     merchant = (await app["gateway"].read(merchant_id, GetMerchant(merchant_id=merchant_id))).record
-    if len(cache) >= MERCHANT_CACHE_SIZE:
-        cache.clear()
-    cache[merchant_id] = (merchant, now)
+    if merchant is None:
+        misses.put(merchant_id, None, now)
+    else:
+        cache.put(merchant_id, merchant, now)
     return merchant
 
 
@@ -260,7 +276,7 @@ async def check_sub_account(request: web.Request, merchant: Merchant, sub_accoun
 async def _check_merchant_request(request: web.Request, merchant: Merchant) -> None:
     check_merchant_access(request, merchant)
     await _check_signature(request, merchant)
-    wait_s = request.app["buckets"].take(merchant.id, merchant.tier, time.monotonic())
+    wait_s = request.app["buckets"].take(merchant.id, merchant.tier, time.time())
     if wait_s:
         raise ApiError(429, "rate_limited", f"too many requests for tier {merchant.tier}",
                        headers={"Retry-After": str(max(1, round(wait_s + 0.5)))})

@@ -1,8 +1,9 @@
 """Who may call the edge and how often: per-key token buckets by merchant tier, sliding windows for rare actions
-(such as logins), the client's address behind trusted proxies, and IP allowlists.
+(such as logins), growing delays after failed logins per account, the client's address behind trusted proxies,
+and IP allowlists.
 
 SlidingWindow holds state in this process only and keeps at most `max_keys` keys, dropping the least recently
-used; SharedTokenBuckets share theirs with the other worker processes of the machine.
+used; SharedTokenBuckets and LoginLockouts share theirs with the other worker processes of the machine.
 """
 
 import collections
@@ -24,30 +25,29 @@ TOLERANCE_S = 1e-6
 
 
 def _take(tokens: float, updated: float, now_s: float, rate: float, burst: float, cost: float) -> tuple[float, float, float]:
-    """A bucket refilled to now, less `cost` if it holds it: (tokens, updated, seconds to wait or 0.0)."""
-    tokens = min(burst, tokens + max(0.0, now_s - updated) * rate)
+    """A bucket refilled to now, less `cost` if it holds it: (tokens, updated, seconds to wait or 0.0).
+
+    Times are wall-clock seconds. When the clock runs backwards (set back, or a file kept from another clock), the
+    bucket keeps its tokens and counts from now: a time in the future would otherwise refuse the key until the
+    clock caught up, for days perhaps. Re-living the interval can only refill up to the burst once.
+    """
+    updated = min(updated, now_s)
+    tokens = min(burst, tokens + (now_s - updated) * rate)
     wait = (cost - tokens) / rate
     admitted = wait <= TOLERANCE_S
     if admitted:
         tokens -= cost
-    return tokens, max(now_s, updated), 0.0 if admitted else wait  # a clock stepping back must not refill twice
+    return tokens, now_s, 0.0 if admitted else wait
 
 
-class SharedTokenBuckets:
-    """One token bucket per key, refilled at its tier's rate per minute up to its burst, shared by every edge
-    worker of a machine through one small file.
+class SharedSlots:
+    """A small file of fixed slots, one per key hash, that every edge worker of a machine maps and changes under a
+    byte-range lock per slot. A key whose slot another key holds starts that slot afresh: a rare collision forgets
+    a key's state, which the users of this class make generous, never stricter."""
 
-    A merchant's limit is the tier's, however many worker processes its requests land on. Each bucket is a
-    fixed slot (key hash, tokens, time), locked with a byte-range lock while it changes; a key whose slot another
-    key holds starts that slot afresh, so a rare collision can only be generous, never wrong by more.
-    """
+    SLOT: struct.Struct
 
-    SLOT = struct.Struct("<Qdd")
-
-    def __init__(self, path: pathlib.Path, tiers: dict[str, tuple[float, float]] = TIERS, slots: int = 1 << 16) -> None:
-        if "basic" not in tiers:
-            raise ValueError("the tiers need a 'basic' tier for keys of unknown tier")
-        self._tiers = tiers
+    def __init__(self, path: pathlib.Path, slots: int) -> None:
         self._slots = slots
         size = slots * self.SLOT.size
         self._descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -55,13 +55,42 @@ class SharedTokenBuckets:
             os.ftruncate(self._descriptor, size)
         self._map = mmap.mmap(self._descriptor, size)
 
+    def _slot(self, key: str) -> tuple[int, int]:
+        """The key's hash and its slot's offset in the map, the slot locked against the other workers: the caller
+        unlocks it (`_unlock`) in a `finally` (a context manager here would cost the hot path a generator)."""
+        key_hash = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") or 1
+        offset = (key_hash % self._slots) * self.SLOT.size
+        fcntl.lockf(self._descriptor, fcntl.LOCK_EX, self.SLOT.size, offset)
+        return key_hash, offset
+
+    def _unlock(self, offset: int) -> None:
+        fcntl.lockf(self._descriptor, fcntl.LOCK_UN, self.SLOT.size, offset)
+
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._descriptor)
+
+
+class SharedTokenBuckets(SharedSlots):
+    """One token bucket per key, refilled at its tier's rate per minute up to its burst, shared by every edge
+    worker of a machine through one small file that outlives reboots (so its times are wall-clock: `time.time()`).
+
+    A merchant's limit is the tier's, however many worker processes its requests land on.
+    """
+
+    SLOT = struct.Struct("<Qdd")  # key hash, tokens, updated
+
+    def __init__(self, path: pathlib.Path, tiers: dict[str, tuple[float, float]] = TIERS, slots: int = 1 << 16) -> None:
+        if "basic" not in tiers:
+            raise ValueError("the tiers need a 'basic' tier for keys of unknown tier")
+        self._tiers = tiers
+        super().__init__(path, slots)
+
     def take(self, key: str, tier: str, now_s: float, cost: float = 1.0) -> float:
         per_minute, burst = self._tiers.get(tier, self._tiers["basic"])
         if cost > burst:
             raise ValueError(f"a cost of {cost} can never fit a bucket of {burst}")
-        key_hash = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") or 1
-        offset = (key_hash % self._slots) * self.SLOT.size
-        fcntl.lockf(self._descriptor, fcntl.LOCK_EX, self.SLOT.size, offset)
+        key_hash, offset = self._slot(key)
         try:
             stored_hash, tokens, updated = self.SLOT.unpack_from(self._map, offset)
             if stored_hash != key_hash:
@@ -69,12 +98,62 @@ class SharedTokenBuckets:
             tokens, updated, wait = _take(tokens, updated, now_s, per_minute / 60, burst, cost)
             self.SLOT.pack_into(self._map, offset, key_hash, tokens, updated)
         finally:
-            fcntl.lockf(self._descriptor, fcntl.LOCK_UN, self.SLOT.size, offset)
+            self._unlock(offset)
         return wait
 
-    def close(self) -> None:
-        self._map.close()
-        os.close(self._descriptor)
+
+LOGIN_FREE_FAILURES = 5  # failed logins in a row before any delay
+LOGIN_MAX_DELAY_S = 900.0
+LOGIN_FORGET_S = 86_400.0  # a day without a failure starts the count afresh
+
+
+def lockout_delay_s(failures: int) -> float:
+    """How long an account waits after this many failed logins in a row: nothing for the first few, then 1 s,
+    doubling up to LOGIN_MAX_DELAY_S."""
+    if failures < LOGIN_FREE_FAILURES:
+        return 0.0
+    return min(LOGIN_MAX_DELAY_S, 2.0 ** min(failures - LOGIN_FREE_FAILURES, 32))
+
+
+class LoginLockouts(SharedSlots):
+    """Failed logins in a row per account, shared by every edge worker of a machine through one small file, so an
+    account's delay grows however many workers the attempts are spread over, and survives a restart. Times are
+    wall-clock; a clock set back never makes a wait longer than the delay itself."""
+
+    SLOT = struct.Struct("<Qqd")  # key hash, failures in a row, last failure
+
+    def __init__(self, path: pathlib.Path, slots: int = 1 << 16) -> None:
+        super().__init__(path, slots)
+
+    def wait_s(self, account: str, now_s: float) -> float:
+        """Seconds until the account may try again (0.0: now)."""
+        key_hash, offset = self._slot(account)
+        try:
+            stored_hash, failures, last_failure = self.SLOT.unpack_from(self._map, offset)
+        finally:
+            self._unlock(offset)
+        if stored_hash != key_hash or now_s - last_failure >= LOGIN_FORGET_S:
+            return 0.0
+        delay = lockout_delay_s(failures)
+        return max(0.0, min(delay, last_failure + delay - now_s))
+
+    def failed(self, account: str, now_s: float) -> None:
+        key_hash, offset = self._slot(account)
+        try:
+            stored_hash, failures, last_failure = self.SLOT.unpack_from(self._map, offset)
+            if stored_hash != key_hash or now_s - last_failure >= LOGIN_FORGET_S:
+                failures = 0
+            self.SLOT.pack_into(self._map, offset, key_hash, failures + 1, now_s)
+        finally:
+            self._unlock(offset)
+
+    def succeeded(self, account: str) -> None:
+        key_hash, offset = self._slot(account)
+        try:
+            if self.SLOT.unpack_from(self._map, offset)[0] == key_hash:
+                self.SLOT.pack_into(self._map, offset, 0, 0, 0.0)
+        finally:
+            self._unlock(offset)
 
 
 class SlidingWindow:

@@ -17,6 +17,7 @@ import segno
 from aiohttp import web
 
 from edge import schemas
+from edge.cache import MISSING, LruCache
 from edge.errors import ApiError, not_found
 from edge.http import body_of, cached_merchant, check_sub_account, merchant_principal, respond
 from engine.emvco import MAX_AMOUNT_LENGTH, MerchantAccount, MerchantQr, build_payload, format_amount
@@ -33,6 +34,7 @@ REFERENCE_KINDS = {ORDER_MARK: ("order", "ord_"), PAYMENT_MARK: ("payment", "pay
                    MERCHANT_MARK: ("merchant", "mer_"), SUB_ACCOUNT_MARK: ("sub_account", "sub_"),
                    DEPOSIT_MARK: ("deposit", "dep_")}
 PNG_SCALE = 6
+PNG_CACHE_SIZE = 1024  # images of a few kB each
 ORDER_PAYLOADS_CACHED = 4096
 
 
@@ -165,7 +167,7 @@ async def order_png(request: web.Request) -> web.Response:
     payload = None if order is None else order_qr(await cached_merchant(request.app, order.merchant_id), order)
     if payload is None:  # no such order, or none a QR code can pay now
         raise not_found("order", request.match_info["id"])
-    return _png(payload)
+    return _png(request, payload)
 
 
 async def payment_png(request: web.Request) -> web.Response:
@@ -173,7 +175,7 @@ async def payment_png(request: web.Request) -> web.Response:
     payment = await find_payment(request, request.match_info["id"])
     if payment is None or payment.order_id or payment.status != "requires_action" or payment.method not in BANK_METHODS:
         raise not_found("payment", request.match_info["id"])
-    return _png(payload_for(await cached_merchant(request.app, payment.merchant_id), payment))
+    return _png(request, payload_for(await cached_merchant(request.app, payment.merchant_id), payment))
 
 
 def deposit_png_url(request: web.Request, deposit_id: str) -> str:
@@ -185,7 +187,7 @@ async def deposit_png(request: web.Request) -> web.Response:
     deposit = await find_deposit(request, request.match_info["id"])
     if deposit is None or deposit.status != "requires_action" or deposit.method == "card":
         raise not_found("deposit", request.match_info["id"])
-    return _png(deposit_payload(await cached_merchant(request.app, deposit.merchant_id), deposit))
+    return _png(request, deposit_payload(await cached_merchant(request.app, deposit.merchant_id), deposit))
 
 
 async def merchant_png(request: web.Request) -> web.Response:
@@ -195,13 +197,23 @@ async def merchant_png(request: web.Request) -> web.Response:
         raise not_found("merchant", merchant_id)
     sub_account_id = request.query.get("sub_account_id", "")
     await check_sub_account(request, merchant, sub_account_id)
-    return _png(payload_for(merchant, None, sub_account_id))
+    return _png(request, payload_for(merchant, None, sub_account_id))
 
 
-def _png(payload: str) -> web.Response:
-    image = io.BytesIO()
-    segno.make(payload, error="m", micro=False).save(image, kind="png", scale=PNG_SCALE)
-    return web.Response(body=image.getvalue(), content_type="image/png")
+def png_cache() -> LruCache:
+    """Rendered images by payload: the public image routes draw each code once, not once per request."""
+    return LruCache(PNG_CACHE_SIZE)
+
+
+def _png(request: web.Request, payload: str) -> web.Response:
+    cache: LruCache = request.app["png_cache"]
+    body = cache.get(payload)
+    if body is MISSING:
+        image = io.BytesIO()
+        segno.make(payload, error="m", micro=False).save(image, kind="png", scale=PNG_SCALE)
+        body = image.getvalue()
+        cache.put(payload, body)
+    return web.Response(body=body, content_type="image/png")
 
 
 async def owner_of(request: web.Request, kind: str, object_id: str) -> Merchant | None:

@@ -4,7 +4,9 @@ Each worker keeps in memory the last table the actor published (Settings.risk_ta
 RELOAD_INTERVAL_S from a background task, never per request and never through Ray: a payment's check is a few dict
 lookups (and, for an order, one read of the order for its currency and customer). A payment the table refuses is
 still submitted, with the reason, so the shard records it failed (`risk_rejected`) and no acquirer hears of it.
-With no table (no actors, or none published yet) the edge refuses nothing.
+Risk fails closed: while no table has been loaded, a card or wallet payment waits for one up to TABLE_WAIT_S, then
+is refused `503 risk_unavailable` (nothing recorded, so the same request may be sent again). Only an edge started
+without the actors (no table path) checks nothing.
 
 The block list is engine state on the shard of BLOCKLIST_OWNER: the admin changes it by commands, and the actor
 reads the changes from the journal like any other.
@@ -20,7 +22,6 @@ import time
 import msgspec
 from aiohttp import web
 
-from actors.piggybank import TEST_CARDS
 from actors.risk_table import BLOCKLIST_OWNER, RiskTable, blocklist_id, risk_attributes, table_decoder
 from edge import render, schemas
 from edge.errors import ApiError, not_found
@@ -30,15 +31,19 @@ from engine.records import AddToBlocklist, BlocklistEntry, Merchant, Payment, Re
 
 log = logging.getLogger("paygate.edge")
 RELOAD_INTERVAL_S = 0.1
+TABLE_WAIT_S = 5.0
+TABLE_RETRY_AFTER_S = 2
 BLOCKLIST_ID_LENGTH = 28  # "blk_" and 24 hex digits
 
 
 class LocalTable:
     """This worker's copy of the risk table: None until one is published."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, test_cards: frozenset[str] = frozenset()) -> None:
         self.path = pathlib.Path(path) if path else None
+        self.test_cards = test_cards
         self.table: RiskTable | None = None
+        self.loaded = asyncio.Event()
         self.payer_scopes: frozenset[str] = frozenset()
         self.file_identity: tuple[int, int, int] | None = None
 
@@ -58,6 +63,7 @@ class LocalTable:
         try:
             self.table = table_decoder.decode(self.path.read_bytes())
             self.payer_scopes = self.table.payer_scopes()
+            self.loaded.set()
         except (OSError, msgspec.DecodeError) as error:
             log.warning("risk table %s unreadable, keeping version %s: %s", self.path,
                         self.table.version if self.table else None, error)
@@ -102,20 +108,31 @@ async def assess(request: web.Request, merchant: Merchant, payment: Payment,
     The shard checks the amount it settles on (an order's) against the limits itself, so an order changed meanwhile
     cannot slip past them. An order's customer and email count too, but the order is read only when the table
     flags some customer or email where this merchant's payments are checked: most payments cost no extra read.
-    The acquirer's published test cards (`card_number`) are not held to attempt counts."""
+    The configured test cards (`card_number`) are not held to attempt counts."""
     local: LocalTable = request.app["risk"]
-    table = local.table
-    if table is None:
-        return "", {}
+    if local.path is None:
+        return "", {}  # started without the actors: no risk rules at all
+    table = await _loaded_table(local)
     if payment.order_id and (merchant.id in local.payer_scopes or "" in local.payer_scopes):
         order = (await request.app["gateway"].read(merchant.id, GetOrder(merchant.id, payment.order_id))).record
         if order is None:
             return "", {}  # the shard answers order_not_found
         payment = msgspec.structs.replace(payment, customer_email=order.customer_email,
                                           customer_id=payment.customer_id or order.customer_id)
-    uncounted = ("card_fingerprint",) if card_number in TEST_CARDS else ()
+    uncounted = ("card_fingerprint",) if card_number in local.test_cards else ()
     return (table.refusal(merchant.id, risk_attributes(payment), time.time_ns(), uncounted),
             table.tier_limits(merchant.tier))
+
+
+async def _loaded_table(local: LocalTable) -> RiskTable:
+    """The table, waiting a bounded time for a first one: a payment is never let through unchecked."""
+    if local.table is None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(local.loaded.wait(), TABLE_WAIT_S)
+    if local.table is None:
+        raise ApiError(503, "risk_unavailable", "the risk rules are not loaded yet; retry shortly", error_type="api_error",
+                       headers={"Retry-After": str(TABLE_RETRY_AFTER_S)})
+    return local.table
 
 
 # The block list (admin)

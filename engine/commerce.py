@@ -201,6 +201,10 @@ class Commerce:
         merchant = self.merchants.get(command.merchant_id)
         if merchant is None:
             return Outcome("merchant_not_found")
+        if command.replaces_password_hash and not any(
+                user.email == command.user.email and user.password_hash == command.replaces_password_hash
+                for user in merchant.users):
+            return Outcome("password_changed")  # set anew meanwhile: a re-hash of the old one must not undo that
         others = [user for user in merchant.users if user.email != command.user.email]
         merchant.users = [*others, command.user]
         return Outcome(record=merchant)

@@ -301,6 +301,8 @@ class CreateSubAccount(msgspec.Struct, tag="create_sub_account", array_like=True
 class AddDashboardUser(msgspec.Struct, tag="add_dashboard_user", array_like=True):
     merchant_id: str
     user: DashboardUser
+    # Set by a login re-hashing a password made with older parameters: replace only while the hash is still this.
+    replaces_password_hash: str = ""
 
 
 class CreateOrder(msgspec.Struct, tag="create_order", array_like=True, kw_only=True):

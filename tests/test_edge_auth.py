@@ -1,6 +1,7 @@
 """edge.auth: derived merchant secrets, API key parsing, the admin token, EdDSA JWTs and their JWKS, request and
 webhook signatures, and password hashes."""
 
+import base64
 import hashlib
 import hmac
 import stat
@@ -10,6 +11,7 @@ import pytest
 
 from edge.auth import (AdminToken, Secrets, TokenIssuer, callback_signature, hash_password, hash_secret,
                        merchant_id_from_api_key, signature_valid, verify_password, webhook_signature)
+from edge.login import DUMMY_HASH
 
 KEY_A = bytes(range(32))
 KEY_B = bytes(range(1, 33))
@@ -350,11 +352,23 @@ def test_a_callback_signature_has_one_spelling_however_it_is_written():
 def test_password_round_trip():
     stored = hash_password("correct horse battery staple")
     scheme, n, r, p, salt, digest = stored.split("$")
-    assert (scheme, n, r, p) == ("scrypt", "16384", "8", "1")
+    assert (scheme, n, r, p) == ("scrypt", "131072", "8", "1")  # OWASP's minimum
     assert verify_password("correct horse battery staple", stored)
     assert not verify_password("correct horse battery stapl", stored)
     assert not verify_password("", stored)
     assert hash_password("correct horse battery staple") != stored  # a fresh salt each time
+
+
+def test_a_hash_made_with_the_older_parameters_still_verifies():
+    salt = bytes(range(16))
+    digest = hashlib.scrypt(b"secret", salt=salt, n=2**14, r=8, p=1, dklen=32)
+    stored = f"scrypt$16384$8$1${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+    assert verify_password("secret", stored) and not verify_password("secrets", stored)
+
+
+def test_the_dummy_hash_of_unknown_emails_costs_what_a_real_one_does():
+    assert DUMMY_HASH.split("$")[:4] == hash_password("x").split("$")[:4]
+    assert verify_password("", DUMMY_HASH) is False
 
 
 def test_unicode_password_round_trip():

@@ -2,7 +2,17 @@
 
 import pytest
 
-from edge.limits import TIERS, SharedTokenBuckets, SlidingWindow, client_ip, ip_allowed
+from edge.limits import (
+    LOGIN_FREE_FAILURES,
+    LOGIN_MAX_DELAY_S,
+    TIERS,
+    LoginLockouts,
+    SharedTokenBuckets,
+    SlidingWindow,
+    client_ip,
+    ip_allowed,
+    lockout_delay_s,
+)
 
 T0 = 1_700_000_000.0
 
@@ -62,10 +72,39 @@ def test_cost_larger_than_the_burst_is_a_programming_error(buckets):
         buckets.take("mer_a", "basic", T0, cost=101)
 
 
-def test_clock_stepping_back_does_not_refill(buckets):
+def test_clock_stepping_back_neither_refills_nor_blocks(buckets):
     take_until_refused(buckets, "mer_a", "basic", T0)
-    assert buckets.take("mer_a", "basic", T0 - 10) > 0
-    assert buckets.take("mer_a", "basic", T0) > 0
+    assert buckets.take("mer_a", "basic", T0 - 10) == pytest.approx(1.0)  # the tokens kept, no refill for the step
+    assert buckets.take("mer_a", "basic", T0 - 9) == 0.0  # counting from the new time, not waiting for T0
+
+
+DAY_S = 86_400.0
+
+
+def test_a_bucket_file_from_before_a_reboot_never_throttles_for_days(tmp_path):
+    """State written at a later time than the clock now says (a clock set back by days, or a file kept from a
+    monotonic clock that restarted at zero) costs at most the normal wait for the tokens missing."""
+    before = SharedTokenBuckets(tmp_path / "buckets")
+    take_until_refused(before, "mer_a", "basic", T0 + 3 * DAY_S)
+    before.close()
+    after = SharedTokenBuckets(tmp_path / "buckets")
+    try:
+        wait = after.take("mer_a", "basic", T0)
+        assert wait == pytest.approx(1.0)
+        assert after.take("mer_a", "basic", T0 + wait) == 0.0
+    finally:
+        after.close()
+
+
+def test_a_clock_jumping_forward_refills_only_up_to_the_burst(tmp_path):
+    before = SharedTokenBuckets(tmp_path / "buckets")
+    take_until_refused(before, "mer_a", "basic", 5_000.0)  # a monotonic time, as files once held
+    before.close()
+    after = SharedTokenBuckets(tmp_path / "buckets")
+    try:
+        assert take_until_refused(after, "mer_a", "basic", T0)[0] == 100
+    finally:
+        after.close()
 
 
 def test_custom_tiers_need_a_basic_tier(tmp_path):
@@ -201,3 +240,54 @@ def test_a_shared_slot_taken_by_another_key_starts_afresh(tmp_path):
         assert buckets.take("mer_b", "basic", 0.0) == 0.0  # a collision is generous, never stricter
     finally:
         buckets.close()
+
+
+# --- login lockouts ------------------------------------------------------------------------------------------------
+
+def fail(lockouts: LoginLockouts, account: str, times: int, now: float) -> None:
+    for _ in range(times):
+        lockouts.failed(account, now)
+
+
+def test_failed_logins_delay_the_account_more_each_time_and_a_success_clears_them(tmp_path):
+    lockouts = LoginLockouts(tmp_path / "lockouts")
+    try:
+        fail(lockouts, "ann@example.com", LOGIN_FREE_FAILURES - 1, T0)
+        assert lockouts.wait_s("ann@example.com", T0) == 0.0  # the first few cost nothing
+        delays = []
+        for attempt in range(6):
+            lockouts.failed("ann@example.com", T0)
+            delays.append(lockouts.wait_s("ann@example.com", T0))
+        assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0]
+        assert lockouts.wait_s("ann@example.com", T0 + 30) == pytest.approx(2.0)
+        assert lockouts.wait_s("bob@example.com", T0) == 0.0  # per account
+        lockouts.succeeded("ann@example.com")
+        assert lockouts.wait_s("ann@example.com", T0) == 0.0
+        assert lockout_delay_s(10_000) == LOGIN_MAX_DELAY_S
+    finally:
+        lockouts.close()
+
+
+def test_lockouts_are_shared_by_workers_and_outlive_a_restart(tmp_path):
+    first, second = LoginLockouts(tmp_path / "lockouts"), LoginLockouts(tmp_path / "lockouts")
+    for attempt in range(LOGIN_FREE_FAILURES + 2):
+        (first if attempt % 2 else second).failed("ann@example.com", T0)
+    first.close()
+    second.close()
+    again = LoginLockouts(tmp_path / "lockouts")
+    try:
+        assert again.wait_s("ann@example.com", T0) == 4.0
+    finally:
+        again.close()
+
+
+def test_a_clock_set_back_never_lengthens_a_lockout_and_a_quiet_day_forgets_it(tmp_path):
+    lockouts = LoginLockouts(tmp_path / "lockouts")
+    try:
+        fail(lockouts, "ann@example.com", LOGIN_FREE_FAILURES + 3, T0)
+        assert lockouts.wait_s("ann@example.com", T0 - 3 * DAY_S) == 8.0
+        assert lockouts.wait_s("ann@example.com", T0 + DAY_S) == 0.0
+        lockouts.failed("ann@example.com", T0 + DAY_S)
+        assert lockouts.wait_s("ann@example.com", T0 + DAY_S) == 0.0  # counting afresh from one
+    finally:
+        lockouts.close()

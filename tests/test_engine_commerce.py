@@ -681,3 +681,14 @@ def test_refused_wallet_payment_leaves_no_trace_and_a_retry_can_succeed(shop: Sh
 def test_a_merchant_cannot_take_credentials_already_in_use(shop: Shop):
     shop.refused(CreateMerchant(merchant("m3", api_key_hash="akh-m1")), "credentials_in_use")
     shop.refused(CreateMerchant(merchant("m3", client_id="cid-m2")), "credentials_in_use")
+
+
+def test_a_password_re_hash_replaces_only_the_hash_it_was_made_from(shop):
+    shop.ok(AddDashboardUser("m1", DashboardUser("a@m1", "old-hash")))
+    shop.ok(AddDashboardUser("m1", DashboardUser("a@m1", "new-hash"), replaces_password_hash="old-hash"))
+    assert [user.password_hash for user in shop.query(GetMerchant(merchant_id="m1")).record.users] == ["new-hash"]
+    shop.refused(AddDashboardUser("m1", DashboardUser("a@m1", "stale-hash"), replaces_password_hash="old-hash"),
+                 "password_changed")
+    shop.refused(AddDashboardUser("m1", DashboardUser("b@m1", "x"), replaces_password_hash="new-hash"),
+                 "password_changed")
+    assert [user.password_hash for user in shop.query(GetMerchant(merchant_id="m1")).record.users] == ["new-hash"]

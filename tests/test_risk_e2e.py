@@ -246,7 +246,11 @@ def test_an_amount_over_the_tier_limit_is_refused(server):
     reason = f"the amount {over} usd is above the basic tier's limit of {BASIC_USD_LIMIT}"
     assert refused(pay(server, basic, card(new_card()), amount=over), reason)
     assert settled(server, basic, pay(server, basic, card(new_card()), amount=BASIC_USD_LIMIT))["status"] == "succeeded"
-    assert pay(server, basic, card(new_card()), amount=10**9, currency="vnd")["status"] == "processing"  # no limit
+    # a currency the rules file leaves out keeps its default limit (1,000 USD or about as much), in its minor units
+    vnd_reason = "the amount 25000001 vnd is above the basic tier's limit of 25000000"
+    assert refused(pay(server, basic, card(new_card()), amount=25_000_001, currency="vnd"), vnd_reason)
+    assert pay(server, basic, card(new_card()), amount=25_000_000, currency="vnd")["status"] == "processing"
+    assert pay(server, basic, card(new_card()), amount=1_600_000_001, currency="idr")["failure_code"] == "risk_rejected"
     assert pay(server, premium, card(new_card()), amount=over)["status"] == "processing"
     # through an order, and from a wallet: the order's amount counts
     the_order = call(server, "POST", "/v1/orders", {"name": "Bike", "amount": over, "currency": "usd"}, key=basic)

@@ -1,10 +1,15 @@
 """The risk actor's computation without Ray: sliding windows, the state fed by a real engine's committed batches, the
 table it publishes and the edge's check of it, saving and restoring, and the rules file."""
 
+import asyncio
+import contextlib
+import time
+
 import pytest
 
 from actors.risk import (
     BUCKETS,
+    TIER_MULTIPLES,
     RiskRules,
     RiskState,
     Velocity,
@@ -15,7 +20,10 @@ from actors.risk import (
     worth_decoding,
 )
 from actors.risk_table import TABLE_FILE, Flag, RiskTable, blocklist_id, risk_key, table_decoder, table_encoder
+from edge import risk as edge_risk
+from edge.errors import ApiError
 from edge.risk import LocalTable
+from engine.currencies import CURRENCY_EXPONENTS
 from engine import Batch, Engine
 from engine.records import (
     AddToBlocklist,
@@ -136,7 +144,8 @@ def test_attempts_are_counted_per_merchant_and_the_table_refuses_past_the_limit(
     assert table.refusal("m1", [("ip", "192.0.2.1")], shard.now) == ""  # 3 of the 5 an address may make
     expires_at = table.flags[risk_key("card_fingerprint", "fp-a", "m1")].expires_at
     assert table.refusal("m1", [("card_fingerprint", "fp-a")], expires_at) == ""  # ran out
-    assert table.tier_limits("basic") == {"usd": 5000} and table.tier_limits("premium") == {}
+    assert table.tier_limits("basic")["usd"] == 5000 and table.tier_limits("basic")["vnd"] == 25_000_000
+    assert table.tier_limits("premium") == RiskRules().amount_limits["premium"]
 
 
 def test_replays_and_refused_commands_are_not_attempts():
@@ -269,3 +278,72 @@ def test_only_merchants_with_a_customer_or_email_flag_need_an_order_read():
     assert table.payer_scopes() == {"m2"}
     flags[risk_key("email", "ann@example.com")] = Flag("email everywhere")
     assert table.payer_scopes() == {"m2", ""}
+
+
+# Failing closed, every currency, test cards as configuration
+
+
+def test_every_accepted_currency_has_a_limit_in_every_tier_scaled_by_its_minor_unit():
+    limits = RiskRules().amount_limits
+    for tier, multiple in TIER_MULTIPLES.items():
+        assert limits[tier].keys() == CURRENCY_EXPONENTS.keys()
+        assert limits[tier]["usd"] == 1000 * 100 * multiple
+    assert (limits["basic"]["jpy"], limits["basic"]["vnd"], limits["basic"]["gbp"]) == (150_000, 25_000_000, 80_000)
+
+
+def test_a_rules_file_naming_one_currency_keeps_the_others_limited(tmp_path):
+    path = tmp_path / "rules.json"
+    path.write_text('{"amount_limits": {"basic": {"usd": 5000}, "gold": {"eur": 7}}}')
+    limits = load_rules(str(path)).amount_limits
+    assert limits["basic"]["usd"] == 5000
+    assert limits["basic"]["krw"] == RiskRules().amount_limits["basic"]["krw"] == 1_400_000
+    assert limits["premium"] == RiskRules().amount_limits["premium"]
+    assert limits["gold"] == {"eur": 7}
+
+
+def test_test_cards_are_configuration_matching_the_simulated_acquirers_list(tmp_path):
+    from actors.simulators.piggybank import TEST_CARDS
+
+    assert set(RiskRules().test_cards) == TEST_CARDS
+    path = tmp_path / "rules.json"
+    path.write_text('{"test_cards": []}')
+    assert load_rules(str(path)).test_cards == []
+    path.write_text('{"test_cards": ["4242 4242"]}')
+    with pytest.raises(SystemExit, match="--risk-rules"):
+        load_rules(str(path))
+
+
+def test_with_no_table_a_payment_waits_a_bounded_time_then_is_risk_unavailable(tmp_path, monkeypatch):
+    monkeypatch.setattr(edge_risk, "TABLE_WAIT_S", 0.3)
+    local = LocalTable(str(tmp_path / TABLE_FILE))
+
+    async def check():
+        started = time.monotonic()
+        with pytest.raises(ApiError) as refused:
+            await edge_risk._loaded_table(local)
+        return refused.value, time.monotonic() - started
+
+    error, waited_s = asyncio.run(check())
+    assert (error.status, error.code, error.headers["Retry-After"]) == (503, "risk_unavailable", "2")
+    assert 0.3 <= waited_s < 1.0
+
+
+def test_a_payment_waiting_for_the_table_goes_on_once_it_is_published(tmp_path):
+    path = tmp_path / TABLE_FILE
+    local = LocalTable(str(path))
+    app = {"risk": local}
+
+    async def check():
+        watching = edge_risk.watch_table(app)
+        await watching.__anext__()
+        waiting = asyncio.ensure_future(edge_risk._loaded_table(local))
+        await asyncio.sleep(0.3)
+        assert not waiting.done()
+        shard = Shard()
+        write_atomically(path, table_encoder.encode(shard.state.table(7, shard.now)))
+        table = await asyncio.wait_for(waiting, 2)
+        with contextlib.suppress(StopAsyncIteration):
+            await watching.__anext__()
+        return table
+
+    assert asyncio.run(check()).version == 7

@@ -1,8 +1,9 @@
-"""The simulated providers as real programs: `python -m actors.piggybank` (card acquirer) and `python -m actors.bank`
+"""The simulated providers as real programs: `python -m actors.simulators.piggybank` (card acquirer) and `python -m actors.simulators.bank`
 (transfers in, pay-outs) run as subprocesses on free loopback ports and call back, signed, to a small aiohttp
 receiver inside the test, which checks every signature with the standard library's hmac over the raw body.
 """
 
+import ast
 import asyncio
 import concurrent.futures
 import csv
@@ -108,7 +109,7 @@ class Receiver:
 
 
 class Simulator:
-    """`python -m actors.<name>` on a free loopback port, output kept in a file."""
+    """`python -m actors.simulators.<name>` on a free loopback port, output kept in a file."""
 
     def __init__(self, name: str, callback_url: str, secret_file: pathlib.Path, log: pathlib.Path,
                  *extra: str) -> None:
@@ -116,7 +117,7 @@ class Simulator:
         self.port = free_ports(1)[0]
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = log
-        self.command = [sys.executable, "-m", f"actors.{name}", "--host", "127.0.0.1", "--port", str(self.port),
+        self.command = [sys.executable, "-m", f"actors.simulators.{name}", "--host", "127.0.0.1", "--port", str(self.port),
                         "--callback-url", callback_url, "--secret-file", str(secret_file), *extra]
         self.process: subprocess.Popen | None = None
 
@@ -243,7 +244,7 @@ def authorized(piggybank: Simulator, receiver: Receiver, capture: bool = False, 
 # --- the signature helper ------------------------------------------------------------------------------------------
 
 def test_sign_matches_the_gateway_webhook_format():
-    from actors.callbacks import sign
+    from actors.simulators.callbacks import sign
     from edge.auth import webhook_signature
 
     body = b'{"callback_id":"cb_00","result":"authorized"}'
@@ -253,7 +254,7 @@ def test_sign_matches_the_gateway_webhook_format():
 
 
 def test_deliver_retries_with_backoff_and_gives_up_after_the_bounded_attempts():
-    from actors.callbacks import deliver
+    from actors.simulators.callbacks import deliver
 
     closed_port = free_ports(1)[0]
 
@@ -649,8 +650,27 @@ def test_stop_gracefully_delivering_what_is_queued_and_never_log_a_card_number(r
 
 
 def test_command_line_requires_callback_url_and_secret_file(capsys):
-    from actors import bank
+    from actors.simulators import bank
 
     with pytest.raises(SystemExit) as stopped:
         bank.main(["--port", "1"])
     assert stopped.value.code == 2 and "--callback-url" in capsys.readouterr().err
+
+
+def test_the_simulators_are_the_outside_world_nothing_of_ours_imports():
+    """The gateway reaches them over HTTP only; they import nothing of the gateway but each other."""
+    for path in ROOT.glob("*/**/*.py"):
+        relative = path.relative_to(ROOT)
+        if relative.parts[0] in ("tests", ".venv") or "site-packages" in relative.parts:
+            continue
+        modules = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                modules.update(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                modules.update([node.module, *(f"{node.module}.{alias.name}" for alias in node.names)])
+        ours = {module for module in modules if module.split(".")[0] in ("engine", "journal", "edge", "actors", "bench")}
+        inside = relative.parts[:2] == ("actors", "simulators")
+        outside_imports = {module for module in ours if module.startswith("actors.simulators")}
+        assert inside or not outside_imports, (relative, outside_imports)
+        assert not inside or all(module.startswith("actors.simulators") for module in ours), (relative, ours)

@@ -28,7 +28,7 @@ MAX_DELAY_S = 2.0
 ATTEMPT_TIMEOUT_S = 5.0
 MAX_SECRET_CHARS = 4096
 
-log = logging.getLogger("paygate.actors.callbacks")
+log = logging.getLogger("paygate.simulators.callbacks")
 
 
 def sign(secret: str, body: bytes, timestamp: int) -> str:

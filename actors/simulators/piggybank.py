@@ -18,7 +18,7 @@ The full card number and the CVC are never logged or stored: only brand and last
 Everything is bounded: request bodies (--max-body), records (--max-records, oldest evicted), queued callbacks and
 their retries. State lives in memory only and is lost on restart.
 
-    python -m actors.piggybank --host 127.0.0.1 --port P --callback-url URL --secret-file PATH
+    python -m actors.simulators.piggybank --host 127.0.0.1 --port P --callback-url URL --secret-file PATH
 """
 
 import csv
@@ -35,11 +35,11 @@ import urllib.parse
 
 from aiohttp import web
 
-from actors import simhttp
-from actors.callbacks import Outbox
-from actors.simhttp import Invalid, error
+from actors.simulators import simhttp
+from actors.simulators.callbacks import Outbox
+from actors.simulators.simhttp import Invalid, error
 
-log = logging.getLogger("paygate.actors.piggybank")
+log = logging.getLogger("paygate.simulators.piggybank")
 
 DECLINES = {
     "4000000000000002": ("card_declined", "The card was declined."),
@@ -414,7 +414,7 @@ def build(options) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = simhttp.parser("python -m actors.piggybank", "A simulated card acquirer (see the module docstring).")
+    parser = simhttp.parser("python -m actors.simulators.piggybank", "A simulated card acquirer (see the module docstring).")
     parser.add_argument("--public-url", default="",
                         help="base URL for 3-D Secure links (default http://HOST:PORT)")
     options = parser.parse_args(argv)

@@ -8,10 +8,10 @@ returned to the payer, as `GET /v1/transfers/{bank_reference}` then shows.
 `POST /v1/payouts` is the gateway sending a merchant's money out: 202, then a signed `payout` callback, paid —
 except an amount whose last two digits are 13 (13, 1013, 25013, ...), which fails with `account_closed`.
 
-Callbacks go to --callback-url, signed with the secret in --secret-file (see actors.callbacks). Everything is
+Callbacks go to --callback-url, signed with the secret in --secret-file (see actors.simulators.callbacks). Everything is
 bounded: request bodies, records (oldest evicted), queued callbacks and their retries; state is in memory only.
 
-    python -m actors.bank --host 127.0.0.1 --port P --callback-url URL --secret-file PATH
+    python -m actors.simulators.bank --host 127.0.0.1 --port P --callback-url URL --secret-file PATH
 """
 
 import dataclasses
@@ -23,11 +23,11 @@ import time
 import orjson
 from aiohttp import web
 
-from actors import simhttp
-from actors.callbacks import Outbox
-from actors.simhttp import error
+from actors.simulators import simhttp
+from actors.simulators.callbacks import Outbox
+from actors.simulators.simhttp import error
 
-log = logging.getLogger("paygate.actors.bank")
+log = logging.getLogger("paygate.simulators.bank")
 
 FAILING_CENTS = 13
 ACCOUNT_CLOSED = ("account_closed", "The destination account is closed.")
@@ -158,7 +158,7 @@ def build(options) -> web.Application:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = simhttp.parser("python -m actors.bank", "A simulated bank: transfers in, pay-outs (see the docstring).")
+    parser = simhttp.parser("python -m actors.simulators.bank", "A simulated bank: transfers in, pay-outs (see the docstring).")
     options = parser.parse_args(argv)
     simhttp.run(build(options), options, "bank")
 

@@ -13,7 +13,7 @@ import orjson
 import uvloop
 from aiohttp import web
 
-from actors.callbacks import Outbox, OutboxFull, read_secret
+from actors.simulators.callbacks import Outbox, OutboxFull, read_secret
 
 MAX_BODY_BYTES = 64 * 1024
 MAX_RECORDS = 100_000
@@ -22,7 +22,7 @@ MAX_ID_CHARS = 128
 CURRENCY = re.compile(r"[a-z]{3}")
 ID = re.compile(r"[A-Za-z0-9_\-:.]{1,128}")
 
-log = logging.getLogger("paygate.actors")
+log = logging.getLogger("paygate.simulators")
 
 
 class Invalid(Exception):
