@@ -39,7 +39,7 @@ async def create_api_key(request: web.Request) -> web.Response:
         raise ApiError(403, "credential_in_grace", "only the newest credential set (or the admin) may rotate: this "
                        "one is in its grace period")
     raise_for(outcome)
-    request.app["merchant_cache"].pop(merchant.id, None)
+    request.app["merchant_cache"].pop(merchant.id)
     created = next(stored for stored in outcome.record.credentials if stored.id == credential_id)
     out = api_key_out(outcome.record, created)
     if not request.get("replayed"):  # secrets are shown once: a replay under the Idempotency-Key answers the set only
