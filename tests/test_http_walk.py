@@ -1,0 +1,621 @@
+"""A seeded random walk over the public HTTP API against a real `paygate serve --replica` with Ray, the card
+connector and the simulated acquirer and bank: legitimate and hostile requests mixed (orders with splits, good and
+bad; PATCHes; card payments with every test card; QR and bank-transfer payments paid right, wrong, twice and late;
+wallet checkouts, deposits, withdrawals, adjustments, refunds (some racing), captures, cancels, payouts; amounts at
+and past the API's range, malformed JSON, wrong types, huge bodies, unknown and foreign ids, Idempotency-Key
+replays). During and after the walk:
+
+- no answer is a 5xx (a 503 `shard_unavailable` is counted, and fails the test); every error is in the API's one
+  shape, and every answer carries a Request-Id;
+- the shard processes never exit: their pids stay the same, and serve's log tells of no restart;
+- every merchant, sub-account and wallet balance read over HTTP is >= 0, the ledger check is ok, and money held
+  (those balances plus payouts and withdrawals in flight) equals money received (captured card money, transfers the
+  bank says the gateway took, adjustments) less money sent (refunds to a card or a bank, paid payouts and
+  withdrawals), per currency, each side computed from the answers the walk got;
+- once the providers are quiet, the replica's state hash equals the primary's; after serve stops, `paygate verify`
+  on the data folder exits 0.
+
+`PAYGATE_WALK_SEED=<n>` replays a walk; the seed is printed and named in every failure.
+"""
+
+import asyncio
+import collections
+import concurrent.futures
+import json
+import os
+import random
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import orjson
+import pytest
+
+from bench.server import ROOT
+from edge.http import OVERFLOW_CODES
+from edge_harness import Response, Server
+from journal.client import ShardClient
+from journal.processes import running_address, shard_folder
+from test_http_auth import signed_headers
+from test_payments_e2e import EXPIRY, LUHN_INVALID, SILENT, SUCCEEDS, THREE_D_SECURE, card, fetch, wait_until
+
+SEED = int(os.environ.get("PAYGATE_WALK_SEED") or random.SystemRandom().randrange(2**32))
+STEPS = 300
+SLOW_STEPS = 3000
+PROCESSING_TIMEOUT_S = 3
+AUTHORIZATION_HOLD_S = 5
+QUIET_WITHIN_S = 60
+BANK_AMOUNT_MAX = 10**15  # the most the simulated bank takes in one transfer
+CURRENCIES = ("usd", "vnd")
+CARD_NUMBERS = (SUCCEEDS, SUCCEEDS, "4000000000000002", "4000000000009995", THREE_D_SECURE, SILENT,
+                "4000000000000119", LUHN_INVALID)
+HOSTILE_AMOUNTS = (0, -1, 2**63, 2**64, "100", 1.5, None, True, [1])
+ERROR_TYPES = {400: {"invalid_request_error"}, 401: {"authentication_error"}, 402: {"card_error", "balance_error"},
+               403: {"permission_error"}, 404: {"invalid_request_error"}, 405: {"invalid_request_error"},
+               409: {"invalid_request_error"}, 413: {"invalid_request_error"}, 422: {"invalid_request_error"},
+               429: {"rate_limit_error"}, 503: {"api_error"}}
+RESTART_WORDS = ("stopped (", "starting", "serving again", "gave up", "no replica took over")
+
+
+@dataclass
+class Shop:
+    id: str
+    key: str
+    signing_secret: str
+    signed: bool
+    sub_accounts: list[str] = field(default_factory=list)
+    customers: list[str] = field(default_factory=list)
+
+
+@dataclass
+class OrderModel:
+    shop: Shop
+    id: str
+    amount: int
+    currency: str
+    splits_sum: int
+
+
+@pytest.fixture
+def gateway(tmp_path):
+    server = Server(tmp_path / "data", workers=2, actors=True,
+                    extra=("--replica", "--order-ip-limit", "100000",
+                           "--processing-timeout-s", str(PROCESSING_TIMEOUT_S),
+                           "--authorization-hold-s", str(AUTHORIZATION_HOLD_S))).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_http_walk(gateway):
+    walk_and_check(gateway, STEPS)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_http_walk_at_length(gateway):
+    walk_and_check(gateway, SLOW_STEPS)
+
+
+def walk_and_check(server: Server, steps: int) -> None:
+    print(f"http walk seed: {SEED} (PAYGATE_WALK_SEED={SEED} replays it)")
+    pids = shard_pids(server)
+    walk = Walk(server, random.Random(SEED))
+    walk.open_shops()
+    actions = [action for action, weight in walk.actions() for _ in range(weight)]
+    for step in range(steps):
+        walk.step = step
+        walk.rng.choice(actions)()
+    walk.wait_until_quiet()
+    assert walk.unavailable == 0, f"{walk.where()}: {walk.unavailable} answers were 503 shard_unavailable"
+    walk.check_money()
+    assert_replica_agrees(server, walk.where())
+    assert shard_pids(server) == pids, f"{walk.where()}: a shard process exited"
+    restarts = [line for line in server.output if any(word in line for word in RESTART_WORDS)]
+    assert not restarts, f"{walk.where()}: serve restarted a shard:\n{''.join(restarts)}"
+    print(f"http walk seed {SEED}: {sum(walk.statuses.values())} requests, statuses {sorted(walk.statuses.items())}")
+    assert server.stop() == 0, "".join(server.output)
+    verified = subprocess.run([sys.executable, "-m", "edge.cli", "verify", "--data", str(server.data)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+    assert verified.returncode == 0, f"{walk.where()}: paygate verify:\n{verified.stdout}{verified.stderr}"
+
+
+# --- the shard processes -----------------------------------------------------------------------------------------------
+
+def shard_pids(server: Server) -> list[int]:
+    folders = (shard_folder(server.data, 0), shard_folder(server.data, 0, replica=True))
+    return [json.loads((folder / "shard.json").read_text())["pid"] for folder in folders]
+
+
+def state_hashes(server: Server) -> list[str]:
+    async def read() -> list[str]:
+        hashes = []
+        for folder in (shard_folder(server.data, 0), shard_folder(server.data, 0, replica=True)):
+            client = ShardClient([running_address(folder)], timeout_ms=2000)
+            try:
+                hashes.append((await client.status(with_state_hash=True)).state_hash)
+            finally:
+                client.close()
+        return hashes
+
+    return asyncio.run(read())
+
+
+def assert_replica_agrees(server: Server, where: str) -> None:
+    """The replica reaches the primary's state hash (a deadline ticking between the two reads is read again)."""
+    wait_until(lambda: state_hashes(server), lambda hashes: hashes[0] == hashes[1], timeout_s=20,
+               what=f"{where}: the replica's state hash to equal the primary's")
+
+
+# --- the walk --------------------------------------------------------------------------------------------------------
+
+class Walk:
+    def __init__(self, server: Server, rng: random.Random) -> None:
+        self.server, self.rng = server, rng
+        self.step = -1
+        self.lock = threading.Lock()
+        self.statuses: collections.Counter = collections.Counter()
+        self.unavailable = 0
+        self.shops: list[Shop] = []
+        self.orders: list[OrderModel] = []
+        self.payments: dict[str, tuple[Shop, str]] = {}  # id -> (its merchant, its method)
+        self.challenged: set[str] = set()  # card payments whose 3-D Secure step was answered
+        self.deposits: list[tuple[Shop, str]] = []
+        self.outbound: list[tuple[Shop, str, str]] = []  # (merchant, "payouts" | "withdrawals", id)
+        self.references: list[tuple[str, int, str]] = []  # what a transfer may quote: (reference, amount, currency)
+        self.transfers: list[str] = []  # bank references of every transfer sent
+        self.adjusted: collections.Counter = collections.Counter()  # money in by the admin, per currency
+        self.refunded: collections.Counter = collections.Counter()  # money back to a card or a bank, per currency
+
+    def where(self) -> str:
+        return f"seed {SEED}, step {self.step}"
+
+    # Speaking HTTP, checking every answer
+
+    def send(self, shop: Shop | None, method: str, path: str, body=None, raw: bytes | None = None,
+             headers: dict | None = None, key: str | None = None) -> Response:
+        """One request as `shop` (signed when it must be) or with `key`; every answer is checked."""
+        # the standard library's encoder, which writes integers past 64 bits too
+        raw = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        headers = dict(headers or {})
+        if shop is not None and shop.signed and key is None:
+            headers.update(signed_headers(shop.signing_secret, method, path.split("?")[0], raw or b"",
+                                          int(time.time())))
+        reply = self.server.request(method, path, key=key or (shop.key if shop else None), raw=raw, headers=headers)
+        self.check(method, path, reply)
+        return reply
+
+    def check(self, method: str, path: str, reply: Response) -> None:
+        what = f"{self.where()}: {method} {path} -> {reply.status} {reply.body[:300]!r}"
+        with self.lock:
+            self.statuses[reply.status] += 1
+        assert reply.headers.get("Request-Id"), what
+        if reply.status < 400:
+            return
+        problem = orjson.loads(reply.body)["error"]
+        assert set(problem) == {"type", "code", "message", "param"} and problem["message"], what
+        if reply.status == 503 and problem["code"] == "shard_unavailable":
+            with self.lock:
+                self.unavailable += 1
+            return
+        assert reply.status < 500, what
+        assert problem["type"] in ERROR_TYPES[reply.status], what
+
+    def expect(self, reply: Response, *statuses: int, codes: tuple[str, ...] = ()) -> dict:
+        """The answer's body, its status one of `statuses` (and an error's code one of `codes`, when given)."""
+        body = reply.json()
+        assert reply.status in statuses, f"{self.where()}: {reply.status} {reply.body[:300]!r}"
+        if codes and reply.status >= 400:
+            assert body["error"]["code"] in codes, f"{self.where()}: {body}"
+        return body
+
+    def get(self, shop: Shop, path: str) -> dict:
+        return self.expect(self.send(shop, "GET", path), 200)
+
+    # Choosing
+
+    def actions(self) -> list[tuple]:
+        """Every step of the walk and how often it is taken."""
+        return [(self.create_order, 8), (self.create_order_badly, 4), (self.patch_order, 3), (self.cancel_order, 2),
+                (self.pay_by_card, 8), (self.answer_three_d_secure, 3), (self.pay_by_transfer, 4),
+                (self.send_transfer, 7), (self.pay_from_wallet, 4), (self.deposit, 4), (self.withdraw, 2),
+                (self.adjust, 2), (self.refund, 5), (self.race_refunds, 1), (self.capture, 3),
+                (self.cancel_payment, 2), (self.payout, 3), (self.hostile, 6), (self.replay, 3)]
+
+    def shop(self) -> Shop:
+        return self.rng.choice(self.shops)
+
+    def amount(self) -> int:
+        return self.rng.choice((1, 1500, 2500, 120000, self.rng.randint(1, 10**6)))
+
+    def recent(self, items: list):
+        """One of the last few items (what was made lately is most likely to take a next step), else None."""
+        return items[-1 - self.rng.randrange(min(6, len(items)))] if items else None
+
+    def some_payment(self, method: str | None = None) -> tuple[str, Shop, str] | None:
+        ids = [payment_id for payment_id, (_, kind) in self.payments.items() if method in (None, kind)]
+        payment_id = self.recent(ids)
+        return (payment_id, *self.payments[payment_id]) if payment_id else None
+
+    # Setting up: three merchants (one signs its requests), their stores and customers
+
+    def open_shops(self) -> None:
+        for number, signed in enumerate((False, True, False)):
+            created = self.expect(self.send(None, "POST", "/v1/merchants", {
+                "name": f"Walk shop {number}", "email": f"walk{number}@example.com", "tier": "premium",
+                "require_signature": signed}, key=self.server.admin_token), 200)
+            shop = Shop(created["id"], created["api_key"], created["signing_secret"], signed)
+            self.shops.append(shop)
+            for store in range(1 + number % 2):
+                shop.sub_accounts.append(self.expect(self.send(shop, "POST", f"/v1/merchants/{shop.id}/sub_accounts",
+                                                               {"name": f"Store {store}"}), 200)["id"])
+            for person in range(2):
+                shop.customers.append(self.expect(self.send(shop, "POST", "/v1/customers", {
+                    "email": f"payer{person}@example.com", "name": f"Payer {person}"}), 200)["id"])
+            self.references += [("M" + shop.id.removeprefix("mer_"), 0, ""), (shop.id, 0, "")]
+            self.references += [("S" + sub.removeprefix("sub_"), 0, "") for sub in shop.sub_accounts]
+
+    # Orders
+
+    def splits(self, shop: Shop, amount: int) -> list[dict]:
+        """Valid splits: distinct destinations (other merchants, the shop's own stores), together below `amount`."""
+        destinations = [{"merchant_id": other.id} for other in self.shops if other is not shop]
+        destinations += [{"sub_account_id": sub} for sub in shop.sub_accounts]
+        chosen = self.rng.sample(destinations, self.rng.randint(1, min(3, amount, len(destinations))))
+        return [{**destination, "amount": self.rng.randint(1, max(1, amount // 4))} for destination in chosen]
+
+    def create_order(self) -> None:
+        shop = self.shop()
+        amount, currency = self.amount(), self.rng.choice(CURRENCIES)
+        splits = self.splits(shop, amount) if self.rng.random() < 0.5 else []
+        body = {"name": "Walk", "amount": amount, "currency": currency, "splits": splits,
+                "payment_methods": self.rng.choice((["card", "qr", "wallet", "bank_transfer"], ["card"]))}
+        created = self.expect(self.send(shop, "POST", "/v1/orders", body), 200)
+        self.orders.append(OrderModel(shop, created["id"], amount, currency, sum(split["amount"] for split in splits)))
+        self.references.append(("O" + created["id"].removeprefix("ord_"), amount, currency))
+
+    def create_order_badly(self) -> None:
+        shop = self.shop()
+        other = self.rng.choice([each for each in self.shops if each is not shop])
+        seller = {"merchant_id": other.id, "amount": 1}
+        cases = {
+            "split_to_own_merchant": [{"merchant_id": shop.id, "amount": 1}],
+            "split_destination_duplicated": [seller, seller],
+            "splits_exceed_amount": [{"merchant_id": other.id, "amount": 1001}],
+            "split_destination_not_found": [{"sub_account_id": self.rng.choice(other.sub_accounts), "amount": 1}],
+            "parameter_invalid": [{"merchant_id": f"mer_{number}", "amount": 1} for number in range(11)],
+        }
+        code = self.rng.choice([*cases, "amount"])
+        body = {"name": "Walk", "amount": 1000, "currency": "usd", "splits": cases.get(code, [])}
+        if code == "amount":
+            body["amount"] = self.rng.choice(HOSTILE_AMOUNTS)
+        self.expect(self.send(shop, "POST", "/v1/orders", body), 400,
+                    codes=(code,) if code != "amount" else ())
+
+    def patch_order(self) -> None:
+        order = self.recent(self.orders)
+        if order is None:
+            return
+        below = order.splits_sum and self.rng.random() < 0.5
+        amount = order.splits_sum - 1 if below else self.rng.choice((order.amount, order.amount + 1, self.amount()))
+        amount = amount if amount > 0 else self.rng.choice(HOSTILE_AMOUNTS)
+        reply = self.send(order.shop, "PATCH", f"/v1/orders/{order.id}", {"amount": amount})
+        patched = self.expect(reply, 200, 400, 409, codes=("splits_exceed_amount", "parameter_invalid",
+                                                           "order_not_pending", "payment_in_progress"))
+        if below and reply.status != 409:
+            assert reply.status == 400 and patched["error"]["param"] == "amount", f"{self.where()}: {patched}"
+        if reply.status == 200:
+            order.amount = amount
+            self.references.append(("O" + order.id.removeprefix("ord_"), amount, order.currency))
+
+    def cancel_order(self) -> None:
+        order = self.recent(self.orders)
+        if order is not None:
+            self.expect(self.send(order.shop, "DELETE", f"/v1/orders/{order.id}"), 200, 409)
+
+    # Payments
+
+    def payment_target(self, shop: Shop) -> dict:
+        """An order of the shop's (or, now and then, another's), or an amount and currency."""
+        order = self.recent(self.orders)
+        if order is not None and self.rng.random() < 0.6:
+            return {"order_id": (order if self.rng.random() < 0.9 else self.rng.choice(self.orders)).id}
+        return {"amount": self.amount(), "currency": self.rng.choice(CURRENCIES)}
+
+    def created_payment(self, shop: Shop, reply: Response, method: str) -> dict | None:
+        body = self.expect(reply, 200, 400, 402, 404, 409)
+        if reply.status == 200:
+            self.payments[body["id"]] = (shop, method)
+        return body if reply.status == 200 else None
+
+    def pay_by_card(self) -> None:
+        shop = self.shop()
+        body = {**self.payment_target(shop), "payment_method": card(self.rng.choice(CARD_NUMBERS)),
+                "capture_method": self.rng.choice(("automatic", "automatic", "manual"))}
+        self.created_payment(shop, self.send(shop, "POST", "/v1/payments", body), "card")
+
+    def answer_three_d_secure(self) -> None:
+        """The cardholder approves or declines a waiting 3-D Secure challenge at the acquirer's page."""
+        found = self.some_payment("card")
+        if found is None:
+            return
+        payment_id, shop, _ = found
+        payment = self.get(shop, f"/v1/payments/{payment_id}")
+        if payment["status"] == "requires_action":
+            fetch(payment["next_action"]["url"], form={"outcome": self.rng.choice(("complete", "fail"))})
+            self.challenged.add(payment_id)
+
+    def pay_by_transfer(self) -> None:
+        shop = self.shop()
+        method = self.rng.choice(("qr", "bank_transfer"))
+        body = {**self.payment_target(shop), "payment_method": {"type": method}}
+        payment = self.created_payment(shop, self.send(shop, "POST", "/v1/payments", body), method)
+        if payment is not None and payment["status"] == "requires_action":
+            self.references.append(("P" + payment["id"].removeprefix("pay_"), payment["amount"], payment["currency"]))
+
+    def send_transfer(self) -> None:
+        """A payer's transfer at the bank quoting something of ours (or nothing): the amount asked, another, twice."""
+        reference, amount, currency = self.recent(self.references) if self.rng.random() < 0.7 else \
+            self.rng.choice(self.references + [("O" + "0" * 24, 0, "")])
+        amount = amount if amount and self.rng.random() < 0.6 else self.rng.choice(
+            (amount + 1, max(1, amount - 1), self.amount(), BANK_AMOUNT_MAX))
+        currency = currency if currency and self.rng.random() < 0.9 else self.rng.choice(CURRENCIES)
+        for _ in range(self.rng.choice((1, 1, 2))):
+            status, _, answer = fetch(f"http://127.0.0.1:{self.server.base_port + 1}/v1/transfers",
+                                      body={"reference": reference, "amount": amount, "currency": currency})
+            assert status == 202, f"{self.where()}: the bank: {status} {answer[:300]!r}"
+            self.transfers.append(json.loads(answer)["bank_reference"])
+
+    def pay_from_wallet(self) -> None:
+        shop = self.shop()
+        customer_id = self.rng.choice(shop.customers + ["cus_nobody"])
+        body = {**self.payment_target(shop), "payment_method": {"type": "wallet", "customer_id": customer_id}}
+        self.created_payment(shop, self.send(shop, "POST", "/v1/payments", body), "wallet")
+
+    # Wallets
+
+    def deposit(self) -> None:
+        shop = self.shop()
+        customer_id = self.rng.choice(shop.customers)
+        method = self.rng.choice(("card", "card", "qr", "bank_transfer"))
+        payment_method = card(self.rng.choice(CARD_NUMBERS)) if method == "card" else {"type": method}
+        amount = self.amount() if self.rng.random() < 0.9 else self.rng.choice(HOSTILE_AMOUNTS)
+        reply = self.send(shop, "POST", f"/v1/customers/{customer_id}/deposits", {
+            "amount": amount, "currency": self.rng.choice(CURRENCIES), "payment_method": payment_method})
+        created = self.expect(reply, 200, 400, 402)
+        if reply.status != 200:
+            return
+        self.deposits.append((shop, created["id"]))
+        if method == "card":
+            self.payments[created["payment_id"]] = (shop, "card")
+        elif created["status"] == "requires_action":
+            self.references.append(("D" + created["id"].removeprefix("dep_"), amount, created["currency"]))
+
+    def withdraw(self) -> None:
+        shop = self.shop()
+        customer_id = self.rng.choice(shop.customers)
+        amount = self.rng.choice((1, 100, 1013, self.amount(), 2**63 - 1))  # the bank refuses amounts ending in 13
+        reply = self.send(shop, "POST", f"/v1/customers/{customer_id}/withdrawals",
+                          {"amount": amount, "currency": self.rng.choice(CURRENCIES)})
+        created = self.expect(reply, 200, 402, codes=("insufficient_funds",))
+        if reply.status == 200:
+            self.outbound.append((shop, "withdrawals", created["id"]))
+
+    def adjust(self) -> None:
+        """An operator's manual credit (admin only; a merchant's own key is refused)."""
+        shop = self.shop()
+        customer_id = self.rng.choice(shop.customers)
+        amount = self.amount() if self.rng.random() < 0.8 else 2**63 - 1
+        body = {"amount": amount, "currency": self.rng.choice(CURRENCIES), "reason": "goodwill"}
+        if self.rng.random() < 0.25:
+            self.expect(self.send(shop, "POST", f"/v1/customers/{customer_id}/adjustments", body), 401, 403)
+            return
+        reply = self.send(None, "POST", f"/v1/customers/{customer_id}/adjustments", body, key=self.server.admin_token)
+        self.expect(reply, 200, 400, codes=OVERFLOW_CODES)
+        if reply.status == 200:
+            self.adjusted[body["currency"]] += body["amount"]
+
+    # After a payment: refunds, captures, cancels; payouts
+
+    def refund_request(self) -> tuple[Shop, dict, str] | None:
+        found = self.some_payment()
+        if found is None:
+            return None
+        payment_id, shop, method = found
+        amount = self.rng.choice((None, 1, 100, 500, 10**9, self.rng.choice(HOSTILE_AMOUNTS)))
+        return shop, {"payment_id": payment_id, **({"amount": amount} if amount is not None else {})}, method
+
+    def refunded_by(self, reply: Response, method: str) -> None:
+        """A refund's answer; one to a card or a bank is money sent outside."""
+        refund = self.expect(reply, 200, 400, 402, 404, 409)
+        if reply.status == 200 and method != "wallet":
+            with self.lock:
+                self.refunded[refund["currency"]] += refund["amount"]
+
+    def refund(self) -> None:
+        request = self.refund_request()
+        if request is not None:
+            shop, body, method = request
+            self.refunded_by(self.send(shop, "POST", "/v1/refunds", body), method)
+
+    def race_refunds(self) -> None:
+        request = self.refund_request()
+        if request is None:
+            return
+        shop, body, method = request
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            replies = list(pool.map(lambda _: self.send(shop, "POST", "/v1/refunds", body), range(4)))
+        for reply in replies:
+            self.refunded_by(reply, method)
+
+    def capture(self) -> None:
+        found = self.some_payment("card")
+        if found is not None:
+            payment_id, shop, _ = found
+            body = self.rng.choice(({}, {"amount": 1}, {"amount": 10**9}, {"amount": self.rng.choice(HOSTILE_AMOUNTS)}))
+            self.expect(self.send(shop, "POST", f"/v1/payments/{payment_id}/capture", body), 200, 400, 402, 409)
+
+    def cancel_payment(self) -> None:
+        found = self.some_payment()
+        if found is not None:
+            payment_id, shop, _ = found
+            self.expect(self.send(shop, "POST", f"/v1/payments/{payment_id}/cancel"), 200, 400, 409)
+
+    def payout(self) -> None:
+        shop = self.shop()
+        body = {"amount": self.rng.choice((1, 500, 1013, self.amount(), 2**63 - 1)),
+                "currency": self.rng.choice(CURRENCIES)}
+        if self.rng.random() < 0.3:
+            body["sub_account_id"] = self.rng.choice(shop.sub_accounts + ["sub_missing"])
+        reply = self.send(shop, "POST", "/v1/payouts", body)
+        created = self.expect(reply, 200, 402, 404, codes=("insufficient_funds", "resource_missing"))
+        if reply.status == 200:
+            self.outbound.append((shop, "payouts", created["id"]))
+
+    # Hostile requests
+
+    def hostile(self) -> None:
+        shop = self.shop()
+        other = self.rng.choice([each for each in self.shops if each is not shop])
+        foreign = [order.id for order in self.orders if order.shop is other]
+        foreign_payments = [payment_id for payment_id, (owner, _) in self.payments.items() if owner is other]
+        unknown = uuid.uuid4().hex[:24]
+        cases = [
+            ("POST", "/v1/orders", {"raw": b'{"name": "Walk", "amount": '}, (400,)),
+            ("POST", "/v1/orders", {"body": {"name": 5, "amount": "12", "currency": 840}}, (400,)),
+            ("POST", "/v1/orders", {"raw": b'{"name": "Walk", "amount": 1e400, "currency": "usd"}'}, (400,)),
+            ("POST", "/v1/orders", {"raw": b'{"name": "' + b"x" * (5 << 20) + b'"}'}, (413,)),
+            ("POST", "/v1/payments", {"body": {"amount": self.rng.choice(HOSTILE_AMOUNTS), "currency": "usd",
+                                               "payment_method": card(SUCCEEDS)}}, (400,)),
+            ("POST", "/v1/payments", {"body": {"amount": 100, "currency": "usd", "payment_method": {
+                "type": "card", "card": {"number": SUCCEEDS, **EXPIRY, "cvc": 123}}}}, (400,)),
+            ("GET", f"/v1/orders/ord_{unknown}", {}, (404,)),
+            ("GET", f"/v1/payments/pay_{unknown}", {}, (404,)),
+            ("GET", f"/v1/customers/cus_{unknown}/wallet", {}, (404,)),
+            ("GET", f"/v1/withdrawals/wd_{unknown}", {}, (404,)),
+            ("POST", f"/v1/payments/pay_{unknown}/capture", {"body": {}}, (404,)),
+            ("GET", f"/v1/orders/{self.rng.choice(foreign or ['ord_x'])}", {}, (404,)),
+            ("POST", "/v1/refunds", {"body": {"payment_id": self.rng.choice(foreign_payments or ["pay_x"])}}, (404,)),
+            ("POST", "/v1/payouts", {"body": {"amount": 1, "currency": "usd", "sub_account_id":
+                                              self.rng.choice(other.sub_accounts)}}, (404,)),
+            ("POST", f"/v1/customers/{self.rng.choice(other.customers)}/withdrawals",
+             {"body": {"amount": 1, "currency": "usd"}}, (404,)),
+            ("POST", "/v1/transfers", {"body": {"id": "t1", "debit_account_id": ".clearing_bank.usd",
+                                                "credit_account_id": ".balance.usd", "amount": 1,
+                                                "currency": "usd"}}, (400,)),
+            ("POST", "/v1/psp/bank/webhook", {"raw": orjson.dumps({
+                "callback_id": "cb_" + unknown, "kind": "transfer_received", "reference": shop.id,
+                "amount": 10**6, "currency": "usd"}), "key": "none"}, (401,)),
+            ("POST", "/v1/orders", {"body": {"name": "Walk", "amount": 1, "currency": "usd"}, "key": "sk_forged"},
+             (401,)),
+        ]
+        method, path, options, statuses = self.rng.choice(cases)
+        if options.get("key") == "none":  # a provider's callback carries no API key, and this one no signature
+            options = {**options, "key": None}
+            shop = None
+        self.expect(self.send(shop, method, path, **options), *statuses)
+        if self.rng.random() < 0.2:  # the signing merchant, unsigned
+            signer = next(each for each in self.shops if each.signed)
+            self.expect(self.server.request("GET", "/v1/merchants/me", key=signer.key), 401)
+
+    def replay(self) -> None:
+        """The same Idempotency-Key: the same body answers the first answer again, another body is 409."""
+        shop = self.shop()
+        path, body = self.rng.choice((
+            ("/v1/orders", {"name": "Walk", "amount": self.amount(), "currency": "usd"}),
+            ("/v1/payouts", {"amount": self.rng.choice((1, 10**12)), "currency": "usd"}),
+            ("/v1/customers", {"email": "again@example.com", "name": "Again"})))
+        headers = {"Idempotency-Key": f"walk-{uuid.uuid4().hex}"}
+        first = self.send(shop, "POST", path, body, headers=headers)
+        created = self.expect(first, 200, 402)
+        if path == "/v1/payouts" and first.status == 200:
+            self.outbound.append((shop, "payouts", created["id"]))
+        if path == "/v1/customers" and first.status == 200:
+            shop.customers.append(created["id"])
+        again = self.send(shop, "POST", path, body, headers=headers)
+        assert (again.status, again.json(), again.headers.get("Idempotent-Replayed")) == (
+            first.status, created, "true"), f"{self.where()}: {again.status} {again.body[:300]!r}"
+        other = self.send(shop, "POST", path, {**body, "currency": "vnd"} if "currency" in body else
+                          {**body, "name": "Other"}, headers=headers)
+        self.expect(other, 409, codes=("idempotency_key_reused",))
+
+    # After the walk
+
+    def wait_until_quiet(self) -> None:
+        """Until no card payment waits for the acquirer, no payout or withdrawal for the bank, and the bank has
+        settled every transfer: then nothing moves money any more."""
+        def unsettled() -> list[str]:
+            waiting = [payment_id for payment_id, (shop, method) in self.payments.items() if method == "card"
+                       and self.get(shop, f"/v1/payments/{payment_id}")["status"] in self.card_waits(payment_id)]
+            waiting += [object_id for shop, kind, object_id in self.outbound
+                        if self.get(shop, f"/v1/{kind}/{object_id}")["status"] == "pending"]
+            return waiting + [reference for reference in self.transfers if self.at_the_bank(reference)["status"]
+                              == "received"]
+
+        wait_until(unsettled, lambda waiting: not waiting, timeout_s=QUIET_WITHIN_S,
+                   what=f"{self.where()}: the providers to be quiet")
+
+    def card_waits(self, payment_id: str) -> tuple[str, ...]:
+        """The statuses in which a card payment still waits for the acquirer's answer."""
+        return ("processing", "requires_action") if payment_id in self.challenged else ("processing",)
+
+    def at_the_bank(self, bank_reference: str) -> dict:
+        status, _, answer = fetch(f"http://127.0.0.1:{self.server.base_port + 1}/v1/transfers/{bank_reference}")
+        assert status == 200, f"{self.where()}: the bank lost {bank_reference}: {answer[:300]!r}"
+        return json.loads(answer)
+
+    def money_held(self) -> collections.Counter:
+        """What the merchants' balances, their stores and their customers' wallets hold, plus money in flight;
+        every balance read is checked >= 0 on the way."""
+        held: collections.Counter = collections.Counter()
+        for shop in self.shops:
+            for currency in CURRENCIES:
+                for name in ("balance", *shop.sub_accounts):
+                    account = self.account(shop, name, currency)
+                    assert account["balance"] >= 0 and account["available"] >= 0, f"{self.where()}: {account}"
+                    held[currency] += account["available"]
+                for name in ("payouts", "withdrawals"):
+                    held[currency] += self.account(shop, name, currency)["credits_pending"]
+            for customer_id in shop.customers:
+                for entry in self.get(shop, f"/v1/customers/{customer_id}/wallet")["balances"]:
+                    assert entry["balance"] >= 0 and entry["available"] >= 0, f"{self.where()}: {entry}"
+                    held[entry["currency"]] += entry["available"]
+        return held
+
+    def account(self, shop: Shop, name: str, currency: str) -> dict:
+        """A merchant's ledger account by name; one never used is all zeros."""
+        reply = self.send(shop, "GET", f"/v1/accounts/.{name}.{currency}")
+        if reply.status == 404:
+            return {"balance": 0, "available": 0, "credits_pending": 0}
+        return self.expect(reply, 200)
+
+    def money_received_less_sent(self) -> collections.Counter:
+        """Captured card money, transfers the bank says the gateway took, adjustments; less refunds to a card or a
+        bank, and payouts and withdrawals the bank paid."""
+        net = collections.Counter(self.adjusted)
+        for payment_id, (shop, method) in self.payments.items():
+            if method == "card":
+                payment = self.get(shop, f"/v1/payments/{payment_id}")
+                net[payment["currency"]] += payment["amount_captured"]
+        for reference in self.transfers:
+            transfer = self.at_the_bank(reference)
+            if transfer["status"] == "credited":
+                net[transfer["currency"]] += transfer["amount"]
+        net.subtract(self.refunded)
+        for shop, kind, object_id in self.outbound:
+            sent = self.get(shop, f"/v1/{kind}/{object_id}")
+            if sent["status"] == "paid":
+                net[sent["currency"]] -= sent["amount"]
+        return net
+
+    def check_money(self) -> None:
+        ledger = self.expect(self.send(None, "GET", "/v1/admin/ledger_check", key=self.server.admin_token), 200)
+        assert ledger["ok"] is True, f"{self.where()}: {ledger}"
+        held, net = self.money_held(), self.money_received_less_sent()
+        for currency in CURRENCIES:
+            assert held[currency] == net[currency], (
+                f"{self.where()}: {currency}: held {held[currency]} != received less sent {net[currency]}")
