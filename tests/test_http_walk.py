@@ -36,11 +36,12 @@ import pytest
 
 from bench.server import ROOT
 from edge.http import OVERFLOW_CODES
+from engine.types import AMOUNT_MAX
 from edge_harness import Response, Server
 from journal.client import ShardClient
 from journal.processes import running_address, shard_folder
 from test_http_auth import signed_headers
-from test_payments_e2e import EXPIRY, LUHN_INVALID, SILENT, SUCCEEDS, THREE_D_SECURE, card, fetch, wait_until
+from test_payments_e2e import EXPIRY, LUHN_INVALID, SILENT, SUCCEEDS, THREE_D_SECURE, bank_transfer, card, fetch, wait_until
 
 SEED = int(os.environ.get("PAYGATE_WALK_SEED") or random.SystemRandom().randrange(2**32))
 STEPS = 300
@@ -49,15 +50,21 @@ PROCESSING_TIMEOUT_S = 3
 AUTHORIZATION_HOLD_S = 5
 QUIET_WITHIN_S = 60
 BANK_AMOUNT_MAX = 10**15  # the most the simulated bank takes in one transfer
+SHORT_EXPIRY_S = 60  # the shortest an order may live: some expire during the walk, and are paid after
+LATE_ORDERS = 3
+RACE_CHANCE = 0.2
+RACERS = 4
 CURRENCIES = ("usd", "vnd")
-CARD_NUMBERS = (SUCCEEDS, SUCCEEDS, "4000000000000002", "4000000000009995", THREE_D_SECURE, SILENT,
-                "4000000000000119", LUHN_INVALID)
-HOSTILE_AMOUNTS = (0, -1, 2**63, 2**64, "100", 1.5, None, True, [1])
+CARD_NUMBERS = (SUCCEEDS, SUCCEEDS, SUCCEEDS, SUCCEEDS, "4000000000000002", "4000000000009995", THREE_D_SECURE,
+                THREE_D_SECURE, SILENT, "4000000000000119", LUHN_INVALID)
+HOSTILE_AMOUNTS = (0, -1, 2**63, 2**64, "100", 1.5, True, [1])
 ERROR_TYPES = {400: {"invalid_request_error"}, 401: {"authentication_error"}, 402: {"card_error", "balance_error"},
                403: {"permission_error"}, 404: {"invalid_request_error"}, 405: {"invalid_request_error"},
                409: {"invalid_request_error"}, 413: {"invalid_request_error"}, 422: {"invalid_request_error"},
                429: {"rate_limit_error"}, 503: {"api_error"}}
-RESTART_WORDS = ("stopped (", "starting", "serving again", "gave up", "no replica took over")
+# What serve's log says when a shard process stops or starts again, or anything fails
+TROUBLE_WORDS = ("stopped (", "starting", "serving again", "gave up", "no replica took over", "Traceback",
+                 '"level":"ERROR"', '"level":"CRITICAL"')
 
 
 @dataclass
@@ -77,6 +84,7 @@ class OrderModel:
     amount: int
     currency: str
     splits_sum: int
+    expires_at: float  # on this process's monotonic clock
 
 
 @pytest.fixture
@@ -92,32 +100,42 @@ def gateway(tmp_path):
 
 
 def test_http_walk(gateway):
-    walk_and_check(gateway, STEPS)
+    walk_and_check(gateway, STEPS, wait_for_expiry=False)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_http_walk_at_length(gateway):
-    walk_and_check(gateway, SLOW_STEPS)
+    walk_and_check(gateway, SLOW_STEPS, wait_for_expiry=True)
 
 
-def walk_and_check(server: Server, steps: int) -> None:
+def walk_and_check(server: Server, steps: int, wait_for_expiry: bool) -> None:
+    """`wait_for_expiry`: wait (up to a minute) for an order to expire, and pay it late."""
     print(f"http walk seed: {SEED} (PAYGATE_WALK_SEED={SEED} replays it)")
     pids = shard_pids(server)
     walk = Walk(server, random.Random(SEED))
+    started = time.monotonic()
     walk.open_shops()
     actions = [action for action, weight in walk.actions() for _ in range(weight)]
     for step in range(steps):
         walk.step = step
         walk.rng.choice(actions)()
+    walked = time.monotonic()
+    late = walk.pay_after_expiry(wait_for_expiry)
     walk.wait_until_quiet()
+    quiet = time.monotonic()
+    for order in late:
+        paid = walk.get(order.shop, f"/v1/orders/{order.id}")
+        assert (paid["status"], paid["error_code"]) == ("exception", "order_not_pending"), f"{walk.where()}: {paid}"
     assert walk.unavailable == 0, f"{walk.where()}: {walk.unavailable} answers were 503 shard_unavailable"
     walk.check_money()
     assert_replica_agrees(server, walk.where())
     assert shard_pids(server) == pids, f"{walk.where()}: a shard process exited"
-    restarts = [line for line in server.output if any(word in line for word in RESTART_WORDS)]
-    assert not restarts, f"{walk.where()}: serve restarted a shard:\n{''.join(restarts)}"
-    print(f"http walk seed {SEED}: {sum(walk.statuses.values())} requests, statuses {sorted(walk.statuses.items())}")
+    trouble = [line for line in server.output if any(word in line for word in TROUBLE_WORDS)]
+    assert not trouble, f"{walk.where()}: serve's log:\n{''.join(trouble)}"
+    print(f"http walk seed {SEED}: {sum(walk.statuses.values())} requests, statuses {sorted(walk.statuses.items())}; "
+          f"outcomes {sorted(walk.outcomes.items())}; walked {walked - started:.1f} s, quiet after "
+          f"{quiet - walked:.1f} s, checked in {time.monotonic() - quiet:.1f} s")
     assert server.stop() == 0, "".join(server.output)
     verified = subprocess.run([sys.executable, "-m", "edge.cli", "verify", "--data", str(server.data)], cwd=ROOT,
                               capture_output=True, text=True, timeout=300)
@@ -170,6 +188,7 @@ class Walk:
         self.transfers: list[str] = []  # bank references of every transfer sent
         self.adjusted: collections.Counter = collections.Counter()  # money in by the admin, per currency
         self.refunded: collections.Counter = collections.Counter()  # money back to a card or a bank, per currency
+        self.outcomes: collections.Counter = collections.Counter()  # how the money moves ended, for the record
 
     def where(self) -> str:
         return f"seed {SEED}, step {self.step}"
@@ -205,6 +224,13 @@ class Walk:
         assert reply.status < 500, what
         assert problem["type"] in ERROR_TYPES[reply.status], what
 
+    def send_racing(self, shop: Shop, path: str, body: dict) -> list[Response]:
+        """One POST, or now and then the same one several times at once: racing for the same money."""
+        if self.rng.random() >= RACE_CHANCE:
+            return [self.send(shop, "POST", path, body)]
+        with concurrent.futures.ThreadPoolExecutor(RACERS) as pool:
+            return list(pool.map(lambda _: self.send(shop, "POST", path, body), range(RACERS)))
+
     def expect(self, reply: Response, *statuses: int, codes: tuple[str, ...] = ()) -> dict:
         """The answer's body, its status one of `statuses` (and an error's code one of `codes`, when given)."""
         body = reply.json()
@@ -223,13 +249,17 @@ class Walk:
         return [(self.create_order, 8), (self.create_order_badly, 4), (self.patch_order, 3), (self.cancel_order, 2),
                 (self.pay_by_card, 8), (self.answer_three_d_secure, 3), (self.pay_by_transfer, 4),
                 (self.send_transfer, 7), (self.pay_from_wallet, 4), (self.deposit, 4), (self.withdraw, 2),
-                (self.adjust, 2), (self.refund, 5), (self.race_refunds, 1), (self.capture, 3),
-                (self.cancel_payment, 2), (self.payout, 3), (self.hostile, 6), (self.replay, 3)]
+                (self.adjust, 2), (self.refund, 6), (self.capture, 3),
+                (self.cancel_payment, 2), (self.payout, 3), (self.hostile, 6), (self.replay, 3),
+                (self.discover_payments, 2)]
 
     def shop(self) -> Shop:
         return self.rng.choice(self.shops)
 
     def amount(self) -> int:
+        """Mostly everyday amounts; one in twenty the largest the API takes."""
+        if self.rng.random() < 0.05:
+            return AMOUNT_MAX
         return self.rng.choice((1, 1500, 2500, 120000, self.rng.randint(1, 10**6)))
 
     def recent(self, items: list):
@@ -272,10 +302,12 @@ class Walk:
         shop = self.shop()
         amount, currency = self.amount(), self.rng.choice(CURRENCIES)
         splits = self.splits(shop, amount) if self.rng.random() < 0.5 else []
-        body = {"name": "Walk", "amount": amount, "currency": currency, "splits": splits,
+        expires_in = self.rng.choice((SHORT_EXPIRY_S, 900, 900))
+        body = {"name": "Walk", "amount": amount, "currency": currency, "splits": splits, "expires_in": expires_in,
                 "payment_methods": self.rng.choice((["card", "qr", "wallet", "bank_transfer"], ["card"]))}
         created = self.expect(self.send(shop, "POST", "/v1/orders", body), 200)
-        self.orders.append(OrderModel(shop, created["id"], amount, currency, sum(split["amount"] for split in splits)))
+        self.orders.append(OrderModel(shop, created["id"], amount, currency, sum(split["amount"] for split in splits),
+                                      time.monotonic() + expires_in))
         self.references.append(("O" + created["id"].removeprefix("ord_"), amount, currency))
 
     def create_order_badly(self) -> None:
@@ -307,7 +339,7 @@ class Walk:
         patched = self.expect(reply, 200, 400, 409, codes=("splits_exceed_amount", "parameter_invalid",
                                                            "order_not_pending", "payment_in_progress"))
         if below and reply.status != 409:
-            assert reply.status == 400 and patched["error"]["param"] == "amount", f"{self.where()}: {patched}"
+            assert reply.status == 400 and patched["error"]["param"] == "amount", f"{self.where()}: {order.id} to {amount}: {patched}"
         if reply.status == 200:
             order.amount = amount
             self.references.append(("O" + order.id.removeprefix("ord_"), amount, order.currency))
@@ -363,6 +395,7 @@ class Walk:
             self.rng.choice(self.references + [("O" + "0" * 24, 0, "")])
         amount = amount if amount and self.rng.random() < 0.6 else self.rng.choice(
             (amount + 1, max(1, amount - 1), self.amount(), BANK_AMOUNT_MAX))
+        amount = min(amount, BANK_AMOUNT_MAX)
         currency = currency if currency and self.rng.random() < 0.9 else self.rng.choice(CURRENCIES)
         for _ in range(self.rng.choice((1, 1, 2))):
             status, _, answer = fetch(f"http://127.0.0.1:{self.server.base_port + 1}/v1/transfers",
@@ -374,7 +407,8 @@ class Walk:
         shop = self.shop()
         customer_id = self.rng.choice(shop.customers + ["cus_nobody"])
         body = {**self.payment_target(shop), "payment_method": {"type": "wallet", "customer_id": customer_id}}
-        self.created_payment(shop, self.send(shop, "POST", "/v1/payments", body), "wallet")
+        for reply in self.send_racing(shop, "/v1/payments", body):
+            self.created_payment(shop, reply, "wallet")
 
     # Wallets
 
@@ -398,18 +432,18 @@ class Walk:
     def withdraw(self) -> None:
         shop = self.shop()
         customer_id = self.rng.choice(shop.customers)
-        amount = self.rng.choice((1, 100, 1013, self.amount(), 2**63 - 1))  # the bank refuses amounts ending in 13
-        reply = self.send(shop, "POST", f"/v1/customers/{customer_id}/withdrawals",
-                          {"amount": amount, "currency": self.rng.choice(CURRENCIES)})
-        created = self.expect(reply, 200, 402, codes=("insufficient_funds",))
-        if reply.status == 200:
-            self.outbound.append((shop, "withdrawals", created["id"]))
+        amount = self.rng.choice((1, 100, 1013, self.amount(), AMOUNT_MAX))  # the bank refuses amounts ending in 13
+        body = {"amount": amount, "currency": self.rng.choice(CURRENCIES)}
+        for reply in self.send_racing(shop, f"/v1/customers/{customer_id}/withdrawals", body):
+            created = self.expect(reply, 200, 402, codes=("insufficient_funds",))
+            if reply.status == 200:
+                self.outbound.append((shop, "withdrawals", created["id"]))
 
     def adjust(self) -> None:
         """An operator's manual credit (admin only; a merchant's own key is refused)."""
         shop = self.shop()
         customer_id = self.rng.choice(shop.customers)
-        amount = self.amount() if self.rng.random() < 0.8 else 2**63 - 1
+        amount = self.amount()
         body = {"amount": amount, "currency": self.rng.choice(CURRENCIES), "reason": "goodwill"}
         if self.rng.random() < 0.25:
             self.expect(self.send(shop, "POST", f"/v1/customers/{customer_id}/adjustments", body), 401, 403)
@@ -440,24 +474,16 @@ class Walk:
         request = self.refund_request()
         if request is not None:
             shop, body, method = request
-            self.refunded_by(self.send(shop, "POST", "/v1/refunds", body), method)
-
-    def race_refunds(self) -> None:
-        request = self.refund_request()
-        if request is None:
-            return
-        shop, body, method = request
-        with concurrent.futures.ThreadPoolExecutor(4) as pool:
-            replies = list(pool.map(lambda _: self.send(shop, "POST", "/v1/refunds", body), range(4)))
-        for reply in replies:
-            self.refunded_by(reply, method)
+            for reply in self.send_racing(shop, "/v1/refunds", body):
+                self.refunded_by(reply, method)
 
     def capture(self) -> None:
         found = self.some_payment("card")
         if found is not None:
             payment_id, shop, _ = found
             body = self.rng.choice(({}, {"amount": 1}, {"amount": 10**9}, {"amount": self.rng.choice(HOSTILE_AMOUNTS)}))
-            self.expect(self.send(shop, "POST", f"/v1/payments/{payment_id}/capture", body), 200, 400, 402, 409)
+            for reply in self.send_racing(shop, f"/v1/payments/{payment_id}/capture", body):
+                self.expect(reply, 200, 400, 402, 409)
 
     def cancel_payment(self) -> None:
         found = self.some_payment()
@@ -467,14 +493,20 @@ class Walk:
 
     def payout(self) -> None:
         shop = self.shop()
-        body = {"amount": self.rng.choice((1, 500, 1013, self.amount(), 2**63 - 1)),
+        body = {"amount": self.rng.choice((1, 500, 1013, self.amount(), AMOUNT_MAX)),
                 "currency": self.rng.choice(CURRENCIES)}
         if self.rng.random() < 0.3:
             body["sub_account_id"] = self.rng.choice(shop.sub_accounts + ["sub_missing"])
-        reply = self.send(shop, "POST", "/v1/payouts", body)
-        created = self.expect(reply, 200, 402, 404, codes=("insufficient_funds", "resource_missing"))
-        if reply.status == 200:
-            self.outbound.append((shop, "payouts", created["id"]))
+        for reply in self.send_racing(shop, "/v1/payouts", body):
+            created = self.expect(reply, 200, 402, 404, codes=("insufficient_funds", "resource_missing"))
+            if reply.status == 200:
+                self.outbound.append((shop, "payouts", created["id"]))
+
+    def discover_payments(self) -> None:
+        """Payments the walk did not make itself (a transfer paying an order, a static code): refundable too."""
+        shop = self.shop()
+        for payment in self.get(shop, "/v1/payments?limit=20")["data"]:
+            self.payments.setdefault(payment["id"], (shop, payment["payment_method"]["type"]))
 
     # Hostile requests
 
@@ -545,6 +577,23 @@ class Walk:
 
     # After the walk
 
+    def pay_after_expiry(self, wait: bool) -> list[OrderModel]:
+        """A transfer for the amount asked to a few orders that expired unpaid: each becomes an exception. (With
+        `wait`, first waits for the first order made to expire soon.)"""
+        short = [order for order in self.orders
+                 if order.expires_at - time.monotonic() < SHORT_EXPIRY_S and order.amount <= BANK_AMOUNT_MAX]
+        if short and wait:
+            time.sleep(max(0.0, short[0].expires_at - time.monotonic()))
+        late = []
+        for order in [order for order in short if order.expires_at <= time.monotonic()][:LATE_ORDERS]:
+            status = wait_until(lambda: self.get(order.shop, f"/v1/orders/{order.id}")["status"],
+                                lambda current: current != "pending", what=f"{self.where()}: {order.id} to expire")
+            if status == "expired":
+                reference = "O" + order.id.removeprefix("ord_")
+                self.transfers.append(bank_transfer(self.server, reference, order.amount, order.currency))
+                late.append(order)
+        return late
+
     def wait_until_quiet(self) -> None:
         """Until no card payment waits for the acquirer, no payout or withdrawal for the bank, and the bank has
         settled every transfer: then nothing moves money any more."""
@@ -601,13 +650,16 @@ class Walk:
             if method == "card":
                 payment = self.get(shop, f"/v1/payments/{payment_id}")
                 net[payment["currency"]] += payment["amount_captured"]
+                self.outcomes[f"card {payment['status']}"] += 1
         for reference in self.transfers:
             transfer = self.at_the_bank(reference)
+            self.outcomes[f"transfer {transfer['status']}"] += 1
             if transfer["status"] == "credited":
                 net[transfer["currency"]] += transfer["amount"]
         net.subtract(self.refunded)
         for shop, kind, object_id in self.outbound:
             sent = self.get(shop, f"/v1/{kind}/{object_id}")
+            self.outcomes[f"{kind} {sent['status']}"] += 1
             if sent["status"] == "paid":
                 net[sent["currency"]] -= sent["amount"]
         return net
@@ -616,6 +668,8 @@ class Walk:
         ledger = self.expect(self.send(None, "GET", "/v1/admin/ledger_check", key=self.server.admin_token), 200)
         assert ledger["ok"] is True, f"{self.where()}: {ledger}"
         held, net = self.money_held(), self.money_received_less_sent()
+        for order in self.orders:
+            self.outcomes[f"order {self.get(order.shop, f'/v1/orders/{order.id}')['status']}"] += 1
         for currency in CURRENCIES:
             assert held[currency] == net[currency], (
                 f"{self.where()}: {currency}: held {held[currency]} != received less sent {net[currency]}")
