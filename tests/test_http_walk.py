@@ -49,6 +49,7 @@ SLOW_STEPS = 3000
 PROCESSING_TIMEOUT_S = 3
 AUTHORIZATION_HOLD_S = 5
 QUIET_WITHIN_S = 60
+QUIET_POLL_S = 0.5
 BANK_AMOUNT_MAX = 10**15  # the most the simulated bank takes in one transfer
 SHORT_EXPIRY_S = 60  # the shortest an order may live: some expire during the walk, and are paid after
 LATE_ORDERS = 3
@@ -116,6 +117,7 @@ def walk_and_check(server: Server, steps: int, wait_for_expiry: bool) -> None:
     walk = Walk(server, random.Random(SEED))
     started = time.monotonic()
     walk.open_shops()
+    beyond_the_bank = walk.send_out_more_than_the_bank_takes()
     actions = [action for action, weight in walk.actions() for _ in range(weight)]
     for step in range(steps):
         walk.step = step
@@ -124,6 +126,9 @@ def walk_and_check(server: Server, steps: int, wait_for_expiry: bool) -> None:
     late = walk.pay_after_expiry(wait_for_expiry)
     walk.wait_until_quiet()
     quiet = time.monotonic()
+    for shop, kind, object_id in beyond_the_bank:
+        refused = walk.get(shop, f"/v1/{kind}/{object_id}")
+        assert refused["status"] == "failed" and refused["failure_code"], f"{walk.where()}: {refused}"
     for order in late:
         paid = walk.get(order.shop, f"/v1/orders/{order.id}")
         assert (paid["status"], paid["error_code"]) == ("exception", "order_not_pending"), f"{walk.where()}: {paid}"
@@ -288,6 +293,24 @@ class Walk:
                     "email": f"payer{person}@example.com", "name": f"Payer {person}"}), 200)["id"])
             self.references += [("M" + shop.id.removeprefix("mer_"), 0, ""), (shop.id, 0, "")]
             self.references += [("S" + sub.removeprefix("sub_"), 0, "") for sub in shop.sub_accounts]
+
+    def send_out_more_than_the_bank_takes(self) -> list[tuple[Shop, str, str]]:
+        """A withdrawal and a payout above the most the bank takes at once: the bank refuses them, so they fail and
+        the money goes back (the walk then goes on with these large balances)."""
+        shop, other = self.shops[0], self.shops[2]
+        self.expect(self.send(None, "POST", f"/v1/customers/{shop.customers[0]}/adjustments", {
+            "amount": AMOUNT_MAX, "currency": "usd", "reason": "the largest credit"}, key=self.server.admin_token), 200)
+        self.adjusted["usd"] += AMOUNT_MAX
+        withdrawal = self.expect(self.send(shop, "POST", f"/v1/customers/{shop.customers[0]}/withdrawals",
+                                           {"amount": AMOUNT_MAX, "currency": "usd"}), 200)
+        for _ in range(2):
+            self.transfers.append(bank_transfer(self.server, other.id, BANK_AMOUNT_MAX, "usd"))
+        wait_until(lambda: self.account(other, "balance", "usd")["available"],
+                   lambda available: available == 2 * BANK_AMOUNT_MAX, what=f"{self.where()}: two transfers")
+        payout = self.expect(self.send(other, "POST", "/v1/payouts", {"amount": 2 * BANK_AMOUNT_MAX,
+                                                                      "currency": "usd"}), 200)
+        self.outbound += [(shop, "withdrawals", withdrawal["id"]), (other, "payouts", payout["id"])]
+        return self.outbound[-2:]
 
     # Orders
 
@@ -596,17 +619,20 @@ class Walk:
 
     def wait_until_quiet(self) -> None:
         """Until no card payment waits for the acquirer, no payout or withdrawal for the bank, and the bank has
-        settled every transfer: then nothing moves money any more."""
-        def unsettled() -> list[str]:
-            waiting = [payment_id for payment_id, (shop, method) in self.payments.items() if method == "card"
-                       and self.get(shop, f"/v1/payments/{payment_id}")["status"] in self.card_waits(payment_id)]
-            waiting += [object_id for shop, kind, object_id in self.outbound
-                        if self.get(shop, f"/v1/{kind}/{object_id}")["status"] == "pending"]
-            return waiting + [reference for reference in self.transfers if self.at_the_bank(reference)["status"]
-                              == "received"]
-
-        wait_until(unsettled, lambda waiting: not waiting, timeout_s=QUIET_WITHIN_S,
-                   what=f"{self.where()}: the providers to be quiet")
+        settled every transfer: then nothing moves money any more. What settled is not asked about again (the
+        merchants' rate limits stay far)."""
+        waiting = {payment_id: lambda shop=shop, payment_id=payment_id: self.get(shop, f"/v1/payments/{payment_id}")[
+            "status"] not in self.card_waits(payment_id) for payment_id, (shop, method) in self.payments.items()
+            if method == "card"}
+        waiting.update({object_id: lambda shop=shop, path=f"/v1/{kind}/{object_id}": self.get(shop, path)["status"]
+                        != "pending" for shop, kind, object_id in self.outbound})
+        waiting.update({reference: lambda reference=reference: self.at_the_bank(reference)["status"] != "received"
+                        for reference in self.transfers})
+        deadline = time.monotonic() + QUIET_WITHIN_S
+        while waiting:
+            waiting = {name: settled for name, settled in waiting.items() if not settled()}
+            assert time.monotonic() < deadline, f"{self.where()}: still waiting for the providers: {sorted(waiting)}"
+            time.sleep(QUIET_POLL_S if waiting else 0)
 
     def card_waits(self, payment_id: str) -> tuple[str, ...]:
         """The statuses in which a card payment still waits for the acquirer's answer."""
