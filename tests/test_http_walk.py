@@ -7,7 +7,7 @@ replays). During and after the walk:
 
 - no answer is a 5xx (a 503 `shard_unavailable` is counted, and fails the test); every error is in the API's one
   shape, and every answer carries a Request-Id;
-- the shard processes never exit: their pids stay the same, and serve's log tells of no restart;
+- the shard processes never exit: their pids stay the same, and serve's log tells of no restart and no error;
 - every merchant, sub-account and wallet balance read over HTTP is >= 0, the ledger check is ok, and money held
   (those balances plus payouts and withdrawals in flight) equals money received (captured card money, transfers the
   bank says the gateway took, adjustments) less money sent (refunds to a card or a bank, paid payouts and
@@ -36,8 +36,8 @@ import pytest
 
 from bench.server import ROOT
 from edge.http import OVERFLOW_CODES
-from engine.types import AMOUNT_MAX
 from edge_harness import Response, Server
+from engine.types import AMOUNT_MAX
 from journal.client import ShardClient
 from journal.processes import running_address, shard_folder
 from test_http_auth import signed_headers
@@ -191,7 +191,6 @@ class Walk:
         self.orders: list[OrderModel] = []
         self.payments: dict[str, tuple[Shop, str]] = {}  # id -> (its merchant, its method)
         self.challenged: set[str] = set()  # card payments whose 3-D Secure step was answered
-        self.deposits: list[tuple[Shop, str]] = []
         self.outbound: list[tuple[Shop, str, str]] = []  # (merchant, "payouts" | "withdrawals", id)
         self.references: list[tuple[str, int, str]] = []  # what a transfer may quote: (reference, amount, currency)
         self.transfers: list[str] = []  # bank references of every transfer sent
@@ -200,7 +199,7 @@ class Walk:
         self.outcomes: collections.Counter = collections.Counter()  # how the money moves ended, for the record
 
     def where(self) -> str:
-        return f"seed {SEED}, step {self.step}"
+        return f"seed {SEED}, " + (f"step {self.step}" if self.step >= 0 else "before the walk")
 
     # Speaking HTTP, checking every answer
 
@@ -224,7 +223,10 @@ class Walk:
         assert reply.headers.get("Request-Id"), what
         if reply.status < 400:
             return
-        problem = orjson.loads(reply.body)["error"]
+        try:
+            problem = orjson.loads(reply.body)["error"]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise AssertionError(f"not the API's error shape: {what}") from None
         assert set(problem) == {"type", "code", "message", "param"} and problem["message"], what
         if reply.status == 503 and problem["code"] == "shard_unavailable":
             with self.lock:
@@ -450,7 +452,6 @@ class Walk:
         created = self.expect(reply, 200, 400, 402)
         if reply.status != 200:
             return
-        self.deposits.append((shop, created["id"]))
         if method == "card":
             self.payments[created["payment_id"]] = (shop, "card")
         elif created["status"] == "requires_action":
@@ -579,7 +580,7 @@ class Walk:
         self.expect(self.send(shop, method, path, **options), *statuses)
         if self.rng.random() < 0.2:  # the signing merchant, unsigned
             signer = next(each for each in self.shops if each.signed)
-            self.expect(self.server.request("GET", "/v1/merchants/me", key=signer.key), 401)
+            self.expect(self.send(None, "GET", "/v1/merchants/me", key=signer.key), 401)
 
     def replay(self) -> None:
         """The same Idempotency-Key: the same body answers the first answer again, byte for byte; another body is
