@@ -92,7 +92,8 @@ class OrderModel:
 @pytest.fixture
 def gateway(tmp_path):
     server = Server(tmp_path / "data", workers=2, actors=True,
-                    extra=("--replica", "--order-ip-limit", "100000",
+                    # snapshots along the way, for verify to hold against a replay of the journal
+                    extra=("--replica", "--order-ip-limit", "100000", "--snapshot-every-batches", "100",
                            "--processing-timeout-s", str(PROCESSING_TIMEOUT_S),
                            "--authorization-hold-s", str(AUTHORIZATION_HOLD_S))).start()
     try:
