@@ -555,6 +555,12 @@ class Walk:
             ("POST", "/v1/payments", {"body": {"amount": 100, "currency": "usd", "payment_method": {
                 "type": "card", "card": {"number": SUCCEEDS, **EXPIRY, "cvc": 123}}}}, (400,)),
             ("GET", f"/v1/orders/ord_{unknown}", {}, (404,)),
+            ("GET", "/v1/orders/" + "%C3%A9%00" * 500, {}, (400, 404)),
+            ("GET", self.rng.choice(("/v1/orders?limit=0", "/v1/orders?limit=101", "/v1/orders?limit=1e3",
+                                     "/v1/orders?status=bogus", "/v1/orders?created_gte=yesterday",
+                                     f"/v1/orders?starting_after=ord_{unknown}", "/v1/payments?limit=-1",
+                                     "/v1/accounts/.balance.usd/balances?at=never",
+                                     "/v1/accounts/.balance.usd/transfers?starting_after=nothing")), {}, (400, 404)),
             ("GET", f"/v1/payments/pay_{unknown}", {}, (404,)),
             ("GET", f"/v1/customers/cus_{unknown}/wallet", {}, (404,)),
             ("GET", f"/v1/withdrawals/wd_{unknown}", {}, (404,)),
