@@ -23,6 +23,7 @@ import collections
 import concurrent.futures
 import json
 import os
+import pathlib
 import random
 import subprocess
 import sys
@@ -89,9 +90,8 @@ class OrderModel:
     expires_at: float  # on this process's monotonic clock
 
 
-@pytest.fixture
-def gateway(tmp_path):
-    server = Server(tmp_path / "data", workers=2, actors=True,
+def serving(data: pathlib.Path):
+    server = Server(data, workers=2, actors=True,
                     # snapshots along the way, for verify to hold against a replay of the journal
                     extra=("--replica", "--order-ip-limit", "100000", "--snapshot-every-batches", "100",
                            "--processing-timeout-s", str(PROCESSING_TIMEOUT_S),
@@ -102,14 +102,45 @@ def gateway(tmp_path):
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def gateway(tmp_path_factory):
+    """One server for the module's default tests: the walk, last in the file, stops it to verify its folder."""
+    yield from serving(tmp_path_factory.mktemp("walk") / "data")
+
+
+@pytest.fixture
+def own_gateway(tmp_path):
+    yield from serving(tmp_path / "data")
+
+
+@pytest.mark.xfail(strict=True, reason="a refund of a QR or bank-transfer payment answers succeeded and books the "
+                   "money as sent back through the bank, but the bank connector takes no refunds (psp.py answers "
+                   "Failed 'bank does not take refunds', logged in the connector actor) and the simulated bank has "
+                   "no refund route: the payer never gets the money back")
+def test_a_refund_of_a_bank_transfer_payment_reaches_the_payer(gateway):
+    walk = Walk(gateway, random.Random(SEED))
+    walk.open_shops()
+    shop = walk.shops[0]
+    payment = walk.expect(walk.send(shop, "POST", "/v1/payments", {
+        "amount": 120000, "currency": "vnd", "payment_method": {"type": "bank_transfer"}}), 200)
+    reference = bank_transfer(gateway, payment["id"], 120000, "vnd")
+    wait_until(lambda: walk.get(shop, f"/v1/payments/{payment['id']}")["status"], lambda status: status == "succeeded",
+               what="the transfer to pay the payment")
+    refund = walk.expect(walk.send(shop, "POST", "/v1/refunds", {"payment_id": payment["id"]}), 200)
+    assert (refund["status"], refund["amount"]) == ("succeeded", 120000)
+    # The bank shows the money it took for the payment going back to the payer.
+    wait_until(lambda: walk.at_the_bank(reference)["status"], lambda status: status != "credited", timeout_s=10,
+               what="the bank to send the refund back to the payer")
+
+
 def test_http_walk(gateway):
     walk_and_check(gateway, STEPS, wait_for_expiry=False)
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
-def test_http_walk_at_length(gateway):
-    walk_and_check(gateway, SLOW_STEPS, wait_for_expiry=True)
+def test_http_walk_at_length(own_gateway):
+    walk_and_check(own_gateway, SLOW_STEPS, wait_for_expiry=True)
 
 
 def walk_and_check(server: Server, steps: int, wait_for_expiry: bool) -> None:
