@@ -172,6 +172,8 @@ def walk_and_check(server: Server, steps: int, wait_for_expiry: bool) -> None:
     walk.check_money()
     assert_replica_agrees(server, walk.where())
     assert shard_pids(server) == pids, f"{walk.where()}: a shard process exited"
+    for pid in pids:
+        os.kill(pid, 0)  # still there: raises ProcessLookupError otherwise
     trouble = [line for line in server.output if any(word in line for word in TROUBLE_WORDS)]
     assert not trouble, f"{walk.where()}: serve's log:\n{''.join(trouble)}"
     print(f"http walk seed {SEED}: {sum(walk.statuses.values())} requests, statuses {sorted(walk.statuses.items())}; "
