@@ -11,7 +11,9 @@ replays). During and after the walk:
 - every merchant, sub-account and wallet balance read over HTTP is >= 0, the ledger check is ok, and money held
   (those balances plus payouts and withdrawals in flight) equals money received (captured card money, transfers the
   bank says the gateway took, adjustments) less money sent (refunds to a card or a bank, paid payouts and
-  withdrawals), per currency, each side computed from the answers the walk got;
+  withdrawals), per currency, each side computed from the answers the walk got; what was refunded through the bank
+  is what the bank says it gave back;
+- a withdrawal and a payout above what the bank takes at once fail, and their money returns;
 - once the providers are quiet, the replica's state hash equals the primary's; after serve stops, `paygate verify`
   on the data folder exits 0.
 
