@@ -33,9 +33,9 @@ import ray
 
 from actors import psp
 from actors.connector_wire import Authorization, AuthorizationBatch, batch_decoder
-from actors.psp import Accepted, Declined, Failed, FollowUp, PaymentStatusQuery, StatusAnswer
+from actors.psp import Accepted, Declined, Failed, FollowUp, PaymentStatusQuery, PayoutRequest, StatusAnswer
 from actors.runtime import die_with_parent
-from engine.records import Outcome, RecordPspResult, authorization_transfer_id
+from engine.records import Outcome, RecordPspResult, authorization_transfer_id, payout_result
 from journal.client import Cluster
 from journal.logs import JsonFormatter
 
@@ -165,7 +165,8 @@ class PaymentConnectorActor:
     async def follow_up(self, requests: list[FollowUp]) -> list[psp.Verdict]:
         """Send each request to the provider: in order for one payment (or payout), side by side for different ones.
 
-        A refusal or a failure after the retries is logged for an operator and answered; it is never retried here.
+        A refusal or a failure after the retries is logged for an operator and answered; it is never retried here. A
+        payout (or withdrawal) refused is recorded failed; one with no usable answer stays pending for the operator.
         """
         verdicts: list = [None] * len(requests)
         lanes: dict[str, list[int]] = {}
@@ -177,6 +178,11 @@ class PaymentConnectorActor:
                 verdicts[index] = await self._follow_up(requests[index])
 
         await asyncio.gather(*(run_lane(indexes) for indexes in lanes.values()))
+        # A payout the provider refused outright was never sent: it fails, and its hold goes back where it was.
+        await self._record([payout_result(request.merchant_id, request.payout_id,
+                                          f"cn_{request.payout_id}_{psp.DECLINED}", False, verdict.code)
+                            for request, verdict in zip(requests, verdicts)
+                            if type(request) is PayoutRequest and type(verdict) is Declined])
         return verdicts
 
     async def _follow_up(self, request: FollowUp) -> psp.Verdict:
@@ -267,9 +273,9 @@ class PaymentConnectorActor:
             merchant_id=item.merchant_id, payment_id=item.payment_id, callback_id=f"cn_{item.payment_id}_{ERROR}",
             result=ERROR, failure_code="processing_error", failure_message="the acquirer failed")
 
-    async def _record(self, commands: list[RecordPspResult]) -> list[Outcome | None]:
-        """Submit the results, one batch per shard; each one's outcome, or None where no shard took it (the payment
-        then fails by the engine's own timeout)."""
+    async def _record(self, commands: list) -> list[Outcome | None]:
+        """Submit the results (a payment's, a payout's), one batch per shard; each one's outcome, or None where no
+        shard took it (a payment then fails by the engine's own timeout)."""
         outcomes: list[Outcome | None] = [None] * len(commands)
         by_shard: dict[int, list[int]] = {}
         for index, command in enumerate(commands):

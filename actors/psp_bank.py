@@ -1,8 +1,11 @@
-"""The simulated bank (actors/simulators/bank.py) behind the connector interface: payouts and their status; no card operations.
+"""The simulated bank (actors/simulators/bank.py) behind the connector interface: payouts and their status, refunds
+of the transfers it credited; no card operations.
 
     payout   POST /v1/payouts {"payout_id", "merchant_id", "amount", "currency"} → 202 {"bank_reference"}; the
              result follows in a signed callback; the same payout_id again is answered again, paid once
     status   GET /v1/payouts/{payout_id} → {"paid", "failure_code", "bank_reference"}, 404 when unknown
+    refund   POST /v1/refunds {"refund_id", "bank_reference", "amount", "currency"} → 202; a credited transfer's money
+             back to its payer, once per refund_id
 """
 
 import urllib.parse
@@ -17,6 +20,7 @@ from actors.psp import (
     HttpConnector,
     PayoutRequest,
     PayoutStatusQuery,
+    RefundRequest,
     StatusAnswer,
     StatusQuery,
     Verdict,
@@ -42,6 +46,12 @@ class BankConnector(HttpConnector):
                 "currency": request.currency}
         return self.verdict(await self.call("POST", "/v1/payouts", body, idempotency_key=request.payout_id),
                             PayoutReply)
+
+    async def refund(self, request: RefundRequest) -> Verdict:
+        """The payment's money back to the payer of the transfer that brought it (its psp_reference)."""
+        body = {"refund_id": request.refund_id, "bank_reference": request.psp_reference, "amount": request.amount,
+                "currency": request.currency}
+        return self.verdict(await self.call("POST", "/v1/refunds", body, idempotency_key=request.refund_id))
 
     async def status(self, query: StatusQuery) -> StatusAnswer | Failed:
         if type(query) is not PayoutStatusQuery:

@@ -47,18 +47,15 @@ from engine.records import (
     PayOrderFromWallet,
     ReceiveBankTransfer,
     ReceiveDepositTransfer,
-    RecordPayoutResult,
     RecordPspResult,
-    RecordWithdrawalResult,
     Refund,
     authorization_transfer_id,
+    payout_result,
 )
 from engine.states import PAYMENT_STATUSES
 
 # How long a QR or bank transfer payment without an order waits for the payer's transfer: an order's default expiry.
 TRANSFER_WAIT_S = 900
-# A withdrawal's id: the bank sends withdrawals and payouts alike, and its callback names either by this id.
-WITHDRAWAL_PREFIX = "wd_"
 _sealed_encoder = msgspec.msgpack.Encoder()
 _sealed_decoder = msgspec.msgpack.Decoder(cards.SealedCard)
 
@@ -409,12 +406,6 @@ async def _payout_result(request: web.Request, callback: schemas.ProviderCallbac
     """The bank's word on money sent out: a merchant's payout, or a customer's withdrawal (`wd_`)."""
     if not callback.merchant_id.startswith("mer_"):
         raise ApiError(400, "parameter_invalid", "the callback names no merchant", "merchant_id")
-    settled_id = ledger_id(callback.merchant_id, f"{callback.payout_id}.{'paid' if callback.paid else 'returned'}")
-    if callback.payout_id.startswith(WITHDRAWAL_PREFIX):
-        return await _record_callback(request, callback.merchant_id, RecordWithdrawalResult(
-            merchant_id=callback.merchant_id, withdrawal_id=callback.payout_id, callback_id=callback.callback_id,
-            paid=callback.paid, failure_code=callback.failure_code, transfer_id=settled_id, signature=signature))
-    command = RecordPayoutResult(
-        merchant_id=callback.merchant_id, payout_id=callback.payout_id, callback_id=callback.callback_id,
-        paid=callback.paid, failure_code=callback.failure_code, transfer_id=settled_id, signature=signature)
-    return await _record_callback(request, callback.merchant_id, command)
+    return await _record_callback(request, callback.merchant_id, payout_result(
+        callback.merchant_id, callback.payout_id, callback.callback_id, callback.paid, callback.failure_code,
+        signature))

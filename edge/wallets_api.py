@@ -14,7 +14,6 @@ from edge import payments_api, qr_api, render, risk, schemas
 from edge.errors import not_found
 from edge.http import authenticate, body_of, check_currency, ledger_id, merchant_principal, new_id, raise_for, \
     respond, run
-from edge.payments_api import WITHDRAWAL_PREFIX
 from engine.queries import FindCustomer, GetWalletRecord
 from engine.records import (
     Adjustment,
@@ -25,6 +24,7 @@ from engine.records import (
     Deposit,
     Merchant,
     Payment,
+    WITHDRAWAL_PREFIX,
     Withdrawal,
 )
 

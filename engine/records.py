@@ -608,6 +608,21 @@ def authorization_transfer_id(merchant_id: str, payment_id: str) -> str:
     return f"{merchant_id}:{payment_id}{AUTHORIZATION_SUFFIX}"
 
 
+# A withdrawal's id: the bank sends withdrawals and payouts alike, and its word names either by this id.
+WITHDRAWAL_PREFIX = "wd_"
+
+
+def payout_result(merchant_id: str, payout_id: str, callback_id: str, paid: bool, failure_code: str = "",
+                  signature: str = "") -> "RecordPayoutResult | RecordWithdrawalResult":
+    """The command recording the bank's word on a payout, or on a withdrawal (`wd_`), whoever heard it."""
+    transfer_id = f"{merchant_id}:{payout_id}.{'paid' if paid else 'returned'}"
+    fields = {"merchant_id": merchant_id, "callback_id": callback_id, "paid": paid, "failure_code": failure_code,
+              "transfer_id": transfer_id, "signature": signature}
+    if payout_id.startswith(WITHDRAWAL_PREFIX):
+        return RecordWithdrawalResult(withdrawal_id=payout_id, **fields)
+    return RecordPayoutResult(payout_id=payout_id, **fields)
+
+
 def system_account_id(merchant_id: str, name: str, currency: str) -> str:
     return f"{merchant_id}:{SYSTEM_MARK}{name}{SYSTEM_MARK}{currency}"
 

@@ -5,6 +5,9 @@ reaches over loopback.
 the compact form its QR code prints): the bank answers 202 and then tells the gateway in a signed `transfer_received`
 callback; a transfer the gateway does not take (it quotes nothing of the gateway's, or in the wrong currency) is
 returned to the payer, as `GET /v1/transfers/{bank_reference}` then shows.
+`POST /v1/refunds` is the gateway giving a credited transfer's money (or part of it) back to its payer: 202, once per
+refund_id, never more than the transfer brought; the transfer then shows `amount_refunded`, and `refunded` once all
+of it went back. `GET /v1/refunds/{refund_id}` shows one.
 `POST /v1/payouts` is the gateway sending a merchant's money out: 202, then a signed `payout` callback, paid —
 except an amount whose last two digits are 13 (13, 1013, 25013, ...), which fails with `account_closed`.
 
@@ -47,8 +50,10 @@ class Transfer:
     amount: int
     currency: str
     received_at: float = dataclasses.field(default_factory=time.time)
-    status: str = "received"  # then credited (the gateway took it) or returned (to the payer)
+    status: str = "received"  # then credited (the gateway took it) or returned (to the payer); refunded (all of it
+    # given back by the gateway)
     return_reason: str = ""
+    amount_refunded: int = 0
 
     def view(self) -> dict:
         return {"kind": "transfer_received", "reference": self.reference, "amount": self.amount,
@@ -61,7 +66,8 @@ class Transfer:
         except (ValueError, AttributeError):
             outcome = "unreadable answer"
         if outcome in TAKEN:
-            self.status = "credited"
+            # a refund may have come first (the gateway took the money before this answer reached the bank)
+            self.status = "refunded" if self.amount_refunded == self.amount else "credited"
         else:
             self.status, self.return_reason = "returned", outcome
             log.info("transfer %s returned to the payer: %s", self.bank_reference, outcome)
@@ -91,6 +97,7 @@ class Bank:
         self.outbox = outbox
         self.transfers = simhttp.BoundedStore(max_records)
         self.payouts = simhttp.BoundedStore(max_records)
+        self.refunds = simhttp.BoundedStore(max_records)
 
     def routes(self) -> list:
         return [
@@ -99,6 +106,8 @@ class Bank:
             web.get("/v1/transfers/{bank_reference}", self.transfer_status),
             web.post("/v1/payouts", self.payout),
             web.get("/v1/payouts/{payout_id}", self.payout_status),
+            web.post("/v1/refunds", self.refund),
+            web.get("/v1/refunds/{refund_id}", self.refund_status),
         ]
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -120,7 +129,40 @@ class Bank:
         record = self.transfers.get(request.match_info["bank_reference"])
         if record is None:
             return error(404, "unknown_reference", "no such bank_reference")
-        return simhttp.json_response({**record.view(), "status": record.status, "return_reason": record.return_reason})
+        return simhttp.json_response({**record.view(), "status": record.status, "return_reason": record.return_reason,
+                                      "amount_refunded": record.amount_refunded})
+
+    async def refund(self, request: web.Request) -> web.Response:
+        """Gives `amount` of a credited transfer back to its payer; the same refund_id again answers the same."""
+        body = await simhttp.json_body(request)
+        refund = {"refund_id": simhttp.text_id(body, "refund_id"),
+                  "bank_reference": simhttp.text_id(body, "bank_reference"), "amount": simhttp.amount(body),
+                  "currency": simhttp.currency(body)}
+        existing = self.refunds.get(refund["refund_id"])
+        if existing is not None:
+            if existing != refund:
+                return error(409, "refund_id_reused", "refund_id was already used with other details")
+            return simhttp.json_response({**refund, "status": "sent"}, status=202)
+        transfer = self.transfers.get(refund["bank_reference"])
+        if transfer is None or transfer.status == "returned":
+            return error(404, "unknown_reference", "no transfer the gateway took has this bank_reference")
+        if refund["currency"] != transfer.currency:
+            return error(400, "currency_mismatch", "the transfer came in another currency", "currency")
+        if transfer.amount_refunded + refund["amount"] > transfer.amount:
+            return error(409, "amount_too_large", "more than the transfer brought", "amount")
+        transfer.amount_refunded += refund["amount"]
+        if transfer.amount_refunded == transfer.amount and transfer.status == "credited":
+            transfer.status = "refunded"
+        self.refunds.put(refund["refund_id"], refund)
+        log.info("refund %s: %d %s back to the payer of %s", refund["refund_id"], refund["amount"],
+                 refund["currency"], refund["bank_reference"])
+        return simhttp.json_response({**refund, "status": "sent"}, status=202)
+
+    async def refund_status(self, request: web.Request) -> web.Response:
+        refund = self.refunds.get(request.match_info["refund_id"])
+        if refund is None:
+            return error(404, "unknown_refund", "no such refund_id")
+        return simhttp.json_response({**refund, "status": "sent"})
 
     async def payout(self, request: web.Request) -> web.Response:
         """Pays `amount` out to the merchant; the same payout_id again answers the same and sends nothing new."""
