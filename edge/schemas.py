@@ -5,9 +5,8 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from engine.deposit_states import DepositStatus, WithdrawalStatus
 from engine.commerce import MAX_SPLITS
-from engine.states import OrderStatus, PaymentStatus, PayoutStatus, RefundStatus
+from engine.states import DepositStatus, OrderStatus, PaymentStatus, PayoutStatus, RefundStatus, WithdrawalStatus
 from engine.types import AMOUNT_MAX
 
 # ISO 4217 codes the gateway accepts, with their minor-unit exponent (VND and JPY have none).

@@ -7,8 +7,7 @@ merchant start with "<merchant id>:", which is also what routes them to a shard.
 
 import msgspec
 
-from engine.deposit_states import DepositStatus, WithdrawalStatus
-from engine.states import OrderStatus, PaymentStatus, PayoutStatus, RefundStatus
+from engine.states import DepositStatus, OrderStatus, PaymentStatus, PayoutStatus, RefundStatus, WithdrawalStatus
 from engine.types import CreateAccounts, CreateTransfers
 
 SYSTEM_MARK = "."  # system account ids contain it; merchant-chosen ids may not
