@@ -254,10 +254,17 @@ class Deposits:
 
     # State
 
-    def restore(self, deposits: list[Deposit], withdrawals: list[Withdrawal], adjustments: list[Adjustment]) -> None:
+    def snapshot(self) -> dict[str, list]:
+        """Its part of the engine's snapshot, by field."""
+        return {"deposits": list(self.deposits.values()), "withdrawals": list(self.withdrawals.values()),
+                "adjustments": list(self.adjustments.values())}
+
+    def restore(self, snapshot) -> None:
+        """Fill from the engine's snapshot, rebuilding the open deposits' indexes."""
+        deposits = snapshot.deposits
         self.deposits.load((deposit.id, deposit) for deposit in deposits)
-        self.withdrawals.load((withdrawal.id, withdrawal) for withdrawal in withdrawals)
-        self.adjustments.load((adjustment.id, adjustment) for adjustment in adjustments)
+        self.withdrawals.load((withdrawal.id, withdrawal) for withdrawal in snapshot.withdrawals)
+        self.adjustments.load((adjustment.id, adjustment) for adjustment in snapshot.adjustments)
         self.open_by_payment.load((deposit.payment_id, deposit.id) for deposit in deposits
                                   if not is_final(deposit))
         self.expiries.load((deposit.expires_at, deposit.id) for deposit in deposits

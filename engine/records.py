@@ -313,7 +313,7 @@ class CreateCustomer(msgspec.Struct, tag="create_customer", array_like=True):
 class MoveWallet(msgspec.Struct, tag="move_wallet", array_like=True, kw_only=True):
     """Legacy: a deposit into (from nothing), or a withdrawal from, a customer's wallet on the merchant's word.
 
-    Nothing sends it any more; journals that hold it still replay to the same state (see Commerce._move_wallet).
+    Nothing sends it any more; journals that hold it still replay to the same state (see Wallets.move_wallet).
     """
 
     merchant_id: str
