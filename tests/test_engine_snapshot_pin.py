@@ -146,7 +146,7 @@ def built() -> Engine:
         results = engine.apply(Batch(sequence, T0 + sequence * S, commands)).results
         assert all(result == [0] * len(result) if isinstance(result, list) else result.code == "ok"
                    for result in results), results
-    engine.apply(Batch(len(batches()) + 1, T0 + 7200 * S, []))  # o1..o4 expire; pay_4 stops waiting; pay_5 fails
+    engine.apply(Batch(len(batches()) + 1, T0 + 7200 * S, []))  # o4 expires, pay_4 stops waiting; pay_5 times out
     return engine
 
 
