@@ -5,10 +5,9 @@ from typing import Annotated, Literal
 import msgspec
 from msgspec import Meta, Struct
 
-from engine.deposit_states import DepositStatus, WithdrawalStatus
-from engine.commerce import MAX_SPLITS
 from engine.currencies import CURRENCY_EXPONENTS, CURRENCY_NUMBERS  # noqa: F401 (the edge's names for them)
-from engine.states import OrderStatus, PaymentStatus, PayoutStatus, RefundStatus
+from engine.orders import MAX_SPLITS
+from engine.states import DepositStatus, OrderStatus, PaymentStatus, PayoutStatus, RefundStatus, WithdrawalStatus
 from engine.types import AMOUNT_MAX
 
 # The enum only documents (msgspec validates the pattern; check_currency in edge/app.py refuses other codes).

@@ -127,11 +127,12 @@ class Credentials:
             else:
                 del self.signatures_by_merchant[merchant_id]
 
-    def snapshot(self) -> list[tuple[str, str, int]]:
-        return sorted((merchant_id, digest, expires_at)
-                      for (merchant_id, digest), expires_at in self.signatures.items())
+    def snapshot(self) -> dict[str, list]:
+        return {"signatures": sorted((merchant_id, digest, expires_at)
+                                     for (merchant_id, digest), expires_at in self.signatures.items())}
 
-    def restore(self, signatures: list[tuple[str, str, int]]) -> None:
+    def restore(self, snapshot) -> None:
+        signatures = snapshot.signatures
         self.signatures.load(((merchant_id, digest), expires_at) for merchant_id, digest, expires_at in signatures)
         self.signatures_by_merchant.load(collections.Counter(merchant_id for merchant_id, _, _ in signatures).items())
         self.signature_expiries.load((expires_at, merchant_id, digest) for merchant_id, digest, expires_at in signatures)

@@ -3,7 +3,7 @@
 Money enters a wallet only from a real inflow. A deposit owns a payment of its own (card, QR or bank transfer),
 handled by the payment machinery like any other, except that its money lands in the wallet: the acquirer's
 authorization moves it from `clearing_piggybank`, the bank's transfer quoting the deposit from `clearing_bank`.
-The deposit follows its payment's status (engine/deposit_states.py). A withdrawal holds wallet money towards the
+The deposit follows its payment's status (engine/states.py). A withdrawal holds wallet money towards the
 `withdrawals` account until the bank says paid (the hold is posted) or failed (voided: the money is back). An
 adjustment is an operator's named credit from the merchant's `adjustments` account, which conservation counts as
 an inflow. Every command checks all it can before it changes anything.
@@ -12,13 +12,6 @@ an inflow. Every command checks all it can before it changes anything.
 from typing import Callable
 
 from engine.changes import Changes
-from engine.deposit_states import (
-    DEPOSIT_STATUS_OF_PAYMENT,
-    DEPOSIT_TRANSITIONS,
-    WITHDRAWAL_TRANSITIONS,
-    advance_status,
-    is_final,
-)
 from engine.ledger import Ledger
 from engine.payments import (
     BANK_METHODS,
@@ -44,6 +37,7 @@ from engine.records import (
     system_account_id,
     wallet_account_id,
 )
+from engine.states import DEPOSIT_STATUS_OF_PAYMENT, is_final, transition
 from engine.types import AMOUNT_MAX, NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, TransferFlag
 
 DEPOSIT_METHODS = ("card", *BANK_METHODS)
@@ -181,12 +175,13 @@ class Deposits:
         status = DEPOSIT_STATUS_OF_PAYMENT[payment.status]
         if status == deposit.status:
             return
-        advance_status(DEPOSIT_TRANSITIONS, deposit, status, timestamp)
+        transition(deposit, status)
+        deposit.updated_at = timestamp
         deposit.next_action_url = payment.next_action_url if status == "requires_action" else ""
         if status == "failed":
             deposit.failure_code = payment.failure_code or payment.status
             deposit.failure_message = payment.failure_message
-        if is_final(DEPOSIT_TRANSITIONS, status):
+        if is_final(deposit):
             del self.open_by_payment[payment.id]
             self.events.append(Event(f"deposit.{status}", deposit.id, timestamp))
 
@@ -224,13 +219,14 @@ class Deposits:
         withdrawal = self.withdrawals.get(command.withdrawal_id)
         if withdrawal is None or withdrawal.merchant_id != command.merchant_id:
             return Outcome("withdrawal_not_found")
-        if is_final(WITHDRAWAL_TRANSITIONS, withdrawal.status):
+        if is_final(withdrawal):
             return Outcome("duplicate", record=withdrawal)
         flags = TransferFlag.POST_PENDING if command.paid else TransferFlag.VOID_PENDING
         code = move(self.ledger, Transfer(command.transfer_id, pending_id=withdrawal.hold_id, flags=flags), timestamp)
         if code != "ok":
             return Outcome(code, record=withdrawal)
-        advance_status(WITHDRAWAL_TRANSITIONS, withdrawal, "paid" if command.paid else "failed", timestamp)
+        transition(withdrawal, "paid" if command.paid else "failed")
+        withdrawal.updated_at = timestamp
         withdrawal.failure_code = "" if command.paid else command.failure_code or "withdrawal_failed"
         self.events.append(Event(f"withdrawal.{withdrawal.status}", withdrawal.id, timestamp))
         return Outcome(record=withdrawal)
@@ -275,12 +271,19 @@ class Deposits:
 
     # State
 
-    def restore(self, deposits: list[Deposit], withdrawals: list[Withdrawal], adjustments: list[Adjustment]) -> None:
+    def snapshot(self) -> dict[str, list]:
+        """Its part of the engine's snapshot, by field."""
+        return {"deposits": list(self.deposits.values()), "withdrawals": list(self.withdrawals.values()),
+                "adjustments": list(self.adjustments.values())}
+
+    def restore(self, snapshot) -> None:
+        """Fill from the engine's snapshot, rebuilding the open deposits' indexes."""
+        deposits = snapshot.deposits
         self.deposits.load((deposit.id, deposit) for deposit in deposits)
-        self.withdrawals.load((withdrawal.id, withdrawal) for withdrawal in withdrawals)
-        self.adjustments.load((adjustment.id, adjustment) for adjustment in adjustments)
+        self.withdrawals.load((withdrawal.id, withdrawal) for withdrawal in snapshot.withdrawals)
+        self.adjustments.load((adjustment.id, adjustment) for adjustment in snapshot.adjustments)
         self.open_by_payment.load((deposit.payment_id, deposit.id) for deposit in deposits
-                                  if not is_final(DEPOSIT_TRANSITIONS, deposit.status))
+                                  if not is_final(deposit))
         self.expiries.load((deposit.expires_at, deposit.id) for deposit in deposits
                            if deposit.status == "requires_action" and deposit.expires_at)
 

@@ -10,7 +10,6 @@ before anything changes) is undone, answered `internal_error`, listed in
 the rule gives replay and replicas the same answers and the same state.
 """
 
-import collections
 import hashlib
 import sys
 
@@ -20,10 +19,10 @@ from engine.batch import Batch, BatchResult
 from engine.changes import Changes, untracked_containers
 from engine.check import check
 from engine.codes import AccountCode, TransferCode
-from engine.commerce import Commerce, IdempotencyRecord
+from engine.commerce import Commerce
+from engine.idempotency import IdempotencyRecord
 from engine.ledger import Ledger
 from engine.queries import Answer, Query, answer
-from engine.payments import OPEN_STATUSES, Payments
 from engine.records import (
     Adjustment,
     BlocklistEntry,
@@ -187,7 +186,7 @@ class Engine:
 
     def next_deadline(self) -> int | None:
         """The earliest time at which something expires (a pending transfer, an order), if any."""
-        heaps = (self.ledger.expiries, self.commerce.order_expiries, self.commerce.payments.deadlines,
+        heaps = (self.ledger.expiries, self.commerce.orders.expiries, self.commerce.payments.deadlines,
                  self.commerce.deposits.expiries)
         heads = [heap[0][0] for heap in heaps if heap]
         return min(heads) if heads else None
@@ -202,7 +201,6 @@ class Engine:
 
     def _snapshot(self) -> Snapshot:
         ledger = self.ledger
-        commerce = self.commerce
         accounts = list(ledger.accounts.values())
         return Snapshot(
             sequence=self.sequence,
@@ -213,23 +211,8 @@ class Engine:
             pending_states=list(ledger.pending_states.items()),
             expiries=sorted(ledger.expiries),
             histories=[(account.id, account.history) for account in accounts if account.history],
-            merchants=list(commerce.merchants.values()),
-            orders=list(commerce.orders.values()),
-            order_expiries=sorted(commerce.order_expiries),
-            customers=list(commerce.customers.values()),
-            idempotency=[(merchant_id, key, record) for (merchant_id, key), record in commerce.idempotency.items()],
-            order_times_by_ip=[(ip, list(times)) for ip, times in commerce.order_times_by_ip.items()],
-            payments=list(commerce.payments.payments.values()),
-            refunds=list(commerce.payments.refunds.values()),
-            payouts=list(commerce.payments.payouts.values()),
-            cards=list(commerce.payments.cards.items()),
-            blocklist=list(commerce.blocklist.values()),
-            callback_signatures=list(commerce.payments.callback_signatures.items()),
             submits=self.submits.snapshot(),
-            deposits=list(commerce.deposits.deposits.values()),
-            withdrawals=list(commerce.deposits.withdrawals.values()),
-            adjustments=list(commerce.deposits.adjustments.values()),
-            signatures=commerce.credentials.snapshot(),
+            **self.commerce.snapshot(),
         )
 
     @classmethod
@@ -247,7 +230,7 @@ class Engine:
         ledger.expiries = list(snapshot.expiries)
         _restore_histories(ledger, snapshot.histories)
         _restore_transfers(ledger, snapshot.transfers)
-        _restore_commerce(engine.commerce, snapshot)
+        engine.commerce.restore(snapshot)
         engine.submits.restore(snapshot.submits)
         _check_tracked(engine.commerce)
         return engine
@@ -313,41 +296,3 @@ def _restore_transfers(ledger: Ledger, transfers: list[Transfer]) -> None:
         stored[t.id] = t
         debit.transfers.append(t)
         credit.transfers.append(t)
-
-
-def _restore_commerce(commerce: Commerce, snapshot: Snapshot) -> None:
-    for merchant in snapshot.merchants:
-        commerce.merchants[merchant.id] = merchant
-        if merchant.api_key_hash:
-            commerce.merchant_by_api_key_hash[merchant.api_key_hash] = merchant.id
-        if merchant.client_id:
-            commerce.merchant_by_client_id[merchant.client_id] = merchant.id
-        for sub_account in merchant.sub_accounts:
-            commerce.merchant_by_sub_account[sub_account.id] = merchant.id
-    for order in snapshot.orders:
-        commerce.orders[order.id] = order
-        commerce.orders_by_merchant.setdefault(order.merchant_id, []).append(order.id)
-    commerce.order_expiries.load(snapshot.order_expiries)
-    commerce.customers.load((customer.id, customer) for customer in snapshot.customers)
-    commerce.idempotency.load(((merchant_id, key), record) for merchant_id, key, record in snapshot.idempotency)
-    commerce.order_times_by_ip.load((ip, collections.deque(times)) for ip, times in snapshot.order_times_by_ip)
-    commerce.blocklist.load((entry.id, entry) for entry in snapshot.blocklist)
-    _restore_payments(commerce.payments, snapshot)
-    commerce.deposits.restore(snapshot.deposits, snapshot.withdrawals, snapshot.adjustments)
-    commerce.credentials.restore(snapshot.signatures)
-
-
-def _restore_payments(payments: Payments, snapshot: Snapshot) -> None:
-    """Deadlines and authorization holds follow from the payments themselves."""
-    for payment in snapshot.payments:
-        payments.add(payment)
-    payments.refunds.load((refund.id, refund) for refund in snapshot.refunds)
-    payments.payouts.load((payout.id, payout) for payout in snapshot.payouts)
-    payments.cards.load(snapshot.cards)
-    payments.callback_signatures.load(snapshot.callback_signatures)
-    # A payment for an order waits for its transfer with no deadline of its own.
-    payments.deadlines.load((payment.deadline_at, payment.id) for payment in snapshot.payments
-                            if payment.status in OPEN_STATUSES and payment.deadline_at)
-    for payment in snapshot.payments:
-        if payment.status == "requires_capture":
-            payments.payment_by_hold[payment.authorization_id] = payment.id

@@ -654,6 +654,29 @@ class Payments:
         payment = self.payments.get(payment_id)
         return payment if payment is not None and payment.merchant_id == merchant_id else None
 
+    # State
+
+    def snapshot(self) -> dict[str, list]:
+        """Its part of the engine's snapshot, by field."""
+        return {"payments": list(self.payments.values()), "refunds": list(self.refunds.values()),
+                "payouts": list(self.payouts.values()), "cards": list(self.cards.items()),
+                "callback_signatures": list(self.callback_signatures.items())}
+
+    def restore(self, snapshot) -> None:
+        """Fill from the engine's snapshot: deadlines and authorization holds follow from the payments themselves."""
+        for payment in snapshot.payments:
+            self.add(payment)
+        self.refunds.load((refund.id, refund) for refund in snapshot.refunds)
+        self.payouts.load((payout.id, payout) for payout in snapshot.payouts)
+        self.cards.load(snapshot.cards)
+        self.callback_signatures.load(snapshot.callback_signatures)
+        # A payment for an order waits for its transfer with no deadline of its own.
+        self.deadlines.load((payment.deadline_at, payment.id) for payment in snapshot.payments
+                            if payment.status in OPEN_STATUSES and payment.deadline_at)
+        for payment in snapshot.payments:
+            if payment.status == "requires_capture":
+                self.payment_by_hold[payment.authorization_id] = payment.id
+
 
 def _wallet_payment(command: PayOrderFromWallet, order: Order | None, timestamp: int) -> Payment:
     """The payment of a wallet checkout: the order's amount (set on the command), or the command's own."""

@@ -3,7 +3,8 @@
 import msgspec
 
 from engine.check import check
-from engine.commerce import Commerce, IdempotencyRecord
+from engine.commerce import Commerce
+from engine.idempotency import IdempotencyRecord
 from engine.ledger import Ledger
 from engine.records import Merchant, Record, VaultedCard
 from engine.types import TIMESTAMP_MAX, Account, Balance, Transfer
@@ -173,20 +174,20 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
     if kind is GetMerchant:
         return Answer(record=_merchant(query, commerce))
     if kind is FindDashboardUser:
-        return Answer(records=commerce.merchants_of_user(query.email))
+        return Answer(records=commerce.merchants.merchants_of_user(query.email))
     if kind is GetOrder:
-        return Answer(record=commerce.order_of(query.merchant_id, query.order_id))
+        return Answer(record=commerce.orders.order_of(query.merchant_id, query.order_id))
     if kind is ListOrders:
-        orders, has_more = commerce.list_orders(
+        orders, has_more = commerce.orders.list_orders(
             query.merchant_id, query.name_contains, query.status, query.created_gte, query.created_lt,
             max(1, min(query.limit, MAX_PAGE)), query.starting_after)
         return Answer(records=orders, has_more=has_more)
     if kind is GetCustomer:
-        return Answer(record=commerce.customer_of(query.merchant_id, query.customer_id))
+        return Answer(record=commerce.wallets.customer_of(query.merchant_id, query.customer_id))
     if kind is GetPaymentRecord:
         return Answer(record=commerce.payments.record_of(query.merchant_id, query.kind, query.record_id))
     if kind is FindOrder:
-        return Answer(record=commerce.orders.get(query.order_id))
+        return Answer(record=commerce.orders.by_id.get(query.order_id))
     if kind is FindPayment:
         return Answer(record=commerce.payments.payments.get(query.payment_id))
     if kind is GetWalletRecord:
@@ -194,15 +195,15 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
     if kind is FindDeposit:
         return Answer(record=commerce.deposits.deposits.get(query.deposit_id))
     if kind is FindCustomer:
-        return Answer(record=commerce.customers.get(query.customer_id))
+        return Answer(record=commerce.wallets.customers.get(query.customer_id))
     if kind is GetCard:
         return Answer(card=commerce.payments.card_of(query.merchant_id, query.token_id))
     if kind is GetIdempotencyRecord:
-        return Answer(idempotency=commerce.idempotency.get((query.merchant_id, query.key)))
+        return Answer(idempotency=commerce.idempotency.records.get((query.merchant_id, query.key)))
     if kind is ListCards:
         return Answer(cards=commerce.payments.vaulted_cards(max(0, query.start), max(1, min(query.limit, MAX_PAGE))))
     if kind is ListBlocklist:
-        entries, has_more = commerce.list_blocklist(max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+        entries, has_more = commerce.blocklist.list_entries(max(1, min(query.limit, MAX_PAGE)), query.starting_after)
         return Answer(records=entries, has_more=has_more)
     check(kind is ListPayments, f"no answer for a {kind.__name__} query")
     payments, has_more = commerce.payments.list_payments(query.merchant_id, max(1, min(query.limit, MAX_PAGE)),
@@ -213,12 +214,12 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
 def _merchant(query: GetMerchant, commerce: Commerce) -> Merchant | None:
     merchant_id = query.merchant_id
     if query.api_key_hash:
-        merchant_id = commerce.merchant_by_api_key_hash.get(query.api_key_hash, "")
+        merchant_id = commerce.merchants.by_api_key_hash.get(query.api_key_hash, "")
     elif query.client_id:
-        merchant_id = commerce.merchant_by_client_id.get(query.client_id, "")
+        merchant_id = commerce.merchants.by_client_id.get(query.client_id, "")
     elif query.sub_account_id:
-        merchant_id = commerce.merchant_by_sub_account.get(query.sub_account_id, "")
-    return commerce.merchants.get(merchant_id)
+        merchant_id = commerce.merchants.by_sub_account.get(query.sub_account_id, "")
+    return commerce.merchants.by_id.get(merchant_id)
 
 
 def _bare(account: Account | None) -> Account | None:

@@ -7,8 +7,7 @@ merchant start with "<merchant id>:", which is also what routes them to a shard.
 
 import msgspec
 
-from engine.deposit_states import DepositStatus, WithdrawalStatus
-from engine.states import OrderStatus, PaymentStatus, PayoutStatus, RefundStatus
+from engine.states import DepositStatus, OrderStatus, PaymentStatus, PayoutStatus, RefundStatus, WithdrawalStatus
 from engine.types import CreateAccounts, CreateTransfers
 
 SYSTEM_MARK = "."  # system account ids contain it; merchant-chosen ids may not
@@ -352,7 +351,7 @@ class CreateCustomer(msgspec.Struct, tag="create_customer", array_like=True):
 class MoveWallet(msgspec.Struct, tag="move_wallet", array_like=True, kw_only=True):
     """Legacy: a deposit into (from nothing), or a withdrawal from, a customer's wallet on the merchant's word.
 
-    Nothing sends it any more; journals that hold it still replay to the same state (see Commerce._move_wallet).
+    Nothing sends it any more; journals that hold it still replay to the same state (see Wallets.move_wallet).
     """
 
     merchant_id: str

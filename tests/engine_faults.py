@@ -56,7 +56,7 @@ def _create_order_then_raise(create_order):
         order = command.order
         if outcome.code != "ok" or order.metadata != RAISE_HALF_WAY:
             return outcome
-        merchant = commerce.merchants[order.merchant_id]
+        merchant = commerce.merchants.by_id[order.merchant_id]
         merchant.name = "changed by a command that then raised"
         merchant.sub_accounts = []
         clearing = system_account(commerce.ledger, merchant.id, "clearing_fault", order.currency, timestamp)
@@ -66,8 +66,8 @@ def _create_order_then_raise(create_order):
         commerce.payments.add(Payment(id=f"{order.id}.payment", merchant_id=merchant.id, amount=order.amount,
                                       currency=order.currency, order_id=order.id, created_at=timestamp))
         commerce.events.append(Event("order.fault", order.id, timestamp))
-        commerce.blocklist.pop("b1", None)
-        commerce.blocklist.pop("b0", None)
+        commerce.blocklist.entries.pop("b1", None)
+        commerce.blocklist.entries.pop("b0", None)
         raise HalfWay(f"order {order.id} created and {order.amount} moved ({code}), then raised")
 
     handler.is_fault = True
@@ -89,7 +89,7 @@ def _advance_then_raise(advance):
     def method(commerce: Commerce, timestamp: int, expired_transfers: list[str]) -> list[Event]:
         events = advance(commerce, timestamp, expired_transfers)
         for event in events:
-            if event.kind == "order.expired" and commerce.orders[event.object_id].metadata == RAISE_AT_EXPIRY:
+            if event.kind == "order.expired" and commerce.orders.by_id[event.object_id].metadata == RAISE_AT_EXPIRY:
                 raise HalfWay(f"order {event.object_id} expired, then the advance of time raised")
         return events
 

@@ -106,17 +106,17 @@ def _indexes(engine: Engine) -> dict:
     return {
         "account transfers": {account.id: [t.id for t in account.transfers]
                               for account in engine.ledger.accounts.values()},
-        "orders by merchant": dict(commerce.orders_by_merchant),
+        "orders by merchant": dict(commerce.orders.by_merchant),
         "payments by merchant": dict(payments.by_merchant),
-        "merchant by key": (dict(commerce.merchant_by_api_key_hash), dict(commerce.merchant_by_client_id),
-                            dict(commerce.merchant_by_sub_account)),
+        "merchant by key": (dict(commerce.merchants.by_api_key_hash), dict(commerce.merchants.by_client_id),
+                            dict(commerce.merchants.by_sub_account)),
         "payment by hold": dict(payments.payment_by_hold),
         "deadlines": sorted(entry for entry in payments.deadlines
                             if payments.payments[entry[1]].status == "processing"),
-        "ip windows": [(ip, list(times)) for ip, times in commerce.order_times_by_ip.items()],
-        "block list": list(commerce.blocklist),
+        "ip windows": [(ip, list(times)) for ip, times in commerce.ip_windows.times_by_ip.items()],
+        "block list": list(commerce.blocklist.entries),
         "sub accounts": {merchant.id: [sub.id for sub in merchant.sub_accounts]
-                         for merchant in commerce.merchants.values()},
+                         for merchant in commerce.merchants.by_id.values()},
     }
 
 
@@ -216,7 +216,7 @@ def test_an_advance_of_time_that_raises_is_undone_and_the_commands_still_apply()
     twin.engine.verify()
     # The next batch meets the same fault, and its commands apply all the same.
     result = twin.run([order("o7")])
-    assert result.results[0].code == "ok" and twin.engine.commerce.orders["o7"].status == "pending"
+    assert result.results[0].code == "ok" and twin.engine.commerce.orders.by_id["o7"].status == "pending"
     assert [failure.index for failure in twin.engine.failures] == [-1]
 
 

@@ -14,7 +14,7 @@ import msgspec
 import pytest
 
 from engine import Account, Command, CreateAccounts, CreateTransfers, Transfer, TransferCode
-from engine.commerce import IDEMPOTENCY_RETENTION_NS as RETENTION
+from engine.idempotency import IDEMPOTENCY_RETENTION_NS as RETENTION
 from engine.queries import GetCustomer, GetMerchant, GetOrder, ListOrders, LookupAccounts
 from engine.records import (
     AddDashboardUser,
@@ -365,10 +365,10 @@ def test_an_address_idle_for_a_window_is_forgotten(shop: Shop):
     shop.ok(admit("10.0.0.3"), at=start + 100 * S)
     shop.ok(admit("10.0.1.0"), at=start + WINDOW)  # each admission forgets up to two idle addresses, oldest first
     shop.ok(admit("10.0.1.1"))
-    assert list(shop.engine.commerce.order_times_by_ip) == ["10.0.0.3", "10.0.1.0", "10.0.1.1"]
+    assert list(shop.engine.commerce.ip_windows.times_by_ip) == ["10.0.0.3", "10.0.1.0", "10.0.1.1"]
     assert shop.do(admit("10.0.0.3", ip_limit=1)).code == "rate_limited"  # its order at +100 s is still counted
     copy = shop.restored()
-    assert list(copy.engine.commerce.order_times_by_ip) == list(shop.engine.commerce.order_times_by_ip)
+    assert list(copy.engine.commerce.ip_windows.times_by_ip) == list(shop.engine.commerce.ip_windows.times_by_ip)
     assert copy.engine.state_hash() == shop.engine.state_hash()
 
 

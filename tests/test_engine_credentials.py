@@ -180,4 +180,4 @@ def test_a_snapshot_from_before_signatures_and_sets_restores(shop):
     older = msgspec.msgpack.encode(fields[:-1])  # and no signatures field at all
     restored = Engine.restore(older)
     assert restored.commerce.credentials.signatures == {}
-    assert [c.id for c in live_sets(restored.commerce.merchants["m1"], T0)] == [INITIAL_CREDENTIAL_ID]
+    assert [c.id for c in live_sets(restored.commerce.merchants.by_id["m1"], T0)] == [INITIAL_CREDENTIAL_ID]

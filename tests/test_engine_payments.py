@@ -15,7 +15,7 @@ from collections.abc import Callable
 import msgspec
 import pytest
 
-from engine import commerce
+from engine import merchants
 from engine.payments import CALLBACK_REPLAY_WINDOW_NS, HOLDS_MONEY, MIRRORS_INFLOW
 from engine.states import PAYMENT_STATUSES
 from engine.queries import GetMerchant, GetOrder, GetPaymentRecord, ListPayments, LookupAccounts
@@ -855,7 +855,7 @@ def test_a_split_order_pays_every_share_or_is_refused(gw: Gateway):
 
 
 def test_sub_accounts_per_merchant_are_bounded(gw: Gateway, monkeypatch):
-    monkeypatch.setattr(commerce, "MAX_SUB_ACCOUNTS", 2)
+    monkeypatch.setattr(merchants, "MAX_SUB_ACCOUNTS", 2)
     gw.ok(CreateSubAccount("m1", SubAccount("sub_a", "A")), CreateSubAccount("m1", SubAccount("sub_b", "B")))
     gw.refused(CreateSubAccount("m1", SubAccount("sub_c", "C")), "sub_account_limit_reached")
     gw.ok(CreateSubAccount("m2", SubAccount("sub_c", "C")))  # the bound is each merchant's

@@ -8,7 +8,7 @@ engine state: added, removed, listed newest first, and kept through snapshot and
 import msgspec
 import pytest
 
-from engine import commerce
+from engine import blocklist
 from engine.batch import Batch
 from engine.machine import Engine, Snapshot
 from engine.queries import GetOrder, GetPaymentRecord, ListBlocklist, LookupAccounts
@@ -187,7 +187,7 @@ def test_block_list_is_listed_newest_first_in_pages(gw: Gateway):
 
 
 def test_block_list_is_bounded(gw: Gateway, monkeypatch):
-    monkeypatch.setattr(commerce, "MAX_BLOCKLIST_ENTRIES", 2)
+    monkeypatch.setattr(blocklist, "MAX_BLOCKLIST_ENTRIES", 2)
     gw.ok(AddToBlocklist(entry("192.0.2.1")), AddToBlocklist(entry("192.0.2.2")))
     gw.refused(AddToBlocklist(entry("192.0.2.3")), "blocklist_full")
     gw.ok(RemoveFromBlocklist("blk_192.0.2.1"))
@@ -223,4 +223,4 @@ def test_old_commands_cards_and_snapshots_still_decode():
     assert (wallet.customer_ip, wallet.risk_reason, wallet.amount_limits) == ("", "", {})
     old_snapshot = msgspec.msgpack.decode(Engine().snapshot())[:-1]  # without the block list
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(old_snapshot), type=Snapshot).blocklist == []
-    assert Engine.restore(msgspec.msgpack.encode(old_snapshot)).commerce.blocklist == {}
+    assert Engine.restore(msgspec.msgpack.encode(old_snapshot)).commerce.blocklist.entries == {}

@@ -1,0 +1,175 @@
+"""The snapshot and the state hash are a format: a fixed command sequence over every concern pins both to literals.
+
+Old snapshots and journals must restore and replay to the same hash, so neither may change with the engine's code.
+"""
+
+import hashlib
+
+import msgspec
+
+from engine import Account, Batch, CreateAccounts, CreateTransfers, Engine, Transfer
+from engine.records import (
+    AddDashboardUser,
+    AddToBlocklist,
+    AdjustWallet,
+    Adjustment,
+    AdmitOrderIp,
+    BlocklistEntry,
+    CancelOrder,
+    CapturePayment,
+    CardDetails,
+    CreateCustomer,
+    CreateDeposit,
+    CreateMerchant,
+    CreateOrder,
+    CreatePayment,
+    CreatePayout,
+    CreateRefund,
+    CreateSubAccount,
+    CreateWithdrawal,
+    Customer,
+    DashboardUser,
+    Deposit,
+    Idempotent,
+    Merchant,
+    Order,
+    PayOrderFromWallet,
+    Payment,
+    Payout,
+    ReceiveBankTransfer,
+    ReceiveDepositTransfer,
+    RecordPayoutResult,
+    RecordPspResult,
+    RecordWithdrawalResult,
+    Refund,
+    RemoveFromBlocklist,
+    Signed,
+    Split,
+    SubAccount,
+    UpdateMerchant,
+    UpdateOrder,
+    Withdrawal,
+)
+from engine.machine import Snapshot
+from engine.types import NANOSECONDS_PER_SECOND as S
+
+T0 = 1_700_000_000 * S
+STATE_HASH = "af792c9846ccfc1d76f896ea5a214ef58fe2d3b279f82ad7fd24410cc0ebd05e"
+SNAPSHOT_DIGEST = "c212ff372a60175fb8bc35cae5e5af6c1b2096016acfc1d1a482c620f490e2ee"
+
+
+def order(oid: str, mid: str = "m1", amount: int = 1000, methods: tuple[str, ...] = ("card",),
+          splits: tuple[Split, ...] = (), ip: str = "10.0.0.1", expires_in_s: int | None = 3600) -> CreateOrder:
+    return CreateOrder(order=Order(id=oid, merchant_id=mid, name=f"Order {oid}", amount=amount, currency="USD",
+                                   payment_methods=list(methods), splits=list(splits)),
+                       client_ip=ip, ip_limit=10, ip_window_s=600, expires_in_s=expires_in_s)
+
+
+def card_payment(pid: str, oid: str = "", amount: int = 0, capture: str = "automatic") -> CreatePayment:
+    return CreatePayment(payment=Payment(id=pid, merchant_id="m1", amount=amount, currency="USD" if amount else "",
+                                         order_id=oid, capture_method=capture, token_id=f"tok_{pid}",
+                                         card=CardDetails("visa", "4242", 12, 2030, fingerprint=f"fp_{pid}")),
+                         sealed_card=b"sealed")
+
+
+def authorized(pid: str, cb: str) -> RecordPspResult:
+    return RecordPspResult(merchant_id="m1", payment_id=pid, callback_id=cb, result="authorized",
+                           psp_reference=f"psp_{pid}", transfer_id=f"m1:{pid}.authorization")
+
+
+def deposit(did: str, method: str) -> CreateDeposit:
+    payment = Payment(id=f"pay_{did}", merchant_id="m1", amount=0, currency="", method=method,
+                      next_action_url="https://example.test/qr.png" if method != "card" else "")
+    return CreateDeposit(deposit=Deposit(id=did, merchant_id="m1", customer_id="cus_1", amount=800, currency="USD",
+                                         method=method, payment_id=payment.id),
+                         payment=CreatePayment(payment=payment))
+
+
+def batches() -> list[list]:
+    """Merchants, sub-accounts, orders with splits, customers, wallets, idempotency keys, IP windows, the block
+    list, payments (card, QR, wallet, refunds, payouts) and deposits, withdrawals and adjustments."""
+    return [
+        [CreateMerchant(Merchant(id="m1", name="Shop", email="m1@example.com", api_key_hash="akh1", client_id="cid1")),
+         CreateMerchant(Merchant(id="m2", name="Partner", email="m2@example.com", api_key_hash="akh2")),
+         CreateAccounts([Account("raw-a", "usd"), Account("raw-b", "usd")])],
+        [CreateSubAccount("m1", SubAccount("sub1", "Branch")),
+         AddDashboardUser("m1", DashboardUser("owner@example.com", "hash")),
+         Signed(merchant_id="m1", message_digest="digest-1", expires_at=T0 + 600 * S,
+                command=UpdateMerchant(merchant_id="m1", webhook_url="https://example.test/hook", tier="gold")),
+         CreateCustomer(Customer(id="cus_1", merchant_id="m1", email="c1@example.com")),
+         AddToBlocklist(BlocklistEntry(id="b0", kind="ip", value="10.9.9.0")),
+         AddToBlocklist(BlocklistEntry(id="b1", kind="email", value="bad@example.com", merchant_id="m1")),
+         AdmitOrderIp(client_ip="10.0.0.7", ip_limit=5, ip_window_s=600)],
+        [order("o1", splits=(Split("sub1", 200), Split("m2", 100))),
+         Idempotent(merchant_id="m1", key="k-o2", request_hash="h-o2", command=order("o2", ip="10.0.0.2")),
+         order("o3", methods=("wallet",)), order("o4", methods=("qr",)), order("o5"),
+         order("o6", expires_in_s=None), order("o7", expires_in_s=86400),
+         CreateTransfers([Transfer("raw-t1", "raw-a", "raw-b", 5, "usd")])],
+        [card_payment("pay_1", "o1"),
+         CreatePayment(payment=Payment(id="pay_4", merchant_id="m1", amount=0, currency="", order_id="o4",
+                                       method="qr", next_action_url="https://example.test/qr/o4.png")),
+         UpdateOrder(merchant_id="m1", order_id="o2", note="updated", amount=900),
+         CancelOrder(merchant_id="m1", order_id="o5"), RemoveFromBlocklist("b0"),
+         Idempotent(merchant_id="m1", key="k-o2", request_hash="h-o2", command=order("o2", ip="10.0.0.2"))],
+        [authorized("pay_1", "cb1"), deposit("dep_1", "card"), deposit("dep_2", "qr"),
+         card_payment("pay_2", "o2", capture="manual"), deposit("dep_3", "qr")],
+        [authorized("pay_dep_1", "cb2"), authorized("pay_2", "cb3"),
+         ReceiveDepositTransfer(merchant_id="m1", deposit_id="dep_2", callback_id="bank1", amount=800,
+                                currency="USD", transfer_id="m1:dep_2.bank1", bank_reference="bk1")],
+        [CapturePayment(merchant_id="m1", payment_id="pay_2", transfer_id="m1:pay_2.capture", amount=600),
+         PayOrderFromWallet(merchant_id="m1", order_id="o3", customer_id="cus_1", payment_id="pay_3",
+                            transfer_id="m1:pay_3"),
+         ReceiveBankTransfer(merchant_id="m1", order_id="", callback_id="bank2", amount=250, currency="USD",
+                             method="qr", payment_id="pay_static", transfer_id="m1:pay_static",
+                             sub_account_id="sub1"),
+         AdjustWallet(adjustment=Adjustment(id="adj_1", merchant_id="m1", customer_id="cus_1", amount=50,
+                                            currency="USD", reason="goodwill"), transfer_id="m1:adj_1")],
+        [CreateRefund(refund=Refund(id="re_1", merchant_id="m1", payment_id="pay_1", amount=300),
+                      transfer_id="m1:re_1"),
+         CreateWithdrawal(withdrawal=Withdrawal(id="wd_1", merchant_id="m1", customer_id="cus_1", amount=400,
+                                                currency="USD", hold_id="m1:wd_1.hold")),
+         CreateWithdrawal(withdrawal=Withdrawal(id="wd_2", merchant_id="m1", customer_id="cus_1", amount=100,
+                                                currency="USD", hold_id="m1:wd_2.hold")),
+         CreatePayout(payout=Payout(id="po_1", merchant_id="m1", amount=100, currency="USD",
+                                    hold_id="m1:po_1.hold"))],
+        [RecordWithdrawalResult(merchant_id="m1", withdrawal_id="wd_1", callback_id="bank3", paid=True,
+                                transfer_id="m1:wd_1.paid"),
+         RecordWithdrawalResult(merchant_id="m1", withdrawal_id="wd_2", callback_id="bank4", paid=False,
+                                transfer_id="m1:wd_2.returned", failure_code="account_closed"),
+         RecordPayoutResult(merchant_id="m1", payout_id="po_1", callback_id="bank5", paid=True,
+                            transfer_id="m1:po_1.paid", signature="sig_po_1"),
+         card_payment("pay_5", "o6")],
+    ]
+
+
+def built() -> Engine:
+    engine = Engine()
+    for sequence, commands in enumerate(batches(), start=1):
+        results = engine.apply(Batch(sequence, T0 + sequence * S, commands)).results
+        assert all(result == [0] * len(result) if isinstance(result, list) else result.code == "ok"
+                   for result in results), results
+    engine.apply(Batch(len(batches()) + 1, T0 + 7200 * S, []))  # o4 expires, pay_4 stops waiting; pay_5 times out
+    return engine
+
+
+def test_the_fixed_sequence_leaves_something_in_every_part_of_the_snapshot():
+    snapshot = msgspec.msgpack.decode(built().snapshot(), type=Snapshot)
+    empty = [field for field in Snapshot.__struct_fields__
+             if field not in ("sequence", "timestamp", "failed_ids", "pending_states", "expiries", "submits")
+             and not getattr(snapshot, field)]
+    assert empty == []
+    statuses = {order.id: order.status for order in snapshot.orders}
+    assert statuses == {"o1": "partially_refunded", "o2": "exception", "o3": "paid", "o4": "expired",
+                        "o5": "cancelled", "o6": "pending", "o7": "pending"}
+    assert [(deposit.id, deposit.status) for deposit in snapshot.deposits] == [
+        ("dep_1", "succeeded"), ("dep_2", "succeeded"), ("dep_3", "requires_action")]
+
+
+def test_the_snapshot_and_the_state_hash_are_those_recorded():
+    engine = built()
+    engine.verify()
+    data = engine.snapshot()
+    assert (engine.state_hash(), hashlib.blake2b(data, digest_size=32).hexdigest()) == (STATE_HASH, SNAPSHOT_DIGEST)
+    restored = Engine.restore(data)
+    assert restored.state_hash() == STATE_HASH
+    assert restored.snapshot() == data
