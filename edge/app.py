@@ -3,6 +3,7 @@
 import asyncio
 import hmac
 import logging
+import os
 import pathlib
 import time
 
@@ -67,6 +68,7 @@ from engine.records import (
 from engine.states import ORDER_STATUSES
 from engine.types import Account, AccountFlag, CreateAccounts, CreateTransfers, \
     Transfer, TransferFlag
+from journal.auth import key_path, load_key
 
 log = logging.getLogger("paygate.edge")
 TOKEN_TTL_S = 3600
@@ -155,7 +157,9 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _open_gateway(app: web.Application) -> None:
-    app["gateway"] = Gateway(app["settings"].shard_addresses, on_batch=app["metrics"].batch_commands.observe)
+    settings = app["settings"]
+    key = load_key(key_path(pathlib.Path(settings.data)), f"edge worker {os.getpid()}")
+    app["gateway"] = Gateway(settings.shard_addresses, key, on_batch=app["metrics"].batch_commands.observe)
     app["authorizations"] = payments_api.Authorizations(app["settings"].providers, app["gateway"])
 
 

@@ -37,6 +37,7 @@ class Intake:
         self.shard = shard
         self.config = shard.config
         self.held_requests: set[asyncio.Task] = set()
+        self.key = shard.key.for_receiver(f"shard {shard.config.data}, client socket")
         self.replier: Replier | None = None
 
     def open(self) -> None:
@@ -55,6 +56,9 @@ class Intake:
         loop = asyncio.get_running_loop()
         while (received := self.replier.receive()) is not None:
             header, message = received
+            message = self.key.open(message)
+            if message is None:  # not one of ours: nothing decoded, nothing answered
+                continue
             if len(self.held_requests) >= self.config.max_requests:
                 self._send_reply(header, self.shard.reply(ReplyStatus.BUSY))
                 continue
@@ -66,7 +70,7 @@ class Intake:
         self._send_reply(header, await self._answer(message))
 
     def _send_reply(self, header: bytes, reply: bytes) -> None:
-        if not self.replier.reply(header, reply):  # clients that stopped reading: they will ask again
+        if not self.replier.reply(header, self.key.seal(reply)):  # clients that stopped reading: they will ask again
             log.warning("a reply of %d bytes dropped: %d replies still under way", len(reply),
                         self.config.max_replies_in_flight)
 

@@ -29,6 +29,7 @@ class ReplicationSender:
     def __init__(self, shard: "Shard") -> None:
         self.shard = shard
         self.config = shard.config
+        self.key = shard.key.for_receiver(f"shard {shard.config.data}, replication replies")
 
     async def run(self) -> None:
         shard, config = self.shard, self.config
@@ -50,13 +51,16 @@ class ReplicationSender:
                         pass
                     records, first = self.records_from(next_sequence)
                 try:
-                    await context.asend(request_encoder.encode(Replicate(shard.epoch, first, records)))
-                    reply = reply_decoder.decode(await context.arecv())
+                    await context.asend(shard.key.seal(request_encoder.encode(Replicate(shard.epoch, first, records))))
+                    reply = self.key.open(await context.arecv())
                 except pynng.NNGException:
+                    reply = None
+                if reply is None:
                     context.close()
                     context = socket.new_context()
                     await asyncio.sleep(config.heartbeat_ms / 1000)
                     continue
+                reply = reply_decoder.decode(reply)
                 if reply.epoch > shard.epoch:
                     shard.fence(reply.epoch)
                     return
@@ -99,6 +103,7 @@ class ReplicaLink:
         self.to_apply = asyncio.Event()
         self.last_heard_from_primary = time.monotonic()
         self.socket = self.context = None
+        self.key = shard.key.for_receiver(f"shard {shard.config.data}, replication socket")
 
     def tasks(self, critical) -> list[asyncio.Task]:
         """Listen for the primary and start serving it; `critical` wraps a task the shard cannot live without."""
@@ -116,18 +121,20 @@ class ReplicaLink:
                 each.close()
 
     async def _serve(self) -> None:
-        context = self.context
+        context, seal = self.context, self.shard.key.seal
         while True:
-            message = await context.arecv()
+            # A message without the key is left unanswered: the next receive drops it.
+            if (message := self.key.open(await context.arecv())) is None:
+                continue
             try:
                 request = request_decoder.decode(message)
             except msgspec.DecodeError as error:
-                await context.asend(self.shard.reply(ReplyStatus.INVALID, message=str(error)))
+                await context.asend(seal(self.shard.reply(ReplyStatus.INVALID, message=str(error))))
                 continue
             if type(request) is not Replicate:  # refused, never a reason to stop replicating
-                await context.asend(self.shard.reply(ReplyStatus.INVALID, message="only replication comes here"))
+                await context.asend(seal(self.shard.reply(ReplyStatus.INVALID, message="only replication comes here")))
                 continue
-            await context.asend(await self._accept(request))
+            await context.asend(seal(await self._accept(request)))
 
     async def _accept(self, request: Replicate) -> bytes:
         shard = self.shard

@@ -29,6 +29,7 @@ import pynng
 from engine import Engine
 from engine.machine import ADVANCE
 from journal import logs
+from journal.auth import load_key
 from journal.intake import Intake
 from journal.recovery import recover
 from journal.replication import ReplicaLink, ReplicationSender
@@ -45,6 +46,8 @@ ADVANCE_FAILURE_LOG_INTERVAL_S = 60.0
 class ShardConfig(msgspec.Struct, kw_only=True):
     data: str
     client_address: str
+    # The data folder's message key (journal/auth.py): every message to and from this shard carries its proof.
+    key_file: str
     # Replica: where it listens for its primary. Primary: its replica's address, if any.
     replication_address: str = ""
     replica_address: str = ""
@@ -78,6 +81,7 @@ class Shard:
     def __init__(self, config: ShardConfig) -> None:
         self.config = config
         self.folder = pathlib.Path(config.data)
+        self.key = load_key(config.key_file, f"shard {config.data}")
         self.journal = Journal(self.folder)
         snapshots = Snapshots(self.folder)
         self.engine, report = recover(self.journal, snapshots)
@@ -157,7 +161,7 @@ class Shard:
 
     def write_status_file(self) -> None:
         status = {"pid": os.getpid(), "client_address": self.config.client_address, "role": self.role,
-                  "replication_address": self.config.replication_address}
+                  "replication_address": self.config.replication_address, "key_file": self.config.key_file}
         temporary = self.folder / "shard.json.tmp"
         temporary.write_text(json.dumps(status))
         os.replace(temporary, self.folder / "shard.json")
@@ -189,7 +193,7 @@ class Shard:
         if self.announce_socket is None:
             return
         try:
-            self.announce_socket.send(KEY.pack(self.durable_sequence), block=False)
+            self.announce_socket.send(self.key.seal(KEY.pack(self.durable_sequence)), block=False)
         except pynng.NNGException:
             pass  # Announcements only wake readers; a reader that misses one polls.
 
