@@ -343,6 +343,19 @@ def test_an_undecodable_message_is_dropped_and_the_connector_goes_on(connector, 
     assert after["invalid_messages"] == before["invalid_messages"] + 1
 
 
+def test_an_authorization_without_the_key_is_dropped_unread(connector, shard, provider):
+    """A local process that reaches the connector's socket cannot have a card charged, with no key or a wrong one."""
+    handle, client, listen_address = connector
+    before = stats(handle)
+    create_payments(shard.client_address, ["pay_conn_forged"])
+    forged = batch_encoder.encode(AuthorizationBatch([authorization("pay_conn_forged", GOOD_CARD)]))
+    with pynng.Push0(dial=listen_address, send_timeout=1000) as raw:
+        raw.send(forged)
+        raw.send(MessageKey(bytes(KEY_BYTES)).seal(forged))
+    wait_for(lambda: stats(handle)["invalid_messages"] == before["invalid_messages"] + 2, what="both dropped")
+    assert provider.count("pay_conn_forged") == 0 and stats(handle)["batches"] == before["batches"]
+
+
 def test_spawn_again_finds_the_running_connector(connector, shard, provider):
     handle, _, listen_address = connector
     again = spawn("piggybank", provider.url, listen_address, [[shard.client_address]], shard.key_file, name="testbank")
