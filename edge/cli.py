@@ -239,6 +239,7 @@ def _serve(args) -> int:
         providers.stop()
         for supervisor in supervisors:
             supervisor.stop()
+        internal.close()
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -131,12 +132,14 @@ class InternalAddresses:
     """Where paygate's own sockets listen: `ipc://` paths in an owner-only folder (only this user can connect), or,
     when an internal host is configured (a replica on another machine), TCP on that host from `base_port`."""
 
-    def __init__(self, folder: pathlib.Path | None = None, host: str = "", base_port: int = 0) -> None:
+    def __init__(self, folder: pathlib.Path | None = None, host: str = "", base_port: int = 0,
+                 temporary: bool = False) -> None:
         if (folder is None) == (not host):
             raise ValueError("internal addresses take a socket folder or a host and port, not both")
         self.folder = folder
         self.host = host
         self.base_port = base_port
+        self.temporary = temporary  # a folder made for this run alone, removed by `close`
 
     @classmethod
     def in_data_folder(cls, data: pathlib.Path) -> "InternalAddresses":
@@ -147,9 +150,15 @@ class InternalAddresses:
             runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
             folder = pathlib.Path(tempfile.mkdtemp(prefix="paygate-", dir=runtime))
             log.warning("the data folder's path is too long for unix sockets: they are in %s", folder)
+            return cls(folder=folder, temporary=True)
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(folder, 0o700)  # also one an older run left, or another umask made
         return cls(folder=folder)
+
+    def close(self) -> None:
+        """Removes a temporary socket folder once nothing listens in it any more."""
+        if self.temporary:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
     def address(self, name: str, port_offset: int) -> str:
         if self.folder is not None:

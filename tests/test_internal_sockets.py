@@ -4,7 +4,6 @@ without the data folder's key is dropped before it is decoded: nothing applied, 
 import asyncio
 import os
 import pathlib
-import shutil
 import stat
 
 import pynng
@@ -55,7 +54,8 @@ def test_sockets_of_a_long_data_path_go_to_a_short_owner_only_folder(tmp_path):
         address = long.address("shard-99999-replication", 0)
         assert address.startswith("ipc://") and len(address.removeprefix("ipc://")) <= UNIX_PATH_MAX_BYTES
     finally:
-        shutil.rmtree(long.folder)
+        long.close()
+    assert not long.folder.exists()
 
 
 def _no_reply(address: str, message: bytes) -> bool:
@@ -193,3 +193,21 @@ def test_a_raw_socket_without_the_key_gets_nothing_from_a_served_shard(open_serv
         assert (after.sequence, after.state_hash) == (before.sequence, before.state_hash)
     finally:
         client.close()
+
+
+def test_internal_host_puts_the_shards_on_tcp_there_and_keeps_the_key(tmp_path):
+    server = Server(tmp_path / "data", extra=("--internal-host", "127.0.0.1")).start()
+    try:
+        folder = server.data / "shard-0"
+        address = running_address(folder)
+        assert address.startswith("tcp://127.0.0.1:")
+        assert all(_no_reply(address, message) for message in _forged_requests())
+        client = ShardClient([address], running_key(folder), timeout_ms=5000)
+        try:
+            assert asyncio.run(_status(client)).role == "primary"
+        finally:
+            client.close()
+        listening = _listening_tcp(_socket_inodes(_session_pids(server.process.pid)))
+        assert int(address.rsplit(":", 1)[1]) in {port for host, port in listening if host in LOOPBACK}
+    finally:
+        server.stop()
