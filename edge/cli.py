@@ -30,9 +30,6 @@ from journal.store import CorruptionError, Journal, Snapshots, read_in_child
 from journal.supervision import ShardSupervisor
 from journal.wire import Promote, ReplyStatus, reply_decoder
 
-# --base-port's block: the simulated providers on its first ports; with --internal-host, the connector after them
-# and the shards from SHARD_PORT_OFFSET (journal/processes.py).
-CONNECTOR_PORT_OFFSET = 2
 MAX_TRUSTED_PROXIES = 100  # each is checked against every request's peer
 # What ends serve at start-up with one line, not a traceback: damaged data, a shard that would not start or answer.
 SERVE_START_ERRORS = (CorruptionError, ShardStartFailed, ShardUnavailable, TimeoutError, DataFolderError)
@@ -57,12 +54,11 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--async-replication", action="store_true", help="release results before the replica has them")
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     serve.add_argument("--base-port", type=int, default=7100,
-                       help="first of a block of ports: the simulated providers, then (with --internal-host) the "
-                            "connector and the shards")
+                       help="first of a block of ports: the simulated providers, then (with --internal-host) "
+                            "the shards")
     serve.add_argument("--internal-host", default="",
-                       help="shards, replicas and the connector listen on TCP at this address (for a replica on "
-                            "another host) instead of unix sockets in an owner-only folder; --host is the HTTP "
-                            "edge's alone")
+                       help="shards and replicas listen on TCP at this address (for a replica on another host) "
+                            "instead of unix sockets in an owner-only folder; --host is the HTTP edge's alone")
     serve.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local runtime")
     serve.add_argument("--dashboard-port", type=int, default=None,
                        help="the local Ray dashboard's port on 127.0.0.1 (default 8265 or the next free one; 0: any)")
@@ -153,8 +149,9 @@ def _serve(args) -> int:
     restrict_data_folder(data)  # also what an older version left readable by others
     layout = load_or_create_layout(data, args.shards, args.replica)
     ensure_key_file(key_path(data))
-    internal = (InternalAddresses(host=args.internal_host, base_port=args.base_port) if args.internal_host
-                else InternalAddresses.in_data_folder(data))
+    # The card connector takes card numbers: it stays on a unix socket only this user can reach, whatever the shards.
+    local = InternalAddresses.in_data_folder(data)
+    internal = InternalAddresses(host=args.internal_host, base_port=args.base_port) if args.internal_host else local
     plan = ShardPlan(data, internal, sync=not args.async_replication, key_file=key_path(data),
                      snapshot_every_batches=args.snapshot_every_batches, snapshot_every_s=args.snapshot_every_s,
                      prune_journal=args.prune_journal, auto_promote_ms=args.auto_promote_ms)
@@ -199,7 +196,7 @@ def _serve(args) -> int:
             ray_description = ray_runtime.start(args.ray_address, data, dashboard=args.dashboard,
                                                 dashboard_port=args.dashboard_port)
             _stop_on_signals(stop)  # ray.init put its own SIGTERM handler (a traceback and exit 1) in ours' place
-            connector_address = internal.address("card-connector", CONNECTOR_PORT_OFFSET)
+            connector_address = local.address("card-connector", 0)
             key_file = str(key_path(data))
             actor_handles.append(connectors.spawn("piggybank", providers.services[0].url, connector_address,
                                                   settings.shard_addresses, key_file,
@@ -239,7 +236,7 @@ def _serve(args) -> int:
         providers.stop()
         for supervisor in supervisors:
             supervisor.stop()
-        internal.close()
+        local.close()
 
 
 def _stop_on_signals(stop: threading.Event) -> None:

@@ -22,7 +22,7 @@ from journal.wire import Reply, ReplyStatus, Status, reply_decoder, request_enco
 log = logging.getLogger("paygate.serve")
 LAYOUT_FILE = "shards.json"
 PORTS_PER_SHARD = 4
-SHARD_PORT_OFFSET = 4  # on TCP, the first ports of the block are the providers' and the connector's
+SHARD_PORT_OFFSET = 4  # on TCP, the first ports of the block are the simulated providers'
 HEAD_READ_TIMEOUT_S = 60.0  # reading a journal's head takes a few page reads: a reader still at it is stuck
 
 
