@@ -128,6 +128,7 @@ class Intake:
             state_hash=shard.engine.state_hash() if request.with_state_hash else "",
             queue_items=shard.queue_items,
             check=self._check() if request.with_check else "",
+            unauthenticated_messages=self.key.dropped + shard.replica_link.key.dropped,
         )
 
     def _check(self) -> str:

@@ -86,9 +86,11 @@ def test_a_shard_drops_what_lacks_the_key(tmp_path):
     client = ShardClient([config.client_address], key_of(config), timeout_ms=5000)
     try:
         before = asyncio.run(_status(client))
-        assert all(_no_reply(config.client_address, message) for message in _forged_requests())
+        forged = _forged_requests()
+        assert all(_no_reply(config.client_address, message) for message in forged)
         after = asyncio.run(_status(client))
         assert (after.sequence, after.state_hash) == (before.sequence, before.state_hash)
+        assert after.unauthenticated_messages == before.unauthenticated_messages + len(forged)
         assert asyncio.run(client.lookup_accounts(["test:forged"])) == [None]
     finally:
         client.close()
@@ -106,6 +108,7 @@ def test_a_replica_drops_replication_that_lacks_the_key(tmp_path):
             assert _no_reply(replica.replication_address, message)
         after = asyncio.run(_status(client))
         assert (after.epoch, after.sequence, after.state_hash) == (before.epoch, before.sequence, before.state_hash)
+        assert after.unauthenticated_messages == before.unauthenticated_messages + 2
     finally:
         client.close()
         replica_process.stop()
