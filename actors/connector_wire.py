@@ -9,6 +9,8 @@ import time
 import msgspec
 import pynng
 
+from journal.auth import MessageKey
+
 SEND_TIMEOUT_MS = 100
 
 
@@ -55,8 +57,9 @@ class ConnectorClient:
     connected a few milliseconds after it is made (`wait_connected`).
     """
 
-    def __init__(self, address: str, send_timeout_ms: int = SEND_TIMEOUT_MS) -> None:
+    def __init__(self, address: str, key: MessageKey, send_timeout_ms: int = SEND_TIMEOUT_MS) -> None:
         self.address = address
+        self.key = key  # the data folder's: the connector drops a batch without its proof
         self._socket = pynng.Push0(send_timeout=send_timeout_ms)
         self._socket.dial(address, block=False)
 
@@ -80,7 +83,7 @@ class ConnectorClient:
         if not self._socket.pipes:
             return False
         try:
-            self._socket.send(batch_encoder.encode(batch), block=False)
+            self._socket.send(self.key.seal(batch_encoder.encode(batch)), block=False)
         except pynng.NNGException:  # TryAgain: the connector is not taking more; Closed
             return False
         return True

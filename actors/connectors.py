@@ -36,6 +36,7 @@ from actors.connector_wire import Authorization, AuthorizationBatch, batch_decod
 from actors.psp import Accepted, Declined, Failed, FollowUp, PaymentStatusQuery, PayoutRequest, StatusAnswer
 from actors.runtime import die_with_parent
 from engine.records import Outcome, RecordPspResult, authorization_transfer_id, payout_result
+from journal.auth import load_key
 from journal.client import Cluster
 from journal.logs import JsonFormatter
 
@@ -80,7 +81,7 @@ class PaymentConnectorActor:
     """
 
     def __init__(self, provider: str, provider_url: str, listen_address: str | None,
-                 shard_addresses: list[list[str]], name: str = "", authorization_hold_s: int = AUTHORIZATION_HOLD_S,
+                 shard_addresses: list[list[str]], key_file: str, name: str = "", authorization_hold_s: int = AUTHORIZATION_HOLD_S,
                  max_in_flight: int = 64, retries: int = 3, backoff_s: float = 0.2) -> None:
         die_with_parent()
         configure_logging()
@@ -88,6 +89,7 @@ class PaymentConnectorActor:
         self.provider_url = provider_url
         self.listen_address = listen_address
         self.shard_addresses = shard_addresses
+        self.key = load_key(key_file, f"connector {self.name}")
         self.authorization_hold_s = authorization_hold_s
         self.connector = psp.make(provider, psp.ConnectorSettings(
             url=provider_url, request_timeout_s=REQUEST_TIMEOUT_S, retries=retries, backoff_s=backoff_s,
@@ -113,7 +115,7 @@ class PaymentConnectorActor:
             self._socket = socket
         self._stopping = False
         self._batch_slots = asyncio.Semaphore(MAX_BATCHES_IN_FLIGHT)
-        self._cluster = Cluster(self.shard_addresses)
+        self._cluster = Cluster(self.shard_addresses, key=self.key)
         await self.connector.start()
         if self._socket is not None:
             self._receiver = asyncio.create_task(self._receive())
@@ -229,6 +231,12 @@ class PaymentConnectorActor:
                 log.warning("connector %s: receive failed: %s", self.name, type(error).__name__)
                 await asyncio.sleep(0.1)
                 continue
+            opened = self.key.open(message)
+            if opened is None:  # not from the edge: nothing decoded (the key logs it)
+                self.stats_.invalid_messages += 1
+                self._batch_slots.release()
+                continue
+            message = opened
             try:
                 batch = batch_decoder.decode(message)
             except (msgspec.DecodeError, msgspec.ValidationError):
@@ -330,7 +338,7 @@ def actor_name(name: str) -> str:
 
 
 def spawn(provider: str, provider_url: str, listen_address: str | None, shard_addresses: list[list[str]],
-          start_timeout_s: float = 60, **options) -> "ray.actor.ActorHandle":
+          key_file: str, start_timeout_s: float = 60, **options) -> "ray.actor.ActorHandle":
     """The connector for `provider` (a name in actors.psp.CONNECTORS), made now or the one already running under its
     name, started.
 
@@ -341,7 +349,7 @@ def spawn(provider: str, provider_url: str, listen_address: str | None, shard_ad
     """
     name = options.get("name") or provider
     handle = PaymentConnector.options(name=actor_name(name), namespace=NAMESPACE, get_if_exists=True).remote(
-        provider, provider_url, listen_address, shard_addresses, **options)
+        provider, provider_url, listen_address, shard_addresses, key_file, **options)
     ray.get(handle.start.remote(), timeout=start_timeout_s)
     return handle
 

@@ -66,6 +66,7 @@ from engine.records import (
     Payment,
     RecordPspResult,
 )
+from journal.auth import load_key
 from journal.client import ShardClient
 from journal.recovery import batch_decoder
 from journal.store import write_atomically
@@ -119,7 +120,7 @@ class _Stats(msgspec.Struct):
 class ProviderFollowerActor:
     """Sends what the shards committed to the providers' connectors, and has stuck card payments settled."""
 
-    def __init__(self, shard_addresses: list[list[str]], cursor_folder: str, providers: list[str],
+    def __init__(self, shard_addresses: list[list[str]], key_file: str, cursor_folder: str, providers: list[str],
                  payout_provider: str = "bank", status_query_margin_s: float = 5.0,
                  max_watched: int = 100_000) -> None:
         die_with_parent()
@@ -128,7 +129,8 @@ class ProviderFollowerActor:
         self.payout_provider = payout_provider
         self.margin_ns = int(status_query_margin_s * 1e9)
         self.max_watched = max_watched
-        self.shards = [ShardClient(addresses, timeout_ms=5000) for addresses in shard_addresses]
+        key = load_key(key_file, "provider follower")
+        self.shards = [ShardClient(addresses, key, timeout_ms=5000) for addresses in shard_addresses]
         folder = pathlib.Path(cursor_folder)
         folder.mkdir(parents=True, exist_ok=True)
         self.cursors = [Cursor(folder / f"providers-shard-{index}.cursor") for index in range(len(self.shards))]
@@ -375,13 +377,13 @@ def _void(payment: Payment) -> VoidRequest:
 ProviderFollower = ray.remote(num_cpus=0, max_concurrency=4)(ProviderFollowerActor)
 
 
-def spawn(shard_addresses: list[list[str]], cursor_folder: pathlib.Path, providers: list[str],
+def spawn(shard_addresses: list[list[str]], key_file: str, cursor_folder: pathlib.Path, providers: list[str],
           start_timeout_s: float = 60, **options) -> "ray.actor.ActorHandle":
     """The provider follower for the connectors named `providers` (made now, or the one already running), started.
 
     Options: payout_provider, status_query_margin_s, max_watched.
     """
     handle = ProviderFollower.options(name="provider-follower", namespace=NAMESPACE, get_if_exists=True).remote(
-        shard_addresses, str(cursor_folder), providers, **options)
+        shard_addresses, key_file, str(cursor_folder), providers, **options)
     ray.get(handle.start.remote(), timeout=start_timeout_s)
     return handle

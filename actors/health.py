@@ -21,6 +21,7 @@ from ray.util.metrics import Gauge
 
 from actors.connectors import NAMESPACE, configure_logging
 from actors.runtime import die_with_parent
+from journal.auth import load_key
 from journal.client import ShardClient, ShardUnavailable
 
 ACTOR_NAME = "shard-health"
@@ -96,10 +97,11 @@ class ShardHealthActor:
     Used as the Ray actor `ShardHealthWatch`; importable undecorated, so Ray pickles it by reference.
     """
 
-    def __init__(self, shard_addresses: list[list[str]]) -> None:
+    def __init__(self, shard_addresses: list[list[str]], key_file: str) -> None:
         die_with_parent()
         configure_logging()
         self.shard_addresses = shard_addresses
+        self.key = load_key(key_file, "shard health")
         self.health = ClusterHealth()
         self._clients: list[list[ShardClient]] = []
         self._watcher: asyncio.Task | None = None  # held: the event loop keeps only a weak reference to a task
@@ -125,7 +127,7 @@ class ShardHealthActor:
         """Poll once, then every POLL_INTERVAL_S in the background; again is harmless."""
         if not self._clients:
             # One client per process, not per shard: a replica's health counts too, not only the primary's.
-            self._clients = [[ShardClient([address], timeout_ms=STATUS_TIMEOUT_MS, max_in_flight=1, busy_retries=0,
+            self._clients = [[ShardClient([address], self.key, timeout_ms=STATUS_TIMEOUT_MS, max_in_flight=1, busy_retries=0,
                                           failover_rounds=1) for address in addresses]
                              for addresses in self.shard_addresses]
             await self._poll()
@@ -190,8 +192,8 @@ class ShardHealthActor:
 ShardHealthWatch = ray.remote(num_cpus=0, max_concurrency=4)(ShardHealthActor)
 
 
-def spawn(shard_addresses: list[list[str]], start_timeout_s: float = 30) -> "ray.actor.ActorHandle":
+def spawn(shard_addresses: list[list[str]], key_file: str, start_timeout_s: float = 30) -> "ray.actor.ActorHandle":
     """The shard-health actor (made now, or the one already running), polling. Tied to the driver that made it."""
-    handle = ShardHealthWatch.options(name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True).remote(shard_addresses)
+    handle = ShardHealthWatch.options(name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True).remote(shard_addresses, key_file)
     ray.get(handle.start.remote(), timeout=start_timeout_s)
     return handle

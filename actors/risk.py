@@ -37,6 +37,7 @@ from engine.queries import ListBlocklist
 from engine.records import AddToBlocklist, BlocklistEntry, CreateDeposit, CreatePayment, Deposit, inner_command, \
     Outcome, Payment, PayOrderFromWallet, RemoveFromBlocklist
 from engine.types import NANOSECONDS_PER_SECOND
+from journal.auth import load_key
 from journal.client import ShardClient, ShardMap
 from journal.recovery import batch_decoder
 from journal.store import write_atomically
@@ -295,9 +296,10 @@ class RiskActor:
     """Follows every shard's committed batches and publishes the risk table. Used as the Ray actor `Risk`; the class
     is importable under its own name, undecorated, so Ray pickles it by reference."""
 
-    def __init__(self, shard_addresses: list[list[str]], folder: str, rules: RiskRules) -> None:
+    def __init__(self, shard_addresses: list[list[str]], key_file: str, folder: str, rules: RiskRules) -> None:
         die_with_parent()
-        self.shards = [ShardClient(addresses, timeout_ms=SHARD_TIMEOUT_MS) for addresses in shard_addresses]
+        key = load_key(key_file, "risk")
+        self.shards = [ShardClient(addresses, key, timeout_ms=SHARD_TIMEOUT_MS) for addresses in shard_addresses]
         self.blocklist_shard = self.shards[ShardMap(len(self.shards)).shard_for(BLOCKLIST_OWNER)]
         self.folder = pathlib.Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -409,10 +411,10 @@ class RiskActor:
 Risk = ray.remote(num_cpus=0, max_concurrency=4)(RiskActor)
 
 
-def spawn(shard_addresses: list[list[str]], folder: pathlib.Path, rules: RiskRules, start_timeout_s: float = 60):
+def spawn(shard_addresses: list[list[str]], key_file: str, folder: pathlib.Path, rules: RiskRules, start_timeout_s: float = 60):
     """The risk actor (made now, or the one already running under its name), started; tied to the driver (not
     detached), so it stops with `paygate serve`. Blocks until its first table is out: call it at start-up."""
     handle = Risk.options(name="risk", namespace=NAMESPACE, get_if_exists=True).remote(
-        shard_addresses, str(folder), rules)
+        shard_addresses, key_file, str(folder), rules)
     ray.get(handle.start.remote(), timeout=start_timeout_s)
     return handle

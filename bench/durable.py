@@ -32,10 +32,10 @@ import lmdb
 import msgspec
 
 from bench.report import Report
-from bench.server import free_port_block
 from engine import Account, CreateAccounts, CreateTransfers, Transfer
 from journal.client import ShardClient
-from journal.processes import PORTS_PER_SHARD, Layout, ShardProcess, shard_configs, shard_folder
+from journal.auth import MessageKey, ensure_key_file, key_path, load_key
+from journal.processes import InternalAddresses, Layout, ShardProcess, shard_configs, shard_folder
 from journal.recovery import batch_decoder, replay_from_scratch
 from journal.store import DEFAULT_MAP_SIZE_BYTES, GENESIS_HASH, KEY, Journal
 from journal.wire import Reply, ReplyStatus
@@ -45,7 +45,6 @@ ACCOUNT_COUNT = 100_000
 ACCOUNTS_PER_SUBMIT = 50_000
 WINDOW_BATCHES = 4
 CURRENCY = "usd"
-HOST = "127.0.0.1"
 
 
 class RunFigures(msgspec.Struct):
@@ -91,14 +90,14 @@ def p99(values: list[float]) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[98]
 
 
-async def drive(primary_address: str, addresses: list[str], batches: list[list[Transfer]],
+async def drive(primary_address: str, addresses: list[str], key: MessageKey, batches: list[list[Transfer]],
                 in_flight: int) -> tuple[float, list[float], list[float], list[str]]:
     """Create the accounts, then submit the batches `in_flight` at a time.
 
     Returns the start time, each batch's completion time and latency, and the
     state hash of every process at `addresses`.
     """
-    clients = {address: ShardClient([address]) for address in addresses}
+    clients = {address: ShardClient([address], key) for address in addresses}
     client = clients[primary_address]
     try:
         accounts = account_ids()
@@ -131,7 +130,10 @@ def run_shard(name: str, folder: pathlib.Path, replica: bool, batches: list[list
               report: Report) -> RunFigures:
     """Start a primary (and, with `replica`, its sync replica first), drive it, stop every process."""
     layout = Layout(shard_count=1, replica=replica)
-    primary_config, replica_config = shard_configs(folder, layout, HOST, free_port_block(PORTS_PER_SHARD), sync=True)[0]
+    key_file = key_path(folder)
+    ensure_key_file(key_file)
+    addresses = InternalAddresses.in_data_folder(folder)
+    primary_config, replica_config = shard_configs(folder, layout, addresses, sync=True, key_file=key_file)[0]
     configs = [config for config in (replica_config, primary_config) if config is not None]
     processes: list[ShardProcess] = []
     try:
@@ -139,7 +141,8 @@ def run_shard(name: str, folder: pathlib.Path, replica: bool, batches: list[list
             processes.append(ShardProcess(config).start())
             processes[-1].wait_ready()
         start, finishes, latencies, hashes = asyncio.run(
-            drive(primary_config.client_address, [config.client_address for config in configs], batches, in_flight)
+            drive(primary_config.client_address, [config.client_address for config in configs], load_key(key_file), batches,
+                  in_flight)
         )
     finally:
         exit_codes = {process.config.role: process.stop() for process in reversed(processes)}

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 import pathlib
 import time
 
@@ -72,6 +73,7 @@ from engine.records import (
 from engine.states import ORDER_STATUSES
 from engine.types import Account, AccountFlag, CreateAccounts, CreateTransfers, \
     Transfer, TransferFlag
+from journal.auth import key_path, load_key
 
 log = logging.getLogger("paygate.edge")
 READY_TIMEOUT_S = 2.0  # a readiness probe answers within this: a shard silent that long is not ready
@@ -163,7 +165,9 @@ def create_app(settings: Settings) -> web.Application:
 
 
 async def _open_gateway(app: web.Application) -> None:
-    app["gateway"] = Gateway(app["settings"].shard_addresses, on_batch=app["metrics"].batch_commands.observe)
+    settings = app["settings"]
+    key = load_key(key_path(pathlib.Path(settings.data)), f"edge worker {os.getpid()}")
+    app["gateway"] = Gateway(settings.shard_addresses, key, on_batch=app["metrics"].batch_commands.observe)
     app["authorizations"] = payments_api.Authorizations(app["settings"].providers, app["gateway"])
 
 

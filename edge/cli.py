@@ -22,16 +22,16 @@ from edge.limits import malformed_networks
 from edge.rotation import RotationError, rotate_kek
 from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
 from journal import logs
+from journal.auth import KeyFileError, MessageKey, ensure_key_file, key_path
 from journal.client import ShardMap, ShardUnavailable
-from journal.processes import ShardPlan, ShardProcess, ShardStartFailed, load_or_create_layout, running_address
+from journal.processes import (InternalAddresses, ShardPlan, ShardProcess, ShardStartFailed, load_or_create_layout,
+                               request_once, running_address, running_key)
 from journal.recovery import AHEAD_OF_JOURNAL, RecoveryReport, load_snapshot, replay, replay_from_scratch
 from journal.shard import main as shard_main
 from journal.store import CorruptionError, Journal, Snapshots, read_in_child
 from journal.supervision import ShardSupervisor
-from journal.wire import Promote, ReplyStatus, reply_decoder, request_encoder
+from journal.wire import Promote, ReplyStatus, reply_decoder
 
-# The first ports of --base-port's block: the simulated providers and the connector; the shards follow.
-PROVIDER_PORTS = 4
 MAX_TRUSTED_PROXIES = 100  # each is checked against every request's peer
 # What ends serve at start-up with one line, not a traceback: damaged data, a shard that would not start or answer.
 SERVE_START_ERRORS = (CorruptionError, ShardStartFailed, ShardUnavailable, TimeoutError, DataFolderError)
@@ -56,7 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--async-replication", action="store_true", help="release results before the replica has them")
     serve.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     serve.add_argument("--base-port", type=int, default=7100,
-                       help="first of a block of ports: the simulated providers, the connector, then the shards")
+                       help="first of a block of ports: the simulated providers, then (with --internal-host) "
+                            "the shards")
+    serve.add_argument("--internal-host", default="",
+                       help="shards and replicas listen on TCP at this address (for a replica on another host) "
+                            "instead of unix sockets in an owner-only folder; --host is the HTTP edge's alone")
     serve.add_argument("--ray-address", default=None, help="join this Ray cluster instead of starting a local runtime")
     serve.add_argument("--dashboard-port", type=int, default=None,
                        help="the local Ray dashboard's port on 127.0.0.1 (default 8265 or the next free one; 0: any)")
@@ -170,7 +174,11 @@ def _serve(args) -> int:
         return 1
     restrict_data_folder(data)  # also what an older version left readable by others
     layout = load_or_create_layout(data, args.shards, args.replica)
-    plan = ShardPlan(data, args.host, args.base_port + PROVIDER_PORTS, sync=not args.async_replication,
+    ensure_key_file(key_path(data))
+    # The card connector takes card numbers: it stays on a unix socket only this user can reach, whatever the shards.
+    local = InternalAddresses.in_data_folder(data)
+    internal = InternalAddresses(host=args.internal_host, base_port=args.base_port) if args.internal_host else local
+    plan = ShardPlan(data, internal, sync=not args.async_replication, key_file=key_path(data),
                      snapshot_every_batches=args.snapshot_every_batches, snapshot_every_s=args.snapshot_every_s,
                      prune_journal=args.prune_journal, auto_promote_ms=args.auto_promote_ms)
     configs = [plan.configs(shard, layout.replica) for shard in range(layout.shard_count)]
@@ -219,17 +227,19 @@ def _serve(args) -> int:
             ray_description = ray_runtime.start(args.ray_address, data, dashboard=args.dashboard,
                                                 dashboard_port=args.dashboard_port)
             _stop_on_signals(stop)  # ray.init put its own SIGTERM handler (a traceback and exit 1) in ours' place
-            connector_address = f"tcp://{args.host}:{args.base_port + 2}"
+            connector_address = local.address("card-connector", 0)
+            key_file = str(key_path(data))
             actor_handles.append(connectors.spawn("piggybank", providers.services[0].url, connector_address,
-                                                  settings.shard_addresses,
+                                                  settings.shard_addresses, key_file,
                                                   authorization_hold_s=args.authorization_hold_s))
-            actor_handles.append(connectors.spawn("bank", providers.services[1].url, None, settings.shard_addresses))
-            actor_handles.append(followers.spawn(settings.shard_addresses, data / "cursors", list(PROVIDERS),
-                                                 status_query_margin_s=args.status_query_margin_s))
-            actor_handles.append(health.spawn(settings.shard_addresses))
+            actor_handles.append(connectors.spawn("bank", providers.services[1].url, None, settings.shard_addresses,
+                                                  key_file))
+            actor_handles.append(followers.spawn(settings.shard_addresses, key_file, data / "cursors",
+                                                 list(PROVIDERS), status_query_margin_s=args.status_query_margin_s))
+            actor_handles.append(health.spawn(settings.shard_addresses, key_file))
             ray_description += f"\nShards' health: {health.WHERE}"
             rules = risk.load_rules(args.risk_rules)
-            actor_handles.append(risk.spawn(settings.shard_addresses, data / "risk", rules))
+            actor_handles.append(risk.spawn(settings.shard_addresses, key_file, data / "risk", rules))
             settings.risk_table_path = str(data / "risk" / risk.TABLE_FILE)
             settings.risk_test_cards = [] if args.production else rules.test_cards
             actor_pids += ray.get([handle.pid.remote() for handle in actor_handles])
@@ -258,6 +268,7 @@ def _serve(args) -> int:
         providers.stop()
         for supervisor in supervisors:
             supervisor.stop()
+        local.close()
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -402,20 +413,23 @@ def _check_snapshot(journal: Journal, snapshots: Snapshots, path: pathlib.Path, 
 
 
 def promote_folder(folder: pathlib.Path) -> int:
-    address = _running_address(folder)
-    with pynng.Req0(recv_timeout=PROMOTE_TIMEOUT_MS, send_timeout=PROMOTE_TIMEOUT_MS, resend_time=-1) as socket:
-        socket.dial(address, block=True)
-        socket.send(request_encoder.encode(Promote()))
-        reply = reply_decoder.decode(socket.recv())
+    address, key = _running_address(folder)
+    reply = request_once(address, key, Promote(), PROMOTE_TIMEOUT_MS)
+    if reply is None:
+        raise CommandError(f"no shard process answers at {address} within {PROMOTE_TIMEOUT_MS} ms: is it running?")
+    reply = reply_decoder.decode(reply)
     if reply.status != ReplyStatus.OK:
         raise CommandError(reply.message or ReplyStatus.NAMES[reply.status])
     print(f"{folder}: {ReplyStatus.NAMES[reply.status]} epoch={reply.epoch}")
     return 0
 
 
-def _running_address(folder: pathlib.Path) -> str:
+def _running_address(folder: pathlib.Path) -> tuple[str, MessageKey]:
+    """The address of the shard process running on `folder`, and the message key it takes."""
     try:
-        return running_address(folder)
+        return running_address(folder), running_key(folder)
+    except KeyFileError as error:
+        raise CommandError(str(error)) from None
     except FileNotFoundError:
         raise CommandError("no shard.json: no shard process has run on this folder") from None
     except (ValueError, KeyError):

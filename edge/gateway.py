@@ -14,6 +14,7 @@ import collections
 
 import msgspec
 
+from journal.auth import MessageKey
 from journal.client import SEEN_BACK_WITHIN_MS, Cluster, ShardClient
 from journal.wire import MAX_BATCH_ITEMS, ReplyStatus, command_items
 
@@ -131,8 +132,10 @@ def submit_to(client: ShardClient):
 class Gateway:
     """All shards, by merchant: submit commands (coalesced) and read state."""
 
-    def __init__(self, shard_addresses: list[list[str]], timeout_ms: int = 10_000, on_batch=_ignore) -> None:
-        self.cluster = Cluster(shard_addresses, timeout_ms=timeout_ms, busy_retries=5, down_wait_ms=DOWN_WAIT_MS)
+    def __init__(self, shard_addresses: list[list[str]], key: MessageKey, timeout_ms: int = 10_000,
+                 on_batch=_ignore) -> None:
+        self.key = key  # also the connectors' (edge/payments_api.py)
+        self.cluster = Cluster(shard_addresses, key=key, timeout_ms=timeout_ms, busy_retries=5, down_wait_ms=DOWN_WAIT_MS)
         self.coalescers = [Coalescer(submit_to(shard), on_batch=on_batch) for shard in self.cluster.shards]
         self.readers = [Coalescer(shard.read_many) for shard in self.cluster.shards]
 

@@ -65,7 +65,7 @@ class Authorizations:
 
     def __init__(self, addresses: dict[str, str], gateway) -> None:
         self.gateway = gateway
-        self.clients = {provider: ConnectorClient(address) for provider, address in addresses.items()}
+        self.clients = {provider: ConnectorClient(address, gateway.key) for provider, address in addresses.items()}
         self.pending: dict[str, list[Authorization]] = collections.defaultdict(list)
         self.flush_scheduled = False
 

@@ -14,6 +14,7 @@ import msgspec
 from edge import cards
 from engine.queries import ListCards
 from engine.records import ResealCards, ResealedCard
+from journal.auth import KeyFileError, key_path, load_key
 from journal.client import ShardClient
 from journal.processes import LAYOUT_FILE, Layout, running_address, shard_folder
 from journal.wire import ReplyStatus
@@ -40,7 +41,11 @@ class RotationReport(msgspec.Struct):
 
 async def rotate_kek(data: pathlib.Path, settle_s: float = SETTLE_S, say=print) -> RotationReport:
     """Adds a new key, reseals every card of every shard under it, and retires the keys no card uses any more."""
-    clients = [ShardClient(addresses) for addresses in shard_addresses(data)]
+    try:
+        key = load_key(key_path(data), "rotate-kek")
+    except KeyFileError as error:
+        raise RotationError(str(error)) from None
+    clients = [ShardClient(addresses, key) for addresses in shard_addresses(data)]
     try:
         for client in clients:  # every shard answers before a key is made
             await client.read(ListCards(0, 1))

@@ -20,6 +20,7 @@ from edge.folders import restrict_new_files
 from edge.http import SERVER_NAME, log, request_id_of
 from journal import logs
 from journal.processes import stop_processes
+from journal.auth import key_path, load_key
 from journal.client import ShardClient
 from engine.queries import GetMerchant
 from engine.records import CreateMerchant, Merchant
@@ -117,7 +118,7 @@ def ensure_demo_merchant(settings: Settings, shard_addresses: list[str]) -> str:
     api_key = secrets.api_key(DEMO_MERCHANT_ID)
 
     async def create() -> None:
-        client = ShardClient(shard_addresses)
+        client = ShardClient(shard_addresses, load_key(key_path(pathlib.Path(settings.data)), "serve"))
         try:
             if (await client.read(GetMerchant(merchant_id=DEMO_MERCHANT_ID))).record is None:
                 merchant = Merchant(

@@ -21,6 +21,7 @@ import pynng
 
 from engine import CreateTransfers, Transfer
 from engine.queries import AccountBalance, AccountTransfers, Answer, LookupAccounts, LookupTransfers, Query
+from journal.auth import MessageKey
 from journal.sending import Sender
 from journal.wire import (
     Read,
@@ -186,6 +187,7 @@ class ShardClient:
     def __init__(
         self,
         addresses: list[str],
+        key: MessageKey,
         timeout_ms: int = 10_000,
         max_in_flight: int = 64,
         busy_retries: int = 20,
@@ -193,10 +195,12 @@ class ShardClient:
         down_wait_ms: int | None = None,
     ) -> None:
         """`down_wait_ms`: how long a request waits for a shard with no process up, or none up but processes that are
-        not the primary, before ShardUnavailable; None: as long as its timeout."""
+        not the primary, before ShardUnavailable; None: as long as its timeout. `key`: the data folder's message key
+        (journal/auth.py), which every request and reply carries proof of."""
         if not addresses:
             raise ValueError("a shard needs at least one process address")
         self.addresses = addresses
+        self.key = key.for_receiver(f"client of {addresses}")
         self.timeout_ms = timeout_ms
         self.busy_retries = busy_retries
         self.failover_rounds = failover_rounds
@@ -219,7 +223,7 @@ class ShardClient:
         """The reply of the primary. Retries and failover all fit in one `timeout_ms`, so a stalled shard costs a
         caller that long at most; each process gets its share of it before the next is tried. With no process up,
         or none up but ones that say they are not the primary, ShardUnavailable comes after `down_wait_ms`."""
-        message = request_encoder.encode(request)
+        message = self.key.seal(request_encoder.encode(request))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout_ms / 1000
         give_up_at = min(loop.time() + self.down_wait_s, deadline)
@@ -251,7 +255,9 @@ class ShardClient:
             channel = self._channel(index)
             reply = None
             try:
-                reply = await channel.request(message, timeout_s)
+                # A reply without the key's proof is no answer.
+                if (received := await channel.request(message, timeout_s)) is not None:
+                    reply = self.key.open(received)
             finally:  # a channel whose request failed, timed out or was cancelled is never reused
                 if reply is None:
                     channel.close()

@@ -4,14 +4,17 @@ import json
 import logging
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import msgspec
 import pynng
 
+from journal.auth import MessageKey, load_key
 from journal.shard import ShardConfig
 from journal.store import CorruptionError, Journal, read_in_child, signal_name
 from journal.wire import Reply, ReplyStatus, Status, reply_decoder, request_encoder
@@ -19,6 +22,7 @@ from journal.wire import Reply, ReplyStatus, Status, reply_decoder, request_enco
 log = logging.getLogger("paygate.serve")
 LAYOUT_FILE = "shards.json"
 PORTS_PER_SHARD = 4
+SHARD_PORT_OFFSET = 4  # on TCP, the first ports of the block are the simulated providers'
 HEAD_READ_TIMEOUT_S = 60.0  # reading a journal's head takes a few page reads: a reader still at it is stuck
 
 
@@ -118,35 +122,83 @@ class ShardStartFailed(RuntimeError):
     """A shard process ended before it served: its recovery refused the data, or it could not listen."""
 
 
+# A unix socket's path has room for 107 bytes (sun_path); the longest name below must fit after the folder.
+UNIX_PATH_MAX_BYTES = 107
+LONGEST_SOCKET_NAME = "shard-99999-replication.ipc"
+SOCKETS_FOLDER = "sockets"
+
+
+class InternalAddresses:
+    """Where paygate's own sockets listen: `ipc://` paths in an owner-only folder (only this user can connect), or,
+    when an internal host is configured (a replica on another machine), TCP on that host from `base_port`."""
+
+    def __init__(self, folder: pathlib.Path | None = None, host: str = "", base_port: int = 0,
+                 temporary: bool = False) -> None:
+        if (folder is None) == (not host):
+            raise ValueError("internal addresses take a socket folder or a host and port, not both")
+        self.folder = folder
+        self.host = host
+        self.base_port = base_port
+        self.temporary = temporary  # a folder made for this run alone, removed by `close`
+
+    @classmethod
+    def in_data_folder(cls, data: pathlib.Path) -> "InternalAddresses":
+        """The sockets folder under `data`, or, when its path is too long for a unix socket, a short owner-only
+        folder under the runtime folder or /tmp (logged)."""
+        folder = data.resolve() / SOCKETS_FOLDER
+        if len(os.fsencode(folder / LONGEST_SOCKET_NAME)) > UNIX_PATH_MAX_BYTES:
+            runtime = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
+            folder = pathlib.Path(tempfile.mkdtemp(prefix="paygate-", dir=runtime))
+            log.warning("the data folder's path is too long for unix sockets: they are in %s", folder)
+            return cls(folder=folder, temporary=True)
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)  # also one an older run left, or another umask made
+        return cls(folder=folder)
+
+    def close(self) -> None:
+        """Removes a temporary socket folder once nothing listens in it any more."""
+        if self.temporary:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+    def address(self, name: str, port_offset: int) -> str:
+        if self.folder is not None:
+            return f"ipc://{self.folder / name}.ipc"
+        return f"tcp://{self.host}:{self.base_port + port_offset}"
+
+
 class ShardPlan:
     """How a data folder's shards are started: the same at serve's start and whenever a shard is started again."""
 
-    def __init__(self, data: pathlib.Path, host: str, base_port: int, sync: bool, **options) -> None:
+    def __init__(self, data: pathlib.Path, addresses: InternalAddresses, sync: bool, key_file: pathlib.Path,
+                 **options) -> None:
         self.data = data
-        self.host = host
-        self.base_port = base_port
+        self.addresses = addresses
         self.sync = sync
+        self.key_file = str(key_file)
         self.options = options
 
     def configs(self, shard: int, replica: bool) -> tuple[ShardConfig, ShardConfig | None]:
-        """The shard's primary and (`replica`) replica configuration on its block of ports; roles by shard_roles,
-        and the leader always on the block's first port, whichever folder leads, so clients' addresses hold."""
-        port = self.base_port + PORTS_PER_SHARD * shard
-        replication_address = f"tcp://{self.host}:{port + 3}" if replica else ""
+        """The shard's primary and (`replica`) replica configuration; roles by shard_roles, and the leader always on
+        the shard's first address, whichever folder leads, so clients' addresses hold."""
+        port = SHARD_PORT_OFFSET + PORTS_PER_SHARD * shard
+        address = self.addresses.address
+        replication_address = address(f"shard-{shard}-replication", port + 3) if replica else ""
         leader, follower = shard_roles(self.data, shard, replica)
-        primary = ShardConfig(data=str(leader), client_address=f"tcp://{self.host}:{port}",
-                              announce_address=f"tcp://{self.host}:{port + 1}", replica_address=replication_address,
-                              sync_replication=self.sync, **self.options)
+        primary = ShardConfig(data=str(leader), client_address=address(f"shard-{shard}", port),
+                              announce_address=address(f"shard-{shard}-announce", port + 1),
+                              replica_address=replication_address, sync_replication=self.sync,
+                              key_file=self.key_file, **self.options)
         if follower is None:
             return primary, None
-        return primary, ShardConfig(data=str(follower), client_address=f"tcp://{self.host}:{port + 2}",
-                                    replication_address=replication_address, role="replica", **self.options)
+        return primary, ShardConfig(data=str(follower), client_address=address(f"shard-{shard}-replica", port + 2),
+                                    replication_address=replication_address, role="replica",
+                                    key_file=self.key_file, **self.options)
 
 
-def shard_configs(data: pathlib.Path, layout: Layout, host: str, base_port: int, sync: bool,
+def shard_configs(data: pathlib.Path, layout: Layout, addresses: InternalAddresses, sync: bool, key_file: pathlib.Path,
                   **options) -> list[tuple[ShardConfig, ShardConfig | None]]:
-    """Primary and replica configurations, each shard on its own block of ports; roles by shard_roles."""
-    plan = ShardPlan(data, host, base_port, sync, **options)
+    """Primary and replica configurations of every shard; roles by shard_roles."""
+    plan = ShardPlan(data, addresses, sync, key_file, **options)
     return [plan.configs(shard, layout.replica) for shard in range(layout.shard_count)]
 
 
@@ -157,6 +209,7 @@ class ShardProcess:
         self.config = config
         self.log_path = log_path
         self.process: subprocess.Popen | None = None
+        self.key = load_key(config.key_file, f"serve's status requests to {config.data}")
 
     def start(self) -> "ShardProcess":
         pathlib.Path(self.config.data).mkdir(parents=True, exist_ok=True)
@@ -183,7 +236,7 @@ class ShardProcess:
 
     def ready(self, timeout_ms: int) -> bool:
         """Whether it answers a status request (it has recovered and listens)."""
-        reply = request_status(self.config.client_address, timeout_ms=timeout_ms)
+        reply = request_status(self.config.client_address, self.key, timeout_ms=timeout_ms)
         return reply is not None and reply.status == ReplyStatus.OK
 
     def start_failure(self) -> str:
@@ -236,13 +289,20 @@ def stop_processes(processes: list[subprocess.Popen], timeout_s: float = 10) -> 
             process.wait()
 
 
-def request_status(address: str, timeout_ms: int = 2000) -> Reply | None:
-    """One synchronous status request; None when nothing answers in time."""
+def request_status(address: str, key: MessageKey, timeout_ms: int = 2000) -> Reply | None:
+    """One synchronous status request; None when nothing answers in time (or without the key's proof)."""
+    reply = request_once(address, key, Status(), timeout_ms)
+    return None if reply is None else reply_decoder.decode(reply)
+
+
+def request_once(address: str, key: MessageKey, request, timeout_ms: int) -> bytes | None:
+    """One synchronous request, sealed under `key`; the reply's bytes, or None when none with the key's proof came
+    in time."""
     with pynng.Req0(recv_timeout=timeout_ms, send_timeout=timeout_ms, resend_time=-1) as socket:
         try:
             socket.dial(address, block=True)
-            socket.send(request_encoder.encode(Status()))
-            return reply_decoder.decode(socket.recv())
+            socket.send(key.seal(request_encoder.encode(request)))
+            return key.open(socket.recv())
         except pynng.NNGException:
             return None
 
@@ -251,6 +311,12 @@ def running_address(folder: pathlib.Path) -> str:
     """The client address a running shard process wrote into its folder."""
     status = json.loads((folder / "shard.json").read_text())
     return status["client_address"]
+
+
+def running_key(folder: pathlib.Path) -> MessageKey:
+    """The message key of the shard process that last ran on `folder`, from the key file its shard.json names."""
+    status = json.loads((folder / "shard.json").read_text())
+    return load_key(status["key_file"], f"requests to {folder}")
 
 
 def running_role(folder: pathlib.Path) -> str:

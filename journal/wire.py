@@ -124,6 +124,8 @@ class ShardStatus(msgspec.Struct, array_like=True):
     state_hash: str = ""
     queue_items: int = 0
     check: str = ""  # "ok", or what the full check found
+    # Messages dropped on the client and replication sockets for lacking the data folder's key (journal/auth.py).
+    unauthenticated_messages: int = 0
 
 
 class Reply(msgspec.Struct, array_like=True):

@@ -6,8 +6,9 @@ import random
 import socket
 
 from engine import Account, AccountCode, CreateAccounts, CreateTransfers, Transfer, TransferCode, TransferFlag
+from journal.auth import MessageKey, ensure_key_file, key_path, load_key
 from journal.client import ShardClient, ShardUnavailable
-from journal.processes import ShardProcess, running_address, shard_folder
+from journal.processes import ShardProcess, running_address, running_key, shard_folder
 from journal.shard import ShardConfig
 from journal.wire import ReplyStatus
 
@@ -30,13 +31,26 @@ def address(port: int) -> str:
     return f"tcp://127.0.0.1:{port}"
 
 
+def shard_key_file(root: pathlib.Path) -> str:
+    """The message key of the shards under `root`, made on first use (as serve makes a data folder's)."""
+    path = key_path(root)
+    ensure_key_file(path)
+    return str(path)
+
+
+def key_of(config: ShardConfig) -> MessageKey:
+    return load_key(config.key_file)
+
+
 def primary_config(folder: pathlib.Path, **options) -> ShardConfig:
     client, announce = free_ports(2)
-    return ShardConfig(data=str(folder), client_address=address(client), announce_address=address(announce), **options)
+    return ShardConfig(data=str(folder), client_address=address(client), announce_address=address(announce),
+                       key_file=shard_key_file(folder.parent), **options)
 
 
 def replica_pair(root: pathlib.Path, sync: bool = True, **options) -> tuple[ShardConfig, ShardConfig]:
     primary_client, replica_client, replication = free_ports(3)
+    options.setdefault("key_file", shard_key_file(root))
     primary = ShardConfig(data=str(root / "primary"), client_address=address(primary_client),
                           replica_address=address(replication), sync_replication=sync, **options)
     replica = ShardConfig(data=str(root / "replica"), client_address=address(replica_client),
@@ -120,7 +134,7 @@ def state_hashes(data: pathlib.Path, shard: int = 0) -> set[str]:
     async def hashes() -> set[str]:
         found = set()
         for folder in (shard_folder(data, shard), shard_folder(data, shard, replica=True)):
-            client = ShardClient([running_address(folder)], timeout_ms=2000)
+            client = ShardClient([running_address(folder)], running_key(folder), timeout_ms=2000)
             try:
                 found.add((await client.status(with_state_hash=True)).state_hash)
             finally:

@@ -12,7 +12,7 @@ import pytest
 from engine import Account, CreateAccounts
 from journal.client import ShardClient, ShardUnavailable
 from journal.wire import ReplyStatus
-from shard_harness import primary_config, replica_pair, start
+from shard_harness import key_of, primary_config, replica_pair, start
 
 DOWN_WAIT_MS = 200
 FAST_S = 1.0  # well under the 10 s timeout the client is given
@@ -38,7 +38,7 @@ def test_a_request_for_a_dead_process_fails_fast_and_succeeds_once_it_is_back(tm
     process = start(config)
 
     async def scenario() -> None:
-        client = ShardClient([config.client_address], timeout_ms=10_000, down_wait_ms=DOWN_WAIT_MS)
+        client = ShardClient([config.client_address], key_of(config), timeout_ms=10_000, down_wait_ms=DOWN_WAIT_MS)
         try:
             assert (await client.submit([_account(1)])).status == ReplyStatus.OK
             process.kill()
@@ -62,7 +62,7 @@ def test_without_a_down_wait_a_request_rides_out_a_restart(tmp_path):
     process = start(config)
 
     async def scenario() -> None:
-        client = ShardClient([config.client_address], timeout_ms=20_000)
+        client = ShardClient([config.client_address], key_of(config), timeout_ms=20_000)
         try:
             assert (await client.submit([_account(1)])).status == ReplyStatus.OK
             process.kill()
@@ -88,7 +88,8 @@ def test_a_shard_with_no_primary_up_fails_fast(tmp_path, dead):
     primary = start(primary_config_)
 
     async def scenario() -> None:
-        client = ShardClient([primary_config_.client_address, replica_config.client_address], timeout_ms=10_000,
+        client = ShardClient([primary_config_.client_address, replica_config.client_address], key_of(replica_config),
+                             timeout_ms=10_000,
                              down_wait_ms=DOWN_WAIT_MS)
         try:
             assert (await client.submit([_account(1)])).status == ReplyStatus.OK

@@ -49,6 +49,7 @@ from engine.records import (  # noqa: E402
     RecordPspResult,
     Refund,
 )
+from journal.auth import KEY_BYTES, MessageKey, load_key  # noqa: E402
 from journal.client import ShardClient  # noqa: E402
 from journal.recovery import batch_decoder as journal_batch_decoder  # noqa: E402
 from journal.wire import ReplyStatus  # noqa: E402
@@ -127,8 +128,12 @@ def run(coroutine):
     return asyncio.run(coroutine)
 
 
+# Each shard's message key file, by its client address (the test shards each have their own).
+KEY_FILES: dict[str, str] = {}
+
+
 async def with_shard(shard_address: str, work):
-    client = ShardClient([shard_address], timeout_ms=5000)
+    client = ShardClient([shard_address], load_key(KEY_FILES[shard_address]), timeout_ms=5000)
     try:
         return await work(client)
     finally:
@@ -199,6 +204,7 @@ def ray_runtime(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shard(tmp_path_factory):
     config = primary_config(tmp_path_factory.mktemp("connector-shard") / "shard")
+    KEY_FILES[config.client_address] = config.key_file
     process = start(config)
 
     async def work(client: ShardClient) -> None:
@@ -220,9 +226,9 @@ def provider():
 @pytest.fixture(scope="module")
 def connector(ray_runtime, shard, provider):
     listen_address = address(free_ports(1)[0])
-    handle = spawn("piggybank", provider.url, listen_address, [[shard.client_address]], name="testbank",
+    handle = spawn("piggybank", provider.url, listen_address, [[shard.client_address]], shard.key_file, name="testbank",
                    retries=RETRIES, backoff_s=0.05)
-    client = ConnectorClient(listen_address)
+    client = ConnectorClient(listen_address, load_key(shard.key_file))
     assert client.wait_connected(5)
     yield handle, client, listen_address
     client.close()
@@ -261,7 +267,7 @@ def test_card_data_is_redacted_from_reprs_and_refuses_pickling():
 
 
 def test_send_fails_fast_when_no_connector_listens():
-    with ConnectorClient(address(free_ports(1)[0])) as client:
+    with ConnectorClient(address(free_ports(1)[0]), MessageKey(bytes(KEY_BYTES))) as client:
         began = time.monotonic()
         assert client.send(AuthorizationBatch([authorization("pay_nobody", GOOD_CARD)])) is False
         assert time.monotonic() - began < 0.05
@@ -337,9 +343,22 @@ def test_an_undecodable_message_is_dropped_and_the_connector_goes_on(connector, 
     assert after["invalid_messages"] == before["invalid_messages"] + 1
 
 
+def test_an_authorization_without_the_key_is_dropped_unread(connector, shard, provider):
+    """A local process that reaches the connector's socket cannot have a card charged, with no key or a wrong one."""
+    handle, client, listen_address = connector
+    before = stats(handle)
+    create_payments(shard.client_address, ["pay_conn_forged"])
+    forged = batch_encoder.encode(AuthorizationBatch([authorization("pay_conn_forged", GOOD_CARD)]))
+    with pynng.Push0(dial=listen_address, send_timeout=1000) as raw:
+        raw.send(forged)
+        raw.send(MessageKey(bytes(KEY_BYTES)).seal(forged))
+    wait_for(lambda: stats(handle)["invalid_messages"] == before["invalid_messages"] + 2, what="both dropped")
+    assert provider.count("pay_conn_forged") == 0 and stats(handle)["batches"] == before["batches"]
+
+
 def test_spawn_again_finds_the_running_connector(connector, shard, provider):
     handle, _, listen_address = connector
-    again = spawn("piggybank", provider.url, listen_address, [[shard.client_address]], name="testbank")
+    again = spawn("piggybank", provider.url, listen_address, [[shard.client_address]], shard.key_file, name="testbank")
     assert again._actor_id == handle._actor_id
     assert ray.get(again.ping.remote()) == f"connector-testbank listening on {listen_address}"
 
@@ -349,9 +368,9 @@ def unreachable_connector(ray_runtime, shard):
     """A connector whose provider is not there: every attempt is a connection error."""
     listen_address = address(free_ports(1)[0])
     provider_url = f"http://127.0.0.1:{free_ports(1)[0]}"
-    handle = spawn("piggybank", provider_url, listen_address, [[shard.client_address]], name="unreachable",
+    handle = spawn("piggybank", provider_url, listen_address, [[shard.client_address]], shard.key_file, name="unreachable",
                    retries=RETRIES, backoff_s=0.05)
-    client = ConnectorClient(listen_address)
+    client = ConnectorClient(listen_address, load_key(shard.key_file))
     assert client.wait_connected(5)
     yield handle, client
     client.close()
@@ -546,10 +565,10 @@ def acquirer(ray_runtime, shard, simulators, tmp_path_factory):
     """The piggybank and bank connectors and the provider follower of the shard."""
     listen_address = address(free_ports(1)[0])
     shards = [[shard.client_address]]
-    handle = spawn("piggybank", simulators["piggybank"], listen_address, shards, authorization_hold_s=LONG_TIMEOUT_S)
-    bank = spawn("bank", simulators["bank"], None, shards)
-    follower = followers.spawn(shards, tmp_path_factory.mktemp("cursors"), list(PROVIDERS), status_query_margin_s=5)
-    client = ConnectorClient(listen_address)
+    handle = spawn("piggybank", simulators["piggybank"], listen_address, shards, shard.key_file, authorization_hold_s=LONG_TIMEOUT_S)
+    bank = spawn("bank", simulators["bank"], None, shards, shard.key_file)
+    follower = followers.spawn(shards, shard.key_file, tmp_path_factory.mktemp("cursors"), list(PROVIDERS), status_query_margin_s=5)
+    client = ConnectorClient(listen_address, load_key(shard.key_file))
     assert client.wait_connected(5)
     acquirer = Acquirer(handle, client, shard.client_address, simulators)
     acquirer.submit([CreateMerchant(Merchant(id=ACQUIRER_MERCHANT, name="Acquirer test", email="a@example.com"))])

@@ -18,7 +18,7 @@ from journal.recovery import batch_decoder
 from journal.shard import ShardConfig
 from journal.store import Snapshots
 from journal.wire import SUBMIT_ID_MAX_BYTES, Promote, ReplyStatus, Submit, reply_decoder, request_encoder
-from shard_harness import CURRENCY, Load, account_id, address, free_ports, primary_config, replica_pair, start
+from shard_harness import CURRENCY, Load, account_id, address, free_ports, key_of, primary_config, replica_pair, start
 
 AMOUNT = 7
 SUBMIT_ID = b"\x01" * 8 + (1).to_bytes(8, "big")
@@ -30,15 +30,16 @@ def submit_bytes(transfer_id: str = "test:once") -> bytes:
     return request_encoder.encode(Submit([CreateTransfers([transfer])], SUBMIT_ID))
 
 
-def send_all(client_address: str, messages: list[bytes]) -> list:
+def send_all(config: ShardConfig, messages: list[bytes]) -> list:
     """Each message on its own connection, all sent before any reply is read: they reach the shard together."""
+    key = key_of(config)
     sockets = [pynng.Req0(recv_timeout=10_000, send_timeout=10_000, resend_time=-1) for _ in messages]
     try:
         for socket in sockets:
-            socket.dial(client_address, block=True)
+            socket.dial(config.client_address, block=True)
         for socket, message in zip(sockets, messages):
-            socket.send(message)
-        return [reply_decoder.decode(socket.recv()) for socket in sockets]
+            socket.send(key.seal(message))
+        return [reply_decoder.decode(key.open(socket.recv())) for socket in sockets]
     finally:
         for socket in sockets:
             socket.close()
@@ -65,7 +66,7 @@ def shard(tmp_path, request):
     options = getattr(request, "param", {})
     config = primary_config(tmp_path / "shard", **options)
     process = start(config)
-    client = ShardClient([config.client_address], timeout_ms=5000)
+    client = ShardClient([config.client_address], key_of(config), timeout_ms=5000)
     asyncio.run(Load(client).create_accounts())
     yield config, process, client
     client.close()
@@ -85,14 +86,14 @@ def assert_applied_once(client: ShardClient, replies: list, copies: int) -> None
 
 def test_the_same_submit_twice_is_applied_once_and_answered_alike(shard):
     config, _, client = shard
-    replies = send_all(config.client_address, [submit_bytes()])
-    replies += send_all(config.client_address, [submit_bytes()])
+    replies = send_all(config, [submit_bytes()])
+    replies += send_all(config, [submit_bytes()])
     assert_applied_once(client, replies, copies=2)
 
 
 def test_copies_that_arrive_together_are_applied_once_and_answered_alike(shard):
     config, _, client = shard
-    replies = send_all(config.client_address, [submit_bytes()] * 4)
+    replies = send_all(config, [submit_bytes()] * 4)
     assert_applied_once(client, replies, copies=4)
 
 
@@ -100,7 +101,7 @@ def test_a_submit_id_past_its_limit_is_refused(shard):
     config, _, _ = shard
     transfer = Transfer("test:long", account_id(1), account_id(2), AMOUNT, CURRENCY)
     message = request_encoder.encode(Submit([CreateTransfers([transfer])], b"x" * (SUBMIT_ID_MAX_BYTES + 1)))
-    (reply,) = send_all(config.client_address, [message])
+    (reply,) = send_all(config, [message])
     assert reply.status == ReplyStatus.INVALID and "submit id" in reply.message
 
 
@@ -125,7 +126,7 @@ def test_each_process_draws_its_own_submit_ids():
 def test_a_copy_after_a_restart_is_still_applied_once(shard):
     """Killed, the shard restarts from its journal; stopped after a snapshot of each batch, from the snapshot."""
     config, process, client = shard
-    replies = send_all(config.client_address, [submit_bytes()])
+    replies = send_all(config, [submit_bytes()])
     if config.snapshot_every_batches > 1:
         process.kill()
     else:
@@ -136,7 +137,7 @@ def test_a_copy_after_a_restart_is_still_applied_once(shard):
         assert snapshots.load(snapshots.paths()[0])[0].sequence in (replies[0].sequence - 1, replies[0].sequence)
     restarted = start(config)
     try:
-        replies += send_all(config.client_address, [submit_bytes()])
+        replies += send_all(config, [submit_bytes()])
         assert_applied_once(client, replies, copies=2)
     finally:
         restarted.kill()
@@ -147,14 +148,14 @@ def test_a_copy_sent_to_the_promoted_replica_is_applied_once(tmp_path):
     primary_config_, replica_config = replica_pair(tmp_path)
     replica = start(replica_config)
     primary = start(primary_config_)
-    client = ShardClient([primary_config_.client_address, replica_config.client_address], timeout_ms=5000)
+    client = ShardClient([primary_config_.client_address, replica_config.client_address], key_of(replica_config), timeout_ms=5000)
     try:
         asyncio.run(Load(client).create_accounts())
-        replies = send_all(primary_config_.client_address, [submit_bytes()])
+        replies = send_all(primary_config_, [submit_bytes()])
         primary.kill()
-        (promoted,) = send_all(replica_config.client_address, [request_encoder.encode(Promote())])
+        (promoted,) = send_all(replica_config, [request_encoder.encode(Promote())])
         assert promoted.status == ReplyStatus.OK
-        replies += send_all(replica_config.client_address, [submit_bytes()])
+        replies += send_all(replica_config, [submit_bytes()])
         assert_applied_once(client, replies, copies=2)
     finally:
         client.close()
@@ -168,19 +169,21 @@ def test_a_retry_after_a_reply_timeout_is_applied_once(tmp_path):
     primary_config_, replica_config = replica_pair(tmp_path)
     client_port, replication_port = free_ports(2)
     bystander_config = ShardConfig(data=str(tmp_path / "bystander"), client_address=address(client_port),
-                                   replication_address=address(replication_port), role="replica")
+                                   replication_address=address(replication_port), role="replica",
+                                   key_file=primary_config_.key_file)
     processes = [start(config) for config in (replica_config, primary_config_, bystander_config)]
     replica = processes[0]
-    client = ShardClient([primary_config_.client_address, bystander_config.client_address], timeout_ms=8000)
+    client = ShardClient([primary_config_.client_address, bystander_config.client_address], key_of(bystander_config),
+                         timeout_ms=8000)
 
     async def scenario() -> list:
         await Load(client).create_accounts()
-        sequence = request_status(primary_config_.client_address).sequence
+        sequence = request_status(primary_config_.client_address, key_of(primary_config_)).sequence
         os.kill(replica.process.pid, signal.SIGSTOP)
         try:
             submitted = asyncio.create_task(client.submit([CreateTransfers([
                 Transfer("test:once", account_id(1), account_id(2), AMOUNT, CURRENCY)])]))
-            await wait_for_sequence(primary_config_.client_address, sequence + 2)
+            await wait_for_sequence(primary_config_, sequence + 2)
         finally:
             os.kill(replica.process.pid, signal.SIGCONT)
         return [await submitted]
@@ -200,10 +203,10 @@ def test_a_retry_after_a_reply_timeout_is_applied_once(tmp_path):
             process.kill()
 
 
-async def wait_for_sequence(client_address: str, sequence: int, timeout_s: float = 10) -> None:
+async def wait_for_sequence(config: ShardConfig, sequence: int, timeout_s: float = 10) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        status = await asyncio.to_thread(request_status, client_address)
+        status = await asyncio.to_thread(request_status, config.client_address, key_of(config))
         if status is not None and status.sequence >= sequence:
             return
         await asyncio.sleep(0.05)

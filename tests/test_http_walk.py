@@ -42,7 +42,7 @@ from edge.http import OVERFLOW_CODES
 from edge_harness import Response, Server
 from engine.types import AMOUNT_MAX
 from journal.client import ShardClient
-from journal.processes import running_address, shard_folder
+from journal.processes import running_address, running_key, shard_folder
 from test_http_auth import signed_headers
 from test_payments_e2e import EXPIRY, LUHN_INVALID, SILENT, SUCCEEDS, THREE_D_SECURE, bank_transfer, card, fetch, wait_until
 
@@ -198,7 +198,7 @@ def state_hashes(server: Server) -> list[str]:
     async def read() -> list[str]:
         hashes = []
         for folder in (shard_folder(server.data, 0), shard_folder(server.data, 0, replica=True)):
-            client = ShardClient([running_address(folder)], timeout_ms=2000)
+            client = ShardClient([running_address(folder)], running_key(folder), timeout_ms=2000)
             try:
                 hashes.append((await client.status(with_state_hash=True)).state_hash)
             finally:

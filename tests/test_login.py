@@ -18,7 +18,7 @@ from edge_harness import Server
 from engine.queries import GetMerchant
 from engine.records import AddDashboardUser, DashboardUser
 from journal.client import ShardClient
-from journal.processes import running_address
+from journal.processes import running_address, running_key
 
 PASSWORD = "correct horse battery staple"
 
@@ -92,7 +92,8 @@ def test_logins_in_progress_leave_the_api_answering(server):
 def stored_hash(server: Server, merchant_id: str, email: str, replacing: str | None = None) -> str:
     """The user's stored password hash, read from the shard itself; first set to `replacing` when given."""
     async def work() -> str:
-        client = ShardClient([running_address(server.data / "shard-0")], timeout_ms=5000)
+        shard = server.data / "shard-0"
+        client = ShardClient([running_address(shard)], running_key(shard), timeout_ms=5000)
         try:
             if replacing is not None:
                 await client.submit([AddDashboardUser(merchant_id, DashboardUser(email, replacing))])

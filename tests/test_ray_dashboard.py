@@ -23,7 +23,7 @@ from actors import health
 from actors.connectors import actor_name
 from actors.runtime import NAMESPACE, TOKEN_FILE, RuntimeInfo
 from edge_harness import Server
-from journal.processes import request_status, running_address
+from journal.processes import request_status, running_address, running_key
 
 SHARDS = 2
 # Ray exports custom metrics every 10 s by default: every second here, so the metrics test waits less.
@@ -86,7 +86,8 @@ def primaries_committed(server) -> list[int]:
     """What each shard's primary says is durable, asked directly."""
     sequences = []
     for shard in range(SHARDS):
-        reply = request_status(running_address(server.data / f"shard-{shard}"), timeout_ms=2000)
+        reply = request_status(running_address(server.data / f"shard-{shard}"), running_key(server.data / f"shard-{shard}"),
+                               timeout_ms=2000)
         assert reply is not None and reply.shard_status.role == "primary", reply
         sequences.append(reply.shard_status.durable_sequence)
     return sequences

@@ -11,11 +11,11 @@ import sys
 import pytest
 
 from journal.client import ShardClient, ShardUnavailable
-from shard_harness import Load, replica_pair, start
+from shard_harness import Load, key_of, replica_pair, start
 
 
 def _client(*configs, **options) -> ShardClient:
-    return ShardClient([config.client_address for config in configs], **{"timeout_ms": 2000, **options})
+    return ShardClient([config.client_address for config in configs], key_of(configs[0]), **{"timeout_ms": 2000, **options})
 
 
 async def _state_hashes(*configs) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 from edge.auth import Secrets
 from edge.http import RequestFingerprints
 from journal.client import ShardClient
-from journal.processes import running_address
+from journal.processes import running_address, running_key
 from engine.records import CreateCustomer, Customer, Idempotent
 
 from edge_harness import Server
@@ -77,7 +77,7 @@ def test_a_key_recorded_before_keyed_fingerprints_replays_its_request_and_refuse
         first = Customer(id="cus_recordedbefore", merchant_id="mer_demo", email=body["email"], name=body["name"])
 
         async def record_the_old_way() -> None:
-            client = ShardClient([running_address(tmp_path / "data" / "shard-0")])
+            client = ShardClient([running_address(tmp_path / "data" / "shard-0")], running_key(tmp_path / "data" / "shard-0"))
             try:
                 await client.submit([Idempotent(merchant_id="mer_demo", key="old-key",
                                                 request_hash=unkeyed.hexdigest(), command=CreateCustomer(first))])

@@ -16,7 +16,7 @@ import pytest
 from journal.client import ShardClient
 from journal.recovery import replay_from_scratch
 from journal.store import Journal
-from shard_harness import Load, primary_config, start
+from shard_harness import Load, key_of, primary_config, start
 
 
 async def _run_until_killed(config, load: Load, process, kill_after_s: float) -> None:
@@ -60,7 +60,7 @@ def _crash_rounds(tmp_path, rounds: int, seed: int) -> None:
 
     async def scenario() -> None:
         nonlocal process
-        client = ShardClient([config.client_address], timeout_ms=1500, failover_rounds=1, busy_retries=5)
+        client = ShardClient([config.client_address], key_of(config), timeout_ms=1500, failover_rounds=1, busy_retries=5)
         try:
             load = Load(client, seed=seed)
             await load.create_accounts()

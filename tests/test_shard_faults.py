@@ -24,7 +24,7 @@ from edge.http import raise_for
 from engine.records import CreateMerchant, CreateOrder, Merchant, Order, Outcome
 from journal.client import ShardClient, ShardUnavailable
 from journal.wire import ReplyStatus, Status, reply_decoder, request_encoder
-from shard_harness import primary_config, replica_pair, start
+from shard_harness import key_of, primary_config, replica_pair, start
 
 INTERNAL_ERROR = TransferCode.internal_error
 
@@ -49,7 +49,7 @@ def transfer(transfer_id: str, amount: int = 5, code: int = 0) -> Transfer:
 
 
 async def _state_hash(config) -> str:
-    client = ShardClient([config.client_address], timeout_ms=5000)
+    client = ShardClient([config.client_address], key_of(config), timeout_ms=5000)
     try:
         return (await client.status(with_state_hash=True)).state_hash
     finally:
@@ -58,7 +58,7 @@ async def _state_hash(config) -> str:
 
 async def _faulty_batch_then_more(primary) -> str:
     """Submit commands that raise half-way beside good ones; the good ones apply, the shard goes on. Its state hash."""
-    client = ShardClient([primary.client_address], timeout_ms=5000)
+    client = ShardClient([primary.client_address], key_of(primary), timeout_ms=5000)
     try:
         reply = await client.submit([CreateAccounts([Account("test:a", "usd"), Account("test:b", "usd")]),
                                      CreateMerchant(Merchant(id="m1", name="Shop", email="m1@example.com"))])
@@ -139,12 +139,13 @@ def test_a_replica_refuses_anything_but_replication_on_its_replication_socket_an
     try:
         with pynng.Req0(recv_timeout=5000, send_timeout=5000, resend_time=-1) as socket:
             socket.dial(replica.replication_address, block=True)
+            key = key_of(replica)
             for message in (b"not msgpack at all", request_encoder.encode(Status())):
-                socket.send(message)
-                assert reply_decoder.decode(socket.recv()).status == ReplyStatus.INVALID
+                socket.send(key.seal(message))
+                assert reply_decoder.decode(key.open(socket.recv())).status == ReplyStatus.INVALID
 
         async def submit() -> list:
-            client = ShardClient([primary.client_address], timeout_ms=5000)
+            client = ShardClient([primary.client_address], key_of(primary), timeout_ms=5000)
             try:
                 return (await client.submit([CreateAccounts([Account("test:a", "usd")])])).results
             finally:
@@ -163,7 +164,7 @@ def test_an_advance_of_time_that_raises_is_retried_by_each_batch_of_commands_and
     process = start(config)
 
     async def scenario() -> None:
-        client = ShardClient([config.client_address], timeout_ms=5000)
+        client = ShardClient([config.client_address], key_of(config), timeout_ms=5000)
         try:
             late = order("late", engine_faults.RAISE_AT_EXPIRY)
             late.order.expires_at = time.time_ns() + 300_000_000

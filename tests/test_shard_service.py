@@ -17,14 +17,14 @@ from journal.client import (ACCOUNTS_ON_DIFFERENT_SHARDS, Cluster, EntriesPruned
 from journal.recovery import batch_decoder, batch_encoder
 from journal.store import KEY
 from journal.wire import ReplyStatus, Submit, request_encoder
-from shard_harness import Load, primary_config, start
+from shard_harness import Load, key_of, primary_config, start
 
 
 @pytest.fixture
 def shard(tmp_path):
     config = primary_config(tmp_path / "shard", max_queue_items=200, max_batch_items=100)
     process = start(config)
-    client = ShardClient([config.client_address], timeout_ms=5000, busy_retries=0)
+    client = ShardClient([config.client_address], key_of(config), timeout_ms=5000, busy_retries=0)
     yield config, process, client
     client.close()
     process.kill()
@@ -52,7 +52,7 @@ def test_committed_batches_are_read_by_sequence_with_their_results(shard):
 def test_a_reader_behind_a_pruned_journal_is_told_not_skipped_ahead(tmp_path):
     config = primary_config(tmp_path / "shard", snapshot_every_batches=2, keep_snapshots=1, prune_journal=True)
     process = start(config)
-    client = ShardClient([config.client_address], timeout_ms=5000, busy_retries=0)
+    client = ShardClient([config.client_address], key_of(config), timeout_ms=5000, busy_retries=0)
 
     async def scenario():
         await Load(client).create_accounts()
@@ -99,7 +99,7 @@ def test_new_sequence_numbers_are_announced(shard):
         with pynng.Sub0(dial=config.announce_address, recv_timeout=5000, topics=b"") as subscriber:
             await asyncio.sleep(0.2)  # let the subscription reach the publisher
             await Load(client).create_accounts()
-            assert KEY.unpack(await subscriber.arecv())[0] == 1
+            assert KEY.unpack(key_of(config).open(await subscriber.arecv()))[0] == 1
 
     run(scenario())
 
@@ -126,7 +126,7 @@ def test_requests_past_the_held_bound_are_answered_busy_at_once(tmp_path):
     config = primary_config(tmp_path / "shard", max_requests=2)
     process = start(config)
     # Ample time for the two held batches on a crowded machine; a request left unanswered fails the test.
-    client = ShardClient([config.client_address], timeout_ms=20_000, busy_retries=0)
+    client = ShardClient([config.client_address], key_of(config), timeout_ms=20_000, busy_retries=0)
 
     async def scenario():
         # Sixteen full submits at once: the shard holds two, and answers the rest at once rather than queue them,
@@ -153,7 +153,7 @@ def test_a_bad_request_is_refused_and_changes_nothing(shard, message):
     config, _, client = shard
 
     async def scenario():
-        reply = await client._send(0, message, 5.0)
+        reply = await client._send(0, client.key.seal(message), 5.0)
         assert reply.status == ReplyStatus.INVALID and reply.message
         assert (await client.status()).sequence == 0
 
@@ -189,7 +189,7 @@ def owners_on_two_shards(shard_map: ShardMap) -> tuple[str, str]:
 def test_cluster_routes_by_owner_and_refuses_transfers_across_shards(tmp_path):
     configs = [primary_config(tmp_path / f"shard-{n}") for n in range(2)]
     processes = [start(config) for config in configs]
-    cluster = Cluster([[config.client_address] for config in configs], timeout_ms=5000)
+    cluster = Cluster([[config.client_address] for config in configs], key=key_of(configs[0]), timeout_ms=5000)
     first, second = owners_on_two_shards(cluster.map)
 
     async def scenario():
@@ -231,7 +231,7 @@ def test_a_stalled_shard_costs_a_caller_one_timeout_not_one_per_retry(shard):
     """A shard that holds the connection but never answers (here: stopped by SIGSTOP) fails each request once its
     timeout is spent, however many retries and failover rounds it would have left; once it resumes, it answers."""
     config, process, _ = shard
-    client = ShardClient([config.client_address], timeout_ms=1000, busy_retries=20, failover_rounds=10)
+    client = ShardClient([config.client_address], key_of(config), timeout_ms=1000, busy_retries=20, failover_rounds=10)
 
     async def scenario():
         await client.status()

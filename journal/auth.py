@@ -1,0 +1,95 @@
+"""Proof that a message between paygate's own processes comes from one of them: an HMAC-SHA256 of the message's
+bytes under a key kept in the data folder (0600, made on first start), put before the bytes and checked in constant
+time before anything decodes them. A message that fails is dropped, counted, and logged at most once a second."""
+
+import hashlib
+import hmac
+import logging
+import os
+import pathlib
+import stat
+import time
+
+log = logging.getLogger("paygate.auth")
+KEY_FILE = "internal.key"
+KEY_BYTES = 32
+TAG_BYTES = 32  # SHA-256
+DROP_LOG_INTERVAL_S = 1.0
+
+
+class KeyFileError(Exception):
+    """The key file is missing, of the wrong size, or readable by others; the message names it."""
+
+
+class MessageKey:
+    """Seals and opens messages under one key; each receiver holds its own, so its drops are its own."""
+
+    def __init__(self, secret: bytes, receiver: str = "") -> None:
+        if len(secret) != KEY_BYTES:
+            raise KeyFileError(f"a message key has {KEY_BYTES} bytes, not {len(secret)}")
+        self._secret = secret
+        self.receiver = receiver
+        self.dropped = 0
+        self._logged_at = -DROP_LOG_INTERVAL_S
+        self._dropped_at_log = 0
+
+    def for_receiver(self, receiver: str) -> "MessageKey":
+        """The same key with a drop count of its own."""
+        return MessageKey(self._secret, receiver)
+
+    def seal(self, body: bytes) -> bytes:
+        return hmac.digest(self._secret, body, hashlib.sha256) + body
+
+    def open(self, message: bytes) -> bytes | None:
+        """The body of a message whose tag proves the key; None (dropped, counted) otherwise."""
+        body = message[TAG_BYTES:]
+        if len(message) >= TAG_BYTES and hmac.compare_digest(message[:TAG_BYTES],
+                                                            hmac.digest(self._secret, body, hashlib.sha256)):
+            return body
+        self.dropped += 1
+        now = time.monotonic()
+        if now - self._logged_at >= DROP_LOG_INTERVAL_S:
+            log.warning("%s: %d message(s) without the data folder's key dropped", self.receiver or "a socket",
+                        self.dropped - self._dropped_at_log)
+            self._logged_at = now
+            self._dropped_at_log = self.dropped
+        return None
+
+    def __repr__(self) -> str:  # never the secret, in a log line or a traceback
+        return f"MessageKey({self.receiver!r})"
+
+
+def key_path(data: pathlib.Path) -> pathlib.Path:
+    return data / KEY_FILE
+
+
+def ensure_key_file(path: pathlib.Path) -> None:
+    """Creates the key file (0600) unless it exists; two processes racing both end with the same key."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    try:
+        os.write(descriptor, os.urandom(KEY_BYTES))
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def load_key(path: str | os.PathLike, receiver: str = "") -> MessageKey:
+    """The key in `path`; refused when others may read it or it is not a key."""
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError as error:
+        raise KeyFileError(f"{path}: cannot read the message key ({error.strerror})") from None
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if stat.S_IMODE(mode) & 0o077:
+            raise KeyFileError(f"{path}: the message key is readable by others (mode {stat.S_IMODE(mode):o})")
+        secret = os.read(descriptor, KEY_BYTES + 1)
+    finally:
+        os.close(descriptor)
+    if len(secret) != KEY_BYTES:
+        raise KeyFileError(f"{path}: not a message key ({len(secret)} bytes, not {KEY_BYTES})")
+    return MessageKey(secret, receiver)
