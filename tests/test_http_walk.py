@@ -222,6 +222,7 @@ class Walk:
         self.step = -1
         self.lock = threading.Lock()
         self.statuses: collections.Counter = collections.Counter()
+        self.last_signed: dict[tuple, int] = {}  # (method, path, body) -> the newest timestamp signed for it
         self.unavailable = 0
         self.shops: list[Shop] = []
         self.orders: list[OrderModel] = []
@@ -248,10 +249,19 @@ class Walk:
         headers = dict(headers or {})
         if shop is not None and shop.signed and key is None:
             headers.update(signed_headers(shop.signing_secret, method, path.split("?")[0], raw or b"",
-                                          int(time.time())))
+                                          self.fresh_timestamp(method, path, raw)))
         reply = self.server.request(method, path, key=key or (shop.key if shop else None), raw=raw, headers=headers)
         self.check(method, path, reply)
         return reply
+
+    def fresh_timestamp(self, method: str, path: str, raw: bytes | None) -> int:
+        """Now, or a second later than any signature of the same request: the gateway takes each signature once,
+        so a client sending the same request twice within a second signs it anew."""
+        with self.lock:
+            message = (method, path, raw)
+            timestamp = max(int(time.time()), self.last_signed.get(message, 0) + 1)
+            self.last_signed[message] = timestamp
+            return timestamp
 
     def check(self, method: str, path: str, reply: Response) -> None:
         what = f"{self.where()}: {method} {path} -> {reply.status} {reply.body[:300]!r}"
