@@ -13,13 +13,14 @@ import os
 import pathlib
 import re
 import secrets
-import tempfile
 from collections.abc import Sequence
 
 import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
+
+from journal.auth import create_file_once
 
 SERVER_KEY_BYTES = 32
 SECRET_CHARS = 43  # 62**43 > 2**256, so the whole HMAC fits in base62
@@ -46,25 +47,6 @@ def _utf8(text: str) -> bytes:
 
 def _hmac_hex(secret: str, message: bytes) -> str:
     return hmac.new(_utf8(secret), message, hashlib.sha256).hexdigest()
-
-
-def _create_once(path: pathlib.Path, data: bytes) -> bool:
-    """Writes `data` to a new 0600 file at `path`; False when the file already exists (another worker won)."""
-    if path.exists():
-        return False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp makes it 0600
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.link(temporary, path)  # atomic and never overwrites, so racing workers all end up reading one file
-        return True
-    except FileExistsError:
-        return False
-    finally:
-        os.unlink(temporary)
 
 
 def hash_secret(secret: str) -> str:
@@ -96,7 +78,7 @@ class Secrets:
 
     @classmethod
     def load_or_create(cls, path: pathlib.Path) -> "Secrets":
-        _create_once(path, os.urandom(SERVER_KEY_BYTES))
+        create_file_once(path, os.urandom(SERVER_KEY_BYTES))
         return cls(path.read_bytes())
 
     def _derive(self, purpose: str, merchant_id: str) -> str:
@@ -152,7 +134,7 @@ class AdminToken:
             return cls(hash_secret(override)), None
         token = f"adm_{secrets.token_urlsafe(32)}"
         token_hash = hash_secret(token)
-        if _create_once(path, token_hash.encode()):
+        if create_file_once(path, token_hash.encode()):
             return cls(token_hash), token
         stored = path.read_text().strip()
         if not re.fullmatch(r"[0-9a-f]{64}", stored):
@@ -186,7 +168,7 @@ class TokenIssuer:
     def load_or_create(cls, path: pathlib.Path) -> "TokenIssuer":
         pem = Ed25519PrivateKey.generate().private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                          serialization.NoEncryption())
-        _create_once(path, pem)
+        create_file_once(path, pem)
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
         if not isinstance(key, Ed25519PrivateKey):
             raise ValueError(f"{path} does not hold an Ed25519 private key")

@@ -23,7 +23,7 @@ import msgspec
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edge.auth import _create_once
+from journal.auth import create_file_once
 
 KEY_BYTES = 32
 NONCE_BYTES = 12  # 96 bits, the size AES-GCM is built for
@@ -100,7 +100,7 @@ class KeyEncryptionKey:
     @classmethod
     def load_or_create(cls, path: pathlib.Path) -> "KeyEncryptionKey":
         """The key in `path`, first written there (0600, atomically, never over an existing file) if missing."""
-        _create_once(path, os.urandom(KEY_BYTES))
+        create_file_once(path, os.urandom(KEY_BYTES))
         return cls.load(path)
 
     @classmethod
@@ -193,7 +193,7 @@ def add_key(data: pathlib.Path) -> KeyEncryptionKey:
     while KeyEncryptionKey(key).key_id in taken:  # ids are 32 bits: a clash is rare, and one key would hide another
         key = os.urandom(KEY_BYTES)
     path = data / FIRST_KEY_FILE if generation == 0 else data / KEY_RING_FOLDER / f"{generation:08d}.key"
-    if not _create_once(path, key):
+    if not create_file_once(path, key):
         raise FileExistsError(f"{path} appeared meanwhile: is another rotation running?")
     return KeyEncryptionKey(key)
 

@@ -20,13 +20,14 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
 from edge import cards, render, schemas
-from edge.auth import _create_once, merchant_id_from_api_key, signature_valid, signed_message
+from edge.auth import merchant_id_from_api_key, signature_valid, signed_message
 from edge.cache import MISSING, LruCache
 from edge.credentials import api_key_set, set_live
 from edge.errors import ApiError, from_validation, not_found, shard_unavailable
 from edge.gateway import InvalidCommand, ShardBusy
 from edge.limits import client_ip, ip_allowed
 from engine.credentials import INITIAL_CREDENTIAL_ID, SIGNATURE_REPLAYED
+from journal.auth import create_file_once
 from engine.queries import GetIdempotencyRecord, GetMerchant
 from engine.records import Idempotent, Merchant, Outcome, Signed
 
@@ -382,7 +383,7 @@ class RequestFingerprints:
 
     @classmethod
     def load_or_create(cls, path: pathlib.Path, card_fingerprint) -> "RequestFingerprints":
-        _create_once(path, os.urandom(FINGERPRINT_KEY_BYTES))
+        create_file_once(path, os.urandom(FINGERPRINT_KEY_BYTES))
         return cls(path.read_bytes(), card_fingerprint)
 
     def of(self, method: str, path: str, body: bytes) -> str:

@@ -10,7 +10,7 @@ import pathlib
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edge.auth import _create_once
+from journal.auth import create_file_once
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -25,7 +25,7 @@ class SecretSealer:
 
     @classmethod
     def load_or_create(cls, path: pathlib.Path) -> "SecretSealer":
-        _create_once(path, AESGCM.generate_key(bit_length=KEY_BYTES * 8))
+        create_file_once(path, AESGCM.generate_key(bit_length=KEY_BYTES * 8))
         return cls(path.read_bytes())
 
     def seal(self, secret: str, context: str) -> bytes:

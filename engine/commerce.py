@@ -73,7 +73,8 @@ class Commerce:
     # Time
 
     def advance(self, timestamp: int, expired_transfers: list[str]) -> list[Event]:
-        """Expire pending orders whose time is up; forget idempotency keys past retention; time out payments."""
+        """Expire pending orders and waiting deposits whose time is up; forget idempotency keys past retention; time
+        out payments."""
         first_event = len(self.events)
         self.payments.advance(timestamp, expired_transfers)
         self.deposits.advance(timestamp)

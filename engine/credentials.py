@@ -7,6 +7,8 @@ its first rotation or use turns that into a stored set.
 
 import collections
 
+import msgspec
+
 from engine.changes import Changes
 from engine.records import Credential, Merchant, Outcome, RotateCredentials, Signed, TouchCredentials
 from engine.types import NANOSECONDS_PER_SECOND
@@ -17,6 +19,7 @@ MAX_GRACE_S = 30 * 86400
 MAX_FIELD_CHARS = 256  # an id, a hash, a sealed secret or a digest: each is far shorter
 MAX_TOUCHES = 10_000  # per command: the edge sends at most one per shard a minute
 SIGNATURE_REPLAYED = "signature_replayed"
+SIGNATURE_WINDOW_FULL = "signature_window_full"
 MAX_SIGNATURES_PER_MERCHANT = 50_000  # far above 10 minutes of the fastest tier (2,000 burst + 1,000 a minute)
 MAX_SIGNATURES = 1_000_000  # per shard
 MAX_SIGNATURE_WINDOW_NS = 3600 * NANOSECONDS_PER_SECOND  # a signature is good for minutes: an hour bounds the edge's word
@@ -78,8 +81,8 @@ class Credentials:
         kept = [old for old in credential_sets(merchant) if min(old.expires_at or grace_ends, grace_ends) > timestamp]
         if len(kept) >= MAX_CREDENTIALS:
             return Outcome("credential_limit_reached", record=merchant)
-        for old in kept:
-            old.expires_at = min(old.expires_at or grace_ends, grace_ends)
+        # Sets are replaced, never changed in place: an undo restores the merchant's fields, not what they hold.
+        kept = [msgspec.structs.replace(old, expires_at=min(old.expires_at or grace_ends, grace_ends)) for old in kept]
         new.created_at = timestamp
         new.expires_at = new.last_used_at = 0
         merchant.credentials = [*kept, new]
@@ -94,9 +97,9 @@ class Credentials:
             merchant = self.merchants.get(merchant_id)
             if merchant is None or not any(old.id == credential_id for old in credential_sets(merchant)):
                 continue  # a set rotated away, or a merchant of another shard: nothing to note
-            for credential in _stored_sets(merchant):
-                if credential.id == credential_id:
-                    credential.last_used_at = timestamp
+            merchant.credentials = [msgspec.structs.replace(credential, last_used_at=timestamp)
+                                    if credential.id == credential_id else credential
+                                    for credential in _stored_sets(merchant)]
         return Outcome()
 
     def admit_signature(self, command: Signed, timestamp: int) -> str:
@@ -109,7 +112,7 @@ class Credentials:
             return SIGNATURE_REPLAYED
         count = self.signatures_by_merchant.get(command.merchant_id, 0)
         if count >= MAX_SIGNATURES_PER_MERCHANT or len(self.signatures) >= MAX_SIGNATURES:
-            return "signature_window_full"
+            return SIGNATURE_WINDOW_FULL
         expires_at = min(max(command.expires_at, timestamp + 1), timestamp + MAX_SIGNATURE_WINDOW_NS)
         self.signatures_by_merchant[command.merchant_id] = count + 1
         self.signatures[key] = expires_at

@@ -2,7 +2,7 @@
 
 Money enters a wallet only from a real inflow. A deposit owns a payment of its own (card, QR or bank transfer),
 handled by the payment machinery like any other, except that its money lands in the wallet: the acquirer's
-authorization moves it from `clearing_piggybank`, the bank's transfer quoting the deposit from `clearing_bank`.
+authorization moves it from the acquirer's clearing account (`clearing_piggybank`), the bank's transfer quoting the deposit from `clearing_bank`.
 The deposit follows its payment's status (engine/states.py). A withdrawal holds wallet money towards the
 `withdrawals` account until the bank says paid (the hold is posted) or failed (voided: the money is back). An
 adjustment is an operator's named credit from the merchant's `adjustments` account, which conservation counts as

@@ -3,10 +3,13 @@
 import msgspec
 
 from engine.changes import Changes
+from engine.credentials import SIGNATURE_REPLAYED, SIGNATURE_WINDOW_FULL
 from engine.records import Idempotent, Outcome
 from engine.types import NANOSECONDS_PER_SECOND
 
 IDEMPOTENCY_RETENTION_NS = 24 * 3600 * NANOSECONDS_PER_SECOND
+# Refusals of the moment: a retry under the same key (signed anew, or later) must be tried again, not answered them.
+ANSWERS_FOR_NOW = ("rate_limited", SIGNATURE_REPLAYED, SIGNATURE_WINDOW_FULL)
 _outcome_encoder = msgspec.msgpack.Encoder()
 _outcome_decoder = msgspec.msgpack.Decoder(Outcome)
 
@@ -34,7 +37,7 @@ class IdempotencyKeys:
         return outcome
 
     def remember(self, command: Idempotent, outcome: Outcome, timestamp: int) -> None:
-        if outcome.code != "rate_limited":  # a refusal for now is not the request's answer for 24 hours
+        if outcome.code not in ANSWERS_FOR_NOW:  # a refusal for now is not the request's answer for 24 hours
             self.records[(command.merchant_id, command.key)] = IdempotencyRecord(
                 command.request_hash, _outcome_encoder.encode(outcome), timestamp)
 

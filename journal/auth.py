@@ -8,6 +8,7 @@ import logging
 import os
 import pathlib
 import stat
+import tempfile
 import time
 
 log = logging.getLogger("paygate.auth")
@@ -63,18 +64,29 @@ def key_path(data: pathlib.Path) -> pathlib.Path:
     return data / KEY_FILE
 
 
-def ensure_key_file(path: pathlib.Path) -> None:
-    """Creates the key file (0600) unless it exists; two processes racing both end with the same key."""
+def create_file_once(path: pathlib.Path, data: bytes) -> bool:
+    """Writes `data` to a new 0600 file at `path`, whole or not at all; False when the file already exists (another
+    process won: racing processes all end up reading one complete file)."""
+    if path.exists():
+        return False
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp makes it 0600
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.link(temporary, path)  # atomic and never overwrites
+        return True
     except FileExistsError:
-        return
-    try:
-        os.write(descriptor, os.urandom(KEY_BYTES))
-        os.fsync(descriptor)
+        return False
     finally:
-        os.close(descriptor)
+        os.unlink(temporary)
+
+
+def ensure_key_file(path: pathlib.Path) -> None:
+    """Creates the key file (0600) unless it exists."""
+    create_file_once(path, os.urandom(KEY_BYTES))
 
 
 def load_key(path: str | os.PathLike, receiver: str = "") -> MessageKey:

@@ -145,6 +145,19 @@ def test_an_idempotent_retry_of_a_signed_request_answers_its_first_outcome(shop)
     assert (first.code, again.code, again.replayed) == ("ok", "ok", True)
     other_key = shop.do(Idempotent(merchant_id="m1", key="k2", request_hash="h", command=signed(order("o2"))))
     assert other_key.code == "signature_replayed"
+    # a refusal of the moment is not the key's answer: the same key, signed anew, is tried again
+    signed_anew = shop.do(Idempotent(merchant_id="m1", key="k2", request_hash="h",
+                                     command=signed(order("o2"), digest="d2")))
+    assert (signed_anew.code, signed_anew.replayed) == ("ok", False)
+
+
+def test_a_rotation_that_raises_later_in_its_command_leaves_the_older_sets_as_they_were(shop):
+    assert shop.do(rotation("key_2")).code == "ok"
+    before = shop.engine.state_hash()
+    key = Idempotent(merchant_id="m1", key="k-rotate", request_hash="h", command=rotation("key_3", expires_in_s=0))
+    shop.engine.commerce.idempotency.remember = lambda *arguments: 1 / 0  # a bug after the sets were replaced
+    assert shop.do(key).code == "internal_error"
+    assert shop.engine.state_hash() == before
 
 
 def test_an_oversized_rotation_or_digest_is_refused(shop):
