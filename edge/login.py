@@ -86,9 +86,10 @@ async def login(request: web.Request) -> web.Response:
     if wait_s:
         raise ApiError(429, "login_locked", "too many failed logins for this account; retry later",
                        headers={"Retry-After": str(max(1, math.ceil(wait_s)))})
+    # Counted as failed before the hash is checked, so logins racing on one account cannot all pass the check above.
+    lockouts.failed(account, time.time())
     matched = await _matching_user(request, credentials)
     if matched is None:
-        lockouts.failed(account, time.time())
         raise ApiError(401, "invalid_login", "wrong email or password")
     lockouts.succeeded(account)
     merchant, stored = matched

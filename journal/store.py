@@ -8,6 +8,7 @@ transaction and one fsync, whatever the number of entries in it.
 """
 
 import contextlib
+import gc
 import hashlib
 import multiprocessing
 import os
@@ -373,7 +374,12 @@ def read_in_child(folder: pathlib.Path, timeout_s: float, read, *args, readonly:
     name = name_data_file(folder / "journal" / DATA_FILE)
     receiver, sender = FORK.Pipe(duplex=False)
     child = FORK.Process(target=_answer, args=(sender, folder, readonly, read, args), daemon=True)
-    child.start()
+    # The child must never free what it inherited: a pynng socket closed in a forked child makes nng panic.
+    gc.freeze()
+    try:
+        child.start()
+    finally:
+        gc.unfreeze()
     sender.close()  # the child's end alone stays open: its death reads as the end of the pipe here
     try:
         if not receiver.poll(timeout_s):
