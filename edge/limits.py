@@ -16,6 +16,8 @@ import os
 import pathlib
 import struct
 
+from journal.auth import create_file_once
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -47,8 +49,9 @@ class SharedSlots:
 
     SLOT: struct.Struct
 
-    def __init__(self, path: pathlib.Path, slots: int) -> None:
+    def __init__(self, path: pathlib.Path, slots: int, hash_key: bytes = b"") -> None:
         self._slots = slots
+        self._hash_key = hash_key  # a secret one keeps anyone from picking keys that share a slot with another's
         size = slots * self.SLOT.size
         self._descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         if os.fstat(self._descriptor).st_size < size:
@@ -58,7 +61,8 @@ class SharedSlots:
     def _slot(self, key: str) -> tuple[int, int]:
         """The key's hash and its slot's offset in the map, the slot locked against the other workers: the caller
         unlocks it (`_unlock`) in a `finally` (a context manager here would cost the hot path a generator)."""
-        key_hash = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little") or 1
+        key_hash = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8, key=self._hash_key).digest(),
+                                  "little") or 1
         offset = (key_hash % self._slots) * self.SLOT.size
         fcntl.lockf(self._descriptor, fcntl.LOCK_EX, self.SLOT.size, offset)
         return key_hash, offset
@@ -105,6 +109,7 @@ class SharedTokenBuckets(SharedSlots):
 LOGIN_FREE_FAILURES = 5  # failed logins in a row before any delay
 LOGIN_MAX_DELAY_S = 900.0
 LOGIN_FORGET_S = 86_400.0  # a day without a failure starts the count afresh
+SLOT_HASH_KEY_BYTES = 32
 
 
 def lockout_delay_s(failures: int) -> float:
@@ -123,7 +128,11 @@ class LoginLockouts(SharedSlots):
     SLOT = struct.Struct("<Qqd")  # key hash, failures in a row, last failure
 
     def __init__(self, path: pathlib.Path, slots: int = 1 << 16) -> None:
-        super().__init__(path, slots)
+        # Keyed: with public slot hashes, an attacker could fail logins on an email sharing the victim's slot and so
+        # keep resetting the victim's count.
+        key_file = path.with_suffix(".key")
+        create_file_once(key_file, os.urandom(SLOT_HASH_KEY_BYTES))
+        super().__init__(path, slots, hash_key=key_file.read_bytes())
 
     def wait_s(self, account: str, now_s: float) -> float:
         """Seconds until the account may try again (0.0: now)."""

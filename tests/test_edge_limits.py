@@ -1,5 +1,7 @@
 """edge.limits: token buckets per tier, the sliding window, the client's address behind proxies, IP allowlists."""
 
+import stat
+
 import pytest
 
 from edge.limits import (
@@ -291,3 +293,17 @@ def test_a_clock_set_back_never_lengthens_a_lockout_and_a_quiet_day_forgets_it(t
         assert lockouts.wait_s("ann@example.com", T0 + DAY_S) == 0.0  # counting afresh from one
     finally:
         lockouts.close()
+
+
+def test_login_lockout_slots_are_placed_by_a_secret_of_the_data_folder(tmp_path):
+    """Without the folder's key nobody can pick an email that shares a victim's slot (and so reset its count)."""
+    places = []
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        lockouts = LoginLockouts(tmp_path / folder / "login_lockouts.bin")
+        key_hash, offset = lockouts._slot("victim@example.com")
+        lockouts._unlock(offset)
+        places.append(key_hash)
+        lockouts.close()
+        assert stat.S_IMODE((tmp_path / folder / "login_lockouts.key").stat().st_mode) == 0o600
+    assert places[0] != places[1]
