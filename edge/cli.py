@@ -16,7 +16,8 @@ from tqdm import tqdm
 from actors.risk_table import TABLE_FILE
 from actors.services import PROVIDERS, ProviderProcesses, ProviderService, write_secret
 from edge.app import Settings
-from edge.auth import AdminToken, Secrets
+from actors.merchant_secrets import Secrets
+from edge.auth import AdminToken
 from edge.folders import DataFolderError, restrict_data_folder, restrict_new_files
 from edge.limits import malformed_networks
 from edge.rotation import RotationError, rotate_kek
@@ -279,7 +280,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 def _provider_services(data: pathlib.Path, args, public_url: str) -> list[ProviderService]:
     """piggybank and the bank on the first ports of the block; each signs with its own secret."""
-    secrets = Secrets.load_or_create(data / "gateway.key")
+    secrets = Secrets.of_data_folder(data)
     services = []
     for offset, name in enumerate(PROVIDERS):
         secret_file = data / "providers" / f"{name}.secret"

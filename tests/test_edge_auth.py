@@ -9,8 +9,9 @@ import stat
 import jwt
 import pytest
 
-from edge.auth import (AdminToken, Secrets, TokenIssuer, callback_signature, hash_password, hash_secret,
-                       merchant_id_from_api_key, signature_valid, verify_password, webhook_signature)
+from actors.merchant_secrets import Secrets, webhook_signature
+from edge.auth import (AdminToken, TokenIssuer, callback_signature, hash_password, hash_secret,
+                       merchant_id_from_api_key, signature_valid, verify_password)
 from edge.login import DUMMY_HASH
 
 KEY_A = bytes(range(32))

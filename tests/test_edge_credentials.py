@@ -5,9 +5,9 @@ import hashlib
 import hmac
 import os
 
-from edge.auth import Secrets, hash_secret
-from edge.credentials import MerchantSecrets, api_key_set, client_secret_set, seal_context, set_live
-from edge.sealing import SecretSealer
+from actors.merchant_secrets import MerchantSecrets, SecretSealer, Secrets, seal_context
+from edge.auth import hash_secret
+from edge.credentials import api_key_set, client_secret_set, set_live
 from engine.credentials import INITIAL_CREDENTIAL_ID
 from engine.records import Credential, Merchant
 from engine.types import NANOSECONDS_PER_SECOND as S
