@@ -12,6 +12,7 @@ import ipaddress
 import socket
 import urllib.parse
 
+NOT_PUBLIC = "is not a public address"
 LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
 
 
@@ -46,5 +47,5 @@ def public_only_socket(address_info: tuple) -> socket.socket:
     (RefusedAddress) when that address is not public. aiohttp connects only to addresses it made sockets for."""
     family, kind, protocol, _, socket_address = address_info
     if internal_address(ipaddress.ip_address(socket_address[0].partition("%")[0])):
-        raise RefusedAddress(f"{socket_address[0]} is not a public address")
+        raise RefusedAddress(f"{socket_address[0]} {NOT_PUBLIC}")
     return socket.socket(family, kind, protocol)
