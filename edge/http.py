@@ -19,13 +19,14 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from edge import cards, render, schemas
+from edge import cards, schemas
 from edge.auth import merchant_id_from_api_key, signature_valid, signed_message
 from edge.cache import MISSING, LruCache
 from edge.credentials import api_key_set, set_live
 from edge.errors import ApiError, from_validation, not_found, shard_unavailable
 from edge.gateway import InvalidCommand, ShardBusy
 from edge.limits import client_ip, ip_allowed
+from engine import views
 from engine.credentials import INITIAL_CREDENTIAL_ID, SIGNATURE_REPLAYED
 from journal.auth import create_file_once
 from engine.queries import GetIdempotencyRecord, GetMerchant
@@ -519,7 +520,7 @@ def parse_time(query, name: str, default: int) -> int:
     raw = query.get(name)
     if raw is None:
         return default
-    nanoseconds = render.parse_time_ns(raw)
+    nanoseconds = views.parse_time_ns(raw)
     if nanoseconds is None:
         raise ApiError(400, "parameter_invalid", f"{name} must be unix seconds or an RFC 3339 time", name)
     return nanoseconds
