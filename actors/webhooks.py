@@ -111,14 +111,14 @@ class WebhookSender:
                 await _drain(response)
                 status = response.status
         except asyncio.TimeoutError:
-            return failed("timeout", _ms_since(started))
+            return failed("timeout", ms_since(started))
         except aiohttp.ClientConnectorError as error:
             # Several addresses refused at once come as one OSError that only names them.
             refused = isinstance(error.os_error, RefusedAddress) or NOT_PUBLIC in str(error)
-            return failed("address_not_public" if refused else "connection_failed", _ms_since(started))
+            return failed("address_not_public" if refused else "connection_failed", ms_since(started))
         except (aiohttp.ClientError, ValueError) as error:  # ValueError: a URL aiohttp cannot use
-            return failed(type(error).__name__, _ms_since(started))
-        return AttemptResult(200 <= status < 300, status, "", _ms_since(started))
+            return failed(type(error).__name__, ms_since(started))
+        return AttemptResult(200 <= status < 300, status, "", ms_since(started))
 
 
 async def _drain(response: aiohttp.ClientResponse) -> None:
@@ -134,5 +134,5 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
             return
 
 
-def _ms_since(started: float) -> int:
+def ms_since(started: float) -> int:
     return int((time.monotonic() - started) * 1000)
