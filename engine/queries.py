@@ -6,7 +6,7 @@ from engine.check import check
 from engine.commerce import Commerce
 from engine.idempotency import IdempotencyRecord
 from engine.ledger import Ledger
-from engine.records import Merchant, Record, VaultedCard
+from engine.records import Delivery, EventRecord, Invoice, Merchant, Order, Payment, Record, Refund, VaultedCard
 from engine.types import TIMESTAMP_MAX, Account, Balance, Transfer
 
 MAX_PAGE = 8190
@@ -140,10 +140,78 @@ class ListBlocklist(msgspec.Struct, tag="list_blocklist", array_like=True, kw_on
     starting_after: str = ""
 
 
+class ListEvents(msgspec.Struct, tag="list_events", array_like=True, kw_only=True):
+    """A merchant's events, newest first, of one type and one object if given."""
+
+    merchant_id: str
+    kind: str = ""
+    object_id: str = ""
+    limit: int = 20
+    starting_after: str = ""
+
+
+class GetEvent(msgspec.Struct, tag="get_event", array_like=True):
+    merchant_id: str
+    event_id: str
+
+
+class ListDeliveries(msgspec.Struct, tag="list_deliveries", array_like=True, kw_only=True):
+    """Deliveries newest first, in one status and of one event if given; merchant_id "": every merchant's (an
+    operator)."""
+
+    merchant_id: str
+    status: str = ""
+    event_id: str = ""
+    limit: int = 20
+    starting_after: str = ""
+
+
+class GetDeliveryJobs(msgspec.Struct, tag="get_delivery_jobs", array_like=True):
+    """What the notifier needs to send each delivery (at most MAX_JOBS): one job per id still known, in order."""
+
+    delivery_ids: list[str]
+
+
+class PendingDeliveries(msgspec.Struct, tag="pending_deliveries", array_like=True, kw_only=True):
+    """Pending deliveries in the order they were queued, after `starting_after` (a delivery id; "": from the
+    first), at most `limit` (MAX_JOBS): for a notifier starting again."""
+
+    starting_after: str = ""
+    limit: int = 1000
+
+
+class GetInvoice(msgspec.Struct, tag="get_invoice", array_like=True):
+    merchant_id: str
+    invoice_id: str
+
+
+class ListInvoices(msgspec.Struct, tag="list_invoices", array_like=True, kw_only=True):
+    """A merchant's invoices, newest first; only the order's if `order_id` is given."""
+
+    merchant_id: str
+    order_id: str = ""
+    limit: int = 20
+    starting_after: str = ""
+
+
+class DeliveryJob(msgspec.Struct, array_like=True, kw_only=True):
+    """A delivery with what sending it takes: its event, its merchant (whose credential sets hold the sealed
+    webhook secrets) and, for a receipt, the order, its invoice and payment, and the refund."""
+
+    delivery: Delivery
+    event: EventRecord
+    merchant: Merchant
+    order: Order | None = None
+    invoice: Invoice | None = None
+    payment: Payment | None = None
+    refund: Refund | None = None
+
+
 Query = (
     LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
     | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard | FindOrder | FindPayment
     | ListBlocklist | GetWalletRecord | FindDeposit | FindCustomer | GetIdempotencyRecord | ListCards
+    | ListEvents | GetEvent | ListDeliveries | GetDeliveryJobs | PendingDeliveries | GetInvoice | ListInvoices
 )
 
 
@@ -157,6 +225,7 @@ class Answer(msgspec.Struct, omit_defaults=True):
     has_more: bool = False
     idempotency: IdempotencyRecord | None = None
     cards: list[tuple[str, VaultedCard]] | None = None
+    jobs: list[DeliveryJob] | None = None
 
 
 def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:

@@ -5,14 +5,39 @@ edge answering a GET and the notifier sending an event render one object byte fo
 import datetime
 import functools
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 from msgspec import Meta, Struct
 
-from engine.records import Adjustment, BlocklistEntry, Customer, Deposit, Merchant, Order, Payment, Payout, Refund, \
-    SubAccount, Withdrawal
-from engine.states import DepositStatus, OrderStatus, PaymentStatus, PayoutStatus, RefundStatus, WithdrawalStatus
+from engine.records import (
+    Adjustment,
+    BlocklistEntry,
+    Customer,
+    Delivery,
+    DeliveryChannel,
+    DeliveryKind,
+    Deposit,
+    EventRecord,
+    Invoice,
+    Merchant,
+    Order,
+    Payment,
+    Payout,
+    Record,
+    Refund,
+    SubAccount,
+    Withdrawal,
+)
+from engine.states import (
+    DeliveryStatus,
+    DepositStatus,
+    OrderStatus,
+    PaymentStatus,
+    PayoutStatus,
+    RefundStatus,
+    WithdrawalStatus,
+)
 from engine.types import Account, AccountFlag, Balance, Transfer, TransferFlag
 
 _FLAG_NAMES = tuple(TransferFlag.NAMES.items())
@@ -144,6 +169,7 @@ class OrderOut(Struct):
     expires_at: str
     error_code: str | None
     error_message: str | None
+    invoice_id: Annotated[str | None, Meta(description="the invoice made when the order was paid")]
 
 
 class AccountOut(Struct):
@@ -388,6 +414,90 @@ class TokenOut(Struct):
     expires_in: int
 
 
+class EventData(Struct):
+    object: Annotated[Any, Meta(description="the event's object (an order, payment, refund, payout, deposit or "
+                                            "withdrawal) as its GET rendered it when the event happened")]
+
+
+class EventOut(Struct):
+    id: str
+    object: str
+    type: str
+    created: str
+    data: EventData
+
+
+class EventList(Struct):
+    object: str
+    data: list[EventOut]
+    has_more: bool
+
+
+class DeliveryAttemptOut(Struct):
+    attempted_at: str
+    status_code: Annotated[int | None, Meta(description="the HTTP (or SMTP) reply code; null when none came")]
+    error: str | None
+    duration_ms: int
+
+
+class DeliveryOut(Struct):
+    id: str
+    object: str
+    event_id: str
+    channel: DeliveryChannel
+    kind: DeliveryKind
+    target: Annotated[str, Meta(description="the URL posted to, or the e-mail address")]
+    status: DeliveryStatus
+    attempts: Annotated[list[DeliveryAttemptOut], Meta(description="the latest attempts, oldest first")]
+    attempt_count: int
+    next_attempt_at: str | None
+    dead_reason: Annotated[str | None, Meta(description="backlog_full: made dead untried, the queue being full")]
+    created_at: str
+    updated_at: str
+
+
+class DeliveryList(Struct):
+    object: str
+    data: list[DeliveryOut]
+    has_more: bool
+
+
+class QueuedOut(Struct):
+    """What a redelivery or a replay queued."""
+
+    object: str
+    queued: int
+    has_more: Annotated[bool, Meta(description="more dead deliveries matched than one call replays")]
+
+
+class InvoicePaymentMethodOut(Struct):
+    type: str
+    brand: str | None
+    last4: str | None
+
+
+class InvoiceOut(Struct):
+    id: str
+    object: str
+    number: Annotated[int, Meta(description="per merchant, from 1, without gaps")]
+    merchant_id: str
+    merchant_name: str
+    order_id: str
+    order_name: str
+    amount: int
+    currency: str
+    payment_id: str
+    payment_method: InvoicePaymentMethodOut
+    pdf_url: str
+    created_at: str
+
+
+class InvoiceList(Struct):
+    object: str
+    data: list[InvoiceOut]
+    has_more: bool
+
+
 # Records as shown
 
 
@@ -417,6 +527,7 @@ def order(record: Order, public_url: str, qr: str | None) -> OrderOut:
         payment_url=f"{public_url}/pay/{record.id}", qr=qr, created_at=time_of(record.created_at),
         updated_at=time_of(record.updated_at), expires_at=time_of(record.expires_at),
         error_code=record.error_code or None, error_message=record.error_message or None,
+        invoice_id=record.invoice_id or None,
     )
 
 
@@ -523,3 +634,49 @@ def withdrawal(record: Withdrawal) -> WithdrawalOut:
 def adjustment(record: Adjustment) -> AdjustmentOut:
     return AdjustmentOut(record.id, "adjustment", record.merchant_id, record.customer_id, record.amount,
                                  record.currency, record.reason, time_of(record.created_at))
+
+
+_record_decoder = msgspec.msgpack.Decoder(Record)
+_json_encoder = msgspec.json.Encoder()
+
+
+def event(record: EventRecord, public_url: str) -> EventOut:
+    """The event with its object as the object's GET rendered it then (an order shown by an event is never pending,
+    so it has no QR payload)."""
+    stored = _record_decoder.decode(record.data)
+    kind = type(stored)
+    if kind is Order:
+        shown = order(stored, public_url, None)
+    elif kind is Payment:
+        shown = payment(stored)
+    else:
+        shown = _EVENT_OBJECT_VIEWS[kind](stored)
+    return EventOut(record.id, "event", record.kind, time_of(record.created_at), EventData(shown))
+
+
+_EVENT_OBJECT_VIEWS = {Refund: refund, Payout: payout, Deposit: deposit, Withdrawal: withdrawal}
+
+
+def event_body(record: EventRecord, public_url: str) -> bytes:
+    """The event's JSON, byte for byte what GET /v1/events/{id} answers and what its deliveries post."""
+    return _json_encoder.encode(event(record, public_url))
+
+
+def delivery(record: Delivery) -> DeliveryOut:
+    attempts = [DeliveryAttemptOut(time_of(attempt.attempted_at), attempt.status_code or None, attempt.error or None,
+                                   attempt.duration_ms) for attempt in record.attempts]
+    return DeliveryOut(
+        id=record.id, object="webhook_delivery", event_id=record.event_id, channel=record.channel, kind=record.kind,
+        target=record.target, status=record.status, attempts=attempts, attempt_count=record.attempt_count,
+        next_attempt_at=time_of(record.next_attempt_at) if record.next_attempt_at else None,
+        dead_reason=record.dead_reason or None, created_at=time_of(record.created_at),
+        updated_at=time_of(record.updated_at))
+
+
+def invoice(record: Invoice, public_url: str) -> InvoiceOut:
+    method = InvoicePaymentMethodOut(record.payment_method, record.card_brand or None, record.card_last4 or None)
+    return InvoiceOut(
+        id=record.id, object="invoice", number=record.number, merchant_id=record.merchant_id,
+        merchant_name=record.merchant_name, order_id=record.order_id, order_name=record.order_name,
+        amount=record.amount, currency=record.currency, payment_id=record.payment_id, payment_method=method,
+        pdf_url=f"{public_url}/v1/invoices/{record.id}.pdf", created_at=time_of(record.created_at))

@@ -54,8 +54,8 @@ from engine.machine import Snapshot
 from engine.types import NANOSECONDS_PER_SECOND as S
 
 T0 = 1_700_000_000 * S
-STATE_HASH = "af792c9846ccfc1d76f896ea5a214ef58fe2d3b279f82ad7fd24410cc0ebd05e"
-SNAPSHOT_DIGEST = "c212ff372a60175fb8bc35cae5e5af6c1b2096016acfc1d1a482c620f490e2ee"
+STATE_HASH = "d82d33d0d11c93343803f45a19e79071ac83a5acce9464e71159035074a7a874"
+SNAPSHOT_DIGEST = "321cff002a213475794d53ebc58a50c51a410248e3cf01c35817508a3eb5d226"
 
 
 def order(oid: str, mid: str = "m1", amount: int = 1000, methods: tuple[str, ...] = ("card",),
