@@ -33,7 +33,8 @@ class Job(msgspec.Struct, kw_only=True):
     channel: str  # "webhook" | "ipn" | "email"
     target: str  # a URL, or an e-mail address
     ordering_key: str  # the object the event is about
-    attempts: int  # made so far
+    attempts: int  # made so far, ever
+    queued_after_attempts: int  # attempts made before it was last queued: its retry schedule starts after them
     next_attempt_at: int  # engine nanoseconds
     created_at: int  # when its event was committed (engine nanoseconds)
     payload: bytes  # the event's body, or the whole e-mail message
@@ -171,6 +172,9 @@ class Schedule:
             del self.blocked[endpoint]
 
     def _push(self, job: Job) -> None:
+        if len(self.due_order) >= 4 * self.max_jobs:  # mostly stale entries (settled, dropped): keep the current
+            self.due_order = [entry for entry in self.due_order if self._current(entry)]
+            heapq.heapify(self.due_order)
         heapq.heappush(self.due_order, (job.next_attempt_at, next(self._tie), job.lane))
 
     def _current(self, entry: tuple[int, int, tuple[str, str]]) -> bool:

@@ -60,14 +60,14 @@ def _message(delivery_id: str, merchant_name: str, merchant_email: str, recipien
 
 
 def receipt(delivery_id: str, merchant_name: str, merchant_email: str, recipient: str, order_name: str, amount: int,
-            currency: str, invoice_number: str, paid_by: str, paid_at_ns: int, invoice_pdf: bytes) -> bytes:
+            currency: str, invoice_number: int, paid_by: str, paid_at_ns: int, invoice_pdf: bytes) -> bytes:
     """The receipt of a paid order, its invoice attached."""
     total = major_units(amount, currency)
     text = (f"Thank you for your payment to {merchant_name}.\n\n{order_name}: {total}\nPaid by {paid_by}\n"
-            f"Invoice {invoice_number} is attached.\n")
+            f"Invoice no. {invoice_number} is attached.\n")
     message = _message(delivery_id, merchant_name, merchant_email, recipient,
                        f"Receipt from {merchant_name}: {total}", text, paid_at_ns)
-    message.add_attachment(invoice_pdf, maintype="application", subtype="pdf", filename=f"{invoice_number}.pdf")
+    message.add_attachment(invoice_pdf, maintype="application", subtype="pdf", filename=f"invoice-{invoice_number}.pdf")
     return message.as_bytes()
 
 

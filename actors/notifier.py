@@ -28,19 +28,22 @@ import msgspec
 import ray
 from ray.util.metrics import Counter, Gauge
 
-from actors import mail
+from actors import invoice_pdf, mail
 from actors.connectors import NAMESPACE, configure_logging
 from actors.delivery_schedule import Job, Schedule
 from actors.followers import Cursor
 from actors.merchant_secrets import MerchantSecrets
+from actors.notifier_stats import NotifierStats, stats_path
 from actors.runtime import die_with_parent
 from actors.webhooks import AttemptResult, RetrySchedule, WebhookSender
+from engine.queries import DeliveryJob, GetDeliveryJobs, PendingDeliveries
+from engine.records import DeliveryResult, RecordDeliveryAttempts
+from engine.views import event_body
 from journal.auth import load_key
 from journal.client import EntriesPruned, ShardClient
 from journal.store import write_atomically
 
 ACTOR_NAME = "notifier"
-STATS_FILE = "stats.json"
 QUEUED = "delivery.queued"
 ENTRIES_PER_READ = 64
 IDS_PER_QUERY = 256
@@ -58,22 +61,6 @@ WHERE = f"the {ACTOR_NAME} actor in the Ray dashboard, metrics ray_paygate_notif
 log = logging.getLogger("paygate.actors.notifier")
 
 
-class NotifierStats(msgspec.Struct):
-    """What the notifier has done since it started, and what it holds; written to stats.json."""
-
-    pid: int = 0
-    # "<channel>.<outcome>" -> attempts recorded with that outcome (delivered | retry | dead)
-    outcomes: dict[str, int] = {}
-    backlog: int = 0  # pending deliveries held in the schedule
-    unloaded_shards: int = 0  # shards with pending deliveries the schedule had no room for yet
-    unrecorded: int = 0  # outcomes waiting to be recorded
-    latency_p50_ms: int = 0  # commit of the event to its delivery, over the last LATENCIES_KEPT deliveries
-    latency_p99_ms: int = 0
-    delivered_total: int = 0
-    cursors: list[int] = []
-    written_at_ms: int = 0
-
-
 class NotifierActor:
     """Used as the Ray actor `Notifier`; it starts its loops itself, so a restarted one goes on by itself."""
 
@@ -88,7 +75,7 @@ class NotifierActor:
         (folder / "cursors").mkdir(parents=True, exist_ok=True)
         self.cursors = [Cursor(folder / "cursors" / f"notifier-shard-{index}.cursor")
                         for index in range(len(self.shards))]
-        self.stats_path = folder / "notifier" / STATS_FILE
+        self.stats_path = stats_path(folder)
         self.stats_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.public_url = public_url
         self.secrets = MerchantSecrets.of_data_folder(folder)
@@ -154,14 +141,14 @@ class NotifierActor:
     async def _load_pages(self, shard: int) -> None:
         client, after = self.shards[shard], ""
         while True:
-            page = (await client.read(PendingDeliveries(starting_after=after, limit=PAGE))).deliveries
-            unknown = [delivery.id for delivery in page if delivery.id not in self.schedule]
+            answer = await client.read(PendingDeliveries(starting_after=after, limit=PAGE))
+            unknown = [delivery.id for delivery in answer.records if delivery.id not in self.schedule]
             if unknown and not await self._add(shard, unknown):
                 return  # no room: loaded again once there is
-            if len(page) < PAGE:
+            if not answer.has_more or not answer.records:
                 self.unloaded[shard] = False
                 return
-            after = page[-1].id
+            after = answer.records[-1].id
 
     async def _follow(self, shard: int) -> None:
         backoff = Backoff()
@@ -201,7 +188,7 @@ class NotifierActor:
         """Schedule the deliveries (one request for all their jobs) that are still pending; False when the schedule
         ran out of room."""
         chunks = [delivery_ids[start:start + IDS_PER_QUERY] for start in range(0, len(delivery_ids), IDS_PER_QUERY)]
-        answers = await self.shards[shard].read_many([GetDeliveryJobs(ids=chunk) for chunk in chunks])
+        answers = await self.shards[shard].read_many([GetDeliveryJobs(delivery_ids=chunk) for chunk in chunks])
         for answer in answers:
             for found in answer.jobs:
                 job = self._job_of(shard, found)
@@ -212,31 +199,16 @@ class NotifierActor:
         self.wake.set()
         return True
 
-    def _job_of(self, shard: int, found) -> Job | None:
+    def _job_of(self, shard: int, found: DeliveryJob) -> Job | None:
         """What the notifier needs to attempt a delivery the engine described, if it is still pending."""
         delivery = found.delivery
         if delivery.status != "pending":
             return None
-        if delivery.channel == "email":
-            payload = self._email(found)
-        else:
-            payload = event_body(found.event, self.public_url)
+        payload = _email(found) if delivery.kind != "event" else event_body(found.event, self.public_url)
         return Job(delivery_id=delivery.id, shard=shard, channel=delivery.channel, target=delivery.target,
-                   ordering_key=delivery.ordering_key, attempts=delivery.attempts,
-                   next_attempt_at=delivery.next_attempt_at, created_at=found.event.created_at, payload=payload,
-                   merchant=found.merchant)
-
-    def _email(self, found) -> bytes:
-        delivery, merchant, order = found.delivery, found.merchant, found.order
-        if found.event.type == "refund.succeeded":
-            refund = found.event.data
-            return mail.refund_receipt(delivery.id, merchant.name, merchant.email, delivery.target, order.name,
-                                       refund.amount, refund.currency, found.event.created_at)
-        payment = found.payment
-        paid_by = f"{payment.card.brand} ending {payment.card.last4}" if payment.card else payment.method
-        return mail.receipt(delivery.id, merchant.name, merchant.email, delivery.target, order.name, order.amount,
-                            order.currency, found.invoice.number, paid_by, found.event.created_at,
-                            invoice_pdf.render(found.invoice, merchant, order, payment))
+                   ordering_key=delivery.ordering_key, attempts=delivery.attempt_count,
+                   queued_after_attempts=delivery.queued_after_attempts, next_attempt_at=delivery.next_attempt_at,
+                   created_at=found.event.created_at, payload=payload, merchant=found.merchant)
 
     # Attempts
 
@@ -274,23 +246,24 @@ class NotifierActor:
         self.recordable[job.shard].set()
         self.wake.set()
 
-    def _result(self, job: Job, attempted_at: int, result: AttemptResult):
-        attempt = job.attempts + 1
+    def _result(self, job: Job, attempted_at: int, result: AttemptResult) -> DeliveryResult:
+        """The attempt's outcome; a failure's next time from the schedule, counted from when it was last queued."""
         next_attempt_at = 0
         if result.delivered:
             outcome = "delivered"
-        elif (delay_s := self.retries.next_delay_s(attempt, self.rng)) is None:
+        elif (delay_s := self.retries.next_delay_s(job.attempts + 1 - job.queued_after_attempts, self.rng)) is None:
             outcome = "dead"
         else:
             outcome = "retry"
             next_attempt_at = time.time_ns() + int(delay_s * 1e9)
-        return DeliveryResult(delivery_id=job.delivery_id, attempt=attempt, attempted_at=attempted_at,
+        return DeliveryResult(delivery_id=job.delivery_id, attempt=job.attempts + 1, attempted_at=attempted_at,
                               status_code=result.status_code, error=result.error, duration_ms=result.duration_ms,
                               outcome=outcome, next_attempt_at=next_attempt_at)
 
     # Recording outcomes: one command per shard per round; what a round did not record goes in the next
 
     async def _record(self, shard: int) -> None:
+        """A result the shard has already (a submit whose answer was lost, sent again) changes nothing there."""
         backoff = Backoff()
         while True:
             await self.recordable[shard].wait()
@@ -355,6 +328,20 @@ class NotifierActor:
             await asyncio.sleep(STATS_EVERY_S)
 
 
+def _email(found: DeliveryJob) -> bytes:
+    """A receipt (an order paid, its invoice attached) or a refund receipt, composed once."""
+    delivery, merchant, order = found.delivery, found.merchant, found.order
+    if delivery.kind == "refund_receipt":
+        refund = found.refund
+        return mail.refund_receipt(delivery.id, merchant.name, merchant.email, delivery.target, order.name,
+                                   refund.amount, refund.currency, found.event.created_at)
+    invoice = found.invoice
+    paid_by = f"{invoice.card_brand} ending {invoice.card_last4}" if invoice.card_last4 else invoice.payment_method
+    return mail.receipt(delivery.id, merchant.name, merchant.email, delivery.target, invoice.order_name,
+                        invoice.amount, invoice.currency, invoice.number, paid_by, invoice.created_at,
+                        invoice_pdf.render(invoice))
+
+
 class Backoff:
     """Doubling pauses between tries of something failing, from RETRY_BACKOFF_S up to MAX_RETRY_BACKOFF_S."""
 
@@ -373,14 +360,6 @@ def _metrics() -> dict:
     return {"outcomes": Counter("paygate_notifier_outcomes", "delivery attempts recorded, by channel and outcome",
                                 ("channel", "outcome")),
             "backlog": Gauge("paygate_notifier_backlog", "pending deliveries the notifier holds")}
-
-
-def read_stats(data: pathlib.Path) -> NotifierStats | None:
-    """The notifier's last written stats in a data folder, if any (the edge's /metrics reads them)."""
-    try:
-        return msgspec.json.decode((pathlib.Path(data) / "notifier" / STATS_FILE).read_bytes(), type=NotifierStats)
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError):
-        return None
 
 
 # An async actor restarted by Ray after a crash (its __init__ starts it again); calls (start, stats) are few.

@@ -97,7 +97,7 @@ def create_app(settings: Settings) -> web.Application:
                                                              app["secrets"].card_fingerprint)
     app["merchant_secrets"] = MerchantSecrets(app["secrets"], SecretSealer.of_data_folder(data))
     app["credential_uses"] = CredentialUses()
-    app["metrics"] = Metrics()
+    app["metrics"] = Metrics(data)
     app["risk"] = risk.LocalTable(settings.risk_table_path, frozenset(settings.risk_test_cards))
     app.on_startup.append(_open_gateway)
     app.on_cleanup.append(_close_gateway)
