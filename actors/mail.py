@@ -44,15 +44,19 @@ def major_units(amount: int, currency: str) -> str:
     return (f"{whole}.{fraction:0{exponent}d}" if exponent else str(whole)) + f" {currency.upper()}"
 
 
+def one_line(text: str) -> str:
+    """Whitespace runs (line breaks among them) as one space: no value can start a header of its own."""
+    return " ".join(text.split())[:MAX_NAME_CHARS]
+
+
 def _message(delivery_id: str, merchant_name: str, merchant_email: str, recipient: str, subject: str, text: str,
              sent_at_ns: int) -> EmailMessage:
     message = EmailMessage(policy=email.policy.SMTP)
-    name = " ".join(merchant_name.split())[:MAX_NAME_CHARS]  # one line: no header of ours can be injected
-    message["From"] = email.utils.formataddr((name, SENDER))
+    message["From"] = email.utils.formataddr((one_line(merchant_name), SENDER))
     if merchant_email:
-        message["Reply-To"] = merchant_email
-    message["To"] = recipient
-    message["Subject"] = subject
+        message["Reply-To"] = one_line(merchant_email)
+    message["To"] = one_line(recipient)
+    message["Subject"] = one_line(subject)
     message["Date"] = email.utils.formatdate(sent_at_ns / 1e9, usegmt=True)
     message["Message-ID"] = f"<{delivery_id}@paygate>"
     message.set_content(text)
@@ -88,6 +92,8 @@ class MailSender:
         self.timeout_s = timeout_s
 
     async def send(self, message: bytes, recipient: str) -> AttemptResult:
+        if not message:
+            return failed("unsendable_message")
         started = time.monotonic()
         try:
             await aiosmtplib.send(message, sender=SENDER, recipients=[recipient], hostname=self.host,

@@ -329,7 +329,16 @@ class NotifierActor:
 
 
 def _email(found: DeliveryJob) -> bytes:
-    """A receipt (an order paid, its invoice attached) or a refund receipt, composed once."""
+    """A receipt (an order paid, its invoice attached) or a refund receipt, composed once; b"" (never sent, so dead
+    in the end) when the records do not make one."""
+    try:
+        return _compose(found)
+    except (AttributeError, TypeError, ValueError) as error:  # a record missing, an address no header takes
+        log.error("delivery %s: no message can be made (%s: %s)", found.delivery.id, type(error).__name__, error)
+        return b""
+
+
+def _compose(found: DeliveryJob) -> bytes:
     delivery, merchant, order = found.delivery, found.merchant, found.order
     if delivery.kind == "refund_receipt":
         refund = found.refund
