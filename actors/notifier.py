@@ -216,10 +216,7 @@ class NotifierActor:
         """Starts the attempts that are due, then sleeps until the next is (or something changed)."""
         while True:
             try:
-                for job in self.schedule.take_due(time.time_ns()):
-                    task = asyncio.create_task(self._attempt(job))
-                    self.attempts.add(task)
-                    task.add_done_callback(self.attempts.discard)
+                self._start(self.schedule.take_due(time.time_ns()))
             except Exception:  # a bug in one round must not end the deliveries
                 log.exception("starting deliveries failed")
             due = self.schedule.next_due()
@@ -229,6 +226,43 @@ class NotifierActor:
                 await asyncio.wait_for(self.wake.wait(), sleep_s)
             except asyncio.TimeoutError:
                 pass
+
+    def _start(self, jobs: list[Job]) -> None:
+        """First attempts go at once; retries first read their delivery again (one request per shard), since its
+        merchant's webhook secrets may have been rotated while it waited."""
+        retries: dict[int, list[Job]] = {}
+        for job in jobs:
+            if job.attempts > job.queued_after_attempts:
+                retries.setdefault(job.shard, []).append(job)
+            else:
+                self._spawn(self._attempt(job))
+        for shard, waited in retries.items():
+            self._spawn(self._refresh_then_attempt(shard, waited))
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self.attempts.add(task)
+        task.add_done_callback(self.attempts.discard)
+
+    async def _refresh_then_attempt(self, shard: int, jobs: list[Job]) -> None:
+        try:
+            found = {item.delivery.id: item for item in
+                     (await self.shards[shard].read(GetDeliveryJobs(delivery_ids=[job.delivery_id for job in jobs]))).jobs}
+        except Exception as error:  # the shard is away: sent as known (its outcome is recorded once it is back)
+            log.info("refreshing %d deliveries on shard %d failed: %s", len(jobs), shard, type(error).__name__)
+            found = None
+        going = []
+        for job in jobs:
+            current = found.get(job.delivery_id) if found is not None else None
+            if found is not None and (current is None or current.delivery.status != "pending"):
+                self.schedule.drop(job.delivery_id)  # settled meanwhile (a replay, an operator): nothing to send
+                self.wake.set()
+                continue
+            if current is not None:
+                job.merchant = current.merchant
+                job.attempts = current.delivery.attempt_count
+            going.append(self._attempt(job))
+        await asyncio.gather(*going)
 
     async def _attempt(self, job: Job) -> None:
         attempted_at = time.time_ns()
@@ -279,17 +313,36 @@ class NotifierActor:
                     continue
                 backoff.reset()
                 del self.unrecorded[shard][:len(results)]
-                self._recorded(results, reply)
+                outcome = reply.results[0] if reply.status == 0 and reply.results else None
+                if outcome is not None and outcome.code == "ok":
+                    self._recorded(results)
+                else:  # refused whole: each delivery as the engine has it now decides what is left to do
+                    log.error("%d delivery outcomes not recorded on shard %d: %s", len(results), shard,
+                              getattr(outcome, "code", reply.status))
+                    await self._resync(shard, [result.delivery_id for result in results])
 
-    def _recorded(self, results: list, reply) -> None:
-        outcome = reply.results[0] if reply.status == 0 and reply.results else None
-        if outcome is None or outcome.code != "ok":
-            # Nothing recorded (the shard refused the batch): attempted again, at least once.
-            log.error("delivery outcomes not recorded: %s", getattr(outcome, "code", reply.status))
-            for result in results:
-                self.schedule.retry_unrecorded(result.delivery_id)
-            self.wake.set()
-            return
+    async def _resync(self, shard: int, delivery_ids: list[str]) -> None:
+        """Deliveries whose outcome the engine did not take: dropped if no longer pending, else attempted again."""
+        backoff = Backoff()
+        while True:
+            try:
+                answer = await self.shards[shard].read(GetDeliveryJobs(delivery_ids=delivery_ids))
+                break
+            except Exception as error:
+                log.warning("reading %d deliveries on shard %d failed: %s", len(delivery_ids), shard,
+                            type(error).__name__)
+                await backoff.wait()
+        pending = {found.delivery.id: found.delivery for found in answer.jobs if found.delivery.status == "pending"}
+        for delivery_id in delivery_ids:
+            job = self.schedule.jobs.get(delivery_id)
+            if delivery_id not in pending:
+                self.schedule.drop(delivery_id)
+            elif job is not None:
+                job.attempts = pending[delivery_id].attempt_count
+                self.schedule.retry_unrecorded(delivery_id)
+        self.wake.set()
+
+    def _recorded(self, results: list[DeliveryResult]) -> None:
         now_ms = time.time_ns() // 1_000_000
         for result in results:
             job = self.schedule.jobs.get(result.delivery_id)
