@@ -10,6 +10,7 @@ from engine.records import Delivery, EventRecord, Invoice, Merchant, Order, Paym
 from engine.types import TIMESTAMP_MAX, Account, Balance, Transfer
 
 MAX_PAGE = 8190
+MAX_JOBS = 1000  # deliveries per GetDeliveryJobs or PendingDeliveries
 
 
 class LookupAccounts(msgspec.Struct, tag="lookup_accounts", array_like=True):
@@ -271,6 +272,8 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
         return Answer(idempotency=commerce.idempotency.records.get((query.merchant_id, query.key)))
     if kind is ListCards:
         return Answer(cards=commerce.payments.vaulted_cards(max(0, query.start), max(1, min(query.limit, MAX_PAGE))))
+    if kind in _NOTIFICATION_READS:
+        return _NOTIFICATION_READS[kind](query, commerce)
     if kind is ListBlocklist:
         entries, has_more = commerce.blocklist.list_entries(max(1, min(query.limit, MAX_PAGE)), query.starting_after)
         return Answer(records=entries, has_more=has_more)
@@ -278,6 +281,72 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
     payments, has_more = commerce.payments.list_payments(query.merchant_id, max(1, min(query.limit, MAX_PAGE)),
                                                          query.starting_after, query.status)
     return Answer(records=payments, has_more=has_more)
+
+
+def _list_events(query: ListEvents, commerce: Commerce) -> Answer:
+    events, has_more = commerce.notifications.list_events(query.merchant_id, query.kind, query.object_id,
+                                                          max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+    return Answer(records=events, has_more=has_more)
+
+
+def _list_deliveries(query: ListDeliveries, commerce: Commerce) -> Answer:
+    deliveries, has_more = commerce.notifications.list_deliveries(
+        query.merchant_id, query.status, query.event_id, max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+    return Answer(records=deliveries, has_more=has_more)
+
+
+def _pending_deliveries(query: PendingDeliveries, commerce: Commerce) -> Answer:
+    deliveries, has_more = commerce.notifications.pending_deliveries(query.starting_after,
+                                                                     max(1, min(query.limit, MAX_JOBS)))
+    return Answer(records=deliveries, has_more=has_more)
+
+
+def _list_invoices(query: ListInvoices, commerce: Commerce) -> Answer:
+    invoices, has_more = commerce.invoices.list_invoices(query.merchant_id, query.order_id,
+                                                         max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+    return Answer(records=invoices, has_more=has_more)
+
+
+def _delivery_jobs(query: GetDeliveryJobs, commerce: Commerce) -> Answer:
+    """A job for each delivery (and its event) still kept, in the order asked."""
+    notifications = commerce.notifications
+    jobs = []
+    for delivery_id in query.delivery_ids[:MAX_JOBS]:
+        delivery = notifications.deliveries.get(delivery_id)
+        event = notifications.records.get(delivery.event_id) if delivery is not None else None
+        if event is not None:
+            jobs.append(_job(delivery, event, commerce))
+    return Answer(jobs=jobs)
+
+
+def _job(delivery: Delivery, event: EventRecord, commerce: Commerce) -> DeliveryJob:
+    job = DeliveryJob(delivery=delivery, event=event, merchant=commerce.merchants.by_id[delivery.merchant_id])
+    if delivery.kind == "event":
+        return job
+    payments = commerce.payments
+    if delivery.kind == "refund_receipt":
+        job.refund = payments.refunds.get(event.object_id)
+        paid_by = payments.payments.get(job.refund.payment_id) if job.refund is not None else None
+        job.order = commerce.orders.by_id.get(paid_by.order_id) if paid_by is not None else None
+    else:
+        job.order = commerce.orders.by_id.get(event.object_id)
+    if job.order is not None:
+        job.invoice = commerce.invoices.by_id.get(job.order.invoice_id)
+        job.payment = payments.payments.get(job.order.payment_id)
+    return job
+
+
+_NOTIFICATION_READS = {
+    ListEvents: _list_events,
+    GetEvent: lambda query, commerce: Answer(record=commerce.notifications.event_of(query.merchant_id,
+                                                                                   query.event_id)),
+    ListDeliveries: _list_deliveries,
+    GetDeliveryJobs: _delivery_jobs,
+    PendingDeliveries: _pending_deliveries,
+    GetInvoice: lambda query, commerce: Answer(record=commerce.invoices.invoice_of(query.merchant_id,
+                                                                                  query.invoice_id)),
+    ListInvoices: _list_invoices,
+}
 
 
 def _merchant(query: GetMerchant, commerce: Commerce) -> Merchant | None:
