@@ -36,7 +36,8 @@ from actors.merchant_secrets import MerchantSecrets
 from actors.notifier_stats import NotifierStats, stats_path
 from actors.runtime import die_with_parent
 from actors.webhooks import AttemptResult, RetrySchedule, WebhookSender
-from engine.queries import DeliveryJob, GetDeliveryJobs, PendingDeliveries
+from engine.notifications import MAX_DELIVERY_RESULTS
+from engine.queries import MAX_JOBS, DeliveryJob, GetDeliveryJobs, PendingDeliveries
 from engine.records import DeliveryResult, RecordDeliveryAttempts
 from engine.views import event_body
 from journal.auth import load_key
@@ -46,9 +47,9 @@ from journal.store import write_atomically
 ACTOR_NAME = "notifier"
 QUEUED = "delivery.queued"
 ENTRIES_PER_READ = 64
-IDS_PER_QUERY = 256
+IDS_PER_QUERY = MAX_JOBS
 PAGE = 256  # pending deliveries loaded per request
-MAX_RESULTS_PER_SUBMIT = 1024
+MAX_RESULTS_PER_SUBMIT = MAX_DELIVERY_RESULTS
 POLL_S = 0.1
 MAX_SLEEP_S = 1.0
 RETRY_BACKOFF_S = 0.2

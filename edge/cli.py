@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--webhook-retry-schedule", type=_retry_schedule, default=DEFAULT_RETRY_SCHEDULE,
                        metavar="SECONDS,...", help="the delays before each retry of a webhook, IPN or e-mail "
                                                    "(±20%% jitter); after the last retry fails the delivery is dead")
-    serve.add_argument("--smtp-url", type=_smtp_url, default="", metavar="smtp://HOST:PORT",
+    serve.add_argument("--smtp-url", type=_smtp_url, default=None, metavar="smtp://HOST:PORT",
                        help="send e-mail through this SMTP server (default: a local sink that keeps each message as "
                             "an .eml file under <data>/mail)")
     serve.add_argument("--snapshot-every-batches", type=int, default=20_000)
