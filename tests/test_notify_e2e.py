@@ -18,8 +18,6 @@ One serve for the module (Ray takes seconds to start). Each test has its own mer
 import asyncio
 import collections
 import datetime
-import email
-import email.policy
 import hashlib
 import hmac
 import io
@@ -27,18 +25,17 @@ import json
 import os
 import random
 import signal
-import socket
 import threading
 import time
 
 import orjson
 import pytest
 from aiohttp import web
-from aiosmtpd.controller import Controller
 from pypdf import PdfReader
 
 from actors.notifier_stats import read_stats
 from edge_harness import Server
+from notify_harness import free_port, smtp_server
 
 # Attempts 0.1 s, 0.2 s... apart: a failing delivery is dead within about 2 s, and one failing a quarter of its
 # attempts at random is dead once in about 250,000.
@@ -46,12 +43,6 @@ SCHEDULE = "0.1,0.1,0.2,0.2,0.3,0.3,0.4,0.4"
 ATTEMPTS = 9
 WAIT_S = 30
 ADJUSTMENT = 10**9
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def wait_for(condition, what: str, timeout_s: float = WAIT_S):
@@ -107,15 +98,6 @@ class Hooks:
         return [hit for hit in list(self.hits) if hit.path == name and (not ok_only or hit.status < 300)]
 
 
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[email.message.EmailMessage] = []
-
-    async def handle_DATA(self, server, session, envelope) -> str:
-        self.messages.append(email.message_from_bytes(envelope.original_content, policy=email.policy.default))
-        return "250 OK"
-
-
 @pytest.fixture(scope="module")
 def hooks():
     hooks = Hooks()
@@ -126,12 +108,8 @@ def hooks():
 
 @pytest.fixture(scope="module")
 def inbox():
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    inbox.url = f"smtp://127.0.0.1:{controller.port}"
-    yield inbox
-    controller.stop()
+    with smtp_server() as inbox:
+        yield inbox
 
 
 @pytest.fixture(scope="module")

@@ -6,47 +6,22 @@ import asyncio
 import email
 import email.policy
 import io
-import socket
 
 import pytest
-from aiosmtpd.controller import Controller
 from fpdf import FPDF
 from pypdf import PdfReader
 
 from actors.mail import MailSender, major_units, parse_smtp_url, receipt, refund_receipt
 from actors.services import MailSink
+from notify_harness import free_port, smtp_server
 
 SENT_AT = 1_700_000_000 * 10**9
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-class Inbox:
-    """aiosmtpd's handler: keeps what it got, or refuses with `refusal`."""
-
-    def __init__(self) -> None:
-        self.messages: list[tuple[str, list[str], bytes]] = []
-        self.refusal = ""
-
-    async def handle_DATA(self, server, session, envelope) -> str:
-        if self.refusal:
-            return self.refusal
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
-        return "250 OK"
-
-
 @pytest.fixture
 def inbox():
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    inbox.url = f"smtp://127.0.0.1:{controller.port}"
-    yield inbox
-    controller.stop()
+    with smtp_server() as inbox:
+        yield inbox
 
 
 def a_pdf(text: str) -> bytes:
@@ -72,7 +47,7 @@ def test_a_receipt_reaches_the_server_with_its_invoice_attached(inbox):
                       "Latte", 1999, "usd", 7, "visa ending 4242", SENT_AT, a_pdf("Invoice 7: 19.99 USD"))
     result = asyncio.run(MailSender(inbox.url).send(message, "payer@example.com"))
     assert (result.delivered, result.status_code) == (True, 250)
-    sender, recipients, content = inbox.messages[0]
+    sender, recipients, content = inbox.received[0]
     assert recipients == ["payer@example.com"] and sender == "receipts@paygate.localhost"
     parsed = email.message_from_bytes(content, policy=email.policy.default)
     assert parsed["Bcc"] is None and parsed["Message-ID"] == "<whd_1@paygate>"
@@ -87,7 +62,7 @@ def test_a_receipt_reaches_the_server_with_its_invoice_attached(inbox):
 def test_a_refund_receipt_says_how_much(inbox):
     message = refund_receipt("whd_2", "Coffee", "", "payer@example.com", "Latte", 500, "usd", SENT_AT)
     assert asyncio.run(MailSender(inbox.url).send(message, "payer@example.com")).delivered
-    parsed = email.message_from_bytes(inbox.messages[0][2], policy=email.policy.default)
+    parsed = inbox.messages[0]
     assert parsed["Reply-To"] is None and "5.00 USD" in parsed.get_body(("plain",)).get_content()
 
 

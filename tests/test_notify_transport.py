@@ -17,6 +17,7 @@ from actors.merchant_secrets import MerchantSecrets, SecretSealer, Secrets, seal
 from actors.webhooks import DEFAULT_RETRY_SCHEDULE, RetrySchedule, WebhookSender
 from engine.credentials import INITIAL_CREDENTIAL_ID
 from engine.records import Credential, Merchant
+from notify_harness import free_port
 
 NOW_S = 1_700_000_000
 DERIVED = Secrets(b"k" * 32)
@@ -51,9 +52,7 @@ class Receiver:
         app.router.add_post("/{tail:.*}", self.handle)
         self.runner = web.AppRunner(app)
         await self.runner.setup()
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
         self.url = f"http://127.0.0.1:{self.port}"
         return self
@@ -130,10 +129,7 @@ async def test_a_long_answer_is_not_read_whole(receiver):
 
 
 def test_no_listener_is_a_failed_attempt():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    result = asyncio.run(send(f"http://127.0.0.1:{port}/hooks"))
+    result = asyncio.run(send(f"http://127.0.0.1:{free_port()}/hooks"))
     assert (result.delivered, result.status_code, result.error) == (False, 0, "connection_failed")
 
 
