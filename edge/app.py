@@ -11,7 +11,19 @@ import orjson
 from aiohttp import web
 
 from actors.merchant_secrets import MerchantSecrets, SecretSealer, Secrets
-from edge import cards, credentials_api, login, payments_api, qr_api, risk, schemas, wallets_api
+from edge import (
+    cards,
+    credentials_api,
+    deliveries_api,
+    events_api,
+    invoices_api,
+    login,
+    payments_api,
+    qr_api,
+    risk,
+    schemas,
+    wallets_api,
+)
 from edge.auth import AdminToken, TokenIssuer, hash_secret
 from edge.credentials import CredentialUses, client_secret_set, report_uses
 from edge.errors import ApiError, not_found
@@ -98,6 +110,7 @@ def create_app(settings: Settings) -> web.Application:
     app["merchant_secrets"] = MerchantSecrets(app["secrets"], SecretSealer.of_data_folder(data))
     app["credential_uses"] = CredentialUses()
     app["metrics"] = Metrics(data)
+    invoices_api.install(app)
     app["risk"] = risk.LocalTable(settings.risk_table_path, frozenset(settings.risk_test_cards))
     app.on_startup.append(_open_gateway)
     app.on_cleanup.append(_close_gateway)
@@ -159,6 +172,14 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/v1/risk/blocklist", risk.create_blocklist_entry),
         web.get("/v1/risk/blocklist", risk.list_blocklist),
         web.delete("/v1/risk/blocklist/{id}", risk.delete_blocklist_entry),
+        web.get("/v1/events", events_api.list_events),
+        web.get("/v1/events/{id}", events_api.get_event),
+        web.post("/v1/events/{id}/redeliver", events_api.redeliver_event),
+        web.get("/v1/webhook_deliveries", deliveries_api.list_deliveries),
+        web.post("/v1/webhook_deliveries/replay", deliveries_api.replay_deliveries),
+        web.get("/v1/invoices", invoices_api.list_invoices),
+        web.get("/v1/invoices/{id}.pdf", invoices_api.get_invoice_pdf),  # before {id}, which would take "x.pdf"
+        web.get("/v1/invoices/{id}", invoices_api.get_invoice),
     ]
     app.add_routes(routes)
     app["routes"] = routes

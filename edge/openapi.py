@@ -9,7 +9,8 @@ from msgspec import Meta
 
 from edge import schemas
 from engine import views
-from engine.states import ORDER_STATUSES, PAYMENT_STATUSES
+from engine.notifications import EVENT_TYPES
+from engine.states import DELIVERY_STATUSES, ORDER_STATUSES, PAYMENT_STATUSES
 
 # Documented only: the handler counts the items itself, to answer too many with 413 rather than a decoding 400.
 TRANSFER_ARRAY = Annotated[list[schemas.TransferCreate], Meta(min_length=1, max_length=schemas.MAX_TRANSFERS_PER_REQUEST)]
@@ -86,6 +87,17 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
                                "with risk_rejected", schemas.BlocklistEntryCreate, views.BlocklistEntryOut, "admin"),
     "list_blocklist": ("the risk block list, newest first", None, views.BlocklistEntryList, "admin"),
     "delete_blocklist_entry": ("take an entry off the risk block list", None, views.BlocklistEntryOut, "admin"),
+    "list_events": ("events about the merchant's objects, newest first", None, views.EventList, "merchant"),
+    "get_event": ("an event, byte for byte as its webhooks receive it", None, views.EventOut, "merchant"),
+    "redeliver_event": ("send an event again to the webhook (and the order's IPN URL)", None, views.QueuedOut,
+                        "merchant"),
+    "list_deliveries": ("webhook, IPN and receipt deliveries, newest first, each with its attempts", None,
+                        views.DeliveryList, "merchant"),
+    "replay_deliveries": ("queue dead deliveries again (the admin token: every merchant's)", schemas.DeliveriesReplay,
+                          views.QueuedOut, "merchant or admin"),
+    "list_invoices": ("invoices, newest first", None, views.InvoiceList, "merchant"),
+    "get_invoice": ("an invoice", None, views.InvoiceOut, "merchant"),
+    "get_invoice_pdf": ("an invoice as PDF", None, str, "merchant"),
 }
 ERROR_STATUSES = ("400", "401", "402", "403", "404", "409", "413", "429", "503")
 # Bodies that are not JSON: handler name -> (media type, the type that describes the fields).
@@ -99,6 +111,7 @@ TEXT_RESPONSES = {
     "payment_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
     "merchant_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
     "deposit_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
+    "get_invoice_pdf": ("application/pdf", {"type": "string", "contentMediaType": "application/pdf"}),
 }
 # Actions on an existing object whose every field is optional: no body at all means all defaults.
 OPTIONAL_BODIES = frozenset({"capture_payment"})
@@ -110,12 +123,17 @@ QUERY_PARAMETERS = {
     "list_payments": ("status", "limit", "starting_after"),
     "list_blocklist": ("limit", "starting_after"),
     "account_balances": ("at",),
+    "list_events": ("type", "object_id", "limit", "starting_after"),
+    "list_deliveries": ("status", "event_id", "limit", "starting_after"),
+    "list_invoices": ("order_id", "limit", "starting_after"),
 }
 # What parse_time (edge/app.py) accepts: unix seconds below 2**33, or an RFC 3339 time from 1970 to 2262.
 TIME_SCHEMA = {"anyOf": [{"type": "string", "pattern": "^[0-9]{1,10}$"}, {"type": "string", "format": "date-time"}],
                "description": "unix seconds (below 2**33) or an RFC 3339 time (1970 to 2262)"}
-# The statuses each list's `status` filter takes (parse_status refuses any other).
-STATUS_FILTERS = {"list_orders": ORDER_STATUSES, "list_payments": PAYMENT_STATUSES}
+# The values each list's `status` (or `type`) filter takes (parse_status refuses any other).
+STATUS_FILTERS = {"list_orders": ORDER_STATUSES, "list_payments": PAYMENT_STATUSES,
+                  "list_deliveries": DELIVERY_STATUSES}
+TYPE_FILTERS = {"list_events": EVENT_TYPES}
 QUERY_SCHEMAS = {
     "limit": {"type": "integer", "minimum": 1, "maximum": 100},
     "created_gte": TIME_SCHEMA,
@@ -177,8 +195,8 @@ def _parameters(path: str, handler: str, method: str) -> list[dict]:
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
                   for name in PATH_PARAMETER.findall(path)]
     for name in QUERY_PARAMETERS.get(handler, ()):
-        schema = ({"type": "string", "enum": list(STATUS_FILTERS[handler])} if name == "status"
-                  else QUERY_SCHEMAS.get(name, {"type": "string"}))
+        choices = {"status": STATUS_FILTERS, "type": TYPE_FILTERS}.get(name, {}).get(handler)
+        schema = {"type": "string", "enum": list(choices)} if choices else QUERY_SCHEMAS.get(name, {"type": "string"})
         parameters.append({"name": name, "in": "query", "required": False, "schema": schema})
     if method == "POST":
         parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,

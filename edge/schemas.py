@@ -6,6 +6,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from engine.currencies import CURRENCY_EXPONENTS, CURRENCY_NUMBERS  # noqa: F401 (the edge's names for them)
+from engine.notifications import MAX_REPLAY_LIMIT
 from engine.orders import MAX_SPLITS
 from engine.types import AMOUNT_MAX
 
@@ -272,6 +273,19 @@ class BlockCustomerIn(BlockIn, tag="customer", tag_field="kind"):
 
 
 BlocklistEntryCreate = BlockCardIn | BlockIpIn | BlockEmailIn | BlockCustomerIn
+
+
+# A time in a body: unix seconds (below 2**33), or an RFC 3339 time from 1970 to 2262 (parse_time_ns reads both).
+BodyTime = Annotated[int, Meta(ge=0, lt=2**33)] | Annotated[str, Meta(max_length=64)]
+
+
+class DeliveriesReplay(Request):
+    """Queue dead deliveries again, the oldest first: those made in [created_gte, created_lt), at most `limit`."""
+
+    status: Literal["dead"]
+    created_gte: BodyTime | None = None
+    created_lt: BodyTime | None = None
+    limit: Annotated[int, Meta(ge=1, le=MAX_REPLAY_LIMIT)] = MAX_REPLAY_LIMIT
 
 
 class ProviderCallback(Struct):

@@ -1,9 +1,9 @@
 """Invoices: one per paid order, made in the command that pays it, numbered per merchant from 1 without gaps (the
 number and the invoice are written in one command, so an undone command takes both back)."""
 
-from engine.changes import Changes
-from engine.records import Invoice, Merchant, Order, Payment
+from engine.changes import Changes, append_to
 from engine.paging import page
+from engine.records import Invoice, Merchant, Order, Payment
 
 
 class Invoices:
@@ -36,11 +36,7 @@ class Invoices:
 
     def _add(self, invoice: Invoice) -> None:
         self.by_id[invoice.id] = invoice
-        ids = self.by_merchant.get(invoice.merchant_id)
-        if ids is None:
-            self.by_merchant[invoice.merchant_id] = [invoice.id]
-        else:
-            ids.append(invoice.id)
+        append_to(self.by_merchant, invoice.merchant_id, invoice.id)
         self.by_order[invoice.order_id] = invoice.id
 
     # Reads

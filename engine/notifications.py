@@ -19,7 +19,7 @@ dropped.
 
 import msgspec
 
-from engine.changes import Changes
+from engine.changes import Changes, append_to
 from engine.check import check
 from engine.invoices import Invoices
 from engine.paging import page
@@ -63,6 +63,7 @@ MERCHANT_EVENTS: dict[str, EventObjectType] = {kind: kind.partition(".")[0] for 
     "payment.cancelled", "order.paid", "order.expired", "order.exception", "order.cancelled",
     "order.partially_refunded", "order.refunded", "refund.succeeded", "payout.paid", "payout.failed",
     "deposit.succeeded", "deposit.failed", "withdrawal.paid", "withdrawal.failed")}
+EVENT_TYPES: tuple[str, ...] = tuple(sorted(MERCHANT_EVENTS))
 # The receipt e-mailed to the order's customer for an event, by event kind.
 RECEIPTS = {"order.paid": "receipt", "refund.succeeded": "refund_receipt"}
 _encoder = msgspec.msgpack.Encoder()
@@ -159,11 +160,7 @@ class Notifications:
     def _add_record(self, record: EventRecord) -> None:
         self.records[record.id] = record
         _add_to_index(self.changes, self.records_by_merchant, record.merchant_id, record.id)
-        ids = self.records_by_object.get(record.object_id)
-        if ids is None:
-            self.records_by_object[record.object_id] = [record.id]
-        else:
-            ids.append(record.id)
+        append_to(self.records_by_object, record.object_id, record.id)
 
     def _prune(self) -> None:
         """Drop the oldest events past MAX_EVENTS, with their deliveries; one still being delivered moves to the end."""
@@ -197,11 +194,7 @@ class Notifications:
                             ordering_key=record.object_id, created_at=timestamp, updated_at=timestamp)
         self.deliveries[delivery.id] = delivery
         _add_to_index(self.changes, self.deliveries_by_merchant, delivery.merchant_id, delivery.id)
-        ids = self.deliveries_by_event.get(record.id)
-        if ids is None:
-            self.deliveries_by_event[record.id] = [delivery.id]
-        else:
-            ids.append(delivery.id)
+        append_to(self.deliveries_by_event, record.id, delivery.id)
         if len(self.pending) < MAX_PENDING_DELIVERIES:
             self._enqueue(delivery, timestamp)
         else:
@@ -364,11 +357,11 @@ class Notifications:
         self.records.load((record.id, record) for record in snapshot.events)
         for record in sorted(snapshot.events, key=lambda record: record.id):
             _add_to_index(self.changes, self.records_by_merchant, record.merchant_id, record.id)
-            self.records_by_object.setdefault(record.object_id, []).append(record.id)
+            append_to(self.records_by_object, record.object_id, record.id)
         for delivery in snapshot.deliveries:
             self.deliveries[delivery.id] = delivery
             _add_to_index(self.changes, self.deliveries_by_merchant, delivery.merchant_id, delivery.id)
-            self.deliveries_by_event.setdefault(delivery.event_id, []).append(delivery.id)
+            append_to(self.deliveries_by_event, delivery.event_id, delivery.id)
             if delivery.status == "dead":
                 self.dead[delivery.id] = None
         for delivery in sorted((d for d in snapshot.deliveries if d.status == "pending"),

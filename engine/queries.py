@@ -167,6 +167,11 @@ class ListDeliveries(msgspec.Struct, tag="list_deliveries", array_like=True, kw_
     starting_after: str = ""
 
 
+class GetDelivery(msgspec.Struct, tag="get_delivery", array_like=True):
+    merchant_id: str
+    delivery_id: str
+
+
 class GetDeliveryJobs(msgspec.Struct, tag="get_delivery_jobs", array_like=True):
     """What the notifier needs to send each delivery (at most MAX_JOBS): one job per id still known, in order."""
 
@@ -212,7 +217,7 @@ Query = (
     LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
     | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard | FindOrder | FindPayment
     | ListBlocklist | GetWalletRecord | FindDeposit | FindCustomer | GetIdempotencyRecord | ListCards
-    | ListEvents | GetEvent | ListDeliveries | GetDeliveryJobs | PendingDeliveries | GetInvoice | ListInvoices
+    | ListEvents | GetEvent | ListDeliveries | GetDelivery | GetDeliveryJobs | PendingDeliveries | GetInvoice | ListInvoices
 )
 
 
@@ -341,6 +346,8 @@ _NOTIFICATION_READS = {
     GetEvent: lambda query, commerce: Answer(record=commerce.notifications.event_of(query.merchant_id,
                                                                                    query.event_id)),
     ListDeliveries: _list_deliveries,
+    GetDelivery: lambda query, commerce: Answer(record=commerce.notifications.delivery_of(query.merchant_id,
+                                                                                         query.delivery_id)),
     GetDeliveryJobs: _delivery_jobs,
     PendingDeliveries: _pending_deliveries,
     GetInvoice: lambda query, commerce: Answer(record=commerce.invoices.invoice_of(query.merchant_id,
