@@ -16,8 +16,8 @@ from email.message import EmailMessage
 
 import aiosmtplib
 
+from actors.invoice_pdf import major_units
 from actors.webhooks import AttemptResult, failed, ms_since
-from engine.currencies import CURRENCY_EXPONENTS
 
 SENDER = "receipts@paygate.localhost"
 REQUEST_TIMEOUT_S = 10.0
@@ -35,13 +35,6 @@ def parse_smtp_url(url: str) -> tuple[str, int]:
     except ValueError:
         raise ValueError(f"not a port: {url!r}") from None
     return parts.hostname, port
-
-
-def major_units(amount: int, currency: str) -> str:
-    """1999 usd -> "19.99 USD"; 50000 vnd -> "50000 VND"."""
-    exponent = CURRENCY_EXPONENTS.get(currency, 2)
-    whole, fraction = divmod(amount, 10**exponent)
-    return (f"{whole}.{fraction:0{exponent}d}" if exponent else str(whole)) + f" {currency.upper()}"
 
 
 def one_line(text: str) -> str:

@@ -28,7 +28,8 @@ import msgspec
 import ray
 from ray.util.metrics import Counter, Gauge
 
-from actors import invoice_pdf, mail
+from actors import mail
+from actors.invoice_pdf import invoice_pdf, payment_method
 from actors.connectors import NAMESPACE, configure_logging
 from actors.delivery_schedule import Job, Schedule
 from actors.followers import Cursor
@@ -399,10 +400,9 @@ def _compose(found: DeliveryJob) -> bytes:
         return mail.refund_receipt(delivery.id, merchant.name, merchant.email, delivery.target, order.name,
                                    refund.amount, refund.currency, found.event.created_at)
     invoice = found.invoice
-    paid_by = f"{invoice.card_brand} ending {invoice.card_last4}" if invoice.card_last4 else invoice.payment_method
     return mail.receipt(delivery.id, merchant.name, merchant.email, delivery.target, invoice.order_name,
-                        invoice.amount, invoice.currency, invoice.number, paid_by, invoice.created_at,
-                        invoice_pdf.render(invoice))
+                        invoice.amount, invoice.currency, invoice.number, payment_method(invoice),
+                        invoice.created_at, invoice_pdf(invoice))
 
 
 class Backoff:
