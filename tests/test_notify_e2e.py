@@ -25,6 +25,7 @@ import json
 import os
 import random
 import signal
+import socket
 import threading
 import time
 
@@ -317,3 +318,21 @@ def test_killed_again_and_again(server, hooks):
 
 def _unix(rfc3339: str) -> float:
     return datetime.datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.mark.slow
+def test_production_refuses_a_name_that_resolves_to_loopback(tmp_path, hooks):
+    """Under --production the edge takes a webhook URL naming this machine (a name, not an address), and the
+    notifier refuses the loopback address it resolves to: nothing reaches the receiver, the deliveries die."""
+    name = socket.gethostname()
+    if socket.gethostbyname(name) != "127.0.0.1":
+        pytest.skip(f"{name} does not resolve to 127.0.0.1 here")
+    server = Server(tmp_path / "data", actors=True, extra=("--production", "--webhook-retry-schedule", "0.1,0.1")).start()
+    try:
+        shop = Shop(server, hooks.url("production").replace("127.0.0.1", name))
+        shop.paid_order()
+        dead = wait_for(lambda: not shop.deliveries("&status=pending") and shop.deliveries("&status=dead"), "dead")
+        assert {attempt["error"] for item in dead for attempt in item["attempts"]} == {"address_not_public"}
+        assert hooks.of("production") == []
+    finally:
+        server.stop()
