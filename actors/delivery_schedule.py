@@ -36,7 +36,7 @@ class Job(msgspec.Struct, kw_only=True):
     attempts: int  # made so far, ever
     queued_after_attempts: int  # attempts made before it was last queued: its retry schedule starts after them
     next_attempt_at: int  # engine nanoseconds
-    created_at: int  # when its event was committed (engine nanoseconds)
+    created_at: int  # when the command that made it was committed (engine nanoseconds)
     payload: bytes  # the event's body, or the whole e-mail message
     merchant: Merchant
     state: str = WAITING

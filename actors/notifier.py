@@ -51,7 +51,7 @@ ENTRIES_PER_READ = 64
 IDS_PER_QUERY = MAX_JOBS
 PAGE = 256  # pending deliveries loaded per request
 MAX_RESULTS_PER_SUBMIT = MAX_DELIVERY_RESULTS
-POLL_S = 0.1
+POLL_S = 0.05  # between reads of a shard's journal with nothing new
 MAX_SLEEP_S = 1.0
 RETRY_BACKOFF_S = 0.2
 MAX_RETRY_BACKOFF_S = 5.0
@@ -94,6 +94,7 @@ class NotifierActor:
         self.stats_ = NotifierStats(pid=os.getpid())
         self.latencies_ms: collections.deque[int] = collections.deque(maxlen=LATENCIES_KEPT)
         self.loaded = asyncio.Event()  # every shard's pending deliveries loaded once (or no room for more)
+        self.loaded_shards = 0
         self.metrics = _metrics()
         # Held: the event loop keeps only a weak reference to a task.
         self.tasks = [asyncio.get_running_loop().create_task(self._run())]
@@ -118,27 +119,33 @@ class NotifierActor:
 
     async def _run(self) -> None:
         await self.webhooks.start()
-        loads = [asyncio.create_task(self._load(shard)) for shard in range(len(self.shards))]
         self.tasks += [asyncio.create_task(self._dispatch()), asyncio.create_task(self._write_stats()),
-                       *(asyncio.create_task(self._record(shard)) for shard in range(len(self.shards)))]
-        await asyncio.gather(*loads)
-        self.loaded.set()
-        # Only now: a lane's older deliveries are all in before the journal adds newer ones behind them.
-        self.tasks += [asyncio.create_task(self._follow(shard)) for shard in range(len(self.shards))]
+                       *(asyncio.create_task(self._record(shard)) for shard in range(len(self.shards))),
+                       *(asyncio.create_task(self._follow(shard)) for shard in range(len(self.shards)))]
 
     # Learning of deliveries: the engine's pending list, then the journal
 
     async def _load(self, shard: int) -> None:
         """Every pending delivery of the shard the schedule has room for, oldest first; tried until the shard
-        answers."""
+        answers. A cursor not yet written starts where the shard was before the load: nothing older is pending
+        without being loaded, so the journal before it need not be read."""
         backoff = Backoff()
+        cursor = self.cursors[shard]
         while True:
             try:
-                return await self._load_pages(shard)
+                first_start = not cursor.path.exists()
+                head = (await self.shards[shard].status()).durable_sequence if first_start else 0
+                await self._load_pages(shard)
+                if first_start:
+                    cursor.advance(head)
+                break
             except Exception as error:  # the shard is away or failing over: again, later
                 log.warning("loading pending deliveries of shard %d failed: %s: %s", shard, type(error).__name__,
                             error)
                 await backoff.wait()
+        self.loaded_shards += 1
+        if self.loaded_shards == len(self.shards):
+            self.loaded.set()
 
     async def _load_pages(self, shard: int) -> None:
         client, after = self.shards[shard], ""
@@ -153,6 +160,8 @@ class NotifierActor:
             after = answer.records[-1].id
 
     async def _follow(self, shard: int) -> None:
+        # Loaded first: a lane's older deliveries are all in before the journal adds newer ones behind them.
+        await self._load(shard)
         backoff = Backoff()
         while True:
             try:
@@ -210,7 +219,7 @@ class NotifierActor:
         return Job(delivery_id=delivery.id, shard=shard, channel=delivery.channel, target=delivery.target,
                    ordering_key=delivery.ordering_key, attempts=delivery.attempt_count,
                    queued_after_attempts=delivery.queued_after_attempts, next_attempt_at=delivery.next_attempt_at,
-                   created_at=found.event.created_at, payload=payload, merchant=found.merchant)
+                   created_at=delivery.created_at, payload=payload, merchant=found.merchant)
 
     # Attempts
 
@@ -348,9 +357,9 @@ class NotifierActor:
         now_ms = time.time_ns() // 1_000_000
         for result in results:
             job = self.schedule.jobs.get(result.delivery_id)
-            if job is not None and result.outcome == "delivered":
-                self.latencies_ms.append(max(0, now_ms - job.created_at // 1_000_000))
-            channel = job.channel if job is not None else "webhook"
+            channel = job.channel if job is not None else "unknown"  # dropped meanwhile: read again, not pending
+            if job is not None and result.outcome == "delivered" and not job.queued_after_attempts:
+                self.latencies_ms.append(max(0, now_ms - job.created_at // 1_000_000))  # not a replay's
             key = f"{channel}.{result.outcome}"
             self.stats_.outcomes[key] = self.stats_.outcomes.get(key, 0) + 1
             self.metrics["outcomes"].inc(tags={"channel": channel, "outcome": result.outcome})

@@ -185,6 +185,31 @@ def test_a_paid_order_reaches_the_webhook_signed_over_the_exact_bytes(server, ho
     assert [attempt["status_code"] for attempt in delivery["attempts"]] == [200]
 
 
+def test_signatures_follow_a_rotation_of_the_webhook_secret(server, hooks):
+    """While the old secret's grace lasts a delivery carries both signatures, the new one's first; a retry after the
+    old secret is revoked carries the new one's alone."""
+    shop = Shop(server, hooks.url("rotated"))
+    merchant_id = shop.call("GET", "/v1/merchants/me")["id"]
+    rotated = shop.call("POST", f"/v1/merchants/{merchant_id}/api_keys", {"expires_in": 3600})
+    shop.key, old_secret, new_secret = rotated["api_key"], shop.webhook_secret, rotated["webhook_secret"]
+    shop.paid_order()
+    hit = wait_for(lambda: next(iter(hooks.of("rotated")), None), "a delivery in the grace")
+    first, second = hit.signature.split(",")[1:]
+    assert signed(new_secret, f"{hit.signature.split(',')[0]},{first}", hit.body)
+    assert signed(old_secret, f"{hit.signature.split(',')[0]},{second}", hit.body)
+    hooks.answers["rotated"] = 500
+    shop.paid_order()
+    wait_for(lambda: any(hit.status == 500 for hit in hooks.of("rotated")), "a failed attempt")
+    newest = shop.call("POST", f"/v1/merchants/{merchant_id}/api_keys", {"expires_in": 0}, key=server.admin_token)
+    shop.key = newest["api_key"]
+    hooks.answers["rotated"] = 200
+    wait_for(lambda: not shop.deliveries("&status=pending"), "delivered")
+    retried = [hit for hit in hooks.of("rotated") if hit.status == 200][-1]
+    assert retried.event_id != hit.event_id and any(other.status == 500 and other.event_id == retried.event_id
+                                                    for other in hooks.of("rotated"))
+    assert retried.signature.count("v1=") == 1 and signed(newest["webhook_secret"], retried.signature, retried.body)
+
+
 def test_a_receipt_with_its_invoice_reaches_the_mail_server(server, hooks, inbox):
     shop = Shop(server, hooks.url("receipt"))
     order = shop.paid_order(amount=4250, customer_email="reader@example.com")
