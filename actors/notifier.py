@@ -100,7 +100,8 @@ class NotifierActor:
         self.tasks = [asyncio.get_running_loop().create_task(self._run())]
 
     def __repr__(self) -> str:
-        return f"Notifier({len(self.shards)} shard(s), retries after {','.join(map(str, self.retries.delays_s))} s)"
+        delays = ",".join(f"{delay:g}" for delay in self.retries.delays_s)
+        return f"Notifier({len(self.shards)} shard(s), retries after {delays} s)"
 
     async def start(self, timeout_s: float = 30) -> str:
         """Once the pending deliveries are loaded (or `timeout_s` passed): where it stands."""
