@@ -10,11 +10,11 @@ back (RecordDeliveryAttempts), and a merchant may redeliver an event or replay d
 
 Bounds, per shard: at most MAX_EVENTS events are kept, the oldest dropped first with their deliveries — but an event
 with a delivery still pending stays (moved behind the others, a newer one going in its place) until that delivery
-ends, so that they may exceed MAX_EVENTS only by events all of whose neighbours are pending too; at most
-MAX_PENDING_DELIVERIES are pending, beyond which a new delivery is made dead untried (dead_reason backlog_full) and
-redelivery and replay are refused; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is replayed at most
-MAX_REPLAYS times; an event is redelivered at most MAX_REDELIVERIES times. Issue 18's archival will keep what is
-dropped.
+ends, so that more are kept only while the oldest are all being delivered (no more of them than deliveries pending);
+at most MAX_PENDING_DELIVERIES are pending, beyond which a new delivery is made dead untried (dead_reason
+backlog_full) and redelivery and replay are refused; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is
+replayed at most MAX_REPLAYS times; an event is redelivered at most MAX_REDELIVERIES times. End-of-day archival
+(issue 18) is to keep what is dropped.
 """
 
 import msgspec
@@ -272,15 +272,17 @@ class Notifications:
             return Outcome("status_invalid")
         if not 1 <= command.limit <= MAX_REPLAY_LIMIT:
             return Outcome("limit_invalid")
-        matching = sorted((delivery.queue_position, delivery.id) for delivery in (peek(self.deliveries, delivery_id) for delivery_id in self.dead)
-                          if (not command.merchant_id or delivery.merchant_id == command.merchant_id)
+        dead = (peek(self.deliveries, delivery_id) for delivery_id in self.dead)
+        # Ids follow the order deliveries were made in (sequence, then position): sorted, the oldest come first.
+        matching = sorted(delivery.id for delivery in dead
+                          if command.merchant_id in ("", delivery.merchant_id)
                           and command.created_gte <= delivery.created_at < command.created_lt
                           and delivery.replays < MAX_REPLAYS)
         room = min(command.limit, MAX_PENDING_DELIVERIES - len(self.pending))
         if matching and room <= 0:
             return Outcome(BACKLOG_FULL)
         chosen = matching[:room]
-        for _, delivery_id in chosen:
+        for delivery_id in chosen:
             delivery = self.deliveries[delivery_id]
             transition(delivery, "pending")
             del self.dead[delivery_id]
