@@ -1,7 +1,7 @@
 """Invoices: one per paid order, made in the command that pays it, numbered per merchant from 1 without gaps (the
 number and the invoice are written in one command, so an undone command takes both back)."""
 
-from engine.changes import Changes, append_to
+from engine.changes import Changes, append_to, peek
 from engine.paging import page
 from engine.records import Invoice, Merchant, Order, Payment
 
@@ -19,8 +19,8 @@ class Invoices:
 
     def create(self, invoice_id: str, order: Order, timestamp: int) -> Invoice:
         """The invoice of `order`, just paid; the order names it."""
-        merchant = self.merchants[order.merchant_id]
-        payment = self.payments.get(order.payment_id)
+        merchant = peek(self.merchants, order.merchant_id)
+        payment = peek(self.payments, order.payment_id)
         card = payment.card if payment is not None else None
         number = self.last_numbers.get(order.merchant_id, 0) + 1
         invoice = Invoice(

@@ -10,16 +10,16 @@ back (RecordDeliveryAttempts), and a merchant may redeliver an event or replay d
 
 Bounds, per shard: at most MAX_EVENTS events are kept, the oldest dropped first with their deliveries — but an event
 with a delivery still pending stays (moved behind the others, a newer one going in its place) until that delivery
-ends, so that they may exceed MAX_EVENTS only by events all of whose neighbours are pending too; at most
-MAX_PENDING_DELIVERIES are pending, beyond which a new delivery is made dead untried (dead_reason backlog_full) and
-redelivery and replay are refused; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is replayed at most
-MAX_REPLAYS times; an event is redelivered at most MAX_REDELIVERIES times. Issue 18's archival will keep what is
-dropped.
+ends, so that more are kept only while the oldest are all being delivered (no more of them than deliveries pending);
+at most MAX_PENDING_DELIVERIES are pending, beyond which a new delivery is made dead untried (dead_reason
+backlog_full) and redelivery and replay are refused; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is
+replayed at most MAX_REPLAYS times; an event is redelivered at most MAX_REDELIVERIES times. End-of-day archival
+(issue 18) is to keep what is dropped.
 """
 
 import msgspec
 
-from engine.changes import Changes, append_to
+from engine.changes import Changes, append_to, peek
 from engine.check import check
 from engine.invoices import Invoices
 from engine.paging import page
@@ -72,7 +72,8 @@ _order_decoder = msgspec.msgpack.Decoder(Order)
 
 def make_id(prefix: str, sequence: int, position: int) -> str:
     """An id from the batch's sequence and a position among its events: the same on replay and on the replica."""
-    check(position < 1 << POSITION_BITS, f"position {position} in batch {sequence}")
+    if position >> POSITION_BITS:
+        check(False, f"position {position} in batch {sequence}")
     return f"{prefix}{sequence:012x}{position:06x}"
 
 
@@ -91,20 +92,19 @@ class Notifications:
         self.invoices = invoices
         self.log = events
         self.sequence = 0  # of the batch being applied (the engine sets it): ids are made from it
-        # event id -> EventRecord, oldest first but for events kept past the cap (moved to the end)
-        self.records: dict[str, EventRecord] = changes.dict(ranked=True)
+        # event id -> EventRecord, oldest first but for events kept past the cap (moved to the end); removed only
+        # from the front
+        self.records: dict[str, EventRecord] = changes.dict()
         # delivery id -> Delivery, oldest first
         self.deliveries: dict[str, Delivery] = changes.dict(ranked=True)
         # Derived (restore rebuilds them): merchant id -> {event or delivery id: None}, oldest first; object id ->
-        # its event ids; event id -> its delivery ids; pending deliveries in the order queued; dead ones; event id ->
-        # how many of its deliveries are pending.
+        # its event ids; event id -> its delivery ids; pending deliveries in the order queued; dead ones.
         self.records_by_merchant: dict[str, dict[str, None]] = changes.dict(ordered=False)
         self.records_by_object: dict[str, list[str]] = changes.dict(ordered=False)
         self.deliveries_by_merchant: dict[str, dict[str, None]] = changes.dict(ordered=False)
         self.deliveries_by_event: dict[str, list[str]] = changes.dict(ordered=False)
         self.pending: dict[str, None] = changes.dict(ranked=True)
         self.dead: dict[str, None] = changes.dict(ordered=False)
-        self.pins: dict[str, int] = changes.dict(ordered=False)
 
     # Events, as commands log them
 
@@ -112,6 +112,8 @@ class Notifications:
         """Store the merchant's events among those logged from position `first` on (one command's), with their
         deliveries; an order paid gets its invoice first, so that every event shows it."""
         log = self.log
+        if len(log) == first:
+            return
         visible = [(position, log[position]) for position in range(first, len(log))
                    if log[position].kind in MERCHANT_EVENTS]
         for position, event in visible:
@@ -123,7 +125,7 @@ class Notifications:
 
     def _store(self, position: int, event: Event, timestamp: int) -> None:
         object_type = MERCHANT_EVENTS[event.kind]
-        shown = self._store_of(object_type).get(event.object_id)
+        shown = peek(self._store_of(object_type), event.object_id)
         check(shown is not None, f"{event.kind} of {event.object_id}, which is not there")
         record = EventRecord(id=make_id("evt_", self.sequence, position), kind=event.kind,
                              merchant_id=shown.merchant_id, object_id=event.object_id, object_type=object_type,
@@ -139,7 +141,7 @@ class Notifications:
 
     def _targets(self, record: EventRecord, ipn_url: str) -> list[tuple[str, str, str]]:
         """(channel, kind, target) of the event's posts: the merchant's webhook, and the order's IPN URL."""
-        merchant = self.merchants.get(record.merchant_id)
+        merchant = peek(self.merchants, record.merchant_id)
         targets = [("webhook", "event", merchant.webhook_url)] if merchant is not None and merchant.webhook_url else []
         if ipn_url:
             targets.append(("ipn", "event", ipn_url))
@@ -154,8 +156,8 @@ class Notifications:
         return [("email", kind, order.customer_email)] if order is not None and order.customer_email else []
 
     def _order_of_refund(self, refund: Refund) -> Order | None:
-        payment = self.payments.get(refund.payment_id)
-        return self.orders.get(payment.order_id) if payment is not None and payment.order_id else None
+        payment = peek(self.payments, refund.payment_id)
+        return peek(self.orders, payment.order_id) if payment is not None and payment.order_id else None
 
     def _add_record(self, record: EventRecord) -> None:
         self.records[record.id] = record
@@ -169,10 +171,13 @@ class Notifications:
             if len(records) <= MAX_EVENTS:
                 return
             oldest = records.pop(next(iter(records)))
-            if oldest.id in self.pins:
+            if self._being_delivered(oldest.id):
                 records[oldest.id] = oldest
             else:
                 self._forget(oldest)
+
+    def _being_delivered(self, event_id: str) -> bool:
+        return any(delivery_id in self.pending for delivery_id in peek(self.deliveries_by_event, event_id) or ())
 
     def _forget(self, record: EventRecord) -> None:
         _remove_from_index(self.records_by_merchant, record.merchant_id, record.id)
@@ -208,7 +213,6 @@ class Notifications:
         delivery.queued_after_attempts = delivery.attempt_count
         delivery.next_attempt_at = delivery.updated_at = timestamp
         self.pending[delivery.id] = None
-        self.pins[delivery.event_id] = self.pins.get(delivery.event_id, 0) + 1
         self.log.append(Event(QUEUED, delivery.id, timestamp))
 
     def _finish(self, delivery: Delivery, status: str) -> None:
@@ -217,11 +221,6 @@ class Notifications:
         del self.pending[delivery.id]
         if status == "dead":
             self.dead[delivery.id] = None
-        left = self.pins[delivery.event_id] - 1
-        if left:
-            self.pins[delivery.event_id] = left
-        else:
-            del self.pins[delivery.event_id]
 
     # Commands
 
@@ -273,15 +272,17 @@ class Notifications:
             return Outcome("status_invalid")
         if not 1 <= command.limit <= MAX_REPLAY_LIMIT:
             return Outcome("limit_invalid")
-        matching = sorted((delivery.queue_position, delivery.id) for delivery in map(self._peek, self.dead)
-                          if (not command.merchant_id or delivery.merchant_id == command.merchant_id)
+        dead = (peek(self.deliveries, delivery_id) for delivery_id in self.dead)
+        # Ids follow the order deliveries were made in (sequence, then position): sorted, the oldest come first.
+        matching = sorted(delivery.id for delivery in dead
+                          if command.merchant_id in ("", delivery.merchant_id)
                           and command.created_gte <= delivery.created_at < command.created_lt
                           and delivery.replays < MAX_REPLAYS)
         room = min(command.limit, MAX_PENDING_DELIVERIES - len(self.pending))
         if matching and room <= 0:
             return Outcome(BACKLOG_FULL)
         chosen = matching[:room]
-        for _, delivery_id in chosen:
+        for delivery_id in chosen:
             delivery = self.deliveries[delivery_id]
             transition(delivery, "pending")
             del self.dead[delivery_id]
@@ -289,10 +290,6 @@ class Notifications:
             delivery.dead_reason = ""
             self._enqueue(delivery, timestamp)
         return Outcome(count=len(chosen), has_more=len(matching) > len(chosen))
-
-    def _peek(self, delivery_id: str) -> Delivery:
-        """A delivery only read: not handed out as one the command may change (no undo state kept for it)."""
-        return dict.__getitem__(self.deliveries, delivery_id)
 
     # Reads
 
@@ -367,7 +364,6 @@ class Notifications:
         for delivery in sorted((d for d in snapshot.deliveries if d.status == "pending"),
                                key=lambda delivery: delivery.queue_position):
             self.pending[delivery.id] = None
-            self.pins[delivery.event_id] = self.pins.get(delivery.event_id, 0) + 1
 
 
 _STORES = {"order": "orders", "payment": "payments", "refund": "refunds", "payout": "payouts", "deposit": "deposits",

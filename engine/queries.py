@@ -217,7 +217,8 @@ Query = (
     LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
     | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard | FindOrder | FindPayment
     | ListBlocklist | GetWalletRecord | FindDeposit | FindCustomer | GetIdempotencyRecord | ListCards
-    | ListEvents | GetEvent | ListDeliveries | GetDelivery | GetDeliveryJobs | PendingDeliveries | GetInvoice | ListInvoices
+    | ListEvents | GetEvent | ListDeliveries | GetDelivery | GetDeliveryJobs | PendingDeliveries | GetInvoice
+    | ListInvoices
 )
 
 

@@ -120,7 +120,7 @@ def _indexes(engine: Engine) -> dict:
         "notifications": {name: {key: list(value) if isinstance(value, (dict, list)) else value
                                  for key, value in getattr(commerce.notifications, name).items()}
                           for name in ("records_by_merchant", "records_by_object", "deliveries_by_merchant",
-                                       "deliveries_by_event", "pins")}
+                                       "deliveries_by_event")}
         | {"pending": list(commerce.notifications.pending), "dead": sorted(commerce.notifications.dead)},
         "invoices": (dict(commerce.invoices.by_merchant), dict(commerce.invoices.by_order)),
     }
