@@ -249,7 +249,6 @@ def _serve(args) -> int:
             # Imported here: Ray takes seconds to import, and only serve with actors needs it.
             import ray
 
-            from actors import connectors, followers, health, notifier, risk
             from actors import runtime as ray_runtime
 
             providers.start().wait_ready()
@@ -260,23 +259,9 @@ def _serve(args) -> int:
                                                 dashboard_port=args.dashboard_port)
             _stop_on_signals(stop)  # ray.init put its own SIGTERM handler (a traceback and exit 1) in ours' place
             connector_address = local.address("card-connector", 0)
-            key_file = str(key_path(data))
-            actor_handles.append(connectors.spawn("piggybank", providers.services[0].url, connector_address,
-                                                  settings.shard_addresses, key_file,
-                                                  authorization_hold_s=args.authorization_hold_s))
-            actor_handles.append(connectors.spawn("bank", providers.services[1].url, None, settings.shard_addresses,
-                                                  key_file))
-            actor_handles.append(followers.spawn(settings.shard_addresses, key_file, data / "cursors",
-                                                 list(PROVIDERS), status_query_margin_s=args.status_query_margin_s))
-            actor_handles.append(notifier.spawn(settings.shard_addresses, key_file, data, public_url,
-                                                args.webhook_retry_schedule, smtp_url, production=args.production))
-            ray_description += f"\nNotifications: {notifier.WHERE}"
-            actor_handles.append(health.spawn(settings.shard_addresses, key_file))
-            ray_description += f"\nShards' health: {health.WHERE}"
-            rules = risk.load_rules(args.risk_rules)
-            actor_handles.append(risk.spawn(settings.shard_addresses, key_file, data / "risk", rules))
-            settings.risk_table_path = str(data / "risk" / risk.TABLE_FILE)
-            settings.risk_test_cards = [] if args.production else rules.test_cards
+            handles, where = _spawn_actors(args, data, settings, connector_address, providers, smtp_url)
+            actor_handles += handles
+            ray_description += where
             actor_pids += ray.get([handle.pid.remote() for handle in actor_handles])
             settings.providers = {"piggybank": connector_address}
         edge.start().wait_ready()
@@ -306,6 +291,30 @@ def _serve(args) -> int:
         for supervisor in supervisors:
             supervisor.stop()
         local.close()
+
+
+def _spawn_actors(args, data: pathlib.Path, settings: Settings, connector_address: str,
+                  providers: ProviderProcesses, smtp_url: str) -> tuple[list, str]:
+    """The actors beside the shards, in the Ray runtime started already: their handles, and where to watch them."""
+    from actors import connectors, followers, health, notifier, risk
+
+    key_file = str(key_path(data))
+    shards = settings.shard_addresses
+    rules = risk.load_rules(args.risk_rules)
+    handles = [
+        connectors.spawn("piggybank", providers.services[0].url, connector_address, shards, key_file,
+                         authorization_hold_s=args.authorization_hold_s),
+        connectors.spawn("bank", providers.services[1].url, None, shards, key_file),
+        followers.spawn(shards, key_file, data / "cursors", list(PROVIDERS),
+                        status_query_margin_s=args.status_query_margin_s),
+        notifier.spawn(shards, key_file, data, settings.public_url, args.webhook_retry_schedule, smtp_url,
+                       production=args.production),
+        health.spawn(shards, key_file),
+        risk.spawn(shards, key_file, data / "risk", rules),
+    ]
+    settings.risk_table_path = str(data / "risk" / risk.TABLE_FILE)
+    settings.risk_test_cards = [] if args.production else rules.test_cards
+    return handles, f"\nNotifications: {notifier.WHERE}\nShards' health: {health.WHERE}"
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
