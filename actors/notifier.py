@@ -164,16 +164,18 @@ class NotifierActor:
         # Loaded first: a lane's older deliveries are all in before the journal adds newer ones behind them.
         await self._load(shard)
         backoff = Backoff()
+        pruned = False
         while True:
             try:
+                if pruned:  # the journal no longer holds what the cursor points at: the engine's list does
+                    self.cursors[shard].advance((await self.shards[shard].status()).durable_sequence)
+                    self.unloaded[shard], pruned = True, False
                 if self.unloaded[shard] and len(self.schedule) < RELOAD_BELOW * self.schedule.max_jobs:
                     await self._load_pages(shard)
                 busy = await self._follow_entries(shard)
                 backoff.reset()
-            except EntriesPruned:  # the journal no longer holds what the cursor points at: the engine's list does
-                status = await self.shards[shard].status()
-                self.cursors[shard].advance(status.durable_sequence)
-                self.unloaded[shard] = True
+            except EntriesPruned:
+                pruned = True
                 continue
             except Exception as error:  # a shard failing over, a cursor that cannot be written: again, later
                 log.warning("following shard %d failed: %s: %s", shard, type(error).__name__, error)
@@ -325,13 +327,19 @@ class NotifierActor:
                     continue
                 backoff.reset()
                 del self.unrecorded[shard][:len(results)]
-                outcome = reply.results[0] if reply.status == 0 and reply.results else None
-                if outcome is not None and outcome.code == "ok":
-                    self._recorded(results)
-                else:  # refused whole: each delivery as the engine has it now decides what is left to do
-                    log.error("%d delivery outcomes not recorded on shard %d: %s", len(results), shard,
-                              getattr(outcome, "code", reply.status))
-                    await self._resync(shard, [result.delivery_id for result in results])
+                try:
+                    await self._recorded(shard, results, reply)
+                except Exception:  # a bug: these deliveries wait for the next start, the others go on
+                    log.exception("settling %d recorded outcomes failed", len(results))
+
+    async def _recorded(self, shard: int, results: list[DeliveryResult], reply) -> None:
+        outcome = reply.results[0] if reply.status == 0 and reply.results else None
+        if outcome is not None and outcome.code == "ok":
+            self._settle(results)
+        else:  # refused whole: each delivery as the engine has it now decides what is left to do
+            log.error("%d delivery outcomes not recorded on shard %d: %s", len(results), shard,
+                      getattr(outcome, "code", reply.status))
+            await self._resync(shard, [result.delivery_id for result in results])
 
     async def _resync(self, shard: int, delivery_ids: list[str]) -> None:
         """Deliveries whose outcome the engine did not take: dropped if no longer pending, else attempted again."""
@@ -354,7 +362,7 @@ class NotifierActor:
                 self.schedule.retry_unrecorded(delivery_id)
         self.wake.set()
 
-    def _recorded(self, results: list[DeliveryResult]) -> None:
+    def _settle(self, results: list[DeliveryResult]) -> None:
         now_ms = time.time_ns() // 1_000_000
         for result in results:
             job = self.schedule.jobs.get(result.delivery_id)
