@@ -209,6 +209,7 @@ class NotifierActor:
                 if job is None or job.delivery_id in self.schedule:
                     continue
                 if not self.schedule.add(job):
+                    self.stats_.schedule_full += 1
                     return False
         self.wake.set()
         return True

@@ -16,6 +16,7 @@ class NotifierStats(msgspec.Struct):
     outcomes: dict[str, int] = {}
     backlog: int = 0  # pending deliveries held in the schedule
     unloaded_shards: int = 0  # shards with pending deliveries the schedule had no room for yet
+    schedule_full: int = 0  # times the schedule had no room, leaving pending deliveries in the engine for later
     unrecorded: int = 0  # outcomes waiting to be recorded
     latency_p50_ms: int = 0  # commit of the event to its delivery, over the latest deliveries
     latency_p99_ms: int = 0

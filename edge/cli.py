@@ -82,6 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--webhook-retry-schedule", type=_retry_schedule, default=DEFAULT_RETRY_SCHEDULE,
                        metavar="SECONDS,...", help="the delays before each retry of a webhook, IPN or e-mail "
                                                    "(±20%% jitter); after the last retry fails the delivery is dead")
+    serve.add_argument("--notifier-max-pending", type=_at_least(1), default=20_000, metavar="N",
+                       help="pending deliveries the notifier holds in memory; more wait in the engine, in order")
     serve.add_argument("--smtp-url", type=_smtp_url, default=None, metavar="smtp://HOST:PORT",
                        help="send e-mail through this SMTP server (default: a local sink that keeps each message as "
                             "an .eml file under <data>/mail)")
@@ -308,7 +310,7 @@ def _spawn_actors(args, data: pathlib.Path, settings: Settings, connector_addres
         followers.spawn(shards, key_file, data / "cursors", list(PROVIDERS),
                         status_query_margin_s=args.status_query_margin_s),
         notifier.spawn(shards, key_file, data, settings.public_url, args.webhook_retry_schedule, smtp_url,
-                       production=args.production),
+                       production=args.production, max_jobs=args.notifier_max_pending),
         health.spawn(shards, key_file),
         risk.spawn(shards, key_file, data / "risk", rules),
     ]
