@@ -73,12 +73,9 @@ class Secrets:
         self._key = server_key
 
     @classmethod
-    def load_or_create(cls, path: pathlib.Path) -> "Secrets":
-        return cls(read_or_create_key(path, SERVER_KEY_BYTES))
-
-    @classmethod
     def of_data_folder(cls, data: pathlib.Path) -> "Secrets":
-        return cls.load_or_create(pathlib.Path(data) / GATEWAY_KEY_FILE)
+        """From the data folder's gateway key, made on first use."""
+        return cls(read_or_create_key(pathlib.Path(data) / GATEWAY_KEY_FILE, SERVER_KEY_BYTES))
 
     def _derive(self, purpose: str, merchant_id: str) -> str:
         # the purpose in the message keeps each credential independent of the others for the same merchant
@@ -121,12 +118,9 @@ class SecretSealer:
         self._aead = AESGCM(key)
 
     @classmethod
-    def load_or_create(cls, path: pathlib.Path) -> "SecretSealer":
-        return cls(read_or_create_key(path, SEALING_KEY_BYTES))
-
-    @classmethod
     def of_data_folder(cls, data: pathlib.Path) -> "SecretSealer":
-        return cls.load_or_create(pathlib.Path(data) / CREDENTIALS_KEY_FILE)
+        """From the data folder's credentials key, made on first use."""
+        return cls(read_or_create_key(pathlib.Path(data) / CREDENTIALS_KEY_FILE, SEALING_KEY_BYTES))
 
     def seal(self, secret: str, context: str) -> bytes:
         nonce = os.urandom(NONCE_BYTES)

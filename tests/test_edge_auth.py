@@ -74,10 +74,10 @@ def test_short_server_key_is_refused():
 
 
 def test_server_key_is_created_once_private_and_reused(tmp_path):
-    path = tmp_path / "keys" / "server.key"
-    first = Secrets.load_or_create(path)
+    path = tmp_path / "keys" / "gateway.key"
+    first = Secrets.of_data_folder(path.parent)
     assert len(path.read_bytes()) == 32 and mode(path) == 0o600
-    assert Secrets.load_or_create(path).api_key(MERCHANT) == first.api_key(MERCHANT)
+    assert Secrets.of_data_folder(path.parent).api_key(MERCHANT) == first.api_key(MERCHANT)
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
 
 
