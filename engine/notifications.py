@@ -5,8 +5,9 @@ In the command that logs an engine Event a merchant should hear of (MERCHANT_EVE
 (EventRecord) with its object as it stands when the command ends, and a Delivery is made for each target; an order
 just paid gets its invoice first, so that its events name it. Ids come from the batch's sequence and a position in
 the batch's events, so replay and the replica make the same ones. Each delivery queued, new or again, logs an
-internal `delivery.queued` Event, which a journal follower (the notifier) reads; the notifier reports each attempt
-back (RecordDeliveryAttempts), and a merchant may redeliver an event or replay dead deliveries.
+internal `delivery.queued` Event (one made dead at once, `delivery.dead`), which a journal follower (the notifier)
+reads; the notifier reports each attempt back (RecordDeliveryAttempts), and a merchant may redeliver an event or
+replay dead deliveries.
 
 Bounds, per shard: at most MAX_EVENTS events are kept, the oldest dropped first with their deliveries — but an event
 with a delivery still pending stays (moved behind the others, a newer one going in its place) until that delivery
@@ -54,10 +55,11 @@ MAX_DURATION_MS = 2**31 - 1
 PRUNE_STEPS = 16  # events looked at per event stored: pruning keeps pace without a long walk in any one command
 POSITION_BITS = 24  # an id's position among its batch's events
 QUEUED = "delivery.queued"
+DEAD_UNTRIED = "delivery.dead"  # logged for a delivery made dead at once (the queue full): its id is that position
 BACKLOG_FULL = "backlog_full"
 DELIVERY_OUTCOMES = ("delivered", "retry", "dead")
 # Engine Events a merchant hears of, and the type of their object. Not the internal ones (transfer.expired, *.created,
-# delivery.queued).
+# delivery.queued, delivery.dead).
 MERCHANT_EVENTS: dict[str, EventObjectType] = {kind: kind.partition(".")[0] for kind in (
     "payment.succeeded", "payment.failed", "payment.requires_action", "payment.requires_capture", "payment.captured",
     "payment.cancelled", "order.paid", "order.expired", "order.exception", "order.cancelled",
@@ -205,6 +207,7 @@ class Notifications:
         else:
             delivery.status, delivery.dead_reason = "dead", BACKLOG_FULL
             self.dead[delivery.id] = None
+            self.log.append(Event(DEAD_UNTRIED, delivery.id, timestamp))
 
     def _enqueue(self, delivery: Delivery, timestamp: int) -> None:
         """Pending from now, its retry schedule from the start; the notifier hears of it by the Event logged."""

@@ -335,3 +335,17 @@ def test_a_delivery_beyond_the_pending_cap_is_made_dead_untried(monkeypatch):
     pending = driver.engine.query(PendingDeliveries()).records
     driver.ok(RecordDeliveryAttempts([result(pending[0].id, 1, "delivered", 200)]))
     assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 1
+
+
+def test_deliveries_made_dead_untried_in_one_command_each_have_their_own_id(monkeypatch):
+    monkeypatch.setattr(notifications, "MAX_PENDING_DELIVERIES", 1)
+    monkeypatch.setattr(notifications, "MAX_EVENTS", 2)
+    driver = shop()
+    driver.paid_order("p0", "o0")  # the payment's webhook fills the queue; the order's webhook, IPN and receipt not
+    dead = driver.deliveries(status="dead")
+    assert len(dead) == 3 and len({d.id for d in dead}) == 3
+    assert {(d.channel, d.kind) for d in dead} == {("webhook", "event"), ("ipn", "event"), ("email", "receipt")}
+    [pending] = driver.engine.query(PendingDeliveries()).records
+    driver.ok(RecordDeliveryAttempts([result(pending.id, 1, "delivered", 200)]))
+    driver.paid_order("p1", "o1")  # the first order's events are dropped, with all their deliveries
+    assert {d.event_id for d in driver.deliveries()} == {event.id for event in driver.events()}
