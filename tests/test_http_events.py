@@ -161,6 +161,8 @@ def test_dead_deliveries_are_listed_with_their_attempts_and_replayed(server):
     error(server, "POST", "/v1/webhook_deliveries/replay", {"status": "pending"}, key=key, param="status")
     error(server, "POST", "/v1/webhook_deliveries/replay", {"status": "dead", "created_lt": "yesterday"}, key=key,
           param="created_lt")
+    error(server, "POST", "/v1/webhook_deliveries/replay", {"status": "dead", "created_gte": 10, "created_lt": 10},
+          key=key, param="created_lt")
 
 
 def test_an_operator_replays_every_merchants_dead_deliveries(server):
