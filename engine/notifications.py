@@ -13,7 +13,8 @@ Bounds, per shard: at most MAX_EVENTS events are kept, the oldest dropped first 
 with a delivery still pending stays (moved behind the others, a newer one going in its place) until that delivery
 ends, so that more are kept only while the oldest are all being delivered (no more of them than deliveries pending);
 at most MAX_PENDING_DELIVERIES are pending, beyond which a new delivery is made dead untried (dead_reason
-backlog_full) and redelivery and replay are refused; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is
+backlog_full); a merchant's redelivery and replay are refused past half of them (an operator's replay past all), so
+that no merchant's requests can fill the queue the events of every merchant on the shard need; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is
 replayed at most MAX_REPLAYS times; an event is redelivered at most MAX_REDELIVERIES times. End-of-day archival
 (issue 18) is to keep what is dropped.
 """
@@ -262,7 +263,7 @@ class Notifications:
         targets = self._targets(record, ipn_url)
         if not targets:
             return Outcome("no_delivery_target", record=record)
-        if len(self.pending) + len(targets) > MAX_PENDING_DELIVERIES:
+        if len(targets) > self._requeue_room(command.merchant_id):
             return Outcome(BACKLOG_FULL, record=record)
         record.redeliveries += 1
         for channel, kind, target in targets:
@@ -281,7 +282,7 @@ class Notifications:
                           if command.merchant_id in ("", delivery.merchant_id)
                           and command.created_gte <= delivery.created_at < command.created_lt
                           and delivery.replays < MAX_REPLAYS)
-        room = min(command.limit, MAX_PENDING_DELIVERIES - len(self.pending))
+        room = min(command.limit, self._requeue_room(command.merchant_id))
         if matching and room <= 0:
             return Outcome(BACKLOG_FULL)
         chosen = matching[:room]
@@ -293,6 +294,12 @@ class Notifications:
             delivery.dead_reason = ""
             self._enqueue(delivery, timestamp)
         return Outcome(count=len(chosen), has_more=len(matching) > len(chosen))
+
+    def _requeue_room(self, merchant_id: str) -> int:
+        """How many deliveries a redelivery or replay may queue: a merchant's up to half the queue, an operator's
+        ("") up to all of it."""
+        share = MAX_PENDING_DELIVERIES // 2 if merchant_id else MAX_PENDING_DELIVERIES
+        return share - len(self.pending)
 
     # Reads
 

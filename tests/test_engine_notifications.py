@@ -334,7 +334,21 @@ def test_a_delivery_beyond_the_pending_cap_is_made_dead_untried(monkeypatch):
     assert driver.do(RedeliverEvent("m1", driver.events()[0].id)).code == BACKLOG_FULL
     pending = driver.engine.query(PendingDeliveries()).records
     driver.ok(RecordDeliveryAttempts([result(pending[0].id, 1, "delivered", 200)]))
-    assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 1
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).code == BACKLOG_FULL  # a merchant's: half the queue at most
+    assert driver.do(ReplayDeliveries(merchant_id="")).count == 1  # an operator's: all of it
+
+
+def test_a_merchants_redeliveries_leave_half_the_queue_to_new_events(monkeypatch):
+    monkeypatch.setattr(notifications, "MAX_PENDING_DELIVERIES", 8)
+    driver = shop()
+    driver.paid_order("p0", "o0")
+    pending = driver.engine.query(PendingDeliveries()).records
+    driver.ok(RecordDeliveryAttempts([result(d.id, 1, "delivered", 200) for d in pending]))
+    paid = driver.events(kind="order.paid")[0]
+    assert [driver.do(RedeliverEvent("m1", paid.id)).code for _ in range(3)] == ["ok", "ok", BACKLOG_FULL]
+    driver.paid_order("p1", "o1")  # its four deliveries find room
+    assert driver.deliveries(status="dead") == []
+    assert len(driver.engine.query(PendingDeliveries()).records) == 8
 
 
 def test_deliveries_made_dead_untried_in_one_command_each_have_their_own_id(monkeypatch):
