@@ -12,8 +12,11 @@ import msgspec
 import pypdf
 import pytest
 
+from edge.errors import ApiError
+from edge.http import raise_for
 from edge_harness import Server
-from engine.records import DeliveryResult, RecordDeliveryAttempts
+from engine.notifications import BACKLOG_FULL
+from engine.records import DeliveryResult, Outcome, RecordDeliveryAttempts
 from journal.client import ShardClient, ShardMap
 from journal.processes import running_address, running_key, shard_folder
 from test_http_api import error, fund, ok, post_concurrently, walk
@@ -209,3 +212,10 @@ def test_invoice_numbers_have_no_gaps_under_many_orders_paid_at_once(server):
     invoices = walk(server, key, "/v1/invoices", 15)
     numbers = sorted(ok(server, "GET", f"/v1/invoices/{invoice_id}", key=key)["number"] for invoice_id in invoices)
     assert numbers == list(range(1, count + 1))
+
+
+def test_a_full_delivery_queue_refuses_a_redelivery_as_too_many_requests_not_a_server_fault():
+    with pytest.raises(ApiError) as refused:
+        raise_for(Outcome(BACKLOG_FULL))
+    assert (refused.value.status, refused.value.code, refused.value.error_type) == (429, BACKLOG_FULL,
+                                                                                   "rate_limit_error")
