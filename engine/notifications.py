@@ -19,6 +19,8 @@ replayed at most MAX_REPLAYS times; an event is redelivered at most MAX_REDELIVE
 (issue 18) is to keep what is dropped.
 """
 
+import itertools
+
 import msgspec
 
 from engine.changes import Changes, append_to, peek
@@ -101,13 +103,14 @@ class Notifications:
         # delivery id -> Delivery, oldest first
         self.deliveries: dict[str, Delivery] = changes.dict(ranked=True)
         # Derived (restore rebuilds them): merchant id -> {event or delivery id: None}, oldest first; object id ->
-        # its event ids; event id -> its delivery ids; pending deliveries in the order queued; dead ones.
+        # its event ids; event id -> its delivery ids; pending deliveries in the order queued; merchant id -> its dead
+        # deliveries that may still be replayed (a replay looks at the merchant's own only).
         self.records_by_merchant: dict[str, dict[str, None]] = changes.dict(ordered=False)
         self.records_by_object: dict[str, list[str]] = changes.dict(ordered=False)
         self.deliveries_by_merchant: dict[str, dict[str, None]] = changes.dict(ordered=False)
         self.deliveries_by_event: dict[str, list[str]] = changes.dict(ordered=False)
         self.pending: dict[str, None] = changes.dict(ranked=True)
-        self.dead: dict[str, None] = changes.dict(ordered=False)
+        self.replayable: dict[str, dict[str, None]] = changes.dict(ordered=False)
 
     # Events, as commands log them
 
@@ -192,7 +195,7 @@ class Notifications:
         for delivery_id in self.deliveries_by_event.pop(record.id, ()):
             delivery = self.deliveries.pop(delivery_id)
             _remove_from_index(self.deliveries_by_merchant, delivery.merchant_id, delivery_id)
-            self.dead.pop(delivery_id, None)
+            self._unmark_dead(delivery)
 
     # Deliveries
 
@@ -207,7 +210,7 @@ class Notifications:
             self._enqueue(delivery, timestamp)
         else:
             delivery.status, delivery.dead_reason = "dead", BACKLOG_FULL
-            self.dead[delivery.id] = None
+            self._mark_dead(delivery)
             self.log.append(Event(DEAD_UNTRIED, delivery.id, timestamp))
 
     def _enqueue(self, delivery: Delivery, timestamp: int) -> None:
@@ -224,7 +227,16 @@ class Notifications:
         delivery.next_attempt_at = 0
         del self.pending[delivery.id]
         if status == "dead":
-            self.dead[delivery.id] = None
+            self._mark_dead(delivery)
+
+    def _mark_dead(self, delivery: Delivery) -> None:
+        """Among its merchant's to replay, unless replayed as often as may be: then no replay looks at it again."""
+        if delivery.replays < MAX_REPLAYS:
+            _add_to_index(self.changes, self.replayable, delivery.merchant_id, delivery.id)
+
+    def _unmark_dead(self, delivery: Delivery) -> None:
+        if delivery.id in (peek(self.replayable, delivery.merchant_id) or ()):
+            _remove_from_index(self.replayable, delivery.merchant_id, delivery.id)
 
     # Commands
 
@@ -276,12 +288,12 @@ class Notifications:
             return Outcome("status_invalid")
         if not 1 <= command.limit <= MAX_REPLAY_LIMIT:
             return Outcome("limit_invalid")
-        dead = (peek(self.deliveries, delivery_id) for delivery_id in self.dead)
+        owners = ([peek(self.replayable, command.merchant_id) or {}] if command.merchant_id
+                  else dict.values(self.replayable))
+        dead = (peek(self.deliveries, delivery_id) for delivery_id in itertools.chain.from_iterable(owners))
         # Ids follow the order deliveries were made in (sequence, then position): sorted, the oldest come first.
         matching = sorted(delivery.id for delivery in dead
-                          if command.merchant_id in ("", delivery.merchant_id)
-                          and command.created_gte <= delivery.created_at < command.created_lt
-                          and delivery.replays < MAX_REPLAYS)
+                          if command.created_gte <= delivery.created_at < command.created_lt)
         room = min(command.limit, self._requeue_room(command.merchant_id))
         if matching and room <= 0:
             return Outcome(BACKLOG_FULL)
@@ -289,7 +301,7 @@ class Notifications:
         for delivery_id in chosen:
             delivery = self.deliveries[delivery_id]
             transition(delivery, "pending")
-            del self.dead[delivery_id]
+            self._unmark_dead(delivery)
             delivery.replays += 1
             delivery.dead_reason = ""
             self._enqueue(delivery, timestamp)
@@ -370,7 +382,7 @@ class Notifications:
             _add_to_index(self.changes, self.deliveries_by_merchant, delivery.merchant_id, delivery.id)
             append_to(self.deliveries_by_event, delivery.event_id, delivery.id)
             if delivery.status == "dead":
-                self.dead[delivery.id] = None
+                self._mark_dead(delivery)
         for delivery in sorted((d for d in snapshot.deliveries if d.status == "pending"),
                                key=lambda delivery: delivery.queue_position):
             self.pending[delivery.id] = None

@@ -363,3 +363,25 @@ def test_deliveries_made_dead_untried_in_one_command_each_have_their_own_id(monk
     driver.ok(RecordDeliveryAttempts([result(pending.id, 1, "delivered", 200)]))
     driver.paid_order("p1", "o1")  # the first order's events are dropped, with all their deliveries
     assert {d.event_id for d in driver.deliveries()} == {event.id for event in driver.events()}
+
+
+def test_a_replay_looks_only_at_the_merchants_own_dead_deliveries_that_may_go_again(monkeypatch):
+    monkeypatch.setattr(notifications, "MAX_REPLAYS", 1)
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    dead = [d.id for d in driver.deliveries()]
+    driver.ok(RecordDeliveryAttempts([result(delivery_id, 1, "dead") for delivery_id in dead]))
+    looked: list[str] = []
+
+    def counting_peek(tracked, key):
+        looked.append(key)
+        return dict.get(tracked, key)
+    monkeypatch.setattr(notifications, "peek", counting_peek)
+    assert driver.do(ReplayDeliveries(merchant_id="m2")).count == 0
+    assert not set(looked) & set(dead)  # another merchant's dead deliveries cost this merchant's replay nothing
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).count == len(dead)
+    driver.ok(RecordDeliveryAttempts([result(delivery_id, 2, "dead") for delivery_id in dead]))
+    looked.clear()
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 0  # replayed as often as may be: not looked at
+    assert not set(looked) & set(dead)
+    assert driver.engine.commerce.notifications.replayable == {}
