@@ -283,7 +283,8 @@ class Notifications:
         return Outcome(record=record, count=len(targets))
 
     def replay(self, command: ReplayDeliveries, timestamp: int) -> Outcome:
-        """Dead deliveries queued again, the oldest made first, at most `limit` and as many as the queue holds."""
+        """Dead deliveries queued again, the oldest made first, at most `limit` and as many as the queue holds; one to
+        a webhook goes to the merchant's webhook_url as it is now (none now: it stays dead)."""
         if command.status != "dead":
             return Outcome("status_invalid")
         if not 1 <= command.limit <= MAX_REPLAY_LIMIT:
@@ -293,7 +294,8 @@ class Notifications:
         dead = (peek(self.deliveries, delivery_id) for delivery_id in itertools.chain.from_iterable(owners))
         # Ids follow the order deliveries were made in (sequence, then position): sorted, the oldest come first.
         matching = sorted(delivery.id for delivery in dead
-                          if command.created_gte <= delivery.created_at < command.created_lt)
+                          if command.created_gte <= delivery.created_at < command.created_lt
+                          and self._current_target(delivery))
         room = min(command.limit, self._requeue_room(command.merchant_id))
         if matching and room <= 0:
             return Outcome(BACKLOG_FULL)
@@ -301,11 +303,19 @@ class Notifications:
         for delivery_id in chosen:
             delivery = self.deliveries[delivery_id]
             transition(delivery, "pending")
+            delivery.target = self._current_target(delivery)
             self._unmark_dead(delivery)
             delivery.replays += 1
             delivery.dead_reason = ""
             self._enqueue(delivery, timestamp)
         return Outcome(count=len(chosen), has_more=len(matching) > len(chosen))
+
+    def _current_target(self, delivery: Delivery) -> str:
+        """Where the delivery would go now: a webhook's to the merchant's webhook_url as it is ("" if none)."""
+        if delivery.channel != "webhook":
+            return delivery.target
+        merchant = peek(self.merchants, delivery.merchant_id)
+        return merchant.webhook_url if merchant is not None else ""
 
     def _requeue_room(self, merchant_id: str) -> int:
         """How many deliveries a redelivery or replay may queue: a merchant's up to half the queue, an operator's

@@ -385,3 +385,20 @@ def test_a_replay_looks_only_at_the_merchants_own_dead_deliveries_that_may_go_ag
     assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 0  # replayed as often as may be: not looked at
     assert not set(looked) & set(dead)
     assert driver.engine.commerce.notifications.replayable == {}
+
+
+def test_a_replayed_webhook_delivery_goes_to_the_webhook_url_as_it_is_now():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    dead = driver.deliveries()
+    driver.ok(RecordDeliveryAttempts([result(d.id, 1, "dead") for d in dead]))
+    moved = "https://shop.example/new-hook"
+    driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=moved))
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).count == len(dead)
+    assert {(d.channel, d.target) for d in driver.deliveries()} == {
+        ("webhook", moved), ("ipn", IPN), ("email", EMAIL)}
+    pending = driver.engine.query(PendingDeliveries()).records
+    driver.ok(RecordDeliveryAttempts([result(d.id, 2, "dead") for d in pending]))
+    driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=""))
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 2  # the IPN and the receipt; no webhook now
+    assert {d.channel for d in driver.deliveries(status="dead")} == {"webhook"}
