@@ -345,7 +345,7 @@ class Payments:
                           currency=command.currency, method=command.method, acquirer="bank",
                           psp_reference=command.bank_reference, callback_ids=[command.callback_id],
                           metadata={"sub_account_id": command.sub_account_id} if command.sub_account_id else {},
-                          created_at=timestamp, updated_at=timestamp)
+                          sub_account_id=command.sub_account_id, created_at=timestamp, updated_at=timestamp)
         code = self._collect(payment, incoming, timestamp)
         if code != "ok":
             return Outcome(code)
@@ -412,7 +412,8 @@ class Payments:
         amount = refund.amount or payment.amount_captured - payment.amount_refunded
         if amount <= 0 or payment.amount_refunded + amount > payment.amount_captured:
             return Outcome("amount_too_large", record=payment)
-        balance = system_account_id(payment.merchant_id, "balance", payment.currency)
+        # The money goes back out of the account it came into.
+        balance = system_account_id(payment.merchant_id, payment.sub_account_id or "balance", payment.currency)
         if self.ledger.available(balance) < amount:  # money already paid out or held for a payout
             return Outcome("insufficient_funds", record=payment)
         # The money goes back the way it came: to the wallet, or to the acquirer for the card.

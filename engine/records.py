@@ -157,6 +157,9 @@ class Payment(msgspec.Struct, tag=True, kw_only=True):
     customer_ip: str = ""
     # The deposit this payment funds: its money lands in the customer's wallet, not in the merchant's balance.
     deposit_id: str = ""
+    # The merchant's sub-account the payment's money went to (a static code's), '' for its balance: a refund goes
+    # back out of there. Set by the engine only, never from `metadata`, which the merchant writes.
+    sub_account_id: str = ""
 
 
 class BlocklistEntry(msgspec.Struct, tag=True, kw_only=True):

@@ -54,8 +54,8 @@ from engine.machine import Snapshot
 from engine.types import NANOSECONDS_PER_SECOND as S
 
 T0 = 1_700_000_000 * S
-STATE_HASH = "af792c9846ccfc1d76f896ea5a214ef58fe2d3b279f82ad7fd24410cc0ebd05e"
-SNAPSHOT_DIGEST = "c212ff372a60175fb8bc35cae5e5af6c1b2096016acfc1d1a482c620f490e2ee"
+STATE_HASH = "0f830bbbb4fe731bb003b7667b841ef2c0711e23dea7ad021a13394d1ef78239"
+SNAPSHOT_DIGEST = "8167afd86a3c63e7ff866f481cf61b03f2b8a89a3a41d0ff33685d54fc59165d"
 
 
 def order(oid: str, mid: str = "m1", amount: int = 1000, methods: tuple[str, ...] = ("card",),
@@ -173,3 +173,19 @@ def test_the_snapshot_and_the_state_hash_are_those_recorded():
     restored = Engine.restore(data)
     assert restored.state_hash() == STATE_HASH
     assert restored.snapshot() == data
+
+
+def test_a_snapshot_from_before_payments_named_their_sub_account_restores():
+    """Snapshots written before `Payment.sub_account_id` lack the key: each payment restores with the default (its
+    money in the balance, as those payments were then refunded), and nothing else changes."""
+    engine = built()
+    raw = msgspec.msgpack.decode(engine.snapshot())
+    payments = raw[Snapshot.__struct_fields__.index("payments")]
+    for payment in payments:
+        del payment["sub_account_id"]
+    restored = msgspec.msgpack.decode(Engine.restore(msgspec.msgpack.encode(raw)).snapshot(), type=Snapshot)
+    expected = msgspec.msgpack.decode(engine.snapshot(), type=Snapshot)
+    assert [payment.sub_account_id for payment in expected.payments if payment.sub_account_id] == ["sub1"]
+    for payment in expected.payments:
+        payment.sub_account_id = ""
+    assert restored == expected
