@@ -19,6 +19,7 @@ from engine.payments import (
     Payments,
     ensure_wallet,
     move,
+    move_into,
     move_refusal,
     system_account,
 )
@@ -38,7 +39,7 @@ from engine.records import (
     wallet_account_id,
 )
 from engine.states import DEPOSIT_STATUS_OF_PAYMENT, is_final, transition
-from engine.types import AMOUNT_MAX, NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, TransferFlag
+from engine.types import AMOUNT_MAX, NANOSECONDS_PER_SECOND, Event, Transfer, TransferFlag
 
 DEPOSIT_METHODS = ("card", *BANK_METHODS)
 MAX_REASON_CHARS = 500
@@ -199,12 +200,10 @@ class Deposits:
         wallet = wallet_account_id(withdrawal.merchant_id, withdrawal.customer_id, withdrawal.currency)
         if self.ledger.available(wallet) < withdrawal.amount:
             return Outcome("insufficient_funds")
-        outbound = self.ledger.ensure_account(
-            system_account_id(withdrawal.merchant_id, "withdrawals", withdrawal.currency), withdrawal.currency,
-            AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlag.HISTORY, timestamp)
-        hold = Transfer(withdrawal.hold_id, wallet, outbound, withdrawal.amount, withdrawal.currency,
-                        flags=TransferFlag.PENDING)
-        code = move(self.ledger, hold, timestamp)
+        hold = Transfer(withdrawal.hold_id, wallet,
+                        system_account_id(withdrawal.merchant_id, "withdrawals", withdrawal.currency),
+                        withdrawal.amount, withdrawal.currency, flags=TransferFlag.PENDING)
+        code = move_into(self.ledger, hold, withdrawal.merchant_id, "withdrawals", timestamp)
         if code != "ok":
             return Outcome(code)
         withdrawal.status, withdrawal.failure_code = "pending", ""

@@ -446,9 +446,9 @@ class Payments:
             return Outcome("amount_must_not_be_zero")
         if self.ledger.available(balance) < payout.amount:
             return Outcome("insufficient_funds")
-        payouts = system_account(self.ledger, payout.merchant_id, "payouts", payout.currency, timestamp)
-        hold = Transfer(payout.hold_id, balance, payouts, payout.amount, payout.currency, flags=TransferFlag.PENDING)
-        code = move(self.ledger, hold, timestamp)
+        hold = Transfer(payout.hold_id, balance, system_account_id(payout.merchant_id, "payouts", payout.currency),
+                        payout.amount, payout.currency, flags=TransferFlag.PENDING)
+        code = move_into(self.ledger, hold, payout.merchant_id, "payouts", timestamp)
         if code != "ok":
             return Outcome(code)
         payout.status = "pending"
@@ -696,6 +696,16 @@ def move_refusal(ledger: Ledger, transfer: Transfer) -> str:
     """'' if the ledger would take `transfer` once its missing accounts are made, else its refusal (an outcome code)."""
     code = ledger.move_refusal(transfer)
     return transfer_outcome(code) if code else ""
+
+
+def move_into(ledger: Ledger, transfer: Transfer, merchant_id: str, name: str, timestamp: int) -> str:
+    """`transfer` into the merchant's `name` account, which is made on first use only once the ledger is known to
+    take the transfer: a refusal (a reused transfer id, say) leaves no account behind."""
+    refusal = move_refusal(ledger, transfer)
+    if refusal:
+        return refusal
+    system_account(ledger, merchant_id, name, transfer.currency, timestamp)
+    return move(ledger, transfer, timestamp)
 
 
 def ensure_wallet(ledger: Ledger, merchant_id: str, customer_id: str, currency: str, timestamp: int) -> str:

@@ -303,6 +303,16 @@ def test_a_credit_the_ledger_refuses_makes_no_account(gw):
     assert gw.record("deposit", "dep_1").status == "requires_action"
 
 
+def test_a_withdrawal_hold_the_ledger_refuses_makes_no_account(gw):
+    funded(gw)
+    # The hold's transfer id is already spent: refused before the withdrawals account is made.
+    reused = withdrawal("wd_1", 100)
+    reused.withdrawal.hold_id = "m1:dep_f.bank1"
+    gw.refused(reused, "exists_with_different_flags")
+    assert system_account_id("m1", "withdrawals", "USD") not in gw.engine.ledger.accounts
+    gw.ok(withdrawal("wd_1", 100))
+
+
 def test_a_transfer_quoting_a_deposits_payment_is_not_taken_into_the_merchants_balance(gw):
     gw.ok(deposit("dep_1", "qr"))
     gw.refused(ReceiveBankTransfer(merchant_id="m1", order_id="", callback_id="bank1", amount=500, currency="USD",

@@ -912,6 +912,15 @@ def test_a_static_code_payment_is_refunded_from_the_account_it_credited(gw: Gate
     assert gw.query(LookupAccounts([sub_account])).accounts[0].credits_posted == 1000
 
 
+def test_a_payout_hold_the_ledger_refuses_makes_no_account(paid: Gateway):
+    # The hold's transfer id is already spent: refused before the payouts account is made.
+    reused = payout("po1", 10)
+    reused.payout.hold_id = "m1:auth-p1-cb1"
+    paid.refused(reused, "exists_with_different_flags")
+    assert system_account_id("m1", "payouts", "USD") not in paid.engine.ledger.accounts
+    paid.ok(payout("po1", 10))
+
+
 def test_a_sub_account_finds_its_merchant_after_a_restore(gw: Gateway):
     gw.ok(CreateSubAccount("m2", SubAccount("sub_store", "Store")))
     for gateway in (gw, gw.restored()):
