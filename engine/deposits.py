@@ -17,6 +17,7 @@ from engine.payments import (
     BANK_METHODS,
     CALLBACK_REPLAYED,
     Payments,
+    awaited_transfer_refusal,
     ensure_wallet,
     move,
     move_into,
@@ -134,16 +135,10 @@ class Deposits:
         deposit = self.deposits.get(command.deposit_id)
         if deposit is None or deposit.merchant_id != command.merchant_id or deposit.method not in BANK_METHODS:
             return Outcome("deposit_not_found")
-        payment = self.payments.payments[deposit.payment_id]
-        if command.callback_id in payment.callback_ids:
-            return Outcome("duplicate", record=deposit)
-        # Anything but the awaited amount, once, is not taken: the bank returns it to the payer.
-        if deposit.status != "requires_action":
-            return Outcome("deposit_not_open", record=deposit)
-        if command.currency != deposit.currency:
-            return Outcome("currency_mismatch", record=deposit)
-        if command.amount != deposit.amount:
-            return Outcome("amount_mismatch", record=deposit)
+        payment = self.payments.payments[deposit.payment_id]  # its status, amount and currency are the deposit's
+        refused = awaited_transfer_refusal(payment, command, "deposit_not_open", deposit)
+        if refused is not None:
+            return refused
         incoming = Transfer(command.transfer_id,
                             system_account_id(deposit.merchant_id, "clearing_bank", deposit.currency),
                             wallet_account_id(deposit.merchant_id, deposit.customer_id, deposit.currency),

@@ -19,6 +19,7 @@ from engine.records import (
     CreatePayment,
     CreatePayout,
     CreateRefund,
+    Deposit,
     Merchant,
     Order,
     Outcome,
@@ -27,6 +28,7 @@ from engine.records import (
     Payout,
     RecordPayoutResult,
     ReceiveBankTransfer,
+    ReceiveDepositTransfer,
     RecordPspResult,
     Refund,
     ResealCards,
@@ -309,14 +311,9 @@ class Payments:
         # A deposit's payment is paid by a transfer quoting the deposit, into its wallet: never into the balance.
         if payment is None or payment.order_id or payment.deposit_id or payment.method not in BANK_METHODS:
             return Outcome("payment_not_found")
-        if command.callback_id in payment.callback_ids:
-            return Outcome("duplicate", record=payment)
-        if payment.status != "requires_action":
-            return Outcome("payment_not_open", record=payment)
-        if command.currency != payment.currency:
-            return Outcome("currency_mismatch", record=payment)
-        if command.amount != payment.amount:
-            return Outcome("amount_mismatch", record=payment)
+        refused = awaited_transfer_refusal(payment, command, "payment_not_open", payment)
+        if refused is not None:
+            return refused
         incoming, refusal = self._bank_inflow(command.transfer_id, payment.merchant_id, "balance", payment.amount,
                                               payment.currency, timestamp)
         if refusal:
@@ -685,6 +682,22 @@ def _wallet_payment(command: PayOrderFromWallet, order: Order | None, timestamp:
                    currency=command.currency, order_id=command.order_id, method="wallet",
                    customer_id=command.customer_id, customer_email=order.customer_email if order else "",
                    customer_ip=command.customer_ip, acquirer="wallet", created_at=timestamp, updated_at=timestamp)
+
+
+def awaited_transfer_refusal(payment: Payment, command: ReceiveBankTransfer | ReceiveDepositTransfer, not_open: str,
+                             record: Payment | Deposit) -> Outcome | None:
+    """Why money quoting a payment that waits for the payer's transfer is not taken (None: it is). Anything but the
+    awaited amount in its currency, once, is refused: the bank returns it to the payer. `record` goes with the
+    refusal, `not_open` is its code for a payment that waits no more."""
+    if command.callback_id in payment.callback_ids:
+        return Outcome("duplicate", record=record)
+    if payment.status != "requires_action":
+        return Outcome(not_open, record=record)
+    if command.currency != payment.currency:
+        return Outcome("currency_mismatch", record=record)
+    if command.amount != payment.amount:
+        return Outcome("amount_mismatch", record=record)
+    return None
 
 
 def move(ledger: Ledger, transfer: Transfer, timestamp: int) -> str:
