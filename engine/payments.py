@@ -7,8 +7,6 @@ A refund moves money back and never past what was captured; a payout holds
 the merchant's balance until the bank answers, and a failure returns it.
 """
 
-import itertools
-
 from engine.changes import Changes
 from engine.check import check
 from engine.codes import TransferCode, transfer_outcome
@@ -83,6 +81,8 @@ class Payments:
         self.by_merchant: dict[str, list[str]] = changes.dict()
         # token id -> a card sealed by the edge; the engine never sees a card number in clear
         self.cards: dict[str, VaultedCard] = changes.dict()
+        # position -> token id, in the order cards were vaulted, for paging (derived: restore rebuilds it)
+        self.card_ids: dict[int, str] = changes.dict(ordered=False)
         self.refunds: dict[str, Refund] = changes.dict()
         self.payouts: dict[str, Payout] = changes.dict()
         # signature -> when its callback came (engine time), oldest first
@@ -161,7 +161,7 @@ class Payments:
                 self.order_closed(order, timestamp)  # a payment started again: the one before it is superseded
                 order.transfer_payment_id = payment.id
         if command.sealed_card:
-            self.cards[payment.token_id] = VaultedCard(payment.merchant_id, payment.card, command.sealed_card)
+            self.vault(payment.token_id, VaultedCard(payment.merchant_id, payment.card, command.sealed_card))
         self.events.append(Event("payment.created", payment.id, timestamp))
         refusal = self.risk_refusal(payment.merchant_id, payment.amount, payment.currency, command.risk_reason,
                                     command.amount_limits)
@@ -609,10 +609,15 @@ class Payments:
 
     # Reads
 
+    def vault(self, token_id: str, card: VaultedCard) -> None:
+        self.card_ids[len(self.cards)] = token_id
+        self.cards[token_id] = card
+
     def vaulted_cards(self, start: int, limit: int) -> list[tuple[str, VaultedCard]]:
         """Up to `limit` cards from the `start`-th in the order they were vaulted (cards are never removed, so a
-        walk by position sees each once)."""
-        return list(itertools.islice(self.cards.items(), start, start + limit))
+        walk by position sees each once), found by position whatever `start` is."""
+        return [(self.card_ids[position], self.cards[self.card_ids[position]])
+                for position in range(start, min(start + limit, len(self.cards)))]
 
     def card_of(self, merchant_id: str, token_id: str) -> VaultedCard | None:
         vaulted = self.cards.get(token_id)
@@ -666,7 +671,8 @@ class Payments:
             self.add(payment)
         self.refunds.load((refund.id, refund) for refund in snapshot.refunds)
         self.payouts.load((payout.id, payout) for payout in snapshot.payouts)
-        self.cards.load(snapshot.cards)
+        for token_id, card in snapshot.cards:
+            self.vault(token_id, card)
         self.callback_signatures.load(snapshot.callback_signatures)
         # A payment for an order waits for its transfer with no deadline of its own.
         self.deadlines.load((payment.deadline_at, payment.id) for payment in snapshot.payments
