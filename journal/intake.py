@@ -3,6 +3,7 @@ journal entries) or queued for the sequencer; "busy" past the limits."""
 
 import asyncio
 import logging
+import time
 import typing
 
 import msgspec
@@ -108,6 +109,9 @@ class Intake:
         if kind is Submit and len(request.submit_id) > SUBMIT_ID_MAX_BYTES:
             return shard.reply(ReplyStatus.INVALID, message=f"a submit id longer than {SUBMIT_ID_MAX_BYTES} bytes")
         if shard.queue_items + items > self.config.max_queue_items:
+            return shard.reply(ReplyStatus.BUSY)
+        # A window full of records too young to forget (engine/submits.py): refused now, never journaled.
+        if kind is Submit and not shard.engine.submits.has_room(max(time.time_ns(), shard.engine.timestamp)):
             return shard.reply(ReplyStatus.BUSY)
         # A Submit decoded once more, as raw commands (a skim): those bytes are what the journal keeps.
         received = received_submit_decoder.decode(message).commands if kind is Submit else None
