@@ -152,18 +152,43 @@ def create_file_once(path: pathlib.Path, data: bytes) -> bool:
     if path.exists():
         return False
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp makes it 0600
+    temporary = _written_beside(path, data)
     try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
         os.link(temporary, path)  # atomic and never overwrites
         return True
     except FileExistsError:
         return False
     finally:
         os.unlink(temporary)
+
+
+def replace_file(path: pathlib.Path, data: bytes) -> None:
+    """`data` in place of `path`'s content, all at once for every reader, 0600, durable when this returns."""
+    temporary = _written_beside(path, data)
+    try:
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def _written_beside(path: pathlib.Path, data: bytes) -> str:
+    """A new 0600 file in `path`'s folder holding `data`, on disk: its name."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp makes it 0600
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return temporary
 
 
 def ensure_key_file(path: pathlib.Path) -> None:
@@ -213,7 +238,7 @@ def rotate_key_file(path: pathlib.Path, grace_s: float = DEFAULT_GRACE_S) -> tup
     now = time.time()
     live = [key for key in keys if key.accepted_at(now)]
     if len(live) != 1 or live[0].seal_from > now:
-        ends = max(key.accept_until for key in live)
+        ends = max((key.accept_until for key in live), default=now)
         raise KeyFileError(f"{path}: a rotation is under way: its old key is accepted until "
                            f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(ends))}; rotate again after that")
     switch_at = now + SWITCH_S
@@ -222,22 +247,3 @@ def rotate_key_file(path: pathlib.Path, grace_s: float = DEFAULT_GRACE_S) -> tup
     new = KeyEntry(secret=os.urandom(KEY_BYTES).hex(), seal_from=switch_at)
     replace_file(path, _ring_encoder.encode(KeyEntries([old, new])))
     return switch_at, refused_at
-
-
-def replace_file(path: pathlib.Path, data: bytes) -> None:
-    """`data` in place of `path`'s content, all at once for every reader, 0600, durable when this returns."""
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")  # mkstemp makes it 0600
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    folder = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(folder)
-    finally:
-        os.close(folder)
