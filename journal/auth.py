@@ -21,6 +21,9 @@ import msgspec
 
 log = logging.getLogger("paygate.auth")
 KEY_FILE = "internal.key"
+# The data folder's other key files: merchants' derived secrets, and the key that seals their rotated ones.
+GATEWAY_KEY_FILE = "gateway.key"
+CREDENTIALS_KEY_FILE = "credentials.key"
 KEY_BYTES = 32
 TAG_BYTES = 32  # SHA-256
 DROP_LOG_INTERVAL_S = 1.0
@@ -189,6 +192,12 @@ def _written_beside(path: pathlib.Path, data: bytes) -> str:
         os.unlink(temporary)
         raise
     return temporary
+
+
+def read_or_create_key(path: pathlib.Path, size: int) -> bytes:
+    """The bytes of a key file, made (`size` random bytes, 0600) by whichever process reads it first."""
+    create_file_once(path, os.urandom(size))
+    return path.read_bytes()
 
 
 def ensure_key_file(path: pathlib.Path) -> None:
