@@ -219,3 +219,23 @@ def test_a_full_delivery_queue_refuses_a_redelivery_as_too_many_requests_not_a_s
         raise_for(Outcome(BACKLOG_FULL))
     assert (refused.value.status, refused.value.code, refused.value.error_type) == (429, BACKLOG_FULL,
                                                                                    "rate_limit_error")
+
+
+def test_an_invoice_pdf_is_the_merchants_own_when_another_shard_made_the_same_invoice_id(server):
+    """Ids come from each shard's own sequence: two merchants on two shards soon have invoices of one id."""
+    keys = {}
+    while len(keys) < SHARDS:
+        merchant_id, key = merchant(server)
+        keys.setdefault(ShardMap(SHARDS).shard_for(merchant_id), key)
+    seen: dict[str, str] = {}  # invoice id -> the key of the merchant whose invoice it is
+    for _ in range(40):
+        for key in keys.values():
+            invoice_id = paid_order(server, key, amount=100 + len(seen))["invoice_id"]
+            if invoice_id in seen and seen[invoice_id] != key:
+                for owner in (seen[invoice_id], key):
+                    amount = ok(server, "GET", f"/v1/invoices/{invoice_id}", key=owner)["amount"]
+                    pdf = server.request("GET", f"/v1/invoices/{invoice_id}.pdf", key=owner).body
+                    assert f"{amount / 100:.2f} USD" in pypdf.PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+                return
+            seen[invoice_id] = key
+    pytest.skip("no two shards made the same invoice id")
