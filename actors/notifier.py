@@ -220,7 +220,7 @@ class NotifierActor:
         delivery = found.delivery
         if delivery.status != "pending":
             return None
-        payload = _email(found) if delivery.kind != "event" else event_body(found.event, self.public_url)
+        payload = email_of(found) if delivery.kind != "event" else event_body(found.event, self.public_url)
         return Job(delivery_id=delivery.id, shard=shard, channel=delivery.channel, target=delivery.target,
                    ordering_key=delivery.ordering_key, attempts=delivery.attempt_count,
                    queued_after_attempts=delivery.queued_after_attempts, next_attempt_at=delivery.next_attempt_at,
@@ -403,7 +403,7 @@ class NotifierActor:
             await asyncio.sleep(STATS_EVERY_S)
 
 
-def _email(found: DeliveryJob) -> bytes:
+def email_of(found: DeliveryJob) -> bytes:
     """A receipt (an order paid, its invoice attached) or a refund receipt, composed once; b"" (never sent, so dead
     in the end) when the records do not make one."""
     try:
@@ -415,12 +415,13 @@ def _email(found: DeliveryJob) -> bytes:
 
 def _compose(found: DeliveryJob) -> bytes:
     delivery, merchant, order = found.delivery, found.merchant, found.order
+    message_key = f"{delivery.id}.{merchant.id}"
     if delivery.kind == "refund_receipt":
         refund = found.refund
-        return mail.refund_receipt(delivery.id, merchant.name, merchant.email, delivery.target, order.name,
+        return mail.refund_receipt(message_key, merchant.name, merchant.email, delivery.target, order.name,
                                    refund.amount, refund.currency, found.event.created_at)
     invoice = found.invoice
-    return mail.receipt(delivery.id, merchant.name, merchant.email, delivery.target, invoice.order_name,
+    return mail.receipt(message_key, merchant.name, merchant.email, delivery.target, invoice.order_name,
                         invoice.amount, invoice.currency, invoice.number, payment_method(invoice),
                         invoice.created_at, invoice_pdf(invoice))
 
