@@ -15,6 +15,7 @@ log = logging.getLogger("paygate.auth")
 KEY_FILE = "internal.key"
 KEY_BYTES = 32
 TAG_BYTES = 32  # SHA-256
+SHA256_BLOCK_BYTES = 64
 DROP_LOG_INTERVAL_S = 1.0
 
 
@@ -29,6 +30,11 @@ class MessageKey:
         if len(secret) != KEY_BYTES:
             raise KeyFileError(f"a message key has {KEY_BYTES} bytes, not {len(secret)}")
         self._secret = secret
+        # HMAC's two padded keys hashed once (RFC 2104): a message costs two state copies and its own bytes, not the
+        # key schedule and OpenSSL's digest lookup of every hmac.digest call.
+        padded = secret.ljust(SHA256_BLOCK_BYTES, b"\0")
+        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
+        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
         self.receiver = receiver
         self.dropped = 0
         self._logged_at = -DROP_LOG_INTERVAL_S
@@ -38,15 +44,23 @@ class MessageKey:
         """The same key with a drop count of its own."""
         return MessageKey(self._secret, receiver)
 
-    def seal(self, body: bytes) -> bytes:
-        return hmac.digest(self._secret, body, hashlib.sha256) + body
+    def tag(self, body: bytes | memoryview) -> bytes:
+        """HMAC-SHA256 of `body` under the key."""
+        inner = self._inner.copy()
+        inner.update(body)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
-    def open(self, message: bytes) -> bytes | None:
-        """The body of a message whose tag proves the key; None (dropped, counted) otherwise."""
-        body = message[TAG_BYTES:]
-        if len(message) >= TAG_BYTES and hmac.compare_digest(message[:TAG_BYTES],
-                                                            hmac.digest(self._secret, body, hashlib.sha256)):
-            return body
+    def seal(self, body: bytes) -> bytes:
+        return self.tag(body) + body
+
+    def open(self, message: bytes) -> memoryview | None:
+        """The body of a message whose tag proves the key (a view of `message`: a batch's megabyte is not copied);
+        None (dropped, counted) otherwise."""
+        view = memoryview(message)
+        if len(view) >= TAG_BYTES and hmac.compare_digest(view[:TAG_BYTES], self.tag(view[TAG_BYTES:])):
+            return view[TAG_BYTES:]
         self.dropped += 1
         now = time.monotonic()
         if now - self._logged_at >= DROP_LOG_INTERVAL_S:

@@ -2,6 +2,8 @@
 without the data folder's key is dropped before it is decoded: nothing applied, nothing read, no reply."""
 
 import asyncio
+import hashlib
+import hmac
 import os
 import pathlib
 import stat
@@ -30,6 +32,16 @@ def test_a_message_opens_only_whole_and_under_its_key():
     assert key.open(sealed[:-1] + b"x") is None
     assert WRONG_KEY.open(sealed) is None
     assert key.dropped == 3 and "secret" not in repr(key)
+
+
+@pytest.mark.parametrize("size", [0, 1, 55, 63, 64, 65, 1000, 1 << 20])
+def test_a_tag_is_hmac_sha256_of_the_body(size):
+    """The tag, made from the key's pads hashed once, is exactly HMAC-SHA256 (so any implementation can check it)."""
+    secret = os.urandom(KEY_BYTES)
+    body = os.urandom(size)
+    sealed = MessageKey(secret).seal(body)
+    assert sealed == hmac.digest(secret, body, hashlib.sha256) + body
+    assert MessageKey(secret).open(sealed) == body
 
 
 def test_the_key_file_is_owner_only_and_made_once(tmp_path):
