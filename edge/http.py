@@ -27,7 +27,7 @@ from edge.errors import ApiError, from_validation, not_found, shard_unavailable
 from edge.gateway import InvalidCommand, ShardBusy
 from edge.limits import client_ip, ip_allowed
 from engine.credentials import INITIAL_CREDENTIAL_ID, SIGNATURE_REPLAYED
-from journal.auth import create_file_once
+from journal.auth import HmacSha256, create_file_once
 from engine.queries import GetIdempotencyRecord, GetMerchant
 from engine.records import Idempotent, Merchant, Outcome, Signed
 
@@ -378,7 +378,7 @@ class RequestFingerprints:
     def __init__(self, key: bytes, card_fingerprint) -> None:
         if len(key) < FINGERPRINT_KEY_BYTES:
             raise ValueError(f"the request fingerprint key must be at least {FINGERPRINT_KEY_BYTES} bytes")
-        self._key = key
+        self._hmac = HmacSha256(key)
         self._card_fingerprint = card_fingerprint
 
     @classmethod
@@ -388,7 +388,7 @@ class RequestFingerprints:
 
     def of(self, method: str, path: str, body: bytes) -> str:
         text = _request_text(method, path, _canonical(body, self._card_fingerprint))
-        return KEYED_REQUEST_HASH_PREFIX + hmac.new(self._key, text, hashlib.sha256).hexdigest()
+        return KEYED_REQUEST_HASH_PREFIX + self._hmac.hexdigest(text)
 
 
 def _request_text(method: str, path: str, canonical_body: bytes) -> bytes:

@@ -23,6 +23,33 @@ class KeyFileError(Exception):
     """The key file is missing, of the wrong size, or readable by others; the message names it."""
 
 
+class HmacSha256:
+    """HMAC-SHA256 (RFC 2104) under one key, its two padded keys hashed once: a message costs two copies of a hash
+    state and its own bytes, not the key schedule and OpenSSL's digest lookup of each hmac.new or hmac.digest."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        if len(key) > SHA256_BLOCK_BYTES:
+            key = hashlib.sha256(key).digest()
+        padded = key.ljust(SHA256_BLOCK_BYTES, b"\0")
+        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
+        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
+
+    def _outer_of(self, message: bytes | memoryview):
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer
+
+    def digest(self, message: bytes | memoryview) -> bytes:
+        return self._outer_of(message).digest()
+
+    def hexdigest(self, message: bytes | memoryview) -> str:
+        return self._outer_of(message).hexdigest()
+
+
 class MessageKey:
     """Seals and opens messages under one key; each receiver holds its own, so its drops are its own."""
 
@@ -30,11 +57,7 @@ class MessageKey:
         if len(secret) != KEY_BYTES:
             raise KeyFileError(f"a message key has {KEY_BYTES} bytes, not {len(secret)}")
         self._secret = secret
-        # HMAC's two padded keys hashed once (RFC 2104): a message costs two state copies and its own bytes, not the
-        # key schedule and OpenSSL's digest lookup of every hmac.digest call.
-        padded = secret.ljust(SHA256_BLOCK_BYTES, b"\0")
-        self._inner = hashlib.sha256(bytes(byte ^ 0x36 for byte in padded))
-        self._outer = hashlib.sha256(bytes(byte ^ 0x5C for byte in padded))
+        self.tag = HmacSha256(secret).digest
         self.receiver = receiver
         self.dropped = 0
         self._logged_at = -DROP_LOG_INTERVAL_S
@@ -43,14 +66,6 @@ class MessageKey:
     def for_receiver(self, receiver: str) -> "MessageKey":
         """The same key with a drop count of its own."""
         return MessageKey(self._secret, receiver)
-
-    def tag(self, body: bytes | memoryview) -> bytes:
-        """HMAC-SHA256 of `body` under the key."""
-        inner = self._inner.copy()
-        inner.update(body)
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
 
     def seal(self, body: bytes) -> bytes:
         return self.tag(body) + body

@@ -13,7 +13,7 @@ import pytest
 
 from edge_harness import Server
 from engine import Account, CreateAccounts
-from journal.auth import KEY_BYTES, TAG_BYTES, KeyFileError, MessageKey, ensure_key_file, load_key
+from journal.auth import KEY_BYTES, TAG_BYTES, HmacSha256, KeyFileError, MessageKey, ensure_key_file, load_key
 from journal.client import ShardClient
 from journal.processes import UNIX_PATH_MAX_BYTES, InternalAddresses, running_address, running_key
 from journal.wire import ReadEntries, Replicate, Submit, request_encoder
@@ -42,6 +42,15 @@ def test_a_tag_is_hmac_sha256_of_the_body(size):
     sealed = MessageKey(secret).seal(body)
     assert sealed == hmac.digest(secret, body, hashlib.sha256) + body
     assert MessageKey(secret).open(sealed) == body
+
+
+@pytest.mark.parametrize("key_size", [0, 16, 32, 64, 65, 200])
+def test_hmac_sha256_from_hashed_pads_is_the_standard_one(key_size):
+    key = os.urandom(key_size)
+    mac = HmacSha256(key)
+    for message in (b"", b"x", os.urandom(100), memoryview(os.urandom(5000))[7:]):
+        assert mac.digest(message) == hmac.digest(key, message, hashlib.sha256)
+        assert mac.hexdigest(message) == hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def test_the_key_file_is_owner_only_and_made_once(tmp_path):
