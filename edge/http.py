@@ -129,6 +129,10 @@ class Principal(msgspec.Struct):
 async def errors_and_metrics(request: web.Request, handler):
     request_id = request_id_of(request)
     request["request_id"] = request_id
+    # Every request has these, so that reading one finds a value (a key missing from a request costs an exception).
+    request["idempotency_key"] = None
+    request["replayed"] = False
+    request["signed"] = None
     started = time.perf_counter()
     try:
         if request.method not in READ_METHODS:  # every route that changes something checks the key here, once
@@ -164,7 +168,7 @@ async def errors_and_metrics(request: web.Request, handler):
         response = ApiError(500, "internal_error", "an internal error occurred; it has been logged").response()
     response.headers["Request-Id"] = request_id
     response.headers["Server"] = SERVER_NAME
-    if request.get("replayed"):  # an error the first request got is replayed too, and says so
+    if request["replayed"]:  # an error the first request got is replayed too, and says so
         response.headers["Idempotent-Replayed"] = "true"
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     request.app["metrics"].observe(request.method, route, response.status, time.perf_counter() - started)
@@ -331,8 +335,9 @@ async def merchant_principal(request: web.Request) -> Merchant:
 
 async def run(request: web.Request, merchant_id: str, command, body: bytes = b"", shard: int | None = None):
     """Submit one command to the merchant's shard (or to `shard`), under the request's Idempotency-Key if any."""
-    signed = request.pop("signed", None)
+    signed = request["signed"]
     if signed is not None:
+        request["signed"] = None  # the request's first command carries it
         signer, digest, expires_at_ns = signed
         command = Signed(merchant_id=signer, message_digest=digest, expires_at=expires_at_ns, command=command)
     key = idempotency_key(request)
@@ -425,7 +430,7 @@ def _without_secrets(document: dict, card_fingerprint) -> None:
 
 def idempotency_key(request: web.Request) -> str | None:
     """The request's Idempotency-Key, as the middleware checked it."""
-    return request.get("idempotency_key")
+    return request["idempotency_key"]
 
 
 def _checked_idempotency_key(key: str | None) -> str | None:
@@ -456,7 +461,7 @@ def raise_for(outcome: Outcome, params: dict[str, str] | None = None) -> None:
 
 
 def respond(request: web.Request, body, status: int = 200) -> web.Response:
-    headers = {"Idempotent-Replayed": "true"} if request.get("replayed") else None
+    headers = {"Idempotent-Replayed": "true"} if request["replayed"] else None
     return web.Response(status=status, body=msgspec.json.encode(body), content_type="application/json",
                         headers=headers)
 
