@@ -94,11 +94,10 @@ class Changes:
         self.commit()
 
     def save(self, value) -> None:
-        """Keep `value`'s state as it is now, if not kept already in this command."""
-        if id(value) not in self.values:
-            state = _state(value)
-            if state is not None:  # kept with its value, so no other object takes its id meanwhile
-                self.values[id(value)] = (value, state)
+        """Keep `value`'s state as it is now (not kept yet in this command)."""
+        state = _state(value)
+        if state is not None:  # kept with its value, so no other object takes its id meanwhile
+            self.values[id(value)] = (value, state)
 
 
 def _state(value):
@@ -148,13 +147,22 @@ class TrackedDict(dict):
         if key not in first:
             first[key] = dict.get(self, key, MISSING)
 
-    def _adding(self, key) -> None:
-        """`key` is about to be added (it is absent)."""
-        if self.ranks is not None:
-            self.ranks[key] = self.next_rank
-            self.next_rank += 1
-        if self.first_values is not None:
-            self.removals.append((key, MISSING, -1))
+    def _writing(self, key) -> None:
+        """`key` is about to be written: its value before the command kept (once), and its addition if it is new.
+        One call, as every write of a command takes it."""
+        first = self.first_values
+        if first is None and self.changes.active:
+            first = self.first_values = {}
+            self.changes.dicts.append(self)
+        present = dict.__contains__(self, key)
+        if first is not None and key not in first:
+            first[key] = dict.__getitem__(self, key) if present else MISSING
+        if not present:
+            if self.ranks is not None:
+                self.ranks[key] = self.next_rank
+                self.next_rank += 1
+            if first is not None:
+                self.removals.append((key, MISSING, -1))
 
     def _removing(self, key) -> None:
         """`key` (present) is about to be removed."""
@@ -170,8 +178,9 @@ class TrackedDict(dict):
             self.removals.append((key, dict.__getitem__(self, key), place))
 
     def _hand_out(self, value):
-        if self.changes.active:
-            self.changes.save(value)
+        changes = self.changes
+        if changes.active and id(value) not in changes.values:  # a value handed out again is kept already
+            changes.save(value)
         return value
 
     def __getitem__(self, key):
@@ -182,15 +191,11 @@ class TrackedDict(dict):
         return default if value is MISSING else self._hand_out(value)
 
     def setdefault(self, key, default=None):
-        self._touch(key)
-        if not dict.__contains__(self, key):
-            self._adding(key)
+        self._writing(key)
         return self._hand_out(dict.setdefault(self, key, default))
 
     def __setitem__(self, key, value) -> None:
-        self._touch(key)
-        if not dict.__contains__(self, key):
-            self._adding(key)
+        self._writing(key)
         dict.__setitem__(self, key, value)
 
     def __delitem__(self, key) -> None:
