@@ -8,6 +8,7 @@ import logging
 import os
 import pathlib
 import stat
+import struct
 import tempfile
 import time
 
@@ -16,6 +17,7 @@ KEY_FILE = "internal.key"
 KEY_BYTES = 32
 TAG_BYTES = 32  # SHA-256
 SHA256_BLOCK_BYTES = 64
+HEAD_SIZE = struct.Struct(">I")  # the length of a message's head, where its tag covers the head alone
 DROP_LOG_INTERVAL_S = 1.0
 
 
@@ -76,6 +78,30 @@ class MessageKey:
         view = memoryview(message)
         if len(view) >= TAG_BYTES and hmac.compare_digest(view[:TAG_BYTES], self.tag(view[TAG_BYTES:])):
             return view[TAG_BYTES:]
+        self.drop()
+        return None
+
+    def seal_head(self, head: bytes, rest: list[bytes]) -> bytes:
+        """A message whose tag covers its head alone, for a rest that the head binds by a hash its receiver checks
+        anyway (a replication message's records, by the hash their chain ends at): the rest is hashed once, not
+        once more for the tag."""
+        framed = HEAD_SIZE.pack(len(head)) + head
+        return b"".join([self.tag(framed), framed, *rest])
+
+    def open_head(self, message: bytes) -> tuple[memoryview, memoryview] | None:
+        """The head and the rest of a message from `seal_head` whose tag proves the key (views, not copies); None
+        (dropped, counted) otherwise. The receiver drops the message (`drop`) if the rest is not what the head binds."""
+        view = memoryview(message)
+        start = TAG_BYTES + HEAD_SIZE.size
+        if len(view) >= start:
+            end = start + HEAD_SIZE.unpack_from(view, TAG_BYTES)[0]
+            if end <= len(view) and hmac.compare_digest(view[:TAG_BYTES], self.tag(view[TAG_BYTES:end])):
+                return view[start:end], view[end:]
+        self.drop()
+        return None
+
+    def drop(self) -> None:
+        """Count a message without the key's proof, and log the count at most once a second."""
         self.dropped += 1
         now = time.monotonic()
         if now - self._logged_at >= DROP_LOG_INTERVAL_S:
@@ -83,7 +109,6 @@ class MessageKey:
                         self.dropped - self._dropped_at_log)
             self._logged_at = now
             self._dropped_at_log = self.dropped
-        return None
 
     def __repr__(self) -> str:  # never the secret, in a log line or a traceback
         return f"MessageKey({self.receiver!r})"

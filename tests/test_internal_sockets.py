@@ -13,10 +13,12 @@ import pytest
 
 from edge_harness import Server
 from engine import Account, CreateAccounts
-from journal.auth import KEY_BYTES, TAG_BYTES, HmacSha256, KeyFileError, MessageKey, ensure_key_file, load_key
+from journal.auth import (HEAD_SIZE, KEY_BYTES, TAG_BYTES, HmacSha256, KeyFileError, MessageKey, ensure_key_file,
+                          load_key)
 from journal.client import ShardClient
 from journal.processes import UNIX_PATH_MAX_BYTES, InternalAddresses, running_address, running_key
-from journal.wire import ReadEntries, Replicate, Submit, request_encoder
+from journal.store import GENESIS_HASH, HASH_BYTES, Entry, entry_hash
+from journal.wire import ReadEntries, ReplicateHead, Submit, replicate_head_encoder, request_encoder
 from shard_harness import key_of, primary_config, replica_pair, start
 
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
@@ -97,6 +99,11 @@ def _forged_requests() -> list[bytes]:
     return [submit, read, WRONG_KEY.seal(submit), WRONG_KEY.seal(read), b"\x00" * TAG_BYTES + submit]
 
 
+def _record(payload: bytes) -> bytes:
+    """A well-formed first journal record."""
+    return Entry(1, entry_hash(GENESIS_HASH, 1, payload), GENESIS_HASH, payload).record()
+
+
 async def _status(client: ShardClient):
     return await client.status(with_state_hash=True)
 
@@ -124,12 +131,16 @@ def test_a_replica_drops_replication_that_lacks_the_key(tmp_path):
     client = ShardClient([replica.client_address], key_of(replica), timeout_ms=5000)
     try:
         before = asyncio.run(_status(client))
-        forged = request_encoder.encode(Replicate(before.epoch + 1, 1, [b"forged record"]))
-        for message in (forged, WRONG_KEY.seal(forged)):
+        record = _record(b"forged")
+        head = replicate_head_encoder.encode(ReplicateHead(before.epoch + 1, 1, [len(record)], record[:HASH_BYTES]))
+        forged = [HEAD_SIZE.pack(len(head)) + head + record, WRONG_KEY.seal_head(head, [record]),
+                  # the key's tag on the head, but other records than the chain it names: no proof either
+                  *(key_of(replica).seal_head(head, [_record(payload)]) for payload in (b"other", b"forgex"))]
+        for message in forged:
             assert _no_reply(replica.replication_address, message)
         after = asyncio.run(_status(client))
         assert (after.epoch, after.sequence, after.state_hash) == (before.epoch, before.sequence, before.state_hash)
-        assert after.unauthenticated_messages == before.unauthenticated_messages + 2
+        assert after.unauthenticated_messages == before.unauthenticated_messages + len(forged)
     finally:
         client.close()
         replica_process.stop()
