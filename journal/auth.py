@@ -14,6 +14,9 @@ import time
 
 log = logging.getLogger("paygate.auth")
 KEY_FILE = "internal.key"
+# The data folder's other key files: merchants' derived secrets, and the key that seals their rotated ones.
+GATEWAY_KEY_FILE = "gateway.key"
+CREDENTIALS_KEY_FILE = "credentials.key"
 KEY_BYTES = 32
 TAG_BYTES = 32  # SHA-256
 SHA256_BLOCK_BYTES = 64
@@ -136,6 +139,12 @@ def create_file_once(path: pathlib.Path, data: bytes) -> bool:
         return False
     finally:
         os.unlink(temporary)
+
+
+def read_or_create_key(path: pathlib.Path, size: int) -> bytes:
+    """The bytes of a key file, made (`size` random bytes, 0600) by whichever process reads it first."""
+    create_file_once(path, os.urandom(size))
+    return path.read_bytes()
 
 
 def ensure_key_file(path: pathlib.Path) -> None:

@@ -19,7 +19,7 @@ import urllib.request
 import msgspec
 import pytest
 
-from actors import health
+from actors import health, notifier
 from actors.connectors import actor_name
 from actors.runtime import NAMESPACE, TOKEN_FILE, RuntimeInfo
 from edge_harness import Server
@@ -141,10 +141,12 @@ def test_dashboard_lists_the_named_actors_alive(welcome):
     actors = [actor for actor in msgspec.json.decode(body)["data"]["result"]["result"]
               if actor["ray_namespace"] == NAMESPACE and actor["name"]]
     states = {actor["name"]: actor["state"] for actor in actors}
-    assert {actor_name("piggybank"), health.ACTOR_NAME} <= set(states), states
+    assert {actor_name("piggybank"), health.ACTOR_NAME, notifier.ACTOR_NAME} <= set(states), states
     assert set(states.values()) == {"ALIVE"}, states
     watch = next(actor for actor in actors if actor["name"] == health.ACTOR_NAME)
     assert watch["repr_name"].startswith(f"ShardHealth({SHARDS} shard(s), {2 * SHARDS} process(es)"), watch
+    sender = next(actor for actor in actors if actor["name"] == notifier.ACTOR_NAME)
+    assert sender["repr_name"].startswith(f"Notifier({SHARDS} shard(s), retries after 2,10,60,300,1800,7200,21600,86400 s)"), sender
 
 
 def test_shard_health_reports_every_shard_healthy_with_its_sequence(server, runtime, welcome):
