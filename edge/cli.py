@@ -9,6 +9,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 
 import pynng
 from tqdm import tqdm
@@ -25,7 +26,7 @@ from edge.limits import malformed_networks
 from edge.rotation import RotationError, rotate_kek
 from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
 from journal import logs
-from journal.auth import KeyFileError, MessageKey, ensure_key_file, key_path
+from journal.auth import DEFAULT_GRACE_S, KeyFileError, MessageKey, ensure_key_file, key_path, rotate_key_file
 from journal.client import ShardMap, ShardUnavailable
 from journal.processes import (InternalAddresses, ShardPlan, ShardProcess, ShardStartFailed, load_or_create_layout,
                                request_once, running_address, running_key)
@@ -121,6 +122,13 @@ def main(argv: list[str] | None = None) -> None:
                                                     "retire the old keys (beside a running serve)")
     rotate.add_argument("--data", required=True, help="the data folder serve runs on")
     rotate.set_defaults(run=rotate_kek_folder)
+
+    internal = commands.add_parser("rotate-internal-key",
+                                   help="replace the data folder's internal message key without stopping serve")
+    internal.add_argument("--data", required=True, help="the data folder (serve may be running on it)")
+    internal.add_argument("--grace-s", type=float, default=DEFAULT_GRACE_S,
+                          help="how long after the switch the old key is still accepted (default %(default)g s)")
+    internal.set_defaults(run=rotate_internal_key)
 
     shard = commands.add_parser("shard", help="run one shard process (used by serve)")
     shard.add_argument("config")
@@ -370,6 +378,21 @@ def rotate_kek_folder(args) -> int:
         print(f"{args.data}: {report.unavailable} card(s) were sealed under keys paygate no longer held: they stay "
               "unusable (card_key_unavailable)", flush=True)
     return 0
+
+
+def rotate_internal_key(args) -> int:
+    try:
+        switch_at, refused_at = rotate_key_file(key_path(pathlib.Path(args.data)), args.grace_s)
+    except KeyFileError as error:
+        print(f"paygate rotate-internal-key: {args.data}: {error}", file=sys.stderr, flush=True)
+        return 1
+    print(f"{args.data}: a new internal key is accepted now and seals from {_clock(switch_at)}; the old key is "
+          f"refused from {_clock(refused_at)}", flush=True)
+    return 0
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
 def shard_folders(data: pathlib.Path, pattern: str = "shard-*") -> list[pathlib.Path]:

@@ -21,7 +21,7 @@ import pytest
 
 from actors import health, notifier
 from actors.connectors import actor_name
-from actors.runtime import NAMESPACE, TOKEN_FILE, RuntimeInfo
+from actors.runtime import MODE_VARIABLE, NAMESPACE, TOKEN_FILE, RuntimeInfo, token_authentication_on
 from edge_harness import Server
 from journal.processes import request_status, running_address, running_key
 
@@ -110,6 +110,16 @@ def test_a_shard_is_up_with_a_primary_and_healthy_with_every_process():
     assert (nothing.up, nothing.committed_sequence) == (False, 0)
 
 
+@pytest.mark.parametrize("mode, local, expected", [(None, True, True), (None, False, False), ("token", False, True),
+                                                   ("disabled", True, False), ("TOKEN", True, True)])
+def test_token_authentication_is_told_by_rays_documented_rules(monkeypatch, mode, local, expected):
+    if mode is None:
+        monkeypatch.delenv(MODE_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(MODE_VARIABLE, mode)
+    assert token_authentication_on(local) is expected
+
+
 def test_welcome_names_the_dashboard_on_loopback_and_how_to_log_in(server, welcome, runtime):
     assert welcome["dashboard_url"].startswith("http://127.0.0.1:")
     assert welcome["dashboard_url"] == runtime.dashboard_url
@@ -126,7 +136,11 @@ def test_welcome_names_the_dashboard_on_loopback_and_how_to_log_in(server, welco
             pass
 
 
-def test_dashboard_answers_only_with_the_token(welcome):
+def test_dashboard_answers_only_with_the_token(welcome, runtime):
+    # What serve says of Ray's token authentication is what Ray's own dashboard says.
+    status, body = get(welcome["dashboard_url"] + "/api/authentication_mode")
+    assert (status, msgspec.json.decode(body)) == (200, {"authentication_mode": "token"})
+    assert runtime.token_authentication
     actors_url = welcome["dashboard_url"] + "/api/v0/actors"
     assert get(actors_url)[0] == 401
     assert get(actors_url, token="0" * 64)[0] == 403
