@@ -68,6 +68,7 @@ OUTCOME_ERRORS = {
     "order_not_pending": (409, "order_not_pending"),
     "rate_limited": (429, "rate_limited"),
     "signature_window_full": (429, "rate_limited"),
+    "idempotency_keys_full": (503, "idempotency_keys_full"),
     "insufficient_funds": (402, "insufficient_funds"),
     "amount_too_large": (402, "amount_too_large"),
     "payment_method_not_allowed": (400, "payment_method_not_allowed"),

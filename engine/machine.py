@@ -71,6 +71,8 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     withdrawals: list[Withdrawal] = []
     adjustments: list[Adjustment] = []
     signatures: list[tuple[str, str, int]] = []
+    # Failed transfer ids with when they failed, oldest first (`failed_ids`, without times, is older snapshots').
+    failed_ids_at: list[tuple[str, int]] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -178,6 +180,7 @@ class Engine:
         if kind is CreateAccounts:
             return self.ledger.create_accounts(command.accounts, timestamp)
         if command is ADVANCE:
+            self.ledger.forget_failed_before(timestamp)
             events = self.ledger.expire(timestamp)
             events += self.commerce.advance(timestamp, [event.object_id for event in events])
             self.commerce.events[:0] = events  # ahead of those the advance logged itself, as batches list them
@@ -186,9 +189,12 @@ class Engine:
 
     def next_deadline(self) -> int | None:
         """The earliest time at which something expires (a pending transfer, an order), if any."""
-        heaps = (self.ledger.expiries, self.commerce.orders.expiries, self.commerce.payments.deadlines,
-                 self.commerce.deposits.expiries)
-        heads = [heap[0][0] for heap in heaps if heap]
+        commerce = self.commerce
+        heads = [self.ledger.expiries[0][0]] if self.ledger.expiries else []
+        for schedule in (commerce.orders.expiries, commerce.payments.deadlines, commerce.deposits.expiries):
+            head = schedule.next_time()
+            if head is not None:
+                heads.append(head)
         return min(heads) if heads else None
 
     def query(self, query: Query) -> Answer:
@@ -207,9 +213,10 @@ class Engine:
             timestamp=self.timestamp,
             accounts=[_bare(account) for account in accounts],
             transfers=list(ledger.transfers.values()),
-            failed_ids=sorted(ledger.failed_ids),
+            failed_ids=[],
+            failed_ids_at=list(ledger.failed_ids.items()),
             pending_states=list(ledger.pending_states.items()),
-            expiries=sorted(ledger.expiries),
+            expiries=ledger.live_expiries(),
             histories=[(account.id, account.history) for account in accounts if account.history],
             submits=self.submits.snapshot(),
             **self.commerce.snapshot(),
@@ -225,9 +232,11 @@ class Engine:
         ledger.accounts = {account.id: account for account in snapshot.accounts}
         for account in snapshot.accounts:
             account.currency = sys.intern(account.currency)  # as create_accounts leaves it
-        ledger.failed_ids = set(snapshot.failed_ids)
+        # An older snapshot's failed ids count as spent when it was taken.
+        ledger.failed_ids = {transfer_id: snapshot.timestamp for transfer_id in snapshot.failed_ids}
+        ledger.failed_ids.update(snapshot.failed_ids_at)
         ledger.pending_states = dict(snapshot.pending_states)
-        ledger.expiries = list(snapshot.expiries)
+        ledger.expiries = sorted(snapshot.expiries)
         _restore_histories(ledger, snapshot.histories)
         _restore_transfers(ledger, snapshot.transfers)
         engine.commerce.restore(snapshot)

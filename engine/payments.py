@@ -13,9 +13,11 @@ from engine.changes import Changes
 from engine.check import check
 from engine.codes import TransferCode, transfer_outcome
 from engine.ledger import Ledger
+from engine.listing import Listing
 from engine.records import (
     CancelPayment,
     CapturePayment,
+    CardDetails,
     CreatePayment,
     CreatePayout,
     CreateRefund,
@@ -35,7 +37,7 @@ from engine.records import (
     wallet_account_id,
 )
 from engine.states import transition
-from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, TransferFlag
+from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, AccountFlag, Event, Transfer, TransferFlag
 
 OPEN_STATUSES = ("processing", "requires_action")
 # An order's payment in one of these may still take its money: a second payment must not charge it too.
@@ -50,6 +52,7 @@ CALLBACK_REPLAYED = "callback_replayed"
 CALLBACK_REPLAY_WINDOW_NS = 600 * NANOSECONDS_PER_SECOND
 MAX_RESEALED_CARDS = 10_000  # per command: a batch the shard journals and replicates at once
 MAX_CALLBACK_SIGNATURES = 100_000  # beyond it the oldest is forgotten: a bound, well above any provider's rate
+MAX_CALLBACKS_PER_PAYMENT = 32  # a payment hears of its provider a few times: 3-D Secure, then the verdict
 
 # The chart of accounts (engine/ACCOUNTS.md): the flags an account is made with, by its name. Money of merchants and
 # customers never goes below zero; only the mirrors of a real inflow may run a debit balance, and money goes back
@@ -77,15 +80,16 @@ class Payments:
         self.orders = orders
         self.events = events
         self.payments: dict[str, Payment] = changes.dict()
-        # merchant id -> its payment ids, oldest first (derived: restore rebuilds it)
-        self.by_merchant: dict[str, list[str]] = changes.dict()
+        self.by_merchant = Listing(changes)  # each merchant's payment ids (derived: restore rebuilds it)
         # token id -> a card sealed by the edge; the engine never sees a card number in clear
         self.cards: dict[str, VaultedCard] = changes.dict()
+        # token id -> the end of its card's expiry month, when it is forgotten (derived: restore rebuilds it)
+        self.card_expiries = changes.schedule()
         self.refunds: dict[str, Refund] = changes.dict()
         self.payouts: dict[str, Payout] = changes.dict()
         # signature -> when its callback came (engine time), oldest first
         self.callback_signatures: dict[str, int] = changes.dict()
-        self.deadlines = changes.heap()  # (deadline_at, payment id)
+        self.deadlines = changes.schedule()  # payment id -> its deadline_at
         # pending transfer id -> payment id, to hear of an authorization that timed out
         self.payment_by_hold: dict[str, str] = changes.dict(ordered=False)
 
@@ -93,13 +97,14 @@ class Payments:
 
     def advance(self, timestamp: int, expired_transfers: list[str]) -> None:
         """Fail payments the provider left unanswered; cancel authorizations the ledger released."""
-        while self.deadlines and self.deadlines[0][0] <= timestamp:
-            _, payment_id = self.deadlines.pop()
+        for payment_id in self.deadlines.pop_due(timestamp):
             payment = self.payments[payment_id]
             if payment.status in OPEN_STATUSES and payment.method in BANK_METHODS:
                 self._stop_waiting(payment, timestamp)  # the payer sent no transfer in time
             elif payment.status in OPEN_STATUSES:
                 self._fail(payment, "processing_timeout", "the acquirer did not answer in time", timestamp)
+        for token_id in self.card_expiries.pop_due(timestamp):
+            del self.cards[token_id]  # no acquirer takes it any more
         for transfer_id in expired_transfers:
             payment_id = self.payment_by_hold.pop(transfer_id, None)
             if payment_id is not None and self.payments[payment_id].status == "requires_capture":
@@ -159,7 +164,7 @@ class Payments:
                 self.order_closed(order, timestamp)  # a payment started again: the one before it is superseded
                 order.transfer_payment_id = payment.id
         if command.sealed_card:
-            self.cards[payment.token_id] = VaultedCard(payment.merchant_id, payment.card, command.sealed_card)
+            self._vault(payment.token_id, VaultedCard(payment.merchant_id, payment.card, command.sealed_card))
         self.events.append(Event("payment.created", payment.id, timestamp))
         refusal = self.risk_refusal(payment.merchant_id, payment.amount, payment.currency, command.risk_reason,
                                     command.amount_limits)
@@ -171,7 +176,7 @@ class Payments:
         # A transfer for an order waits as long as the order does; every other payment has a deadline of its own.
         if command.processing_timeout_s and not (payment.method in BANK_METHODS and payment.order_id):
             payment.deadline_at = timestamp + command.processing_timeout_s * NANOSECONDS_PER_SECOND
-            self.deadlines.push((payment.deadline_at, payment.id))
+            self.deadlines.set(payment.id, payment.deadline_at)
         return Outcome(record=payment)
 
     def payment_in_progress(self, order: Order) -> bool:
@@ -233,6 +238,8 @@ class Payments:
             return Outcome("duplicate", record=payment)
         if payment.status not in OPEN_STATUSES:
             return Outcome("payment_not_open", record=payment)
+        if len(payment.callback_ids) >= MAX_CALLBACKS_PER_PAYMENT:
+            return Outcome("too_many_callbacks", record=payment)
         payment.callback_ids = [*payment.callback_ids, command.callback_id]
         payment.psp_reference = command.psp_reference or payment.psp_reference
         payment.updated_at = timestamp
@@ -616,6 +623,10 @@ class Payments:
         walk by position sees each once)."""
         return list(itertools.islice(self.cards.items(), start, start + limit))
 
+    def _vault(self, token_id: str, vaulted: VaultedCard) -> None:
+        self.cards[token_id] = vaulted
+        self.card_expiries.set(token_id, card_expires_at(vaulted.card))
+
     def card_of(self, merchant_id: str, token_id: str) -> VaultedCard | None:
         vaulted = self.cards.get(token_id)
         return vaulted if vaulted is not None and vaulted.merchant_id == merchant_id else None
@@ -628,16 +639,9 @@ class Payments:
     def list_payments(self, merchant_id: str, limit: int, starting_after: str,
                       status: str = "") -> tuple[list[Payment], bool]:
         """A merchant's payments, newest first, only those in `status` if given; and whether more follow."""
-        ids = self.by_merchant.get(merchant_id, [])
-        end = len(ids)
-        if starting_after:
-            after = self._payment_of(merchant_id, starting_after)
-            if after is None:
-                return [], False
-            end = ids.index(after.id)
         found: list[Payment] = []
-        for index in range(end - 1, -1, -1):
-            payment = self.payments[ids[index]]
+        for payment_id in self.by_merchant.newest_first(merchant_id, starting_after):
+            payment = self.payments[payment_id]
             if status and payment.status != status:
                 continue
             if len(found) == limit:
@@ -647,7 +651,7 @@ class Payments:
 
     def add(self, payment: Payment) -> Payment:
         self.payments[payment.id] = payment
-        self.by_merchant.setdefault(payment.merchant_id, []).append(payment.id)
+        self.by_merchant.add(payment.merchant_id, payment.id)
         return payment
 
     def _payment_of(self, merchant_id: str, payment_id: str) -> Payment | None:
@@ -668,7 +672,8 @@ class Payments:
             self.add(payment)
         self.refunds.load((refund.id, refund) for refund in snapshot.refunds)
         self.payouts.load((payout.id, payout) for payout in snapshot.payouts)
-        self.cards.load(snapshot.cards)
+        for token_id, vaulted in snapshot.cards:
+            self._vault(token_id, vaulted)
         self.callback_signatures.load(snapshot.callback_signatures)
         # A payment for an order waits for its transfer with no deadline of its own.
         self.deadlines.load((payment.deadline_at, payment.id) for payment in snapshot.payments
@@ -676,6 +681,23 @@ class Payments:
         for payment in snapshot.payments:
             if payment.status == "requires_capture":
                 self.payment_by_hold[payment.authorization_id] = payment.id
+
+
+def card_expires_at(card: CardDetails) -> int:
+    """The first instant (engine ns, UTC) after the card's expiry month: from then on no acquirer takes it."""
+    month = min(max(card.exp_month, 1), 12)
+    year, month = (card.exp_year + 1, 1) if month == 12 else (card.exp_year, month + 1)
+    return min(_days_since_epoch(year, month, 1) * 86400 * NANOSECONDS_PER_SECOND, TIMESTAMP_MAX)
+
+
+def _days_since_epoch(year: int, month: int, day: int) -> int:
+    """Days from 1970-01-01 to a date of the proleptic Gregorian calendar, any year (Hinnant's days_from_civil)."""
+    year -= month <= 2
+    era = year // 400
+    year_of_era = year - era * 400
+    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
+    return era * 146097 + day_of_era - 719468
 
 
 def _wallet_payment(command: PayOrderFromWallet, order: Order | None, timestamp: int) -> Payment:
