@@ -1,11 +1,10 @@
 """The risk block list: card fingerprints, IPs, emails and customers refused, kept by the shard that owns its key."""
 
 from engine.changes import Changes
-from engine.listing import Listing
+from engine.listing import EVERYWHERE, Listing
 from engine.records import AddToBlocklist, BlocklistEntry, Outcome, RemoveFromBlocklist
 
 MAX_BLOCKLIST_ENTRIES = 100_000
-EVERYWHERE = ""  # the one owner of the listing: the block list pages as one list
 
 
 class Blocklist:
@@ -32,9 +31,7 @@ class Blocklist:
 
     def list_entries(self, limit: int, starting_after: str = "") -> tuple[list[BlocklistEntry], bool]:
         """Block list entries, newest first, and whether more follow."""
-        newest_first = self.listing.newest_first(EVERYWHERE, starting_after)
-        page = [self.entries[entry_id] for entry_id, _ in zip(newest_first, range(limit + 1))]
-        return page[:limit], len(page) > limit
+        return self.listing.page(EVERYWHERE, self.entries, limit, starting_after)
 
     # State
 

@@ -17,6 +17,7 @@ from engine.ledger import Ledger
 from engine.merchants import Merchants
 from engine.orders import Orders
 from engine.payments import Payments
+from engine.reconciliations import Reconciliations
 from engine.records import (
     AddDashboardUser,
     AddToBlocklist,
@@ -38,6 +39,7 @@ from engine.records import (
     MoveWallet,
     Outcome,
     PayOrderFromWallet,
+    Reconcile,
     ReceiveBankTransfer,
     ReceiveDepositTransfer,
     RecordPayoutResult,
@@ -69,6 +71,7 @@ class Commerce:
         self.idempotency = IdempotencyKeys(changes)
         self.blocklist = Blocklist(changes)  # kept by the shard that owns the block list's routing key
         self.credentials = Credentials(self.merchants.by_id, changes)
+        self.reconciliations = Reconciliations(ledger, changes, self.payments, self.events)
 
     # Time
 
@@ -92,6 +95,7 @@ class Commerce:
         else:
             outcome = _HANDLERS[type(command)](self, command, timestamp)
         self.deposits.follow_payments(first_event, timestamp)  # a deposit's payment moved on: so does the deposit
+        self.reconciliations.follow(first_event)  # a card capture or refund waits for its settlement
         return outcome
 
     def _idempotent(self, command: Idempotent, timestamp: int) -> Outcome:
@@ -127,7 +131,7 @@ class Commerce:
 
     def _concerns(self) -> tuple:
         return (self.merchants, self.orders, self.wallets, self.idempotency, self.ip_windows, self.payments,
-                self.blocklist, self.deposits, self.credentials)
+                self.blocklist, self.deposits, self.credentials, self.reconciliations)
 
 
 _HANDLERS = {
@@ -163,5 +167,6 @@ _HANDLERS = {
     RemoveFromBlocklist: lambda commerce, command, timestamp: commerce.blocklist.remove(command, timestamp),
     RotateCredentials: lambda commerce, command, timestamp: commerce.credentials.rotate(command, timestamp),
     TouchCredentials: lambda commerce, command, timestamp: commerce.credentials.touch(command, timestamp),
+    Reconcile: lambda commerce, command, timestamp: commerce.reconciliations.reconcile(command, timestamp),
     Signed: Commerce._signed,
 }

@@ -11,6 +11,7 @@ from typing import Iterator
 from engine.changes import Changes
 
 MIN_PACK_PLACES = 64  # a list this short is not worth packing
+EVERYWHERE = ""  # the owner of a listing that pages as one list
 
 
 class Listing:
@@ -61,3 +62,9 @@ class Listing:
             listed = ids[place]
             if places.get(listed) == place:
                 yield listed
+
+    def page(self, owner: str, records: dict, limit: int, starting_after: str = "") -> tuple[list, bool]:
+        """Up to `limit` of the owner's records (`records` by id), newest first after `starting_after`, and whether
+        more follow."""
+        page = [records[item_id] for item_id, _ in zip(self.newest_first(owner, starting_after), range(limit + 1))]
+        return page[:limit], len(page) > limit

@@ -34,6 +34,7 @@ from engine.records import (
     Outcome,
     Payment,
     Payout,
+    Reconciliation,
     Refund,
     VaultedCard,
     Withdrawal,
@@ -73,6 +74,7 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     signatures: list[tuple[str, str, int]] = []
     # Failed transfer ids with when they failed, oldest first (`failed_ids`, without times, is older snapshots').
     failed_ids_at: list[tuple[str, int]] = []
+    reconciliations: list[Reconciliation] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()

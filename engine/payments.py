@@ -12,6 +12,7 @@ import itertools
 from engine.changes import Changes
 from engine.check import check
 from engine.codes import TransferCode, transfer_outcome
+from engine.days import DAY_NS, days_since_epoch
 from engine.ledger import Ledger
 from engine.listing import Listing
 from engine.records import (
@@ -46,6 +47,8 @@ IN_PROGRESS_STATUSES = (*OPEN_STATUSES, "requires_capture")
 BANK_METHODS = ("qr", "bank_transfer")
 # An order whose paying payment is refunded says how much of it went back.
 REFUND_MARKED_STATUSES = ("paid", "partially_refunded")
+# A payment whose money came, settled or not, disputed in part or not: what chargebacks left of it may go back.
+REFUNDABLE_STATUSES = ("succeeded", "settled", "disputed")
 RISK_REJECTED = "risk_rejected"
 CALLBACK_REPLAYED = "callback_replayed"
 # A provider's signature is good for 300 s either side of the clock: one seen is remembered for twice that.
@@ -67,6 +70,13 @@ ACCOUNT_FLAGS = {
     "clearing_piggybank": MIRRORS_INFLOW,
     "clearing_bank": MIRRORS_INFLOW,
     "adjustments": MIRRORS_INFLOW,  # the admin's named manual credits: debit-normal, counted as an inflow
+    # Settlement (engine/reconciliations.py): what the acquirer paid into our bank and the fees it kept mirror the
+    # bank's statement, whatever it says (debit-normal, no limit); refunds of settled payments are owed to the
+    # acquirer until it deducts them; a chargeback's money not yet recovered from the merchant is owed by it.
+    "settled_piggybank": AccountFlag.HISTORY,
+    "fees_piggybank": AccountFlag.HISTORY,
+    "refunds_piggybank": HOLDS_MONEY,
+    "disputes": MIRRORS_INFLOW,
     "deposits": AccountFlag.HISTORY,  # legacy: the unfunded source of journaled MoveWallet deposits, replayed as then
 }
 SUB_ACCOUNT_FLAGS = HOLDS_MONEY
@@ -414,22 +424,34 @@ class Payments:
         payment = self._payment_of(refund.merchant_id, refund.payment_id)
         if payment is None:
             return Outcome("payment_not_found")
-        if payment.status != "succeeded" or payment.deposit_id:  # a deposit's money is the customer's, in the wallet
+        # A deposit's money is the customer's, in the wallet.
+        if payment.status not in REFUNDABLE_STATUSES or payment.deposit_id:
             return Outcome("payment_not_refundable", record=payment)
-        amount = refund.amount or payment.amount_captured - payment.amount_refunded
-        if amount <= 0 or payment.amount_refunded + amount > payment.amount_captured:
+        refundable = payment.amount_captured - payment.amount_refunded - payment.amount_disputed
+        amount = refund.amount or refundable
+        if amount <= 0 or amount > refundable:
             return Outcome("amount_too_large", record=payment)
         balance = system_account_id(payment.merchant_id, "balance", payment.currency)
         if self.ledger.available(balance) < amount:  # money already paid out or held for a payout
             return Outcome("insufficient_funds", record=payment)
-        # The money goes back the way it came: to the wallet, or to the acquirer for the card.
-        source = (wallet_account_id(payment.merchant_id, payment.customer_id, payment.currency)
-                  if payment.method == "wallet"
-                  else system_account_id(payment.merchant_id, f"clearing_{payment.acquirer}", payment.currency))
-        code = move(self.ledger, Transfer(command.transfer_id, balance, source, amount, payment.currency), timestamp)
+        # The money goes back the way it came: to the wallet, or to the acquirer for the card: what it still owes
+        # for the payment, or once it has settled it, what we owe it until its next settlement deducts the refund.
+        if payment.method == "wallet":
+            source = wallet_account_id(payment.merchant_id, payment.customer_id, payment.currency)
+        else:
+            name = f"{'refunds' if payment.settled_at else 'clearing'}_{payment.acquirer}"
+            source = system_account_id(payment.merchant_id, name, payment.currency)
+        back = Transfer(command.transfer_id, balance, source, amount, payment.currency)
+        refusal = move_refusal(self.ledger, back)  # before a refunds account is made: a refusal leaves none
+        if refusal:
+            return Outcome(refusal, record=payment)
+        if payment.settled_at:
+            system_account(self.ledger, payment.merchant_id, f"refunds_{payment.acquirer}", payment.currency, timestamp)
+        code = move(self.ledger, back, timestamp)
         if code != "ok":
             return Outcome(code, record=payment)
         refund.amount, refund.currency, refund.created_at = amount, payment.currency, timestamp
+        refund.status, refund.settled_at, refund.after_settlement = "succeeded", 0, bool(payment.settled_at)
         self.refunds[refund.id] = refund
         payment.amount_refunded += amount
         payment.updated_at = timestamp
@@ -548,7 +570,7 @@ class Payments:
     def _succeed(self, payment: Payment, amount: int, timestamp: int) -> None:
         transition(payment, "succeeded")
         payment.amount_captured = amount
-        payment.updated_at = timestamp
+        payment.updated_at = payment.captured_at = timestamp
         self.events.append(Event("payment.succeeded", payment.id, timestamp))
 
     def _book_to_order(self, payment: Payment, order: Order, exception: tuple[str, str] | None,
@@ -687,17 +709,7 @@ def card_expires_at(card: CardDetails) -> int:
     """The first instant (engine ns, UTC) after the card's expiry month: from then on no acquirer takes it."""
     month = min(max(card.exp_month, 1), 12)
     year, month = (card.exp_year + 1, 1) if month == 12 else (card.exp_year, month + 1)
-    return min(_days_since_epoch(year, month, 1) * 86400 * NANOSECONDS_PER_SECOND, TIMESTAMP_MAX)
-
-
-def _days_since_epoch(year: int, month: int, day: int) -> int:
-    """Days from 1970-01-01 to a date of the proleptic Gregorian calendar, any year (Hinnant's days_from_civil)."""
-    year -= month <= 2
-    era = year // 400
-    year_of_era = year - era * 400
-    day_of_year = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
-    day_of_era = year_of_era * 365 + year_of_era // 4 - year_of_era // 100 + day_of_year
-    return era * 146097 + day_of_era - 719468
+    return min(days_since_epoch(year, month, 1) * DAY_NS, TIMESTAMP_MAX)
 
 
 def _wallet_payment(command: PayOrderFromWallet, order: Order | None, timestamp: int) -> Payment:

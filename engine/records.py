@@ -157,6 +157,13 @@ class Payment(msgspec.Struct, tag=True, kw_only=True):
     customer_ip: str = ""
     # The deposit this payment funds: its money lands in the customer's wallet, not in the merchant's balance.
     deposit_id: str = ""
+    # Its money came (engine time), and the acquirer's settlement file listed it: engine/reconciliations.py.
+    captured_at: int = 0
+    settled_at: int = 0
+    # What its settlement moved from the acquirer's clearing account to the bank's, refunds settled before it less.
+    amount_settled: int = 0
+    # What chargebacks took back.
+    amount_disputed: int = 0
 
 
 class BlocklistEntry(msgspec.Struct, tag=True, kw_only=True):
@@ -179,6 +186,9 @@ class Refund(msgspec.Struct, tag=True, kw_only=True):
     reason: str = ""
     status: RefundStatus = "succeeded"
     created_at: int = 0
+    settled_at: int = 0
+    # Made once its payment was settled: owed to the acquirer (its `refunds_` account) until a settlement deducts it.
+    after_settlement: bool = False
 
 
 class Payout(msgspec.Struct, tag=True, kw_only=True):
@@ -241,7 +251,28 @@ class Adjustment(msgspec.Struct, tag=True, kw_only=True):
     created_at: int = 0
 
 
-Record = Merchant | Order | Customer | Payment | Refund | Payout | BlocklistEntry | Deposit | Withdrawal | Adjustment
+class Reconciliation(msgspec.Struct, tag=True, kw_only=True):
+    """One shard's part of a reconciliation against a provider's settlement file for a day: the ids of the rows it
+    matched (and settled), and of each kind of mismatch. Every shard keeps a part under the same id; the edge
+    shows them together. engine/reconciliations.py."""
+
+    id: str  # rec_...
+    provider: str
+    date: str  # YYYY-MM-DD, the file's
+    request_hash: str  # of the file: the same id with another file is refused
+    rows: int = 0  # the file's rows this shard was given
+    matched: list[str] = []
+    missing_in_settlement: list[str] = []  # captured or refunded here that day, left out of the file
+    missing_in_ledger: list[str] = []  # in the file, unknown to the ledger
+    amount_mismatch: list[str] = []  # in both, for another amount or currency
+    duplicates: list[str] = []  # listed twice, or settled already
+    chargebacks: list[str] = []  # payments the file reports charged back
+    fees: dict[str, int] = {}  # by currency: what the acquirer kept, posted to its fees account
+    created_at: int = 0
+
+
+Record = (Merchant | Order | Customer | Payment | Refund | Payout | BlocklistEntry | Deposit | Withdrawal | Adjustment
+          | Reconciliation)
 
 
 class Outcome(msgspec.Struct, tag="outcome", omit_defaults=True):
@@ -540,6 +571,30 @@ class RecordPayoutResult(msgspec.Struct, tag="record_payout_result", array_like=
     signature: str = ""
 
 
+class SettlementRow(msgspec.Struct, array_like=True):
+    """One row of a provider's settlement file: `transaction_id` is the reference we gave it (a payment's or a
+    refund's id); `status` is captured, refunded or chargeback; amounts are in minor units."""
+
+    transaction_id: str
+    amount: int
+    currency: str
+    status: str
+    settled_at: int = 0  # engine ns, as the file says
+    fee: int = 0
+
+
+class Reconcile(msgspec.Struct, tag="reconcile", array_like=True, kw_only=True):
+    """A reconciliation's part on one shard: the file's rows that name this shard's payments and refunds, and (on
+    one shard only) those no shard knows."""
+
+    reconciliation_id: str
+    provider: str
+    date: str  # YYYY-MM-DD
+    request_hash: str
+    rows: list[SettlementRow]
+    unknown: list[SettlementRow] = []
+
+
 CommerceCommand = (
     CreateMerchant
     | UpdateMerchant
@@ -570,6 +625,7 @@ CommerceCommand = (
     | ResealCards
     | RotateCredentials
     | TouchCredentials
+    | Reconcile
 )
 
 

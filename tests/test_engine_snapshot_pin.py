@@ -38,11 +38,13 @@ from engine.records import (
     Payout,
     ReceiveBankTransfer,
     ReceiveDepositTransfer,
+    Reconcile,
     RecordPayoutResult,
     RecordPspResult,
     RecordWithdrawalResult,
     Refund,
     RemoveFromBlocklist,
+    SettlementRow,
     Signed,
     Split,
     SubAccount,
@@ -54,8 +56,8 @@ from engine.machine import Snapshot
 from engine.types import NANOSECONDS_PER_SECOND as S
 
 T0 = 1_700_000_000 * S
-STATE_HASH = "d4e151dfe07235f6b62aa61d030eab3be27aced5503dacd209fcaaa3e896fb11"
-SNAPSHOT_DIGEST = "5547780cba4e73905417cd74b51e606f857ae2025438e106ad96061a43ec27ee"
+STATE_HASH = "2272d496e6d738413db06ad3d6fa22b09e209276f27525e190bf4bc645de40fd"
+SNAPSHOT_DIGEST = "0b158787b68b742a946063d57a4efeecc06fed5acb6e04ff292bf2b22339c92f"
 
 
 def order(oid: str, mid: str = "m1", amount: int = 1000, methods: tuple[str, ...] = ("card",),
@@ -87,7 +89,8 @@ def deposit(did: str, method: str) -> CreateDeposit:
 
 def batches() -> list[list]:
     """Merchants, sub-accounts, orders with splits, customers, wallets, idempotency keys, IP windows, the block
-    list, payments (card, QR, wallet, refunds, payouts) and deposits, withdrawals and adjustments."""
+    list, payments (card, QR, wallet, refunds, payouts) and deposits, withdrawals and adjustments, and a
+    reconciliation that settles, charges back and finds mismatches."""
     return [
         [CreateMerchant(Merchant(id="m1", name="Shop", email="m1@example.com", api_key_hash="akh1", client_id="cid1")),
          CreateMerchant(Merchant(id="m2", name="Partner", email="m2@example.com", api_key_hash="akh2")),
@@ -139,6 +142,11 @@ def batches() -> list[list]:
          RecordPayoutResult(merchant_id="m1", payout_id="po_1", callback_id="bank5", paid=True,
                             transfer_id="m1:po_1.paid", signature="sig_po_1"),
          card_payment("pay_5", "o6")],
+        [Reconcile(reconciliation_id="rec_1", provider="piggybank", date="2023-11-14", request_hash="file-1",
+                   rows=[SettlementRow("pay_1", 1000, "usd", "captured", fee=30),
+                         SettlementRow("re_1", 300, "usd", "refunded", fee=5),
+                         SettlementRow("pay_2", 600, "usd", "chargeback", fee=15)],
+                   unknown=[SettlementRow("pay_elsewhere", 10, "usd", "captured")])],
     ]
 
 
@@ -164,6 +172,11 @@ def test_the_fixed_sequence_leaves_something_in_every_part_of_the_snapshot():
                         "o5": "cancelled", "o6": "pending", "o7": "pending"}
     assert [(deposit.id, deposit.status) for deposit in snapshot.deposits] == [
         ("dep_1", "succeeded"), ("dep_2", "succeeded"), ("dep_3", "requires_action")]
+    part = snapshot.reconciliations[0]
+    assert (part.matched, part.chargebacks, part.missing_in_settlement, part.missing_in_ledger, part.fees) == (
+        ["pay_1", "re_1"], ["pay_2"], ["pay_dep_1"], ["pay_elsewhere"], {"USD": 50})
+    assert {payment.id: payment.status for payment in snapshot.payments if payment.id in ("pay_1", "pay_2")} == {
+        "pay_1": "settled", "pay_2": "disputed"}
 
 
 def test_the_snapshot_and_the_state_hash_are_those_recorded():
