@@ -10,7 +10,8 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from edge import cards, credentials_api, login, payments_api, qr_api, render, risk, schemas, wallets_api
+from edge import cards, credentials_api, login, payments_api, qr_api, reconciliations_api, render, risk, schemas, \
+    wallets_api
 from edge.auth import AdminToken, Secrets, TokenIssuer, hash_secret
 from edge.credentials import CredentialUses, MerchantSecrets, client_secret_set, report_uses
 from edge.sealing import SecretSealer
@@ -103,6 +104,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(risk.watch_table)
     app.cleanup_ctx.append(cards.watch_key_ring)
     app.cleanup_ctx.append(report_uses)
+    app.cleanup_ctx.append(reconciliations_api.settlement_session)
     routes = [
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
@@ -158,6 +160,9 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/v1/risk/blocklist", risk.create_blocklist_entry),
         web.get("/v1/risk/blocklist", risk.list_blocklist),
         web.delete("/v1/risk/blocklist/{id}", risk.delete_blocklist_entry),
+        web.post("/v1/reconciliations", reconciliations_api.create_reconciliation),
+        web.get("/v1/reconciliations", reconciliations_api.list_reconciliations),
+        web.get("/v1/reconciliations/{id}", reconciliations_api.get_reconciliation),
     ]
     app.add_routes(routes)
     app["routes"] = routes

@@ -75,6 +75,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--status-query-margin-s", type=float, default=5.0,
                        help="a card payment still processing is asked about at its acquirer this long before its "
                             "processing timeout (at most a quarter of that timeout)")
+    serve.add_argument("--settlement-cutoff-s", type=_at_least(0), default=7200,
+                       help="the acquirer's settlement file of a UTC day is fetched and reconciled this long after "
+                            "the day ends (the reconciler actor)")
     serve.add_argument("--snapshot-every-batches", type=int, default=20_000)
     serve.add_argument("--snapshot-every-s", type=float, default=600.0)
     serve.add_argument("--prune-journal", action="store_true", help="delete journal entries older than the oldest kept snapshot")
@@ -220,7 +223,7 @@ def _serve(args) -> int:
             # Imported here: Ray takes seconds to import, and only serve with actors needs it.
             import ray
 
-            from actors import connectors, followers, health, risk
+            from actors import connectors, followers, health, reconciler, risk
             from actors import runtime as ray_runtime
 
             providers.start().wait_ready()
@@ -237,6 +240,8 @@ def _serve(args) -> int:
             actor_handles.append(followers.spawn(settings.shard_addresses, key_file, data / "cursors",
                                                  list(PROVIDERS), status_query_margin_s=args.status_query_margin_s))
             actor_handles.append(health.spawn(settings.shard_addresses, key_file))
+            actor_handles.append(reconciler.spawn(settings.shard_addresses, key_file, data / "cursors", "piggybank",
+                                                  providers.services[0].url, cutoff_s=args.settlement_cutoff_s))
             ray_description += f"\nShards' health: {health.WHERE}"
             rules = risk.load_rules(args.risk_rules)
             actor_handles.append(risk.spawn(settings.shard_addresses, key_file, data / "risk", rules))
@@ -244,6 +249,7 @@ def _serve(args) -> int:
             settings.risk_test_cards = [] if args.production else rules.test_cards
             actor_pids += ray.get([handle.pid.remote() for handle in actor_handles])
             settings.providers = {"piggybank": connector_address}
+            settings.settlement_urls = {"piggybank": providers.services[0].url}
         edge.start().wait_ready()
         _print_welcome(public_url, layout, args.workers, admin_token, api_key, ray_description)
         while not stop.wait(SUPERVISION_TICK_S):

@@ -108,6 +108,8 @@ class Settings(msgspec.Struct, kw_only=True):
     admin_token_hash: str = ""  # of PAYGATE_ADMIN_TOKEN, when set: the token itself never leaves serve
     # provider name -> the nng address of its connector actor
     providers: dict[str, str] = {}
+    # provider name -> the base URL its settlement files are fetched from (POST /v1/reconciliations)
+    settlement_urls: dict[str, str] = {}
     processing_timeout_s: int = 30
     # How long an authorization held for manual capture lasts before the ledger releases it.
     authorization_hold_s: int = 7 * 86400

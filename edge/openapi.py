@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from edge import schemas
+from edge import reconciliations_api, schemas
 from engine.states import ORDER_STATUSES, PAYMENT_STATUSES
 
 # Documented only: the handler counts the items itself, to answer too many with 413 rather than a decoding 400.
@@ -85,8 +85,20 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
                                "with risk_rejected", schemas.BlocklistEntryCreate, schemas.BlocklistEntryOut, "admin"),
     "list_blocklist": ("the risk block list, newest first", None, schemas.BlocklistEntryList, "admin"),
     "delete_blocklist_entry": ("take an entry off the risk block list", None, schemas.BlocklistEntryOut, "admin"),
+    "create_reconciliation": ("reconcile a settlement file, posted as text/csv (?provider=, ?date=) or fetched from "
+                              "the provider: matched payments settle, fees and chargebacks are posted",
+                              reconciliations_api.ReconciliationCreate, reconciliations_api.ReconciliationOut,
+                              "admin"),
+    "list_reconciliations": ("reconciliations, newest first", None, reconciliations_api.ReconciliationList, "admin"),
+    "get_reconciliation": ("a reconciliation: what matched, and each kind of mismatch", None,
+                           reconciliations_api.ReconciliationOut, "admin"),
 }
 ERROR_STATUSES = ("400", "401", "402", "403", "404", "409", "413", "429", "503")
+# Bodies that may also come in another media type than JSON: handler name -> (media type, schema).
+OTHER_REQUEST_MEDIA = {
+    "create_reconciliation": ("text/csv", {"type": "string", "description": "transaction_id,amount,currency,status,"
+                                                                            "settled_at[,fee]"}),
+}
 # Bodies that are not JSON: handler name -> (media type, the type that describes the fields).
 FORM_REQUESTS: dict[str, tuple[str, type]] = {
     "oauth_token": ("application/x-www-form-urlencoded", schemas.TokenRequest),
@@ -109,6 +121,8 @@ QUERY_PARAMETERS = {
     "list_payments": ("status", "limit", "starting_after"),
     "list_blocklist": ("limit", "starting_after"),
     "account_balances": ("at",),
+    "list_reconciliations": ("limit", "starting_after"),
+    "create_reconciliation": ("provider", "date"),
 }
 # What parse_time (edge/app.py) accepts: unix seconds below 2**33, or an RFC 3339 time from 1970 to 2262.
 TIME_SCHEMA = {"anyOf": [{"type": "string", "pattern": "^[0-9]{1,10}$"}, {"type": "string", "format": "date-time"}],
@@ -159,6 +173,9 @@ def _document(routes: tuple[tuple[str, str, str], ...]) -> dict:
         if request_type is not None:
             operation["requestBody"] = {"required": handler not in OPTIONAL_BODIES, "content": {"application/json": {
                 "schema": schema_of[request_type]}}}
+        if handler in OTHER_REQUEST_MEDIA:
+            other_media_type, other_schema = OTHER_REQUEST_MEDIA[handler]
+            operation["requestBody"]["content"][other_media_type] = {"schema": other_schema}
         if handler in FORM_REQUESTS:
             form_media_type, form_type = FORM_REQUESTS[handler]
             operation["requestBody"] = {"required": True, "content": {form_media_type: {

@@ -31,7 +31,8 @@ SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, 
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                            HealthCheck.data_too_large])
 ADMIN_ONLY = {"create_merchant", "update_merchant", "create_dashboard_user", "ledger_check", "create_blocklist_entry",
-              "list_blocklist", "delete_blocklist_entry", "create_adjustment"}
+              "list_blocklist", "delete_blocklist_entry", "create_adjustment", "create_reconciliation",
+              "list_reconciliations", "get_reconciliation"}
 # API.md: the error type for each 4xx status.
 ERROR_TYPES = {400: {"invalid_request_error"}, 401: {"authentication_error"}, 402: {"card_error", "balance_error"},
                403: {"permission_error"}, 404: {"invalid_request_error"}, 405: {"invalid_request_error"},
@@ -57,6 +58,7 @@ OPERATIONS = [
     ("GET", "/v1/qr/payments/{id}.png"),
     ("GET", "/v1/qr/merchants/{id}.png"), ("POST", "/v1/payouts"), ("GET", "/v1/payouts/{id}"),
     ("POST", "/v1/risk/blocklist"), ("GET", "/v1/risk/blocklist"), ("DELETE", "/v1/risk/blocklist/{id}"),
+    ("POST", "/v1/reconciliations"), ("GET", "/v1/reconciliations"), ("GET", "/v1/reconciliations/{id}"),
 ]
 
 # Requests that once got a 500 (each: what went wrong, and requests as schemathesis Case arguments): kept as
