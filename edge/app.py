@@ -10,8 +10,20 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from edge import cards, credentials_api, login, payments_api, qr_api, reconciliations_api, render, risk, schemas, \
-    wallets_api
+from edge import (
+    cards,
+    credentials_api,
+    deliveries_api,
+    events_api,
+    invoices_api,
+    login,
+    payments_api,
+    qr_api,
+    reconciliations_api,
+    risk,
+    schemas,
+    wallets_api,
+)
 from edge.auth import AdminToken, Secrets, TokenIssuer, hash_secret
 from edge.credentials import CredentialUses, MerchantSecrets, client_secret_set, report_uses
 from edge.sealing import SecretSealer
@@ -48,6 +60,7 @@ from edge.limits import SharedTokenBuckets, malformed_networks
 from edge.metrics import Metrics
 from edge.outbound import check_outbound_urls
 from edge.openapi import document
+from engine import views
 from engine.codes import AccountCode, TransferCode
 from engine.queries import AccountBalance, AccountTransfers, GetCustomer, GetOrder, ListOrders, \
     LookupAccounts, LookupTransfers
@@ -98,6 +111,7 @@ def create_app(settings: Settings) -> web.Application:
     app["merchant_secrets"] = MerchantSecrets(app["secrets"], SecretSealer.load_or_create(data / "credentials.key"))
     app["credential_uses"] = CredentialUses()
     app["metrics"] = Metrics()
+    invoices_api.install(app)
     app["risk"] = risk.LocalTable(settings.risk_table_path, frozenset(settings.risk_test_cards))
     app.on_startup.append(_open_gateway)
     app.on_cleanup.append(_close_gateway)
@@ -160,6 +174,14 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/v1/risk/blocklist", risk.create_blocklist_entry),
         web.get("/v1/risk/blocklist", risk.list_blocklist),
         web.delete("/v1/risk/blocklist/{id}", risk.delete_blocklist_entry),
+        web.get("/v1/events", events_api.list_events),
+        web.get("/v1/events/{id}", events_api.get_event),
+        web.post("/v1/events/{id}/redeliver", events_api.redeliver_event),
+        web.get("/v1/webhook_deliveries", deliveries_api.list_deliveries),
+        web.post("/v1/webhook_deliveries/replay", deliveries_api.replay_deliveries),
+        web.get("/v1/invoices", invoices_api.list_invoices),
+        web.get("/v1/invoices/{id}.pdf", invoices_api.get_invoice_pdf),  # before {id}, which would take "x.pdf"
+        web.get("/v1/invoices/{id}", invoices_api.get_invoice),
         web.post("/v1/reconciliations", reconciliations_api.create_reconciliation),
         web.get("/v1/reconciliations", reconciliations_api.list_reconciliations),
         web.get("/v1/reconciliations/{id}", reconciliations_api.get_reconciliation),
@@ -237,7 +259,7 @@ async def oauth_token(request: web.Request) -> web.Response:
     check_merchant_access(request, merchant)  # a token is API access: the allow list applies to getting one
     request.app["credential_uses"].note(merchant.id, credential.id)
     token = request.app["issuer"].issue(merchant.id, "api", TOKEN_TTL_S, now_ns // 1_000_000_000, credential.id)
-    return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
+    return respond(request, views.TokenOut(token, "Bearer", TOKEN_TTL_S))
 
 
 # Merchants
@@ -260,7 +282,7 @@ async def create_merchant(request: web.Request) -> web.Response:
     )
     outcome = await run(request, merchant_id, CreateMerchant(merchant), body)
     raise_for(outcome)
-    shown = render.merchant(outcome.record)
+    shown = views.merchant(outcome.record)
     shown.api_key = api_key
     # The first set's signing and webhook secrets are derived, never stored: shown again by a replay as the key is.
     shown.signing_secret = derived.signing_secret(merchant_id)
@@ -270,11 +292,11 @@ async def create_merchant(request: web.Request) -> web.Response:
 
 
 async def get_merchant(request: web.Request) -> web.Response:
-    return respond(request, render.merchant(await merchant_visible(request)))
+    return respond(request, views.merchant(await merchant_visible(request)))
 
 
 async def get_me(request: web.Request) -> web.Response:
-    return respond(request, render.merchant(await merchant_principal(request)))
+    return respond(request, views.merchant(await merchant_principal(request)))
 
 
 def _settlement_account(fields) -> SettlementAccount | None:
@@ -300,7 +322,7 @@ async def update_merchant(request: web.Request) -> web.Response:
     outcome = await run(request, merchant_id, command, body)
     raise_for(outcome)
     request.app["merchant_cache"].pop(merchant_id)
-    return respond(request, render.merchant(outcome.record))
+    return respond(request, views.merchant(outcome.record))
 
 
 async def create_sub_account(request: web.Request) -> web.Response:
@@ -312,7 +334,7 @@ async def create_sub_account(request: web.Request) -> web.Response:
     request.app["merchant_cache"].pop(merchant.id)
     # By id, not position: under an Idempotency-Key the id is the key's, so a replay's stored merchant names it too.
     created = next(sub for sub in outcome.record.sub_accounts if sub.id == sub_account.id)
-    return respond(request, render.sub_account(outcome.record.id, created))
+    return respond(request, views.sub_account(outcome.record.id, created))
 
 
 async def create_dashboard_user(request: web.Request) -> web.Response:
@@ -376,8 +398,8 @@ def _check_splits(splits: list[schemas.SplitIn]) -> None:
                            f"splits[{index}]")
 
 
-def _order_out(request: web.Request, merchant: Merchant, order: Order) -> schemas.OrderOut:
-    return render.order(order, request.app["settings"].public_url, qr_api.order_qr(merchant, order))
+def _order_out(request: web.Request, merchant: Merchant, order: Order) -> views.OrderOut:
+    return views.order(order, request.app["settings"].public_url, qr_api.order_qr(merchant, order))
 
 
 async def _order(request: web.Request, merchant: Merchant) -> Order:
@@ -449,7 +471,7 @@ async def create_account(request: web.Request) -> web.Response:
         raise ApiError(400, AccountCode.name(code), AccountCode.name(code).replace("_", " "))
     stored = (await request.app["gateway"].read(merchant.id, LookupAccounts([account.id]))).accounts[0]
     # The account as it was created, so a replay under the Idempotency-Key answers what the first request did.
-    return respond(request, render.account(msgspec.structs.replace(account, timestamp=stored.timestamp)))
+    return respond(request, views.account(msgspec.structs.replace(account, timestamp=stored.timestamp)))
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -458,7 +480,7 @@ async def get_account(request: web.Request) -> web.Response:
     account = (await request.app["gateway"].read(merchant.id, LookupAccounts([ledger_id(merchant.id, account_id)]))).accounts[0]
     if account is None:
         raise not_found("account", account_id)
-    return respond(request, render.account(account))
+    return respond(request, views.account(account))
 
 
 async def account_statement(request: web.Request) -> web.Response:
@@ -478,7 +500,7 @@ async def account_statement(request: web.Request) -> web.Response:
             # A transfer of another account is no place in this statement.
             on_account = after is not None and read.account_id in (after.debit_account_id, after.credit_account_id)
             check_cursor(on_account, request.query["starting_after"])
-    return respond(request, {"object": "list", "data": [render.transfer(t) for t in transfers[:limit]],
+    return respond(request, {"object": "list", "data": [views.transfer(t) for t in transfers[:limit]],
                              "has_more": len(transfers) > limit})
 
 
@@ -490,7 +512,7 @@ async def account_balances(request: web.Request) -> web.Response:
     if balance is None:
         raise ApiError(404, "resource_missing", f"no balance history for account {account_id!r} (created without "
                        "the history flag?)", "id")
-    return respond(request, render.balance(account_id, at, balance))
+    return respond(request, views.balance(account_id, at, balance))
 
 
 async def create_transfers(request: web.Request) -> web.Response:
@@ -508,7 +530,7 @@ async def create_transfers(request: web.Request) -> web.Response:
     transfers = [_transfer_in(prefix, item) for item in items]
     result = await run(request, merchant.id, CreateTransfers(transfers), body)
     codes = result.codes if isinstance(result, Outcome) else result
-    results = [schemas.TransferResult(item.id, "created" if code == 0 else TransferCode.name(code))
+    results = [views.TransferResult(item.id, "created" if code == 0 else TransferCode.name(code))
                for item, code in zip(items, codes)]
     return respond(request, results if is_batch else results[0])
 
@@ -535,7 +557,7 @@ async def get_transfer(request: web.Request) -> web.Response:
     transfer = (await request.app["gateway"].read(merchant.id, LookupTransfers([ledger_id(merchant.id, transfer_id)]))).transfers[0]
     if transfer is None:
         raise not_found("transfer", transfer_id)
-    return respond(request, render.transfer(transfer))
+    return respond(request, views.transfer(transfer))
 
 
 # Customers and wallets
@@ -548,7 +570,7 @@ async def create_customer(request: web.Request) -> web.Response:
                         name=fields.name)
     outcome = await run(request, merchant.id, CreateCustomer(customer), body)
     raise_for(outcome)
-    return respond(request, render.customer(outcome.record))
+    return respond(request, views.customer(outcome.record))
 
 
 async def _customer(request: web.Request, merchant: Merchant) -> Customer:
@@ -561,7 +583,7 @@ async def _customer(request: web.Request, merchant: Merchant) -> Customer:
 
 async def get_customer(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, render.customer(await _customer(request, merchant)))
+    return respond(request, views.customer(await _customer(request, merchant)))
 
 
 async def get_wallet(request: web.Request) -> web.Response:
@@ -576,4 +598,4 @@ async def get_wallet(request: web.Request) -> web.Response:
         account.id, limit=20, newest_first=True)) for account in accounts))
     history = [transfer for statement in statements for transfer in statement.transfers]
     history.sort(key=lambda transfer: transfer.timestamp, reverse=True)
-    return respond(request, render.wallet(customer, accounts, history[:20]))
+    return respond(request, views.wallet(customer, accounts, history[:20]))

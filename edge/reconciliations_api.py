@@ -22,7 +22,7 @@ from actors import settlements
 from edge import schemas
 from edge.errors import ApiError
 from edge.http import authenticate, check_cursor, new_id, parse_limit, raise_for, respond
-from edge.render import time_of
+from engine.views import time_of
 from engine.queries import ListReconciliations
 from engine.records import Reconciliation
 

@@ -27,8 +27,11 @@ from engine.records import (
     Adjustment,
     BlocklistEntry,
     Customer,
+    Delivery,
     Deposit,
+    EventRecord,
     Idempotent,
+    Invoice,
     Merchant,
     Order,
     Outcome,
@@ -72,6 +75,10 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     withdrawals: list[Withdrawal] = []
     adjustments: list[Adjustment] = []
     signatures: list[tuple[str, str, int]] = []
+    events: list[EventRecord] = []
+    deliveries: list[Delivery] = []
+    invoices: list[Invoice] = []
+    invoice_numbers: list[tuple[str, int]] = []
     # Failed transfer ids with when they failed, oldest first (`failed_ids`, without times, is older snapshots').
     failed_ids_at: list[tuple[str, int]] = []
     reconciliations: list[Reconciliation] = []
@@ -116,6 +123,7 @@ class Engine:
         self.sequence = batch.sequence
         self.timestamp = timestamp = batch.timestamp
         self.failures = []
+        self.commerce.notifications.sequence = batch.sequence
         events = self.commerce.events
         events.clear()
         self._step(-1, ADVANCE, timestamp)
@@ -186,6 +194,7 @@ class Engine:
             events = self.ledger.expire(timestamp)
             events += self.commerce.advance(timestamp, [event.object_id for event in events])
             self.commerce.events[:0] = events  # ahead of those the advance logged itself, as batches list them
+            self.commerce.notifications.record(0, timestamp)
             return None
         return self.commerce.apply(command, timestamp)
 

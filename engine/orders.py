@@ -14,9 +14,10 @@ MAX_SPLITS = 10
 
 class Orders:
     # Payments read orders, and orders close their payments: each command hands its Payments in.
-    def __init__(self, changes: Changes, merchants: Merchants, ip_windows: IpWindows) -> None:
+    def __init__(self, changes: Changes, merchants: Merchants, ip_windows: IpWindows, events: list[Event]) -> None:
         self.merchants = merchants
         self.ip_windows = ip_windows
+        self.events = events
         self.by_id: dict[str, Order] = changes.dict()
         self.by_merchant = Listing(changes)  # each merchant's order ids
         self.expiries = changes.schedule()  # order id -> when it expires
@@ -96,6 +97,7 @@ class Orders:
         transition(order, "cancelled")
         order.updated_at = timestamp
         payments.order_closed(order, timestamp)
+        self.events.append(Event("order.cancelled", order.id, timestamp))
         return Outcome(record=order)
 
     def _schedule_expiry(self, order: Order) -> None:

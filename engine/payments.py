@@ -397,6 +397,7 @@ class Payments:
             return Outcome(code, record=payment)
         self.payment_by_hold.pop(payment.authorization_id, None)
         payment.amount_capturable = 0
+        self.events.append(Event("payment.captured", payment.id, timestamp))
         return Outcome(record=payment)
 
     def cancel(self, command: CancelPayment, timestamp: int) -> Outcome:
@@ -455,8 +456,8 @@ class Payments:
         self.refunds[refund.id] = refund
         payment.amount_refunded += amount
         payment.updated_at = timestamp
-        self._mark_order_refunded(payment, amount, timestamp)
         self.events.append(Event("refund.succeeded", refund.id, timestamp))
+        self._mark_order_refunded(payment, amount, timestamp)
         return Outcome(record=refund)
 
     def create_payout(self, command: CreatePayout, timestamp: int) -> Outcome:
@@ -627,6 +628,7 @@ class Payments:
         if order.status in REFUND_MARKED_STATUSES and order.payment_id == payment.id:
             fully = payment.amount_refunded >= payment.amount_captured
             transition(order, "refunded" if fully else "partially_refunded")
+            self.events.append(Event(f"order.{order.status}", order.id, timestamp))
 
     def reseal_cards(self, command: ResealCards) -> Outcome:
         """Each card replaced by its new sealing if it still holds the one the sealer read; the others stay."""
