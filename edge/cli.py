@@ -21,7 +21,7 @@ from edge.folders import DataFolderError, restrict_data_folder, restrict_new_fil
 from edge.limits import malformed_networks
 from edge.rotation import RotationError, rotate_kek
 from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
-from journal import logs
+from journal import cold, logs
 from journal.auth import KeyFileError, MessageKey, ensure_key_file, key_path
 from journal.client import ShardMap, ShardUnavailable
 from journal.processes import (InternalAddresses, ShardPlan, ShardProcess, ShardStartFailed, load_or_create_layout,
@@ -78,6 +78,9 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--settlement-cutoff-s", type=_at_least(0), default=7200,
                        help="the acquirer's settlement file of a UTC day is fetched and reconciled this long after "
                             "the day ends (the reconciler actor)")
+    serve.add_argument("--archive-after-s", type=_at_least(0), default=86_400,
+                       help="orders, payments, refunds and invoices that ended this long ago (engine time) leave "
+                            "memory for each shard's cold store (0: never)")
     serve.add_argument("--snapshot-every-batches", type=int, default=20_000)
     serve.add_argument("--snapshot-every-s", type=float, default=600.0)
     serve.add_argument("--prune-journal", action="store_true", help="delete journal entries older than the oldest kept snapshot")
@@ -183,7 +186,8 @@ def _serve(args) -> int:
     internal = InternalAddresses(host=args.internal_host, base_port=args.base_port) if args.internal_host else local
     plan = ShardPlan(data, internal, sync=not args.async_replication, key_file=key_path(data),
                      snapshot_every_batches=args.snapshot_every_batches, snapshot_every_s=args.snapshot_every_s,
-                     prune_journal=args.prune_journal, auto_promote_ms=args.auto_promote_ms)
+                     prune_journal=args.prune_journal, auto_promote_ms=args.auto_promote_ms,
+                     archive_after_s=args.archive_after_s)
     configs = [plan.configs(shard, layout.replica) for shard in range(layout.shard_count)]
     # Taken out of the environment: no child process (edge worker, shard, Ray) needs it, only its hash.
     admin_override = os.environ.pop(ADMIN_TOKEN_VARIABLE, "")
@@ -377,9 +381,13 @@ def _replay_folder(journal: Journal, folder: pathlib.Path) -> int:
     return 0
 
 
-def _replay_with_progress(journal: Journal, label: str):
+def _replay_with_progress(journal: Journal, label: str, on_result=lambda result: None):
+    def on_batch(entry, result) -> None:
+        progress.update(1)
+        on_result(result)
+
     with tqdm(total=journal.head_sequence, desc=label, unit="batch", disable=None) as progress:
-        return replay_from_scratch(journal, on_batch=lambda entry, result: progress.update(1))
+        return replay_from_scratch(journal, on_batch=on_batch)
 
 
 def verify_folder(folder: pathlib.Path) -> int:
@@ -389,10 +397,16 @@ def verify_folder(folder: pathlib.Path) -> int:
 def _verify_folder(journal: Journal, folder: pathlib.Path) -> int:
     problems = []
     snapshots = Snapshots(folder)
+    archived = cold.Expected()
     try:
-        engine, _ = _replay_with_progress(journal, folder.name)
+        engine, _ = _replay_with_progress(journal, folder.name, archived.add)
         engine.verify()
         final_hash = engine.state_hash()
+        store = cold.ColdStore(folder, readonly=True)
+        try:
+            problems += archived.check(store, engine)
+        finally:
+            store.close()
         for path in snapshots.paths():
             problems += _check_snapshot(journal, snapshots, path, final_hash)
     except (CorruptionError, AssertionError) as error:

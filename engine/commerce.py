@@ -7,6 +7,7 @@ and deposits (deposits.py) each own their state. Money moves only as ledger tran
 sees another merchant's order or customer.
 """
 
+from engine.archival import Archival
 from engine.blocklist import Blocklist
 from engine.changes import Changes
 from engine.credentials import Credentials
@@ -25,6 +26,7 @@ from engine.records import (
     AddToBlocklist,
     AdjustWallet,
     AdmitOrderIp,
+    Archive,
     CancelOrder,
     CancelPayment,
     CapturePayment,
@@ -82,6 +84,7 @@ class Commerce:
                   "payout": self.payments.payouts, "deposit": self.deposits.deposits,
                   "withdrawal": self.deposits.withdrawals}
         self.notifications = Notifications(changes, self.merchants.by_id, stores, self.invoices, self.events)
+        self.archival = Archival(changes, self.orders, self.payments, self.invoices, self.reconciliations)
 
     # Time
 
@@ -180,6 +183,7 @@ _HANDLERS = {
     RotateCredentials: lambda commerce, command, timestamp: commerce.credentials.rotate(command, timestamp),
     TouchCredentials: lambda commerce, command, timestamp: commerce.credentials.touch(command, timestamp),
     Reconcile: lambda commerce, command, timestamp: commerce.reconciliations.reconcile(command, timestamp),
+    Archive: lambda commerce, command, timestamp: commerce.archival.archive(command, timestamp),
     RecordDeliveryAttempts: lambda commerce, command, timestamp: commerce.notifications.record_attempts(
         command, timestamp),
     RedeliverEvent: lambda commerce, command, timestamp: commerce.notifications.redeliver(command, timestamp),

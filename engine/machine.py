@@ -25,6 +25,8 @@ from engine.ledger import Ledger
 from engine.queries import Answer, Query, answer
 from engine.records import (
     Adjustment,
+    Archive,
+    Archived,
     BlocklistEntry,
     Customer,
     Delivery,
@@ -109,8 +111,10 @@ class Engine:
         self.submits = SubmitWindow()
         self.sequence = 0
         self.timestamp = 0
-        # What the last batch undid, for the caller to log.
+        # What the last batch undid, for the caller to log; what its Archive commands took out of memory, for the
+        # shard's cold store.
         self.failures: list[CommandFailure] = []
+        self.archived: list[Archived] = []
         _check_tracked(self.commerce)
 
     def apply(self, batch: Batch) -> BatchResult:
@@ -123,6 +127,7 @@ class Engine:
         self.sequence = batch.sequence
         self.timestamp = timestamp = batch.timestamp
         self.failures = []
+        self.archived = []
         self.commerce.notifications.sequence = batch.sequence
         events = self.commerce.events
         events.clear()
@@ -196,7 +201,10 @@ class Engine:
             self.commerce.events[:0] = events  # ahead of those the advance logged itself, as batches list them
             self.commerce.notifications.record(0, timestamp)
             return None
-        return self.commerce.apply(command, timestamp)
+        outcome = self.commerce.apply(command, timestamp)
+        if kind is Archive and outcome.code == "ok":
+            self.archived.append(outcome.record)
+        return outcome
 
     def next_deadline(self) -> int | None:
         """The earliest time at which something expires (a pending transfer, an order), if any."""

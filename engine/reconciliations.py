@@ -56,6 +56,8 @@ class Reconciliations:
         # Captures and refunds not settled yet, by "<acquirer>:<day>" (derived: restore rebuilds them).
         self.unsettled_payments = Listing(changes)
         self.unsettled_refunds = Listing(changes)
+        # payment id -> how many of its refunds wait for their settlement (derived: restore rebuilds it)
+        self.refunds_waiting: dict[str, int] = changes.dict(ordered=False)
         # (merchant id, currency) whose `disputes` account is owed money, at most one per merchant account (derived:
         # restore rebuilds it; read sorted, so its order is not state).
         self.owing: dict[tuple[str, str], bool] = changes.dict(ordered=False)
@@ -71,14 +73,14 @@ class Reconciliations:
                 self._list_refund(self.payments.refunds[event.object_id])
 
     def _list_payment(self, payment: Payment) -> None:
-        if payment.acquirer in SETTLING_ACQUIRERS and payment.method == "card" and not payment.settled_at:
+        if settles_by_file(payment) and not payment.settled_at:
             self.unsettled_payments.add(_captured_day(payment), payment.id)
 
     def _list_refund(self, refund: Refund) -> None:
         payment = self.payments.payments.get(refund.payment_id)
-        if (payment is not None and payment.acquirer in SETTLING_ACQUIRERS and payment.method == "card"
-                and not refund.settled_at):
+        if payment is not None and settles_by_file(payment) and not refund.settled_at:
             self.unsettled_refunds.add(_day_key(payment.acquirer, day_of(refund.created_at)), refund.id)
+            self.refunds_waiting[payment.id] = self.refunds_waiting.get(payment.id, 0) + 1
 
     # The command
 
@@ -157,9 +159,14 @@ class Reconciliations:
         elif not payment.settled_at:  # the acquirer deducted it before paying the payment in: the clearing holds it
             self._move(f"{refund.id}.settled", payment, "clearing", "settled", refund.amount, timestamp)
             payment.amount_settled -= refund.amount
-        refund.settled_at = timestamp
+        refund.settled_at = payment.updated_at = timestamp
         transition(refund, "settled")
         self.unsettled_refunds.remove(_day_key(payment.acquirer, day_of(refund.created_at)), refund.id)
+        waiting = self.refunds_waiting[payment.id] - 1
+        if waiting:
+            self.refunds_waiting[payment.id] = waiting
+        else:
+            del self.refunds_waiting[payment.id]
 
     def _fee(self, payment: Payment, row: SettlementRow, part: Reconciliation, timestamp: int) -> None:
         if row.fee:
@@ -259,6 +266,11 @@ class Reconciliations:
         for refund in snapshot.refunds:
             if refund.status == "succeeded":
                 self._list_refund(refund)
+
+
+def settles_by_file(payment: Payment) -> bool:
+    """A card payment at an acquirer whose settlement file lists it (and its refunds)."""
+    return payment.acquirer in SETTLING_ACQUIRERS and payment.method == "card"
 
 
 def _chart_name(name: str, acquirer: str) -> str:

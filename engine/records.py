@@ -355,8 +355,19 @@ class Reconciliation(msgspec.Struct, tag=True, kw_only=True):
     created_at: int = 0
 
 
+class Archived(msgspec.Struct, tag=True, kw_only=True):
+    """What an Archive took out of memory, for the shard's cold store; `more`: another Archive would find more."""
+
+    before: int
+    orders: list[Order] = []
+    payments: list[Payment] = []
+    refunds: list[Refund] = []
+    invoices: list[Invoice] = []
+    more: bool = False
+
+
 Record = (Merchant | Order | Customer | Payment | Refund | Payout | BlocklistEntry | Deposit | Withdrawal | Adjustment
-          | EventRecord | Delivery | Invoice | Reconciliation)
+          | EventRecord | Delivery | Invoice | Reconciliation | Archived)
 
 
 class Outcome(msgspec.Struct, tag="outcome", omit_defaults=True):
@@ -697,6 +708,13 @@ class ReplayDeliveries(msgspec.Struct, tag="replay_deliveries", array_like=True,
     limit: int = 1000
 
 
+class Archive(msgspec.Struct, tag="archive", array_like=True):
+    """End-of-day archival: the records that can change no more and were last changed `age_s` before the batch
+    leave memory for the shard's cold store (engine/archival.py)."""
+
+    age_s: int
+
+
 class SettlementRow(msgspec.Struct, array_like=True):
     """One row of a provider's settlement file: `transaction_id` is the reference we gave it (a payment's or a
     refund's id); `status` is captured, refunded or chargeback; amounts are in minor units."""
@@ -755,6 +773,7 @@ CommerceCommand = (
     | RedeliverEvent
     | ReplayDeliveries
     | Reconcile
+    | Archive
 )
 
 

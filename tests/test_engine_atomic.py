@@ -122,7 +122,7 @@ def _indexes(engine: Engine) -> dict:
                           for name in ("records_by_merchant", "records_by_object", "deliveries_by_merchant",
                                        "deliveries_by_event")}
         | {"pending": list(commerce.notifications.pending), "dead": sorted(commerce.notifications.dead)},
-        "invoices": (dict(commerce.invoices.by_merchant), dict(commerce.invoices.by_order)),
+        "invoices": (_listed(commerce.invoices.by_merchant), dict(commerce.invoices.by_order)),
     }
 
 
