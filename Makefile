@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 UV := .lock-tools/bin/uv
 PYPI := https://pypi.org/simple
 
-.PHONY: venv lock lock-check test test-slow run bench-engine bench-durable bench-http bench-ceiling clean
+.PHONY: venv lock lock-check test test-slow run bench-engine bench-durable bench-http bench-ceiling bench-soak clean
 
 venv: $(STAMP)
 
@@ -62,6 +62,10 @@ bench-http: venv
 
 bench-ceiling: venv
 	$(BIN)/python -m bench.ceiling
+
+# Millions of orders through one engine with end-of-day archival: RSS and apply rate per tenth (SOAK_FLAGS=--orders N).
+bench-soak: venv
+	$(BIN)/python -m bench.soak $(SOAK_FLAGS)
 
 clean:
 	rm -rf $(VENV) .lock-tools data bench/out

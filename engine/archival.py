@@ -12,14 +12,19 @@ first and at most MAX_ARCHIVED of each kind per command, the records that can ch
                   archived already
     an invoice    its order archived already
 
-and answers them (`Archived`): the shard process writes them to its cold store (journal/cold.py), from which reads
-of them are answered from then on. A record met at the front of its kind's list that is old but cannot go yet moves
-to the back, so the next command does not meet it first again. Balances, merchants, customers, deposits, payouts
-and the ledger's transfers stay in memory.
+and the ledger's transfers made before the cut-off, oldest first, up to the first pending transfer still open (which
+holds back those after it until it is posted, voided or expires), with the balances history before the cut-off
+(ledger.archive_transfers): a transfer id archived may be taken again, so a client's retry of a transfer is
+exactly-once within the cut-off (a day by default), as its idempotency keys are. The command answers all of them
+(`Archived`): the shard process writes them to its cold store (journal/cold.py), from which reads of them are
+answered from then on. A record met at the front of its kind's list that is old but cannot go yet moves to the
+back, so the next command does not meet it first again. Balances, merchants, customers, deposits, payouts and
+withdrawals stay in memory.
 """
 
 from engine.changes import Changes
 from engine.invoices import Invoices
+from engine.ledger import Ledger
 from engine.orders import Orders
 from engine.payments import Payments
 from engine.reconciliations import Reconciliations, settles_by_file
@@ -27,14 +32,16 @@ from engine.records import Archive, Archived, Invoice, Order, Outcome, Payment, 
 from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX
 
 MAX_ARCHIVED = 2_000  # of each kind per command: its answer is journaled as the batch's result
+MAX_ARCHIVED_TRANSFERS = 8_000
 MAX_LOOKED_AT = 8_000  # records looked at per kind and command, archived or moved to the back
 ARCHIVABLE_ORDER_STATUSES = ("paid", "partially_refunded", "refunded", "expired", "cancelled")
 ENDED_PAYMENT_STATUSES = ("failed", "cancelled", "settled", "disputed")
 
 
 class Archival:
-    def __init__(self, changes: Changes, orders: Orders, payments: Payments, invoices: Invoices,
+    def __init__(self, ledger: Ledger, changes: Changes, orders: Orders, payments: Payments, invoices: Invoices,
                  reconciliations: Reconciliations) -> None:
+        self.ledger = ledger
         self.changes = changes
         self.orders = orders
         self.payments = payments
@@ -50,8 +57,11 @@ class Archival:
         archived.payments = self._sweep(self.payments.payments, before, self._payment_may_go, self._drop_payment)
         archived.refunds = self._sweep(self.payments.refunds, before, self._refund_may_go, _keep_nothing)
         archived.invoices = self._sweep(self.invoices.by_id, before, self._invoice_may_go, self._drop_invoice)
-        archived.more = MAX_ARCHIVED in (len(archived.orders), len(archived.payments), len(archived.refunds),
-                                         len(archived.invoices))
+        ledger = self.ledger.archive_transfers(before, MAX_ARCHIVED_TRANSFERS)
+        archived.transfers = ledger.transfers
+        archived.histories = [(account.id, history) for account, _, history in ledger.accounts if history]
+        archived.more = (MAX_ARCHIVED in (len(archived.orders), len(archived.payments), len(archived.refunds),
+                                          len(archived.invoices)) or len(archived.transfers) == MAX_ARCHIVED_TRANSFERS)
         return Outcome(record=archived)
 
     def _sweep(self, records: dict, before: int, may_go, drop) -> list:

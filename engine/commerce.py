@@ -84,7 +84,7 @@ class Commerce:
                   "payout": self.payments.payouts, "deposit": self.deposits.deposits,
                   "withdrawal": self.deposits.withdrawals}
         self.notifications = Notifications(changes, self.merchants.by_id, stores, self.invoices, self.events)
-        self.archival = Archival(changes, self.orders, self.payments, self.invoices, self.reconciliations)
+        self.archival = Archival(ledger, changes, self.orders, self.payments, self.invoices, self.reconciliations)
 
     # Time
 

@@ -13,6 +13,8 @@ import sys
 from bisect import bisect_left, bisect_right
 from itertools import islice
 
+import msgspec
+
 from engine.check import check
 from engine.codes import TRANSIENT_TRANSFER_NUMBERS, AccountCode, TransferCode
 from engine.types import (
@@ -68,6 +70,7 @@ class Ledger:
         self.failed_in_command: list[str] = []
         self.forgotten_in_command: list[tuple[str, int]] = []
         self.expired_in_command: list[tuple[int, str, bool]] = []
+        self.archived_in_command: list[ArchivedTransfers] = []
 
     # All or nothing per command
 
@@ -77,11 +80,14 @@ class Ledger:
         self.failed_in_command.clear()
         self.forgotten_in_command.clear()
         self.expired_in_command.clear()
+        self.archived_in_command.clear()
         if len(self.expiries) >= self.expiries_sweep_at:  # between commands: nothing an undo could make live again
             self._sweep_expiries()
 
     def undo_command(self) -> None:
         """Undo everything since `begin_command`, newest first."""
+        for archived in reversed(self.archived_in_command):  # out of the front: back in front, first
+            self._unarchive(archived)
         self._unstore_since(self.transfers_mark)
         self._remove_accounts_since(self.accounts_mark)
         for transfer_id in self.failed_in_command:
@@ -90,6 +96,49 @@ class Ledger:
             self.failed_ids = dict(self.forgotten_in_command + list(self.failed_ids.items()))
         self._unexpire()
         self.begin_command()
+
+    # Archival (engine/archival.py)
+
+    def archive_transfers(self, before: int, limit: int) -> "ArchivedTransfers":
+        """Up to `limit` of the oldest transfers, made before `before`, out of memory (and off their accounts'
+        statements, with the balances history they ended), up to the first pending transfer still open: everything
+        after it waits for it. Their ids may be taken again after this (a client's retry of one applies anew)."""
+        gone = []
+        counts: dict[str, int] = {}
+        for t in self.transfers.values():
+            if len(gone) == limit or t.timestamp >= before:
+                break
+            if t.flags & PENDING and self.pending_states[t.id] == PendingState.PENDING:
+                break
+            gone.append(t)
+            for account_id in (t.debit_account_id, t.credit_account_id):
+                counts[account_id] = counts.get(account_id, 0) + 1
+        archived = ArchivedTransfers(gone, [], [])
+        for t in gone:
+            del self.transfers[t.id]
+            if t.flags & PENDING:
+                archived.pending_states.append((t.id, self.pending_states.pop(t.id)))
+        for account_id, count in counts.items():
+            account = self.accounts[account_id]
+            check(account.transfers[count - 1].timestamp < before, f"account {account_id}: statement out of order")
+            statement = account.transfers[:count]
+            del account.transfers[:count]
+            # The balance as of the cut-off stays: the one before it, not the ones it replaced.
+            cut = bisect_left(account.history, before, key=_timestamp_of) - 1 if account.history else 0
+            history = account.history[:cut] if cut > 0 else []
+            if history:
+                del account.history[:cut]
+            archived.accounts.append((account, statement, history))
+        self.archived_in_command.append(archived)
+        return archived
+
+    def _unarchive(self, archived: "ArchivedTransfers") -> None:
+        self.transfers = {**{t.id: t for t in archived.transfers}, **self.transfers}
+        self.pending_states.update(archived.pending_states)
+        for account, statement, history in archived.accounts:
+            account.transfers[:0] = statement
+            if history:
+                account.history[:0] = history
 
     # Accounts
 
@@ -481,6 +530,15 @@ class Ledger:
         if index == 0:
             return Balance(timestamp, 0, 0, 0, 0)
         return account.history[index - 1]
+
+
+class ArchivedTransfers(msgspec.Struct):
+    """What one archive_transfers took out: the transfers, the states of the pending ones among them, and each
+    account's statement and history prefix (kept to undo the command that took them)."""
+
+    transfers: list[Transfer]
+    pending_states: list[tuple[str, int]]
+    accounts: list[tuple[Account, list[Transfer], list[Balance]]]
 
 
 _RESOLVED_CODES = {

@@ -18,7 +18,7 @@ from engine.states import (
     RefundStatus,
     WithdrawalStatus,
 )
-from engine.types import TIMESTAMP_MAX, CreateAccounts, CreateTransfers
+from engine.types import TIMESTAMP_MAX, Balance, CreateAccounts, CreateTransfers, Transfer
 
 SYSTEM_MARK = "."  # system account ids contain it; merchant-chosen ids may not
 
@@ -363,6 +363,9 @@ class Archived(msgspec.Struct, tag=True, kw_only=True):
     payments: list[Payment] = []
     refunds: list[Refund] = []
     invoices: list[Invoice] = []
+    # Ledger transfers taken off their accounts' statements, and the balances history before the cut-off.
+    transfers: list[Transfer] = []
+    histories: list[tuple[str, list[Balance]]] = []
     more: bool = False
 
 

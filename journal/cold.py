@@ -6,8 +6,10 @@ before anything can take a snapshot after that batch, in one write transaction w
 again, so the store is a function of the journal: a crash at any point loses nothing, and `paygate verify` checks
 it against a replay from scratch. Keys:
 
-    records   kind byte + id                                  -> the record (msgpack)
+    records   kind byte + id                                  -> the record (msgpack); a transfer's kind is `t`
     listing   kind byte + merchant id + NUL + created_at + id -> nothing: a merchant's records, by age
+              `a` + account id + NUL + timestamp + transfer id -> nothing: an account's statement
+              `h` + account id + NUL + timestamp + the archive's cut-off + index -> an account's balances then
 
 Reads complete what the engine answered (journal/sequencer.py): a record by id it no longer holds, and list pages
 that go on past its oldest into the cold ones. A page looks at no more than MAX_SCANNED cold records (a name search
@@ -20,16 +22,20 @@ import struct
 import lmdb
 import msgspec
 
-from engine.queries import (Answer, FindOrder, FindPayment, GetInvoice, GetOrder, GetPaymentRecord, ListInvoices,
-                            ListOrders, ListPayments)
 from engine.batch import BatchResult
+from engine.queries import (AccountBalance, AccountTransfers, Answer, FindOrder, FindPayment, GetInvoice, GetOrder,
+                            GetPaymentRecord, ListInvoices, ListOrders, ListPayments, LookupTransfers)
 from engine.records import Archived, Invoice, Order, Outcome, Payment, Refund
+from engine.types import Balance, Transfer
 
 MAP_SIZE_BYTES = 1 << 40  # sparse: only what is written takes disk
 MAX_SCANNED = 50_000
-ORDER, PAYMENT, REFUND, INVOICE = b"o", b"p", b"r", b"i"
-TYPES = {ORDER: Order, PAYMENT: Payment, REFUND: Refund, INVOICE: Invoice}
+ORDER, PAYMENT, REFUND, INVOICE, TRANSFER = b"o", b"p", b"r", b"i", b"t"
+STATEMENT, HISTORY = b"a", b"h"
+TYPES = {ORDER: Order, PAYMENT: Payment, REFUND: Refund, INVOICE: Invoice, TRANSFER: Transfer}
 CREATED = struct.Struct(">Q")
+HISTORY_AT = struct.Struct(">QQI")  # timestamp, the archive's cut-off, index: in the order the ledger kept them
+_balance_decoder = msgspec.msgpack.Decoder(Balance)
 COLD_PAYMENT_KINDS = {"payment": PAYMENT, "refund": REFUND}  # GetPaymentRecord's kinds the cold store holds
 BY_ID = (GetOrder, FindOrder, GetPaymentRecord, FindPayment, GetInvoice)
 LISTS = {ListOrders: ORDER, ListPayments: PAYMENT, ListInvoices: INVOICE}
@@ -60,12 +66,14 @@ class ColdStore:
         """What a batch archived, durable before this returns (one transaction, one fsync)."""
         with self.environment.begin(write=True) as transaction:
             for each in archived:
-                for kind, records in ((ORDER, each.orders), (PAYMENT, each.payments), (REFUND, each.refunds),
-                                      (INVOICE, each.invoices)):
-                    for record in records:
-                        transaction.put(kind + record.id.encode(), _encoder.encode(record), db=self.records)
-                        if kind != REFUND:
-                            transaction.put(_listing_key(kind, record), b"", db=self.listing)
+                for key, value in _records_of(each):
+                    transaction.put(key, value, db=self.records)
+                for key in _listing_keys_of(each):
+                    transaction.put(key, b"", db=self.listing)
+                for account_id, history in each.histories:
+                    for index, balance in enumerate(history):
+                        transaction.put(_history_key(account_id, balance.timestamp, each.before, index),
+                                        _encoder.encode(balance), db=self.listing)
 
     # Reading
 
@@ -119,6 +127,13 @@ class ColdStore:
         if not self.exists:
             return answer
         kind = type(query)
+        if kind is LookupTransfers:
+            return Answer(transfers=[found if found is not None else self.record(TRANSFER, transfer_id)
+                                     for transfer_id, found in zip(query.ids, answer.transfers)])
+        if kind is AccountTransfers:
+            return Answer(transfers=self._statement(query, answer.transfers or [], engine))
+        if kind is AccountBalance:
+            return self._balance(query, answer, engine)
         if kind in BY_ID and answer.record is None:
             return Answer(record=self._by_id(query))
         if kind is ListInvoices and query.order_id:
@@ -161,6 +176,60 @@ class ColdStore:
         return Answer(records=found, has_more=False)
 
 
+    def _statement(self, query: AccountTransfers, hot: list[Transfer], engine) -> list[Transfer]:
+        """An account's statement page through memory and the cold store: the cold transfers are the older."""
+        cold_cursor = query.after_id and engine.ledger.transfers.get(query.after_id) is None
+        if query.newest_first:
+            if cold_cursor:  # the page is all cold, after it
+                return list(self._cold_statement(query, query.after_id, query.limit, descending=True))
+            return hot + list(self._cold_statement(query, "", query.limit - len(hot), descending=True))
+        if not cold_cursor and query.after_id:
+            return hot  # after a transfer in memory: only later ones, all in memory
+        cold = list(self._cold_statement(query, query.after_id, query.limit, descending=False))
+        if len(cold) == query.limit:
+            return cold
+        rest = engine.query(msgspec.structs.replace(query, after_id="", limit=query.limit - len(cold))).transfers
+        return cold + (rest or [])
+
+    def _cold_statement(self, query: AccountTransfers, after: str, limit: int, descending: bool):
+        if limit <= 0:
+            return
+        prefix = STATEMENT + query.account_id.encode() + b"\0"
+        low, high = prefix + CREATED.pack(query.timestamp_min), prefix + CREATED.pack(query.timestamp_max) + b"\xff"
+        if after:
+            cursor_transfer = self.record(TRANSFER, after)
+            if cursor_transfer is None:
+                return
+            if descending:
+                high = prefix + CREATED.pack(cursor_transfer.timestamp) + after.encode()
+            else:
+                low = prefix + CREATED.pack(cursor_transfer.timestamp) + after.encode() + b"\0"
+        with self.environment.begin() as transaction:
+            cursor = transaction.cursor(db=self.listing)
+            if descending:
+                found = cursor.prev() if cursor.set_range(high) else cursor.last()
+            else:
+                found = cursor.set_range(low)
+            for _ in range(min(limit, MAX_SCANNED)):
+                if not found or not low <= cursor.key() < high:
+                    return
+                transfer_id = bytes(cursor.key()[len(prefix) + CREATED.size:])
+                yield _decoders[TRANSFER].decode(transaction.get(TRANSFER + transfer_id, db=self.records))
+                found = cursor.prev() if descending else cursor.next()
+
+    def _balance(self, query: AccountBalance, answer: Answer, engine) -> Answer:
+        """Balances as of a time before the oldest the ledger still keeps come from the archived history."""
+        account = engine.ledger.accounts.get(query.account_id)
+        if account is None or not account.history or account.history[0].timestamp <= query.timestamp:
+            return answer
+        prefix = HISTORY + query.account_id.encode() + b"\0"
+        with self.environment.begin() as transaction:
+            cursor = transaction.cursor(db=self.listing)
+            found = cursor.prev() if cursor.set_range(prefix + CREATED.pack(query.timestamp + 1)) else cursor.last()
+            if found and cursor.key().startswith(prefix):
+                return Answer(balance=_balance_decoder.decode(cursor.value()))
+        return answer
+
     def _invoice_of_order(self, query: ListInvoices) -> Answer:
         order = self.record(ORDER, query.order_id)
         invoice = self.record(INVOICE, order.invoice_id) if order is not None and order.invoice_id else None
@@ -178,11 +247,7 @@ class Expected:
     def add(self, result: BatchResult) -> None:
         for outcome in result.results:
             if type(outcome) is Outcome and type(outcome.record) is Archived:
-                archived = outcome.record
-                for kind, records in ((ORDER, archived.orders), (PAYMENT, archived.payments),
-                                      (REFUND, archived.refunds), (INVOICE, archived.invoices)):
-                    for record in records:
-                        self.records[kind + record.id.encode()] = _encoder.encode(record)
+                self.records.update(_records_of(outcome.record))
 
     def check(self, cold: ColdStore, engine) -> list[str]:
         """Problems of the cold store against what the journal archived (its records, byte for byte; nothing
@@ -212,8 +277,10 @@ def _hot(engine, kind: bytes, merchant_id: str | None, record_id: str) -> bool:
         found = engine.commerce.payments.payments.get(record_id)
     elif kind == REFUND:
         found = engine.commerce.payments.refunds.get(record_id)
-    else:
+    elif kind == INVOICE:
         found = engine.commerce.invoices.by_id.get(record_id)
+    else:
+        return record_id in engine.ledger.transfers
     return found is not None and merchant_id in (None, found.merchant_id)
 
 
@@ -227,6 +294,28 @@ def _matches(query, record) -> bool:
             return False
         return not query.name_contains or query.name_contains.casefold() in record.name.casefold()
     return True
+
+
+def _records_of(archived: Archived):
+    """(key, stored bytes) of every record an Archive took."""
+    for kind, records in ((ORDER, archived.orders), (PAYMENT, archived.payments), (REFUND, archived.refunds),
+                          (INVOICE, archived.invoices), (TRANSFER, archived.transfers)):
+        for record in records:
+            yield kind + record.id.encode(), _encoder.encode(record)
+
+
+def _listing_keys_of(archived: Archived):
+    for kind, records in ((ORDER, archived.orders), (PAYMENT, archived.payments), (INVOICE, archived.invoices)):
+        for record in records:
+            yield _listing_key(kind, record)
+    for transfer in archived.transfers:
+        for account_id in (transfer.debit_account_id, transfer.credit_account_id):
+            yield (STATEMENT + account_id.encode() + b"\0" + CREATED.pack(transfer.timestamp)
+                   + transfer.id.encode())
+
+
+def _history_key(account_id: str, timestamp: int, before: int, index: int) -> bytes:
+    return HISTORY + account_id.encode() + b"\0" + HISTORY_AT.pack(timestamp, before, index)
 
 
 def _listing_key(kind: bytes, record) -> bytes:

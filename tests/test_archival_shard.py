@@ -11,7 +11,8 @@ import random
 import time
 
 from edge.cli import verify_folder
-from engine.queries import FindPayment, GetOrder, GetPaymentRecord, ListOrders, ListPayments
+from engine.queries import (AccountBalance, AccountTransfers, FindPayment, GetOrder, GetPaymentRecord, ListOrders,
+                            ListPayments, LookupTransfers)
 from engine.records import (
     CreateCustomer,
     CreateMerchant,
@@ -66,9 +67,29 @@ async def walk(client: ShardClient, make, limit: int) -> list:
         after = answer.records[-1].id
 
 
+async def statement(client: ShardClient, account_id: str, newest_first: bool, limit: int = 5) -> list:
+    """An account's whole statement, `limit` transfers a page."""
+    transfers, after = [], ""
+    while True:
+        page = (await client.read(AccountTransfers(account_id, limit=limit, after_id=after,
+                                                   newest_first=newest_first))).transfers
+        transfers += page
+        if len(page) < limit:
+            return transfers
+        after = page[-1].id
+
+
 async def reads(client: ShardClient, order_ids: list[str], refund_ids: list[str]) -> dict:
-    """What the merchant's reads answer: each record by id, and every list page."""
+    """What the merchant's reads answer: each record by id, every list page, statements and past balances."""
+    balance = "m1:.balance.USD"
+    newest = await statement(client, balance, newest_first=True)
+    times = sorted({transfer.timestamp for transfer in newest})
     return {
+        "statement": newest,
+        "statement oldest first": await statement(client, balance, newest_first=False, limit=4),
+        "transfers": (await client.read(LookupTransfers([transfer.id for transfer in newest]))).transfers,
+        "balances": [(await client.read(AccountBalance(balance, at))).balance for time_ in times
+                     for at in (time_ - 1, time_)],
         "orders": [(await client.read(GetOrder("m1", oid))).record for oid in order_ids],
         "payments": [(await client.read(FindPayment(f"pay_{oid}"))).record for oid in order_ids],
         "refunds": [(await client.read(GetPaymentRecord("m1", "refund", rid))).record for rid in refund_ids],
@@ -122,7 +143,7 @@ def test_reads_answer_the_same_before_and_after_archival_and_after_a_restart(tmp
     process = start(config)
 
     async def after() -> dict:
-        await wait_archived(folder, 16 + 16 + 3 + 16)  # orders, payments, refunds, invoices
+        await wait_archived(folder, 16 + 16 + 3 + 16 + 20)  # orders, payments, refunds, invoices, transfers
         client = ShardClient([config.client_address], key_of(config))
         try:
             return await reads(client, order_ids, refund_ids)

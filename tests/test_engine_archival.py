@@ -8,6 +8,7 @@ cancelled or made exceptions; a day later an Archive takes the ended ones, their
 import pytest
 
 import engine.archival
+from engine import Account, CreateAccounts, CreateTransfers, Transfer, TransferFlag
 from engine.queries import GetOrder, GetPaymentRecord, ListOrders
 from engine.records import (
     Archive,
@@ -134,3 +135,43 @@ def test_archival_replays_and_restores_to_the_same_state(book: Driver):
 
 def test_a_refused_age_changes_nothing(book: Driver):
     book.refused(Archive(-1), "age_invalid")
+
+
+def test_transfers_made_before_the_cut_off_leave_their_statements_and_history_keeps_the_balance_then(book: Driver):
+    balance = "m1:.balance.USD"
+    before_history = list(book.engine.ledger.accounts[balance].history)
+    book.run(at=book.now + DAY * S)
+    archived = archive(book)
+    ledger = book.engine.ledger
+    assert {transfer.id for transfer in archived.transfers} >= {"m1:funds", "m1:pay_o_paid", "m1:re_1"}
+    assert all(transfer.id not in ledger.transfers for transfer in archived.transfers)
+    assert ledger.accounts[balance].transfers == []
+    history = ledger.accounts[balance].history
+    assert history == before_history[-1:]  # the balance as it stood at the cut-off
+    assert dict(archived.histories)[balance] == before_history[:-1]
+    assert book.restored().engine.state_hash() == book.engine.state_hash()
+
+
+def test_an_open_pending_transfer_holds_back_the_transfers_after_it(book: Driver):
+    book.run(CreateAccounts([Account("m1:a", "usd"), Account("m1:b", "usd")]))
+    book.run(CreateTransfers([Transfer("m1:hold", "m1:a", "m1:b", 5, "usd", flags=TransferFlag.PENDING)]))
+    book.run(CreateTransfers([Transfer("m1:later", "m1:a", "m1:b", 5, "usd")]))
+    book.run(at=book.now + DAY * S)
+    archived = archive(book)
+    assert "m1:hold" not in {transfer.id for transfer in archived.transfers}
+    assert "m1:later" in book.engine.ledger.transfers
+    book.run(CreateTransfers([Transfer("m1:post", pending_id="m1:hold", flags=TransferFlag.POST_PENDING)]))
+    book.run(at=book.now + DAY * S)
+    assert {"m1:hold", "m1:later", "m1:post"} <= {transfer.id for transfer in archive(book).transfers}
+
+
+def test_an_archive_undone_puts_every_transfer_back_where_it_was(book: Driver):
+    book.run(at=book.now + DAY * S)
+    ledger = book.engine.ledger
+    before = book.engine.state_hash()
+    statements = {account.id: list(account.transfers) for account in ledger.accounts.values()}
+    ledger.begin_command()
+    assert ledger.archive_transfers(book.now - DAY * S // 2, 100).transfers
+    ledger.undo_command()
+    assert book.engine.state_hash() == before
+    assert {account.id: list(account.transfers) for account in ledger.accounts.values()} == statements
