@@ -7,8 +7,6 @@ A refund moves money back and never past what was captured; a payout holds
 the merchant's balance until the bank answers, and a failure returns it.
 """
 
-import itertools
-
 from engine.changes import Changes
 from engine.check import check
 from engine.codes import TransferCode, transfer_outcome
@@ -22,6 +20,7 @@ from engine.records import (
     CreatePayment,
     CreatePayout,
     CreateRefund,
+    Deposit,
     Merchant,
     Order,
     Outcome,
@@ -30,6 +29,7 @@ from engine.records import (
     Payout,
     RecordPayoutResult,
     ReceiveBankTransfer,
+    ReceiveDepositTransfer,
     RecordPspResult,
     Refund,
     ResealCards,
@@ -93,7 +93,11 @@ class Payments:
         self.by_merchant = Listing(changes)  # each merchant's payment ids (derived: restore rebuilds it)
         # token id -> a card sealed by the edge; the engine never sees a card number in clear
         self.cards: dict[str, VaultedCard] = changes.dict()
-        # token id -> the end of its card's expiry month, when it is forgotten (derived: restore rebuilds it)
+        # position -> token id, and back, in the order cards were vaulted (a card forgotten gives its place to the
+        # last one), for paging; token id -> the end of its card's expiry month, when it is forgotten (all derived:
+        # restore rebuilds them)
+        self.card_ids: dict[int, str] = changes.dict(ordered=False)
+        self.card_places: dict[str, int] = changes.dict(ordered=False)
         self.card_expiries = changes.schedule()
         self.refunds: dict[str, Refund] = changes.dict()
         self.payouts: dict[str, Payout] = changes.dict()
@@ -114,7 +118,7 @@ class Payments:
             elif payment.status in OPEN_STATUSES:
                 self._fail(payment, "processing_timeout", "the acquirer did not answer in time", timestamp)
         for token_id in self.card_expiries.pop_due(timestamp):
-            del self.cards[token_id]  # no acquirer takes it any more
+            self._forget_card(token_id)
         for transfer_id in expired_transfers:
             payment_id = self.payment_by_hold.pop(transfer_id, None)
             if payment_id is not None and self.payments[payment_id].status == "requires_capture":
@@ -174,7 +178,7 @@ class Payments:
                 self.order_closed(order, timestamp)  # a payment started again: the one before it is superseded
                 order.transfer_payment_id = payment.id
         if command.sealed_card:
-            self._vault(payment.token_id, VaultedCard(payment.merchant_id, payment.card, command.sealed_card))
+            self.vault(payment.token_id, VaultedCard(payment.merchant_id, payment.card, command.sealed_card))
         self.events.append(Event("payment.created", payment.id, timestamp))
         refusal = self.risk_refusal(payment.merchant_id, payment.amount, payment.currency, command.risk_reason,
                                     command.amount_limits)
@@ -326,14 +330,9 @@ class Payments:
         # A deposit's payment is paid by a transfer quoting the deposit, into its wallet: never into the balance.
         if payment is None or payment.order_id or payment.deposit_id or payment.method not in BANK_METHODS:
             return Outcome("payment_not_found")
-        if command.callback_id in payment.callback_ids:
-            return Outcome("duplicate", record=payment)
-        if payment.status != "requires_action":
-            return Outcome("payment_not_open", record=payment)
-        if command.currency != payment.currency:
-            return Outcome("currency_mismatch", record=payment)
-        if command.amount != payment.amount:
-            return Outcome("amount_mismatch", record=payment)
+        refused = awaited_transfer_refusal(payment, command, "payment_not_open", payment)
+        if refused is not None:
+            return refused
         incoming, refusal = self._bank_inflow(command.transfer_id, payment.merchant_id, "balance", payment.amount,
                                               payment.currency, timestamp)
         if refusal:
@@ -362,7 +361,7 @@ class Payments:
                           currency=command.currency, method=command.method, acquirer="bank",
                           psp_reference=command.bank_reference, callback_ids=[command.callback_id],
                           metadata={"sub_account_id": command.sub_account_id} if command.sub_account_id else {},
-                          created_at=timestamp, updated_at=timestamp)
+                          sub_account_id=command.sub_account_id, created_at=timestamp, updated_at=timestamp)
         code = self._collect(payment, incoming, timestamp)
         if code != "ok":
             return Outcome(code)
@@ -432,7 +431,8 @@ class Payments:
         amount = refund.amount or refundable
         if amount <= 0 or amount > refundable:
             return Outcome("amount_too_large", record=payment)
-        balance = system_account_id(payment.merchant_id, "balance", payment.currency)
+        # The money goes back out of the account it came into.
+        balance = system_account_id(payment.merchant_id, payment.sub_account_id or "balance", payment.currency)
         if self.ledger.available(balance) < amount:  # money already paid out or held for a payout
             return Outcome("insufficient_funds", record=payment)
         # The money goes back the way it came: to the wallet, or to the acquirer for the card: what it still owes
@@ -475,9 +475,9 @@ class Payments:
             return Outcome("amount_must_not_be_zero")
         if self.ledger.available(balance) < payout.amount:
             return Outcome("insufficient_funds")
-        payouts = system_account(self.ledger, payout.merchant_id, "payouts", payout.currency, timestamp)
-        hold = Transfer(payout.hold_id, balance, payouts, payout.amount, payout.currency, flags=TransferFlag.PENDING)
-        code = move(self.ledger, hold, timestamp)
+        hold = Transfer(payout.hold_id, balance, system_account_id(payout.merchant_id, "payouts", payout.currency),
+                        payout.amount, payout.currency, flags=TransferFlag.PENDING)
+        code = move_into(self.ledger, hold, payout.merchant_id, "payouts", timestamp)
         if code != "ok":
             return Outcome(code)
         payout.status = "pending"
@@ -642,14 +642,27 @@ class Payments:
 
     # Reads
 
-    def vaulted_cards(self, start: int, limit: int) -> list[tuple[str, VaultedCard]]:
-        """Up to `limit` cards from the `start`-th in the order they were vaulted (cards are never removed, so a
-        walk by position sees each once)."""
-        return list(itertools.islice(self.cards.items(), start, start + limit))
+    def vault(self, token_id: str, card: VaultedCard) -> None:
+        self.card_ids[len(self.cards)] = token_id
+        self.card_places[token_id] = len(self.cards)
+        self.cards[token_id] = card
+        self.card_expiries.set(token_id, card_expires_at(card.card))
 
-    def _vault(self, token_id: str, vaulted: VaultedCard) -> None:
-        self.cards[token_id] = vaulted
-        self.card_expiries.set(token_id, card_expires_at(vaulted.card))
+    def _forget_card(self, token_id: str) -> None:
+        """No acquirer takes the card any more: out of the vault, the last card into its place."""
+        place = self.card_places.pop(token_id)
+        last = self.card_ids.pop(len(self.cards) - 1)
+        if last != token_id:
+            self.card_ids[place] = last
+            self.card_places[last] = place
+        del self.cards[token_id]
+
+    def vaulted_cards(self, start: int, limit: int) -> list[tuple[str, VaultedCard]]:
+        """Up to `limit` cards from the `start`-th in the order they were vaulted, found by position whatever `start`
+        is. A card forgotten meanwhile gives its place to the last one, which a walk may then miss: `paygate
+        rotate-kek` walks again until a walk finds nothing to reseal."""
+        return [(self.card_ids[position], self.cards[self.card_ids[position]])
+                for position in range(start, min(start + limit, len(self.cards)))]
 
     def card_of(self, merchant_id: str, token_id: str) -> VaultedCard | None:
         vaulted = self.cards.get(token_id)
@@ -696,8 +709,8 @@ class Payments:
             self.add(payment)
         self.refunds.load((refund.id, refund) for refund in snapshot.refunds)
         self.payouts.load((payout.id, payout) for payout in snapshot.payouts)
-        for token_id, vaulted in snapshot.cards:
-            self._vault(token_id, vaulted)
+        for token_id, card in snapshot.cards:
+            self.vault(token_id, card)
         self.callback_signatures.load(snapshot.callback_signatures)
         # A payment for an order waits for its transfer with no deadline of its own.
         self.deadlines.load((payment.deadline_at, payment.id) for payment in snapshot.payments
@@ -722,6 +735,22 @@ def _wallet_payment(command: PayOrderFromWallet, order: Order | None, timestamp:
                    customer_ip=command.customer_ip, acquirer="wallet", created_at=timestamp, updated_at=timestamp)
 
 
+def awaited_transfer_refusal(payment: Payment, command: ReceiveBankTransfer | ReceiveDepositTransfer, not_open: str,
+                             record: Payment | Deposit) -> Outcome | None:
+    """Why money quoting a payment that waits for the payer's transfer is not taken (None: it is). Anything but the
+    awaited amount in its currency, once, is refused: the bank returns it to the payer. `record` goes with the
+    refusal, `not_open` is its code for a payment that waits no more."""
+    if command.callback_id in payment.callback_ids:
+        return Outcome("duplicate", record=record)
+    if payment.status != "requires_action":
+        return Outcome(not_open, record=record)
+    if command.currency != payment.currency:
+        return Outcome("currency_mismatch", record=record)
+    if command.amount != payment.amount:
+        return Outcome("amount_mismatch", record=record)
+    return None
+
+
 def move(ledger: Ledger, transfer: Transfer, timestamp: int) -> str:
     """One transfer, its result as a commerce outcome code."""
     return transfer_outcome(ledger.move(transfer, timestamp))
@@ -731,6 +760,16 @@ def move_refusal(ledger: Ledger, transfer: Transfer) -> str:
     """'' if the ledger would take `transfer` once its missing accounts are made, else its refusal (an outcome code)."""
     code = ledger.move_refusal(transfer)
     return transfer_outcome(code) if code else ""
+
+
+def move_into(ledger: Ledger, transfer: Transfer, merchant_id: str, name: str, timestamp: int) -> str:
+    """`transfer` into the merchant's `name` account, which is made on first use only once the ledger is known to
+    take the transfer: a refusal (a reused transfer id, say) leaves no account behind."""
+    refusal = move_refusal(ledger, transfer)
+    if refusal:
+        return refusal
+    system_account(ledger, merchant_id, name, transfer.currency, timestamp)
+    return move(ledger, transfer, timestamp)
 
 
 def ensure_wallet(ledger: Ledger, merchant_id: str, customer_id: str, currency: str, timestamp: int) -> str:

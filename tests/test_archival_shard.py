@@ -14,13 +14,14 @@ from edge.cli import verify_folder
 from engine.queries import (AccountBalance, AccountTransfers, FindPayment, GetOrder, GetPaymentRecord, ListOrders,
                             ListPayments, LookupTransfers)
 from engine.records import (
+    AdjustWallet,
+    Adjustment,
     CreateCustomer,
     CreateMerchant,
     CreateOrder,
     CreateRefund,
     Customer,
     Merchant,
-    MoveWallet,
     Order,
     PayOrderFromWallet,
     Refund,
@@ -52,8 +53,8 @@ async def ok(client: ShardClient, *commands) -> list:
 async def set_up(client: ShardClient) -> None:
     await ok(client, CreateMerchant(Merchant(id="m1", name="Shop", email="m1@example.com")),
              CreateCustomer(Customer(id="c1", merchant_id="m1", email="c1@example.com")))
-    await ok(client, MoveWallet(merchant_id="m1", customer_id="c1", transfer_id="m1:funds", amount=10**9,
-                                currency="USD"))
+    await ok(client, AdjustWallet(adjustment=Adjustment(id="adj_1", merchant_id="m1", customer_id="c1", amount=10**9,
+                                                        currency="USD", reason="funds"), transfer_id="m1:funds"))
 
 
 async def walk(client: ShardClient, make, limit: int) -> list:

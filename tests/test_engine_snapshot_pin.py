@@ -61,8 +61,8 @@ from engine.queries import ListEvents, PendingDeliveries
 from engine.types import NANOSECONDS_PER_SECOND as S
 
 T0 = 1_700_000_000 * S
-STATE_HASH = "7ad6d349b0f44893268f62058eb7a20d08bbb6f6ae58de22d9862e52d5edef0c"
-SNAPSHOT_DIGEST = "1f0d8325e3b96dbfff8c08aacb044067f8a8cd467a4f950dd792f8be8e1740cc"
+STATE_HASH = "04c228f06157c9d415104d8a027ef3f6bbeb9930239ee1a58fa95988a645745d"
+SNAPSHOT_DIGEST = "a6c1c67e8ff3a817bfd8551ab331faa48ffdeba5245ec22ca83db2183957324e"
 
 
 def order(oid: str, mid: str = "m1", amount: int = 1000, methods: tuple[str, ...] = ("card",),
@@ -228,3 +228,22 @@ def test_the_snapshot_and_the_state_hash_are_those_recorded():
     restored = Engine.restore(data)
     assert restored.state_hash() == STATE_HASH
     assert restored.snapshot() == data
+
+
+def test_a_snapshot_from_before_payments_named_their_sub_account_restores():
+    """Snapshots written before `Payment.sub_account_id` lack the key, in payments and in the payments their events
+    keep: they restore, and snapshot again as they were plus the key's default."""
+    raw = msgspec.msgpack.decode(built().snapshot())
+    payments = raw[Snapshot.__struct_fields__.index("payments")]
+    assert [payment["sub_account_id"] for payment in payments if payment["sub_account_id"]] == ["sub1"]
+    for payment in payments:
+        del payment["sub_account_id"]
+    for event in raw[Snapshot.__struct_fields__.index("events")]:
+        if event["object_type"] == "payment":
+            shown = msgspec.msgpack.decode(event["data"])
+            del shown["sub_account_id"]
+            event["data"] = msgspec.msgpack.encode(shown)
+    old = msgspec.msgpack.encode(raw)
+    for payment in payments:
+        payment["sub_account_id"] = ""
+    assert Engine.restore(old).snapshot() == msgspec.msgpack.encode(raw)
