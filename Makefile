@@ -9,7 +9,11 @@ UV_VERSION := 0.13.9
 UV := .lock-tools/bin/uv
 PYPI := https://pypi.org/simple
 
+<<<<<<< HEAD
+.PHONY: venv lock lock-check test test-slow run bench-engine bench-durable bench-http bench-ceiling bench-soak clean
+=======
 .PHONY: venv lock lock-check test test-slow run bench-engine bench-durable bench-http bench-ceiling bench-notify clean
+>>>>>>> main
 
 venv: $(STAMP)
 
@@ -63,8 +67,14 @@ bench-http: venv
 bench-ceiling: venv
 	$(BIN)/python -m bench.ceiling
 
+<<<<<<< HEAD
+# Millions of orders through one engine with end-of-day archival: RSS and apply rate per tenth (SOAK_FLAGS=--orders N).
+bench-soak: venv
+	$(BIN)/python -m bench.soak $(SOAK_FLAGS)
+=======
 bench-notify: venv
 	$(BIN)/python -m bench.notify
+>>>>>>> main
 
 clean:
 	rm -rf $(VENV) .lock-tools data bench/out

@@ -20,6 +20,7 @@ from edge import (
     login,
     payments_api,
     qr_api,
+    reconciliations_api,
     risk,
     schemas,
     wallets_api,
@@ -117,6 +118,7 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(risk.watch_table)
     app.cleanup_ctx.append(cards.watch_key_ring)
     app.cleanup_ctx.append(report_uses)
+    app.cleanup_ctx.append(reconciliations_api.settlement_session)
     routes = [
         web.get("/healthz", healthz),
         web.get("/readyz", readyz),
@@ -180,6 +182,9 @@ def create_app(settings: Settings) -> web.Application:
         web.get("/v1/invoices", invoices_api.list_invoices),
         web.get("/v1/invoices/{id}.pdf", invoices_api.get_invoice_pdf),  # before {id}, which would take "x.pdf"
         web.get("/v1/invoices/{id}", invoices_api.get_invoice),
+        web.post("/v1/reconciliations", reconciliations_api.create_reconciliation),
+        web.get("/v1/reconciliations", reconciliations_api.list_reconciliations),
+        web.get("/v1/reconciliations/{id}", reconciliations_api.get_reconciliation),
     ]
     app.add_routes(routes)
     app["routes"] = routes

@@ -25,7 +25,7 @@ from edge.folders import DataFolderError, restrict_data_folder, restrict_new_fil
 from edge.limits import malformed_networks
 from edge.rotation import RotationError, rotate_kek
 from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
-from journal import logs
+from journal import cold, logs
 from journal.auth import DEFAULT_GRACE_S, KeyFileError, MessageKey, ensure_key_file, key_path, rotate_key_file
 from journal.client import ShardMap, ShardUnavailable
 from journal.processes import (InternalAddresses, ShardPlan, ShardProcess, ShardStartFailed, load_or_create_layout,
@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--status-query-margin-s", type=float, default=5.0,
                        help="a card payment still processing is asked about at its acquirer this long before its "
                             "processing timeout (at most a quarter of that timeout)")
+    serve.add_argument("--settlement-cutoff-s", type=_at_least(0), default=7200,
+                       help="the acquirer's settlement file of a UTC day is fetched and reconciled this long after "
+                            "the day ends (the reconciler actor)")
+    serve.add_argument("--archive-after-s", type=_at_least(0), default=86_400,
+                       help="orders, payments, refunds and invoices that ended this long ago (engine time) leave "
+                            "memory for each shard's cold store (0: never)")
     serve.add_argument("--webhook-retry-schedule", type=_retry_schedule, default=DEFAULT_RETRY_SCHEDULE,
                        metavar="SECONDS,...", help="the delays before each retry of a webhook, IPN or e-mail "
                                                    "(±20%% jitter); after the last retry fails the delivery is dead")
@@ -216,7 +222,8 @@ def _serve(args) -> int:
     internal = InternalAddresses(host=args.internal_host, base_port=args.base_port) if args.internal_host else local
     plan = ShardPlan(data, internal, sync=not args.async_replication, key_file=key_path(data),
                      snapshot_every_batches=args.snapshot_every_batches, snapshot_every_s=args.snapshot_every_s,
-                     prune_journal=args.prune_journal, auto_promote_ms=args.auto_promote_ms)
+                     prune_journal=args.prune_journal, auto_promote_ms=args.auto_promote_ms,
+                     archive_after_s=args.archive_after_s)
     configs = [plan.configs(shard, layout.replica) for shard in range(layout.shard_count)]
     # Taken out of the environment: no child process (edge worker, shard, Ray) needs it, only its hash.
     admin_override = os.environ.pop(ADMIN_TOKEN_VARIABLE, "")
@@ -274,6 +281,7 @@ def _serve(args) -> int:
             ray_description += where
             actor_pids += ray.get([handle.pid.remote() for handle in actor_handles])
             settings.providers = {"piggybank": connector_address}
+            settings.settlement_urls = {"piggybank": providers.services[0].url}
         edge.start().wait_ready()
         _print_welcome(public_url, layout, args.workers, admin_token, api_key, ray_description, mail_description)
         while not stop.wait(SUPERVISION_TICK_S):
@@ -306,7 +314,7 @@ def _serve(args) -> int:
 def _spawn_actors(args, data: pathlib.Path, settings: Settings, connector_address: str,
                   providers: ProviderProcesses, smtp_url: str) -> tuple[list, str]:
     """The actors beside the shards, in the Ray runtime started already: their handles, and where to watch them."""
-    from actors import connectors, followers, health, notifier, risk
+    from actors import connectors, followers, health, notifier, reconciler, risk
 
     key_file = str(key_path(data))
     shards = settings.shard_addresses
@@ -321,6 +329,8 @@ def _spawn_actors(args, data: pathlib.Path, settings: Settings, connector_addres
                        production=args.production, max_jobs=args.notifier_max_pending),
         health.spawn(shards, key_file),
         risk.spawn(shards, key_file, data / "risk", rules),
+        reconciler.spawn(shards, key_file, data / "cursors", "piggybank", providers.services[0].url,
+                         cutoff_s=args.settlement_cutoff_s),
     ]
     settings.risk_table_path = str(data / "risk" / risk.TABLE_FILE)
     settings.risk_test_cards = [] if args.production else rules.test_cards
@@ -443,9 +453,13 @@ def _replay_folder(journal: Journal, folder: pathlib.Path) -> int:
     return 0
 
 
-def _replay_with_progress(journal: Journal, label: str):
+def _replay_with_progress(journal: Journal, label: str, on_result=lambda result: None):
+    def on_batch(entry, result) -> None:
+        progress.update(1)
+        on_result(result)
+
     with tqdm(total=journal.head_sequence, desc=label, unit="batch", disable=None) as progress:
-        return replay_from_scratch(journal, on_batch=lambda entry, result: progress.update(1))
+        return replay_from_scratch(journal, on_batch=on_batch)
 
 
 def verify_folder(folder: pathlib.Path) -> int:
@@ -455,10 +469,16 @@ def verify_folder(folder: pathlib.Path) -> int:
 def _verify_folder(journal: Journal, folder: pathlib.Path) -> int:
     problems = []
     snapshots = Snapshots(folder)
+    archived = cold.Expected()
     try:
-        engine, _ = _replay_with_progress(journal, folder.name)
+        engine, _ = _replay_with_progress(journal, folder.name, archived.add)
         engine.verify()
         final_hash = engine.state_hash()
+        store = cold.ColdStore(folder, readonly=True)
+        try:
+            problems += archived.check(store, engine)
+        finally:
+            store.close()
         for path in snapshots.paths():
             problems += _check_snapshot(journal, snapshots, path, final_hash)
     except (CorruptionError, AssertionError) as error:

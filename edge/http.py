@@ -69,6 +69,7 @@ OUTCOME_ERRORS = {
     "order_not_pending": (409, "order_not_pending"),
     "rate_limited": (429, "rate_limited"),
     "signature_window_full": (429, "rate_limited"),
+    "idempotency_keys_full": (503, "idempotency_keys_full"),
     "insufficient_funds": (402, "insufficient_funds"),
     "amount_too_large": (402, "amount_too_large"),
     "payment_method_not_allowed": (400, "payment_method_not_allowed"),
@@ -112,6 +113,8 @@ class Settings(msgspec.Struct, kw_only=True):
     admin_token_hash: str = ""  # of PAYGATE_ADMIN_TOKEN, when set: the token itself never leaves serve
     # provider name -> the nng address of its connector actor
     providers: dict[str, str] = {}
+    # provider name -> the base URL its settlement files are fetched from (POST /v1/reconciliations)
+    settlement_urls: dict[str, str] = {}
     processing_timeout_s: int = 30
     # How long an authorization held for manual capture lasts before the ledger releases it.
     authorization_hold_s: int = 7 * 86400

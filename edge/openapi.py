@@ -7,7 +7,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import Meta
 
-from edge import schemas
+from edge import reconciliations_api, schemas
 from engine import views
 from engine.notifications import EVENT_TYPES
 from engine.states import DELIVERY_STATUSES, ORDER_STATUSES, PAYMENT_STATUSES
@@ -98,8 +98,20 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "list_invoices": ("invoices, newest first", None, views.InvoiceList, "merchant"),
     "get_invoice": ("an invoice", None, views.InvoiceOut, "merchant"),
     "get_invoice_pdf": ("an invoice as PDF", None, str, "merchant"),
+    "create_reconciliation": ("reconcile a settlement file, posted as text/csv (?provider=, ?date=) or fetched from "
+                              "the provider: matched payments settle, fees and chargebacks are posted",
+                              reconciliations_api.ReconciliationCreate, reconciliations_api.ReconciliationOut,
+                              "admin"),
+    "list_reconciliations": ("reconciliations, newest first", None, reconciliations_api.ReconciliationList, "admin"),
+    "get_reconciliation": ("a reconciliation: what matched, and each kind of mismatch", None,
+                           reconciliations_api.ReconciliationOut, "admin"),
 }
 ERROR_STATUSES = ("400", "401", "402", "403", "404", "409", "413", "429", "503")
+# Bodies that may also come in another media type than JSON: handler name -> (media type, schema).
+OTHER_REQUEST_MEDIA = {
+    "create_reconciliation": ("text/csv", {"type": "string", "description": "transaction_id,amount,currency,status,"
+                                                                            "settled_at[,fee]"}),
+}
 # Bodies that are not JSON: handler name -> (media type, the type that describes the fields).
 FORM_REQUESTS: dict[str, tuple[str, type]] = {
     "oauth_token": ("application/x-www-form-urlencoded", schemas.TokenRequest),
@@ -126,6 +138,7 @@ QUERY_PARAMETERS = {
     "list_events": ("type", "object_id", "limit", "starting_after"),
     "list_deliveries": ("status", "event_id", "limit", "starting_after"),
     "list_invoices": ("order_id", "limit", "starting_after"),
+    "create_reconciliation": ("provider", "date"),
 }
 # What parse_time (edge/app.py) accepts: unix seconds below 2**33, or an RFC 3339 time from 1970 to 2262.
 TIME_SCHEMA = {"anyOf": [{"type": "string", "pattern": "^[0-9]{1,10}$"}, {"type": "string", "format": "date-time"}],
@@ -178,6 +191,9 @@ def _document(routes: tuple[tuple[str, str, str], ...]) -> dict:
         if request_type is not None:
             operation["requestBody"] = {"required": handler not in OPTIONAL_BODIES, "content": {"application/json": {
                 "schema": schema_of[request_type]}}}
+        if handler in OTHER_REQUEST_MEDIA:
+            other_media_type, other_schema = OTHER_REQUEST_MEDIA[handler]
+            operation["requestBody"]["content"][other_media_type] = {"schema": other_schema}
         if handler in FORM_REQUESTS:
             form_media_type, form_type = FORM_REQUESTS[handler]
             operation["requestBody"] = {"required": True, "content": {form_media_type: {

@@ -1,6 +1,7 @@
 """The risk block list: card fingerprints, IPs, emails and customers refused, kept by the shard that owns its key."""
 
 from engine.changes import Changes
+from engine.listing import EVERYWHERE, Listing
 from engine.records import AddToBlocklist, BlocklistEntry, Outcome, RemoveFromBlocklist
 
 MAX_BLOCKLIST_ENTRIES = 100_000
@@ -9,6 +10,7 @@ MAX_BLOCKLIST_ENTRIES = 100_000
 class Blocklist:
     def __init__(self, changes: Changes) -> None:
         self.entries: dict[str, BlocklistEntry] = changes.dict()  # entry id -> entry, oldest first
+        self.listing = Listing(changes)  # derived: restore rebuilds it
 
     def add(self, command: AddToBlocklist, timestamp: int) -> Outcome:
         entry = command.entry
@@ -17,24 +19,19 @@ class Blocklist:
         if len(self.entries) >= MAX_BLOCKLIST_ENTRIES:
             return Outcome("blocklist_full")
         entry.created_at = timestamp
-        self.entries[entry.id] = entry
+        self._add(entry)
         return Outcome(record=entry)
 
     def remove(self, command: RemoveFromBlocklist, timestamp: int) -> Outcome:
         entry = self.entries.pop(command.entry_id, None)
-        return Outcome(record=entry) if entry is not None else Outcome("blocklist_entry_not_found")
+        if entry is None:
+            return Outcome("blocklist_entry_not_found")
+        self.listing.remove(EVERYWHERE, entry.id)
+        return Outcome(record=entry)
 
     def list_entries(self, limit: int, starting_after: str = "") -> tuple[list[BlocklistEntry], bool]:
         """Block list entries, newest first, and whether more follow."""
-        newest_first = reversed(self.entries)
-        if starting_after:
-            if starting_after not in self.entries:
-                return [], False
-            for entry_id in newest_first:
-                if entry_id == starting_after:
-                    break
-        page = [self.entries[entry_id] for entry_id, _ in zip(newest_first, range(limit + 1))]
-        return page[:limit], len(page) > limit
+        return self.listing.page(EVERYWHERE, self.entries, limit, starting_after)
 
     # State
 
@@ -44,4 +41,9 @@ class Blocklist:
 
     def restore(self, snapshot) -> None:
         """Fill from the engine's snapshot."""
-        self.entries.load((entry.id, entry) for entry in snapshot.blocklist)
+        for entry in snapshot.blocklist:
+            self._add(entry)
+
+    def _add(self, entry: BlocklistEntry) -> None:
+        self.entries[entry.id] = entry
+        self.listing.add(EVERYWHERE, entry.id)

@@ -5,8 +5,8 @@ State is tracked where it is kept, not in the handlers that change it:
 - a `TrackedDict` remembers, for each key written in the command, the value it had before (or that it had none), and
   where each key it removed stood; it saves the first state of every value it hands out (`[]`, `get`, `setdefault`):
   a record's fields, a list's length;
-- a `TrackedHeap` logs its pushes and pops, a `TrackedDeque` its appends and pops from the left (a window of
-  times is never copied whole);
+- a `Schedule` logs its pops and sweeps (its pushes undo themselves), a `TrackedDeque` its appends and pops from the
+  left (a window of times is never copied whole);
 - an `EventLog` is cut back to its length when the command began.
 So records are changed only once taken from a tracked dict in the command, their list fields are replaced rather than
 changed in place (a record's fields are saved shallowly), and lists held in tracked dicts are only appended to.
@@ -20,7 +20,9 @@ import msgspec
 
 from engine.check import InvariantBroken, check
 
+MIN_SWEEP_ENTRIES = 1024  # below this many entries a sweep is not worth its walk
 MISSING = object()  # a key that had no value before the command
+
 
 
 class Changes:
@@ -30,7 +32,7 @@ class Changes:
         self.active = False
         self.dicts: list["TrackedDict"] = []  # the dicts written in this command
         self.values: dict[int, tuple[object, object]] = {}  # id(value) -> (value, its state when first handed out)
-        self.heap_log: list[tuple["TrackedHeap", bool, tuple]] = []  # (heap, pushed?, item), in order
+        self.heap_log: list[tuple["Schedule", bool, object]] = []  # (schedule, swept?, entry or heap), in order
         self.deque_log: list[tuple["TrackedDeque", bool, object]] = []  # (deque, appended?, item), in order
         self.event_logs: list["EventLog"] = []
         self.event_lengths: list[int] = []
@@ -38,8 +40,8 @@ class Changes:
     def dict(self, ordered: bool = True, ranked: bool = False) -> "TrackedDict":
         return TrackedDict(self, ordered, ranked)
 
-    def heap(self) -> "TrackedHeap":
-        return TrackedHeap(self)
+    def schedule(self) -> "Schedule":
+        return Schedule(self)
 
     def deque(self, items=()) -> "TrackedDeque":
         return TrackedDeque(self, items)
@@ -71,15 +73,8 @@ class Changes:
 
     def undo(self) -> None:
         """Put back every tracked thing as it was when the command began."""
-        touched_heaps = {}
-        for heap, pushed, item in reversed(self.heap_log):
-            if pushed:
-                heap.items.remove(item)
-            else:
-                heap.items.append(item)
-            touched_heaps[id(heap)] = heap
-        for heap in touched_heaps.values():
-            heapq.heapify(heap.items)
+        for schedule, swept, item in reversed(self.heap_log):
+            schedule.undo(swept, item)
         for tracked, appended, item in reversed(self.deque_log):
             if appended:
                 collections.deque.pop(tracked)
@@ -273,40 +268,89 @@ def append_to(tracked: TrackedDict, key, value) -> None:
         values.append(value)
 
 
-class TrackedHeap:
-    """A min-heap (heapq) whose pushes and pops a command can undo; not a list, so heapq cannot bypass it."""
+class Schedule:
+    """Keys due at an instant of engine time, earliest first (order expiries, payment deadlines, deposit windows,
+    remembered signatures): a command can undo it without a scan.
 
-    __slots__ = ("changes", "items")
+    A key has at most one time (`times`, the state). Setting a key anew or dropping it leaves its old heap entry
+    behind, stale: skipped when it comes up, and swept out when the heap has doubled since the last sweep, so the heap
+    holds at most about twice the live keys and nothing scans or re-heapifies per change. An undone command pushes
+    back what it popped and puts back the heap a sweep replaced; the entries it pushed need no undo, since `times`
+    (a tracked dict) no longer names them.
+    """
+
+    __slots__ = ("changes", "times", "heap", "sweep_at")
 
     def __init__(self, changes: Changes) -> None:
         self.changes = changes
-        self.items: list = []
-
-    def push(self, item) -> None:
-        heapq.heappush(self.items, item)
-        if self.changes.active:
-            self.changes.heap_log.append((self, True, item))
-
-    def pop(self):
-        item = heapq.heappop(self.items)
-        if self.changes.active:
-            self.changes.heap_log.append((self, False, item))
-        return item
-
-    def load(self, items) -> None:
-        """Fill at restore, outside any command."""
-        check(not self.changes.active, "a tracked heap loaded inside a command")
-        self.items = list(items)
-        heapq.heapify(self.items)
-
-    def __getitem__(self, index: int):
-        return self.items[index]
+        self.times: dict = changes.dict(ordered=False)  # key -> its time; the order is not state
+        self.heap: list[tuple] = []  # (time, key), live and stale
+        self.sweep_at = MIN_SWEEP_ENTRIES
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self.times)
 
-    def __iter__(self):
-        return iter(self.items)
+    def __contains__(self, key) -> bool:
+        return key in self.times
+
+    def set(self, key, time: int) -> None:
+        """`key` is due at `time` (instead of when it was due before, if it was)."""
+        self.times[key] = time
+        heapq.heappush(self.heap, (time, key))
+        if len(self.heap) >= self.sweep_at:
+            self._sweep()
+
+    def drop(self, key) -> None:
+        """`key` is due no more."""
+        self.times.pop(key, None)
+
+    def next_time(self) -> int | None:
+        """The earliest time in the heap: a stale entry's may come first, never later than a live one."""
+        return self.heap[0][0] if self.heap else None
+
+    def pop_due(self, timestamp: int) -> list:
+        """The keys due by `timestamp`, earliest first (ties by key), no longer scheduled."""
+        heap, times = self.heap, self.times
+        logging = self.changes.active
+        due = []
+        while heap and heap[0][0] <= timestamp:
+            entry = heapq.heappop(heap)
+            if logging:
+                self.changes.heap_log.append((self, False, entry))
+            time, key = entry
+            if times.get(key) == time:
+                del times[key]
+                due.append(key)
+        return due
+
+    def entries(self) -> list[tuple]:
+        """The live (time, key) entries, sorted: what a snapshot keeps."""
+        return sorted((time, key) for key, time in self.times.items())
+
+    def load(self, entries) -> None:
+        """Fill from (time, key) entries at restore, outside any command; a key listed twice keeps its latest."""
+        check(not self.changes.active, "a schedule loaded inside a command")
+        for time, key in entries:
+            self.times[key] = time
+        self._rebuild()
+
+    def undo(self, swept: bool, item) -> None:
+        """Undo one logged step: a pop (`item`, the entry) or a sweep (`item`, the heap as it was)."""
+        if swept:
+            self.heap = item
+        else:
+            heapq.heappush(self.heap, item)
+
+    def _sweep(self) -> None:
+        if self.changes.active:
+            self.changes.heap_log.append((self, True, self.heap))
+        self._rebuild()
+
+    def _rebuild(self) -> None:
+        """The heap of the live entries alone."""
+        self.heap = [(time, key) for key, time in self.times.items()]
+        heapq.heapify(self.heap)
+        self.sweep_at = max(MIN_SWEEP_ENTRIES, 2 * len(self.heap))
 
 
 class TrackedDeque(collections.deque):
@@ -356,7 +400,7 @@ def untracked_containers(root, skip: tuple[type, ...] = ()) -> list[str]:
         seen.add(id(obj))
         for name, value in _attributes(obj):
             where = f"{path}.{name}"
-            if isinstance(value, (TrackedDict, TrackedHeap, TrackedDeque, EventLog, Changes)):
+            if isinstance(value, (TrackedDict, Schedule, TrackedDeque, EventLog, Changes)):
                 continue
             if isinstance(value, (dict, list, set, collections.deque)):
                 found.append(where)

@@ -95,7 +95,8 @@ TRANSFER_CODES = (
 
 # Failures that depend on the ledger's state rather than on the transfer's own
 # fields: the id is spent, so a retry answers `id_already_failed` instead of
-# succeeding later with a different outcome.
+# succeeding later with a different outcome (for a day of engine time, and among
+# the million ids spent last: engine/ledger.py FAILED_ID_RETENTION_NS).
 TRANSIENT_TRANSFER_CODES = frozenset(
     {
         "debit_account_not_found",

@@ -7,6 +7,7 @@ and deposits (deposits.py) each own their state. Money moves only as ledger tran
 sees another merchant's order or customer.
 """
 
+from engine.archival import Archival
 from engine.blocklist import Blocklist
 from engine.changes import Changes
 from engine.credentials import Credentials
@@ -19,11 +20,13 @@ from engine.merchants import Merchants
 from engine.notifications import Notifications
 from engine.orders import Orders
 from engine.payments import Payments
+from engine.reconciliations import Reconciliations
 from engine.records import (
     AddDashboardUser,
     AddToBlocklist,
     AdjustWallet,
     AdmitOrderIp,
+    Archive,
     CancelOrder,
     CancelPayment,
     CapturePayment,
@@ -40,6 +43,7 @@ from engine.records import (
     MoveWallet,
     Outcome,
     PayOrderFromWallet,
+    Reconcile,
     ReceiveBankTransfer,
     ReceiveDepositTransfer,
     RecordPayoutResult,
@@ -74,11 +78,13 @@ class Commerce:
         self.idempotency = IdempotencyKeys(changes)
         self.blocklist = Blocklist(changes)  # kept by the shard that owns the block list's routing key
         self.credentials = Credentials(self.merchants.by_id, changes)
+        self.reconciliations = Reconciliations(ledger, changes, self.payments, self.events)
         self.invoices = Invoices(changes, self.merchants.by_id, self.payments.payments)
         stores = {"order": self.orders.by_id, "payment": self.payments.payments, "refund": self.payments.refunds,
                   "payout": self.payments.payouts, "deposit": self.deposits.deposits,
                   "withdrawal": self.deposits.withdrawals}
         self.notifications = Notifications(changes, self.merchants.by_id, stores, self.invoices, self.events)
+        self.archival = Archival(ledger, changes, self.orders, self.payments, self.invoices, self.reconciliations)
 
     # Time
 
@@ -102,6 +108,7 @@ class Commerce:
         else:
             outcome = _HANDLERS[type(command)](self, command, timestamp)
         self.deposits.follow_payments(first_event, timestamp)  # a deposit's payment moved on: so does the deposit
+        self.reconciliations.follow(first_event)  # a card capture or refund waits for its settlement
         self.notifications.record(first_event, timestamp)
         return outcome
 
@@ -138,7 +145,8 @@ class Commerce:
 
     def _concerns(self) -> tuple:
         return (self.merchants, self.orders, self.wallets, self.idempotency, self.ip_windows, self.payments,
-                self.blocklist, self.deposits, self.credentials, self.invoices, self.notifications)
+                self.blocklist, self.deposits, self.credentials, self.invoices, self.notifications,
+                self.reconciliations)
 
 
 _HANDLERS = {
@@ -174,6 +182,8 @@ _HANDLERS = {
     RemoveFromBlocklist: lambda commerce, command, timestamp: commerce.blocklist.remove(command, timestamp),
     RotateCredentials: lambda commerce, command, timestamp: commerce.credentials.rotate(command, timestamp),
     TouchCredentials: lambda commerce, command, timestamp: commerce.credentials.touch(command, timestamp),
+    Reconcile: lambda commerce, command, timestamp: commerce.reconciliations.reconcile(command, timestamp),
+    Archive: lambda commerce, command, timestamp: commerce.archival.archive(command, timestamp),
     RecordDeliveryAttempts: lambda commerce, command, timestamp: commerce.notifications.record_attempts(
         command, timestamp),
     RedeliverEvent: lambda commerce, command, timestamp: commerce.notifications.redeliver(command, timestamp),

@@ -56,7 +56,7 @@ class Credentials:
         self.merchants = merchants
         # (merchant id, digest of the signed message) -> until when a copy is refused (engine time)
         self.signatures: dict[tuple[str, str], int] = changes.dict(ordered=False)
-        self.signature_expiries = changes.heap()  # (expires_at, merchant id, digest)
+        self.signature_expiries = changes.schedule()  # (merchant id, digest) -> expires_at
         self.signatures_by_merchant: dict[str, int] = changes.dict(ordered=False)
 
     def rotate(self, command: RotateCredentials, timestamp: int) -> Outcome:
@@ -116,14 +116,13 @@ class Credentials:
         expires_at = min(max(command.expires_at, timestamp + 1), timestamp + MAX_SIGNATURE_WINDOW_NS)
         self.signatures_by_merchant[command.merchant_id] = count + 1
         self.signatures[key] = expires_at
-        self.signature_expiries.push((expires_at, *key))
+        self.signature_expiries.set(key, expires_at)
         return ""
 
     def _forget_signatures(self, timestamp: int) -> None:
-        expiries = self.signature_expiries
-        while expiries and expiries[0][0] <= timestamp:
-            _, merchant_id, digest = expiries.pop()
-            del self.signatures[(merchant_id, digest)]
+        for key in self.signature_expiries.pop_due(timestamp):
+            merchant_id = key[0]
+            del self.signatures[key]
             left = self.signatures_by_merchant[merchant_id] - 1
             if left:
                 self.signatures_by_merchant[merchant_id] = left
@@ -138,4 +137,4 @@ class Credentials:
         signatures = snapshot.signatures
         self.signatures.load(((merchant_id, digest), expires_at) for merchant_id, digest, expires_at in signatures)
         self.signatures_by_merchant.load(collections.Counter(merchant_id for merchant_id, _, _ in signatures).items())
-        self.signature_expiries.load((expires_at, merchant_id, digest) for merchant_id, digest, expires_at in signatures)
+        self.signature_expiries.load((expires_at, (merchant_id, digest)) for merchant_id, digest, expires_at in signatures)

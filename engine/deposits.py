@@ -62,14 +62,13 @@ class Deposits:
         # payment id -> the deposit it funds, while that deposit is open (derived: restore rebuilds it)
         self.open_by_payment: dict[str, str] = changes.dict(ordered=False)
         # (expires_at, deposit id) of deposits waiting for a transfer (derived: restore rebuilds it)
-        self.expiries = changes.heap()
+        self.expiries = changes.schedule()
 
     # Time
 
     def advance(self, timestamp: int) -> None:
         """Fail the QR and bank transfer deposits whose transfer did not come in time: nothing stays open for ever."""
-        while self.expiries and self.expiries[0][0] <= timestamp:
-            _, deposit_id = self.expiries.pop()
+        for deposit_id in self.expiries.pop_due(timestamp):
             deposit = self.deposits[deposit_id]
             if deposit.status == "requires_action":
                 self.payments.fail(self.payments.payments[deposit.payment_id], DEPOSIT_EXPIRED,
@@ -95,7 +94,7 @@ class Deposits:
         else:
             self._await_transfer(payment, timestamp)
             deposit.expires_at = timestamp + command.transfer_window_s * NANOSECONDS_PER_SECOND
-            self.expiries.push((deposit.expires_at, deposit.id))
+            self.expiries.set(deposit.id, deposit.expires_at)
         deposit.payment_id = payment.id
         deposit.status = "requires_action" if deposit.method in BANK_METHODS else "processing"
         deposit.next_action_url = payment.next_action_url if deposit.method in BANK_METHODS else ""

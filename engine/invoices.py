@@ -1,7 +1,8 @@
 """Invoices: one per paid order, made in the command that pays it, numbered per merchant from 1 without gaps (the
 number and the invoice are written in one command, so an undone command takes both back)."""
 
-from engine.changes import Changes, append_to, peek
+from engine.changes import Changes, peek
+from engine.listing import Listing
 from engine.paging import page
 from engine.records import Invoice, Merchant, Order, Payment
 
@@ -13,8 +14,8 @@ class Invoices:
         self.payments = payments
         self.by_id: dict[str, Invoice] = changes.dict()
         self.last_numbers: dict[str, int] = changes.dict()  # merchant id -> the number of its latest invoice
-        # Derived (restore rebuilds them): merchant id -> its invoice ids, oldest first; order id -> its invoice id.
-        self.by_merchant: dict[str, list[str]] = changes.dict(ordered=False)
+        # Derived (restore rebuilds them): each merchant's invoice ids; order id -> its invoice id.
+        self.by_merchant = Listing(changes)
         self.by_order: dict[str, str] = changes.dict(ordered=False)
 
     def create(self, invoice_id: str, order: Order, timestamp: int) -> Invoice:
@@ -36,7 +37,7 @@ class Invoices:
 
     def _add(self, invoice: Invoice) -> None:
         self.by_id[invoice.id] = invoice
-        append_to(self.by_merchant, invoice.merchant_id, invoice.id)
+        self.by_merchant.add(invoice.merchant_id, invoice.id)
         self.by_order[invoice.order_id] = invoice.id
 
     # Reads
@@ -50,9 +51,8 @@ class Invoices:
         """A merchant's invoices newest first (only the order's, if `order_id`), and whether more follow."""
         if order_id:
             ids = [self.by_order[order_id]] if order_id in self.by_order else []
-        else:
-            ids = reversed(self.by_merchant.get(merchant_id, []))
-        return page(ids, lambda invoice_id: self.invoice_of(merchant_id, invoice_id), limit, starting_after)
+            return page(ids, lambda invoice_id: self.invoice_of(merchant_id, invoice_id), limit, starting_after)
+        return self.by_merchant.page(merchant_id, self.by_id, limit, starting_after)
 
     # State
 

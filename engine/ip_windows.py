@@ -4,6 +4,10 @@ from engine.changes import Changes, TrackedDeque
 from engine.records import AdmitOrderIp, CreateOrder, Outcome
 from engine.types import NANOSECONDS_PER_SECOND
 
+# Past this many addresses the one admitted longest ago is forgotten, window and all: the bound holds even against
+# orders from more addresses within a window than memory would take.
+MAX_IP_WINDOWS = 1_000_000
+
 
 class IpWindows:
     def __init__(self, changes: Changes) -> None:
@@ -32,6 +36,8 @@ class IpWindows:
         windows.pop(command.client_ip, None)
         windows[command.client_ip] = times  # last: addresses stay in the order of their newest admission
         self._forget_idle_ips(horizon)
+        if len(windows) > MAX_IP_WINDOWS:
+            del windows[next(iter(windows))]
         return 0
 
     def _forget_idle_ips(self, horizon: int) -> None:

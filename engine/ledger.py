@@ -13,6 +13,8 @@ import sys
 from bisect import bisect_left, bisect_right
 from itertools import islice
 
+import msgspec
+
 from engine.check import check
 from engine.codes import TRANSIENT_TRANSFER_NUMBERS, AccountCode, TransferCode
 from engine.types import (
@@ -43,23 +45,32 @@ CREDITS_LIMIT = AccountFlag.CREDITS_MUST_NOT_EXCEED_DEBITS
 CLOSED = AccountFlag.CLOSED
 HISTORY = AccountFlag.HISTORY
 WATCHED = DEBITS_LIMIT | CREDITS_LIMIT | CLOSED | HISTORY
+# A failed id is spent as long as a client's retries of it may come (an idempotency key's day), and at most this
+# many are kept: past either, the oldest may be used again.
+FAILED_ID_RETENTION_NS = 24 * 3600 * NANOSECONDS_PER_SECOND
+MAX_FAILED_IDS = 1_000_000
+MIN_SWEEP_EXPIRIES = 1024  # below this many heap entries a sweep of the stale ones is not worth its walk
 
 
 class Ledger:
     def __init__(self) -> None:
         self.accounts: dict[str, Account] = {}
         self.transfers: dict[str, Transfer] = {}
-        # Ids whose first attempt failed on the ledger's state: spent forever.
-        self.failed_ids: set[str] = set()
+        # Ids whose first attempt failed on the ledger's state -> when, oldest first: spent for a retention.
+        self.failed_ids: dict[str, int] = {}
         # State of every pending transfer, by its id.
         self.pending_states: dict[str, int] = {}
-        # Min-heap of (expires_at, pending transfer id).
+        # Min-heap of (expires_at, pending transfer id): an entry whose transfer was undone, posted or voided stays
+        # behind, stale, until it comes up or a sweep drops it.
         self.expiries: list[tuple[int, str]] = []
-        # The command being applied: sizes of the dicts when it began, ids it spent, expiries it ran.
+        self.expiries_sweep_at = MIN_SWEEP_EXPIRIES
+        # The command being applied: sizes of the dicts when it began, ids it spent and forgot, expiries it ran.
         self.transfers_mark = 0
         self.accounts_mark = 0
         self.failed_in_command: list[str] = []
+        self.forgotten_in_command: list[tuple[str, int]] = []
         self.expired_in_command: list[tuple[int, str, bool]] = []
+        self.archived_in_command: list[ArchivedTransfers] = []
 
     # All or nothing per command
 
@@ -67,15 +78,67 @@ class Ledger:
         self.transfers_mark = len(self.transfers)
         self.accounts_mark = len(self.accounts)
         self.failed_in_command.clear()
+        self.forgotten_in_command.clear()
         self.expired_in_command.clear()
+        self.archived_in_command.clear()
+        if len(self.expiries) >= self.expiries_sweep_at:  # between commands: nothing an undo could make live again
+            self._sweep_expiries()
 
     def undo_command(self) -> None:
         """Undo everything since `begin_command`, newest first."""
+        for archived in reversed(self.archived_in_command):  # out of the front: back in front, first
+            self._unarchive(archived)
         self._unstore_since(self.transfers_mark)
         self._remove_accounts_since(self.accounts_mark)
-        self.failed_ids.difference_update(self.failed_in_command)
+        for transfer_id in self.failed_in_command:
+            self.failed_ids.pop(transfer_id, None)
+        if self.forgotten_in_command:  # back in front, where they were (undo is rare: a rebuild will do)
+            self.failed_ids = dict(self.forgotten_in_command + list(self.failed_ids.items()))
         self._unexpire()
         self.begin_command()
+
+    # Archival (engine/archival.py)
+
+    def archive_transfers(self, before: int, limit: int) -> "ArchivedTransfers":
+        """Up to `limit` of the oldest transfers, made before `before`, out of memory (and off their accounts'
+        statements, with the balances history they ended), up to the first pending transfer still open: everything
+        after it waits for it. Their ids may be taken again after this (a client's retry of one applies anew)."""
+        gone = []
+        counts: dict[str, int] = {}
+        for t in self.transfers.values():
+            if len(gone) == limit or t.timestamp >= before:
+                break
+            if t.flags & PENDING and self.pending_states[t.id] == PendingState.PENDING:
+                break
+            gone.append(t)
+            for account_id in (t.debit_account_id, t.credit_account_id):
+                counts[account_id] = counts.get(account_id, 0) + 1
+        archived = ArchivedTransfers(gone, [], [])
+        for t in gone:
+            del self.transfers[t.id]
+            if t.flags & PENDING:
+                archived.pending_states.append((t.id, self.pending_states.pop(t.id)))
+        for account_id, count in counts.items():
+            account = self.accounts[account_id]
+            check(account.transfers[count - 1].timestamp < before, f"account {account_id}: statement out of order")
+            statement = account.transfers[:count]
+            del account.transfers[:count]
+            # The balance as of the cut-off stays: the one before it, not the ones it replaced.
+            cut = bisect_left(account.history, before, key=_timestamp_of) - 1 if account.history else 0
+            history = account.history[:cut] if cut > 0 else []
+            if history:
+                del account.history[:cut]
+            archived.accounts.append((account, statement, history))
+        self.archived_in_command.append(archived)
+        return archived
+
+    def _unarchive(self, archived: "ArchivedTransfers") -> None:
+        self.transfers = {**{t.id: t for t in archived.transfers}, **self.transfers}
+        self.pending_states.update(archived.pending_states)
+        for account, statement, history in archived.accounts:
+            account.transfers[:0] = statement
+            if history:
+                account.history[:0] = history
 
     # Accounts
 
@@ -178,9 +241,25 @@ class Ledger:
         else:
             code = self._move(t, timestamp)
         if code and code in TRANSIENT_TRANSFER_NUMBERS:
-            self.failed_ids.add(t.id)
-            self.failed_in_command.append(t.id)
+            self._spend(t.id, timestamp)
         return code
+
+    def _spend(self, transfer_id: str, timestamp: int) -> None:
+        failed_ids = self.failed_ids
+        failed_ids[transfer_id] = timestamp
+        self.failed_in_command.append(transfer_id)
+        if len(failed_ids) > MAX_FAILED_IDS:
+            self._forget_oldest_failed()
+
+    def forget_failed_before(self, timestamp: int) -> None:
+        """Forget the failed ids spent longer than the retention ago."""
+        failed_ids = self.failed_ids
+        while failed_ids and failed_ids[next(iter(failed_ids))] + FAILED_ID_RETENTION_NS <= timestamp:
+            self._forget_oldest_failed()
+
+    def _forget_oldest_failed(self) -> None:
+        oldest = next(iter(self.failed_ids))
+        self.forgotten_in_command.append((oldest, self.failed_ids.pop(oldest)))
 
     def _move(self, t: Transfer, timestamp: int) -> int:
         """A single-phase or pending transfer between two accounts."""
@@ -288,15 +367,10 @@ class Ledger:
             _check_limits(credit)
 
     def _unstore_since(self, mark: int) -> None:
-        """Reverse the transfers stored since the dict held `mark` of them, newest first."""
-        stored = list(islice(reversed(self.transfers.values()), len(self.transfers) - mark))
-        expiries = {(t.timestamp + t.timeout_s * NANOSECONDS_PER_SECOND, t.id) for t in stored
-                    if t.flags & PENDING and t.timeout_s}
-        for t in stored:
+        """Reverse the transfers stored since the dict held `mark` of them, newest first (a pending one's expiry
+        entry stays behind, stale)."""
+        for t in list(islice(reversed(self.transfers.values()), len(self.transfers) - mark)):
             self._unstore(t)
-        if expiries:
-            self.expiries[:] = [entry for entry in self.expiries if entry not in expiries]
-            heapq.heapify(self.expiries)
 
     def _unstore(self, t: Transfer) -> None:
         """Undo one stored transfer, the last on both its accounts; its expiry entry is the caller's."""
@@ -372,7 +446,7 @@ class Ledger:
         expiries = self.expiries
         while expiries and expiries[0][0] <= timestamp:
             expires_at, transfer_id = heapq.heappop(expiries)
-            released = self.pending_states[transfer_id] == PendingState.PENDING
+            released = self._live_expiry(expires_at, transfer_id)
             self.expired_in_command.append((expires_at, transfer_id, released))
             if not released:
                 continue
@@ -388,6 +462,21 @@ class Ledger:
                     account.history.append(_balance_of(account, timestamp))
             events.append(Event("transfer.expired", transfer_id, timestamp))
         return events
+
+    def _live_expiry(self, expires_at: int, transfer_id: str) -> bool:
+        """Whether the heap entry still stands for a pending transfer (not one undone, posted, voided or made anew)."""
+        if self.pending_states.get(transfer_id) != PendingState.PENDING:
+            return False
+        pending = self.transfers[transfer_id]
+        return pending.timestamp + pending.timeout_s * NANOSECONDS_PER_SECOND == expires_at
+
+    def live_expiries(self) -> list[tuple[int, str]]:
+        """The heap's live entries, sorted: what a snapshot keeps."""
+        return sorted(entry for entry in self.expiries if self._live_expiry(*entry))
+
+    def _sweep_expiries(self) -> None:
+        self.expiries = self.live_expiries()  # sorted: a heap already
+        self.expiries_sweep_at = max(MIN_SWEEP_EXPIRIES, 2 * len(self.expiries))
 
     def _unexpire(self) -> None:
         """Hold again what `expire` released in this step, and put back every entry it took from the heap."""
@@ -441,6 +530,15 @@ class Ledger:
         if index == 0:
             return Balance(timestamp, 0, 0, 0, 0)
         return account.history[index - 1]
+
+
+class ArchivedTransfers(msgspec.Struct):
+    """What one archive_transfers took out: the transfers, the states of the pending ones among them, and each
+    account's statement and history prefix (kept to undo the command that took them)."""
+
+    transfers: list[Transfer]
+    pending_states: list[tuple[str, int]]
+    accounts: list[tuple[Account, list[Transfer], list[Balance]]]
 
 
 _RESOLVED_CODES = {

@@ -27,6 +27,8 @@ from engine.records import (
     COMMAND_RETIRED,
     RETIRED_COMMANDS,
     Adjustment,
+    Archive,
+    Archived,
     BlocklistEntry,
     Customer,
     Delivery,
@@ -39,6 +41,7 @@ from engine.records import (
     Outcome,
     Payment,
     Payout,
+    Reconciliation,
     Refund,
     VaultedCard,
     Withdrawal,
@@ -81,6 +84,9 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     deliveries: list[Delivery] = []
     invoices: list[Invoice] = []
     invoice_numbers: list[tuple[str, int]] = []
+    # Failed transfer ids with when they failed, oldest first (`failed_ids`, without times, is older snapshots').
+    failed_ids_at: list[tuple[str, int]] = []
+    reconciliations: list[Reconciliation] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -108,8 +114,10 @@ class Engine:
         self.submits = SubmitWindow()
         self.sequence = 0
         self.timestamp = 0
-        # What the last batch undid, for the caller to log.
+        # What the last batch undid, for the caller to log; what its Archive commands took out of memory, for the
+        # shard's cold store.
         self.failures: list[CommandFailure] = []
+        self.archived: list[Archived] = []
         _check_tracked(self.commerce)
 
     def apply(self, batch: Batch) -> BatchResult:
@@ -122,6 +130,7 @@ class Engine:
         self.sequence = batch.sequence
         self.timestamp = timestamp = batch.timestamp
         self.failures = []
+        self.archived = []
         self.commerce.notifications.sequence = batch.sequence
         events = self.commerce.events
         events.clear()
@@ -196,18 +205,25 @@ class Engine:
         if kind is CreateAccounts:
             return self.ledger.create_accounts(command.accounts, timestamp)
         if command is ADVANCE:
+            self.ledger.forget_failed_before(timestamp)
             events = self.ledger.expire(timestamp)
             events += self.commerce.advance(timestamp, [event.object_id for event in events])
             self.commerce.events[:0] = events  # ahead of those the advance logged itself, as batches list them
             self.commerce.notifications.record(0, timestamp)
             return None
-        return self.commerce.apply(command, timestamp)
+        outcome = self.commerce.apply(command, timestamp)
+        if kind is Archive and outcome.code == "ok":
+            self.archived.append(outcome.record)
+        return outcome
 
     def next_deadline(self) -> int | None:
         """The earliest time at which something expires (a pending transfer, an order), if any."""
-        heaps = (self.ledger.expiries, self.commerce.orders.expiries, self.commerce.payments.deadlines,
-                 self.commerce.deposits.expiries)
-        heads = [heap[0][0] for heap in heaps if heap]
+        commerce = self.commerce
+        heads = [self.ledger.expiries[0][0]] if self.ledger.expiries else []
+        for schedule in (commerce.orders.expiries, commerce.payments.deadlines, commerce.deposits.expiries):
+            head = schedule.next_time()
+            if head is not None:
+                heads.append(head)
         return min(heads) if heads else None
 
     def query(self, query: Query) -> Answer:
@@ -226,9 +242,10 @@ class Engine:
             timestamp=self.timestamp,
             accounts=[_bare(account) for account in accounts],
             transfers=list(ledger.transfers.values()),
-            failed_ids=sorted(ledger.failed_ids),
+            failed_ids=[],
+            failed_ids_at=list(ledger.failed_ids.items()),
             pending_states=list(ledger.pending_states.items()),
-            expiries=sorted(ledger.expiries),
+            expiries=ledger.live_expiries(),
             histories=[(account.id, account.history) for account in accounts if account.history],
             submits=self.submits.snapshot(),
             **self.commerce.snapshot(),
@@ -244,9 +261,11 @@ class Engine:
         ledger.accounts = {account.id: account for account in snapshot.accounts}
         for account in snapshot.accounts:
             account.currency = sys.intern(account.currency)  # as create_accounts leaves it
-        ledger.failed_ids = set(snapshot.failed_ids)
+        # An older snapshot's failed ids count as spent when it was taken.
+        ledger.failed_ids = {transfer_id: snapshot.timestamp for transfer_id in snapshot.failed_ids}
+        ledger.failed_ids.update(snapshot.failed_ids_at)
         ledger.pending_states = dict(snapshot.pending_states)
-        ledger.expiries = list(snapshot.expiries)
+        ledger.expiries = sorted(snapshot.expiries)
         _restore_histories(ledger, snapshot.histories)
         _restore_transfers(ledger, snapshot.transfers)
         engine.commerce.restore(snapshot)

@@ -14,6 +14,7 @@ from engine.records import (
 
 # Stores per merchant: each merchant record (read at every authentication refresh) carries them all.
 MAX_SUB_ACCOUNTS = 1_000
+MAX_DASHBOARD_USERS = 100  # per merchant, carried by its record as the sub-accounts are
 
 
 class Merchants:
@@ -73,6 +74,8 @@ class Merchants:
                 for user in merchant.users):
             return Outcome("password_changed")  # set anew meanwhile: a re-hash of the old one must not undo that
         others = [user for user in merchant.users if user.email != command.user.email]
+        if len(others) >= MAX_DASHBOARD_USERS:
+            return Outcome("dashboard_user_limit_reached", record=merchant)
         merchant.users = [*others, command.user]
         return Outcome(record=merchant)
 

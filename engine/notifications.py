@@ -65,7 +65,7 @@ DELIVERY_OUTCOMES = ("delivered", "retry", "dead")
 # delivery.queued, delivery.dead).
 MERCHANT_EVENTS: dict[str, EventObjectType] = {kind: kind.partition(".")[0] for kind in (
     "payment.succeeded", "payment.failed", "payment.requires_action", "payment.requires_capture", "payment.captured",
-    "payment.cancelled", "order.paid", "order.expired", "order.exception", "order.cancelled",
+    "payment.cancelled", "payment.settled", "payment.disputed", "order.paid", "order.expired", "order.exception", "order.cancelled",
     "order.partially_refunded", "order.refunded", "refund.succeeded", "payout.paid", "payout.failed",
     "deposit.succeeded", "deposit.failed", "withdrawal.paid", "withdrawal.failed")}
 EVENT_TYPES: tuple[str, ...] = tuple(sorted(MERCHANT_EVENTS))

@@ -2,6 +2,7 @@
 
 from engine.changes import Changes
 from engine.ip_windows import IpWindows
+from engine.listing import Listing
 from engine.merchants import Merchants
 from engine.payments import Payments
 from engine.records import CancelOrder, CreateOrder, Order, Outcome, Split, UpdateOrder
@@ -18,19 +19,17 @@ class Orders:
         self.ip_windows = ip_windows
         self.events = events
         self.by_id: dict[str, Order] = changes.dict()
-        self.by_merchant: dict[str, list[str]] = changes.dict()  # merchant id -> its order ids, oldest first
-        self.expiries = changes.heap()  # (expires_at, order id)
+        self.by_merchant = Listing(changes)  # each merchant's order ids
+        self.expiries = changes.schedule()  # order id -> when it expires
 
     # Time
 
     def expire(self, timestamp: int, payments: Payments) -> list[Event]:
         """Expire the pending orders whose time is up, and stop their payments."""
         events = []
-        expiries = self.expiries
-        while expiries and expiries[0][0] <= timestamp:
-            expires_at, order_id = expiries.pop()
+        for order_id in self.expiries.pop_due(timestamp):
             order = self.by_id[order_id]
-            if order.status == "pending" and order.expires_at == expires_at:
+            if order.status == "pending":
                 transition(order, "expired")
                 order.updated_at = timestamp
                 events.append(Event("order.expired", order_id, timestamp))
@@ -58,7 +57,7 @@ class Orders:
         if command.expires_in_s is not None:
             order.expires_at = timestamp + command.expires_in_s * NANOSECONDS_PER_SECOND
         self.by_id[order.id] = order
-        self.by_merchant.setdefault(order.merchant_id, []).append(order.id)
+        self.by_merchant.add(order.merchant_id, order.id)
         self._schedule_expiry(order)
         return Outcome(record=order)
 
@@ -104,7 +103,9 @@ class Orders:
     def _schedule_expiry(self, order: Order) -> None:
         # Zero means the order never expires, as a zero timeout does in the ledger.
         if order.expires_at:
-            self.expiries.push((order.expires_at, order.id))
+            self.expiries.set(order.id, order.expires_at)
+        else:
+            self.expiries.drop(order.id)
 
     def _check_amount(self, merchant_id: str, amount: int, splits: list[Split]) -> str:
         """An order's amount and its shares: '' if they hold, else the refusal's code.
@@ -150,17 +151,10 @@ class Orders:
         starting_after: str = "",
     ) -> tuple[list[Order], bool]:
         """A merchant's orders, newest first, filtered; and whether more follow."""
-        ids = self.by_merchant.get(merchant_id, [])
-        position = len(ids)
-        if starting_after:
-            after = self.order_of(merchant_id, starting_after)
-            if after is None:
-                return [], False
-            position = ids.index(after.id, 0)
         needle = name_contains.casefold()
         found: list[Order] = []
-        for index in range(position - 1, -1, -1):
-            order = self.by_id[ids[index]]
+        for order_id in self.by_merchant.newest_first(merchant_id, starting_after):
+            order = self.by_id[order_id]
             if order.created_at < created_gte:
                 break  # newest first: everything further is older still
             if order.created_at >= created_lt or (status and order.status != status):
@@ -176,14 +170,18 @@ class Orders:
 
     def snapshot(self) -> dict[str, list]:
         """Its part of the engine's snapshot, by field."""
-        return {"orders": list(self.by_id.values()), "order_expiries": sorted(self.expiries)}
+        return {"orders": list(self.by_id.values()),
+                "order_expiries": [(expires_at, order_id) for expires_at, order_id in self.expiries.entries()
+                                   if self.by_id[order_id].status == "pending"]}
 
     def restore(self, snapshot) -> None:
         """Fill from the engine's snapshot, rebuilding the index by merchant."""
         for order in snapshot.orders:
             self.by_id[order.id] = order
-            self.by_merchant.setdefault(order.merchant_id, []).append(order.id)
-        self.expiries.load(snapshot.order_expiries)
+            self.by_merchant.add(order.merchant_id, order.id)
+        # Only the entry that can still expire its order: older snapshots also kept those an order had moved from.
+        self.expiries.load((expires_at, order_id) for expires_at, order_id in snapshot.order_expiries
+                           if self.by_id[order_id].status == "pending" and self.by_id[order_id].expires_at == expires_at)
 
 
 def duration_fits(duration_s: int | None, timestamp: int) -> bool:

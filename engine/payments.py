@@ -10,10 +10,13 @@ the merchant's balance until the bank answers, and a failure returns it.
 from engine.changes import Changes
 from engine.check import check
 from engine.codes import TransferCode, transfer_outcome
+from engine.days import DAY_NS, days_since_epoch
 from engine.ledger import Ledger
+from engine.listing import Listing
 from engine.records import (
     CancelPayment,
     CapturePayment,
+    CardDetails,
     CreatePayment,
     CreatePayout,
     CreateRefund,
@@ -35,7 +38,7 @@ from engine.records import (
     wallet_account_id,
 )
 from engine.states import transition
-from engine.types import NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, TransferFlag
+from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX, AccountFlag, Event, Transfer, TransferFlag
 
 OPEN_STATUSES = ("processing", "requires_action")
 # An order's payment in one of these may still take its money: a second payment must not charge it too.
@@ -44,12 +47,15 @@ IN_PROGRESS_STATUSES = (*OPEN_STATUSES, "requires_capture")
 BANK_METHODS = ("qr", "bank_transfer")
 # An order whose paying payment is refunded says how much of it went back.
 REFUND_MARKED_STATUSES = ("paid", "partially_refunded")
+# A payment whose money came, settled or not, disputed in part or not: what chargebacks left of it may go back.
+REFUNDABLE_STATUSES = ("succeeded", "settled", "disputed")
 RISK_REJECTED = "risk_rejected"
 CALLBACK_REPLAYED = "callback_replayed"
 # A provider's signature is good for 300 s either side of the clock: one seen is remembered for twice that.
 CALLBACK_REPLAY_WINDOW_NS = 600 * NANOSECONDS_PER_SECOND
 MAX_RESEALED_CARDS = 10_000  # per command: a batch the shard journals and replicates at once
 MAX_CALLBACK_SIGNATURES = 100_000  # beyond it the oldest is forgotten: a bound, well above any provider's rate
+MAX_CALLBACKS_PER_PAYMENT = 32  # a payment hears of its provider a few times: 3-D Secure, then the verdict
 
 # The chart of accounts (engine/ACCOUNTS.md): the flags an account is made with, by its name. Money of merchants and
 # customers never goes below zero; only the mirrors of a real inflow may run a debit balance, and money goes back
@@ -64,6 +70,13 @@ ACCOUNT_FLAGS = {
     "clearing_piggybank": MIRRORS_INFLOW,
     "clearing_bank": MIRRORS_INFLOW,
     "adjustments": MIRRORS_INFLOW,  # the admin's named manual credits: debit-normal, counted as an inflow
+    # Settlement (engine/reconciliations.py): what the acquirer paid into our bank and the fees it kept mirror the
+    # bank's statement, whatever it says (debit-normal, no limit); refunds of settled payments are owed to the
+    # acquirer until it deducts them; a chargeback's money not yet recovered from the merchant is owed by it.
+    "settled_piggybank": AccountFlag.HISTORY,
+    "fees_piggybank": AccountFlag.HISTORY,
+    "refunds_piggybank": HOLDS_MONEY,
+    "disputes": MIRRORS_INFLOW,
     "deposits": AccountFlag.HISTORY,  # legacy: the unfunded source of journaled MoveWallet deposits, replayed as then
 }
 SUB_ACCOUNT_FLAGS = HOLDS_MONEY
@@ -77,17 +90,20 @@ class Payments:
         self.orders = orders
         self.events = events
         self.payments: dict[str, Payment] = changes.dict()
-        # merchant id -> its payment ids, oldest first (derived: restore rebuilds it)
-        self.by_merchant: dict[str, list[str]] = changes.dict()
+        self.by_merchant = Listing(changes)  # each merchant's payment ids (derived: restore rebuilds it)
         # token id -> a card sealed by the edge; the engine never sees a card number in clear
         self.cards: dict[str, VaultedCard] = changes.dict()
-        # position -> token id, in the order cards were vaulted, for paging (derived: restore rebuilds it)
+        # position -> token id, and back, in the order cards were vaulted (a card forgotten gives its place to the
+        # last one), for paging; token id -> the end of its card's expiry month, when it is forgotten (all derived:
+        # restore rebuilds them)
         self.card_ids: dict[int, str] = changes.dict(ordered=False)
+        self.card_places: dict[str, int] = changes.dict(ordered=False)
+        self.card_expiries = changes.schedule()
         self.refunds: dict[str, Refund] = changes.dict()
         self.payouts: dict[str, Payout] = changes.dict()
         # signature -> when its callback came (engine time), oldest first
         self.callback_signatures: dict[str, int] = changes.dict()
-        self.deadlines = changes.heap()  # (deadline_at, payment id)
+        self.deadlines = changes.schedule()  # payment id -> its deadline_at
         # pending transfer id -> payment id, to hear of an authorization that timed out
         self.payment_by_hold: dict[str, str] = changes.dict(ordered=False)
 
@@ -95,13 +111,14 @@ class Payments:
 
     def advance(self, timestamp: int, expired_transfers: list[str]) -> None:
         """Fail payments the provider left unanswered; cancel authorizations the ledger released."""
-        while self.deadlines and self.deadlines[0][0] <= timestamp:
-            _, payment_id = self.deadlines.pop()
+        for payment_id in self.deadlines.pop_due(timestamp):
             payment = self.payments[payment_id]
             if payment.status in OPEN_STATUSES and payment.method in BANK_METHODS:
                 self._stop_waiting(payment, timestamp)  # the payer sent no transfer in time
             elif payment.status in OPEN_STATUSES:
                 self._fail(payment, "processing_timeout", "the acquirer did not answer in time", timestamp)
+        for token_id in self.card_expiries.pop_due(timestamp):
+            self._forget_card(token_id)
         for transfer_id in expired_transfers:
             payment_id = self.payment_by_hold.pop(transfer_id, None)
             if payment_id is not None and self.payments[payment_id].status == "requires_capture":
@@ -173,7 +190,7 @@ class Payments:
         # A transfer for an order waits as long as the order does; every other payment has a deadline of its own.
         if command.processing_timeout_s and not (payment.method in BANK_METHODS and payment.order_id):
             payment.deadline_at = timestamp + command.processing_timeout_s * NANOSECONDS_PER_SECOND
-            self.deadlines.push((payment.deadline_at, payment.id))
+            self.deadlines.set(payment.id, payment.deadline_at)
         return Outcome(record=payment)
 
     def payment_in_progress(self, order: Order) -> bool:
@@ -235,6 +252,8 @@ class Payments:
             return Outcome("duplicate", record=payment)
         if payment.status not in OPEN_STATUSES:
             return Outcome("payment_not_open", record=payment)
+        if len(payment.callback_ids) >= MAX_CALLBACKS_PER_PAYMENT:
+            return Outcome("too_many_callbacks", record=payment)
         payment.callback_ids = [*payment.callback_ids, command.callback_id]
         payment.psp_reference = command.psp_reference or payment.psp_reference
         payment.updated_at = timestamp
@@ -405,23 +424,35 @@ class Payments:
         payment = self._payment_of(refund.merchant_id, refund.payment_id)
         if payment is None:
             return Outcome("payment_not_found")
-        if payment.status != "succeeded" or payment.deposit_id:  # a deposit's money is the customer's, in the wallet
+        # A deposit's money is the customer's, in the wallet.
+        if payment.status not in REFUNDABLE_STATUSES or payment.deposit_id:
             return Outcome("payment_not_refundable", record=payment)
-        amount = refund.amount or payment.amount_captured - payment.amount_refunded
-        if amount <= 0 or payment.amount_refunded + amount > payment.amount_captured:
+        refundable = payment.amount_captured - payment.amount_refunded - payment.amount_disputed
+        amount = refund.amount or refundable
+        if amount <= 0 or amount > refundable:
             return Outcome("amount_too_large", record=payment)
         # The money goes back out of the account it came into.
         balance = system_account_id(payment.merchant_id, payment.sub_account_id or "balance", payment.currency)
         if self.ledger.available(balance) < amount:  # money already paid out or held for a payout
             return Outcome("insufficient_funds", record=payment)
-        # The money goes back the way it came: to the wallet, or to the acquirer for the card.
-        source = (wallet_account_id(payment.merchant_id, payment.customer_id, payment.currency)
-                  if payment.method == "wallet"
-                  else system_account_id(payment.merchant_id, f"clearing_{payment.acquirer}", payment.currency))
-        code = move(self.ledger, Transfer(command.transfer_id, balance, source, amount, payment.currency), timestamp)
+        # The money goes back the way it came: to the wallet, or to the acquirer for the card: what it still owes
+        # for the payment, or once it has settled it, what we owe it until its next settlement deducts the refund.
+        if payment.method == "wallet":
+            source = wallet_account_id(payment.merchant_id, payment.customer_id, payment.currency)
+        else:
+            name = f"{'refunds' if payment.settled_at else 'clearing'}_{payment.acquirer}"
+            source = system_account_id(payment.merchant_id, name, payment.currency)
+        back = Transfer(command.transfer_id, balance, source, amount, payment.currency)
+        refusal = move_refusal(self.ledger, back)  # before a refunds account is made: a refusal leaves none
+        if refusal:
+            return Outcome(refusal, record=payment)
+        if payment.settled_at:
+            system_account(self.ledger, payment.merchant_id, f"refunds_{payment.acquirer}", payment.currency, timestamp)
+        code = move(self.ledger, back, timestamp)
         if code != "ok":
             return Outcome(code, record=payment)
         refund.amount, refund.currency, refund.created_at = amount, payment.currency, timestamp
+        refund.status, refund.settled_at, refund.after_settlement = "succeeded", 0, bool(payment.settled_at)
         self.refunds[refund.id] = refund
         payment.amount_refunded += amount
         payment.updated_at = timestamp
@@ -540,7 +571,7 @@ class Payments:
     def _succeed(self, payment: Payment, amount: int, timestamp: int) -> None:
         transition(payment, "succeeded")
         payment.amount_captured = amount
-        payment.updated_at = timestamp
+        payment.updated_at = payment.captured_at = timestamp
         self.events.append(Event("payment.succeeded", payment.id, timestamp))
 
     def _book_to_order(self, payment: Payment, order: Order, exception: tuple[str, str] | None,
@@ -613,11 +644,23 @@ class Payments:
 
     def vault(self, token_id: str, card: VaultedCard) -> None:
         self.card_ids[len(self.cards)] = token_id
+        self.card_places[token_id] = len(self.cards)
         self.cards[token_id] = card
+        self.card_expiries.set(token_id, card_expires_at(card.card))
+
+    def _forget_card(self, token_id: str) -> None:
+        """No acquirer takes the card any more: out of the vault, the last card into its place."""
+        place = self.card_places.pop(token_id)
+        last = self.card_ids.pop(len(self.cards) - 1)
+        if last != token_id:
+            self.card_ids[place] = last
+            self.card_places[last] = place
+        del self.cards[token_id]
 
     def vaulted_cards(self, start: int, limit: int) -> list[tuple[str, VaultedCard]]:
-        """Up to `limit` cards from the `start`-th in the order they were vaulted (cards are never removed, so a
-        walk by position sees each once), found by position whatever `start` is."""
+        """Up to `limit` cards from the `start`-th in the order they were vaulted, found by position whatever `start`
+        is. A card forgotten meanwhile gives its place to the last one, which a walk may then miss: `paygate
+        rotate-kek` walks again until a walk finds nothing to reseal."""
         return [(self.card_ids[position], self.cards[self.card_ids[position]])
                 for position in range(start, min(start + limit, len(self.cards)))]
 
@@ -633,16 +676,9 @@ class Payments:
     def list_payments(self, merchant_id: str, limit: int, starting_after: str,
                       status: str = "") -> tuple[list[Payment], bool]:
         """A merchant's payments, newest first, only those in `status` if given; and whether more follow."""
-        ids = self.by_merchant.get(merchant_id, [])
-        end = len(ids)
-        if starting_after:
-            after = self._payment_of(merchant_id, starting_after)
-            if after is None:
-                return [], False
-            end = ids.index(after.id)
         found: list[Payment] = []
-        for index in range(end - 1, -1, -1):
-            payment = self.payments[ids[index]]
+        for payment_id in self.by_merchant.newest_first(merchant_id, starting_after):
+            payment = self.payments[payment_id]
             if status and payment.status != status:
                 continue
             if len(found) == limit:
@@ -652,7 +688,7 @@ class Payments:
 
     def add(self, payment: Payment) -> Payment:
         self.payments[payment.id] = payment
-        self.by_merchant.setdefault(payment.merchant_id, []).append(payment.id)
+        self.by_merchant.add(payment.merchant_id, payment.id)
         return payment
 
     def _payment_of(self, merchant_id: str, payment_id: str) -> Payment | None:
@@ -682,6 +718,13 @@ class Payments:
         for payment in snapshot.payments:
             if payment.status == "requires_capture":
                 self.payment_by_hold[payment.authorization_id] = payment.id
+
+
+def card_expires_at(card: CardDetails) -> int:
+    """The first instant (engine ns, UTC) after the card's expiry month: from then on no acquirer takes it."""
+    month = min(max(card.exp_month, 1), 12)
+    year, month = (card.exp_year + 1, 1) if month == 12 else (card.exp_year, month + 1)
+    return min(days_since_epoch(year, month, 1) * DAY_NS, TIMESTAMP_MAX)
 
 
 def _wallet_payment(command: PayOrderFromWallet, order: Order | None, timestamp: int) -> Payment:

@@ -134,6 +134,25 @@ class ListPayments(msgspec.Struct, tag="list_payments", array_like=True, kw_only
     status: str = ""  # only payments in this status ("": all)
 
 
+class GetReconciliation(msgspec.Struct, tag="get_reconciliation", array_like=True):
+    """This shard's part of a reconciliation."""
+
+    reconciliation_id: str
+
+
+class ListReconciliations(msgspec.Struct, tag="list_reconciliations", array_like=True, kw_only=True):
+    """This shard's parts of reconciliations, newest first."""
+
+    limit: int = 20
+    starting_after: str = ""
+
+
+class FindSettlementItems(msgspec.Struct, tag="find_settlement_items", array_like=True):
+    """Which of these payment and refund ids (a settlement file's) this shard holds."""
+
+    ids: list[str]
+
+
 class ListBlocklist(msgspec.Struct, tag="list_blocklist", array_like=True, kw_only=True):
     """The risk block list, newest first (on the shard that keeps it)."""
 
@@ -219,6 +238,7 @@ Query = (
     | ListBlocklist | GetWalletRecord | FindDeposit | FindCustomer | GetIdempotencyRecord | ListCards
     | ListEvents | GetEvent | ListDeliveries | GetDelivery | GetDeliveryJobs | PendingDeliveries | GetInvoice
     | ListInvoices
+    | GetReconciliation | ListReconciliations | FindSettlementItems
 )
 
 
@@ -233,6 +253,7 @@ class Answer(msgspec.Struct, omit_defaults=True):
     idempotency: IdempotencyRecord | None = None
     cards: list[tuple[str, VaultedCard]] | None = None
     jobs: list[DeliveryJob] | None = None
+    ids: list[str] | None = None
 
 
 def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
@@ -280,6 +301,13 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
         return Answer(cards=commerce.payments.vaulted_cards(max(0, query.start), max(1, min(query.limit, MAX_PAGE))))
     if kind in _NOTIFICATION_READS:
         return _NOTIFICATION_READS[kind](query, commerce)
+    if kind is GetReconciliation:
+        return Answer(record=commerce.reconciliations.by_id.get(query.reconciliation_id))
+    if kind is ListReconciliations:
+        parts, has_more = commerce.reconciliations.list_parts(max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+        return Answer(records=parts, has_more=has_more)
+    if kind is FindSettlementItems:
+        return Answer(ids=commerce.reconciliations.settlement_items(query.ids[:MAX_PAGE]))
     if kind is ListBlocklist:
         entries, has_more = commerce.blocklist.list_entries(max(1, min(query.limit, MAX_PAGE)), query.starting_after)
         return Answer(records=entries, has_more=has_more)

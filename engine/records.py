@@ -18,7 +18,7 @@ from engine.states import (
     RefundStatus,
     WithdrawalStatus,
 )
-from engine.types import TIMESTAMP_MAX, CreateAccounts, CreateTransfers
+from engine.types import TIMESTAMP_MAX, Balance, CreateAccounts, CreateTransfers, Transfer
 
 SYSTEM_MARK = "."  # system account ids contain it; merchant-chosen ids may not
 
@@ -168,6 +168,13 @@ class Payment(msgspec.Struct, tag=True, kw_only=True):
     customer_ip: str = ""
     # The deposit this payment funds: its money lands in the customer's wallet, not in the merchant's balance.
     deposit_id: str = ""
+    # Its money came (engine time), and the acquirer's settlement file listed it: engine/reconciliations.py.
+    captured_at: int = 0
+    settled_at: int = 0
+    # What its settlement moved from the acquirer's clearing account to the bank's, refunds settled before it less.
+    amount_settled: int = 0
+    # What chargebacks took back.
+    amount_disputed: int = 0
     # The merchant's sub-account the payment's money went to (a static code's), '' for its balance: a refund goes
     # back out of there. Set by the engine only, never from `metadata`, which the merchant writes.
     sub_account_id: str = ""
@@ -193,6 +200,9 @@ class Refund(msgspec.Struct, tag=True, kw_only=True):
     reason: str = ""
     status: RefundStatus = "succeeded"
     created_at: int = 0
+    settled_at: int = 0
+    # Made once its payment was settled: owed to the acquirer (its `refunds_` account) until a settlement deducts it.
+    after_settlement: bool = False
 
 
 class Payout(msgspec.Struct, tag=True, kw_only=True):
@@ -328,8 +338,42 @@ class Invoice(msgspec.Struct, tag=True, kw_only=True):
     created_at: int = 0
 
 
+class Reconciliation(msgspec.Struct, tag=True, kw_only=True):
+    """One shard's part of a reconciliation against a provider's settlement file for a day: the ids of the rows it
+    matched (and settled), and of each kind of mismatch. Every shard keeps a part under the same id; the edge
+    shows them together. engine/reconciliations.py."""
+
+    id: str  # rec_...
+    provider: str
+    date: str  # YYYY-MM-DD, the file's
+    request_hash: str  # of the file: the same id with another file is refused
+    rows: int = 0  # the file's rows this shard was given
+    matched: list[str] = []
+    missing_in_settlement: list[str] = []  # captured or refunded here that day, left out of the file
+    missing_in_ledger: list[str] = []  # in the file, unknown to the ledger
+    amount_mismatch: list[str] = []  # in both, for another amount or currency
+    duplicates: list[str] = []  # listed twice, or settled already
+    chargebacks: list[str] = []  # payments the file reports charged back
+    fees: dict[str, int] = {}  # by currency: what the acquirer kept, posted to its fees account
+    created_at: int = 0
+
+
+class Archived(msgspec.Struct, tag=True, kw_only=True):
+    """What an Archive took out of memory, for the shard's cold store; `more`: another Archive would find more."""
+
+    before: int
+    orders: list[Order] = []
+    payments: list[Payment] = []
+    refunds: list[Refund] = []
+    invoices: list[Invoice] = []
+    # Ledger transfers taken off their accounts' statements, and the balances history before the cut-off.
+    transfers: list[Transfer] = []
+    histories: list[tuple[str, list[Balance]]] = []
+    more: bool = False
+
+
 Record = (Merchant | Order | Customer | Payment | Refund | Payout | BlocklistEntry | Deposit | Withdrawal | Adjustment
-          | EventRecord | Delivery | Invoice)
+          | EventRecord | Delivery | Invoice | Reconciliation | Archived)
 
 
 class Outcome(msgspec.Struct, tag="outcome", omit_defaults=True):
@@ -676,6 +720,37 @@ class ReplayDeliveries(msgspec.Struct, tag="replay_deliveries", array_like=True,
     limit: int = 1000
 
 
+class Archive(msgspec.Struct, tag="archive", array_like=True):
+    """End-of-day archival: the records that can change no more and were last changed `age_s` before the batch
+    leave memory for the shard's cold store (engine/archival.py)."""
+
+    age_s: int
+
+
+class SettlementRow(msgspec.Struct, array_like=True):
+    """One row of a provider's settlement file: `transaction_id` is the reference we gave it (a payment's or a
+    refund's id); `status` is captured, refunded or chargeback; amounts are in minor units."""
+
+    transaction_id: str
+    amount: int
+    currency: str
+    status: str
+    settled_at: int = 0  # engine ns, as the file says
+    fee: int = 0
+
+
+class Reconcile(msgspec.Struct, tag="reconcile", array_like=True, kw_only=True):
+    """A reconciliation's part on one shard: the file's rows that name this shard's payments and refunds, and (on
+    one shard only) those no shard knows."""
+
+    reconciliation_id: str
+    provider: str
+    date: str  # YYYY-MM-DD
+    request_hash: str
+    rows: list[SettlementRow]
+    unknown: list[SettlementRow] = []
+
+
 CommerceCommand = (
     CreateMerchant
     | UpdateMerchant
@@ -709,6 +784,8 @@ CommerceCommand = (
     | RecordDeliveryAttempts
     | RedeliverEvent
     | ReplayDeliveries
+    | Reconcile
+    | Archive
 )
 
 

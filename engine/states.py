@@ -10,8 +10,9 @@ from typing import Literal, get_args
 from engine.check import check
 
 OrderStatus = Literal["pending", "paid", "failed", "expired", "cancelled", "partially_refunded", "refunded", "exception"]
-PaymentStatus = Literal["processing", "requires_action", "requires_capture", "succeeded", "failed", "cancelled"]
-RefundStatus = Literal["succeeded"]
+PaymentStatus = Literal["processing", "requires_action", "requires_capture", "succeeded", "failed", "cancelled",
+                        "settled", "disputed"]
+RefundStatus = Literal["succeeded", "settled"]
 PayoutStatus = Literal["pending", "paid", "failed"]
 DepositStatus = Literal["processing", "requires_action", "succeeded", "failed"]
 WithdrawalStatus = Literal["pending", "paid", "failed"]
@@ -41,11 +42,14 @@ PAYMENT_TRANSITIONS: dict[str, frozenset[str]] = {
     "processing": frozenset({"requires_action", "requires_capture", "succeeded", "failed", "cancelled"}),
     "requires_action": frozenset({"requires_action", "requires_capture", "succeeded", "failed", "cancelled"}),
     "requires_capture": frozenset({"succeeded", "cancelled"}),
-    "succeeded": frozenset(),
+    # The acquirer's settlement file lists it (engine/reconciliations.py), or reports a chargeback of it.
+    "succeeded": frozenset({"settled", "disputed"}),
+    "settled": frozenset({"disputed"}),
+    "disputed": frozenset(),
     "failed": frozenset(),
     "cancelled": frozenset(),
 }
-REFUND_TRANSITIONS: dict[str, frozenset[str]] = {"succeeded": frozenset()}
+REFUND_TRANSITIONS: dict[str, frozenset[str]] = {"succeeded": frozenset({"settled"}), "settled": frozenset()}
 PAYOUT_TRANSITIONS: dict[str, frozenset[str]] = {
     "pending": frozenset({"paid", "failed"}),
     "paid": frozenset(),
@@ -87,6 +91,8 @@ DEPOSIT_STATUS_OF_PAYMENT: dict[str, str] = {
     "succeeded": "succeeded",
     "failed": "failed",
     "cancelled": "failed",
+    "settled": "succeeded",
+    "disputed": "succeeded",
 }
 
 

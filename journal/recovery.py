@@ -13,6 +13,7 @@ import msgspec
 
 from engine import Batch, CreateTransfers, Engine
 from engine.check import check
+from journal.cold import ColdStore
 from journal.store import GENESIS_HASH, CorruptionError, Journal, Snapshots
 
 log = logging.getLogger("paygate.recovery")
@@ -69,8 +70,9 @@ def load_snapshot(journal: Journal, snapshots: Snapshots, report: RecoveryReport
 
 
 def replay(engine: Engine, journal: Journal, start: int, previous_hash: bytes, report: RecoveryReport,
-           until_sequence: int | None = None, on_batch=None) -> None:
-    """Apply checked journal entries from `start` (through `until_sequence`) to the engine."""
+           until_sequence: int | None = None, on_batch=None, cold: ColdStore | None = None) -> None:
+    """Apply checked journal entries from `start` (through `until_sequence`) to the engine; what they archive is
+    written to `cold` again (a crash may have come before it was)."""
     for entry in journal.scan(start, previous_hash):
         if until_sequence is not None and entry.sequence > until_sequence:
             return
@@ -81,6 +83,8 @@ def replay(engine: Engine, journal: Journal, start: int, previous_hash: bytes, r
             log.warning("batch %d, command %d (%s) raised %s on replay: undone, as when it was first applied",
                         failure.sequence, failure.index, failure.command, failure.error)
         report.replayed_batches += 1
+        if cold is not None and engine.archived:
+            cold.keep(engine.archived)
         if on_batch is not None:
             on_batch(entry, result)
 
@@ -96,8 +100,8 @@ def replay_from_scratch(journal: Journal, on_batch=None) -> tuple[Engine, Recove
     return engine, report
 
 
-def recover(journal: Journal, snapshots: Snapshots) -> tuple[Engine, RecoveryReport]:
-    """Rebuild the engine from the newest usable snapshot and the journal tail."""
+def recover(journal: Journal, snapshots: Snapshots, cold: ColdStore | None = None) -> tuple[Engine, RecoveryReport]:
+    """Rebuild the engine from the newest usable snapshot and the journal tail (and the cold store with it)."""
     report = RecoveryReport()
     engine, start, previous_hash = load_snapshot(journal, snapshots, report)
     journal.check_through(start - 1)  # not replayed, but damage there must stop start-up all the same
@@ -109,7 +113,7 @@ def recover(journal: Journal, snapshots: Snapshots) -> tuple[Engine, RecoveryRep
             missing_results.append((entry.sequence, batch_encoder.encode(result)))
 
     try:
-        replay(engine, journal, start, previous_hash, report, on_batch=keep_missing_result)
+        replay(engine, journal, start, previous_hash, report, on_batch=keep_missing_result, cold=cold)
     except CorruptionError as error:
         # Only a last entry that was never applied can be a torn write nobody heard of: a stored result says the
         # batch was applied, and its answers may have left.

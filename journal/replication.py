@@ -207,8 +207,7 @@ class ReplicaLink:
         results = []
         while self.replicated:
             entry = self.replicated.popleft()
-            result = shard.engine.apply(batch_decoder.decode(entry.payload))
-            shard.failure_log.log(shard.engine)
+            result = shard.apply(batch_decoder.decode(entry.payload))
             results.append((entry.sequence, result_encoder.encode(result)))
             shard.snapshotter.maybe_take(shard.engine, entry.hash, shard.durable_sequence)
         return results

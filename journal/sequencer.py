@@ -11,6 +11,7 @@ import msgspec
 
 from engine import Batch
 from engine.machine import ERROR_MAX_CHARS, PROCESS_FAULTS
+from engine.records import Archive
 from engine.submits import SubmitSpan
 from journal.recovery import batch_encoder
 from journal.wire import JournaledBatch, Read, Reply, ReplyStatus, Submit, reply_encoder
@@ -34,6 +35,7 @@ class Sequencer:
     def __init__(self, shard: "Shard") -> None:
         self.shard = shard
         self.config = shard.config
+        self.archive_at = time.monotonic() + self.config.archive_every_s  # when to send the next Archive
 
     async def run(self) -> None:
         shard = self.shard
@@ -66,6 +68,13 @@ class Sequencer:
             if shard.role == "primary" and not shard.queue and due and not shard.failure_log.advance_failing:
                 shard.queue.append((Submit([]), 0, asyncio.get_running_loop().create_future(), []))
                 shard.work.set()
+            if shard.role == "primary" and self.config.archive_after_s and time.monotonic() >= self.archive_at:
+                self.archive_at = time.monotonic() + self.config.archive_every_s
+                archive = Archive(self.config.archive_after_s)
+                shard.queue.append((Submit([archive]), 1, asyncio.get_running_loop().create_future(),
+                                    [msgspec.Raw(result_encoder.encode(archive))]))
+                shard.queue_items += 1
+                shard.work.set()
 
     def _journal_batch(self, submits: list) -> Batch:
         """Stamp the submits as the next batch, chain it into the journal and queue it for the disk and the replica."""
@@ -88,8 +97,9 @@ class Sequencer:
         shard = self.shard
         replies: list[tuple[asyncio.Future, bytes]] = []
         if batch is not None:
-            result = shard.engine.apply(batch)
-            shard.failure_log.log(shard.engine)
+            result = shard.apply(batch)
+            if any(archived.more for archived in shard.engine.archived):
+                self.archive_at = 0.0  # the next tick archives more
             encoded = result_encoder.encode(result)
             shard.unwritten_results.append((batch.sequence, encoded))
             shard.results_in_flight[batch.sequence] = encoded
@@ -111,7 +121,8 @@ class Sequencer:
         """The answers to a read; one that raises (a bug: reads change nothing) is refused, logged, and forgotten."""
         shard = self.shard
         try:
-            answers = [shard.engine.query(query) for query in request.queries]
+            engine = shard.engine
+            answers = [shard.cold.complete(query, engine.query(query), engine) for query in request.queries]
         except PROCESS_FAULTS:
             raise
         except Exception as error:

@@ -30,6 +30,7 @@ from engine import Engine
 from engine.machine import ADVANCE
 from journal import logs
 from journal.auth import load_key
+from journal.cold import ColdStore
 from journal.intake import Intake
 from journal.recovery import recover
 from journal.replication import ReplicaLink, ReplicationSender
@@ -70,6 +71,10 @@ class ShardConfig(msgspec.Struct, kw_only=True):
     heartbeat_ms: int = 250
     replica_timeout_ms: int = 2_000
     auto_promote_ms: int = 0
+    # End-of-day archival (engine/archival.py): records ended this long ago leave memory for the cold store; the
+    # primary sends an Archive command every archive_every_s, and again at once while one finds more (0: never).
+    archive_after_s: int = 86_400
+    archive_every_s: float = 60.0
 
 
 class Shard:
@@ -82,8 +87,9 @@ class Shard:
         self.folder = pathlib.Path(config.data)
         self.key = load_key(config.key_file, f"shard {config.data}")
         self.journal = Journal(self.folder)
+        self.cold = ColdStore(self.folder)
         snapshots = Snapshots(self.folder)
-        self.engine, report = recover(self.journal, snapshots)
+        self.engine, report = recover(self.journal, snapshots, self.cold)
         log.info("recovered %s", msgspec.json.encode(report).decode())
         self.epoch = self.journal.epoch
         self.role = config.role
@@ -157,6 +163,15 @@ class Shard:
         self.executor.shutdown(wait=True)
         self.snapshotter.reap(block=True, durable_sequence=self.durable_sequence)
         self.journal.close()
+        self.cold.close()
+
+    def apply(self, batch):
+        """Apply a batch; what it archived is in the cold store before anything (a snapshot) can follow it."""
+        result = self.engine.apply(batch)
+        self.failure_log.log(self.engine)
+        if self.engine.archived:
+            self.cold.keep(self.engine.archived)
+        return result
 
     def write_status_file(self) -> None:
         status = {"pid": os.getpid(), "client_address": self.config.client_address, "role": self.role,

@@ -7,7 +7,7 @@ import msgspec
 
 from engine.batch import BatchResult, Command
 from engine.queries import Answer, Query
-from engine.records import Outcome
+from engine.records import Outcome, Reconcile
 from engine.submits import SubmitSpan
 from engine.types import CreateAccounts, CreateTransfers
 
@@ -25,6 +25,8 @@ def command_items(command) -> int:
         return max(len(command.transfers), 1)
     if kind is CreateAccounts:
         return max(len(command.accounts), 1)
+    if kind is Reconcile:  # one row weighs as a transfer: it may make a few
+        return max(len(command.rows) + len(command.unknown), 1)
     return 1
 
 

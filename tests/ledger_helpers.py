@@ -31,7 +31,7 @@ def state_without_failed_ids(engine: Engine) -> bytes:
     """The state as the state hash sees it, less the transfer ids the ledger has spent on failures."""
     snapshot = msgspec.msgpack.decode(engine.snapshot(), type=Snapshot)
     snapshot.sequence = snapshot.timestamp = 0
-    snapshot.failed_ids = []
+    snapshot.failed_ids = snapshot.failed_ids_at = []
     return msgspec.msgpack.encode(snapshot)
 
 

@@ -176,7 +176,7 @@ class ConservationMachine(RuleBasedStateMachine):
         result = apply_batch(self.engine, self.now, [command])
         outcome = result.results[0]
         if outcome.code != "ok":
-            spent = self.engine.ledger.failed_ids - spent_before
+            spent = set(self.engine.ledger.failed_ids) - spent_before
             assert state_without_failed_ids(self.engine) == before, (command, outcome.code)
             assert result.events == [] and spent <= _transfer_ids(command), (command, outcome, spent)
         return outcome

@@ -106,15 +106,15 @@ def _indexes(engine: Engine) -> dict:
     return {
         "account transfers": {account.id: [t.id for t in account.transfers]
                               for account in engine.ledger.accounts.values()},
-        "orders by merchant": dict(commerce.orders.by_merchant),
-        "payments by merchant": dict(payments.by_merchant),
+        "orders by merchant": _listed(commerce.orders.by_merchant),
+        "payments by merchant": _listed(payments.by_merchant),
         "merchant by key": (dict(commerce.merchants.by_api_key_hash), dict(commerce.merchants.by_client_id),
                             dict(commerce.merchants.by_sub_account)),
         "payment by hold": dict(payments.payment_by_hold),
-        "deadlines": sorted(entry for entry in payments.deadlines
-                            if payments.payments[entry[1]].status == "processing"),
+        "deadlines": [entry for entry in payments.deadlines.entries()
+                      if payments.payments[entry[1]].status == "processing"],
         "ip windows": [(ip, list(times)) for ip, times in commerce.ip_windows.times_by_ip.items()],
-        "block list": list(commerce.blocklist.entries),
+        "block list": (list(commerce.blocklist.entries), _listed(commerce.blocklist.listing)),
         "sub accounts": {merchant.id: [sub.id for sub in merchant.sub_accounts]
                          for merchant in commerce.merchants.by_id.values()},
         "notifications": {name: {key: list(value) if isinstance(value, (dict, list)) else value
@@ -123,8 +123,12 @@ def _indexes(engine: Engine) -> dict:
                                        "deliveries_by_event")}
         | {"pending": list(commerce.notifications.pending),
            "replayable": {merchant_id: sorted(ids) for merchant_id, ids in commerce.notifications.replayable.items()}},
-        "invoices": (dict(commerce.invoices.by_merchant), dict(commerce.invoices.by_order)),
+        "invoices": (_listed(commerce.invoices.by_merchant), dict(commerce.invoices.by_order)),
     }
+
+
+def _listed(listing) -> dict[str, list[str]]:
+    return {owner: list(listing.newest_first(owner)) for owner in sorted(listing.ids)}
 
 
 def test_a_commerce_command_that_raises_half_way_changes_nothing_and_the_batch_goes_on():
@@ -297,22 +301,49 @@ def test_a_tracked_dict_undone_is_as_the_command_found_it(start, operations, mod
 
 
 @settings(max_examples=200, deadline=None)
-@given(start=st.lists(st.tuples(st.integers(0, 20), st.text("xy", max_size=2)), max_size=10),
-       operations=st.lists(st.one_of(st.tuples(st.just("push"), st.integers(0, 20)), st.just(("pop", 0))),
-                           max_size=20))
-def test_a_tracked_heap_undone_holds_what_it_held(start, operations):
+@given(start=st.lists(st.tuples(st.integers(0, 20), st.sampled_from("abcdef")), max_size=10),
+       operations=st.lists(st.one_of(st.tuples(st.just("set"), st.integers(0, 20), st.sampled_from("abcdefgh")),
+                                     st.tuples(st.just("drop"), st.just(0), st.sampled_from("abcdefgh")),
+                                     st.tuples(st.just("pop"), st.integers(0, 20), st.just(""))),
+                           max_size=30),
+       sweep_at=st.integers(1, 8))
+def test_a_schedule_undone_holds_what_it_held(start, operations, sweep_at):
     changes = Changes()
-    heap = changes.heap()
-    heap.load(start)
+    schedule = changes.schedule()
+    schedule.load(start)
+    schedule.sweep_at = sweep_at  # sweeps inside the command too
+    before = schedule.entries()
     changes.begin()
-    for operation, value in operations:
-        if operation == "push":
-            heap.push((value, "p"))
-        elif heap:
-            heap.pop()
+    for operation, time, key in operations:
+        if operation == "set":
+            schedule.set(key, time)
+        elif operation == "drop":
+            schedule.drop(key)
+        else:
+            schedule.pop_due(time)
     changes.undo()
-    assert sorted(heap) == sorted(start)
-    assert [heap.pop() for _ in range(len(heap))] == sorted(start)
+    assert schedule.entries() == before
+    assert schedule.pop_due(20) == [key for _, key in before]
+    assert len(schedule.heap) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(operations=st.lists(st.tuples(st.sampled_from(["set", "drop"]), st.integers(0, 1000), st.integers(0, 30)),
+                           max_size=400))
+def test_a_schedule_holds_at_most_about_twice_its_live_keys_and_answers_them_in_time_order(operations):
+    changes = Changes()
+    schedule = changes.schedule()
+    schedule.sweep_at = 16
+    live = {}
+    for operation, time, key in operations:
+        if operation == "set":
+            schedule.set(key, time)
+            live[key] = time
+        else:
+            schedule.drop(key)
+            live.pop(key, None)
+        assert len(schedule.heap) <= max(16, 2 * len(live) + 1)
+    assert schedule.pop_due(1000) == [key for time, key in sorted((time, key) for key, time in live.items())]
 
 
 @settings(max_examples=200, deadline=None)

@@ -256,7 +256,7 @@ def test_result_code(book, kind, code):
         assert after == before
     # Only failures on the ledger's state spend the id.
     spent = {spec["id"] for spec, name in zip(example.batch, names) if name in TRANSIENT_TRANSFER_CODES}
-    assert book.ledger.failed_ids - failed_before == spent
+    assert set(book.ledger.failed_ids) - failed_before == spent
 
 
 # 2. Precedence: of two broken rules, the one listed first answers

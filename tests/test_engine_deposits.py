@@ -245,7 +245,7 @@ def test_state_survives_a_snapshot_and_replays_the_same(gw):
     gw.ok(withdrawal("wd_1", 100), adjustment("adj_1", 5), deposit("dep_3", "bank_transfer"))
     restored = gw.restored()
     assert restored.engine.state_hash() == gw.engine.state_hash()
-    assert [deposit_id for _, deposit_id in restored.engine.commerce.deposits.expiries] == ["dep_3"]  # open ones
+    assert [deposit_id for _, deposit_id in restored.engine.commerce.deposits.expiries.entries()] == ["dep_3"]  # open ones
     restored.ok(acquirer("dep_2"))
     assert (restored.record("deposit", "dep_2").status, restored.wallet()) == ("succeeded", 1505)
 

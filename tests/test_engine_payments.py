@@ -780,7 +780,7 @@ def test_list_payments_by_status_pages_through_the_matches_only(listed: Gateway)
     listed.ok(psp("q0"), psp("q1", result="declined"), cancel("q2"), psp("q3", result="requires_action"), psp("q5"),
               psp("q7"))
     expected = {"succeeded": ["q5", "q0"], "failed": ["q1"], "cancelled": ["q2"], "requires_action": ["q3"],
-                "processing": ["q6", "q4"], "requires_capture": ["q7"]}
+                "processing": ["q6", "q4"], "requires_capture": ["q7"], "settled": [], "disputed": []}
     assert set(expected) == set(PAYMENT_STATUSES)
     for status, ids in expected.items():
         for limit in (1, 2, 100):

@@ -421,7 +421,7 @@ def check_results_match_state(engine: Engine, plan: BatchPlan, results: list[lis
             elif code in TRANSIENT_CODES:
                 assert spec["id"] not in ledger.transfers
                 refused.add(spec["id"])
-    assert ledger.failed_ids - failed_before == refused
+    assert set(ledger.failed_ids) - failed_before == refused
 
 
 def account_indexes(engine: Engine) -> dict[str, tuple[list[str], list]]:

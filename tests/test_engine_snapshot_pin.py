@@ -40,6 +40,7 @@ from engine.records import (
     ReceiveBankTransfer,
     ReceiveDepositTransfer,
     RecordDeliveryAttempts,
+    Reconcile,
     RecordPayoutResult,
     RecordPspResult,
     RecordWithdrawalResult,
@@ -47,6 +48,7 @@ from engine.records import (
     Refund,
     RemoveFromBlocklist,
     ReplayDeliveries,
+    SettlementRow,
     Signed,
     Split,
     SubAccount,
@@ -59,8 +61,8 @@ from engine.queries import ListEvents, PendingDeliveries
 from engine.types import NANOSECONDS_PER_SECOND as S
 
 T0 = 1_700_000_000 * S
-STATE_HASH = "ff6482ab4c976c24774fd954ca7782400a787605b9facbed377a01deebc41ec9"
-SNAPSHOT_DIGEST = "5ec5d226b9234ff9153603980375865e35565448d3deb43fcbdbcb852706bb7f"
+STATE_HASH = "04c228f06157c9d415104d8a027ef3f6bbeb9930239ee1a58fa95988a645745d"
+SNAPSHOT_DIGEST = "a6c1c67e8ff3a817bfd8551ab331faa48ffdeba5245ec22ca83db2183957324e"
 
 
 def order(oid: str, mid: str = "m1", amount: int = 1000, methods: tuple[str, ...] = ("card",),
@@ -93,7 +95,8 @@ def deposit(did: str, method: str) -> CreateDeposit:
 
 def batches() -> list[list]:
     """Merchants, sub-accounts, orders with splits, customers, wallets, idempotency keys, IP windows, the block
-    list, payments (card, QR, wallet, refunds, payouts) and deposits, withdrawals and adjustments."""
+    list, payments (card, QR, wallet, refunds, payouts) and deposits, withdrawals and adjustments, and a
+    reconciliation that settles, charges back and finds mismatches."""
     return [
         [CreateMerchant(Merchant(id="m1", name="Shop", email="m1@example.com", api_key_hash="akh1", client_id="cid1")),
          CreateMerchant(Merchant(id="m2", name="Partner", email="m2@example.com", api_key_hash="akh2")),
@@ -146,6 +149,11 @@ def batches() -> list[list]:
          RecordPayoutResult(merchant_id="m1", payout_id="po_1", callback_id="bank5", paid=True,
                             transfer_id="m1:po_1.paid", signature="sig_po_1"),
          card_payment("pay_5", "o6")],
+        [Reconcile(reconciliation_id="rec_1", provider="piggybank", date="2023-11-14", request_hash="file-1",
+                   rows=[SettlementRow("pay_1", 1000, "usd", "captured", fee=30),
+                         SettlementRow("re_1", 300, "usd", "refunded", fee=5),
+                         SettlementRow("pay_2", 600, "usd", "chargeback", fee=15)],
+                   unknown=[SettlementRow("pay_elsewhere", 10, "usd", "captured")])],
     ]
 
 
@@ -176,7 +184,8 @@ def built() -> Engine:
 def test_the_fixed_sequence_leaves_something_in_every_part_of_the_snapshot():
     snapshot = msgspec.msgpack.decode(built().snapshot(), type=Snapshot)
     empty = [field for field in Snapshot.__struct_fields__
-             if field not in ("sequence", "timestamp", "failed_ids", "pending_states", "expiries", "submits")
+             if field not in ("sequence", "timestamp", "failed_ids", "failed_ids_at", "pending_states", "expiries",
+                              "submits")
              and not getattr(snapshot, field)]
     assert empty == []
     statuses = {order.id: order.status for order in snapshot.orders}
@@ -184,14 +193,20 @@ def test_the_fixed_sequence_leaves_something_in_every_part_of_the_snapshot():
                         "o5": "cancelled", "o6": "pending", "o7": "pending"}
     assert [(deposit.id, deposit.status) for deposit in snapshot.deposits] == [
         ("dep_1", "succeeded"), ("dep_2", "succeeded"), ("dep_3", "requires_action")]
+    part = snapshot.reconciliations[0]
+    assert (part.matched, part.chargebacks, part.missing_in_settlement, part.missing_in_ledger, part.fees) == (
+        ["pay_1", "re_1"], ["pay_2"], ["pay_dep_1"], ["pay_elsewhere"], {"USD": 50})
+    assert {payment.id: payment.status for payment in snapshot.payments if payment.id in ("pay_1", "pay_2")} == {
+        "pay_1": "settled", "pay_2": "disputed"}
 
 
 def test_a_snapshot_from_before_notifications_restores():
     """Made before events, deliveries and invoices: no such fields in the snapshot, no invoice_id in its orders."""
     fields = msgspec.msgpack.decode(built().snapshot())
     new_fields = ("events", "deliveries", "invoices", "invoice_numbers")
-    assert Snapshot.__struct_fields__[len(fields) - len(new_fields):] == new_fields
-    old = fields[:-len(new_fields)]
+    cut = Snapshot.__struct_fields__.index("events")  # they and every field after them came later
+    assert Snapshot.__struct_fields__[cut:cut + len(new_fields)] == new_fields
+    old = fields[:cut]
     orders = old[Snapshot.__struct_fields__.index("orders")]
     for stored in orders:
         del stored["invoice_id"]

@@ -31,7 +31,8 @@ SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, 
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                            HealthCheck.data_too_large])
 ADMIN_ONLY = {"create_merchant", "update_merchant", "create_dashboard_user", "ledger_check", "create_blocklist_entry",
-              "list_blocklist", "delete_blocklist_entry", "create_adjustment"}
+              "list_blocklist", "delete_blocklist_entry", "create_adjustment", "create_reconciliation",
+              "list_reconciliations", "get_reconciliation"}
 # API.md: the error type for each 4xx status.
 ERROR_TYPES = {400: {"invalid_request_error"}, 401: {"authentication_error"}, 402: {"card_error", "balance_error"},
                403: {"permission_error"}, 404: {"invalid_request_error"}, 405: {"invalid_request_error"},
@@ -60,6 +61,7 @@ OPERATIONS = [
     ("GET", "/v1/events"), ("GET", "/v1/events/{id}"), ("POST", "/v1/events/{id}/redeliver"),
     ("GET", "/v1/webhook_deliveries"), ("POST", "/v1/webhook_deliveries/replay"), ("GET", "/v1/invoices"),
     ("GET", "/v1/invoices/{id}"), ("GET", "/v1/invoices/{id}.pdf"),
+    ("POST", "/v1/reconciliations"), ("GET", "/v1/reconciliations"), ("GET", "/v1/reconciliations/{id}"),
 ]
 
 # Requests that once got a 500 (each: what went wrong, and requests as schemathesis Case arguments): kept as

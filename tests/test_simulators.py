@@ -538,19 +538,58 @@ def test_settlement_csv_lists_captured_payments_of_that_utc_date(piggybank, rece
     status, headers, content = call("GET", f"{piggybank.url}/psp/piggybank/settlements/{day}.csv")
     assert status == 200 and headers["Content-Type"].startswith("text/csv")
     text = content.decode()
-    assert text.splitlines()[0] == "transaction_id,amount,currency,status,settled_at"
+    assert text.splitlines()[0] == "transaction_id,amount,currency,status,settled_at,fee"
     rows = {row["transaction_id"]: row for row in csv.DictReader(io.StringIO(text))}
     assert rows[automatic["payment_id"]]["amount"] == "1250"
     assert rows[manual["payment_id"]]["amount"] == "1500"
     assert voided["payment_id"] not in rows and uncaptured["payment_id"] not in rows
     row = rows[automatic["payment_id"]]
-    assert (row["currency"], row["status"]) == ("usd", "captured")
+    assert (row["currency"], row["status"], row["fee"]) == ("usd", "captured", str(1250 * 290 // 10_000 + 30))
     settled = datetime.datetime.fromisoformat(row["settled_at"].replace("Z", "+00:00"))
     assert settled.tzinfo is not None and settled.date().isoformat() == day
     other_day = call("GET", f"{piggybank.url}/psp/piggybank/settlements/2000-01-01.csv")[2].decode()
-    assert other_day == "transaction_id,amount,currency,status,settled_at\n"
+    assert other_day == "transaction_id,amount,currency,status,settled_at,fee\n"
     assert call("GET", f"{piggybank.url}/psp/piggybank/settlements/2024-02-30.csv")[0] == 400
     assert call("GET", f"{piggybank.url}/psp/piggybank/settlements/yesterday.csv")[0] == 400
+
+
+def test_settlement_csv_lists_refunds_by_their_refund_id_and_leaves_out_a_reversed_capture(piggybank, receiver):
+    refunded = authorized(piggybank, receiver, capture=True, amount=1000)
+    reversed_whole = authorized(piggybank, receiver, capture=True, amount=700)
+    assert call("POST", piggybank.url + "/v1/refunds", {"psp_reference": refunded["psp_reference"], "amount": 300,
+                                                        "refund_id": "re_first"})[0] == 200
+    assert call("POST", piggybank.url + "/v1/refunds", {"psp_reference": reversed_whole["psp_reference"],
+                                                        "refund_id": reversed_whole["payment_id"] + ".reversal"})[0] == 200
+    rows = settlement_rows(piggybank, refunded["captured_at"][:10])
+    assert (rows["re_first"]["amount"], rows["re_first"]["status"], rows["re_first"]["fee"]) == ("300", "refunded", "0")
+    assert reversed_whole["payment_id"] not in rows and reversed_whole["payment_id"] + ".reversal" not in rows
+
+
+def test_settlement_faults_omit_change_add_unknown_and_report_chargebacks_until_cleared(piggybank, receiver):
+    kept, omitted, changed = (authorized(piggybank, receiver, capture=True, amount=amount) for amount in (10, 20, 30))
+    day = kept["captured_at"][:10]
+    faults = {"omit": [omitted["payment_id"]], "amounts": {changed["payment_id"]: 31},
+              "unknown": [{"transaction_id": "pay_nobody", "amount": 5, "currency": "eur", "date": day}],
+              "chargebacks": [{"transaction_id": kept["payment_id"], "amount": 4, "date": day}]}
+    assert call_json("PUT", piggybank.url + "/v1/settlement_faults", faults)[0] == 200
+    with_faults = list(csv.DictReader(io.StringIO(call(
+        "GET", f"{piggybank.url}/psp/piggybank/settlements/{day}.csv")[2].decode())))
+    by_id = {(row["transaction_id"], row["status"]): row for row in with_faults}
+    assert (omitted["payment_id"], "captured") not in by_id
+    assert by_id[(changed["payment_id"], "captured")]["amount"] == "31"
+    assert (by_id[("pay_nobody", "captured")]["currency"], by_id[("pay_nobody", "captured")]["amount"]) == ("eur", "5")
+    chargeback = by_id[(kept["payment_id"], "chargeback")]
+    assert (chargeback["amount"], chargeback["currency"], chargeback["fee"]) == ("4", "usd", "1500")
+    assert call_json("PUT", piggybank.url + "/v1/settlement_faults", {"omit": "all"})[0] == 400
+    assert call("DELETE", piggybank.url + "/v1/settlement_faults")[0] == 200
+    rows = settlement_rows(piggybank, day)
+    assert rows[omitted["payment_id"]]["amount"] == "20" and rows[changed["payment_id"]]["amount"] == "30"
+    assert "pay_nobody" not in rows
+
+
+def settlement_rows(piggybank, day: str) -> dict[str, dict]:
+    text = call("GET", f"{piggybank.url}/psp/piggybank/settlements/{day}.csv")[2].decode()
+    return {row["transaction_id"]: row for row in csv.DictReader(io.StringIO(text))}
 
 
 # --- bank -----------------------------------------------------------------------------------------------------------

@@ -6,6 +6,14 @@ challenge page, keeps in-memory books of captures, voids and refunds (a void als
 pending or awaiting 3-D Secure, which then never calls back), answers status queries for stuck payments, and
 serves the daily settlement CSV the gateway reconciles against.
 
+The settlement file for a UTC date lists each capture and refund made that day, by the reference the gateway gave
+(`transaction_id`: its payment id, or the refund's `refund_id`), with the fee kept (--fee-bps of a capture plus
+--fee-fixed; refunds none); a capture given back whole by a `<payment id>.reversal` refund (the gateway's void of a
+payment it had given up on) is left out with its reversal. A test tells it to get the file wrong, until told
+otherwise: `PUT /v1/settlement_faults {"omit": [ids], "amounts": {id: amount}, "unknown": [{"transaction_id",
+"amount", "currency", "status"?, "date"?}], "chargebacks": [{"transaction_id", "amount", "date"?}]}` (a date
+defaults to today, UTC; a chargeback costs --chargeback-fee); `DELETE /v1/settlement_faults` clears them.
+
 Test cards (any other Luhn-valid number is authorized; a Luhn-invalid one is 402 incorrect_number):
     4242424242424242  authorized
     4000000000000002  declined, card_declined
@@ -21,11 +29,9 @@ their retries. State lives in memory only and is lost on restart.
     python -m actors.simulators.piggybank --host 127.0.0.1 --port P --callback-url URL --secret-file PATH
 """
 
-import csv
 import dataclasses
 import datetime
 import html
-import io
 import logging
 import re
 import secrets
@@ -35,8 +41,9 @@ import urllib.parse
 
 from aiohttp import web
 
-from actors.simulators import simhttp
+from actors.simulators import settlement, simhttp
 from actors.simulators.callbacks import Outbox
+from actors.simulators.settlement import rfc3339
 from actors.simulators.simhttp import Invalid, error
 
 log = logging.getLogger("paygate.simulators.piggybank")
@@ -61,6 +68,8 @@ BRANDS = (("visa", 1, 4, 4), ("mastercard", 2, 51, 55), ("mastercard", 4, 2221, 
           ("amex", 2, 37, 37), ("discover", 4, 6011, 6011), ("discover", 2, 65, 65), ("jcb", 4, 3528, 3589),
           ("unionpay", 2, 62, 62))
 MAX_RETURN_URL_CHARS = 2048
+MAX_REFUNDS = 100  # per payment
+REVERSAL_SUFFIX = ".reversal"
 
 
 def luhn_valid(digits: str) -> bool:
@@ -78,10 +87,6 @@ def brand(digits: str) -> str:
         if low <= int(digits[:length]) <= high:
             return name
     return "unknown"
-
-
-def rfc3339(unix: float) -> str:
-    return datetime.datetime.fromtimestamp(unix, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclasses.dataclass(slots=True)
@@ -102,7 +107,8 @@ class Authorization:
     amount_refunded: int = 0
     captured_at: float = 0.0
     voided: bool = False
-    refund_ids: set = dataclasses.field(default_factory=set)
+    # refund id -> (amount, when): each is a row of its day's settlement file
+    refunds: dict = dataclasses.field(default_factory=dict)
     created_at: float = dataclasses.field(default_factory=time.time)
 
     def same_request(self, merchant_id: str, amount: int, currency: str, last4: str, capture: bool) -> bool:
@@ -141,9 +147,11 @@ class Authorization:
 
 
 class Piggybank:
-    def __init__(self, outbox: Outbox, public_url: str, max_records: int) -> None:
+    def __init__(self, outbox: Outbox, public_url: str, max_records: int, fees: settlement.Fees) -> None:
         self.outbox = outbox
         self.public_url = public_url.rstrip("/")
+        self.fees = fees
+        self.faults = settlement.Faults()
         self.authorizations = simhttp.BoundedStore(max_records)
         self.by_payment: dict[tuple[str, str], str] = {}  # (merchant_id, payment_id) -> psp_reference
 
@@ -159,6 +167,8 @@ class Piggybank:
             web.get("/3ds/{psp_reference}", self.challenge_page),
             web.post("/3ds/{psp_reference}", self.challenge_answer),
             web.get("/psp/piggybank/settlements/{date}.csv", self.settlements),
+            web.put("/v1/settlement_faults", self.set_faults),
+            web.delete("/v1/settlement_faults", self.clear_faults),
         ]
 
     async def healthz(self, request: web.Request) -> web.Response:
@@ -302,17 +312,16 @@ class Piggybank:
         if record is None:
             return error(404, "unknown_reference", "no such psp_reference")
         refund_id = simhttp.text_id(body, "refund_id", required=False)
-        if refund_id and refund_id in record.refund_ids:
+        if refund_id and refund_id in record.refunds:
             return self.ok(record)
         if not record.amount_captured:
             return error(409, "not_captured", "only a captured payment can be refunded")
         amount = simhttp.amount(body, required=False) or record.amount_captured - record.amount_refunded
         if amount <= 0 or record.amount_refunded + amount > record.amount_captured:
             return error(409, "amount_too_large", "refunds would exceed the captured amount")
-        if refund_id:
-            if len(record.refund_ids) >= 100:
-                return error(409, "too_many_refunds", "at most 100 refunds per payment")
-            record.refund_ids.add(refund_id)
+        if len(record.refunds) >= MAX_REFUNDS:
+            return error(409, "too_many_refunds", f"at most {MAX_REFUNDS} refunds per payment")
+        record.refunds[refund_id or f"{record.psp_reference}.refund{len(record.refunds)}"] = (amount, time.time())
         record.amount_refunded += amount
         log.info("refunded %s: %d %s", record.psp_reference, amount, record.currency)
         return self.ok(record)
@@ -378,7 +387,7 @@ class Piggybank:
     # --- settlement ------------------------------------------------------------------------------------------------
 
     async def settlements(self, request: web.Request) -> web.Response:
-        """Captured (not voided) payments whose capture fell on the UTC date: one CSV row each."""
+        """The captures and refunds made on the UTC date, one CSV row each, as the faults a test asked for say."""
         text = request.match_info["date"]
         try:
             if not DATE.fullmatch(text):
@@ -386,17 +395,22 @@ class Piggybank:
             day = datetime.date.fromisoformat(text)
         except ValueError:
             return error(400, "invalid_request", "the date must be YYYY-MM-DD", "date")
-        output = io.StringIO()
-        writer = csv.writer(output, lineterminator="\n")
-        writer.writerow(["transaction_id", "amount", "currency", "status", "settled_at"])
-        rows = sorted((record.captured_at, record) for record in list(self.authorizations.values())
-                      if record.amount_captured and not record.voided
-                      and datetime.datetime.fromtimestamp(record.captured_at, datetime.timezone.utc).date() == day)
-        for captured_at, record in rows:
-            writer.writerow([record.payment_id, record.amount_captured, record.currency, "captured",
-                             rfc3339(captured_at)])
-        return web.Response(text=output.getvalue(), content_type="text/csv", charset="utf-8",
+        rows = settlement.rows_of(self.authorizations.values(), day, self.fees, REVERSAL_SUFFIX)
+        return web.Response(text=settlement.csv_text(self.faults.apply(rows, day)), content_type="text/csv",
+                            charset="utf-8",
                             headers={"Content-Disposition": f'inline; filename="piggybank-{day.isoformat()}.csv"'})
+
+    async def set_faults(self, request: web.Request) -> web.Response:
+        self.faults = settlement.Faults.parse(await simhttp.json_body(request), self.currency_of, self.fees)
+        return simhttp.json_response({"status": "ok"})
+
+    async def clear_faults(self, request: web.Request) -> web.Response:
+        self.faults = settlement.Faults()
+        return simhttp.json_response({"status": "ok"})
+
+    def currency_of(self, payment_id: str) -> str:
+        record = next((record for record in self.authorizations.values() if record.payment_id == payment_id), None)
+        return record.currency if record is not None else ""
 
 
 def page(status: int, title: str, content: str) -> web.Response:
@@ -409,7 +423,8 @@ def build(options) -> web.Application:
     outbox = simhttp.outbox_from(options)
     app = simhttp.application(options, outbox)
     public_url = options.public_url or f"http://{options.host}:{options.port}"
-    app.add_routes(Piggybank(outbox, public_url, options.max_records).routes())
+    fees = settlement.Fees(options.fee_bps, options.fee_fixed, options.chargeback_fee)
+    app.add_routes(Piggybank(outbox, public_url, options.max_records, fees).routes())
     return app
 
 
@@ -417,6 +432,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = simhttp.parser("python -m actors.simulators.piggybank", "A simulated card acquirer (see the module docstring).")
     parser.add_argument("--public-url", default="",
                         help="base URL for 3-D Secure links (default http://HOST:PORT)")
+    parser.add_argument("--fee-bps", type=simhttp.int_in(0, 10_000), default=290,
+                        help="the fee kept of a capture, in hundredths of a percent, 0..10000 (default 290)")
+    parser.add_argument("--fee-fixed", type=simhttp.int_in(0, 100_000), default=30,
+                        help="the fee kept per capture, in minor units, 0..100000 (default 30)")
+    parser.add_argument("--chargeback-fee", type=simhttp.int_in(0, 100_000), default=1500,
+                        help="the fee kept per chargeback, in minor units, 0..100000 (default 1500)")
     options = parser.parse_args(argv)
     simhttp.run(build(options), options, "piggybank")
 

@@ -131,17 +131,20 @@ def currency(body: dict) -> str:
     return value
 
 
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError("a port is 1..65535")
-    return value
+def int_in(low: int, high: int):
+    """An argparse type: an integer from `low` to `high`."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low}..{high}")
+        return value
+    return parse
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=prog, description=description)
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=port_number, required=True)
+    parser.add_argument("--port", type=int_in(1, 65535), required=True)
     parser.add_argument("--callback-url", required=True, help="where the signed callbacks are POSTed")
     parser.add_argument("--secret-file", required=True, help="file holding the callback signing secret")
     parser.add_argument("--callback-attempts", type=int, default=5, help="tries per callback (1..10, default 5)")

@@ -1,0 +1,303 @@
+"""Reconciliation against an acquirer's settlement file: the books are made to agree with the bank's.
+
+The file lists each captured payment and refund the acquirer settled, under the reference we gave it (the payment's
+or refund's id), with the fee it kept, and the chargebacks it took back. Each row is matched, or named as a
+mismatch: `missing_in_ledger` (no such capture or refund here), `amount_mismatch` (another amount or currency:
+nothing moves, it waits for a corrected file), `duplicates` (listed twice, or settled already); and the captures and
+refunds made here that day that the file left out are `missing_in_settlement` (they stay unsettled, and a later
+file may still list them). Money moves only for matched rows (chart: engine/ACCOUNTS.md):
+
+    a payment      its money still owed, from `clearing_<acquirer>` to `settled_<acquirer>` (our bank account):
+                   what it captured, less its refunds, plus those of them settled before it (which moved it back);
+                   the payment becomes `settled`
+    a refund       made before its payment settled: from `settled_` back to `clearing_`, unless the payment's own
+                   settlement already left it out; made after: from `refunds_<acquirer>` (owed to the acquirer) to
+                   `settled_`; the refund becomes `settled`
+    a fee          from `settled_` to `fees_<acquirer>`
+    a chargeback   the acquirer took it back: from `settled_` to `disputes`, which the merchant's balance (a
+                   deposit's wallet) pays at once as far as it holds; the rest stays owed there, and each later
+                   reconciliation takes it from the balance as far as it can. The payment becomes `disputed` and
+                   `payment.disputed` is raised; a payment is charged back once.
+
+So after a file whose refunds come with their payments (or after them), `settled_` moved by exactly what the
+acquirer paid in, and `fees_` by what it kept. Mismatches raise `reconciliation.mismatch`.
+
+Every shard applies its part (`Reconcile`) under the reconciliation's id: a part already made answers again, and
+another file under the same id is refused.
+"""
+
+from engine.changes import Changes
+from engine.check import check
+from engine.days import day_of, day_of_date
+from engine.ledger import Ledger
+from engine.listing import EVERYWHERE, Listing
+from engine.payments import Payments, move, system_account
+from engine.records import Outcome, Payment, Reconcile, Reconciliation, Refund, SettlementRow, system_account_id, \
+    wallet_account_id
+from engine.states import transition
+from engine.types import AMOUNT_MAX, ID_MAX_LENGTH, Event, Transfer
+
+SETTLING_ACQUIRERS = ("piggybank",)  # the providers whose card payments settle through a file
+ROW_STATUSES = ("captured", "refunded", "chargeback")
+ACQUIRER_ACCOUNTS = ("clearing", "settled", "refunds", "fees")  # one per acquirer: `settled_piggybank`
+MAX_SETTLEMENT_ROWS = 50_000  # per file: one command, under a shard batch's item limit
+MAX_RECONCILIATIONS = 400  # parts kept, the oldest forgotten first: a re-run of one forgotten finds its rows settled
+IDEMPOTENCY_KEY_REUSED = "idempotency_key_reused"
+
+
+class Reconciliations:
+    def __init__(self, ledger: Ledger, changes: Changes, payments: Payments, events: list[Event]) -> None:
+        # State lives in tracked containers (engine/changes.py): a command that raises is undone whole.
+        self.ledger = ledger
+        self.payments = payments
+        self.events = events
+        self.by_id: dict[str, Reconciliation] = changes.dict()  # oldest first
+        self.listing = Listing(changes)  # the same ids, for pages (derived: restore rebuilds it)
+        # Captures and refunds not settled yet, by "<acquirer>:<day>" (derived: restore rebuilds them).
+        self.unsettled_payments = Listing(changes)
+        self.unsettled_refunds = Listing(changes)
+        # payment id -> how many of its refunds wait for their settlement (derived: restore rebuilds it)
+        self.refunds_waiting: dict[str, int] = changes.dict(ordered=False)
+        # (merchant id, currency) whose `disputes` account is owed money, at most one per merchant account (derived:
+        # restore rebuilds it; read sorted, so its order is not state).
+        self.owing: dict[tuple[str, str], bool] = changes.dict(ordered=False)
+
+    # Following the payments
+
+    def follow(self, first_event: int) -> None:
+        """List the card captures and refunds since `first_event` as unsettled."""
+        for event in self.events[first_event:]:
+            if event.kind == "payment.succeeded":
+                self._list_payment(self.payments.payments[event.object_id])
+            elif event.kind == "refund.succeeded":
+                self._list_refund(self.payments.refunds[event.object_id])
+
+    def _list_payment(self, payment: Payment) -> None:
+        if settles_by_file(payment) and not payment.settled_at:
+            self.unsettled_payments.add(_captured_day(payment), payment.id)
+
+    def _list_refund(self, refund: Refund) -> None:
+        payment = self.payments.payments.get(refund.payment_id)
+        if payment is not None and settles_by_file(payment) and not refund.settled_at:
+            self.unsettled_refunds.add(_day_key(payment.acquirer, day_of(refund.created_at)), refund.id)
+            self.refunds_waiting[payment.id] = self.refunds_waiting.get(payment.id, 0) + 1
+
+    # The command
+
+    def reconcile(self, command: Reconcile, timestamp: int) -> Outcome:
+        existing = self.by_id.get(command.reconciliation_id)
+        if existing is not None:
+            if existing.request_hash != command.request_hash:
+                return Outcome(IDEMPOTENCY_KEY_REUSED, record=existing)
+            return Outcome(record=existing, replayed=True)
+        refusal = _refusal(command)
+        if refusal:
+            return Outcome(refusal)
+        part = Reconciliation(id=command.reconciliation_id, provider=command.provider, date=command.date,
+                              request_hash=command.request_hash, rows=len(command.rows) + len(command.unknown),
+                              matched=[], missing_in_settlement=[], missing_in_ledger=[], amount_mismatch=[],
+                              duplicates=[], chargebacks=[], fees={}, created_at=timestamp)
+        seen = set()
+        for row in command.rows:
+            if (row.status, row.transaction_id) in seen:
+                part.duplicates.append(row.transaction_id)
+                continue
+            seen.add((row.status, row.transaction_id))
+            self._settle_row(row, part, timestamp)
+        part.missing_in_ledger += (row.transaction_id for row in command.unknown)
+        listed = {transaction_id for _, transaction_id in seen}
+        day = _day_key(command.provider, day_of_date(command.date))
+        for listing in (self.unsettled_payments, self.unsettled_refunds):
+            part.missing_in_settlement += reversed([item_id for item_id in listing.newest_first(day)
+                                                    if item_id not in listed])
+        self._recover_disputes(part, timestamp)
+        self._keep(part)
+        if part.missing_in_settlement or part.missing_in_ledger or part.amount_mismatch or part.duplicates:
+            self.events.append(Event("reconciliation.mismatch", part.id, timestamp))
+        self.events.append(Event("reconciliation.completed", part.id, timestamp))
+        return Outcome(record=part)
+
+    def _settle_row(self, row: SettlementRow, part: Reconciliation, timestamp: int) -> None:
+        if row.status == "refunded":
+            refund = self.payments.refunds.get(row.transaction_id)
+            payment = self.payments.payments.get(refund.payment_id) if refund is not None else None
+        else:
+            refund, payment = None, self.payments.payments.get(row.transaction_id)
+        if payment is None or payment.acquirer != part.provider or payment.method != "card" or \
+                not payment.amount_captured:
+            part.missing_in_ledger.append(row.transaction_id)
+        elif row.status == "chargeback":
+            self._charge_back(row, payment, part, timestamp)
+        elif (refund or payment).settled_at:
+            part.duplicates.append(row.transaction_id)
+        elif row.currency.lower() != payment.currency.lower() or row.amount != (
+                refund.amount if refund is not None else payment.amount_captured):
+            part.amount_mismatch.append(row.transaction_id)
+        else:
+            if refund is None:
+                self._settle_payment(payment, timestamp)
+            else:
+                self._settle_refund(refund, payment, timestamp)
+            self._fee(payment, row, part, timestamp)
+            part.matched.append(row.transaction_id)
+
+    def _settle_payment(self, payment: Payment, timestamp: int) -> None:
+        owed = payment.amount_captured - payment.amount_refunded - payment.amount_settled
+        check(owed >= 0, f"payment {payment.id}: settles {owed}")
+        if owed:
+            self._move(f"{payment.id}.settled", payment, "settled", "clearing", owed, timestamp)
+        payment.amount_settled += owed
+        payment.settled_at = payment.updated_at = timestamp
+        if payment.status == "succeeded":
+            transition(payment, "settled")
+        self.unsettled_payments.remove(_captured_day(payment), payment.id)
+        self.events.append(Event("payment.settled", payment.id, timestamp))
+
+    def _settle_refund(self, refund: Refund, payment: Payment, timestamp: int) -> None:
+        if refund.after_settlement:  # owed to the acquirer since it was made: its settlement deducted it now
+            self._move(f"{refund.id}.settled", payment, "refunds", "settled", refund.amount, timestamp)
+        elif not payment.settled_at:  # the acquirer deducted it before paying the payment in: the clearing holds it
+            self._move(f"{refund.id}.settled", payment, "clearing", "settled", refund.amount, timestamp)
+            payment.amount_settled -= refund.amount
+        refund.settled_at = payment.updated_at = timestamp
+        transition(refund, "settled")
+        self.unsettled_refunds.remove(_day_key(payment.acquirer, day_of(refund.created_at)), refund.id)
+        waiting = self.refunds_waiting[payment.id] - 1
+        if waiting:
+            self.refunds_waiting[payment.id] = waiting
+        else:
+            del self.refunds_waiting[payment.id]
+
+    def _fee(self, payment: Payment, row: SettlementRow, part: Reconciliation, timestamp: int) -> None:
+        if row.fee:
+            self._move(f"{row.transaction_id}.{row.status}.fee", payment, "fees", "settled", row.fee, timestamp)
+            part.fees = {**part.fees, payment.currency: part.fees.get(payment.currency, 0) + row.fee}
+
+    def _charge_back(self, row: SettlementRow, payment: Payment, part: Reconciliation, timestamp: int) -> None:
+        if payment.amount_disputed:
+            part.duplicates.append(row.transaction_id)
+            return
+        if row.currency.lower() != payment.currency.lower() or row.amount > (
+                payment.amount_captured - payment.amount_refunded):
+            part.amount_mismatch.append(row.transaction_id)
+            return
+        self._move(f"{payment.id}.chargeback", payment, "disputes", "settled", row.amount, timestamp)
+        merchant_id, currency = payment.merchant_id, payment.currency
+        source = (wallet_account_id(merchant_id, payment.customer_id, currency) if payment.deposit_id
+                  else system_account_id(merchant_id, "balance", currency))
+        recovered = min(row.amount, self.ledger.available(source))
+        if recovered:
+            code = move(self.ledger, Transfer(f"{merchant_id}:{payment.id}.chargeback.recovered", source,
+                                              system_account_id(merchant_id, "disputes", currency), recovered,
+                                              currency), timestamp)
+            check(code == "ok", f"chargeback of {payment.id} not recovered: {code}")
+        if recovered < row.amount:
+            self.owing[(merchant_id, currency)] = True
+        payment.amount_disputed = row.amount
+        payment.updated_at = timestamp
+        transition(payment, "disputed")
+        self.events.append(Event("payment.disputed", payment.id, timestamp))
+        self._fee(payment, row, part, timestamp)
+        part.chargebacks.append(payment.id)
+
+    def _recover_disputes(self, part: Reconciliation, timestamp: int) -> None:
+        """What merchants still owe for chargebacks, taken from their balances as far as they hold."""
+        for merchant_id, currency in sorted(self.owing):
+            disputes = self.ledger.accounts[system_account_id(merchant_id, "disputes", currency)]
+            owed = disputes.debits_posted - disputes.credits_posted
+            balance = system_account_id(merchant_id, "balance", currency)
+            recovered = min(owed, self.ledger.available(balance))
+            if recovered:
+                code = move(self.ledger, Transfer(f"{merchant_id}:{part.id}.disputes.{currency}", balance,
+                                                  disputes.id, recovered, currency), timestamp)
+                check(code == "ok", f"chargebacks of {merchant_id} not recovered: {code}")
+            if recovered == owed:
+                del self.owing[(merchant_id, currency)]
+
+    def _move(self, name: str, payment: Payment, debit: str, credit: str, amount: int, timestamp: int) -> None:
+        """A settlement's transfer between two of the payment's merchant's accounts (made on first use), named by
+        the chart: the acquirer's own ones without their acquirer."""
+        merchant_id, currency = payment.merchant_id, payment.currency
+        debit_id, credit_id = (system_account(self.ledger, merchant_id, _chart_name(chart, payment.acquirer), currency,
+                                              timestamp) for chart in (debit, credit))
+        transfer = Transfer(f"{merchant_id}:{name}", debit_id, credit_id, amount, currency)
+        code = move(self.ledger, transfer, timestamp)
+        check(code == "ok", f"settlement transfer {transfer.id}: {code}")  # limits hold by construction
+
+    def _keep(self, part: Reconciliation) -> None:
+        self._add(part)
+        if len(self.by_id) > MAX_RECONCILIATIONS:
+            oldest = next(iter(self.by_id))
+            del self.by_id[oldest]
+            self.listing.remove(EVERYWHERE, oldest)
+
+    def _add(self, part: Reconciliation) -> None:
+        self.by_id[part.id] = part
+        self.listing.add(EVERYWHERE, part.id)
+
+    # Reads
+
+    def list_parts(self, limit: int, starting_after: str = "") -> tuple[list[Reconciliation], bool]:
+        """This shard's parts, newest first, and whether more follow."""
+        return self.listing.page(EVERYWHERE, self.by_id, limit, starting_after)
+
+    def settlement_items(self, ids: list[str]) -> list[str]:
+        """Which of `ids` name a payment or refund of this shard."""
+        return [item_id for item_id in ids if item_id in self.payments.payments or item_id in self.payments.refunds]
+
+    # State
+
+    def snapshot(self) -> dict[str, list]:
+        """Its part of the engine's snapshot, by field."""
+        return {"reconciliations": list(self.by_id.values())}
+
+    def restore(self, snapshot) -> None:
+        """Fill from the engine's snapshot, rebuilding the unsettled captures and refunds and who owes chargebacks."""
+        for part in snapshot.reconciliations:
+            self._add(part)
+        for payment in snapshot.payments:
+            if payment.status == "succeeded" or payment.status == "disputed":
+                self._list_payment(payment)
+            if payment.amount_disputed:
+                disputes = self.ledger.accounts.get(system_account_id(payment.merchant_id, "disputes",
+                                                                      payment.currency))
+                if disputes is not None and disputes.debits_posted > disputes.credits_posted:
+                    self.owing[(payment.merchant_id, payment.currency)] = True
+        for refund in snapshot.refunds:
+            if refund.status == "succeeded":
+                self._list_refund(refund)
+
+
+def settles_by_file(payment: Payment) -> bool:
+    """A card payment at an acquirer whose settlement file lists it (and its refunds)."""
+    return payment.acquirer in SETTLING_ACQUIRERS and payment.method == "card"
+
+
+def _chart_name(name: str, acquirer: str) -> str:
+    return f"{name}_{acquirer}" if name in ACQUIRER_ACCOUNTS else name
+
+
+def _day_key(acquirer: str, day: int) -> str:
+    return f"{acquirer}:{day}"
+
+
+def _captured_day(payment: Payment) -> str:
+    # Payments captured before captured_at was kept count from their creation, close to it for a card.
+    return _day_key(payment.acquirer, day_of(payment.captured_at or payment.created_at))
+
+
+def _refusal(command: Reconcile) -> str:
+    """Why a reconciliation cannot run ('' if it can), before anything changes."""
+    if command.provider not in SETTLING_ACQUIRERS:
+        return "provider_not_found"
+    if day_of_date(command.date) is None:
+        return "date_invalid"
+    if not command.reconciliation_id.startswith("rec_") or len(command.reconciliation_id) > ID_MAX_LENGTH:
+        return "reconciliation_id_invalid"
+    if len(command.rows) + len(command.unknown) > MAX_SETTLEMENT_ROWS:
+        return "too_many_rows"
+    for row in (*command.rows, *command.unknown):
+        if (row.status not in ROW_STATUSES or not 0 < row.amount <= AMOUNT_MAX or not 0 <= row.fee <= AMOUNT_MAX
+                or not 0 < len(row.transaction_id) <= ID_MAX_LENGTH or not 0 < len(row.currency) <= 8):
+            return "settlement_row_invalid"
+    return ""

@@ -1,0 +1,228 @@
+"""End-of-day archival on a real shard process: records leave memory for the cold store (journal/cold.py) and every
+read answers as before; a kill -9 while it archives loses nothing; `paygate verify` checks the cold store.
+
+The shard archives what ended a second ago (archive_after_s=1), five times a second, so a test need not wait a day.
+Each order is made in a batch of its own: the cold store orders records made in one batch by id, the engine by
+arrival.
+"""
+
+import asyncio
+import random
+import time
+
+from edge.cli import verify_folder
+from engine.queries import (AccountBalance, AccountTransfers, FindPayment, GetOrder, GetPaymentRecord, ListOrders,
+                            ListPayments, LookupTransfers)
+from engine.records import (
+    AdjustWallet,
+    Adjustment,
+    CreateCustomer,
+    CreateMerchant,
+    CreateOrder,
+    CreateRefund,
+    Customer,
+    Merchant,
+    Order,
+    PayOrderFromWallet,
+    Refund,
+)
+from journal.client import ShardClient, ShardUnavailable
+from journal.cold import ColdStore
+from journal.wire import ReplyStatus
+from shard_harness import key_of, primary_config, start
+
+ARCHIVING = {"archive_after_s": 1, "archive_every_s": 0.2}
+
+
+def order(oid: str, name: str) -> CreateOrder:
+    return CreateOrder(order=Order(id=oid, merchant_id="m1", name=name, amount=100, currency="USD",
+                                   payment_methods=["wallet"]), expires_in_s=None)
+
+
+def pay(oid: str) -> PayOrderFromWallet:
+    return PayOrderFromWallet(merchant_id="m1", order_id=oid, customer_id="c1", payment_id=f"pay_{oid}",
+                              transfer_id=f"m1:pay_{oid}")
+
+
+async def ok(client: ShardClient, *commands) -> list:
+    reply = await client.submit(list(commands))
+    assert reply.status == ReplyStatus.OK and all(result.code == "ok" for result in reply.results), reply
+    return reply.results
+
+
+async def set_up(client: ShardClient) -> None:
+    await ok(client, CreateMerchant(Merchant(id="m1", name="Shop", email="m1@example.com")),
+             CreateCustomer(Customer(id="c1", merchant_id="m1", email="c1@example.com")))
+    await ok(client, AdjustWallet(adjustment=Adjustment(id="adj_1", merchant_id="m1", customer_id="c1", amount=10**9,
+                                                        currency="USD", reason="funds"), transfer_id="m1:funds"))
+
+
+async def walk(client: ShardClient, make, limit: int) -> list:
+    """Every page of a list, `limit` at a time."""
+    records, after = [], ""
+    while True:
+        answer = await client.read(make(after, limit))
+        records += answer.records
+        if not answer.has_more:
+            return records
+        after = answer.records[-1].id
+
+
+async def statement(client: ShardClient, account_id: str, newest_first: bool, limit: int = 5) -> list:
+    """An account's whole statement, `limit` transfers a page."""
+    transfers, after = [], ""
+    while True:
+        page = (await client.read(AccountTransfers(account_id, limit=limit, after_id=after,
+                                                   newest_first=newest_first))).transfers
+        transfers += page
+        if len(page) < limit:
+            return transfers
+        after = page[-1].id
+
+
+async def reads(client: ShardClient, order_ids: list[str], refund_ids: list[str]) -> dict:
+    """What the merchant's reads answer: each record by id, every list page, statements and past balances."""
+    balance = "m1:.balance.USD"
+    newest = await statement(client, balance, newest_first=True)
+    times = sorted({transfer.timestamp for transfer in newest})
+    return {
+        "statement": newest,
+        "statement oldest first": await statement(client, balance, newest_first=False, limit=4),
+        "transfers": (await client.read(LookupTransfers([transfer.id for transfer in newest]))).transfers,
+        "balances": [(await client.read(AccountBalance(balance, at))).balance for time_ in times
+                     for at in (time_ - 1, time_)],
+        "orders": [(await client.read(GetOrder("m1", oid))).record for oid in order_ids],
+        "payments": [(await client.read(FindPayment(f"pay_{oid}"))).record for oid in order_ids],
+        "refunds": [(await client.read(GetPaymentRecord("m1", "refund", rid))).record for rid in refund_ids],
+        "order pages": await walk(client, lambda after, limit: ListOrders(merchant_id="m1", limit=limit,
+                                                                          starting_after=after), 4),
+        "tea pages": await walk(client, lambda after, limit: ListOrders(merchant_id="m1", name_contains="TEA",
+                                                                        limit=limit, starting_after=after), 3),
+        "paid pages": await walk(client, lambda after, limit: ListOrders(merchant_id="m1", status="paid",
+                                                                         limit=limit, starting_after=after), 5),
+        "payment pages": await walk(client, lambda after, limit: ListPayments(merchant_id="m1", limit=limit,
+                                                                              starting_after=after), 7),
+    }
+
+
+async def wait_archived(folder, at_least: int, timeout_s: float = 30) -> None:
+    cold = ColdStore(folder, readonly=True)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while cold.count() < at_least:
+            assert time.monotonic() < deadline, f"only {cold.count()} records archived"
+            await asyncio.sleep(0.1)
+    finally:
+        cold.close()
+
+
+def test_reads_answer_the_same_before_and_after_archival_and_after_a_restart(tmp_path):
+    folder = tmp_path / "shard"
+    config = primary_config(folder, **{**ARCHIVING, "archive_after_s": 3600})  # nothing goes yet
+    process = start(config)
+
+    async def build() -> tuple[list[str], list[str], dict]:
+        client = ShardClient([config.client_address], key_of(config))
+        try:
+            await set_up(client)
+            order_ids = [f"o{number:02d}" for number in range(20)]
+            for number, oid in enumerate(order_ids):
+                await ok(client, order(oid, f"{'Tea' if number % 3 else 'Coffee'} {number}"))
+                if number < 16:  # the last four stay pending: newer than any that ends
+                    await ok(client, pay(oid))
+            refund_ids = [f"re_{number}" for number in range(3)]
+            for number, rid in enumerate(refund_ids):
+                await ok(client, CreateRefund(refund=Refund(id=rid, merchant_id="m1", payment_id=f"pay_o{number:02d}",
+                                                            amount=100), transfer_id=f"m1:{rid}"))
+            return order_ids, refund_ids, await reads(client, order_ids, refund_ids)
+        finally:
+            client.close()
+
+    order_ids, refund_ids, before = asyncio.run(build())
+    process.stop()
+    config.archive_after_s = 1
+    process = start(config)
+
+    async def after() -> dict:
+        await wait_archived(folder, 16 + 16 + 3 + 16 + 20)  # orders, payments, refunds, invoices, transfers
+        client = ShardClient([config.client_address], key_of(config))
+        try:
+            return await reads(client, order_ids, refund_ids)
+        finally:
+            client.close()
+
+    try:
+        assert asyncio.run(after()) == before
+        process.kill()
+        process = start(config)
+        assert asyncio.run(after()) == before  # recovered from the journal, the cold store kept
+    finally:
+        process.stop()
+    assert verify_folder(folder) == 0
+    cold = ColdStore(folder)
+    try:  # a record no journaled Archive took, and one changed: verify names both
+        with cold.environment.begin(write=True) as transaction:
+            transaction.put(b"ostray", b"\x80", db=cold.records)
+            transaction.put(b"oo00", transaction.get(b"oo01", db=cold.records), db=cold.records)
+    finally:
+        cold.close()
+    assert verify_folder(folder) == 2
+
+
+def test_kill_nine_during_archival_loses_nothing_and_verify_checks_the_cold_store(tmp_path):
+    folder = tmp_path / "shard"
+    config = primary_config(folder, **ARCHIVING, snapshot_every_batches=40)
+    chooser = random.Random(7)
+    acknowledged: list[str] = []
+
+    async def load(client: ShardClient, first: int, seconds: float) -> None:
+        number = first
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            oid = f"o{number:05d}"
+            number += 1
+            try:
+                reply = await client.submit([order(oid, f"Order {oid}"), pay(oid)])
+            except ShardUnavailable:
+                return
+            if reply.status == ReplyStatus.OK and reply.results[1].code == "ok":
+                acknowledged.append(oid)
+
+    async def round_(first: int, kill_after_s: float | None) -> None:
+        process = start(config)
+        client = ShardClient([config.client_address], key_of(config), timeout_ms=2000)
+        try:
+            if first == 0:
+                await set_up(client)
+            task = asyncio.create_task(load(client, first, 30))
+            if kill_after_s is None:
+                await task
+            else:
+                await asyncio.sleep(kill_after_s)
+                process.kill()
+                await task
+        finally:
+            client.close()
+            if kill_after_s is None:
+                process.stop()
+
+    for index in range(3):
+        asyncio.run(round_(index * 100_000, 1.5 + chooser.uniform(0, 2)))
+    process = start(config)
+
+    async def check() -> None:
+        await wait_archived(folder, 1)
+        client = ShardClient([config.client_address], key_of(config))
+        try:
+            for oid in acknowledged:
+                found = (await client.read(GetOrder("m1", oid))).record
+                assert found is not None and found.status == "paid", oid
+        finally:
+            client.close()
+
+    try:
+        asyncio.run(check())
+    finally:
+        process.stop()
+    assert len(acknowledged) > 10
+    assert verify_folder(folder) == 0
