@@ -23,6 +23,8 @@ from engine.records import Merchant
 # for its outcome to be recorded.
 WAITING, BLOCKED, SENDING, RECORDING = "waiting", "blocked", "sending", "recording"
 MAIL_ENDPOINT = "smtp"
+# A job's key: (shard, delivery id). Delivery ids come from a shard's own sequence: two shards make the same ones.
+JobKey = tuple[int, str]
 
 
 class Job(msgspec.Struct, kw_only=True):
@@ -42,6 +44,10 @@ class Job(msgspec.Struct, kw_only=True):
     state: str = WAITING
 
     @property
+    def key(self) -> JobKey:
+        return self.shard, self.delivery_id
+
+    @property
     def lane(self) -> tuple[str, str]:
         return self.target, self.ordering_key
 
@@ -58,8 +64,8 @@ class Schedule:
         self.max_jobs = max_jobs
         self.max_in_flight = max_in_flight
         self.max_in_flight_per_endpoint = max_in_flight_per_endpoint
-        self.jobs: dict[str, Job] = {}
-        self.lanes: dict[tuple[str, str], collections.deque[str]] = {}
+        self.jobs: dict[JobKey, Job] = {}
+        self.lanes: dict[tuple[str, str], collections.deque[JobKey]] = {}
         self.due_order: list[tuple[int, int, tuple[str, str]]] = []  # (due, tie, lane), a heap; stale entries skipped
         self.in_flight: dict[str, int] = {}  # endpoint -> attempts under way
         self.blocked: dict[str, collections.deque[tuple[str, str]]] = {}  # endpoint -> lanes due, waiting for a slot
@@ -69,20 +75,20 @@ class Schedule:
     def __len__(self) -> int:
         return len(self.jobs)
 
-    def __contains__(self, delivery_id: str) -> bool:
-        return delivery_id in self.jobs
+    def __contains__(self, key: JobKey) -> bool:
+        return key in self.jobs
 
     def full(self) -> bool:
         return len(self.jobs) >= self.max_jobs
 
     def add(self, job: Job) -> bool:
         """Queue a delivery at the end of its lane; False when it is known already or there is no room."""
-        if job.delivery_id in self.jobs or self.full():
+        if job.key in self.jobs or self.full():
             return False
         job.state = WAITING
-        self.jobs[job.delivery_id] = job
+        self.jobs[job.key] = job
         lane = self.lanes.setdefault(job.lane, collections.deque())
-        lane.append(job.delivery_id)
+        lane.append(job.key)
         if len(lane) == 1:
             self._push(job)
         return True
@@ -113,9 +119,9 @@ class Schedule:
         job.state = RECORDING
         self._release(job.endpoint)
 
-    def settle(self, delivery_id: str, outcome: str, next_attempt_at: int = 0) -> None:
+    def settle(self, key: JobKey, outcome: str, next_attempt_at: int = 0) -> None:
         """A recorded outcome: delivered or dead ends the delivery and lets its lane go on; retry waits again."""
-        job = self.jobs.get(delivery_id)
+        job = self.jobs.get(key)
         if job is None:
             return
         if outcome == "retry":
@@ -124,25 +130,25 @@ class Schedule:
             job.state = WAITING
             self._push(job)
         else:
-            self.drop(delivery_id)
+            self.drop(key)
 
-    def retry_unrecorded(self, delivery_id: str) -> None:
+    def retry_unrecorded(self, key: JobKey) -> None:
         """An attempt whose outcome could not be recorded: attempted again as if it had not happened."""
-        job = self.jobs.get(delivery_id)
+        job = self.jobs.get(key)
         if job is not None and job.state == RECORDING:
             job.state = WAITING
             self._push(job)
 
-    def drop(self, delivery_id: str) -> None:
+    def drop(self, key: JobKey) -> None:
         """Forget a delivery (settled, or found no longer pending); its lane's next one becomes due."""
-        job = self.jobs.pop(delivery_id, None)
+        job = self.jobs.pop(key, None)
         if job is None:
             return
         if job.state == SENDING:
             self._release(job.endpoint)
         lane = self.lanes[job.lane]
-        was_first = lane[0] == delivery_id
-        lane.remove(delivery_id)
+        was_first = lane[0] == key
+        lane.remove(key)
         if not lane:
             del self.lanes[job.lane]
         elif was_first:

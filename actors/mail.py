@@ -3,7 +3,8 @@ when a refund succeeds, sent over SMTP with aiosmtplib to `paygate serve --smtp-
 local sink that keeps each message as a file, actors/simulators/mailsink.py).
 
 A message is composed once, when its delivery is queued, and kept as bytes: every attempt sends the same message,
-with a Message-ID named after the delivery, so a mailbox that gets it twice can tell.
+with a Message-ID named after the delivery (`message_key`: its merchant's id and its own, since delivery ids are
+unique on their shard only), so a mailbox that gets it twice can tell, and never takes two for one.
 
 May import engine types and aiosmtplib; never the edge, never Ray.
 """
@@ -42,7 +43,7 @@ def one_line(text: str) -> str:
     return " ".join(text.split())[:MAX_NAME_CHARS]
 
 
-def _message(delivery_id: str, merchant_name: str, merchant_email: str, recipient: str, subject: str, text: str,
+def _message(message_key: str, merchant_name: str, merchant_email: str, recipient: str, subject: str, text: str,
              sent_at_ns: int) -> EmailMessage:
     message = EmailMessage(policy=email.policy.SMTP)
     message["From"] = email.utils.formataddr((one_line(merchant_name), SENDER))
@@ -51,29 +52,29 @@ def _message(delivery_id: str, merchant_name: str, merchant_email: str, recipien
     message["To"] = one_line(recipient)
     message["Subject"] = one_line(subject)
     message["Date"] = email.utils.formatdate(sent_at_ns / 1e9, usegmt=True)
-    message["Message-ID"] = f"<{delivery_id}@paygate>"
+    message["Message-ID"] = f"<{message_key}@paygate>"
     message.set_content(text)
     return message
 
 
-def receipt(delivery_id: str, merchant_name: str, merchant_email: str, recipient: str, order_name: str, amount: int,
+def receipt(message_key: str, merchant_name: str, merchant_email: str, recipient: str, order_name: str, amount: int,
             currency: str, invoice_number: int, paid_by: str, paid_at_ns: int, invoice_pdf: bytes) -> bytes:
     """The receipt of a paid order, its invoice attached."""
     total = major_units(amount, currency)
     text = (f"Thank you for your payment to {merchant_name}.\n\n{order_name}: {total}\nPaid by {paid_by}\n"
             f"Invoice no. {invoice_number} is attached.\n")
-    message = _message(delivery_id, merchant_name, merchant_email, recipient,
+    message = _message(message_key, merchant_name, merchant_email, recipient,
                        f"Receipt from {merchant_name}: {total}", text, paid_at_ns)
     message.add_attachment(invoice_pdf, maintype="application", subtype="pdf", filename=f"invoice-{invoice_number}.pdf")
     return message.as_bytes()
 
 
-def refund_receipt(delivery_id: str, merchant_name: str, merchant_email: str, recipient: str, order_name: str,
+def refund_receipt(message_key: str, merchant_name: str, merchant_email: str, recipient: str, order_name: str,
                    amount: int, currency: str, refunded_at_ns: int) -> bytes:
     total = major_units(amount, currency)
     text = (f"{merchant_name} has refunded {total} of your payment for {order_name}.\n"
             "It reaches you the way you paid.\n")
-    return _message(delivery_id, merchant_name, merchant_email, recipient, f"Refund from {merchant_name}: {total}",
+    return _message(message_key, merchant_name, merchant_email, recipient, f"Refund from {merchant_name}: {total}",
                     text, refunded_at_ns).as_bytes()
 
 

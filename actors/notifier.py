@@ -152,7 +152,7 @@ class NotifierActor:
         client, after = self.shards[shard], ""
         while True:
             answer = await client.read(PendingDeliveries(starting_after=after, limit=PAGE))
-            unknown = [delivery.id for delivery in answer.records if delivery.id not in self.schedule]
+            unknown = [delivery.id for delivery in answer.records if (shard, delivery.id) not in self.schedule]
             if unknown and not await self._add(shard, unknown):
                 return  # no room: loaded again once there is
             if not answer.has_more or not answer.records:
@@ -190,7 +190,8 @@ class NotifierActor:
         if not entries:
             return False
         queued = [event.object_id for entry in entries for event in entry.result.events if event.kind == QUEUED]
-        unknown = list(dict.fromkeys(delivery_id for delivery_id in queued if delivery_id not in self.schedule))
+        unknown = list(dict.fromkeys(delivery_id for delivery_id in queued
+                                     if (shard, delivery_id) not in self.schedule))
         # While the schedule has pending deliveries of this shard it could not hold, new ones wait for the next
         # load, which brings them in order behind the older ones.
         if unknown and not self.unloaded[shard] and not await self._add(shard, unknown):
@@ -206,7 +207,7 @@ class NotifierActor:
         for answer in answers:
             for found in answer.jobs:
                 job = self._job_of(shard, found)
-                if job is None or job.delivery_id in self.schedule:
+                if job is None or job.key in self.schedule:
                     continue
                 if not self.schedule.add(job):
                     self.stats_.schedule_full += 1
@@ -219,7 +220,7 @@ class NotifierActor:
         delivery = found.delivery
         if delivery.status != "pending":
             return None
-        payload = _email(found) if delivery.kind != "event" else event_body(found.event, self.public_url)
+        payload = email_of(found) if delivery.kind != "event" else event_body(found.event, self.public_url)
         return Job(delivery_id=delivery.id, shard=shard, channel=delivery.channel, target=delivery.target,
                    ordering_key=delivery.ordering_key, attempts=delivery.attempt_count,
                    queued_after_attempts=delivery.queued_after_attempts, next_attempt_at=delivery.next_attempt_at,
@@ -270,7 +271,7 @@ class NotifierActor:
         for job in jobs:
             current = found.get(job.delivery_id) if found is not None else None
             if found is not None and (current is None or current.delivery.status != "pending"):
-                self.schedule.drop(job.delivery_id)  # settled meanwhile (a replay, an operator): nothing to send
+                self.schedule.drop(job.key)  # settled meanwhile (a replay, an operator): nothing to send
                 self.wake.set()
                 continue
             if current is not None:
@@ -336,7 +337,7 @@ class NotifierActor:
     async def _recorded(self, shard: int, results: list[DeliveryResult], reply) -> None:
         outcome = reply.results[0] if reply.status == 0 and reply.results else None
         if outcome is not None and outcome.code == "ok":
-            self._settle(results)
+            self._settle(shard, results)
         else:  # refused whole: each delivery as the engine has it now decides what is left to do
             log.error("%d delivery outcomes not recorded on shard %d: %s", len(results), shard,
                       getattr(outcome, "code", reply.status))
@@ -355,25 +356,25 @@ class NotifierActor:
                 await backoff.wait()
         pending = {found.delivery.id: found.delivery for found in answer.jobs if found.delivery.status == "pending"}
         for delivery_id in delivery_ids:
-            job = self.schedule.jobs.get(delivery_id)
+            job = self.schedule.jobs.get((shard, delivery_id))
             if delivery_id not in pending:
-                self.schedule.drop(delivery_id)
+                self.schedule.drop((shard, delivery_id))
             elif job is not None:
                 job.attempts = pending[delivery_id].attempt_count
-                self.schedule.retry_unrecorded(delivery_id)
+                self.schedule.retry_unrecorded((shard, delivery_id))
         self.wake.set()
 
-    def _settle(self, results: list[DeliveryResult]) -> None:
+    def _settle(self, shard: int, results: list[DeliveryResult]) -> None:
         now_ms = time.time_ns() // 1_000_000
         for result in results:
-            job = self.schedule.jobs.get(result.delivery_id)
+            job = self.schedule.jobs.get((shard, result.delivery_id))
             channel = job.channel if job is not None else "unknown"  # dropped meanwhile: read again, not pending
             if job is not None and result.outcome == "delivered" and not job.queued_after_attempts:
                 self.latencies_ms.append(max(0, now_ms - job.created_at // 1_000_000))  # not a replay's
             key = f"{channel}.{result.outcome}"
             self.stats_.outcomes[key] = self.stats_.outcomes.get(key, 0) + 1
             self.metrics["outcomes"].inc(tags={"channel": channel, "outcome": result.outcome})
-            self.schedule.settle(result.delivery_id, result.outcome, result.next_attempt_at)
+            self.schedule.settle((shard, result.delivery_id), result.outcome, result.next_attempt_at)
         self.wake.set()
 
     # Stats
@@ -402,7 +403,7 @@ class NotifierActor:
             await asyncio.sleep(STATS_EVERY_S)
 
 
-def _email(found: DeliveryJob) -> bytes:
+def email_of(found: DeliveryJob) -> bytes:
     """A receipt (an order paid, its invoice attached) or a refund receipt, composed once; b"" (never sent, so dead
     in the end) when the records do not make one."""
     try:
@@ -414,12 +415,13 @@ def _email(found: DeliveryJob) -> bytes:
 
 def _compose(found: DeliveryJob) -> bytes:
     delivery, merchant, order = found.delivery, found.merchant, found.order
+    message_key = f"{delivery.id}.{merchant.id}"
     if delivery.kind == "refund_receipt":
         refund = found.refund
-        return mail.refund_receipt(delivery.id, merchant.name, merchant.email, delivery.target, order.name,
+        return mail.refund_receipt(message_key, merchant.name, merchant.email, delivery.target, order.name,
                                    refund.amount, refund.currency, found.event.created_at)
     invoice = found.invoice
-    return mail.receipt(delivery.id, merchant.name, merchant.email, delivery.target, invoice.order_name,
+    return mail.receipt(message_key, merchant.name, merchant.email, delivery.target, invoice.order_name,
                         invoice.amount, invoice.currency, invoice.number, payment_method(invoice),
                         invoice.created_at, invoice_pdf(invoice))
 

@@ -14,6 +14,9 @@ import urllib.parse
 
 NOT_PUBLIC = "is not a public address"
 LOCAL_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+# IPv4-compatible (::/96, deprecated), NAT64's well-known prefix and its local-use one (RFC 6052, 8215): the IPv4
+# address a translator reaches is the last 32 bits (for the local-use prefix when it is used as a /96).
+IPV4_IN_LAST_32_BITS = tuple(ipaddress.IPv6Network(prefix) for prefix in ("::/96", "64:ff9b::/96", "64:ff9b:1::/48"))
 
 
 class RefusedAddress(OSError):
@@ -21,10 +24,21 @@ class RefusedAddress(OSError):
 
 
 def internal_address(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Whether the address is not a public unicast one (an IPv4 address mapped into IPv6 judged as itself)."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
-        address = address.ipv4_mapped
+    """Whether the address is not a public unicast one. An IPv6 address that carries an IPv4 one a translator or
+    relay would reach (mapped, IPv4-compatible, NAT64, 6to4) is judged by that IPv4 address as well."""
+    if isinstance(address, ipaddress.IPv6Address):
+        carried = _carried_ipv4(address)
+        if carried is not None and internal_address(carried):
+            return True
     return not address.is_global or address.is_multicast
+
+
+def _carried_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    if address.ipv4_mapped or address.sixtofour:
+        return address.ipv4_mapped or address.sixtofour
+    if any(address in prefix for prefix in IPV4_IN_LAST_32_BITS):
+        return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return None
 
 
 def internal_host(url: str) -> bool:

@@ -39,6 +39,8 @@ async def replay_deliveries(request: web.Request) -> web.Response:
     fields, body = await body_of(request, schemas.DeliveriesReplay)
     created_gte = _time(fields.created_gte, "created_gte", 0)
     created_lt = _time(fields.created_lt, "created_lt", TIMESTAMP_MAX)
+    if created_gte >= created_lt:  # a window that holds nothing is a mistake, never an empty replay
+        raise ApiError(400, "parameter_invalid", "created_lt must be later than created_gte", "created_lt")
     merchant_id = principal.merchant.id if principal.kind == "merchant" else ""
 
     def command() -> ReplayDeliveries:  # one per shard: the engine takes ownership of what it is given

@@ -83,7 +83,7 @@ OUTCOME_ERRORS = {
     "event_not_found": (404, "resource_missing"),
     "redelivery_limit_reached": (409, "redelivery_limit_reached"),
     "no_delivery_target": (409, "no_delivery_target"),
-    "backlog_full": (503, "backlog_full"),
+    "backlog_full": (429, "backlog_full"),  # the deliveries a merchant may queue are queued: later, not a fault
     # The command raised (a bug), was undone whole and logged by its shard.
     "internal_error": (500, "internal_error"),
 }

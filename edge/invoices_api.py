@@ -10,7 +10,7 @@ from engine import views
 from engine.queries import GetInvoice, ListInvoices
 from engine.records import Invoice, Merchant
 
-# Rendered PDFs by invoice id (an invoice never changes), a few kB each.
+# Rendered PDFs by (merchant id, invoice id) (an invoice never changes), a few kB each.
 INVOICE_PDFS = web.AppKey("invoice_pdfs", LruCache)
 PDFS_CACHED = 256
 
@@ -29,10 +29,12 @@ async def get_invoice_pdf(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     invoice = await _invoice(request, merchant, request.match_info["id"])
     cache = request.app[INVOICE_PDFS]
-    pdf = cache.get(invoice.id)
+    # By merchant too: ids come from each shard's own sequence, and another shard's merchants have the same ones.
+    cached_as = (invoice.merchant_id, invoice.id)
+    pdf = cache.get(cached_as)
     if pdf is MISSING:
         pdf = invoice_pdf(invoice)
-        cache.put(invoice.id, pdf)
+        cache.put(cached_as, pdf)
     return web.Response(body=pdf, content_type="application/pdf",
                         headers={"Content-Disposition": f'inline; filename="invoice-{invoice.number}.pdf"'})
 

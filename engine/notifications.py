@@ -5,17 +5,21 @@ In the command that logs an engine Event a merchant should hear of (MERCHANT_EVE
 (EventRecord) with its object as it stands when the command ends, and a Delivery is made for each target; an order
 just paid gets its invoice first, so that its events name it. Ids come from the batch's sequence and a position in
 the batch's events, so replay and the replica make the same ones. Each delivery queued, new or again, logs an
-internal `delivery.queued` Event, which a journal follower (the notifier) reads; the notifier reports each attempt
-back (RecordDeliveryAttempts), and a merchant may redeliver an event or replay dead deliveries.
+internal `delivery.queued` Event (one made dead at once, `delivery.dead`), which a journal follower (the notifier)
+reads; the notifier reports each attempt back (RecordDeliveryAttempts), and a merchant may redeliver an event or
+replay dead deliveries.
 
 Bounds, per shard: at most MAX_EVENTS events are kept, the oldest dropped first with their deliveries — but an event
 with a delivery still pending stays (moved behind the others, a newer one going in its place) until that delivery
 ends, so that more are kept only while the oldest are all being delivered (no more of them than deliveries pending);
 at most MAX_PENDING_DELIVERIES are pending, beyond which a new delivery is made dead untried (dead_reason
-backlog_full) and redelivery and replay are refused; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is
+backlog_full); a merchant's redelivery and replay are refused past half of them (an operator's replay past all), so
+that no merchant's requests can fill the queue the events of every merchant on the shard need; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is
 replayed at most MAX_REPLAYS times; an event is redelivered at most MAX_REDELIVERIES times. End-of-day archival
 (issue 18) is to keep what is dropped.
 """
+
+import itertools
 
 import msgspec
 
@@ -54,10 +58,11 @@ MAX_DURATION_MS = 2**31 - 1
 PRUNE_STEPS = 16  # events looked at per event stored: pruning keeps pace without a long walk in any one command
 POSITION_BITS = 24  # an id's position among its batch's events
 QUEUED = "delivery.queued"
+DEAD_UNTRIED = "delivery.dead"  # logged for a delivery made dead at once (the queue full): its id is that position
 BACKLOG_FULL = "backlog_full"
 DELIVERY_OUTCOMES = ("delivered", "retry", "dead")
 # Engine Events a merchant hears of, and the type of their object. Not the internal ones (transfer.expired, *.created,
-# delivery.queued).
+# delivery.queued, delivery.dead).
 MERCHANT_EVENTS: dict[str, EventObjectType] = {kind: kind.partition(".")[0] for kind in (
     "payment.succeeded", "payment.failed", "payment.requires_action", "payment.requires_capture", "payment.captured",
     "payment.cancelled", "order.paid", "order.expired", "order.exception", "order.cancelled",
@@ -98,13 +103,14 @@ class Notifications:
         # delivery id -> Delivery, oldest first
         self.deliveries: dict[str, Delivery] = changes.dict(ranked=True)
         # Derived (restore rebuilds them): merchant id -> {event or delivery id: None}, oldest first; object id ->
-        # its event ids; event id -> its delivery ids; pending deliveries in the order queued; dead ones.
+        # its event ids; event id -> its delivery ids; pending deliveries in the order queued; merchant id -> its dead
+        # deliveries that may still be replayed (a replay looks at the merchant's own only).
         self.records_by_merchant: dict[str, dict[str, None]] = changes.dict(ordered=False)
         self.records_by_object: dict[str, list[str]] = changes.dict(ordered=False)
         self.deliveries_by_merchant: dict[str, dict[str, None]] = changes.dict(ordered=False)
         self.deliveries_by_event: dict[str, list[str]] = changes.dict(ordered=False)
         self.pending: dict[str, None] = changes.dict(ranked=True)
-        self.dead: dict[str, None] = changes.dict(ordered=False)
+        self.replayable: dict[str, dict[str, None]] = changes.dict(ordered=False)
 
     # Events, as commands log them
 
@@ -207,7 +213,7 @@ class Notifications:
         for delivery_id in self.deliveries_by_event.pop(record.id, ()):
             delivery = self.deliveries.pop(delivery_id)
             _remove_from_index(self.deliveries_by_merchant, delivery.merchant_id, delivery_id)
-            self.dead.pop(delivery_id, None)
+            self._unmark_dead(delivery)
 
     # Deliveries
 
@@ -222,7 +228,8 @@ class Notifications:
             self._enqueue(delivery, timestamp)
         else:
             delivery.status, delivery.dead_reason = "dead", BACKLOG_FULL
-            self.dead[delivery.id] = None
+            self._mark_dead(delivery)
+            self.log.append(Event(DEAD_UNTRIED, delivery.id, timestamp))
 
     def _enqueue(self, delivery: Delivery, timestamp: int) -> None:
         """Pending from now, its retry schedule from the start; the notifier hears of it by the Event logged."""
@@ -238,7 +245,16 @@ class Notifications:
         delivery.next_attempt_at = 0
         del self.pending[delivery.id]
         if status == "dead":
-            self.dead[delivery.id] = None
+            self._mark_dead(delivery)
+
+    def _mark_dead(self, delivery: Delivery) -> None:
+        """Among its merchant's to replay, unless replayed as often as may be: then no replay looks at it again."""
+        if delivery.replays < MAX_REPLAYS:
+            _add_to_index(self.changes, self.replayable, delivery.merchant_id, delivery.id)
+
+    def _unmark_dead(self, delivery: Delivery) -> None:
+        if delivery.id in (peek(self.replayable, delivery.merchant_id) or ()):
+            _remove_from_index(self.replayable, delivery.merchant_id, delivery.id)
 
     # Commands
 
@@ -277,7 +293,7 @@ class Notifications:
         targets = self._targets(record, ipn_url)
         if not targets:
             return Outcome("no_delivery_target", record=record)
-        if len(self.pending) + len(targets) > MAX_PENDING_DELIVERIES:
+        if len(targets) > self._requeue_room(command.merchant_id):
             return Outcome(BACKLOG_FULL, record=record)
         record.redeliveries += 1
         for channel, kind, target in targets:
@@ -285,29 +301,45 @@ class Notifications:
         return Outcome(record=record, count=len(targets))
 
     def replay(self, command: ReplayDeliveries, timestamp: int) -> Outcome:
-        """Dead deliveries queued again, the oldest made first, at most `limit` and as many as the queue holds."""
+        """Dead deliveries queued again, the oldest made first, at most `limit` and as many as the queue holds; one to
+        a webhook goes to the merchant's webhook_url as it is now (none now: it stays dead)."""
         if command.status != "dead":
             return Outcome("status_invalid")
         if not 1 <= command.limit <= MAX_REPLAY_LIMIT:
             return Outcome("limit_invalid")
-        dead = (peek(self.deliveries, delivery_id) for delivery_id in self.dead)
+        owners = ([peek(self.replayable, command.merchant_id) or {}] if command.merchant_id
+                  else dict.values(self.replayable))
+        dead = (peek(self.deliveries, delivery_id) for delivery_id in itertools.chain.from_iterable(owners))
         # Ids follow the order deliveries were made in (sequence, then position): sorted, the oldest come first.
         matching = sorted(delivery.id for delivery in dead
-                          if command.merchant_id in ("", delivery.merchant_id)
-                          and command.created_gte <= delivery.created_at < command.created_lt
-                          and delivery.replays < MAX_REPLAYS)
-        room = min(command.limit, MAX_PENDING_DELIVERIES - len(self.pending))
+                          if command.created_gte <= delivery.created_at < command.created_lt
+                          and self._current_target(delivery))
+        room = min(command.limit, self._requeue_room(command.merchant_id))
         if matching and room <= 0:
             return Outcome(BACKLOG_FULL)
         chosen = matching[:room]
         for delivery_id in chosen:
             delivery = self.deliveries[delivery_id]
             transition(delivery, "pending")
-            del self.dead[delivery_id]
+            delivery.target = self._current_target(delivery)
+            self._unmark_dead(delivery)
             delivery.replays += 1
             delivery.dead_reason = ""
             self._enqueue(delivery, timestamp)
         return Outcome(count=len(chosen), has_more=len(matching) > len(chosen))
+
+    def _current_target(self, delivery: Delivery) -> str:
+        """Where the delivery would go now: a webhook's to the merchant's webhook_url as it is ("" if none)."""
+        if delivery.channel != "webhook":
+            return delivery.target
+        merchant = peek(self.merchants, delivery.merchant_id)
+        return merchant.webhook_url if merchant is not None else ""
+
+    def _requeue_room(self, merchant_id: str) -> int:
+        """How many deliveries a redelivery or replay may queue: a merchant's up to half the queue, an operator's
+        ("") up to all of it."""
+        share = MAX_PENDING_DELIVERIES // 2 if merchant_id else MAX_PENDING_DELIVERIES
+        return share - len(self.pending)
 
     # Reads
 
@@ -378,7 +410,7 @@ class Notifications:
             _add_to_index(self.changes, self.deliveries_by_merchant, delivery.merchant_id, delivery.id)
             append_to(self.deliveries_by_event, delivery.event_id, delivery.id)
             if delivery.status == "dead":
-                self.dead[delivery.id] = None
+                self._mark_dead(delivery)
         for delivery in sorted((d for d in snapshot.deliveries if d.status == "pending"),
                                key=lambda delivery: delivery.queue_position):
             self.pending[delivery.id] = None

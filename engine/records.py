@@ -289,7 +289,7 @@ class Delivery(msgspec.Struct, tag=True, kw_only=True):
     """One event (or receipt) to send to one target; the notifier sends those of one (target, ordering_key) in the
     order they were queued."""
 
-    id: str  # whd_<batch sequence, 12 hex><position of its delivery.queued event, 6 hex>
+    id: str  # whd_<batch sequence, 12 hex><position of the event its making logged (delivery.queued or .dead), 6 hex>
     event_id: str
     merchant_id: str
     channel: DeliveryChannel

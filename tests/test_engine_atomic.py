@@ -121,7 +121,8 @@ def _indexes(engine: Engine) -> dict:
                                  for key, value in getattr(commerce.notifications, name).items()}
                           for name in ("records_by_merchant", "records_by_object", "deliveries_by_merchant",
                                        "deliveries_by_event")}
-        | {"pending": list(commerce.notifications.pending), "dead": sorted(commerce.notifications.dead)},
+        | {"pending": list(commerce.notifications.pending),
+           "replayable": {merchant_id: sorted(ids) for merchant_id, ids in commerce.notifications.replayable.items()}},
         "invoices": (dict(commerce.invoices.by_merchant), dict(commerce.invoices.by_order)),
     }
 

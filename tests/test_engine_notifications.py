@@ -334,4 +334,71 @@ def test_a_delivery_beyond_the_pending_cap_is_made_dead_untried(monkeypatch):
     assert driver.do(RedeliverEvent("m1", driver.events()[0].id)).code == BACKLOG_FULL
     pending = driver.engine.query(PendingDeliveries()).records
     driver.ok(RecordDeliveryAttempts([result(pending[0].id, 1, "delivered", 200)]))
-    assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 1
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).code == BACKLOG_FULL  # a merchant's: half the queue at most
+    assert driver.do(ReplayDeliveries(merchant_id="")).count == 1  # an operator's: all of it
+
+
+def test_a_merchants_redeliveries_leave_half_the_queue_to_new_events(monkeypatch):
+    monkeypatch.setattr(notifications, "MAX_PENDING_DELIVERIES", 8)
+    driver = shop()
+    driver.paid_order("p0", "o0")
+    pending = driver.engine.query(PendingDeliveries()).records
+    driver.ok(RecordDeliveryAttempts([result(d.id, 1, "delivered", 200) for d in pending]))
+    paid = driver.events(kind="order.paid")[0]
+    assert [driver.do(RedeliverEvent("m1", paid.id)).code for _ in range(3)] == ["ok", "ok", BACKLOG_FULL]
+    driver.paid_order("p1", "o1")  # its four deliveries find room
+    assert driver.deliveries(status="dead") == []
+    assert len(driver.engine.query(PendingDeliveries()).records) == 8
+
+
+def test_deliveries_made_dead_untried_in_one_command_each_have_their_own_id(monkeypatch):
+    monkeypatch.setattr(notifications, "MAX_PENDING_DELIVERIES", 1)
+    monkeypatch.setattr(notifications, "MAX_EVENTS", 2)
+    driver = shop()
+    driver.paid_order("p0", "o0")  # the payment's webhook fills the queue; the order's webhook, IPN and receipt not
+    dead = driver.deliveries(status="dead")
+    assert len(dead) == 3 and len({d.id for d in dead}) == 3
+    assert {(d.channel, d.kind) for d in dead} == {("webhook", "event"), ("ipn", "event"), ("email", "receipt")}
+    [pending] = driver.engine.query(PendingDeliveries()).records
+    driver.ok(RecordDeliveryAttempts([result(pending.id, 1, "delivered", 200)]))
+    driver.paid_order("p1", "o1")  # the first order's events are dropped, with all their deliveries
+    assert {d.event_id for d in driver.deliveries()} == {event.id for event in driver.events()}
+
+
+def test_a_replay_looks_only_at_the_merchants_own_dead_deliveries_that_may_go_again(monkeypatch):
+    monkeypatch.setattr(notifications, "MAX_REPLAYS", 1)
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    dead = [d.id for d in driver.deliveries()]
+    driver.ok(RecordDeliveryAttempts([result(delivery_id, 1, "dead") for delivery_id in dead]))
+    looked: list[str] = []
+
+    def counting_peek(tracked, key):
+        looked.append(key)
+        return dict.get(tracked, key)
+    monkeypatch.setattr(notifications, "peek", counting_peek)
+    assert driver.do(ReplayDeliveries(merchant_id="m2")).count == 0
+    assert not set(looked) & set(dead)  # another merchant's dead deliveries cost this merchant's replay nothing
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).count == len(dead)
+    driver.ok(RecordDeliveryAttempts([result(delivery_id, 2, "dead") for delivery_id in dead]))
+    looked.clear()
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 0  # replayed as often as may be: not looked at
+    assert not set(looked) & set(dead)
+    assert driver.engine.commerce.notifications.replayable == {}
+
+
+def test_a_replayed_webhook_delivery_goes_to_the_webhook_url_as_it_is_now():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    dead = driver.deliveries()
+    driver.ok(RecordDeliveryAttempts([result(d.id, 1, "dead") for d in dead]))
+    moved = "https://shop.example/new-hook"
+    driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=moved))
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).count == len(dead)
+    assert {(d.channel, d.target) for d in driver.deliveries()} == {
+        ("webhook", moved), ("ipn", IPN), ("email", EMAIL)}
+    pending = driver.engine.query(PendingDeliveries()).records
+    driver.ok(RecordDeliveryAttempts([result(d.id, 2, "dead") for d in pending]))
+    driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=""))
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 2  # the IPN and the receipt; no webhook now
+    assert {d.channel for d in driver.deliveries(status="dead")} == {"webhook"}

@@ -12,8 +12,11 @@ import msgspec
 import pypdf
 import pytest
 
+from edge.errors import ApiError
+from edge.http import raise_for
 from edge_harness import Server
-from engine.records import DeliveryResult, RecordDeliveryAttempts
+from engine.notifications import BACKLOG_FULL
+from engine.records import DeliveryResult, Outcome, RecordDeliveryAttempts
 from journal.client import ShardClient, ShardMap
 from journal.processes import running_address, running_key, shard_folder
 from test_http_api import error, fund, ok, post_concurrently, walk
@@ -161,6 +164,8 @@ def test_dead_deliveries_are_listed_with_their_attempts_and_replayed(server):
     error(server, "POST", "/v1/webhook_deliveries/replay", {"status": "pending"}, key=key, param="status")
     error(server, "POST", "/v1/webhook_deliveries/replay", {"status": "dead", "created_lt": "yesterday"}, key=key,
           param="created_lt")
+    error(server, "POST", "/v1/webhook_deliveries/replay", {"status": "dead", "created_gte": 10, "created_lt": 10},
+          key=key, param="created_lt")
 
 
 def test_an_operator_replays_every_merchants_dead_deliveries(server):
@@ -207,3 +212,30 @@ def test_invoice_numbers_have_no_gaps_under_many_orders_paid_at_once(server):
     invoices = walk(server, key, "/v1/invoices", 15)
     numbers = sorted(ok(server, "GET", f"/v1/invoices/{invoice_id}", key=key)["number"] for invoice_id in invoices)
     assert numbers == list(range(1, count + 1))
+
+
+def test_a_full_delivery_queue_refuses_a_redelivery_as_too_many_requests_not_a_server_fault():
+    with pytest.raises(ApiError) as refused:
+        raise_for(Outcome(BACKLOG_FULL))
+    assert (refused.value.status, refused.value.code, refused.value.error_type) == (429, BACKLOG_FULL,
+                                                                                   "rate_limit_error")
+
+
+def test_an_invoice_pdf_is_the_merchants_own_when_another_shard_made_the_same_invoice_id(server):
+    """Ids come from each shard's own sequence: two merchants on two shards soon have invoices of one id."""
+    keys = {}
+    while len(keys) < SHARDS:
+        merchant_id, key = merchant(server)
+        keys.setdefault(ShardMap(SHARDS).shard_for(merchant_id), key)
+    seen: dict[str, str] = {}  # invoice id -> the key of the merchant whose invoice it is
+    for _ in range(40):
+        for key in keys.values():
+            invoice_id = paid_order(server, key, amount=100 + len(seen))["invoice_id"]
+            if invoice_id in seen and seen[invoice_id] != key:
+                for owner in (seen[invoice_id], key):
+                    amount = ok(server, "GET", f"/v1/invoices/{invoice_id}", key=owner)["amount"]
+                    pdf = server.request("GET", f"/v1/invoices/{invoice_id}.pdf", key=owner).body
+                    assert f"{amount / 100:.2f} USD" in pypdf.PdfReader(io.BytesIO(pdf)).pages[0].extract_text()
+                return
+            seen[invoice_id] = key
+    pytest.skip("no two shards made the same invoice id")

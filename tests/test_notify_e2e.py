@@ -239,6 +239,22 @@ def test_a_receipt_with_its_invoice_reaches_the_mail_server(server, hooks, inbox
     assert str(invoice["number"]) in attachment.get_filename()
 
 
+def test_the_orders_ipn_url_gets_its_order_events_signed_and_a_refund_its_receipt(server, hooks, inbox):
+    shop = Shop(server, hooks.url("shop-hook"))
+    order = shop.paid_order(amount=3000, ipn_url=hooks.url("ipn"), customer_email="refunded@example.com")
+    shop.call("POST", "/v1/refunds", {"payment_id": order["payment_id"], "amount": 1250})
+    order_events = [event["id"] for event in reversed(shop.events()) if event["type"].startswith("order.")]
+    assert len(order_events) == 2  # paid, then partially refunded
+    hits = wait_for(lambda: len(hooks.of("ipn", ok_only=True)) == 2 and hooks.of("ipn"), "both order events")
+    assert [hit.event_id for hit in hits] == order_events  # the order's events only, in order
+    assert all(hit.object_id == order["id"] and signed(shop.webhook_secret, hit.signature, hit.body) for hit in hits)
+    assert hits[0].body == server.request("GET", f"/v1/events/{hits[0].event_id}", key=shop.key).body
+    message = wait_for(lambda: next((message for message in list(inbox.messages)
+                                     if message["To"] == "refunded@example.com"
+                                     and message["Subject"].startswith("Refund")), None), "the refund receipt")
+    assert "12.50 USD" in message["Subject"] and "12.50 USD" in message.get_body().get_content()
+
+
 def test_a_receiver_down_then_up_gets_the_same_event(server, hooks):
     down_port = free_port()
     shop = Shop(server, hooks.url("later", down_port))

@@ -12,7 +12,10 @@ from fpdf import FPDF
 from pypdf import PdfReader
 
 from actors.mail import MailSender, parse_smtp_url, receipt, refund_receipt
+from actors.notifier import email_of
 from actors.services import MailSink
+from engine.queries import DeliveryJob
+from engine.records import Delivery, EventRecord, Merchant, Order, Refund
 from notify_harness import free_port, smtp_server
 
 SENT_AT = 1_700_000_000 * 10**9
@@ -87,3 +90,19 @@ def test_the_local_sink_keeps_each_message_as_an_eml_file(tmp_path):
     parsed = email.message_from_bytes(files[-1].read_bytes(), policy=email.policy.default)
     assert parsed["X-Envelope-To"] == "payer@example.com" and parsed["Message-ID"] == "<whd_2@paygate>"
     assert "1.02 USD" in parsed.get_body(("plain",)).get_content()
+
+
+def test_two_merchants_receipts_of_one_delivery_id_have_two_message_ids():
+    """Delivery ids come from each shard's own sequence: a mailbox must not take two shops' receipts for one."""
+    def message_id(merchant_id: str) -> str:
+        order = Order(id=f"ord_{merchant_id}", merchant_id=merchant_id, name="Latte", amount=500, currency="usd")
+        found = DeliveryJob(
+            delivery=Delivery(id="whd_000000000011000002", event_id="evt_1", merchant_id=merchant_id,
+                              channel="email", kind="refund_receipt", target="payer@example.com",
+                              ordering_key="re_1"),
+            event=EventRecord(id="evt_1", kind="refund.succeeded", merchant_id=merchant_id, object_id="re_1",
+                              object_type="refund", data=b"", created_at=SENT_AT),
+            merchant=Merchant(id=merchant_id, name="Coffee", email="owner@shop.example"), order=order,
+            refund=Refund(id="re_1", merchant_id=merchant_id, payment_id="pay_1", amount=200, currency="usd"))
+        return email.message_from_bytes(email_of(found), policy=email.policy.default)["Message-ID"]
+    assert message_id("mer_a") != message_id("mer_b")

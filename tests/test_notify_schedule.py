@@ -26,7 +26,7 @@ def ids(jobs: list[Job]) -> list[str]:
 def finish(schedule: Schedule, taken: list[Job], outcome: str = "delivered", next_attempt_at: int = 0) -> None:
     for item in taken:
         schedule.sent(item)
-        schedule.settle(item.delivery_id, outcome, next_attempt_at)
+        schedule.settle(item.key, outcome, next_attempt_at)
 
 
 def test_one_object_goes_in_order_others_side_by_side():
@@ -38,7 +38,7 @@ def test_one_object_goes_in_order_others_side_by_side():
     assert schedule.take_due(10 * S) == []  # a2 waits while a1 is unsettled
     schedule.sent(taken[0])
     assert schedule.take_due(10 * S) == []  # ...and until its outcome is recorded
-    schedule.settle("a1", "delivered")
+    schedule.settle((0, "a1"), "delivered")
     assert ids(schedule.take_due(0)) == ["a2"]
 
 
@@ -47,11 +47,11 @@ def test_a_retry_holds_its_object_back_until_it_is_delivered_or_dead():
     schedule.add(job("a1"))
     schedule.add(job("a2"))
     finish(schedule, schedule.take_due(0), "retry", next_attempt_at=5 * S)
-    assert schedule.jobs["a1"].attempts == 1
+    assert schedule.jobs[0, "a1"].attempts == 1
     assert schedule.take_due(5 * S - 1) == [] and schedule.next_due() == 5 * S
     finish(schedule, schedule.take_due(5 * S), "dead")
     assert ids(schedule.take_due(5 * S)) == ["a2"]
-    assert "a1" not in schedule and len(schedule) == 1
+    assert (0, "a1") not in schedule and len(schedule) == 1
 
 
 def test_an_unrecorded_attempt_goes_again():
@@ -59,7 +59,7 @@ def test_an_unrecorded_attempt_goes_again():
     schedule.add(job("a1"))
     taken = schedule.take_due(0)
     schedule.sent(taken[0])
-    schedule.retry_unrecorded("a1")
+    schedule.retry_unrecorded((0, "a1"))
     assert ids(schedule.take_due(0)) == ["a1"]
 
 
@@ -115,7 +115,7 @@ def test_random_runs_keep_order_and_bounds(seed, per_endpoint, in_all):
         elif action < 0.9 and recording:
             item = recording.pop(rng.randrange(len(recording)))
             outcome = rng.choice(["delivered", "retry", "dead"])
-            schedule.settle(item.delivery_id, outcome, now + rng.randrange(3) * S)
+            schedule.settle(item.key, outcome, now + rng.randrange(3) * S)
         else:
             now += S
         per = {}
@@ -126,3 +126,18 @@ def test_random_runs_keep_order_and_bounds(seed, per_endpoint, in_all):
         assert len(schedule) <= 40
     for lane, order in started.items():
         assert order == queued[lane][:len(order)]  # every lane started in the order it was queued
+
+
+def test_the_same_delivery_id_on_two_shards_is_two_deliveries():
+    """Ids are made from a shard's own sequence: another shard makes the same ones for its own deliveries."""
+    schedule = Schedule()
+    mine, theirs = job("whd_1", key="ord_1"), job("whd_1", key="ord_2")
+    theirs.shard = 1
+    assert schedule.add(mine) and schedule.add(theirs)
+    assert (0, "whd_1") in schedule and (1, "whd_1") in schedule
+    taken = schedule.take_due(0)
+    assert sorted(item.shard for item in taken) == [0, 1]
+    for item in taken:
+        schedule.sent(item)
+    schedule.settle((1, "whd_1"), "delivered")
+    assert (0, "whd_1") in schedule and (1, "whd_1") not in schedule

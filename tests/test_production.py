@@ -25,13 +25,16 @@ CARD = {"type": "card", "card": {"number": "4242424242424242", "exp_month": 12, 
     "http://192.168.1.1/", "http://169.254.169.254/latest/meta-data", "http://100.64.0.1/", "http://0.0.0.0/",
     "http://[fd00::1]/", "http://[fe80::1]/", "http://2130706433/", "http://0x7f.1/", "http://127.1/",
     "http://0177.0.0.1/", "http://224.0.0.1/", "http://user@10.0.0.1:80/", "http:///path",
+    # IPv6 carrying an internal IPv4 address for a translator or relay: IPv4-compatible, NAT64, 6to4
+    "http://[::127.0.0.1]/", "http://[64:ff9b::a9fe:a9fe]/", "http://[64:ff9b:1::a00:1]/", "http://[2002:7f00:1::]/",
 ])
 def test_internal_hosts_in_every_spelling(url):
     assert internal_host(url)
 
 
 @pytest.mark.parametrize("url", ["https://example.com/hook", "http://93.184.216.34/", "https://shop.cafe/ipn",
-                                 "http://[2606:4700::1111]/", "https://8.8.8.8:8443/x"])
+                                 "http://[2606:4700::1111]/", "https://8.8.8.8:8443/x",
+                                 "http://[64:ff9b::808:808]/", "http://[2002:808:808::]/"])
 def test_public_hosts(url):
     assert not internal_host(url)
 
