@@ -23,7 +23,7 @@ class Invoices:
         merchant = peek(self.merchants, order.merchant_id)
         payment = peek(self.payments, order.payment_id)
         card = payment.card if payment is not None else None
-        number = self.last_numbers.get(order.merchant_id, 0) + 1
+        number = (peek(self.last_numbers, order.merchant_id) or 0) + 1  # written below, which tracks it
         invoice = Invoice(
             id=invoice_id, merchant_id=order.merchant_id, number=number, merchant_name=merchant.name,
             order_id=order.id, order_name=order.name, amount=order.amount, currency=order.currency,

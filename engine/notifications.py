@@ -118,29 +118,47 @@ class Notifications:
         """Store the merchant's events among those logged from position `first` on (one command's), with their
         deliveries; an order paid gets its invoice first, so that every event shows it."""
         log = self.log
-        if len(log) == first:
+        end = len(log)
+        if end == first:
             return
-        visible = [(position, log[position]) for position in range(first, len(log))
-                   if log[position].kind in MERCHANT_EVENTS]
-        for position, event in visible:
+        visible = [position for position in range(first, end) if log[position].kind in MERCHANT_EVENTS]
+        if not visible:
+            return
+        for position in visible:
+            event = log[position]
             if event.kind == "order.paid":
                 self.invoices.create(make_id("inv_", self.sequence, position), self.orders[event.object_id],
                                      timestamp)
-        for position, event in visible:
-            self._store(position, event, timestamp)
+        # Nothing changes an object while its events are stored: one encoding serves all its events in the command.
+        encoded: dict[tuple[str, str], bytes] = {}
+        for position in visible:
+            self._store(position, log[position], timestamp, encoded)
 
-    def _store(self, position: int, event: Event, timestamp: int) -> None:
+    def _store(self, position: int, event: Event, timestamp: int, encoded: dict[tuple[str, str], bytes]) -> None:
         object_type = MERCHANT_EVENTS[event.kind]
         shown = peek(self._store_of(object_type), event.object_id)
         check(shown is not None, f"{event.kind} of {event.object_id}, which is not there")
+        key = (object_type, event.object_id)
+        data = encoded.get(key)
+        if data is None:
+            data = encoded[key] = _encoder.encode(shown)
         record = EventRecord(id=make_id("evt_", self.sequence, position), kind=event.kind,
                              merchant_id=shown.merchant_id, object_id=event.object_id, object_type=object_type,
-                             data=_encoder.encode(shown), created_at=timestamp)
+                             data=data, created_at=timestamp)
         self._add_record(record)
-        ipn_url = shown.ipn_url if object_type == "order" else ""
-        for channel, kind, target in self._targets(record, ipn_url) + self._receipt_targets(record, shown):
+        for channel, kind, target in self._new_targets(record, shown):
             self._queue_new(record, channel, kind, target, timestamp)
-        self._prune()
+        if len(self.records) > MAX_EVENTS:
+            self._prune()
+
+    def _new_targets(self, record: EventRecord, shown) -> list[tuple[str, str, str]]:
+        """(channel, kind, target) of a new event's deliveries; none at once for a merchant without a webhook, an
+        object without an IPN URL and an event without a receipt (most, under load)."""
+        ipn_url = shown.ipn_url if record.object_type == "order" else ""
+        merchant = peek(self.merchants, record.merchant_id)
+        if not ipn_url and record.kind not in RECEIPTS and (merchant is None or not merchant.webhook_url):
+            return []
+        return self._targets(record, ipn_url) + self._receipt_targets(record, shown)
 
     def _store_of(self, object_type: str) -> dict:
         return getattr(self, _STORES[object_type])
@@ -410,7 +428,7 @@ def _result_valid(result: DeliveryResult) -> bool:
 
 def _add_to_index(changes: Changes, index: dict[str, dict[str, None]], owner: str, item_id: str) -> None:
     """`item_id` at the end of `owner`'s ids in `index`."""
-    ids = index.get(owner)
+    ids = peek(index, owner)  # not handed out: the inner dict tracks its own writes
     if ids is None:
         ids = index[owner] = changes.dict(ranked=True)
     ids[item_id] = None
