@@ -4,6 +4,7 @@ no file under the data folder (journal, snapshots, mail, the notifier's files), 
 holds a card number, a CVC, a secret a merchant was given or the admin token; no process serve started shows one in
 its command line or environment; the data folder is the owner's alone; only the HTTP port listens beyond loopback."""
 
+import asyncio
 import hashlib
 import json
 import mmap
@@ -40,15 +41,20 @@ class RecordingServer(Server):
 def hooks():
     hooks = Hooks()
     yield hooks
+    asyncio.run_coroutine_threadsafe(hooks.runner.cleanup(), hooks.loop).result(10)
     hooks.loop.call_soon_threadsafe(hooks.loop.stop)
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, hooks):
     """The server after its payments, still running, and the secrets it handed out (the rotated set's as `new_*`)."""
-    server = RecordingServer(tmp_path_factory.mktemp("secrets") / "data", workers=2, actors=True,
+    folder = tmp_path_factory.mktemp("secrets")
+    rules = folder / "risk_rules.json"  # one card pays every payment here: no velocity limit in the way
+    rules.write_text(json.dumps({"velocity": {"card_fingerprint": {"attempts": 1000, "window_s": 600}}}))
+    server = RecordingServer(folder / "data", workers=2, actors=True,
                              environment={"PAYGATE_ADMIN_TOKEN": ADMIN_TOKEN, "PAYGATE_LOG_LEVEL": "INFO"},
-                             extra=("--snapshot-every-batches", "5", "--host", "0.0.0.0")).start()
+                             extra=("--snapshot-every-batches", "5", "--host", "0.0.0.0", "--risk-rules", str(rules))
+                             ).start()
     try:
         merchant = call(server, "POST", "/v1/merchants", {"name": "Shop", "email": "shop@example.com",
                                                           "webhook_url": hooks.url("shop")}, ADMIN_TOKEN)
@@ -102,9 +108,12 @@ def mail_and_webhooks(server, hooks, secrets: dict[str, str]) -> None:
     order = call(server, "POST", "/v1/orders", {"name": "Tea", "amount": 900, "currency": "usd",
                                                 "customer_email": "reader@example.com"}, secrets["new_api_key"])
     card = {"number": PAN, "exp_month": 12, "exp_year": 2031, "cvc": CVC}
-    call(server, "POST", "/v1/payments", {"order_id": order["id"], "payment_method": {"type": "card", "card": card}},
-         secrets["new_api_key"], {"Idempotency-Key": "order-payment"})
+    payment = call(server, "POST", "/v1/payments", {"order_id": order["id"], "payment_method": {
+        "type": "card", "card": card}}, secrets["new_api_key"], {"Idempotency-Key": "order-payment"})
     deadline = time.monotonic() + 60
+    while call(server, "GET", f"/v1/payments/{payment['id']}", None, secrets["new_api_key"])["status"] != "succeeded":
+        assert time.monotonic() < deadline, "the order's payment never succeeded"
+        time.sleep(0.2)
     while not (list((server.data / "mail").glob("*.eml")) and hooks.of("shop", ok_only=True)):
         assert time.monotonic() < deadline, "no receipt in data/mail or no webhook delivered"
         time.sleep(0.2)
