@@ -46,6 +46,8 @@ PROMOTE_TIMEOUT_MS = 5000
 READ_TIMEOUT_S = 3600.0
 ADMIN_TOKEN_VARIABLE = "PAYGATE_ADMIN_TOKEN"
 MAIL_SINK_PORT_OFFSET = 2  # of --base-port: after the two simulated providers
+# The simulated providers and the mail sink stand in for the outside world on this machine: loopback, whatever --host.
+SIMULATORS_HOST = "127.0.0.1"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -245,7 +247,7 @@ def _serve(args) -> int:
     supervisors: list[ShardSupervisor] = []
     providers = ProviderProcesses(_provider_services(data, args, public_url) if args.actors else [])
     # The outside world's mail servers, stood in for by a local sink unless one is named.
-    mail_sink = MailSink(args.host, args.base_port + MAIL_SINK_PORT_OFFSET, data / "mail")
+    mail_sink = MailSink(SIMULATORS_HOST, args.base_port + MAIL_SINK_PORT_OFFSET, data / "mail")
     mail_description = "not sent (--without-actors)"
     edge = EdgeWorkers(settings, args.host, args.port, args.workers)
     ray_description = "not started (--without-actors)"
@@ -350,7 +352,7 @@ def _provider_services(data: pathlib.Path, args, public_url: str) -> list[Provid
     for offset, name in enumerate(PROVIDERS):
         secret_file = data / "providers" / f"{name}.secret"
         write_secret(secret_file, secrets.provider_secret(name))
-        services.append(ProviderService(name, args.host, args.base_port + offset,
+        services.append(ProviderService(name, SIMULATORS_HOST, args.base_port + offset,
                                         f"{public_url}/v1/psp/{name}/webhook", str(secret_file)))
     return services
 

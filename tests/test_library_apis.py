@@ -28,3 +28,25 @@ def test_no_product_module_uses_a_private_part_of_a_library():
     found = {str(path.relative_to(ROOT)): uses for folder in PRODUCT for path in sorted((ROOT / folder).rglob("*.py"))
              if (uses := private_uses(path))}
     assert found == {}
+
+
+def imported_modules(path: pathlib.Path) -> list[str]:
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            found += [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+    return found
+
+
+def test_the_simulators_are_the_outside_world_apart_from_ours():
+    """Nothing of ours imports the simulated providers or the mail sink, and they import nothing of ours."""
+    simulators = ROOT / "actors" / "simulators"
+    ours = {str(path.relative_to(ROOT)): names for folder in PRODUCT for path in sorted((ROOT / folder).rglob("*.py"))
+            if not path.is_relative_to(simulators)
+            and (names := [name for name in imported_modules(path) if name.startswith("actors.simulators")])}
+    theirs = {str(path.relative_to(ROOT)): names for path in sorted(simulators.rglob("*.py"))
+              if (names := [name for name in imported_modules(path) if name.split(".")[0] in PRODUCT
+                            and not name.startswith("actors.simulators")])}
+    assert (ours, theirs) == ({}, {})
