@@ -10,7 +10,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from edge import cards, credentials_api, login, payments_api, qr_api, render, risk, schemas, wallets_api
+from edge import cards, credentials_api, login, pages, payments_api, qr_api, render, risk, schemas, wallets_api
 from edge.auth import AdminToken, Secrets, TokenIssuer, hash_secret
 from edge.credentials import CredentialUses, MerchantSecrets, client_secret_set, report_uses
 from edge.sealing import SecretSealer
@@ -161,6 +161,7 @@ def create_app(settings: Settings) -> web.Application:
     ]
     app.add_routes(routes)
     app["routes"] = routes
+    pages.install(app)
     return app
 
 
@@ -241,6 +242,11 @@ async def oauth_token(request: web.Request) -> web.Response:
 async def create_merchant(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
     fields, body = await body_of(request, schemas.MerchantCreate)
+    return respond(request, await onboard_merchant(request, fields, body))
+
+
+async def onboard_merchant(request: web.Request, fields: schemas.MerchantCreate, body: bytes) -> schemas.MerchantOut:
+    """A new merchant, shown with its first credential set's secrets (the only time they are shown)."""
     _check_allowlist(fields.ip_allowlist)
     check_outbound_urls(request, webhook_url=fields.webhook_url)
     merchant_id = new_id("mer_", request, ADMIN)
@@ -261,7 +267,7 @@ async def create_merchant(request: web.Request) -> web.Response:
     shown.signing_secret = derived.signing_secret(merchant_id)
     shown.webhook_secret = derived.webhook_secret(merchant_id)
     shown.client_secret = client_secret
-    return respond(request, shown)
+    return shown
 
 
 async def get_merchant(request: web.Request) -> web.Response:
@@ -286,8 +292,12 @@ def _check_allowlist(entries: list[str]) -> None:
 
 async def update_merchant(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
-    merchant_id = request.match_info["id"]
     fields, body = await body_of(request, schemas.MerchantUpdate)
+    return respond(request, await change_merchant(request, request.match_info["id"], fields, body))
+
+
+async def change_merchant(request: web.Request, merchant_id: str, fields: schemas.MerchantUpdate,
+                          body: bytes) -> schemas.MerchantOut:
     _check_allowlist(fields.ip_allowlist or [])
     check_outbound_urls(request, webhook_url=fields.webhook_url)
     command = UpdateMerchant(merchant_id=merchant_id, **{**msgspec.structs.asdict(fields),
@@ -295,7 +305,7 @@ async def update_merchant(request: web.Request) -> web.Response:
     outcome = await run(request, merchant_id, command, body)
     raise_for(outcome)
     request.app["merchant_cache"].pop(merchant_id)
-    return respond(request, render.merchant(outcome.record))
+    return render.merchant(outcome.record)
 
 
 async def create_sub_account(request: web.Request) -> web.Response:
@@ -353,7 +363,7 @@ async def create_order(request: web.Request) -> web.Response:
     outcome = await run(request, merchant.id, command, body)
     _raise_if_rate_limited(settings, outcome)
     raise_for(outcome)
-    return respond(request, _order_out(request, merchant, outcome.record))
+    return respond(request, order_out(request, merchant, outcome.record))
 
 
 def _raise_if_rate_limited(settings: Settings, outcome: Outcome) -> None:
@@ -371,12 +381,11 @@ def _check_splits(splits: list[schemas.SplitIn]) -> None:
                            f"splits[{index}]")
 
 
-def _order_out(request: web.Request, merchant: Merchant, order: Order) -> schemas.OrderOut:
+def order_out(request: web.Request, merchant: Merchant, order: Order) -> schemas.OrderOut:
     return render.order(order, request.app["settings"].public_url, qr_api.order_qr(merchant, order))
 
 
-async def _order(request: web.Request, merchant: Merchant) -> Order:
-    order_id = request.match_info["id"]
+async def order_of(request: web.Request, merchant: Merchant, order_id: str) -> Order:
     order = (await request.app["gateway"].read(merchant.id, GetOrder(merchant.id, order_id))).record
     if order is None:
         raise not_found("order", order_id)
@@ -385,7 +394,7 @@ async def _order(request: web.Request, merchant: Merchant) -> Order:
 
 async def get_order(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, _order_out(request, merchant, await _order(request, merchant)))
+    return respond(request, order_out(request, merchant, await order_of(request, merchant, request.match_info["id"])))
 
 
 async def update_order(request: web.Request) -> web.Response:
@@ -395,19 +404,30 @@ async def update_order(request: web.Request) -> web.Response:
                           note=fields.note, amount=fields.amount, expires_in_s=fields.expires_in)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome, {"splits_exceed_amount": "amount"})  # the new amount is what falls short of the shares
-    return respond(request, _order_out(request, merchant, outcome.record))
+    return respond(request, order_out(request, merchant, outcome.record))
 
 
 async def cancel_order(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    outcome = await run(request, merchant.id, CancelOrder(merchant.id, request.match_info["id"]))
+    return respond(request, await cancel(request, merchant, request.match_info["id"]))
+
+
+async def cancel(request: web.Request, merchant: Merchant, order_id: str) -> schemas.OrderOut:
+    """Cancel a pending order."""
+    outcome = await run(request, merchant.id, CancelOrder(merchant.id, order_id))
     raise_for(outcome)
-    return respond(request, _order_out(request, merchant, outcome.record))
+    return order_out(request, merchant, outcome.record)
 
 
 async def list_orders(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    query = request.query
+    orders, has_more = await search_orders(request, merchant, request.query)
+    return respond(request, {"object": "list", "data": orders, "has_more": has_more})
+
+
+async def search_orders(request: web.Request, merchant: Merchant, query) -> tuple[list[schemas.OrderOut], bool]:
+    """A page of the merchant's orders, newest first, by the list's query parameters (name, status, created_gte,
+    created_lt, limit, starting_after); and whether more follow."""
     read = ListOrders(
         merchant_id=merchant.id, name_contains=query.get("name", "")[:200], status=parse_status(query, ORDER_STATUSES),
         created_gte=parse_time(query, "created_gte", 0), created_lt=parse_time(query, "created_lt", 2**63 - 1),
@@ -417,8 +437,7 @@ async def list_orders(request: web.Request) -> web.Response:
     if not answer.records and read.starting_after:
         after = (await request.app["gateway"].read(merchant.id, GetOrder(merchant.id, read.starting_after))).record
         check_cursor(after is not None, read.starting_after)
-    return respond(request, {"object": "list", "data": [_order_out(request, merchant, order) for order in answer.records],
-                             "has_more": answer.has_more})
+    return [order_out(request, merchant, order) for order in answer.records], answer.has_more
 
 
 # Ledger

@@ -103,6 +103,12 @@ class Authorizations:
 async def create_payment(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.PaymentCreate)
+    return respond(request, await pay(request, merchant, fields, body))
+
+
+async def pay(request: web.Request, merchant: Merchant, fields: schemas.PaymentCreate,
+              body: bytes) -> schemas.PaymentOut:
+    """A payment by any method, as the API creates it (also the hosted payment page's)."""
     payment_id = new_id("pay_", request, merchant.id)
     method = fields.payment_method
     _check_amount_or_order(fields)
@@ -126,7 +132,7 @@ async def create_payment(request: web.Request) -> web.Response:
     if not request.get("replayed") and created.status == "processing":
         authorize(request, created, method, number)
     # The token the shard stored: a replay under the Idempotency-Key shows the first request's, not this one's.
-    return respond(request, render.payment(created, created.token_id))
+    return render.payment(created, created.token_id)
 
 
 def _check_amount_or_order(fields: schemas.PaymentCreate) -> None:
@@ -184,7 +190,8 @@ def _card_of(request: web.Request, method: schemas.CardMethod) -> tuple[str, byt
     return number, _sealed_encoder.encode(sealed), details
 
 
-async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_id: str, body: bytes) -> web.Response:
+async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_id: str,
+                           body: bytes) -> schemas.PaymentOut:
     if fields.capture_method != "automatic":
         raise ApiError(400, "parameter_invalid", "a wallet payment moves the money at once: capture_method must be "
                        "automatic", "capture_method")
@@ -198,10 +205,11 @@ async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_
                                  amount_limits=amount_limits, amount=payment.amount, currency=payment.currency)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome, {"order_not_found": "order_id", "customer_not_found": "payment_method.customer_id"})
-    return respond(request, render.payment(outcome.record))
+    return render.payment(outcome.record)
 
 
-async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id: str, body: bytes) -> web.Response:
+async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id: str,
+                                body: bytes) -> schemas.PaymentOut:
     """A payment that waits (requires_action) for the payer's transfer quoting its order, or without an order quoting
     the payment itself; next_action shows the code."""
     if fields.capture_method != "automatic":
@@ -226,7 +234,7 @@ async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id:
                             amount_limits=amount_limits)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return respond(request, render.payment(outcome.record))
+    return render.payment(outcome.record)
 
 
 async def _record_or_none(request: web.Request, merchant: Merchant, kind: str, record_id: str):
@@ -260,23 +268,30 @@ async def list_payments(request: web.Request) -> web.Response:
 async def capture_payment(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.CaptureIn, optional=True)
-    payment_id = request.match_info["id"]
+    return respond(request, await capture(request, merchant, request.match_info["id"], fields, body))
+
+
+async def capture(request: web.Request, merchant: Merchant, payment_id: str, fields: schemas.CaptureIn,
+                  body: bytes) -> schemas.PaymentOut:
     command = CapturePayment(merchant_id=merchant.id, payment_id=payment_id, amount=fields.amount or 0,
                              transfer_id=ledger_id(merchant.id, f"{payment_id}.capture"))
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return respond(request, render.payment(outcome.record))
+    return render.payment(outcome.record)
 
 
 async def cancel_payment(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    payment_id = request.match_info["id"]
-    body = await request.read()
+    return respond(request, await void(request, merchant, request.match_info["id"], await request.read()))
+
+
+async def void(request: web.Request, merchant: Merchant, payment_id: str, body: bytes) -> schemas.PaymentOut:
+    """Release an uncaptured authorization."""
     command = CancelPayment(merchant_id=merchant.id, payment_id=payment_id,
                             transfer_id=ledger_id(merchant.id, f"{payment_id}.void"))
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return respond(request, render.payment(outcome.record))
+    return render.payment(outcome.record)
 
 
 # Refunds
@@ -285,13 +300,18 @@ async def cancel_payment(request: web.Request) -> web.Response:
 async def create_refund(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.RefundCreate)
+    return respond(request, await refund_payment(request, merchant, fields, body))
+
+
+async def refund_payment(request: web.Request, merchant: Merchant, fields: schemas.RefundCreate,
+                         body: bytes) -> schemas.RefundOut:
     refund_id = new_id("re_", request, merchant.id)
     refund = Refund(id=refund_id, merchant_id=merchant.id, payment_id=fields.payment_id, amount=fields.amount or 0,
                     reason=fields.reason)
     outcome = await run(request, merchant.id, CreateRefund(refund=refund, transfer_id=ledger_id(merchant.id, refund_id)),
                         body)
     raise_for(outcome, {"payment_not_found": "payment_id"})
-    return respond(request, render.refund(outcome.record))
+    return render.refund(outcome.record)
 
 
 async def get_refund(request: web.Request) -> web.Response:
@@ -303,9 +323,14 @@ async def get_refund(request: web.Request) -> web.Response:
 
 
 async def create_payout(request: web.Request) -> web.Response:
-    """Holds the balance now; the bank's dispatcher sends it, and the bank's answer posts or returns it."""
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.PayoutCreate)
+    return respond(request, await request_payout(request, merchant, fields, body))
+
+
+async def request_payout(request: web.Request, merchant: Merchant, fields: schemas.PayoutCreate,
+                         body: bytes) -> schemas.PayoutOut:
+    """Holds the balance now; the bank's dispatcher sends it, and the bank's answer posts or returns it."""
     check_currency(fields.currency)
     await check_sub_account(request, merchant, fields.sub_account_id)
     payout_id = new_id("po_", request, merchant.id)
@@ -313,7 +338,7 @@ async def create_payout(request: web.Request) -> web.Response:
                     sub_account_id=fields.sub_account_id, hold_id=ledger_id(merchant.id, f"{payout_id}.hold"))
     outcome = await run(request, merchant.id, CreatePayout(payout=payout), body)
     raise_for(outcome)
-    return respond(request, render.payout(outcome.record))
+    return render.payout(outcome.record)
 
 
 async def get_payout(request: web.Request) -> web.Response:
