@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 UV := .lock-tools/bin/uv
 PYPI := https://pypi.org/simple
 
-.PHONY: venv lock lock-check test test-slow run bench-engine bench-durable bench-http bench-ceiling clean
+.PHONY: venv lock lock-check chromium test test-slow run screenshots bench-engine bench-durable bench-http bench-ceiling clean
 
 venv: $(STAMP)
 
@@ -41,11 +41,19 @@ lock:
 OPTIMIZED_TESTS := tests/test_engine_*.py tests/test_journal_store.py tests/test_shard_faults.py \
 	tests/test_replication.py tests/test_shard_crash.py tests/test_shard_service.py tests/test_sending.py
 
-test: lock-check venv
+# The page tests drive Debian's chromium (playwright's own browser download cannot work here): installed when
+# missing and we are root; otherwise those tests say what to install.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || test "$$(id -u)" != 0 || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		>/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		>/dev/null; }; }
+
+test: lock-check venv chromium
 	$(BIN)/python -m pytest
 	PYTHONOPTIMIZE=1 $(BIN)/python -m pytest $(OPTIMIZED_TESTS)
 
-test-slow: venv
+test-slow: venv chromium
 	$(BIN)/python -m pytest -m slow
 
 run: venv

@@ -1,0 +1,199 @@
+"""`/pay/{order_id}`: the hosted payment page, where the shopper pays an order.
+
+The page shows the order and, while it is pending, a tab per method it takes. A card goes from the form straight to
+this gateway (never through the merchant) and is paid by the API's own function, sealed as the API seals cards; the
+page never shows it again. The checkout part of the page follows the order live (server-sent events): processing,
+the acquirer's 3-D Secure page, the result, and a QR or bank transfer landing. A paid order sends the shopper back to
+the order's `callback_url` with its id and status, signed with the merchant's webhook secret.
+"""
+
+import hmac
+import re
+import secrets as random_tokens
+import time
+import urllib.parse
+
+import aiohttp_jinja2
+from aiohttp import web
+
+from edge import app as api, payments_api, qr_api, schemas
+from edge.auth import webhook_signature
+from edge.errors import ApiError, not_found
+from edge.http import cached_merchant
+from edge.limits import SlidingWindow, client_ip
+from edge.pages import live
+from edge.pages.common import checked, form_of, money, page, redirect, render, seconds_until
+from engine.records import Merchant, Order
+
+METHOD_LABELS = {"card": "Card", "qr": "QR code", "bank_transfer": "Bank transfer", "wallet": "Wallet"}
+PAID_STATUSES = ("paid", "partially_refunded", "refunded")
+ATTEMPT = re.compile(r"[0-9a-f]{32}")
+EXPIRY = re.compile(r"\s*([0-9]{1,2})\s*/\s*([0-9]{2}|[0-9]{4})\s*")
+PAY_ATTEMPTS = 30  # card forms sent per client address and worker, per PAY_WINDOW_S
+PAY_WINDOW_S = 60
+REDIRECT_AFTER_MS = 2500  # the success page is seen before the shopper goes back to the merchant
+
+
+def add_routes(app: web.Application) -> None:
+    app["pay_attempts"] = SlidingWindow(PAY_ATTEMPTS, PAY_WINDOW_S)
+    app.router.add_get("/pay/{order_id}", pay_page)
+    app.router.add_post("/pay/{order_id}/card", pay_by_card)
+    app.router.add_get("/pay/{order_id}/live", live_checkout)
+
+
+async def _order_and_merchant(request: web.Request) -> tuple[Order, Merchant]:
+    order_id = request.match_info["order_id"]
+    order = await qr_api.find_order(request, order_id)
+    merchant = await cached_merchant(request.app, order.merchant_id) if order else None
+    if order is None or merchant is None:
+        raise not_found("order", order_id)
+    return order, merchant
+
+
+@page
+async def pay_page(request: web.Request) -> web.Response:
+    order, merchant = await _order_and_merchant(request)
+    state = await live.read_state(request.app["gateway"], order)
+    return render(request, "pay.html", checkout(request, merchant, state))
+
+
+@page
+async def live_checkout(request: web.Request) -> web.StreamResponse:
+    order, merchant = await _order_and_merchant(request)
+
+    async def fragment(state: live.OrderState) -> str:
+        return aiohttp_jinja2.render_string("pay_checkout.html", request, checkout(request, merchant, state))
+
+    return await live.stream(request, merchant.id, order.id, request.query.get("since", ""), fragment)
+
+
+def checkout(request: web.Request, merchant: Merchant, state: live.OrderState, method: str = "",
+             problem: str = "") -> dict:
+    """What the page shows of the order now: its summary and the part the shopper acts on (`view`)."""
+    order = api.order_out(request, merchant, state.order)
+    payment = state.payment
+    view = _view(state)
+    failure = problem or (payment.failure_message or payment.failure_code if payment and view == "form" and
+                          payment.status == "failed" else "")
+    methods = [name for name in METHOD_LABELS if name in order.payment_methods and name != "wallet"]
+    selected = method or request.query.get("method", "")
+    attempt = random_tokens.token_hex(16)
+    back_from_3ds = request.query.get("from") == "3ds"
+    return {
+        "merchant_name": merchant.name, "order": order, "amount": money(order.amount, order.currency),
+        "expires_in_s": seconds_until(order.expires_at), "view": view, "failure": failure,
+        "methods": [(name, METHOD_LABELS[name]) for name in methods],
+        "selected": selected if selected in methods else (methods[0] if methods else ""),
+        "attempt": attempt, "attempt_token": _attempt_token(request, order.id, attempt),
+        "transfer": _transfer_details(merchant, state.order), "version": state.version,
+        "live_url": f"/pay/{order.id}/live?" + urllib.parse.urlencode(
+            {"since": state.version, **({"from": "3ds"} if back_from_3ds else {})}),
+        "action_url": _challenge_url(request, payment.next_action_url, order.id) if view == "authenticate" else "",
+        "auto_continue": view == "authenticate" and not back_from_3ds,
+        "return_url": _return_url(request, merchant, state.order) if view in ("paid", "expired", "cancelled",
+                                                                                "failed") else "",
+        "redirect_after_ms": REDIRECT_AFTER_MS if view == "paid" else 0,
+    }
+
+
+def _view(state: live.OrderState) -> str:
+    """paid | expired | cancelled | failed | exception (the order's end) | processing | authenticate | authorized
+    (a card payment on its way) | form (the methods, with why the last attempt failed if it did)."""
+    order, payment = state.order, state.payment
+    if order.status in PAID_STATUSES:
+        return "paid"
+    if order.status != "pending":
+        return order.status
+    if payment is None or payment.method != "card" or payment.status in ("failed", "cancelled"):
+        return "form"
+    return {"requires_action": "authenticate", "requires_capture": "authorized"}.get(payment.status, "processing")
+
+
+def _attempt_token(request: web.Request, order_id: str, attempt: str) -> str:
+    return request.app["secrets"].form_token(f"pay:{order_id}:{attempt}")
+
+
+def _challenge_url(request: web.Request, action_url: str, order_id: str) -> str:
+    """The acquirer's 3-D Secure page, which sends the shopper back to this page when answered."""
+    back = f"{request.app['settings'].public_url}/pay/{order_id}?from=3ds"
+    return f"{action_url}{'&' if '?' in action_url else '?'}{urllib.parse.urlencode({'return_url': back})}"
+
+
+def _return_url(request: web.Request, merchant: Merchant, order: Order) -> str:
+    """The order's callback_url with its id and status, signed as a webhook is, the signed body being
+    "<order id>.<status>"; '' when the order has none."""
+    if not order.callback_url:
+        return ""
+    now_s = int(time.time())
+    secrets = request.app["merchant_secrets"].webhook_secrets(merchant, now_s * 1_000_000_000)
+    signature = webhook_signature(secrets, f"{order.id}.{order.status}".encode(), now_s)
+    parts = urllib.parse.urlsplit(order.callback_url)
+    query = [(name, value) for name, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+             if name not in ("order_id", "status", "signature")]
+    query += [("order_id", order.id), ("status", order.status), ("signature", signature)]
+    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+
+
+def _transfer_details(merchant: Merchant, order: Order) -> dict | None:
+    """What a payer's bank transfer quotes to pay the order (the QR code carries the same); None when it cannot."""
+    if qr_api.qr_amount_problem(order.amount, order.currency, "amount") is not None:
+        return None
+    return {"bank": f"paygate test bank ({qr_api.BANK_BIN})", "account_number": qr_api.account_number(merchant.id),
+            "account_name": merchant.name, "reference": qr_api.reference_of(order.id, qr_api.ORDER_MARK),
+            "amount": money(order.amount, order.currency),
+            "qr_image": f"/v1/qr/orders/{order.id}.png" if qr_api.order_qr_problem(order) is None else ""}
+
+
+@page
+async def pay_by_card(request: web.Request) -> web.Response:
+    order, merchant = await _order_and_merchant(request)
+    fields = await form_of(request, None)
+    attempt = str(fields.get("attempt", ""))
+    if not ATTEMPT.fullmatch(attempt) or not hmac.compare_digest(
+            str(fields.get("attempt_token", "")).encode(), _attempt_token(request, order.id, attempt).encode()):
+        raise ApiError(403, "csrf_token_invalid", "this form has expired: open the page again and resend it")
+    # The form's attempt is its Idempotency-Key: the same form sent twice pays once.
+    request["idempotency_key"] = f"pay_page_{attempt}"
+    payer = client_ip(request.remote, request.headers.get("X-Forwarded-For"), request.app["settings"].trusted_proxies)
+    if request.app["pay_attempts"].hit(payer, time.monotonic()):
+        raise ApiError(429, "rate_limited", "too many payment attempts from your address; wait a minute")
+    if order.status == "pending":
+        try:
+            payment, body = checked(schemas.PaymentCreate, {
+                "order_id": order.id, "customer_ip": payer,
+                "payment_method": {"type": "card", "card": _card(fields)}})
+            await payments_api.pay(request, merchant, payment, body)
+        except ApiError as error:
+            if error.status >= 500 or error.code == "payment_in_progress":
+                raise
+            state = await live.read_state(request.app["gateway"], order)
+            return render(request, "pay.html", checkout(request, merchant, state, "card", _said(error)),
+                          status=error.status)
+    return redirect(f"/pay/{order.id}?method=card")
+
+
+def _card(fields) -> dict:
+    """The card's fields as the API takes them; the number and CVC stay as typed (the API checks them)."""
+    match = EXPIRY.fullmatch(str(fields.get("expiry", "")))
+    if match is None or not 1 <= int(match.group(1)) <= 12:
+        raise ApiError(400, "expiry_invalid", "Enter the expiry date as MM/YY.")
+    month, year = int(match.group(1)), int(match.group(2)) % 100 + 2000
+    now = time.gmtime()
+    if (year, month) < (now.tm_year, now.tm_mon):
+        raise ApiError(402, "expired_card", "Your card has expired.")
+    return {"number": str(fields.get("number", "")).strip(), "exp_month": month, "exp_year": year,
+            "cvc": str(fields.get("cvc", "")).strip(), "holder_name": str(fields.get("holder_name", "")).strip()}
+
+
+# What the shopper reads for the API's refusals of a card (the API's own words otherwise).
+CARD_PROBLEMS = {
+    "incorrect_number": "Your card number is incorrect.",
+    "payment_method.card.cvc": "Enter the 3 or 4 digits of your card's CVC.",
+    "payment_method.card.number": "Your card number is incorrect.",
+    "payment_method.card.holder_name": "The name on the card is too long.",
+    "rate_limited": "Too many attempts: wait a minute and try again.",
+}
+
+
+def _said(error: ApiError) -> str:
+    return CARD_PROBLEMS.get(error.code) or CARD_PROBLEMS.get(error.param or "") or error.message

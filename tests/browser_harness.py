@@ -1,0 +1,89 @@
+"""Real headless Chromium for the page tests: Debian's /usr/bin/chromium driven by playwright-python (playwright's own
+browser download cannot work here), and a local receiver for the pages' redirects to a merchant's callback_url."""
+
+import contextlib
+import http.server
+import os
+import pathlib
+import threading
+import urllib.parse
+
+import pytest
+
+CHROMIUM = pathlib.Path("/usr/bin/chromium")
+TIMEOUT_MS = 15_000  # what a page may take to show what a test waits for
+DESKTOP = {"width": 1280, "height": 900}
+PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
+
+
+@contextlib.contextmanager
+def launched():
+    """One browser; `make test` installs Debian's chromium when it is missing."""
+    if not CHROMIUM.exists():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (make test does it as root)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        # The sandbox needs user namespaces a root process in a container does not get.
+        arguments = ["--no-sandbox"] if os.geteuid() == 0 else []
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=arguments)
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@contextlib.contextmanager
+def new_page(browser, **options):
+    """A page in a context of its own (its own cookies), closed after."""
+    context = browser.new_context(**options)
+    context.set_default_timeout(TIMEOUT_MS)
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
+
+
+class CallbackReceiver:
+    """A merchant's site on loopback: records each GET (path and query) and answers a small page."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple[str, dict[str, str]]] = []
+        self.arrived = threading.Condition()
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                parts = urllib.parse.urlsplit(self.path)
+                with receiver.arrived:
+                    receiver.requests.append((parts.path, dict(urllib.parse.parse_qsl(parts.query))))
+                    receiver.arrived.notify_all()
+                body = b"<!doctype html><title>Shop</title><h1>Back at the shop</h1>"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/html; charset=utf-8")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *arguments) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/return"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> "CallbackReceiver":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exception) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait_for(self, path: str, timeout_s: float = 15) -> dict[str, str]:
+        """The query of the first request to `path`."""
+        with self.arrived:
+            self.arrived.wait_for(lambda: any(seen == path for seen, _ in self.requests), timeout_s)
+        found = [query for seen, query in self.requests if seen == path]
+        assert found, f"nothing reached {path}: {self.requests}"
+        return found[0]
