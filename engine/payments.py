@@ -83,6 +83,11 @@ class Payments:
         self.cards: dict[str, VaultedCard] = changes.dict()
         self.refunds: dict[str, Refund] = changes.dict()
         self.payouts: dict[str, Payout] = changes.dict()
+        # Derived, oldest first (restore rebuilds them): order id -> its payment ids, payment id -> its refund ids,
+        # merchant id -> its payout ids.
+        self.by_order: dict[str, list[str]] = changes.dict()
+        self.refunds_by_payment: dict[str, list[str]] = changes.dict()
+        self.payouts_by_merchant: dict[str, list[str]] = changes.dict()
         # signature -> when its callback came (engine time), oldest first
         self.callback_signatures: dict[str, int] = changes.dict()
         self.deadlines = changes.heap()  # (deadline_at, payment id)
@@ -423,7 +428,7 @@ class Payments:
         if code != "ok":
             return Outcome(code, record=payment)
         refund.amount, refund.currency, refund.created_at = amount, payment.currency, timestamp
-        self.refunds[refund.id] = refund
+        self._add_refund(refund)
         payment.amount_refunded += amount
         payment.updated_at = timestamp
         self._mark_order_refunded(payment, amount, timestamp)
@@ -452,7 +457,7 @@ class Payments:
             return Outcome(code)
         payout.status = "pending"
         payout.created_at = payout.updated_at = timestamp
-        self.payouts[payout.id] = payout
+        self._add_payout(payout)
         self.events.append(Event("payout.created", payout.id, timestamp))
         return Outcome(record=payout)
 
@@ -625,30 +630,37 @@ class Payments:
         record = records.get(record_id)
         return record if record is not None and record.merchant_id == merchant_id else None
 
-    def list_payments(self, merchant_id: str, limit: int, starting_after: str,
-                      status: str = "") -> tuple[list[Payment], bool]:
-        """A merchant's payments, newest first, only those in `status` if given; and whether more follow."""
-        ids = self.by_merchant.get(merchant_id, [])
-        end = len(ids)
-        if starting_after:
-            after = self._payment_of(merchant_id, starting_after)
-            if after is None:
-                return [], False
-            end = ids.index(after.id)
-        found: list[Payment] = []
-        for index in range(end - 1, -1, -1):
-            payment = self.payments[ids[index]]
-            if status and payment.status != status:
-                continue
-            if len(found) == limit:
-                return found, True
-            found.append(payment)
-        return found, False
+    def list_payments(self, merchant_id: str, limit: int, starting_after: str, status: str = "",
+                      order_id: str = "") -> tuple[list[Payment], bool]:
+        """A merchant's payments (of one order, if given), newest first, only those in `status` if given; and
+        whether more follow."""
+        ids = self.by_order.get(order_id, []) if order_id else self.by_merchant.get(merchant_id, [])
+        return _page(self.payments, ids, merchant_id, limit, starting_after,
+                     lambda payment: not status or payment.status == status)
+
+    def list_refunds(self, merchant_id: str, payment_id: str, limit: int,
+                     starting_after: str) -> tuple[list[Refund], bool]:
+        """A payment's refunds, newest first; and whether more follow."""
+        return _page(self.refunds, self.refunds_by_payment.get(payment_id, []), merchant_id, limit, starting_after)
+
+    def list_payouts(self, merchant_id: str, limit: int, starting_after: str) -> tuple[list[Payout], bool]:
+        return _page(self.payouts, self.payouts_by_merchant.get(merchant_id, []), merchant_id, limit,
+                     starting_after)
 
     def add(self, payment: Payment) -> Payment:
         self.payments[payment.id] = payment
         self.by_merchant.setdefault(payment.merchant_id, []).append(payment.id)
+        if payment.order_id:
+            self.by_order.setdefault(payment.order_id, []).append(payment.id)
         return payment
+
+    def _add_refund(self, refund: Refund) -> None:
+        self.refunds[refund.id] = refund
+        self.refunds_by_payment.setdefault(refund.payment_id, []).append(refund.id)
+
+    def _add_payout(self, payout: Payout) -> None:
+        self.payouts[payout.id] = payout
+        self.payouts_by_merchant.setdefault(payout.merchant_id, []).append(payout.id)
 
     def _payment_of(self, merchant_id: str, payment_id: str) -> Payment | None:
         payment = self.payments.get(payment_id)
@@ -666,8 +678,10 @@ class Payments:
         """Fill from the engine's snapshot: deadlines and authorization holds follow from the payments themselves."""
         for payment in snapshot.payments:
             self.add(payment)
-        self.refunds.load((refund.id, refund) for refund in snapshot.refunds)
-        self.payouts.load((payout.id, payout) for payout in snapshot.payouts)
+        for refund in snapshot.refunds:
+            self._add_refund(refund)
+        for payout in snapshot.payouts:
+            self._add_payout(payout)
         self.cards.load(snapshot.cards)
         self.callback_signatures.load(snapshot.callback_signatures)
         # A payment for an order waits for its transfer with no deadline of its own.
@@ -676,6 +690,30 @@ class Payments:
         for payment in snapshot.payments:
             if payment.status == "requires_capture":
                 self.payment_by_hold[payment.authorization_id] = payment.id
+
+
+def _page(records: dict, ids: list[str], merchant_id: str, limit: int, starting_after: str,
+          wanted=lambda record: True) -> tuple[list, bool]:
+    """The merchant's records among `ids` (oldest first), newest first from before `starting_after` (nothing if that
+    names none of them), those `wanted`, at most `limit`; and whether more follow."""
+    end = len(ids)
+    if starting_after:
+        after = records.get(starting_after)
+        if after is None or after.merchant_id != merchant_id:
+            return [], False
+        try:
+            end = ids.index(starting_after)
+        except ValueError:  # the merchant's, but not among these (another order's payment)
+            return [], False
+    found = []
+    for index in range(end - 1, -1, -1):
+        record = records[ids[index]]
+        if record.merchant_id != merchant_id or not wanted(record):
+            continue
+        if len(found) == limit:
+            return found, True
+        found.append(record)
+    return found, False
 
 
 def _wallet_payment(command: PayOrderFromWallet, order: Order | None, timestamp: int) -> Payment:
