@@ -48,7 +48,7 @@ from edge.metrics import Metrics
 from edge.outbound import check_outbound_urls
 from edge.openapi import document
 from engine.codes import AccountCode, TransferCode
-from engine.queries import AccountBalance, AccountTransfers, GetCustomer, GetOrder, ListOrders, \
+from engine.queries import AccountBalance, AccountTransfers, GetCustomer, GetOrder, ListMerchants, ListOrders, \
     LookupAccounts, LookupTransfers
 from engine.records import (
     AddDashboardUser,
@@ -113,6 +113,7 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/oauth/token", oauth_token),
         web.post("/v1/auth/login", login.login),
         web.post("/v1/merchants", create_merchant),
+        web.get("/v1/merchants", list_merchants),
         web.get("/v1/merchants/me", get_me),
         web.get("/v1/merchants/{id}", get_merchant),
         web.patch("/v1/merchants/{id}", update_merchant),
@@ -145,8 +146,10 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/v1/payments/{id}/capture", payments_api.capture_payment),
         web.post("/v1/payments/{id}/cancel", payments_api.cancel_payment),
         web.post("/v1/refunds", payments_api.create_refund),
+        web.get("/v1/refunds", payments_api.list_refunds),
         web.get("/v1/refunds/{id}", payments_api.get_refund),
         web.post("/v1/payouts", payments_api.create_payout),
+        web.get("/v1/payouts", payments_api.list_payouts),
         web.get("/v1/payouts/{id}", payments_api.get_payout),
         web.post("/v1/psp/{provider}/webhook", payments_api.provider_callback),
         web.post("/v1/qr/dynamic", qr_api.create_dynamic),
@@ -268,6 +271,27 @@ async def onboard_merchant(request: web.Request, fields: schemas.MerchantCreate,
     shown.webhook_secret = derived.webhook_secret(merchant_id)
     shown.client_secret = client_secret
     return shown
+
+
+async def list_merchants(request: web.Request) -> web.Response:
+    await authenticate(request, admin_allowed=True, merchant_allowed=False)
+    return respond(request, await merchants_page(request, request.query))
+
+
+async def merchants_page(request: web.Request, query) -> schemas.MerchantList:
+    """Every shard's merchants, newest first, by name (`name`), a page at a time (`limit`, `starting_after`)."""
+    limit = parse_limit(query)
+    after_id = query.get("starting_after", "")[:64]
+    after = await cached_merchant(request.app, after_id) if after_id.startswith("mer_") else None
+    if after_id:
+        check_cursor(after is not None, after_id)
+    read = ListMerchants(name_contains=query.get("name", "")[:200], created_before=after.created_at if after else 0,
+                         before_id=after_id, limit=limit)
+    answers = await request.app["gateway"].read_everywhere(read)
+    merchants = sorted((merchant for answer in answers for merchant in answer.records),
+                       key=lambda merchant: (merchant.created_at, merchant.id), reverse=True)
+    has_more = len(merchants) > limit or any(answer.has_more for answer in answers)
+    return schemas.MerchantList("list", [render.merchant(merchant) for merchant in merchants[:limit]], has_more)
 
 
 async def get_merchant(request: web.Request) -> web.Response:

@@ -33,7 +33,7 @@ from edge.http import (
     run,
 )
 from engine.payments import CALLBACK_REPLAYED
-from engine.queries import GetCard, GetOrder, GetPaymentRecord, ListPayments
+from engine.queries import GetCard, GetOrder, GetPaymentRecord, ListPayments, ListPayouts, ListRefunds
 from engine.records import (
     CancelPayment,
     CapturePayment,
@@ -255,14 +255,26 @@ async def get_payment(request: web.Request) -> web.Response:
 
 async def list_payments(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    query = ListPayments(merchant_id=merchant.id, limit=parse_limit(request.query),
-                         starting_after=request.query.get("starting_after", "")[:64],
-                         status=parse_status(request.query, PAYMENT_STATUSES))
-    answer = await request.app["gateway"].read(merchant.id, query)
-    if not answer.records and query.starting_after:
-        check_cursor(await _record_or_none(request, merchant, "payment", query.starting_after) is not None,
-                     query.starting_after)
-    return respond(request, schemas.PaymentList("list", [render.payment(p) for p in answer.records], answer.has_more))
+    return respond(request, await payments_of(request, merchant, request.query))
+
+
+async def payments_of(request: web.Request, merchant: Merchant, query) -> schemas.PaymentList:
+    """A page of the merchant's payments (of one order: `order_id`), newest first, by the list's query parameters."""
+    read = ListPayments(merchant_id=merchant.id, limit=parse_limit(query), status=parse_status(query, PAYMENT_STATUSES),
+                        starting_after=query.get("starting_after", "")[:64], order_id=query.get("order_id", "")[:64])
+    payments, has_more = await _listed(request, merchant, read)
+    return schemas.PaymentList("list", [render.payment(payment) for payment in payments], has_more)
+
+
+async def _listed(request: web.Request, merchant: Merchant, read) -> tuple[list, bool]:
+    """The records of a list read and whether more follow; a cursor naming nothing of the merchant's is 400, never
+    an empty page."""
+    answer = await request.app["gateway"].read(merchant.id, read)
+    if not answer.records and read.starting_after:
+        kind = {ListRefunds: "refund", ListPayouts: "payout"}.get(type(read), "payment")
+        check_cursor(await _record_or_none(request, merchant, kind, read.starting_after) is not None,
+                     read.starting_after)
+    return answer.records, answer.has_more
 
 
 async def capture_payment(request: web.Request) -> web.Response:
@@ -314,6 +326,22 @@ async def refund_payment(request: web.Request, merchant: Merchant, fields: schem
     return render.refund(outcome.record)
 
 
+async def list_refunds(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    return respond(request, await refunds_of(request, merchant, request.query))
+
+
+async def refunds_of(request: web.Request, merchant: Merchant, query) -> schemas.RefundList:
+    """A page of one payment's refunds (`payment_id`, required), newest first."""
+    payment_id = query.get("payment_id", "")[:64]
+    if not payment_id:
+        raise ApiError(400, "parameter_missing", "give the payment_id whose refunds to list", "payment_id")
+    read = ListRefunds(merchant_id=merchant.id, payment_id=payment_id, limit=parse_limit(query),
+                       starting_after=query.get("starting_after", "")[:64])
+    refunds, has_more = await _listed(request, merchant, read)
+    return schemas.RefundList("list", [render.refund(refund) for refund in refunds], has_more)
+
+
 async def get_refund(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     return respond(request, render.refund(await _record(request, merchant, "refund", request.match_info["id"])))
@@ -339,6 +367,18 @@ async def request_payout(request: web.Request, merchant: Merchant, fields: schem
     outcome = await run(request, merchant.id, CreatePayout(payout=payout), body)
     raise_for(outcome)
     return render.payout(outcome.record)
+
+
+async def list_payouts(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    return respond(request, await payouts_of(request, merchant, request.query))
+
+
+async def payouts_of(request: web.Request, merchant: Merchant, query) -> schemas.PayoutList:
+    read = ListPayouts(merchant_id=merchant.id, limit=parse_limit(query),
+                       starting_after=query.get("starting_after", "")[:64])
+    payouts, has_more = await _listed(request, merchant, read)
+    return schemas.PayoutList("list", [render.payout(payout) for payout in payouts], has_more)
 
 
 async def get_payout(request: web.Request) -> web.Response:

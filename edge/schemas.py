@@ -524,6 +524,24 @@ class OrderList(Struct):
     has_more: bool
 
 
+class RefundList(Struct):
+    object: str
+    data: list[RefundOut]
+    has_more: bool
+
+
+class PayoutList(Struct):
+    object: str
+    data: list["PayoutOut"]
+    has_more: bool
+
+
+class MerchantList(Struct):
+    object: str
+    data: list[MerchantOut]
+    has_more: bool
+
+
 class TransferList(Struct):
     object: str
     data: list[TransferOut]
