@@ -493,10 +493,19 @@ async def create_account(request: web.Request) -> web.Response:
 async def get_account(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     account_id = request.match_info["id"]
-    account = (await request.app["gateway"].read(merchant.id, LookupAccounts([ledger_id(merchant.id, account_id)]))).accounts[0]
+    account = (await accounts_of(request, merchant, [account_id]))[0]
     if account is None:
         raise not_found("account", account_id)
-    return respond(request, render.account(account))
+    return respond(request, account)
+
+
+async def accounts_of(request: web.Request, merchant: Merchant,
+                      account_ids: list[str]) -> list[schemas.AccountOut | None]:
+    """The merchant's ledger accounts by their ids (its own, or its system accounts' `.balance.usd`); None for each
+    that does not exist."""
+    read = LookupAccounts([ledger_id(merchant.id, account_id) for account_id in account_ids])
+    accounts = (await request.app["gateway"].read(merchant.id, read)).accounts
+    return [None if account is None else render.account(account) for account in accounts]
 
 
 async def account_statement(request: web.Request) -> web.Response:

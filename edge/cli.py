@@ -13,6 +13,7 @@ import threading
 import pynng
 from tqdm import tqdm
 
+from actors.health_report import HEALTH_FOLDER
 from actors.risk_table import TABLE_FILE
 from actors.services import PROVIDERS, ProviderProcesses, ProviderService, write_secret
 from edge.app import Settings
@@ -236,7 +237,7 @@ def _serve(args) -> int:
                                                   key_file))
             actor_handles.append(followers.spawn(settings.shard_addresses, key_file, data / "cursors",
                                                  list(PROVIDERS), status_query_margin_s=args.status_query_margin_s))
-            actor_handles.append(health.spawn(settings.shard_addresses, key_file))
+            actor_handles.append(health.spawn(settings.shard_addresses, key_file, str(data / HEALTH_FOLDER)))
             ray_description += f"\nShards' health: {health.WHERE}"
             rules = risk.load_rules(args.risk_rules)
             actor_handles.append(risk.spawn(settings.shard_addresses, key_file, data / "risk", rules))

@@ -250,7 +250,11 @@ async def _record(request: web.Request, merchant: Merchant, kind: str, record_id
 
 async def get_payment(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, render.payment(await _record(request, merchant, "payment", request.match_info["id"])))
+    return respond(request, await payment_of(request, merchant, request.match_info["id"]))
+
+
+async def payment_of(request: web.Request, merchant: Merchant, payment_id: str) -> schemas.PaymentOut:
+    return render.payment(await _record(request, merchant, "payment", payment_id))
 
 
 async def list_payments(request: web.Request) -> web.Response:

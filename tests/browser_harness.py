@@ -87,3 +87,46 @@ class CallbackReceiver:
         found = [query for seen, query in self.requests if seen == path]
         assert found, f"nothing reached {path}: {self.requests}"
         return found[0]
+
+
+def pay_by_card(page, number: str, expiry: str = "12/34", cvc: str = "123") -> None:
+    """Fill the hosted payment page's card form as a shopper does, and send it."""
+    page.get_by_label("Card number").fill(number)
+    page.get_by_label("Expiry (MM/YY)").fill(expiry)
+    page.get_by_label("CVC").fill(cvc)
+    page.get_by_label("Name on card").fill("Ann Example")
+    page.get_by_role("button", name="Pay", exact=True).click()
+
+
+# Every form control that a person cannot name: no label, no aria-label, a button without text.
+UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
+    .filter(element => !element.closest('[hidden]'))
+    .filter(element => !(element.labels && element.labels.length) && !element.getAttribute('aria-label')
+                       && !(element.tagName === 'BUTTON' && element.textContent.trim()))
+    .map(element => element.outerHTML)"""
+
+# The contrast ratio (WCAG 2) of each visible text element against the first opaque background behind it.
+LOW_CONTRAST = """() => {
+  const luminance = rgb => {
+    const [r, g, b] = rgb.map(value => { value /= 255;
+      return value <= 0.03928 ? value / 12.92 : Math.pow((value + 0.055) / 1.055, 2.4); });
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+  };
+  const parse = color => color.match(/[0-9.]+/g).map(Number);
+  const background = element => {
+    for (let node = element; node; node = node.parentElement) {
+      const color = parse(getComputedStyle(node).backgroundColor);
+      if (color.length < 4 || color[3] > 0) return color.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  return [...document.querySelectorAll('body *')]
+    .filter(element => element.offsetParent && [...element.childNodes].some(
+      node => node.nodeType === Node.TEXT_NODE && node.textContent.trim()))
+    .map(element => {
+      const [a, b] = [luminance(parse(getComputedStyle(element).color).slice(0, 3)), luminance(background(element))];
+      return [element.tagName + ': ' + element.textContent.trim().slice(0, 40),
+              (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
+    })
+    .filter(([, ratio]) => ratio < 4.5);
+}"""

@@ -16,7 +16,7 @@ import uuid
 import pytest
 from playwright.sync_api import expect
 
-from browser_harness import PHONE, CallbackReceiver, new_page
+from browser_harness import LOW_CONTRAST, PHONE, UNLABELLED, CallbackReceiver, new_page, pay_by_card
 from edge_harness import Server
 
 SUCCEEDS, DECLINED, THREE_D_SECURE = "4242424242424242", "4000000000000002", "4000000000003220"
@@ -64,14 +64,6 @@ def order(server, shop, **fields) -> dict:
 
 def order_now(server, shop, order_id: str) -> dict:
     return server.request("GET", f"/v1/orders/{order_id}", key=shop["api_key"]).json()
-
-
-def pay_by_card(page, number: str, expiry: str = "12/34", cvc: str = "123") -> None:
-    page.get_by_label("Card number").fill(number)
-    page.get_by_label("Expiry (MM/YY)").fill(expiry)
-    page.get_by_label("CVC").fill(cvc)
-    page.get_by_label("Name on card").fill("Ann Example")
-    page.get_by_role("button", name="Pay", exact=True).click()
 
 
 def signature_valid(secret: str, query: dict) -> bool:
@@ -209,50 +201,17 @@ def test_the_page_fits_a_phone(server, shop, browser, receiver):
 # Accessibility
 
 
-LABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
-    .filter(element => !element.closest('[hidden]'))
-    .filter(element => !(element.labels && element.labels.length) && !element.getAttribute('aria-label')
-                       && !(element.tagName === 'BUTTON' && element.textContent.trim()))
-    .map(element => element.outerHTML)"""
-
-# The contrast ratio (WCAG 2) of each visible text element against the first opaque background behind it.
-LOW_CONTRAST = """() => {
-  const luminance = rgb => {
-    const [r, g, b] = rgb.map(value => { value /= 255;
-      return value <= 0.03928 ? value / 12.92 : Math.pow((value + 0.055) / 1.055, 2.4); });
-    return 0.2126 * r + 0.7152 * g + 0.0722 * b;
-  };
-  const parse = color => color.match(/[0-9.]+/g).map(Number);
-  const background = element => {
-    for (let node = element; node; node = node.parentElement) {
-      const color = parse(getComputedStyle(node).backgroundColor);
-      if (color.length < 4 || color[3] > 0) return color.slice(0, 3);
-    }
-    return [255, 255, 255];
-  };
-  return [...document.querySelectorAll('body *')]
-    .filter(element => element.offsetParent && [...element.childNodes].some(
-      node => node.nodeType === Node.TEXT_NODE && node.textContent.trim()))
-    .map(element => {
-      const [a, b] = [luminance(parse(getComputedStyle(element).color).slice(0, 3)), luminance(background(element))];
-      return [element.tagName + ': ' + element.textContent.trim().slice(0, 40),
-              (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05)];
-    })
-    .filter(([, ratio]) => ratio < 4.5);
-}"""
-
-
 def test_accessibility_labels_contrast_and_a_keyboard_only_payment(server, shop, page):
     the_order = order(server, shop)
     page.goto(the_order["payment_url"])
-    assert page.evaluate(LABELLED) == []
+    assert page.evaluate(UNLABELLED) == []
     assert page.evaluate(LOW_CONTRAST) == []
     # Tabs by arrow keys.
     page.get_by_role("tab", name="Card").focus()
     page.keyboard.press("ArrowRight")
     expect(page.get_by_role("tab", name="QR code")).to_be_focused()
     expect(page.get_by_role("tab", name="QR code")).to_have_attribute("aria-selected", "true")
-    assert page.evaluate(LABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
     page.keyboard.press("ArrowLeft")
     expect(page.get_by_role("tab", name="Card")).to_have_attribute("aria-selected", "true")
     # The whole card form with the keyboard alone: Tab from the selected tab into the form, Enter sends it.

@@ -13,7 +13,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from edge.pages import live, pay
+from edge.pages import admin, dashboard, live, pay
 from edge.pages.common import FILTERS
 
 FOLDER = pathlib.Path(__file__).parent
@@ -26,3 +26,5 @@ def install(app: web.Application) -> None:
     app.cleanup_ctx.append(live.run_live_status)
     app.on_shutdown.append(live.close_streams)
     pay.add_routes(app)
+    dashboard.add_routes(app)
+    admin.add_routes(app)

@@ -9,6 +9,8 @@ middleware turns a raised HTTPException into a JSON error.
 import datetime
 import functools
 import hmac
+import re
+import secrets as random_tokens
 import time
 import urllib.parse
 from collections.abc import Mapping
@@ -38,6 +40,7 @@ SECURITY_HEADERS = {
 # audience of the session's JWT -> its cookie and the path it is sent to
 SESSIONS = {"dashboard": ("paygate_dashboard", "/dashboard"), "admin_session": ("paygate_admin", "/admin")}
 MAX_FORM_FIELD_CHARS = 2000
+ATTEMPT = re.compile(r"[0-9a-f]{32}")
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 
@@ -118,12 +121,17 @@ def when(rfc3339: str | None) -> str:
     return f"{rfc3339[:10]} {rfc3339[11:16]} UTC" if rfc3339 else ""
 
 
+def unix_time(seconds: int) -> str:
+    """Unix seconds as a person reads them: "2026-01-02 03:04:05 UTC"."""
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def words(code: str | None) -> str:
     """A status or code as words: "partially_refunded" -> "partially refunded"."""
     return (code or "").replace("_", " ")
 
 
-FILTERS = {"money": money, "when": when, "words": words}
+FILTERS = {"money": money, "when": when, "words": words, "unix_time": unix_time}
 
 
 # Sessions
@@ -179,6 +187,29 @@ async def form_of(request: web.Request, expected_token: str | None) -> MultiDict
         raise ApiError(403, "csrf_token_invalid", "this form has expired: open the page again and resend it")
     if any(not isinstance(value, str) or len(value) > MAX_FORM_FIELD_CHARS for value in fields.values()):
         raise ApiError(400, "invalid_form", "a field of the form is too long")
+    return fields
+
+
+def new_attempt() -> str:
+    """A form's one-time attempt: sent with the form, it is the Idempotency-Key of what the form does."""
+    return random_tokens.token_hex(16)
+
+
+def signed_in_context(request: web.Request, notices: dict[str, str]) -> dict:
+    """What every signed-in page shows or puts in its forms: the CSRF token, a new attempt for each form, and the
+    notice of what was just done (`?done=`)."""
+    return {"csrf_token": request["csrf_token"], "attempt": new_attempt, "problem": "",
+            "notice": notices.get(request.query.get("done", ""), "")}
+
+
+async def action_form(request: web.Request, scope: str) -> MultiDictProxy:
+    """A signed-in page's form: from this site, with the session's CSRF token, its attempt the request's
+    Idempotency-Key, so the same form sent twice acts once."""
+    fields = await form_of(request, request["csrf_token"])
+    attempt = str(fields.get("attempt", ""))
+    if not ATTEMPT.fullmatch(attempt):
+        raise ApiError(400, "invalid_form", "this form has expired: open the page again and resend it")
+    request["idempotency_key"] = f"{scope}_{attempt}"
     return fields
 
 

@@ -54,6 +54,9 @@ class _Watch:
     def __init__(self) -> None:
         self.state: OrderState | None = None
         self.listeners: set[asyncio.Queue] = set()
+        # Joined since the last read: they get the next state read, changed or not (a state read before they joined
+        # may be older than what their page shows).
+        self.joined: set[asyncio.Queue] = set()
 
 
 class LiveStatus:
@@ -68,16 +71,15 @@ class LiveStatus:
 
     @contextlib.contextmanager
     def listening(self, merchant_id: str, order_id: str):
-        """A queue that receives the order's state when it changes (its current one first, once known)."""
+        """A queue that receives the order's state when it changes (and the first state read after it joined)."""
         if self.closing or self.streams >= MAX_STREAMS:
             raise ApiError(503, "too_many_streams", "too many live pages are open; retry shortly",
                            headers={"Retry-After": "5"})
         key = (merchant_id, order_id)
         watch = self.watches.setdefault(key, _Watch())
         queue: asyncio.Queue = asyncio.Queue(maxsize=1)
-        if watch.state is not None:
-            queue.put_nowait(watch.state)
         watch.listeners.add(queue)
+        watch.joined.add(queue)
         self.streams += 1
         self.wanted.set()
         try:
@@ -85,6 +87,7 @@ class LiveStatus:
         finally:
             self.streams -= 1
             watch.listeners.discard(queue)
+            watch.joined.discard(queue)
             if not watch.listeners:
                 self.watches.pop(key, None)
             if not self.watches:
@@ -104,18 +107,25 @@ class LiveStatus:
     async def poll(self) -> None:
         gateway = self.app["gateway"]
         keys = list(self.watches)
+        # Only pages that were listening before these reads began are sure to get a state no older than they show;
+        # those that joined later get the next round's.
+        listening = {key: (set(watch.listeners), set(watch.joined)) for key, watch in self.watches.items()}
         # Read side by side: the gateway sends reads made together to a shard as one request.
         orders = await asyncio.gather(*(gateway.read(merchant_id, GetOrder(merchant_id, order_id))
                                         for merchant_id, order_id in keys))
         found = [answer.record for answer in orders if answer.record is not None]
         states = await asyncio.gather(*(read_state(gateway, order) for order in found))
         for state in states:
-            watch = self.watches.get((state.order.merchant_id, state.order.id))
-            if watch is None or (watch.state is not None and watch.state.version == state.version):
+            key = (state.order.merchant_id, state.order.id)
+            watch = self.watches.get(key)
+            if watch is None:
                 continue
+            present, joined = listening.get(key, (set(), set()))
+            changed = watch.state is None or watch.state.version != state.version
             watch.state = state
-            for queue in watch.listeners:
+            for queue in (present if changed else joined) & watch.listeners:
                 _replace(queue, state)
+            watch.joined -= joined
 
     def close(self) -> None:
         """Every stream ends (the worker is stopping)."""

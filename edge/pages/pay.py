@@ -9,7 +9,6 @@ the order's `callback_url` with its id and status, signed with the merchant's we
 
 import hmac
 import re
-import secrets as random_tokens
 import time
 import urllib.parse
 
@@ -22,12 +21,11 @@ from edge.errors import ApiError, not_found
 from edge.http import cached_merchant
 from edge.limits import SlidingWindow, client_ip
 from edge.pages import live
-from edge.pages.common import checked, form_of, money, page, redirect, render, seconds_until
+from edge.pages.common import ATTEMPT, checked, form_of, money, new_attempt, page, redirect, render, seconds_until
 from engine.records import Merchant, Order
 
 METHOD_LABELS = {"card": "Card", "qr": "QR code", "bank_transfer": "Bank transfer", "wallet": "Wallet"}
 PAID_STATUSES = ("paid", "partially_refunded", "refunded")
-ATTEMPT = re.compile(r"[0-9a-f]{32}")
 EXPIRY = re.compile(r"\s*([0-9]{1,2})\s*/\s*([0-9]{2}|[0-9]{4})\s*")
 PAY_ATTEMPTS = 30  # card forms sent per client address and worker, per PAY_WINDOW_S
 PAY_WINDOW_S = 60
@@ -77,7 +75,7 @@ def checkout(request: web.Request, merchant: Merchant, state: live.OrderState, m
                           payment.status == "failed" else "")
     methods = [name for name in METHOD_LABELS if name in order.payment_methods and name != "wallet"]
     selected = method or request.query.get("method", "")
-    attempt = random_tokens.token_hex(16)
+    attempt = new_attempt()
     back_from_3ds = request.query.get("from") == "3ds"
     return {
         "merchant_name": merchant.name, "order": order, "amount": money(order.amount, order.currency),
