@@ -10,7 +10,20 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from edge import cards, credentials_api, login, pages, payments_api, qr_api, render, risk, schemas, wallets_api
+from edge import (
+    cards,
+    credentials_api,
+    deliveries_api,
+    events_api,
+    invoices_api,
+    login,
+    pages,
+    payments_api,
+    qr_api,
+    risk,
+    schemas,
+    wallets_api,
+)
 from edge.auth import AdminToken, Secrets, TokenIssuer, hash_secret
 from edge.credentials import CredentialUses, MerchantSecrets, client_secret_set, report_uses
 from edge.sealing import SecretSealer
@@ -47,6 +60,7 @@ from edge.limits import SharedTokenBuckets, malformed_networks
 from edge.metrics import Metrics
 from edge.outbound import check_outbound_urls
 from edge.openapi import document
+from engine import views
 from engine.codes import AccountCode, TransferCode
 from engine.queries import AccountBalance, AccountTransfers, GetCustomer, GetOrder, ListMerchants, ListOrders, \
     LookupAccounts, LookupTransfers
@@ -97,6 +111,7 @@ def create_app(settings: Settings) -> web.Application:
     app["merchant_secrets"] = MerchantSecrets(app["secrets"], SecretSealer.load_or_create(data / "credentials.key"))
     app["credential_uses"] = CredentialUses()
     app["metrics"] = Metrics()
+    invoices_api.install(app)
     app["risk"] = risk.LocalTable(settings.risk_table_path, frozenset(settings.risk_test_cards))
     app.on_startup.append(_open_gateway)
     app.on_cleanup.append(_close_gateway)
@@ -161,6 +176,14 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/v1/risk/blocklist", risk.create_blocklist_entry),
         web.get("/v1/risk/blocklist", risk.list_blocklist),
         web.delete("/v1/risk/blocklist/{id}", risk.delete_blocklist_entry),
+        web.get("/v1/events", events_api.list_events),
+        web.get("/v1/events/{id}", events_api.get_event),
+        web.post("/v1/events/{id}/redeliver", events_api.redeliver_event),
+        web.get("/v1/webhook_deliveries", deliveries_api.list_deliveries),
+        web.post("/v1/webhook_deliveries/replay", deliveries_api.replay_deliveries),
+        web.get("/v1/invoices", invoices_api.list_invoices),
+        web.get("/v1/invoices/{id}.pdf", invoices_api.get_invoice_pdf),  # before {id}, which would take "x.pdf"
+        web.get("/v1/invoices/{id}", invoices_api.get_invoice),
     ]
     app.add_routes(routes)
     app["routes"] = routes
@@ -236,7 +259,7 @@ async def oauth_token(request: web.Request) -> web.Response:
     check_merchant_access(request, merchant)  # a token is API access: the allow list applies to getting one
     request.app["credential_uses"].note(merchant.id, credential.id)
     token = request.app["issuer"].issue(merchant.id, "api", TOKEN_TTL_S, now_ns // 1_000_000_000, credential.id)
-    return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
+    return respond(request, views.TokenOut(token, "Bearer", TOKEN_TTL_S))
 
 
 # Merchants
@@ -248,7 +271,7 @@ async def create_merchant(request: web.Request) -> web.Response:
     return respond(request, await onboard_merchant(request, fields, body))
 
 
-async def onboard_merchant(request: web.Request, fields: schemas.MerchantCreate, body: bytes) -> schemas.MerchantOut:
+async def onboard_merchant(request: web.Request, fields: schemas.MerchantCreate, body: bytes) -> views.MerchantOut:
     """A new merchant, shown with its first credential set's secrets (the only time they are shown)."""
     _check_allowlist(fields.ip_allowlist)
     check_outbound_urls(request, webhook_url=fields.webhook_url)
@@ -264,7 +287,7 @@ async def onboard_merchant(request: web.Request, fields: schemas.MerchantCreate,
     )
     outcome = await run(request, merchant_id, CreateMerchant(merchant), body)
     raise_for(outcome)
-    shown = render.merchant(outcome.record)
+    shown = views.merchant(outcome.record)
     shown.api_key = api_key
     # The first set's signing and webhook secrets are derived, never stored: shown again by a replay as the key is.
     shown.signing_secret = derived.signing_secret(merchant_id)
@@ -278,7 +301,7 @@ async def list_merchants(request: web.Request) -> web.Response:
     return respond(request, await merchants_page(request, request.query))
 
 
-async def merchants_page(request: web.Request, query) -> schemas.MerchantList:
+async def merchants_page(request: web.Request, query) -> views.MerchantList:
     """Every shard's merchants, newest first, by name (`name`), a page at a time (`limit`, `starting_after`)."""
     limit = parse_limit(query)
     after_id = query.get("starting_after", "")[:64]
@@ -291,15 +314,15 @@ async def merchants_page(request: web.Request, query) -> schemas.MerchantList:
     merchants = sorted((merchant for answer in answers for merchant in answer.records),
                        key=lambda merchant: (merchant.created_at, merchant.id), reverse=True)
     has_more = len(merchants) > limit or any(answer.has_more for answer in answers)
-    return schemas.MerchantList("list", [render.merchant(merchant) for merchant in merchants[:limit]], has_more)
+    return views.MerchantList("list", [views.merchant(merchant) for merchant in merchants[:limit]], has_more)
 
 
 async def get_merchant(request: web.Request) -> web.Response:
-    return respond(request, render.merchant(await merchant_visible(request)))
+    return respond(request, views.merchant(await merchant_visible(request)))
 
 
 async def get_me(request: web.Request) -> web.Response:
-    return respond(request, render.merchant(await merchant_principal(request)))
+    return respond(request, views.merchant(await merchant_principal(request)))
 
 
 def _settlement_account(fields) -> SettlementAccount | None:
@@ -321,7 +344,7 @@ async def update_merchant(request: web.Request) -> web.Response:
 
 
 async def change_merchant(request: web.Request, merchant_id: str, fields: schemas.MerchantUpdate,
-                          body: bytes) -> schemas.MerchantOut:
+                          body: bytes) -> views.MerchantOut:
     _check_allowlist(fields.ip_allowlist or [])
     check_outbound_urls(request, webhook_url=fields.webhook_url)
     command = UpdateMerchant(merchant_id=merchant_id, **{**msgspec.structs.asdict(fields),
@@ -329,7 +352,7 @@ async def change_merchant(request: web.Request, merchant_id: str, fields: schema
     outcome = await run(request, merchant_id, command, body)
     raise_for(outcome)
     request.app["merchant_cache"].pop(merchant_id)
-    return render.merchant(outcome.record)
+    return views.merchant(outcome.record)
 
 
 async def create_sub_account(request: web.Request) -> web.Response:
@@ -341,7 +364,7 @@ async def create_sub_account(request: web.Request) -> web.Response:
     request.app["merchant_cache"].pop(merchant.id)
     # By id, not position: under an Idempotency-Key the id is the key's, so a replay's stored merchant names it too.
     created = next(sub for sub in outcome.record.sub_accounts if sub.id == sub_account.id)
-    return respond(request, render.sub_account(outcome.record.id, created))
+    return respond(request, views.sub_account(outcome.record.id, created))
 
 
 async def create_dashboard_user(request: web.Request) -> web.Response:
@@ -405,8 +428,8 @@ def _check_splits(splits: list[schemas.SplitIn]) -> None:
                            f"splits[{index}]")
 
 
-def order_out(request: web.Request, merchant: Merchant, order: Order) -> schemas.OrderOut:
-    return render.order(order, request.app["settings"].public_url, qr_api.order_qr(merchant, order))
+def order_out(request: web.Request, merchant: Merchant, order: Order) -> views.OrderOut:
+    return views.order(order, request.app["settings"].public_url, qr_api.order_qr(merchant, order))
 
 
 async def order_of(request: web.Request, merchant: Merchant, order_id: str) -> Order:
@@ -436,7 +459,7 @@ async def cancel_order(request: web.Request) -> web.Response:
     return respond(request, await cancel(request, merchant, request.match_info["id"]))
 
 
-async def cancel(request: web.Request, merchant: Merchant, order_id: str) -> schemas.OrderOut:
+async def cancel(request: web.Request, merchant: Merchant, order_id: str) -> views.OrderOut:
     """Cancel a pending order."""
     outcome = await run(request, merchant.id, CancelOrder(merchant.id, order_id))
     raise_for(outcome)
@@ -449,7 +472,7 @@ async def list_orders(request: web.Request) -> web.Response:
     return respond(request, {"object": "list", "data": orders, "has_more": has_more})
 
 
-async def search_orders(request: web.Request, merchant: Merchant, query) -> tuple[list[schemas.OrderOut], bool]:
+async def search_orders(request: web.Request, merchant: Merchant, query) -> tuple[list[views.OrderOut], bool]:
     """A page of the merchant's orders, newest first, by the list's query parameters (name, status, created_gte,
     created_lt, limit, starting_after); and whether more follow."""
     read = ListOrders(
@@ -487,7 +510,7 @@ async def create_account(request: web.Request) -> web.Response:
         raise ApiError(400, AccountCode.name(code), AccountCode.name(code).replace("_", " "))
     stored = (await request.app["gateway"].read(merchant.id, LookupAccounts([account.id]))).accounts[0]
     # The account as it was created, so a replay under the Idempotency-Key answers what the first request did.
-    return respond(request, render.account(msgspec.structs.replace(account, timestamp=stored.timestamp)))
+    return respond(request, views.account(msgspec.structs.replace(account, timestamp=stored.timestamp)))
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -500,12 +523,12 @@ async def get_account(request: web.Request) -> web.Response:
 
 
 async def accounts_of(request: web.Request, merchant: Merchant,
-                      account_ids: list[str]) -> list[schemas.AccountOut | None]:
+                      account_ids: list[str]) -> list[views.AccountOut | None]:
     """The merchant's ledger accounts by their ids (its own, or its system accounts' `.balance.usd`); None for each
     that does not exist."""
     read = LookupAccounts([ledger_id(merchant.id, account_id) for account_id in account_ids])
     accounts = (await request.app["gateway"].read(merchant.id, read)).accounts
-    return [None if account is None else render.account(account) for account in accounts]
+    return [None if account is None else views.account(account) for account in accounts]
 
 
 async def account_statement(request: web.Request) -> web.Response:
@@ -525,7 +548,7 @@ async def account_statement(request: web.Request) -> web.Response:
             # A transfer of another account is no place in this statement.
             on_account = after is not None and read.account_id in (after.debit_account_id, after.credit_account_id)
             check_cursor(on_account, request.query["starting_after"])
-    return respond(request, {"object": "list", "data": [render.transfer(t) for t in transfers[:limit]],
+    return respond(request, {"object": "list", "data": [views.transfer(t) for t in transfers[:limit]],
                              "has_more": len(transfers) > limit})
 
 
@@ -537,7 +560,7 @@ async def account_balances(request: web.Request) -> web.Response:
     if balance is None:
         raise ApiError(404, "resource_missing", f"no balance history for account {account_id!r} (created without "
                        "the history flag?)", "id")
-    return respond(request, render.balance(account_id, at, balance))
+    return respond(request, views.balance(account_id, at, balance))
 
 
 async def create_transfers(request: web.Request) -> web.Response:
@@ -555,7 +578,7 @@ async def create_transfers(request: web.Request) -> web.Response:
     transfers = [_transfer_in(prefix, item) for item in items]
     result = await run(request, merchant.id, CreateTransfers(transfers), body)
     codes = result.codes if isinstance(result, Outcome) else result
-    results = [schemas.TransferResult(item.id, "created" if code == 0 else TransferCode.name(code))
+    results = [views.TransferResult(item.id, "created" if code == 0 else TransferCode.name(code))
                for item, code in zip(items, codes)]
     return respond(request, results if is_batch else results[0])
 
@@ -582,7 +605,7 @@ async def get_transfer(request: web.Request) -> web.Response:
     transfer = (await request.app["gateway"].read(merchant.id, LookupTransfers([ledger_id(merchant.id, transfer_id)]))).transfers[0]
     if transfer is None:
         raise not_found("transfer", transfer_id)
-    return respond(request, render.transfer(transfer))
+    return respond(request, views.transfer(transfer))
 
 
 # Customers and wallets
@@ -595,7 +618,7 @@ async def create_customer(request: web.Request) -> web.Response:
                         name=fields.name)
     outcome = await run(request, merchant.id, CreateCustomer(customer), body)
     raise_for(outcome)
-    return respond(request, render.customer(outcome.record))
+    return respond(request, views.customer(outcome.record))
 
 
 async def _customer(request: web.Request, merchant: Merchant) -> Customer:
@@ -608,7 +631,7 @@ async def _customer(request: web.Request, merchant: Merchant) -> Customer:
 
 async def get_customer(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, render.customer(await _customer(request, merchant)))
+    return respond(request, views.customer(await _customer(request, merchant)))
 
 
 async def get_wallet(request: web.Request) -> web.Response:
@@ -623,4 +646,4 @@ async def get_wallet(request: web.Request) -> web.Response:
         account.id, limit=20, newest_first=True)) for account in accounts))
     history = [transfer for statement in statements for transfer in statement.transfers]
     history.sort(key=lambda transfer: transfer.timestamp, reverse=True)
-    return respond(request, render.wallet(customer, accounts, history[:20]))
+    return respond(request, views.wallet(customer, accounts, history[:20]))

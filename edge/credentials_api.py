@@ -9,8 +9,8 @@ from edge.auth import hash_secret, random_secret
 from edge.credentials import seal_context
 from edge.errors import ApiError
 from edge.http import body_of, merchant_visible, new_id, raise_for, respond, run
-from edge.render import time_of
 from edge.sealing import SecretSealer
+from engine import views
 from engine.credentials import live_sets
 from engine.records import Credential, Merchant, RotateCredentials
 
@@ -52,17 +52,17 @@ async def list_api_keys(request: web.Request) -> web.Response:
     return respond(request, api_keys_of(await merchant_visible(request)))
 
 
-def api_keys_of(merchant: Merchant) -> schemas.ApiKeyList:
+def api_keys_of(merchant: Merchant) -> views.ApiKeyList:
     """The merchant's live sets, newest first, without secrets."""
     now_ns = time.time_ns()
-    return schemas.ApiKeyList("list", [api_key_out(merchant, credential) for credential in live_sets(merchant, now_ns)],
-                              False)
+    return views.ApiKeyList("list", [api_key_out(merchant, credential) for credential in live_sets(merchant, now_ns)],
+                            False)
 
 
-def api_key_out(merchant: Merchant, credential: Credential) -> schemas.ApiKeyOut:
-    return schemas.ApiKeyOut(
-        id=credential.id, object="api_key", client_id=merchant.client_id, created_at=time_of(credential.created_at),
-        expires_at=time_of(credential.expires_at) if credential.expires_at else None,
-        last_used_at=time_of(credential.last_used_at) if credential.last_used_at else None,
+def api_key_out(merchant: Merchant, credential: Credential) -> views.ApiKeyOut:
+    return views.ApiKeyOut(
+        id=credential.id, object="api_key", client_id=merchant.client_id, created_at=views.time_of(credential.created_at),
+        expires_at=views.time_of(credential.expires_at) if credential.expires_at else None,
+        last_used_at=views.time_of(credential.last_used_at) if credential.last_used_at else None,
     )
 

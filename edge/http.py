@@ -19,13 +19,14 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from edge import cards, render, schemas
+from edge import cards, schemas
 from edge.auth import merchant_id_from_api_key, signature_valid, signed_message
 from edge.cache import MISSING, LruCache
 from edge.credentials import api_key_set, set_live
 from edge.errors import ApiError, from_validation, not_found, shard_unavailable
 from edge.gateway import InvalidCommand, ShardBusy
 from edge.limits import client_ip, ip_allowed
+from engine import views
 from engine.credentials import INITIAL_CREDENTIAL_ID, SIGNATURE_REPLAYED
 from journal.auth import create_file_once
 from engine.queries import GetIdempotencyRecord, GetMerchant
@@ -79,6 +80,10 @@ OUTCOME_ERRORS = {
     "splits_exceed_amount": (400, "splits_exceed_amount"),
     "amount_out_of_range": (400, "amount_out_of_range"),
     "idempotency_key_reused": (409, "idempotency_key_reused"),
+    "event_not_found": (404, "resource_missing"),
+    "redelivery_limit_reached": (409, "redelivery_limit_reached"),
+    "no_delivery_target": (409, "no_delivery_target"),
+    "backlog_full": (503, "backlog_full"),
     # The command raised (a bug), was undone whole and logged by its shard.
     "internal_error": (500, "internal_error"),
 }
@@ -499,6 +504,17 @@ def check_cursor(found: bool, starting_after: str) -> None:
         raise ApiError(400, "parameter_invalid", f"no object {starting_after!r} to start after", "starting_after")
 
 
+async def read_page(request: web.Request, merchant_id: str, read, cursor_query):
+    """A list's page (`read` has `starting_after`); an empty one after a cursor that `cursor_query(id)` finds no
+    record for is an error, never an empty page."""
+    gateway = request.app["gateway"]
+    answer = await gateway.read(merchant_id, read)
+    if not answer.records and read.starting_after:
+        after = (await gateway.read(merchant_id, cursor_query(read.starting_after))).record
+        check_cursor(after is not None, read.starting_after)
+    return answer
+
+
 def parse_limit(query) -> int:
     raw = query.get("limit", "20")
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 100:
@@ -506,11 +522,12 @@ def parse_limit(query) -> int:
     return int(raw)
 
 
-def parse_status(query, statuses: tuple[str, ...]) -> str:
-    """A list's `status` filter ('' for none): a status its objects never take is an error, never an empty page."""
-    status = query.get("status", "")
+def parse_status(query, statuses: tuple[str, ...], name: str = "status") -> str:
+    """A list's `status` filter, or another filter by name ('' for none): a value its objects never take is an
+    error, never an empty page."""
+    status = query.get(name, "")
     if status and status not in statuses:
-        raise ApiError(400, "parameter_invalid", f"unknown status {status[:64]!r}", "status")
+        raise ApiError(400, "parameter_invalid", f"unknown {name} {status[:64]!r}", name)
     return status
 
 
@@ -519,7 +536,7 @@ def parse_time(query, name: str, default: int) -> int:
     raw = query.get(name)
     if raw is None:
         return default
-    nanoseconds = render.parse_time_ns(raw)
+    nanoseconds = views.parse_time_ns(raw)
     if nanoseconds is None:
         raise ApiError(400, "parameter_invalid", f"{name} must be unix seconds or an RFC 3339 time", name)
     return nanoseconds

@@ -23,6 +23,7 @@ from edge.errors import ApiError
 from edge.gateway import ShardBusy
 from edge.http import TOKEN_TTL_S, body_of, respond
 from edge.limits import LoginLockouts, SlidingWindow, client_ip
+from engine import views
 from engine.queries import FindDashboardUser
 from engine.records import AddDashboardUser, DashboardUser, Merchant
 
@@ -79,7 +80,7 @@ async def login(request: web.Request) -> web.Response:
     credentials, _ = await body_of(request, schemas.Login)
     merchant = await signed_in(request, credentials)
     token = request.app["issuer"].issue(merchant.id, "dashboard", TOKEN_TTL_S, int(time.time()))
-    return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
+    return respond(request, views.TokenOut(token, "Bearer", TOKEN_TTL_S))
 
 
 def check_login_rate(request: web.Request) -> None:

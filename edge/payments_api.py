@@ -15,13 +15,12 @@ from aiohttp import web
 
 from actors.connector_wire import Authorization, AuthorizationBatch, CardData, ConnectorClient
 from actors.services import CALLBACK_KINDS, PROVIDERS
-from edge import cards, qr_api, render, risk, schemas
+from edge import cards, qr_api, risk, schemas
 from edge.auth import callback_signature
 from edge.errors import ApiError, not_found
 from edge.http import (
     body_of,
     check_currency,
-    check_cursor,
     check_sub_account,
     ledger_id,
     merchant_principal,
@@ -29,9 +28,11 @@ from edge.http import (
     parse_limit,
     parse_status,
     raise_for,
+    read_page,
     respond,
     run,
 )
+from engine import views
 from engine.payments import CALLBACK_REPLAYED
 from engine.queries import GetCard, GetOrder, GetPaymentRecord, ListPayments, ListPayouts, ListRefunds
 from engine.records import (
@@ -107,7 +108,7 @@ async def create_payment(request: web.Request) -> web.Response:
 
 
 async def pay(request: web.Request, merchant: Merchant, fields: schemas.PaymentCreate,
-              body: bytes) -> schemas.PaymentOut:
+              body: bytes) -> views.PaymentOut:
     """A payment by any method, as the API creates it (also the hosted payment page's)."""
     payment_id = new_id("pay_", request, merchant.id)
     method = fields.payment_method
@@ -132,7 +133,7 @@ async def pay(request: web.Request, merchant: Merchant, fields: schemas.PaymentC
     if not request.get("replayed") and created.status == "processing":
         authorize(request, created, method, number)
     # The token the shard stored: a replay under the Idempotency-Key shows the first request's, not this one's.
-    return render.payment(created, created.token_id)
+    return views.payment(created, created.token_id)
 
 
 def _check_amount_or_order(fields: schemas.PaymentCreate) -> None:
@@ -191,7 +192,7 @@ def _card_of(request: web.Request, method: schemas.CardMethod) -> tuple[str, byt
 
 
 async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_id: str,
-                           body: bytes) -> schemas.PaymentOut:
+                           body: bytes) -> views.PaymentOut:
     if fields.capture_method != "automatic":
         raise ApiError(400, "parameter_invalid", "a wallet payment moves the money at once: capture_method must be "
                        "automatic", "capture_method")
@@ -205,11 +206,11 @@ async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_
                                  amount_limits=amount_limits, amount=payment.amount, currency=payment.currency)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome, {"order_not_found": "order_id", "customer_not_found": "payment_method.customer_id"})
-    return render.payment(outcome.record)
+    return views.payment(outcome.record)
 
 
 async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id: str,
-                                body: bytes) -> schemas.PaymentOut:
+                                body: bytes) -> views.PaymentOut:
     """A payment that waits (requires_action) for the payer's transfer quoting its order, or without an order quoting
     the payment itself; next_action shows the code."""
     if fields.capture_method != "automatic":
@@ -234,7 +235,7 @@ async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id:
                             amount_limits=amount_limits)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return render.payment(outcome.record)
+    return views.payment(outcome.record)
 
 
 async def _record_or_none(request: web.Request, merchant: Merchant, kind: str, record_id: str):
@@ -253,8 +254,8 @@ async def get_payment(request: web.Request) -> web.Response:
     return respond(request, await payment_of(request, merchant, request.match_info["id"]))
 
 
-async def payment_of(request: web.Request, merchant: Merchant, payment_id: str) -> schemas.PaymentOut:
-    return render.payment(await _record(request, merchant, "payment", payment_id))
+async def payment_of(request: web.Request, merchant: Merchant, payment_id: str) -> views.PaymentOut:
+    return views.payment(await _record(request, merchant, "payment", payment_id))
 
 
 async def list_payments(request: web.Request) -> web.Response:
@@ -262,23 +263,17 @@ async def list_payments(request: web.Request) -> web.Response:
     return respond(request, await payments_of(request, merchant, request.query))
 
 
-async def payments_of(request: web.Request, merchant: Merchant, query) -> schemas.PaymentList:
+async def payments_of(request: web.Request, merchant: Merchant, query) -> views.PaymentList:
     """A page of the merchant's payments (of one order: `order_id`), newest first, by the list's query parameters."""
     read = ListPayments(merchant_id=merchant.id, limit=parse_limit(query), status=parse_status(query, PAYMENT_STATUSES),
                         starting_after=query.get("starting_after", "")[:64], order_id=query.get("order_id", "")[:64])
-    payments, has_more = await _listed(request, merchant, read)
-    return schemas.PaymentList("list", [render.payment(payment) for payment in payments], has_more)
+    answer = await _page(request, merchant, read, "payment")
+    return views.PaymentList("list", [views.payment(payment) for payment in answer.records], answer.has_more)
 
 
-async def _listed(request: web.Request, merchant: Merchant, read) -> tuple[list, bool]:
-    """The records of a list read and whether more follow; a cursor naming nothing of the merchant's is 400, never
-    an empty page."""
-    answer = await request.app["gateway"].read(merchant.id, read)
-    if not answer.records and read.starting_after:
-        kind = {ListRefunds: "refund", ListPayouts: "payout"}.get(type(read), "payment")
-        check_cursor(await _record_or_none(request, merchant, kind, read.starting_after) is not None,
-                     read.starting_after)
-    return answer.records, answer.has_more
+async def _page(request: web.Request, merchant: Merchant, read, kind: str):
+    """A list's page; its cursor must name a record of this kind of the merchant's."""
+    return await read_page(request, merchant.id, read, lambda record_id: GetPaymentRecord(merchant.id, kind, record_id))
 
 
 async def capture_payment(request: web.Request) -> web.Response:
@@ -288,12 +283,12 @@ async def capture_payment(request: web.Request) -> web.Response:
 
 
 async def capture(request: web.Request, merchant: Merchant, payment_id: str, fields: schemas.CaptureIn,
-                  body: bytes) -> schemas.PaymentOut:
+                  body: bytes) -> views.PaymentOut:
     command = CapturePayment(merchant_id=merchant.id, payment_id=payment_id, amount=fields.amount or 0,
                              transfer_id=ledger_id(merchant.id, f"{payment_id}.capture"))
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return render.payment(outcome.record)
+    return views.payment(outcome.record)
 
 
 async def cancel_payment(request: web.Request) -> web.Response:
@@ -301,13 +296,13 @@ async def cancel_payment(request: web.Request) -> web.Response:
     return respond(request, await void(request, merchant, request.match_info["id"], await request.read()))
 
 
-async def void(request: web.Request, merchant: Merchant, payment_id: str, body: bytes) -> schemas.PaymentOut:
+async def void(request: web.Request, merchant: Merchant, payment_id: str, body: bytes) -> views.PaymentOut:
     """Release an uncaptured authorization."""
     command = CancelPayment(merchant_id=merchant.id, payment_id=payment_id,
                             transfer_id=ledger_id(merchant.id, f"{payment_id}.void"))
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return render.payment(outcome.record)
+    return views.payment(outcome.record)
 
 
 # Refunds
@@ -320,14 +315,14 @@ async def create_refund(request: web.Request) -> web.Response:
 
 
 async def refund_payment(request: web.Request, merchant: Merchant, fields: schemas.RefundCreate,
-                         body: bytes) -> schemas.RefundOut:
+                         body: bytes) -> views.RefundOut:
     refund_id = new_id("re_", request, merchant.id)
     refund = Refund(id=refund_id, merchant_id=merchant.id, payment_id=fields.payment_id, amount=fields.amount or 0,
                     reason=fields.reason)
     outcome = await run(request, merchant.id, CreateRefund(refund=refund, transfer_id=ledger_id(merchant.id, refund_id)),
                         body)
     raise_for(outcome, {"payment_not_found": "payment_id"})
-    return render.refund(outcome.record)
+    return views.refund(outcome.record)
 
 
 async def list_refunds(request: web.Request) -> web.Response:
@@ -335,20 +330,20 @@ async def list_refunds(request: web.Request) -> web.Response:
     return respond(request, await refunds_of(request, merchant, request.query))
 
 
-async def refunds_of(request: web.Request, merchant: Merchant, query) -> schemas.RefundList:
+async def refunds_of(request: web.Request, merchant: Merchant, query) -> views.RefundList:
     """A page of one payment's refunds (`payment_id`, required), newest first."""
     payment_id = query.get("payment_id", "")[:64]
     if not payment_id:
         raise ApiError(400, "parameter_missing", "give the payment_id whose refunds to list", "payment_id")
     read = ListRefunds(merchant_id=merchant.id, payment_id=payment_id, limit=parse_limit(query),
                        starting_after=query.get("starting_after", "")[:64])
-    refunds, has_more = await _listed(request, merchant, read)
-    return schemas.RefundList("list", [render.refund(refund) for refund in refunds], has_more)
+    answer = await _page(request, merchant, read, "refund")
+    return views.RefundList("list", [views.refund(refund) for refund in answer.records], answer.has_more)
 
 
 async def get_refund(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, render.refund(await _record(request, merchant, "refund", request.match_info["id"])))
+    return respond(request, views.refund(await _record(request, merchant, "refund", request.match_info["id"])))
 
 
 # Payouts
@@ -361,7 +356,7 @@ async def create_payout(request: web.Request) -> web.Response:
 
 
 async def request_payout(request: web.Request, merchant: Merchant, fields: schemas.PayoutCreate,
-                         body: bytes) -> schemas.PayoutOut:
+                         body: bytes) -> views.PayoutOut:
     """Holds the balance now; the bank's dispatcher sends it, and the bank's answer posts or returns it."""
     check_currency(fields.currency)
     await check_sub_account(request, merchant, fields.sub_account_id)
@@ -370,7 +365,7 @@ async def request_payout(request: web.Request, merchant: Merchant, fields: schem
                     sub_account_id=fields.sub_account_id, hold_id=ledger_id(merchant.id, f"{payout_id}.hold"))
     outcome = await run(request, merchant.id, CreatePayout(payout=payout), body)
     raise_for(outcome)
-    return render.payout(outcome.record)
+    return views.payout(outcome.record)
 
 
 async def list_payouts(request: web.Request) -> web.Response:
@@ -378,16 +373,16 @@ async def list_payouts(request: web.Request) -> web.Response:
     return respond(request, await payouts_of(request, merchant, request.query))
 
 
-async def payouts_of(request: web.Request, merchant: Merchant, query) -> schemas.PayoutList:
+async def payouts_of(request: web.Request, merchant: Merchant, query) -> views.PayoutList:
     read = ListPayouts(merchant_id=merchant.id, limit=parse_limit(query),
                        starting_after=query.get("starting_after", "")[:64])
-    payouts, has_more = await _listed(request, merchant, read)
-    return schemas.PayoutList("list", [render.payout(payout) for payout in payouts], has_more)
+    answer = await _page(request, merchant, read, "payout")
+    return views.PayoutList("list", [views.payout(payout) for payout in answer.records], answer.has_more)
 
 
 async def get_payout(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, render.payout(await _record(request, merchant, "payout", request.match_info["id"])))
+    return respond(request, views.payout(await _record(request, merchant, "payout", request.match_info["id"])))
 
 
 # Provider callbacks

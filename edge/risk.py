@@ -23,9 +23,10 @@ import msgspec
 from aiohttp import web
 
 from actors.risk_table import BLOCKLIST_OWNER, RiskTable, blocklist_id, risk_attributes, table_decoder
-from edge import render, schemas
+from edge import schemas
 from edge.errors import ApiError, not_found
 from edge.http import authenticate, body_of, cached_merchant, parse_limit, raise_for, respond, run
+from engine import views
 from engine.queries import GetOrder, ListBlocklist
 from engine.records import AddToBlocklist, BlocklistEntry, Merchant, Payment, RemoveFromBlocklist
 
@@ -144,7 +145,7 @@ async def create_blocklist_entry(request: web.Request) -> web.Response:
     return respond(request, await block(request, fields, body))
 
 
-async def block(request: web.Request, fields, body: bytes) -> schemas.BlocklistEntryOut:
+async def block(request: web.Request, fields, body: bytes) -> views.BlocklistEntryOut:
     """Put a card fingerprint, an IP address, an email or a customer on the block list."""
     kind = type(fields).__struct_config__.tag
     if fields.merchant_id and (not fields.merchant_id.startswith("mer_")
@@ -156,7 +157,7 @@ async def block(request: web.Request, fields, body: bytes) -> schemas.BlocklistE
                            merchant_id=fields.merchant_id, reason=fields.reason)
     outcome = await run(request, BLOCKLIST_OWNER, AddToBlocklist(entry), body)
     raise_for(outcome)
-    return render.blocklist_entry(outcome.record)
+    return views.blocklist_entry(outcome.record)
 
 
 async def list_blocklist(request: web.Request) -> web.Response:
@@ -164,11 +165,11 @@ async def list_blocklist(request: web.Request) -> web.Response:
     return respond(request, await blocklist_page(request, request.query))
 
 
-async def blocklist_page(request: web.Request, query) -> schemas.BlocklistEntryList:
+async def blocklist_page(request: web.Request, query) -> views.BlocklistEntryList:
     read = ListBlocklist(limit=parse_limit(query), starting_after=query.get("starting_after", "")[:64])
     answer = await request.app["gateway"].read(BLOCKLIST_OWNER, read)
-    return schemas.BlocklistEntryList("list", [render.blocklist_entry(entry) for entry in answer.records],
-                                      answer.has_more)
+    return views.BlocklistEntryList("list", [views.blocklist_entry(entry) for entry in answer.records],
+                                    answer.has_more)
 
 
 async def delete_blocklist_entry(request: web.Request) -> web.Response:
@@ -176,7 +177,7 @@ async def delete_blocklist_entry(request: web.Request) -> web.Response:
     return respond(request, await unblock(request, request.match_info["id"], await request.read()))
 
 
-async def unblock(request: web.Request, entry_id: str, body: bytes) -> schemas.BlocklistEntryOut:
+async def unblock(request: web.Request, entry_id: str, body: bytes) -> views.BlocklistEntryOut:
     """Take an entry off the block list."""
     if len(entry_id) != BLOCKLIST_ID_LENGTH or not entry_id.startswith("blk_"):
         raise not_found("block list entry", entry_id)
@@ -184,4 +185,4 @@ async def unblock(request: web.Request, entry_id: str, body: bytes) -> schemas.B
     if outcome.code == "blocklist_entry_not_found":
         raise not_found("block list entry", entry_id)
     raise_for(outcome)
-    return render.blocklist_entry(outcome.record, deleted=True)
+    return views.blocklist_entry(outcome.record, deleted=True)

@@ -247,6 +247,20 @@ class TrackedDict(dict):
     update = popitem = clear = __ior__ = _untracked
 
 
+def peek(tracked: TrackedDict, key):
+    """The value at `key` (None if absent) for reading only: not handed out, so no undo state is kept for it."""
+    return dict.get(tracked, key)
+
+
+def append_to(tracked: TrackedDict, key, value) -> None:
+    """`value` at the end of the list `tracked` holds at `key`, made if absent: appended, as a command may."""
+    values = tracked.get(key)
+    if values is None:
+        tracked[key] = [value]
+    else:
+        values.append(value)
+
+
 class TrackedHeap:
     """A min-heap (heapq) whose pushes and pops a command can undo; not a list, so heapq cannot bypass it."""
 

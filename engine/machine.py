@@ -27,8 +27,11 @@ from engine.records import (
     Adjustment,
     BlocklistEntry,
     Customer,
+    Delivery,
     Deposit,
+    EventRecord,
     Idempotent,
+    Invoice,
     Merchant,
     Order,
     Outcome,
@@ -71,6 +74,10 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     withdrawals: list[Withdrawal] = []
     adjustments: list[Adjustment] = []
     signatures: list[tuple[str, str, int]] = []
+    events: list[EventRecord] = []
+    deliveries: list[Delivery] = []
+    invoices: list[Invoice] = []
+    invoice_numbers: list[tuple[str, int]] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -112,6 +119,7 @@ class Engine:
         self.sequence = batch.sequence
         self.timestamp = timestamp = batch.timestamp
         self.failures = []
+        self.commerce.notifications.sequence = batch.sequence
         events = self.commerce.events
         events.clear()
         self._step(-1, ADVANCE, timestamp)
@@ -181,6 +189,7 @@ class Engine:
             events = self.ledger.expire(timestamp)
             events += self.commerce.advance(timestamp, [event.object_id for event in events])
             self.commerce.events[:0] = events  # ahead of those the advance logged itself, as batches list them
+            self.commerce.notifications.record(0, timestamp)
             return None
         return self.commerce.apply(command, timestamp)
 

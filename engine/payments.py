@@ -13,6 +13,7 @@ from engine.changes import Changes
 from engine.check import check
 from engine.codes import TransferCode, transfer_outcome
 from engine.ledger import Ledger
+from engine.paging import page
 from engine.records import (
     CancelPayment,
     CapturePayment,
@@ -385,6 +386,7 @@ class Payments:
             return Outcome(code, record=payment)
         self.payment_by_hold.pop(payment.authorization_id, None)
         payment.amount_capturable = 0
+        self.events.append(Event("payment.captured", payment.id, timestamp))
         return Outcome(record=payment)
 
     def cancel(self, command: CancelPayment, timestamp: int) -> Outcome:
@@ -431,8 +433,8 @@ class Payments:
         self._add_refund(refund)
         payment.amount_refunded += amount
         payment.updated_at = timestamp
-        self._mark_order_refunded(payment, amount, timestamp)
         self.events.append(Event("refund.succeeded", refund.id, timestamp))
+        self._mark_order_refunded(payment, amount, timestamp)
         return Outcome(record=refund)
 
     def create_payout(self, command: CreatePayout, timestamp: int) -> Outcome:
@@ -603,6 +605,7 @@ class Payments:
         if order.status in REFUND_MARKED_STATUSES and order.payment_id == payment.id:
             fully = payment.amount_refunded >= payment.amount_captured
             transition(order, "refunded" if fully else "partially_refunded")
+            self.events.append(Event(f"order.{order.status}", order.id, timestamp))
 
     def reseal_cards(self, command: ResealCards) -> Outcome:
         """Each card replaced by its new sealing if it still holds the one the sealer read; the others stay."""
@@ -635,17 +638,18 @@ class Payments:
         """A merchant's payments (of one order, if given), newest first, only those in `status` if given; and
         whether more follow."""
         ids = self.by_order.get(order_id, []) if order_id else self.by_merchant.get(merchant_id, [])
-        return _page(self.payments, ids, merchant_id, limit, starting_after,
-                     lambda payment: not status or payment.status == status)
+        return _newest_first(self.payments, ids, merchant_id, limit, starting_after,
+                             lambda payment: not status or payment.status == status)
 
     def list_refunds(self, merchant_id: str, payment_id: str, limit: int,
                      starting_after: str) -> tuple[list[Refund], bool]:
         """A payment's refunds, newest first; and whether more follow."""
-        return _page(self.refunds, self.refunds_by_payment.get(payment_id, []), merchant_id, limit, starting_after)
+        return _newest_first(self.refunds, self.refunds_by_payment.get(payment_id, []), merchant_id, limit,
+                             starting_after)
 
     def list_payouts(self, merchant_id: str, limit: int, starting_after: str) -> tuple[list[Payout], bool]:
-        return _page(self.payouts, self.payouts_by_merchant.get(merchant_id, []), merchant_id, limit,
-                     starting_after)
+        return _newest_first(self.payouts, self.payouts_by_merchant.get(merchant_id, []), merchant_id, limit,
+                             starting_after)
 
     def add(self, payment: Payment) -> Payment:
         self.payments[payment.id] = payment
@@ -692,28 +696,13 @@ class Payments:
                 self.payment_by_hold[payment.authorization_id] = payment.id
 
 
-def _page(records: dict, ids: list[str], merchant_id: str, limit: int, starting_after: str,
-          wanted=lambda record: True) -> tuple[list, bool]:
-    """The merchant's records among `ids` (oldest first), newest first from before `starting_after` (nothing if that
-    names none of them), those `wanted`, at most `limit`; and whether more follow."""
-    end = len(ids)
-    if starting_after:
-        after = records.get(starting_after)
-        if after is None or after.merchant_id != merchant_id:
-            return [], False
-        try:
-            end = ids.index(starting_after)
-        except ValueError:  # the merchant's, but not among these (another order's payment)
-            return [], False
-    found = []
-    for index in range(end - 1, -1, -1):
-        record = records[ids[index]]
-        if record.merchant_id != merchant_id or not wanted(record):
-            continue
-        if len(found) == limit:
-            return found, True
-        found.append(record)
-    return found, False
+def _newest_first(records: dict, ids: list[str], merchant_id: str, limit: int, starting_after: str,
+                  wanted=lambda record: True) -> tuple[list, bool]:
+    """A page of the merchant's records among `ids` (oldest first), newest first, those `wanted`."""
+    def lookup(record_id: str):
+        record = records[record_id]
+        return record if record.merchant_id == merchant_id and wanted(record) else None
+    return page(reversed(ids), lookup, limit, starting_after)
 
 
 def _wallet_payment(command: PayOrderFromWallet, order: Order | None, timestamp: int) -> Payment:

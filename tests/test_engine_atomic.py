@@ -117,6 +117,12 @@ def _indexes(engine: Engine) -> dict:
         "block list": list(commerce.blocklist.entries),
         "sub accounts": {merchant.id: [sub.id for sub in merchant.sub_accounts]
                          for merchant in commerce.merchants.by_id.values()},
+        "notifications": {name: {key: list(value) if isinstance(value, (dict, list)) else value
+                                 for key, value in getattr(commerce.notifications, name).items()}
+                          for name in ("records_by_merchant", "records_by_object", "deliveries_by_merchant",
+                                       "deliveries_by_event")}
+        | {"pending": list(commerce.notifications.pending), "dead": sorted(commerce.notifications.dead)},
+        "invoices": (dict(commerce.invoices.by_merchant), dict(commerce.invoices.by_order)),
     }
 
 

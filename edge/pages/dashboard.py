@@ -21,6 +21,7 @@ from edge.http import cached_merchant, check_merchant_access
 from edge.pages import live
 from edge.pages.common import (action_form, checked, csrf_token, end_session, form_of, minor_units, page, redirect,
                                render, session, signed_in_context, start_session)
+from engine import views
 from engine.currencies import CURRENCY_EXPONENTS
 from engine.records import Merchant
 from engine.states import ORDER_STATUSES
@@ -210,7 +211,7 @@ async def cancel_order(request: web.Request, merchant: Merchant) -> web.Response
     return await _act(request, merchant, order_id, lambda: api.cancel(request, merchant, order_id), "cancelled")
 
 
-async def _payment_action(request: web.Request, merchant: Merchant) -> tuple[dict, schemas.PaymentOut]:
+async def _payment_action(request: web.Request, merchant: Merchant) -> tuple[dict, views.PaymentOut]:
     fields = await action_form(request, "dashboard")
     payment = await payments_api.payment_of(request, merchant, request.match_info["id"])
     if not payment.order_id:
