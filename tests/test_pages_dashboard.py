@@ -16,6 +16,7 @@ from edge_harness import Server
 
 PASSWORD = "correct horse battery staple"
 SUCCEEDS = "4242424242424242"
+WEBHOOK_URL = "http://127.0.0.1:9/webhook"
 
 pytestmark = pytest.mark.usefixtures("double_entry_holds")
 
@@ -32,8 +33,8 @@ def server(tmp_path_factory):
 def shop(server) -> dict:
     """A fresh merchant with a dashboard user: its creation's answer, and the user's `user_email`."""
     name = f"Tea Shop {uuid.uuid4().hex[:6]}"
-    created = server.request("POST", "/v1/merchants", {"name": name, "email": "owner@example.com", "tier": "premium"},
-                             key=server.admin_token).json()
+    created = server.request("POST", "/v1/merchants", {"name": name, "email": "owner@example.com", "tier": "premium",
+                                                       "webhook_url": WEBHOOK_URL}, key=server.admin_token).json()
     email = f"clerk-{uuid.uuid4().hex[:8]}@example.com"
     added = server.request("POST", f"/v1/merchants/{created['id']}/dashboard_users",
                            {"email": email, "password": PASSWORD}, key=server.admin_token)
@@ -101,6 +102,15 @@ def test_sign_in_find_the_order_watch_it_turn_paid_and_refund_half(server, shop,
     expect(refunds.get_by_text("one cup was cold")).to_be_visible()
     after = api(server, shop, "GET", f"/v1/orders/{the_order['id']}")
     assert (after["status"], after["amount_refunded"]) == ("partially_refunded", 1000)
+    # The refund's event, with its webhook delivery, beside the payment's and the order's.
+    for event in ("refund.succeeded", "order.partially_refunded", "order.paid", "payment.succeeded"):
+        expect(page.get_by_role("heading", name=re.compile(rf"^{re.escape(event)} "))).to_be_visible()
+    deliveries = page.get_by_role("table", name="Deliveries of refund.succeeded")
+    expect(deliveries.get_by_role("cell", name=f"Webhook: {WEBHOOK_URL}")).to_be_visible()
+    invoice_link = page.get_by_role("link", name="Download the invoice (PDF)").get_attribute("href")
+    invoice = page.request.get(server.url + invoice_link)
+    assert invoice.status == 200 and invoice.headers["content-type"] == "application/pdf"
+    assert invoice.body().startswith(b"%PDF")
     assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
 
 
@@ -187,7 +197,7 @@ def test_capture_an_authorization_and_void_another(server, shop, page):
     page.goto(f"{server.url}/dashboard/orders/{to_void['id']}")
     page.get_by_role("button", name="Void authorization").click()
     expect(page.get_by_role("status").filter(has_text="Authorization voided.")).to_be_visible()
-    expect(page.get_by_role("heading", name=re.compile("cancelled"))).to_be_visible()
+    expect(page.get_by_role("heading", name="Card · visa ending in 4242 · cancelled")).to_be_visible()
     assert api(server, shop, "GET", f"/v1/payments/{payment['id']}")["status"] == "cancelled"
 
 
@@ -238,6 +248,9 @@ def test_the_operator_sees_each_shards_epoch_and_replica_lag(server, page):
     assert int(cells[2]) >= 0 and int(cells[3]) > 0 and int(cells[4]) >= 0, cells
     assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
     assert server.admin_token not in page.content()
+    page.get_by_role("link", name="Dead letters").click()
+    expect(page.get_by_role("heading", name="Dead letters")).to_be_visible()
+    expect(page.get_by_text("No delivery is dead.")).to_be_visible()
 
 
 def test_the_operator_onboards_suspends_and_blocks(server, page):

@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from actors.health_report import HEALTH_FOLDER, REPORT_FILE, ClusterHealth, report_decoder
-from edge import app as api, login, risk, schemas
+from edge import app as api, deliveries_api, login, risk, schemas
 from edge.errors import ApiError
 from edge.http import ADMIN
 from edge.pages.common import action_form, checked, csrf_token, end_session, form_of, page, redirect, render, session, \
@@ -24,7 +24,9 @@ from edge.pages.dashboard import PAGE_SIZE
 AUDIENCE = "admin_session"
 STALE_AFTER_MS = 5_000  # the actor reports every second: older than this, it has stopped
 NOTICES = {"suspended": "Merchant suspended.", "active": "Merchant reactivated.", "tier": "Tier changed.",
-           "blocked": "Added to the block list.", "unblocked": "Removed from the block list."}
+           "blocked": "Added to the block list.", "unblocked": "Removed from the block list.",
+           "replayed": "Dead deliveries queued again."}
+DEAD_LETTERS_SHOWN = 100
 BLOCK_KINDS = {"card_fingerprint": "Card fingerprint", "ip": "IP address", "email": "Email", "customer": "Customer id"}
 
 
@@ -40,6 +42,8 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/admin/risk", risk_page)
     router.add_post("/admin/risk", block)
     router.add_post("/admin/risk/{id}/remove", unblock)
+    router.add_get("/admin/dead-letters", dead_letters_page)
+    router.add_post("/admin/dead-letters/replay", replay_dead_letters)
 
 
 @page
@@ -193,3 +197,21 @@ async def unblock(request: web.Request) -> web.Response:
     await action_form(request, "admin")
     await risk.unblock(request, request.match_info["id"], b"")
     return redirect("/admin/risk?done=unblocked")
+
+
+# Dead letters
+
+
+@signed_in
+async def dead_letters_page(request: web.Request) -> web.Response:
+    listed = await deliveries_api.dead_letters(request, DEAD_LETTERS_SHOWN)
+    return _show(request, "admin_dead_letters.html", {"section": "dead_letters", "deliveries": listed.data,
+                                                      "has_more": listed.has_more})
+
+
+@signed_in
+async def replay_dead_letters(request: web.Request) -> web.Response:
+    await action_form(request, "admin")
+    wanted, body = checked(schemas.DeliveriesReplay, {"status": "dead"})
+    await deliveries_api.replay(request, "", wanted, body)
+    return redirect("/admin/dead-letters?done=replayed")

@@ -7,6 +7,7 @@ Every action calls the API's own function for it; every form carries the session
 attempt that is its Idempotency-Key, so a form sent twice acts once.
 """
 
+import asyncio
 import datetime
 import functools
 import re
@@ -15,12 +16,12 @@ import urllib.parse
 import aiohttp_jinja2
 from aiohttp import web
 
-from edge import app as api, credentials_api, login, payments_api, schemas
+from edge import app as api, credentials_api, deliveries_api, events_api, invoices_api, login, payments_api, schemas
 from edge.errors import ApiError
 from edge.http import cached_merchant, check_merchant_access
 from edge.pages import live
 from edge.pages.common import (action_form, checked, csrf_token, end_session, form_of, minor_units, page, redirect,
-                               render, session, signed_in_context, start_session)
+                               render, secure, session, signed_in_context, start_session)
 from engine import views
 from engine.currencies import CURRENCY_EXPONENTS
 from engine.records import Merchant
@@ -29,8 +30,9 @@ from engine.states import ORDER_STATUSES
 AUDIENCE = "dashboard"
 PAGE_SIZE = 20
 MAX_PAYMENTS_SHOWN = 50  # an order's attempts on its page
+MAX_EVENTS_SHOWN = 30  # an order's events (and its payments' and refunds') on its page
 NOTICES = {"refunded": "Refund made.", "cancelled": "Order cancelled.", "captured": "Payment captured.",
-           "voided": "Authorization voided.", "payout": "Payout requested."}
+           "voided": "Authorization voided.", "payout": "Payout requested.", "redelivered": "Event queued again."}
 
 
 def add_routes(app: web.Application) -> None:
@@ -45,6 +47,8 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/dashboard/payments/{id}/refund", refund)
     router.add_post("/dashboard/payments/{id}/capture", capture)
     router.add_post("/dashboard/payments/{id}/void", void)
+    router.add_post("/dashboard/events/{id}/redeliver", redeliver)
+    router.add_get("/dashboard/invoices/{id}.pdf", invoice_pdf)
     router.add_get("/dashboard/balances", balances_page)
     router.add_post("/dashboard/payouts", request_payout)
     router.add_get("/dashboard/developers", developers_page)
@@ -167,17 +171,34 @@ async def order_page(request: web.Request, merchant: Merchant) -> web.Response:
 
 
 async def _order_context(request: web.Request, merchant: Merchant, order) -> dict:
-    """An order as its page shows it: the order, its payment attempts newest first, and each one's refunds."""
+    """An order as its page shows it: the order, its payment attempts newest first with each one's refunds, and
+    the events about them all with their deliveries (webhooks, IPN, e-mail)."""
     query = {"order_id": order.id, "limit": str(MAX_PAYMENTS_SHOWN)}
     payments = (await payments_api.payments_of(request, merchant, query)).data
-    refunds = {}
-    for payment in payments:
-        if payment.amount_refunded:
-            listed = await payments_api.refunds_of(request, merchant, {"payment_id": payment.id, "limit": "100"})
-            refunds[payment.id] = listed.data
+    refunded = [payment for payment in payments if payment.amount_refunded]
+    # Read side by side: the gateway sends reads made together to the shard as one request.
+    listed = await asyncio.gather(*(payments_api.refunds_of(request, merchant, {"payment_id": payment.id,
+                                                                                "limit": "100"})
+                                    for payment in refunded))
+    refunds = {payment.id: page.data for payment, page in zip(refunded, listed)}
+    events = await _events_about(request, merchant, [order.id, *(payment.id for payment in payments),
+                                                     *(refund.id for page in listed for refund in page.data)])
+    deliveries = await asyncio.gather(*(deliveries_api.deliveries_of(request, merchant, {"event_id": event.id})
+                                        for event in events))
     state = await live.read_state(request.app["gateway"], order)
     return {"section": "orders", "order": api.order_out(request, merchant, order), "payments": payments,
-            "refunds": refunds, "live_url": f"/dashboard/orders/{order.id}/live?since={state.version}"}
+            "refunds": refunds, "events": list(zip(events, (page.data for page in deliveries))),
+            "live_url": f"/dashboard/orders/{order.id}/live?since={state.version}"}
+
+
+async def _events_about(request: web.Request, merchant: Merchant, object_ids: list[str]) -> list[views.EventOut]:
+    """The newest events about any of these objects, newest first."""
+    pages = await asyncio.gather(*(events_api.events_of(request, merchant, {"object_id": object_id,
+                                                                           "limit": str(MAX_EVENTS_SHOWN)})
+                                   for object_id in object_ids))
+    events = sorted((event for page in pages for event in page.data), key=lambda event: (event.created, event.id),
+                    reverse=True)
+    return events[:MAX_EVENTS_SHOWN]
 
 
 @signed_in
@@ -249,6 +270,21 @@ async def void(request: web.Request, merchant: Merchant) -> web.Response:
     _, payment = await _payment_action(request, merchant)
     return await _act(request, merchant, payment.order_id,
                       lambda: payments_api.void(request, merchant, payment.id, b""), "voided")
+
+
+@signed_in
+async def redeliver(request: web.Request, merchant: Merchant) -> web.Response:
+    fields = await action_form(request, "dashboard")
+    order_id = str(fields.get("order_id", ""))
+    if not re.fullmatch(r"ord_[a-z0-9]{1,24}", order_id):
+        raise ApiError(400, "parameter_invalid", "the form names no order", "order_id")
+    return await _act(request, merchant, order_id,
+                      lambda: events_api.redeliver(request, merchant, request.match_info["id"]), "redelivered")
+
+
+@signed_in
+async def invoice_pdf(request: web.Request, merchant: Merchant) -> web.Response:
+    return secure(await invoices_api.invoice_pdf_of(request, merchant, request.match_info["id"]))
 
 
 # Money
