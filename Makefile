@@ -59,6 +59,10 @@ test-slow: venv chromium
 run: venv
 	$(BIN)/paygate serve
 
+# Every page at desktop and phone sizes, as PNG under bench/out/screenshots/ (a real serve in a temporary folder).
+screenshots: venv chromium
+	$(BIN)/python -m bench.screenshots
+
 bench-engine: venv
 	$(BIN)/python -m bench.engine
 

@@ -1,36 +1,26 @@
-"""Real headless Chromium for the page tests: Debian's /usr/bin/chromium driven by playwright-python (playwright's own
-browser download cannot work here), and a local receiver for the pages' redirects to a merchant's callback_url."""
+"""Real headless Chromium for the page tests (bench/browser.py: Debian's chromium driven by playwright-python), and a
+local receiver for the pages' redirects to a merchant's callback_url."""
 
 import contextlib
 import http.server
-import os
-import pathlib
 import threading
 import urllib.parse
 
 import pytest
 
-CHROMIUM = pathlib.Path("/usr/bin/chromium")
+from bench.browser import ChromiumMissing, launched as launched_browser
+
 TIMEOUT_MS = 15_000  # what a page may take to show what a test waits for
-DESKTOP = {"width": 1280, "height": 900}
-PHONE = {"viewport": {"width": 390, "height": 844}, "device_scale_factor": 2, "is_mobile": True, "has_touch": True}
 
 
 @contextlib.contextmanager
 def launched():
-    """One browser; `make test` installs Debian's chromium when it is missing."""
-    if not CHROMIUM.exists():
-        pytest.fail(f"{CHROMIUM} is missing: `apt-get install chromium` (make test does it as root)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        # The sandbox needs user namespaces a root process in a container does not get.
-        arguments = ["--no-sandbox"] if os.geteuid() == 0 else []
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=arguments)
-        try:
+    """One browser, or the test fails saying what to install."""
+    try:
+        with launched_browser() as browser:
             yield browser
-        finally:
-            browser.close()
+    except ChromiumMissing as error:
+        pytest.fail(str(error))
 
 
 @contextlib.contextmanager

@@ -16,7 +16,8 @@ import uuid
 import pytest
 from playwright.sync_api import expect
 
-from browser_harness import LOW_CONTRAST, PHONE, UNLABELLED, CallbackReceiver, new_page, pay_by_card
+from bench.browser import PHONE
+from browser_harness import LOW_CONTRAST, UNLABELLED, CallbackReceiver, new_page, pay_by_card
 from edge_harness import Server
 
 SUCCEEDS, DECLINED, THREE_D_SECURE = "4242424242424242", "4000000000000002", "4000000000003220"
