@@ -17,8 +17,8 @@ from actors.health_report import HEALTH_FOLDER, REPORT_FILE, ClusterHealth, repo
 from edge import app as api, deliveries_api, login, risk, schemas
 from edge.errors import ApiError
 from edge.http import ADMIN
-from edge.pages.common import action_form, checked, csrf_token, end_session, form_of, page, redirect, render, session, \
-    signed_in_context, start_session
+from edge.pages.common import action_form, checked, csrf_token, end_session, filled, form_of, page, redirect, render, \
+    session, signed_in_context, start_session, submitted
 from edge.pages.dashboard import PAGE_SIZE
 
 AUDIENCE = "admin_session"
@@ -135,15 +135,11 @@ async def _merchants(request: web.Request, problem: str = "", status: int = 200,
 
 @signed_in
 async def onboard(request: web.Request) -> web.Response:
-    fields = await action_form(request, "admin")
-    wanted = {name: str(fields.get(name, "")).strip() for name in ("name", "email", "tier", "webhook_url")}
-    try:
-        merchant, body = checked(schemas.MerchantCreate, {name: value for name, value in wanted.items() if value})
-        created = await api.onboard_merchant(request, merchant, body)
-    except ApiError as error:
-        if error.status >= 500:
-            raise
-        return await _merchants(request, error.message, error.status)
+    fields = filled(await action_form(request, "admin"), ("name", "email", "tier", "webhook_url"))
+    created = await submitted(schemas.MerchantCreate, fields,
+                              lambda merchant, body: api.onboard_merchant(request, merchant, body))
+    if isinstance(created, ApiError):
+        return await _merchants(request, created.message, created.status)
     # Its secrets are shown in this answer only (as the API's create does); the page is never stored (no-store).
     return await _merchants(request, created=created)
 
@@ -151,14 +147,11 @@ async def onboard(request: web.Request) -> web.Response:
 @signed_in
 async def change_merchant(request: web.Request) -> web.Response:
     fields = await action_form(request, "admin")
-    change = {name: str(fields[name]) for name in ("status", "tier") if fields.get(name)}
-    try:
-        wanted, body = checked(schemas.MerchantUpdate, change)
-        await api.change_merchant(request, request.match_info["id"], wanted, body)
-    except ApiError as error:
-        if error.status >= 500:
-            raise
-        return await _merchants(request, error.message, error.status)
+    change = filled(fields, ("status", "tier"))
+    refusal = await submitted(schemas.MerchantUpdate, change, lambda wanted, body: api.change_merchant(
+        request, request.match_info["id"], wanted, body))
+    if isinstance(refusal, ApiError):
+        return await _merchants(request, refusal.message, refusal.status)
     return redirect("/admin/merchants?done=" + change.get("status", "tier"))
 
 
@@ -180,15 +173,10 @@ async def _blocklist(request: web.Request, problem: str = "", status: int = 200)
 
 @signed_in
 async def block(request: web.Request) -> web.Response:
-    fields = await action_form(request, "admin")
-    wanted = {name: str(fields.get(name, "")).strip() for name in ("kind", "value", "merchant_id", "reason")}
-    try:
-        entry, body = checked(schemas.BlocklistEntryCreate, {name: value for name, value in wanted.items() if value})
-        await risk.block(request, entry, body)
-    except ApiError as error:
-        if error.status >= 500:
-            raise
-        return await _blocklist(request, error.message, error.status)
+    fields = filled(await action_form(request, "admin"), ("kind", "value", "merchant_id", "reason"))
+    refusal = await submitted(schemas.BlocklistEntryCreate, fields, lambda entry, body: risk.block(request, entry, body))
+    if isinstance(refusal, ApiError):
+        return await _blocklist(request, refusal.message, refusal.status)
     return redirect("/admin/risk?done=blocked")
 
 

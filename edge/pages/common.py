@@ -213,6 +213,31 @@ async def action_form(request: web.Request, scope: str) -> MultiDictProxy:
     return fields
 
 
+def filled(fields, names: tuple[str, ...]) -> dict[str, str]:
+    """The named fields of a form that are not empty, without surrounding spaces."""
+    values = {name: str(fields.get(name, "")).strip() for name in names}
+    return {name: value for name, value in values.items() if value}
+
+
+async def refused(action):
+    """What `await action()` gives, or the ApiError refusing the request (4xx), which the page shows beside its form
+    again; a fault of the server's (5xx) stays an error."""
+    try:
+        return await action()
+    except ApiError as error:
+        if error.status >= 500:
+            raise
+        return error
+
+
+async def submitted(kind: type, fields: dict, call):
+    """`call(wanted, body)` with the form's fields validated as the API's request type `kind`: what it gives, or the
+    refusal (as `refused`)."""
+    async def action():
+        return await call(*checked(kind, fields))
+    return await refused(action)
+
+
 def checked(kind: type, fields: dict):
     """A request of the API's type from a page's fields, validated as the API validates it, with its JSON body (what
     an Idempotency-Key fingerprints)."""

@@ -21,7 +21,7 @@ from edge.errors import ApiError
 from edge.http import cached_merchant, check_merchant_access
 from edge.pages import live
 from edge.pages.common import (action_form, checked, csrf_token, end_session, form_of, minor_units, page, redirect,
-                               render, secure, session, signed_in_context, start_session)
+                               refused, render, secure, session, signed_in_context, start_session)
 from engine import views
 from engine.currencies import CURRENCY_EXPONENTS
 from engine.records import Merchant
@@ -68,18 +68,19 @@ async def login_page(request: web.Request) -> web.Response:
 async def sign_in(request: web.Request) -> web.Response:
     fields = await form_of(request, None)  # no session yet: the same-site check guards this form
     email = str(fields.get("email", "")).strip()
-    try:
+
+    async def action():
         login.check_login_rate(request)
         credentials, _ = checked(schemas.Login, {"email": email, "password": str(fields.get("password", ""))})
-        merchant = await login.signed_in(request, credentials)
-    except ApiError as error:
-        if error.status >= 500:
-            raise
+        return await login.signed_in(request, credentials)
+
+    merchant = await refused(action)
+    if isinstance(merchant, ApiError):
         problem = {401: "Wrong email or password.", 429: "Too many attempts: wait a moment and try again."}.get(
-            error.status, "Enter your email and password.")
+            merchant.status, "Enter your email and password.")
         response = render(request, "dashboard_login.html", {"problem": problem, "email": email,
-                                                             "next": _next(fields)}, status=error.status)
-        response.headers.update(error.headers)
+                                                             "next": _next(fields)}, status=merchant.status)
+        response.headers.update(merchant.headers)  # Retry-After of a lockout
         return response
     response = redirect(_next(fields))
     start_session(request, response, AUDIENCE, merchant.id)
@@ -131,13 +132,9 @@ def _context(request: web.Request, merchant: Merchant, context: dict) -> dict:
 async def orders_page(request: web.Request, merchant: Merchant) -> web.Response:
     query = request.query
     filters = {name: query.get(name, "")[:200] for name in ("name", "status", "from", "to")}
-    orders, has_more, problem = [], False, ""
-    try:
-        orders, has_more = await api.search_orders(request, merchant, _search(filters, query.get("after", "")))
-    except ApiError as error:
-        if error.status >= 500:
-            raise
-        problem = error.message
+    found = await refused(lambda: api.search_orders(request, merchant, _search(filters, query.get("after", ""))))
+    orders, has_more = ([], False) if isinstance(found, ApiError) else found
+    problem = found.message if isinstance(found, ApiError) else ""
     shown = {name: value for name, value in filters.items() if value}
     next_page = "/dashboard?" + urllib.parse.urlencode({**shown, "after": orders[-1].id}) if has_more else ""
     return _show(request, merchant, "dashboard_orders.html", {
@@ -214,14 +211,10 @@ async def order_live(request: web.Request, merchant: Merchant) -> web.StreamResp
 
 async def _act(request: web.Request, merchant: Merchant, order_id: str, action, done: str) -> web.Response:
     """Run an order's action; back to the order's page with what was done, or with why it was refused."""
-    try:
-        await action()
-    except ApiError as error:
-        if error.status >= 500:
-            raise
+    if isinstance(refusal := await refused(action), ApiError):
         order = await api.order_of(request, merchant, order_id)
-        context = {**await _order_context(request, merchant, order), "problem": error.message}
-        return _show(request, merchant, "dashboard_order.html", context, status=error.status)
+        context = {**await _order_context(request, merchant, order), "problem": refusal.message}
+        return _show(request, merchant, "dashboard_order.html", context, status=refusal.status)
     return redirect(f"/dashboard/orders/{order_id}?done={done}")
 
 
@@ -310,14 +303,14 @@ async def _balances(request: web.Request, merchant: Merchant, problem: str = "",
 async def request_payout(request: web.Request, merchant: Merchant) -> web.Response:
     fields = await action_form(request, "dashboard")
     currency = str(fields.get("currency", ""))
-    try:
+
+    async def action():
         amount = minor_units(str(fields.get("amount", "")), currency)
         wanted, body = checked(schemas.PayoutCreate, {"amount": amount or 0, "currency": currency})
-        await payments_api.request_payout(request, merchant, wanted, body)
-    except ApiError as error:
-        if error.status >= 500:
-            raise
-        return await _balances(request, merchant, error.message, error.status)
+        return await payments_api.request_payout(request, merchant, wanted, body)
+
+    if isinstance(refusal := await refused(action), ApiError):
+        return await _balances(request, merchant, refusal.message, refusal.status)
     return redirect("/dashboard/balances?done=payout")
 
 

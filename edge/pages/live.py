@@ -188,4 +188,6 @@ async def stream(request: web.Request, merchant_id: str, order_id: str, since: s
                     await response.write(event("status", await fragment(state), since))
         except ConnectionResetError:  # the page was closed
             pass
+        except (ApiError, ShardBusy) as error:  # the stream ends; the browser connects again in RETRY_MS
+            log.info("live status of %s ended: %s", order_id, error)
     return response

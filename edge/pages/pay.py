@@ -21,7 +21,7 @@ from edge.errors import ApiError, not_found
 from edge.http import cached_merchant
 from edge.limits import SlidingWindow, client_ip
 from edge.pages import live
-from edge.pages.common import ATTEMPT, checked, form_of, money, new_attempt, page, redirect, render, seconds_until
+from edge.pages.common import ATTEMPT, checked, form_of, money, new_attempt, page, redirect, refused, render, seconds_until
 from engine.records import Merchant, Order
 
 METHOD_LABELS = {"card": "Card", "qr": "QR code", "bank_transfer": "Bank transfer", "wallet": "Wallet"}
@@ -155,18 +155,17 @@ async def pay_by_card(request: web.Request) -> web.Response:
     payer = client_ip(request.remote, request.headers.get("X-Forwarded-For"), request.app["settings"].trusted_proxies)
     if request.app["pay_attempts"].hit(payer, time.monotonic()):
         raise ApiError(429, "rate_limited", "too many payment attempts from your address; wait a minute")
-    if order.status == "pending":
-        try:
-            payment, body = checked(schemas.PaymentCreate, {
-                "order_id": order.id, "customer_ip": payer,
-                "payment_method": {"type": "card", "card": _card(fields)}})
-            await payments_api.pay(request, merchant, payment, body)
-        except ApiError as error:
-            if error.status >= 500 or error.code == "payment_in_progress":
-                raise
-            state = await live.read_state(request.app["gateway"], order)
-            return render(request, "pay.html", checkout(request, merchant, state, "card", _said(error)),
-                          status=error.status)
+    async def action():
+        payment, body = checked(schemas.PaymentCreate, {"order_id": order.id, "customer_ip": payer,
+                                                        "payment_method": {"type": "card", "card": _card(fields)}})
+        return await payments_api.pay(request, merchant, payment, body)
+
+    # An order no longer pending, or already being paid, shows where it stands instead.
+    refusal = await refused(action) if order.status == "pending" else None
+    if isinstance(refusal, ApiError) and refusal.code != "payment_in_progress":
+        state = await live.read_state(request.app["gateway"], order)
+        return render(request, "pay.html", checkout(request, merchant, state, "card", _said(refusal)),
+                      status=refusal.status)
     return redirect(f"/pay/{order.id}?method=card")
 
 
