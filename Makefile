@@ -9,7 +9,8 @@ UV_VERSION := 0.13.9
 UV := .lock-tools/bin/uv
 PYPI := https://pypi.org/simple
 
-.PHONY: venv lock lock-check chromium test test-slow run screenshots bench-engine bench-durable bench-http bench-ceiling clean
+.PHONY: venv lock lock-check chromium test test-slow run screenshots bench-engine bench-durable bench-http bench-ceiling bench-notify \
+	clean
 
 venv: $(STAMP)
 
@@ -74,6 +75,9 @@ bench-http: venv
 
 bench-ceiling: venv
 	$(BIN)/python -m bench.ceiling
+
+bench-notify: venv
+	$(BIN)/python -m bench.notify
 
 clean:
 	rm -rf $(VENV) .lock-tools data bench/out

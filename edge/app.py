@@ -10,6 +10,7 @@ import msgspec
 import orjson
 from aiohttp import web
 
+from actors.merchant_secrets import MerchantSecrets, SecretSealer, Secrets
 from edge import (
     cards,
     credentials_api,
@@ -24,9 +25,8 @@ from edge import (
     schemas,
     wallets_api,
 )
-from edge.auth import AdminToken, Secrets, TokenIssuer, hash_secret
-from edge.credentials import CredentialUses, MerchantSecrets, client_secret_set, report_uses
-from edge.sealing import SecretSealer
+from edge.auth import AdminToken, TokenIssuer, hash_secret
+from edge.credentials import CredentialUses, client_secret_set, report_uses
 from edge.errors import ApiError, not_found
 from edge.gateway import Gateway
 from edge.http import (
@@ -97,7 +97,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_and_metrics])
     data = pathlib.Path(settings.data)
     app["settings"] = settings
-    app["secrets"] = Secrets.load_or_create(data / "gateway.key")
+    app["secrets"] = Secrets.of_data_folder(data)
     app["admin"] = (AdminToken(settings.admin_token_hash) if settings.admin_token_hash else
                     AdminToken.load_or_create(data / "admin_token.sha256", None)[0])
     app["issuer"] = TokenIssuer.load_or_create(data / "jwt_signing_key.pem")
@@ -108,9 +108,9 @@ def create_app(settings: Settings) -> web.Application:
     app["card_keys"] = cards.KeyRing.load(data)
     app["fingerprints"] = RequestFingerprints.load_or_create(data / "request_fingerprint.key",
                                                              app["secrets"].card_fingerprint)
-    app["merchant_secrets"] = MerchantSecrets(app["secrets"], SecretSealer.load_or_create(data / "credentials.key"))
+    app["merchant_secrets"] = MerchantSecrets(app["secrets"], SecretSealer.of_data_folder(data))
     app["credential_uses"] = CredentialUses()
-    app["metrics"] = Metrics()
+    app["metrics"] = Metrics(data)
     invoices_api.install(app)
     app["risk"] = risk.LocalTable(settings.risk_table_path, frozenset(settings.risk_test_cards))
     app.on_startup.append(_open_gateway)

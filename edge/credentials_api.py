@@ -4,12 +4,11 @@ import time
 
 from aiohttp import web
 
+from actors.merchant_secrets import SecretSealer, random_secret, seal_context
 from edge import schemas
-from edge.auth import hash_secret, random_secret
-from edge.credentials import seal_context
+from edge.auth import hash_secret
 from edge.errors import ApiError
 from edge.http import body_of, merchant_visible, new_id, raise_for, respond, run
-from edge.sealing import SecretSealer
 from engine import views
 from engine.credentials import live_sets
 from engine.records import Credential, Merchant, RotateCredentials

@@ -24,6 +24,8 @@ from engine.idempotency import IdempotencyRecord
 from engine.ledger import Ledger
 from engine.queries import Answer, Query, answer
 from engine.records import (
+    COMMAND_RETIRED,
+    RETIRED_COMMANDS,
     Adjustment,
     BlocklistEntry,
     Customer,
@@ -40,6 +42,7 @@ from engine.records import (
     Refund,
     VaultedCard,
     Withdrawal,
+    inner_command,
 )
 from engine.submits import SubmitRecord, SubmitWindow, spans_cover
 from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Transfer
@@ -144,12 +147,19 @@ class Engine:
             end = start + span.command_count
             first = window.first_results(span)
             if first is None:
-                first = [self._step(index, commands[index], timestamp) for index in range(start, end)]
+                first = [self._submitted(index, commands[index], timestamp) for index in range(start, end)]
                 window.remember(span.submit_id, first, timestamp)
             else:
                 duplicates += range(start, end)
             results += first
         return results, duplicates
+
+    def _submitted(self, index: int, command, timestamp: int):
+        """A command that came in a Submit; a retired kind, which only journals older than Submit ids hold, is
+        refused and changes nothing."""
+        if type(inner_command(command)) in RETIRED_COMMANDS:
+            return Outcome(COMMAND_RETIRED)
+        return self._step(index, command, timestamp)
 
     def _step(self, index: int, command, timestamp: int):
         """Apply one command (or advance time) whole, or undo all it did and answer internal_error."""

@@ -168,6 +168,9 @@ class Payment(msgspec.Struct, tag=True, kw_only=True):
     customer_ip: str = ""
     # The deposit this payment funds: its money lands in the customer's wallet, not in the merchant's balance.
     deposit_id: str = ""
+    # The merchant's sub-account the payment's money went to (a static code's), '' for its balance: a refund goes
+    # back out of there. Set by the engine only, never from `metadata`, which the merchant writes.
+    sub_account_id: str = ""
 
 
 class BlocklistEntry(msgspec.Struct, tag=True, kw_only=True):
@@ -440,7 +443,8 @@ class CreateCustomer(msgspec.Struct, tag="create_customer", array_like=True):
 class MoveWallet(msgspec.Struct, tag="move_wallet", array_like=True, kw_only=True):
     """Legacy: a deposit into (from nothing), or a withdrawal from, a customer's wallet on the merchant's word.
 
-    Nothing sends it any more; journals that hold it still replay to the same state (see Wallets.move_wallet).
+    Nothing sends it any more; journals that hold it still replay to the same state (see Wallets.move_wallet). Those
+    journals were all written before Submits had ids: a MoveWallet that comes in a Submit is refused (RETIRED).
     """
 
     merchant_id: str
@@ -449,6 +453,11 @@ class MoveWallet(msgspec.Struct, tag="move_wallet", array_like=True, kw_only=Tru
     amount: int
     currency: str
     withdrawal: bool = False
+
+
+# Commands only old journals hold, applied on their replay; one that comes in a Submit answers COMMAND_RETIRED.
+RETIRED_COMMANDS = (MoveWallet,)
+COMMAND_RETIRED = "command_retired"
 
 
 class PayOrderFromWallet(msgspec.Struct, tag="pay_order_from_wallet", array_like=True, kw_only=True):

@@ -3,6 +3,7 @@ journal entries) or queued for the sequencer; "busy" past the limits."""
 
 import asyncio
 import logging
+import time
 import typing
 
 import msgspec
@@ -41,8 +42,7 @@ class Intake:
         self.replier: Replier | None = None
 
     def open(self) -> None:
-        self.replier = Replier(self.config.client_address, self.config.reply_timeout_ms,
-                               self.config.max_replies_in_flight)
+        self.replier = Replier(self.config.client_address, self.config.reply_timeout_ms)
         asyncio.get_running_loop().add_reader(self.replier.receive_fd, self._on_requests)
 
     def close(self) -> None:
@@ -55,24 +55,25 @@ class Intake:
         """Take every request waiting on the client socket; each is answered by a task of its own."""
         loop = asyncio.get_running_loop()
         while (received := self.replier.receive()) is not None:
-            header, message = received
+            context, message = received
             message = self.key.open(message)
             if message is None:  # not one of ours: nothing decoded, nothing answered
+                self.replier.drop(context)
                 continue
             if len(self.held_requests) >= self.config.max_requests:
-                self._send_reply(header, self.shard.reply(ReplyStatus.BUSY))
+                self._send_reply(context, self.shard.reply(ReplyStatus.BUSY))
                 continue
-            task = loop.create_task(self._serve(header, message))
+            task = loop.create_task(self._serve(context, message))
             self.held_requests.add(task)
             task.add_done_callback(self.held_requests.discard)
 
-    async def _serve(self, header: bytes, message: bytes) -> None:
-        self._send_reply(header, await self._answer(message))
+    async def _serve(self, context, message: bytes) -> None:
+        self._send_reply(context, await self._answer(message))
 
-    def _send_reply(self, header: bytes, reply: bytes) -> None:
-        if not self.replier.reply(header, self.key.seal(reply)):  # clients that stopped reading: they will ask again
-            log.warning("a reply of %d bytes dropped: %d replies still under way", len(reply),
-                        self.config.max_replies_in_flight)
+    def _send_reply(self, context, reply: bytes) -> None:
+        if not self.replier.reply(context, self.key.seal(reply)):  # a client that stopped reading: it will ask again
+            log.warning("a reply of %d bytes dropped: its client took none within %d ms", len(reply),
+                        self.config.reply_timeout_ms)
 
     async def _answer(self, message: bytes) -> bytes:
         shard = self.shard
@@ -108,6 +109,9 @@ class Intake:
         if kind is Submit and len(request.submit_id) > SUBMIT_ID_MAX_BYTES:
             return shard.reply(ReplyStatus.INVALID, message=f"a submit id longer than {SUBMIT_ID_MAX_BYTES} bytes")
         if shard.queue_items + items > self.config.max_queue_items:
+            return shard.reply(ReplyStatus.BUSY)
+        # A window full of records too young to forget (engine/submits.py): refused now, never journaled.
+        if kind is Submit and not shard.engine.submits.has_room(max(time.time_ns(), shard.engine.timestamp)):
             return shard.reply(ReplyStatus.BUSY)
         # A Submit decoded once more, as raw commands (a skim): those bytes are what the journal keeps.
         received = received_submit_decoder.decode(message).commands if kind is Submit else None

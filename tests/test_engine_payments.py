@@ -916,6 +916,44 @@ def test_a_static_code_credits_the_merchant_or_its_sub_account_with_any_amount_o
         "succeeded", 70_000, "", {"sub_account_id": "sub_store"})
 
 
+def test_a_static_code_payment_is_refunded_from_the_account_it_credited(gw: Gateway):
+    """A transfer a static code credited to a sub-account goes back out of that sub-account, never the balance; the
+    merchant's own `metadata` names no account to refund from."""
+    gw.ok(CreateSubAccount("m1", SubAccount("sub_store", "Store")))
+    gw.ok(static_code_transfer("cb1", 500), static_code_transfer("cb2", 700, "sub_store"))
+    gw.ok(refund("re_1", "pay_cb2", 200))
+    balance, sub_account = (system_account_id("m1", name, "VND") for name in ("balance", "sub_store"))
+
+    def posted():
+        accounts = gw.query(LookupAccounts([balance, sub_account])).accounts
+        return [account.credits_posted - account.debits_posted for account in accounts]
+
+    assert posted() == [500, 500]
+    gw.refused(refund("re_2", "pay_cb2", 501), "amount_too_large")
+    gw.ok(refund("re_3", "pay_cb2", 500))
+    assert posted() == [500, 0]
+    for gateway in (gw, gw.restored()):
+        assert gateway.payment("pay_cb2").sub_account_id == "sub_store"
+    # A payment whose metadata names the sub-account still refunds from the balance its money went to.
+    gw.ok(order("o9", amount=100))
+    claiming = create("p9", order_id="o9")
+    claiming.payment.metadata = {"sub_account_id": "sub_store"}
+    gw.ok(claiming)
+    gw.ok(psp("p9"))
+    gw.ok(static_code_transfer("cb3", 300, "sub_store"))
+    gw.ok(refund("re_4", "p9", 100))
+    assert gw.query(LookupAccounts([sub_account])).accounts[0].credits_posted == 1000
+
+
+def test_a_payout_hold_the_ledger_refuses_makes_no_account(paid: Gateway):
+    # The hold's transfer id is already spent: refused before the payouts account is made.
+    reused = payout("po1", 10)
+    reused.payout.hold_id = "m1:auth-p1-cb1"
+    paid.refused(reused, "exists_with_different_flags")
+    assert system_account_id("m1", "payouts", "USD") not in paid.engine.ledger.accounts
+    paid.ok(payout("po1", 10))
+
+
 def test_a_sub_account_finds_its_merchant_after_a_restore(gw: Gateway):
     gw.ok(CreateSubAccount("m2", SubAccount("sub_store", "Store")))
     for gateway in (gw, gw.restored()):

@@ -59,8 +59,8 @@ from engine.queries import ListEvents, PendingDeliveries
 from engine.types import NANOSECONDS_PER_SECOND as S
 
 T0 = 1_700_000_000 * S
-STATE_HASH = "63cc454fd0eb1d4882e5b3a616ff94cbf623d3a8dcfffc93fb541b2cae4dd984"
-SNAPSHOT_DIGEST = "19dc2dfeaf625560e40448ad0e84b00b6da6cdfae821c24219498baaffb7f8d6"
+STATE_HASH = "ff6482ab4c976c24774fd954ca7782400a787605b9facbed377a01deebc41ec9"
+SNAPSHOT_DIGEST = "5ec5d226b9234ff9153603980375865e35565448d3deb43fcbdbcb852706bb7f"
 
 
 def order(oid: str, mid: str = "m1", amount: int = 1000, methods: tuple[str, ...] = ("card",),
@@ -213,3 +213,22 @@ def test_the_snapshot_and_the_state_hash_are_those_recorded():
     restored = Engine.restore(data)
     assert restored.state_hash() == STATE_HASH
     assert restored.snapshot() == data
+
+
+def test_a_snapshot_from_before_payments_named_their_sub_account_restores():
+    """Snapshots written before `Payment.sub_account_id` lack the key, in payments and in the payments their events
+    keep: they restore, and snapshot again as they were plus the key's default."""
+    raw = msgspec.msgpack.decode(built().snapshot())
+    payments = raw[Snapshot.__struct_fields__.index("payments")]
+    assert [payment["sub_account_id"] for payment in payments if payment["sub_account_id"]] == ["sub1"]
+    for payment in payments:
+        del payment["sub_account_id"]
+    for event in raw[Snapshot.__struct_fields__.index("events")]:
+        if event["object_type"] == "payment":
+            shown = msgspec.msgpack.decode(event["data"])
+            del shown["sub_account_id"]
+            event["data"] = msgspec.msgpack.encode(shown)
+    old = msgspec.msgpack.encode(raw)
+    for payment in payments:
+        payment["sub_account_id"] = ""
+    assert Engine.restore(old).snapshot() == msgspec.msgpack.encode(raw)

@@ -2,23 +2,30 @@
 without the data folder's key is dropped before it is decoded: nothing applied, nothing read, no reply."""
 
 import asyncio
+import concurrent.futures
 import os
 import pathlib
 import stat
+import subprocess
+import sys
+import time
 
 import pynng
 import pytest
 
 from edge_harness import Server
 from engine import Account, CreateAccounts
-from journal.auth import KEY_BYTES, TAG_BYTES, KeyFileError, MessageKey, ensure_key_file, load_key
+from journal.auth import (KEY_BYTES, RELOAD_S, SWITCH_S, TAG_BYTES, KeyFileError, MessageKey, ensure_key_file,
+                          load_key, read_key_file, rotate_key_file)
 from journal.client import ShardClient
-from journal.processes import UNIX_PATH_MAX_BYTES, InternalAddresses, running_address, running_key
+from journal.processes import (UNIX_PATH_MAX_BYTES, InternalAddresses, request_once, request_status, running_address,
+                               running_key)
 from journal.wire import ReadEntries, Replicate, Submit, request_encoder
-from shard_harness import key_of, primary_config, replica_pair, start
+from shard_harness import Load, key_of, primary_config, replica_pair, start
 
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 NO_REPLY_MS = 700
+ROTATION_GRACE_S = 3
 WRONG_KEY = MessageKey(b"\x01" * KEY_BYTES)
 
 
@@ -43,6 +50,24 @@ def test_the_key_file_is_owner_only_and_made_once(tmp_path):
     path.chmod(0o640)
     with pytest.raises(KeyFileError, match="readable by others"):
         load_key(path)
+
+
+def test_a_rotated_key_file_is_accepted_at_once_and_seals_only_after_the_switch(tmp_path):
+    path = tmp_path / "internal.key"
+    ensure_key_file(path)
+    old_only = MessageKey(path.read_bytes())
+    key = load_key(path)  # read before the rotation, as a running process has it
+    switch_at, refused_at = rotate_key_file(path, grace_s=30)
+    old, new = read_key_file(path)[0]
+    assert (new.seal_from, old.accept_until) == (switch_at, refused_at) and stat.S_IMODE(path.stat().st_mode) == 0o600
+    time.sleep(RELOAD_S)  # the running process looks again
+    assert key.open(MessageKey(bytes.fromhex(new.secret)).seal(b"new")) == b"new"
+    assert old_only.open(key.seal(b"still old")) == b"still old"  # nobody seals with the new key before the switch
+    with pytest.raises(KeyFileError, match="under way"):
+        rotate_key_file(path)
+    path.write_bytes(b"{}")
+    time.sleep(RELOAD_S)
+    assert key.open(old_only.seal(b"kept")) == b"kept"  # a broken file leaves the keys in hand
 
 
 def test_sockets_of_a_long_data_path_go_to_a_short_owner_only_folder(tmp_path):
@@ -112,6 +137,64 @@ def test_a_replica_drops_replication_that_lacks_the_key(tmp_path):
     finally:
         client.close()
         replica_process.stop()
+
+
+def test_the_internal_key_rotates_under_a_running_shard_and_its_replica(tmp_path):
+    """`paygate rotate-internal-key`: load keeps flowing, primary to replica too, while the new key arrives, takes
+    over sealing and the old one's grace runs out; a sender that knows only the old key is obeyed until then and
+    refused after."""
+    primary, replica = replica_pair(tmp_path)
+    processes = [start(replica), start(primary)]
+    key_file = pathlib.Path(primary.key_file)
+    old_only = MessageKey(key_file.read_bytes())
+    client = ShardClient([primary.client_address, replica.client_address], load_key(key_file), timeout_ms=5000)
+
+    def old_key_creates(account: str) -> bool:
+        submit = Submit([CreateAccounts([Account(account, "usd")])], account.encode())
+        request_once(primary.client_address, old_only, submit, timeout_ms=NO_REPLY_MS)  # the reply is under the new key
+        return asyncio.run(client.lookup_accounts([account])) != [None]
+
+    def rotate(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edge.cli", "rotate-internal-key", "--data", str(tmp_path),
+                               "--grace-s", str(ROTATION_GRACE_S), *extra], capture_output=True, text=True, timeout=60)
+
+    async def load_through(seconds: float) -> Load:  # on a loop and a client of its own, in a thread
+        load = Load(ShardClient([primary.client_address, replica.client_address], load_key(key_file), timeout_ms=5000))
+        try:
+            await load.create_accounts()
+            await load.run(seconds, concurrency=2, chains_per_submit=5)
+        finally:
+            load.client.close()
+        return load
+
+    try:
+        assert old_key_creates("test:before")
+        rotated = rotate()
+        assert rotated.returncode == 0 and "seals from" in rotated.stdout, rotated.stderr
+        old, new = read_key_file(key_file)[0]
+        switch_at, refused_at = new.seal_from, old.accept_until
+        assert refused_at == switch_at + ROTATION_GRACE_S and rotate().returncode == 1  # one rotation at a time
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            loading = pool.submit(asyncio.run, load_through(SWITCH_S + ROTATION_GRACE_S + 2))
+            time.sleep(max(0.0, switch_at + 0.5 - time.time()))
+            assert old_key_creates("test:in-grace")  # senders seal with the new key now; the old one is still obeyed
+            time.sleep(max(0.0, refused_at + RELOAD_S - time.time()))
+            assert not old_key_creates("test:after-grace")
+            load = loading.result(timeout=60)
+        assert load.acknowledged and not load.unacknowledged
+        new_only = MessageKey(bytes.fromhex(new.secret))
+        assert request_status(primary.client_address, new_only) is not None
+        status = asyncio.run(client.status())
+        assert status.replica_sequence == status.durable_sequence == status.sequence
+        replica_client = ShardClient([replica.client_address], load_key(key_file), timeout_ms=5000)
+        try:
+            assert asyncio.run(replica_client.status()).sequence == status.sequence
+        finally:
+            replica_client.close()
+    finally:
+        client.close()
+        for process in processes:
+            process.kill()
 
 
 def _session_pids(session: int) -> list[int]:

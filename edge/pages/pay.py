@@ -15,8 +15,8 @@ import urllib.parse
 import aiohttp_jinja2
 from aiohttp import web
 
+from actors.merchant_secrets import webhook_signature
 from edge import app as api, payments_api, qr_api, schemas
-from edge.auth import webhook_signature
 from edge.errors import ApiError, not_found
 from edge.http import cached_merchant
 from edge.limits import SlidingWindow, client_ip
