@@ -37,9 +37,12 @@ def set_up(server: PaygateServer) -> dict:
         key=server.admin_token)
     key = shop["api_key"]
 
+    customer = api(server, "POST", "/v1/customers", {"email": "ann@example.com", "name": "Ann"}, key=key)
+
     def order(name: str, amount: int = 2450, currency: str = "usd") -> dict:
         return api(server, "POST", "/v1/orders", {"name": name, "amount": amount, "currency": currency,
-                                                  "customer_email": "ann@example.com"}, key=key)
+                                                  "customer_email": "ann@example.com", "customer_id": customer["id"]},
+                   key=key)
 
     paid = order("Sencha, 200 g")
     payment = api(server, "POST", "/v1/payments", {"order_id": paid["id"], "payment_method": {
@@ -69,7 +72,7 @@ def shoot(browser, server: PaygateServer, scenes: dict, size: str, options: dict
         page.screenshot(path=str(OUT / f"{name}-{size}.png"), full_page=True)
 
     shopper = new_page()
-    for method in ("card", "qr", "bank_transfer"):
+    for method in ("card", "qr", "bank_transfer", "wallet"):
         shopper.goto(f"{scenes['pending']['payment_url']}?method={method}")
         save(shopper, f"pay-{method.replace('_', '-')}")
     for number, name in (("4000000000000002", "pay-declined"), ("4000000000003220", "pay-3ds")):

@@ -622,7 +622,10 @@ async def create_customer(request: web.Request) -> web.Response:
 
 
 async def _customer(request: web.Request, merchant: Merchant) -> Customer:
-    customer_id = request.match_info["id"]
+    return await customer_of(request, merchant, request.match_info["id"])
+
+
+async def customer_of(request: web.Request, merchant: Merchant, customer_id: str) -> Customer:
     customer = (await request.app["gateway"].read(merchant.id, GetCustomer(merchant.id, customer_id))).record
     if customer is None:
         raise not_found("customer", customer_id)
@@ -635,9 +638,12 @@ async def get_customer(request: web.Request) -> web.Response:
 
 
 async def get_wallet(request: web.Request) -> web.Response:
-    """The wallet's balances and its latest moves (deposits, adjustments, checkouts, withdrawals)."""
     merchant = await merchant_principal(request)
-    customer = await _customer(request, merchant)
+    return respond(request, await wallet_of(request, merchant, await _customer(request, merchant)))
+
+
+async def wallet_of(request: web.Request, merchant: Merchant, customer: Customer) -> views.WalletOut:
+    """The wallet's balances and its latest moves (deposits, adjustments, checkouts, withdrawals)."""
     gateway = request.app["gateway"]
     ids = [wallet_account_id(merchant.id, customer.id, currency) for currency in schemas.CURRENCY_EXPONENTS]
     accounts = [account for account in (await gateway.read(merchant.id, LookupAccounts(ids))).accounts if account]
@@ -646,4 +652,4 @@ async def get_wallet(request: web.Request) -> web.Response:
         account.id, limit=20, newest_first=True)) for account in accounts))
     history = [transfer for statement in statements for transfer in statement.transfers]
     history.sort(key=lambda transfer: transfer.timestamp, reverse=True)
-    return respond(request, views.wallet(customer, accounts, history[:20]))
+    return views.wallet(customer, accounts, history[:20])

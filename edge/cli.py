@@ -270,6 +270,7 @@ def _serve(args) -> int:
                                                 dashboard_port=args.dashboard_port)
             _stop_on_signals(stop)  # ray.init put its own SIGTERM handler (a traceback and exit 1) in ours' place
             connector_address = local.address("card-connector", 0)
+            settings.smtp_url = smtp_url
             handles, where = _spawn_actors(args, data, settings, connector_address, providers, smtp_url)
             actor_handles += handles
             ray_description += where

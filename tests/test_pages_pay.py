@@ -10,6 +10,7 @@ import hashlib
 import hmac
 import json
 import re
+import time
 import urllib.request
 import uuid
 
@@ -19,6 +20,7 @@ from playwright.sync_api import expect
 from bench.browser import PHONE
 from browser_harness import LOW_CONTRAST, UNLABELLED, CallbackReceiver, new_page, pay_by_card
 from edge_harness import Server
+from notify_harness import smtp_server
 
 SUCCEEDS, DECLINED, THREE_D_SECURE = "4242424242424242", "4000000000000002", "4000000000003220"
 LUHN_INVALID = "4242424242424241"
@@ -27,9 +29,16 @@ pytestmark = pytest.mark.usefixtures("double_entry_holds")
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def inbox():
+    """The SMTP server serve sends mail to: wallet codes, receipts."""
+    with smtp_server() as inbox:
+        yield inbox
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, inbox):
     server = Server(tmp_path_factory.mktemp("pages-pay"), workers=2, actors=True,
-                    extra=("--order-ip-limit", "100000")).start()
+                    extra=("--order-ip-limit", "100000", "--smtp-url", inbox.url)).start()
     yield server
     server.stop()
 
@@ -197,6 +206,45 @@ def test_the_page_fits_a_phone(server, shop, browser, receiver):
         assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")
         pay_by_card(page, SUCCEEDS)
         expect(page.get_by_role("heading", name="Payment successful")).to_be_visible()
+
+
+def wallet_code(inbox, address: str, timeout_s: float = 15) -> str:
+    """The code of the latest wallet code message mailed to `address`."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        codes = [message["Subject"].rsplit(" ", 1)[1] for message in inbox.messages
+                 if message["To"] == address and message["Subject"].startswith("Your wallet code:")]
+        if codes:
+            return codes[-1]
+        time.sleep(0.1)
+    raise AssertionError(f"no wallet code reached {address}")
+
+
+def test_a_customer_signs_in_with_a_mailed_code_and_pays_from_the_wallet(server, shop, page, inbox):
+    address = f"ann-{uuid.uuid4().hex[:8]}@example.com"
+    customer = server.request("POST", "/v1/customers", {"email": address, "name": "Ann"}, key=shop["api_key"]).json()
+    funded = server.request("POST", f"/v1/customers/{customer['id']}/adjustments",
+                            {"amount": 5000, "currency": "usd", "reason": "test funds"}, key=server.admin_token)
+    assert funded.status == 200, funded.body
+    the_order = order(server, shop, customer_id=customer["id"])
+    page.goto(the_order["payment_url"])
+    page.get_by_role("tab", name="Wallet").click()
+    expect(page.get_by_text("We send a one-time code to a•••@example.com")).to_be_visible()
+    page.get_by_role("button", name="Send me a code").click()
+    code = wallet_code(inbox, address)
+    page.get_by_label("Code from your e-mail").fill("999999" if code != "999999" else "000000")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("That code is not the one we sent, or it is too old.")
+    page.get_by_label("Code from your e-mail").fill(code)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text("Your wallet holds 50.00 USD.")).to_be_visible()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+    page.get_by_role("button", name="Pay 19.99 USD from my wallet").click()
+    expect(page.get_by_role("heading", name="Payment successful")).to_be_visible()
+    assert order_now(server, shop, the_order["id"])["status"] == "paid"
+    wallet = server.request("GET", f"/v1/customers/{customer['id']}/wallet", key=shop["api_key"]).json()
+    assert [(entry["currency"], entry["balance"]) for entry in wallet["balances"]] == [("usd", 5000 - 1999)]
+    assert code not in page.content()
 
 
 # Accessibility

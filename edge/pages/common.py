@@ -147,7 +147,13 @@ def cookie_secure(request: web.Request) -> bool:
 def start_session(request: web.Request, response: web.StreamResponse, audience: str, subject: str) -> None:
     cookie, path = SESSIONS[audience]
     token = request.app["issuer"].issue(subject, audience, TOKEN_TTL_S, int(time.time()))
-    response.set_cookie(cookie, token, max_age=TOKEN_TTL_S, path=path, httponly=True, samesite="Strict",
+    set_token_cookie(request, response, cookie, path, token, TOKEN_TTL_S)
+
+
+def set_token_cookie(request: web.Request, response: web.StreamResponse, cookie: str, path: str, token: str,
+                     max_age_s: int) -> None:
+    """A signed token in a cookie scripts cannot read, sent to `path` alone and never from another site."""
+    response.set_cookie(cookie, token, max_age=max_age_s, path=path, httponly=True, samesite="Strict",
                         secure=cookie_secure(request))
 
 

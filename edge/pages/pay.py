@@ -14,13 +14,14 @@ import urllib.parse
 
 import aiohttp_jinja2
 from aiohttp import web
+from multidict import MultiDictProxy
 
 from actors.merchant_secrets import webhook_signature
 from edge import app as api, payments_api, qr_api, schemas
 from edge.errors import ApiError, not_found
 from edge.http import cached_merchant
 from edge.limits import SlidingWindow, client_ip
-from edge.pages import live
+from edge.pages import live, wallet
 from edge.pages.common import ATTEMPT, checked, form_of, money, new_attempt, page, redirect, refused, render, seconds_until
 from engine.records import Merchant, Order
 
@@ -37,9 +38,13 @@ def add_routes(app: web.Application) -> None:
     app.router.add_get("/pay/{order_id}", pay_page)
     app.router.add_post("/pay/{order_id}/card", pay_by_card)
     app.router.add_get("/pay/{order_id}/live", live_checkout)
+    app.router.add_post("/pay/{order_id}/wallet/code", wallet_code)
+    app.router.add_post("/pay/{order_id}/wallet/sign_in", wallet_sign_in)
+    app.router.add_post("/pay/{order_id}/wallet/pay", pay_from_wallet)
+    wallet.install(app)
 
 
-async def _order_and_merchant(request: web.Request) -> tuple[Order, Merchant]:
+async def order_and_merchant(request: web.Request) -> tuple[Order, Merchant]:
     order_id = request.match_info["order_id"]
     order = await qr_api.find_order(request, order_id)
     merchant = await cached_merchant(request.app, order.merchant_id) if order else None
@@ -50,22 +55,30 @@ async def _order_and_merchant(request: web.Request) -> tuple[Order, Merchant]:
 
 @page
 async def pay_page(request: web.Request) -> web.Response:
-    order, merchant = await _order_and_merchant(request)
+    order, merchant = await order_and_merchant(request)
+    return await show(request, merchant, order)
+
+
+async def show(request: web.Request, merchant: Merchant, order: Order, method: str = "", problem: str = "",
+               wallet_problem: str = "", status: int = 200) -> web.Response:
+    """The page as the order stands now; with why the shopper's last form was refused, if it was."""
     state = await live.read_state(request.app["gateway"], order)
-    return render(request, "pay.html", checkout(request, merchant, state))
+    tab = await wallet.tab(request, merchant, order, wallet_problem)
+    return render(request, "pay.html", checkout(request, merchant, state, tab, method, problem), status=status)
 
 
 @page
 async def live_checkout(request: web.Request) -> web.StreamResponse:
-    order, merchant = await _order_and_merchant(request)
+    order, merchant = await order_and_merchant(request)
 
     async def fragment(state: live.OrderState) -> str:
-        return aiohttp_jinja2.render_string("pay_checkout.html", request, checkout(request, merchant, state))
+        tab = await wallet.tab(request, merchant, state.order)
+        return aiohttp_jinja2.render_string("pay_checkout.html", request, checkout(request, merchant, state, tab))
 
     return await live.stream(request, merchant.id, order.id, request.query.get("since", ""), fragment)
 
 
-def checkout(request: web.Request, merchant: Merchant, state: live.OrderState, method: str = "",
+def checkout(request: web.Request, merchant: Merchant, state: live.OrderState, wallet_tab: dict, method: str = "",
              problem: str = "") -> dict:
     """What the page shows of the order now: its summary and the part the shopper acts on (`view`)."""
     order = api.order_out(request, merchant, state.order)
@@ -73,7 +86,8 @@ def checkout(request: web.Request, merchant: Merchant, state: live.OrderState, m
     view = _view(state)
     failure = problem or (payment.failure_message or payment.failure_code if payment and view == "form" and
                           payment.status == "failed" else "")
-    methods = [name for name in METHOD_LABELS if name in order.payment_methods and name != "wallet"]
+    methods = [name for name in METHOD_LABELS if name in order.payment_methods and (name != "wallet" or
+                                                                                    wallet_tab["offered"])]
     selected = method or request.query.get("method", "")
     attempt = new_attempt()
     back_from_3ds = request.query.get("from") == "3ds"
@@ -90,7 +104,7 @@ def checkout(request: web.Request, merchant: Merchant, state: live.OrderState, m
         "auto_continue": view == "authenticate" and not back_from_3ds,
         "return_url": _return_url(request, merchant, state.order) if view in ("paid", "expired", "cancelled",
                                                                                 "failed") else "",
-        "redirect_after_ms": REDIRECT_AFTER_MS if view == "paid" else 0,
+        "redirect_after_ms": REDIRECT_AFTER_MS if view == "paid" else 0, "wallet": wallet_tab,
     }
 
 
@@ -142,19 +156,27 @@ def _transfer_details(merchant: Merchant, order: Order) -> dict | None:
             "qr_image": f"/v1/qr/orders/{order.id}.png" if qr_api.order_qr_problem(order) is None else ""}
 
 
-@page
-async def pay_by_card(request: web.Request) -> web.Response:
-    order, merchant = await _order_and_merchant(request)
+async def shopper_form(request: web.Request, order: Order) -> tuple[MultiDictProxy, str]:
+    """A form of the payment page, from this site and this page's rendering (its attempt and the attempt's token),
+    under the limit per address; its attempt becomes the request's Idempotency-Key (a form sent twice acts once).
+    The form, and the shopper's address."""
     fields = await form_of(request, None)
     attempt = str(fields.get("attempt", ""))
     if not ATTEMPT.fullmatch(attempt) or not hmac.compare_digest(
             str(fields.get("attempt_token", "")).encode(), _attempt_token(request, order.id, attempt).encode()):
         raise ApiError(403, "csrf_token_invalid", "this form has expired: open the page again and resend it")
-    # The form's attempt is its Idempotency-Key: the same form sent twice pays once.
     request["idempotency_key"] = f"pay_page_{attempt}"
     payer = client_ip(request.remote, request.headers.get("X-Forwarded-For"), request.app["settings"].trusted_proxies)
     if request.app["pay_attempts"].hit(payer, time.monotonic()):
         raise ApiError(429, "rate_limited", "too many payment attempts from your address; wait a minute")
+    return fields, payer
+
+
+@page
+async def pay_by_card(request: web.Request) -> web.Response:
+    order, merchant = await order_and_merchant(request)
+    fields, payer = await shopper_form(request, order)
+
     async def action():
         payment, body = checked(schemas.PaymentCreate, {"order_id": order.id, "customer_ip": payer,
                                                         "payment_method": {"type": "card", "card": _card(fields)}})
@@ -163,10 +185,51 @@ async def pay_by_card(request: web.Request) -> web.Response:
     # An order no longer pending, or already being paid, shows where it stands instead.
     refusal = await refused(action) if order.status == "pending" else None
     if isinstance(refusal, ApiError) and refusal.code != "payment_in_progress":
-        state = await live.read_state(request.app["gateway"], order)
-        return render(request, "pay.html", checkout(request, merchant, state, "card", _said(refusal)),
-                      status=refusal.status)
+        return await show(request, merchant, order, "card", _said(refusal), status=refusal.status)
     return redirect(f"/pay/{order.id}?method=card")
+
+
+# The wallet tab
+
+
+@page
+async def wallet_code(request: web.Request) -> web.Response:
+    order, merchant = await order_and_merchant(request)
+    await shopper_form(request, order)
+    response = redirect(f"/pay/{order.id}?method=wallet")
+    return await _wallet_step(request, merchant, order, lambda: wallet.send_code(request, merchant, order, response),
+                              response)
+
+
+@page
+async def wallet_sign_in(request: web.Request) -> web.Response:
+    order, merchant = await order_and_merchant(request)
+    fields, _ = await shopper_form(request, order)
+    response = redirect(f"/pay/{order.id}?method=wallet")
+    code = str(fields.get("code", ""))
+    return await _wallet_step(request, merchant, order,
+                              lambda: wallet.sign_in(request, merchant, order, code, response), response)
+
+
+@page
+async def pay_from_wallet(request: web.Request) -> web.Response:
+    order, merchant = await order_and_merchant(request)
+    _, payer = await shopper_form(request, order)
+
+    async def action():
+        payment, body = checked(schemas.PaymentCreate, wallet.payment(request, order, payer))
+        return await payments_api.pay(request, merchant, payment, body)
+
+    return await _wallet_step(request, merchant, order, action, redirect(f"/pay/{order.id}?method=wallet"))
+
+
+async def _wallet_step(request: web.Request, merchant: Merchant, order: Order, action,
+                       response: web.Response) -> web.Response:
+    """`response` once `action` is done; else the page again, the wallet tab saying why not."""
+    refusal = await refused(action)
+    if isinstance(refusal, ApiError):
+        return await show(request, merchant, order, "wallet", wallet_problem=_said(refusal), status=refusal.status)
+    return response
 
 
 def _card(fields) -> dict:
@@ -182,8 +245,9 @@ def _card(fields) -> dict:
             "cvc": str(fields.get("cvc", "")).strip(), "holder_name": str(fields.get("holder_name", "")).strip()}
 
 
-# What the shopper reads for the API's refusals of a card (the API's own words otherwise).
-CARD_PROBLEMS = {
+# What the shopper reads for the API's refusals of a card or a wallet payment (the API's own words otherwise).
+PROBLEMS = {
+    "insufficient_funds": "Your wallet does not hold enough for this order.",
     "incorrect_number": "Your card number is incorrect.",
     "payment_method.card.cvc": "Enter the 3 or 4 digits of your card's CVC.",
     "payment_method.card.number": "Your card number is incorrect.",
@@ -193,4 +257,4 @@ CARD_PROBLEMS = {
 
 
 def _said(error: ApiError) -> str:
-    return CARD_PROBLEMS.get(error.code) or CARD_PROBLEMS.get(error.param or "") or error.message
+    return PROBLEMS.get(error.code) or PROBLEMS.get(error.param or "") or error.message
