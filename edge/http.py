@@ -28,7 +28,7 @@ from edge.gateway import InvalidCommand, ShardBusy
 from edge.limits import client_ip, ip_allowed
 from engine import views
 from engine.credentials import INITIAL_CREDENTIAL_ID, SIGNATURE_REPLAYED
-from journal.auth import create_file_once
+from journal.auth import HmacSha256, create_file_once
 from engine.queries import GetIdempotencyRecord, GetMerchant
 from engine.records import Idempotent, Merchant, Outcome, Signed
 
@@ -136,6 +136,10 @@ class Principal(msgspec.Struct):
 async def errors_and_metrics(request: web.Request, handler):
     request_id = request_id_of(request)
     request["request_id"] = request_id
+    # Every request has these, so that reading one finds a value (a key missing from a request costs an exception).
+    request["idempotency_key"] = None
+    request["replayed"] = False
+    request["signed"] = None
     started = time.perf_counter()
     try:
         if request.method not in READ_METHODS:  # every route that changes something checks the key here, once
@@ -171,7 +175,7 @@ async def errors_and_metrics(request: web.Request, handler):
         response = ApiError(500, "internal_error", "an internal error occurred; it has been logged").response()
     response.headers["Request-Id"] = request_id
     response.headers["Server"] = SERVER_NAME
-    if request.get("replayed"):  # an error the first request got is replayed too, and says so
+    if request["replayed"]:  # an error the first request got is replayed too, and says so
         response.headers["Idempotent-Replayed"] = "true"
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     request.app["metrics"].observe(request.method, route, response.status, time.perf_counter() - started)
@@ -338,8 +342,9 @@ async def merchant_principal(request: web.Request) -> Merchant:
 
 async def run(request: web.Request, merchant_id: str, command, body: bytes = b"", shard: int | None = None):
     """Submit one command to the merchant's shard (or to `shard`), under the request's Idempotency-Key if any."""
-    signed = request.pop("signed", None)
+    signed = request["signed"]
     if signed is not None:
+        request["signed"] = None  # the request's first command carries it
         signer, digest, expires_at_ns = signed
         command = Signed(merchant_id=signer, message_digest=digest, expires_at=expires_at_ns, command=command)
     key = idempotency_key(request)
@@ -385,7 +390,7 @@ class RequestFingerprints:
     def __init__(self, key: bytes, card_fingerprint) -> None:
         if len(key) < FINGERPRINT_KEY_BYTES:
             raise ValueError(f"the request fingerprint key must be at least {FINGERPRINT_KEY_BYTES} bytes")
-        self._key = key
+        self._hmac = HmacSha256(key)
         self._card_fingerprint = card_fingerprint
 
     @classmethod
@@ -395,7 +400,7 @@ class RequestFingerprints:
 
     def of(self, method: str, path: str, body: bytes) -> str:
         text = _request_text(method, path, _canonical(body, self._card_fingerprint))
-        return KEYED_REQUEST_HASH_PREFIX + hmac.new(self._key, text, hashlib.sha256).hexdigest()
+        return KEYED_REQUEST_HASH_PREFIX + self._hmac.hexdigest(text)
 
 
 def _request_text(method: str, path: str, canonical_body: bytes) -> bytes:
@@ -432,7 +437,7 @@ def _without_secrets(document: dict, card_fingerprint) -> None:
 
 def idempotency_key(request: web.Request) -> str | None:
     """The request's Idempotency-Key, as the middleware checked it."""
-    return request.get("idempotency_key")
+    return request["idempotency_key"]
 
 
 def _checked_idempotency_key(key: str | None) -> str | None:
@@ -463,7 +468,7 @@ def raise_for(outcome: Outcome, params: dict[str, str] | None = None) -> None:
 
 
 def respond(request: web.Request, body, status: int = 200) -> web.Response:
-    headers = {"Idempotent-Replayed": "true"} if request.get("replayed") else None
+    headers = {"Idempotent-Replayed": "true"} if request["replayed"] else None
     return web.Response(status=status, body=msgspec.json.encode(body), content_type="application/json",
                         headers=headers)
 

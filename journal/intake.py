@@ -14,7 +14,6 @@ from journal.wire import (
     Promote,
     Read,
     ReadEntries,
-    Replicate,
     Reply,
     ReplyStatus,
     ShardStatus,
@@ -96,8 +95,6 @@ class Intake:
             return self._read_entries(request)
         if shard.role != "primary":
             return shard.reply(ReplyStatus.NOT_PRIMARY)
-        if kind is Replicate:
-            return shard.reply(ReplyStatus.INVALID, message="replication goes to the replication address")
         return await self._queue(request, kind, message)
 
     async def _queue(self, request, kind: type, message: bytes) -> bytes:

@@ -3,6 +3,8 @@ without the data folder's key is dropped before it is decoded: nothing applied, 
 
 import asyncio
 import concurrent.futures
+import hashlib
+import hmac
 import os
 import pathlib
 import stat
@@ -15,12 +17,13 @@ import pytest
 
 from edge_harness import Server
 from engine import Account, CreateAccounts
-from journal.auth import (KEY_BYTES, RELOAD_S, SWITCH_S, TAG_BYTES, KeyFileError, MessageKey, ensure_key_file,
-                          load_key, read_key_file, rotate_key_file)
+from journal.auth import (HEAD_SIZE, KEY_BYTES, RELOAD_S, SWITCH_S, TAG_BYTES, HmacSha256, KeyFileError, MessageKey,
+                          ensure_key_file, load_key, read_key_file, rotate_key_file)
 from journal.client import ShardClient
 from journal.processes import (UNIX_PATH_MAX_BYTES, InternalAddresses, request_once, request_status, running_address,
                                running_key)
-from journal.wire import ReadEntries, Replicate, Submit, request_encoder
+from journal.store import GENESIS_HASH, HASH_BYTES, Entry, entry_hash
+from journal.wire import ReadEntries, ReplicateHead, Submit, replicate_head_encoder, request_encoder
 from shard_harness import Load, key_of, primary_config, replica_pair, start
 
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
@@ -37,6 +40,25 @@ def test_a_message_opens_only_whole_and_under_its_key():
     assert key.open(sealed[:-1] + b"x") is None
     assert WRONG_KEY.open(sealed) is None
     assert key.dropped == 3 and "secret" not in repr(key)
+
+
+@pytest.mark.parametrize("size", [0, 1, 55, 63, 64, 65, 1000, 1 << 20])
+def test_a_tag_is_hmac_sha256_of_the_body(size):
+    """The tag, made from the key's pads hashed once, is exactly HMAC-SHA256 (so any implementation can check it)."""
+    secret = os.urandom(KEY_BYTES)
+    body = os.urandom(size)
+    sealed = MessageKey(secret).seal(body)
+    assert sealed == hmac.digest(secret, body, hashlib.sha256) + body
+    assert MessageKey(secret).open(sealed) == body
+
+
+@pytest.mark.parametrize("key_size", [0, 16, 32, 64, 65, 200])
+def test_hmac_sha256_from_hashed_pads_is_the_standard_one(key_size):
+    key = os.urandom(key_size)
+    mac = HmacSha256(key)
+    for message in (b"", b"x", os.urandom(100), memoryview(os.urandom(5000))[7:]):
+        assert mac.digest(message) == hmac.digest(key, message, hashlib.sha256)
+        assert mac.hexdigest(message) == hmac.new(key, message, hashlib.sha256).hexdigest()
 
 
 def test_the_key_file_is_owner_only_and_made_once(tmp_path):
@@ -101,6 +123,11 @@ def _forged_requests() -> list[bytes]:
     return [submit, read, WRONG_KEY.seal(submit), WRONG_KEY.seal(read), b"\x00" * TAG_BYTES + submit]
 
 
+def _record(payload: bytes) -> bytes:
+    """A well-formed first journal record."""
+    return Entry(1, entry_hash(GENESIS_HASH, 1, payload), GENESIS_HASH, payload).record()
+
+
 async def _status(client: ShardClient):
     return await client.status(with_state_hash=True)
 
@@ -128,12 +155,16 @@ def test_a_replica_drops_replication_that_lacks_the_key(tmp_path):
     client = ShardClient([replica.client_address], key_of(replica), timeout_ms=5000)
     try:
         before = asyncio.run(_status(client))
-        forged = request_encoder.encode(Replicate(before.epoch + 1, 1, [b"forged record"]))
-        for message in (forged, WRONG_KEY.seal(forged)):
+        record = _record(b"forged")
+        head = replicate_head_encoder.encode(ReplicateHead(before.epoch + 1, 1, [len(record)], record[:HASH_BYTES]))
+        forged = [HEAD_SIZE.pack(len(head)) + head + record, WRONG_KEY.seal_head(head, [record]),
+                  # the key's tag on the head, but other records than the chain it names: no proof either
+                  *(key_of(replica).seal_head(head, [_record(payload)]) for payload in (b"other", b"forgex"))]
+        for message in forged:
             assert _no_reply(replica.replication_address, message)
         after = asyncio.run(_status(client))
         assert (after.epoch, after.sequence, after.state_hash) == (before.epoch, before.sequence, before.state_hash)
-        assert after.unauthenticated_messages == before.unauthenticated_messages + 2
+        assert after.unauthenticated_messages == before.unauthenticated_messages + len(forged)
     finally:
         client.close()
         replica_process.stop()
