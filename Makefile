@@ -9,11 +9,8 @@ UV_VERSION := 0.13.9
 UV := .lock-tools/bin/uv
 PYPI := https://pypi.org/simple
 
-<<<<<<< HEAD
-.PHONY: venv lock lock-check test test-slow run bench-engine bench-durable bench-http bench-ceiling bench-soak clean
-=======
-.PHONY: venv lock lock-check test test-slow run bench-engine bench-durable bench-http bench-ceiling bench-notify clean
->>>>>>> main
+.PHONY: venv lock lock-check chromium test test-slow run screenshots bench-engine bench-durable bench-http bench-ceiling \
+	bench-notify bench-soak clean
 
 venv: $(STAMP)
 
@@ -45,15 +42,27 @@ lock:
 OPTIMIZED_TESTS := tests/test_engine_*.py tests/test_journal_store.py tests/test_shard_faults.py \
 	tests/test_replication.py tests/test_shard_crash.py tests/test_shard_service.py tests/test_sending.py
 
-test: lock-check venv
+# The page tests drive Debian's chromium (playwright's own browser download cannot work here): installed when
+# missing and we are root; otherwise those tests say what to install.
+CHROMIUM := /usr/bin/chromium
+chromium:
+	@test -x $(CHROMIUM) || test "$$(id -u)" != 0 || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		>/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+		>/dev/null; }; }
+
+test: lock-check venv chromium
 	$(BIN)/python -m pytest
 	PYTHONOPTIMIZE=1 $(BIN)/python -m pytest $(OPTIMIZED_TESTS)
 
-test-slow: venv
+test-slow: venv chromium
 	$(BIN)/python -m pytest -m slow
 
 run: venv
 	$(BIN)/paygate serve
+
+# Every page at desktop and phone sizes, as PNG under bench/out/screenshots/ (a real serve in a temporary folder).
+screenshots: venv chromium
+	$(BIN)/python -m bench.screenshots
 
 bench-engine: venv
 	$(BIN)/python -m bench.engine
@@ -67,14 +76,12 @@ bench-http: venv
 bench-ceiling: venv
 	$(BIN)/python -m bench.ceiling
 
-<<<<<<< HEAD
 # Millions of orders through one engine with end-of-day archival: RSS and apply rate per tenth (SOAK_FLAGS=--orders N).
 bench-soak: venv
 	$(BIN)/python -m bench.soak $(SOAK_FLAGS)
-=======
+
 bench-notify: venv
 	$(BIN)/python -m bench.notify
->>>>>>> main
 
 clean:
 	rm -rf $(VENV) .lock-tools data bench/out

@@ -5,7 +5,9 @@
         │   _queue_items (the node's metrics endpoint; the dashboard's Metrics view when Prometheus scrapes it)
         ├─▶ its log, under the actor in the dashboard's Actors view: a line when a shard's state changes, and a
         │   summary every minute
-        └─▶ status(): the latest ClusterHealth
+        ├─▶ status(): the latest ClusterHealth
+        └─▶ the same, replaced atomically each round in <report folder>/shards.msgpack (actors/health_report.py),
+            which the edge's admin page reads without Ray
 
 It only reads status and changes nothing. May import the journal client and ray; never the edge.
 """
@@ -13,13 +15,15 @@ It only reads status and changes nothing. May import the journal client and ray;
 import asyncio
 import logging
 import os
+import pathlib
 import time
 
-import msgspec
 import ray
 from ray.util.metrics import Gauge
 
 from actors.connectors import NAMESPACE, configure_logging
+from actors.health_report import REPORT_FILE, ClusterHealth, ProcessHealth, ShardHealth, describe, report_encoder, \
+    summarize
 from actors.runtime import die_with_parent
 from journal.auth import load_key
 from journal.client import ShardClient, ShardUnavailable
@@ -34,71 +38,15 @@ WHERE = (f"the {ACTOR_NAME} actor in the Ray dashboard (its log), metrics ray_pa
 log = logging.getLogger("paygate.actors.health")
 
 
-class ProcessHealth(msgspec.Struct):
-    """One shard process as it answered the last status request (only `address` and `up` when it did not)."""
-
-    address: str
-    up: bool = False
-    role: str = ""  # "primary" | "replica" | "fenced"
-    epoch: int = 0
-    sequence: int = 0  # applied
-    durable_sequence: int = 0
-    replica_sequence: int = 0  # acknowledged by its replica (a primary's view)
-    queue_items: int = 0
-
-
-class ShardHealth(msgspec.Struct):
-    shard: int
-    up: bool  # a process answers as primary
-    healthy: bool  # up, and every process of the shard answers
-    epoch: int
-    committed_sequence: int  # durable on the primary (else the furthest process that answered)
-    replica_lag_batches: int  # committed on the primary, not yet acknowledged by its replica
-    queue_items: int  # waiting in the primary's queue
-    processes: list[ProcessHealth]
-
-
-class ClusterHealth(msgspec.Struct):
-    checked_at_ms: int = 0  # wall clock of the last round; 0 before the first
-    rounds: int = 0
-    shards: list[ShardHealth] = []
-
-
-def summarize(shard: int, processes: list[ProcessHealth]) -> ShardHealth:
-    """One shard's health from what each of its processes answered."""
-    answered = [process for process in processes if process.up]
-    primaries = [process for process in answered if process.role == "primary"]
-    primary = max(primaries, key=lambda process: process.epoch, default=None)
-    furthest = primary or max(answered, key=lambda process: process.durable_sequence, default=None)
-    has_replica = len(processes) > 1 and primary is not None
-    return ShardHealth(
-        shard=shard,
-        up=primary is not None,
-        healthy=primary is not None and len(answered) == len(processes),
-        epoch=furthest.epoch if furthest else 0,
-        committed_sequence=furthest.durable_sequence if furthest else 0,
-        replica_lag_batches=max(0, primary.durable_sequence - primary.replica_sequence) if has_replica else 0,
-        queue_items=primary.queue_items if primary else 0,
-        processes=processes,
-    )
-
-
-def describe(health: ShardHealth) -> str:
-    if not health.up:
-        return f"shard {health.shard}: DOWN (no primary answers), committed {health.committed_sequence}"
-    state = "healthy" if health.healthy else "degraded (a process does not answer)"
-    return (f"shard {health.shard}: {state}, epoch {health.epoch}, committed {health.committed_sequence}, "
-            f"replica lag {health.replica_lag_batches}, queue {health.queue_items}")
-
-
 class ShardHealthActor:
     """Asks every process of every shard for its status each second; keeps, logs and exports the answers.
 
     Used as the Ray actor `ShardHealthWatch`; importable undecorated, so Ray pickles it by reference.
     """
 
-    def __init__(self, shard_addresses: list[list[str]], key_file: str) -> None:
+    def __init__(self, shard_addresses: list[list[str]], key_file: str, report_folder: str = "") -> None:
         die_with_parent()
+        self.report_path = pathlib.Path(report_folder) / REPORT_FILE if report_folder else None
         configure_logging()
         self.shard_addresses = shard_addresses
         self.key = load_key(key_file, "shard health")
@@ -154,6 +102,15 @@ class ShardHealthActor:
         shards = await asyncio.gather(*(self._poll_shard(shard, clients) for shard, clients in enumerate(self._clients)))
         self.health = ClusterHealth(checked_at_ms=time.time_ns() // 1_000_000, rounds=self.health.rounds + 1,
                                     shards=list(shards))
+        if self.report_path is not None:
+            self._publish(self.report_path)
+
+    def _publish(self, path: pathlib.Path) -> None:
+        """Replaced whole (rename), never fsynced: a report a crash loses is written again within a second."""
+        path.parent.mkdir(mode=0o700, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        temporary.write_bytes(report_encoder.encode(self.health))
+        os.replace(temporary, path)
         self._export(self.health.shards)
 
     async def _poll_shard(self, shard: int, clients: list[ShardClient]) -> ShardHealth:
@@ -192,8 +149,11 @@ class ShardHealthActor:
 ShardHealthWatch = ray.remote(num_cpus=0, max_concurrency=4)(ShardHealthActor)
 
 
-def spawn(shard_addresses: list[list[str]], key_file: str, start_timeout_s: float = 30) -> "ray.actor.ActorHandle":
-    """The shard-health actor (made now, or the one already running), polling. Tied to the driver that made it."""
-    handle = ShardHealthWatch.options(name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True).remote(shard_addresses, key_file)
+def spawn(shard_addresses: list[list[str]], key_file: str, report_folder: str = "",
+          start_timeout_s: float = 30) -> "ray.actor.ActorHandle":
+    """The shard-health actor (made now, or the one already running), polling, and publishing its report in
+    `report_folder` when given. Tied to the driver that made it."""
+    handle = ShardHealthWatch.options(name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True).remote(
+        shard_addresses, key_file, report_folder)
     ray.get(handle.start.remote(), timeout=start_timeout_s)
     return handle

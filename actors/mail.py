@@ -1,6 +1,7 @@
 """E-mail to a merchant's customers: a receipt when an order is paid (the invoice PDF attached), a refund receipt
-when a refund succeeds, sent over SMTP with aiosmtplib to `paygate serve --smtp-url smtp://host:port` (by default a
-local sink that keeps each message as a file, actors/simulators/mailsink.py).
+when a refund succeeds, and a one-time code that signs a customer in to their wallet on the payment page, sent over
+SMTP with aiosmtplib to `paygate serve --smtp-url smtp://host:port` (by default a local sink that keeps each message
+as a file, actors/simulators/mailsink.py).
 
 A message is composed once, when its delivery is queued, and kept as bytes: every attempt sends the same message,
 with a Message-ID named after the delivery (`message_key`: its merchant's id and its own, since delivery ids are
@@ -76,6 +77,16 @@ def refund_receipt(message_key: str, merchant_name: str, merchant_email: str, re
             "It reaches you the way you paid.\n")
     return _message(message_key, merchant_name, merchant_email, recipient, f"Refund from {merchant_name}: {total}",
                     text, refunded_at_ns).as_bytes()
+
+
+def sign_in_code(message_id: str, merchant_name: str, merchant_email: str, recipient: str, code: str,
+                 valid_s: int, sent_at_ns: int) -> bytes:
+    """A one-time code that signs a customer in to pay from their wallet on the hosted payment page."""
+    text = (f"Your code to pay {merchant_name} from your wallet: {code}\n\nIt works for {valid_s // 60} minutes, on the "
+            "page that asked for it. If you did not ask for it, ignore this message: nobody can use your wallet "
+            "without it.\n")
+    return _message(message_id, merchant_name, merchant_email, recipient, f"Your wallet code: {code}", text,
+                    sent_at_ns).as_bytes()
 
 
 class MailSender:

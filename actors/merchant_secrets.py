@@ -104,6 +104,11 @@ class Secrets:
     def client_secret(self, merchant_id: str) -> str:
         return f"cs_{self._derive('client_secret', merchant_id)}"
 
+    def form_token(self, purpose: str) -> str:
+        """Proof that a page's form came from this gateway for `purpose` (a session, a payment attempt): a CSRF token
+        every edge worker computes alike, stored nowhere."""
+        return self._derive("form_token", purpose)
+
     def card_fingerprint(self, number: str) -> str:
         """The same for the same card number anywhere on this gateway; without the key, no way back to the number."""
         return self._derive("card_fingerprint", number)[:CARD_FINGERPRINT_CHARS]

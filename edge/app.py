@@ -18,6 +18,7 @@ from edge import (
     events_api,
     invoices_api,
     login,
+    pages,
     payments_api,
     qr_api,
     reconciliations_api,
@@ -62,7 +63,7 @@ from edge.outbound import check_outbound_urls
 from edge.openapi import document
 from engine import views
 from engine.codes import AccountCode, TransferCode
-from engine.queries import AccountBalance, AccountTransfers, GetCustomer, GetOrder, ListOrders, \
+from engine.queries import AccountBalance, AccountTransfers, GetCustomer, GetOrder, ListMerchants, ListOrders, \
     LookupAccounts, LookupTransfers
 from engine.records import (
     AddDashboardUser,
@@ -129,6 +130,7 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/oauth/token", oauth_token),
         web.post("/v1/auth/login", login.login),
         web.post("/v1/merchants", create_merchant),
+        web.get("/v1/merchants", list_merchants),
         web.get("/v1/merchants/me", get_me),
         web.get("/v1/merchants/{id}", get_merchant),
         web.patch("/v1/merchants/{id}", update_merchant),
@@ -161,8 +163,10 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/v1/payments/{id}/capture", payments_api.capture_payment),
         web.post("/v1/payments/{id}/cancel", payments_api.cancel_payment),
         web.post("/v1/refunds", payments_api.create_refund),
+        web.get("/v1/refunds", payments_api.list_refunds),
         web.get("/v1/refunds/{id}", payments_api.get_refund),
         web.post("/v1/payouts", payments_api.create_payout),
+        web.get("/v1/payouts", payments_api.list_payouts),
         web.get("/v1/payouts/{id}", payments_api.get_payout),
         web.post("/v1/psp/{provider}/webhook", payments_api.provider_callback),
         web.post("/v1/qr/dynamic", qr_api.create_dynamic),
@@ -188,6 +192,7 @@ def create_app(settings: Settings) -> web.Application:
     ]
     app.add_routes(routes)
     app["routes"] = routes
+    pages.install(app)
     return app
 
 
@@ -268,6 +273,11 @@ async def oauth_token(request: web.Request) -> web.Response:
 async def create_merchant(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
     fields, body = await body_of(request, schemas.MerchantCreate)
+    return respond(request, await onboard_merchant(request, fields, body))
+
+
+async def onboard_merchant(request: web.Request, fields: schemas.MerchantCreate, body: bytes) -> views.MerchantOut:
+    """A new merchant, shown with its first credential set's secrets (the only time they are shown)."""
     _check_allowlist(fields.ip_allowlist)
     check_outbound_urls(request, webhook_url=fields.webhook_url)
     merchant_id = new_id("mer_", request, ADMIN)
@@ -288,7 +298,28 @@ async def create_merchant(request: web.Request) -> web.Response:
     shown.signing_secret = derived.signing_secret(merchant_id)
     shown.webhook_secret = derived.webhook_secret(merchant_id)
     shown.client_secret = client_secret
-    return respond(request, shown)
+    return shown
+
+
+async def list_merchants(request: web.Request) -> web.Response:
+    await authenticate(request, admin_allowed=True, merchant_allowed=False)
+    return respond(request, await merchants_page(request, request.query))
+
+
+async def merchants_page(request: web.Request, query) -> views.MerchantList:
+    """Every shard's merchants, newest first, by name (`name`), a page at a time (`limit`, `starting_after`)."""
+    limit = parse_limit(query)
+    after_id = query.get("starting_after", "")[:64]
+    after = await cached_merchant(request.app, after_id) if after_id.startswith("mer_") else None
+    if after_id:
+        check_cursor(after is not None, after_id)
+    read = ListMerchants(name_contains=query.get("name", "")[:200], created_before=after.created_at if after else 0,
+                         before_id=after_id, limit=limit)
+    answers = await request.app["gateway"].read_everywhere(read)
+    merchants = sorted((merchant for answer in answers for merchant in answer.records),
+                       key=lambda merchant: (merchant.created_at, merchant.id), reverse=True)
+    has_more = len(merchants) > limit or any(answer.has_more for answer in answers)
+    return views.MerchantList("list", [views.merchant(merchant) for merchant in merchants[:limit]], has_more)
 
 
 async def get_merchant(request: web.Request) -> web.Response:
@@ -313,8 +344,12 @@ def _check_allowlist(entries: list[str]) -> None:
 
 async def update_merchant(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
-    merchant_id = request.match_info["id"]
     fields, body = await body_of(request, schemas.MerchantUpdate)
+    return respond(request, await change_merchant(request, request.match_info["id"], fields, body))
+
+
+async def change_merchant(request: web.Request, merchant_id: str, fields: schemas.MerchantUpdate,
+                          body: bytes) -> views.MerchantOut:
     _check_allowlist(fields.ip_allowlist or [])
     check_outbound_urls(request, webhook_url=fields.webhook_url)
     command = UpdateMerchant(merchant_id=merchant_id, **{**msgspec.structs.asdict(fields),
@@ -322,7 +357,7 @@ async def update_merchant(request: web.Request) -> web.Response:
     outcome = await run(request, merchant_id, command, body)
     raise_for(outcome)
     request.app["merchant_cache"].pop(merchant_id)
-    return respond(request, views.merchant(outcome.record))
+    return views.merchant(outcome.record)
 
 
 async def create_sub_account(request: web.Request) -> web.Response:
@@ -380,7 +415,7 @@ async def create_order(request: web.Request) -> web.Response:
     outcome = await run(request, merchant.id, command, body)
     _raise_if_rate_limited(settings, outcome)
     raise_for(outcome)
-    return respond(request, _order_out(request, merchant, outcome.record))
+    return respond(request, order_out(request, merchant, outcome.record))
 
 
 def _raise_if_rate_limited(settings: Settings, outcome: Outcome) -> None:
@@ -398,12 +433,11 @@ def _check_splits(splits: list[schemas.SplitIn]) -> None:
                            f"splits[{index}]")
 
 
-def _order_out(request: web.Request, merchant: Merchant, order: Order) -> views.OrderOut:
+def order_out(request: web.Request, merchant: Merchant, order: Order) -> views.OrderOut:
     return views.order(order, request.app["settings"].public_url, qr_api.order_qr(merchant, order))
 
 
-async def _order(request: web.Request, merchant: Merchant) -> Order:
-    order_id = request.match_info["id"]
+async def order_of(request: web.Request, merchant: Merchant, order_id: str) -> Order:
     order = (await request.app["gateway"].read(merchant.id, GetOrder(merchant.id, order_id))).record
     if order is None:
         raise not_found("order", order_id)
@@ -412,7 +446,7 @@ async def _order(request: web.Request, merchant: Merchant) -> Order:
 
 async def get_order(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, _order_out(request, merchant, await _order(request, merchant)))
+    return respond(request, order_out(request, merchant, await order_of(request, merchant, request.match_info["id"])))
 
 
 async def update_order(request: web.Request) -> web.Response:
@@ -422,19 +456,30 @@ async def update_order(request: web.Request) -> web.Response:
                           note=fields.note, amount=fields.amount, expires_in_s=fields.expires_in)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome, {"splits_exceed_amount": "amount"})  # the new amount is what falls short of the shares
-    return respond(request, _order_out(request, merchant, outcome.record))
+    return respond(request, order_out(request, merchant, outcome.record))
 
 
 async def cancel_order(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    outcome = await run(request, merchant.id, CancelOrder(merchant.id, request.match_info["id"]))
+    return respond(request, await cancel(request, merchant, request.match_info["id"]))
+
+
+async def cancel(request: web.Request, merchant: Merchant, order_id: str) -> views.OrderOut:
+    """Cancel a pending order."""
+    outcome = await run(request, merchant.id, CancelOrder(merchant.id, order_id))
     raise_for(outcome)
-    return respond(request, _order_out(request, merchant, outcome.record))
+    return order_out(request, merchant, outcome.record)
 
 
 async def list_orders(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    query = request.query
+    orders, has_more = await search_orders(request, merchant, request.query)
+    return respond(request, {"object": "list", "data": orders, "has_more": has_more})
+
+
+async def search_orders(request: web.Request, merchant: Merchant, query) -> tuple[list[views.OrderOut], bool]:
+    """A page of the merchant's orders, newest first, by the list's query parameters (name, status, created_gte,
+    created_lt, limit, starting_after); and whether more follow."""
     read = ListOrders(
         merchant_id=merchant.id, name_contains=query.get("name", "")[:200], status=parse_status(query, ORDER_STATUSES),
         created_gte=parse_time(query, "created_gte", 0), created_lt=parse_time(query, "created_lt", 2**63 - 1),
@@ -444,8 +489,7 @@ async def list_orders(request: web.Request) -> web.Response:
     if not answer.records and read.starting_after:
         after = (await request.app["gateway"].read(merchant.id, GetOrder(merchant.id, read.starting_after))).record
         check_cursor(after is not None, read.starting_after)
-    return respond(request, {"object": "list", "data": [_order_out(request, merchant, order) for order in answer.records],
-                             "has_more": answer.has_more})
+    return [order_out(request, merchant, order) for order in answer.records], answer.has_more
 
 
 # Ledger
@@ -477,10 +521,19 @@ async def create_account(request: web.Request) -> web.Response:
 async def get_account(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     account_id = request.match_info["id"]
-    account = (await request.app["gateway"].read(merchant.id, LookupAccounts([ledger_id(merchant.id, account_id)]))).accounts[0]
+    account = (await accounts_of(request, merchant, [account_id]))[0]
     if account is None:
         raise not_found("account", account_id)
-    return respond(request, views.account(account))
+    return respond(request, account)
+
+
+async def accounts_of(request: web.Request, merchant: Merchant,
+                      account_ids: list[str]) -> list[views.AccountOut | None]:
+    """The merchant's ledger accounts by their ids (its own, or its system accounts' `.balance.usd`); None for each
+    that does not exist."""
+    read = LookupAccounts([ledger_id(merchant.id, account_id) for account_id in account_ids])
+    accounts = (await request.app["gateway"].read(merchant.id, read)).accounts
+    return [None if account is None else views.account(account) for account in accounts]
 
 
 async def account_statement(request: web.Request) -> web.Response:
@@ -574,7 +627,10 @@ async def create_customer(request: web.Request) -> web.Response:
 
 
 async def _customer(request: web.Request, merchant: Merchant) -> Customer:
-    customer_id = request.match_info["id"]
+    return await customer_of(request, merchant, request.match_info["id"])
+
+
+async def customer_of(request: web.Request, merchant: Merchant, customer_id: str) -> Customer:
     customer = (await request.app["gateway"].read(merchant.id, GetCustomer(merchant.id, customer_id))).record
     if customer is None:
         raise not_found("customer", customer_id)
@@ -587,9 +643,12 @@ async def get_customer(request: web.Request) -> web.Response:
 
 
 async def get_wallet(request: web.Request) -> web.Response:
-    """The wallet's balances and its latest moves (deposits, adjustments, checkouts, withdrawals)."""
     merchant = await merchant_principal(request)
-    customer = await _customer(request, merchant)
+    return respond(request, await wallet_of(request, merchant, await _customer(request, merchant)))
+
+
+async def wallet_of(request: web.Request, merchant: Merchant, customer: Customer) -> views.WalletOut:
+    """The wallet's balances and its latest moves (deposits, adjustments, checkouts, withdrawals)."""
     gateway = request.app["gateway"]
     ids = [wallet_account_id(merchant.id, customer.id, currency) for currency in schemas.CURRENCY_EXPONENTS]
     accounts = [account for account in (await gateway.read(merchant.id, LookupAccounts(ids))).accounts if account]
@@ -598,4 +657,4 @@ async def get_wallet(request: web.Request) -> web.Response:
         account.id, limit=20, newest_first=True)) for account in accounts))
     history = [transfer for statement in statements for transfer in statement.transfers]
     history.sort(key=lambda transfer: transfer.timestamp, reverse=True)
-    return respond(request, views.wallet(customer, accounts, history[:20]))
+    return views.wallet(customer, accounts, history[:20])

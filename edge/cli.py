@@ -14,6 +14,7 @@ import time
 import pynng
 from tqdm import tqdm
 
+from actors.health_report import HEALTH_FOLDER
 from actors.risk_table import TABLE_FILE
 from actors.mail import parse_smtp_url
 from actors.services import PROVIDERS, MailSink, ProviderProcesses, ProviderService, write_secret
@@ -278,6 +279,7 @@ def _serve(args) -> int:
                                                 dashboard_port=args.dashboard_port)
             _stop_on_signals(stop)  # ray.init put its own SIGTERM handler (a traceback and exit 1) in ours' place
             connector_address = local.address("card-connector", 0)
+            settings.smtp_url = smtp_url
             handles, where = _spawn_actors(args, data, settings, connector_address, providers, smtp_url)
             actor_handles += handles
             ray_description += where
@@ -329,7 +331,7 @@ def _spawn_actors(args, data: pathlib.Path, settings: Settings, connector_addres
                         status_query_margin_s=args.status_query_margin_s),
         notifier.spawn(shards, key_file, data, settings.public_url, args.webhook_retry_schedule, smtp_url,
                        production=args.production, max_jobs=args.notifier_max_pending),
-        health.spawn(shards, key_file),
+        health.spawn(shards, key_file, str(data / HEALTH_FOLDER)),
         risk.spawn(shards, key_file, data / "risk", rules),
         reconciler.spawn(shards, key_file, data / "cursors", "piggybank", providers.services[0].url,
                          cutoff_s=args.settlement_cutoff_s),

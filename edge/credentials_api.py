@@ -48,11 +48,14 @@ async def create_api_key(request: web.Request) -> web.Response:
 
 
 async def list_api_keys(request: web.Request) -> web.Response:
+    return respond(request, api_keys_of(await merchant_visible(request)))
+
+
+def api_keys_of(merchant: Merchant) -> views.ApiKeyList:
     """The merchant's live sets, newest first, without secrets."""
-    merchant = await merchant_visible(request)
     now_ns = time.time_ns()
-    data = [api_key_out(merchant, credential) for credential in live_sets(merchant, now_ns)]
-    return respond(request, views.ApiKeyList("list", data, False))
+    return views.ApiKeyList("list", [api_key_out(merchant, credential) for credential in live_sets(merchant, now_ns)],
+                            False)
 
 
 def api_key_out(merchant: Merchant, credential: Credential) -> views.ApiKeyOut:

@@ -9,19 +9,22 @@ from edge.http import merchant_principal, parse_limit, parse_status, raise_for, 
 from engine import views
 from engine.notifications import EVENT_TYPES
 from engine.queries import GetEvent, ListEvents
-from engine.records import RedeliverEvent
+from engine.records import Merchant, RedeliverEvent
 
 
 async def list_events(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    query = request.query
+    return respond(request, await events_of(request, merchant, request.query))
+
+
+async def events_of(request: web.Request, merchant: Merchant, query) -> views.EventList:
+    """A page of the merchant's events, newest first (of one type, about one object, if given)."""
     read = ListEvents(merchant_id=merchant.id, kind=parse_status(query, EVENT_TYPES, "type"),
                       object_id=query.get("object_id", "")[:64], limit=parse_limit(query),
                       starting_after=query.get("starting_after", "")[:64])
     answer = await read_page(request, merchant.id, read, lambda event_id: GetEvent(merchant.id, event_id))
     public_url = request.app["settings"].public_url
-    return respond(request, views.EventList("list", [views.event(record, public_url) for record in answer.records],
-                                            answer.has_more))
+    return views.EventList("list", [views.event(record, public_url) for record in answer.records], answer.has_more)
 
 
 async def get_event(request: web.Request) -> web.Response:
@@ -36,6 +39,11 @@ async def get_event(request: web.Request) -> web.Response:
 
 async def redeliver_event(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    outcome = await run(request, merchant.id, RedeliverEvent(merchant.id, request.match_info["id"]))
+    return respond(request, await redeliver(request, merchant, request.match_info["id"]))
+
+
+async def redeliver(request: web.Request, merchant: Merchant, event_id: str) -> views.QueuedOut:
+    """Queue the event again to the merchant's webhook (and the order's IPN URL)."""
+    outcome = await run(request, merchant.id, RedeliverEvent(merchant.id, event_id))
     raise_for(outcome)
-    return respond(request, views.QueuedOut("redelivery", outcome.count, False))
+    return views.QueuedOut("redelivery", outcome.count, False)

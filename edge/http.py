@@ -126,6 +126,8 @@ class Settings(msgspec.Struct, kw_only=True):
     risk_test_cards: list[str] = []
     # `serve --production`: merchant-supplied URLs must name public hosts (edge/outbound.py).
     production: bool = False
+    # Where the payment page sends a customer's wallet sign-in code (serve's --smtp-url or its mail sink; "": none).
+    smtp_url: str = ""
 
 
 class Principal(msgspec.Struct):

@@ -26,8 +26,12 @@ async def get_invoice(request: web.Request) -> web.Response:
 
 
 async def get_invoice_pdf(request: web.Request) -> web.Response:
-    merchant = await merchant_principal(request)
-    invoice = await _invoice(request, merchant, request.match_info["id"])
+    return await invoice_pdf_of(request, await merchant_principal(request), request.match_info["id"])
+
+
+async def invoice_pdf_of(request: web.Request, merchant: Merchant, invoice_id: str) -> web.Response:
+    """The invoice as a PDF (drawn once, then kept a while)."""
+    invoice = await _invoice(request, merchant, invoice_id)
     cache = request.app[INVOICE_PDFS]
     # By merchant too: ids come from each shard's own sequence, and another shard's merchants have the same ones.
     cached_as = (invoice.merchant_id, invoice.id)
@@ -41,13 +45,16 @@ async def get_invoice_pdf(request: web.Request) -> web.Response:
 
 async def list_invoices(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    query = request.query
+    return respond(request, await invoices_of(request, merchant, request.query))
+
+
+async def invoices_of(request: web.Request, merchant: Merchant, query) -> views.InvoiceList:
+    """A page of the merchant's invoices, newest first (of one order, if given)."""
     read = ListInvoices(merchant_id=merchant.id, order_id=query.get("order_id", "")[:64], limit=parse_limit(query),
                         starting_after=query.get("starting_after", "")[:64])
     answer = await read_page(request, merchant.id, read, lambda invoice_id: GetInvoice(merchant.id, invoice_id))
     public_url = request.app["settings"].public_url
-    return respond(request, views.InvoiceList("list", [views.invoice(record, public_url) for record in answer.records],
-                                              answer.has_more))
+    return views.InvoiceList("list", [views.invoice(record, public_url) for record in answer.records], answer.has_more)
 
 
 async def _invoice(request: web.Request, merchant: Merchant, invoice_id: str) -> Invoice:

@@ -76,11 +76,23 @@ async def _close(app: web.Application) -> None:
 
 
 async def login(request: web.Request) -> web.Response:
+    check_login_rate(request)
+    credentials, _ = await body_of(request, schemas.Login)
+    merchant = await signed_in(request, credentials)
+    token = request.app["issuer"].issue(merchant.id, "dashboard", TOKEN_TTL_S, int(time.time()))
+    return respond(request, views.TokenOut(token, "Bearer", TOKEN_TTL_S))
+
+
+def check_login_rate(request: web.Request) -> None:
+    """429 when the client's address tried too many logins of late (on this worker)."""
     peer = client_ip(request.remote, request.headers.get("X-Forwarded-For"), request.app["settings"].trusted_proxies)
     wait_s = request.app["login_attempts"].hit(peer, time.monotonic())
     if wait_s:
         raise ApiError(429, "rate_limited", "too many login attempts", headers={"Retry-After": str(round(wait_s + 0.5))})
-    credentials, _ = await body_of(request, schemas.Login)
+
+
+async def signed_in(request: web.Request, credentials: schemas.Login) -> Merchant:
+    """The merchant whose dashboard user these credentials are, under the account's lockout; else 401 (or 429)."""
     account = credentials.email.lower()
     lockouts: LoginLockouts = request.app["login_lockouts"]
     wait_s = lockouts.wait_s(account, time.time())
@@ -96,8 +108,7 @@ async def login(request: web.Request) -> web.Response:
     merchant, stored = matched
     if not stored.startswith(CURRENT_PARAMETERS):
         await _rehash(request, merchant.id, credentials, stored)
-    token = request.app["issuer"].issue(merchant.id, "dashboard", TOKEN_TTL_S, int(time.time()))
-    return respond(request, views.TokenOut(token, "Bearer", TOKEN_TTL_S))
+    return merchant
 
 
 async def _matching_user(request: web.Request, credentials: schemas.Login) -> tuple[Merchant, str] | None:

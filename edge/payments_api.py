@@ -21,7 +21,6 @@ from edge.errors import ApiError, not_found
 from edge.http import (
     body_of,
     check_currency,
-    check_cursor,
     check_sub_account,
     ledger_id,
     merchant_principal,
@@ -29,12 +28,13 @@ from edge.http import (
     parse_limit,
     parse_status,
     raise_for,
+    read_page,
     respond,
     run,
 )
 from engine import views
 from engine.payments import CALLBACK_REPLAYED
-from engine.queries import GetCard, GetOrder, GetPaymentRecord, ListPayments
+from engine.queries import GetCard, GetOrder, GetPaymentRecord, ListPayments, ListPayouts, ListRefunds
 from engine.records import (
     CancelPayment,
     CapturePayment,
@@ -104,6 +104,12 @@ class Authorizations:
 async def create_payment(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.PaymentCreate)
+    return respond(request, await pay(request, merchant, fields, body))
+
+
+async def pay(request: web.Request, merchant: Merchant, fields: schemas.PaymentCreate,
+              body: bytes) -> views.PaymentOut:
+    """A payment by any method, as the API creates it (also the hosted payment page's)."""
     payment_id = new_id("pay_", request, merchant.id)
     method = fields.payment_method
     _check_amount_or_order(fields)
@@ -127,7 +133,7 @@ async def create_payment(request: web.Request) -> web.Response:
     if not request.get("replayed") and created.status == "processing":
         authorize(request, created, method, number)
     # The token the shard stored: a replay under the Idempotency-Key shows the first request's, not this one's.
-    return respond(request, views.payment(created, created.token_id))
+    return views.payment(created, created.token_id)
 
 
 def _check_amount_or_order(fields: schemas.PaymentCreate) -> None:
@@ -185,7 +191,8 @@ def _card_of(request: web.Request, method: schemas.CardMethod) -> tuple[str, byt
     return number, _sealed_encoder.encode(sealed), details
 
 
-async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_id: str, body: bytes) -> web.Response:
+async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_id: str,
+                           body: bytes) -> views.PaymentOut:
     if fields.capture_method != "automatic":
         raise ApiError(400, "parameter_invalid", "a wallet payment moves the money at once: capture_method must be "
                        "automatic", "capture_method")
@@ -199,10 +206,11 @@ async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_
                                  amount_limits=amount_limits, amount=payment.amount, currency=payment.currency)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome, {"order_not_found": "order_id", "customer_not_found": "payment_method.customer_id"})
-    return respond(request, views.payment(outcome.record))
+    return views.payment(outcome.record)
 
 
-async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id: str, body: bytes) -> web.Response:
+async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id: str,
+                                body: bytes) -> views.PaymentOut:
     """A payment that waits (requires_action) for the payer's transfer quoting its order, or without an order quoting
     the payment itself; next_action shows the code."""
     if fields.capture_method != "automatic":
@@ -227,7 +235,7 @@ async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id:
                             amount_limits=amount_limits)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return respond(request, views.payment(outcome.record))
+    return views.payment(outcome.record)
 
 
 async def _record_or_none(request: web.Request, merchant: Merchant, kind: str, record_id: str):
@@ -243,41 +251,58 @@ async def _record(request: web.Request, merchant: Merchant, kind: str, record_id
 
 async def get_payment(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, views.payment(await _record(request, merchant, "payment", request.match_info["id"])))
+    return respond(request, await payment_of(request, merchant, request.match_info["id"]))
+
+
+async def payment_of(request: web.Request, merchant: Merchant, payment_id: str) -> views.PaymentOut:
+    return views.payment(await _record(request, merchant, "payment", payment_id))
 
 
 async def list_payments(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    query = ListPayments(merchant_id=merchant.id, limit=parse_limit(request.query),
-                         starting_after=request.query.get("starting_after", "")[:64],
-                         status=parse_status(request.query, PAYMENT_STATUSES))
-    answer = await request.app["gateway"].read(merchant.id, query)
-    if not answer.records and query.starting_after:
-        check_cursor(await _record_or_none(request, merchant, "payment", query.starting_after) is not None,
-                     query.starting_after)
-    return respond(request, views.PaymentList("list", [views.payment(p) for p in answer.records], answer.has_more))
+    return respond(request, await payments_of(request, merchant, request.query))
+
+
+async def payments_of(request: web.Request, merchant: Merchant, query) -> views.PaymentList:
+    """A page of the merchant's payments (of one order: `order_id`), newest first, by the list's query parameters."""
+    read = ListPayments(merchant_id=merchant.id, limit=parse_limit(query), status=parse_status(query, PAYMENT_STATUSES),
+                        starting_after=query.get("starting_after", "")[:64], order_id=query.get("order_id", "")[:64])
+    answer = await _page(request, merchant, read, "payment")
+    return views.PaymentList("list", [views.payment(payment) for payment in answer.records], answer.has_more)
+
+
+async def _page(request: web.Request, merchant: Merchant, read, kind: str):
+    """A list's page; its cursor must name a record of this kind of the merchant's."""
+    return await read_page(request, merchant.id, read, lambda record_id: GetPaymentRecord(merchant.id, kind, record_id))
 
 
 async def capture_payment(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.CaptureIn, optional=True)
-    payment_id = request.match_info["id"]
+    return respond(request, await capture(request, merchant, request.match_info["id"], fields, body))
+
+
+async def capture(request: web.Request, merchant: Merchant, payment_id: str, fields: schemas.CaptureIn,
+                  body: bytes) -> views.PaymentOut:
     command = CapturePayment(merchant_id=merchant.id, payment_id=payment_id, amount=fields.amount or 0,
                              transfer_id=ledger_id(merchant.id, f"{payment_id}.capture"))
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return respond(request, views.payment(outcome.record))
+    return views.payment(outcome.record)
 
 
 async def cancel_payment(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    payment_id = request.match_info["id"]
-    body = await request.read()
+    return respond(request, await void(request, merchant, request.match_info["id"], await request.read()))
+
+
+async def void(request: web.Request, merchant: Merchant, payment_id: str, body: bytes) -> views.PaymentOut:
+    """Release an uncaptured authorization."""
     command = CancelPayment(merchant_id=merchant.id, payment_id=payment_id,
                             transfer_id=ledger_id(merchant.id, f"{payment_id}.void"))
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return respond(request, views.payment(outcome.record))
+    return views.payment(outcome.record)
 
 
 # Refunds
@@ -286,13 +311,34 @@ async def cancel_payment(request: web.Request) -> web.Response:
 async def create_refund(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.RefundCreate)
+    return respond(request, await refund_payment(request, merchant, fields, body))
+
+
+async def refund_payment(request: web.Request, merchant: Merchant, fields: schemas.RefundCreate,
+                         body: bytes) -> views.RefundOut:
     refund_id = new_id("re_", request, merchant.id)
     refund = Refund(id=refund_id, merchant_id=merchant.id, payment_id=fields.payment_id, amount=fields.amount or 0,
                     reason=fields.reason)
     outcome = await run(request, merchant.id, CreateRefund(refund=refund, transfer_id=ledger_id(merchant.id, refund_id)),
                         body)
     raise_for(outcome, {"payment_not_found": "payment_id"})
-    return respond(request, views.refund(outcome.record))
+    return views.refund(outcome.record)
+
+
+async def list_refunds(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    return respond(request, await refunds_of(request, merchant, request.query))
+
+
+async def refunds_of(request: web.Request, merchant: Merchant, query) -> views.RefundList:
+    """A page of one payment's refunds (`payment_id`, required), newest first."""
+    payment_id = query.get("payment_id", "")[:64]
+    if not payment_id:
+        raise ApiError(400, "parameter_missing", "give the payment_id whose refunds to list", "payment_id")
+    read = ListRefunds(merchant_id=merchant.id, payment_id=payment_id, limit=parse_limit(query),
+                       starting_after=query.get("starting_after", "")[:64])
+    answer = await _page(request, merchant, read, "refund")
+    return views.RefundList("list", [views.refund(refund) for refund in answer.records], answer.has_more)
 
 
 async def get_refund(request: web.Request) -> web.Response:
@@ -304,9 +350,14 @@ async def get_refund(request: web.Request) -> web.Response:
 
 
 async def create_payout(request: web.Request) -> web.Response:
-    """Holds the balance now; the bank's dispatcher sends it, and the bank's answer posts or returns it."""
     merchant = await merchant_principal(request)
     fields, body = await body_of(request, schemas.PayoutCreate)
+    return respond(request, await request_payout(request, merchant, fields, body))
+
+
+async def request_payout(request: web.Request, merchant: Merchant, fields: schemas.PayoutCreate,
+                         body: bytes) -> views.PayoutOut:
+    """Holds the balance now; the bank's dispatcher sends it, and the bank's answer posts or returns it."""
     check_currency(fields.currency)
     await check_sub_account(request, merchant, fields.sub_account_id)
     payout_id = new_id("po_", request, merchant.id)
@@ -314,7 +365,19 @@ async def create_payout(request: web.Request) -> web.Response:
                     sub_account_id=fields.sub_account_id, hold_id=ledger_id(merchant.id, f"{payout_id}.hold"))
     outcome = await run(request, merchant.id, CreatePayout(payout=payout), body)
     raise_for(outcome)
-    return respond(request, views.payout(outcome.record))
+    return views.payout(outcome.record)
+
+
+async def list_payouts(request: web.Request) -> web.Response:
+    merchant = await merchant_principal(request)
+    return respond(request, await payouts_of(request, merchant, request.query))
+
+
+async def payouts_of(request: web.Request, merchant: Merchant, query) -> views.PayoutList:
+    read = ListPayouts(merchant_id=merchant.id, limit=parse_limit(query),
+                       starting_after=query.get("starting_after", "")[:64])
+    answer = await _page(request, merchant, read, "payout")
+    return views.PayoutList("list", [views.payout(payout) for payout in answer.records], answer.has_more)
 
 
 async def get_payout(request: web.Request) -> web.Response:

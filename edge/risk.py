@@ -142,6 +142,11 @@ async def _loaded_table(local: LocalTable) -> RiskTable:
 async def create_blocklist_entry(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
     fields, body = await body_of(request, schemas.BlocklistEntryCreate)
+    return respond(request, await block(request, fields, body))
+
+
+async def block(request: web.Request, fields, body: bytes) -> views.BlocklistEntryOut:
+    """Put a card fingerprint, an IP address, an email or a customer on the block list."""
     kind = type(fields).__struct_config__.tag
     if fields.merchant_id and (not fields.merchant_id.startswith("mer_")
                                or await cached_merchant(request.app, fields.merchant_id) is None):
@@ -152,24 +157,32 @@ async def create_blocklist_entry(request: web.Request) -> web.Response:
                            merchant_id=fields.merchant_id, reason=fields.reason)
     outcome = await run(request, BLOCKLIST_OWNER, AddToBlocklist(entry), body)
     raise_for(outcome)
-    return respond(request, views.blocklist_entry(outcome.record))
+    return views.blocklist_entry(outcome.record)
 
 
 async def list_blocklist(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
-    query = ListBlocklist(limit=parse_limit(request.query), starting_after=request.query.get("starting_after", "")[:64])
-    answer = await request.app["gateway"].read(BLOCKLIST_OWNER, query)
-    return respond(request, views.BlocklistEntryList("list", [views.blocklist_entry(entry) for entry in
-                                                                answer.records], answer.has_more))
+    return respond(request, await blocklist_page(request, request.query))
+
+
+async def blocklist_page(request: web.Request, query) -> views.BlocklistEntryList:
+    read = ListBlocklist(limit=parse_limit(query), starting_after=query.get("starting_after", "")[:64])
+    answer = await request.app["gateway"].read(BLOCKLIST_OWNER, read)
+    return views.BlocklistEntryList("list", [views.blocklist_entry(entry) for entry in answer.records],
+                                    answer.has_more)
 
 
 async def delete_blocklist_entry(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
-    entry_id = request.match_info["id"]
+    return respond(request, await unblock(request, request.match_info["id"], await request.read()))
+
+
+async def unblock(request: web.Request, entry_id: str, body: bytes) -> views.BlocklistEntryOut:
+    """Take an entry off the block list."""
     if len(entry_id) != BLOCKLIST_ID_LENGTH or not entry_id.startswith("blk_"):
         raise not_found("block list entry", entry_id)
-    outcome = await run(request, BLOCKLIST_OWNER, RemoveFromBlocklist(entry_id), await request.read())
+    outcome = await run(request, BLOCKLIST_OWNER, RemoveFromBlocklist(entry_id), body)
     if outcome.code == "blocklist_entry_not_found":
         raise not_found("block list entry", entry_id)
     raise_for(outcome)
-    return respond(request, views.blocklist_entry(outcome.record, deleted=True))
+    return views.blocklist_entry(outcome.record, deleted=True)

@@ -55,7 +55,7 @@ class Archival:
         archived = Archived(before=before)
         archived.orders = self._sweep(self.orders.by_id, before, self._order_may_go, self._drop_order)
         archived.payments = self._sweep(self.payments.payments, before, self._payment_may_go, self._drop_payment)
-        archived.refunds = self._sweep(self.payments.refunds, before, self._refund_may_go, _keep_nothing)
+        archived.refunds = self._sweep(self.payments.refunds, before, self._refund_may_go, self._drop_refund)
         archived.invoices = self._sweep(self.invoices.by_id, before, self._invoice_may_go, self._drop_invoice)
         ledger = self.ledger.archive_transfers(before, MAX_ARCHIVED_TRANSFERS)
         archived.transfers = ledger.transfers
@@ -112,12 +112,14 @@ class Archival:
 
     def _drop_payment(self, payment: Payment) -> None:
         self.payments.by_merchant.remove(payment.merchant_id, payment.id)
+        if payment.order_id:
+            self.payments.by_order.remove(payment.order_id, payment.id)
         self.payments.deadlines.drop(payment.id)
+
+    def _drop_refund(self, refund: Refund) -> None:
+        self.payments.refunds_by_payment.remove(refund.payment_id, refund.id)
 
     def _drop_invoice(self, invoice: Invoice) -> None:
         self.invoices.by_merchant.remove(invoice.merchant_id, invoice.id)
         self.invoices.by_order.pop(invoice.order_id, None)
 
-
-def _keep_nothing(refund: Refund) -> None:
-    """Refunds are found by id alone: nothing else indexes them."""

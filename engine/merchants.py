@@ -1,5 +1,7 @@
 """Merchants, their sub-accounts and dashboard users, and the indexes that find a merchant by its credentials."""
 
+import itertools
+
 from engine.changes import Changes
 from engine.payments import ACCOUNT_FLAGS
 from engine.records import (
@@ -80,6 +82,24 @@ class Merchants:
         return Outcome(record=merchant)
 
     # Reads
+
+    def list_merchants(self, name_contains: str, created_before: int, before_id: str,
+                       limit: int) -> tuple[list[Merchant], bool]:
+        """Merchants newest first, only those created before the one at (`created_before`, `before_id`) when
+        given, whose name holds `name_contains` in any case; and whether more follow."""
+        needle = name_contains.casefold()
+        found: list[Merchant] = []
+        # Newest first by (created_at, id): ids break the ties of merchants made in one batch, as the cursor does.
+        for _, made_together in itertools.groupby(reversed(self.by_id.values()), lambda merchant: merchant.created_at):
+            for merchant in sorted(made_together, key=lambda merchant: merchant.id, reverse=True):
+                if created_before and (merchant.created_at, merchant.id) >= (created_before, before_id):
+                    continue
+                if needle and needle not in merchant.name.casefold():
+                    continue
+                if len(found) == limit:
+                    return found, True
+                found.append(merchant)
+        return found, False
 
     def merchants_of_user(self, email: str) -> list[Merchant]:
         return [merchant for merchant in self.by_id.values() if any(user.email == email for user in merchant.users)]

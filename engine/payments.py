@@ -101,6 +101,11 @@ class Payments:
         self.card_expiries = changes.schedule()
         self.refunds: dict[str, Refund] = changes.dict()
         self.payouts: dict[str, Payout] = changes.dict()
+        # Derived, oldest first (restore rebuilds them): order id -> its payment ids, payment id -> its refund ids,
+        # merchant id -> its payout ids.
+        self.by_order = Listing(changes)
+        self.refunds_by_payment = Listing(changes)
+        self.payouts_by_merchant = Listing(changes)
         # signature -> when its callback came (engine time), oldest first
         self.callback_signatures: dict[str, int] = changes.dict()
         self.deadlines = changes.schedule()  # payment id -> its deadline_at
@@ -453,7 +458,7 @@ class Payments:
             return Outcome(code, record=payment)
         refund.amount, refund.currency, refund.created_at = amount, payment.currency, timestamp
         refund.status, refund.settled_at, refund.after_settlement = "succeeded", 0, bool(payment.settled_at)
-        self.refunds[refund.id] = refund
+        self._add_refund(refund)
         payment.amount_refunded += amount
         payment.updated_at = timestamp
         self.events.append(Event("refund.succeeded", refund.id, timestamp))
@@ -482,7 +487,7 @@ class Payments:
             return Outcome(code)
         payout.status = "pending"
         payout.created_at = payout.updated_at = timestamp
-        self.payouts[payout.id] = payout
+        self._add_payout(payout)
         self.events.append(Event("payout.created", payout.id, timestamp))
         return Outcome(record=payout)
 
@@ -673,23 +678,36 @@ class Payments:
         record = records.get(record_id)
         return record if record is not None and record.merchant_id == merchant_id else None
 
-    def list_payments(self, merchant_id: str, limit: int, starting_after: str,
-                      status: str = "") -> tuple[list[Payment], bool]:
-        """A merchant's payments, newest first, only those in `status` if given; and whether more follow."""
-        found: list[Payment] = []
-        for payment_id in self.by_merchant.newest_first(merchant_id, starting_after):
-            payment = self.payments[payment_id]
-            if status and payment.status != status:
-                continue
-            if len(found) == limit:
-                return found, True
-            found.append(payment)
-        return found, False
+    def list_payments(self, merchant_id: str, limit: int, starting_after: str, status: str = "",
+                      order_id: str = "") -> tuple[list[Payment], bool]:
+        """A merchant's payments (of one order, if given), newest first, only those in `status` if given; and
+        whether more follow."""
+        listing, owner = (self.by_order, order_id) if order_id else (self.by_merchant, merchant_id)
+        return _newest_first(listing, owner, self.payments, merchant_id, limit, starting_after,
+                             lambda payment: not status or payment.status == status)
+
+    def list_refunds(self, merchant_id: str, payment_id: str, limit: int,
+                     starting_after: str) -> tuple[list[Refund], bool]:
+        """A payment's refunds, newest first; and whether more follow."""
+        return _newest_first(self.refunds_by_payment, payment_id, self.refunds, merchant_id, limit, starting_after)
+
+    def list_payouts(self, merchant_id: str, limit: int, starting_after: str) -> tuple[list[Payout], bool]:
+        return _newest_first(self.payouts_by_merchant, merchant_id, self.payouts, merchant_id, limit, starting_after)
 
     def add(self, payment: Payment) -> Payment:
         self.payments[payment.id] = payment
         self.by_merchant.add(payment.merchant_id, payment.id)
+        if payment.order_id:
+            self.by_order.add(payment.order_id, payment.id)
         return payment
+
+    def _add_refund(self, refund: Refund) -> None:
+        self.refunds[refund.id] = refund
+        self.refunds_by_payment.add(refund.payment_id, refund.id)
+
+    def _add_payout(self, payout: Payout) -> None:
+        self.payouts[payout.id] = payout
+        self.payouts_by_merchant.add(payout.merchant_id, payout.id)
 
     def _payment_of(self, merchant_id: str, payment_id: str) -> Payment | None:
         payment = self.payments.get(payment_id)
@@ -707,8 +725,10 @@ class Payments:
         """Fill from the engine's snapshot: deadlines and authorization holds follow from the payments themselves."""
         for payment in snapshot.payments:
             self.add(payment)
-        self.refunds.load((refund.id, refund) for refund in snapshot.refunds)
-        self.payouts.load((payout.id, payout) for payout in snapshot.payouts)
+        for refund in snapshot.refunds:
+            self._add_refund(refund)
+        for payout in snapshot.payouts:
+            self._add_payout(payout)
         for token_id, card in snapshot.cards:
             self.vault(token_id, card)
         self.callback_signatures.load(snapshot.callback_signatures)
@@ -725,6 +745,20 @@ def card_expires_at(card: CardDetails) -> int:
     month = min(max(card.exp_month, 1), 12)
     year, month = (card.exp_year + 1, 1) if month == 12 else (card.exp_year, month + 1)
     return min(days_since_epoch(year, month, 1) * DAY_NS, TIMESTAMP_MAX)
+
+
+def _newest_first(listing: Listing, owner: str, records: dict, merchant_id: str, limit: int, starting_after: str,
+                  wanted=lambda record: True) -> tuple[list, bool]:
+    """A page of the merchant's records listed under `owner`, newest first, those `wanted`; and whether more follow."""
+    found: list = []
+    for record_id in listing.newest_first(owner, starting_after):
+        record = records.get(record_id)
+        if record is None or record.merchant_id != merchant_id or not wanted(record):
+            continue
+        if len(found) == limit:
+            return found, True
+        found.append(record)
+    return found, False
 
 
 def _wallet_payment(command: PayOrderFromWallet, order: Order | None, timestamp: int) -> Payment:

@@ -132,6 +132,33 @@ class ListPayments(msgspec.Struct, tag="list_payments", array_like=True, kw_only
     limit: int = 20
     starting_after: str = ""
     status: str = ""  # only payments in this status ("": all)
+    order_id: str = ""  # only the payments of this order ("": all)
+
+
+class ListRefunds(msgspec.Struct, tag="list_refunds", array_like=True, kw_only=True):
+    """A payment's refunds, newest first."""
+
+    merchant_id: str
+    payment_id: str
+    limit: int = 20
+    starting_after: str = ""
+
+
+class ListPayouts(msgspec.Struct, tag="list_payouts", array_like=True, kw_only=True):
+    """A merchant's payouts, newest first."""
+
+    merchant_id: str
+    limit: int = 20
+    starting_after: str = ""
+
+
+class ListMerchants(msgspec.Struct, tag="list_merchants", array_like=True, kw_only=True):
+    """This shard's merchants, newest first, before the one created at (created_before, before_id) when given."""
+
+    name_contains: str = ""
+    created_before: int = 0
+    before_id: str = ""
+    limit: int = 20
 
 
 class GetReconciliation(msgspec.Struct, tag="get_reconciliation", array_like=True):
@@ -235,9 +262,9 @@ class DeliveryJob(msgspec.Struct, array_like=True, kw_only=True):
 Query = (
     LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
     | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard | FindOrder | FindPayment
-    | ListBlocklist | GetWalletRecord | FindDeposit | FindCustomer | GetIdempotencyRecord | ListCards
-    | ListEvents | GetEvent | ListDeliveries | GetDelivery | GetDeliveryJobs | PendingDeliveries | GetInvoice
-    | ListInvoices
+    | ListBlocklist | GetWalletRecord | FindDeposit | FindCustomer | GetIdempotencyRecord | ListCards | ListRefunds
+    | ListPayouts | ListMerchants | ListEvents | GetEvent | ListDeliveries | GetDelivery | GetDeliveryJobs
+    | PendingDeliveries | GetInvoice | ListInvoices
     | GetReconciliation | ListReconciliations | FindSettlementItems
 )
 
@@ -311,10 +338,22 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
     if kind is ListBlocklist:
         entries, has_more = commerce.blocklist.list_entries(max(1, min(query.limit, MAX_PAGE)), query.starting_after)
         return Answer(records=entries, has_more=has_more)
+    limit = max(1, min(query.limit, MAX_PAGE))
+    if kind is ListRefunds:
+        return _listed(*commerce.payments.list_refunds(query.merchant_id, query.payment_id, limit,
+                                                       query.starting_after))
+    if kind is ListPayouts:
+        return _listed(*commerce.payments.list_payouts(query.merchant_id, limit, query.starting_after))
+    if kind is ListMerchants:
+        return _listed(*commerce.merchants.list_merchants(query.name_contains, query.created_before,
+                                                          query.before_id, limit))
     check(kind is ListPayments, f"no answer for a {kind.__name__} query")
-    payments, has_more = commerce.payments.list_payments(query.merchant_id, max(1, min(query.limit, MAX_PAGE)),
-                                                         query.starting_after, query.status)
-    return Answer(records=payments, has_more=has_more)
+    return _listed(*commerce.payments.list_payments(query.merchant_id, limit, query.starting_after, query.status,
+                                                    query.order_id))
+
+
+def _listed(records: list, has_more: bool) -> Answer:
+    return Answer(records=records, has_more=has_more)
 
 
 def _list_events(query: ListEvents, commerce: Commerce) -> Answer:

@@ -321,6 +321,18 @@ class OrderList(Struct):
     has_more: bool
 
 
+class RefundList(Struct):
+    object: str
+    data: list[RefundOut]
+    has_more: bool
+
+
+class MerchantList(Struct):
+    object: str
+    data: list[MerchantOut]
+    has_more: bool
+
+
 class TransferList(Struct):
     object: str
     data: list[TransferOut]
@@ -339,6 +351,12 @@ class PayoutOut(Struct):
     failure_code: str | None
     created_at: str
     updated_at: str
+
+
+class PayoutList(Struct):
+    object: str
+    data: list[PayoutOut]
+    has_more: bool
 
 
 class DepositOut(Struct):

@@ -3,7 +3,7 @@
 import pytest
 
 # Helpers' asserts are tests' asserts: rewritten by pytest like the test modules', so they run under python -O too.
-pytest.register_assert_rewrite("edge_harness", "engine_faults", "ledger_helpers", "shard_harness")
+pytest.register_assert_rewrite("browser_harness", "edge_harness", "engine_faults", "ledger_helpers", "shard_harness")
 
 from edge_harness import assert_ledger_ok  # noqa: E402  (after the registration)
 from ledger_helpers import ENGINES  # noqa: E402
@@ -23,3 +23,12 @@ def verify_every_engine():
     yield
     for engine in ENGINES:
         engine.verify()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """One headless Chromium for the whole session's page tests (each test opens its own context)."""
+    from browser_harness import launched
+
+    with launched() as browser:
+        yield browser

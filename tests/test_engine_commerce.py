@@ -15,7 +15,7 @@ import pytest
 
 from engine import Account, Command, CreateAccounts, CreateTransfers, Transfer, TransferCode
 from engine.idempotency import IDEMPOTENCY_RETENTION_NS as RETENTION
-from engine.queries import GetCustomer, GetMerchant, GetOrder, ListOrders, LookupAccounts
+from engine.queries import GetCustomer, GetMerchant, GetOrder, ListMerchants, ListOrders, LookupAccounts
 from engine.records import (
     AddDashboardUser,
     AdmitOrderIp,
@@ -450,6 +450,25 @@ def test_list_orders_pages_walk_everything_once(listed, limit: int, filters: dic
 def test_list_orders_starting_after_a_foreign_order_is_empty(listed, after: str):
     shop, _ = listed
     assert list_ids(shop, starting_after=after) == ([], False)
+
+
+
+def test_merchants_are_listed_newest_first_by_name_with_a_cursor(shop: Shop):
+    shop.ok(CreateMerchant(merchant("m3", name="Tea House")))
+    # made in one batch, the later one with the smaller id: the id breaks the tie, so pages never skip or repeat one
+    shop.ok(CreateMerchant(merchant("m5", name="tea garden")), CreateMerchant(merchant("m4", name="Books")))
+
+    def ids(**filters) -> tuple[list[str], bool]:
+        answer = shop.query(ListMerchants(**filters))
+        return [record.id for record in answer.records], answer.has_more
+
+    assert ids() == (["m5", "m4", "m3", "m2", "m1"], False)
+    assert ids(limit=2) == (["m5", "m4"], True)
+    assert ids(name_contains="TEA") == (["m5", "m3"], False)
+    m4 = shop.query(GetMerchant(merchant_id="m4")).record
+    assert ids(created_before=m4.created_at, before_id="m4") == (["m3", "m2", "m1"], False)
+    m5 = shop.query(GetMerchant(merchant_id="m5")).record
+    assert ids(created_before=m5.created_at, before_id="m5", limit=1) == (["m4"], True)
 
 
 # 5. Customers and wallets

@@ -18,7 +18,8 @@ import pytest
 from engine import merchants
 from engine.payments import CALLBACK_REPLAY_WINDOW_NS, HOLDS_MONEY, MIRRORS_INFLOW
 from engine.states import PAYMENT_STATUSES
-from engine.queries import GetMerchant, GetOrder, GetPaymentRecord, ListPayments, LookupAccounts
+from engine.queries import GetMerchant, GetOrder, GetPaymentRecord, ListPayments, ListPayouts, ListRefunds, \
+    LookupAccounts
 from engine.records import (
     CancelOrder,
     CreateCustomer,
@@ -788,6 +789,32 @@ def test_list_payments_by_status_pages_through_the_matches_only(listed: Gateway)
     # The cursor is a position in the whole list: a payment in another status starts a page as well.
     assert list_ids(listed, status="succeeded", starting_after="q3") == (["q0"], False)
     assert list_ids(listed, "m2", status="succeeded") == ([], False)
+
+
+def test_an_orders_payments_a_payments_refunds_and_the_payouts_are_listed_newest_first(paid: Gateway):
+    paid.ok(order("o2"), create("q1", order_id="", currency="USD"))
+    paid.ok(create("p2", order_id="o2"))
+    paid.ok(psp("p2", result="declined"))
+    paid.ok(create("p3", order_id="o2"), refund("r1", amount=10), refund("r2", amount=5), payout("po1", 20))
+    paid.ok(payout("po2", 30))
+
+    def ids(gw: Gateway, query) -> tuple[list[str], bool]:
+        answer = gw.query(query)
+        return [record.id for record in answer.records], answer.has_more
+
+    for gw in (paid, paid.restored()):  # the indexes behind these lists are rebuilt at restore
+        assert ids(gw, ListPayments(merchant_id="m1", order_id="o2")) == (["p3", "p2"], False)
+        assert ids(gw, ListPayments(merchant_id="m1", order_id="o2", limit=1)) == (["p3"], True)
+        assert ids(gw, ListPayments(merchant_id="m1", order_id="o2", starting_after="p3")) == (["p2"], False)
+        assert ids(gw, ListPayments(merchant_id="m1", order_id="o2", starting_after="p1")) == ([], False)
+        assert ids(gw, ListPayments(merchant_id="m1", order_id="o1")) == (["p1"], False)
+        assert ids(gw, ListPayments(merchant_id="m2", order_id="o1")) == ([], False)
+        assert ids(gw, ListRefunds(merchant_id="m1", payment_id="p1")) == (["r2", "r1"], False)
+        assert ids(gw, ListRefunds(merchant_id="m1", payment_id="p1", starting_after="r2")) == (["r1"], False)
+        assert ids(gw, ListRefunds(merchant_id="m2", payment_id="p1")) == ([], False)
+        assert ids(gw, ListPayouts(merchant_id="m1")) == (["po2", "po1"], False)
+        assert ids(gw, ListPayouts(merchant_id="m1", limit=1)) == (["po2"], True)
+        assert ids(gw, ListPayouts(merchant_id="m2")) == ([], False)
 
 
 # 11. Snapshot and restore mid-flow

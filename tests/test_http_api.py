@@ -472,6 +472,47 @@ def test_payments_filtered_by_status_page_through_the_matches_only(server):
     assert walk(server, key, "/v1/payments", 4) == newest_first
 
 
+def test_an_orders_payments_a_payments_refunds_and_the_payouts_are_listed(server):
+    key = merchant(server)
+    payer = customer(server, key)
+    fund(server, payer, 3 * ORDER["amount"])
+    order_id = order(server, key, payment_methods=["wallet", "qr"])["id"]
+    waiting = ok(server, "POST", "/v1/payments", {"order_id": order_id, "payment_method": {"type": "qr"}}, key=key)
+    paid = ok(server, "POST", "/v1/payments", {"order_id": order_id,
+                                               "payment_method": {"type": "wallet", "customer_id": payer}}, key=key)
+    ok(server, "POST", "/v1/payments", {"order_id": order(server, key)["id"],
+                                        "payment_method": {"type": "wallet", "customer_id": payer}}, key=key)
+    assert walk(server, key, "/v1/payments", 1, order_id=order_id) == [paid["id"], waiting["id"]]
+    refunds = [ok(server, "POST", "/v1/refunds", {"payment_id": paid["id"], "amount": amount}, key=key)["id"]
+               for amount in (100, 200)]
+    assert walk(server, key, "/v1/refunds", 1, payment_id=paid["id"]) == refunds[::-1]
+    assert walk(server, key, "/v1/refunds", 5, payment_id=waiting["id"]) == []
+    error(server, "GET", "/v1/refunds", key=key, code="parameter_missing", param="payment_id")
+    error(server, "GET", f"/v1/refunds?payment_id={paid['id']}&starting_after=re_nothing", key=key,
+          param="starting_after")
+    payouts = [ok(server, "POST", "/v1/payouts", {"amount": 10, "currency": "usd"}, key=key)["id"] for _ in range(3)]
+    assert walk(server, key, "/v1/payouts", 2) == payouts[::-1]
+    other = merchant(server)
+    assert walk(server, other, "/v1/payouts", 2) == []
+    assert walk(server, other, "/v1/refunds", 2, payment_id=paid["id"]) == []
+    error(server, "GET", "/v1/payouts", key=server.admin_token, status=403)
+
+
+def test_merchants_are_listed_newest_first_across_shards(tmp_path):
+    server = Server(tmp_path, workers=1, shards=2).start()
+    try:
+        made = [ok(server, "POST", "/v1/merchants", {"name": f"Listed shop {number}", "email": "o@example.com"},
+                   key=server.admin_token)["id"] for number in range(5)]
+        listed = walk(server, server.admin_token, "/v1/merchants", 2, name="listed SHOP")
+        assert listed == made[::-1]
+        assert walk(server, server.admin_token, "/v1/merchants", 10)[-1] == "mer_demo"
+        error(server, "GET", "/v1/merchants", key=merchant(server), status=403)
+        error(server, "GET", "/v1/merchants?starting_after=mer_nothing", key=server.admin_token,
+              param="starting_after")
+    finally:
+        server.stop()
+
+
 # --- 5. bad input --------------------------------------------------------------------------------------------------
 
 def bad(name, method, path, body, status=400, code=ANY, param=ANY):

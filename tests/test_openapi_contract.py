@@ -30,9 +30,9 @@ MAX_EXAMPLES = 15  # per operation and generation mode (schema-valid, schema-bre
 SETTINGS = settings(max_examples=MAX_EXAMPLES, deadline=None, derandomize=True, database=None, print_blob=False,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
                                            HealthCheck.data_too_large])
-ADMIN_ONLY = {"create_merchant", "update_merchant", "create_dashboard_user", "ledger_check", "create_blocklist_entry",
-              "list_blocklist", "delete_blocklist_entry", "create_adjustment", "create_reconciliation",
-              "list_reconciliations", "get_reconciliation"}
+ADMIN_ONLY = {"create_merchant", "list_merchants", "update_merchant", "create_dashboard_user", "ledger_check",
+              "create_blocklist_entry", "list_blocklist", "delete_blocklist_entry", "create_adjustment",
+              "create_reconciliation", "list_reconciliations", "get_reconciliation"}
 # API.md: the error type for each 4xx status.
 ERROR_TYPES = {400: {"invalid_request_error"}, 401: {"authentication_error"}, 402: {"card_error", "balance_error"},
                403: {"permission_error"}, 404: {"invalid_request_error"}, 405: {"invalid_request_error"},
@@ -41,7 +41,7 @@ ERROR_TYPES = {400: {"invalid_request_error"}, 401: {"authentication_error"}, 40
 OPERATIONS = [
     ("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics"), ("GET", "/v1/admin/ledger_check"),
     ("GET", "/openapi.json"), ("GET", "/.well-known/jwks.json"), ("POST", "/oauth/token"), ("POST", "/v1/auth/login"),
-    ("POST", "/v1/merchants"), ("GET", "/v1/merchants/me"), ("GET", "/v1/merchants/{id}"),
+    ("POST", "/v1/merchants"), ("GET", "/v1/merchants"), ("GET", "/v1/merchants/me"), ("GET", "/v1/merchants/{id}"),
     ("PATCH", "/v1/merchants/{id}"), ("POST", "/v1/merchants/{id}/sub_accounts"),
     ("POST", "/v1/merchants/{id}/dashboard_users"), ("POST", "/v1/merchants/{id}/api_keys"),
     ("GET", "/v1/merchants/{id}/api_keys"), ("POST", "/v1/orders"), ("GET", "/v1/orders"),
@@ -53,10 +53,11 @@ OPERATIONS = [
     ("GET", "/v1/qr/deposits/{id}.png"),
     ("GET", "/v1/customers/{id}/wallet"), ("POST", "/v1/payments"), ("GET", "/v1/payments"),
     ("GET", "/v1/payments/{id}"), ("POST", "/v1/payments/{id}/capture"), ("POST", "/v1/payments/{id}/cancel"),
-    ("POST", "/v1/refunds"), ("GET", "/v1/refunds/{id}"), ("POST", "/v1/psp/{provider}/webhook"),
+    ("POST", "/v1/refunds"), ("GET", "/v1/refunds"), ("GET", "/v1/refunds/{id}"), ("POST", "/v1/psp/{provider}/webhook"),
     ("POST", "/v1/qr/dynamic"), ("POST", "/v1/qr/static"), ("GET", "/v1/qr/orders/{id}.png"),
     ("GET", "/v1/qr/payments/{id}.png"),
-    ("GET", "/v1/qr/merchants/{id}.png"), ("POST", "/v1/payouts"), ("GET", "/v1/payouts/{id}"),
+    ("GET", "/v1/qr/merchants/{id}.png"), ("POST", "/v1/payouts"), ("GET", "/v1/payouts"),
+    ("GET", "/v1/payouts/{id}"),
     ("POST", "/v1/risk/blocklist"), ("GET", "/v1/risk/blocklist"), ("DELETE", "/v1/risk/blocklist/{id}"),
     ("GET", "/v1/events"), ("GET", "/v1/events/{id}"), ("POST", "/v1/events/{id}/redeliver"),
     ("GET", "/v1/webhook_deliveries"), ("POST", "/v1/webhook_deliveries/replay"), ("GET", "/v1/invoices"),

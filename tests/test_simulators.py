@@ -412,7 +412,7 @@ def test_3ds_page_shows_two_buttons_posting_back(piggybank, receiver):
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     assert "<title>3-D Secure</title>" in page
     assert re.search(rf'<form method="post" action="/3ds/{reference}">', page)
-    assert ">Complete authentication</button>" in page and ">Fail authentication</button>" in page
+    assert ">Approve</button>" in page and ">Decline</button>" in page
     assert 'name="outcome" value="complete"' in page and 'name="outcome" value="fail"' in page
     assert "3220" in page and "4000000000003220" not in page  # last4 only
 

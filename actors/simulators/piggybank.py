@@ -2,9 +2,9 @@
 
 It authorizes cards by the API's test card numbers, answers each authorization at once with `202
 {"psp_reference"}` and gives its verdict later in a signed callback to --callback-url; it serves a 3-D Secure
-challenge page, keeps in-memory books of captures, voids and refunds (a void also drops an authorization still
-pending or awaiting 3-D Secure, which then never calls back), answers status queries for stuck payments, and
-serves the daily settlement CSV the gateway reconciles against.
+challenge page (buttons Approve and Decline), keeps in-memory books of captures, voids and refunds (a void also
+drops an authorization still pending or awaiting 3-D Secure, which then never calls back), answers status queries
+for stuck payments, and serves the daily settlement CSV the gateway reconciles against.
 
 The settlement file for a UTC date lists each capture and refund made that day, by the reference the gateway gave
 (`transaction_id`: its payment id, or the refund's `refund_id`), with the fee kept (--fee-bps of a capture plus
@@ -351,8 +351,8 @@ class Piggybank:
                    f"to merchant <code>{html.escape(record.merchant_id)}</code> with your "
                    f"{html.escape(record.brand)} card ending in {html.escape(record.last4)}.</p>"
                    f'<form method="post" action="{html.escape(action)}">'
-                   '<button type="submit" name="outcome" value="complete">Complete authentication</button> '
-                   '<button type="submit" name="outcome" value="fail">Fail authentication</button>'
+                   '<button type="submit" name="outcome" value="complete">Approve</button> '
+                   '<button type="submit" name="outcome" value="fail">Decline</button>'
                    "</form>")
         return page(200, "3-D Secure", content)
 
@@ -415,6 +415,7 @@ class Piggybank:
 
 def page(status: int, title: str, content: str) -> web.Response:
     document = ("<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+                "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
                 f"<title>{html.escape(title)}</title></head><body><h1>{html.escape(title)}</h1>{content}</body></html>")
     return web.Response(status=status, text=document, content_type="text/html", charset="utf-8")
 

@@ -1,0 +1,297 @@
+"""The merchant's dashboard (`/dashboard`) and the operator's admin (`/admin`) in real headless Chromium, against a
+real `paygate serve` with a replica, Ray, the connector actors, the shard-health actor and the simulated providers:
+what a merchant and an operator see and do, asserted by text, labels and roles.
+
+One server and one browser for the module; each test makes its own merchant and opens its own browser contexts.
+"""
+
+import re
+import uuid
+
+import pytest
+from playwright.sync_api import expect
+
+from browser_harness import LOW_CONTRAST, UNLABELLED, new_page, pay_by_card
+from edge_harness import Server
+
+PASSWORD = "correct horse battery staple"
+SUCCEEDS = "4242424242424242"
+WEBHOOK_URL = "http://127.0.0.1:9/webhook"
+
+pytestmark = pytest.mark.usefixtures("double_entry_holds")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    server = Server(tmp_path_factory.mktemp("pages-dashboard"), workers=2, actors=True,
+                    extra=("--order-ip-limit", "100000", "--replica")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def shop(server) -> dict:
+    """A fresh merchant with a dashboard user: its creation's answer, and the user's `user_email`."""
+    name = f"Tea Shop {uuid.uuid4().hex[:6]}"
+    created = server.request("POST", "/v1/merchants", {"name": name, "email": "owner@example.com", "tier": "premium",
+                                                       "webhook_url": WEBHOOK_URL}, key=server.admin_token).json()
+    email = f"clerk-{uuid.uuid4().hex[:8]}@example.com"
+    added = server.request("POST", f"/v1/merchants/{created['id']}/dashboard_users",
+                           {"email": email, "password": PASSWORD}, key=server.admin_token)
+    assert added.status == 200, added.body
+    return {**created, "user_email": email}
+
+
+@pytest.fixture
+def page(browser):
+    with new_page(browser) as page:
+        yield page
+
+
+def order(server, shop, name: str = "Matcha latte", amount: int = 2000, **fields) -> dict:
+    reply = server.request("POST", "/v1/orders", {"name": name, "amount": amount, "currency": "usd", **fields},
+                           key=shop["api_key"])
+    assert reply.status == 200, reply.body
+    return reply.json()
+
+
+def api(server, shop, method: str, path: str, body=None) -> dict:
+    reply = server.request(method, path, body, key=shop["api_key"])
+    assert reply.status == 200, (path, reply.body)
+    return reply.json()
+
+
+def sign_in(server, page, shop, password: str = PASSWORD) -> None:
+    page.goto(server.url + "/dashboard")
+    expect(page.get_by_role("heading", name="Sign in to your dashboard")).to_be_visible()
+    page.get_by_label("Email").fill(shop["user_email"])
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_sign_in_find_the_order_watch_it_turn_paid_and_refund_half(server, shop, page, browser):
+    the_order = order(server, shop)
+    order(server, shop, name="Hojicha", amount=1500)
+    sign_in(server, page, shop)
+    expect(page.get_by_role("heading", name="Orders")).to_be_visible()
+    page.get_by_label("Order name").fill("MATCHA")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("link", name="Matcha latte")).to_be_visible()
+    expect(page.get_by_role("link", name="Hojicha")).to_have_count(0)
+    page.get_by_role("link", name="Matcha latte").click()
+    expect(page.get_by_role("heading", name="Matcha latte")).to_be_visible()
+    expect(page.get_by_text("Status: pending")).to_be_visible()
+    expect(page.get_by_text("No payment yet.")).to_be_visible()
+
+    page.evaluate("window.stillTheSamePage = true")
+    with new_page(browser) as shopper:  # another browser context: the shopper's
+        shopper.goto(the_order["payment_url"])
+        pay_by_card(shopper, SUCCEEDS)
+        expect(shopper.get_by_role("heading", name="Payment successful")).to_be_visible()
+    expect(page.get_by_text("Status: paid")).to_be_visible()
+    expect(page.get_by_role("heading", name=re.compile("Card · visa ending in 4242 · succeeded"))).to_be_visible()
+    assert page.evaluate("window.stillTheSamePage") is True  # it turned paid live, without a reload
+
+    page.get_by_label("Amount to refund (USD)").fill("10.00")
+    page.get_by_label("Reason").fill("one cup was cold")
+    page.get_by_role("button", name="Refund").click()
+    expect(page.get_by_role("status").filter(has_text="Refund made.")).to_be_visible()
+    expect(page.get_by_text("Status: partially refunded")).to_be_visible()
+    refunds = page.get_by_role("table", name="Refunds")
+    expect(refunds.get_by_role("cell", name="10.00 USD")).to_be_visible()
+    expect(refunds.get_by_text("one cup was cold")).to_be_visible()
+    after = api(server, shop, "GET", f"/v1/orders/{the_order['id']}")
+    assert (after["status"], after["amount_refunded"]) == ("partially_refunded", 1000)
+    # The refund's event, with its webhook delivery, beside the payment's and the order's.
+    for event in ("refund.succeeded", "order.partially_refunded", "order.paid", "payment.succeeded"):
+        expect(page.get_by_role("heading", name=re.compile(rf"^{re.escape(event)} "))).to_be_visible()
+    deliveries = page.get_by_role("table", name="Deliveries of refund.succeeded")
+    expect(deliveries.get_by_role("cell", name=f"Webhook: {WEBHOOK_URL}")).to_be_visible()
+    invoice_link = page.get_by_role("link", name="Download the invoice (PDF)").get_attribute("href")
+    invoice = page.request.get(server.url + invoice_link)
+    assert invoice.status == 200 and invoice.headers["content-type"] == "application/pdf"
+    assert invoice.body().startswith(b"%PDF")
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+
+
+def test_sign_in_refuses_a_wrong_password_and_keeps_its_session_cookie_from_scripts(server, shop, page):
+    sign_in(server, page, shop, password="not the password")
+    expect(page.get_by_role("alert")).to_have_text("Wrong email or password.")
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+    sign_in(server, page, shop)
+    expect(page.get_by_role("heading", name="Orders")).to_be_visible()
+    cookie, = page.context.cookies()
+    assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"], cookie["secure"], cookie["path"]) == (
+        "paygate_dashboard", True, "Strict", True, "/dashboard")
+    assert page.evaluate("document.cookie") == ""
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in to your dashboard")).to_be_visible()
+    page.goto(server.url + "/dashboard/balances")
+    expect(page.get_by_role("heading", name="Sign in to your dashboard")).to_be_visible()
+
+
+def test_forms_without_the_sessions_csrf_token_or_from_another_site_change_nothing(server, shop, page):
+    the_order = order(server, shop)
+    sign_in(server, page, shop)
+    expect(page.get_by_role("heading", name="Orders")).to_be_visible()
+    cancel = f"{server.url}/dashboard/orders/{the_order['id']}/cancel"
+    forged = page.request.post(cancel, form={"csrf_token": "guessed", "attempt": "0" * 32})
+    assert forged.status == 403 and "This form has expired" in forged.text()
+    page.goto(f"{server.url}/dashboard/orders/{the_order['id']}")
+    token = page.locator("input[name=csrf_token]").first.get_attribute("value")
+    elsewhere = page.request.post(cancel, form={"csrf_token": token, "attempt": "1" * 32},
+                                  headers={"Origin": "https://attacker.example"})
+    assert elsewhere.status == 403
+    assert api(server, shop, "GET", f"/v1/orders/{the_order['id']}")["status"] == "pending"
+    page.get_by_role("button", name="Cancel order").click()
+    expect(page.get_by_role("status").filter(has_text="Order cancelled.")).to_be_visible()
+    expect(page.get_by_text("Status: cancelled")).to_be_visible()
+
+
+def test_orders_filter_by_status_and_date_and_page_through(server, shop, page):
+    made = [order(server, shop, name=f"Order {number:02d}") for number in range(23)]
+    api(server, shop, "DELETE", f"/v1/orders/{made[0]['id']}")
+    sign_in(server, page, shop)
+    rows = page.get_by_role("table", name="Orders, newest first").get_by_role("row")
+    expect(rows).to_have_count(21)  # the header and a page of 20
+    expect(page.get_by_role("link", name="Order 22")).to_be_visible()
+    page.get_by_role("link", name="Next page").click()
+    expect(rows).to_have_count(4)
+    expect(page.get_by_role("link", name="Order 00")).to_be_visible()
+    expect(page.get_by_role("link", name="Next page")).to_have_count(0)
+    page.get_by_role("link", name="First page").click()
+    page.get_by_label("Status").select_option("cancelled")
+    page.get_by_role("button", name="Search").click()
+    expect(rows).to_have_count(2)
+    expect(page.get_by_role("link", name="Order 00")).to_be_visible()
+    page.get_by_label("Status").select_option("")
+    today = made[0]["created_at"][:10]
+    page.get_by_label("Created from").fill(today)
+    page.get_by_label("Created until").fill(today)
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("link", name="Order 22")).to_be_visible()
+    page.get_by_label("Created until").fill("2000-01-01")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_text("No orders match.")).to_be_visible()
+
+
+def manual_card_payment(server, shop, name: str) -> dict:
+    the_order = order(server, shop, name=name)
+    payment = api(server, shop, "POST", "/v1/payments", {
+        "order_id": the_order["id"], "capture_method": "manual",
+        "payment_method": {"type": "card", "card": {"number": SUCCEEDS, "exp_month": 12, "exp_year": 2034,
+                                                    "cvc": "123"}}})
+    return the_order, payment
+
+
+def test_capture_an_authorization_and_void_another(server, shop, page):
+    to_capture, _ = manual_card_payment(server, shop, "Gyokuro")
+    to_void, payment = manual_card_payment(server, shop, "Bancha")
+    sign_in(server, page, shop)
+    page.goto(f"{server.url}/dashboard/orders/{to_capture['id']}")
+    expect(page.get_by_role("button", name="Capture")).to_be_visible()  # live: once the acquirer authorized it
+    page.get_by_label("Amount to capture (USD)").fill("20.00")
+    page.get_by_role("button", name="Capture").click()
+    expect(page.get_by_role("status").filter(has_text="Payment captured.")).to_be_visible()
+    expect(page.get_by_text("Status: paid")).to_be_visible()
+    page.goto(f"{server.url}/dashboard/orders/{to_void['id']}")
+    page.get_by_role("button", name="Void authorization").click()
+    expect(page.get_by_role("status").filter(has_text="Authorization voided.")).to_be_visible()
+    expect(page.get_by_role("heading", name="Card · visa ending in 4242 · cancelled")).to_be_visible()
+    assert api(server, shop, "GET", f"/v1/payments/{payment['id']}")["status"] == "cancelled"
+
+
+def test_balances_payouts_and_masked_api_keys(server, shop, page, browser):
+    the_order = order(server, shop)
+    with new_page(browser) as shopper:
+        shopper.goto(the_order["payment_url"])
+        pay_by_card(shopper, SUCCEEDS)
+        expect(shopper.get_by_role("heading", name="Payment successful")).to_be_visible()
+    sign_in(server, page, shop)
+    page.get_by_role("link", name="Balances and payouts").click()
+    expect(page.get_by_role("table", name="Balances by currency").get_by_role("cell", name="20.00 USD")).to_be_visible()
+    page.get_by_label("Amount").fill("5.00")
+    page.get_by_role("button", name="Request payout").click()
+    expect(page.get_by_role("status").filter(has_text="Payout requested.")).to_be_visible()
+    payouts = page.get_by_role("table", name="Payouts, newest first")
+    expect(payouts.get_by_role("cell", name="5.00 USD")).to_be_visible()
+    page.get_by_label("Amount").fill("100.00")
+    page.get_by_role("button", name="Request payout").click()
+    expect(page.get_by_role("alert")).to_contain_text("insufficient")
+    page.get_by_role("link", name="API keys and webhooks").click()
+    expect(page.get_by_text(f"sk_{shop['id']}_••••••••")).to_be_visible()
+    assert shop["api_key"] not in page.content() and shop["webhook_secret"] not in page.content()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+
+
+# The operator's admin
+
+
+def admin_sign_in(server, page, token: str) -> None:
+    page.goto(server.url + "/admin")
+    page.get_by_label("Admin token").fill(token)
+    page.get_by_role("button", name="Sign in").click()
+
+
+def test_the_operator_sees_each_shards_epoch_and_replica_lag(server, page):
+    admin_sign_in(server, page, "adm_not-the-token")
+    expect(page.get_by_role("alert")).to_have_text("That is not the admin token.")
+    admin_sign_in(server, page, server.admin_token)
+    expect(page.get_by_role("heading", name="Shards")).to_be_visible()
+    table = page.get_by_role("table", name="Shard health")
+    header = [text.strip() for text in table.get_by_role("columnheader").all_inner_texts()]
+    assert header == ["Shard", "State", "Roles", "Epoch", "Committed sequence", "Replica lag (batches)",
+                      "Queue depth"]
+    row = table.get_by_role("row").filter(has=page.get_by_role("rowheader", name="Shard 0"))
+    cells = [text.strip() for text in row.get_by_role("cell").all_inner_texts()]
+    assert cells[:2] == ["healthy", "primary, replica"], cells
+    assert int(cells[2]) >= 0 and int(cells[3]) > 0 and int(cells[4]) >= 0, cells
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+    assert server.admin_token not in page.content()
+    page.get_by_role("link", name="Dead letters").click()
+    expect(page.get_by_role("heading", name="Dead letters")).to_be_visible()
+    expect(page.get_by_text("No delivery is dead.")).to_be_visible()
+
+
+def test_the_operator_onboards_suspends_and_blocks(server, page):
+    admin_sign_in(server, page, server.admin_token)
+    page.get_by_role("link", name="Merchants").click()
+    name = f"Noodle Bar {uuid.uuid4().hex[:6]}"
+    page.get_by_label("Name", exact=True).fill(name)
+    page.get_by_label("Email").fill("noodles@example.com")
+    page.get_by_label("Tier", exact=True).select_option("basic")
+    page.get_by_role("button", name="Onboard").click()
+    expect(page.get_by_role("heading", name=f"{name} is onboarded")).to_be_visible()
+    api_key = page.locator("dt:has-text('API key') + dd").inner_text().strip()
+    assert server.request("GET", "/v1/merchants/me", key=api_key).json()["tier"] == "basic"
+
+    page.get_by_label(f"Tier of {name}").select_option("premium")
+    page.get_by_role("button", name="Change tier").first.click()
+    expect(page.get_by_role("status").filter(has_text="Tier changed.")).to_be_visible()
+    page.get_by_label("Merchant name").fill(name.upper())
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("table", name="Merchants, newest first").get_by_role("row")).to_have_count(2)
+    page.get_by_role("button", name=f"Suspend {name}").click()
+    expect(page.get_by_role("status").filter(has_text="Merchant suspended.")).to_be_visible()
+    assert api_key not in page.content()  # shown once, in the onboarding's own answer
+    refused = server.request("GET", "/v1/merchants/me", key=api_key)
+    # The edge workers keep a merchant two seconds: the suspension holds within that.
+    for _ in range(30):
+        if refused.status == 403:
+            break
+        page.wait_for_timeout(200)
+        refused = server.request("GET", "/v1/merchants/me", key=api_key)
+    assert refused.json()["error"]["code"] == "account_suspended"
+    page.get_by_role("button", name=f"Reactivate {name}").click()
+    expect(page.get_by_role("status").filter(has_text="Merchant reactivated.")).to_be_visible()
+
+    page.get_by_role("link", name="Risk block list").click()
+    page.get_by_label("What").select_option("ip")
+    page.get_by_label("Value").fill("203.0.113.9")
+    page.get_by_label("Reason").fill("card testing")
+    page.get_by_role("button", name="Block").click()
+    expect(page.get_by_role("status").filter(has_text="Added to the block list.")).to_be_visible()
+    expect(page.get_by_role("cell", name="card testing")).to_be_visible()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+    page.get_by_role("button", name="Remove 203.0.113.9 from the block list").click()
+    expect(page.get_by_text("Nothing is blocked.")).to_be_visible()
