@@ -25,9 +25,10 @@ def verify_every_engine():
         engine.verify()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """One headless Chromium for the whole session's page tests (each test opens its own context)."""
+    """One headless Chromium per page-test module (each test opens its own context). Not per session: playwright's
+    sync API keeps an event loop running in this thread while it lives, and every later test's asyncio.run fails."""
     from browser_harness import launched
 
     with launched() as browser:
