@@ -13,12 +13,22 @@ PYPI := https://pypi.org/simple
 
 venv: $(STAMP)
 
+# The locked wheels, kept outside the clone and only those of the current lock: pip's own HTTP cache keeps nothing when
+# a proxy drops the registry's cache headers, so every fresh venv downloaded them all again. A venv installs
+# from them offline, and downloads them afresh only when one is missing (a new lock). Wheels only, hashes checked at
+# every install: nothing is built from source.
+WHEELS ?= $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/paygate/wheels
+PIP_LOCKED := --require-hashes --only-binary :all: -r $(LOCK)
+
 # Every package (the test and bench extras and the build backend too) comes pinned and hashed from the lock;
 # the project itself is installed on top, editable, adding nothing.
 $(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) tools/lockcheck.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-index --find-links $(WHEELS) $(PIP_LOCKED) 2>/dev/null || { \
+		rm -rf $(WHEELS).new && $(BIN)/python -m pip download --quiet --dest $(WHEELS).new $(PIP_LOCKED) && \
+		rm -rf $(WHEELS) && mv $(WHEELS).new $(WHEELS) && \
+		$(BIN)/python -m pip install --quiet --no-index --find-links $(WHEELS) $(PIP_LOCKED); }
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
