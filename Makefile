@@ -9,7 +9,7 @@ UV_VERSION := 0.13.9
 UV := .lock-tools/bin/uv
 PYPI := https://pypi.org/simple
 
-.PHONY: venv lock lock-check test test-slow run bench-engine bench-durable bench-http bench-ceiling clean
+.PHONY: venv lock lock-check test test-slow run bench-engine bench-durable bench-http bench-ceiling bench-notify clean
 
 venv: $(STAMP)
 
@@ -81,6 +81,9 @@ bench-http: venv
 
 bench-ceiling: venv
 	$(BIN)/python -m bench.ceiling
+
+bench-notify: venv
+	$(BIN)/python -m bench.notify
 
 clean:
 	rm -rf $(VENV) .lock-tools data bench/out

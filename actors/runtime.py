@@ -28,8 +28,6 @@ import signal
 
 import msgspec
 import ray
-# Whether Ray itself ended up with token authentication (its default for a local start, the environment's otherwise).
-from ray._private.authentication.authentication_utils import is_token_auth_enabled
 
 NAMESPACE = "paygate"
 LOCAL_CPUS = 2
@@ -77,6 +75,7 @@ def start(address: str | None, data: pathlib.Path, object_store_bytes: int = 256
     data = pathlib.Path(data)
     data.mkdir(parents=True, exist_ok=True)
     local = not address
+    token_authentication = token_authentication_on(local)
     options: dict = {}
     if local:
         _keep_token_in(data)
@@ -97,7 +96,7 @@ def start(address: str | None, data: pathlib.Path, object_store_bytes: int = 256
         session_dir=context.address_info.get("session_dir") or "",
         dashboard_url=_url(context.dashboard_url),
         started_here=local,
-        token_authentication=is_token_auth_enabled(),
+        token_authentication=token_authentication,
         token_file="" if os.environ.get(TOKEN_VARIABLE) else os.environ.get(TOKEN_PATH_VARIABLE, ""),
         metrics_url=f"http://127.0.0.1:{metrics_port}/metrics" if local and metrics_port else "",
     )
@@ -107,10 +106,18 @@ def start(address: str | None, data: pathlib.Path, object_store_bytes: int = 256
     return describe(info)
 
 
+def token_authentication_on(local: bool) -> bool:
+    """Whether Ray will run with token authentication, by the rules Ray documents (docs.ray.io, "Ray token
+    authentication", Ray 2.59 on): `RAY_AUTH_MODE` decides when set ("token" or "disabled"); unset, a new local
+    runtime turns it on and a cluster joined by its address does not."""
+    mode = os.environ.get(MODE_VARIABLE)
+    return local if mode is None else mode.lower() == "token"
+
+
 def _keep_token_in(data: pathlib.Path) -> None:
     """Point Ray at `<data>/ray_auth_token` (created owner-only), unless authentication is off or a token is named."""
     global _token_file
-    if os.environ.get(MODE_VARIABLE, "").lower() == "disabled":
+    if not token_authentication_on(local=True):
         return
     if os.environ.get(TOKEN_VARIABLE) or os.environ.get(TOKEN_PATH_VARIABLE):
         return

@@ -1,7 +1,9 @@
-"""The simulated providers as processes beside `paygate serve`: their ports, secrets and lifetime."""
+"""The simulated outside world as processes beside `paygate serve` (the providers, the local mail sink): their
+ports, secrets and lifetime."""
 
 import os
 import pathlib
+import socket
 import subprocess
 import sys
 import time
@@ -62,6 +64,46 @@ class ProviderProcesses:
 
     def stop(self, timeout_s: float = 10) -> None:
         stop_processes(self.processes, timeout_s)
+
+
+class MailSink:
+    """The local SMTP server that keeps each message as an .eml file in `folder` (actors/simulators/mailsink.py)."""
+
+    def __init__(self, host: str, port: int, folder: pathlib.Path) -> None:
+        self.host = host
+        self.port = port
+        self.folder = folder
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"smtp://{self.host}:{self.port}"
+
+    def start(self, timeout_s: float = 30) -> "MailSink":
+        self.process = subprocess.Popen([sys.executable, "-m", "actors.simulators.mailsink", "--host", self.host,
+                                         "--port", str(self.port), "--folder", str(self.folder),
+                                         "--log-level", "WARNING"])
+        deadline = time.monotonic() + timeout_s
+        while not _listening(self.host, self.port):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the mail sink did not start on {self.url}")
+            time.sleep(0.1)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is None or self.process.poll() is None
+
+    def stop(self, timeout_s: float = 10) -> None:
+        if self.process is not None:
+            stop_processes([self.process], timeout_s)
+
+
+def _listening(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def _healthy(url: str) -> bool:

@@ -10,10 +10,22 @@ import msgspec
 import orjson
 from aiohttp import web
 
-from edge import cards, credentials_api, login, payments_api, qr_api, render, risk, schemas, wallets_api
-from edge.auth import AdminToken, Secrets, TokenIssuer, hash_secret
-from edge.credentials import CredentialUses, MerchantSecrets, client_secret_set, report_uses
-from edge.sealing import SecretSealer
+from actors.merchant_secrets import MerchantSecrets, SecretSealer, Secrets
+from edge import (
+    cards,
+    credentials_api,
+    deliveries_api,
+    events_api,
+    invoices_api,
+    login,
+    payments_api,
+    qr_api,
+    risk,
+    schemas,
+    wallets_api,
+)
+from edge.auth import AdminToken, TokenIssuer, hash_secret
+from edge.credentials import CredentialUses, client_secret_set, report_uses
 from edge.errors import ApiError, not_found
 from edge.gateway import Gateway
 from edge.http import (
@@ -47,6 +59,7 @@ from edge.limits import SharedTokenBuckets, malformed_networks
 from edge.metrics import Metrics
 from edge.outbound import check_outbound_urls
 from edge.openapi import document
+from engine import views
 from engine.codes import AccountCode, TransferCode
 from engine.queries import AccountBalance, AccountTransfers, GetCustomer, GetOrder, ListOrders, \
     LookupAccounts, LookupTransfers
@@ -83,7 +96,7 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[errors_and_metrics])
     data = pathlib.Path(settings.data)
     app["settings"] = settings
-    app["secrets"] = Secrets.load_or_create(data / "gateway.key")
+    app["secrets"] = Secrets.of_data_folder(data)
     app["admin"] = (AdminToken(settings.admin_token_hash) if settings.admin_token_hash else
                     AdminToken.load_or_create(data / "admin_token.sha256", None)[0])
     app["issuer"] = TokenIssuer.load_or_create(data / "jwt_signing_key.pem")
@@ -94,9 +107,10 @@ def create_app(settings: Settings) -> web.Application:
     app["card_keys"] = cards.KeyRing.load(data)
     app["fingerprints"] = RequestFingerprints.load_or_create(data / "request_fingerprint.key",
                                                              app["secrets"].card_fingerprint)
-    app["merchant_secrets"] = MerchantSecrets(app["secrets"], SecretSealer.load_or_create(data / "credentials.key"))
+    app["merchant_secrets"] = MerchantSecrets(app["secrets"], SecretSealer.of_data_folder(data))
     app["credential_uses"] = CredentialUses()
-    app["metrics"] = Metrics()
+    app["metrics"] = Metrics(data)
+    invoices_api.install(app)
     app["risk"] = risk.LocalTable(settings.risk_table_path, frozenset(settings.risk_test_cards))
     app.on_startup.append(_open_gateway)
     app.on_cleanup.append(_close_gateway)
@@ -158,6 +172,14 @@ def create_app(settings: Settings) -> web.Application:
         web.post("/v1/risk/blocklist", risk.create_blocklist_entry),
         web.get("/v1/risk/blocklist", risk.list_blocklist),
         web.delete("/v1/risk/blocklist/{id}", risk.delete_blocklist_entry),
+        web.get("/v1/events", events_api.list_events),
+        web.get("/v1/events/{id}", events_api.get_event),
+        web.post("/v1/events/{id}/redeliver", events_api.redeliver_event),
+        web.get("/v1/webhook_deliveries", deliveries_api.list_deliveries),
+        web.post("/v1/webhook_deliveries/replay", deliveries_api.replay_deliveries),
+        web.get("/v1/invoices", invoices_api.list_invoices),
+        web.get("/v1/invoices/{id}.pdf", invoices_api.get_invoice_pdf),  # before {id}, which would take "x.pdf"
+        web.get("/v1/invoices/{id}", invoices_api.get_invoice),
     ]
     app.add_routes(routes)
     app["routes"] = routes
@@ -232,7 +254,7 @@ async def oauth_token(request: web.Request) -> web.Response:
     check_merchant_access(request, merchant)  # a token is API access: the allow list applies to getting one
     request.app["credential_uses"].note(merchant.id, credential.id)
     token = request.app["issuer"].issue(merchant.id, "api", TOKEN_TTL_S, now_ns // 1_000_000_000, credential.id)
-    return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
+    return respond(request, views.TokenOut(token, "Bearer", TOKEN_TTL_S))
 
 
 # Merchants
@@ -255,7 +277,7 @@ async def create_merchant(request: web.Request) -> web.Response:
     )
     outcome = await run(request, merchant_id, CreateMerchant(merchant), body)
     raise_for(outcome)
-    shown = render.merchant(outcome.record)
+    shown = views.merchant(outcome.record)
     shown.api_key = api_key
     # The first set's signing and webhook secrets are derived, never stored: shown again by a replay as the key is.
     shown.signing_secret = derived.signing_secret(merchant_id)
@@ -265,11 +287,11 @@ async def create_merchant(request: web.Request) -> web.Response:
 
 
 async def get_merchant(request: web.Request) -> web.Response:
-    return respond(request, render.merchant(await merchant_visible(request)))
+    return respond(request, views.merchant(await merchant_visible(request)))
 
 
 async def get_me(request: web.Request) -> web.Response:
-    return respond(request, render.merchant(await merchant_principal(request)))
+    return respond(request, views.merchant(await merchant_principal(request)))
 
 
 def _settlement_account(fields) -> SettlementAccount | None:
@@ -295,7 +317,7 @@ async def update_merchant(request: web.Request) -> web.Response:
     outcome = await run(request, merchant_id, command, body)
     raise_for(outcome)
     request.app["merchant_cache"].pop(merchant_id)
-    return respond(request, render.merchant(outcome.record))
+    return respond(request, views.merchant(outcome.record))
 
 
 async def create_sub_account(request: web.Request) -> web.Response:
@@ -307,7 +329,7 @@ async def create_sub_account(request: web.Request) -> web.Response:
     request.app["merchant_cache"].pop(merchant.id)
     # By id, not position: under an Idempotency-Key the id is the key's, so a replay's stored merchant names it too.
     created = next(sub for sub in outcome.record.sub_accounts if sub.id == sub_account.id)
-    return respond(request, render.sub_account(outcome.record.id, created))
+    return respond(request, views.sub_account(outcome.record.id, created))
 
 
 async def create_dashboard_user(request: web.Request) -> web.Response:
@@ -371,8 +393,8 @@ def _check_splits(splits: list[schemas.SplitIn]) -> None:
                            f"splits[{index}]")
 
 
-def _order_out(request: web.Request, merchant: Merchant, order: Order) -> schemas.OrderOut:
-    return render.order(order, request.app["settings"].public_url, qr_api.order_qr(merchant, order))
+def _order_out(request: web.Request, merchant: Merchant, order: Order) -> views.OrderOut:
+    return views.order(order, request.app["settings"].public_url, qr_api.order_qr(merchant, order))
 
 
 async def _order(request: web.Request, merchant: Merchant) -> Order:
@@ -444,7 +466,7 @@ async def create_account(request: web.Request) -> web.Response:
         raise ApiError(400, AccountCode.name(code), AccountCode.name(code).replace("_", " "))
     stored = (await request.app["gateway"].read(merchant.id, LookupAccounts([account.id]))).accounts[0]
     # The account as it was created, so a replay under the Idempotency-Key answers what the first request did.
-    return respond(request, render.account(msgspec.structs.replace(account, timestamp=stored.timestamp)))
+    return respond(request, views.account(msgspec.structs.replace(account, timestamp=stored.timestamp)))
 
 
 async def get_account(request: web.Request) -> web.Response:
@@ -453,7 +475,7 @@ async def get_account(request: web.Request) -> web.Response:
     account = (await request.app["gateway"].read(merchant.id, LookupAccounts([ledger_id(merchant.id, account_id)]))).accounts[0]
     if account is None:
         raise not_found("account", account_id)
-    return respond(request, render.account(account))
+    return respond(request, views.account(account))
 
 
 async def account_statement(request: web.Request) -> web.Response:
@@ -473,7 +495,7 @@ async def account_statement(request: web.Request) -> web.Response:
             # A transfer of another account is no place in this statement.
             on_account = after is not None and read.account_id in (after.debit_account_id, after.credit_account_id)
             check_cursor(on_account, request.query["starting_after"])
-    return respond(request, {"object": "list", "data": [render.transfer(t) for t in transfers[:limit]],
+    return respond(request, {"object": "list", "data": [views.transfer(t) for t in transfers[:limit]],
                              "has_more": len(transfers) > limit})
 
 
@@ -485,7 +507,7 @@ async def account_balances(request: web.Request) -> web.Response:
     if balance is None:
         raise ApiError(404, "resource_missing", f"no balance history for account {account_id!r} (created without "
                        "the history flag?)", "id")
-    return respond(request, render.balance(account_id, at, balance))
+    return respond(request, views.balance(account_id, at, balance))
 
 
 async def create_transfers(request: web.Request) -> web.Response:
@@ -503,7 +525,7 @@ async def create_transfers(request: web.Request) -> web.Response:
     transfers = [_transfer_in(prefix, item) for item in items]
     result = await run(request, merchant.id, CreateTransfers(transfers), body)
     codes = result.codes if isinstance(result, Outcome) else result
-    results = [schemas.TransferResult(item.id, "created" if code == 0 else TransferCode.name(code))
+    results = [views.TransferResult(item.id, "created" if code == 0 else TransferCode.name(code))
                for item, code in zip(items, codes)]
     return respond(request, results if is_batch else results[0])
 
@@ -530,7 +552,7 @@ async def get_transfer(request: web.Request) -> web.Response:
     transfer = (await request.app["gateway"].read(merchant.id, LookupTransfers([ledger_id(merchant.id, transfer_id)]))).transfers[0]
     if transfer is None:
         raise not_found("transfer", transfer_id)
-    return respond(request, render.transfer(transfer))
+    return respond(request, views.transfer(transfer))
 
 
 # Customers and wallets
@@ -543,7 +565,7 @@ async def create_customer(request: web.Request) -> web.Response:
                         name=fields.name)
     outcome = await run(request, merchant.id, CreateCustomer(customer), body)
     raise_for(outcome)
-    return respond(request, render.customer(outcome.record))
+    return respond(request, views.customer(outcome.record))
 
 
 async def _customer(request: web.Request, merchant: Merchant) -> Customer:
@@ -556,7 +578,7 @@ async def _customer(request: web.Request, merchant: Merchant) -> Customer:
 
 async def get_customer(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, render.customer(await _customer(request, merchant)))
+    return respond(request, views.customer(await _customer(request, merchant)))
 
 
 async def get_wallet(request: web.Request) -> web.Response:
@@ -571,4 +593,4 @@ async def get_wallet(request: web.Request) -> web.Response:
         account.id, limit=20, newest_first=True)) for account in accounts))
     history = [transfer for statement in statements for transfer in statement.transfers]
     history.sort(key=lambda transfer: transfer.timestamp, reverse=True)
-    return respond(request, render.wallet(customer, accounts, history[:20]))
+    return respond(request, views.wallet(customer, accounts, history[:20]))

@@ -1,5 +1,5 @@
-"""Credentials at the edge: merchant secrets derived from the gateway key, the admin token, signed JWTs and their
-JWKS, request and webhook HMAC signatures, and password hashes.
+"""Credentials at the edge: the admin token, signed JWTs and their JWKS, request and callback HMAC signatures, and
+password hashes (merchants' own secrets, and the webhook signature, are actors/merchant_secrets.py's).
 
 Every check here returns False or None on malformed input rather than raising, so a handler can pass header
 values straight in and answer 401 on a falsy result.
@@ -20,15 +20,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from jwt.algorithms import OKPAlgorithm
 
+from actors.merchant_secrets import hmac_hex, utf8
 from journal.auth import create_file_once
 
-SERVER_KEY_BYTES = 32
-SECRET_CHARS = 43  # 62**43 > 2**256, so the whole HMAC fits in base62
-CARD_FINGERPRINT_CHARS = 24  # 62**24 > 2**142: no two cards alike in practice
-BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 MAX_API_KEY_CHARS = 256
 API_KEY = re.compile(r"sk_(mer_[a-z0-9]{1,64})_[0-9A-Za-z]{32,64}")
-MERCHANT_ID = re.compile(r"mer_[a-z0-9]{1,64}")
 TIMESTAMP = re.compile(r"[0-9]{1,15}")
 ISSUER = "paygate"
 MAX_TOKEN_CHARS = 8192
@@ -40,77 +36,9 @@ SCRYPT_MAX_MEMORY_BYTES = 256 << 20  # twice what 128 * r * N needs; OpenSSL's d
 SALT_BYTES = 16
 
 
-def _utf8(text: str) -> bytes:
-    # surrogatepass: aiohttp decodes undecodable header bytes to lone surrogates, which plain encode() rejects
-    return text.encode("utf-8", "surrogatepass")
-
-
-def _hmac_hex(secret: str, message: bytes) -> str:
-    return hmac.new(_utf8(secret), message, hashlib.sha256).hexdigest()
-
-
 def hash_secret(secret: str) -> str:
     """Hex SHA-256: enough for high-entropy random keys and tokens (passwords go through scrypt)."""
-    return hashlib.sha256(_utf8(secret)).hexdigest()
-
-
-def _base62(data: bytes) -> str:
-    number = int.from_bytes(data, "big")
-    digits = []
-    for _ in range(SECRET_CHARS):  # fixed width, so every secret has the same length
-        number, digit = divmod(number, 62)
-        digits.append(BASE62[digit])
-    return "".join(digits)
-
-
-def random_secret() -> str:
-    """Fresh randomness (256 bits) in the shape of a derived secret, for a rotated credential."""
-    return _base62(secrets.token_bytes(SERVER_KEY_BYTES))
-
-
-class Secrets:
-    """A merchant's credentials, derived from the gateway key so a replayed "create merchant" can show them again."""
-
-    def __init__(self, server_key: bytes) -> None:
-        if len(server_key) < SERVER_KEY_BYTES:
-            raise ValueError(f"the server key must be at least {SERVER_KEY_BYTES} bytes")
-        self._key = server_key
-
-    @classmethod
-    def load_or_create(cls, path: pathlib.Path) -> "Secrets":
-        create_file_once(path, os.urandom(SERVER_KEY_BYTES))
-        return cls(path.read_bytes())
-
-    def _derive(self, purpose: str, merchant_id: str) -> str:
-        # the purpose in the message keeps each credential independent of the others for the same merchant
-        return _base62(hmac.new(self._key, _utf8(f"{purpose}:{merchant_id}"), hashlib.sha256).digest())
-
-    def api_key(self, merchant_id: str) -> str:
-        # only ids that merchant_id_from_api_key can read back are given keys
-        if not MERCHANT_ID.fullmatch(merchant_id):
-            raise ValueError(f"not a merchant id: {merchant_id!r}")
-        return f"sk_{merchant_id}_{self._derive('api_key', merchant_id)}"
-
-    def signing_secret(self, merchant_id: str) -> str:
-        return f"sig_{self._derive('signing_secret', merchant_id)}"
-
-    def webhook_secret(self, merchant_id: str) -> str:
-        return f"whsec_{self._derive('webhook_secret', merchant_id)}"
-
-    def provider_secret(self, provider: str) -> str:
-        """The secret a payment provider signs its callbacks with (written to its secret file at start)."""
-        return f"psp_{self._derive('provider_secret', provider)}"
-
-    def client_id(self, merchant_id: str) -> str:
-        # public, and naming the merchant lets a token request find its merchant without a lookup table
-        return f"cli_{merchant_id}"
-
-    def client_secret(self, merchant_id: str) -> str:
-        return f"cs_{self._derive('client_secret', merchant_id)}"
-
-    def card_fingerprint(self, number: str) -> str:
-        """The same for the same card number anywhere on this gateway; without the key, no way back to the number."""
-        return self._derive("card_fingerprint", number)[:CARD_FINGERPRINT_CHARS]
+    return hashlib.sha256(utf8(secret)).hexdigest()
 
 
 def merchant_id_from_api_key(key: str) -> str | None:
@@ -208,7 +136,7 @@ def _current(claims: dict, now_s: int) -> bool:
 
 def signed_message(timestamp: str, method: str, path: str, body: bytes) -> bytes:
     """What a request's `Paygate-Signature` signs: `<timestamp>.<METHOD>.<path>.<raw body>`."""
-    return _utf8(f"{timestamp}.{method.upper()}.{path}.") + body
+    return utf8(f"{timestamp}.{method.upper()}.{path}.") + body
 
 
 def signature_valid(signing_secrets: Sequence[str], timestamp: str, signature: str, method: str, path: str,
@@ -222,8 +150,8 @@ def signature_valid(signing_secrets: Sequence[str], timestamp: str, signature: s
     message = signed_message(timestamp, method, path, body)
     # several v1 values let a merchant sign with both secrets while rotating
     parts = (part.strip() for part in signature.split(",")[:MAX_SIGNATURE_VALUES])
-    candidates = [_utf8(part[3:].lower()) for part in parts if part.startswith("v1=")]
-    expected = [_hmac_hex(secret, message).encode() for secret in signing_secrets]
+    candidates = [utf8(part[3:].lower()) for part in parts if part.startswith("v1=")]
+    expected = [hmac_hex(secret, message).encode() for secret in signing_secrets]
     return any(hmac.compare_digest(candidate, value) for candidate in candidates for value in expected)
 
 
@@ -235,8 +163,8 @@ def callback_signature(secret: str, header: str, body: bytes, now_s: int, window
     timestamp = fields.get("t", "")
     if not TIMESTAMP.fullmatch(timestamp) or abs(int(timestamp) - now_s) > window_s:
         return ""
-    expected = _hmac_hex(secret, _utf8(f"{timestamp}.") + body)
-    if not hmac.compare_digest(_utf8(fields.get("v1", "").lower()), _utf8(expected)):
+    expected = hmac_hex(secret, utf8(f"{timestamp}.") + body)
+    if not hmac.compare_digest(utf8(fields.get("v1", "").lower()), utf8(expected)):
         return ""
     return f"t={timestamp},v1={expected}"
 
@@ -247,7 +175,7 @@ def _b64(data: bytes) -> str:
 
 def hash_password(password: str) -> str:
     salt = os.urandom(SALT_BYTES)
-    digest = hashlib.scrypt(_utf8(password), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=SCRYPT_BYTES,
+    digest = hashlib.scrypt(utf8(password), salt=salt, n=SCRYPT_N, r=SCRYPT_R, p=SCRYPT_P, dklen=SCRYPT_BYTES,
                             maxmem=SCRYPT_MAX_MEMORY_BYTES)
     return f"scrypt${SCRYPT_N}${SCRYPT_R}${SCRYPT_P}${_b64(salt)}${_b64(digest)}"
 
@@ -271,15 +199,8 @@ def verify_password(password: str, stored: str) -> bool:
         return False
     n, r, p, salt, digest = parsed
     try:
-        computed = hashlib.scrypt(_utf8(password), salt=salt, n=n, r=r, p=p, dklen=len(digest),
+        computed = hashlib.scrypt(utf8(password), salt=salt, n=n, r=r, p=p, dklen=len(digest),
                                   maxmem=SCRYPT_MAX_MEMORY_BYTES)
     except ValueError:  # n is not a power of two
         return False
     return hmac.compare_digest(computed, digest)
-
-
-def webhook_signature(webhook_secrets: Sequence[str], body: bytes, timestamp: int) -> str:
-    """The `Paygate-Signature` value for an outgoing webhook: `t=<timestamp>,v1=<hex>`, a v1 per secret (while a
-    rotated secret's grace lasts, the new one's first), so a receiver that knows either accepts it."""
-    message = f"{timestamp}.".encode() + body
-    return ",".join([f"t={timestamp}", *(f"v1={_hmac_hex(secret, message)}" for secret in webhook_secrets)])

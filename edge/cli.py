@@ -9,20 +9,24 @@ import signal
 import stat
 import sys
 import threading
+import time
 
 import pynng
 from tqdm import tqdm
 
 from actors.risk_table import TABLE_FILE
-from actors.services import PROVIDERS, ProviderProcesses, ProviderService, write_secret
+from actors.mail import parse_smtp_url
+from actors.services import PROVIDERS, MailSink, ProviderProcesses, ProviderService, write_secret
+from actors.webhooks import DEFAULT_RETRY_SCHEDULE, RetrySchedule
 from edge.app import Settings
-from edge.auth import AdminToken, Secrets
+from actors.merchant_secrets import Secrets
+from edge.auth import AdminToken
 from edge.folders import DataFolderError, restrict_data_folder, restrict_new_files
 from edge.limits import malformed_networks
 from edge.rotation import RotationError, rotate_kek
 from edge.server import DEMO_MERCHANT_ID, EdgeWorkers, ensure_demo_merchant
 from journal import logs
-from journal.auth import KeyFileError, MessageKey, ensure_key_file, key_path
+from journal.auth import DEFAULT_GRACE_S, KeyFileError, MessageKey, ensure_key_file, key_path, rotate_key_file
 from journal.client import ShardMap, ShardUnavailable
 from journal.processes import (InternalAddresses, ShardPlan, ShardProcess, ShardStartFailed, load_or_create_layout,
                                request_once, running_address, running_key)
@@ -41,6 +45,7 @@ PROMOTE_TIMEOUT_MS = 5000
 # Replay or verify of one folder, in a child process; past this it is killed and the folder fails.
 READ_TIMEOUT_S = 3600.0
 ADMIN_TOKEN_VARIABLE = "PAYGATE_ADMIN_TOKEN"
+MAIL_SINK_PORT_OFFSET = 2  # of --base-port: after the two simulated providers
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -75,6 +80,14 @@ def main(argv: list[str] | None = None) -> None:
     serve.add_argument("--status-query-margin-s", type=float, default=5.0,
                        help="a card payment still processing is asked about at its acquirer this long before its "
                             "processing timeout (at most a quarter of that timeout)")
+    serve.add_argument("--webhook-retry-schedule", type=_retry_schedule, default=DEFAULT_RETRY_SCHEDULE,
+                       metavar="SECONDS,...", help="the delays before each retry of a webhook, IPN or e-mail "
+                                                   "(±20%% jitter); after the last retry fails the delivery is dead")
+    serve.add_argument("--notifier-max-pending", type=_at_least(1), default=20_000, metavar="N",
+                       help="pending deliveries the notifier holds in memory; more wait in the engine, in order")
+    serve.add_argument("--smtp-url", type=_smtp_url, default=None, metavar="smtp://HOST:PORT",
+                       help="send e-mail through this SMTP server (default: a local sink that keeps each message as "
+                            "an .eml file under <data>/mail)")
     serve.add_argument("--snapshot-every-batches", type=int, default=20_000)
     serve.add_argument("--snapshot-every-s", type=float, default=600.0)
     serve.add_argument("--prune-journal", action="store_true", help="delete journal entries older than the oldest kept snapshot")
@@ -110,6 +123,13 @@ def main(argv: list[str] | None = None) -> None:
     rotate.add_argument("--data", required=True, help="the data folder serve runs on")
     rotate.set_defaults(run=rotate_kek_folder)
 
+    internal = commands.add_parser("rotate-internal-key",
+                                   help="replace the data folder's internal message key without stopping serve")
+    internal.add_argument("--data", required=True, help="the data folder (serve may be running on it)")
+    internal.add_argument("--grace-s", type=float, default=DEFAULT_GRACE_S,
+                          help="how long after the switch the old key is still accepted (default %(default)g s)")
+    internal.set_defaults(run=rotate_internal_key)
+
     shard = commands.add_parser("shard", help="run one shard process (used by serve)")
     shard.add_argument("config")
     shard.set_defaults(run=lambda args: shard_main([args.config]))
@@ -134,6 +154,22 @@ def _at_least(minimum: int):
         return value
 
     return parse
+
+
+def _retry_schedule(text: str) -> str:
+    try:
+        RetrySchedule.parse(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
+
+
+def _smtp_url(text: str) -> str:
+    try:
+        parse_smtp_url(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return text
 
 
 def _trusted_proxy(text: str) -> str:
@@ -201,6 +237,9 @@ def _serve(args) -> int:
     _stop_on_signals(stop)
     supervisors: list[ShardSupervisor] = []
     providers = ProviderProcesses(_provider_services(data, args, public_url) if args.actors else [])
+    # The outside world's mail servers, stood in for by a local sink unless one is named.
+    mail_sink = MailSink(args.host, args.base_port + MAIL_SINK_PORT_OFFSET, data / "mail")
+    mail_description = "not sent (--without-actors)"
     edge = EdgeWorkers(settings, args.host, args.port, args.workers)
     ray_description = "not started (--without-actors)"
     ray_runtime = None
@@ -220,40 +259,32 @@ def _serve(args) -> int:
             # Imported here: Ray takes seconds to import, and only serve with actors needs it.
             import ray
 
-            from actors import connectors, followers, health, risk
             from actors import runtime as ray_runtime
 
             providers.start().wait_ready()
+            smtp_url = args.smtp_url or mail_sink.start().url
+            mail_description = (f"sent through {smtp_url}" if args.smtp_url else
+                                f"kept as .eml files in {mail_sink.folder} (a local SMTP sink at {smtp_url})")
             ray_description = ray_runtime.start(args.ray_address, data, dashboard=args.dashboard,
                                                 dashboard_port=args.dashboard_port)
             _stop_on_signals(stop)  # ray.init put its own SIGTERM handler (a traceback and exit 1) in ours' place
             connector_address = local.address("card-connector", 0)
-            key_file = str(key_path(data))
-            actor_handles.append(connectors.spawn("piggybank", providers.services[0].url, connector_address,
-                                                  settings.shard_addresses, key_file,
-                                                  authorization_hold_s=args.authorization_hold_s))
-            actor_handles.append(connectors.spawn("bank", providers.services[1].url, None, settings.shard_addresses,
-                                                  key_file))
-            actor_handles.append(followers.spawn(settings.shard_addresses, key_file, data / "cursors",
-                                                 list(PROVIDERS), status_query_margin_s=args.status_query_margin_s))
-            actor_handles.append(health.spawn(settings.shard_addresses, key_file))
-            ray_description += f"\nShards' health: {health.WHERE}"
-            rules = risk.load_rules(args.risk_rules)
-            actor_handles.append(risk.spawn(settings.shard_addresses, key_file, data / "risk", rules))
-            settings.risk_table_path = str(data / "risk" / risk.TABLE_FILE)
-            settings.risk_test_cards = [] if args.production else rules.test_cards
+            handles, where = _spawn_actors(args, data, settings, connector_address, providers, smtp_url)
+            actor_handles += handles
+            ray_description += where
             actor_pids += ray.get([handle.pid.remote() for handle in actor_handles])
             settings.providers = {"piggybank": connector_address}
         edge.start().wait_ready()
-        _print_welcome(public_url, layout, args.workers, admin_token, api_key, ray_description)
+        _print_welcome(public_url, layout, args.workers, admin_token, api_key, ray_description, mail_description)
         while not stop.wait(SUPERVISION_TICK_S):
             for supervisor in supervisors:
                 supervisor.tick()
-            if not edge.alive() or not providers.alive():
+            if not edge.alive() or not providers.alive() or not mail_sink.alive():
                 # A Ctrl-C reaches the whole group at once: a child may end before our own handler has run.
                 if stop.wait(STOP_GRACE_S):
                     return 0
-                print("an edge worker or a simulated provider stopped; stopping the rest", file=sys.stderr)
+                print("an edge worker, a simulated provider or the mail sink stopped; stopping the rest",
+                      file=sys.stderr)
                 return 1
         return 0
     finally:
@@ -266,9 +297,34 @@ def _serve(args) -> int:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         providers.stop()
+        mail_sink.stop()
         for supervisor in supervisors:
             supervisor.stop()
         local.close()
+
+
+def _spawn_actors(args, data: pathlib.Path, settings: Settings, connector_address: str,
+                  providers: ProviderProcesses, smtp_url: str) -> tuple[list, str]:
+    """The actors beside the shards, in the Ray runtime started already: their handles, and where to watch them."""
+    from actors import connectors, followers, health, notifier, risk
+
+    key_file = str(key_path(data))
+    shards = settings.shard_addresses
+    rules = risk.load_rules(args.risk_rules)
+    handles = [
+        connectors.spawn("piggybank", providers.services[0].url, connector_address, shards, key_file,
+                         authorization_hold_s=args.authorization_hold_s),
+        connectors.spawn("bank", providers.services[1].url, None, shards, key_file),
+        followers.spawn(shards, key_file, data / "cursors", list(PROVIDERS),
+                        status_query_margin_s=args.status_query_margin_s),
+        notifier.spawn(shards, key_file, data, settings.public_url, args.webhook_retry_schedule, smtp_url,
+                       production=args.production, max_jobs=args.notifier_max_pending),
+        health.spawn(shards, key_file),
+        risk.spawn(shards, key_file, data / "risk", rules),
+    ]
+    settings.risk_table_path = str(data / "risk" / risk.TABLE_FILE)
+    settings.risk_test_cards = [] if args.production else rules.test_cards
+    return handles, f"\nNotifications: {notifier.WHERE}\nShards' health: {health.WHERE}"
 
 
 def _stop_on_signals(stop: threading.Event) -> None:
@@ -279,7 +335,7 @@ def _stop_on_signals(stop: threading.Event) -> None:
 
 def _provider_services(data: pathlib.Path, args, public_url: str) -> list[ProviderService]:
     """piggybank and the bank on the first ports of the block; each signs with its own secret."""
-    secrets = Secrets.load_or_create(data / "gateway.key")
+    secrets = Secrets.of_data_folder(data)
     services = []
     for offset, name in enumerate(PROVIDERS):
         secret_file = data / "providers" / f"{name}.secret"
@@ -290,11 +346,12 @@ def _provider_services(data: pathlib.Path, args, public_url: str) -> list[Provid
 
 
 def _print_welcome(public_url: str, layout, workers: int, admin_token: str | None, api_key: str,
-                   ray_description: str) -> None:
+                   ray_description: str, mail_description: str) -> None:
     lines = [
         f"paygate is serving at {public_url} ({layout.shard_count} shard(s){' with replicas' if layout.replica else ''}, "
         f"{workers} edge worker(s)). Ctrl-C stops everything.",
         f"Ray: {ray_description}",
+        f"Mail: {mail_description}",
         f"admin token: {admin_token} (shown once; only its hash is kept)" if admin_token else
         "admin token: printed at first start (or set PAYGATE_ADMIN_TOKEN)",
     ]
@@ -321,6 +378,21 @@ def rotate_kek_folder(args) -> int:
         print(f"{args.data}: {report.unavailable} card(s) were sealed under keys paygate no longer held: they stay "
               "unusable (card_key_unavailable)", flush=True)
     return 0
+
+
+def rotate_internal_key(args) -> int:
+    try:
+        switch_at, refused_at = rotate_key_file(key_path(pathlib.Path(args.data)), args.grace_s)
+    except KeyFileError as error:
+        print(f"paygate rotate-internal-key: {args.data}: {error}", file=sys.stderr, flush=True)
+        return 1
+    print(f"{args.data}: a new internal key is accepted now and seals from {_clock(switch_at)}; the old key is "
+          f"refused from {_clock(refused_at)}", flush=True)
+    return 0
+
+
+def _clock(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
 
 
 def shard_folders(data: pathlib.Path, pattern: str = "shard-*") -> list[pathlib.Path]:

@@ -1,5 +1,5 @@
-"""Merchant credential sets at the edge: which set a key, token or signature belongs to, their secrets (derived or
-sealed), and their last use, sent to the shards once a minute."""
+"""Merchant credential sets at the edge: which set a key, token or signature belongs to, and their last use, sent to
+the shards once a minute (their secrets, derived or sealed, are actors/merchant_secrets.py's)."""
 
 import asyncio
 import contextlib
@@ -8,61 +8,13 @@ import logging
 
 from aiohttp import web
 
-from edge.auth import Secrets, hash_secret, webhook_signature
+from edge.auth import hash_secret
 from edge.gateway import ShardBusy
-from edge.sealing import SecretSealer
-from engine.credentials import credential_sets, live, live_sets
+from engine.credentials import credential_sets, live
 from engine.records import Credential, Merchant, TouchCredentials
 
 log = logging.getLogger("paygate.edge")
 MAX_PENDING_USES = 10_000
-MAX_OPENED_SECRETS = 10_000
-
-
-class MerchantSecrets:
-    """The signing and webhook secrets of a merchant's sets: the first set's derived from the gateway key, the
-    others unsealed."""
-
-    def __init__(self, derived: Secrets, sealer: SecretSealer) -> None:
-        self.derived = derived
-        self.sealer = sealer
-        # (merchant, set, kind, sealed bytes) -> the secret: derived or unsealed once, not at every signed request
-        self._opened: dict[tuple[str, str, str, bytes], str] = {}
-
-    def signing_secrets(self, merchant: Merchant, now_ns: int) -> list[str]:
-        return self._secrets(merchant, now_ns, "signing")
-
-    def webhook_secrets(self, merchant: Merchant, now_ns: int) -> list[str]:
-        """Newest first: while a rotated secret's grace lasts, deliveries carry a signature under each."""
-        return self._secrets(merchant, now_ns, "webhook")
-
-    def webhook_header(self, merchant: Merchant, body: bytes, timestamp: int) -> str:
-        """The `Paygate-Signature` of a delivery to the merchant at `timestamp` (unix seconds)."""
-        return webhook_signature(self.webhook_secrets(merchant, timestamp * 1_000_000_000), body, timestamp)
-
-    def _secrets(self, merchant: Merchant, now_ns: int, kind: str) -> list[str]:
-        found = []
-        for credential in live_sets(merchant, now_ns):
-            sealed = getattr(credential, f"sealed_{kind}_secret")
-            key = (merchant.id, credential.id, kind, sealed)
-            secret = self._opened.get(key)
-            if secret is None:
-                secret = self._open(merchant.id, credential.id, kind, sealed)
-                if len(self._opened) >= MAX_OPENED_SECRETS:
-                    self._opened.clear()
-                self._opened[key] = secret
-            if secret:  # "": sealed under a key this gateway no longer has, so that set cannot sign
-                found.append(secret)
-        return found
-
-    def _open(self, merchant_id: str, credential_id: str, kind: str, sealed: bytes) -> str:
-        if not sealed:  # the first set: derived, never stored
-            return getattr(self.derived, f"{kind}_secret")(merchant_id)
-        return self.sealer.unseal(sealed, seal_context(merchant_id, credential_id, kind)) or ""
-
-
-def seal_context(merchant_id: str, credential_id: str, kind: str) -> str:
-    return f"{merchant_id}/{credential_id}/{kind}"
 
 
 def api_key_set(merchant: Merchant, api_key: str, now_ns: int) -> Credential | None:

@@ -4,13 +4,12 @@ import time
 
 from aiohttp import web
 
+from actors.merchant_secrets import SecretSealer, random_secret, seal_context
 from edge import schemas
-from edge.auth import hash_secret, random_secret
-from edge.credentials import seal_context
+from edge.auth import hash_secret
 from edge.errors import ApiError
 from edge.http import body_of, merchant_visible, new_id, raise_for, respond, run
-from edge.render import time_of
-from edge.sealing import SecretSealer
+from engine import views
 from engine.credentials import live_sets
 from engine.records import Credential, Merchant, RotateCredentials
 
@@ -53,13 +52,13 @@ async def list_api_keys(request: web.Request) -> web.Response:
     merchant = await merchant_visible(request)
     now_ns = time.time_ns()
     data = [api_key_out(merchant, credential) for credential in live_sets(merchant, now_ns)]
-    return respond(request, schemas.ApiKeyList("list", data, False))
+    return respond(request, views.ApiKeyList("list", data, False))
 
 
-def api_key_out(merchant: Merchant, credential: Credential) -> schemas.ApiKeyOut:
-    return schemas.ApiKeyOut(
-        id=credential.id, object="api_key", client_id=merchant.client_id, created_at=time_of(credential.created_at),
-        expires_at=time_of(credential.expires_at) if credential.expires_at else None,
-        last_used_at=time_of(credential.last_used_at) if credential.last_used_at else None,
+def api_key_out(merchant: Merchant, credential: Credential) -> views.ApiKeyOut:
+    return views.ApiKeyOut(
+        id=credential.id, object="api_key", client_id=merchant.client_id, created_at=views.time_of(credential.created_at),
+        expires_at=views.time_of(credential.expires_at) if credential.expires_at else None,
+        last_used_at=views.time_of(credential.last_used_at) if credential.last_used_at else None,
     )
 

@@ -142,6 +142,9 @@ class Gateway:
     def close(self) -> None:
         self.cluster.close()
 
+    def shard_count(self) -> int:
+        return len(self.coalescers)
+
     def shard_index(self, merchant_id: str) -> int:
         return self.cluster.map.shard_for(merchant_id)
 

@@ -19,15 +19,16 @@ import orjson
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
-from edge import cards, render, schemas
+from edge import cards, schemas
 from edge.auth import merchant_id_from_api_key, signature_valid, signed_message
 from edge.cache import MISSING, LruCache
 from edge.credentials import api_key_set, set_live
 from edge.errors import ApiError, from_validation, not_found, shard_unavailable
 from edge.gateway import InvalidCommand, ShardBusy
 from edge.limits import client_ip, ip_allowed
+from engine import views
 from engine.credentials import INITIAL_CREDENTIAL_ID, SIGNATURE_REPLAYED
-from journal.auth import create_file_once
+from journal.auth import HmacSha256, create_file_once
 from engine.queries import GetIdempotencyRecord, GetMerchant
 from engine.records import Idempotent, Merchant, Outcome, Signed
 
@@ -79,6 +80,10 @@ OUTCOME_ERRORS = {
     "splits_exceed_amount": (400, "splits_exceed_amount"),
     "amount_out_of_range": (400, "amount_out_of_range"),
     "idempotency_key_reused": (409, "idempotency_key_reused"),
+    "event_not_found": (404, "resource_missing"),
+    "redelivery_limit_reached": (409, "redelivery_limit_reached"),
+    "no_delivery_target": (409, "no_delivery_target"),
+    "backlog_full": (503, "backlog_full"),
     # The command raised (a bug), was undone whole and logged by its shard.
     "internal_error": (500, "internal_error"),
 }
@@ -129,6 +134,10 @@ class Principal(msgspec.Struct):
 async def errors_and_metrics(request: web.Request, handler):
     request_id = request_id_of(request)
     request["request_id"] = request_id
+    # Every request has these, so that reading one finds a value (a key missing from a request costs an exception).
+    request["idempotency_key"] = None
+    request["replayed"] = False
+    request["signed"] = None
     started = time.perf_counter()
     try:
         if request.method not in READ_METHODS:  # every route that changes something checks the key here, once
@@ -164,7 +173,7 @@ async def errors_and_metrics(request: web.Request, handler):
         response = ApiError(500, "internal_error", "an internal error occurred; it has been logged").response()
     response.headers["Request-Id"] = request_id
     response.headers["Server"] = SERVER_NAME
-    if request.get("replayed"):  # an error the first request got is replayed too, and says so
+    if request["replayed"]:  # an error the first request got is replayed too, and says so
         response.headers["Idempotent-Replayed"] = "true"
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
     request.app["metrics"].observe(request.method, route, response.status, time.perf_counter() - started)
@@ -331,8 +340,9 @@ async def merchant_principal(request: web.Request) -> Merchant:
 
 async def run(request: web.Request, merchant_id: str, command, body: bytes = b"", shard: int | None = None):
     """Submit one command to the merchant's shard (or to `shard`), under the request's Idempotency-Key if any."""
-    signed = request.pop("signed", None)
+    signed = request["signed"]
     if signed is not None:
+        request["signed"] = None  # the request's first command carries it
         signer, digest, expires_at_ns = signed
         command = Signed(merchant_id=signer, message_digest=digest, expires_at=expires_at_ns, command=command)
     key = idempotency_key(request)
@@ -378,7 +388,7 @@ class RequestFingerprints:
     def __init__(self, key: bytes, card_fingerprint) -> None:
         if len(key) < FINGERPRINT_KEY_BYTES:
             raise ValueError(f"the request fingerprint key must be at least {FINGERPRINT_KEY_BYTES} bytes")
-        self._key = key
+        self._hmac = HmacSha256(key)
         self._card_fingerprint = card_fingerprint
 
     @classmethod
@@ -388,7 +398,7 @@ class RequestFingerprints:
 
     def of(self, method: str, path: str, body: bytes) -> str:
         text = _request_text(method, path, _canonical(body, self._card_fingerprint))
-        return KEYED_REQUEST_HASH_PREFIX + hmac.new(self._key, text, hashlib.sha256).hexdigest()
+        return KEYED_REQUEST_HASH_PREFIX + self._hmac.hexdigest(text)
 
 
 def _request_text(method: str, path: str, canonical_body: bytes) -> bytes:
@@ -425,7 +435,7 @@ def _without_secrets(document: dict, card_fingerprint) -> None:
 
 def idempotency_key(request: web.Request) -> str | None:
     """The request's Idempotency-Key, as the middleware checked it."""
-    return request.get("idempotency_key")
+    return request["idempotency_key"]
 
 
 def _checked_idempotency_key(key: str | None) -> str | None:
@@ -456,7 +466,7 @@ def raise_for(outcome: Outcome, params: dict[str, str] | None = None) -> None:
 
 
 def respond(request: web.Request, body, status: int = 200) -> web.Response:
-    headers = {"Idempotent-Replayed": "true"} if request.get("replayed") else None
+    headers = {"Idempotent-Replayed": "true"} if request["replayed"] else None
     return web.Response(status=status, body=msgspec.json.encode(body), content_type="application/json",
                         headers=headers)
 
@@ -499,6 +509,17 @@ def check_cursor(found: bool, starting_after: str) -> None:
         raise ApiError(400, "parameter_invalid", f"no object {starting_after!r} to start after", "starting_after")
 
 
+async def read_page(request: web.Request, merchant_id: str, read, cursor_query):
+    """A list's page (`read` has `starting_after`); an empty one after a cursor that `cursor_query(id)` finds no
+    record for is an error, never an empty page."""
+    gateway = request.app["gateway"]
+    answer = await gateway.read(merchant_id, read)
+    if not answer.records and read.starting_after:
+        after = (await gateway.read(merchant_id, cursor_query(read.starting_after))).record
+        check_cursor(after is not None, read.starting_after)
+    return answer
+
+
 def parse_limit(query) -> int:
     raw = query.get("limit", "20")
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 3) or not 1 <= int(raw) <= 100:
@@ -506,11 +527,12 @@ def parse_limit(query) -> int:
     return int(raw)
 
 
-def parse_status(query, statuses: tuple[str, ...]) -> str:
-    """A list's `status` filter ('' for none): a status its objects never take is an error, never an empty page."""
-    status = query.get("status", "")
+def parse_status(query, statuses: tuple[str, ...], name: str = "status") -> str:
+    """A list's `status` filter, or another filter by name ('' for none): a value its objects never take is an
+    error, never an empty page."""
+    status = query.get(name, "")
     if status and status not in statuses:
-        raise ApiError(400, "parameter_invalid", f"unknown status {status[:64]!r}", "status")
+        raise ApiError(400, "parameter_invalid", f"unknown {name} {status[:64]!r}", name)
     return status
 
 
@@ -519,7 +541,7 @@ def parse_time(query, name: str, default: int) -> int:
     raw = query.get(name)
     if raw is None:
         return default
-    nanoseconds = render.parse_time_ns(raw)
+    nanoseconds = views.parse_time_ns(raw)
     if nanoseconds is None:
         raise ApiError(400, "parameter_invalid", f"{name} must be unix seconds or an RFC 3339 time", name)
     return nanoseconds

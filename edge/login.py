@@ -23,6 +23,7 @@ from edge.errors import ApiError
 from edge.gateway import ShardBusy
 from edge.http import TOKEN_TTL_S, body_of, respond
 from edge.limits import LoginLockouts, SlidingWindow, client_ip
+from engine import views
 from engine.queries import FindDashboardUser
 from engine.records import AddDashboardUser, DashboardUser, Merchant
 
@@ -96,7 +97,7 @@ async def login(request: web.Request) -> web.Response:
     if not stored.startswith(CURRENT_PARAMETERS):
         await _rehash(request, merchant.id, credentials, stored)
     token = request.app["issuer"].issue(merchant.id, "dashboard", TOKEN_TTL_S, int(time.time()))
-    return respond(request, schemas.TokenOut(token, "Bearer", TOKEN_TTL_S))
+    return respond(request, views.TokenOut(token, "Bearer", TOKEN_TTL_S))
 
 
 async def _matching_user(request: web.Request, credentials: schemas.Login) -> tuple[Merchant, str] | None:

@@ -8,7 +8,9 @@ import msgspec
 from msgspec import Meta
 
 from edge import schemas
-from engine.states import ORDER_STATUSES, PAYMENT_STATUSES
+from engine import views
+from engine.notifications import EVENT_TYPES
+from engine.states import DELIVERY_STATUSES, ORDER_STATUSES, PAYMENT_STATUSES
 
 # Documented only: the handler counts the items itself, to answer too many with 413 rather than a decoding 400.
 TRANSFER_ARRAY = Annotated[list[schemas.TransferCreate], Meta(min_length=1, max_length=schemas.MAX_TRANSFERS_PER_REQUEST)]
@@ -20,56 +22,56 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "ledger_check": ("run the full double-entry check on every shard", None, dict[str, Any], "admin"),
     "openapi": ("this document", None, dict[str, Any], "none"),
     "jwks": ("public keys of the JWTs this gateway signs", None, dict[str, Any], "none"),
-    "oauth_token": ("OAuth2 client credentials → access token", None, schemas.TokenOut, "none"),
-    "login": ("dashboard login → session token", schemas.Login, schemas.TokenOut, "none"),
-    "create_merchant": ("create a merchant (secrets shown once)", schemas.MerchantCreate, schemas.MerchantOut, "admin"),
-    "get_me": ("the calling merchant", None, schemas.MerchantOut, "merchant"),
-    "get_merchant": ("a merchant", None, schemas.MerchantOut, "admin or merchant"),
-    "update_merchant": ("change a merchant", schemas.MerchantUpdate, schemas.MerchantOut, "admin"),
+    "oauth_token": ("OAuth2 client credentials → access token", None, views.TokenOut, "none"),
+    "login": ("dashboard login → session token", schemas.Login, views.TokenOut, "none"),
+    "create_merchant": ("create a merchant (secrets shown once)", schemas.MerchantCreate, views.MerchantOut, "admin"),
+    "get_me": ("the calling merchant", None, views.MerchantOut, "merchant"),
+    "get_merchant": ("a merchant", None, views.MerchantOut, "admin or merchant"),
+    "update_merchant": ("change a merchant", schemas.MerchantUpdate, views.MerchantOut, "admin"),
     "create_sub_account": ("add a sub-account (one balance per store)", schemas.SubAccountCreate,
-                           schemas.SubAccountObjectOut, "admin or merchant"),
+                           views.SubAccountObjectOut, "admin or merchant"),
     "create_api_key": ("rotate credentials: a new API key, client secret, signing and webhook secret (shown once); "
                        "the sets before it keep working expires_in seconds (0: revoked now)", schemas.ApiKeyCreate,
-                       schemas.ApiKeyOut, "admin or merchant"),
+                       views.ApiKeyOut, "admin or merchant"),
     "list_api_keys": ("the merchant's live credential sets, newest first, with last use (never a secret)", None,
-                      schemas.ApiKeyList, "admin or merchant"),
+                      views.ApiKeyList, "admin or merchant"),
     "create_dashboard_user": ("add a dashboard user", schemas.DashboardUserCreate, dict[str, str], "admin"),
-    "create_order": ("create an order", schemas.OrderCreate, schemas.OrderOut, "merchant"),
-    "list_orders": ("search orders, newest first", None, schemas.OrderList, "merchant"),
-    "get_order": ("an order", None, schemas.OrderOut, "merchant"),
-    "update_order": ("change a pending order", schemas.OrderUpdate, schemas.OrderOut, "merchant"),
-    "cancel_order": ("cancel a pending order", None, schemas.OrderOut, "merchant"),
-    "create_account": ("create a ledger account", schemas.AccountCreate, schemas.AccountOut, "merchant"),
-    "get_account": ("a ledger account and its balances", None, schemas.AccountOut, "merchant"),
-    "account_statement": ("an account's transfers, newest first", None, schemas.TransferList, "merchant"),
-    "account_balances": ("an account's balances as of a time (history accounts)", None, schemas.BalanceOut,
+    "create_order": ("create an order", schemas.OrderCreate, views.OrderOut, "merchant"),
+    "list_orders": ("search orders, newest first", None, views.OrderList, "merchant"),
+    "get_order": ("an order", None, views.OrderOut, "merchant"),
+    "update_order": ("change a pending order", schemas.OrderUpdate, views.OrderOut, "merchant"),
+    "cancel_order": ("cancel a pending order", None, views.OrderOut, "merchant"),
+    "create_account": ("create a ledger account", schemas.AccountCreate, views.AccountOut, "merchant"),
+    "get_account": ("a ledger account and its balances", None, views.AccountOut, "merchant"),
+    "account_statement": ("an account's transfers, newest first", None, views.TransferList, "merchant"),
+    "account_balances": ("an account's balances as of a time (history accounts)", None, views.BalanceOut,
                          "merchant"),
     "create_transfers": ("one transfer, or an array of up to 8190", schemas.TransferCreate | TRANSFER_ARRAY,
-                         schemas.TransferResult | list[schemas.TransferResult], "merchant"),
-    "get_transfer": ("a transfer", None, schemas.TransferOut, "merchant"),
-    "create_customer": ("create a customer", schemas.CustomerCreate, schemas.CustomerOut, "merchant"),
-    "get_customer": ("a customer", None, schemas.CustomerOut, "merchant"),
+                         views.TransferResult | list[views.TransferResult], "merchant"),
+    "get_transfer": ("a transfer", None, views.TransferOut, "merchant"),
+    "create_customer": ("create a customer", schemas.CustomerCreate, views.CustomerOut, "merchant"),
+    "get_customer": ("a customer", None, views.CustomerOut, "merchant"),
     "create_deposit": ("top up a customer's wallet by a real payment (card, QR or bank transfer): credited when the "
-                       "money arrives", schemas.DepositCreate, schemas.DepositOut, "merchant"),
-    "get_deposit": ("a deposit", None, schemas.DepositOut, "merchant"),
+                       "money arrives", schemas.DepositCreate, views.DepositOut, "merchant"),
+    "get_deposit": ("a deposit", None, views.DepositOut, "merchant"),
     "create_withdrawal": ("send wallet money to the customer's bank (held until the bank answers)",
-                          schemas.WithdrawalCreate, schemas.WithdrawalOut, "merchant"),
-    "get_withdrawal": ("a withdrawal", None, schemas.WithdrawalOut, "merchant"),
+                          schemas.WithdrawalCreate, views.WithdrawalOut, "merchant"),
+    "get_withdrawal": ("a withdrawal", None, views.WithdrawalOut, "merchant"),
     "create_adjustment": ("credit a wallet by hand, with a reason, from the merchant's adjustments account",
-                          schemas.AdjustmentCreate, schemas.AdjustmentOut, "admin"),
-    "get_wallet": ("a customer's wallet: balances and history", None, schemas.WalletOut, "merchant"),
+                          schemas.AdjustmentCreate, views.AdjustmentOut, "admin"),
+    "get_wallet": ("a customer's wallet: balances and history", None, views.WalletOut, "merchant"),
     "create_payment": ("pay an order or an amount: card, saved card token, wallet, QR or bank transfer",
-                       schemas.PaymentCreate, schemas.PaymentOut, "merchant"),
-    "list_payments": ("payments, newest first", None, schemas.PaymentList, "merchant"),
-    "get_payment": ("a payment", None, schemas.PaymentOut, "merchant"),
-    "capture_payment": ("capture an authorization, in full or in part (once)", schemas.CaptureIn, schemas.PaymentOut,
+                       schemas.PaymentCreate, views.PaymentOut, "merchant"),
+    "list_payments": ("payments, newest first", None, views.PaymentList, "merchant"),
+    "get_payment": ("a payment", None, views.PaymentOut, "merchant"),
+    "capture_payment": ("capture an authorization, in full or in part (once)", schemas.CaptureIn, views.PaymentOut,
                         "merchant"),
-    "cancel_payment": ("void an uncaptured authorization", None, schemas.PaymentOut, "merchant"),
-    "create_refund": ("refund a payment, in full or in part", schemas.RefundCreate, schemas.RefundOut, "merchant"),
-    "get_refund": ("a refund", None, schemas.RefundOut, "merchant"),
+    "cancel_payment": ("void an uncaptured authorization", None, views.PaymentOut, "merchant"),
+    "create_refund": ("refund a payment, in full or in part", schemas.RefundCreate, views.RefundOut, "merchant"),
+    "get_refund": ("a refund", None, views.RefundOut, "merchant"),
     "create_dynamic": ("an EMVCo QR code for one order (tag 54 amount, 62 reference)", schemas.DynamicQrCreate,
-                       schemas.QrOut, "merchant"),
-    "create_static": ("the merchant's static EMVCo QR code", schemas.StaticQrCreate, schemas.QrOut, "merchant"),
+                       views.QrOut, "merchant"),
+    "create_static": ("the merchant's static EMVCo QR code", schemas.StaticQrCreate, views.QrOut, "merchant"),
     "order_png": ("an order's QR code as PNG", None, str, "none"),
     "payment_png": ("the QR code of a QR or bank transfer payment without an order, as PNG, while it waits", None,
                     str, "none"),
@@ -77,14 +79,25 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
     "deposit_png": ("a QR or bank transfer deposit's QR code as PNG, while it waits for the transfer", None, str,
                     "none"),
     "create_payout": ("move balance out through the bank (held until the bank answers)", schemas.PayoutCreate,
-                      schemas.PayoutOut, "merchant"),
-    "get_payout": ("a payout", None, schemas.PayoutOut, "merchant"),
+                      views.PayoutOut, "merchant"),
+    "get_payout": ("a payout", None, views.PayoutOut, "merchant"),
     "provider_callback": ("a provider's signed result (Paygate-Signature: t=..,v1=..)", schemas.ProviderCallback,
                           dict[str, Any], "provider signature"),
     "create_blocklist_entry": ("block a card fingerprint, an IP address, an email or a customer: their payments fail "
-                               "with risk_rejected", schemas.BlocklistEntryCreate, schemas.BlocklistEntryOut, "admin"),
-    "list_blocklist": ("the risk block list, newest first", None, schemas.BlocklistEntryList, "admin"),
-    "delete_blocklist_entry": ("take an entry off the risk block list", None, schemas.BlocklistEntryOut, "admin"),
+                               "with risk_rejected", schemas.BlocklistEntryCreate, views.BlocklistEntryOut, "admin"),
+    "list_blocklist": ("the risk block list, newest first", None, views.BlocklistEntryList, "admin"),
+    "delete_blocklist_entry": ("take an entry off the risk block list", None, views.BlocklistEntryOut, "admin"),
+    "list_events": ("events about the merchant's objects, newest first", None, views.EventList, "merchant"),
+    "get_event": ("an event, byte for byte as its webhooks receive it", None, views.EventOut, "merchant"),
+    "redeliver_event": ("send an event again to the webhook (and the order's IPN URL)", None, views.QueuedOut,
+                        "merchant"),
+    "list_deliveries": ("webhook, IPN and receipt deliveries, newest first, each with its attempts", None,
+                        views.DeliveryList, "merchant"),
+    "replay_deliveries": ("queue dead deliveries again (the admin token: every merchant's)", schemas.DeliveriesReplay,
+                          views.QueuedOut, "merchant or admin"),
+    "list_invoices": ("invoices, newest first", None, views.InvoiceList, "merchant"),
+    "get_invoice": ("an invoice", None, views.InvoiceOut, "merchant"),
+    "get_invoice_pdf": ("an invoice as PDF", None, str, "merchant"),
 }
 ERROR_STATUSES = ("400", "401", "402", "403", "404", "409", "413", "429", "503")
 # Bodies that are not JSON: handler name -> (media type, the type that describes the fields).
@@ -98,6 +111,7 @@ TEXT_RESPONSES = {
     "payment_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
     "merchant_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
     "deposit_png": ("image/png", {"type": "string", "contentMediaType": "image/png"}),
+    "get_invoice_pdf": ("application/pdf", {"type": "string", "contentMediaType": "application/pdf"}),
 }
 # Actions on an existing object whose every field is optional: no body at all means all defaults.
 OPTIONAL_BODIES = frozenset({"capture_payment"})
@@ -109,12 +123,17 @@ QUERY_PARAMETERS = {
     "list_payments": ("status", "limit", "starting_after"),
     "list_blocklist": ("limit", "starting_after"),
     "account_balances": ("at",),
+    "list_events": ("type", "object_id", "limit", "starting_after"),
+    "list_deliveries": ("status", "event_id", "limit", "starting_after"),
+    "list_invoices": ("order_id", "limit", "starting_after"),
 }
 # What parse_time (edge/app.py) accepts: unix seconds below 2**33, or an RFC 3339 time from 1970 to 2262.
 TIME_SCHEMA = {"anyOf": [{"type": "string", "pattern": "^[0-9]{1,10}$"}, {"type": "string", "format": "date-time"}],
                "description": "unix seconds (below 2**33) or an RFC 3339 time (1970 to 2262)"}
-# The statuses each list's `status` filter takes (parse_status refuses any other).
-STATUS_FILTERS = {"list_orders": ORDER_STATUSES, "list_payments": PAYMENT_STATUSES}
+# The values each list's `status` (or `type`) filter takes (parse_status refuses any other).
+STATUS_FILTERS = {"list_orders": ORDER_STATUSES, "list_payments": PAYMENT_STATUSES,
+                  "list_deliveries": DELIVERY_STATUSES}
+TYPE_FILTERS = {"list_events": EVENT_TYPES}
 QUERY_SCHEMAS = {
     "limit": {"type": "integer", "minimum": 1, "maximum": 100},
     "created_gte": TIME_SCHEMA,
@@ -134,8 +153,8 @@ def _document(routes: tuple[tuple[str, str, str], ...]) -> dict:
     types = [kind for name in OPERATIONS for kind in OPERATIONS[name][1:3] if kind is not None]
     types += [kind for _, kind in FORM_REQUESTS.values()]
     schemas_list, components = msgspec.json.schema_components(
-        [*types, schemas.ErrorResponse], ref_template="#/components/schemas/{name}")
-    schema_of = dict(zip([*types, schemas.ErrorResponse], schemas_list))
+        [*types, views.ErrorResponse], ref_template="#/components/schemas/{name}")
+    schema_of = dict(zip([*types, views.ErrorResponse], schemas_list))
     paths: dict[str, dict] = {}
     for method, path, handler in routes:
         summary, request_type, response_type, auth = OPERATIONS[handler]
@@ -149,7 +168,7 @@ def _document(routes: tuple[tuple[str, str, str], ...]) -> dict:
             "responses": {
                 "200": {"description": "success", **success},
                 **{status: {"description": "error", "content": {"application/json": {
-                    "schema": schema_of[schemas.ErrorResponse]}}} for status in ERROR_STATUSES},
+                    "schema": schema_of[views.ErrorResponse]}}} for status in ERROR_STATUSES},
                 **{status: {"description": "not ready", **success}
                    for status in SUCCESS_SHAPED_STATUSES.get(handler, ())},
             },
@@ -176,8 +195,8 @@ def _parameters(path: str, handler: str, method: str) -> list[dict]:
     parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string", "maxLength": 64}}
                   for name in PATH_PARAMETER.findall(path)]
     for name in QUERY_PARAMETERS.get(handler, ()):
-        schema = ({"type": "string", "enum": list(STATUS_FILTERS[handler])} if name == "status"
-                  else QUERY_SCHEMAS.get(name, {"type": "string"}))
+        choices = {"status": STATUS_FILTERS, "type": TYPE_FILTERS}.get(name, {}).get(handler)
+        schema = {"type": "string", "enum": list(choices)} if choices else QUERY_SCHEMAS.get(name, {"type": "string"})
         parameters.append({"name": name, "in": "query", "required": False, "schema": schema})
     if method == "POST":
         parameters.append({"name": "Idempotency-Key", "in": "header", "required": False,

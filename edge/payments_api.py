@@ -15,7 +15,7 @@ from aiohttp import web
 
 from actors.connector_wire import Authorization, AuthorizationBatch, CardData, ConnectorClient
 from actors.services import CALLBACK_KINDS, PROVIDERS
-from edge import cards, qr_api, render, risk, schemas
+from edge import cards, qr_api, risk, schemas
 from edge.auth import callback_signature
 from edge.errors import ApiError, not_found
 from edge.http import (
@@ -32,6 +32,7 @@ from edge.http import (
     respond,
     run,
 )
+from engine import views
 from engine.payments import CALLBACK_REPLAYED
 from engine.queries import GetCard, GetOrder, GetPaymentRecord, ListPayments
 from engine.records import (
@@ -126,7 +127,7 @@ async def create_payment(request: web.Request) -> web.Response:
     if not request.get("replayed") and created.status == "processing":
         authorize(request, created, method, number)
     # The token the shard stored: a replay under the Idempotency-Key shows the first request's, not this one's.
-    return respond(request, render.payment(created, created.token_id))
+    return respond(request, views.payment(created, created.token_id))
 
 
 def _check_amount_or_order(fields: schemas.PaymentCreate) -> None:
@@ -198,7 +199,7 @@ async def _pay_from_wallet(request, merchant: Merchant, fields, method, payment_
                                  amount_limits=amount_limits, amount=payment.amount, currency=payment.currency)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome, {"order_not_found": "order_id", "customer_not_found": "payment_method.customer_id"})
-    return respond(request, render.payment(outcome.record))
+    return respond(request, views.payment(outcome.record))
 
 
 async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id: str, body: bytes) -> web.Response:
@@ -226,7 +227,7 @@ async def _pay_by_bank_transfer(request, merchant: Merchant, fields, payment_id:
                             amount_limits=amount_limits)
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return respond(request, render.payment(outcome.record))
+    return respond(request, views.payment(outcome.record))
 
 
 async def _record_or_none(request: web.Request, merchant: Merchant, kind: str, record_id: str):
@@ -242,7 +243,7 @@ async def _record(request: web.Request, merchant: Merchant, kind: str, record_id
 
 async def get_payment(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, render.payment(await _record(request, merchant, "payment", request.match_info["id"])))
+    return respond(request, views.payment(await _record(request, merchant, "payment", request.match_info["id"])))
 
 
 async def list_payments(request: web.Request) -> web.Response:
@@ -254,7 +255,7 @@ async def list_payments(request: web.Request) -> web.Response:
     if not answer.records and query.starting_after:
         check_cursor(await _record_or_none(request, merchant, "payment", query.starting_after) is not None,
                      query.starting_after)
-    return respond(request, schemas.PaymentList("list", [render.payment(p) for p in answer.records], answer.has_more))
+    return respond(request, views.PaymentList("list", [views.payment(p) for p in answer.records], answer.has_more))
 
 
 async def capture_payment(request: web.Request) -> web.Response:
@@ -265,7 +266,7 @@ async def capture_payment(request: web.Request) -> web.Response:
                              transfer_id=ledger_id(merchant.id, f"{payment_id}.capture"))
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return respond(request, render.payment(outcome.record))
+    return respond(request, views.payment(outcome.record))
 
 
 async def cancel_payment(request: web.Request) -> web.Response:
@@ -276,7 +277,7 @@ async def cancel_payment(request: web.Request) -> web.Response:
                             transfer_id=ledger_id(merchant.id, f"{payment_id}.void"))
     outcome = await run(request, merchant.id, command, body)
     raise_for(outcome)
-    return respond(request, render.payment(outcome.record))
+    return respond(request, views.payment(outcome.record))
 
 
 # Refunds
@@ -291,12 +292,12 @@ async def create_refund(request: web.Request) -> web.Response:
     outcome = await run(request, merchant.id, CreateRefund(refund=refund, transfer_id=ledger_id(merchant.id, refund_id)),
                         body)
     raise_for(outcome, {"payment_not_found": "payment_id"})
-    return respond(request, render.refund(outcome.record))
+    return respond(request, views.refund(outcome.record))
 
 
 async def get_refund(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, render.refund(await _record(request, merchant, "refund", request.match_info["id"])))
+    return respond(request, views.refund(await _record(request, merchant, "refund", request.match_info["id"])))
 
 
 # Payouts
@@ -313,12 +314,12 @@ async def create_payout(request: web.Request) -> web.Response:
                     sub_account_id=fields.sub_account_id, hold_id=ledger_id(merchant.id, f"{payout_id}.hold"))
     outcome = await run(request, merchant.id, CreatePayout(payout=payout), body)
     raise_for(outcome)
-    return respond(request, render.payout(outcome.record))
+    return respond(request, views.payout(outcome.record))
 
 
 async def get_payout(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, render.payout(await _record(request, merchant, "payout", request.match_info["id"])))
+    return respond(request, views.payout(await _record(request, merchant, "payout", request.match_info["id"])))
 
 
 # Provider callbacks

@@ -20,6 +20,7 @@ from edge import schemas
 from edge.cache import MISSING, LruCache
 from edge.errors import ApiError, not_found
 from edge.http import body_of, cached_merchant, check_sub_account, merchant_principal, respond
+from engine import views
 from engine.emvco import MAX_AMOUNT_LENGTH, MerchantAccount, MerchantQr, build_payload, format_amount
 from engine.payments import BANK_METHODS
 from engine.queries import FindDeposit, FindOrder, FindPayment, GetMerchant
@@ -139,7 +140,7 @@ async def create_dynamic(request: web.Request) -> web.Response:
     problem = order_qr_problem(order)
     if problem is not None:
         raise problem
-    return respond(request, schemas.QrOut(payload_for(merchant, order), order_png_url(request, order.id)))
+    return respond(request, views.QrOut(payload_for(merchant, order), order_png_url(request, order.id)))
 
 
 def order_png_url(request: web.Request, order_id: str) -> str:
@@ -158,7 +159,7 @@ async def create_static(request: web.Request) -> web.Response:
     url = f"{request.app['settings'].public_url}/v1/qr/merchants/{merchant.id}.png"
     if sub_account_id:
         url += f"?sub_account_id={sub_account_id}"
-    return respond(request, schemas.QrOut(payload_for(merchant, None, sub_account_id), url))
+    return respond(request, views.QrOut(payload_for(merchant, None, sub_account_id), url))
 
 
 async def order_png(request: web.Request) -> web.Response:

@@ -23,9 +23,10 @@ import msgspec
 from aiohttp import web
 
 from actors.risk_table import BLOCKLIST_OWNER, RiskTable, blocklist_id, risk_attributes, table_decoder
-from edge import render, schemas
+from edge import schemas
 from edge.errors import ApiError, not_found
 from edge.http import authenticate, body_of, cached_merchant, parse_limit, raise_for, respond, run
+from engine import views
 from engine.queries import GetOrder, ListBlocklist
 from engine.records import AddToBlocklist, BlocklistEntry, Merchant, Payment, RemoveFromBlocklist
 
@@ -151,14 +152,14 @@ async def create_blocklist_entry(request: web.Request) -> web.Response:
                            merchant_id=fields.merchant_id, reason=fields.reason)
     outcome = await run(request, BLOCKLIST_OWNER, AddToBlocklist(entry), body)
     raise_for(outcome)
-    return respond(request, render.blocklist_entry(outcome.record))
+    return respond(request, views.blocklist_entry(outcome.record))
 
 
 async def list_blocklist(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
     query = ListBlocklist(limit=parse_limit(request.query), starting_after=request.query.get("starting_after", "")[:64])
     answer = await request.app["gateway"].read(BLOCKLIST_OWNER, query)
-    return respond(request, schemas.BlocklistEntryList("list", [render.blocklist_entry(entry) for entry in
+    return respond(request, views.BlocklistEntryList("list", [views.blocklist_entry(entry) for entry in
                                                                 answer.records], answer.has_more))
 
 
@@ -171,4 +172,4 @@ async def delete_blocklist_entry(request: web.Request) -> web.Response:
     if outcome.code == "blocklist_entry_not_found":
         raise not_found("block list entry", entry_id)
     raise_for(outcome)
-    return respond(request, render.blocklist_entry(outcome.record, deleted=True))
+    return respond(request, views.blocklist_entry(outcome.record, deleted=True))

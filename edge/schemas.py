@@ -6,8 +6,8 @@ import msgspec
 from msgspec import Meta, Struct
 
 from engine.currencies import CURRENCY_EXPONENTS, CURRENCY_NUMBERS  # noqa: F401 (the edge's names for them)
+from engine.notifications import MAX_REPLAY_LIMIT
 from engine.orders import MAX_SPLITS
-from engine.states import DepositStatus, OrderStatus, PaymentStatus, PayoutStatus, RefundStatus, WithdrawalStatus
 from engine.types import AMOUNT_MAX
 
 # The enum only documents (msgspec validates the pattern; check_currency in edge/app.py refuses other codes).
@@ -275,6 +275,19 @@ class BlockCustomerIn(BlockIn, tag="customer", tag_field="kind"):
 BlocklistEntryCreate = BlockCardIn | BlockIpIn | BlockEmailIn | BlockCustomerIn
 
 
+# A time in a body: unix seconds (below 2**33), or an RFC 3339 time from 1970 to 2262 (parse_time_ns reads both).
+BodyTime = Annotated[int, Meta(ge=0, lt=2**33)] | Annotated[str, Meta(max_length=64)]
+
+
+class DeliveriesReplay(Request):
+    """Queue dead deliveries again, the oldest first: those made in [created_gte, created_lt), at most `limit`."""
+
+    status: Literal["dead"]
+    created_gte: BodyTime | None = None
+    created_lt: BodyTime | None = None
+    limit: Annotated[int, Meta(ge=1, le=MAX_REPLAY_LIMIT)] = MAX_REPLAY_LIMIT
+
+
 class ProviderCallback(Struct):
     """What a provider posts to /v1/psp/{provider}/webhook (signed)."""
 
@@ -295,332 +308,12 @@ class ProviderCallback(Struct):
     action_url: Annotated[str, Meta(max_length=2000)] = ""
 
 
-# Responses (documented in /openapi.json)
-
-
-class ErrorBody(Struct):
-    type: str
-    code: str
-    message: str
-    param: str | None
-
-
-class ErrorResponse(Struct):
-    error: ErrorBody
-
-
-class SubAccountOut(Struct):
-    id: str
-    name: str
-    created_at: str
-
-
-class SubAccountObjectOut(Struct):
-    """A sub-account on its own, as its create answers: the merchant's entry for it, its type and its merchant."""
-
-    id: str
-    object: str
-    merchant_id: str
-    name: str
-    created_at: str
-
-
-class MerchantOut(Struct, omit_defaults=True):
-    id: str
-    object: str
-    name: str
-    email: str
-    status: str
-    tier: str
-    webhook_url: str
-    require_signature: bool
-    ip_allowlist: list[str]
-    acquirer: str
-    client_id: str
-    sub_accounts: list[SubAccountOut]
-    created_at: str
-    updated_at: str
-    settlement_account: SettlementAccount | None = None
-    # Only in the reply that creates the merchant.
-    api_key: str | None = None
-    signing_secret: str | None = None
-    webhook_secret: str | None = None
-    client_secret: str | None = None
-
-
-class OrderOut(Struct):
-    id: str
-    object: str
-    status: OrderStatus
-    amount: int
-    currency: str
-    amount_refunded: int
-    name: str
-    note: str
-    payment_methods: list[str]
-    payment_sub_type: str
-    customer_email: str
-    customer_id: str
-    callback_url: str
-    ipn_url: str
-    metadata: dict[str, str]
-    payment_id: str | None
-    payment_url: str
-    # The EMVCo payload a banking app scans, while the order is pending and takes QR payments.
-    qr: str | None
-    created_at: str
-    updated_at: str
-    expires_at: str
-    error_code: str | None
-    error_message: str | None
-
-
-class AccountOut(Struct):
-    id: str
-    object: str
-    currency: str
-    code: int
-    flags: dict[str, bool]
-    debits_pending: int
-    debits_posted: int
-    credits_pending: int
-    credits_posted: int
-    balance: int
-    available: int
-    created_at: str
-    metadata: dict[str, str]
-
-
-class TransferOut(Struct):
-    id: str
-    object: str
-    debit_account_id: str
-    credit_account_id: str
-    amount: int
-    currency: str
-    code: int
-    flags: list[str]
-    pending_id: str | None
-    timeout_s: int
-    created_at: str
-
-
-class TransferResult(Struct, gc=False):
-    id: str
-    result: str
-
-
-class BalanceOut(Struct):
-    account_id: str
-    at: str
-    debits_pending: int
-    debits_posted: int
-    credits_pending: int
-    credits_posted: int
-    balance: int
-
-
-class CustomerOut(Struct):
-    id: str
-    object: str
-    email: str
-    name: str
-    created_at: str
-
-
-class WalletBalance(Struct):
-    currency: str
-    balance: int
-    available: int
-
-
-class WalletOut(Struct):
-    customer_id: str
-    object: str
-    balances: list[WalletBalance]
-    history: list[TransferOut]
-
-
-class CardOut(Struct):
-    brand: str
-    last4: str
-    exp_month: int
-    exp_year: int
-
-
-class PaymentMethodOut(Struct, omit_defaults=True):
-    type: str
-    card: CardOut | None = None
-    customer_id: str | None = None
-    token: str | None = None
-    fingerprint: Annotated[str | None, Meta(description="the card's: the same for the same number at every merchant")] \
-        = None
-
-
-class NextAction(Struct):
-    type: str
-    url: str
-
-
-class PaymentOut(Struct):
-    id: str
-    object: str
-    order_id: str | None
-    status: PaymentStatus
-    amount: int
-    amount_capturable: int
-    amount_captured: int
-    amount_refunded: int
-    currency: str
-    capture_method: str
-    payment_method: PaymentMethodOut
-    next_action: NextAction | None
-    failure_code: str | None
-    failure_message: str | None
-    acquirer: str
-    description: str
-    metadata: dict[str, str]
-    created_at: str
-    updated_at: str
-
-
-class PaymentList(Struct):
-    object: str
-    data: list[PaymentOut]
-    has_more: bool
-
-
-class BlocklistEntryOut(Struct):
-    id: str
-    object: str
-    kind: str
-    value: str
-    merchant_id: str | None
-    reason: str
-    created_at: str
-    deleted: bool
-
-
-class BlocklistEntryList(Struct):
-    object: str
-    data: list[BlocklistEntryOut]
-    has_more: bool
-
-
-class RefundOut(Struct):
-    id: str
-    object: str
-    payment_id: str
-    amount: int
-    currency: str
-    reason: str
-    status: RefundStatus
-    created_at: str
-
-
-class OrderList(Struct):
-    object: str
-    data: list[OrderOut]
-    has_more: bool
-
-
-class TransferList(Struct):
-    object: str
-    data: list[TransferOut]
-    has_more: bool
-
-
 class TokenRequest(Struct):
     """The form fields of POST /oauth/token (documentation only: the handler reads the form itself)."""
 
     grant_type: Literal["client_credentials"]
     client_id: str
     client_secret: str
-
-
-class PayoutOut(Struct):
-    id: str
-    object: str
-    amount: int
-    currency: str
-    sub_account_id: str | None
-    status: PayoutStatus
-    failure_code: str | None
-    created_at: str
-    updated_at: str
-
-
-class DepositOut(Struct):
-    id: str
-    object: str
-    status: DepositStatus
-    amount: int
-    currency: str
-    customer_id: str
-    payment_id: Annotated[str, Meta(description="the payment that funds the deposit")]
-    payment_method: PaymentMethodOut
-    next_action: NextAction | None
-    failure_code: str | None
-    failure_message: str | None
-    expires_at: Annotated[str | None, Meta(description="a QR or bank transfer deposit fails if no transfer quoting "
-                                                       "it came by then")]
-    created_at: str
-    updated_at: str
-
-
-class WithdrawalOut(Struct):
-    id: str
-    object: str
-    status: WithdrawalStatus
-    amount: int
-    currency: str
-    customer_id: str
-    failure_code: str | None
-    created_at: str
-    updated_at: str
-
-
-class AdjustmentOut(Struct):
-    id: str
-    object: str
-    merchant_id: str
-    customer_id: str
-    amount: int
-    currency: str
-    reason: str
-    created_at: str
-
-
-class QrOut(Struct):
-    payload: str
-    png_url: str
-
-
-class ApiKeyOut(Struct, omit_defaults=True):
-    """A credential set; its secrets only in the reply that creates it."""
-
-    id: str
-    object: str
-    client_id: str
-    created_at: str
-    expires_at: str | None
-    last_used_at: str | None
-    api_key: str | None = None
-    client_secret: str | None = None
-    signing_secret: str | None = None
-    webhook_secret: str | None = None
-
-
-class ApiKeyList(Struct):
-    object: str
-    data: list[ApiKeyOut]
-    has_more: bool
-
-
-class TokenOut(Struct):
-    access_token: str
-    token_type: str
-    expires_in: int
 
 
 _CLIENT_ID_CHARACTERS = str.maketrans("", "", "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")

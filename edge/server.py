@@ -14,7 +14,8 @@ import uvloop
 from aiohttp import web, web_protocol, web_server
 
 from edge.app import Settings, create_app
-from edge.auth import Secrets, hash_secret
+from actors.merchant_secrets import Secrets
+from edge.auth import hash_secret
 from edge.errors import ApiError
 from edge.folders import restrict_new_files
 from edge.http import SERVER_NAME, log, request_id_of
@@ -114,7 +115,7 @@ class EdgeWorkers:
 
 def ensure_demo_merchant(settings: Settings, shard_addresses: list[str]) -> str:
     """Create the demo merchant once; its key is derived, so it can be shown on every start."""
-    secrets = Secrets.load_or_create(pathlib.Path(settings.data) / "gateway.key")
+    secrets = Secrets.of_data_folder(pathlib.Path(settings.data))
     api_key = secrets.api_key(DEMO_MERCHANT_ID)
 
     async def create() -> None:

@@ -10,10 +10,11 @@ import re
 
 from aiohttp import web
 
-from edge import payments_api, qr_api, render, risk, schemas
+from edge import payments_api, qr_api, risk, schemas
 from edge.errors import not_found
 from edge.http import authenticate, body_of, check_currency, ledger_id, merchant_principal, new_id, raise_for, \
     respond, run
+from engine import views
 from engine.queries import FindCustomer, GetWalletRecord
 from engine.records import (
     Adjustment,
@@ -59,12 +60,12 @@ async def create_deposit(request: web.Request) -> web.Response:
     # A payment the risk rules refused has failed its deposit already: no acquirer hears of it.
     if number and not request.get("replayed") and created.status == "processing":
         payments_api.authorize(request, payment, method, number)
-    return respond(request, render.deposit(created))
+    return respond(request, views.deposit(created))
 
 
 async def get_deposit(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, render.deposit(await _record(request, merchant, "deposit", request.match_info["id"])))
+    return respond(request, views.deposit(await _record(request, merchant, "deposit", request.match_info["id"])))
 
 
 async def create_withdrawal(request: web.Request) -> web.Response:
@@ -78,12 +79,12 @@ async def create_withdrawal(request: web.Request) -> web.Response:
                             hold_id=ledger_id(merchant.id, f"{withdrawal_id}.hold"))
     outcome = await run(request, merchant.id, CreateWithdrawal(withdrawal=withdrawal), body)
     raise_for(outcome)
-    return respond(request, render.withdrawal(outcome.record))
+    return respond(request, views.withdrawal(outcome.record))
 
 
 async def get_withdrawal(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
-    return respond(request, render.withdrawal(await _record(request, merchant, "withdrawal",
+    return respond(request, views.withdrawal(await _record(request, merchant, "withdrawal",
                                                             request.match_info["id"])))
 
 
@@ -105,7 +106,7 @@ async def create_adjustment(request: web.Request) -> web.Response:
     command = AdjustWallet(adjustment=adjustment, transfer_id=ledger_id(customer.merchant_id, adjustment_id))
     outcome = await run(request, customer.merchant_id, command, body)
     raise_for(outcome, {"reason_required": "reason"})
-    return respond(request, render.adjustment(outcome.record))
+    return respond(request, views.adjustment(outcome.record))
 
 
 async def _record(request: web.Request, merchant: Merchant, kind: str, record_id: str):

@@ -3,8 +3,9 @@
 Owns accounts, double-entry transfers (single, linked, two-phase, balancing,
 closing) and their result codes; merchants, orders, customers, wallets and
 idempotency keys as state machines whose money moves are transfers; the risk
-block list, and payments refused by the edge's risk verdict; reads; and
-snapshot / restore / state hash.
+block list, and payments refused by the edge's risk verdict; the events
+merchants hear of, their deliveries and invoices; reads; and snapshot /
+restore / state hash.
 Must not import anything but the standard library and msgspec: no I/O, no
 clock, no randomness, no threads. Time and ids arrive inside each batch.
 """

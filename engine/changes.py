@@ -4,8 +4,9 @@ is undone whole (the ledger undoes its own part: ledger.py `begin_command` / `un
 State is tracked where it is kept, not in the handlers that change it:
 - a `TrackedDict` remembers, for each key written in the command, the value it had before (or that it had none), and
   where each key it removed stood; it saves the first state of every value it hands out (`[]`, `get`, `setdefault`):
-  a record's fields, a list's length, a deque's items;
-- a `TrackedHeap` logs its pushes and pops;
+  a record's fields, a list's length;
+- a `TrackedHeap` logs its pushes and pops, a `TrackedDeque` its appends and pops from the left (a window of
+  times is never copied whole);
 - an `EventLog` is cut back to its length when the command began.
 So records are changed only once taken from a tracked dict in the command, their list fields are replaced rather than
 changed in place (a record's fields are saved shallowly), and lists held in tracked dicts are only appended to.
@@ -30,6 +31,7 @@ class Changes:
         self.dicts: list["TrackedDict"] = []  # the dicts written in this command
         self.values: dict[int, tuple[object, object]] = {}  # id(value) -> (value, its state when first handed out)
         self.heap_log: list[tuple["TrackedHeap", bool, tuple]] = []  # (heap, pushed?, item), in order
+        self.deque_log: list[tuple["TrackedDeque", bool, object]] = []  # (deque, appended?, item), in order
         self.event_logs: list["EventLog"] = []
         self.event_lengths: list[int] = []
 
@@ -38,6 +40,9 @@ class Changes:
 
     def heap(self) -> "TrackedHeap":
         return TrackedHeap(self)
+
+    def deque(self, items=()) -> "TrackedDeque":
+        return TrackedDeque(self, items)
 
     def event_log(self) -> "EventLog":
         log = EventLog()
@@ -60,6 +65,8 @@ class Changes:
             self.values.clear()
         if self.heap_log:
             self.heap_log.clear()
+        if self.deque_log:
+            self.deque_log.clear()
         self.active = False
 
     def undo(self) -> None:
@@ -73,6 +80,11 @@ class Changes:
             touched_heaps[id(heap)] = heap
         for heap in touched_heaps.values():
             heapq.heapify(heap.items)
+        for tracked, appended, item in reversed(self.deque_log):
+            if appended:
+                collections.deque.pop(tracked)
+            else:
+                collections.deque.appendleft(tracked, item)
         for tracked in self.dicts:
             tracked.undo()
         for value, state in self.values.values():
@@ -82,11 +94,10 @@ class Changes:
         self.commit()
 
     def save(self, value) -> None:
-        """Keep `value`'s state as it is now, if not kept already in this command."""
-        if id(value) not in self.values:
-            state = _state(value)
-            if state is not None:  # kept with its value, so no other object takes its id meanwhile
-                self.values[id(value)] = (value, state)
+        """Keep `value`'s state as it is now (not kept yet in this command)."""
+        state = _state(value)
+        if state is not None:  # kept with its value, so no other object takes its id meanwhile
+            self.values[id(value)] = (value, state)
 
 
 def _state(value):
@@ -94,9 +105,7 @@ def _state(value):
         return msgspec.structs.astuple(value)
     if type(value) is list:
         return len(value)
-    if type(value) is collections.deque:
-        return tuple(value)  # a per-IP window: bounded by its limit
-    return None  # immutable (str, int, bytes, tuple)
+    return None  # immutable (str, int, bytes, tuple), or tracked by its own log (TrackedDeque)
 
 
 def _restore(value, state) -> None:
@@ -105,9 +114,6 @@ def _restore(value, state) -> None:
             setattr(value, name, field)
     elif type(value) is list:
         del value[state:]
-    elif type(value) is collections.deque:
-        value.clear()
-        value.extend(state)
 
 
 class TrackedDict(dict):
@@ -141,13 +147,22 @@ class TrackedDict(dict):
         if key not in first:
             first[key] = dict.get(self, key, MISSING)
 
-    def _adding(self, key) -> None:
-        """`key` is about to be added (it is absent)."""
-        if self.ranks is not None:
-            self.ranks[key] = self.next_rank
-            self.next_rank += 1
-        if self.first_values is not None:
-            self.removals.append((key, MISSING, -1))
+    def _writing(self, key) -> None:
+        """`key` is about to be written: its value before the command kept (once), and its addition if it is new.
+        One call, as every write of a command takes it."""
+        first = self.first_values
+        if first is None and self.changes.active:
+            first = self.first_values = {}
+            self.changes.dicts.append(self)
+        present = dict.__contains__(self, key)
+        if first is not None and key not in first:
+            first[key] = dict.__getitem__(self, key) if present else MISSING
+        if not present:
+            if self.ranks is not None:
+                self.ranks[key] = self.next_rank
+                self.next_rank += 1
+            if first is not None:
+                self.removals.append((key, MISSING, -1))
 
     def _removing(self, key) -> None:
         """`key` (present) is about to be removed."""
@@ -163,8 +178,9 @@ class TrackedDict(dict):
             self.removals.append((key, dict.__getitem__(self, key), place))
 
     def _hand_out(self, value):
-        if self.changes.active:
-            self.changes.save(value)
+        changes = self.changes
+        if changes.active and id(value) not in changes.values:  # a value handed out again is kept already
+            changes.save(value)
         return value
 
     def __getitem__(self, key):
@@ -175,15 +191,11 @@ class TrackedDict(dict):
         return default if value is MISSING else self._hand_out(value)
 
     def setdefault(self, key, default=None):
-        self._touch(key)
-        if not dict.__contains__(self, key):
-            self._adding(key)
+        self._writing(key)
         return self._hand_out(dict.setdefault(self, key, default))
 
     def __setitem__(self, key, value) -> None:
-        self._touch(key)
-        if not dict.__contains__(self, key):
-            self._adding(key)
+        self._writing(key)
         dict.__setitem__(self, key, value)
 
     def __delitem__(self, key) -> None:
@@ -247,6 +259,20 @@ class TrackedDict(dict):
     update = popitem = clear = __ior__ = _untracked
 
 
+def peek(tracked: TrackedDict, key):
+    """The value at `key` (None if absent) for reading only: not handed out, so no undo state is kept for it."""
+    return dict.get(tracked, key)
+
+
+def append_to(tracked: TrackedDict, key, value) -> None:
+    """`value` at the end of the list `tracked` holds at `key`, made if absent: appended, as a command may."""
+    values = tracked.get(key)
+    if values is None:
+        tracked[key] = [value]
+    else:
+        values.append(value)
+
+
 class TrackedHeap:
     """A min-heap (heapq) whose pushes and pops a command can undo; not a list, so heapq cannot bypass it."""
 
@@ -283,6 +309,34 @@ class TrackedHeap:
         return iter(self.items)
 
 
+class TrackedDeque(collections.deque):
+    """A deque used as a queue (append on the right, pop on the left) whose changes a command can undo from a log of
+    them: the cost of undo tracking is that of the changes, not of the deque's length."""
+
+    __slots__ = ("changes",)
+
+    def __init__(self, changes: Changes, items=()) -> None:
+        super().__init__(items)
+        self.changes = changes
+
+    def append(self, item) -> None:
+        collections.deque.append(self, item)
+        if self.changes.active:
+            self.changes.deque_log.append((self, True, item))
+
+    def popleft(self):
+        item = collections.deque.popleft(self)
+        if self.changes.active:
+            self.changes.deque_log.append((self, False, item))
+        return item
+
+    def _untracked(self, *args, **kwargs):
+        raise TypeError("a tracked deque changes only through append and popleft")
+
+    appendleft = pop = extend = extendleft = insert = remove = rotate = clear = _untracked
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _untracked
+
+
 class EventLog(list):
     """Events of the batch being applied: a command only appends, so undoing it cuts the log back."""
 
@@ -302,7 +356,7 @@ def untracked_containers(root, skip: tuple[type, ...] = ()) -> list[str]:
         seen.add(id(obj))
         for name, value in _attributes(obj):
             where = f"{path}.{name}"
-            if isinstance(value, (TrackedDict, TrackedHeap, EventLog, Changes)):
+            if isinstance(value, (TrackedDict, TrackedHeap, TrackedDeque, EventLog, Changes)):
                 continue
             if isinstance(value, (dict, list, set, collections.deque)):
                 found.append(where)

@@ -12,9 +12,11 @@ from engine.changes import Changes
 from engine.credentials import Credentials
 from engine.deposits import Deposits
 from engine.idempotency import IdempotencyKeys
+from engine.invoices import Invoices
 from engine.ip_windows import IpWindows
 from engine.ledger import Ledger
 from engine.merchants import Merchants
+from engine.notifications import Notifications
 from engine.orders import Orders
 from engine.payments import Payments
 from engine.records import (
@@ -42,8 +44,11 @@ from engine.records import (
     ReceiveDepositTransfer,
     RecordPayoutResult,
     RecordPspResult,
+    RecordDeliveryAttempts,
     RecordWithdrawalResult,
+    RedeliverEvent,
     RemoveFromBlocklist,
+    ReplayDeliveries,
     RotateCredentials,
     Signed,
     TouchCredentials,
@@ -62,13 +67,18 @@ class Commerce:
         self.events: list[Event] = changes.event_log()
         self.merchants = Merchants(changes)
         self.ip_windows = IpWindows(changes)
-        self.orders = Orders(changes, self.merchants, self.ip_windows)
+        self.orders = Orders(changes, self.merchants, self.ip_windows, self.events)
         self.payments = Payments(ledger, changes, self.merchants.by_id, self.orders.by_id, self.events)
         self.wallets = Wallets(ledger, changes, self.merchants, self.orders, self.payments)
         self.deposits = Deposits(ledger, changes, self.payments, self.wallets.customer_of, self.events)
         self.idempotency = IdempotencyKeys(changes)
         self.blocklist = Blocklist(changes)  # kept by the shard that owns the block list's routing key
         self.credentials = Credentials(self.merchants.by_id, changes)
+        self.invoices = Invoices(changes, self.merchants.by_id, self.payments.payments)
+        stores = {"order": self.orders.by_id, "payment": self.payments.payments, "refund": self.payments.refunds,
+                  "payout": self.payments.payouts, "deposit": self.deposits.deposits,
+                  "withdrawal": self.deposits.withdrawals}
+        self.notifications = Notifications(changes, self.merchants.by_id, stores, self.invoices, self.events)
 
     # Time
 
@@ -92,6 +102,7 @@ class Commerce:
         else:
             outcome = _HANDLERS[type(command)](self, command, timestamp)
         self.deposits.follow_payments(first_event, timestamp)  # a deposit's payment moved on: so does the deposit
+        self.notifications.record(first_event, timestamp)
         return outcome
 
     def _idempotent(self, command: Idempotent, timestamp: int) -> Outcome:
@@ -127,7 +138,7 @@ class Commerce:
 
     def _concerns(self) -> tuple:
         return (self.merchants, self.orders, self.wallets, self.idempotency, self.ip_windows, self.payments,
-                self.blocklist, self.deposits, self.credentials)
+                self.blocklist, self.deposits, self.credentials, self.invoices, self.notifications)
 
 
 _HANDLERS = {
@@ -163,5 +174,9 @@ _HANDLERS = {
     RemoveFromBlocklist: lambda commerce, command, timestamp: commerce.blocklist.remove(command, timestamp),
     RotateCredentials: lambda commerce, command, timestamp: commerce.credentials.rotate(command, timestamp),
     TouchCredentials: lambda commerce, command, timestamp: commerce.credentials.touch(command, timestamp),
+    RecordDeliveryAttempts: lambda commerce, command, timestamp: commerce.notifications.record_attempts(
+        command, timestamp),
+    RedeliverEvent: lambda commerce, command, timestamp: commerce.notifications.redeliver(command, timestamp),
+    ReplayDeliveries: lambda commerce, command, timestamp: commerce.notifications.replay(command, timestamp),
     Signed: Commerce._signed,
 }

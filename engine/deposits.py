@@ -17,8 +17,10 @@ from engine.payments import (
     BANK_METHODS,
     CALLBACK_REPLAYED,
     Payments,
+    awaited_transfer_refusal,
     ensure_wallet,
     move,
+    move_into,
     move_refusal,
     system_account,
 )
@@ -38,7 +40,7 @@ from engine.records import (
     wallet_account_id,
 )
 from engine.states import DEPOSIT_STATUS_OF_PAYMENT, is_final, transition
-from engine.types import AMOUNT_MAX, NANOSECONDS_PER_SECOND, AccountFlag, Event, Transfer, TransferFlag
+from engine.types import AMOUNT_MAX, NANOSECONDS_PER_SECOND, Event, Transfer, TransferFlag
 
 DEPOSIT_METHODS = ("card", *BANK_METHODS)
 MAX_REASON_CHARS = 500
@@ -133,16 +135,10 @@ class Deposits:
         deposit = self.deposits.get(command.deposit_id)
         if deposit is None or deposit.merchant_id != command.merchant_id or deposit.method not in BANK_METHODS:
             return Outcome("deposit_not_found")
-        payment = self.payments.payments[deposit.payment_id]
-        if command.callback_id in payment.callback_ids:
-            return Outcome("duplicate", record=deposit)
-        # Anything but the awaited amount, once, is not taken: the bank returns it to the payer.
-        if deposit.status != "requires_action":
-            return Outcome("deposit_not_open", record=deposit)
-        if command.currency != deposit.currency:
-            return Outcome("currency_mismatch", record=deposit)
-        if command.amount != deposit.amount:
-            return Outcome("amount_mismatch", record=deposit)
+        payment = self.payments.payments[deposit.payment_id]  # its status, amount and currency are the deposit's
+        refused = awaited_transfer_refusal(payment, command, "deposit_not_open", deposit)
+        if refused is not None:
+            return refused
         incoming = Transfer(command.transfer_id,
                             system_account_id(deposit.merchant_id, "clearing_bank", deposit.currency),
                             wallet_account_id(deposit.merchant_id, deposit.customer_id, deposit.currency),
@@ -199,12 +195,10 @@ class Deposits:
         wallet = wallet_account_id(withdrawal.merchant_id, withdrawal.customer_id, withdrawal.currency)
         if self.ledger.available(wallet) < withdrawal.amount:
             return Outcome("insufficient_funds")
-        outbound = self.ledger.ensure_account(
-            system_account_id(withdrawal.merchant_id, "withdrawals", withdrawal.currency), withdrawal.currency,
-            AccountFlag.DEBITS_MUST_NOT_EXCEED_CREDITS | AccountFlag.HISTORY, timestamp)
-        hold = Transfer(withdrawal.hold_id, wallet, outbound, withdrawal.amount, withdrawal.currency,
-                        flags=TransferFlag.PENDING)
-        code = move(self.ledger, hold, timestamp)
+        hold = Transfer(withdrawal.hold_id, wallet,
+                        system_account_id(withdrawal.merchant_id, "withdrawals", withdrawal.currency),
+                        withdrawal.amount, withdrawal.currency, flags=TransferFlag.PENDING)
+        code = move_into(self.ledger, hold, withdrawal.merchant_id, "withdrawals", timestamp)
         if code != "ok":
             return Outcome(code)
         withdrawal.status, withdrawal.failure_code = "pending", ""

@@ -1,16 +1,15 @@
 """Per-IP order windows: at most so many orders from one client IP in a sliding window of engine time."""
 
-import collections
-
-from engine.changes import Changes
+from engine.changes import Changes, TrackedDeque
 from engine.records import AdmitOrderIp, CreateOrder, Outcome
 from engine.types import NANOSECONDS_PER_SECOND
 
 
 class IpWindows:
     def __init__(self, changes: Changes) -> None:
+        self.changes = changes
         # client IP -> times of its recent admitted orders; the address admitted longest ago first
-        self.times_by_ip: dict[str, collections.deque] = changes.dict(ranked=True)  # an address moves to the end
+        self.times_by_ip: dict[str, TrackedDeque] = changes.dict(ranked=True)  # an address moves to the end
 
     def admit_order_ip(self, command: AdmitOrderIp, timestamp: int) -> Outcome:
         retry_after_s = self.admit(command, timestamp)
@@ -22,7 +21,7 @@ class IpWindows:
         if command.ip_limit <= 0:
             return 0
         windows = self.times_by_ip
-        times = windows.get(command.client_ip) or collections.deque()
+        times = windows.get(command.client_ip) or self.changes.deque()
         window_ns = command.ip_window_s * NANOSECONDS_PER_SECOND
         horizon = timestamp - window_ns
         while times and times[0] <= horizon:
@@ -53,4 +52,4 @@ class IpWindows:
 
     def restore(self, snapshot) -> None:
         """Fill from the engine's snapshot."""
-        self.times_by_ip.load((ip, collections.deque(times)) for ip, times in snapshot.order_times_by_ip)
+        self.times_by_ip.load((ip, self.changes.deque(times)) for ip, times in snapshot.order_times_by_ip)

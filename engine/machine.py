@@ -24,11 +24,16 @@ from engine.idempotency import IdempotencyRecord
 from engine.ledger import Ledger
 from engine.queries import Answer, Query, answer
 from engine.records import (
+    COMMAND_RETIRED,
+    RETIRED_COMMANDS,
     Adjustment,
     BlocklistEntry,
     Customer,
+    Delivery,
     Deposit,
+    EventRecord,
     Idempotent,
+    Invoice,
     Merchant,
     Order,
     Outcome,
@@ -37,6 +42,7 @@ from engine.records import (
     Refund,
     VaultedCard,
     Withdrawal,
+    inner_command,
 )
 from engine.submits import SubmitRecord, SubmitWindow, spans_cover
 from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Transfer
@@ -71,6 +77,10 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     withdrawals: list[Withdrawal] = []
     adjustments: list[Adjustment] = []
     signatures: list[tuple[str, str, int]] = []
+    events: list[EventRecord] = []
+    deliveries: list[Delivery] = []
+    invoices: list[Invoice] = []
+    invoice_numbers: list[tuple[str, int]] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -112,6 +122,7 @@ class Engine:
         self.sequence = batch.sequence
         self.timestamp = timestamp = batch.timestamp
         self.failures = []
+        self.commerce.notifications.sequence = batch.sequence
         events = self.commerce.events
         events.clear()
         self._step(-1, ADVANCE, timestamp)
@@ -136,12 +147,19 @@ class Engine:
             end = start + span.command_count
             first = window.first_results(span)
             if first is None:
-                first = [self._step(index, commands[index], timestamp) for index in range(start, end)]
+                first = [self._submitted(index, commands[index], timestamp) for index in range(start, end)]
                 window.remember(span.submit_id, first, timestamp)
             else:
                 duplicates += range(start, end)
             results += first
         return results, duplicates
+
+    def _submitted(self, index: int, command, timestamp: int):
+        """A command that came in a Submit; a retired kind, which only journals older than Submit ids hold, is
+        refused and changes nothing."""
+        if type(inner_command(command)) in RETIRED_COMMANDS:
+            return Outcome(COMMAND_RETIRED)
+        return self._step(index, command, timestamp)
 
     def _step(self, index: int, command, timestamp: int):
         """Apply one command (or advance time) whole, or undo all it did and answer internal_error."""
@@ -181,6 +199,7 @@ class Engine:
             events = self.ledger.expire(timestamp)
             events += self.commerce.advance(timestamp, [event.object_id for event in events])
             self.commerce.events[:0] = events  # ahead of those the advance logged itself, as batches list them
+            self.commerce.notifications.record(0, timestamp)
             return None
         return self.commerce.apply(command, timestamp)
 

@@ -13,9 +13,10 @@ MAX_SPLITS = 10
 
 class Orders:
     # Payments read orders, and orders close their payments: each command hands its Payments in.
-    def __init__(self, changes: Changes, merchants: Merchants, ip_windows: IpWindows) -> None:
+    def __init__(self, changes: Changes, merchants: Merchants, ip_windows: IpWindows, events: list[Event]) -> None:
         self.merchants = merchants
         self.ip_windows = ip_windows
+        self.events = events
         self.by_id: dict[str, Order] = changes.dict()
         self.by_merchant: dict[str, list[str]] = changes.dict()  # merchant id -> its order ids, oldest first
         self.expiries = changes.heap()  # (expires_at, order id)
@@ -97,6 +98,7 @@ class Orders:
         transition(order, "cancelled")
         order.updated_at = timestamp
         payments.order_closed(order, timestamp)
+        self.events.append(Event("order.cancelled", order.id, timestamp))
         return Outcome(record=order)
 
     def _schedule_expiry(self, order: Order) -> None:

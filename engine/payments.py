@@ -7,8 +7,6 @@ A refund moves money back and never past what was captured; a payout holds
 the merchant's balance until the bank answers, and a failure returns it.
 """
 
-import itertools
-
 from engine.changes import Changes
 from engine.check import check
 from engine.codes import TransferCode, transfer_outcome
@@ -19,6 +17,7 @@ from engine.records import (
     CreatePayment,
     CreatePayout,
     CreateRefund,
+    Deposit,
     Merchant,
     Order,
     Outcome,
@@ -27,6 +26,7 @@ from engine.records import (
     Payout,
     RecordPayoutResult,
     ReceiveBankTransfer,
+    ReceiveDepositTransfer,
     RecordPspResult,
     Refund,
     ResealCards,
@@ -81,6 +81,8 @@ class Payments:
         self.by_merchant: dict[str, list[str]] = changes.dict()
         # token id -> a card sealed by the edge; the engine never sees a card number in clear
         self.cards: dict[str, VaultedCard] = changes.dict()
+        # position -> token id, in the order cards were vaulted, for paging (derived: restore rebuilds it)
+        self.card_ids: dict[int, str] = changes.dict(ordered=False)
         self.refunds: dict[str, Refund] = changes.dict()
         self.payouts: dict[str, Payout] = changes.dict()
         # signature -> when its callback came (engine time), oldest first
@@ -159,7 +161,7 @@ class Payments:
                 self.order_closed(order, timestamp)  # a payment started again: the one before it is superseded
                 order.transfer_payment_id = payment.id
         if command.sealed_card:
-            self.cards[payment.token_id] = VaultedCard(payment.merchant_id, payment.card, command.sealed_card)
+            self.vault(payment.token_id, VaultedCard(payment.merchant_id, payment.card, command.sealed_card))
         self.events.append(Event("payment.created", payment.id, timestamp))
         refusal = self.risk_refusal(payment.merchant_id, payment.amount, payment.currency, command.risk_reason,
                                     command.amount_limits)
@@ -309,14 +311,9 @@ class Payments:
         # A deposit's payment is paid by a transfer quoting the deposit, into its wallet: never into the balance.
         if payment is None or payment.order_id or payment.deposit_id or payment.method not in BANK_METHODS:
             return Outcome("payment_not_found")
-        if command.callback_id in payment.callback_ids:
-            return Outcome("duplicate", record=payment)
-        if payment.status != "requires_action":
-            return Outcome("payment_not_open", record=payment)
-        if command.currency != payment.currency:
-            return Outcome("currency_mismatch", record=payment)
-        if command.amount != payment.amount:
-            return Outcome("amount_mismatch", record=payment)
+        refused = awaited_transfer_refusal(payment, command, "payment_not_open", payment)
+        if refused is not None:
+            return refused
         incoming, refusal = self._bank_inflow(command.transfer_id, payment.merchant_id, "balance", payment.amount,
                                               payment.currency, timestamp)
         if refusal:
@@ -345,7 +342,7 @@ class Payments:
                           currency=command.currency, method=command.method, acquirer="bank",
                           psp_reference=command.bank_reference, callback_ids=[command.callback_id],
                           metadata={"sub_account_id": command.sub_account_id} if command.sub_account_id else {},
-                          created_at=timestamp, updated_at=timestamp)
+                          sub_account_id=command.sub_account_id, created_at=timestamp, updated_at=timestamp)
         code = self._collect(payment, incoming, timestamp)
         if code != "ok":
             return Outcome(code)
@@ -380,6 +377,7 @@ class Payments:
             return Outcome(code, record=payment)
         self.payment_by_hold.pop(payment.authorization_id, None)
         payment.amount_capturable = 0
+        self.events.append(Event("payment.captured", payment.id, timestamp))
         return Outcome(record=payment)
 
     def cancel(self, command: CancelPayment, timestamp: int) -> Outcome:
@@ -412,7 +410,8 @@ class Payments:
         amount = refund.amount or payment.amount_captured - payment.amount_refunded
         if amount <= 0 or payment.amount_refunded + amount > payment.amount_captured:
             return Outcome("amount_too_large", record=payment)
-        balance = system_account_id(payment.merchant_id, "balance", payment.currency)
+        # The money goes back out of the account it came into.
+        balance = system_account_id(payment.merchant_id, payment.sub_account_id or "balance", payment.currency)
         if self.ledger.available(balance) < amount:  # money already paid out or held for a payout
             return Outcome("insufficient_funds", record=payment)
         # The money goes back the way it came: to the wallet, or to the acquirer for the card.
@@ -426,8 +425,8 @@ class Payments:
         self.refunds[refund.id] = refund
         payment.amount_refunded += amount
         payment.updated_at = timestamp
-        self._mark_order_refunded(payment, amount, timestamp)
         self.events.append(Event("refund.succeeded", refund.id, timestamp))
+        self._mark_order_refunded(payment, amount, timestamp)
         return Outcome(record=refund)
 
     def create_payout(self, command: CreatePayout, timestamp: int) -> Outcome:
@@ -445,9 +444,9 @@ class Payments:
             return Outcome("amount_must_not_be_zero")
         if self.ledger.available(balance) < payout.amount:
             return Outcome("insufficient_funds")
-        payouts = system_account(self.ledger, payout.merchant_id, "payouts", payout.currency, timestamp)
-        hold = Transfer(payout.hold_id, balance, payouts, payout.amount, payout.currency, flags=TransferFlag.PENDING)
-        code = move(self.ledger, hold, timestamp)
+        hold = Transfer(payout.hold_id, balance, system_account_id(payout.merchant_id, "payouts", payout.currency),
+                        payout.amount, payout.currency, flags=TransferFlag.PENDING)
+        code = move_into(self.ledger, hold, payout.merchant_id, "payouts", timestamp)
         if code != "ok":
             return Outcome(code)
         payout.status = "pending"
@@ -598,6 +597,7 @@ class Payments:
         if order.status in REFUND_MARKED_STATUSES and order.payment_id == payment.id:
             fully = payment.amount_refunded >= payment.amount_captured
             transition(order, "refunded" if fully else "partially_refunded")
+            self.events.append(Event(f"order.{order.status}", order.id, timestamp))
 
     def reseal_cards(self, command: ResealCards) -> Outcome:
         """Each card replaced by its new sealing if it still holds the one the sealer read; the others stay."""
@@ -611,10 +611,15 @@ class Payments:
 
     # Reads
 
+    def vault(self, token_id: str, card: VaultedCard) -> None:
+        self.card_ids[len(self.cards)] = token_id
+        self.cards[token_id] = card
+
     def vaulted_cards(self, start: int, limit: int) -> list[tuple[str, VaultedCard]]:
         """Up to `limit` cards from the `start`-th in the order they were vaulted (cards are never removed, so a
-        walk by position sees each once)."""
-        return list(itertools.islice(self.cards.items(), start, start + limit))
+        walk by position sees each once), found by position whatever `start` is."""
+        return [(self.card_ids[position], self.cards[self.card_ids[position]])
+                for position in range(start, min(start + limit, len(self.cards)))]
 
     def card_of(self, merchant_id: str, token_id: str) -> VaultedCard | None:
         vaulted = self.cards.get(token_id)
@@ -668,7 +673,8 @@ class Payments:
             self.add(payment)
         self.refunds.load((refund.id, refund) for refund in snapshot.refunds)
         self.payouts.load((payout.id, payout) for payout in snapshot.payouts)
-        self.cards.load(snapshot.cards)
+        for token_id, card in snapshot.cards:
+            self.vault(token_id, card)
         self.callback_signatures.load(snapshot.callback_signatures)
         # A payment for an order waits for its transfer with no deadline of its own.
         self.deadlines.load((payment.deadline_at, payment.id) for payment in snapshot.payments
@@ -686,6 +692,22 @@ def _wallet_payment(command: PayOrderFromWallet, order: Order | None, timestamp:
                    customer_ip=command.customer_ip, acquirer="wallet", created_at=timestamp, updated_at=timestamp)
 
 
+def awaited_transfer_refusal(payment: Payment, command: ReceiveBankTransfer | ReceiveDepositTransfer, not_open: str,
+                             record: Payment | Deposit) -> Outcome | None:
+    """Why money quoting a payment that waits for the payer's transfer is not taken (None: it is). Anything but the
+    awaited amount in its currency, once, is refused: the bank returns it to the payer. `record` goes with the
+    refusal, `not_open` is its code for a payment that waits no more."""
+    if command.callback_id in payment.callback_ids:
+        return Outcome("duplicate", record=record)
+    if payment.status != "requires_action":
+        return Outcome(not_open, record=record)
+    if command.currency != payment.currency:
+        return Outcome("currency_mismatch", record=record)
+    if command.amount != payment.amount:
+        return Outcome("amount_mismatch", record=record)
+    return None
+
+
 def move(ledger: Ledger, transfer: Transfer, timestamp: int) -> str:
     """One transfer, its result as a commerce outcome code."""
     return transfer_outcome(ledger.move(transfer, timestamp))
@@ -695,6 +717,16 @@ def move_refusal(ledger: Ledger, transfer: Transfer) -> str:
     """'' if the ledger would take `transfer` once its missing accounts are made, else its refusal (an outcome code)."""
     code = ledger.move_refusal(transfer)
     return transfer_outcome(code) if code else ""
+
+
+def move_into(ledger: Ledger, transfer: Transfer, merchant_id: str, name: str, timestamp: int) -> str:
+    """`transfer` into the merchant's `name` account, which is made on first use only once the ledger is known to
+    take the transfer: a refusal (a reused transfer id, say) leaves no account behind."""
+    refusal = move_refusal(ledger, transfer)
+    if refusal:
+        return refusal
+    system_account(ledger, merchant_id, name, transfer.currency, timestamp)
+    return move(ledger, transfer, timestamp)
 
 
 def ensure_wallet(ledger: Ledger, merchant_id: str, customer_id: str, currency: str, timestamp: int) -> str:

@@ -6,10 +6,11 @@ from engine.check import check
 from engine.commerce import Commerce
 from engine.idempotency import IdempotencyRecord
 from engine.ledger import Ledger
-from engine.records import Merchant, Record, VaultedCard
+from engine.records import Delivery, EventRecord, Invoice, Merchant, Order, Payment, Record, Refund, VaultedCard
 from engine.types import TIMESTAMP_MAX, Account, Balance, Transfer
 
 MAX_PAGE = 8190
+MAX_JOBS = 1000  # deliveries per GetDeliveryJobs or PendingDeliveries
 
 
 class LookupAccounts(msgspec.Struct, tag="lookup_accounts", array_like=True):
@@ -140,10 +141,84 @@ class ListBlocklist(msgspec.Struct, tag="list_blocklist", array_like=True, kw_on
     starting_after: str = ""
 
 
+class ListEvents(msgspec.Struct, tag="list_events", array_like=True, kw_only=True):
+    """A merchant's events, newest first, of one type and one object if given."""
+
+    merchant_id: str
+    kind: str = ""
+    object_id: str = ""
+    limit: int = 20
+    starting_after: str = ""
+
+
+class GetEvent(msgspec.Struct, tag="get_event", array_like=True):
+    merchant_id: str
+    event_id: str
+
+
+class ListDeliveries(msgspec.Struct, tag="list_deliveries", array_like=True, kw_only=True):
+    """Deliveries newest first, in one status and of one event if given; merchant_id "": every merchant's (an
+    operator)."""
+
+    merchant_id: str
+    status: str = ""
+    event_id: str = ""
+    limit: int = 20
+    starting_after: str = ""
+
+
+class GetDelivery(msgspec.Struct, tag="get_delivery", array_like=True):
+    merchant_id: str
+    delivery_id: str
+
+
+class GetDeliveryJobs(msgspec.Struct, tag="get_delivery_jobs", array_like=True):
+    """What the notifier needs to send each delivery (at most MAX_JOBS): one job per id still known, in order."""
+
+    delivery_ids: list[str]
+
+
+class PendingDeliveries(msgspec.Struct, tag="pending_deliveries", array_like=True, kw_only=True):
+    """Pending deliveries in the order they were queued, after `starting_after` (a delivery id; "": from the
+    first), at most `limit` (MAX_JOBS): for a notifier starting again."""
+
+    starting_after: str = ""
+    limit: int = 1000
+
+
+class GetInvoice(msgspec.Struct, tag="get_invoice", array_like=True):
+    merchant_id: str
+    invoice_id: str
+
+
+class ListInvoices(msgspec.Struct, tag="list_invoices", array_like=True, kw_only=True):
+    """A merchant's invoices, newest first; only the order's if `order_id` is given."""
+
+    merchant_id: str
+    order_id: str = ""
+    limit: int = 20
+    starting_after: str = ""
+
+
+class DeliveryJob(msgspec.Struct, array_like=True, kw_only=True):
+    """A delivery with what sending it takes: its event, its merchant (whose credential sets hold the sealed
+    webhook secrets) and, for a receipt, the order, its invoice and payment, and the refund."""
+
+    delivery: Delivery
+    event: EventRecord
+    merchant: Merchant
+    order: Order | None = None
+    invoice: Invoice | None = None
+    payment: Payment | None = None
+    refund: Refund | None = None
+
+
 Query = (
     LookupAccounts | LookupTransfers | AccountTransfers | AccountBalance | GetMerchant | FindDashboardUser | GetOrder
     | ListOrders | GetCustomer | GetPaymentRecord | ListPayments | GetCard | FindOrder | FindPayment
     | ListBlocklist | GetWalletRecord | FindDeposit | FindCustomer | GetIdempotencyRecord | ListCards
+    | ListEvents | GetEvent | ListDeliveries | GetDelivery | GetDeliveryJobs | PendingDeliveries | GetInvoice
+    | ListInvoices
 )
 
 
@@ -157,6 +232,7 @@ class Answer(msgspec.Struct, omit_defaults=True):
     has_more: bool = False
     idempotency: IdempotencyRecord | None = None
     cards: list[tuple[str, VaultedCard]] | None = None
+    jobs: list[DeliveryJob] | None = None
 
 
 def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
@@ -202,6 +278,8 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
         return Answer(idempotency=commerce.idempotency.records.get((query.merchant_id, query.key)))
     if kind is ListCards:
         return Answer(cards=commerce.payments.vaulted_cards(max(0, query.start), max(1, min(query.limit, MAX_PAGE))))
+    if kind in _NOTIFICATION_READS:
+        return _NOTIFICATION_READS[kind](query, commerce)
     if kind is ListBlocklist:
         entries, has_more = commerce.blocklist.list_entries(max(1, min(query.limit, MAX_PAGE)), query.starting_after)
         return Answer(records=entries, has_more=has_more)
@@ -209,6 +287,74 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
     payments, has_more = commerce.payments.list_payments(query.merchant_id, max(1, min(query.limit, MAX_PAGE)),
                                                          query.starting_after, query.status)
     return Answer(records=payments, has_more=has_more)
+
+
+def _list_events(query: ListEvents, commerce: Commerce) -> Answer:
+    events, has_more = commerce.notifications.list_events(query.merchant_id, query.kind, query.object_id,
+                                                          max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+    return Answer(records=events, has_more=has_more)
+
+
+def _list_deliveries(query: ListDeliveries, commerce: Commerce) -> Answer:
+    deliveries, has_more = commerce.notifications.list_deliveries(
+        query.merchant_id, query.status, query.event_id, max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+    return Answer(records=deliveries, has_more=has_more)
+
+
+def _pending_deliveries(query: PendingDeliveries, commerce: Commerce) -> Answer:
+    deliveries, has_more = commerce.notifications.pending_deliveries(query.starting_after,
+                                                                     max(1, min(query.limit, MAX_JOBS)))
+    return Answer(records=deliveries, has_more=has_more)
+
+
+def _list_invoices(query: ListInvoices, commerce: Commerce) -> Answer:
+    invoices, has_more = commerce.invoices.list_invoices(query.merchant_id, query.order_id,
+                                                         max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+    return Answer(records=invoices, has_more=has_more)
+
+
+def _delivery_jobs(query: GetDeliveryJobs, commerce: Commerce) -> Answer:
+    """A job for each delivery (and its event) still kept, in the order asked."""
+    notifications = commerce.notifications
+    jobs = []
+    for delivery_id in query.delivery_ids[:MAX_JOBS]:
+        delivery = notifications.deliveries.get(delivery_id)
+        event = notifications.records.get(delivery.event_id) if delivery is not None else None
+        if event is not None:
+            jobs.append(_job(delivery, event, commerce))
+    return Answer(jobs=jobs)
+
+
+def _job(delivery: Delivery, event: EventRecord, commerce: Commerce) -> DeliveryJob:
+    job = DeliveryJob(delivery=delivery, event=event, merchant=commerce.merchants.by_id[delivery.merchant_id])
+    if delivery.kind == "event":
+        return job
+    payments = commerce.payments
+    if delivery.kind == "refund_receipt":
+        job.refund = payments.refunds.get(event.object_id)
+        paid_by = payments.payments.get(job.refund.payment_id) if job.refund is not None else None
+        job.order = commerce.orders.by_id.get(paid_by.order_id) if paid_by is not None else None
+    else:
+        job.order = commerce.orders.by_id.get(event.object_id)
+    if job.order is not None:
+        job.invoice = commerce.invoices.by_id.get(job.order.invoice_id)
+        job.payment = payments.payments.get(job.order.payment_id)
+    return job
+
+
+_NOTIFICATION_READS = {
+    ListEvents: _list_events,
+    GetEvent: lambda query, commerce: Answer(record=commerce.notifications.event_of(query.merchant_id,
+                                                                                   query.event_id)),
+    ListDeliveries: _list_deliveries,
+    GetDelivery: lambda query, commerce: Answer(record=commerce.notifications.delivery_of(query.merchant_id,
+                                                                                         query.delivery_id)),
+    GetDeliveryJobs: _delivery_jobs,
+    PendingDeliveries: _pending_deliveries,
+    GetInvoice: lambda query, commerce: Answer(record=commerce.invoices.invoice_of(query.merchant_id,
+                                                                                  query.invoice_id)),
+    ListInvoices: _list_invoices,
+}
 
 
 def _merchant(query: GetMerchant, commerce: Commerce) -> Merchant | None:

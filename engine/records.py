@@ -5,10 +5,20 @@ the commands, so applying a command is deterministic. Ledger ids owned by a
 merchant start with "<merchant id>:", which is also what routes them to a shard.
 """
 
+from typing import Literal
+
 import msgspec
 
-from engine.states import DepositStatus, OrderStatus, PaymentStatus, PayoutStatus, RefundStatus, WithdrawalStatus
-from engine.types import CreateAccounts, CreateTransfers
+from engine.states import (
+    DeliveryStatus,
+    DepositStatus,
+    OrderStatus,
+    PaymentStatus,
+    PayoutStatus,
+    RefundStatus,
+    WithdrawalStatus,
+)
+from engine.types import TIMESTAMP_MAX, CreateAccounts, CreateTransfers
 
 SYSTEM_MARK = "."  # system account ids contain it; merchant-chosen ids may not
 
@@ -103,6 +113,7 @@ class Order(msgspec.Struct, tag=True, kw_only=True):
     expires_at: int = 0
     created_at: int = 0
     updated_at: int = 0
+    invoice_id: str = ""  # the invoice made when the order was paid
 
 
 class Customer(msgspec.Struct, tag=True, kw_only=True):
@@ -157,6 +168,9 @@ class Payment(msgspec.Struct, tag=True, kw_only=True):
     customer_ip: str = ""
     # The deposit this payment funds: its money lands in the customer's wallet, not in the merchant's balance.
     deposit_id: str = ""
+    # The merchant's sub-account the payment's money went to (a static code's), '' for its balance: a refund goes
+    # back out of there. Set by the engine only, never from `metadata`, which the merchant writes.
+    sub_account_id: str = ""
 
 
 class BlocklistEntry(msgspec.Struct, tag=True, kw_only=True):
@@ -241,7 +255,81 @@ class Adjustment(msgspec.Struct, tag=True, kw_only=True):
     created_at: int = 0
 
 
-Record = Merchant | Order | Customer | Payment | Refund | Payout | BlocklistEntry | Deposit | Withdrawal | Adjustment
+# Notifications (engine/notifications.py) and invoices (engine/invoices.py)
+
+EventObjectType = Literal["order", "payment", "refund", "payout", "deposit", "withdrawal"]
+DeliveryChannel = Literal["webhook", "ipn", "email"]
+# What a delivery sends: the event itself (webhook, IPN), or a receipt e-mail for an order paid or a refund.
+DeliveryKind = Literal["event", "receipt", "refund_receipt"]
+DeliveryOutcome = Literal["delivered", "retry", "dead"]
+
+
+class EventRecord(msgspec.Struct, tag=True, kw_only=True):
+    """Something a merchant hears of: its object as it stood when the command that caused it ended, kept as the
+    record's msgpack (`data`, a `Record`), so that a later change of the object changes no event."""
+
+    id: str  # evt_<batch sequence, 12 hex><position in the batch's events, 6 hex>: unique on its shard
+    kind: str  # payment.succeeded, order.paid, ... (as the engine Event that caused it; "type" in the API)
+    merchant_id: str
+    object_id: str
+    object_type: EventObjectType
+    data: bytes
+    created_at: int
+    redeliveries: int = 0  # RedeliverEvent calls so far (bounded)
+
+
+class DeliveryAttempt(msgspec.Struct, array_like=True):
+    attempted_at: int  # the notifier's clock, nanoseconds
+    status_code: int  # the HTTP or SMTP reply code; 0 when none came (`error` says why)
+    error: str
+    duration_ms: int
+
+
+class Delivery(msgspec.Struct, tag=True, kw_only=True):
+    """One event (or receipt) to send to one target; the notifier sends those of one (target, ordering_key) in the
+    order they were queued."""
+
+    id: str  # whd_<batch sequence, 12 hex><position of its delivery.queued event, 6 hex>
+    event_id: str
+    merchant_id: str
+    channel: DeliveryChannel
+    kind: DeliveryKind
+    target: str  # a URL (webhook, ipn) or an e-mail address
+    ordering_key: str  # the event's object id
+    status: DeliveryStatus = "pending"
+    attempts: list[DeliveryAttempt] = []  # the latest MAX_ATTEMPTS_KEPT, oldest first
+    attempt_count: int = 0  # every attempt ever recorded: the next result must be number attempt_count + 1
+    # attempt_count when it was last queued: its retry schedule counts attempts from there.
+    queued_after_attempts: int = 0
+    replays: int = 0  # times a dead delivery was queued again (bounded)
+    # When it was last queued (batch sequence << 24 | position of its delivery.queued event): the pending order.
+    queue_position: int = 0
+    next_attempt_at: int = 0  # engine nanoseconds; 0 once delivered or dead
+    dead_reason: str = ""  # "backlog_full": made dead, never tried (the shard's pending deliveries were at their cap)
+    created_at: int = 0
+    updated_at: int = 0
+
+
+class Invoice(msgspec.Struct, tag=True, kw_only=True):
+    """Made in the command that pays an order; numbered per merchant from 1 without gaps."""
+
+    id: str  # inv_<batch sequence, 12 hex><position of the order.paid event, 6 hex>
+    merchant_id: str
+    number: int
+    merchant_name: str
+    order_id: str
+    order_name: str
+    amount: int
+    currency: str
+    payment_id: str
+    payment_method: str  # card | wallet | qr | bank_transfer
+    card_brand: str = ""
+    card_last4: str = ""
+    created_at: int = 0
+
+
+Record = (Merchant | Order | Customer | Payment | Refund | Payout | BlocklistEntry | Deposit | Withdrawal | Adjustment
+          | EventRecord | Delivery | Invoice)
 
 
 class Outcome(msgspec.Struct, tag="outcome", omit_defaults=True):
@@ -254,6 +342,10 @@ class Outcome(msgspec.Struct, tag="outcome", omit_defaults=True):
     replayed: bool = False
     # For a rate-limited command: when to try again.
     retry_after_s: int = 0
+    # For commands on many things at once (delivery results, redelivery, replay): how many it changed, and whether
+    # more were left for another call.
+    count: int = 0
+    has_more: bool = False
 
 
 # Commands
@@ -351,7 +443,8 @@ class CreateCustomer(msgspec.Struct, tag="create_customer", array_like=True):
 class MoveWallet(msgspec.Struct, tag="move_wallet", array_like=True, kw_only=True):
     """Legacy: a deposit into (from nothing), or a withdrawal from, a customer's wallet on the merchant's word.
 
-    Nothing sends it any more; journals that hold it still replay to the same state (see Wallets.move_wallet).
+    Nothing sends it any more; journals that hold it still replay to the same state (see Wallets.move_wallet). Those
+    journals were all written before Submits had ids: a MoveWallet that comes in a Submit is refused (RETIRED).
     """
 
     merchant_id: str
@@ -360,6 +453,11 @@ class MoveWallet(msgspec.Struct, tag="move_wallet", array_like=True, kw_only=Tru
     amount: int
     currency: str
     withdrawal: bool = False
+
+
+# Commands only old journals hold, applied on their replay; one that comes in a Submit answers COMMAND_RETIRED.
+RETIRED_COMMANDS = (MoveWallet,)
+COMMAND_RETIRED = "command_retired"
 
 
 class PayOrderFromWallet(msgspec.Struct, tag="pay_order_from_wallet", array_like=True, kw_only=True):
@@ -540,6 +638,44 @@ class RecordPayoutResult(msgspec.Struct, tag="record_payout_result", array_like=
     signature: str = ""
 
 
+class DeliveryResult(msgspec.Struct, array_like=True, kw_only=True):
+    """The notifier's word on one attempt: applied only as the delivery's next attempt (`attempt`, from 1), so a
+    result sent again changes nothing."""
+
+    delivery_id: str
+    attempt: int
+    attempted_at: int
+    status_code: int
+    error: str
+    duration_ms: int
+    outcome: DeliveryOutcome
+    next_attempt_at: int = 0  # for "retry": when to try again (engine nanoseconds)
+
+
+class RecordDeliveryAttempts(msgspec.Struct, tag="record_delivery_attempts", array_like=True):
+    """A batch of the notifier's results (at most MAX_DELIVERY_RESULTS)."""
+
+    results: list[DeliveryResult]
+
+
+class RedeliverEvent(msgspec.Struct, tag="redeliver_event", array_like=True):
+    """New pending deliveries of a merchant's event to its webhook and (order events) the order's IPN URL."""
+
+    merchant_id: str
+    event_id: str
+
+
+class ReplayDeliveries(msgspec.Struct, tag="replay_deliveries", array_like=True, kw_only=True):
+    """Queue dead deliveries again, oldest dead first, at most `limit` (MAX_REPLAY_LIMIT); merchant_id "": every
+    merchant of the shard (an operator)."""
+
+    merchant_id: str = ""
+    status: Literal["dead"] = "dead"
+    created_gte: int = 0
+    created_lt: int = TIMESTAMP_MAX
+    limit: int = 1000
+
+
 CommerceCommand = (
     CreateMerchant
     | UpdateMerchant
@@ -570,6 +706,9 @@ CommerceCommand = (
     | ResealCards
     | RotateCredentials
     | TouchCredentials
+    | RecordDeliveryAttempts
+    | RedeliverEvent
+    | ReplayDeliveries
 )
 
 

@@ -1,5 +1,5 @@
-"""The statuses of orders, payments, refunds, payouts, deposits and withdrawals, and the moves between them: one
-table per object.
+"""The statuses of orders, payments, refunds, payouts, deposits, withdrawals and notification deliveries, and the
+moves between them: one table per object.
 
 Every status change goes through `transition`, which refuses a move its table does not list: such a move is a bug
 of ours (input is checked before), so it raises through the always-on `check`.
@@ -15,6 +15,7 @@ RefundStatus = Literal["succeeded"]
 PayoutStatus = Literal["pending", "paid", "failed"]
 DepositStatus = Literal["processing", "requires_action", "succeeded", "failed"]
 WithdrawalStatus = Literal["pending", "paid", "failed"]
+DeliveryStatus = Literal["pending", "delivered", "dead"]
 
 ORDER_STATUSES: tuple[str, ...] = get_args(OrderStatus)
 PAYMENT_STATUSES: tuple[str, ...] = get_args(PaymentStatus)
@@ -22,6 +23,7 @@ REFUND_STATUSES: tuple[str, ...] = get_args(RefundStatus)
 PAYOUT_STATUSES: tuple[str, ...] = get_args(PayoutStatus)
 DEPOSIT_STATUSES: tuple[str, ...] = get_args(DepositStatus)
 WITHDRAWAL_STATUSES: tuple[str, ...] = get_args(WithdrawalStatus)
+DELIVERY_STATUSES: tuple[str, ...] = get_args(DeliveryStatus)
 
 # Money that comes for an order no longer pending, or for another amount than asked, makes it `exception` (kept,
 # refundable, never split); a refund changes the status only of an order its paying payment paid.
@@ -61,6 +63,13 @@ WITHDRAWAL_TRANSITIONS: dict[str, frozenset[str]] = {
     "paid": frozenset(),
     "failed": frozenset(),
 }
+# A delivery waits (pending: its next attempt is due at next_attempt_at) until an attempt succeeds or its retry schedule
+# ends; a dead one may be queued again (replay). A retry leaves it pending: no move.
+DELIVERY_TRANSITIONS: dict[str, frozenset[str]] = {
+    "pending": frozenset({"delivered", "dead"}),
+    "delivered": frozenset(),
+    "dead": frozenset({"pending"}),
+}
 # Keyed by record type name: engine/records.py types its status fields with the Literals above.
 TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
     "Order": ORDER_TRANSITIONS,
@@ -69,6 +78,7 @@ TRANSITIONS: dict[str, dict[str, frozenset[str]]] = {
     "Payout": PAYOUT_TRANSITIONS,
     "Deposit": DEPOSIT_TRANSITIONS,
     "Withdrawal": WITHDRAWAL_TRANSITIONS,
+    "Delivery": DELIVERY_TRANSITIONS,
 }
 # A deposit's status by the status of the payment that funds it (a deposit's payment is captured automatically).
 DEPOSIT_STATUS_OF_PAYMENT: dict[str, str] = {
@@ -84,7 +94,8 @@ def _check_tables() -> None:
     """Each table has a row for every status of its type and moves only to statuses of its type."""
     for table, statuses in ((ORDER_TRANSITIONS, ORDER_STATUSES), (PAYMENT_TRANSITIONS, PAYMENT_STATUSES),
                             (REFUND_TRANSITIONS, REFUND_STATUSES), (PAYOUT_TRANSITIONS, PAYOUT_STATUSES),
-                            (DEPOSIT_TRANSITIONS, DEPOSIT_STATUSES), (WITHDRAWAL_TRANSITIONS, WITHDRAWAL_STATUSES)):
+                            (DEPOSIT_TRANSITIONS, DEPOSIT_STATUSES), (WITHDRAWAL_TRANSITIONS, WITHDRAWAL_STATUSES),
+                            (DELIVERY_TRANSITIONS, DELIVERY_STATUSES)):
         check(set(table) == set(statuses) and all(moves <= set(statuses) for moves in table.values()),
               "a transition table names a status its type lacks")
 

@@ -5,6 +5,11 @@ retries. The sequencer keeps each Submit's commands together in the batch (a `Su
 a span only if its id is not in the window; otherwise it answers the first results again. The window is engine
 state: bounded by engine time and by size, oldest first, kept in snapshots and in the state hash, so replay and the
 replica answer a duplicate exactly as the primary did.
+
+The size bounds never forget a record younger than `SUBMIT_KEPT_NS`, past any sender's whole retry budget: a
+re-sent Submit always finds its record. While the window is full of such records (`has_room` false) the shard
+answers new Submits busy before it journals them, so the window holds at most its bounds and the Submits the
+shard had queued by then.
 """
 
 import collections
@@ -16,7 +21,11 @@ from engine.types import NANOSECONDS_PER_SECOND
 
 # Far past any sender's whole retry budget (the shard client's is 10 s by default).
 SUBMIT_WINDOW_NS = 10 * 60 * NANOSECONDS_PER_SECOND
-MAX_SUBMITS = 100_000
+# Twice that budget: a record is never forgotten younger than this to make room.
+SUBMIT_KEPT_NS = 20 * NANOSECONDS_PER_SECOND
+# Busy only past 10,000 Submits/s held for SUBMIT_KEPT_NS (the old bound of 100,000 began forgetting records still
+# inside a sender's retry budget at that rate; this one refuses instead).
+MAX_SUBMITS = 200_000
 # Results held at once: 8 bytes per ledger code, an outcome's encoded size.
 MAX_SUBMIT_RESULT_BYTES = 128 << 20
 CODE_BYTES = 8
@@ -86,8 +95,18 @@ class SubmitWindow:
             return
         kept = [result if type(result) is list else _outcome_encoder.encode(result) for result in results]
         self._add(SubmitRecord(submit_id, timestamp, kept))
-        while len(self.records) > MAX_SUBMITS or self.result_bytes > MAX_SUBMIT_RESULT_BYTES:
+        while (len(self.records) > MAX_SUBMITS or self.result_bytes > MAX_SUBMIT_RESULT_BYTES) and \
+                self._oldest_may_go(timestamp):
             self._forget_oldest()
+
+    def has_room(self, timestamp: int) -> bool:
+        """Whether a Submit applied at `timestamp` would be remembered within the bounds, no record too young to
+        forget left past them; the shard answers busy when not."""
+        within = len(self.records) < MAX_SUBMITS and self.result_bytes < MAX_SUBMIT_RESULT_BYTES
+        return within or self._oldest_may_go(timestamp)
+
+    def _oldest_may_go(self, timestamp: int) -> bool:
+        return self.records[0].created_at + SUBMIT_KEPT_NS <= timestamp
 
     def _add(self, record: SubmitRecord) -> None:
         self.records.append(record)

@@ -107,7 +107,7 @@ class _Channel:
         self.socket = pynng.Req0(resend_time=-1)
         self.socket.add_post_pipe_remove_cb(self._on_connection_lost)
         self.socket.dial(address, block=False)
-        self.sender = Sender(self.socket, timeout_ms, max_in_flight=2)
+        self.sender = Sender(self.socket, timeout_ms, max_in_flight=1, loop=loop)
         self.receive_fd = self.socket.recv_fd
         self.waiter: asyncio.Future | None = None
         loop.add_reader(self.receive_fd, self._on_receivable)

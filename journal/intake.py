@@ -3,6 +3,7 @@ journal entries) or queued for the sequencer; "busy" past the limits."""
 
 import asyncio
 import logging
+import time
 import typing
 
 import msgspec
@@ -13,7 +14,6 @@ from journal.wire import (
     Promote,
     Read,
     ReadEntries,
-    Replicate,
     Reply,
     ReplyStatus,
     ShardStatus,
@@ -41,8 +41,7 @@ class Intake:
         self.replier: Replier | None = None
 
     def open(self) -> None:
-        self.replier = Replier(self.config.client_address, self.config.reply_timeout_ms,
-                               self.config.max_replies_in_flight)
+        self.replier = Replier(self.config.client_address, self.config.reply_timeout_ms)
         asyncio.get_running_loop().add_reader(self.replier.receive_fd, self._on_requests)
 
     def close(self) -> None:
@@ -55,24 +54,25 @@ class Intake:
         """Take every request waiting on the client socket; each is answered by a task of its own."""
         loop = asyncio.get_running_loop()
         while (received := self.replier.receive()) is not None:
-            header, message = received
+            context, message = received
             message = self.key.open(message)
             if message is None:  # not one of ours: nothing decoded, nothing answered
+                self.replier.drop(context)
                 continue
             if len(self.held_requests) >= self.config.max_requests:
-                self._send_reply(header, self.shard.reply(ReplyStatus.BUSY))
+                self._send_reply(context, self.shard.reply(ReplyStatus.BUSY))
                 continue
-            task = loop.create_task(self._serve(header, message))
+            task = loop.create_task(self._serve(context, message))
             self.held_requests.add(task)
             task.add_done_callback(self.held_requests.discard)
 
-    async def _serve(self, header: bytes, message: bytes) -> None:
-        self._send_reply(header, await self._answer(message))
+    async def _serve(self, context, message: bytes) -> None:
+        self._send_reply(context, await self._answer(message))
 
-    def _send_reply(self, header: bytes, reply: bytes) -> None:
-        if not self.replier.reply(header, self.key.seal(reply)):  # clients that stopped reading: they will ask again
-            log.warning("a reply of %d bytes dropped: %d replies still under way", len(reply),
-                        self.config.max_replies_in_flight)
+    def _send_reply(self, context, reply: bytes) -> None:
+        if not self.replier.reply(context, self.key.seal(reply)):  # a client that stopped reading: it will ask again
+            log.warning("a reply of %d bytes dropped: its client took none within %d ms", len(reply),
+                        self.config.reply_timeout_ms)
 
     async def _answer(self, message: bytes) -> bytes:
         shard = self.shard
@@ -95,8 +95,6 @@ class Intake:
             return self._read_entries(request)
         if shard.role != "primary":
             return shard.reply(ReplyStatus.NOT_PRIMARY)
-        if kind is Replicate:
-            return shard.reply(ReplyStatus.INVALID, message="replication goes to the replication address")
         return await self._queue(request, kind, message)
 
     async def _queue(self, request, kind: type, message: bytes) -> bytes:
@@ -108,6 +106,9 @@ class Intake:
         if kind is Submit and len(request.submit_id) > SUBMIT_ID_MAX_BYTES:
             return shard.reply(ReplyStatus.INVALID, message=f"a submit id longer than {SUBMIT_ID_MAX_BYTES} bytes")
         if shard.queue_items + items > self.config.max_queue_items:
+            return shard.reply(ReplyStatus.BUSY)
+        # A window full of records too young to forget (engine/submits.py): refused now, never journaled.
+        if kind is Submit and not shard.engine.submits.has_room(max(time.time_ns(), shard.engine.timestamp)):
             return shard.reply(ReplyStatus.BUSY)
         # A Submit decoded once more, as raw commands (a skim): those bytes are what the journal keeps.
         received = received_submit_decoder.decode(message).commands if kind is Submit else None

@@ -295,7 +295,7 @@ def request_status(address: str, key: MessageKey, timeout_ms: int = 2000) -> Rep
     return None if reply is None else reply_decoder.decode(reply)
 
 
-def request_once(address: str, key: MessageKey, request, timeout_ms: int) -> bytes | None:
+def request_once(address: str, key: MessageKey, request, timeout_ms: int) -> memoryview | None:
     """One synchronous request, sealed under `key`; the reply's bytes, or None when none with the key's proof came
     in time."""
     with pynng.Req0(recv_timeout=timeout_ms, send_timeout=timeout_ms, resend_time=-1) as socket:

@@ -14,7 +14,16 @@ import msgspec
 import pynng
 
 from journal.recovery import batch_decoder
-from journal.wire import Reply, ReplyStatus, Replicate, reply_decoder, reply_encoder, request_decoder, request_encoder
+from journal.store import HASH_BYTES, chained_entries
+from journal.wire import (
+    Reply,
+    ReplicateHead,
+    ReplyStatus,
+    replicate_head_decoder,
+    replicate_head_encoder,
+    reply_decoder,
+    reply_encoder,
+)
 
 if typing.TYPE_CHECKING:
     from journal.shard import Shard
@@ -51,7 +60,7 @@ class ReplicationSender:
                         pass
                     records, first = self.records_from(next_sequence)
                 try:
-                    await context.asend(shard.key.seal(request_encoder.encode(Replicate(shard.epoch, first, records))))
+                    await context.asend(self.message(first, records))
                     reply = self.key.open(await context.arecv())
                 except pynng.NNGException:
                     reply = None
@@ -72,6 +81,13 @@ class ReplicationSender:
             context.close()
             socket.close()
 
+    def message(self, first_sequence: int, records: list[bytes]) -> bytes:
+        """The records under a tag of their head, which names the hash their chain ends at (each record starts with
+        its own hash)."""
+        head = ReplicateHead(self.shard.epoch, first_sequence, [len(record) for record in records],
+                             records[-1][:HASH_BYTES] if records else b"")
+        return self.shard.key.seal_head(replicate_head_encoder.encode(head), records)
+
     def records_from(self, next_sequence: int) -> tuple[list[bytes], int]:
         """Records from `next_sequence` on: from memory when recent, else from the journal."""
         journal = self.shard.journal
@@ -90,6 +106,18 @@ class ReplicationSender:
                 size += len(record)
             return records, next_sequence
         return journal.read_records(next_sequence, 1024, self.config.max_replicate_bytes), next_sequence
+
+
+def _split(rest: memoryview, sizes: list[int]) -> list[memoryview] | None:
+    """The records that follow a replication message's head, by their sizes; None if they do not fill it."""
+    if any(size < 0 for size in sizes) or sum(sizes) != len(rest):
+        return None
+    records = []
+    start = 0
+    for size in sizes:
+        records.append(rest[start:start + size])
+        start += size
+    return records
 
 
 class ReplicaLink:
@@ -124,33 +152,40 @@ class ReplicaLink:
         context, seal = self.context, self.shard.key.seal
         while True:
             # A message without the key is left unanswered: the next receive drops it.
-            if (message := self.key.open(await context.arecv())) is None:
+            if (opened := self.key.open_head(await context.arecv())) is None:
                 continue
             try:
-                request = request_decoder.decode(message)
-            except msgspec.DecodeError as error:
+                head = replicate_head_decoder.decode(opened[0])
+            except msgspec.DecodeError as error:  # refused, never a reason to stop replicating
                 await context.asend(seal(self.shard.reply(ReplyStatus.INVALID, message=str(error))))
                 continue
-            if type(request) is not Replicate:  # refused, never a reason to stop replicating
-                await context.asend(seal(self.shard.reply(ReplyStatus.INVALID, message="only replication comes here")))
+            records = _split(opened[1], head.record_sizes)
+            reply = None if records is None else await self._accept(head, records)
+            if reply is None:  # records other than those the tag was made for: as good as no key
+                self.key.drop()
                 continue
-            await context.asend(seal(await self._accept(request)))
+            await context.asend(seal(reply))
 
-    async def _accept(self, request: Replicate) -> bytes:
+    async def _accept(self, head: ReplicateHead, records: list[memoryview]) -> bytes | None:
+        """The reply to a replication message, once its new records are durable; None, changing nothing, if its
+        records are not those its head names."""
         shard = self.shard
-        if request.epoch < shard.epoch or (shard.role != "replica" and request.epoch == shard.epoch):
+        entries = chained_entries(head.first_sequence, records, head.last_hash) if records else []
+        if entries is None:
+            return None
+        if head.epoch < shard.epoch or (shard.role != "replica" and head.epoch == shard.epoch):
             return shard.reply(ReplyStatus.NOT_PRIMARY)
         self.last_heard_from_primary = time.monotonic()
-        if request.epoch > shard.epoch:
-            shard.epoch = request.epoch
-            shard.journal.epoch = request.epoch
         journal = shard.journal
-        head = journal.head_sequence
-        skip = head + 1 - request.first_sequence
-        if request.first_sequence > head + 1 or not request.records or skip >= len(request.records):
+        if head.epoch > shard.epoch:
+            shard.epoch = head.epoch
+            journal.epoch = head.epoch
+        skip = journal.head_sequence + 1 - head.first_sequence
+        if head.first_sequence > journal.head_sequence + 1 or not entries or skip >= len(entries):
             # Behind or idle: say where we stand; the primary sends from there.
-            return reply_encoder.encode(Reply(ReplyStatus.OK, shard.epoch, head))
-        entries = journal.append_records(head + 1, request.records[max(skip, 0) :])
+            return reply_encoder.encode(Reply(ReplyStatus.OK, shard.epoch, journal.head_sequence))
+        entries = entries[max(skip, 0):]
+        journal.append_entries(entries)
         await asyncio.get_running_loop().run_in_executor(shard.executor, journal.write, entries)
         shard.durable_sequence = journal.head_sequence
         # Acknowledge once durable; applying follows, off the primary's critical path.

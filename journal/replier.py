@@ -1,43 +1,58 @@
-"""The shard's client socket: an nng Rep0 socket in raw mode, read from the event loop through nng's descriptor.
+"""The shard's client socket: an nng Rep0 socket read from the event loop, one nng context per request held.
 
-In raw mode each request arrives with its routing header and the reply carries that header back, so one loop
-can hold any number of requests at once without an nng context (and a thread calling back into Python) per
-request. Receiving never blocks, and neither does replying (journal/sending.py).
+Every context is made after the socket's receive timeout is set to zero and its send timeout to `reply_timeout_ms`,
+and takes both (pynng's public API only: Socket, Context, recv_fd). So a receive never waits: the loop takes
+requests while the socket's receive descriptor says some wait, and a context with none answers at once. A reply
+leaves at once too, unless the client's connection is still sending the reply before it: our clients send one
+request at a time on a connection and wait for its answer, so that lasts only until nng notices the last one left,
+and `reply_timeout_ms` bounds it whatever a client does. No nng thread ever calls back into Python.
 """
 
 import pynng
-from pynng._nng import ffi, lib
-from pynng.exceptions import check_err
-
-from journal.sending import Sender
 
 
 class Replier:
-    def __init__(self, address: str, reply_timeout_ms: int, max_replies_in_flight: int) -> None:
-        self.socket = pynng.Rep0(opener=lib.nng_rep0_open_raw)
+    def __init__(self, address: str, reply_timeout_ms: int) -> None:
+        self.socket = pynng.Rep0(recv_timeout=0, send_timeout=reply_timeout_ms)
         self.socket.listen(address)
         self.receive_fd = self.socket.recv_fd
-        self.sender = Sender(self.socket, reply_timeout_ms, max_replies_in_flight)
-        self._received = ffi.new("nng_msg **")
+        # Contexts with no request: as many are made as requests are held at once (the intake bounds those).
+        self.idle: list[pynng.Context] = []
+        self.contexts: list[pynng.Context] = []
+        self.failed = 0  # replies nng did not take in time, or whose socket closed
 
-    def receive(self) -> tuple[bytes, bytes] | None:
-        """The next request as (header, body), or None when none waits."""
-        error = lib.nng_recvmsg(self.socket.socket, self._received, lib.NNG_FLAG_NONBLOCK)
-        if error == lib.NNG_EAGAIN:
-            return None
-        check_err(error)
-        message = self._received[0]
+    def receive(self) -> tuple[pynng.Context, bytes] | None:
+        """The next request with the context to answer it by, or None when none waits."""
+        context = self.idle.pop() if self.idle else self._new_context()
         try:
-            header = ffi.unpack(ffi.cast("char *", lib.nng_msg_header(message)), lib.nng_msg_header_len(message))
-            body = ffi.unpack(ffi.cast("char *", lib.nng_msg_body(message)), lib.nng_msg_len(message))
-        finally:
-            lib.nng_msg_free(message)
-        return header, body
+            message = context.recv()
+        except pynng.NNGException:  # Timeout: none waits (or the socket closed)
+            self.idle.append(context)
+            return None
+        return context, message
 
-    def reply(self, header: bytes, body: bytes) -> bool:
-        """Start sending `body` to the request that came with `header`; False if too many replies are under way."""
-        return self.sender.send(body, header)
+    def reply(self, context: pynng.Context, body: bytes) -> bool:
+        """Answer the request `context` holds; False if nng did not take the reply in time."""
+        try:
+            context.send(body)
+        except pynng.NNGException:
+            self.failed += 1
+            return False
+        finally:
+            self.idle.append(context)
+        return True
+
+    def drop(self, context: pynng.Context) -> None:
+        """Leave the request `context` holds unanswered (not one of ours): its next receive forgets it."""
+        self.idle.append(context)
+
+    def _new_context(self) -> pynng.Context:
+        context = self.socket.new_context()
+        self.contexts.append(context)
+        return context
 
     def close(self) -> None:
-        self.sender.close(finish=True)  # the last replies still leave
+        # Contexts before their socket: nng refuses to close a context of a closed socket.
+        for context in self.contexts:
+            context.close()
         self.socket.close()

@@ -1,79 +1,71 @@
-"""Handing messages to nng without waiting for them to leave.
+"""Handing requests to nng without waiting, through pynng's public API only.
 
-A blocking nng send returns only once nng's own threads have taken the message, and on a busy machine those
-threads wait their turn for a core: the event loop would stall for milliseconds. A `Sender` gives each message
-an nng aio with no completion callback (so no thread ever calls back into Python) and moves on; an aio is
-reused once nng is done with it, and the message of a send that failed is freed then.
+A message goes at once when nng can take it: a non-blocking send, which never waits for nng's threads. One it cannot
+take yet (a Req0 socket whose connection is not up, or has not yet finished sending the last request) waits here,
+`max_in_flight` of them at most, each `timeout_ms` at most, and goes in order once the socket's send descriptor says
+nng can take one: the event loop watches the descriptor meanwhile, and nothing is watched while nothing waits. A
+message whose time runs out is dropped and counted. Req0 raises that descriptor only while a connection can send,
+so the loop never spins on it.
 """
 
-from pynng._nng import ffi, lib
-from pynng.exceptions import check_err
+import asyncio
+import collections
+import time
+
+import pynng
 
 
 class Sender:
-    def __init__(self, socket, timeout_ms: int, max_in_flight: int) -> None:
-        self.socket = socket  # a pynng socket
-        self.timeout_ms = timeout_ms
+    def __init__(self, socket: pynng.Socket, timeout_ms: int, max_in_flight: int,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """`loop`: the event loop that sends what waits as soon as nng can take it; without one, what waits goes at
+        the next `send`."""
+        self.socket = socket
+        self.timeout_s = timeout_ms / 1000
         self.max_in_flight = max_in_flight
-        self.idle: list = []
-        self.busy: list = []
-        self.failed = 0  # sends nng gave up on (timed out, or the peer went away)
-        self._pointer = ffi.new("nng_aio **")
-        self._message = ffi.new("nng_msg **")
+        self.loop = loop
+        self.waiting: collections.deque[tuple[float, bytes]] = collections.deque()  # (deadline, message), in order
+        self.failed = 0  # messages dropped: their time ran out, or nng refused them
+        self.watching = False
 
-    def send(self, body: bytes, header: bytes = b"") -> bool:
-        """Start sending; False, sending nothing, if `max_in_flight` sends are still under way."""
-        aio = self._aio()
-        if aio is None:
+    def send(self, message: bytes) -> bool:
+        """Send now or once nng can take it; False, sending nothing, if `max_in_flight` messages are waiting."""
+        self.flush()
+        if len(self.waiting) >= self.max_in_flight:
             return False
-        check_err(lib.nng_msg_alloc(self._message, 0))
-        message = self._message[0]
-        error = lib.nng_msg_append(message, body, len(body))
-        if not error and header:
-            error = lib.nng_msg_header_append(message, header, len(header))
-        if error:
-            lib.nng_msg_free(message)
-            self.idle.append(aio)
-            check_err(error)
-        lib.nng_aio_set_timeout(aio, self.timeout_ms)
-        lib.nng_aio_set_msg(aio, message)
-        lib.nng_send_aio(self.socket.socket, aio)
-        self.busy.append(aio)
+        self.waiting.append((time.monotonic() + self.timeout_s, message))
+        self.flush()
         return True
 
-    def _aio(self):
-        if not self.idle:
-            self._reap()
-        if self.idle:
-            return self.idle.pop()
-        if len(self.busy) >= self.max_in_flight:
-            return None
-        check_err(lib.nng_aio_alloc(self._pointer, ffi.NULL, ffi.NULL))
-        return self._pointer[0]
+    def flush(self) -> None:
+        """Send what waits, in order, while nng takes it; drop what waited too long."""
+        waiting = self.waiting
+        now = time.monotonic()
+        while waiting:
+            deadline, message = waiting[0]
+            if deadline > now:
+                try:
+                    self.socket.send(message, block=False)
+                except pynng.TryAgain:
+                    break
+                except pynng.NNGException:  # the socket is closed: nothing will ever go
+                    self.failed += 1
+            else:
+                self.failed += 1
+            waiting.popleft()
+        self._watch(bool(waiting))
 
-    def _reap(self) -> None:
-        still = []
-        for aio in self.busy:
-            if lib.nng_aio_busy(aio):
-                still.append(aio)
-                continue
-            self._settle(aio)
-            self.idle.append(aio)
-        self.busy = still
+    def _watch(self, wanted: bool) -> None:
+        if self.loop is None or wanted == self.watching or self.loop.is_closed():
+            return
+        if wanted:
+            self.loop.add_reader(self.socket.send_fd, self.flush)
+        else:
+            self.loop.remove_reader(self.socket.send_fd)
+        self.watching = wanted
 
-    def _settle(self, aio) -> None:
-        if lib.nng_aio_result(aio) != 0:  # not sent: the message is still ours
-            self.failed += 1
-            message = lib.nng_aio_get_msg(aio)
-            if message != ffi.NULL:
-                lib.nng_msg_free(message)
-            lib.nng_aio_set_msg(aio, ffi.NULL)
-
-    def close(self, finish: bool = False) -> None:
-        """Free everything; what is under way is stopped, or with `finish` let run to its end (its timeout)."""
-        for aio in self.busy:
-            (lib.nng_aio_wait if finish else lib.nng_aio_stop)(aio)
-            self._settle(aio)
-        for aio in self.busy + self.idle:
-            lib.nng_aio_free(aio)
-        self.busy, self.idle = [], []
+    def close(self) -> None:
+        """Stop watching; what still waits is dropped and counted."""
+        self.failed += len(self.waiting)
+        self.waiting.clear()
+        self._watch(False)

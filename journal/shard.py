@@ -1,7 +1,7 @@
 """The shard process: one engine, its sequencer, its journal and its replication.
 
 One event loop thread owns the engine (the single writer). Requests arrive on
-a raw nng socket read from the loop (journal/replier.py) and wait in one
+an nng socket read from the loop (journal/replier.py) and wait in one
 bounded queue. The loop takes what is queued, stamps it as one batch (sequence
 and time), chains it into the journal and hands the entry to the journal thread
 (one LMDB transaction and one fsync for every batch queued meanwhile: group
@@ -65,8 +65,7 @@ class ShardConfig(msgspec.Struct, kw_only=True):
     max_read_entries: int = 1024
     # Requests held at once (queued, or waiting to be durable); past it a request is answered "busy" at once.
     max_requests: int = 4096
-    # Replies nng is still sending: those of held requests and every "busy" beside them, so well past max_requests.
-    max_replies_in_flight: int = 16_384
+    # How long a reply may wait for its client's connection to take it (journal/replier.py).
     reply_timeout_ms: int = 1000
     heartbeat_ms: int = 250
     replica_timeout_ms: int = 2_000

@@ -88,6 +88,24 @@ def decode_record(sequence: int, record: bytes) -> Entry:
     return entry
 
 
+def chained_entries(first_sequence: int, records: list, last_hash: bytes) -> list[Entry] | None:
+    """Records from another journal as entries, if every record's checksum holds, each follows the one before and the
+    last one's hash is `last_hash`: the records a replication message's tag was made for (it covers that hash).
+    None otherwise."""
+    entries = []
+    previous_hash = None
+    for offset, record in enumerate(records):
+        try:
+            entry = decode_record(first_sequence + offset, record)
+        except CorruptionError:
+            return None
+        if previous_hash is not None and entry.previous_hash != previous_hash:
+            return None
+        previous_hash = entry.hash
+        entries.append(entry)
+    return entries if entries and previous_hash == last_hash else None
+
+
 class Journal:
     """Append-only, hash-chained entries in LMDB; opened once per process."""
 
@@ -183,19 +201,13 @@ class Journal:
         self.write(entries, [] if results is None else list(zip((entry.sequence for entry in entries), results, strict=True)))
         return entries
 
-    def append_records(self, first_sequence: int, records: list[bytes]) -> list[Entry]:
-        """Check and prepare entries exactly as another journal holds them (replication)."""
-        entries = []
-        sequence, previous_hash = self.prepared_sequence, self.prepared_hash
-        for offset, record in enumerate(records):
-            entry = decode_record(first_sequence + offset, record)
-            if entry.sequence != sequence + 1 or entry.previous_hash != previous_hash:
-                raise CorruptionError(f"journal entry {entry.sequence}: does not follow this journal's head", entry.sequence)
-            sequence, previous_hash = entry.sequence, entry.hash
-            entries.append(entry)
-        # All or nothing: the head moves only once every record checked out.
-        self.prepared_sequence, self.prepared_hash = sequence, previous_hash
-        return entries
+    def append_entries(self, entries: list[Entry]) -> None:
+        """Prepare entries exactly as another journal holds them (replication), checked by `chained_entries`;
+        CorruptionError, changing nothing, unless they follow this journal's head."""
+        first = entries[0]
+        if first.sequence != self.prepared_sequence + 1 or first.previous_hash != self.prepared_hash:
+            raise CorruptionError(f"journal entry {first.sequence}: does not follow this journal's head", first.sequence)
+        self.prepared_sequence, self.prepared_hash = entries[-1].sequence, entries[-1].hash
 
     def write(self, entries: list[Entry], results: list[tuple[int, bytes]] = ()) -> None:
         """Store prepared entries and encoded results (of these entries or earlier ones) in one transaction and one fsync."""

@@ -79,15 +79,18 @@ class Promote(msgspec.Struct, tag="promote", array_like=True):
     """Make a replica the primary under a new epoch."""
 
 
-class Replicate(msgspec.Struct, tag="replicate", array_like=True):
-    """Journal records from the primary, exactly as stored; empty as a heartbeat."""
+class ReplicateHead(msgspec.Struct, array_like=True):
+    """The head of a replication message (MessageKey.seal_head): journal records from the primary follow it exactly as
+    stored, `record_sizes` bytes each (none: a heartbeat), and the chain of their hashes ends at `last_hash`, which
+    the message's tag covers, so the replica's check of the chain proves the records too."""
 
     epoch: int
     first_sequence: int
-    records: list[bytes]
+    record_sizes: list[int]
+    last_hash: bytes
 
 
-Request = Submit | Read | ReadEntries | Status | Promote | Replicate
+Request = Submit | Read | ReadEntries | Status | Promote
 
 
 class ReplyStatus:
@@ -143,6 +146,8 @@ class Reply(msgspec.Struct, array_like=True):
 
 request_encoder = msgspec.msgpack.Encoder()
 request_decoder = msgspec.msgpack.Decoder(Request)
+replicate_head_encoder = msgspec.msgpack.Encoder()
+replicate_head_decoder = msgspec.msgpack.Decoder(ReplicateHead)
 received_submit_decoder = msgspec.msgpack.Decoder(ReceivedSubmit)
 reply_encoder = msgspec.msgpack.Encoder()
 reply_decoder = msgspec.msgpack.Decoder(Reply)

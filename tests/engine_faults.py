@@ -10,6 +10,7 @@ import pathlib
 
 from engine import commerce as commerce_module
 from engine import machine
+from engine import submits as engine_submits
 from engine.commerce import Commerce
 from engine.ledger import Ledger
 from engine.payments import move, system_account
@@ -26,6 +27,8 @@ RAISE_AT_CODE = 65_535
 # A read of the account with this id raises.
 RAISE_ON_READ = "test:raise-on-read"
 SITE_FOLDER = pathlib.Path(__file__).parent / "fault_site"
+# Set (to a number), the processes that install the faults keep that few Submits in their window.
+MAX_SUBMITS_VARIABLE = "PAYGATE_TEST_MAX_SUBMITS"
 
 
 class HalfWay(RuntimeError):
@@ -41,6 +44,8 @@ def faults_environment() -> dict[str, str]:
 def install(setattr_=setattr, setitem=None) -> None:
     """Wrap the engine's functions (with pytest's monkeypatch.setattr / setitem, to be undone after a test)."""
     setitem = setitem or (lambda mapping, key, value: mapping.__setitem__(key, value))
+    if os.environ.get(MAX_SUBMITS_VARIABLE):  # a Submit window a test can fill
+        setattr_(engine_submits, "MAX_SUBMITS", int(os.environ[MAX_SUBMITS_VARIABLE]))
     create_order = commerce_module._HANDLERS[CreateOrder]
     if getattr(create_order, "is_fault", False):
         return

@@ -72,6 +72,26 @@ def test_reseal_cards_replaces_only_the_sealing_it_read_and_survives_a_snapshot(
     assert driver.do(ResealCards(too_many)).code == "too_many_cards"
 
 
+def test_cards_are_paged_by_position_from_an_index_that_restore_rebuilds():
+    driver = Driver()
+    driver.ok(CreateMerchant(Merchant(id="m1", name="Shop", email="m1@example.com")))
+    tokens = [f"tok_{number:03d}" for number in range(25)]
+    for token in tokens:
+        payment = Payment(id=f"pay_{token}", merchant_id="m1", amount=100, currency="usd", method="card",
+                          token_id=token, card=CardDetails("visa", "4242", 12, 2030))
+        driver.ok(CreatePayment(payment=payment, sealed_card=token.encode()))
+    # A payment refused (its id is taken) vaults nothing: the index keeps no position for it.
+    again = Payment(id="pay_tok_000", merchant_id="m1", amount=100, currency="usd", method="card",
+                    token_id="tok_new", card=CardDetails("visa", "4242", 12, 2030))
+    driver.refused(CreatePayment(payment=again, sealed_card=b"x"), "exists")
+    for engine in (driver, driver.restored()):
+        payments = engine.engine.commerce.payments
+        assert list(payments.card_ids.values()) == list(payments.cards) == tokens  # position -> token, in order
+        walked = [token for start in range(0, 30, 7) for token, _ in engine.query(ListCards(start, 7)).cards]
+        assert walked == tokens
+        assert engine.query(ListCards(24, 7)).cards == [("tok_024", payments.cards["tok_024"])]
+
+
 def paygate(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "edge.cli", *args], capture_output=True, text=True, timeout=300)
 

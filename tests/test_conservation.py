@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule, run_state_machine_as_test
 
 from engine import Engine
+from engine.queries import ListInvoices, PendingDeliveries
 from engine.records import (
     Adjustment,
     AdjustWallet,
@@ -47,6 +48,7 @@ from engine.records import (
     CreateSubAccount,
     CreateWithdrawal,
     Customer,
+    DeliveryResult,
     Deposit,
     Merchant,
     Order,
@@ -55,10 +57,12 @@ from engine.records import (
     Payout,
     ReceiveBankTransfer,
     ReceiveDepositTransfer,
+    RecordDeliveryAttempts,
     RecordPayoutResult,
     RecordPspResult,
     RecordWithdrawalResult,
     Refund,
+    ReplayDeliveries,
     Split,
     SubAccount,
     UpdateOrder,
@@ -153,7 +157,8 @@ class ConservationMachine(RuleBasedStateMachine):
         self.withdrawals: dict[str, WithdrawalModel] = {}
         self.wallets = dict.fromkeys(WALLETS, 0)  # what each wallet should hold, from what this test saw
         self.callbacks: list = []  # callbacks sent once, to send again
-        commands = [CreateMerchant(Merchant(id=mid, name=mid, email=f"{mid}@example.com")) for mid in MERCHANTS]
+        commands = [CreateMerchant(Merchant(id=mid, name=mid, email=f"{mid}@example.com",
+                                            webhook_url=f"https://{mid}.example/hook")) for mid in MERCHANTS]
         commands += [CreateSubAccount(mid, SubAccount(sub, sub)) for mid, subs in SUB_ACCOUNTS.items() for sub in subs]
         commands += [CreateCustomer(Customer(id=cid, merchant_id=mid, email=f"{cid}@example.com"))
                      for mid, cids in CUSTOMERS.items() for cid in cids]
@@ -479,6 +484,21 @@ class ConservationMachine(RuleBasedStateMachine):
         if outcome.code == "ok" and paid:
             self.sent += payout.amount
 
+    # Notifications: the notifier's word on deliveries, and replays of the dead ones
+
+    @rule(pick=PICK, outcomes=st.lists(st.sampled_from(("delivered", "retry", "dead")), min_size=1, max_size=4))
+    def notifier_reports(self, pick, outcomes):
+        pending = self.engine.query(PendingDeliveries(limit=len(outcomes))).records
+        results = [DeliveryResult(delivery_id=delivery.id, attempt=delivery.attempt_count + 1, attempted_at=self.now,
+                                  status_code=200 if outcome == "delivered" else 500, error="", duration_ms=pick % 100,
+                                  outcome=outcome, next_attempt_at=self.now + S)
+                   for delivery, outcome in zip(pending, outcomes)]
+        assert self.do(RecordDeliveryAttempts(results)).count == len(results)
+
+    @rule(merchant=st.sampled_from(("", *MERCHANTS)), limit=st.integers(1, 3))
+    def replay_dead_deliveries(self, merchant, limit):
+        assert self.do(ReplayDeliveries(merchant_id=merchant, limit=limit)).code == "ok"
+
     # What holds after every step
 
     def _accounts(self, ids):
@@ -524,6 +544,18 @@ class ConservationMachine(RuleBasedStateMachine):
     def deposits_succeed_when_their_money_reaches_the_wallet(self):
         for deposit in self.engine.commerce.deposits.deposits.values():
             assert (deposit.status == "succeeded") == (deposit.id in self.credited_deposits), deposit
+
+    @invariant()
+    def each_paid_order_has_one_invoice_and_numbers_have_no_gaps(self):
+        orders = self.engine.commerce.orders.by_id
+        for merchant in MERCHANTS:
+            invoices = self.engine.query(ListInvoices(merchant_id=merchant, limit=8190)).records
+            assert sorted(invoice.number for invoice in invoices) == list(range(1, len(invoices) + 1))
+            assert {invoice.order_id: invoice.id for invoice in invoices} == {
+                order.id: order.invoice_id for order in orders.values()
+                if order.merchant_id == merchant and order.invoice_id}
+        assert all(order.invoice_id for order in orders.values()
+                   if order.status in ("paid", "partially_refunded", "refunded"))
 
     @invariant()
     def splits_go_out_at_most_once(self):

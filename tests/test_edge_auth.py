@@ -9,8 +9,9 @@ import stat
 import jwt
 import pytest
 
-from edge.auth import (AdminToken, Secrets, TokenIssuer, callback_signature, hash_password, hash_secret,
-                       merchant_id_from_api_key, signature_valid, verify_password, webhook_signature)
+from actors.merchant_secrets import Secrets, webhook_signature
+from edge.auth import (AdminToken, TokenIssuer, callback_signature, hash_password, hash_secret,
+                       merchant_id_from_api_key, signature_valid, verify_password)
 from edge.login import DUMMY_HASH
 
 KEY_A = bytes(range(32))
@@ -73,10 +74,10 @@ def test_short_server_key_is_refused():
 
 
 def test_server_key_is_created_once_private_and_reused(tmp_path):
-    path = tmp_path / "keys" / "server.key"
-    first = Secrets.load_or_create(path)
+    path = tmp_path / "keys" / "gateway.key"
+    first = Secrets.of_data_folder(path.parent)
     assert len(path.read_bytes()) == 32 and mode(path) == 0o600
-    assert Secrets.load_or_create(path).api_key(MERCHANT) == first.api_key(MERCHANT)
+    assert Secrets.of_data_folder(path.parent).api_key(MERCHANT) == first.api_key(MERCHANT)
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
 
 

@@ -5,9 +5,9 @@ import hashlib
 import hmac
 import os
 
-from edge.auth import Secrets, hash_secret
-from edge.credentials import MerchantSecrets, api_key_set, client_secret_set, seal_context, set_live
-from edge.sealing import SecretSealer
+from actors.merchant_secrets import MerchantSecrets, SecretSealer, Secrets, seal_context
+from edge.auth import hash_secret
+from edge.credentials import api_key_set, client_secret_set, set_live
 from engine.credentials import INITIAL_CREDENTIAL_ID
 from engine.records import Credential, Merchant
 from engine.types import NANOSECONDS_PER_SECOND as S
@@ -47,9 +47,9 @@ def test_a_sealed_secret_opens_only_with_its_key_and_for_its_context():
 
 def test_the_sealing_key_is_created_once_owner_only(tmp_path):
     path = tmp_path / "credentials.key"
-    sealed = SecretSealer.load_or_create(path).seal("s", "c")
+    sealed = SecretSealer.of_data_folder(tmp_path).seal("s", "c")
     assert path.stat().st_mode & 0o777 == 0o600
-    assert SecretSealer.load_or_create(path).unseal(sealed, "c") == "s"
+    assert SecretSealer.of_data_folder(tmp_path).unseal(sealed, "c") == "s"
 
 
 def test_during_the_grace_a_webhook_carries_the_new_signature_then_the_old():

@@ -117,6 +117,12 @@ def _indexes(engine: Engine) -> dict:
         "block list": list(commerce.blocklist.entries),
         "sub accounts": {merchant.id: [sub.id for sub in merchant.sub_accounts]
                          for merchant in commerce.merchants.by_id.values()},
+        "notifications": {name: {key: list(value) if isinstance(value, (dict, list)) else value
+                                 for key, value in getattr(commerce.notifications, name).items()}
+                          for name in ("records_by_merchant", "records_by_object", "deliveries_by_merchant",
+                                       "deliveries_by_event")}
+        | {"pending": list(commerce.notifications.pending), "dead": sorted(commerce.notifications.dead)},
+        "invoices": (dict(commerce.invoices.by_merchant), dict(commerce.invoices.by_order)),
     }
 
 
@@ -306,3 +312,26 @@ def test_a_tracked_heap_undone_holds_what_it_held(start, operations):
     changes.undo()
     assert sorted(heap) == sorted(start)
     assert [heap.pop() for _ in range(len(heap))] == sorted(start)
+
+
+@settings(max_examples=200, deadline=None)
+@given(start=st.lists(st.integers(0, 20), max_size=10),
+       operations=st.lists(st.one_of(st.tuples(st.just("append"), st.integers(0, 20)), st.just(("popleft", 0))),
+                           max_size=20))
+def test_a_tracked_deque_undone_holds_what_it_held_in_its_order(start, operations):
+    changes = Changes()
+    window = changes.deque(start)
+    changes.begin()
+    for operation, value in operations:
+        if operation == "append":
+            window.append(value)
+        elif window:
+            window.popleft()
+    changes.undo()
+    assert list(window) == start
+    changes.begin()
+    window.append(99)
+    changes.commit()  # kept, and the log starts afresh
+    assert list(window) == [*start, 99] and not changes.deque_log
+    with pytest.raises(TypeError):
+        window.appendleft(1)

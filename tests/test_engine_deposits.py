@@ -5,13 +5,16 @@ bank transfer deposit from the bank's clearing account when the bank's signed ca
 holds wallet money until the bank answers. Every engine a test builds is verified after it.
 """
 
+import msgspec
 import pytest
 
 from engine.states import DEPOSIT_TRANSITIONS, transition
 from engine.check import InvariantBroken
-from engine.machine import Engine
+from engine.batch import Batch
+from engine.machine import Engine, Snapshot
 from engine.queries import GetWalletRecord, LookupAccounts
 from engine.records import (
+    COMMAND_RETIRED,
     AdjustWallet,
     Adjustment,
     CreateCustomer,
@@ -22,6 +25,7 @@ from engine.records import (
     CreateWithdrawal,
     Customer,
     Deposit,
+    Idempotent,
     Merchant,
     MoveWallet,
     Payment,
@@ -34,6 +38,7 @@ from engine.records import (
     system_account_id,
     wallet_account_id,
 )
+from engine.submits import SubmitSpan
 from engine.types import AMOUNT_MAX
 from engine.types import NANOSECONDS_PER_SECOND as S
 from ledger_helpers import Driver
@@ -255,6 +260,29 @@ def test_a_legacy_move_wallet_in_an_old_journal_still_applies_as_it_did():
     assert (gw.wallet(), gw.system("deposits")) == (70, -70)
 
 
+def test_a_move_wallet_that_comes_in_a_submit_is_refused_and_changes_nothing():
+    """Every journal that holds MoveWallet predates Submit ids: one in a Submit is new, and refused, however wrapped;
+    the same command in a batch without Submits (an old journal's) still applies."""
+    gw = Wallets(Engine(), now=T0)
+    gw.ok(CreateMerchant(Merchant(id="m1", name="Shop", email="m1@example.com")),
+          CreateCustomer(Customer(id="cus_1", merchant_id="m1", email="c@example.com")))
+
+    def move(transfer_id: str) -> MoveWallet:
+        return MoveWallet(merchant_id="m1", customer_id="cus_1", transfer_id=transfer_id, amount=70, currency="USD")
+
+    def state() -> Snapshot:  # all but the batch's stamp and the Submit window, which remembers the refusal
+        return msgspec.structs.replace(msgspec.msgpack.decode(gw.engine.snapshot(), type=Snapshot), sequence=0,
+                                       timestamp=0, submits=[])
+
+    before = state()
+    commands = [move("m1:new"), Idempotent(merchant_id="m1", key="k", request_hash="h", command=move("m1:new2"))]
+    result = gw.engine.apply(Batch(gw.engine.sequence + 1, T0 + S, commands, [SubmitSpan(b"s" * 16, 2)]))
+    assert [outcome.code for outcome in result.results] == [COMMAND_RETIRED] * 2
+    assert (result.events, state()) == ([], before)
+    gw.ok(move("m1:old"), at=T0 + 2 * S)
+    assert gw.wallet() == 70
+
+
 def test_transition_tables_refuse_what_they_do_not_list():
     record = Withdrawal(id="wd_1", merchant_id="m1", customer_id="c", amount=1, currency="USD", hold_id="h",
                         status="paid")
@@ -301,6 +329,16 @@ def test_a_credit_the_ledger_refuses_makes_no_account(gw):
     gw.refused(transfer_in("dep_1", amount=1), "overflows_credits_posted")
     assert system_account_id("m1", "clearing_bank", "USD") not in gw.engine.ledger.accounts
     assert gw.record("deposit", "dep_1").status == "requires_action"
+
+
+def test_a_withdrawal_hold_the_ledger_refuses_makes_no_account(gw):
+    funded(gw)
+    # The hold's transfer id is already spent: refused before the withdrawals account is made.
+    reused = withdrawal("wd_1", 100)
+    reused.withdrawal.hold_id = "m1:dep_f.bank1"
+    gw.refused(reused, "exists_with_different_flags")
+    assert system_account_id("m1", "withdrawals", "USD") not in gw.engine.ledger.accounts
+    gw.ok(withdrawal("wd_1", 100))
 
 
 def test_a_transfer_quoting_a_deposits_payment_is_not_taken_into_the_merchants_balance(gw):

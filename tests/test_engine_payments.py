@@ -286,7 +286,8 @@ def test_a_qr_payment_waits_for_the_transfer_quoting_its_order(gw: Gateway):
     assert gw.available() == AMOUNT
     # An order cancelled (or expired) while its QR payment waits: the payment is cancelled with it.
     gw.ok(create("pq3", order_id="o3", method="qr"))
-    assert gw.ok(CancelOrder("m1", "o3")).events == [Event("payment.cancelled", "pq3", gw.now)]
+    assert gw.ok(CancelOrder("m1", "o3")).events == [Event("payment.cancelled", "pq3", gw.now),
+                                                     Event("order.cancelled", "o3", gw.now)]
     assert gw.payment("pq3").status == "cancelled"
 
 
@@ -460,7 +461,8 @@ def test_capture_posts_what_is_taken_and_releases_the_rest(held: Gateway, amount
     result = held.ok(capture("p1", amount))
     record = result.results[0].record
     assert (record.status, record.amount_captured, record.amount_capturable) == ("succeeded", captured, 0)
-    assert result.events == [Event("payment.succeeded", "p1", held.now), Event(f"order.{order_status}", "o1", held.now)]
+    assert result.events == [Event("payment.succeeded", "p1", held.now), Event(f"order.{order_status}", "o1", held.now),
+                             Event("payment.captured", "p1", held.now)]
     assert held.money() == money(balance=captured)
     assert held.order().status == order_status
     held.refused(capture("p1", tid="m1:cap-again"), "payment_not_capturable")
@@ -596,9 +598,10 @@ def test_partial_refunds_up_to_the_captured_amount(paid: Gateway):
         refunded += amount
         record = result.results[0].record
         assert (record.amount, record.currency, record.status, record.created_at) == (amount, "USD", "succeeded", paid.now)
-        assert result.events == [Event("refund.succeeded", f"r{index}", paid.now)]
+        status = "refunded" if refunded == AMOUNT else "partially_refunded"
+        assert result.events == [Event("refund.succeeded", f"r{index}", paid.now), Event(f"order.{status}", "o1", paid.now)]
         assert (paid.payment("p1").amount_refunded, paid.order().amount_refunded) == (refunded, refunded)
-        assert paid.order().status == ("refunded" if refunded == AMOUNT else "partially_refunded")
+        assert paid.order().status == status
         assert paid.money() == money(balance=AMOUNT - refunded)
         assert plain(paid.record("refund", f"r{index}")) == plain(record)
     paid.refused(refund("r9", amount=1), "amount_too_large")
@@ -628,14 +631,17 @@ def test_refund_of_a_partial_capture_is_capped_at_what_was_captured(held: Gatewa
 ])
 def test_refunds_racing_in_one_batch_never_exceed_the_capture(paid: Gateway, amounts: list[int]):
     result = paid.run(*(refund(f"r{i}", amount=a) for i, a in enumerate(amounts)))
-    expected, left = [], AMOUNT  # in batch order, each one that still fits
-    for amount in amounts:
+    expected, events, left = [], [], AMOUNT  # in batch order, each one that still fits, and the events it makes
+    for index, amount in enumerate(amounts):
         take = amount or left
         fits = 0 < take <= left
         expected.append("ok" if fits else "amount_too_large")
         left -= take if fits else 0
+        if fits:
+            events += [Event("refund.succeeded", f"r{index}", paid.now),
+                       Event("order.refunded" if left == 0 else "order.partially_refunded", "o1", paid.now)]
     assert [outcome.code for outcome in result.results] == expected
-    assert result.events == [Event("refund.succeeded", f"r{i}", paid.now) for i, code in enumerate(expected) if code == "ok"]
+    assert result.events == events
     refunded = AMOUNT - left
     assert sum(outcome.record.amount for outcome in result.results if outcome.code == "ok") == refunded
     assert (paid.payment("p1").amount_refunded, paid.order().amount_refunded) == (refunded, refunded)
@@ -801,7 +807,7 @@ def test_restore_mid_flow_behaves_the_same(gw: Gateway):
 
     later = [  # (time, commands, expected codes, expected event kinds)
         (start + 2 * S, lambda: [capture("p4", 30), payout_result("po1", paid=True), capture("p1", AMOUNT + 1)],
-         ["ok", "ok", "amount_too_large"], ["payment.succeeded", "order.exception", "payout.paid"]),
+         ["ok", "ok", "amount_too_large"], ["payment.succeeded", "order.exception", "payment.captured", "payout.paid"]),
         (start + 11 * S, lambda: [capture("p1")],  # p1 and p2 were authorized at start + 1 s, for 10 s
          ["payment_not_capturable"], ["transfer.expired", "transfer.expired", "payment.cancelled", "payment.cancelled"]),
         (start + 20 * S, lambda: [psp("p3"), refund("r1", "p4"), cancel("p2")],
@@ -881,6 +887,44 @@ def test_a_static_code_credits_the_merchant_or_its_sub_account_with_any_amount_o
     payment = gw.payment("pay_cb2")
     assert (payment.status, payment.amount, payment.order_id, payment.metadata) == (
         "succeeded", 70_000, "", {"sub_account_id": "sub_store"})
+
+
+def test_a_static_code_payment_is_refunded_from_the_account_it_credited(gw: Gateway):
+    """A transfer a static code credited to a sub-account goes back out of that sub-account, never the balance; the
+    merchant's own `metadata` names no account to refund from."""
+    gw.ok(CreateSubAccount("m1", SubAccount("sub_store", "Store")))
+    gw.ok(static_code_transfer("cb1", 500), static_code_transfer("cb2", 700, "sub_store"))
+    gw.ok(refund("re_1", "pay_cb2", 200))
+    balance, sub_account = (system_account_id("m1", name, "VND") for name in ("balance", "sub_store"))
+
+    def posted():
+        accounts = gw.query(LookupAccounts([balance, sub_account])).accounts
+        return [account.credits_posted - account.debits_posted for account in accounts]
+
+    assert posted() == [500, 500]
+    gw.refused(refund("re_2", "pay_cb2", 501), "amount_too_large")
+    gw.ok(refund("re_3", "pay_cb2", 500))
+    assert posted() == [500, 0]
+    for gateway in (gw, gw.restored()):
+        assert gateway.payment("pay_cb2").sub_account_id == "sub_store"
+    # A payment whose metadata names the sub-account still refunds from the balance its money went to.
+    gw.ok(order("o9", amount=100))
+    claiming = create("p9", order_id="o9")
+    claiming.payment.metadata = {"sub_account_id": "sub_store"}
+    gw.ok(claiming)
+    gw.ok(psp("p9"))
+    gw.ok(static_code_transfer("cb3", 300, "sub_store"))
+    gw.ok(refund("re_4", "p9", 100))
+    assert gw.query(LookupAccounts([sub_account])).accounts[0].credits_posted == 1000
+
+
+def test_a_payout_hold_the_ledger_refuses_makes_no_account(paid: Gateway):
+    # The hold's transfer id is already spent: refused before the payouts account is made.
+    reused = payout("po1", 10)
+    reused.payout.hold_id = "m1:auth-p1-cb1"
+    paid.refused(reused, "exists_with_different_flags")
+    assert system_account_id("m1", "payouts", "USD") not in paid.engine.ledger.accounts
+    paid.ok(payout("po1", 10))
 
 
 def test_a_sub_account_finds_its_merchant_after_a_restore(gw: Gateway):

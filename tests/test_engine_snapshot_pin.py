@@ -29,6 +29,7 @@ from engine.records import (
     CreateWithdrawal,
     Customer,
     DashboardUser,
+    DeliveryResult,
     Deposit,
     Idempotent,
     Merchant,
@@ -38,11 +39,14 @@ from engine.records import (
     Payout,
     ReceiveBankTransfer,
     ReceiveDepositTransfer,
+    RecordDeliveryAttempts,
     RecordPayoutResult,
     RecordPspResult,
     RecordWithdrawalResult,
+    RedeliverEvent,
     Refund,
     RemoveFromBlocklist,
+    ReplayDeliveries,
     Signed,
     Split,
     SubAccount,
@@ -51,17 +55,19 @@ from engine.records import (
     Withdrawal,
 )
 from engine.machine import Snapshot
+from engine.queries import ListEvents, PendingDeliveries
 from engine.types import NANOSECONDS_PER_SECOND as S
 
 T0 = 1_700_000_000 * S
-STATE_HASH = "af792c9846ccfc1d76f896ea5a214ef58fe2d3b279f82ad7fd24410cc0ebd05e"
-SNAPSHOT_DIGEST = "c212ff372a60175fb8bc35cae5e5af6c1b2096016acfc1d1a482c620f490e2ee"
+STATE_HASH = "ff6482ab4c976c24774fd954ca7782400a787605b9facbed377a01deebc41ec9"
+SNAPSHOT_DIGEST = "5ec5d226b9234ff9153603980375865e35565448d3deb43fcbdbcb852706bb7f"
 
 
 def order(oid: str, mid: str = "m1", amount: int = 1000, methods: tuple[str, ...] = ("card",),
-          splits: tuple[Split, ...] = (), ip: str = "10.0.0.1", expires_in_s: int | None = 3600) -> CreateOrder:
+          splits: tuple[Split, ...] = (), ip: str = "10.0.0.1", expires_in_s: int | None = 3600,
+          **fields) -> CreateOrder:
     return CreateOrder(order=Order(id=oid, merchant_id=mid, name=f"Order {oid}", amount=amount, currency="USD",
-                                   payment_methods=list(methods), splits=list(splits)),
+                                   payment_methods=list(methods), splits=list(splits), **fields),
                        client_ip=ip, ip_limit=10, ip_window_s=600, expires_in_s=expires_in_s)
 
 
@@ -100,7 +106,8 @@ def batches() -> list[list]:
          AddToBlocklist(BlocklistEntry(id="b0", kind="ip", value="10.9.9.0")),
          AddToBlocklist(BlocklistEntry(id="b1", kind="email", value="bad@example.com", merchant_id="m1")),
          AdmitOrderIp(client_ip="10.0.0.7", ip_limit=5, ip_window_s=600)],
-        [order("o1", splits=(Split("sub1", 200), Split("m2", 100))),
+        [order("o1", splits=(Split("sub1", 200), Split("m2", 100)), ipn_url="https://example.test/ipn",
+               customer_email="buyer@example.com"),
          Idempotent(merchant_id="m1", key="k-o2", request_hash="h-o2", command=order("o2", ip="10.0.0.2")),
          order("o3", methods=("wallet",)), order("o4", methods=("qr",)), order("o5"),
          order("o6", expires_in_s=None), order("o7", expires_in_s=86400),
@@ -142,13 +149,27 @@ def batches() -> list[list]:
     ]
 
 
+def notification_commands(engine: Engine) -> list:
+    """The notifier's word on three deliveries (delivered, dead, to retry), a redelivery and a replay."""
+    pending = engine.query(PendingDeliveries()).records
+    attempts = [DeliveryResult(delivery_id=delivery.id, attempt=1, attempted_at=T0 + 20 * S, status_code=code,
+                               error="" if code else "timed out", duration_ms=40, outcome=outcome,
+                               next_attempt_at=T0 + 30 * S if outcome == "retry" else 0)
+                for delivery, code, outcome in zip(pending, (200, 0, 503), ("delivered", "dead", "retry"))]
+    latest = engine.query(ListEvents(merchant_id="m1", limit=1)).records[0]
+    return [RecordDeliveryAttempts(attempts), RedeliverEvent("m1", latest.id), ReplayDeliveries(merchant_id="m1")]
+
+
 def built() -> Engine:
     engine = Engine()
     for sequence, commands in enumerate(batches(), start=1):
         results = engine.apply(Batch(sequence, T0 + sequence * S, commands)).results
         assert all(result == [0] * len(result) if isinstance(result, list) else result.code == "ok"
                    for result in results), results
-    engine.apply(Batch(len(batches()) + 1, T0 + 7200 * S, []))  # o4 expires, pay_4 stops waiting; pay_5 times out
+    sequence = len(batches()) + 1
+    results = engine.apply(Batch(sequence, T0 + sequence * S, notification_commands(engine))).results
+    assert [(result.code, result.count) for result in results] == [("ok", 3), ("ok", 1), ("ok", 1)]
+    engine.apply(Batch(sequence + 1, T0 + 7200 * S, []))  # o4 expires, pay_4 stops waiting; pay_5 times out
     return engine
 
 
@@ -165,6 +186,25 @@ def test_the_fixed_sequence_leaves_something_in_every_part_of_the_snapshot():
         ("dep_1", "succeeded"), ("dep_2", "succeeded"), ("dep_3", "requires_action")]
 
 
+def test_a_snapshot_from_before_notifications_restores():
+    """Made before events, deliveries and invoices: no such fields in the snapshot, no invoice_id in its orders."""
+    fields = msgspec.msgpack.decode(built().snapshot())
+    new_fields = ("events", "deliveries", "invoices", "invoice_numbers")
+    assert Snapshot.__struct_fields__[len(fields) - len(new_fields):] == new_fields
+    old = fields[:-len(new_fields)]
+    orders = old[Snapshot.__struct_fields__.index("orders")]
+    for stored in orders:
+        del stored["invoice_id"]
+    restored = Engine.restore(msgspec.msgpack.encode(old))
+    assert restored.query(ListEvents(merchant_id="m1")).records == []
+    assert {order.invoice_id for order in msgspec.msgpack.decode(restored.snapshot(), type=Snapshot).orders} == {""}
+    restored.apply(Batch(restored.sequence + 1, restored.timestamp + S, [card_payment("pay_6", "o7"),
+                                                                        authorized("pay_6", "cb6")]))
+    assert [event.kind for event in restored.query(ListEvents(merchant_id="m1")).records] == [
+        "order.paid", "payment.succeeded"]
+    restored.verify()
+
+
 def test_the_snapshot_and_the_state_hash_are_those_recorded():
     engine = built()
     engine.verify()
@@ -173,3 +213,22 @@ def test_the_snapshot_and_the_state_hash_are_those_recorded():
     restored = Engine.restore(data)
     assert restored.state_hash() == STATE_HASH
     assert restored.snapshot() == data
+
+
+def test_a_snapshot_from_before_payments_named_their_sub_account_restores():
+    """Snapshots written before `Payment.sub_account_id` lack the key, in payments and in the payments their events
+    keep: they restore, and snapshot again as they were plus the key's default."""
+    raw = msgspec.msgpack.decode(built().snapshot())
+    payments = raw[Snapshot.__struct_fields__.index("payments")]
+    assert [payment["sub_account_id"] for payment in payments if payment["sub_account_id"]] == ["sub1"]
+    for payment in payments:
+        del payment["sub_account_id"]
+    for event in raw[Snapshot.__struct_fields__.index("events")]:
+        if event["object_type"] == "payment":
+            shown = msgspec.msgpack.decode(event["data"])
+            del shown["sub_account_id"]
+            event["data"] = msgspec.msgpack.encode(shown)
+    old = msgspec.msgpack.encode(raw)
+    for payment in payments:
+        payment["sub_account_id"] = ""
+    assert Engine.restore(old).snapshot() == msgspec.msgpack.encode(raw)

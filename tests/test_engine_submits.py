@@ -13,7 +13,7 @@ from engine.batch import applied_commands
 from engine.check import InvariantBroken
 from engine.queries import GetMerchant, LookupAccounts
 from engine.records import CreateMerchant, Merchant, UpdateMerchant
-from engine.submits import SUBMIT_ID_REUSED, SUBMIT_WINDOW_NS, SubmitSpan
+from engine.submits import SUBMIT_ID_REUSED, SUBMIT_KEPT_NS, SUBMIT_WINDOW_NS, SubmitSpan
 from engine.types import NANOSECONDS_PER_SECOND as S
 from ledger_helpers import ENGINES
 
@@ -122,8 +122,8 @@ def test_the_window_forgets_by_engine_time(sender):
 def test_the_window_keeps_at_most_max_submits_oldest_first(sender, monkeypatch):
     monkeypatch.setattr(engine.submits, "MAX_SUBMITS", 3)
     for number in range(1, 5):
-        sender.send((submit_id(number), [transfer_to_b(f"t{number}")]))
-    assert sender.send((submit_id(1), [transfer_to_b("t1")])).duplicates == []
+        sender.send((submit_id(number), [transfer_to_b(f"t{number}")]), at=sender.now + SUBMIT_KEPT_NS)
+    assert sender.send((submit_id(1), [transfer_to_b("t1")]), at=sender.now + SUBMIT_KEPT_NS).duplicates == []
     assert sender.send((submit_id(4), [transfer_to_b("t4")])).duplicates == [0]
     assert len(sender.engine.submits.records) == 3
 
@@ -131,9 +131,29 @@ def test_the_window_keeps_at_most_max_submits_oldest_first(sender, monkeypatch):
 def test_the_window_keeps_at_most_its_result_bytes(sender, monkeypatch):
     monkeypatch.setattr(engine.submits, "MAX_SUBMIT_RESULT_BYTES", 3 * engine.submits.CODE_BYTES)
     sender.send((submit_id(1), [transfer_to_b("t1")]))
-    sender.send((submit_id(2), [CreateTransfers([Transfer(f"u{n}", "a", "b", 1, "usd") for n in range(3)])]))
+    sender.send((submit_id(2), [CreateTransfers([Transfer(f"u{n}", "a", "b", 1, "usd") for n in range(3)])]),
+                at=sender.now + SUBMIT_KEPT_NS)
     assert [record.submit_id for record in sender.engine.submits.records] == [submit_id(2)]
     assert sender.engine.submits.result_bytes == 3 * engine.submits.CODE_BYTES
+
+
+def test_a_full_window_forgets_no_record_a_sender_may_still_resend_and_says_it_has_no_room(sender, monkeypatch):
+    """Past its bounds the window forgets only records older than SUBMIT_KEPT_NS; until one is, it has no room (the
+    shard answers new Submits busy) and every record younger still answers its copies."""
+    monkeypatch.setattr(engine.submits, "MAX_SUBMITS", 3)
+    window = sender.engine.submits
+    for number in range(1, 5):  # the first batch's Submit (id 0) is the oldest of five
+        sender.send((submit_id(number), [transfer_to_b(f"t{number}")]))
+    assert len(window.records) == 5 and not window.has_room(sender.now)
+    assert all(sender.send((submit_id(number), [transfer_to_b(f"t{number}")])).duplicates == [0]
+               for number in range(1, 5))
+    assert sender.balance_of_b() == 4 * 5
+    oldest_goes = window.records[0].created_at + SUBMIT_KEPT_NS
+    assert not window.has_room(oldest_goes - 1) and window.has_room(oldest_goes)
+    sender.send((submit_id(5), [transfer_to_b("t5")]), at=oldest_goes)  # only the oldest may go, and goes
+    assert [record.submit_id for record in window.records] == [submit_id(n) for n in range(1, 6)]
+    sender.send((submit_id(6), [transfer_to_b("t6")]), at=oldest_goes + 10 * S)
+    assert [record.submit_id for record in window.records] == [submit_id(n) for n in (4, 5, 6)]
 
 
 def test_the_window_survives_snapshot_and_restore(sender):

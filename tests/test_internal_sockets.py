@@ -2,23 +2,33 @@
 without the data folder's key is dropped before it is decoded: nothing applied, nothing read, no reply."""
 
 import asyncio
+import concurrent.futures
+import hashlib
+import hmac
 import os
 import pathlib
 import stat
+import subprocess
+import sys
+import time
 
 import pynng
 import pytest
 
 from edge_harness import Server
 from engine import Account, CreateAccounts
-from journal.auth import KEY_BYTES, TAG_BYTES, KeyFileError, MessageKey, ensure_key_file, load_key
+from journal.auth import (HEAD_SIZE, KEY_BYTES, RELOAD_S, SWITCH_S, TAG_BYTES, HmacSha256, KeyFileError, MessageKey,
+                          ensure_key_file, load_key, read_key_file, rotate_key_file)
 from journal.client import ShardClient
-from journal.processes import UNIX_PATH_MAX_BYTES, InternalAddresses, running_address, running_key
-from journal.wire import ReadEntries, Replicate, Submit, request_encoder
-from shard_harness import key_of, primary_config, replica_pair, start
+from journal.processes import (UNIX_PATH_MAX_BYTES, InternalAddresses, request_once, request_status, running_address,
+                               running_key)
+from journal.store import GENESIS_HASH, HASH_BYTES, Entry, entry_hash
+from journal.wire import ReadEntries, ReplicateHead, Submit, replicate_head_encoder, request_encoder
+from shard_harness import Load, key_of, primary_config, replica_pair, start
 
 LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp
 NO_REPLY_MS = 700
+ROTATION_GRACE_S = 3
 WRONG_KEY = MessageKey(b"\x01" * KEY_BYTES)
 
 
@@ -32,6 +42,25 @@ def test_a_message_opens_only_whole_and_under_its_key():
     assert key.dropped == 3 and "secret" not in repr(key)
 
 
+@pytest.mark.parametrize("size", [0, 1, 55, 63, 64, 65, 1000, 1 << 20])
+def test_a_tag_is_hmac_sha256_of_the_body(size):
+    """The tag, made from the key's pads hashed once, is exactly HMAC-SHA256 (so any implementation can check it)."""
+    secret = os.urandom(KEY_BYTES)
+    body = os.urandom(size)
+    sealed = MessageKey(secret).seal(body)
+    assert sealed == hmac.digest(secret, body, hashlib.sha256) + body
+    assert MessageKey(secret).open(sealed) == body
+
+
+@pytest.mark.parametrize("key_size", [0, 16, 32, 64, 65, 200])
+def test_hmac_sha256_from_hashed_pads_is_the_standard_one(key_size):
+    key = os.urandom(key_size)
+    mac = HmacSha256(key)
+    for message in (b"", b"x", os.urandom(100), memoryview(os.urandom(5000))[7:]):
+        assert mac.digest(message) == hmac.digest(key, message, hashlib.sha256)
+        assert mac.hexdigest(message) == hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
 def test_the_key_file_is_owner_only_and_made_once(tmp_path):
     path = tmp_path / "keys" / "internal.key"
     ensure_key_file(path)
@@ -43,6 +72,24 @@ def test_the_key_file_is_owner_only_and_made_once(tmp_path):
     path.chmod(0o640)
     with pytest.raises(KeyFileError, match="readable by others"):
         load_key(path)
+
+
+def test_a_rotated_key_file_is_accepted_at_once_and_seals_only_after_the_switch(tmp_path):
+    path = tmp_path / "internal.key"
+    ensure_key_file(path)
+    old_only = MessageKey(path.read_bytes())
+    key = load_key(path)  # read before the rotation, as a running process has it
+    switch_at, refused_at = rotate_key_file(path, grace_s=30)
+    old, new = read_key_file(path)[0]
+    assert (new.seal_from, old.accept_until) == (switch_at, refused_at) and stat.S_IMODE(path.stat().st_mode) == 0o600
+    time.sleep(RELOAD_S)  # the running process looks again
+    assert key.open(MessageKey(bytes.fromhex(new.secret)).seal(b"new")) == b"new"
+    assert old_only.open(key.seal(b"still old")) == b"still old"  # nobody seals with the new key before the switch
+    with pytest.raises(KeyFileError, match="under way"):
+        rotate_key_file(path)
+    path.write_bytes(b"{}")
+    time.sleep(RELOAD_S)
+    assert key.open(old_only.seal(b"kept")) == b"kept"  # a broken file leaves the keys in hand
 
 
 def test_sockets_of_a_long_data_path_go_to_a_short_owner_only_folder(tmp_path):
@@ -76,6 +123,11 @@ def _forged_requests() -> list[bytes]:
     return [submit, read, WRONG_KEY.seal(submit), WRONG_KEY.seal(read), b"\x00" * TAG_BYTES + submit]
 
 
+def _record(payload: bytes) -> bytes:
+    """A well-formed first journal record."""
+    return Entry(1, entry_hash(GENESIS_HASH, 1, payload), GENESIS_HASH, payload).record()
+
+
 async def _status(client: ShardClient):
     return await client.status(with_state_hash=True)
 
@@ -103,15 +155,77 @@ def test_a_replica_drops_replication_that_lacks_the_key(tmp_path):
     client = ShardClient([replica.client_address], key_of(replica), timeout_ms=5000)
     try:
         before = asyncio.run(_status(client))
-        forged = request_encoder.encode(Replicate(before.epoch + 1, 1, [b"forged record"]))
-        for message in (forged, WRONG_KEY.seal(forged)):
+        record = _record(b"forged")
+        head = replicate_head_encoder.encode(ReplicateHead(before.epoch + 1, 1, [len(record)], record[:HASH_BYTES]))
+        forged = [HEAD_SIZE.pack(len(head)) + head + record, WRONG_KEY.seal_head(head, [record]),
+                  # the key's tag on the head, but other records than the chain it names: no proof either
+                  *(key_of(replica).seal_head(head, [_record(payload)]) for payload in (b"other", b"forgex"))]
+        for message in forged:
             assert _no_reply(replica.replication_address, message)
         after = asyncio.run(_status(client))
         assert (after.epoch, after.sequence, after.state_hash) == (before.epoch, before.sequence, before.state_hash)
-        assert after.unauthenticated_messages == before.unauthenticated_messages + 2
+        assert after.unauthenticated_messages == before.unauthenticated_messages + len(forged)
     finally:
         client.close()
         replica_process.stop()
+
+
+def test_the_internal_key_rotates_under_a_running_shard_and_its_replica(tmp_path):
+    """`paygate rotate-internal-key`: load keeps flowing, primary to replica too, while the new key arrives, takes
+    over sealing and the old one's grace runs out; a sender that knows only the old key is obeyed until then and
+    refused after."""
+    primary, replica = replica_pair(tmp_path)
+    processes = [start(replica), start(primary)]
+    key_file = pathlib.Path(primary.key_file)
+    old_only = MessageKey(key_file.read_bytes())
+    client = ShardClient([primary.client_address, replica.client_address], load_key(key_file), timeout_ms=5000)
+
+    def old_key_creates(account: str) -> bool:
+        submit = Submit([CreateAccounts([Account(account, "usd")])], account.encode())
+        request_once(primary.client_address, old_only, submit, timeout_ms=NO_REPLY_MS)  # the reply is under the new key
+        return asyncio.run(client.lookup_accounts([account])) != [None]
+
+    def rotate(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "edge.cli", "rotate-internal-key", "--data", str(tmp_path),
+                               "--grace-s", str(ROTATION_GRACE_S), *extra], capture_output=True, text=True, timeout=60)
+
+    async def load_through(seconds: float) -> Load:  # on a loop and a client of its own, in a thread
+        load = Load(ShardClient([primary.client_address, replica.client_address], load_key(key_file), timeout_ms=5000))
+        try:
+            await load.create_accounts()
+            await load.run(seconds, concurrency=2, chains_per_submit=5)
+        finally:
+            load.client.close()
+        return load
+
+    try:
+        assert old_key_creates("test:before")
+        rotated = rotate()
+        assert rotated.returncode == 0 and "seals from" in rotated.stdout, rotated.stderr
+        old, new = read_key_file(key_file)[0]
+        switch_at, refused_at = new.seal_from, old.accept_until
+        assert refused_at == switch_at + ROTATION_GRACE_S and rotate().returncode == 1  # one rotation at a time
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            loading = pool.submit(asyncio.run, load_through(SWITCH_S + ROTATION_GRACE_S + 2))
+            time.sleep(max(0.0, switch_at + 0.5 - time.time()))
+            assert old_key_creates("test:in-grace")  # senders seal with the new key now; the old one is still obeyed
+            time.sleep(max(0.0, refused_at + RELOAD_S - time.time()))
+            assert not old_key_creates("test:after-grace")
+            load = loading.result(timeout=60)
+        assert load.acknowledged and not load.unacknowledged
+        new_only = MessageKey(bytes.fromhex(new.secret))
+        assert request_status(primary.client_address, new_only) is not None
+        status = asyncio.run(client.status())
+        assert status.replica_sequence == status.durable_sequence == status.sequence
+        replica_client = ShardClient([replica.client_address], load_key(key_file), timeout_ms=5000)
+        try:
+            assert asyncio.run(replica_client.status()).sequence == status.sequence
+        finally:
+            replica_client.close()
+    finally:
+        client.close()
+        for process in processes:
+            process.kill()
 
 
 def _session_pids(session: int) -> list[int]:

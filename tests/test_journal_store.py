@@ -23,7 +23,7 @@ from edge_harness import Server
 from engine import Account, Batch, CreateAccounts, CreateTransfers, Engine, Transfer
 from journal.recovery import AHEAD_OF_JOURNAL, batch_decoder, batch_encoder, recover, replay_from_scratch
 from journal.store import (GENESIS_HASH, HASH_BYTES, SNAPSHOT_HEADER, CorruptionError, Entry, Journal, Snapshots,
-                           entry_hash)
+                           chained_entries, entry_hash)
 
 T0 = 1_700_000_000 * 10**9
 ACCOUNTS = ("cash", "alice", "bob", "carol")
@@ -358,12 +358,19 @@ def test_full_map_grows_instead_of_failing(tmp_path):
         assert [entry.payload for entry in journal.scan(1, GENESIS_HASH)] == payloads
 
 
-def test_append_records_copies_another_journal_exactly(tmp_path):
+def appended(journal, first_sequence: int, records: list[bytes]) -> list[Entry]:
+    """Records appended as replication does: checked against the hash the sender's chain ends at, then prepared."""
+    entries = chained_entries(first_sequence, records, records[-1][:HASH_BYTES])
+    journal.append_entries(entries)
+    return entries
+
+
+def test_appended_records_copy_another_journal_exactly(tmp_path):
     build_journal(tmp_path / "primary")
     with opened(tmp_path / "primary") as primary, opened(tmp_path / "replica") as replica:
         while replica.head_sequence < primary.head_sequence:
             start = replica.head_sequence + 1
-            replica.write(replica.append_records(start, primary.read_records(start, ENTRIES_PER_APPEND, 1 << 20)))
+            replica.write(appended(replica, start, primary.read_records(start, ENTRIES_PER_APPEND, 1 << 20)))
         assert replica.read(1, 100) == primary.read(1, 100)
         assert (replica.head_sequence, replica.head_hash) == (primary.head_sequence, primary.head_hash)
 
@@ -374,25 +381,37 @@ def forked_record() -> bytes:
     return Entry(2, entry_hash(previous, 2, b"fork"), previous, b"fork").record()
 
 
-
-@pytest.mark.parametrize("first_sequence, bad_records, damaged", [
-    pytest.param(3, lambda records: [records[2]], False, id="gap"),
-    pytest.param(2, lambda records: [forked_record()], False, id="fork"),
-    pytest.param(2, lambda records: [flip_byte(records[1], -1)], True, id="flipped"),
-    pytest.param(2, lambda records: [records[1][:HASH_BYTES]], True, id="truncated"),
-    pytest.param(2, lambda records: [records[1], flip_byte(records[2], -1)], True, id="flipped-after-good"),
+@pytest.mark.parametrize("first_sequence, bad_records", [
+    pytest.param(3, lambda records: [records[2]], id="gap"),
+    pytest.param(2, lambda records: [forked_record()], id="fork"),
 ])
-def test_append_records_rejects_what_does_not_extend_the_head(tmp_path, first_sequence, bad_records, damaged):
+def test_appending_what_does_not_extend_the_head_is_refused(tmp_path, first_sequence, bad_records):
     build_journal(tmp_path / "primary", count=3)
     with opened(tmp_path / "primary") as primary, opened(tmp_path / "replica") as replica:
         records = primary.read_records(1, 100, 1 << 20)
-        replica.write(replica.append_records(1, records[:1]))
-        with pytest.raises(CorruptionError) as raised:
-            replica.append_records(first_sequence, bad_records(records))
-        assert raised.value.damaged_record == damaged
+        replica.write(appended(replica, 1, records[:1]))
+        with pytest.raises(CorruptionError):
+            appended(replica, first_sequence, bad_records(records))
         assert replica.head_sequence == 1
-        replica.write(replica.append_records(2, records[1:]))
+        replica.write(appended(replica, 2, records[1:]))
         assert replica.head_hash == primary.head_hash
+
+
+@pytest.mark.parametrize("bad_records", [
+    pytest.param(lambda records: [flip_byte(records[1], -1)], id="flipped"),
+    pytest.param(lambda records: [records[1][:HASH_BYTES]], id="truncated"),
+    pytest.param(lambda records: [records[1], flip_byte(records[2], -1)], id="flipped-after-good"),
+    pytest.param(lambda records: [records[2], records[1]], id="out-of-order"),
+    pytest.param(lambda records: [records[1]], id="not-the-last-named"),
+])
+def test_only_the_chain_that_ends_at_the_hash_named_is_taken(tmp_path, bad_records):
+    """Records damaged, reordered or other than those whose last hash the sender named (and its tag covers) are no
+    proof of anything: refused (None)."""
+    build_journal(tmp_path / "primary", count=3)
+    with opened(tmp_path / "primary") as primary:
+        records = primary.read_records(1, 100, 1 << 20)
+    assert chained_entries(2, bad_records(records), records[2][:HASH_BYTES]) is None
+    assert [entry.record() for entry in chained_entries(2, records[1:], records[2][:HASH_BYTES])] == records[1:]
 
 
 def test_epoch_persists_across_reopen(tmp_path):

@@ -57,6 +57,9 @@ OPERATIONS = [
     ("GET", "/v1/qr/payments/{id}.png"),
     ("GET", "/v1/qr/merchants/{id}.png"), ("POST", "/v1/payouts"), ("GET", "/v1/payouts/{id}"),
     ("POST", "/v1/risk/blocklist"), ("GET", "/v1/risk/blocklist"), ("DELETE", "/v1/risk/blocklist/{id}"),
+    ("GET", "/v1/events"), ("GET", "/v1/events/{id}"), ("POST", "/v1/events/{id}/redeliver"),
+    ("GET", "/v1/webhook_deliveries"), ("POST", "/v1/webhook_deliveries/replay"), ("GET", "/v1/invoices"),
+    ("GET", "/v1/invoices/{id}"), ("GET", "/v1/invoices/{id}.pdf"),
 ]
 
 # Requests that once got a 500 (each: what went wrong, and requests as schemathesis Case arguments): kept as

@@ -10,6 +10,7 @@ card numbers it used.
 import concurrent.futures
 import hashlib
 import hmac
+import io
 import json
 import mmap
 import pathlib
@@ -20,6 +21,7 @@ import urllib.parse
 import urllib.request
 import uuid
 
+import pypdf
 import pytest
 
 from edge_harness import Server
@@ -183,6 +185,21 @@ def test_test_card_paths(server, shop, number, via):
             assert (after["status"], after["payment_id"]) == ("paid", payment["id"])
         else:
             assert (after["status"], after["error_code"]) == ("pending", failure_code)
+
+
+def test_a_card_paid_orders_invoice_and_events_show_the_card_by_brand_and_last4(server, shop):
+    _, key = shop
+    paid = order(server, key, amount=2500)
+    wait_for(server, key, pay(server, key, SUCCEEDS, order_id=paid["id"])["id"], "succeeded")
+    paid = call(server, "GET", f"/v1/orders/{paid['id']}", key=key)
+    invoice = call(server, "GET", f"/v1/invoices/{paid['invoice_id']}", key=key)
+    assert invoice["payment_method"] == {"type": "card", "brand": "visa", "last4": SUCCEEDS[-4:]}
+    reply = server.request("GET", f"/v1/invoices/{invoice['id']}.pdf", key=key)
+    text = pypdf.PdfReader(io.BytesIO(reply.body)).pages[0].extract_text()
+    assert "25.00 USD" in text and f"Visa card ending in {SUCCEEDS[-4:]}" in text
+    assert SUCCEEDS.encode() not in reply.body
+    events = call(server, "GET", f"/v1/events?object_id={paid['id']}", key=key)["data"]
+    assert [(event["type"], event["data"]["object"]) for event in events] == [("order.paid", paid)]
 
 
 def test_luhn_invalid_number_is_refused_at_once(server, shop):

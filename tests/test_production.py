@@ -11,7 +11,7 @@ import time
 import pytest
 
 from edge.cli import exposed_path
-from edge.outbound import internal_host
+from actors.outbound import internal_host
 from edge.server import DEMO_MERCHANT_ID
 from edge_harness import Server
 

@@ -19,9 +19,9 @@ import urllib.request
 import msgspec
 import pytest
 
-from actors import health
+from actors import health, notifier
 from actors.connectors import actor_name
-from actors.runtime import NAMESPACE, TOKEN_FILE, RuntimeInfo
+from actors.runtime import MODE_VARIABLE, NAMESPACE, TOKEN_FILE, RuntimeInfo, token_authentication_on
 from edge_harness import Server
 from journal.processes import request_status, running_address, running_key
 
@@ -110,6 +110,16 @@ def test_a_shard_is_up_with_a_primary_and_healthy_with_every_process():
     assert (nothing.up, nothing.committed_sequence) == (False, 0)
 
 
+@pytest.mark.parametrize("mode, local, expected", [(None, True, True), (None, False, False), ("token", False, True),
+                                                   ("disabled", True, False), ("TOKEN", True, True)])
+def test_token_authentication_is_told_by_rays_documented_rules(monkeypatch, mode, local, expected):
+    if mode is None:
+        monkeypatch.delenv(MODE_VARIABLE, raising=False)
+    else:
+        monkeypatch.setenv(MODE_VARIABLE, mode)
+    assert token_authentication_on(local) is expected
+
+
 def test_welcome_names_the_dashboard_on_loopback_and_how_to_log_in(server, welcome, runtime):
     assert welcome["dashboard_url"].startswith("http://127.0.0.1:")
     assert welcome["dashboard_url"] == runtime.dashboard_url
@@ -126,7 +136,11 @@ def test_welcome_names_the_dashboard_on_loopback_and_how_to_log_in(server, welco
             pass
 
 
-def test_dashboard_answers_only_with_the_token(welcome):
+def test_dashboard_answers_only_with_the_token(welcome, runtime):
+    # What serve says of Ray's token authentication is what Ray's own dashboard says.
+    status, body = get(welcome["dashboard_url"] + "/api/authentication_mode")
+    assert (status, msgspec.json.decode(body)) == (200, {"authentication_mode": "token"})
+    assert runtime.token_authentication
     actors_url = welcome["dashboard_url"] + "/api/v0/actors"
     assert get(actors_url)[0] == 401
     assert get(actors_url, token="0" * 64)[0] == 403
@@ -141,10 +155,12 @@ def test_dashboard_lists_the_named_actors_alive(welcome):
     actors = [actor for actor in msgspec.json.decode(body)["data"]["result"]["result"]
               if actor["ray_namespace"] == NAMESPACE and actor["name"]]
     states = {actor["name"]: actor["state"] for actor in actors}
-    assert {actor_name("piggybank"), health.ACTOR_NAME} <= set(states), states
+    assert {actor_name("piggybank"), health.ACTOR_NAME, notifier.ACTOR_NAME} <= set(states), states
     assert set(states.values()) == {"ALIVE"}, states
     watch = next(actor for actor in actors if actor["name"] == health.ACTOR_NAME)
     assert watch["repr_name"].startswith(f"ShardHealth({SHARDS} shard(s), {2 * SHARDS} process(es)"), watch
+    sender = next(actor for actor in actors if actor["name"] == notifier.ACTOR_NAME)
+    assert sender["repr_name"].startswith(f"Notifier({SHARDS} shard(s), retries after 2,10,60,300,1800,7200,21600,86400 s)"), sender
 
 
 def test_shard_health_reports_every_shard_healthy_with_its_sequence(server, runtime, welcome):

@@ -7,7 +7,7 @@ import hashlib
 import orjson
 import pytest
 
-from edge.auth import Secrets
+from actors.merchant_secrets import Secrets
 from edge.http import RequestFingerprints
 from journal.client import ShardClient
 from journal.processes import running_address, running_key

@@ -140,8 +140,8 @@ def test_a_replica_refuses_anything_but_replication_on_its_replication_socket_an
         with pynng.Req0(recv_timeout=5000, send_timeout=5000, resend_time=-1) as socket:
             socket.dial(replica.replication_address, block=True)
             key = key_of(replica)
-            for message in (b"not msgpack at all", request_encoder.encode(Status())):
-                socket.send(key.seal(message))
+            for head in (b"not msgpack at all", request_encoder.encode(Status())):
+                socket.send(key.seal_head(head, []))
                 assert reply_decoder.decode(key.open(socket.recv())).status == ReplyStatus.INVALID
 
         async def submit() -> list:

@@ -17,6 +17,7 @@ from journal.client import (ACCOUNTS_ON_DIFFERENT_SHARDS, Cluster, EntriesPruned
 from journal.recovery import batch_decoder, batch_encoder
 from journal.store import KEY
 from journal.wire import ReplyStatus, Submit, request_encoder
+import engine_faults
 from shard_harness import Load, key_of, primary_config, start
 
 
@@ -142,6 +143,29 @@ def test_requests_past_the_held_bound_are_answered_busy_at_once(tmp_path):
 
     try:
         run(scenario())
+    finally:
+        client.close()
+        process.kill()
+
+
+def test_a_submit_window_full_of_records_a_sender_may_resend_answers_busy_and_journals_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", engine_faults.faults_environment()["PYTHONPATH"])
+    monkeypatch.setenv(engine_faults.MAX_SUBMITS_VARIABLE, "3")
+    config = primary_config(tmp_path / "shard")
+    process = start(config)
+    client = ShardClient([config.client_address], key_of(config), timeout_ms=5000, busy_retries=0)
+
+    async def scenario():
+        await Load(client).create_accounts()  # one Submit
+        transfers = [[Transfer(f"test:t{n}", "test:acct_1", "test:acct_2", 1, "usd")] for n in range(4)]
+        statuses = [(await client.submit([CreateTransfers(batch)])).status for batch in transfers]
+        assert statuses == [ReplyStatus.OK, ReplyStatus.OK, ReplyStatus.BUSY, ReplyStatus.BUSY]
+        status = await client.status()
+        assert (await client.lookup_accounts(["test:acct_1"]))[0].debits_posted == 2
+        return status.sequence
+
+    try:
+        assert run(scenario()) == 3  # the busy Submits were never journaled
     finally:
         client.close()
         process.kill()

@@ -245,7 +245,7 @@ def authorized(piggybank: Simulator, receiver: Receiver, capture: bool = False, 
 
 def test_sign_matches_the_gateway_webhook_format():
     from actors.simulators.callbacks import sign
-    from edge.auth import webhook_signature
+    from actors.merchant_secrets import webhook_signature
 
     body = b'{"callback_id":"cb_00","result":"authorized"}'
     assert sign("s3cret", body, 1700000000) == webhook_signature(["s3cret"], body, 1700000000)

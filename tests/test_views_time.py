@@ -1,8 +1,8 @@
-"""edge.render.parse_time_ns: the `at`, `created_gte` and `created_lt` query times, to the exact nanosecond."""
+"""engine.views.parse_time_ns: the `at`, `created_gte` and `created_lt` query times, to the exact nanosecond."""
 
 import pytest
 
-from edge.render import parse_time_ns, time_of
+from engine.views import parse_time_ns, time_of
 
 SECOND = 1_000_000_000
 DECEMBER_3 = 1_796_290_567 * SECOND  # 2026-12-03T09:36:07Z

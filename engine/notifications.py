@@ -1,0 +1,391 @@
+"""Notifications: the events a merchant hears of, and their deliveries to its webhook, the order's IPN URL and the
+customer's e-mail.
+
+In the command that logs an engine Event a merchant should hear of (MERCHANT_EVENTS), the event is stored
+(EventRecord) with its object as it stands when the command ends, and a Delivery is made for each target; an order
+just paid gets its invoice first, so that its events name it. Ids come from the batch's sequence and a position in
+the batch's events, so replay and the replica make the same ones. Each delivery queued, new or again, logs an
+internal `delivery.queued` Event, which a journal follower (the notifier) reads; the notifier reports each attempt
+back (RecordDeliveryAttempts), and a merchant may redeliver an event or replay dead deliveries.
+
+Bounds, per shard: at most MAX_EVENTS events are kept, the oldest dropped first with their deliveries — but an event
+with a delivery still pending stays (moved behind the others, a newer one going in its place) until that delivery
+ends, so that more are kept only while the oldest are all being delivered (no more of them than deliveries pending);
+at most MAX_PENDING_DELIVERIES are pending, beyond which a new delivery is made dead untried (dead_reason
+backlog_full) and redelivery and replay are refused; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is
+replayed at most MAX_REPLAYS times; an event is redelivered at most MAX_REDELIVERIES times. End-of-day archival
+(issue 18) is to keep what is dropped.
+"""
+
+import msgspec
+
+from engine.changes import Changes, append_to, peek
+from engine.check import check
+from engine.invoices import Invoices
+from engine.paging import page
+from engine.records import (
+    Delivery,
+    DeliveryAttempt,
+    DeliveryResult,
+    EventObjectType,
+    EventRecord,
+    Merchant,
+    Order,
+    Outcome,
+    Payment,
+    RecordDeliveryAttempts,
+    RedeliverEvent,
+    Refund,
+    ReplayDeliveries,
+)
+from engine.states import transition
+from engine.types import TIMESTAMP_MAX, Event
+
+MAX_EVENTS = 50_000
+MAX_PENDING_DELIVERIES = 50_000
+MAX_ATTEMPTS_KEPT = 50
+MAX_REPLAYS = 10
+MAX_REDELIVERIES = 10
+MAX_DELIVERY_RESULTS = 1_000  # per RecordDeliveryAttempts
+MAX_REPLAY_LIMIT = 1_000  # deliveries per ReplayDeliveries
+MAX_ERROR_CHARS = 500
+MAX_STATUS_CODE = 999
+MAX_DURATION_MS = 2**31 - 1
+PRUNE_STEPS = 16  # events looked at per event stored: pruning keeps pace without a long walk in any one command
+POSITION_BITS = 24  # an id's position among its batch's events
+QUEUED = "delivery.queued"
+BACKLOG_FULL = "backlog_full"
+DELIVERY_OUTCOMES = ("delivered", "retry", "dead")
+# Engine Events a merchant hears of, and the type of their object. Not the internal ones (transfer.expired, *.created,
+# delivery.queued).
+MERCHANT_EVENTS: dict[str, EventObjectType] = {kind: kind.partition(".")[0] for kind in (
+    "payment.succeeded", "payment.failed", "payment.requires_action", "payment.requires_capture", "payment.captured",
+    "payment.cancelled", "order.paid", "order.expired", "order.exception", "order.cancelled",
+    "order.partially_refunded", "order.refunded", "refund.succeeded", "payout.paid", "payout.failed",
+    "deposit.succeeded", "deposit.failed", "withdrawal.paid", "withdrawal.failed")}
+EVENT_TYPES: tuple[str, ...] = tuple(sorted(MERCHANT_EVENTS))
+# The receipt e-mailed to the order's customer for an event, by event kind.
+RECEIPTS = {"order.paid": "receipt", "refund.succeeded": "refund_receipt"}
+_encoder = msgspec.msgpack.Encoder()
+_order_decoder = msgspec.msgpack.Decoder(Order)
+
+
+def make_id(prefix: str, sequence: int, position: int) -> str:
+    """An id from the batch's sequence and a position among its events: the same on replay and on the replica."""
+    if position >> POSITION_BITS:
+        check(False, f"position {position} in batch {sequence}")
+    return f"{prefix}{sequence:012x}{position:06x}"
+
+
+class Notifications:
+    def __init__(self, changes: Changes, merchants: dict[str, Merchant], stores: dict, invoices: Invoices,
+                 events: list[Event]) -> None:
+        # State lives in tracked containers (engine/changes.py): a command that raises is undone whole.
+        self.changes = changes
+        self.merchants = merchants
+        self.orders: dict[str, Order] = stores["order"]
+        self.payments: dict[str, Payment] = stores["payment"]
+        self.refunds: dict[str, Refund] = stores["refund"]
+        self.payouts = stores["payout"]
+        self.deposits = stores["deposit"]
+        self.withdrawals = stores["withdrawal"]
+        self.invoices = invoices
+        self.log = events
+        self.sequence = 0  # of the batch being applied (the engine sets it): ids are made from it
+        # event id -> EventRecord, oldest first but for events kept past the cap (moved to the end); removed only
+        # from the front
+        self.records: dict[str, EventRecord] = changes.dict()
+        # delivery id -> Delivery, oldest first
+        self.deliveries: dict[str, Delivery] = changes.dict(ranked=True)
+        # Derived (restore rebuilds them): merchant id -> {event or delivery id: None}, oldest first; object id ->
+        # its event ids; event id -> its delivery ids; pending deliveries in the order queued; dead ones.
+        self.records_by_merchant: dict[str, dict[str, None]] = changes.dict(ordered=False)
+        self.records_by_object: dict[str, list[str]] = changes.dict(ordered=False)
+        self.deliveries_by_merchant: dict[str, dict[str, None]] = changes.dict(ordered=False)
+        self.deliveries_by_event: dict[str, list[str]] = changes.dict(ordered=False)
+        self.pending: dict[str, None] = changes.dict(ranked=True)
+        self.dead: dict[str, None] = changes.dict(ordered=False)
+
+    # Events, as commands log them
+
+    def record(self, first: int, timestamp: int) -> None:
+        """Store the merchant's events among those logged from position `first` on (one command's), with their
+        deliveries; an order paid gets its invoice first, so that every event shows it."""
+        log = self.log
+        if len(log) == first:
+            return
+        visible = [(position, log[position]) for position in range(first, len(log))
+                   if log[position].kind in MERCHANT_EVENTS]
+        for position, event in visible:
+            if event.kind == "order.paid":
+                self.invoices.create(make_id("inv_", self.sequence, position), self.orders[event.object_id],
+                                     timestamp)
+        for position, event in visible:
+            self._store(position, event, timestamp)
+
+    def _store(self, position: int, event: Event, timestamp: int) -> None:
+        object_type = MERCHANT_EVENTS[event.kind]
+        shown = peek(self._store_of(object_type), event.object_id)
+        check(shown is not None, f"{event.kind} of {event.object_id}, which is not there")
+        record = EventRecord(id=make_id("evt_", self.sequence, position), kind=event.kind,
+                             merchant_id=shown.merchant_id, object_id=event.object_id, object_type=object_type,
+                             data=_encoder.encode(shown), created_at=timestamp)
+        self._add_record(record)
+        ipn_url = shown.ipn_url if object_type == "order" else ""
+        for channel, kind, target in self._targets(record, ipn_url) + self._receipt_targets(record, shown):
+            self._queue_new(record, channel, kind, target, timestamp)
+        self._prune()
+
+    def _store_of(self, object_type: str) -> dict:
+        return getattr(self, _STORES[object_type])
+
+    def _targets(self, record: EventRecord, ipn_url: str) -> list[tuple[str, str, str]]:
+        """(channel, kind, target) of the event's posts: the merchant's webhook, and the order's IPN URL."""
+        merchant = peek(self.merchants, record.merchant_id)
+        targets = [("webhook", "event", merchant.webhook_url)] if merchant is not None and merchant.webhook_url else []
+        if ipn_url:
+            targets.append(("ipn", "event", ipn_url))
+        return targets
+
+    def _receipt_targets(self, record: EventRecord, shown) -> list[tuple[str, str, str]]:
+        """The receipt e-mail to the order's customer, for an order paid or a refund of its payment."""
+        kind = RECEIPTS.get(record.kind)
+        if kind is None:
+            return []
+        order = shown if kind == "receipt" else self._order_of_refund(shown)
+        return [("email", kind, order.customer_email)] if order is not None and order.customer_email else []
+
+    def _order_of_refund(self, refund: Refund) -> Order | None:
+        payment = peek(self.payments, refund.payment_id)
+        return peek(self.orders, payment.order_id) if payment is not None and payment.order_id else None
+
+    def _add_record(self, record: EventRecord) -> None:
+        self.records[record.id] = record
+        _add_to_index(self.changes, self.records_by_merchant, record.merchant_id, record.id)
+        append_to(self.records_by_object, record.object_id, record.id)
+
+    def _prune(self) -> None:
+        """Drop the oldest events past MAX_EVENTS, with their deliveries; one still being delivered moves to the end."""
+        records = self.records
+        for _ in range(PRUNE_STEPS):
+            if len(records) <= MAX_EVENTS:
+                return
+            oldest = records.pop(next(iter(records)))
+            if self._being_delivered(oldest.id):
+                records[oldest.id] = oldest
+            else:
+                self._forget(oldest)
+
+    def _being_delivered(self, event_id: str) -> bool:
+        return any(delivery_id in self.pending for delivery_id in peek(self.deliveries_by_event, event_id) or ())
+
+    def _forget(self, record: EventRecord) -> None:
+        _remove_from_index(self.records_by_merchant, record.merchant_id, record.id)
+        rest = [event_id for event_id in self.records_by_object[record.object_id] if event_id != record.id]
+        if rest:
+            self.records_by_object[record.object_id] = rest
+        else:
+            del self.records_by_object[record.object_id]
+        for delivery_id in self.deliveries_by_event.pop(record.id, ()):
+            delivery = self.deliveries.pop(delivery_id)
+            _remove_from_index(self.deliveries_by_merchant, delivery.merchant_id, delivery_id)
+            self.dead.pop(delivery_id, None)
+
+    # Deliveries
+
+    def _queue_new(self, record: EventRecord, channel: str, kind: str, target: str, timestamp: int) -> None:
+        delivery = Delivery(id=make_id("whd_", self.sequence, len(self.log)), event_id=record.id,
+                            merchant_id=record.merchant_id, channel=channel, kind=kind, target=target,
+                            ordering_key=record.object_id, created_at=timestamp, updated_at=timestamp)
+        self.deliveries[delivery.id] = delivery
+        _add_to_index(self.changes, self.deliveries_by_merchant, delivery.merchant_id, delivery.id)
+        append_to(self.deliveries_by_event, record.id, delivery.id)
+        if len(self.pending) < MAX_PENDING_DELIVERIES:
+            self._enqueue(delivery, timestamp)
+        else:
+            delivery.status, delivery.dead_reason = "dead", BACKLOG_FULL
+            self.dead[delivery.id] = None
+
+    def _enqueue(self, delivery: Delivery, timestamp: int) -> None:
+        """Pending from now, its retry schedule from the start; the notifier hears of it by the Event logged."""
+        position = len(self.log)
+        delivery.queue_position = self.sequence << POSITION_BITS | position
+        delivery.queued_after_attempts = delivery.attempt_count
+        delivery.next_attempt_at = delivery.updated_at = timestamp
+        self.pending[delivery.id] = None
+        self.log.append(Event(QUEUED, delivery.id, timestamp))
+
+    def _finish(self, delivery: Delivery, status: str) -> None:
+        transition(delivery, status)
+        delivery.next_attempt_at = 0
+        del self.pending[delivery.id]
+        if status == "dead":
+            self.dead[delivery.id] = None
+
+    # Commands
+
+    def record_attempts(self, command: RecordDeliveryAttempts, timestamp: int) -> Outcome:
+        """Each result that is its delivery's next attempt; any other (sent again, or for a delivery no longer
+        pending) changes nothing. Answers how many applied."""
+        results = command.results
+        if len(results) > MAX_DELIVERY_RESULTS:
+            return Outcome("too_many_results")
+        if not all(_result_valid(result) for result in results):
+            return Outcome("result_invalid")
+        applied = 0
+        for result in results:
+            delivery = self.deliveries.get(result.delivery_id)
+            if delivery is None or delivery.status != "pending" or result.attempt != delivery.attempt_count + 1:
+                continue
+            attempt = DeliveryAttempt(result.attempted_at, result.status_code, result.error, result.duration_ms)
+            delivery.attempts = [*delivery.attempts[-(MAX_ATTEMPTS_KEPT - 1):], attempt]
+            delivery.attempt_count = result.attempt
+            delivery.updated_at = timestamp
+            if result.outcome == "retry":
+                delivery.next_attempt_at = result.next_attempt_at
+            else:
+                self._finish(delivery, result.outcome)
+            applied += 1
+        return Outcome(count=applied)
+
+    def redeliver(self, command: RedeliverEvent, timestamp: int) -> Outcome:
+        """New deliveries of the event to the merchant's webhook (as it is now) and the order's IPN URL."""
+        record = self.event_of(command.merchant_id, command.event_id)
+        if record is None:
+            return Outcome("event_not_found")
+        if record.redeliveries >= MAX_REDELIVERIES:
+            return Outcome("redelivery_limit_reached", record=record)
+        ipn_url = _order_decoder.decode(record.data).ipn_url if record.object_type == "order" else ""
+        targets = self._targets(record, ipn_url)
+        if not targets:
+            return Outcome("no_delivery_target", record=record)
+        if len(self.pending) + len(targets) > MAX_PENDING_DELIVERIES:
+            return Outcome(BACKLOG_FULL, record=record)
+        record.redeliveries += 1
+        for channel, kind, target in targets:
+            self._queue_new(record, channel, kind, target, timestamp)
+        return Outcome(record=record, count=len(targets))
+
+    def replay(self, command: ReplayDeliveries, timestamp: int) -> Outcome:
+        """Dead deliveries queued again, the oldest made first, at most `limit` and as many as the queue holds."""
+        if command.status != "dead":
+            return Outcome("status_invalid")
+        if not 1 <= command.limit <= MAX_REPLAY_LIMIT:
+            return Outcome("limit_invalid")
+        dead = (peek(self.deliveries, delivery_id) for delivery_id in self.dead)
+        # Ids follow the order deliveries were made in (sequence, then position): sorted, the oldest come first.
+        matching = sorted(delivery.id for delivery in dead
+                          if command.merchant_id in ("", delivery.merchant_id)
+                          and command.created_gte <= delivery.created_at < command.created_lt
+                          and delivery.replays < MAX_REPLAYS)
+        room = min(command.limit, MAX_PENDING_DELIVERIES - len(self.pending))
+        if matching and room <= 0:
+            return Outcome(BACKLOG_FULL)
+        chosen = matching[:room]
+        for delivery_id in chosen:
+            delivery = self.deliveries[delivery_id]
+            transition(delivery, "pending")
+            del self.dead[delivery_id]
+            delivery.replays += 1
+            delivery.dead_reason = ""
+            self._enqueue(delivery, timestamp)
+        return Outcome(count=len(chosen), has_more=len(matching) > len(chosen))
+
+    # Reads
+
+    def event_of(self, merchant_id: str, event_id: str) -> EventRecord | None:
+        record = self.records.get(event_id)
+        return record if record is not None and record.merchant_id == merchant_id else None
+
+    def list_events(self, merchant_id: str, kind: str, object_id: str, limit: int,
+                    starting_after: str) -> tuple[list[EventRecord], bool]:
+        """A merchant's events newest first, of `kind` and about `object_id` if given; and whether more follow."""
+        ids = (reversed(self.records_by_object.get(object_id, [])) if object_id
+               else reversed(self.records_by_merchant.get(merchant_id, {})))
+
+        def lookup(event_id: str) -> EventRecord | None:
+            record = self.event_of(merchant_id, event_id)
+            return record if record is not None and (not kind or record.kind == kind) else None
+        return page(ids, lookup, limit, starting_after)
+
+    def delivery_of(self, merchant_id: str, delivery_id: str) -> Delivery | None:
+        """A merchant's delivery ("": anyone's, for an operator)."""
+        delivery = self.deliveries.get(delivery_id)
+        return delivery if delivery is not None and merchant_id in ("", delivery.merchant_id) else None
+
+    def list_deliveries(self, merchant_id: str, status: str, event_id: str, limit: int,
+                        starting_after: str) -> tuple[list[Delivery], bool]:
+        """Deliveries newest first (a merchant's, or with merchant_id "" everyone's), in `status` and of `event_id`
+        if given; and whether more follow."""
+        if event_id:
+            ids = reversed(self.deliveries_by_event.get(event_id, []))
+        else:
+            ids = reversed(self.deliveries_by_merchant.get(merchant_id, {}) if merchant_id else self.deliveries)
+
+        def lookup(delivery_id: str) -> Delivery | None:
+            delivery = self.delivery_of(merchant_id, delivery_id)
+            return delivery if delivery is not None and (not status or delivery.status == status) else None
+        return page(ids, lookup, limit, starting_after)
+
+    def pending_deliveries(self, starting_after: str, limit: int) -> tuple[list[Delivery], bool]:
+        """Pending deliveries in the order queued, after the one `starting_after` names (by when it was queued, so
+        that one delivered meanwhile still marks the place); and whether more follow."""
+        after = self.deliveries.get(starting_after) if starting_after else None
+        position = after.queue_position if after is not None else -1
+        found: list[Delivery] = []
+        for delivery_id in self.pending:
+            delivery = self.deliveries[delivery_id]
+            if delivery.queue_position <= position:
+                continue
+            if len(found) == limit:
+                return found, True
+            found.append(delivery)
+        return found, False
+
+    # State
+
+    def snapshot(self) -> dict[str, list]:
+        """Its part of the engine's snapshot, by field."""
+        return {"events": list(self.records.values()), "deliveries": list(self.deliveries.values())}
+
+    def restore(self, snapshot) -> None:
+        """Fill from the engine's snapshot; the indexes follow from the events (in the order they were made, which
+        their ids keep) and the deliveries."""
+        self.records.load((record.id, record) for record in snapshot.events)
+        for record in sorted(snapshot.events, key=lambda record: record.id):
+            _add_to_index(self.changes, self.records_by_merchant, record.merchant_id, record.id)
+            append_to(self.records_by_object, record.object_id, record.id)
+        for delivery in snapshot.deliveries:
+            self.deliveries[delivery.id] = delivery
+            _add_to_index(self.changes, self.deliveries_by_merchant, delivery.merchant_id, delivery.id)
+            append_to(self.deliveries_by_event, delivery.event_id, delivery.id)
+            if delivery.status == "dead":
+                self.dead[delivery.id] = None
+        for delivery in sorted((d for d in snapshot.deliveries if d.status == "pending"),
+                               key=lambda delivery: delivery.queue_position):
+            self.pending[delivery.id] = None
+
+
+_STORES = {"order": "orders", "payment": "payments", "refund": "refunds", "payout": "payouts", "deposit": "deposits",
+           "withdrawal": "withdrawals"}
+
+
+def _result_valid(result: DeliveryResult) -> bool:
+    return (result.outcome in DELIVERY_OUTCOMES and result.attempt >= 1 and 0 <= result.status_code <= MAX_STATUS_CODE
+            and 0 <= result.duration_ms <= MAX_DURATION_MS and len(result.error) <= MAX_ERROR_CHARS
+            and 0 <= result.attempted_at <= TIMESTAMP_MAX and 0 <= result.next_attempt_at <= TIMESTAMP_MAX)
+
+
+def _add_to_index(changes: Changes, index: dict[str, dict[str, None]], owner: str, item_id: str) -> None:
+    """`item_id` at the end of `owner`'s ids in `index`."""
+    ids = index.get(owner)
+    if ids is None:
+        ids = index[owner] = changes.dict(ranked=True)
+    ids[item_id] = None
+
+
+def _remove_from_index(index: dict[str, dict[str, None]], owner: str, item_id: str) -> None:
+    ids = index[owner]
+    del ids[item_id]
+    if not ids:
+        del index[owner]

@@ -1,0 +1,337 @@
+"""Events a merchant hears of, their deliveries and invoices, as the engine keeps them (engine/notifications.py,
+engine/invoices.py): made in the command that causes them, deterministic, undone with it, and bounded."""
+
+import msgspec
+import pytest
+
+from engine import Engine, notifications
+from engine.notifications import BACKLOG_FULL, MAX_ATTEMPTS_KEPT, QUEUED
+from engine.queries import (
+    GetDeliveryJobs,
+    GetEvent,
+    GetInvoice,
+    GetOrder,
+    ListDeliveries,
+    ListEvents,
+    ListInvoices,
+    PendingDeliveries,
+)
+from engine.records import (
+    CancelOrder,
+    CardDetails,
+    CreateMerchant,
+    CreateOrder,
+    CreatePayment,
+    CreateRefund,
+    DeliveryResult,
+    EventRecord,
+    Merchant,
+    Order,
+    Payment,
+    RecordDeliveryAttempts,
+    RecordPspResult,
+    RedeliverEvent,
+    Refund,
+    ReplayDeliveries,
+    UpdateMerchant,
+)
+from engine.types import NANOSECONDS_PER_SECOND as S
+from ledger_helpers import Driver
+
+pytestmark = pytest.mark.usefixtures("verify_every_engine")
+
+T0 = 1_700_000_000 * S
+HOOK = "https://shop.example/hook"
+IPN = "https://shop.example/ipn"
+EMAIL = "buyer@example.com"
+
+
+def order(oid: str, mid: str = "m1", *, ipn_url: str = IPN, customer_email: str = EMAIL) -> CreateOrder:
+    return CreateOrder(order=Order(id=oid, merchant_id=mid, name=f"Order {oid}", amount=1500, currency="usd",
+                                   payment_methods=["card"], ipn_url=ipn_url, customer_email=customer_email),
+                       expires_in_s=3600)
+
+
+def pay(pid: str, oid: str, mid: str = "m1") -> list:
+    """A card payment of the order and the acquirer's authorization: two batches' commands."""
+    card = CardDetails("visa", "4242", 12, 2030)
+    return [[CreatePayment(payment=Payment(id=pid, merchant_id=mid, amount=0, currency="", order_id=oid,
+                                           card=card, token_id=f"tok_{pid}"), sealed_card=b"sealed")],
+            [RecordPspResult(merchant_id=mid, payment_id=pid, callback_id=f"cb_{pid}", result="authorized",
+                             transfer_id=f"{mid}:{pid}.authorization")]]
+
+
+def result(delivery_id: str, attempt: int, outcome: str, status_code: int = 500, at: int = T0) -> DeliveryResult:
+    return DeliveryResult(delivery_id=delivery_id, attempt=attempt, attempted_at=at, status_code=status_code,
+                          error="" if status_code else "connection refused", duration_ms=12, outcome=outcome,
+                          next_attempt_at=at + 2 * S if outcome == "retry" else 0)
+
+
+class Shop(Driver):
+    def events(self, mid: str = "m1", **filters) -> list[EventRecord]:
+        return self.engine.query(ListEvents(merchant_id=mid, limit=100, **filters)).records
+
+    def deliveries(self, mid: str = "m1", **filters):
+        return self.engine.query(ListDeliveries(merchant_id=mid, limit=100, **filters)).records
+
+    def paid_order(self, pid: str, oid: str, mid: str = "m1"):
+        self.ok(order(oid, mid))
+        for commands in pay(pid, oid, mid):
+            self.ok(*commands)
+
+
+def shop() -> Shop:
+    driver = Shop(now=T0)
+    driver.ok(CreateMerchant(Merchant(id="m1", name="Shop One", email="m1@example.com", webhook_url=HOOK)),
+              CreateMerchant(Merchant(id="m2", name="Shop Two", email="m2@example.com")))
+    return driver
+
+
+def test_a_paid_order_stores_its_events_with_their_objects_as_they_were_and_queues_their_deliveries():
+    driver = shop()
+    driver.ok(order("o1"))
+    driver.ok(*pay("p1", "o1")[0])
+    paying = driver.ok(*pay("p1", "o1")[1])
+    kinds = [event.kind for event in paying.events]
+    assert kinds == ["payment.succeeded", "order.paid", QUEUED, QUEUED, QUEUED, QUEUED]
+    succeeded, paid = driver.events()[1], driver.events()[0]
+    assert (succeeded.kind, succeeded.object_type, paid.kind, paid.object_type) == (
+        "payment.succeeded", "payment", "order.paid", "order")
+    assert succeeded.id == f"evt_{paying.sequence:012x}{0:06x}" and paid.id == f"evt_{paying.sequence:012x}{1:06x}"
+    invoice_id = driver.engine.query(GetOrder("m1", "o1")).record.invoice_id
+    assert invoice_id == f"inv_{paying.sequence:012x}{1:06x}"
+    assert msgspec.msgpack.decode(paid.data, type=Order).invoice_id == invoice_id  # the event shows its invoice
+    # Webhook for both events, IPN and the receipt for the order's: each queued by a delivery.queued event.
+    deliveries = {(d.event_id, d.channel, d.kind, d.target) for d in driver.deliveries()}
+    assert deliveries == {(succeeded.id, "webhook", "event", HOOK), (paid.id, "webhook", "event", HOOK),
+                          (paid.id, "ipn", "event", IPN), (paid.id, "email", "receipt", EMAIL)}
+    assert {event.object_id for event in paying.events if event.kind == QUEUED} == {
+        d.id for d in driver.deliveries()}
+    assert all(d.status == "pending" and d.next_attempt_at == driver.now for d in driver.deliveries())
+    # A later change of the object changes no event.
+    driver.ok(CreateRefund(refund=Refund(id="re_1", merchant_id="m1", payment_id="p1", amount=500),
+                           transfer_id="m1:re_1"))
+    assert msgspec.msgpack.decode(driver.events(kind="order.paid")[0].data, type=Order).amount_refunded == 0
+    assert [event.kind for event in driver.events()[:2]] == ["order.partially_refunded", "refund.succeeded"]
+    refund_deliveries = driver.deliveries(event_id=driver.events(kind="refund.succeeded")[0].id)
+    assert {(d.channel, d.kind) for d in refund_deliveries} == {("webhook", "event"), ("email", "refund_receipt")}
+
+
+def test_internal_events_and_merchants_without_targets_make_no_deliveries():
+    driver = shop()
+    driver.paid_order("p2", "o2", mid="m2")  # m2 has no webhook; the order has an IPN URL and an e-mail
+    assert [event.kind for event in driver.events("m2")] == ["order.paid", "payment.succeeded"]
+    assert {d.channel for d in driver.deliveries("m2")} == {"ipn", "email"}
+    assert driver.events("m1") == [] and driver.deliveries("m1") == []
+    driver.ok(order("o3", ipn_url="", customer_email=""))
+    driver.ok(CancelOrder("m1", "o3"))
+    [cancelled] = driver.events(kind="order.cancelled")
+    assert [(d.channel, d.event_id) for d in driver.deliveries()] == [("webhook", cancelled.id)]
+
+
+def test_invoices_are_numbered_per_merchant_without_gaps():
+    driver = shop()
+    for index in range(5):
+        driver.paid_order(f"p{index}", f"o{index}", mid="m1" if index % 2 == 0 else "m2")
+    numbers = {mid: [invoice.number for invoice in driver.engine.query(ListInvoices(merchant_id=mid)).records]
+               for mid in ("m1", "m2")}
+    assert numbers == {"m1": [3, 2, 1], "m2": [2, 1]}
+    invoice = driver.engine.query(ListInvoices(merchant_id="m1", order_id="o4")).records[0]
+    assert (invoice.merchant_name, invoice.order_name, invoice.amount, invoice.currency, invoice.payment_id,
+            invoice.payment_method, invoice.card_brand, invoice.card_last4) == (
+        "Shop One", "Order o4", 1500, "usd", "p4", "card", "visa", "4242")
+    assert driver.engine.query(GetInvoice("m2", invoice.id)).record is None  # another merchant's
+    assert driver.engine.query(GetInvoice("m1", invoice.id)).record == invoice
+
+
+def test_attempts_are_recorded_once_each_and_end_delivered_or_dead():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    first, second = [d.id for d in driver.deliveries()][:2]
+    recorded = driver.ok(RecordDeliveryAttempts([result(first, 1, "retry"), result(first, 1, "retry"),
+                                                 result(second, 1, "delivered", status_code=200),
+                                                 result("whd_unknown", 1, "delivered")]))
+    assert recorded.results[0].count == 2  # the result sent again and the unknown delivery change nothing
+    retried = driver.engine.query(GetDeliveryJobs([first])).jobs[0].delivery
+    assert (retried.status, retried.attempt_count, retried.next_attempt_at) == ("pending", 1, T0 + 2 * S)
+    assert (retried.attempts[0].status_code, retried.attempts[0].duration_ms) == (500, 12)
+    driver.ok(RecordDeliveryAttempts([result(first, 2, "dead")]))
+    assert [d.id for d in driver.deliveries(status="dead")] == [first]
+    assert [d.id for d in driver.deliveries(status="delivered")] == [second]
+    assert first not in {d.id for d in driver.engine.query(PendingDeliveries()).records}
+    assert driver.do(RecordDeliveryAttempts([result(first, 3, "delivered")])).count == 0  # dead: no more attempts
+    assert driver.do(RecordDeliveryAttempts([result(first, 3, "maybe")])).code == "result_invalid"
+
+
+def test_a_delivery_keeps_its_latest_attempts_only():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    delivery_id = driver.deliveries()[0].id
+    total = MAX_ATTEMPTS_KEPT + 5
+    driver.ok(RecordDeliveryAttempts([result(delivery_id, attempt, "retry", at=T0 + attempt)
+                                      for attempt in range(1, total + 1)]))
+    delivery = driver.engine.query(GetDeliveryJobs([delivery_id])).jobs[0].delivery
+    assert delivery.attempt_count == total
+    assert [attempt.attempted_at for attempt in delivery.attempts] == [T0 + n for n in range(6, total + 1)]
+
+
+def test_redelivery_makes_new_deliveries_for_the_merchant_only():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    paid = driver.events(kind="order.paid")[0]
+    assert driver.do(RedeliverEvent("m2", paid.id)).code == "event_not_found"
+    driver.ok(UpdateMerchant(merchant_id="m1", webhook_url="https://shop.example/new"))
+    redelivered = driver.ok(RedeliverEvent("m1", paid.id))
+    assert redelivered.results[0].count == 2
+    new = [d for d in driver.deliveries(event_id=paid.id) if d.created_at == driver.now]
+    assert {(d.channel, d.target) for d in new} == {("webhook", "https://shop.example/new"), ("ipn", IPN)}
+    assert [event.object_id for event in redelivered.events] == [d.id for d in reversed(new)]
+    for _ in range(notifications.MAX_REDELIVERIES - 1):
+        driver.ok(RedeliverEvent("m1", paid.id))
+    assert driver.do(RedeliverEvent("m1", paid.id)).code == "redelivery_limit_reached"
+
+
+def test_replay_queues_dead_deliveries_again_by_merchant_and_time():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    driver.paid_order("p2", "o2", mid="m2")
+    dead = [d.id for d in driver.deliveries()] + [d.id for d in driver.deliveries("m2")]
+    driver.ok(RecordDeliveryAttempts([result(delivery_id, 1, "dead") for delivery_id in dead]))
+    made = {d.id: d.created_at for d in driver.deliveries() + driver.deliveries("m2")}
+    first_made = min(made.values())
+    outcome = driver.do(ReplayDeliveries(merchant_id="m1", created_gte=first_made, created_lt=first_made + 1,
+                                         limit=1))
+    assert (outcome.count, outcome.has_more) == (1, True)
+    outcome = driver.do(ReplayDeliveries(merchant_id="m1"))
+    assert (outcome.count, outcome.has_more) == (len(driver.deliveries()) - 1, False)
+    assert {d.status for d in driver.deliveries()} == {"pending"}
+    assert {d.status for d in driver.deliveries("m2")} == {"dead"}  # another merchant's stay
+    replayed = driver.deliveries()[0]
+    assert (replayed.replays, replayed.queued_after_attempts, replayed.attempt_count) == (1, 1, 1)
+    assert driver.do(ReplayDeliveries()).count == len(driver.deliveries("m2"))  # an operator: every merchant's
+    assert driver.do(ReplayDeliveries(limit=0)).code == "limit_invalid"
+
+
+def test_lists_page_newest_first_with_filters():
+    driver = shop()
+    for index in range(3):
+        driver.paid_order(f"p{index}", f"o{index}")
+    events = driver.events()
+    assert [event.created_at for event in events] == sorted((event.created_at for event in events), reverse=True)
+    page = driver.engine.query(ListEvents(merchant_id="m1", limit=2))
+    rest = driver.engine.query(ListEvents(merchant_id="m1", limit=100, starting_after=page.records[-1].id))
+    assert page.has_more and page.records + rest.records == events
+    assert [e.object_id for e in driver.events(object_id="o1")] == ["o1"]
+    assert [e.kind for e in driver.events(kind="payment.succeeded")] == ["payment.succeeded"] * 3
+    assert driver.engine.query(GetEvent("m2", events[0].id)).record is None
+    assert driver.engine.query(ListEvents(merchant_id="m1", starting_after="evt_nothing")).records == []
+
+
+def test_pending_deliveries_come_in_the_order_queued_past_a_cursor():
+    driver = shop()
+    for index in range(3):
+        driver.paid_order(f"p{index}", f"o{index}")
+    every = driver.engine.query(PendingDeliveries(limit=1000)).records
+    assert [d.queue_position for d in every] == sorted(d.queue_position for d in every)
+    first = driver.engine.query(PendingDeliveries(limit=3))
+    driver.ok(RecordDeliveryAttempts([result(first.records[-1].id, 1, "delivered", 200)]))
+    rest = driver.engine.query(PendingDeliveries(starting_after=first.records[-1].id, limit=1000)).records
+    assert first.has_more and first.records + rest == every
+
+
+def test_jobs_carry_what_sending_takes():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    driver.ok(CreateRefund(refund=Refund(id="re_1", merchant_id="m1", payment_id="p1", amount=0),
+                           transfer_id="m1:re_1"))
+    by_kind = {d.kind: d.id for d in driver.deliveries()}
+    receipt, refund_receipt, event = driver.engine.query(GetDeliveryJobs(
+        [by_kind["receipt"], by_kind["refund_receipt"], by_kind["event"], "whd_unknown"])).jobs
+    assert (receipt.order.id, receipt.invoice.order_id, receipt.payment.id, receipt.merchant.id) == (
+        "o1", "o1", "p1", "m1")
+    assert (refund_receipt.refund.id, refund_receipt.order.id, refund_receipt.invoice.number) == ("re_1", "o1", 1)
+    assert (event.order, event.invoice, event.merchant.webhook_url) == (None, None, HOOK)
+
+
+def run_all(engine: Engine) -> Shop:
+    driver = Shop(engine, now=T0)
+    driver.ok(CreateMerchant(Merchant(id="m1", name="Shop One", email="m1@example.com", webhook_url=HOOK)))
+    for index in range(4):
+        driver.paid_order(f"p{index}", f"o{index}")
+    dead = driver.deliveries()[0].id
+    driver.ok(RecordDeliveryAttempts([result(dead, 1, "dead")]))
+    driver.ok(ReplayDeliveries(merchant_id="m1"), RedeliverEvent("m1", driver.events()[0].id))
+    return driver
+
+
+def test_replay_gives_the_same_events_ids_and_state_hash():
+    first, second = run_all(Engine()), run_all(Engine())
+    assert first.events() == second.events() and first.deliveries() == second.deliveries()
+    assert first.engine.state_hash() == second.engine.state_hash()
+    restored = Engine.restore(first.engine.snapshot())
+    assert restored.state_hash() == first.engine.state_hash()
+    assert restored.snapshot() == first.engine.snapshot()
+    assert restored.query(PendingDeliveries()).records == first.engine.query(PendingDeliveries()).records
+
+
+def test_a_command_that_raises_after_storing_events_leaves_none(monkeypatch):
+    driver = shop()
+    driver.ok(order("o1"))
+    driver.ok(*pay("p1", "o1")[0])
+    before = driver.engine.state_hash()
+    record = notifications.Notifications.record
+
+    def record_then_raise(self, first, timestamp):
+        record(self, first, timestamp)
+        if self.records:
+            raise RuntimeError("stored, then raised")
+    monkeypatch.setattr(notifications.Notifications, "record", record_then_raise)
+    outcome = driver.do(pay("p1", "o1")[1][0])
+    assert outcome.code == "internal_error"
+    assert driver.engine.state_hash() == before
+    assert driver.events() == [] and driver.deliveries() == []
+    assert driver.engine.query(ListInvoices(merchant_id="m1")).records == []
+    assert driver.engine.query(GetOrder("m1", "o1")).record.invoice_id == ""
+
+
+def test_events_past_the_cap_are_dropped_oldest_first_but_not_while_a_delivery_is_pending(monkeypatch):
+    monkeypatch.setattr(notifications, "MAX_EVENTS", 4)
+    driver = shop()
+
+    def deliver_all_but(kept_id: str = "") -> None:
+        pending = driver.engine.query(PendingDeliveries()).records
+        driver.ok(RecordDeliveryAttempts([result(d.id, 1, "delivered", 200) for d in pending
+                                          if d.event_id != kept_id]))
+    driver.paid_order("p0", "o0")
+    kept = driver.events()[-1]  # p0's payment.succeeded: its webhook delivery stays pending
+    deliver_all_but(kept.id)
+    for index in range(1, 4):
+        driver.paid_order(f"p{index}", f"o{index}")
+        deliver_all_but(kept.id)
+    ids = [event.id for event in driver.events()]
+    assert len(ids) == 4 and kept.id in ids  # the oldest, still being delivered, is kept in a newer one's place
+    assert driver.engine.query(GetEvent("m1", kept.id)).record == kept
+    assert {d.event_id for d in driver.deliveries()} == set(ids)  # the deliveries of dropped events went with them
+    deliver_all_but()
+    driver.paid_order("p9", "o9")
+    assert kept.id not in {event.id for event in driver.events()}
+    assert len(driver.events()) == 4
+    # Pending everywhere (p9's and p10's): nothing can go, and the cap gives way rather than lose a delivery.
+    driver.paid_order("p10", "o10")
+    assert len(driver.events()) == 4
+    driver.paid_order("p11", "o11")
+    assert len(driver.events()) == 6
+
+
+def test_a_delivery_beyond_the_pending_cap_is_made_dead_untried(monkeypatch):
+    monkeypatch.setattr(notifications, "MAX_PENDING_DELIVERIES", 3)
+    driver = shop()
+    driver.paid_order("p0", "o0")  # 4 deliveries: the last one made finds the queue full
+    [dead] = driver.deliveries(status="dead")
+    assert (dead.dead_reason, dead.attempts, dead.next_attempt_at) == (BACKLOG_FULL, [], 0)
+    assert len(driver.engine.query(PendingDeliveries()).records) == 3
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).code == BACKLOG_FULL
+    assert driver.do(RedeliverEvent("m1", driver.events()[0].id)).code == BACKLOG_FULL
+    pending = driver.engine.query(PendingDeliveries()).records
+    driver.ok(RecordDeliveryAttempts([result(pending[0].id, 1, "delivered", 200)]))
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 1
