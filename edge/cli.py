@@ -2,7 +2,9 @@
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import os
 import pathlib
 import signal
@@ -311,17 +313,20 @@ def _spawn_actors(args, data: pathlib.Path, settings: Settings, connector_addres
     key_file = str(key_path(data))
     shards = settings.shard_addresses
     rules = risk.load_rules(args.risk_rules)
-    handles = [
-        connectors.spawn("piggybank", providers.services[0].url, connector_address, shards, key_file,
-                         authorization_hold_s=args.authorization_hold_s),
-        connectors.spawn("bank", providers.services[1].url, None, shards, key_file),
-        followers.spawn(shards, key_file, data / "cursors", list(PROVIDERS),
-                        status_query_margin_s=args.status_query_margin_s),
-        notifier.spawn(shards, key_file, data, settings.public_url, args.webhook_retry_schedule, smtp_url,
-                       production=args.production, max_jobs=args.notifier_max_pending),
-        health.spawn(shards, key_file),
-        risk.spawn(shards, key_file, data / "risk", rules),
+    spawns = [
+        functools.partial(connectors.spawn, "piggybank", providers.services[0].url, connector_address, shards,
+                          key_file, authorization_hold_s=args.authorization_hold_s),
+        functools.partial(connectors.spawn, "bank", providers.services[1].url, None, shards, key_file),
+        functools.partial(followers.spawn, shards, key_file, data / "cursors", list(PROVIDERS),
+                          status_query_margin_s=args.status_query_margin_s),
+        functools.partial(notifier.spawn, shards, key_file, data, settings.public_url, args.webhook_retry_schedule,
+                          smtp_url, production=args.production, max_jobs=args.notifier_max_pending),
+        functools.partial(health.spawn, shards, key_file),
+        functools.partial(risk.spawn, shards, key_file, data / "risk", rules),
     ]
+    # Side by side: each spawn waits for its actor's worker process, which Ray starts as many at a time as it has CPUs.
+    with concurrent.futures.ThreadPoolExecutor(len(spawns), thread_name_prefix="spawn") as pool:
+        handles = list(pool.map(lambda spawn: spawn(), spawns))
     settings.risk_table_path = str(data / "risk" / risk.TABLE_FILE)
     settings.risk_test_cards = [] if args.production else rules.test_cards
     return handles, f"\nNotifications: {notifier.WHERE}\nShards' health: {health.WHERE}"
