@@ -263,13 +263,14 @@ def _serve(args) -> int:
 
             from actors import runtime as ray_runtime
 
-            providers.start().wait_ready()
+            providers.start()  # they come up while Ray does; the connectors need them
             smtp_url = args.smtp_url or mail_sink.start().url
             mail_description = (f"sent through {smtp_url}" if args.smtp_url else
                                 f"kept as .eml files in {mail_sink.folder} (a local SMTP sink at {smtp_url})")
             ray_description = ray_runtime.start(args.ray_address, data, dashboard=args.dashboard,
                                                 dashboard_port=args.dashboard_port)
             _stop_on_signals(stop)  # ray.init put its own SIGTERM handler (a traceback and exit 1) in ours' place
+            providers.wait_ready()
             connector_address = local.address("card-connector", 0)
             handles, where = _spawn_actors(args, data, settings, connector_address, providers, smtp_url)
             actor_handles += handles
