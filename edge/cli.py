@@ -2,7 +2,9 @@
 
 import argparse
 import asyncio
+import concurrent.futures
 import contextlib
+import functools
 import os
 import pathlib
 import signal
@@ -271,13 +273,14 @@ def _serve(args) -> int:
 
             from actors import runtime as ray_runtime
 
-            providers.start().wait_ready()
+            providers.start()  # they come up while Ray does; the connectors need them
             smtp_url = args.smtp_url or mail_sink.start().url
             mail_description = (f"sent through {smtp_url}" if args.smtp_url else
                                 f"kept as .eml files in {mail_sink.folder} (a local SMTP sink at {smtp_url})")
             ray_description = ray_runtime.start(args.ray_address, data, dashboard=args.dashboard,
                                                 dashboard_port=args.dashboard_port)
             _stop_on_signals(stop)  # ray.init put its own SIGTERM handler (a traceback and exit 1) in ours' place
+            providers.wait_ready()
             connector_address = local.address("card-connector", 0)
             settings.smtp_url = smtp_url
             handles, where = _spawn_actors(args, data, settings, connector_address, providers, smtp_url)
@@ -323,19 +326,22 @@ def _spawn_actors(args, data: pathlib.Path, settings: Settings, connector_addres
     key_file = str(key_path(data))
     shards = settings.shard_addresses
     rules = risk.load_rules(args.risk_rules)
-    handles = [
-        connectors.spawn("piggybank", providers.services[0].url, connector_address, shards, key_file,
-                         authorization_hold_s=args.authorization_hold_s),
-        connectors.spawn("bank", providers.services[1].url, None, shards, key_file),
-        followers.spawn(shards, key_file, data / "cursors", list(PROVIDERS),
-                        status_query_margin_s=args.status_query_margin_s),
-        notifier.spawn(shards, key_file, data, settings.public_url, args.webhook_retry_schedule, smtp_url,
-                       production=args.production, max_jobs=args.notifier_max_pending),
-        health.spawn(shards, key_file, str(data / HEALTH_FOLDER)),
-        risk.spawn(shards, key_file, data / "risk", rules),
-        reconciler.spawn(shards, key_file, data / "cursors", "piggybank", providers.services[0].url,
-                         cutoff_s=args.settlement_cutoff_s),
+    spawns = [
+        functools.partial(connectors.spawn, "piggybank", providers.services[0].url, connector_address, shards,
+                          key_file, authorization_hold_s=args.authorization_hold_s),
+        functools.partial(connectors.spawn, "bank", providers.services[1].url, None, shards, key_file),
+        functools.partial(followers.spawn, shards, key_file, data / "cursors", list(PROVIDERS),
+                          status_query_margin_s=args.status_query_margin_s),
+        functools.partial(notifier.spawn, shards, key_file, data, settings.public_url, args.webhook_retry_schedule,
+                          smtp_url, production=args.production, max_jobs=args.notifier_max_pending),
+        functools.partial(health.spawn, shards, key_file, str(data / HEALTH_FOLDER)),
+        functools.partial(risk.spawn, shards, key_file, data / "risk", rules),
+        functools.partial(reconciler.spawn, shards, key_file, data / "cursors", "piggybank", providers.services[0].url,
+                          cutoff_s=args.settlement_cutoff_s),
     ]
+    # Side by side: each spawn waits for its actor's worker process, which Ray starts as many at a time as it has CPUs.
+    with concurrent.futures.ThreadPoolExecutor(len(spawns), thread_name_prefix="spawn") as pool:
+        handles = list(pool.map(lambda spawn: spawn(), spawns))
     settings.risk_table_path = str(data / "risk" / risk.TABLE_FILE)
     settings.risk_test_cards = [] if args.production else rules.test_cards
     return handles, f"\nNotifications: {notifier.WHERE}\nShards' health: {health.WHERE}"

@@ -1,11 +1,11 @@
 """serve supervises its shard processes: one that dies is started again while the other shards serve on; requests
-for a shard that is down are answered 503 `shard_unavailable` at once; SIGTERM stops serve as Ctrl-C does.
+for a shard that is down are answered 503 `shard_unavailable` at once. (SIGTERM stopping serve, Ray and all, as Ctrl-C
+does: tests/test_risk_e2e.py, whose server has Ray already.)
 
 Everything here is real: `paygate serve` in a subprocess, its shard processes killed with SIGKILL, HTTP over
 loopback.
 """
 
-import contextlib
 import json
 import os
 import pathlib
@@ -35,8 +35,8 @@ def test_the_restart_budget_doubles_its_pause_and_runs_out_within_its_window():
     assert budget.pause_s(100.0 + MAX_PAUSE_S + RESTART_WINDOW_S) == FIRST_PAUSE_S
 
 
-def _serve(data: pathlib.Path, *options: str, shards: int = 2, actors: bool = False) -> Server:
-    return Server(data, shards=shards, actors=actors, extra=("--order-ip-limit", "0", *options)).start()
+def _serve(data: pathlib.Path, *options: str, shards: int = 2) -> Server:
+    return Server(data, shards=shards, extra=("--order-ip-limit", "0", *options)).start()
 
 
 def _merchant_per_shard(server: Server, shards: int) -> dict[int, str]:
@@ -238,31 +238,3 @@ def test_after_a_promotion_the_old_primary_follows_the_new_one(tmp_path):
         assert server.process.poll() is None, "".join(server.output)
     finally:
         server.stop()
-
-
-def test_sigterm_stops_serve_as_ctrl_c_does(tmp_path):
-    """With Ray, whose driver takes SIGTERM for itself unless serve takes it back."""
-    data = tmp_path / "data"
-    server = _serve(data, shards=2, actors=True)
-    try:
-        keys = _merchant_per_shard(server, 2)
-        ids = {shard: [server.request("POST", "/v1/orders", ORDER, key=key).json()["id"] for _ in range(3)]
-               for shard, key in keys.items()}
-        shard_pids = [json.loads((shard_folder(data, shard) / "shard.json").read_text())["pid"] for shard in keys]
-        os.kill(server.process.pid, signal.SIGTERM)
-        assert server.process.wait(60) == 0, "".join(server.output)
-    finally:
-        server.stop()
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.process.pid, signal.SIGKILL)
-    output = "".join(server.output)
-    assert "Traceback" not in output, output
-    for pid in shard_pids:
-        with pytest.raises(ProcessLookupError):
-            os.kill(pid, 0)
-    again = _serve(data, shards=2)
-    try:
-        for shard, key in keys.items():
-            _assert_readable(again, key, ids[shard])
-    finally:
-        again.stop()
