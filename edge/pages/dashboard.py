@@ -104,7 +104,7 @@ def signed_in(handler):
             back = request.path_qs if request.method == "GET" else "/dashboard"
             return redirect("/dashboard/login?" + urllib.parse.urlencode({"next": back}))
         check_merchant_access(request, merchant)  # suspended, or outside its IP allow list: 403
-        request["csrf_token"] = csrf_token(request, claims)
+        request["session"], request["csrf_token"] = claims, csrf_token(request, claims)
         return await handler(request, merchant)
     return answer
 
@@ -113,7 +113,7 @@ def signed_in(handler):
 async def sign_out(request: web.Request, merchant: Merchant) -> web.Response:
     await form_of(request, request["csrf_token"])
     response = redirect("/dashboard/login")
-    end_session(request, response, AUDIENCE)
+    end_session(request, response, AUDIENCE, request["session"])
     return response
 
 
