@@ -6,6 +6,7 @@ One server (two edge workers, so a callback and the page's live stream may meet 
 browser for the module; each test makes its own merchant and opens its own browser context.
 """
 
+import base64
 import hashlib
 import hmac
 import json
@@ -93,7 +94,7 @@ def test_card_payment_shows_success_and_returns_to_the_merchant_signed(server, s
     expect(page.get_by_role("heading", name="Green tea")).to_be_visible()
     expect(page.get_by_text("19.99 USD", exact=True).first).to_be_visible()
     expect(page.get_by_text(re.compile(r"Pay within 1[45]:[0-5][0-9]"))).to_be_visible()
-    for tab in ("Card", "QR code", "Bank transfer"):
+    for tab in ("Card", "QR code", "Bank transfer", "Wallet"):
         expect(page.get_by_role("tab", name=tab)).to_be_visible()
 
     pay_by_card(page, SUCCEEDS)
@@ -245,6 +246,52 @@ def test_a_customer_signs_in_with_a_mailed_code_and_pays_from_the_wallet(server,
     wallet = server.request("GET", f"/v1/customers/{customer['id']}/wallet", key=shop["api_key"]).json()
     assert [(entry["currency"], entry["balance"]) for entry in wallet["balances"]] == [("usd", 5000 - 1999)]
     assert code not in page.content()
+
+
+def jwt_claims(token: str) -> dict:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def test_any_order_that_takes_wallets_signs_the_customer_in_by_the_address_they_type(server, shop, page, inbox):
+    address = f"bo-{uuid.uuid4().hex[:8]}@example.com"
+    customer = server.request("POST", "/v1/customers", {"email": address, "name": "Bo"}, key=shop["api_key"]).json()
+    funded = server.request("POST", f"/v1/customers/{customer['id']}/adjustments",
+                            {"amount": 3000, "currency": "usd", "reason": "test funds"}, key=server.admin_token)
+    assert funded.status == 200, funded.body
+    the_order = order(server, shop, payment_methods=["card", "wallet"])  # no customer_id
+    page.goto(the_order["payment_url"])
+    page.get_by_role("tab", name="Wallet").click()
+    expect(page.get_by_text("Enter your wallet's e-mail address")).to_be_visible()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+
+    # An address that is no customer's: the page answers as for one that is, and mails nothing.
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
+    page.get_by_label("Your wallet's e-mail address").fill(nobody)
+    page.get_by_role("button", name="Send me a code").click()
+    expect(page.get_by_text(f"If n•••@example.com is the address of a wallet with {shop['name']}, a one-time code "
+                            "is on its way there.")).to_be_visible()
+    page.get_by_label("Code from your e-mail").fill("123456")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("That code is not the one we sent, or it is too old.")
+
+    page.get_by_label("Your wallet's e-mail address").fill(address.upper())
+    page.get_by_role("button", name="Send a new code").click()
+    expect(page.get_by_text(f"If b•••@example.com is the address of a wallet with {shop['name']}")).to_be_visible()
+    code = wallet_code(inbox, address)
+    assert not any(message["To"] == nobody for message in inbox.messages)
+    # The page's cookie says nothing of the customer: the typed address only, and a proof of the code.
+    cookie = next(cookie for cookie in page.context.cookies() if cookie["name"] == "paygate_wallet_code")
+    assert customer["id"] not in json.dumps(jwt_claims(cookie["value"])) and code not in cookie["value"]
+    page.get_by_label("Code from your e-mail").fill(code)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text("Signed in as b•••@example.com. Your wallet holds 30.00 USD.")).to_be_visible()
+    page.get_by_role("button", name="Pay 19.99 USD from my wallet").click()
+    expect(page.get_by_role("heading", name="Payment successful")).to_be_visible()
+    payment = server.request("GET", f"/v1/payments?order_id={the_order['id']}", key=shop["api_key"]).json()["data"][0]
+    assert (payment["status"], payment["payment_method"]["type"]) == ("succeeded", "wallet")
+    wallet = server.request("GET", f"/v1/customers/{customer['id']}/wallet", key=shop["api_key"]).json()
+    assert [(entry["currency"], entry["balance"]) for entry in wallet["balances"]] == [("usd", 3000 - 1999)]
 
 
 # Accessibility
