@@ -134,6 +134,16 @@ def pay_by_card(page, number: str, expiry: str = "12/34", cvc: str = "123") -> N
     page.get_by_role("button", name="Pay", exact=True).click()
 
 
+def assert_strict_page_headers(headers) -> None:
+    """A page's answer forbids inline script and style and anything from elsewhere, and any framing."""
+    policy = {directive.strip().split(" ", 1)[0]: directive.strip() for directive in
+              headers["content-security-policy"].split(";")}
+    assert policy["default-src"] == "default-src 'none'" and policy["script-src"] == "script-src 'self'", policy
+    assert policy["style-src"] == "style-src 'self'" and policy["frame-ancestors"] == "frame-ancestors 'none'", policy
+    assert "unsafe" not in headers["content-security-policy"]
+    assert (headers["x-frame-options"], headers["x-content-type-options"]) == ("DENY", "nosniff")
+
+
 # Every form control that a person cannot name: no label, no aria-label, a button without text.
 UNLABELLED = """() => [...document.querySelectorAll('input:not([type=hidden]), select, textarea, button')]
     .filter(element => !element.closest('[hidden]'))

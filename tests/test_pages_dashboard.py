@@ -17,7 +17,8 @@ import uuid
 import pytest
 from playwright.sync_api import expect
 
-from browser_harness import LOW_CONTRAST, UNLABELLED, CallbackReceiver, new_page, pay_by_card
+from browser_harness import LOW_CONTRAST, UNLABELLED, CallbackReceiver, assert_strict_page_headers, new_page, \
+    pay_by_card
 from edge_harness import Server
 from edge.limits import LOGIN_FREE_FAILURES
 
@@ -229,6 +230,7 @@ def test_orders_filter_by_status_and_date_and_page_through(server, shop, page):
     page.get_by_label("Created until").fill("2000-01-01")
     page.get_by_role("button", name="Search").click()
     expect(page.get_by_text("No orders match.")).to_be_visible()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
 
 
 def manual_card_payment(server, shop, name: str) -> dict:
@@ -306,13 +308,15 @@ class NoRedirects(urllib.request.HTTPRedirectHandler):
 
 def with_cookie(server, path: str, cookie: str, token: str) -> tuple[int, str]:
     """GET `path` on a new connection (so on either worker) with the session cookie: the status, and where a
-    redirect points."""
+    redirect points; every answer with the pages' strict headers."""
     request = urllib.request.Request(server.url + path, headers={"Cookie": f"{cookie}={token}"})
     try:
         with urllib.request.build_opener(NoRedirects).open(request, timeout=10) as response:
-            return response.status, ""
+            status, headers = response.status, response.headers
     except urllib.error.HTTPError as error:
-        return error.code, error.headers.get("Location", "")
+        status, headers = error.code, error.headers
+    assert_strict_page_headers(headers)
+    return status, headers.get("Location", "")
 
 
 def session_token(page, cookie: str) -> str:
@@ -435,6 +439,7 @@ def test_the_operator_onboards_suspends_and_blocks(server, page):
     page.get_by_role("button", name="Onboard").click()
     expect(page.get_by_role("heading", name=f"{name} is onboarded")).to_be_visible()
     api_key = page.locator("dt:has-text('API key') + dd").inner_text().strip()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
     assert server.request("GET", "/v1/merchants/me", key=api_key).json()["tier"] == "basic"
 
     page.get_by_label(f"Tier of {name}").select_option("premium")

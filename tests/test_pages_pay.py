@@ -12,6 +12,8 @@ import hmac
 import json
 import re
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -19,7 +21,8 @@ import pytest
 from playwright.sync_api import expect
 
 from bench.browser import PHONE
-from browser_harness import LOW_CONTRAST, UNLABELLED, CallbackReceiver, new_page, pay_by_card
+from browser_harness import LOW_CONTRAST, UNLABELLED, CallbackReceiver, assert_strict_page_headers, new_page, \
+    pay_by_card
 from edge_harness import Server
 from notify_harness import smtp_server
 
@@ -115,6 +118,7 @@ def test_three_d_secure_goes_through_the_acquirers_challenge_page(server, shop, 
     expect(page.get_by_role("button", name="Decline")).to_be_visible()
     assert page.url.startswith(f"http://127.0.0.1:{server.base_port}/3ds/"), page.url
     expect(page.get_by_text("ending in 3220")).to_be_visible()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
     page.get_by_role("button", name=answer).click()
     expect(page.get_by_role("heading", name=heading)).to_be_visible()
     assert page.url.startswith(the_order["payment_url"]), page.url
@@ -198,6 +202,37 @@ def test_ended_orders_show_their_state_instead_of_a_form(server, shop, page):
     response = page.goto(cancelled["payment_url"].replace(cancelled["id"], "ord_" + "0" * 24))
     assert response.status == 404
     expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+
+
+def test_every_page_forbids_inline_script_and_framing_and_another_site_cannot_frame_it(server, shop, browser,
+                                                                                       receiver):
+    the_order = order(server, shop)
+    for path in (f"/pay/{the_order['id']}", "/pay/ord_" + "0" * 24, "/dashboard/login", "/dashboard",
+                 "/admin/login", f"/pay/{the_order['id']}/live"):
+        request = urllib.request.Request(server.url + path)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                headers = response.headers
+                if path.endswith("/live"):  # the live stream: its first bytes are enough
+                    assert response.headers["content-type"] == "text/event-stream"
+        except urllib.error.HTTPError as error:
+            headers = error.headers
+        assert_strict_page_headers(headers)
+    # A page of another site that frames the payment page: Chromium refuses to show it there.
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        refusals: list[str] = []
+        page.on("console", lambda message: refusals.append(message.text))
+        page.goto(f"{receiver.site}/frame?" + urllib.parse.urlencode({"src": the_order["payment_url"]}))
+        expect(page.get_by_role("heading", name="Another site")).to_be_visible()
+        deadline = time.monotonic() + 10
+        while not any("frame-ancestors 'none'" in text for text in refusals):
+            assert time.monotonic() < deadline, refusals
+            page.wait_for_timeout(100)
+        expect(page.frame_locator("iframe").get_by_role("heading", name="Green tea")).to_have_count(0)
+    finally:
+        context.close()
 
 
 def test_the_page_fits_a_phone(server, shop, browser, receiver):
