@@ -129,10 +129,9 @@ async def sign_in(request: web.Request, merchant: Merchant, order: Order, code: 
                   response: web.StreamResponse) -> None:
     """The code's customer signed in on `response`, or 401 (a wrong or old code) or 429 (locked out for now)."""
     _check_offered(request, order)
-    sent = _code_token(request, order)
-    if sent is None:
+    proof, typed_email = _code_token(request, order) or ("", "")
+    if not proof or not (order.customer_id or typed_email):  # no code asked for from this page (or long ago)
         raise ApiError(401, "code_invalid", "That code is too old: ask for a new one.")
-    proof, typed_email = sent
     if order.customer_id:
         customer = await api.customer_of(request, merchant, order.customer_id)
     else:
