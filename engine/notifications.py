@@ -26,6 +26,7 @@ import msgspec
 from engine.changes import Changes, append_to, peek
 from engine.check import check
 from engine.invoices import Invoices
+from engine.listing import Queue
 from engine.paging import page
 from engine.records import (
     Delivery,
@@ -111,6 +112,8 @@ class Notifications:
         self.deliveries_by_event: dict[str, list[str]] = changes.dict(ordered=False)
         self.pending: dict[str, None] = changes.dict(ranked=True)
         self.replayable: dict[str, dict[str, None]] = changes.dict(ordered=False)
+        # Derived: the pending deliveries by when they were queued, for pages that start where the last one ended.
+        self.queue = Queue(changes, self._queued_at)
 
     # Events, as commands log them
 
@@ -238,12 +241,18 @@ class Notifications:
         delivery.queued_after_attempts = delivery.attempt_count
         delivery.next_attempt_at = delivery.updated_at = timestamp
         self.pending[delivery.id] = None
+        self.queue.add(delivery.queue_position, delivery.id)
         self.log.append(Event(QUEUED, delivery.id, timestamp))
+
+    def _queued_at(self, delivery_id: str) -> int | None:
+        """The queue position of a pending delivery; None for one not pending."""
+        return peek(self.deliveries, delivery_id).queue_position if delivery_id in self.pending else None
 
     def _finish(self, delivery: Delivery, status: str) -> None:
         transition(delivery, status)
         delivery.next_attempt_at = 0
         del self.pending[delivery.id]
+        self.queue.left(len(self.pending))
         if status == "dead":
             self._mark_dead(delivery)
 
@@ -380,17 +389,11 @@ class Notifications:
     def pending_deliveries(self, starting_after: str, limit: int) -> tuple[list[Delivery], bool]:
         """Pending deliveries in the order queued, after the one `starting_after` names (by when it was queued, so
         that one delivered meanwhile still marks the place); and whether more follow."""
-        after = self.deliveries.get(starting_after) if starting_after else None
+        after = peek(self.deliveries, starting_after) if starting_after else None
         position = after.queue_position if after is not None else -1
-        found: list[Delivery] = []
-        for delivery_id in self.pending:
-            delivery = self.deliveries[delivery_id]
-            if delivery.queue_position <= position:
-                continue
-            if len(found) == limit:
-                return found, True
-            found.append(delivery)
-        return found, False
+        found = [peek(self.deliveries, delivery_id)
+                 for delivery_id, _ in zip(self.queue.after(position), range(limit + 1))]
+        return found[:limit], len(found) > limit
 
     # State
 
@@ -414,6 +417,7 @@ class Notifications:
         for delivery in sorted((d for d in snapshot.deliveries if d.status == "pending"),
                                key=lambda delivery: delivery.queue_position):
             self.pending[delivery.id] = None
+            self.queue.add(delivery.queue_position, delivery.id)
 
 
 _STORES = {"order": "orders", "payment": "payments", "refund": "refunds", "payout": "payouts", "deposit": "deposits",

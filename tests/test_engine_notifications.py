@@ -239,6 +239,44 @@ def test_pending_deliveries_come_in_the_order_queued_past_a_cursor():
     assert first.has_more and first.records + rest == every
 
 
+def test_paging_the_pending_deliveries_looks_at_each_about_once(monkeypatch):
+    """A page starts where the last ended, found by bisection: paging one by one through n pending deliveries looks
+    at each a bounded number of times (a scan from the start per page looked n * n / 2 times)."""
+    looked = []
+    queued_at = notifications.Notifications._queued_at
+    monkeypatch.setattr(notifications.Notifications, "_queued_at",
+                        lambda self, delivery_id: looked.append(delivery_id) or queued_at(self, delivery_id))
+    driver = shop()
+    for index in range(40):
+        driver.paid_order(f"p{index}", f"o{index}")
+    every = driver.engine.query(PendingDeliveries(limit=1000)).records
+    # Every other one delivered: their entries are left behind, skipped, then packed away.
+    driver.ok(RecordDeliveryAttempts([result(d.id, 1, "delivered", 200) for d in every[::2]]))
+    queue = driver.engine.commerce.notifications.queue
+    assert len(queue.entries[""]) <= 2 * len(every[1::2]) + 1
+    looked.clear()
+    paged, after = [], ""
+    while True:
+        answer = driver.engine.query(PendingDeliveries(starting_after=after, limit=1))
+        paged += answer.records
+        if not answer.has_more:
+            break
+        after = answer.records[-1].id
+    assert paged == every[1::2] and len(every) == 160
+    assert len(looked) <= 3 * len(every), len(looked)
+
+
+def test_a_delivery_queued_again_is_paged_once_in_its_new_place():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    first, *others = driver.engine.query(PendingDeliveries()).records
+    driver.ok(RecordDeliveryAttempts([result(first.id, 1, "dead")]))
+    driver.ok(ReplayDeliveries(merchant_id="m1"))
+    again = driver.engine.query(PendingDeliveries()).records
+    assert [d.id for d in again] == [d.id for d in others] + [first.id]
+    assert [d.id for d in driver.engine.query(PendingDeliveries(starting_after=others[-1].id)).records] == [first.id]
+
+
 def test_jobs_carry_what_sending_takes():
     driver = shop()
     driver.paid_order("p1", "o1")
