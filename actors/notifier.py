@@ -37,7 +37,7 @@ from actors.merchant_secrets import MerchantSecrets
 from actors.notifier_stats import NotifierStats, stats_path
 from actors.runtime import die_with_parent
 from actors.webhooks import AttemptResult, RetrySchedule, WebhookSender
-from engine.notifications import MAX_DELIVERY_RESULTS
+from engine.notifications import MAX_DELIVERY_RESULTS, QUEUED, WEBHOOK_MOVED
 from engine.queries import MAX_JOBS, DeliveryJob, GetDeliveryJobs, PendingDeliveries
 from engine.records import DeliveryResult, RecordDeliveryAttempts
 from engine.views import event_body
@@ -46,7 +46,6 @@ from journal.client import EntriesPruned, ShardClient
 from journal.store import write_atomically
 
 ACTOR_NAME = "notifier"
-QUEUED = "delivery.queued"
 ENTRIES_PER_READ = 64
 IDS_PER_QUERY = MAX_JOBS
 PAGE = 256  # pending deliveries loaded per request
@@ -189,7 +188,10 @@ class NotifierActor:
         entries = await self.shards[shard].read_entries(cursor.sequence + 1, ENTRIES_PER_READ)
         if not entries:
             return False
-        queued = [event.object_id for entry in entries for event in entry.result.events if event.kind == QUEUED]
+        events = [event for entry in entries for event in entry.result.events]
+        # Before the new ones are added: those are read as the engine has them now, targets moved already.
+        self._mark_moved(shard, {event.object_id for event in events if event.kind == WEBHOOK_MOVED})
+        queued = [event.object_id for event in events if event.kind == QUEUED]
         unknown = list(dict.fromkeys(delivery_id for delivery_id in queued
                                      if (shard, delivery_id) not in self.schedule))
         # While the schedule has pending deliveries of this shard it could not hold, new ones wait for the next
@@ -198,6 +200,14 @@ class NotifierActor:
             self.unloaded[shard] = True
         cursor.advance(entries[-1].sequence)
         return True
+
+    def _mark_moved(self, shard: int, merchant_ids: set[str]) -> None:
+        """These merchants' webhook_url changed: their webhook deliveries are read again before their next attempt."""
+        if not merchant_ids:
+            return
+        for job in self.schedule.jobs.values():
+            if job.shard == shard and job.channel == "webhook" and job.merchant.id in merchant_ids:
+                job.stale = True
 
     async def _add(self, shard: int, delivery_ids: list[str]) -> bool:
         """Schedule the deliveries (one request for all their jobs) that are still pending; False when the schedule
@@ -244,11 +254,12 @@ class NotifierActor:
                 pass
 
     def _start(self, jobs: list[Job]) -> None:
-        """First attempts go at once; retries first read their delivery again (one request per shard), since its
-        merchant's webhook secrets may have been rotated while it waited."""
+        """First attempts go at once; retries, and deliveries whose webhook_url changed, first read their delivery
+        again (one request per shard): its merchant's webhook secrets may have been rotated, or its URL changed, while
+        it waited."""
         retries: dict[int, list[Job]] = {}
         for job in jobs:
-            if job.attempts > job.queued_after_attempts:
+            if job.stale or job.attempts > job.queued_after_attempts:
                 retries.setdefault(job.shard, []).append(job)
             else:
                 self._spawn(self._attempt(job))
@@ -277,6 +288,11 @@ class NotifierActor:
             if current is not None:
                 job.merchant = current.merchant
                 job.attempts = current.delivery.attempt_count
+                job.target, job.stale = current.delivery.target, False
+            elif job.stale:  # where it goes now is not known: not where it went before, so later
+                self.schedule.later(job.key, time.time_ns() + int(MAX_RETRY_BACKOFF_S * 1e9))
+                self.wake.set()
+                continue
             going.append(self._attempt(job))
         await asyncio.gather(*going)
 

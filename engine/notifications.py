@@ -61,6 +61,10 @@ POSITION_BITS = 24  # an id's position among its batch's events
 QUEUED = "delivery.queued"
 DEAD_UNTRIED = "delivery.dead"  # logged for a delivery made dead at once (the queue full): its id is that position
 BACKLOG_FULL = "backlog_full"
+NO_WEBHOOK_URL = "no_webhook_url"  # the merchant removed its webhook_url while the delivery was pending
+# Logged (with the merchant's id) when a change of its webhook_url moved or ended pending deliveries: the notifier
+# reads them again before their next attempt.
+WEBHOOK_MOVED = "merchant.webhook_moved"
 DELIVERY_OUTCOMES = ("delivered", "retry", "dead")
 # Engine Events a merchant hears of, and the type of their object. Not the internal ones (transfer.expired, *.created,
 # delivery.queued, delivery.dead).
@@ -337,11 +341,31 @@ class Notifications:
             self._enqueue(delivery, timestamp)
         return Outcome(count=len(chosen), has_more=len(matching) > len(chosen))
 
+    def webhook_changed(self, merchant_id: str, timestamp: int) -> None:
+        """After the merchant's webhook_url changed: its pending webhook deliveries go to the URL as it is now from
+        their next attempt on (their schedule and order kept), or, with none now, are dead. A scan of the pending
+        deliveries (bounded), for a change as rare as a merchant's settings."""
+        url = self._current_target_of(merchant_id)
+        moved = [delivery_id for delivery_id in self.pending
+                 if (delivery := peek(self.deliveries, delivery_id)).merchant_id == merchant_id
+                 and delivery.channel == "webhook" and delivery.target != url]
+        for delivery_id in moved:
+            delivery = self.deliveries[delivery_id]
+            delivery.updated_at = timestamp
+            if url:
+                delivery.target = url
+            else:
+                delivery.dead_reason = NO_WEBHOOK_URL
+                self._finish(delivery, "dead")
+        if moved:
+            self.log.append(Event(WEBHOOK_MOVED, merchant_id, timestamp))
+
     def _current_target(self, delivery: Delivery) -> str:
         """Where the delivery would go now: a webhook's to the merchant's webhook_url as it is ("" if none)."""
-        if delivery.channel != "webhook":
-            return delivery.target
-        merchant = peek(self.merchants, delivery.merchant_id)
+        return delivery.target if delivery.channel != "webhook" else self._current_target_of(delivery.merchant_id)
+
+    def _current_target_of(self, merchant_id: str) -> str:
+        merchant = peek(self.merchants, merchant_id)
         return merchant.webhook_url if merchant is not None else ""
 
     def _requeue_room(self, merchant_id: str) -> int:

@@ -5,7 +5,7 @@ import msgspec
 import pytest
 
 from engine import Engine, notifications
-from engine.notifications import BACKLOG_FULL, MAX_ATTEMPTS_KEPT, QUEUED
+from engine.notifications import BACKLOG_FULL, MAX_ATTEMPTS_KEPT, NO_WEBHOOK_URL, QUEUED, WEBHOOK_MOVED
 from engine.queries import (
     GetDeliveryJobs,
     GetEvent,
@@ -440,3 +440,39 @@ def test_a_replayed_webhook_delivery_goes_to_the_webhook_url_as_it_is_now():
     driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=""))
     assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 2  # the IPN and the receipt; no webhook now
     assert {d.channel for d in driver.deliveries(status="dead")} == {"webhook"}
+
+
+def test_pending_webhooks_follow_a_new_webhook_url_from_their_next_attempt():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    webhooks = [d for d in driver.engine.query(PendingDeliveries()).records if d.channel == "webhook"]
+    driver.ok(RecordDeliveryAttempts([result(d.id, 1, "retry") for d in webhooks]))
+    moved = "https://shop.example/new-hook"
+    update = driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=moved))
+    assert [(event.kind, event.object_id) for event in update.events] == [(WEBHOOK_MOVED, "m1")]
+    jobs = driver.engine.query(GetDeliveryJobs([d.id for d in webhooks])).jobs
+    assert {(job.delivery.target, job.delivery.status, job.delivery.attempt_count) for job in jobs} == {
+        (moved, "pending", 1)}
+    assert [d.id for d in driver.engine.query(PendingDeliveries()).records if d.channel == "webhook"] == [
+        d.id for d in webhooks]  # in their place, on their schedule
+    assert {(d.channel, d.target) for d in driver.deliveries() if d.channel != "webhook"} == {
+        ("ipn", IPN), ("email", EMAIL)}
+    # The same URL again moves nothing; a delivery already ended keeps the URL it went to.
+    assert driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=moved)).events == []
+    driver.ok(RecordDeliveryAttempts([result(webhooks[0].id, 2, "delivered", 200)]))
+    third = "https://shop.example/third"
+    driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=third))
+    targets = {d.id: (d.status, d.target) for d in driver.deliveries()}
+    assert [targets[d.id] for d in webhooks] == [("delivered", moved), ("pending", third)]
+
+
+def test_pending_webhooks_die_when_the_webhook_url_is_removed():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    update = driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=""))
+    assert [event.kind for event in update.events] == [WEBHOOK_MOVED]
+    webhooks = driver.deliveries(status="dead")
+    assert {(d.channel, d.dead_reason, d.target) for d in webhooks} == {("webhook", NO_WEBHOOK_URL, HOOK)}
+    assert len(webhooks) == 2
+    assert {d.channel for d in driver.engine.query(PendingDeliveries()).records} == {"ipn", "email"}
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 0  # no webhook now: they stay dead

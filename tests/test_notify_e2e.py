@@ -295,6 +295,24 @@ def test_always_failing_is_dead_then_redelivered_and_replayed(server, hooks):
     wait_for(lambda: not shop.deliveries("&status=dead") and not shop.deliveries("&status=pending"), "all recorded")
 
 
+def test_retries_follow_a_new_webhook_url(server, hooks):
+    """A delivery being retried goes to the merchant's webhook_url as PATCHed, not the one it was made for."""
+    hooks.answers["moved-from"] = 500
+    shop = Shop(server, hooks.url("moved-from"))
+    merchant_id = shop.call("GET", "/v1/merchants/me")["id"]
+    shop.paid_order()
+    wait_for(lambda: hooks.of("moved-from"), "a failed attempt")
+    shop.call("PATCH", f"/v1/merchants/{merchant_id}", {"webhook_url": hooks.url("moved-to")}, key=server.admin_token)
+    patched_at = time.time()
+    expected = {event["id"] for event in shop.events()}
+    wait_for(lambda: {hit.event_id for hit in hooks.of("moved-to", ok_only=True)} >= expected, "the new URL")
+    assert {hit.event_id for hit in hooks.of("moved-from")} <= expected
+    assert all(hit.at < patched_at + 1 for hit in hooks.of("moved-from")), "an attempt went to the old URL"
+    delivered = wait_for(lambda: not shop.deliveries("&status=pending") and shop.deliveries(), "recorded")
+    assert {(item["status"], item["target"]) for item in delivered} == {("delivered", hooks.url("moved-to"))}
+    assert any(attempt["status_code"] == 500 for item in delivered for attempt in item["attempts"])
+
+
 def assert_in_order(hits: list[Hit]) -> None:
     """Per object, the events it received (any answer) never go back to an earlier one (ids follow the journal)."""
     latest: dict[str, str] = {}
