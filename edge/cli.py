@@ -317,7 +317,9 @@ def _serve(args) -> int:
             providers.wait_ready()
             connector_address = local.address("card-connector", 0)
             settings.smtp_url = smtp_url
-            handles, where = _spawn_actors(args, data, settings, connector_address, providers, smtp_url)
+            announce_addresses = [primary.announce_address for primary, _ in configs]
+            handles, where = _spawn_actors(args, data, settings, connector_address, providers, smtp_url,
+                                           announce_addresses)
             actor_handles += handles
             ray_description += where
             actor_pids += ray.get([handle.pid.remote() for handle in actor_handles])
@@ -353,7 +355,7 @@ def _serve(args) -> int:
 
 
 def _spawn_actors(args, data: pathlib.Path, settings: Settings, connector_address: str,
-                  providers: ProviderProcesses, smtp_url: str) -> tuple[list, str]:
+                  providers: ProviderProcesses, smtp_url: str, announce_addresses: list[str]) -> tuple[list, str]:
     """The actors beside the shards, in the Ray runtime started already: their handles, and where to watch them."""
     from actors import connectors, followers, health, notifier, reconciler, risk
 
@@ -367,7 +369,8 @@ def _spawn_actors(args, data: pathlib.Path, settings: Settings, connector_addres
         functools.partial(followers.spawn, shards, key_file, data / "cursors", list(PROVIDERS),
                           status_query_margin_s=args.status_query_margin_s),
         functools.partial(notifier.spawn, shards, key_file, data, settings.public_url, args.webhook_retry_schedule,
-                          smtp_url, production=args.production, max_jobs=args.notifier_max_pending),
+                          smtp_url, production=args.production, max_jobs=args.notifier_max_pending,
+                          announce_addresses=announce_addresses),
         functools.partial(health.spawn, shards, key_file, str(data / HEALTH_FOLDER)),
         functools.partial(risk.spawn, shards, key_file, data / "risk", rules),
         functools.partial(reconciler.spawn, shards, key_file, data / "cursors", "piggybank", providers.services[0].url,

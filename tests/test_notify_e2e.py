@@ -200,6 +200,21 @@ def test_a_paid_order_reaches_the_webhook_signed_over_the_exact_bytes(server, ho
     assert [attempt["status_code"] for attempt in delivery["attempts"]] == [200]
 
 
+def test_the_notifier_is_woken_by_the_shards_announcements_not_a_fast_poll(server, hooks):
+    """A commit wakes the notifier at once (the shard announces it); with nothing new it reads the journal about once
+    a second, should an announcement be lost, not every 50 ms."""
+    shop = Shop(server, hooks.url("woken"))
+    woken = read_stats(server.data).woken_by_announcement
+    shop.paid_order()
+    wait_for(lambda: hooks.of("woken") and not shop.deliveries("&status=pending"), "delivered")
+    wait_for(lambda: read_stats(server.data).woken_by_announcement > woken, "woken by an announcement")
+    time.sleep(1.5)  # what the delivery set off (its outcome recorded, that entry read) is over
+    before = read_stats(server.data)
+    time.sleep(4)
+    after = read_stats(server.data)
+    assert after.journal_reads - before.journal_reads <= 10, (before, after)
+
+
 def test_signatures_follow_a_rotation_of_the_webhook_secret(server, hooks):
     """While the old secret's grace lasts a delivery carries both signatures, the new one's first; a retry after the
     old secret is revoked carries the new one's alone."""
