@@ -6,9 +6,10 @@ read; an owner's list is packed once it holds more left places than ids, so it s
 The index is derived from the records it lists: restore rebuilds it in their order.
 """
 
-from typing import Iterator
+import bisect
+from typing import Callable, Iterator
 
-from engine.changes import Changes
+from engine.changes import Changes, append_to, peek
 
 MIN_PACK_PLACES = 64  # a list this short is not worth packing
 EVERYWHERE = ""  # the owner of a listing that pages as one list
@@ -68,3 +69,41 @@ class Listing:
         more follow."""
         page = [records[item_id] for item_id, _ in zip(self.newest_first(owner, starting_after), range(limit + 1))]
         return page[:limit], len(page) > limit
+
+
+class Queue:
+    """Ids in the order they were queued, each with its rank (a number that never falls from one id queued to the
+    next), read oldest first from past any rank: the index behind a queue's pages, found by bisection, not a scan.
+
+    As in a Listing, an id that leaves (or is queued again, further on) leaves its entry behind, skipped when read:
+    `rank_of` says at which rank an id is queued now (None: it is not). The entries are packed once they outnumber
+    twice the ids queued. Derived from the records it lists: restore rebuilds it in their order.
+    """
+
+    __slots__ = ("entries", "rank_of")
+
+    def __init__(self, changes: Changes, rank_of: Callable[[str], int | None]) -> None:
+        # One list of (rank, id) by rank, with left entries; held in a tracked dict, so a command's appends undo.
+        self.entries: dict[str, list[tuple[int, str]]] = changes.dict(ordered=False)
+        self.rank_of = rank_of
+
+    def add(self, rank: int, item_id: str) -> None:
+        append_to(self.entries, EVERYWHERE, (rank, item_id))
+
+    def left(self, queued: int) -> None:
+        """An id left the queue and `queued` are still in it: pack the entries if they outnumber twice those."""
+        entries = peek(self.entries, EVERYWHERE) or []
+        if len(entries) > max(MIN_PACK_PLACES, 2 * queued):
+            self.entries[EVERYWHERE] = [(rank, item_id) for rank, item_id in entries if self.rank_of(item_id) == rank]
+
+    def after(self, rank: int) -> Iterator[str]:
+        """The ids queued now at a rank above `rank`, oldest first."""
+        entries = peek(self.entries, EVERYWHERE) or []
+        for place in range(bisect.bisect_right(entries, rank, key=_rank), len(entries)):
+            entry_rank, item_id = entries[place]
+            if self.rank_of(item_id) == entry_rank:
+                yield item_id
+
+
+def _rank(entry: tuple[int, str]) -> int:
+    return entry[0]
