@@ -11,6 +11,7 @@ import hmac
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -49,9 +50,12 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def shop(server, site) -> dict:
+    return new_shop(server, site, f"Tea Shop {uuid.uuid4().hex[:6]}")
+
+
+def new_shop(server, site, name: str) -> dict:
     """A fresh merchant with a dashboard user: its creation's answer, the user's `user_email`, and its
     `webhook_path` on the site."""
-    name = f"Tea Shop {uuid.uuid4().hex[:6]}"
     path = f"/hooks/{uuid.uuid4().hex[:8]}"
     created = server.request("POST", "/v1/merchants", {"name": name, "email": "owner@example.com", "tier": "premium",
                                                        "webhook_url": site.site + path},
@@ -242,7 +246,7 @@ def manual_card_payment(server, shop, name: str) -> dict:
     return the_order, payment
 
 
-def test_capture_an_authorization_and_void_another(server, shop, page):
+def test_capture_an_authorization_refund_it_in_full_and_void_another(server, shop, page):
     to_capture, _ = manual_card_payment(server, shop, "Gyokuro")
     to_void, payment = manual_card_payment(server, shop, "Bancha")
     sign_in(server, page, shop)
@@ -252,6 +256,10 @@ def test_capture_an_authorization_and_void_another(server, shop, page):
     page.get_by_role("button", name="Capture").click()
     expect(page.get_by_role("status").filter(has_text="Payment captured.")).to_be_visible()
     expect(page.get_by_text("Status: paid")).to_be_visible()
+    page.get_by_role("button", name="Refund").click()  # no amount: all of it
+    expect(page.get_by_role("status").filter(has_text="Refund made.")).to_be_visible()
+    expect(page.get_by_text("Status: refunded")).to_be_visible()
+    expect(page.get_by_role("table", name="Refunds").get_by_role("cell", name="20.00 USD")).to_be_visible()
     page.goto(f"{server.url}/dashboard/orders/{to_void['id']}")
     page.get_by_role("button", name="Void authorization").click()
     expect(page.get_by_role("status").filter(has_text="Authorization voided.")).to_be_visible()
@@ -509,3 +517,48 @@ def test_a_dead_webhook_is_seen_dead_redelivered_and_replayed(server, shop, page
         reload_until(operator, operator.get_by_text("No delivery is dead."))
     page.reload()
     expect(page.get_by_role("button", name=re.compile("^Redeliver "))).to_have_count(0)
+
+
+# Whatever merchants, shoppers and links carry is shown as text, never run
+
+
+HOSTILE = '<img src=x onerror="window.ran=1"><script>window.ran=2</script>'
+INJECTED = "() => [window.ran, document.querySelectorAll('img[src=x], script:not([src])').length]"
+
+
+def test_names_notes_addresses_and_reasons_are_shown_as_typed_never_run(server, site, page, browser):
+    name = f"Tea {uuid.uuid4().hex[:6]} {HOSTILE}"
+    shop = new_shop(server, site, name)
+    email = "<img/src=x/onerror=window.ran=3>@example.com"
+    the_order = order(server, shop, name=f"Matcha {HOSTILE}", note=HOSTILE, customer_email=email)
+    with new_page(browser) as shopper:
+        shopper.goto(the_order["payment_url"])
+        expect(shopper.get_by_role("heading", name=f"Matcha {HOSTILE}")).to_be_visible()
+        expect(shopper.get_by_text(name, exact=True).first).to_be_visible()
+        assert shopper.evaluate(INJECTED) == [None, 0]
+        pay_by_card(shopper, SUCCEEDS)
+        expect(shopper.get_by_text(f"20.00 USD paid to {name}. Thank you.")).to_be_visible()  # brought live
+        assert shopper.evaluate(INJECTED) == [None, 0]
+
+    sign_in(server, page, shop)
+    expect(page.get_by_role("link", name=f"Matcha {HOSTILE}")).to_be_visible()
+    expect(page.get_by_text(f"paygate · {name}")).to_be_visible()
+    page.get_by_role("link", name=f"Matcha {HOSTILE}").click()
+    expect(page.get_by_text(email, exact=True)).to_be_visible()
+    expect(page.get_by_text(HOSTILE, exact=True)).to_be_visible()  # the note
+    page.get_by_label("Amount to refund (USD)").fill("1.00")
+    page.get_by_label("Reason").fill(HOSTILE[:200])
+    page.get_by_role("button", name="Refund").click()
+    expect(page.get_by_role("table", name="Refunds").get_by_text(HOSTILE)).to_be_visible()
+    assert page.evaluate(INJECTED) == [None, 0]
+    # Reflected: what a link puts in the search comes back as the field's value.
+    page.goto(f"{server.url}/dashboard?" + urllib.parse.urlencode({"name": HOSTILE, "status": HOSTILE}))
+    expect(page.get_by_label("Order name")).to_have_value(HOSTILE)
+    expect(page.get_by_role("alert")).to_contain_text("unknown status")
+    assert page.evaluate(INJECTED) == [None, 0]
+
+    with new_page(browser) as operator:
+        admin_sign_in(server, operator, server.admin_token)
+        operator.goto(f"{server.url}/admin/merchants?" + urllib.parse.urlencode({"name": name}))
+        expect(operator.get_by_role("button", name=f"Suspend {name}")).to_be_visible()
+        assert operator.evaluate(INJECTED) == [None, 0]

@@ -7,6 +7,7 @@ browser for the module; each test makes its own merchant and opens its own brows
 """
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
@@ -28,6 +29,7 @@ from notify_harness import smtp_server
 
 SUCCEEDS, DECLINED, THREE_D_SECURE = "4242424242424242", "4000000000000002", "4000000000003220"
 LUHN_INVALID = "4242424242424241"
+SHORTEST_EXPIRY_S = 60  # the API's least expires_in
 
 pytestmark = pytest.mark.usefixtures("double_entry_holds")
 
@@ -194,15 +196,41 @@ def test_the_qr_page_turns_paid_by_itself_when_the_transfer_lands(server, shop, 
     assert order_now(server, shop, the_order["id"])["status"] == "paid"
 
 
-def test_ended_orders_show_their_state_instead_of_a_form(server, shop, page):
-    cancelled = order(server, shop)
-    assert server.request("DELETE", f"/v1/orders/{cancelled['id']}", key=shop["api_key"]).status == 200
-    page.goto(cancelled["payment_url"])
-    expect(page.get_by_role("heading", name="This order was cancelled")).to_be_visible()
-    expect(page.get_by_role("button", name="Pay", exact=True)).to_have_count(0)
-    response = page.goto(cancelled["payment_url"].replace(cancelled["id"], "ord_" + "0" * 24))
-    assert response.status == 404
-    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+def test_ended_orders_show_their_state_instead_of_a_form(server, shop, page, browser):
+    expiring = order(server, shop, expires_in=SHORTEST_EXPIRY_S)
+    with new_page(browser, java_script_enabled=False) as stale:  # its form stays as it was when the page opened
+        stale.goto(expiring["payment_url"])
+        expect(stale.get_by_role("button", name="Pay", exact=True)).to_be_visible()
+
+        cancelled = order(server, shop)
+        assert server.request("DELETE", f"/v1/orders/{cancelled['id']}", key=shop["api_key"]).status == 200
+        page.goto(cancelled["payment_url"])
+        expect(page.get_by_role("heading", name="This order was cancelled")).to_be_visible()
+        expect(page.get_by_role("button", name="Pay", exact=True)).to_have_count(0)
+        paid = order(server, shop)
+        page.goto(paid["payment_url"])
+        pay_by_card(page, SUCCEEDS)
+        expect(page.get_by_role("heading", name="Payment successful")).to_be_visible()
+        page.goto(paid["payment_url"])
+        expect(page.get_by_role("heading", name="Payment successful")).to_be_visible()
+        expect(page.get_by_role("button", name="Pay", exact=True)).to_have_count(0)
+        response = page.goto(cancelled["payment_url"].replace(cancelled["id"], "ord_" + "0" * 24))
+        assert response.status == 404
+        expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+
+        # The expired order's form, sent after its expiry, pays nothing: the page says the order expired.
+        time.sleep(max(0.0, seconds_left(expiring) + 1))
+        with stale.expect_navigation():
+            pay_by_card(stale, SUCCEEDS)
+        expect(stale.get_by_role("heading", name="This order has expired")).to_be_visible()
+        expect(stale.get_by_role("button", name="Pay", exact=True)).to_have_count(0)
+    assert order_now(server, shop, expiring["id"])["status"] == "expired"
+    assert server.request("GET", f"/v1/payments?order_id={expiring['id']}", key=shop["api_key"]).json()["data"] == []
+
+
+def seconds_left(the_order: dict) -> float:
+    expires_at = datetime.datetime.fromisoformat(the_order["expires_at"].replace("Z", "+00:00"))
+    return (expires_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
 
 
 def test_every_page_forbids_inline_script_and_framing_and_another_site_cannot_frame_it(server, shop, browser,
