@@ -209,6 +209,15 @@ def test_forms_without_the_sessions_csrf_token_or_from_another_site_change_nothi
     expect(page.get_by_text("Status: cancelled")).to_be_visible()
 
 
+def test_a_date_past_the_calendars_last_day_is_refused_on_the_page(server, shop, page):
+    sign_in(server, page, shop)
+    # The search would end the day after the last day there is, which no calendar has.
+    page.get_by_label("Created until").fill("9999-12-31")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("alert")).to_have_text("the to date must be a day as YYYY-MM-DD, before 9999-12-31")
+    expect(page.get_by_label("Created until")).to_have_value("9999-12-31")
+
+
 def test_orders_filter_by_status_and_date_and_page_through(server, shop, page):
     made = [order(server, shop, name=f"Order {number:02d}") for number in range(23)]
     api(server, shop, "DELETE", f"/v1/orders/{made[0]['id']}")

@@ -173,8 +173,9 @@ def _search(filters: dict[str, str], after: str) -> dict[str, str]:
         if filters[name]:
             try:
                 day = datetime.date.fromisoformat(filters[name]) + datetime.timedelta(days=days)
-            except ValueError:
-                raise ApiError(400, "parameter_invalid", f"the {name} date must be YYYY-MM-DD", name) from None
+            except (ValueError, OverflowError):  # OverflowError: the day after the calendar's last
+                raise ApiError(400, "parameter_invalid", f"the {name} date must be a day as YYYY-MM-DD, before "
+                               "9999-12-31", name) from None
             query[parameter] = f"{day.isoformat()}T00:00:00Z"
     return query
 
