@@ -218,6 +218,23 @@ def test_a_date_past_the_calendars_last_day_is_refused_on_the_page(server, shop,
     expect(page.get_by_label("Created until")).to_have_value("9999-12-31")
 
 
+def test_a_token_that_is_not_ascii_is_refused_as_any_wrong_token_is(server, shop, page):
+    the_order = order(server, shop)
+    sign_in(server, page, shop)
+    expect(page.get_by_role("heading", name="Orders")).to_be_visible()
+    cancel = f"{server.url}/dashboard/orders/{the_order['id']}/cancel"
+    for path, form in ((cancel, {"attempt": "4" * 32}), (f"{server.url}/dashboard/logout", {})):
+        forged = page.request.post(path, form={"csrf_token": "jeton-volé-é", **form})
+        assert forged.status == 403 and "This form has expired" in forged.text(), (path, forged.status)
+    admin_sign_in(server, page, server.admin_token)
+    expect(page.get_by_role("heading", name="Shards")).to_be_visible()
+    forged = page.request.post(f"{server.url}/admin/logout", form={"csrf_token": "jeton-volé-é"})
+    assert forged.status == 403 and "This form has expired" in forged.text(), forged.status
+    assert api(server, shop, "GET", f"/v1/orders/{the_order['id']}")["status"] == "pending"
+    page.goto(server.url + "/dashboard")
+    expect(page.get_by_role("heading", name="Orders")).to_be_visible()  # still signed in
+
+
 def test_orders_filter_by_status_and_date_and_page_through(server, shop, page):
     made = [order(server, shop, name=f"Order {number:02d}") for number in range(23)]
     api(server, shop, "DELETE", f"/v1/orders/{made[0]['id']}")
