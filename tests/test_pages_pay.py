@@ -169,6 +169,24 @@ def test_without_javascript_the_server_decides_and_never_echoes_the_card(server,
         expect(page.get_by_role("heading", name="Payment successful")).to_be_visible()
 
 
+def test_a_form_carrying_what_no_text_is_gets_a_page_never_a_server_error(server, shop, page):
+    """A form declared UTF-7 can carry a lone surrogate ("+2AA-"), which is no Unicode text: refused, whichever field
+    holds it."""
+    the_order = order(server, shop)
+    page.goto(the_order["payment_url"])
+    proof = {name: page.locator(f"#panel-card input[name={name}]").get_attribute("value")
+             for name in ("attempt", "attempt_token")}
+    utf7 = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-7"}
+    card = f"number={SUCCEEDS}&expiry=12/34&cvc=123"
+    for path, body in ((f"/pay/{the_order['id']}/card", f"attempt={proof['attempt']}&attempt_token=+2AA-"),
+                       (f"/pay/{the_order['id']}/card", f"{urllib.parse.urlencode(proof)}&{card}&holder_name=+2AA-"),
+                       ("/dashboard/login", "email=ann+2AA-@example.com&password=x"),
+                       ("/admin/login", "token=+2AA-")):
+        answer = page.request.post(server.url + path, data=body.encode(), headers=utf7)
+        assert answer.status == 400 and "The form could not be read." in answer.text(), (path, answer.status)
+    assert server.request("GET", f"/v1/payments?order_id={the_order['id']}", key=shop["api_key"]).json()["data"] == []
+
+
 def bank_transfer(server, reference: str, amount: int, currency: str) -> None:
     request = urllib.request.Request(f"http://127.0.0.1:{server.base_port + 1}/v1/transfers", method="POST",
                                      data=json.dumps({"reference": reference, "amount": amount,
