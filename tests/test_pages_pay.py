@@ -30,6 +30,7 @@ from notify_harness import smtp_server
 SUCCEEDS, DECLINED, THREE_D_SECURE = "4242424242424242", "4000000000000002", "4000000000003220"
 LUHN_INVALID = "4242424242424241"
 SHORTEST_EXPIRY_S = 60  # the API's least expires_in
+MERCHANT_KEPT_MS = 2500  # each edge worker keeps a merchant two seconds
 
 pytestmark = pytest.mark.usefixtures("double_entry_holds")
 
@@ -249,6 +250,28 @@ def test_ended_orders_show_their_state_instead_of_a_form(server, shop, page, bro
 def seconds_left(the_order: dict) -> float:
     expires_at = datetime.datetime.fromisoformat(the_order["expires_at"].replace("Z", "+00:00"))
     return (expires_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+
+
+def test_a_suspended_merchants_order_cannot_be_paid_from_its_page(server, shop, page):
+    the_order = order(server, shop)
+    page.goto(the_order["payment_url"])
+    expect(page.get_by_role("button", name="Pay", exact=True)).to_be_visible()
+    changed = server.request("PATCH", f"/v1/merchants/{shop['id']}", {"status": "suspended"}, key=server.admin_token)
+    assert changed.status == 200, changed.body
+    page.wait_for_timeout(MERCHANT_KEPT_MS)
+    pay_by_card(page, SUCCEEDS)  # the form the page showed before the suspension
+    expect(page.get_by_text("This shop cannot take payments just now.")).to_be_visible()
+    page.goto(the_order["payment_url"])
+    expect(page.get_by_role("heading", name="This shop cannot take payments just now")).to_be_visible()
+    expect(page.get_by_role("button", name="Pay", exact=True)).to_have_count(0)
+    expect(page.get_by_role("tab")).to_have_count(0)
+    changed = server.request("PATCH", f"/v1/merchants/{shop['id']}", {"status": "active"}, key=server.admin_token)
+    assert changed.status == 200, changed.body
+    page.wait_for_timeout(MERCHANT_KEPT_MS)
+    assert order_now(server, shop, the_order["id"])["status"] == "pending"
+    assert server.request("GET", f"/v1/payments?order_id={the_order['id']}", key=shop["api_key"]).json()["data"] == []
+    page.reload()
+    expect(page.get_by_role("button", name="Pay", exact=True)).to_be_visible()
 
 
 def test_every_page_forbids_inline_script_and_framing_and_another_site_cannot_frame_it(server, shop, browser,
