@@ -19,7 +19,7 @@ import pytest
 from playwright.sync_api import expect
 
 from browser_harness import LOW_CONTRAST, UNLABELLED, CallbackReceiver, assert_strict_page_headers, new_page, \
-    pay_by_card
+    pay_by_card, reload_until
 from edge_harness import Server
 from edge.limits import LOGIN_FREE_FAILURES
 
@@ -96,15 +96,6 @@ def sign_in(server, page, shop, password: str = PASSWORD) -> None:
     page.get_by_label("Password").fill(password)
     with page.expect_navigation():
         page.get_by_role("button", name="Sign in").click()
-
-
-def reload_until(page, locator, timeout_s: float = 20) -> None:
-    """Reload the page until it shows `locator`, as a person would to see what changed where nothing is live."""
-    deadline = time.monotonic() + timeout_s
-    while not locator.is_visible():
-        assert time.monotonic() < deadline, f"never shown: {locator}"
-        page.wait_for_timeout(300)
-        page.reload()
 
 
 def eventually(condition, timeout_s: float = 5) -> None:

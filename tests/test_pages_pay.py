@@ -23,7 +23,7 @@ from playwright.sync_api import expect
 
 from bench.browser import PHONE
 from browser_harness import LOW_CONTRAST, UNLABELLED, CallbackReceiver, assert_strict_page_headers, new_page, \
-    pay_by_card
+    pay_by_card, reload_until
 from edge_harness import Server
 from notify_harness import smtp_server
 
@@ -165,9 +165,8 @@ def test_without_javascript_the_server_decides_and_never_echoes_the_card(server,
         expect(page.get_by_label("Card number")).to_have_value("")
         with page.expect_navigation():  # the form's own POST and its answer, before the reload
             pay_by_card(page, SUCCEEDS)
-        # Without scripts the page does not follow the payment by itself: a reload shows where it went.
-        page.reload()
-        expect(page.get_by_role("heading", name="Payment successful")).to_be_visible()
+        # Without scripts the page does not follow the payment by itself: reloads show where it went.
+        reload_until(page, page.get_by_role("heading", name="Payment successful"))
 
 
 def test_a_form_carrying_what_no_text_is_gets_a_page_never_a_server_error(server, shop, page):
