@@ -273,6 +273,26 @@ def test_a_suspended_merchants_order_cannot_be_paid_from_its_page(server, shop, 
     expect(page.get_by_role("button", name="Pay", exact=True)).to_be_visible()
 
 
+def test_the_shopper_pays_the_amount_the_page_shows_even_when_the_merchant_changes_it(server, shop, page, browser):
+    the_order = order(server, shop)
+    page.goto(the_order["payment_url"])
+    with new_page(browser, java_script_enabled=False) as stale:  # its form stays as it was when the page opened
+        stale.goto(the_order["payment_url"])
+        changed = server.request("PATCH", f"/v1/orders/{the_order['id']}", {"amount": 2999}, key=shop["api_key"])
+        assert changed.status == 200, changed.body
+        # The live page shows the new amount by itself; the form of the old one pays nothing.
+        expect(page.get_by_text("29.99 USD", exact=True).first).to_be_visible()
+        expect(page.get_by_text("19.99 USD", exact=True)).to_have_count(0)
+        pay_by_card(stale, SUCCEEDS)
+        expect(stale.get_by_text("This form has expired: open the page again and resend it.")).to_be_visible()
+        assert server.request("GET", f"/v1/payments?order_id={the_order['id']}",
+                              key=shop["api_key"]).json()["data"] == []
+    pay_by_card(page, SUCCEEDS)
+    expect(page.get_by_text("29.99 USD paid to")).to_be_visible()
+    payment = server.request("GET", f"/v1/payments?order_id={the_order['id']}", key=shop["api_key"]).json()["data"]
+    assert [(entry["status"], entry["amount"]) for entry in payment] == [("succeeded", 2999)]
+
+
 def test_every_page_forbids_inline_script_and_framing_and_another_site_cannot_frame_it(server, shop, browser,
                                                                                        receiver):
     the_order = order(server, shop)

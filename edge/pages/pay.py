@@ -97,7 +97,7 @@ def checkout(request: web.Request, merchant: Merchant, state: live.OrderState, w
         "expires_in_s": seconds_until(order.expires_at), "view": view, "failure": failure,
         "methods": [(name, METHOD_LABELS[name]) for name in methods],
         "selected": selected if selected in methods else (methods[0] if methods else ""),
-        "attempt": attempt, "attempt_token": _attempt_token(request, order.id, attempt),
+        "attempt": attempt, "attempt_token": _attempt_token(request, state.order, attempt),
         "transfer": _transfer_details(merchant, state.order), "version": state.version,
         "live_url": f"/pay/{order.id}/live?" + urllib.parse.urlencode(
             {"since": state.version, **({"from": "3ds"} if back_from_3ds else {})}),
@@ -123,8 +123,10 @@ def _view(state: live.OrderState, taking_payments: bool) -> str:
     return {"requires_action": "authenticate", "requires_capture": "authorized"}.get(payment.status, "processing")
 
 
-def _attempt_token(request: web.Request, order_id: str, attempt: str) -> str:
-    return request.app["secrets"].form_token(f"pay:{order_id}:{attempt}")
+def _attempt_token(request: web.Request, order: Order, attempt: str) -> str:
+    """Proof that a form came from a rendering of the page showing the order's amount as it is now: a form shown
+    before the merchant changed the amount pays nothing."""
+    return request.app["secrets"].form_token(f"pay:{order.id}:{order.amount}:{order.currency}:{attempt}")
 
 
 def _challenge_url(request: web.Request, action_url: str, order_id: str) -> str:
@@ -165,7 +167,7 @@ async def shopper_form(request: web.Request, merchant: Merchant, order: Order) -
     fields = await form_of(request, None)
     attempt = str(fields.get("attempt", ""))
     if not ATTEMPT.fullmatch(attempt) or not hmac.compare_digest(
-            str(fields.get("attempt_token", "")).encode(), _attempt_token(request, order.id, attempt).encode()):
+            str(fields.get("attempt_token", "")).encode(), _attempt_token(request, order, attempt).encode()):
         raise ApiError(403, "csrf_token_invalid", "this form has expired: open the page again and resend it")
     if merchant.status != "active":
         raise ApiError(403, "account_suspended", UNAVAILABLE)
