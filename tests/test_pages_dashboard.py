@@ -6,9 +6,12 @@ One server, one browser and one merchant's site (its webhooks) for the module; e
 opens its own browser contexts.
 """
 
+import contextlib
 import hashlib
 import hmac
+import queue
 import re
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -375,6 +378,36 @@ def test_signing_out_ends_the_session_on_every_worker(server, shop, page, browse
     expect(page.get_by_label("Admin token")).to_be_visible()
     for _ in range(4):
         assert with_cookie(server, "/admin/merchants", "paygate_admin", token) == (303, "/admin/login")
+
+
+def test_a_live_stream_opened_before_signing_out_tells_nothing_after(server, shop, page):
+    the_order = order(server, shop)
+    sign_in(server, page, shop)
+    expect(page.get_by_role("heading", name="Orders")).to_be_visible()
+    request = urllib.request.Request(f"{server.url}/dashboard/orders/{the_order['id']}/live?since=",
+                                     headers={"Cookie": f"paygate_dashboard={session_token(page, 'paygate_dashboard')}"})
+    lines: queue.Queue = queue.Queue()
+
+    def read(stream) -> None:
+        with contextlib.suppress(OSError, ValueError):  # closed by the test
+            for line in stream:
+                lines.put(line)
+        lines.put(None)  # the stream ended
+
+    with urllib.request.urlopen(request, timeout=30) as stream:
+        threading.Thread(target=read, args=(stream,), daemon=True).start()
+        assert next_event(lines) == b"event: status\n"  # the order as it is now: the session is live
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("heading", name="Sign in to your dashboard")).to_be_visible()
+        api(server, shop, "PATCH", f"/v1/orders/{the_order['id']}", {"name": "Renamed after signing out"})
+        assert next_event(lines) is None
+
+
+def next_event(lines: queue.Queue, timeout_s: float = 10) -> bytes | None:
+    """A live stream's next `event:` line, or None once the stream has ended."""
+    while (line := lines.get(timeout=timeout_s)) is not None and not line.startswith(b"event:"):
+        pass
+    return line
 
 
 def test_the_merchant_changes_its_webhook_endpoint_and_rotates_its_credentials(server, shop, page, site):

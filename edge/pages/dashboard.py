@@ -231,6 +231,8 @@ async def order_live(request: web.Request, merchant: Merchant) -> web.StreamResp
     order = await api.order_of(request, merchant, request.match_info["id"])
 
     async def fragment(state: live.OrderState) -> str:
+        if session(request, AUDIENCE) is None:  # signed out (or expired) since the stream began: it ends here
+            raise ApiError(401, "session_ended", "the session has ended")
         context = _context(request, merchant, await _order_context(request, merchant, state.order))
         return aiohttp_jinja2.render_string("dashboard_order_live.html", request, context)
 
