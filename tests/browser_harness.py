@@ -5,6 +5,7 @@ import contextlib
 import html
 import http.server
 import threading
+import time
 import urllib.parse
 from typing import NamedTuple
 
@@ -132,6 +133,15 @@ def pay_by_card(page, number: str, expiry: str = "12/34", cvc: str = "123") -> N
     page.get_by_label("CVC").fill(cvc)
     page.get_by_label("Name on card").fill("Ann Example")
     page.get_by_role("button", name="Pay", exact=True).click()
+
+
+def reload_until(page, locator, timeout_s: float = 20) -> None:
+    """Reload the page until it shows `locator`, as a person would to see what changed where nothing is live."""
+    deadline = time.monotonic() + timeout_s
+    while not locator.is_visible():
+        assert time.monotonic() < deadline, f"never shown: {locator}"
+        page.wait_for_timeout(300)
+        page.reload()
 
 
 def assert_strict_page_headers(headers) -> None:

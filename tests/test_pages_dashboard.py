@@ -6,11 +6,15 @@ One server, one browser and one merchant's site (its webhooks) for the module; e
 opens its own browser contexts.
 """
 
+import contextlib
 import hashlib
 import hmac
+import queue
 import re
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -18,7 +22,7 @@ import pytest
 from playwright.sync_api import expect
 
 from browser_harness import LOW_CONTRAST, UNLABELLED, CallbackReceiver, assert_strict_page_headers, new_page, \
-    pay_by_card
+    pay_by_card, reload_until
 from edge_harness import Server
 from edge.limits import LOGIN_FREE_FAILURES
 
@@ -49,9 +53,12 @@ def server(tmp_path_factory):
 
 @pytest.fixture
 def shop(server, site) -> dict:
+    return new_shop(server, site, f"Tea Shop {uuid.uuid4().hex[:6]}")
+
+
+def new_shop(server, site, name: str) -> dict:
     """A fresh merchant with a dashboard user: its creation's answer, the user's `user_email`, and its
     `webhook_path` on the site."""
-    name = f"Tea Shop {uuid.uuid4().hex[:6]}"
     path = f"/hooks/{uuid.uuid4().hex[:8]}"
     created = server.request("POST", "/v1/merchants", {"name": name, "email": "owner@example.com", "tier": "premium",
                                                        "webhook_url": site.site + path},
@@ -92,15 +99,6 @@ def sign_in(server, page, shop, password: str = PASSWORD) -> None:
     page.get_by_label("Password").fill(password)
     with page.expect_navigation():
         page.get_by_role("button", name="Sign in").click()
-
-
-def reload_until(page, locator, timeout_s: float = 20) -> None:
-    """Reload the page until it shows `locator`, as a person would to see what changed where nothing is live."""
-    deadline = time.monotonic() + timeout_s
-    while not locator.is_visible():
-        assert time.monotonic() < deadline, f"never shown: {locator}"
-        page.wait_for_timeout(300)
-        page.reload()
 
 
 def eventually(condition, timeout_s: float = 5) -> None:
@@ -205,6 +203,32 @@ def test_forms_without_the_sessions_csrf_token_or_from_another_site_change_nothi
     expect(page.get_by_text("Status: cancelled")).to_be_visible()
 
 
+def test_a_date_past_the_calendars_last_day_is_refused_on_the_page(server, shop, page):
+    sign_in(server, page, shop)
+    # The search would end the day after the last day there is, which no calendar has.
+    page.get_by_label("Created until").fill("9999-12-31")
+    page.get_by_role("button", name="Search").click()
+    expect(page.get_by_role("alert")).to_have_text("the to date must be a day as YYYY-MM-DD, before 9999-12-31")
+    expect(page.get_by_label("Created until")).to_have_value("9999-12-31")
+
+
+def test_a_token_that_is_not_ascii_is_refused_as_any_wrong_token_is(server, shop, page):
+    the_order = order(server, shop)
+    sign_in(server, page, shop)
+    expect(page.get_by_role("heading", name="Orders")).to_be_visible()
+    cancel = f"{server.url}/dashboard/orders/{the_order['id']}/cancel"
+    for path, form in ((cancel, {"attempt": "4" * 32}), (f"{server.url}/dashboard/logout", {})):
+        forged = page.request.post(path, form={"csrf_token": "jeton-volé-é", **form})
+        assert forged.status == 403 and "This form has expired" in forged.text(), (path, forged.status)
+    admin_sign_in(server, page, server.admin_token)
+    expect(page.get_by_role("heading", name="Shards")).to_be_visible()
+    forged = page.request.post(f"{server.url}/admin/logout", form={"csrf_token": "jeton-volé-é"})
+    assert forged.status == 403 and "This form has expired" in forged.text(), forged.status
+    assert api(server, shop, "GET", f"/v1/orders/{the_order['id']}")["status"] == "pending"
+    page.goto(server.url + "/dashboard")
+    expect(page.get_by_role("heading", name="Orders")).to_be_visible()  # still signed in
+
+
 def test_orders_filter_by_status_and_date_and_page_through(server, shop, page):
     made = [order(server, shop, name=f"Order {number:02d}") for number in range(23)]
     api(server, shop, "DELETE", f"/v1/orders/{made[0]['id']}")
@@ -242,7 +266,7 @@ def manual_card_payment(server, shop, name: str) -> dict:
     return the_order, payment
 
 
-def test_capture_an_authorization_and_void_another(server, shop, page):
+def test_capture_an_authorization_refund_it_in_full_and_void_another(server, shop, page):
     to_capture, _ = manual_card_payment(server, shop, "Gyokuro")
     to_void, payment = manual_card_payment(server, shop, "Bancha")
     sign_in(server, page, shop)
@@ -252,6 +276,10 @@ def test_capture_an_authorization_and_void_another(server, shop, page):
     page.get_by_role("button", name="Capture").click()
     expect(page.get_by_role("status").filter(has_text="Payment captured.")).to_be_visible()
     expect(page.get_by_text("Status: paid")).to_be_visible()
+    page.get_by_role("button", name="Refund").click()  # no amount: all of it
+    expect(page.get_by_role("status").filter(has_text="Refund made.")).to_be_visible()
+    expect(page.get_by_text("Status: refunded")).to_be_visible()
+    expect(page.get_by_role("table", name="Refunds").get_by_role("cell", name="20.00 USD")).to_be_visible()
     page.goto(f"{server.url}/dashboard/orders/{to_void['id']}")
     page.get_by_role("button", name="Void authorization").click()
     expect(page.get_by_role("status").filter(has_text="Authorization voided.")).to_be_visible()
@@ -350,6 +378,36 @@ def test_signing_out_ends_the_session_on_every_worker(server, shop, page, browse
     expect(page.get_by_label("Admin token")).to_be_visible()
     for _ in range(4):
         assert with_cookie(server, "/admin/merchants", "paygate_admin", token) == (303, "/admin/login")
+
+
+def test_a_live_stream_opened_before_signing_out_tells_nothing_after(server, shop, page):
+    the_order = order(server, shop)
+    sign_in(server, page, shop)
+    expect(page.get_by_role("heading", name="Orders")).to_be_visible()
+    request = urllib.request.Request(f"{server.url}/dashboard/orders/{the_order['id']}/live?since=",
+                                     headers={"Cookie": f"paygate_dashboard={session_token(page, 'paygate_dashboard')}"})
+    lines: queue.Queue = queue.Queue()
+
+    def read(stream) -> None:
+        with contextlib.suppress(OSError, ValueError):  # closed by the test
+            for line in stream:
+                lines.put(line)
+        lines.put(None)  # the stream ended
+
+    with urllib.request.urlopen(request, timeout=30) as stream:
+        threading.Thread(target=read, args=(stream,), daemon=True).start()
+        assert next_event(lines) == b"event: status\n"  # the order as it is now: the session is live
+        page.get_by_role("button", name="Sign out").click()
+        expect(page.get_by_role("heading", name="Sign in to your dashboard")).to_be_visible()
+        api(server, shop, "PATCH", f"/v1/orders/{the_order['id']}", {"name": "Renamed after signing out"})
+        assert next_event(lines) is None
+
+
+def next_event(lines: queue.Queue, timeout_s: float = 10) -> bytes | None:
+    """A live stream's next `event:` line, or None once the stream has ended."""
+    while (line := lines.get(timeout=timeout_s)) is not None and not line.startswith(b"event:"):
+        pass
+    return line
 
 
 def test_the_merchant_changes_its_webhook_endpoint_and_rotates_its_credentials(server, shop, page, site):
@@ -509,3 +567,48 @@ def test_a_dead_webhook_is_seen_dead_redelivered_and_replayed(server, shop, page
         reload_until(operator, operator.get_by_text("No delivery is dead."))
     page.reload()
     expect(page.get_by_role("button", name=re.compile("^Redeliver "))).to_have_count(0)
+
+
+# Whatever merchants, shoppers and links carry is shown as text, never run
+
+
+HOSTILE = '<img src=x onerror="window.ran=1"><script>window.ran=2</script>'
+INJECTED = "() => [window.ran, document.querySelectorAll('img[src=x], script:not([src])').length]"
+
+
+def test_names_notes_addresses_and_reasons_are_shown_as_typed_never_run(server, site, page, browser):
+    name = f"Tea {uuid.uuid4().hex[:6]} {HOSTILE}"
+    shop = new_shop(server, site, name)
+    email = "<img/src=x/onerror=window.ran=3>@example.com"
+    the_order = order(server, shop, name=f"Matcha {HOSTILE}", note=HOSTILE, customer_email=email)
+    with new_page(browser) as shopper:
+        shopper.goto(the_order["payment_url"])
+        expect(shopper.get_by_role("heading", name=f"Matcha {HOSTILE}")).to_be_visible()
+        expect(shopper.get_by_text(name, exact=True).first).to_be_visible()
+        assert shopper.evaluate(INJECTED) == [None, 0]
+        pay_by_card(shopper, SUCCEEDS)
+        expect(shopper.get_by_text(f"20.00 USD paid to {name}. Thank you.")).to_be_visible()  # brought live
+        assert shopper.evaluate(INJECTED) == [None, 0]
+
+    sign_in(server, page, shop)
+    expect(page.get_by_role("link", name=f"Matcha {HOSTILE}")).to_be_visible()
+    expect(page.get_by_text(f"paygate · {name}")).to_be_visible()
+    page.get_by_role("link", name=f"Matcha {HOSTILE}").click()
+    expect(page.get_by_text(email, exact=True)).to_be_visible()
+    expect(page.get_by_text(HOSTILE, exact=True)).to_be_visible()  # the note
+    page.get_by_label("Amount to refund (USD)").fill("1.00")
+    page.get_by_label("Reason").fill(HOSTILE[:200])
+    page.get_by_role("button", name="Refund").click()
+    expect(page.get_by_role("table", name="Refunds").get_by_text(HOSTILE)).to_be_visible()
+    assert page.evaluate(INJECTED) == [None, 0]
+    # Reflected: what a link puts in the search comes back as the field's value.
+    page.goto(f"{server.url}/dashboard?" + urllib.parse.urlencode({"name": HOSTILE, "status": HOSTILE}))
+    expect(page.get_by_label("Order name")).to_have_value(HOSTILE)
+    expect(page.get_by_role("alert")).to_contain_text("unknown status")
+    assert page.evaluate(INJECTED) == [None, 0]
+
+    with new_page(browser) as operator:
+        admin_sign_in(server, operator, server.admin_token)
+        operator.goto(f"{server.url}/admin/merchants?" + urllib.parse.urlencode({"name": name}))
+        expect(operator.get_by_role("button", name=f"Suspend {name}")).to_be_visible()
+        assert operator.evaluate(INJECTED) == [None, 0]

@@ -7,6 +7,7 @@ browser for the module; each test makes its own merchant and opens its own brows
 """
 
 import base64
+import datetime
 import hashlib
 import hmac
 import json
@@ -22,12 +23,14 @@ from playwright.sync_api import expect
 
 from bench.browser import PHONE
 from browser_harness import LOW_CONTRAST, UNLABELLED, CallbackReceiver, assert_strict_page_headers, new_page, \
-    pay_by_card
+    pay_by_card, reload_until
 from edge_harness import Server
 from notify_harness import smtp_server
 
 SUCCEEDS, DECLINED, THREE_D_SECURE = "4242424242424242", "4000000000000002", "4000000000003220"
 LUHN_INVALID = "4242424242424241"
+SHORTEST_EXPIRY_S = 60  # the API's least expires_in
+MERCHANT_KEPT_MS = 2500  # each edge worker keeps a merchant two seconds
 
 pytestmark = pytest.mark.usefixtures("double_entry_holds")
 
@@ -162,9 +165,26 @@ def test_without_javascript_the_server_decides_and_never_echoes_the_card(server,
         expect(page.get_by_label("Card number")).to_have_value("")
         with page.expect_navigation():  # the form's own POST and its answer, before the reload
             pay_by_card(page, SUCCEEDS)
-        # Without scripts the page does not follow the payment by itself: a reload shows where it went.
-        page.reload()
-        expect(page.get_by_role("heading", name="Payment successful")).to_be_visible()
+        # Without scripts the page does not follow the payment by itself: reloads show where it went.
+        reload_until(page, page.get_by_role("heading", name="Payment successful"))
+
+
+def test_a_form_carrying_what_no_text_is_gets_a_page_never_a_server_error(server, shop, page):
+    """A form declared UTF-7 can carry a lone surrogate ("+2AA-"), which is no Unicode text: refused, whichever field
+    holds it."""
+    the_order = order(server, shop)
+    page.goto(the_order["payment_url"])
+    proof = {name: page.locator(f"#panel-card input[name={name}]").get_attribute("value")
+             for name in ("attempt", "attempt_token")}
+    utf7 = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-7"}
+    card = f"number={SUCCEEDS}&expiry=12/34&cvc=123"
+    for path, body in ((f"/pay/{the_order['id']}/card", f"attempt={proof['attempt']}&attempt_token=+2AA-"),
+                       (f"/pay/{the_order['id']}/card", f"{urllib.parse.urlencode(proof)}&{card}&holder_name=+2AA-"),
+                       ("/dashboard/login", "email=ann+2AA-@example.com&password=x"),
+                       ("/admin/login", "token=+2AA-")):
+        answer = page.request.post(server.url + path, data=body.encode(), headers=utf7)
+        assert answer.status == 400 and "The form could not be read." in answer.text(), (path, answer.status)
+    assert server.request("GET", f"/v1/payments?order_id={the_order['id']}", key=shop["api_key"]).json()["data"] == []
 
 
 def bank_transfer(server, reference: str, amount: int, currency: str) -> None:
@@ -194,15 +214,83 @@ def test_the_qr_page_turns_paid_by_itself_when_the_transfer_lands(server, shop, 
     assert order_now(server, shop, the_order["id"])["status"] == "paid"
 
 
-def test_ended_orders_show_their_state_instead_of_a_form(server, shop, page):
-    cancelled = order(server, shop)
-    assert server.request("DELETE", f"/v1/orders/{cancelled['id']}", key=shop["api_key"]).status == 200
-    page.goto(cancelled["payment_url"])
-    expect(page.get_by_role("heading", name="This order was cancelled")).to_be_visible()
+def test_ended_orders_show_their_state_instead_of_a_form(server, shop, page, browser):
+    expiring = order(server, shop, expires_in=SHORTEST_EXPIRY_S)
+    with new_page(browser, java_script_enabled=False) as stale:  # its form stays as it was when the page opened
+        stale.goto(expiring["payment_url"])
+        expect(stale.get_by_role("button", name="Pay", exact=True)).to_be_visible()
+
+        cancelled = order(server, shop)
+        assert server.request("DELETE", f"/v1/orders/{cancelled['id']}", key=shop["api_key"]).status == 200
+        page.goto(cancelled["payment_url"])
+        expect(page.get_by_role("heading", name="This order was cancelled")).to_be_visible()
+        expect(page.get_by_role("button", name="Pay", exact=True)).to_have_count(0)
+        paid = order(server, shop)
+        page.goto(paid["payment_url"])
+        pay_by_card(page, SUCCEEDS)
+        expect(page.get_by_role("heading", name="Payment successful")).to_be_visible()
+        page.goto(paid["payment_url"])
+        expect(page.get_by_role("heading", name="Payment successful")).to_be_visible()
+        expect(page.get_by_role("button", name="Pay", exact=True)).to_have_count(0)
+        response = page.goto(cancelled["payment_url"].replace(cancelled["id"], "ord_" + "0" * 24))
+        assert response.status == 404
+        expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+
+        # The expired order's form, sent after its expiry, pays nothing: the page says the order expired.
+        time.sleep(max(0.0, seconds_left(expiring) + 1))
+        with stale.expect_navigation():
+            pay_by_card(stale, SUCCEEDS)
+        expect(stale.get_by_role("heading", name="This order has expired")).to_be_visible()
+        expect(stale.get_by_role("button", name="Pay", exact=True)).to_have_count(0)
+    assert order_now(server, shop, expiring["id"])["status"] == "expired"
+    assert server.request("GET", f"/v1/payments?order_id={expiring['id']}", key=shop["api_key"]).json()["data"] == []
+
+
+def seconds_left(the_order: dict) -> float:
+    expires_at = datetime.datetime.fromisoformat(the_order["expires_at"].replace("Z", "+00:00"))
+    return (expires_at - datetime.datetime.now(datetime.timezone.utc)).total_seconds()
+
+
+def test_a_suspended_merchants_order_cannot_be_paid_from_its_page(server, shop, page):
+    the_order = order(server, shop)
+    page.goto(the_order["payment_url"])
+    expect(page.get_by_role("button", name="Pay", exact=True)).to_be_visible()
+    changed = server.request("PATCH", f"/v1/merchants/{shop['id']}", {"status": "suspended"}, key=server.admin_token)
+    assert changed.status == 200, changed.body
+    page.wait_for_timeout(MERCHANT_KEPT_MS)
+    pay_by_card(page, SUCCEEDS)  # the form the page showed before the suspension
+    expect(page.get_by_text("This shop cannot take payments just now.")).to_be_visible()
+    page.goto(the_order["payment_url"])
+    expect(page.get_by_role("heading", name="This shop cannot take payments just now")).to_be_visible()
     expect(page.get_by_role("button", name="Pay", exact=True)).to_have_count(0)
-    response = page.goto(cancelled["payment_url"].replace(cancelled["id"], "ord_" + "0" * 24))
-    assert response.status == 404
-    expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+    expect(page.get_by_role("tab")).to_have_count(0)
+    changed = server.request("PATCH", f"/v1/merchants/{shop['id']}", {"status": "active"}, key=server.admin_token)
+    assert changed.status == 200, changed.body
+    page.wait_for_timeout(MERCHANT_KEPT_MS)
+    assert order_now(server, shop, the_order["id"])["status"] == "pending"
+    assert server.request("GET", f"/v1/payments?order_id={the_order['id']}", key=shop["api_key"]).json()["data"] == []
+    page.reload()
+    expect(page.get_by_role("button", name="Pay", exact=True)).to_be_visible()
+
+
+def test_the_shopper_pays_the_amount_the_page_shows_even_when_the_merchant_changes_it(server, shop, page, browser):
+    the_order = order(server, shop)
+    page.goto(the_order["payment_url"])
+    with new_page(browser, java_script_enabled=False) as stale:  # its form stays as it was when the page opened
+        stale.goto(the_order["payment_url"])
+        changed = server.request("PATCH", f"/v1/orders/{the_order['id']}", {"amount": 2999}, key=shop["api_key"])
+        assert changed.status == 200, changed.body
+        # The live page shows the new amount by itself; the form of the old one pays nothing.
+        expect(page.get_by_text("29.99 USD", exact=True).first).to_be_visible()
+        expect(page.get_by_text("19.99 USD", exact=True)).to_have_count(0)
+        pay_by_card(stale, SUCCEEDS)
+        expect(stale.get_by_text("This form has expired: open the page again and resend it.")).to_be_visible()
+        assert server.request("GET", f"/v1/payments?order_id={the_order['id']}",
+                              key=shop["api_key"]).json()["data"] == []
+    pay_by_card(page, SUCCEEDS)
+    expect(page.get_by_text("29.99 USD paid to")).to_be_visible()
+    payment = server.request("GET", f"/v1/payments?order_id={the_order['id']}", key=shop["api_key"]).json()["data"]
+    assert [(entry["status"], entry["amount"]) for entry in payment] == [("succeeded", 2999)]
 
 
 def test_every_page_forbids_inline_script_and_framing_and_another_site_cannot_frame_it(server, shop, browser,

@@ -198,11 +198,24 @@ async def form_of(request: web.Request, expected_token: str | None) -> MultiDict
         fields = await request.post()
     except (ValueError, LookupError) as error:
         raise ApiError(400, "invalid_form", "the form could not be read") from error
-    if expected_token is not None and not hmac.compare_digest(str(fields.get("csrf_token", "")), expected_token):
-        raise ApiError(403, "csrf_token_invalid", "this form has expired: open the page again and resend it")
-    if any(not isinstance(value, str) or len(value) > MAX_FORM_FIELD_CHARS for value in fields.values()):
+    if any(not isinstance(value, str) or not is_text(value) for value in fields.values()):
+        raise ApiError(400, "invalid_form", "the form could not be read")
+    if any(len(value) > MAX_FORM_FIELD_CHARS for value in fields.values()):
         raise ApiError(400, "invalid_form", "a field of the form is too long")
+    # As bytes: compare_digest refuses str with characters outside ASCII, and a form may carry any.
+    if expected_token is not None and not hmac.compare_digest(str(fields.get("csrf_token", "")).encode(),
+                                                              expected_token.encode()):
+        raise ApiError(403, "csrf_token_invalid", "this form has expired: open the page again and resend it")
     return fields
+
+
+def is_text(value: str) -> bool:
+    """Whether a field is Unicode text: one sent in UTF-7 can hold a lone surrogate, which no UTF-8 can encode."""
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def new_attempt() -> str:

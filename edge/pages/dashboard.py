@@ -173,8 +173,9 @@ def _search(filters: dict[str, str], after: str) -> dict[str, str]:
         if filters[name]:
             try:
                 day = datetime.date.fromisoformat(filters[name]) + datetime.timedelta(days=days)
-            except ValueError:
-                raise ApiError(400, "parameter_invalid", f"the {name} date must be YYYY-MM-DD", name) from None
+            except (ValueError, OverflowError):  # OverflowError: the day after the calendar's last
+                raise ApiError(400, "parameter_invalid", f"the {name} date must be a day as YYYY-MM-DD, before "
+                               "9999-12-31", name) from None
             query[parameter] = f"{day.isoformat()}T00:00:00Z"
     return query
 
@@ -230,6 +231,8 @@ async def order_live(request: web.Request, merchant: Merchant) -> web.StreamResp
     order = await api.order_of(request, merchant, request.match_info["id"])
 
     async def fragment(state: live.OrderState) -> str:
+        if session(request, AUDIENCE) is None:  # signed out (or expired) since the stream began: it ends here
+            raise ApiError(401, "session_ended", "the session has ended")
         context = _context(request, merchant, await _order_context(request, merchant, state.order))
         return aiohttp_jinja2.render_string("dashboard_order_live.html", request, context)
 

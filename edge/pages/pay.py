@@ -31,6 +31,7 @@ EXPIRY = re.compile(r"\s*([0-9]{1,2})\s*/\s*([0-9]{2}|[0-9]{4})\s*")
 PAY_ATTEMPTS = 30  # card forms sent per client address and worker, per PAY_WINDOW_S
 PAY_WINDOW_S = 60
 REDIRECT_AFTER_MS = 2500  # the success page is seen before the shopper goes back to the merchant
+UNAVAILABLE = "This shop cannot take payments just now."
 
 
 def add_routes(app: web.Application) -> None:
@@ -83,7 +84,7 @@ def checkout(request: web.Request, merchant: Merchant, state: live.OrderState, w
     """What the page shows of the order now: its summary and the part the shopper acts on (`view`)."""
     order = api.order_out(request, merchant, state.order)
     payment = state.payment
-    view = _view(state)
+    view = _view(state, merchant.status == "active")
     failure = problem or (payment.failure_message or payment.failure_code if payment and view == "form" and
                           payment.status == "failed" else "")
     methods = [name for name in METHOD_LABELS if name in order.payment_methods and (name != "wallet" or
@@ -96,7 +97,7 @@ def checkout(request: web.Request, merchant: Merchant, state: live.OrderState, w
         "expires_in_s": seconds_until(order.expires_at), "view": view, "failure": failure,
         "methods": [(name, METHOD_LABELS[name]) for name in methods],
         "selected": selected if selected in methods else (methods[0] if methods else ""),
-        "attempt": attempt, "attempt_token": _attempt_token(request, order.id, attempt),
+        "attempt": attempt, "attempt_token": _attempt_token(request, state.order, attempt),
         "transfer": _transfer_details(merchant, state.order), "version": state.version,
         "live_url": f"/pay/{order.id}/live?" + urllib.parse.urlencode(
             {"since": state.version, **({"from": "3ds"} if back_from_3ds else {})}),
@@ -108,21 +109,24 @@ def checkout(request: web.Request, merchant: Merchant, state: live.OrderState, w
     }
 
 
-def _view(state: live.OrderState) -> str:
+def _view(state: live.OrderState, taking_payments: bool) -> str:
     """paid | expired | cancelled | failed | exception (the order's end) | processing | authenticate | authorized
-    (a card payment on its way) | form (the methods, with why the last attempt failed if it did)."""
+    (a card payment on its way) | form (the methods, with why the last attempt failed if it did) | unavailable (the
+    form, but the merchant is suspended)."""
     order, payment = state.order, state.payment
     if order.status in PAID_STATUSES:
         return "paid"
     if order.status != "pending":
         return order.status
     if payment is None or payment.method != "card" or payment.status in ("failed", "cancelled"):
-        return "form"
+        return "form" if taking_payments else "unavailable"
     return {"requires_action": "authenticate", "requires_capture": "authorized"}.get(payment.status, "processing")
 
 
-def _attempt_token(request: web.Request, order_id: str, attempt: str) -> str:
-    return request.app["secrets"].form_token(f"pay:{order_id}:{attempt}")
+def _attempt_token(request: web.Request, order: Order, attempt: str) -> str:
+    """Proof that a form came from a rendering of the page showing the order's amount as it is now: a form shown
+    before the merchant changed the amount pays nothing."""
+    return request.app["secrets"].form_token(f"pay:{order.id}:{order.amount}:{order.currency}:{attempt}")
 
 
 def _challenge_url(request: web.Request, action_url: str, order_id: str) -> str:
@@ -156,15 +160,17 @@ def _transfer_details(merchant: Merchant, order: Order) -> dict | None:
             "qr_image": f"/v1/qr/orders/{order.id}.png" if qr_api.order_qr_problem(order) is None else ""}
 
 
-async def shopper_form(request: web.Request, order: Order) -> tuple[MultiDictProxy, str]:
+async def shopper_form(request: web.Request, merchant: Merchant, order: Order) -> tuple[MultiDictProxy, str]:
     """A form of the payment page, from this site and this page's rendering (its attempt and the attempt's token),
-    under the limit per address; its attempt becomes the request's Idempotency-Key (a form sent twice acts once).
-    The form, and the shopper's address."""
+    for a merchant that takes payments (the API refuses a suspended one's), under the limit per address; its attempt
+    becomes the request's Idempotency-Key (a form sent twice acts once). The form, and the shopper's address."""
     fields = await form_of(request, None)
     attempt = str(fields.get("attempt", ""))
     if not ATTEMPT.fullmatch(attempt) or not hmac.compare_digest(
-            str(fields.get("attempt_token", "")).encode(), _attempt_token(request, order.id, attempt).encode()):
+            str(fields.get("attempt_token", "")).encode(), _attempt_token(request, order, attempt).encode()):
         raise ApiError(403, "csrf_token_invalid", "this form has expired: open the page again and resend it")
+    if merchant.status != "active":
+        raise ApiError(403, "account_suspended", UNAVAILABLE)
     request["idempotency_key"] = f"pay_page_{attempt}"
     payer = client_ip(request.remote, request.headers.get("X-Forwarded-For"), request.app["settings"].trusted_proxies)
     if request.app["pay_attempts"].hit(payer, time.monotonic()):
@@ -175,7 +181,7 @@ async def shopper_form(request: web.Request, order: Order) -> tuple[MultiDictPro
 @page
 async def pay_by_card(request: web.Request) -> web.Response:
     order, merchant = await order_and_merchant(request)
-    fields, payer = await shopper_form(request, order)
+    fields, payer = await shopper_form(request, merchant, order)
 
     async def action():
         payment, body = checked(schemas.PaymentCreate, {"order_id": order.id, "customer_ip": payer,
@@ -195,7 +201,7 @@ async def pay_by_card(request: web.Request) -> web.Response:
 @page
 async def wallet_code(request: web.Request) -> web.Response:
     order, merchant = await order_and_merchant(request)
-    fields, _ = await shopper_form(request, order)
+    fields, _ = await shopper_form(request, merchant, order)
     response = redirect(f"/pay/{order.id}?method=wallet")
     email = str(fields.get("email", ""))
     return await _wallet_step(request, merchant, order,
@@ -205,7 +211,7 @@ async def wallet_code(request: web.Request) -> web.Response:
 @page
 async def wallet_sign_in(request: web.Request) -> web.Response:
     order, merchant = await order_and_merchant(request)
-    fields, _ = await shopper_form(request, order)
+    fields, _ = await shopper_form(request, merchant, order)
     response = redirect(f"/pay/{order.id}?method=wallet")
     code = str(fields.get("code", ""))
     return await _wallet_step(request, merchant, order,
@@ -215,7 +221,7 @@ async def wallet_sign_in(request: web.Request) -> web.Response:
 @page
 async def pay_from_wallet(request: web.Request) -> web.Response:
     order, merchant = await order_and_merchant(request)
-    _, payer = await shopper_form(request, order)
+    _, payer = await shopper_form(request, merchant, order)
 
     async def action():
         payment, body = checked(schemas.PaymentCreate, wallet.payment(request, order, payer))
