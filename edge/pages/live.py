@@ -15,6 +15,7 @@ from aiohttp import web
 
 from edge.errors import ApiError
 from edge.gateway import ShardBusy
+from edge.limits import client_ip
 from edge.pages.common import secure
 from engine.queries import GetOrder, GetPaymentRecord
 from engine.records import Order, Payment
@@ -22,6 +23,7 @@ from engine.records import Order, Payment
 log = logging.getLogger("paygate.edge")
 POLL_INTERVAL_S = 0.5
 MAX_STREAMS = 1000  # per worker
+MAX_STREAMS_PER_CLIENT = 32  # per client address and worker: one address cannot take every stream of a worker
 STREAM_LIFETIME_S = 600  # then the browser's EventSource connects again (it says since when with Last-Event-ID)
 HEARTBEAT_S = 15
 RETRY_MS = 2000  # how soon a browser reconnects a stream that ended
@@ -66,14 +68,18 @@ class LiveStatus:
         self.app = app
         self.watches: dict[tuple[str, str], _Watch] = {}
         self.streams = 0
+        self.streams_by_client: dict[str, int] = {}  # only clients with a stream open: at most MAX_STREAMS keys
         self.wanted = asyncio.Event()  # set while something is watched: an idle worker reads nothing
         self.closing = False
 
     @contextlib.contextmanager
-    def listening(self, merchant_id: str, order_id: str):
+    def listening(self, merchant_id: str, order_id: str, client: str):
         """A queue that receives the order's state when it changes (and the first state read after it joined)."""
         if self.closing or self.streams >= MAX_STREAMS:
             raise ApiError(503, "too_many_streams", "too many live pages are open; retry shortly",
+                           headers={"Retry-After": "5"})
+        if self.streams_by_client.get(client, 0) >= MAX_STREAMS_PER_CLIENT:
+            raise ApiError(429, "rate_limited", "too many live pages are open from this address",
                            headers={"Retry-After": "5"})
         key = (merchant_id, order_id)
         watch = self.watches.setdefault(key, _Watch())
@@ -81,11 +87,14 @@ class LiveStatus:
         watch.listeners.add(queue)
         watch.joined.add(queue)
         self.streams += 1
+        self.streams_by_client[client] = self.streams_by_client.get(client, 0) + 1
         self.wanted.set()
         try:
             yield queue
         finally:
             self.streams -= 1
+            if (left := self.streams_by_client.pop(client) - 1) > 0:
+                self.streams_by_client[client] = left
             watch.listeners.discard(queue)
             watch.joined.discard(queue)
             if not watch.listeners:
@@ -170,7 +179,8 @@ async def stream(request: web.Request, merchant_id: str, order_id: str, since: s
     since = request.headers.get("Last-Event-ID", since)[:200]
     response = secure(web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Accel-Buffering": "no"}))
     loop = asyncio.get_running_loop()
-    with request.app["live_status"].listening(merchant_id, order_id) as updates:
+    client = client_ip(request.remote, request.headers.get("X-Forwarded-For"), request.app["settings"].trusted_proxies)
+    with request.app["live_status"].listening(merchant_id, order_id, client) as updates:
         await response.prepare(request)
         ends_at = loop.time() + STREAM_LIFETIME_S
         try:
