@@ -7,6 +7,7 @@ A refund moves money back and never past what was captured; a payout holds
 the merchant's balance until the bank answers, and a failure returns it.
 """
 
+from itertools import takewhile
 from typing import Callable
 
 from engine.changes import Changes
@@ -57,6 +58,9 @@ CALLBACK_REPLAYED = "callback_replayed"
 CALLBACK_REPLAY_WINDOW_NS = 600 * NANOSECONDS_PER_SECOND
 MAX_RESEALED_CARDS = 10_000  # per command: a batch the shard journals and replicates at once
 MAX_CALLBACK_SIGNATURES = 100_000  # beyond it the oldest is forgotten: a bound, well above any provider's rate
+# New signatures between two walks that forget the old ones: a walk from the front passes every slot the dict keeps
+# for the keys removed before it, so one per callback would cost the dict's length.
+SIGNATURE_PRUNE_BATCH = 1024
 MAX_CALLBACKS_PER_PAYMENT = 32  # a payment hears of its provider a few times: 3-D Secure, then the verdict
 
 # The chart of accounts (engine/ACCOUNTS.md): the flags an account is made with, by its name. Money of merchants and
@@ -109,8 +113,9 @@ class Payments:
         self.by_order = Listing(changes)
         self.refunds_by_payment = Listing(changes)
         self.payouts_by_merchant = Listing(changes)
-        # signature -> when its callback came (engine time), oldest first
-        self.callback_signatures: dict[str, int] = changes.dict()
+        # signature -> when its callback came (engine time), oldest first; one seen again after the window moves to
+        # the end (by rank)
+        self.callback_signatures: dict[str, int] = changes.dict(ranked=True)
         self.deadlines = changes.schedule()  # payment id -> its deadline_at
         # pending transfer id -> payment id, to hear of an authorization that timed out
         self.payment_by_hold: dict[str, str] = changes.dict(ordered=False)
@@ -239,19 +244,27 @@ class Payments:
         return ""
 
     def replayed(self, signature: str, timestamp: int) -> bool:
-        """Whether a callback's signature was seen within the replay window; a new one is remembered."""
-        seen = self.callback_signatures
-        while seen:
-            oldest = next(iter(seen))
-            if len(seen) < MAX_CALLBACK_SIGNATURES and seen[oldest] > timestamp - CALLBACK_REPLAY_WINDOW_NS:
-                break
-            del seen[oldest]
+        """Whether a callback's signature was seen within the replay window; a new one is remembered (one seen
+        before the window is new again)."""
         if not signature:
             return False
-        if signature in seen:
+        seen = self.callback_signatures
+        horizon = timestamp - CALLBACK_REPLAY_WINDOW_NS
+        seen_at = seen.get(signature)
+        if seen_at is not None and seen_at > horizon:
             return True
+        if seen_at is not None:
+            del seen[signature]  # to the end, with its new time
+        if len(seen) >= MAX_CALLBACK_SIGNATURES or len(seen) % SIGNATURE_PRUNE_BATCH == 0:
+            self._forget_signatures(horizon)
         seen[signature] = timestamp
         return False
+
+    def _forget_signatures(self, horizon: int) -> None:
+        """Forget the signatures seen before `horizon`, and the oldest past the bound, in one walk from the front."""
+        seen = self.callback_signatures
+        expired = sum(1 for _ in takewhile(lambda item: item[1] <= horizon, dict.items(seen)))
+        seen.take_first(max(expired, len(seen) - MAX_CALLBACK_SIGNATURES + 1))
 
     def record_psp_result(self, command: RecordPspResult, timestamp: int) -> Outcome:
         if self.replayed(command.signature, timestamp):
