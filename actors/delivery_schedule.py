@@ -1,10 +1,10 @@
 """The notifier's schedule in memory: which deliveries to attempt when, in order per object, bounded everywhere.
 
-A lane is (target, ordering key): one endpoint (a URL, a mailbox) and one object (an order, a payment...). Only a
-lane's first delivery may go; the next waits until that one is settled, delivered or dead, and its outcome is
-recorded, so events about one object reach an endpoint in the order they happened. Lanes go side by side, at most
-`max_in_flight_per_endpoint` attempts at once to one endpoint (a host, or the mail server) and `max_in_flight` in
-all. The schedule holds at most `max_jobs` deliveries: the durable list is the engine's, so what does not fit is
+A lane is (destination, ordering key): one destination (a merchant's webhook, whatever its URL now; an IPN URL; a
+mailbox) and one object (an order, a payment...). Only a lane's first delivery may go; the next waits until that
+one is settled, delivered or dead, and its outcome is recorded, so events about one object reach a destination in
+the order they happened. Lanes go side by side, at most `max_in_flight_per_endpoint` attempts at once to one
+endpoint (a host, or the mail server) and `max_in_flight` in all. The schedule holds at most `max_jobs` deliveries: the durable list is the engine's, so what does not fit is
 loaded later (actors/notifier.py).
 
 No I/O, no clock: times come in as arguments (nanoseconds).
@@ -23,6 +23,7 @@ from engine.records import Merchant
 # for its outcome to be recorded.
 WAITING, BLOCKED, SENDING, RECORDING = "waiting", "blocked", "sending", "recording"
 MAIL_ENDPOINT = "smtp"
+WEBHOOK_LANE = "webhook of "  # then a merchant id: no URL or mailbox reads so
 # A job's key: (shard, delivery id). Delivery ids come from a shard's own sequence: two shards make the same ones.
 JobKey = tuple[int, str]
 
@@ -42,6 +43,8 @@ class Job(msgspec.Struct, kw_only=True):
     payload: bytes  # the event's body, or the whole e-mail message
     merchant: Merchant
     state: str = WAITING
+    stale: bool = False  # its target may have changed in the engine: read again before the next attempt
+    slot: str = ""  # the endpoint whose in-flight slot it holds while sent (its target may change meanwhile)
 
     @property
     def key(self) -> JobKey:
@@ -49,7 +52,8 @@ class Job(msgspec.Struct, kw_only=True):
 
     @property
     def lane(self) -> tuple[str, str]:
-        return self.target, self.ordering_key
+        # A merchant's webhook is one destination whatever its URL: a new URL takes the events in the order they were.
+        return (WEBHOOK_LANE + self.merchant.id if self.channel == "webhook" else self.target), self.ordering_key
 
     @property
     def endpoint(self) -> str:
@@ -117,7 +121,7 @@ class Schedule:
     def sent(self, job: Job) -> None:
         """The attempt is over: its endpoint's slot is free again; the lane waits for the outcome to be recorded."""
         job.state = RECORDING
-        self._release(job.endpoint)
+        self._release(job.slot)
 
     def settle(self, key: JobKey, outcome: str, next_attempt_at: int = 0) -> None:
         """A recorded outcome: delivered or dead ends the delivery and lets its lane go on; retry waits again."""
@@ -139,13 +143,22 @@ class Schedule:
             job.state = WAITING
             self._push(job)
 
+    def later(self, key: JobKey, at: int) -> None:
+        """An attempt taken but not made (where it goes is not known now): its slot is free and it waits until `at`."""
+        job = self.jobs.get(key)
+        if job is not None and job.state == SENDING:
+            self._release(job.slot)
+            job.state = WAITING
+            job.next_attempt_at = at
+            self._push(job)
+
     def drop(self, key: JobKey) -> None:
         """Forget a delivery (settled, or found no longer pending); its lane's next one becomes due."""
         job = self.jobs.pop(key, None)
         if job is None:
             return
         if job.state == SENDING:
-            self._release(job.endpoint)
+            self._release(job.slot)
         lane = self.lanes[job.lane]
         was_first = lane[0] == key
         lane.remove(key)
@@ -156,7 +169,8 @@ class Schedule:
 
     def _start(self, job: Job) -> Job:
         job.state = SENDING
-        self.in_flight[job.endpoint] = self.in_flight.get(job.endpoint, 0) + 1
+        job.slot = job.endpoint
+        self.in_flight[job.slot] = self.in_flight.get(job.slot, 0) + 1
         self.in_flight_total += 1
         return job
 

@@ -12,6 +12,11 @@ are loaded with PendingDeliveries; the journal only says what is new. So a notif
 nothing: what it had not recorded is attempted again (at least once), and a delivery recorded delivered is never
 pending again. The retry times are the notifier's (the schedule with ±20 % jitter); the engine keeps them as data.
 
+A shard's follower reads its journal when the shard announces a new durable sequence (its announce socket, nng
+pub/sub: a wake-up only, the cursor decides what is read), and once a second should an announcement be lost; a
+shard without an announce socket is polled every 50 ms. The shard never waits on the notifier: it publishes without
+blocking, to whoever listens.
+
 Its counts (deliveries by channel and outcome, the backlog, commit-to-delivery latency) go to Ray metrics and, once
 a second, to `<data>/notifier/stats.json`, which the edge's /metrics reads.
 """
@@ -37,21 +42,21 @@ from actors.merchant_secrets import MerchantSecrets
 from actors.notifier_stats import NotifierStats, stats_path
 from actors.runtime import die_with_parent
 from actors.webhooks import AttemptResult, RetrySchedule, WebhookSender
-from engine.notifications import MAX_DELIVERY_RESULTS
+from engine.notifications import MAX_DELIVERY_RESULTS, QUEUED, WEBHOOK_MOVED
 from engine.queries import MAX_JOBS, DeliveryJob, GetDeliveryJobs, PendingDeliveries
 from engine.records import DeliveryResult, RecordDeliveryAttempts
 from engine.views import event_body
 from journal.auth import load_key
-from journal.client import EntriesPruned, ShardClient
+from journal.client import Announcements, EntriesPruned, ShardClient
 from journal.store import write_atomically
 
 ACTOR_NAME = "notifier"
-QUEUED = "delivery.queued"
 ENTRIES_PER_READ = 64
 IDS_PER_QUERY = MAX_JOBS
 PAGE = 256  # pending deliveries loaded per request
 MAX_RESULTS_PER_SUBMIT = MAX_DELIVERY_RESULTS
-POLL_S = 0.05  # between reads of a shard's journal with nothing new
+POLL_S = 0.05  # between reads of a shard's journal with nothing new, for a shard that announces nothing
+FALLBACK_POLL_S = 1.0  # the same for a shard whose announcements wake the notifier: they may be lost, or stop
 MAX_SLEEP_S = 1.0
 RETRY_BACKOFF_S = 0.2
 MAX_RETRY_BACKOFF_S = 5.0
@@ -68,12 +73,16 @@ class NotifierActor:
 
     def __init__(self, shard_addresses: list[list[str]], key_file: str, data: str, public_url: str,
                  retry_schedule: str, smtp_url: str, production: bool = False, max_jobs: int = 20_000,
-                 max_in_flight: int = 256, max_in_flight_per_endpoint: int = 8) -> None:
+                 max_in_flight: int = 256, max_in_flight_per_endpoint: int = 8,
+                 announce_addresses: list[str] | None = None) -> None:
         die_with_parent()
         configure_logging()
         folder = pathlib.Path(data)
         key = load_key(key_file, "notifier")
         self.shards = [ShardClient(addresses, key, timeout_ms=5000) for addresses in shard_addresses]
+        # Each shard's announcements of what it committed wake its follower ("": that shard's is polled).
+        self.announcements = [Announcements(address, key) if address else None
+                              for address in announce_addresses or [""] * len(shard_addresses)]
         (folder / "cursors").mkdir(parents=True, exist_ok=True)
         self.cursors = [Cursor(folder / "cursors" / f"notifier-shard-{index}.cursor")
                         for index in range(len(self.shards))]
@@ -166,6 +175,8 @@ class NotifierActor:
         backoff = Backoff()
         pruned = False
         while True:
+            # Taken before the read: one announced after it wakes the wait below.
+            announced = self.announcements[shard].sequence if self.announcements[shard] else 0
             try:
                 if pruned:  # the journal no longer holds what the cursor points at: the engine's list does
                     self.cursors[shard].advance((await self.shards[shard].status()).durable_sequence)
@@ -182,14 +193,28 @@ class NotifierActor:
                 await backoff.wait()
                 continue
             if not busy:
-                await asyncio.sleep(POLL_S)
+                await self._idle(shard, announced)
+
+    async def _idle(self, shard: int, announced: int) -> None:
+        """Until the shard announces what this follower has not read (or, should that be lost, a slow poll's time)."""
+        announcements = self.announcements[shard]
+        if announcements is None:
+            await asyncio.sleep(POLL_S)
+        else:
+            after = max(announced, self.cursors[shard].sequence)
+            await announcements.wait(after, FALLBACK_POLL_S)
+            self.stats_.woken_by_announcement += announcements.sequence > after
 
     async def _follow_entries(self, shard: int) -> bool:
         cursor = self.cursors[shard]
+        self.stats_.journal_reads += 1
         entries = await self.shards[shard].read_entries(cursor.sequence + 1, ENTRIES_PER_READ)
         if not entries:
             return False
-        queued = [event.object_id for entry in entries for event in entry.result.events if event.kind == QUEUED]
+        events = [event for entry in entries for event in entry.result.events]
+        # Before the new ones are added: those are read as the engine has them now, targets moved already.
+        self._mark_moved(shard, {event.object_id for event in events if event.kind == WEBHOOK_MOVED})
+        queued = [event.object_id for event in events if event.kind == QUEUED]
         unknown = list(dict.fromkeys(delivery_id for delivery_id in queued
                                      if (shard, delivery_id) not in self.schedule))
         # While the schedule has pending deliveries of this shard it could not hold, new ones wait for the next
@@ -198,6 +223,14 @@ class NotifierActor:
             self.unloaded[shard] = True
         cursor.advance(entries[-1].sequence)
         return True
+
+    def _mark_moved(self, shard: int, merchant_ids: set[str]) -> None:
+        """These merchants' webhook_url changed: their webhook deliveries are read again before their next attempt."""
+        if not merchant_ids:
+            return
+        for job in self.schedule.jobs.values():
+            if job.shard == shard and job.channel == "webhook" and job.merchant.id in merchant_ids:
+                job.stale = True
 
     async def _add(self, shard: int, delivery_ids: list[str]) -> bool:
         """Schedule the deliveries (one request for all their jobs) that are still pending; False when the schedule
@@ -244,11 +277,12 @@ class NotifierActor:
                 pass
 
     def _start(self, jobs: list[Job]) -> None:
-        """First attempts go at once; retries first read their delivery again (one request per shard), since its
-        merchant's webhook secrets may have been rotated while it waited."""
+        """First attempts go at once; retries, and deliveries whose webhook_url changed, first read their delivery
+        again (one request per shard): its merchant's webhook secrets may have been rotated, or its URL changed, while
+        it waited."""
         retries: dict[int, list[Job]] = {}
         for job in jobs:
-            if job.attempts > job.queued_after_attempts:
+            if job.stale or job.attempts > job.queued_after_attempts:
                 retries.setdefault(job.shard, []).append(job)
             else:
                 self._spawn(self._attempt(job))
@@ -277,6 +311,11 @@ class NotifierActor:
             if current is not None:
                 job.merchant = current.merchant
                 job.attempts = current.delivery.attempt_count
+                job.target, job.stale = current.delivery.target, False
+            elif job.stale:  # where it goes now is not known: not where it went before, so later
+                self.schedule.later(job.key, time.time_ns() + int(MAX_RETRY_BACKOFF_S * 1e9))
+                self.wake.set()
+                continue
             going.append(self._attempt(job))
         await asyncio.gather(*going)
 
@@ -454,7 +493,8 @@ def spawn(shard_addresses: list[list[str]], key_file: str, data: pathlib.Path, p
           smtp_url: str, start_timeout_s: float = 60, **options) -> "ray.actor.ActorHandle":
     """The notifier (made now, or the one already running), its pending deliveries loaded.
 
-    Options: production, max_jobs, max_in_flight, max_in_flight_per_endpoint.
+    Options: production, max_jobs, max_in_flight, max_in_flight_per_endpoint, announce_addresses (each shard's
+    announce socket, "" for none).
     """
     handle = Notifier.options(name=ACTOR_NAME, namespace=NAMESPACE, get_if_exists=True).remote(
         shard_addresses, key_file, str(data), public_url, retry_schedule, smtp_url, **options)

@@ -21,6 +21,8 @@ class NotifierStats(msgspec.Struct):
     latency_p50_ms: int = 0  # commit of the event to its delivery, over the latest deliveries
     latency_p99_ms: int = 0
     delivered_total: int = 0
+    journal_reads: int = 0  # reads of the shards' journals (each woken by an announcement, or a poll's time)
+    woken_by_announcement: int = 0  # waits for new entries that a shard's announcement ended
     cursors: list[int] = []
     written_at_ms: int = 0
 

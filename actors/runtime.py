@@ -17,6 +17,16 @@ reads its token from `RAY_AUTH_TOKEN`, else the file `RAY_AUTH_TOKEN_PATH` names
 Ray writes readable by everyone). Unless one of the first two is set, `start` keeps the token in
 `<data>/ray_auth_token`, readable by its owner only, and says how to log in with it. `RAY_AUTH_MODE=disabled` turns
 authentication off, deliberately; the description then says so.
+
+A local runtime is one machine's: `start` turns Ray's own multi-node switch off (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`,
+Ray's own default on macOS and Windows), so its node address is loopback and every server Ray runs (GCS,
+raylet, object manager, agents, each worker's and the driver's gRPC server) listens on 127.0.0.1 only. Without it,
+Ray 2.60 turns even `--node-ip-address 127.0.0.1` into the host's routable address (`resolve_ip_for_localhost` in
+python/ray/_private/services.py) and its gRPC servers bind every interface whenever the node address is not loopback
+(`GrpcServer::Run` in src/ray/rpc/grpc_server.cc); no flag, environment variable or system config binds them to
+loopback otherwise. Ray reads the switch once, when `ray` is first imported: this module imports ray only in `start`
+and `stop`, and `start` warns when a local runtime came up on another address all the same. To spread the actors
+over machines, start a cluster with `ray start --head` and join it (`address`).
 """
 
 import ctypes
@@ -27,7 +37,6 @@ import secrets
 import signal
 
 import msgspec
-import ray
 
 NAMESPACE = "paygate"
 LOCAL_CPUS = 2
@@ -41,6 +50,9 @@ PR_SET_PDEATHSIG = 1
 MODE_VARIABLE = "RAY_AUTH_MODE"
 TOKEN_VARIABLE = "RAY_AUTH_TOKEN"
 TOKEN_PATH_VARIABLE = "RAY_AUTH_TOKEN_PATH"
+# Ray's own multi-node switch (python/ray/_private/ray_constants.py ENABLE_RAY_CLUSTER), read when ray is imported.
+CLUSTER_VARIABLE = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK_ADDRESSES = ("127.0.0.1", "::1")
 
 log = logging.getLogger("paygate.actors.runtime")
 
@@ -59,6 +71,7 @@ _runtime_file: pathlib.Path | None = None
 _info: RuntimeInfo | None = None
 # The token file a local start here pointed Ray at: a process keeps the first token it read, so later starts reuse it.
 _token_file: pathlib.Path | None = None
+_single_machine_set = False  # whether a local start here turned Ray's multi-node switch off (`stop` turns it back)
 
 
 def start(address: str | None, data: pathlib.Path, object_store_bytes: int = 256 << 20,
@@ -78,9 +91,12 @@ def start(address: str | None, data: pathlib.Path, object_store_bytes: int = 256
     token_authentication = token_authentication_on(local)
     options: dict = {}
     if local:
+        _keep_on_loopback()
         _keep_token_in(data)
         options = {"num_cpus": LOCAL_CPUS, "object_store_memory": object_store_bytes,
                    "include_dashboard": dashboard, "dashboard_host": DASHBOARD_HOST, "dashboard_port": dashboard_port}
+    import ray  # here, not at the top: a local start's switch must be set before Ray reads it
+
     context = ray.init(
         address=address or None,
         namespace=NAMESPACE,
@@ -90,6 +106,10 @@ def start(address: str | None, data: pathlib.Path, object_store_bytes: int = 256
         ignore_reinit_error=True,
         **options,
     )
+    node_address = context.address_info.get("node_ip_address", "")
+    if local and node_address not in LOOPBACK_ADDRESSES:
+        log.warning("the local Ray runtime is on %s, not loopback (ray was imported before it started, so %s=0 came "
+                    "too late): Ray's own servers listen on every interface", node_address, CLUSTER_VARIABLE)
     metrics_port = context.address_info.get("metrics_export_port")
     info = RuntimeInfo(
         gcs_address=context.address_info.get("gcs_address") or context.address_info.get("address") or "",
@@ -112,6 +132,14 @@ def token_authentication_on(local: bool) -> bool:
     runtime turns it on and a cluster joined by its address does not."""
     mode = os.environ.get(MODE_VARIABLE)
     return local if mode is None else mode.lower() == "token"
+
+
+def _keep_on_loopback() -> None:
+    """Turn Ray's multi-node switch off for the local runtime, in this process and every Ray process it starts."""
+    global _single_machine_set
+    if os.environ.get(CLUSTER_VARIABLE) != "0":
+        os.environ[CLUSTER_VARIABLE] = "0"
+        _single_machine_set = True
 
 
 def _keep_token_in(data: pathlib.Path) -> None:
@@ -147,6 +175,9 @@ def describe(info: RuntimeInfo) -> str:
     """Where the runtime is and, with a dashboard, how to reach it and log in: lines for a person to read."""
     where = "local Ray runtime" if info.started_here else "Ray cluster"
     lines = [f"{where} at {info.gcs_address} (namespace {NAMESPACE}), logs in {info.session_dir}/logs"]
+    if info.started_here:
+        lines.append(f"Ray listens on loopback only: another process joins it with {CLUSTER_VARIABLE}=0 set, "
+                     "as its own workers have it")
     if info.dashboard_url:
         lines.append(f"Ray dashboard: {info.dashboard_url} - {_login(info)}")
     if info.metrics_url:
@@ -166,13 +197,18 @@ def _login(info: RuntimeInfo) -> str:
 
 def stop() -> None:
     """Disconnect; a runtime this process started stops with it (and its actors tied to this driver)."""
-    global _runtime_file, _info
+    global _runtime_file, _info, _single_machine_set
+    import ray
+
     _info = None
     if ray.is_initialized():
         ray.shutdown()
-    # Processes started from here from now on (a later serve, say) choose their own token.
+    # Processes started from here from now on (a later serve, say) choose their own token and switch.
     if _token_file is not None and os.environ.get(TOKEN_PATH_VARIABLE) == str(_token_file):
         del os.environ[TOKEN_PATH_VARIABLE]
+    if _single_machine_set:
+        os.environ.pop(CLUSTER_VARIABLE, None)
+        _single_machine_set = False
     if _runtime_file is not None:
         _runtime_file.unlink(missing_ok=True)
         _runtime_file = None

@@ -637,6 +637,11 @@ async def customer_of(request: web.Request, merchant: Merchant, customer_id: str
     return customer
 
 
+async def customer_with_email(request: web.Request, merchant: Merchant, email: str) -> Customer | None:
+    """The merchant's first customer made with this e-mail address (in any case), if any."""
+    return (await request.app["gateway"].read(merchant.id, GetCustomer(merchant.id, "", email))).record
+
+
 async def get_customer(request: web.Request) -> web.Response:
     merchant = await merchant_principal(request)
     return respond(request, views.customer(await _customer(request, merchant)))

@@ -8,10 +8,12 @@ import functools
 import os
 import pathlib
 import signal
+import socket
 import stat
 import sys
 import threading
 import time
+import urllib.parse
 
 import pynng
 from tqdm import tqdm
@@ -51,6 +53,8 @@ ADMIN_TOKEN_VARIABLE = "PAYGATE_ADMIN_TOKEN"
 MAIL_SINK_PORT_OFFSET = 2  # of --base-port: after the two simulated providers
 # The simulated providers and the mail sink stand in for the outside world on this machine: loopback, whatever --host.
 SIMULATORS_HOST = "127.0.0.1"
+# A --host that means every interface, and the loopback address of its family.
+WILDCARD_LOOPBACK = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -60,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
     serve = commands.add_parser("serve", help="start the shards and the HTTP edge on one machine")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--public-url", type=_public_url, default=None, metavar="URL",
+                       help="where merchants and customers reach paygate, in its links, QR codes and events (behind "
+                            "a proxy, the proxy's); default http://<host>:<port>, with the machine's name for a host "
+                            "of every interface (0.0.0.0, ::)")
     serve.add_argument("--data", default="./data")
     serve.add_argument("--shards", type=int, default=1)
     serve.add_argument("--replica", action="store_true", help="run a hot replica beside each shard")
@@ -183,6 +191,31 @@ def _smtp_url(text: str) -> str:
     return text
 
 
+def _public_url(text: str) -> str:
+    parts = urllib.parse.urlsplit(text)
+    if (parts.scheme not in ("http", "https") or not parts.hostname or parts.username is not None
+            or parts.query or parts.fragment):
+        raise argparse.ArgumentTypeError(f"not an http(s) URL of a host, without query or credentials: {text!r}")
+    return text.rstrip("/")
+
+
+def public_url_of(host: str, port: int, configured: str | None = None) -> str:
+    """The URL merchants and customers are given: the configured one, else the listening address, named by the
+    machine's name when that is every interface (a wildcard is no address to give anyone)."""
+    if configured:
+        return configured
+    return f"http://{_url_host(socket.gethostname() if host in WILDCARD_LOOPBACK else host)}:{port}"
+
+
+def local_url_of(host: str, port: int) -> str:
+    """Where this machine reaches the HTTP edge (the simulated providers' callbacks): loopback for a wildcard."""
+    return f"http://{_url_host(WILDCARD_LOOPBACK.get(host, host))}:{port}"
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
 def _trusted_proxy(text: str) -> str:
     """A --trusted-proxy value, checked as the edge will read it (edge/limits.py), so none is dropped unseen."""
     if malformed_networks([text]):
@@ -233,7 +266,7 @@ def _serve(args) -> int:
     # Taken out of the environment: no child process (edge worker, shard, Ray) needs it, only its hash.
     admin_override = os.environ.pop(ADMIN_TOKEN_VARIABLE, "")
     admin, admin_token = AdminToken.load_or_create(data / "admin_token.sha256", admin_override or None)
-    public_url = f"http://{args.host}:{args.port}"
+    public_url = public_url_of(args.host, args.port, args.public_url)
     settings = Settings(
         data=str(data), public_url=public_url, order_ip_limit=args.order_ip_limit,
         order_ip_window_s=args.order_ip_window_s,
@@ -248,7 +281,8 @@ def _serve(args) -> int:
     stop = threading.Event()
     _stop_on_signals(stop)
     supervisors: list[ShardSupervisor] = []
-    providers = ProviderProcesses(_provider_services(data, args, public_url) if args.actors else [])
+    providers = ProviderProcesses(_provider_services(data, args, local_url_of(args.host, args.port))
+                                  if args.actors else [])
     # The outside world's mail servers, stood in for by a local sink unless one is named.
     mail_sink = MailSink(SIMULATORS_HOST, args.base_port + MAIL_SINK_PORT_OFFSET, data / "mail")
     mail_description = "not sent (--without-actors)"
@@ -268,9 +302,6 @@ def _serve(args) -> int:
         api_key = "" if args.production else ensure_demo_merchant(
             settings, settings.shard_addresses[ShardMap(len(configs)).shard_for(DEMO_MERCHANT_ID)])
         if args.actors:
-            # Imported here: Ray takes seconds to import, and only serve with actors needs it.
-            import ray
-
             from actors import runtime as ray_runtime
 
             providers.start()  # they come up while Ray does; the connectors need them
@@ -279,11 +310,16 @@ def _serve(args) -> int:
                                 f"kept as .eml files in {mail_sink.folder} (a local SMTP sink at {smtp_url})")
             ray_description = ray_runtime.start(args.ray_address, data, dashboard=args.dashboard,
                                                 dashboard_port=args.dashboard_port)
+            # Imported once started: Ray reads how a local runtime listens when first imported (actors/runtime.py).
+            import ray
+
             _stop_on_signals(stop)  # ray.init put its own SIGTERM handler (a traceback and exit 1) in ours' place
             providers.wait_ready()
             connector_address = local.address("card-connector", 0)
             settings.smtp_url = smtp_url
-            handles, where = _spawn_actors(args, data, settings, connector_address, providers, smtp_url)
+            announce_addresses = [primary.announce_address for primary, _ in configs]
+            handles, where = _spawn_actors(args, data, settings, connector_address, providers, smtp_url,
+                                           announce_addresses)
             actor_handles += handles
             ray_description += where
             actor_pids += ray.get([handle.pid.remote() for handle in actor_handles])
@@ -319,7 +355,7 @@ def _serve(args) -> int:
 
 
 def _spawn_actors(args, data: pathlib.Path, settings: Settings, connector_address: str,
-                  providers: ProviderProcesses, smtp_url: str) -> tuple[list, str]:
+                  providers: ProviderProcesses, smtp_url: str, announce_addresses: list[str]) -> tuple[list, str]:
     """The actors beside the shards, in the Ray runtime started already: their handles, and where to watch them."""
     from actors import connectors, followers, health, notifier, reconciler, risk
 
@@ -333,7 +369,8 @@ def _spawn_actors(args, data: pathlib.Path, settings: Settings, connector_addres
         functools.partial(followers.spawn, shards, key_file, data / "cursors", list(PROVIDERS),
                           status_query_margin_s=args.status_query_margin_s),
         functools.partial(notifier.spawn, shards, key_file, data, settings.public_url, args.webhook_retry_schedule,
-                          smtp_url, production=args.production, max_jobs=args.notifier_max_pending),
+                          smtp_url, production=args.production, max_jobs=args.notifier_max_pending,
+                          announce_addresses=announce_addresses),
         functools.partial(health.spawn, shards, key_file, str(data / HEALTH_FOLDER)),
         functools.partial(risk.spawn, shards, key_file, data / "risk", rules),
         functools.partial(reconciler.spawn, shards, key_file, data / "cursors", "piggybank", providers.services[0].url,
@@ -353,15 +390,16 @@ def _stop_on_signals(stop: threading.Event) -> None:
         signal.signal(signal_number, lambda *_: stop.set())
 
 
-def _provider_services(data: pathlib.Path, args, public_url: str) -> list[ProviderService]:
-    """piggybank and the bank on the first ports of the block; each signs with its own secret."""
+def _provider_services(data: pathlib.Path, args, edge_url: str) -> list[ProviderService]:
+    """piggybank and the bank on the first ports of the block, calling back at `edge_url`; each signs with its own
+    secret."""
     secrets = Secrets.of_data_folder(data)
     services = []
     for offset, name in enumerate(PROVIDERS):
         secret_file = data / "providers" / f"{name}.secret"
         write_secret(secret_file, secrets.provider_secret(name))
         services.append(ProviderService(name, SIMULATORS_HOST, args.base_port + offset,
-                                        f"{public_url}/v1/psp/{name}/webhook", str(secret_file)))
+                                        f"{edge_url}/v1/psp/{name}/webhook", str(secret_file)))
     return services
 
 

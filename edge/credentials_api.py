@@ -15,9 +15,15 @@ from engine.records import Credential, Merchant, RotateCredentials
 
 
 async def create_api_key(request: web.Request) -> web.Response:
-    """A new credential set; the sets live before it keep working `expires_in` seconds."""
     merchant = await merchant_visible(request)
     fields, body = await body_of(request, schemas.ApiKeyCreate)
+    return respond(request, await rotate(request, merchant, fields, body))
+
+
+async def rotate(request: web.Request, merchant: Merchant, fields: schemas.ApiKeyCreate,
+                 body: bytes) -> views.ApiKeyOut:
+    """A new credential set, its secrets shown in this answer only; the sets live before it keep working
+    `expires_in` seconds."""
     credential_id = new_id("key_", request, merchant.id)
     sealer: SecretSealer = request.app["merchant_secrets"].sealer
     shown = {"api_key": f"sk_{merchant.id}_{random_secret()}", "client_secret": f"cs_{random_secret()}",
@@ -44,7 +50,7 @@ async def create_api_key(request: web.Request) -> web.Response:
     if not request.get("replayed"):  # secrets are shown once: a replay under the Idempotency-Key answers the set only
         out.api_key, out.client_secret = shown["api_key"], shown["client_secret"]
         out.signing_secret, out.webhook_secret = shown["signing_secret"], shown["webhook_secret"]
-    return respond(request, out)
+    return out
 
 
 async def list_api_keys(request: web.Request) -> web.Response:

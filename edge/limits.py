@@ -112,6 +112,13 @@ LOGIN_FORGET_S = 86_400.0  # a day without a failure starts the count afresh
 SLOT_HASH_KEY_BYTES = 32
 
 
+def slot_hash_key(path: pathlib.Path) -> bytes:
+    """The secret key of a slot file's hashes, made once beside it (`<name>.key`)."""
+    key_file = path.with_suffix(".key")
+    create_file_once(key_file, os.urandom(SLOT_HASH_KEY_BYTES))
+    return key_file.read_bytes()
+
+
 def lockout_delay_s(failures: int) -> float:
     """How long an account waits after this many failed logins in a row: nothing for the first few, then 1 s,
     doubling up to LOGIN_MAX_DELAY_S."""
@@ -130,9 +137,7 @@ class LoginLockouts(SharedSlots):
     def __init__(self, path: pathlib.Path, slots: int = 1 << 16) -> None:
         # Keyed: with public slot hashes, an attacker could fail logins on an email sharing the victim's slot and so
         # keep resetting the victim's count.
-        key_file = path.with_suffix(".key")
-        create_file_once(key_file, os.urandom(SLOT_HASH_KEY_BYTES))
-        super().__init__(path, slots, hash_key=key_file.read_bytes())
+        super().__init__(path, slots, hash_key=slot_hash_key(path))
 
     def wait_s(self, account: str, now_s: float) -> float:
         """Seconds until the account may try again (0.0: now)."""

@@ -117,6 +117,13 @@ class Commerce:
         self.notifications.record(first_event, timestamp)
         return outcome
 
+    def _update_merchant(self, command: UpdateMerchant, timestamp: int) -> Outcome:
+        """A merchant's settings; pending webhooks follow a new webhook_url."""
+        outcome = self.merchants.update(command, timestamp)
+        if outcome.code == "ok" and command.webhook_url is not None:
+            self.notifications.webhook_changed(command.merchant_id, timestamp)
+        return outcome
+
     def _idempotent(self, command: Idempotent, timestamp: int) -> Outcome:
         first = self.idempotency.first_outcome(command)
         if first is not None:
@@ -156,7 +163,7 @@ class Commerce:
 
 _HANDLERS = {
     CreateMerchant: lambda commerce, command, timestamp: commerce.merchants.create(command, timestamp),
-    UpdateMerchant: lambda commerce, command, timestamp: commerce.merchants.update(command, timestamp),
+    UpdateMerchant: Commerce._update_merchant,
     CreateSubAccount: lambda commerce, command, timestamp: commerce.merchants.create_sub_account(command, timestamp),
     AddDashboardUser: lambda commerce, command, timestamp: commerce.merchants.add_dashboard_user(command, timestamp),
     CreateOrder: lambda commerce, command, timestamp: commerce.orders.create(command, timestamp),

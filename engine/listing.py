@@ -11,10 +11,10 @@ came in an order no client chose, and are read by id. Ids are listed as their re
 holds them in the order of their created_at.
 """
 
-from bisect import bisect_right
-from typing import Iterator
+import bisect
+from typing import Callable, Iterator
 
-from engine.changes import Changes, peek
+from engine.changes import Changes, append_to, peek
 
 MIN_PACK_PLACES = 64  # a list this short is not worth packing
 EVERYWHERE = ""  # the owner of a listing that pages as one list
@@ -98,7 +98,7 @@ class Listing:
             while place < len(ids) and places.get(ids[place]) != place:
                 place += 1
             return peek(records, ids[place]).created_at if place < len(ids) else created_at + 1
-        return bisect_right(range(len(ids)), created_at, key=created_at_of)
+        return bisect.bisect_right(range(len(ids)), created_at, key=created_at_of)
 
     def page(self, owner: str, records: dict, limit: int, starting_after: str = "") -> tuple[list, bool]:
         """Up to `limit` of the owner's records (`records` by id), newest first after `starting_after`, and whether
@@ -140,3 +140,41 @@ def list_cursor(records: dict, merchant_id: str, starting_after: str,
     if record is not None:
         return (record.created_at, record.id) if record.merchant_id == merchant_id else False
     return (created_at, starting_after) if created_at >= 0 else False
+
+
+class Queue:
+    """Ids in the order they were queued, each with its rank (a number that never falls from one id queued to the
+    next), read oldest first from past any rank: the index behind a queue's pages, found by bisection, not a scan.
+
+    As in a Listing, an id that leaves (or is queued again, further on) leaves its entry behind, skipped when read:
+    `rank_of` says at which rank an id is queued now (None: it is not). The entries are packed once they outnumber
+    twice the ids queued. Derived from the records it lists: restore rebuilds it in their order.
+    """
+
+    __slots__ = ("entries", "rank_of")
+
+    def __init__(self, changes: Changes, rank_of: Callable[[str], int | None]) -> None:
+        # One list of (rank, id) by rank, with left entries; held in a tracked dict, so a command's appends undo.
+        self.entries: dict[str, list[tuple[int, str]]] = changes.dict(ordered=False)
+        self.rank_of = rank_of
+
+    def add(self, rank: int, item_id: str) -> None:
+        append_to(self.entries, EVERYWHERE, (rank, item_id))
+
+    def left(self, queued: int) -> None:
+        """An id left the queue and `queued` are still in it: pack the entries if they outnumber twice those."""
+        entries = peek(self.entries, EVERYWHERE) or []
+        if len(entries) > max(MIN_PACK_PLACES, 2 * queued):
+            self.entries[EVERYWHERE] = [(rank, item_id) for rank, item_id in entries if self.rank_of(item_id) == rank]
+
+    def after(self, rank: int) -> Iterator[str]:
+        """The ids queued now at a rank above `rank`, oldest first."""
+        entries = peek(self.entries, EVERYWHERE) or []
+        for place in range(bisect.bisect_right(entries, rank, key=_rank), len(entries)):
+            entry_rank, item_id = entries[place]
+            if self.rank_of(item_id) == entry_rank:
+                yield item_id
+
+
+def _rank(entry: tuple[int, str]) -> int:
+    return entry[0]

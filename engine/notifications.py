@@ -28,6 +28,7 @@ import msgspec
 from engine.changes import Changes, append_to, peek
 from engine.check import check
 from engine.invoices import Invoices
+from engine.listing import Queue
 from engine.paging import page
 from engine.records import (
     Delivery,
@@ -65,6 +66,10 @@ POSITION_BITS = 24  # an id's position among its batch's events
 QUEUED = "delivery.queued"
 DEAD_UNTRIED = "delivery.dead"  # logged for a delivery made dead at once (the queue full): its id is that position
 BACKLOG_FULL = "backlog_full"
+NO_WEBHOOK_URL = "no_webhook_url"  # the merchant removed its webhook_url while the delivery was pending
+# Logged (with the merchant's id) when a change of its webhook_url moved or ended pending deliveries: the notifier
+# reads them again before their next attempt.
+WEBHOOK_MOVED = "merchant.webhook_moved"
 DELIVERY_OUTCOMES = ("delivered", "retry", "dead")
 # Engine Events a merchant hears of, and the type of their object. Not the internal ones (transfer.expired, *.created,
 # delivery.queued, delivery.dead).
@@ -117,6 +122,8 @@ class Notifications:
         self.deliveries_by_event: dict[str, list[str]] = changes.dict(ordered=False)
         self.pending: dict[str, None] = changes.dict(ranked=True)
         self.replayable: dict[str, dict[str, None]] = changes.dict(ordered=False)
+        # Derived: the pending deliveries by when they were queued, for pages that start where the last one ended.
+        self.queue = Queue(changes, self._queued_at)
 
     # Events, as commands log them
 
@@ -256,12 +263,18 @@ class Notifications:
         delivery.queued_after_attempts = delivery.attempt_count
         delivery.next_attempt_at = delivery.updated_at = timestamp
         self.pending[delivery.id] = None
+        self.queue.add(delivery.queue_position, delivery.id)
         self.log.append(Event(QUEUED, delivery.id, timestamp))
+
+    def _queued_at(self, delivery_id: str) -> int | None:
+        """The queue position of a pending delivery; None for one not pending."""
+        return peek(self.deliveries, delivery_id).queue_position if delivery_id in self.pending else None
 
     def _finish(self, delivery: Delivery, status: str) -> None:
         transition(delivery, status)
         delivery.next_attempt_at = 0
         del self.pending[delivery.id]
+        self.queue.left(len(self.pending))
         if status == "dead":
             self._mark_dead(delivery)
 
@@ -346,11 +359,31 @@ class Notifications:
             self._enqueue(delivery, timestamp)
         return Outcome(count=len(chosen), has_more=len(matching) > len(chosen))
 
+    def webhook_changed(self, merchant_id: str, timestamp: int) -> None:
+        """After the merchant's webhook_url changed: its pending webhook deliveries go to the URL as it is now from
+        their next attempt on (their schedule and order kept), or, with none now, are dead. A scan of the pending
+        deliveries (bounded), for a change as rare as a merchant's settings."""
+        url = self._current_target_of(merchant_id)
+        moved = [delivery_id for delivery_id in self.pending
+                 if (delivery := peek(self.deliveries, delivery_id)).merchant_id == merchant_id
+                 and delivery.channel == "webhook" and delivery.target != url]
+        for delivery_id in moved:
+            delivery = self.deliveries[delivery_id]
+            delivery.updated_at = timestamp
+            if url:
+                delivery.target = url
+            else:
+                delivery.dead_reason = NO_WEBHOOK_URL
+                self._finish(delivery, "dead")
+        if moved:
+            self.log.append(Event(WEBHOOK_MOVED, merchant_id, timestamp))
+
     def _current_target(self, delivery: Delivery) -> str:
         """Where the delivery would go now: a webhook's to the merchant's webhook_url as it is ("" if none)."""
-        if delivery.channel != "webhook":
-            return delivery.target
-        merchant = peek(self.merchants, delivery.merchant_id)
+        return delivery.target if delivery.channel != "webhook" else self._current_target_of(delivery.merchant_id)
+
+    def _current_target_of(self, merchant_id: str) -> str:
+        merchant = peek(self.merchants, merchant_id)
         return merchant.webhook_url if merchant is not None else ""
 
     def _requeue_room(self, merchant_id: str) -> int:
@@ -404,17 +437,11 @@ class Notifications:
     def pending_deliveries(self, starting_after: str, limit: int) -> tuple[list[Delivery], bool]:
         """Pending deliveries in the order queued, after the one `starting_after` names (by when it was queued, so
         that one delivered meanwhile still marks the place); and whether more follow."""
-        after = self.deliveries.get(starting_after) if starting_after else None
+        after = peek(self.deliveries, starting_after) if starting_after else None
         position = after.queue_position if after is not None else -1
-        found: list[Delivery] = []
-        for delivery_id in self.pending:
-            delivery = self.deliveries[delivery_id]
-            if delivery.queue_position <= position:
-                continue
-            if len(found) == limit:
-                return found, True
-            found.append(delivery)
-        return found, False
+        found = [peek(self.deliveries, delivery_id)
+                 for delivery_id, _ in zip(self.queue.after(position), range(limit + 1))]
+        return found[:limit], len(found) > limit
 
     # State
 
@@ -438,6 +465,7 @@ class Notifications:
         for delivery in sorted((d for d in snapshot.deliveries if d.status == "pending"),
                                key=lambda delivery: delivery.queue_position):
             self.pending[delivery.id] = None
+            self.queue.add(delivery.queue_position, delivery.id)
 
 
 _STORES = {"order": "orders", "payment": "payments", "refund": "refunds", "payout": "payouts", "deposit": "deposits",

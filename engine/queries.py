@@ -72,8 +72,12 @@ class ListOrders(msgspec.Struct, tag="list_orders", array_like=True, kw_only=Tru
 
 
 class GetCustomer(msgspec.Struct, tag="get_customer", array_like=True):
+    """A merchant's customer by id; or, with `email` (and no id), the first customer made with that e-mail address
+    (in any case)."""
+
     merchant_id: str
     customer_id: str
+    email: str = ""
 
 
 class GetPaymentRecord(msgspec.Struct, tag="get_payment_record", array_like=True):
@@ -322,7 +326,8 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
             max(1, min(query.limit, MAX_PAGE)), query.starting_after, query.starting_after_created_at)
         return Answer(records=orders, has_more=has_more)
     if kind is GetCustomer:
-        return Answer(record=commerce.wallets.customer_of(query.merchant_id, query.customer_id))
+        customer_id = query.customer_id or commerce.wallets.customer_with_email(query.merchant_id, query.email)
+        return Answer(record=commerce.wallets.customer_of(query.merchant_id, customer_id))
     if kind is GetPaymentRecord:
         return Answer(record=commerce.payments.record_of(query.merchant_id, query.kind, query.record_id))
     if kind is FindOrder:

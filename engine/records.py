@@ -315,7 +315,9 @@ class Delivery(msgspec.Struct, tag=True, kw_only=True):
     # When it was last queued (batch sequence << 24 | position of its delivery.queued event): the pending order.
     queue_position: int = 0
     next_attempt_at: int = 0  # engine nanoseconds; 0 once delivered or dead
-    dead_reason: str = ""  # "backlog_full": made dead, never tried (the shard's pending deliveries were at their cap)
+    # "backlog_full": made dead, never tried (the shard's pending deliveries were at their cap); "no_webhook_url": the
+    # merchant removed its webhook_url while it was pending.
+    dead_reason: str = ""
     created_at: int = 0
     updated_at: int = 0
 

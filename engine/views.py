@@ -469,7 +469,8 @@ class DeliveryOut(Struct):
     attempts: Annotated[list[DeliveryAttemptOut], Meta(description="the latest attempts, oldest first")]
     attempt_count: int
     next_attempt_at: str | None
-    dead_reason: Annotated[str | None, Meta(description="backlog_full: made dead untried, the queue being full")]
+    dead_reason: Annotated[str | None, Meta(description="backlog_full: made dead untried, the queue being full; "
+                                                      "no_webhook_url: the merchant removed its webhook_url")]
     created_at: str
     updated_at: str
 

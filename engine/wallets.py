@@ -25,6 +25,9 @@ class Wallets:
         self.orders = orders
         self.payments = payments
         self.customers: dict[str, Customer] = changes.dict()
+        # An index, derived from the customers (restore rebuilds it): (merchant id, e-mail in lower case) -> the id
+        # of the first customer made with that address.
+        self.by_email: dict[tuple[str, str], str] = changes.dict(ordered=False)
 
     # Commands
 
@@ -35,7 +38,7 @@ class Wallets:
         if customer.id in self.customers:
             return Outcome("exists")
         customer.created_at = timestamp
-        self.customers[customer.id] = customer
+        self._add(customer)
         return Outcome(record=customer)
 
     def move_wallet(self, command: MoveWallet, timestamp: int) -> Outcome:
@@ -102,6 +105,10 @@ class Wallets:
         customer = self.customers.get(customer_id)
         return customer if customer is not None and customer.merchant_id == merchant_id else None
 
+    def customer_with_email(self, merchant_id: str, email: str) -> str:
+        """The id of the merchant's first customer made with this e-mail address, in any case ("" if none)."""
+        return self.by_email.get((merchant_id, email.lower()), "") if email else ""
+
     # State
 
     def snapshot(self) -> dict[str, list]:
@@ -109,5 +116,10 @@ class Wallets:
         return {"customers": list(self.customers.values())}
 
     def restore(self, snapshot) -> None:
-        """Fill from the engine's snapshot."""
-        self.customers.load((customer.id, customer) for customer in snapshot.customers)
+        """Fill from the engine's snapshot, rebuilding the index."""
+        for customer in snapshot.customers:
+            self._add(customer)
+
+    def _add(self, customer: Customer) -> None:
+        self.customers[customer.id] = customer
+        self.by_email.setdefault((customer.merchant_id, customer.email.lower()), customer.id)

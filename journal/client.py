@@ -24,6 +24,7 @@ from engine.queries import AccountBalance, AccountTransfers, Answer, LookupAccou
 from journal.auth import MessageKey
 from journal.sending import Sender
 from journal.wire import (
+    ANNOUNCEMENT,
     Read,
     ReadEntries,
     Reply,
@@ -45,6 +46,7 @@ RECONNECT_MAX_MS = 100
 SEEN_BACK_WITHIN_MS = 2 * RECONNECT_MAX_MS
 UP_POLL_S = 0.05
 FAILOVER_PAUSE_S = 0.05  # between tries while a shard changes primaries
+MAX_ANNOUNCEMENTS_PER_WAKE = 1024  # taken at once when the socket says some arrived; more wait for the next turn
 
 
 class SubmitIds:
@@ -342,6 +344,66 @@ class ShardClient:
 
     async def status(self, with_state_hash: bool = False, with_check: bool = False):
         return (await self.request(Status(with_state_hash, with_check))).shard_status
+
+
+class Announcements:
+    """A shard's announcements of its durable sequence (journal/shard.py `announce`): they wake a reader that follows
+    the journal by its cursor, which then reads by sequence as always. nng pub/sub drops what a slow subscriber has no
+    room for, and a replica promoted to primary announces nothing: a reader still polls, slowly, as well.
+
+    The event loop watches nng's receive descriptor (as `_Channel` does): no nng thread calls into Python. A message
+    without the data folder's key is dropped and counted."""
+
+    def __init__(self, address: str, key: MessageKey) -> None:
+        self.key = key.for_receiver(f"announcements of {address}")
+        self.socket = pynng.Sub0(topics=b"", reconnect_time_min=RECONNECT_MIN_MS, reconnect_time_max=RECONNECT_MAX_MS)
+        self.socket.dial(address, block=False)
+        self.receive_fd = self.socket.recv_fd
+        self.sequence = 0  # the highest announced so far
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.arrived: asyncio.Event | None = None
+
+    async def wait(self, after: int, timeout_s: float) -> None:
+        """Until the shard announces a sequence above `after`, or `timeout_s` has passed."""
+        arrived = self._watched()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        while self.sequence <= after and (remaining_s := deadline - loop.time()) > 0:
+            arrived.clear()
+            try:
+                await asyncio.wait_for(arrived.wait(), remaining_s)
+            except asyncio.TimeoutError:
+                return
+
+    def close(self) -> None:
+        if self.loop is not None and not self.loop.is_closed():
+            self.loop.remove_reader(self.receive_fd)
+        self.socket.close()
+
+    def _watched(self) -> asyncio.Event:
+        """The event set when announcements arrive, watched from the running loop."""
+        loop = asyncio.get_running_loop()
+        if self.loop is not loop:
+            if self.loop is not None and not self.loop.is_closed():
+                self.loop.remove_reader(self.receive_fd)
+            self.loop, self.arrived = loop, asyncio.Event()
+            loop.add_reader(self.receive_fd, self._on_receivable)
+        return self.arrived
+
+    def _on_receivable(self) -> None:
+        for _ in range(MAX_ANNOUNCEMENTS_PER_WAKE):
+            try:
+                message = self.socket.recv(block=False)
+            except pynng.NNGException:  # none left (TryAgain), or the socket closed
+                return
+            body = self.key.open(message)
+            if body is None:
+                continue
+            if len(body) != ANNOUNCEMENT.size:
+                self.key.drop()
+                continue
+            self.sequence = max(self.sequence, ANNOUNCEMENT.unpack(body)[0])
+            self.arrived.set()
 
 
 class Cluster:

@@ -36,8 +36,8 @@ from journal.recovery import recover
 from journal.replication import ReplicaLink, ReplicationSender
 from journal.sequencer import Round, Sequencer
 from journal.snapshotter import Snapshotter
-from journal.store import KEY, CorruptionError, Entry, Journal, Snapshots
-from journal.wire import MAX_BATCH_ITEMS, Reply, ReplyStatus, reply_encoder
+from journal.store import CorruptionError, Entry, Journal, Snapshots
+from journal.wire import ANNOUNCEMENT, MAX_BATCH_ITEMS, Reply, ReplyStatus, reply_encoder
 
 log = logging.getLogger("paygate.shard")
 EXIT_DAMAGED = 65  # EX_DATAERR: the journal or a snapshot is damaged
@@ -207,7 +207,7 @@ class Shard:
         if self.announce_socket is None:
             return
         try:
-            self.announce_socket.send(self.key.seal(KEY.pack(self.durable_sequence)), block=False)
+            self.announce_socket.send(self.key.seal(ANNOUNCEMENT.pack(self.durable_sequence)), block=False)
         except pynng.NNGException:
             pass  # Announcements only wake readers; a reader that misses one polls.
 

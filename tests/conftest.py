@@ -1,6 +1,13 @@
 """Fixtures shared by the test modules: the ledger checks after each test, over HTTP or on every engine built."""
 
+import os
+
 import pytest
+
+from actors.runtime import CLUSTER_VARIABLE
+
+# A Ray runtime a test starts in this process is on loopback, as serve's is: set before any test module imports ray.
+os.environ.setdefault(CLUSTER_VARIABLE, "0")
 
 # Helpers' asserts are tests' asserts: rewritten by pytest like the test modules', so they run under python -O too.
 pytest.register_assert_rewrite("browser_harness", "edge_harness", "engine_faults", "ledger_helpers", "shard_harness")

@@ -479,6 +479,11 @@ def test_create_customer(shop: Shop):
     assert (outcome.code, outcome.record.id, outcome.record.created_at) == ("ok", "c1", shop.now)
     assert shop.query(GetCustomer("m1", "c1")).record.email == "c1@example.com"
     assert shop.query(GetCustomer("m2", "c1")).record is None
+    # By e-mail, in any case: the merchant's own customers only, the first made with the address.
+    shop.ok(CreateCustomer(Customer(id="c2", merchant_id="m1", email="C1@Example.com")))
+    assert shop.query(GetCustomer("m1", "", "c1@EXAMPLE.com")).record.id == "c1"
+    assert shop.query(GetCustomer("m2", "", "c1@example.com")).record is None
+    assert shop.query(GetCustomer("m1", "", "")).record is None
     shop.refused(customer("c1", "m2"), "exists")
     shop.refused(customer("c9", "ghost"), "merchant_not_found")
 
@@ -656,6 +661,7 @@ QUERIES = [
     ListOrders(merchant_id="m1", limit=100), ListOrders(merchant_id="m1", status="paid"),
     ListOrders(merchant_id="m2", name_contains="order"), GetMerchant(api_key_hash="akh-m1"),
     GetMerchant(client_id="cid-m2"), GetOrder("m1", "o4"), GetCustomer("m2", "c2"),
+    GetCustomer("m1", "", "C1@example.com"),
     LookupAccounts([wallet_account_id("m1", "c1", "USD"), system_account_id("m1", "balance", "USD")]),
 ]
 

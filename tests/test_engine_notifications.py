@@ -5,7 +5,7 @@ import msgspec
 import pytest
 
 from engine import Engine, notifications
-from engine.notifications import BACKLOG_FULL, MAX_ATTEMPTS_KEPT, QUEUED
+from engine.notifications import BACKLOG_FULL, MAX_ATTEMPTS_KEPT, NO_WEBHOOK_URL, QUEUED, WEBHOOK_MOVED
 from engine.queries import (
     GetDeliveryJobs,
     GetEvent,
@@ -239,6 +239,44 @@ def test_pending_deliveries_come_in_the_order_queued_past_a_cursor():
     assert first.has_more and first.records + rest == every
 
 
+def test_paging_the_pending_deliveries_looks_at_each_about_once(monkeypatch):
+    """A page starts where the last ended, found by bisection: paging one by one through n pending deliveries looks
+    at each a bounded number of times (a scan from the start per page looked n * n / 2 times)."""
+    looked = []
+    queued_at = notifications.Notifications._queued_at
+    monkeypatch.setattr(notifications.Notifications, "_queued_at",
+                        lambda self, delivery_id: looked.append(delivery_id) or queued_at(self, delivery_id))
+    driver = shop()
+    for index in range(40):
+        driver.paid_order(f"p{index}", f"o{index}")
+    every = driver.engine.query(PendingDeliveries(limit=1000)).records
+    # Every other one delivered: their entries are left behind, skipped, then packed away.
+    driver.ok(RecordDeliveryAttempts([result(d.id, 1, "delivered", 200) for d in every[::2]]))
+    queue = driver.engine.commerce.notifications.queue
+    assert len(queue.entries[""]) <= 2 * len(every[1::2]) + 1
+    looked.clear()
+    paged, after = [], ""
+    while True:
+        answer = driver.engine.query(PendingDeliveries(starting_after=after, limit=1))
+        paged += answer.records
+        if not answer.has_more:
+            break
+        after = answer.records[-1].id
+    assert paged == every[1::2] and len(every) == 160
+    assert len(looked) <= 3 * len(every), len(looked)
+
+
+def test_a_delivery_queued_again_is_paged_once_in_its_new_place():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    first, *others = driver.engine.query(PendingDeliveries()).records
+    driver.ok(RecordDeliveryAttempts([result(first.id, 1, "dead")]))
+    driver.ok(ReplayDeliveries(merchant_id="m1"))
+    again = driver.engine.query(PendingDeliveries()).records
+    assert [d.id for d in again] == [d.id for d in others] + [first.id]
+    assert [d.id for d in driver.engine.query(PendingDeliveries(starting_after=others[-1].id)).records] == [first.id]
+
+
 def test_jobs_carry_what_sending_takes():
     driver = shop()
     driver.paid_order("p1", "o1")
@@ -428,3 +466,39 @@ def test_a_replayed_webhook_delivery_goes_to_the_webhook_url_as_it_is_now():
     driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=""))
     assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 2  # the IPN and the receipt; no webhook now
     assert {d.channel for d in driver.deliveries(status="dead")} == {"webhook"}
+
+
+def test_pending_webhooks_follow_a_new_webhook_url_from_their_next_attempt():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    webhooks = [d for d in driver.engine.query(PendingDeliveries()).records if d.channel == "webhook"]
+    driver.ok(RecordDeliveryAttempts([result(d.id, 1, "retry") for d in webhooks]))
+    moved = "https://shop.example/new-hook"
+    update = driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=moved))
+    assert [(event.kind, event.object_id) for event in update.events] == [(WEBHOOK_MOVED, "m1")]
+    jobs = driver.engine.query(GetDeliveryJobs([d.id for d in webhooks])).jobs
+    assert {(job.delivery.target, job.delivery.status, job.delivery.attempt_count) for job in jobs} == {
+        (moved, "pending", 1)}
+    assert [d.id for d in driver.engine.query(PendingDeliveries()).records if d.channel == "webhook"] == [
+        d.id for d in webhooks]  # in their place, on their schedule
+    assert {(d.channel, d.target) for d in driver.deliveries() if d.channel != "webhook"} == {
+        ("ipn", IPN), ("email", EMAIL)}
+    # The same URL again moves nothing; a delivery already ended keeps the URL it went to.
+    assert driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=moved)).events == []
+    driver.ok(RecordDeliveryAttempts([result(webhooks[0].id, 2, "delivered", 200)]))
+    third = "https://shop.example/third"
+    driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=third))
+    targets = {d.id: (d.status, d.target) for d in driver.deliveries()}
+    assert [targets[d.id] for d in webhooks] == [("delivered", moved), ("pending", third)]
+
+
+def test_pending_webhooks_die_when_the_webhook_url_is_removed():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    update = driver.ok(UpdateMerchant(merchant_id="m1", webhook_url=""))
+    assert [event.kind for event in update.events] == [WEBHOOK_MOVED]
+    webhooks = driver.deliveries(status="dead")
+    assert {(d.channel, d.dead_reason, d.target) for d in webhooks} == {("webhook", NO_WEBHOOK_URL, HOOK)}
+    assert len(webhooks) == 2
+    assert {d.channel for d in driver.engine.query(PendingDeliveries()).records} == {"ipn", "email"}
+    assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 0  # no webhook now: they stay dead

@@ -274,7 +274,8 @@ def _unix_paths(inodes: set[str]) -> list[str]:
     return paths
 
 
-LOOPBACK = {"0100007F", "00000000000000000000000001000000"}
+# 127.0.0.1, ::1 and ::ffff:127.0.0.1 (IPv4 loopback on an IPv6 socket, as gRPC binds it), as /proc/net/tcp* print them.
+LOOPBACK = {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
 
 
 @pytest.fixture(scope="module")

@@ -200,6 +200,21 @@ def test_a_paid_order_reaches_the_webhook_signed_over_the_exact_bytes(server, ho
     assert [attempt["status_code"] for attempt in delivery["attempts"]] == [200]
 
 
+def test_the_notifier_is_woken_by_the_shards_announcements_not_a_fast_poll(server, hooks):
+    """A commit wakes the notifier at once (the shard announces it); with nothing new it reads the journal about once
+    a second, should an announcement be lost, not every 50 ms."""
+    shop = Shop(server, hooks.url("woken"))
+    woken = read_stats(server.data).woken_by_announcement
+    shop.paid_order()
+    wait_for(lambda: hooks.of("woken") and not shop.deliveries("&status=pending"), "delivered")
+    wait_for(lambda: read_stats(server.data).woken_by_announcement > woken, "woken by an announcement")
+    time.sleep(1.5)  # what the delivery set off (its outcome recorded, that entry read) is over
+    before = read_stats(server.data)
+    time.sleep(4)
+    after = read_stats(server.data)
+    assert after.journal_reads - before.journal_reads <= 10, (before, after)
+
+
 def test_signatures_follow_a_rotation_of_the_webhook_secret(server, hooks):
     """While the old secret's grace lasts a delivery carries both signatures, the new one's first; a retry after the
     old secret is revoked carries the new one's alone."""
@@ -293,6 +308,24 @@ def test_always_failing_is_dead_then_redelivered_and_replayed(server, hooks):
     wait_for(lambda: {hit.event_id for hit in hooks.of("broken", ok_only=True)} >= {item["event_id"] for item in dead},
              "replayed")
     wait_for(lambda: not shop.deliveries("&status=dead") and not shop.deliveries("&status=pending"), "all recorded")
+
+
+def test_retries_follow_a_new_webhook_url(server, hooks):
+    """A delivery being retried goes to the merchant's webhook_url as PATCHed, not the one it was made for."""
+    hooks.answers["moved-from"] = 500
+    shop = Shop(server, hooks.url("moved-from"))
+    merchant_id = shop.call("GET", "/v1/merchants/me")["id"]
+    shop.paid_order()
+    wait_for(lambda: hooks.of("moved-from"), "a failed attempt")
+    shop.call("PATCH", f"/v1/merchants/{merchant_id}", {"webhook_url": hooks.url("moved-to")}, key=server.admin_token)
+    patched_at = time.time()
+    expected = {event["id"] for event in shop.events()}
+    wait_for(lambda: {hit.event_id for hit in hooks.of("moved-to", ok_only=True)} >= expected, "the new URL")
+    assert {hit.event_id for hit in hooks.of("moved-from")} <= expected
+    assert all(hit.at < patched_at + 1 for hit in hooks.of("moved-from")), "an attempt went to the old URL"
+    delivered = wait_for(lambda: not shop.deliveries("&status=pending") and shop.deliveries(), "recorded")
+    assert {(item["status"], item["target"]) for item in delivered} == {("delivered", hooks.url("moved-to"))}
+    assert any(attempt["status_code"] == 500 for item in delivered for attempt in item["attempts"])
 
 
 def assert_in_order(hits: list[Hit]) -> None:

@@ -1,5 +1,5 @@
-"""The notifier's schedule (actors/delivery_schedule.py): in order per (target, object), side by side across objects,
-bounded in flight per endpoint and in all, and bounded in size; checked on examples and on random runs."""
+"""The notifier's schedule (actors/delivery_schedule.py): in order per (destination, object), side by side across
+objects, bounded in flight per endpoint and in all, and bounded in size; checked on examples and on random runs."""
 
 import random
 
@@ -67,7 +67,7 @@ def test_in_flight_is_bounded_per_endpoint_and_in_all():
     schedule = Schedule(max_in_flight=5, max_in_flight_per_endpoint=2)
     for number in range(4):
         schedule.add(job(f"x{number}", target="http://x.example/hook", key=f"ord_{number}"))
-        schedule.add(job(f"y{number}", target="https://y.example:8443/h", key=f"ord_{number}"))
+        schedule.add(job(f"y{number}", target="https://y.example:8443/h", key=f"ord_{number}", channel="ipn"))
         schedule.add(job(f"m{number}", target=f"c{number}@example.com", key=f"ord_{number}", channel="email"))
     taken = schedule.take_due(0)
     assert sorted(item.endpoint for item in taken) == ["http://x.example"] * 2 + ["https://y.example:8443"] * 2 + \
@@ -76,6 +76,32 @@ def test_in_flight_is_bounded_per_endpoint_and_in_all():
     finish(schedule, taken[:1])
     again = schedule.take_due(0)
     assert len(again) == 1 and again[0].endpoint in (taken[0].endpoint, "smtp")
+
+
+def test_a_merchants_webhook_is_one_lane_whatever_its_url():
+    """Deliveries made for the old URL and for the new one go in the order they were made; the slot an attempt holds is
+    its endpoint's at the start, whatever its target becomes."""
+    schedule = Schedule(max_in_flight_per_endpoint=1)
+    old, new = job("a1", target="http://old.example/hook"), job("a2", target="http://new.example/hook")
+    schedule.add(old)
+    schedule.add(new)
+    [taken] = schedule.take_due(0)
+    assert taken is old
+    taken.target = "http://new.example/hook"  # read again before its attempt: the merchant's webhook moved
+    schedule.sent(taken)
+    assert schedule.in_flight == {} and schedule.take_due(0) == []
+    schedule.settle(old.key, "delivered")
+    assert ids(schedule.take_due(0)) == ["a2"]
+
+
+def test_an_attempt_taken_but_not_made_waits_and_frees_its_slot():
+    schedule = Schedule(max_in_flight_per_endpoint=1)
+    schedule.add(job("a1"))
+    schedule.add(job("b1", key="ord_2"))
+    [taken] = schedule.take_due(0)
+    schedule.later(taken.key, 5 * S)
+    assert schedule.in_flight == {} and ids(schedule.take_due(0)) == ["b1"]
+    assert schedule.next_due() == 5 * S and schedule.jobs[taken.key].attempts == 0
 
 
 def test_the_schedule_is_bounded():

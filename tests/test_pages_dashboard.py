@@ -2,49 +2,73 @@
 real `paygate serve` with a replica, Ray, the connector actors, the shard-health actor and the simulated providers:
 what a merchant and an operator see and do, asserted by text, labels and roles.
 
-One server and one browser for the module; each test makes its own merchant and opens its own browser contexts.
+One server, one browser and one merchant's site (its webhooks) for the module; each test makes its own merchant and
+opens its own browser contexts.
 """
 
+import hashlib
+import hmac
 import re
+import time
+import urllib.error
+import urllib.request
 import uuid
 
 import pytest
 from playwright.sync_api import expect
 
-from browser_harness import LOW_CONTRAST, UNLABELLED, new_page, pay_by_card
+from browser_harness import LOW_CONTRAST, UNLABELLED, CallbackReceiver, assert_strict_page_headers, new_page, \
+    pay_by_card
 from edge_harness import Server
+from edge.limits import LOGIN_FREE_FAILURES
 
 PASSWORD = "correct horse battery staple"
 SUCCEEDS = "4242424242424242"
-WEBHOOK_URL = "http://127.0.0.1:9/webhook"
+# A webhook that always fails is dead after three attempts, within a second.
+RETRY_SCHEDULE = "0.1,0.2"
 
 pytestmark = pytest.mark.usefixtures("double_entry_holds")
 
 
 @pytest.fixture(scope="module")
+def site():
+    """The merchants' site: their webhook endpoints, each answering 200 unless a test says otherwise."""
+    with CallbackReceiver() as site:
+        yield site
+
+
+@pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    # Behind a trusted proxy, so each test signs in from an address of its own (see `page`).
     server = Server(tmp_path_factory.mktemp("pages-dashboard"), workers=2, actors=True,
-                    extra=("--order-ip-limit", "100000", "--replica")).start()
+                    extra=("--order-ip-limit", "100000", "--replica", "--webhook-retry-schedule", RETRY_SCHEDULE,
+                           "--trusted-proxy", "127.0.0.1")).start()
     yield server
     server.stop()
 
 
 @pytest.fixture
-def shop(server) -> dict:
-    """A fresh merchant with a dashboard user: its creation's answer, and the user's `user_email`."""
+def shop(server, site) -> dict:
+    """A fresh merchant with a dashboard user: its creation's answer, the user's `user_email`, and its
+    `webhook_path` on the site."""
     name = f"Tea Shop {uuid.uuid4().hex[:6]}"
+    path = f"/hooks/{uuid.uuid4().hex[:8]}"
     created = server.request("POST", "/v1/merchants", {"name": name, "email": "owner@example.com", "tier": "premium",
-                                                       "webhook_url": WEBHOOK_URL}, key=server.admin_token).json()
+                                                       "webhook_url": site.site + path},
+                             key=server.admin_token).json()
     email = f"clerk-{uuid.uuid4().hex[:8]}@example.com"
     added = server.request("POST", f"/v1/merchants/{created['id']}/dashboard_users",
                            {"email": email, "password": PASSWORD}, key=server.admin_token)
     assert added.status == 200, added.body
-    return {**created, "user_email": email}
+    return {**created, "user_email": email, "webhook_path": path}
 
 
 @pytest.fixture
 def page(browser):
-    with new_page(browser) as page:
+    """A browser whose requests come from an address of its own: each worker allows an address a few sign-ins a
+    minute, which every test's together would pass."""
+    address = "10." + ".".join(str(octet) for octet in uuid.uuid4().bytes[:3])
+    with new_page(browser, extra_http_headers={"X-Forwarded-For": address}) as page:
         yield page
 
 
@@ -66,7 +90,40 @@ def sign_in(server, page, shop, password: str = PASSWORD) -> None:
     expect(page.get_by_role("heading", name="Sign in to your dashboard")).to_be_visible()
     page.get_by_label("Email").fill(shop["user_email"])
     page.get_by_label("Password").fill(password)
-    page.get_by_role("button", name="Sign in").click()
+    with page.expect_navigation():
+        page.get_by_role("button", name="Sign in").click()
+
+
+def reload_until(page, locator, timeout_s: float = 20) -> None:
+    """Reload the page until it shows `locator`, as a person would to see what changed where nothing is live."""
+    deadline = time.monotonic() + timeout_s
+    while not locator.is_visible():
+        assert time.monotonic() < deadline, f"never shown: {locator}"
+        page.wait_for_timeout(300)
+        page.reload()
+
+
+def eventually(condition, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "never came true"
+        time.sleep(0.1)
+
+
+def webhook_signed(secret: str, header: str, body: bytes) -> bool:
+    """Whether one of the header's v1 signatures is the webhook secret's over "<t>.<body>"."""
+    fields = [part.partition("=")[::2] for part in header.split(",")]
+    timestamp = dict(fields)["t"]
+    expected = hmac.new(secret.encode(), timestamp.encode() + b"." + body, hashlib.sha256).hexdigest()
+    return any(name == "v1" and hmac.compare_digest(value, expected) for name, value in fields)
+
+
+def card_payment(server, shop, name: str) -> dict:
+    """An order paid by card over the API (the acquirer answers a moment later); the order."""
+    the_order = order(server, shop, name=name)
+    api(server, shop, "POST", "/v1/payments", {"order_id": the_order["id"], "payment_method": {
+        "type": "card", "card": {"number": SUCCEEDS, "exp_month": 12, "exp_year": 2034, "cvc": "123"}}})
+    return the_order
 
 
 def test_sign_in_find_the_order_watch_it_turn_paid_and_refund_half(server, shop, page, browser):
@@ -106,7 +163,7 @@ def test_sign_in_find_the_order_watch_it_turn_paid_and_refund_half(server, shop,
     for event in ("refund.succeeded", "order.partially_refunded", "order.paid", "payment.succeeded"):
         expect(page.get_by_role("heading", name=re.compile(rf"^{re.escape(event)} "))).to_be_visible()
     deliveries = page.get_by_role("table", name="Deliveries of refund.succeeded")
-    expect(deliveries.get_by_role("cell", name=f"Webhook: {WEBHOOK_URL}")).to_be_visible()
+    expect(deliveries.get_by_role("cell", name=f"Webhook: {shop['webhook_url']}")).to_be_visible()
     invoice_link = page.get_by_role("link", name="Download the invoice (PDF)").get_attribute("href")
     invoice = page.request.get(server.url + invoice_link)
     assert invoice.status == 200 and invoice.headers["content-type"] == "application/pdf"
@@ -173,6 +230,7 @@ def test_orders_filter_by_status_and_date_and_page_through(server, shop, page):
     page.get_by_label("Created until").fill("2000-01-01")
     page.get_by_role("button", name="Search").click()
     expect(page.get_by_text("No orders match.")).to_be_visible()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
 
 
 def manual_card_payment(server, shop, name: str) -> dict:
@@ -224,6 +282,124 @@ def test_balances_payouts_and_masked_api_keys(server, shop, page, browser):
     assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
 
 
+def test_wrong_passwords_lock_the_account_and_the_page_says_for_how_long(server, shop, page):
+    for _ in range(LOGIN_FREE_FAILURES):
+        sign_in(server, page, shop, password="not the password")
+        expect(page.get_by_role("alert")).to_have_text("Wrong email or password.")
+    # Each failure past the free ones doubles the wait (1 s, 2 s, 4 s): waited out, two more make it 4 s.
+    for wait_ms in (1100, 2100):
+        page.wait_for_timeout(wait_ms)
+        sign_in(server, page, shop, password="not the password")
+        expect(page.get_by_role("alert")).to_have_text("Wrong email or password.")
+    sign_in(server, page, shop)  # the right password, refused while the account is locked
+    locked = re.compile(r"This account is locked after too many failed sign-ins: try again in ([1-4]) seconds?\.")
+    expect(page.get_by_role("alert")).to_have_text(locked)
+    expect(page.get_by_role("heading", name="Sign in to your dashboard")).to_be_visible()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+    page.wait_for_timeout(int(locked.search(page.get_by_role("alert").inner_text()).group(1)) * 1000 + 300)
+    sign_in(server, page, shop)
+    expect(page.get_by_role("heading", name="Orders")).to_be_visible()
+
+
+class NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *arguments, **options):
+        return None
+
+
+def with_cookie(server, path: str, cookie: str, token: str) -> tuple[int, str]:
+    """GET `path` on a new connection (so on either worker) with the session cookie: the status, and where a
+    redirect points; every answer with the pages' strict headers."""
+    request = urllib.request.Request(server.url + path, headers={"Cookie": f"{cookie}={token}"})
+    try:
+        with urllib.request.build_opener(NoRedirects).open(request, timeout=10) as response:
+            status, headers = response.status, response.headers
+    except urllib.error.HTTPError as error:
+        status, headers = error.code, error.headers
+    assert_strict_page_headers(headers)
+    return status, headers.get("Location", "")
+
+
+def session_token(page, cookie: str) -> str:
+    return next(found["value"] for found in page.context.cookies() if found["name"] == cookie)
+
+
+def test_signing_out_ends_the_session_on_every_worker(server, shop, page, browser):
+    the_order = order(server, shop)
+    sign_in(server, page, shop)
+    expect(page.get_by_role("heading", name="Orders")).to_be_visible()
+    token = session_token(page, "paygate_dashboard")
+    assert all(with_cookie(server, "/dashboard", "paygate_dashboard", token)[0] == 200 for _ in range(4))
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_role("heading", name="Sign in to your dashboard")).to_be_visible()
+    pages = ["/dashboard", f"/dashboard/orders/{the_order['id']}", f"/dashboard/orders/{the_order['id']}/live",
+             "/dashboard/developers"]
+    for path in pages * 2:
+        status, location = with_cookie(server, path, "paygate_dashboard", token)
+        assert status == 303 and location.startswith("/dashboard/login"), (path, status, location)
+    # The old cookie put back in the browser opens the sign-in page, not the dashboard.
+    page.context.add_cookies([{"name": "paygate_dashboard", "value": token, "domain": "127.0.0.1",
+                               "path": "/dashboard", "httpOnly": True, "secure": True, "sameSite": "Strict"}])
+    page.goto(server.url + "/dashboard/balances")
+    expect(page.get_by_role("heading", name="Sign in to your dashboard")).to_be_visible()
+
+    admin_sign_in(server, page, server.admin_token)
+    expect(page.get_by_role("heading", name="Shards")).to_be_visible()
+    token = session_token(page, "paygate_admin")
+    assert with_cookie(server, "/admin/merchants", "paygate_admin", token)[0] == 200
+    page.get_by_role("button", name="Sign out").click()
+    expect(page.get_by_label("Admin token")).to_be_visible()
+    for _ in range(4):
+        assert with_cookie(server, "/admin/merchants", "paygate_admin", token) == (303, "/admin/login")
+
+
+def test_the_merchant_changes_its_webhook_endpoint_and_rotates_its_credentials(server, shop, page, site):
+    sign_in(server, page, shop)
+    page.get_by_role("link", name="API keys and webhooks").click()
+    endpoint = page.get_by_label("Webhook endpoint")
+    expect(endpoint).to_have_value(shop["webhook_url"])
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+    # Refused as the API's PATCH refuses it: the merchant's endpoint stays.
+    endpoint.fill("ftp://shop.example/events")
+    page.get_by_role("button", name="Save endpoint").click()
+    expect(page.get_by_role("alert")).to_have_text(
+        "Enter the endpoint as a web address starting with https:// (or http://), or nothing to stop webhooks.")
+    expect(endpoint).to_have_value("ftp://shop.example/events")
+    assert api(server, shop, "GET", "/v1/merchants/me")["webhook_url"] == shop["webhook_url"]
+    forged = page.request.post(server.url + "/dashboard/developers/webhook",
+                               form={"csrf_token": "guessed", "attempt": "2" * 32, "webhook_url": "https://x.example"})
+    assert forged.status == 403
+    new_path = f"/hooks/{uuid.uuid4().hex[:8]}"
+    endpoint.fill(site.site + new_path)
+    page.get_by_role("button", name="Save endpoint").click()
+    expect(page.get_by_role("status").filter(has_text="Webhook endpoint saved.")).to_be_visible()
+    expect(endpoint).to_have_value(site.site + new_path)
+    # Each edge worker keeps a merchant two seconds: the change holds everywhere within that.
+    eventually(lambda: api(server, shop, "GET", "/v1/merchants/me")["webhook_url"] == site.site + new_path)
+
+    page.get_by_label("Credentials in use keep working").select_option(label="For an hour")
+    page.get_by_role("button", name="Rotate credentials").click()
+    expect(page.get_by_role("heading", name="Your new credentials")).to_be_visible()
+    shown = {name: page.locator(f"dt:text-is('{name}') + dd").inner_text().strip()
+             for name in ("API key", "Webhook secret")}
+    assert shown["API key"].startswith(f"sk_{shop['id']}_") and shown["Webhook secret"].startswith("whsec_")
+    expect(page.get_by_role("table", name="API keys, newest first").get_by_role("row")).to_have_count(3)
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+    eventually(lambda: server.request("GET", "/v1/merchants/me", key=shown["API key"]).status == 200)
+    assert api(server, shop, "GET", "/v1/merchants/me")["id"] == shop["id"]  # the old key, for its hour
+    # The next webhook reaches the new endpoint signed with the new secret (and the old one, for its hour).
+    card_payment(server, shop, "Sencha")
+    hook = site.hooks_to(new_path)[0]
+    assert webhook_signed(shown["Webhook secret"], hook.signature, hook.body)
+    assert webhook_signed(shop["webhook_secret"], hook.signature, hook.body)
+    # The same form sent again (a reload) makes nothing new and shows no secret.
+    page.reload()
+    expect(page.get_by_text("These credentials were made already: their secrets were shown once")).to_be_visible()
+    expect(page.get_by_role("table", name="API keys, newest first").get_by_role("row")).to_have_count(3)
+    assert shown["API key"] not in page.content() and shown["Webhook secret"] not in page.content()
+    page.get_by_role("link", name="API keys and webhooks").click()
+    expect(page.get_by_role("heading", name="Your new credentials")).to_have_count(0)
+
+
 # The operator's admin
 
 
@@ -263,6 +439,7 @@ def test_the_operator_onboards_suspends_and_blocks(server, page):
     page.get_by_role("button", name="Onboard").click()
     expect(page.get_by_role("heading", name=f"{name} is onboarded")).to_be_visible()
     api_key = page.locator("dt:has-text('API key') + dd").inner_text().strip()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
     assert server.request("GET", "/v1/merchants/me", key=api_key).json()["tier"] == "basic"
 
     page.get_by_label(f"Tier of {name}").select_option("premium")
@@ -295,3 +472,40 @@ def test_the_operator_onboards_suspends_and_blocks(server, page):
     assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
     page.get_by_role("button", name="Remove 203.0.113.9 from the block list").click()
     expect(page.get_by_text("Nothing is blocked.")).to_be_visible()
+
+
+def test_a_dead_webhook_is_seen_dead_redelivered_and_replayed(server, shop, page, site, browser):
+    site.answers[shop["webhook_path"]] = 500
+    the_order = card_payment(server, shop, "Genmaicha")
+    sign_in(server, page, shop)
+    page.goto(f"{server.url}/dashboard/orders/{the_order['id']}")
+    paid = page.get_by_role("table", name="Deliveries of order.paid")
+    reload_until(page, paid.get_by_role("cell", name="dead"))
+    expect(paid.get_by_role("cell", name="3", exact=True)).to_be_visible()  # attempts: the first and two retries
+    expect(paid.get_by_role("cell", name=re.compile(r"^500 at "))).to_be_visible()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+
+    with new_page(browser) as operator:
+        admin_sign_in(server, operator, server.admin_token)
+        operator.get_by_role("link", name="Dead letters").click()
+        dead = operator.get_by_role("table", name="Dead deliveries, newest first")
+        expect(dead.get_by_role("cell", name=f"Webhook: {shop['webhook_url']}").first).to_be_visible()
+        assert operator.evaluate(UNLABELLED) == [] and operator.evaluate(LOW_CONTRAST) == []
+
+        site.answers[shop["webhook_path"]] = 200  # the merchant's endpoint is fixed
+        page.get_by_role("button", name="Redeliver order.paid").click()
+        expect(page.get_by_role("status").filter(has_text="Event queued again.")).to_be_visible()
+        reload_until(page, paid.get_by_role("cell", name="delivered"))
+        expect(paid.get_by_role("cell", name="dead")).to_be_visible()  # the dead one stays as it was
+        expect(page.get_by_role("button", name="Redeliver order.paid")).to_have_count(0)
+        event_id = page.get_by_role("heading", name=re.compile(r"^order\.paid ")).inner_text().rsplit(" ", 1)[1]
+        delivered = [hook for hook in site.hooks_to(shop["webhook_path"], ok_only=True)
+                     if f'"id":"{event_id}"'.encode() in hook.body]
+        assert delivered and webhook_signed(shop["webhook_secret"], delivered[0].signature, delivered[0].body)
+
+        # The operator queues every dead delivery again: they reach the endpoint, and none is dead any more.
+        operator.get_by_role("button", name="Replay every dead delivery").click()
+        expect(operator.get_by_role("status").filter(has_text="Dead deliveries queued again.")).to_be_visible()
+        reload_until(operator, operator.get_by_text("No delivery is dead."))
+    page.reload()
+    expect(page.get_by_role("button", name=re.compile("^Redeliver "))).to_have_count(0)

@@ -6,11 +6,14 @@ One server (two edge workers, so a callback and the page's live stream may meet 
 browser for the module; each test makes its own merchant and opens its own browser context.
 """
 
+import base64
 import hashlib
 import hmac
 import json
 import re
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -18,7 +21,8 @@ import pytest
 from playwright.sync_api import expect
 
 from bench.browser import PHONE
-from browser_harness import LOW_CONTRAST, UNLABELLED, CallbackReceiver, new_page, pay_by_card
+from browser_harness import LOW_CONTRAST, UNLABELLED, CallbackReceiver, assert_strict_page_headers, new_page, \
+    pay_by_card
 from edge_harness import Server
 from notify_harness import smtp_server
 
@@ -93,7 +97,7 @@ def test_card_payment_shows_success_and_returns_to_the_merchant_signed(server, s
     expect(page.get_by_role("heading", name="Green tea")).to_be_visible()
     expect(page.get_by_text("19.99 USD", exact=True).first).to_be_visible()
     expect(page.get_by_text(re.compile(r"Pay within 1[45]:[0-5][0-9]"))).to_be_visible()
-    for tab in ("Card", "QR code", "Bank transfer"):
+    for tab in ("Card", "QR code", "Bank transfer", "Wallet"):
         expect(page.get_by_role("tab", name=tab)).to_be_visible()
 
     pay_by_card(page, SUCCEEDS)
@@ -114,6 +118,7 @@ def test_three_d_secure_goes_through_the_acquirers_challenge_page(server, shop, 
     expect(page.get_by_role("button", name="Decline")).to_be_visible()
     assert page.url.startswith(f"http://127.0.0.1:{server.base_port}/3ds/"), page.url
     expect(page.get_by_text("ending in 3220")).to_be_visible()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
     page.get_by_role("button", name=answer).click()
     expect(page.get_by_role("heading", name=heading)).to_be_visible()
     assert page.url.startswith(the_order["payment_url"]), page.url
@@ -155,7 +160,8 @@ def test_without_javascript_the_server_decides_and_never_echoes_the_card(server,
         expect(page.get_by_text("Your card number is incorrect.")).to_be_visible()
         assert LUHN_INVALID not in page.content() and "4242 4242" not in page.content()
         expect(page.get_by_label("Card number")).to_have_value("")
-        pay_by_card(page, SUCCEEDS)
+        with page.expect_navigation():  # the form's own POST and its answer, before the reload
+            pay_by_card(page, SUCCEEDS)
         # Without scripts the page does not follow the payment by itself: a reload shows where it went.
         page.reload()
         expect(page.get_by_role("heading", name="Payment successful")).to_be_visible()
@@ -197,6 +203,37 @@ def test_ended_orders_show_their_state_instead_of_a_form(server, shop, page):
     response = page.goto(cancelled["payment_url"].replace(cancelled["id"], "ord_" + "0" * 24))
     assert response.status == 404
     expect(page.get_by_role("heading", name="Not found")).to_be_visible()
+
+
+def test_every_page_forbids_inline_script_and_framing_and_another_site_cannot_frame_it(server, shop, browser,
+                                                                                       receiver):
+    the_order = order(server, shop)
+    for path in (f"/pay/{the_order['id']}", "/pay/ord_" + "0" * 24, "/dashboard/login", "/dashboard",
+                 "/admin/login", f"/pay/{the_order['id']}/live"):
+        request = urllib.request.Request(server.url + path)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                headers = response.headers
+                if path.endswith("/live"):  # the live stream: its first bytes are enough
+                    assert response.headers["content-type"] == "text/event-stream"
+        except urllib.error.HTTPError as error:
+            headers = error.headers
+        assert_strict_page_headers(headers)
+    # A page of another site that frames the payment page: Chromium refuses to show it there.
+    context = browser.new_context()
+    try:
+        page = context.new_page()
+        refusals: list[str] = []
+        page.on("console", lambda message: refusals.append(message.text))
+        page.goto(f"{receiver.site}/frame?" + urllib.parse.urlencode({"src": the_order["payment_url"]}))
+        expect(page.get_by_role("heading", name="Another site")).to_be_visible()
+        deadline = time.monotonic() + 10
+        while not any("frame-ancestors 'none'" in text for text in refusals):
+            assert time.monotonic() < deadline, refusals
+            page.wait_for_timeout(100)
+        expect(page.frame_locator("iframe").get_by_role("heading", name="Green tea")).to_have_count(0)
+    finally:
+        context.close()
 
 
 def test_the_page_fits_a_phone(server, shop, browser, receiver):
@@ -245,6 +282,52 @@ def test_a_customer_signs_in_with_a_mailed_code_and_pays_from_the_wallet(server,
     wallet = server.request("GET", f"/v1/customers/{customer['id']}/wallet", key=shop["api_key"]).json()
     assert [(entry["currency"], entry["balance"]) for entry in wallet["balances"]] == [("usd", 5000 - 1999)]
     assert code not in page.content()
+
+
+def jwt_claims(token: str) -> dict:
+    payload = token.split(".")[1]
+    return json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+
+
+def test_any_order_that_takes_wallets_signs_the_customer_in_by_the_address_they_type(server, shop, page, inbox):
+    address = f"bo-{uuid.uuid4().hex[:8]}@example.com"
+    customer = server.request("POST", "/v1/customers", {"email": address, "name": "Bo"}, key=shop["api_key"]).json()
+    funded = server.request("POST", f"/v1/customers/{customer['id']}/adjustments",
+                            {"amount": 3000, "currency": "usd", "reason": "test funds"}, key=server.admin_token)
+    assert funded.status == 200, funded.body
+    the_order = order(server, shop, payment_methods=["card", "wallet"])  # no customer_id
+    page.goto(the_order["payment_url"])
+    page.get_by_role("tab", name="Wallet").click()
+    expect(page.get_by_text("Enter your wallet's e-mail address")).to_be_visible()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+
+    # An address that is no customer's: the page answers as for one that is, and mails nothing.
+    nobody = f"nobody-{uuid.uuid4().hex[:8]}@example.com"
+    page.get_by_label("Your wallet's e-mail address").fill(nobody)
+    page.get_by_role("button", name="Send me a code").click()
+    expect(page.get_by_text(f"If n•••@example.com is the address of a wallet with {shop['name']}, a one-time code "
+                            "is on its way there.")).to_be_visible()
+    page.get_by_label("Code from your e-mail").fill("123456")
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("alert")).to_have_text("That code is not the one we sent, or it is too old.")
+
+    page.get_by_label("Your wallet's e-mail address").fill(address.upper())
+    page.get_by_role("button", name="Send a new code").click()
+    expect(page.get_by_text(f"If b•••@example.com is the address of a wallet with {shop['name']}")).to_be_visible()
+    code = wallet_code(inbox, address)
+    assert not any(message["To"] == nobody for message in inbox.messages)
+    # The page's cookie says nothing of the customer: the typed address only, and a proof of the code.
+    cookie = next(cookie for cookie in page.context.cookies() if cookie["name"] == "paygate_wallet_code")
+    assert customer["id"] not in json.dumps(jwt_claims(cookie["value"])) and code not in cookie["value"]
+    page.get_by_label("Code from your e-mail").fill(code)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_text("Signed in as b•••@example.com. Your wallet holds 30.00 USD.")).to_be_visible()
+    page.get_by_role("button", name="Pay 19.99 USD from my wallet").click()
+    expect(page.get_by_role("heading", name="Payment successful")).to_be_visible()
+    payment = server.request("GET", f"/v1/payments?order_id={the_order['id']}", key=shop["api_key"]).json()["data"][0]
+    assert (payment["status"], payment["payment_method"]["type"]) == ("succeeded", "wallet")
+    wallet = server.request("GET", f"/v1/customers/{customer['id']}/wallet", key=shop["api_key"]).json()
+    assert [(entry["currency"], entry["balance"]) for entry in wallet["balances"]] == [("usd", 3000 - 1999)]
 
 
 # Accessibility

@@ -10,6 +10,7 @@ import json
 import mmap
 import os
 import pathlib
+import socket
 import stat
 import time
 import uuid
@@ -254,9 +255,19 @@ def test_only_the_http_port_of_paygates_own_processes_listens_beyond_loopback(ru
     assert own and set().union(*own.values()) == {server.port}, own
 
 
-@pytest.mark.xfail(strict=True, reason="Ray 2.60's own gRPC servers (GCS, raylet, agents, every worker and the "
-                                       "driver in serve) listen on every interface, whatever node address they get")
 def test_only_the_http_port_listens_beyond_loopback_ray_included(run):
+    """Ray's GCS, raylet, agents, workers and serve's own driver too: a local runtime is on loopback."""
     server, _ = run
+    assert any(is_rays(pid) for pid in descendants(server.process.pid))
     found = listening_beyond_loopback([server.process.pid, *descendants(server.process.pid)])
     assert set().union(*found.values()) == {server.port}, found
+
+
+def test_links_given_out_name_the_machine_not_every_interface(run):
+    """With --host 0.0.0.0, what serve prints and the URLs in its answers name the machine."""
+    server, secrets = run
+    machine = f"http://{socket.gethostname()}:{server.port}"
+    assert f"paygate is serving at {machine} " in "".join(server.output)
+    order = call(server, "POST", "/v1/orders", {"name": "Link", "amount": 100, "currency": "usd"},
+                 secrets["new_api_key"])
+    assert order["payment_url"] == f"{machine}/pay/{order['id']}"

@@ -12,11 +12,11 @@ import pynng
 import pytest
 
 from engine import Account, Batch, CreateAccounts, CreateTransfers, Transfer, TransferFlag
-from journal.client import (ACCOUNTS_ON_DIFFERENT_SHARDS, Cluster, EntriesPruned, ShardClient, ShardMap,
-                            ShardUnavailable)
+from journal.auth import MessageKey
+from journal.client import (ACCOUNTS_ON_DIFFERENT_SHARDS, Announcements, Cluster, EntriesPruned, ShardClient,
+                            ShardMap, ShardUnavailable)
 from journal.recovery import batch_decoder, batch_encoder
-from journal.store import KEY
-from journal.wire import ReplyStatus, Submit, request_encoder
+from journal.wire import ANNOUNCEMENT, ReplyStatus, Submit, request_encoder
 import engine_faults
 from shard_harness import Load, key_of, primary_config, start
 
@@ -100,7 +100,32 @@ def test_new_sequence_numbers_are_announced(shard):
         with pynng.Sub0(dial=config.announce_address, recv_timeout=5000, topics=b"") as subscriber:
             await asyncio.sleep(0.2)  # let the subscription reach the publisher
             await Load(client).create_accounts()
-            assert KEY.unpack(key_of(config).open(await subscriber.arecv()))[0] == 1
+            assert ANNOUNCEMENT.unpack(key_of(config).open(await subscriber.arecv()))[0] == 1
+
+    run(scenario())
+
+
+def test_a_reader_waiting_on_announcements_wakes_at_a_commit_not_at_its_timeout(shard):
+    config, _, client = shard
+
+    async def scenario():
+        announcements = Announcements(config.announce_address, key_of(config))
+        strangers = Announcements(config.announce_address, MessageKey(b"k" * 32))
+        try:
+            await asyncio.wait_for(announcements.wait(after=0, timeout_s=0.3), 1)  # nothing yet: its timeout
+            await asyncio.sleep(0.2)  # let the subscriptions reach the publisher
+            waiting = asyncio.create_task(announcements.wait(after=0, timeout_s=30))
+            strangers_wait = asyncio.create_task(strangers.wait(after=0, timeout_s=1))
+            began = time.monotonic()
+            await Load(client).create_accounts()
+            await asyncio.wait_for(waiting, 5)
+            assert time.monotonic() - began < 5 and announcements.sequence >= 1
+            await announcements.wait(after=0, timeout_s=30)  # announced already: at once
+            await strangers_wait
+            assert strangers.sequence == 0 and strangers.key.dropped >= 1  # without the key: dropped, counted
+        finally:
+            announcements.close()
+            strangers.close()
 
     run(scenario())
 

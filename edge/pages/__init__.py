@@ -15,6 +15,7 @@ from aiohttp import web
 
 from edge.pages import admin, dashboard, live, pay
 from edge.pages.common import FILTERS
+from edge.sessions import SignedOutSessions
 
 FOLDER = pathlib.Path(__file__).parent
 
@@ -23,8 +24,14 @@ def install(app: web.Application) -> None:
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(FOLDER / "templates"), autoescape=True,
                          undefined=jinja2.StrictUndefined, filters=FILTERS)
     app.router.add_static("/static/", FOLDER / "static")
+    app["signed_out_sessions"] = SignedOutSessions(pathlib.Path(app["settings"].data) / "signed_out_sessions.bin")
+    app.on_cleanup.append(_close)
     app.cleanup_ctx.append(live.run_live_status)
     app.on_shutdown.append(live.close_streams)
     pay.add_routes(app)
     dashboard.add_routes(app)
     admin.add_routes(app)
+
+
+async def _close(app: web.Application) -> None:
+    app["signed_out_sessions"].close()

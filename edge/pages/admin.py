@@ -72,7 +72,7 @@ def signed_in(handler):
         claims = session(request, AUDIENCE)
         if claims is None or claims["sub"] != ADMIN:
             return redirect("/admin/login")
-        request["csrf_token"] = csrf_token(request, claims)
+        request["session"], request["csrf_token"] = claims, csrf_token(request, claims)
         return await handler(request)
     return answer
 
@@ -81,7 +81,7 @@ def signed_in(handler):
 async def sign_out(request: web.Request) -> web.Response:
     await form_of(request, request["csrf_token"])
     response = redirect("/admin/login")
-    end_session(request, response, AUDIENCE)
+    end_session(request, response, AUDIENCE, request["session"])
     return response
 
 

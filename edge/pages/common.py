@@ -157,15 +157,24 @@ def set_token_cookie(request: web.Request, response: web.StreamResponse, cookie:
                         secure=cookie_secure(request))
 
 
-def end_session(request: web.Request, response: web.StreamResponse, audience: str) -> None:
+def end_session(request: web.Request, response: web.StreamResponse, audience: str, claims: dict) -> None:
+    """Sign the session out: its token is refused from now on, on every worker, and its cookie is dropped."""
+    if not request.app["signed_out_sessions"].sign_out(str(claims["jti"]), claims["exp"], time.time()):
+        log.warning("sign-out not recorded: the signed-out sessions' bucket is full")
+        raise ApiError(503, "sign_out_unavailable", "signing out could not be recorded just now, so you are still "
+                       "signed in: please try again in a minute", headers={"Retry-After": "60"})
     cookie, path = SESSIONS[audience]
     response.del_cookie(cookie, path=path, httponly=True, samesite="Strict", secure=cookie_secure(request))
 
 
 def session(request: web.Request, audience: str) -> dict | None:
-    """The claims of the request's live session for `audience`, else None."""
+    """The claims of the request's live session for `audience` (signed, not expired, not signed out), else None."""
     token = request.cookies.get(SESSIONS[audience][0], "")
-    return request.app["issuer"].verify(token, audience, int(time.time())) if token else None
+    now_s = int(time.time())
+    claims = request.app["issuer"].verify(token, audience, now_s) if token else None
+    if claims is None or request.app["signed_out_sessions"].signed_out(str(claims["jti"]), now_s):
+        return None
+    return claims
 
 
 def csrf_token(request: web.Request, claims: dict) -> str:

@@ -21,7 +21,8 @@ from edge.errors import ApiError
 from edge.http import cached_merchant, check_merchant_access
 from edge.pages import live
 from edge.pages.common import (action_form, checked, csrf_token, end_session, form_of, minor_units, page, redirect,
-                               refused, render, secure, session, signed_in_context, start_session)
+                               refused, render, secure, sentence, session, signed_in_context, start_session,
+                               submitted)
 from engine import views
 from engine.currencies import CURRENCY_EXPONENTS
 from engine.records import Merchant
@@ -32,7 +33,14 @@ PAGE_SIZE = 20
 MAX_PAYMENTS_SHOWN = 50  # an order's attempts on its page
 MAX_EVENTS_SHOWN = 30  # an order's events (and its payments' and refunds') on its page
 NOTICES = {"refunded": "Refund made.", "cancelled": "Order cancelled.", "captured": "Payment captured.",
-           "voided": "Authorization voided.", "payout": "Payout requested.", "redelivered": "Event queued again."}
+           "voided": "Authorization voided.", "payout": "Payout requested.", "redelivered": "Event queued again.",
+           "webhook": "Webhook endpoint saved."}
+# How long the credentials in use keep working once new ones are made (seconds, as the API's expires_in).
+GRACE_CHOICES = (("0", "No, stop them at once"), ("3600", "For an hour"), ("86400", "For a day"),
+                 ("604800", "For a week"))
+DEFAULT_GRACE = "86400"
+WEBHOOK_URL_PROBLEM = ("Enter the endpoint as a web address starting with https:// (or http://), or nothing to "
+                       "stop webhooks.")
 
 
 def add_routes(app: web.Application) -> None:
@@ -52,6 +60,8 @@ def add_routes(app: web.Application) -> None:
     router.add_get("/dashboard/balances", balances_page)
     router.add_post("/dashboard/payouts", request_payout)
     router.add_get("/dashboard/developers", developers_page)
+    router.add_post("/dashboard/developers/webhook", change_webhook)
+    router.add_post("/dashboard/developers/api_keys", rotate_credentials)
 
 
 # Signing in
@@ -76,15 +86,23 @@ async def sign_in(request: web.Request) -> web.Response:
 
     merchant = await refused(action)
     if isinstance(merchant, ApiError):
-        problem = {401: "Wrong email or password.", 429: "Too many attempts: wait a moment and try again."}.get(
-            merchant.status, "Enter your email and password.")
-        response = render(request, "dashboard_login.html", {"problem": problem, "email": email,
+        response = render(request, "dashboard_login.html", {"problem": _login_problem(merchant), "email": email,
                                                              "next": _next(fields)}, status=merchant.status)
         response.headers.update(merchant.headers)  # Retry-After of a lockout
         return response
     response = redirect(_next(fields))
     start_session(request, response, AUDIENCE, merchant.id)
     return response
+
+
+def _login_problem(error: ApiError) -> str:
+    """Why the sign-in was refused, as the person signing in reads it."""
+    if error.code == "login_locked":
+        seconds = error.headers.get("Retry-After", "")
+        return (f"This account is locked after too many failed sign-ins: try again in {seconds} "
+                f"second{'' if seconds == '1' else 's'}.")
+    return {401: "Wrong email or password.", 429: "Too many attempts: wait a moment and try again."}.get(
+        error.status, "Enter your email and password.")
 
 
 def _next(source) -> str:
@@ -104,7 +122,7 @@ def signed_in(handler):
             back = request.path_qs if request.method == "GET" else "/dashboard"
             return redirect("/dashboard/login?" + urllib.parse.urlencode({"next": back}))
         check_merchant_access(request, merchant)  # suspended, or outside its IP allow list: 403
-        request["csrf_token"] = csrf_token(request, claims)
+        request["session"], request["csrf_token"] = claims, csrf_token(request, claims)
         return await handler(request, merchant)
     return answer
 
@@ -113,7 +131,7 @@ def signed_in(handler):
 async def sign_out(request: web.Request, merchant: Merchant) -> web.Response:
     await form_of(request, request["csrf_token"])
     response = redirect("/dashboard/login")
-    end_session(request, response, AUDIENCE)
+    end_session(request, response, AUDIENCE, request["session"])
     return response
 
 
@@ -185,7 +203,16 @@ async def _order_context(request: web.Request, merchant: Merchant, order) -> dic
     state = await live.read_state(request.app["gateway"], order)
     return {"section": "orders", "order": api.order_out(request, merchant, order), "payments": payments,
             "refunds": refunds, "events": list(zip(events, (page.data for page in deliveries))),
+            "redeliverable": {event.id for event, page in zip(events, deliveries) if _newest_dead(page.data)},
             "live_url": f"/dashboard/orders/{order.id}/live?since={state.version}"}
+
+
+def _newest_dead(deliveries: list[views.DeliveryOut]) -> bool:
+    """Whether an event's newest delivery on some channel is dead (one made later supersedes it)."""
+    newest: dict[tuple[str, str], views.DeliveryOut] = {}
+    for delivery in deliveries:  # newest first
+        newest.setdefault((delivery.channel, delivery.kind), delivery)
+    return any(delivery.status == "dead" for delivery in newest.values())
 
 
 async def _events_about(request: web.Request, merchant: Merchant, object_ids: list[str]) -> list[views.EventOut]:
@@ -316,5 +343,40 @@ async def request_payout(request: web.Request, merchant: Merchant) -> web.Respon
 
 @signed_in
 async def developers_page(request: web.Request, merchant: Merchant) -> web.Response:
+    return _developers(request, merchant)
+
+
+def _developers(request: web.Request, merchant: Merchant, problem: str = "", status: int = 200,
+                webhook_url: str | None = None, created: views.ApiKeyOut | None = None) -> web.Response:
+    """The API keys (never a secret, but those of a set just made), the webhook endpoint and the forms that change
+    them."""
     return _show(request, merchant, "dashboard_developers.html", {
-        "section": "developers", "api_keys": credentials_api.api_keys_of(merchant).data})
+        "section": "developers", "api_keys": credentials_api.api_keys_of(merchant).data, "problem": problem,
+        "webhook_url": merchant.webhook_url if webhook_url is None else webhook_url, "created": created,
+        "grace_choices": GRACE_CHOICES, "default_grace": DEFAULT_GRACE}, status)
+
+
+@signed_in
+async def change_webhook(request: web.Request, merchant: Merchant) -> web.Response:
+    fields = await action_form(request, "dashboard")
+    change = {"webhook_url": str(fields.get("webhook_url", "")).strip()}
+    refusal = await submitted(schemas.MerchantUpdate, change, lambda wanted, body: api.change_merchant(
+        request, merchant.id, wanted, body))
+    if isinstance(refusal, ApiError):
+        problem = WEBHOOK_URL_PROBLEM if refusal.code == "parameter_invalid" else sentence(refusal.message)
+        return _developers(request, merchant, problem, refusal.status, webhook_url=change["webhook_url"])
+    return redirect("/dashboard/developers?done=webhook")
+
+
+@signed_in
+async def rotate_credentials(request: web.Request, merchant: Merchant) -> web.Response:
+    fields = await action_form(request, "dashboard")
+    grace = str(fields.get("expires_in", ""))
+    if grace not in dict(GRACE_CHOICES):
+        raise ApiError(400, "parameter_invalid", "choose how long the credentials in use keep working", "expires_in")
+    created = await submitted(schemas.ApiKeyCreate, {"expires_in": int(grace)}, lambda wanted, body: (
+        credentials_api.rotate(request, merchant, wanted, body)))
+    if isinstance(created, ApiError):
+        return _developers(request, merchant, sentence(created.message), created.status)
+    # Its secrets are shown in this answer only (as the API's rotation does); the page is never stored (no-store).
+    return _developers(request, await cached_merchant(request.app, merchant.id) or merchant, created=created)

@@ -195,10 +195,11 @@ async def pay_by_card(request: web.Request) -> web.Response:
 @page
 async def wallet_code(request: web.Request) -> web.Response:
     order, merchant = await order_and_merchant(request)
-    await shopper_form(request, order)
+    fields, _ = await shopper_form(request, order)
     response = redirect(f"/pay/{order.id}?method=wallet")
-    return await _wallet_step(request, merchant, order, lambda: wallet.send_code(request, merchant, order, response),
-                              response)
+    email = str(fields.get("email", ""))
+    return await _wallet_step(request, merchant, order,
+                              lambda: wallet.send_code(request, merchant, order, email, response), response)
 
 
 @page
