@@ -501,10 +501,10 @@ def _replay_folder(journal: Journal, folder: pathlib.Path) -> int:
     return 0
 
 
-def _replay_with_progress(journal: Journal, label: str, on_result=lambda result: None):
-    def on_batch(entry, result) -> None:
+def _replay_with_progress(journal: Journal, label: str, on_archived=lambda archived: None):
+    def on_batch(entry, result, archived) -> None:
         progress.update(1)
-        on_result(result)
+        on_archived(archived)
 
     with tqdm(total=journal.head_sequence, desc=label, unit="batch", disable=None) as progress:
         return replay_from_scratch(journal, on_batch=on_batch)

@@ -319,10 +319,25 @@ async def refund_payment(request: web.Request, merchant: Merchant, fields: schem
     refund_id = new_id("re_", request, merchant.id)
     refund = Refund(id=refund_id, merchant_id=merchant.id, payment_id=fields.payment_id, amount=fields.amount or 0,
                     reason=fields.reason)
-    outcome = await run(request, merchant.id, CreateRefund(refund=refund, transfer_id=ledger_id(merchant.id, refund_id)),
-                        body)
+    command = CreateRefund(refund=refund, transfer_id=ledger_id(merchant.id, refund_id),
+                           **await _archived(request, merchant, fields.payment_id))
+    outcome = await run(request, merchant.id, command, body)
     raise_for(outcome, {"payment_not_found": "payment_id"})
     return views.refund(outcome.record)
+
+
+async def _archived(request: web.Request, merchant: Merchant, payment_id: str) -> dict:
+    """The payment and its order as the shard's cold store holds them, if archived (engine/archival.py): the
+    refund brings them back into the engine's memory. Nothing for a payment the engine holds."""
+    gateway = request.app["gateway"]
+    answer = await gateway.read(merchant.id, GetPaymentRecord(merchant.id, "payment", payment_id))
+    if not answer.archived:
+        return {}
+    order = None
+    if answer.record.order_id:
+        order_answer = await gateway.read(merchant.id, GetOrder(merchant.id, answer.record.order_id))
+        order = order_answer.record if order_answer.archived else None
+    return {"archived_payment": answer.record, "archived_order": order}
 
 
 async def list_refunds(request: web.Request) -> web.Response:

@@ -5,30 +5,40 @@ first and at most MAX_ARCHIVED of each kind per command, the records that can ch
 
     an order      paid, partially or wholly refunded, expired or cancelled (not an exception, which waits for a
                   person), untouched since the cut-off
+    a deposit     succeeded or failed, untouched since the cut-off
     a payment     failed or cancelled; or its money came and settles through no file (a wallet, QR or bank payment),
                   or its acquirer's file settled it (settled, disputed) and no refund of it waits for settlement;
-                  untouched since the cut-off, and its order (if any) archived already
+                  untouched since the cut-off, and its order or deposit (if any) archived already
     a refund      settled, or of a payment that settles through no file; made before the cut-off, its payment
                   archived already
     an invoice    its order archived already
+    a payout, a withdrawal   paid or failed, untouched since the cut-off
+    an adjustment made before the cut-off
+    an event      made before the cut-off, none of its deliveries pending; with its deliveries
 
-and the ledger's transfers made before the cut-off, oldest first, up to the first pending transfer still open (which
-holds back those after it until it is posted, voided or expires), with the balances history before the cut-off
-(ledger.archive_transfers): a transfer id archived may be taken again, so a client's retry of a transfer is
-exactly-once within the cut-off (a day by default), as its idempotency keys are. The command answers all of them
-(`Archived`): the shard process writes them to its cold store (journal/cold.py), from which reads of them are
-answered from then on. A record met at the front of its kind's list that is old but cannot go yet moves to the
-back, so the next command does not meet it first again. Balances, merchants, customers, deposits, payouts and
-withdrawals stay in memory.
+and the ledger's transfers made before the cut-off, oldest first, with the balances history before the cut-off
+(ledger.archive_transfers). A pending transfer still open goes too but stays held, where its post, void or expiry
+finds it, so that nothing waits behind a hold that may never end (a payout the bank never answers). A transfer id
+archived may be taken again, so a client's retry of a transfer is exactly-once within the cut-off (a day by
+default), as its idempotency keys are. The command answers all of them (`Archived`): the shard process writes them
+to its cold store (journal/cold.py), from which reads of them are answered from then on. A record met at the front
+of its kind's list that is old but cannot go yet moves to the back, so the next command does not meet it first
+again. Balances, merchants and customers (the owners of wallets) stay in memory.
+
+A payment refunded after it was archived comes back into memory with its order (CreateRefund carries them, as the
+cold store holds them): unlisted, since the cold store lists them already, until archival takes them again.
 """
 
 from engine.changes import Changes
+from engine.deposits import Deposits
 from engine.invoices import Invoices
 from engine.ledger import Ledger
+from engine.notifications import Notifications
 from engine.orders import Orders
 from engine.payments import Payments
 from engine.reconciliations import Reconciliations, settles_by_file
 from engine.records import Archive, Archived, Invoice, Order, Outcome, Payment, Refund
+from engine.states import is_final
 from engine.types import NANOSECONDS_PER_SECOND, TIMESTAMP_MAX
 
 MAX_ARCHIVED = 2_000  # of each kind per command: its answer is journaled as the batch's result
@@ -39,48 +49,58 @@ ENDED_PAYMENT_STATUSES = ("failed", "cancelled", "settled", "disputed")
 
 
 class Archival:
-    def __init__(self, ledger: Ledger, changes: Changes, orders: Orders, payments: Payments, invoices: Invoices,
-                 reconciliations: Reconciliations) -> None:
+    def __init__(self, ledger: Ledger, changes: Changes, orders: Orders, payments: Payments, deposits: Deposits,
+                 invoices: Invoices, notifications: Notifications, reconciliations: Reconciliations) -> None:
         self.ledger = ledger
         self.changes = changes
         self.orders = orders
         self.payments = payments
+        self.deposits = deposits
         self.invoices = invoices
+        self.notifications = notifications
         self.reconciliations = reconciliations
 
     def archive(self, command: Archive, timestamp: int) -> Outcome:
         if not 0 <= command.age_s <= TIMESTAMP_MAX // NANOSECONDS_PER_SECOND:
             return Outcome("age_invalid")
         before = timestamp - command.age_s * NANOSECONDS_PER_SECOND
-        archived = Archived(before=before)
+        archived = Archived(before=before, deliveries=[])
+        # An order before its payments, a deposit before its payment, a payment before its refunds.
         archived.orders = self._sweep(self.orders.by_id, before, self._order_may_go, self._drop_order)
+        archived.deposits = self._sweep(self.deposits.deposits, before, _ended, self._drop_deposit)
         archived.payments = self._sweep(self.payments.payments, before, self._payment_may_go, self._drop_payment)
         archived.refunds = self._sweep(self.payments.refunds, before, self._refund_may_go, self._drop_refund)
         archived.invoices = self._sweep(self.invoices.by_id, before, self._invoice_may_go, self._drop_invoice)
+        archived.payouts = self._sweep(self.payments.payouts, before, _ended, self._drop_payout)
+        archived.withdrawals = self._sweep(self.deposits.withdrawals, before, _ended, _nothing_to_drop)
+        archived.adjustments = self._sweep(self.deposits.adjustments, before, _made, _nothing_to_drop)
+        notifications = self.notifications
+        archived.events = self._sweep(notifications.records, before, notifications.may_leave,
+                                      lambda event: archived.deliveries.extend(notifications.drop_event(event)))
         ledger = self.ledger.archive_transfers(before, MAX_ARCHIVED_TRANSFERS)
         archived.transfers = ledger.transfers
         archived.histories = [(account.id, history) for account, _, history in ledger.accounts if history]
-        archived.more = (MAX_ARCHIVED in (len(archived.orders), len(archived.payments), len(archived.refunds),
-                                          len(archived.invoices)) or len(archived.transfers) == MAX_ARCHIVED_TRANSFERS)
+        kinds = (archived.orders, archived.deposits, archived.payments, archived.refunds, archived.invoices,
+                 archived.payouts, archived.withdrawals, archived.adjustments, archived.events)
+        archived.more = (any(len(records) == MAX_ARCHIVED for records in kinds)
+                         or len(archived.transfers) == MAX_ARCHIVED_TRANSFERS)
         return Outcome(record=archived)
 
     def _sweep(self, records: dict, before: int, may_go, drop) -> list:
         """Up to MAX_ARCHIVED records from the front of `records` (oldest first), made before `before`, that may
         go: out of `records` and of the indexes `drop` keeps. One that may not go yet moves to the back."""
-        gone = []
-        for _ in range(MAX_LOOKED_AT):
-            record_id = next(iter(records), None)
-            if record_id is None or len(gone) == MAX_ARCHIVED:
+        gone, kept = [], []
+        looked_at = 0
+        for _, record in records.first_items(MAX_LOOKED_AT):
+            if len(gone) == MAX_ARCHIVED or record.created_at >= before:
                 break
-            record = records[record_id]
-            if record.created_at >= before:
-                break
-            del records[record_id]
-            if may_go(record, before):
-                drop(record)
-                gone.append(record)
-            else:
-                records[record_id] = record  # at the back: the next command meets the others first
+            looked_at += 1
+            (gone if may_go(record, before) else kept).append(record)
+        records.take_first(looked_at)
+        for record in gone:
+            drop(record)
+        for record in kept:
+            records[record.id] = record  # at the back: the next command meets the others first
         return gone
 
     # What may go
@@ -91,8 +111,8 @@ class Archival:
     def _payment_may_go(self, payment: Payment, before: int) -> bool:
         if payment.updated_at >= before or payment.order_id in self.orders.by_id:
             return False
-        if payment.deposit_id:
-            return False  # its deposit stays in memory, and follows it
+        if payment.deposit_id in self.deposits.deposits:
+            return False  # its deposit follows it
         if payment.status in ENDED_PAYMENT_STATUSES:
             return payment.id not in self.reconciliations.refunds_waiting
         return payment.status == "succeeded" and not settles_by_file(payment)
@@ -107,13 +127,14 @@ class Archival:
     # Out of memory, with what indexes them
 
     def _drop_order(self, order: Order) -> None:
-        self.orders.by_merchant.remove(order.merchant_id, order.id)
+        self.orders.unlist(order)
         self.orders.expiries.drop(order.id)
 
+    def _drop_deposit(self, deposit) -> None:
+        self.deposits.expiries.drop(deposit.id)
+
     def _drop_payment(self, payment: Payment) -> None:
-        self.payments.by_merchant.remove(payment.merchant_id, payment.id)
-        if payment.order_id:
-            self.payments.by_order.remove(payment.order_id, payment.id)
+        self.payments.unlist(payment)
         self.payments.deadlines.drop(payment.id)
 
     def _drop_refund(self, refund: Refund) -> None:
@@ -123,3 +144,18 @@ class Archival:
         self.invoices.by_merchant.remove(invoice.merchant_id, invoice.id)
         self.invoices.by_order.pop(invoice.order_id, None)
 
+    def _drop_payout(self, payout) -> None:
+        self.payments.payouts_by_merchant.remove(payout.merchant_id, payout.id)
+
+
+def _ended(record, before: int) -> bool:
+    """A payout, deposit or withdrawal that can change no more, untouched since the cut-off."""
+    return is_final(record) and record.updated_at < before
+
+
+def _made(record, before: int) -> bool:
+    return True  # an adjustment never changes: made before the cut-off, as the sweep checks, it may go
+
+
+def _nothing_to_drop(record) -> None:
+    return None  # no index lists it

@@ -15,6 +15,7 @@ Outside a command (restore, reads) tracking costs one flag test.
 
 import collections
 import heapq
+from itertools import islice
 
 import msgspec
 
@@ -203,6 +204,23 @@ class TrackedDict(dict):
         if dict.__contains__(self, key):
             self._removing(key)
         return dict.pop(self, key, *default)
+
+    def first_items(self, count: int) -> list[tuple]:
+        """Up to `count` (key, value) pairs from the front, for reading only (values not handed out)."""
+        return list(islice(dict.items(self), count))
+
+    def take_first(self, count: int) -> list[tuple]:
+        """Remove the first `count` keys (all, if fewer) and answer their (key, value) pairs, oldest first: one walk
+        from the front. Finding the first key anew for each would walk past every key removed before it, whose
+        slots a dict keeps until it grows: a queue popped one key at a time costs the queue's length per key."""
+        taken = self.first_items(count)
+        for key, value in taken:
+            self._touch(key)
+            place = self.ranks.pop(key) if self.ranks is not None else 0 if self.ordered else -1
+            if self.first_values is not None:
+                self.removals.append((key, value, place))
+            dict.__delitem__(self, key)
+        return taken
 
     def undo(self) -> None:
         """Back to the state and order of keys the command found."""

@@ -69,10 +69,13 @@ class Commerce:
         # State lives in tracked containers (engine/changes.py): a command that raises is undone whole.
         self.ledger = ledger
         self.events: list[Event] = changes.event_log()
+        # Records that left memory in the batch outside an Archive (events pruned past their cap), for the cold store.
+        self.leaving: list = changes.event_log()
         self.merchants = Merchants(changes)
         self.ip_windows = IpWindows(changes)
         self.orders = Orders(changes, self.merchants, self.ip_windows, self.events)
-        self.payments = Payments(ledger, changes, self.merchants.by_id, self.orders.by_id, self.events)
+        self.payments = Payments(ledger, changes, self.merchants.by_id, self.orders.by_id, self.events,
+                                 self.orders.bring_back)
         self.wallets = Wallets(ledger, changes, self.merchants, self.orders, self.payments)
         self.deposits = Deposits(ledger, changes, self.payments, self.wallets.customer_of, self.events)
         self.idempotency = IdempotencyKeys(changes)
@@ -83,8 +86,10 @@ class Commerce:
         stores = {"order": self.orders.by_id, "payment": self.payments.payments, "refund": self.payments.refunds,
                   "payout": self.payments.payouts, "deposit": self.deposits.deposits,
                   "withdrawal": self.deposits.withdrawals}
-        self.notifications = Notifications(changes, self.merchants.by_id, stores, self.invoices, self.events)
-        self.archival = Archival(ledger, changes, self.orders, self.payments, self.invoices, self.reconciliations)
+        self.notifications = Notifications(changes, self.merchants.by_id, stores, self.invoices, self.events,
+                                           self.leaving)
+        self.archival = Archival(ledger, changes, self.orders, self.payments, self.deposits, self.invoices,
+                                 self.notifications, self.reconciliations)
 
     # Time
 

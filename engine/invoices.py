@@ -1,8 +1,10 @@
 """Invoices: one per paid order, made in the command that pays it, numbered per merchant from 1 without gaps (the
 number and the invoice are written in one command, so an undone command takes both back)."""
 
+from itertools import islice
+
 from engine.changes import Changes, peek
-from engine.listing import Listing
+from engine.listing import Listing, list_cursor, made_in_order
 from engine.paging import page
 from engine.records import Invoice, Merchant, Order, Payment
 
@@ -46,13 +48,17 @@ class Invoices:
         invoice = self.by_id.get(invoice_id)
         return invoice if invoice is not None and invoice.merchant_id == merchant_id else None
 
-    def list_invoices(self, merchant_id: str, order_id: str, limit: int,
-                      starting_after: str) -> tuple[list[Invoice], bool]:
+    def list_invoices(self, merchant_id: str, order_id: str, limit: int, starting_after: str,
+                      starting_after_created_at: int = -1) -> tuple[list[Invoice], bool]:
         """A merchant's invoices newest first (only the order's, if `order_id`), and whether more follow."""
         if order_id:
             ids = [self.by_order[order_id]] if order_id in self.by_order else []
             return page(ids, lambda invoice_id: self.invoice_of(merchant_id, invoice_id), limit, starting_after)
-        return self.by_merchant.page(merchant_id, self.by_id, limit, starting_after)
+        cursor = list_cursor(self.by_id, merchant_id, starting_after, starting_after_created_at)
+        if cursor is False:
+            return [], False
+        found = list(islice(self.by_merchant.by_key(merchant_id, self.by_id, cursor), limit + 1))
+        return found[:limit], len(found) > limit
 
     # State
 
@@ -61,6 +67,8 @@ class Invoices:
         return {"invoices": list(self.by_id.values()), "invoice_numbers": list(self.last_numbers.items())}
 
     def restore(self, snapshot) -> None:
-        for invoice in snapshot.invoices:
-            self._add(invoice)
+        self.by_id.load((invoice.id, invoice) for invoice in snapshot.invoices)
+        for invoice in made_in_order(snapshot.invoices, ()):
+            self.by_merchant.add(invoice.merchant_id, invoice.id)
+            self.by_order[invoice.order_id] = invoice.id
         self.last_numbers.load(snapshot.invoice_numbers)

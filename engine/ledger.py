@@ -71,6 +71,8 @@ class Ledger:
         self.forgotten_in_command: list[tuple[str, int]] = []
         self.expired_in_command: list[tuple[int, str, bool]] = []
         self.archived_in_command: list[ArchivedTransfers] = []
+        # Pending transfers archived while still open (engine/archival.py), by id, until archival after they end.
+        self.held: dict[str, Transfer] = {}
 
     # All or nothing per command
 
@@ -101,23 +103,28 @@ class Ledger:
 
     def archive_transfers(self, before: int, limit: int) -> "ArchivedTransfers":
         """Up to `limit` of the oldest transfers, made before `before`, out of memory (and off their accounts'
-        statements, with the balances history they ended), up to the first pending transfer still open: everything
-        after it waits for it. Their ids may be taken again after this (a client's retry of one applies anew)."""
+        statements, with the balances history they ended). Their ids may be taken again after this (a client's
+        retry of one applies anew). A pending transfer still open goes too, but stays `held`, where its post, void or
+        expiry still finds it; a held one resolved since is forgotten (its resolution is a transfer of its own)."""
         gone = []
         counts: dict[str, int] = {}
         for t in self.transfers.values():
             if len(gone) == limit or t.timestamp >= before:
                 break
-            if t.flags & PENDING and self.pending_states[t.id] == PendingState.PENDING:
-                break
             gone.append(t)
             for account_id in (t.debit_account_id, t.credit_account_id):
                 counts[account_id] = counts.get(account_id, 0) + 1
-        archived = ArchivedTransfers(gone, [], [])
+        states = self.pending_states
+        held = {transfer_id: t for transfer_id, t in self.held.items() if states[transfer_id] == PendingState.PENDING}
+        released = [(transfer_id, states.pop(transfer_id)) for transfer_id in self.held if transfer_id not in held]
+        archived = ArchivedTransfers(gone, released, [], self.held)
         for t in gone:
             del self.transfers[t.id]
-            if t.flags & PENDING:
-                archived.pending_states.append((t.id, self.pending_states.pop(t.id)))
+            if t.flags & PENDING and states[t.id] == PendingState.PENDING:
+                held[t.id] = t
+            elif t.flags & PENDING:
+                archived.pending_states.append((t.id, states.pop(t.id)))
+        self.held = held
         for account_id, count in counts.items():
             account = self.accounts[account_id]
             check(account.transfers[count - 1].timestamp < before, f"account {account_id}: statement out of order")
@@ -135,10 +142,16 @@ class Ledger:
     def _unarchive(self, archived: "ArchivedTransfers") -> None:
         self.transfers = {**{t.id: t for t in archived.transfers}, **self.transfers}
         self.pending_states.update(archived.pending_states)
+        self.held = archived.held_before
         for account, statement, history in archived.accounts:
             account.transfers[:0] = statement
             if history:
                 account.history[:0] = history
+
+    def pending_transfer(self, transfer_id: str) -> Transfer | None:
+        """A pending transfer by id (or any other transfer of that id), held ones first."""
+        held = self.held.get(transfer_id) if self.held else None
+        return held if held is not None else self.transfers.get(transfer_id)
 
     # Accounts
 
@@ -232,6 +245,8 @@ class Ledger:
         if code:
             return code
         existing = self.transfers.get(t.id)
+        if existing is None and t.flags & PENDING and self.held:
+            existing = self.held.get(t.id)  # its pending state is a held one's while that is open
         if existing is not None:
             return _transfer_exists_code(t, existing)
         if t.id in self.failed_ids:
@@ -305,7 +320,7 @@ class Ledger:
 
     def _resolve_pending(self, t: Transfer, timestamp: int) -> int:
         """Post (in full or in part) or void a pending transfer."""
-        pending = self.transfers.get(t.pending_id)
+        pending = self.pending_transfer(t.pending_id)
         if pending is None:
             return T.pending_transfer_not_found
         code = _pending_mismatch_code(t, pending)
@@ -383,7 +398,7 @@ class Ledger:
             del self.pending_states[t.id]
             _reopen(t, debit, credit)  # a closing transfer found its account open
         elif t.flags & F.RESOLVE:
-            pending = self.transfers[t.pending_id]
+            pending = self.pending_transfer(t.pending_id)
             debit.debits_pending += pending.amount
             credit.credits_pending += pending.amount
             if t.flags & F.POST_PENDING:
@@ -450,7 +465,7 @@ class Ledger:
             self.expired_in_command.append((expires_at, transfer_id, released))
             if not released:
                 continue
-            pending = self.transfers[transfer_id]
+            pending = self.pending_transfer(transfer_id)
             debit = self.accounts[pending.debit_account_id]
             credit = self.accounts[pending.credit_account_id]
             debit.debits_pending -= pending.amount
@@ -467,7 +482,7 @@ class Ledger:
         """Whether the heap entry still stands for a pending transfer (not one undone, posted, voided or made anew)."""
         if self.pending_states.get(transfer_id) != PendingState.PENDING:
             return False
-        pending = self.transfers[transfer_id]
+        pending = self.pending_transfer(transfer_id)
         return pending.timestamp + pending.timeout_s * NANOSECONDS_PER_SECOND == expires_at
 
     def live_expiries(self) -> list[tuple[int, str]]:
@@ -482,7 +497,7 @@ class Ledger:
         """Hold again what `expire` released in this step, and put back every entry it took from the heap."""
         for expires_at, transfer_id, released in reversed(self.expired_in_command):
             if released:
-                pending = self.transfers[transfer_id]
+                pending = self.pending_transfer(transfer_id)
                 debit = self.accounts[pending.debit_account_id]
                 credit = self.accounts[pending.credit_account_id]
                 for account in (credit, debit):
@@ -533,12 +548,14 @@ class Ledger:
 
 
 class ArchivedTransfers(msgspec.Struct):
-    """What one archive_transfers took out: the transfers, the states of the pending ones among them, and each
-    account's statement and history prefix (kept to undo the command that took them)."""
+    """What one archive_transfers took out: the transfers, the states of the pending ones among them that ended,
+    and each account's statement and history prefix; with the held transfers as they were (kept to undo the command
+    that took them)."""
 
     transfers: list[Transfer]
     pending_states: list[tuple[str, int]]
     accounts: list[tuple[Account, list[Transfer], list[Balance]]]
+    held_before: dict[str, Transfer]
 
 
 _RESOLVED_CODES = {

@@ -3,7 +3,12 @@
 Each id knows its place in its owner's list, so a page `starting_after` an id starts there, without a scan. A
 removed id leaves its place behind (lists in tracked dicts are only appended to: engine/changes.py), skipped when
 read; an owner's list is packed once it holds more left places than ids, so it stays under about twice its ids.
-The index is derived from the records it lists: restore rebuilds it in their order.
+The index is derived from the records it lists: restore rebuilds it in the order they were made.
+
+Record pages (`by_key`) list newest first by (created_at, id), the order the cold store keeps for archived records
+(journal/cold.py), so that a page reads the same before and after archival: records of one instant (one batch)
+came in an order no client chose, and are read by id. Ids are listed as their records are made, so an owner's list
+holds them in the order of their created_at.
 """
 
 import bisect
@@ -64,11 +69,77 @@ class Listing:
             if places.get(listed) == place:
                 yield listed
 
+    def by_key(self, owner: str, records: dict, cursor: tuple[int, str] | None = None) -> Iterator:
+        """The owner's records (`records` by id) newest first by (created_at, id), only those before `cursor` if
+        given."""
+        ids = self.ids.get(owner)
+        if ids is None:
+            return
+        places = self.places
+        end = len(ids) if cursor is None else self._end_of_instant(ids, records, cursor[0])
+        instant: list = []  # the records of one created_at, met newest first
+        for place in range(end - 1, -1, -1):
+            listed = ids[place]
+            if places.get(listed) != place:
+                continue
+            record = peek(records, listed)
+            if instant and record.created_at != instant[0].created_at:
+                yield from _before(instant, cursor)
+                instant = []
+            instant.append(record)
+        yield from _before(instant, cursor)
+
+    def _end_of_instant(self, ids: list[str], records: dict, created_at: int) -> int:
+        """A place past every listed record made at or before `created_at`, and before every later one's."""
+        places = self.places
+
+        def created_at_of(place: int) -> int:
+            """Of the first listed record from `place` on (one made after all: none)."""
+            while place < len(ids) and places.get(ids[place]) != place:
+                place += 1
+            return peek(records, ids[place]).created_at if place < len(ids) else created_at + 1
+        return bisect.bisect_right(range(len(ids)), created_at, key=created_at_of)
+
     def page(self, owner: str, records: dict, limit: int, starting_after: str = "") -> tuple[list, bool]:
         """Up to `limit` of the owner's records (`records` by id), newest first after `starting_after`, and whether
         more follow."""
         page = [records[item_id] for item_id, _ in zip(self.newest_first(owner, starting_after), range(limit + 1))]
         return page[:limit], len(page) > limit
+
+
+def _before(instant: list, cursor: tuple[int, str] | None) -> Iterator:
+    """The records of one instant by id, newest first: those before `cursor` if given."""
+    instant.sort(key=_id, reverse=True)
+    for record in instant:
+        if cursor is None or (record.created_at, record.id) < cursor:
+            yield record
+
+
+def _id(record) -> str:
+    return record.id
+
+
+def made_in_order(records: list, unlisted) -> list:
+    """The records a listing lists (those not `unlisted`), in the order they were made: archival moves records it
+    cannot take yet to the end of their dict, which snapshots keep."""
+    return sorted((record for record in records if record.id not in unlisted), key=_created_at)
+
+
+def _created_at(record) -> int:
+    return record.created_at
+
+
+def list_cursor(records: dict, merchant_id: str, starting_after: str,
+                created_at: int) -> tuple[int, str] | None | bool:
+    """Where a page starts, as (created_at, id): after the merchant's record `starting_after`, found in `records`,
+    or placed by `created_at` (>= 0) when only the cold store holds it; None from the first; False for a cursor
+    that names nothing (an empty page)."""
+    if not starting_after:
+        return None
+    record = peek(records, starting_after)
+    if record is not None:
+        return (record.created_at, record.id) if record.merchant_id == merchant_id else False
+    return (created_at, starting_after) if created_at >= 0 else False
 
 
 class Queue:

@@ -87,6 +87,11 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     # Failed transfer ids with when they failed, oldest first (`failed_ids`, without times, is older snapshots').
     failed_ids_at: list[tuple[str, int]] = []
     reconciliations: list[Reconciliation] = []
+    # Pending transfers archived while still open, which statements no longer list (engine/ledger.py `held`).
+    held_transfers: list[Transfer] = []
+    # Archived orders and payments a refund brought back, which only the cold store lists (engine/archival.py).
+    unlisted_orders: list[str] = []
+    unlisted_payments: list[str] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()
@@ -134,6 +139,7 @@ class Engine:
         self.commerce.notifications.sequence = batch.sequence
         events = self.commerce.events
         events.clear()
+        self.commerce.leaving.clear()
         self._step(-1, ADVANCE, timestamp)
         if batch.submits:
             results, duplicates = self._apply_submits(batch, timestamp)
@@ -142,6 +148,8 @@ class Engine:
                                    for index, command in enumerate(batch.commands)], []
         result = BatchResult(batch.sequence, results, list(events), duplicates)
         events.clear()
+        if self.commerce.leaving:
+            self.archived.append(_leaving(self.commerce.leaving, timestamp))
         return result
 
     def _apply_submits(self, batch: Batch, timestamp: int) -> tuple[list, list[int]]:
@@ -247,6 +255,7 @@ class Engine:
             pending_states=list(ledger.pending_states.items()),
             expiries=ledger.live_expiries(),
             histories=[(account.id, account.history) for account in accounts if account.history],
+            held_transfers=list(ledger.held.values()),
             submits=self.submits.snapshot(),
             **self.commerce.snapshot(),
         )
@@ -268,6 +277,7 @@ class Engine:
         ledger.expiries = sorted(snapshot.expiries)
         _restore_histories(ledger, snapshot.histories)
         _restore_transfers(ledger, snapshot.transfers)
+        ledger.held = {t.id: _interned(ledger, t) for t in snapshot.held_transfers}
         engine.commerce.restore(snapshot)
         engine.submits.restore(snapshot.submits)
         _check_tracked(engine.commerce)
@@ -287,6 +297,12 @@ class Engine:
     def verify(self) -> None:
         """The full check: double entry per currency, limits, and pending amounts match pending balances."""
         verify_ledger(self.ledger)
+
+
+def _leaving(records: list, timestamp: int) -> Archived:
+    """The records that left memory in a batch outside its Archive commands, for the cold store as any archived."""
+    return Archived(before=timestamp, events=[record for record in records if type(record) is EventRecord],
+                    deliveries=[record for record in records if type(record) is Delivery])
 
 
 def _internal_error(command) -> list[int] | Outcome:
@@ -326,11 +342,15 @@ def _restore_transfers(ledger: Ledger, transfers: list[Transfer]) -> None:
     for account in accounts.values():
         account.transfers = []
     for t in transfers:
-        debit = accounts[t.debit_account_id]
-        credit = accounts[t.credit_account_id]
-        t.debit_account_id = debit.id
-        t.credit_account_id = credit.id
-        t.currency = debit.currency
-        stored[t.id] = t
-        debit.transfers.append(t)
-        credit.transfers.append(t)
+        stored[t.id] = _interned(ledger, t)
+        accounts[t.debit_account_id].transfers.append(t)
+        accounts[t.credit_account_id].transfers.append(t)
+
+
+def _interned(ledger: Ledger, t: Transfer) -> Transfer:
+    """`t` sharing its accounts' id and currency strings, as the ledger stores transfers."""
+    debit = ledger.accounts[t.debit_account_id]
+    t.debit_account_id = debit.id
+    t.credit_account_id = ledger.accounts[t.credit_account_id].id
+    t.currency = debit.currency
+    return t

@@ -9,14 +9,16 @@ internal `delivery.queued` Event (one made dead at once, `delivery.dead`), which
 reads; the notifier reports each attempt back (RecordDeliveryAttempts), and a merchant may redeliver an event or
 replay dead deliveries.
 
-Bounds, per shard: at most MAX_EVENTS events are kept, the oldest dropped first with their deliveries — but an event
-with a delivery still pending stays (moved behind the others, a newer one going in its place) until that delivery
-ends, so that more are kept only while the oldest are all being delivered (no more of them than deliveries pending);
-at most MAX_PENDING_DELIVERIES are pending, beyond which a new delivery is made dead untried (dead_reason
-backlog_full); a merchant's redelivery and replay are refused past half of them (an operator's replay past all), so
-that no merchant's requests can fill the queue the events of every merchant on the shard need; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is
-replayed at most MAX_REPLAYS times; an event is redelivered at most MAX_REDELIVERIES times. End-of-day archival
-(issue 18) is to keep what is dropped.
+Bounds, per shard: at most MAX_EVENTS events are kept (a batch of PRUNE_BATCH more between two prunes), the oldest
+leaving first with their deliveries for the shard's cold store (engine.archived), as end-of-day archival takes
+those older than a day (engine/archival.py) — but an event with a delivery still pending stays (moved behind the
+others, a newer one going in its place) until that delivery ends, so that more are kept only while the oldest are
+all being delivered (no more of them than deliveries pending); at most MAX_PENDING_DELIVERIES are pending, beyond
+which a new delivery is made dead untried (dead_reason backlog_full); a merchant's redelivery and replay are refused
+past half of them (an operator's replay past all), so that no merchant's requests can fill the queue the events of
+every merchant on the shard need; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is replayed at most
+MAX_REPLAYS times; an event is redelivered at most MAX_REDELIVERIES times. An event in the cold store is read as
+before, but no longer redelivered, nor its dead deliveries replayed.
 """
 
 import itertools
@@ -56,7 +58,10 @@ MAX_REPLAY_LIMIT = 1_000  # deliveries per ReplayDeliveries
 MAX_ERROR_CHARS = 500
 MAX_STATUS_CODE = 999
 MAX_DURATION_MS = 2**31 - 1
-PRUNE_STEPS = 16  # events looked at per event stored: pruning keeps pace without a long walk in any one command
+# Events stored past the cap between two prunes, each of at most PRUNE_ROUNDS walks from the front: a walk passes
+# every slot the dict keeps for the keys removed before, so one per event would cost the dict's length.
+PRUNE_BATCH = 1024
+PRUNE_ROUNDS = 4
 POSITION_BITS = 24  # an id's position among its batch's events
 QUEUED = "delivery.queued"
 DEAD_UNTRIED = "delivery.dead"  # logged for a delivery made dead at once (the queue full): its id is that position
@@ -89,7 +94,7 @@ def make_id(prefix: str, sequence: int, position: int) -> str:
 
 class Notifications:
     def __init__(self, changes: Changes, merchants: dict[str, Merchant], stores: dict, invoices: Invoices,
-                 events: list[Event]) -> None:
+                 events: list[Event], leaving: list) -> None:
         # State lives in tracked containers (engine/changes.py): a command that raises is undone whole.
         self.changes = changes
         self.merchants = merchants
@@ -101,6 +106,7 @@ class Notifications:
         self.withdrawals = stores["withdrawal"]
         self.invoices = invoices
         self.log = events
+        self.leaving = leaving  # events (and their deliveries) pruned past the cap, for the cold store
         self.sequence = 0  # of the batch being applied (the engine sets it): ids are made from it
         # event id -> EventRecord, oldest first but for events kept past the cap (moved to the end); removed only
         # from the front
@@ -155,7 +161,8 @@ class Notifications:
         self._add_record(record)
         for channel, kind, target in self._new_targets(record, shown):
             self._queue_new(record, channel, kind, target, timestamp)
-        if len(self.records) > MAX_EVENTS:
+        excess = len(self.records) - MAX_EVENTS
+        if excess > 0 and excess % PRUNE_BATCH == 0:
             self._prune()
 
     def _new_targets(self, record: EventRecord, shown) -> list[tuple[str, str, str]]:
@@ -196,31 +203,42 @@ class Notifications:
         append_to(self.records_by_object, record.object_id, record.id)
 
     def _prune(self) -> None:
-        """Drop the oldest events past MAX_EVENTS, with their deliveries; one still being delivered moves to the end."""
+        """Drop the oldest events past MAX_EVENTS, with their deliveries, to the cold store; one still being
+        delivered moves to the end. Each round walks from the front once: called every PRUNE_BATCH events."""
         records = self.records
-        for _ in range(PRUNE_STEPS):
-            if len(records) <= MAX_EVENTS:
+        for _ in range(PRUNE_ROUNDS):
+            excess = len(records) - MAX_EVENTS
+            if excess <= 0:
                 return
-            oldest = records.pop(next(iter(records)))
-            if self._being_delivered(oldest.id):
-                records[oldest.id] = oldest
-            else:
-                self._forget(oldest)
+            for _, oldest in records.take_first(excess):
+                if self._being_delivered(oldest.id):
+                    records[oldest.id] = oldest
+                else:
+                    self.leaving.append(oldest)
+                    self.leaving += self.drop_event(oldest)
 
     def _being_delivered(self, event_id: str) -> bool:
         return any(delivery_id in self.pending for delivery_id in peek(self.deliveries_by_event, event_id) or ())
 
-    def _forget(self, record: EventRecord) -> None:
+    def may_leave(self, record: EventRecord, before: int) -> bool:
+        """Whether an event older than `before` is done with: none of its deliveries pending."""
+        return not self._being_delivered(record.id)
+
+    def drop_event(self, record: EventRecord) -> list[Delivery]:
+        """An event (out of `records` already) out of the indexes, with its deliveries: answered, for the cold store."""
         _remove_from_index(self.records_by_merchant, record.merchant_id, record.id)
         rest = [event_id for event_id in self.records_by_object[record.object_id] if event_id != record.id]
         if rest:
             self.records_by_object[record.object_id] = rest
         else:
             del self.records_by_object[record.object_id]
+        gone = []
         for delivery_id in self.deliveries_by_event.pop(record.id, ()):
             delivery = self.deliveries.pop(delivery_id)
             _remove_from_index(self.deliveries_by_merchant, delivery.merchant_id, delivery_id)
             self._unmark_dead(delivery)
+            gone.append(delivery)
+        return gone
 
     # Deliveries
 
@@ -380,26 +398,32 @@ class Notifications:
         record = self.records.get(event_id)
         return record if record is not None and record.merchant_id == merchant_id else None
 
-    def list_events(self, merchant_id: str, kind: str, object_id: str, limit: int,
-                    starting_after: str) -> tuple[list[EventRecord], bool]:
-        """A merchant's events newest first, of `kind` and about `object_id` if given; and whether more follow."""
+    def list_events(self, merchant_id: str, kind: str, object_id: str, limit: int, starting_after: str,
+                    cursor_archived: bool = False) -> tuple[list[EventRecord], bool]:
+        """A merchant's events newest first, of `kind` and about `object_id` if given; and whether more follow. A
+        cursor names one of the merchant's events, held here or (`cursor_archived`) in the cold store only."""
+        if starting_after and not cursor_archived and self.event_of(merchant_id, starting_after) is None:
+            return [], False
         ids = (reversed(self.records_by_object.get(object_id, [])) if object_id
                else reversed(self.records_by_merchant.get(merchant_id, {})))
 
         def lookup(event_id: str) -> EventRecord | None:
             record = self.event_of(merchant_id, event_id)
             return record if record is not None and (not kind or record.kind == kind) else None
-        return page(ids, lookup, limit, starting_after)
+        return page(_older_than(ids, starting_after), lookup, limit, "")
 
     def delivery_of(self, merchant_id: str, delivery_id: str) -> Delivery | None:
         """A merchant's delivery ("": anyone's, for an operator)."""
         delivery = self.deliveries.get(delivery_id)
         return delivery if delivery is not None and merchant_id in ("", delivery.merchant_id) else None
 
-    def list_deliveries(self, merchant_id: str, status: str, event_id: str, limit: int,
-                        starting_after: str) -> tuple[list[Delivery], bool]:
+    def list_deliveries(self, merchant_id: str, status: str, event_id: str, limit: int, starting_after: str,
+                        cursor_archived: bool = False) -> tuple[list[Delivery], bool]:
         """Deliveries newest first (a merchant's, or with merchant_id "" everyone's), in `status` and of `event_id`
-        if given; and whether more follow."""
+        if given; and whether more follow. A cursor names a delivery held here or (`cursor_archived`) in the cold
+        store only."""
+        if starting_after and not cursor_archived and self.delivery_of(merchant_id, starting_after) is None:
+            return [], False
         if event_id:
             ids = reversed(self.deliveries_by_event.get(event_id, []))
         else:
@@ -408,7 +432,7 @@ class Notifications:
         def lookup(delivery_id: str) -> Delivery | None:
             delivery = self.delivery_of(merchant_id, delivery_id)
             return delivery if delivery is not None and (not status or delivery.status == status) else None
-        return page(ids, lookup, limit, starting_after)
+        return page(_older_than(ids, starting_after), lookup, limit, "")
 
     def pending_deliveries(self, starting_after: str, limit: int) -> tuple[list[Delivery], bool]:
         """Pending deliveries in the order queued, after the one `starting_after` names (by when it was queued, so
@@ -446,6 +470,12 @@ class Notifications:
 
 _STORES = {"order": "orders", "payment": "payments", "refund": "refunds", "payout": "payouts", "deposit": "deposits",
            "withdrawal": "withdrawals"}
+
+
+def _older_than(ids_newest_first, starting_after: str):
+    """The ids after `starting_after` ("": all): event and delivery ids grow as they are made, so the place of one
+    the engine no longer holds (archived: journal/cold.py) is known too."""
+    return (item_id for item_id in ids_newest_first if not starting_after or item_id < starting_after)
 
 
 def _result_valid(result: DeliveryResult) -> bool:

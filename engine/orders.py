@@ -2,7 +2,7 @@
 
 from engine.changes import Changes
 from engine.ip_windows import IpWindows
-from engine.listing import Listing
+from engine.listing import Listing, list_cursor, made_in_order
 from engine.merchants import Merchants
 from engine.payments import Payments
 from engine.records import CancelOrder, CreateOrder, Order, Outcome, Split, UpdateOrder
@@ -21,6 +21,9 @@ class Orders:
         self.by_id: dict[str, Order] = changes.dict()
         self.by_merchant = Listing(changes)  # each merchant's order ids
         self.expiries = changes.schedule()  # order id -> when it expires
+        # Orders back from the cold store for a refund of their payment (engine/archival.py): the cold store lists
+        # them, this index does not.
+        self.unlisted: dict[str, None] = changes.dict(ordered=False)
 
     # Time
 
@@ -140,21 +143,17 @@ class Orders:
         order = self.by_id.get(order_id)
         return order if order is not None and order.merchant_id == merchant_id else None
 
-    def list_orders(
-        self,
-        merchant_id: str,
-        name_contains: str = "",
-        status: str = "",
-        created_gte: int = 0,
-        created_lt: int = 2**63 - 1,
-        limit: int = 20,
-        starting_after: str = "",
-    ) -> tuple[list[Order], bool]:
-        """A merchant's orders, newest first, filtered; and whether more follow."""
+    def list_orders(self, merchant_id: str, name_contains: str = "", status: str = "", created_gte: int = 0,
+                    created_lt: int = 2**63 - 1, limit: int = 20, starting_after: str = "",
+                    starting_after_created_at: int = -1) -> tuple[list[Order], bool]:
+        """A merchant's orders, newest first, filtered; and whether more follow. A cursor the engine no longer holds
+        is placed by its `starting_after_created_at`."""
+        cursor = list_cursor(self.by_id, merchant_id, starting_after, starting_after_created_at)
+        if cursor is False:
+            return [], False
         needle = name_contains.casefold()
         found: list[Order] = []
-        for order_id in self.by_merchant.newest_first(merchant_id, starting_after):
-            order = self.by_id[order_id]
+        for order in self.by_merchant.by_key(merchant_id, self.by_id, cursor):
             if order.created_at < created_gte:
                 break  # newest first: everything further is older still
             if order.created_at >= created_lt or (status and order.status != status):
@@ -166,18 +165,34 @@ class Orders:
             found.append(order)
         return found, False
 
+    # Archival (engine/archival.py)
+
+    def unlist(self, order: Order) -> None:
+        """An order archived leaves the merchant's list (unless it came back unlisted)."""
+        if order.id in self.unlisted:
+            del self.unlisted[order.id]
+        else:
+            self.by_merchant.remove(order.merchant_id, order.id)
+
+    def bring_back(self, order: Order) -> None:
+        """An archived order in memory again, as the cold store keeps it, unlisted: the cold store lists it."""
+        self.by_id[order.id] = order
+        self.unlisted[order.id] = None
+
     # State
 
     def snapshot(self) -> dict[str, list]:
         """Its part of the engine's snapshot, by field."""
         return {"orders": list(self.by_id.values()),
                 "order_expiries": [(expires_at, order_id) for expires_at, order_id in self.expiries.entries()
-                                   if self.by_id[order_id].status == "pending"]}
+                                   if self.by_id[order_id].status == "pending"],
+                "unlisted_orders": sorted(self.unlisted)}
 
     def restore(self, snapshot) -> None:
-        """Fill from the engine's snapshot, rebuilding the index by merchant."""
-        for order in snapshot.orders:
-            self.by_id[order.id] = order
+        """Fill from the engine's snapshot, rebuilding the index by merchant in the order orders were made."""
+        self.by_id.load((order.id, order) for order in snapshot.orders)
+        self.unlisted.load((order_id, None) for order_id in snapshot.unlisted_orders)
+        for order in made_in_order(snapshot.orders, self.unlisted):
             self.by_merchant.add(order.merchant_id, order.id)
         # Only the entry that can still expire its order: older snapshots also kept those an order had moved from.
         self.expiries.load((expires_at, order_id) for expires_at, order_id in snapshot.order_expiries

@@ -7,12 +7,15 @@ A refund moves money back and never past what was captured; a payout holds
 the merchant's balance until the bank answers, and a failure returns it.
 """
 
+from itertools import takewhile
+from typing import Callable
+
 from engine.changes import Changes
 from engine.check import check
 from engine.codes import TransferCode, transfer_outcome
 from engine.days import DAY_NS, days_since_epoch
 from engine.ledger import Ledger
-from engine.listing import Listing
+from engine.listing import Listing, list_cursor, made_in_order
 from engine.records import (
     CancelPayment,
     CapturePayment,
@@ -55,6 +58,9 @@ CALLBACK_REPLAYED = "callback_replayed"
 CALLBACK_REPLAY_WINDOW_NS = 600 * NANOSECONDS_PER_SECOND
 MAX_RESEALED_CARDS = 10_000  # per command: a batch the shard journals and replicates at once
 MAX_CALLBACK_SIGNATURES = 100_000  # beyond it the oldest is forgotten: a bound, well above any provider's rate
+# New signatures between two walks that forget the old ones: a walk from the front passes every slot the dict keeps
+# for the keys removed before it, so one per callback would cost the dict's length.
+SIGNATURE_PRUNE_BATCH = 1024
 MAX_CALLBACKS_PER_PAYMENT = 32  # a payment hears of its provider a few times: 3-D Secure, then the verdict
 
 # The chart of accounts (engine/ACCOUNTS.md): the flags an account is made with, by its name. Money of merchants and
@@ -84,10 +90,11 @@ SUB_ACCOUNT_FLAGS = HOLDS_MONEY
 
 class Payments:
     def __init__(self, ledger: Ledger, changes: Changes, merchants: dict[str, Merchant], orders: dict[str, Order],
-                 events: list[Event]) -> None:
+                 events: list[Event], bring_back_order: Callable[[Order], None]) -> None:
         self.ledger = ledger
         self.merchants = merchants
         self.orders = orders
+        self.bring_back_order = bring_back_order  # Orders.bring_back: an archived order a refund brings back
         self.events = events
         self.payments: dict[str, Payment] = changes.dict()
         self.by_merchant = Listing(changes)  # each merchant's payment ids (derived: restore rebuilds it)
@@ -106,11 +113,15 @@ class Payments:
         self.by_order = Listing(changes)
         self.refunds_by_payment = Listing(changes)
         self.payouts_by_merchant = Listing(changes)
-        # signature -> when its callback came (engine time), oldest first
-        self.callback_signatures: dict[str, int] = changes.dict()
+        # signature -> when its callback came (engine time), oldest first; one seen again after the window moves to
+        # the end (by rank)
+        self.callback_signatures: dict[str, int] = changes.dict(ranked=True)
         self.deadlines = changes.schedule()  # payment id -> its deadline_at
         # pending transfer id -> payment id, to hear of an authorization that timed out
         self.payment_by_hold: dict[str, str] = changes.dict(ordered=False)
+        # Payments back from the cold store for a refund (engine/archival.py): the cold store lists them, the
+        # listings here do not.
+        self.unlisted: dict[str, None] = changes.dict(ordered=False)
 
     # Time
 
@@ -233,19 +244,27 @@ class Payments:
         return ""
 
     def replayed(self, signature: str, timestamp: int) -> bool:
-        """Whether a callback's signature was seen within the replay window; a new one is remembered."""
-        seen = self.callback_signatures
-        while seen:
-            oldest = next(iter(seen))
-            if len(seen) < MAX_CALLBACK_SIGNATURES and seen[oldest] > timestamp - CALLBACK_REPLAY_WINDOW_NS:
-                break
-            del seen[oldest]
+        """Whether a callback's signature was seen within the replay window; a new one is remembered (one seen
+        before the window is new again)."""
         if not signature:
             return False
-        if signature in seen:
+        seen = self.callback_signatures
+        horizon = timestamp - CALLBACK_REPLAY_WINDOW_NS
+        seen_at = seen.get(signature)
+        if seen_at is not None and seen_at > horizon:
             return True
+        if seen_at is not None:
+            del seen[signature]  # to the end, with its new time
+        if len(seen) >= MAX_CALLBACK_SIGNATURES or len(seen) % SIGNATURE_PRUNE_BATCH == 0:
+            self._forget_signatures(horizon)
         seen[signature] = timestamp
         return False
+
+    def _forget_signatures(self, horizon: int) -> None:
+        """Forget the signatures seen before `horizon`, and the oldest past the bound, in one walk from the front."""
+        seen = self.callback_signatures
+        expired = sum(1 for _ in takewhile(lambda item: item[1] <= horizon, dict.items(seen)))
+        seen.take_first(max(expired, len(seen) - MAX_CALLBACK_SIGNATURES + 1))
 
     def record_psp_result(self, command: RecordPspResult, timestamp: int) -> Outcome:
         if self.replayed(command.signature, timestamp):
@@ -426,7 +445,7 @@ class Payments:
         refund = command.refund
         if refund.id in self.refunds:
             return Outcome("exists")
-        payment = self._payment_of(refund.merchant_id, refund.payment_id)
+        payment = self._payment_of(refund.merchant_id, refund.payment_id) or self._archived_payment(command)
         if payment is None:
             return Outcome("payment_not_found")
         # A deposit's money is the customer's, in the wallet.
@@ -451,6 +470,10 @@ class Payments:
         refusal = move_refusal(self.ledger, back)  # before a refunds account is made: a refusal leaves none
         if refusal:
             return Outcome(refusal, record=payment)
+        if payment is command.archived_payment:
+            self.bring_back(payment)
+            if payment.order_id and payment.order_id not in self.orders:
+                self.bring_back_order(command.archived_order)
         if payment.settled_at:
             system_account(self.ledger, payment.merchant_id, f"refunds_{payment.acquirer}", payment.currency, timestamp)
         code = move(self.ledger, back, timestamp)
@@ -464,6 +487,18 @@ class Payments:
         self.events.append(Event("refund.succeeded", refund.id, timestamp))
         self._mark_order_refunded(payment, amount, timestamp)
         return Outcome(record=refund)
+
+    def _archived_payment(self, command: CreateRefund) -> Payment | None:
+        """The archived payment a refund carries, if it is the refund's and the engine holds it no more, with its
+        order unless the engine holds that."""
+        payment, order = command.archived_payment, command.archived_order
+        if payment is None or payment.id in self.payments or (payment.id, payment.merchant_id) != (
+                command.refund.payment_id, command.refund.merchant_id):
+            return None
+        if not payment.order_id or payment.order_id in self.orders:
+            return payment
+        return payment if order is not None and (order.id, order.merchant_id) == (
+            payment.order_id, payment.merchant_id) else None
 
     def create_payout(self, command: CreatePayout, timestamp: int) -> Outcome:
         payout = command.payout
@@ -678,28 +713,51 @@ class Payments:
         record = records.get(record_id)
         return record if record is not None and record.merchant_id == merchant_id else None
 
-    def list_payments(self, merchant_id: str, limit: int, starting_after: str, status: str = "",
-                      order_id: str = "") -> tuple[list[Payment], bool]:
+    def list_payments(self, merchant_id: str, limit: int, starting_after: str, status: str = "", order_id: str = "",
+                      starting_after_created_at: int = -1) -> tuple[list[Payment], bool]:
         """A merchant's payments (of one order, if given), newest first, only those in `status` if given; and
-        whether more follow."""
+        whether more follow. A cursor the engine no longer holds is placed by its `starting_after_created_at`."""
         listing, owner = (self.by_order, order_id) if order_id else (self.by_merchant, merchant_id)
-        return _newest_first(listing, owner, self.payments, merchant_id, limit, starting_after,
+        return _newest_first(listing, owner, self.payments, merchant_id, limit,
+                             list_cursor(self.payments, merchant_id, starting_after, starting_after_created_at),
                              lambda payment: not status or payment.status == status)
 
-    def list_refunds(self, merchant_id: str, payment_id: str, limit: int,
-                     starting_after: str) -> tuple[list[Refund], bool]:
+    def list_refunds(self, merchant_id: str, payment_id: str, limit: int, starting_after: str,
+                     starting_after_created_at: int = -1) -> tuple[list[Refund], bool]:
         """A payment's refunds, newest first; and whether more follow."""
-        return _newest_first(self.refunds_by_payment, payment_id, self.refunds, merchant_id, limit, starting_after)
+        return _newest_first(self.refunds_by_payment, payment_id, self.refunds, merchant_id, limit,
+                             list_cursor(self.refunds, merchant_id, starting_after, starting_after_created_at))
 
-    def list_payouts(self, merchant_id: str, limit: int, starting_after: str) -> tuple[list[Payout], bool]:
-        return _newest_first(self.payouts_by_merchant, merchant_id, self.payouts, merchant_id, limit, starting_after)
+    def list_payouts(self, merchant_id: str, limit: int, starting_after: str,
+                     starting_after_created_at: int = -1) -> tuple[list[Payout], bool]:
+        return _newest_first(self.payouts_by_merchant, merchant_id, self.payouts, merchant_id, limit,
+                             list_cursor(self.payouts, merchant_id, starting_after, starting_after_created_at))
+
+    # Archival (engine/archival.py)
+
+    def unlist(self, payment: Payment) -> None:
+        """A payment archived leaves its lists (unless it came back unlisted)."""
+        if payment.id in self.unlisted:
+            del self.unlisted[payment.id]
+            return
+        self.by_merchant.remove(payment.merchant_id, payment.id)
+        if payment.order_id:
+            self.by_order.remove(payment.order_id, payment.id)
+
+    def bring_back(self, payment: Payment) -> None:
+        """An archived payment in memory again, as the cold store keeps it, unlisted: the cold store lists it."""
+        self.payments[payment.id] = payment
+        self.unlisted[payment.id] = None
 
     def add(self, payment: Payment) -> Payment:
         self.payments[payment.id] = payment
+        self._list(payment)
+        return payment
+
+    def _list(self, payment: Payment) -> None:
         self.by_merchant.add(payment.merchant_id, payment.id)
         if payment.order_id:
             self.by_order.add(payment.order_id, payment.id)
-        return payment
 
     def _add_refund(self, refund: Refund) -> None:
         self.refunds[refund.id] = refund
@@ -719,16 +777,22 @@ class Payments:
         """Its part of the engine's snapshot, by field."""
         return {"payments": list(self.payments.values()), "refunds": list(self.refunds.values()),
                 "payouts": list(self.payouts.values()), "cards": list(self.cards.items()),
-                "callback_signatures": list(self.callback_signatures.items())}
+                "callback_signatures": list(self.callback_signatures.items()),
+                "unlisted_payments": sorted(self.unlisted)}
 
     def restore(self, snapshot) -> None:
-        """Fill from the engine's snapshot: deadlines and authorization holds follow from the payments themselves."""
-        for payment in snapshot.payments:
-            self.add(payment)
-        for refund in snapshot.refunds:
-            self._add_refund(refund)
-        for payout in snapshot.payouts:
-            self._add_payout(payout)
+        """Fill from the engine's snapshot: deadlines and authorization holds follow from the payments themselves,
+        the listings from the order records were made in."""
+        self.payments.load((payment.id, payment) for payment in snapshot.payments)
+        self.unlisted.load((payment_id, None) for payment_id in snapshot.unlisted_payments)
+        for payment in made_in_order(snapshot.payments, self.unlisted):
+            self._list(payment)
+        self.refunds.load((refund.id, refund) for refund in snapshot.refunds)
+        for refund in made_in_order(snapshot.refunds, ()):
+            self.refunds_by_payment.add(refund.payment_id, refund.id)
+        self.payouts.load((payout.id, payout) for payout in snapshot.payouts)
+        for payout in made_in_order(snapshot.payouts, ()):
+            self.payouts_by_merchant.add(payout.merchant_id, payout.id)
         for token_id, card in snapshot.cards:
             self.vault(token_id, card)
         self.callback_signatures.load(snapshot.callback_signatures)
@@ -747,13 +811,15 @@ def card_expires_at(card: CardDetails) -> int:
     return min(days_since_epoch(year, month, 1) * DAY_NS, TIMESTAMP_MAX)
 
 
-def _newest_first(listing: Listing, owner: str, records: dict, merchant_id: str, limit: int, starting_after: str,
-                  wanted=lambda record: True) -> tuple[list, bool]:
-    """A page of the merchant's records listed under `owner`, newest first, those `wanted`; and whether more follow."""
+def _newest_first(listing: Listing, owner: str, records: dict, merchant_id: str, limit: int,
+                  cursor: tuple[int, str] | None | bool, wanted=lambda record: True) -> tuple[list, bool]:
+    """A page of the merchant's records listed under `owner`, newest first before `cursor` (False: none), those
+    `wanted`; and whether more follow."""
     found: list = []
-    for record_id in listing.newest_first(owner, starting_after):
-        record = records.get(record_id)
-        if record is None or record.merchant_id != merchant_id or not wanted(record):
+    if cursor is False:
+        return found, False
+    for record in listing.by_key(owner, records, cursor):
+        if record.merchant_id != merchant_id or not wanted(record):
             continue
         if len(found) == limit:
             return found, True

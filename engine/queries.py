@@ -67,6 +67,8 @@ class ListOrders(msgspec.Struct, tag="list_orders", array_like=True, kw_only=Tru
     created_lt: int = TIMESTAMP_MAX
     limit: int = 20
     starting_after: str = ""
+    # Set by the shard when `starting_after` names a record only its cold store holds: where that record stands.
+    starting_after_created_at: int = -1
 
 
 class GetCustomer(msgspec.Struct, tag="get_customer", array_like=True):
@@ -137,6 +139,8 @@ class ListPayments(msgspec.Struct, tag="list_payments", array_like=True, kw_only
     starting_after: str = ""
     status: str = ""  # only payments in this status ("": all)
     order_id: str = ""  # only the payments of this order ("": all)
+    # Set by the shard when `starting_after` names a record only its cold store holds: where that record stands.
+    starting_after_created_at: int = -1
 
 
 class ListRefunds(msgspec.Struct, tag="list_refunds", array_like=True, kw_only=True):
@@ -146,6 +150,8 @@ class ListRefunds(msgspec.Struct, tag="list_refunds", array_like=True, kw_only=T
     payment_id: str
     limit: int = 20
     starting_after: str = ""
+    # Set by the shard when `starting_after` names a record only its cold store holds: where that record stands.
+    starting_after_created_at: int = -1
 
 
 class ListPayouts(msgspec.Struct, tag="list_payouts", array_like=True, kw_only=True):
@@ -154,6 +160,8 @@ class ListPayouts(msgspec.Struct, tag="list_payouts", array_like=True, kw_only=T
     merchant_id: str
     limit: int = 20
     starting_after: str = ""
+    # Set by the shard when `starting_after` names a record only its cold store holds: where that record stands.
+    starting_after_created_at: int = -1
 
 
 class ListMerchants(msgspec.Struct, tag="list_merchants", array_like=True, kw_only=True):
@@ -199,6 +207,8 @@ class ListEvents(msgspec.Struct, tag="list_events", array_like=True, kw_only=Tru
     object_id: str = ""
     limit: int = 20
     starting_after: str = ""
+    # Set by the shard when `starting_after` names a record only its cold store holds.
+    starting_after_archived: bool = False
 
 
 class GetEvent(msgspec.Struct, tag="get_event", array_like=True):
@@ -215,6 +225,8 @@ class ListDeliveries(msgspec.Struct, tag="list_deliveries", array_like=True, kw_
     event_id: str = ""
     limit: int = 20
     starting_after: str = ""
+    # Set by the shard when `starting_after` names a record only its cold store holds.
+    starting_after_archived: bool = False
 
 
 class GetDelivery(msgspec.Struct, tag="get_delivery", array_like=True):
@@ -248,6 +260,8 @@ class ListInvoices(msgspec.Struct, tag="list_invoices", array_like=True, kw_only
     order_id: str = ""
     limit: int = 20
     starting_after: str = ""
+    # Set by the shard when `starting_after` names a record only its cold store holds: where that record stands.
+    starting_after_created_at: int = -1
 
 
 class DeliveryJob(msgspec.Struct, array_like=True, kw_only=True):
@@ -285,6 +299,7 @@ class Answer(msgspec.Struct, omit_defaults=True):
     cards: list[tuple[str, VaultedCard]] | None = None
     jobs: list[DeliveryJob] | None = None
     ids: list[str] | None = None
+    archived: bool = False  # `record` came from the shard's cold store (journal/cold.py), not from memory
 
 
 def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
@@ -308,7 +323,7 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
     if kind is ListOrders:
         orders, has_more = commerce.orders.list_orders(
             query.merchant_id, query.name_contains, query.status, query.created_gte, query.created_lt,
-            max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+            max(1, min(query.limit, MAX_PAGE)), query.starting_after, query.starting_after_created_at)
         return Answer(records=orders, has_more=has_more)
     if kind is GetCustomer:
         customer_id = query.customer_id or commerce.wallets.customer_with_email(query.merchant_id, query.email)
@@ -346,15 +361,16 @@ def answer(query: Query, ledger: Ledger, commerce: Commerce) -> Answer:
     limit = max(1, min(query.limit, MAX_PAGE))
     if kind is ListRefunds:
         return _listed(*commerce.payments.list_refunds(query.merchant_id, query.payment_id, limit,
-                                                       query.starting_after))
+                                                       query.starting_after, query.starting_after_created_at))
     if kind is ListPayouts:
-        return _listed(*commerce.payments.list_payouts(query.merchant_id, limit, query.starting_after))
+        return _listed(*commerce.payments.list_payouts(query.merchant_id, limit, query.starting_after,
+                                                       query.starting_after_created_at))
     if kind is ListMerchants:
         return _listed(*commerce.merchants.list_merchants(query.name_contains, query.created_before,
                                                           query.before_id, limit))
     check(kind is ListPayments, f"no answer for a {kind.__name__} query")
     return _listed(*commerce.payments.list_payments(query.merchant_id, limit, query.starting_after, query.status,
-                                                    query.order_id))
+                                                    query.order_id, query.starting_after_created_at))
 
 
 def _listed(records: list, has_more: bool) -> Answer:
@@ -363,13 +379,15 @@ def _listed(records: list, has_more: bool) -> Answer:
 
 def _list_events(query: ListEvents, commerce: Commerce) -> Answer:
     events, has_more = commerce.notifications.list_events(query.merchant_id, query.kind, query.object_id,
-                                                          max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+                                                          max(1, min(query.limit, MAX_PAGE)), query.starting_after,
+                                                          query.starting_after_archived)
     return Answer(records=events, has_more=has_more)
 
 
 def _list_deliveries(query: ListDeliveries, commerce: Commerce) -> Answer:
     deliveries, has_more = commerce.notifications.list_deliveries(
-        query.merchant_id, query.status, query.event_id, max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+        query.merchant_id, query.status, query.event_id, max(1, min(query.limit, MAX_PAGE)), query.starting_after,
+        query.starting_after_archived)
     return Answer(records=deliveries, has_more=has_more)
 
 
@@ -381,7 +399,8 @@ def _pending_deliveries(query: PendingDeliveries, commerce: Commerce) -> Answer:
 
 def _list_invoices(query: ListInvoices, commerce: Commerce) -> Answer:
     invoices, has_more = commerce.invoices.list_invoices(query.merchant_id, query.order_id,
-                                                         max(1, min(query.limit, MAX_PAGE)), query.starting_after)
+                                                         max(1, min(query.limit, MAX_PAGE)), query.starting_after,
+                                                         query.starting_after_created_at)
     return Answer(records=invoices, has_more=has_more)
 
 

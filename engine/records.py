@@ -361,7 +361,8 @@ class Reconciliation(msgspec.Struct, tag=True, kw_only=True):
 
 
 class Archived(msgspec.Struct, tag=True, kw_only=True):
-    """What an Archive took out of memory, for the shard's cold store; `more`: another Archive would find more."""
+    """What an Archive took out of memory, for the shard's cold store; `more`: another Archive would find more. Events
+    pruned past their cap (engine/notifications.py) leave the same way, outside any Archive."""
 
     before: int
     orders: list[Order] = []
@@ -372,6 +373,12 @@ class Archived(msgspec.Struct, tag=True, kw_only=True):
     transfers: list[Transfer] = []
     histories: list[tuple[str, list[Balance]]] = []
     more: bool = False
+    payouts: list[Payout] = []
+    deposits: list[Deposit] = []
+    withdrawals: list[Withdrawal] = []
+    adjustments: list[Adjustment] = []
+    events: list[EventRecord] = []
+    deliveries: list[Delivery] = []
 
 
 Record = (Merchant | Order | Customer | Payment | Refund | Payout | BlocklistEntry | Deposit | Withdrawal | Adjustment
@@ -613,6 +620,10 @@ class CancelPayment(msgspec.Struct, tag="cancel_payment", array_like=True, kw_on
 class CreateRefund(msgspec.Struct, tag="create_refund", array_like=True, kw_only=True):
     refund: Refund
     transfer_id: str
+    # A payment archived since (engine/archival.py), and its order, as the shard's cold store holds them: the refund
+    # brings them back into memory. Read by the edge from the shard; ignored while the engine holds the payment.
+    archived_payment: Payment | None = None
+    archived_order: Order | None = None
 
 
 class CreatePayout(msgspec.Struct, tag="create_payout", array_like=True, kw_only=True):

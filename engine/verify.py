@@ -49,7 +49,7 @@ def _check_pending(ledger: Ledger) -> None:
     credits: dict[str, int] = defaultdict(int)
     for transfer_id, state in ledger.pending_states.items():
         if state == PendingState.PENDING:
-            pending = ledger.transfers[transfer_id]
+            pending = ledger.pending_transfer(transfer_id)
             debits[pending.debit_account_id] += pending.amount
             credits[pending.credit_account_id] += pending.amount
     for account in ledger.accounts.values():

@@ -1,5 +1,6 @@
-"""The cold store: the records an `Archive` command took out of a shard's engine memory (engine/archival.py), in an
-LMDB environment beside the journal (`<shard folder>/cold`), read back whenever the engine no longer holds them.
+"""The cold store: the records an `Archive` command took out of a shard's engine memory (engine/archival.py), and
+the events pruned past their cap, in an LMDB environment beside the journal (`<shard folder>/cold`), read back
+whenever the engine no longer holds them.
 
 Every process that applies batches (the primary, the replica, recovery's replay) writes what each batch archived
 before anything can take a snapshot after that batch, in one write transaction with its fsync; replay writes it
@@ -7,38 +8,63 @@ again, so the store is a function of the journal: a crash at any point loses not
 it against a replay from scratch. Keys:
 
     records   kind byte + id                                  -> the record (msgpack); a transfer's kind is `t`
-    listing   kind byte + merchant id + NUL + created_at + id -> nothing: a merchant's records, by age
+    listing   list byte + owner id + NUL + created_at + id    -> nothing: an owner's records by age (LISTED_IN)
               `a` + account id + NUL + timestamp + transfer id -> nothing: an account's statement
               `h` + account id + NUL + timestamp + the archive's cut-off + index -> an account's balances then
 
-Reads complete what the engine answered (journal/sequencer.py): a record by id it no longer holds, and list pages
-that go on past its oldest into the cold ones. A page looks at no more than MAX_SCANNED cold records (a name search
-over years of orders stops there, with has_more set).
+Reads complete what the engine answered (journal/sequencer.py): a record by id it no longer holds, and list pages,
+whose cold records are merged with the engine's by (created_at, id), the order the engine pages in too, so that a
+page reads the same before and after archival. A page looks at no more than MAX_SCANNED cold records (a name search
+over years of orders stops there, with has_more set). A payment or order a refund brought back into memory is read
+from memory, in the place the cold store lists it.
 """
 
 import pathlib
 import struct
+from itertools import takewhile
 
 import lmdb
 import msgspec
 
-from engine.batch import BatchResult
-from engine.queries import (AccountBalance, AccountTransfers, Answer, FindOrder, FindPayment, GetInvoice, GetOrder,
-                            GetPaymentRecord, ListInvoices, ListOrders, ListPayments, LookupTransfers)
-from engine.records import Archived, Invoice, Order, Outcome, Payment, Refund
+from engine.queries import (MAX_PAGE, AccountBalance, AccountTransfers, Answer, FindDeposit, FindOrder, FindPayment,
+                            GetDelivery, GetEvent, GetInvoice, GetOrder, GetPaymentRecord, GetWalletRecord,
+                            ListDeliveries, ListEvents, ListInvoices, ListOrders, ListPayments, ListPayouts,
+                            ListRefunds, LookupTransfers)
+from engine.records import (Adjustment, Archived, Delivery, Deposit, EventRecord, Invoice, Order, Payment, Payout,
+                            Refund, Withdrawal)
 from engine.types import Balance, Transfer
 
 MAP_SIZE_BYTES = 1 << 40  # sparse: only what is written takes disk
 MAX_SCANNED = 50_000
 ORDER, PAYMENT, REFUND, INVOICE, TRANSFER = b"o", b"p", b"r", b"i", b"t"
+PAYOUT, DEPOSIT, WITHDRAWAL, ADJUSTMENT, EVENT, DELIVERY = b"u", b"k", b"w", b"j", b"e", b"d"
 STATEMENT, HISTORY = b"a", b"h"
-TYPES = {ORDER: Order, PAYMENT: Payment, REFUND: Refund, INVOICE: Invoice, TRANSFER: Transfer}
+TYPES = {ORDER: Order, PAYMENT: Payment, REFUND: Refund, INVOICE: Invoice, TRANSFER: Transfer, PAYOUT: Payout,
+         DEPOSIT: Deposit, WITHDRAWAL: Withdrawal, ADJUSTMENT: Adjustment, EVENT: EventRecord, DELIVERY: Delivery}
+# Lists, by the byte that starts their keys: (the kind they list, what owns each list).
+ORDERS_OF_MERCHANT, PAYMENTS_OF_MERCHANT, INVOICES_OF_MERCHANT = b"o", b"p", b"i"
+PAYMENTS_OF_ORDER, REFUNDS_OF_PAYMENT, PAYOUTS_OF_MERCHANT = b"q", b"r", b"u"
+EVENTS_OF_MERCHANT, EVENTS_OF_OBJECT = b"e", b"v"
+DELIVERIES_OF_MERCHANT, DELIVERIES_OF_EVENT, ALL_DELIVERIES = b"d", b"x", b"y"
+LISTED_IN = {
+    ORDER: ((ORDERS_OF_MERCHANT, "merchant_id"),),
+    PAYMENT: ((PAYMENTS_OF_MERCHANT, "merchant_id"), (PAYMENTS_OF_ORDER, "order_id")),
+    REFUND: ((REFUNDS_OF_PAYMENT, "payment_id"),),
+    INVOICE: ((INVOICES_OF_MERCHANT, "merchant_id"),),
+    PAYOUT: ((PAYOUTS_OF_MERCHANT, "merchant_id"),),
+    EVENT: ((EVENTS_OF_MERCHANT, "merchant_id"), (EVENTS_OF_OBJECT, "object_id")),
+    DELIVERY: ((DELIVERIES_OF_MERCHANT, "merchant_id"), (DELIVERIES_OF_EVENT, "event_id"), (ALL_DELIVERIES, None)),
+}
+# An Archived's field for each kind it holds.
+ARCHIVED_FIELDS = {ORDER: "orders", PAYMENT: "payments", REFUND: "refunds", INVOICE: "invoices", TRANSFER: "transfers",
+                   PAYOUT: "payouts", DEPOSIT: "deposits", WITHDRAWAL: "withdrawals", ADJUSTMENT: "adjustments",
+                   EVENT: "events", DELIVERY: "deliveries"}
 CREATED = struct.Struct(">Q")
 HISTORY_AT = struct.Struct(">QQI")  # timestamp, the archive's cut-off, index: in the order the ledger kept them
 _balance_decoder = msgspec.msgpack.Decoder(Balance)
-COLD_PAYMENT_KINDS = {"payment": PAYMENT, "refund": REFUND}  # GetPaymentRecord's kinds the cold store holds
-BY_ID = (GetOrder, FindOrder, GetPaymentRecord, FindPayment, GetInvoice)
-LISTS = {ListOrders: ORDER, ListPayments: PAYMENT, ListInvoices: INVOICE}
+# What reads of one record by id look for: GetPaymentRecord's and GetWalletRecord's kinds by name.
+RECORD_KINDS = {"payment": PAYMENT, "refund": REFUND, "payout": PAYOUT, "deposit": DEPOSIT, "withdrawal": WITHDRAWAL,
+                "adjustment": ADJUSTMENT}
 _encoder = msgspec.msgpack.Encoder()
 _decoders = {kind: msgspec.msgpack.Decoder(record_type) for kind, record_type in TYPES.items()}
 
@@ -98,18 +124,15 @@ class ColdStore:
             for key, stored in transaction.cursor(db=self.records):
                 yield key[:1], bytes(key[1:]).decode(), bytes(stored)
 
-    def newest_first(self, kind: bytes, merchant_id: str, after: str = ""):
-        """The merchant's cold records of `kind`, newest first (at most MAX_SCANNED); only those older than the
-        cold record `after`, if given."""
+    def newest_first(self, kind: bytes, listed_in: bytes, owner: str, before: tuple[int, str] | None = None):
+        """The cold records of `kind` an owner's list holds, newest first by (created_at, id) (at most MAX_SCANNED);
+        only those before `before`, if given."""
         if not self.exists:
             return
-        prefix = kind + merchant_id.encode() + b"\0"
+        prefix = listed_in + owner.encode() + b"\0"
         start = prefix + b"\xff" * (CREATED.size + 1)  # past every key of the prefix
-        if after:
-            cursor_record = self.record(kind, after)
-            if cursor_record is None or cursor_record.merchant_id != merchant_id:
-                return
-            start = _listing_key(kind, cursor_record)
+        if before is not None:
+            start = prefix + CREATED.pack(before[0]) + before[1].encode()
         with self.environment.begin() as transaction:
             cursor = transaction.cursor(db=self.listing)
             found = cursor.prev() if cursor.set_range(start) else cursor.last()
@@ -134,47 +157,68 @@ class ColdStore:
             return Answer(transfers=self._statement(query, answer.transfers or [], engine))
         if kind is AccountBalance:
             return self._balance(query, answer, engine)
-        if kind in BY_ID and answer.record is None:
-            return Answer(record=self._by_id(query))
+        if kind in BY_ID:
+            if answer.record is not None:
+                return answer
+            record = self._by_id(query)
+            return Answer(record=record, archived=record is not None)
         if kind is ListInvoices and query.order_id:
             return answer if answer.records else self._invoice_of_order(query)
-        if kind in LISTS and not answer.has_more:
+        if kind in LISTS:
             return self._page(query, answer, engine)
         return answer
 
     def _by_id(self, query):
-        kind = type(query)
-        if kind is GetOrder or kind is FindOrder:
-            record = self.record(ORDER, query.order_id)
-        elif kind is GetInvoice:
-            record = self.record(INVOICE, query.invoice_id)
-        elif kind is FindPayment:
-            record = self.record(PAYMENT, query.payment_id)
-        elif query.kind in COLD_PAYMENT_KINDS:
-            record = self.record(COLD_PAYMENT_KINDS[query.kind], query.record_id)
-        else:
-            return None
-        merchant_id = getattr(query, "merchant_id", None)
-        return None if record is None or (merchant_id is not None and record.merchant_id != merchant_id) else record
+        kind, record_id = BY_ID[type(query)](query)
+        record = self.record(kind, record_id) if kind is not None else None
+        merchant_id = getattr(query, "merchant_id", "")
+        return None if record is None or merchant_id not in ("", record.merchant_id) else record
 
     def _page(self, query, answer: Answer, engine) -> Answer:
-        """A page the engine ended goes on into the cold records (the older ones, archived), newest first: after
-        the engine's last, or after a cursor only the cold store holds."""
-        kind = LISTS[type(query)]
-        after = ""
-        if query.starting_after and not _hot(engine, kind, query.merchant_id, query.starting_after):
-            if self.record(kind, query.starting_after) is None:
-                return answer  # a cursor that names nothing
-            after = query.starting_after
-        found = list(answer.records or ())
-        for record in self.newest_first(kind, query.merchant_id, after):
-            if not _matches(query, record):
-                continue
-            if len(found) == query.limit:
-                return Answer(records=found, has_more=True)
-            found.append(record)
-        return Answer(records=found, has_more=False)
+        """The engine's page merged with the cold records of the same list, newest first by (created_at, id), after
+        a cursor either holds."""
+        kind, listed_in, owner = LISTS[type(query)](query)
+        before = None
+        if query.starting_after:
+            hot = _hot(engine, kind, query.starting_after)
+            if hot is not None:
+                if not _matches_owner(query, hot):
+                    return answer
+                before = (hot.created_at, hot.id)
+            else:
+                cursor = self.record(kind, query.starting_after)
+                if cursor is None or not _matches_owner(query, cursor):
+                    return answer  # a cursor that names nothing: the engine's empty page
+                before = (cursor.created_at, cursor.id)
+                answer = engine.query(_placed(query, cursor))
+        hot_records = list(answer.records or ())
+        created_gte = 0
+        if type(query) is ListOrders:  # the cold records of a window of time only: no scan past it
+            before = min(before or (query.created_lt, ""), (query.created_lt, ""))
+            created_gte = query.created_gte
+        cold = (record for record in takewhile(lambda record: record.created_at >= created_gte,
+                                               self._cold_listed(kind, listed_in, owner, before, engine))
+                if _matches(query, record))
+        found: list = []
+        limit = max(1, min(query.limit, MAX_PAGE))
+        next_cold = next(cold, None)
+        while len(found) < limit and (hot_records or next_cold is not None):
+            if next_cold is None or (hot_records and _key(hot_records[0]) > _key(next_cold)):
+                found.append(hot_records.pop(0))
+            else:
+                found.append(next_cold)
+                next_cold = next(cold, None)
+        return Answer(records=found, has_more=bool(hot_records) or answer.has_more or next_cold is not None)
 
+    def _cold_listed(self, kind: bytes, listed_in: bytes, owner: str, before, engine):
+        """The cold records a list holds, newest first: one the engine holds again (brought back by a refund) as it
+        stands there, one the engine still holds and lists (archived in a batch that never became durable) not."""
+        for record in self.newest_first(kind, listed_in, owner, before):
+            hot = _hot(engine, kind, record.id)
+            if hot is None:
+                yield record
+            elif _brought_back(engine, kind, record.id):
+                yield hot
 
     def _statement(self, query: AccountTransfers, hot: list[Transfer], engine) -> list[Transfer]:
         """An account's statement page through memory and the cold store: the cold transfers are the older."""
@@ -244,10 +288,9 @@ class Expected:
     def __init__(self) -> None:
         self.records: dict[bytes, bytes] = {}
 
-    def add(self, result: BatchResult) -> None:
-        for outcome in result.results:
-            if type(outcome) is Outcome and type(outcome.record) is Archived:
-                self.records.update(_records_of(outcome.record))
+    def add(self, archived: list[Archived]) -> None:
+        for each in archived:
+            self.records.update(_records_of(each))
 
     def check(self, cold: ColdStore, engine) -> list[str]:
         """Problems of the cold store against what the journal archived (its records, byte for byte; nothing
@@ -258,7 +301,7 @@ class Expected:
             key = kind + record_id.encode()
             seen.add(key)
             expected = self.records.get(key)
-            if expected is None and not _hot(engine, kind, None, record_id):
+            if expected is None and _hot(engine, kind, record_id) is None:
                 problems.append(f"cold store: {kind.decode()} {record_id} was archived by no journaled batch")
             elif expected is not None and expected != stored:
                 problems.append(f"cold store: {kind.decode()} {record_id} differs from what the journal archived")
@@ -269,28 +312,83 @@ class Expected:
         return problems
 
 
-def _hot(engine, kind: bytes, merchant_id: str | None, record_id: str) -> bool:
-    """Whether the engine holds the record (of the merchant, if named)."""
+# Reads of one record by id: the kind and id they name.
+BY_ID = {
+    GetOrder: lambda query: (ORDER, query.order_id),
+    FindOrder: lambda query: (ORDER, query.order_id),
+    GetInvoice: lambda query: (INVOICE, query.invoice_id),
+    FindPayment: lambda query: (PAYMENT, query.payment_id),
+    GetPaymentRecord: lambda query: (RECORD_KINDS.get(query.kind), query.record_id),
+    GetWalletRecord: lambda query: (RECORD_KINDS.get(query.kind), query.record_id),
+    FindDeposit: lambda query: (DEPOSIT, query.deposit_id),
+    GetEvent: lambda query: (EVENT, query.event_id),
+    GetDelivery: lambda query: (DELIVERY, query.delivery_id),
+}
+# List reads: the kind they list, and the cold list (its byte and owner) that holds it.
+LISTS = {
+    ListOrders: lambda query: (ORDER, ORDERS_OF_MERCHANT, query.merchant_id),
+    ListPayments: lambda query: ((PAYMENT, PAYMENTS_OF_ORDER, query.order_id) if query.order_id
+                                 else (PAYMENT, PAYMENTS_OF_MERCHANT, query.merchant_id)),
+    ListRefunds: lambda query: (REFUND, REFUNDS_OF_PAYMENT, query.payment_id),
+    ListPayouts: lambda query: (PAYOUT, PAYOUTS_OF_MERCHANT, query.merchant_id),
+    ListInvoices: lambda query: (INVOICE, INVOICES_OF_MERCHANT, query.merchant_id),
+    ListEvents: lambda query: ((EVENT, EVENTS_OF_OBJECT, query.object_id) if query.object_id
+                               else (EVENT, EVENTS_OF_MERCHANT, query.merchant_id)),
+    ListDeliveries: lambda query: ((DELIVERY, DELIVERIES_OF_EVENT, query.event_id) if query.event_id
+                                   else (DELIVERY, DELIVERIES_OF_MERCHANT, query.merchant_id) if query.merchant_id
+                                   else (DELIVERY, ALL_DELIVERIES, "")),
+}
+
+
+def _hot(engine, kind: bytes, record_id: str):
+    """The record as the engine holds it, if it does."""
+    commerce = engine.commerce
+    if kind == TRANSFER:
+        return engine.ledger.transfers.get(record_id)
+    records = {ORDER: commerce.orders.by_id, PAYMENT: commerce.payments.payments, REFUND: commerce.payments.refunds,
+               INVOICE: commerce.invoices.by_id, PAYOUT: commerce.payments.payouts,
+               DEPOSIT: commerce.deposits.deposits, WITHDRAWAL: commerce.deposits.withdrawals,
+               ADJUSTMENT: commerce.deposits.adjustments, EVENT: commerce.notifications.records,
+               DELIVERY: commerce.notifications.deliveries}[kind]
+    return dict.get(records, record_id)
+
+
+def _brought_back(engine, kind: bytes, record_id: str) -> bool:
+    """Whether the engine holds the archived record again, unlisted (a refund brought it back)."""
     if kind == ORDER:
-        found = engine.commerce.orders.by_id.get(record_id)
-    elif kind == PAYMENT:
-        found = engine.commerce.payments.payments.get(record_id)
-    elif kind == REFUND:
-        found = engine.commerce.payments.refunds.get(record_id)
-    elif kind == INVOICE:
-        found = engine.commerce.invoices.by_id.get(record_id)
-    else:
-        return record_id in engine.ledger.transfers
-    return found is not None and merchant_id in (None, found.merchant_id)
+        return record_id in engine.commerce.orders.unlisted
+    return kind == PAYMENT and record_id in engine.commerce.payments.unlisted
+
+
+def _placed(query, cursor):
+    """The list read again, its cursor placed where the cold store's record of it stands."""
+    if type(query) in (ListEvents, ListDeliveries):
+        return msgspec.structs.replace(query, starting_after_archived=True)
+    return msgspec.structs.replace(query, starting_after_created_at=cursor.created_at)
+
+
+def _key(record) -> tuple[int, str]:
+    return record.created_at, record.id
+
+
+def _matches_owner(query, record) -> bool:
+    """Whether the record is the merchant's (any merchant's, for an operator's list of deliveries)."""
+    return query.merchant_id in ("", record.merchant_id) if type(query) is ListDeliveries else \
+        record.merchant_id == query.merchant_id
 
 
 def _matches(query, record) -> bool:
-    if type(query) is ListInvoices:
-        return True
-    if query.status and record.status != query.status:
+    """Whether a listed record passes the read's filters."""
+    if not _matches_owner(query, record):
         return False
-    if type(query) is ListOrders:
-        if not query.created_gte <= record.created_at < query.created_lt:
+    kind = type(query)
+    if kind is ListEvents:
+        return not query.kind or record.kind == query.kind
+    if kind in (ListPayments, ListDeliveries) and query.status and record.status != query.status:
+        return False
+    if kind is ListOrders:
+        if (query.status and record.status != query.status) or not query.created_gte <= record.created_at < \
+                query.created_lt:
             return False
         return not query.name_contains or query.name_contains.casefold() in record.name.casefold()
     return True
@@ -298,16 +396,18 @@ def _matches(query, record) -> bool:
 
 def _records_of(archived: Archived):
     """(key, stored bytes) of every record an Archive took."""
-    for kind, records in ((ORDER, archived.orders), (PAYMENT, archived.payments), (REFUND, archived.refunds),
-                          (INVOICE, archived.invoices), (TRANSFER, archived.transfers)):
-        for record in records:
+    for kind, field in ARCHIVED_FIELDS.items():
+        for record in getattr(archived, field):
             yield kind + record.id.encode(), _encoder.encode(record)
 
 
 def _listing_keys_of(archived: Archived):
-    for kind, records in ((ORDER, archived.orders), (PAYMENT, archived.payments), (INVOICE, archived.invoices)):
-        for record in records:
-            yield _listing_key(kind, record)
+    for kind, lists in LISTED_IN.items():
+        for record in getattr(archived, ARCHIVED_FIELDS[kind]):
+            for listed_in, owner_field in lists:
+                owner = getattr(record, owner_field) if owner_field else ""
+                if owner or owner_field is None:
+                    yield listed_in + owner.encode() + b"\0" + CREATED.pack(record.created_at) + record.id.encode()
     for transfer in archived.transfers:
         for account_id in (transfer.debit_account_id, transfer.credit_account_id):
             yield (STATEMENT + account_id.encode() + b"\0" + CREATED.pack(transfer.timestamp)
@@ -316,7 +416,3 @@ def _listing_keys_of(archived: Archived):
 
 def _history_key(account_id: str, timestamp: int, before: int, index: int) -> bytes:
     return HISTORY + account_id.encode() + b"\0" + HISTORY_AT.pack(timestamp, before, index)
-
-
-def _listing_key(kind: bytes, record) -> bytes:
-    return kind + record.merchant_id.encode() + b"\0" + CREATED.pack(record.created_at) + record.id.encode()

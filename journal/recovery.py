@@ -86,7 +86,7 @@ def replay(engine: Engine, journal: Journal, start: int, previous_hash: bytes, r
         if cold is not None and engine.archived:
             cold.keep(engine.archived)
         if on_batch is not None:
-            on_batch(entry, result)
+            on_batch(entry, result, engine.archived)
 
 
 def replay_from_scratch(journal: Journal, on_batch=None) -> tuple[Engine, RecoveryReport]:
@@ -107,7 +107,7 @@ def recover(journal: Journal, snapshots: Snapshots, cold: ColdStore | None = Non
     journal.check_through(start - 1)  # not replayed, but damage there must stop start-up all the same
     missing_results = []
 
-    def keep_missing_result(entry, result) -> None:
+    def keep_missing_result(entry, result, archived) -> None:
         # A replica writes results after acknowledging; a crash in between leaves them to replay.
         if not journal.has_result(entry.sequence):
             missing_results.append((entry.sequence, batch_encoder.encode(result)))

@@ -2,15 +2,16 @@
 read answers as before; a kill -9 while it archives loses nothing; `paygate verify` checks the cold store.
 
 The shard archives what ended a second ago (archive_after_s=1), five times a second, so a test need not wait a day.
-Each order is made in a batch of its own: the cold store orders records made in one batch by id, the engine by
-arrival.
+Pages that mix memory and the cold store in one batch, and every kind of list, are tests/test_cold_pages.py's.
 """
 
 import asyncio
 import random
 import time
+import types
 
 from edge.cli import verify_folder
+from edge.payments_api import _archived
 from engine.queries import (AccountBalance, AccountTransfers, FindPayment, GetOrder, GetPaymentRecord, ListOrders,
                             ListPayments, LookupTransfers)
 from engine.records import (
@@ -27,7 +28,7 @@ from engine.records import (
     Refund,
 )
 from journal.client import ShardClient, ShardUnavailable
-from journal.cold import ColdStore
+from journal.cold import PAYMENT, ColdStore
 from journal.wire import ReplyStatus
 from shard_harness import key_of, primary_config, start
 
@@ -105,11 +106,12 @@ async def reads(client: ShardClient, order_ids: list[str], refund_ids: list[str]
     }
 
 
-async def wait_archived(folder, at_least: int, timeout_s: float = 30) -> None:
+async def wait_archived(folder, at_least: int, timeout_s: float = 30, until=lambda cold: True) -> None:
+    """Until the cold store holds `at_least` records (and `until` it holds what that asks)."""
     cold = ColdStore(folder, readonly=True)
     try:
         deadline = time.monotonic() + timeout_s
-        while cold.count() < at_least:
+        while cold.count() < at_least or not until(cold):
             assert time.monotonic() < deadline, f"only {cold.count()} records archived"
             await asyncio.sleep(0.1)
     finally:
@@ -144,7 +146,8 @@ def test_reads_answer_the_same_before_and_after_archival_and_after_a_restart(tmp
     process = start(config)
 
     async def after() -> dict:
-        await wait_archived(folder, 16 + 16 + 3 + 16 + 20)  # orders, payments, refunds, invoices, transfers
+        # Orders, payments, refunds, invoices, transfers; the events of each paid order and refund, the adjustment.
+        await wait_archived(folder, 16 + 16 + 3 + 16 + 20 + (16 * 2 + 3 * 2) + 1)
         client = ShardClient([config.client_address], key_of(config))
         try:
             return await reads(client, order_ids, refund_ids)
@@ -167,6 +170,50 @@ def test_reads_answer_the_same_before_and_after_archival_and_after_a_restart(tmp
     finally:
         cold.close()
     assert verify_folder(folder) == 2
+
+
+class ShardGateway:
+    """The edge's gateway to one shard, as the edge's refund handler reads through it."""
+
+    def __init__(self, client: ShardClient) -> None:
+        self.client = client
+
+    async def read(self, merchant_id: str, query):
+        return await self.client.read(query)
+
+
+def test_a_refund_of_an_archived_payment_carries_it_back_as_the_edge_reads_it(tmp_path):
+    folder = tmp_path / "shard"
+    config = primary_config(folder, **ARCHIVING)
+    process = start(config)
+
+    async def refund_after_archival() -> None:
+        client = ShardClient([config.client_address], key_of(config))
+        try:
+            await set_up(client)
+            await ok(client, order("o1", "Tea"))
+            await ok(client, pay("o1"))
+            await wait_archived(folder, 1, until=lambda cold: cold.record(PAYMENT, "pay_o1") is not None)
+            request = types.SimpleNamespace(app={"gateway": ShardGateway(client)})
+            merchant = types.SimpleNamespace(id="m1")
+            archived = await _archived(request, merchant, "pay_o1")
+            assert (archived["archived_payment"].id, archived["archived_order"].id) == ("pay_o1", "o1")
+            [refund] = await ok(client, CreateRefund(refund=Refund(id="re_1", merchant_id="m1", payment_id="pay_o1",
+                                                                   amount=40), transfer_id="m1:re_1", **archived))
+            assert refund.record.amount == 40
+            assert await _archived(request, merchant, "pay_o1") == {}  # in memory again
+            assert (await client.read(GetOrder("m1", "o1"))).record.status == "partially_refunded"
+            assert [payment.amount_refunded for payment in await walk(
+                client, lambda after, limit: ListPayments(merchant_id="m1", limit=limit, starting_after=after), 1)
+            ] == [40]
+        finally:
+            client.close()
+
+    try:
+        asyncio.run(refund_after_archival())
+    finally:
+        process.stop()
+    assert verify_folder(folder) == 0
 
 
 def test_kill_nine_during_archival_loses_nothing_and_verify_checks_the_cold_store(tmp_path):

@@ -5,8 +5,11 @@ wallet payments, for an order or without one; static-code transfers; the acquire
 order (late, duplicated, for closed orders, for other amounts); captures (partial), cancels, refunds (partial),
 payouts paid and failed; wallets funded by deposits a real payment pays (a card the acquirer answers, a QR or bank
 transfer quoting the deposit: for its amount or another, twice, after it expired) and by admin adjustments, and
-emptied by checkouts and by withdrawals the bank pays or fails; and time passing (order and deposit expiries,
-acquirer deadlines, authorization holds). After every step:
+emptied by checkouts and by withdrawals the bank pays or fails; the acquirer's settlement files (captures and
+refunds settled with fees, chargebacks, rows for other amounts or unknown); end-of-day archival at any age (the
+records it takes kept here as a shard's cold store keeps them, a refund of an archived payment carrying it back as the
+edge sends it); and time passing (order and deposit expiries, acquirer deadlines, authorization holds). After every
+step:
 
 - no exception escapes and the ledger's full check holds;
 - a command the engine refused (any code but ok) changed nothing and said nothing, but for the one trace the ledger
@@ -16,15 +19,19 @@ acquirer deadlines, authorization holds). After every step:
   flags the accounts carry; nothing funds a wallet from nothing (the legacy `deposits` account is never made);
 - money held (what those accounts hold, plus payouts and withdrawals in flight) equals money received from outside
   (captured card money, bank transfers accepted, adjustments) less money sent outside (refunds through a provider,
-  paid payouts, paid withdrawals), both sides computed here from the outside events this test drove and the
-  engine's answers;
+  paid payouts, paid withdrawals, chargebacks), both sides computed here from the outside events this test drove
+  and the engine's answers, plus what merchants still owe for chargebacks (the `disputes` accounts' debit balance);
 - each wallet holds what this test saw come into it less what it saw go out, and a deposit has succeeded exactly
   when its money reached its wallet;
-- an order's splits went out at most once.
+- an order's splits went out at most once;
+- whether in memory or archived, each paid order has one invoice and invoice numbers have no gaps.
 """
+
+import datetime
 
 from dataclasses import dataclass, field
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -35,6 +42,7 @@ from engine.queries import ListInvoices, PendingDeliveries
 from engine.records import (
     Adjustment,
     AdjustWallet,
+    Archive,
     CancelOrder,
     CancelPayment,
     CapturePayment,
@@ -57,12 +65,14 @@ from engine.records import (
     Payout,
     ReceiveBankTransfer,
     ReceiveDepositTransfer,
+    Reconcile,
     RecordDeliveryAttempts,
     RecordPayoutResult,
     RecordPspResult,
     RecordWithdrawalResult,
     Refund,
     ReplayDeliveries,
+    SettlementRow,
     Split,
     SubAccount,
     UpdateOrder,
@@ -92,6 +102,9 @@ SOME_SECONDS = st.sampled_from((1, 20, 31, 61, 3600, 8 * 86400))
 FAST = settings(max_examples=100, stateful_step_count=50, deadline=None,
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
 LONG = settings(FAST, max_examples=10_000)
+# What an Archive takes, as the fields of its answer.
+ARCHIVED_KINDS = ("orders", "payments", "refunds", "invoices", "transfers", "payouts", "deposits", "withdrawals",
+                  "adjustments", "events", "deliveries")
 
 
 @dataclass
@@ -115,6 +128,7 @@ class PaymentModel:
     deposit_id: str = ""
     captured: int = 0
     refunded: int = 0
+    disputed: int = 0  # what a chargeback took back
 
 
 @dataclass
@@ -157,6 +171,8 @@ class ConservationMachine(RuleBasedStateMachine):
         self.withdrawals: dict[str, WithdrawalModel] = {}
         self.wallets = dict.fromkeys(WALLETS, 0)  # what each wallet should hold, from what this test saw
         self.callbacks: list = []  # callbacks sent once, to send again
+        self.refunds: list[tuple[str, str, int]] = []  # (refund id, payment id, amount) of card payments' refunds
+        self.cold: dict[tuple[str, str], object] = {}  # (Archived field, id) -> the record, as a cold store keeps it
         commands = [CreateMerchant(Merchant(id=mid, name=mid, email=f"{mid}@example.com",
                                             webhook_url=f"https://{mid}.example/hook")) for mid in MERCHANTS]
         commands += [CreateSubAccount(mid, SubAccount(sub, sub)) for mid, subs in SUB_ACCOUNTS.items() for sub in subs]
@@ -168,13 +184,21 @@ class ConservationMachine(RuleBasedStateMachine):
 
     def run(self, *commands, seconds: int = 0):
         self.now += seconds * S or 1_000_000
-        return apply_batch(self.engine, self.now, commands)
+        return self._apply(list(commands))
+
+    def _apply(self, commands: list):
+        """A batch at the current time; what it archived is kept, as the shard's cold store keeps it."""
+        result = apply_batch(self.engine, self.now, commands)
+        for archived in self.engine.archived:
+            for name in ARCHIVED_KINDS:
+                self.cold.update(((name, record.id), record) for record in getattr(archived, name))
+        return result
 
     def do(self, command):
         """One command in a batch of its own, once time has moved on; a refusal must change nothing."""
         self.run()  # what falls due as time moves on is not the command's doing
         before, spent_before = state_without_failed_ids(self.engine), set(self.engine.ledger.failed_ids)
-        result = apply_batch(self.engine, self.now, [command])
+        result = self._apply([command])
         outcome = result.results[0]
         if outcome.code != "ok":
             spent = set(self.engine.ledger.failed_ids) - spent_before
@@ -452,18 +476,31 @@ class ConservationMachine(RuleBasedStateMachine):
     @rule(pick=PICK, amount=st.integers(0, 150))
     def refund(self, pick, amount):
         payment = self.recent(list(self.payments.values()), pick)
-        outcome = self.do(CreateRefund(refund=Refund(id=self.fresh("r"), merchant_id=payment.merchant_id,
+        refund_id = self.fresh("r")
+        outcome = self.do(CreateRefund(refund=Refund(id=refund_id, merchant_id=payment.merchant_id,
                                                      payment_id=payment.id, amount=amount),
-                                       transfer_id=self.fresh(f"{payment.merchant_id}:rf")))
+                                       transfer_id=self.fresh(f"{payment.merchant_id}:rf"),
+                                       **self._archived(payment)))
         if outcome.code == "ok":
-            refunded = amount or payment.captured - payment.refunded
+            refunded = amount or payment.captured - payment.refunded - payment.disputed
             assert outcome.record.amount == refunded
             payment.refunded += refunded
-            assert payment.refunded <= payment.captured
+            assert payment.refunded + payment.disputed <= payment.captured
             if payment.method == "wallet":  # back to the wallet: it stays with us
                 self.wallets[payment.merchant_id, payment.customer_id] += refunded
             else:  # back to the card or the payer's bank
                 self.sent += refunded
+            if payment.method == "card":
+                self.refunds.append((refund_id, payment.id, refunded))
+
+    def _archived(self, payment: PaymentModel) -> dict:
+        """The payment and its order as a cold store holds them, once archived: what the edge sends with a refund."""
+        if payment.id in self.engine.commerce.payments.payments or ("payments", payment.id) not in self.cold:
+            return {}
+        archived = _copy(self.cold["payments", payment.id])
+        in_memory = not archived.order_id or archived.order_id in self.engine.commerce.orders.by_id
+        return {"archived_payment": archived,
+                "archived_order": None if in_memory else _copy(self.cold["orders", archived.order_id])}
 
     @rule(merchant=st.sampled_from(MERCHANTS), from_sub_account=st.booleans(), amount=st.integers(1, 150))
     def payout(self, merchant, from_sub_account, amount):
@@ -483,6 +520,45 @@ class ConservationMachine(RuleBasedStateMachine):
                                              transfer_id=self.fresh(f"{payout.merchant_id}:po")))
         if outcome.code == "ok" and paid:
             self.sent += payout.amount
+
+    # Settlement and archival
+
+    @precondition(lambda self: any(payment.method == "card" and payment.captured for payment in self.payments.values()))
+    @rule(picks=st.lists(PICK, min_size=1, max_size=3), fee=st.integers(0, 3), refunds=st.integers(0, 2),
+          chargeback=st.booleans(), mismatch=st.booleans())
+    def reconcile(self, picks, fee, refunds, chargeback, mismatch):
+        """The acquirer's file for today: some captures (listed twice now and then) and refunds, with its fee; a
+        chargeback of what a payment has left; a row for another amount and one no shard knows."""
+        captured = [payment for payment in self.payments.values() if payment.method == "card" and payment.captured]
+        listed = [self.recent(captured, pick) for pick in picks]
+        rows = [SettlementRow(payment.id, payment.captured, "usd", "captured", fee=fee) for payment in listed]
+        rows += [SettlementRow(refund_id, amount, "usd", "refunded", fee=fee)
+                 for refund_id, _, amount in self.refunds[-refunds:] if refunds]
+        charged = listed[0]
+        charged_back = charged.captured - charged.refunded - charged.disputed if chargeback else 0
+        if charged_back > 0:
+            rows.append(SettlementRow(charged.id, charged_back, "usd", "chargeback", fee=fee))
+        if mismatch:
+            rows.append(SettlementRow(listed[-1].id, listed[-1].captured + 1, "usd", "captured"))
+        wallet = (charged.merchant_id, charged.customer_id) if charged.deposit_id else None
+        day = datetime.datetime.fromtimestamp(self.now / S, datetime.timezone.utc).strftime("%Y-%m-%d")
+        outcome = self.do(Reconcile(reconciliation_id=self.fresh("rec_"), provider="piggybank", date=day,
+                                    request_hash="file", rows=rows,
+                                    unknown=[SettlementRow("pay_elsewhere", 5, "usd", "captured")] if mismatch else []))
+        assert outcome.code == "ok", outcome
+        if outcome.record.chargebacks:  # back to the cardholder: a deposit's wallet pays it first, as far as it holds
+            assert outcome.record.chargebacks == [charged.id]
+            charged.disputed = charged_back
+            self.sent += charged_back
+            if wallet is not None:
+                self.wallets[wallet] -= min(charged_back, self.wallets[wallet])
+
+    @rule(age_s=st.sampled_from((0, 30, 3600, 86_400)), seconds=st.sampled_from((0, 61, 86_401)))
+    def archive(self, age_s, seconds):
+        """End of day: time moves on, and Archive takes what ended `age_s` ago, as often as it finds more."""
+        self.run(seconds=seconds)
+        while self.do(Archive(age_s)).record.more:
+            pass
 
     # Notifications: the notifier's word on deliveries, and replays of the dead ones
 
@@ -533,25 +609,34 @@ class ConservationMachine(RuleBasedStateMachine):
         held = sum(account.credits_posted - account.debits_posted - account.debits_pending
                    for account in self._accounts(self._holding_ids()))
         in_flight = sum(account.credits_pending for account in self._accounts(self._ids("payouts", "withdrawals")))
-        assert held + in_flight == self.received - self.sent, (held, in_flight, self.received, self.sent)
+        owed = sum(account.debits_posted - account.credits_posted for account in self._accounts(self._ids("disputes")))
+        assert held + in_flight == self.received - self.sent + owed, (held, in_flight, self.received, self.sent, owed)
 
     @invariant()
     def wallets_hold_what_came_in_less_what_went_out(self):
         for (merchant, customer), expected in self.wallets.items():
             assert self.engine.ledger.available(wallet_account_id(merchant, customer, CURRENCY)) == expected, customer
 
+    def _all(self, name: str, in_memory: dict) -> dict:
+        """Records of a kind by id, in memory or archived: memory's own when it holds one again."""
+        return {**{record_id: record for (kind, record_id), record in self.cold.items() if kind == name},
+                **in_memory}
+
     @invariant()
     def deposits_succeed_when_their_money_reaches_the_wallet(self):
-        for deposit in self.engine.commerce.deposits.deposits.values():
+        for deposit in self._all("deposits", self.engine.commerce.deposits.deposits).values():
             assert (deposit.status == "succeeded") == (deposit.id in self.credited_deposits), deposit
 
     @invariant()
     def each_paid_order_has_one_invoice_and_numbers_have_no_gaps(self):
-        orders = self.engine.commerce.orders.by_id
+        orders = self._all("orders", self.engine.commerce.orders.by_id)
+        in_memory = {merchant: self.engine.query(ListInvoices(merchant_id=merchant, limit=8190)).records
+                     for merchant in MERCHANTS}
+        invoices = self._all("invoices", {invoice.id: invoice for listed in in_memory.values() for invoice in listed})
         for merchant in MERCHANTS:
-            invoices = self.engine.query(ListInvoices(merchant_id=merchant, limit=8190)).records
-            assert sorted(invoice.number for invoice in invoices) == list(range(1, len(invoices) + 1))
-            assert {invoice.order_id: invoice.id for invoice in invoices} == {
+            own = [invoice for invoice in invoices.values() if invoice.merchant_id == merchant]
+            assert sorted(invoice.number for invoice in own) == list(range(1, len(own) + 1))
+            assert {invoice.order_id: invoice.id for invoice in own} == {
                 order.id: order.invoice_id for order in orders.values()
                 if order.merchant_id == merchant and order.invoice_id}
         assert all(order.invoice_id for order in orders.values()
@@ -559,11 +644,16 @@ class ConservationMachine(RuleBasedStateMachine):
 
     @invariant()
     def splits_go_out_at_most_once(self):
-        transfers = self.engine.ledger.transfers
+        transfers = self._all("transfers", self.engine.ledger.transfers)
         for order in self.orders:
             paid_out = [index for payment_id in order.payment_ids for index in range(len(order.splits))
                         if f"{order.merchant_id}:{payment_id}.split{index}" in transfers]
             assert len(paid_out) in (0, len(order.splits)), (order, paid_out)
+
+
+def _copy(record):
+    """A record as it comes out of a store: decoded anew, shared with nothing here."""
+    return msgspec.msgpack.decode(msgspec.msgpack.encode(record), type=type(record))
 
 
 def _transfer_ids(command) -> set[str]:

@@ -161,6 +161,26 @@ def test_callback_signatures_are_remembered_for_the_replay_window_and_at_most_so
     assert list(payments.callback_signatures) == ["sig9"]
 
 
+def test_callback_signatures_past_the_window_are_forgotten_a_batch_at_a_time_and_taken_anew(book: Driver,
+                                                                                           monkeypatch):
+    monkeypatch.setattr(engine.payments, "SIGNATURE_PRUNE_BATCH", 4)
+    payments = book.engine.commerce.payments
+
+    def callback(number: int, signature: str) -> str:
+        return book.do(RecordPspResult(merchant_id="m1", payment_id="p1", callback_id=f"cb{number}",
+                                       result="requires_action", signature=signature)).code
+    book.ok(card_payment("p1"))
+    assert [callback(number, f"sig{number}") for number in range(3)] == ["ok"] * 3
+    book.run(at=book.now + CALLBACK_REPLAY_WINDOW_NS + S)
+    assert callback(3, "sig3") == "ok"
+    assert list(payments.callback_signatures) == ["sig0", "sig1", "sig2", "sig3"]  # no walk yet
+    assert callback(4, "sig1") == "ok"  # seen before the window: new again, at the end
+    assert list(payments.callback_signatures) == ["sig0", "sig2", "sig3", "sig1"]
+    assert callback(5, "sig5") == "ok"  # four remembered: a walk first forgets those seen before the window
+    assert list(payments.callback_signatures) == ["sig3", "sig1", "sig5"]
+    assert callback(6, "sig1") == "callback_replayed"
+
+
 def test_a_payment_takes_at_most_so_many_callbacks(book: Driver):
     book.ok(card_payment("p1"))
     for number in range(MAX_CALLBACKS_PER_PAYMENT):

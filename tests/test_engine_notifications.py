@@ -334,6 +334,7 @@ def test_a_command_that_raises_after_storing_events_leaves_none(monkeypatch):
 
 def test_events_past_the_cap_are_dropped_oldest_first_but_not_while_a_delivery_is_pending(monkeypatch):
     monkeypatch.setattr(notifications, "MAX_EVENTS", 4)
+    monkeypatch.setattr(notifications, "PRUNE_BATCH", 1)
     driver = shop()
 
     def deliver_all_but(kept_id: str = "") -> None:
@@ -359,6 +360,30 @@ def test_events_past_the_cap_are_dropped_oldest_first_but_not_while_a_delivery_i
     assert len(driver.events()) == 4
     driver.paid_order("p11", "o11")
     assert len(driver.events()) == 6
+
+
+def test_events_are_pruned_a_batch_at_a_time_and_leave_for_the_cold_store(monkeypatch):
+    monkeypatch.setattr(notifications, "MAX_EVENTS", 4)
+    monkeypatch.setattr(notifications, "PRUNE_BATCH", 3)
+    driver = shop()
+    left = []  # what each batch handed the cold store
+    run = driver.run
+
+    def run_keeping(*commands, at=None):
+        answered = run(*commands, at=at)
+        left.extend(driver.engine.archived)
+        return answered
+    driver.run = run_keeping
+    for index in range(8):
+        driver.paid_order(f"p{index}", f"o{index}")
+        pending = driver.engine.query(PendingDeliveries()).records
+        driver.ok(RecordDeliveryAttempts([result(d.id, 1, "delivered", 200) for d in pending]))
+        assert len(driver.engine.commerce.notifications.records) < 4 + 3
+    events = [event for archived in left for event in archived.events]
+    deliveries = [delivery for archived in left for delivery in archived.deliveries]
+    assert len(events) >= 8 and not {event.id for event in events} & {event.id for event in driver.events()}
+    assert {delivery.event_id for delivery in deliveries} <= {event.id for event in events}
+    assert {delivery.status for delivery in deliveries} == {"delivered"}
 
 
 def test_a_delivery_beyond_the_pending_cap_is_made_dead_untried(monkeypatch):
@@ -392,6 +417,7 @@ def test_a_merchants_redeliveries_leave_half_the_queue_to_new_events(monkeypatch
 def test_deliveries_made_dead_untried_in_one_command_each_have_their_own_id(monkeypatch):
     monkeypatch.setattr(notifications, "MAX_PENDING_DELIVERIES", 1)
     monkeypatch.setattr(notifications, "MAX_EVENTS", 2)
+    monkeypatch.setattr(notifications, "PRUNE_BATCH", 1)
     driver = shop()
     driver.paid_order("p0", "o0")  # the payment's webhook fills the queue; the order's webhook, IPN and receipt not
     dead = driver.deliveries(status="dead")

@@ -61,8 +61,10 @@ from engine.queries import ListEvents, PendingDeliveries
 from engine.types import NANOSECONDS_PER_SECOND as S
 
 T0 = 1_700_000_000 * S
-STATE_HASH = "04c228f06157c9d415104d8a027ef3f6bbeb9930239ee1a58fa95988a645745d"
-SNAPSHOT_DIGEST = "a6c1c67e8ff3a817bfd8551ab331faa48ffdeba5245ec22ca83db2183957324e"
+STATE_HASH = "9a75da3ac17c66d91423920ea56fe9d747a9eeafce62d01c6cd4d84e9df433ef"
+SNAPSHOT_DIGEST = "894537dfc10c348691be7fffa71c0d088dcfc4348fa1ec112c0be00ae0f582b1"
+# Filled only by archival a day on (held transfers, records a refund brought back): tests/test_engine_archival.py.
+ARCHIVAL_FIELDS = ("held_transfers", "unlisted_orders", "unlisted_payments")
 
 
 def order(oid: str, mid: str = "m1", amount: int = 1000, methods: tuple[str, ...] = ("card",),
@@ -185,7 +187,7 @@ def test_the_fixed_sequence_leaves_something_in_every_part_of_the_snapshot():
     snapshot = msgspec.msgpack.decode(built().snapshot(), type=Snapshot)
     empty = [field for field in Snapshot.__struct_fields__
              if field not in ("sequence", "timestamp", "failed_ids", "failed_ids_at", "pending_states", "expiries",
-                              "submits")
+                              "submits", *ARCHIVAL_FIELDS)
              and not getattr(snapshot, field)]
     assert empty == []
     statuses = {order.id: order.status for order in snapshot.orders}
@@ -228,6 +230,16 @@ def test_the_snapshot_and_the_state_hash_are_those_recorded():
     restored = Engine.restore(data)
     assert restored.state_hash() == STATE_HASH
     assert restored.snapshot() == data
+
+
+def test_a_snapshot_from_before_held_transfers_and_brought_back_records_restores():
+    """Main's pinned snapshot before them (digest a6c1c67e...) is byte for byte this one less their fields."""
+    data = built().snapshot()
+    cut = Snapshot.__struct_fields__.index(ARCHIVAL_FIELDS[0])
+    assert Snapshot.__struct_fields__[cut:] == ARCHIVAL_FIELDS
+    old = msgspec.msgpack.encode(msgspec.msgpack.decode(data)[:cut])
+    assert hashlib.blake2b(old, digest_size=32).hexdigest().startswith("a6c1c67e")
+    assert Engine.restore(old).snapshot() == data
 
 
 def test_a_snapshot_from_before_payments_named_their_sub_account_restores():
