@@ -25,7 +25,7 @@ import msgspec
 from engine.days import day_of_date
 from engine.queries import MAX_PAGE, FindSettlementItems, GetReconciliation
 from engine.reconciliations import MAX_SETTLEMENT_ROWS, ROW_STATUSES, SETTLING_ACQUIRERS
-from engine.records import Outcome, Reconcile, Reconciliation, SettlementRow
+from engine.records import Outcome, Payment, Reconcile, Reconciliation, Refund, SettlementRow
 from engine.types import AMOUNT_MAX, ID_MAX_LENGTH, NANOSECONDS_PER_SECOND
 
 MAX_FILE_BYTES = 4 << 20
@@ -142,10 +142,13 @@ async def reconcile(read: Read, submit: Submit, shard_count: int, reconciliation
     answers = await asyncio.gather(*(read(shard, [FindSettlementItems(chunk) for chunk in chunks])
                                      for shard in range(shard_count)))
     holder = {}
+    # The archived payments and refunds each shard's cold store answered, which its part carries.
+    archived: list[list] = [[] for _ in range(shard_count)]
     for shard, shard_answers in enumerate(answers):
         for answer in shard_answers:
             for item_id in answer.ids or ():
                 holder.setdefault(item_id, shard)
+            archived[shard] += answer.records or ()
     by_shard: list[list[SettlementRow]] = [[] for _ in range(shard_count)]
     unknown = []
     for row in rows:
@@ -153,7 +156,10 @@ async def reconcile(read: Read, submit: Submit, shard_count: int, reconciliation
     digest = request_hash(provider, date, rows)
     outcomes = await asyncio.gather(*(submit(shard, Reconcile(
         reconciliation_id=reconciliation_id, provider=provider, date=date, request_hash=digest, rows=shard_rows,
-        unknown=unknown if shard == UNKNOWN_ROWS_SHARD else [])) for shard, shard_rows in enumerate(by_shard)))
+        unknown=unknown if shard == UNKNOWN_ROWS_SHARD else [],
+        archived_payments=[record for record in archived[shard] if type(record) is Payment],
+        archived_refunds=[record for record in archived[shard] if type(record) is Refund]))
+        for shard, shard_rows in enumerate(by_shard)))
     for outcome in outcomes:
         if outcome.code != "ok":
             raise Refused(outcome)

@@ -34,6 +34,9 @@ class Listing:
         ids.append(item_id)
         self.counts[owner] = self.counts.get(owner, 0) + 1
 
+    def has(self, item_id: str) -> bool:
+        return item_id in self.places
+
     def remove(self, owner: str, item_id: str) -> None:
         """Unlist `item_id` (listed under `owner`)."""
         del self.places[item_id]

@@ -98,12 +98,13 @@ class Reconciliations:
                               matched=[], missing_in_settlement=[], missing_in_ledger=[], amount_mismatch=[],
                               duplicates=[], chargebacks=[], fees={}, created_at=timestamp)
         seen = set()
+        archived = self._archived(command)
         for row in command.rows:
             if (row.status, row.transaction_id) in seen:
                 part.duplicates.append(row.transaction_id)
                 continue
             seen.add((row.status, row.transaction_id))
-            self._settle_row(row, part, timestamp)
+            self._settle_row(row, part, archived, timestamp)
         part.missing_in_ledger += (row.transaction_id for row in command.unknown)
         listed = {transaction_id for _, transaction_id in seen}
         day = _day_key(command.provider, day_of_date(command.date))
@@ -117,12 +118,22 @@ class Reconciliations:
         self.events.append(Event("reconciliation.completed", part.id, timestamp))
         return Outcome(record=part)
 
-    def _settle_row(self, row: SettlementRow, part: Reconciliation, timestamp: int) -> None:
+    def _archived(self, command: Reconcile) -> tuple[dict[str, Payment], dict[str, Refund]]:
+        """The archived payments and refunds the command carries, by id, but those memory holds (again)."""
+        return ({payment.id: payment for payment in command.archived_payments
+                 if payment.id not in self.payments.payments},
+                {refund.id: refund for refund in command.archived_refunds if refund.id not in self.payments.refunds})
+
+    def _settle_row(self, row: SettlementRow, part: Reconciliation, archived: tuple[dict, dict],
+                    timestamp: int) -> None:
+        payments, refunds = archived
         if row.status == "refunded":
-            refund = self.payments.refunds.get(row.transaction_id)
-            payment = self.payments.payments.get(refund.payment_id) if refund is not None else None
+            refund = self.payments.refunds.get(row.transaction_id) or refunds.get(row.transaction_id)
+            payment = (self.payments.payments.get(refund.payment_id) or payments.get(refund.payment_id)
+                       if refund is not None else None)
         else:
-            refund, payment = None, self.payments.payments.get(row.transaction_id)
+            refund = None
+            payment = self.payments.payments.get(row.transaction_id) or payments.get(row.transaction_id)
         if payment is None or payment.acquirer != part.provider or payment.method != "card" or \
                 not payment.amount_captured:
             part.missing_in_ledger.append(row.transaction_id)
@@ -134,6 +145,7 @@ class Reconciliations:
                 refund.amount if refund is not None else payment.amount_captured):
             part.amount_mismatch.append(row.transaction_id)
         else:
+            self._bring_back(payment)
             if refund is None:
                 self._settle_payment(payment, timestamp)
             else:
@@ -150,7 +162,8 @@ class Reconciliations:
         payment.settled_at = payment.updated_at = timestamp
         if payment.status == "succeeded":
             transition(payment, "settled")
-        self.unsettled_payments.remove(_captured_day(payment), payment.id)
+        if self.unsettled_payments.has(payment.id):  # one archived unsettled (charged back first) is listed no more
+            self.unsettled_payments.remove(_captured_day(payment), payment.id)
         self.events.append(Event("payment.settled", payment.id, timestamp))
 
     def _settle_refund(self, refund: Refund, payment: Payment, timestamp: int) -> None:
@@ -181,6 +194,7 @@ class Reconciliations:
                 payment.amount_captured - payment.amount_refunded):
             part.amount_mismatch.append(row.transaction_id)
             return
+        self._bring_back(payment)
         self._move(f"{payment.id}.chargeback", payment, "disputes", "settled", row.amount, timestamp)
         merchant_id, currency = payment.merchant_id, payment.currency
         source = (wallet_account_id(merchant_id, payment.customer_id, currency) if payment.deposit_id
@@ -199,6 +213,12 @@ class Reconciliations:
         self.events.append(Event("payment.disputed", payment.id, timestamp))
         self._fee(payment, row, part, timestamp)
         part.chargebacks.append(payment.id)
+
+    def _bring_back(self, payment: Payment) -> None:
+        """An archived payment a row changes, in memory again (unlisted: the cold store lists it) until archival
+        takes it again."""
+        if payment.id not in self.payments.payments:
+            self.payments.bring_back(payment)
 
     def _recover_disputes(self, part: Reconciliation, timestamp: int) -> None:
         """What merchants still owe for chargebacks, taken from their balances as far as they hold."""
@@ -296,6 +316,9 @@ def _refusal(command: Reconcile) -> str:
         return "reconciliation_id_invalid"
     if len(command.rows) + len(command.unknown) > MAX_SETTLEMENT_ROWS:
         return "too_many_rows"
+    # At most a record per row, and a refund's payment: what the rows name, no more.
+    if len(command.archived_payments) + len(command.archived_refunds) > 2 * len(command.rows):
+        return "too_many_archived_records"
     for row in (*command.rows, *command.unknown):
         if (row.status not in ROW_STATUSES or not 0 < row.amount <= AMOUNT_MAX or not 0 <= row.fee <= AMOUNT_MAX
                 or not 0 < len(row.transaction_id) <= ID_MAX_LENGTH or not 0 < len(row.currency) <= 8):

@@ -27,7 +27,7 @@ import lmdb
 import msgspec
 
 from engine.queries import (MAX_PAGE, AccountBalance, AccountTransfers, Answer, FindDeposit, FindOrder, FindPayment,
-                            GetDelivery, GetEvent, GetInvoice, GetOrder, GetPaymentRecord, GetWalletRecord,
+                            FindSettlementItems, GetDelivery, GetEvent, GetInvoice, GetOrder, GetPaymentRecord, GetWalletRecord,
                             ListDeliveries, ListEvents, ListInvoices, ListOrders, ListPayments, ListPayouts,
                             ListRefunds, LookupTransfers)
 from engine.records import (Adjustment, Archived, Delivery, Deposit, EventRecord, Invoice, Order, Payment, Payout,
@@ -157,6 +157,8 @@ class ColdStore:
             return Answer(transfers=self._statement(query, answer.transfers or [], engine))
         if kind is AccountBalance:
             return self._balance(query, answer, engine)
+        if kind is FindSettlementItems:
+            return self._settlement_items(query, answer)
         if kind in BY_ID:
             if answer.record is not None:
                 return answer
@@ -273,6 +275,22 @@ class ColdStore:
             if found and cursor.key().startswith(prefix):
                 return Answer(balance=_balance_decoder.decode(cursor.value()))
         return answer
+
+    def _settlement_items(self, query: FindSettlementItems, answer: Answer) -> Answer:
+        """The file's ids this shard holds, in memory or archived, with the archived records (and each archived
+        refund's payment), which the reconciliation carries (engine/reconciliations.py)."""
+        ids = list(answer.ids or ())
+        held, records = set(ids), []
+        for item_id in query.ids[:MAX_PAGE]:
+            record = None if item_id in held else self.record(PAYMENT, item_id) or self.record(REFUND, item_id)
+            if record is None:
+                continue
+            ids.append(item_id)
+            records.append(record)
+            payment = self.record(PAYMENT, record.payment_id) if type(record) is Refund else None
+            if payment is not None:
+                records.append(payment)
+        return Answer(ids=ids, records=records)
 
     def _invoice_of_order(self, query: ListInvoices) -> Answer:
         order = self.record(ORDER, query.order_id)

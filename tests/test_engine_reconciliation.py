@@ -7,11 +7,13 @@ After a file whose refunds come with or after their payments, the bank account m
 (captures less refunds, chargebacks and fees), to the unit; every engine a test builds passes the double-entry check.
 """
 
+import msgspec
 import pytest
 
 import engine.reconciliations
 from engine.queries import FindSettlementItems, GetPaymentRecord, GetReconciliation, ListReconciliations
 from engine.records import (
+    Archive,
     CreateCustomer,
     CreateDeposit,
     CreateMerchant,
@@ -309,3 +311,63 @@ def test_the_edge_finds_which_shard_holds_a_files_ids(book: Books):
     book.pay(1000)
     book.ok(refund("re_1", "pay_1", 1))
     assert book.query(FindSettlementItems(["pay_1", "re_1", "pay_9"])).ids == ["pay_1", "re_1"]
+
+
+def archived_away(book: Books, *pids: str) -> dict[str, Payment]:
+    """A day later, archive: the payments leave memory; answered as the cold store keeps them."""
+    book.run(at=book.now + 86_400 * S)
+    taken = {payment.id: payment for payment in book.do(Archive(86_400)).record.payments}
+    assert set(pids) <= set(taken) and all(pid not in book.engine.commerce.payments.payments for pid in pids)
+    return taken
+
+
+def test_a_chargeback_of_an_archived_payment_is_posted_as_for_one_in_memory(book: Books):
+    book.pay(1000, 500)
+    book.ok(reconcile([row("pay_1", 1000), row("pay_2", 500)]))
+    cold = archived_away(book, "pay_1", "pay_2")
+    chargeback = [row("pay_1", 400, "chargeback", fee=15)]
+    # Without the archived record the engine knows nothing of it.
+    assert book.do(reconcile(chargeback, "rec_0", date=NEXT_DAY)).record.missing_in_ledger == ["pay_1"]
+    command = msgspec.structs.replace(reconcile(chargeback, "rec_2", date=NEXT_DAY), archived_payments=[cold["pay_1"]])
+    copy, journaled = book.restored(), msgspec.msgpack.encode(command)
+    result = book.run(command)
+    assert result.results[0].record.chargebacks == ["pay_1"]
+    assert ("payment.disputed", "pay_1") in [(event.kind, event.object_id) for event in result.events]
+    assert book.books() == dict(balance=1100, clearing_piggybank=0, settled_piggybank=1500 - 400 - 15,
+                                fees_piggybank=15, refunds_piggybank=0, disputes=0)
+    assert (book.payment("pay_1").status, book.payment("pay_1").amount_disputed) == ("disputed", 400)
+    # Replayed elsewhere, the command carries all it needs: the same state.
+    copy.run(msgspec.msgpack.decode(journaled, type=Reconcile), at=book.now)
+    assert copy.engine.state_hash() == book.engine.state_hash()
+    # The file sent again answers its part again; under another id the chargeback is a duplicate, in memory or
+    # archived again, and posts nothing more.
+    assert book.do(command).replayed
+    again = msgspec.structs.replace(command, reconciliation_id="rec_3", request_hash="rec_3")
+    assert book.do(again).record.duplicates == ["pay_1"]
+    recold = archived_away(book, "pay_1")
+    before = book.books()
+    again = msgspec.structs.replace(command, reconciliation_id="rec_4", request_hash="rec_4",
+                                    archived_payments=[recold["pay_1"]])
+    part = book.do(again).record
+    assert (part.duplicates, part.chargebacks) == (["pay_1"], []) and book.books() == before
+    assert "pay_1" not in book.engine.commerce.payments.payments
+
+
+def test_captures_and_refunds_archived_settled_already_are_duplicates_not_missing(book: Books):
+    book.pay(1000)
+    book.ok(refund("re_1", "pay_1", 100))
+    book.ok(reconcile([row("pay_1", 1000), row("re_1", 100, "refunded")]))
+    book.run(at=book.now + 86_400 * S)
+    archived = book.do(Archive(86_400)).record
+    command = msgspec.structs.replace(reconcile([row("pay_1", 1000), row("re_1", 100, "refunded")], "rec_2"),
+                                      archived_payments=archived.payments, archived_refunds=archived.refunds)
+    before = book.books()
+    part = book.do(command).record
+    assert (part.duplicates, part.missing_in_ledger, part.matched) == (["pay_1", "re_1"], [], [])
+    assert book.books() == before and "pay_1" not in book.engine.commerce.payments.payments
+
+
+def test_more_archived_records_than_the_rows_name_are_refused(book: Books):
+    payment = Payment(id="pay_9", merchant_id="m1", amount=1, currency="USD")
+    command = msgspec.structs.replace(reconcile([row("pay_9", 1, "chargeback")]), archived_payments=[payment] * 3)
+    book.refused(command, "too_many_archived_records")
