@@ -27,7 +27,7 @@ import lmdb
 import msgspec
 
 from engine.queries import (MAX_PAGE, AccountBalance, AccountTransfers, Answer, FindDeposit, FindOrder, FindPayment,
-                            FindSettlementItems, GetDelivery, GetEvent, GetInvoice, GetOrder, GetPaymentRecord, GetWalletRecord,
+                            FindSettlementItems, GetDelivery, GetDeliveryJobs, GetEvent, GetInvoice, GetOrder, GetPaymentRecord, GetWalletRecord,
                             ListDeliveries, ListEvents, ListInvoices, ListOrders, ListPayments, ListPayouts,
                             ListRefunds, LookupTransfers)
 from engine.records import (Adjustment, Archived, Delivery, Deposit, EventRecord, Invoice, Order, Payment, Payout,
@@ -159,6 +159,8 @@ class ColdStore:
             return self._balance(query, answer, engine)
         if kind is FindSettlementItems:
             return self._settlement_items(query, answer)
+        if kind is GetDeliveryJobs:
+            return Answer(jobs=[self._job(job, engine) for job in answer.jobs or ()])
         if kind in BY_ID:
             if answer.record is not None:
                 return answer
@@ -291,6 +293,24 @@ class ColdStore:
             if payment is not None:
                 records.append(payment)
         return Answer(ids=ids, records=records)
+
+    def _job(self, job, engine):
+        """A receipt's job with the order, invoice, payment and refund archival took while it was pending."""
+        if job.delivery.kind == "event" or None not in (job.order, job.invoice, job.payment):
+            return job
+
+        def find(kind: bytes, record_id: str):
+            return (_hot(engine, kind, record_id) or self.record(kind, record_id)) if record_id else None
+        if job.delivery.kind == "refund_receipt":
+            job.refund = job.refund or find(REFUND, job.event.object_id)
+            paid_by = find(PAYMENT, job.refund.payment_id) if job.refund is not None else None
+            job.order = job.order or (find(ORDER, paid_by.order_id) if paid_by is not None else None)
+        else:
+            job.order = job.order or find(ORDER, job.event.object_id)
+        if job.order is not None:
+            job.invoice = job.invoice or find(INVOICE, job.order.invoice_id)
+            job.payment = job.payment or find(PAYMENT, job.order.payment_id)
+        return job
 
     def _invoice_of_order(self, query: ListInvoices) -> Answer:
         order = self.record(ORDER, query.order_id)

@@ -6,29 +6,38 @@ Pages that mix memory and the cold store in one batch, and every kind of list, a
 """
 
 import asyncio
+import datetime
 import random
 import time
 import types
 
+from actors import settlements
 from edge.cli import verify_folder
 from edge.payments_api import _archived
-from engine.queries import (AccountBalance, AccountTransfers, FindPayment, GetOrder, GetPaymentRecord, ListOrders,
-                            ListPayments, LookupTransfers)
+from actors.notifier import email_of
+from engine.queries import (AccountBalance, AccountTransfers, FindPayment, GetDeliveryJobs, GetOrder, GetPaymentRecord,
+                            ListDeliveries, ListOrders, ListPayments, LookupAccounts, LookupTransfers)
 from engine.records import (
     AdjustWallet,
     Adjustment,
+    CardDetails,
     CreateCustomer,
     CreateMerchant,
     CreateOrder,
+    CreatePayment,
     CreateRefund,
     Customer,
     Merchant,
     Order,
     PayOrderFromWallet,
+    Payment,
+    RecordPspResult,
     Refund,
+    SettlementRow,
+    system_account_id,
 )
 from journal.client import ShardClient, ShardUnavailable
-from journal.cold import PAYMENT, ColdStore
+from journal.cold import INVOICE, ORDER, PAYMENT, REFUND, ColdStore
 from journal.wire import ReplyStatus
 from shard_harness import key_of, primary_config, start
 
@@ -214,6 +223,96 @@ def test_a_refund_of_an_archived_payment_carries_it_back_as_the_edge_reads_it(tm
     finally:
         process.stop()
     assert verify_folder(folder) == 0
+
+
+def test_a_chargeback_of_an_archived_payment_is_posted_once_as_the_reconciliation_reads_it(tmp_path):
+    folder = tmp_path / "shard"
+    config = primary_config(folder, **ARCHIVING)
+    process = start(config)
+    today = datetime.datetime.now(datetime.timezone.utc).date().isoformat()
+
+    async def charge_back_after_archival() -> None:
+        client = ShardClient([config.client_address], key_of(config))
+
+        async def read(shard: int, queries: list) -> list:
+            return await client.read_many(queries)
+
+        async def submit(shard: int, command):
+            return (await client.submit([command])).results[0]
+
+        async def reconcile(reconciliation_id: str, rows: list):
+            [part] = await settlements.reconcile(read, submit, 1, reconciliation_id, "piggybank", today, rows)
+            return part
+        try:
+            await set_up(client)
+            await ok(client, CreatePayment(payment=Payment(id="pay_c", merchant_id="m1", amount=1000, currency="USD",
+                                                           token_id="tok_c", card=CardDetails("visa", "4242", 12, 2030)),
+                                           sealed_card=b"sealed", processing_timeout_s=0))
+            await ok(client, RecordPspResult(merchant_id="m1", payment_id="pay_c", callback_id="cb_c",
+                                             result="authorized", transfer_id="m1:pay_c.authorization"))
+            assert (await reconcile("rec_1", [SettlementRow("pay_c", 1000, "usd", "captured")])).record.matched == \
+                ["pay_c"]
+            await wait_archived(folder, 1, until=lambda cold: cold.record(PAYMENT, "pay_c") is not None)
+            chargeback = [SettlementRow("pay_c", 400, "usd", "chargeback")]
+            part = await reconcile("rec_2", chargeback)
+            assert (part.record.chargebacks, part.record.missing_in_ledger) == (["pay_c"], [])
+            payment = (await client.read(GetPaymentRecord("m1", "payment", "pay_c"))).record
+            assert (payment.status, payment.amount_disputed) == ("disputed", 400)
+            [disputes] = (await client.read(LookupAccounts([system_account_id("m1", "disputes", "USD")]))).accounts
+            assert (disputes.debits_posted, disputes.credits_posted) == (400, 400)  # taken from the balance
+            assert (await reconcile("rec_2", chargeback)).replayed  # the file again: nothing posts twice
+            await wait_archived(folder, 1, until=lambda cold: cold.record(PAYMENT, "pay_c").status == "disputed")
+            assert (await reconcile("rec_3", chargeback)).record.duplicates == ["pay_c"]
+        finally:
+            client.close()
+
+    try:
+        asyncio.run(charge_back_after_archival())
+    finally:
+        process.stop()
+    assert verify_folder(folder) == 0
+
+
+def test_receipts_pending_when_their_order_was_archived_are_composed_from_the_cold_store(tmp_path):
+    folder = tmp_path / "shard"
+    config = primary_config(folder, **ARCHIVING)
+    process = start(config)
+
+    async def receipts_after_archival() -> list:
+        client = ShardClient([config.client_address], key_of(config))
+        try:
+            await set_up(client)
+            await ok(client, CreateOrder(order=Order(id="o1", merchant_id="m1", name="Tea", amount=100, currency="USD",
+                                                     payment_methods=["wallet"], customer_email="c1@example.com"),
+                                         expires_in_s=None))
+            await ok(client, pay("o1"))
+            await ok(client, CreateRefund(refund=Refund(id="re_1", merchant_id="m1", payment_id="pay_o1", amount=40),
+                                          transfer_id="m1:re_1"))
+            # No notifier runs: the receipts stay pending, and their event in memory, while the order leaves.
+            await wait_archived(folder, 4, until=lambda cold: all(
+                cold.record(kind, record_id) is not None
+                for kind, record_id in ((ORDER, "o1"), (PAYMENT, "pay_o1"), (REFUND, "re_1"))))
+            deliveries = (await client.read(ListDeliveries(merchant_id="m1", limit=10))).records
+            emails = [delivery.id for delivery in deliveries if delivery.channel == "email"]
+            assert len(emails) == 2 and all(delivery.status == "pending" for delivery in deliveries)
+            return (await client.read(GetDeliveryJobs(delivery_ids=emails))).jobs
+        finally:
+            client.close()
+
+    try:
+        jobs = asyncio.run(receipts_after_archival())
+    finally:
+        process.stop()
+    cold = ColdStore(folder, readonly=True)
+    try:
+        assert cold.record(INVOICE, jobs[0].order.invoice_id) is not None  # archived too
+    finally:
+        cold.close()
+    assert sorted(job.delivery.kind for job in jobs) == ["receipt", "refund_receipt"]
+    for job in jobs:
+        assert (job.order.id, job.payment.id, job.invoice.order_id) == ("o1", "pay_o1", "o1")
+        assert b"c1@example.com" in email_of(job)
+    assert [job.refund.id for job in jobs if job.delivery.kind == "refund_receipt"] == ["re_1"]
 
 
 def test_kill_nine_during_archival_loses_nothing_and_verify_checks_the_cold_store(tmp_path):
