@@ -43,7 +43,10 @@ async def redeliver_event(request: web.Request) -> web.Response:
 
 
 async def redeliver(request: web.Request, merchant: Merchant, event_id: str) -> views.QueuedOut:
-    """Queue the event again to the merchant's webhook (and the order's IPN URL)."""
-    outcome = await run(request, merchant.id, RedeliverEvent(merchant.id, event_id))
+    """Queue the event again to the merchant's webhook (and the order's IPN URL); an archived one, as the shard's
+    cold store holds it, comes back into the engine's memory with the command."""
+    answer = await request.app["gateway"].read(merchant.id, GetEvent(merchant.id, event_id))
+    archived = answer.record if answer.archived else None
+    outcome = await run(request, merchant.id, RedeliverEvent(merchant.id, event_id, archived))
     raise_for(outcome)
     return views.QueuedOut("redelivery", outcome.count, False)

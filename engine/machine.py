@@ -89,9 +89,11 @@ class Snapshot(msgspec.Struct, array_like=True, gc=False):
     reconciliations: list[Reconciliation] = []
     # Pending transfers archived while still open, which statements no longer list (engine/ledger.py `held`).
     held_transfers: list[Transfer] = []
-    # Archived orders and payments a refund brought back, which only the cold store lists (engine/archival.py).
+    # Archived orders and payments a refund brought back, and events a redelivery brought back, which only the cold
+    # store lists (engine/archival.py).
     unlisted_orders: list[str] = []
     unlisted_payments: list[str] = []
+    unlisted_events: list[str] = []
 
 
 _snapshot_encoder = msgspec.msgpack.Encoder()

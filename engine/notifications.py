@@ -18,7 +18,10 @@ which a new delivery is made dead untried (dead_reason backlog_full); a merchant
 past half of them (an operator's replay past all), so that no merchant's requests can fill the queue the events of
 every merchant on the shard need; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is replayed at most
 MAX_REPLAYS times; an event is redelivered at most MAX_REDELIVERIES times. An event in the cold store is read as
-before, but no longer redelivered, nor its dead deliveries replayed.
+before and may be redelivered: the command carries it (read from the cold store by the edge) and brings it back
+into memory, unlisted (the cold store lists it), with its new deliveries, until archival takes it again. Its dead
+deliveries archived with it are beyond a replay, which looks at memory's only: they are a day old (archival's
+cut-off) or past the events' cap, and a redelivery of their event sends it again.
 """
 
 import itertools
@@ -122,6 +125,8 @@ class Notifications:
         self.deliveries_by_event: dict[str, list[str]] = changes.dict(ordered=False)
         self.pending: dict[str, None] = changes.dict(ranked=True)
         self.replayable: dict[str, dict[str, None]] = changes.dict(ordered=False)
+        # Archived events a redelivery brought back: in `records` but in none of the lists, which the cold store keeps.
+        self.unlisted: dict[str, None] = changes.dict(ordered=False)
         # Derived: the pending deliveries by when they were queued, for pages that start where the last one ended.
         self.queue = Queue(changes, self._queued_at)
 
@@ -226,12 +231,15 @@ class Notifications:
 
     def drop_event(self, record: EventRecord) -> list[Delivery]:
         """An event (out of `records` already) out of the indexes, with its deliveries: answered, for the cold store."""
-        _remove_from_index(self.records_by_merchant, record.merchant_id, record.id)
-        rest = [event_id for event_id in self.records_by_object[record.object_id] if event_id != record.id]
-        if rest:
-            self.records_by_object[record.object_id] = rest
+        if record.id in self.unlisted:
+            del self.unlisted[record.id]
         else:
-            del self.records_by_object[record.object_id]
+            _remove_from_index(self.records_by_merchant, record.merchant_id, record.id)
+            rest = [event_id for event_id in self.records_by_object[record.object_id] if event_id != record.id]
+            if rest:
+                self.records_by_object[record.object_id] = rest
+            else:
+                del self.records_by_object[record.object_id]
         gone = []
         for delivery_id in self.deliveries_by_event.pop(record.id, ()):
             delivery = self.deliveries.pop(delivery_id)
@@ -315,7 +323,7 @@ class Notifications:
 
     def redeliver(self, command: RedeliverEvent, timestamp: int) -> Outcome:
         """New deliveries of the event to the merchant's webhook (as it is now) and the order's IPN URL."""
-        record = self.event_of(command.merchant_id, command.event_id)
+        record = self.event_of(command.merchant_id, command.event_id) or self._archived_event(command)
         if record is None:
             return Outcome("event_not_found")
         if record.redeliveries >= MAX_REDELIVERIES:
@@ -326,10 +334,21 @@ class Notifications:
             return Outcome("no_delivery_target", record=record)
         if len(targets) > self._requeue_room(command.merchant_id):
             return Outcome(BACKLOG_FULL, record=record)
+        if record is command.archived_event:
+            self.records[record.id] = record
+            self.unlisted[record.id] = None
         record.redeliveries += 1
         for channel, kind, target in targets:
             self._queue_new(record, channel, kind, target, timestamp)
         return Outcome(record=record, count=len(targets))
+
+    def _archived_event(self, command: RedeliverEvent) -> EventRecord | None:
+        """The archived event a redelivery carries, if it is the one asked for and the engine holds it no more."""
+        event = command.archived_event
+        if event is None or event.id in self.records or (event.id, event.merchant_id) != (command.event_id,
+                                                                                          command.merchant_id):
+            return None
+        return event
 
     def replay(self, command: ReplayDeliveries, timestamp: int) -> Outcome:
         """Dead deliveries queued again, the oldest made first, at most `limit` and as many as the queue holds; one to
@@ -447,13 +466,16 @@ class Notifications:
 
     def snapshot(self) -> dict[str, list]:
         """Its part of the engine's snapshot, by field."""
-        return {"events": list(self.records.values()), "deliveries": list(self.deliveries.values())}
+        return {"events": list(self.records.values()), "deliveries": list(self.deliveries.values()),
+                "unlisted_events": sorted(self.unlisted)}
 
     def restore(self, snapshot) -> None:
         """Fill from the engine's snapshot; the indexes follow from the events (in the order they were made, which
         their ids keep) and the deliveries."""
         self.records.load((record.id, record) for record in snapshot.events)
-        for record in sorted(snapshot.events, key=lambda record: record.id):
+        self.unlisted.load((event_id, None) for event_id in snapshot.unlisted_events)
+        for record in sorted((record for record in snapshot.events if record.id not in self.unlisted),
+                             key=lambda record: record.id):
             _add_to_index(self.changes, self.records_by_merchant, record.merchant_id, record.id)
             append_to(self.records_by_object, record.object_id, record.id)
         for delivery in snapshot.deliveries:

@@ -720,6 +720,9 @@ class RedeliverEvent(msgspec.Struct, tag="redeliver_event", array_like=True):
 
     merchant_id: str
     event_id: str
+    # The event as the shard's cold store holds it, if archived (engine/archival.py): the redelivery brings it back
+    # into memory. Read by the edge from the shard; ignored while the engine holds the event.
+    archived_event: EventRecord | None = None
 
 
 class ReplayDeliveries(msgspec.Struct, tag="replay_deliveries", array_like=True, kw_only=True):

@@ -27,9 +27,9 @@ import lmdb
 import msgspec
 
 from engine.queries import (MAX_PAGE, AccountBalance, AccountTransfers, Answer, FindDeposit, FindOrder, FindPayment,
-                            FindSettlementItems, GetDelivery, GetDeliveryJobs, GetEvent, GetInvoice, GetOrder, GetPaymentRecord, GetWalletRecord,
-                            ListDeliveries, ListEvents, ListInvoices, ListOrders, ListPayments, ListPayouts,
-                            ListRefunds, LookupTransfers)
+                            FindSettlementItems, GetDelivery, GetDeliveryJobs, GetEvent, GetInvoice, GetOrder,
+                            GetPaymentRecord, GetWalletRecord, ListDeliveries, ListEvents, ListInvoices, ListOrders,
+                            ListPayments, ListPayouts, ListRefunds, LookupTransfers)
 from engine.records import (Adjustment, Archived, Delivery, Deposit, EventRecord, Invoice, Order, Payment, Payout,
                             Refund, Withdrawal)
 from engine.types import Balance, Transfer
@@ -392,9 +392,11 @@ def _hot(engine, kind: bytes, record_id: str):
 
 
 def _brought_back(engine, kind: bytes, record_id: str) -> bool:
-    """Whether the engine holds the archived record again, unlisted (a refund brought it back)."""
+    """Whether the engine holds the archived record again, unlisted (a refund or a redelivery brought it back)."""
     if kind == ORDER:
         return record_id in engine.commerce.orders.unlisted
+    if kind == EVENT:
+        return record_id in engine.commerce.notifications.unlisted
     return kind == PAYMENT and record_id in engine.commerce.payments.unlisted
 
 

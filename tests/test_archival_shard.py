@@ -13,10 +13,12 @@ import types
 
 from actors import settlements
 from edge.cli import verify_folder
+from edge.events_api import redeliver
 from edge.payments_api import _archived
 from actors.notifier import email_of
-from engine.queries import (AccountBalance, AccountTransfers, FindPayment, GetDeliveryJobs, GetOrder, GetPaymentRecord,
-                            ListDeliveries, ListOrders, ListPayments, LookupAccounts, LookupTransfers)
+from engine.queries import (AccountBalance, AccountTransfers, FindPayment, GetDeliveryJobs, GetEvent, GetOrder,
+                            GetPaymentRecord, ListDeliveries, ListEvents, ListOrders, ListPayments, LookupAccounts,
+                            LookupTransfers)
 from engine.records import (
     AdjustWallet,
     Adjustment,
@@ -27,17 +29,19 @@ from engine.records import (
     CreatePayment,
     CreateRefund,
     Customer,
+    DeliveryResult,
     Merchant,
     Order,
     PayOrderFromWallet,
     Payment,
+    RecordDeliveryAttempts,
     RecordPspResult,
     Refund,
     SettlementRow,
     system_account_id,
 )
 from journal.client import ShardClient, ShardUnavailable
-from journal.cold import INVOICE, ORDER, PAYMENT, REFUND, ColdStore
+from journal.cold import EVENT, INVOICE, ORDER, PAYMENT, REFUND, ColdStore
 from journal.wire import ReplyStatus
 from shard_harness import key_of, primary_config, start
 
@@ -190,6 +194,12 @@ class ShardGateway:
     async def read(self, merchant_id: str, query):
         return await self.client.read(query)
 
+    def shard_index(self, merchant_id: str) -> int:
+        return 0
+
+    async def submit_to(self, shard: int, command):
+        return (await self.client.submit([command])).results[0]
+
 
 def test_a_refund_of_an_archived_payment_carries_it_back_as_the_edge_reads_it(tmp_path):
     folder = tmp_path / "shard"
@@ -245,8 +255,9 @@ def test_a_chargeback_of_an_archived_payment_is_posted_once_as_the_reconciliatio
             return part
         try:
             await set_up(client)
+            card = CardDetails("visa", "4242", 12, 2030)
             await ok(client, CreatePayment(payment=Payment(id="pay_c", merchant_id="m1", amount=1000, currency="USD",
-                                                           token_id="tok_c", card=CardDetails("visa", "4242", 12, 2030)),
+                                                           token_id="tok_c", card=card),
                                            sealed_card=b"sealed", processing_timeout_s=0))
             await ok(client, RecordPspResult(merchant_id="m1", payment_id="pay_c", callback_id="cb_c",
                                              result="authorized", transfer_id="m1:pay_c.authorization"))
@@ -313,6 +324,54 @@ def test_receipts_pending_when_their_order_was_archived_are_composed_from_the_co
         assert (job.order.id, job.payment.id, job.invoice.order_id) == ("o1", "pay_o1", "o1")
         assert b"c1@example.com" in email_of(job)
     assert [job.refund.id for job in jobs if job.delivery.kind == "refund_receipt"] == ["re_1"]
+
+
+def test_an_archived_event_is_redelivered_as_the_edge_reads_it(tmp_path):
+    folder = tmp_path / "shard"
+    config = primary_config(folder, **ARCHIVING)
+    process = start(config)
+
+    async def redeliver_after_archival() -> None:
+        client = ShardClient([config.client_address], key_of(config))
+        try:
+            await ok(client, CreateMerchant(Merchant(id="m1", name="Shop", email="m1@example.com",
+                                                     webhook_url="https://shop.example/hook")),
+                     CreateCustomer(Customer(id="c1", merchant_id="m1", email="c1@example.com")))
+            await ok(client, AdjustWallet(adjustment=Adjustment(id="adj_1", merchant_id="m1", customer_id="c1",
+                                                                amount=1000, currency="USD", reason="funds"),
+                                          transfer_id="m1:funds"))
+            await ok(client, order("o1", "Tea"))
+            await ok(client, pay("o1"))
+            [paid] = (await client.read(ListEvents(merchant_id="m1", kind="order.paid", limit=10))).records
+            dead = (await client.read(ListDeliveries(merchant_id="m1", limit=100))).records
+            await ok(client, RecordDeliveryAttempts([DeliveryResult(
+                delivery_id=delivery.id, attempt=1, attempted_at=time.time_ns(), status_code=500, error="",
+                duration_ms=1, outcome="dead") for delivery in dead]))
+            await wait_archived(folder, 1, until=lambda cold: cold.record(EVENT, paid.id) is not None)
+            queued = await redeliver(_Request(ShardGateway(client)), types.SimpleNamespace(id="m1"), paid.id)
+            assert queued.queued == 1
+            event = (await client.read(GetEvent("m1", paid.id))).record
+            assert (event.id, event.redeliveries) == (paid.id, 1)
+            listed = (await client.read(ListEvents(merchant_id="m1", limit=100))).records
+            assert [record.id for record in listed].count(paid.id) == 1  # in its place, once
+            deliveries = (await client.read(ListDeliveries(merchant_id="m1", event_id=paid.id, limit=100))).records
+            assert sorted(delivery.status for delivery in deliveries) == ["dead", "pending"]
+        finally:
+            client.close()
+
+    try:
+        asyncio.run(redeliver_after_archival())
+    finally:
+        process.stop()
+    assert verify_folder(folder) == 0
+
+
+class _Request(dict):
+    """What the edge's handlers use of a request without an Idempotency-Key or a signature."""
+
+    def __init__(self, gateway: ShardGateway) -> None:
+        super().__init__(signed=None, idempotency_key=None)
+        self.app = {"gateway": gateway}
 
 
 def test_kill_nine_during_archival_loses_nothing_and_verify_checks_the_cold_store(tmp_path):

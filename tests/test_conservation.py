@@ -540,11 +540,31 @@ class ConservationMachine(RuleBasedStateMachine):
             rows.append(SettlementRow(charged.id, charged_back, "usd", "chargeback", fee=fee))
         if mismatch:
             rows.append(SettlementRow(listed[-1].id, listed[-1].captured + 1, "usd", "captured"))
+        self._reconcile(rows, [SettlementRow("pay_elsewhere", 5, "usd", "captured")] if mismatch else [], charged,
+                        charged_back)
+
+    @precondition(lambda self: self._archived_captures())
+    @rule(pick=PICK, fee=st.integers(0, 3))
+    def late_chargeback(self, pick, fee):
+        """A chargeback of a payment archival took since its file settled it: the file's reconciliation carries it
+        as the shard's cold store holds it, and posts it as for one in memory."""
+        charged = self.recent(self._archived_captures(), pick)
+        charged_back = charged.captured - charged.refunded - charged.disputed
+        outcome = self._reconcile([SettlementRow(charged.id, charged_back, "usd", "chargeback", fee=fee)], [],
+                                  charged, charged_back)
+        assert outcome.record.chargebacks == [charged.id]
+
+    def _archived_captures(self) -> list:
+        return [payment for payment in self.payments.values()
+                if payment.method == "card" and payment.captured - payment.refunded - payment.disputed > 0
+                and payment.id not in self.engine.commerce.payments.payments and ("payments", payment.id) in self.cold]
+
+    def _reconcile(self, rows: list[SettlementRow], unknown: list[SettlementRow], charged, charged_back: int):
+        """Today's file reconciled, carrying the archived records it names; a chargeback of `charged` counted."""
         wallet = (charged.merchant_id, charged.customer_id) if charged.deposit_id else None
         day = datetime.datetime.fromtimestamp(self.now / S, datetime.timezone.utc).strftime("%Y-%m-%d")
         outcome = self.do(Reconcile(reconciliation_id=self.fresh("rec_"), provider="piggybank", date=day,
-                                    request_hash="file", rows=rows,
-                                    unknown=[SettlementRow("pay_elsewhere", 5, "usd", "captured")] if mismatch else []))
+                                    request_hash="file", rows=rows, unknown=unknown, **self._archived_rows(rows)))
         assert outcome.code == "ok", outcome
         if outcome.record.chargebacks:  # back to the cardholder: a deposit's wallet pays it first, as far as it holds
             assert outcome.record.chargebacks == [charged.id]
@@ -552,6 +572,19 @@ class ConservationMachine(RuleBasedStateMachine):
             self.sent += charged_back
             if wallet is not None:
                 self.wallets[wallet] -= min(charged_back, self.wallets[wallet])
+        return outcome
+
+    def _archived_rows(self, rows: list[SettlementRow]) -> dict:
+        """The archived payments and refunds the rows name (and those refunds' payments) as a cold store holds them:
+        what the reconciliation carries (actors/settlements.py)."""
+        commerce = self.engine.commerce
+        refunds = [_copy(self.cold["refunds", row.transaction_id]) for row in rows
+                   if row.transaction_id not in commerce.payments.refunds
+                   and ("refunds", row.transaction_id) in self.cold]
+        named = {row.transaction_id for row in rows} | {refund.payment_id for refund in refunds}
+        payments = [_copy(self.cold["payments", payment_id]) for payment_id in sorted(named)
+                    if payment_id not in commerce.payments.payments and ("payments", payment_id) in self.cold]
+        return {"archived_payments": payments, "archived_refunds": refunds}
 
     @rule(age_s=st.sampled_from((0, 30, 3600, 86_400)), seconds=st.sampled_from((0, 61, 86_401)))
     def archive(self, age_s, seconds):

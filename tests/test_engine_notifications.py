@@ -17,6 +17,7 @@ from engine.queries import (
     PendingDeliveries,
 )
 from engine.records import (
+    Archive,
     CancelOrder,
     CardDetails,
     CreateMerchant,
@@ -502,3 +503,38 @@ def test_pending_webhooks_die_when_the_webhook_url_is_removed():
     assert len(webhooks) == 2
     assert {d.channel for d in driver.engine.query(PendingDeliveries()).records} == {"ipn", "email"}
     assert driver.do(ReplayDeliveries(merchant_id="m1")).count == 0  # no webhook now: they stay dead
+
+
+def test_an_archived_event_is_redelivered_when_the_command_carries_it_and_its_dead_letters_are_beyond_replay():
+    driver = shop()
+    driver.paid_order("p1", "o1")
+    paid = driver.events(kind="order.paid")[0]
+    driver.ok(RecordDeliveryAttempts([result(d.id, 1, "dead") for d in driver.deliveries()]))
+    driver.run(at=driver.now + 86_400 * S)
+    archived = driver.do(Archive(86_400)).record
+    cold = {event.id: event for event in archived.events}[paid.id]
+    assert paid.id not in driver.engine.commerce.notifications.records and archived.deliveries
+    assert driver.do(RedeliverEvent("m1", paid.id)).code == "event_not_found"
+    # The archived dead letters are the cold store's: a replay, which looks at memory's, queues none of them.
+    assert (driver.do(ReplayDeliveries(merchant_id="m1")).count, driver.do(ReplayDeliveries()).count) == (0, 0)
+    assert driver.do(RedeliverEvent("m2", paid.id, cold)).code == "event_not_found"  # not the merchant's
+    command = RedeliverEvent("m1", paid.id, cold)
+    copy, journaled = driver.restored(), msgspec.msgpack.encode(command)
+    redelivered = driver.ok(command)
+    assert redelivered.results[0].count == 2
+    new = driver.deliveries(event_id=paid.id)  # memory's: the new ones only, the cold store has the others
+    assert {(d.channel, d.target, d.status) for d in new} == {("webhook", HOOK, "pending"), ("ipn", IPN, "pending")}
+    assert driver.query(GetEvent("m1", paid.id)).record.redeliveries == 1
+    assert paid.id not in [event.id for event in driver.events()]  # listed by the cold store only, in its place
+    copy.run(msgspec.msgpack.decode(journaled, type=RedeliverEvent), at=driver.now)
+    assert copy.engine.state_hash() == driver.engine.state_hash()
+    restored = driver.restored()
+    assert restored.engine.state_hash() == driver.engine.state_hash()
+    assert driver.do(RedeliverEvent("m1", paid.id, cold)).count == 2  # memory's copy counts, not the carried one
+    assert driver.query(GetEvent("m1", paid.id)).record.redeliveries == 2
+    driver.ok(RecordDeliveryAttempts([result(d.id, 1, "delivered", 200) for d in driver.deliveries(event_id=paid.id)]))
+    driver.run(at=driver.now + 86_400 * S)
+    again = driver.do(Archive(86_400)).record
+    assert [event.redeliveries for event in again.events if event.id == paid.id] == [2]
+    assert {d.event_id for d in again.deliveries} == {paid.id} and len(again.deliveries) == 4
+    assert paid.id not in driver.engine.commerce.notifications.unlisted
