@@ -2,11 +2,12 @@
 
 The file's columns are `transaction_id,amount,currency,status,settled_at` and an optional `fee` (API.md); its
 `transaction_id` is the reference we gave the provider, a payment's or a refund's id, which says nothing of the
-shard that holds it: every shard is asked which of the file's ids it holds, gets those rows in its part of the
-reconciliation (engine/reconciliations.py), and one shard also gets the rows none holds, to list them missing in
-the ledger. Every shard gets a part, even with no rows, since each names what it captured that day and the file
-left out. The parts share the reconciliation's id, so running it again (after a crash, a lost answer) completes
-what is missing and answers the rest again.
+shard that holds it: every shard is asked which of the file's ids it holds, in memory or archived, gets those rows
+in its part of the reconciliation (engine/reconciliations.py) with the archived records its cold store answered,
+and one shard also gets the rows none holds, to list them missing in the ledger. Every shard gets a part, even
+with no rows, since each names what it captured that day and the file left out. The parts share the
+reconciliation's id, so running it again (after a crash, a lost answer) completes what is missing and answers the
+rest again.
 
 The edge (POST /v1/reconciliations) and the reconciler actor both use this; no Ray here.
 """

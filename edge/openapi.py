@@ -96,7 +96,8 @@ OPERATIONS: dict[str, tuple[str, type | None, object, str]] = {
                         "merchant"),
     "list_deliveries": ("webhook, IPN and receipt deliveries, newest first, each with its attempts", None,
                         views.DeliveryList, "merchant"),
-    "replay_deliveries": ("queue dead deliveries again (the admin token: every merchant's)", schemas.DeliveriesReplay,
+    "replay_deliveries": ("queue dead deliveries again (the admin token: every merchant's); archived ones are not: "
+                          "redeliver their event", schemas.DeliveriesReplay,
                           views.QueuedOut, "merchant or admin"),
     "list_invoices": ("invoices, newest first", None, views.InvoiceList, "merchant"),
     "get_invoice": ("an invoice", None, views.InvoiceOut, "merchant"),

@@ -280,7 +280,8 @@ BodyTime = Annotated[int, Meta(ge=0, lt=2**33)] | Annotated[str, Meta(max_length
 
 
 class DeliveriesReplay(Request):
-    """Queue dead deliveries again, the oldest first: those made in [created_gte, created_lt), at most `limit`."""
+    """Queue dead deliveries again, the oldest first: those made in [created_gte, created_lt), at most `limit`. Dead
+    deliveries archived with their event (a day old) are not replayed: redeliver their event."""
 
     status: Literal["dead"]
     created_gte: BodyTime | None = None

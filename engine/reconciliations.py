@@ -23,7 +23,9 @@ So after a file whose refunds come with their payments (or after them), `settled
 acquirer paid in, and `fees_` by what it kept. Mismatches raise `reconciliation.mismatch`.
 
 Every shard applies its part (`Reconcile`) under the reconciliation's id: a part already made answers again, and
-another file under the same id is refused.
+another file under the same id is refused. A part carries the archived payments and refunds its rows name, as the
+shard's cold store holds them (engine/archival.py): a row finds them as it finds those in memory, and one that
+changes a payment (a chargeback) brings it back into memory first.
 """
 
 from engine.changes import Changes

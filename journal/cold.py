@@ -15,8 +15,10 @@ it against a replay from scratch. Keys:
 Reads complete what the engine answered (journal/sequencer.py): a record by id it no longer holds, and list pages,
 whose cold records are merged with the engine's by (created_at, id), the order the engine pages in too, so that a
 page reads the same before and after archival. A page looks at no more than MAX_SCANNED cold records (a name search
-over years of orders stops there, with has_more set). A payment or order a refund brought back into memory is read
-from memory, in the place the cold store lists it.
+over years of orders stops there, with has_more set). A payment or order a refund brought back into memory (an event
+a redelivery brought back) is read from memory, in the place the cold store lists it. A settlement file's ids are
+found archived too, with their records for the reconciliation to carry, and a receipt's delivery job gets the order,
+invoice, payment and refund archival took while it was pending.
 """
 
 import pathlib
