@@ -26,7 +26,7 @@ import msgspec
 from engine.days import day_of_date
 from engine.queries import MAX_PAGE, FindSettlementItems, GetReconciliation
 from engine.reconciliations import MAX_SETTLEMENT_ROWS, ROW_STATUSES, SETTLING_ACQUIRERS
-from engine.records import Outcome, Payment, Reconcile, Reconciliation, Refund, SettlementRow
+from engine.records import Order, Outcome, Payment, Reconcile, Reconciliation, Refund, SettlementRow
 from engine.types import AMOUNT_MAX, ID_MAX_LENGTH, NANOSECONDS_PER_SECOND
 
 MAX_FILE_BYTES = 4 << 20
@@ -159,7 +159,8 @@ async def reconcile(read: Read, submit: Submit, shard_count: int, reconciliation
         reconciliation_id=reconciliation_id, provider=provider, date=date, request_hash=digest, rows=shard_rows,
         unknown=unknown if shard == UNKNOWN_ROWS_SHARD else [],
         archived_payments=[record for record in archived[shard] if type(record) is Payment],
-        archived_refunds=[record for record in archived[shard] if type(record) is Refund]))
+        archived_refunds=[record for record in archived[shard] if type(record) is Refund],
+        archived_orders=[record for record in archived[shard] if type(record) is Order]))
         for shard, shard_rows in enumerate(by_shard)))
     for outcome in outcomes:
         if outcome.code != "ok":

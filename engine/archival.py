@@ -26,9 +26,9 @@ of its kind's list that is old but cannot go yet moves to the back, so the next 
 again. Balances, merchants and customers (the owners of wallets) stay in memory.
 
 A payment refunded after it was archived comes back into memory with its order (CreateRefund carries them, as the
-cold store holds them), a payment charged back after it was archived comes back (Reconcile carries it), and an event
-redelivered after it was archived comes back (RedeliverEvent carries it): unlisted, since the cold store lists them
-already, until archival takes them again.
+cold store holds them), as does one charged back (Reconcile carries them), and an event redelivered after it was
+archived comes back (RedeliverEvent carries it): unlisted, since the cold store lists them already, until archival
+takes them again.
 """
 
 from engine.changes import Changes

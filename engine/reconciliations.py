@@ -25,7 +25,7 @@ acquirer paid in, and `fees_` by what it kept. Mismatches raise `reconciliation.
 Every shard applies its part (`Reconcile`) under the reconciliation's id: a part already made answers again, and
 another file under the same id is refused. A part carries the archived payments and refunds its rows name, as the
 shard's cold store holds them (engine/archival.py): a row finds them as it finds those in memory, and one that
-changes a payment (a chargeback) brings it back into memory first.
+changes a payment (a chargeback) brings it back into memory first, with its order, as a refund does.
 """
 
 from engine.changes import Changes
@@ -34,8 +34,8 @@ from engine.days import day_of, day_of_date
 from engine.ledger import Ledger
 from engine.listing import EVERYWHERE, Listing
 from engine.payments import Payments, move, system_account
-from engine.records import Outcome, Payment, Reconcile, Reconciliation, Refund, SettlementRow, system_account_id, \
-    wallet_account_id
+from engine.records import Order, Outcome, Payment, Reconcile, Reconciliation, Refund, SettlementRow, \
+    system_account_id, wallet_account_id
 from engine.states import transition
 from engine.types import AMOUNT_MAX, ID_MAX_LENGTH, Event, Transfer
 
@@ -120,15 +120,21 @@ class Reconciliations:
         self.events.append(Event("reconciliation.completed", part.id, timestamp))
         return Outcome(record=part)
 
-    def _archived(self, command: Reconcile) -> tuple[dict[str, Payment], dict[str, Refund]]:
-        """The archived payments and refunds the command carries, by id, but those memory holds (again)."""
-        return ({payment.id: payment for payment in command.archived_payments
-                 if payment.id not in self.payments.payments},
-                {refund.id: refund for refund in command.archived_refunds if refund.id not in self.payments.refunds})
+    def _archived(self, command: Reconcile) -> tuple[dict[str, Payment], dict[str, Refund], dict[str, Order]]:
+        """The archived payments and refunds the command carries, by id, but those memory holds (again); a payment
+        only with its order, in memory or carried, which it brings back with it."""
+        orders = {order.id: order for order in command.archived_orders if order.id not in self.payments.orders}
+        payments = {payment.id: payment for payment in command.archived_payments
+                    if payment.id not in self.payments.payments and (
+                        not payment.order_id or payment.order_id in self.payments.orders
+                        or (payment.order_id in orders
+                            and orders[payment.order_id].merchant_id == payment.merchant_id))}
+        return payments, {refund.id: refund for refund in command.archived_refunds
+                          if refund.id not in self.payments.refunds}, orders
 
-    def _settle_row(self, row: SettlementRow, part: Reconciliation, archived: tuple[dict, dict],
+    def _settle_row(self, row: SettlementRow, part: Reconciliation, archived: tuple[dict, dict, dict],
                     timestamp: int) -> None:
-        payments, refunds = archived
+        payments, refunds, orders = archived
         if row.status == "refunded":
             refund = self.payments.refunds.get(row.transaction_id) or refunds.get(row.transaction_id)
             payment = (self.payments.payments.get(refund.payment_id) or payments.get(refund.payment_id)
@@ -140,14 +146,14 @@ class Reconciliations:
                 not payment.amount_captured:
             part.missing_in_ledger.append(row.transaction_id)
         elif row.status == "chargeback":
-            self._charge_back(row, payment, part, timestamp)
+            self._charge_back(row, payment, part, orders, timestamp)
         elif (refund or payment).settled_at:
             part.duplicates.append(row.transaction_id)
         elif row.currency.lower() != payment.currency.lower() or row.amount != (
                 refund.amount if refund is not None else payment.amount_captured):
             part.amount_mismatch.append(row.transaction_id)
         else:
-            self._bring_back(payment)
+            self._bring_back(payment, orders)
             if refund is None:
                 self._settle_payment(payment, timestamp)
             else:
@@ -188,7 +194,8 @@ class Reconciliations:
             self._move(f"{row.transaction_id}.{row.status}.fee", payment, "fees", "settled", row.fee, timestamp)
             part.fees = {**part.fees, payment.currency: part.fees.get(payment.currency, 0) + row.fee}
 
-    def _charge_back(self, row: SettlementRow, payment: Payment, part: Reconciliation, timestamp: int) -> None:
+    def _charge_back(self, row: SettlementRow, payment: Payment, part: Reconciliation, orders: dict[str, Order],
+                     timestamp: int) -> None:
         if payment.amount_disputed:
             part.duplicates.append(row.transaction_id)
             return
@@ -196,7 +203,7 @@ class Reconciliations:
                 payment.amount_captured - payment.amount_refunded):
             part.amount_mismatch.append(row.transaction_id)
             return
-        self._bring_back(payment)
+        self._bring_back(payment, orders)
         self._move(f"{payment.id}.chargeback", payment, "disputes", "settled", row.amount, timestamp)
         merchant_id, currency = payment.merchant_id, payment.currency
         source = (wallet_account_id(merchant_id, payment.customer_id, currency) if payment.deposit_id
@@ -216,11 +223,13 @@ class Reconciliations:
         self._fee(payment, row, part, timestamp)
         part.chargebacks.append(payment.id)
 
-    def _bring_back(self, payment: Payment) -> None:
-        """An archived payment a row changes, in memory again (unlisted: the cold store lists it) until archival
-        takes it again."""
+    def _bring_back(self, payment: Payment, orders: dict[str, Order]) -> None:
+        """An archived payment a row changes, in memory again with its order (unlisted: the cold store lists them),
+        as a refund brings them back, until archival takes them again."""
         if payment.id not in self.payments.payments:
             self.payments.bring_back(payment)
+            if payment.order_id and payment.order_id not in self.payments.orders:
+                self.payments.bring_back_order(orders[payment.order_id])
 
     def _recover_disputes(self, part: Reconciliation, timestamp: int) -> None:
         """What merchants still owe for chargebacks, taken from their balances as far as they hold."""
@@ -318,8 +327,9 @@ def _refusal(command: Reconcile) -> str:
         return "reconciliation_id_invalid"
     if len(command.rows) + len(command.unknown) > MAX_SETTLEMENT_ROWS:
         return "too_many_rows"
-    # At most a record per row, and a refund's payment: what the rows name, no more.
-    if len(command.archived_payments) + len(command.archived_refunds) > 2 * len(command.rows):
+    # At most a record per row, and a refund's payment and a payment's order: what the rows name, no more.
+    if len(command.archived_payments) + len(command.archived_refunds) + len(command.archived_orders) > \
+            3 * len(command.rows):
         return "too_many_archived_records"
     for row in (*command.rows, *command.unknown):
         if (row.status not in ROW_STATUSES or not 0 < row.amount <= AMOUNT_MAX or not 0 <= row.fee <= AMOUNT_MAX

@@ -765,11 +765,13 @@ class Reconcile(msgspec.Struct, tag="reconcile", array_like=True, kw_only=True):
     request_hash: str
     rows: list[SettlementRow]
     unknown: list[SettlementRow] = []
-    # The archived payments and refunds the rows name (engine/archival.py), and the payments of those refunds, as the
-    # shard's cold store holds them: read by the sender from the shard, so that replay and the replica see the same.
-    # A chargeback (or a late settlement) of one brings the payment back into memory; ignored while memory holds it.
+    # The archived payments and refunds the rows name (engine/archival.py), the payments of those refunds and the
+    # payments' orders, as the shard's cold store holds them: read by the sender from the shard, so that replay and the
+    # replica see the same. A chargeback (or a late settlement) of one brings the payment back into memory with its
+    # order; each is ignored while memory holds it.
     archived_payments: list[Payment] = []
     archived_refunds: list[Refund] = []
+    archived_orders: list[Order] = []
 
 
 CommerceCommand = (

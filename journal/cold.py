@@ -282,7 +282,8 @@ class ColdStore:
 
     def _settlement_items(self, query: FindSettlementItems, answer: Answer) -> Answer:
         """The file's ids this shard holds, in memory or archived, with the archived records (and each archived
-        refund's payment), which the reconciliation carries (engine/reconciliations.py)."""
+        refund's payment, each archived payment's order), which the reconciliation carries
+        (engine/reconciliations.py)."""
         ids = list(answer.ids or ())
         held, records = set(ids), []
         for item_id in query.ids[:MAX_PAGE]:
@@ -291,9 +292,12 @@ class ColdStore:
                 continue
             ids.append(item_id)
             records.append(record)
-            payment = self.record(PAYMENT, record.payment_id) if type(record) is Refund else None
-            if payment is not None:
+            payment = self.record(PAYMENT, record.payment_id) if type(record) is Refund else record
+            if payment is not None and payment is not record:
                 records.append(payment)
+            order = self.record(ORDER, payment.order_id) if payment is not None and payment.order_id else None
+            if order is not None:
+                records.append(order)
         return Answer(ids=ids, records=records)
 
     def _job(self, job, engine):

@@ -539,7 +539,8 @@ class ConservationMachine(RuleBasedStateMachine):
         if charged_back > 0:
             rows.append(SettlementRow(charged.id, charged_back, "usd", "chargeback", fee=fee))
         if mismatch:
-            rows.append(SettlementRow(listed[-1].id, listed[-1].captured + 1, "usd", "captured"))
+            other = listed[-1].captured + 1 if listed[-1].captured < AMOUNT_MAX else 1  # a file's amount is bounded too
+            rows.append(SettlementRow(listed[-1].id, other, "usd", "captured"))
         self._reconcile(rows, [SettlementRow("pay_elsewhere", 5, "usd", "captured")] if mismatch else [], charged,
                         charged_back)
 
@@ -575,8 +576,8 @@ class ConservationMachine(RuleBasedStateMachine):
         return outcome
 
     def _archived_rows(self, rows: list[SettlementRow]) -> dict:
-        """The archived payments and refunds the rows name (and those refunds' payments) as a cold store holds them:
-        what the reconciliation carries (actors/settlements.py)."""
+        """The archived payments and refunds the rows name (and those refunds' payments, the payments' orders) as a
+        cold store holds them: what the reconciliation carries (actors/settlements.py)."""
         commerce = self.engine.commerce
         refunds = [_copy(self.cold["refunds", row.transaction_id]) for row in rows
                    if row.transaction_id not in commerce.payments.refunds
@@ -584,7 +585,10 @@ class ConservationMachine(RuleBasedStateMachine):
         named = {row.transaction_id for row in rows} | {refund.payment_id for refund in refunds}
         payments = [_copy(self.cold["payments", payment_id]) for payment_id in sorted(named)
                     if payment_id not in commerce.payments.payments and ("payments", payment_id) in self.cold]
-        return {"archived_payments": payments, "archived_refunds": refunds}
+        order_ids = sorted({payment.order_id for payment in payments})
+        orders = [_copy(self.cold["orders", order_id]) for order_id in order_ids
+                  if order_id and order_id not in commerce.orders.by_id and ("orders", order_id) in self.cold]
+        return {"archived_payments": payments, "archived_refunds": refunds, "archived_orders": orders}
 
     @rule(age_s=st.sampled_from((0, 30, 3600, 86_400)), seconds=st.sampled_from((0, 61, 86_401)))
     def archive(self, age_s, seconds):

@@ -5,6 +5,7 @@ m1's orders are paid by wallet (settled by no file), by card (settled by the acq
 cancelled or made exceptions; a day later an Archive takes the ended ones, their payments, refunds and invoices.
 """
 
+import msgspec
 import pytest
 
 import engine.archival
@@ -189,3 +190,25 @@ def test_an_archive_undone_puts_every_transfer_back_where_it_was(book: Driver):
     ledger.undo_command()
     assert book.engine.state_hash() == before
     assert {account.id: list(account.transfers) for account in ledger.accounts.values()} == statements
+
+
+def test_a_chargeback_of_an_archived_order_payment_brings_both_back_and_a_later_refund_marks_the_order(book: Driver):
+    book.ok(Reconcile(reconciliation_id="rec_1", provider="piggybank", date="2023-11-14", request_hash="h",
+                      rows=[SettlementRow("pay_o_card", 100, "usd", "captured")]))
+    book.run(at=book.now + DAY * S)
+    archived = archive(book)
+    cold = {record.id: record for record in (*archived.orders, *archived.payments)}
+    assert {"o_card", "pay_o_card"} <= set(cold)
+    chargeback = Reconcile(reconciliation_id="rec_2", provider="piggybank", date="2023-11-15", request_hash="h",
+                           rows=[SettlementRow("pay_o_card", 30, "usd", "chargeback")],
+                           archived_payments=[cold["pay_o_card"]])
+    # Without its order the archived payment is not taken: nothing is posted.
+    assert book.do(chargeback).record.missing_in_ledger == ["pay_o_card"]
+    chargeback = msgspec.structs.replace(chargeback, reconciliation_id="rec_3", archived_orders=[cold["o_card"]])
+    assert book.do(chargeback).record.chargebacks == ["pay_o_card"]
+    commerce = book.engine.commerce
+    assert "o_card" in commerce.orders.unlisted and "pay_o_card" in commerce.payments.unlisted
+    book.ok(CreateRefund(refund=Refund(id="re_card", merchant_id="m1", payment_id="pay_o_card", amount=20),
+                         transfer_id="m1:re_card"))
+    assert book.query(GetOrder("m1", "o_card")).record.status == "partially_refunded"
+    assert book.restored().engine.state_hash() == book.engine.state_hash()

@@ -369,5 +369,5 @@ def test_captures_and_refunds_archived_settled_already_are_duplicates_not_missin
 
 def test_more_archived_records_than_the_rows_name_are_refused(book: Books):
     payment = Payment(id="pay_9", merchant_id="m1", amount=1, currency="USD")
-    command = msgspec.structs.replace(reconcile([row("pay_9", 1, "chargeback")]), archived_payments=[payment] * 3)
+    command = msgspec.structs.replace(reconcile([row("pay_9", 1, "chargeback")]), archived_payments=[payment] * 4)
     book.refused(command, "too_many_archived_records")
