@@ -170,7 +170,7 @@ class Reconciliations:
         payment.settled_at = payment.updated_at = timestamp
         if payment.status == "succeeded":
             transition(payment, "settled")
-        if self.unsettled_payments.has(payment.id):  # one archived unsettled (charged back first) is listed no more
+        if self.unsettled_payments.has(payment.id):  # one archived unsettled (charged back first) may be listed no more
             self.unsettled_payments.remove(_captured_day(payment), payment.id)
         self.events.append(Event("payment.settled", payment.id, timestamp))
 
