@@ -55,6 +55,8 @@ ENTRIES_PER_READ = 64
 IDS_PER_QUERY = MAX_JOBS
 PAGE = 256  # pending deliveries loaded per request
 MAX_RESULTS_PER_SUBMIT = MAX_DELIVERY_RESULTS
+# After an announcement, before reading: under load a shard announces every commit, and one read then takes many.
+WAKE_GATHER_S = 0.01
 POLL_S = 0.05  # between reads of a shard's journal with nothing new, for a shard that announces nothing
 FALLBACK_POLL_S = 1.0  # the same for a shard whose announcements wake the notifier: they may be lost, or stop
 MAX_SLEEP_S = 1.0
@@ -183,7 +185,7 @@ class NotifierActor:
                     self.unloaded[shard], pruned = True, False
                 if self.unloaded[shard] and len(self.schedule) < RELOAD_BELOW * self.schedule.max_jobs:
                     await self._load_pages(shard)
-                busy = await self._follow_entries(shard)
+                read = await self._follow_entries(shard)
                 backoff.reset()
             except EntriesPruned:
                 pruned = True
@@ -192,7 +194,8 @@ class NotifierActor:
                 log.warning("following shard %d failed: %s: %s", shard, type(error).__name__, error)
                 await backoff.wait()
                 continue
-            if not busy:
+            # A short page holding all that was announced leaves nothing to read: no second, empty read.
+            if read < ENTRIES_PER_READ and self.cursors[shard].sequence >= announced:
                 await self._idle(shard, announced)
 
     async def _idle(self, shard: int, announced: int) -> None:
@@ -203,14 +206,17 @@ class NotifierActor:
         else:
             after = max(announced, self.cursors[shard].sequence)
             await announcements.wait(after, FALLBACK_POLL_S)
-            self.stats_.woken_by_announcement += announcements.sequence > after
+            if announcements.sequence > after:
+                self.stats_.woken_by_announcement += 1
+                await asyncio.sleep(WAKE_GATHER_S)
 
-    async def _follow_entries(self, shard: int) -> bool:
+    async def _follow_entries(self, shard: int) -> int:
+        """How many entries were read (and followed)."""
         cursor = self.cursors[shard]
         self.stats_.journal_reads += 1
         entries = await self.shards[shard].read_entries(cursor.sequence + 1, ENTRIES_PER_READ)
         if not entries:
-            return False
+            return 0
         events = [event for entry in entries for event in entry.result.events]
         # Before the new ones are added: those are read as the engine has them now, targets moved already.
         self._mark_moved(shard, {event.object_id for event in events if event.kind == WEBHOOK_MOVED})
@@ -222,7 +228,7 @@ class NotifierActor:
         if unknown and not self.unloaded[shard] and not await self._add(shard, unknown):
             self.unloaded[shard] = True
         cursor.advance(entries[-1].sequence)
-        return True
+        return len(entries)
 
     def _mark_moved(self, shard: int, merchant_ids: set[str]) -> None:
         """These merchants' webhook_url changed: their webhook deliveries are read again before their next attempt."""
