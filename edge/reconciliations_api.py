@@ -125,8 +125,12 @@ async def get_reconciliation(request: web.Request) -> web.Response:
 
 async def list_reconciliations(request: web.Request) -> web.Response:
     await authenticate(request, admin_allowed=True, merchant_allowed=False)
-    limit = parse_limit(request.query)
-    starting_after = request.query.get("starting_after", "")[:128]
+    return respond(request, await newest(request, parse_limit(request.query),
+                                         request.query.get("starting_after", "")[:128]))
+
+
+async def newest(request: web.Request, limit: int, starting_after: str = "") -> ReconciliationList:
+    """A page of reconciliations, newest first, each whole (its parts from every shard combined)."""
     gateway = request.app["gateway"]
     answers = await asyncio.gather(*(gateway.read_on(shard, ListReconciliations(limit=limit + 1,
                                                                                 starting_after=starting_after))
@@ -142,7 +146,7 @@ async def list_reconciliations(request: web.Request) -> web.Response:
                                                                    parts[0].id), reverse=True)
     page = [render(parts, _shard_count(gateway)) for parts in newest_first[:limit]]
     has_more = len(newest_first) > limit or any(answer.has_more for answer in answers)
-    return respond(request, ReconciliationList("list", page, has_more))
+    return ReconciliationList("list", page, has_more)
 
 
 def render(parts: list[Reconciliation], shard_count: int) -> ReconciliationOut:

@@ -487,6 +487,21 @@ def test_the_operator_sees_each_shards_epoch_and_replica_lag(server, page):
     expect(page.get_by_text("No delivery is dead.")).to_be_visible()
 
 
+def test_the_operator_sees_a_reconciliations_mismatches(server, page):
+    unknown = "pay_" + uuid.uuid4().hex[:24]
+    text = f"transaction_id,amount,currency,status,settled_at,fee\n{unknown},999,usd,captured,2024-01-02T10:00:00Z,3\n"
+    reply = server.request("POST", "/v1/reconciliations?date=2024-01-02", raw=text.encode(), key=server.admin_token,
+                           headers={"Content-Type": "text/csv"})
+    assert reply.status == 200 and reply.json()["missing_in_ledger"] == [unknown], reply.body
+    admin_sign_in(server, page, server.admin_token)
+    page.get_by_role("link", name="Reconciliations").click()
+    expect(page.get_by_role("heading", name="Reconciliations")).to_be_visible()
+    row = page.get_by_role("row").filter(has=page.get_by_role("rowheader", name=reply.json()["id"]))
+    expect(row.get_by_text(f"Missing in ledger (1): {unknown}")).to_be_visible()
+    expect(row.get_by_text("piggybank · 2024-01-02")).to_be_visible()
+    assert page.evaluate(UNLABELLED) == [] and page.evaluate(LOW_CONTRAST) == []
+
+
 def test_the_operator_onboards_suspends_and_blocks(server, page):
     admin_sign_in(server, page, server.admin_token)
     page.get_by_role("link", name="Merchants").click()

@@ -14,7 +14,7 @@ import msgspec
 from aiohttp import web
 
 from actors.health_report import HEALTH_FOLDER, REPORT_FILE, ClusterHealth, report_decoder
-from edge import app as api, deliveries_api, login, risk, schemas
+from edge import app as api, deliveries_api, login, reconciliations_api, risk, schemas
 from edge.errors import ApiError
 from edge.http import ADMIN
 from edge.pages.common import action_form, checked, csrf_token, end_session, filled, form_of, page, redirect, render, \
@@ -27,6 +27,7 @@ NOTICES = {"suspended": "Merchant suspended.", "active": "Merchant reactivated."
            "blocked": "Added to the block list.", "unblocked": "Removed from the block list.",
            "replayed": "Dead deliveries queued again."}
 DEAD_LETTERS_SHOWN = 100
+RECONCILIATIONS_SHOWN = 50
 BLOCK_KINDS = {"card_fingerprint": "Card fingerprint", "ip": "IP address", "email": "Email", "customer": "Customer id"}
 
 
@@ -44,6 +45,7 @@ def add_routes(app: web.Application) -> None:
     router.add_post("/admin/risk/{id}/remove", unblock)
     router.add_get("/admin/dead-letters", dead_letters_page)
     router.add_post("/admin/dead-letters/replay", replay_dead_letters)
+    router.add_get("/admin/reconciliations", reconciliations_page)
 
 
 @page
@@ -195,6 +197,13 @@ async def dead_letters_page(request: web.Request) -> web.Response:
     listed = await deliveries_api.dead_letters(request, DEAD_LETTERS_SHOWN)
     return _show(request, "admin_dead_letters.html", {"section": "dead_letters", "deliveries": listed.data,
                                                       "has_more": listed.has_more})
+
+
+@signed_in
+async def reconciliations_page(request: web.Request) -> web.Response:
+    listed = await reconciliations_api.newest(request, RECONCILIATIONS_SHOWN)
+    return _show(request, "admin_reconciliations.html", {"section": "reconciliations",
+                                                         "reconciliations": listed.data, "has_more": listed.has_more})
 
 
 @signed_in
