@@ -444,14 +444,16 @@ def idempotency_key(request: web.Request) -> str | None:
 
 
 def _checked_idempotency_key(key: str | None) -> str | None:
-    if key is not None and not (1 <= len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH and key.isprintable() and _encodes(key)):
+    if key is not None and not (1 <= len(key) <= IDEMPOTENCY_KEY_MAX_LENGTH and key.isprintable() and is_text(key)):
         raise ApiError(400, "idempotency_key_invalid",
                        f"Idempotency-Key must be 1 to {IDEMPOTENCY_KEY_MAX_LENGTH} printable characters",
                        "Idempotency-Key")
     return key
 
 
-def _encodes(text: str) -> bool:
+def is_text(text: str) -> bool:
+    """Whether `text` is Unicode text: one decoded from UTF-7 or with surrogate escapes can hold a lone surrogate,
+    which no UTF-8 can encode."""
     try:
         text.encode()
     except UnicodeEncodeError:

@@ -22,7 +22,7 @@ from multidict import MultiDictProxy
 
 from edge.errors import ApiError, from_validation
 from edge.gateway import ShardBusy
-from edge.http import TOKEN_TTL_S, log
+from edge.http import TOKEN_TTL_S, is_text, log
 from engine.currencies import CURRENCY_EXPONENTS
 
 # No inline script or style, nothing from elsewhere, and no page of ours inside anyone's frame (the payment page
@@ -207,15 +207,6 @@ async def form_of(request: web.Request, expected_token: str | None) -> MultiDict
                                                               expected_token.encode()):
         raise ApiError(403, "csrf_token_invalid", "this form has expired: open the page again and resend it")
     return fields
-
-
-def is_text(value: str) -> bool:
-    """Whether a field is Unicode text: one sent in UTF-7 can hold a lone surrogate, which no UTF-8 can encode."""
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def new_attempt() -> str:
