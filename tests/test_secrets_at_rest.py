@@ -10,6 +10,7 @@ import json
 import mmap
 import os
 import pathlib
+import re
 import socket
 import stat
 import time
@@ -72,7 +73,8 @@ def run(tmp_path_factory, hooks):
 def call(server, method: str, path: str, body, key: str, headers: dict | None = None) -> dict:
     response = server.request(method, path, body, key=key, headers=headers)
     assert response.status == 200, (path, response.status, response.body[:300])
-    assert PAN.encode() not in response.body and CVC.encode() not in response.body
+    # The CVC as a value of its own: four digits can turn up inside a random hex id
+    assert PAN.encode() not in response.body and not re.search(rb"(?<![0-9a-f])" + CVC.encode() + rb"(?![0-9a-f])", response.body)
     return response.json()
 
 
