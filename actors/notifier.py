@@ -12,8 +12,9 @@ are loaded with PendingDeliveries; the journal only says what is new. So a notif
 nothing: what it had not recorded is attempted again (at least once), and a delivery recorded delivered is never
 pending again. The retry times are the notifier's (the schedule with ±20 % jitter); the engine keeps them as data.
 
-A shard's follower reads its journal when the shard announces a new durable sequence (its announce socket, nng
-pub/sub: a wake-up only, the cursor decides what is read), and once a second should an announcement be lost; a
+A shard's follower reads its journal when the shard announces a durable sequence that queued a delivery or moved a
+webhook (its announce socket, nng pub/sub: a wake-up only, the cursor decides what is read), and once a second
+should an announcement be lost or no commit need one (the rest of the journal is read then, in pages); a
 shard without an announce socket is polled every 50 ms. The shard never waits on the notifier: it publishes without
 blocking, to whoever listens.
 

@@ -73,6 +73,8 @@ NO_WEBHOOK_URL = "no_webhook_url"  # the merchant removed its webhook_url while 
 # Logged (with the merchant's id) when a change of its webhook_url moved or ended pending deliveries: the notifier
 # reads them again before their next attempt.
 WEBHOOK_MOVED = "merchant.webhook_moved"
+# What the notifier follows the journal for: a shard announces the batches that hold one (journal/shard.py).
+FOLLOWED_EVENTS = frozenset({QUEUED, WEBHOOK_MOVED})
 DELIVERY_OUTCOMES = ("delivered", "retry", "dead")
 # Engine Events a merchant hears of, and the type of their object. Not the internal ones (transfer.expired, *.created,
 # delivery.queued, delivery.dead).

@@ -11,6 +11,7 @@ import msgspec
 
 from engine import Batch
 from engine.machine import ERROR_MAX_CHARS, PROCESS_FAULTS
+from engine.notifications import FOLLOWED_EVENTS
 from engine.records import Archive
 from engine.submits import SubmitSpan
 from journal.recovery import batch_encoder
@@ -98,6 +99,7 @@ class Sequencer:
         replies: list[tuple[asyncio.Future, bytes]] = []
         if batch is not None:
             result = shard.apply(batch)
+            shard.announce_due |= any(event.kind in FOLLOWED_EVENTS for event in result.events)
             if any(archived.more for archived in shard.engine.archived):
                 self.archive_at = 0.0  # the next tick archives more
             encoded = result_encoder.encode(result)

@@ -102,6 +102,8 @@ class Shard:
         self.unwritten_results: list[tuple[int, bytes]] = []
         # Results of applied batches not yet on disk, by sequence: readers get them from here meanwhile.
         self.results_in_flight: dict[int, bytes] = {}
+        # A batch applied since the last announcement holds deliveries queued or moved: the next write announces.
+        self.announce_due = False
         # Entries not yet acknowledged by the replica, kept to send without a disk read.
         self.recent: collections.deque = collections.deque(maxlen=config.max_unreleased_batches * 2)
         self.snapshotter = Snapshotter(self.journal, snapshots, self.engine.sequence, config.snapshot_every_batches,
@@ -204,8 +206,10 @@ class Shard:
             self.announce()
 
     def announce(self) -> None:
-        if self.announce_socket is None:
+        """Wake the notifier once what it follows is durable; a commit with nothing for it wakes nobody."""
+        if self.announce_socket is None or not self.announce_due:
             return
+        self.announce_due = False
         try:
             self.announce_socket.send(self.key.seal(ANNOUNCEMENT.pack(self.durable_sequence)), block=False)
         except pynng.NNGException:
