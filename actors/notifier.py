@@ -52,7 +52,7 @@ from journal.client import Announcements, EntriesPruned, ShardClient
 from journal.store import write_atomically
 
 ACTOR_NAME = "notifier"
-ENTRIES_PER_READ = 64
+ENTRIES_PER_READ = 256  # results alone (no payloads): small entries
 IDS_PER_QUERY = MAX_JOBS
 PAGE = 256  # pending deliveries loaded per request
 MAX_RESULTS_PER_SUBMIT = MAX_DELIVERY_RESULTS
@@ -215,7 +215,7 @@ class NotifierActor:
         """How many entries were read (and followed)."""
         cursor = self.cursors[shard]
         self.stats_.journal_reads += 1
-        entries = await self.shards[shard].read_entries(cursor.sequence + 1, ENTRIES_PER_READ)
+        entries = await self.shards[shard].read_entries(cursor.sequence + 1, ENTRIES_PER_READ, with_payloads=False)
         if not entries:
             return 0
         events = [event for entry in entries for event in entry.result.events]

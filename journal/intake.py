@@ -147,12 +147,14 @@ class Intake:
                                                     f"{request.start_sequence}")
         limit = max(1, min(request.limit, self.config.max_read_entries))
         pairs = shard.journal.read_results(request.start_sequence, limit)
-        entries = [StoredEntry(entry.sequence, entry.payload, msgspec.Raw(result)) for entry, result in pairs]
+        with_payloads = request.with_payloads
+        entries = [StoredEntry(entry.sequence, entry.payload if with_payloads else b"", msgspec.Raw(result))
+                   for entry, result in pairs]
         entries += self._entries_in_flight(pairs[-1][0].sequence + 1 if pairs else request.start_sequence,
-                                           limit - len(entries))
+                                           limit - len(entries), with_payloads)
         return reply_encoder.encode(Reply(ReplyStatus.OK, shard.epoch, shard.durable_sequence, entries=entries))
 
-    def _entries_in_flight(self, sequence: int, limit: int) -> list[StoredEntry]:
+    def _entries_in_flight(self, sequence: int, limit: int, with_payloads: bool) -> list[StoredEntry]:
         """Durable entries whose results are still on their way to the disk, from memory: a crash now would only
         make recovery compute the same results again."""
         shard = self.shard
@@ -161,7 +163,8 @@ class Intake:
         while (len(found) < limit and sequence <= shard.durable_sequence and sequence in shard.results_in_flight
                and recent and recent[0].sequence <= sequence):
             entry = recent[sequence - recent[0].sequence]
-            found.append(StoredEntry(sequence, entry.payload, msgspec.Raw(shard.results_in_flight[sequence])))
+            found.append(StoredEntry(sequence, entry.payload if with_payloads else b"",
+                                     msgspec.Raw(shard.results_in_flight[sequence])))
             sequence += 1
         return found
 

@@ -74,6 +74,9 @@ class ReadEntries(msgspec.Struct, tag="read_entries", array_like=True):
 
     start_sequence: int
     limit: int = 64
+    # False: each entry's payload left empty, for a reader that needs only the results (a batch's payload may hold
+    # thousands of transfers).
+    with_payloads: bool = True
 
 
 class Status(msgspec.Struct, tag="status", array_like=True):

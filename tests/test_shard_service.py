@@ -47,6 +47,9 @@ def test_committed_batches_are_read_by_sequence_with_their_results(shard):
         assert [entry.sequence for entry in entries] == [1, 2]
         assert entries[1].result.results == [[0, 33]]  # ok, credit_account_not_found
         assert await client.read_entries(3) == []
+        results_only = await client.read_entries(1, limit=10, with_payloads=False)
+        assert [(entry.sequence, entry.result) for entry in results_only] == [(e.sequence, e.result) for e in entries]
+        assert all(entry.payload for entry in entries) and not any(entry.payload for entry in results_only)
 
     run(scenario())
 
