@@ -349,9 +349,9 @@ class ShardClient:
 
 class Announcements:
     """A shard's announcements of its durable sequence, made when a batch that queued deliveries (or moved a webhook)
-    is durable (journal/shard.py `announce`): they wake a reader that follows
-    the journal by its cursor, which then reads by sequence as always. nng pub/sub drops what a slow subscriber has no
-    room for, and a replica promoted to primary announces nothing: a reader still polls, slowly, as well.
+    is durable (journal/shard.py `announce`): they wake a reader that follows the journal by its cursor, which then
+    reads by sequence as always. nng pub/sub drops what a slow subscriber has no room for, and a replica promoted to
+    primary announces nothing: a reader still polls, slowly, as well.
 
     The event loop watches nng's receive descriptor (as `_Channel` does): no nng thread calls into Python. A message
     without the data folder's key is dropped and counted."""
