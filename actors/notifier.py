@@ -56,7 +56,7 @@ ENTRIES_PER_READ = 256  # results alone (no payloads): small entries
 IDS_PER_QUERY = MAX_JOBS
 PAGE = 256  # pending deliveries loaded per request
 MAX_RESULTS_PER_SUBMIT = MAX_DELIVERY_RESULTS
-# After an announcement, before reading: under load a shard announces every commit, and one read then takes many.
+# After an announcement, before reading: under load many commits queue deliveries, and one read then takes many.
 WAKE_GATHER_S = 0.01
 POLL_S = 0.05  # between reads of a shard's journal with nothing new, for a shard that announces nothing
 FALLBACK_POLL_S = 1.0  # the same for a shard whose announcements wake the notifier: they may be lost, or stop

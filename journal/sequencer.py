@@ -99,7 +99,8 @@ class Sequencer:
         replies: list[tuple[asyncio.Future, bytes]] = []
         if batch is not None:
             result = shard.apply(batch)
-            shard.announce_due |= any(event.kind in FOLLOWED_EVENTS for event in result.events)
+            if any(event.kind in FOLLOWED_EVENTS for event in result.events):
+                shard.announce_through = batch.sequence
             if any(archived.more for archived in shard.engine.archived):
                 self.archive_at = 0.0  # the next tick archives more
             encoded = result_encoder.encode(result)

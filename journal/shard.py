@@ -102,8 +102,9 @@ class Shard:
         self.unwritten_results: list[tuple[int, bytes]] = []
         # Results of applied batches not yet on disk, by sequence: readers get them from here meanwhile.
         self.results_in_flight: dict[int, bytes] = {}
-        # A batch applied since the last announcement holds deliveries queued or moved: the next write announces.
-        self.announce_due = False
+        # The last batch holding deliveries queued or moved not yet announced (0: none): the write that makes it
+        # durable announces. A sequence, not a flag: a write of older entries or results must not take its turn.
+        self.announce_through = 0
         # Entries not yet acknowledged by the replica, kept to send without a disk read.
         self.recent: collections.deque = collections.deque(maxlen=config.max_unreleased_batches * 2)
         self.snapshotter = Snapshotter(self.journal, snapshots, self.engine.sequence, config.snapshot_every_batches,
@@ -207,9 +208,9 @@ class Shard:
 
     def announce(self) -> None:
         """Wake the notifier once what it follows is durable; a commit with nothing for it wakes nobody."""
-        if self.announce_socket is None or not self.announce_due:
+        if self.announce_socket is None or not self.announce_through or self.durable_sequence < self.announce_through:
             return
-        self.announce_due = False
+        self.announce_through = 0
         try:
             self.announce_socket.send(self.key.seal(ANNOUNCEMENT.pack(self.durable_sequence)), block=False)
         except pynng.NNGException:

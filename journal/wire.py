@@ -17,7 +17,8 @@ from engine.types import CreateAccounts, CreateTransfers
 # Items (transfers, accounts, other commands, queries) in one shard batch, at most: 8 full batch-transfer requests.
 MAX_BATCH_ITEMS = 65_520
 # What a shard publishes on its announce socket after a write that made a batch holding deliveries queued or moved
-# durable (engine/notifications.py FOLLOWED_EVENTS): its durable sequence, sealed with the data folder's key. It only wakes readers of the journal (journal/client.py Announcements).
+# durable (engine/notifications.py FOLLOWED_EVENTS): its durable sequence, sealed with the data folder's key. It only
+# wakes readers of the journal (journal/client.py Announcements).
 ANNOUNCEMENT = struct.Struct(">Q")
 # A Submit's id: 8 random bytes naming the sending process and 8 counting its Submits (journal/client.py).
 SUBMIT_ID_MAX_BYTES = 32
