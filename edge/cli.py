@@ -35,7 +35,7 @@ from journal.auth import DEFAULT_GRACE_S, KeyFileError, MessageKey, ensure_key_f
 from journal.client import ShardMap, ShardUnavailable
 from journal.processes import (InternalAddresses, ShardPlan, ShardProcess, ShardStartFailed, load_or_create_layout,
                                request_once, running_address, running_key)
-from journal.recovery import AHEAD_OF_JOURNAL, RecoveryReport, load_snapshot, replay, replay_from_scratch
+from journal.recovery import NEVER_COMMITTED, RecoveryReport, load_snapshot, replay, replay_from_scratch
 from journal.shard import main as shard_main
 from journal.store import CorruptionError, Journal, Snapshots, read_in_child
 from journal.supervision import ShardSupervisor
@@ -545,7 +545,7 @@ def _check_snapshot(journal: Journal, snapshots: Snapshots, path: pathlib.Path, 
     if report.skipped_snapshots:
         # A snapshot of a batch that never committed is a harmless leftover of a crash; one of a batch that had
         # committed stopped load_snapshot already.
-        return [note for note in report.skipped_snapshots if AHEAD_OF_JOURNAL not in note]
+        return [note for note in report.skipped_snapshots if NEVER_COMMITTED not in note]
     replay(engine, journal, start, previous_hash, report)
     if engine.state_hash() != final_hash:
         return [f"snapshot {path.name}: its state plus the journal tail differs from the replay"]

@@ -17,7 +17,7 @@ from journal.cold import ColdStore
 from journal.store import GENESIS_HASH, CorruptionError, Journal, Snapshots
 
 log = logging.getLogger("paygate.recovery")
-AHEAD_OF_JOURNAL = "ahead of the journal (its batch never committed)"
+NEVER_COMMITTED = "its batch never committed"
 RESULTS_MISSING = "taken before its batches' results were written"
 batch_decoder = msgspec.msgpack.Decoder(Batch)
 batch_encoder = msgspec.msgpack.Encoder()
@@ -48,14 +48,16 @@ def load_snapshot(journal: Journal, snapshots: Snapshots, report: RecoveryReport
                                   journal.head_sequence + 1)
         if info.sequence > journal.head_sequence:
             # Taken just after its batch was applied, and the batch never became durable.
-            report.skipped_snapshots.append(f"snapshot {path.name}: {AHEAD_OF_JOURNAL}")
+            report.skipped_snapshots.append(f"snapshot {path.name}: ahead of the journal ({NEVER_COMMITTED})")
             continue
         if 0 < results_through < info.sequence:
             # Replay recomputes only the results of batches after the snapshot: these would be missing for good.
             report.skipped_snapshots.append(f"snapshot {path.name}: {RESULTS_MISSING}")
             continue
         if journal.entry_hash_at(info.sequence) != info.entry_hash:
-            report.skipped_snapshots.append(f"snapshot {path.name}: not in this journal")
+            # Taken before its batch was durable, that batch lost to a crash, and a later batch took its number.
+            reason = f" ({NEVER_COMMITTED}; another took its number)" if info.durable_sequence < info.sequence else ""
+            report.skipped_snapshots.append(f"snapshot {path.name}: not in this journal{reason}")
             continue
         engine = Engine.restore(payload)
         if engine.sequence != info.sequence:

@@ -21,7 +21,7 @@ import pytest
 
 from edge_harness import Server
 from engine import Account, Batch, CreateAccounts, CreateTransfers, Engine, Transfer
-from journal.recovery import AHEAD_OF_JOURNAL, batch_decoder, batch_encoder, recover, replay_from_scratch
+from journal.recovery import batch_decoder, batch_encoder, recover, replay_from_scratch
 from journal.store import (GENESIS_HASH, HASH_BYTES, SNAPSHOT_HEADER, CorruptionError, Entry, Journal, Snapshots,
                            chained_entries, entry_hash)
 
@@ -256,19 +256,51 @@ def test_a_snapshot_of_batches_whose_results_were_never_written_is_skipped(tmp_p
         assert [entry.sequence for entry, _ in journal.read_results(1, 100)] == list(range(1, BATCHES + 1))
 
 
-def test_snapshot_ahead_of_the_journal_is_skipped(tmp_path):
-    """A snapshot of a batch whose journal entry never committed is skipped, and verify takes it for a crash leftover."""
-    build_journal(tmp_path)
-    payloads = batch_payloads(BATCHES + 1)
-    with opened(tmp_path) as journal:
-        uncommitted = journal.prepare(BATCHES + 1, payloads[-1])
-    Snapshots(tmp_path).write(BATCHES + 1, uncommitted.hash, engine_through(payloads, BATCHES + 1).snapshot(),
-                              durable_sequence=BATCHES)
+def other_batch(sequence: int) -> bytes:
+    """A batch that could have taken `sequence`'s number after a crash lost the first one."""
+    transfer = Transfer(f"other-{sequence}", "cash", "alice", 1, "USD")
+    return batch_encoder.encode(Batch(sequence, T0 + sequence, [CreateTransfers([transfer])]))
+
+
+def snapshot_at(folder: pathlib.Path, payloads: list[bytes], durable_sequence: int) -> None:
+    """A snapshot of the engine after the last of `payloads`, chained to the journal's entry before it."""
+    sequence = len(payloads)
+    with opened(folder) as journal:
+        chained = entry_hash(journal.entry_hash_at(sequence - 1), sequence, payloads[-1])
+    Snapshots(folder).write(sequence, chained, engine_through(payloads, sequence).snapshot(), durable_sequence)
+
+
+@pytest.mark.parametrize("number_reused", [False, True], ids=["journal-ends-before-it", "another-batch-took-it"])
+def test_a_snapshot_of_a_batch_that_never_committed_is_skipped(tmp_path, number_reused):
+    """A snapshot forked after its batch was applied but before it was durable, then kill -9: the batch is lost, and
+    after the restart the journal ends before it or another batch has its number. Recovery skips the snapshot, and
+    verify takes it for a crash leftover."""
+    payloads = build_journal(tmp_path)
+    if number_reused:
+        payloads.append(other_batch(BATCHES + 1))
+        with opened(tmp_path) as journal:
+            journal.append([(BATCHES + 1, payloads[-1])])
+    snapshot_at(tmp_path, batch_payloads(BATCHES + 1), durable_sequence=BATCHES)
     engine, report = recover_folder(tmp_path)
-    assert report.skipped_snapshots == [f"snapshot {SNAPSHOT_NAME_AT(BATCHES + 1)}: {AHEAD_OF_JOURNAL}"]
-    assert (report.snapshot_sequence, engine.sequence) == (0, BATCHES)
-    assert engine.state_hash() == engine_through(payloads, BATCHES).state_hash()
+    reason = "not in this journal (its batch never committed; another took its number)" if number_reused else \
+        "ahead of the journal (its batch never committed)"
+    assert report.skipped_snapshots == [f"snapshot {SNAPSHOT_NAME_AT(BATCHES + 1)}: {reason}"]
+    head = BATCHES + number_reused
+    assert (report.snapshot_sequence, engine.sequence) == (0, head)
+    assert engine.state_hash() == engine_through(payloads, head).state_hash()
     assert run_verify(tmp_path).returncode == 0
+
+
+def test_a_snapshot_of_a_durable_batch_the_journal_does_not_hold_fails_verify(tmp_path):
+    """Its batch was durable when it was taken: a journal with another batch at that number is not its journal."""
+    build_journal(tmp_path)
+    with opened(tmp_path) as journal:
+        journal.append([(BATCHES + 1, other_batch(BATCHES + 1))])
+    snapshot_at(tmp_path, batch_payloads(BATCHES + 1), durable_sequence=BATCHES + 1)
+    _, report = recover_folder(tmp_path)
+    assert report.skipped_snapshots == [f"snapshot {SNAPSHOT_NAME_AT(BATCHES + 1)}: not in this journal"]
+    verified = run_verify(tmp_path)
+    assert verified.returncode == 1 and "not in this journal" in verified.stdout, verified.stdout
 
 
 @pytest.mark.parametrize("kept", [0, 3], ids=["journal-emptied", "journal-cut-short"])
