@@ -14,7 +14,7 @@ import msgspec
 from engine import Batch, CreateTransfers, Engine
 from engine.check import check
 from journal.cold import ColdStore
-from journal.store import GENESIS_HASH, CorruptionError, Journal, Snapshots
+from journal.store import GENESIS_HASH, CorruptionError, Journal, SnapshotInfo, Snapshots
 
 log = logging.getLogger("paygate.recovery")
 NEVER_COMMITTED = "its batch never committed"
@@ -46,18 +46,12 @@ def load_snapshot(journal: Journal, snapshots: Snapshots, report: RecoveryReport
             raise CorruptionError(f"snapshot {path.name} was taken when the journal held entries through "
                                   f"{info.durable_sequence}, but it ends at {journal.head_sequence}: entries were lost",
                                   journal.head_sequence + 1)
-        if info.sequence > journal.head_sequence:
-            # Taken just after its batch was applied, and the batch never became durable.
-            report.skipped_snapshots.append(f"snapshot {path.name}: ahead of the journal ({NEVER_COMMITTED})")
+        if journal.entry_hash_at(info.sequence) != info.entry_hash:  # none there, when it is ahead of the journal
+            report.skipped_snapshots.append(f"snapshot {path.name}: {_not_in_journal(journal, info)}")
             continue
         if 0 < results_through < info.sequence:
             # Replay recomputes only the results of batches after the snapshot: these would be missing for good.
             report.skipped_snapshots.append(f"snapshot {path.name}: {RESULTS_MISSING}")
-            continue
-        if journal.entry_hash_at(info.sequence) != info.entry_hash:
-            # Taken before its batch was durable, that batch lost to a crash, and a later batch took its number.
-            reason = f" ({NEVER_COMMITTED}; another took its number)" if info.durable_sequence < info.sequence else ""
-            report.skipped_snapshots.append(f"snapshot {path.name}: not in this journal{reason}")
             continue
         engine = Engine.restore(payload)
         if engine.sequence != info.sequence:
@@ -69,6 +63,17 @@ def load_snapshot(journal: Journal, snapshots: Snapshots, report: RecoveryReport
     if first != 1:
         raise CorruptionError(f"journal starts at entry {first} but no valid snapshot covers the entries before it", first)
     return Engine(), 1, GENESIS_HASH
+
+
+def _not_in_journal(journal: Journal, info: SnapshotInfo) -> str:
+    """Why a snapshot's batch is not in the journal. Taken before that batch was durable, with every entry it knew
+    durable still there: the batch was lost to a crash (never acknowledged), and another may since have taken its
+    number. Anything else: another journal's snapshot, or this journal lost or rewrote entries."""
+    ahead = info.sequence > journal.head_sequence
+    if info.durable_sequence < info.sequence and journal.hash_through(info.durable_sequence) == info.durable_hash:
+        return f"ahead of the journal ({NEVER_COMMITTED})" if ahead else \
+            f"not in this journal ({NEVER_COMMITTED}; another took its number)"
+    return "not in this journal"
 
 
 def replay(engine: Engine, journal: Journal, start: int, previous_hash: bytes, report: RecoveryReport,

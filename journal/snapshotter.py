@@ -7,6 +7,7 @@ import os
 import time
 
 from engine import Engine
+from engine.check import check
 from journal.store import Journal, Snapshots
 
 log = logging.getLogger("paygate.shard")
@@ -34,10 +35,14 @@ class Snapshotter:
             return
         self.last_sequence = engine.sequence
         self.last_time = time.monotonic()
+        durable = min(durable_sequence, engine.sequence)
+        # Durable entries stay until a snapshot past them is kept, so the journal holds this one.
+        durable_hash = entry_hash if durable == engine.sequence else self.journal.hash_through(durable)
+        check(durable_hash is not None, f"journal entry {durable} is durable but not in the journal")
         paused_at = time.perf_counter()
         # Objects the collector never visits are never copied by the child's writes.
         gc.freeze()
-        self.child = take_snapshot_in_child(engine, entry_hash, self.snapshots, durable_sequence)
+        self.child = take_snapshot_in_child(engine, entry_hash, self.snapshots, (durable, durable_hash))
         log.info("snapshot of batch %d forked; the writer paused %.1f ms", engine.sequence,
                  (time.perf_counter() - paused_at) * 1000)
 
@@ -59,14 +64,15 @@ class Snapshotter:
                 self.journal.prune_before(oldest)
 
 
-def take_snapshot_in_child(engine: Engine, entry_hash: bytes, snapshots: Snapshots, durable_sequence: int) -> int:
-    """Fork: the child writes the engine as of now (copy-on-write) while the parent goes on."""
+def take_snapshot_in_child(engine: Engine, entry_hash: bytes, snapshots: Snapshots, durable: tuple[int, bytes]) -> int:
+    """Fork: the child writes the engine as of now (copy-on-write) while the parent goes on; `durable` is the
+    journal's durable head then, and its entry's hash."""
     sequence = engine.sequence
     pid = os.fork()
     if pid:
         return pid
     try:
-        snapshots.write(sequence, entry_hash, engine.snapshot(), min(durable_sequence, sequence))
+        snapshots.write(sequence, entry_hash, engine.snapshot(), durable)
         os._exit(0)
     except BaseException:
         os._exit(1)

@@ -28,9 +28,10 @@ KEY = struct.Struct(">Q")
 # A sparse file: the map only costs disk as it fills. Grown by doubling when full.
 DEFAULT_MAP_SIZE_BYTES = 1 << 34
 MAX_DATABASES = 4
-SNAPSHOT_MAGIC = b"PGSNAP2\n"
-# magic, sequence, the journal's durable head when it was taken, journal entry hash, checksum
-SNAPSHOT_HEADER = struct.Struct(">8sQQ32s32s")
+SNAPSHOT_MAGIC = b"PGSNAP3\n"
+# magic, sequence, the journal's durable head when it was taken, journal entry hash, the durable head's entry hash,
+# checksum
+SNAPSHOT_HEADER = struct.Struct(">8sQQ32s32s32s")
 DATA_FILE = "data.mdb"
 # LMDB 0.9's meta page (lmdb/mdb.c, 64-bit): a 16-byte page header, then MDB_meta's magic and version (offset 16),
 # the page size (mm_dbs[FREE_DBI].md_pad, 40), the last page in use (mm_last_pg, 136) and the txn id (144).
@@ -356,6 +357,10 @@ class Journal:
             value = transaction.get(KEY.pack(sequence))
             return bytes(value[:HASH_BYTES]) if value is not None else None
 
+    def hash_through(self, sequence: int) -> bytes | None:
+        """The chain's hash through entry `sequence` (GENESIS_HASH through none); None if the journal lacks it."""
+        return self.entry_hash_at(sequence) if sequence else GENESIS_HASH
+
     # Metadata (epoch, pruning point)
 
     def get_meta(self, key: bytes) -> bytes | None:
@@ -472,8 +477,9 @@ class SnapshotInfo(msgspec.Struct, frozen=True):
     sequence: int
     entry_hash: bytes
     # A snapshot may run a few batches ahead of the disk, never behind it: a journal that ends before this lost
-    # entries it had made durable.
+    # entries it had made durable, and one whose entry there has another hash than durable_hash is not its journal.
     durable_sequence: int
+    durable_hash: bytes
 
 
 class Snapshots:
@@ -485,15 +491,16 @@ class Snapshots:
     def path_for(self, sequence: int) -> pathlib.Path:
         return self.folder / f"snapshot-{sequence:020d}.bin"
 
-    def write(self, sequence: int, entry_hash: bytes, payload: bytes, durable_sequence: int | None = None) -> pathlib.Path:
-        """Write, fsync, then rename into place: a reader never sees half a snapshot. `durable_sequence` (default:
-        `sequence`) is the journal's durable head when the engine was copied."""
-        durable_sequence = sequence if durable_sequence is None else durable_sequence
+    def write(self, sequence: int, entry_hash: bytes, payload: bytes,
+              durable: tuple[int, bytes] | None = None) -> pathlib.Path:
+        """Write, fsync, then rename into place: a reader never sees half a snapshot. `durable` (default: `sequence`
+        and `entry_hash`) is the journal's durable head when the engine was copied, and that entry's hash."""
+        durable_sequence, durable_hash = (sequence, entry_hash) if durable is None else durable
         check(durable_sequence <= sequence, f"snapshot {sequence} durable through {durable_sequence}, later")
         path = self.path_for(sequence)
         self.folder.mkdir(parents=True, exist_ok=True)  # here, not on opening: verify only reads
-        header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, sequence, durable_sequence, entry_hash,
-                                      _snapshot_hash(sequence, durable_sequence, entry_hash, payload))
+        fields = (sequence, durable_sequence, entry_hash, durable_hash)
+        header = SNAPSHOT_HEADER.pack(SNAPSHOT_MAGIC, *fields, _snapshot_hash(*fields, payload))
         write_atomically(path, header + payload)
         return path
 
@@ -506,11 +513,12 @@ class Snapshots:
         data = path.read_bytes()
         if len(data) < SNAPSHOT_HEADER.size:
             raise CorruptionError(f"snapshot {path.name}: truncated")
-        magic, sequence, durable_sequence, journal_hash, payload_hash = SNAPSHOT_HEADER.unpack_from(data)
+        magic, *fields, payload_hash = SNAPSHOT_HEADER.unpack_from(data)
         payload = data[SNAPSHOT_HEADER.size :]
-        if magic != SNAPSHOT_MAGIC or _snapshot_hash(sequence, durable_sequence, journal_hash, payload) != payload_hash:
+        if magic != SNAPSHOT_MAGIC or _snapshot_hash(*fields, payload) != payload_hash:
             raise CorruptionError(f"snapshot {path.name}: checksum mismatch")
-        return SnapshotInfo(path, sequence, journal_hash, durable_sequence), payload
+        sequence, durable_sequence, journal_hash, durable_hash = fields
+        return SnapshotInfo(path, sequence, journal_hash, durable_sequence, durable_hash), payload
 
     def remove_older_than(self, keep: int) -> list[pathlib.Path]:
         """Keep the newest `keep` snapshots; returns the paths removed."""
@@ -522,10 +530,12 @@ class Snapshots:
         return removed
 
 
-def _snapshot_hash(sequence: int, durable_sequence: int, entry_hash: bytes, payload: bytes) -> bytes:
-    """Covers the header's fields too, so a damaged sequence, durable head or entry hash is caught."""
+def _snapshot_hash(sequence: int, durable_sequence: int, entry_hash: bytes, durable_hash: bytes,
+                   payload: bytes) -> bytes:
+    """Covers the header's fields too, so a damaged sequence, durable head or hash is caught."""
     digest = hashlib.blake2b(KEY.pack(sequence) + KEY.pack(durable_sequence), digest_size=HASH_BYTES)
     digest.update(entry_hash)
+    digest.update(durable_hash)
     digest.update(payload)
     return digest.digest()
 

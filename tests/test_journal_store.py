@@ -262,12 +262,17 @@ def other_batch(sequence: int) -> bytes:
     return batch_encoder.encode(Batch(sequence, T0 + sequence, [CreateTransfers([transfer])]))
 
 
-def snapshot_at(folder: pathlib.Path, payloads: list[bytes], durable_sequence: int) -> None:
-    """A snapshot of the engine after the last of `payloads`, chained to the journal's entry before it."""
+def snapshot_at(folder: pathlib.Path, payloads: list[bytes], durable_sequence: int,
+                durable_hash: bytes | None = None) -> None:
+    """A snapshot of the engine after the last of `payloads`, chained to the journal's entry before it, taken when
+    the journal was durable through `durable_sequence` (whose hash is the journal's there unless given)."""
     sequence = len(payloads)
     with opened(folder) as journal:
         chained = entry_hash(journal.entry_hash_at(sequence - 1), sequence, payloads[-1])
-    Snapshots(folder).write(sequence, chained, engine_through(payloads, sequence).snapshot(), durable_sequence)
+        if durable_hash is None:
+            durable_hash = chained if durable_sequence == sequence else journal.hash_through(durable_sequence)
+    Snapshots(folder).write(sequence, chained, engine_through(payloads, sequence).snapshot(),
+                            (durable_sequence, durable_hash))
 
 
 @pytest.mark.parametrize("number_reused", [False, True], ids=["journal-ends-before-it", "another-batch-took-it"])
@@ -291,12 +296,15 @@ def test_a_snapshot_of_a_batch_that_never_committed_is_skipped(tmp_path, number_
     assert run_verify(tmp_path).returncode == 0
 
 
-def test_a_snapshot_of_a_durable_batch_the_journal_does_not_hold_fails_verify(tmp_path):
-    """Its batch was durable when it was taken: a journal with another batch at that number is not its journal."""
+@pytest.mark.parametrize("durable", [(BATCHES + 1, None), (BATCHES, bytes(HASH_BYTES))],
+                         ids=["its-batch-was-durable", "entries-it-knew-durable-differ"])
+def test_a_snapshot_whose_durable_entries_the_journal_does_not_hold_fails_verify(tmp_path, durable):
+    """Its batch was durable when it was taken, or the entries that were then differ from the journal's: a journal
+    with another batch at its number is not its journal (or lost acknowledged entries), never a crash leftover."""
     build_journal(tmp_path)
     with opened(tmp_path) as journal:
         journal.append([(BATCHES + 1, other_batch(BATCHES + 1))])
-    snapshot_at(tmp_path, batch_payloads(BATCHES + 1), durable_sequence=BATCHES + 1)
+    snapshot_at(tmp_path, batch_payloads(BATCHES + 1), *durable)
     _, report = recover_folder(tmp_path)
     assert report.skipped_snapshots == [f"snapshot {SNAPSHOT_NAME_AT(BATCHES + 1)}: not in this journal"]
     verified = run_verify(tmp_path)
@@ -633,8 +641,10 @@ def test_verify_judges_a_snapshot_ahead_of_the_journal_by_how_far_the_journal_wa
     the journal was durable further than its end: the journal lost entries."""
     payloads = build_journal(tmp_path)
     sequence = BATCHES + 3
+    with opened(tmp_path) as journal:
+        durable_hash = journal.hash_through(durable) or bytes(HASH_BYTES)  # none there when durable is past the end
     Snapshots(tmp_path).write(sequence, bytes(HASH_BYTES), engine_through(payloads, BATCHES).snapshot(),
-                              durable_sequence=durable)
+                              (durable, durable_hash))
     verify = run_verify(tmp_path)
     assert verify.returncode == (1 if failed else 0), verify.stdout + verify.stderr
     assert ("entries were lost" in verify.stdout) == failed, verify.stdout
