@@ -7,9 +7,10 @@ requests while the socket's receive descriptor says some wait, and a context wit
 Replies leave from a thread of their own. A context's send waits for nng's threads to finish it (a hand-off that
 costs tens of microseconds on an idle machine and about half a millisecond on a busy one), and the loop must not
 wait: it would stall every request behind it. A send waits longer only while the client's connection is still
-sending the reply before it; `reply_timeout_ms` bounds that, whatever a client does. Past MAX_QUEUED_REPLIES waiting
-for the thread, the loop sends itself, so the contexts out at once stay bounded. A context goes back to the idle
-ones only once its reply has gone. No nng thread ever calls back into Python.
+sending the reply before it; `reply_timeout_ms` bounds that, whatever a client does (and one slow client delays the
+replies queued behind its own). Past MAX_QUEUED_REPLIES waiting for the thread, the loop sends itself, so the
+contexts out at once stay bounded. A context goes back to the idle ones only once its reply has gone. No nng thread
+ever calls back into Python.
 """
 
 import logging
@@ -76,12 +77,25 @@ class Replier:
         return context
 
     def close(self) -> None:
-        """Send the replies queued (each within its timeout: a client still connected reads its reply), then close."""
+        """Send the replies queued, then close. Clients read their replies at once; should some not, those still
+        queued after one reply timeout are dropped, and the reply under way ends within its own."""
+        timeout_s = self.reply_timeout_ms / 1000
         self.outbox.put(None)
-        self.thread.join(timeout=2 * self.reply_timeout_ms / 1000)
+        self.thread.join(timeout=timeout_s)
         if self.thread.is_alive():
-            log.warning("closing the client socket with replies still waiting for their clients")
+            log.warning("closing the client socket: %d replies dropped, their clients slow to take them",
+                        self._drop_queued())
+            self.outbox.put(None)
+            self.thread.join(timeout=2 * timeout_s)
         # Contexts before their socket: nng refuses to close a context of a closed socket.
         for context in self.contexts:
             context.close()
         self.socket.close()
+
+    def _drop_queued(self) -> int:
+        dropped = 0
+        while True:
+            try:
+                dropped += self.outbox.get_nowait() is not None
+            except queue.Empty:
+                return dropped

@@ -90,3 +90,27 @@ def test_each_reply_reaches_its_own_client_and_its_context_is_then_idle(monkeypa
         for client in clients:
             client.close()
     assert len(replier.idle) == len(replier.contexts) == len(clients)
+
+
+def test_close_drops_replies_still_queued_after_a_reply_timeout_and_the_thread_ends(monkeypatch, caplog):
+    """A reply that takes its client longer than the reply timeout holds up those queued behind it: close waits one
+    timeout for them, drops those still queued, and the thread ends once the reply under way has."""
+    listen = address(free_ports(1)[0])
+    replier = Replier(listen, reply_timeout_ms=100)
+    send = replier._send
+
+    def slow_send(context, body):
+        time.sleep(0.15)
+        send(context, body)
+
+    monkeypatch.setattr(replier, "_send", slow_send)
+    clients = requests_to(listen, 3)
+    try:
+        for context, message in take(replier, len(clients)):
+            replier.reply(context, b"answer to " + message)
+        replier.close()
+        assert not replier.thread.is_alive()
+        assert "2 replies dropped" in caplog.text
+    finally:
+        for client in clients:
+            client.close()
