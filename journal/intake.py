@@ -2,6 +2,7 @@
 journal entries) or queued for the sequencer; "busy" past the limits."""
 
 import asyncio
+import logging
 import time
 import typing
 
@@ -27,6 +28,8 @@ from journal.wire import (
 
 if typing.TYPE_CHECKING:
     from journal.shard import Shard
+
+log = logging.getLogger("paygate.shard")
 
 
 class Intake:
@@ -67,7 +70,9 @@ class Intake:
         self._send_reply(context, await self._answer(message))
 
     def _send_reply(self, context, reply: bytes) -> None:
-        self.replier.reply(context, self.key.seal(reply))
+        if not self.replier.reply(context, self.key.seal(reply)):  # a client that stopped reading: it will ask again
+            log.warning("a reply of %d bytes dropped: its client took none within %d ms", len(reply),
+                        self.config.reply_timeout_ms)
 
     async def _answer(self, message: bytes) -> bytes:
         shard = self.shard

@@ -8,7 +8,7 @@ and time), chains it into the journal and hands the entry to the journal thread
 commit) and to the replica, then applies it while they work. A batch's results
 follow its entry into the journal later (recovery recomputes any a crash lost).
 A batch's replies, and those of reads that saw it, leave only once it is durable
-here and, in sync mode, on the replica, from a thread of their own (nng's send waits).
+here and, in sync mode, on the replica.
 """
 
 import asyncio
