@@ -6,6 +6,10 @@ requests while the socket's receive descriptor says some wait, and a context wit
 leaves at once too, unless the client's connection is still sending the reply before it: our clients send one
 request at a time on a connection and wait for its answer, so that lasts only until nng notices the last one left,
 and `reply_timeout_ms` bounds it whatever a client does. No nng thread ever calls back into Python.
+
+A send still waits for nng's threads to finish it: tens of microseconds on an idle machine, about half a millisecond
+on a loaded one. Sending from a thread of our own instead was measured no faster: that thread waits for the GIL
+while the loop applies a batch.
 """
 
 import pynng
