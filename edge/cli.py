@@ -543,8 +543,8 @@ def _check_snapshot(journal: Journal, snapshots: Snapshots, path: pathlib.Path, 
     report = RecoveryReport()
     engine, start, previous_hash = load_snapshot(journal, snapshots, report, paths=[path])
     if report.skipped_snapshots:
-        # A snapshot of a batch that never committed is a harmless leftover of a crash; one of a batch that had
-        # committed stopped load_snapshot already.
+        # A snapshot of a batch that never committed is a harmless leftover of a crash; any other one skipped (damaged,
+        # another journal's, or of entries this journal lost or rewrote) is a failure.
         return [note for note in report.skipped_snapshots if NEVER_COMMITTED not in note]
     replay(engine, journal, start, previous_hash, report)
     if engine.state_hash() != final_hash:
