@@ -31,7 +31,7 @@ class Changes:
 
     def __init__(self) -> None:
         self.active = False
-        self.dicts: list["TrackedDict"] = []  # the dicts written in this command
+        self.dicts: list = []  # the tracked dicts (and listings) written in this command
         self.values: dict[int, tuple[object, object]] = {}  # id(value) -> (value, its state when first handed out)
         self.heap_log: list[tuple["Schedule", bool, object]] = []  # (schedule, swept?, entry or heap), in order
         self.deque_log: list[tuple["TrackedDeque", bool, object]] = []  # (deque, appended?, item), in order

@@ -1,9 +1,12 @@
 """Ids by owner in the order they came, read newest first from any of them: the index behind every list page.
 
 Each id knows its place in its owner's list, so a page `starting_after` an id starts there, without a scan. A
-removed id leaves its place behind (lists in tracked dicts are only appended to: engine/changes.py), skipped when
-read; an owner's list is packed once it holds more left places than ids, so it stays under about twice its ids.
-The index is derived from the records it lists: restore rebuilds it in the order they were made.
+removed id leaves its place behind, skipped when read; an owner's list is packed once it holds more left places than
+ids, so it stays under about twice its ids. The index is derived from the records it lists: restore rebuilds it in
+the order they were made.
+
+A command's adds and removes are undone from a log of its own (engine/changes.py calls `undo` or `forget`): one entry
+per change, where tracked dicts would keep three keys and hand out two values, on every command that lists a record.
 
 Record pages (`by_key`) list newest first by (created_at, id), the order the cold store keeps for archived records
 (journal/cold.py), so that a page reads the same before and after archival: records of one instant (one batch)
@@ -21,15 +24,22 @@ EVERYWHERE = ""  # the owner of a listing that pages as one list
 
 
 class Listing:
-    __slots__ = ("ids", "places", "counts")
+    __slots__ = ("changes", "ids", "places", "counts", "log")
 
     def __init__(self, changes: Changes) -> None:
-        self.ids: dict[str, list[str]] = changes.dict(ordered=False)  # owner -> ids, oldest first, with left places
-        self.places: dict[str, int] = changes.dict(ordered=False)  # id -> its place in its owner's list
-        self.counts: dict[str, int] = changes.dict(ordered=False)  # owner -> ids listed
+        self.changes = changes
+        self.ids: dict[str, list[str]] = {}  # owner -> ids, oldest first, with left places
+        self.places: dict[str, int] = {}  # id -> its place in its owner's list
+        self.counts: dict[str, int] = {}  # owner -> ids listed (an owner without ids has no list)
+        # This command's changes, in order: (owner, id, its place before or None) for an add; for a remove, also
+        # the owner's list before and the (id, place) pairs a pack moved.
+        self.log: list[tuple] = []
 
     def add(self, owner: str, item_id: str) -> None:
-        ids = self.ids.setdefault(owner, [])
+        ids = self.ids.get(owner)
+        if ids is None:
+            ids = self.ids[owner] = []
+        self._note((owner, item_id, self.places.get(item_id)))
         self.places[item_id] = len(ids)
         ids.append(item_id)
         self.counts[owner] = self.counts.get(owner, 0) + 1
@@ -39,18 +49,54 @@ class Listing:
 
     def remove(self, owner: str, item_id: str) -> None:
         """Unlist `item_id` (listed under `owner`)."""
-        del self.places[item_id]
+        ids = self.ids[owner]
+        place = self.places.pop(item_id)
         count = self.counts[owner] - 1
+        moved: list[tuple[str, int]] = []
         if not count:
             del self.counts[owner], self.ids[owner]
-            return
-        self.counts[owner] = count
-        ids = self.ids[owner]
-        if len(ids) > max(MIN_PACK_PLACES, 2 * count):
-            packed = [listed for place, listed in enumerate(ids) if self.places.get(listed) == place]
-            self.ids[owner] = packed
-            for place, listed in enumerate(packed):
-                self.places[listed] = place
+        else:
+            self.counts[owner] = count
+            if len(ids) > max(MIN_PACK_PLACES, 2 * count):
+                moved = [(listed, at) for at, listed in enumerate(ids) if self.places.get(listed) == at]
+                self.ids[owner] = [listed for listed, _ in moved]
+                for at, (listed, _) in enumerate(moved):
+                    self.places[listed] = at
+        self._note((owner, item_id, place, ids, moved))
+
+    def _note(self, change: tuple) -> None:
+        changes = self.changes
+        if not changes.active:
+            return  # restore, outside any command
+        if not self.log:
+            changes.dicts.append(self)
+        self.log.append(change)
+
+    def undo(self) -> None:
+        """Back to the lists and places the command found: its changes taken back, the last first."""
+        for change in reversed(self.log):
+            owner, item_id, place = change[:3]
+            if len(change) == 3:  # an add: it was the last of its owner's ids
+                ids = self.ids[owner]
+                ids.pop()
+                count = self.counts[owner] - 1
+                if count:
+                    self.counts[owner] = count
+                else:
+                    del self.counts[owner], self.ids[owner]
+            else:
+                self.ids[owner] = change[3]
+                self.counts[owner] = self.counts.get(owner, 0) + 1
+                for listed, at in change[4]:
+                    self.places[listed] = at
+            if place is None:
+                del self.places[item_id]
+            else:
+                self.places[item_id] = place
+        self.forget()
+
+    def forget(self) -> None:
+        self.log = []
 
     def count(self, owner: str) -> int:
         return self.counts.get(owner, 0)

@@ -22,6 +22,7 @@ from engine.codes import AccountCode, TransferCode
 from engine.commerce import Commerce
 from engine.idempotency import IdempotencyRecord
 from engine.ledger import Ledger
+from engine.listing import Listing
 from engine.queries import Answer, Query, answer
 from engine.records import (
     COMMAND_RETIRED,
@@ -50,6 +51,9 @@ from engine.records import (
 from engine.submits import SubmitRecord, SubmitWindow, spans_cover
 from engine.types import Account, AccountFlag, Balance, CreateAccounts, CreateTransfers, Transfer
 from engine.verify import verify_ledger
+
+# Commerce state undone by a log of its own, not by tracked containers (engine/changes.py).
+UNDONE_BY_OWN_LOG = (Ledger, Listing)
 
 
 class Snapshot(msgspec.Struct, array_like=True, gc=False):
@@ -321,7 +325,7 @@ def _internal_error(command) -> list[int] | Outcome:
 
 def _check_tracked(commerce: Commerce) -> None:
     """Commerce state held anywhere but in tracked containers would survive an undo: refuse to run with it."""
-    untracked = untracked_containers(commerce, skip=(Ledger,))
+    untracked = untracked_containers(commerce, skip=UNDONE_BY_OWN_LOG)
     check(not untracked, f"untracked commerce state: {', '.join(untracked)}")
 
 

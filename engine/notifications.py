@@ -31,7 +31,7 @@ import msgspec
 from engine.changes import Changes, append_to, peek
 from engine.check import check
 from engine.invoices import Invoices
-from engine.listing import Queue
+from engine.listing import Listing, Queue
 from engine.paging import page
 from engine.records import (
     Delivery,
@@ -118,12 +118,12 @@ class Notifications:
         self.records: dict[str, EventRecord] = changes.dict()
         # delivery id -> Delivery, oldest first
         self.deliveries: dict[str, Delivery] = changes.dict(ranked=True)
-        # Derived (restore rebuilds them): merchant id -> {event or delivery id: None}, oldest first; object id ->
-        # its event ids; event id -> its delivery ids; pending deliveries in the order queued; merchant id -> its dead
-        # deliveries that may still be replayed (a replay looks at the merchant's own only).
-        self.records_by_merchant: dict[str, dict[str, None]] = changes.dict(ordered=False)
-        self.records_by_object: dict[str, list[str]] = changes.dict(ordered=False)
-        self.deliveries_by_merchant: dict[str, dict[str, None]] = changes.dict(ordered=False)
+        # Derived (restore rebuilds them): each merchant's event and delivery ids; each object's event ids; event
+        # id -> its delivery ids; pending deliveries in the order queued; merchant id -> its dead deliveries that may
+        # still be replayed (a replay looks at the merchant's own only).
+        self.records_by_merchant = Listing(changes)
+        self.records_by_object = Listing(changes)
+        self.deliveries_by_merchant = Listing(changes)
         self.deliveries_by_event: dict[str, list[str]] = changes.dict(ordered=False)
         self.pending: dict[str, None] = changes.dict(ranked=True)
         self.replayable: dict[str, dict[str, None]] = changes.dict(ordered=False)
@@ -157,7 +157,8 @@ class Notifications:
     def _store(self, position: int, event: Event, timestamp: int, encoded: dict[tuple[str, str], bytes]) -> None:
         object_type = MERCHANT_EVENTS[event.kind]
         shown = peek(self._store_of(object_type), event.object_id)
-        check(shown is not None, f"{event.kind} of {event.object_id}, which is not there")
+        if shown is None:
+            check(False, f"{event.kind} of {event.object_id}, which is not there")
         key = (object_type, event.object_id)
         data = encoded.get(key)
         if data is None:
@@ -206,8 +207,15 @@ class Notifications:
 
     def _add_record(self, record: EventRecord) -> None:
         self.records[record.id] = record
-        _add_to_index(self.changes, self.records_by_merchant, record.merchant_id, record.id)
-        append_to(self.records_by_object, record.object_id, record.id)
+        self._list_record(record)
+
+    def _list_record(self, record: EventRecord) -> None:
+        self.records_by_merchant.add(record.merchant_id, record.id)
+        self.records_by_object.add(record.object_id, record.id)
+
+    def _list_delivery(self, delivery: Delivery) -> None:
+        self.deliveries_by_merchant.add(delivery.merchant_id, delivery.id)
+        append_to(self.deliveries_by_event, delivery.event_id, delivery.id)
 
     def _prune(self) -> None:
         """Drop the oldest events past MAX_EVENTS, with their deliveries, to the cold store; one still being
@@ -236,16 +244,12 @@ class Notifications:
         if record.id in self.unlisted:
             del self.unlisted[record.id]
         else:
-            _remove_from_index(self.records_by_merchant, record.merchant_id, record.id)
-            rest = [event_id for event_id in self.records_by_object[record.object_id] if event_id != record.id]
-            if rest:
-                self.records_by_object[record.object_id] = rest
-            else:
-                del self.records_by_object[record.object_id]
+            self.records_by_merchant.remove(record.merchant_id, record.id)
+            self.records_by_object.remove(record.object_id, record.id)
         gone = []
         for delivery_id in self.deliveries_by_event.pop(record.id, ()):
             delivery = self.deliveries.pop(delivery_id)
-            _remove_from_index(self.deliveries_by_merchant, delivery.merchant_id, delivery_id)
+            self.deliveries_by_merchant.remove(delivery.merchant_id, delivery_id)
             self._unmark_dead(delivery)
             gone.append(delivery)
         return gone
@@ -257,8 +261,7 @@ class Notifications:
                             merchant_id=record.merchant_id, channel=channel, kind=kind, target=target,
                             ordering_key=record.object_id, created_at=timestamp, updated_at=timestamp)
         self.deliveries[delivery.id] = delivery
-        _add_to_index(self.changes, self.deliveries_by_merchant, delivery.merchant_id, delivery.id)
-        append_to(self.deliveries_by_event, record.id, delivery.id)
+        self._list_delivery(delivery)
         if len(self.pending) < MAX_PENDING_DELIVERIES:
             self._enqueue(delivery, timestamp)
         else:
@@ -425,8 +428,8 @@ class Notifications:
         cursor names one of the merchant's events, held here or (`cursor_archived`) in the cold store only."""
         if starting_after and not cursor_archived and self.event_of(merchant_id, starting_after) is None:
             return [], False
-        ids = (reversed(self.records_by_object.get(object_id, [])) if object_id
-               else reversed(self.records_by_merchant.get(merchant_id, {})))
+        ids = (self.records_by_object.newest_first(object_id) if object_id
+               else self.records_by_merchant.newest_first(merchant_id))
 
         def lookup(event_id: str) -> EventRecord | None:
             record = self.event_of(merchant_id, event_id)
@@ -448,7 +451,7 @@ class Notifications:
         if event_id:
             ids = reversed(self.deliveries_by_event.get(event_id, []))
         else:
-            ids = reversed(self.deliveries_by_merchant.get(merchant_id, {}) if merchant_id else self.deliveries)
+            ids = self.deliveries_by_merchant.newest_first(merchant_id) if merchant_id else reversed(self.deliveries)
 
         def lookup(delivery_id: str) -> Delivery | None:
             delivery = self.delivery_of(merchant_id, delivery_id)
@@ -478,12 +481,10 @@ class Notifications:
         self.unlisted.load((event_id, None) for event_id in snapshot.unlisted_events)
         for record in sorted((record for record in snapshot.events if record.id not in self.unlisted),
                              key=lambda record: record.id):
-            _add_to_index(self.changes, self.records_by_merchant, record.merchant_id, record.id)
-            append_to(self.records_by_object, record.object_id, record.id)
+            self._list_record(record)
         for delivery in snapshot.deliveries:
             self.deliveries[delivery.id] = delivery
-            _add_to_index(self.changes, self.deliveries_by_merchant, delivery.merchant_id, delivery.id)
-            append_to(self.deliveries_by_event, delivery.event_id, delivery.id)
+            self._list_delivery(delivery)
             if delivery.status == "dead":
                 self._mark_dead(delivery)
         for delivery in sorted((d for d in snapshot.deliveries if d.status == "pending"),

@@ -5,7 +5,9 @@ engine against a twin fed the same batches without the faulty command: the same 
 every other command, the same events, and the same indexes a restore would rebuild (which the hash leaves out).
 """
 
+import copy
 import sys
+import unittest.mock
 
 import pytest
 from hypothesis import given, settings
@@ -16,7 +18,9 @@ from engine import Account, AccountFlag, Batch, CreateAccounts, CreateTransfers,
 from engine import TransferFlag as F
 from engine.changes import Changes, untracked_containers
 from engine.ledger import Ledger
-from engine.machine import ADVANCE, CommandFailure
+from engine import listing as listing_module
+from engine.listing import Listing
+from engine.machine import ADVANCE, UNDONE_BY_OWN_LOG, CommandFailure
 from engine.records import (
     AddToBlocklist,
     BlocklistEntry,
@@ -117,11 +121,10 @@ def _indexes(engine: Engine) -> dict:
         "block list": (list(commerce.blocklist.entries), _listed(commerce.blocklist.listing)),
         "sub accounts": {merchant.id: [sub.id for sub in merchant.sub_accounts]
                          for merchant in commerce.merchants.by_id.values()},
-        "notifications": {name: {key: list(value) if isinstance(value, (dict, list)) else value
-                                 for key, value in getattr(commerce.notifications, name).items()}
-                          for name in ("records_by_merchant", "records_by_object", "deliveries_by_merchant",
-                                       "deliveries_by_event")}
-        | {"pending": list(commerce.notifications.pending),
+        "notifications": {name: _listed(getattr(commerce.notifications, name))
+                          for name in ("records_by_merchant", "records_by_object", "deliveries_by_merchant")}
+        | {"deliveries by event": {key: list(value) for key, value in commerce.notifications.deliveries_by_event.items()},
+           "pending": list(commerce.notifications.pending),
            "replayable": {merchant_id: sorted(ids) for merchant_id, ids in commerce.notifications.replayable.items()}},
         "invoices": (_listed(commerce.invoices.by_merchant), dict(commerce.invoices.by_order)),
     }
@@ -232,11 +235,11 @@ def test_an_advance_of_time_that_raises_is_undone_and_the_commands_still_apply()
 
 
 def test_every_piece_of_commerce_state_is_tracked():
-    assert untracked_containers(Engine().commerce, skip=(Ledger,)) == []
-    assert untracked_containers(Engine.restore(Twin().engine.snapshot()).commerce, skip=(Ledger,)) == []
+    assert untracked_containers(Engine().commerce, skip=UNDONE_BY_OWN_LOG) == []
+    assert untracked_containers(Engine.restore(Twin().engine.snapshot()).commerce, skip=UNDONE_BY_OWN_LOG) == []
     commerce = Engine().commerce
     commerce.payments.extra = {}
-    assert untracked_containers(commerce, skip=(Ledger,)) == ["commerce.payments.extra"]
+    assert untracked_containers(commerce, skip=UNDONE_BY_OWN_LOG) == ["commerce.payments.extra"]
     assert any(path.endswith("ledger.accounts") for path in untracked_containers(commerce))  # unless skipped
 
 
@@ -298,6 +301,37 @@ def test_a_tracked_dict_undone_is_as_the_command_found_it(start, operations, mod
     tracked["z"] = 1
     changes.undo()
     assert "z" not in tracked
+
+
+LISTING_OPERATIONS = st.lists(st.tuples(st.sampled_from(["add", "remove"]), st.sampled_from("xy"),
+                                         st.integers(0, 11)), max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(start=st.lists(st.tuples(st.just("add"), st.sampled_from("xy"), st.integers(0, 11)), max_size=24),
+       operations=LISTING_OPERATIONS)
+def test_a_listing_undone_lists_what_it_listed_in_its_places(start, operations):
+    changes = Changes()
+    listing = Listing(changes)
+
+    def run(steps) -> None:
+        for operation, owner, number in steps:
+            item_id = f"{owner}{number}"
+            if operation == "add" and not listing.has(item_id):
+                listing.add(owner, item_id)
+            elif operation == "remove" and listing.has(item_id):
+                listing.remove(owner, item_id)
+    with unittest.mock.patch.object(listing_module, "MIN_PACK_PLACES", 2):  # packs come within a few removes
+        run(start)
+        before = (copy.deepcopy(listing.ids), dict(listing.places), dict(listing.counts))
+        changes.begin()
+        run(operations)
+        changes.undo()
+    assert (listing.ids, listing.places, listing.counts) == before
+    changes.begin()  # and the next command's changes are its own
+    run([("add", "z", 1)])
+    changes.commit()
+    assert listing.has("z1") and listing.log == []
 
 
 @settings(max_examples=200, deadline=None)
