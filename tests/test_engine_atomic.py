@@ -17,7 +17,6 @@ import engine_faults
 from engine import Account, AccountFlag, Batch, CreateAccounts, CreateTransfers, Engine, Transfer, TransferCode
 from engine import TransferFlag as F
 from engine.changes import Changes, untracked_containers
-from engine.ledger import Ledger
 from engine import listing as listing_module
 from engine.listing import Listing
 from engine.machine import ADVANCE, UNDONE_BY_OWN_LOG, CommandFailure
