@@ -49,20 +49,21 @@ class Listing:
 
     def remove(self, owner: str, item_id: str) -> None:
         """Unlist `item_id` (listed under `owner`)."""
-        ids = self.ids[owner]
-        place = self.places.pop(item_id)
+        ids, place, places = self.ids[owner], self.places[item_id], self.places
         count = self.counts[owner] - 1
-        moved: list[tuple[str, int]] = []
+        moved: list[tuple[str, int]] = []  # a pack's (id, place) pairs: the ids still listed but this one
+        if count and len(ids) > max(MIN_PACK_PLACES, 2 * count):
+            moved = [(listed, at) for at, listed in enumerate(ids) if at != place and places.get(listed) == at]
+        self._note((owner, item_id, place, ids, moved))
+        del places[item_id]
         if not count:
             del self.counts[owner], self.ids[owner]
-        else:
-            self.counts[owner] = count
-            if len(ids) > max(MIN_PACK_PLACES, 2 * count):
-                moved = [(listed, at) for at, listed in enumerate(ids) if self.places.get(listed) == at]
-                self.ids[owner] = [listed for listed, _ in moved]
-                for at, (listed, _) in enumerate(moved):
-                    self.places[listed] = at
-        self._note((owner, item_id, place, ids, moved))
+            return
+        self.counts[owner] = count
+        if moved:
+            self.ids[owner] = [listed for listed, _ in moved]
+            for at, (listed, _) in enumerate(moved):
+                places[listed] = at
 
     def _note(self, change: tuple) -> None:
         changes = self.changes

@@ -122,7 +122,8 @@ def _indexes(engine: Engine) -> dict:
                          for merchant in commerce.merchants.by_id.values()},
         "notifications": {name: _listed(getattr(commerce.notifications, name))
                           for name in ("records_by_merchant", "records_by_object", "deliveries_by_merchant")}
-        | {"deliveries by event": {key: list(value) for key, value in commerce.notifications.deliveries_by_event.items()},
+        | {"deliveries by event": {event_id: list(ids)
+                                   for event_id, ids in commerce.notifications.deliveries_by_event.items()},
            "pending": list(commerce.notifications.pending),
            "replayable": {merchant_id: sorted(ids) for merchant_id, ids in commerce.notifications.replayable.items()}},
         "invoices": (_listed(commerce.invoices.by_merchant), dict(commerce.invoices.by_order)),
