@@ -289,11 +289,11 @@ class Reconciliations:
         for payment in snapshot.payments:
             if payment.status == "succeeded" or payment.status == "disputed":
                 self._list_payment(payment)
-            if payment.amount_disputed:
-                disputes = self.ledger.accounts.get(system_account_id(payment.merchant_id, "disputes",
-                                                                      payment.currency))
-                if disputes is not None and disputes.debits_posted > disputes.credits_posted:
-                    self.owing[(payment.merchant_id, payment.currency)] = True
+        # From the accounts, not the payments: the payment charged back may have been archived since.
+        for account in self.ledger.accounts.values():
+            merchant_id = _disputes_owner(account.id, account.currency)
+            if merchant_id and account.debits_posted > account.credits_posted:
+                self.owing[(merchant_id, account.currency)] = True
         for refund in snapshot.refunds:
             if refund.status == "succeeded":
                 self._list_refund(refund)
@@ -302,6 +302,12 @@ class Reconciliations:
 def settles_by_file(payment: Payment) -> bool:
     """A card payment at an acquirer whose settlement file lists it (and its refunds)."""
     return payment.acquirer in SETTLING_ACQUIRERS and payment.method == "card"
+
+
+def _disputes_owner(account_id: str, currency: str) -> str:
+    """The merchant whose `disputes` account in `currency` this is ('' for any other account)."""
+    suffix = system_account_id("", "disputes", currency)
+    return account_id[:-len(suffix)] if account_id.endswith(suffix) else ""
 
 
 def _chart_name(name: str, acquirer: str) -> str:

@@ -28,6 +28,7 @@ from engine.records import (
     Payment,
     Payout,
     Reconcile,
+    RecordPayoutResult,
     RecordPspResult,
     Refund,
     SettlementRow,
@@ -244,6 +245,21 @@ def test_a_shortfall_stays_owed_in_disputes_until_the_merchant_has_money_again(b
     assert book.books()["disputes"] == 0 and book.engine.ledger.available(
         system_account_id("m1", "balance", "USD")) == 50
     assert book.engine.commerce.reconciliations.owing == {}
+
+
+def test_a_shortfall_owed_for_an_archived_payment_is_recovered_by_a_restored_engine_as_by_the_original(book: Books):
+    book.pay(1000)
+    book.ok(reconcile([row("pay_1", 1000)]))
+    book.ok(CreatePayout(payout=Payout(id="po_1", merchant_id="m1", amount=1000, currency="USD", hold_id="m1:po_1")))
+    book.ok(reconcile([row("pay_1", 100, "chargeback")], "rec_2", date=NEXT_DAY))
+    book.ok(RecordPayoutResult(merchant_id="m1", payout_id="po_1", callback_id="cb_po_1", paid=False,
+                               transfer_id="m1:po_1.returned"))
+    archived_away(book, "pay_1")  # the payment charged back leaves memory; what the merchant owes stays
+    copy = book.restored()
+    assert copy.engine.commerce.reconciliations.owing == {("m1", "USD"): True}
+    at = book.now + S
+    assert copy.do(reconcile([], "rec_3", date=NEXT_DAY), at=at) == book.do(reconcile([], "rec_3", date=NEXT_DAY), at=at)
+    assert book.books()["disputes"] == 0 and copy.engine.state_hash() == book.engine.state_hash()
 
 
 def test_a_chargeback_of_a_deposit_is_taken_from_the_wallet_it_funded(book: Books):
