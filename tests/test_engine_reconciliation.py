@@ -36,6 +36,7 @@ from engine.records import (
     system_account_id,
     wallet_account_id,
 )
+from engine.types import AMOUNT_MAX
 from engine.types import NANOSECONDS_PER_SECOND as S
 from ledger_helpers import Driver
 
@@ -188,6 +189,27 @@ def test_another_amount_or_currency_is_an_amount_mismatch_and_the_payment_waits_
     assert book.books() == before and book.payment("pay_1").status == "succeeded"
     book.ok(reconcile([row("pay_1", 1000)], "rec_2", date=NEXT_DAY))  # the corrected file settles it
     assert book.payment("pay_1").status == "settled"
+
+
+@pytest.mark.parametrize("case", ["fees", "refund_before_its_large_payment", "chargeback_fee"])
+def test_rows_whose_sums_would_pass_what_an_account_holds_are_amount_mismatches_and_move_nothing(book: Books, case):
+    """Limits hold by construction, but not the int64 fields: the acquirer's fees add up in `fees_`, and a refund
+    settled before its payment goes back through `clearing_`, which the capture already debited."""
+    if case == "refund_before_its_large_payment":
+        book.pay(AMOUNT_MAX)
+        book.ok(refund("re_1", "pay_1", AMOUNT_MAX))
+        first, refused = [], row("re_1", AMOUNT_MAX, "refunded")
+    else:
+        book.pay(10, 20)
+        first = [row("pay_1", 10, fee=AMOUNT_MAX)]
+        refused = row("pay_2", 20, "chargeback" if case == "chargeback_fee" else "captured", fee=1)
+    book.ok(reconcile(first))
+    before = book.books()
+    result = book.run(reconcile([refused], "rec_2", date=NEXT_DAY))
+    part = result.results[0].record
+    assert (part.matched, part.chargebacks, part.amount_mismatch) == ([], [], [refused.transaction_id])
+    assert book.engine.failures == [] and book.books() == before
+    assert [event.kind for event in result.events] == ["reconciliation.mismatch", "reconciliation.completed"]
 
 
 def test_a_row_listed_twice_or_settled_already_is_a_duplicate_and_settles_once(book: Books):
