@@ -284,6 +284,23 @@ def test_a_shortfall_owed_for_an_archived_payment_is_recovered_by_a_restored_eng
     assert book.books()["disputes"] == 0 and copy.engine.state_hash() == book.engine.state_hash()
 
 
+def test_a_forgotten_part_run_again_leaves_what_is_owed_to_the_next_reconciliation(book: Books, monkeypatch):
+    monkeypatch.setattr(engine.reconciliations, "MAX_RECONCILIATIONS", 1)
+    book.pay(1000, 500)
+    book.ok(CreatePayout(payout=Payout(id="po_1", merchant_id="m1", amount=1500, currency="USD", hold_id="m1:po_1")))
+    book.ok(reconcile([row("pay_1", 100, "chargeback")]))
+    book.ok(RecordPayoutResult(merchant_id="m1", payout_id="po_1", callback_id="cb_po_1", paid=False,
+                               transfer_id="m1:po_1.returned"))
+    book.ok(reconcile([], "rec_2"))  # recovers the 100 under its own id
+    book.ok(CreatePayout(payout=Payout(id="po_2", merchant_id="m1", amount=1400, currency="USD", hold_id="m1:po_2")))
+    book.ok(reconcile([row("pay_2", 100, "chargeback")], "rec_3"))  # rec_2 is forgotten: only one part is kept
+    book.ok(RecordPayoutResult(merchant_id="m1", payout_id="po_2", callback_id="cb_po_2", paid=False,
+                               transfer_id="m1:po_2.returned"))
+    assert book.do(reconcile([], "rec_2")).code == "ok" and book.books()["disputes"] == 100
+    book.ok(reconcile([], "rec_4"))
+    assert book.books()["disputes"] == 0 and book.engine.commerce.reconciliations.owing == {}
+
+
 def test_a_chargeback_of_a_deposit_is_taken_from_the_wallet_it_funded(book: Books):
     payment = Payment(id="pay_dep", merchant_id="m1", amount=0, currency="", method="card", token_id="tok_dep",
                       card=CardDetails("visa", "4242", 12, 2030))
