@@ -440,18 +440,31 @@ class Ledger:
         """The code `move` would answer the plain posted `transfer` now (0: none), changing nothing. An account not
         made yet counts as empty, with no limit (as a new holder credited or a new inflow mirror debited is): asked
         before making them, so that a refused move leaves none behind."""
-        code = _validate_transfer(transfer)
-        if code:
-            return code
-        existing = self.transfers.get(transfer.id)
-        if existing is not None:
-            return _transfer_exists_code(transfer, existing)
-        if transfer.id in self.failed_ids:
-            return T.id_already_failed
-        empty = Account("", transfer.currency)
-        debit = self.accounts.get(transfer.debit_account_id, empty)
-        credit = self.accounts.get(transfer.credit_account_id, empty)
-        return _posted_overflow_code(debit, credit, transfer.amount) or _limit_code(debit, credit, transfer.amount)
+        return self.moves_refusal([transfer])
+
+    def moves_refusal(self, transfers: list[Transfer]) -> int:
+        """The code `move` would answer the first of the plain posted `transfers` it refuses, each moved after the
+        ones before it (0: none), changing nothing; accounts not made yet count as in `move_refusal`."""
+        after: dict[str, Account] = {}  # copies of the accounts, as the transfers checked so far leave them
+        for transfer in transfers:
+            code = _validate_transfer(transfer)
+            if code:
+                return code
+            existing = self.transfers.get(transfer.id)
+            if existing is not None:
+                return _transfer_exists_code(transfer, existing)
+            if transfer.id in self.failed_ids:
+                return T.id_already_failed
+            debit, credit = (after.get(account_id) or msgspec.structs.replace(
+                self.accounts.get(account_id) or Account("", transfer.currency))
+                for account_id in (transfer.debit_account_id, transfer.credit_account_id))
+            code = _posted_overflow_code(debit, credit, transfer.amount) or _limit_code(debit, credit, transfer.amount)
+            if code:
+                return code
+            debit.debits_posted += transfer.amount
+            credit.credits_posted += transfer.amount
+            after[transfer.debit_account_id], after[transfer.credit_account_id] = debit, credit
+        return 0
 
     # Time
 

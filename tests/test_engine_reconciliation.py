@@ -28,6 +28,7 @@ from engine.records import (
     Payment,
     Payout,
     Reconcile,
+    RecordPayoutResult,
     RecordPspResult,
     Refund,
     SettlementRow,
@@ -35,6 +36,7 @@ from engine.records import (
     system_account_id,
     wallet_account_id,
 )
+from engine.types import AMOUNT_MAX
 from engine.types import NANOSECONDS_PER_SECOND as S
 from ledger_helpers import Driver
 
@@ -189,6 +191,27 @@ def test_another_amount_or_currency_is_an_amount_mismatch_and_the_payment_waits_
     assert book.payment("pay_1").status == "settled"
 
 
+@pytest.mark.parametrize("case", ["fees", "refund_before_its_large_payment", "chargeback_fee"])
+def test_rows_whose_sums_would_pass_what_an_account_holds_are_amount_mismatches_and_move_nothing(book: Books, case):
+    """Limits hold by construction, but not the int64 fields: the acquirer's fees add up in `fees_`, and a refund
+    settled before its payment goes back through `clearing_`, which the capture already debited."""
+    if case == "refund_before_its_large_payment":
+        book.pay(AMOUNT_MAX)
+        book.ok(refund("re_1", "pay_1", AMOUNT_MAX))
+        first, refused = [], row("re_1", AMOUNT_MAX, "refunded")
+    else:
+        book.pay(10, 20)
+        first = [row("pay_1", 10, fee=AMOUNT_MAX)]
+        refused = row("pay_2", 20, "chargeback" if case == "chargeback_fee" else "captured", fee=1)
+    book.ok(reconcile(first))
+    before = book.books()
+    result = book.run(reconcile([refused], "rec_2", date=NEXT_DAY))
+    part = result.results[0].record
+    assert (part.matched, part.chargebacks, part.amount_mismatch) == ([], [], [refused.transaction_id])
+    assert book.engine.failures == [] and book.books() == before
+    assert [event.kind for event in result.events] == ["reconciliation.mismatch", "reconciliation.completed"]
+
+
 def test_a_row_listed_twice_or_settled_already_is_a_duplicate_and_settles_once(book: Books):
     book.pay(1000)
     part = book.do(reconcile([row("pay_1", 1000, fee=3), row("pay_1", 1000, fee=3)])).record
@@ -244,6 +267,38 @@ def test_a_shortfall_stays_owed_in_disputes_until_the_merchant_has_money_again(b
     assert book.books()["disputes"] == 0 and book.engine.ledger.available(
         system_account_id("m1", "balance", "USD")) == 50
     assert book.engine.commerce.reconciliations.owing == {}
+
+
+def test_a_shortfall_owed_for_an_archived_payment_is_recovered_by_a_restored_engine_as_by_the_original(book: Books):
+    book.pay(1000)
+    book.ok(reconcile([row("pay_1", 1000)]))
+    book.ok(CreatePayout(payout=Payout(id="po_1", merchant_id="m1", amount=1000, currency="USD", hold_id="m1:po_1")))
+    book.ok(reconcile([row("pay_1", 100, "chargeback")], "rec_2", date=NEXT_DAY))
+    book.ok(RecordPayoutResult(merchant_id="m1", payout_id="po_1", callback_id="cb_po_1", paid=False,
+                               transfer_id="m1:po_1.returned"))
+    archived_away(book, "pay_1")  # the payment charged back leaves memory; what the merchant owes stays
+    copy = book.restored()
+    assert copy.engine.commerce.reconciliations.owing == {("m1", "USD"): True}
+    at = book.now + S
+    assert copy.do(reconcile([], "rec_3", date=NEXT_DAY), at=at) == book.do(reconcile([], "rec_3", date=NEXT_DAY), at=at)
+    assert book.books()["disputes"] == 0 and copy.engine.state_hash() == book.engine.state_hash()
+
+
+def test_a_forgotten_part_run_again_leaves_what_is_owed_to_the_next_reconciliation(book: Books, monkeypatch):
+    monkeypatch.setattr(engine.reconciliations, "MAX_RECONCILIATIONS", 1)
+    book.pay(1000, 500)
+    book.ok(CreatePayout(payout=Payout(id="po_1", merchant_id="m1", amount=1500, currency="USD", hold_id="m1:po_1")))
+    book.ok(reconcile([row("pay_1", 100, "chargeback")]))
+    book.ok(RecordPayoutResult(merchant_id="m1", payout_id="po_1", callback_id="cb_po_1", paid=False,
+                               transfer_id="m1:po_1.returned"))
+    book.ok(reconcile([], "rec_2"))  # recovers the 100 under its own id
+    book.ok(CreatePayout(payout=Payout(id="po_2", merchant_id="m1", amount=1400, currency="USD", hold_id="m1:po_2")))
+    book.ok(reconcile([row("pay_2", 100, "chargeback")], "rec_3"))  # rec_2 is forgotten: only one part is kept
+    book.ok(RecordPayoutResult(merchant_id="m1", payout_id="po_2", callback_id="cb_po_2", paid=False,
+                               transfer_id="m1:po_2.returned"))
+    assert book.do(reconcile([], "rec_2")).code == "ok" and book.books()["disputes"] == 100
+    book.ok(reconcile([], "rec_4"))
+    assert book.books()["disputes"] == 0 and book.engine.commerce.reconciliations.owing == {}
 
 
 def test_a_chargeback_of_a_deposit_is_taken_from_the_wallet_it_funded(book: Books):
