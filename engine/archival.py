@@ -138,6 +138,7 @@ class Archival:
     def _drop_payment(self, payment: Payment) -> None:
         self.payments.unlist(payment)
         self.payments.deadlines.drop(payment.id)
+        self.reconciliations.unlist_payment(payment)
 
     def _drop_refund(self, refund: Refund) -> None:
         self.payments.refunds_by_payment.remove(refund.payment_id, refund.id)

@@ -78,6 +78,11 @@ class Reconciliations:
         if settles_by_file(payment) and not payment.settled_at:
             self.unsettled_payments.add(_captured_day(payment), payment.id)
 
+    def unlist_payment(self, payment: Payment) -> None:
+        """An unsettled payment archived (charged back first) is listed no more, as restore would not list it."""
+        if self.unsettled_payments.has(payment.id):
+            self.unsettled_payments.remove(_captured_day(payment), payment.id)
+
     def _list_refund(self, refund: Refund) -> None:
         payment = self.payments.payments.get(refund.payment_id)
         if payment is not None and settles_by_file(payment) and not refund.settled_at:
@@ -110,9 +115,9 @@ class Reconciliations:
         part.missing_in_ledger += (row.transaction_id for row in command.unknown)
         listed = {transaction_id for _, transaction_id in seen}
         day = _day_key(command.provider, day_of_date(command.date))
-        for listing in (self.unsettled_payments, self.unsettled_refunds):
-            part.missing_in_settlement += reversed([item_id for item_id in listing.newest_first(day)
-                                                    if item_id not in listed])
+        for listing in (self.unsettled_payments, self.unsettled_refunds):  # by id: restore lists in another order
+            part.missing_in_settlement += sorted(item_id for item_id in listing.newest_first(day)
+                                                 if item_id not in listed)
         self._recover_disputes(part, timestamp)
         self._keep(part)
         if part.missing_in_settlement or part.missing_in_ledger or part.amount_mismatch or part.duplicates:
@@ -170,8 +175,7 @@ class Reconciliations:
         payment.settled_at = payment.updated_at = timestamp
         if payment.status == "succeeded":
             transition(payment, "settled")
-        if self.unsettled_payments.has(payment.id):  # one archived unsettled (charged back first) may be listed no more
-            self.unsettled_payments.remove(_captured_day(payment), payment.id)
+        self.unlist_payment(payment)  # one archived unsettled (charged back first) is listed no more
         self.events.append(Event("payment.settled", payment.id, timestamp))
 
     def _settle_refund(self, refund: Refund, payment: Payment, timestamp: int) -> None:
