@@ -313,6 +313,15 @@ def test_statement_is_newest_first_and_pages_through_every_transfer(server):
     error(server, "GET", "/v1/accounts/a/transfers?starting_after=elsewhere", key=key, param="starting_after")
 
 
+def test_a_statement_window_ending_at_the_epoch_is_an_empty_page(server):
+    key = merchant(server)
+    accounts(server, key, "a", "b")
+    ok(server, "POST", "/v1/transfers", transfer("t1"), key=key)
+    for created_lt in ("0", "1970-01-01T00:00:00Z"):
+        page = ok(server, "GET", f"/v1/accounts/a/transfers?created_lt={created_lt}", key=key)
+        assert page == {"object": "list", "data": [], "has_more": False}
+
+
 def test_balance_as_of_a_time_for_history_accounts_only(server):
     key = merchant(server)
     accounts(server, key, "h", history=True)
