@@ -546,6 +546,16 @@ BAD_INPUT = [
     bad("transfer-negative-amount", "POST", "/v1/transfers", transfer("bad-input", amount=-1), param="amount"),
     bad("transfer-empty-array", "POST", "/v1/transfers", []),
     bad("customer-bad-email", "POST", "/v1/customers", {"email": "nobody"}, param="email"),
+    # A pattern's end is the end of the text: no newline may trail a value (Python's `$` lets one through).
+    bad("account-id-with-a-trailing-newline", "POST", "/v1/accounts", {"id": "bad-input\n", "currency": "usd"},
+        param="id"),
+    bad("customer-email-with-a-trailing-newline", "POST", "/v1/customers", {"email": "ann@example.com\n"},
+        param="email"),
+    bad("order-callback-url-with-a-trailing-newline", "POST", "/v1/orders",
+        {**ORDER, "callback_url": "https://shop.example/done\n"}, param="callback_url"),
+    bad("card-cvc-with-a-trailing-newline", "POST", "/v1/payments", {"amount": 1, "currency": "usd", "payment_method": {
+        "type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123\n"}}},
+        param="payment_method.card.cvc"),
     bad("order-bad-customer-email", "POST", "/v1/orders", {**ORDER, "customer_email": "not an email"},
         param="customer_email"),
     bad("deposit-zero", "POST", "/v1/customers/{customer}/deposits",
