@@ -638,6 +638,17 @@ def test_query_values_out_of_range_are_400_never_clamped(server, path, param):
     error(server, "GET", path, key=key, param=param)
 
 
+def test_a_split_names_a_merchant_as_merchant_id_and_a_sub_account_as_sub_account_id(server):
+    key, other = merchant(server), ok(server, "GET", "/v1/merchants/me", key=merchant(server))["id"]
+    me = ok(server, "GET", "/v1/merchants/me", key=key)["id"]
+    store = ok(server, "POST", f"/v1/merchants/{me}/sub_accounts", {"name": "Store"}, key=key)["id"]
+    for split in ({"sub_account_id": other, "amount": 1}, {"merchant_id": store, "amount": 1}):
+        error(server, "POST", "/v1/orders", {**ORDER, "splits": [split]}, key=key, code="split_destination_not_found",
+              param="splits[0]")
+    ok(server, "POST", "/v1/orders", {**ORDER, "splits": [{"merchant_id": other, "amount": 1},
+                                                         {"sub_account_id": store, "amount": 1}]}, key=key)
+
+
 def test_objects_of_another_merchant_are_404_and_untouched(server):
     owner, other = merchant(server), server.demo_key
     accounts(server, owner, "a", "b")
