@@ -426,11 +426,15 @@ def _raise_if_rate_limited(settings: Settings, outcome: Outcome) -> None:
 
 
 def _check_splits(splits: list[schemas.SplitIn]) -> None:
-    """A split names its destination once: both ids, or neither, is refused rather than half read."""
+    """A split names its destination once: both ids, or neither, is refused rather than half read; and in its own
+    field (the engine takes both as one id, so a merchant given as a sub-account would pass)."""
     for index, split in enumerate(splits):
         if bool(split.merchant_id) == bool(split.sub_account_id):
             raise ApiError(400, "parameter_invalid", "a split names exactly one of merchant_id and sub_account_id",
                            f"splits[{index}]")
+        if not (split.merchant_id.startswith("mer_") or split.sub_account_id.startswith("sub_")):
+            raise ApiError(400, "split_destination_not_found", "a split's merchant_id names a merchant (mer_...), its "
+                           "sub_account_id one of your sub-accounts (sub_...)", f"splits[{index}]")
 
 
 def order_out(request: web.Request, merchant: Merchant, order: Order) -> views.OrderOut:

@@ -206,12 +206,22 @@ def _document(routes: tuple[tuple[str, str, str], ...]) -> dict:
             operation["requestBody"] = {"required": True, "content": {form_media_type: {
                 "schema": schema_of[form_type]}}}
         paths.setdefault(path, {})[method.lower()] = operation
-    return {
+    return _json_schema_patterns({
         "openapi": "3.1.0",
         "info": {"title": "paygate", "version": "1"},
         "paths": paths,
         "components": {"schemas": components, "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
-    }
+    })
+
+
+def _json_schema_patterns(node):
+    """`node` with its patterns' Python end of text (\\Z, edge/schemas.py) written as JSON Schema's `$`."""
+    if isinstance(node, dict):
+        return {name: value.replace("\\Z", "$") if name == "pattern" and isinstance(value, str)
+                else _json_schema_patterns(value) for name, value in node.items()}
+    if isinstance(node, list):
+        return [_json_schema_patterns(item) for item in node]
+    return node
 
 
 def _parameters(path: str, handler: str, method: str) -> list[dict]:

@@ -33,7 +33,7 @@ class ReconciliationCreate(schemas.Request):
     """Fetch the provider's settlement file for the date and reconcile it (or post the CSV itself as text/csv)."""
 
     provider: Literal["piggybank"]
-    date: Annotated[str, Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$", description="YYYY-MM-DD (UTC)")]
+    date: Annotated[str, Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z", description="YYYY-MM-DD (UTC)")]
 
 
 class ReconciliationOut(Struct):

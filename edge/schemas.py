@@ -10,17 +10,19 @@ from engine.notifications import MAX_REPLAY_LIMIT
 from engine.orders import MAX_SPLITS
 from engine.types import AMOUNT_MAX
 
+# Patterns end in \Z: msgspec matches with Python's re, whose `$` also matches before a trailing newline
+# (/openapi.json shows them with JSON Schema's `$`, which does not).
 # The enum only documents (msgspec validates the pattern; check_currency in edge/app.py refuses other codes).
-Currency = Annotated[str, Meta(pattern="^[a-z]{3}$", description="ISO 4217 code in lower case",
+Currency = Annotated[str, Meta(pattern=r"^[a-z]{3}\Z", description="ISO 4217 code in lower case",
                                extra_json_schema={"enum": sorted(CURRENCY_EXPONENTS)})]
 Amount = Annotated[int, Meta(gt=0, le=AMOUNT_MAX, description="integer in minor units")]
 LedgerAmount = Annotated[int, Meta(ge=0, le=AMOUNT_MAX)]
-ClientId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]{1,48}$")]
+ClientId = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_\-]{1,48}\Z")]
 Name = Annotated[str, Meta(min_length=1, max_length=200)]
 Text = Annotated[str, Meta(max_length=2000)]
-Email = Annotated[str, Meta(pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}$")]
-OptionalEmail = Annotated[str, Meta(pattern=r"^([^@\s]{1,64}@[^@\s]{1,190})?$")]
-Url = Annotated[str, Meta(max_length=2000, pattern=r"^(https?://\S+)?$")]
+Email = Annotated[str, Meta(pattern=r"^[^@\s]{1,64}@[^@\s]{1,190}\Z")]
+OptionalEmail = Annotated[str, Meta(pattern=r"^([^@\s]{1,64}@[^@\s]{1,190})?\Z")]
+Url = Annotated[str, Meta(max_length=2000, pattern=r"^(https?://\S+)?\Z")]
 Metadata = Annotated[dict[str, Annotated[str, Meta(max_length=500)]], Meta(max_length=50)]
 Tier = Literal["basic", "standard", "premium"]
 PaymentMethodType = Literal["card", "qr", "wallet", "bank_transfer"]
@@ -40,7 +42,7 @@ class SettlementAccount(Request):
     """The merchant's own bank account, where its pay-outs go."""
 
     bank: Annotated[str, Meta(min_length=1, max_length=64)]
-    account_number: Annotated[str, Meta(pattern=r"^[0-9A-Za-z]{4,34}$")]
+    account_number: Annotated[str, Meta(pattern=r"^[0-9A-Za-z]{4,34}\Z")]
     account_name: Annotated[str, Meta(max_length=200)] = ""
 
 
@@ -171,7 +173,7 @@ class CardIn(Request):
     number: Annotated[str, Meta(min_length=12, max_length=23)]
     exp_month: Annotated[int, Meta(ge=1, le=12)]
     exp_year: Annotated[int, Meta(ge=2000, le=2100)]
-    cvc: Annotated[str, Meta(pattern=r"^[0-9]{3,4}$")]
+    cvc: Annotated[str, Meta(pattern=r"^[0-9]{3,4}\Z")]
     holder_name: Annotated[str, Meta(max_length=200)] = ""
 
 
@@ -179,7 +181,7 @@ class CardMethod(Request, tag="card", tag_field="type"):
     """A new card (`card`) or a saved one (`token`)."""
 
     card: CardIn | None = None
-    token: Annotated[str, Meta(pattern=r"^tok_[a-f0-9]{24}$")] | None = None
+    token: Annotated[str, Meta(pattern=r"^tok_[a-f0-9]{24}\Z")] | None = None
 
 
 class WalletMethod(Request, tag="wallet", tag_field="type"):
@@ -254,7 +256,8 @@ class BlockIn(Request, kw_only=True):
 
 
 class BlockCardIn(BlockIn, tag="card_fingerprint", tag_field="kind"):
-    value: Annotated[str, Meta(pattern="^[0-9A-Za-z]{24}$", description="a card payment's payment_method.fingerprint")]
+    value: Annotated[str, Meta(pattern=r"^[0-9A-Za-z]{24}\Z",
+                               description="a card payment's payment_method.fingerprint")]
 
 
 class BlockIpIn(BlockIn, tag="ip", tag_field="kind"):

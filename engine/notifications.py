@@ -10,18 +10,19 @@ reads; the notifier reports each attempt back (RecordDeliveryAttempts), and a me
 replay dead deliveries.
 
 Bounds, per shard: at most MAX_EVENTS events are kept (a batch of PRUNE_BATCH more between two prunes), the oldest
-leaving first with their deliveries for the shard's cold store (engine.archived), as end-of-day archival takes
-those older than a day (engine/archival.py) — but an event with a delivery still pending stays (moved behind the
-others, a newer one going in its place) until that delivery ends, so that more are kept only while the oldest are
-all being delivered (no more of them than deliveries pending); at most MAX_PENDING_DELIVERIES are pending, beyond
-which a new delivery is made dead untried (dead_reason backlog_full); a merchant's redelivery and replay are refused
-past half of them (an operator's replay past all), so that no merchant's requests can fill the queue the events of
-every merchant on the shard need; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is replayed at most
-MAX_REPLAYS times; an event is redelivered at most MAX_REDELIVERIES times. An event in the cold store is read as
-before and may be redelivered: the command carries it (read from the cold store by the edge) and brings it back
-into memory, unlisted (the cold store lists it), with its new deliveries, until archival takes it again. Its dead
-deliveries archived with it are beyond a replay, which looks at memory's only: they are a day old (archival's
-cut-off) or past the events' cap, and a redelivery of their event sends it again.
+leaving first with their deliveries for the shard's cold store (engine.archived), as end-of-day archival takes those
+older than a day (engine/archival.py) — but an event with a delivery still pending stays (moved behind the others, a
+newer one going in its place) until that delivery ends, so that more are kept only while the oldest are all being
+delivered (no more of them than deliveries pending); at most MAX_PENDING_DELIVERIES are pending, beyond which a new
+delivery is made dead untried (dead_reason backlog_full), as is one whose merchant has MAX_PENDING_PER_MERCHANT
+pending already (endpoints that never answer keep theirs pending for a day); a merchant's redelivery and replay are
+refused past half of them (an operator's replay past all), so that no merchant's events or requests can fill the
+queue the events of every merchant on the shard need; a delivery keeps its latest MAX_ATTEMPTS_KEPT attempts and is
+replayed at most MAX_REPLAYS times; an event is redelivered at most MAX_REDELIVERIES times. An event in the cold
+store is read as before and may be redelivered: the command carries it (read from the cold store by the edge) and
+brings it back into memory, unlisted (the cold store lists it), with its new deliveries, until archival takes it
+again. Its dead deliveries archived with it are beyond a replay, which looks at memory's only: they are a day old
+(archival's cut-off) or past the events' cap, and a redelivery of their event sends it again.
 """
 
 import itertools
@@ -53,6 +54,7 @@ from engine.types import TIMESTAMP_MAX, Event
 
 MAX_EVENTS = 50_000
 MAX_PENDING_DELIVERIES = 50_000
+MAX_PENDING_PER_MERCHANT = MAX_PENDING_DELIVERIES // 2
 MAX_ATTEMPTS_KEPT = 50
 MAX_REPLAYS = 10
 MAX_REDELIVERIES = 10
@@ -120,13 +122,15 @@ class Notifications:
         self.deliveries: dict[str, Delivery] = changes.dict(ranked=True)
         # Derived (restore rebuilds them): each merchant's event and delivery ids; each object's event ids; event
         # id -> its delivery ids; pending deliveries in the order queued; merchant id -> its dead deliveries that may
-        # still be replayed (a replay looks at the merchant's own only).
+        # still be replayed (a replay looks at the merchant's own only); merchant id -> how many of its deliveries
+        # are pending.
         self.records_by_merchant = Listing(changes)
         self.records_by_object = Listing(changes)
         self.deliveries_by_merchant = Listing(changes)
         self.deliveries_by_event: dict[str, list[str]] = changes.dict(ordered=False)
         self.pending: dict[str, None] = changes.dict(ranked=True)
         self.replayable: dict[str, dict[str, None]] = changes.dict(ordered=False)
+        self.pending_by_merchant: dict[str, int] = changes.dict(ordered=False)
         # Archived events a redelivery brought back: in `records` but in none of the lists, which the cold store keeps.
         self.unlisted: dict[str, None] = changes.dict(ordered=False)
         # Derived: the pending deliveries by when they were queued, for pages that start where the last one ended.
@@ -262,7 +266,8 @@ class Notifications:
                             ordering_key=record.object_id, created_at=timestamp, updated_at=timestamp)
         self.deliveries[delivery.id] = delivery
         self._list_delivery(delivery)
-        if len(self.pending) < MAX_PENDING_DELIVERIES:
+        if len(self.pending) < MAX_PENDING_DELIVERIES and \
+                (peek(self.pending_by_merchant, delivery.merchant_id) or 0) < MAX_PENDING_PER_MERCHANT:
             self._enqueue(delivery, timestamp)
         else:
             delivery.status, delivery.dead_reason = "dead", BACKLOG_FULL
@@ -275,9 +280,14 @@ class Notifications:
         delivery.queue_position = self.sequence << POSITION_BITS | position
         delivery.queued_after_attempts = delivery.attempt_count
         delivery.next_attempt_at = delivery.updated_at = timestamp
+        self._add_pending(delivery)
+        self.log.append(Event(QUEUED, delivery.id, timestamp))
+
+    def _add_pending(self, delivery: Delivery) -> None:
         self.pending[delivery.id] = None
         self.queue.add(delivery.queue_position, delivery.id)
-        self.log.append(Event(QUEUED, delivery.id, timestamp))
+        merchant_id = delivery.merchant_id
+        self.pending_by_merchant[merchant_id] = (peek(self.pending_by_merchant, merchant_id) or 0) + 1
 
     def _queued_at(self, delivery_id: str) -> int | None:
         """The queue position of a pending delivery; None for one not pending."""
@@ -288,6 +298,11 @@ class Notifications:
         delivery.next_attempt_at = 0
         del self.pending[delivery.id]
         self.queue.left(len(self.pending))
+        left = self.pending_by_merchant[delivery.merchant_id] - 1
+        if left:
+            self.pending_by_merchant[delivery.merchant_id] = left
+        else:
+            del self.pending_by_merchant[delivery.merchant_id]
         if status == "dead":
             self._mark_dead(delivery)
 
@@ -489,8 +504,7 @@ class Notifications:
                 self._mark_dead(delivery)
         for delivery in sorted((d for d in snapshot.deliveries if d.status == "pending"),
                                key=lambda delivery: delivery.queue_position):
-            self.pending[delivery.id] = None
-            self.queue.add(delivery.queue_position, delivery.id)
+            self._add_pending(delivery)
 
 
 _STORES = {"order": "orders", "payment": "payments", "refund": "refunds", "payout": "payouts", "deposit": "deposits",

@@ -242,7 +242,8 @@ class ColdStore:
         return cold + (rest or [])
 
     def _cold_statement(self, query: AccountTransfers, after: str, limit: int, descending: bool):
-        if limit <= 0:
+        # A window that holds no instant (one ending before the epoch) has no key to bound the scan with.
+        if limit <= 0 or not 0 <= query.timestamp_min <= query.timestamp_max:
             return
         prefix = STATEMENT + query.account_id.encode() + b"\0"
         low, high = prefix + CREATED.pack(query.timestamp_min), prefix + CREATED.pack(query.timestamp_max) + b"\xff"

@@ -125,6 +125,7 @@ def _indexes(engine: Engine) -> dict:
         | {"deliveries by event": {event_id: list(ids)
                                    for event_id, ids in commerce.notifications.deliveries_by_event.items()},
            "pending": list(commerce.notifications.pending),
+           "pending by merchant": dict(commerce.notifications.pending_by_merchant),
            "replayable": {merchant_id: sorted(ids) for merchant_id, ids in commerce.notifications.replayable.items()}},
         "invoices": (_listed(commerce.invoices.by_merchant), dict(commerce.invoices.by_order)),
     }

@@ -402,6 +402,22 @@ def test_a_delivery_beyond_the_pending_cap_is_made_dead_untried(monkeypatch):
     assert driver.do(ReplayDeliveries(merchant_id="")).count == 1  # an operator's: all of it
 
 
+def test_one_merchants_new_deliveries_take_at_most_its_share_of_the_queue(monkeypatch):
+    monkeypatch.setattr(notifications, "MAX_PENDING_DELIVERIES", 8)
+    monkeypatch.setattr(notifications, "MAX_PENDING_PER_MERCHANT", 4)
+    driver = shop()
+    driver.paid_order("p0", "o0")
+    driver.paid_order("p1", "o1")  # m1's endpoints never answer: its second order's deliveries find its share full
+    assert [d.dead_reason for d in driver.deliveries(status="dead")] == [BACKLOG_FULL] * 4
+    driver.paid_order("p2", "o2", mid="m2")  # the rest of the queue is there for the other merchants' events
+    assert driver.deliveries("m2", status="dead") == []
+    assert len(driver.engine.query(PendingDeliveries()).records) == 6
+    pending = [d for d in driver.engine.query(PendingDeliveries()).records if d.merchant_id == "m1"]
+    driver.ok(RecordDeliveryAttempts([result(pending[0].id, 1, "delivered", 200)]))
+    driver.paid_order("p3", "o3")  # one of m1's delivered: room for one more of its own
+    assert len(driver.deliveries(status="dead")) == 4 + 3
+
+
 def test_a_merchants_redeliveries_leave_half_the_queue_to_new_events(monkeypatch):
     monkeypatch.setattr(notifications, "MAX_PENDING_DELIVERIES", 8)
     driver = shop()

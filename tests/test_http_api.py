@@ -313,6 +313,15 @@ def test_statement_is_newest_first_and_pages_through_every_transfer(server):
     error(server, "GET", "/v1/accounts/a/transfers?starting_after=elsewhere", key=key, param="starting_after")
 
 
+def test_a_statement_window_ending_at_the_epoch_is_an_empty_page(server):
+    key = merchant(server)
+    accounts(server, key, "a", "b")
+    ok(server, "POST", "/v1/transfers", transfer("t1"), key=key)
+    for created_lt in ("0", "1970-01-01T00:00:00Z"):
+        page = ok(server, "GET", f"/v1/accounts/a/transfers?created_lt={created_lt}", key=key)
+        assert page == {"object": "list", "data": [], "has_more": False}
+
+
 def test_balance_as_of_a_time_for_history_accounts_only(server):
     key = merchant(server)
     accounts(server, key, "h", history=True)
@@ -537,6 +546,16 @@ BAD_INPUT = [
     bad("transfer-negative-amount", "POST", "/v1/transfers", transfer("bad-input", amount=-1), param="amount"),
     bad("transfer-empty-array", "POST", "/v1/transfers", []),
     bad("customer-bad-email", "POST", "/v1/customers", {"email": "nobody"}, param="email"),
+    # A pattern's end is the end of the text: no newline may trail a value (Python's `$` lets one through).
+    bad("account-id-with-a-trailing-newline", "POST", "/v1/accounts", {"id": "bad-input\n", "currency": "usd"},
+        param="id"),
+    bad("customer-email-with-a-trailing-newline", "POST", "/v1/customers", {"email": "ann@example.com\n"},
+        param="email"),
+    bad("order-callback-url-with-a-trailing-newline", "POST", "/v1/orders",
+        {**ORDER, "callback_url": "https://shop.example/done\n"}, param="callback_url"),
+    bad("card-cvc-with-a-trailing-newline", "POST", "/v1/payments", {"amount": 1, "currency": "usd", "payment_method": {
+        "type": "card", "card": {"number": "4242424242424242", "exp_month": 12, "exp_year": 2031, "cvc": "123\n"}}},
+        param="payment_method.card.cvc"),
     bad("order-bad-customer-email", "POST", "/v1/orders", {**ORDER, "customer_email": "not an email"},
         param="customer_email"),
     bad("deposit-zero", "POST", "/v1/customers/{customer}/deposits",
@@ -617,6 +636,17 @@ def test_query_values_out_of_range_are_400_never_clamped(server, path, param):
     accounts(server, key, "a", history=True)
     order(server, key)
     error(server, "GET", path, key=key, param=param)
+
+
+def test_a_split_names_a_merchant_as_merchant_id_and_a_sub_account_as_sub_account_id(server):
+    key, other = merchant(server), ok(server, "GET", "/v1/merchants/me", key=merchant(server))["id"]
+    me = ok(server, "GET", "/v1/merchants/me", key=key)["id"]
+    store = ok(server, "POST", f"/v1/merchants/{me}/sub_accounts", {"name": "Store"}, key=key)["id"]
+    for split in ({"sub_account_id": other, "amount": 1}, {"merchant_id": store, "amount": 1}):
+        error(server, "POST", "/v1/orders", {**ORDER, "splits": [split]}, key=key, code="split_destination_not_found",
+              param="splits[0]")
+    ok(server, "POST", "/v1/orders", {**ORDER, "splits": [{"merchant_id": other, "amount": 1},
+                                                         {"sub_account_id": store, "amount": 1}]}, key=key)
 
 
 def test_objects_of_another_merchant_are_404_and_untouched(server):

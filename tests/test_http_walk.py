@@ -575,7 +575,7 @@ class Walk:
         if self.rng.random() < 0.3:
             body["sub_account_id"] = self.rng.choice(shop.sub_accounts + ["sub_missing"])
         for reply in self.send_racing(shop, "/v1/payouts", body):
-            created = self.expect(reply, 200, 402, 404, codes=("insufficient_funds", "resource_missing"))
+            created = self.expect(reply, 200, 402, 404, codes=("insufficient_balance", "resource_missing"))
             if reply.status == 200:
                 self.outbound.append((shop, "payouts", created["id"]))
 

@@ -685,8 +685,10 @@ def test_payouts_reach_the_bank_and_failures_return_the_money(server, shop):
 
     assert settled(sent)["status"] == "paid"
     assert (settled(failing)["status"], settled(failing)["failure_code"]) == ("failed", "account_closed")
-    # 20000 - 5000 remain once the failed payout returned its 1013: 15001 is more than there is.
-    error(server, "POST", payouts, {"amount": 15_001, "currency": "usd"}, key=key, status=402, code="insufficient_funds")
+    # 20000 - 5000 remain once the failed payout returned its 1013: 15001 is more than there is (API.md's code).
+    problem = error(server, "POST", payouts, {"amount": 15_001, "currency": "usd"}, key=key, status=402,
+                    code="insufficient_balance")
+    assert (problem["type"], problem["param"]) == ("balance_error", "amount")
     assert call(server, "POST", payouts, {"amount": 15_000, "currency": "usd"}, key=key)["status"] == "pending"
 
 
