@@ -98,13 +98,13 @@ class RiskRules(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     velocity: dict[RiskKind, VelocityLimit] = msgspec.field(default_factory=_default_velocity)
     # merchant tier -> currency -> the largest amount a payment may have; a tier or currency left out keeps its
     # default, so every accepted currency has a limit.
-    amount_limits: dict[str, dict[Annotated[str, Meta(pattern="^[a-z]{3}$")], Annotated[int, Meta(ge=1)]]] = \
+    amount_limits: dict[str, dict[Annotated[str, Meta(pattern=r"^[a-z]{3}\Z")], Annotated[int, Meta(ge=1)]]] = \
         msgspec.field(default_factory=default_amount_limits)
     # Keys counted per kind; past it the least recently seen is forgotten.
     max_keys: Annotated[int, Meta(ge=1, le=10_000_000)] = 50_000
     # Card numbers whose attempts are not counted (a test acquirer's published numbers; the block list still holds).
     # `paygate serve --production` exempts none.
-    test_cards: Annotated[list[Annotated[str, Meta(pattern="^[0-9]{12,19}$")]], Meta(max_length=1000)] = \
+    test_cards: Annotated[list[Annotated[str, Meta(pattern=r"^[0-9]{12,19}\Z")]], Meta(max_length=1000)] = \
         msgspec.field(default_factory=lambda: list(SIMULATED_ACQUIRER_TEST_CARDS))
 
     def __post_init__(self) -> None:

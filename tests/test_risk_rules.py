@@ -263,7 +263,9 @@ def test_rules_file_overrides_only_what_it_names(tmp_path):
 
 @pytest.mark.parametrize("text", ['{"velocity": {"phone": {"attempts": 1, "window_s": 60}}}',
                                   '{"velocity": {"ip": {"attempts": 0, "window_s": 60}}}',
-                                  '{"amount_limits": {"basic": {"USD": 1}}}', '{"unknown": 1}', "not json"])
+                                  '{"amount_limits": {"basic": {"USD": 1}}}',
+                                  '{"amount_limits": {"basic": {"usd\\n": 1}}}',
+                                  '{"test_cards": ["4242424242424242\\n"]}', '{"unknown": 1}', "not json"])
 def test_a_bad_rules_file_ends_the_command_clearly(tmp_path, text):
     path = tmp_path / "rules.json"
     path.write_text(text)
