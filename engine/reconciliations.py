@@ -246,7 +246,7 @@ class Reconciliations:
             recovered = min(owed, self.ledger.available(balance))
             recovery = Transfer(f"{merchant_id}:{part.id}.disputes.{currency}", balance, disputes.id, recovered,
                                 currency)
-            if recovered and self.ledger.move_refusal(recovery):
+            if recovered and (recovery.id in self.ledger.transfers or recovery.id in self.ledger.failed_ids):
                 continue  # a forgotten part run again, whose recovery holds the id still: the next one recovers it
             if recovered:
                 code = move(self.ledger, recovery, timestamp)
@@ -307,8 +307,9 @@ class Reconciliations:
         """Fill from the engine's snapshot, rebuilding the unsettled captures and refunds and who owes chargebacks."""
         for part in snapshot.reconciliations:
             self._add(part)
+        brought_back = set(snapshot.unlisted_payments)  # archived, so listed no more (settled, or unlisted then)
         for payment in snapshot.payments:
-            if payment.status == "succeeded" or payment.status == "disputed":
+            if payment.status in ("succeeded", "disputed") and payment.id not in brought_back:
                 self._list_payment(payment)
         # From the accounts, not the payments: the payment charged back may have been archived since.
         for account in self.ledger.accounts.values():

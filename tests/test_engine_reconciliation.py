@@ -430,6 +430,19 @@ def test_a_payment_charged_back_before_it_settled_and_archived_is_missing_from_n
     assert copy.engine.state_hash() == book.engine.state_hash()
 
 
+def test_a_payment_charged_back_unsettled_archived_and_brought_back_by_a_refund_stays_unlisted_after_restore(
+        book: Books):
+    book.pay(1000, 500)
+    book.ok(reconcile([row("pay_1", 400, "chargeback")], "rec_cb"))
+    cold = archived_away(book, "pay_1")
+    book.ok(msgspec.structs.replace(refund("re_9", "pay_1", 100), archived_payment=cold["pay_1"]))
+    copy = book.restored()
+    at = book.now + S
+    part = book.do(reconcile([], "rec_2"), at=at)
+    assert part == copy.do(reconcile([], "rec_2"), at=at) and part.record.missing_in_settlement == ["pay_2"]
+    assert copy.engine.state_hash() == book.engine.state_hash()
+
+
 def test_captures_and_refunds_archived_settled_already_are_duplicates_not_missing(book: Books):
     book.pay(1000)
     book.ok(refund("re_1", "pay_1", 100))
