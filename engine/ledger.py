@@ -241,6 +241,20 @@ class Ledger:
         return chains.results
 
     def _create_transfer(self, t: Transfer, timestamp: int) -> int:
+        code = self._refusal_by_itself(t)
+        if code:
+            return code
+        if t.flags & F.RESOLVE:
+            code = self._resolve_pending(t, timestamp)
+        else:
+            code = self._move(t, timestamp)
+        if code and code in TRANSIENT_TRANSFER_NUMBERS:
+            self._spend(t.id, timestamp)
+        return code
+
+    def _refusal_by_itself(self, t: Transfer) -> int:
+        """The code of a transfer refused before any account is looked at (0: none): invalid, or its id taken or
+        spent already."""
         code = _validate_transfer(t)
         if code:
             return code
@@ -249,15 +263,7 @@ class Ledger:
             existing = self.held.get(t.id)  # its pending state is a held one's while that is open
         if existing is not None:
             return _transfer_exists_code(t, existing)
-        if t.id in self.failed_ids:
-            return T.id_already_failed
-        if t.flags & F.RESOLVE:
-            code = self._resolve_pending(t, timestamp)
-        else:
-            code = self._move(t, timestamp)
-        if code and code in TRANSIENT_TRANSFER_NUMBERS:
-            self._spend(t.id, timestamp)
-        return code
+        return T.id_already_failed if t.id in self.failed_ids else 0
 
     def _spend(self, transfer_id: str, timestamp: int) -> None:
         failed_ids = self.failed_ids
@@ -447,14 +453,9 @@ class Ledger:
         ones before it (0: none), changing nothing; accounts not made yet count as in `move_refusal`."""
         after: dict[str, Account] = {}  # copies of the accounts, as the transfers checked so far leave them
         for transfer in transfers:
-            code = _validate_transfer(transfer)
+            code = self._refusal_by_itself(transfer)
             if code:
                 return code
-            existing = self.transfers.get(transfer.id)
-            if existing is not None:
-                return _transfer_exists_code(transfer, existing)
-            if transfer.id in self.failed_ids:
-                return T.id_already_failed
             debit, credit = (after.get(account_id) or msgspec.structs.replace(
                 self.accounts.get(account_id) or Account("", transfer.currency))
                 for account_id in (transfer.debit_account_id, transfer.credit_account_id))
