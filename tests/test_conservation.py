@@ -189,9 +189,10 @@ class ConservationMachine(RuleBasedStateMachine):
 
     def _apply(self, commands: list):
         """A batch at the current time; what it archived is kept, as the shard's cold store keeps it."""
+        copies = [_copy(command) for command in commands] if self.twin is not None else []  # before any changes them
         result = apply_batch(self.engine, self.now, commands)
         if self.twin is not None:  # a shard restarted from its snapshot answers what the one that ran on answered
-            assert apply_batch(self.twin, self.now, [_copy(command) for command in commands]) == result, commands
+            assert apply_batch(self.twin, self.now, copies) == result, commands
         for archived in self.engine.archived:
             for name in ARCHIVED_KINDS:
                 self.cold.update(((name, record.id), record) for record in getattr(archived, name))
