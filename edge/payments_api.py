@@ -380,7 +380,7 @@ async def request_payout(request: web.Request, merchant: Merchant, fields: schem
                     sub_account_id=fields.sub_account_id, hold_id=ledger_id(merchant.id, f"{payout_id}.hold"))
     outcome = await run(request, merchant.id, CreatePayout(payout=payout), body)
     if outcome.code == "insufficient_funds":  # API.md's code for a payout past the balance
-        raise ApiError(402, "insufficient_balance", "the balance holds less than the payout", "amount",
+        raise ApiError(402, "insufficient_balance", "insufficient balance: it holds less than the payout", "amount",
                        error_type="balance_error")
     raise_for(outcome)
     return views.payout(outcome.record)
