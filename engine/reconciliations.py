@@ -257,22 +257,17 @@ class Reconciliations:
     def _fits(self, payment: Payment, moves: list[tuple[str, str, str, int]]) -> bool:
         """Whether the ledger takes a row's moves one after another: limits hold by construction, but the sums of a
         file's amounts (fees, a refund settled before its large payment) may take an account past AMOUNT_MAX."""
-        merchant_id, currency = payment.merchant_id, payment.currency
-        return not self.ledger.moves_refusal([
-            Transfer(f"{merchant_id}:{name}", *(system_account_id(merchant_id, _chart_name(chart, payment.acquirer),
-                                                                  currency) for chart in (debit, credit)),
-                     amount, currency) for name, debit, credit, amount in moves if amount])
+        return not self.ledger.moves_refusal([_transfer(payment, planned) for planned in moves if planned[3]])
 
     def _move(self, payment: Payment, planned: tuple[str, str, str, int], timestamp: int) -> None:
-        """A settlement's move, (name, debit, credit, amount), between two of the payment's merchant's accounts (made
-        on first use), named by the chart: the acquirer's own ones without their acquirer. Nothing, for no amount."""
-        name, debit, credit, amount = planned
-        if not amount:
+        """A settlement's move, (name, debit, credit, amount), its accounts made on first use; nothing, for no
+        amount."""
+        if not planned[3]:
             return
-        merchant_id, currency = payment.merchant_id, payment.currency
-        debit_id, credit_id = (system_account(self.ledger, merchant_id, _chart_name(chart, payment.acquirer), currency,
-                                              timestamp) for chart in (debit, credit))
-        transfer = Transfer(f"{merchant_id}:{name}", debit_id, credit_id, amount, currency)
+        for chart in planned[1:3]:
+            system_account(self.ledger, payment.merchant_id, _chart_name(chart, payment.acquirer), payment.currency,
+                           timestamp)
+        transfer = _transfer(payment, planned)
         code = move(self.ledger, transfer, timestamp)
         check(code == "ok", f"settlement transfer {transfer.id}: {code}")  # checked by _fits, limits by construction
 
@@ -337,6 +332,16 @@ def _settlement(payment: Payment, refund: Refund | None) -> tuple[str, str, str,
     if not payment.settled_at:  # the acquirer deducted it before paying the payment in: the clearing holds it
         return f"{refund.id}.settled", "clearing", "settled", refund.amount
     return f"{refund.id}.settled", "", "", 0  # netted into its payment's settlement already: nothing moves
+
+
+def _transfer(payment: Payment, planned: tuple[str, str, str, int]) -> Transfer:
+    """A settlement's move between two of the payment's merchant's accounts, named by the chart: the acquirer's own
+    ones without their acquirer."""
+    name, debit, credit, amount = planned
+    merchant_id, currency = payment.merchant_id, payment.currency
+    debit_id, credit_id = (system_account_id(merchant_id, _chart_name(chart, payment.acquirer), currency)
+                           for chart in (debit, credit))
+    return Transfer(f"{merchant_id}:{name}", debit_id, credit_id, amount, currency)
 
 
 def _fee_move(row: SettlementRow) -> tuple[str, str, str, int]:
