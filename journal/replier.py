@@ -23,7 +23,6 @@ class Replier:
         # Contexts with no request: as many are made as requests are held at once (the intake bounds those).
         self.idle: list[pynng.Context] = []
         self.contexts: list[pynng.Context] = []
-        self.failed = 0  # replies nng did not take in time, or whose socket closed
 
     def receive(self) -> tuple[pynng.Context, bytes] | None:
         """The next request with the context to answer it by, or None when none waits."""
@@ -40,7 +39,6 @@ class Replier:
         try:
             context.send(body)
         except pynng.NNGException:
-            self.failed += 1
             return False
         finally:
             self.idle.append(context)
