@@ -50,7 +50,7 @@ from actors.psp import (
     subject,
 )
 from actors.runtime import die_with_parent
-from engine.batch import applied_commands
+from engine.batch import applied_outcomes
 from engine.payments import OPEN_STATUSES
 from engine.queries import FindPayment, GetPaymentRecord
 from engine.records import (
@@ -68,7 +68,6 @@ from engine.records import (
 )
 from journal.auth import load_key
 from journal.client import ShardClient
-from journal.recovery import batch_decoder
 from journal.store import write_atomically
 
 log = logging.getLogger("paygate.actors.followers")
@@ -181,12 +180,9 @@ class ProviderFollowerActor:
     async def _requests_of(self, shard: ShardClient, entry) -> list[tuple[str, FollowUp]]:
         """What one committed batch asks of the providers, as (provider, request), in the batch's order."""
         found = []
-        # Only commerce commands answer Outcomes: a batch of ledger commands alone is not decoded at all.
-        commerce = any(type(result) is Outcome for result in entry.result.results)
-        commands = batch_decoder.decode(entry.payload).commands if commerce else []
         commanded = set()
-        for command, result in applied_commands(commands, entry.result):
-            if type(result) is not Outcome or result.replayed:
+        for command, result in applied_outcomes(entry.payload, entry.result)[1]:
+            if result.replayed:
                 continue
             inner = inner_command(command)
             if result.code == "ok":

@@ -31,7 +31,7 @@ from msgspec import Meta
 from actors.risk_table import BLOCKLIST_OWNER, TABLE_FILE, Flag, RiskKind, RiskTable, risk_attributes, risk_key, \
     table_encoder
 from actors.runtime import NAMESPACE, die_with_parent
-from engine.batch import Batch, BatchResult, applied_commands
+from engine.batch import BatchResult, Command, applied_outcomes
 from engine.currencies import CURRENCY_EXPONENTS
 from engine.queries import ListBlocklist
 from engine.records import AddToBlocklist, BlocklistEntry, CreateDeposit, CreatePayment, Deposit, inner_command, \
@@ -39,7 +39,6 @@ from engine.records import AddToBlocklist, BlocklistEntry, CreateDeposit, Create
 from engine.types import NANOSECONDS_PER_SECOND
 from journal.auth import load_key
 from journal.client import ShardClient, ShardMap
-from journal.recovery import batch_decoder
 from journal.store import write_atomically
 
 log = logging.getLogger("paygate.actors.risk")
@@ -237,16 +236,17 @@ class RiskState:
         self.blocklist: dict[str, BlocklistEntry] = {}
         self.changed = True
 
-    def apply(self, batch: Batch, result: BatchResult) -> None:
-        for command, outcome in applied_commands(batch.commands, result):
-            if type(outcome) is not Outcome or outcome.code != "ok" or outcome.replayed:
+    def apply(self, timestamp: int, outcomes: list[tuple[Command, Outcome]]) -> None:
+        """Count a committed batch's commerce commands (engine/batch.py's applied_outcomes)."""
+        for command, outcome in outcomes:
+            if outcome.code != "ok" or outcome.replayed:
                 continue  # refused, or an idempotent replay of what was counted the first time
             inner = inner_command(command)
             kind = type(inner)
             if kind is CreatePayment or kind is PayOrderFromWallet:
-                self.count(outcome.record, batch.timestamp)
+                self.count(outcome.record, timestamp)
             elif kind is CreateDeposit and inner.deposit.method == "card":  # a card attempt like any other
-                self.count(inner.payment.payment, batch.timestamp)
+                self.count(inner.payment.payment, timestamp)
             elif kind is AddToBlocklist:
                 self.blocklist[outcome.record.id] = outcome.record
                 self.changed = True
@@ -378,7 +378,7 @@ class RiskActor:
                 continue
             for entry in entries:
                 if worth_decoding(entry.result):
-                    self.state.apply(batch_decoder.decode(entry.payload), entry.result)
+                    self.state.apply(*applied_outcomes(entry.payload, entry.result))
                 self.cursors[index] = entry.sequence
             busy |= bool(entries)
         self.unsaved |= busy

@@ -35,3 +35,23 @@ def applied_commands(commands: list[Command], result: BatchResult):
     duplicates = set(result.duplicates)
     pairs = zip(commands, result.results)
     return (pair for index, pair in enumerate(pairs) if index not in duplicates)
+
+
+class SkimmedBatch(msgspec.Struct, array_like=True):
+    """A journaled Batch with its commands left encoded, for a reader that needs only a few of them."""
+
+    sequence: int
+    timestamp: int
+    commands: list[msgspec.Raw]
+
+
+_skimmed_decoder = msgspec.msgpack.Decoder(SkimmedBatch)
+_command_decoder = msgspec.msgpack.Decoder(Command)
+
+
+def applied_outcomes(payload: bytes, result: BatchResult) -> tuple[int, list[tuple[Command, Outcome]]]:
+    """A journaled batch's timestamp, and each commerce command it applied (one answered an Outcome) with that
+    Outcome. Ledger commands stay encoded: a batch of a thousand transfers is most of the bytes and of the work."""
+    batch = _skimmed_decoder.decode(payload)
+    return batch.timestamp, [(_command_decoder.decode(raw), outcome)
+                             for raw, outcome in applied_commands(batch.commands, result) if type(outcome) is Outcome]

@@ -9,7 +9,7 @@ import pytest
 
 import engine.submits
 from engine import Account, Batch, BatchResult, CreateAccounts, CreateTransfers, Engine, Transfer, TransferCode
-from engine.batch import applied_commands
+from engine.batch import applied_commands, applied_outcomes
 from engine.check import InvariantBroken
 from engine.queries import GetMerchant, LookupAccounts
 from engine.records import CreateMerchant, Merchant, UpdateMerchant
@@ -209,3 +209,13 @@ def test_readers_of_committed_batches_see_only_the_commands_applied(sender):
     commands = [transfer_to_b("t1"), transfer_to_b("t1"), transfer_to_b("t2")]
     result = sender.send((submit_id(1), commands[:1]), (submit_id(1), commands[1:2]), (submit_id(2), commands[2:]))
     assert [command for command, _ in applied_commands(commands, result)] == [commands[0], commands[2]]
+
+
+def test_readers_of_commerce_commands_get_them_decoded_from_the_journaled_batch_and_nothing_else(sender):
+    merchant, update = create_merchant("m2"), UpdateMerchant(merchant_id="m2", tier="premium")
+    first = [transfer_to_b("t1"), merchant]
+    result = sender.send((submit_id(1), first), (submit_id(1), first), (submit_id(2), [update, transfer_to_b("t2")]))
+    timestamp, outcomes = applied_outcomes(sender.journal[-1], result)
+    assert timestamp == sender.now
+    assert [command for command, _ in outcomes] == [merchant, update]  # no transfers, no re-sent copy
+    assert [outcome.code for _, outcome in outcomes] == ["ok", "ok"]

@@ -25,6 +25,7 @@ from edge.errors import ApiError
 from edge.risk import LocalTable
 from engine.currencies import CURRENCY_EXPONENTS
 from engine import Batch, Engine
+from engine.batch import applied_outcomes
 from engine.records import (
     AddToBlocklist,
     BlocklistEntry,
@@ -41,6 +42,7 @@ from engine.records import (
     RemoveFromBlocklist,
 )
 from engine.types import NANOSECONDS_PER_SECOND as S
+from journal.recovery import batch_encoder
 from journal.store import write_atomically
 
 T0 = 1_700_000_000 * S
@@ -115,8 +117,8 @@ class Shard:
         self.now += S
         batch = Batch(self.engine.sequence + 1, self.now, list(commands))
         result = self.engine.apply(batch)
-        if worth_decoding(result):
-            self.state.apply(batch, result)
+        if worth_decoding(result):  # fed as the actor feeds it: the batch as journaled
+            self.state.apply(*applied_outcomes(batch_encoder.encode(batch), result))
         return result.results
 
     def pay(self, merchant_id: str = "m1", fingerprint: str = "fp-a", ip: str = "", key: str = ""):
