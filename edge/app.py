@@ -584,28 +584,33 @@ async def create_transfers(request: web.Request) -> web.Response:
     for currency in {item.currency for item in items} - {""}:
         check_currency(currency)
     prefix = ledger_prefix(merchant.id)
-    transfers = [_transfer_in(prefix, item) for item in items]
-    result = await run(request, merchant.id, CreateTransfers(transfers), body)
+    result = await run(request, merchant.id, CreateTransfers(_transfers_in(prefix, items)), body)
     codes = result.codes if isinstance(result, Outcome) else result
     results = [views.TransferResult(item.id, "created" if code == 0 else TransferCode.name(code))
                for item, code in zip(items, codes)]
     return respond(request, results if is_batch else results[0])
 
 
-def _transfer_in(prefix: str, item: schemas.TransferCreate) -> Transfer:
-    """The engine's transfer for a checked item, its ids in the merchant's namespace (`prefix`)."""
-    # One check over all four ids; only a refusal looks for which one it was.
-    if not schemas.client_id_valid(item.id + item.debit_account_id + item.credit_account_id + item.pending_id):
-        field = next(name for name in ("id", "debit_account_id", "credit_account_id", "pending_id")
+def _transfers_in(prefix: str, items: list[schemas.TransferCreate]) -> list[Transfer]:
+    """The engine's transfers for checked items, their ids in the merchant's namespace (`prefix`)."""
+    # One check over every id of the batch; only a refusal looks for which one it was.
+    ids = "".join([item.id + item.debit_account_id + item.credit_account_id + item.pending_id for item in items])
+    if not schemas.client_id_valid(ids):
+        field = next(name for item in items for name in ("id", "debit_account_id", "credit_account_id", "pending_id")
                      if not schemas.client_id_valid(getattr(item, name)))
         raise ApiError(400, "parameter_invalid", "ids take letters, digits, '_' and '-' only", field)
-    flags = 0
-    for name in item.flags:
-        flags |= TransferFlag.NAMES[name]
-    # As ledger_id: an empty id stays empty, so the engine names what is missing.
-    debit, credit, pending = item.debit_account_id, item.credit_account_id, item.pending_id
-    return Transfer(prefix + item.id, prefix + debit if debit else "", prefix + credit if credit else "", item.amount,
-                    item.currency, prefix + pending if pending else "", item.timeout_s, item.code, flags)
+    flag_values = TransferFlag.NAMES
+    transfers = []
+    for item in items:
+        flags = 0
+        for name in item.flags:
+            flags |= flag_values[name]
+        # As ledger_id: an empty id stays empty, so the engine names what is missing.
+        debit, credit, pending = item.debit_account_id, item.credit_account_id, item.pending_id
+        transfers.append(Transfer(prefix + item.id, prefix + debit if debit else "", prefix + credit if credit else "",
+                                  item.amount, item.currency, prefix + pending if pending else "", item.timeout_s,
+                                  item.code, flags))
+    return transfers
 
 
 async def get_transfer(request: web.Request) -> web.Response:

@@ -254,6 +254,15 @@ def test_transfer_batch_answers_each_item_in_order(server):
         error(server, "GET", f"/v1/transfers/{failed}", key=key, status=404)
 
 
+def test_a_batch_with_one_id_outside_the_alphabet_is_refused_whole_naming_the_field(server):
+    key = merchant(server)
+    accounts(server, key, "a", "b")
+    for field in ("id", "debit_account_id", "credit_account_id", "pending_id"):
+        batch = [transfer("fine-1"), {**transfer("fine-2"), field: "a b"}, transfer("fine-3")]
+        error(server, "POST", "/v1/transfers", batch, key=key, code="parameter_invalid", param=field)
+    assert account(server, key, "a")["debits_posted"] == 0
+
+
 def test_two_phase_post_partially_and_void(server):
     key = merchant(server)
     accounts(server, key, "a", "b")
