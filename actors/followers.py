@@ -166,7 +166,7 @@ class ProviderFollowerActor:
 
     async def _follow(self, shard: ShardClient, cursor: Cursor) -> bool:
         try:
-            entries = await shard.read_entries(cursor.sequence + 1, ENTRIES_PER_READ)
+            entries = await shard.read_entries(cursor.sequence + 1, ENTRIES_PER_READ, with_ledger_items=False)
             requests = [request for entry in entries for request in await self._requests_of(shard, entry)]
         except Exception as error:  # a shard failing over: read again on the next round
             log.warning("reading committed entries failed: %s: %s", type(error).__name__, error)

@@ -372,7 +372,8 @@ class RiskActor:
         busy = False
         for index, shard in enumerate(self.shards):
             try:
-                entries = await shard.read_entries(self.cursors[index] + 1, ENTRIES_PER_READ)
+                entries = await shard.read_entries(self.cursors[index] + 1, ENTRIES_PER_READ,
+                                                   with_ledger_items=False)
             except Exception as error:  # a shard failing over: again next round
                 log.warning("reading shard %d's committed entries failed: %s", index, error)
                 continue

@@ -335,10 +335,11 @@ class ShardClient:
     async def account_balance(self, account_id: str, timestamp: int):
         return (await self.read(AccountBalance(account_id, timestamp))).balance
 
-    async def read_entries(self, start_sequence: int, limit: int = 64, with_payloads: bool = True) -> list:
-        """Committed entries from `start_sequence` on (their payloads empty unless `with_payloads`); EntriesPruned if
-        the journal no longer holds it."""
-        reply = await self.request(ReadEntries(start_sequence, limit, with_payloads))
+    async def read_entries(self, start_sequence: int, limit: int = 64, with_payloads: bool = True,
+                           with_ledger_items: bool = True) -> list:
+        """Committed entries from `start_sequence` on (their payloads empty unless `with_payloads`, their ledger
+        commands emptied unless `with_ledger_items`); EntriesPruned if the journal no longer holds it."""
+        reply = await self.request(ReadEntries(start_sequence, limit, with_payloads, with_ledger_items))
         if reply.status != ReplyStatus.OK:
             raise EntriesPruned(reply.message)
         return reply.entries

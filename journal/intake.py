@@ -8,6 +8,7 @@ import typing
 
 import msgspec
 
+from engine.batch import without_ledger_items
 from journal.replier import Replier
 from journal.wire import (
     SUBMIT_ID_MAX_BYTES,
@@ -147,14 +148,13 @@ class Intake:
                                                     f"{request.start_sequence}")
         limit = max(1, min(request.limit, self.config.max_read_entries))
         pairs = shard.journal.read_results(request.start_sequence, limit)
-        with_payloads = request.with_payloads
-        entries = [StoredEntry(entry.sequence, entry.payload if with_payloads else b"", msgspec.Raw(result))
+        entries = [StoredEntry(entry.sequence, _payload(request, entry.payload), msgspec.Raw(result))
                    for entry, result in pairs]
         entries += self._entries_in_flight(pairs[-1][0].sequence + 1 if pairs else request.start_sequence,
-                                           limit - len(entries), with_payloads)
+                                           limit - len(entries), request)
         return reply_encoder.encode(Reply(ReplyStatus.OK, shard.epoch, shard.durable_sequence, entries=entries))
 
-    def _entries_in_flight(self, sequence: int, limit: int, with_payloads: bool) -> list[StoredEntry]:
+    def _entries_in_flight(self, sequence: int, limit: int, request: ReadEntries) -> list[StoredEntry]:
         """Durable entries whose results are still on their way to the disk, from memory: a crash now would only
         make recovery compute the same results again."""
         shard = self.shard
@@ -163,10 +163,17 @@ class Intake:
         while (len(found) < limit and sequence <= shard.durable_sequence and sequence in shard.results_in_flight
                and recent and recent[0].sequence <= sequence):
             entry = recent[sequence - recent[0].sequence]
-            found.append(StoredEntry(sequence, entry.payload if with_payloads else b"",
+            found.append(StoredEntry(sequence, _payload(request, entry.payload),
                                      msgspec.Raw(shard.results_in_flight[sequence])))
             sequence += 1
         return found
+
+
+def _payload(request: ReadEntries, payload: bytes) -> bytes:
+    """What of an entry's payload a ReadEntries asked for."""
+    if not request.with_payloads:
+        return b""
+    return payload if request.with_ledger_items else without_ledger_items(payload)
 
 
 def _item_count(request: Submit) -> int:

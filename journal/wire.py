@@ -78,6 +78,8 @@ class ReadEntries(msgspec.Struct, tag="read_entries", array_like=True):
     # False: each entry's payload left empty, for a reader that needs only the results (a batch's payload may hold
     # thousands of transfers).
     with_payloads: bool = True
+    # False: ledger commands arrive emptied (engine/batch.py's without_ledger_items), for a reader of commerce commands.
+    with_ledger_items: bool = True
 
 
 class Status(msgspec.Struct, tag="status", array_like=True):

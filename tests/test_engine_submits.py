@@ -9,7 +9,7 @@ import pytest
 
 import engine.submits
 from engine import Account, Batch, BatchResult, CreateAccounts, CreateTransfers, Engine, Transfer, TransferCode
-from engine.batch import applied_commands, applied_outcomes
+from engine.batch import applied_commands, applied_outcomes, without_ledger_items
 from engine.check import InvariantBroken
 from engine.queries import GetMerchant, LookupAccounts
 from engine.records import CreateMerchant, Merchant, UpdateMerchant
@@ -219,3 +219,6 @@ def test_readers_of_commerce_commands_get_them_decoded_from_the_journaled_batch_
     assert timestamp == sender.now
     assert [command for command, _ in outcomes] == [merchant, update]  # no transfers, no re-sent copy
     assert [outcome.code for _, outcome in outcomes] == ["ok", "ok"]
+    # The same from the batch as read without its ledger items (ReadEntries.with_ledger_items=False)
+    stripped = without_ledger_items(sender.journal[-1])
+    assert applied_outcomes(stripped, result) == (timestamp, outcomes) and len(stripped) < len(sender.journal[-1])

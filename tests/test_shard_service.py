@@ -50,6 +50,14 @@ def test_committed_batches_are_read_by_sequence_with_their_results(shard):
         results_only = await client.read_entries(1, limit=10, with_payloads=False)
         assert [(entry.sequence, entry.result) for entry in results_only] == [(e.sequence, e.result) for e in entries]
         assert all(entry.payload for entry in entries) and not any(entry.payload for entry in results_only)
+        await client.submit([CreateTransfers([Transfer("test:t3", "test:acct_1", "test:acct_2", 1, "usd")]),
+                             CreateMerchant(Merchant(id="m1", name="One", email="one@example.com"))])
+        (whole,), (commerce,) = [await client.read_entries(3, with_ledger_items=flag) for flag in (True, False)]
+        assert commerce.result == whole.result and len(commerce.payload) < len(whole.payload)
+        batch, stripped = (batch_decoder.decode(entry.payload) for entry in (whole, commerce))
+        assert stripped.commands == [CreateTransfers([]), batch.commands[1]]
+        assert (stripped.sequence, stripped.timestamp, stripped.submits) == (batch.sequence, batch.timestamp,
+                                                                            batch.submits)
 
     run(scenario())
 
