@@ -147,24 +147,25 @@ class Intake:
             return shard.reply(ReplyStatus.INVALID, f"entries before {first} were pruned; the reader asked for "
                                                     f"{request.start_sequence}")
         limit = max(1, min(request.limit, self.config.max_read_entries))
-        pairs = shard.journal.read_results(request.start_sequence, limit)
+        start = request.start_sequence
+        recent = shard.recent
+        in_memory = bool(recent) and recent[0].sequence <= start
+        pairs = [] if in_memory else shard.journal.read_results(start, limit)
         entries = [StoredEntry(entry.sequence, _payload(request, entry.payload), msgspec.Raw(result))
                    for entry, result in pairs]
-        entries += self._entries_in_flight(pairs[-1][0].sequence + 1 if pairs else request.start_sequence,
-                                           limit - len(entries), request)
+        entries += self._recent_entries(pairs[-1][0].sequence + 1 if pairs else start, limit - len(entries), request)
         return reply_encoder.encode(Reply(ReplyStatus.OK, shard.epoch, shard.durable_sequence, entries=entries))
 
-    def _entries_in_flight(self, sequence: int, limit: int, request: ReadEntries) -> list[StoredEntry]:
-        """Durable entries whose results are still on their way to the disk, from memory: a crash now would only
-        make recovery compute the same results again."""
+    def _recent_entries(self, sequence: int, limit: int, request: ReadEntries) -> list[StoredEntry]:
+        """Durable entries from memory, with their results (written or still on their way to the disk): no disk read,
+        and no checksum to check, for what never left this process."""
         shard = self.shard
         found = []
         recent = shard.recent
-        while (len(found) < limit and sequence <= shard.durable_sequence and sequence in shard.results_in_flight
+        while (len(found) < limit and sequence <= shard.durable_sequence and sequence in shard.recent_results
                and recent and recent[0].sequence <= sequence):
             entry = recent[sequence - recent[0].sequence]
-            found.append(StoredEntry(sequence, _payload(request, entry.payload),
-                                     msgspec.Raw(shard.results_in_flight[sequence])))
+            found.append(StoredEntry(sequence, _payload(request, entry.payload), msgspec.Raw(shard.recent_results[sequence])))
             sequence += 1
         return found
 

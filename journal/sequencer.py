@@ -103,10 +103,7 @@ class Sequencer:
                 shard.announce_through = batch.sequence
             if any(archived.more for archived in shard.engine.archived):
                 self.archive_at = 0.0  # the next tick archives more
-            encoded = result_encoder.encode(result)
-            shard.unwritten_results.append((batch.sequence, encoded))
-            shard.results_in_flight[batch.sequence] = encoded
-            shard.to_write.set()
+            shard.keep_result(batch.sequence, result_encoder.encode(result))
             start = 0
             for request, future, _ in submits:
                 count = len(request.commands)

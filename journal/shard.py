@@ -100,12 +100,13 @@ class Shard:
         self.rounds: collections.deque[Round] = collections.deque()
         self.unwritten: list[Entry] = []
         self.unwritten_results: list[tuple[int, bytes]] = []
-        # Results of applied batches not yet on disk, by sequence: readers get them from here meanwhile.
-        self.results_in_flight: dict[int, bytes] = {}
+        # The results of the entries in `recent`, by sequence: readers near the head (the followers) get both from
+        # memory, on disk or not yet.
+        self.recent_results: dict[int, bytes] = {}
         # The last batch holding deliveries queued or moved not yet announced (0: none): the write that makes it
         # durable announces. A sequence, not a flag: a write of older entries or results must not take its turn.
         self.announce_through = 0
-        # Entries not yet acknowledged by the replica, kept to send without a disk read.
+        # The newest entries, kept to send without a disk read (to the replica, to followers).
         self.recent: collections.deque = collections.deque(maxlen=config.max_unreleased_batches * 2)
         self.snapshotter = Snapshotter(self.journal, snapshots, self.engine.sequence, config.snapshot_every_batches,
                                        config.snapshot_every_s, config.keep_snapshots, config.prune_journal)
@@ -176,6 +177,15 @@ class Shard:
             self.cold.keep(self.engine.archived)
         return result
 
+    def keep_result(self, sequence: int, encoded: bytes) -> None:
+        """Keep a result to write, and beside its entry in `recent`, as many as that holds."""
+        self.unwritten_results.append((sequence, encoded))
+        recent_results = self.recent_results
+        recent_results[sequence] = encoded
+        if len(recent_results) > self.recent.maxlen:
+            del recent_results[next(iter(recent_results))]
+        self.to_write.set()
+
     def write_status_file(self) -> None:
         status = {"pid": os.getpid(), "client_address": self.config.client_address, "role": self.role,
                   "replication_address": self.config.replication_address, "key_file": self.config.key_file}
@@ -202,8 +212,6 @@ class Shard:
             if entries:
                 self.durable_sequence = entries[-1].sequence
                 self.release()
-            for sequence, _ in results:
-                del self.results_in_flight[sequence]
             self.announce()
 
     def announce(self) -> None:

@@ -266,6 +266,33 @@ def test_sigterm_stops_cleanly_and_a_restart_recovers_the_same_state(shard):
         restarted.kill()
 
 
+def test_entries_read_from_memory_and_after_a_restart_from_the_disk_are_the_same(shard):
+    """Readers near the head are served from memory; after a restart (nothing in memory) from the journal."""
+    config, process, client = shard
+
+    async def read_all():
+        return [await client.read_entries(1, limit=10, with_payloads=flag, with_ledger_items=items)
+                for flag, items in ((True, True), (True, False), (False, True))]
+
+    async def load():
+        await Load(client).create_accounts()
+        await client.submit([CreateTransfers([Transfer("test:t1", "test:acct_1", "test:acct_2", 5, "usd")]),
+                             CreateMerchant(Merchant(id="m1", name="One", email="one@example.com"))])
+        return await read_all()
+
+    from_memory = run(load())
+    assert [len(entries) for entries in from_memory] == [2, 2, 2]
+    assert process.stop() == 0
+    restarted = start(config)
+    restarted_client = ShardClient([config.client_address], key_of(config), timeout_ms=5000, busy_retries=0)
+    try:
+        client = restarted_client
+        assert run(read_all()) == from_memory
+    finally:
+        restarted_client.close()
+        restarted.kill()
+
+
 def owners_on_two_shards(shard_map: ShardMap) -> tuple[str, str]:
     owners = {}
     for number in range(100):
