@@ -44,6 +44,7 @@ from edge.http import (
     check_merchant_access,
     engine_now_ns,
     errors_and_metrics,
+    ledger_codes,
     ledger_id,
     ledger_prefix,
     merchant_caches,
@@ -512,7 +513,7 @@ async def create_account(request: web.Request) -> web.Response:
     account = Account(ledger_id(merchant.id, client_id), fields.currency, code=fields.code, flags=flags,
                       metadata=fields.metadata or None)
     result = await run(request, merchant.id, CreateAccounts([account]), body)
-    code = result.codes[0] if isinstance(result, Outcome) else result[0]
+    code = ledger_codes(result)[0]
     if AccountCode.name(code).startswith("exists"):
         raise ApiError(409, AccountCode.name(code), f"account {client_id!r} exists", "id")
     if code:
@@ -585,7 +586,7 @@ async def create_transfers(request: web.Request) -> web.Response:
         check_currency(currency)
     prefix = ledger_prefix(merchant.id)
     result = await run(request, merchant.id, CreateTransfers(_transfers_in(prefix, items)), body)
-    codes = result.codes if isinstance(result, Outcome) else result
+    codes = ledger_codes(result)
     results = [views.TransferResult(item.id, "created" if code == 0 else TransferCode.name(code))
                for item, code in zip(items, codes)]
     return respond(request, results if is_batch else results[0])

@@ -472,6 +472,16 @@ def raise_for(outcome: Outcome, params: dict[str, str] | None = None) -> None:
     raise ApiError(status, code, outcome.code.replace("_", " "), param, error_type=error_type)
 
 
+def ledger_codes(result: list[int] | Outcome) -> list[int]:
+    """A ledger command's code per item: its list, or under an Idempotency-Key or a signature, its Outcome's; an
+    Outcome with none (the engine undid a signed command) is answered as its error."""
+    if not isinstance(result, Outcome):
+        return result
+    if result.codes is None:
+        raise_for(result)
+    return result.codes
+
+
 def respond(request: web.Request, body, status: int = 200) -> web.Response:
     headers = {"Idempotent-Replayed": "true"} if request["replayed"] else None
     return web.Response(status=status, body=msgspec.json.encode(body), content_type="application/json",

@@ -20,7 +20,7 @@ import engine_faults
 from engine import Account, CreateAccounts, CreateTransfers, Transfer, TransferCode
 from engine.queries import FindOrder
 from edge.errors import ApiError
-from edge.http import raise_for
+from edge.http import ledger_codes, raise_for
 from engine.records import CreateMerchant, CreateOrder, Merchant, Order, Outcome
 from journal.client import ShardClient, ShardUnavailable
 from journal.wire import ReplyStatus, Status, reply_decoder, request_encoder
@@ -131,6 +131,11 @@ def test_a_command_its_shard_undid_answers_500_api_error_over_http():
     with pytest.raises(ApiError) as raised:
         raise_for(Outcome("internal_error"))
     assert (raised.value.status, raised.value.error_type, raised.value.code) == (500, "api_error", "internal_error")
+    # A signed ledger command undone has no code per item: its answer is that error too, not a failure to read codes.
+    with pytest.raises(ApiError) as raised:
+        ledger_codes(Outcome("internal_error"))
+    assert (raised.value.status, raised.value.code) == (500, "internal_error")
+    assert ledger_codes(Outcome("ok", codes=[0, 33])) == ledger_codes([0, 33]) == [0, 33]
 
 
 def test_a_replica_refuses_anything_but_replication_on_its_replication_socket_and_replicates_on(tmp_path):
