@@ -157,15 +157,16 @@ class Intake:
         return reply_encoder.encode(Reply(ReplyStatus.OK, shard.epoch, shard.durable_sequence, entries=entries))
 
     def _recent_entries(self, sequence: int, limit: int, request: ReadEntries) -> list[StoredEntry]:
-        """Durable entries from memory, with their results (written or still on their way to the disk): no disk read,
-        and no checksum to check, for what never left this process."""
+        """Durable entries from memory, with their results (written or still on their way to the disk): no entry read
+        from disk, and no checksum to check, for what never left this process."""
         shard = self.shard
         found = []
         recent = shard.recent
         while (len(found) < limit and sequence <= shard.durable_sequence and sequence in shard.recent_results
                and recent and recent[0].sequence <= sequence):
             entry = recent[sequence - recent[0].sequence]
-            found.append(StoredEntry(sequence, _payload(request, entry.payload), msgspec.Raw(shard.recent_results[sequence])))
+            result = msgspec.Raw(shard.recent_results[sequence])
+            found.append(StoredEntry(sequence, _payload(request, entry.payload), result))
             sequence += 1
         return found
 

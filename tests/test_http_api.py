@@ -260,6 +260,9 @@ def test_a_batch_with_one_id_outside_the_alphabet_is_refused_whole_naming_the_fi
     for field in ("id", "debit_account_id", "credit_account_id", "pending_id"):
         batch = [transfer("fine-1"), {**transfer("fine-2"), field: "a b"}, transfer("fine-3")]
         error(server, "POST", "/v1/transfers", batch, key=key, code="parameter_invalid", param=field)
+    # Two bad items: the first one's field is named, whichever field of the second is bad
+    batch = [transfer("fine-1"), {**transfer("fine-2"), "credit_account_id": "a b"}, {**transfer("fine-3"), "id": "c d"}]
+    error(server, "POST", "/v1/transfers", batch, key=key, code="parameter_invalid", param="credit_account_id")
     assert account(server, key, "a")["debits_posted"] == 0
 
 

@@ -1,12 +1,14 @@
 """The shard process as a service: reads by cursor, announcements, limits, routing, clean stops."""
 
 import asyncio
+import collections
 import os
 import pathlib
 import signal
 import subprocess
 import sys
 import time
+import types
 
 import pynng
 import pytest
@@ -17,6 +19,7 @@ from journal.auth import MessageKey
 from journal.client import (ACCOUNTS_ON_DIFFERENT_SHARDS, Announcements, Cluster, EntriesPruned, ShardClient,
                             ShardMap, ShardUnavailable)
 from journal.recovery import batch_decoder, batch_encoder
+from journal.shard import Shard
 from journal.wire import ANNOUNCEMENT, ReplyStatus, Submit, request_encoder
 import engine_faults
 from shard_harness import Load, key_of, primary_config, start
@@ -291,6 +294,35 @@ def test_entries_read_from_memory_and_after_a_restart_from_the_disk_are_the_same
     finally:
         restarted_client.close()
         restarted.kill()
+
+
+def test_a_reader_behind_the_entries_in_memory_reads_the_disk_then_memory_without_a_gap(tmp_path):
+    config = primary_config(tmp_path / "shard", max_unreleased_batches=1)  # two entries in memory
+    process = start(config)
+    client = ShardClient([config.client_address], key_of(config), timeout_ms=5000, busy_retries=0)
+
+    async def load():
+        await Load(client).create_accounts()
+        for n in range(6):
+            await client.submit([CreateTransfers([Transfer(f"test:t{n}", "test:acct_1", "test:acct_2", 5, "usd")])])
+        return [await client.read_entries(start, limit=limit) for start, limit in ((1, 64), (2, 3), (5, 64))]
+
+    try:
+        whole, middle, tail = run(load())
+        sequences = [entry.sequence for entry in whole]
+        assert sequences == list(range(1, len(sequences) + 1)) and len(sequences) >= 7
+        assert middle == whole[1:4] and tail == whole[4:]
+    finally:
+        client.close()
+        process.kill()
+
+
+def test_results_kept_in_memory_are_as_many_as_the_entries_beside_them():
+    shard = types.SimpleNamespace(unwritten_results=[], recent_results={}, recent=collections.deque(maxlen=3),
+                                  to_write=asyncio.Event())
+    for sequence in range(1, 6):
+        Shard.keep_result(shard, sequence, b"result %d" % sequence)
+    assert list(shard.recent_results) == [3, 4, 5] and len(shard.unwritten_results) == 5 and shard.to_write.is_set()
 
 
 def owners_on_two_shards(shard_map: ShardMap) -> tuple[str, str]:
