@@ -160,6 +160,22 @@ def test_a_declined_card_shows_why_and_the_shopper_tries_again(server, shop, pag
     assert order_now(server, shop, the_order["id"])["status"] == "paid"
 
 
+def test_a_live_update_keeps_what_the_shopper_typed(server, shop, page):
+    the_order = order(server, shop)
+    page.goto(the_order["payment_url"])
+    page.get_by_label("Card number").fill(SUCCEEDS)
+    page.get_by_label("CVC").fill("123")
+    reply = server.request("PATCH", f"/v1/orders/{the_order['id']}", {"amount": 2999}, key=shop["api_key"])
+    assert reply.status == 200, reply.body
+    expect(page.locator("p.amount")).to_have_text("29.99 USD")  # the checkout was rendered again, live
+    expect(page.get_by_label("Card number")).to_have_value("4242 4242 4242 4242")
+    expect(page.get_by_label("CVC")).to_have_value("123")
+    page.get_by_label("Expiry (MM/YY)").fill("12/34")
+    page.get_by_label("Name on card").fill("Ann Example")
+    page.get_by_role("button", name="Pay", exact=True).click()
+    expect(page.get_by_role("heading", name="Payment successful")).to_be_visible()
+
+
 def test_the_browser_checks_the_card_first_and_sends_nothing_wrong(server, shop, page):
     the_order = order(server, shop)
     page.goto(the_order["payment_url"])

@@ -127,14 +127,35 @@
   }
 
   // Live regions: the server sends the region's new HTML (rendered and escaped by the server) when what it shows
-  // changes.
+  // changes. What a person typed into the region's forms stays typed: the same field of the same form gets it back.
   function followLive(region) {
     if (!window.EventSource) { return; }
     var source = new EventSource(region.getAttribute("data-live-url"));
     source.addEventListener("status", function (event) {
+      var typed = typedValues(region);
       region.innerHTML = event.data;
+      typedInputs(region).forEach(function (input) {
+        var key = fieldKey(input);
+        if (Object.prototype.hasOwnProperty.call(typed, key)) { input.value = typed[key]; }
+      });
       enhance(region);
     });
+  }
+
+  function typedInputs(region) {
+    return Array.prototype.slice.call(region.querySelectorAll("form input:not([type=hidden]), form textarea"));
+  }
+
+  function fieldKey(input) {
+    return (input.form ? input.form.getAttribute("action") : "") + " " + input.name;
+  }
+
+  function typedValues(region) {
+    var typed = {};
+    typedInputs(region).forEach(function (input) {
+      if (input.name && input.value) { typed[fieldKey(input)] = input.value; }
+    });
+    return typed;
   }
 
   document.addEventListener("DOMContentLoaded", function () {
